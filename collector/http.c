@@ -1,0 +1,714 @@
+/* http.c - connections: accept, read, parse with llhttp, write, time out, close.
+ *
+ * One request per connection is in flight at a time: when llhttp completes a
+ * message the parser pauses, the request is routed, and the bytes behind it
+ * (pipelined requests) wait, unread by the socket, until the answer is
+ * written. Answers therefore leave in request order, and a client that
+ * pipelines cannot make the server buffer without bound.
+ */
+#define _GNU_SOURCE
+#include "http_int.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+
+#define MAX_URL_BYTES 8192
+#define MAX_HEADERS 100
+#define WRITE_HIGH_WATER (256 * 1024)
+
+const char *const route_names[N_ROUTES] = {"track", "page", "screen", "identify", "alias", "group",
+                                           "batch", "pixel", "preflight", "healthz", "metrics", "other"};
+const int status_codes[N_STATUS] = {100, 200, 204, 304, 400, 401, 403, 404, 405, 408,
+                                    413, 414, 415, 429, 431, 500, 503, 0};
+
+static void conn_feed(conn_t *c);
+static void conn_close(conn_t *c);
+static void maybe_finish_stop(sl_server_t *srv);
+
+const char *http_status_text(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    }
+    return "Unknown";
+}
+
+static int status_index(int status)
+{
+    for (int i = 0; i < N_STATUS - 1; i++)
+        if (status_codes[i] == status) return i;
+    return N_STATUS - 1;
+}
+
+/* ---- requests -------------------------------------------------------------- */
+
+static req_t *req_new(conn_t *c)
+{
+    req_t *r = calloc(1, sizeof(*r));
+    if (r == NULL) return NULL;
+    sl_arena_init(&r->arena);
+    r->conn = c;
+    r->route = ROUTE_OTHER;
+    return r;
+}
+
+void req_free(req_t *r)
+{
+    if (r == NULL) return;
+    for (size_t i = 0; i < r->n_jsons; i++) free(r->jsons[i]);
+    free(r->jsons);
+    free(r->batch.msgs);
+    sl_buf_free(&r->body);
+    sl_buf_free(&r->errors);
+    sl_arena_free(&r->arena);
+    free(r);
+}
+
+/* ---- writing --------------------------------------------------------------- */
+
+typedef struct write_req_s {
+    uv_write_t w;
+    conn_t *c;
+    char *buf;
+} write_req_t;
+
+static void after_write(uv_write_t *w, int status)
+{
+    write_req_t *wr = (write_req_t *)w;
+    conn_t *c = wr->c;
+    free(wr->buf);
+    free(wr);
+    if (c->closing) return;
+    if (status < 0 || (c->close_after_write && c->tcp.write_queue_size == 0)) {
+        conn_close(c);
+        return;
+    }
+    conn_feed(c); /* the write queue drained: pipelined requests may go on */
+}
+
+static void conn_write(conn_t *c, char *buf, size_t len)
+{
+    size_t off = 0;
+    if (c->tcp.write_queue_size == 0) {
+        uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (n > 0) off = (size_t)n;
+        else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+            free(buf);
+            conn_close(c);
+            return;
+        }
+    }
+    if (off == len) {
+        free(buf);
+        if (c->close_after_write) conn_close(c);
+        return;
+    }
+    write_req_t *wr = malloc(sizeof(*wr));
+    if (wr == NULL) {
+        free(buf);
+        conn_close(c);
+        return;
+    }
+    wr->c = c;
+    wr->buf = buf;
+    uv_buf_t b = uv_buf_init(buf + off, (unsigned)(len - off));
+    if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &b, 1, after_write) != 0) {
+        free(buf);
+        free(wr);
+        conn_close(c);
+    }
+}
+
+static const char *http_date(sl_server_t *srv)
+{
+    int64_t now = sl_now_ms() / 1000;
+    if (now != srv->date_sec) {
+        static const char *days[] = {"Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"};
+        static const char *mons[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                     "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+        char iso[32];
+        sl_time_format_iso(now * 1000, iso);
+        int y = atoi(iso), mo = atoi(iso + 5), d = atoi(iso + 8);
+        snprintf(srv->date, sizeof(srv->date), "%s, %02d %s %04d %.8s GMT",
+                 days[(now / 86400) % 7], d, mons[(mo - 1) % 12], y, iso + 11);
+        srv->date_sec = now;
+    }
+    return srv->date;
+}
+
+int http_origin_allowed(const sl_server_t *srv, const req_t *r)
+{
+    if (r == NULL || r->origin == NULL) return 1;
+    const sl_config_t *cfg = srv->cfg;
+    if (cfg->n_cors_origins == 0) return 1;
+    for (size_t i = 0; i < cfg->n_cors_origins; i++)
+        if (strcmp(cfg->cors_origins[i], "*") == 0 || strcasecmp(cfg->cors_origins[i], r->origin) == 0) return 1;
+    return 0;
+}
+
+int http_cors_headers(const sl_server_t *srv, const req_t *r, sl_buf_t *out)
+{
+    if (r == NULL || r->origin == NULL) return 0;
+    if (!http_origin_allowed(srv, r)) return -1;
+    sl_buf_appends(out, "Access-Control-Allow-Origin: ");
+    sl_buf_appends(out, r->origin);
+    sl_buf_appends(out, "\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n");
+    return 0;
+}
+
+void http_respond(conn_t *c, int status, const char *content_type, const char *extra_headers,
+                  const char *body, size_t body_len)
+{
+    sl_server_t *srv = c->srv;
+    req_t *r = c->req;
+    int route = r ? r->route : ROUTE_OTHER;
+    srv->requests[route][status_index(status)]++;
+    if (srv->stopping || status == 413 || status == 431 || status == 414 || status == 408 ||
+        (status == 400 && c->err_status))
+        c->keep_alive = 0;
+
+    sl_buf_t out = {0};
+    sl_buf_reserve(&out, 256 + body_len);
+    sl_buf_printf(&out, "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: sillage\r\n", status,
+                  http_status_text(status), http_date(srv));
+    if (content_type) sl_buf_printf(&out, "Content-Type: %s\r\n", content_type);
+    if (status != 204 && status != 304) sl_buf_printf(&out, "Content-Length: %zu\r\n", body_len);
+    http_cors_headers(srv, r, &out);
+    if (extra_headers) sl_buf_appends(&out, extra_headers);
+    if (!c->keep_alive) sl_buf_appends(&out, "Connection: close\r\n");
+    else if (r && r->http_minor == 0) sl_buf_appends(&out, "Connection: keep-alive\r\n");
+    sl_buf_append(&out, "\r\n", 2);
+    if (body_len && status != 204 && status != 304) sl_buf_append(&out, body, body_len);
+
+    req_free(r);
+    c->req = NULL;
+    c->busy = 0;
+    c->last_active_ms = sl_now_ms();
+    if (out.data == NULL) { /* out of memory: nothing sensible to send */
+        conn_close(c);
+        return;
+    }
+    if (!c->keep_alive) c->close_after_write = 1;
+    conn_write(c, out.data, out.len);
+    if (!c->closing && !c->in_feed) conn_feed(c);
+}
+
+void http_respond_error(conn_t *c, int status, const char *msg)
+{
+    sl_buf_t b = {0};
+    sl_buf_appends(&b, "{\"success\":false,\"error\":");
+    sl_buf_append_json_str(&b, msg, strlen(msg));
+    sl_buf_appends(&b, "}");
+    const char *extra = status == 503 ? "Retry-After: 1\r\n" : status == 405 ? "Allow: GET, POST, OPTIONS\r\n" : NULL;
+    if (c->req) SL_DEBUG("answering %d to %s: %s", status, c->req->path ? c->req->path : "?", msg);
+    http_respond(c, status, "application/json", extra, b.data ? b.data : "", b.len);
+    sl_buf_free(&b);
+}
+
+/* ---- parser callbacks ------------------------------------------------------- */
+
+static int refuse(conn_t *c, int status, const char *msg)
+{
+    c->err_status = status;
+    c->err_msg = msg;
+    return HPE_USER;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    conn_t *c = p->data;
+    c->in_message = 1;
+    c->msg_start_ms = sl_now_ms();
+    c->header_bytes = 0;
+    c->n_headers = 0;
+    c->url.len = c->hname.len = c->hval.len = 0;
+    req_free(c->req);
+    c->req = req_new(c);
+    if (c->req == NULL) return refuse(c, 503, "out of memory");
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    conn_t *c = p->data;
+    if (c->url.len + len > MAX_URL_BYTES) return refuse(c, 414, "request URL is longer than 8192 bytes");
+    return sl_buf_append(&c->url, at, len) ? refuse(c, 503, "out of memory") : 0;
+}
+
+static int header_bytes(conn_t *c, size_t len)
+{
+    c->header_bytes += len;
+    if (c->header_bytes > c->srv->cfg->limits.max_header_bytes)
+        return refuse(c, 431, "request headers exceed limits.max_header_bytes");
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    conn_t *c = p->data;
+    if (header_bytes(c, len)) return HPE_USER;
+    return sl_buf_append(&c->hname, at, len) ? refuse(c, 503, "out of memory") : 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    conn_t *c = p->data;
+    if (header_bytes(c, len)) return HPE_USER;
+    return sl_buf_append(&c->hval, at, len) ? refuse(c, 503, "out of memory") : 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    conn_t *c = p->data;
+    req_t *r = c->req;
+    if (++c->n_headers > MAX_HEADERS) return refuse(c, 431, "more than 100 request headers");
+    const char *name = c->hname.data ? c->hname.data : "";
+    const char *val = c->hval.data ? c->hval.data : "";
+    size_t vlen = c->hval.len;
+    const char **slot = NULL;
+    switch (c->hname.len) {
+    case 6: if (strcasecmp(name, "origin") == 0) slot = &r->origin;
+        else if (strcasecmp(name, "expect") == 0) slot = &r->expect;
+        break;
+    case 12: if (strcasecmp(name, "content-type") == 0) slot = &r->content_type; break;
+    case 13: if (strcasecmp(name, "authorization") == 0) slot = &r->authorization; break;
+    case 15: if (strcasecmp(name, "x-forwarded-for") == 0) slot = &r->xff; break;
+    case 16: if (strcasecmp(name, "content-encoding") == 0) slot = &r->content_encoding; break;
+    case 30: if (strcasecmp(name, "access-control-request-headers") == 0) slot = &r->acr_headers; break;
+    }
+    if (slot) {
+        if (*slot && slot == &r->xff) {
+            /* Repeated X-Forwarded-For headers form one list. */
+            size_t ol = strlen(*slot);
+            char *j = sl_arena_alloc(&r->arena, ol + vlen + 2);
+            if (j == NULL) return refuse(c, 503, "out of memory");
+            memcpy(j, *slot, ol);
+            j[ol] = ',';
+            memcpy(j + ol + 1, val, vlen);
+            j[ol + 1 + vlen] = '\0';
+            *slot = j;
+        } else {
+            *slot = sl_arena_strndup(&r->arena, val, vlen);
+            if (*slot == NULL) return refuse(c, 503, "out of memory");
+        }
+    }
+    c->hname.len = c->hval.len = 0;
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    conn_t *c = p->data;
+    req_t *r = c->req;
+    r->method = p->method;
+    r->http_minor = p->http_minor;
+    uint64_t max = c->srv->cfg->limits.max_request_bytes;
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > max)
+        return refuse(c, 413, "request body exceeds limits.max_request_bytes");
+    /* Split the target into path and query once, in the arena. */
+    const char *u = c->url.data ? c->url.data : "/";
+    size_t ul = c->url.data ? c->url.len : 1;
+    const char *q = memchr(u, '?', ul);
+    size_t pl = q ? (size_t)(q - u) : ul;
+    r->path = sl_arena_strndup(&r->arena, u, pl);
+    r->query = q ? sl_arena_strndup(&r->arena, q + 1, ul - pl - 1) : NULL;
+    if (r->path == NULL || (q && r->query == NULL)) return refuse(c, 503, "out of memory");
+    if (r->expect && strcasecmp(r->expect, "100-continue") == 0) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        char *b = malloc(sizeof(cont) - 1);
+        if (b) {
+            memcpy(b, cont, sizeof(cont) - 1);
+            conn_write(c, b, sizeof(cont) - 1);
+        }
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    conn_t *c = p->data;
+    req_t *r = c->req;
+    if (r->body.len + len > c->srv->cfg->limits.max_request_bytes)
+        return refuse(c, 413, "request body exceeds limits.max_request_bytes");
+    return sl_buf_append(&r->body, at, len) ? refuse(c, 503, "out of memory") : 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    conn_t *c = p->data;
+    c->in_message = 0;
+    c->keep_alive = llhttp_should_keep_alive(p) ? 1 : 0;
+    return HPE_PAUSED;
+}
+
+/* ---- the feed loop ------------------------------------------------------------ */
+
+static void update_reading(conn_t *c)
+{
+    int want = !c->closing && !c->busy && c->pending_off >= c->pending_len &&
+               c->tcp.write_queue_size < WRITE_HIGH_WATER && !c->close_after_write;
+    if (want && !c->reading) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, NULL, NULL) == 0) c->reading = 1;
+    } else if (!want && c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+}
+
+static void parse_error(conn_t *c, enum llhttp_errno e)
+{
+    if (c->req == NULL) c->req = req_new(c);
+    if (c->req == NULL) {
+        conn_close(c);
+        return;
+    }
+    c->keep_alive = 0;
+    c->in_message = 0;
+    if (e == HPE_USER && c->err_status) {
+        SL_INFO("refused request from client: %s", c->err_msg);
+        http_respond_error(c, c->err_status, c->err_msg);
+        return;
+    }
+    char msg[160];
+    snprintf(msg, sizeof(msg), "malformed HTTP request: %s", llhttp_get_error_reason(&c->parser));
+    c->err_status = 400;
+    SL_INFO("reading client request: %s", msg);
+    http_respond_error(c, 400, msg);
+}
+
+static void conn_feed(conn_t *c)
+{
+    if (c->in_feed || c->closing) return;
+    c->in_feed = 1;
+    while (!c->closing && !c->busy && !c->close_after_write &&
+           c->tcp.write_queue_size < WRITE_HIGH_WATER && c->pending_off < c->pending_len) {
+        const char *p = c->pending + c->pending_off;
+        size_t n = c->pending_len - c->pending_off;
+        enum llhttp_errno e = llhttp_execute(&c->parser, p, n);
+        if (e == HPE_OK) {
+            c->pending_off = c->pending_len;
+        } else if (e == HPE_PAUSED) {
+            c->pending_off += (size_t)(llhttp_get_error_pos(&c->parser) - p);
+            llhttp_resume(&c->parser);
+            route_request(c); /* may answer now, or set busy */
+        } else {
+            parse_error(c, e);
+            break;
+        }
+    }
+    c->in_feed = 0;
+    if (c->closing) return;
+    if (c->pending_off >= c->pending_len) {
+        if (!c->pending_borrowed) free(c->pending);
+        c->pending = NULL;
+        c->pending_len = c->pending_off = 0;
+        c->pending_borrowed = 0;
+    }
+    update_reading(c);
+    if (c->srv->stopping && !c->busy && !c->in_message && c->pending == NULL && c->tcp.write_queue_size == 0)
+        conn_close(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    conn_t *c = h->data;
+    buf->base = c->srv->readbuf;
+    buf->len = sizeof(c->srv->readbuf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    conn_t *c = s->data;
+    if (nread == 0) return;
+    if (nread < 0) {
+        /* EOF or reset: a request mid-commit still commits; its answer is dropped. */
+        conn_close(c);
+        return;
+    }
+    c->last_active_ms = sl_now_ms();
+    /* Parse straight from the shared read buffer; what is left when a request
+     * pauses the parser is copied to the connection below. */
+    c->pending = buf->base;
+    c->pending_len = (size_t)nread;
+    c->pending_off = 0;
+    c->pending_borrowed = 1;
+    conn_feed(c);
+    if (!c->closing && c->pending_borrowed && c->pending_off < c->pending_len) {
+        size_t left = c->pending_len - c->pending_off;
+        char *copy = malloc(left);
+        if (copy == NULL) {
+            conn_close(c);
+            return;
+        }
+        memcpy(copy, c->pending + c->pending_off, left);
+        c->pending = copy;
+        c->pending_len = left;
+        c->pending_off = 0;
+        c->pending_borrowed = 0;
+        update_reading(c);
+    }
+}
+
+/* ---- connections ------------------------------------------------------------ */
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+    sl_server_t *srv = c->srv;
+    if (c->prev) c->prev->next = c->next;
+    else srv->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    srv->n_conns--;
+    if (c->req) {
+        if (c->busy) c->req->conn = NULL; /* the commit callback frees it */
+        else req_free(c->req);
+    }
+    if (!c->pending_borrowed) free(c->pending);
+    sl_buf_free(&c->hname);
+    sl_buf_free(&c->hval);
+    sl_buf_free(&c->url);
+    free(c);
+    maybe_finish_stop(srv);
+}
+
+static void conn_close(conn_t *c)
+{
+    if (c->closing) return;
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    sl_server_t *srv = server->data;
+    if (status < 0) {
+        SL_WARN("accept: %s", uv_strerror(status));
+        return;
+    }
+    conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) return;
+    c->srv = srv;
+    uv_tcp_init(srv->loop, &c->tcp);
+    c->tcp.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return;
+    }
+    c->next = srv->conns;
+    if (srv->conns) srv->conns->prev = c;
+    srv->conns = c;
+    srv->n_conns++;
+    if (srv->n_conns > srv->cfg->limits.max_connections || srv->stopping) {
+        srv->refused_connections++;
+        conn_close(c);
+        return;
+    }
+    srv->accepted_connections++;
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char host[64] = "";
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof(host));
+        else if (ss.ss_family == AF_INET6) inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host, sizeof(host));
+    }
+    if (sl_ipnet_parse(host, strlen(host), &c->peer) != 0) memset(&c->peer, 0, sizeof(c->peer));
+    llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
+    c->parser.data = c;
+    c->keep_alive = 1;
+    c->last_active_ms = sl_now_ms();
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = 1;
+    else conn_close(c);
+}
+
+/* Idle keep-alive connections and slow requests are closed once a second. */
+static void on_sweep(uv_timer_t *t)
+{
+    sl_server_t *srv = t->data;
+    int64_t now = sl_now_ms();
+    conn_t *next;
+    for (conn_t *c = srv->conns; c; c = next) {
+        next = c->next;
+        if (c->closing || c->busy) continue;
+        if (c->in_message && now - c->msg_start_ms > srv->cfg->limits.request_timeout_ms) {
+            c->in_message = 0;
+            c->err_status = 408;
+            c->keep_alive = 0;
+            if (c->req == NULL) c->req = req_new(c);
+            SL_INFO("closing a connection whose request did not finish within limits.request_timeout");
+            if (c->req) http_respond_error(c, 408, "request not completed within limits.request_timeout");
+            else conn_close(c);
+        } else if (!c->in_message && now - c->last_active_ms > srv->cfg->limits.idle_timeout_ms &&
+                   c->tcp.write_queue_size == 0) {
+            conn_close(c);
+        }
+    }
+}
+
+/* ---- server ------------------------------------------------------------------- */
+
+int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store)
+{
+    sl_server_t *srv = calloc(1, sizeof(*srv));
+    if (srv == NULL) return SL_ENOMEM;
+    srv->loop = loop;
+    srv->cfg = cfg;
+    srv->store = store;
+    int rc;
+    srv->scratch = malloc(cfg->limits.max_message_bytes + 1);
+    srv->trusted = calloc(cfg->n_trusted_proxies + 1, sizeof(sl_ipnet_t));
+    if (srv->scratch == NULL || srv->trusted == NULL) {
+        rc = SL_ENOMEM;
+        goto fail;
+    }
+    for (size_t i = 0; i < cfg->n_trusted_proxies; i++) {
+        const char *s = cfg->trusted_proxies[i];
+        if (sl_ipnet_parse(s, strlen(s), &srv->trusted[srv->n_trusted]) == 0) srv->n_trusted++;
+        else SL_WARN("trusted_proxies: \"%s\" is not an address or CIDR block; ignored", s);
+    }
+    if (cfg->geoip_db && (rc = sl_geo_open(&srv->geo, cfg->geoip_db))) goto fail;
+
+    llhttp_settings_init(&srv->settings);
+    srv->settings.on_message_begin = on_message_begin;
+    srv->settings.on_url = on_url;
+    srv->settings.on_header_field = on_header_field;
+    srv->settings.on_header_value = on_header_value;
+    srv->settings.on_header_value_complete = on_header_value_complete;
+    srv->settings.on_headers_complete = on_headers_complete;
+    srv->settings.on_body = on_body;
+    srv->settings.on_message_complete = on_message_complete;
+
+    /* One descriptor per connection: raise the soft limit to the hard one. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
+    char host[256];
+    int port;
+    if (sl_config_split_listen(cfg->listen, host, sizeof(host), &port)) {
+        rc = SL_EINVAL;
+        goto fail;
+    }
+    struct sockaddr_storage addr;
+    if (strcmp(host, "localhost") == 0) strcpy(host, "127.0.0.1");
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr) != 0) {
+        SL_ERROR("listen: \"%s\" is not an IP address", host);
+        rc = SL_EINVAL;
+        goto fail;
+    }
+    uv_tcp_init(loop, &srv->listener);
+    srv->listener.data = srv;
+    srv->handles_open++;
+    if ((rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0)) ||
+        (rc = uv_listen((uv_stream_t *)&srv->listener, 4096, on_connection))) {
+        SL_ERROR("cannot listen on %s: %s", cfg->listen, uv_strerror(rc));
+        uv_close((uv_handle_t *)&srv->listener, NULL);
+        srv->handles_open--;
+        goto fail;
+    }
+    struct sockaddr_storage bound;
+    int blen = sizeof(bound);
+    uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &blen);
+    srv->port = ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
+                                                 : ((struct sockaddr_in6 *)&bound)->sin6_port);
+    uv_timer_init(loop, &srv->sweep);
+    srv->sweep.data = srv;
+    srv->handles_open++;
+    uv_timer_start(&srv->sweep, on_sweep, 1000, 1000);
+    uv_timer_init(loop, &srv->grace);
+    srv->grace.data = srv;
+    srv->handles_open++;
+    *out = srv;
+    return 0;
+fail:
+    sl_geo_close(srv->geo);
+    free(srv->scratch);
+    free(srv->trusted);
+    free(srv);
+    return rc;
+}
+
+int sl_http_server_port(const sl_server_t *srv)
+{
+    return srv->port;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    sl_server_t *srv = h->data;
+    if (--srv->handles_open == 0 && srv->stop_cb) srv->stop_cb(srv->stop_arg);
+}
+
+static void on_store_drained(void *arg)
+{
+    sl_server_t *srv = arg;
+    uv_timer_stop(&srv->grace);
+    uv_close((uv_handle_t *)&srv->sweep, on_handle_closed);
+    uv_close((uv_handle_t *)&srv->grace, on_handle_closed);
+}
+
+static void maybe_finish_stop(sl_server_t *srv)
+{
+    if (!srv->stopping || srv->n_conns > 0 || srv->store_draining) return;
+    srv->store_draining = 1;
+    sl_store_drain(srv->store, on_store_drained, srv);
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    sl_server_t *srv = t->data;
+    SL_WARN("shutdown grace period over: closing %zu connections", srv->n_conns);
+    for (conn_t *c = srv->conns; c; c = c->next) conn_close(c);
+    maybe_finish_stop(srv);
+}
+
+void sl_http_server_stop(sl_server_t *srv, int64_t grace_ms, void (*cb)(void *), void *arg)
+{
+    if (srv->stopping) return;
+    srv->stopping = 1;
+    srv->stop_cb = cb;
+    srv->stop_arg = arg;
+    uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
+    conn_t *next;
+    for (conn_t *c = srv->conns; c; c = next) {
+        next = c->next;
+        if (!c->busy && !c->in_message && c->tcp.write_queue_size == 0) conn_close(c);
+        else c->keep_alive = 0;
+    }
+    uv_timer_start(&srv->grace, on_grace, (uint64_t)grace_ms, 0);
+    maybe_finish_stop(srv);
+}
+
+void sl_http_server_free(sl_server_t *srv)
+{
+    if (srv == NULL) return;
+    sl_geo_close(srv->geo);
+    free(srv->scratch);
+    free(srv->trusted);
+    free(srv);
+}

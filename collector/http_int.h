@@ -1,0 +1,111 @@
+/* http_int.h - structures shared by the collector's own files (http.c owns
+ * connections and parsing, routes.c answers requests). Not part of the
+ * collector's contract. */
+#ifndef SL_HTTP_INT_H
+#define SL_HTTP_INT_H
+
+#include "sl_collector.h"
+#include <llhttp.h>
+
+enum route_id {
+    ROUTE_TRACK, ROUTE_PAGE, ROUTE_SCREEN, ROUTE_IDENTIFY, ROUTE_ALIAS, ROUTE_GROUP,
+    ROUTE_BATCH, ROUTE_PIXEL, ROUTE_PREFLIGHT, ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_OTHER,
+    N_ROUTES
+};
+extern const char *const route_names[N_ROUTES];
+
+#define N_STATUS 18
+extern const int status_codes[N_STATUS]; /* last slot: any other code */
+
+typedef struct conn_s conn_t;
+
+typedef struct req_s {
+    sl_arena_t arena;
+    conn_t *conn;                 /* NULL once the connection is gone */
+    int method;                   /* llhttp_method_t */
+    int http_minor;
+    char *path, *query;           /* arena */
+    const char *content_type, *content_encoding, *authorization, *xff, *origin,
+               *acr_headers, *expect;
+    sl_buf_t body;
+    int route;
+    /* ingestion in flight */
+    sl_store_batch_t batch;
+    char **jsons;                 /* printed messages, freed with the request */
+    size_t n_jsons;
+    sl_buf_t errors;              /* JSON array members for rejected messages */
+    size_t n_rejected;
+    int is_pixel;
+} req_t;
+
+struct conn_s {
+    uv_tcp_t tcp;
+    llhttp_t parser;
+    sl_server_t *srv;
+    conn_t *prev, *next;
+    req_t *req;
+    char *pending;                /* unparsed bytes (heap, or the server's read buffer) */
+    size_t pending_len, pending_off;
+    int pending_borrowed;
+    sl_buf_t hname, hval, url;
+    size_t header_bytes;
+    int n_headers;
+    int err_status;               /* set by a parser callback that refused input */
+    const char *err_msg;
+    sl_ipnet_t peer;
+    int64_t last_active_ms, msg_start_ms;
+    unsigned busy : 1;            /* waiting for a commit */
+    unsigned in_message : 1;      /* the parser is inside a request */
+    unsigned closing : 1;
+    unsigned close_after_write : 1;
+    unsigned keep_alive : 1;
+    unsigned in_feed : 1;
+    unsigned reading : 1;
+};
+
+struct sl_server_s {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    uv_timer_t sweep;
+    uv_timer_t grace;
+    const sl_config_t *cfg;
+    sl_store_t *store;
+    sl_geo_t *geo;
+    sl_ipnet_t *trusted;
+    size_t n_trusted;
+    llhttp_settings_t settings;
+    conn_t *conns;
+    size_t n_conns;
+    int port;
+    int stopping;
+    int store_draining;
+    int handles_open;
+    void (*stop_cb)(void *);
+    void *stop_arg;
+    char *scratch;                /* max_message_bytes + 1, for size checks */
+    char date[40];
+    int64_t date_sec;
+    uint64_t requests[N_ROUTES][N_STATUS];
+    uint64_t rejected_messages;
+    uint64_t accepted_connections, refused_connections;
+    char readbuf[65536];
+};
+
+/* http.c */
+/* Sends the answer to c's current request and finishes it. extra_headers is
+ * either NULL or complete "Name: value\r\n" lines. */
+void http_respond(conn_t *c, int status, const char *content_type, const char *extra_headers,
+                  const char *body, size_t body_len);
+void http_respond_error(conn_t *c, int status, const char *msg);
+const char *http_status_text(int status);
+/* Appends the CORS headers for the request's Origin, when it is allowed.
+ * Returns 0 when allowed (or no Origin), -1 when the origin is refused. */
+int http_cors_headers(const sl_server_t *srv, const req_t *r, sl_buf_t *out);
+/* 1 when the request has no Origin or cors_origins allows it. */
+int http_origin_allowed(const sl_server_t *srv, const req_t *r);
+void req_free(req_t *r);
+
+/* routes.c */
+void route_request(conn_t *c);
+
+#endif

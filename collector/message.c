@@ -1,0 +1,191 @@
+/* message.c - validation and normalisation of one Segment message into the
+ * form sillage stores. Errors are short static sentences that go straight
+ * into the client's JSON answer. */
+#include "sl_collector.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define MAX_ID_CHARS 256
+
+static const char *const type_names[SL_MSG_NTYPES] = {"track", "page", "screen", "identify", "alias", "group"};
+
+int sl_msg_type_from_name(const char *name, size_t len)
+{
+    for (int i = 0; i < SL_MSG_NTYPES; i++)
+        if (strlen(type_names[i]) == len && memcmp(type_names[i], name, len) == 0) return i;
+    return -1;
+}
+
+const char *sl_msg_type_name(int type)
+{
+    return type >= 0 && type < SL_MSG_NTYPES ? type_names[type] : "unknown";
+}
+
+int64_t sl_skew_correct(int64_t received_ms, int64_t sent_at_ms, int64_t timestamp_ms)
+{
+    return received_ms - (sent_at_ms - timestamp_ms);
+}
+
+/* An id may arrive as a string or a number; it is stored as a string. Returns
+ * 1 when present and usable, 0 when absent/null/empty, -1 when of a wrong type
+ * or too long. */
+static int normalize_id(cJSON *msg, const char *key)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(msg, key);
+    if (v == NULL || cJSON_IsNull(v)) return 0;
+    if (cJSON_IsString(v)) {
+        size_t n = strlen(v->valuestring);
+        if (n == 0) return 0;
+        return n <= MAX_ID_CHARS ? 1 : -1;
+    }
+    if (cJSON_IsNumber(v)) {
+        double d = v->valuedouble;
+        if (!isfinite(d)) return -1;
+        char buf[64];
+        if (d == floor(d) && fabs(d) < 9007199254740992.0) snprintf(buf, sizeof(buf), "%.0f", d);
+        else snprintf(buf, sizeof(buf), "%.17g", d);
+        cJSON_ReplaceItemInObjectCaseSensitive(msg, key, cJSON_CreateString(buf));
+        return 1;
+    }
+    return -1;
+}
+
+static const char *id_error(const char *key)
+{
+    if (strcmp(key, "userId") == 0) return "userId must be a string or a number of at most 256 characters";
+    if (strcmp(key, "anonymousId") == 0) return "anonymousId must be a string or a number of at most 256 characters";
+    if (strcmp(key, "previousId") == 0) return "previousId must be a string or a number of at most 256 characters";
+    if (strcmp(key, "groupId") == 0) return "groupId must be a string or a number of at most 256 characters";
+    return "messageId must be a string or a number of at most 256 characters";
+}
+
+static int object_or_absent(const cJSON *msg, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(msg, key);
+    return v == NULL || cJSON_IsNull(v) || cJSON_IsObject(v);
+}
+
+/* Reads an ISO 8601 member. 1 = present and parsed, 0 = absent, -1 = bad. */
+static int read_time(const cJSON *v, int64_t *ms)
+{
+    if (v == NULL || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsString(v)) return -1;
+    return sl_time_parse_iso(v->valuestring, strlen(v->valuestring), ms) == 0 ? 1 : -1;
+}
+
+static void set_string(cJSON *obj, const char *key, const char *val)
+{
+    cJSON *s = cJSON_CreateString(val);
+    if (s == NULL) return;
+    if (cJSON_GetObjectItemCaseSensitive(obj, key)) cJSON_ReplaceItemInObjectCaseSensitive(obj, key, s);
+    else cJSON_AddItemToObject(obj, key, s);
+}
+
+const char *sl_msg_normalize(cJSON *msg, int type, const sl_ingest_ctx_t *ctx)
+{
+    if (!cJSON_IsObject(msg)) return "message must be a JSON object";
+
+    /* type */
+    cJSON *t = cJSON_GetObjectItemCaseSensitive(msg, "type");
+    if (type < 0) {
+        if (!cJSON_IsString(t)) return "message needs a type: track, page, screen, identify, alias or group";
+        type = sl_msg_type_from_name(t->valuestring, strlen(t->valuestring));
+        if (type < 0) return "type must be one of track, page, screen, identify, alias, group";
+    } else {
+        set_string(msg, "type", type_names[type]);
+    }
+
+    /* identities */
+    int uid = normalize_id(msg, "userId");
+    if (uid < 0) return id_error("userId");
+    int aid = normalize_id(msg, "anonymousId");
+    if (aid < 0) return id_error("anonymousId");
+    if (type == SL_MSG_ALIAS) {
+        int pid = normalize_id(msg, "previousId");
+        if (pid < 0) return id_error("previousId");
+        if (pid == 0 || uid == 0) return "alias needs previousId and userId";
+    } else if (uid == 0 && aid == 0) {
+        return "message needs userId or anonymousId";
+    }
+    if (type == SL_MSG_TRACK) {
+        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(msg, "event");
+        if (!cJSON_IsString(ev) || ev->valuestring[0] == '\0') return "track needs an event name (\"event\")";
+        if (strlen(ev->valuestring) > 1024) return "event name is longer than 1024 characters";
+    }
+    if (type == SL_MSG_GROUP) {
+        int gid = normalize_id(msg, "groupId");
+        if (gid < 0) return id_error("groupId");
+        if (gid == 0) return "group needs groupId";
+    }
+    if (!object_or_absent(msg, "properties")) return "properties must be an object";
+    if (!object_or_absent(msg, "traits")) return "traits must be an object";
+    if (!object_or_absent(msg, "context")) return "context must be an object";
+    if (!object_or_absent(msg, "integrations")) return "integrations must be an object";
+
+    /* messageId: the dedupe key; assigned when missing */
+    int mid = normalize_id(msg, "messageId");
+    if (mid < 0) return id_error("messageId");
+    if (mid == 0) {
+        char uuid[37];
+        sl_uuid4(uuid);
+        set_string(msg, "messageId", uuid);
+    }
+
+    /* times: timestamp corrected for the client's clock skew */
+    int64_t ts = 0, sent = 0, orig = 0;
+    int has_ts = read_time(cJSON_GetObjectItemCaseSensitive(msg, "timestamp"), &ts);
+    if (has_ts < 0) return "timestamp must be an ISO 8601 date-time string";
+    int has_orig = read_time(cJSON_GetObjectItemCaseSensitive(msg, "originalTimestamp"), &orig);
+    if (has_orig < 0) return "originalTimestamp must be an ISO 8601 date-time string";
+    cJSON *sent_item = cJSON_GetObjectItemCaseSensitive(msg, "sentAt");
+    int has_sent = read_time(sent_item, &sent);
+    if (has_sent < 0) return "sentAt must be an ISO 8601 date-time string";
+    if (has_sent == 0 && ctx->batch_sent_at) {
+        if (sl_time_parse_iso(ctx->batch_sent_at, strlen(ctx->batch_sent_at), &sent))
+            return "the batch's sentAt must be an ISO 8601 date-time string";
+        has_sent = 1;
+        set_string(msg, "sentAt", ctx->batch_sent_at);
+    }
+    /* A client that already moved its clock reading into originalTimestamp
+     * (analytics.js does) keeps it there. */
+    if (!has_ts && has_orig) {
+        ts = orig;
+        has_ts = 1;
+    }
+    int64_t corrected = ctx->received_ms;
+    if (has_ts) corrected = has_sent ? sl_skew_correct(ctx->received_ms, sent, ts) : ts;
+    char iso[32];
+    if (has_ts && !has_orig) {
+        cJSON *raw = cJSON_GetObjectItemCaseSensitive(msg, "timestamp");
+        cJSON_AddItemToObject(msg, "originalTimestamp", cJSON_Duplicate(raw, 0));
+    }
+    sl_time_format_iso(corrected, iso);
+    set_string(msg, "timestamp", iso);
+    sl_time_format_iso(ctx->received_ms, iso);
+    set_string(msg, "receivedAt", iso);
+
+    /* never store the write key with the event */
+    cJSON_DeleteItemFromObjectCaseSensitive(msg, "writeKey");
+
+    /* context: the batch's shared context under the message's own */
+    cJSON *c = cJSON_GetObjectItemCaseSensitive(msg, "context");
+    if (c == NULL || cJSON_IsNull(c)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(msg, "context");
+        c = cJSON_AddObjectToObject(msg, "context");
+        if (c == NULL) return "out of memory";
+    }
+    if (cJSON_IsObject(ctx->batch_context)) {
+        for (const cJSON *it = ctx->batch_context->child; it; it = it->next)
+            if (!cJSON_GetObjectItemCaseSensitive(c, it->string))
+                cJSON_AddItemToObject(c, it->string, cJSON_Duplicate(it, 1));
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(c, "ip");
+    if (ctx->ip) cJSON_AddStringToObject(c, "ip", ctx->ip);
+    if (ctx->location) {
+        cJSON_DeleteItemFromObjectCaseSensitive(c, "location");
+        cJSON_AddItemToObject(c, "location", cJSON_Duplicate(ctx->location, 1));
+    }
+    return NULL;
+}

@@ -1,0 +1,513 @@
+/* routes.c - what each request gets: ingestion (single messages, batches,
+ * the pixel), CORS preflight, /healthz and /metrics.
+ *
+ * Ingestion: decode the body (gzip, bounded), prescan (depth, UTF-8), parse,
+ * authenticate the write key, normalise and enrich every message, print it,
+ * and queue the printed messages for the writer. The answer is written by
+ * ingest_done() once the writer reports the commit.
+ */
+#define _GNU_SOURCE
+#include "http_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static const unsigned char pixel_gif[] = {
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00,
+    0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b};
+
+/* ---- authentication ------------------------------------------------------------ */
+
+static const sl_source_t *find_source(const sl_config_t *cfg, const char *key, size_t len)
+{
+    for (size_t i = 0; i < cfg->n_sources; i++)
+        if (strlen(cfg->sources[i].write_key) == len && memcmp(cfg->sources[i].write_key, key, len) == 0)
+            return &cfg->sources[i];
+    return NULL;
+}
+
+/* The write key from "Authorization: Basic base64(key:)", else from the
+ * body's writeKey. Returns the source, or NULL with *why set. */
+static const sl_source_t *authenticate(conn_t *c, const cJSON *body, const char **why)
+{
+    req_t *r = c->req;
+    const sl_config_t *cfg = c->srv->cfg;
+    if (r->authorization && strncasecmp(r->authorization, "Basic ", 6) == 0) {
+        const char *b64 = r->authorization + 6;
+        while (*b64 == ' ') b64++;
+        size_t n = strlen(b64);
+        if (n > 1024) {
+            *why = "Authorization header is too long";
+            return NULL;
+        }
+        unsigned char *dec = sl_arena_alloc(&r->arena, n * 3 / 4 + 4);
+        long dl = dec ? sl_base64_decode(b64, n, dec) : -1;
+        if (dl < 0) {
+            *why = "Authorization: Basic credentials are not valid base64";
+            return NULL;
+        }
+        const unsigned char *colon = memchr(dec, ':', (size_t)dl);
+        size_t kl = colon ? (size_t)(colon - dec) : (size_t)dl;
+        const sl_source_t *s = find_source(cfg, (const char *)dec, kl);
+        if (s) return s;
+        *why = "unknown write key";
+        return NULL;
+    }
+    const cJSON *wk = cJSON_GetObjectItemCaseSensitive(body, "writeKey");
+    if (cJSON_IsString(wk)) {
+        const sl_source_t *s = find_source(cfg, wk->valuestring, strlen(wk->valuestring));
+        if (s) return s;
+        *why = "unknown write key";
+        return NULL;
+    }
+    *why = "missing write key: send it as the Basic auth username or as writeKey in the body";
+    return NULL;
+}
+
+/* ---- ingestion ------------------------------------------------------------------- */
+
+static void add_rejection(req_t *r, long index, const char *msg)
+{
+    if (r->n_rejected) sl_buf_append(&r->errors, ",", 1);
+    if (index >= 0) sl_buf_printf(&r->errors, "{\"index\":%ld,\"error\":", index);
+    else sl_buf_appends(&r->errors, "{\"error\":");
+    sl_buf_append_json_str(&r->errors, msg, strlen(msg));
+    sl_buf_append(&r->errors, "}", 1);
+    r->n_rejected++;
+}
+
+static void ingest_done(sl_store_batch_t *b)
+{
+    req_t *r = b->data;
+    conn_t *c = r->conn;
+    if (c == NULL) { /* the client left; the messages are stored all the same */
+        req_free(r);
+        return;
+    }
+    if (b->rc) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "storage unavailable, nothing was stored: %s", sl_strerror(b->rc));
+        http_respond_error(c, 503, msg);
+        return;
+    }
+    if (r->is_pixel) {
+        http_respond(c, 200, "image/gif", "Cache-Control: no-store, max-age=0\r\n",
+                     (const char *)pixel_gif, sizeof(pixel_gif));
+        return;
+    }
+    if (r->n_rejected == 0) {
+        static const char ok[] = "{\"success\":true}";
+        http_respond(c, 200, "application/json", NULL, ok, sizeof(ok) - 1);
+        return;
+    }
+    sl_buf_t out = {0};
+    sl_buf_printf(&out, "{\"success\":true,\"accepted\":%zu,\"rejected\":%zu,\"errors\":[",
+                  b->n_msgs, r->n_rejected);
+    sl_buf_append(&out, r->errors.data, r->errors.len);
+    sl_buf_appends(&out, "]}");
+    http_respond(c, 200, "application/json", NULL, out.data ? out.data : "", out.len);
+    sl_buf_free(&out);
+}
+
+/* The address and location every message of this request gets. */
+static void request_context(conn_t *c, sl_ingest_ctx_t *ctx, char ipbuf[46], cJSON **loc)
+{
+    sl_server_t *srv = c->srv;
+    req_t *r = c->req;
+    sl_ipnet_t ip;
+    sl_client_ip(&c->peer, r->xff, r->xff ? strlen(r->xff) : 0, srv->trusted, srv->n_trusted, &ip);
+    *loc = ip.family ? sl_geo_lookup(srv->geo, &ip) : NULL; /* full address: better precision */
+    if (srv->cfg->ip_anonymize) sl_ip_anonymize(&ip);
+    ipbuf[0] = '\0';
+    if (ip.family) sl_ip_format(&ip, ipbuf);
+    ctx->ip = ipbuf[0] ? ipbuf : NULL;
+    ctx->location = *loc;
+}
+
+/* Normalises one message and appends its printed form to the batch.
+ * Returns NULL or why it was refused. */
+static const char *accept_message(conn_t *c, cJSON *msg, int type, const sl_ingest_ctx_t *ctx,
+                                  const sl_source_t *src)
+{
+    req_t *r = c->req;
+    const char *why = sl_msg_normalize(msg, type, ctx);
+    if (why) return why;
+    char *json = cJSON_PrintUnformatted(msg);
+    if (json == NULL) return "out of memory";
+    const cJSON *mid = cJSON_GetObjectItemCaseSensitive(msg, "messageId");
+    sl_store_msg_t *m = &r->batch.msgs[r->batch.n_msgs++];
+    memset(m, 0, sizeof(*m));
+    m->json = json;
+    m->json_len = strlen(json);
+    m->received_ms = ctx->received_ms;
+    m->dedupe = sl_store_dedupe_key(c->srv->store, src->name, mid->valuestring);
+    r->jsons[r->n_jsons++] = json;
+    return NULL;
+}
+
+static int content_type_ok(const char *ct)
+{
+    if (ct == NULL || ct[0] == '\0') return 1;
+    /* text/plain is what sendBeacon sends; the form type is curl -d's
+     * default. The body must be JSON whatever the label says. */
+    return strncasecmp(ct, "application/json", 16) == 0 || strncasecmp(ct, "text/plain", 10) == 0 ||
+           strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0 || strcasestr(ct, "+json") != NULL;
+}
+
+/* Queues the accepted messages, or answers at once when there are none. */
+static void submit(conn_t *c)
+{
+    req_t *r = c->req;
+    sl_server_t *srv = c->srv;
+    srv->rejected_messages += r->n_rejected;
+    if (r->batch.n_msgs == 0) {
+        sl_buf_t out = {0};
+        if (r->n_rejected == 1 && r->route != ROUTE_BATCH) {
+            /* single message: the error itself is the answer */
+            const char *e = strstr(r->errors.data, "\"error\":");
+            sl_buf_printf(&out, "{\"success\":false,%s", e ? e : "\"error\":\"rejected\"}");
+        } else {
+            sl_buf_printf(&out, "{\"success\":false,\"error\":\"every message in the batch was rejected\","
+                                "\"errors\":[%s]}", r->errors.data ? r->errors.data : "");
+        }
+        http_respond(c, 400, "application/json", NULL, out.data ? out.data : "", out.len);
+        sl_buf_free(&out);
+        return;
+    }
+    r->batch.done = ingest_done;
+    r->batch.data = r;
+    int rc = sl_store_submit(srv->store, &r->batch);
+    if (rc == SL_EBUSY) {
+        SL_INFO("commit queue full (%zu messages): answering 503", sl_store_queued(srv->store));
+        http_respond_error(c, 503, "server busy: the commit queue is full, retry later");
+        return;
+    }
+    if (rc) {
+        http_respond_error(c, 503, sl_strerror(rc));
+        return;
+    }
+    c->busy = 1;
+}
+
+/* Everything after the body is known to be a JSON document. */
+static void ingest_json(conn_t *c, const char *body, size_t len, int type)
+{
+    req_t *r = c->req;
+    sl_server_t *srv = c->srv;
+    const sl_config_t *cfg = srv->cfg;
+    const char *why = sl_json_prescan(body, len, cfg->limits.max_json_depth);
+    if (why) {
+        SL_INFO("reading client request body: %s", why);
+        http_respond_error(c, 400, why);
+        return;
+    }
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (root == NULL) {
+        http_respond_error(c, 400, "body is not valid JSON");
+        return;
+    }
+    cJSON *loc = NULL;
+    if (!cJSON_IsObject(root)) {
+        http_respond_error(c, 400, "body must be a JSON object");
+        goto out;
+    }
+    const sl_source_t *src = authenticate(c, root, &why);
+    if (src == NULL) {
+        SL_INFO("authenticating client request: %s", why);
+        http_respond_error(c, 401, why);
+        goto out;
+    }
+    sl_ingest_ctx_t ctx = {0};
+    char ipbuf[46];
+    ctx.received_ms = sl_now_ms();
+    if (type != -1) {
+        if (len > cfg->limits.max_message_bytes) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "message exceeds limits.max_message_bytes (%llu bytes)",
+                     (unsigned long long)cfg->limits.max_message_bytes);
+            http_respond_error(c, 413, msg);
+            goto out;
+        }
+        r->batch.msgs = calloc(1, sizeof(sl_store_msg_t));
+        r->jsons = calloc(1, sizeof(char *));
+        if (r->batch.msgs == NULL || r->jsons == NULL) {
+            http_respond_error(c, 503, "out of memory");
+            goto out;
+        }
+        request_context(c, &ctx, ipbuf, &loc);
+        why = accept_message(c, root, type, &ctx, src);
+        if (why) add_rejection(r, -1, why);
+        submit(c);
+        goto out;
+    }
+
+    const cJSON *batch = cJSON_GetObjectItemCaseSensitive(root, "batch");
+    if (!cJSON_IsArray(batch)) {
+        http_respond_error(c, 400, "batch must be an array of messages");
+        goto out;
+    }
+    size_t n = (size_t)cJSON_GetArraySize(batch);
+    if (n == 0) {
+        http_respond_error(c, 400, "batch is empty");
+        goto out;
+    }
+    if (n > cfg->limits.max_batch_messages) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "batch holds %zu messages; limits.max_batch_messages is %llu", n,
+                 (unsigned long long)cfg->limits.max_batch_messages);
+        http_respond_error(c, 413, msg);
+        goto out;
+    }
+    const cJSON *bctx = cJSON_GetObjectItemCaseSensitive(root, "context");
+    const cJSON *bsent = cJSON_GetObjectItemCaseSensitive(root, "sentAt");
+    ctx.batch_context = cJSON_IsObject(bctx) ? bctx : NULL;
+    ctx.batch_sent_at = cJSON_IsString(bsent) ? bsent->valuestring : NULL;
+    r->batch.msgs = calloc(n, sizeof(sl_store_msg_t));
+    r->jsons = calloc(n, sizeof(char *));
+    if (r->batch.msgs == NULL || r->jsons == NULL) {
+        http_respond_error(c, 503, "out of memory");
+        goto out;
+    }
+    request_context(c, &ctx, ipbuf, &loc);
+    long i = 0;
+    for (cJSON *m = batch->child; m; m = m->next, i++) {
+        if (!cJSON_PrintPreallocated(m, srv->scratch, (int)cfg->limits.max_message_bytes + 1, 0)) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "message exceeds limits.max_message_bytes (%llu bytes)",
+                     (unsigned long long)cfg->limits.max_message_bytes);
+            add_rejection(r, i, msg);
+            continue;
+        }
+        why = accept_message(c, m, -1, &ctx, src);
+        if (why) add_rejection(r, i, why);
+    }
+    submit(c);
+out:
+    cJSON_Delete(loc);
+    cJSON_Delete(root);
+}
+
+static void handle_ingest(conn_t *c, int type)
+{
+    req_t *r = c->req;
+    if (!content_type_ok(r->content_type)) {
+        http_respond_error(c, 415, "Content-Type must be application/json or text/plain (the body is JSON)");
+        return;
+    }
+    const char *body = r->body.data ? r->body.data : "";
+    size_t len = r->body.len;
+    char *inflated = NULL;
+    if (r->content_encoding && strcasecmp(r->content_encoding, "identity") != 0) {
+        if (strcasecmp(r->content_encoding, "gzip") != 0 && strcasecmp(r->content_encoding, "x-gzip") != 0 &&
+            strcasecmp(r->content_encoding, "deflate") != 0) {
+            http_respond_error(c, 415, "Content-Encoding must be gzip or identity");
+            return;
+        }
+        size_t out_len;
+        int rc = sl_gunzip(body, len, c->srv->cfg->limits.max_request_bytes, &inflated, &out_len);
+        if (rc == SL_ETOOBIG) {
+            http_respond_error(c, 413, "decompressed body exceeds limits.max_request_bytes");
+            return;
+        }
+        if (rc) {
+            http_respond_error(c, 400, "body is not valid gzip");
+            return;
+        }
+        body = inflated;
+        len = out_len;
+    }
+    if (len == 0) {
+        http_respond_error(c, 400, "empty body: send a JSON message");
+        free(inflated);
+        return;
+    }
+    ingest_json(c, body, len, type);
+    free(inflated);
+}
+
+/* GET /v1/pixel/{track|page|identify}?data=<base64 JSON message> */
+static void handle_pixel(conn_t *c, const char *what)
+{
+    req_t *r = c->req;
+    int type = sl_msg_type_from_name(what, strlen(what));
+    if (type != SL_MSG_TRACK && type != SL_MSG_PAGE && type != SL_MSG_IDENTIFY) {
+        http_respond_error(c, 404, "pixel routes are /v1/pixel/track, /v1/pixel/page and /v1/pixel/identify");
+        return;
+    }
+    const char *data = NULL;
+    size_t dlen = 0;
+    for (const char *q = r->query; q && *q;) {
+        const char *amp = strchr(q, '&');
+        size_t pl = amp ? (size_t)(amp - q) : strlen(q);
+        if (pl > 5 && strncmp(q, "data=", 5) == 0) {
+            data = q + 5;
+            dlen = pl - 5;
+        }
+        q = amp ? amp + 1 : NULL;
+    }
+    if (data == NULL) {
+        http_respond_error(c, 400, "pixel needs ?data=<base64 JSON message>");
+        return;
+    }
+    char *enc = sl_arena_strndup(&r->arena, data, dlen);
+    long el = enc ? sl_percent_decode(enc, dlen) : -1;
+    if (el < 0) {
+        http_respond_error(c, 400, "data has a bad %-escape");
+        return;
+    }
+    unsigned char *json = sl_arena_alloc(&r->arena, (size_t)el * 3 / 4 + 4);
+    long jl = json ? sl_base64_decode(enc, (size_t)el, json) : -1;
+    if (jl <= 0) {
+        http_respond_error(c, 400, "data is not valid base64");
+        return;
+    }
+    r->is_pixel = 1;
+    ingest_json(c, (const char *)json, (size_t)jl, type);
+}
+
+static void handle_preflight(conn_t *c)
+{
+    req_t *r = c->req;
+    sl_buf_t h = {0};
+    if (!http_origin_allowed(c->srv, r)) {
+        http_respond_error(c, 403, "origin not allowed by cors_origins");
+        return;
+    }
+    const char *allow = r->acr_headers && strlen(r->acr_headers) < 512 ? r->acr_headers
+                                                                        : "Content-Type, Authorization, Content-Encoding";
+    sl_buf_printf(&h, "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+                      "Access-Control-Allow-Headers: %s\r\nAccess-Control-Max-Age: 86400\r\n", allow);
+    if (r->origin == NULL) sl_buf_appends(&h, "Allow: GET, POST, OPTIONS\r\n");
+    http_respond(c, 204, NULL, h.data, NULL, 0);
+    sl_buf_free(&h);
+}
+
+static void handle_healthz(conn_t *c)
+{
+    char body[256];
+    sl_store_stats_t s;
+    sl_store_get_stats(c->srv->store, &s);
+    int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"version\":\"%s\",\"last_seq\":%llu,\"queued\":%zu}",
+                     c->srv->stopping ? "stopping" : "ok", SL_VERSION, (unsigned long long)s.last_seq,
+                     sl_store_queued(c->srv->store));
+    http_respond(c, c->srv->stopping ? 503 : 200, "application/json", "Cache-Control: no-store\r\n", body, (size_t)n);
+}
+
+static void handle_metrics(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    sl_buf_t b = {0};
+    /* count this request before rendering, so a scrape sees itself */
+    srv->requests[ROUTE_METRICS][1]++;
+    sl_buf_appends(&b, "# HELP sillage_http_requests_total HTTP requests answered, by route and status.\n"
+                       "# TYPE sillage_http_requests_total counter\n");
+    for (int r = 0; r < N_ROUTES; r++)
+        for (int s = 0; s < N_STATUS; s++)
+            if (srv->requests[r][s])
+                sl_buf_printf(&b, "sillage_http_requests_total{route=\"%s\",status=\"%s%d\"} %llu\n",
+                              route_names[r], s == N_STATUS - 1 ? "other" : "",
+                              s == N_STATUS - 1 ? 0 : status_codes[s], (unsigned long long)srv->requests[r][s]);
+    srv->requests[ROUTE_METRICS][1]--;
+    sl_store_stats_t st;
+    sl_store_get_stats(srv->store, &st);
+    sl_buf_printf(&b,
+                  "# HELP sillage_events_stored_total Messages durably stored.\n"
+                  "# TYPE sillage_events_stored_total counter\nsillage_events_stored_total %llu\n"
+                  "# HELP sillage_events_duplicate_total Messages acknowledged but not stored again (messageId seen).\n"
+                  "# TYPE sillage_events_duplicate_total counter\nsillage_events_duplicate_total %llu\n"
+                  "# HELP sillage_messages_rejected_total Messages refused by validation.\n"
+                  "# TYPE sillage_messages_rejected_total counter\nsillage_messages_rejected_total %llu\n"
+                  "# HELP sillage_commits_total LMDB write transactions committed.\n"
+                  "# TYPE sillage_commits_total counter\nsillage_commits_total %llu\n"
+                  "# HELP sillage_commit_failures_total Write transactions that failed (answered 503).\n"
+                  "# TYPE sillage_commit_failures_total counter\nsillage_commit_failures_total %llu\n"
+                  "# HELP sillage_lmdb_map_resizes_total Times the LMDB map grew.\n"
+                  "# TYPE sillage_lmdb_map_resizes_total counter\nsillage_lmdb_map_resizes_total %llu\n"
+                  "# HELP sillage_lmdb_map_size_bytes Current LMDB map size.\n"
+                  "# TYPE sillage_lmdb_map_size_bytes gauge\nsillage_lmdb_map_size_bytes %llu\n"
+                  "# HELP sillage_commit_queue_messages Messages waiting for or inside a commit.\n"
+                  "# TYPE sillage_commit_queue_messages gauge\nsillage_commit_queue_messages %zu\n"
+                  "# HELP sillage_dedupe_entries Message ids held for deduplication.\n"
+                  "# TYPE sillage_dedupe_entries gauge\nsillage_dedupe_entries %llu\n"
+                  "# HELP sillage_connections Open client connections.\n"
+                  "# TYPE sillage_connections gauge\nsillage_connections %zu\n"
+                  "# HELP sillage_connections_refused_total Connections closed at once (limits.max_connections).\n"
+                  "# TYPE sillage_connections_refused_total counter\nsillage_connections_refused_total %llu\n",
+                  (unsigned long long)st.events_stored, (unsigned long long)st.duplicates,
+                  (unsigned long long)srv->rejected_messages, (unsigned long long)st.commits,
+                  (unsigned long long)st.commit_failures, (unsigned long long)st.map_resizes,
+                  (unsigned long long)st.map_size_bytes, sl_store_queued(srv->store),
+                  (unsigned long long)st.dedupe_entries, srv->n_conns,
+                  (unsigned long long)srv->refused_connections);
+    uint64_t cum = 0;
+    sl_buf_appends(&b, "# HELP sillage_commit_batch_messages Messages per LMDB commit.\n"
+                       "# TYPE sillage_commit_batch_messages histogram\n");
+    for (int i = 0; i < 12; i++) {
+        cum += st.batch_hist[i];
+        if (i < 11) sl_buf_printf(&b, "sillage_commit_batch_messages_bucket{le=\"%llu\"} %llu\n",
+                                  (unsigned long long)sl_store_batch_bounds[i], (unsigned long long)cum);
+        else sl_buf_printf(&b, "sillage_commit_batch_messages_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    }
+    sl_buf_printf(&b, "sillage_commit_batch_messages_sum %llu\nsillage_commit_batch_messages_count %llu\n",
+                  (unsigned long long)st.batch_sum, (unsigned long long)cum);
+    cum = 0;
+    sl_buf_appends(&b, "# HELP sillage_commit_duration_seconds Time to commit one LMDB transaction, fsync included.\n"
+                       "# TYPE sillage_commit_duration_seconds histogram\n");
+    for (int i = 0; i < 14; i++) {
+        cum += st.latency_hist[i];
+        if (i < 13) sl_buf_printf(&b, "sillage_commit_duration_seconds_bucket{le=\"%g\"} %llu\n",
+                                  (double)sl_store_latency_bounds_us[i] / 1e6, (unsigned long long)cum);
+        else sl_buf_printf(&b, "sillage_commit_duration_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    }
+    sl_buf_printf(&b, "sillage_commit_duration_seconds_sum %.6f\nsillage_commit_duration_seconds_count %llu\n",
+                  (double)st.latency_sum_us / 1e6, (unsigned long long)cum);
+    http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "Cache-Control: no-store\r\n",
+                 b.data ? b.data : "", b.len);
+    sl_buf_free(&b);
+}
+
+void route_request(conn_t *c)
+{
+    req_t *r = c->req;
+    const char *path = r->path;
+    int m = r->method;
+
+    if (m == HTTP_OPTIONS) {
+        r->route = ROUTE_PREFLIGHT;
+        handle_preflight(c);
+        return;
+    }
+    if (strncmp(path, "/v1/", 4) == 0) {
+        const char *rest = path + 4;
+        if (strncmp(rest, "pixel/", 6) == 0) {
+            r->route = ROUTE_PIXEL;
+            if (m != HTTP_GET) http_respond_error(c, 405, "use GET for the pixel");
+            else if (!http_origin_allowed(c->srv, r))
+                http_respond_error(c, 403, "origin not allowed by cors_origins");
+            else handle_pixel(c, rest + 6);
+            return;
+        }
+        int type = strcmp(rest, "batch") == 0 ? -1 : sl_msg_type_from_name(rest, strlen(rest));
+        if (type != -1 || strcmp(rest, "batch") == 0) {
+            r->route = type == -1 ? ROUTE_BATCH : type; /* ROUTE_TRACK.. match SL_MSG_* */
+            if (m != HTTP_POST) http_respond_error(c, 405, "use POST to send messages");
+            else if (!http_origin_allowed(c->srv, r)) http_respond_error(c, 403, "origin not allowed by cors_origins");
+            else handle_ingest(c, type);
+            return;
+        }
+    } else if (strcmp(path, "/healthz") == 0) {
+        r->route = ROUTE_HEALTHZ;
+        if (m != HTTP_GET) http_respond_error(c, 405, "use GET");
+        else handle_healthz(c);
+        return;
+    } else if (strcmp(path, "/metrics") == 0) {
+        r->route = ROUTE_METRICS;
+        if (m != HTTP_GET) http_respond_error(c, 405, "use GET");
+        else handle_metrics(c);
+        return;
+    }
+    http_respond_error(c, 404, "no such route");
+}

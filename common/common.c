@@ -1,0 +1,444 @@
+/* common.c - see sl_common.h. */
+#define _GNU_SOURCE
+#include "sl_common.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <uv.h>
+
+const char *sl_strerror(int rc)
+{
+    switch (rc) {
+    case 0: return "success";
+    case SL_EINVAL: return "invalid input";
+    case SL_ENOMEM: return "out of memory";
+    case SL_ETOOBIG: return "input too large";
+    case SL_EBUSY: return "queue full, try again later";
+    case SL_ESTORE: return "store failed to commit";
+    case SL_ESHUTDOWN: return "server is shutting down";
+    }
+    if (rc > 0) return mdb_strerror(rc);     /* LMDB codes and errno values */
+    return uv_strerror(rc);                  /* negative errno */
+}
+
+/* ---- arena ---------------------------------------------------------------- */
+
+struct sl_arena_block_s {
+    sl_arena_block_t *next;
+    size_t cap, used;
+    _Alignas(16) char data[];
+};
+
+#define SL_ARENA_BLOCK 4096
+
+void sl_arena_init(sl_arena_t *a)
+{
+    a->head = NULL;
+    a->used_bytes = 0;
+}
+
+void *sl_arena_alloc(sl_arena_t *a, size_t n)
+{
+    sl_arena_block_t *b = a->head;
+    n = (n + 7) & ~(size_t)7;
+    if (b == NULL || b->cap - b->used < n) {
+        size_t cap = n > SL_ARENA_BLOCK / 2 ? n : SL_ARENA_BLOCK - sizeof(*b);
+        sl_arena_block_t *nb = malloc(sizeof(*nb) + cap);
+        if (nb == NULL) return NULL;
+        nb->cap = cap;
+        nb->used = 0;
+        /* A large one-off allocation goes behind the current block so the
+         * current block's free space stays usable. */
+        if (b != NULL && cap == n && b->cap - b->used > 64) {
+            nb->next = b->next;
+            b->next = nb;
+        } else {
+            nb->next = b;
+            a->head = nb;
+        }
+        b = nb;
+    }
+    void *p = b->data + b->used;
+    b->used += n;
+    a->used_bytes += n;
+    return p;
+}
+
+char *sl_arena_strndup(sl_arena_t *a, const char *s, size_t n)
+{
+    char *p = sl_arena_alloc(a, n + 1);
+    if (p == NULL) return NULL;
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+void sl_arena_free(sl_arena_t *a)
+{
+    sl_arena_block_t *b = a->head;
+    while (b) {
+        sl_arena_block_t *next = b->next;
+        free(b);
+        b = next;
+    }
+    a->head = NULL;
+    a->used_bytes = 0;
+}
+
+/* ---- buffer --------------------------------------------------------------- */
+
+int sl_buf_reserve(sl_buf_t *b, size_t extra)
+{
+    if (b->cap - b->len > extra) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap - b->len <= extra) cap *= 2;
+    char *p = realloc(b->data, cap);
+    if (p == NULL) return SL_ENOMEM;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int sl_buf_append(sl_buf_t *b, const void *p, size_t n)
+{
+    if (sl_buf_reserve(b, n)) return SL_ENOMEM;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+int sl_buf_appends(sl_buf_t *b, const char *s)
+{
+    return sl_buf_append(b, s, strlen(s));
+}
+
+int sl_buf_printf(sl_buf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) return SL_EINVAL;
+    if (sl_buf_reserve(b, (size_t)n + 1)) return SL_ENOMEM;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+int sl_buf_append_json_str(sl_buf_t *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (sl_buf_reserve(b, n * 6 + 3)) return SL_ENOMEM;
+    char *o = b->data + b->len;
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = (char)c;
+        } else if (c < 0x20) {
+            *o++ = '\\';
+            switch (c) {
+            case '\n': *o++ = 'n'; break;
+            case '\r': *o++ = 'r'; break;
+            case '\t': *o++ = 't'; break;
+            default:
+                *o++ = 'u'; *o++ = '0'; *o++ = '0';
+                *o++ = hex[c >> 4]; *o++ = hex[c & 15];
+            }
+        } else {
+            *o++ = (char)c;
+        }
+    }
+    *o++ = '"';
+    *o = '\0';
+    b->len = (size_t)(o - b->data);
+    return 0;
+}
+
+void sl_buf_free(sl_buf_t *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- time ----------------------------------------------------------------- */
+
+int64_t sl_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint64_t sl_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's
+ * days_from_civil algorithm), and its inverse. */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    unsigned yoe = (unsigned)(y - era * 400);
+    unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
+{
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    unsigned doe = (unsigned)(z - era * 146097);
+    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    unsigned mp = (5 * doy + 2) / 153;
+    *d = doy - (153 * mp + 2) / 5 + 1;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = (int64_t)yoe + era * 400 + (*m <= 2);
+}
+
+void sl_time_format_iso(int64_t ms, char out[32])
+{
+    int64_t days = ms >= 0 ? ms / 86400000 : -((-ms + 86399999) / 86400000);
+    int64_t rem = ms - days * 86400000;
+    int64_t y;
+    unsigned m, d;
+    civil_from_days(days, &y, &m, &d);
+    if (y < 0 || y > 9999) y = y < 0 ? 0 : 9999; /* clamp: ISO needs 4 digits */
+    snprintf(out, 32, "%04u-%02u-%02uT%02u:%02u:%02u.%03uZ", (unsigned)y % 10000u, m % 13u, d % 32u,
+             (unsigned)(rem / 3600000) % 24u, (unsigned)(rem / 60000 % 60),
+             (unsigned)(rem / 1000 % 60), (unsigned)(rem % 1000));
+}
+
+static int digits(const char *s, size_t n, size_t *i, int count, int *out)
+{
+    int v = 0;
+    for (int k = 0; k < count; k++) {
+        if (*i >= n || s[*i] < '0' || s[*i] > '9') return -1;
+        v = v * 10 + (s[(*i)++] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+int sl_time_parse_iso(const char *s, size_t n, int64_t *ms)
+{
+    size_t i = 0;
+    int y, mo, d, h = 0, mi = 0, sec = 0, frac_ms = 0;
+    if (digits(s, n, &i, 4, &y)) return SL_EINVAL;
+    if (i >= n || s[i++] != '-') return SL_EINVAL;
+    if (digits(s, n, &i, 2, &mo)) return SL_EINVAL;
+    if (i >= n || s[i++] != '-') return SL_EINVAL;
+    if (digits(s, n, &i, 2, &d)) return SL_EINVAL;
+    if (mo < 1 || mo > 12 || d < 1 || d > 31) return SL_EINVAL;
+    int64_t offset_min = 0;
+    if (i < n) {
+        if (s[i] != 'T' && s[i] != 't' && s[i] != ' ') return SL_EINVAL;
+        i++;
+        if (digits(s, n, &i, 2, &h)) return SL_EINVAL;
+        if (i >= n || s[i++] != ':') return SL_EINVAL;
+        if (digits(s, n, &i, 2, &mi)) return SL_EINVAL;
+        if (i < n && s[i] == ':') {
+            i++;
+            if (digits(s, n, &i, 2, &sec)) return SL_EINVAL;
+            if (i < n && (s[i] == '.' || s[i] == ',')) {
+                i++;
+                int nd = 0, scale = 100;
+                while (i < n && s[i] >= '0' && s[i] <= '9') {
+                    if (nd < 3) frac_ms += (s[i] - '0') * scale;
+                    scale /= 10;
+                    nd++;
+                    i++;
+                }
+                if (nd == 0 || nd > 9) return SL_EINVAL;
+            }
+        }
+        if (h > 23 || mi > 59 || sec > 60) return SL_EINVAL;
+        if (i < n) {
+            if (s[i] == 'Z' || s[i] == 'z') {
+                i++;
+            } else if (s[i] == '+' || s[i] == '-') {
+                int sign = s[i++] == '-' ? -1 : 1, oh, om;
+                if (digits(s, n, &i, 2, &oh)) return SL_EINVAL;
+                if (i < n && s[i] == ':') i++;
+                if (digits(s, n, &i, 2, &om)) return SL_EINVAL;
+                if (oh > 23 || om > 59) return SL_EINVAL;
+                offset_min = sign * (oh * 60 + om);
+            } else {
+                return SL_EINVAL;
+            }
+        }
+        if (i != n) return SL_EINVAL;
+    }
+    int64_t days = days_from_civil(y, (unsigned)mo, (unsigned)d);
+    *ms = ((days * 24 + h) * 60 + mi - offset_min) * 60000 + (int64_t)sec * 1000 + frac_ms;
+    return 0;
+}
+
+/* ---- hashing -------------------------------------------------------------- */
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t hash64(const unsigned char *p, size_t n, uint64_t seed)
+{
+    uint64_t h = mix64(seed ^ (n * 0x9e3779b97f4a7c15ULL));
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = mix64(h ^ mix64(w + 0x9e3779b97f4a7c15ULL));
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, p, n);
+    return mix64(h ^ mix64(w ^ ((uint64_t)n << 56)));
+}
+
+sl_hash128_t sl_hash128(const void *p, size_t n, uint64_t seed)
+{
+    sl_hash128_t h;
+    h.lo = hash64(p, n, seed);
+    h.hi = hash64(p, n, mix64(seed + 0x632be59bd9b4e019ULL));
+    if (h.lo == 0 && h.hi == 0) h.lo = 1;
+    return h;
+}
+
+int sl_random_bytes(void *buf, size_t n)
+{
+    char *p = buf;
+    while (n > 0) {
+        ssize_t r = getrandom(p, n, 0);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* UUIDs come from a per-thread xorshift state seeded from the kernel: one
+ * getrandom() per thread, not one per message. Not for secrets. */
+static _Thread_local uint64_t uuid_state[2];
+
+static uint64_t next_rand(void)
+{
+    if (uuid_state[0] == 0 && uuid_state[1] == 0) {
+        if (sl_random_bytes(uuid_state, sizeof(uuid_state)) || (uuid_state[0] | uuid_state[1]) == 0) {
+            uuid_state[0] = (uint64_t)sl_mono_ns() | 1;
+            uuid_state[1] = (uint64_t)sl_now_ms();
+        }
+    }
+    /* xorshift128+ */
+    uint64_t s1 = uuid_state[0];
+    const uint64_t s0 = uuid_state[1];
+    uuid_state[0] = s0;
+    s1 ^= s1 << 23;
+    uuid_state[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+    return uuid_state[1] + s0;
+}
+
+void sl_uuid4(char out[37])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char b[16];
+    uint64_t r0 = next_rand(), r1 = next_rand();
+    memcpy(b, &r0, 8);
+    memcpy(b + 8, &r1, 8);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) *o++ = '-';
+        *o++ = hex[b[i] >> 4];
+        *o++ = hex[b[i] & 15];
+    }
+    *o = '\0';
+}
+
+/* ---- units ---------------------------------------------------------------- */
+
+static int parse_number_unit(const char *s, uint64_t *num, const char **unit)
+{
+    if (s == NULL || *s < '0' || *s > '9') return SL_EINVAL;
+    uint64_t v = 0;
+    while (*s >= '0' && *s <= '9') {
+        if (v > (UINT64_MAX - 9) / 10) return SL_EINVAL;
+        v = v * 10 + (uint64_t)(*s++ - '0');
+    }
+    *num = v;
+    *unit = s;
+    return 0;
+}
+
+int sl_parse_duration_ms(const char *s, int64_t *ms)
+{
+    uint64_t v, mul;
+    const char *u;
+    if (parse_number_unit(s, &v, &u)) return SL_EINVAL;
+    if (strcmp(u, "ms") == 0) mul = 1;
+    else if (strcmp(u, "s") == 0) mul = 1000;
+    else if (strcmp(u, "m") == 0) mul = 60000;
+    else if (strcmp(u, "h") == 0) mul = 3600000;
+    else if (strcmp(u, "d") == 0) mul = 86400000;
+    else return SL_EINVAL;
+    if (v > (uint64_t)INT64_MAX / mul) return SL_EINVAL;
+    *ms = (int64_t)(v * mul);
+    return 0;
+}
+
+int sl_parse_size_bytes(const char *s, uint64_t *bytes)
+{
+    uint64_t v, mul;
+    const char *u;
+    if (parse_number_unit(s, &v, &u)) return SL_EINVAL;
+    if (*u == '\0' || strcmp(u, "B") == 0) mul = 1;
+    else if (strcmp(u, "KB") == 0 || strcmp(u, "K") == 0 || strcmp(u, "KiB") == 0) mul = 1ULL << 10;
+    else if (strcmp(u, "MB") == 0 || strcmp(u, "M") == 0 || strcmp(u, "MiB") == 0) mul = 1ULL << 20;
+    else if (strcmp(u, "GB") == 0 || strcmp(u, "G") == 0 || strcmp(u, "GiB") == 0) mul = 1ULL << 30;
+    else if (strcmp(u, "TB") == 0 || strcmp(u, "T") == 0 || strcmp(u, "TiB") == 0) mul = 1ULL << 40;
+    else return SL_EINVAL;
+    if (v > UINT64_MAX / mul) return SL_EINVAL;
+    *bytes = v * mul;
+    return 0;
+}
+
+/* ---- logging -------------------------------------------------------------- */
+
+int sl_log_level = SL_LOG_INFO;
+
+void sl_log(int level, const char *fmt, ...)
+{
+    static const char *names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
+    if (level < sl_log_level) return;
+    char ts[32], line[2048];
+    sl_time_format_iso(sl_now_ms(), ts);
+    int n = snprintf(line, sizeof(line), "%s %s ", ts, names[level & 3]);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s\n", line);
+}

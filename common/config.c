@@ -1,0 +1,596 @@
+/* config.c - see sl_config.h. Every key is checked against the list of known
+ * keys of its object, so a typo is an error that names it. */
+#define _GNU_SOURCE
+#include "sl_config.h"
+#include "sl_common.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_CONFIG_BYTES (4u << 20)
+
+static const char *default_junk[] = {
+    "", "null", "undefined", "nil", "none", "anonymous", "anon", "guest",
+    "unknown", "0", "-1", "false", "true", "nan", "[object object]",
+    "00000000-0000-0000-0000-000000000000", "n/a", "na", "test", "user",
+    "email", "noreply@example.com", "\"\"", "''"
+};
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static char **strv_dup(const char *const *v, size_t n)
+{
+    char **out = calloc(n ? n : 1, sizeof(char *));
+    for (size_t i = 0; out && i < n; i++) out[i] = strdup(v[i]);
+    return out;
+}
+
+static void strv_free(char **v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++) free(v[i]);
+    free(v);
+}
+
+static void set_defaults(sl_config_t *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->listen = strdup("127.0.0.1:8080");
+    c->data_dir = strdup("./sillage-data");
+    c->map_size_bytes = 1ULL << 30;
+    c->map_size_max_bytes = 64ULL << 30;
+    c->durability = SL_DURABLE_SYNC;
+    c->ip_anonymize = 1;
+    static const char *email[] = {"email"};
+    c->identity_traits = strv_dup(email, 1);
+    c->n_identity_traits = 1;
+    c->junk_ids = strv_dup(default_junk, sizeof(default_junk) / sizeof(*default_junk));
+    c->n_junk_ids = sizeof(default_junk) / sizeof(*default_junk);
+    c->limits.max_message_bytes = 32768;
+    c->limits.max_request_bytes = 512000;
+    c->limits.max_batch_messages = 2500;
+    c->limits.max_header_bytes = 16384;
+    c->limits.max_connections = 16384;
+    c->limits.max_queue_messages = 65536;
+    c->limits.max_json_depth = 32;
+    c->limits.idle_timeout_ms = 60000;
+    c->limits.request_timeout_ms = 30000;
+    c->dedupe_window_ms = 86400000;
+}
+
+/* ---- typed readers: each names the key path in its error --------------------- */
+
+typedef struct ctx_s {
+    char *err;
+    size_t errlen;
+} ctx_t;
+
+static int check_keys(ctx_t *x, const cJSON *obj, const char *path, const char *const *known)
+{
+    if (!cJSON_IsObject(obj)) {
+        seterr(x->err, x->errlen, "%s must be an object", path[0] ? path : "the top level");
+        return SL_EINVAL;
+    }
+    for (const cJSON *it = obj->child; it; it = it->next) {
+        int ok = 0;
+        for (const char *const *k = known; *k; k++)
+            if (strcmp(it->string, *k) == 0) ok = 1;
+        if (!ok) {
+            seterr(x->err, x->errlen, "unknown key \"%s%s%s\"", path, path[0] ? "." : "", it->string);
+            return SL_EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int get_str(ctx_t *x, const cJSON *obj, const char *key, const char *path, char **out, int required)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (v == NULL) {
+        if (!required) return 0;
+        seterr(x->err, x->errlen, "%s%s%s is required", path, path[0] ? "." : "", key);
+        return SL_EINVAL;
+    }
+    if (!cJSON_IsString(v) || v->valuestring[0] == '\0') {
+        seterr(x->err, x->errlen, "%s%s%s must be a non-empty string", path, path[0] ? "." : "", key);
+        return SL_EINVAL;
+    }
+    free(*out);
+    *out = strdup(v->valuestring);
+    return *out ? 0 : SL_ENOMEM;
+}
+
+static int get_bool(ctx_t *x, const cJSON *obj, const char *key, int *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (v == NULL) return 0;
+    if (!cJSON_IsBool(v)) {
+        seterr(x->err, x->errlen, "%s must be true or false", key);
+        return SL_EINVAL;
+    }
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+static int get_duration(ctx_t *x, const cJSON *obj, const char *key, const char *path, int64_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (v == NULL) return 0;
+    if (!cJSON_IsString(v) || sl_parse_duration_ms(v->valuestring, out)) {
+        seterr(x->err, x->errlen, "%s%s%s must be a duration string such as \"30s\", \"15m\", \"1h\" or \"7d\"",
+               path, path[0] ? "." : "", key);
+        return SL_EINVAL;
+    }
+    return 0;
+}
+
+static int get_size(ctx_t *x, const cJSON *obj, const char *key, const char *path, uint64_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (v == NULL) return 0;
+    if (cJSON_IsNumber(v) && v->valuedouble >= 1 && v->valuedouble <= 1e15 &&
+        v->valuedouble == (double)(uint64_t)v->valuedouble) {
+        *out = (uint64_t)v->valuedouble;
+        return 0;
+    }
+    if (cJSON_IsString(v) && sl_parse_size_bytes(v->valuestring, out) == 0 && *out > 0) return 0;
+    seterr(x->err, x->errlen, "%s%s%s must be a positive number of bytes or a size such as \"512KB\" or \"8GB\"",
+           path, path[0] ? "." : "", key);
+    return SL_EINVAL;
+}
+
+static int get_strv(ctx_t *x, const cJSON *obj, const char *key, const char *path, char ***out, size_t *n)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (v == NULL) return 0;
+    if (!cJSON_IsArray(v)) goto bad;
+    size_t cnt = (size_t)cJSON_GetArraySize(v);
+    char **arr = calloc(cnt ? cnt : 1, sizeof(char *));
+    if (arr == NULL) return SL_ENOMEM;
+    size_t i = 0;
+    for (const cJSON *it = v->child; it; it = it->next, i++) {
+        if (!cJSON_IsString(it)) {
+            strv_free(arr, i);
+            goto bad;
+        }
+        arr[i] = strdup(it->valuestring);
+    }
+    strv_free(*out, *n);
+    *out = arr;
+    *n = cnt;
+    return 0;
+bad:
+    seterr(x->err, x->errlen, "%s%s%s must be an array of strings", path, path[0] ? "." : "", key);
+    return SL_EINVAL;
+}
+
+static int get_limit(ctx_t *x, const cJSON *obj, const char *key, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (v == NULL) return 0;
+    uint64_t val;
+    if (cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble <= 1e15 &&
+        v->valuedouble == (double)(uint64_t)v->valuedouble) {
+        val = (uint64_t)v->valuedouble;
+    } else if (!(cJSON_IsString(v) && sl_parse_size_bytes(v->valuestring, &val) == 0)) {
+        seterr(x->err, x->errlen, "limits.%s must be a whole number", key);
+        return SL_EINVAL;
+    }
+    if (val < lo || val > hi) {
+        seterr(x->err, x->errlen, "limits.%s must be between %llu and %llu", key,
+               (unsigned long long)lo, (unsigned long long)hi);
+        return SL_EINVAL;
+    }
+    *out = val;
+    return 0;
+}
+
+/* ---- sections -------------------------------------------------------------- */
+
+static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t *r)
+{
+    static const char *known[] = {"name", "type", "url", "min_count", "within", "delay",
+                                  "start_events", "cancel_event", "after", "trait", NULL};
+    char path[48];
+    snprintf(path, sizeof(path), "triggers[%zu]", idx);
+    if (check_keys(x, t, path, known)) return SL_EINVAL;
+    char *type = NULL;
+    int rc = get_str(x, t, "name", path, &r->name, 1);
+    if (rc == 0) rc = get_str(x, t, "type", path, &type, 1);
+    if (rc) goto out;
+    r->min_count = 1;
+    r->delay_ms = 3600000;
+    if (strcmp(type, "page_visit") == 0) {
+        r->type = SL_TRIG_PAGE_VISIT;
+        rc = get_str(x, t, "url", path, &r->url, 1);
+        const cJSON *mc = cJSON_GetObjectItemCaseSensitive(t, "min_count");
+        if (rc == 0 && mc) {
+            if (!cJSON_IsNumber(mc) || mc->valuedouble < 1 || mc->valuedouble > 1000000 ||
+                mc->valuedouble != (int)mc->valuedouble) {
+                seterr(x->err, x->errlen, "%s.min_count must be a whole number from 1", path);
+                rc = SL_EINVAL;
+            } else {
+                r->min_count = (int)mc->valuedouble;
+            }
+        }
+        if (rc == 0) rc = get_duration(x, t, "within", path, &r->within_ms);
+    } else if (strcmp(type, "abandoned_cart") == 0) {
+        r->type = SL_TRIG_ABANDONED_CART;
+        static const char *starts[] = {"Product Added", "Cart Viewed", "Checkout Started"};
+        r->start_events = strv_dup(starts, 3);
+        r->n_start_events = 3;
+        r->cancel_event = strdup("Order Completed");
+        rc = get_duration(x, t, "delay", path, &r->delay_ms);
+        if (rc == 0) rc = get_strv(x, t, "start_events", path, &r->start_events, &r->n_start_events);
+        if (rc == 0) rc = get_str(x, t, "cancel_event", path, &r->cancel_event, 0);
+    } else if (strcmp(type, "inactivity") == 0) {
+        r->type = SL_TRIG_INACTIVITY;
+        if (!cJSON_GetObjectItemCaseSensitive(t, "after")) {
+            seterr(x->err, x->errlen, "%s.after is required for an inactivity rule", path);
+            rc = SL_EINVAL;
+        } else {
+            rc = get_duration(x, t, "after", path, &r->after_ms);
+        }
+    } else if (strcmp(type, "trait_change") == 0) {
+        r->type = SL_TRIG_TRAIT_CHANGE;
+        rc = get_str(x, t, "trait", path, &r->trait, 1);
+    } else {
+        seterr(x->err, x->errlen,
+               "%s.type \"%s\" is not one of page_visit, abandoned_cart, inactivity, trait_change",
+               path, type);
+        rc = SL_EINVAL;
+    }
+out:
+    free(type);
+    return rc;
+}
+
+static void free_trigger(sl_trigger_rule_t *r)
+{
+    free(r->name);
+    free(r->url);
+    strv_free(r->start_events, r->n_start_events);
+    free(r->cancel_event);
+    free(r->trait);
+}
+
+static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
+{
+    static const char *known[] = {
+        "listen", "data_dir", "map_size", "map_size_max", "durability", "geoip_db", "ip_anonymize",
+        "trusted_proxies", "cors_origins", "sources", "admin_token", "identity", "limits",
+        "dedupe_window", "triggers", "pressure", "webhooks", "log_level", NULL};
+    int rc;
+    if ((rc = check_keys(x, root, "", known))) return rc;
+    if ((rc = get_str(x, root, "listen", "", &c->listen, 0))) return rc;
+    char host[256];
+    int port;
+    if (sl_config_split_listen(c->listen, host, sizeof(host), &port)) {
+        seterr(x->err, x->errlen, "listen \"%s\" must be HOST:PORT with a port from 1 to 65535", c->listen);
+        return SL_EINVAL;
+    }
+    if ((rc = get_str(x, root, "data_dir", "", &c->data_dir, 0))) return rc;
+    if ((rc = get_size(x, root, "map_size", "", &c->map_size_bytes))) return rc;
+    if (c->map_size_max_bytes < c->map_size_bytes) c->map_size_max_bytes = c->map_size_bytes;
+    if ((rc = get_size(x, root, "map_size_max", "", &c->map_size_max_bytes))) return rc;
+    if (c->map_size_bytes < (1u << 20)) {
+        seterr(x->err, x->errlen, "map_size must be at least 1MB");
+        return SL_EINVAL;
+    }
+    if (c->map_size_max_bytes < c->map_size_bytes) {
+        seterr(x->err, x->errlen, "map_size_max must not be smaller than map_size");
+        return SL_EINVAL;
+    }
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "durability");
+    if (d) {
+        if (cJSON_IsString(d) && strcmp(d->valuestring, "sync") == 0) c->durability = SL_DURABLE_SYNC;
+        else if (cJSON_IsString(d) && strcmp(d->valuestring, "os") == 0) c->durability = SL_DURABLE_OS;
+        else {
+            seterr(x->err, x->errlen, "durability must be \"sync\" or \"os\"");
+            return SL_EINVAL;
+        }
+    }
+    if ((rc = get_str(x, root, "geoip_db", "", &c->geoip_db, 0))) return rc;
+    if ((rc = get_bool(x, root, "ip_anonymize", &c->ip_anonymize))) return rc;
+    if ((rc = get_strv(x, root, "trusted_proxies", "", &c->trusted_proxies, &c->n_trusted_proxies))) return rc;
+    if ((rc = get_strv(x, root, "cors_origins", "", &c->cors_origins, &c->n_cors_origins))) return rc;
+
+    const cJSON *srcs = cJSON_GetObjectItemCaseSensitive(root, "sources");
+    if (srcs) {
+        if (!cJSON_IsArray(srcs) || cJSON_GetArraySize(srcs) == 0) {
+            seterr(x->err, x->errlen, "sources must be a non-empty array of {\"name\", \"write_key\"}");
+            return SL_EINVAL;
+        }
+        c->n_sources = (size_t)cJSON_GetArraySize(srcs);
+        c->sources = calloc(c->n_sources, sizeof(sl_source_t));
+        if (c->sources == NULL) return SL_ENOMEM;
+        size_t i = 0;
+        for (const cJSON *s = srcs->child; s; s = s->next, i++) {
+            static const char *sk[] = {"name", "write_key", NULL};
+            char path[32];
+            snprintf(path, sizeof(path), "sources[%zu]", i);
+            if ((rc = check_keys(x, s, path, sk))) return rc;
+            if ((rc = get_str(x, s, "name", path, &c->sources[i].name, 1))) return rc;
+            if ((rc = get_str(x, s, "write_key", path, &c->sources[i].write_key, 1))) return rc;
+            for (size_t j = 0; j < i; j++)
+                if (strcmp(c->sources[j].write_key, c->sources[i].write_key) == 0) {
+                    seterr(x->err, x->errlen, "%s.write_key repeats the key of sources[%zu]", path, j);
+                    return SL_EINVAL;
+                }
+        }
+    } else {
+        seterr(x->err, x->errlen, "sources is required: at least one {\"name\", \"write_key\"}");
+        return SL_EINVAL;
+    }
+    if ((rc = get_str(x, root, "admin_token", "", &c->admin_token, 1))) return rc;
+
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "identity");
+    if (id) {
+        static const char *ik[] = {"traits", "junk_values", NULL};
+        if ((rc = check_keys(x, id, "identity", ik))) return rc;
+        if ((rc = get_strv(x, id, "traits", "identity", &c->identity_traits, &c->n_identity_traits))) return rc;
+        if ((rc = get_strv(x, id, "junk_values", "identity", &c->junk_ids, &c->n_junk_ids))) return rc;
+    }
+
+    const cJSON *lim = cJSON_GetObjectItemCaseSensitive(root, "limits");
+    if (lim) {
+        static const char *lk[] = {"max_message_bytes", "max_request_bytes", "max_batch_messages",
+                                   "max_header_bytes", "max_connections", "max_queue_messages",
+                                   "max_json_depth", "idle_timeout", "request_timeout", NULL};
+        if ((rc = check_keys(x, lim, "limits", lk))) return rc;
+        if ((rc = get_limit(x, lim, "max_message_bytes", 256, 16u << 20, &c->limits.max_message_bytes))) return rc;
+        if ((rc = get_limit(x, lim, "max_request_bytes", 256, 64u << 20, &c->limits.max_request_bytes))) return rc;
+        if ((rc = get_limit(x, lim, "max_batch_messages", 1, 1000000, &c->limits.max_batch_messages))) return rc;
+        if ((rc = get_limit(x, lim, "max_header_bytes", 1024, 1u << 20, &c->limits.max_header_bytes))) return rc;
+        if ((rc = get_limit(x, lim, "max_connections", 1, 1000000, &c->limits.max_connections))) return rc;
+        if ((rc = get_limit(x, lim, "max_queue_messages", 1, 10000000, &c->limits.max_queue_messages))) return rc;
+        if ((rc = get_limit(x, lim, "max_json_depth", 2, 1000, &c->limits.max_json_depth))) return rc;
+        if ((rc = get_duration(x, lim, "idle_timeout", "limits", &c->limits.idle_timeout_ms))) return rc;
+        if ((rc = get_duration(x, lim, "request_timeout", "limits", &c->limits.request_timeout_ms))) return rc;
+        if (c->limits.max_message_bytes > c->limits.max_request_bytes) {
+            seterr(x->err, x->errlen, "limits.max_message_bytes must not exceed limits.max_request_bytes");
+            return SL_EINVAL;
+        }
+    }
+    if ((rc = get_duration(x, root, "dedupe_window", "", &c->dedupe_window_ms))) return rc;
+
+    const cJSON *trig = cJSON_GetObjectItemCaseSensitive(root, "triggers");
+    if (trig) {
+        if (!cJSON_IsArray(trig)) {
+            seterr(x->err, x->errlen, "triggers must be an array of rules");
+            return SL_EINVAL;
+        }
+        c->n_triggers = (size_t)cJSON_GetArraySize(trig);
+        c->triggers = calloc(c->n_triggers ? c->n_triggers : 1, sizeof(sl_trigger_rule_t));
+        if (c->triggers == NULL) return SL_ENOMEM;
+        size_t i = 0;
+        for (const cJSON *t = trig->child; t; t = t->next, i++) {
+            if ((rc = parse_trigger(x, t, i, &c->triggers[i]))) return rc;
+            for (size_t j = 0; j < i; j++)
+                if (strcmp(c->triggers[j].name, c->triggers[i].name) == 0) {
+                    seterr(x->err, x->errlen, "triggers[%zu].name \"%s\" is used twice", i, c->triggers[i].name);
+                    return SL_EINVAL;
+                }
+        }
+    }
+    const cJSON *pr = cJSON_GetObjectItemCaseSensitive(root, "pressure");
+    if (pr) {
+        static const char *pk[] = {"max_per_profile_per_day", NULL};
+        if ((rc = check_keys(x, pr, "pressure", pk))) return rc;
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(pr, "max_per_profile_per_day");
+        if (m) {
+            if (!cJSON_IsNumber(m) || m->valuedouble < 0 || m->valuedouble > 1000000 ||
+                m->valuedouble != (int)m->valuedouble) {
+                seterr(x->err, x->errlen, "pressure.max_per_profile_per_day must be a whole number (0 = no cap)");
+                return SL_EINVAL;
+            }
+            c->pressure_max_per_profile_per_day = (int)m->valuedouble;
+        }
+    }
+    const cJSON *wh = cJSON_GetObjectItemCaseSensitive(root, "webhooks");
+    if (wh) {
+        if (!cJSON_IsArray(wh)) {
+            seterr(x->err, x->errlen, "webhooks must be an array");
+            return SL_EINVAL;
+        }
+        c->n_webhooks = (size_t)cJSON_GetArraySize(wh);
+        c->webhooks = calloc(c->n_webhooks ? c->n_webhooks : 1, sizeof(sl_webhook_t));
+        if (c->webhooks == NULL) return SL_ENOMEM;
+        size_t i = 0;
+        for (const cJSON *w = wh->child; w; w = w->next, i++) {
+            static const char *wk[] = {"url", "secret", "rules", "expire", NULL};
+            char path[32];
+            snprintf(path, sizeof(path), "webhooks[%zu]", i);
+            sl_webhook_t *h = &c->webhooks[i];
+            h->expire_ms = 86400000;
+            if ((rc = check_keys(x, w, path, wk))) return rc;
+            if ((rc = get_str(x, w, "url", path, &h->url, 1))) return rc;
+            if (strncmp(h->url, "http://", 7) != 0 && strncmp(h->url, "https://", 8) != 0) {
+                seterr(x->err, x->errlen, "%s.url must start with http:// or https://", path);
+                return SL_EINVAL;
+            }
+            if ((rc = get_str(x, w, "secret", path, &h->secret, 1))) return rc;
+            if ((rc = get_strv(x, w, "rules", path, &h->rules, &h->n_rules))) return rc;
+            if ((rc = get_duration(x, w, "expire", path, &h->expire_ms))) return rc;
+            for (size_t k = 0; k < h->n_rules; k++) {
+                int found = 0;
+                for (size_t j = 0; j < c->n_triggers; j++)
+                    if (strcmp(c->triggers[j].name, h->rules[k]) == 0) found = 1;
+                if (!found) {
+                    seterr(x->err, x->errlen, "%s.rules names \"%s\", which is not a trigger rule", path, h->rules[k]);
+                    return SL_EINVAL;
+                }
+            }
+        }
+    }
+    const cJSON *ll = cJSON_GetObjectItemCaseSensitive(root, "log_level");
+    if (ll) {
+        static const char *lv[] = {"debug", "info", "warn", "error"};
+        int found = -1;
+        for (int i = 0; i < 4; i++)
+            if (cJSON_IsString(ll) && strcmp(ll->valuestring, lv[i]) == 0) found = i;
+        if (found < 0) {
+            seterr(x->err, x->errlen, "log_level must be one of debug, info, warn, error");
+            return SL_EINVAL;
+        }
+        sl_log_level = found;
+    }
+    return 0;
+}
+
+int sl_config_parse(sl_config_t *cfg, const char *json, size_t len, char *err, size_t errlen)
+{
+    ctx_t x = {err, errlen};
+    set_defaults(cfg);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+    if (root == NULL) {
+        size_t off = end ? (size_t)(end - json) : 0;
+        size_t line = 1;
+        for (size_t i = 0; i < off && i < len; i++)
+            if (json[i] == '\n') line++;
+        seterr(err, errlen, "not valid JSON near line %zu (byte %zu)", line, off);
+        return SL_EINVAL;
+    }
+    int rc = parse_config(cfg, root, &x);
+    cJSON_Delete(root);
+    if (rc) {
+        sl_config_free(cfg);
+        set_defaults(cfg);
+    }
+    return rc;
+}
+
+int sl_config_load(sl_config_t *cfg, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        seterr(err, errlen, "%s: %s", path, strerror(errno));
+        set_defaults(cfg);
+        return SL_EINVAL;
+    }
+    char *buf = malloc(MAX_CONFIG_BYTES + 1);
+    size_t n = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, f) : 0;
+    fclose(f);
+    if (buf == NULL) return SL_ENOMEM;
+    if (n > MAX_CONFIG_BYTES) {
+        free(buf);
+        seterr(err, errlen, "%s: larger than %u bytes", path, MAX_CONFIG_BYTES);
+        set_defaults(cfg);
+        return SL_EINVAL;
+    }
+    char inner[400];
+    int rc = sl_config_parse(cfg, buf, n, inner, sizeof(inner));
+    free(buf);
+    if (rc) seterr(err, errlen, "%s: %s", path, inner);
+    return rc;
+}
+
+int sl_config_demo(sl_config_t *cfg)
+{
+    static const char demo[] =
+        "{\"listen\":\"127.0.0.1:8080\",\"data_dir\":\"./sillage-data\","
+        "\"sources\":[{\"name\":\"demo\",\"write_key\":\"demo\"}],"
+        "\"admin_token\":\"demo-admin\","
+        "\"triggers\":["
+        "{\"name\":\"cart\",\"type\":\"abandoned_cart\",\"delay\":\"1h\"},"
+        "{\"name\":\"pricing\",\"type\":\"page_visit\",\"url\":\"/pricing*\",\"min_count\":2,\"within\":\"7d\"},"
+        "{\"name\":\"dormant\",\"type\":\"inactivity\",\"after\":\"30d\"},"
+        "{\"name\":\"plan\",\"type\":\"trait_change\",\"trait\":\"plan\"}],"
+        "\"pressure\":{\"max_per_profile_per_day\":3}}";
+    char err[256];
+    int rc = sl_config_parse(cfg, demo, sizeof(demo) - 1, err, sizeof(err));
+    if (rc) return rc;
+    cfg->is_demo = 1;
+    return 0;
+}
+
+int sl_config_split_listen(const char *listen, char *host, size_t hostlen, int *port)
+{
+    if (listen == NULL) return SL_EINVAL;
+    const char *colon = strrchr(listen, ':');
+    if (colon == NULL) return SL_EINVAL;
+    const char *h = listen;
+    size_t hl = (size_t)(colon - listen);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    if (hl == 0 || hl >= hostlen) return SL_EINVAL;
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || p < 1 || p > 65535 || colon[1] == '\0') return SL_EINVAL;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
+static int is_loopback_host(const char *host)
+{
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 || strcmp(host, "localhost") == 0;
+}
+
+int sl_config_check_exposure(const sl_config_t *cfg, char *err, size_t errlen)
+{
+    char host[256];
+    int port;
+    if (sl_config_split_listen(cfg->listen, host, sizeof(host), &port)) {
+        seterr(err, errlen, "listen \"%s\" must be HOST:PORT", cfg->listen);
+        return SL_EINVAL;
+    }
+    if (is_loopback_host(host)) return 0;
+    if (cfg->is_demo) {
+        seterr(err, errlen, "refusing to listen on %s with the demo write key and admin token; "
+               "write a config file with your own secrets (see README)", cfg->listen);
+        return SL_EINVAL;
+    }
+    if (cfg->admin_token && strcmp(cfg->admin_token, "demo-admin") == 0) {
+        seterr(err, errlen, "refusing to listen on %s with admin_token \"demo-admin\"", cfg->listen);
+        return SL_EINVAL;
+    }
+    for (size_t i = 0; i < cfg->n_sources; i++)
+        if (strcmp(cfg->sources[i].write_key, "demo") == 0) {
+            seterr(err, errlen, "refusing to listen on %s with the demo write key \"demo\"", cfg->listen);
+            return SL_EINVAL;
+        }
+    return 0;
+}
+
+void sl_config_free(sl_config_t *c)
+{
+    free(c->listen);
+    free(c->data_dir);
+    free(c->geoip_db);
+    strv_free(c->trusted_proxies, c->n_trusted_proxies);
+    strv_free(c->cors_origins, c->n_cors_origins);
+    for (size_t i = 0; i < c->n_sources; i++) {
+        free(c->sources[i].name);
+        free(c->sources[i].write_key);
+    }
+    free(c->sources);
+    free(c->admin_token);
+    strv_free(c->identity_traits, c->n_identity_traits);
+    strv_free(c->junk_ids, c->n_junk_ids);
+    for (size_t i = 0; i < c->n_triggers; i++) free_trigger(&c->triggers[i]);
+    free(c->triggers);
+    for (size_t i = 0; i < c->n_webhooks; i++) {
+        free(c->webhooks[i].url);
+        free(c->webhooks[i].secret);
+        strv_free(c->webhooks[i].rules, c->n_webhooks ? c->webhooks[i].n_rules : 0);
+    }
+    free(c->webhooks);
+    memset(c, 0, sizeof(*c));
+}

@@ -1,0 +1,106 @@
+/* sl_common.h - small pieces every sillage module uses: error codes, a
+ * per-request arena, a growable byte buffer, wall-clock time in ISO 8601, a
+ * keyed 128-bit hash, and the parsers for durations and sizes.
+ *
+ * Errors: functions return 0 or a negative code. Codes in the SL_E* range are
+ * ours; anything else is a negated errno / libuv code or a positive LMDB code
+ * (LMDB returns positive numbers), and sl_strerror() knows all three.
+ */
+#ifndef SL_COMMON_H
+#define SL_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    SL_EINVAL   = -20001, /* malformed input */
+    SL_ENOMEM   = -20002, /* allocation failed */
+    SL_ETOOBIG  = -20003, /* an input passed its bound */
+    SL_EBUSY    = -20004, /* a queue is full: try again later */
+    SL_ESTORE   = -20005, /* the store could not commit */
+    SL_ESHUTDOWN = -20006 /* the server is stopping */
+};
+
+/* Text for any code returned by a sillage function: our own codes, libuv's
+ * (negative errno), and LMDB's (positive MDB_* codes). Never NULL. */
+const char *sl_strerror(int rc);
+
+/* ---- arena ----------------------------------------------------------------
+ * A bump allocator freed in one call. Blocks are malloc'd as needed; a request
+ * lives in one arena and everything it allocates goes when it is answered. */
+typedef struct sl_arena_block_s sl_arena_block_t;
+typedef struct sl_arena_s {
+    sl_arena_block_t *head;
+    size_t used_bytes; /* total handed out, for bounds and metrics */
+} sl_arena_t;
+
+void sl_arena_init(sl_arena_t *a);
+/* Returns 8-byte aligned memory, or NULL when malloc fails. */
+void *sl_arena_alloc(sl_arena_t *a, size_t n);
+char *sl_arena_strndup(sl_arena_t *a, const char *s, size_t n);
+/* Frees every block; the arena is reusable afterwards. */
+void sl_arena_free(sl_arena_t *a);
+
+/* ---- growable buffer ------------------------------------------------------
+ * Heap-backed; sl_buf_free() releases it. Append functions return 0 or
+ * SL_ENOMEM; on failure the buffer keeps its previous contents. */
+typedef struct sl_buf_s {
+    char *data;
+    size_t len;
+    size_t cap;
+} sl_buf_t;
+
+int sl_buf_reserve(sl_buf_t *b, size_t extra);
+int sl_buf_append(sl_buf_t *b, const void *p, size_t n);
+int sl_buf_appends(sl_buf_t *b, const char *s);
+int sl_buf_printf(sl_buf_t *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Appends s as a JSON string literal, quotes included. */
+int sl_buf_append_json_str(sl_buf_t *b, const char *s, size_t n);
+void sl_buf_free(sl_buf_t *b);
+
+/* ---- time -----------------------------------------------------------------*/
+/* Wall clock, milliseconds since the Unix epoch (UTC). */
+int64_t sl_now_ms(void);
+/* Monotonic clock in nanoseconds, for latencies. */
+uint64_t sl_mono_ns(void);
+/* Writes "YYYY-MM-DDTHH:MM:SS.mmmZ" (24 chars + NUL) into out[32]. */
+void sl_time_format_iso(int64_t ms, char out[32]);
+/* Parses ISO 8601 / RFC 3339: date, 'T' or ' ', time with optional fraction,
+ * then 'Z', '+HH:MM', '+HHMM' or nothing (UTC). A bare date is midnight UTC.
+ * Returns 0 and *ms, or SL_EINVAL. */
+int sl_time_parse_iso(const char *s, size_t n, int64_t *ms);
+
+/* ---- hashing --------------------------------------------------------------*/
+typedef struct sl_hash128_s {
+    uint64_t lo, hi;
+} sl_hash128_t;
+
+/* A keyed, non-cryptographic 128-bit hash. The key is a per-store random seed
+ * so outsiders cannot aim collisions at other visitors' message ids. Never
+ * returns the all-zero value (it is the empty-slot marker of hash tables). */
+sl_hash128_t sl_hash128(const void *p, size_t n, uint64_t seed);
+
+/* Fills buf with n random bytes from the kernel. Returns 0 or -errno. */
+int sl_random_bytes(void *buf, size_t n);
+/* Writes a random RFC 4122 version-4 UUID (36 chars + NUL) into out[37]. */
+void sl_uuid4(char out[37]);
+
+/* ---- units ----------------------------------------------------------------*/
+/* "250ms", "30s", "15m", "1h", "7d" -> milliseconds. SL_EINVAL otherwise. */
+int sl_parse_duration_ms(const char *s, int64_t *ms);
+/* "512000", "64KB", "500MB", "8GB" (powers of 1024; "B" optional) -> bytes. */
+int sl_parse_size_bytes(const char *s, uint64_t *bytes);
+
+/* ---- logging --------------------------------------------------------------*/
+enum { SL_LOG_DEBUG, SL_LOG_INFO, SL_LOG_WARN, SL_LOG_ERROR };
+extern int sl_log_level;
+void sl_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define SL_INFO(...) sl_log(SL_LOG_INFO, __VA_ARGS__)
+#define SL_WARN(...) sl_log(SL_LOG_WARN, __VA_ARGS__)
+#define SL_ERROR(...) sl_log(SL_LOG_ERROR, __VA_ARGS__)
+#define SL_DEBUG(...) do { if (sl_log_level <= SL_LOG_DEBUG) sl_log(SL_LOG_DEBUG, __VA_ARGS__); } while (0)
+
+#define SL_VERSION "0.1.0"
+
+#endif

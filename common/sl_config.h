@@ -1,0 +1,103 @@
+/* sl_config.h - the configuration file (JSON, see DESIGN.md) and the embedded
+ * demo default. A loaded config owns all its strings; sl_config_free()
+ * releases them.
+ */
+#ifndef SL_CONFIG_H
+#define SL_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct sl_source_s {
+    char *name;
+    char *write_key;
+} sl_source_t;
+
+enum sl_durability { SL_DURABLE_SYNC = 0, SL_DURABLE_OS = 1 };
+
+enum sl_trigger_type {
+    SL_TRIG_PAGE_VISIT, SL_TRIG_ABANDONED_CART, SL_TRIG_INACTIVITY, SL_TRIG_TRAIT_CHANGE
+};
+
+typedef struct sl_trigger_rule_s {
+    char *name;
+    int type;              /* enum sl_trigger_type */
+    char *url;             /* page_visit: glob */
+    int min_count;         /* page_visit: default 1 */
+    int64_t within_ms;     /* page_visit: 0 = unbounded */
+    int64_t delay_ms;      /* abandoned_cart: default 1h */
+    char **start_events;   /* abandoned_cart */
+    size_t n_start_events;
+    char *cancel_event;    /* abandoned_cart */
+    int64_t after_ms;      /* inactivity */
+    char *trait;           /* trait_change */
+} sl_trigger_rule_t;
+
+typedef struct sl_webhook_s {
+    char *url;
+    char *secret;
+    char **rules;          /* NULL/0 = every rule */
+    size_t n_rules;
+    int64_t expire_ms;     /* give up after this long; default 24h */
+} sl_webhook_t;
+
+typedef struct sl_config_s {
+    int is_demo;                 /* no file: the embedded demo default */
+    char *listen;                /* "HOST:PORT" */
+    char *data_dir;
+    uint64_t map_size_bytes;     /* initial LMDB map size */
+    uint64_t map_size_max_bytes; /* the map grows on MDB_MAP_FULL up to this */
+    int durability;              /* enum sl_durability */
+    char *geoip_db;              /* NULL = no GeoIP */
+    int ip_anonymize;
+    char **trusted_proxies;
+    size_t n_trusted_proxies;
+    char **cors_origins;         /* NULL/0 = any origin */
+    size_t n_cors_origins;
+    sl_source_t *sources;
+    size_t n_sources;
+    char *admin_token;
+    char **identity_traits;      /* default {"email"} */
+    size_t n_identity_traits;
+    char **junk_ids;             /* values that are never identifiers */
+    size_t n_junk_ids;
+    struct {
+        uint64_t max_message_bytes;   /* 32768 */
+        uint64_t max_request_bytes;   /* 512000 */
+        uint64_t max_batch_messages;  /* 2500 */
+        uint64_t max_header_bytes;    /* 16384 */
+        uint64_t max_connections;     /* 16384 */
+        uint64_t max_queue_messages;  /* 65536 pending in the commit queue */
+        uint64_t max_json_depth;      /* 32 */
+        int64_t idle_timeout_ms;      /* keep-alive idle: 60s */
+        int64_t request_timeout_ms;   /* a started request must finish: 30s */
+    } limits;
+    int64_t dedupe_window_ms;    /* 24h */
+    sl_trigger_rule_t *triggers;
+    size_t n_triggers;
+    int pressure_max_per_profile_per_day; /* 0 = no cap */
+    sl_webhook_t *webhooks;
+    size_t n_webhooks;
+} sl_config_t;
+
+/* Fills *cfg with the demo default: 127.0.0.1:8080, ./sillage-data, write key
+ * "demo", admin token "demo-admin", the demo trigger rules. */
+int sl_config_demo(sl_config_t *cfg);
+
+/* Loads and validates FILE. On error returns SL_EINVAL and writes a sentence
+ * naming the first problem (file, key, why) into err[errlen]. */
+int sl_config_load(sl_config_t *cfg, const char *path, char *err, size_t errlen);
+
+/* Same, from a JSON text (used by the loader and the tests). */
+int sl_config_parse(sl_config_t *cfg, const char *json, size_t len, char *err, size_t errlen);
+
+/* Refuses to serve demo secrets beyond loopback. Returns 0 or SL_EINVAL with
+ * the reason in err. */
+int sl_config_check_exposure(const sl_config_t *cfg, char *err, size_t errlen);
+
+/* Splits "HOST:PORT" / "[v6]:PORT". Returns 0 or SL_EINVAL. */
+int sl_config_split_listen(const char *listen, char *host, size_t hostlen, int *port);
+
+void sl_config_free(sl_config_t *cfg);
+
+#endif

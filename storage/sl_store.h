@@ -1,0 +1,140 @@
+/* sl_store.h - the LMDB store and its single writer thread.
+ *
+ * Layout (named databases in one environment under data_dir):
+ *   events  u64 seq -> stored message (compact JSON), appended with MDB_APPEND
+ *   msgids  u64 seq -> {i64 received_ms, u128 hash(source, messageId)}: the
+ *           dedupe log, appended in the same transaction as the event
+ *   meta    text key -> value (schema version, hash seed)
+ *
+ * Every write on the hot path is an append to an integer key, so a commit
+ * dirties a few pages at the right edge of each B-tree whatever the batch
+ * size. Dedupe lookups go to an in-memory table rebuilt from the tail of
+ * the msgids log at open (only the last dedupe window is read).
+ *
+ * Threads: sl_store_submit() is called from the event loop thread; the writer
+ * thread takes every pending batch, commits them in one transaction (group
+ * commit), then hands them back to the loop thread through a uv_async_t, where
+ * each batch's done callback runs. Nothing here calls a loop function from
+ * the writer thread except uv_async_send().
+ */
+#ifndef SL_STORE_H
+#define SL_STORE_H
+
+#include "sl_common.h"
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct sl_store_s sl_store_t;
+
+/* The outcome of one message, set by the writer. */
+enum sl_store_status {
+    SL_STORE_PENDING = 0,
+    SL_STORE_STORED,     /* appended and durable */
+    SL_STORE_DUPLICATE   /* same (source, messageId) within the window: not stored again */
+};
+
+typedef struct sl_store_msg_s {
+    const char *json;       /* the message to store; owned by the caller */
+    size_t json_len;
+    sl_hash128_t dedupe;    /* sl_store_dedupe_key() of (source, messageId) */
+    int64_t received_ms;
+    int status;             /* out: enum sl_store_status */
+    uint64_t seq;           /* out: the event's sequence number when stored */
+} sl_store_msg_t;
+
+typedef struct sl_store_batch_s sl_store_batch_t;
+/* Runs on the loop thread once the batch is committed (rc == 0) or failed
+ * (rc < 0: SL_ESTORE, or an LMDB/errno code). The batch and its messages are
+ * the caller's again from this point. */
+typedef void (*sl_store_done_cb)(sl_store_batch_t *batch);
+
+struct sl_store_batch_s {
+    sl_store_msg_t *msgs;
+    size_t n_msgs;
+    sl_store_done_cb done;
+    void *data;             /* the caller's */
+    int rc;                 /* out */
+    sl_store_batch_t *next; /* private to the store */
+};
+
+typedef struct sl_store_options_s {
+    const char *data_dir;
+    uint64_t map_size_bytes;
+    uint64_t map_size_max_bytes;
+    int nosync;                 /* durability "os": skip fsync */
+    int64_t dedupe_window_ms;
+    size_t max_queue_messages;  /* bound of the commit queue */
+    int read_only;              /* export/backup: no writer, no dedupe table */
+} sl_store_options_t;
+
+/* Opens (creating if needed) the environment in opts->data_dir. For a
+ * writable store, also loads the dedupe window. Returns 0 or an error. */
+int sl_store_open(sl_store_t **out, const sl_store_options_t *opts);
+
+/* Starts the writer thread; completions are delivered on loop. */
+int sl_store_start(sl_store_t *st, uv_loop_t *loop);
+
+/* Queues a batch for the next commit. Returns 0, or SL_EBUSY when the queue
+ * holds max_queue_messages already (answer 503), or SL_ESHUTDOWN. The batch
+ * must stay valid until its done callback runs. Loop thread only. */
+int sl_store_submit(sl_store_t *st, sl_store_batch_t *batch);
+
+/* Messages queued or being committed right now (loop thread). */
+size_t sl_store_queued(const sl_store_t *st);
+
+/* Stops accepting batches, lets the writer commit what is queued, delivers
+ * the last completions, then joins the thread. Call from the loop thread;
+ * cb runs once everything is done. */
+void sl_store_drain(sl_store_t *st, void (*cb)(void *), void *arg);
+
+/* Closes the environment. The writer must be drained first. */
+void sl_store_close(sl_store_t *st);
+
+/* The dedupe key of a message: keyed hash of source name and messageId. */
+sl_hash128_t sl_store_dedupe_key(const sl_store_t *st, const char *source, const char *message_id);
+
+/* Calls cb(json, len, seq, arg) for every stored event in order; stops early
+ * when cb returns non-zero (that value is returned). Safe while a server
+ * writes the same data directory. */
+int sl_store_foreach_event(sl_store_t *st, int (*cb)(const char *, size_t, uint64_t, void *), void *arg);
+
+/* Consistent compacting copy of the environment into directory dest
+ * (created if missing, must not hold a data.mdb). Safe while serving. */
+int sl_store_backup(sl_store_t *st, const char *dest);
+
+/* Counters and gauges for /metrics; safe to call from any thread. */
+typedef struct sl_store_stats_s {
+    uint64_t events_stored;
+    uint64_t duplicates;
+    uint64_t commits;
+    uint64_t commit_failures;
+    uint64_t map_resizes;
+    uint64_t batch_hist[12];     /* messages per commit, buckets of sl_store_batch_bounds */
+    uint64_t latency_hist[14];   /* commit latency, buckets of sl_store_latency_bounds_us */
+    uint64_t latency_sum_us;
+    uint64_t batch_sum;
+    uint64_t dedupe_entries;
+    uint64_t map_size_bytes;
+    uint64_t last_seq;
+} sl_store_stats_t;
+
+extern const uint64_t sl_store_batch_bounds[11];      /* last bucket is +Inf */
+extern const uint64_t sl_store_latency_bounds_us[13]; /* last bucket is +Inf */
+
+void sl_store_get_stats(sl_store_t *st, sl_store_stats_t *out);
+
+/* ---- dedupe table (exposed for unit tests) -------------------------------- */
+typedef struct sl_dedupe_s sl_dedupe_t;
+sl_dedupe_t *sl_dedupe_new(int64_t window_ms);
+void sl_dedupe_free(sl_dedupe_t *d);
+/* Returns 1 when key was seen at a time >= now_ms - window, else records it
+ * at received_ms and returns 0 (or SL_ENOMEM). */
+int sl_dedupe_check_insert(sl_dedupe_t *d, sl_hash128_t key, int64_t received_ms, int64_t now_ms);
+/* Forgets the inserts made since the last sl_dedupe_mark() (an aborted
+ * transaction must not leave its ids behind). */
+void sl_dedupe_mark(sl_dedupe_t *d);
+void sl_dedupe_rollback(sl_dedupe_t *d);
+size_t sl_dedupe_size(const sl_dedupe_t *d);
+
+#endif

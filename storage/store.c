@@ -1,0 +1,540 @@
+/* store.c - see sl_store.h. */
+#define _GNU_SOURCE
+#include "sl_store.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define SCHEMA_VERSION 1
+/* Old msgids entries deleted per commit: bounded work at the left edge. */
+#define RETENTION_PER_COMMIT 512
+
+const uint64_t sl_store_batch_bounds[11] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096};
+const uint64_t sl_store_latency_bounds_us[13] = {100, 250, 500, 1000, 2500, 5000, 10000,
+                                                 25000, 50000, 100000, 250000, 500000, 1000000};
+
+typedef struct msgid_rec_s {
+    int64_t received_ms;
+    uint64_t lo, hi;
+} msgid_rec_t;
+
+struct sl_store_s {
+    MDB_env *env;
+    MDB_dbi events, msgids, meta;
+    sl_store_options_t opts;
+    char *data_dir;
+    uint64_t seed;
+    uint64_t next_seq;        /* writer thread */
+    uint64_t map_size;        /* writer thread */
+    sl_dedupe_t *dd;          /* writer thread */
+
+    uv_loop_t *loop;
+    uv_thread_t thread;
+    uv_async_t async;
+    uv_mutex_t mu;
+    uv_cond_t cv;
+    sl_store_batch_t *in_head, *in_tail;     /* under mu */
+    sl_store_batch_t *done_head, *done_tail; /* under mu */
+    int stopping;                            /* under mu */
+    int exited;                              /* under mu */
+    int started;
+    size_t queued;                           /* loop thread */
+    void (*drain_cb)(void *);
+    void *drain_arg;
+
+    /* In-process readers hold it shared; the writer takes it to resize. */
+    uv_rwlock_t resize_lock;
+
+    struct {
+        _Atomic uint64_t events_stored, duplicates, commits, commit_failures, map_resizes;
+        _Atomic uint64_t batch_hist[12], latency_hist[14], latency_sum_us, batch_sum;
+        _Atomic uint64_t dedupe_entries, map_size_bytes, last_seq;
+    } stats;
+};
+
+static int mkdir_p(const char *path)
+{
+    char tmp[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof(tmp)) return SL_EINVAL;
+    memcpy(tmp, path, n + 1);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(tmp, 0750) && errno != EEXIST) return -errno;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0750) && errno != EEXIST) return -errno;
+    return 0;
+}
+
+static int load_meta(sl_store_t *st, MDB_txn *txn)
+{
+    MDB_val k = {4, "seed"}, v;
+    int rc = mdb_get(txn, st->meta, &k, &v);
+    if (rc == 0 && v.mv_size == 8) {
+        memcpy(&st->seed, v.mv_data, 8);
+    } else if (rc == MDB_NOTFOUND && !st->opts.read_only) {
+        if ((rc = sl_random_bytes(&st->seed, 8))) return rc;
+        v.mv_size = 8;
+        v.mv_data = &st->seed;
+        if ((rc = mdb_put(txn, st->meta, &k, &v, 0))) return rc;
+        uint32_t ver = SCHEMA_VERSION;
+        MDB_val vk = {6, "schema"}, vv = {4, &ver};
+        if ((rc = mdb_put(txn, st->meta, &vk, &vv, 0))) return rc;
+    } else if (rc != MDB_NOTFOUND) {
+        return rc;
+    }
+    MDB_val vk = {6, "schema"};
+    if (mdb_get(txn, st->meta, &vk, &v) == 0 && v.mv_size == 4) {
+        uint32_t ver;
+        memcpy(&ver, v.mv_data, 4);
+        if (ver > SCHEMA_VERSION) {
+            SL_ERROR("data directory %s has schema %u; this sillage reads up to %u",
+                     st->data_dir, ver, SCHEMA_VERSION);
+            return SL_EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* Next sequence number, and the dedupe table from the log's tail. */
+static int load_tail(sl_store_t *st, MDB_txn *txn)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(txn, st->events, &cur);
+    if (rc) return rc;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    if (rc == 0) {
+        uint64_t last;
+        memcpy(&last, k.mv_data, 8);
+        st->next_seq = last + 1;
+    } else if (rc == MDB_NOTFOUND) {
+        st->next_seq = 1;
+        rc = 0;
+    }
+    mdb_cursor_close(cur);
+    if (rc || st->opts.read_only) return rc;
+
+    int64_t now = sl_now_ms(), horizon = now - st->opts.dedupe_window_ms;
+    size_t loaded = 0;
+    if ((rc = mdb_cursor_open(txn, st->msgids, &cur))) return rc;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_LAST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_PREV)) {
+        msgid_rec_t r;
+        if (v.mv_size != sizeof(r)) continue;
+        memcpy(&r, v.mv_data, sizeof(r));
+        /* The log is in arrival order; a little clock jitter is tolerated by
+         * scanning a minute past the horizon before stopping. */
+        if (r.received_ms < horizon - 60000) break;
+        if (r.received_ms < horizon) continue;
+        sl_hash128_t h = {r.lo, r.hi};
+        if (sl_dedupe_check_insert(st->dd, h, r.received_ms, now) < 0) {
+            rc = SL_ENOMEM;
+            break;
+        }
+        loaded++;
+    }
+    mdb_cursor_close(cur);
+    sl_dedupe_mark(st->dd);
+    if (rc == MDB_NOTFOUND) rc = 0;
+    if (rc == 0 && loaded) SL_INFO("dedupe window: %zu message ids loaded", loaded);
+    return rc;
+}
+
+int sl_store_open(sl_store_t **out, const sl_store_options_t *opts)
+{
+    sl_store_t *st = calloc(1, sizeof(*st));
+    if (st == NULL) return SL_ENOMEM;
+    st->opts = *opts;
+    st->data_dir = strdup(opts->data_dir);
+    st->opts.data_dir = st->data_dir;
+    MDB_txn *txn = NULL;
+    int rc;
+    if (!opts->read_only && (rc = mkdir_p(opts->data_dir))) goto fail;
+    if ((rc = mdb_env_create(&st->env))) goto fail;
+    if ((rc = mdb_env_set_maxdbs(st->env, 16))) goto fail;
+    if ((rc = mdb_env_set_maxreaders(st->env, 256))) goto fail;
+    if (!opts->read_only && (rc = mdb_env_set_mapsize(st->env, opts->map_size_bytes))) goto fail;
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
+    if (opts->read_only) flags |= MDB_RDONLY;
+    if (opts->nosync) flags |= MDB_NOSYNC;
+    if ((rc = mdb_env_open(st->env, opts->data_dir, flags, 0640))) goto fail;
+    MDB_envinfo info;
+    mdb_env_info(st->env, &info);
+    st->map_size = info.me_mapsize;
+    atomic_store(&st->stats.map_size_bytes, st->map_size);
+
+    if (!opts->read_only) {
+        st->dd = sl_dedupe_new(opts->dedupe_window_ms);
+        if (st->dd == NULL) {
+            rc = SL_ENOMEM;
+            goto fail;
+        }
+    }
+    if ((rc = mdb_txn_begin(st->env, NULL, opts->read_only ? MDB_RDONLY : 0, &txn))) goto fail;
+    unsigned dbf = opts->read_only ? 0 : MDB_CREATE;
+    if ((rc = mdb_dbi_open(txn, "events", dbf | MDB_INTEGERKEY, &st->events))) goto fail;
+    if ((rc = mdb_dbi_open(txn, "msgids", dbf | MDB_INTEGERKEY, &st->msgids))) goto fail;
+    if ((rc = mdb_dbi_open(txn, "meta", dbf, &st->meta))) goto fail;
+    if ((rc = load_meta(st, txn))) goto fail;
+    if ((rc = load_tail(st, txn))) goto fail;
+    /* Commit even a read-only txn: handles opened in an aborted one close. */
+    if ((rc = mdb_txn_commit(txn))) {
+        txn = NULL;
+        goto fail;
+    }
+    txn = NULL;
+    atomic_store(&st->stats.last_seq, st->next_seq - 1);
+    if (st->dd) atomic_store(&st->stats.dedupe_entries, sl_dedupe_size(st->dd));
+    uv_mutex_init(&st->mu);
+    uv_cond_init(&st->cv);
+    uv_rwlock_init(&st->resize_lock);
+    *out = st;
+    return 0;
+fail:
+    if (txn) mdb_txn_abort(txn);
+    if (st->env) mdb_env_close(st->env);
+    sl_dedupe_free(st->dd);
+    free(st->data_dir);
+    free(st);
+    return rc;
+}
+
+sl_hash128_t sl_store_dedupe_key(const sl_store_t *st, const char *source, const char *message_id)
+{
+    char buf[512];
+    size_t sl = strlen(source), ml = strlen(message_id);
+    if (sl + ml + 1 <= sizeof(buf)) {
+        memcpy(buf, source, sl);
+        buf[sl] = '\0';
+        memcpy(buf + sl + 1, message_id, ml);
+        return sl_hash128(buf, sl + 1 + ml, st->seed);
+    }
+    /* Long ids: hash the id, then fold in the source. */
+    sl_hash128_t h = sl_hash128(message_id, ml, st->seed);
+    sl_hash128_t s = sl_hash128(source, sl, st->seed ^ h.lo);
+    h.lo ^= s.hi;
+    h.hi ^= s.lo;
+    if ((h.lo | h.hi) == 0) h.lo = 1;
+    return h;
+}
+
+/* ---- writer --------------------------------------------------------------- */
+
+static void hist_add(_Atomic uint64_t *hist, const uint64_t *bounds, size_t nb, uint64_t v)
+{
+    size_t i = 0;
+    while (i < nb && v > bounds[i]) i++;
+    atomic_fetch_add(&hist[i], 1);
+}
+
+static void reset_statuses(sl_store_batch_t *list)
+{
+    for (sl_store_batch_t *b = list; b; b = b->next)
+        for (size_t i = 0; i < b->n_msgs; i++) b->msgs[i].status = SL_STORE_PENDING;
+}
+
+static int trim_msgids(sl_store_t *st, MDB_txn *txn, int64_t horizon)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(txn, st->msgids, &cur);
+    if (rc) return rc;
+    for (int n = 0; n < RETENTION_PER_COMMIT; n++) {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+        if (rc) break;
+        msgid_rec_t r;
+        if (v.mv_size == sizeof(r)) {
+            memcpy(&r, v.mv_data, sizeof(r));
+            if (r.received_ms >= horizon) break;
+        }
+        if ((rc = mdb_cursor_del(cur, 0))) break;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* One transaction for every batch in list. Returns 0 or an error; on error
+ * nothing of the list is stored and the dedupe table is as before. */
+static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored, size_t *n_dup)
+{
+    MDB_txn *txn = NULL;
+    uint64_t seq0 = st->next_seq;
+    int64_t now = sl_now_ms();
+    size_t stored = 0, dup = 0;
+    sl_dedupe_mark(st->dd);
+    int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+    if (rc) goto fail;
+    for (sl_store_batch_t *b = list; b; b = b->next) {
+        for (size_t i = 0; i < b->n_msgs; i++) {
+            sl_store_msg_t *m = &b->msgs[i];
+            rc = sl_dedupe_check_insert(st->dd, m->dedupe, m->received_ms, now);
+            if (rc < 0) goto fail;
+            if (rc == 1) {
+                m->status = SL_STORE_DUPLICATE;
+                dup++;
+                continue;
+            }
+            uint64_t seq = st->next_seq++;
+            MDB_val k = {8, &seq}, v = {m->json_len, (void *)m->json};
+            if ((rc = mdb_put(txn, st->events, &k, &v, MDB_APPEND))) goto fail;
+            msgid_rec_t r = {m->received_ms, m->dedupe.lo, m->dedupe.hi};
+            MDB_val rv = {sizeof(r), &r};
+            if ((rc = mdb_put(txn, st->msgids, &k, &rv, MDB_APPEND))) goto fail;
+            m->status = SL_STORE_STORED;
+            m->seq = seq;
+            stored++;
+        }
+    }
+    if ((rc = trim_msgids(st, txn, now - st->opts.dedupe_window_ms - 60000))) goto fail;
+    rc = mdb_txn_commit(txn);
+    txn = NULL;
+    if (rc) goto fail;
+    *n_stored = stored;
+    *n_dup = dup;
+    return 0;
+fail:
+    if (txn) mdb_txn_abort(txn);
+    sl_dedupe_rollback(st->dd);
+    st->next_seq = seq0;
+    reset_statuses(list);
+    return rc;
+}
+
+static int grow_map(sl_store_t *st)
+{
+    if (st->map_size >= st->opts.map_size_max_bytes) return MDB_MAP_FULL;
+    uint64_t want = st->map_size * 2;
+    if (want > st->opts.map_size_max_bytes) want = st->opts.map_size_max_bytes;
+    uv_rwlock_wrlock(&st->resize_lock);
+    int rc = mdb_env_set_mapsize(st->env, want);
+    uv_rwlock_wrunlock(&st->resize_lock);
+    if (rc) return rc;
+    SL_WARN("LMDB map full at %llu bytes: grown to %llu (map_size_max %llu)",
+            (unsigned long long)st->map_size, (unsigned long long)want,
+            (unsigned long long)st->opts.map_size_max_bytes);
+    st->map_size = want;
+    atomic_store(&st->stats.map_size_bytes, want);
+    atomic_fetch_add(&st->stats.map_resizes, 1);
+    return 0;
+}
+
+static void writer_main(void *arg)
+{
+    sl_store_t *st = arg;
+    for (;;) {
+        uv_mutex_lock(&st->mu);
+        while (st->in_head == NULL && !st->stopping) uv_cond_wait(&st->cv, &st->mu);
+        sl_store_batch_t *list = st->in_head, *tail = st->in_tail;
+        st->in_head = st->in_tail = NULL;
+        uv_mutex_unlock(&st->mu);
+        if (list == NULL) break; /* stopping and nothing left */
+
+        uint64_t t0 = sl_mono_ns();
+        size_t stored = 0, dup = 0, total = 0;
+        for (sl_store_batch_t *b = list; b; b = b->next) total += b->n_msgs;
+        int rc = commit_list(st, list, &stored, &dup);
+        while (rc == MDB_MAP_FULL && grow_map(st) == 0) rc = commit_list(st, list, &stored, &dup);
+        uint64_t us = (sl_mono_ns() - t0) / 1000;
+        if (rc) {
+            SL_ERROR("commit of %zu messages failed: %s", total, sl_strerror(rc));
+            atomic_fetch_add(&st->stats.commit_failures, 1);
+        } else {
+            atomic_fetch_add(&st->stats.commits, 1);
+            atomic_fetch_add(&st->stats.events_stored, stored);
+            atomic_fetch_add(&st->stats.duplicates, dup);
+            atomic_fetch_add(&st->stats.batch_sum, total);
+            atomic_fetch_add(&st->stats.latency_sum_us, us);
+            hist_add(st->stats.batch_hist, sl_store_batch_bounds, 11, total);
+            hist_add(st->stats.latency_hist, sl_store_latency_bounds_us, 13, us);
+            atomic_store(&st->stats.last_seq, st->next_seq - 1);
+            atomic_store(&st->stats.dedupe_entries, sl_dedupe_size(st->dd));
+        }
+        for (sl_store_batch_t *b = list; b; b = b->next) b->rc = rc;
+
+        uv_mutex_lock(&st->mu);
+        if (st->done_tail) st->done_tail->next = list;
+        else st->done_head = list;
+        st->done_tail = tail;
+        uv_mutex_unlock(&st->mu);
+        uv_async_send(&st->async);
+    }
+    uv_mutex_lock(&st->mu);
+    st->exited = 1;
+    uv_mutex_unlock(&st->mu);
+    uv_async_send(&st->async);
+}
+
+static void async_closed(uv_handle_t *h)
+{
+    sl_store_t *st = h->data;
+    if (st->drain_cb) st->drain_cb(st->drain_arg);
+}
+
+static void on_async(uv_async_t *a)
+{
+    sl_store_t *st = a->data;
+    uv_mutex_lock(&st->mu);
+    sl_store_batch_t *list = st->done_head;
+    st->done_head = st->done_tail = NULL;
+    int exited = st->exited;
+    uv_mutex_unlock(&st->mu);
+    while (list) {
+        sl_store_batch_t *next = list->next;
+        st->queued -= list->n_msgs;
+        list->next = NULL;
+        list->done(list);
+        list = next;
+    }
+    if (exited && st->started) {
+        st->started = 0;
+        uv_thread_join(&st->thread);
+        uv_close((uv_handle_t *)&st->async, async_closed);
+    }
+}
+
+int sl_store_start(sl_store_t *st, uv_loop_t *loop)
+{
+    if (st->opts.read_only) return SL_EINVAL;
+    st->loop = loop;
+    int rc = uv_async_init(loop, &st->async, on_async);
+    if (rc) return rc;
+    st->async.data = st;
+    if ((rc = uv_thread_create(&st->thread, writer_main, st))) {
+        uv_close((uv_handle_t *)&st->async, NULL);
+        return rc;
+    }
+    st->started = 1;
+    return 0;
+}
+
+int sl_store_submit(sl_store_t *st, sl_store_batch_t *batch)
+{
+    if (!st->started) return SL_ESHUTDOWN;
+    if (st->queued > 0 && st->queued + batch->n_msgs > st->opts.max_queue_messages) return SL_EBUSY;
+    batch->next = NULL;
+    batch->rc = 0;
+    uv_mutex_lock(&st->mu);
+    if (st->stopping) {
+        uv_mutex_unlock(&st->mu);
+        return SL_ESHUTDOWN;
+    }
+    if (st->in_tail) st->in_tail->next = batch;
+    else st->in_head = batch;
+    st->in_tail = batch;
+    uv_cond_signal(&st->cv);
+    uv_mutex_unlock(&st->mu);
+    st->queued += batch->n_msgs;
+    return 0;
+}
+
+size_t sl_store_queued(const sl_store_t *st)
+{
+    return st->queued;
+}
+
+void sl_store_drain(sl_store_t *st, void (*cb)(void *), void *arg)
+{
+    st->drain_cb = cb;
+    st->drain_arg = arg;
+    if (!st->started) {
+        if (cb) cb(arg);
+        return;
+    }
+    uv_mutex_lock(&st->mu);
+    st->stopping = 1;
+    uv_cond_signal(&st->cv);
+    uv_mutex_unlock(&st->mu);
+}
+
+void sl_store_close(sl_store_t *st)
+{
+    if (st == NULL) return;
+    mdb_env_close(st->env);
+    sl_dedupe_free(st->dd);
+    uv_mutex_destroy(&st->mu);
+    uv_cond_destroy(&st->cv);
+    uv_rwlock_destroy(&st->resize_lock);
+    free(st->data_dir);
+    free(st);
+}
+
+/* ---- readers --------------------------------------------------------------- */
+
+static int read_begin(sl_store_t *st, MDB_txn **txn)
+{
+    uv_rwlock_rdlock(&st->resize_lock);
+    int rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, txn);
+    if (rc == MDB_MAP_RESIZED) { /* another process grew the map */
+        mdb_env_set_mapsize(st->env, 0);
+        rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, txn);
+    }
+    if (rc) uv_rwlock_rdunlock(&st->resize_lock);
+    return rc;
+}
+
+static void read_end(sl_store_t *st, MDB_txn *txn)
+{
+    mdb_txn_abort(txn);
+    uv_rwlock_rdunlock(&st->resize_lock);
+}
+
+int sl_store_foreach_event(sl_store_t *st, int (*cb)(const char *, size_t, uint64_t, void *), void *arg)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = read_begin(st, &txn);
+    if (rc) return rc;
+    if ((rc = mdb_cursor_open(txn, st->events, &cur))) goto out;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        uint64_t seq;
+        memcpy(&seq, k.mv_data, 8);
+        int r = cb(v.mv_data, v.mv_size, seq, arg);
+        if (r) {
+            rc = r;
+            break;
+        }
+    }
+    if (rc == MDB_NOTFOUND) rc = 0;
+    mdb_cursor_close(cur);
+out:
+    read_end(st, txn);
+    return rc;
+}
+
+int sl_store_backup(sl_store_t *st, const char *dest)
+{
+    int rc = mkdir_p(dest);
+    if (rc) return rc;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/data.mdb", dest);
+    struct stat sb;
+    if (stat(path, &sb) == 0) return -EEXIST;
+    uv_rwlock_rdlock(&st->resize_lock);
+    rc = mdb_env_copy2(st->env, dest, MDB_CP_COMPACT);
+    uv_rwlock_rdunlock(&st->resize_lock);
+    return rc;
+}
+
+void sl_store_get_stats(sl_store_t *st, sl_store_stats_t *o)
+{
+    o->events_stored = atomic_load(&st->stats.events_stored);
+    o->duplicates = atomic_load(&st->stats.duplicates);
+    o->commits = atomic_load(&st->stats.commits);
+    o->commit_failures = atomic_load(&st->stats.commit_failures);
+    o->map_resizes = atomic_load(&st->stats.map_resizes);
+    for (int i = 0; i < 12; i++) o->batch_hist[i] = atomic_load(&st->stats.batch_hist[i]);
+    for (int i = 0; i < 14; i++) o->latency_hist[i] = atomic_load(&st->stats.latency_hist[i]);
+    o->latency_sum_us = atomic_load(&st->stats.latency_sum_us);
+    o->batch_sum = atomic_load(&st->stats.batch_sum);
+    o->dedupe_entries = atomic_load(&st->stats.dedupe_entries);
+    o->map_size_bytes = atomic_load(&st->stats.map_size_bytes);
+    o->last_seq = atomic_load(&st->stats.last_seq);
+}

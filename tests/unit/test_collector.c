@@ -1,0 +1,293 @@
+/* test_collector.c - validation, skew correction, decoders, addresses, GeoIP. */
+#include "test.h"
+#include "sl_collector.h"
+
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <zlib.h>
+
+static const int64_t RECEIVED = 1700000000000LL; /* 2023-11-14T22:13:20.000Z */
+
+static const char *str_at(const cJSON *o, const char *a, const char *b)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, a);
+    if (b) v = cJSON_GetObjectItemCaseSensitive(v, b);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+TEST(skew_correction)
+{
+    /* client clock 1 h fast: sent at 11:00 (client), event at 10:59 (client),
+     * received at 10:00 (server): the event happened at 09:59 server time */
+    CHECK_INT(sl_skew_correct(36000000, 39600000, 39540000), ==, 35940000);
+    CHECK_INT(sl_skew_correct(1000, 1000, 1000), ==, 1000);
+    CHECK_INT(sl_skew_correct(5000, 1000, 2000), ==, 6000); /* timestamp after sentAt: kept relative */
+}
+
+TEST(normalize_table)
+{
+    static const struct { const char *json; int type; const char *err; } cases[] = {
+        {"{\"userId\":\"u1\",\"event\":\"Signed Up\"}", SL_MSG_TRACK, NULL},
+        {"{\"anonymousId\":\"a1\",\"event\":\"Signed Up\"}", SL_MSG_TRACK, NULL},
+        {"{\"anonymousId\":\"a1\"}", SL_MSG_TRACK, "track needs an event name"},
+        {"{\"anonymousId\":\"a1\",\"event\":\"\"}", SL_MSG_TRACK, "track needs an event name"},
+        {"{\"anonymousId\":\"a1\",\"event\":5}", SL_MSG_TRACK, "track needs an event name"},
+        {"{\"event\":\"x\"}", SL_MSG_TRACK, "message needs userId or anonymousId"},
+        {"{\"userId\":\"\",\"anonymousId\":null,\"event\":\"x\"}", SL_MSG_TRACK, "message needs userId or anonymousId"},
+        {"{\"userId\":{},\"event\":\"x\"}", SL_MSG_TRACK, "userId must be"},
+        {"{\"userId\":42}", SL_MSG_IDENTIFY, NULL},
+        {"{\"anonymousId\":\"a\",\"name\":\"Home\"}", SL_MSG_PAGE, NULL},
+        {"{\"anonymousId\":\"a\",\"name\":\"Home\"}", SL_MSG_SCREEN, NULL},
+        {"{\"previousId\":\"a\",\"userId\":\"u\"}", SL_MSG_ALIAS, NULL},
+        {"{\"userId\":\"u\"}", SL_MSG_ALIAS, "alias needs previousId and userId"},
+        {"{\"previousId\":\"a\",\"anonymousId\":\"b\"}", SL_MSG_ALIAS, "alias needs previousId and userId"},
+        {"{\"userId\":\"u\",\"groupId\":\"g\"}", SL_MSG_GROUP, NULL},
+        {"{\"userId\":\"u\"}", SL_MSG_GROUP, "group needs groupId"},
+        {"{\"userId\":\"u\",\"event\":\"x\",\"properties\":[]}", SL_MSG_TRACK, "properties must be an object"},
+        {"{\"userId\":\"u\",\"traits\":\"x\"}", SL_MSG_IDENTIFY, "traits must be an object"},
+        {"{\"userId\":\"u\",\"context\":1}", SL_MSG_IDENTIFY, "context must be an object"},
+        {"{\"userId\":\"u\",\"timestamp\":\"tomorrow\"}", SL_MSG_IDENTIFY, "timestamp must be an ISO 8601"},
+        {"{\"userId\":\"u\",\"sentAt\":12}", SL_MSG_IDENTIFY, "sentAt must be an ISO 8601"},
+        {"{\"userId\":\"u\",\"messageId\":[]}", SL_MSG_IDENTIFY, "messageId must be"},
+        {"{\"type\":\"track\",\"userId\":\"u\",\"event\":\"e\"}", -1, NULL},
+        {"{\"type\":\"fly\",\"userId\":\"u\"}", -1, "type must be one of"},
+        {"{\"userId\":\"u\"}", -1, "message needs a type"},
+        {"[1]", SL_MSG_TRACK, "message must be a JSON object"},
+    };
+    sl_ingest_ctx_t ctx = {.received_ms = RECEIVED, .ip = "10.0.0.0"};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        cJSON *m = cJSON_Parse(cases[i].json);
+        const char *err = sl_msg_normalize(m, cases[i].type, &ctx);
+        if (cases[i].err == NULL && err != NULL) {
+            fprintf(stderr, "  case %zu (%s): unexpected error \"%s\"\n", i, cases[i].json, err);
+            test_failures++;
+        } else if (cases[i].err && (err == NULL || strstr(err, cases[i].err) == NULL)) {
+            fprintf(stderr, "  case %zu (%s): error \"%s\", want \"%s\"\n", i, cases[i].json,
+                    err ? err : "(none)", cases[i].err);
+            test_failures++;
+        }
+        cJSON_Delete(m);
+    }
+}
+
+TEST(normalize_fields)
+{
+    cJSON *bctx = cJSON_Parse("{\"library\":{\"name\":\"analytics-node\"},\"locale\":\"fr-FR\"}");
+    cJSON *loc = cJSON_Parse("{\"country\":\"FR\"}");
+    sl_ingest_ctx_t ctx = {.received_ms = RECEIVED, .ip = "203.0.113.0", .location = loc,
+                           .batch_context = bctx, .batch_sent_at = "2023-11-14T23:13:20.000Z"};
+    cJSON *m = cJSON_Parse("{\"type\":\"track\",\"userId\":7,\"event\":\"Order Completed\",\"writeKey\":\"wk\","
+                           "\"timestamp\":\"2023-11-14T23:12:20.000Z\",\"context\":{\"ip\":\"1.2.3.4\",\"locale\":\"en-US\"}}");
+    CHECK_NULL(sl_msg_normalize(m, -1, &ctx));
+    CHECK_STR(str_at(m, "userId", NULL), "7");
+    CHECK_STR(str_at(m, "receivedAt", NULL), "2023-11-14T22:13:20.000Z");
+    /* client clock one hour fast, event one minute before sending */
+    CHECK_STR(str_at(m, "timestamp", NULL), "2023-11-14T22:12:20.000Z");
+    CHECK_STR(str_at(m, "originalTimestamp", NULL), "2023-11-14T23:12:20.000Z");
+    CHECK_STR(str_at(m, "sentAt", NULL), "2023-11-14T23:13:20.000Z");
+    CHECK_STR(str_at(m, "context", "ip"), "203.0.113.0");
+    CHECK_STR(str_at(m, "context", "locale"), "en-US");
+    CHECK(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "context"), "library") != NULL);
+    CHECK_STR(str_at(cJSON_GetObjectItemCaseSensitive(m, "context"), "location", "country"), "FR");
+    CHECK_NULL(cJSON_GetObjectItemCaseSensitive(m, "writeKey"));
+    const char *mid = str_at(m, "messageId", NULL);
+    CHECK(mid != NULL && strlen(mid) == 36);
+    cJSON_Delete(m);
+
+    /* no timestamp: receivedAt; a timestamp without sentAt is kept as sent */
+    ctx.batch_sent_at = NULL;
+    m = cJSON_Parse("{\"anonymousId\":\"a\",\"messageId\":\"m-1\"}");
+    CHECK_NULL(sl_msg_normalize(m, SL_MSG_PAGE, &ctx));
+    CHECK_STR(str_at(m, "timestamp", NULL), "2023-11-14T22:13:20.000Z");
+    CHECK_STR(str_at(m, "messageId", NULL), "m-1");
+    CHECK_STR(str_at(m, "type", NULL), "page");
+    cJSON_Delete(m);
+    m = cJSON_Parse("{\"anonymousId\":\"a\",\"timestamp\":\"2020-01-01T00:00:00+01:00\"}");
+    CHECK_NULL(sl_msg_normalize(m, SL_MSG_PAGE, &ctx));
+    CHECK_STR(str_at(m, "timestamp", NULL), "2019-12-31T23:00:00.000Z");
+    cJSON_Delete(m);
+    cJSON_Delete(bctx);
+    cJSON_Delete(loc);
+}
+
+TEST(prescan)
+{
+    CHECK_NULL(sl_json_prescan("{\"a\":[1,{\"b\":\"[[[[\"}]}", 21, 3));
+    CHECK(sl_json_prescan("[[[[1]]]]", 9, 3) != NULL);
+    CHECK_NULL(sl_json_prescan("[[[1]]]", 7, 3));
+    CHECK_NULL(sl_json_prescan("\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"", 15, 3));
+    CHECK(sl_json_prescan("\"\xc3\x28\"", 4, 3) != NULL);         /* bad continuation */
+    CHECK(sl_json_prescan("\"\xc0\xaf\"", 4, 3) != NULL);         /* overlong */
+    CHECK(sl_json_prescan("\"\xed\xa0\x80\"", 5, 3) != NULL);     /* surrogate */
+    CHECK(sl_json_prescan("\"\xf4\x90\x80\x80\"", 6, 3) != NULL); /* > U+10FFFF */
+    CHECK(sl_json_prescan("\"\xe2\x82\"", 4, 3) != NULL);         /* truncated */
+    CHECK(sl_json_prescan("{\"a\":\"\0\"}", 9, 3) != NULL);       /* NUL */
+    CHECK_NULL(sl_json_prescan("\"\\\"[[[[[\"", 9, 1));           /* escaped quote keeps string */
+}
+
+TEST(base64_and_percent)
+{
+    unsigned char out[64];
+    long n = sl_base64_decode("eyJhIjoxfQ==", 12, out);
+    CHECK_INT(n, ==, 7);
+    CHECK(memcmp(out, "{\"a\":1}", 7) == 0);
+    CHECK_INT(sl_base64_decode("eyJhIjoxfQ", 10, out), ==, 7);
+    CHECK_INT(sl_base64_decode("-_-_", 4, out), ==, 3);
+    CHECK_INT(sl_base64_decode("ab$c", 4, out), ==, -1);
+    CHECK_INT(sl_base64_decode("abcde", 5, out), ==, -1);
+    char s[] = "ab%3D%3d+c";
+    CHECK_INT(sl_percent_decode(s, strlen(s)), ==, 6);
+    CHECK(memcmp(s, "ab==+c", 6) == 0);
+    char bad1[] = "ab%4", bad2[] = "%zz";
+    CHECK_INT(sl_percent_decode(bad1, 4), ==, -1);
+    CHECK_INT(sl_percent_decode(bad2, 3), ==, -1);
+}
+
+static size_t gz(const char *in, size_t n, unsigned char *out, size_t cap)
+{
+    z_stream z = {0};
+    deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY);
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)n;
+    z.next_out = out;
+    z.avail_out = (uInt)cap;
+    deflate(&z, Z_FINISH);
+    size_t len = cap - z.avail_out;
+    deflateEnd(&z);
+    return len;
+}
+
+TEST(gunzip_bounded)
+{
+    static unsigned char packed[1 << 16];
+    const char *msg = "{\"userId\":\"u\",\"event\":\"gz\"}";
+    size_t pl = gz(msg, strlen(msg), packed, sizeof(packed));
+    char *out = NULL;
+    size_t ol = 0;
+    CHECK_INT(sl_gunzip((char *)packed, pl, 1000, &out, &ol), ==, 0);
+    CHECK_INT(ol, ==, strlen(msg));
+    CHECK(out && memcmp(out, msg, ol) == 0);
+    free(out);
+    /* a bomb: 10 MB of zeros squeezed into ~10 KB is refused at the bound */
+    char *zeros = calloc(10u << 20, 1);
+    memset(zeros, ' ', 10u << 20);
+    pl = gz(zeros, 10u << 20, packed, sizeof(packed));
+    free(zeros);
+    CHECK_INT(pl, <, 65536);
+    out = NULL;
+    CHECK_INT(sl_gunzip((char *)packed, pl, 512000, &out, &ol), ==, SL_ETOOBIG);
+    CHECK_NULL(out);
+    CHECK_INT(sl_gunzip("not gzip at all", 15, 1000, &out, &ol), ==, SL_EINVAL);
+    pl = gz(msg, strlen(msg), packed, sizeof(packed));
+    CHECK_INT(sl_gunzip((char *)packed, pl / 2, 1000, &out, &ol), ==, SL_EINVAL); /* truncated */
+}
+
+TEST(ip_anonymize_and_parse)
+{
+    static const struct { const char *in, *anon; } cases[] = {
+        {"203.0.113.195", "203.0.113.0"},
+        {"::ffff:198.51.100.7", "198.51.100.0"},
+        {"2001:db8:85a3:8d3:1319:8a2e:370:7348", "2001:db8:85a3::"},
+        {"::1", "::"},
+        {"[2001:db8::1]", "2001:db8::"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        sl_ipnet_t ip;
+        char out[46];
+        CHECK_INT(sl_ipnet_parse(cases[i].in, strlen(cases[i].in), &ip), ==, 0);
+        sl_ip_anonymize(&ip);
+        sl_ip_format(&ip, out);
+        CHECK_STR(out, cases[i].anon);
+    }
+    sl_ipnet_t ip;
+    CHECK_INT(sl_ipnet_parse("300.1.1.1", 9, &ip), ==, SL_EINVAL);
+    CHECK_INT(sl_ipnet_parse("1.2.3.4/33", 10, &ip), ==, SL_EINVAL);
+    CHECK_INT(sl_ipnet_parse("hello", 5, &ip), ==, SL_EINVAL);
+    sl_ipnet_t net, a, b;
+    sl_ipnet_parse("10.0.0.0/8", 10, &net);
+    sl_ipnet_parse("10.200.3.4", 10, &a);
+    sl_ipnet_parse("11.0.0.1", 8, &b);
+    CHECK(sl_ipnet_contains(&net, &a));
+    CHECK(!sl_ipnet_contains(&net, &b));
+}
+
+TEST(client_ip_from_xff)
+{
+    sl_ipnet_t trusted[2], peer, out, other;
+    char s[46];
+    sl_ipnet_parse("127.0.0.1", 9, &trusted[0]);
+    sl_ipnet_parse("10.0.0.0/8", 10, &trusted[1]);
+    sl_ipnet_parse("127.0.0.1", 9, &peer);
+    sl_ipnet_parse("192.0.2.9", 9, &other);
+    const char *xff = "198.51.100.1, 203.0.113.5, 10.1.2.3";
+    sl_client_ip(&peer, xff, strlen(xff), trusted, 2, &out);
+    sl_ip_format(&out, s);
+    CHECK_STR(s, "203.0.113.5");   /* right-most untrusted hop; the spoofable left part is ignored */
+    sl_client_ip(&other, xff, strlen(xff), trusted, 2, &out);
+    sl_ip_format(&out, s);
+    CHECK_STR(s, "192.0.2.9");     /* peer not trusted: XFF ignored */
+    sl_client_ip(&peer, "garbage", 7, trusted, 2, &out);
+    sl_ip_format(&out, s);
+    CHECK_STR(s, "127.0.0.1");
+    sl_client_ip(&peer, NULL, 0, trusted, 2, &out);
+    sl_ip_format(&out, s);
+    CHECK_STR(s, "127.0.0.1");
+}
+
+static cJSON *geo(sl_geo_t *g, const char *addr)
+{
+    sl_ipnet_t ip;
+    if (sl_ipnet_parse(addr, strlen(addr), &ip)) return NULL;
+    return sl_geo_lookup(g, &ip);
+}
+
+TEST(geoip_country_schema)
+{
+    /* the CC0 ip-location-db database the README's set-up installs */
+    const char *path = getenv("SL_TEST_COUNTRY_MMDB");
+    sl_geo_t *g = NULL;
+    CHECK(path != NULL);
+    if (path == NULL) return;
+    CHECK_INT(sl_geo_open(&g, path), ==, 0);
+    if (g == NULL) return;
+    /* 1.1.1.1 (APNIC/Cloudflare, AU in whois) and 8.8.8.8 (Google, US) */
+    cJSON *l = geo(g, "8.8.8.8");
+    CHECK_STR(str_at(l, "country", NULL), "US");
+    cJSON_Delete(l);
+    l = geo(g, "2001:4860:4860::8888");
+    CHECK_STR(str_at(l, "country", NULL), "US");
+    cJSON_Delete(l);
+    l = geo(g, "127.0.0.1");
+    CHECK_NULL(l);
+    cJSON_Delete(l);
+    sl_geo_close(g);
+}
+
+TEST(geoip_city_schema)
+{
+    /* written by tests/data/make-city-mmdb.pl in MaxMind's City layout */
+    const char *path = getenv("SL_TEST_CITY_MMDB");
+    sl_geo_t *g = NULL;
+    CHECK(path != NULL);
+    if (path == NULL) return;
+    CHECK_INT(sl_geo_open(&g, path), ==, 0);
+    if (g == NULL) return;
+    cJSON *l = geo(g, "81.2.69.160");
+    CHECK_STR(str_at(l, "country", NULL), "GB");
+    CHECK_STR(str_at(l, "country_name", NULL), "United Kingdom");
+    CHECK_STR(str_at(l, "city", NULL), "London");
+    CHECK_STR(str_at(l, "region", NULL), "England");
+    CHECK_STR(str_at(l, "region_code", NULL), "ENG");
+    CHECK_STR(str_at(l, "timezone", NULL), "Europe/London");
+    const cJSON *lat = cJSON_GetObjectItemCaseSensitive(l, "latitude");
+    CHECK(cJSON_IsNumber(lat) && lat->valuedouble > 51.4 && lat->valuedouble < 51.6);
+    cJSON_Delete(l);
+    l = geo(g, "2a02:cf40::1");
+    CHECK_STR(str_at(l, "country", NULL), "FR");
+    CHECK_STR(str_at(l, "city", NULL), "Paris");
+    cJSON_Delete(l);
+    l = geo(g, "192.0.2.1");
+    CHECK_NULL(l);
+    cJSON_Delete(l);
+    sl_geo_close(g);
+}

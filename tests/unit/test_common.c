@@ -1,0 +1,213 @@
+/* test_common.c - time, units, hashing, config, junk identifiers. */
+#include "test.h"
+#include "sl_common.h"
+#include "sl_config.h"
+#include "sl_stitch.h"
+
+#include <stdlib.h>
+
+TEST(time_parse_table)
+{
+    static const struct { const char *in; int ok; long long ms; } cases[] = {
+        {"1970-01-01T00:00:00Z", 1, 0},
+        {"1970-01-01T00:00:00.001Z", 1, 1},
+        {"2024-02-29T12:34:56.789Z", 1, 1709210096789LL},
+        {"2024-02-29T12:34:56.789123Z", 1, 1709210096789LL},
+        {"2024-02-29T14:34:56.789+02:00", 1, 1709210096789LL},
+        {"2024-02-29T10:04:56.789-0230", 1, 1709210096789LL},
+        {"2024-02-29T12:34:56", 1, 1709210096000LL},
+        {"2024-02-29 12:34:56Z", 1, 1709210096000LL},
+        {"2024-02-29", 1, 1709164800000LL},
+        {"1969-12-31T23:59:59Z", 1, -1000},
+        {"2024-13-01T00:00:00Z", 0, 0},
+        {"2024-02-29T25:00:00Z", 0, 0},
+        {"2024-02-29T12:34:56.Z", 0, 0},
+        {"2024-02-29T12:34:56Zjunk", 0, 0},
+        {"yesterday", 0, 0},
+        {"", 0, 0},
+        {"1709210096789", 0, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        int64_t ms = 0;
+        int rc = sl_time_parse_iso(cases[i].in, strlen(cases[i].in), &ms);
+        if (cases[i].ok) {
+            CHECK_INT(rc, ==, 0);
+            CHECK_INT(ms, ==, cases[i].ms);
+        } else {
+            CHECK_INT(rc, ==, SL_EINVAL);
+        }
+    }
+}
+
+TEST(time_format_roundtrip)
+{
+    char buf[32];
+    sl_time_format_iso(1709210096789LL, buf);
+    CHECK_STR(buf, "2024-02-29T12:34:56.789Z");
+    sl_time_format_iso(0, buf);
+    CHECK_STR(buf, "1970-01-01T00:00:00.000Z");
+    sl_time_format_iso(-1, buf);
+    CHECK_STR(buf, "1969-12-31T23:59:59.999Z");
+    for (int64_t ms = 946684800000LL; ms < 4102444800000LL; ms += 86400000LL * 37 + 12345) {
+        int64_t back;
+        sl_time_format_iso(ms, buf);
+        CHECK_INT(sl_time_parse_iso(buf, strlen(buf), &back), ==, 0);
+        CHECK_INT(back, ==, ms);
+    }
+}
+
+TEST(units)
+{
+    int64_t ms;
+    uint64_t b;
+    CHECK_INT(sl_parse_duration_ms("30s", &ms), ==, 0); CHECK_INT(ms, ==, 30000);
+    CHECK_INT(sl_parse_duration_ms("15m", &ms), ==, 0); CHECK_INT(ms, ==, 900000);
+    CHECK_INT(sl_parse_duration_ms("1h", &ms), ==, 0); CHECK_INT(ms, ==, 3600000);
+    CHECK_INT(sl_parse_duration_ms("7d", &ms), ==, 0); CHECK_INT(ms, ==, 604800000);
+    CHECK_INT(sl_parse_duration_ms("250ms", &ms), ==, 0); CHECK_INT(ms, ==, 250);
+    CHECK_INT(sl_parse_duration_ms("7", &ms), ==, SL_EINVAL);
+    CHECK_INT(sl_parse_duration_ms("1w", &ms), ==, SL_EINVAL);
+    CHECK_INT(sl_parse_duration_ms("-1s", &ms), ==, SL_EINVAL);
+    CHECK_INT(sl_parse_duration_ms("99999999999999999999d", &ms), ==, SL_EINVAL);
+    CHECK_INT(sl_parse_size_bytes("8GB", &b), ==, 0); CHECK_INT(b, ==, 8LL << 30);
+    CHECK_INT(sl_parse_size_bytes("512000", &b), ==, 0); CHECK_INT(b, ==, 512000);
+    CHECK_INT(sl_parse_size_bytes("64KB", &b), ==, 0); CHECK_INT(b, ==, 65536);
+    CHECK_INT(sl_parse_size_bytes("8 GB", &b), ==, SL_EINVAL);
+    CHECK_INT(sl_parse_size_bytes("GB", &b), ==, SL_EINVAL);
+}
+
+TEST(hash_and_uuid)
+{
+    sl_hash128_t a = sl_hash128("abc", 3, 1), b = sl_hash128("abc", 3, 1), c = sl_hash128("abd", 3, 1),
+                 d = sl_hash128("abc", 3, 2);
+    CHECK(a.lo == b.lo && a.hi == b.hi);
+    CHECK(a.lo != c.lo || a.hi != c.hi);
+    CHECK(a.lo != d.lo || a.hi != d.hi);
+    sl_hash128_t e = sl_hash128("", 0, 0);
+    CHECK(e.lo != 0 || e.hi != 0);
+    char u1[37], u2[37];
+    sl_uuid4(u1);
+    sl_uuid4(u2);
+    CHECK_INT(strlen(u1), ==, 36);
+    CHECK(u1[14] == '4');
+    CHECK(u1[19] == '8' || u1[19] == '9' || u1[19] == 'a' || u1[19] == 'b');
+    CHECK(strcmp(u1, u2) != 0);
+}
+
+TEST(arena_and_buf)
+{
+    sl_arena_t a;
+    sl_arena_init(&a);
+    char *p = sl_arena_alloc(&a, 10);
+    char *big = sl_arena_alloc(&a, 100000);
+    char *q = sl_arena_strndup(&a, "hello", 5);
+    CHECK(p != NULL && big != NULL && q != NULL);
+    memset(big, 1, 100000);
+    CHECK_STR(q, "hello");
+    CHECK_INT((uintptr_t)p % 8, ==, 0);
+    sl_arena_free(&a);
+    sl_buf_t b = {0};
+    sl_buf_append_json_str(&b, "a\"b\\c\n\x01", 7);
+    CHECK_STR(b.data, "\"a\\\"b\\\\c\\n\\u0001\"");
+    sl_buf_free(&b);
+}
+
+static const char design_example[] =
+    "{\"listen\": \"0.0.0.0:8080\", \"data_dir\": \"/var/lib/sillage\", \"map_size\": \"8GB\","
+    " \"durability\": \"sync\", \"geoip_db\": \"/usr/share/sillage/geo.mmdb\", \"ip_anonymize\": true,"
+    " \"trusted_proxies\": [\"127.0.0.1\"], \"cors_origins\": [\"https://shop.example\"],"
+    " \"sources\": [{\"name\": \"shop\", \"write_key\": \"wk_live_123\"}], \"admin_token\": \"change-me\","
+    " \"identity\": {\"traits\": [\"email\"]}, \"limits\": {\"max_message_bytes\": 32768, \"max_request_bytes\": 512000},"
+    " \"triggers\": [ {\"name\": \"cart\", \"type\": \"abandoned_cart\", \"delay\": \"1h\"},"
+    "  {\"name\": \"pricing\", \"type\": \"page_visit\", \"url\": \"/pricing*\", \"min_count\": 2, \"within\": \"7d\"},"
+    "  {\"name\": \"dormant\", \"type\": \"inactivity\", \"after\": \"30d\"},"
+    "  {\"name\": \"plan\", \"type\": \"trait_change\", \"trait\": \"plan\"} ],"
+    " \"pressure\": {\"max_per_profile_per_day\": 3},"
+    " \"webhooks\": [{\"url\": \"https://automation.example/hook\", \"secret\": \"s3cret\", \"rules\": [\"cart\", \"pricing\"]}]}";
+
+TEST(config_design_example)
+{
+    sl_config_t c;
+    char err[256] = "";
+    int rc = sl_config_parse(&c, design_example, sizeof(design_example) - 1, err, sizeof(err));
+    CHECK_INT(rc, ==, 0);
+    if (rc) fprintf(stderr, "  error: %s\n", err);
+    CHECK_STR(c.listen, "0.0.0.0:8080");
+    CHECK_INT(c.map_size_bytes, ==, 8LL << 30);
+    CHECK_INT(c.n_sources, ==, 1);
+    CHECK_STR(c.sources[0].write_key, "wk_live_123");
+    CHECK_INT(c.n_triggers, ==, 4);
+    CHECK_INT(c.triggers[0].delay_ms, ==, 3600000);
+    CHECK_INT(c.triggers[1].min_count, ==, 2);
+    CHECK_INT(c.triggers[1].within_ms, ==, 7LL * 86400000);
+    CHECK_INT(c.triggers[2].after_ms, ==, 30LL * 86400000);
+    CHECK_INT(c.pressure_max_per_profile_per_day, ==, 3);
+    CHECK_INT(c.n_webhooks, ==, 1);
+    CHECK_INT(c.limits.max_request_bytes, ==, 512000);
+    CHECK_INT(sl_config_check_exposure(&c, err, sizeof(err)), ==, 0);
+    sl_config_free(&c);
+}
+
+TEST(config_errors_table)
+{
+    static const struct { const char *json; const char *want; } cases[] = {
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"lisen\":\"x\"}", "unknown key \"lisen\""},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_body\":1}}", "unknown key \"limits.max_body\""},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\",\"x\":1}],\"admin_token\":\"t\"}", "unknown key \"sources[0].x\""},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"durability\":\"fast\"}", "durability must be"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"triggers\":[{\"name\":\"c\",\"type\":\"abandoned_cart\",\"delay\":\"1 hour\"}]}", "triggers[0].delay must be a duration"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"triggers\":[{\"name\":\"c\",\"type\":\"nope\"}]}", "triggers[0].type \"nope\""},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}]}", "admin_token is required"},
+        {"{\"admin_token\":\"t\"}", "sources is required"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"listen\":\"nohost\"}", "listen \"nohost\""},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"webhooks\":[{\"url\":\"https://x\",\"secret\":\"s\",\"rules\":[\"zz\"]}]}", "not a trigger rule"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"map_size\":\"lots\"}", "map_size must be"},
+        {"{\"sources\": [", "not valid JSON"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        sl_config_t c;
+        char err[256] = "";
+        CHECK_INT(sl_config_parse(&c, cases[i].json, strlen(cases[i].json), err, sizeof(err)), ==, SL_EINVAL);
+        if (strstr(err, cases[i].want) == NULL) {
+            fprintf(stderr, "  case %zu: error \"%s\" does not contain \"%s\"\n", i, err, cases[i].want);
+            test_failures++;
+        }
+        sl_config_free(&c);
+    }
+}
+
+TEST(config_demo_and_exposure)
+{
+    sl_config_t c;
+    char err[256] = "";
+    CHECK_INT(sl_config_demo(&c), ==, 0);
+    CHECK(c.is_demo);
+    CHECK_STR(c.listen, "127.0.0.1:8080");
+    CHECK_STR(c.data_dir, "./sillage-data");
+    CHECK_STR(c.sources[0].write_key, "demo");
+    CHECK_STR(c.admin_token, "demo-admin");
+    CHECK_INT(c.n_triggers, ==, 4);
+    CHECK_INT(sl_config_check_exposure(&c, err, sizeof(err)), ==, 0);
+    free(c.listen);
+    c.listen = strdup("0.0.0.0:8080");
+    CHECK_INT(sl_config_check_exposure(&c, err, sizeof(err)), ==, SL_EINVAL);
+    CHECK(strstr(err, "demo") != NULL);
+    sl_config_free(&c);
+    static const char j[] = "{\"listen\":\"0.0.0.0:1\",\"sources\":[{\"name\":\"a\",\"write_key\":\"demo\"}],\"admin_token\":\"x\"}";
+    CHECK_INT(sl_config_parse(&c, j, sizeof(j) - 1, err, sizeof(err)), ==, 0);
+    CHECK_INT(sl_config_check_exposure(&c, err, sizeof(err)), ==, SL_EINVAL);
+    sl_config_free(&c);
+}
+
+TEST(junk_identifiers)
+{
+    sl_config_t c;
+    sl_config_demo(&c);
+    static const char *junk[] = {"", "  ", "null", "NULL", "undefined", "anonymous", "0", "guest", " Guest "};
+    static const char *good[] = {"u_123", "alice@example.com", "1234", "f47ac10b-58cc-4372-a567-0e02b2c3d479"};
+    for (size_t i = 0; i < sizeof(junk) / sizeof(*junk); i++)
+        CHECK_INT(sl_ident_is_junk(junk[i], strlen(junk[i]), c.junk_ids, c.n_junk_ids), ==, 1);
+    for (size_t i = 0; i < sizeof(good) / sizeof(*good); i++)
+        CHECK_INT(sl_ident_is_junk(good[i], strlen(good[i]), c.junk_ids, c.n_junk_ids), ==, 0);
+    sl_config_free(&c);
+}

@@ -1,0 +1,233 @@
+/* test_store.c - the dedupe table, and the store with its writer thread on a
+ * real LMDB environment in a temporary directory. */
+#include "test.h"
+#include "sl_store.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+static sl_hash128_t key(uint64_t i)
+{
+    return sl_hash128(&i, sizeof(i), 42);
+}
+
+TEST(dedupe_window)
+{
+    sl_dedupe_t *d = sl_dedupe_new(1000);
+    CHECK_INT(sl_dedupe_check_insert(d, key(1), 100, 100), ==, 0);
+    CHECK_INT(sl_dedupe_check_insert(d, key(1), 200, 200), ==, 1);
+    CHECK_INT(sl_dedupe_check_insert(d, key(2), 200, 200), ==, 0);
+    /* past the window the same id is a new message */
+    CHECK_INT(sl_dedupe_check_insert(d, key(1), 1200, 1200), ==, 0);
+    CHECK_INT(sl_dedupe_check_insert(d, key(1), 1300, 1300), ==, 1);
+    sl_dedupe_free(d);
+}
+
+TEST(dedupe_rollback)
+{
+    sl_dedupe_t *d = sl_dedupe_new(86400000);
+    CHECK_INT(sl_dedupe_check_insert(d, key(1), 0, 0), ==, 0);
+    sl_dedupe_mark(d);
+    CHECK_INT(sl_dedupe_check_insert(d, key(2), 0, 0), ==, 0);
+    CHECK_INT(sl_dedupe_check_insert(d, key(3), 0, 0), ==, 0);
+    CHECK_INT(sl_dedupe_check_insert(d, key(1), 0, 0), ==, 1);
+    sl_dedupe_rollback(d); /* the transaction failed: 2 and 3 were never stored */
+    CHECK_INT(sl_dedupe_check_insert(d, key(2), 0, 0), ==, 0);
+    CHECK_INT(sl_dedupe_check_insert(d, key(3), 0, 0), ==, 0);
+    CHECK_INT(sl_dedupe_check_insert(d, key(1), 0, 0), ==, 1);
+    sl_dedupe_free(d);
+}
+
+TEST(dedupe_growth_and_expiry)
+{
+    sl_dedupe_t *d = sl_dedupe_new(1000);
+    for (uint64_t i = 0; i < 200000; i++) {
+        int64_t t = (int64_t)(i / 100); /* 100 ids per ms: 100k ids per window */
+        if (sl_dedupe_check_insert(d, key(i), t, t) != 0) {
+            CHECK_INT(i, ==, -1);
+            break;
+        }
+    }
+    CHECK_INT(sl_dedupe_size(d), <=, 200000);
+    CHECK_INT(sl_dedupe_check_insert(d, key(199999), 1999, 1999), ==, 1);
+    CHECK_INT(sl_dedupe_check_insert(d, key(150000), 1999, 1999), ==, 1);
+    CHECK_INT(sl_dedupe_check_insert(d, key(5), 1999, 1999), ==, 0); /* expired */
+    sl_dedupe_free(d);
+}
+
+/* ---- the store with its writer ---------------------------------------------- */
+
+typedef struct {
+    int done;
+    int rc;
+} result_t;
+
+static void on_done(sl_store_batch_t *b)
+{
+    result_t *r = b->data;
+    r->done = 1;
+    r->rc = b->rc;
+}
+
+static void on_drained(void *arg)
+{
+    *(int *)arg = 1;
+}
+
+static int run_batch(sl_store_t *st, uv_loop_t *loop, sl_store_msg_t *msgs, size_t n)
+{
+    result_t res = {0};
+    sl_store_batch_t b = {.msgs = msgs, .n_msgs = n, .done = on_done, .data = &res};
+    int rc = sl_store_submit(st, &b);
+    if (rc) return rc;
+    while (!res.done) uv_run(loop, UV_RUN_ONCE);
+    return res.rc;
+}
+
+static int count_cb(const char *json, size_t len, uint64_t seq, void *arg)
+{
+    uint64_t *n = arg;
+    (*n)++;
+    return json[0] == '{' && len > 0 && seq == *n ? 0 : -1;
+}
+
+static sl_store_t *open_store(const char *dir, int read_only)
+{
+    sl_store_t *st = NULL;
+    sl_store_options_t o = {.data_dir = dir, .map_size_bytes = 1 << 20, .map_size_max_bytes = 64 << 20,
+                            .nosync = 0, .dedupe_window_ms = 86400000, .max_queue_messages = 1000,
+                            .read_only = read_only};
+    int rc = sl_store_open(&st, &o);
+    CHECK_INT(rc, ==, 0);
+    return st;
+}
+
+static void close_store(sl_store_t *st, uv_loop_t *loop)
+{
+    int drained = 0;
+    sl_store_drain(st, on_drained, &drained);
+    while (!drained) uv_run(loop, UV_RUN_ONCE);
+    sl_store_close(st);
+}
+
+TEST(store_commit_dedupe_restart_grow)
+{
+    char dir[] = "/tmp/sl-store-test-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sl_store_t *st = open_store(dir, 0);
+    if (st == NULL) return;
+    CHECK_INT(sl_store_start(st, &loop), ==, 0);
+
+    int64_t now = sl_now_ms();
+    sl_store_msg_t m[3] = {
+        {.json = "{\"a\":1}", .json_len = 7, .dedupe = sl_store_dedupe_key(st, "src", "m1"), .received_ms = now},
+        {.json = "{\"a\":2}", .json_len = 7, .dedupe = sl_store_dedupe_key(st, "src", "m2"), .received_ms = now},
+        {.json = "{\"a\":1}", .json_len = 7, .dedupe = sl_store_dedupe_key(st, "src", "m1"), .received_ms = now},
+    };
+    CHECK_INT(run_batch(st, &loop, m, 3), ==, 0);
+    CHECK_INT(m[0].status, ==, SL_STORE_STORED);
+    CHECK_INT(m[1].status, ==, SL_STORE_STORED);
+    CHECK_INT(m[2].status, ==, SL_STORE_DUPLICATE); /* same id in the same commit */
+    CHECK_INT(m[0].seq, ==, 1);
+    CHECK_INT(m[1].seq, ==, 2);
+    /* same messageId from another source is another message */
+    sl_store_msg_t other = {.json = "{\"a\":3}", .json_len = 7, .dedupe = sl_store_dedupe_key(st, "other", "m1"),
+                            .received_ms = now};
+    CHECK_INT(run_batch(st, &loop, &other, 1), ==, 0);
+    CHECK_INT(other.status, ==, SL_STORE_STORED);
+
+    /* fill past the 1 MB initial map: it must grow, not fail */
+    static char big[4000];
+    memset(big, 'x', sizeof(big));
+    big[0] = '{';
+    size_t n_big = 600;
+    sl_store_msg_t *many = calloc(n_big, sizeof(*many));
+    char ids[600][16];
+    for (size_t i = 0; i < n_big; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "big-%zu", i);
+        many[i] = (sl_store_msg_t){.json = big, .json_len = sizeof(big), .received_ms = now,
+                                   .dedupe = sl_store_dedupe_key(st, "src", ids[i])};
+    }
+    CHECK_INT(run_batch(st, &loop, many, n_big), ==, 0);
+    CHECK_INT(many[n_big - 1].status, ==, SL_STORE_STORED);
+    sl_store_stats_t s;
+    sl_store_get_stats(st, &s);
+    CHECK_INT(s.map_resizes, >=, 1);
+    CHECK_INT(s.events_stored, ==, 3 + n_big);
+    CHECK_INT(s.duplicates, ==, 1);
+    free(many);
+    close_store(st, &loop);
+
+    /* after a restart: ids still known, sequence continues */
+    st = open_store(dir, 0);
+    if (st == NULL) return;
+    CHECK_INT(sl_store_start(st, &loop), ==, 0);
+    sl_store_msg_t again[2] = {
+        {.json = "{\"a\":1}", .json_len = 7, .dedupe = sl_store_dedupe_key(st, "src", "m1"), .received_ms = now},
+        {.json = "{\"a\":4}", .json_len = 7, .dedupe = sl_store_dedupe_key(st, "src", "m4"), .received_ms = now},
+    };
+    CHECK_INT(run_batch(st, &loop, again, 2), ==, 0);
+    CHECK_INT(again[0].status, ==, SL_STORE_DUPLICATE);
+    CHECK_INT(again[1].status, ==, SL_STORE_STORED);
+    CHECK_INT(again[1].seq, ==, 4 + n_big);
+    close_store(st, &loop);
+
+    /* read-only open, as export does */
+    st = open_store(dir, 1);
+    if (st == NULL) return;
+    uint64_t count = 0;
+    CHECK_INT(sl_store_foreach_event(st, count_cb, &count), ==, 0);
+    CHECK_INT(count, ==, 4 + n_big);
+    char dest[300];
+    snprintf(dest, sizeof(dest), "%s/backup", dir);
+    CHECK_INT(sl_store_backup(st, dest), ==, 0);
+    CHECK(sl_store_backup(st, dest) != 0); /* refuses to overwrite */
+    sl_store_close(st);
+    st = open_store(dest, 1);
+    if (st) {
+        count = 0;
+        CHECK_INT(sl_store_foreach_event(st, count_cb, &count), ==, 0);
+        CHECK_INT(count, ==, 4 + n_big);
+        sl_store_close(st);
+    }
+    uv_loop_close(&loop);
+    char cmd[400];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK_INT(system(cmd), ==, 0);
+}
+
+TEST(store_queue_bound)
+{
+    char dir[] = "/tmp/sl-store-test-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sl_store_t *st = open_store(dir, 0); /* max_queue_messages 1000 */
+    if (st == NULL) return;
+    CHECK_INT(sl_store_start(st, &loop), ==, 0);
+    static sl_store_msg_t a[800], b[800];
+    static char ids[1600][16];
+    for (int i = 0; i < 1600; i++) {
+        snprintf(ids[i], 16, "q%d", i);
+        sl_store_msg_t *m = i < 800 ? &a[i] : &b[i - 800];
+        *m = (sl_store_msg_t){.json = "{}", .json_len = 2, .received_ms = sl_now_ms(),
+                              .dedupe = sl_store_dedupe_key(st, "s", ids[i])};
+    }
+    result_t ra = {0}, rb = {0};
+    sl_store_batch_t ba = {.msgs = a, .n_msgs = 800, .done = on_done, .data = &ra};
+    sl_store_batch_t bb = {.msgs = b, .n_msgs = 800, .done = on_done, .data = &rb};
+    CHECK_INT(sl_store_submit(st, &ba), ==, 0);
+    CHECK_INT(sl_store_submit(st, &bb), ==, SL_EBUSY); /* 1600 > 1000 while the first is pending */
+    while (!ra.done) uv_run(&loop, UV_RUN_ONCE);
+    CHECK_INT(sl_store_queued(st), ==, 0);
+    CHECK_INT(sl_store_submit(st, &bb), ==, 0);
+    while (!rb.done) uv_run(&loop, UV_RUN_ONCE);
+    CHECK_INT(rb.rc, ==, 0);
+    close_store(st, &loop);
+    uv_loop_close(&loop);
+    char cmd[400];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK_INT(system(cmd), ==, 0);
+}

@@ -1,0 +1,18 @@
+/* tests.h - the list of unit tests. */
+#ifndef SL_TESTS_H
+#define SL_TESTS_H
+#include "test.h"
+
+#define SL_TESTS(X) \
+    X(time_parse_table) X(time_format_roundtrip) X(units) X(hash_and_uuid) X(arena_and_buf) \
+    X(config_design_example) X(config_errors_table) X(config_demo_and_exposure) X(junk_identifiers) \
+    X(skew_correction) X(normalize_table) X(normalize_fields) X(prescan) X(base64_and_percent) \
+    X(gunzip_bounded) X(ip_anonymize_and_parse) X(client_ip_from_xff) X(geoip_country_schema) \
+    X(geoip_city_schema) X(dedupe_window) X(dedupe_rollback) X(dedupe_growth_and_expiry) \
+    X(store_commit_dedupe_restart_grow) X(store_queue_bound)
+
+#define SL_DECLARE(n) TEST(n);
+SL_TESTS(SL_DECLARE)
+#define SL_ENTRY(n) {#n, test_##n},
+static const test_case_t all_tests[] = {SL_TESTS(SL_ENTRY)};
+#endif
