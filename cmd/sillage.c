@@ -179,7 +179,11 @@ static int cmd_serve(int argc, char **argv)
     app.sigterm.data = app.sigint.data = &app;
     uv_signal_start(&app.sigterm, on_signal, SIGTERM);
     uv_signal_start(&app.sigint, on_signal, SIGINT);
-    SL_INFO("sillage %s listening on %s (durability %s)", SL_VERSION, cfg.listen,
+    char host[256];
+    int port;
+    sl_config_split_listen(cfg.listen, host, sizeof(host), &port);
+    SL_INFO("sillage %s listening on %s%s%s:%d (durability %s)", SL_VERSION, strchr(host, ':') ? "[" : "", host,
+            strchr(host, ':') ? "]" : "", sl_http_server_port(app.srv),
             cfg.durability == SL_DURABLE_SYNC ? "sync" : "os");
     uv_run(app.loop, UV_RUN_DEFAULT);
     ret = app.stopped ? 0 : 1;

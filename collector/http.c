@@ -239,6 +239,7 @@ static int on_message_begin(llhttp_t *p)
 {
     conn_t *c = p->data;
     c->in_message = 1;
+    c->err_status = 0;
     c->msg_start_ms = sl_now_ms();
     c->header_bytes = 0;
     c->n_headers = 0;
@@ -364,12 +365,15 @@ static int on_message_complete(llhttp_t *p)
 
 /* ---- the feed loop ------------------------------------------------------------ */
 
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
 static void update_reading(conn_t *c)
 {
     int want = !c->closing && !c->busy && c->pending_off >= c->pending_len &&
                c->tcp.write_queue_size < WRITE_HIGH_WATER && !c->close_after_write;
     if (want && !c->reading) {
-        if (uv_read_start((uv_stream_t *)&c->tcp, NULL, NULL) == 0) c->reading = 1;
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = 1;
     } else if (!want && c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = 0;
@@ -385,7 +389,9 @@ static void parse_error(conn_t *c, enum llhttp_errno e)
     }
     c->keep_alive = 0;
     c->in_message = 0;
-    if (e == HPE_USER && c->err_status) {
+    /* A callback that refused input recorded why; llhttp reports it as
+     * HPE_USER, or HPE_CB_HEADERS_COMPLETE from on_headers_complete. */
+    if (c->err_status) {
         SL_INFO("refused request from client: %s", c->err_msg);
         http_respond_error(c, c->err_status, c->err_msg);
         return;

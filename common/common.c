@@ -23,7 +23,8 @@ const char *sl_strerror(int rc)
     case SL_ESTORE: return "store failed to commit";
     case SL_ESHUTDOWN: return "server is shutting down";
     }
-    if (rc > 0) return mdb_strerror(rc);     /* LMDB codes and errno values */
+    if (rc >= MDB_KEYEXIST && rc <= MDB_LAST_ERRCODE) return mdb_strerror(rc);
+    if (rc > 0) return mdb_strerror(rc);     /* LMDB passes errno values through */
     return uv_strerror(rc);                  /* negative errno */
 }
 

@@ -278,7 +278,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     char host[256];
     int port;
     if (sl_config_split_listen(c->listen, host, sizeof(host), &port)) {
-        seterr(x->err, x->errlen, "listen \"%s\" must be HOST:PORT with a port from 1 to 65535", c->listen);
+        seterr(x->err, x->errlen, "listen \"%s\" must be HOST:PORT with a port from 0 (any free port) to 65535", c->listen);
         return SL_EINVAL;
     }
     if ((rc = get_str(x, root, "data_dir", "", &c->data_dir, 0))) return rc;
@@ -531,7 +531,7 @@ int sl_config_split_listen(const char *listen, char *host, size_t hostlen, int *
     if (hl == 0 || hl >= hostlen) return SL_EINVAL;
     char *end;
     long p = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || p < 1 || p > 65535 || colon[1] == '\0') return SL_EINVAL;
+    if (*end != '\0' || p < 0 || p > 65535 || colon[1] == '\0') return SL_EINVAL;
     memcpy(host, h, hl);
     host[hl] = '\0';
     *port = (int)p;

@@ -3,8 +3,9 @@
  * keyed 128-bit hash, and the parsers for durations and sizes.
  *
  * Errors: functions return 0 or a negative code. Codes in the SL_E* range are
- * ours; anything else is a negated errno / libuv code or a positive LMDB code
- * (LMDB returns positive numbers), and sl_strerror() knows all three.
+ * ours; anything else is a libuv code (negative errno), an LMDB code (MDB_*,
+ * -30799..-30780) or an errno value LMDB passed through (positive), and
+ * sl_strerror() knows all of them.
  */
 #ifndef SL_COMMON_H
 #define SL_COMMON_H
