@@ -462,14 +462,12 @@ int sl_config_parse(sl_config_t *cfg, const char *json, size_t len, char *err, s
         for (size_t i = 0; i < off && i < len; i++)
             if (json[i] == '\n') line++;
         seterr(err, errlen, "not valid JSON near line %zu (byte %zu)", line, off);
+        sl_config_free(cfg);
         return SL_EINVAL;
     }
     int rc = parse_config(cfg, root, &x);
     cJSON_Delete(root);
-    if (rc) {
-        sl_config_free(cfg);
-        set_defaults(cfg);
-    }
+    if (rc) sl_config_free(cfg); /* leaves it zeroed: nothing to free */
     return rc;
 }
 
@@ -478,7 +476,7 @@ int sl_config_load(sl_config_t *cfg, const char *path, char *err, size_t errlen)
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
         seterr(err, errlen, "%s: %s", path, strerror(errno));
-        set_defaults(cfg);
+        memset(cfg, 0, sizeof(*cfg));
         return SL_EINVAL;
     }
     char *buf = malloc(MAX_CONFIG_BYTES + 1);
@@ -488,7 +486,7 @@ int sl_config_load(sl_config_t *cfg, const char *path, char *err, size_t errlen)
     if (n > MAX_CONFIG_BYTES) {
         free(buf);
         seterr(err, errlen, "%s: larger than %u bytes", path, MAX_CONFIG_BYTES);
-        set_defaults(cfg);
+        memset(cfg, 0, sizeof(*cfg));
         return SL_EINVAL;
     }
     char inner[400];

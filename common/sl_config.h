@@ -84,8 +84,9 @@ typedef struct sl_config_s {
  * "demo", admin token "demo-admin", the demo trigger rules. */
 int sl_config_demo(sl_config_t *cfg);
 
-/* Loads and validates FILE. On error returns SL_EINVAL and writes a sentence
- * naming the first problem (file, key, why) into err[errlen]. */
+/* Loads and validates FILE. On error returns SL_EINVAL, writes a sentence
+ * naming the first problem (file, key, why) into err[errlen], and leaves *cfg
+ * zeroed (nothing to free). */
 int sl_config_load(sl_config_t *cfg, const char *path, char *err, size_t errlen);
 
 /* Same, from a JSON text (used by the loader and the tests). */

@@ -1,0 +1,135 @@
+// commands.test.mjs - check-config, export, backup, version, and the demo default.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync, existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { BIN, run, startServer, post, track, tempDir, baseConfig } from './helpers.mjs';
+
+const designExample = JSON.parse(readFileSync(new URL('../data/design-example.json', import.meta.url)));
+
+test('version', () => {
+  const r = run(['version']);
+  assert.equal(r.code, 0);
+  assert.match(r.stdout, /^sillage \d+\.\d+\.\d+ \(libuv .*LMDB .*llhttp 8\.1\.0/);
+});
+
+test('check-config accepts the DESIGN.md example and explains the first error', () => {
+  const dir = tempDir();
+  const good = join(dir, 'good.json');
+  writeFileSync(good, JSON.stringify(designExample));
+  let r = run(['check-config', '-c', good]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /OK/);
+
+  const cases = [
+    [{ ...designExample, listne: 'x' }, /unknown key "listne"/],
+    [{ ...designExample, limits: { max_message_bytes: 32768, max_reqest_bytes: 1 } }, /unknown key "limits.max_reqest_bytes"/],
+    [{ ...designExample, triggers: [{ name: 'c', type: 'abandoned_cart', delay: 'soon' }] }, /triggers\[0\]\.delay must be a duration/],
+    [{ ...designExample, durability: 'maybe' }, /durability must be "sync" or "os"/],
+  ];
+  for (const [cfg, re] of cases) {
+    const p = join(dir, 'bad.json');
+    writeFileSync(p, JSON.stringify(cfg));
+    r = run(['check-config', '-c', p]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, re);
+  }
+  writeFileSync(join(dir, 'broken.json'), '{"listen": \n "x",,}');
+  r = run(['check-config', '-c', join(dir, 'broken.json')]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /not valid JSON near line 2/);
+  r = run(['check-config', '-c', join(dir, 'missing.json')]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /No such file/);
+  r = run(['check-config']);
+  assert.equal(r.code, 0);
+  assert.match(r.stdout, /demo default/);
+});
+
+test('unknown command and flags are usage errors', () => {
+  assert.equal(run(['frobnicate']).code, 2);
+  assert.equal(run(['serve', '--bogus']).code, 2);
+  assert.equal(run([]).code, 2);
+});
+
+test('the demo default never binds beyond loopback', () => {
+  const dir = tempDir();
+  const r = run(['serve', '--listen', '0.0.0.0:18999', '--data', join(dir, 'd')]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /refusing to listen on 0\.0\.0\.0:18999 with the demo/);
+});
+
+test('the demo default serves with write key "demo" and says so', async () => {
+  const dir = tempDir();
+  const child = spawn(BIN, ['serve', '--listen', '127.0.0.1:0'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const port = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(log)), 10000);
+    child.stderr.on('data', (d) => {
+      log += d;
+      const m = /listening on \S+:(\d+)/.exec(log);
+      if (m) { clearTimeout(timer); resolve(Number(m[1])); }
+    });
+  });
+  assert.match(log, /demo/);
+  assert.match(log, /write key "demo"/);
+  const res = await fetch(`http://127.0.0.1:${port}/v1/track`, {
+    method: 'POST',
+    headers: { Authorization: 'Basic ' + Buffer.from('demo:').toString('base64'), 'Content-Type': 'application/json' },
+    body: JSON.stringify({ userId: 'demo-user', event: 'Demo Event' }),
+  });
+  assert.equal(res.status, 200);
+  child.kill('SIGTERM');
+  await new Promise((r) => child.on('exit', r));
+  assert.ok(existsSync(join(dir, 'sillage-data', 'data.mdb')), 'data in ./sillage-data');
+  const ex = run(['export'], { cwd: dir });
+  assert.equal(ex.code, 0);
+  assert.match(ex.stdout, /Demo Event/);
+});
+
+test('export and backup while the server runs; the backup opens and holds the same events', async (t) => {
+  const srv = await startServer();
+  t.after(async () => { await srv.stop(); srv.cleanup(); });
+  for (let i = 0; i < 25; i++) assert.equal((await post(srv, '/v1/track', track({ messageId: `bk-${i}` }))).status, 200);
+  const live = srv.exportEvents();
+  assert.equal(live.length, 25);
+  const dest = join(srv.dir, 'backup');
+  let r = run(['backup', '--data', srv.dataDir, dest]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(existsSync(join(dest, 'data.mdb')));
+  r = run(['export', '--data', dest]);
+  assert.equal(r.code, 0);
+  const copied = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(copied.map((e) => e.messageId), live.map((e) => e.messageId));
+  r = run(['backup', '--data', srv.dataDir, dest]);
+  assert.equal(r.code, 1, 'refuses to overwrite a backup');
+  r = run(['export', '--data', join(srv.dir, 'nothing-here')]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /no store/);
+  // export with -c reads data_dir from the config
+  r = run(['export', '-c', srv.cfgPath]);
+  assert.equal(r.code, 0);
+  assert.equal(r.stdout.trim().split('\n').length, 25);
+});
+
+test('serve: --listen and --data override the file', async (t) => {
+  const dir = tempDir();
+  const cfgPath = join(dir, 'c.json');
+  writeFileSync(cfgPath, JSON.stringify(baseConfig(join(dir, 'from-file'), { listen: '127.0.0.1:1' })));
+  const child = spawn(BIN, ['serve', '-c', cfgPath, '--listen', '127.0.0.1:0', '--data', join(dir, 'from-flag')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const port = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(log)), 10000);
+    child.stderr.on('data', (d) => {
+      log += d;
+      const m = /listening on \S+:(\d+)/.exec(log);
+      if (m) { clearTimeout(timer); resolve(Number(m[1])); }
+    });
+  });
+  assert.notEqual(port, 1);
+  child.kill('SIGTERM');
+  await new Promise((r) => child.on('exit', r));
+  assert.ok(existsSync(join(dir, 'from-flag', 'data.mdb')));
+  assert.ok(!existsSync(join(dir, 'from-file')));
+});
