@@ -19,6 +19,9 @@
 #define MAX_URL_BYTES 8192
 #define MAX_HEADERS 100
 #define WRITE_HIGH_WATER (256 * 1024)
+/* Unparsed bytes a connection may hold while its request is in flight; the
+ * socket is read on (no epoll changes per request) until this is reached. */
+#define PENDING_HIGH_WATER (64 * 1024)
 
 const char *const route_names[N_ROUTES] = {"track", "page", "screen", "identify", "alias", "group",
                                            "batch", "pixel", "preflight", "healthz", "metrics", "other"};
@@ -370,8 +373,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void update_reading(conn_t *c)
 {
-    int want = !c->closing && !c->busy && c->pending_off >= c->pending_len &&
-               c->tcp.write_queue_size < WRITE_HIGH_WATER && !c->close_after_write;
+    int want = !c->closing && !c->close_after_write && c->pending_len - c->pending_off < PENDING_HIGH_WATER &&
+               c->tcp.write_queue_size < WRITE_HIGH_WATER;
     if (want && !c->reading) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = 1;
     } else if (!want && c->reading) {
@@ -444,6 +447,22 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = sizeof(c->srv->readbuf);
 }
 
+/* Keeps the unparsed bytes [p, p+n) on the heap, after what is held already. */
+static int keep_pending(conn_t *c, const char *p, size_t n)
+{
+    size_t held = c->pending_borrowed ? 0 : c->pending_len - c->pending_off;
+    char *nb = malloc(held + n);
+    if (nb == NULL) return SL_ENOMEM;
+    if (held) memcpy(nb, c->pending + c->pending_off, held);
+    memcpy(nb + held, p, n);
+    if (!c->pending_borrowed) free(c->pending);
+    c->pending = nb;
+    c->pending_len = held + n;
+    c->pending_off = 0;
+    c->pending_borrowed = 0;
+    return 0;
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     conn_t *c = s->data;
@@ -454,25 +473,24 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     c->last_active_ms = sl_now_ms();
+    if (c->busy || c->pending_off < c->pending_len) {
+        /* A request is in flight (or bytes wait already): queue behind it. */
+        if (keep_pending(c, buf->base, (size_t)nread)) conn_close(c);
+        else update_reading(c);
+        return;
+    }
     /* Parse straight from the shared read buffer; what is left when a request
-     * pauses the parser is copied to the connection below. */
+     * pauses the parser is copied to the connection. */
     c->pending = buf->base;
     c->pending_len = (size_t)nread;
     c->pending_off = 0;
     c->pending_borrowed = 1;
     conn_feed(c);
     if (!c->closing && c->pending_borrowed && c->pending_off < c->pending_len) {
-        size_t left = c->pending_len - c->pending_off;
-        char *copy = malloc(left);
-        if (copy == NULL) {
+        if (keep_pending(c, c->pending + c->pending_off, c->pending_len - c->pending_off)) {
             conn_close(c);
             return;
         }
-        memcpy(copy, c->pending + c->pending_off, left);
-        c->pending = copy;
-        c->pending_len = left;
-        c->pending_off = 0;
-        c->pending_borrowed = 0;
         update_reading(c);
     }
 }
@@ -575,6 +593,11 @@ static void on_sweep(uv_timer_t *t)
 
 /* ---- server ------------------------------------------------------------------- */
 
+static void free_after_close(uv_handle_t *h)
+{
+    sl_http_server_free(h->data);
+}
+
 int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store)
 {
     sl_server_t *srv = calloc(1, sizeof(*srv));
@@ -633,9 +656,9 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
     if ((rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0)) ||
         (rc = uv_listen((uv_stream_t *)&srv->listener, 4096, on_connection))) {
         SL_ERROR("cannot listen on %s: %s", cfg->listen, uv_strerror(rc));
-        uv_close((uv_handle_t *)&srv->listener, NULL);
-        srv->handles_open--;
-        goto fail;
+        /* The handle is the loop's until its close callback: free there. */
+        uv_close((uv_handle_t *)&srv->listener, free_after_close);
+        return rc;
     }
     struct sockaddr_storage bound;
     int blen = sizeof(bound);

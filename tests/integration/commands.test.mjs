@@ -133,3 +133,13 @@ test('serve: --listen and --data override the file', async (t) => {
   assert.ok(existsSync(join(dir, 'from-flag', 'data.mdb')));
   assert.ok(!existsSync(join(dir, 'from-file')));
 });
+
+test('a port already in use is a clear error, not a crash', async (t) => {
+  const srv = await startServer();
+  t.after(async () => { await srv.stop(); srv.cleanup(); });
+  const dir = tempDir();
+  const r = run(['serve', '--listen', `127.0.0.1:${srv.port}`, '--data', join(dir, 'd')]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /cannot listen on 127\.0\.0\.1:\d+: address already in use/);
+  assert.equal((await fetch(srv.url + '/healthz')).status, 200);
+});
