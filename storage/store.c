@@ -163,7 +163,8 @@ int sl_store_open(sl_store_t **out, const sl_store_options_t *opts)
     if (!opts->read_only && (rc = mdb_env_set_mapsize(st->env, opts->map_size_bytes))) goto fail;
     unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
     if (opts->read_only) flags |= MDB_RDONLY;
-    if (opts->nosync) flags |= MDB_NOSYNC;
+    else if (opts->nosync) flags |= MDB_NOSYNC;
+    else flags |= MDB_NOMETASYNC; /* the writer flushes meta pages itself: see writer_main() */
     if ((rc = mdb_env_open(st->env, opts->data_dir, flags, 0640))) goto fail;
     MDB_envinfo info;
     mdb_env_info(st->env, &info);
@@ -325,16 +326,56 @@ static int grow_map(sl_store_t *st)
     return 0;
 }
 
+/* Hands batches back to the loop thread with their result. */
+static void deliver(sl_store_t *st, sl_store_batch_t *list, int rc)
+{
+    if (list == NULL) return;
+    sl_store_batch_t *tail = list;
+    for (sl_store_batch_t *b = list; b; b = b->next) {
+        b->rc = rc;
+        tail = b;
+    }
+    uv_mutex_lock(&st->mu);
+    if (st->done_tail) st->done_tail->next = list;
+    else st->done_head = list;
+    st->done_tail = tail;
+    uv_mutex_unlock(&st->mu);
+    uv_async_send(&st->async);
+}
+
+static void append_list(sl_store_batch_t **head, sl_store_batch_t *list)
+{
+    while (*head) head = &(*head)->next;
+    *head = list;
+}
+
+/* Durability in "sync" mode costs one flush per commit, not two: the env has
+ * MDB_NOMETASYNC, so a commit syncs its data pages and writes its meta page
+ * without syncing it. That meta page reaches the disk with the next commit's
+ * data sync, or with mdb_env_sync() -- lmdb.h documents exactly this. A batch
+ * is therefore answered only after the following commit that wrote pages, or
+ * after an explicit mdb_env_sync() when no more work is queued. */
 static void writer_main(void *arg)
 {
     sl_store_t *st = arg;
+    sl_store_batch_t *unsynced = NULL; /* committed, meta page not yet flushed */
     for (;;) {
         uv_mutex_lock(&st->mu);
-        while (st->in_head == NULL && !st->stopping) uv_cond_wait(&st->cv, &st->mu);
-        sl_store_batch_t *list = st->in_head, *tail = st->in_tail;
+        while (st->in_head == NULL && !st->stopping && unsynced == NULL) uv_cond_wait(&st->cv, &st->mu);
+        sl_store_batch_t *list = st->in_head;
         st->in_head = st->in_tail = NULL;
         uv_mutex_unlock(&st->mu);
-        if (list == NULL) break; /* stopping and nothing left */
+        if (list == NULL) {
+            if (unsynced == NULL) break; /* stopping and nothing left */
+            int src = mdb_env_sync(st->env, 1);
+            if (src) {
+                SL_ERROR("flushing the last commit failed: %s", sl_strerror(src));
+                atomic_fetch_add(&st->stats.commit_failures, 1);
+            }
+            deliver(st, unsynced, src);
+            unsynced = NULL;
+            continue;
+        }
 
         uint64_t t0 = sl_mono_ns();
         size_t stored = 0, dup = 0, total = 0;
@@ -345,25 +386,26 @@ static void writer_main(void *arg)
         if (rc) {
             SL_ERROR("commit of %zu messages failed: %s", total, sl_strerror(rc));
             atomic_fetch_add(&st->stats.commit_failures, 1);
-        } else {
-            atomic_fetch_add(&st->stats.commits, 1);
-            atomic_fetch_add(&st->stats.events_stored, stored);
-            atomic_fetch_add(&st->stats.duplicates, dup);
-            atomic_fetch_add(&st->stats.batch_sum, total);
-            atomic_fetch_add(&st->stats.latency_sum_us, us);
-            hist_add(st->stats.batch_hist, sl_store_batch_bounds, 11, total);
-            hist_add(st->stats.latency_hist, sl_store_latency_bounds_us, 13, us);
-            atomic_store(&st->stats.last_seq, st->next_seq - 1);
-            atomic_store(&st->stats.dedupe_entries, sl_dedupe_size(st->dd));
+            deliver(st, list, rc); /* nothing of it was stored */
+            continue;
         }
-        for (sl_store_batch_t *b = list; b; b = b->next) b->rc = rc;
-
-        uv_mutex_lock(&st->mu);
-        if (st->done_tail) st->done_tail->next = list;
-        else st->done_head = list;
-        st->done_tail = tail;
-        uv_mutex_unlock(&st->mu);
-        uv_async_send(&st->async);
+        atomic_fetch_add(&st->stats.commits, 1);
+        atomic_fetch_add(&st->stats.events_stored, stored);
+        atomic_fetch_add(&st->stats.duplicates, dup);
+        atomic_fetch_add(&st->stats.batch_sum, total);
+        atomic_fetch_add(&st->stats.latency_sum_us, us);
+        hist_add(st->stats.batch_hist, sl_store_batch_bounds, 11, total);
+        hist_add(st->stats.latency_hist, sl_store_latency_bounds_us, 13, us);
+        atomic_store(&st->stats.last_seq, st->next_seq - 1);
+        atomic_store(&st->stats.dedupe_entries, sl_dedupe_size(st->dd));
+        if (st->opts.nosync) {
+            deliver(st, list, 0); /* "os" durability: committed is enough */
+        } else if (stored > 0) {
+            deliver(st, unsynced, 0); /* this commit's data sync flushed their meta page */
+            unsynced = list;
+        } else {
+            append_list(&unsynced, list); /* all duplicates: no pages, no sync; wait with the rest */
+        }
     }
     uv_mutex_lock(&st->mu);
     st->exited = 1;
