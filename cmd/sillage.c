@@ -293,6 +293,7 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
+    sl_json_hooks_install();
     if (strcmp(cmd, "serve") == 0) return cmd_serve(argc, argv);
     if (strcmp(cmd, "check-config") == 0) return cmd_check_config(argc, argv);
     if (strcmp(cmd, "export") == 0) return cmd_export(argc, argv);

@@ -78,7 +78,7 @@ static req_t *req_new(conn_t *c)
 void req_free(req_t *r)
 {
     if (r == NULL) return;
-    for (size_t i = 0; i < r->n_jsons; i++) free(r->jsons[i]);
+    for (size_t i = 0; i < r->n_jsons; i++) cJSON_free(r->jsons[i]);
     free(r->jsons);
     free(r->batch.msgs);
     sl_buf_free(&r->body);
@@ -606,7 +606,8 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
     srv->cfg = cfg;
     srv->store = store;
     int rc;
-    srv->scratch = malloc(cfg->limits.max_message_bytes + 1);
+    srv->scratch_len = cfg->limits.max_message_bytes + 4096;
+    srv->scratch = malloc(srv->scratch_len);
     srv->trusted = calloc(cfg->n_trusted_proxies + 1, sizeof(sl_ipnet_t));
     if (srv->scratch == NULL || srv->trusted == NULL) {
         rc = SL_ENOMEM;
@@ -677,6 +678,7 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
 fail:
     sl_geo_close(srv->geo);
     free(srv->scratch);
+    sl_arena_free(&srv->json_arena);
     free(srv->trusted);
     free(srv);
     return rc;
@@ -738,6 +740,7 @@ void sl_http_server_free(sl_server_t *srv)
     if (srv == NULL) return;
     sl_geo_close(srv->geo);
     free(srv->scratch);
+    sl_arena_free(&srv->json_arena);
     free(srv->trusted);
     free(srv);
 }

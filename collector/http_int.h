@@ -82,7 +82,9 @@ struct sl_server_s {
     int handles_open;
     void (*stop_cb)(void *);
     void *stop_arg;
-    char *scratch;                /* max_message_bytes + 1, for size checks */
+    char *scratch;                /* for printing one message: max_message_bytes + 4 KB */
+    size_t scratch_len;
+    sl_arena_t json_arena;        /* parse trees of the request being handled */
     char date[40];
     int64_t date_sec;
     uint64_t requests[N_ROUTES][N_STATUS];

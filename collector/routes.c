@@ -135,16 +135,26 @@ static const char *accept_message(conn_t *c, cJSON *msg, int type, const sl_inge
     req_t *r = c->req;
     const char *why = sl_msg_normalize(msg, type, ctx);
     if (why) return why;
-    char *json = cJSON_PrintUnformatted(msg);
-    if (json == NULL) return "out of memory";
+    /* Printed once into the scratch buffer, then copied into the request's
+     * arena, which lives until the commit is answered. */
+    sl_server_t *srv = c->srv;
+    char *json;
+    size_t len;
+    if (cJSON_PrintPreallocated(msg, srv->scratch, (int)srv->scratch_len, 0)) {
+        len = strlen(srv->scratch);
+        if ((json = sl_arena_strndup(&r->arena, srv->scratch, len)) == NULL) return "out of memory";
+    } else {
+        if ((json = cJSON_PrintUnformatted(msg)) == NULL) return "out of memory";
+        len = strlen(json);
+        r->jsons[r->n_jsons++] = json;
+    }
     const cJSON *mid = cJSON_GetObjectItemCaseSensitive(msg, "messageId");
     sl_store_msg_t *m = &r->batch.msgs[r->batch.n_msgs++];
     memset(m, 0, sizeof(*m));
     m->json = json;
-    m->json_len = strlen(json);
+    m->json_len = len;
     m->received_ms = ctx->received_ms;
     m->dedupe = sl_store_dedupe_key(c->srv->store, src->name, mid->valuestring);
-    r->jsons[r->n_jsons++] = json;
     return NULL;
 }
 
@@ -204,12 +214,15 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
         http_respond_error(c, 400, why);
         return;
     }
+    /* The parse tree lives in the server's JSON arena, emptied at the end:
+     * the request's arena may be gone by then (answering frees the request). */
+    sl_arena_t *old_arena = sl_json_arena_swap(&srv->json_arena);
     cJSON *root = cJSON_ParseWithLength(body, len);
+    cJSON *loc = NULL;
     if (root == NULL) {
         http_respond_error(c, 400, "body is not valid JSON");
-        return;
+        goto out;
     }
-    cJSON *loc = NULL;
     if (!cJSON_IsObject(root)) {
         http_respond_error(c, 400, "body must be a JSON object");
         goto out;
@@ -274,7 +287,9 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
     request_context(c, &ctx, ipbuf, &loc);
     long i = 0;
     for (cJSON *m = batch->child; m; m = m->next, i++) {
-        if (!cJSON_PrintPreallocated(m, srv->scratch, (int)cfg->limits.max_message_bytes + 1, 0)) {
+        /* A body within max_message_bytes cannot hold a message over it. */
+        if (len > cfg->limits.max_message_bytes &&
+            !cJSON_PrintPreallocated(m, srv->scratch, (int)cfg->limits.max_message_bytes + 1, 0)) {
             char msg[128];
             snprintf(msg, sizeof(msg), "message exceeds limits.max_message_bytes (%llu bytes)",
                      (unsigned long long)cfg->limits.max_message_bytes);
@@ -288,6 +303,8 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
 out:
     cJSON_Delete(loc);
     cJSON_Delete(root);
+    sl_json_arena_swap(old_arena);
+    sl_arena_reset(&srv->json_arena);
 }
 
 static void handle_ingest(conn_t *c, int type)

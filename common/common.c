@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "sl_common.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <lmdb.h>
 #include <stdarg.h>
@@ -36,7 +37,7 @@ struct sl_arena_block_s {
     _Alignas(16) char data[];
 };
 
-#define SL_ARENA_BLOCK 4096
+#define SL_ARENA_BLOCK 16384
 
 void sl_arena_init(sl_arena_t *a)
 {
@@ -80,6 +81,48 @@ char *sl_arena_strndup(sl_arena_t *a, const char *s, size_t n)
     return p;
 }
 
+/* Each cJSON allocation carries a 16-byte header saying where it came from,
+ * so that free() does the right thing whichever arena is current then. */
+#define JSON_HDR 16
+static int json_hooks_on;
+static _Thread_local sl_arena_t *json_arena;
+
+static void *json_malloc(size_t n)
+{
+    char *p;
+    if (json_arena) {
+        if ((p = sl_arena_alloc(json_arena, n + JSON_HDR)) == NULL) return NULL;
+        p[0] = 'a';
+    } else {
+        if ((p = malloc(n + JSON_HDR)) == NULL) return NULL;
+        p[0] = 'h';
+    }
+    return p + JSON_HDR;
+}
+
+static void json_free(void *q)
+{
+    if (q == NULL) return;
+    char *p = (char *)q - JSON_HDR;
+    if (p[0] == 'h') free(p);
+}
+
+void sl_json_hooks_install(void)
+{
+    if (json_hooks_on) return;
+    cJSON_Hooks h = {json_malloc, json_free};
+    cJSON_InitHooks(&h);
+    json_hooks_on = 1;
+}
+
+sl_arena_t *sl_json_arena_swap(sl_arena_t *a)
+{
+    if (!json_hooks_on) return NULL;
+    sl_arena_t *old = json_arena;
+    json_arena = a;
+    return old;
+}
+
 void sl_arena_free(sl_arena_t *a)
 {
     sl_arena_block_t *b = a->head;
@@ -89,6 +132,28 @@ void sl_arena_free(sl_arena_t *a)
         b = next;
     }
     a->head = NULL;
+    a->used_bytes = 0;
+}
+
+void sl_arena_reset(sl_arena_t *a)
+{
+    sl_arena_block_t *keep = a->head;
+    if (keep == NULL) return;
+    /* Keep the newest block if it is an ordinary one; free the rest. */
+    sl_arena_block_t *b = keep->next;
+    while (b) {
+        sl_arena_block_t *next = b->next;
+        free(b);
+        b = next;
+    }
+    if (keep->cap != SL_ARENA_BLOCK - sizeof(*keep)) {
+        free(keep);
+        a->head = NULL;
+    } else {
+        keep->next = NULL;
+        keep->used = 0;
+        a->head = keep;
+    }
     a->used_bytes = 0;
 }
 

@@ -41,6 +41,19 @@ void *sl_arena_alloc(sl_arena_t *a, size_t n);
 char *sl_arena_strndup(sl_arena_t *a, const char *s, size_t n);
 /* Frees every block; the arena is reusable afterwards. */
 void sl_arena_free(sl_arena_t *a);
+/* Forgets every allocation but keeps one block for reuse. */
+void sl_arena_reset(sl_arena_t *a);
+
+/* cJSON allocation hooks. Once installed (once, at start, before any cJSON
+ * object exists), cJSON allocates from the arena set for the calling thread
+ * with sl_json_arena_swap(), and free() of such memory is a no-op: a request's
+ * parse tree costs a handful of arena blocks instead of a malloc per node.
+ * Without an arena set, allocations go to the heap as usual. Memory cJSON
+ * hands out (cJSON_Print...) must then be released with cJSON_free(). */
+void sl_json_hooks_install(void);
+/* Sets the calling thread's cJSON arena (NULL: the heap); returns the old one.
+ * A no-op returning NULL when the hooks are not installed. */
+sl_arena_t *sl_json_arena_swap(sl_arena_t *a);
 
 /* ---- growable buffer ------------------------------------------------------
  * Heap-backed; sl_buf_free() releases it. Append functions return 0 or
