@@ -118,6 +118,7 @@ struct bench_s {
     char auth[512];
     uint64_t t0_ns, end_ns, last_done_ns;
     int stopping;
+    int grace;               /* the stop timer has fired once */
     uint64_t sent, done, events_ok, bytes_sent, msg_bytes, msgs;
     uint64_t status[6];      /* by class: 0 = no answer, 1xx..5xx */
     uint64_t partial;        /* 200 with rejected messages */
@@ -442,7 +443,8 @@ static void conn_start(conn_t *c)
 static void on_stop_timer(uv_timer_t *t)
 {
     bench_t *b = t->data;
-    if (!b->stopping) {
+    if (!b->grace) {
+        b->grace = 1;
         b->stopping = 1;
         /* Connections waiting for their slot will not send again. */
         for (int i = 0; i < b->o.conns; i++)
@@ -547,6 +549,13 @@ static int idset_grow(idset_t *s)
     return 0;
 }
 
+static void idset_free(idset_t *s)
+{
+    for (size_t i = 0; i < s->cap; i++) free(s->key[i]);
+    free(s->key);
+    free(s->seen);
+}
+
 /* Returns the slot of id, inserting it when insert is set; -1 if absent. */
 static long idset_slot(idset_t *s, const char *id, size_t n, int insert)
 {
@@ -626,6 +635,8 @@ static int check_mode(const char *acked_path, const char *export_path)
            acked_lines, set.n, exported, extra.n, missing, dup);
     if (unparsable) printf("export lines without a messageId: %" PRIu64 "\n", unparsable);
     free(line);
+    idset_free(&set);
+    idset_free(&extra);
     fclose(fa);
     if (fe != stdin) fclose(fe);
     return (missing || dup) ? 1 : 0;
