@@ -3,6 +3,7 @@
 #include "sl_collector.h"
 #include "sl_common.h"
 #include "sl_config.h"
+#include "sl_stitch.h"
 #include "sl_store.h"
 
 #include <cjson/cJSON.h>
@@ -156,19 +157,24 @@ static int cmd_serve(int argc, char **argv)
 
     int rc, ret = 1;
     sl_store_t *store = NULL;
+    sl_stitch_t *stitch = sl_stitch_new(&cfg);
     sl_store_options_t so = store_options(&cfg, 0);
-    if ((rc = sl_store_open(&store, &so))) {
-        fprintf(stderr, "sillage: cannot open the store in %s: %s\n", cfg.data_dir, sl_strerror(rc));
+    so.hooks = stitch ? sl_stitch_hooks(stitch) : NULL;
+    if (stitch == NULL || (rc = sl_store_open(&store, &so))) {
+        fprintf(stderr, "sillage: cannot open the store in %s: %s\n", cfg.data_dir,
+                sl_strerror(stitch ? rc : SL_ENOMEM));
+        sl_stitch_free(stitch);
         sl_config_free(&cfg);
         return 1;
     }
+    sl_stitch_attach(stitch, store);
     app_t app = {0};
     app.loop = uv_default_loop();
     if ((rc = sl_store_start(store, app.loop))) {
         fprintf(stderr, "sillage: cannot start the writer: %s\n", sl_strerror(rc));
         goto out;
     }
-    if ((rc = sl_http_server_start(&app.srv, app.loop, &cfg, store))) {
+    if ((rc = sl_http_server_start(&app.srv, app.loop, &cfg, store, stitch))) {
         fprintf(stderr, "sillage: cannot start the HTTP server on %s: %s\n", cfg.listen, sl_strerror(rc));
         sl_store_drain(store, NULL, NULL);
         uv_run(app.loop, UV_RUN_DEFAULT);
@@ -192,6 +198,7 @@ out:
     sl_http_server_free(app.srv);
     uv_loop_close(app.loop);
     sl_store_close(store);
+    sl_stitch_free(stitch);
     sl_config_free(&cfg);
     return ret;
 }

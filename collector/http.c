@@ -24,7 +24,7 @@
 #define PENDING_HIGH_WATER (64 * 1024)
 
 const char *const route_names[N_ROUTES] = {"track", "page", "screen", "identify", "alias", "group",
-                                           "batch", "pixel", "preflight", "healthz", "metrics", "other"};
+                                           "batch", "pixel", "preflight", "healthz", "metrics", "profiles", "other"};
 const int status_codes[N_STATUS] = {100, 200, 204, 304, 400, 401, 403, 404, 405, 408,
                                     413, 414, 415, 429, 431, 500, 503, 0};
 
@@ -598,13 +598,15 @@ static void free_after_close(uv_handle_t *h)
     sl_http_server_free(h->data);
 }
 
-int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store)
+int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store,
+                         struct sl_stitch_s *stitch)
 {
     sl_server_t *srv = calloc(1, sizeof(*srv));
     if (srv == NULL) return SL_ENOMEM;
     srv->loop = loop;
     srv->cfg = cfg;
     srv->store = store;
+    srv->stitch = stitch;
     int rc;
     srv->scratch_len = cfg->limits.max_message_bytes + 4096;
     srv->scratch = malloc(srv->scratch_len);

@@ -9,7 +9,7 @@
 
 enum route_id {
     ROUTE_TRACK, ROUTE_PAGE, ROUTE_SCREEN, ROUTE_IDENTIFY, ROUTE_ALIAS, ROUTE_GROUP,
-    ROUTE_BATCH, ROUTE_PIXEL, ROUTE_PREFLIGHT, ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_OTHER,
+    ROUTE_BATCH, ROUTE_PIXEL, ROUTE_PREFLIGHT, ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_PROFILES, ROUTE_OTHER,
     N_ROUTES
 };
 extern const char *const route_names[N_ROUTES];
@@ -70,6 +70,7 @@ struct sl_server_s {
     uv_timer_t grace;
     const sl_config_t *cfg;
     sl_store_t *store;
+    struct sl_stitch_s *stitch;   /* NULL: no profiles */
     sl_geo_t *geo;
     sl_ipnet_t *trusted;
     size_t n_trusted;
@@ -109,5 +110,6 @@ void req_free(req_t *r);
 
 /* routes.c */
 void route_request(conn_t *c);
+void handle_profiles(conn_t *c, const char *rest);
 
 #endif

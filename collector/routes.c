@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "http_int.h"
+#include "sl_stitch.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,6 +128,59 @@ static void request_context(conn_t *c, sl_ingest_ctx_t *ctx, char ipbuf[46], cJS
     ctx->location = *loc;
 }
 
+static const char *str_member(const cJSON *o, const char *name)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsString(x) ? x->valuestring : NULL;
+}
+
+/* What the stitcher needs of a normalised message, in the request's arena
+ * (alive until the commit is answered). NULL when out of memory. */
+static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg)
+{
+    sl_server_t *srv = c->srv;
+    req_t *r = c->req;
+    sl_stitch_msg_t *sm = sl_arena_alloc(&r->arena, sizeof(*sm));
+    if (sm == NULL) return NULL;
+    memset(sm, 0, sizeof(*sm));
+    const char *type = str_member(msg, "type");
+    int t = type ? sl_msg_type_from_name(type, strlen(type)) : -1;
+    static const int map[SL_MSG_NTYPES] = {
+        [SL_MSG_TRACK] = SL_STITCH_TRACK,       [SL_MSG_PAGE] = SL_STITCH_PAGE,
+        [SL_MSG_SCREEN] = SL_STITCH_SCREEN,     [SL_MSG_IDENTIFY] = SL_STITCH_IDENTIFY,
+        [SL_MSG_ALIAS] = SL_STITCH_ALIAS,       [SL_MSG_GROUP] = SL_STITCH_GROUP};
+    sm->type = t >= 0 && t < SL_MSG_NTYPES ? map[t] : SL_STITCH_TRACK;
+    const char *mid = str_member(msg, "messageId");
+    sm->message_id = mid ? sl_arena_strndup(&r->arena, mid, strlen(mid)) : NULL;
+    sm->user_id = sl_stitch_clean_id(srv->stitch, str_member(msg, "userId"), &r->arena, 0);
+    sm->anonymous_id = sl_stitch_clean_id(srv->stitch, str_member(msg, "anonymousId"), &r->arena, 0);
+    sm->previous_id = sl_stitch_clean_id(srv->stitch, str_member(msg, "previousId"), &r->arena, 0);
+    const char *ts = str_member(msg, "timestamp");
+    if (ts == NULL || sl_time_parse_iso(ts, strlen(ts), &sm->ts_ms)) sm->ts_ms = sl_now_ms();
+    const cJSON *traits = cJSON_GetObjectItemCaseSensitive(msg, "traits");
+    if (sm->type == SL_STITCH_IDENTIFY && cJSON_IsObject(traits)) {
+        const sl_config_t *cfg = srv->cfg;
+        for (size_t i = 0; i < cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
+            sm->trait_ids[i] = sl_stitch_clean_id(srv->stitch, str_member(traits, cfg->identity_traits[i]), &r->arena, 1);
+        char *txt = cJSON_PrintUnformatted(traits);
+        if (txt == NULL) return NULL;
+        sm->traits_json = sl_arena_strndup(&r->arena, txt, strlen(txt));
+        cJSON_free(txt);
+        if (sm->traits_json == NULL) return NULL;
+    }
+    const char *event = str_member(msg, "event");
+    if (sm->type == SL_STITCH_TRACK && event && strcmp(event, "Order Completed") == 0) {
+        const cJSON *props = cJSON_GetObjectItemCaseSensitive(msg, "properties");
+        const cJSON *rev = cJSON_GetObjectItemCaseSensitive(props, "revenue");
+        if (!cJSON_IsNumber(rev)) rev = cJSON_GetObjectItemCaseSensitive(props, "total");
+        sm->is_order = 1;
+        sm->revenue = cJSON_IsNumber(rev) ? rev->valuedouble : 0;
+        const char *cur = str_member(props, "currency");
+        if (cur) snprintf(sm->currency, sizeof(sm->currency), "%s", cur);
+    }
+    return sm;
+}
+
 /* Normalises one message and appends its printed form to the batch.
  * Returns NULL or why it was refused. */
 static const char *accept_message(conn_t *c, cJSON *msg, int type, const sl_ingest_ctx_t *ctx,
@@ -155,6 +209,10 @@ static const char *accept_message(conn_t *c, cJSON *msg, int type, const sl_inge
     m->json_len = len;
     m->received_ms = ctx->received_ms;
     m->dedupe = sl_store_dedupe_key(c->srv->store, src->name, mid->valuestring);
+    if (srv->stitch && (m->meta = stitch_input(c, msg)) == NULL) {
+        r->batch.n_msgs--;
+        return "out of memory";
+    }
     return NULL;
 }
 
@@ -513,6 +571,11 @@ void route_request(conn_t *c)
             if (m != HTTP_POST) http_respond_error(c, 405, "use POST to send messages");
             else if (!http_origin_allowed(c->srv, r)) http_respond_error(c, 403, "origin not allowed by cors_origins");
             else handle_ingest(c, type);
+            return;
+        }
+        if (strncmp(rest, "profiles/", 9) == 0) {
+            r->route = ROUTE_PROFILES;
+            handle_profiles(c, rest + 9);
             return;
         }
     } else if (strcmp(path, "/healthz") == 0) {

@@ -29,7 +29,9 @@ typedef struct sl_server_s sl_server_t;
  * store, binds cfg->listen and starts accepting. Opens cfg->geoip_db when
  * set. Returns 0 or an error; the reason is logged. On error the caller
  * still runs the loop once so that handles already opened can close. */
-int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store);
+struct sl_stitch_s;
+int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store,
+                         struct sl_stitch_s *stitch);
 
 /* Graceful stop: no new connections, in-flight requests are answered after
  * their commit, idle connections close, the store is drained; then cb(arg)

@@ -19,7 +19,8 @@ enum {
     SL_ETOOBIG  = -20003, /* an input passed its bound */
     SL_EBUSY    = -20004, /* a queue is full: try again later */
     SL_ESTORE   = -20005, /* the store could not commit */
-    SL_ESHUTDOWN = -20006 /* the server is stopping */
+    SL_ESHUTDOWN = -20006, /* the server is stopping */
+    SL_ENOTFOUND = -20007  /* no such thing */
 };
 
 /* Text for any code returned by a sillage function: our own codes, libuv's

@@ -1,17 +1,96 @@
-/* sl_stitch.h - identity stitching (see DESIGN.md, "Identity stitching rules").
+/* sl_stitch.h - identity stitching (DESIGN.md, "Identity stitching rules",
+ * docs/IDENTITY.md).
  *
- * So far only the identifier filter lives here; the identity graph, merges
- * and profiles come with issue #4 and will run inside the writer's
- * transaction.
+ * The identity graph lives in the store's LMDB environment and changes in the
+ * same write transaction as the events that change it: the stitcher plugs into
+ * the store as hooks (sl_stitch_hooks()), and the writer thread calls it for
+ * every stored event. Persons are numbered; identifiers (anonymous_id, user_id
+ * and the configured traits, e.g. email) point at a person; each event is
+ * indexed under the identifier it was sent with. A merge re-points the absorbed
+ * person's identifiers and never touches its events, so its cost depends on the
+ * number of identifiers, not on the length of the history.
+ *
+ * Reads (profiles, timelines, journal) run in a read transaction from any
+ * thread; erasure runs as a store job inside the writer's transaction.
  */
 #ifndef SL_STITCH_H
 #define SL_STITCH_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include "sl_common.h"
+#include "sl_config.h"
+#include "sl_store.h"
 
 /* 1 when value must never become an identifier: empty or blank, or equal
  * (ASCII case-insensitively, surrounding blanks ignored) to one of the
  * configured junk values ("null", "undefined", "anonymous", "0", "guest"...). */
 int sl_ident_is_junk(const char *value, size_t len, char *const *junk, size_t n_junk);
+
+enum { SL_STITCH_TRACK = 1, SL_STITCH_PAGE, SL_STITCH_SCREEN, SL_STITCH_IDENTIFY, SL_STITCH_ALIAS, SL_STITCH_GROUP };
+
+#define SL_STITCH_MAX_TRAITS 8
+
+/* What the stitcher needs of one message, extracted by the collector on the
+ * loop thread (strings owned by the caller, alive until the commit is done).
+ * Junk identifiers are already NULL. */
+typedef struct sl_stitch_msg_s {
+    int type;                        /* SL_STITCH_* */
+    const char *message_id;
+    const char *user_id;
+    const char *anonymous_id;
+    const char *previous_id;         /* alias */
+    const char *trait_ids[SL_STITCH_MAX_TRAITS]; /* values of the configured identity traits */
+    const char *traits_json;         /* identify: the traits object, printed; else NULL */
+    int64_t ts_ms;                   /* the corrected timestamp */
+    int is_order;                    /* track "Order Completed" */
+    double revenue;                  /* properties.revenue or .total of an order */
+    char currency[8];
+} sl_stitch_msg_t;
+
+typedef struct sl_stitch_s sl_stitch_t;
+
+/* Creates the stitcher for cfg (identity traits, junk list); cfg must outlive it. */
+sl_stitch_t *sl_stitch_new(const sl_config_t *cfg);
+void sl_stitch_free(sl_stitch_t *s);
+
+/* Hooks to pass in sl_store_options_t before sl_store_open(). */
+const sl_store_hooks_t *sl_stitch_hooks(sl_stitch_t *s);
+
+/* The store the stitcher reads events from; call after sl_store_open(). */
+void sl_stitch_attach(sl_stitch_t *s, sl_store_t *store);
+
+/* An identifier value as the stitcher keys it, copied into arena: NULL for
+ * junk (or no value); trait values trimmed and lower-cased. */
+const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *arena, int is_trait);
+
+/* 1 when kind names an identifier kind: "user_id", "anonymous_id" or a
+ * configured identity trait. */
+int sl_stitch_kind_ok(const sl_stitch_t *s, const char *kind);
+
+/* Profile reads, in a read transaction (sl_store_read()). Each appends JSON
+ * to out and returns 0, SL_ENOTFOUND when no person has that identifier, or
+ * an LMDB error. before: the "next" cursor of a previous page, or NULL. */
+int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out);
+int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, size_t limit,
+                       const char *before, sl_buf_t *out);
+int sl_stitch_merges(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out);
+
+/* Erasure, as a store job: set kind and id, submit a batch with
+ * job = sl_stitch_erase_job and job_arg = the request; read the counts after. */
+typedef struct sl_stitch_erase_s {
+    sl_stitch_t *stitch;
+    const char *kind, *id;
+    int found;                 /* out */
+    char person[32];           /* out */
+    uint64_t events, identities, journal; /* out: what was erased */
+} sl_stitch_erase_t;
+int sl_stitch_erase_job(MDB_txn *txn, void *arg);
+
+typedef struct sl_stitch_stats_s {
+    uint64_t merges, refusals, persons_created;
+} sl_stitch_stats_t;
+void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out);
 
 #endif

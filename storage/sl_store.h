@@ -23,6 +23,7 @@
 #include "sl_common.h"
 #include <stddef.h>
 #include <stdint.h>
+#include <lmdb.h>
 #include <uv.h>
 
 typedef struct sl_store_s sl_store_t;
@@ -41,6 +42,7 @@ typedef struct sl_store_msg_s {
     int64_t received_ms;
     int status;             /* out: enum sl_store_status */
     uint64_t seq;           /* out: the event's sequence number when stored */
+    void *meta;             /* handed to hooks->on_event; the caller's */
 } sl_store_msg_t;
 
 typedef struct sl_store_batch_s sl_store_batch_t;
@@ -55,8 +57,24 @@ struct sl_store_batch_s {
     sl_store_done_cb done;
     void *data;             /* the caller's */
     int rc;                 /* out */
+    /* A job batch (n_msgs 0): job runs inside the writer's transaction, like a
+     * message would (erasure). It returns 0, keeping its own result in arg, or
+     * an LMDB error, which fails the whole commit. It may run more than once
+     * (the commit is retried after the map grows), so it must start afresh. */
+    int (*job)(MDB_txn *txn, void *arg);
+    void *job_arg;
     sl_store_batch_t *next; /* private to the store */
 };
+
+/* What runs inside the store's transactions on behalf of another module (the
+ * stitcher), so that its data changes in the same commit as the events. */
+typedef struct sl_store_hooks_s {
+    void *arg;
+    /* At sl_store_open, in its first transaction: open the module's DBIs. */
+    int (*open)(void *arg, MDB_txn *txn, int read_only);
+    /* For each stored (not duplicate) message, m->seq set. An error aborts the commit. */
+    int (*on_event)(void *arg, MDB_txn *txn, const sl_store_msg_t *m);
+} sl_store_hooks_t;
 
 typedef struct sl_store_options_s {
     const char *data_dir;
@@ -66,6 +84,7 @@ typedef struct sl_store_options_s {
     int64_t dedupe_window_ms;
     size_t max_queue_messages;  /* bound of the commit queue */
     int read_only;              /* export/backup: no writer, no dedupe table */
+    const sl_store_hooks_t *hooks; /* optional */
 } sl_store_options_t;
 
 /* Opens (creating if needed) the environment in opts->data_dir. For a
@@ -102,6 +121,16 @@ int sl_store_foreach_event(sl_store_t *st, int (*cb)(const char *, size_t, uint6
 /* Consistent compacting copy of the environment into directory dest
  * (created if missing, must not hold a data.mdb). Safe while serving. */
 int sl_store_backup(sl_store_t *st, const char *dest);
+
+/* Runs cb in a read transaction (any thread; safe against map growth).
+ * Returns cb's result, or the error that kept the transaction from starting. */
+int sl_store_read(sl_store_t *st, int (*cb)(MDB_txn *txn, void *arg), void *arg);
+
+/* The stored event seq, valid while txn lives. MDB_NOTFOUND when absent. */
+int sl_store_event_get(sl_store_t *st, MDB_txn *txn, uint64_t seq, MDB_val *json);
+
+/* Deletes event seq (erasure); from a job or hook only. 0 or MDB_NOTFOUND. */
+int sl_store_event_del(sl_store_t *st, MDB_txn *txn, uint64_t seq);
 
 /* Counters and gauges for /metrics; safe to call from any thread. */
 typedef struct sl_store_stats_s {

@@ -183,6 +183,8 @@ int sl_store_open(sl_store_t **out, const sl_store_options_t *opts)
     if ((rc = mdb_dbi_open(txn, "events", dbf | MDB_INTEGERKEY, &st->events))) goto fail;
     if ((rc = mdb_dbi_open(txn, "msgids", dbf | MDB_INTEGERKEY, &st->msgids))) goto fail;
     if ((rc = mdb_dbi_open(txn, "meta", dbf, &st->meta))) goto fail;
+    if (opts->hooks && opts->hooks->open && (rc = opts->hooks->open(opts->hooks->arg, txn, opts->read_only)))
+        goto fail;
     if ((rc = load_meta(st, txn))) goto fail;
     if ((rc = load_tail(st, txn))) goto fail;
     /* Commit even a read-only txn: handles opened in an aborted one close. */
@@ -263,8 +265,10 @@ static int trim_msgids(sl_store_t *st, MDB_txn *txn, int64_t horizon)
 
 /* One transaction for every batch in list. Returns 0 or an error; on error
  * nothing of the list is stored and the dedupe table is as before. */
-static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored, size_t *n_dup)
+static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored, size_t *n_dup, size_t *n_jobs)
 {
+    const sl_store_hooks_t *hooks = st->opts.hooks;
+    size_t jobs = 0;
     MDB_txn *txn = NULL;
     uint64_t seq0 = st->next_seq;
     int64_t now = sl_now_ms();
@@ -273,6 +277,11 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) goto fail;
     for (sl_store_batch_t *b = list; b; b = b->next) {
+        if (b->job) {
+            if ((rc = b->job(txn, b->job_arg))) goto fail;
+            jobs++;
+            continue;
+        }
         for (size_t i = 0; i < b->n_msgs; i++) {
             sl_store_msg_t *m = &b->msgs[i];
             rc = sl_dedupe_check_insert(st->dd, m->dedupe, m->received_ms, now);
@@ -288,8 +297,9 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
             msgid_rec_t r = {m->received_ms, m->dedupe.lo, m->dedupe.hi};
             MDB_val rv = {sizeof(r), &r};
             if ((rc = mdb_put(txn, st->msgids, &k, &rv, MDB_APPEND))) goto fail;
-            m->status = SL_STORE_STORED;
             m->seq = seq;
+            if (hooks && hooks->on_event && (rc = hooks->on_event(hooks->arg, txn, m))) goto fail;
+            m->status = SL_STORE_STORED;
             stored++;
         }
     }
@@ -299,6 +309,7 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
     if (rc) goto fail;
     *n_stored = stored;
     *n_dup = dup;
+    *n_jobs = jobs;
     return 0;
 fail:
     if (txn) mdb_txn_abort(txn);
@@ -378,10 +389,10 @@ static void writer_main(void *arg)
         }
 
         uint64_t t0 = sl_mono_ns();
-        size_t stored = 0, dup = 0, total = 0;
+        size_t stored = 0, dup = 0, total = 0, jobs = 0;
         for (sl_store_batch_t *b = list; b; b = b->next) total += b->n_msgs;
-        int rc = commit_list(st, list, &stored, &dup);
-        while (rc == MDB_MAP_FULL && grow_map(st) == 0) rc = commit_list(st, list, &stored, &dup);
+        int rc = commit_list(st, list, &stored, &dup, &jobs);
+        while (rc == MDB_MAP_FULL && grow_map(st) == 0) rc = commit_list(st, list, &stored, &dup, &jobs);
         uint64_t us = (sl_mono_ns() - t0) / 1000;
         if (rc) {
             SL_ERROR("commit of %zu messages failed: %s", total, sl_strerror(rc));
@@ -400,7 +411,7 @@ static void writer_main(void *arg)
         atomic_store(&st->stats.dedupe_entries, sl_dedupe_size(st->dd));
         if (st->opts.nosync) {
             deliver(st, list, 0); /* "os" durability: committed is enough */
-        } else if (stored > 0) {
+        } else if (stored > 0 || jobs > 0) {
             deliver(st, unsynced, 0); /* this commit's data sync flushed their meta page */
             unsynced = list;
         } else {
@@ -549,6 +560,28 @@ int sl_store_foreach_event(sl_store_t *st, int (*cb)(const char *, size_t, uint6
 out:
     read_end(st, txn);
     return rc;
+}
+
+int sl_store_read(sl_store_t *st, int (*cb)(MDB_txn *txn, void *arg), void *arg)
+{
+    MDB_txn *txn;
+    int rc = read_begin(st, &txn);
+    if (rc) return rc;
+    rc = cb(txn, arg);
+    read_end(st, txn);
+    return rc;
+}
+
+int sl_store_event_get(sl_store_t *st, MDB_txn *txn, uint64_t seq, MDB_val *json)
+{
+    MDB_val k = {8, &seq};
+    return mdb_get(txn, st->events, &k, json);
+}
+
+int sl_store_event_del(sl_store_t *st, MDB_txn *txn, uint64_t seq)
+{
+    MDB_val k = {8, &seq};
+    return mdb_del(txn, st->events, &k, NULL);
 }
 
 int sl_store_backup(sl_store_t *st, const char *dest)

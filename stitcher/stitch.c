@@ -1,0 +1,860 @@
+/* stitch.c - the identity graph, merges and their journal, profiles, the
+ * stitched timeline and erasure. See sl_stitch.h and docs/IDENTITY.md.
+ *
+ * LMDB databases (all in the store's environment):
+ *   ids       identifier key -> person id (u64)
+ *   persons   person id -> person record (person_hdr_t, identifier keys, traits JSON)
+ *   tl        identifier key -> dup values (be64 timestamp, be64 seq), the events
+ *             sent with that identifier, sorted by time
+ *   journal   journal seq -> JSON entry (merge or refusal)
+ *   pjournal  person id -> dup journal seqs that explain the person
+ *   smeta     counters: "next_person", "next_journal"
+ *             and "refused\x1f<owner>\x1f<person>\x1f<identifier>": refusals journaled
+ * An identifier key is "<kind>\x1f<value>", kind "user_id", "anonymous_id" or
+ * a configured trait name. */
+#include "sl_stitch.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KEY_SEP '\x1f'
+#define PERSON_VERSION 1
+
+typedef struct {
+    uint32_t version;
+    uint32_t n_ids;
+    int64_t first_ms, last_ms;
+    uint64_t events, page_views, orders;
+    double revenue;
+    char currency[8];
+    uint32_t ids_len;     /* identifier keys, each NUL-terminated */
+    uint32_t traits_len;  /* {"t":{name:value},"at":{name:ms}} */
+} person_hdr_t;
+
+typedef struct {
+    uint64_t id;
+    person_hdr_t h;
+    sl_buf_t ids;
+    sl_buf_t traits;
+} person_t;
+
+struct sl_stitch_s {
+    const sl_config_t *cfg;
+    sl_store_t *store;
+    MDB_dbi ids, persons, tl, journal, pjournal, smeta;
+    sl_store_hooks_t hooks;
+    person_t p1, p2;          /* writer thread scratch */
+    sl_buf_t k1, k2, tmp;
+    _Atomic uint64_t merges, refusals, created;
+};
+
+/* ---- small helpers ---- */
+
+static void be64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (unsigned char)v;
+}
+
+static uint64_t rd_be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
+    return v;
+}
+
+static void tl_value(unsigned char out[16], int64_t ts_ms, uint64_t seq)
+{
+    be64(out, (uint64_t)ts_ms ^ (1ULL << 63)); /* signed order as bytes */
+    be64(out + 8, seq);
+}
+
+static int make_key(sl_buf_t *b, const char *kind, const char *value)
+{
+    b->len = 0;
+    int rc = sl_buf_appends(b, kind);
+    rc |= sl_buf_append(b, (char[]){KEY_SEP}, 1);
+    rc |= sl_buf_appends(b, value);
+    rc |= sl_buf_append(b, "", 1); /* keep a NUL, not part of the key */
+    b->len--;
+    return rc ? SL_ENOMEM : 0;
+}
+
+static void person_id_str(uint64_t id, char out[32]) { snprintf(out, 32, "p_%llu", (unsigned long long)id); }
+
+static int counter_next(sl_stitch_t *s, MDB_txn *txn, const char *name, uint64_t *out)
+{
+    MDB_val k = {strlen(name), (void *)name}, v;
+    uint64_t n = 1;
+    int rc = mdb_get(txn, s->smeta, &k, &v);
+    if (rc == 0 && v.mv_size == 8) memcpy(&n, v.mv_data, 8);
+    else if (rc && rc != MDB_NOTFOUND) return rc;
+    *out = n;
+    n++;
+    v.mv_size = 8;
+    v.mv_data = &n;
+    return mdb_put(txn, s->smeta, &k, &v, 0);
+}
+
+static int lookup(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *key, uint64_t *pid)
+{
+    MDB_val k = {key->len, key->data}, v;
+    int rc = mdb_get(txn, s->ids, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        *pid = 0;
+        return 0;
+    }
+    if (rc) return rc;
+    if (v.mv_size != 8) return MDB_CORRUPTED;
+    memcpy(pid, v.mv_data, 8);
+    return 0;
+}
+
+/* ---- person records ---- */
+
+static int person_load(sl_stitch_t *s, MDB_txn *txn, uint64_t id, person_t *p)
+{
+    MDB_val k = {8, &id}, v;
+    int rc = mdb_get(txn, s->persons, &k, &v);
+    if (rc) return rc;
+    if (v.mv_size < sizeof(person_hdr_t)) return MDB_CORRUPTED;
+    memcpy(&p->h, v.mv_data, sizeof(p->h));
+    if (sizeof(p->h) + (size_t)p->h.ids_len + p->h.traits_len != v.mv_size) return MDB_CORRUPTED;
+    p->id = id;
+    p->ids.len = p->traits.len = 0;
+    const char *d = (const char *)v.mv_data + sizeof(p->h);
+    if (sl_buf_append(&p->ids, d, p->h.ids_len) || sl_buf_append(&p->traits, d + p->h.ids_len, p->h.traits_len))
+        return SL_ENOMEM;
+    return 0;
+}
+
+static int person_save(sl_stitch_t *s, MDB_txn *txn, person_t *p)
+{
+    p->h.version = PERSON_VERSION;
+    p->h.ids_len = (uint32_t)p->ids.len;
+    p->h.traits_len = (uint32_t)p->traits.len;
+    MDB_val k = {8, &p->id}, v = {sizeof(p->h) + p->ids.len + p->traits.len, NULL};
+    int rc = mdb_put(txn, s->persons, &k, &v, MDB_RESERVE);
+    if (rc) return rc;
+    char *d = v.mv_data;
+    memcpy(d, &p->h, sizeof(p->h));
+    if (p->ids.len) memcpy(d + sizeof(p->h), p->ids.data, p->ids.len);
+    if (p->traits.len) memcpy(d + sizeof(p->h) + p->ids.len, p->traits.data, p->traits.len);
+    return 0;
+}
+
+static void person_init(person_t *p, uint64_t id)
+{
+    p->id = id;
+    memset(&p->h, 0, sizeof(p->h));
+    p->ids.len = p->traits.len = 0;
+}
+
+/* The first user_id identifier of p, or NULL. */
+static const char *person_user_id(const person_t *p)
+{
+    static const char prefix[] = "user_id\x1f";
+    for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1)
+        if (strncmp(p->ids.data + off, prefix, sizeof(prefix) - 1) == 0) return p->ids.data + off + sizeof(prefix) - 1;
+    return NULL;
+}
+
+static int add_identity(sl_stitch_t *s, MDB_txn *txn, person_t *p, const sl_buf_t *key)
+{
+    MDB_val k = {key->len, key->data}, v = {8, &p->id};
+    int rc = mdb_put(txn, s->ids, &k, &v, 0);
+    if (rc) return rc;
+    if (sl_buf_append(&p->ids, key->data, key->len) || sl_buf_append(&p->ids, "", 1)) return SL_ENOMEM;
+    p->h.n_ids++;
+    return 0;
+}
+
+static int person_create(sl_stitch_t *s, MDB_txn *txn, person_t *p)
+{
+    uint64_t id;
+    int rc = counter_next(s, txn, "next_person", &id);
+    if (rc) return rc;
+    person_init(p, id);
+    atomic_fetch_add(&s->created, 1);
+    return 0;
+}
+
+/* ---- journal ---- */
+
+static void append_identifier_json(sl_buf_t *b, const char *key)
+{
+    const char *sep = strchr(key, KEY_SEP);
+    if (sep == NULL) return;
+    sl_buf_appends(b, "{\"kind\":");
+    sl_buf_append_json_str(b, key, (size_t)(sep - key));
+    sl_buf_appends(b, ",\"id\":");
+    sl_buf_append_json_str(b, sep + 1, strlen(sep + 1));
+    sl_buf_appends(b, "}");
+}
+
+static int journal_add(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *entry, const uint64_t *persons, int n)
+{
+    uint64_t seq;
+    int rc = counter_next(s, txn, "next_journal", &seq);
+    if (rc) return rc;
+    MDB_val k = {8, &seq}, v = {entry->len, entry->data};
+    if ((rc = mdb_put(txn, s->journal, &k, &v, MDB_APPEND))) return rc;
+    for (int i = 0; i < n; i++) {
+        MDB_val pk = {8, (void *)&persons[i]}, pv = {8, &seq};
+        if ((rc = mdb_put(txn, s->pjournal, &pk, &pv, 0)) && rc != MDB_KEYEXIST) return rc;
+    }
+    return 0;
+}
+
+static void journal_head(sl_buf_t *b, const char *type, const sl_stitch_msg_t *m, const char *reason)
+{
+    char at[32];
+    sl_time_format_iso(sl_now_ms(), at);
+    b->len = 0;
+    sl_buf_printf(b, "{\"type\":\"%s\",\"at\":\"%s\",\"reason\":", type, at);
+    sl_buf_append_json_str(b, reason, strlen(reason));
+    sl_buf_appends(b, ",\"messageId\":");
+    if (m->message_id) sl_buf_append_json_str(b, m->message_id, strlen(m->message_id));
+    else sl_buf_appends(b, "null");
+}
+
+static int refuse(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, const char *reason, const sl_buf_t *key,
+                  uint64_t owner, uint64_t target)
+{
+    char a[32], b[32];
+    person_id_str(owner, a);
+    person_id_str(target, b);
+    /* Journaled once per (identifier, owner, person): every later event of
+     * the same shared device would only repeat it. */
+    sl_buf_t once = {0};
+    sl_buf_printf(&once, "refused%c%s%c%s%c", KEY_SEP, a, KEY_SEP, b, KEY_SEP);
+    sl_buf_append(&once, key->data, key->len < 400 ? key->len : 400);
+    if (once.data == NULL) return SL_ENOMEM;
+    MDB_val ok = {once.len, once.data}, ov = {0, ""};
+    int rc = mdb_get(txn, s->smeta, &ok, &ov);
+    if (rc == 0 || rc != MDB_NOTFOUND || (rc = mdb_put(txn, s->smeta, &ok, &ov, 0))) {
+        sl_buf_free(&once);
+        return rc;
+    }
+    sl_buf_free(&once);
+    journal_head(&s->tmp, "refused", m, reason);
+    sl_buf_appends(&s->tmp, ",\"identifier\":");
+    append_identifier_json(&s->tmp, key->data);
+    sl_buf_printf(&s->tmp, ",\"owner\":\"%s\",\"event_person\":\"%s\"}", a, b);
+    if (s->tmp.data == NULL) return SL_ENOMEM;
+    atomic_fetch_add(&s->refusals, 1);
+    uint64_t both[2] = {owner, target};
+    return journal_add(s, txn, &s->tmp, both, 2);
+}
+
+/* ---- traits ---- */
+
+/* Merges the traits object `in` (set at ts_ms) into p's traits: a trait takes
+ * the newer of the two values by the time each was set. */
+static int merge_traits(person_t *p, const cJSON *in_t, const cJSON *in_at, int64_t ts_ms)
+{
+    cJSON *doc = p->traits.len ? cJSON_ParseWithLength(p->traits.data, p->traits.len) : NULL;
+    if (doc == NULL) doc = cJSON_CreateObject();
+    if (doc == NULL) return SL_ENOMEM;
+    cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "t"), *at = cJSON_GetObjectItemCaseSensitive(doc, "at");
+    if (!cJSON_IsObject(t)) t = cJSON_AddObjectToObject(doc, "t");
+    if (!cJSON_IsObject(at)) at = cJSON_AddObjectToObject(doc, "at");
+    int rc = SL_ENOMEM;
+    if (t == NULL || at == NULL) goto out;
+    for (const cJSON *x = in_t ? in_t->child : NULL; x; x = x->next) {
+        if (x->string == NULL) continue;
+        double when = (double)ts_ms;
+        const cJSON *xa = in_at ? cJSON_GetObjectItemCaseSensitive(in_at, x->string) : NULL;
+        if (cJSON_IsNumber(xa)) when = xa->valuedouble;
+        const cJSON *cur_at = cJSON_GetObjectItemCaseSensitive(at, x->string);
+        if (cJSON_IsNumber(cur_at) && cur_at->valuedouble > when) continue; /* ours is newer */
+        cJSON *copy = cJSON_Duplicate(x, 1);
+        if (copy == NULL) goto out;
+        cJSON_DeleteItemFromObjectCaseSensitive(t, x->string);
+        cJSON_AddItemToObject(t, x->string, copy);
+        cJSON_DeleteItemFromObjectCaseSensitive(at, x->string);
+        if (cJSON_AddNumberToObject(at, x->string, when) == NULL) goto out;
+    }
+    char *txt = cJSON_PrintUnformatted(doc);
+    if (txt == NULL) goto out;
+    p->traits.len = 0;
+    rc = sl_buf_appends(&p->traits, txt) ? SL_ENOMEM : 0;
+    cJSON_free(txt);
+out:
+    cJSON_Delete(doc);
+    return rc;
+}
+
+/* ---- merge ---- */
+
+/* Moves every identifier of x to survivor, sums the counters, merges traits
+ * and journal, deletes x. Cost: x's identifiers and journal entries, never
+ * its events. */
+static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const sl_stitch_msg_t *m,
+                 const char *reason)
+{
+    int rc;
+    char a[32], b[32];
+    person_id_str(sv->id, a);
+    person_id_str(x->id, b);
+    journal_head(&s->tmp, "merge", m, reason);
+    sl_buf_printf(&s->tmp, ",\"survivor\":\"%s\",\"absorbed\":\"%s\",\"identifiers\":[", a, b);
+    for (size_t off = 0, i = 0; off < x->ids.len; off += strlen(x->ids.data + off) + 1, i++) {
+        const char *key = x->ids.data + off;
+        if (i) sl_buf_appends(&s->tmp, ",");
+        append_identifier_json(&s->tmp, key);
+        MDB_val k = {strlen(key), (void *)key}, v = {8, &sv->id};
+        if ((rc = mdb_put(txn, s->ids, &k, &v, 0))) return rc;
+        if (sl_buf_append(&sv->ids, key, strlen(key) + 1)) return SL_ENOMEM;
+        sv->h.n_ids++;
+    }
+    sl_buf_appends(&s->tmp, "]}");
+    if (s->tmp.data == NULL) return SL_ENOMEM;
+
+    if (x->h.first_ms && (!sv->h.first_ms || x->h.first_ms < sv->h.first_ms)) sv->h.first_ms = x->h.first_ms;
+    if (x->h.last_ms > sv->h.last_ms) sv->h.last_ms = x->h.last_ms;
+    sv->h.events += x->h.events;
+    sv->h.page_views += x->h.page_views;
+    sv->h.orders += x->h.orders;
+    sv->h.revenue += x->h.revenue;
+    if (!sv->h.currency[0]) memcpy(sv->h.currency, x->h.currency, sizeof(sv->h.currency));
+    if (x->traits.len) {
+        cJSON *doc = cJSON_ParseWithLength(x->traits.data, x->traits.len);
+        rc = merge_traits(sv, cJSON_GetObjectItemCaseSensitive(doc, "t"), cJSON_GetObjectItemCaseSensitive(doc, "at"), 0);
+        cJSON_Delete(doc);
+        if (rc) return rc;
+    }
+
+    /* The absorbed person's journal now explains the survivor too. */
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(txn, s->pjournal, &cur))) return rc;
+    MDB_val k = {8, &x->id}, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
+        uint64_t j;
+        memcpy(&j, v.mv_data, 8);
+        MDB_val pk = {8, &sv->id}, pv = {8, &j};
+        int r = mdb_put(txn, s->pjournal, &pk, &pv, MDB_NODUPDATA);
+        if (r && r != MDB_KEYEXIST) {
+            rc = r;
+            break;
+        }
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) return rc;
+    k.mv_data = &x->id;
+    k.mv_size = 8;
+    if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
+    if ((rc = mdb_del(txn, s->persons, &k, NULL))) return rc;
+    atomic_fetch_add(&s->merges, 1);
+    uint64_t who = sv->id;
+    return journal_add(s, txn, &s->tmp, &who, 1);
+}
+
+static void swap_persons(person_t *a, person_t *b)
+{
+    person_t t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* ---- per event, in the writer's transaction ---- */
+
+static int on_event(void *arg, MDB_txn *txn, const sl_store_msg_t *sm)
+{
+    sl_stitch_t *s = arg;
+    const sl_stitch_msg_t *m = sm->meta;
+    if (m == NULL) return 0;
+    person_t *t = &s->p1, *o = &s->p2; /* the target person, and another */
+    sl_buf_t *kU = &s->k1, *kA = &s->k2;
+    uint64_t pU = 0, pA = 0;
+    int rc, have_t = 0;
+    const char *index_kind = NULL, *index_id = NULL;
+
+    if (m->type == SL_STITCH_ALIAS) {
+        if (m->user_id == NULL || m->previous_id == NULL) return 0;
+        if ((rc = make_key(kU, "user_id", m->user_id)) || (rc = lookup(s, txn, kU, &pU))) return rc;
+        /* previousId: a former user_id, else an anonymous_id. */
+        if ((rc = make_key(kA, "user_id", m->previous_id)) || (rc = lookup(s, txn, kA, &pA))) return rc;
+        if (pA == 0 && ((rc = make_key(kA, "anonymous_id", m->previous_id)) || (rc = lookup(s, txn, kA, &pA))))
+            return rc;
+        if (pU) {
+            if ((rc = person_load(s, txn, pU, t))) return rc;
+        } else if (pA) {
+            if ((rc = person_load(s, txn, pA, t))) return rc;
+            if ((rc = add_identity(s, txn, t, kU))) return rc;
+        } else {
+            if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kU))) return rc;
+        }
+        if (pA == 0) {
+            if ((rc = add_identity(s, txn, t, kA))) return rc;
+        } else if (pA != t->id) {
+            if ((rc = person_load(s, txn, pA, o))) return rc;
+            if ((rc = merge(s, txn, t, o, m, "alias: previousId merged into userId"))) return rc;
+        }
+        have_t = 1;
+        index_kind = "user_id";
+        index_id = m->user_id;
+    } else {
+        if (m->user_id && ((rc = make_key(kU, "user_id", m->user_id)) || (rc = lookup(s, txn, kU, &pU)))) return rc;
+        if (m->anonymous_id &&
+            ((rc = make_key(kA, "anonymous_id", m->anonymous_id)) || (rc = lookup(s, txn, kA, &pA))))
+            return rc;
+        if (m->user_id) {
+            if (pU) {
+                if ((rc = person_load(s, txn, pU, t))) return rc;
+            } else if (pA) {
+                if ((rc = person_load(s, txn, pA, t))) return rc;
+                if (person_user_id(t) == NULL) { /* the anonymous person becomes the user's */
+                    if ((rc = add_identity(s, txn, t, kU))) return rc;
+                } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kU))) {
+                    return rc;
+                }
+            } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kU))) {
+                return rc;
+            }
+            if (m->anonymous_id) {
+                if (pA == 0) {
+                    if ((rc = add_identity(s, txn, t, kA))) return rc;
+                } else if (pA != t->id) {
+                    if ((rc = person_load(s, txn, pA, o))) return rc;
+                    if (person_user_id(o)) {
+                        if ((rc = refuse(s, txn, m, "anonymous_id already belongs to another user (shared device)",
+                                         kA, pA, t->id)))
+                            return rc;
+                    } else if ((rc = merge(s, txn, t, o, m, "identify: anonymous person merged into the user"))) {
+                        return rc;
+                    }
+                }
+            }
+            index_kind = "user_id";
+            index_id = m->user_id;
+        } else if (m->anonymous_id) {
+            if (pA) {
+                if ((rc = person_load(s, txn, pA, t))) return rc;
+            } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kA))) {
+                return rc;
+            }
+            index_kind = "anonymous_id";
+            index_id = m->anonymous_id;
+        } else {
+            return 0; /* nothing to stitch on (all identifiers were junk) */
+        }
+        have_t = 1;
+
+        /* Trait identifiers (email): the person who owns one absorbs an
+         * anonymous one; two different users are never fused. */
+        for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++) {
+            if (m->trait_ids[i] == NULL) continue;
+            uint64_t pT;
+            if ((rc = make_key(&s->tmp, s->cfg->identity_traits[i], m->trait_ids[i])) ||
+                (rc = lookup(s, txn, &s->tmp, &pT)))
+                return rc;
+            if (pT == 0) {
+                sl_buf_t key = {0};
+                rc = sl_buf_append(&key, s->tmp.data, s->tmp.len) ? SL_ENOMEM : add_identity(s, txn, t, &key);
+                sl_buf_free(&key);
+                if (rc) return rc;
+                continue;
+            }
+            if (pT == t->id) continue;
+            sl_buf_t key = {0};
+            if (sl_buf_append(&key, s->tmp.data, s->tmp.len + 1)) return SL_ENOMEM;
+            key.len--;
+            if ((rc = person_load(s, txn, pT, o))) goto trait_out;
+            const char *uo = person_user_id(o), *ut = person_user_id(t);
+            if (uo && ut && strcmp(uo, ut) != 0) {
+                rc = refuse(s, txn, m, "trait identifier already belongs to another user", &key, pT, t->id);
+            } else if (ut) {
+                rc = merge(s, txn, t, o, m, "trait identifier: its anonymous owner merged into the user");
+            } else {
+                /* t is anonymous: it joins the person that owns the trait. */
+                rc = merge(s, txn, o, t, m, "trait identifier: anonymous person merged into its owner");
+                swap_persons(t, o);
+            }
+        trait_out:
+            sl_buf_free(&key);
+            if (rc) return rc;
+        }
+    }
+    if (!have_t) return 0;
+
+    /* Index the event under the identifier it was sent with. */
+    unsigned char tv[16];
+    tl_value(tv, m->ts_ms, sm->seq);
+    if ((rc = make_key(&s->tmp, index_kind, index_id))) return rc;
+    MDB_val k = {s->tmp.len, s->tmp.data}, v = {16, tv};
+    if ((rc = mdb_put(txn, s->tl, &k, &v, 0)) && rc != MDB_KEYEXIST) return rc;
+
+    t->h.events++;
+    if (m->type == SL_STITCH_PAGE || m->type == SL_STITCH_SCREEN) t->h.page_views++;
+    if (m->is_order) {
+        t->h.orders++;
+        t->h.revenue += m->revenue;
+        if (m->currency[0]) memcpy(t->h.currency, m->currency, sizeof(t->h.currency));
+    }
+    if (!t->h.first_ms || m->ts_ms < t->h.first_ms) t->h.first_ms = m->ts_ms;
+    if (m->ts_ms > t->h.last_ms) t->h.last_ms = m->ts_ms;
+    if (m->type == SL_STITCH_IDENTIFY && m->traits_json) {
+        cJSON *traits = cJSON_Parse(m->traits_json);
+        rc = cJSON_IsObject(traits) ? merge_traits(t, traits, NULL, m->ts_ms) : 0;
+        cJSON_Delete(traits);
+        if (rc) return rc;
+    }
+    return person_save(s, txn, t);
+}
+
+static int on_open(void *arg, MDB_txn *txn, int read_only)
+{
+    sl_stitch_t *s = arg;
+    unsigned c = read_only ? 0 : MDB_CREATE;
+    int rc;
+    if ((rc = mdb_dbi_open(txn, "ids", c, &s->ids))) return rc;
+    if ((rc = mdb_dbi_open(txn, "persons", c | MDB_INTEGERKEY, &s->persons))) return rc;
+    if ((rc = mdb_dbi_open(txn, "tl", c | MDB_DUPSORT | MDB_DUPFIXED, &s->tl))) return rc;
+    if ((rc = mdb_dbi_open(txn, "journal", c | MDB_INTEGERKEY, &s->journal))) return rc;
+    if ((rc = mdb_dbi_open(txn, "pjournal", c | MDB_INTEGERKEY | MDB_DUPSORT | MDB_DUPFIXED | MDB_INTEGERDUP,
+                           &s->pjournal)))
+        return rc;
+    return mdb_dbi_open(txn, "smeta", c, &s->smeta);
+}
+
+/* ---- public ---- */
+
+sl_stitch_t *sl_stitch_new(const sl_config_t *cfg)
+{
+    sl_stitch_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) return NULL;
+    s->cfg = cfg;
+    s->hooks.arg = s;
+    s->hooks.open = on_open;
+    s->hooks.on_event = on_event;
+    return s;
+}
+
+void sl_stitch_free(sl_stitch_t *s)
+{
+    if (s == NULL) return;
+    person_t *ps[2] = {&s->p1, &s->p2};
+    for (int i = 0; i < 2; i++) {
+        sl_buf_free(&ps[i]->ids);
+        sl_buf_free(&ps[i]->traits);
+    }
+    sl_buf_free(&s->k1);
+    sl_buf_free(&s->k2);
+    sl_buf_free(&s->tmp);
+    free(s);
+}
+
+const sl_store_hooks_t *sl_stitch_hooks(sl_stitch_t *s) { return &s->hooks; }
+
+void sl_stitch_attach(sl_stitch_t *s, sl_store_t *store) { s->store = store; }
+
+void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
+{
+    out->merges = atomic_load(&s->merges);
+    out->refusals = atomic_load(&s->refusals);
+    out->persons_created = atomic_load(&s->created);
+}
+
+const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *arena, int is_trait)
+{
+    if (v == NULL) return NULL;
+    size_t n = strlen(v);
+    if (sl_ident_is_junk(v, n, s->cfg->junk_ids, s->cfg->n_junk_ids)) return NULL;
+    if (memchr(v, KEY_SEP, n)) return NULL; /* cannot be keyed */
+    if (!is_trait) return sl_arena_strndup(arena, v, n);
+    while (n && isspace((unsigned char)*v)) v++, n--;
+    while (n && isspace((unsigned char)v[n - 1])) n--;
+    char *c = sl_arena_strndup(arena, v, n);
+    if (c == NULL) return NULL;
+    for (size_t i = 0; i < n; i++) c[i] = (char)tolower((unsigned char)c[i]);
+    return c;
+}
+
+int sl_stitch_kind_ok(const sl_stitch_t *s, const char *kind)
+{
+    if (strcmp(kind, "user_id") == 0 || strcmp(kind, "anonymous_id") == 0) return 1;
+    for (size_t i = 0; i < s->cfg->n_identity_traits; i++)
+        if (strcmp(kind, s->cfg->identity_traits[i]) == 0) return 1;
+    return 0;
+}
+
+/* Finds and loads the person that owns kind:id (trait values normalised). */
+static int find_person(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, person_t *p)
+{
+    sl_buf_t key = {0};
+    sl_arena_t a;
+    sl_arena_init(&a);
+    int is_trait = strcmp(kind, "user_id") != 0 && strcmp(kind, "anonymous_id") != 0;
+    const char *v = is_trait ? sl_stitch_clean_id(s, id, &a, 1) : id;
+    uint64_t pid = 0;
+    int rc = v ? make_key(&key, kind, v) : SL_ENOTFOUND;
+    if (rc == 0) rc = lookup(s, txn, &key, &pid);
+    if (rc == 0 && pid == 0) rc = SL_ENOTFOUND;
+    if (rc == 0) rc = person_load(s, txn, pid, p);
+    if (rc == MDB_NOTFOUND) rc = SL_ENOTFOUND;
+    sl_buf_free(&key);
+    sl_arena_free(&a);
+    return rc;
+}
+
+static void person_free(person_t *p)
+{
+    sl_buf_free(&p->ids);
+    sl_buf_free(&p->traits);
+}
+
+static void append_iso(sl_buf_t *out, int64_t ms)
+{
+    char t[32];
+    if (ms == 0) {
+        sl_buf_appends(out, "null");
+        return;
+    }
+    sl_time_format_iso(ms, t);
+    sl_buf_printf(out, "\"%s\"", t);
+}
+
+static void append_profile(sl_buf_t *out, const person_t *p)
+{
+    char pid[32];
+    person_id_str(p->id, pid);
+    sl_buf_printf(out, "{\"id\":\"%s\",\"user_id\":", pid);
+    const char *u = person_user_id(p);
+    if (u) sl_buf_append_json_str(out, u, strlen(u));
+    else sl_buf_appends(out, "null");
+    sl_buf_appends(out, ",\"identities\":[");
+    for (size_t off = 0, i = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1, i++) {
+        if (i) sl_buf_appends(out, ",");
+        append_identifier_json(out, p->ids.data + off);
+    }
+    sl_buf_appends(out, "],\"traits\":");
+    cJSON *doc = p->traits.len ? cJSON_ParseWithLength(p->traits.data, p->traits.len) : NULL;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "t"), *at = cJSON_GetObjectItemCaseSensitive(doc, "at");
+    char *txt = cJSON_IsObject(t) ? cJSON_PrintUnformatted(t) : NULL;
+    sl_buf_appends(out, txt ? txt : "{}");
+    cJSON_free(txt);
+    sl_buf_appends(out, ",\"traits_updated_at\":{");
+    int first = 1;
+    for (const cJSON *x = cJSON_IsObject(at) ? at->child : NULL; x; x = x->next) {
+        if (!first) sl_buf_appends(out, ",");
+        first = 0;
+        sl_buf_append_json_str(out, x->string, strlen(x->string));
+        sl_buf_appends(out, ":");
+        append_iso(out, (int64_t)x->valuedouble);
+    }
+    cJSON_Delete(doc);
+    sl_buf_appends(out, "},\"first_seen\":");
+    append_iso(out, p->h.first_ms);
+    sl_buf_appends(out, ",\"last_seen\":");
+    append_iso(out, p->h.last_ms);
+    sl_buf_printf(out, ",\"counters\":{\"events\":%llu,\"page_views\":%llu,\"orders\":%llu,\"revenue\":%.2f}",
+                  (unsigned long long)p->h.events, (unsigned long long)p->h.page_views,
+                  (unsigned long long)p->h.orders, p->h.revenue);
+    sl_buf_appends(out, ",\"currency\":");
+    if (p->h.currency[0]) sl_buf_append_json_str(out, p->h.currency, strnlen(p->h.currency, sizeof(p->h.currency)));
+    else sl_buf_appends(out, "null");
+    sl_buf_appends(out, "}");
+}
+
+int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out)
+{
+    person_t p = {0};
+    int rc = find_person(s, txn, kind, id, &p);
+    if (rc == 0) append_profile(out, &p);
+    person_free(&p);
+    return rc;
+}
+
+/* The newest-first merge of every identifier's event index. */
+int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, size_t limit,
+                       const char *before, sl_buf_t *out)
+{
+    person_t p = {0};
+    int rc = find_person(s, txn, kind, id, &p);
+    if (rc) goto out_person;
+    unsigned char bv[16];
+    if (before) {
+        long long ts;
+        unsigned long long seq;
+        char extra;
+        if (sscanf(before, "%lld.%llu%c", &ts, &seq, &extra) != 2) {
+            rc = SL_EINVAL;
+            goto out_person;
+        }
+        tl_value(bv, ts, seq);
+    }
+    size_t n = p.h.n_ids;
+    MDB_cursor **cur = calloc(n ? n : 1, sizeof(*cur));
+    unsigned char(*head)[16] = calloc(n ? n : 1, 16);
+    int *live = calloc(n ? n : 1, sizeof(int));
+    if (!cur || !head || !live) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    size_t i = 0;
+    for (size_t off = 0; off < p.ids.len && i < n; off += strlen(p.ids.data + off) + 1, i++) {
+        const char *key = p.ids.data + off;
+        if ((rc = mdb_cursor_open(txn, s->tl, &cur[i]))) goto out;
+        MDB_val k = {strlen(key), (void *)key}, v;
+        int r;
+        if (before) {
+            v.mv_size = 16;
+            v.mv_data = bv;
+            r = mdb_cursor_get(cur[i], &k, &v, MDB_GET_BOTH_RANGE);
+            if (r == 0) r = mdb_cursor_get(cur[i], &k, &v, MDB_PREV_DUP);
+            else if (r == MDB_NOTFOUND && (r = mdb_cursor_get(cur[i], &k, &v, MDB_SET)) == 0)
+                r = mdb_cursor_get(cur[i], &k, &v, MDB_LAST_DUP);
+        } else {
+            r = mdb_cursor_get(cur[i], &k, &v, MDB_SET);
+            if (r == 0) r = mdb_cursor_get(cur[i], &k, &v, MDB_LAST_DUP);
+        }
+        if (r && r != MDB_NOTFOUND) {
+            rc = r;
+            goto out;
+        }
+        if (r == 0 && v.mv_size == 16) {
+            memcpy(head[i], v.mv_data, 16);
+            live[i] = 1;
+        }
+    }
+    sl_buf_appends(out, "{\"events\":[");
+    size_t emitted = 0;
+    unsigned char last[16];
+    int more = 0;
+    for (;;) {
+        int best = -1;
+        for (size_t j = 0; j < i; j++)
+            if (live[j] && (best < 0 || memcmp(head[j], head[best], 16) > 0)) best = (int)j;
+        if (best < 0) break;
+        if (emitted == limit) {
+            more = 1;
+            break;
+        }
+        memcpy(last, head[best], 16);
+        MDB_val ev;
+        if (sl_store_event_get(s->store, txn, rd_be64(last + 8), &ev) == 0) {
+            if (emitted) sl_buf_appends(out, ",");
+            sl_buf_append(out, ev.mv_data, ev.mv_size);
+            emitted++;
+        }
+        MDB_val k, v;
+        int r = mdb_cursor_get(cur[best], &k, &v, MDB_PREV_DUP);
+        if (r == 0 && v.mv_size == 16) memcpy(head[best], v.mv_data, 16);
+        else if (r == MDB_NOTFOUND) live[best] = 0;
+        else {
+            rc = r;
+            goto out;
+        }
+    }
+    sl_buf_appends(out, "],\"next\":");
+    if (more) sl_buf_printf(out, "\"%lld.%llu\"", (long long)(rd_be64(last) ^ (1ULL << 63)),
+                            (unsigned long long)rd_be64(last + 8));
+    else sl_buf_appends(out, "null");
+    sl_buf_appends(out, "}");
+out:
+    for (size_t j = 0; cur && j < n; j++)
+        if (cur[j]) mdb_cursor_close(cur[j]);
+    free(cur);
+    free(head);
+    free(live);
+out_person:
+    person_free(&p);
+    return rc;
+}
+
+int sl_stitch_merges(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out)
+{
+    person_t p = {0};
+    int rc = find_person(s, txn, kind, id, &p);
+    if (rc) goto out;
+    sl_buf_t merges = {0}, refused = {0};
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(txn, s->pjournal, &cur))) goto out_bufs;
+    MDB_val k = {8, &p.id}, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
+        MDB_val jk = {8, v.mv_data}, jv;
+        if (mdb_get(txn, s->journal, &jk, &jv)) continue; /* erased with another person */
+        int is_merge = jv.mv_size > 16 && memcmp(jv.mv_data, "{\"type\":\"merge\"", 15) == 0;
+        sl_buf_t *b = is_merge ? &merges : &refused;
+        if (b->len) sl_buf_appends(b, ",");
+        sl_buf_append(b, jv.mv_data, jv.mv_size);
+    }
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND) rc = 0;
+    char pid[32];
+    person_id_str(p.id, pid);
+    sl_buf_printf(out, "{\"person\":\"%s\",\"merges\":[", pid);
+    if (merges.len) sl_buf_append(out, merges.data, merges.len);
+    sl_buf_appends(out, "],\"refused\":[");
+    if (refused.len) sl_buf_append(out, refused.data, refused.len);
+    sl_buf_appends(out, "]}");
+out_bufs:
+    sl_buf_free(&merges);
+    sl_buf_free(&refused);
+out:
+    person_free(&p);
+    return rc;
+}
+
+int sl_stitch_erase_job(MDB_txn *txn, void *arg)
+{
+    sl_stitch_erase_t *e = arg;
+    sl_stitch_t *s = e->stitch;
+    e->found = 0;
+    e->events = e->identities = e->journal = 0;
+    person_t p = {0};
+    int rc = find_person(s, txn, e->kind, e->id, &p);
+    if (rc == SL_ENOTFOUND) {
+        rc = 0;
+        goto out;
+    }
+    if (rc) goto out;
+    e->found = 1;
+    person_id_str(p.id, e->person);
+    MDB_cursor *cur = NULL;
+    for (size_t off = 0; off < p.ids.len; off += strlen(p.ids.data + off) + 1) {
+        const char *key = p.ids.data + off;
+        MDB_val k = {strlen(key), (void *)key}, v;
+        if ((rc = mdb_cursor_open(txn, s->tl, &cur))) goto out;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
+            int r = sl_store_event_del(s->store, txn, rd_be64((const unsigned char *)v.mv_data + 8));
+            if (r == 0) e->events++;
+            else if (r != MDB_NOTFOUND) {
+                rc = r;
+                break;
+            }
+        }
+        mdb_cursor_close(cur);
+        if (rc != MDB_NOTFOUND) goto out;
+        k.mv_size = strlen(key);
+        k.mv_data = (void *)key;
+        if ((rc = mdb_del(txn, s->tl, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
+        if ((rc = mdb_del(txn, s->ids, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
+        e->identities++;
+    }
+    /* The journal entries name the person's identifiers: they go too. */
+    if ((rc = mdb_cursor_open(txn, s->pjournal, &cur))) goto out;
+    MDB_val k = {8, &p.id}, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
+        MDB_val jk = {8, v.mv_data};
+        int r = mdb_del(txn, s->journal, &jk, NULL);
+        if (r == 0) e->journal++;
+        else if (r != MDB_NOTFOUND) {
+            rc = r;
+            break;
+        }
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) goto out;
+    k.mv_size = 8;
+    k.mv_data = &p.id;
+    if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
+    rc = mdb_del(txn, s->persons, &k, NULL);
+out:
+    person_free(&p);
+    return rc;
+}
