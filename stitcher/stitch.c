@@ -48,7 +48,7 @@ struct sl_stitch_s {
     MDB_dbi ids, persons, tl, journal, pjournal, smeta;
     sl_store_hooks_t hooks;
     person_t p1, p2;          /* writer thread scratch */
-    sl_buf_t k1, k2, tmp;
+    sl_buf_t k1, k2, k3, tmp; /* identifier keys; tmp: journal entries and index keys */
     _Atomic uint64_t merges, refusals, created;
 };
 
@@ -111,6 +111,21 @@ static int lookup(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *key, uint64_t *p
     if (v.mv_size != 8) return MDB_CORRUPTED;
     memcpy(pid, v.mv_data, 8);
     return 0;
+}
+
+/* Calls fn(txn, value, arg) for each duplicate under key in dbi, stopping at
+ * the first nonzero return, which it returns (0 when all went through). */
+static int foreach_dup(MDB_txn *txn, MDB_dbi dbi, const void *key, size_t key_len,
+                       int (*fn)(MDB_txn *txn, const MDB_val *v, void *arg), void *arg)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc) return rc;
+    MDB_val k = {key_len, (void *)key}, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP))
+        if ((rc = fn(txn, &v, arg))) break;
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 /* ---- person records ---- */
@@ -234,12 +249,9 @@ static int refuse(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, const 
     sl_buf_append(&once, key->data, key->len < 400 ? key->len : 400);
     if (once.data == NULL) return SL_ENOMEM;
     MDB_val ok = {once.len, once.data}, ov = {0, ""};
-    int rc = mdb_get(txn, s->smeta, &ok, &ov);
-    if (rc == 0 || rc != MDB_NOTFOUND || (rc = mdb_put(txn, s->smeta, &ok, &ov, 0))) {
-        sl_buf_free(&once);
-        return rc;
-    }
+    int rc = mdb_put(txn, s->smeta, &ok, &ov, MDB_NOOVERWRITE); /* MDB_KEYEXIST: journaled before */
     sl_buf_free(&once);
+    if (rc) return rc == MDB_KEYEXIST ? 0 : rc;
     journal_head(&s->tmp, "refused", m, reason);
     sl_buf_appends(&s->tmp, ",\"identifier\":");
     append_identifier_json(&s->tmp, key->data);
@@ -290,6 +302,19 @@ out:
 
 /* ---- merge ---- */
 
+typedef struct {
+    sl_stitch_t *s;
+    uint64_t to;
+} journal_copy_t;
+
+static int copy_journal_ref(MDB_txn *txn, const MDB_val *v, void *arg)
+{
+    journal_copy_t *jc = arg;
+    MDB_val pk = {8, &jc->to}, pv = *v;
+    int rc = mdb_put(txn, jc->s->pjournal, &pk, &pv, MDB_NODUPDATA);
+    return rc == MDB_KEYEXIST ? 0 : rc;
+}
+
 /* Moves every identifier of x to survivor, sums the counters, merges traits
  * and journal, deletes x. Cost: x's identifiers and journal entries, never
  * its events. */
@@ -329,23 +354,9 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     }
 
     /* The absorbed person's journal now explains the survivor too. */
-    MDB_cursor *cur;
-    if ((rc = mdb_cursor_open(txn, s->pjournal, &cur))) return rc;
-    MDB_val k = {8, &x->id}, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
-        uint64_t j;
-        memcpy(&j, v.mv_data, 8);
-        MDB_val pk = {8, &sv->id}, pv = {8, &j};
-        int r = mdb_put(txn, s->pjournal, &pk, &pv, MDB_NODUPDATA);
-        if (r && r != MDB_KEYEXIST) {
-            rc = r;
-            break;
-        }
-    }
-    mdb_cursor_close(cur);
-    if (rc != MDB_NOTFOUND) return rc;
-    k.mv_data = &x->id;
-    k.mv_size = 8;
+    journal_copy_t jc = {s, sv->id};
+    if ((rc = foreach_dup(txn, s->pjournal, &x->id, 8, copy_journal_ref, &jc))) return rc;
+    MDB_val k = {8, &x->id};
     if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
     if ((rc = mdb_del(txn, s->persons, &k, NULL))) return rc;
     atomic_fetch_add(&s->merges, 1);
@@ -370,7 +381,7 @@ static int on_event(void *arg, MDB_txn *txn, const sl_store_msg_t *sm)
     person_t *t = &s->p1, *o = &s->p2; /* the target person, and another */
     sl_buf_t *kU = &s->k1, *kA = &s->k2;
     uint64_t pU = 0, pA = 0;
-    int rc, have_t = 0;
+    int rc;
     const char *index_kind = NULL, *index_id = NULL;
 
     if (m->type == SL_STITCH_ALIAS) {
@@ -394,7 +405,6 @@ static int on_event(void *arg, MDB_txn *txn, const sl_store_msg_t *sm)
             if ((rc = person_load(s, txn, pA, o))) return rc;
             if ((rc = merge(s, txn, t, o, m, "alias: previousId merged into userId"))) return rc;
         }
-        have_t = 1;
         index_kind = "user_id";
         index_id = m->user_id;
     } else {
@@ -442,31 +452,24 @@ static int on_event(void *arg, MDB_txn *txn, const sl_store_msg_t *sm)
         } else {
             return 0; /* nothing to stitch on (all identifiers were junk) */
         }
-        have_t = 1;
 
         /* Trait identifiers (email): the person who owns one absorbs an
          * anonymous one; two different users are never fused. */
         for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++) {
             if (m->trait_ids[i] == NULL) continue;
+            sl_buf_t *kT = &s->k3;
             uint64_t pT;
-            if ((rc = make_key(&s->tmp, s->cfg->identity_traits[i], m->trait_ids[i])) ||
-                (rc = lookup(s, txn, &s->tmp, &pT)))
+            if ((rc = make_key(kT, s->cfg->identity_traits[i], m->trait_ids[i])) || (rc = lookup(s, txn, kT, &pT)))
                 return rc;
             if (pT == 0) {
-                sl_buf_t key = {0};
-                rc = sl_buf_append(&key, s->tmp.data, s->tmp.len) ? SL_ENOMEM : add_identity(s, txn, t, &key);
-                sl_buf_free(&key);
-                if (rc) return rc;
+                if ((rc = add_identity(s, txn, t, kT))) return rc;
                 continue;
             }
             if (pT == t->id) continue;
-            sl_buf_t key = {0};
-            if (sl_buf_append(&key, s->tmp.data, s->tmp.len + 1)) return SL_ENOMEM;
-            key.len--;
-            if ((rc = person_load(s, txn, pT, o))) goto trait_out;
+            if ((rc = person_load(s, txn, pT, o))) return rc;
             const char *uo = person_user_id(o), *ut = person_user_id(t);
             if (uo && ut && strcmp(uo, ut) != 0) {
-                rc = refuse(s, txn, m, "trait identifier already belongs to another user", &key, pT, t->id);
+                rc = refuse(s, txn, m, "trait identifier already belongs to another user", kT, pT, t->id);
             } else if (ut) {
                 rc = merge(s, txn, t, o, m, "trait identifier: its anonymous owner merged into the user");
             } else {
@@ -474,13 +477,9 @@ static int on_event(void *arg, MDB_txn *txn, const sl_store_msg_t *sm)
                 rc = merge(s, txn, o, t, m, "trait identifier: anonymous person merged into its owner");
                 swap_persons(t, o);
             }
-        trait_out:
-            sl_buf_free(&key);
             if (rc) return rc;
         }
     }
-    if (!have_t) return 0;
-
     /* Index the event under the identifier it was sent with. */
     unsigned char tv[16];
     tl_value(tv, m->ts_ms, sm->seq);
@@ -544,6 +543,7 @@ void sl_stitch_free(sl_stitch_t *s)
     }
     sl_buf_free(&s->k1);
     sl_buf_free(&s->k2);
+    sl_buf_free(&s->k3);
     sl_buf_free(&s->tmp);
     free(s);
 }
@@ -766,38 +766,59 @@ out_person:
     return rc;
 }
 
+typedef struct {
+    sl_stitch_t *s;
+    sl_buf_t merges, refused;
+} journal_list_t;
+
+static int list_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
+{
+    journal_list_t *jl = arg;
+    MDB_val jk = {8, v->mv_data}, jv;
+    if (mdb_get(txn, jl->s->journal, &jk, &jv)) return 0; /* erased with another person */
+    int is_merge = jv.mv_size > 16 && memcmp(jv.mv_data, "{\"type\":\"merge\"", 15) == 0;
+    sl_buf_t *b = is_merge ? &jl->merges : &jl->refused;
+    if (b->len) sl_buf_appends(b, ",");
+    sl_buf_append(b, jv.mv_data, jv.mv_size);
+    return 0;
+}
+
 int sl_stitch_merges(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out)
 {
     person_t p = {0};
+    journal_list_t jl = {s, {0}, {0}};
     int rc = find_person(s, txn, kind, id, &p);
-    if (rc) goto out;
-    sl_buf_t merges = {0}, refused = {0};
-    MDB_cursor *cur;
-    if ((rc = mdb_cursor_open(txn, s->pjournal, &cur))) goto out_bufs;
-    MDB_val k = {8, &p.id}, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
-        MDB_val jk = {8, v.mv_data}, jv;
-        if (mdb_get(txn, s->journal, &jk, &jv)) continue; /* erased with another person */
-        int is_merge = jv.mv_size > 16 && memcmp(jv.mv_data, "{\"type\":\"merge\"", 15) == 0;
-        sl_buf_t *b = is_merge ? &merges : &refused;
-        if (b->len) sl_buf_appends(b, ",");
-        sl_buf_append(b, jv.mv_data, jv.mv_size);
+    if (rc == 0) rc = foreach_dup(txn, s->pjournal, &p.id, 8, list_journal_entry, &jl);
+    if (rc == 0) {
+        char pid[32];
+        person_id_str(p.id, pid);
+        sl_buf_printf(out, "{\"person\":\"%s\",\"merges\":[", pid);
+        if (jl.merges.len) sl_buf_append(out, jl.merges.data, jl.merges.len);
+        sl_buf_appends(out, "],\"refused\":[");
+        if (jl.refused.len) sl_buf_append(out, jl.refused.data, jl.refused.len);
+        sl_buf_appends(out, "]}");
     }
-    mdb_cursor_close(cur);
-    if (rc == MDB_NOTFOUND) rc = 0;
-    char pid[32];
-    person_id_str(p.id, pid);
-    sl_buf_printf(out, "{\"person\":\"%s\",\"merges\":[", pid);
-    if (merges.len) sl_buf_append(out, merges.data, merges.len);
-    sl_buf_appends(out, "],\"refused\":[");
-    if (refused.len) sl_buf_append(out, refused.data, refused.len);
-    sl_buf_appends(out, "]}");
-out_bufs:
-    sl_buf_free(&merges);
-    sl_buf_free(&refused);
-out:
+    sl_buf_free(&jl.merges);
+    sl_buf_free(&jl.refused);
     person_free(&p);
     return rc;
+}
+
+static int erase_event(MDB_txn *txn, const MDB_val *v, void *arg)
+{
+    sl_stitch_erase_t *e = arg;
+    int rc = sl_store_event_del(e->stitch->store, txn, rd_be64((const unsigned char *)v->mv_data + 8));
+    if (rc == 0) e->events++;
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int erase_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
+{
+    sl_stitch_erase_t *e = arg;
+    MDB_val jk = {8, v->mv_data};
+    int rc = mdb_del(txn, e->stitch->journal, &jk, NULL);
+    if (rc == 0) e->journal++;
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 int sl_stitch_erase_job(MDB_txn *txn, void *arg)
@@ -815,43 +836,17 @@ int sl_stitch_erase_job(MDB_txn *txn, void *arg)
     if (rc) goto out;
     e->found = 1;
     person_id_str(p.id, e->person);
-    MDB_cursor *cur = NULL;
     for (size_t off = 0; off < p.ids.len; off += strlen(p.ids.data + off) + 1) {
         const char *key = p.ids.data + off;
-        MDB_val k = {strlen(key), (void *)key}, v;
-        if ((rc = mdb_cursor_open(txn, s->tl, &cur))) goto out;
-        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
-            int r = sl_store_event_del(s->store, txn, rd_be64((const unsigned char *)v.mv_data + 8));
-            if (r == 0) e->events++;
-            else if (r != MDB_NOTFOUND) {
-                rc = r;
-                break;
-            }
-        }
-        mdb_cursor_close(cur);
-        if (rc != MDB_NOTFOUND) goto out;
-        k.mv_size = strlen(key);
-        k.mv_data = (void *)key;
+        MDB_val k = {strlen(key), (void *)key};
+        if ((rc = foreach_dup(txn, s->tl, key, k.mv_size, erase_event, e))) goto out;
         if ((rc = mdb_del(txn, s->tl, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
         if ((rc = mdb_del(txn, s->ids, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
         e->identities++;
     }
     /* The journal entries name the person's identifiers: they go too. */
-    if ((rc = mdb_cursor_open(txn, s->pjournal, &cur))) goto out;
-    MDB_val k = {8, &p.id}, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
-        MDB_val jk = {8, v.mv_data};
-        int r = mdb_del(txn, s->journal, &jk, NULL);
-        if (r == 0) e->journal++;
-        else if (r != MDB_NOTFOUND) {
-            rc = r;
-            break;
-        }
-    }
-    mdb_cursor_close(cur);
-    if (rc != MDB_NOTFOUND) goto out;
-    k.mv_size = 8;
-    k.mv_data = &p.id;
+    if ((rc = foreach_dup(txn, s->pjournal, &p.id, 8, erase_journal_entry, e))) goto out;
+    MDB_val k = {8, &p.id};
     if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
     rc = mdb_del(txn, s->persons, &k, NULL);
 out:
