@@ -75,6 +75,30 @@ static req_t *req_new(conn_t *c)
     return r;
 }
 
+long http_query_param(req_t *r, const char *name, char **out)
+{
+    size_t nl = strlen(name);
+    const char *val = NULL;
+    size_t vl = 0;
+    for (const char *q = r->query; q && *q;) {
+        const char *amp = strchr(q, '&');
+        size_t pl = amp ? (size_t)(amp - q) : strlen(q);
+        if (pl > nl + 1 && strncmp(q, name, nl) == 0 && q[nl] == '=') { /* the last non-empty one counts */
+            val = q + nl + 1;
+            vl = pl - nl - 1;
+        }
+        q = amp ? amp + 1 : NULL;
+    }
+    if (val == NULL) return SL_ENOTFOUND;
+    char *v = sl_arena_strndup(&r->arena, val, vl);
+    if (v == NULL) return SL_ENOMEM;
+    long n = sl_percent_decode(v, vl);
+    if (n < 0) return SL_EINVAL;
+    v[n] = '\0';
+    *out = v;
+    return n;
+}
+
 void req_free(req_t *r)
 {
     if (r == NULL) return;

@@ -107,6 +107,10 @@ int http_cors_headers(const sl_server_t *srv, const req_t *r, sl_buf_t *out);
 /* 1 when the request has no Origin or cors_origins allows it. */
 int http_origin_allowed(const sl_server_t *srv, const req_t *r);
 void req_free(req_t *r);
+/* The value of name=... in the query string (the last non-empty one when repeated),
+ * percent-decoded into the request's arena and NUL-terminated. Returns its
+ * length, SL_ENOTFOUND when absent, SL_EINVAL for a bad %-escape, SL_ENOMEM. */
+long http_query_param(req_t *r, const char *name, char **out);
 
 /* routes.c */
 void route_request(conn_t *c);

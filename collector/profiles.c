@@ -38,26 +38,6 @@ static int read_cb(MDB_txn *txn, void *arg)
     }
 }
 
-/* The value of name in the query string, percent-decoded into the arena. */
-static const char *query_param(req_t *r, const char *name)
-{
-    size_t nl = strlen(name);
-    for (const char *p = r->query; p && *p;) {
-        const char *amp = strchr(p, '&');
-        size_t len = amp ? (size_t)(amp - p) : strlen(p);
-        if (len > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
-            char *v = sl_arena_strndup(&r->arena, p + nl + 1, len - nl - 1);
-            if (v == NULL) return NULL;
-            long n = sl_percent_decode(v, strlen(v));
-            if (n < 0) return NULL;
-            v[n] = '\0';
-            return v;
-        }
-        p = amp ? amp + 1 : NULL;
-    }
-    return NULL;
-}
-
 static void erase_done(sl_store_batch_t *b)
 {
     req_t *r = b->data;
@@ -160,8 +140,8 @@ void handle_profiles(conn_t *c, const char *rest)
     }
     read_req_t q = {srv->stitch, kind, id, NULL, what, 50, NULL};
     if (what == 1) {
-        const char *lim = query_param(r, "limit");
-        if (lim) {
+        char *lim = NULL, *before = NULL;
+        if (http_query_param(r, "limit", &lim) >= 0) {
             char *end;
             long l = strtol(lim, &end, 10);
             if (*end || l < 1 || l > 1000) {
@@ -170,7 +150,7 @@ void handle_profiles(conn_t *c, const char *rest)
             }
             q.limit = (size_t)l;
         }
-        q.before = query_param(r, "before");
+        if (http_query_param(r, "before", &before) >= 0) q.before = before;
     }
     sl_buf_t out = {0};
     q.out = &out;

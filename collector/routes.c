@@ -136,7 +136,7 @@ static const char *str_member(const cJSON *o, const char *name)
 
 /* What the stitcher needs of a normalised message, in the request's arena
  * (alive until the commit is answered). NULL when out of memory. */
-static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg)
+static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg, const char *message_id)
 {
     sl_server_t *srv = c->srv;
     req_t *r = c->req;
@@ -150,8 +150,7 @@ static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg)
         [SL_MSG_SCREEN] = SL_STITCH_SCREEN,     [SL_MSG_IDENTIFY] = SL_STITCH_IDENTIFY,
         [SL_MSG_ALIAS] = SL_STITCH_ALIAS,       [SL_MSG_GROUP] = SL_STITCH_GROUP};
     sm->type = t >= 0 && t < SL_MSG_NTYPES ? map[t] : SL_STITCH_TRACK;
-    const char *mid = str_member(msg, "messageId");
-    sm->message_id = mid ? sl_arena_strndup(&r->arena, mid, strlen(mid)) : NULL;
+    if ((sm->message_id = sl_arena_strndup(&r->arena, message_id, strlen(message_id))) == NULL) return NULL;
     sm->user_id = sl_stitch_clean_id(srv->stitch, str_member(msg, "userId"), &r->arena, 0);
     sm->anonymous_id = sl_stitch_clean_id(srv->stitch, str_member(msg, "anonymousId"), &r->arena, 0);
     sm->previous_id = sl_stitch_clean_id(srv->stitch, str_member(msg, "previousId"), &r->arena, 0);
@@ -209,7 +208,7 @@ static const char *accept_message(conn_t *c, cJSON *msg, int type, const sl_inge
     m->json_len = len;
     m->received_ms = ctx->received_ms;
     m->dedupe = sl_store_dedupe_key(c->srv->store, src->name, mid->valuestring);
-    if (srv->stitch && (m->meta = stitch_input(c, msg)) == NULL) {
+    if (srv->stitch && (m->meta = stitch_input(c, msg, mid->valuestring)) == NULL) {
         r->batch.n_msgs--;
         return "out of memory";
     }
@@ -412,23 +411,12 @@ static void handle_pixel(conn_t *c, const char *what)
         http_respond_error(c, 404, "pixel routes are /v1/pixel/track, /v1/pixel/page and /v1/pixel/identify");
         return;
     }
-    const char *data = NULL;
-    size_t dlen = 0;
-    for (const char *q = r->query; q && *q;) {
-        const char *amp = strchr(q, '&');
-        size_t pl = amp ? (size_t)(amp - q) : strlen(q);
-        if (pl > 5 && strncmp(q, "data=", 5) == 0) {
-            data = q + 5;
-            dlen = pl - 5;
-        }
-        q = amp ? amp + 1 : NULL;
-    }
-    if (data == NULL) {
+    char *enc;
+    long el = http_query_param(r, "data", &enc);
+    if (el == SL_ENOTFOUND) {
         http_respond_error(c, 400, "pixel needs ?data=<base64 JSON message>");
         return;
     }
-    char *enc = sl_arena_strndup(&r->arena, data, dlen);
-    long el = enc ? sl_percent_decode(enc, dlen) : -1;
     if (el < 0) {
         http_respond_error(c, 400, "data has a bad %-escape");
         return;
