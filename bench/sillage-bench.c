@@ -179,7 +179,9 @@ static void on_tcp_closed(uv_handle_t *h)
     uv_timer_start(&c->timer, on_reconnect_timer, 10, 0);
 }
 
-static void conn_fail(conn_t *c)
+/* Closes the connection (it reconnects unless the run is over); a request
+ * still waiting counts as unanswered. */
+static void conn_close(conn_t *c)
 {
     bench_t *b = c->b;
     if (c->busy) {
@@ -187,12 +189,17 @@ static void conn_fail(conn_t *c)
         b->status[0]++;
         b->done++;
     }
-    b->conn_errors++;
     if (!c->closing && !uv_is_closing((uv_handle_t *)&c->tcp)) {
         c->closing = 1;
         uv_read_stop((uv_stream_t *)&c->tcp);
         uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
     }
+}
+
+static void conn_fail(conn_t *c)
+{
+    c->b->conn_errors++;
+    conn_close(c);
 }
 
 /* ---- scheduling ---- */
@@ -360,9 +367,8 @@ static int on_message_complete(llhttp_t *p)
         b->idle_ready++;
         return 0;
     }
-    if (!llhttp_should_keep_alive(p)) {
-        conn_fail(c);
-        b->conn_errors--; /* a server's close is not an error */
+    if (!llhttp_should_keep_alive(p)) { /* the server closes: not an error */
+        conn_close(c);
         return HPE_PAUSED;
     }
     if (c->writing) c->want_send = 1;
