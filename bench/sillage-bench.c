@@ -17,6 +17,7 @@
 #include <llhttp.h>
 #include <uv.h>
 
+#include "client.h"
 #include "gen.h"
 #include "sl_common.h"
 
@@ -134,20 +135,6 @@ struct bench_s {
 static void conn_send(conn_t *c);
 static void conn_start(conn_t *c);
 static void on_reconnect_timer(uv_timer_t *t) { conn_start(t->data); }
-
-static void base64(const unsigned char *in, size_t n, char *out)
-{
-    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t j = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0) | (i + 2 < n ? in[i + 2] : 0);
-        out[j++] = t[v >> 18 & 63];
-        out[j++] = t[v >> 12 & 63];
-        out[j++] = i + 1 < n ? t[v >> 6 & 63] : '=';
-        out[j++] = i + 2 < n ? t[v & 63] : '=';
-    }
-    out[j] = 0;
-}
 
 static void maybe_finish(bench_t *b)
 {
@@ -656,6 +643,8 @@ static void usage(FILE *f)
             "usage:\n"
             "  sillage-bench [options] URL          drive http://HOST:PORT with simulated visitors\n"
             "  sillage-bench check ACKED EXPORT     compare acknowledged ids with `sillage export` output (- = stdin)\n"
+            "  sillage-bench identify [--sizes L] [--samples N] URL\n"
+            "                                       identify latency against the merged history's length\n"
             "options:\n"
             "  -c, --connections N   keep-alive connections (64)\n"
             "  -d, --duration S      seconds to send for (10)\n"
@@ -680,6 +669,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "check") == 0) return check_mode(argv[2], argv[3]);
+    if (argc >= 2 && strcmp(argv[1], "identify") == 0) return identify_mode(argc - 1, argv + 1);
     static bench_t bench;
     bench_t *b = &bench;
     opts_t *o = &b->o;
@@ -745,7 +735,7 @@ int main(int argc, char **argv)
     }
     char cred[300];
     snprintf(cred, sizeof(cred), "%s:", o->key);
-    base64((const unsigned char *)cred, strlen(cred), b->auth);
+    bclient_base64((const unsigned char *)cred, strlen(cred), b->auth);
     if (o->record && (b->record = fopen(o->record, "a")) == NULL) {
         fprintf(stderr, "sillage-bench: %s: %s\n", o->record, strerror(errno));
         return 2;

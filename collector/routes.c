@@ -527,6 +527,24 @@ static void handle_metrics(conn_t *c)
     }
     sl_buf_printf(&b, "sillage_commit_duration_seconds_sum %.6f\nsillage_commit_duration_seconds_count %llu\n",
                   (double)st.latency_sum_us / 1e6, (unsigned long long)cum);
+    if (srv->stitch) {
+        sl_stitch_stats_t ss;
+        sl_stitch_get_stats(srv->stitch, &ss);
+        sl_buf_printf(&b,
+                      "# HELP sillage_identity_merges_total Persons merged into another.\n"
+                      "# TYPE sillage_identity_merges_total counter\nsillage_identity_merges_total %llu\n"
+                      "# HELP sillage_identity_refusals_total Merges refused (two different users), journaled.\n"
+                      "# TYPE sillage_identity_refusals_total counter\nsillage_identity_refusals_total %llu\n"
+                      "# HELP sillage_persons_created_total Persons created.\n"
+                      "# TYPE sillage_persons_created_total counter\nsillage_persons_created_total %llu\n"
+                      "# HELP sillage_identify_stitch_seconds Time the writer spent stitching identify and alias "
+                      "messages (merges included).\n"
+                      "# TYPE sillage_identify_stitch_seconds summary\n"
+                      "sillage_identify_stitch_seconds_sum %.9f\nsillage_identify_stitch_seconds_count %llu\n",
+                      (unsigned long long)ss.merges, (unsigned long long)ss.refusals,
+                      (unsigned long long)ss.persons_created, (double)ss.identify_ns / 1e9,
+                      (unsigned long long)ss.identifies);
+    }
     http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "Cache-Control: no-store\r\n",
                  b.data ? b.data : "", b.len);
     sl_buf_free(&b);

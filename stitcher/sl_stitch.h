@@ -90,6 +90,7 @@ int sl_stitch_erase_job(MDB_txn *txn, void *arg);
 
 typedef struct sl_stitch_stats_s {
     uint64_t merges, refusals, persons_created;
+    uint64_t identifies, identify_ns; /* identify and alias messages stitched, time spent on them */
 } sl_stitch_stats_t;
 void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out);
 

@@ -2,7 +2,7 @@
 # Smoke run of sillage-bench so the tool cannot rot: a few seconds against the
 # real server, single events, batches and open loop, every acknowledged id
 # checked against `sillage export`; then the check mode must catch a missing
-# and a duplicated id.
+# and a duplicated id. The identify-latency mode runs once on small sizes.
 # usage: tests/bench-smoke.sh SILLAGE SILLAGE_BENCH
 set -euo pipefail
 SL="$1"; BENCH="$2"
@@ -32,6 +32,10 @@ n=$(grep -o 'requests *[0-9]*' "$W/out3" | grep -o '[0-9]*$')
 [ "$(wc -l < "$W/r.csv")" -eq 4 ] || fail "CSV should hold a header and 3 rows"
 "$BENCH" -c 2 -d 1 -k wrong-key "$URL" > "$W/out4" && fail "a run with nothing acknowledged must fail"
 grep -q "401=" "$W/out4" || fail "401 answers not counted"
+
+"$BENCH" identify --samples 2 --sizes 10,500 "$URL" | tee "$W/out5"
+grep -q "ratio largest/smallest history" "$W/out5" || fail "identify mode gave no ratio"
+[ "$(grep -cE '^ +(10|500) ' "$W/out5")" -eq 2 ] || fail "identify mode: one row per size expected"
 
 kill -TERM "$PID"; wait "$PID"; PID=""
 "$SL" export --data "$W/data" > "$W/export"
