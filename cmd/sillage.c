@@ -4,6 +4,7 @@
 #include "sl_common.h"
 #include "sl_config.h"
 #include "sl_stitch.h"
+#include "sl_triggers.h"
 #include "sl_store.h"
 
 #include <cjson/cJSON.h>
@@ -114,9 +115,72 @@ static sl_store_options_t store_options(const sl_config_t *cfg, int read_only)
 typedef struct app_s {
     uv_loop_t *loop;
     sl_server_t *srv;
-    uv_signal_t sigterm, sigint;
+    sl_store_t *store;
+    sl_trig_t *trig;
+    const char *config_path;    /* NULL: the demo default, nothing to reload */
+    sl_config_t *rules;         /* the rules of the last reload (heap), or NULL */
+    sl_config_t *pending;       /* a reload in flight */
+    sl_trig_reload_t reload;
+    sl_store_batch_t reload_batch;
+    uv_signal_t sigterm, sigint, sighup;
     int stopped;
 } app_t;
+
+static void on_reloaded(sl_store_batch_t *b)
+{
+    app_t *app = b->data;
+    if (b->rc) {
+        SL_ERROR("reload: the rules could not be switched (%s); the old ones stay", sl_strerror(b->rc));
+        sl_config_free(app->pending);
+        free(app->pending);
+    } else {
+        /* The writer runs the new rules now: the previous heap copy is unused. */
+        if (app->rules) {
+            sl_config_free(app->rules);
+            free(app->rules);
+        }
+        app->rules = app->pending;
+        SL_INFO("reload: %zu trigger rules, %zu webhooks from %s", app->rules->n_triggers, app->rules->n_webhooks,
+                app->config_path);
+    }
+    app->pending = NULL;
+}
+
+/* SIGHUP: the trigger rules, pressure cap and retention are read again from
+ * the config file; timers and rule states go on under their rule names. The
+ * other settings need a restart. */
+static void on_sighup(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    app_t *app = s->data;
+    if (app->config_path == NULL || app->trig == NULL) {
+        SL_INFO("SIGHUP: no config file to reload (demo default)");
+        return;
+    }
+    if (app->pending) {
+        SL_WARN("SIGHUP: a reload is still in progress");
+        return;
+    }
+    sl_config_t *c = calloc(1, sizeof(*c));
+    char err[512];
+    if (c == NULL || sl_config_load(c, app->config_path, err, sizeof(err))) {
+        SL_ERROR("reload: %s; the old rules stay", c ? err : "out of memory");
+        if (c) sl_config_free(c);
+        free(c);
+        return;
+    }
+    app->pending = c;
+    app->reload = (sl_trig_reload_t){app->trig, c};
+    app->reload_batch = (sl_store_batch_t){.job = sl_trig_reload_job, .job_arg = &app->reload,
+                                           .done = on_reloaded, .data = app};
+    int rc = sl_store_submit(app->store, &app->reload_batch);
+    if (rc) {
+        SL_ERROR("reload: %s; the old rules stay", sl_strerror(rc));
+        sl_config_free(c);
+        free(c);
+        app->pending = NULL;
+    }
+}
 
 static void on_stopped(void *arg)
 {
@@ -124,6 +188,7 @@ static void on_stopped(void *arg)
     app->stopped = 1;
     uv_close((uv_handle_t *)&app->sigterm, NULL);
     uv_close((uv_handle_t *)&app->sigint, NULL);
+    uv_close((uv_handle_t *)&app->sighup, NULL);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -158,17 +223,23 @@ static int cmd_serve(int argc, char **argv)
     int rc, ret = 1;
     sl_store_t *store = NULL;
     sl_stitch_t *stitch = sl_stitch_new(&cfg);
+    sl_trig_t *trig = sl_trig_new(&cfg);
     sl_store_options_t so = store_options(&cfg, 0);
     so.hooks = stitch ? sl_stitch_hooks(stitch) : NULL;
-    if (stitch == NULL || (rc = sl_store_open(&store, &so))) {
+    if (stitch) sl_stitch_set_triggers(stitch, trig);
+    if (stitch == NULL || trig == NULL || (rc = sl_store_open(&store, &so))) {
         fprintf(stderr, "sillage: cannot open the store in %s: %s\n", cfg.data_dir,
-                sl_strerror(stitch ? rc : SL_ENOMEM));
+                sl_strerror(stitch && trig ? rc : SL_ENOMEM));
         sl_stitch_free(stitch);
+        sl_trig_free(trig);
         sl_config_free(&cfg);
         return 1;
     }
     sl_stitch_attach(stitch, store);
     app_t app = {0};
+    app.store = store;
+    app.trig = trig;
+    app.config_path = cfg.is_demo ? NULL : a.config;
     app.loop = uv_default_loop();
     if ((rc = sl_store_start(store, app.loop))) {
         fprintf(stderr, "sillage: cannot start the writer: %s\n", sl_strerror(rc));
@@ -180,11 +251,19 @@ static int cmd_serve(int argc, char **argv)
         uv_run(app.loop, UV_RUN_DEFAULT);
         goto out;
     }
+    if ((rc = sl_http_server_set_triggers(app.srv, trig))) {
+        fprintf(stderr, "sillage: cannot start the trigger feed: %s\n", sl_strerror(rc));
+        sl_http_server_stop(app.srv, 0, NULL, NULL);
+        uv_run(app.loop, UV_RUN_DEFAULT);
+        goto out;
+    }
     uv_signal_init(app.loop, &app.sigterm);
     uv_signal_init(app.loop, &app.sigint);
-    app.sigterm.data = app.sigint.data = &app;
+    uv_signal_init(app.loop, &app.sighup);
+    app.sigterm.data = app.sigint.data = app.sighup.data = &app;
     uv_signal_start(&app.sigterm, on_signal, SIGTERM);
     uv_signal_start(&app.sigint, on_signal, SIGINT);
+    uv_signal_start(&app.sighup, on_sighup, SIGHUP);
     char host[256];
     int port;
     sl_config_split_listen(cfg.listen, host, sizeof(host), &port);
@@ -199,6 +278,11 @@ out:
     uv_loop_close(app.loop);
     sl_store_close(store);
     sl_stitch_free(stitch);
+    sl_trig_free(trig);
+    if (app.rules) {
+        sl_config_free(app.rules);
+        free(app.rules);
+    }
     sl_config_free(&cfg);
     return ret;
 }

@@ -24,13 +24,16 @@
 #define PENDING_HIGH_WATER (64 * 1024)
 
 const char *const route_names[N_ROUTES] = {"track", "page", "screen", "identify", "alias", "group",
-                                           "batch", "pixel", "preflight", "healthz", "metrics", "profiles", "other"};
+                                           "batch", "pixel", "preflight", "healthz", "metrics", "profiles",
+                                           "triggers", "other"};
 const int status_codes[N_STATUS] = {100, 200, 204, 304, 400, 401, 403, 404, 405, 408,
                                     413, 414, 415, 429, 431, 500, 503, 0};
 
 static void conn_feed(conn_t *c);
 static void conn_close(conn_t *c);
 static void maybe_finish_stop(sl_server_t *srv);
+
+void http_close(conn_t *c) { conn_close(c); }
 
 const char *http_status_text(int status)
 {
@@ -167,6 +170,18 @@ static void conn_write(conn_t *c, char *buf, size_t len)
     }
 }
 
+void http_send(conn_t *c, const char *p, size_t n)
+{
+    if (c->closing) return;
+    char *copy = malloc(n ? n : 1);
+    if (copy == NULL) {
+        conn_close(c);
+        return;
+    }
+    memcpy(copy, p, n);
+    conn_write(c, copy, n);
+}
+
 static const char *http_date(sl_server_t *srv)
 {
     int64_t now = sl_now_ms() / 1000;
@@ -202,6 +217,19 @@ int http_cors_headers(const sl_server_t *srv, const req_t *r, sl_buf_t *out)
     sl_buf_appends(out, r->origin);
     sl_buf_appends(out, "\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n");
     return 0;
+}
+
+/* "Authorization: Bearer <admin_token>", compared in constant time. */
+int http_admin_ok(const sl_server_t *srv, const req_t *r)
+{
+    const char *tok = srv->cfg->admin_token;
+    const char *h = r->authorization;
+    if (tok == NULL || tok[0] == '\0' || h == NULL || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    h += 7;
+    size_t n = strlen(tok), m = strlen(h);
+    unsigned char diff = (unsigned char)(n != m);
+    for (size_t i = 0; i < n; i++) diff |= (unsigned char)(tok[i] ^ (i < m ? h[i] : 0));
+    return diff == 0;
 }
 
 void http_respond(conn_t *c, int status, const char *content_type, const char *extra_headers,
@@ -320,7 +348,9 @@ static int on_header_value_complete(llhttp_t *p)
         else if (strcasecmp(name, "expect") == 0) slot = &r->expect;
         break;
     case 12: if (strcasecmp(name, "content-type") == 0) slot = &r->content_type; break;
-    case 13: if (strcasecmp(name, "authorization") == 0) slot = &r->authorization; break;
+    case 13: if (strcasecmp(name, "authorization") == 0) slot = &r->authorization;
+        else if (strcasecmp(name, "last-event-id") == 0) slot = &r->last_event_id;
+        break;
     case 15: if (strcasecmp(name, "x-forwarded-for") == 0) slot = &r->xff; break;
     case 16: if (strcasecmp(name, "content-encoding") == 0) slot = &r->content_encoding; break;
     case 30: if (strcasecmp(name, "access-control-request-headers") == 0) slot = &r->acr_headers; break;
@@ -529,6 +559,7 @@ static void on_conn_closed(uv_handle_t *h)
     else srv->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     srv->n_conns--;
+    if (c->feed_mode) feed_conn_closed(c); /* a long poll or a stream: no commit holds its request */
     if (c->req) {
         if (c->busy) c->req->conn = NULL; /* the commit callback frees it */
         else req_free(c->req);
@@ -710,6 +741,12 @@ fail:
     return rc;
 }
 
+int sl_http_server_set_triggers(sl_server_t *srv, struct sl_trig_s *trig)
+{
+    srv->trig = trig;
+    return trig ? feed_start(srv) : 0;
+}
+
 int sl_http_server_port(const sl_server_t *srv)
 {
     return srv->port;
@@ -725,6 +762,11 @@ static void on_store_drained(void *arg)
 {
     sl_server_t *srv = arg;
     uv_timer_stop(&srv->grace);
+    if (srv->feed_started) { /* the writer is gone: nothing signals the async any more */
+        srv->feed_started = 0;
+        uv_close((uv_handle_t *)&srv->feed_async, on_handle_closed);
+        uv_close((uv_handle_t *)&srv->feed_timer, on_handle_closed);
+    }
     uv_close((uv_handle_t *)&srv->sweep, on_handle_closed);
     uv_close((uv_handle_t *)&srv->grace, on_handle_closed);
 }
@@ -751,6 +793,7 @@ void sl_http_server_stop(sl_server_t *srv, int64_t grace_ms, void (*cb)(void *),
     srv->stop_cb = cb;
     srv->stop_arg = arg;
     uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
+    if (srv->trig) feed_stop(srv);
     conn_t *next;
     for (conn_t *c = srv->conns; c; c = next) {
         next = c->next;

@@ -9,7 +9,7 @@
 
 enum route_id {
     ROUTE_TRACK, ROUTE_PAGE, ROUTE_SCREEN, ROUTE_IDENTIFY, ROUTE_ALIAS, ROUTE_GROUP,
-    ROUTE_BATCH, ROUTE_PIXEL, ROUTE_PREFLIGHT, ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_PROFILES, ROUTE_OTHER,
+    ROUTE_BATCH, ROUTE_PIXEL, ROUTE_PREFLIGHT, ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_PROFILES, ROUTE_TRIGGERS, ROUTE_OTHER,
     N_ROUTES
 };
 extern const char *const route_names[N_ROUTES];
@@ -26,7 +26,7 @@ typedef struct req_s {
     int http_minor;
     char *path, *query;           /* arena */
     const char *content_type, *content_encoding, *authorization, *xff, *origin,
-               *acr_headers, *expect;
+               *acr_headers, *expect, *last_event_id;
     sl_buf_t body;
     int route;
     /* ingestion in flight */
@@ -61,6 +61,11 @@ struct conn_s {
     unsigned keep_alive : 1;
     unsigned in_feed : 1;
     unsigned reading : 1;
+    unsigned feed_mode : 2;       /* FEED_POLL or FEED_STREAM (feed.c) */
+    conn_t *feed_prev, *feed_next;
+    uint64_t feed_after;          /* the last trigger sequence the client has */
+    size_t feed_limit;
+    int64_t feed_deadline_ms, feed_last_write_ms;
 };
 
 struct sl_server_s {
@@ -71,6 +76,11 @@ struct sl_server_s {
     const sl_config_t *cfg;
     sl_store_t *store;
     struct sl_stitch_s *stitch;   /* NULL: no profiles */
+    struct sl_trig_s *trig;       /* NULL: no trigger feed */
+    uv_async_t feed_async;        /* the writer made more triggers durable */
+    uv_timer_t feed_timer;        /* long-poll deadlines, stream keep-alives */
+    conn_t *feed_waiters;         /* long polls and streams */
+    int feed_started;
     sl_geo_t *geo;
     sl_ipnet_t *trusted;
     size_t n_trusted;
@@ -107,10 +117,23 @@ int http_cors_headers(const sl_server_t *srv, const req_t *r, sl_buf_t *out);
 /* 1 when the request has no Origin or cors_origins allows it. */
 int http_origin_allowed(const sl_server_t *srv, const req_t *r);
 void req_free(req_t *r);
+/* 1 when the request carries "Authorization: Bearer <admin_token>" (constant-time compare). */
+int http_admin_ok(const sl_server_t *srv, const req_t *r);
 /* The value of name=... in the query string (the last non-empty one when repeated),
  * percent-decoded into the request's arena and NUL-terminated. Returns its
  * length, SL_ENOTFOUND when absent, SL_EINVAL for a bad %-escape, SL_ENOMEM. */
 long http_query_param(req_t *r, const char *name, char **out);
+
+/* Queues a copy of p[0..n) on c as is (a stream's next bytes). */
+void http_send(conn_t *c, const char *p, size_t n);
+void http_close(conn_t *c);
+
+/* feed.c */
+enum { FEED_NONE, FEED_POLL, FEED_STREAM };
+void handle_triggers(conn_t *c, const char *rest);
+int feed_start(sl_server_t *srv);     /* with srv->trig set */
+void feed_stop(sl_server_t *srv);     /* answers polls, ends streams, closes its handles */
+void feed_conn_closed(conn_t *c);
 
 /* routes.c */
 void route_request(conn_t *c);

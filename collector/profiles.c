@@ -7,19 +7,6 @@
 #include "http_int.h"
 #include "sl_stitch.h"
 
-/* "Authorization: Bearer <admin_token>", compared in constant time. */
-static int admin_ok(const sl_server_t *srv, const req_t *r)
-{
-    const char *tok = srv->cfg->admin_token;
-    const char *h = r->authorization;
-    if (tok == NULL || tok[0] == '\0' || h == NULL || strncasecmp(h, "Bearer ", 7) != 0) return 0;
-    h += 7;
-    size_t n = strlen(tok), m = strlen(h);
-    unsigned char diff = (unsigned char)(n != m);
-    for (size_t i = 0; i < n; i++) diff |= (unsigned char)(tok[i] ^ (i < m ? h[i] : 0));
-    return diff == 0;
-}
-
 typedef struct {
     sl_stitch_t *stitch;
     const char *kind, *id, *before;
@@ -71,7 +58,7 @@ void handle_profiles(conn_t *c, const char *rest)
     sl_server_t *srv = c->srv;
     req_t *r = c->req;
     int m = r->method;
-    if (!admin_ok(srv, r)) {
+    if (!http_admin_ok(srv, r)) {
         static const char body[] =
             "{\"success\":false,\"error\":\"profile routes need Authorization: Bearer <admin_token>\"}";
         http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "http_int.h"
 #include "sl_stitch.h"
+#include "sl_triggers.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,6 +135,19 @@ static const char *str_member(const cJSON *o, const char *name)
     return cJSON_IsString(x) ? x->valuestring : NULL;
 }
 
+/* 1 when an abandoned_cart rule of cfg looks at track events named event. */
+static int cart_rule_event(const sl_config_t *cfg, const char *event)
+{
+    if (strcmp(event, "Product Removed") == 0) return 1;
+    for (size_t i = 0; i < cfg->n_triggers; i++) {
+        const sl_trigger_rule_t *t = &cfg->triggers[i];
+        if (t->type != SL_TRIG_ABANDONED_CART) continue;
+        for (size_t j = 0; j < t->n_start_events; j++)
+            if (strcmp(t->start_events[j], event) == 0) return 1;
+    }
+    return 0;
+}
+
 /* What the stitcher needs of a normalised message, in the request's arena
  * (alive until the commit is answered). NULL when out of memory. */
 static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg, const char *message_id)
@@ -168,8 +182,34 @@ static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg, const char *me
         if (sm->traits_json == NULL) return NULL;
     }
     const char *event = str_member(msg, "event");
+    const cJSON *props = cJSON_GetObjectItemCaseSensitive(msg, "properties");
+    if (srv->cfg->n_triggers && sm->type == SL_STITCH_TRACK && event) {
+        if ((sm->event = sl_arena_strndup(&r->arena, event, strlen(event))) == NULL) return NULL;
+        if (cJSON_IsObject(props) && cart_rule_event(srv->cfg, event)) {
+            char *txt = cJSON_PrintUnformatted(props);
+            if (txt == NULL) return NULL;
+            sm->props_json = sl_arena_strndup(&r->arena, txt, strlen(txt));
+            cJSON_free(txt);
+            if (sm->props_json == NULL) return NULL;
+        }
+    }
+    if (srv->cfg->n_triggers && sm->type == SL_STITCH_PAGE) {
+        const cJSON *page = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(msg, "context"), "page");
+        const char *url = str_member(props, "url"), *path = str_member(props, "path");
+        if (url == NULL) url = str_member(page, "url");
+        if (path == NULL) path = str_member(page, "path");
+        if (url && (sm->url = sl_arena_strndup(&r->arena, url, strlen(url))) == NULL) return NULL;
+        if (path == NULL && url) { /* the path of an absolute URL */
+            const char *p = strstr(url, "://");
+            p = p ? strchr(p + 3, '/') : NULL;
+            if (p) path = p;
+        }
+        if (path) {
+            size_t n = strcspn(path, "?#");
+            if ((sm->path = sl_arena_strndup(&r->arena, path, n)) == NULL) return NULL;
+        }
+    }
     if (sm->type == SL_STITCH_TRACK && event && strcmp(event, "Order Completed") == 0) {
-        const cJSON *props = cJSON_GetObjectItemCaseSensitive(msg, "properties");
         const cJSON *rev = cJSON_GetObjectItemCaseSensitive(props, "revenue");
         if (!cJSON_IsNumber(rev)) rev = cJSON_GetObjectItemCaseSensitive(props, "total");
         sm->is_order = 1;
@@ -545,6 +585,27 @@ static void handle_metrics(conn_t *c)
                       (unsigned long long)ss.persons_created, (double)ss.identify_ns / 1e9,
                       (unsigned long long)ss.identifies);
     }
+    if (srv->trig) {
+        sl_trig_stats_t ts;
+        sl_trig_get_stats(srv->trig, &ts);
+        const sl_config_t *cfg = srv->cfg;
+        sl_buf_appends(&b, "# HELP sillage_triggers_fired_total Triggers appended to the feed, by rule.\n"
+                           "# TYPE sillage_triggers_fired_total counter\n");
+        for (size_t i = 0; i < cfg->n_triggers && i < 64; i++)
+            sl_buf_printf(&b, "sillage_triggers_fired_total{rule=\"%s\"} %llu\n", cfg->triggers[i].name,
+                          (unsigned long long)ts.fired_by_rule[i]);
+        sl_buf_appends(&b, "# HELP sillage_triggers_suppressed_total Triggers held back by the pressure cap, by rule.\n"
+                           "# TYPE sillage_triggers_suppressed_total counter\n");
+        for (size_t i = 0; i < cfg->n_triggers && i < 64; i++)
+            sl_buf_printf(&b, "sillage_triggers_suppressed_total{rule=\"%s\"} %llu\n", cfg->triggers[i].name,
+                          (unsigned long long)ts.suppressed_by_rule[i]);
+        sl_buf_printf(&b,
+                      "# HELP sillage_trigger_timers_fired_total Durable timers that came due.\n"
+                      "# TYPE sillage_trigger_timers_fired_total counter\nsillage_trigger_timers_fired_total %llu\n"
+                      "# HELP sillage_trigger_feed_last_seq The last trigger readers can see (durable).\n"
+                      "# TYPE sillage_trigger_feed_last_seq gauge\nsillage_trigger_feed_last_seq %llu\n",
+                      (unsigned long long)ts.timers_fired, (unsigned long long)sl_trig_durable_seq(srv->trig));
+    }
     http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "Cache-Control: no-store\r\n",
                  b.data ? b.data : "", b.len);
     sl_buf_free(&b);
@@ -582,6 +643,11 @@ void route_request(conn_t *c)
         if (strncmp(rest, "profiles/", 9) == 0) {
             r->route = ROUTE_PROFILES;
             handle_profiles(c, rest + 9);
+            return;
+        }
+        if (strncmp(rest, "triggers", 8) == 0 && (rest[8] == '\0' || rest[8] == '/')) {
+            r->route = ROUTE_TRIGGERS;
+            handle_triggers(c, rest + 8);
             return;
         }
     } else if (strcmp(path, "/healthz") == 0) {

@@ -40,6 +40,10 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
 void sl_http_server_stop(sl_server_t *srv, int64_t grace_ms, void (*cb)(void *), void *arg);
 void sl_http_server_free(sl_server_t *srv);
 
+/* Serves the trigger feed of trig (GET /v1/triggers...). Call after start. */
+struct sl_trig_s;
+int sl_http_server_set_triggers(sl_server_t *srv, struct sl_trig_s *trig);
+
 /* The bound port (useful with port 0). */
 int sl_http_server_port(const sl_server_t *srv);
 

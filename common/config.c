@@ -68,6 +68,7 @@ static void set_defaults(sl_config_t *c)
     c->limits.idle_timeout_ms = 60000;
     c->limits.request_timeout_ms = 30000;
     c->dedupe_window_ms = 86400000;
+    c->trigger_retention_ms = 30LL * 86400000;
 }
 
 /* ---- typed readers: each names the key path in its error --------------------- */
@@ -201,8 +202,9 @@ static int get_limit(ctx_t *x, const cJSON *obj, const char *key, uint64_t lo, u
 
 static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t *r)
 {
-    static const char *known[] = {"name", "type", "url", "min_count", "within", "delay",
-                                  "start_events", "cancel_event", "after", "trait", NULL};
+    static const char *known[] = {"name", "type", "url", "min_count", "within", "delay", "start_events",
+                                  "cancel_event", "after", "trait", "on_first_set", "max_per_profile_per_day",
+                                  NULL};
     char path[48];
     snprintf(path, sizeof(path), "triggers[%zu]", idx);
     if (check_keys(x, t, path, known)) return SL_EINVAL;
@@ -217,9 +219,9 @@ static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t
         rc = get_str(x, t, "url", path, &r->url, 1);
         const cJSON *mc = cJSON_GetObjectItemCaseSensitive(t, "min_count");
         if (rc == 0 && mc) {
-            if (!cJSON_IsNumber(mc) || mc->valuedouble < 1 || mc->valuedouble > 1000000 ||
+            if (!cJSON_IsNumber(mc) || mc->valuedouble < 1 || mc->valuedouble > 1000 ||
                 mc->valuedouble != (int)mc->valuedouble) {
-                seterr(x->err, x->errlen, "%s.min_count must be a whole number from 1", path);
+                seterr(x->err, x->errlen, "%s.min_count must be a whole number from 1 to 1000", path);
                 rc = SL_EINVAL;
             } else {
                 r->min_count = (int)mc->valuedouble;
@@ -246,11 +248,30 @@ static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t
     } else if (strcmp(type, "trait_change") == 0) {
         r->type = SL_TRIG_TRAIT_CHANGE;
         rc = get_str(x, t, "trait", path, &r->trait, 1);
+        const cJSON *fs = cJSON_GetObjectItemCaseSensitive(t, "on_first_set");
+        if (rc == 0 && fs) {
+            if (!cJSON_IsBool(fs)) {
+                seterr(x->err, x->errlen, "%s.on_first_set must be true or false", path);
+                rc = SL_EINVAL;
+            } else {
+                r->on_first_set = cJSON_IsTrue(fs);
+            }
+        }
     } else {
         seterr(x->err, x->errlen,
                "%s.type \"%s\" is not one of page_visit, abandoned_cart, inactivity, trait_change",
                path, type);
         rc = SL_EINVAL;
+    }
+    const cJSON *cap = cJSON_GetObjectItemCaseSensitive(t, "max_per_profile_per_day");
+    if (rc == 0 && cap) {
+        if (!cJSON_IsNumber(cap) || cap->valuedouble < 0 || cap->valuedouble > 1000000 ||
+            cap->valuedouble != (int)cap->valuedouble) {
+            seterr(x->err, x->errlen, "%s.max_per_profile_per_day must be a whole number (0 = no cap)", path);
+            rc = SL_EINVAL;
+        } else {
+            r->max_per_day = (int)cap->valuedouble;
+        }
     }
 out:
     free(type);
@@ -271,7 +292,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     static const char *known[] = {
         "listen", "data_dir", "map_size", "map_size_max", "durability", "geoip_db", "ip_anonymize",
         "trusted_proxies", "cors_origins", "sources", "admin_token", "identity", "limits",
-        "dedupe_window", "triggers", "pressure", "webhooks", "log_level", NULL};
+        "dedupe_window", "triggers", "pressure", "webhooks", "log_level", "trigger_retention", NULL};
     int rc;
     if ((rc = check_keys(x, root, "", known))) return rc;
     if ((rc = get_str(x, root, "listen", "", &c->listen, 0))) return rc;
@@ -385,6 +406,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
                 }
         }
     }
+    if ((rc = get_duration(x, root, "trigger_retention", "", &c->trigger_retention_ms))) return rc;
     const cJSON *pr = cJSON_GetObjectItemCaseSensitive(root, "pressure");
     if (pr) {
         static const char *pk[] = {"max_per_profile_per_day", NULL};
@@ -410,7 +432,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if (c->webhooks == NULL) return SL_ENOMEM;
         size_t i = 0;
         for (const cJSON *w = wh->child; w; w = w->next, i++) {
-            static const char *wk[] = {"url", "secret", "rules", "expire", NULL};
+            static const char *wk[] = {"url", "secret", "rules", "expire", "ca_file", NULL};
             char path[32];
             snprintf(path, sizeof(path), "webhooks[%zu]", i);
             sl_webhook_t *h = &c->webhooks[i];
@@ -424,6 +446,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
             if ((rc = get_str(x, w, "secret", path, &h->secret, 1))) return rc;
             if ((rc = get_strv(x, w, "rules", path, &h->rules, &h->n_rules))) return rc;
             if ((rc = get_duration(x, w, "expire", path, &h->expire_ms))) return rc;
+            if ((rc = get_str(x, w, "ca_file", path, &h->ca_file, 0))) return rc;
             for (size_t k = 0; k < h->n_rules; k++) {
                 int found = 0;
                 for (size_t j = 0; j < c->n_triggers; j++)
@@ -587,6 +610,7 @@ void sl_config_free(sl_config_t *c)
     for (size_t i = 0; i < c->n_webhooks; i++) {
         free(c->webhooks[i].url);
         free(c->webhooks[i].secret);
+        free(c->webhooks[i].ca_file);
         strv_free(c->webhooks[i].rules, c->n_webhooks ? c->webhooks[i].n_rules : 0);
     }
     free(c->webhooks);

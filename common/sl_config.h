@@ -31,6 +31,8 @@ typedef struct sl_trigger_rule_s {
     char *cancel_event;    /* abandoned_cart */
     int64_t after_ms;      /* inactivity */
     char *trait;           /* trait_change */
+    int on_first_set;      /* trait_change: also fire when the trait had no value (false) */
+    int max_per_day;       /* this rule's triggers per profile per UTC day; 0 = no cap */
 } sl_trigger_rule_t;
 
 typedef struct sl_webhook_s {
@@ -39,6 +41,7 @@ typedef struct sl_webhook_s {
     char **rules;          /* NULL/0 = every rule */
     size_t n_rules;
     int64_t expire_ms;     /* give up after this long; default 24h */
+    char *ca_file;         /* PEM bundle to verify an https URL with; NULL = the system's */
 } sl_webhook_t;
 
 typedef struct sl_config_s {
@@ -76,6 +79,7 @@ typedef struct sl_config_s {
     sl_trigger_rule_t *triggers;
     size_t n_triggers;
     int pressure_max_per_profile_per_day; /* 0 = no cap */
+    int64_t trigger_retention_ms; /* feed entries older than this are pruned; 30d */
     sl_webhook_t *webhooks;
     size_t n_webhooks;
 } sl_config_t;

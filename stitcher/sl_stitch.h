@@ -47,6 +47,10 @@ typedef struct sl_stitch_msg_s {
     int is_order;                    /* track "Order Completed" */
     double revenue;                  /* properties.revenue or .total of an order */
     char currency[8];
+    /* for the trigger rules */
+    const char *event;               /* track: the event name */
+    const char *url, *path;          /* page: properties.url / .path (or context.page's) */
+    const char *props_json;          /* track events a cart rule looks at: the properties, printed */
 } sl_stitch_msg_t;
 
 typedef struct sl_stitch_s sl_stitch_t;
@@ -54,6 +58,18 @@ typedef struct sl_stitch_s sl_stitch_t;
 /* Creates the stitcher for cfg (identity traits, junk list); cfg must outlive it. */
 sl_stitch_t *sl_stitch_new(const sl_config_t *cfg);
 void sl_stitch_free(sl_stitch_t *s);
+
+struct sl_trig_s;
+/* Runs the trigger engine t on every stitched event, merge and trait change,
+ * and its timers from the store's hooks. Call before sl_store_open(). */
+void sl_stitch_set_triggers(sl_stitch_t *s, struct sl_trig_s *t);
+
+/* The trigger payload's "profile" of person id, appended to out (may be NULL):
+ * {"id","user_id","email","traits"}. identified (may be NULL) gets 1 when the
+ * person has a userId or an identity trait; last_ms (may be NULL) its last
+ * event time. SL_ENOTFOUND when there is no such person. */
+int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
+                             int64_t *last_ms);
 
 /* Hooks to pass in sl_store_options_t before sl_store_open(). */
 const sl_store_hooks_t *sl_stitch_hooks(sl_stitch_t *s);

@@ -13,6 +13,7 @@
  * An identifier key is "<kind>\x1f<value>", kind "user_id", "anonymous_id" or
  * a configured trait name. */
 #include "sl_stitch.h"
+#include "sl_triggers.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -47,7 +48,9 @@ struct sl_stitch_s {
     sl_store_t *store;
     MDB_dbi ids, persons, tl, journal, pjournal, smeta;
     sl_store_hooks_t hooks;
-    person_t p1, p2;          /* writer thread scratch */
+    person_t p1, p2, p3;      /* writer thread scratch (p3: trigger payloads) */
+    struct sl_trig_s *trig;   /* NULL: no trigger rules */
+    cJSON *trait_changes;     /* identify: [name, old, new] of watched traits, fired after the save */
     sl_buf_t k1, k2, k3, tmp; /* identifier keys; tmp: journal entries and index keys */
     _Atomic uint64_t merges, refusals, created;
     _Atomic uint64_t identifies, identify_ns; /* identify and alias: count, time in on_event */
@@ -178,6 +181,15 @@ static const char *person_user_id(const person_t *p)
     return NULL;
 }
 
+/* 1 when p has an identifier other than an anonymous_id. */
+static int person_identified(const person_t *p)
+{
+    static const char anon[] = "anonymous_id\x1f";
+    for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1)
+        if (strncmp(p->ids.data + off, anon, sizeof(anon) - 1) != 0) return 1;
+    return 0;
+}
+
 static int add_identity(sl_stitch_t *s, MDB_txn *txn, person_t *p, const sl_buf_t *key)
 {
     MDB_val k = {key->len, key->data}, v = {8, &p->id};
@@ -267,7 +279,7 @@ static int refuse(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, const 
 
 /* Merges the traits object `in` (set at ts_ms) into p's traits: a trait takes
  * the newer of the two values by the time each was set. */
-static int merge_traits(person_t *p, const cJSON *in_t, const cJSON *in_at, int64_t ts_ms)
+static int merge_traits(person_t *p, const cJSON *in_t, const cJSON *in_at, int64_t ts_ms, sl_stitch_t *watch)
 {
     cJSON *doc = p->traits.len ? cJSON_ParseWithLength(p->traits.data, p->traits.len) : NULL;
     if (doc == NULL) doc = cJSON_CreateObject();
@@ -284,6 +296,16 @@ static int merge_traits(person_t *p, const cJSON *in_t, const cJSON *in_at, int6
         if (cJSON_IsNumber(xa)) when = xa->valuedouble;
         const cJSON *cur_at = cJSON_GetObjectItemCaseSensitive(at, x->string);
         if (cJSON_IsNumber(cur_at) && cur_at->valuedouble > when) continue; /* ours is newer */
+        const cJSON *old = cJSON_GetObjectItemCaseSensitive(t, x->string);
+        if (watch && watch->trig && sl_trig_watches_trait(watch->trig, x->string) &&
+            (old == NULL || !cJSON_Compare(old, x, 1))) {
+            cJSON *ch = cJSON_CreateArray();
+            if (ch == NULL) goto out;
+            cJSON_AddItemToArray(watch->trait_changes, ch);
+            cJSON_AddItemToArray(ch, cJSON_CreateString(x->string));
+            cJSON_AddItemToArray(ch, old ? cJSON_Duplicate(old, 1) : cJSON_CreateNull());
+            cJSON_AddItemToArray(ch, cJSON_Duplicate(x, 1));
+        }
         cJSON *copy = cJSON_Duplicate(x, 1);
         if (copy == NULL) goto out;
         cJSON_DeleteItemFromObjectCaseSensitive(t, x->string);
@@ -349,11 +371,13 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     if (!sv->h.currency[0]) memcpy(sv->h.currency, x->h.currency, sizeof(sv->h.currency));
     if (x->traits.len) {
         cJSON *doc = cJSON_ParseWithLength(x->traits.data, x->traits.len);
-        rc = merge_traits(sv, cJSON_GetObjectItemCaseSensitive(doc, "t"), cJSON_GetObjectItemCaseSensitive(doc, "at"), 0);
+        rc = merge_traits(sv, cJSON_GetObjectItemCaseSensitive(doc, "t"), cJSON_GetObjectItemCaseSensitive(doc, "at"), 0,
+                          NULL);
         cJSON_Delete(doc);
         if (rc) return rc;
     }
 
+    if (s->trig && (rc = sl_trig_merge(s->trig, txn, sv->id, x->id))) return rc;
     /* The absorbed person's journal now explains the survivor too. */
     journal_copy_t jc = {s, sv->id};
     if ((rc = foreach_dup(txn, s->pjournal, &x->id, 8, copy_journal_ref, &jc))) return rc;
@@ -511,11 +535,48 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
     if (m->ts_ms > t->h.last_ms) t->h.last_ms = m->ts_ms;
     if (m->type == SL_STITCH_IDENTIFY && m->traits_json) {
         cJSON *traits = cJSON_Parse(m->traits_json);
-        rc = cJSON_IsObject(traits) ? merge_traits(t, traits, NULL, m->ts_ms) : 0;
+        if (s->trig && s->trait_changes == NULL && (s->trait_changes = cJSON_CreateArray()) == NULL) rc = SL_ENOMEM;
+        else rc = cJSON_IsObject(traits) ? merge_traits(t, traits, NULL, m->ts_ms, s) : 0;
         cJSON_Delete(traits);
         if (rc) return rc;
     }
-    return person_save(s, txn, t);
+    if ((rc = person_save(s, txn, t))) return rc;
+    if (s->trig == NULL) return 0;
+    int64_t now = sl_now_ms();
+    const cJSON *ch;
+    cJSON_ArrayForEach(ch, s->trait_changes) {
+        const cJSON *old = cJSON_GetArrayItem(ch, 1);
+        if ((rc = sl_trig_trait(s->trig, txn, t->id, cJSON_GetArrayItem(ch, 0)->valuestring,
+                                cJSON_IsNull(old) ? NULL : old, cJSON_GetArrayItem(ch, 2), now)))
+            break;
+    }
+    while (s->trait_changes && s->trait_changes->child) cJSON_DeleteItemFromArray(s->trait_changes, 0);
+    if (rc) return rc;
+    return sl_trig_event(s->trig, txn, m, t->id, person_identified(t), now);
+}
+
+static int64_t on_due(void *arg)
+{
+    sl_stitch_t *s = arg;
+    return s->trig ? sl_trig_due(s->trig) : INT64_MAX;
+}
+
+static int on_tick(void *arg, MDB_txn *txn, int64_t now_ms)
+{
+    sl_stitch_t *s = arg;
+    return s->trig ? sl_trig_tick(s->trig, txn, now_ms) : 0;
+}
+
+static void on_after_txn(void *arg, int ok)
+{
+    sl_stitch_t *s = arg;
+    if (s->trig) sl_trig_after_txn(s->trig, ok);
+}
+
+static void on_synced(void *arg, int all)
+{
+    sl_stitch_t *s = arg;
+    if (s->trig) sl_trig_synced(s->trig, all);
 }
 
 static int on_open(void *arg, MDB_txn *txn, int read_only)
@@ -523,6 +584,7 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     sl_stitch_t *s = arg;
     unsigned c = read_only ? 0 : MDB_CREATE;
     int rc;
+    if (s->trig && (rc = sl_trig_open(s->trig, txn, read_only))) return rc;
     if ((rc = mdb_dbi_open(txn, "ids", c, &s->ids))) return rc;
     if ((rc = mdb_dbi_open(txn, "persons", c | MDB_INTEGERKEY, &s->persons))) return rc;
     if ((rc = mdb_dbi_open(txn, "tl", c | MDB_DUPSORT | MDB_DUPFIXED, &s->tl))) return rc;
@@ -543,14 +605,19 @@ sl_stitch_t *sl_stitch_new(const sl_config_t *cfg)
     s->hooks.arg = s;
     s->hooks.open = on_open;
     s->hooks.on_event = on_event;
+    s->hooks.due = on_due;
+    s->hooks.tick = on_tick;
+    s->hooks.after_txn = on_after_txn;
+    s->hooks.synced = on_synced;
     return s;
 }
 
 void sl_stitch_free(sl_stitch_t *s)
 {
     if (s == NULL) return;
-    person_t *ps[2] = {&s->p1, &s->p2};
-    for (int i = 0; i < 2; i++) {
+    person_t *ps[3] = {&s->p1, &s->p2, &s->p3};
+    cJSON_Delete(s->trait_changes);
+    for (int i = 0; i < 3; i++) {
         sl_buf_free(&ps[i]->ids);
         sl_buf_free(&ps[i]->traits);
     }
@@ -562,6 +629,45 @@ void sl_stitch_free(sl_stitch_t *s)
 }
 
 const sl_store_hooks_t *sl_stitch_hooks(sl_stitch_t *s) { return &s->hooks; }
+
+void sl_stitch_set_triggers(sl_stitch_t *s, struct sl_trig_s *t)
+{
+    s->trig = t;
+    if (t) sl_trig_attach(t, s);
+}
+
+int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
+                             int64_t *last_ms)
+{
+    person_t *p = &s->p3;
+    int rc = person_load(s, txn, id, p);
+    if (rc) return rc == MDB_NOTFOUND ? SL_ENOTFOUND : rc;
+    if (identified) *identified = person_identified(p);
+    if (last_ms) *last_ms = p->h.last_ms;
+    if (out == NULL) return 0;
+    char pid[32];
+    person_id_str(p->id, pid);
+    sl_buf_printf(out, "{\"id\":\"%s\",\"user_id\":", pid);
+    const char *u = person_user_id(p);
+    if (u) sl_buf_append_json_str(out, u, strlen(u));
+    else sl_buf_appends(out, "null");
+    static const char em[] = "email\x1f";
+    const char *email = NULL;
+    for (size_t off = 0; off < p->ids.len && !email; off += strlen(p->ids.data + off) + 1)
+        if (strncmp(p->ids.data + off, em, sizeof(em) - 1) == 0) email = p->ids.data + off + sizeof(em) - 1;
+    sl_buf_appends(out, ",\"email\":");
+    if (email) sl_buf_append_json_str(out, email, strlen(email));
+    else sl_buf_appends(out, "null");
+    sl_buf_appends(out, ",\"traits\":");
+    cJSON *doc = p->traits.len ? cJSON_ParseWithLength(p->traits.data, p->traits.len) : NULL;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "t");
+    char *txt = cJSON_IsObject(t) ? cJSON_PrintUnformatted(t) : NULL;
+    sl_buf_appends(out, txt ? txt : "{}");
+    cJSON_free(txt);
+    cJSON_Delete(doc);
+    sl_buf_appends(out, "}");
+    return out->data ? 0 : SL_ENOMEM;
+}
 
 void sl_stitch_attach(sl_stitch_t *s, sl_store_t *store) { s->store = store; }
 

@@ -74,6 +74,17 @@ typedef struct sl_store_hooks_s {
     int (*open)(void *arg, MDB_txn *txn, int read_only);
     /* For each stored (not duplicate) message, m->seq set. An error aborts the commit. */
     int (*on_event)(void *arg, MDB_txn *txn, const sl_store_msg_t *m);
+    /* Timed work (trigger timers): due() says when, in sl_now_ms() time
+     * (INT64_MAX: nothing); the writer then runs tick() in a transaction of
+     * its own or of the next commit. tick returns 1 when it wrote, 0 when not,
+     * or an LMDB error (which aborts that commit). Both optional. */
+    int64_t (*due)(void *arg);
+    int (*tick)(void *arg, MDB_txn *txn, int64_t now_ms);
+    /* Writer thread, after each transaction: committed (ok 1) or aborted
+     * (ok 0). Then synced(all) when commits reached the disk: all = 1, every
+     * commit so far; all = 0, every commit but the latest one. */
+    void (*after_txn)(void *arg, int ok);
+    void (*synced)(void *arg, int all);
 } sl_store_hooks_t;
 
 typedef struct sl_store_options_s {

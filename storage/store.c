@@ -303,16 +303,23 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
             stored++;
         }
     }
+    if (hooks && hooks->tick && hooks->due(hooks->arg) <= now) {
+        if ((rc = hooks->tick(hooks->arg, txn, now)) < 0 || rc > 1) goto fail;
+        jobs += (size_t)rc;
+        rc = 0;
+    }
     if ((rc = trim_msgids(st, txn, now - st->opts.dedupe_window_ms - 60000))) goto fail;
     rc = mdb_txn_commit(txn);
     txn = NULL;
     if (rc) goto fail;
+    if (hooks && hooks->after_txn) hooks->after_txn(hooks->arg, 1);
     *n_stored = stored;
     *n_dup = dup;
     *n_jobs = jobs;
     return 0;
 fail:
     if (txn) mdb_txn_abort(txn);
+    if (hooks && hooks->after_txn) hooks->after_txn(hooks->arg, 0);
     sl_dedupe_rollback(st->dd);
     st->next_seq = seq0;
     reset_statuses(list);
@@ -360,6 +367,23 @@ static void append_list(sl_store_batch_t **head, sl_store_batch_t *list)
     *head = list;
 }
 
+static void synced(sl_store_t *st, int all)
+{
+    const sl_store_hooks_t *hooks = st->opts.hooks;
+    if (hooks && hooks->synced) hooks->synced(hooks->arg, all);
+}
+
+/* How long the writer may sleep with nothing queued: until the hooks' next
+ * timed work, at most a second. */
+static uint64_t idle_wait_ns(sl_store_t *st)
+{
+    const sl_store_hooks_t *hooks = st->opts.hooks;
+    if (hooks == NULL || hooks->due == NULL) return 1000000000ULL;
+    int64_t d = hooks->due(hooks->arg) - sl_now_ms();
+    if (d <= 0) return 0;
+    return d >= 1000 ? 1000000000ULL : (uint64_t)d * 1000000ULL;
+}
+
 /* Durability in "sync" mode costs one flush per commit, not two: the env has
  * MDB_NOMETASYNC, so a commit syncs its data pages and writes its meta page
  * without syncing it. That meta page reaches the disk with the next commit's
@@ -369,22 +393,34 @@ static void append_list(sl_store_batch_t **head, sl_store_batch_t *list)
 static void writer_main(void *arg)
 {
     sl_store_t *st = arg;
+    const sl_store_hooks_t *hooks = st->opts.hooks;
     sl_store_batch_t *unsynced = NULL; /* committed, meta page not yet flushed */
+    int need_sync = 0;                 /* a commit wrote pages whose meta page is not flushed */
     for (;;) {
+        int timed_out = 0;
         uv_mutex_lock(&st->mu);
-        while (st->in_head == NULL && !st->stopping && unsynced == NULL) uv_cond_wait(&st->cv, &st->mu);
+        while (st->in_head == NULL && !st->stopping && !need_sync) {
+            uint64_t ns = idle_wait_ns(st);
+            if (ns == 0 || uv_cond_timedwait(&st->cv, &st->mu, ns) == UV_ETIMEDOUT) {
+                timed_out = hooks && hooks->due && hooks->due(hooks->arg) <= sl_now_ms();
+                if (timed_out) break;
+            }
+        }
         sl_store_batch_t *list = st->in_head;
         st->in_head = st->in_tail = NULL;
         uv_mutex_unlock(&st->mu);
-        if (list == NULL) {
-            if (unsynced == NULL) break; /* stopping and nothing left */
+        if (list == NULL && !timed_out) {
+            if (!need_sync) break; /* stopping and nothing left */
             int src = mdb_env_sync(st->env, 1);
             if (src) {
                 SL_ERROR("flushing the last commit failed: %s", sl_strerror(src));
                 atomic_fetch_add(&st->stats.commit_failures, 1);
+            } else {
+                synced(st, 1);
             }
             deliver(st, unsynced, src);
             unsynced = NULL;
+            need_sync = 0;
             continue;
         }
 
@@ -398,6 +434,11 @@ static void writer_main(void *arg)
             SL_ERROR("commit of %zu messages failed: %s", total, sl_strerror(rc));
             atomic_fetch_add(&st->stats.commit_failures, 1);
             deliver(st, list, rc); /* nothing of it was stored */
+            if (list == NULL) { /* a timed tick failed: do not spin on it */
+                uv_mutex_lock(&st->mu);
+                if (st->in_head == NULL && !st->stopping) uv_cond_timedwait(&st->cv, &st->mu, 1000000000ULL);
+                uv_mutex_unlock(&st->mu);
+            }
             continue;
         }
         atomic_fetch_add(&st->stats.commits, 1);
@@ -410,12 +451,17 @@ static void writer_main(void *arg)
         atomic_store(&st->stats.last_seq, st->next_seq - 1);
         atomic_store(&st->stats.dedupe_entries, sl_dedupe_size(st->dd));
         if (st->opts.nosync) {
+            synced(st, 1);
             deliver(st, list, 0); /* "os" durability: committed is enough */
         } else if (stored > 0 || jobs > 0) {
-            deliver(st, unsynced, 0); /* this commit's data sync flushed their meta page */
+            /* this commit's data sync flushed the previous commit's meta page */
+            if (need_sync) synced(st, 0);
+            deliver(st, unsynced, 0);
             unsynced = list;
+            need_sync = 1;
         } else {
             append_list(&unsynced, list); /* all duplicates: no pages, no sync; wait with the rest */
+            need_sync = need_sync || unsynced != NULL;
         }
     }
     uv_mutex_lock(&st->mu);

@@ -1,0 +1,286 @@
+/* feed.c - the trigger feed over HTTP (DESIGN.md "Triggers", docs/TRIGGERS.md):
+ *   GET /v1/triggers?after=SEQ&limit=N&wait=SECONDS   JSON page, long poll
+ *   GET /v1/triggers/stream                           Server-Sent Events
+ * Reads run in LMDB read transactions on the loop thread and never wait for
+ * the writer. The writer tells the loop (feed_async) when more triggers became
+ * durable; waiting polls and open streams are then served. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_int.h"
+#include "sl_triggers.h"
+
+#define MAX_WAIT_S 60
+#define STREAM_PING_MS 15000
+#define STREAM_BATCH 500
+
+typedef struct {
+    sl_trig_t *trig;
+    uint64_t after;
+    size_t limit;
+    sl_buf_t *out;
+    uint64_t last;
+    long n;
+} feed_read_t;
+
+static int read_page(MDB_txn *txn, void *arg)
+{
+    feed_read_t *q = arg;
+    q->n = sl_trig_read(q->trig, txn, q->after, q->limit, q->out, &q->last);
+    return q->n < 0 ? SL_ESTORE : 0;
+}
+
+static void waiter_unlink(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    if (c->feed_prev) c->feed_prev->feed_next = c->feed_next;
+    else if (srv->feed_waiters == c) srv->feed_waiters = c->feed_next;
+    if (c->feed_next) c->feed_next->feed_prev = c->feed_prev;
+    c->feed_prev = c->feed_next = NULL;
+}
+
+static void waiter_link(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    c->feed_prev = NULL;
+    c->feed_next = srv->feed_waiters;
+    if (srv->feed_waiters) srv->feed_waiters->feed_prev = c;
+    srv->feed_waiters = c;
+}
+
+/* Answers a poll with what is there now (possibly nothing). */
+static void poll_answer(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    sl_buf_t out = {0};
+    sl_buf_appends(&out, "{\"triggers\":[");
+    feed_read_t q = {srv->trig, c->feed_after, c->feed_limit, &out, c->feed_after, 0};
+    int rc = sl_store_read(srv->store, read_page, &q);
+    sl_buf_printf(&out, "],\"next\":%llu}", (unsigned long long)q.last);
+    if (c->feed_mode) {
+        waiter_unlink(c);
+        c->feed_mode = FEED_NONE;
+    }
+    if (rc || out.data == NULL) http_respond_error(c, 503, sl_strerror(rc ? rc : SL_ENOMEM));
+    else http_respond(c, 200, "application/json", "Cache-Control: no-store\r\n", out.data, out.len);
+    sl_buf_free(&out);
+}
+
+typedef struct {
+    sl_buf_t *out;
+    uint64_t last;
+} sse_ctx_t;
+
+static int sse_one(uint64_t seq, const char *json, size_t len, void *arg)
+{
+    sse_ctx_t *s = arg;
+    sl_buf_printf(s->out, "id: %llu\nevent: trigger\ndata: ", (unsigned long long)seq);
+    sl_buf_append(s->out, json, len); /* one line: the JSON has no raw newlines */
+    sl_buf_appends(s->out, "\n\n");
+    s->last = seq;
+    return 0;
+}
+
+typedef struct {
+    sl_trig_t *trig;
+    uint64_t after;
+    sse_ctx_t *ctx;
+    long n;
+} sse_read_t;
+
+static int sse_read(MDB_txn *txn, void *arg)
+{
+    sse_read_t *q = arg;
+    q->n = sl_trig_foreach(q->trig, txn, q->after, STREAM_BATCH, sse_one, q->ctx);
+    return q->n < 0 ? SL_ESTORE : 0;
+}
+
+/* Sends a stream everything durable past its cursor. */
+static void stream_push(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    for (;;) {
+        if (c->closing || c->tcp.write_queue_size > (1u << 20)) return; /* slow reader: wait for the next wake-up */
+        sl_buf_t out = {0};
+        sse_ctx_t ctx = {&out, c->feed_after};
+        sse_read_t q = {srv->trig, c->feed_after, &ctx, 0};
+        int rc = sl_store_read(srv->store, sse_read, &q);
+        if (rc) {
+            sl_buf_free(&out);
+            http_close(c);
+            return;
+        }
+        if (out.len) {
+            http_send(c, out.data, out.len);
+            c->feed_after = ctx.last;
+            c->feed_last_write_ms = sl_now_ms();
+        }
+        sl_buf_free(&out);
+        if (q.n < STREAM_BATCH) return;
+    }
+}
+
+static void wake(sl_server_t *srv)
+{
+    uint64_t durable = sl_trig_durable_seq(srv->trig);
+    conn_t *next;
+    for (conn_t *c = srv->feed_waiters; c; c = next) {
+        next = c->feed_next;
+        if (c->feed_after >= durable) continue;
+        if (c->feed_mode == FEED_POLL) poll_answer(c);
+        else stream_push(c);
+    }
+}
+
+static void on_feed_async(uv_async_t *a) { wake(a->data); }
+
+static void notify_from_writer(void *arg)
+{
+    sl_server_t *srv = arg;
+    uv_async_send(&srv->feed_async);
+}
+
+static void on_feed_timer(uv_timer_t *t)
+{
+    sl_server_t *srv = t->data;
+    int64_t now = sl_now_ms();
+    conn_t *next;
+    for (conn_t *c = srv->feed_waiters; c; c = next) {
+        next = c->feed_next;
+        if (c->feed_mode == FEED_POLL && now >= c->feed_deadline_ms) {
+            poll_answer(c);
+        } else if (c->feed_mode == FEED_STREAM) {
+            if (c->tcp.write_queue_size == 0) stream_push(c); /* a slow reader caught up */
+            if (now - c->feed_last_write_ms >= STREAM_PING_MS) {
+                http_send(c, ": ping\n\n", 8);
+                c->feed_last_write_ms = now;
+            }
+        }
+    }
+}
+
+int feed_start(sl_server_t *srv)
+{
+    int rc = uv_async_init(srv->loop, &srv->feed_async, on_feed_async);
+    if (rc) return rc;
+    srv->feed_async.data = srv;
+    srv->handles_open++;
+    uv_timer_init(srv->loop, &srv->feed_timer);
+    srv->feed_timer.data = srv;
+    srv->handles_open++;
+    uv_timer_start(&srv->feed_timer, on_feed_timer, 100, 100);
+    srv->feed_started = 1;
+    sl_trig_set_notify(srv->trig, notify_from_writer, srv);
+    return 0;
+}
+
+void feed_stop(sl_server_t *srv)
+{
+    conn_t *next;
+    for (conn_t *c = srv->feed_waiters; c; c = next) {
+        next = c->feed_next;
+        if (c->feed_mode == FEED_POLL) poll_answer(c);
+        else http_close(c);
+    }
+}
+
+void feed_conn_closed(conn_t *c)
+{
+    waiter_unlink(c);
+    c->feed_mode = FEED_NONE;
+    c->busy = 0; /* nothing else holds its request: the connection frees it */
+}
+
+/* A whole number from the query string into *out; 1 when absent, 0 when set,
+ * -1 after answering 400. */
+static int query_num(conn_t *c, const char *name, unsigned long long max, unsigned long long *out)
+{
+    char *v = NULL;
+    long n = http_query_param(c->req, name, &v);
+    if (n == SL_ENOTFOUND) return 1;
+    char *end = NULL;
+    unsigned long long x = n > 0 && v[0] != '-' ? strtoull(v, &end, 10) : 0;
+    if (n <= 0 || end == NULL || *end || x > max) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "%s must be a whole number from 0 to %llu", name, max);
+        http_respond_error(c, 400, msg);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+void handle_triggers(conn_t *c, const char *rest)
+{
+    sl_server_t *srv = c->srv;
+    req_t *r = c->req;
+    if (!http_admin_ok(srv, r)) {
+        http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer realm=\"sillage\"\r\n",
+                     "{\"success\":false,\"error\":\"admin token required (Authorization: Bearer <admin_token>)\"}",
+                     84);
+        return;
+    }
+    if (srv->trig == NULL) {
+        http_respond_error(c, 404, "no trigger feed on this node");
+        return;
+    }
+    if (r->method != HTTP_GET) {
+        http_respond_error(c, 405, "use GET");
+        return;
+    }
+    unsigned long long after = 0, limit = 100, wait = 0;
+    int has_after = query_num(c, "after", UINT64_MAX, &after);
+    if (has_after < 0) return;
+    if (strcmp(rest, "") == 0) {
+        if (query_num(c, "limit", 1000, &limit) < 0 || query_num(c, "wait", MAX_WAIT_S, &wait) < 0) return;
+        if (limit == 0) limit = 1;
+        c->feed_after = after;
+        c->feed_limit = (size_t)limit;
+        if (wait == 0 || sl_trig_durable_seq(srv->trig) > after || srv->stopping) {
+            poll_answer(c);
+            return;
+        }
+        c->feed_mode = FEED_POLL;
+        c->feed_deadline_ms = sl_now_ms() + (int64_t)wait * 1000;
+        c->busy = 1;
+        waiter_link(c);
+        return;
+    }
+    if (strcmp(rest, "/stream") == 0) {
+        /* Resume after ?after=, else Last-Event-ID, else from now on. */
+        if (has_after == 1) {
+            if (r->last_event_id) {
+                char *end;
+                after = strtoull(r->last_event_id, &end, 10);
+                if (*end || r->last_event_id[0] == '\0' || r->last_event_id[0] == '-') {
+                    http_respond_error(c, 400, "Last-Event-ID must be a trigger sequence number");
+                    return;
+                }
+            } else {
+                after = sl_trig_durable_seq(srv->trig);
+            }
+        }
+        sl_buf_t h = {0};
+        sl_buf_printf(&h, "HTTP/1.1 200 OK\r\nServer: sillage\r\nContent-Type: text/event-stream\r\n"
+                          "Cache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n");
+        http_cors_headers(srv, r, &h);
+        sl_buf_appends(&h, "\r\n: sillage trigger stream\n\n");
+        if (h.data == NULL) {
+            http_respond_error(c, 503, "out of memory");
+            return;
+        }
+        srv->requests[ROUTE_TRIGGERS][1]++; /* status_codes[1]: 200 */
+        c->keep_alive = 0;
+        c->busy = 1;
+        c->feed_mode = FEED_STREAM;
+        c->feed_after = after;
+        c->feed_last_write_ms = sl_now_ms();
+        http_send(c, h.data, h.len);
+        sl_buf_free(&h);
+        waiter_link(c);
+        stream_push(c);
+        return;
+    }
+    http_respond_error(c, 404, "no such route");
+}

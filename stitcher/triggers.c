@@ -1,0 +1,954 @@
+/* triggers.c - trigger rules, durable timers, marketing pressure and the
+ * trigger feed. See sl_triggers.h for the storage layout and docs/TRIGGERS.md
+ * for the semantics of each rule.
+ *
+ * Timers are lazy: a state records when its rule should next look at it
+ * (due_ms) and whether a timer is pending (timer_ms). New activity only moves
+ * due_ms forward; the pending timer, when it fires, sees the later due_ms and
+ * re-arms itself. So an event costs a state write, never a timer delete. */
+#include "sl_triggers.h"
+#include "sl_stitch.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SEP '\x1f'
+#define MAX_PRODUCTS 50
+#define MAX_TICK_TIMERS 1000
+#define WAITING_CART_TTL_MS (30LL * 86400000) /* an anonymous abandoned cart waits this long for an identity */
+#define MAX_RULES 64
+
+typedef struct {
+    int64_t started_ms, last_ms, due_ms, timer_ms;
+    uint32_t waiting, n_products;
+    double value;
+    char currency[8];
+    uint32_t products_len; /* then the products JSON array */
+    uint32_t pad;
+} cart_t;
+
+typedef struct {
+    int64_t timer_ms, fired_for_ms;
+} inact_t;
+
+struct sl_trig_s {
+    const sl_config_t *cfg;              /* writer thread */
+    struct sl_stitch_s *stitch;
+    MDB_dbi feed, timers, tstate, pressure, tmeta;
+    _Atomic int64_t next_due;
+    uint64_t txn_last, committed_last, prev_committed; /* writer thread */
+    _Atomic uint64_t durable;
+    void (*notify)(void *);
+    void *notify_arg;
+    sl_buf_t k, k2, v, pay;
+    _Atomic uint64_t fired, suppressed, timers_fired;
+    _Atomic uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
+    int64_t last_prune_ms;
+};
+
+/* ---- helpers ---- */
+
+static void be64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (unsigned char)v;
+}
+
+static uint64_t rd_be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
+    return v;
+}
+
+static int rule_index(const sl_trig_t *t, const sl_trigger_rule_t *r) { return (int)(r - t->cfg->triggers); }
+
+static const sl_trigger_rule_t *rule_by_name(const sl_trig_t *t, const char *name, size_t len)
+{
+    for (size_t i = 0; i < t->cfg->n_triggers; i++)
+        if (strlen(t->cfg->triggers[i].name) == len && memcmp(t->cfg->triggers[i].name, name, len) == 0)
+            return &t->cfg->triggers[i];
+    return NULL;
+}
+
+static int state_key(sl_buf_t *b, const char *rule, uint64_t person)
+{
+    b->len = 0;
+    unsigned char p[8];
+    be64(p, person);
+    if (sl_buf_appends(b, rule) || sl_buf_append(b, (char[]){SEP}, 1) || sl_buf_append(b, p, 8)) return SL_ENOMEM;
+    return 0;
+}
+
+static int state_get(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, MDB_val *v)
+{
+    int rc = state_key(&t->k, rule, person);
+    if (rc) return rc;
+    MDB_val k = {t->k.len, t->k.data};
+    return mdb_get(txn, t->tstate, &k, v);
+}
+
+static int state_put(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, const void *d, size_t n)
+{
+    int rc = state_key(&t->k, rule, person);
+    if (rc) return rc;
+    MDB_val k = {t->k.len, t->k.data}, v = {n, (void *)d};
+    return mdb_put(txn, t->tstate, &k, &v, 0);
+}
+
+static int state_del(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person)
+{
+    int rc = state_key(&t->k, rule, person);
+    if (rc) return rc;
+    MDB_val k = {t->k.len, t->k.data};
+    rc = mdb_del(txn, t->tstate, &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, const char *rule)
+{
+    unsigned char key[16 + 256];
+    size_t n = strlen(rule);
+    if (n > 255) n = 255;
+    be64(key, (uint64_t)due);
+    be64(key + 8, person);
+    memcpy(key + 16, rule, n);
+    MDB_val k = {16 + n, key}, v = {0, ""};
+    int rc = mdb_put(txn, t->timers, &k, &v, 0);
+    if (rc) return rc;
+    int64_t cur = atomic_load(&t->next_due);
+    while (due < cur && !atomic_compare_exchange_weak(&t->next_due, &cur, due)) {
+    }
+    return 0;
+}
+
+/* Glob with * and ? (no classes), as page_visit's url. */
+static int glob_match(const char *p, const char *s)
+{
+    const char *star = NULL, *ss = NULL;
+    while (*s) {
+        if (*p == '*') {
+            star = p++;
+            ss = s;
+        } else if (*p == '?' || *p == *s) {
+            p++;
+            s++;
+        } else if (star) {
+            p = star + 1;
+            s = ++ss;
+        } else {
+            return 0;
+        }
+    }
+    while (*p == '*') p++;
+    return *p == '\0';
+}
+
+static int is_start_event(const sl_trigger_rule_t *r, const char *ev)
+{
+    for (size_t i = 0; i < r->n_start_events; i++)
+        if (strcmp(r->start_events[i], ev) == 0) return 1;
+    return 0;
+}
+
+/* ---- firing ---- */
+
+static uint32_t pressure_get(sl_trig_t *t, MDB_txn *txn, uint32_t day, uint64_t person, const char *rule, MDB_val *k)
+{
+    t->k2.len = 0;
+    unsigned char h[12];
+    h[0] = (unsigned char)(day >> 24), h[1] = (unsigned char)(day >> 16), h[2] = (unsigned char)(day >> 8);
+    h[3] = (unsigned char)day;
+    be64(h + 4, person);
+    sl_buf_append(&t->k2, h, 12);
+    sl_buf_appends(&t->k2, rule);
+    k->mv_size = t->k2.len;
+    k->mv_data = t->k2.data;
+    MDB_val v;
+    uint32_t n = 0;
+    if (t->k2.data && mdb_get(txn, t->pressure, k, &v) == 0 && v.mv_size == 4) memcpy(&n, v.mv_data, 4);
+    return n;
+}
+
+static int pressure_inc(sl_trig_t *t, MDB_txn *txn, uint32_t day, uint64_t person, const char *rule)
+{
+    MDB_val k;
+    uint32_t n = pressure_get(t, txn, day, person, rule, &k) + 1;
+    if (t->k2.data == NULL) return SL_ENOMEM;
+    MDB_val v = {4, &n};
+    return mdb_put(txn, t->pressure, &k, &v, 0);
+}
+
+/* Appends a trigger for person under rule r with data (a JSON object text),
+ * unless the pressure cap suppresses it. */
+static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, const char *data,
+                int64_t now)
+{
+    int idx = rule_index(t, r);
+    uint32_t day = (uint32_t)(now / 86400000);
+    MDB_val k;
+    int cap = t->cfg->pressure_max_per_profile_per_day;
+    if ((cap && pressure_get(t, txn, day, person, "", &k) >= (uint32_t)cap) ||
+        (r->max_per_day && pressure_get(t, txn, day, person, r->name, &k) >= (uint32_t)r->max_per_day)) {
+        atomic_fetch_add(&t->suppressed, 1);
+        if (idx < MAX_RULES) atomic_fetch_add(&t->suppressed_by_rule[idx], 1);
+        return 0;
+    }
+    int rc;
+    if ((rc = pressure_inc(t, txn, day, person, "")) || (rc = pressure_inc(t, txn, day, person, r->name))) return rc;
+
+    uint64_t seq = 1;
+    MDB_val mk = {9, "feed_last"}, mv;
+    if ((rc = mdb_get(txn, t->tmeta, &mk, &mv)) == 0 && mv.mv_size == 8) {
+        memcpy(&seq, mv.mv_data, 8);
+        seq++;
+    } else if (rc && rc != MDB_NOTFOUND) {
+        return rc;
+    }
+    mv.mv_size = 8;
+    mv.mv_data = &seq;
+    if ((rc = mdb_put(txn, t->tmeta, &mk, &mv, 0))) return rc;
+
+    static const char *types[] = {"page_visit", "abandoned_cart", "inactivity", "trait_change"};
+    char at[32], id[37];
+    sl_time_format_iso(now, at);
+    sl_uuid4(id);
+    sl_buf_t *b = &t->pay;
+    b->len = 0;
+    int64_t at_ms = now;
+    sl_buf_append(b, &at_ms, 8);
+    sl_buf_printf(b, "{\"seq\":%llu,\"id\":\"%s\",\"rule\":", (unsigned long long)seq, id);
+    sl_buf_append_json_str(b, r->name, strlen(r->name));
+    sl_buf_printf(b, ",\"type\":\"%s\",\"at\":\"%s\",\"profile\":", types[r->type], at);
+    rc = sl_stitch_person_payload(t->stitch, txn, person, b, NULL, NULL);
+    if (rc == SL_ENOTFOUND) {
+        char pid[32];
+        snprintf(pid, sizeof(pid), "{\"id\":\"p_%llu\"}", (unsigned long long)person);
+        sl_buf_appends(b, pid);
+    } else if (rc) {
+        return rc;
+    }
+    sl_buf_appends(b, ",\"data\":");
+    sl_buf_appends(b, data);
+    sl_buf_appends(b, "}");
+    if (b->data == NULL) return SL_ENOMEM;
+    MDB_val fk = {8, &seq}, fv = {b->len, b->data};
+    if ((rc = mdb_put(txn, t->feed, &fk, &fv, MDB_APPEND))) return rc;
+    t->txn_last = seq;
+    atomic_fetch_add(&t->fired, 1);
+    if (idx < MAX_RULES) atomic_fetch_add(&t->fired_by_rule[idx], 1);
+    return 0;
+}
+
+/* ---- abandoned cart ---- */
+
+static int cart_load(const MDB_val *v, cart_t *c, cJSON **products)
+{
+    *products = NULL;
+    if (v->mv_size < sizeof(*c)) return MDB_CORRUPTED;
+    memcpy(c, v->mv_data, sizeof(*c));
+    if (sizeof(*c) + c->products_len != v->mv_size) return MDB_CORRUPTED;
+    *products = cJSON_ParseWithLength((const char *)v->mv_data + sizeof(*c), c->products_len);
+    if (!cJSON_IsArray(*products)) {
+        cJSON_Delete(*products);
+        *products = cJSON_CreateArray();
+    }
+    return *products ? 0 : SL_ENOMEM;
+}
+
+static int cart_save(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, cart_t *c, cJSON *products)
+{
+    double value = 0;
+    const cJSON *p;
+    c->n_products = 0;
+    cJSON_ArrayForEach(p, products) {
+        const cJSON *price = cJSON_GetObjectItemCaseSensitive(p, "price");
+        const cJSON *qty = cJSON_GetObjectItemCaseSensitive(p, "quantity");
+        if (cJSON_IsNumber(price)) value += price->valuedouble * (cJSON_IsNumber(qty) ? qty->valuedouble : 1);
+        c->n_products++;
+    }
+    c->value = value;
+    char *txt = cJSON_PrintUnformatted(products);
+    if (txt == NULL) return SL_ENOMEM;
+    c->products_len = (uint32_t)strlen(txt);
+    t->v.len = 0;
+    int rc = sl_buf_append(&t->v, c, sizeof(*c)) || sl_buf_append(&t->v, txt, c->products_len) ? SL_ENOMEM : 0;
+    cJSON_free(txt);
+    if (rc) return rc;
+    return state_put(t, txn, rule, person, t->v.data, t->v.len);
+}
+
+/* The product a cart event's properties describe, normalised to
+ * {product_id, name, price, quantity}; NULL when it names none. */
+static cJSON *product_of(const cJSON *props)
+{
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(props, "product_id");
+    if (id == NULL) id = cJSON_GetObjectItemCaseSensitive(props, "id");
+    if (id == NULL) id = cJSON_GetObjectItemCaseSensitive(props, "sku");
+    if (!cJSON_IsString(id) && !cJSON_IsNumber(id)) return NULL;
+    cJSON *p = cJSON_CreateObject();
+    if (p == NULL) return NULL;
+    if (cJSON_IsString(id)) cJSON_AddStringToObject(p, "product_id", id->valuestring);
+    else {
+        char n[32];
+        snprintf(n, sizeof(n), "%.0f", id->valuedouble);
+        cJSON_AddStringToObject(p, "product_id", n);
+    }
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(props, "name");
+    if (cJSON_IsString(name)) cJSON_AddStringToObject(p, "name", name->valuestring);
+    const cJSON *price = cJSON_GetObjectItemCaseSensitive(props, "price");
+    if (cJSON_IsNumber(price)) cJSON_AddNumberToObject(p, "price", price->valuedouble);
+    const cJSON *qty = cJSON_GetObjectItemCaseSensitive(props, "quantity");
+    cJSON_AddNumberToObject(p, "quantity", cJSON_IsNumber(qty) && qty->valuedouble > 0 ? qty->valuedouble : 1);
+    return p;
+}
+
+static int same_product(const cJSON *a, const cJSON *b)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(a, "product_id"), *y = cJSON_GetObjectItemCaseSensitive(b, "product_id");
+    return cJSON_IsString(x) && cJSON_IsString(y) && strcmp(x->valuestring, y->valuestring) == 0;
+}
+
+/* Adds p to products (same product_id: quantities add), bounded. Takes p. */
+static void cart_add(cJSON *products, cJSON *p)
+{
+    cJSON *q;
+    cJSON_ArrayForEach(q, products) {
+        if (same_product(q, p)) {
+            cJSON *qa = cJSON_GetObjectItemCaseSensitive(q, "quantity");
+            const cJSON *pa = cJSON_GetObjectItemCaseSensitive(p, "quantity");
+            if (cJSON_IsNumber(qa) && cJSON_IsNumber(pa)) cJSON_SetNumberValue(qa, qa->valuedouble + pa->valuedouble);
+            cJSON_Delete(p);
+            return;
+        }
+    }
+    if (cJSON_GetArraySize(products) < MAX_PRODUCTS) cJSON_AddItemToArray(products, p);
+    else cJSON_Delete(p);
+}
+
+static int cart_fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, const cart_t *c,
+                     const cJSON *products, int64_t now)
+{
+    char started[32], last[32], abandoned[32];
+    sl_time_format_iso(c->started_ms, started);
+    sl_time_format_iso(c->last_ms, last);
+    sl_time_format_iso(c->last_ms + r->delay_ms, abandoned);
+    char *ptxt = cJSON_PrintUnformatted(products);
+    if (ptxt == NULL) return SL_ENOMEM;
+    sl_buf_t d = {0};
+    sl_buf_printf(&d, "{\"products\":%s,\"value\":%.2f,\"currency\":", ptxt, c->value);
+    cJSON_free(ptxt);
+    if (c->currency[0]) sl_buf_append_json_str(&d, c->currency, strnlen(c->currency, sizeof(c->currency)));
+    else sl_buf_appends(&d, "null");
+    sl_buf_printf(&d, ",\"started_at\":\"%s\",\"last_activity_at\":\"%s\",\"abandoned_at\":\"%s\"}", started, last,
+                  abandoned);
+    int rc = d.data ? fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
+    sl_buf_free(&d);
+    return rc;
+}
+
+static int cart_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, const sl_stitch_msg_t *m,
+                      uint64_t person, int identified, int64_t now)
+{
+    const char *ev = m->event;
+    int rc;
+    if (m->type == SL_STITCH_TRACK && ev && r->cancel_event && strcmp(ev, r->cancel_event) == 0)
+        return state_del(t, txn, r->name, person); /* bought: the pending timer will find nothing */
+    int start = m->type == SL_STITCH_TRACK && ev && is_start_event(r, ev);
+    int removed = m->type == SL_STITCH_TRACK && ev && strcmp(ev, "Product Removed") == 0;
+    MDB_val v;
+    rc = state_get(t, txn, r->name, person, &v);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    int have = rc == 0;
+    if (!start && !removed) {
+        if (!have || !identified) return 0;
+        /* An identified person with an abandoned anonymous cart: fire now. */
+        cart_t c;
+        cJSON *products;
+        if ((rc = cart_load(&v, &c, &products))) return rc;
+        if (c.waiting) {
+            rc = cart_fire(t, txn, r, person, &c, products, now);
+            if (rc == 0) rc = state_del(t, txn, r->name, person);
+        }
+        cJSON_Delete(products);
+        return rc;
+    }
+    if (removed && !have) return 0;
+    cart_t c;
+    cJSON *products = NULL;
+    if (have) {
+        if ((rc = cart_load(&v, &c, &products))) return rc;
+    } else {
+        memset(&c, 0, sizeof(c));
+        c.started_ms = m->ts_ms;
+        if ((products = cJSON_CreateArray()) == NULL) return SL_ENOMEM;
+    }
+    cJSON *props = m->props_json ? cJSON_Parse(m->props_json) : NULL;
+    if (start) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(props, "products");
+        if (cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0) {
+            /* Cart Viewed / Checkout Started carry the whole cart: it replaces ours. */
+            cJSON_Delete(products);
+            products = cJSON_CreateArray();
+            const cJSON *x;
+            cJSON_ArrayForEach(x, list) {
+                cJSON *p = product_of(x);
+                if (p && products) cart_add(products, p);
+            }
+        } else {
+            cJSON *p = product_of(props);
+            if (p) cart_add(products, p);
+        }
+        const char *cur = NULL;
+        const cJSON *cu = cJSON_GetObjectItemCaseSensitive(props, "currency");
+        if (cJSON_IsString(cu)) cur = cu->valuestring;
+        if (cur) snprintf(c.currency, sizeof(c.currency), "%s", cur);
+    } else {
+        cJSON *p = product_of(props);
+        for (int i = 0; p && i < cJSON_GetArraySize(products); i++)
+            if (same_product(cJSON_GetArrayItem(products, i), p)) {
+                cJSON_DeleteItemFromArray(products, i);
+                break;
+            }
+        cJSON_Delete(p);
+    }
+    cJSON_Delete(props);
+    if (products == NULL) return SL_ENOMEM;
+    if (cJSON_GetArraySize(products) == 0) {
+        cJSON_Delete(products);
+        return state_del(t, txn, r->name, person); /* emptied: no cart */
+    }
+    int64_t act = m->ts_ms > c.last_ms ? m->ts_ms : c.last_ms;
+    if (act > now) act = now;
+    c.last_ms = act;
+    c.due_ms = act + r->delay_ms;
+    c.waiting = 0;
+    if (c.timer_ms == 0 || c.timer_ms > c.due_ms) { /* none pending, or only a later one (waiting expiry) */
+        int64_t due = c.due_ms > now ? c.due_ms : now;
+        if ((rc = timer_add(t, txn, due, person, r->name))) goto out;
+        c.timer_ms = due;
+    }
+    rc = cart_save(t, txn, r->name, person, &c, products);
+out:
+    cJSON_Delete(products);
+    return rc;
+}
+
+static int cart_timer(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, int64_t now)
+{
+    MDB_val v;
+    int rc = state_get(t, txn, r->name, person, &v);
+    if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
+    cart_t c;
+    cJSON *products;
+    if ((rc = cart_load(&v, &c, &products))) return rc;
+    if (c.waiting) { /* the waiting period ran out without an identity */
+        if (c.due_ms + WAITING_CART_TTL_MS <= now) rc = state_del(t, txn, r->name, person);
+        goto out;
+    }
+    if (c.due_ms > now) { /* activity since: look again later */
+        c.timer_ms = c.due_ms;
+        if ((rc = timer_add(t, txn, c.due_ms, person, r->name)) == 0)
+            rc = cart_save(t, txn, r->name, person, &c, products);
+        goto out;
+    }
+    int identified = 0;
+    rc = sl_stitch_person_payload(t->stitch, txn, person, NULL, &identified, NULL);
+    if (rc == SL_ENOTFOUND) {
+        rc = state_del(t, txn, r->name, person);
+    } else if (rc == 0 && identified) {
+        if ((rc = cart_fire(t, txn, r, person, &c, products, now)) == 0) rc = state_del(t, txn, r->name, person);
+    } else if (rc == 0) {
+        /* Abandoned while anonymous: it fires when the visitor is identified. */
+        c.waiting = 1;
+        c.timer_ms = c.due_ms + WAITING_CART_TTL_MS;
+        if ((rc = timer_add(t, txn, c.timer_ms, person, r->name)) == 0)
+            rc = cart_save(t, txn, r->name, person, &c, products);
+    }
+out:
+    cJSON_Delete(products);
+    return rc;
+}
+
+/* absorbed's cart joins survivor's: products added, earliest start, latest activity. */
+static int cart_merge(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t sv, uint64_t ab, int64_t now)
+{
+    MDB_val v;
+    int rc = state_get(t, txn, r->name, ab, &v);
+    if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
+    cart_t a, s;
+    cJSON *pa, *ps = NULL;
+    if ((rc = cart_load(&v, &a, &pa))) return rc;
+    if ((rc = state_del(t, txn, r->name, ab))) goto out;
+    rc = state_get(t, txn, r->name, sv, &v);
+    if (rc == MDB_NOTFOUND) {
+        s = a;
+        ps = pa;
+        pa = NULL;
+        rc = 0;
+    } else if (rc == 0 && (rc = cart_load(&v, &s, &ps)) == 0) {
+        cJSON *x;
+        while (pa && (x = cJSON_DetachItemFromArray(pa, 0)) != NULL) cart_add(ps, x);
+        if (a.started_ms && a.started_ms < s.started_ms) s.started_ms = a.started_ms;
+        if (a.last_ms > s.last_ms) {
+            s.last_ms = a.last_ms;
+            s.due_ms = a.due_ms;
+        }
+        s.waiting = s.waiting && a.waiting;
+        if (!s.currency[0]) memcpy(s.currency, a.currency, sizeof(s.currency));
+    }
+    if (rc) goto out;
+    /* The absorbed state's timer is keyed by the absorbed person: arm one for the survivor. */
+    int64_t due = s.waiting ? s.due_ms + WAITING_CART_TTL_MS : s.due_ms;
+    if (due < now) due = now;
+    if ((rc = timer_add(t, txn, due, sv, r->name))) goto out;
+    s.timer_ms = due;
+    rc = cart_save(t, txn, r->name, sv, &s, ps);
+out:
+    cJSON_Delete(pa);
+    cJSON_Delete(ps);
+    return rc;
+}
+
+/* ---- page visit ---- */
+
+static int page_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, const sl_stitch_msg_t *m,
+                      uint64_t person, int64_t now)
+{
+    if (m->type != SL_STITCH_PAGE) return 0;
+    const char *subject = r->url[0] == '/' ? m->path : m->url;
+    if (subject == NULL || !glob_match(r->url, subject)) return 0;
+    int64_t ts[1000];
+    size_t n = 0;
+    MDB_val v;
+    int rc = state_get(t, txn, r->name, person, &v);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    if (rc == 0) {
+        size_t have = v.mv_size / 8;
+        for (size_t i = 0; i < have; i++) {
+            int64_t x;
+            memcpy(&x, (const char *)v.mv_data + 8 * i, 8);
+            if (r->within_ms == 0 || x > now - r->within_ms) ts[n++] = x;
+        }
+    }
+    /* Keep the newest min_count - 1 and this one. */
+    size_t keep = (size_t)r->min_count - 1;
+    size_t drop = n > keep ? n - keep : 0;
+    memmove(ts, ts + drop, (n - drop) * 8);
+    n -= drop;
+    ts[n++] = now;
+    if ((int)n >= r->min_count) {
+        sl_buf_t d = {0};
+        sl_buf_appends(&d, "{\"url\":");
+        if (m->url) sl_buf_append_json_str(&d, m->url, strlen(m->url));
+        else sl_buf_appends(&d, "null");
+        sl_buf_appends(&d, ",\"path\":");
+        if (m->path) sl_buf_append_json_str(&d, m->path, strlen(m->path));
+        else sl_buf_appends(&d, "null");
+        sl_buf_printf(&d, ",\"count\":%zu,\"pattern\":", n);
+        sl_buf_append_json_str(&d, r->url, strlen(r->url));
+        sl_buf_appends(&d, "}");
+        rc = d.data ? fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
+        sl_buf_free(&d);
+        if (rc) return rc;
+        return state_del(t, txn, r->name, person); /* the next trigger needs min_count new visits */
+    }
+    return state_put(t, txn, r->name, person, ts, n * 8);
+}
+
+static int page_merge(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t sv, uint64_t ab)
+{
+    MDB_val v;
+    int64_t ts[2000];
+    size_t n = 0;
+    uint64_t who[2] = {sv, ab};
+    for (int i = 0; i < 2; i++) {
+        int rc = state_get(t, txn, r->name, who[i], &v);
+        if (rc == MDB_NOTFOUND) continue;
+        if (rc) return rc;
+        size_t have = v.mv_size / 8;
+        if (have > 1000) have = 1000;
+        memcpy(ts + n, v.mv_data, have * 8);
+        n += have;
+    }
+    if (n == 0) return 0;
+    int rc = state_del(t, txn, r->name, ab);
+    if (rc) return rc;
+    /* sort, keep the newest min_count - 1 */
+    for (size_t i = 1; i < n; i++)
+        for (size_t j = i; j > 0 && ts[j - 1] > ts[j]; j--) {
+            int64_t x = ts[j];
+            ts[j] = ts[j - 1];
+            ts[j - 1] = x;
+        }
+    size_t keep = (size_t)r->min_count - 1;
+    size_t from = n > keep ? n - keep : 0;
+    if (n - from == 0) return state_del(t, txn, r->name, sv);
+    return state_put(t, txn, r->name, sv, ts + from, (n - from) * 8);
+}
+
+/* ---- inactivity ---- */
+
+static int inact_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, int identified,
+                       int64_t now)
+{
+    if (!identified) return 0; /* anonymous visitors who never return are not "inactive customers" */
+    MDB_val v;
+    inact_t s = {0, 0};
+    int rc = state_get(t, txn, r->name, person, &v);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    if (rc == 0 && v.mv_size == sizeof(s)) memcpy(&s, v.mv_data, sizeof(s));
+    if (s.timer_ms) return 0; /* a timer is pending; it looks at last_seen when it fires */
+    s.timer_ms = now + r->after_ms;
+    if ((rc = timer_add(t, txn, s.timer_ms, person, r->name))) return rc;
+    return state_put(t, txn, r->name, person, &s, sizeof(s));
+}
+
+static int inact_timer(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, int64_t now)
+{
+    MDB_val v;
+    inact_t s = {0, 0};
+    int rc = state_get(t, txn, r->name, person, &v);
+    if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
+    if (v.mv_size == sizeof(s)) memcpy(&s, v.mv_data, sizeof(s));
+    int identified = 0;
+    int64_t last = 0;
+    rc = sl_stitch_person_payload(t->stitch, txn, person, NULL, &identified, &last);
+    if (rc == SL_ENOTFOUND) return state_del(t, txn, r->name, person);
+    if (rc) return rc;
+    if (last + r->after_ms > now) {
+        s.timer_ms = last + r->after_ms;
+        if ((rc = timer_add(t, txn, s.timer_ms, person, r->name))) return rc;
+        return state_put(t, txn, r->name, person, &s, sizeof(s));
+    }
+    s.timer_ms = 0;
+    if (s.fired_for_ms != last) {
+        char ls[32], dur[32];
+        sl_time_format_iso(last, ls);
+        snprintf(dur, sizeof(dur), "%lld", (long long)(r->after_ms / 1000));
+        sl_buf_t d = {0};
+        sl_buf_printf(&d, "{\"last_seen\":\"%s\",\"inactive_seconds\":%lld,\"after_seconds\":%s}", ls,
+                      (long long)((now - last) / 1000), dur);
+        rc = d.data ? fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
+        sl_buf_free(&d);
+        if (rc) return rc;
+        s.fired_for_ms = last;
+    }
+    return state_put(t, txn, r->name, person, &s, sizeof(s));
+}
+
+/* ---- public: events, merges, traits ---- */
+
+int sl_trig_event(sl_trig_t *t, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t person, int identified,
+                  int64_t now)
+{
+    for (size_t i = 0; i < t->cfg->n_triggers; i++) {
+        const sl_trigger_rule_t *r = &t->cfg->triggers[i];
+        int rc = 0;
+        switch (r->type) {
+        case SL_TRIG_ABANDONED_CART: rc = cart_event(t, txn, r, m, person, identified, now); break;
+        case SL_TRIG_PAGE_VISIT: rc = page_event(t, txn, r, m, person, now); break;
+        case SL_TRIG_INACTIVITY: rc = inact_event(t, txn, r, person, identified, now); break;
+        default: break;
+        }
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int sl_trig_merge(sl_trig_t *t, MDB_txn *txn, uint64_t survivor, uint64_t absorbed)
+{
+    int64_t now = sl_now_ms();
+    for (size_t i = 0; i < t->cfg->n_triggers; i++) {
+        const sl_trigger_rule_t *r = &t->cfg->triggers[i];
+        int rc = 0;
+        switch (r->type) {
+        case SL_TRIG_ABANDONED_CART: rc = cart_merge(t, txn, r, survivor, absorbed, now); break;
+        case SL_TRIG_PAGE_VISIT: rc = page_merge(t, txn, r, survivor, absorbed); break;
+        case SL_TRIG_INACTIVITY: rc = state_del(t, txn, r->name, absorbed); break;
+        default: break;
+        }
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int sl_trig_watches_trait(const sl_trig_t *t, const char *name)
+{
+    for (size_t i = 0; i < t->cfg->n_triggers; i++)
+        if (t->cfg->triggers[i].type == SL_TRIG_TRAIT_CHANGE && strcmp(t->cfg->triggers[i].trait, name) == 0)
+            return 1;
+    return 0;
+}
+
+int sl_trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *name, const cJSON *old_v,
+                  const cJSON *new_v, int64_t now)
+{
+    for (size_t i = 0; i < t->cfg->n_triggers; i++) {
+        const sl_trigger_rule_t *r = &t->cfg->triggers[i];
+        if (r->type != SL_TRIG_TRAIT_CHANGE || strcmp(r->trait, name) != 0) continue;
+        if (old_v == NULL && !r->on_first_set) continue;
+        char *o = old_v ? cJSON_PrintUnformatted(old_v) : NULL;
+        char *n = cJSON_PrintUnformatted(new_v);
+        sl_buf_t d = {0};
+        sl_buf_appends(&d, "{\"trait\":");
+        sl_buf_append_json_str(&d, name, strlen(name));
+        sl_buf_printf(&d, ",\"old\":%s,\"new\":%s}", o ? o : "null", n ? n : "null");
+        cJSON_free(o);
+        cJSON_free(n);
+        int rc = d.data ? fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
+        sl_buf_free(&d);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* ---- timers, retention ---- */
+
+int64_t sl_trig_due(sl_trig_t *t) { return atomic_load(&t->next_due); }
+
+static int prune(sl_trig_t *t, MDB_txn *txn, int64_t now)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(txn, t->feed, &cur);
+    if (rc) return rc;
+    for (int n = 0; n < 1000 && (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0; n++) {
+        int64_t at = 0;
+        if (v.mv_size >= 8) memcpy(&at, v.mv_data, 8);
+        if (at > now - t->cfg->trigger_retention_ms) break;
+        if ((rc = mdb_cursor_del(cur, 0))) break;
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    /* pressure counts of days before yesterday */
+    uint32_t day = (uint32_t)(now / 86400000) - 1;
+    if ((rc = mdb_cursor_open(txn, t->pressure, &cur))) return rc;
+    for (int n = 0; n < 1000 && (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0; n++) {
+        const unsigned char *p = k.mv_data;
+        uint32_t d = k.mv_size >= 4 ? (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3] : 0;
+        if (d >= day) break;
+        if ((rc = mdb_cursor_del(cur, 0))) break;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int first_due(sl_trig_t *t, MDB_txn *txn, int64_t *due)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(txn, t->timers, &cur);
+    if (rc) return rc;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    *due = rc == 0 && k.mv_size >= 16 ? (int64_t)rd_be64(k.mv_data) : INT64_MAX;
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int sl_trig_tick(sl_trig_t *t, MDB_txn *txn, int64_t now)
+{
+    int wrote = 0, rc = 0;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    if (now - t->last_prune_ms >= 60000) {
+        t->last_prune_ms = now;
+        if ((rc = prune(t, txn, now))) return rc;
+        wrote = 1;
+    }
+    for (int n = 0; n < MAX_TICK_TIMERS; n++) {
+        if ((rc = mdb_cursor_open(txn, t->timers, &cur))) return rc;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+        if (rc == 0 && (k.mv_size < 16 || (int64_t)rd_be64(k.mv_data) > now)) rc = MDB_NOTFOUND;
+        unsigned char key[16 + 256];
+        size_t klen = k.mv_size < sizeof(key) ? k.mv_size : sizeof(key);
+        if (rc == 0) {
+            memcpy(key, k.mv_data, klen);
+            rc = mdb_cursor_del(cur, 0);
+        }
+        mdb_cursor_close(cur);
+        if (rc == MDB_NOTFOUND) break;
+        if (rc) return rc;
+        wrote = 1;
+        atomic_fetch_add(&t->timers_fired, 1);
+        uint64_t person = rd_be64(key + 8);
+        const sl_trigger_rule_t *r = rule_by_name(t, (const char *)key + 16, klen - 16);
+        if (r == NULL) continue; /* the rule was removed by a reload */
+        if (r->type == SL_TRIG_ABANDONED_CART) rc = cart_timer(t, txn, r, person, now);
+        else if (r->type == SL_TRIG_INACTIVITY) rc = inact_timer(t, txn, r, person, now);
+        if (rc) return rc;
+    }
+    int64_t due;
+    if ((rc = first_due(t, txn, &due))) return rc;
+    if (due > now + 60000) due = now + 60000; /* retention runs at least once a minute */
+    atomic_store(&t->next_due, due);
+    return wrote;
+}
+
+/* ---- commits and readers ---- */
+
+void sl_trig_after_txn(sl_trig_t *t, int ok)
+{
+    if (ok) {
+        t->prev_committed = t->committed_last;
+        t->committed_last = t->txn_last;
+    } else {
+        t->txn_last = t->committed_last;
+        atomic_store(&t->next_due, sl_now_ms()); /* look again: the aborted txn's timers are gone */
+    }
+}
+
+void sl_trig_synced(sl_trig_t *t, int all)
+{
+    uint64_t d = all ? t->committed_last : t->prev_committed;
+    if (d > atomic_load(&t->durable)) {
+        atomic_store(&t->durable, d);
+        if (t->notify) t->notify(t->notify_arg);
+    }
+}
+
+void sl_trig_set_notify(sl_trig_t *t, void (*cb)(void *), void *arg)
+{
+    t->notify = cb;
+    t->notify_arg = arg;
+}
+
+uint64_t sl_trig_durable_seq(const sl_trig_t *t) { return atomic_load(&t->durable); }
+
+long sl_trig_foreach(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit,
+                     int (*fn)(uint64_t seq, const char *json, size_t len, void *arg), void *arg)
+{
+    uint64_t upto = atomic_load(&t->durable);
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, t->feed, &cur);
+    if (rc) return -1;
+    uint64_t from = after + 1;
+    MDB_val k = {8, &from}, v;
+    long n = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && (size_t)n < limit;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        uint64_t seq;
+        memcpy(&seq, k.mv_data, 8);
+        if (seq > upto || v.mv_size < 8) break;
+        n++;
+        if (fn(seq, (const char *)v.mv_data + 8, v.mv_size - 8, arg)) break;
+    }
+    mdb_cursor_close(cur);
+    return rc == 0 || rc == MDB_NOTFOUND ? n : -1;
+}
+
+typedef struct {
+    sl_buf_t *out;
+    uint64_t *last;
+    int first;
+} read_ctx_t;
+
+static int append_one(uint64_t seq, const char *json, size_t len, void *arg)
+{
+    read_ctx_t *r = arg;
+    if (!r->first) sl_buf_append(r->out, ",", 1);
+    r->first = 0;
+    sl_buf_append(r->out, json, len);
+    *r->last = seq;
+    return 0;
+}
+
+long sl_trig_read(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit, sl_buf_t *out, uint64_t *last)
+{
+    *last = after;
+    read_ctx_t r = {out, last, 1};
+    return sl_trig_foreach(t, txn, after, limit, append_one, &r);
+}
+
+static int cursor_key(sl_buf_t *b, const char *url)
+{
+    b->len = 0;
+    return sl_buf_appends(b, "wh\x1f") || sl_buf_appends(b, url) ? SL_ENOMEM : 0;
+}
+
+int sl_trig_cursor_get(sl_trig_t *t, MDB_txn *txn, const char *url, uint64_t *seq)
+{
+    sl_buf_t b = {0};
+    *seq = 0;
+    if (cursor_key(&b, url)) return SL_ENOMEM;
+    MDB_val k = {b.len, b.data}, v;
+    int rc = mdb_get(txn, t->tmeta, &k, &v);
+    sl_buf_free(&b);
+    if (rc == 0 && v.mv_size == 8) memcpy(seq, v.mv_data, 8);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int sl_trig_cursor_put(sl_trig_t *t, MDB_txn *txn, const char *url, uint64_t seq)
+{
+    sl_buf_t b = {0};
+    if (cursor_key(&b, url)) return SL_ENOMEM;
+    MDB_val k = {b.len, b.data}, v = {8, &seq};
+    int rc = mdb_put(txn, t->tmeta, &k, &v, 0);
+    sl_buf_free(&b);
+    return rc;
+}
+
+int sl_trig_reload_job(MDB_txn *txn, void *arg)
+{
+    (void)txn;
+    sl_trig_reload_t *r = arg;
+    r->trig->cfg = r->cfg;
+    atomic_store(&r->trig->next_due, sl_now_ms()); /* timers of new rule names may be due */
+    return 0;
+}
+
+/* ---- life cycle ---- */
+
+int sl_trig_open(sl_trig_t *t, MDB_txn *txn, int read_only)
+{
+    unsigned c = read_only ? 0 : MDB_CREATE;
+    int rc;
+    if ((rc = mdb_dbi_open(txn, "feed", c | MDB_INTEGERKEY, &t->feed))) return rc;
+    if ((rc = mdb_dbi_open(txn, "timers", c, &t->timers))) return rc;
+    if ((rc = mdb_dbi_open(txn, "tstate", c, &t->tstate))) return rc;
+    if ((rc = mdb_dbi_open(txn, "pressure", c, &t->pressure))) return rc;
+    if ((rc = mdb_dbi_open(txn, "tmeta", c, &t->tmeta))) return rc;
+    MDB_val k = {9, "feed_last"}, v;
+    uint64_t last = 0;
+    if (mdb_get(txn, t->tmeta, &k, &v) == 0 && v.mv_size == 8) memcpy(&last, v.mv_data, 8);
+    t->txn_last = t->committed_last = t->prev_committed = last;
+    atomic_store(&t->durable, last);
+    atomic_store(&t->next_due, sl_now_ms()); /* whatever fell due while the server was down fires now */
+    return 0;
+}
+
+sl_trig_t *sl_trig_new(const sl_config_t *cfg)
+{
+    sl_trig_t *t = calloc(1, sizeof(*t));
+    if (t == NULL) return NULL;
+    t->cfg = cfg;
+    atomic_store(&t->next_due, INT64_MAX);
+    return t;
+}
+
+void sl_trig_free(sl_trig_t *t)
+{
+    if (t == NULL) return;
+    sl_buf_free(&t->k);
+    sl_buf_free(&t->k2);
+    sl_buf_free(&t->v);
+    sl_buf_free(&t->pay);
+    free(t);
+}
+
+void sl_trig_attach(sl_trig_t *t, struct sl_stitch_s *stitch) { t->stitch = stitch; }
+
+void sl_trig_get_stats(const sl_trig_t *t, sl_trig_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->fired = atomic_load(&t->fired);
+    out->suppressed = atomic_load(&t->suppressed);
+    out->timers_fired = atomic_load(&t->timers_fired);
+    for (int i = 0; i < MAX_RULES; i++) {
+        out->fired_by_rule[i] = atomic_load(&t->fired_by_rule[i]);
+        out->suppressed_by_rule[i] = atomic_load(&t->suppressed_by_rule[i]);
+    }
+}
+
+const sl_config_t *sl_trig_config(const sl_trig_t *t) { return t->cfg; }
