@@ -30,6 +30,8 @@ void bclient_base64(const unsigned char *in, size_t n, char *out);
 
 /* `sillage-bench identify ...` (identify.c); argv[0] is "identify". */
 int identify_mode(int argc, char **argv);
+/* `sillage-bench triggers ...` (triggers.c). */
+int triggers_mode(int argc, char **argv);
 
 /* The value of a Prometheus sample "name value" in a /metrics body, or -1. */
 double bclient_metric(const sl_buf_t *metrics, const char *name);

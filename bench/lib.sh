@@ -42,11 +42,11 @@ NG
   taskset -c $SRV_CPU nginx -c "$WORK/nginx.conf"
 }
 
-# start_sillage [durability]
+# start_sillage [durability] [extra config keys, JSON, each followed by a comma]
 start_sillage() {
   cat > "$WORK/sillage.json" <<JS
 {"listen": "127.0.0.1:$SL_PORT", "data_dir": "$WORK/data", "durability": "${1:-sync}",
- "map_size": "4GB", "sources": [{"name": "bench", "write_key": "bench"}],
+ "map_size": "4GB", "sources": [{"name": "bench", "write_key": "bench"}], ${2:-}
  "admin_token": "bench-admin-token", "log_level": "warn",
  "geoip_db": "${GEOIP:-/usr/share/sillage/geo.mmdb}"}
 JS

@@ -645,6 +645,8 @@ static void usage(FILE *f)
             "  sillage-bench check ACKED EXPORT     compare acknowledged ids with `sillage export` output (- = stdin)\n"
             "  sillage-bench identify [--sizes L] [--samples N] URL\n"
             "                                       identify latency against the merged history's length\n"
+            "  sillage-bench triggers [-n N] [--admin TOKEN] URL\n"
+            "                                       hit acknowledged -> trigger readable in the feed\n"
             "options:\n"
             "  -c, --connections N   keep-alive connections (64)\n"
             "  -d, --duration S      seconds to send for (10)\n"
@@ -670,6 +672,7 @@ int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "check") == 0) return check_mode(argv[2], argv[3]);
     if (argc >= 2 && strcmp(argv[1], "identify") == 0) return identify_mode(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "triggers") == 0) return triggers_mode(argc - 1, argv + 1);
     static bench_t bench;
     bench_t *b = &bench;
     opts_t *o = &b->o;

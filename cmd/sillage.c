@@ -5,6 +5,7 @@
 #include "sl_config.h"
 #include "sl_stitch.h"
 #include "sl_triggers.h"
+#include "sl_webhooks.h"
 #include "sl_store.h"
 
 #include <cjson/cJSON.h>
@@ -117,6 +118,7 @@ typedef struct app_s {
     sl_server_t *srv;
     sl_store_t *store;
     sl_trig_t *trig;
+    sl_webhooks_t *webhooks;
     const char *config_path;    /* NULL: the demo default, nothing to reload */
     sl_config_t *rules;         /* the rules of the last reload (heap), or NULL */
     sl_config_t *pending;       /* a reload in flight */
@@ -195,6 +197,7 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     app_t *app = s->data;
     SL_INFO("received %s: finishing in-flight commits, then exiting", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    sl_webhooks_stop(app->webhooks, NULL, NULL); /* its last cursor job goes in before the store drains */
     sl_http_server_stop(app->srv, 10000, on_stopped, app);
 }
 
@@ -257,6 +260,13 @@ static int cmd_serve(int argc, char **argv)
         uv_run(app.loop, UV_RUN_DEFAULT);
         goto out;
     }
+    if ((rc = sl_webhooks_start(&app.webhooks, app.loop, &cfg, store, trig))) {
+        fprintf(stderr, "sillage: cannot start webhook delivery: %s\n", sl_strerror(rc));
+        sl_http_server_stop(app.srv, 0, NULL, NULL);
+        uv_run(app.loop, UV_RUN_DEFAULT);
+        goto out;
+    }
+    sl_http_server_set_webhooks(app.srv, app.webhooks);
     uv_signal_init(app.loop, &app.sigterm);
     uv_signal_init(app.loop, &app.sigint);
     uv_signal_init(app.loop, &app.sighup);
@@ -279,6 +289,7 @@ out:
     sl_store_close(store);
     sl_stitch_free(stitch);
     sl_trig_free(trig);
+    sl_webhooks_free(app.webhooks);
     if (app.rules) {
         sl_config_free(app.rules);
         free(app.rules);

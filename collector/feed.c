@@ -10,6 +10,7 @@
 
 #include "http_int.h"
 #include "sl_triggers.h"
+#include "sl_webhooks.h"
 
 #define MAX_WAIT_S 60
 #define STREAM_PING_MS 15000
@@ -133,7 +134,12 @@ static void wake(sl_server_t *srv)
     }
 }
 
-static void on_feed_async(uv_async_t *a) { wake(a->data); }
+static void on_feed_async(uv_async_t *a)
+{
+    sl_server_t *srv = a->data;
+    wake(srv);
+    sl_webhooks_wake(srv->webhooks);
+}
 
 static void notify_from_writer(void *arg)
 {

@@ -741,6 +741,8 @@ fail:
     return rc;
 }
 
+void sl_http_server_set_webhooks(sl_server_t *srv, struct sl_webhooks_s *w) { srv->webhooks = w; }
+
 int sl_http_server_set_triggers(sl_server_t *srv, struct sl_trig_s *trig)
 {
     srv->trig = trig;

@@ -77,6 +77,7 @@ struct sl_server_s {
     sl_store_t *store;
     struct sl_stitch_s *stitch;   /* NULL: no profiles */
     struct sl_trig_s *trig;       /* NULL: no trigger feed */
+    struct sl_webhooks_s *webhooks; /* NULL: none configured */
     uv_async_t feed_async;        /* the writer made more triggers durable */
     uv_timer_t feed_timer;        /* long-poll deadlines, stream keep-alives */
     conn_t *feed_waiters;         /* long polls and streams */

@@ -10,6 +10,7 @@
 #include "http_int.h"
 #include "sl_stitch.h"
 #include "sl_triggers.h"
+#include "sl_webhooks.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -605,6 +606,21 @@ static void handle_metrics(conn_t *c)
                       "# HELP sillage_trigger_feed_last_seq The last trigger readers can see (durable).\n"
                       "# TYPE sillage_trigger_feed_last_seq gauge\nsillage_trigger_feed_last_seq %llu\n",
                       (unsigned long long)ts.timers_fired, (unsigned long long)sl_trig_durable_seq(srv->trig));
+    }
+    if (srv->webhooks) {
+        sl_webhooks_stats_t ws;
+        sl_webhooks_get_stats(srv->webhooks, &ws);
+        sl_buf_printf(&b,
+                      "# HELP sillage_webhook_deliveries_total Triggers acknowledged (2xx) by a webhook.\n"
+                      "# TYPE sillage_webhook_deliveries_total counter\nsillage_webhook_deliveries_total %llu\n"
+                      "# HELP sillage_webhook_failed_attempts_total Attempts that failed and will be retried.\n"
+                      "# TYPE sillage_webhook_failed_attempts_total counter\nsillage_webhook_failed_attempts_total %llu\n"
+                      "# HELP sillage_webhook_expired_total Triggers given up after the webhook's expire.\n"
+                      "# TYPE sillage_webhook_expired_total counter\nsillage_webhook_expired_total %llu\n"
+                      "# HELP sillage_webhook_in_flight Requests on the wire.\n"
+                      "# TYPE sillage_webhook_in_flight gauge\nsillage_webhook_in_flight %llu\n",
+                      (unsigned long long)ws.delivered, (unsigned long long)ws.failed_attempts,
+                      (unsigned long long)ws.expired, (unsigned long long)ws.in_flight);
     }
     http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "Cache-Control: no-store\r\n",
                  b.data ? b.data : "", b.len);

@@ -43,6 +43,9 @@ void sl_http_server_free(sl_server_t *srv);
 /* Serves the trigger feed of trig (GET /v1/triggers...). Call after start. */
 struct sl_trig_s;
 int sl_http_server_set_triggers(sl_server_t *srv, struct sl_trig_s *trig);
+/* Wakes w when triggers become durable, reports it in /metrics. */
+struct sl_webhooks_s;
+void sl_http_server_set_webhooks(sl_server_t *srv, struct sl_webhooks_s *w);
 
 /* The bound port (useful with port 0). */
 int sl_http_server_port(const sl_server_t *srv);

@@ -517,7 +517,9 @@ static int page_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, co
                       uint64_t person, int64_t now)
 {
     if (m->type != SL_STITCH_PAGE) return 0;
-    const char *subject = r->url[0] == '/' ? m->path : m->url;
+    /* "http://..." and "https://..." patterns match the whole URL, others the path. */
+    int full = strncmp(r->url, "http://", 7) == 0 || strncmp(r->url, "https://", 8) == 0;
+    const char *subject = full ? m->url : m->path;
     if (subject == NULL || !glob_match(r->url, subject)) return 0;
     int64_t ts[1000];
     size_t n = 0;

@@ -2,7 +2,7 @@
 # Smoke run of sillage-bench so the tool cannot rot: a few seconds against the
 # real server, single events, batches and open loop, every acknowledged id
 # checked against `sillage export`; then the check mode must catch a missing
-# and a duplicated id. The identify-latency mode runs once on small sizes.
+# and a duplicated id. The identify-latency and trigger-latency modes run once, small.
 # usage: tests/bench-smoke.sh SILLAGE SILLAGE_BENCH
 set -euo pipefail
 SL="$1"; BENCH="$2"
@@ -11,7 +11,11 @@ PID=""
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$W"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 
-"$SL" serve --listen 127.0.0.1:0 --data "$W/data" 2> "$W/log" &
+cat > "$W/sillage.json" <<JS
+{"listen": "127.0.0.1:0", "data_dir": "$W/data", "sources": [{"name": "demo", "write_key": "demo"}],
+ "admin_token": "smoke-admin", "triggers": [{"name": "bench", "type": "page_visit", "url": "/bench-trigger/*"}]}
+JS
+"$SL" serve -c "$W/sillage.json" 2> "$W/log" &
 PID=$!
 PORT=""
 for _ in $(seq 100); do
@@ -36,6 +40,10 @@ grep -q "401=" "$W/out4" || fail "401 answers not counted"
 "$BENCH" identify --samples 2 --sizes 10,500 "$URL" | tee "$W/out5"
 grep -q "ratio largest/smallest history" "$W/out5" || fail "identify mode gave no ratio"
 [ "$(grep -cE '^ +(10|500) ' "$W/out5")" -eq 2 ] || fail "identify mode: one row per size expected"
+
+"$BENCH" triggers --admin smoke-admin -n 50 "$URL" | tee "$W/out6"
+grep -q "50 triggers, ack -> readable in the feed: p50" "$W/out6" || fail "triggers mode gave no latencies"
+"$BENCH" triggers --admin wrong -n 5 "$URL" > /dev/null 2>&1 && fail "triggers mode must fail without the admin token"
 
 kill -TERM "$PID"; wait "$PID"; PID=""
 "$SL" export --data "$W/data" > "$W/export"

@@ -1,0 +1,47 @@
+/* sl_webhooks.h - delivery of the trigger feed to the configured webhooks
+ * (DESIGN.md "Triggers", docs/TRIGGERS.md).
+ *
+ * Runs on the libuv loop with libcurl's multi interface. Each webhook reads
+ * the durable feed in order from its own cursor, keeps a window of deliveries
+ * in flight, retries a failed one (transport error or non-2xx) with
+ * exponential backoff and jitter until it is acknowledged or older than the
+ * webhook's `expire`, and stores its cursor in LMDB (the highest sequence
+ * below which every trigger is acknowledged or expired). After a restart it
+ * resends what was not acknowledged: at least once, with the same delivery id.
+ *
+ * Each POST carries the trigger JSON as its body and
+ *   X-Sillage-Signature: sha256=<hex HMAC-SHA256 of the body with the secret>
+ *   X-Sillage-Delivery: <trigger id>.<webhook tag>   (the same on every retry)
+ *   X-Sillage-Attempt: <1, 2, ...>
+ */
+#ifndef SL_WEBHOOKS_H
+#define SL_WEBHOOKS_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "sl_config.h"
+#include "sl_store.h"
+#include "sl_triggers.h"
+
+typedef struct sl_webhooks_s sl_webhooks_t;
+
+/* Starts delivering to cfg->webhooks (none: returns 0 and *out NULL). */
+int sl_webhooks_start(sl_webhooks_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store,
+                      sl_trig_t *trig);
+/* More triggers are durable: look at the feed again (loop thread). */
+void sl_webhooks_wake(sl_webhooks_t *w);
+/* Stops: transfers are abandoned (they are resent after a restart), the
+ * cursors already stored stay; cb(arg) once every handle is closed. */
+void sl_webhooks_stop(sl_webhooks_t *w, void (*cb)(void *), void *arg);
+void sl_webhooks_free(sl_webhooks_t *w);
+
+typedef struct sl_webhooks_stats_s {
+    uint64_t delivered, failed_attempts, expired, in_flight;
+} sl_webhooks_stats_t;
+void sl_webhooks_get_stats(const sl_webhooks_t *w, sl_webhooks_stats_t *out);
+
+/* hex HMAC-SHA256 of body with key into out (65 bytes). */
+void sl_hmac_sha256_hex(const char *key, const void *body, size_t len, char out[65]);
+
+#endif

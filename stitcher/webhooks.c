@@ -1,0 +1,535 @@
+/* webhooks.c - see sl_webhooks.h. libcurl's multi interface driven by the
+ * libuv loop: curl tells us which sockets to watch (socket callback) and when
+ * to call it back (timer callback); uv_poll and a uv_timer do the watching. */
+#include "sl_webhooks.h"
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WINDOW 16                 /* deliveries in flight or waiting, per webhook */
+#define PUMP_MS 50                /* how often the feed and retries are looked at */
+#define BACKOFF_BASE_MS 500
+#define BACKOFF_MAX_MS 300000
+#define TIMEOUT_MS 10000          /* one attempt */
+#define MAX_RESPONSE 65536
+
+typedef struct target_s target_t;
+typedef struct sl_webhooks_s sl_webhooks_t;
+
+typedef struct {
+    target_t *t;
+    uint64_t seq;
+    int64_t at_ms;               /* the trigger's time, for expiry */
+    char *body;
+    size_t body_len;
+    char delivery[64];
+    int attempts;
+    int64_t next_ms;             /* next attempt */
+    int state;                   /* D_WAIT, D_FLIGHT, D_DONE */
+    CURL *easy;
+    struct curl_slist *headers;
+    size_t resp_bytes;
+} delivery_t;
+
+enum { D_WAIT, D_FLIGHT, D_DONE };
+
+struct target_s {
+    sl_webhooks_t *w;
+    const sl_webhook_t *cfg;
+    char tag[17];                /* hex of a hash of the URL: part of the delivery id */
+    uint64_t cursor;             /* everything <= cursor acknowledged or expired */
+    uint64_t stored_cursor;      /* what LMDB holds */
+    uint64_t read_upto;          /* the last sequence taken into the window */
+    delivery_t win[WINDOW];
+    int n;                       /* deliveries in win, in sequence order */
+};
+
+typedef struct {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    sl_webhooks_t *w;
+} sock_t;
+
+typedef struct {
+    sl_webhooks_t *w;
+    size_t n;
+    struct { const char *url; uint64_t seq; } c[];
+} cursor_job_t;
+
+struct sl_webhooks_s {
+    uv_loop_t *loop;
+    const sl_config_t *cfg;
+    sl_store_t *store;
+    sl_trig_t *trig;
+    CURLM *multi;
+    uv_timer_t curl_timer, pump;
+    target_t *t;
+    size_t n_t;
+    int handles, stopping;
+    void (*stop_cb)(void *);
+    void *stop_arg;
+    sl_store_batch_t job_batch;
+    cursor_job_t *job;           /* in flight, or NULL */
+    uint64_t delivered, failed_attempts, expired, in_flight;
+};
+
+void sl_hmac_sha256_hex(const char *key, const void *body, size_t len, char out[65])
+{
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    HMAC(EVP_sha256(), key, (int)strlen(key), body, len, mac, &n);
+    for (unsigned i = 0; i < n && i < 32; i++) snprintf(out + 2 * i, 3, "%02x", mac[i]);
+    out[64] = '\0';
+}
+
+static void check_done(sl_webhooks_t *w);
+static void pump(sl_webhooks_t *w);
+
+/* ---- curl <-> libuv ---- */
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    sock_t *s = h->data;
+    int flags = 0, running;
+    if (status < 0) flags = CURL_CSELECT_ERR;
+    if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+    curl_multi_socket_action(s->w->multi, s->fd, flags, &running);
+    check_done(s->w);
+}
+
+static void on_sock_closed(uv_handle_t *h)
+{
+    sock_t *s = h->data;
+    sl_webhooks_t *w = s->w;
+    free(s);
+    if (--w->handles == 0 && w->stopping && w->stop_cb) w->stop_cb(w->stop_arg);
+}
+
+static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    sl_webhooks_t *w = userp;
+    sock_t *s = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            uv_poll_stop(&s->poll);
+            uv_close((uv_handle_t *)&s->poll, on_sock_closed);
+            curl_multi_assign(w->multi, fd, NULL);
+        }
+        return 0;
+    }
+    if (s == NULL) {
+        s = calloc(1, sizeof(*s));
+        if (s == NULL) return -1;
+        s->fd = fd;
+        s->w = w;
+        if (uv_poll_init_socket(w->loop, &s->poll, fd)) {
+            free(s);
+            return -1;
+        }
+        s->poll.data = s;
+        w->handles++;
+        curl_multi_assign(w->multi, fd, s);
+    }
+    int ev = 0;
+    if (what & CURL_POLL_IN) ev |= UV_READABLE;
+    if (what & CURL_POLL_OUT) ev |= UV_WRITABLE;
+    uv_poll_start(&s->poll, ev, on_poll);
+    return 0;
+}
+
+static void on_curl_timer(uv_timer_t *t)
+{
+    sl_webhooks_t *w = t->data;
+    int running;
+    curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(w);
+}
+
+static int timer_cb(CURLM *m, long timeout_ms, void *userp)
+{
+    sl_webhooks_t *w = userp;
+    if (timeout_ms < 0) uv_timer_stop(&w->curl_timer);
+    else uv_timer_start(&w->curl_timer, on_curl_timer, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+static size_t discard_cb(char *p, size_t size, size_t n, void *arg)
+{
+    delivery_t *d = arg;
+    d->resp_bytes += size * n;
+    return d->resp_bytes > MAX_RESPONSE ? 0 : size * n; /* a huge answer aborts the attempt */
+}
+
+/* ---- deliveries ---- */
+
+static void delivery_free(delivery_t *d)
+{
+    if (d->easy) {
+        curl_multi_remove_handle(d->t->w->multi, d->easy);
+        curl_easy_cleanup(d->easy);
+        d->easy = NULL;
+    }
+    curl_slist_free_all(d->headers);
+    d->headers = NULL;
+    free(d->body);
+    d->body = NULL;
+}
+
+static void start_attempt(delivery_t *d)
+{
+    target_t *t = d->t;
+    sl_webhooks_t *w = t->w;
+    char sig[65], h[160];
+    sl_hmac_sha256_hex(t->cfg->secret, d->body, d->body_len, sig);
+    curl_slist_free_all(d->headers);
+    d->headers = NULL;
+    d->headers = curl_slist_append(d->headers, "Content-Type: application/json");
+    snprintf(h, sizeof(h), "X-Sillage-Signature: sha256=%s", sig);
+    d->headers = curl_slist_append(d->headers, h);
+    snprintf(h, sizeof(h), "X-Sillage-Delivery: %s", d->delivery);
+    d->headers = curl_slist_append(d->headers, h);
+    snprintf(h, sizeof(h), "X-Sillage-Attempt: %d", d->attempts + 1);
+    d->headers = curl_slist_append(d->headers, h);
+    d->headers = curl_slist_append(d->headers, "Expect:");
+    CURL *e = curl_easy_init();
+    if (e == NULL || d->headers == NULL) {
+        if (e) curl_easy_cleanup(e);
+        d->next_ms = sl_now_ms() + BACKOFF_BASE_MS;
+        return;
+    }
+    curl_easy_setopt(e, CURLOPT_URL, t->cfg->url);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, d->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)d->body_len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, d->headers);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "sillage-webhook/" SL_VERSION);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)TIMEOUT_MS);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, d);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, d);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (t->cfg->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, t->cfg->ca_file);
+    d->resp_bytes = 0;
+    d->easy = e;
+    d->state = D_FLIGHT;
+    w->in_flight++;
+    if (curl_multi_add_handle(w->multi, e) != CURLM_OK) {
+        curl_easy_cleanup(e);
+        d->easy = NULL;
+        d->state = D_WAIT;
+        w->in_flight--;
+        d->next_ms = sl_now_ms() + BACKOFF_BASE_MS;
+    }
+}
+
+static int64_t backoff_ms(int attempts)
+{
+    int64_t b = BACKOFF_BASE_MS;
+    for (int i = 1; i < attempts && b < BACKOFF_MAX_MS; i++) b *= 2;
+    if (b > BACKOFF_MAX_MS) b = BACKOFF_MAX_MS;
+    uint32_t r;
+    sl_random_bytes(&r, sizeof(r));
+    return b * 3 / 4 + (int64_t)(r % (uint32_t)(b / 2 + 1)); /* +-25 % jitter */
+}
+
+static void finish_attempt(delivery_t *d, CURLcode res)
+{
+    sl_webhooks_t *w = d->t->w;
+    long code = 0;
+    curl_easy_getinfo(d->easy, CURLINFO_RESPONSE_CODE, &code);
+    curl_multi_remove_handle(w->multi, d->easy);
+    curl_easy_cleanup(d->easy);
+    d->easy = NULL;
+    w->in_flight--;
+    d->attempts++;
+    if (res == CURLE_OK && code >= 200 && code < 300) {
+        d->state = D_DONE;
+        w->delivered++;
+        SL_DEBUG("webhook %s: delivered trigger %llu (attempt %d)", d->t->cfg->url, (unsigned long long)d->seq,
+                 d->attempts);
+        return;
+    }
+    w->failed_attempts++;
+    d->state = D_WAIT;
+    d->next_ms = sl_now_ms() + backoff_ms(d->attempts);
+    SL_INFO("webhook %s: trigger %llu attempt %d failed (%s, HTTP %ld); next in %lld ms", d->t->cfg->url,
+            (unsigned long long)d->seq, d->attempts, res == CURLE_OK ? "answered" : curl_easy_strerror(res), code,
+            (long long)(d->next_ms - sl_now_ms()));
+}
+
+static void check_done(sl_webhooks_t *w)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(w->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE) continue;
+        delivery_t *d = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&d);
+        if (d) finish_attempt(d, m->data.result);
+    }
+}
+
+/* ---- the feed side ---- */
+
+typedef struct {
+    target_t *t;
+    int room;
+} fill_ctx_t;
+
+static int rule_wanted(const sl_webhook_t *h, const char *rule)
+{
+    if (h->n_rules == 0) return 1;
+    for (size_t i = 0; i < h->n_rules; i++)
+        if (strcmp(h->rules[i], rule) == 0) return 1;
+    return 0;
+}
+
+static int take_one(uint64_t seq, const char *json, size_t len, void *arg)
+{
+    fill_ctx_t *f = arg;
+    target_t *t = f->t;
+    t->read_upto = seq;
+    cJSON *doc = cJSON_ParseWithLength(json, len);
+    const cJSON *rule = cJSON_GetObjectItemCaseSensitive(doc, "rule");
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
+    const cJSON *at = cJSON_GetObjectItemCaseSensitive(doc, "at");
+    delivery_t *d = &t->win[t->n++];
+    memset(d, 0, sizeof(*d));
+    d->t = t;
+    d->seq = seq;
+    if (!cJSON_IsString(rule) || !rule_wanted(t->cfg, rule->valuestring)) {
+        d->state = D_DONE; /* not for this webhook: only moves the cursor */
+    } else {
+        d->body = malloc(len);
+        if (d->body) memcpy(d->body, json, len);
+        d->body_len = len;
+        snprintf(d->delivery, sizeof(d->delivery), "%s.%s", cJSON_IsString(id) ? id->valuestring : "?", t->tag);
+        d->at_ms = sl_now_ms();
+        if (cJSON_IsString(at)) sl_time_parse_iso(at->valuestring, strlen(at->valuestring), &d->at_ms);
+        d->state = d->body ? D_WAIT : D_DONE;
+        d->next_ms = 0;
+    }
+    cJSON_Delete(doc);
+    return --f->room > 0 ? 0 : 1;
+}
+
+static int fill_read(MDB_txn *txn, void *arg)
+{
+    fill_ctx_t *f = arg;
+    return sl_trig_foreach(f->t->w->trig, txn, f->t->read_upto, (size_t)f->room, take_one, f) < 0 ? SL_ESTORE : 0;
+}
+
+static void cursor_done(sl_store_batch_t *b)
+{
+    cursor_job_t *j = b->data;
+    sl_webhooks_t *w = j->w;
+    if (b->rc == 0)
+        for (size_t i = 0; i < w->n_t && i < j->n; i++) w->t[i].stored_cursor = j->c[i].seq;
+    free(j);
+    w->job = NULL;
+}
+
+static int cursor_job(MDB_txn *txn, void *arg)
+{
+    cursor_job_t *j = arg;
+    for (size_t i = 0; i < j->n; i++) {
+        int rc = sl_trig_cursor_put(j->w->trig, txn, j->c[i].url, j->c[i].seq);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* Stores the cursors that moved, one job at a time. */
+static void save_cursors(sl_webhooks_t *w)
+{
+    if (w->job) return;
+    int dirty = 0;
+    for (size_t i = 0; i < w->n_t; i++) dirty |= w->t[i].cursor != w->t[i].stored_cursor;
+    if (!dirty) return;
+    cursor_job_t *j = malloc(sizeof(*j) + w->n_t * sizeof(j->c[0]));
+    if (j == NULL) return;
+    j->w = w;
+    j->n = w->n_t;
+    for (size_t i = 0; i < w->n_t; i++) {
+        j->c[i].url = w->t[i].cfg->url;
+        j->c[i].seq = w->t[i].cursor;
+    }
+    w->job_batch = (sl_store_batch_t){.job = cursor_job, .job_arg = j, .done = cursor_done, .data = j};
+    w->job = j;
+    if (sl_store_submit(w->store, &w->job_batch)) { /* busy: next pump tries again */
+        free(j);
+        w->job = NULL;
+    }
+}
+
+static void pump_target(target_t *t, int64_t now)
+{
+    sl_webhooks_t *w = t->w;
+    /* retire the acknowledged prefix */
+    int k = 0;
+    while (k < t->n && t->win[k].state == D_DONE) {
+        t->cursor = t->win[k].seq;
+        delivery_free(&t->win[k]);
+        k++;
+    }
+    if (k) {
+        memmove(t->win, t->win + k, (size_t)(t->n - k) * sizeof(t->win[0]));
+        t->n -= k;
+        for (int i = 0; i < t->n; i++) /* curl holds pointers to the moved deliveries */
+            if (t->win[i].easy) curl_easy_setopt(t->win[i].easy, CURLOPT_PRIVATE, &t->win[i]),
+                                curl_easy_setopt(t->win[i].easy, CURLOPT_WRITEDATA, &t->win[i]);
+    }
+    if (t->n == 0) t->cursor = t->read_upto > t->cursor ? t->read_upto : t->cursor;
+    /* take more from the feed */
+    if (t->n < WINDOW && sl_trig_durable_seq(w->trig) > t->read_upto) {
+        fill_ctx_t f = {t, WINDOW - t->n};
+        sl_store_read(w->store, fill_read, &f);
+    }
+    for (int i = 0; i < t->n; i++) {
+        delivery_t *d = &t->win[i];
+        if (d->state != D_WAIT || d->next_ms > now) continue;
+        if (t->cfg->expire_ms > 0 && now - d->at_ms > t->cfg->expire_ms) {
+            SL_WARN("webhook %s: trigger %llu expired after %d attempts", t->cfg->url, (unsigned long long)d->seq,
+                    d->attempts);
+            d->state = D_DONE;
+            w->expired++;
+            continue;
+        }
+        start_attempt(d);
+    }
+}
+
+static void pump(sl_webhooks_t *w)
+{
+    if (w->stopping) return;
+    int64_t now = sl_now_ms();
+    for (size_t i = 0; i < w->n_t; i++) pump_target(&w->t[i], now);
+    save_cursors(w);
+}
+
+static void on_pump(uv_timer_t *t) { pump(t->data); }
+
+void sl_webhooks_wake(sl_webhooks_t *w)
+{
+    if (w) pump(w);
+}
+
+typedef struct {
+    sl_webhooks_t *w;
+    int rc;
+} load_ctx_t;
+
+static int load_cursors(MDB_txn *txn, void *arg)
+{
+    load_ctx_t *l = arg;
+    for (size_t i = 0; i < l->w->n_t; i++) {
+        target_t *t = &l->w->t[i];
+        if ((l->rc = sl_trig_cursor_get(l->w->trig, txn, t->cfg->url, &t->cursor))) return l->rc;
+        t->stored_cursor = t->read_upto = t->cursor;
+    }
+    return 0;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    sl_webhooks_t *w = h->data;
+    if (--w->handles == 0 && w->stopping && w->stop_cb) w->stop_cb(w->stop_arg);
+}
+
+int sl_webhooks_start(sl_webhooks_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store,
+                      sl_trig_t *trig)
+{
+    *out = NULL;
+    if (cfg->n_webhooks == 0) return 0;
+    static int curl_ready;
+    if (!curl_ready) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return SL_ENOMEM;
+        curl_ready = 1;
+    }
+    sl_webhooks_t *w = calloc(1, sizeof(*w));
+    if (w == NULL) return SL_ENOMEM;
+    w->loop = loop;
+    w->cfg = cfg;
+    w->store = store;
+    w->trig = trig;
+    w->n_t = cfg->n_webhooks;
+    w->t = calloc(w->n_t, sizeof(target_t));
+    w->multi = curl_multi_init();
+    if (w->t == NULL || w->multi == NULL) {
+        sl_webhooks_free(w);
+        return SL_ENOMEM;
+    }
+    for (size_t i = 0; i < w->n_t; i++) {
+        target_t *t = &w->t[i];
+        t->w = w;
+        t->cfg = &cfg->webhooks[i];
+        sl_hash128_t h = sl_hash128(t->cfg->url, strlen(t->cfg->url), 7);
+        snprintf(t->tag, sizeof(t->tag), "%016llx", (unsigned long long)h.lo);
+    }
+    load_ctx_t l = {w, 0};
+    int rc = sl_store_read(store, load_cursors, &l);
+    if (rc) {
+        sl_webhooks_free(w);
+        return rc;
+    }
+    curl_multi_setopt(w->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+    curl_multi_setopt(w->multi, CURLMOPT_SOCKETDATA, w);
+    curl_multi_setopt(w->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(w->multi, CURLMOPT_TIMERDATA, w);
+    uv_timer_init(loop, &w->curl_timer);
+    w->curl_timer.data = w;
+    uv_timer_init(loop, &w->pump);
+    w->pump.data = w;
+    w->handles = 2;
+    uv_timer_start(&w->pump, on_pump, 0, PUMP_MS);
+    for (size_t i = 0; i < w->n_t; i++)
+        SL_INFO("webhook %s: delivering triggers after %llu", w->t[i].cfg->url, (unsigned long long)w->t[i].cursor);
+    *out = w;
+    return 0;
+}
+
+void sl_webhooks_stop(sl_webhooks_t *w, void (*cb)(void *), void *arg)
+{
+    if (w == NULL || w->stopping) return;
+    /* Acknowledged deliveries move the cursor one last time. */
+    for (size_t i = 0; i < w->n_t; i++) {
+        target_t *t = &w->t[i];
+        for (int k = 0; k < t->n && t->win[k].state == D_DONE; k++) t->cursor = t->win[k].seq;
+    }
+    save_cursors(w);
+    w->stopping = 1;
+    w->stop_cb = cb;
+    w->stop_arg = arg;
+    for (size_t i = 0; i < w->n_t; i++)
+        for (int k = 0; k < w->t[i].n; k++) delivery_free(&w->t[i].win[k]); /* sockets close via sock_cb */
+    for (size_t i = 0; i < w->n_t; i++) w->t[i].n = 0;
+    uv_timer_stop(&w->pump);
+    uv_timer_stop(&w->curl_timer);
+    uv_close((uv_handle_t *)&w->pump, on_handle_closed);
+    uv_close((uv_handle_t *)&w->curl_timer, on_handle_closed);
+}
+
+void sl_webhooks_free(sl_webhooks_t *w)
+{
+    if (w == NULL) return;
+    if (w->multi) curl_multi_cleanup(w->multi);
+    free(w->t);
+    free(w);
+}
+
+void sl_webhooks_get_stats(const sl_webhooks_t *w, sl_webhooks_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (w == NULL) return;
+    out->delivered = w->delivered;
+    out->failed_attempts = w->failed_attempts;
+    out->expired = w->expired;
+    out->in_flight = w->in_flight;
+}

@@ -1,0 +1,318 @@
+// triggers.test.mjs - trigger rules, the durable feed (long poll, SSE) and
+// signed webhooks, black-box against the real server with delays of seconds.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import https from 'node:https';
+import { createHmac } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { startServer, post, ADMIN, tempDir } from './helpers.mjs';
+
+const bearer = { Authorization: 'Bearer ' + ADMIN };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const RULES = [
+  { name: 'cart', type: 'abandoned_cart', delay: '1s' },
+  { name: 'pricing', type: 'page_visit', url: '/pricing*', min_count: 2, within: '1h' },
+  { name: 'dormant', type: 'inactivity', after: '2s' },
+  { name: 'plan', type: 'trait_change', trait: 'plan' },
+];
+
+async function feed(srv, after = 0, extra = '') {
+  const res = await fetch(`${srv.url}/v1/triggers?after=${after}&limit=1000${extra}`, { headers: bearer });
+  assert.equal(res.status, 200);
+  return res.json();
+}
+// Triggers of one profile (by user id or anonymous person) after `after`.
+async function triggersFor(srv, userId, after = 0) {
+  const { triggers } = await feed(srv, after);
+  return triggers.filter((t) => t.profile.user_id === userId);
+}
+// Waits (long poll) until pred holds over the whole feed, or the deadline.
+async function waitFor(srv, pred, ms = 8000) {
+  const end = Date.now() + ms;
+  let all = [];
+  let next = 0;
+  while (Date.now() < end) {
+    const page = await feed(srv, next, '&wait=1');
+    all = all.concat(page.triggers);
+    next = page.next;
+    if (pred(all)) return all;
+  }
+  return all;
+}
+const ok = async (srv, type, msg) => {
+  const r = await post(srv, '/v1/' + type, msg);
+  assert.equal(r.status, 200, r.text);
+};
+const added = (product_id, price, quantity = 1) =>
+  ({ event: 'Product Added', properties: { product_id, name: 'Item ' + product_id, price, quantity, currency: 'EUR' } });
+
+let srv;
+before(async () => { srv = await startServer({ config: { triggers: RULES, pressure: { max_per_profile_per_day: 20 } } }); });
+after(async () => { await srv.stop(); srv.cleanup(); });
+
+test('the feed needs the admin token', async () => {
+  assert.equal((await fetch(srv.url + '/v1/triggers')).status, 401);
+  assert.equal((await fetch(srv.url + '/v1/triggers', { headers: { Authorization: 'Bearer nope' } })).status, 401);
+  assert.equal((await fetch(srv.url + '/v1/triggers/stream')).status, 401);
+  const r = await fetch(srv.url + '/v1/triggers?limit=abc', { headers: bearer });
+  assert.equal(r.status, 400);
+});
+
+test('a cart built anonymously fires once the visitor logs in, with the cart', async () => {
+  await ok(srv, 'track', { anonymousId: 'cart-a1', ...added('sku-1', 20, 2) });
+  await ok(srv, 'track', { anonymousId: 'cart-a1', ...added('sku-2', 5) });
+  await sleep(1800); // the delay passes while the visitor is anonymous
+  assert.equal((await feed(srv)).triggers.filter((t) => t.rule === 'cart' && t.profile.id && !t.profile.user_id
+    && t.data.products.some((p) => p.product_id === 'sku-1')).length, 0, 'an anonymous cart must wait for an identity');
+  await ok(srv, 'identify', { anonymousId: 'cart-a1', userId: 'cart-u1', traits: { email: 'Cart.U1@Example.com' } });
+  const all = await waitFor(srv, (ts) => ts.some((t) => t.rule === 'cart' && t.profile.user_id === 'cart-u1'));
+  const mine = all.filter((t) => t.rule === 'cart' && t.profile.user_id === 'cart-u1');
+  assert.equal(mine.length, 1);
+  const t = mine[0];
+  assert.equal(t.type, 'abandoned_cart');
+  assert.equal(t.profile.email, 'cart.u1@example.com');
+  assert.deepEqual(t.data.products.map((p) => [p.product_id, p.quantity, p.price]), [['sku-1', 2, 20], ['sku-2', 1, 5]]);
+  assert.equal(t.data.value, 45);
+  assert.equal(t.data.currency, 'EUR');
+  assert.ok(Date.parse(t.data.abandoned_at) >= Date.parse(t.data.last_activity_at) + 1000);
+  assert.ok(Number.isInteger(t.seq) && typeof t.id === 'string' && t.at);
+  // fires at most once per cart
+  await ok(srv, 'page', { userId: 'cart-u1', name: 'Home' });
+  await sleep(1500);
+  assert.equal((await triggersFor(srv, 'cart-u1')).filter((x) => x.rule === 'cart').length, 1);
+});
+
+test('an anonymous cart merged into a known customer on another device fires for the customer', async () => {
+  await ok(srv, 'identify', { anonymousId: 'cart-phone', userId: 'cart-u2', traits: { email: 'u2@example.com' } });
+  await ok(srv, 'track', { anonymousId: 'cart-laptop', ...added('sku-9', 99) });
+  await sleep(1500);
+  await ok(srv, 'identify', { anonymousId: 'cart-laptop', userId: 'cart-u2' }); // merge laptop into the customer
+  const all = await waitFor(srv, (ts) => ts.some((t) => t.rule === 'cart' && t.profile.user_id === 'cart-u2'));
+  const mine = all.filter((t) => t.rule === 'cart' && t.profile.user_id === 'cart-u2');
+  assert.equal(mine.length, 1);
+  assert.deepEqual(mine[0].data.products.map((p) => p.product_id), ['sku-9']);
+});
+
+test('a cart followed by an order does not fire; an identified cart fires after the delay', async () => {
+  await ok(srv, 'track', { userId: 'cart-buyer', ...added('sku-3', 10) });
+  await ok(srv, 'track', { userId: 'cart-buyer', event: 'Order Completed', properties: { revenue: 10, currency: 'EUR' } });
+  await ok(srv, 'track', { userId: 'cart-leaver', ...added('sku-4', 7) });
+  const all = await waitFor(srv, (ts) => ts.some((t) => t.rule === 'cart' && t.profile.user_id === 'cart-leaver'));
+  assert.equal(all.filter((t) => t.rule === 'cart' && t.profile.user_id === 'cart-leaver').length, 1);
+  await sleep(300);
+  assert.equal((await triggersFor(srv, 'cart-buyer')).filter((t) => t.rule === 'cart').length, 0);
+});
+
+test('page visit with a minimum count', async () => {
+  await ok(srv, 'page', { userId: 'pv-u1', properties: { path: '/pricing', url: 'https://shop.example/pricing' } });
+  await ok(srv, 'page', { userId: 'pv-u1', properties: { path: '/about' } });
+  assert.equal((await triggersFor(srv, 'pv-u1')).filter((t) => t.rule === 'pricing').length, 0);
+  await ok(srv, 'page', { userId: 'pv-u1', context: { page: { url: 'https://shop.example/pricing/teams?x=1' } } });
+  const got = (await triggersFor(srv, 'pv-u1')).filter((t) => t.rule === 'pricing');
+  assert.equal(got.length, 1, 'the trigger is readable as soon as the hit is acknowledged');
+  assert.equal(got[0].data.count, 2);
+  assert.equal(got[0].data.path, '/pricing/teams');
+});
+
+test('trait change carries the old and new value; a first value does not fire', async () => {
+  await ok(srv, 'identify', { userId: 'tc-u1', traits: { plan: 'free' } });
+  await ok(srv, 'identify', { userId: 'tc-u1', traits: { plan: 'free', name: 'x' } });
+  await ok(srv, 'identify', { userId: 'tc-u1', traits: { plan: 'pro' } });
+  const got = (await triggersFor(srv, 'tc-u1')).filter((t) => t.rule === 'plan');
+  assert.equal(got.length, 1);
+  assert.deepEqual(got[0].data, { trait: 'plan', old: 'free', new: 'pro' });
+  assert.equal(got[0].profile.traits.plan, 'pro');
+});
+
+test('inactivity fires after the configured quiet time, once', async () => {
+  await ok(srv, 'track', { userId: 'in-u1', event: 'Logged In' });
+  const all = await waitFor(srv, (ts) => ts.some((t) => t.rule === 'dormant' && t.profile.user_id === 'in-u1'), 8000);
+  const got = all.filter((t) => t.rule === 'dormant' && t.profile.user_id === 'in-u1');
+  assert.equal(got.length, 1);
+  assert.ok(got[0].data.inactive_seconds >= 2);
+  await sleep(2500);
+  assert.equal((await triggersFor(srv, 'in-u1')).filter((t) => t.rule === 'dormant').length, 1);
+});
+
+test('long poll returns as soon as a trigger is durable; SSE resumes after Last-Event-ID', async () => {
+  const { next } = await feed(srv);
+  const t0 = Date.now();
+  const poll = feed(srv, next, '&wait=10');
+  await sleep(200);
+  await ok(srv, 'page', { userId: 'lp-u1', properties: { path: '/pricing' } });
+  await ok(srv, 'page', { userId: 'lp-u1', properties: { path: '/pricing' } });
+  const page = await poll;
+  assert.ok(Date.now() - t0 < 5000, 'the poll did not wait for its deadline');
+  assert.ok(page.triggers.length >= 1 && page.triggers[0].seq === next + 1);
+
+  const ctrl = new AbortController();
+  const res = await fetch(srv.url + '/v1/triggers/stream', {
+    headers: { ...bearer, 'Last-Event-ID': String(next) }, signal: ctrl.signal });
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type'), /text\/event-stream/);
+  const reader = res.body.getReader();
+  let text = '';
+  const deadline = Date.now() + 5000;
+  while (!text.includes(`id: ${next + 1}\n`) && Date.now() < deadline) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += Buffer.from(value).toString();
+  }
+  ctrl.abort();
+  assert.match(text, new RegExp(`id: ${next + 1}\nevent: trigger\ndata: \\{"seq":${next + 1},`));
+  assert.ok(!text.includes(`id: ${next}\n`), 'nothing at or before Last-Event-ID');
+});
+
+test('the pressure cap suppresses the N+1th trigger and counts it', async () => {
+  const dir = tempDir();
+  const s2 = await startServer({ dir, config: {
+    triggers: [{ name: 'any', type: 'page_visit', url: '*' }, { name: 'two', type: 'page_visit', url: '/two', max_per_profile_per_day: 1 }],
+    pressure: { max_per_profile_per_day: 3 } } });
+  try {
+    for (let i = 0; i < 3; i++) await ok(s2, 'page', { userId: 'cap-u1', properties: { path: '/x' + i } });
+    await ok(s2, 'page', { userId: 'cap-u1', properties: { path: '/y' } });
+    await ok(s2, 'page', { userId: 'cap-u2', properties: { path: '/two' } }); // any + two
+    await ok(s2, 'page', { userId: 'cap-u2', properties: { path: '/two' } }); // any; two capped per rule
+    const { triggers } = await feed(s2);
+    assert.equal(triggers.filter((t) => t.profile.user_id === 'cap-u1').length, 3);
+    const u2 = triggers.filter((t) => t.profile.user_id === 'cap-u2').map((t) => t.rule).sort();
+    assert.deepEqual(u2, ['any', 'any', 'two']);
+    const m = await (await fetch(s2.url + '/metrics')).text();
+    assert.match(m, /sillage_triggers_suppressed_total\{rule="any"\} 1\n/);
+    assert.match(m, /sillage_triggers_suppressed_total\{rule="two"\} 1\n/);
+  } finally { await s2.stop(); s2.cleanup(); }
+});
+
+test('a timer pending at shutdown fires after the restart; SIGHUP reloads rules', async () => {
+  const dir = tempDir();
+  const config = { triggers: [{ name: 'cart', type: 'abandoned_cart', delay: '2s' }] };
+  let s2 = await startServer({ dir, config });
+  try {
+    await ok(s2, 'track', { userId: 'rs-u1', ...added('sku-r', 3) });
+    await s2.stop();
+    await sleep(2500); // due while the server is down
+    s2 = await startServer({ dir, config });
+    const all = await waitFor(s2, (ts) => ts.some((t) => t.profile.user_id === 'rs-u1'), 5000);
+    assert.equal(all.filter((t) => t.rule === 'cart' && t.profile.user_id === 'rs-u1').length, 1);
+
+    // reload: a new rule, the cart rule kept with its pending timer
+    await ok(s2, 'track', { userId: 'rs-u2', ...added('sku-s', 4) });
+    const cfg = JSON.parse(readFileSync(s2.cfgPath, 'utf8'));
+    cfg.triggers.push({ name: 'docs', type: 'page_visit', url: '/docs/*' });
+    writeFileSync(s2.cfgPath, JSON.stringify(cfg));
+    s2.child.kill('SIGHUP');
+    await sleep(300);
+    await ok(s2, 'page', { userId: 'rs-u3', properties: { path: '/docs/api' } });
+    const after2 = await waitFor(s2, (ts) => ts.some((t) => t.profile.user_id === 'rs-u2'), 6000);
+    assert.equal(after2.filter((t) => t.rule === 'docs' && t.profile.user_id === 'rs-u3').length, 1);
+    assert.equal(after2.filter((t) => t.rule === 'cart' && t.profile.user_id === 'rs-u2').length, 1);
+  } finally { await s2.stop(); s2.cleanup(); }
+});
+
+// A webhook receiver on loopback that fails the first `failFirst` attempts of
+// each delivery, checks every signature and records what it saw.
+function receiver({ secret, failFirst = 2, tls = null }) {
+  const seen = new Map(); // delivery id -> [{attempt, body}]
+  const bad = [];
+  let failAll = false;
+  const handler = (req, res) => {
+    let body = '';
+    req.on('data', (d) => { body += d; });
+    req.on('end', () => {
+      const id = req.headers['x-sillage-delivery'];
+      const sig = req.headers['x-sillage-signature'];
+      const want = 'sha256=' + createHmac('sha256', secret).update(body).digest('hex');
+      if (sig !== want) bad.push({ id, sig });
+      if (!seen.has(id)) seen.set(id, []);
+      const list = seen.get(id);
+      list.push({ attempt: Number(req.headers['x-sillage-attempt']), body });
+      const fail = failAll || list.length <= failFirst;
+      res.writeHead(fail ? 503 : 204);
+      res.end();
+    });
+  };
+  const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+    server, seen, bad, port: server.address().port,
+    setFailAll(v) { failAll = v; },
+    delivered() { return [...seen.values()].filter((l) => l.length > failFirst || (!failAll && l.length > 0)); },
+    close() { return new Promise((r) => { server.closeAllConnections?.(); server.close(r); }); },
+  })));
+}
+
+test('webhooks: signed, retried with the same delivery id, resent after a restart', async () => {
+  const secret = 'hook-secret';
+  const rx = await receiver({ secret, failFirst: 2 });
+  const dir = tempDir();
+  const config = {
+    triggers: [{ name: 'any', type: 'page_visit', url: '/wh/*' }, { name: 'other', type: 'page_visit', url: '/no/*' }],
+    webhooks: [{ url: `http://127.0.0.1:${rx.port}/hook`, secret, rules: ['any'], expire: '1h' }],
+  };
+  let s2 = await startServer({ dir, config });
+  try {
+    for (let i = 0; i < 3; i++) await ok(s2, 'page', { userId: 'wh-u' + i, properties: { path: '/wh/' + i } });
+    await ok(s2, 'page', { userId: 'wh-x', properties: { path: '/no/1' } }); // not for this webhook
+    const end = Date.now() + 15000;
+    const acked = () => [...rx.seen.values()].filter((l) => l.length >= 3).length;
+    while (acked() < 3 && Date.now() < end) await sleep(100);
+    assert.equal(acked(), 3, 'each trigger acknowledged after two failures');
+    assert.equal(rx.bad.length, 0, 'every signature verifies');
+    for (const [id, list] of rx.seen) {
+      assert.deepEqual(list.map((a) => a.attempt), [1, 2, 3], id);
+      assert.ok(list.every((a) => a.body === list[0].body));
+      assert.equal(JSON.parse(list[0].body).rule, 'any');
+    }
+
+    // The receiver fails everything; sillage restarts; then it recovers:
+    // the unacknowledged trigger is resent with the same delivery id.
+    rx.setFailAll(true);
+    await ok(s2, 'page', { userId: 'wh-late', properties: { path: '/wh/late' } });
+    const idOf = () => [...rx.seen.entries()].find(([, l]) => JSON.parse(l[0].body).profile.user_id === 'wh-late')?.[0];
+    while (!idOf() && Date.now() < end + 5000) await sleep(50);
+    const lateId = idOf();
+    assert.ok(lateId, 'the new trigger was attempted');
+    await s2.stop();
+    const n0 = rx.seen.get(lateId).length;
+    rx.setFailAll(false);
+    s2 = await startServer({ dir, config });
+    const end2 = Date.now() + 10000;
+    while (Date.now() < end2 && rx.seen.get(lateId).length <= n0) await sleep(100);
+    await sleep(300);
+    const list = rx.seen.get(lateId);
+    assert.ok(list.length > n0, 'resent after the restart under the same delivery id');
+    assert.equal(list.at(-1).attempt, 1, 'attempts count from 1 again in the new process');
+    assert.equal(list.filter((a) => a.body === list[0].body).length, list.length);
+    // nothing already acknowledged came back with a new id
+    assert.equal(rx.seen.size, 4);
+    // it is acknowledged in the end (the receiver still fails its first two attempts)
+    let m = '';
+    const end3 = Date.now() + 10000;
+    while (Date.now() < end3 && !/sillage_webhook_deliveries_total [1-9]/.test(m)) {
+      await sleep(100);
+      m = await (await fetch(s2.url + '/metrics')).text();
+    }
+    assert.match(m, /sillage_webhook_deliveries_total 1\n/);
+  } finally { await s2.stop(); s2.cleanup(); await rx.close(); }
+});
+
+test('webhooks over HTTPS with the receiver\'s CA', async () => {
+  const dir = tempDir();
+  const key = join(dir, 'key.pem'), cert = join(dir, 'cert.pem');
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert,
+    '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+  const secret = 'tls-secret';
+  const rx = await receiver({ secret, failFirst: 0, tls: { key: readFileSync(key), cert: readFileSync(cert) } });
+  const s2 = await startServer({ dir, config: {
+    triggers: [{ name: 'any', type: 'page_visit', url: '*' }],
+    webhooks: [{ url: `https://127.0.0.1:${rx.port}/hook`, secret, ca_file: cert }] } });
+  try {
+    await ok(s2, 'page', { userId: 'tls-u1', properties: { path: '/' } });
+    const end = Date.now() + 8000;
+    while (rx.seen.size < 1 && Date.now() < end) await sleep(50);
+    assert.equal(rx.seen.size, 1);
+    assert.equal(rx.bad.length, 0);
+  } finally { await s2.stop(); s2.cleanup(); await rx.close(); }
+});
