@@ -45,9 +45,9 @@ static void erase_done(sl_store_batch_t *b)
         char out[256];
         int n = snprintf(out, sizeof(out),
                          "{\"success\":true,\"erased\":{\"person\":\"%s\",\"events\":%llu,\"identities\":%llu,"
-                         "\"journal_entries\":%llu}}",
+                         "\"journal_entries\":%llu,\"triggers\":%llu}}",
                          e->person, (unsigned long long)e->events, (unsigned long long)e->identities,
-                         (unsigned long long)e->journal);
+                         (unsigned long long)e->journal, (unsigned long long)e->triggers);
         http_respond(c, 200, "application/json", "Cache-Control: no-store\r\n", out, (size_t)n);
     }
     free(e);

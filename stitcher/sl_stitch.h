@@ -101,6 +101,7 @@ typedef struct sl_stitch_erase_s {
     int found;                 /* out */
     char person[32];           /* out */
     uint64_t events, identities, journal; /* out: what was erased */
+    uint64_t triggers;         /* out: feed entries about the person */
 } sl_stitch_erase_t;
 int sl_stitch_erase_job(MDB_txn *txn, void *arg);
 

@@ -51,6 +51,9 @@ int sl_trig_event(sl_trig_t *t, MDB_txn *txn, const struct sl_stitch_msg_s *m, u
                   int64_t now_ms);
 /* absorbed was merged into survivor: its rule states move. */
 int sl_trig_merge(sl_trig_t *t, MDB_txn *txn, uint64_t survivor, uint64_t absorbed);
+/* Erasure: the rule states of person and every feed entry about it go;
+ * *n_feed gets how many feed entries. */
+int sl_trig_forget(sl_trig_t *t, MDB_txn *txn, uint64_t person, uint64_t *n_feed);
 /* A trait of person changed (old NULL when it had no value). */
 int sl_trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *name, const cJSON *old_v,
                   const cJSON *new_v, int64_t now_ms);

@@ -970,6 +970,7 @@ int sl_stitch_erase_job(MDB_txn *txn, void *arg)
     MDB_val k = {8, &p.id};
     if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
     rc = mdb_del(txn, s->persons, &k, NULL);
+    if (rc == 0 && s->trig) rc = sl_trig_forget(s->trig, txn, p.id, &e->triggers);
 out:
     person_free(&p);
     return rc;

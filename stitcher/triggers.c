@@ -6,6 +6,7 @@
  * (due_ms) and whether a timer is pending (timer_ms). New activity only moves
  * due_ms forward; the pending timer, when it fires, sees the later due_ms and
  * re-arms itself. So an event costs a state write, never a timer delete. */
+#define _GNU_SOURCE /* memmem */
 #include "sl_triggers.h"
 #include "sl_stitch.h"
 
@@ -674,6 +675,27 @@ int sl_trig_merge(sl_trig_t *t, MDB_txn *txn, uint64_t survivor, uint64_t absorb
         if (rc) return rc;
     }
     return 0;
+}
+
+int sl_trig_forget(sl_trig_t *t, MDB_txn *txn, uint64_t person, uint64_t *n_feed)
+{
+    int rc;
+    *n_feed = 0;
+    for (size_t i = 0; i < t->cfg->n_triggers; i++)
+        if ((rc = state_del(t, txn, t->cfg->triggers[i].name, person))) return rc;
+    /* The feed is bounded by its retention: a scan is the price of erasure. */
+    char needle[48];
+    int nl = snprintf(needle, sizeof(needle), "\"profile\":{\"id\":\"p_%llu\"", (unsigned long long)person);
+    MDB_cursor *cur;
+    MDB_val k, v;
+    if ((rc = mdb_cursor_open(txn, t->feed, &cur))) return rc;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (memmem(v.mv_data, v.mv_size, needle, (size_t)nl) == NULL) continue;
+        if ((rc = mdb_cursor_del(cur, 0))) break;
+        (*n_feed)++;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 int sl_trig_watches_trait(const sl_trig_t *t, const char *name)

@@ -117,6 +117,19 @@ test('page visit with a minimum count', async () => {
   assert.equal(got[0].data.path, '/pricing/teams');
 });
 
+test('erasing a profile removes its triggers from the feed and its rule state', async () => {
+  await ok(srv, 'page', { userId: 'er-t1', properties: { path: '/pricing' } });
+  await ok(srv, 'page', { userId: 'er-t1', properties: { path: '/pricing' } });
+  await ok(srv, 'track', { userId: 'er-t1', ...added('sku-e', 1) });
+  assert.equal((await triggersFor(srv, 'er-t1')).length, 1);
+  const res = await fetch(srv.url + '/v1/profiles/user_id/er-t1', { method: 'DELETE', headers: bearer });
+  assert.equal(res.status, 200);
+  assert.equal((await res.json()).erased.triggers, 1);
+  assert.equal((await triggersFor(srv, 'er-t1')).length, 0);
+  await sleep(1500); // the cart's timer comes due and finds nobody
+  assert.equal((await feed(srv)).triggers.filter((t) => JSON.stringify(t).includes('sku-e')).length, 0);
+});
+
 test('trait change carries the old and new value; a first value does not fire', async () => {
   await ok(srv, 'identify', { userId: 'tc-u1', traits: { plan: 'free' } });
   await ok(srv, 'identify', { userId: 'tc-u1', traits: { plan: 'free', name: 'x' } });
