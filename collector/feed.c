@@ -152,6 +152,11 @@ static void on_feed_timer(uv_timer_t *t)
     sl_server_t *srv = t->data;
     int64_t now = sl_now_ms();
     conn_t *next;
+    for (conn_t *c = srv->debug_streams; c; c = c->feed_next)
+        if (now - c->feed_last_write_ms >= STREAM_PING_MS) {
+            http_send(c, ": ping\n\n", 8);
+            c->feed_last_write_ms = now;
+        }
     for (conn_t *c = srv->feed_waiters; c; c = next) {
         next = c->feed_next;
         if (c->feed_mode == FEED_POLL && now >= c->feed_deadline_ms) {
@@ -184,6 +189,10 @@ int feed_start(sl_server_t *srv)
 void feed_stop(sl_server_t *srv)
 {
     conn_t *next;
+    for (conn_t *c = srv->debug_streams; c; c = next) {
+        next = c->feed_next;
+        http_close(c);
+    }
     for (conn_t *c = srv->feed_waiters; c; c = next) {
         next = c->feed_next;
         if (c->feed_mode == FEED_POLL) poll_answer(c);
@@ -191,9 +200,12 @@ void feed_stop(sl_server_t *srv)
     }
 }
 
+static void debug_unlink(conn_t *c);
+
 void feed_conn_closed(conn_t *c)
 {
-    waiter_unlink(c);
+    if (c->feed_mode == FEED_DEBUG) debug_unlink(c);
+    else waiter_unlink(c);
     c->feed_mode = FEED_NONE;
     c->busy = 0; /* nothing else holds its request: the connection frees it */
 }
@@ -289,4 +301,68 @@ void handle_triggers(conn_t *c, const char *rest)
         return;
     }
     http_respond_error(c, 404, "no such route");
+}
+
+/* ---- /debug/stream ---- */
+
+static void debug_unlink(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    if (c->feed_prev) c->feed_prev->feed_next = c->feed_next;
+    else if (srv->debug_streams == c) srv->debug_streams = c->feed_next;
+    if (c->feed_next) c->feed_next->feed_prev = c->feed_prev;
+    c->feed_prev = c->feed_next = NULL;
+}
+
+void handle_debug_stream(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    req_t *r = c->req;
+    /* EventSource cannot send headers: the token may come as ?token=. */
+    char *tok = NULL;
+    if (!http_admin_ok(srv, r) && http_query_param(r, "token", &tok) > 0) {
+        size_t n = strlen(tok);
+        char *h = sl_arena_alloc(&r->arena, n + 8);
+        if (h) {
+            memcpy(h, "Bearer ", 7);
+            memcpy(h + 7, tok, n + 1);
+            r->authorization = h;
+        }
+    }
+    if (!http_admin_ok(srv, r)) {
+        http_respond_error(c, 401, "admin token required (Authorization: Bearer, or ?token=)");
+        return;
+    }
+    static const char head[] = "HTTP/1.1 200 OK\r\nServer: sillage\r\nContent-Type: text/event-stream\r\n"
+                               "Cache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n"
+                               ": sillage debug stream\n\n";
+    srv->requests[ROUTE_DEBUG][1]++;
+    c->keep_alive = 0;
+    c->busy = 1;
+    c->feed_mode = FEED_DEBUG;
+    c->feed_last_write_ms = sl_now_ms();
+    http_send(c, head, sizeof(head) - 1);
+    c->feed_prev = NULL;
+    c->feed_next = srv->debug_streams;
+    if (srv->debug_streams) srv->debug_streams->feed_prev = c;
+    srv->debug_streams = c;
+}
+
+void feed_debug_publish(sl_server_t *srv, const char *json, size_t len, uint64_t person)
+{
+    sl_buf_t b = {0};
+    sl_buf_appends(&b, "event: event\ndata: {\"person\":");
+    if (person) sl_buf_printf(&b, "\"p_%llu\"", (unsigned long long)person);
+    else sl_buf_appends(&b, "null");
+    sl_buf_appends(&b, ",\"message\":");
+    sl_buf_append(&b, json, len);
+    sl_buf_appends(&b, "}\n\n");
+    if (b.data == NULL) return;
+    int64_t now = sl_now_ms();
+    for (conn_t *c = srv->debug_streams; c; c = c->feed_next) {
+        if (c->tcp.write_queue_size > (1u << 20)) continue; /* a slow viewer misses events, never holds memory */
+        http_send(c, b.data, b.len);
+        c->feed_last_write_ms = now;
+    }
+    sl_buf_free(&b);
 }

@@ -25,7 +25,7 @@
 
 const char *const route_names[N_ROUTES] = {"track", "page", "screen", "identify", "alias", "group",
                                            "batch", "pixel", "preflight", "healthz", "metrics", "profiles",
-                                           "triggers", "other"};
+                                           "triggers", "static", "debug", "other"};
 const int status_codes[N_STATUS] = {100, 200, 204, 304, 400, 401, 403, 404, 405, 408,
                                     413, 414, 415, 429, 431, 500, 503, 0};
 
@@ -254,7 +254,8 @@ void http_respond(conn_t *c, int status, const char *content_type, const char *e
     if (!c->keep_alive) sl_buf_appends(&out, "Connection: close\r\n");
     else if (r && r->http_minor == 0) sl_buf_appends(&out, "Connection: keep-alive\r\n");
     sl_buf_append(&out, "\r\n", 2);
-    if (body_len && status != 204 && status != 304) sl_buf_append(&out, body, body_len);
+    if (body_len && status != 204 && status != 304 && !(r && r->method == HTTP_HEAD))
+        sl_buf_append(&out, body, body_len);
 
     req_free(r);
     c->req = NULL;
@@ -350,8 +351,11 @@ static int on_header_value_complete(llhttp_t *p)
     case 12: if (strcasecmp(name, "content-type") == 0) slot = &r->content_type; break;
     case 13: if (strcasecmp(name, "authorization") == 0) slot = &r->authorization;
         else if (strcasecmp(name, "last-event-id") == 0) slot = &r->last_event_id;
+        else if (strcasecmp(name, "if-none-match") == 0) slot = &r->if_none_match;
         break;
-    case 15: if (strcasecmp(name, "x-forwarded-for") == 0) slot = &r->xff; break;
+    case 15: if (strcasecmp(name, "x-forwarded-for") == 0) slot = &r->xff;
+        else if (strcasecmp(name, "accept-encoding") == 0) slot = &r->accept_encoding;
+        break;
     case 16: if (strcasecmp(name, "content-encoding") == 0) slot = &r->content_encoding; break;
     case 30: if (strcasecmp(name, "access-control-request-headers") == 0) slot = &r->acr_headers; break;
     }
@@ -676,6 +680,7 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
         else SL_WARN("trusted_proxies: \"%s\" is not an address or CIDR block; ignored", s);
     }
     if (cfg->geoip_db && (rc = sl_geo_open(&srv->geo, cfg->geoip_db))) goto fail;
+    if ((rc = static_init(srv))) goto fail;
 
     llhttp_settings_init(&srv->settings);
     srv->settings.on_message_begin = on_message_begin;
@@ -734,6 +739,7 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
     return 0;
 fail:
     sl_geo_close(srv->geo);
+    static_free(srv);
     free(srv->scratch);
     sl_arena_free(&srv->json_arena);
     free(srv->trusted);
@@ -795,7 +801,7 @@ void sl_http_server_stop(sl_server_t *srv, int64_t grace_ms, void (*cb)(void *),
     srv->stop_cb = cb;
     srv->stop_arg = arg;
     uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
-    if (srv->trig) feed_stop(srv);
+    feed_stop(srv);
     conn_t *next;
     for (conn_t *c = srv->conns; c; c = next) {
         next = c->next;
@@ -810,6 +816,7 @@ void sl_http_server_free(sl_server_t *srv)
 {
     if (srv == NULL) return;
     sl_geo_close(srv->geo);
+    static_free(srv);
     free(srv->scratch);
     sl_arena_free(&srv->json_arena);
     free(srv->trusted);

@@ -9,7 +9,7 @@
 
 enum route_id {
     ROUTE_TRACK, ROUTE_PAGE, ROUTE_SCREEN, ROUTE_IDENTIFY, ROUTE_ALIAS, ROUTE_GROUP,
-    ROUTE_BATCH, ROUTE_PIXEL, ROUTE_PREFLIGHT, ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_PROFILES, ROUTE_TRIGGERS, ROUTE_OTHER,
+    ROUTE_BATCH, ROUTE_PIXEL, ROUTE_PREFLIGHT, ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_PROFILES, ROUTE_TRIGGERS, ROUTE_STATIC, ROUTE_DEBUG, ROUTE_OTHER,
     N_ROUTES
 };
 extern const char *const route_names[N_ROUTES];
@@ -26,7 +26,7 @@ typedef struct req_s {
     int http_minor;
     char *path, *query;           /* arena */
     const char *content_type, *content_encoding, *authorization, *xff, *origin,
-               *acr_headers, *expect, *last_event_id;
+               *acr_headers, *expect, *last_event_id, *accept_encoding, *if_none_match;
     sl_buf_t body;
     int route;
     /* ingestion in flight */
@@ -81,6 +81,9 @@ struct sl_server_s {
     uv_async_t feed_async;        /* the writer made more triggers durable */
     uv_timer_t feed_timer;        /* long-poll deadlines, stream keep-alives */
     conn_t *feed_waiters;         /* long polls and streams */
+    conn_t *debug_streams;        /* /debug/stream readers */
+    struct static_file_s *files;  /* built-in files with their gzip copy and ETag */
+    size_t n_files;
     int feed_started;
     sl_geo_t *geo;
     sl_ipnet_t *trusted;
@@ -130,11 +133,22 @@ void http_send(conn_t *c, const char *p, size_t n);
 void http_close(conn_t *c);
 
 /* feed.c */
-enum { FEED_NONE, FEED_POLL, FEED_STREAM };
+enum { FEED_NONE, FEED_POLL, FEED_STREAM, FEED_DEBUG };
 void handle_triggers(conn_t *c, const char *rest);
 int feed_start(sl_server_t *srv);     /* with srv->trig set */
 void feed_stop(sl_server_t *srv);     /* answers polls, ends streams, closes its handles */
 void feed_conn_closed(conn_t *c);
+/* GET /debug/stream: stored events as SSE ("event" events). */
+void handle_debug_stream(conn_t *c);
+/* Sends one stored message and the person it was stitched into to every
+ * debug stream (lossy for slow readers). */
+void feed_debug_publish(sl_server_t *srv, const char *json, size_t len, uint64_t person);
+
+/* static.c */
+int static_init(sl_server_t *srv);
+void static_free(sl_server_t *srv);
+/* Serves path when it is a built-in file that is enabled; 0 when it did, -1 when not found. */
+int handle_static(conn_t *c, const char *path);
 
 /* routes.c */
 void route_request(conn_t *c);

@@ -86,6 +86,13 @@ static void ingest_done(sl_store_batch_t *b)
 {
     req_t *r = b->data;
     conn_t *c = r->conn;
+    if (b->rc == 0 && c && c->srv->debug_streams) {
+        for (size_t i = 0; i < b->n_msgs; i++) {
+            const sl_store_msg_t *m = &b->msgs[i];
+            const sl_stitch_msg_t *sm = m->meta;
+            if (m->status == SL_STORE_STORED) feed_debug_publish(c->srv, m->json, m->json_len, sm ? sm->person : 0);
+        }
+    }
     if (c == NULL) { /* the client left; the messages are stored all the same */
         req_free(r);
         return;
@@ -675,6 +682,13 @@ void route_request(conn_t *c)
         r->route = ROUTE_METRICS;
         if (m != HTTP_GET) http_respond_error(c, 405, "use GET");
         else handle_metrics(c);
+        return;
+    } else if (strcmp(path, "/debug/stream") == 0 && c->srv->cfg->debug_page) {
+        r->route = ROUTE_DEBUG;
+        if (m != HTTP_GET) http_respond_error(c, 405, "use GET");
+        else handle_debug_stream(c);
+        return;
+    } else if (handle_static(c, path) == 0) {
         return;
     }
     http_respond_error(c, 404, "no such route");

@@ -292,7 +292,8 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     static const char *known[] = {
         "listen", "data_dir", "map_size", "map_size_max", "durability", "geoip_db", "ip_anonymize",
         "trusted_proxies", "cors_origins", "sources", "admin_token", "identity", "limits",
-        "dedupe_window", "triggers", "pressure", "webhooks", "log_level", "trigger_retention", NULL};
+        "dedupe_window", "triggers", "pressure", "webhooks", "log_level", "trigger_retention", "demo", "debug",
+        NULL};
     int rc;
     if ((rc = check_keys(x, root, "", known))) return rc;
     if ((rc = get_str(x, root, "listen", "", &c->listen, 0))) return rc;
@@ -325,6 +326,8 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     }
     if ((rc = get_str(x, root, "geoip_db", "", &c->geoip_db, 0))) return rc;
     if ((rc = get_bool(x, root, "ip_anonymize", &c->ip_anonymize))) return rc;
+    if ((rc = get_bool(x, root, "demo", &c->demo_shop))) return rc;
+    if ((rc = get_bool(x, root, "debug", &c->debug_page))) return rc;
     if ((rc = get_strv(x, root, "trusted_proxies", "", &c->trusted_proxies, &c->n_trusted_proxies))) return rc;
     if ((rc = get_strv(x, root, "cors_origins", "", &c->cors_origins, &c->n_cors_origins))) return rc;
 
@@ -535,6 +538,7 @@ int sl_config_demo(sl_config_t *cfg)
     int rc = sl_config_parse(cfg, demo, sizeof(demo) - 1, err, sizeof(err));
     if (rc) return rc;
     cfg->is_demo = 1;
+    cfg->demo_shop = cfg->debug_page = 1;
     return 0;
 }
 

@@ -53,6 +53,8 @@ typedef struct sl_config_s {
     int durability;              /* enum sl_durability */
     char *geoip_db;              /* NULL = no GeoIP */
     int ip_anonymize;
+    int demo_shop;               /* serve /demo/ (default: only in the demo) */
+    int debug_page;              /* serve /debug (default: only in the demo) */
     char **trusted_proxies;
     size_t n_trusted_proxies;
     char **cors_origins;         /* NULL/0 = any origin */

@@ -51,6 +51,7 @@ typedef struct sl_stitch_msg_s {
     const char *event;               /* track: the event name */
     const char *url, *path;          /* page: properties.url / .path (or context.page's) */
     const char *props_json;          /* track events a cart rule looks at: the properties, printed */
+    uint64_t person;                 /* out: the person it was stitched into (0: none) */
 } sl_stitch_msg_t;
 
 typedef struct sl_stitch_s sl_stitch_t;

@@ -541,6 +541,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
         if (rc) return rc;
     }
     if ((rc = person_save(s, txn, t))) return rc;
+    ((sl_stitch_msg_t *)m)->person = t->id; /* the caller's memory, handed over as meta */
     if (s->trig == NULL) return 0;
     int64_t now = sl_now_ms();
     const cJSON *ch;
