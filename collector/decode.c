@@ -18,6 +18,9 @@ const char *sl_json_prescan(const char *p, size_t n, size_t max_depth)
             if (c == 0) return "body contains a NUL byte";
             if (in_str) {
                 if (c == '\\') {
+                    /* \u0000 would end the C string early: the value would change silently. */
+                    if (end - s >= 6 && s[1] == 'u' && memcmp(s + 2, "0000", 4) == 0)
+                        return "strings must not contain \\u0000";
                     s += (end - s >= 2) ? 2 : 1;
                     continue;
                 }

@@ -83,9 +83,20 @@ static void set_string(cJSON *obj, const char *key, const char *val)
     else cJSON_AddItemToObject(obj, key, s);
 }
 
+/* 1 when a number in x is not finite (1e400 parses as infinity, which no
+ * JSON printer can write back). Depth is bounded by sl_json_prescan(). */
+static int has_nonfinite(const cJSON *x)
+{
+    if (cJSON_IsNumber(x)) return !isfinite(x->valuedouble);
+    for (const cJSON *c = x->child; c; c = c->next)
+        if (has_nonfinite(c)) return 1;
+    return 0;
+}
+
 const char *sl_msg_normalize(cJSON *msg, int type, const sl_ingest_ctx_t *ctx)
 {
     if (!cJSON_IsObject(msg)) return "message must be a JSON object";
+    if (has_nonfinite(msg)) return "a number is out of range";
 
     /* type */
     cJSON *t = cJSON_GetObjectItemCaseSensitive(msg, "type");

@@ -322,10 +322,16 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
     /* The parse tree lives in the server's JSON arena, emptied at the end:
      * the request's arena may be gone by then (answering frees the request). */
     sl_arena_t *old_arena = sl_json_arena_swap(&srv->json_arena);
-    cJSON *root = cJSON_ParseWithLength(body, len);
+    const char *parse_end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &parse_end, 0);
     cJSON *loc = NULL;
     if (root == NULL) {
         http_respond_error(c, 400, "body is not valid JSON");
+        goto out;
+    }
+    while (parse_end && parse_end < body + len && strchr(" \t\r\n", *parse_end) && *parse_end) parse_end++;
+    if (parse_end != body + len) {
+        http_respond_error(c, 400, "body has bytes after its JSON value");
         goto out;
     }
     if (!cJSON_IsObject(root)) {
