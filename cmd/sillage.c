@@ -30,6 +30,7 @@ static void usage(FILE *f)
             "  sillage check-config [-c FILE]\n"
             "  sillage export [-c FILE] [--data DIR]\n"
             "  sillage backup [-c FILE] [--data DIR] DEST\n"
+            "  sillage verify [-c FILE] [--data DIR]   consistency check of the store (events, identity graph, triggers)\n"
             "  sillage version\n"
             "Without -c, sillage runs the local demo: 127.0.0.1:8080, data in ./sillage-data,\n"
             "write key \"demo\", admin token \"demo-admin\".\n");
@@ -367,6 +368,53 @@ static int cmd_export(int argc, char **argv)
     return rc ? 1 : 0;
 }
 
+typedef struct {
+    sl_stitch_t *stitch;
+    sl_store_t *st;
+    sl_verify_report_t rep;
+} verify_req_t;
+
+static int verify_cb(MDB_txn *txn, void *arg)
+{
+    verify_req_t *q = arg;
+    return sl_stitch_verify(q->stitch, txn, q->st, stdout, &q->rep);
+}
+
+/* sillage verify: the consistency check of a stopped (or running) store. */
+static int cmd_verify(int argc, char **argv)
+{
+    args_t a;
+    if (parse_args(argc, argv, &a, 0)) return 2;
+    sl_config_t cfg;
+    if (load_config(&a, &cfg)) return 1;
+    char path[4096];
+    struct stat sb;
+    snprintf(path, sizeof(path), "%s/data.mdb", cfg.data_dir);
+    if (stat(path, &sb) != 0) {
+        fprintf(stderr, "sillage: no store in %s (no data.mdb)\n", cfg.data_dir);
+        sl_config_free(&cfg);
+        return 1;
+    }
+    sl_stitch_t *stitch = sl_stitch_new(&cfg);
+    sl_trig_t *trig = sl_trig_new(&cfg);
+    if (stitch && trig) sl_stitch_set_triggers(stitch, trig);
+    sl_store_options_t so = store_options(&cfg, 1);
+    so.hooks = stitch ? sl_stitch_hooks(stitch) : NULL;
+    verify_req_t q = {stitch, NULL, {0}};
+    int rc = stitch && trig ? sl_store_open(&q.st, &so) : SL_ENOMEM;
+    if (rc == 0) rc = sl_store_read(q.st, verify_cb, &q);
+    if (rc) fprintf(stderr, "sillage: verify failed: %s\n", sl_strerror(rc));
+    else printf("%llu events (%llu indexed), %llu identifiers, %llu persons, %llu triggers: %llu problems\n",
+                (unsigned long long)q.rep.events, (unsigned long long)q.rep.indexed,
+                (unsigned long long)q.rep.identifiers, (unsigned long long)q.rep.persons,
+                (unsigned long long)q.rep.triggers, (unsigned long long)q.rep.problems);
+    if (q.st) sl_store_close(q.st);
+    sl_stitch_free(stitch);
+    sl_trig_free(trig);
+    sl_config_free(&cfg);
+    return rc || q.rep.problems ? 1 : 0;
+}
+
 static int cmd_backup(int argc, char **argv)
 {
     args_t a;
@@ -400,6 +448,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "check-config") == 0) return cmd_check_config(argc, argv);
     if (strcmp(cmd, "export") == 0) return cmd_export(argc, argv);
     if (strcmp(cmd, "backup") == 0) return cmd_backup(argc, argv);
+    if (strcmp(cmd, "verify") == 0) return cmd_verify(argc, argv);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("sillage %s (libuv %s, %s, llhttp %d.%d.%d, cJSON %s, libmaxminddb %s, zlib %s)\n", SL_VERSION,
                uv_version_string(), MDB_VERSION_STRING, LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR,

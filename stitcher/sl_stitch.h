@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "sl_common.h"
 #include "sl_config.h"
@@ -105,6 +106,17 @@ typedef struct sl_stitch_erase_s {
     uint64_t triggers;         /* out: feed entries about the person */
 } sl_stitch_erase_t;
 int sl_stitch_erase_job(MDB_txn *txn, void *arg);
+
+/* Consistency check of a store (`sillage verify`), in one read transaction:
+ * every timeline entry is a stored event indexed once under an identifier
+ * that resolves; every event with an identifier is indexed; identifiers and
+ * persons agree both ways; person counters add up to the timelines; the
+ * trigger feed is ordered and every trigger's cause is a stored event.
+ * Problems are printed to out and counted in rep->problems. */
+typedef struct sl_verify_report_s {
+    uint64_t events, expected_indexed, indexed, identifiers, persons, triggers, problems;
+} sl_verify_report_t;
+int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl_verify_report_t *rep);
 
 typedef struct sl_stitch_stats_s {
     uint64_t merges, refusals, persons_created;

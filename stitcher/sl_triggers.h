@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <cjson/cJSON.h>
 
@@ -49,6 +50,8 @@ void sl_trig_synced(sl_trig_t *t, int all);
  * identity trait. */
 int sl_trig_event(sl_trig_t *t, MDB_txn *txn, const struct sl_stitch_msg_s *m, uint64_t person, int identified,
                   int64_t now_ms);
+/* The messageId of the event being stitched: the "cause" of what fires next. */
+void sl_trig_set_cause(sl_trig_t *t, const char *message_id);
 /* absorbed was merged into survivor: its rule states move. */
 int sl_trig_merge(sl_trig_t *t, MDB_txn *txn, uint64_t survivor, uint64_t absorbed);
 /* Erasure: the rule states of person and every feed entry about it go;
@@ -87,6 +90,12 @@ typedef struct sl_trig_reload_s {
     const sl_config_t *cfg;
 } sl_trig_reload_t;
 int sl_trig_reload_job(MDB_txn *txn, void *arg);
+
+/* Checks the feed: ordered sequences, valid JSON, and every trigger caused
+ * by an event names one that has_message() knows. Problems are printed to
+ * out and counted. */
+int sl_trig_verify(sl_trig_t *t, MDB_txn *txn, int (*has_message)(const char *id, void *arg), void *arg,
+                   FILE *out, uint64_t *n_feed, uint64_t *problems);
 
 typedef struct sl_trig_stats_s {
     uint64_t fired, suppressed, timers_fired;

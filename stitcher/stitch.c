@@ -415,6 +415,7 @@ static int on_event(void *arg, MDB_txn *txn, const sl_store_msg_t *sm)
 
 static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq)
 {
+    if (s->trig) sl_trig_set_cause(s->trig, m->message_id);
     person_t *t = &s->p1, *o = &s->p2; /* the target person, and another */
     sl_buf_t *kU = &s->k1, *kA = &s->k2;
     uint64_t pU = 0, pA = 0;
@@ -974,5 +975,181 @@ int sl_stitch_erase_job(MDB_txn *txn, void *arg)
     if (rc == 0 && s->trig) rc = sl_trig_forget(s->trig, txn, p.id, &e->triggers);
 out:
     person_free(&p);
+    return rc;
+}
+
+/* ---- verification (sillage verify) ---- */
+
+typedef struct {
+    sl_stitch_t *s;
+    sl_store_t *st;
+    MDB_txn *txn;
+    FILE *out;
+    sl_verify_report_t *rep;
+    uint64_t *ids;       /* messageId hashes, sorted after the events pass */
+    size_t n_ids, cap_ids;
+    uint8_t *seen;       /* per event seq: indexed in tl */
+    uint64_t max_seq;
+    sl_arena_t arena;
+} verify_t;
+
+static uint64_t mid_hash(const char *id) { return sl_hash128(id, strlen(id), 99).lo; }
+
+static int verify_event(const char *json, size_t len, uint64_t seq, void *arg)
+{
+    verify_t *v = arg;
+    v->rep->events++;
+    cJSON *doc = cJSON_ParseWithLength(json, len);
+    if (doc == NULL) {
+        fprintf(v->out, "events: %llu is not valid JSON\n", (unsigned long long)seq);
+        v->rep->problems++;
+        return 0;
+    }
+    const cJSON *mid = cJSON_GetObjectItemCaseSensitive(doc, "messageId");
+    if (cJSON_IsString(mid)) {
+        if (v->n_ids == v->cap_ids) {
+            size_t cap = v->cap_ids ? v->cap_ids * 2 : 4096;
+            uint64_t *n = realloc(v->ids, cap * sizeof(*n));
+            if (n == NULL) {
+                cJSON_Delete(doc);
+                return SL_ENOMEM;
+            }
+            v->ids = n;
+            v->cap_ids = cap;
+        }
+        v->ids[v->n_ids++] = mid_hash(mid->valuestring);
+    }
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(doc, "type");
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(doc, "userId");
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(doc, "anonymousId");
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(doc, "previousId");
+    sl_arena_reset(&v->arena);
+#define CLEAN(x) (cJSON_IsString(x) ? sl_stitch_clean_id(v->s, (x)->valuestring, &v->arena, 0) : NULL)
+    int indexed = cJSON_IsString(type) && strcmp(type->valuestring, "alias") == 0 ? CLEAN(u) && CLEAN(p)
+                                                                                  : CLEAN(u) || CLEAN(a);
+#undef CLEAN
+    cJSON_Delete(doc);
+    if (indexed) v->rep->expected_indexed++;
+    if (seq > v->max_seq) v->max_seq = seq;
+    return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int has_message(const char *id, void *arg)
+{
+    verify_t *v = arg;
+    uint64_t h = mid_hash(id);
+    return bsearch(&h, v->ids, v->n_ids, sizeof(h), cmp_u64) != NULL;
+}
+
+static void problem(verify_t *v, const char *what, const void *key, size_t klen)
+{
+    fprintf(v->out, "%s: %.*s\n", what, (int)(klen > 200 ? 200 : klen), (const char *)key);
+    v->rep->problems++;
+}
+
+int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl_verify_report_t *rep)
+{
+    verify_t v = {.s = s, .st = st, .txn = txn, .out = out, .rep = rep};
+    memset(rep, 0, sizeof(*rep));
+    int rc = sl_store_foreach_event_txn(st, txn, verify_event, &v);
+    if (rc) goto out;
+    qsort(v.ids, v.n_ids, sizeof(*v.ids), cmp_u64);
+    for (size_t i = 1; i < v.n_ids; i++)
+        if (v.ids[i] == v.ids[i - 1]) {
+            fprintf(out, "events: a messageId is stored twice\n");
+            rep->problems++;
+        }
+    v.seen = calloc(v.max_seq + 1, 1);
+    if (v.seen == NULL) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+
+    /* tl: every entry is an existing event, indexed once, under an identifier that resolves */
+    MDB_cursor *cur;
+    MDB_val k, val;
+    if ((rc = mdb_cursor_open(txn, s->tl, &cur))) goto out;
+    for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
+        if (val.mv_size != 16) {
+            problem(&v, "tl: bad entry under", k.mv_data, k.mv_size);
+            continue;
+        }
+        uint64_t seq = rd_be64((const unsigned char *)val.mv_data + 8);
+        MDB_val ev;
+        rep->indexed++;
+        if (seq > v.max_seq || sl_store_event_get(st, txn, seq, &ev) != 0) problem(&v, "tl: no such event under", k.mv_data, k.mv_size);
+        else if (v.seen[seq]++) problem(&v, "tl: an event indexed twice, under", k.mv_data, k.mv_size);
+        MDB_val iv;
+        if (mdb_get(txn, s->ids, &k, &iv) != 0) problem(&v, "tl: a timeline whose identifier has no person", k.mv_data, k.mv_size);
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) goto out;
+    if (rep->indexed != rep->expected_indexed) {
+        fprintf(out, "tl: %llu events indexed, %llu stored events have an identifier\n",
+                (unsigned long long)rep->indexed, (unsigned long long)rep->expected_indexed);
+        rep->problems++;
+    }
+
+    /* ids -> persons, and persons -> ids */
+    if ((rc = mdb_cursor_open(txn, s->ids, &cur))) goto out;
+    person_t p = {0};
+    for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
+        rep->identifiers++;
+        uint64_t pid;
+        if (val.mv_size != 8) {
+            problem(&v, "ids: bad value for", k.mv_data, k.mv_size);
+            continue;
+        }
+        memcpy(&pid, val.mv_data, 8);
+        if (person_load(s, txn, pid, &p) != 0) {
+            problem(&v, "ids: identifier of a missing person", k.mv_data, k.mv_size);
+            continue;
+        }
+        int listed = 0;
+        for (size_t off = 0; off < p.ids.len && !listed; off += strlen(p.ids.data + off) + 1)
+            listed = strlen(p.ids.data + off) == k.mv_size && memcmp(p.ids.data + off, k.mv_data, k.mv_size) == 0;
+        if (!listed) problem(&v, "ids: the person does not list", k.mv_data, k.mv_size);
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) goto out_p;
+    uint64_t counted = 0;
+    if ((rc = mdb_cursor_open(txn, s->persons, &cur))) goto out_p;
+    for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
+        uint64_t pid;
+        memcpy(&pid, k.mv_data, 8);
+        rep->persons++;
+        if (person_load(s, txn, pid, &p) != 0) {
+            fprintf(out, "persons: p_%llu is unreadable\n", (unsigned long long)pid);
+            rep->problems++;
+            continue;
+        }
+        counted += p.h.events;
+        for (size_t off = 0; off < p.ids.len; off += strlen(p.ids.data + off) + 1) {
+            sl_buf_t key = {p.ids.data + off, strlen(p.ids.data + off), 0};
+            uint64_t owner;
+            if (lookup(s, txn, &key, &owner) || owner != pid) problem(&v, "persons: an identifier points elsewhere", key.data, key.len);
+        }
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) goto out_p;
+    if (counted != rep->indexed) {
+        fprintf(out, "persons: counters say %llu events, the timelines hold %llu\n", (unsigned long long)counted,
+                (unsigned long long)rep->indexed);
+        rep->problems++;
+    }
+    rc = s->trig ? sl_trig_verify(s->trig, txn, has_message, &v, out, &rep->triggers, &rep->problems) : 0;
+out_p:
+    person_free(&p);
+    if (rc == MDB_NOTFOUND) rc = 0;
+out:
+    free(v.ids);
+    free(v.seen);
+    sl_arena_free(&v.arena);
     return rc;
 }

@@ -47,6 +47,7 @@ struct sl_trig_s {
     _Atomic uint64_t fired, suppressed, timers_fired;
     _Atomic uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
     int64_t last_prune_ms;
+    const char *cause;                   /* messageId of the event being handled; NULL for timers */
 };
 
 /* ---- helpers ---- */
@@ -229,6 +230,14 @@ static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t
         sl_buf_appends(b, pid);
     } else if (rc) {
         return rc;
+    }
+    sl_buf_appends(b, ",\"cause\":");
+    if (t->cause) {
+        sl_buf_appends(b, "{\"messageId\":");
+        sl_buf_append_json_str(b, t->cause, strlen(t->cause));
+        sl_buf_appends(b, "}");
+    } else {
+        sl_buf_appends(b, "null");
     }
     sl_buf_appends(b, ",\"data\":");
     sl_buf_appends(b, data);
@@ -643,9 +652,12 @@ static int inact_timer(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, u
 
 /* ---- public: events, merges, traits ---- */
 
+void sl_trig_set_cause(sl_trig_t *t, const char *message_id) { t->cause = message_id; }
+
 int sl_trig_event(sl_trig_t *t, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t person, int identified,
                   int64_t now)
 {
+    t->cause = m->message_id;
     for (size_t i = 0; i < t->cfg->n_triggers; i++) {
         const sl_trigger_rule_t *r = &t->cfg->triggers[i];
         int rc = 0;
@@ -774,6 +786,7 @@ static int first_due(sl_trig_t *t, MDB_txn *txn, int64_t *due)
 int sl_trig_tick(sl_trig_t *t, MDB_txn *txn, int64_t now)
 {
     int wrote = 0, rc = 0;
+    t->cause = NULL;
     MDB_cursor *cur;
     MDB_val k, v;
     if (now - t->last_prune_ms >= 60000) {
@@ -976,3 +989,42 @@ void sl_trig_get_stats(const sl_trig_t *t, sl_trig_stats_t *out)
 }
 
 const sl_config_t *sl_trig_config(const sl_trig_t *t) { return t->cfg; }
+
+/* ---- verification (sillage verify) ---- */
+
+int sl_trig_verify(sl_trig_t *t, MDB_txn *txn, int (*has_message)(const char *id, void *arg), void *arg,
+                   FILE *out, uint64_t *n_feed, uint64_t *problems)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    uint64_t prev = 0, last = 0;
+    MDB_val mk = {9, "feed_last"}, mv;
+    if (mdb_get(txn, t->tmeta, &mk, &mv) == 0 && mv.mv_size == 8) memcpy(&last, mv.mv_data, 8);
+    int rc = mdb_cursor_open(txn, t->feed, &cur);
+    if (rc) return rc;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        uint64_t seq;
+        memcpy(&seq, k.mv_data, 8);
+        (*n_feed)++;
+        if (seq <= prev || seq > last) {
+            fprintf(out, "feed: trigger %llu out of order (previous %llu, last %llu)\n", (unsigned long long)seq,
+                    (unsigned long long)prev, (unsigned long long)last);
+            (*problems)++;
+        }
+        prev = seq;
+        cJSON *doc = v.mv_size > 8 ? cJSON_ParseWithLength((const char *)v.mv_data + 8, v.mv_size - 8) : NULL;
+        const cJSON *cause = cJSON_GetObjectItemCaseSensitive(doc, "cause");
+        const cJSON *mid = cJSON_GetObjectItemCaseSensitive(cause, "messageId");
+        if (doc == NULL || cause == NULL) {
+            fprintf(out, "feed: trigger %llu is not valid JSON with a cause\n", (unsigned long long)seq);
+            (*problems)++;
+        } else if (cJSON_IsString(mid) && !has_message(mid->valuestring, arg)) {
+            fprintf(out, "feed: trigger %llu's cause %s is not a stored event\n", (unsigned long long)seq,
+                    mid->valuestring);
+            (*problems)++;
+        }
+        cJSON_Delete(doc);
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}

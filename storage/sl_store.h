@@ -136,6 +136,9 @@ int sl_store_backup(sl_store_t *st, const char *dest);
 /* Runs cb in a read transaction (any thread; safe against map growth).
  * Returns cb's result, or the error that kept the transaction from starting. */
 int sl_store_read(sl_store_t *st, int (*cb)(MDB_txn *txn, void *arg), void *arg);
+/* sl_store_foreach_event() inside the caller's transaction. */
+int sl_store_foreach_event_txn(sl_store_t *st, MDB_txn *txn, int (*cb)(const char *, size_t, uint64_t, void *),
+                               void *arg);
 
 /* The stored event seq, valid while txn lives. MDB_NOTFOUND when absent. */
 int sl_store_event_get(sl_store_t *st, MDB_txn *txn, uint64_t seq, MDB_val *json);

@@ -608,6 +608,26 @@ out:
     return rc;
 }
 
+int sl_store_foreach_event_txn(sl_store_t *st, MDB_txn *txn, int (*cb)(const char *, size_t, uint64_t, void *),
+                               void *arg)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(txn, st->events, &cur);
+    if (rc) return rc;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        uint64_t seq;
+        memcpy(&seq, k.mv_data, 8);
+        int r = cb(v.mv_data, v.mv_size, seq, arg);
+        if (r) {
+            rc = r;
+            break;
+        }
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 int sl_store_read(sl_store_t *st, int (*cb)(MDB_txn *txn, void *arg), void *arg)
 {
     MDB_txn *txn;
