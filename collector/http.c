@@ -740,6 +740,7 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
 fail:
     sl_geo_close(srv->geo);
     static_free(srv);
+    free(srv->rl);
     free(srv->scratch);
     sl_arena_free(&srv->json_arena);
     free(srv->trusted);
@@ -817,6 +818,7 @@ void sl_http_server_free(sl_server_t *srv)
     if (srv == NULL) return;
     sl_geo_close(srv->geo);
     static_free(srv);
+    free(srv->rl);
     free(srv->scratch);
     sl_arena_free(&srv->json_arena);
     free(srv->trusted);

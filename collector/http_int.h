@@ -83,6 +83,8 @@ struct sl_server_s {
     conn_t *feed_waiters;         /* long polls and streams */
     conn_t *debug_streams;        /* /debug/stream readers */
     struct static_file_s *files;  /* built-in files with their gzip copy and ETag */
+    struct rl_slot_s *rl;         /* rate limiter (ratelimit.c), allocated on first use */
+    uint64_t rate_limited;
     size_t n_files;
     int feed_started;
     sl_geo_t *geo;
@@ -143,6 +145,9 @@ void handle_debug_stream(conn_t *c);
 /* Sends one stored message and the person it was stitched into to every
  * debug stream (lossy for slow readers). */
 void feed_debug_publish(sl_server_t *srv, const char *json, size_t len, uint64_t person);
+
+/* ratelimit.c: 1 when ip may send a request now; else 0 and the seconds to wait. */
+int rl_allow(sl_server_t *srv, const sl_ipnet_t *ip, int64_t now_ms, int *retry_after_s);
 
 /* static.c */
 int static_init(sl_server_t *srv);

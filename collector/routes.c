@@ -551,13 +551,15 @@ static void handle_metrics(conn_t *c)
                   "# TYPE sillage_dedupe_entries gauge\nsillage_dedupe_entries %llu\n"
                   "# HELP sillage_connections Open client connections.\n"
                   "# TYPE sillage_connections gauge\nsillage_connections %zu\n"
+                  "# HELP sillage_rate_limited_total Requests answered 429 (limits.rate_per_ip).\n"
+                  "# TYPE sillage_rate_limited_total counter\nsillage_rate_limited_total %llu\n"
                   "# HELP sillage_connections_refused_total Connections closed at once (limits.max_connections).\n"
                   "# TYPE sillage_connections_refused_total counter\nsillage_connections_refused_total %llu\n",
                   (unsigned long long)st.events_stored, (unsigned long long)st.duplicates,
                   (unsigned long long)srv->rejected_messages, (unsigned long long)st.commits,
                   (unsigned long long)st.commit_failures, (unsigned long long)st.map_resizes,
                   (unsigned long long)st.map_size_bytes, sl_store_queued(srv->store),
-                  (unsigned long long)st.dedupe_entries, srv->n_conns,
+                  (unsigned long long)st.dedupe_entries, srv->n_conns, (unsigned long long)srv->rate_limited,
                   (unsigned long long)srv->refused_connections);
     uint64_t cum = 0;
     sl_buf_appends(&b, "# HELP sillage_commit_batch_messages Messages per LMDB commit.\n"
@@ -640,6 +642,24 @@ static void handle_metrics(conn_t *c)
     sl_buf_free(&b);
 }
 
+/* limits.rate_per_ip: 1 (after answering 429) when the client must wait. */
+static int rate_limited(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    if (srv->cfg->limits.rate_per_ip == 0) return 0;
+    req_t *r = c->req;
+    sl_ipnet_t ip;
+    sl_client_ip(&c->peer, r->xff, r->xff ? strlen(r->xff) : 0, srv->trusted, srv->n_trusted, &ip);
+    int wait = 1;
+    if (rl_allow(srv, &ip, sl_now_ms(), &wait)) return 0;
+    srv->rate_limited++;
+    char h[64];
+    snprintf(h, sizeof(h), "Retry-After: %d\r\n", wait);
+    static const char body[] = "{\"success\":false,\"error\":\"too many requests from this address (limits.rate_per_ip)\"}";
+    http_respond(c, 429, "application/json", h, body, sizeof(body) - 1);
+    return 1;
+}
+
 void route_request(conn_t *c)
 {
     req_t *r = c->req;
@@ -656,6 +676,7 @@ void route_request(conn_t *c)
         if (strncmp(rest, "pixel/", 6) == 0) {
             r->route = ROUTE_PIXEL;
             if (m != HTTP_GET) http_respond_error(c, 405, "use GET for the pixel");
+            else if (rate_limited(c)) return;
             else if (!http_origin_allowed(c->srv, r))
                 http_respond_error(c, 403, "origin not allowed by cors_origins");
             else handle_pixel(c, rest + 6);
@@ -665,6 +686,7 @@ void route_request(conn_t *c)
         if (type != -1 || strcmp(rest, "batch") == 0) {
             r->route = type == -1 ? ROUTE_BATCH : type; /* ROUTE_TRACK.. match SL_MSG_* */
             if (m != HTTP_POST) http_respond_error(c, 405, "use POST to send messages");
+            else if (rate_limited(c)) return;
             else if (!http_origin_allowed(c->srv, r)) http_respond_error(c, 403, "origin not allowed by cors_origins");
             else handle_ingest(c, type);
             return;

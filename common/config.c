@@ -372,7 +372,8 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     if (lim) {
         static const char *lk[] = {"max_message_bytes", "max_request_bytes", "max_batch_messages",
                                    "max_header_bytes", "max_connections", "max_queue_messages",
-                                   "max_json_depth", "idle_timeout", "request_timeout", NULL};
+                                   "max_json_depth", "idle_timeout", "request_timeout", "rate_per_ip",
+                                   "rate_burst", NULL};
         if ((rc = check_keys(x, lim, "limits", lk))) return rc;
         if ((rc = get_limit(x, lim, "max_message_bytes", 256, 16u << 20, &c->limits.max_message_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_request_bytes", 256, 64u << 20, &c->limits.max_request_bytes))) return rc;
@@ -381,6 +382,9 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if ((rc = get_limit(x, lim, "max_connections", 1, 1000000, &c->limits.max_connections))) return rc;
         if ((rc = get_limit(x, lim, "max_queue_messages", 1, 10000000, &c->limits.max_queue_messages))) return rc;
         if ((rc = get_limit(x, lim, "max_json_depth", 2, 1000, &c->limits.max_json_depth))) return rc;
+        if ((rc = get_limit(x, lim, "rate_per_ip", 0, 10000000, &c->limits.rate_per_ip))) return rc;
+        c->limits.rate_burst = 2 * c->limits.rate_per_ip;
+        if ((rc = get_limit(x, lim, "rate_burst", 1, 100000000, &c->limits.rate_burst))) return rc;
         if ((rc = get_duration(x, lim, "idle_timeout", "limits", &c->limits.idle_timeout_ms))) return rc;
         if ((rc = get_duration(x, lim, "request_timeout", "limits", &c->limits.request_timeout_ms))) return rc;
         if (c->limits.max_message_bytes > c->limits.max_request_bytes) {

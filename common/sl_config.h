@@ -74,6 +74,8 @@ typedef struct sl_config_s {
         uint64_t max_connections;     /* 16384 */
         uint64_t max_queue_messages;  /* 65536 pending in the commit queue */
         uint64_t max_json_depth;      /* 32 */
+        uint64_t rate_per_ip;         /* requests/s per client IP (token bucket); 0 = no limit */
+        uint64_t rate_burst;          /* bucket size; default 2 x rate_per_ip */
         int64_t idle_timeout_ms;      /* keep-alive idle: 60s */
         int64_t request_timeout_ms;   /* a started request must finish: 30s */
     } limits;
