@@ -139,6 +139,12 @@ static void after_write(uv_write_t *w, int status)
 static void conn_write(conn_t *c, char *buf, size_t len)
 {
     size_t off = 0;
+    if (c->write_hook) {
+        c->write_hook(c, buf, len, c->hook_arg);
+        free(buf);
+        if (c->close_after_write) conn_close(c);
+        return;
+    }
     if (c->tcp.write_queue_size == 0) {
         uv_buf_t b = uv_buf_init(buf, (unsigned)len);
         int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
@@ -431,6 +437,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void update_reading(conn_t *c)
 {
+    if (c->write_hook) return; /* no socket */
     int want = !c->closing && !c->close_after_write && c->pending_len - c->pending_off < PENDING_HIGH_WATER &&
                c->tcp.write_queue_size < WRITE_HIGH_WATER;
     if (want && !c->reading) {
@@ -823,4 +830,37 @@ void sl_http_server_free(sl_server_t *srv)
     sl_arena_free(&srv->json_arena);
     free(srv->trusted);
     free(srv);
+}
+
+/* ---- fuzzing ---------------------------------------------------------------- */
+
+conn_t *http_fake_conn(sl_server_t *srv, void (*hook)(conn_t *, const char *, size_t, void *), void *arg)
+{
+    conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) return NULL;
+    c->srv = srv;
+    uv_tcp_init(srv->loop, &c->tcp); /* no socket until bound or connected: only for uv_close */
+    c->tcp.data = c;
+    c->write_hook = hook;
+    c->hook_arg = arg;
+    c->next = srv->conns;
+    if (srv->conns) srv->conns->prev = c;
+    srv->conns = c;
+    srv->n_conns++;
+    sl_ipnet_parse("203.0.113.9", 11, &c->peer);
+    llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
+    c->parser.data = c;
+    c->keep_alive = 1;
+    c->last_active_ms = sl_now_ms();
+    return c;
+}
+
+void http_fake_input(conn_t *c, const char *p, size_t n)
+{
+    if (c->closing || n == 0) return;
+    if (keep_pending(c, p, n)) {
+        conn_close(c);
+        return;
+    }
+    conn_feed(c);
 }

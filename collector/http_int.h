@@ -66,6 +66,9 @@ struct conn_s {
     uint64_t feed_after;          /* the last trigger sequence the client has */
     size_t feed_limit;
     int64_t feed_deadline_ms, feed_last_write_ms;
+    /* fuzzing (http_fake_conn): answers go here instead of a socket */
+    void (*write_hook)(conn_t *c, const char *p, size_t n, void *arg);
+    void *hook_arg;
 };
 
 struct sl_server_s {
@@ -133,6 +136,12 @@ long http_query_param(req_t *r, const char *name, char **out);
 /* Queues a copy of p[0..n) on c as is (a stream's next bytes). */
 void http_send(conn_t *c, const char *p, size_t n);
 void http_close(conn_t *c);
+
+/* A connection without a socket, for the fuzz target of the HTTP path:
+ * http_fake_input() parses bytes as if read from the network, answers go to
+ * hook. Close it with http_close(); it is freed once the loop has run. */
+conn_t *http_fake_conn(sl_server_t *srv, void (*hook)(conn_t *, const char *, size_t, void *), void *arg);
+void http_fake_input(conn_t *c, const char *p, size_t n);
 
 /* feed.c */
 enum { FEED_NONE, FEED_POLL, FEED_STREAM, FEED_DEBUG };
