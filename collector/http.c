@@ -231,11 +231,7 @@ int http_admin_ok(const sl_server_t *srv, const req_t *r)
     const char *tok = srv->cfg->admin_token;
     const char *h = r->authorization;
     if (tok == NULL || tok[0] == '\0' || h == NULL || strncasecmp(h, "Bearer ", 7) != 0) return 0;
-    h += 7;
-    size_t n = strlen(tok), m = strlen(h);
-    unsigned char diff = (unsigned char)(n != m);
-    for (size_t i = 0; i < n; i++) diff |= (unsigned char)(tok[i] ^ (i < m ? h[i] : 0));
-    return diff == 0;
+    return sl_secret_equal(h + 7, strlen(h + 7), tok, strlen(tok));
 }
 
 void http_respond(conn_t *c, int status, const char *content_type, const char *extra_headers,

@@ -24,12 +24,16 @@ static const unsigned char pixel_gif[] = {
 
 /* ---- authentication ------------------------------------------------------------ */
 
+/* Every source is compared, each in constant time: the answer's timing says
+ * nothing about which bytes of which key matched. */
 static const sl_source_t *find_source(const sl_config_t *cfg, const char *key, size_t len)
 {
-    for (size_t i = 0; i < cfg->n_sources; i++)
-        if (strlen(cfg->sources[i].write_key) == len && memcmp(cfg->sources[i].write_key, key, len) == 0)
-            return &cfg->sources[i];
-    return NULL;
+    const sl_source_t *found = NULL;
+    for (size_t i = 0; i < cfg->n_sources; i++) {
+        const char *wk = cfg->sources[i].write_key;
+        if (sl_secret_equal(key, len, wk, strlen(wk)) && found == NULL) found = &cfg->sources[i];
+    }
+    return found;
 }
 
 /* The write key from "Authorization: Basic base64(key:)", else from the
@@ -709,6 +713,8 @@ void route_request(conn_t *c)
     } else if (strcmp(path, "/metrics") == 0) {
         r->route = ROUTE_METRICS;
         if (m != HTTP_GET) http_respond_error(c, 405, "use GET");
+        else if (c->srv->cfg->metrics_auth && !http_admin_ok(c->srv, r))
+            http_respond_error(c, 401, "admin token required (metrics_auth)");
         else handle_metrics(c);
         return;
     } else if (strcmp(path, "/debug/stream") == 0 && c->srv->cfg->debug_page) {

@@ -509,3 +509,10 @@ void sl_log(int level, const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "%s\n", line);
 }
+
+int sl_secret_equal(const char *given, size_t glen, const char *secret, size_t slen)
+{
+    volatile unsigned char diff = (unsigned char)(glen != slen);
+    for (size_t i = 0; i < slen; i++) diff |= (unsigned char)(secret[i] ^ (i < glen ? given[i] : 0));
+    return diff == 0;
+}

@@ -292,7 +292,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     static const char *known[] = {
         "listen", "data_dir", "map_size", "map_size_max", "durability", "geoip_db", "ip_anonymize",
         "trusted_proxies", "cors_origins", "sources", "admin_token", "identity", "limits",
-        "dedupe_window", "triggers", "pressure", "webhooks", "log_level", "trigger_retention", "demo", "debug",
+        "dedupe_window", "triggers", "pressure", "webhooks", "log_level", "trigger_retention", "demo", "debug", "metrics_auth",
         NULL};
     int rc;
     if ((rc = check_keys(x, root, "", known))) return rc;
@@ -328,6 +328,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     if ((rc = get_bool(x, root, "ip_anonymize", &c->ip_anonymize))) return rc;
     if ((rc = get_bool(x, root, "demo", &c->demo_shop))) return rc;
     if ((rc = get_bool(x, root, "debug", &c->debug_page))) return rc;
+    if ((rc = get_bool(x, root, "metrics_auth", &c->metrics_auth))) return rc;
     if ((rc = get_strv(x, root, "trusted_proxies", "", &c->trusted_proxies, &c->n_trusted_proxies))) return rc;
     if ((rc = get_strv(x, root, "cors_origins", "", &c->cors_origins, &c->n_cors_origins))) return rc;
 

@@ -98,6 +98,10 @@ sl_hash128_t sl_hash128(const void *p, size_t n, uint64_t seed);
 
 /* Fills buf with n random bytes from the kernel. Returns 0 or -errno. */
 int sl_random_bytes(void *buf, size_t n);
+
+/* 1 when the secret a[0..alen) equals b[0..blen), in time that depends only
+ * on blen (the configured secret's length), never on where they differ. */
+int sl_secret_equal(const char *given, size_t glen, const char *secret, size_t slen);
 /* Writes a random RFC 4122 version-4 UUID (36 chars + NUL) into out[37]. */
 void sl_uuid4(char out[37]);
 

@@ -55,6 +55,7 @@ typedef struct sl_config_s {
     int ip_anonymize;
     int demo_shop;               /* serve /demo/ (default: only in the demo) */
     int debug_page;              /* serve /debug (default: only in the demo) */
+    int metrics_auth;            /* /metrics needs the admin token (default false) */
     char **trusted_proxies;
     size_t n_trusted_proxies;
     char **cors_origins;         /* NULL/0 = any origin */

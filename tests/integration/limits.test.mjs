@@ -86,3 +86,17 @@ test('the connection cap refuses the extra connections, and frees up', async () 
     assert.equal((await post(srv, '/v1/track', { userId: 'cap', event: 'e' })).status, 200);
   } finally { await srv.stop(); srv.cleanup(); }
 });
+
+test('metrics_auth puts /metrics behind the admin token; the demo and debug pages are off unless enabled', async () => {
+  const srv = await startServer({ config: { metrics_auth: true } });
+  try {
+    assert.equal((await fetch(srv.url + '/metrics')).status, 401);
+    const ok = await fetch(srv.url + '/metrics', { headers: { Authorization: 'Bearer admin-test' } });
+    assert.equal(ok.status, 200);
+    assert.equal((await fetch(srv.url + '/demo/')).status, 404);
+    assert.equal((await fetch(srv.url + '/debug')).status, 404);
+    assert.equal((await fetch(srv.url + '/debug/stream?token=admin-test')).status, 404);
+    assert.equal((await fetch(srv.url + '/sillage.js')).status, 200, 'the tag is always served');
+    assert.ok(!srv.log().includes('admin-test') && !srv.log().includes('wk_test'), 'no secret in the log');
+  } finally { await srv.stop(); srv.cleanup(); }
+});
