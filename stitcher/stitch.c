@@ -4,8 +4,10 @@
  * LMDB databases (all in the store's environment):
  *   ids       identifier key -> person id (u64)
  *   persons   person id -> person record (person_hdr_t, identifier keys, traits JSON)
- *   tl        identifier key -> dup values (be64 timestamp, be64 seq), the events
- *             sent with that identifier, sorted by time
+ *   tl        identifier key -> dup values (be64 timestamp, be64 seq << 1 | is a
+ *             page view), the events sent with that identifier, sorted by time.
+ *             A person's event and page-view counts and first/last seen are
+ *             read from here, so an ordinary event writes no person record.
  *   journal   journal seq -> JSON entry (merge or refusal)
  *   pjournal  person id -> dup journal seqs that explain the person
  *   smeta     counters: "next_person", "next_journal"
@@ -24,6 +26,7 @@
 
 #define KEY_SEP '\x1f'
 #define PERSON_VERSION 1
+#define STITCH_LAYOUT 2 /* 2: tl values carry seq << 1 | page; counters are derived */
 
 typedef struct {
     uint32_t version;
@@ -41,7 +44,11 @@ typedef struct {
     person_hdr_t h;
     sl_buf_t ids;
     sl_buf_t traits;
+    int dirty;            /* the record must be written back */
 } person_t;
+
+static int person_stats(struct sl_stitch_s *s, MDB_txn *txn, const person_t *p, uint64_t *events, uint64_t *pages,
+                        int64_t *first, int64_t *last);
 
 struct sl_stitch_s {
     const sl_config_t *cfg;
@@ -70,11 +77,13 @@ static uint64_t rd_be64(const unsigned char *p)
     return v;
 }
 
-static void tl_value(unsigned char out[16], int64_t ts_ms, uint64_t seq)
+static void tl_value(unsigned char out[16], int64_t ts_ms, uint64_t seq, int page)
 {
     be64(out, (uint64_t)ts_ms ^ (1ULL << 63)); /* signed order as bytes */
-    be64(out + 8, seq);
+    be64(out + 8, seq << 1 | (page ? 1 : 0));
 }
+
+static uint64_t tl_seq(const void *v) { return rd_be64((const unsigned char *)v + 8) >> 1; }
 
 static int make_key(sl_buf_t *b, const char *kind, const char *value)
 {
@@ -134,6 +143,7 @@ static int foreach_dup(MDB_txn *txn, MDB_dbi dbi, const void *key, size_t key_le
 
 /* ---- person records ---- */
 
+
 static int person_load(sl_stitch_t *s, MDB_txn *txn, uint64_t id, person_t *p)
 {
     MDB_val k = {8, &id}, v;
@@ -143,6 +153,7 @@ static int person_load(sl_stitch_t *s, MDB_txn *txn, uint64_t id, person_t *p)
     memcpy(&p->h, v.mv_data, sizeof(p->h));
     if (sizeof(p->h) + (size_t)p->h.ids_len + p->h.traits_len != v.mv_size) return MDB_CORRUPTED;
     p->id = id;
+    p->dirty = 0;
     p->ids.len = p->traits.len = 0;
     const char *d = (const char *)v.mv_data + sizeof(p->h);
     if (sl_buf_append(&p->ids, d, p->h.ids_len) || sl_buf_append(&p->traits, d + p->h.ids_len, p->h.traits_len))
@@ -170,6 +181,7 @@ static void person_init(person_t *p, uint64_t id)
     p->id = id;
     memset(&p->h, 0, sizeof(p->h));
     p->ids.len = p->traits.len = 0;
+    p->dirty = 1;
 }
 
 /* The first user_id identifier of p, or NULL. */
@@ -197,6 +209,7 @@ static int add_identity(sl_stitch_t *s, MDB_txn *txn, person_t *p, const sl_buf_
     if (rc) return rc;
     if (sl_buf_append(&p->ids, key->data, key->len) || sl_buf_append(&p->ids, "", 1)) return SL_ENOMEM;
     p->h.n_ids++;
+    p->dirty = 1;
     return 0;
 }
 
@@ -310,6 +323,7 @@ static int merge_traits(person_t *p, const cJSON *in_t, const cJSON *in_at, int6
         if (copy == NULL) goto out;
         cJSON_DeleteItemFromObjectCaseSensitive(t, x->string);
         cJSON_AddItemToObject(t, x->string, copy);
+        p->dirty = 1;
         cJSON_DeleteItemFromObjectCaseSensitive(at, x->string);
         if (cJSON_AddNumberToObject(at, x->string, when) == NULL) goto out;
     }
@@ -362,10 +376,7 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     sl_buf_appends(&s->tmp, "]}");
     if (s->tmp.data == NULL) return SL_ENOMEM;
 
-    if (x->h.first_ms && (!sv->h.first_ms || x->h.first_ms < sv->h.first_ms)) sv->h.first_ms = x->h.first_ms;
-    if (x->h.last_ms > sv->h.last_ms) sv->h.last_ms = x->h.last_ms;
-    sv->h.events += x->h.events;
-    sv->h.page_views += x->h.page_views;
+    sv->dirty = 1; /* event counts and first/last seen follow from the identifiers' timelines */
     sv->h.orders += x->h.orders;
     sv->h.revenue += x->h.revenue;
     if (!sv->h.currency[0]) memcpy(sv->h.currency, x->h.currency, sizeof(sv->h.currency));
@@ -520,20 +531,17 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
     }
     /* Index the event under the identifier it was sent with. */
     unsigned char tv[16];
-    tl_value(tv, m->ts_ms, seq);
+    tl_value(tv, m->ts_ms, seq, m->type == SL_STITCH_PAGE || m->type == SL_STITCH_SCREEN);
     if ((rc = make_key(&s->tmp, index_kind, index_id))) return rc;
     MDB_val k = {s->tmp.len, s->tmp.data}, v = {16, tv};
     if ((rc = mdb_put(txn, s->tl, &k, &v, 0)) && rc != MDB_KEYEXIST) return rc;
 
-    t->h.events++;
-    if (m->type == SL_STITCH_PAGE || m->type == SL_STITCH_SCREEN) t->h.page_views++;
     if (m->is_order) {
+        t->dirty = 1;
         t->h.orders++;
         t->h.revenue += m->revenue;
         if (m->currency[0]) memcpy(t->h.currency, m->currency, sizeof(t->h.currency));
     }
-    if (!t->h.first_ms || m->ts_ms < t->h.first_ms) t->h.first_ms = m->ts_ms;
-    if (m->ts_ms > t->h.last_ms) t->h.last_ms = m->ts_ms;
     if (m->type == SL_STITCH_IDENTIFY && m->traits_json) {
         cJSON *traits = cJSON_Parse(m->traits_json);
         if (s->trig && s->trait_changes == NULL && (s->trait_changes = cJSON_CreateArray()) == NULL) rc = SL_ENOMEM;
@@ -541,7 +549,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
         cJSON_Delete(traits);
         if (rc) return rc;
     }
-    if ((rc = person_save(s, txn, t))) return rc;
+    if (t->dirty && (rc = person_save(s, txn, t))) return rc; /* most events change no record */
     ((sl_stitch_msg_t *)m)->person = t->id; /* the caller's memory, handed over as meta */
     if (s->trig == NULL) return 0;
     int64_t now = sl_now_ms();
@@ -594,7 +602,30 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     if ((rc = mdb_dbi_open(txn, "pjournal", c | MDB_INTEGERKEY | MDB_DUPSORT | MDB_DUPFIXED | MDB_INTEGERDUP,
                            &s->pjournal)))
         return rc;
-    return mdb_dbi_open(txn, "smeta", c, &s->smeta);
+    if ((rc = mdb_dbi_open(txn, "smeta", c, &s->smeta))) return rc;
+    /* The layout of ids/tl/persons: a store of another layout is refused, not misread. */
+    MDB_val k = {6, "layout"}, v;
+    uint32_t layout = STITCH_LAYOUT;
+    rc = mdb_get(txn, s->smeta, &k, &v);
+    if (rc == 0 && v.mv_size == 4) memcpy(&layout, v.mv_data, 4);
+    else if (rc == MDB_NOTFOUND) {
+        MDB_stat st;
+        if ((rc = mdb_stat(txn, s->persons, &st))) return rc;
+        if (st.ms_entries > 0) layout = 1; /* written before the layout was recorded */
+        else if (!read_only) {
+            v.mv_size = 4;
+            v.mv_data = &layout;
+            if ((rc = mdb_put(txn, s->smeta, &k, &v, 0))) return rc;
+        }
+    } else if (rc) {
+        return rc;
+    }
+    if (layout != STITCH_LAYOUT) {
+        SL_ERROR("the identity graph in this data directory has layout %u; this sillage reads layout %u "
+                 "(export the events and ingest them again)", layout, STITCH_LAYOUT);
+        return SL_EINVAL;
+    }
+    return 0;
 }
 
 /* ---- public ---- */
@@ -645,7 +676,11 @@ int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t
     int rc = person_load(s, txn, id, p);
     if (rc) return rc == MDB_NOTFOUND ? SL_ENOTFOUND : rc;
     if (identified) *identified = person_identified(p);
-    if (last_ms) *last_ms = p->h.last_ms;
+    if (last_ms) {
+        uint64_t n;
+        int64_t first;
+        if ((rc = person_stats(s, txn, p, &n, NULL, &first, last_ms))) return rc;
+    }
     if (out == NULL) return 0;
     char pid[32];
     person_id_str(p->id, pid);
@@ -741,7 +776,39 @@ static void append_iso(sl_buf_t *out, int64_t ms)
     sl_buf_printf(out, "\"%s\"", t);
 }
 
-static void append_profile(sl_buf_t *out, const person_t *p)
+/* What the timelines of p's identifiers say: event count (and page views
+ * when pages is not NULL, which reads every entry), first and last seen. */
+static int person_stats(sl_stitch_t *s, MDB_txn *txn, const person_t *p, uint64_t *events, uint64_t *pages,
+                        int64_t *first, int64_t *last)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->tl, &cur);
+    if (rc) return rc;
+    *events = 0;
+    if (pages) *pages = 0;
+    *first = *last = 0;
+    for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1) {
+        const char *key = p->ids.data + off;
+        MDB_val k = {strlen(key), (void *)key}, v;
+        if ((rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY)) == MDB_NOTFOUND) continue;
+        size_t n = 0;
+        if (rc || (rc = mdb_cursor_count(cur, &n)) || (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST_DUP))) break;
+        *events += n;
+        int64_t f = (int64_t)(rd_be64(v.mv_data) ^ (1ULL << 63));
+        if (*first == 0 || f < *first) *first = f;
+        for (; pages && rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP))
+            *pages += ((const unsigned char *)v.mv_data)[15] & 1;
+        if (rc == MDB_NOTFOUND) rc = 0;
+        if (rc || (rc = mdb_cursor_get(cur, &k, &v, MDB_LAST_DUP))) break;
+        int64_t l = (int64_t)(rd_be64(v.mv_data) ^ (1ULL << 63));
+        if (l > *last) *last = l;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static void append_profile(sl_buf_t *out, const person_t *p, uint64_t events, uint64_t pages, int64_t first,
+                           int64_t last)
 {
     char pid[32];
     person_id_str(p->id, pid);
@@ -761,21 +828,21 @@ static void append_profile(sl_buf_t *out, const person_t *p)
     sl_buf_appends(out, txt ? txt : "{}");
     cJSON_free(txt);
     sl_buf_appends(out, ",\"traits_updated_at\":{");
-    int first = 1;
+    int lead = 1;
     for (const cJSON *x = cJSON_IsObject(at) ? at->child : NULL; x; x = x->next) {
-        if (!first) sl_buf_appends(out, ",");
-        first = 0;
+        if (!lead) sl_buf_appends(out, ",");
+        lead = 0;
         sl_buf_append_json_str(out, x->string, strlen(x->string));
         sl_buf_appends(out, ":");
         append_iso(out, (int64_t)x->valuedouble);
     }
     cJSON_Delete(doc);
     sl_buf_appends(out, "},\"first_seen\":");
-    append_iso(out, p->h.first_ms);
+    append_iso(out, first);
     sl_buf_appends(out, ",\"last_seen\":");
-    append_iso(out, p->h.last_ms);
+    append_iso(out, last);
     sl_buf_printf(out, ",\"counters\":{\"events\":%llu,\"page_views\":%llu,\"orders\":%llu,\"revenue\":%.2f}",
-                  (unsigned long long)p->h.events, (unsigned long long)p->h.page_views,
+                  (unsigned long long)events, (unsigned long long)pages,
                   (unsigned long long)p->h.orders, p->h.revenue);
     sl_buf_appends(out, ",\"currency\":");
     if (p->h.currency[0]) sl_buf_append_json_str(out, p->h.currency, strnlen(p->h.currency, sizeof(p->h.currency)));
@@ -786,8 +853,11 @@ static void append_profile(sl_buf_t *out, const person_t *p)
 int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out)
 {
     person_t p = {0};
+    uint64_t events, pages;
+    int64_t first, last;
     int rc = find_person(s, txn, kind, id, &p);
-    if (rc == 0) append_profile(out, &p);
+    if (rc == 0 && (rc = person_stats(s, txn, &p, &events, &pages, &first, &last)) == 0)
+        append_profile(out, &p, events, pages, first, last);
     person_free(&p);
     return rc;
 }
@@ -808,7 +878,7 @@ int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, const char *kind, const cha
             rc = SL_EINVAL;
             goto out_person;
         }
-        tl_value(bv, ts, seq);
+        tl_value(bv, ts, seq, 0); /* the lowest value with that (ts, seq) */
     }
     size_t n = p.h.n_ids;
     MDB_cursor **cur = calloc(n ? n : 1, sizeof(*cur));
@@ -859,7 +929,7 @@ int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, const char *kind, const cha
         }
         memcpy(last, head[best], 16);
         MDB_val ev;
-        if (sl_store_event_get(s->store, txn, rd_be64(last + 8), &ev) == 0) {
+        if (sl_store_event_get(s->store, txn, tl_seq(last), &ev) == 0) {
             if (emitted) sl_buf_appends(out, ",");
             sl_buf_append(out, ev.mv_data, ev.mv_size);
             emitted++;
@@ -875,7 +945,7 @@ int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, const char *kind, const cha
     }
     sl_buf_appends(out, "],\"next\":");
     if (more) sl_buf_printf(out, "\"%lld.%llu\"", (long long)(rd_be64(last) ^ (1ULL << 63)),
-                            (unsigned long long)rd_be64(last + 8));
+                            (unsigned long long)tl_seq(last));
     else sl_buf_appends(out, "null");
     sl_buf_appends(out, "}");
 out:
@@ -930,7 +1000,7 @@ int sl_stitch_merges(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char 
 static int erase_event(MDB_txn *txn, const MDB_val *v, void *arg)
 {
     sl_stitch_erase_t *e = arg;
-    int rc = sl_store_event_del(e->stitch->store, txn, rd_be64((const unsigned char *)v->mv_data + 8));
+    int rc = sl_store_event_del(e->stitch->store, txn, tl_seq(v->mv_data));
     if (rc == 0) e->events++;
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
@@ -1080,7 +1150,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl
             problem(&v, "tl: bad entry under", k.mv_data, k.mv_size);
             continue;
         }
-        uint64_t seq = rd_be64((const unsigned char *)val.mv_data + 8);
+        uint64_t seq = tl_seq(val.mv_data);
         MDB_val ev;
         rep->indexed++;
         if (seq > v.max_seq || sl_store_event_get(st, txn, seq, &ev) != 0) problem(&v, "tl: no such event under", k.mv_data, k.mv_size);
@@ -1129,7 +1199,9 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl
             rep->problems++;
             continue;
         }
-        counted += p.h.events;
+        uint64_t n;
+        int64_t first, last;
+        if (person_stats(s, txn, &p, &n, NULL, &first, &last) == 0) counted += n;
         for (size_t off = 0; off < p.ids.len; off += strlen(p.ids.data + off) + 1) {
             sl_buf_t key = {p.ids.data + off, strlen(p.ids.data + off), 0};
             uint64_t owner;
