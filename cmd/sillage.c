@@ -6,6 +6,7 @@
 #include "sl_stitch.h"
 #include "sl_triggers.h"
 #include "sl_webhooks.h"
+#include "sl_nats.h"
 #include "sl_store.h"
 
 #include <cjson/cJSON.h>
@@ -120,6 +121,7 @@ typedef struct app_s {
     sl_store_t *store;
     sl_trig_t *trig;
     sl_webhooks_t *webhooks;
+    sl_nats_t *nats;
     const char *config_path;    /* NULL: the demo default, nothing to reload */
     sl_config_t *rules;         /* the rules of the last reload (heap), or NULL */
     sl_config_t *pending;       /* a reload in flight */
@@ -199,6 +201,7 @@ static void on_signal(uv_signal_t *s, int signum)
     app_t *app = s->data;
     SL_INFO("received %s: finishing in-flight commits, then exiting", signum == SIGTERM ? "SIGTERM" : "SIGINT");
     sl_webhooks_stop(app->webhooks, NULL, NULL); /* its last cursor job goes in before the store drains */
+    sl_nats_stop(app->nats);                     /* so do the NATS cursors and a batch being handed over */
     sl_http_server_stop(app->srv, 10000, on_stopped, app);
 }
 
@@ -226,20 +229,22 @@ static int cmd_serve(int argc, char **argv)
 
     int rc, ret = 1;
     sl_store_t *store = NULL;
-    sl_stitch_t *stitch = sl_stitch_new(&cfg);
-    sl_trig_t *trig = sl_trig_new(&cfg);
+    /* An edge collects and forwards: the core stitches and runs the triggers. */
+    int stitching = cfg.role != SL_ROLE_EDGE;
+    sl_stitch_t *stitch = stitching ? sl_stitch_new(&cfg) : NULL;
+    sl_trig_t *trig = stitching ? sl_trig_new(&cfg) : NULL;
     sl_store_options_t so = store_options(&cfg, 0);
     so.hooks = stitch ? sl_stitch_hooks(stitch) : NULL;
     if (stitch) sl_stitch_set_triggers(stitch, trig);
-    if (stitch == NULL || trig == NULL || (rc = sl_store_open(&store, &so))) {
+    if ((stitching && (stitch == NULL || trig == NULL)) || (rc = sl_store_open(&store, &so))) {
         fprintf(stderr, "sillage: cannot open the store in %s: %s\n", cfg.data_dir,
-                sl_strerror(stitch && trig ? rc : SL_ENOMEM));
+                sl_strerror(!stitching || (stitch && trig) ? rc : SL_ENOMEM));
         sl_stitch_free(stitch);
         sl_trig_free(trig);
         sl_config_free(&cfg);
         return 1;
     }
-    sl_stitch_attach(stitch, store);
+    if (stitch) sl_stitch_attach(stitch, store);
     app_t app = {0};
     app.store = store;
     app.trig = trig;
@@ -261,13 +266,22 @@ static int cmd_serve(int argc, char **argv)
         uv_run(app.loop, UV_RUN_DEFAULT);
         goto out;
     }
-    if ((rc = sl_webhooks_start(&app.webhooks, app.loop, &cfg, store, trig))) {
+    if (trig && (rc = sl_webhooks_start(&app.webhooks, app.loop, &cfg, store, trig))) {
         fprintf(stderr, "sillage: cannot start webhook delivery: %s\n", sl_strerror(rc));
         sl_http_server_stop(app.srv, 0, NULL, NULL);
         uv_run(app.loop, UV_RUN_DEFAULT);
         goto out;
     }
     sl_http_server_set_webhooks(app.srv, app.webhooks);
+    if ((rc = sl_nats_start(&app.nats, app.loop, &cfg, store, app.srv, trig))) {
+        fprintf(stderr, "sillage: cannot start the NATS %s: %s\n", cfg.role == SL_ROLE_EDGE ? "forwarder" : "consumer",
+                sl_strerror(rc));
+        sl_webhooks_stop(app.webhooks, NULL, NULL);
+        sl_http_server_stop(app.srv, 0, NULL, NULL);
+        uv_run(app.loop, UV_RUN_DEFAULT);
+        goto out;
+    }
+    sl_http_server_set_nats(app.srv, app.nats);
     uv_signal_init(app.loop, &app.sigterm);
     uv_signal_init(app.loop, &app.sigint);
     uv_signal_init(app.loop, &app.sighup);
@@ -291,6 +305,7 @@ out:
     sl_stitch_free(stitch);
     sl_trig_free(trig);
     sl_webhooks_free(app.webhooks);
+    sl_nats_free(app.nats);
     if (app.rules) {
         sl_config_free(app.rules);
         free(app.rules);

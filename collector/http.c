@@ -753,6 +753,8 @@ fail:
 
 void sl_http_server_set_webhooks(sl_server_t *srv, struct sl_webhooks_s *w) { srv->webhooks = w; }
 
+void sl_http_server_set_nats(sl_server_t *srv, struct sl_nats_s *n) { srv->nats = n; }
+
 int sl_http_server_set_triggers(sl_server_t *srv, struct sl_trig_s *trig)
 {
     srv->trig = trig;

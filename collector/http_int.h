@@ -81,6 +81,7 @@ struct sl_server_s {
     struct sl_stitch_s *stitch;   /* NULL: no profiles */
     struct sl_trig_s *trig;       /* NULL: no trigger feed */
     struct sl_webhooks_s *webhooks; /* NULL: none configured */
+    struct sl_nats_s *nats;       /* NULL: role "all" */
     uv_async_t feed_async;        /* the writer made more triggers durable */
     uv_timer_t feed_timer;        /* long-poll deadlines, stream keep-alives */
     conn_t *feed_waiters;         /* long polls and streams */
@@ -165,6 +166,10 @@ void static_free(sl_server_t *srv);
 int handle_static(conn_t *c, const char *path);
 
 /* routes.c */
+/* What the stitcher needs of a normalised message, allocated in arena (NULL
+ * when out of memory); shared by the HTTP ingestion and the NATS consumer. */
+struct sl_stitch_msg_s *collector_stitch_input(const sl_config_t *cfg, struct sl_stitch_s *stitch, const cJSON *msg,
+                                               const char *message_id, sl_arena_t *arena);
 void route_request(conn_t *c);
 void handle_profiles(conn_t *c, const char *rest);
 

@@ -11,6 +11,7 @@
 #include "sl_stitch.h"
 #include "sl_triggers.h"
 #include "sl_webhooks.h"
+#include "sl_nats.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,11 +163,10 @@ static int cart_rule_event(const sl_config_t *cfg, const char *event)
 
 /* What the stitcher needs of a normalised message, in the request's arena
  * (alive until the commit is answered). NULL when out of memory. */
-static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg, const char *message_id)
+sl_stitch_msg_t *collector_stitch_input(const sl_config_t *cfg, sl_stitch_t *stitch, const cJSON *msg,
+                                        const char *message_id, sl_arena_t *arena)
 {
-    sl_server_t *srv = c->srv;
-    req_t *r = c->req;
-    sl_stitch_msg_t *sm = sl_arena_alloc(&r->arena, sizeof(*sm));
+    sl_stitch_msg_t *sm = sl_arena_alloc(arena, sizeof(*sm));
     if (sm == NULL) return NULL;
     memset(sm, 0, sizeof(*sm));
     const char *type = str_member(msg, "type");
@@ -176,41 +176,40 @@ static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg, const char *me
         [SL_MSG_SCREEN] = SL_STITCH_SCREEN,     [SL_MSG_IDENTIFY] = SL_STITCH_IDENTIFY,
         [SL_MSG_ALIAS] = SL_STITCH_ALIAS,       [SL_MSG_GROUP] = SL_STITCH_GROUP};
     sm->type = t >= 0 && t < SL_MSG_NTYPES ? map[t] : SL_STITCH_TRACK;
-    if ((sm->message_id = sl_arena_strndup(&r->arena, message_id, strlen(message_id))) == NULL) return NULL;
-    sm->user_id = sl_stitch_clean_id(srv->stitch, str_member(msg, "userId"), &r->arena, 0);
-    sm->anonymous_id = sl_stitch_clean_id(srv->stitch, str_member(msg, "anonymousId"), &r->arena, 0);
-    sm->previous_id = sl_stitch_clean_id(srv->stitch, str_member(msg, "previousId"), &r->arena, 0);
+    if ((sm->message_id = sl_arena_strndup(arena, message_id, strlen(message_id))) == NULL) return NULL;
+    sm->user_id = sl_stitch_clean_id(stitch, str_member(msg, "userId"), arena, 0);
+    sm->anonymous_id = sl_stitch_clean_id(stitch, str_member(msg, "anonymousId"), arena, 0);
+    sm->previous_id = sl_stitch_clean_id(stitch, str_member(msg, "previousId"), arena, 0);
     const char *ts = str_member(msg, "timestamp");
     if (ts == NULL || sl_time_parse_iso(ts, strlen(ts), &sm->ts_ms)) sm->ts_ms = sl_now_ms();
     const cJSON *traits = cJSON_GetObjectItemCaseSensitive(msg, "traits");
     if (sm->type == SL_STITCH_IDENTIFY && cJSON_IsObject(traits)) {
-        const sl_config_t *cfg = srv->cfg;
         for (size_t i = 0; i < cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
-            sm->trait_ids[i] = sl_stitch_clean_id(srv->stitch, str_member(traits, cfg->identity_traits[i]), &r->arena, 1);
+            sm->trait_ids[i] = sl_stitch_clean_id(stitch, str_member(traits, cfg->identity_traits[i]), arena, 1);
         char *txt = cJSON_PrintUnformatted(traits);
         if (txt == NULL) return NULL;
-        sm->traits_json = sl_arena_strndup(&r->arena, txt, strlen(txt));
+        sm->traits_json = sl_arena_strndup(arena, txt, strlen(txt));
         cJSON_free(txt);
         if (sm->traits_json == NULL) return NULL;
     }
     const char *event = str_member(msg, "event");
     const cJSON *props = cJSON_GetObjectItemCaseSensitive(msg, "properties");
-    if (srv->cfg->n_triggers && sm->type == SL_STITCH_TRACK && event) {
-        if ((sm->event = sl_arena_strndup(&r->arena, event, strlen(event))) == NULL) return NULL;
-        if (cJSON_IsObject(props) && cart_rule_event(srv->cfg, event)) {
+    if (cfg->n_triggers && sm->type == SL_STITCH_TRACK && event) {
+        if ((sm->event = sl_arena_strndup(arena, event, strlen(event))) == NULL) return NULL;
+        if (cJSON_IsObject(props) && cart_rule_event(cfg, event)) {
             char *txt = cJSON_PrintUnformatted(props);
             if (txt == NULL) return NULL;
-            sm->props_json = sl_arena_strndup(&r->arena, txt, strlen(txt));
+            sm->props_json = sl_arena_strndup(arena, txt, strlen(txt));
             cJSON_free(txt);
             if (sm->props_json == NULL) return NULL;
         }
     }
-    if (srv->cfg->n_triggers && sm->type == SL_STITCH_PAGE) {
+    if (cfg->n_triggers && sm->type == SL_STITCH_PAGE) {
         const cJSON *page = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(msg, "context"), "page");
         const char *url = str_member(props, "url"), *path = str_member(props, "path");
         if (url == NULL) url = str_member(page, "url");
         if (path == NULL) path = str_member(page, "path");
-        if (url && (sm->url = sl_arena_strndup(&r->arena, url, strlen(url))) == NULL) return NULL;
+        if (url && (sm->url = sl_arena_strndup(arena, url, strlen(url))) == NULL) return NULL;
         if (path == NULL && url) { /* the path of an absolute URL */
             const char *p = strstr(url, "://");
             p = p ? strchr(p + 3, '/') : NULL;
@@ -218,7 +217,7 @@ static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg, const char *me
         }
         if (path) {
             size_t n = strcspn(path, "?#");
-            if ((sm->path = sl_arena_strndup(&r->arena, path, n)) == NULL) return NULL;
+            if ((sm->path = sl_arena_strndup(arena, path, n)) == NULL) return NULL;
         }
     }
     if (sm->type == SL_STITCH_TRACK && event && strcmp(event, "Order Completed") == 0) {
@@ -230,6 +229,11 @@ static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg, const char *me
         if (cur) snprintf(sm->currency, sizeof(sm->currency), "%s", cur);
     }
     return sm;
+}
+
+static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg, const char *message_id)
+{
+    return collector_stitch_input(c->srv->cfg, c->srv->stitch, msg, message_id, &c->req->arena);
 }
 
 /* Normalises one message and appends its printed form to the batch.
@@ -625,6 +629,28 @@ static void handle_metrics(conn_t *c)
                       "# HELP sillage_trigger_feed_last_seq The last trigger readers can see (durable).\n"
                       "# TYPE sillage_trigger_feed_last_seq gauge\nsillage_trigger_feed_last_seq %llu\n",
                       (unsigned long long)ts.timers_fired, (unsigned long long)sl_trig_durable_seq(srv->trig));
+    }
+    if (srv->nats) {
+        sl_nats_stats_t ns;
+        sl_nats_get_stats(srv->nats, &ns);
+        sl_buf_printf(&b,
+                      "# HELP sillage_nats_connected 1 when the last NATS operation worked.\n"
+                      "# TYPE sillage_nats_connected gauge\nsillage_nats_connected %d\n"
+                      "# HELP sillage_nats_published_total Events published to JetStream and acknowledged (edge).\n"
+                      "# TYPE sillage_nats_published_total counter\nsillage_nats_published_total %llu\n"
+                      "# HELP sillage_nats_publish_errors_total Publish rounds that failed and were retried (edge).\n"
+                      "# TYPE sillage_nats_publish_errors_total counter\nsillage_nats_publish_errors_total %llu\n"
+                      "# HELP sillage_nats_lag_events Stored events not yet acknowledged by JetStream (edge).\n"
+                      "# TYPE sillage_nats_lag_events gauge\nsillage_nats_lag_events %llu\n"
+                      "# HELP sillage_nats_consumed_total Events applied from the stream (core).\n"
+                      "# TYPE sillage_nats_consumed_total counter\nsillage_nats_consumed_total %llu\n"
+                      "# HELP sillage_nats_position The last stream sequence applied (core).\n"
+                      "# TYPE sillage_nats_position gauge\nsillage_nats_position %llu\n"
+                      "# HELP sillage_nats_triggers_published_total Triggers published to the triggers subject (core).\n"
+                      "# TYPE sillage_nats_triggers_published_total counter\nsillage_nats_triggers_published_total %llu\n",
+                      ns.connected, (unsigned long long)ns.published, (unsigned long long)ns.publish_errors,
+                      (unsigned long long)ns.lag, (unsigned long long)ns.consumed, (unsigned long long)ns.position,
+                      (unsigned long long)ns.triggers_published);
     }
     if (srv->webhooks) {
         sl_webhooks_stats_t ws;

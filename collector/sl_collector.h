@@ -46,6 +46,9 @@ int sl_http_server_set_triggers(sl_server_t *srv, struct sl_trig_s *trig);
 /* Wakes w when triggers become durable, reports it in /metrics. */
 struct sl_webhooks_s;
 void sl_http_server_set_webhooks(sl_server_t *srv, struct sl_webhooks_s *w);
+/* Reports the NATS forwarder or consumer in /metrics. */
+struct sl_nats_s;
+void sl_http_server_set_nats(sl_server_t *srv, struct sl_nats_s *n);
 
 /* The bound port (useful with port 0). */
 int sl_http_server_port(const sl_server_t *srv);

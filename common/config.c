@@ -69,6 +69,13 @@ static void set_defaults(sl_config_t *c)
     c->limits.request_timeout_ms = 30000;
     c->dedupe_window_ms = 86400000;
     c->trigger_retention_ms = 30LL * 86400000;
+    c->nats.url = strdup("nats://127.0.0.1:4222");
+    c->nats.stream = strdup("SILLAGE");
+    c->nats.events_subject = strdup("sillage.events");
+    c->nats.triggers_subject = strdup("sillage.triggers");
+    c->nats.consumer = strdup("sillage-core");
+    c->nats.replicas = 1;
+    c->nats.duplicate_window_ms = 3600000;
 }
 
 /* ---- typed readers: each names the key path in its error --------------------- */
@@ -292,7 +299,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     static const char *known[] = {
         "listen", "data_dir", "map_size", "map_size_max", "durability", "geoip_db", "ip_anonymize",
         "trusted_proxies", "cors_origins", "sources", "admin_token", "identity", "limits",
-        "dedupe_window", "triggers", "pressure", "webhooks", "log_level", "trigger_retention", "demo", "debug", "metrics_auth",
+        "dedupe_window", "triggers", "pressure", "webhooks", "log_level", "trigger_retention", "demo", "debug", "metrics_auth", "role", "nats",
         NULL};
     int rc;
     if ((rc = check_keys(x, root, "", known))) return rc;
@@ -329,6 +336,51 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     if ((rc = get_bool(x, root, "demo", &c->demo_shop))) return rc;
     if ((rc = get_bool(x, root, "debug", &c->debug_page))) return rc;
     if ((rc = get_bool(x, root, "metrics_auth", &c->metrics_auth))) return rc;
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(root, "role");
+    if (role) {
+        if (cJSON_IsString(role) && strcmp(role->valuestring, "all") == 0) c->role = SL_ROLE_ALL;
+        else if (cJSON_IsString(role) && strcmp(role->valuestring, "edge") == 0) c->role = SL_ROLE_EDGE;
+        else if (cJSON_IsString(role) && strcmp(role->valuestring, "core") == 0) c->role = SL_ROLE_CORE;
+        else {
+            seterr(x->err, x->errlen, "role must be \"all\", \"edge\" or \"core\"");
+            return SL_EINVAL;
+        }
+    }
+    const cJSON *nats = cJSON_GetObjectItemCaseSensitive(root, "nats");
+    if (nats) {
+        static const char *nk[] = {"url", "stream", "events_subject", "triggers_subject", "credentials", "consumer",
+                                   "replicas", "duplicate_window", NULL};
+        if ((rc = check_keys(x, nats, "nats", nk))) return rc;
+        struct { const char *key; char **slot; } strs[] = {
+            {"url", &c->nats.url}, {"stream", &c->nats.stream}, {"events_subject", &c->nats.events_subject},
+            {"triggers_subject", &c->nats.triggers_subject}, {"credentials", &c->nats.credentials},
+            {"consumer", &c->nats.consumer}};
+        for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+            if (!cJSON_GetObjectItemCaseSensitive(nats, strs[i].key)) continue;
+            free(*strs[i].slot);
+            *strs[i].slot = NULL;
+            if ((rc = get_str(x, nats, strs[i].key, "nats", strs[i].slot, 1))) return rc;
+        }
+        const cJSON *rep = cJSON_GetObjectItemCaseSensitive(nats, "replicas");
+        if (rep) {
+            if (!cJSON_IsNumber(rep) || rep->valuedouble < 1 || rep->valuedouble > 5 ||
+                rep->valuedouble != (int)rep->valuedouble) {
+                seterr(x->err, x->errlen, "nats.replicas must be a whole number from 1 to 5");
+                return SL_EINVAL;
+            }
+            c->nats.replicas = (int)rep->valuedouble;
+        }
+        if ((rc = get_duration(x, nats, "duplicate_window", "nats", &c->nats.duplicate_window_ms))) return rc;
+        if (strncmp(c->nats.url, "nats://", 7) != 0 && strncmp(c->nats.url, "tls://", 6) != 0) {
+            seterr(x->err, x->errlen, "nats.url must start with nats:// or tls://");
+            return SL_EINVAL;
+        }
+    }
+    if (c->role != SL_ROLE_ALL && nats == NULL) {
+        seterr(x->err, x->errlen, "role \"%s\" needs a \"nats\" section with at least its url",
+               c->role == SL_ROLE_EDGE ? "edge" : "core");
+        return SL_EINVAL;
+    }
     if ((rc = get_strv(x, root, "trusted_proxies", "", &c->trusted_proxies, &c->n_trusted_proxies))) return rc;
     if ((rc = get_strv(x, root, "cors_origins", "", &c->cors_origins, &c->n_cors_origins))) return rc;
 
@@ -601,6 +653,12 @@ int sl_config_check_exposure(const sl_config_t *cfg, char *err, size_t errlen)
 
 void sl_config_free(sl_config_t *c)
 {
+    free(c->nats.url);
+    free(c->nats.stream);
+    free(c->nats.events_subject);
+    free(c->nats.triggers_subject);
+    free(c->nats.credentials);
+    free(c->nats.consumer);
     free(c->listen);
     free(c->data_dir);
     free(c->geoip_db);

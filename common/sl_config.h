@@ -14,6 +14,7 @@ typedef struct sl_source_s {
 } sl_source_t;
 
 enum sl_durability { SL_DURABLE_SYNC = 0, SL_DURABLE_OS = 1 };
+enum sl_role { SL_ROLE_ALL = 0, SL_ROLE_EDGE, SL_ROLE_CORE };
 
 enum sl_trigger_type {
     SL_TRIG_PAGE_VISIT, SL_TRIG_ABANDONED_CART, SL_TRIG_INACTIVITY, SL_TRIG_TRAIT_CHANGE
@@ -56,6 +57,17 @@ typedef struct sl_config_s {
     int demo_shop;               /* serve /demo/ (default: only in the demo) */
     int debug_page;              /* serve /debug (default: only in the demo) */
     int metrics_auth;            /* /metrics needs the admin token (default false) */
+    int role;                    /* enum sl_role */
+    struct {
+        char *url;               /* "nats://127.0.0.1:4222" (several: comma-separated) */
+        char *stream;            /* "SILLAGE" */
+        char *events_subject;    /* "sillage.events" */
+        char *triggers_subject;  /* "sillage.triggers" */
+        char *credentials;       /* .creds file, optional */
+        char *consumer;          /* durable consumer of the core: "sillage-core" */
+        int replicas;            /* stream replicas when sillage creates it: 1 */
+        int64_t duplicate_window_ms; /* the stream's Nats-Msg-Id window: 1h */
+    } nats;
     char **trusted_proxies;
     size_t n_trusted_proxies;
     char **cors_origins;         /* NULL/0 = any origin */

@@ -57,8 +57,9 @@ struct sl_store_batch_s {
     sl_store_done_cb done;
     void *data;             /* the caller's */
     int rc;                 /* out */
-    /* A job batch (n_msgs 0): job runs inside the writer's transaction, like a
-     * message would (erasure). It returns 0, keeping its own result in arg, or
+    /* job (optional) runs inside the writer's transaction, before the batch's
+     * messages if it has any (erasure; a NATS consumer position stored in the
+     * same commit as the events it delivered). It returns 0, keeping its own result in arg, or
      * an LMDB error, which fails the whole commit. It may run more than once
      * (the commit is retried after the map grows), so it must start afresh. */
     int (*job)(MDB_txn *txn, void *arg);
@@ -136,7 +137,14 @@ int sl_store_backup(sl_store_t *st, const char *dest);
 /* Runs cb in a read transaction (any thread; safe against map growth).
  * Returns cb's result, or the error that kept the transaction from starting. */
 int sl_store_read(sl_store_t *st, int (*cb)(MDB_txn *txn, void *arg), void *arg);
-/* sl_store_foreach_event() inside the caller's transaction. */
+/* Small named counters in the store's meta database (NATS cursors): get in
+ * any transaction (0 when unset), put in a job. */
+int sl_store_meta_get(sl_store_t *st, MDB_txn *txn, const char *key, uint64_t *out);
+int sl_store_meta_put(sl_store_t *st, MDB_txn *txn, const char *key, uint64_t value);
+/* sl_store_foreach_event() inside the caller's transaction; _from: starting
+ * at sequence from. */
+int sl_store_foreach_event_from(sl_store_t *st, MDB_txn *txn, uint64_t from,
+                                int (*cb)(const char *, size_t, uint64_t, void *), void *arg);
 int sl_store_foreach_event_txn(sl_store_t *st, MDB_txn *txn, int (*cb)(const char *, size_t, uint64_t, void *),
                                void *arg);
 

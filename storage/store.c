@@ -277,10 +277,9 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) goto fail;
     for (sl_store_batch_t *b = list; b; b = b->next) {
-        if (b->job) {
+        if (b->job) { /* runs before the batch's messages, in the same transaction */
             if ((rc = b->job(txn, b->job_arg))) goto fail;
             jobs++;
-            continue;
         }
         for (size_t i = 0; i < b->n_msgs; i++) {
             sl_store_msg_t *m = &b->msgs[i];
@@ -587,23 +586,9 @@ static void read_end(sl_store_t *st, MDB_txn *txn)
 int sl_store_foreach_event(sl_store_t *st, int (*cb)(const char *, size_t, uint64_t, void *), void *arg)
 {
     MDB_txn *txn;
-    MDB_cursor *cur;
-    MDB_val k, v;
     int rc = read_begin(st, &txn);
     if (rc) return rc;
-    if ((rc = mdb_cursor_open(txn, st->events, &cur))) goto out;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        uint64_t seq;
-        memcpy(&seq, k.mv_data, 8);
-        int r = cb(v.mv_data, v.mv_size, seq, arg);
-        if (r) {
-            rc = r;
-            break;
-        }
-    }
-    if (rc == MDB_NOTFOUND) rc = 0;
-    mdb_cursor_close(cur);
-out:
+    rc = sl_store_foreach_event_from(st, txn, 0, cb, arg);
     read_end(st, txn);
     return rc;
 }
@@ -611,11 +596,17 @@ out:
 int sl_store_foreach_event_txn(sl_store_t *st, MDB_txn *txn, int (*cb)(const char *, size_t, uint64_t, void *),
                                void *arg)
 {
+    return sl_store_foreach_event_from(st, txn, 0, cb, arg);
+}
+
+int sl_store_foreach_event_from(sl_store_t *st, MDB_txn *txn, uint64_t from,
+                                int (*cb)(const char *, size_t, uint64_t, void *), void *arg)
+{
     MDB_cursor *cur;
-    MDB_val k, v;
+    MDB_val k = {8, &from}, v;
     int rc = mdb_cursor_open(txn, st->events, &cur);
     if (rc) return rc;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         uint64_t seq;
         memcpy(&seq, k.mv_data, 8);
         int r = cb(v.mv_data, v.mv_size, seq, arg);
@@ -678,4 +669,19 @@ void sl_store_get_stats(sl_store_t *st, sl_store_stats_t *o)
     o->dedupe_entries = atomic_load(&st->stats.dedupe_entries);
     o->map_size_bytes = atomic_load(&st->stats.map_size_bytes);
     o->last_seq = atomic_load(&st->stats.last_seq);
+}
+
+int sl_store_meta_get(sl_store_t *st, MDB_txn *txn, const char *key, uint64_t *out)
+{
+    MDB_val k = {strlen(key), (void *)key}, v;
+    *out = 0;
+    int rc = mdb_get(txn, st->meta, &k, &v);
+    if (rc == 0 && v.mv_size == 8) memcpy(out, v.mv_data, 8);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int sl_store_meta_put(sl_store_t *st, MDB_txn *txn, const char *key, uint64_t value)
+{
+    MDB_val k = {strlen(key), (void *)key}, v = {8, &value};
+    return mdb_put(txn, st->meta, &k, &v, 0);
 }

@@ -1,0 +1,656 @@
+/* nats.c - scale-out on NATS JetStream (docs/SCALING.md), with libnats.
+ *
+ * edge: the events table is the outbox. A forwarder thread publishes every
+ *   stored event after the durable cursor "nats_cursor" to events_subject with
+ *   Nats-Msg-Id = messageId (the stream's duplicate window absorbs resends),
+ *   waits for the JetStream acknowledgements, then moves the cursor (a store
+ *   job, submitted by the loop thread). NATS down: the edge keeps accepting
+ *   and storing; the forwarder retries and drains when NATS is back.
+ * core: a durable pull consumer fetches batches; the loop thread submits each
+ *   batch to the store with the consumer position ("nats_position", the last
+ *   stream sequence applied) as a job in the same commit, and acknowledges the
+ *   messages after the commit. Redeliveries at or below the position are only
+ *   acknowledged; the store's messageId dedupe catches the rest.
+ *   A second thread publishes the trigger feed to triggers_subject from the
+ *   durable cursor "nats_triggers_cursor", Nats-Msg-Id = the trigger's id.
+ * Threads never touch the store's submit queue: they hand work to the loop
+ * thread through a uv_async. */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <nats/nats.h>
+
+#include "http_int.h"
+#include "sl_nats.h"
+#include "sl_stitch.h"
+#include "sl_triggers.h"
+
+#define PAGE 256
+#define RETRY_MS 500
+
+typedef struct nbatch_s {
+    natsMsgList list;
+    sl_store_msg_t *msgs;
+    size_t n;
+    uint64_t position;        /* the highest stream sequence in the batch */
+    sl_arena_t arena;
+    sl_store_batch_t batch;
+    struct sl_nats_s *n_owner;
+    struct nbatch_s *next;
+} nbatch_t;
+
+struct sl_nats_s {
+    uv_loop_t *loop;
+    const sl_config_t *cfg;
+    sl_store_t *store;
+    sl_server_t *srv;
+    sl_trig_t *trig;
+    uv_async_t async;
+    uv_thread_t thread, trig_thread;
+    int have_thread, have_trig_thread;
+    _Atomic int stopping;
+    uv_mutex_t mu;
+    uv_cond_t cv;
+    nbatch_t *ready;              /* core: fetched, for the loop thread (under mu) */
+    int batch_done, batch_rc;     /* core: the loop thread finished the last batch (under mu) */
+    /* cursors the threads want stored, and what is stored */
+    _Atomic uint64_t want_cursor, want_trig_cursor;
+    uint64_t stored_cursor, stored_trig_cursor;
+    int job_busy;
+    sl_store_batch_t job;
+    uint64_t job_values[2];
+    /* stats */
+    _Atomic uint64_t published, publish_errors, consumed, applied_position, triggers_published;
+    _Atomic int connected;
+    int async_open;               /* under mu: threads may wake the loop */
+};
+
+/* Wakes the loop thread, unless sl_nats_stop() closed the handle. */
+static void notify(sl_nats_t *n)
+{
+    uv_mutex_lock(&n->mu);
+    if (n->async_open) uv_async_send(&n->async);
+    uv_mutex_unlock(&n->mu);
+}
+
+/* ---- connection ---- */
+
+static natsConnection *nats_connect(sl_nats_t *n)
+{
+    natsOptions *o = NULL;
+    natsConnection *nc = NULL;
+    if (natsOptions_Create(&o) != NATS_OK) return NULL;
+    natsOptions_SetURL(o, n->cfg->nats.url);
+    natsOptions_SetMaxReconnect(o, -1);
+    natsOptions_SetReconnectWait(o, 250);
+    natsOptions_SetTimeout(o, 2000);
+    natsOptions_SetRetryOnFailedConnect(o, true, NULL, NULL);
+    if (n->cfg->nats.credentials) natsOptions_SetUserCredentialsFromFiles(o, n->cfg->nats.credentials, NULL);
+    natsStatus s = natsConnection_Connect(&nc, o);
+    natsOptions_Destroy(o);
+    if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
+        SL_WARN("nats: cannot connect to %s: %s", n->cfg->nats.url, natsStatus_GetText(s));
+        return NULL;
+    }
+    return nc;
+}
+
+/* Creates the stream when it does not exist (events and triggers subjects). */
+static int ensure_stream(sl_nats_t *n, jsCtx *js)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, js, n->cfg->nats.stream, NULL, &jerr);
+    if (s == NATS_OK) {
+        jsStreamInfo_Destroy(si);
+        return 0;
+    }
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    const char *subjects[2] = {n->cfg->nats.events_subject, n->cfg->nats.triggers_subject};
+    sc.Name = n->cfg->nats.stream;
+    sc.Subjects = subjects;
+    sc.SubjectsLen = 2;
+    sc.Storage = js_FileStorage;
+    sc.Replicas = n->cfg->nats.replicas;
+    sc.Duplicates = n->cfg->nats.duplicate_window_ms * 1000000LL;
+    s = js_AddStream(&si, js, &sc, NULL, &jerr);
+    if (s == NATS_OK) {
+        jsStreamInfo_Destroy(si);
+        SL_INFO("nats: created stream %s (%s, %s; %d replicas)", sc.Name, subjects[0], subjects[1], (int)sc.Replicas);
+        return 0;
+    }
+    if (jerr == JSStreamNameExistErr) return 0; /* created by another node meanwhile */
+    SL_WARN("nats: cannot create stream %s: %s (%d)", sc.Name, natsStatus_GetText(s), (int)jerr);
+    return -1;
+}
+
+static void sleep_ms(sl_nats_t *n, int ms)
+{
+    for (int i = 0; i < ms / 50 && !atomic_load(&n->stopping); i++) nats_Sleep(50);
+}
+
+/* ---- edge: the forwarder ---- */
+
+typedef struct {
+    uint64_t after;
+    size_t n;
+    uint64_t seq[PAGE];
+    char *json[PAGE];
+    size_t len[PAGE];
+    char *mid[PAGE];
+} page_t;
+
+static int take_event(const char *json, size_t len, uint64_t seq, void *arg)
+{
+    page_t *p = arg;
+    if (seq <= p->after) return 0;
+    if (p->n == PAGE) return 1;
+    p->seq[p->n] = seq;
+    p->json[p->n] = malloc(len);
+    if (p->json[p->n] == NULL) return SL_ENOMEM;
+    memcpy(p->json[p->n], json, len);
+    p->len[p->n] = len;
+    cJSON *doc = cJSON_ParseWithLength(json, len);
+    const cJSON *mid = cJSON_GetObjectItemCaseSensitive(doc, "messageId");
+    p->mid[p->n] = strdup(cJSON_IsString(mid) ? mid->valuestring : "");
+    cJSON_Delete(doc);
+    p->n++;
+    return 0;
+}
+
+typedef struct {
+    sl_store_t *st;
+    page_t *p;
+} page_read_t;
+
+/* Events after p->after, in sequence order. A full scan would be slow: start
+ * at the cursor with the store's own iteration and skip what is below. */
+static int read_page(MDB_txn *txn, void *arg)
+{
+    page_read_t *r = arg;
+    int rc = sl_store_foreach_event_from(r->st, txn, r->p->after + 1, take_event, r->p);
+    return rc == 1 ? 0 : rc; /* 1: the page is full */
+}
+
+static void page_free(page_t *p)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        free(p->json[i]);
+        free(p->mid[i]);
+    }
+    p->n = 0;
+}
+
+static void forward_main(void *arg)
+{
+    sl_nats_t *n = arg;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    page_t *p = calloc(1, sizeof(*p));
+    uint64_t cursor = n->stored_cursor;
+    while (p && !atomic_load(&n->stopping)) {
+        if (nc == NULL && (nc = nats_connect(n)) == NULL) {
+            sleep_ms(n, RETRY_MS);
+            continue;
+        }
+        if (js == NULL) {
+            jsOptions jo;
+            jsOptions_Init(&jo);
+            jo.Wait = 5000;
+            if (natsConnection_JetStream(&js, nc, &jo) != NATS_OK || ensure_stream(n, js)) {
+                if (js) jsCtx_Destroy(js);
+                js = NULL;
+                atomic_store(&n->connected, 0);
+                sleep_ms(n, RETRY_MS);
+                continue;
+            }
+        }
+        page_read_t r = {n->store, p};
+        p->after = cursor;
+        if (sl_store_read(n->store, read_page, &r) != 0 || p->n == 0) {
+            page_free(p);
+            sleep_ms(n, 50);
+            continue;
+        }
+        natsStatus s = NATS_OK;
+        size_t i;
+        for (i = 0; i < p->n && s == NATS_OK; i++) {
+            jsPubOptions po;
+            jsPubOptions_Init(&po);
+            po.MsgId = p->mid[i][0] ? p->mid[i] : NULL;
+            s = js_PublishAsync(js, n->cfg->nats.events_subject, p->json[i], (int)p->len[i], &po);
+        }
+        if (s == NATS_OK) {
+            jsPubOptions po;
+            jsPubOptions_Init(&po);
+            po.MaxWait = 5000;
+            s = js_PublishAsyncComplete(js, &po);
+        }
+        if (s == NATS_OK) {
+            natsMsgList pending = {0};
+            if (js_PublishAsyncGetPendingList(&pending, js) == NATS_OK && pending.Count > 0) s = NATS_ERR;
+            natsMsgList_Destroy(&pending);
+        }
+        if (s == NATS_OK) {
+            cursor = p->seq[p->n - 1];
+            atomic_fetch_add(&n->published, p->n);
+            atomic_store(&n->want_cursor, cursor);
+            atomic_store(&n->connected, 1);
+            notify(n);
+        } else {
+            atomic_fetch_add(&n->publish_errors, 1);
+            atomic_store(&n->connected, 0);
+            SL_INFO("nats: publishing events after %llu failed (%s); retrying", (unsigned long long)cursor,
+                    natsStatus_GetText(s));
+            sleep_ms(n, RETRY_MS);
+        }
+        page_free(p);
+    }
+    free(p);
+    if (js) jsCtx_Destroy(js);
+    if (nc) natsConnection_Destroy(nc);
+}
+
+/* ---- core: the consumer ---- */
+
+static void consume_main(void *arg)
+{
+    sl_nats_t *n = arg;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    natsSubscription *sub = NULL;
+    uint64_t position = n->stored_cursor; /* for the core, stored_cursor is the applied position */
+    while (!atomic_load(&n->stopping)) {
+        if (nc == NULL && (nc = nats_connect(n)) == NULL) {
+            sleep_ms(n, RETRY_MS);
+            continue;
+        }
+        if (sub == NULL) {
+            jsOptions jo;
+            jsOptions_Init(&jo);
+            jo.Wait = 5000;
+            jsSubOptions so;
+            jsSubOptions_Init(&so);
+            so.Stream = n->cfg->nats.stream;
+            so.Config.AckPolicy = js_AckExplicit;
+            so.Config.AckWait = 30LL * 1000000000LL;
+            so.Config.MaxAckPending = 4096;
+            jsErrCode jerr = 0;
+            if ((js || natsConnection_JetStream(&js, nc, &jo) == NATS_OK) && ensure_stream(n, js) == 0 &&
+                js_PullSubscribe(&sub, js, n->cfg->nats.events_subject, n->cfg->nats.consumer, &jo, &so, &jerr) ==
+                    NATS_OK) {
+                atomic_store(&n->connected, 1);
+                SL_INFO("nats: consuming %s as %s from position %llu", n->cfg->nats.events_subject,
+                        n->cfg->nats.consumer, (unsigned long long)position);
+            } else {
+                atomic_store(&n->connected, 0);
+                sleep_ms(n, RETRY_MS);
+                continue;
+            }
+        }
+        nbatch_t *b = calloc(1, sizeof(*b));
+        if (b == NULL) {
+            sleep_ms(n, RETRY_MS);
+            continue;
+        }
+        jsErrCode jerr = 0;
+        natsStatus s = natsSubscription_Fetch(&b->list, sub, PAGE, 1000, &jerr);
+        if (s == NATS_TIMEOUT || b->list.Count == 0) {
+            natsMsgList_Destroy(&b->list);
+            free(b);
+            continue;
+        }
+        if (s != NATS_OK) {
+            natsMsgList_Destroy(&b->list);
+            free(b);
+            atomic_store(&n->connected, 0);
+            sleep_ms(n, RETRY_MS);
+            continue;
+        }
+        atomic_store(&n->connected, 1);
+        /* Already applied (redelivered after a crash between commit and ack): acknowledge only. */
+        int keep = 0;
+        for (int i = 0; i < b->list.Count; i++) {
+            jsMsgMetaData *md = NULL;
+            uint64_t sseq = 0;
+            if (natsMsg_GetMetaData(&md, b->list.Msgs[i]) == NATS_OK) {
+                sseq = md->Sequence.Stream;
+                jsMsgMetaData_Destroy(md);
+            }
+            if (sseq && sseq <= position) {
+                natsMsg_Ack(b->list.Msgs[i], NULL);
+                natsMsg_Destroy(b->list.Msgs[i]);
+                continue;
+            }
+            if (sseq > b->position) b->position = sseq;
+            b->list.Msgs[keep++] = b->list.Msgs[i];
+        }
+        b->list.Count = keep;
+        if (keep == 0) {
+            natsMsgList_Destroy(&b->list);
+            free(b);
+            continue;
+        }
+        b->n_owner = n;
+        uv_mutex_lock(&n->mu);
+        n->batch_done = 0;
+        n->ready = b;
+        if (n->async_open) uv_async_send(&n->async);
+        /* One batch at a time: wait for the loop thread's commit. A batch
+         * the loop never took (it is stopping) is dropped unacknowledged. */
+        int abandoned = 0;
+        while (!n->batch_done) {
+            if (atomic_load(&n->stopping) && n->ready == b) {
+                n->ready = NULL;
+                abandoned = 1;
+                break;
+            }
+            uv_cond_timedwait(&n->cv, &n->mu, 100000000ULL);
+        }
+        int rc = abandoned ? -1 : n->batch_rc;
+        uv_mutex_unlock(&n->mu);
+        if (rc == 0) position = b->position;
+        else if (!abandoned) sleep_ms(n, RETRY_MS); /* not acknowledged: redelivered after AckWait */
+        natsMsgList_Destroy(&b->list);
+        sl_arena_free(&b->arena);
+        free(b->msgs);
+        free(b);
+    }
+    if (sub) natsSubscription_Destroy(sub);
+    if (js) jsCtx_Destroy(js);
+    if (nc) natsConnection_Destroy(nc);
+}
+
+static int position_job(MDB_txn *txn, void *arg)
+{
+    nbatch_t *b = arg;
+    return sl_store_meta_put(b->n_owner->store, txn, "nats_position", b->position);
+}
+
+static void batch_done(sl_store_batch_t *sb)
+{
+    nbatch_t *b = sb->data;
+    sl_nats_t *n = b->n_owner;
+    if (sb->rc == 0) {
+        for (int i = 0; i < b->list.Count; i++) natsMsg_Ack(b->list.Msgs[i], NULL);
+        atomic_fetch_add(&n->consumed, (uint64_t)b->list.Count);
+        atomic_store(&n->applied_position, b->position);
+    } else {
+        SL_WARN("nats: a batch of %d events could not be stored (%s); it will be redelivered", b->list.Count,
+                sl_strerror(sb->rc));
+    }
+    uv_mutex_lock(&n->mu);
+    n->batch_done = 1;
+    n->batch_rc = sb->rc;
+    uv_cond_signal(&n->cv);
+    uv_mutex_unlock(&n->mu);
+}
+
+/* Loop thread: a fetched batch becomes a store batch. */
+static void submit_batch(sl_nats_t *n, nbatch_t *b)
+{
+    b->n = (size_t)b->list.Count;
+    b->msgs = calloc(b->n, sizeof(*b->msgs));
+    int64_t now = sl_now_ms();
+    size_t k = 0;
+    sl_arena_t *saved = sl_json_arena_swap(&b->arena);
+    for (size_t i = 0; b->msgs && i < b->n; i++) {
+        natsMsg *m = b->list.Msgs[i];
+        const char *data = natsMsg_GetData(m);
+        int len = natsMsg_GetDataLength(m);
+        cJSON *doc = cJSON_ParseWithLength(data, (size_t)len);
+        const cJSON *mid = cJSON_GetObjectItemCaseSensitive(doc, "messageId");
+        if (!cJSON_IsString(mid)) continue; /* not an event of ours: acknowledged, dropped */
+        sl_store_msg_t *sm = &b->msgs[k++];
+        sm->json = data;
+        sm->json_len = (size_t)len;
+        sm->received_ms = now;
+        sm->dedupe = sl_store_dedupe_key(n->store, "nats", mid->valuestring);
+        if (n->srv && n->srv->stitch)
+            sm->meta = collector_stitch_input(n->cfg, n->srv->stitch, doc, mid->valuestring, &b->arena);
+    }
+    sl_json_arena_swap(saved);
+    b->batch = (sl_store_batch_t){.msgs = b->msgs, .n_msgs = k, .done = batch_done, .data = b,
+                                  .job = position_job, .job_arg = b};
+    int rc = b->msgs ? sl_store_submit(n->store, &b->batch) : SL_ENOMEM;
+    if (rc) {
+        b->batch.rc = rc;
+        batch_done(&b->batch);
+    }
+}
+
+/* ---- core: triggers to NATS ---- */
+
+typedef struct {
+    size_t n;
+    uint64_t seq[PAGE];
+    char *json[PAGE];
+    size_t len[PAGE];
+} tpage_t;
+
+static int take_trigger(uint64_t seq, const char *json, size_t len, void *arg)
+{
+    tpage_t *p = arg;
+    p->seq[p->n] = seq;
+    p->json[p->n] = malloc(len);
+    if (p->json[p->n] == NULL) return 1;
+    memcpy(p->json[p->n], json, len);
+    p->len[p->n++] = len;
+    return 0;
+}
+
+typedef struct {
+    sl_trig_t *trig;
+    uint64_t after;
+    tpage_t *p;
+} tread_t;
+
+static int read_triggers(MDB_txn *txn, void *arg)
+{
+    tread_t *r = arg;
+    return sl_trig_foreach(r->trig, txn, r->after, PAGE, take_trigger, r->p) < 0 ? SL_ESTORE : 0;
+}
+
+static void triggers_main(void *arg)
+{
+    sl_nats_t *n = arg;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    tpage_t *p = calloc(1, sizeof(*p));
+    uint64_t cursor = n->stored_trig_cursor;
+    while (p && !atomic_load(&n->stopping)) {
+        if (sl_trig_durable_seq(n->trig) <= cursor) {
+            sleep_ms(n, 50);
+            continue;
+        }
+        if (nc == NULL && (nc = nats_connect(n)) == NULL) {
+            sleep_ms(n, RETRY_MS);
+            continue;
+        }
+        if (js == NULL) {
+            jsOptions jo;
+            jsOptions_Init(&jo);
+            jo.Wait = 5000;
+            if (natsConnection_JetStream(&js, nc, &jo) != NATS_OK || ensure_stream(n, js)) {
+                if (js) jsCtx_Destroy(js);
+                js = NULL;
+                sleep_ms(n, RETRY_MS);
+                continue;
+            }
+        }
+        tread_t r = {n->trig, cursor, p};
+        p->n = 0;
+        if (sl_store_read(n->store, read_triggers, &r) != 0 || p->n == 0) {
+            for (size_t i = 0; i < p->n; i++) free(p->json[i]);
+            sleep_ms(n, 50);
+            continue;
+        }
+        natsStatus s = NATS_OK;
+        for (size_t i = 0; i < p->n && s == NATS_OK; i++) {
+            cJSON *doc = cJSON_ParseWithLength(p->json[i], p->len[i]);
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
+            jsPubOptions po;
+            jsPubOptions_Init(&po);
+            po.MsgId = cJSON_IsString(id) ? id->valuestring : NULL;
+            s = js_PublishAsync(js, n->cfg->nats.triggers_subject, p->json[i], (int)p->len[i], &po);
+            cJSON_Delete(doc);
+        }
+        if (s == NATS_OK) {
+            jsPubOptions po;
+            jsPubOptions_Init(&po);
+            po.MaxWait = 5000;
+            s = js_PublishAsyncComplete(js, &po);
+        }
+        if (s == NATS_OK) {
+            cursor = p->seq[p->n - 1];
+            atomic_fetch_add(&n->triggers_published, p->n);
+            atomic_store(&n->want_trig_cursor, cursor);
+            notify(n);
+        } else {
+            sleep_ms(n, RETRY_MS);
+        }
+        for (size_t i = 0; i < p->n; i++) free(p->json[i]);
+    }
+    free(p);
+    if (js) jsCtx_Destroy(js);
+    if (nc) natsConnection_Destroy(nc);
+}
+
+/* ---- loop thread ---- */
+
+static int cursor_job(MDB_txn *txn, void *arg)
+{
+    sl_nats_t *n = arg;
+    int rc = sl_store_meta_put(n->store, txn, "nats_cursor", n->job_values[0]);
+    if (rc == 0) rc = sl_store_meta_put(n->store, txn, "nats_triggers_cursor", n->job_values[1]);
+    return rc;
+}
+
+static void cursor_done(sl_store_batch_t *b)
+{
+    sl_nats_t *n = b->data;
+    n->job_busy = 0;
+    if (b->rc == 0) {
+        n->stored_cursor = n->job_values[0];
+        n->stored_trig_cursor = n->job_values[1];
+    }
+    notify(n); /* more may have moved meanwhile */
+}
+
+static void on_async(uv_async_t *a)
+{
+    sl_nats_t *n = a->data;
+    uv_mutex_lock(&n->mu);
+    nbatch_t *b = n->ready;
+    n->ready = NULL;
+    uv_mutex_unlock(&n->mu);
+    if (b) submit_batch(n, b);
+    uint64_t c = atomic_load(&n->want_cursor), t = atomic_load(&n->want_trig_cursor);
+    if (n->job_busy || (c <= n->stored_cursor && t <= n->stored_trig_cursor)) return;
+    n->job_values[0] = c > n->stored_cursor ? c : n->stored_cursor;
+    n->job_values[1] = t > n->stored_trig_cursor ? t : n->stored_trig_cursor;
+    n->job = (sl_store_batch_t){.job = cursor_job, .job_arg = n, .done = cursor_done, .data = n};
+    n->job_busy = 1;
+    if (sl_store_submit(n->store, &n->job)) n->job_busy = 0; /* busy: the next wake-up tries again */
+}
+
+typedef struct {
+    sl_nats_t *n;
+} load_t;
+
+static int load_cursors(MDB_txn *txn, void *arg)
+{
+    sl_nats_t *n = arg;
+    int rc = sl_store_meta_get(n->store, txn, n->cfg->role == SL_ROLE_CORE ? "nats_position" : "nats_cursor",
+                               &n->stored_cursor);
+    if (rc == 0) rc = sl_store_meta_get(n->store, txn, "nats_triggers_cursor", &n->stored_trig_cursor);
+    return rc;
+}
+
+int sl_nats_start(sl_nats_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store, sl_server_t *srv,
+                  sl_trig_t *trig)
+{
+    *out = NULL;
+    if (cfg->role == SL_ROLE_ALL) return 0;
+    sl_nats_t *n = calloc(1, sizeof(*n));
+    if (n == NULL) return SL_ENOMEM;
+    n->loop = loop;
+    n->cfg = cfg;
+    n->store = store;
+    n->srv = srv;
+    n->trig = trig;
+    uv_mutex_init(&n->mu);
+    uv_cond_init(&n->cv);
+    int rc = sl_store_read(store, load_cursors, n);
+    if (rc == 0) rc = uv_async_init(loop, &n->async, on_async);
+    if (rc) {
+        uv_mutex_destroy(&n->mu);
+        uv_cond_destroy(&n->cv);
+        free(n);
+        return rc;
+    }
+    n->async.data = n;
+    n->async_open = 1;
+    atomic_store(&n->want_cursor, n->stored_cursor);
+    atomic_store(&n->want_trig_cursor, n->stored_trig_cursor);
+    atomic_store(&n->applied_position, n->stored_cursor);
+    if (cfg->role == SL_ROLE_EDGE) {
+        rc = uv_thread_create(&n->thread, forward_main, n);
+        n->have_thread = rc == 0;
+    } else {
+        rc = uv_thread_create(&n->thread, consume_main, n);
+        n->have_thread = rc == 0;
+        if (rc == 0 && trig) n->have_trig_thread = uv_thread_create(&n->trig_thread, triggers_main, n) == 0;
+    }
+    SL_INFO("nats: %s node on %s, stream %s", cfg->role == SL_ROLE_EDGE ? "edge" : "core", cfg->nats.url,
+            cfg->nats.stream);
+    *out = n;
+    return rc;
+}
+
+/* Loop thread, before the server stops (so that what is handed over is
+ * still committed by the store's drain). The threads end by themselves; a
+ * core batch already submitted is committed and acknowledged during the
+ * drain; sl_nats_free() joins them after the loop has ended. */
+void sl_nats_stop(sl_nats_t *n)
+{
+    if (n == NULL || atomic_load(&n->stopping)) return;
+    atomic_store(&n->stopping, 1);
+    uv_mutex_lock(&n->mu);
+    n->async_open = 0;
+    uv_cond_broadcast(&n->cv);
+    uv_mutex_unlock(&n->mu);
+    on_async(&n->async); /* a batch waiting to be taken, the last cursors */
+    uv_close((uv_handle_t *)&n->async, NULL);
+}
+
+void sl_nats_free(sl_nats_t *n)
+{
+    if (n == NULL) return;
+    if (n->have_thread) uv_thread_join(&n->thread);
+    if (n->have_trig_thread) uv_thread_join(&n->trig_thread);
+    uv_mutex_destroy(&n->mu);
+    uv_cond_destroy(&n->cv);
+    free(n);
+}
+
+void sl_nats_get_stats(const sl_nats_t *n, sl_nats_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (n == NULL) return;
+    sl_store_stats_t st;
+    sl_store_get_stats(n->store, &st);
+    out->role = n->cfg->role;
+    out->connected = atomic_load(&n->connected);
+    out->published = atomic_load(&n->published);
+    out->publish_errors = atomic_load(&n->publish_errors);
+    out->consumed = atomic_load(&n->consumed);
+    out->position = atomic_load(&n->applied_position);
+    out->triggers_published = atomic_load(&n->triggers_published);
+    uint64_t c = atomic_load(&n->want_cursor);
+    out->lag = n->cfg->role == SL_ROLE_EDGE && st.last_seq > c ? st.last_seq - c : 0;
+}
