@@ -83,7 +83,14 @@ static natsConnection *nats_connect(sl_nats_t *n)
     natsOptions *o = NULL;
     natsConnection *nc = NULL;
     if (natsOptions_Create(&o) != NATS_OK) return NULL;
-    natsOptions_SetURL(o, n->cfg->nats.url);
+    /* "nats://a:4222,nats://b:4222": every server of a cluster */
+    char *list = strdup(n->cfg->nats.url), *save = NULL;
+    const char *servers[16];
+    int n_servers = 0;
+    for (char *t = list ? strtok_r(list, ", ", &save) : NULL; t && n_servers < 16; t = strtok_r(NULL, ", ", &save))
+        servers[n_servers++] = t;
+    if (n_servers) natsOptions_SetServers(o, servers, n_servers);
+    free(list);
     natsOptions_SetMaxReconnect(o, -1);
     natsOptions_SetReconnectWait(o, 250);
     natsOptions_SetTimeout(o, 2000);
@@ -185,26 +192,80 @@ static void page_free(page_t *p)
     p->n = 0;
 }
 
+/* Acknowledgements of one page of asynchronous publishes. Each page has its
+ * own JetStream context, so a late answer for an abandoned page cannot be
+ * counted for the next one. */
+typedef struct {
+    _Atomic int acked, failed;
+} acks_t;
+
+static void on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    acks_t *a = closure;
+    if (pa) atomic_fetch_add(&a->acked, 1);
+    else if (pae) atomic_fetch_add(&a->failed, 1);
+    natsMsg_Destroy(msg);
+}
+
+/* Publishes p's events and waits for every acknowledgement (5 s at most).
+ * 0 when all were acknowledged. */
+static int publish_page(sl_nats_t *n, natsConnection *nc, page_t *p)
+{
+    acks_t *a = calloc(1, sizeof(*a));
+    if (a == NULL) return -1;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 5000;
+    jo.PublishAsync.AckHandler = on_puback;
+    jo.PublishAsync.AckHandlerClosure = a;
+    jo.PublishAsync.MaxPending = PAGE * 2;
+    jsCtx *js = NULL;
+    natsStatus s = natsConnection_JetStream(&js, nc, &jo);
+    size_t sent = 0;
+    for (size_t i = 0; s == NATS_OK && i < p->n; i++, sent++) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MsgId = p->mid[i][0] ? p->mid[i] : NULL;
+        s = js_PublishAsync(js, n->cfg->nats.events_subject, p->json[i], (int)p->len[i], &po);
+    }
+    int64_t deadline = sl_now_ms() + 5000;
+    while (s == NATS_OK && (size_t)(atomic_load(&a->acked) + atomic_load(&a->failed)) < sent && sl_now_ms() < deadline &&
+           !atomic_load(&n->stopping))
+        nats_Sleep(2);
+    int ok = s == NATS_OK && (size_t)atomic_load(&a->acked) == p->n;
+    if (js) {
+        natsMsgList pending = {0};
+        if (js_PublishAsyncGetPendingList(&pending, js) == NATS_OK) natsMsgList_Destroy(&pending);
+        jsCtx_Destroy(js);
+    }
+    /* The context may still call back for a message answered late: keep the
+     * counters alive (a few bytes per failed page) rather than risk it. */
+    if (ok) free(a);
+    return ok ? 0 : -1;
+}
+
 static void forward_main(void *arg)
 {
     sl_nats_t *n = arg;
     natsConnection *nc = NULL;
-    jsCtx *js = NULL;
     page_t *p = calloc(1, sizeof(*p));
     uint64_t cursor = n->stored_cursor;
+    int stream_ok = 0;
     while (p && !atomic_load(&n->stopping)) {
         if (nc == NULL && (nc = nats_connect(n)) == NULL) {
             sleep_ms(n, RETRY_MS);
             continue;
         }
-        if (js == NULL) {
+        if (!stream_ok) {
+            jsCtx *js = NULL;
             jsOptions jo;
             jsOptions_Init(&jo);
             jo.Wait = 5000;
-            if (natsConnection_JetStream(&js, nc, &jo) != NATS_OK || ensure_stream(n, js)) {
-                if (js) jsCtx_Destroy(js);
-                js = NULL;
-                atomic_store(&n->connected, 0);
+            stream_ok = natsConnection_JetStream(&js, nc, &jo) == NATS_OK && ensure_stream(n, js) == 0;
+            if (js) jsCtx_Destroy(js);
+            atomic_store(&n->connected, stream_ok);
+            if (!stream_ok) {
                 sleep_ms(n, RETRY_MS);
                 continue;
             }
@@ -216,26 +277,7 @@ static void forward_main(void *arg)
             sleep_ms(n, 50);
             continue;
         }
-        natsStatus s = NATS_OK;
-        size_t i;
-        for (i = 0; i < p->n && s == NATS_OK; i++) {
-            jsPubOptions po;
-            jsPubOptions_Init(&po);
-            po.MsgId = p->mid[i][0] ? p->mid[i] : NULL;
-            s = js_PublishAsync(js, n->cfg->nats.events_subject, p->json[i], (int)p->len[i], &po);
-        }
-        if (s == NATS_OK) {
-            jsPubOptions po;
-            jsPubOptions_Init(&po);
-            po.MaxWait = 5000;
-            s = js_PublishAsyncComplete(js, &po);
-        }
-        if (s == NATS_OK) {
-            natsMsgList pending = {0};
-            if (js_PublishAsyncGetPendingList(&pending, js) == NATS_OK && pending.Count > 0) s = NATS_ERR;
-            natsMsgList_Destroy(&pending);
-        }
-        if (s == NATS_OK) {
+        if (publish_page(n, nc, p) == 0) {
             cursor = p->seq[p->n - 1];
             atomic_fetch_add(&n->published, p->n);
             atomic_store(&n->want_cursor, cursor);
@@ -244,14 +286,12 @@ static void forward_main(void *arg)
         } else {
             atomic_fetch_add(&n->publish_errors, 1);
             atomic_store(&n->connected, 0);
-            SL_INFO("nats: publishing events after %llu failed (%s); retrying", (unsigned long long)cursor,
-                    natsStatus_GetText(s));
+            SL_INFO("nats: publishing events after %llu was not acknowledged; retrying", (unsigned long long)cursor);
             sleep_ms(n, RETRY_MS);
         }
         page_free(p);
     }
     free(p);
-    if (js) jsCtx_Destroy(js);
     if (nc) natsConnection_Destroy(nc);
 }
 
@@ -264,6 +304,7 @@ static void consume_main(void *arg)
     jsCtx *js = NULL;
     natsSubscription *sub = NULL;
     uint64_t position = n->stored_cursor; /* for the core, stored_cursor is the applied position */
+    int idle = 0;
     while (!atomic_load(&n->stopping)) {
         if (nc == NULL && (nc = nats_connect(n)) == NULL) {
             sleep_ms(n, RETRY_MS);
@@ -299,16 +340,23 @@ static void consume_main(void *arg)
         }
         jsErrCode jerr = 0;
         natsStatus s = natsSubscription_Fetch(&b->list, sub, PAGE, 1000, &jerr);
-        if (s == NATS_TIMEOUT || b->list.Count == 0) {
+        if (s == NATS_OK && b->list.Count > 0) {
+            idle = 0;
+        } else {
             natsMsgList_Destroy(&b->list);
             free(b);
-            continue;
-        }
-        if (s != NATS_OK) {
-            natsMsgList_Destroy(&b->list);
-            free(b);
-            atomic_store(&n->connected, 0);
-            sleep_ms(n, RETRY_MS);
+            /* An error, or a long silence: the server behind the pull may be
+             * gone (a cluster node died). Subscribe again: the durable
+             * consumer keeps its place. */
+            if ((s != NATS_TIMEOUT && s != NATS_OK) || ++idle >= 5) {
+                natsSubscription_Destroy(sub);
+                sub = NULL;
+                idle = 0;
+                if (s != NATS_TIMEOUT && s != NATS_OK) {
+                    atomic_store(&n->connected, 0);
+                    sleep_ms(n, RETRY_MS);
+                }
+            }
             continue;
         }
         atomic_store(&n->connected, 1);

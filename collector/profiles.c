@@ -64,8 +64,8 @@ void handle_profiles(conn_t *c, const char *rest)
         http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);
         return;
     }
-    if (srv->stitch == NULL) {
-        http_respond_error(c, 503, "the stitcher is not running");
+    if (srv->stitch == NULL) { /* an edge: the core keeps the profiles */
+        http_respond_error(c, 404, "this node keeps no profiles (role edge: ask the core)");
         return;
     }
     /* {kind}/{id}[/events|/merges]; id percent-encoded (e-mail addresses). */
