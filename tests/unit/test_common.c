@@ -163,6 +163,11 @@ TEST(config_errors_table)
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"webhooks\":[{\"url\":\"https://x\",\"secret\":\"s\",\"rules\":[\"zz\"]}]}", "not a trigger rule"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"map_size\":\"lots\"}", "map_size must be"},
         {"{\"sources\": [", "not valid JSON"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"role\":\"edge\"}", "needs a \"nats\" section"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"role\":\"hub\"}", "role must be"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"role\":\"core\",\"nats\":{\"url\":\"http://x\"}}", "nats.url must start"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"nats\":{\"replicas\":9}}", "nats.replicas"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"rate_per_ip\":-1}}", "limits.rate_per_ip"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
         sl_config_t c;
