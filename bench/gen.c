@@ -24,6 +24,7 @@ struct sl_gen_s {
     uint64_t rng;
     uint64_t counter;
     visitor_t *v;
+    uint64_t arrivals;     /* --active: the window's start */
     sl_gen_stats_t stats;
 };
 
@@ -173,7 +174,14 @@ static void put_context(out_t *o, const sl_gen_t *g, uint32_t vi, const char *pa
 
 size_t sl_gen_next(sl_gen_t *g, int64_t now_ms, char *out, size_t cap, const char **type, char *id, size_t id_cap)
 {
-    uint32_t vi = below(g, g->o.visitors);
+    uint32_t vi;
+    if (g->o.active && g->o.active < g->o.visitors) {
+        /* a sliding window of active visitors over the population */
+        vi = (uint32_t)((g->arrivals + below(g, g->o.active)) % g->o.visitors);
+        if (below(g, 10) == 0) g->arrivals++;
+    } else {
+        vi = below(g, g->o.visitors);
+    }
     visitor_t *v = &g->v[vi];
     out_t o = {out, cap, 0};
     char ts[32], name[48], sl[64], path[128];

@@ -21,6 +21,9 @@ typedef struct sl_gen_s sl_gen_t;
 
 typedef struct {
     uint32_t visitors;     /* population size */
+    uint32_t active;       /* 0: any visitor at any moment (uniform). N: only the N most
+                            * recent arrivals browse; a new visitor arrives every 10
+                            * messages and the oldest active one leaves */
     uint64_t seed;
     double login_share;    /* share of visitors who log in at some point */
     double order_share;    /* share of visitors who complete an order */
