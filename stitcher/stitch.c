@@ -2,9 +2,10 @@
  * stitched timeline and erasure. See sl_stitch.h and docs/IDENTITY.md.
  *
  * LMDB databases (all in the store's environment):
- *   ids       identifier key -> person id (u64)
+ *   ids       identifier key -> person id (u64), timeline number (u64, given at first
+ *             sight, so recent identifiers share the right edge of tl)
  *   persons   person id -> person record (person_hdr_t, identifier keys, traits JSON)
- *   tl        identifier key -> dup values (be64 timestamp, be64 seq << 1 | is a
+ *   tl        be64 timeline number -> dup values (be64 timestamp, be64 seq << 1 | is a
  *             page view), the events sent with that identifier, sorted by time.
  *             A person's event and page-view counts and first/last seen are
  *             read from here, so an ordinary event writes no person record.
@@ -26,7 +27,7 @@
 
 #define KEY_SEP '\x1f'
 #define PERSON_VERSION 1
-#define STITCH_LAYOUT 2 /* 2: tl values carry seq << 1 | page; counters are derived */
+#define STITCH_LAYOUT 3 /* 2: tl values carry seq << 1 | page, counters derived; 3: tl keyed by number */
 
 typedef struct {
     uint32_t version;
@@ -112,17 +113,25 @@ static int counter_next(sl_stitch_t *s, MDB_txn *txn, const char *name, uint64_t
     return mdb_put(txn, s->smeta, &k, &v, 0);
 }
 
+/* The person (0: none) and timeline number of an identifier key. */
+static int lookup_id(sl_stitch_t *s, MDB_txn *txn, const void *key, size_t len, uint64_t *pid, uint64_t *tl)
+{
+    MDB_val k = {len, (void *)key}, v;
+    int rc = mdb_get(txn, s->ids, &k, &v);
+    *pid = 0;
+    if (tl) *tl = 0;
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if (v.mv_size != 16) return MDB_CORRUPTED;
+    memcpy(pid, v.mv_data, 8);
+    if (tl) memcpy(tl, (const char *)v.mv_data + 8, 8);
+    return 0;
+}
+
 static int lookup(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *key, uint64_t *pid)
 {
-    MDB_val k = {key->len, key->data}, v;
-    int rc = mdb_get(txn, s->ids, &k, &v);
-    if (rc == MDB_NOTFOUND) {
-        *pid = 0;
-        return 0;
-    }
+    int rc = lookup_id(s, txn, key->data, key->len, pid, NULL);
     if (rc) return rc;
-    if (v.mv_size != 8) return MDB_CORRUPTED;
-    memcpy(pid, v.mv_data, 8);
     return 0;
 }
 
@@ -204,9 +213,11 @@ static int person_identified(const person_t *p)
 
 static int add_identity(sl_stitch_t *s, MDB_txn *txn, person_t *p, const sl_buf_t *key)
 {
-    MDB_val k = {key->len, key->data}, v = {8, &p->id};
-    int rc = mdb_put(txn, s->ids, &k, &v, 0);
+    uint64_t val[2] = {p->id, 0};
+    int rc = counter_next(s, txn, "next_tl", &val[1]);
     if (rc) return rc;
+    MDB_val k = {key->len, key->data}, v = {16, val};
+    if ((rc = mdb_put(txn, s->ids, &k, &v, 0))) return rc;
     if (sl_buf_append(&p->ids, key->data, key->len) || sl_buf_append(&p->ids, "", 1)) return SL_ENOMEM;
     p->h.n_ids++;
     p->dirty = 1;
@@ -368,7 +379,10 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
         const char *key = x->ids.data + off;
         if (i) sl_buf_appends(&s->tmp, ",");
         append_identifier_json(&s->tmp, key);
-        MDB_val k = {strlen(key), (void *)key}, v = {8, &sv->id};
+        uint64_t val[2], owner;
+        if ((rc = lookup_id(s, txn, key, strlen(key), &owner, &val[1]))) return rc;
+        val[0] = sv->id; /* the timeline number stays: its events move with it */
+        MDB_val k = {strlen(key), (void *)key}, v = {16, val};
         if ((rc = mdb_put(txn, s->ids, &k, &v, 0))) return rc;
         if (sl_buf_append(&sv->ids, key, strlen(key) + 1)) return SL_ENOMEM;
         sv->h.n_ids++;
@@ -532,8 +546,13 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
     /* Index the event under the identifier it was sent with. */
     unsigned char tv[16];
     tl_value(tv, m->ts_ms, seq, m->type == SL_STITCH_PAGE || m->type == SL_STITCH_SCREEN);
-    if ((rc = make_key(&s->tmp, index_kind, index_id))) return rc;
-    MDB_val k = {s->tmp.len, s->tmp.data}, v = {16, tv};
+    uint64_t owner, tlno;
+    unsigned char tk[8];
+    if ((rc = make_key(&s->tmp, index_kind, index_id)) ||
+        (rc = lookup_id(s, txn, s->tmp.data, s->tmp.len, &owner, &tlno)))
+        return rc;
+    be64(tk, tlno);
+    MDB_val k = {8, tk}, v = {16, tv};
     if ((rc = mdb_put(txn, s->tl, &k, &v, 0)) && rc != MDB_KEYEXIST) return rc;
 
     if (m->is_order) {
@@ -789,7 +808,11 @@ static int person_stats(sl_stitch_t *s, MDB_txn *txn, const person_t *p, uint64_
     *first = *last = 0;
     for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1) {
         const char *key = p->ids.data + off;
-        MDB_val k = {strlen(key), (void *)key}, v;
+        uint64_t owner, tlno;
+        unsigned char tk[8];
+        if ((rc = lookup_id(s, txn, key, strlen(key), &owner, &tlno))) break;
+        be64(tk, tlno);
+        MDB_val k = {8, tk}, v;
         if ((rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY)) == MDB_NOTFOUND) continue;
         size_t n = 0;
         if (rc || (rc = mdb_cursor_count(cur, &n)) || (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST_DUP))) break;
@@ -892,7 +915,11 @@ int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, const char *kind, const cha
     for (size_t off = 0; off < p.ids.len && i < n; off += strlen(p.ids.data + off) + 1, i++) {
         const char *key = p.ids.data + off;
         if ((rc = mdb_cursor_open(txn, s->tl, &cur[i]))) goto out;
-        MDB_val k = {strlen(key), (void *)key}, v;
+        uint64_t owner, tlno;
+        unsigned char tk[8];
+        if ((rc = lookup_id(s, txn, key, strlen(key), &owner, &tlno))) goto out;
+        be64(tk, tlno);
+        MDB_val k = {8, tk}, v;
         int r;
         if (before) {
             v.mv_size = 16;
@@ -1032,8 +1059,13 @@ int sl_stitch_erase_job(MDB_txn *txn, void *arg)
     for (size_t off = 0; off < p.ids.len; off += strlen(p.ids.data + off) + 1) {
         const char *key = p.ids.data + off;
         MDB_val k = {strlen(key), (void *)key};
-        if ((rc = foreach_dup(txn, s->tl, key, k.mv_size, erase_event, e))) goto out;
-        if ((rc = mdb_del(txn, s->tl, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
+        uint64_t owner, tlno;
+        unsigned char tk[8];
+        if ((rc = lookup_id(s, txn, key, k.mv_size, &owner, &tlno))) goto out;
+        be64(tk, tlno);
+        MDB_val tkv = {8, tk};
+        if ((rc = foreach_dup(txn, s->tl, tk, 8, erase_event, e))) goto out;
+        if ((rc = mdb_del(txn, s->tl, &tkv, NULL)) && rc != MDB_NOTFOUND) goto out;
         if ((rc = mdb_del(txn, s->ids, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
         e->identities++;
     }
@@ -1141,24 +1173,61 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl
         goto out;
     }
 
-    /* tl: every entry is an existing event, indexed once, under an identifier that resolves */
+    /* the timeline numbers the identifiers own */
     MDB_cursor *cur;
     MDB_val k, val;
-    if ((rc = mdb_cursor_open(txn, s->tl, &cur))) goto out;
+    uint64_t *tls = NULL;
+    size_t n_tls = 0, cap_tls = 0;
+    if ((rc = mdb_cursor_open(txn, s->ids, &cur))) goto out;
+    for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
+        if (val.mv_size != 16) continue; /* reported below */
+        if (n_tls == cap_tls) {
+            cap_tls = cap_tls ? cap_tls * 2 : 4096;
+            uint64_t *nt = realloc(tls, cap_tls * sizeof(*nt));
+            if (nt == NULL) {
+                rc = SL_ENOMEM;
+                break;
+            }
+            tls = nt;
+        }
+        memcpy(&tls[n_tls++], (const char *)val.mv_data + 8, 8);
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) {
+        free(tls);
+        goto out;
+    }
+    qsort(tls, n_tls, sizeof(*tls), cmp_u64);
+
+    /* tl: every entry is an existing event, indexed once, under a timeline an identifier owns */
+    if ((rc = mdb_cursor_open(txn, s->tl, &cur))) {
+        free(tls);
+        goto out;
+    }
     for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
         if (val.mv_size != 16) {
-            problem(&v, "tl: bad entry under", k.mv_data, k.mv_size);
+            fprintf(out, "tl: a bad entry\n");
+            rep->problems++;
             continue;
         }
         uint64_t seq = tl_seq(val.mv_data);
         MDB_val ev;
         rep->indexed++;
-        if (seq > v.max_seq || sl_store_event_get(st, txn, seq, &ev) != 0) problem(&v, "tl: no such event under", k.mv_data, k.mv_size);
-        else if (v.seen[seq]++) problem(&v, "tl: an event indexed twice, under", k.mv_data, k.mv_size);
-        MDB_val iv;
-        if (mdb_get(txn, s->ids, &k, &iv) != 0) problem(&v, "tl: a timeline whose identifier has no person", k.mv_data, k.mv_size);
+        if (seq > v.max_seq || sl_store_event_get(st, txn, seq, &ev) != 0) {
+            fprintf(out, "tl: event %llu is not stored\n", (unsigned long long)seq);
+            rep->problems++;
+        } else if (v.seen[seq]++) {
+            fprintf(out, "tl: event %llu is indexed twice\n", (unsigned long long)seq);
+            rep->problems++;
+        }
+        uint64_t tlno = k.mv_size == 8 ? rd_be64(k.mv_data) : 0;
+        if (bsearch(&tlno, tls, n_tls, sizeof(tlno), cmp_u64) == NULL) {
+            fprintf(out, "tl: timeline %llu belongs to no identifier\n", (unsigned long long)tlno);
+            rep->problems++;
+        }
     }
     mdb_cursor_close(cur);
+    free(tls);
     if (rc != MDB_NOTFOUND) goto out;
     if (rep->indexed != rep->expected_indexed) {
         fprintf(out, "tl: %llu events indexed, %llu stored events have an identifier\n",
@@ -1172,7 +1241,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl
     for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
         rep->identifiers++;
         uint64_t pid;
-        if (val.mv_size != 8) {
+        if (val.mv_size != 16) {
             problem(&v, "ids: bad value for", k.mv_data, k.mv_size);
             continue;
         }
