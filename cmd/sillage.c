@@ -139,7 +139,9 @@ static void on_reloaded(sl_store_batch_t *b)
         sl_config_free(app->pending);
         free(app->pending);
     } else {
-        /* The writer runs the new rules now: the previous heap copy is unused. */
+        /* The writer runs the new rules now; so does the loop thread from here
+         * on, and the previous heap copy is unused. */
+        sl_http_server_set_rules(app->srv, app->pending);
         if (app->rules) {
             sl_config_free(app->rules);
             free(app->rules);

@@ -667,6 +667,7 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
     if (srv == NULL) return SL_ENOMEM;
     srv->loop = loop;
     srv->cfg = cfg;
+    srv->rules_cfg = cfg;
     srv->store = store;
     srv->stitch = stitch;
     int rc;
@@ -754,6 +755,8 @@ fail:
 void sl_http_server_set_webhooks(sl_server_t *srv, struct sl_webhooks_s *w) { srv->webhooks = w; }
 
 void sl_http_server_set_nats(sl_server_t *srv, struct sl_nats_s *n) { srv->nats = n; }
+
+void sl_http_server_set_rules(sl_server_t *srv, const sl_config_t *rules) { srv->rules_cfg = rules; }
 
 int sl_http_server_set_triggers(sl_server_t *srv, struct sl_trig_s *trig)
 {

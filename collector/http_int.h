@@ -77,6 +77,7 @@ struct sl_server_s {
     uv_timer_t sweep;
     uv_timer_t grace;
     const sl_config_t *cfg;
+    const sl_config_t *rules_cfg; /* the trigger rules in force: cfg, or the last SIGHUP reload */
     sl_store_t *store;
     struct sl_stitch_s *stitch;   /* NULL: no profiles */
     struct sl_trig_s *trig;       /* NULL: no trigger feed */
@@ -168,7 +169,9 @@ int handle_static(conn_t *c, const char *path);
 /* routes.c */
 /* What the stitcher needs of a normalised message, allocated in arena (NULL
  * when out of memory); shared by the HTTP ingestion and the NATS consumer. */
-struct sl_stitch_msg_s *collector_stitch_input(const sl_config_t *cfg, struct sl_stitch_s *stitch, const cJSON *msg,
+/* cfg: identity traits (fixed at start); rules: the trigger rules (reloaded). */
+struct sl_stitch_msg_s *collector_stitch_input(const sl_config_t *cfg, const sl_config_t *rules,
+                                               struct sl_stitch_s *stitch, const cJSON *msg,
                                                const char *message_id, sl_arena_t *arena);
 void route_request(conn_t *c);
 void handle_profiles(conn_t *c, const char *rest);

@@ -459,7 +459,8 @@ static void submit_batch(sl_nats_t *n, nbatch_t *b)
         sm->received_ms = now;
         sm->dedupe = sl_store_dedupe_key(n->store, "nats", mid->valuestring);
         if (n->srv && n->srv->stitch)
-            sm->meta = collector_stitch_input(n->cfg, n->srv->stitch, doc, mid->valuestring, &b->arena);
+            sm->meta = collector_stitch_input(n->cfg, n->srv->rules_cfg, n->srv->stitch, doc, mid->valuestring,
+                                              &b->arena);
     }
     sl_json_arena_swap(saved);
     b->batch = (sl_store_batch_t){.msgs = b->msgs, .n_msgs = k, .done = batch_done, .data = b,

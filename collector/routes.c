@@ -163,8 +163,8 @@ static int cart_rule_event(const sl_config_t *cfg, const char *event)
 
 /* What the stitcher needs of a normalised message, in the request's arena
  * (alive until the commit is answered). NULL when out of memory. */
-sl_stitch_msg_t *collector_stitch_input(const sl_config_t *cfg, sl_stitch_t *stitch, const cJSON *msg,
-                                        const char *message_id, sl_arena_t *arena)
+sl_stitch_msg_t *collector_stitch_input(const sl_config_t *cfg, const sl_config_t *rules, sl_stitch_t *stitch,
+                                        const cJSON *msg, const char *message_id, sl_arena_t *arena)
 {
     sl_stitch_msg_t *sm = sl_arena_alloc(arena, sizeof(*sm));
     if (sm == NULL) return NULL;
@@ -194,9 +194,9 @@ sl_stitch_msg_t *collector_stitch_input(const sl_config_t *cfg, sl_stitch_t *sti
     }
     const char *event = str_member(msg, "event");
     const cJSON *props = cJSON_GetObjectItemCaseSensitive(msg, "properties");
-    if (cfg->n_triggers && sm->type == SL_STITCH_TRACK && event) {
+    if (rules->n_triggers && sm->type == SL_STITCH_TRACK && event) {
         if ((sm->event = sl_arena_strndup(arena, event, strlen(event))) == NULL) return NULL;
-        if (cJSON_IsObject(props) && cart_rule_event(cfg, event)) {
+        if (cJSON_IsObject(props) && cart_rule_event(rules, event)) {
             char *txt = cJSON_PrintUnformatted(props);
             if (txt == NULL) return NULL;
             sm->props_json = sl_arena_strndup(arena, txt, strlen(txt));
@@ -204,7 +204,7 @@ sl_stitch_msg_t *collector_stitch_input(const sl_config_t *cfg, sl_stitch_t *sti
             if (sm->props_json == NULL) return NULL;
         }
     }
-    if (cfg->n_triggers && sm->type == SL_STITCH_PAGE) {
+    if (rules->n_triggers && sm->type == SL_STITCH_PAGE) {
         const cJSON *page = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(msg, "context"), "page");
         const char *url = str_member(props, "url"), *path = str_member(props, "path");
         if (url == NULL) url = str_member(page, "url");
@@ -233,7 +233,7 @@ sl_stitch_msg_t *collector_stitch_input(const sl_config_t *cfg, sl_stitch_t *sti
 
 static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg, const char *message_id)
 {
-    return collector_stitch_input(c->srv->cfg, c->srv->stitch, msg, message_id, &c->req->arena);
+    return collector_stitch_input(c->srv->cfg, c->srv->rules_cfg, c->srv->stitch, msg, message_id, &c->req->arena);
 }
 
 /* Normalises one message and appends its printed form to the batch.
@@ -612,7 +612,7 @@ static void handle_metrics(conn_t *c)
     if (srv->trig) {
         sl_trig_stats_t ts;
         sl_trig_get_stats(srv->trig, &ts);
-        const sl_config_t *cfg = srv->cfg;
+        const sl_config_t *cfg = srv->rules_cfg; /* the rules the writer runs (reloaded on SIGHUP) */
         sl_buf_appends(&b, "# HELP sillage_triggers_fired_total Triggers appended to the feed, by rule.\n"
                            "# TYPE sillage_triggers_fired_total counter\n");
         for (size_t i = 0; i < cfg->n_triggers && i < 64; i++)

@@ -46,6 +46,9 @@ int sl_http_server_set_triggers(sl_server_t *srv, struct sl_trig_s *trig);
 /* Wakes w when triggers become durable, reports it in /metrics. */
 struct sl_webhooks_s;
 void sl_http_server_set_webhooks(sl_server_t *srv, struct sl_webhooks_s *w);
+/* After a SIGHUP reload: the trigger rules the writer now runs (rules must
+ * stay alive until replaced again). */
+void sl_http_server_set_rules(sl_server_t *srv, const sl_config_t *rules);
 /* Reports the NATS forwarder or consumer in /metrics. */
 struct sl_nats_s;
 void sl_http_server_set_nats(sl_server_t *srv, struct sl_nats_s *n);

@@ -222,6 +222,8 @@ test('a timer pending at shutdown fires after the restart; SIGHUP reloads rules'
     const after2 = await waitFor(s2, (ts) => ts.some((t) => t.profile.user_id === 'rs-u2'), 6000);
     assert.equal(after2.filter((t) => t.rule === 'docs' && t.profile.user_id === 'rs-u3').length, 1);
     assert.equal(after2.filter((t) => t.rule === 'cart' && t.profile.user_id === 'rs-u2').length, 1);
+    const m = await (await fetch(s2.url + '/metrics')).text();
+    assert.match(m, /sillage_triggers_fired_total\{rule="docs"\} 1\n/, 'metrics name the reloaded rules');
   } finally { await s2.stop(); s2.cleanup(); }
 });
 
