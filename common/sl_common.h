@@ -86,6 +86,20 @@ void sl_time_format_iso(int64_t ms, char out[32]);
  * Returns 0 and *ms, or SL_EINVAL. */
 int sl_time_parse_iso(const char *s, size_t n, int64_t *ms);
 
+/* ---- big-endian keys --------------------------------------------------------
+ * LMDB compares keys as bytes: big-endian integers sort by value. */
+static inline void sl_be64_put(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (unsigned char)v;
+}
+
+static inline uint64_t sl_be64_get(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
+    return v;
+}
+
 /* ---- hashing --------------------------------------------------------------*/
 typedef struct sl_hash128_s {
     uint64_t lo, hi;

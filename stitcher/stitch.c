@@ -66,25 +66,13 @@ struct sl_stitch_s {
 
 /* ---- small helpers ---- */
 
-static void be64(unsigned char *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (unsigned char)v;
-}
-
-static uint64_t rd_be64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
-    return v;
-}
-
 static void tl_value(unsigned char out[16], int64_t ts_ms, uint64_t seq, int page)
 {
-    be64(out, (uint64_t)ts_ms ^ (1ULL << 63)); /* signed order as bytes */
-    be64(out + 8, seq << 1 | (page ? 1 : 0));
+    sl_be64_put(out, (uint64_t)ts_ms ^ (1ULL << 63)); /* signed order as bytes */
+    sl_be64_put(out + 8, seq << 1 | (page ? 1 : 0));
 }
 
-static uint64_t tl_seq(const void *v) { return rd_be64((const unsigned char *)v + 8) >> 1; }
+static uint64_t tl_seq(const void *v) { return sl_be64_get((const unsigned char *)v + 8) >> 1; }
 
 static int make_key(sl_buf_t *b, const char *kind, const char *value)
 {
@@ -551,7 +539,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
     if ((rc = make_key(&s->tmp, index_kind, index_id)) ||
         (rc = lookup_id(s, txn, s->tmp.data, s->tmp.len, &owner, &tlno)))
         return rc;
-    be64(tk, tlno);
+    sl_be64_put(tk, tlno);
     MDB_val k = {8, tk}, v = {16, tv};
     if ((rc = mdb_put(txn, s->tl, &k, &v, 0)) && rc != MDB_KEYEXIST) return rc;
 
@@ -688,6 +676,17 @@ void sl_stitch_set_triggers(sl_stitch_t *s, struct sl_trig_s *t)
     if (t) sl_trig_attach(t, s);
 }
 
+/* {"id":"p_N","user_id":... : the start of a profile and of a trigger's "profile". */
+static void append_person_head(sl_buf_t *out, const person_t *p)
+{
+    char pid[32];
+    person_id_str(p->id, pid);
+    sl_buf_printf(out, "{\"id\":\"%s\",\"user_id\":", pid);
+    const char *u = person_user_id(p);
+    if (u) sl_buf_append_json_str(out, u, strlen(u));
+    else sl_buf_appends(out, "null");
+}
+
 int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
                              int64_t *last_ms)
 {
@@ -701,12 +700,7 @@ int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t
         if ((rc = person_stats(s, txn, p, &n, NULL, &first, last_ms))) return rc;
     }
     if (out == NULL) return 0;
-    char pid[32];
-    person_id_str(p->id, pid);
-    sl_buf_printf(out, "{\"id\":\"%s\",\"user_id\":", pid);
-    const char *u = person_user_id(p);
-    if (u) sl_buf_append_json_str(out, u, strlen(u));
-    else sl_buf_appends(out, "null");
+    append_person_head(out, p);
     static const char em[] = "email\x1f";
     const char *email = NULL;
     for (size_t off = 0; off < p->ids.len && !email; off += strlen(p->ids.data + off) + 1)
@@ -811,19 +805,19 @@ static int person_stats(sl_stitch_t *s, MDB_txn *txn, const person_t *p, uint64_
         uint64_t owner, tlno;
         unsigned char tk[8];
         if ((rc = lookup_id(s, txn, key, strlen(key), &owner, &tlno))) break;
-        be64(tk, tlno);
+        sl_be64_put(tk, tlno);
         MDB_val k = {8, tk}, v;
         if ((rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY)) == MDB_NOTFOUND) continue;
         size_t n = 0;
         if (rc || (rc = mdb_cursor_count(cur, &n)) || (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST_DUP))) break;
         *events += n;
-        int64_t f = (int64_t)(rd_be64(v.mv_data) ^ (1ULL << 63));
+        int64_t f = (int64_t)(sl_be64_get(v.mv_data) ^ (1ULL << 63));
         if (*first == 0 || f < *first) *first = f;
         for (; pages && rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP))
             *pages += ((const unsigned char *)v.mv_data)[15] & 1;
         if (rc == MDB_NOTFOUND) rc = 0;
         if (rc || (rc = mdb_cursor_get(cur, &k, &v, MDB_LAST_DUP))) break;
-        int64_t l = (int64_t)(rd_be64(v.mv_data) ^ (1ULL << 63));
+        int64_t l = (int64_t)(sl_be64_get(v.mv_data) ^ (1ULL << 63));
         if (l > *last) *last = l;
     }
     mdb_cursor_close(cur);
@@ -833,12 +827,7 @@ static int person_stats(sl_stitch_t *s, MDB_txn *txn, const person_t *p, uint64_
 static void append_profile(sl_buf_t *out, const person_t *p, uint64_t events, uint64_t pages, int64_t first,
                            int64_t last)
 {
-    char pid[32];
-    person_id_str(p->id, pid);
-    sl_buf_printf(out, "{\"id\":\"%s\",\"user_id\":", pid);
-    const char *u = person_user_id(p);
-    if (u) sl_buf_append_json_str(out, u, strlen(u));
-    else sl_buf_appends(out, "null");
+    append_person_head(out, p);
     sl_buf_appends(out, ",\"identities\":[");
     for (size_t off = 0, i = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1, i++) {
         if (i) sl_buf_appends(out, ",");
@@ -918,7 +907,7 @@ int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, const char *kind, const cha
         uint64_t owner, tlno;
         unsigned char tk[8];
         if ((rc = lookup_id(s, txn, key, strlen(key), &owner, &tlno))) goto out;
-        be64(tk, tlno);
+        sl_be64_put(tk, tlno);
         MDB_val k = {8, tk}, v;
         int r;
         if (before) {
@@ -971,7 +960,7 @@ int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, const char *kind, const cha
         }
     }
     sl_buf_appends(out, "],\"next\":");
-    if (more) sl_buf_printf(out, "\"%lld.%llu\"", (long long)(rd_be64(last) ^ (1ULL << 63)),
+    if (more) sl_buf_printf(out, "\"%lld.%llu\"", (long long)(sl_be64_get(last) ^ (1ULL << 63)),
                             (unsigned long long)tl_seq(last));
     else sl_buf_appends(out, "null");
     sl_buf_appends(out, "}");
@@ -1062,7 +1051,7 @@ int sl_stitch_erase_job(MDB_txn *txn, void *arg)
         uint64_t owner, tlno;
         unsigned char tk[8];
         if ((rc = lookup_id(s, txn, key, k.mv_size, &owner, &tlno))) goto out;
-        be64(tk, tlno);
+        sl_be64_put(tk, tlno);
         MDB_val tkv = {8, tk};
         if ((rc = foreach_dup(txn, s->tl, tk, 8, erase_event, e))) goto out;
         if ((rc = mdb_del(txn, s->tl, &tkv, NULL)) && rc != MDB_NOTFOUND) goto out;
@@ -1220,7 +1209,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl
             fprintf(out, "tl: event %llu is indexed twice\n", (unsigned long long)seq);
             rep->problems++;
         }
-        uint64_t tlno = k.mv_size == 8 ? rd_be64(k.mv_data) : 0;
+        uint64_t tlno = k.mv_size == 8 ? sl_be64_get(k.mv_data) : 0;
         if (bsearch(&tlno, tls, n_tls, sizeof(tlno), cmp_u64) == NULL) {
             fprintf(out, "tl: timeline %llu belongs to no identifier\n", (unsigned long long)tlno);
             rep->problems++;

@@ -52,18 +52,6 @@ struct sl_trig_s {
 
 /* ---- helpers ---- */
 
-static void be64(unsigned char *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (unsigned char)v;
-}
-
-static uint64_t rd_be64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
-    return v;
-}
-
 static int rule_index(const sl_trig_t *t, const sl_trigger_rule_t *r) { return (int)(r - t->cfg->triggers); }
 
 static const sl_trigger_rule_t *rule_by_name(const sl_trig_t *t, const char *name, size_t len)
@@ -78,7 +66,7 @@ static int state_key(sl_buf_t *b, const char *rule, uint64_t person)
 {
     b->len = 0;
     unsigned char p[8];
-    be64(p, person);
+    sl_be64_put(p, person);
     if (sl_buf_appends(b, rule) || sl_buf_append(b, (char[]){SEP}, 1) || sl_buf_append(b, p, 8)) return SL_ENOMEM;
     return 0;
 }
@@ -113,8 +101,8 @@ static int timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, c
     unsigned char key[16 + 256];
     size_t n = strlen(rule);
     if (n > 255) n = 255;
-    be64(key, (uint64_t)due);
-    be64(key + 8, person);
+    sl_be64_put(key, (uint64_t)due);
+    sl_be64_put(key + 8, person);
     memcpy(key + 16, rule, n);
     MDB_val k = {16 + n, key}, v = {0, ""};
     int rc = mdb_put(txn, t->timers, &k, &v, 0);
@@ -162,7 +150,7 @@ static uint32_t pressure_get(sl_trig_t *t, MDB_txn *txn, uint32_t day, uint64_t 
     unsigned char h[12];
     h[0] = (unsigned char)(day >> 24), h[1] = (unsigned char)(day >> 16), h[2] = (unsigned char)(day >> 8);
     h[3] = (unsigned char)day;
-    be64(h + 4, person);
+    sl_be64_put(h + 4, person);
     sl_buf_append(&t->k2, h, 12);
     sl_buf_appends(&t->k2, rule);
     k->mv_size = t->k2.len;
@@ -778,7 +766,7 @@ static int first_due(sl_trig_t *t, MDB_txn *txn, int64_t *due)
     int rc = mdb_cursor_open(txn, t->timers, &cur);
     if (rc) return rc;
     rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-    *due = rc == 0 && k.mv_size >= 16 ? (int64_t)rd_be64(k.mv_data) : INT64_MAX;
+    *due = rc == 0 && k.mv_size >= 16 ? (int64_t)sl_be64_get(k.mv_data) : INT64_MAX;
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
@@ -797,7 +785,7 @@ int sl_trig_tick(sl_trig_t *t, MDB_txn *txn, int64_t now)
     for (int n = 0; n < MAX_TICK_TIMERS; n++) {
         if ((rc = mdb_cursor_open(txn, t->timers, &cur))) return rc;
         rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-        if (rc == 0 && (k.mv_size < 16 || (int64_t)rd_be64(k.mv_data) > now)) rc = MDB_NOTFOUND;
+        if (rc == 0 && (k.mv_size < 16 || (int64_t)sl_be64_get(k.mv_data) > now)) rc = MDB_NOTFOUND;
         unsigned char key[16 + 256];
         size_t klen = k.mv_size < sizeof(key) ? k.mv_size : sizeof(key);
         if (rc == 0) {
@@ -809,7 +797,7 @@ int sl_trig_tick(sl_trig_t *t, MDB_txn *txn, int64_t now)
         if (rc) return rc;
         wrote = 1;
         atomic_fetch_add(&t->timers_fired, 1);
-        uint64_t person = rd_be64(key + 8);
+        uint64_t person = sl_be64_get(key + 8);
         const sl_trigger_rule_t *r = rule_by_name(t, (const char *)key + 16, klen - 16);
         if (r == NULL) continue; /* the rule was removed by a reload */
         if (r->type == SL_TRIG_ABANDONED_CART) rc = cart_timer(t, txn, r, person, now);
