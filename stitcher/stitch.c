@@ -116,11 +116,9 @@ static int lookup_id(sl_stitch_t *s, MDB_txn *txn, const void *key, size_t len, 
     return 0;
 }
 
-static int lookup(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *key, uint64_t *pid)
+static int lookup(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *key, uint64_t *pid, uint64_t *tl)
 {
-    int rc = lookup_id(s, txn, key->data, key->len, pid, NULL);
-    if (rc) return rc;
-    return 0;
+    return lookup_id(s, txn, key->data, key->len, pid, tl);
 }
 
 /* Calls fn(txn, value, arg) for each duplicate under key in dbi, stopping at
@@ -199,11 +197,13 @@ static int person_identified(const person_t *p)
     return 0;
 }
 
-static int add_identity(sl_stitch_t *s, MDB_txn *txn, person_t *p, const sl_buf_t *key)
+/* Gives key to p with a new timeline number (*tl, when not NULL). */
+static int add_identity(sl_stitch_t *s, MDB_txn *txn, person_t *p, const sl_buf_t *key, uint64_t *tl)
 {
     uint64_t val[2] = {p->id, 0};
     int rc = counter_next(s, txn, "next_tl", &val[1]);
     if (rc) return rc;
+    if (tl) *tl = val[1];
     MDB_val k = {key->len, key->data}, v = {16, val};
     if ((rc = mdb_put(txn, s->ids, &k, &v, 0))) return rc;
     if (sl_buf_append(&p->ids, key->data, key->len) || sl_buf_append(&p->ids, "", 1)) return SL_ENOMEM;
@@ -431,37 +431,36 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
     if (s->trig) sl_trig_set_cause(s->trig, m->message_id);
     person_t *t = &s->p1, *o = &s->p2; /* the target person, and another */
     sl_buf_t *kU = &s->k1, *kA = &s->k2;
-    uint64_t pU = 0, pA = 0;
+    uint64_t pU = 0, pA = 0, tlU = 0, tlA = 0; /* persons and timeline numbers of kU, kA */
     int rc;
-    const char *index_kind = NULL, *index_id = NULL;
+    int index_user = 0; /* the event is indexed under kU (else under kA) */
 
     if (m->type == SL_STITCH_ALIAS) {
         if (m->user_id == NULL || m->previous_id == NULL) return 0;
-        if ((rc = make_key(kU, "user_id", m->user_id)) || (rc = lookup(s, txn, kU, &pU))) return rc;
+        if ((rc = make_key(kU, "user_id", m->user_id)) || (rc = lookup(s, txn, kU, &pU, &tlU))) return rc;
         /* previousId: a former user_id, else an anonymous_id. */
-        if ((rc = make_key(kA, "user_id", m->previous_id)) || (rc = lookup(s, txn, kA, &pA))) return rc;
-        if (pA == 0 && ((rc = make_key(kA, "anonymous_id", m->previous_id)) || (rc = lookup(s, txn, kA, &pA))))
+        if ((rc = make_key(kA, "user_id", m->previous_id)) || (rc = lookup(s, txn, kA, &pA, &tlA))) return rc;
+        if (pA == 0 && ((rc = make_key(kA, "anonymous_id", m->previous_id)) || (rc = lookup(s, txn, kA, &pA, &tlA))))
             return rc;
         if (pU) {
             if ((rc = person_load(s, txn, pU, t))) return rc;
         } else if (pA) {
             if ((rc = person_load(s, txn, pA, t))) return rc;
-            if ((rc = add_identity(s, txn, t, kU))) return rc;
+            if ((rc = add_identity(s, txn, t, kU, &tlU))) return rc;
         } else {
-            if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kU))) return rc;
+            if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kU, &tlU))) return rc;
         }
         if (pA == 0) {
-            if ((rc = add_identity(s, txn, t, kA))) return rc;
+            if ((rc = add_identity(s, txn, t, kA, &tlA))) return rc;
         } else if (pA != t->id) {
             if ((rc = person_load(s, txn, pA, o))) return rc;
             if ((rc = merge(s, txn, t, o, m, "alias: previousId merged into userId"))) return rc;
         }
-        index_kind = "user_id";
-        index_id = m->user_id;
+        index_user = 1;
     } else {
-        if (m->user_id && ((rc = make_key(kU, "user_id", m->user_id)) || (rc = lookup(s, txn, kU, &pU)))) return rc;
+        if (m->user_id && ((rc = make_key(kU, "user_id", m->user_id)) || (rc = lookup(s, txn, kU, &pU, &tlU)))) return rc;
         if (m->anonymous_id &&
-            ((rc = make_key(kA, "anonymous_id", m->anonymous_id)) || (rc = lookup(s, txn, kA, &pA))))
+            ((rc = make_key(kA, "anonymous_id", m->anonymous_id)) || (rc = lookup(s, txn, kA, &pA, &tlA))))
             return rc;
         if (m->user_id) {
             if (pU) {
@@ -469,16 +468,16 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
             } else if (pA) {
                 if ((rc = person_load(s, txn, pA, t))) return rc;
                 if (person_user_id(t) == NULL) { /* the anonymous person becomes the user's */
-                    if ((rc = add_identity(s, txn, t, kU))) return rc;
-                } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kU))) {
+                    if ((rc = add_identity(s, txn, t, kU, &tlU))) return rc;
+                } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kU, &tlU))) {
                     return rc;
                 }
-            } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kU))) {
+            } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kU, &tlU))) {
                 return rc;
             }
             if (m->anonymous_id) {
                 if (pA == 0) {
-                    if ((rc = add_identity(s, txn, t, kA))) return rc;
+                    if ((rc = add_identity(s, txn, t, kA, &tlA))) return rc;
                 } else if (pA != t->id) {
                     if ((rc = person_load(s, txn, pA, o))) return rc;
                     if (person_user_id(o)) {
@@ -490,16 +489,14 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
                     }
                 }
             }
-            index_kind = "user_id";
-            index_id = m->user_id;
+            index_user = 1;
         } else if (m->anonymous_id) {
             if (pA) {
                 if ((rc = person_load(s, txn, pA, t))) return rc;
-            } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kA))) {
+            } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kA, &tlA))) {
                 return rc;
             }
-            index_kind = "anonymous_id";
-            index_id = m->anonymous_id;
+            index_user = 0;
         } else {
             return 0; /* nothing to stitch on (all identifiers were junk) */
         }
@@ -510,10 +507,10 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
             if (m->trait_ids[i] == NULL) continue;
             sl_buf_t *kT = &s->k3;
             uint64_t pT;
-            if ((rc = make_key(kT, s->cfg->identity_traits[i], m->trait_ids[i])) || (rc = lookup(s, txn, kT, &pT)))
+            if ((rc = make_key(kT, s->cfg->identity_traits[i], m->trait_ids[i])) || (rc = lookup(s, txn, kT, &pT, NULL)))
                 return rc;
             if (pT == 0) {
-                if ((rc = add_identity(s, txn, t, kT))) return rc;
+                if ((rc = add_identity(s, txn, t, kT, NULL))) return rc;
                 continue;
             }
             if (pT == t->id) continue;
@@ -534,11 +531,9 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
     /* Index the event under the identifier it was sent with. */
     unsigned char tv[16];
     tl_value(tv, m->ts_ms, seq, m->type == SL_STITCH_PAGE || m->type == SL_STITCH_SCREEN);
-    uint64_t owner, tlno;
+    /* kU or kA was looked up or given above: its timeline number is known */
+    uint64_t tlno = index_user ? tlU : tlA;
     unsigned char tk[8];
-    if ((rc = make_key(&s->tmp, index_kind, index_id)) ||
-        (rc = lookup_id(s, txn, s->tmp.data, s->tmp.len, &owner, &tlno)))
-        return rc;
     sl_be64_put(tk, tlno);
     MDB_val k = {8, tk}, v = {16, tv};
     if ((rc = mdb_put(txn, s->tl, &k, &v, 0)) && rc != MDB_KEYEXIST) return rc;
@@ -763,7 +758,7 @@ static int find_person(sl_stitch_t *s, MDB_txn *txn, const char *kind, const cha
     const char *v = is_trait ? sl_stitch_clean_id(s, id, &a, 1) : id;
     uint64_t pid = 0;
     int rc = v ? make_key(&key, kind, v) : SL_ENOTFOUND;
-    if (rc == 0) rc = lookup(s, txn, &key, &pid);
+    if (rc == 0) rc = lookup(s, txn, &key, &pid, NULL);
     if (rc == 0 && pid == 0) rc = SL_ENOTFOUND;
     if (rc == 0) rc = person_load(s, txn, pid, p);
     if (rc == MDB_NOTFOUND) rc = SL_ENOTFOUND;
@@ -1263,7 +1258,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl
         for (size_t off = 0; off < p.ids.len; off += strlen(p.ids.data + off) + 1) {
             sl_buf_t key = {p.ids.data + off, strlen(p.ids.data + off), 0};
             uint64_t owner;
-            if (lookup(s, txn, &key, &owner) || owner != pid) problem(&v, "persons: an identifier points elsewhere", key.data, key.len);
+            if (lookup(s, txn, &key, &owner, NULL) || owner != pid) problem(&v, "persons: an identifier points elsewhere", key.data, key.len);
         }
     }
     mdb_cursor_close(cur);
