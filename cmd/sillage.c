@@ -341,7 +341,9 @@ static int cmd_check_config(int argc, char **argv)
 
 /* ---- export / backup ------------------------------------------------------------- */
 
-static int open_existing(const args_t *a, sl_config_t *cfg, sl_store_t **st)
+/* The config, and 0 when its data directory holds a store; else says why,
+ * frees the config and returns 1. Commands that read a store never create one. */
+static int load_existing(const args_t *a, sl_config_t *cfg)
 {
     if (load_config(a, cfg)) return 1;
     char path[4096];
@@ -352,6 +354,12 @@ static int open_existing(const args_t *a, sl_config_t *cfg, sl_store_t **st)
         sl_config_free(cfg);
         return 1;
     }
+    return 0;
+}
+
+static int open_existing(const args_t *a, sl_config_t *cfg, sl_store_t **st)
+{
+    if (load_existing(a, cfg)) return 1;
     sl_store_options_t so = store_options(cfg, 1);
     int rc = sl_store_open(st, &so);
     if (rc) {
@@ -403,15 +411,7 @@ static int cmd_verify(int argc, char **argv)
     args_t a;
     if (parse_args(argc, argv, &a, 0)) return 2;
     sl_config_t cfg;
-    if (load_config(&a, &cfg)) return 1;
-    char path[4096];
-    struct stat sb;
-    snprintf(path, sizeof(path), "%s/data.mdb", cfg.data_dir);
-    if (stat(path, &sb) != 0) {
-        fprintf(stderr, "sillage: no store in %s (no data.mdb)\n", cfg.data_dir);
-        sl_config_free(&cfg);
-        return 1;
-    }
+    if (load_existing(&a, &cfg)) return 1;
     sl_stitch_t *stitch = sl_stitch_new(&cfg);
     sl_trig_t *trig = sl_trig_new(&cfg);
     if (stitch && trig) sl_stitch_set_triggers(stitch, trig);

@@ -32,22 +32,28 @@ static int read_page(MDB_txn *txn, void *arg)
     return q->n < 0 ? SL_ESTORE : 0;
 }
 
+/* The list c belongs in by its feed_mode: debug viewers, or polls and streams. */
+static conn_t **list_of(conn_t *c)
+{
+    return c->feed_mode == FEED_DEBUG ? &c->srv->debug_streams : &c->srv->feed_waiters;
+}
+
 static void waiter_unlink(conn_t *c)
 {
-    sl_server_t *srv = c->srv;
+    conn_t **head = list_of(c);
     if (c->feed_prev) c->feed_prev->feed_next = c->feed_next;
-    else if (srv->feed_waiters == c) srv->feed_waiters = c->feed_next;
+    else if (*head == c) *head = c->feed_next;
     if (c->feed_next) c->feed_next->feed_prev = c->feed_prev;
     c->feed_prev = c->feed_next = NULL;
 }
 
 static void waiter_link(conn_t *c)
 {
-    sl_server_t *srv = c->srv;
+    conn_t **head = list_of(c);
     c->feed_prev = NULL;
-    c->feed_next = srv->feed_waiters;
-    if (srv->feed_waiters) srv->feed_waiters->feed_prev = c;
-    srv->feed_waiters = c;
+    c->feed_next = *head;
+    if (*head) (*head)->feed_prev = c;
+    *head = c;
 }
 
 /* Answers a poll with what is there now (possibly nothing). */
@@ -200,12 +206,9 @@ void feed_stop(sl_server_t *srv)
     }
 }
 
-static void debug_unlink(conn_t *c);
-
 void feed_conn_closed(conn_t *c)
 {
-    if (c->feed_mode == FEED_DEBUG) debug_unlink(c);
-    else waiter_unlink(c);
+    waiter_unlink(c);
     c->feed_mode = FEED_NONE;
     c->busy = 0; /* nothing else holds its request: the connection frees it */
 }
@@ -305,15 +308,6 @@ void handle_triggers(conn_t *c, const char *rest)
 
 /* ---- /debug/stream ---- */
 
-static void debug_unlink(conn_t *c)
-{
-    sl_server_t *srv = c->srv;
-    if (c->feed_prev) c->feed_prev->feed_next = c->feed_next;
-    else if (srv->debug_streams == c) srv->debug_streams = c->feed_next;
-    if (c->feed_next) c->feed_next->feed_prev = c->feed_prev;
-    c->feed_prev = c->feed_next = NULL;
-}
-
 void handle_debug_stream(conn_t *c)
 {
     sl_server_t *srv = c->srv;
@@ -342,10 +336,7 @@ void handle_debug_stream(conn_t *c)
     c->feed_mode = FEED_DEBUG;
     c->feed_last_write_ms = sl_now_ms();
     http_send(c, head, sizeof(head) - 1);
-    c->feed_prev = NULL;
-    c->feed_next = srv->debug_streams;
-    if (srv->debug_streams) srv->debug_streams->feed_prev = c;
-    srv->debug_streams = c;
+    waiter_link(c);
 }
 
 void feed_debug_publish(sl_server_t *srv, const char *json, size_t len, uint64_t person)

@@ -521,6 +521,15 @@ static void handle_healthz(conn_t *c)
     http_respond(c, c->srv->stopping ? 503 : 200, "application/json", "Cache-Control: no-store\r\n", body, (size_t)n);
 }
 
+/* A counter with one sample per trigger rule. */
+static void append_by_rule(sl_buf_t *b, const char *name, const char *help, const sl_config_t *cfg,
+                           const uint64_t *values)
+{
+    sl_buf_printf(b, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (size_t i = 0; i < cfg->n_triggers && i < 64; i++)
+        sl_buf_printf(b, "%s{rule=\"%s\"} %llu\n", name, cfg->triggers[i].name, (unsigned long long)values[i]);
+}
+
 static void handle_metrics(conn_t *c)
 {
     sl_server_t *srv = c->srv;
@@ -613,16 +622,10 @@ static void handle_metrics(conn_t *c)
         sl_trig_stats_t ts;
         sl_trig_get_stats(srv->trig, &ts);
         const sl_config_t *cfg = srv->rules_cfg; /* the rules the writer runs (reloaded on SIGHUP) */
-        sl_buf_appends(&b, "# HELP sillage_triggers_fired_total Triggers appended to the feed, by rule.\n"
-                           "# TYPE sillage_triggers_fired_total counter\n");
-        for (size_t i = 0; i < cfg->n_triggers && i < 64; i++)
-            sl_buf_printf(&b, "sillage_triggers_fired_total{rule=\"%s\"} %llu\n", cfg->triggers[i].name,
-                          (unsigned long long)ts.fired_by_rule[i]);
-        sl_buf_appends(&b, "# HELP sillage_triggers_suppressed_total Triggers held back by the pressure cap, by rule.\n"
-                           "# TYPE sillage_triggers_suppressed_total counter\n");
-        for (size_t i = 0; i < cfg->n_triggers && i < 64; i++)
-            sl_buf_printf(&b, "sillage_triggers_suppressed_total{rule=\"%s\"} %llu\n", cfg->triggers[i].name,
-                          (unsigned long long)ts.suppressed_by_rule[i]);
+        append_by_rule(&b, "sillage_triggers_fired_total", "Triggers appended to the feed, by rule.", cfg,
+                       ts.fired_by_rule);
+        append_by_rule(&b, "sillage_triggers_suppressed_total", "Triggers held back by the pressure cap, by rule.",
+                       cfg, ts.suppressed_by_rule);
         sl_buf_printf(&b,
                       "# HELP sillage_trigger_timers_fired_total Durable timers that came due.\n"
                       "# TYPE sillage_trigger_timers_fired_total counter\nsillage_trigger_timers_fired_total %llu\n"
