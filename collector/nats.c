@@ -140,61 +140,81 @@ static void sleep_ms(sl_nats_t *n, int ms)
     for (int i = 0; i < ms / 50 && !atomic_load(&n->stopping); i++) nats_Sleep(50);
 }
 
-/* ---- edge: the forwarder ---- */
+/* ---- publishing: the edge's events, the core's triggers ---- */
 
+/* A page of what to publish, copied out of a read transaction. */
 typedef struct {
-    uint64_t after;
+    uint64_t after;           /* everything up to here is published */
     size_t n;
     uint64_t seq[PAGE];
     char *json[PAGE];
     size_t len[PAGE];
-    char *mid[PAGE];
+    char *id[PAGE];           /* Nats-Msg-Id: the event's messageId, the trigger's id ("" if none) */
 } page_t;
 
-static int take_event(const char *json, size_t len, uint64_t seq, void *arg)
+static int page_add(page_t *p, uint64_t seq, const char *json, size_t len, const char *id_field)
 {
-    page_t *p = arg;
-    if (seq <= p->after) return 0;
-    if (p->n == PAGE) return 1;
-    p->seq[p->n] = seq;
+    cJSON *doc = cJSON_ParseWithLength(json, len);
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, id_field);
     p->json[p->n] = malloc(len);
-    if (p->json[p->n] == NULL) return SL_ENOMEM;
+    p->id[p->n] = strdup(cJSON_IsString(id) ? id->valuestring : "");
+    cJSON_Delete(doc);
+    if (p->json[p->n] == NULL || p->id[p->n] == NULL) {
+        free(p->json[p->n]);
+        free(p->id[p->n]);
+        return SL_ENOMEM;
+    }
     memcpy(p->json[p->n], json, len);
     p->len[p->n] = len;
-    cJSON *doc = cJSON_ParseWithLength(json, len);
-    const cJSON *mid = cJSON_GetObjectItemCaseSensitive(doc, "messageId");
-    p->mid[p->n] = strdup(cJSON_IsString(mid) ? mid->valuestring : "");
-    cJSON_Delete(doc);
-    p->n++;
+    p->seq[p->n++] = seq;
     return 0;
-}
-
-typedef struct {
-    sl_store_t *st;
-    page_t *p;
-} page_read_t;
-
-/* Events after p->after, in sequence order. A full scan would be slow: start
- * at the cursor with the store's own iteration and skip what is below. */
-static int read_page(MDB_txn *txn, void *arg)
-{
-    page_read_t *r = arg;
-    int rc = sl_store_foreach_event_from(r->st, txn, r->p->after + 1, take_event, r->p);
-    return rc == 1 ? 0 : rc; /* 1: the page is full */
 }
 
 static void page_free(page_t *p)
 {
     for (size_t i = 0; i < p->n; i++) {
         free(p->json[i]);
-        free(p->mid[i]);
+        free(p->id[i]);
     }
     p->n = 0;
 }
 
+typedef struct {
+    sl_nats_t *n;
+    page_t *p;
+} page_read_t;
+
+static int take_event(const char *json, size_t len, uint64_t seq, void *arg)
+{
+    page_t *p = ((page_read_t *)arg)->p;
+    if (p->n == PAGE) return 1;
+    return page_add(p, seq, json, len, "messageId");
+}
+
+/* The stored events after p->after. */
+static int read_events(MDB_txn *txn, void *arg)
+{
+    page_read_t *r = arg;
+    int rc = sl_store_foreach_event_from(r->n->store, txn, r->p->after + 1, take_event, r);
+    return rc == 1 ? 0 : rc; /* 1: the page is full */
+}
+
+static int take_trigger(uint64_t seq, const char *json, size_t len, void *arg)
+{
+    return page_add(((page_read_t *)arg)->p, seq, json, len, "id") ? 1 : 0;
+}
+
+/* The durable triggers after p->after. */
+static int read_triggers(MDB_txn *txn, void *arg)
+{
+    page_read_t *r = arg;
+    return sl_trig_foreach(r->n->trig, txn, r->p->after, PAGE, take_trigger, r) < 0 ? SL_ESTORE : 0;
+}
+
 /* Acknowledgements of one page of asynchronous publishes. Each page has its
  * own JetStream context, so a late answer for an abandoned page cannot be
- * counted for the next one. */
+ * counted for the next one. (js_PublishAsyncComplete of libnats 3.4 did not
+ * return after a cluster node died mid-publish: hence our own count.) */
 typedef struct {
     _Atomic int acked, failed;
 } acks_t;
@@ -208,9 +228,9 @@ static void on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, v
     natsMsg_Destroy(msg);
 }
 
-/* Publishes p's events and waits for every acknowledgement (5 s at most).
+/* Publishes p to subject and waits for every acknowledgement (5 s at most).
  * 0 when all were acknowledged. */
-static int publish_page(sl_nats_t *n, natsConnection *nc, page_t *p)
+static int publish_page(sl_nats_t *n, natsConnection *nc, const char *subject, page_t *p)
 {
     acks_t *a = calloc(1, sizeof(*a));
     if (a == NULL) return -1;
@@ -226,8 +246,8 @@ static int publish_page(sl_nats_t *n, natsConnection *nc, page_t *p)
     for (size_t i = 0; s == NATS_OK && i < p->n; i++, sent++) {
         jsPubOptions po;
         jsPubOptions_Init(&po);
-        po.MsgId = p->mid[i][0] ? p->mid[i] : NULL;
-        s = js_PublishAsync(js, n->cfg->nats.events_subject, p->json[i], (int)p->len[i], &po);
+        po.MsgId = p->id[i][0] ? p->id[i] : NULL;
+        s = js_PublishAsync(js, subject, p->json[i], (int)p->len[i], &po);
     }
     int64_t deadline = sl_now_ms() + 5000;
     while (s == NATS_OK && (size_t)(atomic_load(&a->acked) + atomic_load(&a->failed)) < sent && sl_now_ms() < deadline &&
@@ -245,14 +265,24 @@ static int publish_page(sl_nats_t *n, natsConnection *nc, page_t *p)
     return ok ? 0 : -1;
 }
 
-static void forward_main(void *arg)
+/* What a publishing thread reads and where it reports. */
+typedef struct {
+    const char *what;                   /* for the log */
+    int (*read)(MDB_txn *txn, void *arg); /* fills a page_read_t's page after p->after */
+    int events;                         /* 1: the edge's events (reports connected, errors) */
+} source_t;
+
+static void publish_main(sl_nats_t *n, const source_t *src, const char *subject, uint64_t cursor,
+                         _Atomic uint64_t *want, _Atomic uint64_t *count)
 {
-    sl_nats_t *n = arg;
     natsConnection *nc = NULL;
     page_t *p = calloc(1, sizeof(*p));
-    uint64_t cursor = n->stored_cursor;
     int stream_ok = 0;
     while (p && !atomic_load(&n->stopping)) {
+        if (!src->events && sl_trig_durable_seq(n->trig) <= cursor) {
+            sleep_ms(n, 50);
+            continue;
+        }
         if (nc == NULL && (nc = nats_connect(n)) == NULL) {
             sleep_ms(n, RETRY_MS);
             continue;
@@ -264,35 +294,55 @@ static void forward_main(void *arg)
             jo.Wait = 5000;
             stream_ok = natsConnection_JetStream(&js, nc, &jo) == NATS_OK && ensure_stream(n, js) == 0;
             if (js) jsCtx_Destroy(js);
-            atomic_store(&n->connected, stream_ok);
+            if (src->events) atomic_store(&n->connected, stream_ok);
             if (!stream_ok) {
                 sleep_ms(n, RETRY_MS);
                 continue;
             }
         }
-        page_read_t r = {n->store, p};
+        page_read_t r = {n, p};
         p->after = cursor;
-        if (sl_store_read(n->store, read_page, &r) != 0 || p->n == 0) {
+        if (sl_store_read(n->store, src->read, &r) != 0 || p->n == 0) {
             page_free(p);
             sleep_ms(n, 50);
             continue;
         }
-        if (publish_page(n, nc, p) == 0) {
+        if (publish_page(n, nc, subject, p) == 0) {
             cursor = p->seq[p->n - 1];
-            atomic_fetch_add(&n->published, p->n);
-            atomic_store(&n->want_cursor, cursor);
-            atomic_store(&n->connected, 1);
+            atomic_fetch_add(count, p->n);
+            atomic_store(want, cursor);
+            if (src->events) atomic_store(&n->connected, 1);
             notify(n);
         } else {
-            atomic_fetch_add(&n->publish_errors, 1);
-            atomic_store(&n->connected, 0);
-            SL_INFO("nats: publishing events after %llu was not acknowledged; retrying", (unsigned long long)cursor);
+            if (src->events) {
+                atomic_fetch_add(&n->publish_errors, 1);
+                atomic_store(&n->connected, 0);
+            }
+            SL_INFO("nats: publishing %s after %llu was not acknowledged; retrying", src->what,
+                    (unsigned long long)cursor);
             sleep_ms(n, RETRY_MS);
         }
         page_free(p);
     }
     free(p);
     if (nc) natsConnection_Destroy(nc);
+}
+
+/* edge: the stored events, from the durable cursor */
+static void forward_main(void *arg)
+{
+    sl_nats_t *n = arg;
+    static const source_t events = {"events", read_events, 1};
+    publish_main(n, &events, n->cfg->nats.events_subject, n->stored_cursor, &n->want_cursor, &n->published);
+}
+
+/* core: the durable trigger feed, from its own cursor */
+static void triggers_main(void *arg)
+{
+    sl_nats_t *n = arg;
+    static const source_t triggers = {"triggers", read_triggers, 0};
+    publish_main(n, &triggers, n->cfg->nats.triggers_subject, n->stored_trig_cursor, &n->want_trig_cursor,
+                 &n->triggers_published);
 }
 
 /* ---- core: the consumer ---- */
@@ -472,103 +522,6 @@ static void submit_batch(sl_nats_t *n, nbatch_t *b)
     }
 }
 
-/* ---- core: triggers to NATS ---- */
-
-typedef struct {
-    size_t n;
-    uint64_t seq[PAGE];
-    char *json[PAGE];
-    size_t len[PAGE];
-} tpage_t;
-
-static int take_trigger(uint64_t seq, const char *json, size_t len, void *arg)
-{
-    tpage_t *p = arg;
-    p->seq[p->n] = seq;
-    p->json[p->n] = malloc(len);
-    if (p->json[p->n] == NULL) return 1;
-    memcpy(p->json[p->n], json, len);
-    p->len[p->n++] = len;
-    return 0;
-}
-
-typedef struct {
-    sl_trig_t *trig;
-    uint64_t after;
-    tpage_t *p;
-} tread_t;
-
-static int read_triggers(MDB_txn *txn, void *arg)
-{
-    tread_t *r = arg;
-    return sl_trig_foreach(r->trig, txn, r->after, PAGE, take_trigger, r->p) < 0 ? SL_ESTORE : 0;
-}
-
-static void triggers_main(void *arg)
-{
-    sl_nats_t *n = arg;
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    tpage_t *p = calloc(1, sizeof(*p));
-    uint64_t cursor = n->stored_trig_cursor;
-    while (p && !atomic_load(&n->stopping)) {
-        if (sl_trig_durable_seq(n->trig) <= cursor) {
-            sleep_ms(n, 50);
-            continue;
-        }
-        if (nc == NULL && (nc = nats_connect(n)) == NULL) {
-            sleep_ms(n, RETRY_MS);
-            continue;
-        }
-        if (js == NULL) {
-            jsOptions jo;
-            jsOptions_Init(&jo);
-            jo.Wait = 5000;
-            if (natsConnection_JetStream(&js, nc, &jo) != NATS_OK || ensure_stream(n, js)) {
-                if (js) jsCtx_Destroy(js);
-                js = NULL;
-                sleep_ms(n, RETRY_MS);
-                continue;
-            }
-        }
-        tread_t r = {n->trig, cursor, p};
-        p->n = 0;
-        if (sl_store_read(n->store, read_triggers, &r) != 0 || p->n == 0) {
-            for (size_t i = 0; i < p->n; i++) free(p->json[i]);
-            sleep_ms(n, 50);
-            continue;
-        }
-        natsStatus s = NATS_OK;
-        for (size_t i = 0; i < p->n && s == NATS_OK; i++) {
-            cJSON *doc = cJSON_ParseWithLength(p->json[i], p->len[i]);
-            const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
-            jsPubOptions po;
-            jsPubOptions_Init(&po);
-            po.MsgId = cJSON_IsString(id) ? id->valuestring : NULL;
-            s = js_PublishAsync(js, n->cfg->nats.triggers_subject, p->json[i], (int)p->len[i], &po);
-            cJSON_Delete(doc);
-        }
-        if (s == NATS_OK) {
-            jsPubOptions po;
-            jsPubOptions_Init(&po);
-            po.MaxWait = 5000;
-            s = js_PublishAsyncComplete(js, &po);
-        }
-        if (s == NATS_OK) {
-            cursor = p->seq[p->n - 1];
-            atomic_fetch_add(&n->triggers_published, p->n);
-            atomic_store(&n->want_trig_cursor, cursor);
-            notify(n);
-        } else {
-            sleep_ms(n, RETRY_MS);
-        }
-        for (size_t i = 0; i < p->n; i++) free(p->json[i]);
-    }
-    free(p);
-    if (js) jsCtx_Destroy(js);
-    if (nc) natsConnection_Destroy(nc);
-}
-
 /* ---- loop thread ---- */
 
 static int cursor_job(MDB_txn *txn, void *arg)
@@ -606,10 +559,6 @@ static void on_async(uv_async_t *a)
     n->job_busy = 1;
     if (sl_store_submit(n->store, &n->job)) n->job_busy = 0; /* busy: the next wake-up tries again */
 }
-
-typedef struct {
-    sl_nats_t *n;
-} load_t;
 
 static int load_cursors(MDB_txn *txn, void *arg)
 {
