@@ -184,6 +184,22 @@ bad:
     return SL_EINVAL;
 }
 
+/* obj.key as a whole number from lo to hi into *out (unchanged when absent);
+ * note ends the error message, e.g. " (0 = no cap)". */
+static int get_int(ctx_t *x, const cJSON *obj, const char *key, const char *path, int lo, int hi, const char *note,
+                   int *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (v == NULL) return 0;
+    if (!cJSON_IsNumber(v) || v->valuedouble < lo || v->valuedouble > hi || v->valuedouble != (int)v->valuedouble) {
+        seterr(x->err, x->errlen, "%s%s%s must be a whole number from %d to %d%s", path, *path ? "." : "", key, lo, hi,
+               note);
+        return SL_EINVAL;
+    }
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
 static int get_limit(ctx_t *x, const cJSON *obj, const char *key, uint64_t lo, uint64_t hi, uint64_t *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
@@ -224,16 +240,7 @@ static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t
     if (strcmp(type, "page_visit") == 0) {
         r->type = SL_TRIG_PAGE_VISIT;
         rc = get_str(x, t, "url", path, &r->url, 1);
-        const cJSON *mc = cJSON_GetObjectItemCaseSensitive(t, "min_count");
-        if (rc == 0 && mc) {
-            if (!cJSON_IsNumber(mc) || mc->valuedouble < 1 || mc->valuedouble > 1000 ||
-                mc->valuedouble != (int)mc->valuedouble) {
-                seterr(x->err, x->errlen, "%s.min_count must be a whole number from 1 to 1000", path);
-                rc = SL_EINVAL;
-            } else {
-                r->min_count = (int)mc->valuedouble;
-            }
-        }
+        if (rc == 0) rc = get_int(x, t, "min_count", path, 1, 1000, "", &r->min_count);
         if (rc == 0) rc = get_duration(x, t, "within", path, &r->within_ms);
     } else if (strcmp(type, "abandoned_cart") == 0) {
         r->type = SL_TRIG_ABANDONED_CART;
@@ -270,16 +277,7 @@ static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t
                path, type);
         rc = SL_EINVAL;
     }
-    const cJSON *cap = cJSON_GetObjectItemCaseSensitive(t, "max_per_profile_per_day");
-    if (rc == 0 && cap) {
-        if (!cJSON_IsNumber(cap) || cap->valuedouble < 0 || cap->valuedouble > 1000000 ||
-            cap->valuedouble != (int)cap->valuedouble) {
-            seterr(x->err, x->errlen, "%s.max_per_profile_per_day must be a whole number (0 = no cap)", path);
-            rc = SL_EINVAL;
-        } else {
-            r->max_per_day = (int)cap->valuedouble;
-        }
-    }
+    if (rc == 0) rc = get_int(x, t, "max_per_profile_per_day", path, 0, 1000000, " (0 = no cap)", &r->max_per_day);
 out:
     free(type);
     return rc;
@@ -361,15 +359,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
             *strs[i].slot = NULL;
             if ((rc = get_str(x, nats, strs[i].key, "nats", strs[i].slot, 1))) return rc;
         }
-        const cJSON *rep = cJSON_GetObjectItemCaseSensitive(nats, "replicas");
-        if (rep) {
-            if (!cJSON_IsNumber(rep) || rep->valuedouble < 1 || rep->valuedouble > 5 ||
-                rep->valuedouble != (int)rep->valuedouble) {
-                seterr(x->err, x->errlen, "nats.replicas must be a whole number from 1 to 5");
-                return SL_EINVAL;
-            }
-            c->nats.replicas = (int)rep->valuedouble;
-        }
+        if ((rc = get_int(x, nats, "replicas", "nats", 1, 5, "", &c->nats.replicas))) return rc;
         if ((rc = get_duration(x, nats, "duplicate_window", "nats", &c->nats.duplicate_window_ms))) return rc;
         if (strncmp(c->nats.url, "nats://", 7) != 0 && strncmp(c->nats.url, "tls://", 6) != 0) {
             seterr(x->err, x->errlen, "nats.url must start with nats:// or tls://");
@@ -471,15 +461,9 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     if (pr) {
         static const char *pk[] = {"max_per_profile_per_day", NULL};
         if ((rc = check_keys(x, pr, "pressure", pk))) return rc;
-        const cJSON *m = cJSON_GetObjectItemCaseSensitive(pr, "max_per_profile_per_day");
-        if (m) {
-            if (!cJSON_IsNumber(m) || m->valuedouble < 0 || m->valuedouble > 1000000 ||
-                m->valuedouble != (int)m->valuedouble) {
-                seterr(x->err, x->errlen, "pressure.max_per_profile_per_day must be a whole number (0 = no cap)");
-                return SL_EINVAL;
-            }
-            c->pressure_max_per_profile_per_day = (int)m->valuedouble;
-        }
+        if ((rc = get_int(x, pr, "max_per_profile_per_day", "pressure", 0, 1000000, " (0 = no cap)",
+                          &c->pressure_max_per_profile_per_day)))
+            return rc;
     }
     const cJSON *wh = cJSON_GetObjectItemCaseSensitive(root, "webhooks");
     if (wh) {
