@@ -36,6 +36,8 @@ typedef struct req_s {
     sl_buf_t errors;              /* JSON array members for rejected messages */
     size_t n_rejected;
     int is_pixel;
+    sl_ipnet_t client_ip;         /* routes.c client_ip() */
+    int has_client_ip;
 } req_t;
 
 struct conn_s {
