@@ -60,6 +60,17 @@ function bench(edge, recordFile, seconds, seed) {
   return spawn(BENCH, ['-c', '8', '-d', String(seconds), '--visitors', '2000', '--seed', String(seed), '--record', recordFile,
     '-k', 'wk_test', edge.url], { stdio: 'ignore' });
 }
+// The edge drains, the core applies every acknowledged id, and its export
+// holds each exactly once (sillage-bench check). Stops the core.
+async function drainedExactlyOnce(edge, core, acked, minimum, ms) {
+  const total = readFileSync(acked, 'utf8').split('\n').filter(Boolean).length;
+  assert.ok(total > minimum, `${total} acknowledged`);
+  assert.ok(await until(async () => await metric(edge, 'sillage_nats_lag_events') === 0, ms), 'the edge drained');
+  assert.ok(await until(async () => await metric(core, 'sillage_nats_consumed_total') >= total, ms), 'the core caught up');
+  await core.stop();
+  const out = checkAcked(acked, exportEvents(core.dataDir));
+  assert.match(out, /missing 0, duplicated 0/, out);
+}
 function checkAcked(acked, coreExport) {
   const file = join(tempDir(), 'export.ndjson');
   writeFileSync(file, coreExport.map((e) => JSON.stringify(e)).join('\n') + '\n');
@@ -129,13 +140,7 @@ test('an edge killed mid-stream, then a NATS outage: every acknowledged event re
     await new Promise((r) => b.on('exit', r));
     assert.ok(await metric(edge, 'sillage_nats_lag_events') > 0, 'events wait on the edge');
     nats = await startNats(jsDir, { port: natsPort });
-    const total = readFileSync(acked, 'utf8').split('\n').filter(Boolean).length;
-    assert.ok(total > 500, `${total} acknowledged`);
-    assert.ok(await until(async () => await metric(edge, 'sillage_nats_lag_events') === 0, 30000), 'the edge drained');
-    assert.ok(await until(async () => await metric(core, 'sillage_nats_consumed_total') >= total, 30000), 'the core caught up');
-    await core.stop();
-    const out = checkAcked(acked, exportEvents(core.dataDir));
-    assert.match(out, /missing 0, duplicated 0/, out);
+    await drainedExactlyOnce(edge, core, acked, 500, 30000);
   } finally {
     for (const s of [edge, core]) { await s.stop(); s.cleanup(); }
     await nats.stop();
@@ -164,13 +169,7 @@ test('a three-node JetStream cluster (R3) loses nothing when a NATS node dies', 
     await sleep(1500);
     b.kill('SIGINT');
     await new Promise((r) => b.on('exit', r));
-    const total = readFileSync(acked, 'utf8').split('\n').filter(Boolean).length;
-    assert.ok(total > 300, `${total} acknowledged`);
-    assert.ok(await until(async () => await metric(edge, 'sillage_nats_lag_events') === 0, 40000), 'the edge drained');
-    assert.ok(await until(async () => await metric(core, 'sillage_nats_consumed_total') >= total, 40000), 'the core caught up');
-    await core.stop();
-    const out = checkAcked(acked, exportEvents(core.dataDir));
-    assert.match(out, /missing 0, duplicated 0/, out);
+    await drainedExactlyOnce(edge, core, acked, 300, 40000);
   } finally {
     for (const s of [edge, core]) { await s.stop(); s.cleanup(); }
     for (const n of ns) await n.stop();
