@@ -368,7 +368,10 @@ static void consume_main(void *arg)
             jsSubOptions_Init(&so);
             so.Stream = n->cfg->nats.stream;
             so.Config.AckPolicy = js_AckExplicit;
-            so.Config.AckWait = 30LL * 1000000000LL;
+            /* A fetched batch whose reply was lost (a cluster node died) comes
+             * back after AckWait; a redelivery of what was applied is only
+             * acknowledged, so a short wait costs nothing but a resend. */
+            so.Config.AckWait = 10LL * 1000000000LL;
             so.Config.MaxAckPending = 4096;
             jsErrCode jerr = 0;
             if ((js || natsConnection_JetStream(&js, nc, &jo) == NATS_OK) && ensure_stream(n, js) == 0 &&

@@ -169,7 +169,7 @@ test('a three-node JetStream cluster (R3) loses nothing when a NATS node dies', 
     await sleep(1500);
     b.kill('SIGINT');
     await new Promise((r) => b.on('exit', r));
-    await drainedExactlyOnce(edge, core, acked, 300, 40000);
+    await drainedExactlyOnce(edge, core, acked, 300, 60000); // a lost fetch comes back after AckWait (10 s)
   } finally {
     for (const s of [edge, core]) { await s.stop(); s.cleanup(); }
     for (const n of ns) await n.stop();
