@@ -105,8 +105,6 @@ long http_query_param(req_t *r, const char *name, char **out)
 void req_free(req_t *r)
 {
     if (r == NULL) return;
-    for (size_t i = 0; i < r->n_jsons; i++) cJSON_free(r->jsons[i]);
-    free(r->jsons);
     free(r->batch.msgs);
     sl_buf_free(&r->body);
     sl_buf_free(&r->errors);

@@ -31,8 +31,8 @@ typedef struct req_s {
     int route;
     /* ingestion in flight */
     sl_store_batch_t batch;
-    char **jsons;                 /* printed messages, freed with the request */
-    size_t n_jsons;
+    size_t stored_bytes;          /* printed messages so far (STORED_BYTES_PER_REQUEST) */
+    int over_stored;
     sl_buf_t errors;              /* JSON array members for rejected messages */
     size_t n_rejected;
     int is_pixel;

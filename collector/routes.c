@@ -77,6 +77,11 @@ static const sl_source_t *authenticate(conn_t *c, const cJSON *body, const char 
 
 /* ---- ingestion ------------------------------------------------------------------- */
 
+/* What one request may store once normalised: a batch's context is copied
+ * into each of its messages, so a small request could otherwise store a
+ * thousand times its size. */
+#define STORED_BYTES_PER_REQUEST(cfg) (4 * (cfg)->limits.max_request_bytes)
+
 static void add_rejection(req_t *r, long index, const char *msg)
 {
     if (r->n_rejected) sl_buf_append(&r->errors, ",", 1);
@@ -248,26 +253,38 @@ static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg, const char *me
 }
 
 /* Normalises one message and appends its printed form to the batch.
- * Returns NULL or why it was refused. */
+ * Returns NULL or why it was refused (*status: the HTTP status a single
+ * message gets for it).
+ *
+ * The message is printed into the scratch buffer (max_message_bytes plus
+ * 4 KB for the fields the server adds) and copied into the request's arena,
+ * which lives until the commit is answered. A message that does not fit once
+ * normalised -- cJSON prints 9e15 as 9e+15, a batch's context is merged in --
+ * is refused: the stored form is bounded, and nothing printed into the JSON
+ * arena (emptied when ingest_json returns) ever reaches the writer. */
 static const char *accept_message(conn_t *c, cJSON *msg, int type, const sl_ingest_ctx_t *ctx,
-                                  const sl_source_t *src)
+                                  const sl_source_t *src, int *status)
 {
     req_t *r = c->req;
+    *status = 400;
     const char *why = sl_msg_normalize(msg, type, ctx);
     if (why) return why;
-    /* Printed once into the scratch buffer, then copied into the request's
-     * arena, which lives until the commit is answered. */
     sl_server_t *srv = c->srv;
-    char *json;
-    size_t len;
-    if (cJSON_PrintPreallocated(msg, srv->scratch, (int)srv->scratch_len, 0)) {
-        len = strlen(srv->scratch);
-        if ((json = sl_arena_strndup(&r->arena, srv->scratch, len)) == NULL) return "out of memory";
-    } else {
-        if ((json = cJSON_PrintUnformatted(msg)) == NULL) return "out of memory";
-        len = strlen(json);
-        r->jsons[r->n_jsons++] = json;
+    if (!cJSON_PrintPreallocated(msg, srv->scratch, (int)srv->scratch_len, 0)) {
+        *status = 413;
+        return "message exceeds limits.max_message_bytes once normalised (the batch's context and the "
+               "server's fields included)";
     }
+    size_t len = strlen(srv->scratch);
+    if (r->stored_bytes + len > STORED_BYTES_PER_REQUEST(srv->cfg)) {
+        *status = 413;
+        r->over_stored = 1;
+        return "request would store more than 4 x limits.max_request_bytes once normalised (a batch's context is "
+               "copied into every message)";
+    }
+    char *json = sl_arena_strndup(&r->arena, srv->scratch, len);
+    if (json == NULL) return "out of memory";
+    r->stored_bytes += len;
     const cJSON *mid = cJSON_GetObjectItemCaseSensitive(msg, "messageId");
     sl_store_msg_t *m = &r->batch.msgs[r->batch.n_msgs++];
     memset(m, 0, sizeof(*m));
@@ -375,13 +392,17 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
             goto out;
         }
         r->batch.msgs = calloc(1, sizeof(sl_store_msg_t));
-        r->jsons = calloc(1, sizeof(char *));
-        if (r->batch.msgs == NULL || r->jsons == NULL) {
+        if (r->batch.msgs == NULL) {
             http_respond_error(c, 503, "out of memory");
             goto out;
         }
         request_context(c, &ctx, ipbuf, &loc);
-        why = accept_message(c, root, type, &ctx, src);
+        int status;
+        why = accept_message(c, root, type, &ctx, src, &status);
+        if (why && status != 400) {
+            http_respond_error(c, status, why);
+            goto out;
+        }
         if (why) add_rejection(r, -1, why);
         submit(c);
         goto out;
@@ -409,8 +430,7 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
     ctx.batch_context = cJSON_IsObject(bctx) ? bctx : NULL;
     ctx.batch_sent_at = cJSON_IsString(bsent) ? bsent->valuestring : NULL;
     r->batch.msgs = calloc(n, sizeof(sl_store_msg_t));
-    r->jsons = calloc(n, sizeof(char *));
-    if (r->batch.msgs == NULL || r->jsons == NULL) {
+    if (r->batch.msgs == NULL) {
         http_respond_error(c, 503, "out of memory");
         goto out;
     }
@@ -426,7 +446,12 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
             add_rejection(r, i, msg);
             continue;
         }
-        why = accept_message(c, m, -1, &ctx, src);
+        int status;
+        why = accept_message(c, m, -1, &ctx, src, &status);
+        if (r->over_stored) {
+            http_respond_error(c, 413, why);
+            goto out;
+        }
         if (why) add_rejection(r, i, why);
     }
     submit(c);

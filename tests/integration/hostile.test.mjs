@@ -33,11 +33,11 @@ function buildRequest(line) {
   while ((m = re.exec(line)) !== null) {
     parts.push(unescape(line.slice(last, m.index)));
     const [, fn, arg, n] = m;
-    if (fn === 'repeat') parts.push(Buffer.alloc(0), ...Array(Number(n)).fill(unescape(arg)));
+    if (fn === 'repeat') parts.push(Buffer.concat(Array(Number(n)).fill(unescape(arg))));
     else if (fn === 'repeatj') parts.push(unescape(Array(Number(n)).fill(arg).join(',')));
     else if (fn === 'chunks') {
       const size = Number(arg), chunk = Buffer.concat([Buffer.from(size.toString(16) + '\r\n'), Buffer.alloc(size, 'a'), Buffer.from('\r\n')]);
-      parts.push(...Array(Number(n)).fill(chunk));
+      parts.push(Buffer.concat(Array(Number(n)).fill(chunk)));
     } else parts.push(gzipSync(Buffer.alloc(Number(arg))));
     last = re.lastIndex;
   }

@@ -1,0 +1,105 @@
+// security.test.mjs - regressions for the security review of 2026-11-30
+// (issue 13): each input that crashed, poisoned or amplified the server is
+// sent to the real binary, and the answer, the stored events and `sillage
+// verify` are checked.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, post, run, ADMIN } from './helpers.mjs';
+
+let srv;
+before(async () => {
+  srv = await startServer({ config: {} });
+});
+after(async () => {
+  const { code } = await srv.stop();
+  assert.equal(code, 0, 'server exits 0 on SIGTERM:\n' + srv.log());
+  srv.cleanup();
+});
+
+function verifyClean(s = srv) {
+  const r = run(['verify', '--data', s.dataDir]);
+  assert.equal(r.code, 0, 'sillage verify: ' + r.stdout + r.stderr);
+  assert.match(r.stdout + r.stderr, / 0 problems/);
+}
+
+async function profile(kind, id) {
+  const res = await fetch(`${srv.url}/v1/profiles/${kind}/${encodeURIComponent(id)}`, {
+    headers: { Authorization: 'Bearer ' + ADMIN },
+  });
+  return { status: res.status, json: res.status === 200 ? await res.json() : null };
+}
+
+// C1: a message whose printed form outgrows the scratch buffer was printed
+// into the JSON arena, freed, then copied by the writer (use-after-free).
+test('C1: a message that grows when printed (9e15 -> 9e+15) is refused with 413, nothing stored', async () => {
+  const body = '{"userId":"numexp","event":"E","messageId":"c1-numexp","properties":{"a":[' +
+    Array(6400).fill('9e15').join(',') + ']}}';
+  assert.ok(body.length < 32768, 'under max_message_bytes as sent');
+  const r = await post(srv, '/v1/track', body);
+  assert.equal(r.status, 413, r.text);
+  assert.equal(r.json.success, false);
+  assert.match(r.json.error, /max_message_bytes once normalised/);
+  // the server is alive and the next message is stored as sent
+  const ok = await post(srv, '/v1/track', { userId: 'numexp', event: 'After', messageId: 'c1-after' });
+  assert.deepEqual(ok.json, { success: true });
+  const ev = srv.exportEvents();
+  assert.equal(ev.filter((e) => e.messageId === 'c1-numexp').length, 0);
+  assert.equal(ev.filter((e) => e.messageId === 'c1-after').length, 1);
+});
+
+test('C1/H2: a batch context that makes each message too big is reported per message; another request is unharmed', async () => {
+  const big = {
+    batch: [{ type: 'track', anonymousId: 'uaf-anon', event: 'UAF test', messageId: 'uaf-1' }],
+    context: { big: 'X'.repeat(40000) },
+  };
+  const other = {
+    batch: [{ type: 'track', anonymousId: 'other-anon', event: 'Other', messageId: 'uaf-other' }],
+    context: { secret: 'OTHER-USER-PRIVATE-DATA-'.repeat(100) },
+  };
+  const [a, b] = await Promise.all([post(srv, '/v1/batch', big), post(srv, '/v1/batch', other)]);
+  assert.equal(a.status, 400, a.text);
+  assert.equal(a.json.errors.length, 1);
+  assert.equal(a.json.errors[0].index, 0);
+  assert.match(a.json.errors[0].error, /once normalised/);
+  assert.deepEqual(b.json, { success: true });
+  const ev = srv.exportEvents();
+  assert.equal(ev.filter((e) => e.messageId === 'uaf-1').length, 0);
+  const o = ev.filter((e) => e.messageId === 'uaf-other');
+  assert.equal(o.length, 1);
+  assert.equal(o[0].context.secret, other.context.secret);
+  verifyClean();
+});
+
+test('C1: 1,000 messages with a 200 KB batch context (killed the release build) get 400, server alive', async () => {
+  const body = JSON.stringify({
+    batch: Array.from({ length: 1000 }, (_, i) => ({ type: 'page', anonymousId: 'amp-' + i })),
+    context: { pad: 'P'.repeat(200000) },
+  });
+  const r = await post(srv, '/v1/batch', body);
+  assert.equal(r.status, 400, r.text.slice(0, 300));
+  assert.equal(r.json.errors.length, 1000);
+  const h = await fetch(srv.url + '/healthz');
+  assert.equal((await h.json()).status, 'ok');
+});
+
+test('H2: a batch context copied into 2,500 messages cannot make a small request store 600x its size', async () => {
+  const body = JSON.stringify({
+    batch: Array.from({ length: 2500 }, (_, i) => ({ type: 'page', anonymousId: 'amp2-' + i })),
+    context: { pad: 'P'.repeat(35000) },
+  });
+  assert.ok(body.length < 150000, String(body.length));
+  const before = srv.exportEvents().length;
+  const r = await post(srv, '/v1/batch', body);
+  assert.equal(r.status, 413, r.text.slice(0, 300));
+  assert.match(r.json.error, /4 x limits.max_request_bytes/);
+  assert.equal(srv.exportEvents().length, before, 'nothing of the request stored');
+  // a modest batch context is still merged into every message
+  const ok = await post(srv, '/v1/batch', {
+    batch: [{ type: 'page', anonymousId: 'ctx-1', messageId: 'ctx-1' }, { type: 'page', anonymousId: 'ctx-2', messageId: 'ctx-2' }],
+    context: { library: { name: 'lib', version: '1' } },
+  });
+  assert.deepEqual(ok.json, { success: true });
+  const ev = srv.exportEvents().filter((e) => e.messageId.startsWith('ctx-'));
+  assert.equal(ev.length, 2);
+  for (const e of ev) assert.deepEqual(e.context.library, { name: 'lib', version: '1' });
+});
