@@ -109,6 +109,12 @@ static void ingest_done(sl_store_batch_t *b)
     }
     if (b->rc) {
         char msg[200];
+        if (b->failed_alone) { /* this request's own fault: retrying as is would fail again */
+            snprintf(msg, sizeof(msg), "this request could not be applied, nothing of it was stored: %s",
+                     sl_strerror(b->rc));
+            http_respond_error(c, 500, msg);
+            return;
+        }
         snprintf(msg, sizeof(msg), "storage unavailable, nothing was stored: %s", sl_strerror(b->rc));
         http_respond_error(c, 503, msg);
         return;
@@ -594,6 +600,9 @@ static void handle_metrics(conn_t *c)
                   "# TYPE sillage_commits_total counter\nsillage_commits_total %llu\n"
                   "# HELP sillage_commit_failures_total Write transactions that failed (answered 503).\n"
                   "# TYPE sillage_commit_failures_total counter\nsillage_commit_failures_total %llu\n"
+                  "# HELP sillage_requests_failed_alone_total Requests that could not be applied, answered 500 "
+                  "while the rest of their commit went on.\n"
+                  "# TYPE sillage_requests_failed_alone_total counter\nsillage_requests_failed_alone_total %llu\n"
                   "# HELP sillage_lmdb_map_resizes_total Times the LMDB map grew.\n"
                   "# TYPE sillage_lmdb_map_resizes_total counter\nsillage_lmdb_map_resizes_total %llu\n"
                   "# HELP sillage_lmdb_map_size_bytes Current LMDB map size.\n"
@@ -610,7 +619,8 @@ static void handle_metrics(conn_t *c)
                   "# TYPE sillage_connections_refused_total counter\nsillage_connections_refused_total %llu\n",
                   (unsigned long long)st.events_stored, (unsigned long long)st.duplicates,
                   (unsigned long long)srv->rejected_messages, (unsigned long long)st.commits,
-                  (unsigned long long)st.commit_failures, (unsigned long long)st.map_resizes,
+                  (unsigned long long)st.commit_failures, (unsigned long long)st.batches_failed_alone,
+                  (unsigned long long)st.map_resizes,
                   (unsigned long long)st.map_size_bytes, sl_store_queued(srv->store),
                   (unsigned long long)st.dedupe_entries, srv->n_conns, (unsigned long long)srv->rate_limited,
                   (unsigned long long)srv->refused_connections);

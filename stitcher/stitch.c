@@ -396,7 +396,9 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     if ((rc = foreach_dup(txn, s->pjournal, &x->id, 8, copy_journal_ref, &jc))) return rc;
     MDB_val k = {8, &x->id};
     if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
-    if ((rc = mdb_del(txn, s->persons, &k, NULL))) return rc;
+    /* MDB_NOTFOUND: x was created by this very message and never saved (an
+     * identify whose new anonymousId carries another person's email). */
+    if ((rc = mdb_del(txn, s->persons, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
     atomic_fetch_add(&s->merges, 1);
     uint64_t who = sv->id;
     return journal_add(s, txn, &s->tmp, &who, 1);
@@ -429,6 +431,8 @@ static int on_event(void *arg, MDB_txn *txn, const sl_store_msg_t *sm)
 static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq)
 {
     if (s->trig) sl_trig_set_cause(s->trig, m->message_id);
+    /* a message that failed half-way (its batch then failed alone) leaves nothing behind */
+    while (s->trait_changes && s->trait_changes->child) cJSON_DeleteItemFromArray(s->trait_changes, 0);
     person_t *t = &s->p1, *o = &s->p2; /* the target person, and another */
     sl_buf_t *kU = &s->k1, *kA = &s->k2;
     uint64_t pU = 0, pA = 0, tlU = 0, tlA = 0; /* persons and timeline numbers of kU, kA */

@@ -57,10 +57,13 @@ struct sl_store_batch_s {
     sl_store_done_cb done;
     void *data;             /* the caller's */
     int rc;                 /* out */
+    int failed_alone;       /* out: rc is this batch's own failure (its job or a hook
+                             * refused it); the batches committed with it were not
+                             * affected. Otherwise a failure is the commit's. */
     /* job (optional) runs inside the writer's transaction, before the batch's
      * messages if it has any (erasure; a NATS consumer position stored in the
      * same commit as the events it delivered). It returns 0, keeping its own result in arg, or
-     * an LMDB error, which fails the whole commit. It may run more than once
+     * an error, which fails its batch alone (see hooks->on_event). It may run more than once
      * (the commit is retried after the map grows), so it must start afresh. */
     int (*job)(MDB_txn *txn, void *arg);
     void *job_arg;
@@ -73,7 +76,9 @@ typedef struct sl_store_hooks_s {
     void *arg;
     /* At sl_store_open, in its first transaction: open the module's DBIs. */
     int (*open)(void *arg, MDB_txn *txn, int read_only);
-    /* For each stored (not duplicate) message, m->seq set. An error aborts the commit. */
+    /* For each stored (not duplicate) message, m->seq set. An error aborts
+     * the transaction; unless it is the environment's (disk, memory, map), the
+     * commit is retried without the message's batch, which alone fails. */
     int (*on_event)(void *arg, MDB_txn *txn, const sl_store_msg_t *m);
     /* Timed work (trigger timers): due() says when, in sl_now_ms() time
      * (INT64_MAX: nothing); the writer then runs tick() in a transaction of
@@ -168,6 +173,7 @@ typedef struct sl_store_stats_s {
     uint64_t dedupe_entries;
     uint64_t map_size_bytes;
     uint64_t last_seq;
+    uint64_t batches_failed_alone; /* batches a job or hook refused, answered alone */
 } sl_store_stats_t;
 
 extern const uint64_t sl_store_batch_bounds[11];      /* last bucket is +Inf */

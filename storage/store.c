@@ -53,7 +53,7 @@ struct sl_store_s {
     struct {
         _Atomic uint64_t events_stored, duplicates, commits, commit_failures, map_resizes;
         _Atomic uint64_t batch_hist[12], latency_hist[14], latency_sum_us, batch_sum;
-        _Atomic uint64_t dedupe_entries, map_size_bytes, last_seq;
+        _Atomic uint64_t dedupe_entries, map_size_bytes, last_seq, batches_failed_alone;
     } stats;
 };
 
@@ -264,8 +264,11 @@ static int trim_msgids(sl_store_t *st, MDB_txn *txn, int64_t horizon)
 }
 
 /* One transaction for every batch in list. Returns 0 or an error; on error
- * nothing of the list is stored and the dedupe table is as before. */
-static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored, size_t *n_dup, size_t *n_jobs)
+ * nothing of the list is stored and the dedupe table is as before, and
+ * *culprit is the batch whose job or hook failed (NULL: the failure is the
+ * environment's, not one batch's). */
+static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored, size_t *n_dup, size_t *n_jobs,
+                       sl_store_batch_t **culprit)
 {
     const sl_store_hooks_t *hooks = st->opts.hooks;
     size_t jobs = 0;
@@ -273,12 +276,16 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
     uint64_t seq0 = st->next_seq;
     int64_t now = sl_now_ms();
     size_t stored = 0, dup = 0;
+    *culprit = NULL;
     sl_dedupe_mark(st->dd);
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) goto fail;
     for (sl_store_batch_t *b = list; b; b = b->next) {
         if (b->job) { /* runs before the batch's messages, in the same transaction */
-            if ((rc = b->job(txn, b->job_arg))) goto fail;
+            if ((rc = b->job(txn, b->job_arg))) {
+                *culprit = b;
+                goto fail;
+            }
             jobs++;
         }
         for (size_t i = 0; i < b->n_msgs; i++) {
@@ -297,7 +304,10 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
             MDB_val rv = {sizeof(r), &r};
             if ((rc = mdb_put(txn, st->msgids, &k, &rv, MDB_APPEND))) goto fail;
             m->seq = seq;
-            if (hooks && hooks->on_event && (rc = hooks->on_event(hooks->arg, txn, m))) goto fail;
+            if (hooks && hooks->on_event && (rc = hooks->on_event(hooks->arg, txn, m))) {
+                *culprit = b;
+                goto fail;
+            }
             m->status = SL_STORE_STORED;
             stored++;
         }
@@ -323,6 +333,29 @@ fail:
     st->next_seq = seq0;
     reset_statuses(list);
     return rc;
+}
+
+/* 1 when err, raised by one batch's job or hook, is that batch's own
+ * problem (a record it expected, a value it cannot store) rather than the
+ * environment's (disk, memory, map size), which every batch would meet. */
+static int batch_error(int err)
+{
+    switch (err) {
+    case MDB_MAP_FULL: case MDB_PANIC: case MDB_MAP_RESIZED: case MDB_READERS_FULL: case MDB_TLS_FULL:
+    case MDB_BAD_TXN: case SL_ENOMEM: case ENOMEM: case EIO: case ENOSPC: case EACCES: case EROFS:
+        return 0;
+    default:
+        return 1;
+    }
+}
+
+static sl_store_batch_t *unlink_batch(sl_store_batch_t *list, sl_store_batch_t *b)
+{
+    sl_store_batch_t **p = &list;
+    while (*p && *p != b) p = &(*p)->next;
+    if (*p) *p = b->next;
+    b->next = NULL;
+    return list;
 }
 
 static int grow_map(sl_store_t *st)
@@ -425,10 +458,29 @@ static void writer_main(void *arg)
 
         uint64_t t0 = sl_mono_ns();
         size_t stored = 0, dup = 0, total = 0, jobs = 0;
+        sl_store_batch_t *bad;
+        int rc = commit_list(st, list, &stored, &dup, &jobs, &bad);
+        for (;;) {
+            if (rc == MDB_MAP_FULL && grow_map(st) == 0) {
+                rc = commit_list(st, list, &stored, &dup, &jobs, &bad);
+            } else if (rc && bad && batch_error(rc)) {
+                /* One batch cannot be applied: it alone fails, the rest is
+                 * committed without it (each retry drops one batch). */
+                list = unlink_batch(list, bad);
+                SL_WARN("a request of %zu messages could not be applied and was not stored: %s", bad->n_msgs,
+                        sl_strerror(rc));
+                atomic_fetch_add(&st->stats.batches_failed_alone, 1);
+                bad->failed_alone = 1;
+                deliver(st, bad, rc);
+                if (list == NULL) break;
+                rc = commit_list(st, list, &stored, &dup, &jobs, &bad);
+            } else {
+                break;
+            }
+        }
         for (sl_store_batch_t *b = list; b; b = b->next) total += b->n_msgs;
-        int rc = commit_list(st, list, &stored, &dup, &jobs);
-        while (rc == MDB_MAP_FULL && grow_map(st) == 0) rc = commit_list(st, list, &stored, &dup, &jobs);
         uint64_t us = (sl_mono_ns() - t0) / 1000;
+        if (list == NULL && rc) continue; /* every batch failed alone, each answered */
         if (rc) {
             SL_ERROR("commit of %zu messages failed: %s", total, sl_strerror(rc));
             atomic_fetch_add(&st->stats.commit_failures, 1);
@@ -518,6 +570,7 @@ int sl_store_submit(sl_store_t *st, sl_store_batch_t *batch)
     if (st->queued > 0 && st->queued + batch->n_msgs > st->opts.max_queue_messages) return SL_EBUSY;
     batch->next = NULL;
     batch->rc = 0;
+    batch->failed_alone = 0;
     uv_mutex_lock(&st->mu);
     if (st->stopping) {
         uv_mutex_unlock(&st->mu);
@@ -669,6 +722,7 @@ void sl_store_get_stats(sl_store_t *st, sl_store_stats_t *o)
     o->dedupe_entries = atomic_load(&st->stats.dedupe_entries);
     o->map_size_bytes = atomic_load(&st->stats.map_size_bytes);
     o->last_seq = atomic_load(&st->stats.last_seq);
+    o->batches_failed_alone = atomic_load(&st->stats.batches_failed_alone);
 }
 
 int sl_store_meta_get(sl_store_t *st, MDB_txn *txn, const char *key, uint64_t *out)

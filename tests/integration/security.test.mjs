@@ -103,3 +103,29 @@ test('H2: a batch context copied into 2,500 messages cannot make a small request
   assert.equal(ev.length, 2);
   for (const e of ev) assert.deepEqual(e.context.library, { name: 'lib', version: '1' });
 });
+
+// H1: an identify whose anonymousId is new, with an email another person
+// owns, made the stitcher delete a person it never saved; MDB_NOTFOUND then
+// failed every request of the group commit.
+test('H1: a newsletter signup with a fresh anonymousId and a known email is stored, and so are its neighbours', async () => {
+  const a = await post(srv, '/v1/identify', { userId: 'carol', anonymousId: 'c1', traits: { email: 'carol@example.com' } });
+  assert.deepEqual(a.json, { success: true });
+  for (let round = 0; round < 3; round++) {
+    const filler = { batch: Array.from({ length: 2500 }, (_, i) => ({ type: 'page', anonymousId: `fill-${round}-${i % 50}` })) };
+    const [f, innocent, poison] = await Promise.all([
+      post(srv, '/v1/batch', filler),
+      post(srv, '/v1/track', { userId: 'bystander', event: 'Order Completed', properties: { revenue: 10 }, messageId: `innocent-${round}` }),
+      post(srv, '/v1/identify', { anonymousId: `brand-new-anon-${round}`, traits: { email: 'Carol@Example.com' }, messageId: `poison-${round}` }),
+    ]);
+    assert.deepEqual(f.json, { success: true }, f.text);
+    assert.deepEqual(innocent.json, { success: true }, innocent.text);
+    assert.deepEqual(poison.json, { success: true }, poison.text);
+    const p = await profile('anonymous_id', `brand-new-anon-${round}`);
+    assert.equal(p.status, 200);
+    assert.equal(p.json.user_id, 'carol');
+  }
+  const m = await (await fetch(srv.url + '/metrics')).text();
+  assert.match(m, /^sillage_commit_failures_total 0$/m);
+  assert.match(m, /^sillage_requests_failed_alone_total 0$/m);
+  verifyClean();
+});

@@ -233,6 +233,11 @@ TEST(stitch_alias_and_email)
     msg(&f, SL_STITCH_IDENTIFY, NULL, "c2", "  Carol@Example.COM ", 2200);
     CHECK_STR(person_of(&f, "anonymous_id", "c2", a), person_of(&f, "user_id", "carol", b));
     CHECK_STR(person_of(&f, "email", "carol@example.com", a), b);
+    /* an anonymousId never seen before, with carol's email (a newsletter
+     * signup): the person made for it is merged before it was ever saved
+     * (issue 13, H1: MDB_NOTFOUND failed the whole commit) */
+    msg(&f, SL_STITCH_IDENTIFY, NULL, "brand-new-anon", "carol@example.com", 2250);
+    CHECK_STR(person_of(&f, "anonymous_id", "brand-new-anon", a), b);
 
     /* but an email never fuses two different users */
     msg(&f, SL_STITCH_IDENTIFY, "dave", "d9", "carol@example.com", 2300);

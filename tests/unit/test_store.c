@@ -231,3 +231,76 @@ TEST(store_queue_bound)
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     CHECK_INT(system(cmd), ==, 0);
 }
+
+static int count_any(const char *json, size_t len, uint64_t seq, void *arg)
+{
+    (void)json;
+    (void)len;
+    (void)seq;
+    (*(uint64_t *)arg)++;
+    return 0;
+}
+
+/* A hook that refuses one message (its json is "poison") and sleeps on
+ * another ("slow"), so that the batches queued meanwhile share a commit. */
+static int isolate_on_event(void *arg, MDB_txn *txn, const sl_store_msg_t *m)
+{
+    (void)arg;
+    (void)txn;
+    if (m->json_len == 6 && memcmp(m->json, "\"slow\"", 6) == 0) usleep(200000);
+    return m->json_len == 8 && memcmp(m->json, "\"poison\"", 8) == 0 ? MDB_NOTFOUND : 0;
+}
+
+/* Issue 13, H1: a message that cannot be applied fails its own request only;
+ * the requests in the same group commit are stored and answered 0. */
+TEST(store_failure_isolated_to_its_batch)
+{
+    char dir[] = "/tmp/sl-store-iso-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sl_store_hooks_t hooks = {.on_event = isolate_on_event};
+    sl_store_t *st = NULL;
+    sl_store_options_t o = {.data_dir = dir, .map_size_bytes = 1 << 20, .map_size_max_bytes = 64 << 20,
+                            .nosync = 1, .dedupe_window_ms = 86400000, .max_queue_messages = 1000,
+                            .hooks = &hooks};
+    CHECK_INT(sl_store_open(&st, &o), ==, 0);
+    CHECK_INT(sl_store_start(st, &loop), ==, 0);
+    static const char *const bodies[4] = {"\"slow\"", "\"a\"", "\"poison\"", "\"c\""};
+    sl_store_msg_t m[4];
+    sl_store_batch_t b[4];
+    result_t res[4];
+    memset(m, 0, sizeof(m));
+    memset(b, 0, sizeof(b));
+    memset(res, 0, sizeof(res));
+    for (int i = 0; i < 4; i++) {
+        m[i].json = bodies[i];
+        m[i].json_len = strlen(bodies[i]);
+        m[i].dedupe = key(500 + (uint64_t)i);
+        b[i] = (sl_store_batch_t){.msgs = &m[i], .n_msgs = 1, .done = on_done, .data = &res[i]};
+        CHECK_INT(sl_store_submit(st, &b[i]), ==, 0);
+        if (i == 0) usleep(50000); /* the writer is inside "slow": a, poison and c queue up together */
+    }
+    while (!res[0].done || !res[1].done || !res[2].done || !res[3].done) uv_run(&loop, UV_RUN_ONCE);
+    CHECK_INT(res[0].rc, ==, 0);
+    CHECK_INT(res[1].rc, ==, 0);
+    CHECK_INT(res[2].rc, ==, MDB_NOTFOUND);
+    CHECK_INT(b[2].failed_alone, ==, 1);
+    CHECK_INT(res[3].rc, ==, 0);
+    CHECK_INT(m[1].status, ==, SL_STORE_STORED);
+    CHECK_INT(m[2].status, ==, SL_STORE_PENDING);
+    CHECK_INT(m[3].status, ==, SL_STORE_STORED);
+    uint64_t n = 0;
+    CHECK_INT(sl_store_foreach_event(st, count_any, &n), ==, 0);
+    CHECK_INT(n, ==, 3);
+    sl_store_stats_t ss;
+    sl_store_get_stats(st, &ss);
+    CHECK_INT(ss.batches_failed_alone, ==, 1);
+    CHECK_INT(ss.commit_failures, ==, 0);
+    /* the poisoned id was rolled back from the dedupe table: a fixed retry is stored */
+    close_store(st, &loop);
+    uv_loop_close(&loop);
+    char cmd[64];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK_INT(system(cmd), ==, 0);
+}
