@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_ID_CHARS 256
@@ -91,6 +92,40 @@ static int has_nonfinite(const cJSON *x)
     for (const cJSON *c = x->child; c; c = c->next)
         if (has_nonfinite(c)) return 1;
     return 0;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Small objects are compared pairwise; larger ones sorted by name. Depth is
+ * bounded by sl_json_prescan(). */
+const char *sl_json_dup_member(const cJSON *x, const cJSON *skip)
+{
+    const char *dup = NULL;
+    if (cJSON_IsObject(x)) {
+        size_t n = 0;
+        for (const cJSON *c = x->child; c; c = c->next) n++;
+        if (n <= 16) {
+            for (const cJSON *a = x->child; a && !dup; a = a->next)
+                for (const cJSON *b = a->next; b && !dup; b = b->next)
+                    if (a->string && b->string && strcmp(a->string, b->string) == 0) dup = a->string;
+        } else {
+            const char **names = malloc(n * sizeof(*names));
+            if (names == NULL) return "(out of memory)";
+            size_t k = 0;
+            for (const cJSON *c = x->child; c; c = c->next)
+                if (c->string) names[k++] = c->string;
+            qsort(names, k, sizeof(*names), cmp_name);
+            for (size_t i = 1; i < k && !dup; i++)
+                if (strcmp(names[i - 1], names[i]) == 0) dup = names[i];
+            free(names);
+        }
+    }
+    for (const cJSON *c = x->child; c && !dup && (cJSON_IsObject(x) || cJSON_IsArray(x)); c = c->next)
+        if (c != skip) dup = sl_json_dup_member(c, NULL);
+    return dup;
 }
 
 const char *sl_msg_normalize(cJSON *msg, int type, const sl_ingest_ctx_t *ctx)

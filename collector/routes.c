@@ -258,6 +258,15 @@ static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg, const char *me
     return collector_stitch_input(c->srv->cfg, c->srv->rules_cfg, c->srv->stitch, msg, message_id, &c->req->arena);
 }
 
+/* 1 (with the error in msg) when an object of x, outside skip, repeats a member. */
+static int duplicate_member(const cJSON *x, const cJSON *skip, char *msg, size_t msg_len)
+{
+    const char *d = sl_json_dup_member(x, skip);
+    if (d == NULL) return 0;
+    snprintf(msg, msg_len, "an object repeats the member \"%.64s\": each name may appear once", d);
+    return 1;
+}
+
 /* Normalises one message and appends its printed form to the batch.
  * Returns NULL or why it was refused (*status: the HTTP status a single
  * message gets for it).
@@ -380,6 +389,15 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
         http_respond_error(c, 400, "body must be a JSON object");
         goto out;
     }
+    /* A repeated member (two writeKeys, two userIds) would be read one way
+     * here and another way by whoever reads the stored event. In a batch,
+     * each message is checked on its own below. */
+    const cJSON *batch = type == -1 ? cJSON_GetObjectItemCaseSensitive(root, "batch") : NULL;
+    char dupmsg[160];
+    if (duplicate_member(root, batch, dupmsg, sizeof(dupmsg))) {
+        http_respond_error(c, 400, dupmsg);
+        goto out;
+    }
     const sl_source_t *src = authenticate(c, root, &why);
     if (src == NULL) {
         SL_INFO("authenticating client request: %s", why);
@@ -414,7 +432,6 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
         goto out;
     }
 
-    const cJSON *batch = cJSON_GetObjectItemCaseSensitive(root, "batch");
     if (!cJSON_IsArray(batch)) {
         http_respond_error(c, 400, "batch must be an array of messages");
         goto out;
@@ -450,6 +467,10 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
             snprintf(msg, sizeof(msg), "message exceeds limits.max_message_bytes (%llu bytes)",
                      (unsigned long long)cfg->limits.max_message_bytes);
             add_rejection(r, i, msg);
+            continue;
+        }
+        if (duplicate_member(m, NULL, dupmsg, sizeof(dupmsg))) {
+            add_rejection(r, i, dupmsg);
             continue;
         }
         int status;

@@ -83,6 +83,13 @@ typedef struct sl_ingest_ctx_s {
  * is wrong (the message must then be dropped). */
 const char *sl_msg_normalize(cJSON *msg, int type, const sl_ingest_ctx_t *ctx);
 
+/* The first member name that some object of x (x included, at any depth,
+ * but not inside skip, which may be NULL) holds twice, or NULL. Parsers
+ * differ on which copy of a repeated name they keep, so such a message is
+ * refused rather than stored as sent. Cost: O(n log n) in the members of
+ * each object. */
+const char *sl_json_dup_member(const cJSON *x, const cJSON *skip);
+
 /* timestamp corrected for client clock skew: received - (sent_at - timestamp). */
 int64_t sl_skew_correct(int64_t received_ms, int64_t sent_at_ms, int64_t timestamp_ms);
 

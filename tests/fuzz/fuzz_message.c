@@ -1,7 +1,8 @@
 /* fuzz_message.c - a request body as the ingestion path sees it: the
  * prescan (UTF-8, depth, NUL), the JSON parse, batch splitting, and each
  * message's validation and normalisation; the normalised message must print
- * back to JSON that parses. */
+ * back to JSON that parses, and a message without repeated members must
+ * still have none once normalised (what is stored is read one way only). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +12,7 @@
 
 static void one(cJSON *m, int type)
 {
+    if (sl_json_dup_member(m, NULL)) return; /* refused by the server */
     sl_ingest_ctx_t ctx = {0};
     ctx.received_ms = 1700000000000;
     ctx.ip = "203.0.113.0";
@@ -19,6 +21,7 @@ static void one(cJSON *m, int type)
         if (txt == NULL) abort();
         cJSON *back = cJSON_Parse(txt);
         if (back == NULL) abort(); /* what is stored must be valid JSON */
+        if (sl_json_dup_member(back, NULL)) abort();
         cJSON_Delete(back);
         cJSON_free(txt);
     }

@@ -129,3 +129,28 @@ test('H1: a newsletter signup with a fresh anonymousId and a known email is stor
   assert.match(m, /^sillage_requests_failed_alone_total 0$/m);
   verifyClean();
 });
+
+// M2: duplicate keys were stored as sent; parsers that keep the last copy
+// read a forged type, userId, receivedAt and a writeKey.
+test('M2: a message repeating a member name is refused (400, or per message in a batch)', async () => {
+  const body = '{"userId":"dup-u","event":"Dup","messageId":"dupmsg-1","writeKey":"wk_test","writeKey":"wk_test",' +
+    '"receivedAt":"1999-01-01T00:00:00Z","receivedAt":"1999-01-01T00:00:00Z","type":"track","type":"identify",' +
+    '"userId":"someone-else","context":{"ip":"6.6.6.6","ip":"7.7.7.7"}}';
+  const r = await post(srv, '/v1/track', body);
+  assert.equal(r.status, 400, r.text);
+  assert.match(r.json.error, /repeats the member "(userId|writeKey|receivedAt|type)"/);
+  const nested = await post(srv, '/v1/track', '{"userId":"dup-n","event":"E","messageId":"dupmsg-2","context":{"ip":"6.6.6.6","ip":"7.7.7.7"}}');
+  assert.equal(nested.status, 400);
+  assert.match(nested.json.error, /repeats the member "ip"/);
+  const b = await post(srv, '/v1/batch', '{"batch":[{"type":"track","userId":"d","event":"E","messageId":"dupmsg-3"},' +
+    '{"type":"track","userId":"d","event":"E","messageId":"dupmsg-4","userId":"x"}]}');
+  assert.equal(b.status, 200, b.text);
+  assert.equal(b.json.accepted, 1);
+  assert.deepEqual(b.json.errors.map((e) => e.index), [1]);
+  assert.match(b.json.errors[0].error, /repeats the member "userId"/);
+  const root = await post(srv, '/v1/batch', '{"batch":[{"type":"track","userId":"d","event":"E","messageId":"dupmsg-5"}],"sentAt":"2020-01-01T00:00:00Z","sentAt":"2030-01-01T00:00:00Z"}');
+  assert.equal(root.status, 400);
+  assert.match(root.json.error, /repeats the member "sentAt"/);
+  const ids = srv.exportEvents().map((e) => e.messageId).filter((id) => id.startsWith('dupmsg-'));
+  assert.deepEqual(ids, ['dupmsg-3']);
+});

@@ -291,3 +291,38 @@ TEST(geoip_city_schema)
     cJSON_Delete(l);
     sl_geo_close(g);
 }
+
+/* Issue 13, M2: a repeated member name anywhere in a message. */
+TEST(json_duplicate_members)
+{
+    static const struct { const char *json; const char *dup; } cases[] = {
+        {"{\"a\":1,\"b\":2}", NULL},
+        {"{\"a\":1,\"a\":2}", "a"},
+        {"{\"userId\":\"x\",\"p\":{\"k\":[{\"z\":1,\"z\":2}]}}", "z"},
+        {"[{\"a\":1},{\"a\":1}]", NULL}, /* the same name in two objects is fine */
+        {"{\"a\":{\"a\":{\"a\":1}}}", NULL},
+        {"{\"writeKey\":\"k\",\"x\":1,\"writeKey\":\"k\"}", "writeKey"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cJSON *x = cJSON_Parse(cases[i].json);
+        CHECK(x != NULL);
+        const char *d = sl_json_dup_member(x, NULL);
+        if (cases[i].dup) CHECK_STR(d ? d : "(none)", cases[i].dup);
+        else CHECK_NULL(d);
+        cJSON_Delete(x);
+    }
+    /* a large object is sorted, not compared pairwise */
+    sl_buf_t b = {0};
+    sl_buf_appends(&b, "{");
+    for (int i = 0; i < 5000; i++) sl_buf_printf(&b, "%s\"k%d\":%d", i ? "," : "", i, i);
+    sl_buf_appends(&b, ",\"k4321\":0}");
+    cJSON *x = cJSON_ParseWithLength(b.data, b.len);
+    CHECK_STR(sl_json_dup_member(x, NULL), "k4321");
+    /* skip: the subtree is not searched, the names beside it are */
+    cJSON *y = cJSON_Parse("{\"batch\":[{\"a\":1,\"a\":2}],\"context\":{}}");
+    CHECK_NULL(sl_json_dup_member(y, cJSON_GetObjectItem(y, "batch")));
+    CHECK_STR(sl_json_dup_member(y, NULL), "a");
+    cJSON_Delete(x);
+    cJSON_Delete(y);
+    sl_buf_free(&b);
+}
