@@ -202,6 +202,16 @@ const char *sl_msg_normalize(cJSON *msg, int type, const sl_ingest_ctx_t *ctx)
     }
     int64_t corrected = ctx->received_ms;
     if (has_ts) corrected = has_sent ? sl_skew_correct(ctx->received_ms, sent, ts) : ts;
+    /* A time in the future would pin traits ("the later value wins"),
+     * last_seen and the timeline's order: past the tolerance it becomes
+     * receivedAt, and the rejected value is kept in context.sillage. */
+    int64_t clamped_from = 0;
+    int clamped = 0;
+    if (corrected > ctx->received_ms + SL_MSG_FUTURE_TOLERANCE_MS) {
+        clamped_from = corrected;
+        clamped = 1;
+        corrected = ctx->received_ms;
+    }
     char iso[32];
     if (has_ts && !has_orig) {
         cJSON *raw = cJSON_GetObjectItemCaseSensitive(msg, "timestamp");
@@ -226,6 +236,15 @@ const char *sl_msg_normalize(cJSON *msg, int type, const sl_ingest_ctx_t *ctx)
         for (const cJSON *it = ctx->batch_context->child; it; it = it->next)
             if (!cJSON_GetObjectItemCaseSensitive(c, it->string))
                 cJSON_AddItemToObject(c, it->string, cJSON_Duplicate(it, 1));
+    }
+    if (clamped) {
+        cJSON *sil = cJSON_GetObjectItemCaseSensitive(c, "sillage");
+        if (!cJSON_IsObject(sil)) {
+            cJSON_DeleteItemFromObjectCaseSensitive(c, "sillage");
+            if ((sil = cJSON_AddObjectToObject(c, "sillage")) == NULL) return "out of memory";
+        }
+        sl_time_format_iso(clamped_from, iso);
+        set_string(sil, "clampedTimestamp", iso);
     }
     cJSON_DeleteItemFromObjectCaseSensitive(c, "ip");
     if (ctx->ip) cJSON_AddStringToObject(c, "ip", ctx->ip);

@@ -82,6 +82,9 @@ typedef struct sl_ingest_ctx_s {
  * context.location. Returns NULL on success, or a static sentence saying what
  * is wrong (the message must then be dropped). */
 const char *sl_msg_normalize(cJSON *msg, int type, const sl_ingest_ctx_t *ctx);
+/* A corrected timestamp later than receivedAt by more than this becomes
+ * receivedAt; the value it replaced goes to context.sillage.clampedTimestamp. */
+#define SL_MSG_FUTURE_TOLERANCE_MS 60000
 
 /* The first member name that some object of x (x included, at any depth,
  * but not inside skip, which may be NULL) holds twice, or NULL. Parsers

@@ -301,11 +301,15 @@ static int merge_traits(person_t *p, const cJSON *in_t, const cJSON *in_at, int6
     if (!cJSON_IsObject(at)) at = cJSON_AddObjectToObject(doc, "at");
     int rc = SL_ENOMEM;
     if (t == NULL || at == NULL) goto out;
+    /* a trait's time never lies in the future (the collector clamps
+     * timestamps; records written before it did may still hold such times) */
+    double now = (double)sl_now_ms();
     for (const cJSON *x = in_t ? in_t->child : NULL; x; x = x->next) {
         if (x->string == NULL) continue;
         double when = (double)ts_ms;
         const cJSON *xa = in_at ? cJSON_GetObjectItemCaseSensitive(in_at, x->string) : NULL;
         if (cJSON_IsNumber(xa)) when = xa->valuedouble;
+        if (when > now) when = now;
         const cJSON *cur_at = cJSON_GetObjectItemCaseSensitive(at, x->string);
         if (cJSON_IsNumber(cur_at) && cur_at->valuedouble > when) continue; /* ours is newer */
         const cJSON *old = cJSON_GetObjectItemCaseSensitive(t, x->string);

@@ -154,3 +154,29 @@ test('M2: a message repeating a member name is refused (400, or per message in a
   const ids = srv.exportEvents().map((e) => e.messageId).filter((id) => id.startsWith('dupmsg-'));
   assert.deepEqual(ids, ['dupmsg-3']);
 });
+
+// M1: a timestamp in 2099 pinned traits ("the later value wins") and
+// last_seen, so the real site could not correct a victim's email.
+test('M1: a future timestamp is clamped to receivedAt; the real site can correct a trait', async () => {
+  const r = await post(srv, '/v1/identify', {
+    userId: 'victim2', anonymousId: 'attacker-anon', traits: { email: 'attacker@evil.example' },
+    timestamp: '2099-01-01T00:00:00Z', messageId: 'm1-forged',
+  });
+  assert.deepEqual(r.json, { success: true });
+  await new Promise((res) => setTimeout(res, 20));
+  const fix = await post(srv, '/v1/identify', { userId: 'victim2', traits: { email: 'victim2@example.com' } });
+  assert.deepEqual(fix.json, { success: true });
+  const p = await profile('user_id', 'victim2');
+  assert.equal(p.json.traits.email, 'victim2@example.com');
+  const now = Date.now();
+  assert.ok(Date.parse(p.json.last_seen) <= now + 1000, p.json.last_seen);
+  const ev = srv.exportEvents().find((e) => e.messageId === 'm1-forged');
+  assert.ok(Math.abs(Date.parse(ev.timestamp) - Date.parse(ev.receivedAt)) < 1000, ev.timestamp);
+  assert.equal(ev.originalTimestamp, '2099-01-01T00:00:00Z');
+  assert.equal(ev.context.sillage.clampedTimestamp, '2099-01-01T00:00:00.000Z');
+  const far = await post(srv, '/v1/track', { userId: 'victim2', event: 'E', messageId: 'm1-far',
+    timestamp: '9999-12-31T23:59:59.999Z', sentAt: '0001-01-01T00:00:00Z' });
+  assert.deepEqual(far.json, { success: true });
+  const ev2 = srv.exportEvents().find((e) => e.messageId === 'm1-far');
+  assert.equal(ev2.timestamp, ev2.receivedAt);
+});

@@ -105,6 +105,26 @@ TEST(normalize_fields)
     m = cJSON_Parse("{\"anonymousId\":\"a\",\"timestamp\":\"2020-01-01T00:00:00+01:00\"}");
     CHECK_NULL(sl_msg_normalize(m, SL_MSG_PAGE, &ctx));
     CHECK_STR(str_at(m, "timestamp", NULL), "2019-12-31T23:00:00.000Z");
+    CHECK_NULL(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "context"), "sillage"));
+    cJSON_Delete(m);
+
+    /* issue 13, M1: a time in the future becomes receivedAt (within a minute's
+     * tolerance), the value it replaced is kept in context.sillage */
+    m = cJSON_Parse("{\"anonymousId\":\"a\",\"timestamp\":\"2099-01-01T00:00:00Z\"}");
+    CHECK_NULL(sl_msg_normalize(m, SL_MSG_PAGE, &ctx));
+    CHECK_STR(str_at(m, "timestamp", NULL), "2023-11-14T22:13:20.000Z");
+    CHECK_STR(str_at(m, "originalTimestamp", NULL), "2099-01-01T00:00:00Z");
+    CHECK_STR(str_at(cJSON_GetObjectItemCaseSensitive(m, "context"), "sillage", "clampedTimestamp"),
+              "2099-01-01T00:00:00.000Z");
+    cJSON_Delete(m);
+    m = cJSON_Parse("{\"anonymousId\":\"a\",\"timestamp\":\"9999-12-31T23:59:59.999Z\","
+                    "\"sentAt\":\"0001-01-01T00:00:00Z\"}");
+    CHECK_NULL(sl_msg_normalize(m, SL_MSG_PAGE, &ctx));
+    CHECK_STR(str_at(m, "timestamp", NULL), "2023-11-14T22:13:20.000Z");
+    cJSON_Delete(m);
+    m = cJSON_Parse("{\"anonymousId\":\"a\",\"timestamp\":\"2023-11-14T22:14:10.000Z\"}"); /* 50 s ahead: kept */
+    CHECK_NULL(sl_msg_normalize(m, SL_MSG_PAGE, &ctx));
+    CHECK_STR(str_at(m, "timestamp", NULL), "2023-11-14T22:14:10.000Z");
     cJSON_Delete(m);
     cJSON_Delete(bctx);
     cJSON_Delete(loc);
