@@ -237,14 +237,22 @@ const char *sl_msg_normalize(cJSON *msg, int type, const sl_ingest_ctx_t *ctx)
             if (!cJSON_GetObjectItemCaseSensitive(c, it->string))
                 cJSON_AddItemToObject(c, it->string, cJSON_Duplicate(it, 1));
     }
-    if (clamped) {
+    /* context.sillage: what the server says about the message. Its source
+     * (a name, never the key) travels with the event, so whoever derives
+     * from the log -- this node's stitcher or a NATS core -- knows whether
+     * it came from a trusted source. A client's own values are replaced. */
+    if (ctx->source || clamped) {
         cJSON *sil = cJSON_GetObjectItemCaseSensitive(c, "sillage");
         if (!cJSON_IsObject(sil)) {
             cJSON_DeleteItemFromObjectCaseSensitive(c, "sillage");
             if ((sil = cJSON_AddObjectToObject(c, "sillage")) == NULL) return "out of memory";
         }
-        sl_time_format_iso(clamped_from, iso);
-        set_string(sil, "clampedTimestamp", iso);
+        cJSON_DeleteItemFromObjectCaseSensitive(sil, "clampedTimestamp");
+        if (ctx->source) set_string(sil, "source", ctx->source);
+        if (clamped) {
+            sl_time_format_iso(clamped_from, iso);
+            set_string(sil, "clampedTimestamp", iso);
+        }
     }
     cJSON_DeleteItemFromObjectCaseSensitive(c, "ip");
     if (ctx->ip) cJSON_AddStringToObject(c, "ip", ctx->ip);

@@ -124,7 +124,13 @@ static void ingest_done(sl_store_batch_t *b)
                      (const char *)pixel_gif, sizeof(pixel_gif));
         return;
     }
-    if (r->n_rejected == 0) {
+    /* Stored, but some traits were not kept on the profile (limits). */
+    size_t n_warn = 0;
+    for (size_t i = 0; i < b->n_msgs; i++) {
+        const sl_stitch_msg_t *sm = b->msgs[i].meta;
+        n_warn += sm && sm->dropped_traits && b->msgs[i].status == SL_STORE_STORED;
+    }
+    if (r->n_rejected == 0 && n_warn == 0) {
         static const char ok[] = "{\"success\":true}";
         http_respond(c, 200, "application/json", NULL, ok, sizeof(ok) - 1);
         return;
@@ -133,7 +139,24 @@ static void ingest_done(sl_store_batch_t *b)
     sl_buf_printf(&out, "{\"success\":true,\"accepted\":%zu,\"rejected\":%zu,\"errors\":[",
                   b->n_msgs, r->n_rejected);
     sl_buf_append(&out, r->errors.data, r->errors.len);
-    sl_buf_appends(&out, "]}");
+    sl_buf_appends(&out, "]");
+    if (n_warn) {
+        const sl_config_t *cfg = c->srv->cfg;
+        sl_buf_appends(&out, ",\"warnings\":[");
+        for (size_t i = 0, k = 0; i < b->n_msgs; i++) {
+            const sl_stitch_msg_t *sm = b->msgs[i].meta;
+            if (sm == NULL || sm->dropped_traits == 0 || b->msgs[i].status != SL_STORE_STORED) continue;
+            sl_buf_printf(&out, "%s{\"messageId\":", k++ ? "," : "");
+            sl_buf_append_json_str(&out, sm->message_id, strlen(sm->message_id));
+            sl_buf_printf(&out, ",\"warning\":\"stored, but %llu traits were not kept on the profile: a person "
+                                "keeps at most limits.max_traits_per_person (%llu) traits in "
+                                "limits.max_traits_bytes (%llu)\"}",
+                          (unsigned long long)sm->dropped_traits, (unsigned long long)cfg->limits.max_traits_per_person,
+                          (unsigned long long)cfg->limits.max_traits_bytes);
+        }
+        sl_buf_appends(&out, "]");
+    }
+    sl_buf_appends(&out, "}");
     http_respond(c, 200, "application/json", NULL, out.data ? out.data : "", out.len);
     sl_buf_free(&out);
 }
@@ -202,6 +225,11 @@ sl_stitch_msg_t *collector_stitch_input(const sl_config_t *cfg, const sl_config_
     sm->user_id = sl_stitch_clean_id(stitch, str_member(msg, "userId"), arena, 0);
     sm->anonymous_id = sl_stitch_clean_id(stitch, str_member(msg, "anonymousId"), arena, 0);
     sm->previous_id = sl_stitch_clean_id(stitch, str_member(msg, "previousId"), arena, 0);
+    /* the source as stored with the event (context.sillage.source): one
+     * answer for this node and for a NATS core reading the same event */
+    const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(msg, "context"), "sillage");
+    const sl_source_t *src = sl_config_source(cfg, str_member(sil, "source"));
+    sm->trusted = src && src->trusted;
     const char *ts = str_member(msg, "timestamp");
     if (ts == NULL || sl_time_parse_iso(ts, strlen(ts), &sm->ts_ms)) sm->ts_ms = sl_now_ms();
     const cJSON *traits = cJSON_GetObjectItemCaseSensitive(msg, "traits");
@@ -407,6 +435,7 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
     sl_ingest_ctx_t ctx = {0};
     char ipbuf[46];
     ctx.received_ms = sl_now_ms();
+    ctx.source = src->name;
     if (type != -1) {
         if (len > cfg->limits.max_message_bytes) {
             char msg[128];
@@ -675,6 +704,8 @@ static void handle_metrics(conn_t *c)
                       "# TYPE sillage_identity_merges_total counter\nsillage_identity_merges_total %llu\n"
                       "# HELP sillage_identity_refusals_total Merges refused (two different users), journaled.\n"
                       "# TYPE sillage_identity_refusals_total counter\nsillage_identity_refusals_total %llu\n"
+                      "# HELP sillage_traits_dropped_total Traits not kept on a profile (limits.max_traits_*).\n"
+                      "# TYPE sillage_traits_dropped_total counter\nsillage_traits_dropped_total %llu\n"
                       "# HELP sillage_persons_created_total Persons created.\n"
                       "# TYPE sillage_persons_created_total counter\nsillage_persons_created_total %llu\n"
                       "# HELP sillage_identify_stitch_seconds Time the writer spent stitching identify and alias "
@@ -682,7 +713,7 @@ static void handle_metrics(conn_t *c)
                       "# TYPE sillage_identify_stitch_seconds summary\n"
                       "sillage_identify_stitch_seconds_sum %.9f\nsillage_identify_stitch_seconds_count %llu\n",
                       (unsigned long long)ss.merges, (unsigned long long)ss.refusals,
-                      (unsigned long long)ss.persons_created, (double)ss.identify_ns / 1e9,
+                      (unsigned long long)ss.traits_dropped, (unsigned long long)ss.persons_created, (double)ss.identify_ns / 1e9,
                       (unsigned long long)ss.identifies);
     }
     if (srv->trig) {

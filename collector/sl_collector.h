@@ -73,6 +73,7 @@ typedef struct sl_ingest_ctx_s {
     const cJSON *location;       /* GeoIP result object, or NULL */
     const cJSON *batch_context;  /* a batch's top-level context, or NULL */
     const char *batch_sent_at;   /* a batch's top-level sentAt, or NULL */
+    const char *source;          /* the source's name, stored as context.sillage.source; NULL = none */
 } sl_ingest_ctx_t;
 
 /* Validates msg in place and turns it into the stored form: type (forced to

@@ -65,6 +65,8 @@ static void set_defaults(sl_config_t *c)
     c->limits.max_connections = 16384;
     c->limits.max_queue_messages = 65536;
     c->limits.max_json_depth = 32;
+    c->limits.max_traits_per_person = 256;
+    c->limits.max_traits_bytes = 32768;
     c->limits.idle_timeout_ms = 60000;
     c->limits.request_timeout_ms = 30000;
     c->dedupe_window_ms = 86400000;
@@ -385,12 +387,18 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if (c->sources == NULL) return SL_ENOMEM;
         size_t i = 0;
         for (const cJSON *s = srcs->child; s; s = s->next, i++) {
-            static const char *sk[] = {"name", "write_key", NULL};
+            static const char *sk[] = {"name", "write_key", "trusted", NULL};
             char path[32];
             snprintf(path, sizeof(path), "sources[%zu]", i);
             if ((rc = check_keys(x, s, path, sk))) return rc;
             if ((rc = get_str(x, s, "name", path, &c->sources[i].name, 1))) return rc;
             if ((rc = get_str(x, s, "write_key", path, &c->sources[i].write_key, 1))) return rc;
+            if ((rc = get_bool(x, s, "trusted", &c->sources[i].trusted))) return rc;
+            for (size_t j = 0; j < i; j++)
+                if (strcmp(c->sources[j].name, c->sources[i].name) == 0) {
+                    seterr(x->err, x->errlen, "%s.name repeats the name of sources[%zu]", path, j);
+                    return SL_EINVAL;
+                }
             for (size_t j = 0; j < i; j++)
                 if (strcmp(c->sources[j].write_key, c->sources[i].write_key) == 0) {
                     seterr(x->err, x->errlen, "%s.write_key repeats the key of sources[%zu]", path, j);
@@ -416,7 +424,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         static const char *lk[] = {"max_message_bytes", "max_request_bytes", "max_batch_messages",
                                    "max_header_bytes", "max_connections", "max_queue_messages",
                                    "max_json_depth", "idle_timeout", "request_timeout", "rate_per_ip",
-                                   "rate_burst", NULL};
+                                   "rate_burst", "max_traits_per_person", "max_traits_bytes", NULL};
         if ((rc = check_keys(x, lim, "limits", lk))) return rc;
         if ((rc = get_limit(x, lim, "max_message_bytes", 256, 16u << 20, &c->limits.max_message_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_request_bytes", 256, 64u << 20, &c->limits.max_request_bytes))) return rc;
@@ -425,6 +433,8 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if ((rc = get_limit(x, lim, "max_connections", 1, 1000000, &c->limits.max_connections))) return rc;
         if ((rc = get_limit(x, lim, "max_queue_messages", 1, 10000000, &c->limits.max_queue_messages))) return rc;
         if ((rc = get_limit(x, lim, "max_json_depth", 2, 1000, &c->limits.max_json_depth))) return rc;
+        if ((rc = get_limit(x, lim, "max_traits_per_person", 1, 100000, &c->limits.max_traits_per_person))) return rc;
+        if ((rc = get_limit(x, lim, "max_traits_bytes", 256, 16u << 20, &c->limits.max_traits_bytes))) return rc;
         if ((rc = get_limit(x, lim, "rate_per_ip", 0, 10000000, &c->limits.rate_per_ip))) return rc;
         c->limits.rate_burst = 2 * c->limits.rate_per_ip;
         if ((rc = get_limit(x, lim, "rate_burst", 1, 100000000, &c->limits.rate_burst))) return rc;
@@ -666,4 +676,11 @@ void sl_config_free(sl_config_t *c)
     }
     free(c->webhooks);
     memset(c, 0, sizeof(*c));
+}
+
+const sl_source_t *sl_config_source(const sl_config_t *cfg, const char *name)
+{
+    for (size_t i = 0; name && i < cfg->n_sources; i++)
+        if (strcmp(cfg->sources[i].name, name) == 0) return &cfg->sources[i];
+    return NULL;
 }

@@ -11,6 +11,8 @@
 typedef struct sl_source_s {
     char *name;
     char *write_key;
+    int trusted;           /* a server-side key: may merge two identified persons (default 0:
+                            * a browser key, which anyone can read from the page) */
 } sl_source_t;
 
 enum sl_durability { SL_DURABLE_SYNC = 0, SL_DURABLE_OS = 1 };
@@ -87,6 +89,8 @@ typedef struct sl_config_s {
         uint64_t max_connections;     /* 16384 */
         uint64_t max_queue_messages;  /* 65536 pending in the commit queue */
         uint64_t max_json_depth;      /* 32 */
+        uint64_t max_traits_per_person; /* 256 traits kept on a profile */
+        uint64_t max_traits_bytes;    /* 32768: a profile's traits document as stored */
         uint64_t rate_per_ip;         /* requests/s per client IP (token bucket); 0 = no limit */
         uint64_t rate_burst;          /* bucket size; default 2 x rate_per_ip */
         int64_t idle_timeout_ms;      /* keep-alive idle: 60s */
@@ -121,5 +125,8 @@ int sl_config_check_exposure(const sl_config_t *cfg, char *err, size_t errlen);
 int sl_config_split_listen(const char *listen, char *host, size_t hostlen, int *port);
 
 void sl_config_free(sl_config_t *cfg);
+
+/* The source named name in cfg, or NULL. */
+const sl_source_t *sl_config_source(const sl_config_t *cfg, const char *name);
 
 #endif

@@ -45,6 +45,8 @@ typedef struct sl_stitch_msg_s {
     const char *trait_ids[SL_STITCH_MAX_TRAITS]; /* values of the configured identity traits */
     const char *traits_json;         /* identify: the traits object, printed; else NULL */
     int64_t ts_ms;                   /* the corrected timestamp */
+    int trusted;                     /* from a trusted (server-side) source: may merge two
+                                      * persons that each have a userId */
     int is_order;                    /* track "Order Completed" */
     double revenue;                  /* properties.revenue or .total of an order */
     char currency[8];
@@ -53,6 +55,7 @@ typedef struct sl_stitch_msg_s {
     const char *url, *path;          /* page: properties.url / .path (or context.page's) */
     const char *props_json;          /* track events a cart rule looks at: the properties, printed */
     uint64_t person;                 /* out: the person it was stitched into (0: none) */
+    uint64_t dropped_traits;         /* out: traits not kept on the profile (limits.max_traits_*) */
 } sl_stitch_msg_t;
 
 typedef struct sl_stitch_s sl_stitch_t;
@@ -121,6 +124,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl
 typedef struct sl_stitch_stats_s {
     uint64_t merges, refusals, persons_created;
     uint64_t identifies, identify_ns; /* identify and alias messages stitched, time spent on them */
+    uint64_t traits_dropped;          /* traits not kept on a profile (limits.max_traits_*) */
 } sl_stitch_stats_t;
 void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out);
 

@@ -60,7 +60,9 @@ struct sl_stitch_s {
     struct sl_trig_s *trig;   /* NULL: no trigger rules */
     cJSON *trait_changes;     /* identify: [name, old, new] of watched traits, fired after the save */
     sl_buf_t k1, k2, k3, tmp; /* identifier keys; tmp: journal entries and index keys */
-    _Atomic uint64_t merges, refusals, created;
+    char *tscratch;           /* printing one trait value: limits.max_traits_bytes + 1 */
+    uint64_t msg_dropped;     /* traits of the current message not kept (limits) */
+    _Atomic uint64_t merges, refusals, created, traits_dropped;
     _Atomic uint64_t identifies, identify_ns; /* identify and alias: count, time in on_event */
 };
 
@@ -289,10 +291,26 @@ static int refuse(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, const 
 
 /* ---- traits ---- */
 
-/* Merges the traits object `in` (set at ts_ms) into p's traits: a trait takes
- * the newer of the two values by the time each was set. */
-static int merge_traits(person_t *p, const cJSON *in_t, const cJSON *in_at, int64_t ts_ms, sl_stitch_t *watch)
+/* Printed length of x in s->tscratch, or -1 when longer than the traits
+ * document may be. */
+static long printed_len(sl_stitch_t *s, const cJSON *x)
 {
+    size_t cap = s->cfg->limits.max_traits_bytes + 1;
+    if (s->tscratch == NULL && (s->tscratch = malloc(cap + 8)) == NULL) return -1;
+    if (!cJSON_PrintPreallocated((cJSON *)x, s->tscratch, (int)cap, 0)) return -1;
+    return (long)strlen(s->tscratch);
+}
+
+/* Merges the traits object `in` (set at ts_ms) into p's traits: a trait takes
+ * the newer of the two values by the time each was set. The person keeps at
+ * most limits.max_traits_per_person traits in at most limits.max_traits_bytes
+ * (the stored document); a trait that would pass either is not kept and is
+ * counted in s->msg_dropped. So the work of one merge is bounded by those
+ * limits, whatever was sent before. watch: collect changes of the traits the
+ * trigger rules watch. */
+static int merge_traits(sl_stitch_t *s, person_t *p, const cJSON *in_t, const cJSON *in_at, int64_t ts_ms, int watch)
+{
+    const uint64_t max_n = s->cfg->limits.max_traits_per_person, max_bytes = s->cfg->limits.max_traits_bytes;
     cJSON *doc = p->traits.len ? cJSON_ParseWithLength(p->traits.data, p->traits.len) : NULL;
     if (doc == NULL) doc = cJSON_CreateObject();
     if (doc == NULL) return SL_ENOMEM;
@@ -301,6 +319,8 @@ static int merge_traits(person_t *p, const cJSON *in_t, const cJSON *in_at, int6
     if (!cJSON_IsObject(at)) at = cJSON_AddObjectToObject(doc, "at");
     int rc = SL_ENOMEM;
     if (t == NULL || at == NULL) goto out;
+    uint64_t n = (uint64_t)cJSON_GetArraySize(t);
+    uint64_t size = p->traits.len ? p->traits.len : 16; /* {"t":{},"at":{}} */
     /* a trait's time never lies in the future (the collector clamps
      * timestamps; records written before it did may still hold such times) */
     double now = (double)sl_now_ms();
@@ -313,11 +333,22 @@ static int merge_traits(person_t *p, const cJSON *in_t, const cJSON *in_at, int6
         const cJSON *cur_at = cJSON_GetObjectItemCaseSensitive(at, x->string);
         if (cJSON_IsNumber(cur_at) && cur_at->valuedouble > when) continue; /* ours is newer */
         const cJSON *old = cJSON_GetObjectItemCaseSensitive(t, x->string);
-        if (watch && watch->trig && sl_trig_watches_trait(watch->trig, x->string) &&
+        /* what the document grows by: the value (and for a new trait its
+         * name twice, quotes, separators and a 13-digit time) */
+        long vlen = printed_len(s, x), olen = old ? printed_len(s, old) : 0;
+        uint64_t grow = vlen < 0 ? UINT64_MAX : old ? (uint64_t)(vlen > olen ? vlen - olen : 0)
+                                                    : 2 * strlen(x->string) + (uint64_t)vlen + 24;
+        if ((old == NULL && n >= max_n) || grow > max_bytes || size + grow > max_bytes) {
+            s->msg_dropped++;
+            continue;
+        }
+        size += grow;
+        n += old == NULL;
+        if (watch && s->trig && sl_trig_watches_trait(s->trig, x->string) &&
             (old == NULL || !cJSON_Compare(old, x, 1))) {
             cJSON *ch = cJSON_CreateArray();
             if (ch == NULL) goto out;
-            cJSON_AddItemToArray(watch->trait_changes, ch);
+            cJSON_AddItemToArray(s->trait_changes, ch);
             cJSON_AddItemToArray(ch, cJSON_CreateString(x->string));
             cJSON_AddItemToArray(ch, old ? cJSON_Duplicate(old, 1) : cJSON_CreateNull());
             cJSON_AddItemToArray(ch, cJSON_Duplicate(x, 1));
@@ -388,8 +419,8 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     if (!sv->h.currency[0]) memcpy(sv->h.currency, x->h.currency, sizeof(sv->h.currency));
     if (x->traits.len) {
         cJSON *doc = cJSON_ParseWithLength(x->traits.data, x->traits.len);
-        rc = merge_traits(sv, cJSON_GetObjectItemCaseSensitive(doc, "t"), cJSON_GetObjectItemCaseSensitive(doc, "at"), 0,
-                          NULL);
+        rc = merge_traits(s, sv, cJSON_GetObjectItemCaseSensitive(doc, "t"), cJSON_GetObjectItemCaseSensitive(doc, "at"),
+                          0, 0);
         cJSON_Delete(doc);
         if (rc) return rc;
     }
@@ -437,6 +468,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
     if (s->trig) sl_trig_set_cause(s->trig, m->message_id);
     /* a message that failed half-way (its batch then failed alone) leaves nothing behind */
     while (s->trait_changes && s->trait_changes->child) cJSON_DeleteItemFromArray(s->trait_changes, 0);
+    s->msg_dropped = 0;
     person_t *t = &s->p1, *o = &s->p2; /* the target person, and another */
     sl_buf_t *kU = &s->k1, *kA = &s->k2;
     uint64_t pU = 0, pA = 0, tlU = 0, tlA = 0; /* persons and timeline numbers of kU, kA */
@@ -450,9 +482,20 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
         if ((rc = make_key(kA, "user_id", m->previous_id)) || (rc = lookup(s, txn, kA, &pA, &tlA))) return rc;
         if (pA == 0 && ((rc = make_key(kA, "anonymous_id", m->previous_id)) || (rc = lookup(s, txn, kA, &pA, &tlA))))
             return rc;
+        /* From a source anyone can read the key of (a browser), alias never
+         * joins two users: previousId's person already has a userId other
+         * than the new one. The refusal is journaled; the event goes to
+         * userId's person. */
+        int join_users = 0;
+        if (pA && pA != pU) {
+            if ((rc = person_load(s, txn, pA, o))) return rc;
+            const char *uo = person_user_id(o);
+            join_users = uo && strcmp(uo, m->user_id) != 0;
+        }
+        int refused = join_users && !m->trusted;
         if (pU) {
             if ((rc = person_load(s, txn, pU, t))) return rc;
-        } else if (pA) {
+        } else if (pA && !refused) {
             if ((rc = person_load(s, txn, pA, t))) return rc;
             if ((rc = add_identity(s, txn, t, kU, &tlU))) return rc;
         } else {
@@ -461,8 +504,13 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
         if (pA == 0) {
             if ((rc = add_identity(s, txn, t, kA, &tlA))) return rc;
         } else if (pA != t->id) {
-            if ((rc = person_load(s, txn, pA, o))) return rc;
-            if ((rc = merge(s, txn, t, o, m, "alias: previousId merged into userId"))) return rc;
+            if (refused) {
+                if ((rc = refuse(s, txn, m, "alias would join two users: only a trusted source may", kA, pA, t->id)))
+                    return rc;
+            } else {
+                if ((rc = person_load(s, txn, pA, o))) return rc;
+                if ((rc = merge(s, txn, t, o, m, "alias: previousId merged into userId"))) return rc;
+            }
         }
         index_user = 1;
     } else {
@@ -555,12 +603,14 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
     if (m->type == SL_STITCH_IDENTIFY && m->traits_json) {
         cJSON *traits = cJSON_Parse(m->traits_json);
         if (s->trig && s->trait_changes == NULL && (s->trait_changes = cJSON_CreateArray()) == NULL) rc = SL_ENOMEM;
-        else rc = cJSON_IsObject(traits) ? merge_traits(t, traits, NULL, m->ts_ms, s) : 0;
+        else rc = cJSON_IsObject(traits) ? merge_traits(s, t, traits, NULL, m->ts_ms, 1) : 0;
         cJSON_Delete(traits);
         if (rc) return rc;
     }
     if (t->dirty && (rc = person_save(s, txn, t))) return rc; /* most events change no record */
     ((sl_stitch_msg_t *)m)->person = t->id; /* the caller's memory, handed over as meta */
+    ((sl_stitch_msg_t *)m)->dropped_traits = s->msg_dropped;
+    if (s->msg_dropped) atomic_fetch_add(&s->traits_dropped, s->msg_dropped);
     if (s->trig == NULL) return 0;
     int64_t now = sl_now_ms();
     const cJSON *ch;
@@ -660,6 +710,7 @@ void sl_stitch_free(sl_stitch_t *s)
     if (s == NULL) return;
     person_t *ps[3] = {&s->p1, &s->p2, &s->p3};
     cJSON_Delete(s->trait_changes);
+    free(s->tscratch);
     for (int i = 0; i < 3; i++) {
         sl_buf_free(&ps[i]->ids);
         sl_buf_free(&ps[i]->traits);
@@ -731,6 +782,7 @@ void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
     out->persons_created = atomic_load(&s->created);
     out->identifies = atomic_load(&s->identifies);
     out->identify_ns = atomic_load(&s->identify_ns);
+    out->traits_dropped = atomic_load(&s->traits_dropped);
 }
 
 const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *arena, int is_trait)

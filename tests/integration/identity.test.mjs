@@ -4,14 +4,21 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { startServer, post, ADMIN } from './helpers.mjs';
+import { startServer, post, basic, ADMIN, WRITE_KEY } from './helpers.mjs';
 
 const { scenarios } = JSON.parse(readFileSync(new URL('../identity/scenarios.json', import.meta.url)));
 const JUNK = new Set(['', 'null', 'undefined', 'anonymous', '0', 'guest']);
 const bearer = { Authorization: 'Bearer ' + ADMIN };
 let srv;
 
-before(async () => { srv = await startServer(); });
+// 'test' is a browser key (untrusted, the default); a scenario with
+// "trusted": true sends with the server-side key.
+const SERVER_KEY = 'wk_server_side';
+before(async () => {
+  srv = await startServer({
+    config: { sources: [{ name: 'test', write_key: WRITE_KEY }, { name: 'backend', write_key: SERVER_KEY, trusted: true }] },
+  });
+});
 after(async () => { await srv.stop(); srv.cleanup(); });
 
 // Every id gets the scenario's tag, so that scenarios share one server.
@@ -37,7 +44,7 @@ scenarios.forEach((sc, i) => {
   test(`identity scenario: ${sc.name}`, async () => {
     const t = `s${i}-`;
     for (const m of sc.messages) {
-      const r = await post(srv, '/v1/' + m.type, tagMessage(t, m));
+      const r = await post(srv, '/v1/' + m.type, tagMessage(t, m), sc.trusted ? { Authorization: basic(SERVER_KEY) } : {});
       assert.equal(r.status, 200, r.text);
     }
     const persons = new Map(); // label -> person id

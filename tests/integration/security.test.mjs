@@ -4,11 +4,14 @@
 // verify` are checked.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, post, run, ADMIN } from './helpers.mjs';
+import { startServer, post, run, basic, ADMIN, WRITE_KEY } from './helpers.mjs';
 
+const SERVER_KEY = 'wk_srv_456';
 let srv;
 before(async () => {
-  srv = await startServer({ config: {} });
+  srv = await startServer({
+    config: { sources: [{ name: 'shop', write_key: WRITE_KEY }, { name: 'backend', write_key: SERVER_KEY, trusted: true }] },
+  });
 });
 after(async () => {
   const { code } = await srv.stop();
@@ -179,4 +182,73 @@ test('M1: a future timestamp is clamped to receivedAt; the real site can correct
   assert.deepEqual(far.json, { success: true });
   const ev2 = srv.exportEvents().find((e) => e.messageId === 'm1-far');
   assert.equal(ev2.timestamp, ev2.receivedAt);
+});
+
+// H4: with the public key, alias(previousId=<victim userId>, userId=<attacker>)
+// fused two identified users.
+test('H4: a browser key cannot alias two users together; a trusted key can; the source is stored with the event', async () => {
+  const ident = async (u, a, email) => assert.deepEqual((await post(srv, '/v1/identify', { userId: u, anonymousId: a, traits: { email } })).json, { success: true });
+  await ident('victim3', 'v3-anon', 'victim3@example.com');
+  assert.deepEqual((await post(srv, '/v1/track', { userId: 'victim3', event: 'Order Completed', properties: { revenue: 120 } })).json, { success: true });
+  await ident('attacker', 'att-anon', 'attacker3@evil.example');
+  // as a browser sends it: text/plain, writeKey in the body
+  const res = await fetch(srv.url + '/v1/alias', {
+    method: 'POST', headers: { 'Content-Type': 'text/plain' },
+    body: JSON.stringify({ writeKey: WRITE_KEY, previousId: 'victim3', userId: 'attacker', messageId: 'h4-alias' }),
+  });
+  assert.deepEqual(await res.json(), { success: true }, 'the message is stored; the merge is refused');
+  const v = await profile('user_id', 'victim3');
+  const a = await profile('user_id', 'attacker');
+  assert.notEqual(v.json.id, a.json.id);
+  assert.equal(v.json.traits.email, 'victim3@example.com');
+  assert.equal(a.json.counters.orders, 0);
+  const j = await (await fetch(`${srv.url}/v1/profiles/user_id/victim3/merges`, { headers: { Authorization: 'Bearer ' + ADMIN } })).json();
+  const refusal = j.refused.find((x) => x.messageId === 'h4-alias');
+  assert.ok(refusal, JSON.stringify(j));
+  assert.match(refusal.reason, /trusted source/);
+  const stored = srv.exportEvents().find((e) => e.messageId === 'h4-alias');
+  assert.deepEqual(stored.context.sillage, { source: 'shop' });
+  // a client cannot claim another source
+  assert.deepEqual((await post(srv, '/v1/track', { userId: 'x', event: 'E', messageId: 'h4-forge', context: { sillage: { source: 'backend' } } })).json, { success: true });
+  assert.equal(srv.exportEvents().find((e) => e.messageId === 'h4-forge').context.sillage.source, 'shop');
+  // the server-side key may join them
+  const t = await post(srv, '/v1/alias', { previousId: 'victim3', userId: 'attacker', messageId: 'h4-trusted' }, { Authorization: basic(SERVER_KEY) });
+  assert.deepEqual(t.json, { success: true });
+  assert.equal((await profile('user_id', 'victim3')).json.id, (await profile('user_id', 'attacker')).json.id);
+  verifyClean();
+});
+
+// H3: ~100k traits on one person made each identify hold the writer for
+// seconds. A person keeps at most limits.max_traits_per_person traits in
+// limits.max_traits_bytes; the rest is reported per message, not kept.
+test('H3: traits per person are bounded (count and bytes); the excess is reported per message', async () => {
+  const traits = (round) => Object.fromEntries(Array.from({ length: 1500 }, (_, i) => [`k${round}_${i}`, `v${i}`]));
+  let last;
+  for (let round = 0; round < 20; round++) {
+    last = await post(srv, '/v1/identify', { userId: 'traitbomb', traits: traits(round), messageId: `tb-${round}` });
+    assert.equal(last.status, 200, last.text);
+    assert.equal(last.json.success, true);
+  }
+  assert.equal(last.json.warnings.length, 1);
+  assert.equal(last.json.warnings[0].messageId, 'tb-19');
+  assert.match(last.json.warnings[0].warning, /1500 traits were not kept.*max_traits_per_person \(256\)/);
+  const p = await profile('user_id', 'traitbomb');
+  assert.equal(Object.keys(p.json.traits).length, 256);
+  // the round-0 traits are kept; an update of a kept trait still applies
+  assert.equal(p.json.traits.k0_0, 'v0');
+  const upd = await post(srv, '/v1/identify', { userId: 'traitbomb', traits: { k0_0: 'changed' } });
+  assert.deepEqual(upd.json, { success: true });
+  assert.equal((await profile('user_id', 'traitbomb')).json.traits.k0_0, 'changed');
+  // bytes: one trait too large for the document is refused the same way
+  assert.deepEqual((await post(srv, '/v1/identify', { userId: 'bytes-bomb', traits: { a: 'x'.repeat(20000) } })).json, { success: true });
+  const big = await post(srv, '/v1/identify', { userId: 'bytes-bomb', traits: { b: 'y'.repeat(20000), small: 1 } });
+  assert.equal(big.json.success, true, big.text);
+  assert.equal(big.json.warnings.length, 1, big.text);
+  assert.match(big.json.warnings[0].warning, /1 traits were not kept/);
+  const b = await profile('user_id', 'bytes-bomb');
+  assert.deepEqual(Object.keys(b.json.traits).sort(), ['a', 'small']);
+  const m = await (await fetch(srv.url + '/metrics')).text();
+  assert.match(m, /^sillage_traits_dropped_total [1-9]\d*$/m);
+  // every identify was stored as sent
+  assert.equal(srv.exportEvents().filter((e) => e.messageId.startsWith('tb-')).length, 20);
 });

@@ -19,6 +19,7 @@ typedef struct {
     sl_store_t *store;
     sl_arena_t arena;
     int n_sent;
+    int untrusted;  /* messages come from a browser key (default: a trusted source) */
 } fix_t;
 
 static void on_done(sl_store_batch_t *b) { *(int *)b->data = 1; }
@@ -69,7 +70,7 @@ static void fix_free(fix_t *f)
  * collector's do, so junk values become NULL here too. */
 static void msg(fix_t *f, int type, const char *user, const char *anon, const char *email, int64_t ts)
 {
-    sl_stitch_msg_t m = {.type = type, .ts_ms = ts};
+    sl_stitch_msg_t m = {.type = type, .ts_ms = ts, .trusted = !f->untrusted};
     char mid[32];
     snprintf(mid, sizeof(mid), "m%d", ++f->n_sent);
     m.message_id = mid;
@@ -225,6 +226,22 @@ TEST(stitch_alias_and_email)
     char a[32], b[32];
     CHECK_STR(person_of(&f, "user_id", "old-id", a), person_of(&f, "user_id", "new-id", b));
     CHECK_INT(count_journal(&f, "user_id", "new-id", "merge"), ==, 1);
+
+    /* issue 13, H4: from a browser key, alias never joins two users; the
+     * refusal is journaled and the event goes to the new userId's person */
+    f.untrusted = 1;
+    msg(&f, SL_STITCH_IDENTIFY, "victim", "v1", NULL, 1100);
+    msg(&f, SL_STITCH_IDENTIFY, "attacker", "x1", NULL, 1101);
+    msg(&f, SL_STITCH_ALIAS, "attacker", NULL, "victim", 1102);
+    CHECK(strcmp(person_of(&f, "user_id", "victim", a), person_of(&f, "user_id", "attacker", b)) != 0);
+    CHECK_INT(count_journal(&f, "user_id", "victim", "refused"), ==, 1);
+    CHECK_INT(count_journal(&f, "user_id", "victim", "merge"), ==, 0);
+    msg(&f, SL_STITCH_ALIAS, "newcomer", NULL, "victim", 1103); /* a userId never seen: not grafted on the victim */
+    CHECK(strcmp(person_of(&f, "user_id", "victim", a), person_of(&f, "user_id", "newcomer", b)) != 0);
+    msg(&f, SL_STITCH_PAGE, NULL, "anon-z", NULL, 1104); /* an anonymous previousId still merges */
+    msg(&f, SL_STITCH_ALIAS, "attacker", NULL, "anon-z", 1105);
+    CHECK_STR(person_of(&f, "anonymous_id", "anon-z", a), person_of(&f, "user_id", "attacker", b));
+    f.untrusted = 0;
 
     /* email seen on an anonymous visitor joins the owner of that email,
      * matched trimmed and lower-cased */
