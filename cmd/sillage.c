@@ -107,6 +107,7 @@ static sl_store_options_t store_options(const sl_config_t *cfg, int read_only)
         .map_size_max_bytes = cfg->map_size_max_bytes,
         .nosync = cfg->durability == SL_DURABLE_OS,
         .dedupe_window_ms = cfg->dedupe_window_ms,
+        .dedupe_max_ids = cfg->limits.max_dedupe_ids,
         .max_queue_messages = cfg->limits.max_queue_messages,
         .read_only = read_only,
     };

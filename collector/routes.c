@@ -661,6 +661,12 @@ static void handle_metrics(conn_t *c)
                   "# TYPE sillage_commit_queue_messages gauge\nsillage_commit_queue_messages %zu\n"
                   "# HELP sillage_dedupe_entries Message ids held for deduplication.\n"
                   "# TYPE sillage_dedupe_entries gauge\nsillage_dedupe_entries %llu\n"
+                  "# HELP sillage_dedupe_evicted_total Message ids forgotten before dedupe_window ended "
+                  "(limits.max_dedupe_ids).\n"
+                  "# TYPE sillage_dedupe_evicted_total counter\nsillage_dedupe_evicted_total %llu\n"
+                  "# HELP sillage_dedupe_window_seconds The dedupe window in force (shorter than dedupe_window "
+                  "once ids were evicted).\n"
+                  "# TYPE sillage_dedupe_window_seconds gauge\nsillage_dedupe_window_seconds %lld\n"
                   "# HELP sillage_connections Open client connections.\n"
                   "# TYPE sillage_connections gauge\nsillage_connections %zu\n"
                   "# HELP sillage_rate_limited_total Requests answered 429 (limits.rate_per_ip).\n"
@@ -672,7 +678,8 @@ static void handle_metrics(conn_t *c)
                   (unsigned long long)st.commit_failures, (unsigned long long)st.batches_failed_alone,
                   (unsigned long long)st.map_resizes,
                   (unsigned long long)st.map_size_bytes, sl_store_queued(srv->store),
-                  (unsigned long long)st.dedupe_entries, srv->n_conns, (unsigned long long)srv->rate_limited,
+                  (unsigned long long)st.dedupe_entries, (unsigned long long)st.dedupe_evicted,
+                  (long long)(st.dedupe_window_ms / 1000), srv->n_conns, (unsigned long long)srv->rate_limited,
                   (unsigned long long)srv->refused_connections);
     uint64_t cum = 0;
     sl_buf_appends(&b, "# HELP sillage_commit_batch_messages Messages per LMDB commit.\n"

@@ -67,6 +67,7 @@ static void set_defaults(sl_config_t *c)
     c->limits.max_json_depth = 32;
     c->limits.max_traits_per_person = 256;
     c->limits.max_traits_bytes = 32768;
+    c->limits.max_dedupe_ids = 4000000;
     c->limits.idle_timeout_ms = 60000;
     c->limits.request_timeout_ms = 30000;
     c->dedupe_window_ms = 86400000;
@@ -424,7 +425,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         static const char *lk[] = {"max_message_bytes", "max_request_bytes", "max_batch_messages",
                                    "max_header_bytes", "max_connections", "max_queue_messages",
                                    "max_json_depth", "idle_timeout", "request_timeout", "rate_per_ip",
-                                   "rate_burst", "max_traits_per_person", "max_traits_bytes", NULL};
+                                   "rate_burst", "max_traits_per_person", "max_traits_bytes", "max_dedupe_ids", NULL};
         if ((rc = check_keys(x, lim, "limits", lk))) return rc;
         if ((rc = get_limit(x, lim, "max_message_bytes", 256, 16u << 20, &c->limits.max_message_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_request_bytes", 256, 64u << 20, &c->limits.max_request_bytes))) return rc;
@@ -435,6 +436,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if ((rc = get_limit(x, lim, "max_json_depth", 2, 1000, &c->limits.max_json_depth))) return rc;
         if ((rc = get_limit(x, lim, "max_traits_per_person", 1, 100000, &c->limits.max_traits_per_person))) return rc;
         if ((rc = get_limit(x, lim, "max_traits_bytes", 256, 16u << 20, &c->limits.max_traits_bytes))) return rc;
+        if ((rc = get_limit(x, lim, "max_dedupe_ids", 1000, 1000000000, &c->limits.max_dedupe_ids))) return rc;
         if ((rc = get_limit(x, lim, "rate_per_ip", 0, 10000000, &c->limits.rate_per_ip))) return rc;
         c->limits.rate_burst = 2 * c->limits.rate_per_ip;
         if ((rc = get_limit(x, lim, "rate_burst", 1, 100000000, &c->limits.rate_burst))) return rc;

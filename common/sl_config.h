@@ -91,6 +91,7 @@ typedef struct sl_config_s {
         uint64_t max_json_depth;      /* 32 */
         uint64_t max_traits_per_person; /* 256 traits kept on a profile */
         uint64_t max_traits_bytes;    /* 32768: a profile's traits document as stored */
+        uint64_t max_dedupe_ids;      /* 4,000,000 message ids held for dedupe (at most ~50 MB per million) */
         uint64_t rate_per_ip;         /* requests/s per client IP (token bucket); 0 = no limit */
         uint64_t rate_burst;          /* bucket size; default 2 x rate_per_ip */
         int64_t idle_timeout_ms;      /* keep-alive idle: 60s */

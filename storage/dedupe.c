@@ -5,6 +5,12 @@
  * keep probe chains intact and are reused by later inserts, and a rehash
  * (when live + dead slots pass 70 % of the table) drops them, so memory
  * follows the number of ids in one window, not the age of the server.
+ *
+ * The table holds at most max_ids ids (its slots are then 24 bytes each at a
+ * load between 35 % and 70 %). When a rehash finds more, the oldest quarter
+ * is forgotten: the window becomes shorter than window_ms (the floor), which
+ * the store reports, and a repeat of a forgotten id is stored again. Memory
+ * never grows past the bound.
  * Only the writer thread touches it.
  */
 #include "sl_store.h"
@@ -25,14 +31,22 @@ struct sl_dedupe_s {
     size_t used;      /* non-empty slots, dead or alive */
     size_t live;      /* approximate: inserts minus rollbacks since the last rehash */
     int64_t window_ms;
+    size_t max_ids;
+    size_t max_cap;          /* slots at max_ids */
+    int64_t floor_ms;        /* ids older than this were forgotten for lack of room */
+    uint64_t evicted;
     sl_hash128_t *journal;   /* keys inserted since sl_dedupe_mark() */
     size_t n_journal, cap_journal;
 };
 
-sl_dedupe_t *sl_dedupe_new(int64_t window_ms)
+sl_dedupe_t *sl_dedupe_new(int64_t window_ms, size_t max_ids)
 {
     sl_dedupe_t *d = calloc(1, sizeof(*d));
     if (d == NULL) return NULL;
+    d->max_ids = max_ids < 1000 ? 1000 : max_ids;
+    d->max_cap = 1024;
+    while (d->max_cap * 7 < d->max_ids * 10) d->max_cap *= 2;
+    d->floor_ms = INT64_MIN;
     d->cap = 1024;
     d->slots = calloc(d->cap, sizeof(entry_t));
     if (d->slots == NULL) {
@@ -61,14 +75,64 @@ static int is_empty(const entry_t *e)
     return e->lo == 0 && e->hi == 0;
 }
 
+static int64_t horizon_at(const sl_dedupe_t *d, int64_t now_ms)
+{
+    int64_t h = now_ms - d->window_ms;
+    return h > d->floor_ms ? h : d->floor_ms;
+}
+
+static int alive(const entry_t *e, int64_t horizon)
+{
+    return !is_empty(e) && e->ms != TOMBSTONE && e->ms >= horizon;
+}
+
+/* The time from which at most keep of the live ids are newer: a histogram
+ * of their times in 1024 buckets, walked from the newest. */
+static int64_t cutoff_for(const sl_dedupe_t *d, int64_t horizon, int64_t now_ms, size_t keep)
+{
+    enum { NB = 1024 };
+    static size_t hist[NB];
+    memset(hist, 0, sizeof(hist));
+    int64_t lo = now_ms;
+    for (size_t i = 0; i < d->cap; i++)
+        if (alive(&d->slots[i], horizon) && d->slots[i].ms < lo) lo = d->slots[i].ms;
+    int64_t span = now_ms - lo + 1;
+    if (span < 1) span = 1;
+    for (size_t i = 0; i < d->cap; i++) {
+        if (!alive(&d->slots[i], horizon)) continue;
+        int64_t off = d->slots[i].ms - lo;
+        if (off < 0) off = 0;
+        if (off >= span) off = span - 1;
+        hist[(size_t)((double)off / (double)span * NB)]++;
+    }
+    size_t kept = 0;
+    for (int b = NB - 1; b >= 0; b--) {
+        if (kept + hist[b] > keep) return lo + (int64_t)((double)(b + 1) * (double)span / NB);
+        kept += hist[b];
+    }
+    return lo;
+}
+
 static int rehash(sl_dedupe_t *d, int64_t now_ms)
 {
-    int64_t horizon = now_ms - d->window_ms;
+    int64_t horizon = horizon_at(d, now_ms);
     size_t live = 0;
-    for (size_t i = 0; i < d->cap; i++)
-        if (!is_empty(&d->slots[i]) && d->slots[i].ms != TOMBSTONE && d->slots[i].ms >= horizon) live++;
+    for (size_t i = 0; i < d->cap; i++) live += alive(&d->slots[i], horizon);
+    if (live > d->max_ids * 9 / 10) { /* full: forget the oldest, keep three quarters of the bound */
+        int64_t cut = cutoff_for(d, horizon, now_ms, d->max_ids * 3 / 4);
+        if (cut > horizon) {
+            size_t kept = 0;
+            for (size_t i = 0; i < d->cap; i++) kept += alive(&d->slots[i], cut);
+            d->evicted += live - kept;
+            d->floor_ms = cut;
+            horizon = cut;
+            live = kept;
+        }
+    }
     size_t cap = 1024;
-    while (cap < live * 4) cap *= 2;
+    while (cap < live * 2) cap *= 2;
+    if (cap > d->max_cap) cap = d->max_cap;
+    while (cap * 7 < (live + 1) * 10) cap *= 2; /* never full, whatever the bound */
     entry_t *ns = calloc(cap, sizeof(entry_t));
     if (ns == NULL) return SL_ENOMEM;
     for (size_t i = 0; i < d->cap; i++) {
@@ -100,9 +164,9 @@ static int journal_push(sl_dedupe_t *d, sl_hash128_t key)
 
 int sl_dedupe_check_insert(sl_dedupe_t *d, sl_hash128_t key, int64_t received_ms, int64_t now_ms)
 {
-    if ((d->used + 1) * 10 > d->cap * 7 && rehash(d, now_ms)) return SL_ENOMEM;
+    if (((d->used + 1) * 10 > d->cap * 7 || d->live >= d->max_ids) && rehash(d, now_ms)) return SL_ENOMEM;
     if (journal_push(d, key)) return SL_ENOMEM;
-    int64_t horizon = now_ms - d->window_ms;
+    int64_t horizon = horizon_at(d, now_ms);
     size_t mask = d->cap - 1, i = key.lo & mask, reuse = SIZE_MAX;
     for (;;) {
         entry_t *e = &d->slots[i];
@@ -150,4 +214,14 @@ void sl_dedupe_rollback(sl_dedupe_t *d)
         }
     }
     d->n_journal = 0;
+}
+
+uint64_t sl_dedupe_evicted(const sl_dedupe_t *d)
+{
+    return d->evicted;
+}
+
+int64_t sl_dedupe_window_ms(const sl_dedupe_t *d, int64_t now_ms)
+{
+    return now_ms - horizon_at(d, now_ms);
 }

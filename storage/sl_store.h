@@ -99,6 +99,7 @@ typedef struct sl_store_options_s {
     uint64_t map_size_max_bytes;
     int nosync;                 /* durability "os": skip fsync */
     int64_t dedupe_window_ms;
+    size_t dedupe_max_ids;      /* bound of the dedupe table (0: 4,000,000) */
     size_t max_queue_messages;  /* bound of the commit queue */
     int read_only;              /* export/backup: no writer, no dedupe table */
     const sl_store_hooks_t *hooks; /* optional */
@@ -171,6 +172,8 @@ typedef struct sl_store_stats_s {
     uint64_t latency_sum_us;
     uint64_t batch_sum;
     uint64_t dedupe_entries;
+    uint64_t dedupe_evicted;     /* ids forgotten before their window ended (table full) */
+    int64_t dedupe_window_ms;    /* the window in force */
     uint64_t map_size_bytes;
     uint64_t last_seq;
     uint64_t batches_failed_alone; /* batches a job or hook refused, answered alone */
@@ -183,7 +186,9 @@ void sl_store_get_stats(sl_store_t *st, sl_store_stats_t *out);
 
 /* ---- dedupe table (exposed for unit tests) -------------------------------- */
 typedef struct sl_dedupe_s sl_dedupe_t;
-sl_dedupe_t *sl_dedupe_new(int64_t window_ms);
+/* At most max_ids ids are held (at least 1,000); past it the oldest are
+ * forgotten and the effective window shrinks (sl_dedupe_window_ms). */
+sl_dedupe_t *sl_dedupe_new(int64_t window_ms, size_t max_ids);
 void sl_dedupe_free(sl_dedupe_t *d);
 /* Returns 1 when key was seen at a time >= now_ms - window, else records it
  * at received_ms and returns 0 (or SL_ENOMEM). */
@@ -193,5 +198,9 @@ int sl_dedupe_check_insert(sl_dedupe_t *d, sl_hash128_t key, int64_t received_ms
 void sl_dedupe_mark(sl_dedupe_t *d);
 void sl_dedupe_rollback(sl_dedupe_t *d);
 size_t sl_dedupe_size(const sl_dedupe_t *d);
+/* Ids forgotten before their window ended, for lack of room. */
+uint64_t sl_dedupe_evicted(const sl_dedupe_t *d);
+/* The window in force: dedupe_window, or less once ids were forgotten. */
+int64_t sl_dedupe_window_ms(const sl_dedupe_t *d, int64_t now_ms);
 
 #endif

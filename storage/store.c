@@ -53,9 +53,12 @@ struct sl_store_s {
     struct {
         _Atomic uint64_t events_stored, duplicates, commits, commit_failures, map_resizes;
         _Atomic uint64_t batch_hist[12], latency_hist[14], latency_sum_us, batch_sum;
-        _Atomic uint64_t dedupe_entries, map_size_bytes, last_seq, batches_failed_alone;
+        _Atomic uint64_t dedupe_entries, map_size_bytes, last_seq, batches_failed_alone, dedupe_evicted;
+        _Atomic int64_t dedupe_window_ms;
     } stats;
 };
+
+static void note_dedupe(sl_store_t *st);
 
 static int mkdir_p(const char *path)
 {
@@ -172,7 +175,7 @@ int sl_store_open(sl_store_t **out, const sl_store_options_t *opts)
     atomic_store(&st->stats.map_size_bytes, st->map_size);
 
     if (!opts->read_only) {
-        st->dd = sl_dedupe_new(opts->dedupe_window_ms);
+        st->dd = sl_dedupe_new(opts->dedupe_window_ms, opts->dedupe_max_ids ? opts->dedupe_max_ids : 4000000);
         if (st->dd == NULL) {
             rc = SL_ENOMEM;
             goto fail;
@@ -187,6 +190,7 @@ int sl_store_open(sl_store_t **out, const sl_store_options_t *opts)
         goto fail;
     if ((rc = load_meta(st, txn))) goto fail;
     if ((rc = load_tail(st, txn))) goto fail;
+    if (!opts->read_only) note_dedupe(st);
     /* Commit even a read-only txn: handles opened in an aborted one close. */
     if ((rc = mdb_txn_commit(txn))) {
         txn = NULL;
@@ -333,6 +337,20 @@ fail:
     st->next_seq = seq0;
     reset_statuses(list);
     return rc;
+}
+
+/* Says so, once per shrink, when the dedupe table had to forget ids before
+ * their window ended. */
+static void note_dedupe(sl_store_t *st)
+{
+    uint64_t ev = sl_dedupe_evicted(st->dd);
+    int64_t win = sl_dedupe_window_ms(st->dd, sl_now_ms());
+    if (ev != atomic_load(&st->stats.dedupe_evicted))
+        SL_WARN("dedupe table full (limits.max_dedupe_ids): %llu ids forgotten so far; a repeat of a messageId "
+                "older than %lld s is now stored again (dedupe_window is %lld s)",
+                (unsigned long long)ev, (long long)(win / 1000), (long long)(st->opts.dedupe_window_ms / 1000));
+    atomic_store(&st->stats.dedupe_evicted, ev);
+    atomic_store(&st->stats.dedupe_window_ms, win);
 }
 
 /* 1 when err, raised by one batch's job or hook, is that batch's own
@@ -501,6 +519,7 @@ static void writer_main(void *arg)
         hist_add(st->stats.latency_hist, sl_store_latency_bounds_us, 13, us);
         atomic_store(&st->stats.last_seq, st->next_seq - 1);
         atomic_store(&st->stats.dedupe_entries, sl_dedupe_size(st->dd));
+        note_dedupe(st);
         if (st->opts.nosync) {
             synced(st, 1);
             deliver(st, list, 0); /* "os" durability: committed is enough */
@@ -720,6 +739,8 @@ void sl_store_get_stats(sl_store_t *st, sl_store_stats_t *o)
     o->latency_sum_us = atomic_load(&st->stats.latency_sum_us);
     o->batch_sum = atomic_load(&st->stats.batch_sum);
     o->dedupe_entries = atomic_load(&st->stats.dedupe_entries);
+    o->dedupe_evicted = atomic_load(&st->stats.dedupe_evicted);
+    o->dedupe_window_ms = atomic_load(&st->stats.dedupe_window_ms);
     o->map_size_bytes = atomic_load(&st->stats.map_size_bytes);
     o->last_seq = atomic_load(&st->stats.last_seq);
     o->batches_failed_alone = atomic_load(&st->stats.batches_failed_alone);

@@ -252,3 +252,28 @@ test('H3: traits per person are bounded (count and bytes); the excess is reporte
   // every identify was stored as sent
   assert.equal(srv.exportEvents().filter((e) => e.messageId.startsWith('tb-')).length, 20);
 });
+
+// M8: the dedupe table had no memory bound. Past limits.max_dedupe_ids the
+// oldest ids are forgotten, which /metrics and the log say.
+test('M8: the dedupe table holds at most limits.max_dedupe_ids ids and says when it forgets', async () => {
+  const s2 = await startServer({ config: { limits: { max_dedupe_ids: 1000 } } });
+  try {
+    for (let k = 0; k < 6; k++) {
+      const r = await post(s2, '/v1/batch', { batch: Array.from({ length: 500 }, (_, i) => ({ type: 'track', userId: 'd', event: 'E', messageId: `dd-${k}-${i}` })) });
+      assert.deepEqual(r.json, { success: true });
+    }
+    const m = await (await fetch(s2.url + '/metrics')).text();
+    const val = (name) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(m)[1]);
+    assert.ok(val('sillage_dedupe_entries') <= 1000, m);
+    assert.ok(val('sillage_dedupe_evicted_total') >= 2000, m);
+    assert.ok(val('sillage_dedupe_window_seconds') < 86400, m);
+    assert.match(s2.log(), /WARN dedupe table full \(limits.max_dedupe_ids\)/);
+    // the most recent ids are still deduplicated
+    const again = await post(s2, '/v1/track', { userId: 'd', event: 'E', messageId: 'dd-5-499' });
+    assert.deepEqual(again.json, { success: true });
+    assert.equal(s2.exportEvents().filter((e) => e.messageId === 'dd-5-499').length, 1);
+  } finally {
+    await s2.stop();
+    s2.cleanup();
+  }
+});

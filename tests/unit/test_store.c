@@ -13,7 +13,7 @@ static sl_hash128_t key(uint64_t i)
 
 TEST(dedupe_window)
 {
-    sl_dedupe_t *d = sl_dedupe_new(1000);
+    sl_dedupe_t *d = sl_dedupe_new(1000, 1000000);
     CHECK_INT(sl_dedupe_check_insert(d, key(1), 100, 100), ==, 0);
     CHECK_INT(sl_dedupe_check_insert(d, key(1), 200, 200), ==, 1);
     CHECK_INT(sl_dedupe_check_insert(d, key(2), 200, 200), ==, 0);
@@ -25,7 +25,7 @@ TEST(dedupe_window)
 
 TEST(dedupe_rollback)
 {
-    sl_dedupe_t *d = sl_dedupe_new(86400000);
+    sl_dedupe_t *d = sl_dedupe_new(86400000, 1000000);
     CHECK_INT(sl_dedupe_check_insert(d, key(1), 0, 0), ==, 0);
     sl_dedupe_mark(d);
     CHECK_INT(sl_dedupe_check_insert(d, key(2), 0, 0), ==, 0);
@@ -40,7 +40,7 @@ TEST(dedupe_rollback)
 
 TEST(dedupe_growth_and_expiry)
 {
-    sl_dedupe_t *d = sl_dedupe_new(1000);
+    sl_dedupe_t *d = sl_dedupe_new(1000, 1000000);
     for (uint64_t i = 0; i < 200000; i++) {
         int64_t t = (int64_t)(i / 100); /* 100 ids per ms: 100k ids per window */
         if (sl_dedupe_check_insert(d, key(i), t, t) != 0) {
@@ -52,6 +52,34 @@ TEST(dedupe_growth_and_expiry)
     CHECK_INT(sl_dedupe_check_insert(d, key(199999), 1999, 1999), ==, 1);
     CHECK_INT(sl_dedupe_check_insert(d, key(150000), 1999, 1999), ==, 1);
     CHECK_INT(sl_dedupe_check_insert(d, key(5), 1999, 1999), ==, 0); /* expired */
+    sl_dedupe_free(d);
+}
+
+/* Issue 13, M8: the table holds at most max_ids ids; past it the oldest are
+ * forgotten (counted, the window in force shrinks) and memory stays bounded. */
+TEST(dedupe_bounded)
+{
+    sl_dedupe_t *d = sl_dedupe_new(86400000, 10000);
+    for (uint64_t i = 0; i < 100000; i++) { /* one id per ms, all inside the 24 h window */
+        int rc = sl_dedupe_check_insert(d, key(i), (int64_t)i, (int64_t)i);
+        if (rc != 0) {
+            CHECK_INT(rc, ==, 0);
+            break;
+        }
+        if (sl_dedupe_size(d) > 10000) {
+            CHECK_INT(sl_dedupe_size(d), <=, 10000);
+            break;
+        }
+    }
+    CHECK_INT(sl_dedupe_evicted(d), >=, 90000);
+    /* the newest ids are still known; the window in force says how far back */
+    CHECK_INT(sl_dedupe_check_insert(d, key(99999), 99999, 99999), ==, 1);
+    CHECK_INT(sl_dedupe_check_insert(d, key(95000), 99999, 99999), ==, 1);
+    int64_t win = sl_dedupe_window_ms(d, 100000);
+    CHECK_INT(win, <, 86400000);
+    CHECK_INT(win, >=, 5000);
+    /* an id older than the window in force is a new message, and says so in the counters above */
+    CHECK_INT(sl_dedupe_check_insert(d, key(5), 100000, 100000), ==, 0);
     sl_dedupe_free(d);
 }
 
