@@ -1,15 +1,115 @@
-/* ident.c - see sl_stitch.h. */
+/* ident.c - see sl_stitch.h: which values are identifiers, and how trait
+ * identifiers (e-mails) are folded before they are keyed. */
+#define _GNU_SOURCE
 #include "sl_stitch.h"
 
+#include <locale.h>
+#include <pthread.h>
 #include <string.h>
 #include <strings.h>
+#include <wctype.h>
+
+/* Length of the invisible code point at p (blanks, no-break and zero-width
+ * spaces, direction marks, word joiner, BOM), 0 when p starts anything else.
+ * "\u200Bnull" must be as junk as "null". */
+static size_t invisible_len(const unsigned char *p, size_t n)
+{
+    if (n >= 1 && (p[0] == ' ' || p[0] == '\t' || p[0] == '\r' || p[0] == '\n' || p[0] == '\v' || p[0] == '\f'))
+        return 1;
+    if (n >= 2 && p[0] == 0xC2 && p[1] == 0xA0) return 2;                             /* U+00A0 */
+    if (n >= 3 && p[0] == 0xE1 && p[1] == 0x9A && p[2] == 0x80) return 3;             /* U+1680 */
+    if (n >= 3 && p[0] == 0xE2 && p[1] == 0x80 && (p[2] <= 0x8F || p[2] == 0xA8 || p[2] == 0xA9 || p[2] == 0xAF))
+        return 3;                                                                       /* U+2000-200F, 2028, 2029, 202F */
+    if (n >= 3 && p[0] == 0xE2 && p[1] == 0x81 && (p[2] == 0x9F || p[2] == 0xA0)) return 3; /* U+205F, U+2060 */
+    if (n >= 3 && p[0] == 0xE3 && p[1] == 0x80 && p[2] == 0x80) return 3;             /* U+3000 */
+    if (n >= 3 && p[0] == 0xEF && p[1] == 0xBB && p[2] == 0xBF) return 3;             /* U+FEFF */
+    return 0;
+}
 
 int sl_ident_is_junk(const char *value, size_t len, char *const *junk, size_t n_junk)
 {
-    while (len > 0 && (*value == ' ' || *value == '\t')) value++, len--;
-    while (len > 0 && (value[len - 1] == ' ' || value[len - 1] == '\t')) len--;
-    if (len == 0) return 1;
+    /* the value without any invisible code point, bounded: ids are at most
+     * 256 characters, a longer value is not junk */
+    char buf[512];
+    size_t k = 0;
+    const unsigned char *p = (const unsigned char *)value;
+    for (size_t i = 0; i < len;) {
+        size_t inv = invisible_len(p + i, len - i);
+        if (inv) {
+            i += inv;
+            continue;
+        }
+        if (k == sizeof(buf)) return 0;
+        buf[k++] = (char)p[i++];
+    }
+    if (k == 0) return 1;
     for (size_t i = 0; i < n_junk; i++)
-        if (strlen(junk[i]) == len && strncasecmp(junk[i], value, len) == 0) return 1;
+        if (strlen(junk[i]) == k && strncasecmp(junk[i], buf, k) == 0) return 1;
     return 0;
+}
+
+size_t sl_ident_trim(const char **v, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)*v;
+    for (size_t inv; n && (inv = invisible_len(p, n)); p += inv, n -= inv) {}
+    for (;;) { /* from the end: the longest invisible code point that ends there */
+        size_t inv = 0;
+        for (size_t l = 1; l <= 3 && l <= n && !inv; l++)
+            if (invisible_len(p + n - l, l) == l) inv = l;
+        if (inv == 0) break;
+        n -= inv;
+    }
+    *v = (const char *)p;
+    return n;
+}
+
+static locale_t utf8_locale;
+static pthread_once_t utf8_once = PTHREAD_ONCE_INIT;
+static void utf8_init(void) { utf8_locale = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0); }
+
+/* One code point of valid UTF-8 (the prescan checked it) at p; its length. */
+static size_t utf8_decode(const unsigned char *p, size_t n, wint_t *cp)
+{
+    if (p[0] < 0x80 || n < 2) return *cp = p[0], 1;
+    if ((p[0] & 0xE0) == 0xC0) return *cp = (wint_t)((p[0] & 0x1F) << 6 | (p[1] & 0x3F)), 2;
+    if ((p[0] & 0xF0) == 0xE0 && n >= 3)
+        return *cp = (wint_t)((p[0] & 0x0F) << 12 | (p[1] & 0x3F) << 6 | (p[2] & 0x3F)), 3;
+    if ((p[0] & 0xF8) == 0xF0 && n >= 4)
+        return *cp = (wint_t)((p[0] & 0x07) << 18 | (p[1] & 0x3F) << 12 | (p[2] & 0x3F) << 6 | (p[3] & 0x3F)), 4;
+    return *cp = p[0], 1;
+}
+
+static size_t utf8_encode(wint_t c, char *out)
+{
+    if (c < 0x80) return out[0] = (char)c, 1;
+    if (c < 0x800) return out[0] = (char)(0xC0 | c >> 6), out[1] = (char)(0x80 | (c & 0x3F)), 2;
+    if (c < 0x10000) {
+        out[0] = (char)(0xE0 | c >> 12);
+        out[1] = (char)(0x80 | ((c >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (c & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | c >> 18);
+    out[1] = (char)(0x80 | ((c >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((c >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (c & 0x3F));
+    return 4;
+}
+
+char *sl_ident_lower(const char *v, size_t n, sl_arena_t *arena)
+{
+    pthread_once(&utf8_once, utf8_init);
+    char *out = sl_arena_alloc(arena, 2 * n + 1); /* a lower case letter is at most 3/2 as long */
+    if (out == NULL) return NULL;
+    const unsigned char *p = (const unsigned char *)v;
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        wint_t c;
+        i += utf8_decode(p + i, n - i, &c);
+        if (c < 0x80) c = (wint_t)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        else if (utf8_locale != (locale_t)0) c = towlower_l(c, utf8_locale);
+        k += utf8_encode(c, out + k);
+    }
+    out[k] = '\0';
+    return out;
 }

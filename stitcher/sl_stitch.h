@@ -25,9 +25,16 @@
 #include "sl_store.h"
 
 /* 1 when value must never become an identifier: empty or blank, or equal
- * (ASCII case-insensitively, surrounding blanks ignored) to one of the
+ * (ASCII case-insensitively, invisible code points ignored) to one of the
  * configured junk values ("null", "undefined", "anonymous", "0", "guest"...). */
 int sl_ident_is_junk(const char *value, size_t len, char *const *junk, size_t n_junk);
+/* Blanks and invisible code points (no-break and zero-width spaces, BOM...)
+ * are ignored by sl_ident_is_junk, and sl_ident_trim() removes them from
+ * both ends of v (updated), returning the new length. */
+size_t sl_ident_trim(const char **v, size_t n);
+/* v[0..n) (valid UTF-8) lower-cased by Unicode's simple case mapping, in
+ * arena, NUL-terminated; NULL when out of memory. */
+char *sl_ident_lower(const char *v, size_t n, sl_arena_t *arena);
 
 enum { SL_STITCH_TRACK = 1, SL_STITCH_PAGE, SL_STITCH_SCREEN, SL_STITCH_IDENTIFY, SL_STITCH_ALIAS, SL_STITCH_GROUP };
 

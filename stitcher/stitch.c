@@ -792,12 +792,8 @@ const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *
     if (sl_ident_is_junk(v, n, s->cfg->junk_ids, s->cfg->n_junk_ids)) return NULL;
     if (memchr(v, KEY_SEP, n)) return NULL; /* cannot be keyed */
     if (!is_trait) return sl_arena_strndup(arena, v, n);
-    while (n && isspace((unsigned char)*v)) v++, n--;
-    while (n && isspace((unsigned char)v[n - 1])) n--;
-    char *c = sl_arena_strndup(arena, v, n);
-    if (c == NULL) return NULL;
-    for (size_t i = 0; i < n; i++) c[i] = (char)tolower((unsigned char)c[i]);
-    return c;
+    n = sl_ident_trim(&v, n);
+    return sl_ident_lower(v, n, arena); /* Élodie@ and élodie@ are one address */
 }
 
 int sl_stitch_kind_ok(const sl_stitch_t *s, const char *kind)

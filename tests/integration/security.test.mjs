@@ -277,3 +277,19 @@ test('M8: the dedupe table holds at most limits.max_dedupe_ids ids and says when
     s2.cleanup();
   }
 });
+
+// L8: e-mails were lower-cased for ASCII only, and "\u200Bnull" passed the
+// junk filter and became a real userId.
+test('L8: e-mail identifiers fold beyond ASCII; invisible characters do not make junk an identifier', async () => {
+  assert.deepEqual((await post(srv, '/v1/identify', { userId: 'elodie', traits: { email: 'Élodie@Exemple.fr' } })).json, { success: true });
+  const a = await profile('email', 'élodie@exemple.fr');
+  const b = await profile('email', 'ÉLODIE@EXEMPLE.FR');
+  assert.equal(a.status, 200);
+  assert.equal(a.json.user_id, 'elodie');
+  assert.equal(b.json.id, a.json.id);
+  assert.deepEqual((await post(srv, '/v1/track', { userId: '\u200Bnull', anonymousId: 'zw-anon', event: 'E' })).json, { success: true });
+  const p = await profile('anonymous_id', 'zw-anon');
+  assert.equal(p.status, 200);
+  assert.equal(p.json.user_id, null);
+  assert.equal((await profile('user_id', '\u200Bnull')).status, 404);
+});

@@ -208,11 +208,29 @@ TEST(junk_identifiers)
 {
     sl_config_t c;
     sl_config_demo(&c);
-    static const char *junk[] = {"", "  ", "null", "NULL", "undefined", "anonymous", "0", "guest", " Guest "};
+    static const char *junk[] = {"", "  ", "null", "NULL", "undefined", "anonymous", "0", "guest", " Guest ",
+                                 "\xE2\x80\x8Bnull", "nu\xE2\x80\x8Bll", "\xEF\xBB\xBFundefined\xC2\xA0",
+                                 "\xE2\x80\x8B", "\xE3\x80\x80guest"};
     static const char *good[] = {"u_123", "alice@example.com", "1234", "f47ac10b-58cc-4372-a567-0e02b2c3d479"};
     for (size_t i = 0; i < sizeof(junk) / sizeof(*junk); i++)
         CHECK_INT(sl_ident_is_junk(junk[i], strlen(junk[i]), c.junk_ids, c.n_junk_ids), ==, 1);
     for (size_t i = 0; i < sizeof(good) / sizeof(*good); i++)
         CHECK_INT(sl_ident_is_junk(good[i], strlen(good[i]), c.junk_ids, c.n_junk_ids), ==, 0);
+    /* trait values: trimmed of invisible code points, lower-cased beyond ASCII */
+    sl_arena_t a;
+    sl_arena_init(&a);
+    static const struct { const char *in, *out; } fold[] = {
+        {" \xE2\x80\x8B\xC3\x89lodie@Exemple.FR\xC2\xA0", "\xC3\xA9lodie@exemple.fr"}, /* Élodie -> élodie */
+        {"\xC3\xA9lodie@exemple.fr", "\xC3\xA9lodie@exemple.fr"},
+        {"\xCE\xA3\xCE\x91@x.gr", "\xCF\x83\xCE\xB1@x.gr"},                             /* ΣΑ -> σα */
+        {"\xC8\xBA", "\xE2\xB1\xA5"},                                                  /* Ⱥ -> ⱥ grows */
+        {"plain@example.com", "plain@example.com"},
+    };
+    for (size_t i = 0; i < sizeof(fold) / sizeof(*fold); i++) {
+        const char *v = fold[i].in;
+        size_t n = sl_ident_trim(&v, strlen(v));
+        CHECK_STR(sl_ident_lower(v, n, &a), fold[i].out);
+    }
+    sl_arena_free(&a);
     sl_config_free(&c);
 }
