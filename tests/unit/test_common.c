@@ -116,7 +116,8 @@ static const char design_example[] =
     "{\"listen\": \"0.0.0.0:8080\", \"data_dir\": \"/var/lib/sillage\", \"map_size\": \"8GB\","
     " \"durability\": \"sync\", \"geoip_db\": \"/usr/share/sillage/geo.mmdb\", \"ip_anonymize\": true,"
     " \"trusted_proxies\": [\"127.0.0.1\"], \"cors_origins\": [\"https://shop.example\"],"
-    " \"sources\": [{\"name\": \"shop\", \"write_key\": \"wk_live_123\"}], \"admin_token\": \"change-me\","
+    " \"sources\": [{\"name\": \"shop\", \"write_key\": \"wk_live_123\"},"
+    " {\"name\": \"backend\", \"write_key\": \"wk_srv_456\", \"trusted\": true}], \"admin_token\": \"change-me\","
     " \"identity\": {\"traits\": [\"email\"]}, \"limits\": {\"max_message_bytes\": 32768, \"max_request_bytes\": 512000},"
     " \"triggers\": [ {\"name\": \"cart\", \"type\": \"abandoned_cart\", \"delay\": \"1h\"},"
     "  {\"name\": \"pricing\", \"type\": \"page_visit\", \"url\": \"/pricing*\", \"min_count\": 2, \"within\": \"7d\"},"
@@ -134,8 +135,15 @@ TEST(config_design_example)
     if (rc) fprintf(stderr, "  error: %s\n", err);
     CHECK_STR(c.listen, "0.0.0.0:8080");
     CHECK_INT(c.map_size_bytes, ==, 8LL << 30);
-    CHECK_INT(c.n_sources, ==, 1);
+    CHECK_INT(c.n_sources, ==, 2);
     CHECK_STR(c.sources[0].write_key, "wk_live_123");
+    CHECK_INT(c.sources[0].trusted, ==, 0); /* a browser key unless said otherwise */
+    CHECK_INT(c.sources[1].trusted, ==, 1);
+    CHECK(sl_config_source(&c, "backend") == &c.sources[1]);
+    CHECK_NULL(sl_config_source(&c, "nope"));
+    CHECK_INT(c.limits.max_traits_per_person, ==, 256);
+    CHECK_INT(c.limits.max_traits_bytes, ==, 32768);
+    CHECK_INT(c.limits.max_dedupe_ids, ==, 4000000);
     CHECK_INT(c.n_triggers, ==, 4);
     CHECK_INT(c.triggers[0].delay_ms, ==, 3600000);
     CHECK_INT(c.triggers[1].min_count, ==, 2);
@@ -168,6 +176,10 @@ TEST(config_errors_table)
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"role\":\"core\",\"nats\":{\"url\":\"http://x\"}}", "nats.url must start"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"nats\":{\"replicas\":9}}", "nats.replicas"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"rate_per_ip\":-1}}", "limits.rate_per_ip"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\",\"trusted\":\"yes\"}],\"admin_token\":\"t\"}", "trusted must be true or false"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"},{\"name\":\"a\",\"write_key\":\"k2\"}],\"admin_token\":\"t\"}", "sources[1].name repeats"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_traits_per_person\":0}}", "limits.max_traits_per_person"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_dedupe_ids\":10}}", "limits.max_dedupe_ids"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
         sl_config_t c;
