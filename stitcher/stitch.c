@@ -1237,7 +1237,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl
         free(tls);
         goto out;
     }
-    qsort(tls, n_tls, sizeof(*tls), cmp_u64);
+    if (n_tls) qsort(tls, n_tls, sizeof(*tls), cmp_u64); /* tls may be NULL when empty */
 
     /* tl: every entry is an existing event, indexed once, under a timeline an identifier owns */
     if ((rc = mdb_cursor_open(txn, s->tl, &cur))) {

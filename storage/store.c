@@ -319,7 +319,6 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
     if (hooks && hooks->tick && hooks->due(hooks->arg) <= now) {
         if ((rc = hooks->tick(hooks->arg, txn, now)) < 0 || rc > 1) goto fail;
         jobs += (size_t)rc;
-        rc = 0;
     }
     if ((rc = trim_msgids(st, txn, now - st->opts.dedupe_window_ms - 60000))) goto fail;
     rc = mdb_txn_commit(txn);
