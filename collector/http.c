@@ -26,8 +26,8 @@
 const char *const route_names[N_ROUTES] = {"track", "page", "screen", "identify", "alias", "group",
                                            "batch", "pixel", "preflight", "healthz", "metrics", "profiles",
                                            "triggers", "static", "debug", "other"};
-const int status_codes[N_STATUS] = {100, 200, 204, 304, 400, 401, 403, 404, 405, 408,
-                                    413, 414, 415, 429, 431, 500, 503, 0};
+const int status_codes[N_STATUS] = {100, 200, 204, 301, 304, 400, 401, 403, 404, 405,
+                                    408, 413, 414, 415, 429, 431, 500, 503, 0};
 
 static void conn_feed(conn_t *c);
 static void conn_close(conn_t *c);
@@ -41,6 +41,7 @@ const char *http_status_text(int status)
     case 100: return "Continue";
     case 200: return "OK";
     case 204: return "No Content";
+    case 301: return "Moved Permanently";
     case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";

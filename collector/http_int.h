@@ -14,7 +14,7 @@ enum route_id {
 };
 extern const char *const route_names[N_ROUTES];
 
-#define N_STATUS 18
+#define N_STATUS 19
 extern const int status_codes[N_STATUS]; /* last slot: any other code */
 
 typedef struct conn_s conn_t;

@@ -96,6 +96,10 @@ void handle_profiles(conn_t *c, const char *rest)
         http_respond_error(c, 400, "the identifier is not validly percent-encoded");
         return;
     }
+    if (memchr(id, '\0', (size_t)n)) { /* %00 would cut the lookup short: another person's id */
+        http_respond_error(c, 400, "the identifier holds a NUL byte (%00)");
+        return;
+    }
     id[n] = '\0';
     if (!sl_stitch_kind_ok(srv->stitch, kind)) {
         http_respond_error(c, 404, "unknown identifier kind: use user_id, anonymous_id or a configured identity trait");
