@@ -294,10 +294,10 @@ void handle_triggers(conn_t *c, const char *rest)
             }
         }
         sl_buf_t h = {0};
+        /* no CORS headers: an admin route (http_admin_path) */
         sl_buf_printf(&h, "HTTP/1.1 200 OK\r\nServer: sillage\r\nContent-Type: text/event-stream\r\n"
-                          "Cache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n");
-        http_cors_headers(srv, r, &h);
-        sl_buf_appends(&h, "\r\n: sillage trigger stream\n\n");
+                          "Cache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n"
+                          "\r\n: sillage trigger stream\n\n");
         if (h.data == NULL) {
             http_respond_error(c, 503, "out of memory");
             return;

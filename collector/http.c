@@ -216,10 +216,29 @@ int http_origin_allowed(const sl_server_t *srv, const req_t *r)
     return 0;
 }
 
+int http_admin_path(const char *p)
+{
+    if (p == NULL) return 0;
+    return strncmp(p, "/v1/profiles/", 13) == 0 ||
+           (strncmp(p, "/v1/triggers", 12) == 0 && (p[12] == '\0' || p[12] == '/')) ||
+           strncmp(p, "/debug/", 7) == 0 || strcmp(p, "/metrics") == 0;
+}
+
 int http_cors_headers(const sl_server_t *srv, const req_t *r, sl_buf_t *out)
 {
     if (r == NULL || r->origin == NULL) return 0;
     if (!http_origin_allowed(srv, r)) return -1;
+    /* No admin route is meant for a foreign page: no CORS at all, so a token
+     * a browser might attach (cookie-based proxies) is never readable. */
+    if (http_admin_path(r->path)) return 0;
+    /* "null" is any sandboxed frame or file:// page: reflected only when
+     * cors_origins names it. */
+    if (strcmp(r->origin, "null") == 0) {
+        int listed = 0;
+        for (size_t i = 0; i < srv->cfg->n_cors_origins; i++)
+            if (strcmp(srv->cfg->cors_origins[i], "null") == 0) listed = 1;
+        if (!listed) return 0;
+    }
     sl_buf_appends(out, "Access-Control-Allow-Origin: ");
     sl_buf_appends(out, r->origin);
     sl_buf_appends(out, "\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n");

@@ -132,6 +132,22 @@ int http_origin_allowed(const sl_server_t *srv, const req_t *r);
 void req_free(req_t *r);
 /* 1 when the request carries "Authorization: Bearer <admin_token>" (constant-time compare). */
 int http_admin_ok(const sl_server_t *srv, const req_t *r);
+/* The admin check with failed attempts limited per client address
+ * (ADMIN_FAILURES_PER_MIN): 1 when the token is right; 0 when it is not (the
+ * caller answers 401); -1 after answering 429 because this address failed too
+ * often (the token is not even compared then). */
+int http_admin_gate(conn_t *c);
+/* The client address: the socket's, or X-Forwarded-For from a trusted proxy;
+ * worked out once per request. */
+const sl_ipnet_t *http_client_ip(conn_t *c);
+/* 1 for the admin routes (profiles, the trigger feed, /debug/stream,
+ * /metrics): they never send CORS headers. */
+int http_admin_path(const char *path);
+/* An INFO line about a refused request, at most REFUSAL_LOG_PER_S a second;
+ * the rest are counted and reported in one line. */
+void http_log_refused(sl_server_t *srv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends the connection and body-buffer metrics (Prometheus text). */
+void http_metrics(const sl_server_t *srv, sl_buf_t *b);
 /* The value of name=... in the query string (the last non-empty one when repeated),
  * percent-decoded into the request's arena and NUL-terminated. Returns its
  * length, SL_ENOTFOUND when absent, SL_EINVAL for a bad %-escape, SL_ENOMEM. */
