@@ -58,7 +58,9 @@ void handle_profiles(conn_t *c, const char *rest)
     sl_server_t *srv = c->srv;
     req_t *r = c->req;
     int m = r->method;
-    if (!http_admin_ok(srv, r)) {
+    int ok = http_admin_gate(c);
+    if (ok < 0) return; /* answered 429 */
+    if (!ok) {
         static const char body[] =
             "{\"success\":false,\"error\":\"profile routes need Authorization: Bearer <admin_token>\"}";
         http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);

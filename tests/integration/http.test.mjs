@@ -209,3 +209,30 @@ test('CORS: admin routes send none and their preflight grants nothing; ingestion
   assert.deepEqual(nul.json, { success: true });
   assert.deepEqual(aca(nul.headers), []);
 });
+
+test('small answers: 301 has its reason phrase; %00 in a profile id is refused; the debug token is a header only', async (t) => {
+  const srv = await startServer({ config: { demo: true, debug: true } });
+  t.after(async () => { await srv.stop(); srv.cleanup(); });
+  const demo = await rawExchange(srv.port, 'GET /demo HTTP/1.1\r\nHost: t\r\n\r\n');
+  const [r] = parseResponses(demo);
+  assert.match(r.head, /^HTTP\/1\.1 301 Moved Permanently\r\n/);
+  assert.match(r.head, /\r\nLocation: \/demo\/(\r\n|$)/);
+  assert.equal(r.body, '/demo/\n');
+  // a profile whose id is a prefix of the one asked for must not answer
+  assert.equal((await post(srv, '/v1/identify', { userId: 'victim', traits: { email: 'victim@example.com' } })).status, 200);
+  const bearer = { Authorization: 'Bearer admin-test' };
+  const found = await fetch(srv.url + '/v1/profiles/user_id/victim', { headers: bearer });
+  assert.equal(found.status, 200);
+  const nul = await fetch(srv.url + '/v1/profiles/user_id/victim%00junk', { headers: bearer });
+  assert.equal(nul.status, 400);
+  assert.deepEqual(await nul.json(), { success: false, error: 'the identifier holds a NUL byte (%00)' });
+  // the admin token in the URL is not accepted any more (it lands in proxy logs)
+  const q = await fetch(srv.url + '/debug/stream?token=admin-test');
+  assert.equal(q.status, 401);
+  assert.equal((await q.json()).success, false);
+  const ctl = new AbortController();
+  const h = await fetch(srv.url + '/debug/stream', { headers: bearer, signal: ctl.signal });
+  assert.equal(h.status, 200);
+  assert.equal(h.headers.get('content-type'), 'text/event-stream');
+  ctl.abort();
+});

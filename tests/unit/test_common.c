@@ -144,6 +144,8 @@ TEST(config_design_example)
     CHECK_INT(c.pressure_max_per_profile_per_day, ==, 3);
     CHECK_INT(c.n_webhooks, ==, 1);
     CHECK_INT(c.limits.max_request_bytes, ==, 512000);
+    CHECK_INT(c.limits.max_connections_per_ip, ==, 4096);
+    CHECK_INT(c.limits.max_buffered_bytes, ==, 64 << 20);
     CHECK_INT(sl_config_check_exposure(&c, err, sizeof(err)), ==, 0);
     sl_config_free(&c);
 }
@@ -168,6 +170,8 @@ TEST(config_errors_table)
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"role\":\"core\",\"nats\":{\"url\":\"http://x\"}}", "nats.url must start"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"nats\":{\"replicas\":9}}", "nats.replicas"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"rate_per_ip\":-1}}", "limits.rate_per_ip"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_buffered_bytes\":1000}}", "limits.max_request_bytes must not exceed limits.max_buffered_bytes"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_connections_per_ip\":0}}", "limits.max_connections_per_ip must be between 1"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
         sl_config_t c;
