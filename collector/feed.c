@@ -4,6 +4,7 @@
  * Reads run in LMDB read transactions on the loop thread and never wait for
  * the writer. The writer tells the loop (feed_async) when more triggers became
  * durable; waiting polls and open streams are then served. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,8 @@
 #define MAX_WAIT_S 60
 #define STREAM_PING_MS 15000
 #define STREAM_BATCH 500
+
+static const char ping[] = ": ping\n\n";
 
 typedef struct {
     sl_trig_t *trig;
@@ -160,7 +163,7 @@ static void on_feed_timer(uv_timer_t *t)
     conn_t *next;
     for (conn_t *c = srv->debug_streams; c; c = c->feed_next)
         if (now - c->feed_last_write_ms >= STREAM_PING_MS) {
-            http_send(c, ": ping\n\n", 8);
+            http_send(c, ping, sizeof(ping) - 1);
             c->feed_last_write_ms = now;
         }
     for (conn_t *c = srv->feed_waiters; c; c = next) {
@@ -170,7 +173,7 @@ static void on_feed_timer(uv_timer_t *t)
         } else if (c->feed_mode == FEED_STREAM) {
             if (c->tcp.write_queue_size == 0) stream_push(c); /* a slow reader caught up */
             if (now - c->feed_last_write_ms >= STREAM_PING_MS) {
-                http_send(c, ": ping\n\n", 8);
+                http_send(c, ping, sizeof(ping) - 1);
                 c->feed_last_write_ms = now;
             }
         }
@@ -213,22 +216,33 @@ void feed_conn_closed(conn_t *c)
     c->busy = 0; /* nothing else holds its request: the connection frees it */
 }
 
+/* s as a whole number within [min, max]: 0, or -1 (not one, or out of
+ * range, including past UINT64_MAX, which strtoull would clamp). */
+static int parse_num(const char *s, unsigned long long min, unsigned long long max, unsigned long long *out)
+{
+    if (s[0] < '0' || s[0] > '9') return -1;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (errno == ERANGE || *end || x < min || x > max) return -1;
+    *out = x;
+    return 0;
+}
+
 /* A whole number from the query string into *out; 1 when absent, 0 when set,
  * -1 after answering 400. */
-static int query_num(conn_t *c, const char *name, unsigned long long max, unsigned long long *out)
+static int query_num(conn_t *c, const char *name, unsigned long long min, unsigned long long max,
+                     unsigned long long *out)
 {
     char *v = NULL;
     long n = http_query_param(c->req, name, &v);
     if (n == SL_ENOTFOUND) return 1;
-    char *end = NULL;
-    unsigned long long x = n > 0 && v[0] != '-' ? strtoull(v, &end, 10) : 0;
-    if (n <= 0 || end == NULL || *end || x > max) {
+    if (n <= 0 || parse_num(v, min, max, out)) {
         char msg[96];
-        snprintf(msg, sizeof(msg), "%s must be a whole number from 0 to %llu", name, max);
+        snprintf(msg, sizeof(msg), "%s must be a whole number from %llu to %llu", name, min, max);
         http_respond_error(c, 400, msg);
         return -1;
     }
-    *out = x;
     return 0;
 }
 
@@ -236,10 +250,13 @@ void handle_triggers(conn_t *c, const char *rest)
 {
     sl_server_t *srv = c->srv;
     req_t *r = c->req;
-    if (!http_admin_ok(srv, r)) {
-        http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer realm=\"sillage\"\r\n",
-                     "{\"success\":false,\"error\":\"admin token required (Authorization: Bearer <admin_token>)\"}",
-                     84);
+    int ok = http_admin_gate(c);
+    if (ok < 0) return; /* answered 429 */
+    if (!ok) {
+        static const char body[] =
+            "{\"success\":false,\"error\":\"admin token required (Authorization: Bearer <admin_token>)\"}";
+        http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer realm=\"sillage\"\r\n", body,
+                     sizeof(body) - 1);
         return;
     }
     if (srv->trig == NULL) {
@@ -251,11 +268,10 @@ void handle_triggers(conn_t *c, const char *rest)
         return;
     }
     unsigned long long after = 0, limit = 100, wait = 0;
-    int has_after = query_num(c, "after", UINT64_MAX, &after);
+    int has_after = query_num(c, "after", 0, UINT64_MAX, &after);
     if (has_after < 0) return;
     if (strcmp(rest, "") == 0) {
-        if (query_num(c, "limit", 1000, &limit) < 0 || query_num(c, "wait", MAX_WAIT_S, &wait) < 0) return;
-        if (limit == 0) limit = 1;
+        if (query_num(c, "limit", 1, 1000, &limit) < 0 || query_num(c, "wait", 0, MAX_WAIT_S, &wait) < 0) return;
         c->feed_after = after;
         c->feed_limit = (size_t)limit;
         if (wait == 0 || sl_trig_durable_seq(srv->trig) > after || srv->stopping) {
@@ -272,9 +288,7 @@ void handle_triggers(conn_t *c, const char *rest)
         /* Resume after ?after=, else Last-Event-ID, else from now on. */
         if (has_after == 1) {
             if (r->last_event_id) {
-                char *end;
-                after = strtoull(r->last_event_id, &end, 10);
-                if (*end || r->last_event_id[0] == '\0' || r->last_event_id[0] == '-') {
+                if (parse_num(r->last_event_id, 0, UINT64_MAX, &after)) {
                     http_respond_error(c, 400, "Last-Event-ID must be a trigger sequence number");
                     return;
                 }
@@ -283,10 +297,10 @@ void handle_triggers(conn_t *c, const char *rest)
             }
         }
         sl_buf_t h = {0};
+        /* no CORS headers: an admin route (http_admin_path) */
         sl_buf_printf(&h, "HTTP/1.1 200 OK\r\nServer: sillage\r\nContent-Type: text/event-stream\r\n"
-                          "Cache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n");
-        http_cors_headers(srv, r, &h);
-        sl_buf_appends(&h, "\r\n: sillage trigger stream\n\n");
+                          "Cache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n"
+                          "\r\n: sillage trigger stream\n\n");
         if (h.data == NULL) {
             http_respond_error(c, 503, "out of memory");
             return;
@@ -311,20 +325,12 @@ void handle_triggers(conn_t *c, const char *rest)
 void handle_debug_stream(conn_t *c)
 {
     sl_server_t *srv = c->srv;
-    req_t *r = c->req;
-    /* EventSource cannot send headers: the token may come as ?token=. */
-    char *tok = NULL;
-    if (!http_admin_ok(srv, r) && http_query_param(r, "token", &tok) > 0) {
-        size_t n = strlen(tok);
-        char *h = sl_arena_alloc(&r->arena, n + 8);
-        if (h) {
-            memcpy(h, "Bearer ", 7);
-            memcpy(h + 7, tok, n + 1);
-            r->authorization = h;
-        }
-    }
-    if (!http_admin_ok(srv, r)) {
-        http_respond_error(c, 401, "admin token required (Authorization: Bearer, or ?token=)");
+    /* The token only as a header: a query string lands in proxies' access
+     * logs. The /debug page reads the stream with fetch(), not EventSource. */
+    int ok = http_admin_gate(c);
+    if (ok < 0) return; /* answered 429 */
+    if (!ok) {
+        http_respond_error(c, 401, "admin token required (Authorization: Bearer <admin_token>)");
         return;
     }
     static const char head[] = "HTTP/1.1 200 OK\r\nServer: sillage\r\nContent-Type: text/event-stream\r\n"

@@ -10,6 +10,8 @@
 #include "http_int.h"
 
 #include <arpa/inet.h>
+#include <malloc.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,12 +24,25 @@
 /* Unparsed bytes a connection may hold while its request is in flight; the
  * socket is read on (no epoll changes per request) until this is reached. */
 #define PENDING_HIGH_WATER (64 * 1024)
+/* Connections beyond limits.max_connections kept for addresses that hold
+ * fewer than RESERVE_MAX_HELD: a load balancer's /healthz or a /metrics
+ * scrape still gets in while one address holds the whole server. */
+#define RESERVE_CONNS 16
+#define RESERVE_MAX_HELD 4
+#define IPC_BUCKETS 4096
+/* Failed admin-token attempts per address and minute; then 429. */
+#define ADMIN_FAILURES_PER_MIN 10
+#define AUTH_RL_SLOTS 4096
+/* Refused-request INFO lines per second; the rest are counted. */
+#define REFUSAL_LOG_PER_S 10
+/* malloc_trim once the bytes held in bodies fell this far below their peak. */
+#define TRIM_AFTER_DROP (8u << 20)
 
 const char *const route_names[N_ROUTES] = {"track", "page", "screen", "identify", "alias", "group",
                                            "batch", "pixel", "preflight", "healthz", "metrics", "profiles",
                                            "triggers", "static", "debug", "other"};
-const int status_codes[N_STATUS] = {100, 200, 204, 304, 400, 401, 403, 404, 405, 408,
-                                    413, 414, 415, 429, 431, 500, 503, 0};
+const int status_codes[N_STATUS] = {100, 200, 204, 301, 304, 400, 401, 403, 404, 405,
+                                    408, 413, 414, 415, 429, 431, 500, 503, 0};
 
 static void conn_feed(conn_t *c);
 static void conn_close(conn_t *c);
@@ -41,6 +56,7 @@ const char *http_status_text(int status)
     case 100: return "Continue";
     case 200: return "OK";
     case 204: return "No Content";
+    case 301: return "Moved Permanently";
     case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
@@ -74,6 +90,7 @@ static req_t *req_new(conn_t *c)
     if (r == NULL) return NULL;
     sl_arena_init(&r->arena);
     r->conn = c;
+    r->srv = c->srv;
     r->route = ROUTE_OTHER;
     return r;
 }
@@ -102,11 +119,19 @@ long http_query_param(req_t *r, const char *name, char **out)
     return n;
 }
 
+/* The body is given back as soon as the request is routed: what outlives it
+ * (printed messages, errors) is copied. */
+static void body_release(req_t *r)
+{
+    if (r->srv) r->srv->buffered_body_bytes -= r->body.len;
+    sl_buf_free(&r->body);
+}
+
 void req_free(req_t *r)
 {
     if (r == NULL) return;
     free(r->batch.msgs);
-    sl_buf_free(&r->body);
+    body_release(r);
     sl_buf_free(&r->errors);
     sl_arena_free(&r->arena);
     free(r);
@@ -213,10 +238,29 @@ int http_origin_allowed(const sl_server_t *srv, const req_t *r)
     return 0;
 }
 
+int http_admin_path(const char *p)
+{
+    if (p == NULL) return 0;
+    return strncmp(p, "/v1/profiles/", 13) == 0 ||
+           (strncmp(p, "/v1/triggers", 12) == 0 && (p[12] == '\0' || p[12] == '/')) ||
+           strncmp(p, "/debug/", 7) == 0 || strcmp(p, "/metrics") == 0;
+}
+
 int http_cors_headers(const sl_server_t *srv, const req_t *r, sl_buf_t *out)
 {
     if (r == NULL || r->origin == NULL) return 0;
     if (!http_origin_allowed(srv, r)) return -1;
+    /* No admin route is meant for a foreign page: no CORS at all, so a token
+     * a browser might attach (cookie-based proxies) is never readable. */
+    if (http_admin_path(r->path)) return 0;
+    /* "null" is any sandboxed frame or file:// page: reflected only when
+     * cors_origins names it. */
+    if (strcmp(r->origin, "null") == 0) {
+        int listed = 0;
+        for (size_t i = 0; i < srv->cfg->n_cors_origins; i++)
+            if (strcmp(srv->cfg->cors_origins[i], "null") == 0) listed = 1;
+        if (!listed) return 0;
+    }
     sl_buf_appends(out, "Access-Control-Allow-Origin: ");
     sl_buf_appends(out, r->origin);
     sl_buf_appends(out, "\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n");
@@ -230,6 +274,88 @@ int http_admin_ok(const sl_server_t *srv, const req_t *r)
     const char *h = r->authorization;
     if (tok == NULL || tok[0] == '\0' || h == NULL || strncasecmp(h, "Bearer ", 7) != 0) return 0;
     return sl_secret_equal(h + 7, strlen(h + 7), tok, strlen(tok));
+}
+
+const sl_ipnet_t *http_client_ip(conn_t *c)
+{
+    req_t *r = c->req;
+    if (!r->has_client_ip) {
+        sl_client_ip(&c->peer, r->xff, r->xff ? strlen(r->xff) : 0, c->srv->trusted, c->srv->n_trusted,
+                     &r->client_ip);
+        r->has_client_ip = 1;
+    }
+    return &r->client_ip;
+}
+
+int http_admin_gate(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    const double rate = ADMIN_FAILURES_PER_MIN / 60.0, burst = ADMIN_FAILURES_PER_MIN;
+    int64_t now = sl_now_ms();
+    int wait = 1;
+    const sl_ipnet_t *ip = http_client_ip(c);
+    /* Over the limit, even the right token is refused: else guessing would go on. */
+    if (!rl_bucket(&srv->auth_rl, AUTH_RL_SLOTS, ip, rate, burst, now, 0, &wait)) {
+        srv->auth_limited++;
+        char h[64];
+        snprintf(h, sizeof(h), "Retry-After: %d\r\n", wait);
+        static const char body[] = "{\"success\":false,\"error\":\"too many failed admin token attempts from this "
+                                   "address; retry later\"}";
+        http_log_refused(srv, "checking the admin token: too many failed attempts from one address");
+        http_respond(c, 429, "application/json", h, body, sizeof(body) - 1);
+        return -1;
+    }
+    if (http_admin_ok(srv, c->req)) return 1;
+    rl_bucket(&srv->auth_rl, AUTH_RL_SLOTS, ip, rate, burst, now, 1, &wait);
+    http_log_refused(srv, "checking the admin token: missing or wrong");
+    return 0;
+}
+
+static void flush_refusal_log(sl_server_t *srv)
+{
+    if (srv->refusal_log.suppressed)
+        SL_INFO("(%llu similar refused-request lines suppressed)", (unsigned long long)srv->refusal_log.suppressed);
+    srv->refusal_log.suppressed = 0;
+}
+
+void http_log_refused(sl_server_t *srv, const char *fmt, ...)
+{
+    if (sl_log_level > SL_LOG_INFO) return;
+    int64_t sec = sl_now_ms() / 1000;
+    if (sec != srv->refusal_log.sec) {
+        flush_refusal_log(srv);
+        srv->refusal_log.sec = sec;
+        srv->refusal_log.lines = 0;
+    }
+    if (srv->refusal_log.lines >= REFUSAL_LOG_PER_S) {
+        srv->refusal_log.suppressed++;
+        return;
+    }
+    srv->refusal_log.lines++;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    SL_INFO("%s", line);
+}
+
+void http_metrics(const sl_server_t *srv, sl_buf_t *b)
+{
+    sl_buf_printf(b,
+                  "# HELP sillage_connections_refused_per_ip_total Connections closed at once because their "
+                  "address held limits.max_connections_per_ip (also in sillage_connections_refused_total).\n"
+                  "# TYPE sillage_connections_refused_per_ip_total counter\n"
+                  "sillage_connections_refused_per_ip_total %llu\n"
+                  "# HELP sillage_buffered_body_bytes Request body bytes held in memory, all connections.\n"
+                  "# TYPE sillage_buffered_body_bytes gauge\nsillage_buffered_body_bytes %llu\n"
+                  "# HELP sillage_buffered_body_refused_total Requests answered 503 for limits.max_buffered_bytes.\n"
+                  "# TYPE sillage_buffered_body_refused_total counter\nsillage_buffered_body_refused_total %llu\n"
+                  "# HELP sillage_admin_auth_limited_total Admin requests answered 429 after too many failed "
+                  "token attempts from one address.\n"
+                  "# TYPE sillage_admin_auth_limited_total counter\nsillage_admin_auth_limited_total %llu\n",
+                  (unsigned long long)srv->refused_per_ip, (unsigned long long)srv->buffered_body_bytes,
+                  (unsigned long long)srv->body_refused, (unsigned long long)srv->auth_limited);
 }
 
 void http_respond(conn_t *c, int status, const char *content_type, const char *extra_headers,
@@ -396,6 +522,22 @@ static int on_headers_complete(llhttp_t *p)
     r->path = sl_arena_strndup(&r->arena, u, pl);
     r->query = q ? sl_arena_strndup(&r->arena, q + 1, ul - pl - 1) : NULL;
     if (r->path == NULL || (q && r->query == NULL)) return refuse(c, 503, "out of memory");
+    /* An ingestion request with a Basic key is checked before its body is
+     * read: a wrong key costs the server no body buffer. */
+    if (r->method == HTTP_POST && strncmp(r->path, "/v1/", 4) == 0) {
+        const char *rest = r->path + 4;
+        int type = strcmp(rest, "batch") == 0 ? -1 : sl_msg_type_from_name(rest, strlen(rest));
+        if (type != -1 || strcmp(rest, "batch") == 0) {
+            r->route = type == -1 ? ROUTE_BATCH : type;
+            const char *why = route_basic_auth_refusal(c);
+            if (why) return refuse(c, 401, why);
+        }
+    }
+    if ((p->flags & F_CONTENT_LENGTH) &&
+        c->srv->buffered_body_bytes + p->content_length > c->srv->cfg->limits.max_buffered_bytes) {
+        c->srv->body_refused++;
+        return refuse(c, 503, "server busy: request bodies in memory reached limits.max_buffered_bytes, retry later");
+    }
     if (r->expect && strcasecmp(r->expect, "100-continue") == 0) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         char *b = malloc(sizeof(cont) - 1);
@@ -411,9 +553,17 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     conn_t *c = p->data;
     req_t *r = c->req;
-    if (r->body.len + len > c->srv->cfg->limits.max_request_bytes)
+    sl_server_t *srv = c->srv;
+    if (r->body.len + len > srv->cfg->limits.max_request_bytes)
         return refuse(c, 413, "request body exceeds limits.max_request_bytes");
-    return sl_buf_append(&r->body, at, len) ? refuse(c, 503, "out of memory") : 0;
+    if (srv->buffered_body_bytes + len > srv->cfg->limits.max_buffered_bytes) {
+        srv->body_refused++;
+        return refuse(c, 503, "server busy: request bodies in memory reached limits.max_buffered_bytes, retry later");
+    }
+    if (sl_buf_append(&r->body, at, len)) return refuse(c, 503, "out of memory");
+    srv->buffered_body_bytes += len;
+    if (srv->buffered_body_bytes > srv->buffered_peak) srv->buffered_peak = srv->buffered_body_bytes;
+    return 0;
 }
 
 static int on_message_complete(llhttp_t *p)
@@ -454,14 +604,14 @@ static void parse_error(conn_t *c, enum llhttp_errno e)
     /* A callback that refused input recorded why; llhttp reports it as
      * HPE_USER, or HPE_CB_HEADERS_COMPLETE from on_headers_complete. */
     if (c->err_status) {
-        SL_INFO("refused request from client: %s", c->err_msg);
+        http_log_refused(c->srv, "refused request from client: %s", c->err_msg);
         http_respond_error(c, c->err_status, c->err_msg);
         return;
     }
     char msg[160];
     snprintf(msg, sizeof(msg), "malformed HTTP request: %s", llhttp_get_error_reason(&c->parser));
     c->err_status = 400;
-    SL_INFO("reading client request: %s", msg);
+    http_log_refused(c->srv, "reading client request: %s", msg);
     http_respond_error(c, 400, msg);
 }
 
@@ -480,6 +630,7 @@ static void conn_feed(conn_t *c)
             c->pending_off += (size_t)(llhttp_get_error_pos(&c->parser) - p);
             llhttp_resume(&c->parser);
             route_request(c); /* may answer now, or set busy */
+            if (c->req) body_release(c->req);
         } else {
             parse_error(c, e);
             break;
@@ -556,6 +707,63 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- connections ------------------------------------------------------------ */
 
+/* Connections per peer address (IPv6: per /64), for
+ * limits.max_connections_per_ip. A chain entry lives while its address holds
+ * a connection, so the table holds at most one entry per open connection. */
+typedef struct ip_conns_s {
+    struct ip_conns_s *next;
+    int family;
+    unsigned char addr[8];
+    uint32_t n;
+} ip_conns_t;
+
+static ip_conns_t *ip_conns_hold(sl_server_t *srv, const sl_ipnet_t *ip)
+{
+    if (srv->ipc == NULL && (srv->ipc = calloc(IPC_BUCKETS, sizeof(*srv->ipc))) == NULL) return NULL;
+    unsigned char a[8] = {0};
+    memcpy(a, ip->addr, ip->family == AF_INET ? 4 : 8);
+    ip_conns_t **head = &srv->ipc[rl_key(ip) % IPC_BUCKETS];
+    for (ip_conns_t *e = *head; e; e = e->next)
+        if (e->family == ip->family && memcmp(e->addr, a, 8) == 0) {
+            e->n++;
+            return e;
+        }
+    ip_conns_t *e = calloc(1, sizeof(*e));
+    if (e == NULL) return NULL;
+    e->family = ip->family;
+    memcpy(e->addr, a, 8);
+    e->n = 1;
+    e->next = *head;
+    *head = e;
+    return e;
+}
+
+static void ip_conns_release(sl_server_t *srv, conn_t *c)
+{
+    ip_conns_t *e = c->ipc;
+    c->ipc = NULL;
+    if (e == NULL || --e->n > 0) return;
+    sl_ipnet_t ip = {.family = e->family};
+    memcpy(ip.addr, e->addr, 8);
+    for (ip_conns_t **pp = &srv->ipc[rl_key(&ip) % IPC_BUCKETS]; *pp; pp = &(*pp)->next)
+        if (*pp == e) {
+            *pp = e->next;
+            free(e);
+            return;
+        }
+}
+
+static void ip_conns_free(sl_server_t *srv)
+{
+    for (size_t i = 0; srv->ipc && i < IPC_BUCKETS; i++)
+        for (ip_conns_t *e = srv->ipc[i], *next; e; e = next) {
+            next = e->next;
+            free(e);
+        }
+    free(srv->ipc);
+    srv->ipc = NULL;
+}
+
 static void on_conn_closed(uv_handle_t *h)
 {
     conn_t *c = h->data;
@@ -564,6 +772,7 @@ static void on_conn_closed(uv_handle_t *h)
     else srv->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     srv->n_conns--;
+    ip_conns_release(srv, c);
     if (c->feed_mode) feed_conn_closed(c); /* a long poll or a stream: no commit holds its request */
     if (c->req) {
         if (c->busy) c->req->conn = NULL; /* the commit callback frees it */
@@ -604,13 +813,6 @@ static void on_connection(uv_stream_t *server, int status)
     if (srv->conns) srv->conns->prev = c;
     srv->conns = c;
     srv->n_conns++;
-    if (srv->n_conns > srv->cfg->limits.max_connections || srv->stopping) {
-        srv->refused_connections++;
-        conn_close(c);
-        return;
-    }
-    srv->accepted_connections++;
-    uv_tcp_nodelay(&c->tcp, 1);
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     char host[64] = "";
@@ -619,6 +821,24 @@ static void on_connection(uv_stream_t *server, int status)
         else if (ss.ss_family == AF_INET6) inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host, sizeof(host));
     }
     if (sl_ipnet_parse(host, strlen(host), &c->peer) != 0) memset(&c->peer, 0, sizeof(c->peer));
+    c->ipc = ip_conns_hold(srv, &c->peer);
+    const uint64_t max = srv->cfg->limits.max_connections;
+    uint64_t held = c->ipc ? c->ipc->n : 1;
+    int refuse_it = srv->stopping || c->ipc == NULL;
+    if (!refuse_it && held > srv->cfg->limits.max_connections_per_ip) {
+        srv->refused_per_ip++;
+        refuse_it = 1;
+    }
+    /* Past the global cap, only the reserve, and only for an address with few connections. */
+    if (!refuse_it && srv->n_conns > max && (srv->n_conns > max + RESERVE_CONNS || held > RESERVE_MAX_HELD))
+        refuse_it = 1;
+    if (refuse_it) {
+        srv->refused_connections++;
+        conn_close(c);
+        return;
+    }
+    srv->accepted_connections++;
+    uv_tcp_nodelay(&c->tcp, 1);
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;
     c->keep_alive = 1;
@@ -632,6 +852,13 @@ static void on_sweep(uv_timer_t *t)
 {
     sl_server_t *srv = t->data;
     int64_t now = sl_now_ms();
+    if (now / 1000 != srv->refusal_log.sec) flush_refusal_log(srv);
+    /* Large bodies come from the heap's top or mmap'd chunks; once they are
+     * gone, give the pages back rather than keep the peak for ever. */
+    if (srv->buffered_peak - srv->buffered_body_bytes >= TRIM_AFTER_DROP) {
+        malloc_trim(0);
+        srv->buffered_peak = srv->buffered_body_bytes;
+    }
     conn_t *next;
     for (conn_t *c = srv->conns; c; c = next) {
         next = c->next;
@@ -641,7 +868,7 @@ static void on_sweep(uv_timer_t *t)
             c->err_status = 408;
             c->keep_alive = 0;
             if (c->req == NULL) c->req = req_new(c);
-            SL_INFO("closing a connection whose request did not finish within limits.request_timeout");
+            http_log_refused(srv, "closing a connection whose request did not finish within limits.request_timeout");
             if (c->req) http_respond_error(c, 408, "request not completed within limits.request_timeout");
             else conn_close(c);
         } else if (!c->in_message && now - c->last_active_ms > srv->cfg->limits.idle_timeout_ms &&
@@ -742,7 +969,9 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
 fail:
     sl_geo_close(srv->geo);
     static_free(srv);
-    free(srv->rl);
+    rl_table_free(&srv->rl);
+    rl_table_free(&srv->auth_rl);
+    ip_conns_free(srv);
     free(srv->scratch);
     sl_arena_free(&srv->json_arena);
     free(srv->trusted);
@@ -824,7 +1053,9 @@ void sl_http_server_free(sl_server_t *srv)
     if (srv == NULL) return;
     sl_geo_close(srv->geo);
     static_free(srv);
-    free(srv->rl);
+    rl_table_free(&srv->rl);
+    rl_table_free(&srv->auth_rl);
+    ip_conns_free(srv);
     free(srv->scratch);
     sl_arena_free(&srv->json_arena);
     free(srv->trusted);

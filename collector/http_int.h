@@ -14,14 +14,22 @@ enum route_id {
 };
 extern const char *const route_names[N_ROUTES];
 
-#define N_STATUS 18
+#define N_STATUS 19
 extern const int status_codes[N_STATUS]; /* last slot: any other code */
 
 typedef struct conn_s conn_t;
 
+/* ratelimit.c: fixed-size tables of token buckets, one per client address
+ * (IPv4, or the /64 of an IPv6 address). */
+typedef struct rl_table_s {
+    struct rl_slot_s *slots;      /* NULL until first used */
+    size_t n;                     /* slots, a power of two */
+} rl_table_t;
+
 typedef struct req_s {
     sl_arena_t arena;
     conn_t *conn;                 /* NULL once the connection is gone */
+    sl_server_t *srv;             /* counts the body's bytes (buffered_body_bytes) */
     int method;                   /* llhttp_method_t */
     int http_minor;
     char *path, *query;           /* arena */
@@ -55,6 +63,7 @@ struct conn_s {
     int err_status;               /* set by a parser callback that refused input */
     const char *err_msg;
     sl_ipnet_t peer;
+    struct ip_conns_s *ipc;       /* connections held by this peer address (limits.max_connections_per_ip) */
     int64_t last_active_ms, msg_start_ms;
     unsigned busy : 1;            /* waiting for a commit */
     unsigned in_message : 1;      /* the parser is inside a request */
@@ -90,8 +99,18 @@ struct sl_server_s {
     conn_t *feed_waiters;         /* long polls and streams */
     conn_t *debug_streams;        /* /debug/stream readers */
     struct static_file_s *files;  /* built-in files with their gzip copy and ETag */
-    struct rl_slot_s *rl;         /* rate limiter (ratelimit.c), allocated on first use */
-    uint64_t rate_limited;
+    rl_table_t rl;                /* rate limiter (ratelimit.c), allocated on first use */
+    rl_table_t auth_rl;           /* failed admin-token attempts per address */
+    uint64_t rate_limited, auth_limited;
+    struct ip_conns_s **ipc;      /* connections per peer address: IPC_BUCKETS chains */
+    uint64_t buffered_body_bytes; /* request bodies held, all connections (limits.max_buffered_bytes) */
+    uint64_t buffered_peak;       /* highest since the last malloc_trim */
+    uint64_t body_refused;        /* requests answered 503 for limits.max_buffered_bytes */
+    struct {                      /* refused-request log lines (http_log_refused) */
+        int64_t sec;
+        unsigned lines;
+        uint64_t suppressed;
+    } refusal_log;
     size_t n_files;
     int feed_started;
     sl_geo_t *geo;
@@ -113,7 +132,7 @@ struct sl_server_s {
     int64_t date_sec;
     uint64_t requests[N_ROUTES][N_STATUS];
     uint64_t rejected_messages;
-    uint64_t accepted_connections, refused_connections;
+    uint64_t accepted_connections, refused_connections, refused_per_ip;
     char readbuf[65536];
 };
 
@@ -132,6 +151,22 @@ int http_origin_allowed(const sl_server_t *srv, const req_t *r);
 void req_free(req_t *r);
 /* 1 when the request carries "Authorization: Bearer <admin_token>" (constant-time compare). */
 int http_admin_ok(const sl_server_t *srv, const req_t *r);
+/* The admin check with failed attempts limited per client address
+ * (ADMIN_FAILURES_PER_MIN): 1 when the token is right; 0 when it is not (the
+ * caller answers 401); -1 after answering 429 because this address failed too
+ * often (the token is not even compared then). */
+int http_admin_gate(conn_t *c);
+/* The client address: the socket's, or X-Forwarded-For from a trusted proxy;
+ * worked out once per request. */
+const sl_ipnet_t *http_client_ip(conn_t *c);
+/* 1 for the admin routes (profiles, the trigger feed, /debug/stream,
+ * /metrics): they never send CORS headers. */
+int http_admin_path(const char *path);
+/* An INFO line about a refused request, at most REFUSAL_LOG_PER_S a second;
+ * the rest are counted and reported in one line. */
+void http_log_refused(sl_server_t *srv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends the connection and body-buffer metrics (Prometheus text). */
+void http_metrics(const sl_server_t *srv, sl_buf_t *b);
 /* The value of name=... in the query string (the last non-empty one when repeated),
  * percent-decoded into the request's arena and NUL-terminated. Returns its
  * length, SL_ENOTFOUND when absent, SL_EINVAL for a bad %-escape, SL_ENOMEM. */
@@ -159,7 +194,17 @@ void handle_debug_stream(conn_t *c);
  * debug stream (lossy for slow readers). */
 void feed_debug_publish(sl_server_t *srv, const char *json, size_t len, uint64_t person);
 
-/* ratelimit.c: 1 when ip may send a request now; else 0 and the seconds to wait. */
+/* ratelimit.c */
+/* The bucket of ip in t (rate tokens/s, up to burst): 1 when it holds a
+ * token, and then takes cost (0 or 1) of it; else 0 and the seconds until it
+ * holds one. Allocates t on first use (n_slots, a power of two); 1 when it
+ * cannot (errs on the side of serving). */
+int rl_bucket(rl_table_t *t, size_t n_slots, const sl_ipnet_t *ip, double rate, double burst, int64_t now_ms,
+              int cost, int *retry_after_s);
+void rl_table_free(rl_table_t *t);
+/* The key of ip: IPv4 as is, IPv6 by its /64 (one subscriber's prefix). */
+uint64_t rl_key(const sl_ipnet_t *ip);
+/* 1 when ip may send a request now (limits.rate_per_ip); else 0 and the seconds to wait. */
 int rl_allow(sl_server_t *srv, const sl_ipnet_t *ip, int64_t now_ms, int *retry_after_s);
 
 /* static.c */
@@ -176,6 +221,10 @@ struct sl_stitch_msg_s *collector_stitch_input(const sl_config_t *cfg, const sl_
                                                struct sl_stitch_s *stitch, const cJSON *msg,
                                                const char *message_id, sl_arena_t *arena);
 void route_request(conn_t *c);
+/* For a request to an ingestion route that carries "Authorization: Basic",
+ * checked from its headers before the body is read: NULL when the key is
+ * known (or there is no Basic header), else why it is refused (401). */
+const char *route_basic_auth_refusal(conn_t *c);
 void handle_profiles(conn_t *c, const char *rest);
 
 #endif

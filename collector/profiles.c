@@ -58,7 +58,9 @@ void handle_profiles(conn_t *c, const char *rest)
     sl_server_t *srv = c->srv;
     req_t *r = c->req;
     int m = r->method;
-    if (!http_admin_ok(srv, r)) {
+    int ok = http_admin_gate(c);
+    if (ok < 0) return; /* answered 429 */
+    if (!ok) {
         static const char body[] =
             "{\"success\":false,\"error\":\"profile routes need Authorization: Bearer <admin_token>\"}";
         http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);
@@ -94,6 +96,10 @@ void handle_profiles(conn_t *c, const char *rest)
     long n = sl_percent_decode(id, strlen(id));
     if (n <= 0) {
         http_respond_error(c, 400, "the identifier is not validly percent-encoded");
+        return;
+    }
+    if (memchr(id, '\0', (size_t)n)) { /* %00 would cut the lookup short: another person's id */
+        http_respond_error(c, 400, "the identifier holds a NUL byte (%00)");
         return;
     }
     id[n] = '\0';

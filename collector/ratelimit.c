@@ -1,8 +1,13 @@
-/* ratelimit.c - per-client-IP token buckets (limits.rate_per_ip,
- * limits.rate_burst). The table has a fixed size, so a flood of distinct
- * addresses cannot grow memory: each address hashes to a set of 4 slots, and
- * a new address takes the slot that was used longest ago. An evicted address
- * comes back with a full bucket, which errs on the side of serving. */
+/* ratelimit.c - per-client-address token buckets: requests (limits.rate_per_ip,
+ * limits.rate_burst) and failed admin-token attempts. A table has a fixed
+ * size, so a flood of distinct addresses cannot grow memory: each address
+ * hashes to a set of 4 slots, and a new address takes the slot that was used
+ * longest ago. An evicted address comes back with a full bucket, which errs on
+ * the side of serving.
+ *
+ * IPv6 clients are keyed by their /64: one subscriber or host usually holds a
+ * whole /64 and can pick any address in it, so a /128 key would give it 2^64
+ * buckets. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,14 +24,24 @@ typedef struct rl_slot_s {
     int64_t last_ms;
 } rl_slot_t;
 
-int rl_allow(sl_server_t *srv, const sl_ipnet_t *ip, int64_t now_ms, int *retry_after_s)
+uint64_t rl_key(const sl_ipnet_t *ip)
 {
-    const sl_config_t *cfg = srv->cfg;
-    double rate = (double)cfg->limits.rate_per_ip, burst = (double)cfg->limits.rate_burst;
+    unsigned char a[16] = {0};
+    size_t n = ip->family == AF_INET ? 4 : 8; /* IPv6: the /64 */
+    memcpy(a, ip->addr, n);
+    return sl_hash128(a, n, (uint64_t)ip->family).lo | 1;
+}
+
+int rl_bucket(rl_table_t *t, size_t n_slots, const sl_ipnet_t *ip, double rate, double burst, int64_t now_ms,
+              int cost, int *retry_after_s)
+{
     if (rate <= 0) return 1;
-    if (srv->rl == NULL && (srv->rl = calloc(RL_SLOTS, sizeof(rl_slot_t))) == NULL) return 1;
-    uint64_t key = sl_hash128(ip->addr, ip->family == AF_INET ? 4 : 16, (uint64_t)ip->family).lo | 1;
-    rl_slot_t *set = &srv->rl[(key >> 1) & (RL_SLOTS - RL_WAYS)], *s = NULL, *oldest = &set[0];
+    if (t->slots == NULL) {
+        if ((t->slots = calloc(n_slots, sizeof(rl_slot_t))) == NULL) return 1;
+        t->n = n_slots;
+    }
+    uint64_t key = rl_key(ip);
+    rl_slot_t *set = &t->slots[(key >> 1) & (t->n - RL_WAYS)], *s = NULL, *oldest = &set[0];
     for (int i = 0; i < RL_WAYS; i++) {
         if (set[i].key == key) s = &set[i];
         if (set[i].last_ms < oldest->last_ms) oldest = &set[i];
@@ -41,10 +56,24 @@ int rl_allow(sl_server_t *srv, const sl_ipnet_t *ip, int64_t now_ms, int *retry_
     if (s->tokens > burst) s->tokens = burst;
     s->last_ms = now_ms;
     if (s->tokens >= 1) {
-        s->tokens -= 1;
+        s->tokens -= cost;
         return 1;
     }
     *retry_after_s = (int)ceil((1 - s->tokens) / rate);
     if (*retry_after_s < 1) *retry_after_s = 1;
     return 0;
+}
+
+void rl_table_free(rl_table_t *t)
+{
+    free(t->slots);
+    t->slots = NULL;
+    t->n = 0;
+}
+
+int rl_allow(sl_server_t *srv, const sl_ipnet_t *ip, int64_t now_ms, int *retry_after_s)
+{
+    const sl_config_t *cfg = srv->cfg;
+    return rl_bucket(&srv->rl, RL_SLOTS, ip, (double)cfg->limits.rate_per_ip, (double)cfg->limits.rate_burst, now_ms,
+                     1, retry_after_s);
 }

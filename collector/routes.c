@@ -37,33 +37,48 @@ static const sl_source_t *find_source(const sl_config_t *cfg, const char *key, s
     return found;
 }
 
+/* The source of "Authorization: Basic base64(key:)", or NULL with *why set. */
+static const sl_source_t *basic_source(conn_t *c, const char **why)
+{
+    req_t *r = c->req;
+    const char *b64 = r->authorization + 6;
+    while (*b64 == ' ') b64++;
+    size_t n = strlen(b64);
+    if (n > 1024) {
+        *why = "Authorization header is too long";
+        return NULL;
+    }
+    unsigned char *dec = sl_arena_alloc(&r->arena, n * 3 / 4 + 4);
+    long dl = dec ? sl_base64_decode(b64, n, dec) : -1;
+    if (dl < 0) {
+        *why = "Authorization: Basic credentials are not valid base64";
+        return NULL;
+    }
+    const unsigned char *colon = memchr(dec, ':', (size_t)dl);
+    size_t kl = colon ? (size_t)(colon - dec) : (size_t)dl;
+    const sl_source_t *s = find_source(c->srv->cfg, (const char *)dec, kl);
+    if (s == NULL) *why = "unknown write key";
+    return s;
+}
+
+static int has_basic(const req_t *r)
+{
+    return r->authorization && strncasecmp(r->authorization, "Basic ", 6) == 0;
+}
+
+const char *route_basic_auth_refusal(conn_t *c)
+{
+    const char *why = NULL;
+    if (!has_basic(c->req) || basic_source(c, &why)) return NULL;
+    return why;
+}
+
 /* The write key from "Authorization: Basic base64(key:)", else from the
  * body's writeKey. Returns the source, or NULL with *why set. */
 static const sl_source_t *authenticate(conn_t *c, const cJSON *body, const char **why)
 {
-    req_t *r = c->req;
     const sl_config_t *cfg = c->srv->cfg;
-    if (r->authorization && strncasecmp(r->authorization, "Basic ", 6) == 0) {
-        const char *b64 = r->authorization + 6;
-        while (*b64 == ' ') b64++;
-        size_t n = strlen(b64);
-        if (n > 1024) {
-            *why = "Authorization header is too long";
-            return NULL;
-        }
-        unsigned char *dec = sl_arena_alloc(&r->arena, n * 3 / 4 + 4);
-        long dl = dec ? sl_base64_decode(b64, n, dec) : -1;
-        if (dl < 0) {
-            *why = "Authorization: Basic credentials are not valid base64";
-            return NULL;
-        }
-        const unsigned char *colon = memchr(dec, ':', (size_t)dl);
-        size_t kl = colon ? (size_t)(colon - dec) : (size_t)dl;
-        const sl_source_t *s = find_source(cfg, (const char *)dec, kl);
-        if (s) return s;
-        *why = "unknown write key";
-        return NULL;
-    }
+    if (has_basic(c->req)) return basic_source(c, why);
     const cJSON *wk = cJSON_GetObjectItemCaseSensitive(body, "writeKey");
     if (cJSON_IsString(wk)) {
         const sl_source_t *s = find_source(cfg, wk->valuestring, strlen(wk->valuestring));
@@ -394,7 +409,7 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
     const sl_config_t *cfg = srv->cfg;
     const char *why = sl_json_prescan(body, len, cfg->limits.max_json_depth);
     if (why) {
-        SL_INFO("reading client request body: %s", why);
+        http_log_refused(srv, "reading client request body: %s", why);
         http_respond_error(c, 400, why);
         return;
     }
@@ -428,7 +443,7 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
     }
     const sl_source_t *src = authenticate(c, root, &why);
     if (src == NULL) {
-        SL_INFO("authenticating client request: %s", why);
+        http_log_refused(srv, "authenticating client request: %s", why);
         http_respond_error(c, 401, why);
         goto out;
     }
@@ -585,21 +600,23 @@ static void handle_pixel(conn_t *c, const char *what)
     ingest_json(c, (const char *)json, (size_t)jl, type);
 }
 
+/* Admin routes allow no cross-origin use: their preflight grants nothing.
+ * Elsewhere only the headers the tag and SDKs send are allowed. */
 static void handle_preflight(conn_t *c)
 {
     req_t *r = c->req;
-    sl_buf_t h = {0};
+    if (http_admin_path(r->path)) {
+        http_respond(c, 204, NULL, r->origin ? NULL : "Allow: GET, DELETE, OPTIONS\r\n", NULL, 0);
+        return;
+    }
     if (!http_origin_allowed(c->srv, r)) {
         http_respond_error(c, 403, "origin not allowed by cors_origins");
         return;
     }
-    const char *allow = r->acr_headers && strlen(r->acr_headers) < 512 ? r->acr_headers
-                                                                        : "Content-Type, Authorization, Content-Encoding";
-    sl_buf_printf(&h, "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
-                      "Access-Control-Allow-Headers: %s\r\nAccess-Control-Max-Age: 86400\r\n", allow);
-    if (r->origin == NULL) sl_buf_appends(&h, "Allow: GET, POST, OPTIONS\r\n");
-    http_respond(c, 204, NULL, h.data, NULL, 0);
-    sl_buf_free(&h);
+    static const char allow[] = "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+                                "Access-Control-Allow-Headers: Content-Type, Authorization, Content-Encoding\r\n"
+                                "Access-Control-Max-Age: 86400\r\n";
+    http_respond(c, 204, NULL, r->origin ? allow : "Allow: GET, POST, OPTIONS\r\n", NULL, 0);
 }
 
 static void handle_healthz(conn_t *c)
@@ -681,6 +698,7 @@ static void handle_metrics(conn_t *c)
                   (unsigned long long)st.dedupe_entries, (unsigned long long)st.dedupe_evicted,
                   (long long)(st.dedupe_window_ms / 1000), srv->n_conns, (unsigned long long)srv->rate_limited,
                   (unsigned long long)srv->refused_connections);
+    http_metrics(srv, &b);
     uint64_t cum = 0;
     sl_buf_appends(&b, "# HELP sillage_commit_batch_messages Messages per LMDB commit.\n"
                        "# TYPE sillage_commit_batch_messages histogram\n");
@@ -844,9 +862,12 @@ void route_request(conn_t *c)
     } else if (strcmp(path, "/metrics") == 0) {
         r->route = ROUTE_METRICS;
         if (m != HTTP_GET) http_respond_error(c, 405, "use GET");
-        else if (c->srv->cfg->metrics_auth && !http_admin_ok(c->srv, r))
-            http_respond_error(c, 401, "admin token required (metrics_auth)");
-        else handle_metrics(c);
+        else if (!c->srv->cfg->metrics_auth) handle_metrics(c);
+        else {
+            int ok = http_admin_gate(c);
+            if (ok > 0) handle_metrics(c);
+            else if (ok == 0) http_respond_error(c, 401, "admin token required (metrics_auth)");
+        }
         return;
     } else if (strcmp(path, "/debug/stream") == 0 && c->srv->cfg->debug_page) {
         r->route = ROUTE_DEBUG;

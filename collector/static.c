@@ -98,7 +98,8 @@ int handle_static(conn_t *c, const char *path)
     if ((is_demo && !cfg->demo_shop) || (is_debug && !cfg->debug_page)) return -1;
     if (strcmp(path, "/demo") == 0) {
         r->route = ROUTE_STATIC;
-        http_respond(c, 301, "text/plain; charset=utf-8", "Location: /demo/\r\n", "/demo/\n", 7);
+        static const char body[] = "/demo/\n";
+        http_respond(c, 301, "text/plain; charset=utf-8", "Location: /demo/\r\n", body, sizeof(body) - 1);
         return 0;
     }
     if (strcmp(path, "/demo/") == 0) path = "/demo/index.html";

@@ -63,6 +63,8 @@ static void set_defaults(sl_config_t *c)
     c->limits.max_batch_messages = 2500;
     c->limits.max_header_bytes = 16384;
     c->limits.max_connections = 16384;
+    c->limits.max_connections_per_ip = 4096;
+    c->limits.max_buffered_bytes = 64u << 20;
     c->limits.max_queue_messages = 65536;
     c->limits.max_json_depth = 32;
     c->limits.max_traits_per_person = 256;
@@ -425,13 +427,16 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         static const char *lk[] = {"max_message_bytes", "max_request_bytes", "max_batch_messages",
                                    "max_header_bytes", "max_connections", "max_queue_messages",
                                    "max_json_depth", "idle_timeout", "request_timeout", "rate_per_ip",
-                                   "rate_burst", "max_traits_per_person", "max_traits_bytes", "max_dedupe_ids", NULL};
+                                   "rate_burst", "max_connections_per_ip", "max_buffered_bytes", "max_traits_per_person",
+                                   "max_traits_bytes", "max_dedupe_ids", NULL};
         if ((rc = check_keys(x, lim, "limits", lk))) return rc;
         if ((rc = get_limit(x, lim, "max_message_bytes", 256, 16u << 20, &c->limits.max_message_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_request_bytes", 256, 64u << 20, &c->limits.max_request_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_batch_messages", 1, 1000000, &c->limits.max_batch_messages))) return rc;
         if ((rc = get_limit(x, lim, "max_header_bytes", 1024, 1u << 20, &c->limits.max_header_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_connections", 1, 1000000, &c->limits.max_connections))) return rc;
+        if ((rc = get_limit(x, lim, "max_connections_per_ip", 1, 1000000, &c->limits.max_connections_per_ip))) return rc;
+        if ((rc = get_limit(x, lim, "max_buffered_bytes", 256, 1ull << 40, &c->limits.max_buffered_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_queue_messages", 1, 10000000, &c->limits.max_queue_messages))) return rc;
         if ((rc = get_limit(x, lim, "max_json_depth", 2, 1000, &c->limits.max_json_depth))) return rc;
         if ((rc = get_limit(x, lim, "max_traits_per_person", 1, 100000, &c->limits.max_traits_per_person))) return rc;
@@ -444,6 +449,10 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if ((rc = get_duration(x, lim, "request_timeout", "limits", &c->limits.request_timeout_ms))) return rc;
         if (c->limits.max_message_bytes > c->limits.max_request_bytes) {
             seterr(x->err, x->errlen, "limits.max_message_bytes must not exceed limits.max_request_bytes");
+            return SL_EINVAL;
+        }
+        if (c->limits.max_request_bytes > c->limits.max_buffered_bytes) {
+            seterr(x->err, x->errlen, "limits.max_request_bytes must not exceed limits.max_buffered_bytes");
             return SL_EINVAL;
         }
     }

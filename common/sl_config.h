@@ -87,6 +87,8 @@ typedef struct sl_config_s {
         uint64_t max_batch_messages;  /* 2500 */
         uint64_t max_header_bytes;    /* 16384 */
         uint64_t max_connections;     /* 16384 */
+        uint64_t max_connections_per_ip; /* 4096 per peer address (IPv6: per /64) */
+        uint64_t max_buffered_bytes;  /* 64 MB of request bodies held, all connections together */
         uint64_t max_queue_messages;  /* 65536 pending in the commit queue */
         uint64_t max_json_depth;      /* 32 */
         uint64_t max_traits_per_person; /* 256 traits kept on a profile */

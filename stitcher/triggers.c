@@ -845,6 +845,7 @@ long sl_trig_foreach(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit,
                      int (*fn)(uint64_t seq, const char *json, size_t len, void *arg), void *arg)
 {
     uint64_t upto = atomic_load(&t->durable);
+    if (after == UINT64_MAX) return 0; /* nothing can follow; after + 1 would wrap to the start */
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, t->feed, &cur);
     if (rc) return -1;

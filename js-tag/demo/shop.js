@@ -12,7 +12,11 @@ function saveCart(c) { localStorage.setItem('demo_cart', JSON.stringify(c)); }
 function user() { return localStorage.getItem('demo_user'); }
 function money(n) { return '€' + n.toFixed(2); }
 function cartProducts() {
-  return cart().map(function (l) { var p = product(l.id); return { product_id: p.id, name: p.name, price: p.price, quantity: l.qty }; });
+  // localStorage is input like any other: unknown products dropped, quantities numbers
+  return cart().filter(function (l) { return l && product(l.id); }).map(function (l) {
+    var p = product(l.id);
+    return { product_id: p.id, name: p.name, price: p.price, quantity: Math.max(1, parseInt(l.qty, 10) || 1) };
+  });
 }
 function addToCart(id) {
   var c = cart(), line = c.filter(function (l) { return l.id === id; })[0], p = product(id);
@@ -27,8 +31,10 @@ function header() {
   var n = cart().reduce(function (s, l) { return s + l.qty; }, 0), u = user();
   h.innerHTML = '<a class="brand" href="/demo/">sillage <small>demo shop</small></a><nav>' +
     '<a href="/demo/cart.html" id="cart-link">Cart (' + n + ')</a>' +
-    (u ? '<span id="who">' + u + '</span> <a href="#" id="logout">Log out</a>' : '<a href="/demo/login.html" id="login-link">Log in</a>') +
+    (u ? '<span id="who"></span> <a href="#" id="logout">Log out</a>' : '<a href="/demo/login.html" id="login-link">Log in</a>') +
     '<a href="/debug" target="_blank">Live events ↗</a></nav>';
+  // the stored user is text, whatever it holds: never markup
+  if (u) document.getElementById('who').textContent = u;
   var lo = document.getElementById('logout');
   if (lo) lo.onclick = function (e) { e.preventDefault(); localStorage.removeItem('demo_user'); sillage.track('Signed Out'); sillage.reset(); header(); };
 }

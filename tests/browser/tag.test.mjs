@@ -179,10 +179,25 @@ test('single-page apps: pushState and popstate send page views', async () => {
 test('/debug shows events live with their profile (screenshot)', async () => {
   const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
   const dbg = await context.newPage();
+  const streams = [];
+  dbg.on('request', (req) => { if (req.url().includes('/debug/stream')) streams.push(req); });
   await dbg.goto(srv.url + '/debug');
+  await dbg.fill('#token', 'wrong-token');
+  await dbg.dispatchEvent('#token', 'change');
+  await dbg.waitForSelector('#state.down');
+  assert.match(await dbg.textContent('#state'), /wrong token/);
   await dbg.fill('#token', ADMIN);
   await dbg.dispatchEvent('#token', 'change');
   await dbg.waitForSelector('#state.live');
+  // the token travels as a header, never in a URL, and is not stored
+  assert.ok(streams.length >= 2);
+  for (const req of streams) {
+    assert.equal(new URL(req.url()).search, '', req.url());
+    assert.match(req.headers().authorization, /^Bearer /);
+  }
+  assert.equal(streams.at(-1).headers().authorization, 'Bearer ' + ADMIN);
+  const stored = await dbg.evaluate(() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)]));
+  assert.ok(!stored.includes(ADMIN), 'no admin token in web storage: ' + stored);
   const shop = await context.newPage();
   await shop.goto(srv.url + '/demo/product.html?id=mug-wake');
   await shop.click('#add');
@@ -197,5 +212,20 @@ test('/debug shows events live with their profile (screenshot)', async () => {
   assert.ok(statSync(file).size > 10000, 'a real screenshot');
   // the stream needs the admin token
   assert.equal((await fetch(srv.url + '/debug/stream')).status, 401);
+  await context.close();
+});
+
+test('the demo shop shows the stored user name as text, never as markup', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(srv.url + '/demo/');
+  const evil = '<img src=x onerror="window.__pwned=1">eve@example.com';
+  await page.evaluate((u) => localStorage.setItem('demo_user', u), evil);
+  await page.reload();
+  await page.waitForSelector('#who');
+  assert.equal(await page.textContent('#who'), evil);
+  assert.equal(await page.evaluate(() => document.querySelectorAll('#header img').length), 0);
+  await sleep(200);
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
   await context.close();
 });

@@ -157,3 +157,82 @@ test('a full map answers 503 and keeps serving; nothing acknowledged is lost', a
   const stored = new Set(srv.exportEvents().map((e) => e.messageId));
   for (const id of acked) assert.ok(stored.has(id), `acknowledged ${id} is stored`);
 });
+
+test('CORS: admin routes send none and their preflight grants nothing; ingestion allows only its headers', async (t) => {
+  const srv = await startServer({ config: { debug: true } });
+  t.after(async () => { await srv.stop(); srv.cleanup(); });
+  const evil = 'https://evil.example';
+  const aca = (h) => [...h.keys()].filter((k) => k.startsWith('access-control-'));
+  for (const path of ['/v1/profiles/user_id/victim', '/v1/triggers', '/v1/triggers/stream', '/debug/stream']) {
+    const pre = await fetch(srv.url + path, {
+      method: 'OPTIONS',
+      headers: { Origin: evil, 'Access-Control-Request-Method': 'GET', 'Access-Control-Request-Headers': 'authorization' },
+    });
+    assert.equal(pre.status, 204, path);
+    assert.deepEqual(aca(pre.headers), [], `${path} preflight: ${aca(pre.headers)}`);
+  }
+  const bearer = { Authorization: 'Bearer admin-test' };
+  const prof = await fetch(srv.url + '/v1/profiles/user_id/victim', { headers: { ...bearer, Origin: evil } });
+  assert.equal(prof.status, 404);
+  assert.equal((await prof.json()).error, 'no profile has that identifier');
+  assert.deepEqual(aca(prof.headers), []);
+  const feed = await fetch(srv.url + '/v1/triggers', { headers: { ...bearer, Origin: evil } });
+  assert.equal(feed.status, 200);
+  assert.deepEqual((await feed.json()).triggers, []);
+  assert.deepEqual(aca(feed.headers), []);
+  const denied = await fetch(srv.url + '/v1/triggers', { headers: { Origin: evil } });
+  assert.equal(denied.status, 401);
+  assert.deepEqual(aca(denied.headers), []);
+  // the stream's head, on a raw socket (it never ends)
+  const head = await rawExchange(srv.port, `GET /v1/triggers/stream HTTP/1.1\r\nHost: t\r\nOrigin: ${evil}\r\n` +
+    'Authorization: Bearer admin-test\r\n\r\n', { untilResponses: 99, timeoutMs: 500 });
+  assert.match(head, /^HTTP\/1\.1 200 OK\r\n/);
+  assert.match(head, /: sillage trigger stream/);
+  assert.doesNotMatch(head, /access-control/i);
+
+  // ingestion: the configured CORS, but only the headers it needs
+  const pre = await fetch(srv.url + '/v1/track', {
+    method: 'OPTIONS',
+    headers: { Origin: 'https://shop.example', 'Access-Control-Request-Method': 'POST',
+      'Access-Control-Request-Headers': 'content-type, x-anything-at-all' },
+  });
+  assert.equal(pre.status, 204);
+  assert.equal(pre.headers.get('access-control-allow-origin'), 'https://shop.example');
+  assert.equal(pre.headers.get('access-control-allow-headers'), 'Content-Type, Authorization, Content-Encoding');
+  const ok = await post(srv, '/v1/track', track(), { Origin: 'https://shop.example' });
+  assert.equal(ok.status, 200);
+  assert.equal(ok.headers.get('access-control-allow-origin'), 'https://shop.example');
+  assert.equal(ok.headers.get('access-control-allow-credentials'), 'true');
+  // Origin: null (sandboxed frames, file://) is never reflected unless listed
+  const nul = await post(srv, '/v1/track', track(), { Origin: 'null' });
+  assert.equal(nul.status, 200, nul.text);
+  assert.deepEqual(nul.json, { success: true });
+  assert.deepEqual(aca(nul.headers), []);
+});
+
+test('small answers: 301 has its reason phrase; %00 in a profile id is refused; the debug token is a header only', async (t) => {
+  const srv = await startServer({ config: { demo: true, debug: true } });
+  t.after(async () => { await srv.stop(); srv.cleanup(); });
+  const demo = await rawExchange(srv.port, 'GET /demo HTTP/1.1\r\nHost: t\r\n\r\n');
+  const [r] = parseResponses(demo);
+  assert.match(r.head, /^HTTP\/1\.1 301 Moved Permanently\r\n/);
+  assert.match(r.head, /\r\nLocation: \/demo\/(\r\n|$)/);
+  assert.equal(r.body, '/demo/\n');
+  // a profile whose id is a prefix of the one asked for must not answer
+  assert.equal((await post(srv, '/v1/identify', { userId: 'victim', traits: { email: 'victim@example.com' } })).status, 200);
+  const bearer = { Authorization: 'Bearer admin-test' };
+  const found = await fetch(srv.url + '/v1/profiles/user_id/victim', { headers: bearer });
+  assert.equal(found.status, 200);
+  const nul = await fetch(srv.url + '/v1/profiles/user_id/victim%00junk', { headers: bearer });
+  assert.equal(nul.status, 400);
+  assert.deepEqual(await nul.json(), { success: false, error: 'the identifier holds a NUL byte (%00)' });
+  // the admin token in the URL is not accepted any more (it lands in proxy logs)
+  const q = await fetch(srv.url + '/debug/stream?token=admin-test');
+  assert.equal(q.status, 401);
+  assert.equal((await q.json()).success, false);
+  const ctl = new AbortController();
+  const h = await fetch(srv.url + '/debug/stream', { headers: bearer, signal: ctl.signal });
+  assert.equal(h.status, 200);
+  assert.equal(h.headers.get('content-type'), 'text/event-stream');
+  ctl.abort();
+});

@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import http from 'node:http';
 import { startServer, post } from './helpers.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -98,5 +99,237 @@ test('metrics_auth puts /metrics behind the admin token; the demo and debug page
     assert.equal((await fetch(srv.url + '/debug/stream?token=admin-test')).status, 404);
     assert.equal((await fetch(srv.url + '/sillage.js')).status, 200, 'the tag is always served');
     assert.ok(!srv.log().includes('admin-test') && !srv.log().includes('wk_test'), 'no secret in the log');
+  } finally { await srv.stop(); srv.cleanup(); }
+});
+
+// ---- bodies held before authentication (M3), per-address connection cap (M4),
+// failed admin tokens (L1), refused-request log lines (L6)
+
+// Opens a connection (from `localAddress`), sends `head` and `body`; resolves
+// with what came back once the server answered `untilResponses` times or closed.
+function rawConn(port, head, body = '', { localAddress = '127.0.0.1', timeoutMs = 4000 } = {}) {
+  const sock = net.connect({ port, host: '127.0.0.1', localAddress });
+  sock.on('error', () => {});
+  const c = { sock, data: '' };
+  const t0 = Date.now();
+  c.done = new Promise((resolve) => {
+    const timer = setTimeout(() => resolve({ data: c.data, closed: false, ms: Date.now() - t0 }), timeoutMs);
+    sock.on('data', (d) => { c.data += d.toString('latin1'); });
+    sock.on('close', () => { clearTimeout(timer); resolve({ data: c.data, closed: true, ms: Date.now() - t0 }); });
+  });
+  if (head) sock.write(head);
+  if (body) sock.write(body);
+  return c;
+}
+function parse1(data) {
+  const he = data.indexOf('\r\n\r\n');
+  const head = he < 0 ? data : data.slice(0, he);
+  const m = /^HTTP\/1\.1 (\d{3})/.exec(head);
+  let json = null;
+  try { json = JSON.parse(data.slice(he + 4)); } catch { /* not JSON */ }
+  return { status: m ? Number(m[1]) : 0, head, json };
+}
+const badBasic = 'Basic ' + Buffer.from('wk_wrong:').toString('base64');
+const goodBasic = 'Basic ' + Buffer.from('wk_test:').toString('base64');
+async function until(fn, ms = 3000) {
+  const end = Date.now() + ms;
+  for (;;) { const v = await fn(); if (v || Date.now() > end) return v; await sleep(50); }
+}
+// GET from a given source address (127.0.0.2 is a second client on lo).
+function getFrom(srv, path, localAddress = '127.0.0.2', headers = {}) {
+  return new Promise((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port: srv.port, path, localAddress, agent: false, headers }, (res) => {
+      let text = '';
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, text }));
+    });
+    req.on('error', (e) => resolve({ status: 0, text: String(e) }));
+  });
+}
+async function metricFrom(srv, name, localAddress = '127.0.0.2') {
+  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec((await getFrom(srv, '/metrics', localAddress)).text);
+  return m ? Number(m[1]) : NaN;
+}
+
+test('a wrong Basic key is refused from the headers: 401 before the body, nothing buffered', async () => {
+  const srv = await startServer();
+  const conns = [];
+  try {
+    // one honest client half-way through a big batch: its bytes are what the gauge counts
+    const payload = JSON.stringify({ batch: [{ type: 'track', userId: 'big', event: 'Big', messageId: 'big-1' }] });
+    const total = 200000, first = 100000;
+    const full = Buffer.from(payload + ' '.repeat(total - payload.length));
+    const honest = rawConn(srv.port, `POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: ${goodBasic}\r\n` +
+      `Content-Type: application/json\r\nContent-Length: ${total}\r\n\r\n`, full.subarray(0, first));
+    assert.equal(await until(async () => (await metric(srv, 'sillage_buffered_body_bytes')) === first), true,
+      'the gauge counts the honest client\'s body');
+    // 40 clients with a wrong key announce 400 KB and send a quarter of it
+    const t0 = Date.now();
+    for (let i = 0; i < 40; i++)
+      conns.push(rawConn(srv.port, `POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: ${badBasic}\r\n` +
+        `Content-Type: application/json\r\nContent-Length: 400000\r\n\r\n`, Buffer.alloc(100000, 'x')));
+    const answers = await Promise.all(conns.map((c) => c.done));
+    for (const a of answers) {
+      const r = parse1(a.data);
+      assert.equal(r.status, 401, a.data.slice(0, 200));
+      assert.deepEqual(r.json, { success: false, error: 'unknown write key' });
+      assert.match(r.head, /\r\nConnection: close/i);
+      assert.ok(a.closed, 'the connection is closed: the rest of the body is never read');
+    }
+    assert.ok(Date.now() - t0 < 3000, `answered in ${Date.now() - t0} ms`);
+    assert.equal(await metric(srv, 'sillage_buffered_body_bytes'), first, 'no wrong-key body was buffered');
+    // the honest client finishes and is stored; its buffer is given back
+    honest.sock.write(full.subarray(first));
+    await until(async () => /\r\n\r\n\{.*\}/.test(honest.data));
+    const h = parse1(honest.data);
+    assert.equal(h.status, 200, honest.data);
+    assert.deepEqual(h.json, { success: true });
+    assert.equal(await until(async () => (await metric(srv, 'sillage_buffered_body_bytes')) === 0), true);
+    honest.sock.destroy();
+    const r = await post(srv, '/v1/track', { userId: 'after', event: 'e' });
+    assert.equal(r.status, 200, r.text);
+  } finally {
+    for (const c of conns) c.sock.destroy();
+    await srv.stop(); srv.cleanup();
+  }
+});
+
+test('bodies held across all connections are bounded: past limits.max_buffered_bytes, 503 with Retry-After', async () => {
+  const srv = await startServer({ config: { limits: { max_request_bytes: 100000, max_buffered_bytes: 150000 } } });
+  const conns = [];
+  try {
+    const payload = JSON.stringify({ batch: [{ type: 'track', userId: 'held', event: 'Held', messageId: 'held-1' }] });
+    const full = Buffer.from(payload + ' '.repeat(100000 - payload.length));
+    const head = `POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: ${goodBasic}\r\nContent-Type: application/json\r\n` +
+      'Content-Length: 100000\r\n\r\n';
+    const a = rawConn(srv.port, head, full.subarray(0, 90000));
+    conns.push(a);
+    assert.equal(await until(async () => (await metric(srv, 'sillage_buffered_body_bytes')) === 90000), true);
+    // announced: 90,000 held + 100,000 > 150,000
+    const b = rawConn(srv.port, head, full.subarray(0, 1000));
+    conns.push(b);
+    const rb = await b.done;
+    const r = parse1(rb.data);
+    assert.equal(r.status, 503, rb.data);
+    assert.match(r.head, /\r\nRetry-After: \d+/i);
+    assert.equal(r.json.success, false);
+    assert.match(r.json.error, /limits\.max_buffered_bytes/);
+    // chunked (no length announced): refused once the bytes arrive
+    const c = rawConn(srv.port, `POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: ${goodBasic}\r\n` +
+      'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n', `11170\r\n${' '.repeat(70000)}\r\n`);
+    conns.push(c);
+    const rc = parse1((await c.done).data);
+    assert.equal(rc.status, 503);
+    assert.match(rc.json.error, /limits\.max_buffered_bytes/);
+    assert.ok(await metric(srv, 'sillage_buffered_body_refused_total') >= 2);
+    // the first client is not disturbed, and the budget comes back
+    a.sock.write(full.subarray(90000));
+    await until(async () => /\r\n\r\n\{.*\}/.test(a.data));
+    assert.deepEqual(parse1(a.data).json, { success: true });
+    assert.equal(await until(async () => (await metric(srv, 'sillage_buffered_body_bytes')) === 0), true);
+    const again = await post(srv, '/v1/batch', full.toString());
+    assert.equal(again.status, 200, again.text);
+  } finally {
+    for (const c of conns) c.sock.destroy();
+    await srv.stop(); srv.cleanup();
+  }
+});
+
+// Opens n connections from one address; resolves once the server had time to refuse any.
+async function hold(srv, n, localAddress = '127.0.0.1') {
+  const socks = [];
+  for (let i = 0; i < n; i++) {
+    const s = net.connect({ port: srv.port, host: '127.0.0.1', localAddress });
+    s.on('error', () => {});
+    s.closedByServer = false;
+    s.on('close', () => { s.closedByServer = true; });
+    socks.push(s);
+    await new Promise((r) => s.once('connect', r));
+  }
+  await sleep(300);
+  return socks;
+}
+
+test('per-address connection cap: the next connection is refused; another address still gets /healthz', async () => {
+  const srv = await startServer({ config: { limits: { max_connections: 100, max_connections_per_ip: 10 } } });
+  let socks = [];
+  try {
+    socks = await hold(srv, 10);
+    assert.equal(socks.filter((s) => s.closedByServer).length, 0, 'ten are held');
+    const [extra] = await hold(srv, 1);
+    socks.push(extra);
+    assert.equal(extra.closedByServer, true, 'the eleventh from the same address is closed at once');
+    const h = await getFrom(srv, '/healthz');
+    assert.equal(h.status, 200);
+    assert.equal(JSON.parse(h.text).status, 'ok');
+    assert.equal(await metricFrom(srv, 'sillage_connections_refused_per_ip_total'), 1);
+    assert.ok(await metricFrom(srv, 'sillage_connections_refused_total') >= 1);
+    for (const s of socks) s.destroy();
+    await sleep(200);
+    assert.equal((await post(srv, '/v1/track', { userId: 'cap', event: 'e' })).status, 200, 'freed');
+  } finally { for (const s of socks) s.destroy(); await srv.stop(); srv.cleanup(); }
+});
+
+test('one address holding max_connections does not lock out /healthz from another (reserved slots)', async () => {
+  const srv = await startServer({ config: { limits: { max_connections: 20 } } });
+  let socks = [];
+  try {
+    socks = await hold(srv, 20);
+    assert.equal(socks.filter((s) => s.closedByServer).length, 0);
+    const [extra] = await hold(srv, 1);
+    socks.push(extra);
+    assert.equal(extra.closedByServer, true, 'the holder gets no reserved slot');
+    const h = await getFrom(srv, '/healthz');
+    assert.equal(h.status, 200, h.text);
+    assert.equal(JSON.parse(h.text).status, 'ok');
+    const m = await getFrom(srv, '/metrics');
+    assert.match(m.text, /^sillage_connections 2\d$/m);
+  } finally { for (const s of socks) s.destroy(); await srv.stop(); srv.cleanup(); }
+});
+
+test('failed admin tokens are limited per address: 10 a minute, then 429 even for the right token', async () => {
+  const srv = await startServer({ config: { metrics_auth: true, debug: true } });
+  try {
+    const routes = ['/v1/profiles/user_id/x', '/v1/triggers', '/debug/stream', '/metrics'];
+    for (let i = 0; i < 10; i++) {
+      const r = await fetch(srv.url + routes[i % 4], { headers: { Authorization: 'Bearer guess-' + i } });
+      assert.equal(r.status, 401, routes[i % 4]);
+      assert.equal((await r.json()).success, false);
+    }
+    for (const path of routes) {
+      const r = await fetch(srv.url + path, { headers: { Authorization: 'Bearer admin-test' } });
+      assert.equal(r.status, 429, path);
+      assert.ok(Number(r.headers.get('retry-after')) >= 1);
+      const body = await r.json();
+      assert.equal(body.success, false);
+      assert.match(body.error, /too many failed admin token attempts/);
+    }
+    // another address is not affected
+    const other = await getFrom(srv, '/v1/triggers', '127.0.0.2', { Authorization: 'Bearer admin-test' });
+    assert.equal(other.status, 200, other.text);
+    assert.deepEqual(JSON.parse(other.text).triggers, []);
+    const m = await getFrom(srv, '/metrics', '127.0.0.2', { Authorization: 'Bearer admin-test' });
+    assert.match(m.text, /^sillage_admin_auth_limited_total 4$/m);
+  } finally { await srv.stop(); srv.cleanup(); }
+});
+
+test('refused requests log at most a few INFO lines a second, then one line counting the rest', async () => {
+  const srv = await startServer();
+  try {
+    const t0 = Date.now();
+    for (let i = 0; i < 60; i++) {
+      const a = await post(srv, '/v1/track', { userId: 'u', event: 'e' }, { Authorization: badBasic });
+      assert.equal(a.status, 401);
+      const b = await post(srv, '/v1/track', { userId: 'u', event: 'e', writeKey: 'wk_wrong' }, { Authorization: '' });
+      assert.equal(b.status, 401);
+    }
+    const secs = Math.ceil((Date.now() - t0) / 1000) + 1;
+    await sleep(1200); // the count is written within a second
+    const lines = srv.log().split('\n');
+    const refused = lines.filter((l) => /unknown write key/.test(l)).length;
+    assert.ok(refused >= 1 && refused <= 10 * secs, `${refused} lines for 120 refusals in ${secs} s`);
+    const counts = lines.map((l) => /\((\d+) similar refused-request lines suppressed\)/.exec(l)).filter(Boolean);
+    assert.ok(counts.length >= 1, 'a line says how many were left out');
+    assert.equal(refused + counts.reduce((s, m) => s + Number(m[1]), 0), 120, 'every refusal is accounted for');
   } finally { await srv.stop(); srv.cleanup(); }
 });

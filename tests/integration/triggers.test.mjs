@@ -179,6 +179,55 @@ test('long poll returns as soon as a trigger is durable; SSE resumes after Last-
   assert.ok(!text.includes(`id: ${next}\n`), 'nothing at or before Last-Event-ID');
 });
 
+test('the 401 of the feed is whole JSON (its length was hand-counted)', async () => {
+  const r = await fetch(srv.url + '/v1/triggers');
+  assert.equal(r.status, 401);
+  assert.equal(r.headers.get('www-authenticate'), 'Bearer realm="sillage"');
+  const text = await r.text();
+  assert.equal(Number(r.headers.get('content-length')), Buffer.byteLength(text));
+  assert.deepEqual(JSON.parse(text),
+    { success: false, error: 'admin token required (Authorization: Bearer <admin_token>)' });
+});
+
+test('the feed cursor never wraps: after=2^64-1 is the end, past it and limit=0 are 400', async () => {
+  const MAX = '18446744073709551615';
+  assert.ok((await feed(srv)).triggers.length >= 1, 'the feed has triggers to replay');
+  const end = await feed(srv, MAX);
+  assert.deepEqual(end, { triggers: [], next: Number(MAX) });
+  const endRaw = await (await fetch(`${srv.url}/v1/triggers?after=${MAX}`, { headers: bearer })).text();
+  assert.equal(endRaw, `{"triggers":[],"next":${MAX}}`);
+  for (const [q, what] of [['after=18446744073709551616', 'after'], ['after=99999999999999999999999', 'after'],
+    ['limit=0', 'limit'], ['limit=1001', 'limit'], ['after=-1', 'after']]) {
+    const r = await fetch(`${srv.url}/v1/triggers?${q}`, { headers: bearer });
+    assert.equal(r.status, 400, q);
+    const body = await r.json();
+    assert.equal(body.success, false);
+    assert.match(body.error, new RegExp(`^${what} must be a whole number from`), q);
+  }
+  // the stream: ?after= and Last-Event-ID alike
+  const over = await fetch(`${srv.url}/v1/triggers/stream?after=18446744073709551616`, { headers: bearer });
+  assert.equal(over.status, 400);
+  assert.match((await over.json()).error, /^after must be/);
+  const lei = await fetch(`${srv.url}/v1/triggers/stream`, { headers: { ...bearer, 'Last-Event-ID': '18446744073709551616' } });
+  assert.equal(lei.status, 400);
+  assert.equal((await lei.json()).error, 'Last-Event-ID must be a trigger sequence number');
+  for (const headers of [{ ...bearer }, { ...bearer, 'Last-Event-ID': MAX }]) {
+    const ctrl = new AbortController();
+    const res = await fetch(`${srv.url}/v1/triggers/stream${headers['Last-Event-ID'] ? '' : '?after=' + MAX}`,
+      { headers, signal: ctrl.signal });
+    assert.equal(res.status, 200);
+    const reader = res.body.getReader();
+    let text = '';
+    const stop = setTimeout(() => ctrl.abort(), 1000);
+    try {
+      for (;;) { const { value, done } = await reader.read(); if (done) break; text += Buffer.from(value).toString(); }
+    } catch { /* aborted */ }
+    clearTimeout(stop);
+    assert.match(text, /: sillage trigger stream/);
+    assert.doesNotMatch(text, /event: trigger/, 'nothing replayed from the start');
+  }
+});
+
 test('the pressure cap suppresses the N+1th trigger and counts it', async () => {
   const dir = tempDir();
   const s2 = await startServer({ dir, config: {

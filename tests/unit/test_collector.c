@@ -1,6 +1,7 @@
 /* test_collector.c - validation, skew correction, decoders, addresses, GeoIP. */
 #include "test.h"
 #include "sl_collector.h"
+#include "http_int.h" /* the rate limiter's tables */
 
 #include <arpa/inet.h>
 #include <stdlib.h>
@@ -252,6 +253,51 @@ TEST(client_ip_from_xff)
     sl_client_ip(&peer, NULL, 0, trusted, 2, &out);
     sl_ip_format(&out, s);
     CHECK_STR(s, "127.0.0.1");
+}
+
+/* Rate limiting keys IPv4 by address and IPv6 by /64: a client that holds a
+ * /64 cannot mint fresh buckets by changing its interface identifier. */
+TEST(ratelimit_ipv6_by_64)
+{
+    static const struct { const char *a, *b; int same; } keys[] = {
+        {"2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff", 1},
+        {"2001:db8:1:2::1", "2001:db8:1:3::1", 0},
+        {"192.0.2.1", "192.0.2.2", 0},
+        {"::ffff:192.0.2.1", "192.0.2.1", 1}, /* IPv4-mapped is IPv4 */
+    };
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        sl_ipnet_t a, b;
+        CHECK_INT(sl_ipnet_parse(keys[i].a, strlen(keys[i].a), &a), ==, 0);
+        CHECK_INT(sl_ipnet_parse(keys[i].b, strlen(keys[i].b), &b), ==, 0);
+        CHECK_INT(rl_key(&a) == rl_key(&b), ==, keys[i].same);
+    }
+    /* 2 requests/s, burst 2: the third from anywhere in the /64 waits */
+    rl_table_t t = {0};
+    int wait = 0;
+    int64_t now = 1000000;
+    const char *same64[] = {"2001:db8::1", "2001:db8::2", "2001:db8::ffff"};
+    int allowed[3];
+    for (int i = 0; i < 3; i++) {
+        sl_ipnet_t ip;
+        sl_ipnet_parse(same64[i], strlen(same64[i]), &ip);
+        allowed[i] = rl_bucket(&t, 1024, &ip, 2, 2, now, 1, &wait);
+    }
+    CHECK_INT(allowed[0], ==, 1);
+    CHECK_INT(allowed[1], ==, 1);
+    CHECK_INT(allowed[2], ==, 0);
+    CHECK_INT(wait, ==, 1);
+    sl_ipnet_t other;
+    sl_ipnet_parse("2001:db8:0:1::1", 15, &other);
+    CHECK_INT(rl_bucket(&t, 1024, &other, 2, 2, now, 1, &wait), ==, 1); /* the next /64 has its own */
+    /* cost 0 only looks: an empty bucket stays empty, a full one full */
+    sl_ipnet_t ip;
+    sl_ipnet_parse("2001:db8::9", 11, &ip);
+    CHECK_INT(rl_bucket(&t, 1024, &ip, 2, 2, now, 0, &wait), ==, 0);
+    CHECK_INT(rl_bucket(&t, 1024, &other, 2, 2, now, 0, &wait), ==, 1);
+    CHECK_INT(rl_bucket(&t, 1024, &other, 2, 2, now, 1, &wait), ==, 1);
+    CHECK_INT(rl_bucket(&t, 1024, &other, 2, 2, now, 1, &wait), ==, 0);
+    CHECK_INT(rl_bucket(&t, 1024, &ip, 2, 2, now + 500, 1, &wait), ==, 1); /* refilled */
+    rl_table_free(&t);
 }
 
 static cJSON *geo(sl_geo_t *g, const char *addr)

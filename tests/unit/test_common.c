@@ -152,6 +152,8 @@ TEST(config_design_example)
     CHECK_INT(c.pressure_max_per_profile_per_day, ==, 3);
     CHECK_INT(c.n_webhooks, ==, 1);
     CHECK_INT(c.limits.max_request_bytes, ==, 512000);
+    CHECK_INT(c.limits.max_connections_per_ip, ==, 4096);
+    CHECK_INT(c.limits.max_buffered_bytes, ==, 64 << 20);
     CHECK_INT(sl_config_check_exposure(&c, err, sizeof(err)), ==, 0);
     sl_config_free(&c);
 }
@@ -180,6 +182,8 @@ TEST(config_errors_table)
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"},{\"name\":\"a\",\"write_key\":\"k2\"}],\"admin_token\":\"t\"}", "sources[1].name repeats"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_traits_per_person\":0}}", "limits.max_traits_per_person"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_dedupe_ids\":10}}", "limits.max_dedupe_ids"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_buffered_bytes\":1000}}", "limits.max_request_bytes must not exceed limits.max_buffered_bytes"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_connections_per_ip\":0}}", "limits.max_connections_per_ip must be between 1"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
         sl_config_t c;
