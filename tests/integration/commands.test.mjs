@@ -1,9 +1,9 @@
 // commands.test.mjs - check-config, export, backup, version, and the demo default.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, existsSync, readFileSync } from 'node:fs';
+import { writeFileSync, existsSync, readFileSync, statSync, mkdirSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { BIN, run, startServer, post, track, tempDir, baseConfig } from './helpers.mjs';
 
 const designExample = JSON.parse(readFileSync(new URL('../data/design-example.json', import.meta.url)));
@@ -111,6 +111,36 @@ test('export and backup while the server runs; the backup opens and holds the sa
   r = run(['export', '-c', srv.cfgPath]);
   assert.equal(r.code, 0);
   assert.equal(r.stdout.trim().split('\n').length, 25);
+});
+
+test('backup files are 0640 and a new DEST 0750, whatever the umask', async (t) => {
+  const srv = await startServer();
+  t.after(async () => { await srv.stop(); srv.cleanup(); });
+  assert.equal((await post(srv, '/v1/track', track({ messageId: 'mode-1' }))).status, 200);
+  // umask 000: an unprotected process would write 0666 / 0777
+  const backup = (dest) => spawnSync('sh', ['-c', 'umask 000; exec "$0" backup --data "$1" "$2"', BIN, srv.dataDir, dest],
+    { encoding: 'utf8' });
+  const fresh = join(srv.dir, 'new', 'bk');
+  let r = backup(fresh);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal((statSync(fresh).mode & 0o777).toString(8), '750');
+  assert.equal((statSync(join(fresh, 'data.mdb')).mode & 0o777).toString(8), '640');
+  // an existing directory keeps the mode its owner gave it; the file is still 0640
+  const existing = join(srv.dir, 'existing');
+  mkdirSync(existing);
+  chmodSync(existing, 0o755);
+  r = backup(existing);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal((statSync(existing).mode & 0o777).toString(8), '755');
+  assert.equal((statSync(join(existing, 'data.mdb')).mode & 0o777).toString(8), '640');
+  r = run(['export', '--data', existing]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.stdout.trim().split('\n').map((l) => JSON.parse(l).messageId), ['mode-1']);
+  // refused over an earlier backup, which stays intact
+  r = backup(existing);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /already holds a data\.mdb/);
+  assert.equal(run(['export', '--data', existing]).stdout.trim().split('\n').length, 1);
 });
 
 test('serve: --listen and --data override the file', async (t) => {
