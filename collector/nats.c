@@ -65,6 +65,7 @@ struct sl_nats_s {
     /* stats */
     _Atomic uint64_t published, publish_errors, consumed, applied_position, triggers_published;
     _Atomic int connected;
+    char shown_url[512];          /* nats.url for the log: no user:password@ (sl_url_redact) */
     int async_open;               /* under mu: threads may wake the loop */
 };
 
@@ -99,7 +100,7 @@ static natsConnection *nats_connect(sl_nats_t *n)
     natsStatus s = natsConnection_Connect(&nc, o);
     natsOptions_Destroy(o);
     if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
-        SL_WARN("nats: cannot connect to %s: %s", n->cfg->nats.url, natsStatus_GetText(s));
+        SL_WARN("nats: cannot connect to %s: %s", n->shown_url, natsStatus_GetText(s));
         return NULL;
     }
     return nc;
@@ -584,6 +585,7 @@ int sl_nats_start(sl_nats_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_s
     n->store = store;
     n->srv = srv;
     n->trig = trig;
+    sl_url_redact(cfg->nats.url, n->shown_url, sizeof(n->shown_url));
     uv_mutex_init(&n->mu);
     uv_cond_init(&n->cv);
     int rc = sl_store_read(store, load_cursors, n);
@@ -607,7 +609,7 @@ int sl_nats_start(sl_nats_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_s
         n->have_thread = rc == 0;
         if (rc == 0 && trig) n->have_trig_thread = uv_thread_create(&n->trig_thread, triggers_main, n) == 0;
     }
-    SL_INFO("nats: %s node on %s, stream %s", cfg->role == SL_ROLE_EDGE ? "edge" : "core", cfg->nats.url,
+    SL_INFO("nats: %s node on %s, stream %s", cfg->role == SL_ROLE_EDGE ? "edge" : "core", n->shown_url,
             cfg->nats.stream);
     *out = n;
     return rc;

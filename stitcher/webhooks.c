@@ -42,6 +42,7 @@ struct target_s {
     sl_webhooks_t *w;
     const sl_webhook_t *cfg;
     char tag[17];                /* hex of a hash of the URL: part of the delivery id */
+    char shown[256];             /* the URL for the log: its query may hold a token (sl_url_redact) */
     uint64_t cursor;             /* everything <= cursor acknowledged or expired */
     uint64_t stored_cursor;      /* what LMDB holds */
     uint64_t read_upto;          /* the last sequence taken into the window */
@@ -252,14 +253,14 @@ static void finish_attempt(delivery_t *d, CURLcode res)
     if (res == CURLE_OK && code >= 200 && code < 300) {
         d->state = D_DONE;
         w->delivered++;
-        SL_DEBUG("webhook %s: delivered trigger %llu (attempt %d)", d->t->cfg->url, (unsigned long long)d->seq,
+        SL_DEBUG("webhook %s: delivered trigger %llu (attempt %d)", d->t->shown, (unsigned long long)d->seq,
                  d->attempts);
         return;
     }
     w->failed_attempts++;
     d->state = D_WAIT;
     d->next_ms = sl_now_ms() + backoff_ms(d->attempts);
-    SL_INFO("webhook %s: trigger %llu attempt %d failed (%s, HTTP %ld); next in %lld ms", d->t->cfg->url,
+    SL_INFO("webhook %s: trigger %llu attempt %d failed (%s, HTTP %ld); next in %lld ms", d->t->shown,
             (unsigned long long)d->seq, d->attempts, res == CURLE_OK ? "answered" : curl_easy_strerror(res), code,
             (long long)(d->next_ms - sl_now_ms()));
 }
@@ -396,7 +397,7 @@ static void pump_target(target_t *t, int64_t now)
         delivery_t *d = &t->win[i];
         if (d->state != D_WAIT || d->next_ms > now) continue;
         if (t->cfg->expire_ms > 0 && now - d->at_ms > t->cfg->expire_ms) {
-            SL_WARN("webhook %s: trigger %llu expired after %d attempts", t->cfg->url, (unsigned long long)d->seq,
+            SL_WARN("webhook %s: trigger %llu expired after %d attempts", t->shown, (unsigned long long)d->seq,
                     d->attempts);
             d->state = D_DONE;
             w->expired++;
@@ -472,6 +473,7 @@ int sl_webhooks_start(sl_webhooks_t **out, uv_loop_t *loop, const sl_config_t *c
         t->cfg = &cfg->webhooks[i];
         sl_hash128_t h = sl_hash128(t->cfg->url, strlen(t->cfg->url), 7);
         snprintf(t->tag, sizeof(t->tag), "%016llx", (unsigned long long)h.lo);
+        sl_url_redact(t->cfg->url, t->shown, sizeof(t->shown));
     }
     load_ctx_t l = {w, 0};
     int rc = sl_store_read(store, load_cursors, &l);
@@ -490,7 +492,7 @@ int sl_webhooks_start(sl_webhooks_t **out, uv_loop_t *loop, const sl_config_t *c
     w->handles = 2;
     uv_timer_start(&w->pump, on_pump, 0, PUMP_MS);
     for (size_t i = 0; i < w->n_t; i++)
-        SL_INFO("webhook %s: delivering triggers after %llu", w->t[i].cfg->url, (unsigned long long)w->t[i].cursor);
+        SL_INFO("webhook %s: delivering triggers after %llu", w->t[i].shown, (unsigned long long)w->t[i].cursor);
     *out = w;
     return 0;
 }

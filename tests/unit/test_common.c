@@ -112,6 +112,38 @@ TEST(arena_and_buf)
     sl_buf_free(&b);
 }
 
+TEST(url_redact_table)
+{
+    static const struct { const char *in, *want; } cases[] = {
+        {"nats://127.0.0.1:4222", "nats://127.0.0.1:4222"},
+        {"nats://natsuser:NATSPASSWORD@127.0.0.1:4999", "nats://***@127.0.0.1:4999"},
+        {"nats://TOKEN@h:4222", "nats://***@h:4222"},
+        {"http://127.0.0.1:18556/hook?api_key=URLSECRET", "http://127.0.0.1:18556/hook?***"},
+        {"https://u:SECRET@hooks.example/x?t=SECRET#frag", "https://***@hooks.example/x?***"},
+        {"https://hooks.example/x#SECRET", "https://hooks.example/x#***"},
+        {"https://hooks.example/x?email=a@SECRET", "https://hooks.example/x?***"},
+        {"https://hooks.example/x?a=1,https://u:SECRET@evil/", "https://hooks.example/x?***"},
+        /* a list of servers: each one redacted */
+        {"nats://a:4222,nats://u:SECRET@b:4222, nats://c:4222", "nats://a:4222,nats://***@b:4222, nats://c:4222"},
+        /* unencoded characters in a password: more hidden, never the secret */
+        {"nats://u:SEC@RET@h:1", "nats://***@h:1"},
+        {"nats://u:SEC,RET@h:1", "nats://***@h:1"},
+        {"nats://u:SEC/RET@h:1", "nats://***@h:1"},
+        {"nats://u:SEC?RET@h:1", "nats://***"},
+        {"nats://u:SEC#RET@h:1", "nats://***"},
+        {"u:SECRET@h:1", "***@h:1"},
+        {"", ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        char out[256];
+        CHECK_STR(sl_url_redact(cases[i].in, out, sizeof(out)), cases[i].want);
+        CHECK(strstr(out, "SECRET") == NULL && strstr(out, "PASSWORD") == NULL && strstr(out, "TOKEN") == NULL);
+    }
+    char small[12];
+    CHECK_STR(sl_url_redact("nats://u:SECRET@host:4222", small, sizeof(small)), "nats://***@");
+    CHECK_STR(sl_url_redact(NULL, small, sizeof(small)), "");
+}
+
 static const char design_example[] =
     "{\"listen\": \"0.0.0.0:8080\", \"data_dir\": \"/var/lib/sillage\", \"map_size\": \"8GB\","
     " \"durability\": \"sync\", \"geoip_db\": \"/usr/share/sillage/geo.mmdb\", \"ip_anonymize\": true,"
