@@ -79,13 +79,23 @@ struct sl_webhooks_s {
     uint64_t delivered, failed_attempts, expired, in_flight;
 };
 
-void sl_hmac_sha256_hex(const char *key, const void *body, size_t len, char out[65])
+int sl_webhook_sign(const char *secret, int64_t t, const char *delivery, const void *body, size_t len,
+                    char out[SL_WEBHOOK_SIGNATURE_BYTES])
 {
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    HMAC(EVP_sha256(), key, (int)strlen(key), body, len, mac, &n);
-    for (unsigned i = 0; i < n && i < 32; i++) snprintf(out + 2 * i, 3, "%02x", mac[i]);
-    out[64] = '\0';
+    char head[128];
+    int n = snprintf(head, sizeof(head), "%lld.%s.", (long long)t, delivery);
+    if (n < 0 || (size_t)n >= sizeof(head)) return SL_EINVAL;
+    unsigned char *msg = malloc((size_t)n + len), mac[EVP_MAX_MD_SIZE];
+    if (msg == NULL) return SL_ENOMEM;
+    memcpy(msg, head, (size_t)n);
+    memcpy(msg + n, body, len);
+    unsigned int mac_len = 0;
+    int ok = HMAC(EVP_sha256(), secret, (int)strlen(secret), msg, (size_t)n + len, mac, &mac_len) != NULL;
+    free(msg);
+    if (!ok || mac_len != 32) return SL_ENOMEM;
+    int k = snprintf(out, SL_WEBHOOK_SIGNATURE_BYTES, "t=%lld,v1=", (long long)t);
+    for (unsigned i = 0; i < 32; i++) snprintf(out + k + 2 * i, 3, "%02x", mac[i]);
+    return 0;
 }
 
 static void check_done(sl_webhooks_t *w);
@@ -186,12 +196,16 @@ static void start_attempt(delivery_t *d)
 {
     target_t *t = d->t;
     sl_webhooks_t *w = t->w;
-    char sig[65], h[160];
-    sl_hmac_sha256_hex(t->cfg->secret, d->body, d->body_len, sig);
+    char sig[SL_WEBHOOK_SIGNATURE_BYTES], h[160];
     curl_slist_free_all(d->headers);
     d->headers = NULL;
+    /* Signed at each attempt: the receiver's age check applies to this send. */
+    if (sl_webhook_sign(t->cfg->secret, sl_now_ms() / 1000, d->delivery, d->body, d->body_len, sig)) {
+        d->next_ms = sl_now_ms() + BACKOFF_BASE_MS;
+        return;
+    }
     d->headers = curl_slist_append(d->headers, "Content-Type: application/json");
-    snprintf(h, sizeof(h), "X-Sillage-Signature: sha256=%s", sig);
+    snprintf(h, sizeof(h), "X-Sillage-Signature: %s", sig);
     d->headers = curl_slist_append(d->headers, h);
     snprintf(h, sizeof(h), "X-Sillage-Delivery: %s", d->delivery);
     d->headers = curl_slist_append(d->headers, h);

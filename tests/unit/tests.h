@@ -11,7 +11,8 @@
     X(geoip_city_schema) X(dedupe_window) X(dedupe_rollback) X(dedupe_growth_and_expiry) \
     X(store_commit_dedupe_restart_grow) X(store_queue_bound) X(stitch_identify_absorbs_anonymous_trail) \
     X(stitch_second_device_merges) X(stitch_shared_device_refused_once) X(stitch_alias_and_email) \
-    X(stitch_junk_and_traits) X(stitch_erasure_and_restart) X(stitch_verify_finds_damage)
+    X(stitch_junk_and_traits) X(stitch_erasure_and_restart) X(stitch_verify_finds_damage) \
+    X(webhook_signature_vector)
 
 #define SL_DECLARE(n) TEST(n);
 SL_TESTS(SL_DECLARE)
