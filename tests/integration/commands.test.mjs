@@ -47,6 +47,52 @@ test('check-config accepts the DESIGN.md example and explains the first error', 
   assert.match(r.stdout, /demo default/);
 });
 
+test('check-config and serve refuse a weak admin_token, naming the key, never its value', async () => {
+  const dir = tempDir();
+  const p = join(dir, 'weak.json');
+  const cases = [
+    ['change-me', /config error: .*weak\.json: admin_token has 9 characters; it must have at least 16/],
+    ['wk_live_123_long_key', /config error: .*admin_token is the same as sources\[0\]\.write_key \(source "shop"\)/],
+  ];
+  for (const [token, re] of cases) {
+    const cfg = { ...designExample, data_dir: join(dir, 'd'), listen: '127.0.0.1:0', admin_token: token,
+      sources: [{ name: 'shop', write_key: 'wk_live_123_long_key' }] };
+    writeFileSync(p, JSON.stringify(cfg), { mode: 0o600 });
+    for (const cmd of ['check-config', 'serve']) {
+      const r = run([cmd, '-c', p], { timeout: 10000 });
+      assert.equal(r.code, 1, `${cmd} ${token}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stderr, re);
+      assert.ok(!r.stderr.includes(token), `the secret is not printed: ${r.stderr}`);
+      assert.doesNotMatch(r.stdout + r.stderr, /OK|listening/);
+    }
+  }
+  assert.ok(!existsSync(join(dir, 'd')), 'serve refused before creating the store');
+});
+
+test('a config file with secrets that others can read: a WARN from check-config and serve, not a refusal', async () => {
+  const dir = tempDir();
+  const p = join(dir, 'sillage.json');
+  writeFileSync(p, JSON.stringify(baseConfig(join(dir, 'data'))));
+  chmodSync(p, 0o644);
+  let r = run(['check-config', '-c', p]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /OK/);
+  assert.match(r.stderr, /WARN: .*sillage\.json holds secrets \(admin_token, write keys\) and every local user can read it \(mode 644\)/);
+  const child = spawn(BIN, ['serve', '-c', p], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(log)), 10000);
+    child.stderr.on('data', (d) => { log += d; if (/listening on/.test(log)) { clearTimeout(timer); resolve(); } });
+  });
+  child.kill('SIGTERM');
+  await new Promise((res) => child.on('exit', res));
+  assert.match(log, /WARN .*sillage\.json holds secrets.*\(mode 644\): chmod o-r/);
+  chmodSync(p, 0o640);
+  r = run(['check-config', '-c', p]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stderr, '', 'no warning once others cannot read it');
+});
+
 test('unknown command and flags are usage errors', () => {
   assert.equal(run(['frobnicate']).code, 2);
   assert.equal(run(['serve', '--bogus']).code, 2);

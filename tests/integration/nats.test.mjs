@@ -10,7 +10,7 @@ import { mkdirSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import { connect } from 'nats';
-import { startServer, post, tempDir, exportEvents, BIN } from './helpers.mjs';
+import { startServer, post, tempDir, exportEvents, BIN, ADMIN } from './helpers.mjs';
 
 const BENCH = BIN.replace(/sillage$/, 'sillage-bench');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -120,7 +120,7 @@ test('two edges and a core: one visitor stitched across edges, one cart trigger,
     assert.equal((await post(e1, '/v1/track', { anonymousId: 'x-a1', event: 'Product Added',
       properties: { product_id: 'sku-x', price: 9, currency: 'EUR' } })).status, 200);
     assert.equal((await post(e2, '/v1/identify', { anonymousId: 'x-a1', userId: 'x-u1', traits: { email: 'x@example.com' } })).status, 200);
-    const bearer = { Authorization: 'Bearer admin-test' };
+    const bearer = { Authorization: 'Bearer ' + ADMIN };
     assert.ok(await until(async () => {
       const r = await fetch(core.url + '/v1/profiles/user_id/x-u1/events', { headers: bearer });
       return r.status === 200 && (await r.json()).events.length === 3;
