@@ -99,6 +99,22 @@ static int load_config(const args_t *a, sl_config_t *cfg)
     return 0;
 }
 
+/* serve and check-config: what would make the server unsafe is refused, a
+ * config file others can read is a warning. 0, or 1 after saying why. */
+static int check_secrets(const args_t *a, const sl_config_t *cfg, int serving)
+{
+    char msg[512];
+    if (sl_config_check_secrets(cfg, msg, sizeof(msg))) {
+        fprintf(stderr, "sillage: config error: %s%s%s\n", a->config ? a->config : "", a->config ? ": " : "", msg);
+        return 1;
+    }
+    if (sl_config_check_file_mode(cfg, a->config, msg, sizeof(msg))) {
+        if (serving) SL_WARN("%s", msg);
+        else fprintf(stderr, "sillage: WARN: %s\n", msg);
+    }
+    return 0;
+}
+
 static sl_store_options_t store_options(const sl_config_t *cfg, int read_only)
 {
     sl_store_options_t o = {
@@ -220,6 +236,10 @@ static int cmd_serve(int argc, char **argv)
         sl_config_free(&cfg);
         return 1;
     }
+    if (check_secrets(&a, &cfg, 1)) {
+        sl_config_free(&cfg);
+        return 1;
+    }
     struct stat sb;
     if (cfg.is_demo && cfg.geoip_db == NULL && stat(DEFAULT_GEOIP, &sb) == 0) cfg.geoip_db = strdup(DEFAULT_GEOIP);
     if (cfg.is_demo) {
@@ -329,6 +349,10 @@ static int cmd_check_config(int argc, char **argv)
     int rc = sl_config_check_exposure(&cfg, err, sizeof(err));
     if (rc) {
         fprintf(stderr, "sillage: config error: %s\n", err);
+        sl_config_free(&cfg);
+        return 1;
+    }
+    if (check_secrets(&a, &cfg, 0)) {
         sl_config_free(&cfg);
         return 1;
     }

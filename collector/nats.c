@@ -30,6 +30,7 @@
 
 #define PAGE 256
 #define RETRY_MS 500
+#define CONNECT_TIMEOUT_MS 2000   /* per server and attempt: bounds how long a stop waits */
 
 typedef struct nbatch_s {
     natsMsgList list;
@@ -65,6 +66,8 @@ struct sl_nats_s {
     /* stats */
     _Atomic uint64_t published, publish_errors, consumed, applied_position, triggers_published;
     _Atomic int connected;
+    _Atomic int64_t connect_warned_ms; /* last "cannot connect" line; 0 = connected since */
+    char shown_url[512];          /* nats.url for the log: no user:password@ (sl_url_redact) */
     int async_open;               /* under mu: threads may wake the loop */
 };
 
@@ -78,6 +81,10 @@ static void notify(sl_nats_t *n)
 
 /* ---- connection ---- */
 
+/* One connection attempt: up to CONNECT_TIMEOUT_MS per server of the list,
+ * then NULL. Never libnats's retry-on-failed-connect: with MaxReconnect -1 it
+ * blocks in natsConnection_Connect until a server answers, and a stopping
+ * node would wait for it for ever. The callers retry, checking n->stopping. */
 static natsConnection *nats_connect(sl_nats_t *n)
 {
     natsOptions *o = NULL;
@@ -91,17 +98,20 @@ static natsConnection *nats_connect(sl_nats_t *n)
         servers[n_servers++] = t;
     if (n_servers) natsOptions_SetServers(o, servers, n_servers);
     free(list);
-    natsOptions_SetMaxReconnect(o, -1);
+    natsOptions_SetMaxReconnect(o, -1); /* once connected, a lost server is waited for */
     natsOptions_SetReconnectWait(o, 250);
-    natsOptions_SetTimeout(o, 2000);
-    natsOptions_SetRetryOnFailedConnect(o, true, NULL, NULL);
+    natsOptions_SetTimeout(o, CONNECT_TIMEOUT_MS);
     if (n->cfg->nats.credentials) natsOptions_SetUserCredentialsFromFiles(o, n->cfg->nats.credentials, NULL);
     natsStatus s = natsConnection_Connect(&nc, o);
     natsOptions_Destroy(o);
-    if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
-        SL_WARN("nats: cannot connect to %s: %s", n->cfg->nats.url, natsStatus_GetText(s));
+    int64_t now = sl_now_ms(), last = atomic_load(&n->connect_warned_ms);
+    if (s != NATS_OK) {
+        /* retried every RETRY_MS: one line a minute while it lasts */
+        if (now - last >= 60000 && atomic_compare_exchange_strong(&n->connect_warned_ms, &last, now))
+            SL_WARN("nats: cannot connect to %s: %s; retrying", n->shown_url, natsStatus_GetText(s));
         return NULL;
     }
+    if (last && atomic_exchange(&n->connect_warned_ms, 0)) SL_INFO("nats: connected to %s", n->shown_url);
     return nc;
 }
 
@@ -584,6 +594,7 @@ int sl_nats_start(sl_nats_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_s
     n->store = store;
     n->srv = srv;
     n->trig = trig;
+    sl_url_redact(cfg->nats.url, n->shown_url, sizeof(n->shown_url));
     uv_mutex_init(&n->mu);
     uv_cond_init(&n->cv);
     int rc = sl_store_read(store, load_cursors, n);
@@ -607,7 +618,7 @@ int sl_nats_start(sl_nats_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_s
         n->have_thread = rc == 0;
         if (rc == 0 && trig) n->have_trig_thread = uv_thread_create(&n->trig_thread, triggers_main, n) == 0;
     }
-    SL_INFO("nats: %s node on %s, stream %s", cfg->role == SL_ROLE_EDGE ? "edge" : "core", cfg->nats.url,
+    SL_INFO("nats: %s node on %s, stream %s", cfg->role == SL_ROLE_EDGE ? "edge" : "core", n->shown_url,
             cfg->nats.stream);
     *out = n;
     return rc;

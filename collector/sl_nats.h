@@ -18,7 +18,11 @@ struct sl_trig_s;
  * stitcher the core feeds. */
 int sl_nats_start(sl_nats_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store, sl_server_t *srv,
                   struct sl_trig_s *trig);
+/* Loop thread: tells the threads to end (they check between steps). */
 void sl_nats_stop(sl_nats_t *n);
+/* After the loop has ended: joins the threads. Bounded even when no NATS
+ * server answers: a thread waits at most for the connect attempt in progress
+ * (2 s per server of nats.url) or a JetStream request (5 s). */
 void sl_nats_free(sl_nats_t *n);
 
 typedef struct sl_nats_stats_s {

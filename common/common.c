@@ -510,6 +510,73 @@ void sl_log(int level, const char *fmt, ...)
     fprintf(stderr, "%s\n", line);
 }
 
+/* Length of a leading "scheme://", or 0. */
+static size_t scheme_len(const char *s, size_t n)
+{
+    size_t i = 0;
+    if (n == 0 || !((s[0] | 0x20) >= 'a' && (s[0] | 0x20) <= 'z')) return 0;
+    while (i < n && (((s[i] | 0x20) >= 'a' && (s[i] | 0x20) <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '+' ||
+                     s[i] == '.' || s[i] == '-'))
+        i++;
+    return n - i >= 3 && memcmp(s + i, "://", 3) == 0 ? i + 3 : 0;
+}
+
+static void put(char *out, size_t outlen, size_t *pos, const char *p, size_t n)
+{
+    size_t room = outlen - 1 - *pos;
+    if (n > room) n = room;
+    memcpy(out + *pos, p, n);
+    *pos += n;
+}
+
+char *sl_url_redact(const char *url, char *out, size_t outlen)
+{
+    if (outlen == 0) return out;
+    size_t len = url ? strlen(url) : 0, i = 0, pos = 0;
+    while (i < len) {
+        size_t start = i;
+        while (i < len && url[i] == ' ') i++;
+        size_t auth = i + scheme_len(url + i, len - i), q = len, end = len;
+        /* A URL ends at a comma that starts the next one ("nats://a,nats://b");
+         * from a '?' or '#' on, everything is query (commas included). */
+        for (size_t k = auth; k < len; k++) {
+            if (url[k] == '?' || url[k] == '#') {
+                q = k;
+                break;
+            }
+            if (url[k] == ',') {
+                size_t j = k + 1;
+                while (j < len && url[j] == ' ') j++;
+                if (scheme_len(url + j, len - j)) {
+                    end = k;
+                    break;
+                }
+            }
+        }
+        put(out, outlen, &pos, url + start, auth - start);
+        /* "nats://u:p?w@h": the '?' may belong to a password; hide it all. */
+        if (q < len && memchr(url + q, '@', len - q) && !memchr(url + auth, '/', q - auth)) {
+            put(out, outlen, &pos, "***", 3);
+            break;
+        }
+        size_t stop = q < len ? q : end, from = auth;
+        const char *at = memrchr(url + auth, '@', stop - auth);
+        if (at) {
+            put(out, outlen, &pos, "***@", 4);
+            from = (size_t)(at - url) + 1;
+        }
+        put(out, outlen, &pos, url + from, stop - from);
+        if (q < len) {
+            put(out, outlen, &pos, url[q] == '?' ? "?***" : "#***", 4);
+            break;
+        }
+        if (end < len) put(out, outlen, &pos, ",", 1);
+        i = end + 1;
+    }
+    out[pos] = '\0';
+    return out;
+}
+
 int sl_secret_equal(const char *given, size_t glen, const char *secret, size_t slen)
 {
     volatile unsigned char diff = (unsigned char)(glen != slen);

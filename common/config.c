@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define MAX_CONFIG_BYTES (4u << 20)
 
@@ -654,6 +655,38 @@ int sl_config_check_exposure(const sl_config_t *cfg, char *err, size_t errlen)
             return SL_EINVAL;
         }
     return 0;
+}
+
+int sl_config_check_secrets(const sl_config_t *cfg, char *err, size_t errlen)
+{
+    if (cfg->is_demo) return 0; /* loopback only: sl_config_check_exposure() */
+    size_t n = cfg->admin_token ? strlen(cfg->admin_token) : 0;
+    if (n < SL_ADMIN_TOKEN_MIN_CHARS) {
+        seterr(err, errlen, "admin_token has %zu characters; it must have at least %d (a random one: openssl rand -hex 24)",
+               n, SL_ADMIN_TOKEN_MIN_CHARS);
+        return SL_EINVAL;
+    }
+    for (size_t i = 0; i < cfg->n_sources; i++)
+        if (strcmp(cfg->sources[i].write_key, cfg->admin_token) == 0) {
+            seterr(err, errlen, "admin_token is the same as sources[%zu].write_key (source \"%s\"); write keys are "
+                   "public (every page with the tag holds one), so the admin token must differ", i, cfg->sources[i].name);
+            return SL_EINVAL;
+        }
+    return 0;
+}
+
+int sl_config_check_file_mode(const sl_config_t *cfg, const char *path, char *warn, size_t warnlen)
+{
+    struct stat sb;
+    int hooks = 0;
+    for (size_t i = 0; i < cfg->n_webhooks; i++) hooks |= cfg->webhooks[i].secret != NULL;
+    if (cfg->is_demo || path == NULL || (cfg->admin_token == NULL && cfg->n_sources == 0 && !hooks) ||
+        stat(path, &sb) != 0 || !(sb.st_mode & S_IROTH))
+        return 0;
+    seterr(warn, warnlen, "%s holds secrets (%s) and every local user can read it (mode %03o): chmod o-r it (640 or 600)",
+           path, hooks ? "admin_token, write keys, webhook secrets" : "admin_token, write keys",
+           (unsigned)(sb.st_mode & 0777));
+    return 1;
 }
 
 void sl_config_free(sl_config_t *c)

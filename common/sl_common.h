@@ -119,6 +119,15 @@ int sl_secret_equal(const char *given, size_t glen, const char *secret, size_t s
 /* Writes a random RFC 4122 version-4 UUID (36 chars + NUL) into out[37]. */
 void sl_uuid4(char out[37]);
 
+/* ---- logging a URL ---------------------------------------------------------
+ * URLs in the config carry secrets (a NATS password, a webhook's api_key).
+ * sl_url_redact() writes url into out[outlen] (truncated, always terminated)
+ * with any userinfo shown as "***@" and the query string or fragment as
+ * "?***" / "#***", for every URL of a comma-separated list (NATS servers).
+ * Where it cannot tell a query from a password it hides more, never less.
+ * Returns out. */
+char *sl_url_redact(const char *url, char *out, size_t outlen);
+
 /* ---- units ----------------------------------------------------------------*/
 /* "250ms", "30s", "15m", "1h", "7d" -> milliseconds. SL_EINVAL otherwise. */
 int sl_parse_duration_ms(const char *s, int64_t *ms);

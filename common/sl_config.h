@@ -124,6 +124,19 @@ int sl_config_parse(sl_config_t *cfg, const char *json, size_t len, char *err, s
  * the reason in err. */
 int sl_config_check_exposure(const sl_config_t *cfg, char *err, size_t errlen);
 
+/* Refuses weak admin secrets (not for the demo): an admin_token shorter than
+ * SL_ADMIN_TOKEN_MIN_CHARS, or equal to a source's write key (write keys are
+ * public). Returns 0 or SL_EINVAL with the reason in err; the reason names
+ * the keys, never their values. */
+#define SL_ADMIN_TOKEN_MIN_CHARS 16
+int sl_config_check_secrets(const sl_config_t *cfg, char *err, size_t errlen);
+
+/* 1, with a sentence for a WARN in warn, when the config file at path holds
+ * secrets and "others" may read it (mode & 0004); else 0 (also for the demo,
+ * or when path cannot be stat'ed). A warning, not a refusal: the operator
+ * may have reasons (a container with one user). */
+int sl_config_check_file_mode(const sl_config_t *cfg, const char *path, char *warn, size_t warnlen);
+
 /* Splits "HOST:PORT" / "[v6]:PORT". Returns 0 or SL_EINVAL. */
 int sl_config_split_listen(const char *listen, char *host, size_t hostlen, int *port);
 

@@ -10,9 +10,11 @@
  * resends what was not acknowledged: at least once, with the same delivery id.
  *
  * Each POST carries the trigger JSON as its body and
- *   X-Sillage-Signature: sha256=<hex HMAC-SHA256 of the body with the secret>
+ *   X-Sillage-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<delivery>.<body>")>
  *   X-Sillage-Delivery: <trigger id>.<webhook tag>   (the same on every retry)
  *   X-Sillage-Attempt: <1, 2, ...>
+ * t is the attempt's time: each retry is signed afresh, so a receiver can
+ * refuse old signatures (replays) and dedupe on the signed delivery id.
  */
 #ifndef SL_WEBHOOKS_H
 #define SL_WEBHOOKS_H
@@ -41,7 +43,12 @@ typedef struct sl_webhooks_stats_s {
 } sl_webhooks_stats_t;
 void sl_webhooks_get_stats(const sl_webhooks_t *w, sl_webhooks_stats_t *out);
 
-/* hex HMAC-SHA256 of body with key into out (65 bytes). */
-void sl_hmac_sha256_hex(const char *key, const void *body, size_t len, char out[65]);
+/* The X-Sillage-Signature value for body sent at unix time t (seconds) under
+ * delivery id (at most 100 bytes): "t=<t>,v1=<64 hex>", the HMAC-SHA256 with
+ * secret of "<t>.<delivery>.<body>", NUL-terminated into out. Returns 0,
+ * SL_EINVAL (delivery too long) or SL_ENOMEM. */
+#define SL_WEBHOOK_SIGNATURE_BYTES 112
+int sl_webhook_sign(const char *secret, int64_t t, const char *delivery, const void *body, size_t len,
+                    char out[SL_WEBHOOK_SIGNATURE_BYTES]);
 
 #endif

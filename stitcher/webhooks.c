@@ -42,6 +42,7 @@ struct target_s {
     sl_webhooks_t *w;
     const sl_webhook_t *cfg;
     char tag[17];                /* hex of a hash of the URL: part of the delivery id */
+    char shown[256];             /* the URL for the log: its query may hold a token (sl_url_redact) */
     uint64_t cursor;             /* everything <= cursor acknowledged or expired */
     uint64_t stored_cursor;      /* what LMDB holds */
     uint64_t read_upto;          /* the last sequence taken into the window */
@@ -78,13 +79,23 @@ struct sl_webhooks_s {
     uint64_t delivered, failed_attempts, expired, in_flight;
 };
 
-void sl_hmac_sha256_hex(const char *key, const void *body, size_t len, char out[65])
+int sl_webhook_sign(const char *secret, int64_t t, const char *delivery, const void *body, size_t len,
+                    char out[SL_WEBHOOK_SIGNATURE_BYTES])
 {
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    HMAC(EVP_sha256(), key, (int)strlen(key), body, len, mac, &n);
-    for (unsigned i = 0; i < n && i < 32; i++) snprintf(out + 2 * i, 3, "%02x", mac[i]);
-    out[64] = '\0';
+    char head[128];
+    int n = snprintf(head, sizeof(head), "%lld.%s.", (long long)t, delivery);
+    if (n < 0 || (size_t)n >= sizeof(head)) return SL_EINVAL;
+    unsigned char *msg = malloc((size_t)n + len), mac[EVP_MAX_MD_SIZE];
+    if (msg == NULL) return SL_ENOMEM;
+    memcpy(msg, head, (size_t)n);
+    memcpy(msg + n, body, len);
+    unsigned int mac_len = 0;
+    int ok = HMAC(EVP_sha256(), secret, (int)strlen(secret), msg, (size_t)n + len, mac, &mac_len) != NULL;
+    free(msg);
+    if (!ok || mac_len != 32) return SL_ENOMEM;
+    int k = snprintf(out, SL_WEBHOOK_SIGNATURE_BYTES, "t=%lld,v1=", (long long)t);
+    for (unsigned i = 0; i < 32; i++) snprintf(out + k + 2 * i, 3, "%02x", mac[i]);
+    return 0;
 }
 
 static void check_done(sl_webhooks_t *w);
@@ -185,12 +196,16 @@ static void start_attempt(delivery_t *d)
 {
     target_t *t = d->t;
     sl_webhooks_t *w = t->w;
-    char sig[65], h[160];
-    sl_hmac_sha256_hex(t->cfg->secret, d->body, d->body_len, sig);
+    char sig[SL_WEBHOOK_SIGNATURE_BYTES], h[160];
     curl_slist_free_all(d->headers);
     d->headers = NULL;
+    /* Signed at each attempt: the receiver's age check applies to this send. */
+    if (sl_webhook_sign(t->cfg->secret, sl_now_ms() / 1000, d->delivery, d->body, d->body_len, sig)) {
+        d->next_ms = sl_now_ms() + BACKOFF_BASE_MS;
+        return;
+    }
     d->headers = curl_slist_append(d->headers, "Content-Type: application/json");
-    snprintf(h, sizeof(h), "X-Sillage-Signature: sha256=%s", sig);
+    snprintf(h, sizeof(h), "X-Sillage-Signature: %s", sig);
     d->headers = curl_slist_append(d->headers, h);
     snprintf(h, sizeof(h), "X-Sillage-Delivery: %s", d->delivery);
     d->headers = curl_slist_append(d->headers, h);
@@ -252,14 +267,14 @@ static void finish_attempt(delivery_t *d, CURLcode res)
     if (res == CURLE_OK && code >= 200 && code < 300) {
         d->state = D_DONE;
         w->delivered++;
-        SL_DEBUG("webhook %s: delivered trigger %llu (attempt %d)", d->t->cfg->url, (unsigned long long)d->seq,
+        SL_DEBUG("webhook %s: delivered trigger %llu (attempt %d)", d->t->shown, (unsigned long long)d->seq,
                  d->attempts);
         return;
     }
     w->failed_attempts++;
     d->state = D_WAIT;
     d->next_ms = sl_now_ms() + backoff_ms(d->attempts);
-    SL_INFO("webhook %s: trigger %llu attempt %d failed (%s, HTTP %ld); next in %lld ms", d->t->cfg->url,
+    SL_INFO("webhook %s: trigger %llu attempt %d failed (%s, HTTP %ld); next in %lld ms", d->t->shown,
             (unsigned long long)d->seq, d->attempts, res == CURLE_OK ? "answered" : curl_easy_strerror(res), code,
             (long long)(d->next_ms - sl_now_ms()));
 }
@@ -396,7 +411,7 @@ static void pump_target(target_t *t, int64_t now)
         delivery_t *d = &t->win[i];
         if (d->state != D_WAIT || d->next_ms > now) continue;
         if (t->cfg->expire_ms > 0 && now - d->at_ms > t->cfg->expire_ms) {
-            SL_WARN("webhook %s: trigger %llu expired after %d attempts", t->cfg->url, (unsigned long long)d->seq,
+            SL_WARN("webhook %s: trigger %llu expired after %d attempts", t->shown, (unsigned long long)d->seq,
                     d->attempts);
             d->state = D_DONE;
             w->expired++;
@@ -472,6 +487,7 @@ int sl_webhooks_start(sl_webhooks_t **out, uv_loop_t *loop, const sl_config_t *c
         t->cfg = &cfg->webhooks[i];
         sl_hash128_t h = sl_hash128(t->cfg->url, strlen(t->cfg->url), 7);
         snprintf(t->tag, sizeof(t->tag), "%016llx", (unsigned long long)h.lo);
+        sl_url_redact(t->cfg->url, t->shown, sizeof(t->shown));
     }
     load_ctx_t l = {w, 0};
     int rc = sl_store_read(store, load_cursors, &l);
@@ -490,7 +506,7 @@ int sl_webhooks_start(sl_webhooks_t **out, uv_loop_t *loop, const sl_config_t *c
     w->handles = 2;
     uv_timer_start(&w->pump, on_pump, 0, PUMP_MS);
     for (size_t i = 0; i < w->n_t; i++)
-        SL_INFO("webhook %s: delivering triggers after %llu", w->t[i].cfg->url, (unsigned long long)w->t[i].cursor);
+        SL_INFO("webhook %s: delivering triggers after %llu", w->t[i].shown, (unsigned long long)w->t[i].cursor);
     *out = w;
     return 0;
 }

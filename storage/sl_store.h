@@ -137,7 +137,10 @@ sl_hash128_t sl_store_dedupe_key(const sl_store_t *st, const char *source, const
 int sl_store_foreach_event(sl_store_t *st, int (*cb)(const char *, size_t, uint64_t, void *), void *arg);
 
 /* Consistent compacting copy of the environment into directory dest
- * (created if missing, must not hold a data.mdb). Safe while serving. */
+ * (created 0750 if missing, must not hold a data.mdb). dest/data.mdb is
+ * 0640 whatever the umask, like the store; a failed copy leaves no file.
+ * Safe while serving. Returns 0, -EEXIST when dest holds a data.mdb, or a
+ * negative errno / LMDB code. */
 int sl_store_backup(sl_store_t *st, const char *dest);
 
 /* Runs cb in a read transaction (any thread; safe against map growth).

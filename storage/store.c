@@ -3,12 +3,14 @@
 #include "sl_store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define SCHEMA_VERSION 1
 /* Old msgids entries deleted per commit: bounded work at the left edge. */
@@ -714,15 +716,39 @@ int sl_store_event_del(sl_store_t *st, MDB_txn *txn, uint64_t seq)
 
 int sl_store_backup(sl_store_t *st, const char *dest)
 {
-    int rc = mkdir_p(dest);
-    if (rc) return rc;
+    /* The copy holds what the store holds: no more readable than the store
+     * (0750/0640), whatever the umask. An existing DEST keeps its mode (the
+     * operator chose it); the file is protected on its own. */
+    struct stat sb;
+    int created = stat(dest, &sb) != 0;
+    int fd = -1, rc = mkdir_p(dest);
     char path[4096];
     snprintf(path, sizeof(path), "%s/data.mdb", dest);
-    struct stat sb;
-    if (stat(path, &sb) == 0) return -EEXIST;
+    if (rc) return rc;
+    if (created && chmod(dest, 0750)) return -errno;
+    /* Created here with its final mode, so no other user can open it before
+     * fchmod; O_EXCL never overwrites an earlier backup. */
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    if (fd < 0) return -errno;
+    if (fchmod(fd, 0640)) {
+        rc = -errno;
+        goto fail;
+    }
     uv_rwlock_rdlock(&st->resize_lock);
-    rc = mdb_env_copy2(st->env, dest, MDB_CP_COMPACT);
+    rc = mdb_env_copyfd2(st->env, fd, MDB_CP_COMPACT);
     uv_rwlock_rdunlock(&st->resize_lock);
+    if (rc) goto fail;
+    if (fsync(fd)) {
+        rc = -errno;
+        goto fail;
+    }
+    rc = close(fd) ? -errno : 0;
+    fd = -1;
+    if (rc) goto fail;
+    return 0;
+fail:
+    if (fd >= 0) close(fd);
+    unlink(path); /* a partial copy is no backup, and would refuse the next try */
     return rc;
 }
 

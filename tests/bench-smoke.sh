@@ -13,7 +13,7 @@ fail() { echo "FAIL: $*"; exit 1; }
 
 cat > "$W/sillage.json" <<JS
 {"listen": "127.0.0.1:0", "data_dir": "$W/data", "sources": [{"name": "demo", "write_key": "demo"}],
- "admin_token": "smoke-admin", "triggers": [{"name": "bench", "type": "page_visit", "url": "/bench-trigger/*"}]}
+ "admin_token": "smoke-admin-token-0123", "triggers": [{"name": "bench", "type": "page_visit", "url": "/bench-trigger/*"}]}
 JS
 "$SL" serve -c "$W/sillage.json" 2> "$W/log" &
 PID=$!
@@ -41,7 +41,7 @@ grep -q "401=" "$W/out4" || fail "401 answers not counted"
 grep -q "ratio largest/smallest history" "$W/out5" || fail "identify mode gave no ratio"
 [ "$(grep -cE '^ +(10|500) ' "$W/out5")" -eq 2 ] || fail "identify mode: one row per size expected"
 
-"$BENCH" triggers --admin smoke-admin -n 50 "$URL" | tee "$W/out6"
+"$BENCH" triggers --admin smoke-admin-token-0123 -n 50 "$URL" | tee "$W/out6"
 grep -q "50 triggers, ack -> readable in the feed: p50" "$W/out6" || fail "triggers mode gave no latencies"
 "$BENCH" triggers --admin wrong -n 5 "$URL" > /dev/null 2>&1 && fail "triggers mode must fail without the admin token"
 

@@ -16,7 +16,7 @@ fail() { echo "FAIL: $*"; tail -20 "$W/log" 2>/dev/null; exit 1; }
 
 cat > "$W/sillage.json" <<JS
 {"listen": "127.0.0.1:0", "data_dir": "$W/data", "sources": [{"name": "demo", "write_key": "demo"}],
- "admin_token": "crash-admin",
+ "admin_token": "crash-admin-token-0123",
  "triggers": [{"name": "pages", "type": "page_visit", "url": "/c/*", "min_count": 2},
               {"name": "cart", "type": "abandoned_cart", "delay": "1s"},
               {"name": "email", "type": "trait_change", "trait": "email", "on_first_set": true}]}

@@ -1,9 +1,9 @@
 // commands.test.mjs - check-config, export, backup, version, and the demo default.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, existsSync, readFileSync } from 'node:fs';
+import { writeFileSync, existsSync, readFileSync, statSync, mkdirSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { BIN, run, startServer, post, track, tempDir, baseConfig } from './helpers.mjs';
 
 const designExample = JSON.parse(readFileSync(new URL('../data/design-example.json', import.meta.url)));
@@ -45,6 +45,52 @@ test('check-config accepts the DESIGN.md example and explains the first error', 
   r = run(['check-config']);
   assert.equal(r.code, 0);
   assert.match(r.stdout, /demo default/);
+});
+
+test('check-config and serve refuse a weak admin_token, naming the key, never its value', async () => {
+  const dir = tempDir();
+  const p = join(dir, 'weak.json');
+  const cases = [
+    ['change-me', /config error: .*weak\.json: admin_token has 9 characters; it must have at least 16/],
+    ['wk_live_123_long_key', /config error: .*admin_token is the same as sources\[0\]\.write_key \(source "shop"\)/],
+  ];
+  for (const [token, re] of cases) {
+    const cfg = { ...designExample, data_dir: join(dir, 'd'), listen: '127.0.0.1:0', admin_token: token,
+      sources: [{ name: 'shop', write_key: 'wk_live_123_long_key' }] };
+    writeFileSync(p, JSON.stringify(cfg), { mode: 0o600 });
+    for (const cmd of ['check-config', 'serve']) {
+      const r = run([cmd, '-c', p], { timeout: 10000 });
+      assert.equal(r.code, 1, `${cmd} ${token}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stderr, re);
+      assert.ok(!r.stderr.includes(token), `the secret is not printed: ${r.stderr}`);
+      assert.doesNotMatch(r.stdout + r.stderr, /OK|listening/);
+    }
+  }
+  assert.ok(!existsSync(join(dir, 'd')), 'serve refused before creating the store');
+});
+
+test('a config file with secrets that others can read: a WARN from check-config and serve, not a refusal', async () => {
+  const dir = tempDir();
+  const p = join(dir, 'sillage.json');
+  writeFileSync(p, JSON.stringify(baseConfig(join(dir, 'data'))));
+  chmodSync(p, 0o644);
+  let r = run(['check-config', '-c', p]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /OK/);
+  assert.match(r.stderr, /WARN: .*sillage\.json holds secrets \(admin_token, write keys\) and every local user can read it \(mode 644\)/);
+  const child = spawn(BIN, ['serve', '-c', p], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(log)), 10000);
+    child.stderr.on('data', (d) => { log += d; if (/listening on/.test(log)) { clearTimeout(timer); resolve(); } });
+  });
+  child.kill('SIGTERM');
+  await new Promise((res) => child.on('exit', res));
+  assert.match(log, /WARN .*sillage\.json holds secrets.*\(mode 644\): chmod o-r/);
+  chmodSync(p, 0o640);
+  r = run(['check-config', '-c', p]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stderr, '', 'no warning once others cannot read it');
 });
 
 test('unknown command and flags are usage errors', () => {
@@ -111,6 +157,36 @@ test('export and backup while the server runs; the backup opens and holds the sa
   r = run(['export', '-c', srv.cfgPath]);
   assert.equal(r.code, 0);
   assert.equal(r.stdout.trim().split('\n').length, 25);
+});
+
+test('backup files are 0640 and a new DEST 0750, whatever the umask', async (t) => {
+  const srv = await startServer();
+  t.after(async () => { await srv.stop(); srv.cleanup(); });
+  assert.equal((await post(srv, '/v1/track', track({ messageId: 'mode-1' }))).status, 200);
+  // umask 000: an unprotected process would write 0666 / 0777
+  const backup = (dest) => spawnSync('sh', ['-c', 'umask 000; exec "$0" backup --data "$1" "$2"', BIN, srv.dataDir, dest],
+    { encoding: 'utf8' });
+  const fresh = join(srv.dir, 'new', 'bk');
+  let r = backup(fresh);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal((statSync(fresh).mode & 0o777).toString(8), '750');
+  assert.equal((statSync(join(fresh, 'data.mdb')).mode & 0o777).toString(8), '640');
+  // an existing directory keeps the mode its owner gave it; the file is still 0640
+  const existing = join(srv.dir, 'existing');
+  mkdirSync(existing);
+  chmodSync(existing, 0o755);
+  r = backup(existing);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal((statSync(existing).mode & 0o777).toString(8), '755');
+  assert.equal((statSync(join(existing, 'data.mdb')).mode & 0o777).toString(8), '640');
+  r = run(['export', '--data', existing]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.stdout.trim().split('\n').map((l) => JSON.parse(l).messageId), ['mode-1']);
+  // refused over an earlier backup, which stays intact
+  r = backup(existing);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /already holds a data\.mdb/);
+  assert.equal(run(['export', '--data', existing]).stdout.trim().split('\n').length, 1);
 });
 
 test('serve: --listen and --data override the file', async (t) => {

@@ -8,7 +8,7 @@ import net from 'node:net';
 
 export const BIN = process.env.SILLAGE_BIN || new URL('../../build/sillage', import.meta.url).pathname;
 export const WRITE_KEY = 'wk_test';
-export const ADMIN = 'admin-test';
+export const ADMIN = 'admin-test-token-0123'; // 16+ characters, not a write key: sillage refuses less
 
 export function baseConfig(dataDir, extra = {}) {
   return {
@@ -29,7 +29,7 @@ export async function startServer({ config = {}, dir = tempDir(), args = [] } = 
   const dataDir = join(dir, 'data');
   const cfg = baseConfig(dataDir, config);
   const cfgPath = join(dir, 'sillage.json');
-  writeFileSync(cfgPath, JSON.stringify(cfg, null, 2));
+  writeFileSync(cfgPath, JSON.stringify(cfg, null, 2), { mode: 0o600 }); // it holds secrets: others may not read it
   const child = spawn(BIN, ['serve', '-c', cfgPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   const port = await new Promise((resolve, reject) => {

@@ -171,7 +171,7 @@ test('CORS: admin routes send none and their preflight grants nothing; ingestion
     assert.equal(pre.status, 204, path);
     assert.deepEqual(aca(pre.headers), [], `${path} preflight: ${aca(pre.headers)}`);
   }
-  const bearer = { Authorization: 'Bearer admin-test' };
+  const bearer = { Authorization: 'Bearer admin-test-token-0123' };
   const prof = await fetch(srv.url + '/v1/profiles/user_id/victim', { headers: { ...bearer, Origin: evil } });
   assert.equal(prof.status, 404);
   assert.equal((await prof.json()).error, 'no profile has that identifier');
@@ -185,7 +185,7 @@ test('CORS: admin routes send none and their preflight grants nothing; ingestion
   assert.deepEqual(aca(denied.headers), []);
   // the stream's head, on a raw socket (it never ends)
   const head = await rawExchange(srv.port, `GET /v1/triggers/stream HTTP/1.1\r\nHost: t\r\nOrigin: ${evil}\r\n` +
-    'Authorization: Bearer admin-test\r\n\r\n', { untilResponses: 99, timeoutMs: 500 });
+    'Authorization: Bearer admin-test-token-0123\r\n\r\n', { untilResponses: 99, timeoutMs: 500 });
   assert.match(head, /^HTTP\/1\.1 200 OK\r\n/);
   assert.match(head, /: sillage trigger stream/);
   assert.doesNotMatch(head, /access-control/i);
@@ -220,14 +220,14 @@ test('small answers: 301 has its reason phrase; %00 in a profile id is refused; 
   assert.equal(r.body, '/demo/\n');
   // a profile whose id is a prefix of the one asked for must not answer
   assert.equal((await post(srv, '/v1/identify', { userId: 'victim', traits: { email: 'victim@example.com' } })).status, 200);
-  const bearer = { Authorization: 'Bearer admin-test' };
+  const bearer = { Authorization: 'Bearer admin-test-token-0123' };
   const found = await fetch(srv.url + '/v1/profiles/user_id/victim', { headers: bearer });
   assert.equal(found.status, 200);
   const nul = await fetch(srv.url + '/v1/profiles/user_id/victim%00junk', { headers: bearer });
   assert.equal(nul.status, 400);
   assert.deepEqual(await nul.json(), { success: false, error: 'the identifier holds a NUL byte (%00)' });
   // the admin token in the URL is not accepted any more (it lands in proxy logs)
-  const q = await fetch(srv.url + '/debug/stream?token=admin-test');
+  const q = await fetch(srv.url + '/debug/stream?token=admin-test-token-0123');
   assert.equal(q.status, 401);
   assert.equal((await q.json()).success, false);
   const ctl = new AbortController();

@@ -10,7 +10,7 @@ import { mkdirSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import { connect } from 'nats';
-import { startServer, post, tempDir, exportEvents, BIN } from './helpers.mjs';
+import { startServer, post, tempDir, exportEvents, BIN, ADMIN } from './helpers.mjs';
 
 const BENCH = BIN.replace(/sillage$/, 'sillage-bench');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -78,6 +78,33 @@ function checkAcked(acked, coreExport) {
   return r.stdout;
 }
 
+test('an edge whose NATS server is unreachable stores events and exits on SIGTERM within seconds', async () => {
+  const closed = await freePort(); // nothing listens there
+  const edge = await startServer({ config: nodeConfig('edge', `nats://natsuser:PASSWORD@127.0.0.1:${closed}`) });
+  try {
+    const r = await post(edge, '/v1/track', { userId: 'm7-u', event: 'Stored While NATS Is Down', messageId: 'm7-1' });
+    assert.equal(r.status, 200);
+    assert.deepEqual(r.json, { success: true });
+    await sleep(1200); // the forwarder is in its connect-retry loop
+    const t0 = Date.now();
+    edge.child.kill('SIGTERM');
+    let timer;
+    const res = await Promise.race([edge.exited, new Promise((r) => { timer = setTimeout(() => r(null), 10000); })]);
+    clearTimeout(timer);
+    const ms = Date.now() - t0;
+    if (res === null) edge.child.kill('SIGKILL');
+    assert.ok(res !== null, `still running 10 s after SIGTERM:\n${edge.log()}`);
+    assert.deepEqual(res, { code: 0, sig: null });
+    assert.ok(ms < 5000, `exited after ${ms} ms (bound 5 s)`);
+    assert.match(edge.log(), /nats: cannot connect to nats:\/\/\*\*\*@127\.0\.0\.1:\d+: .*; retrying/);
+    assert.equal(edge.log().match(/cannot connect/g).length, 1, 'one line a minute, not one per attempt');
+    assert.match(edge.log(), /stopped/);
+    const stored = exportEvents(edge.dataDir);
+    assert.deepEqual(stored.map((e) => [e.messageId, e.event]), [['m7-1', 'Stored While NATS Is Down']],
+      'the event stays in the outbox for when NATS is back');
+  } finally { await edge.stop('SIGKILL'); edge.cleanup(); }
+});
+
 test('two edges and a core: one visitor stitched across edges, one cart trigger, also on the NATS subject', async () => {
   const dir = tempDir();
   const nats = await startNats(join(dir, 'js'));
@@ -93,7 +120,7 @@ test('two edges and a core: one visitor stitched across edges, one cart trigger,
     assert.equal((await post(e1, '/v1/track', { anonymousId: 'x-a1', event: 'Product Added',
       properties: { product_id: 'sku-x', price: 9, currency: 'EUR' } })).status, 200);
     assert.equal((await post(e2, '/v1/identify', { anonymousId: 'x-a1', userId: 'x-u1', traits: { email: 'x@example.com' } })).status, 200);
-    const bearer = { Authorization: 'Bearer admin-test' };
+    const bearer = { Authorization: 'Bearer ' + ADMIN };
     assert.ok(await until(async () => {
       const r = await fetch(core.url + '/v1/profiles/user_id/x-u1/events', { headers: bearer });
       return r.status === 200 && (await r.json()).events.length === 3;

@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import https from 'node:https';
-import { createHmac } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -276,23 +276,36 @@ test('a timer pending at shutdown fires after the restart; SIGHUP reloads rules'
   } finally { await s2.stop(); s2.cleanup(); }
 });
 
+// What a receiver does with X-Sillage-Signature, as docs/TRIGGERS.md says:
+// null when the delivery is authentic and fresh, else why it is refused.
+function verifySignature({ secret, header, delivery, body, nowS = Math.floor(Date.now() / 1000), toleranceS = 300 }) {
+  const m = /^t=(\d+),v1=([0-9a-f]{64})$/.exec(header || '');
+  if (!m) return 'malformed';
+  const t = Number(m[1]);
+  if (Math.abs(nowS - t) > toleranceS) return 'stale';
+  const want = createHmac('sha256', secret).update(`${t}.${delivery}.`).update(body).digest();
+  return timingSafeEqual(want, Buffer.from(m[2], 'hex')) ? null : 'mismatch';
+}
+
 // A webhook receiver on loopback that fails the first `failFirst` attempts of
 // each delivery, checks every signature and records what it saw.
 function receiver({ secret, failFirst = 2, tls = null }) {
-  const seen = new Map(); // delivery id -> [{attempt, body}]
+  const seen = new Map(); // delivery id -> [{attempt, body, sig, t, recvS}]
   const bad = [];
   let failAll = false;
   const handler = (req, res) => {
-    let body = '';
-    req.on('data', (d) => { body += d; });
+    const chunks = [];
+    req.on('data', (d) => chunks.push(d));
     req.on('end', () => {
+      const raw = Buffer.concat(chunks), body = raw.toString();
+      const recvS = Math.floor(Date.now() / 1000);
       const id = req.headers['x-sillage-delivery'];
       const sig = req.headers['x-sillage-signature'];
-      const want = 'sha256=' + createHmac('sha256', secret).update(body).digest('hex');
-      if (sig !== want) bad.push({ id, sig });
+      const why = verifySignature({ secret, header: sig, delivery: id, body: raw, nowS: recvS });
+      if (why) bad.push({ id, sig, why });
       if (!seen.has(id)) seen.set(id, []);
       const list = seen.get(id);
-      list.push({ attempt: Number(req.headers['x-sillage-attempt']), body });
+      list.push({ attempt: Number(req.headers['x-sillage-attempt']), body, sig, t: Number(/^t=(\d+),/.exec(sig)?.[1]), recvS });
       const fail = failAll || list.length <= failFirst;
       res.writeHead(fail ? 503 : 204);
       res.end();
@@ -323,12 +336,32 @@ test('webhooks: signed, retried with the same delivery id, resent after a restar
     const acked = () => [...rx.seen.values()].filter((l) => l.length >= 3).length;
     while (acked() < 3 && Date.now() < end) await sleep(100);
     assert.equal(acked(), 3, 'each trigger acknowledged after two failures');
-    assert.equal(rx.bad.length, 0, 'every signature verifies');
+    assert.deepEqual(rx.bad, [], 'every signature verifies');
     for (const [id, list] of rx.seen) {
       assert.deepEqual(list.map((a) => a.attempt), [1, 2, 3], id);
       assert.ok(list.every((a) => a.body === list[0].body));
       assert.equal(JSON.parse(list[0].body).rule, 'any');
+      // t is each attempt's time (backoff puts >= 1.1 s between attempts 1 and 3): signed afresh
+      for (const a of list) assert.ok(Math.abs(a.t - a.recvS) <= 1, `t=${a.t} received at ${a.recvS}`);
+      assert.ok(list[2].t > list[0].t, `attempt 3 signed at ${list[2].t}, attempt 1 at ${list[0].t}`);
+      assert.notEqual(list[2].sig, list[0].sig);
     }
+    // A receiver refuses what it should: a replay past 5 minutes, a re-dated
+    // or altered delivery, another delivery's id, the wrong secret, the old scheme.
+    const [id0, [a0]] = [...rx.seen.entries()][0];
+    const check = (over) => verifySignature({ secret, header: a0.sig, delivery: id0, body: a0.body, nowS: a0.t, ...over });
+    const resign = (t, body = a0.body) =>
+      `t=${t},v1=` + createHmac('sha256', secret).update(`${t}.${id0}.${body}`).digest('hex');
+    assert.equal(check({}), null, 'the captured delivery verifies');
+    assert.equal(check({ header: resign(a0.t) }), null, 'the documented recipe gives the same signature');
+    assert.equal(check({ nowS: a0.t + 301 }), 'stale', 'replayed 5 min later');
+    assert.equal(check({ header: resign(a0.t - 600), nowS: a0.t }), 'stale', 'signed 10 min ago');
+    assert.equal(check({ header: a0.sig.replace(/^t=\d+/, `t=${a0.t + 60}`) }), 'mismatch', 're-dated');
+    assert.equal(check({ body: a0.body.replace('"any"', '"ANY"') }), 'mismatch', 'body altered');
+    assert.equal(check({ delivery: [...rx.seen.keys()][1] }), 'mismatch', 'another delivery id');
+    assert.equal(check({ secret: 'not-the-secret' }), 'mismatch', 'wrong secret');
+    assert.equal(check({ header: 'sha256=' + createHmac('sha256', secret).update(a0.body).digest('hex') }), 'malformed',
+      'the old body-only scheme');
 
     // The receiver fails everything; sillage restarts; then it recovers:
     // the unacknowledged trigger is resent with the same delivery id.
@@ -377,6 +410,6 @@ test('webhooks over HTTPS with the receiver\'s CA', async () => {
     const end = Date.now() + 8000;
     while (rx.seen.size < 1 && Date.now() < end) await sleep(50);
     assert.equal(rx.seen.size, 1);
-    assert.equal(rx.bad.length, 0);
+    assert.deepEqual(rx.bad, []);
   } finally { await s2.stop(); s2.cleanup(); await rx.close(); }
 });

@@ -5,6 +5,8 @@
 #include "sl_stitch.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 TEST(time_parse_table)
 {
@@ -112,12 +114,44 @@ TEST(arena_and_buf)
     sl_buf_free(&b);
 }
 
+TEST(url_redact_table)
+{
+    static const struct { const char *in, *want; } cases[] = {
+        {"nats://127.0.0.1:4222", "nats://127.0.0.1:4222"},
+        {"nats://natsuser:NATSPASSWORD@127.0.0.1:4999", "nats://***@127.0.0.1:4999"},
+        {"nats://TOKEN@h:4222", "nats://***@h:4222"},
+        {"http://127.0.0.1:18556/hook?api_key=URLSECRET", "http://127.0.0.1:18556/hook?***"},
+        {"https://u:SECRET@hooks.example/x?t=SECRET#frag", "https://***@hooks.example/x?***"},
+        {"https://hooks.example/x#SECRET", "https://hooks.example/x#***"},
+        {"https://hooks.example/x?email=a@SECRET", "https://hooks.example/x?***"},
+        {"https://hooks.example/x?a=1,https://u:SECRET@evil/", "https://hooks.example/x?***"},
+        /* a list of servers: each one redacted */
+        {"nats://a:4222,nats://u:SECRET@b:4222, nats://c:4222", "nats://a:4222,nats://***@b:4222, nats://c:4222"},
+        /* unencoded characters in a password: more hidden, never the secret */
+        {"nats://u:SEC@RET@h:1", "nats://***@h:1"},
+        {"nats://u:SEC,RET@h:1", "nats://***@h:1"},
+        {"nats://u:SEC/RET@h:1", "nats://***@h:1"},
+        {"nats://u:SEC?RET@h:1", "nats://***"},
+        {"nats://u:SEC#RET@h:1", "nats://***"},
+        {"u:SECRET@h:1", "***@h:1"},
+        {"", ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        char out[256];
+        CHECK_STR(sl_url_redact(cases[i].in, out, sizeof(out)), cases[i].want);
+        CHECK(strstr(out, "SECRET") == NULL && strstr(out, "PASSWORD") == NULL && strstr(out, "TOKEN") == NULL);
+    }
+    char small[12];
+    CHECK_STR(sl_url_redact("nats://u:SECRET@host:4222", small, sizeof(small)), "nats://***@");
+    CHECK_STR(sl_url_redact(NULL, small, sizeof(small)), "");
+}
+
 static const char design_example[] =
     "{\"listen\": \"0.0.0.0:8080\", \"data_dir\": \"/var/lib/sillage\", \"map_size\": \"8GB\","
     " \"durability\": \"sync\", \"geoip_db\": \"/usr/share/sillage/geo.mmdb\", \"ip_anonymize\": true,"
     " \"trusted_proxies\": [\"127.0.0.1\"], \"cors_origins\": [\"https://shop.example\"],"
     " \"sources\": [{\"name\": \"shop\", \"write_key\": \"wk_live_123\"},"
-    " {\"name\": \"backend\", \"write_key\": \"wk_srv_456\", \"trusted\": true}], \"admin_token\": \"change-me\","
+    " {\"name\": \"backend\", \"write_key\": \"wk_srv_456\", \"trusted\": true}], \"admin_token\": \"change-me-to-a-long-random-token\","
     " \"identity\": {\"traits\": [\"email\"]}, \"limits\": {\"max_message_bytes\": 32768, \"max_request_bytes\": 512000},"
     " \"triggers\": [ {\"name\": \"cart\", \"type\": \"abandoned_cart\", \"delay\": \"1h\"},"
     "  {\"name\": \"pricing\", \"type\": \"page_visit\", \"url\": \"/pricing*\", \"min_count\": 2, \"within\": \"7d\"},"
@@ -155,6 +189,7 @@ TEST(config_design_example)
     CHECK_INT(c.limits.max_connections_per_ip, ==, 4096);
     CHECK_INT(c.limits.max_buffered_bytes, ==, 64 << 20);
     CHECK_INT(sl_config_check_exposure(&c, err, sizeof(err)), ==, 0);
+    CHECK_INT(sl_config_check_secrets(&c, err, sizeof(err)), ==, 0);
     sl_config_free(&c);
 }
 
@@ -218,6 +253,71 @@ TEST(config_demo_and_exposure)
     CHECK_INT(sl_config_parse(&c, j, sizeof(j) - 1, err, sizeof(err)), ==, 0);
     CHECK_INT(sl_config_check_exposure(&c, err, sizeof(err)), ==, SL_EINVAL);
     sl_config_free(&c);
+}
+
+TEST(config_admin_token_checks)
+{
+    static const struct { const char *token; const char *want; } cases[] = {
+        {"a", "admin_token has 1 characters; it must have at least 16"},
+        {"adm_secret_123", "admin_token has 14 characters; it must have at least 16"},
+        {"0123456789abcde", "admin_token has 15 characters"},
+        {"wk_public_key_0123", "admin_token is the same as sources[1].write_key (source \"web\")"},
+        {"0123456789abcdef", NULL},
+        {"a-long-random-admin-token", NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        char json[512], err[256] = "";
+        snprintf(json, sizeof(json),
+                 "{\"sources\":[{\"name\":\"api\",\"write_key\":\"wk_server\"},"
+                 "{\"name\":\"web\",\"write_key\":\"wk_public_key_0123\"}],\"admin_token\":\"%s\"}", cases[i].token);
+        sl_config_t c;
+        CHECK_INT(sl_config_parse(&c, json, strlen(json), err, sizeof(err)), ==, 0);
+        int rc = sl_config_check_secrets(&c, err, sizeof(err));
+        if (cases[i].want == NULL) {
+            CHECK_INT(rc, ==, 0);
+        } else {
+            CHECK_INT(rc, ==, SL_EINVAL);
+            if (strstr(err, cases[i].want) == NULL) {
+                fprintf(stderr, "  case %zu: error \"%s\" does not contain \"%s\"\n", i, err, cases[i].want);
+                test_failures++;
+            }
+            CHECK(strstr(err, cases[i].token) == NULL || strlen(cases[i].token) < 2); /* never the secret itself */
+        }
+        sl_config_free(&c);
+    }
+    sl_config_t d;
+    char err[256];
+    CHECK_INT(sl_config_demo(&d), ==, 0);
+    CHECK_INT(sl_config_check_secrets(&d, err, sizeof(err)), ==, 0); /* the demo's "demo-admin": loopback only */
+    sl_config_free(&d);
+}
+
+TEST(config_file_mode_warning)
+{
+    char dir[] = "/tmp/sl-cfgmode-XXXXXX", path[64], warn[512];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof(path), "%s/c.json", dir);
+    static const char j[] = "{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"0123456789abcdef\"}";
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (f) fputs(j, f), fclose(f);
+    sl_config_t c;
+    CHECK_INT(sl_config_load(&c, path, warn, sizeof(warn)), ==, 0);
+    static const struct { mode_t mode; int warned; } cases[] = {{0644, 1}, {0604, 1}, {0640, 0}, {0600, 0}, {0660, 0}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        warn[0] = '\0';
+        chmod(path, cases[i].mode);
+        CHECK_INT(sl_config_check_file_mode(&c, path, warn, sizeof(warn)), ==, cases[i].warned);
+        if (cases[i].warned) {
+            char want[32];
+            snprintf(want, sizeof(want), "(mode %03o)", (unsigned)cases[i].mode);
+            CHECK(strstr(warn, path) != NULL && strstr(warn, want) != NULL && strstr(warn, "every local user") != NULL);
+        }
+    }
+    CHECK_INT(sl_config_check_file_mode(&c, NULL, warn, sizeof(warn)), ==, 0);
+    sl_config_free(&c);
+    unlink(path);
+    rmdir(dir);
 }
 
 TEST(junk_identifiers)

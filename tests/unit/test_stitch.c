@@ -6,6 +6,7 @@
 #include "sl_config.h"
 #include "sl_stitch.h"
 #include "sl_store.h"
+#include "sl_webhooks.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -394,4 +395,20 @@ TEST(stitch_verify_finds_damage)
         CHECK_INT(verify_problems(&f), >, 0);
         fix_free(&f);
     }
+}
+
+/* The webhook signature against a vector computed outside sillage:
+ * printf '%s' '1700000000.t-1.0123456789abcdef.{"rule":"cart"}' | openssl dgst -sha256 -hmac hook-secret */
+TEST(webhook_signature_vector)
+{
+    static const char body[] = "{\"rule\":\"cart\"}";
+    char sig[SL_WEBHOOK_SIGNATURE_BYTES];
+    CHECK_INT(sl_webhook_sign("hook-secret", 1700000000, "t-1.0123456789abcdef", body, sizeof(body) - 1, sig), ==, 0);
+    CHECK_STR(sig, "t=1700000000,v1=07dbee2a0094efcdf136b225e704b9a242ba516a99fdb7b00807149ef7f4a19e");
+    /* the time and the delivery id are signed: changing either changes it */
+    char other[SL_WEBHOOK_SIGNATURE_BYTES];
+    CHECK_INT(sl_webhook_sign("hook-secret", 1700000001, "t-1.0123456789abcdef", body, sizeof(body) - 1, other), ==, 0);
+    CHECK(strcmp(sig + 17, other + 17) != 0);
+    CHECK_INT(sl_webhook_sign("hook-secret", 1700000000, "t-2.0123456789abcdef", body, sizeof(body) - 1, other), ==, 0);
+    CHECK(strcmp(sig, other) != 0);
 }
