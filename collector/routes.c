@@ -153,7 +153,7 @@ static void ingest_done(sl_store_batch_t *b)
     sl_buf_t out = {0};
     sl_buf_printf(&out, "{\"success\":true,\"accepted\":%zu,\"rejected\":%zu,\"errors\":[",
                   b->n_msgs, r->n_rejected);
-    sl_buf_append(&out, r->errors.data, r->errors.len);
+    if (r->errors.len) sl_buf_append(&out, r->errors.data, r->errors.len);
     sl_buf_appends(&out, "]");
     if (n_warn) {
         const sl_config_t *cfg = c->srv->cfg;
