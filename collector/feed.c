@@ -1,17 +1,22 @@
 /* feed.c - the trigger feed over HTTP (DESIGN.md "Triggers", docs/TRIGGERS.md):
  *   GET /v1/triggers?after=SEQ&limit=N&wait=SECONDS   JSON page, long poll
  *   GET /v1/triggers/stream                           Server-Sent Events
- * Reads run in LMDB read transactions on the loop thread and never wait for
- * the writer. The writer tells the loop (feed_async) when more triggers became
- * durable; waiting polls and open streams are then served. */
+ * Reads run in LMDB read transactions of the derived environment on the loop
+ * thread and never wait for the stage. The trigger engine tells the loop
+ * (feed_async, one of its "feed advanced" subscribers) when more triggers
+ * became durable; waiting polls and open streams are then served.
+ * Also /debug/stream: each event once the stage stitched it. */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "http_int.h"
+#include "sl_stitch.h"
 #include "sl_triggers.h"
-#include "sl_webhooks.h"
+
+#define DEBUG_QUEUE_BYTES (4u << 20) /* events waiting for the loop, for the debug viewers */
 
 #define MAX_WAIT_S 60
 #define STREAM_PING_MS 15000
@@ -28,8 +33,9 @@ typedef struct {
     long n;
 } feed_read_t;
 
-static int read_page(MDB_txn *txn, void *arg)
+static int read_page(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
+    (void)log_txn;
     feed_read_t *q = arg;
     q->n = sl_trig_read(q->trig, txn, q->after, q->limit, q->out, &q->last);
     return q->n < 0 ? SL_ESTORE : 0;
@@ -66,7 +72,7 @@ static void poll_answer(conn_t *c)
     sl_buf_t out = {0};
     sl_buf_appends(&out, "{\"triggers\":[");
     feed_read_t q = {srv->trig, c->feed_after, c->feed_limit, &out, c->feed_after, 0};
-    int rc = sl_store_read(srv->store, read_page, &q);
+    int rc = sl_stage_read(srv->stage, 0, read_page, &q);
     sl_buf_printf(&out, "],\"next\":%llu}", (unsigned long long)q.last);
     if (c->feed_mode) {
         waiter_unlink(c);
@@ -99,8 +105,9 @@ typedef struct {
     long n;
 } sse_read_t;
 
-static int sse_read(MDB_txn *txn, void *arg)
+static int sse_read(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
+    (void)log_txn;
     sse_read_t *q = arg;
     q->n = sl_trig_foreach(q->trig, txn, q->after, STREAM_BATCH, sse_one, q->ctx);
     return q->n < 0 ? SL_ESTORE : 0;
@@ -115,7 +122,7 @@ static void stream_push(conn_t *c)
         sl_buf_t out = {0};
         sse_ctx_t ctx = {&out, c->feed_after};
         sse_read_t q = {srv->trig, c->feed_after, &ctx, 0};
-        int rc = sl_store_read(srv->store, sse_read, &q);
+        int rc = sl_stage_read(srv->stage, 0, sse_read, &q);
         if (rc) {
             sl_buf_free(&out);
             http_close(c);
@@ -147,10 +154,10 @@ static void on_feed_async(uv_async_t *a)
 {
     sl_server_t *srv = a->data;
     wake(srv);
-    sl_webhooks_wake(srv->webhooks);
 }
 
-static void notify_from_writer(void *arg)
+/* The trigger engine's "feed advanced": runs on the stage thread. */
+static void feed_advanced(void *arg)
 {
     sl_server_t *srv = arg;
     uv_async_send(&srv->feed_async);
@@ -191,8 +198,7 @@ int feed_start(sl_server_t *srv)
     srv->handles_open++;
     uv_timer_start(&srv->feed_timer, on_feed_timer, 100, 100);
     srv->feed_started = 1;
-    sl_trig_set_notify(srv->trig, notify_from_writer, srv);
-    return 0;
+    return sl_trig_subscribe(srv->trig, feed_advanced, srv);
 }
 
 void feed_stop(sl_server_t *srv)
@@ -211,6 +217,7 @@ void feed_stop(sl_server_t *srv)
 
 void feed_conn_closed(conn_t *c)
 {
+    if (c->feed_mode == FEED_DEBUG) atomic_fetch_sub(&c->srv->debug_viewers, 1);
     waiter_unlink(c);
     c->feed_mode = FEED_NONE;
     c->busy = 0; /* nothing else holds its request: the connection frees it */
@@ -343,23 +350,96 @@ void handle_debug_stream(conn_t *c)
     c->feed_last_write_ms = sl_now_ms();
     http_send(c, head, sizeof(head) - 1);
     waiter_link(c);
+    atomic_fetch_add(&srv->debug_viewers, 1);
 }
 
-void feed_debug_publish(sl_server_t *srv, const char *json, size_t len, uint64_t person)
+/* One SSE event for the debug viewers, queued by the stage thread. */
+typedef struct debug_item_s {
+    struct debug_item_s *next;
+    size_t len;
+    char data[];
+} debug_item_t;
+
+/* The stitcher's listener (stage thread): an event and the person it was
+ * stitched into, queued for the loop when someone is watching. */
+static int debug_stitched(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, const sl_ident_event_t *ie)
 {
+    (void)txn;
+    sl_server_t *srv = arg;
+    if (atomic_load(&srv->debug_viewers) == 0) return 0;
     sl_buf_t b = {0};
-    sl_buf_appends(&b, "event: event\ndata: {\"person\":");
-    if (person) sl_buf_printf(&b, "\"p_%llu\"", (unsigned long long)person);
-    else sl_buf_appends(&b, "null");
-    sl_buf_appends(&b, ",\"message\":");
-    sl_buf_append(&b, json, len);
+    sl_buf_printf(&b, "event: event\ndata: {\"person\":\"p_%llu\",\"message\":", (unsigned long long)ie->person);
+    sl_buf_append(&b, ev->json, ev->len);
     sl_buf_appends(&b, "}\n\n");
-    if (b.data == NULL) return;
-    int64_t now = sl_now_ms();
-    for (conn_t *c = srv->debug_streams; c; c = c->feed_next) {
-        if (c->tcp.write_queue_size > (1u << 20)) continue; /* a slow viewer misses events, never holds memory */
-        http_send(c, b.data, b.len);
-        c->feed_last_write_ms = now;
+    debug_item_t *it = b.data ? malloc(sizeof(*it) + b.len) : NULL;
+    if (it) {
+        it->next = NULL;
+        it->len = b.len;
+        memcpy(it->data, b.data, b.len);
     }
     sl_buf_free(&b);
+    if (it == NULL) return 0; /* the view is lossy, never the stage's problem */
+    uv_mutex_lock(&srv->debug_mu);
+    if (srv->debug_queued + it->len > DEBUG_QUEUE_BYTES || !srv->debug_async_open) {
+        free(it); /* the loop is behind: viewers miss this one */
+    } else {
+        *srv->debug_tail = it;
+        srv->debug_tail = &it->next;
+        srv->debug_queued += it->len;
+        uv_async_send(&srv->debug_async);
+    }
+    uv_mutex_unlock(&srv->debug_mu);
+    return 0;
+}
+
+static void on_debug_async(uv_async_t *a)
+{
+    sl_server_t *srv = a->data;
+    uv_mutex_lock(&srv->debug_mu);
+    debug_item_t *list = srv->debug_head;
+    srv->debug_head = NULL;
+    srv->debug_tail = &srv->debug_head;
+    srv->debug_queued = 0;
+    uv_mutex_unlock(&srv->debug_mu);
+    int64_t now = sl_now_ms();
+    while (list) {
+        debug_item_t *next = list->next;
+        for (conn_t *c = srv->debug_streams; c; c = c->feed_next) {
+            if (c->tcp.write_queue_size > (1u << 20)) continue; /* a slow viewer misses events, never holds memory */
+            http_send(c, list->data, list->len);
+            c->feed_last_write_ms = now;
+        }
+        free(list);
+        list = next;
+    }
+}
+
+int feed_debug_start(sl_server_t *srv)
+{
+    uv_mutex_init(&srv->debug_mu);
+    srv->debug_tail = &srv->debug_head;
+    int rc = uv_async_init(srv->loop, &srv->debug_async, on_debug_async);
+    if (rc) return rc;
+    srv->debug_async.data = srv;
+    srv->handles_open++;
+    srv->debug_async_open = 1;
+    sl_ident_listener_t l = {.arg = srv, .stitched = debug_stitched};
+    return sl_stitch_listen(srv->stitch, &l);
+}
+
+/* At stop (loop thread): nothing more is queued, what was is dropped. */
+void feed_debug_stop(sl_server_t *srv)
+{
+    if (!srv->debug_async_open) return;
+    uv_mutex_lock(&srv->debug_mu);
+    srv->debug_async_open = 0;
+    debug_item_t *list = srv->debug_head;
+    srv->debug_head = NULL;
+    srv->debug_tail = &srv->debug_head;
+    uv_mutex_unlock(&srv->debug_mu);
+    while (list) {
+        debug_item_t *next = list->next;
+        free(list);
+        list = next;
+    }
 }

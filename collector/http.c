@@ -133,6 +133,7 @@ void req_free(req_t *r)
     free(r->batch.msgs);
     body_release(r);
     sl_buf_free(&r->errors);
+    sl_buf_free(&r->warnings);
     sl_arena_free(&r->arena);
     free(r);
 }
@@ -774,6 +775,11 @@ static void on_conn_closed(uv_handle_t *h)
     srv->n_conns--;
     ip_conns_release(srv, c);
     if (c->feed_mode) feed_conn_closed(c); /* a long poll or a stream: no commit holds its request */
+    if (c->req && c->req->waiting) { /* a read waiting for the stage: nothing else holds it */
+        sl_stage_cancel(srv->stage, &c->req->waiter);
+        c->req->waiting = 0;
+        c->busy = 0;
+    }
     if (c->req) {
         if (c->busy) c->req->conn = NULL; /* the commit callback frees it */
         else req_free(c->req);
@@ -885,16 +891,13 @@ static void free_after_close(uv_handle_t *h)
     sl_http_server_free(h->data);
 }
 
-int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store,
-                         struct sl_stitch_s *stitch)
+int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store)
 {
     sl_server_t *srv = calloc(1, sizeof(*srv));
     if (srv == NULL) return SL_ENOMEM;
     srv->loop = loop;
     srv->cfg = cfg;
-    srv->rules_cfg = cfg;
     srv->store = store;
-    srv->stitch = stitch;
     int rc;
     srv->scratch_len = cfg->limits.max_message_bytes + 4096;
     srv->scratch = malloc(srv->scratch_len);
@@ -979,16 +982,24 @@ fail:
     return rc;
 }
 
-void sl_http_server_set_webhooks(sl_server_t *srv, struct sl_webhooks_s *w) { srv->webhooks = w; }
-
-void sl_http_server_set_nats(sl_server_t *srv, struct sl_nats_s *n) { srv->nats = n; }
-
-void sl_http_server_set_rules(sl_server_t *srv, const sl_config_t *rules) { srv->rules_cfg = rules; }
-
-int sl_http_server_set_triggers(sl_server_t *srv, struct sl_trig_s *trig)
+int sl_http_server_set_stage(sl_server_t *srv, sl_stage_t *stage, struct sl_stitch_s *stitch,
+                             struct sl_trig_s *trig)
 {
+    srv->stage = stage;
+    srv->stitch = stitch;
     srv->trig = trig;
-    return trig ? feed_start(srv) : 0;
+    int rc = trig ? feed_start(srv) : 0;
+    if (rc == 0 && stitch && srv->cfg->debug_page) rc = feed_debug_start(srv);
+    return rc;
+}
+
+int sl_http_server_add_metrics(sl_server_t *srv, void (*render)(void *arg, sl_buf_t *out), void *arg)
+{
+    if (srv->n_metrics == sizeof(srv->metrics) / sizeof(srv->metrics[0])) return SL_EINVAL;
+    srv->metrics[srv->n_metrics].render = render;
+    srv->metrics[srv->n_metrics].arg = arg;
+    srv->n_metrics++;
+    return 0;
 }
 
 int sl_http_server_port(const sl_server_t *srv)
@@ -1002,17 +1013,46 @@ static void on_handle_closed(uv_handle_t *h)
     if (--srv->handles_open == 0 && srv->stop_cb) srv->stop_cb(srv->stop_arg);
 }
 
-static void on_store_drained(void *arg)
+/* Last step of a stop: nothing signals the asyncs any more. */
+static void close_handles(void *arg)
 {
     sl_server_t *srv = arg;
     uv_timer_stop(&srv->grace);
-    if (srv->feed_started) { /* the writer is gone: nothing signals the async any more */
+    if (srv->feed_started) {
         srv->feed_started = 0;
         uv_close((uv_handle_t *)&srv->feed_async, on_handle_closed);
         uv_close((uv_handle_t *)&srv->feed_timer, on_handle_closed);
     }
+    if (srv->debug_async_open) {
+        feed_debug_stop(srv);
+        uv_close((uv_handle_t *)&srv->debug_async, on_handle_closed);
+    }
     uv_close((uv_handle_t *)&srv->sweep, on_handle_closed);
     uv_close((uv_handle_t *)&srv->grace, on_handle_closed);
+}
+
+/* The stage takes too long to apply what is left: it stops now and takes
+ * up where it left off at the next start. */
+static void on_stage_grace(uv_timer_t *t)
+{
+    sl_server_t *srv = t->data;
+    SL_WARN("the stage is %llu events behind at shutdown: it stops now and resumes at the next start",
+            (unsigned long long)(sl_store_durable_seq(srv->store) - sl_stage_applied(srv->stage)));
+    sl_stage_stop(srv->stage, 1, close_handles, srv);
+}
+
+/* Every acknowledged event is on disk: the stage applies what is left
+ * (bounded), then the handles close. */
+static void on_store_drained(void *arg)
+{
+    sl_server_t *srv = arg;
+    uv_timer_stop(&srv->grace);
+    if (srv->stage == NULL) {
+        close_handles(srv);
+        return;
+    }
+    uv_timer_start(&srv->grace, on_stage_grace, 5000, 0);
+    sl_stage_stop(srv->stage, 0, close_handles, srv);
 }
 
 static void maybe_finish_stop(sl_server_t *srv)

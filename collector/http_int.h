@@ -5,6 +5,7 @@
 #define SL_HTTP_INT_H
 
 #include "sl_collector.h"
+#include "sl_stage.h"
 #include <llhttp.h>
 
 enum route_id {
@@ -42,10 +43,15 @@ typedef struct req_s {
     size_t stored_bytes;          /* printed messages so far (STORED_BYTES_PER_REQUEST) */
     int over_stored;
     sl_buf_t errors;              /* JSON array members for rejected messages */
+    sl_buf_t warnings;            /* JSON array members for stored messages with a remark */
     size_t n_rejected;
     int is_pixel;
     sl_ipnet_t client_ip;         /* routes.c client_ip() */
     int has_client_ip;
+    /* a read waiting for the stage (profiles.c) */
+    void *read;
+    sl_stage_waiter_t waiter;
+    int waiting;
 } req_t;
 
 struct conn_s {
@@ -88,12 +94,21 @@ struct sl_server_s {
     uv_timer_t sweep;
     uv_timer_t grace;
     const sl_config_t *cfg;
-    const sl_config_t *rules_cfg; /* the trigger rules in force: cfg, or the last SIGHUP reload */
     sl_store_t *store;
+    sl_stage_t *stage;            /* NULL: an edge, no derived state */
     struct sl_stitch_s *stitch;   /* NULL: no profiles */
     struct sl_trig_s *trig;       /* NULL: no trigger feed */
-    struct sl_webhooks_s *webhooks; /* NULL: none configured */
-    struct sl_nats_s *nats;       /* NULL: role "all" */
+    struct {
+        void (*render)(void *arg, sl_buf_t *out);
+        void *arg;
+    } metrics[8];                 /* other components' /metrics lines */
+    size_t n_metrics;
+    uv_async_t debug_async;       /* the stage stitched events a debug viewer wants */
+    uv_mutex_t debug_mu;
+    struct debug_item_s *debug_head, **debug_tail; /* under debug_mu */
+    size_t debug_queued;          /* under debug_mu: bytes */
+    _Atomic int debug_viewers;    /* read by the stage thread */
+    int debug_async_open;
     uv_async_t feed_async;        /* the writer made more triggers durable */
     uv_timer_t feed_timer;        /* long-poll deadlines, stream keep-alives */
     conn_t *feed_waiters;         /* long polls and streams */
@@ -190,9 +205,11 @@ void feed_stop(sl_server_t *srv);     /* answers polls, ends streams, closes its
 void feed_conn_closed(conn_t *c);
 /* GET /debug/stream: stored events as SSE ("event" events). */
 void handle_debug_stream(conn_t *c);
-/* Sends one stored message and the person it was stitched into to every
- * debug stream (lossy for slow readers). */
-void feed_debug_publish(sl_server_t *srv, const char *json, size_t len, uint64_t person);
+/* The debug view hears of each event once the stage stitched it: a listener
+ * of the stitcher (stage thread) queues it for the loop, bounded; a slow or
+ * absent viewer costs nothing. */
+int feed_debug_start(sl_server_t *srv);   /* with srv->stitch set, before the stage starts */
+void feed_debug_stop(sl_server_t *srv);
 
 /* ratelimit.c */
 /* The bucket of ip in t (rate tokens/s, up to burst): 1 when it holds a
@@ -214,17 +231,14 @@ void static_free(sl_server_t *srv);
 int handle_static(conn_t *c, const char *path);
 
 /* routes.c */
-/* What the stitcher needs of a normalised message, allocated in arena (NULL
- * when out of memory); shared by the HTTP ingestion and the NATS consumer. */
-/* cfg: identity traits (fixed at start); rules: the trigger rules (reloaded). */
-struct sl_stitch_msg_s *collector_stitch_input(const sl_config_t *cfg, const sl_config_t *rules,
-                                               struct sl_stitch_s *stitch, const cJSON *msg,
-                                               const char *message_id, sl_arena_t *arena);
 void route_request(conn_t *c);
 /* For a request to an ingestion route that carries "Authorization: Basic",
  * checked from its headers before the body is read: NULL when the key is
  * known (or there is no Basic header), else why it is refused (401). */
 const char *route_basic_auth_refusal(conn_t *c);
 void handle_profiles(conn_t *c, const char *rest);
+/* profiles.c: a read's ?position= (default: the log's durable end) and
+ * ?wait_ms=; 0, or -1 after answering 400. */
+int http_read_position(conn_t *c, uint64_t *pos, int64_t *wait_ms);
 
 #endif

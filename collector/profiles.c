@@ -1,5 +1,11 @@
 /* profiles.c - the admin routes over the stitcher: profiles, timelines, the
- * merge journal and erasure (DESIGN.md "Profiles", docs/API.md). */
+ * merge journal and erasure (DESIGN.md "Profiles", docs/API.md).
+ *
+ * Reads are consistent with what was acknowledged: before reading, a request
+ * waits (bounded) until the derivation stage has applied the log up to
+ * `position` -- by default the log's durable end when the request arrived,
+ * which holds every event acknowledged before it. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,29 +21,32 @@ typedef struct {
     sl_buf_t *out;
 } read_req_t;
 
-static int read_cb(MDB_txn *txn, void *arg)
+static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
     read_req_t *q = arg;
     switch (q->what) {
     case 0: return sl_stitch_profile(q->stitch, txn, q->kind, q->id, q->out);
-    case 1: return sl_stitch_timeline(q->stitch, txn, q->kind, q->id, q->limit, q->before, q->out);
+    case 1: return sl_stitch_timeline(q->stitch, txn, log_txn, q->kind, q->id, q->limit, q->before, q->out);
     default: return sl_stitch_merges(q->stitch, txn, q->kind, q->id, q->out);
     }
 }
 
-static void erase_done(sl_store_batch_t *b)
+static void erase_done(sl_stage_job_t *job)
 {
-    req_t *r = b->data;
+    sl_stitch_erase_t *e = job->arg;
+    req_t *r = e->ctx;
     conn_t *c = r->conn;
-    sl_stitch_erase_t *e = b->job_arg;
+    c = c && c->req == r ? c : NULL;
+    if (c) c->busy = 0;
     if (c == NULL) { /* the client left; the erasure happened all the same */
+        sl_stitch_erase_free(e);
         free(e);
         req_free(r);
         return;
     }
-    if (b->rc) {
+    if (job->rc) {
         char msg[200];
-        snprintf(msg, sizeof(msg), "storage unavailable, nothing was erased: %s", sl_strerror(b->rc));
+        snprintf(msg, sizeof(msg), "storage unavailable, the erasure did not complete: %s", sl_strerror(job->rc));
         http_respond_error(c, 503, msg);
     } else if (!e->found) {
         http_respond_error(c, 404, "no profile has that identifier");
@@ -50,7 +59,68 @@ static void erase_done(sl_store_batch_t *b)
                          (unsigned long long)e->journal, (unsigned long long)e->triggers);
         http_respond(c, 200, "application/json", "Cache-Control: no-store\r\n", out, (size_t)n);
     }
+    sl_stitch_erase_free(e);
     free(e);
+}
+
+/* The read, once the stage has applied what the request waited for. */
+static void answer_read(conn_t *c, int reached)
+{
+    req_t *r = c->req;
+    sl_server_t *srv = c->srv;
+    read_req_t *q = r->read;
+    sl_buf_t out = {0};
+    q->out = &out;
+    int rc = sl_stage_read(srv->stage, q->what == 1, read_cb, q);
+    /* how far the answer is from what was asked: 0 when it was reached */
+    char h[128];
+    uint64_t applied = sl_stage_applied(srv->stage);
+    snprintf(h, sizeof(h), "Cache-Control: no-store\r\nX-Sillage-Applied: %llu\r\n%s",
+             (unsigned long long)applied, reached ? "" : "X-Sillage-Stale: 1\r\n");
+    if (rc == SL_ENOTFOUND) http_respond_error(c, 404, "no profile has that identifier");
+    else if (rc == SL_EINVAL) http_respond_error(c, 400, "before must be a cursor from a previous page");
+    else if (rc || out.data == NULL) http_respond_error(c, 503, sl_strerror(rc ? rc : SL_ENOMEM));
+    else http_respond(c, 200, "application/json", h, out.data, out.len);
+    sl_buf_free(&out);
+}
+
+static void on_applied(sl_stage_waiter_t *w, int reached)
+{
+    req_t *r = w->arg;
+    conn_t *c = r->conn;
+    r->waiting = 0;
+    c->busy = 0;
+    answer_read(c, reached);
+}
+
+/* ?position=N (default: the log's durable end now) and ?wait_ms=T (default
+ * 2000, at most 10000; 0: answer at once). 0, or -1 after answering 400. */
+int http_read_position(conn_t *c, uint64_t *pos, int64_t *wait_ms)
+{
+    req_t *r = c->req;
+    char *v = NULL;
+    *pos = sl_store_durable_seq(c->srv->store);
+    *wait_ms = 2000;
+    if (http_query_param(r, "position", &v) >= 0) {
+        char *end;
+        errno = 0;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (*v == '\0' || *end || errno || *v == '-') {
+            http_respond_error(c, 400, "position must be a log position (X-Sillage-Position of an ingest answer)");
+            return -1;
+        }
+        *pos = x;
+    }
+    if (http_query_param(r, "wait_ms", &v) >= 0) {
+        char *end;
+        long x = strtol(v, &end, 10);
+        if (*v == '\0' || *end || x < 0 || x > 10000) {
+            http_respond_error(c, 400, "wait_ms must be 0..10000");
+            return -1;
+        }
+        *wait_ms = x;
+    }
+    return 0;
 }
 
 void handle_profiles(conn_t *c, const char *rest)
@@ -66,7 +136,7 @@ void handle_profiles(conn_t *c, const char *rest)
         http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);
         return;
     }
-    if (srv->stitch == NULL) { /* an edge: the core keeps the profiles */
+    if (srv->stitch == NULL || srv->stage == NULL) { /* an edge: the core keeps the profiles */
         http_respond_error(c, 404, "this node keeps no profiles (role edge: ask the core)");
         return;
     }
@@ -108,30 +178,35 @@ void handle_profiles(conn_t *c, const char *rest)
         return;
     }
     if (m == HTTP_DELETE && what == 0) {
+        /* the stage applies every durable event before its jobs: all that
+         * was acknowledged about the person is erased too */
         sl_stitch_erase_t *e = calloc(1, sizeof(*e));
         if (e == NULL) {
             http_respond_error(c, 503, "out of memory");
             return;
         }
-        e->stitch = srv->stitch;
-        e->kind = kind;
-        e->id = id;
-        r->batch.job = sl_stitch_erase_job;
-        r->batch.job_arg = e;
-        r->batch.done = erase_done;
-        r->batch.data = r;
-        int rc = sl_store_submit(srv->store, &r->batch);
+        sl_stitch_erase_init(e, srv->stitch, kind, id, erase_done);
+        e->ctx = r;
+        int rc = sl_stage_submit(srv->stage, &e->job);
         if (rc) {
             free(e);
-            http_respond_error(c, 503, rc == SL_EBUSY ? "server busy, retry later" : sl_strerror(rc));
+            http_respond_error(c, 503, sl_strerror(rc));
+            return;
         }
+        c->busy = 1;
         return;
     }
     if (m != HTTP_GET) {
         http_respond_error(c, 405, what == 0 ? "use GET or DELETE" : "use GET");
         return;
     }
-    read_req_t q = {srv->stitch, kind, id, NULL, what, 50, NULL};
+    read_req_t *qp = sl_arena_alloc(&r->arena, sizeof(*qp));
+    if (qp == NULL) {
+        http_respond_error(c, 503, "out of memory");
+        return;
+    }
+    *qp = (read_req_t){srv->stitch, kind, id, NULL, what, 50, NULL};
+    read_req_t *q = qp;
     if (what == 1) {
         char *lim = NULL, *before = NULL;
         if (http_query_param(r, "limit", &lim) >= 0) {
@@ -141,16 +216,21 @@ void handle_profiles(conn_t *c, const char *rest)
                 http_respond_error(c, 400, "limit must be 1..1000");
                 return;
             }
-            q.limit = (size_t)l;
+            q->limit = (size_t)l;
         }
-        if (http_query_param(r, "before", &before) >= 0) q.before = before;
+        if (http_query_param(r, "before", &before) >= 0) q->before = before;
     }
-    sl_buf_t out = {0};
-    q.out = &out;
-    int rc = sl_store_read(srv->store, read_cb, &q);
-    if (rc == SL_ENOTFOUND) http_respond_error(c, 404, "no profile has that identifier");
-    else if (rc == SL_EINVAL) http_respond_error(c, 400, "before must be a cursor from a previous page");
-    else if (rc || out.data == NULL) http_respond_error(c, 503, sl_strerror(rc ? rc : SL_ENOMEM));
-    else http_respond(c, 200, "application/json", "Cache-Control: no-store\r\n", out.data, out.len);
-    sl_buf_free(&out);
+    uint64_t pos;
+    int64_t wait_ms;
+    if (http_read_position(c, &pos, &wait_ms)) return;
+    r->read = q;
+    if (pos <= sl_stage_applied(srv->stage) || wait_ms == 0) {
+        answer_read(c, pos <= sl_stage_applied(srv->stage));
+        return;
+    }
+    r->waiting = 1;
+    r->waiter.cb = on_applied;
+    r->waiter.arg = r;
+    c->busy = 1;
+    sl_stage_wait(srv->stage, &r->waiter, pos, wait_ms);
 }

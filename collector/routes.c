@@ -8,10 +8,6 @@
  */
 #define _GNU_SOURCE
 #include "http_int.h"
-#include "sl_stitch.h"
-#include "sl_triggers.h"
-#include "sl_webhooks.h"
-#include "sl_nats.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,13 +107,6 @@ static void ingest_done(sl_store_batch_t *b)
 {
     req_t *r = b->data;
     conn_t *c = r->conn;
-    if (b->rc == 0 && c && c->srv->debug_streams) {
-        for (size_t i = 0; i < b->n_msgs; i++) {
-            const sl_store_msg_t *m = &b->msgs[i];
-            const sl_stitch_msg_t *sm = m->meta;
-            if (m->status == SL_STORE_STORED) feed_debug_publish(c->srv, m->json, m->json_len, sm ? sm->person : 0);
-        }
-    }
     if (c == NULL) { /* the client left; the messages are stored all the same */
         req_free(r);
         return;
@@ -134,20 +123,25 @@ static void ingest_done(sl_store_batch_t *b)
         http_respond_error(c, 503, msg);
         return;
     }
+    /* Where this request's events are in the log: a read that passes it as
+     * ?position= sees them applied (read-your-writes). A duplicate's event
+     * is older: the durable end covers it. */
+    uint64_t pos = 0;
+    for (size_t i = 0; i < b->n_msgs; i++)
+        if (b->msgs[i].status == SL_STORE_STORED && b->msgs[i].seq > pos) pos = b->msgs[i].seq;
+    if (pos == 0) pos = sl_store_durable_seq(c->srv->store);
+    char h[96];
+    snprintf(h, sizeof(h), "X-Sillage-Position: %llu\r\n", (unsigned long long)pos);
     if (r->is_pixel) {
-        http_respond(c, 200, "image/gif", "Cache-Control: no-store, max-age=0\r\n",
-                     (const char *)pixel_gif, sizeof(pixel_gif));
+        sl_buf_t hp = {0};
+        sl_buf_printf(&hp, "Cache-Control: no-store, max-age=0\r\n%s", h);
+        http_respond(c, 200, "image/gif", hp.data, (const char *)pixel_gif, sizeof(pixel_gif));
+        sl_buf_free(&hp);
         return;
     }
-    /* Stored, but some traits were not kept on the profile (limits). */
-    size_t n_warn = 0;
-    for (size_t i = 0; i < b->n_msgs; i++) {
-        const sl_stitch_msg_t *sm = b->msgs[i].meta;
-        n_warn += sm && sm->dropped_traits && b->msgs[i].status == SL_STORE_STORED;
-    }
-    if (r->n_rejected == 0 && n_warn == 0) {
+    if (r->n_rejected == 0 && r->warnings.len == 0) {
         static const char ok[] = "{\"success\":true}";
-        http_respond(c, 200, "application/json", NULL, ok, sizeof(ok) - 1);
+        http_respond(c, 200, "application/json", h, ok, sizeof(ok) - 1);
         return;
     }
     sl_buf_t out = {0};
@@ -155,24 +149,13 @@ static void ingest_done(sl_store_batch_t *b)
                   b->n_msgs, r->n_rejected);
     if (r->errors.len) sl_buf_append(&out, r->errors.data, r->errors.len);
     sl_buf_appends(&out, "]");
-    if (n_warn) {
-        const sl_config_t *cfg = c->srv->cfg;
+    if (r->warnings.len) {
         sl_buf_appends(&out, ",\"warnings\":[");
-        for (size_t i = 0, k = 0; i < b->n_msgs; i++) {
-            const sl_stitch_msg_t *sm = b->msgs[i].meta;
-            if (sm == NULL || sm->dropped_traits == 0 || b->msgs[i].status != SL_STORE_STORED) continue;
-            sl_buf_printf(&out, "%s{\"messageId\":", k++ ? "," : "");
-            sl_buf_append_json_str(&out, sm->message_id, strlen(sm->message_id));
-            sl_buf_printf(&out, ",\"warning\":\"stored, but %llu traits were not kept on the profile: a person "
-                                "keeps at most limits.max_traits_per_person (%llu) traits in "
-                                "limits.max_traits_bytes (%llu)\"}",
-                          (unsigned long long)sm->dropped_traits, (unsigned long long)cfg->limits.max_traits_per_person,
-                          (unsigned long long)cfg->limits.max_traits_bytes);
-        }
+        sl_buf_append(&out, r->warnings.data, r->warnings.len);
         sl_buf_appends(&out, "]");
     }
     sl_buf_appends(&out, "}");
-    http_respond(c, 200, "application/json", NULL, out.data ? out.data : "", out.len);
+    http_respond(c, 200, "application/json", h, out.data ? out.data : "", out.len);
     sl_buf_free(&out);
 }
 
@@ -202,103 +185,32 @@ static void request_context(conn_t *c, sl_ingest_ctx_t *ctx, char ipbuf[46], cJS
     ctx->location = *loc;
 }
 
-static const char *str_member(const cJSON *o, const char *name)
+/* An identify whose traits a profile cannot keep all of (a person keeps at
+ * most limits.max_traits_per_person traits in limits.max_traits_bytes): the
+ * message is stored whole, the answer says so. What a person accumulated
+ * over many messages is bounded by the stage, which counts what it drops
+ * (sillage_traits_dropped_total). */
+static void note_traits(req_t *r, sl_server_t *srv, const cJSON *msg)
 {
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsString(x) ? x->valuestring : NULL;
-}
-
-/* 1 when an abandoned_cart rule of cfg looks at track events named event. */
-static int cart_rule_event(const sl_config_t *cfg, const char *event)
-{
-    if (strcmp(event, "Product Removed") == 0) return 1;
-    for (size_t i = 0; i < cfg->n_triggers; i++) {
-        const sl_trigger_rule_t *t = &cfg->triggers[i];
-        if (t->type != SL_TRIG_ABANDONED_CART) continue;
-        for (size_t j = 0; j < t->n_start_events; j++)
-            if (strcmp(t->start_events[j], event) == 0) return 1;
-    }
-    return 0;
-}
-
-/* What the stitcher needs of a normalised message, in the request's arena
- * (alive until the commit is answered). NULL when out of memory. */
-sl_stitch_msg_t *collector_stitch_input(const sl_config_t *cfg, const sl_config_t *rules, sl_stitch_t *stitch,
-                                        const cJSON *msg, const char *message_id, sl_arena_t *arena)
-{
-    sl_stitch_msg_t *sm = sl_arena_alloc(arena, sizeof(*sm));
-    if (sm == NULL) return NULL;
-    memset(sm, 0, sizeof(*sm));
-    const char *type = str_member(msg, "type");
-    int t = type ? sl_msg_type_from_name(type, strlen(type)) : -1;
-    static const int map[SL_MSG_NTYPES] = {
-        [SL_MSG_TRACK] = SL_STITCH_TRACK,       [SL_MSG_PAGE] = SL_STITCH_PAGE,
-        [SL_MSG_SCREEN] = SL_STITCH_SCREEN,     [SL_MSG_IDENTIFY] = SL_STITCH_IDENTIFY,
-        [SL_MSG_ALIAS] = SL_STITCH_ALIAS,       [SL_MSG_GROUP] = SL_STITCH_GROUP};
-    sm->type = t >= 0 && t < SL_MSG_NTYPES ? map[t] : SL_STITCH_TRACK;
-    if ((sm->message_id = sl_arena_strndup(arena, message_id, strlen(message_id))) == NULL) return NULL;
-    sm->user_id = sl_stitch_clean_id(stitch, str_member(msg, "userId"), arena, 0);
-    sm->anonymous_id = sl_stitch_clean_id(stitch, str_member(msg, "anonymousId"), arena, 0);
-    sm->previous_id = sl_stitch_clean_id(stitch, str_member(msg, "previousId"), arena, 0);
-    /* the source as stored with the event (context.sillage.source): one
-     * answer for this node and for a NATS core reading the same event */
-    const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(msg, "context"), "sillage");
-    const sl_source_t *src = sl_config_source(cfg, str_member(sil, "source"));
-    sm->trusted = src && src->trusted;
-    const char *ts = str_member(msg, "timestamp");
-    if (ts == NULL || sl_time_parse_iso(ts, strlen(ts), &sm->ts_ms)) sm->ts_ms = sl_now_ms();
+    const sl_config_t *cfg = srv->cfg;
     const cJSON *traits = cJSON_GetObjectItemCaseSensitive(msg, "traits");
-    if (sm->type == SL_STITCH_IDENTIFY && cJSON_IsObject(traits)) {
-        for (size_t i = 0; i < cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
-            sm->trait_ids[i] = sl_stitch_clean_id(stitch, str_member(traits, cfg->identity_traits[i]), arena, 1);
-        char *txt = cJSON_PrintUnformatted(traits);
-        if (txt == NULL) return NULL;
-        sm->traits_json = sl_arena_strndup(arena, txt, strlen(txt));
-        cJSON_free(txt);
-        if (sm->traits_json == NULL) return NULL;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(msg, "type");
+    if (!cJSON_IsObject(traits) || !cJSON_IsString(type) || strcmp(type->valuestring, "identify") != 0) return;
+    size_t n = (size_t)cJSON_GetArraySize(traits);
+    if (n <= cfg->limits.max_traits_per_person) {
+        /* the scratch buffer is free again: the message was copied out of it */
+        if (!cJSON_PrintPreallocated((cJSON *)traits, srv->scratch, (int)srv->scratch_len, 0)) return;
+        if (strlen(srv->scratch) <= cfg->limits.max_traits_bytes) return;
     }
-    const char *event = str_member(msg, "event");
-    const cJSON *props = cJSON_GetObjectItemCaseSensitive(msg, "properties");
-    if (rules->n_triggers && sm->type == SL_STITCH_TRACK && event) {
-        if ((sm->event = sl_arena_strndup(arena, event, strlen(event))) == NULL) return NULL;
-        if (cJSON_IsObject(props) && cart_rule_event(rules, event)) {
-            char *txt = cJSON_PrintUnformatted(props);
-            if (txt == NULL) return NULL;
-            sm->props_json = sl_arena_strndup(arena, txt, strlen(txt));
-            cJSON_free(txt);
-            if (sm->props_json == NULL) return NULL;
-        }
-    }
-    if (rules->n_triggers && sm->type == SL_STITCH_PAGE) {
-        const cJSON *page = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(msg, "context"), "page");
-        const char *url = str_member(props, "url"), *path = str_member(props, "path");
-        if (url == NULL) url = str_member(page, "url");
-        if (path == NULL) path = str_member(page, "path");
-        if (url && (sm->url = sl_arena_strndup(arena, url, strlen(url))) == NULL) return NULL;
-        if (path == NULL && url) { /* the path of an absolute URL */
-            const char *p = strstr(url, "://");
-            p = p ? strchr(p + 3, '/') : NULL;
-            if (p) path = p;
-        }
-        if (path) {
-            size_t n = strcspn(path, "?#");
-            if ((sm->path = sl_arena_strndup(arena, path, n)) == NULL) return NULL;
-        }
-    }
-    if (sm->type == SL_STITCH_TRACK && event && strcmp(event, "Order Completed") == 0) {
-        const cJSON *rev = cJSON_GetObjectItemCaseSensitive(props, "revenue");
-        if (!cJSON_IsNumber(rev)) rev = cJSON_GetObjectItemCaseSensitive(props, "total");
-        sm->is_order = 1;
-        sm->revenue = cJSON_IsNumber(rev) ? rev->valuedouble : 0;
-        const char *cur = str_member(props, "currency");
-        if (cur) snprintf(sm->currency, sizeof(sm->currency), "%s", cur);
-    }
-    return sm;
-}
-
-static sl_stitch_msg_t *stitch_input(conn_t *c, const cJSON *msg, const char *message_id)
-{
-    return collector_stitch_input(c->srv->cfg, c->srv->rules_cfg, c->srv->stitch, msg, message_id, &c->req->arena);
+    const cJSON *mid = cJSON_GetObjectItemCaseSensitive(msg, "messageId");
+    if (r->warnings.len) sl_buf_append(&r->warnings, ",", 1);
+    sl_buf_appends(&r->warnings, "{\"messageId\":");
+    sl_buf_append_json_str(&r->warnings, mid->valuestring, strlen(mid->valuestring));
+    sl_buf_printf(&r->warnings, ",\"warning\":\"stored, but its %zu traits are more than a profile keeps: a person "
+                                "keeps at most limits.max_traits_per_person (%llu) traits in limits.max_traits_bytes "
+                                "(%llu); the rest is not kept\"}",
+                  n, (unsigned long long)cfg->limits.max_traits_per_person,
+                  (unsigned long long)cfg->limits.max_traits_bytes);
 }
 
 /* 1 (with the error in msg) when an object of x, outside skip, repeats a member. */
@@ -350,10 +262,7 @@ static const char *accept_message(conn_t *c, cJSON *msg, int type, const sl_inge
     m->json_len = len;
     m->received_ms = ctx->received_ms;
     m->dedupe = sl_store_dedupe_key(c->srv->store, src->name, mid->valuestring);
-    if (srv->stitch && (m->meta = stitch_input(c, msg, mid->valuestring)) == NULL) {
-        r->batch.n_msgs--;
-        return "out of memory";
-    }
+    note_traits(r, srv, msg);
     return NULL;
 }
 
@@ -621,178 +530,54 @@ static void handle_preflight(conn_t *c)
 
 static void handle_healthz(conn_t *c)
 {
-    char body[256];
+    char body[384];
+    sl_server_t *srv = c->srv;
     sl_store_stats_t s;
-    sl_store_get_stats(c->srv->store, &s);
-    int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"version\":\"%s\",\"last_seq\":%llu,\"queued\":%zu}",
-                     c->srv->stopping ? "stopping" : "ok", SL_VERSION, (unsigned long long)s.last_seq,
-                     sl_store_queued(c->srv->store));
-    http_respond(c, c->srv->stopping ? 503 : 200, "application/json", "Cache-Control: no-store\r\n", body, (size_t)n);
+    sl_store_get_stats(srv->store, &s);
+    int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"version\":\"%s\",\"last_seq\":%llu,\"queued\":%zu",
+                     srv->stopping ? "stopping" : "ok", SL_VERSION, (unsigned long long)s.last_seq,
+                     sl_store_queued(srv->store));
+    if (srv->stage) { /* how far derivation is behind the log */
+        sl_stage_stats_t st;
+        sl_stage_get_stats(srv->stage, &st);
+        n += snprintf(body + n, sizeof(body) - (size_t)n,
+                      ",\"stage\":{\"applied\":%llu,\"lag_events\":%llu,\"lag_ms\":%lld,\"set_aside\":%llu}",
+                      (unsigned long long)st.applied, (unsigned long long)st.lag_events, (long long)st.lag_ms,
+                      (unsigned long long)st.set_aside);
+    }
+    n += snprintf(body + n, sizeof(body) - (size_t)n, "}");
+    http_respond(c, srv->stopping ? 503 : 200, "application/json", "Cache-Control: no-store\r\n", body, (size_t)n);
 }
 
-/* A counter with one sample per trigger rule. */
-static void append_by_rule(sl_buf_t *b, const char *name, const char *help, const sl_config_t *cfg,
-                           const uint64_t *values)
-{
-    sl_buf_printf(b, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
-    for (size_t i = 0; i < cfg->n_triggers && i < 64; i++)
-        sl_buf_printf(b, "%s{rule=\"%s\"} %llu\n", name, cfg->triggers[i].name, (unsigned long long)values[i]);
-}
-
+/* The HTTP server's own metrics; every other component renders its own
+ * (sl_http_server_add_metrics). */
 static void handle_metrics(conn_t *c)
 {
     sl_server_t *srv = c->srv;
     sl_buf_t b = {0};
     /* count this request before rendering, so a scrape sees itself */
     srv->requests[ROUTE_METRICS][1]++;
-    sl_buf_appends(&b, "# HELP sillage_http_requests_total HTTP requests answered, by route and status.\n"
-                       "# TYPE sillage_http_requests_total counter\n");
+    sl_metric_head(&b, "counter", "sillage_http_requests_total", "HTTP requests answered, by route and status.");
     for (int r = 0; r < N_ROUTES; r++)
-        for (int s = 0; s < N_STATUS; s++)
-            if (srv->requests[r][s])
-                sl_buf_printf(&b, "sillage_http_requests_total{route=\"%s\",status=\"%s%d\"} %llu\n",
-                              route_names[r], s == N_STATUS - 1 ? "other" : "",
-                              s == N_STATUS - 1 ? 0 : status_codes[s], (unsigned long long)srv->requests[r][s]);
+        for (int st = 0; st < N_STATUS; st++)
+            if (srv->requests[r][st]) {
+                char labels[96];
+                if (st == N_STATUS - 1) snprintf(labels, sizeof(labels), "route=\"%s\",status=\"other\"", route_names[r]);
+                else snprintf(labels, sizeof(labels), "route=\"%s\",status=\"%d\"", route_names[r], status_codes[st]);
+                sl_metric_sample(&b, "sillage_http_requests_total", labels, srv->requests[r][st]);
+            }
     srv->requests[ROUTE_METRICS][1]--;
-    sl_store_stats_t st;
-    sl_store_get_stats(srv->store, &st);
-    sl_buf_printf(&b,
-                  "# HELP sillage_events_stored_total Messages durably stored.\n"
-                  "# TYPE sillage_events_stored_total counter\nsillage_events_stored_total %llu\n"
-                  "# HELP sillage_events_duplicate_total Messages acknowledged but not stored again (messageId seen).\n"
-                  "# TYPE sillage_events_duplicate_total counter\nsillage_events_duplicate_total %llu\n"
-                  "# HELP sillage_messages_rejected_total Messages refused by validation.\n"
-                  "# TYPE sillage_messages_rejected_total counter\nsillage_messages_rejected_total %llu\n"
-                  "# HELP sillage_commits_total LMDB write transactions committed.\n"
-                  "# TYPE sillage_commits_total counter\nsillage_commits_total %llu\n"
-                  "# HELP sillage_commit_failures_total Write transactions that failed (answered 503).\n"
-                  "# TYPE sillage_commit_failures_total counter\nsillage_commit_failures_total %llu\n"
-                  "# HELP sillage_requests_failed_alone_total Requests that could not be applied, answered 500 "
-                  "while the rest of their commit went on.\n"
-                  "# TYPE sillage_requests_failed_alone_total counter\nsillage_requests_failed_alone_total %llu\n"
-                  "# HELP sillage_lmdb_map_resizes_total Times the LMDB map grew.\n"
-                  "# TYPE sillage_lmdb_map_resizes_total counter\nsillage_lmdb_map_resizes_total %llu\n"
-                  "# HELP sillage_lmdb_map_size_bytes Current LMDB map size.\n"
-                  "# TYPE sillage_lmdb_map_size_bytes gauge\nsillage_lmdb_map_size_bytes %llu\n"
-                  "# HELP sillage_commit_queue_messages Messages waiting for or inside a commit.\n"
-                  "# TYPE sillage_commit_queue_messages gauge\nsillage_commit_queue_messages %zu\n"
-                  "# HELP sillage_dedupe_entries Message ids held for deduplication.\n"
-                  "# TYPE sillage_dedupe_entries gauge\nsillage_dedupe_entries %llu\n"
-                  "# HELP sillage_dedupe_evicted_total Message ids forgotten before dedupe_window ended "
-                  "(limits.max_dedupe_ids).\n"
-                  "# TYPE sillage_dedupe_evicted_total counter\nsillage_dedupe_evicted_total %llu\n"
-                  "# HELP sillage_dedupe_window_seconds The dedupe window in force (shorter than dedupe_window "
-                  "once ids were evicted).\n"
-                  "# TYPE sillage_dedupe_window_seconds gauge\nsillage_dedupe_window_seconds %lld\n"
-                  "# HELP sillage_connections Open client connections.\n"
-                  "# TYPE sillage_connections gauge\nsillage_connections %zu\n"
-                  "# HELP sillage_rate_limited_total Requests answered 429 (limits.rate_per_ip).\n"
-                  "# TYPE sillage_rate_limited_total counter\nsillage_rate_limited_total %llu\n"
-                  "# HELP sillage_connections_refused_total Connections closed at once (limits.max_connections).\n"
-                  "# TYPE sillage_connections_refused_total counter\nsillage_connections_refused_total %llu\n",
-                  (unsigned long long)st.events_stored, (unsigned long long)st.duplicates,
-                  (unsigned long long)srv->rejected_messages, (unsigned long long)st.commits,
-                  (unsigned long long)st.commit_failures, (unsigned long long)st.batches_failed_alone,
-                  (unsigned long long)st.map_resizes,
-                  (unsigned long long)st.map_size_bytes, sl_store_queued(srv->store),
-                  (unsigned long long)st.dedupe_entries, (unsigned long long)st.dedupe_evicted,
-                  (long long)(st.dedupe_window_ms / 1000), srv->n_conns, (unsigned long long)srv->rate_limited,
-                  (unsigned long long)srv->refused_connections);
+    sl_metric_u64(&b, "counter", "sillage_messages_rejected_total", "Messages refused by validation.",
+                  srv->rejected_messages);
+    sl_metric_u64(&b, "gauge", "sillage_connections", "Open client connections.", srv->n_conns);
+    sl_metric_u64(&b, "counter", "sillage_rate_limited_total", "Requests answered 429 (limits.rate_per_ip).",
+                  srv->rate_limited);
+    sl_metric_u64(&b, "counter", "sillage_connections_refused_total",
+                  "Connections closed at once (limits.max_connections, limits.max_connections_per_ip).",
+                  srv->refused_connections);
     http_metrics(srv, &b);
-    uint64_t cum = 0;
-    sl_buf_appends(&b, "# HELP sillage_commit_batch_messages Messages per LMDB commit.\n"
-                       "# TYPE sillage_commit_batch_messages histogram\n");
-    for (int i = 0; i < 12; i++) {
-        cum += st.batch_hist[i];
-        if (i < 11) sl_buf_printf(&b, "sillage_commit_batch_messages_bucket{le=\"%llu\"} %llu\n",
-                                  (unsigned long long)sl_store_batch_bounds[i], (unsigned long long)cum);
-        else sl_buf_printf(&b, "sillage_commit_batch_messages_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
-    }
-    sl_buf_printf(&b, "sillage_commit_batch_messages_sum %llu\nsillage_commit_batch_messages_count %llu\n",
-                  (unsigned long long)st.batch_sum, (unsigned long long)cum);
-    cum = 0;
-    sl_buf_appends(&b, "# HELP sillage_commit_duration_seconds Time to commit one LMDB transaction, fsync included.\n"
-                       "# TYPE sillage_commit_duration_seconds histogram\n");
-    for (int i = 0; i < 14; i++) {
-        cum += st.latency_hist[i];
-        if (i < 13) sl_buf_printf(&b, "sillage_commit_duration_seconds_bucket{le=\"%g\"} %llu\n",
-                                  (double)sl_store_latency_bounds_us[i] / 1e6, (unsigned long long)cum);
-        else sl_buf_printf(&b, "sillage_commit_duration_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
-    }
-    sl_buf_printf(&b, "sillage_commit_duration_seconds_sum %.6f\nsillage_commit_duration_seconds_count %llu\n",
-                  (double)st.latency_sum_us / 1e6, (unsigned long long)cum);
-    if (srv->stitch) {
-        sl_stitch_stats_t ss;
-        sl_stitch_get_stats(srv->stitch, &ss);
-        sl_buf_printf(&b,
-                      "# HELP sillage_identity_merges_total Persons merged into another.\n"
-                      "# TYPE sillage_identity_merges_total counter\nsillage_identity_merges_total %llu\n"
-                      "# HELP sillage_identity_refusals_total Merges refused (two different users), journaled.\n"
-                      "# TYPE sillage_identity_refusals_total counter\nsillage_identity_refusals_total %llu\n"
-                      "# HELP sillage_traits_dropped_total Traits not kept on a profile (limits.max_traits_*).\n"
-                      "# TYPE sillage_traits_dropped_total counter\nsillage_traits_dropped_total %llu\n"
-                      "# HELP sillage_persons_created_total Persons created.\n"
-                      "# TYPE sillage_persons_created_total counter\nsillage_persons_created_total %llu\n"
-                      "# HELP sillage_identify_stitch_seconds Time the writer spent stitching identify and alias "
-                      "messages (merges included).\n"
-                      "# TYPE sillage_identify_stitch_seconds summary\n"
-                      "sillage_identify_stitch_seconds_sum %.9f\nsillage_identify_stitch_seconds_count %llu\n",
-                      (unsigned long long)ss.merges, (unsigned long long)ss.refusals,
-                      (unsigned long long)ss.traits_dropped, (unsigned long long)ss.persons_created, (double)ss.identify_ns / 1e9,
-                      (unsigned long long)ss.identifies);
-    }
-    if (srv->trig) {
-        sl_trig_stats_t ts;
-        sl_trig_get_stats(srv->trig, &ts);
-        const sl_config_t *cfg = srv->rules_cfg; /* the rules the writer runs (reloaded on SIGHUP) */
-        append_by_rule(&b, "sillage_triggers_fired_total", "Triggers appended to the feed, by rule.", cfg,
-                       ts.fired_by_rule);
-        append_by_rule(&b, "sillage_triggers_suppressed_total", "Triggers held back by the pressure cap, by rule.",
-                       cfg, ts.suppressed_by_rule);
-        sl_buf_printf(&b,
-                      "# HELP sillage_trigger_timers_fired_total Durable timers that came due.\n"
-                      "# TYPE sillage_trigger_timers_fired_total counter\nsillage_trigger_timers_fired_total %llu\n"
-                      "# HELP sillage_trigger_feed_last_seq The last trigger readers can see (durable).\n"
-                      "# TYPE sillage_trigger_feed_last_seq gauge\nsillage_trigger_feed_last_seq %llu\n",
-                      (unsigned long long)ts.timers_fired, (unsigned long long)sl_trig_durable_seq(srv->trig));
-    }
-    if (srv->nats) {
-        sl_nats_stats_t ns;
-        sl_nats_get_stats(srv->nats, &ns);
-        sl_buf_printf(&b,
-                      "# HELP sillage_nats_connected 1 when the last NATS operation worked.\n"
-                      "# TYPE sillage_nats_connected gauge\nsillage_nats_connected %d\n"
-                      "# HELP sillage_nats_published_total Events published to JetStream and acknowledged (edge).\n"
-                      "# TYPE sillage_nats_published_total counter\nsillage_nats_published_total %llu\n"
-                      "# HELP sillage_nats_publish_errors_total Publish rounds that failed and were retried (edge).\n"
-                      "# TYPE sillage_nats_publish_errors_total counter\nsillage_nats_publish_errors_total %llu\n"
-                      "# HELP sillage_nats_lag_events Stored events not yet acknowledged by JetStream (edge).\n"
-                      "# TYPE sillage_nats_lag_events gauge\nsillage_nats_lag_events %llu\n"
-                      "# HELP sillage_nats_consumed_total Events applied from the stream (core).\n"
-                      "# TYPE sillage_nats_consumed_total counter\nsillage_nats_consumed_total %llu\n"
-                      "# HELP sillage_nats_position The last stream sequence applied (core).\n"
-                      "# TYPE sillage_nats_position gauge\nsillage_nats_position %llu\n"
-                      "# HELP sillage_nats_triggers_published_total Triggers published to the triggers subject (core).\n"
-                      "# TYPE sillage_nats_triggers_published_total counter\nsillage_nats_triggers_published_total %llu\n",
-                      ns.connected, (unsigned long long)ns.published, (unsigned long long)ns.publish_errors,
-                      (unsigned long long)ns.lag, (unsigned long long)ns.consumed, (unsigned long long)ns.position,
-                      (unsigned long long)ns.triggers_published);
-    }
-    if (srv->webhooks) {
-        sl_webhooks_stats_t ws;
-        sl_webhooks_get_stats(srv->webhooks, &ws);
-        sl_buf_printf(&b,
-                      "# HELP sillage_webhook_deliveries_total Triggers acknowledged (2xx) by a webhook.\n"
-                      "# TYPE sillage_webhook_deliveries_total counter\nsillage_webhook_deliveries_total %llu\n"
-                      "# HELP sillage_webhook_failed_attempts_total Attempts that failed and will be retried.\n"
-                      "# TYPE sillage_webhook_failed_attempts_total counter\nsillage_webhook_failed_attempts_total %llu\n"
-                      "# HELP sillage_webhook_expired_total Triggers given up after the webhook's expire.\n"
-                      "# TYPE sillage_webhook_expired_total counter\nsillage_webhook_expired_total %llu\n"
-                      "# HELP sillage_webhook_in_flight Requests on the wire.\n"
-                      "# TYPE sillage_webhook_in_flight gauge\nsillage_webhook_in_flight %llu\n",
-                      (unsigned long long)ws.delivered, (unsigned long long)ws.failed_attempts,
-                      (unsigned long long)ws.expired, (unsigned long long)ws.in_flight);
-    }
+    sl_store_metrics(srv->store, &b);
+    for (size_t i = 0; i < srv->n_metrics; i++) srv->metrics[i].render(srv->metrics[i].arg, &b);
     http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "Cache-Control: no-store\r\n",
                  b.data ? b.data : "", b.len);
     sl_buf_free(&b);

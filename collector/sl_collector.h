@@ -15,6 +15,7 @@
 
 #include "sl_common.h"
 #include "sl_config.h"
+#include "sl_stage.h"
 #include "sl_store.h"
 
 #include <cjson/cJSON.h>
@@ -29,29 +30,28 @@ typedef struct sl_server_s sl_server_t;
  * store, binds cfg->listen and starts accepting. Opens cfg->geoip_db when
  * set. Returns 0 or an error; the reason is logged. On error the caller
  * still runs the loop once so that handles already opened can close. */
+int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store);
+
+/* Role all/core: profiles are read from stage's derived environment with
+ * stitch, the trigger feed (GET /v1/triggers...) is trig's (may be NULL),
+ * and /debug/stream hears from stitch. Subscribes to trig and stitch: call
+ * before the stage starts. */
 struct sl_stitch_s;
-int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store,
-                         struct sl_stitch_s *stitch);
+struct sl_trig_s;
+int sl_http_server_set_stage(sl_server_t *srv, sl_stage_t *stage, struct sl_stitch_s *stitch,
+                             struct sl_trig_s *trig);
 
 /* Graceful stop: no new connections, in-flight requests are answered after
- * their commit, idle connections close, the store is drained; then cb(arg)
- * runs on the loop thread and the server can be freed. Forced after
- * grace_ms. */
+ * their commit, idle connections close, the store is drained, the stage
+ * applies what is durable (5 s at most, then it resumes at the next start);
+ * then cb(arg) runs on the loop thread and the server can be freed. Forced
+ * after grace_ms. */
 void sl_http_server_stop(sl_server_t *srv, int64_t grace_ms, void (*cb)(void *), void *arg);
 void sl_http_server_free(sl_server_t *srv);
 
-/* Serves the trigger feed of trig (GET /v1/triggers...). Call after start. */
-struct sl_trig_s;
-int sl_http_server_set_triggers(sl_server_t *srv, struct sl_trig_s *trig);
-/* Wakes w when triggers become durable, reports it in /metrics. */
-struct sl_webhooks_s;
-void sl_http_server_set_webhooks(sl_server_t *srv, struct sl_webhooks_s *w);
-/* After a SIGHUP reload: the trigger rules the writer now runs (rules must
- * stay alive until replaced again). */
-void sl_http_server_set_rules(sl_server_t *srv, const sl_config_t *rules);
-/* Reports the NATS forwarder or consumer in /metrics. */
-struct sl_nats_s;
-void sl_http_server_set_nats(sl_server_t *srv, struct sl_nats_s *n);
+/* /metrics also shows what render(arg, out) appends (Prometheus text; the
+ * sl_metric_* helpers of sl_common.h): other components' counters. At most 8. */
+int sl_http_server_add_metrics(sl_server_t *srv, void (*render)(void *arg, sl_buf_t *out), void *arg);
 
 /* The bound port (useful with port 0). */
 int sl_http_server_port(const sl_server_t *srv);

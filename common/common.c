@@ -4,11 +4,14 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <sys/random.h>
 #include <time.h>
 #include <uv.h>
@@ -582,4 +585,94 @@ int sl_secret_equal(const char *given, size_t glen, const char *secret, size_t s
     volatile unsigned char diff = (unsigned char)(glen != slen);
     for (size_t i = 0; i < slen; i++) diff |= (unsigned char)(secret[i] ^ (i < glen ? given[i] : 0));
     return diff == 0;
+}
+
+int sl_mkdir_p(const char *path)
+{
+    char tmp[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof(tmp)) return SL_EINVAL;
+    memcpy(tmp, path, n + 1);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(tmp, 0750) && errno != EEXIST) return -errno;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0750) && errno != EEXIST) return -errno;
+    return 0;
+}
+
+int sl_lmdb_backup(MDB_env *env, const char *dest, uv_rwlock_t *lock)
+{
+    /* The copy holds what the store holds: no more readable than the store
+     * (0750/0640), whatever the umask. An existing DEST keeps its mode (the
+     * operator chose it); the file is protected on its own. */
+    struct stat sb;
+    int created = stat(dest, &sb) != 0;
+    int fd = -1, rc = sl_mkdir_p(dest);
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/data.mdb", dest);
+    if (rc) return rc;
+    if (created && chmod(dest, 0750)) return -errno;
+    /* Created here with its final mode, so no other user can open it before
+     * fchmod; O_EXCL never overwrites an earlier backup. */
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    if (fd < 0) return -errno;
+    if (fchmod(fd, 0640)) {
+        rc = -errno;
+        goto fail;
+    }
+    if (lock) uv_rwlock_rdlock(lock);
+    rc = mdb_env_copyfd2(env, fd, MDB_CP_COMPACT);
+    if (lock) uv_rwlock_rdunlock(lock);
+    if (rc) goto fail;
+    if (fsync(fd)) {
+        rc = -errno;
+        goto fail;
+    }
+    rc = close(fd) ? -errno : 0;
+    fd = -1;
+    if (rc) goto fail;
+    return 0;
+fail:
+    if (fd >= 0) close(fd);
+    unlink(path); /* a partial copy is no backup, and would refuse the next try */
+    return rc;
+}
+
+void sl_metric_head(sl_buf_t *b, const char *type, const char *name, const char *help)
+{
+    sl_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void sl_metric_sample(sl_buf_t *b, const char *name, const char *labels, uint64_t v)
+{
+    if (labels) sl_buf_printf(b, "%s{%s} %llu\n", name, labels, (unsigned long long)v);
+    else sl_buf_printf(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+void sl_metric_u64(sl_buf_t *b, const char *type, const char *name, const char *help, uint64_t v)
+{
+    sl_metric_head(b, type, name, help);
+    sl_metric_sample(b, name, NULL, v);
+}
+
+void sl_metric_f64(sl_buf_t *b, const char *type, const char *name, const char *help, double v)
+{
+    sl_metric_head(b, type, name, help);
+    sl_buf_printf(b, "%s %.9g\n", name, v);
+}
+
+void sl_metric_histogram(sl_buf_t *b, const char *name, const char *help, const double *bounds, size_t n_bounds,
+                         const uint64_t *counts, double sum)
+{
+    sl_metric_head(b, "histogram", name, help);
+    uint64_t cum = 0;
+    for (size_t i = 0; i <= n_bounds; i++) {
+        cum += counts[i];
+        if (i < n_bounds) sl_buf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i], (unsigned long long)cum);
+        else sl_buf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    }
+    sl_buf_printf(b, "%s_sum %.9g\n%s_count %llu\n", name, sum, name, (unsigned long long)cum);
 }

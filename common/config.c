@@ -232,7 +232,7 @@ static int get_limit(ctx_t *x, const cJSON *obj, const char *key, uint64_t lo, u
 static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t *r)
 {
     static const char *known[] = {"name", "type", "url", "min_count", "within", "delay", "start_events",
-                                  "cancel_event", "after", "trait", "on_first_set", "max_per_profile_per_day",
+                                  "cancel_event", "remove_event", "after", "trait", "on_first_set", "max_per_profile_per_day",
                                   NULL};
     char path[48];
     snprintf(path, sizeof(path), "triggers[%zu]", idx);
@@ -254,9 +254,11 @@ static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t
         r->start_events = strv_dup(starts, 3);
         r->n_start_events = 3;
         r->cancel_event = strdup("Order Completed");
+        r->remove_event = strdup("Product Removed");
         rc = get_duration(x, t, "delay", path, &r->delay_ms);
         if (rc == 0) rc = get_strv(x, t, "start_events", path, &r->start_events, &r->n_start_events);
         if (rc == 0) rc = get_str(x, t, "cancel_event", path, &r->cancel_event, 0);
+        if (rc == 0) rc = get_str(x, t, "remove_event", path, &r->remove_event, 0);
     } else if (strcmp(type, "inactivity") == 0) {
         r->type = SL_TRIG_INACTIVITY;
         if (!cJSON_GetObjectItemCaseSensitive(t, "after")) {
@@ -295,6 +297,7 @@ static void free_trigger(sl_trigger_rule_t *r)
     free(r->url);
     strv_free(r->start_events, r->n_start_events);
     free(r->cancel_event);
+    free(r->remove_event);
     free(r->trait);
 }
 

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 enum {
     SL_EINVAL   = -20001, /* malformed input */
@@ -138,6 +139,30 @@ int sl_parse_size_bytes(const char *s, uint64_t *bytes);
 enum { SL_LOG_DEBUG, SL_LOG_INFO, SL_LOG_WARN, SL_LOG_ERROR };
 extern int sl_log_level;
 void sl_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Prometheus text format: one metric with its HELP and TYPE lines. type is
+ * "counter" or "gauge"; labels (may be NULL) is the inside of {...}. */
+void sl_metric_u64(sl_buf_t *b, const char *type, const char *name, const char *help, uint64_t v);
+void sl_metric_f64(sl_buf_t *b, const char *type, const char *name, const char *help, double v);
+/* The HELP and TYPE lines alone, then one sample per label set with
+ * sl_metric_sample(). */
+void sl_metric_head(sl_buf_t *b, const char *type, const char *name, const char *help);
+void sl_metric_sample(sl_buf_t *b, const char *name, const char *labels, uint64_t v);
+/* A histogram: counts[0..n_bounds] per bucket (the last one past every
+ * bound), bounds[i] the bucket's upper bound, sum of the observations. */
+void sl_metric_histogram(sl_buf_t *b, const char *name, const char *help, const double *bounds, size_t n_bounds,
+                         const uint64_t *counts, double sum);
+
+/* mkdir -p with mode 0750 for what it creates. 0 or -errno. */
+int sl_mkdir_p(const char *path);
+
+/* Consistent compacting copy of env into directory dest (created 0750 if
+ * missing; an existing one keeps its mode) as dest/data.mdb, created 0640
+ * whatever the umask, never over an existing file, fsynced; a failed copy
+ * is removed. lock (may be NULL) is held shared during the copy (the
+ * caller's map-resize lock). 0, -errno or an LMDB error. */
+typedef struct MDB_env MDB_env;
+int sl_lmdb_backup(MDB_env *env, const char *dest, uv_rwlock_t *lock);
 #define SL_INFO(...) sl_log(SL_LOG_INFO, __VA_ARGS__)
 #define SL_WARN(...) sl_log(SL_LOG_WARN, __VA_ARGS__)
 #define SL_ERROR(...) sl_log(SL_LOG_ERROR, __VA_ARGS__)

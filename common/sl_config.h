@@ -31,7 +31,8 @@ typedef struct sl_trigger_rule_s {
     int64_t delay_ms;      /* abandoned_cart: default 1h */
     char **start_events;   /* abandoned_cart */
     size_t n_start_events;
-    char *cancel_event;    /* abandoned_cart */
+    char *cancel_event;    /* abandoned_cart: "Order Completed" */
+    char *remove_event;    /* abandoned_cart: "Product Removed" takes a product out of the cart */
     int64_t after_ms;      /* inactivity */
     char *trait;           /* trait_change */
     int on_first_set;      /* trait_change: also fire when the trait had no value (false) */

@@ -1,17 +1,21 @@
 /* sl_stitch.h - identity stitching (DESIGN.md, "Identity stitching rules",
- * docs/IDENTITY.md).
+ * docs/IDENTITY.md): the first step of the derivation stage (sl_stage.h).
  *
- * The identity graph lives in the store's LMDB environment and changes in the
- * same write transaction as the events that change it: the stitcher plugs into
- * the store as hooks (sl_stitch_hooks()), and the writer thread calls it for
- * every stored event. Persons are numbered; identifiers (anonymous_id, user_id
- * and the configured traits, e.g. email) point at a person; each event is
- * indexed under the identifier it was sent with. A merge re-points the absorbed
- * person's identifiers and never touches its events, so its cost depends on the
- * number of identifiers, not on the length of the history.
+ * The identity graph lives in the derived environment and changes in the
+ * stage's transaction that applies the events changing it: the stitcher is a
+ * stage step (sl_stitch_step()) that reads each stored event. Persons are
+ * numbered; identifiers (anonymous_id, user_id and the configured traits,
+ * e.g. email) point at a person; each event is indexed under the identifier
+ * it was sent with. A merge re-points the absorbed person's identifiers and
+ * never touches its events, so its cost depends on the number of
+ * identifiers, not on the length of the history.
  *
- * Reads (profiles, timelines, journal) run in a read transaction from any
- * thread; erasure runs as a store job inside the writer's transaction.
+ * What happened -- an event stitched to a person, a merge, a trait change, a
+ * person forgotten -- is told to listeners (the trigger engine, later
+ * computed fields), in the same transaction; the stitcher knows none of them.
+ *
+ * Reads (profiles, timelines, journal) run in read transactions from any
+ * thread; erasure runs as a stage job.
  */
 #ifndef SL_STITCH_H
 #define SL_STITCH_H
@@ -22,6 +26,7 @@
 
 #include "sl_common.h"
 #include "sl_config.h"
+#include "sl_stage.h"
 #include "sl_store.h"
 
 /* 1 when value must never become an identifier: empty or blank, or equal
@@ -40,41 +45,43 @@ enum { SL_STITCH_TRACK = 1, SL_STITCH_PAGE, SL_STITCH_SCREEN, SL_STITCH_IDENTIFY
 
 #define SL_STITCH_MAX_TRAITS 8
 
-/* What the stitcher needs of one message, extracted by the collector on the
- * loop thread (strings owned by the caller, alive until the commit is done).
- * Junk identifiers are already NULL. */
-typedef struct sl_stitch_msg_s {
-    int type;                        /* SL_STITCH_* */
-    const char *message_id;
-    const char *user_id;
-    const char *anonymous_id;
-    const char *previous_id;         /* alias */
-    const char *trait_ids[SL_STITCH_MAX_TRAITS]; /* values of the configured identity traits */
-    const char *traits_json;         /* identify: the traits object, printed; else NULL */
-    int64_t ts_ms;                   /* the corrected timestamp */
-    int trusted;                     /* from a trusted (server-side) source: may merge two
-                                      * persons that each have a userId */
-    int is_order;                    /* track "Order Completed" */
-    double revenue;                  /* properties.revenue or .total of an order */
-    char currency[8];
-    /* for the trigger rules */
-    const char *event;               /* track: the event name */
-    const char *url, *path;          /* page: properties.url / .path (or context.page's) */
-    const char *props_json;          /* track events a cart rule looks at: the properties, printed */
-    uint64_t person;                 /* out: the person it was stitched into (0: none) */
-    uint64_t dropped_traits;         /* out: traits not kept on the profile (limits.max_traits_*) */
-} sl_stitch_msg_t;
-
 typedef struct sl_stitch_s sl_stitch_t;
 
-/* Creates the stitcher for cfg (identity traits, junk list); cfg must outlive it. */
-sl_stitch_t *sl_stitch_new(const sl_config_t *cfg);
+/* What a listener is told of an event once it is stitched (the person's
+ * record is saved). */
+typedef struct sl_ident_event_s {
+    uint64_t person;
+    int identified;          /* the person has a userId or an identity trait */
+    int64_t ts_ms;           /* the event's (corrected, clamped) timestamp */
+    uint64_t dropped_traits; /* traits of this event not kept (limits.max_traits_*) */
+} sl_ident_event_t;
+
+/* Listeners run on the stage thread inside its transaction; an error fails
+ * the event (it is set aside). Every member but arg is optional. ev is the
+ * event being applied (NULL for forgotten). */
+typedef struct sl_ident_listener_s {
+    void *arg;
+    int (*stitched)(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, const sl_ident_event_t *ie);
+    int (*merged)(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t survivor, uint64_t absorbed);
+    /* old_v NULL: the person had no value. Only for names watches_trait()
+     * accepts (all when it is NULL). */
+    int (*trait_changed)(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t person, const char *name,
+                         const cJSON *old_v, const cJSON *new_v);
+    int (*watches_trait)(void *arg, const char *name);
+    /* Erasure: forget person; *n_removed gets how many of its records went. */
+    int (*forgotten)(void *arg, MDB_txn *txn, uint64_t person, uint64_t *n_removed);
+} sl_ident_listener_t;
+
+
+/* Creates the stitcher for cfg (identity traits, junk list, sources), over
+ * the log (events are read from it, erased from it); both must outlive it. */
+sl_stitch_t *sl_stitch_new(const sl_config_t *cfg, sl_store_t *log);
 void sl_stitch_free(sl_stitch_t *s);
 
-struct sl_trig_s;
-/* Runs the trigger engine t on every stitched event, merge and trait change,
- * and its timers from the store's hooks. Call before sl_store_open(). */
-void sl_stitch_set_triggers(sl_stitch_t *s, struct sl_trig_s *t);
+/* The stage step to register (sl_stage_add_step) before sl_stage_open(). */
+const sl_stage_step_t *sl_stitch_step(sl_stitch_t *s);
+/* Adds a listener (copied; at most 8), before the stage starts. */
+int sl_stitch_listen(sl_stitch_t *s, const sl_ident_listener_t *l);
 
 /* The trigger payload's "profile" of person id, appended to out (may be NULL):
  * {"id","user_id","email","traits"}. identified (may be NULL) gets 1 when the
@@ -82,12 +89,6 @@ void sl_stitch_set_triggers(sl_stitch_t *s, struct sl_trig_s *t);
  * event time. SL_ENOTFOUND when there is no such person. */
 int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
                              int64_t *last_ms);
-
-/* Hooks to pass in sl_store_options_t before sl_store_open(). */
-const sl_store_hooks_t *sl_stitch_hooks(sl_stitch_t *s);
-
-/* The store the stitcher reads events from; call after sl_store_open(). */
-void sl_stitch_attach(sl_stitch_t *s, sl_store_t *store);
 
 /* An identifier value as the stitcher keys it, copied into arena: NULL for
  * junk (or no value); trait values trimmed and lower-cased. */
@@ -97,25 +98,36 @@ const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *
  * configured identity trait. */
 int sl_stitch_kind_ok(const sl_stitch_t *s, const char *kind);
 
-/* Profile reads, in a read transaction (sl_store_read()). Each appends JSON
- * to out and returns 0, SL_ENOTFOUND when no person has that identifier, or
- * an LMDB error. before: the "next" cursor of a previous page, or NULL. */
+/* Profile reads, in a read transaction of the derived environment
+ * (sl_stage_read()); the timeline also reads events from log_txn. Each
+ * appends JSON to out and returns 0, SL_ENOTFOUND when no person has that
+ * identifier, or an LMDB error. before: the "next" cursor of a previous
+ * page, or NULL. */
 int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out);
-int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, size_t limit,
-                       const char *before, sl_buf_t *out);
+int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, MDB_txn *log_txn, const char *kind, const char *id,
+                       size_t limit, const char *before, sl_buf_t *out);
 int sl_stitch_merges(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out);
 
-/* Erasure, as a store job: set kind and id, submit a batch with
- * job = sl_stitch_erase_job and job_arg = the request; read the counts after. */
+/* Erasure, as a stage job: sl_stitch_erase_init(), then
+ * sl_stage_submit(stage, &e->job); in done (loop thread) read the counts,
+ * then sl_stitch_erase_free(). The person's derived state goes in the
+ * stage's transaction, its events from the log once that is on disk (a
+ * crash in between is finished at the next start). */
 typedef struct sl_stitch_erase_s {
+    sl_stage_job_t job;
     sl_stitch_t *stitch;
     const char *kind, *id;
     int found;                 /* out */
     char person[32];           /* out */
     uint64_t events, identities, journal; /* out: what was erased */
-    uint64_t triggers;         /* out: feed entries about the person */
+    uint64_t triggers;         /* out: listeners' records about the person (feed entries) */
+    void *ctx;                 /* the caller's */
+    uint64_t *seqs;            /* private: the person's events */
+    size_t n_seqs, cap_seqs;
 } sl_stitch_erase_t;
-int sl_stitch_erase_job(MDB_txn *txn, void *arg);
+void sl_stitch_erase_init(sl_stitch_erase_t *e, sl_stitch_t *s, const char *kind, const char *id,
+                          void (*done)(sl_stage_job_t *job));
+void sl_stitch_erase_free(sl_stitch_erase_t *e);
 
 /* Consistency check of a store (`sillage verify`), in one read transaction:
  * every timeline entry is a stored event indexed once under an identifier
@@ -126,7 +138,17 @@ int sl_stitch_erase_job(MDB_txn *txn, void *arg);
 typedef struct sl_verify_report_s {
     uint64_t events, expected_indexed, indexed, identifiers, persons, triggers, problems;
 } sl_verify_report_t;
-int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl_verify_report_t *rep);
+typedef struct sl_verify_opts_s {
+    MDB_txn *log_txn;          /* a read transaction of the log */
+    uint64_t applied;          /* the stage's cursor: later events are not indexed yet */
+    int (*skip)(uint64_t seq, void *arg); /* events set aside (may be NULL) */
+    void *skip_arg;
+    /* more checks at the end (the trigger feed), given a test of messageIds */
+    int (*also)(void *arg, MDB_txn *txn, int (*has_message)(const char *id, void *hm_arg), void *hm_arg,
+                FILE *out, uint64_t *n, uint64_t *problems);
+    void *also_arg;
+} sl_verify_opts_t;
+int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FILE *out, sl_verify_report_t *rep);
 
 typedef struct sl_stitch_stats_s {
     uint64_t merges, refusals, persons_created;
@@ -134,5 +156,7 @@ typedef struct sl_stitch_stats_s {
     uint64_t traits_dropped;          /* traits not kept on a profile (limits.max_traits_*) */
 } sl_stitch_stats_t;
 void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out);
+/* The same as Prometheus text (arg: the stitcher). */
+void sl_stitch_metrics(void *arg, sl_buf_t *out);
 
 #endif

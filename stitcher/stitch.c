@@ -16,7 +16,6 @@
  * An identifier key is "<kind>\x1f<value>", kind "user_id", "anonymous_id" or
  * a configured trait name. */
 #include "sl_stitch.h"
-#include "sl_triggers.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -51,13 +50,34 @@ typedef struct {
 static int person_stats(struct sl_stitch_s *s, MDB_txn *txn, const person_t *p, uint64_t *events, uint64_t *pages,
                         int64_t *first, int64_t *last);
 
+/* What the stitcher reads of one stored message. */
+typedef struct sl_stitch_msg_s {
+    int type;                        /* SL_STITCH_* */
+    const char *message_id;
+    const char *user_id;
+    const char *anonymous_id;
+    const char *previous_id;         /* alias */
+    const char *trait_ids[SL_STITCH_MAX_TRAITS]; /* values of the configured identity traits */
+    const cJSON *traits;             /* identify: the traits object; else NULL */
+    int64_t ts_ms;                   /* the corrected timestamp */
+    int trusted;                     /* from a trusted (server-side) source */
+    int is_order;                    /* track "Order Completed" */
+    double revenue;                  /* properties.revenue or .total of an order */
+    char currency[8];
+} sl_stitch_msg_t;
+
+#define MAX_LISTENERS 8
+
 struct sl_stitch_s {
     const sl_config_t *cfg;
     sl_store_t *store;
-    MDB_dbi ids, persons, tl, journal, pjournal, smeta;
-    sl_store_hooks_t hooks;
-    person_t p1, p2, p3;      /* writer thread scratch (p3: trigger payloads) */
-    struct sl_trig_s *trig;   /* NULL: no trigger rules */
+    MDB_dbi ids, persons, tl, journal, pjournal, smeta, erasing;
+    sl_stage_step_t step;
+    person_t p1, p2, p3;      /* stage thread scratch (p3: listeners' payloads) */
+    sl_ident_listener_t listeners[MAX_LISTENERS];
+    size_t n_listeners;
+    const sl_stage_event_t *ev; /* the event being stitched (what listeners are told) */
+    sl_arena_t in_arena;      /* the current message's cleaned identifiers */
     cJSON *trait_changes;     /* identify: [name, old, new] of watched traits, fired after the save */
     sl_buf_t k1, k2, k3, tmp; /* identifier keys; tmp: journal entries and index keys */
     char *tscratch;           /* printing one trait value: limits.max_traits_bytes + 1 */
@@ -291,6 +311,16 @@ static int refuse(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, const 
 
 /* ---- traits ---- */
 
+/* 1 when a listener wants to hear of changes to trait name. */
+static int watched(const sl_stitch_t *s, const char *name)
+{
+    for (size_t i = 0; i < s->n_listeners; i++)
+        if (s->listeners[i].trait_changed && (s->listeners[i].watches_trait == NULL ||
+                                              s->listeners[i].watches_trait(s->listeners[i].arg, name)))
+            return 1;
+    return 0;
+}
+
 /* Printed length of x in s->tscratch, or -1 when longer than the traits
  * document may be. */
 static long printed_len(sl_stitch_t *s, const cJSON *x)
@@ -344,7 +374,7 @@ static int merge_traits(sl_stitch_t *s, person_t *p, const cJSON *in_t, const cJ
         }
         size += grow;
         n += old == NULL;
-        if (watch && s->trig && sl_trig_watches_trait(s->trig, x->string) &&
+        if (watch && watched(s, x->string) &&
             (old == NULL || !cJSON_Compare(old, x, 1))) {
             cJSON *ch = cJSON_CreateArray();
             if (ch == NULL) goto out;
@@ -425,7 +455,9 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
         if (rc) return rc;
     }
 
-    if (s->trig && (rc = sl_trig_merge(s->trig, txn, sv->id, x->id))) return rc;
+    for (size_t i = 0; i < s->n_listeners; i++)
+        if (s->listeners[i].merged && (rc = s->listeners[i].merged(s->listeners[i].arg, txn, s->ev, sv->id, x->id)))
+            return rc;
     /* The absorbed person's journal now explains the survivor too. */
     journal_copy_t jc = {s, sv->id};
     if ((rc = foreach_dup(txn, s->pjournal, &x->id, 8, copy_journal_ref, &jc))) return rc;
@@ -450,14 +482,61 @@ static void swap_persons(person_t *a, person_t *b)
 
 static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq);
 
-static int on_event(void *arg, MDB_txn *txn, const sl_store_msg_t *sm)
+static const char *str_member(const cJSON *o, const char *name)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsString(x) ? x->valuestring : NULL;
+}
+
+/* What the stitcher reads of a stored message (the collector normalised it:
+ * ids are strings, timestamp is corrected and clamped, context.sillage.source
+ * names the source). Cleaned identifiers go to s->in_arena. */
+static void read_msg(sl_stitch_t *s, const cJSON *doc, sl_stitch_msg_t *m)
+{
+    memset(m, 0, sizeof(*m));
+    sl_arena_reset(&s->in_arena);
+    const char *type = str_member(doc, "type");
+    static const char *const names[] = {"track", "page", "screen", "identify", "alias", "group"};
+    m->type = SL_STITCH_TRACK;
+    for (int i = 0; type && i < 6; i++)
+        if (strcmp(type, names[i]) == 0) m->type = SL_STITCH_TRACK + i;
+    m->message_id = str_member(doc, "messageId");
+    m->user_id = sl_stitch_clean_id(s, str_member(doc, "userId"), &s->in_arena, 0);
+    m->anonymous_id = sl_stitch_clean_id(s, str_member(doc, "anonymousId"), &s->in_arena, 0);
+    m->previous_id = sl_stitch_clean_id(s, str_member(doc, "previousId"), &s->in_arena, 0);
+    const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "sillage");
+    const sl_source_t *src = sl_config_source(s->cfg, str_member(sil, "source"));
+    m->trusted = src && src->trusted;
+    const char *ts = str_member(doc, "timestamp");
+    if (ts == NULL || sl_time_parse_iso(ts, strlen(ts), &m->ts_ms)) m->ts_ms = sl_now_ms();
+    const cJSON *traits = cJSON_GetObjectItemCaseSensitive(doc, "traits");
+    if (m->type == SL_STITCH_IDENTIFY && cJSON_IsObject(traits)) {
+        for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
+            m->trait_ids[i] = sl_stitch_clean_id(s, str_member(traits, s->cfg->identity_traits[i]), &s->in_arena, 1);
+        m->traits = traits;
+    }
+    const char *event = str_member(doc, "event");
+    if (m->type == SL_STITCH_TRACK && event && strcmp(event, "Order Completed") == 0) {
+        const cJSON *props = cJSON_GetObjectItemCaseSensitive(doc, "properties");
+        const cJSON *rev = cJSON_GetObjectItemCaseSensitive(props, "revenue");
+        if (!cJSON_IsNumber(rev)) rev = cJSON_GetObjectItemCaseSensitive(props, "total");
+        m->is_order = 1;
+        m->revenue = cJSON_IsNumber(rev) ? rev->valuedouble : 0;
+        const char *cur = str_member(props, "currency");
+        if (cur) snprintf(m->currency, sizeof(m->currency), "%s", cur);
+    }
+}
+
+/* The stage step: one stored event. */
+static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
 {
     sl_stitch_t *s = arg;
-    const sl_stitch_msg_t *m = sm->meta;
-    if (m == NULL) return 0;
-    if (m->type != SL_STITCH_IDENTIFY && m->type != SL_STITCH_ALIAS) return stitch_event(s, txn, m, sm->seq);
+    sl_stitch_msg_t m;
+    read_msg(s, ev->doc, &m);
+    s->ev = ev;
+    if (m.type != SL_STITCH_IDENTIFY && m.type != SL_STITCH_ALIAS) return stitch_event(s, txn, &m, ev->seq);
     uint64_t t0 = sl_mono_ns();
-    int rc = stitch_event(s, txn, m, sm->seq);
+    int rc = stitch_event(s, txn, &m, ev->seq);
     atomic_fetch_add(&s->identify_ns, sl_mono_ns() - t0);
     atomic_fetch_add(&s->identifies, 1);
     return rc;
@@ -465,7 +544,6 @@ static int on_event(void *arg, MDB_txn *txn, const sl_store_msg_t *sm)
 
 static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq)
 {
-    if (s->trig) sl_trig_set_cause(s->trig, m->message_id);
     /* a message that failed half-way (its batch then failed alone) leaves nothing behind */
     while (s->trait_changes && s->trait_changes->child) cJSON_DeleteItemFromArray(s->trait_changes, 0);
     s->msg_dropped = 0;
@@ -600,61 +678,43 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
         t->h.revenue += m->revenue;
         if (m->currency[0]) memcpy(t->h.currency, m->currency, sizeof(t->h.currency));
     }
-    if (m->type == SL_STITCH_IDENTIFY && m->traits_json) {
-        cJSON *traits = cJSON_Parse(m->traits_json);
-        if (s->trig && s->trait_changes == NULL && (s->trait_changes = cJSON_CreateArray()) == NULL) rc = SL_ENOMEM;
-        else rc = cJSON_IsObject(traits) ? merge_traits(s, t, traits, NULL, m->ts_ms, 1) : 0;
-        cJSON_Delete(traits);
+    if (m->type == SL_STITCH_IDENTIFY && m->traits) {
+        if (s->n_listeners && s->trait_changes == NULL && (s->trait_changes = cJSON_CreateArray()) == NULL) rc = SL_ENOMEM;
+        else rc = merge_traits(s, t, m->traits, NULL, m->ts_ms, 1);
         if (rc) return rc;
     }
     if (t->dirty && (rc = person_save(s, txn, t))) return rc; /* most events change no record */
-    ((sl_stitch_msg_t *)m)->person = t->id; /* the caller's memory, handed over as meta */
-    ((sl_stitch_msg_t *)m)->dropped_traits = s->msg_dropped;
     if (s->msg_dropped) atomic_fetch_add(&s->traits_dropped, s->msg_dropped);
-    if (s->trig == NULL) return 0;
-    int64_t now = sl_now_ms();
+    /* what happened, to whoever listens (the trigger engine) */
     const cJSON *ch;
     cJSON_ArrayForEach(ch, s->trait_changes) {
         const cJSON *old = cJSON_GetArrayItem(ch, 1);
-        if ((rc = sl_trig_trait(s->trig, txn, t->id, cJSON_GetArrayItem(ch, 0)->valuestring,
-                                cJSON_IsNull(old) ? NULL : old, cJSON_GetArrayItem(ch, 2), now)))
-            break;
+        const char *name = cJSON_GetArrayItem(ch, 0)->valuestring;
+        for (size_t i = 0; i < s->n_listeners && rc == 0; i++) {
+            const sl_ident_listener_t *l = &s->listeners[i];
+            if (l->trait_changed && (l->watches_trait == NULL || l->watches_trait(l->arg, name)))
+                rc = l->trait_changed(l->arg, txn, s->ev, t->id, name, cJSON_IsNull(old) ? NULL : old,
+                                      cJSON_GetArrayItem(ch, 2));
+        }
+        if (rc) break;
     }
     while (s->trait_changes && s->trait_changes->child) cJSON_DeleteItemFromArray(s->trait_changes, 0);
     if (rc) return rc;
-    return sl_trig_event(s->trig, txn, m, t->id, person_identified(t), now);
+    sl_ident_event_t ie = {.person = t->id, .identified = person_identified(t), .ts_ms = m->ts_ms,
+                           .dropped_traits = s->msg_dropped};
+    for (size_t i = 0; i < s->n_listeners; i++)
+        if (s->listeners[i].stitched && (rc = s->listeners[i].stitched(s->listeners[i].arg, txn, s->ev, &ie)))
+            return rc;
+    return 0;
 }
 
-static int64_t on_due(void *arg)
-{
-    sl_stitch_t *s = arg;
-    return s->trig ? sl_trig_due(s->trig) : INT64_MAX;
-}
-
-static int on_tick(void *arg, MDB_txn *txn, int64_t now_ms)
-{
-    sl_stitch_t *s = arg;
-    return s->trig ? sl_trig_tick(s->trig, txn, now_ms) : 0;
-}
-
-static void on_after_txn(void *arg, int ok)
-{
-    sl_stitch_t *s = arg;
-    if (s->trig) sl_trig_after_txn(s->trig, ok);
-}
-
-static void on_synced(void *arg, int all)
-{
-    sl_stitch_t *s = arg;
-    if (s->trig) sl_trig_synced(s->trig, all);
-}
+static int finish_erasures(sl_stitch_t *s, MDB_txn *txn);
 
 static int on_open(void *arg, MDB_txn *txn, int read_only)
 {
     sl_stitch_t *s = arg;
     unsigned c = read_only ? 0 : MDB_CREATE;
     int rc;
-    if (s->trig && (rc = sl_trig_open(s->trig, txn, read_only))) return rc;
     if ((rc = mdb_dbi_open(txn, "ids", c, &s->ids))) return rc;
     if ((rc = mdb_dbi_open(txn, "persons", c | MDB_INTEGERKEY, &s->persons))) return rc;
     if ((rc = mdb_dbi_open(txn, "tl", c | MDB_DUPSORT | MDB_DUPFIXED, &s->tl))) return rc;
@@ -663,6 +723,7 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
                            &s->pjournal)))
         return rc;
     if ((rc = mdb_dbi_open(txn, "smeta", c, &s->smeta))) return rc;
+    if ((rc = mdb_dbi_open(txn, "erasing", c | MDB_INTEGERKEY, &s->erasing))) return rc;
     /* The layout of ids/tl/persons: a store of another layout is refused, not misread. */
     MDB_val k = {6, "layout"}, v;
     uint32_t layout = STITCH_LAYOUT;
@@ -685,24 +746,29 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
                  "(export the events and ingest them again)", layout, STITCH_LAYOUT);
         return SL_EINVAL;
     }
-    return 0;
+    return read_only ? 0 : finish_erasures(s, txn);
 }
 
 /* ---- public ---- */
 
-sl_stitch_t *sl_stitch_new(const sl_config_t *cfg)
+sl_stitch_t *sl_stitch_new(const sl_config_t *cfg, sl_store_t *log)
 {
     sl_stitch_t *s = calloc(1, sizeof(*s));
     if (s == NULL) return NULL;
     s->cfg = cfg;
-    s->hooks.arg = s;
-    s->hooks.open = on_open;
-    s->hooks.on_event = on_event;
-    s->hooks.due = on_due;
-    s->hooks.tick = on_tick;
-    s->hooks.after_txn = on_after_txn;
-    s->hooks.synced = on_synced;
+    s->store = log;
+    sl_arena_init(&s->in_arena);
+    s->step = (sl_stage_step_t){.name = "identity", .arg = s, .open = on_open, .apply = on_apply};
     return s;
+}
+
+const sl_stage_step_t *sl_stitch_step(sl_stitch_t *s) { return &s->step; }
+
+int sl_stitch_listen(sl_stitch_t *s, const sl_ident_listener_t *l)
+{
+    if (s->n_listeners == MAX_LISTENERS) return SL_EINVAL;
+    s->listeners[s->n_listeners++] = *l;
+    return 0;
 }
 
 void sl_stitch_free(sl_stitch_t *s)
@@ -719,15 +785,8 @@ void sl_stitch_free(sl_stitch_t *s)
     sl_buf_free(&s->k2);
     sl_buf_free(&s->k3);
     sl_buf_free(&s->tmp);
+    sl_arena_free(&s->in_arena);
     free(s);
-}
-
-const sl_store_hooks_t *sl_stitch_hooks(sl_stitch_t *s) { return &s->hooks; }
-
-void sl_stitch_set_triggers(sl_stitch_t *s, struct sl_trig_s *t)
-{
-    s->trig = t;
-    if (t) sl_trig_attach(t, s);
 }
 
 /* {"id":"p_N","user_id":... : the start of a profile and of a trigger's "profile". */
@@ -773,7 +832,6 @@ int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t
     return out->data ? 0 : SL_ENOMEM;
 }
 
-void sl_stitch_attach(sl_stitch_t *s, sl_store_t *store) { s->store = store; }
 
 void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
 {
@@ -926,8 +984,8 @@ int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char
 }
 
 /* The newest-first merge of every identifier's event index. */
-int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, size_t limit,
-                       const char *before, sl_buf_t *out)
+int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, MDB_txn *log_txn, const char *kind, const char *id,
+                       size_t limit, const char *before, sl_buf_t *out)
 {
     person_t p = {0};
     int rc = find_person(s, txn, kind, id, &p);
@@ -996,7 +1054,7 @@ int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, const char *kind, const cha
         }
         memcpy(last, head[best], 16);
         MDB_val ev;
-        if (sl_store_event_get(s->store, txn, tl_seq(last), &ev) == 0) {
+        if (sl_store_event_get(s->store, log_txn, tl_seq(last), &ev) == 0) {
             if (emitted) sl_buf_appends(out, ",");
             sl_buf_append(out, ev.mv_data, ev.mv_size);
             emitted++;
@@ -1066,10 +1124,17 @@ int sl_stitch_merges(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char 
 
 static int erase_event(MDB_txn *txn, const MDB_val *v, void *arg)
 {
+    (void)txn;
     sl_stitch_erase_t *e = arg;
-    int rc = sl_store_event_del(e->stitch->store, txn, tl_seq(v->mv_data));
-    if (rc == 0) e->events++;
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    if (e->n_seqs == e->cap_seqs) {
+        size_t cap = e->cap_seqs ? e->cap_seqs * 2 : 256;
+        uint64_t *n = realloc(e->seqs, cap * sizeof(*n));
+        if (n == NULL) return SL_ENOMEM;
+        e->seqs = n;
+        e->cap_seqs = cap;
+    }
+    e->seqs[e->n_seqs++] = tl_seq(v->mv_data);
+    return 0;
 }
 
 static int erase_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
@@ -1081,12 +1146,15 @@ static int erase_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-int sl_stitch_erase_job(MDB_txn *txn, void *arg)
+/* In the stage's transaction: the person's derived state goes, and the
+ * numbers of its events are kept in `erasing` until the log lets them go. */
+static int erase_run(MDB_txn *txn, void *arg)
 {
     sl_stitch_erase_t *e = arg;
     sl_stitch_t *s = e->stitch;
     e->found = 0;
-    e->events = e->identities = e->journal = 0;
+    e->n_seqs = 0;
+    e->events = e->identities = e->journal = e->triggers = 0;
     person_t p = {0};
     int rc = find_person(s, txn, e->kind, e->id, &p);
     if (rc == SL_ENOTFOUND) {
@@ -1109,22 +1177,79 @@ int sl_stitch_erase_job(MDB_txn *txn, void *arg)
         if ((rc = mdb_del(txn, s->ids, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
         e->identities++;
     }
+    e->events = e->n_seqs;
     /* The journal entries name the person's identifiers: they go too. */
     if ((rc = foreach_dup(txn, s->pjournal, &p.id, 8, erase_journal_entry, e))) goto out;
     MDB_val k = {8, &p.id};
     if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
-    rc = mdb_del(txn, s->persons, &k, NULL);
-    if (rc == 0 && s->trig) rc = sl_trig_forget(s->trig, txn, p.id, &e->triggers);
+    if ((rc = mdb_del(txn, s->persons, &k, NULL))) goto out;
+    for (size_t i = 0; i < s->n_listeners && rc == 0; i++) {
+        uint64_t n = 0;
+        if (s->listeners[i].forgotten) rc = s->listeners[i].forgotten(s->listeners[i].arg, txn, p.id, &n);
+        e->triggers += n;
+    }
+    if (rc || e->n_seqs == 0) goto out;
+    uint64_t key;
+    if ((rc = counter_next(s, txn, "next_erasure", &key))) goto out;
+    MDB_val ek = {8, &key}, ev = {e->n_seqs * 8, e->seqs};
+    rc = mdb_put(txn, s->erasing, &ek, &ev, 0);
 out:
     person_free(&p);
     return rc;
+}
+
+/* On the stage's thread, once the erasure is on disk: the events go from the log. */
+static int erase_after(void *arg)
+{
+    sl_stitch_erase_t *e = arg;
+    return sl_store_erase_events(e->stitch->store, e->seqs, e->n_seqs);
+}
+
+void sl_stitch_erase_init(sl_stitch_erase_t *e, sl_stitch_t *s, const char *kind, const char *id,
+                          void (*done)(sl_stage_job_t *job))
+{
+    memset(e, 0, sizeof(*e));
+    e->stitch = s;
+    e->kind = kind;
+    e->id = id;
+    e->job = (sl_stage_job_t){.run = erase_run, .after_commit = erase_after, .done = done, .arg = e};
+}
+
+void sl_stitch_erase_free(sl_stitch_erase_t *e)
+{
+    free(e->seqs);
+    e->seqs = NULL;
+}
+
+/* At open: erasures whose log deletion a crash may have cut short are done
+ * again (deleting is idempotent), then forgotten. */
+static int finish_erasures(sl_stitch_t *s, MDB_txn *txn)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(txn, s->erasing, &cur);
+    if (rc) return rc;
+    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
+        size_t n = v.mv_size / 8;
+        uint64_t *seqs = malloc(n ? n * 8 : 8);
+        if (seqs == NULL) {
+            rc = SL_ENOMEM;
+            break;
+        }
+        memcpy(seqs, v.mv_data, n * 8);
+        rc = sl_store_erase_events(s->store, seqs, n);
+        free(seqs);
+        if (rc || (rc = mdb_cursor_del(cur, 0))) break;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 /* ---- verification (sillage verify) ---- */
 
 typedef struct {
     sl_stitch_t *s;
-    sl_store_t *st;
+    const sl_verify_opts_t *o;
     MDB_txn *txn;
     FILE *out;
     sl_verify_report_t *rep;
@@ -1161,6 +1286,12 @@ static int verify_event(const char *json, size_t len, uint64_t seq, void *arg)
         }
         v->ids[v->n_ids++] = mid_hash(mid->valuestring);
     }
+    /* only what the stage applied is indexed; an event set aside is not */
+    if (seq > v->o->applied || (v->o->skip && v->o->skip(seq, v->o->skip_arg))) {
+        cJSON_Delete(doc);
+        if (seq > v->max_seq) v->max_seq = seq;
+        return 0;
+    }
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(doc, "type");
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(doc, "userId");
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(doc, "anonymousId");
@@ -1195,11 +1326,13 @@ static void problem(verify_t *v, const char *what, const void *key, size_t klen)
     v->rep->problems++;
 }
 
-int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl_verify_report_t *rep)
+int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FILE *out, sl_verify_report_t *rep)
 {
-    verify_t v = {.s = s, .st = st, .txn = txn, .out = out, .rep = rep};
+    verify_t v = {.s = s, .o = o, .txn = txn, .out = out, .rep = rep};
     memset(rep, 0, sizeof(*rep));
-    int rc = sl_store_foreach_event_txn(st, txn, verify_event, &v);
+    sl_store_t *st = s->store;
+    MDB_txn *log_txn = o->log_txn;
+    int rc = sl_store_foreach_event_txn(st, log_txn, verify_event, &v);
     if (rc) goto out;
     qsort(v.ids, v.n_ids, sizeof(*v.ids), cmp_u64);
     for (size_t i = 1; i < v.n_ids; i++)
@@ -1253,7 +1386,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl
         uint64_t seq = tl_seq(val.mv_data);
         MDB_val ev;
         rep->indexed++;
-        if (seq > v.max_seq || sl_store_event_get(st, txn, seq, &ev) != 0) {
+        if (seq > v.max_seq || sl_store_event_get(st, log_txn, seq, &ev) != 0) {
             fprintf(out, "tl: event %llu is not stored\n", (unsigned long long)seq);
             rep->problems++;
         } else if (v.seen[seq]++) {
@@ -1324,7 +1457,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, sl_store_t *st, FILE *out, sl
                 (unsigned long long)rep->indexed);
         rep->problems++;
     }
-    rc = s->trig ? sl_trig_verify(s->trig, txn, has_message, &v, out, &rep->triggers, &rep->problems) : 0;
+    rc = o->also ? o->also(o->also_arg, txn, has_message, &v, out, &rep->triggers, &rep->problems) : 0;
 out_p:
     person_free(&p);
     if (rc == MDB_NOTFOUND) rc = 0;
@@ -1333,4 +1466,20 @@ out:
     free(v.seen);
     sl_arena_free(&v.arena);
     return rc;
+}
+
+void sl_stitch_metrics(void *arg, sl_buf_t *b)
+{
+    sl_stitch_stats_t ss;
+    sl_stitch_get_stats(arg, &ss);
+    sl_metric_u64(b, "counter", "sillage_identity_merges_total", "Persons merged into another.", ss.merges);
+    sl_metric_u64(b, "counter", "sillage_identity_refusals_total",
+                  "Merges refused (two different users), journaled.", ss.refusals);
+    sl_metric_u64(b, "counter", "sillage_traits_dropped_total", "Traits not kept on a profile (limits.max_traits_*).",
+                  ss.traits_dropped);
+    sl_metric_u64(b, "counter", "sillage_persons_created_total", "Persons created.", ss.persons_created);
+    sl_metric_head(b, "summary", "sillage_identify_stitch_seconds",
+                   "Time the stage spent stitching identify and alias messages (merges included).");
+    sl_buf_printf(b, "sillage_identify_stitch_seconds_sum %.9f\nsillage_identify_stitch_seconds_count %llu\n",
+                  (double)ss.identify_ns / 1e9, (unsigned long long)ss.identifies);
 }

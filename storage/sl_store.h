@@ -42,7 +42,7 @@ typedef struct sl_store_msg_s {
     int64_t received_ms;
     int status;             /* out: enum sl_store_status */
     uint64_t seq;           /* out: the event's sequence number when stored */
-    void *meta;             /* handed to hooks->on_event; the caller's */
+    void *meta;             /* the caller's */
 } sl_store_msg_t;
 
 typedef struct sl_store_batch_s sl_store_batch_t;
@@ -57,41 +57,19 @@ struct sl_store_batch_s {
     sl_store_done_cb done;
     void *data;             /* the caller's */
     int rc;                 /* out */
-    int failed_alone;       /* out: rc is this batch's own failure (its job or a hook
-                             * refused it); the batches committed with it were not
-                             * affected. Otherwise a failure is the commit's. */
+    int failed_alone;       /* out: rc is this batch's own failure (its job refused
+                             * it); the batches committed with it were not affected.
+                             * Otherwise a failure is the commit's. */
     /* job (optional) runs inside the writer's transaction, before the batch's
      * messages if it has any (erasure; a NATS consumer position stored in the
      * same commit as the events it delivered). It returns 0, keeping its own result in arg, or
-     * an error, which fails its batch alone (see hooks->on_event). It may run more than once
+     * an error, which fails its batch alone unless it is the environment's (disk,
+     * memory, map size): the commit is then retried without that batch. It may run more than once
      * (the commit is retried after the map grows), so it must start afresh. */
     int (*job)(MDB_txn *txn, void *arg);
     void *job_arg;
     sl_store_batch_t *next; /* private to the store */
 };
-
-/* What runs inside the store's transactions on behalf of another module (the
- * stitcher), so that its data changes in the same commit as the events. */
-typedef struct sl_store_hooks_s {
-    void *arg;
-    /* At sl_store_open, in its first transaction: open the module's DBIs. */
-    int (*open)(void *arg, MDB_txn *txn, int read_only);
-    /* For each stored (not duplicate) message, m->seq set. An error aborts
-     * the transaction; unless it is the environment's (disk, memory, map), the
-     * commit is retried without the message's batch, which alone fails. */
-    int (*on_event)(void *arg, MDB_txn *txn, const sl_store_msg_t *m);
-    /* Timed work (trigger timers): due() says when, in sl_now_ms() time
-     * (INT64_MAX: nothing); the writer then runs tick() in a transaction of
-     * its own or of the next commit. tick returns 1 when it wrote, 0 when not,
-     * or an LMDB error (which aborts that commit). Both optional. */
-    int64_t (*due)(void *arg);
-    int (*tick)(void *arg, MDB_txn *txn, int64_t now_ms);
-    /* Writer thread, after each transaction: committed (ok 1) or aborted
-     * (ok 0). Then synced(all) when commits reached the disk: all = 1, every
-     * commit so far; all = 0, every commit but the latest one. */
-    void (*after_txn)(void *arg, int ok);
-    void (*synced)(void *arg, int all);
-} sl_store_hooks_t;
 
 typedef struct sl_store_options_s {
     const char *data_dir;
@@ -102,8 +80,20 @@ typedef struct sl_store_options_s {
     size_t dedupe_max_ids;      /* bound of the dedupe table (0: 4,000,000) */
     size_t max_queue_messages;  /* bound of the commit queue */
     int read_only;              /* export/backup: no writer, no dedupe table */
-    const sl_store_hooks_t *hooks; /* optional */
 } sl_store_options_t;
+
+/* The log's durable end: every event up to sl_store_durable_seq() is on
+ * disk (with durability "os": committed). Only durable events may be
+ * derived from -- a crash can take back the others, and their numbers would
+ * be given again. cb(arg, seq) runs on the writer thread each time the end
+ * moves; register (at most 4) before sl_store_start(). */
+void sl_store_on_durable(sl_store_t *st, void (*cb)(void *arg, uint64_t seq), void *arg);
+uint64_t sl_store_durable_seq(const sl_store_t *st);
+
+/* Erasure: deletes events seqs[0..n) (absent ones are skipped) in a write
+ * transaction of its own, synced, from any thread. Their numbers are never
+ * given again. Returns 0 or an LMDB error. */
+int sl_store_erase_events(sl_store_t *st, const uint64_t *seqs, size_t n);
 
 /* Opens (creating if needed) the environment in opts->data_dir. For a
  * writable store, also loads the dedupe window. Returns 0 or an error. */
@@ -160,8 +150,6 @@ int sl_store_foreach_event_txn(sl_store_t *st, MDB_txn *txn, int (*cb)(const cha
 /* The stored event seq, valid while txn lives. MDB_NOTFOUND when absent. */
 int sl_store_event_get(sl_store_t *st, MDB_txn *txn, uint64_t seq, MDB_val *json);
 
-/* Deletes event seq (erasure); from a job or hook only. 0 or MDB_NOTFOUND. */
-int sl_store_event_del(sl_store_t *st, MDB_txn *txn, uint64_t seq);
 
 /* Counters and gauges for /metrics; safe to call from any thread. */
 typedef struct sl_store_stats_s {
@@ -186,6 +174,8 @@ extern const uint64_t sl_store_batch_bounds[11];      /* last bucket is +Inf */
 extern const uint64_t sl_store_latency_bounds_us[13]; /* last bucket is +Inf */
 
 void sl_store_get_stats(sl_store_t *st, sl_store_stats_t *out);
+/* The same as Prometheus text, appended to out (arg: the store; loop thread). */
+void sl_store_metrics(void *arg, sl_buf_t *out);
 
 /* ---- dedupe table (exposed for unit tests) -------------------------------- */
 typedef struct sl_dedupe_s sl_dedupe_t;

@@ -49,6 +49,14 @@ struct sl_store_s {
     void (*drain_cb)(void *);
     void *drain_arg;
 
+    /* Who hears that events became durable (writer thread), and up to where. */
+    struct {
+        void (*cb)(void *arg, uint64_t seq);
+        void *arg;
+    } durable_cbs[4];
+    size_t n_durable_cbs;
+    _Atomic uint64_t durable_seq;
+
     /* In-process readers hold it shared; the writer takes it to resize. */
     uv_rwlock_t resize_lock;
 
@@ -61,22 +69,6 @@ struct sl_store_s {
 };
 
 static void note_dedupe(sl_store_t *st);
-
-static int mkdir_p(const char *path)
-{
-    char tmp[4096];
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof(tmp)) return SL_EINVAL;
-    memcpy(tmp, path, n + 1);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(tmp, 0750) && errno != EEXIST) return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, 0750) && errno != EEXIST) return -errno;
-    return 0;
-}
 
 static int load_meta(sl_store_t *st, MDB_txn *txn)
 {
@@ -125,7 +117,12 @@ static int load_tail(sl_store_t *st, MDB_txn *txn)
         rc = 0;
     }
     mdb_cursor_close(cur);
-    if (rc || st->opts.read_only) return rc;
+    if (rc) return rc;
+    /* erased events leave their numbers behind: never given again */
+    uint64_t floor = 0;
+    if ((rc = sl_store_meta_get(st, txn, "seq_floor", &floor))) return rc;
+    if (floor + 1 > st->next_seq) st->next_seq = floor + 1;
+    if (st->opts.read_only) return 0;
 
     int64_t now = sl_now_ms(), horizon = now - st->opts.dedupe_window_ms;
     size_t loaded = 0;
@@ -161,7 +158,7 @@ int sl_store_open(sl_store_t **out, const sl_store_options_t *opts)
     st->opts.data_dir = st->data_dir;
     MDB_txn *txn = NULL;
     int rc;
-    if (!opts->read_only && (rc = mkdir_p(opts->data_dir))) goto fail;
+    if (!opts->read_only && (rc = sl_mkdir_p(opts->data_dir))) goto fail;
     if ((rc = mdb_env_create(&st->env))) goto fail;
     if ((rc = mdb_env_set_maxdbs(st->env, 16))) goto fail;
     if ((rc = mdb_env_set_maxreaders(st->env, 256))) goto fail;
@@ -188,8 +185,6 @@ int sl_store_open(sl_store_t **out, const sl_store_options_t *opts)
     if ((rc = mdb_dbi_open(txn, "events", dbf | MDB_INTEGERKEY, &st->events))) goto fail;
     if ((rc = mdb_dbi_open(txn, "msgids", dbf | MDB_INTEGERKEY, &st->msgids))) goto fail;
     if ((rc = mdb_dbi_open(txn, "meta", dbf, &st->meta))) goto fail;
-    if (opts->hooks && opts->hooks->open && (rc = opts->hooks->open(opts->hooks->arg, txn, opts->read_only)))
-        goto fail;
     if ((rc = load_meta(st, txn))) goto fail;
     if ((rc = load_tail(st, txn))) goto fail;
     if (!opts->read_only) note_dedupe(st);
@@ -200,6 +195,7 @@ int sl_store_open(sl_store_t **out, const sl_store_options_t *opts)
     }
     txn = NULL;
     atomic_store(&st->stats.last_seq, st->next_seq - 1);
+    atomic_store(&st->durable_seq, st->next_seq - 1); /* what a start finds on disk is durable */
     if (st->dd) atomic_store(&st->stats.dedupe_entries, sl_dedupe_size(st->dd));
     uv_mutex_init(&st->mu);
     uv_cond_init(&st->cv);
@@ -276,7 +272,6 @@ static int trim_msgids(sl_store_t *st, MDB_txn *txn, int64_t horizon)
 static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored, size_t *n_dup, size_t *n_jobs,
                        sl_store_batch_t **culprit)
 {
-    const sl_store_hooks_t *hooks = st->opts.hooks;
     size_t jobs = 0;
     MDB_txn *txn = NULL;
     uint64_t seq0 = st->next_seq;
@@ -310,30 +305,20 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
             MDB_val rv = {sizeof(r), &r};
             if ((rc = mdb_put(txn, st->msgids, &k, &rv, MDB_APPEND))) goto fail;
             m->seq = seq;
-            if (hooks && hooks->on_event && (rc = hooks->on_event(hooks->arg, txn, m))) {
-                *culprit = b;
-                goto fail;
-            }
             m->status = SL_STORE_STORED;
             stored++;
         }
-    }
-    if (hooks && hooks->tick && hooks->due(hooks->arg) <= now) {
-        if ((rc = hooks->tick(hooks->arg, txn, now)) < 0 || rc > 1) goto fail;
-        jobs += (size_t)rc;
     }
     if ((rc = trim_msgids(st, txn, now - st->opts.dedupe_window_ms - 60000))) goto fail;
     rc = mdb_txn_commit(txn);
     txn = NULL;
     if (rc) goto fail;
-    if (hooks && hooks->after_txn) hooks->after_txn(hooks->arg, 1);
     *n_stored = stored;
     *n_dup = dup;
     *n_jobs = jobs;
     return 0;
 fail:
     if (txn) mdb_txn_abort(txn);
-    if (hooks && hooks->after_txn) hooks->after_txn(hooks->arg, 0);
     sl_dedupe_rollback(st->dd);
     st->next_seq = seq0;
     reset_statuses(list);
@@ -418,21 +403,12 @@ static void append_list(sl_store_batch_t **head, sl_store_batch_t *list)
     *head = list;
 }
 
-static void synced(sl_store_t *st, int all)
+/* Events up to seq are on disk: tell the subscribers (writer thread). */
+static void set_durable(sl_store_t *st, uint64_t seq)
 {
-    const sl_store_hooks_t *hooks = st->opts.hooks;
-    if (hooks && hooks->synced) hooks->synced(hooks->arg, all);
-}
-
-/* How long the writer may sleep with nothing queued: until the hooks' next
- * timed work, at most a second. */
-static uint64_t idle_wait_ns(sl_store_t *st)
-{
-    const sl_store_hooks_t *hooks = st->opts.hooks;
-    if (hooks == NULL || hooks->due == NULL) return 1000000000ULL;
-    int64_t d = hooks->due(hooks->arg) - sl_now_ms();
-    if (d <= 0) return 0;
-    return d >= 1000 ? 1000000000ULL : (uint64_t)d * 1000000ULL;
+    if (seq <= atomic_load(&st->durable_seq)) return;
+    atomic_store(&st->durable_seq, seq);
+    for (size_t i = 0; i < st->n_durable_cbs; i++) st->durable_cbs[i].cb(st->durable_cbs[i].arg, seq);
 }
 
 /* Durability in "sync" mode costs one flush per commit, not two: the env has
@@ -444,30 +420,23 @@ static uint64_t idle_wait_ns(sl_store_t *st)
 static void writer_main(void *arg)
 {
     sl_store_t *st = arg;
-    const sl_store_hooks_t *hooks = st->opts.hooks;
     sl_store_batch_t *unsynced = NULL; /* committed, meta page not yet flushed */
     int need_sync = 0;                 /* a commit wrote pages whose meta page is not flushed */
+    uint64_t last_commit_seq = st->next_seq - 1; /* the last event of the latest commit that wrote pages */
     for (;;) {
-        int timed_out = 0;
         uv_mutex_lock(&st->mu);
-        while (st->in_head == NULL && !st->stopping && !need_sync) {
-            uint64_t ns = idle_wait_ns(st);
-            if (ns == 0 || uv_cond_timedwait(&st->cv, &st->mu, ns) == UV_ETIMEDOUT) {
-                timed_out = hooks && hooks->due && hooks->due(hooks->arg) <= sl_now_ms();
-                if (timed_out) break;
-            }
-        }
+        while (st->in_head == NULL && !st->stopping && !need_sync) uv_cond_wait(&st->cv, &st->mu);
         sl_store_batch_t *list = st->in_head;
         st->in_head = st->in_tail = NULL;
         uv_mutex_unlock(&st->mu);
-        if (list == NULL && !timed_out) {
+        if (list == NULL) {
             if (!need_sync) break; /* stopping and nothing left */
             int src = mdb_env_sync(st->env, 1);
             if (src) {
                 SL_ERROR("flushing the last commit failed: %s", sl_strerror(src));
                 atomic_fetch_add(&st->stats.commit_failures, 1);
             } else {
-                synced(st, 1);
+                set_durable(st, last_commit_seq);
             }
             deliver(st, unsynced, src);
             unsynced = NULL;
@@ -504,11 +473,6 @@ static void writer_main(void *arg)
             SL_ERROR("commit of %zu messages failed: %s", total, sl_strerror(rc));
             atomic_fetch_add(&st->stats.commit_failures, 1);
             deliver(st, list, rc); /* nothing of it was stored */
-            if (list == NULL) { /* a timed tick failed: do not spin on it */
-                uv_mutex_lock(&st->mu);
-                if (st->in_head == NULL && !st->stopping) uv_cond_timedwait(&st->cv, &st->mu, 1000000000ULL);
-                uv_mutex_unlock(&st->mu);
-            }
             continue;
         }
         atomic_fetch_add(&st->stats.commits, 1);
@@ -522,11 +486,12 @@ static void writer_main(void *arg)
         atomic_store(&st->stats.dedupe_entries, sl_dedupe_size(st->dd));
         note_dedupe(st);
         if (st->opts.nosync) {
-            synced(st, 1);
+            set_durable(st, st->next_seq - 1);
             deliver(st, list, 0); /* "os" durability: committed is enough */
         } else if (stored > 0 || jobs > 0) {
             /* this commit's data sync flushed the previous commit's meta page */
-            if (need_sync) synced(st, 0);
+            if (need_sync) set_durable(st, last_commit_seq);
+            last_commit_seq = st->next_seq - 1;
             deliver(st, unsynced, 0);
             unsynced = list;
             need_sync = 1;
@@ -708,48 +673,10 @@ int sl_store_event_get(sl_store_t *st, MDB_txn *txn, uint64_t seq, MDB_val *json
     return mdb_get(txn, st->events, &k, json);
 }
 
-int sl_store_event_del(sl_store_t *st, MDB_txn *txn, uint64_t seq)
-{
-    MDB_val k = {8, &seq};
-    return mdb_del(txn, st->events, &k, NULL);
-}
 
 int sl_store_backup(sl_store_t *st, const char *dest)
 {
-    /* The copy holds what the store holds: no more readable than the store
-     * (0750/0640), whatever the umask. An existing DEST keeps its mode (the
-     * operator chose it); the file is protected on its own. */
-    struct stat sb;
-    int created = stat(dest, &sb) != 0;
-    int fd = -1, rc = mkdir_p(dest);
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/data.mdb", dest);
-    if (rc) return rc;
-    if (created && chmod(dest, 0750)) return -errno;
-    /* Created here with its final mode, so no other user can open it before
-     * fchmod; O_EXCL never overwrites an earlier backup. */
-    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-    if (fd < 0) return -errno;
-    if (fchmod(fd, 0640)) {
-        rc = -errno;
-        goto fail;
-    }
-    uv_rwlock_rdlock(&st->resize_lock);
-    rc = mdb_env_copyfd2(st->env, fd, MDB_CP_COMPACT);
-    uv_rwlock_rdunlock(&st->resize_lock);
-    if (rc) goto fail;
-    if (fsync(fd)) {
-        rc = -errno;
-        goto fail;
-    }
-    rc = close(fd) ? -errno : 0;
-    fd = -1;
-    if (rc) goto fail;
-    return 0;
-fail:
-    if (fd >= 0) close(fd);
-    unlink(path); /* a partial copy is no backup, and would refuse the next try */
-    return rc;
+    return sl_lmdb_backup(st->env, dest, &st->resize_lock);
 }
 
 void sl_store_get_stats(sl_store_t *st, sl_store_stats_t *o)
@@ -784,4 +711,79 @@ int sl_store_meta_put(sl_store_t *st, MDB_txn *txn, const char *key, uint64_t va
 {
     MDB_val k = {strlen(key), (void *)key}, v = {8, &value};
     return mdb_put(txn, st->meta, &k, &v, 0);
+}
+
+void sl_store_on_durable(sl_store_t *st, void (*cb)(void *arg, uint64_t seq), void *arg)
+{
+    if (st->n_durable_cbs == sizeof(st->durable_cbs) / sizeof(st->durable_cbs[0])) abort(); /* a wiring bug */
+    st->durable_cbs[st->n_durable_cbs].cb = cb;
+    st->durable_cbs[st->n_durable_cbs].arg = arg;
+    st->n_durable_cbs++;
+}
+
+uint64_t sl_store_durable_seq(const sl_store_t *st)
+{
+    return atomic_load(&st->durable_seq);
+}
+
+int sl_store_erase_events(sl_store_t *st, const uint64_t *seqs, size_t n)
+{
+    if (n == 0) return 0;
+    MDB_txn *txn;
+    uv_rwlock_rdlock(&st->resize_lock);
+    int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+    if (rc) goto out;
+    uint64_t floor = 0, top = 0;
+    if ((rc = sl_store_meta_get(st, txn, "seq_floor", &floor))) goto fail;
+    for (size_t i = 0; i < n; i++) {
+        MDB_val k = {8, (void *)&seqs[i]};
+        rc = mdb_del(txn, st->events, &k, NULL);
+        if (rc && rc != MDB_NOTFOUND) goto fail;
+        if (seqs[i] > top) top = seqs[i];
+    }
+    if (top > floor && (rc = sl_store_meta_put(st, txn, "seq_floor", top))) goto fail;
+    rc = mdb_txn_commit(txn); /* synced: the env's flags make it flush its data pages */
+    if (rc == 0 && !st->opts.nosync) rc = mdb_env_sync(st->env, 1);
+    goto out;
+fail:
+    mdb_txn_abort(txn);
+out:
+    uv_rwlock_rdunlock(&st->resize_lock);
+    return rc;
+}
+
+void sl_store_metrics(void *arg, sl_buf_t *b)
+{
+    sl_store_t *st = arg;
+    sl_store_stats_t s;
+    sl_store_get_stats(st, &s);
+    sl_metric_u64(b, "counter", "sillage_events_stored_total", "Messages durably stored.", s.events_stored);
+    sl_metric_u64(b, "counter", "sillage_events_duplicate_total",
+                  "Messages acknowledged but not stored again (messageId seen).", s.duplicates);
+    sl_metric_u64(b, "counter", "sillage_commits_total", "LMDB write transactions committed (the log).", s.commits);
+    sl_metric_u64(b, "counter", "sillage_commit_failures_total", "Write transactions that failed (answered 503).",
+                  s.commit_failures);
+    sl_metric_u64(b, "counter", "sillage_requests_failed_alone_total",
+                  "Requests that could not be applied, answered 500 while the rest of their commit went on.",
+                  s.batches_failed_alone);
+    sl_metric_u64(b, "counter", "sillage_lmdb_map_resizes_total", "Times the log's LMDB map grew.", s.map_resizes);
+    sl_metric_u64(b, "gauge", "sillage_lmdb_map_size_bytes", "Current LMDB map size of the log.", s.map_size_bytes);
+    sl_metric_u64(b, "gauge", "sillage_commit_queue_messages", "Messages waiting for or inside a commit.",
+                  st->queued);
+    sl_metric_u64(b, "gauge", "sillage_log_last_seq", "The last event appended to the log.", s.last_seq);
+    sl_metric_u64(b, "gauge", "sillage_log_durable_seq", "The last event of the log on disk.",
+                  atomic_load(&st->durable_seq));
+    sl_metric_u64(b, "gauge", "sillage_dedupe_entries", "Message ids held for deduplication.", s.dedupe_entries);
+    sl_metric_u64(b, "counter", "sillage_dedupe_evicted_total",
+                  "Message ids forgotten before dedupe_window ended (limits.max_dedupe_ids).", s.dedupe_evicted);
+    sl_metric_u64(b, "gauge", "sillage_dedupe_window_seconds",
+                  "The dedupe window in force (shorter than dedupe_window once ids were evicted).",
+                  (uint64_t)(s.dedupe_window_ms / 1000));
+    double bb[11], lb[13];
+    for (int i = 0; i < 11; i++) bb[i] = (double)sl_store_batch_bounds[i];
+    for (int i = 0; i < 13; i++) lb[i] = (double)sl_store_latency_bounds_us[i] / 1e6;
+    sl_metric_histogram(b, "sillage_commit_batch_messages", "Messages per LMDB commit.", bb, 11, s.batch_hist,
+                        (double)s.batch_sum);
+    sl_metric_histogram(b, "sillage_commit_duration_seconds", "Time to commit one LMDB transaction, fsync included.",
+                        lb, 13, s.latency_hist, (double)s.latency_sum_us / 1e6);
 }

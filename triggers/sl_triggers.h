@@ -1,14 +1,16 @@
 /* sl_triggers.h - trigger rules, durable timers and the trigger feed
  * (DESIGN.md, "Trigger rules"; docs/TRIGGERS.md).
  *
- * The engine runs inside the writer's transaction, called by the stitcher for
- * each stitched event, merge and trait change, and by the store for due
- * timers. A trigger is appended to the feed in the same commit as its cause.
- * Readers see a trigger only once the commit that holds it is on disk
- * (sl_trig_durable_seq), so a reader never sees a trigger a crash could take
- * back.
+ * The engine is a step of the derivation stage (sl_stage.h) for its timers
+ * and a listener of the stitcher (sl_stitch.h) for what happens to persons:
+ * each stitched event, merge, trait change and erasure. It reads what its
+ * rules need from the stored event itself. A trigger is appended to the
+ * feed in the same stage transaction as its cause. Readers see a trigger
+ * only once the transaction that holds it is on disk (sl_trig_durable_seq),
+ * so a reader never sees a trigger a crash could take back; subscribers
+ * (sl_trig_subscribe) hear each time that position moves.
  *
- * LMDB databases (in the store's environment):
+ * LMDB databases (in the derived environment):
  *   feed      seq (u64) -> int64 at_ms, then the trigger JSON
  *   timers    be64 due_ms, be64 person, rule name -> (empty)
  *   tstate    rule name \x1f be64 person -> the rule's state for that person
@@ -26,45 +28,26 @@
 
 #include "sl_common.h"
 #include "sl_config.h"
+#include "sl_stage.h"
+#include "sl_stitch.h"
 #include "sl_store.h"
 
 typedef struct sl_trig_s sl_trig_t;
-struct sl_stitch_s;
-struct sl_stitch_msg_s;
 
 /* rules: the trigger rules, pressure cap and retention of cfg. cfg must stay
- * alive until replaced with sl_trig_reload_job(). */
-sl_trig_t *sl_trig_new(const sl_config_t *cfg);
+ * alive until replaced with sl_trig_reload_job(). Payloads read persons
+ * from stitch. */
+sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch);
 void sl_trig_free(sl_trig_t *t);
 
-/* Called by the stitcher's store hooks. */
-int sl_trig_open(sl_trig_t *t, MDB_txn *txn, int read_only);
-void sl_trig_attach(sl_trig_t *t, struct sl_stitch_s *stitch);
-int64_t sl_trig_due(sl_trig_t *t);
-int sl_trig_tick(sl_trig_t *t, MDB_txn *txn, int64_t now_ms);
-void sl_trig_after_txn(sl_trig_t *t, int ok);
-void sl_trig_synced(sl_trig_t *t, int all);
+/* Registers the engine with the stage (a step: its databases, timers and
+ * commits) and with the stitcher (a listener); before sl_stage_open(). */
+int sl_trig_attach(sl_trig_t *t, sl_stage_t *stage);
 
-/* Writer thread, from the stitcher. person: the person the event was
- * stitched to, after its record was saved; identified: it has a userId or an
- * identity trait. */
-int sl_trig_event(sl_trig_t *t, MDB_txn *txn, const struct sl_stitch_msg_s *m, uint64_t person, int identified,
-                  int64_t now_ms);
-/* The messageId of the event being stitched: the "cause" of what fires next. */
-void sl_trig_set_cause(sl_trig_t *t, const char *message_id);
-/* absorbed was merged into survivor: its rule states move. */
-int sl_trig_merge(sl_trig_t *t, MDB_txn *txn, uint64_t survivor, uint64_t absorbed);
-/* Erasure: the rule states of person and every feed entry about it go;
- * *n_feed gets how many feed entries. */
-int sl_trig_forget(sl_trig_t *t, MDB_txn *txn, uint64_t person, uint64_t *n_feed);
-/* A trait of person changed (old NULL when it had no value). */
-int sl_trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *name, const cJSON *old_v,
-                  const cJSON *new_v, int64_t now_ms);
-/* 1 when some trait_change rule watches name. */
-int sl_trig_watches_trait(const sl_trig_t *t, const char *name);
-
-/* Called (writer thread) whenever the durable feed position advanced. */
-void sl_trig_set_notify(sl_trig_t *t, void (*cb)(void *arg), void *arg);
+/* cb(arg) runs on the stage thread each time the durable feed position
+ * advanced (long polls, streams, webhooks, the NATS publisher: at most 8);
+ * it must only wake its own thread or loop. Before the stage starts. */
+int sl_trig_subscribe(sl_trig_t *t, void (*cb)(void *arg), void *arg);
 
 /* The last trigger sequence readers may see. */
 uint64_t sl_trig_durable_seq(const sl_trig_t *t);
@@ -78,13 +61,13 @@ long sl_trig_read(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit, sl_b
 long sl_trig_foreach(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit,
                      int (*fn)(uint64_t seq, const char *json, size_t len, void *arg), void *arg);
 
-/* Webhook delivery cursors (durable): read in any transaction, written as a
- * store job. */
+/* Webhook delivery cursors (durable): read in any transaction, written in a
+ * stage job. */
 int sl_trig_cursor_get(sl_trig_t *t, MDB_txn *txn, const char *url, uint64_t *seq);
 int sl_trig_cursor_put(sl_trig_t *t, MDB_txn *txn, const char *url, uint64_t seq);
 
-/* Replaces the rules with those of cfg, as a store job (arg: the reload
- * request); timers and states of rules that keep their name go on. */
+/* Replaces the rules with those of cfg, as a stage job's run (arg: the
+ * reload request); timers and states of rules that keep their name go on. */
 typedef struct sl_trig_reload_s {
     sl_trig_t *trig;
     const sl_config_t *cfg;
@@ -103,5 +86,7 @@ typedef struct sl_trig_stats_s {
 } sl_trig_stats_t;
 void sl_trig_get_stats(const sl_trig_t *t, sl_trig_stats_t *out);
 const sl_config_t *sl_trig_config(const sl_trig_t *t);
+/* Prometheus text (arg: the engine; loop thread). */
+void sl_trig_metrics(void *arg, sl_buf_t *out);
 
 #endif

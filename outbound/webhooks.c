@@ -1,6 +1,9 @@
 /* webhooks.c - see sl_webhooks.h. libcurl's multi interface driven by the
  * libuv loop: curl tells us which sockets to watch (socket callback) and when
- * to call it back (timer callback); uv_poll and a uv_timer do the watching. */
+ * to call it back (timer callback); uv_poll and a uv_timer do the watching.
+ * Nothing polls: the trigger engine's "feed advanced" wakes the pump through
+ * a uv_async, a finished attempt pumps, and a one-shot timer waits for the
+ * next retry. */
 #include "sl_webhooks.h"
 
 #include <cjson/cJSON.h>
@@ -12,7 +15,6 @@
 #include <string.h>
 
 #define WINDOW 16                 /* deliveries in flight or waiting, per webhook */
-#define PUMP_MS 50                /* how often the feed and retries are looked at */
 #define BACKOFF_BASE_MS 500
 #define BACKOFF_MAX_MS 300000
 #define TIMEOUT_MS 10000          /* one attempt */
@@ -65,16 +67,19 @@ typedef struct {
 struct sl_webhooks_s {
     uv_loop_t *loop;
     const sl_config_t *cfg;
-    sl_store_t *store;
+    sl_stage_t *stage;
     sl_trig_t *trig;
     CURLM *multi;
-    uv_timer_t curl_timer, pump;
+    uv_timer_t curl_timer, retry;
+    uv_async_t wake;             /* the feed advanced (from the stage thread) */
     target_t *t;
     size_t n_t;
-    int handles, stopping;
+    int handles, stopping, started;
+    uv_mutex_t mu;
+    int wake_open;               /* under mu */
     void (*stop_cb)(void *);
     void *stop_arg;
-    sl_store_batch_t job_batch;
+    sl_stage_job_t job_s;
     cursor_job_t *job;           /* in flight, or NULL */
     uint64_t delivered, failed_attempts, expired, in_flight;
 };
@@ -279,16 +284,20 @@ static void finish_attempt(delivery_t *d, CURLcode res)
             (long long)(d->next_ms - sl_now_ms()));
 }
 
+static void pump(sl_webhooks_t *w);
+
 static void check_done(sl_webhooks_t *w)
 {
     CURLMsg *m;
-    int left;
+    int left, finished = 0;
     while ((m = curl_multi_info_read(w->multi, &left)) != NULL) {
         if (m->msg != CURLMSG_DONE) continue;
         delivery_t *d = NULL;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&d);
         if (d) finish_attempt(d, m->data.result);
+        finished = 1;
     }
+    if (finished) pump(w); /* retire what was acknowledged, take more, schedule retries */
 }
 
 /* ---- the feed side ---- */
@@ -335,15 +344,16 @@ static int take_one(uint64_t seq, const char *json, size_t len, void *arg)
     return --f->room > 0 ? 0 : 1;
 }
 
-static int fill_read(MDB_txn *txn, void *arg)
+static int fill_read(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
+    (void)log_txn;
     fill_ctx_t *f = arg;
     return sl_trig_foreach(f->t->w->trig, txn, f->t->read_upto, (size_t)f->room, take_one, f) < 0 ? SL_ESTORE : 0;
 }
 
-static void cursor_done(sl_store_batch_t *b)
+static void cursor_done(sl_stage_job_t *b)
 {
-    cursor_job_t *j = b->data;
+    cursor_job_t *j = b->arg;
     sl_webhooks_t *w = j->w;
     if (b->rc == 0)
         for (size_t i = 0; i < w->n_t && i < j->n; i++) w->t[i].stored_cursor = j->c[i].seq;
@@ -376,9 +386,9 @@ static void save_cursors(sl_webhooks_t *w)
         j->c[i].url = w->t[i].cfg->url;
         j->c[i].seq = w->t[i].cursor;
     }
-    w->job_batch = (sl_store_batch_t){.job = cursor_job, .job_arg = j, .done = cursor_done, .data = j};
+    w->job_s = (sl_stage_job_t){.run = cursor_job, .done = cursor_done, .arg = j};
     w->job = j;
-    if (sl_store_submit(w->store, &w->job_batch)) { /* busy: next pump tries again */
+    if (sl_stage_submit(w->stage, &w->job_s)) { /* stopping: the next start resends from the stored cursor */
         free(j);
         w->job = NULL;
     }
@@ -405,7 +415,7 @@ static void pump_target(target_t *t, int64_t now)
     /* take more from the feed */
     if (t->n < WINDOW && sl_trig_durable_seq(w->trig) > t->read_upto) {
         fill_ctx_t f = {t, WINDOW - t->n};
-        sl_store_read(w->store, fill_read, &f);
+        sl_stage_read(w->stage, 0, fill_read, &f);
     }
     for (int i = 0; i < t->n; i++) {
         delivery_t *d = &t->win[i];
@@ -421,19 +431,34 @@ static void pump_target(target_t *t, int64_t now)
     }
 }
 
+static void on_retry(uv_timer_t *t);
+
 static void pump(sl_webhooks_t *w)
 {
     if (w->stopping) return;
-    int64_t now = sl_now_ms();
-    for (size_t i = 0; i < w->n_t; i++) pump_target(&w->t[i], now);
+    int64_t now = sl_now_ms(), next = INT64_MAX;
+    for (size_t i = 0; i < w->n_t; i++) {
+        pump_target(&w->t[i], now);
+        for (int k = 0; k < w->t[i].n; k++)
+            if (w->t[i].win[k].state == D_WAIT && w->t[i].win[k].next_ms < next) next = w->t[i].win[k].next_ms;
+    }
     save_cursors(w);
+    /* the next retry, if any: a one-shot timer, no polling */
+    if (next != INT64_MAX) uv_timer_start(&w->retry, on_retry, next > now ? (uint64_t)(next - now) : 0, 0);
+    else uv_timer_stop(&w->retry);
 }
 
-static void on_pump(uv_timer_t *t) { pump(t->data); }
+static void on_retry(uv_timer_t *t) { pump(t->data); }
+static void on_wake(uv_async_t *a) { pump(a->data); }
 
-void sl_webhooks_wake(sl_webhooks_t *w)
+/* The trigger engine's subscription: runs on the stage thread, which may
+ * outlive the handle (the stage stops after webhooks). */
+static void feed_advanced(void *arg)
 {
-    if (w) pump(w);
+    sl_webhooks_t *w = arg;
+    uv_mutex_lock(&w->mu);
+    if (w->wake_open) uv_async_send(&w->wake);
+    uv_mutex_unlock(&w->mu);
 }
 
 typedef struct {
@@ -441,8 +466,9 @@ typedef struct {
     int rc;
 } load_ctx_t;
 
-static int load_cursors(MDB_txn *txn, void *arg)
+static int load_cursors(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
+    (void)log_txn;
     load_ctx_t *l = arg;
     for (size_t i = 0; i < l->w->n_t; i++) {
         target_t *t = &l->w->t[i];
@@ -458,8 +484,7 @@ static void on_handle_closed(uv_handle_t *h)
     if (--w->handles == 0 && w->stopping && w->stop_cb) w->stop_cb(w->stop_arg);
 }
 
-int sl_webhooks_start(sl_webhooks_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store,
-                      sl_trig_t *trig)
+int sl_webhooks_new(sl_webhooks_t **out, const sl_config_t *cfg, sl_stage_t *stage, sl_trig_t *trig)
 {
     *out = NULL;
     if (cfg->n_webhooks == 0) return 0;
@@ -470,10 +495,10 @@ int sl_webhooks_start(sl_webhooks_t **out, uv_loop_t *loop, const sl_config_t *c
     }
     sl_webhooks_t *w = calloc(1, sizeof(*w));
     if (w == NULL) return SL_ENOMEM;
-    w->loop = loop;
     w->cfg = cfg;
-    w->store = store;
+    w->stage = stage;
     w->trig = trig;
+    uv_mutex_init(&w->mu);
     w->n_t = cfg->n_webhooks;
     w->t = calloc(w->n_t, sizeof(target_t));
     w->multi = curl_multi_init();
@@ -489,25 +514,40 @@ int sl_webhooks_start(sl_webhooks_t **out, uv_loop_t *loop, const sl_config_t *c
         snprintf(t->tag, sizeof(t->tag), "%016llx", (unsigned long long)h.lo);
         sl_url_redact(t->cfg->url, t->shown, sizeof(t->shown));
     }
-    load_ctx_t l = {w, 0};
-    int rc = sl_store_read(store, load_cursors, &l);
+    int rc = sl_trig_subscribe(trig, feed_advanced, w);
     if (rc) {
         sl_webhooks_free(w);
         return rc;
     }
+    *out = w;
+    return 0;
+}
+
+int sl_webhooks_start(sl_webhooks_t *w, uv_loop_t *loop)
+{
+    if (w == NULL) return 0;
+    w->loop = loop;
+    load_ctx_t l = {w, 0};
+    int rc = sl_stage_read(w->stage, 0, load_cursors, &l);
+    if (rc) return rc;
     curl_multi_setopt(w->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
     curl_multi_setopt(w->multi, CURLMOPT_SOCKETDATA, w);
     curl_multi_setopt(w->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(w->multi, CURLMOPT_TIMERDATA, w);
     uv_timer_init(loop, &w->curl_timer);
     w->curl_timer.data = w;
-    uv_timer_init(loop, &w->pump);
-    w->pump.data = w;
-    w->handles = 2;
-    uv_timer_start(&w->pump, on_pump, 0, PUMP_MS);
+    uv_timer_init(loop, &w->retry);
+    w->retry.data = w;
+    uv_async_init(loop, &w->wake, on_wake);
+    w->wake.data = w;
+    w->handles = 3;
+    w->started = 1;
+    uv_mutex_lock(&w->mu);
+    w->wake_open = 1;
+    uv_mutex_unlock(&w->mu);
     for (size_t i = 0; i < w->n_t; i++)
         SL_INFO("webhook %s: delivering triggers after %llu", w->t[i].shown, (unsigned long long)w->t[i].cursor);
-    *out = w;
+    uv_async_send(&w->wake); /* what was durable before the start */
     return 0;
 }
 
@@ -526,16 +566,25 @@ void sl_webhooks_stop(sl_webhooks_t *w, void (*cb)(void *), void *arg)
     for (size_t i = 0; i < w->n_t; i++)
         for (int k = 0; k < w->t[i].n; k++) delivery_free(&w->t[i].win[k]); /* sockets close via sock_cb */
     for (size_t i = 0; i < w->n_t; i++) w->t[i].n = 0;
-    uv_timer_stop(&w->pump);
+    if (!w->started) {
+        if (cb) cb(arg);
+        return;
+    }
+    uv_mutex_lock(&w->mu);
+    w->wake_open = 0;
+    uv_mutex_unlock(&w->mu);
+    uv_timer_stop(&w->retry);
     uv_timer_stop(&w->curl_timer);
-    uv_close((uv_handle_t *)&w->pump, on_handle_closed);
+    uv_close((uv_handle_t *)&w->retry, on_handle_closed);
     uv_close((uv_handle_t *)&w->curl_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&w->wake, on_handle_closed);
 }
 
 void sl_webhooks_free(sl_webhooks_t *w)
 {
     if (w == NULL) return;
     if (w->multi) curl_multi_cleanup(w->multi);
+    uv_mutex_destroy(&w->mu);
     free(w->t);
     free(w);
 }
@@ -548,4 +597,17 @@ void sl_webhooks_get_stats(const sl_webhooks_t *w, sl_webhooks_stats_t *out)
     out->failed_attempts = w->failed_attempts;
     out->expired = w->expired;
     out->in_flight = w->in_flight;
+}
+
+void sl_webhooks_metrics(void *arg, sl_buf_t *b)
+{
+    sl_webhooks_stats_t ws;
+    sl_webhooks_get_stats(arg, &ws);
+    sl_metric_u64(b, "counter", "sillage_webhook_deliveries_total", "Triggers acknowledged (2xx) by a webhook.",
+                  ws.delivered);
+    sl_metric_u64(b, "counter", "sillage_webhook_failed_attempts_total", "Attempts that failed and will be retried.",
+                  ws.failed_attempts);
+    sl_metric_u64(b, "counter", "sillage_webhook_expired_total", "Triggers given up after the webhook's expire.",
+                  ws.expired);
+    sl_metric_u64(b, "gauge", "sillage_webhook_in_flight", "Requests on the wire.", ws.in_flight);
 }

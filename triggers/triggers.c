@@ -8,7 +8,6 @@
  * re-arms itself. So an event costs a state write, never a timer delete. */
 #define _GNU_SOURCE /* memmem */
 #include "sl_triggers.h"
-#include "sl_stitch.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -34,16 +33,33 @@ typedef struct {
     int64_t timer_ms, fired_for_ms;
 } inact_t;
 
+/* What the rules read of one stored event (docs/TRIGGERS.md says which
+ * members each rule looks at). */
+typedef struct {
+    int track, page;          /* its type */
+    const char *event;        /* track: the event name */
+    const cJSON *props;       /* properties */
+    const char *url, *path;   /* page: properties.url / .path, else context.page's; the path without ?# */
+    int64_t ts_ms;            /* the event's corrected timestamp */
+} rule_msg_t;
+
+#define MAX_SUBSCRIBERS 8
+
 struct sl_trig_s {
-    const sl_config_t *cfg;              /* writer thread */
-    struct sl_stitch_s *stitch;
+    const sl_config_t *_Atomic cfg;      /* written by the stage thread (reload), read by /metrics */
+    sl_stitch_t *stitch;
+    sl_stage_step_t step;
+    sl_ident_listener_t listener;
+    struct {
+        void (*cb)(void *);
+        void *arg;
+    } subs[MAX_SUBSCRIBERS];             /* told when the durable feed advanced */
+    size_t n_subs;
     MDB_dbi feed, timers, tstate, pressure, tmeta;
     _Atomic int64_t next_due;
     uint64_t txn_last, committed_last, prev_committed; /* writer thread */
     _Atomic uint64_t durable;
-    void (*notify)(void *);
-    void *notify_arg;
-    sl_buf_t k, k2, v, pay;
+    sl_buf_t k, k2, v, pay, path;
     _Atomic uint64_t fired, suppressed, timers_fired;
     _Atomic uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
     int64_t last_prune_ms;
@@ -346,15 +362,15 @@ static int cart_fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uin
     return rc;
 }
 
-static int cart_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, const sl_stitch_msg_t *m,
+static int cart_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, const rule_msg_t *m,
                       uint64_t person, int identified, int64_t now)
 {
     const char *ev = m->event;
     int rc;
-    if (m->type == SL_STITCH_TRACK && ev && r->cancel_event && strcmp(ev, r->cancel_event) == 0)
+    if (m->track && ev && r->cancel_event && strcmp(ev, r->cancel_event) == 0)
         return state_del(t, txn, r->name, person); /* bought: the pending timer will find nothing */
-    int start = m->type == SL_STITCH_TRACK && ev && is_start_event(r, ev);
-    int removed = m->type == SL_STITCH_TRACK && ev && strcmp(ev, "Product Removed") == 0;
+    int start = m->track && ev && is_start_event(r, ev);
+    int removed = m->track && ev && r->remove_event && strcmp(ev, r->remove_event) == 0;
     MDB_val v;
     rc = state_get(t, txn, r->name, person, &v);
     if (rc && rc != MDB_NOTFOUND) return rc;
@@ -382,7 +398,7 @@ static int cart_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, co
         c.started_ms = m->ts_ms;
         if ((products = cJSON_CreateArray()) == NULL) return SL_ENOMEM;
     }
-    cJSON *props = m->props_json ? cJSON_Parse(m->props_json) : NULL;
+    const cJSON *props = m->props;
     if (start) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(props, "products");
         if (cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0) {
@@ -411,7 +427,6 @@ static int cart_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, co
             }
         cJSON_Delete(p);
     }
-    cJSON_Delete(props);
     if (products == NULL) return SL_ENOMEM;
     if (cJSON_GetArraySize(products) == 0) {
         cJSON_Delete(products);
@@ -511,10 +526,10 @@ out:
 
 /* ---- page visit ---- */
 
-static int page_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, const sl_stitch_msg_t *m,
+static int page_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, const rule_msg_t *m,
                       uint64_t person, int64_t now)
 {
-    if (m->type != SL_STITCH_PAGE) return 0;
+    if (!m->page) return 0;
     /* "http://..." and "https://..." patterns match the whole URL, others the path. */
     int full = strncmp(r->url, "http://", 7) == 0 || strncmp(r->url, "https://", 8) == 0;
     const char *subject = full ? m->url : m->path;
@@ -640,12 +655,44 @@ static int inact_timer(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, u
 
 /* ---- public: events, merges, traits ---- */
 
-void sl_trig_set_cause(sl_trig_t *t, const char *message_id) { t->cause = message_id; }
-
-int sl_trig_event(sl_trig_t *t, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t person, int identified,
-                  int64_t now)
+static const char *str_member(const cJSON *o, const char *name)
 {
-    t->cause = m->message_id;
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsString(x) ? x->valuestring : NULL;
+}
+
+/* What the rules need of a stored event: decided here, by the rules. */
+static int read_msg(sl_trig_t *t, const cJSON *doc, int64_t ts_ms, rule_msg_t *m)
+{
+    memset(m, 0, sizeof(*m));
+    const char *type = str_member(doc, "type");
+    m->track = type && strcmp(type, "track") == 0;
+    m->page = type && strcmp(type, "page") == 0;
+    m->event = m->track ? str_member(doc, "event") : NULL;
+    m->props = cJSON_GetObjectItemCaseSensitive(doc, "properties");
+    m->ts_ms = ts_ms;
+    if (!m->page) return 0;
+    const cJSON *page = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "page");
+    const char *url = str_member(m->props, "url"), *path = str_member(m->props, "path");
+    if (url == NULL) url = str_member(page, "url");
+    if (path == NULL) path = str_member(page, "path");
+    if (path == NULL && url) { /* the path of an absolute URL */
+        const char *p = strstr(url, "://");
+        p = p ? strchr(p + 3, '/') : NULL;
+        if (p) path = p;
+    }
+    m->url = url;
+    if (path) {
+        t->path.len = 0;
+        if (sl_buf_append(&t->path, path, strcspn(path, "?#")) || sl_buf_append(&t->path, "", 1)) return SL_ENOMEM;
+        m->path = t->path.data;
+    }
+    return 0;
+}
+
+static int trig_event(sl_trig_t *t, MDB_txn *txn, const rule_msg_t *m, uint64_t person, int identified,
+                      int64_t now)
+{
     for (size_t i = 0; i < t->cfg->n_triggers; i++) {
         const sl_trigger_rule_t *r = &t->cfg->triggers[i];
         int rc = 0;
@@ -660,7 +707,7 @@ int sl_trig_event(sl_trig_t *t, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t
     return 0;
 }
 
-int sl_trig_merge(sl_trig_t *t, MDB_txn *txn, uint64_t survivor, uint64_t absorbed)
+static int trig_merge(sl_trig_t *t, MDB_txn *txn, uint64_t survivor, uint64_t absorbed)
 {
     int64_t now = sl_now_ms();
     for (size_t i = 0; i < t->cfg->n_triggers; i++) {
@@ -677,7 +724,7 @@ int sl_trig_merge(sl_trig_t *t, MDB_txn *txn, uint64_t survivor, uint64_t absorb
     return 0;
 }
 
-int sl_trig_forget(sl_trig_t *t, MDB_txn *txn, uint64_t person, uint64_t *n_feed)
+static int trig_forget(sl_trig_t *t, MDB_txn *txn, uint64_t person, uint64_t *n_feed)
 {
     int rc;
     *n_feed = 0;
@@ -698,7 +745,7 @@ int sl_trig_forget(sl_trig_t *t, MDB_txn *txn, uint64_t person, uint64_t *n_feed
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-int sl_trig_watches_trait(const sl_trig_t *t, const char *name)
+static int trig_watches(const sl_trig_t *t, const char *name)
 {
     for (size_t i = 0; i < t->cfg->n_triggers; i++)
         if (t->cfg->triggers[i].type == SL_TRIG_TRAIT_CHANGE && strcmp(t->cfg->triggers[i].trait, name) == 0)
@@ -706,8 +753,8 @@ int sl_trig_watches_trait(const sl_trig_t *t, const char *name)
     return 0;
 }
 
-int sl_trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *name, const cJSON *old_v,
-                  const cJSON *new_v, int64_t now)
+static int trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *name, const cJSON *old_v,
+                      const cJSON *new_v, int64_t now)
 {
     for (size_t i = 0; i < t->cfg->n_triggers; i++) {
         const sl_trigger_rule_t *r = &t->cfg->triggers[i];
@@ -728,9 +775,48 @@ int sl_trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *name,
     return 0;
 }
 
+/* ---- what the stitcher tells ---- */
+
+static int on_stitched(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, const sl_ident_event_t *ie)
+{
+    sl_trig_t *t = arg;
+    if (t->cfg->n_triggers == 0) return 0;
+    rule_msg_t m;
+    int rc = read_msg(t, ev->doc, ie->ts_ms, &m);
+    if (rc) return rc;
+    t->cause = ev->message_id;
+    return trig_event(t, txn, &m, ie->person, ie->identified, sl_now_ms());
+}
+
+static int on_merged(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t survivor, uint64_t absorbed)
+{
+    sl_trig_t *t = arg;
+    t->cause = ev ? ev->message_id : NULL;
+    return trig_merge(t, txn, survivor, absorbed);
+}
+
+static int on_trait(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t person, const char *name,
+                    const cJSON *old_v, const cJSON *new_v)
+{
+    sl_trig_t *t = arg;
+    t->cause = ev ? ev->message_id : NULL;
+    return trig_trait(t, txn, person, name, old_v, new_v, sl_now_ms());
+}
+
+static int on_watches(void *arg, const char *name) { return trig_watches(arg, name); }
+
+static int on_forgotten(void *arg, MDB_txn *txn, uint64_t person, uint64_t *n)
+{
+    return trig_forget(arg, txn, person, n);
+}
+
 /* ---- timers, retention ---- */
 
-int64_t sl_trig_due(sl_trig_t *t) { return atomic_load(&t->next_due); }
+static int64_t on_due(void *arg)
+{
+    sl_trig_t *t = arg;
+    return atomic_load(&t->next_due);
+}
 
 static int prune(sl_trig_t *t, MDB_txn *txn, int64_t now)
 {
@@ -771,8 +857,9 @@ static int first_due(sl_trig_t *t, MDB_txn *txn, int64_t *due)
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-int sl_trig_tick(sl_trig_t *t, MDB_txn *txn, int64_t now)
+static int on_tick(void *arg, MDB_txn *txn, int64_t now)
 {
+    sl_trig_t *t = arg;
     int wrote = 0, rc = 0;
     t->cause = NULL;
     MDB_cursor *cur;
@@ -813,8 +900,9 @@ int sl_trig_tick(sl_trig_t *t, MDB_txn *txn, int64_t now)
 
 /* ---- commits and readers ---- */
 
-void sl_trig_after_txn(sl_trig_t *t, int ok)
+static void on_after_txn(void *arg, int ok)
 {
+    sl_trig_t *t = arg;
     if (ok) {
         t->prev_committed = t->committed_last;
         t->committed_last = t->txn_last;
@@ -824,19 +912,23 @@ void sl_trig_after_txn(sl_trig_t *t, int ok)
     }
 }
 
-void sl_trig_synced(sl_trig_t *t, int all)
+static void on_synced(void *arg, int all)
 {
+    sl_trig_t *t = arg;
     uint64_t d = all ? t->committed_last : t->prev_committed;
     if (d > atomic_load(&t->durable)) {
         atomic_store(&t->durable, d);
-        if (t->notify) t->notify(t->notify_arg);
+        for (size_t i = 0; i < t->n_subs; i++) t->subs[i].cb(t->subs[i].arg);
     }
 }
 
-void sl_trig_set_notify(sl_trig_t *t, void (*cb)(void *), void *arg)
+int sl_trig_subscribe(sl_trig_t *t, void (*cb)(void *arg), void *arg)
 {
-    t->notify = cb;
-    t->notify_arg = arg;
+    if (t->n_subs == MAX_SUBSCRIBERS) return SL_EINVAL;
+    t->subs[t->n_subs].cb = cb;
+    t->subs[t->n_subs].arg = arg;
+    t->n_subs++;
+    return 0;
 }
 
 uint64_t sl_trig_durable_seq(const sl_trig_t *t) { return atomic_load(&t->durable); }
@@ -926,8 +1018,9 @@ int sl_trig_reload_job(MDB_txn *txn, void *arg)
 
 /* ---- life cycle ---- */
 
-int sl_trig_open(sl_trig_t *t, MDB_txn *txn, int read_only)
+static int on_open(void *arg, MDB_txn *txn, int read_only)
 {
+    sl_trig_t *t = arg;
     unsigned c = read_only ? 0 : MDB_CREATE;
     int rc;
     if ((rc = mdb_dbi_open(txn, "feed", c | MDB_INTEGERKEY, &t->feed))) return rc;
@@ -944,13 +1037,25 @@ int sl_trig_open(sl_trig_t *t, MDB_txn *txn, int read_only)
     return 0;
 }
 
-sl_trig_t *sl_trig_new(const sl_config_t *cfg)
+sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch)
 {
     sl_trig_t *t = calloc(1, sizeof(*t));
     if (t == NULL) return NULL;
     t->cfg = cfg;
+    t->stitch = stitch;
     atomic_store(&t->next_due, INT64_MAX);
+    t->step = (sl_stage_step_t){.name = "triggers", .arg = t, .open = on_open, .due = on_due, .tick = on_tick,
+                                .after_txn = on_after_txn, .synced = on_synced};
+    t->listener = (sl_ident_listener_t){.arg = t, .stitched = on_stitched, .merged = on_merged,
+                                        .trait_changed = on_trait, .watches_trait = on_watches,
+                                        .forgotten = on_forgotten};
     return t;
+}
+
+int sl_trig_attach(sl_trig_t *t, sl_stage_t *stage)
+{
+    int rc = sl_stage_add_step(stage, &t->step);
+    return rc ? rc : sl_stitch_listen(t->stitch, &t->listener);
 }
 
 void sl_trig_free(sl_trig_t *t)
@@ -960,10 +1065,9 @@ void sl_trig_free(sl_trig_t *t)
     sl_buf_free(&t->k2);
     sl_buf_free(&t->v);
     sl_buf_free(&t->pay);
+    sl_buf_free(&t->path);
     free(t);
 }
-
-void sl_trig_attach(sl_trig_t *t, struct sl_stitch_s *stitch) { t->stitch = stitch; }
 
 void sl_trig_get_stats(const sl_trig_t *t, sl_trig_stats_t *out)
 {
@@ -1016,4 +1120,30 @@ int sl_trig_verify(sl_trig_t *t, MDB_txn *txn, int (*has_message)(const char *id
     }
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static void by_rule(sl_buf_t *b, const char *name, const char *help, const sl_config_t *cfg,
+                    const uint64_t *values)
+{
+    sl_metric_head(b, "counter", name, help);
+    for (size_t i = 0; i < cfg->n_triggers && i < MAX_RULES; i++) {
+        char labels[300];
+        snprintf(labels, sizeof(labels), "rule=\"%s\"", cfg->triggers[i].name);
+        sl_metric_sample(b, name, labels, values[i]);
+    }
+}
+
+void sl_trig_metrics(void *arg, sl_buf_t *b)
+{
+    sl_trig_t *t = arg;
+    sl_trig_stats_t ts;
+    sl_trig_get_stats(t, &ts);
+    const sl_config_t *cfg = t->cfg; /* the rules the stage runs (reloaded on SIGHUP) */
+    by_rule(b, "sillage_triggers_fired_total", "Triggers appended to the feed, by rule.", cfg, ts.fired_by_rule);
+    by_rule(b, "sillage_triggers_suppressed_total", "Triggers held back by the pressure cap, by rule.", cfg,
+            ts.suppressed_by_rule);
+    sl_metric_u64(b, "counter", "sillage_trigger_timers_fired_total", "Durable timers that came due.",
+                  ts.timers_fired);
+    sl_metric_u64(b, "gauge", "sillage_trigger_feed_last_seq", "The last trigger readers can see (durable).",
+                  sl_trig_durable_seq(t));
 }

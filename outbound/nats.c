@@ -23,10 +23,7 @@
 #include <cjson/cJSON.h>
 #include <nats/nats.h>
 
-#include "http_int.h"
 #include "sl_nats.h"
-#include "sl_stitch.h"
-#include "sl_triggers.h"
 
 #define PAGE 256
 #define RETRY_MS 500
@@ -47,8 +44,9 @@ struct sl_nats_s {
     uv_loop_t *loop;
     const sl_config_t *cfg;
     sl_store_t *store;
-    sl_server_t *srv;
+    sl_stage_t *stage;            /* core: the trigger feed is read through it */
     sl_trig_t *trig;
+    uint64_t wakes;               /* under mu: bumped when the log or the feed advanced */
     uv_async_t async;
     uv_thread_t thread, trig_thread;
     int have_thread, have_trig_thread;
@@ -150,6 +148,33 @@ static void sleep_ms(sl_nats_t *n, int ms)
     for (int i = 0; i < ms / 50 && !atomic_load(&n->stopping); i++) nats_Sleep(50);
 }
 
+/* Waits (at most a second) for the log or the feed to advance past what the
+ * caller saw: no polling. */
+static void wait_more(sl_nats_t *n, uint64_t *seen)
+{
+    uv_mutex_lock(&n->mu);
+    if (n->wakes == *seen && !atomic_load(&n->stopping)) uv_cond_timedwait(&n->cv, &n->mu, 1000000000ULL);
+    *seen = n->wakes;
+    uv_mutex_unlock(&n->mu);
+}
+
+/* The store's durable end moved (edge) or the feed advanced (core):
+ * writer or stage thread. */
+static void advanced(void *arg)
+{
+    sl_nats_t *n = arg;
+    uv_mutex_lock(&n->mu);
+    n->wakes++;
+    uv_cond_broadcast(&n->cv);
+    uv_mutex_unlock(&n->mu);
+}
+
+static void advanced_log(void *arg, uint64_t seq)
+{
+    (void)seq;
+    advanced(arg);
+}
+
 /* ---- publishing: the edge's events, the core's triggers ---- */
 
 /* A page of what to publish, copied out of a read transaction. */
@@ -196,12 +221,14 @@ typedef struct {
 
 static int take_event(const char *json, size_t len, uint64_t seq, void *arg)
 {
-    page_t *p = ((page_read_t *)arg)->p;
-    if (p->n == PAGE) return 1;
+    page_read_t *r = arg;
+    page_t *p = r->p;
+    /* only what is on disk: a crash could take back the rest, and give its numbers again */
+    if (p->n == PAGE || seq > sl_store_durable_seq(r->n->store)) return 1;
     return page_add(p, seq, json, len, "messageId");
 }
 
-/* The stored events after p->after. */
+/* The durable events after p->after. */
 static int read_events(MDB_txn *txn, void *arg)
 {
     page_read_t *r = arg;
@@ -215,8 +242,9 @@ static int take_trigger(uint64_t seq, const char *json, size_t len, void *arg)
 }
 
 /* The durable triggers after p->after. */
-static int read_triggers(MDB_txn *txn, void *arg)
+static int read_triggers(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
+    (void)log_txn;
     page_read_t *r = arg;
     return sl_trig_foreach(r->n->trig, txn, r->p->after, PAGE, take_trigger, r) < 0 ? SL_ESTORE : 0;
 }
@@ -278,9 +306,15 @@ static int publish_page(sl_nats_t *n, natsConnection *nc, const char *subject, p
 /* What a publishing thread reads and where it reports. */
 typedef struct {
     const char *what;                   /* for the log */
-    int (*read)(MDB_txn *txn, void *arg); /* fills a page_read_t's page after p->after */
-    int events;                         /* 1: the edge's events (reports connected, errors) */
+    int events;                         /* 1: the edge's events from the log (reports connected,
+                                         * errors); 0: the core's triggers from the feed */
 } source_t;
+
+static int read_page(sl_nats_t *n, const source_t *src, page_read_t *r)
+{
+    if (src->events) return sl_store_read(n->store, read_events, r);
+    return sl_stage_read(n->stage, 0, read_triggers, r);
+}
 
 static void publish_main(sl_nats_t *n, const source_t *src, const char *subject, uint64_t cursor,
                          _Atomic uint64_t *want, _Atomic uint64_t *count)
@@ -288,9 +322,11 @@ static void publish_main(sl_nats_t *n, const source_t *src, const char *subject,
     natsConnection *nc = NULL;
     page_t *p = calloc(1, sizeof(*p));
     int stream_ok = 0;
+    uint64_t seen = 0;
     while (p && !atomic_load(&n->stopping)) {
-        if (!src->events && sl_trig_durable_seq(n->trig) <= cursor) {
-            sleep_ms(n, 50);
+        uint64_t end = src->events ? sl_store_durable_seq(n->store) : sl_trig_durable_seq(n->trig);
+        if (end <= cursor) {
+            wait_more(n, &seen);
             continue;
         }
         if (nc == NULL && (nc = nats_connect(n)) == NULL) {
@@ -312,9 +348,9 @@ static void publish_main(sl_nats_t *n, const source_t *src, const char *subject,
         }
         page_read_t r = {n, p};
         p->after = cursor;
-        if (sl_store_read(n->store, src->read, &r) != 0 || p->n == 0) {
+        if (read_page(n, src, &r) != 0 || p->n == 0) {
             page_free(p);
-            sleep_ms(n, 50);
+            wait_more(n, &seen);
             continue;
         }
         if (publish_page(n, nc, subject, p) == 0) {
@@ -342,7 +378,7 @@ static void publish_main(sl_nats_t *n, const source_t *src, const char *subject,
 static void forward_main(void *arg)
 {
     sl_nats_t *n = arg;
-    static const source_t events = {"events", read_events, 1};
+    static const source_t events = {"events", 1};
     publish_main(n, &events, n->cfg->nats.events_subject, n->stored_cursor, &n->want_cursor, &n->published);
 }
 
@@ -350,7 +386,7 @@ static void forward_main(void *arg)
 static void triggers_main(void *arg)
 {
     sl_nats_t *n = arg;
-    static const source_t triggers = {"triggers", read_triggers, 0};
+    static const source_t triggers = {"triggers", 0};
     publish_main(n, &triggers, n->cfg->nats.triggers_subject, n->stored_trig_cursor, &n->want_trig_cursor,
                  &n->triggers_published);
 }
@@ -501,13 +537,15 @@ static void batch_done(sl_store_batch_t *sb)
     uv_mutex_unlock(&n->mu);
 }
 
-/* Loop thread: a fetched batch becomes a store batch. */
+/* Loop thread: a fetched batch becomes a store batch; the stage derives
+ * from the stored events as from any others. */
 static void submit_batch(sl_nats_t *n, nbatch_t *b)
 {
     b->n = (size_t)b->list.Count;
     b->msgs = calloc(b->n, sizeof(*b->msgs));
     int64_t now = sl_now_ms();
     size_t k = 0;
+    /* every parse tree of the batch lives in its arena, freed with it */
     sl_arena_t *saved = sl_json_arena_swap(&b->arena);
     for (size_t i = 0; b->msgs && i < b->n; i++) {
         natsMsg *m = b->list.Msgs[i];
@@ -521,9 +559,6 @@ static void submit_batch(sl_nats_t *n, nbatch_t *b)
         sm->json_len = (size_t)len;
         sm->received_ms = now;
         sm->dedupe = sl_store_dedupe_key(n->store, "nats", mid->valuestring);
-        if (n->srv && n->srv->stitch)
-            sm->meta = collector_stitch_input(n->cfg, n->srv->rules_cfg, n->srv->stitch, doc, mid->valuestring,
-                                              &b->arena);
     }
     sl_json_arena_swap(saved);
     b->batch = (sl_store_batch_t){.msgs = b->msgs, .n_msgs = k, .done = batch_done, .data = b,
@@ -582,29 +617,36 @@ static int load_cursors(MDB_txn *txn, void *arg)
     return rc;
 }
 
-int sl_nats_start(sl_nats_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store, sl_server_t *srv,
-                  sl_trig_t *trig)
+int sl_nats_new(sl_nats_t **out, const sl_config_t *cfg, sl_store_t *store, sl_stage_t *stage, sl_trig_t *trig)
 {
     *out = NULL;
     if (cfg->role == SL_ROLE_ALL) return 0;
     sl_nats_t *n = calloc(1, sizeof(*n));
     if (n == NULL) return SL_ENOMEM;
-    n->loop = loop;
     n->cfg = cfg;
     n->store = store;
-    n->srv = srv;
+    n->stage = stage;
     n->trig = trig;
     sl_url_redact(cfg->nats.url, n->shown_url, sizeof(n->shown_url));
     uv_mutex_init(&n->mu);
     uv_cond_init(&n->cv);
-    int rc = sl_store_read(store, load_cursors, n);
-    if (rc == 0) rc = uv_async_init(loop, &n->async, on_async);
-    if (rc) {
-        uv_mutex_destroy(&n->mu);
-        uv_cond_destroy(&n->cv);
-        free(n);
-        return rc;
+    if (cfg->role == SL_ROLE_EDGE) sl_store_on_durable(store, advanced_log, n);
+    else if (trig && sl_trig_subscribe(trig, advanced, n)) {
+        sl_nats_free(n);
+        return SL_EINVAL;
     }
+    *out = n;
+    return 0;
+}
+
+int sl_nats_start(sl_nats_t *n, uv_loop_t *loop)
+{
+    if (n == NULL) return 0;
+    const sl_config_t *cfg = n->cfg;
+    n->loop = loop;
+    int rc = sl_store_read(n->store, load_cursors, n);
+    if (rc == 0) rc = uv_async_init(loop, &n->async, on_async);
+    if (rc) return rc;
     n->async.data = n;
     n->async_open = 1;
     atomic_store(&n->want_cursor, n->stored_cursor);
@@ -616,11 +658,10 @@ int sl_nats_start(sl_nats_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_s
     } else {
         rc = uv_thread_create(&n->thread, consume_main, n);
         n->have_thread = rc == 0;
-        if (rc == 0 && trig) n->have_trig_thread = uv_thread_create(&n->trig_thread, triggers_main, n) == 0;
+        if (rc == 0 && n->trig) n->have_trig_thread = uv_thread_create(&n->trig_thread, triggers_main, n) == 0;
     }
     SL_INFO("nats: %s node on %s, stream %s", cfg->role == SL_ROLE_EDGE ? "edge" : "core", n->shown_url,
             cfg->nats.stream);
-    *out = n;
     return rc;
 }
 
@@ -633,9 +674,11 @@ void sl_nats_stop(sl_nats_t *n)
     if (n == NULL || atomic_load(&n->stopping)) return;
     atomic_store(&n->stopping, 1);
     uv_mutex_lock(&n->mu);
+    int open = n->async_open;
     n->async_open = 0;
     uv_cond_broadcast(&n->cv);
     uv_mutex_unlock(&n->mu);
+    if (!open) return; /* never started */
     on_async(&n->async); /* a batch waiting to be taken, the last cursors */
     uv_close((uv_handle_t *)&n->async, NULL);
 }
@@ -665,4 +708,22 @@ void sl_nats_get_stats(const sl_nats_t *n, sl_nats_stats_t *out)
     out->triggers_published = atomic_load(&n->triggers_published);
     uint64_t c = atomic_load(&n->want_cursor);
     out->lag = n->cfg->role == SL_ROLE_EDGE && st.last_seq > c ? st.last_seq - c : 0;
+}
+
+void sl_nats_metrics(void *arg, sl_buf_t *b)
+{
+    sl_nats_stats_t ns;
+    sl_nats_get_stats(arg, &ns);
+    sl_metric_u64(b, "gauge", "sillage_nats_connected", "1 when the last NATS operation worked.",
+                  (uint64_t)ns.connected);
+    sl_metric_u64(b, "counter", "sillage_nats_published_total",
+                  "Events published to JetStream and acknowledged (edge).", ns.published);
+    sl_metric_u64(b, "counter", "sillage_nats_publish_errors_total",
+                  "Publish rounds that failed and were retried (edge).", ns.publish_errors);
+    sl_metric_u64(b, "gauge", "sillage_nats_lag_events", "Stored events not yet acknowledged by JetStream (edge).",
+                  ns.lag);
+    sl_metric_u64(b, "counter", "sillage_nats_consumed_total", "Events stored from the stream (core).", ns.consumed);
+    sl_metric_u64(b, "gauge", "sillage_nats_position", "The last stream sequence stored (core).", ns.position);
+    sl_metric_u64(b, "counter", "sillage_nats_triggers_published_total",
+                  "Triggers published to the triggers subject (core).", ns.triggers_published);
 }

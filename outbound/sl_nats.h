@@ -1,4 +1,4 @@
-/* sl_nats.h - edge and core roles on NATS JetStream (collector/nats.c,
+/* sl_nats.h - edge and core roles on NATS JetStream (outbound/nats.c,
  * docs/SCALING.md). */
 #ifndef SL_NATS_H
 #define SL_NATS_H
@@ -6,18 +6,21 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "sl_collector.h"
 #include "sl_config.h"
+#include "sl_stage.h"
 #include "sl_store.h"
+#include "sl_triggers.h"
 
 typedef struct sl_nats_s sl_nats_t;
-struct sl_trig_s;
 
-/* role edge: forward stored events; role core: consume them (and publish
- * trig's feed); role all: nothing (*out NULL). srv: the HTTP server, whose
- * stitcher the core feeds. */
-int sl_nats_start(sl_nats_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store, sl_server_t *srv,
-                  struct sl_trig_s *trig);
+/* role edge: forward the log's durable events; role core: consume them into
+ * the log (the stage derives from them as from any others) and publish
+ * trig's feed, read through stage; role all: nothing (*out NULL). Registers
+ * with the store (edge) or the trigger engine (core) to hear that there is
+ * more: call before the store and the stage start. */
+int sl_nats_new(sl_nats_t **out, const sl_config_t *cfg, sl_store_t *store, sl_stage_t *stage, sl_trig_t *trig);
+/* Starts the threads; completions on loop. */
+int sl_nats_start(sl_nats_t *n, uv_loop_t *loop);
 /* Loop thread: tells the threads to end (they check between steps). */
 void sl_nats_stop(sl_nats_t *n);
 /* After the loop has ended: joins the threads. Bounded even when no NATS
@@ -31,5 +34,7 @@ typedef struct sl_nats_stats_s {
     uint64_t consumed, position, triggers_published; /* core */
 } sl_nats_stats_t;
 void sl_nats_get_stats(const sl_nats_t *n, sl_nats_stats_t *out);
+/* Prometheus text (arg: the NATS side; loop thread). */
+void sl_nats_metrics(void *arg, sl_buf_t *out);
 
 #endif

@@ -5,7 +5,7 @@
  * the durable feed in order from its own cursor, keeps a window of deliveries
  * in flight, retries a failed one (transport error or non-2xx) with
  * exponential backoff and jitter until it is acknowledged or older than the
- * webhook's `expire`, and stores its cursor in LMDB (the highest sequence
+ * webhook's `expire`, and stores its cursor in LMDB (a stage job; the highest sequence
  * below which every trigger is acknowledged or expired). After a restart it
  * resends what was not acknowledged: at least once, with the same delivery id.
  *
@@ -23,16 +23,17 @@
 #include <uv.h>
 
 #include "sl_config.h"
-#include "sl_store.h"
+#include "sl_stage.h"
 #include "sl_triggers.h"
 
 typedef struct sl_webhooks_s sl_webhooks_t;
 
-/* Starts delivering to cfg->webhooks (none: returns 0 and *out NULL). */
-int sl_webhooks_start(sl_webhooks_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store,
-                      sl_trig_t *trig);
-/* More triggers are durable: look at the feed again (loop thread). */
-void sl_webhooks_wake(sl_webhooks_t *w);
+/* Creates delivery to cfg->webhooks (none: returns 0 and *out NULL), reading
+ * the feed of trig through stage; subscribes to trig's "feed advanced", so
+ * call it before the stage starts. */
+int sl_webhooks_new(sl_webhooks_t **out, const sl_config_t *cfg, sl_stage_t *stage, sl_trig_t *trig);
+/* Starts delivering on loop, from the stored cursors (after the stage started). */
+int sl_webhooks_start(sl_webhooks_t *w, uv_loop_t *loop);
 /* Stops: transfers are abandoned (they are resent after a restart), the
  * cursors already stored stay; cb(arg) once every handle is closed. */
 void sl_webhooks_stop(sl_webhooks_t *w, void (*cb)(void *), void *arg);
@@ -42,6 +43,8 @@ typedef struct sl_webhooks_stats_s {
     uint64_t delivered, failed_attempts, expired, in_flight;
 } sl_webhooks_stats_t;
 void sl_webhooks_get_stats(const sl_webhooks_t *w, sl_webhooks_stats_t *out);
+/* Prometheus text (arg: the webhooks; loop thread). */
+void sl_webhooks_metrics(void *arg, sl_buf_t *out);
 
 /* The X-Sillage-Signature value for body sent at unix time t (seconds) under
  * delivery id (at most 100 bytes): "t=<t>,v1=<64 hex>", the HMAC-SHA256 with

@@ -1,0 +1,158 @@
+/* sl_stage.h - the derivation stage (DESIGN.md, "The pipeline";
+ * docs/ARCHITECTURE.md).
+ *
+ * The log (storage/, sl_store.h) is what ingestion acknowledges. Everything
+ * derived from it -- the identity graph, profiles, timelines, trigger state,
+ * the trigger feed -- lives in a second LMDB environment, <data_dir>/derived,
+ * written by this stage's own thread. The stage reads the log's durable
+ * events in order from a cursor stored in the derived environment, hands
+ * each one to its steps inside one write transaction, and stores the cursor
+ * in that same transaction: across crashes every event is applied exactly
+ * once. When it is behind, one transaction carries thousands of events; when
+ * it keeps up, it commits what each log commit brought.
+ *
+ * The two environments have their own write locks: the ack path never waits
+ * for derivation, and derivation never waits for an fsync of the log.
+ *
+ * Steps (identity, then the trigger engine, later computed fields...) are
+ * registered in order before sl_stage_open(). A step that cannot apply an
+ * event makes the stage set that event aside (the transaction is redone
+ * without it; the reason is stored and counted) and move on: one bad event
+ * never stalls the rest.
+ *
+ * Threads: sl_stage_submit(), sl_stage_wait() and the done/waiter callbacks
+ * run on the loop thread; steps run on the stage thread; sl_stage_read() and
+ * the counters are safe from any thread.
+ */
+#ifndef SL_STAGE_H
+#define SL_STAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+#include <lmdb.h>
+#include <uv.h>
+
+#include "sl_common.h"
+#include "sl_store.h"
+
+typedef struct sl_stage_s sl_stage_t;
+
+/* One event of the log, as the steps see it. doc is parsed once by the
+ * stage; steps read it and never keep pointers into it. log_txn is a read
+ * transaction on the log (for steps that read other events). */
+typedef struct sl_stage_event_s {
+    uint64_t seq;
+    const char *json;
+    size_t len;
+    const cJSON *doc;
+    const char *message_id;  /* doc's messageId (every stored event has one) */
+} sl_stage_event_t;
+
+/* A step: every member but name is optional. Errors are LMDB or SL_ codes. */
+typedef struct sl_stage_step_s {
+    const char *name;
+    void *arg;
+    /* In the first transaction (read_only: a command reading a store): open
+     * the step's databases in the derived environment. */
+    int (*open)(void *arg, MDB_txn *txn, int read_only);
+    /* One event, in order. An error other than the environment's (disk,
+     * memory, map size) sets the event aside. */
+    int (*apply)(void *arg, MDB_txn *txn, const sl_stage_event_t *ev);
+    /* Timed work: when (sl_now_ms() time; INT64_MAX: nothing), and the work,
+     * run inside a stage transaction. */
+    int64_t (*due)(void *arg);
+    int (*tick)(void *arg, MDB_txn *txn, int64_t now_ms);
+    /* After each transaction: committed (ok 1) or aborted (ok 0; it will be
+     * redone). Then synced(all): the derived environment's commits are on
+     * disk -- all = 1 every commit so far, 0 every one but the latest. */
+    void (*after_txn)(void *arg, int ok);
+    void (*synced)(void *arg, int all);
+} sl_stage_step_t;
+
+typedef struct sl_stage_options_s {
+    const char *dir;             /* the derived environment: <data_dir>/derived */
+    uint64_t map_size_bytes;
+    uint64_t map_size_max_bytes;
+    int nosync;                  /* durability "os" */
+    int read_only;               /* commands: no thread */
+    size_t max_events_per_txn;   /* 0: 8192 */
+} sl_stage_options_t;
+
+/* Creates the stage; add its steps, then open it. */
+sl_stage_t *sl_stage_new(sl_store_t *log, const sl_stage_options_t *opts);
+/* Appends step (copied) to the chain; before sl_stage_open(). At most 8. */
+int sl_stage_add_step(sl_stage_t *sg, const sl_stage_step_t *step);
+/* Opens (creating) the derived environment and each step's databases. */
+int sl_stage_open(sl_stage_t *sg);
+/* Starts the stage's thread; completions and waiters run on loop. */
+int sl_stage_start(sl_stage_t *sg, uv_loop_t *loop);
+/* Stops the thread once what is durable in the log is applied (or at once
+ * when hurry), then cb(arg) on the loop thread. Called again while stopping,
+ * it only hurries the stop (cb stays the first one). */
+void sl_stage_stop(sl_stage_t *sg, int hurry, void (*cb)(void *), void *arg);
+void sl_stage_free(sl_stage_t *sg);
+
+/* Work in a stage transaction (erasure, cursors, rule reloads): run(txn,
+ * arg) before the events of that transaction; it may run more than once
+ * (the transaction is redone after an event is set aside), so it starts
+ * afresh each time. An error fails the job alone. after_commit (optional)
+ * runs on the stage thread once the transaction committed (erasure deletes
+ * log events there). done runs on the loop thread. */
+typedef struct sl_stage_job_s sl_stage_job_t;
+struct sl_stage_job_s {
+    int (*run)(MDB_txn *txn, void *arg);
+    int (*after_commit)(void *arg);
+    void (*done)(sl_stage_job_t *job);
+    void *arg;
+    int rc;                      /* out */
+    sl_stage_job_t *next;        /* private */
+};
+/* Queues job. Returns 0, or SL_ESHUTDOWN. Loop thread. */
+int sl_stage_submit(sl_stage_t *sg, sl_stage_job_t *job);
+
+/* Read-your-writes: cb(arg, reached) runs on the loop thread once the stage
+ * has applied (committed) the log up to pos (reached 1), or when timeout_ms
+ * passed first (reached 0). w is the caller's until then; sl_stage_cancel()
+ * takes it back without a call. */
+typedef struct sl_stage_waiter_s sl_stage_waiter_t;
+struct sl_stage_waiter_s {
+    uint64_t pos;
+    int64_t deadline_ms;
+    void (*cb)(sl_stage_waiter_t *w, int reached);
+    void *arg;
+    sl_stage_waiter_t *prev, *next; /* private */
+};
+void sl_stage_wait(sl_stage_t *sg, sl_stage_waiter_t *w, uint64_t pos, int64_t timeout_ms);
+void sl_stage_cancel(sl_stage_t *sg, sl_stage_waiter_t *w);
+
+/* The last event applied and committed (visible to readers). */
+uint64_t sl_stage_applied(const sl_stage_t *sg);
+
+/* Runs cb in a read transaction of the derived environment, with log_txn a
+ * read transaction of the log (either may be NULL when the caller does not
+ * need it: pass want_log 0). Any thread. Returns cb's result. */
+int sl_stage_read(sl_stage_t *sg, int want_log, int (*cb)(MDB_txn *txn, MDB_txn *log_txn, void *arg), void *arg);
+
+/* Consistent copy of the derived environment into dir (created; must not
+ * hold a data.mdb), 0640. */
+int sl_stage_backup(sl_stage_t *sg, const char *dir);
+
+/* Events set aside: cb(seq, reason, arg) for each, in order, at most limit. */
+int sl_stage_set_aside(sl_stage_t *sg, size_t limit, int (*cb)(uint64_t seq, const char *reason, void *arg),
+                       void *arg);
+
+typedef struct sl_stage_stats_s {
+    uint64_t applied;            /* last event applied */
+    uint64_t log_durable;        /* the log's durable end */
+    uint64_t lag_events;         /* log_durable - applied */
+    int64_t lag_ms;              /* how long the oldest unapplied durable event has waited */
+    uint64_t events_applied, txns, set_aside;
+    uint64_t map_resizes;
+} sl_stage_stats_t;
+void sl_stage_get_stats(sl_stage_t *sg, sl_stage_stats_t *out);
+/* The same as Prometheus text (arg: the stage). */
+void sl_stage_metrics(void *arg, sl_buf_t *out);
+
+#endif

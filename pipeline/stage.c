@@ -1,0 +1,752 @@
+/* stage.c - see sl_stage.h.
+ *
+ * The derived environment's own databases:
+ *   stage   text key -> value: "applied" (u64, the cursor)
+ *   aside   u64 seq -> the reason an event was set aside (text)
+ */
+#define _GNU_SOURCE
+#include "sl_stage.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_STEPS 8
+#define MAX_ASIDE_PER_TXN 64
+#define LAG_SAMPLES 256
+
+struct sl_stage_s {
+    sl_store_t *log;
+    sl_stage_options_t opts;
+    char *dir;
+    MDB_env *env;
+    MDB_dbi meta, aside;
+    sl_stage_step_t steps[MAX_STEPS];
+    size_t n_steps;
+    uint64_t map_size;          /* stage thread */
+    uv_rwlock_t resize_lock;    /* readers shared, the stage thread to grow the map */
+    uint64_t cursor;            /* stage thread: the last event applied */
+    sl_arena_t arena;           /* stage thread: one event's parse tree */
+
+    uv_loop_t *loop;
+    uv_thread_t thread;
+    uv_async_t async;
+    uv_timer_t timer;           /* waiters' deadlines */
+    uv_mutex_t mu;
+    uv_cond_t cv;
+    sl_stage_job_t *in_head, *in_tail;     /* under mu */
+    sl_stage_job_t *done_head, *done_tail; /* under mu */
+    uint64_t log_durable;                  /* under mu */
+    struct { uint64_t seq; int64_t ms; } samples[LAG_SAMPLES]; /* under mu: when the log reached seq */
+    size_t n_samples;
+    int stopping, hurry, exited;           /* under mu */
+    int started;
+    void (*stop_cb)(void *);
+    void *stop_arg;
+    sl_stage_waiter_t *waiters;            /* loop thread */
+
+    _Atomic uint64_t applied;
+    struct {
+        _Atomic uint64_t events, txns, set_aside, map_resizes;
+    } stats;
+};
+
+/* ---- small helpers ---------------------------------------------------------- */
+
+static int meta_get(sl_stage_t *sg, MDB_txn *txn, const char *key, uint64_t *out)
+{
+    MDB_val k = {strlen(key), (void *)key}, v;
+    *out = 0;
+    int rc = mdb_get(txn, sg->meta, &k, &v);
+    if (rc == 0 && v.mv_size == 8) memcpy(out, v.mv_data, 8);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int meta_put(sl_stage_t *sg, MDB_txn *txn, const char *key, uint64_t value)
+{
+    MDB_val k = {strlen(key), (void *)key}, v = {8, &value};
+    return mdb_put(txn, sg->meta, &k, &v, 0);
+}
+
+/* 1 when err, raised while applying one event or job, is that event's or
+ * job's own problem rather than the environment's, which every one would
+ * meet. */
+static int own_error(int err)
+{
+    switch (err) {
+    case MDB_MAP_FULL: case MDB_PANIC: case MDB_MAP_RESIZED: case MDB_READERS_FULL: case MDB_TLS_FULL:
+    case MDB_BAD_TXN: case MDB_TXN_FULL: case SL_ENOMEM: case ENOMEM: case EIO: case ENOSPC: case EACCES:
+    case EROFS:
+        return 0;
+    default:
+        return 1;
+    }
+}
+
+static void each_after_txn(sl_stage_t *sg, int ok)
+{
+    for (size_t i = 0; i < sg->n_steps; i++)
+        if (sg->steps[i].after_txn) sg->steps[i].after_txn(sg->steps[i].arg, ok);
+}
+
+static void each_synced(sl_stage_t *sg, int all)
+{
+    for (size_t i = 0; i < sg->n_steps; i++)
+        if (sg->steps[i].synced) sg->steps[i].synced(sg->steps[i].arg, all);
+}
+
+static int64_t next_due(sl_stage_t *sg)
+{
+    int64_t due = INT64_MAX;
+    for (size_t i = 0; i < sg->n_steps; i++) {
+        if (sg->steps[i].due == NULL) continue;
+        int64_t d = sg->steps[i].due(sg->steps[i].arg);
+        if (d < due) due = d;
+    }
+    return due;
+}
+
+/* ---- setup ------------------------------------------------------------------- */
+
+sl_stage_t *sl_stage_new(sl_store_t *log, const sl_stage_options_t *opts)
+{
+    sl_stage_t *sg = calloc(1, sizeof(*sg));
+    if (sg == NULL) return NULL;
+    sg->log = log;
+    sg->opts = *opts;
+    if (sg->opts.max_events_per_txn == 0) sg->opts.max_events_per_txn = 8192;
+    if ((sg->dir = strdup(opts->dir)) == NULL) {
+        free(sg);
+        return NULL;
+    }
+    sg->opts.dir = sg->dir;
+    sl_arena_init(&sg->arena);
+    uv_mutex_init(&sg->mu);
+    uv_cond_init(&sg->cv);
+    uv_rwlock_init(&sg->resize_lock);
+    return sg;
+}
+
+int sl_stage_add_step(sl_stage_t *sg, const sl_stage_step_t *step)
+{
+    if (sg->n_steps == MAX_STEPS || sg->env) return SL_EINVAL;
+    sg->steps[sg->n_steps++] = *step;
+    return 0;
+}
+
+/* The log's durable end moved (writer thread). */
+static void on_log_durable(void *arg, uint64_t seq)
+{
+    sl_stage_t *sg = arg;
+    int64_t now = sl_now_ms();
+    uv_mutex_lock(&sg->mu);
+    sg->log_durable = seq;
+    /* keep only what is not applied yet; the oldest sample is the lag's */
+    uint64_t applied = atomic_load(&sg->applied);
+    size_t k = 0;
+    for (size_t i = 0; i < sg->n_samples; i++)
+        if (sg->samples[i].seq > applied) sg->samples[k++] = sg->samples[i];
+    sg->n_samples = k;
+    if (k < LAG_SAMPLES) {
+        sg->samples[k].seq = seq;
+        sg->samples[k].ms = now;
+        sg->n_samples++;
+    }
+    uv_cond_signal(&sg->cv);
+    uv_mutex_unlock(&sg->mu);
+}
+
+int sl_stage_open(sl_stage_t *sg)
+{
+    MDB_txn *txn = NULL;
+    int rc;
+    int ro = sg->opts.read_only;
+    if (!ro && (rc = sl_mkdir_p(sg->dir))) return rc;
+    if ((rc = mdb_env_create(&sg->env))) goto fail;
+    if ((rc = mdb_env_set_maxdbs(sg->env, 32))) goto fail;
+    if ((rc = mdb_env_set_maxreaders(sg->env, 256))) goto fail;
+    if (!ro && (rc = mdb_env_set_mapsize(sg->env, sg->opts.map_size_bytes))) goto fail;
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
+    if (ro) flags |= MDB_RDONLY;
+    else if (sg->opts.nosync) flags |= MDB_NOSYNC;
+    else flags |= MDB_NOMETASYNC; /* the stage flushes meta pages itself, as the log's writer does */
+    if ((rc = mdb_env_open(sg->env, sg->dir, flags, 0640))) goto fail;
+    MDB_envinfo info;
+    mdb_env_info(sg->env, &info);
+    sg->map_size = info.me_mapsize;
+    if ((rc = mdb_txn_begin(sg->env, NULL, ro ? MDB_RDONLY : 0, &txn))) goto fail;
+    unsigned c = ro ? 0 : MDB_CREATE;
+    if ((rc = mdb_dbi_open(txn, "stage", c, &sg->meta))) goto fail;
+    if ((rc = mdb_dbi_open(txn, "aside", c | MDB_INTEGERKEY, &sg->aside))) goto fail;
+    for (size_t i = 0; i < sg->n_steps; i++)
+        if (sg->steps[i].open && (rc = sg->steps[i].open(sg->steps[i].arg, txn, ro))) goto fail;
+    if ((rc = meta_get(sg, txn, "applied", &sg->cursor))) goto fail;
+    rc = mdb_txn_commit(txn); /* even read-only: handles opened in it stay open */
+    txn = NULL;
+    if (rc) goto fail;
+    atomic_store(&sg->applied, sg->cursor);
+    if (!ro) {
+        uint64_t durable = sl_store_durable_seq(sg->log);
+        if (sg->cursor > durable) {
+            /* derived from events the log no longer has: refuse rather than
+             * number new events over them */
+            SL_ERROR("the derived store in %s has applied the log up to event %llu, but the log ends at %llu: "
+                     "run `sillage rebuild`", sg->dir, (unsigned long long)sg->cursor, (unsigned long long)durable);
+            rc = SL_EINVAL;
+            goto fail;
+        }
+        sg->log_durable = durable;
+        sl_store_on_durable(sg->log, on_log_durable, sg);
+    }
+    return 0;
+fail:
+    if (txn) mdb_txn_abort(txn);
+    if (sg->env) mdb_env_close(sg->env);
+    sg->env = NULL;
+    return rc;
+}
+
+/* ---- the stage's thread ---------------------------------------------------------- */
+
+typedef struct {
+    sl_stage_t *sg;
+    MDB_txn *txn;
+    uint64_t upto;              /* apply events up to this one */
+    uint64_t last;              /* the last event visited */
+    size_t n;                   /* events applied */
+    uint64_t culprit;           /* out: the event whose step failed (0: none) */
+    const char *culprit_step;
+    const uint64_t *aside;      /* events to set aside in this transaction */
+    const char *const *aside_why;
+    size_t n_aside;
+} pass_t;
+
+static int set_aside(sl_stage_t *sg, MDB_txn *txn, uint64_t seq, const char *why)
+{
+    MDB_val k = {8, &seq}, v = {strlen(why), (void *)why};
+    return mdb_put(txn, sg->aside, &k, &v, 0);
+}
+
+static int apply_one(const char *json, size_t len, uint64_t seq, void *arg)
+{
+    pass_t *p = arg;
+    sl_stage_t *sg = p->sg;
+    if (seq > p->upto || p->n >= sg->opts.max_events_per_txn) return 1; /* stop: not an error */
+    p->last = seq;
+    for (size_t i = 0; i < p->n_aside; i++)
+        if (p->aside[i] == seq) return set_aside(sg, p->txn, seq, p->aside_why[i]);
+    sl_arena_reset(&sg->arena);
+    sl_arena_t *old = sl_json_arena_swap(&sg->arena);
+    const cJSON *doc = cJSON_ParseWithLength(json, len);
+    sl_json_arena_swap(old);
+    if (!cJSON_IsObject(doc)) {
+        p->culprit = seq;
+        p->culprit_step = "stage (the stored event is not a JSON object)";
+        return SL_EINVAL;
+    }
+    const cJSON *mid = cJSON_GetObjectItemCaseSensitive(doc, "messageId");
+    sl_stage_event_t ev = {.seq = seq, .json = json, .len = len, .doc = doc,
+                           .message_id = cJSON_IsString(mid) ? mid->valuestring : ""};
+    for (size_t i = 0; i < sg->n_steps; i++) {
+        if (sg->steps[i].apply == NULL) continue;
+        int rc = sg->steps[i].apply(sg->steps[i].arg, p->txn, &ev);
+        if (rc) {
+            p->culprit = seq;
+            p->culprit_step = sg->steps[i].name;
+            return rc;
+        }
+    }
+    p->n++;
+    return 0;
+}
+
+typedef struct {
+    pass_t *p;
+    sl_stage_job_t *jobs;
+    sl_stage_job_t *culprit_job;
+    int64_t now;
+    int ticked;
+} txn_ctx_t;
+
+/* One transaction: jobs, events, timers, the cursor. Runs inside a read
+ * transaction of the log. */
+static int one_txn(MDB_txn *log_txn, void *arg)
+{
+    txn_ctx_t *x = arg;
+    pass_t *p = x->p;
+    sl_stage_t *sg = p->sg;
+    MDB_txn *txn = NULL;
+    int rc = mdb_txn_begin(sg->env, NULL, 0, &txn);
+    if (rc) return rc;
+    p->txn = txn;
+    for (sl_stage_job_t *j = x->jobs; j; j = j->next) {
+        if (j->run && (rc = j->run(txn, j->arg))) {
+            x->culprit_job = j;
+            goto fail;
+        }
+    }
+    if (p->upto > sg->cursor) {
+        rc = sl_store_foreach_event_from(sg->log, log_txn, sg->cursor + 1, apply_one, p);
+        if (rc == 1) rc = 0;
+        if (rc) goto fail;
+    }
+    /* events erased from the log leave gaps: the cursor still moves past them */
+    uint64_t cursor = p->n >= sg->opts.max_events_per_txn ? p->last : p->upto;
+    if (cursor < sg->cursor) cursor = sg->cursor;
+    x->ticked = 0;
+    for (size_t i = 0; i < sg->n_steps; i++) {
+        if (sg->steps[i].tick == NULL || sg->steps[i].due(sg->steps[i].arg) > x->now) continue;
+        if ((rc = sg->steps[i].tick(sg->steps[i].arg, txn, x->now)) < 0) goto fail;
+        x->ticked = 1;
+    }
+    if (cursor != sg->cursor && (rc = meta_put(sg, txn, "applied", cursor))) goto fail;
+    if ((rc = mdb_txn_commit(txn))) {
+        txn = NULL;
+        goto fail;
+    }
+    p->last = cursor;
+    return 0;
+fail:
+    if (txn) mdb_txn_abort(txn);
+    return rc;
+}
+
+static int grow_map(sl_stage_t *sg)
+{
+    if (sg->map_size >= sg->opts.map_size_max_bytes) return MDB_MAP_FULL;
+    uint64_t want = sg->map_size * 2;
+    if (want > sg->opts.map_size_max_bytes) want = sg->opts.map_size_max_bytes;
+    uv_rwlock_wrlock(&sg->resize_lock);
+    int rc = mdb_env_set_mapsize(sg->env, want);
+    uv_rwlock_wrunlock(&sg->resize_lock);
+    if (rc) return rc;
+    SL_WARN("derived store map full at %llu bytes: grown to %llu", (unsigned long long)sg->map_size,
+            (unsigned long long)want);
+    sg->map_size = want;
+    atomic_fetch_add(&sg->stats.map_resizes, 1);
+    return 0;
+}
+
+static sl_stage_job_t *unlink_job(sl_stage_job_t *list, sl_stage_job_t *j)
+{
+    sl_stage_job_t **p = &list;
+    while (*p && *p != j) p = &(*p)->next;
+    if (*p) *p = j->next;
+    j->next = NULL;
+    return list;
+}
+
+/* Hands jobs back to the loop thread. */
+static void deliver(sl_stage_t *sg, sl_stage_job_t *list)
+{
+    if (list == NULL) return;
+    sl_stage_job_t *tail = list;
+    while (tail->next) tail = tail->next;
+    uv_mutex_lock(&sg->mu);
+    if (sg->done_tail) sg->done_tail->next = list;
+    else sg->done_head = list;
+    sg->done_tail = tail;
+    uv_mutex_unlock(&sg->mu);
+    uv_async_send(&sg->async);
+}
+
+/* Applies what is durable up to upto, with jobs; redoes the transaction
+ * without an event or job that cannot be applied. Returns 0 or the
+ * environment's error (nothing applied then). */
+static int run_txn(sl_stage_t *sg, sl_stage_job_t **jobs, uint64_t upto, int *ticked)
+{
+    uint64_t aside[MAX_ASIDE_PER_TXN];
+    char whys[MAX_ASIDE_PER_TXN][160];
+    const char *why_p[MAX_ASIDE_PER_TXN];
+    size_t n_aside = 0;
+    for (;;) {
+        pass_t p = {.sg = sg, .upto = upto, .aside = aside, .aside_why = why_p, .n_aside = n_aside};
+        txn_ctx_t x = {.p = &p, .jobs = *jobs, .now = sl_now_ms()};
+        int rc = sl_store_read(sg->log, one_txn, &x);
+        if (rc == 0) {
+            each_after_txn(sg, 1);
+            atomic_fetch_add(&sg->stats.events, p.n);
+            atomic_fetch_add(&sg->stats.txns, 1);
+            atomic_fetch_add(&sg->stats.set_aside, n_aside);
+            sg->cursor = p.last;
+            *ticked = x.ticked;
+            return 0;
+        }
+        each_after_txn(sg, 0);
+        if (rc == MDB_MAP_FULL && grow_map(sg) == 0) continue;
+        if (x.culprit_job && own_error(rc)) {
+            x.culprit_job->rc = rc;
+            *jobs = unlink_job(*jobs, x.culprit_job);
+            deliver(sg, x.culprit_job);
+            continue;
+        }
+        if (p.culprit && own_error(rc) && n_aside < MAX_ASIDE_PER_TXN) {
+            snprintf(whys[n_aside], sizeof(whys[0]), "%s: %s", p.culprit_step, sl_strerror(rc));
+            SL_WARN("event %llu set aside (%s); the stage goes on", (unsigned long long)p.culprit, whys[n_aside]);
+            why_p[n_aside] = whys[n_aside];
+            aside[n_aside++] = p.culprit;
+            continue;
+        }
+        return rc;
+    }
+}
+
+static void stage_main(void *arg)
+{
+    sl_stage_t *sg = arg;
+    int need_sync = 0; /* a commit's meta page is not flushed yet */
+    for (;;) {
+        uv_mutex_lock(&sg->mu);
+        for (;;) {
+            if (sg->in_head || sg->log_durable > sg->cursor || (sg->stopping && (sg->hurry || !need_sync))) break;
+            int64_t due = next_due(sg), now = sl_now_ms();
+            if (due <= now) break;
+            if (need_sync) break; /* nothing to do: flush the last commit first */
+            uint64_t ns = due - now >= 1000 ? 1000000000ULL : (uint64_t)(due - now) * 1000000ULL;
+            uv_cond_timedwait(&sg->cv, &sg->mu, ns);
+        }
+        sl_stage_job_t *jobs = sg->in_head;
+        sg->in_head = sg->in_tail = NULL;
+        uint64_t upto = sg->log_durable;
+        int stopping = sg->stopping, hurry = sg->hurry;
+        uv_mutex_unlock(&sg->mu);
+
+        int work = jobs || upto > sg->cursor || next_due(sg) <= sl_now_ms();
+        if (stopping && (hurry || upto <= sg->cursor) && jobs == NULL) work = 0;
+        if (!work) {
+            if (need_sync) {
+                int rc = mdb_env_sync(sg->env, 1);
+                if (rc) SL_ERROR("flushing the derived store failed: %s", sl_strerror(rc));
+                else each_synced(sg, 1);
+                need_sync = 0;
+                continue;
+            }
+            if (stopping) break;
+            continue;
+        }
+        int ticked = 0;
+        uint64_t before = sg->cursor;
+        int rc = run_txn(sg, &jobs, upto, &ticked);
+        if (rc) {
+            SL_ERROR("the stage could not apply events %llu..%llu: %s; retrying in a second",
+                     (unsigned long long)before + 1, (unsigned long long)upto, sl_strerror(rc));
+            for (sl_stage_job_t *j = jobs; j; j = j->next) j->rc = rc;
+            deliver(sg, jobs);
+            uv_mutex_lock(&sg->mu);
+            if (!sg->stopping) uv_cond_timedwait(&sg->cv, &sg->mu, 1000000000ULL);
+            uv_mutex_unlock(&sg->mu);
+            continue;
+        }
+        int after = 0;
+        for (sl_stage_job_t *j = jobs; j; j = j->next) after |= j->after_commit != NULL;
+        if (sg->opts.nosync) {
+            each_synced(sg, 1);
+        } else if (after) {
+            /* what a job does next (erasure deletes log events) must follow
+             * a commit that is on disk */
+            int src = mdb_env_sync(sg->env, 1);
+            if (src) SL_ERROR("flushing the derived store failed: %s", sl_strerror(src));
+            else each_synced(sg, 1);
+            need_sync = src != 0;
+        } else {
+            if (need_sync) each_synced(sg, 0); /* this commit's data flush carried the last meta page */
+            need_sync = 1;
+        }
+        for (sl_stage_job_t *j = jobs; j; j = j->next) {
+            j->rc = 0;
+            if (j->after_commit) j->rc = need_sync && !sg->opts.nosync ? EIO : j->after_commit(j->arg);
+        }
+        atomic_store(&sg->applied, sg->cursor);
+        deliver(sg, jobs);
+        if (sg->cursor != before) uv_async_send(&sg->async); /* waiters */
+        (void)ticked;
+    }
+    uv_mutex_lock(&sg->mu);
+    sg->exited = 1;
+    uv_mutex_unlock(&sg->mu);
+    uv_async_send(&sg->async);
+}
+
+/* ---- the loop thread ------------------------------------------------------------ */
+
+static void wake_waiters(sl_stage_t *sg, int64_t now)
+{
+    uint64_t applied = atomic_load(&sg->applied);
+    sl_stage_waiter_t *w = sg->waiters;
+    while (w) {
+        sl_stage_waiter_t *next = w->next;
+        int reached = w->pos <= applied;
+        if (reached || w->deadline_ms <= now) {
+            sl_stage_cancel(sg, w);
+            w->cb(w, reached);
+        }
+        w = next;
+    }
+    if (sg->waiters == NULL && sg->started) uv_timer_stop(&sg->timer);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    sl_stage_t *sg = t->data;
+    wake_waiters(sg, sl_now_ms());
+}
+
+static void closed(uv_handle_t *h)
+{
+    sl_stage_t *sg = h->data;
+    if (h == (uv_handle_t *)&sg->async && sg->stop_cb) sg->stop_cb(sg->stop_arg);
+}
+
+static void on_async(uv_async_t *a)
+{
+    sl_stage_t *sg = a->data;
+    uv_mutex_lock(&sg->mu);
+    sl_stage_job_t *list = sg->done_head;
+    sg->done_head = sg->done_tail = NULL;
+    int exited = sg->exited;
+    uv_mutex_unlock(&sg->mu);
+    while (list) {
+        sl_stage_job_t *next = list->next;
+        list->next = NULL;
+        if (list->done) list->done(list);
+        list = next;
+    }
+    wake_waiters(sg, sl_now_ms());
+    if (exited && sg->started) {
+        sg->started = 0;
+        uv_thread_join(&sg->thread);
+        /* the last waiters learn the stage is gone */
+        while (sg->waiters) {
+            sl_stage_waiter_t *w = sg->waiters;
+            sl_stage_cancel(sg, w);
+            w->cb(w, w->pos <= atomic_load(&sg->applied));
+        }
+        uv_close((uv_handle_t *)&sg->timer, closed);
+        uv_close((uv_handle_t *)&sg->async, closed);
+    }
+}
+
+int sl_stage_start(sl_stage_t *sg, uv_loop_t *loop)
+{
+    if (sg->opts.read_only || sg->env == NULL) return SL_EINVAL;
+    sg->loop = loop;
+    int rc = uv_async_init(loop, &sg->async, on_async);
+    if (rc) return rc;
+    sg->async.data = sg;
+    uv_timer_init(loop, &sg->timer);
+    sg->timer.data = sg;
+    if ((rc = uv_thread_create(&sg->thread, stage_main, sg))) {
+        uv_close((uv_handle_t *)&sg->async, NULL);
+        uv_close((uv_handle_t *)&sg->timer, NULL);
+        return rc;
+    }
+    sg->started = 1;
+    return 0;
+}
+
+void sl_stage_stop(sl_stage_t *sg, int hurry, void (*cb)(void *), void *arg)
+{
+    if (sg->stop_cb && sg->started) { /* again: only hurry it */
+        uv_mutex_lock(&sg->mu);
+        sg->hurry |= hurry;
+        uv_cond_signal(&sg->cv);
+        uv_mutex_unlock(&sg->mu);
+        return;
+    }
+    sg->stop_cb = cb;
+    sg->stop_arg = arg;
+    if (!sg->started) {
+        if (cb) cb(arg);
+        return;
+    }
+    uv_mutex_lock(&sg->mu);
+    sg->stopping = 1;
+    sg->hurry = hurry;
+    uv_cond_signal(&sg->cv);
+    uv_mutex_unlock(&sg->mu);
+}
+
+void sl_stage_free(sl_stage_t *sg)
+{
+    if (sg == NULL) return;
+    if (sg->env) mdb_env_close(sg->env);
+    sl_arena_free(&sg->arena);
+    uv_mutex_destroy(&sg->mu);
+    uv_cond_destroy(&sg->cv);
+    uv_rwlock_destroy(&sg->resize_lock);
+    free(sg->dir);
+    free(sg);
+}
+
+int sl_stage_submit(sl_stage_t *sg, sl_stage_job_t *job)
+{
+    if (!sg->started) return SL_ESHUTDOWN;
+    job->next = NULL;
+    job->rc = 0;
+    uv_mutex_lock(&sg->mu);
+    if (sg->stopping && sg->hurry) {
+        uv_mutex_unlock(&sg->mu);
+        return SL_ESHUTDOWN;
+    }
+    if (sg->in_tail) sg->in_tail->next = job;
+    else sg->in_head = job;
+    sg->in_tail = job;
+    uv_cond_signal(&sg->cv);
+    uv_mutex_unlock(&sg->mu);
+    return 0;
+}
+
+void sl_stage_wait(sl_stage_t *sg, sl_stage_waiter_t *w, uint64_t pos, int64_t timeout_ms)
+{
+    w->pos = pos;
+    w->deadline_ms = sl_now_ms() + timeout_ms;
+    if (pos <= atomic_load(&sg->applied) || !sg->started) {
+        w->prev = w->next = NULL;
+        w->cb(w, pos <= atomic_load(&sg->applied));
+        return;
+    }
+    w->prev = NULL;
+    w->next = sg->waiters;
+    if (sg->waiters) sg->waiters->prev = w;
+    sg->waiters = w;
+    if (!uv_is_active((uv_handle_t *)&sg->timer)) uv_timer_start(&sg->timer, on_timer, 10, 10);
+}
+
+void sl_stage_cancel(sl_stage_t *sg, sl_stage_waiter_t *w)
+{
+    if (w->prev) w->prev->next = w->next;
+    else if (sg->waiters == w) sg->waiters = w->next;
+    else return; /* not waiting */
+    if (w->next) w->next->prev = w->prev;
+    w->prev = w->next = NULL;
+}
+
+uint64_t sl_stage_applied(const sl_stage_t *sg)
+{
+    return atomic_load(&sg->applied);
+}
+
+/* ---- readers ----------------------------------------------------------------- */
+
+typedef struct {
+    sl_stage_t *sg;
+    MDB_txn *txn;
+    int (*cb)(MDB_txn *, MDB_txn *, void *);
+    void *arg;
+} read_ctx_t;
+
+static int read_with_log(MDB_txn *log_txn, void *arg)
+{
+    read_ctx_t *r = arg;
+    return r->cb(r->txn, log_txn, r->arg);
+}
+
+int sl_stage_read(sl_stage_t *sg, int want_log, int (*cb)(MDB_txn *txn, MDB_txn *log_txn, void *arg), void *arg)
+{
+    MDB_txn *txn;
+    uv_rwlock_rdlock(&sg->resize_lock);
+    int rc = mdb_txn_begin(sg->env, NULL, MDB_RDONLY, &txn);
+    if (rc == MDB_MAP_RESIZED) { /* another process grew the map */
+        mdb_env_set_mapsize(sg->env, 0);
+        rc = mdb_txn_begin(sg->env, NULL, MDB_RDONLY, &txn);
+    }
+    if (rc) {
+        uv_rwlock_rdunlock(&sg->resize_lock);
+        return rc;
+    }
+    if (want_log) {
+        read_ctx_t r = {sg, txn, cb, arg};
+        rc = sl_store_read(sg->log, read_with_log, &r);
+    } else {
+        rc = cb(txn, NULL, arg);
+    }
+    mdb_txn_abort(txn);
+    uv_rwlock_rdunlock(&sg->resize_lock);
+    return rc;
+}
+
+int sl_stage_backup(sl_stage_t *sg, const char *dir)
+{
+    return sl_lmdb_backup(sg->env, dir, &sg->resize_lock);
+}
+
+typedef struct {
+    sl_stage_t *sg;
+    size_t limit;
+    int (*cb)(uint64_t, const char *, void *);
+    void *arg;
+} aside_ctx_t;
+
+static int list_aside(MDB_txn *txn, MDB_txn *log_txn, void *arg)
+{
+    (void)log_txn;
+    aside_ctx_t *a = arg;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(txn, a->sg->aside, &cur);
+    if (rc) return rc;
+    char why[512];
+    size_t n = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && n < a->limit;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT), n++) {
+        uint64_t seq;
+        memcpy(&seq, k.mv_data, 8);
+        size_t l = v.mv_size < sizeof(why) - 1 ? v.mv_size : sizeof(why) - 1;
+        memcpy(why, v.mv_data, l);
+        why[l] = '\0';
+        int r = a->cb(seq, why, a->arg);
+        if (r) {
+            rc = r;
+            break;
+        }
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int sl_stage_set_aside(sl_stage_t *sg, size_t limit, int (*cb)(uint64_t seq, const char *reason, void *arg),
+                       void *arg)
+{
+    aside_ctx_t a = {sg, limit, cb, arg};
+    return sl_stage_read(sg, 0, list_aside, &a);
+}
+
+void sl_stage_get_stats(sl_stage_t *sg, sl_stage_stats_t *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->applied = atomic_load(&sg->applied);
+    int64_t now = sl_now_ms();
+    uv_mutex_lock(&sg->mu);
+    o->log_durable = sg->log_durable;
+    for (size_t i = 0; i < sg->n_samples; i++)
+        if (sg->samples[i].seq > o->applied) {
+            o->lag_ms = now - sg->samples[i].ms;
+            break;
+        }
+    uv_mutex_unlock(&sg->mu);
+    o->lag_events = o->log_durable > o->applied ? o->log_durable - o->applied : 0;
+    if (o->lag_events == 0) o->lag_ms = 0;
+    o->events_applied = atomic_load(&sg->stats.events);
+    o->txns = atomic_load(&sg->stats.txns);
+    o->set_aside = atomic_load(&sg->stats.set_aside);
+    o->map_resizes = atomic_load(&sg->stats.map_resizes);
+}
+
+void sl_stage_metrics(void *arg, sl_buf_t *b)
+{
+    sl_stage_stats_t s;
+    sl_stage_get_stats(arg, &s);
+    sl_metric_u64(b, "gauge", "sillage_stage_applied_seq", "The last event of the log the stage applied.", s.applied);
+    sl_metric_u64(b, "gauge", "sillage_stage_lag_events", "Durable events of the log not applied yet.", s.lag_events);
+    sl_metric_f64(b, "gauge", "sillage_stage_lag_seconds", "How long the oldest unapplied durable event has waited.",
+                  (double)s.lag_ms / 1000);
+    sl_metric_u64(b, "counter", "sillage_stage_events_total", "Events applied by the stage.", s.events_applied);
+    sl_metric_u64(b, "counter", "sillage_stage_commits_total", "Transactions of the derived environment.", s.txns);
+    sl_metric_u64(b, "counter", "sillage_stage_set_aside_total",
+                  "Events the stage could not apply, set aside with the reason (GET /v1/admin/set-aside).",
+                  s.set_aside);
+    sl_metric_u64(b, "counter", "sillage_stage_map_resizes_total", "Times the derived environment's map grew.",
+                  s.map_resizes);
+}
