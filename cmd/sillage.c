@@ -3,6 +3,7 @@
 #include "sl_collector.h"
 #include "sl_common.h"
 #include "sl_config.h"
+#include "sl_stage.h"
 #include "sl_stitch.h"
 #include "sl_triggers.h"
 #include "sl_webhooks.h"
@@ -130,12 +131,55 @@ static sl_store_options_t store_options(const sl_config_t *cfg, int read_only)
     return o;
 }
 
+/* The derived environment: <data_dir>/derived. */
+static sl_stage_options_t stage_options(const sl_config_t *cfg, char *dir, size_t dirlen, int read_only)
+{
+    snprintf(dir, dirlen, "%s/derived", cfg->data_dir);
+    sl_stage_options_t o = {
+        .dir = dir,
+        .map_size_bytes = cfg->map_size_bytes,
+        .map_size_max_bytes = cfg->map_size_max_bytes,
+        .nosync = cfg->durability == SL_DURABLE_OS,
+        .read_only = read_only,
+    };
+    return o;
+}
+
+/* What derives from the log: the stage, the stitcher its first step, the
+ * trigger engine its second (and a listener of the stitcher). */
+typedef struct derived_s {
+    sl_stage_t *stage;
+    sl_stitch_t *stitch;
+    sl_trig_t *trig;
+    char dir[4096];
+} derived_t;
+
+static int derived_new(derived_t *d, const sl_config_t *cfg, sl_store_t *store, int read_only)
+{
+    memset(d, 0, sizeof(*d));
+    sl_stage_options_t o = stage_options(cfg, d->dir, sizeof(d->dir), read_only);
+    d->stage = sl_stage_new(store, &o);
+    d->stitch = sl_stitch_new(cfg, store);
+    d->trig = d->stitch ? sl_trig_new(cfg, d->stitch) : NULL;
+    if (d->stage == NULL || d->stitch == NULL || d->trig == NULL) return SL_ENOMEM;
+    int rc = sl_stage_add_step(d->stage, sl_stitch_step(d->stitch));
+    return rc ? rc : sl_trig_attach(d->trig, d->stage);
+}
+
+static void derived_free(derived_t *d)
+{
+    sl_stage_free(d->stage);
+    sl_trig_free(d->trig);
+    sl_stitch_free(d->stitch);
+}
+
 /* ---- serve ------------------------------------------------------------------- */
 
 typedef struct app_s {
     uv_loop_t *loop;
     sl_server_t *srv;
     sl_store_t *store;
+    sl_stage_t *stage;
     sl_trig_t *trig;
     sl_webhooks_t *webhooks;
     sl_nats_t *nats;
@@ -143,22 +187,21 @@ typedef struct app_s {
     sl_config_t *rules;         /* the rules of the last reload (heap), or NULL */
     sl_config_t *pending;       /* a reload in flight */
     sl_trig_reload_t reload;
-    sl_store_batch_t reload_batch;
+    sl_stage_job_t reload_job;
     uv_signal_t sigterm, sigint, sighup;
     int stopped;
 } app_t;
 
-static void on_reloaded(sl_store_batch_t *b)
+static void on_reloaded(sl_stage_job_t *b)
 {
-    app_t *app = b->data;
+    app_t *app = b->arg;
     if (b->rc) {
         SL_ERROR("reload: the rules could not be switched (%s); the old ones stay", sl_strerror(b->rc));
         sl_config_free(app->pending);
         free(app->pending);
     } else {
-        /* The writer runs the new rules now; so does the loop thread from here
-         * on, and the previous heap copy is unused. */
-        sl_http_server_set_rules(app->srv, app->pending);
+        /* The stage runs the new rules now; the previous heap copy is unused
+         * (/metrics reads the engine's current one on this thread). */
         if (app->rules) {
             sl_config_free(app->rules);
             free(app->rules);
@@ -195,9 +238,8 @@ static void on_sighup(uv_signal_t *s, int signum)
     }
     app->pending = c;
     app->reload = (sl_trig_reload_t){app->trig, c};
-    app->reload_batch = (sl_store_batch_t){.job = sl_trig_reload_job, .job_arg = &app->reload,
-                                           .done = on_reloaded, .data = app};
-    int rc = sl_store_submit(app->store, &app->reload_batch);
+    app->reload_job = (sl_stage_job_t){.run = sl_trig_reload_job, .done = on_reloaded, .arg = app};
+    int rc = sl_stage_submit(app->stage, &app->reload_job);
     if (rc) {
         SL_ERROR("reload: %s; the old rules stay", sl_strerror(rc));
         sl_config_free(c);
@@ -252,59 +294,65 @@ static int cmd_serve(int argc, char **argv)
 
     int rc, ret = 1;
     sl_store_t *store = NULL;
-    /* An edge collects and forwards: the core stitches and runs the triggers. */
-    int stitching = cfg.role != SL_ROLE_EDGE;
-    sl_stitch_t *stitch = stitching ? sl_stitch_new(&cfg) : NULL;
-    sl_trig_t *trig = stitching ? sl_trig_new(&cfg) : NULL;
+    app_t app = {0};
+    derived_t d = {0};
     sl_store_options_t so = store_options(&cfg, 0);
-    so.hooks = stitch ? sl_stitch_hooks(stitch) : NULL;
-    if (stitch) sl_stitch_set_triggers(stitch, trig);
-    if ((stitching && (stitch == NULL || trig == NULL)) || (rc = sl_store_open(&store, &so))) {
-        fprintf(stderr, "sillage: cannot open the store in %s: %s\n", cfg.data_dir,
-                sl_strerror(!stitching || (stitch && trig) ? rc : SL_ENOMEM));
-        sl_stitch_free(stitch);
-        sl_trig_free(trig);
+    if ((rc = sl_store_open(&store, &so))) {
+        fprintf(stderr, "sillage: cannot open the store in %s: %s\n", cfg.data_dir, sl_strerror(rc));
         sl_config_free(&cfg);
         return 1;
     }
-    if (stitch) sl_stitch_attach(stitch, store);
-    app_t app = {0};
+    /* An edge collects and forwards: the core derives. */
+    if (cfg.role != SL_ROLE_EDGE) {
+        if ((rc = derived_new(&d, &cfg, store, 0)) || (rc = sl_stage_open(d.stage))) {
+            fprintf(stderr, "sillage: cannot open the derived store in %s: %s\n", d.dir, sl_strerror(rc));
+            goto out_early;
+        }
+    }
     app.store = store;
-    app.trig = trig;
+    app.stage = d.stage;
+    app.trig = d.trig;
     app.config_path = cfg.is_demo ? NULL : a.config;
     app.loop = uv_default_loop();
+    /* Who listens to whom is wired before anything starts. */
+    if ((rc = sl_webhooks_new(&app.webhooks, &cfg, d.stage, d.trig)) ||
+        (rc = sl_nats_new(&app.nats, &cfg, store, d.stage, d.trig))) {
+        fprintf(stderr, "sillage: cannot set up delivery: %s\n", sl_strerror(rc));
+        goto out_early;
+    }
     if ((rc = sl_store_start(store, app.loop))) {
         fprintf(stderr, "sillage: cannot start the writer: %s\n", sl_strerror(rc));
         goto out;
     }
-    if ((rc = sl_http_server_start(&app.srv, app.loop, &cfg, store, stitch))) {
+    if ((rc = sl_http_server_start(&app.srv, app.loop, &cfg, store))) {
         fprintf(stderr, "sillage: cannot start the HTTP server on %s: %s\n", cfg.listen, sl_strerror(rc));
         sl_store_drain(store, NULL, NULL);
         uv_run(app.loop, UV_RUN_DEFAULT);
         goto out;
     }
-    if ((rc = sl_http_server_set_triggers(app.srv, trig))) {
-        fprintf(stderr, "sillage: cannot start the trigger feed: %s\n", sl_strerror(rc));
+    if (d.stage) {
+        sl_http_server_add_metrics(app.srv, sl_stage_metrics, d.stage);
+        sl_http_server_add_metrics(app.srv, sl_stitch_metrics, d.stitch);
+        sl_http_server_add_metrics(app.srv, sl_trig_metrics, d.trig);
+    }
+    if (app.webhooks) sl_http_server_add_metrics(app.srv, sl_webhooks_metrics, app.webhooks);
+    if (app.nats) sl_http_server_add_metrics(app.srv, sl_nats_metrics, app.nats);
+    if (d.stage && ((rc = sl_http_server_set_stage(app.srv, d.stage, d.stitch, d.trig)) ||
+                    (rc = sl_stage_start(d.stage, app.loop)))) {
+        fprintf(stderr, "sillage: cannot start the derivation stage: %s\n", sl_strerror(rc));
         sl_http_server_stop(app.srv, 0, NULL, NULL);
         uv_run(app.loop, UV_RUN_DEFAULT);
         goto out;
     }
-    if (trig && (rc = sl_webhooks_start(&app.webhooks, app.loop, &cfg, store, trig))) {
-        fprintf(stderr, "sillage: cannot start webhook delivery: %s\n", sl_strerror(rc));
-        sl_http_server_stop(app.srv, 0, NULL, NULL);
-        uv_run(app.loop, UV_RUN_DEFAULT);
-        goto out;
-    }
-    sl_http_server_set_webhooks(app.srv, app.webhooks);
-    if ((rc = sl_nats_start(&app.nats, app.loop, &cfg, store, app.srv, trig))) {
-        fprintf(stderr, "sillage: cannot start the NATS %s: %s\n", cfg.role == SL_ROLE_EDGE ? "forwarder" : "consumer",
+    if ((rc = sl_webhooks_start(app.webhooks, app.loop)) || (rc = sl_nats_start(app.nats, app.loop))) {
+        fprintf(stderr, "sillage: cannot start %s: %s\n", cfg.role == SL_ROLE_ALL ? "webhook delivery" : "NATS",
                 sl_strerror(rc));
         sl_webhooks_stop(app.webhooks, NULL, NULL);
+        sl_nats_stop(app.nats);
         sl_http_server_stop(app.srv, 0, NULL, NULL);
         uv_run(app.loop, UV_RUN_DEFAULT);
         goto out;
     }
-    sl_http_server_set_nats(app.srv, app.nats);
     uv_signal_init(app.loop, &app.sigterm);
     uv_signal_init(app.loop, &app.sigint);
     uv_signal_init(app.loop, &app.sighup);
@@ -324,9 +372,9 @@ static int cmd_serve(int argc, char **argv)
 out:
     sl_http_server_free(app.srv);
     uv_loop_close(app.loop);
+out_early:
+    derived_free(&d);
     sl_store_close(store);
-    sl_stitch_free(stitch);
-    sl_trig_free(trig);
     sl_webhooks_free(app.webhooks);
     sl_nats_free(app.nats);
     if (app.rules) {
@@ -419,15 +467,73 @@ static int cmd_export(int argc, char **argv)
 }
 
 typedef struct {
-    sl_stitch_t *stitch;
-    sl_store_t *st;
+    derived_t *d;
     sl_verify_report_t rep;
+    uint64_t *aside;            /* events set aside, in order */
+    size_t n_aside, cap_aside;
 } verify_req_t;
 
-static int verify_cb(MDB_txn *txn, void *arg)
+static int collect_aside(uint64_t seq, const char *why, void *arg)
+{
+    (void)why;
+    verify_req_t *q = arg;
+    if (q->n_aside == q->cap_aside) {
+        size_t cap = q->cap_aside ? q->cap_aside * 2 : 64;
+        uint64_t *n = realloc(q->aside, cap * sizeof(*n));
+        if (n == NULL) return SL_ENOMEM;
+        q->aside = n;
+        q->cap_aside = cap;
+    }
+    q->aside[q->n_aside++] = seq;
+    return 0;
+}
+
+static int is_aside(uint64_t seq, void *arg)
 {
     verify_req_t *q = arg;
-    return sl_stitch_verify(q->stitch, txn, q->st, stdout, &q->rep);
+    size_t lo = 0, hi = q->n_aside;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (q->aside[mid] < seq) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < q->n_aside && q->aside[lo] == seq;
+}
+
+static int verify_feed(void *arg, MDB_txn *txn, int (*has_message)(const char *, void *), void *hm_arg, FILE *out,
+                       uint64_t *n, uint64_t *problems)
+{
+    return sl_trig_verify(arg, txn, has_message, hm_arg, out, n, problems);
+}
+
+static int verify_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
+{
+    verify_req_t *q = arg;
+    sl_verify_opts_t o = {.log_txn = log_txn, .applied = sl_stage_applied(q->d->stage), .skip = is_aside,
+                          .skip_arg = q, .also = verify_feed, .also_arg = q->d->trig};
+    return sl_stitch_verify(q->d->stitch, txn, &o, stdout, &q->rep);
+}
+
+/* The log and the derived store of cfg, read-only; 1 after saying why. */
+static int open_both(const args_t *a, sl_config_t *cfg, sl_store_t **st, derived_t *d)
+{
+    if (open_existing(a, cfg, st)) return 1;
+    int rc = derived_new(d, cfg, *st, 1);
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/data.mdb", d->dir);
+    struct stat sb;
+    if (rc == 0 && stat(path, &sb) != 0) rc = SL_ENOTFOUND;
+    if (rc == 0) rc = sl_stage_open(d->stage);
+    if (rc) {
+        fprintf(stderr, "sillage: cannot open the derived store in %s: %s\n", d->dir,
+                rc == SL_ENOTFOUND ? "there is none (an edge, or a store never served: `sillage rebuild` makes it)"
+                                   : sl_strerror(rc));
+        derived_free(d);
+        sl_store_close(*st);
+        sl_config_free(cfg);
+        return 1;
+    }
+    return 0;
 }
 
 /* sillage verify: the consistency check of a stopped (or running) store. */
@@ -436,23 +542,22 @@ static int cmd_verify(int argc, char **argv)
     args_t a;
     if (parse_args(argc, argv, &a, 0)) return 2;
     sl_config_t cfg;
-    if (load_existing(&a, &cfg)) return 1;
-    sl_stitch_t *stitch = sl_stitch_new(&cfg);
-    sl_trig_t *trig = sl_trig_new(&cfg);
-    if (stitch && trig) sl_stitch_set_triggers(stitch, trig);
-    sl_store_options_t so = store_options(&cfg, 1);
-    so.hooks = stitch ? sl_stitch_hooks(stitch) : NULL;
-    verify_req_t q = {stitch, NULL, {0}};
-    int rc = stitch && trig ? sl_store_open(&q.st, &so) : SL_ENOMEM;
-    if (rc == 0) rc = sl_store_read(q.st, verify_cb, &q);
+    sl_store_t *st;
+    derived_t d;
+    if (open_both(&a, &cfg, &st, &d)) return 1;
+    verify_req_t q = {&d, {0}, NULL, 0, 0};
+    int rc = sl_stage_set_aside(d.stage, SIZE_MAX, collect_aside, &q);
+    if (rc == 0) rc = sl_stage_read(d.stage, 1, verify_cb, &q);
     if (rc) fprintf(stderr, "sillage: verify failed: %s\n", sl_strerror(rc));
-    else printf("%llu events (%llu indexed), %llu identifiers, %llu persons, %llu triggers: %llu problems\n",
-                (unsigned long long)q.rep.events, (unsigned long long)q.rep.indexed,
-                (unsigned long long)q.rep.identifiers, (unsigned long long)q.rep.persons,
-                (unsigned long long)q.rep.triggers, (unsigned long long)q.rep.problems);
-    if (q.st) sl_store_close(q.st);
-    sl_stitch_free(stitch);
-    sl_trig_free(trig);
+    else printf("%llu events (%llu indexed, %zu set aside, applied up to %llu), %llu identifiers, %llu persons, "
+                "%llu triggers: %llu problems\n",
+                (unsigned long long)q.rep.events, (unsigned long long)q.rep.indexed, q.n_aside,
+                (unsigned long long)sl_stage_applied(d.stage), (unsigned long long)q.rep.identifiers,
+                (unsigned long long)q.rep.persons, (unsigned long long)q.rep.triggers,
+                (unsigned long long)q.rep.problems);
+    free(q.aside);
+    derived_free(&d);
+    sl_store_close(st);
     sl_config_free(&cfg);
     return rc || q.rep.problems ? 1 : 0;
 }
@@ -469,10 +574,25 @@ static int cmd_backup(int argc, char **argv)
     sl_config_t cfg;
     sl_store_t *st;
     if (open_existing(&a, &cfg, &st)) return 1;
-    int rc = sl_store_backup(st, a.dest);
+    /* The derived store first: a copy of it never holds an event the copy of
+     * the log lacks (the stage catches up on the rest after a restore). */
+    derived_t d = {0};
+    char ddir[4200], path[4200];
+    snprintf(path, sizeof(path), "%s/derived/data.mdb", cfg.data_dir);
+    struct stat sb;
+    int rc = 0, with_derived = stat(path, &sb) == 0;
+    if (with_derived) {
+        rc = derived_new(&d, &cfg, st, 1);
+        if (rc == 0) rc = sl_stage_open(d.stage);
+        snprintf(ddir, sizeof(ddir), "%s/derived", a.dest);
+        if (rc == 0 && (rc = sl_mkdir_p(a.dest)) == 0) rc = sl_stage_backup(d.stage, ddir);
+    }
+    if (rc == 0) rc = sl_store_backup(st, a.dest);
     if (rc) fprintf(stderr, "sillage: backup to %s failed: %s\n", a.dest,
                     rc == -EEXIST ? "it already holds a data.mdb" : sl_strerror(rc));
-    else printf("backup of %s written to %s/data.mdb\n", cfg.data_dir, a.dest);
+    else printf("backup of %s written to %s/data.mdb%s\n", cfg.data_dir, a.dest,
+                with_derived ? " and derived/data.mdb" : "");
+    derived_free(&d);
     sl_store_close(st);
     sl_config_free(&cfg);
     return rc ? 1 : 0;
