@@ -30,6 +30,23 @@
 #define RESERVE_CONNS 16
 #define RESERVE_MAX_HELD 4
 #define IPC_BUCKETS 4096
+/* One address may hold at most a quarter of limits.max_buffered_bytes in
+ * request bodies (never less than one full-size body): a client trickling
+ * bodies cannot take the whole budget. */
+#define ADDRESS_SHARE(srv)                                                                                         \
+    ((srv)->cfg->limits.max_buffered_bytes / 4 > (srv)->cfg->limits.max_request_bytes                              \
+         ? (srv)->cfg->limits.max_buffered_bytes / 4                                                               \
+         : (srv)->cfg->limits.max_request_bytes)
+#define ADDRESS_SHARE_MSG "server busy: request bodies in memory from this address reached a quarter of " \
+                          "limits.max_buffered_bytes, retry later"
+
+typedef struct ip_conns_s {
+    struct ip_conns_s *next;
+    int family;
+    unsigned char addr[8];
+    uint32_t n;
+    uint64_t body_bytes;          /* request bodies this address has in memory */
+} ip_conns_t;
 /* Failed admin-token attempts per address and minute; then 429. */
 #define ADMIN_FAILURES_PER_MIN 10
 #define AUTH_RL_SLOTS 4096
@@ -124,6 +141,8 @@ long http_query_param(req_t *r, const char *name, char **out)
 static void body_release(req_t *r)
 {
     if (r->srv) r->srv->buffered_body_bytes -= r->body.len;
+    if (r->body_ipc) r->body_ipc->body_bytes -= r->body.len;
+    r->body_ipc = NULL;
     sl_buf_free(&r->body);
 }
 
@@ -539,6 +558,10 @@ static int on_headers_complete(llhttp_t *p)
         c->srv->body_refused++;
         return refuse(c, 503, "server busy: request bodies in memory reached limits.max_buffered_bytes, retry later");
     }
+    if ((p->flags & F_CONTENT_LENGTH) && c->ipc && c->ipc->body_bytes + p->content_length > ADDRESS_SHARE(c->srv)) {
+        c->srv->body_refused++;
+        return refuse(c, 503, ADDRESS_SHARE_MSG);
+    }
     if (r->expect && strcasecmp(r->expect, "100-continue") == 0) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         char *b = malloc(sizeof(cont) - 1);
@@ -561,8 +584,16 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
         srv->body_refused++;
         return refuse(c, 503, "server busy: request bodies in memory reached limits.max_buffered_bytes, retry later");
     }
+    if (c->ipc && c->ipc->body_bytes + len > ADDRESS_SHARE(srv)) {
+        srv->body_refused++;
+        return refuse(c, 503, ADDRESS_SHARE_MSG);
+    }
     if (sl_buf_append(&r->body, at, len)) return refuse(c, 503, "out of memory");
     srv->buffered_body_bytes += len;
+    if (c->ipc) {
+        c->ipc->body_bytes += len;
+        r->body_ipc = c->ipc;
+    }
     if (srv->buffered_body_bytes > srv->buffered_peak) srv->buffered_peak = srv->buffered_body_bytes;
     return 0;
 }
@@ -711,12 +742,6 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 /* Connections per peer address (IPv6: per /64), for
  * limits.max_connections_per_ip. A chain entry lives while its address holds
  * a connection, so the table holds at most one entry per open connection. */
-typedef struct ip_conns_s {
-    struct ip_conns_s *next;
-    int family;
-    unsigned char addr[8];
-    uint32_t n;
-} ip_conns_t;
 
 static ip_conns_t *ip_conns_hold(sl_server_t *srv, const sl_ipnet_t *ip)
 {
@@ -773,7 +798,6 @@ static void on_conn_closed(uv_handle_t *h)
     else srv->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     srv->n_conns--;
-    ip_conns_release(srv, c);
     if (c->feed_mode) feed_conn_closed(c); /* a long poll or a stream: no commit holds its request */
     if (c->req && c->req->waiting) { /* a read waiting for the stage: nothing else holds it */
         sl_stage_cancel(srv->stage, &c->req->waiter);
@@ -784,6 +808,7 @@ static void on_conn_closed(uv_handle_t *h)
         if (c->busy) c->req->conn = NULL; /* the commit callback frees it */
         else req_free(c->req);
     }
+    ip_conns_release(srv, c); /* after the request gave its body back to the address */
     if (!c->pending_borrowed) free(c->pending);
     sl_buf_free(&c->hname);
     sl_buf_free(&c->hval);

@@ -40,7 +40,9 @@ typedef struct req_s {
     int route;
     /* ingestion in flight */
     sl_store_batch_t batch;
+    struct ip_conns_s *body_ipc;  /* the address whose share the body counts in (http.c) */
     size_t stored_bytes;          /* printed messages so far (STORED_BYTES_PER_REQUEST) */
+    size_t n_in_request;          /* messages the request holds */
     int over_stored;
     sl_buf_t errors;              /* JSON array members for rejected messages */
     sl_buf_t warnings;            /* JSON array members for stored messages with a remark */

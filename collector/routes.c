@@ -88,10 +88,12 @@ static const sl_source_t *authenticate(conn_t *c, const cJSON *body, const char 
 
 /* ---- ingestion ------------------------------------------------------------------- */
 
-/* What one request may store once normalised: a batch's context is copied
- * into each of its messages, so a small request could otherwise store a
- * thousand times its size. */
-#define STORED_BYTES_PER_REQUEST(cfg) (4 * (cfg)->limits.max_request_bytes)
+/* What one request of n messages may store once normalised: a batch's
+ * context is copied into each of its messages, so a small request could
+ * otherwise store a thousand times its size. The 1 KB per message leaves
+ * room for the server's fields (receivedAt, timestamp, messageId, context.ip
+ * and a GeoIP city location). */
+#define STORED_BYTES_PER_REQUEST(cfg, n) (4 * (cfg)->limits.max_request_bytes + 1024 * (uint64_t)(n))
 
 static void add_rejection(req_t *r, long index, const char *msg)
 {
@@ -246,10 +248,11 @@ static const char *accept_message(conn_t *c, cJSON *msg, int type, const sl_inge
                "server's fields included)";
     }
     size_t len = strlen(srv->scratch);
-    if (r->stored_bytes + len > STORED_BYTES_PER_REQUEST(srv->cfg)) {
+    if (r->stored_bytes + len > STORED_BYTES_PER_REQUEST(srv->cfg, r->n_in_request)) {
         *status = 413;
         r->over_stored = 1;
-        return "request would store more than 4 x limits.max_request_bytes once normalised (a batch's context is "
+        return "request would store more than 4 x limits.max_request_bytes + 1 KB per message once normalised "
+               "(a batch's context is "
                "copied into every message)";
     }
     char *json = sl_arena_strndup(&r->arena, srv->scratch, len);
@@ -369,6 +372,7 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
             goto out;
         }
         r->batch.msgs = calloc(1, sizeof(sl_store_msg_t));
+        r->n_in_request = 1;
         if (r->batch.msgs == NULL) {
             http_respond_error(c, 503, "out of memory");
             goto out;
@@ -406,6 +410,7 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
     ctx.batch_context = cJSON_IsObject(bctx) ? bctx : NULL;
     ctx.batch_sent_at = cJSON_IsString(bsent) ? bsent->valuestring : NULL;
     r->batch.msgs = calloc(n, sizeof(sl_store_msg_t));
+    r->n_in_request = n;
     if (r->batch.msgs == NULL) {
         http_respond_error(c, 503, "out of memory");
         goto out;

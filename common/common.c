@@ -27,6 +27,7 @@ const char *sl_strerror(int rc)
     case SL_ESTORE: return "store failed to commit";
     case SL_ESHUTDOWN: return "server is shutting down";
     case SL_ENOTFOUND: return "not found";
+    case SL_EAGAIN: return "try again";
     }
     if (rc >= MDB_KEYEXIST && rc <= MDB_LAST_ERRCODE) return mdb_strerror(rc);
     if (rc > 0) return mdb_strerror(rc);     /* LMDB passes errno values through */

@@ -21,7 +21,8 @@ enum {
     SL_EBUSY    = -20004, /* a queue is full: try again later */
     SL_ESTORE   = -20005, /* the store could not commit */
     SL_ESHUTDOWN = -20006, /* the server is stopping */
-    SL_ENOTFOUND = -20007  /* no such thing */
+    SL_ENOTFOUND = -20007, /* no such thing */
+    SL_EAGAIN   = -20008  /* done for now, do it again (internal) */
 };
 
 /* Text for any code returned by a sillage function: our own codes, libuv's

@@ -90,8 +90,14 @@ int sl_stitch_listen(sl_stitch_t *s, const sl_ident_listener_t *l);
 int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
                              int64_t *last_ms);
 
+/* Identifier values are at most this long (bytes), identity trait names at
+ * most SL_IDENT_MAX_KIND: a key "<kind>\x1f<value>" always fits LMDB's 511. */
+#define SL_IDENT_MAX_BYTES 256
+#define SL_IDENT_MAX_KIND 64
+
 /* An identifier value as the stitcher keys it, copied into arena: NULL for
- * junk (or no value); trait values trimmed and lower-cased. */
+ * junk, a value over SL_IDENT_MAX_BYTES (or no value); trait values trimmed
+ * and lower-cased. */
 const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *arena, int is_trait);
 
 /* 1 when kind names an identifier kind: "user_id", "anonymous_id" or a

@@ -9,8 +9,10 @@
  * The table holds at most max_ids ids (its slots are then 24 bytes each at a
  * load between 35 % and 70 %). When a rehash finds more, the oldest quarter
  * is forgotten: the window becomes shorter than window_ms (the floor), which
- * the store reports, and a repeat of a forgotten id is stored again. Memory
- * never grows past the bound.
+ * the store reports, and a repeat of a forgotten id is stored again. Ids of
+ * the last few seconds are not cut by time; if they alone pass the bound,
+ * some of them are forgotten, in table order. Memory never grows past the
+ * bound.
  * Only the writer thread touches it.
  */
 #include "sl_store.h"
@@ -19,6 +21,9 @@
 #include <string.h>
 
 #define TOMBSTONE INT64_MIN
+/* A cut never forgets ids younger than this: messages of a commit in
+ * progress were received up to that long before it runs. */
+#define DEDUPE_MARGIN_MS 5000
 
 typedef struct entry_s {
     uint64_t lo, hi;
@@ -87,30 +92,37 @@ static int alive(const entry_t *e, int64_t horizon)
 }
 
 /* The time from which at most keep of the live ids are newer: a histogram
- * of their times in 1024 buckets, walked from the newest. */
-static int64_t cutoff_for(const sl_dedupe_t *d, int64_t horizon, int64_t now_ms, size_t keep)
+ * of their times in 1024 buckets between the oldest and the newest, walked
+ * from the newest. Never later than the newest live time, nor than
+ * latest_ms (ids of messages still being committed may be that old). */
+static int64_t cutoff_for(const sl_dedupe_t *d, int64_t horizon, int64_t latest_ms, size_t keep)
 {
     enum { NB = 1024 };
     static size_t hist[NB];
     memset(hist, 0, sizeof(hist));
-    int64_t lo = now_ms;
-    for (size_t i = 0; i < d->cap; i++)
-        if (alive(&d->slots[i], horizon) && d->slots[i].ms < lo) lo = d->slots[i].ms;
-    int64_t span = now_ms - lo + 1;
-    if (span < 1) span = 1;
+    int64_t lo = INT64_MAX, hi = INT64_MIN;
     for (size_t i = 0; i < d->cap; i++) {
         if (!alive(&d->slots[i], horizon)) continue;
-        int64_t off = d->slots[i].ms - lo;
-        if (off < 0) off = 0;
-        if (off >= span) off = span - 1;
-        hist[(size_t)((double)off / (double)span * NB)]++;
+        if (d->slots[i].ms < lo) lo = d->slots[i].ms;
+        if (d->slots[i].ms > hi) hi = d->slots[i].ms;
     }
+    if (lo >= hi) return lo; /* one instant: no time to cut at */
+    double span = (double)(hi - lo) + 1;
+    for (size_t i = 0; i < d->cap; i++)
+        if (alive(&d->slots[i], horizon)) hist[(size_t)((double)(d->slots[i].ms - lo) / span * NB)]++;
     size_t kept = 0;
+    int64_t cut = lo;
     for (int b = NB - 1; b >= 0; b--) {
-        if (kept + hist[b] > keep) return lo + (int64_t)((double)(b + 1) * (double)span / NB);
+        if (kept + hist[b] > keep) {
+            /* the start of the bucket above b: what is from there on is kept */
+            cut = b == NB - 1 ? lo + (int64_t)((double)b * span / NB) : lo + (int64_t)((double)(b + 1) * span / NB);
+            break;
+        }
         kept += hist[b];
     }
-    return lo;
+    if (cut > hi) cut = hi;
+    if (cut > latest_ms) cut = latest_ms;
+    return cut;
 }
 
 static int rehash(sl_dedupe_t *d, int64_t now_ms)
@@ -118,16 +130,21 @@ static int rehash(sl_dedupe_t *d, int64_t now_ms)
     int64_t horizon = horizon_at(d, now_ms);
     size_t live = 0;
     for (size_t i = 0; i < d->cap; i++) live += alive(&d->slots[i], horizon);
+    size_t target = d->max_ids * 3 / 4;
+    size_t drop_any = 0; /* past a time cut, ids of one instant: forgotten in table order */
     if (live > d->max_ids * 9 / 10) { /* full: forget the oldest, keep three quarters of the bound */
-        int64_t cut = cutoff_for(d, horizon, now_ms, d->max_ids * 3 / 4);
+        int64_t cut = cutoff_for(d, horizon, now_ms - DEDUPE_MARGIN_MS, target);
+        size_t kept = live;
         if (cut > horizon) {
-            size_t kept = 0;
+            kept = 0;
             for (size_t i = 0; i < d->cap; i++) kept += alive(&d->slots[i], cut);
             d->evicted += live - kept;
             d->floor_ms = cut;
             horizon = cut;
-            live = kept;
         }
+        if (kept > target) drop_any = kept - target;
+        d->evicted += drop_any;
+        live = kept - drop_any;
     }
     size_t cap = 1024;
     while (cap < live * 2) cap *= 2;
@@ -137,7 +154,11 @@ static int rehash(sl_dedupe_t *d, int64_t now_ms)
     if (ns == NULL) return SL_ENOMEM;
     for (size_t i = 0; i < d->cap; i++) {
         entry_t *e = &d->slots[i];
-        if (is_empty(e) || e->ms == TOMBSTONE || e->ms < horizon) continue;
+        if (!alive(e, horizon)) continue;
+        if (drop_any) {
+            drop_any--;
+            continue;
+        }
         size_t j = e->lo & (cap - 1);
         while (!is_empty(&ns[j])) j = (j + 1) & (cap - 1);
         ns[j] = *e;

@@ -269,8 +269,13 @@ static int trim_msgids(sl_store_t *st, MDB_txn *txn, int64_t horizon)
  * nothing of the list is stored and the dedupe table is as before, and
  * *culprit is the batch whose job or hook failed (NULL: the failure is the
  * environment's, not one batch's). */
-static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored, size_t *n_dup, size_t *n_jobs,
-                       sl_store_batch_t **culprit)
+static int batch_error(int err);
+
+/* probe: find every batch that cannot be applied, in one pass: each batch in
+ * a nested transaction, a failing one aborted alone and marked (b->rc); the
+ * whole transaction is then aborted (nothing is stored by a probe). */
+static int commit_list_mode(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored, size_t *n_dup,
+                            size_t *n_jobs, sl_store_batch_t **culprit, int probe)
 {
     size_t jobs = 0;
     MDB_txn *txn = NULL;
@@ -279,13 +284,22 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
     size_t stored = 0, dup = 0;
     *culprit = NULL;
     sl_dedupe_mark(st->dd);
+    MDB_txn *parent = NULL;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) goto fail;
     for (sl_store_batch_t *b = list; b; b = b->next) {
+        b->rc = 0;
+        if (probe) {
+            parent = txn;
+            if ((rc = mdb_txn_begin(st->env, parent, 0, &txn))) {
+                txn = parent;
+                goto fail;
+            }
+        }
         if (b->job) { /* runs before the batch's messages, in the same transaction */
             if ((rc = b->job(txn, b->job_arg))) {
                 *culprit = b;
-                goto fail;
+                goto batch_fail;
             }
             jobs++;
         }
@@ -308,6 +322,29 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
             m->status = SL_STORE_STORED;
             stored++;
         }
+        if (probe && (rc = mdb_txn_commit(txn))) { /* into the parent */
+            txn = parent;
+            goto fail;
+        }
+        txn = probe ? parent : txn;
+        continue;
+    batch_fail:
+        if (!probe || !batch_error(rc)) {
+            if (probe) {
+                mdb_txn_abort(txn);
+                txn = parent;
+            }
+            goto fail;
+        }
+        mdb_txn_abort(txn); /* this batch alone */
+        txn = parent;
+        b->rc = rc;
+        *culprit = NULL;
+        rc = 0;
+    }
+    if (probe) { /* what could not be applied is known: nothing is kept */
+        rc = SL_EAGAIN;
+        goto fail;
     }
     if ((rc = trim_msgids(st, txn, now - st->opts.dedupe_window_ms - 60000))) goto fail;
     rc = mdb_txn_commit(txn);
@@ -318,6 +355,10 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
     *n_jobs = jobs;
     return 0;
 fail:
+    if (parent && txn && txn != parent) { /* inside a probe's nested transaction */
+        mdb_txn_abort(txn);
+        txn = parent;
+    }
     if (txn) mdb_txn_abort(txn);
     sl_dedupe_rollback(st->dd);
     st->next_seq = seq0;
@@ -344,12 +385,14 @@ static void note_dedupe(sl_store_t *st)
  * environment's (disk, memory, map size), which every batch would meet. */
 static int batch_error(int err)
 {
+    /* an allow-list: an error not known to be about a record of the batch
+     * is the environment's, which fails the commit rather than blame a client */
     switch (err) {
-    case MDB_MAP_FULL: case MDB_PANIC: case MDB_MAP_RESIZED: case MDB_READERS_FULL: case MDB_TLS_FULL:
-    case MDB_BAD_TXN: case SL_ENOMEM: case ENOMEM: case EIO: case ENOSPC: case EACCES: case EROFS:
-        return 0;
-    default:
+    case MDB_NOTFOUND: case MDB_KEYEXIST: case MDB_BAD_VALSIZE: case SL_EINVAL: case SL_ENOTFOUND:
+    case SL_ETOOBIG:
         return 1;
+    default:
+        return 0;
     }
 }
 
@@ -360,6 +403,12 @@ static sl_store_batch_t *unlink_batch(sl_store_batch_t *list, sl_store_batch_t *
     if (*p) *p = b->next;
     b->next = NULL;
     return list;
+}
+
+static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored, size_t *n_dup, size_t *n_jobs,
+                       sl_store_batch_t **culprit)
+{
+    return commit_list_mode(st, list, n_stored, n_dup, n_jobs, culprit, 0);
 }
 
 static int grow_map(sl_store_t *st)
@@ -448,18 +497,43 @@ static void writer_main(void *arg)
         size_t stored = 0, dup = 0, total = 0, jobs = 0;
         sl_store_batch_t *bad;
         int rc = commit_list(st, list, &stored, &dup, &jobs, &bad);
-        for (;;) {
+        size_t alone = 0;
+        for (int probed = 0;;) {
             if (rc == MDB_MAP_FULL && grow_map(st) == 0) {
                 rc = commit_list(st, list, &stored, &dup, &jobs, &bad);
             } else if (rc && bad && batch_error(rc)) {
-                /* One batch cannot be applied: it alone fails, the rest is
-                 * committed without it (each retry drops one batch). */
-                list = unlink_batch(list, bad);
-                SL_WARN("a request of %zu messages could not be applied and was not stored: %s", bad->n_msgs,
-                        sl_strerror(rc));
-                atomic_fetch_add(&st->stats.batches_failed_alone, 1);
-                bad->failed_alone = 1;
-                deliver(st, bad, rc);
+                /* Some batch cannot be applied: a probe finds every such
+                 * batch in one pass (nested transactions), then the rest is
+                 * committed without them -- linear, whatever the number of
+                 * bad requests. Past one probe, one batch at a time. */
+                sl_store_batch_t *found = NULL;
+                if (!probed++) {
+                    int prc = commit_list_mode(st, list, &stored, &dup, &jobs, &bad, 1);
+                    if (prc == SL_EAGAIN) {
+                        for (sl_store_batch_t *b = list, *next; b; b = next) {
+                            next = b->next;
+                            if (b->rc == 0) continue;
+                            list = unlink_batch(list, b);
+                            b->next = found;
+                            found = b;
+                        }
+                    }
+                }
+                if (found == NULL) { /* the probe failed or found nothing: this one, alone */
+                    list = unlink_batch(list, bad);
+                    bad->rc = rc;
+                    found = bad;
+                }
+                for (sl_store_batch_t *b = found, *next; b; b = next) {
+                    next = b->next;
+                    b->next = NULL;
+                    SL_WARN("a request of %zu messages could not be applied and was not stored: %s", b->n_msgs,
+                            sl_strerror(b->rc));
+                    atomic_fetch_add(&st->stats.batches_failed_alone, 1);
+                    b->failed_alone = 1;
+                    deliver(st, b, b->rc);
+                    alone++;
+                }
                 if (list == NULL) break;
                 rc = commit_list(st, list, &stored, &dup, &jobs, &bad);
             } else {
@@ -468,7 +542,7 @@ static void writer_main(void *arg)
         }
         for (sl_store_batch_t *b = list; b; b = b->next) total += b->n_msgs;
         uint64_t us = (sl_mono_ns() - t0) / 1000;
-        if (list == NULL && rc) continue; /* every batch failed alone, each answered */
+        if (list == NULL && rc && alone) continue; /* every batch failed alone, each answered */
         if (rc) {
             SL_ERROR("commit of %zu messages failed: %s", total, sl_strerror(rc));
             atomic_fetch_add(&st->stats.commit_failures, 1);

@@ -326,7 +326,8 @@ TEST(junk_identifiers)
     sl_config_demo(&c);
     static const char *junk[] = {"", "  ", "null", "NULL", "undefined", "anonymous", "0", "guest", " Guest ",
                                  "\xE2\x80\x8Bnull", "nu\xE2\x80\x8Bll", "\xEF\xBB\xBFundefined\xC2\xA0",
-                                 "\xE2\x80\x8B", "\xE3\x80\x80guest"};
+                                 "\xE2\x80\x8B", "\xE3\x80\x80guest", "null\xC2\xAD", "\xE3\x85\xA4",
+                                 "\xE1\x85\x9F", "\xE1\xA0\x8E", "\xF3\xA0\x80\xA0null"};
     static const char *good[] = {"u_123", "alice@example.com", "1234", "f47ac10b-58cc-4372-a567-0e02b2c3d479"};
     for (size_t i = 0; i < sizeof(junk) / sizeof(*junk); i++)
         CHECK_INT(sl_ident_is_junk(junk[i], strlen(junk[i]), c.junk_ids, c.n_junk_ids), ==, 1);
@@ -341,6 +342,8 @@ TEST(junk_identifiers)
         {"\xCE\xA3\xCE\x91@x.gr", "\xCF\x83\xCE\xB1@x.gr"},                             /* ΣΑ -> σα */
         {"\xC8\xBA", "\xE2\xB1\xA5"},                                                  /* Ⱥ -> ⱥ grows */
         {"plain@example.com", "plain@example.com"},
+        {"voil\xC3\xA0", "voil\xC3\xA0"},   /* a trailing "à" (C3 A0): not a no-break space */
+        {"\xC3\x85", "\xC3\xA5"},            /* "Å" (C3 85): not U+0085 */
     };
     for (size_t i = 0; i < sizeof(fold) / sizeof(*fold); i++) {
         const char *v = fold[i].in;

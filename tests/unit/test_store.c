@@ -81,6 +81,18 @@ TEST(dedupe_bounded)
     /* an id older than the window in force is a new message, and says so in the counters above */
     CHECK_INT(sl_dedupe_check_insert(d, key(5), 100000, 100000), ==, 0);
     sl_dedupe_free(d);
+
+    /* a burst in one instant past the bound: the floor never moves into the
+     * future (the review's case: one old id, then 1,200 at once) */
+    d = sl_dedupe_new(86400000, 1000);
+    CHECK_INT(sl_dedupe_check_insert(d, key(1000000), 1000, 1000), ==, 0);
+    for (uint64_t i = 0; i < 1200; i++) CHECK_INT(sl_dedupe_check_insert(d, key(2000000 + i), 600000, 600000), ==, 0);
+    CHECK_INT(sl_dedupe_size(d), <=, 1000);
+    CHECK_INT(sl_dedupe_window_ms(d, 600000), >=, 5000);
+    /* what is still held is found; ids inserted now are not born expired */
+    CHECK_INT(sl_dedupe_check_insert(d, key(3000000), 600000, 600000), ==, 0);
+    CHECK_INT(sl_dedupe_check_insert(d, key(3000000), 600000, 600000), ==, 1);
+    sl_dedupe_free(d);
 }
 
 /* ---- the store with its writer ---------------------------------------------- */
@@ -270,11 +282,12 @@ static int count_any(const char *json, size_t len, uint64_t seq, void *arg)
 }
 
 /* A hook that refuses one message (its json is "poison") and sleeps on
- * another ("slow"), so that the batches queued meanwhile share a commit. */
+ * another ("slow"), so that the batches queued meanwhile share a commit. It
+ * counts its calls (arg). */
 static int isolate_on_event(void *arg, MDB_txn *txn, const sl_store_msg_t *m)
 {
-    (void)arg;
     (void)txn;
+    if (arg) (*(int *)arg)++;
     if (m->json_len == 6 && memcmp(m->json, "\"slow\"", 6) == 0) usleep(200000);
     return m->json_len == 8 && memcmp(m->json, "\"poison\"", 8) == 0 ? MDB_NOTFOUND : 0;
 }
@@ -287,7 +300,8 @@ TEST(store_failure_isolated_to_its_batch)
     CHECK(mkdtemp(dir) != NULL);
     uv_loop_t loop;
     uv_loop_init(&loop);
-    sl_store_hooks_t hooks = {.on_event = isolate_on_event};
+    int calls = 0;
+    sl_store_hooks_t hooks = {.on_event = isolate_on_event, .arg = &calls};
     sl_store_t *st = NULL;
     sl_store_options_t o = {.data_dir = dir, .map_size_bytes = 1 << 20, .map_size_max_bytes = 64 << 20,
                             .nosync = 1, .dedupe_window_ms = 86400000, .max_queue_messages = 1000,
@@ -325,7 +339,35 @@ TEST(store_failure_isolated_to_its_batch)
     sl_store_get_stats(st, &ss);
     CHECK_INT(ss.batches_failed_alone, ==, 1);
     CHECK_INT(ss.commit_failures, ==, 0);
-    /* the poisoned id was rolled back from the dedupe table: a fixed retry is stored */
+    /* Many bad requests in one commit: one probe finds them all, so the work
+     * stays linear (one batch at a time redid the good ones once per bad one). */
+    enum { N = 60 };
+    static sl_store_msg_t mm[2 * N + 1];
+    static sl_store_batch_t bb[2 * N + 1];
+    static result_t rr[2 * N + 1];
+    memset(mm, 0, sizeof(mm));
+    memset(bb, 0, sizeof(bb));
+    memset(rr, 0, sizeof(rr));
+    for (int i = 0; i < 2 * N + 1; i++) {
+        const char *j = i == 0 ? "\"slow\"" : i % 2 ? "\"poison\"" : "\"good\"";
+        mm[i].json = j;
+        mm[i].json_len = strlen(j);
+        mm[i].dedupe = key(10000 + (uint64_t)i);
+        bb[i] = (sl_store_batch_t){.msgs = &mm[i], .n_msgs = 1, .done = on_done, .data = &rr[i]};
+        CHECK_INT(sl_store_submit(st, &bb[i]), ==, 0);
+        if (i == 0) usleep(50000);
+    }
+    calls = 0;
+    for (int i = 0; i < 2 * N + 1; i++)
+        while (!rr[i].done) uv_run(&loop, UV_RUN_ONCE);
+    int bad = 0, good = 0;
+    for (int i = 1; i < 2 * N + 1; i++) {
+        if (i % 2) bad += rr[i].rc == MDB_NOTFOUND && bb[i].failed_alone;
+        else good += rr[i].rc == 0 && mm[i].status == SL_STORE_STORED;
+    }
+    CHECK_INT(bad, ==, N);
+    CHECK_INT(good, ==, N);
+    CHECK_INT(calls, <=, 3 * (2 * N) + 10);
     close_store(st, &loop);
     uv_loop_close(&loop);
     char cmd[64];
