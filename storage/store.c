@@ -369,6 +369,10 @@ static int commit_list_mode(sl_store_t *st, sl_store_batch_t *list, size_t *n_st
     *n_jobs = jobs;
     return 0;
 fail:
+    if (parent && txn && txn != parent) { /* inside a probe's nested transaction */
+        mdb_txn_abort(txn);
+        txn = parent;
+    }
     if (txn) mdb_txn_abort(txn);
     if (hooks && hooks->after_txn) hooks->after_txn(hooks->arg, 0);
     sl_dedupe_rollback(st->dd);
