@@ -192,6 +192,12 @@ typedef struct app_s {
     int stopped;
 } app_t;
 
+static int reload_run(MDB_txn *txn, void *arg)
+{
+    app_t *app = arg;
+    return sl_trig_reload_job(txn, &app->reload);
+}
+
 static void on_reloaded(sl_stage_job_t *b)
 {
     app_t *app = b->arg;
@@ -238,7 +244,7 @@ static void on_sighup(uv_signal_t *s, int signum)
     }
     app->pending = c;
     app->reload = (sl_trig_reload_t){app->trig, c};
-    app->reload_job = (sl_stage_job_t){.run = sl_trig_reload_job, .done = on_reloaded, .arg = app};
+    app->reload_job = (sl_stage_job_t){.run = reload_run, .done = on_reloaded, .arg = app};
     int rc = sl_stage_submit(app->stage, &app->reload_job);
     if (rc) {
         SL_ERROR("reload: %s; the old rules stay", sl_strerror(rc));

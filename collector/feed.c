@@ -253,6 +253,29 @@ static int query_num(conn_t *c, const char *name, unsigned long long min, unsign
     return 0;
 }
 
+/* Answers a poll now, or waits for more (long poll). */
+static void poll_or_wait(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    if (c->feed_deadline_ms <= sl_now_ms() || sl_trig_durable_seq(srv->trig) > c->feed_after || srv->stopping) {
+        poll_answer(c);
+        return;
+    }
+    c->feed_mode = FEED_POLL;
+    c->busy = 1;
+    waiter_link(c);
+}
+
+static void on_applied(sl_stage_waiter_t *w, int reached)
+{
+    (void)reached; /* a stale answer is still an answer: the client asked for at most wait_ms */
+    req_t *r = w->arg;
+    conn_t *c = r->conn;
+    r->waiting = 0;
+    c->busy = 0;
+    poll_or_wait(c);
+}
+
 void handle_triggers(conn_t *c, const char *rest)
 {
     sl_server_t *srv = c->srv;
@@ -281,14 +304,21 @@ void handle_triggers(conn_t *c, const char *rest)
         if (query_num(c, "limit", 1, 1000, &limit) < 0 || query_num(c, "wait", 0, MAX_WAIT_S, &wait) < 0) return;
         c->feed_after = after;
         c->feed_limit = (size_t)limit;
-        if (wait == 0 || sl_trig_durable_seq(srv->trig) > after || srv->stopping) {
-            poll_answer(c);
+        c->feed_deadline_ms = sl_now_ms() + (int64_t)wait * 1000;
+        /* First what the stage owes this read: the triggers of every event
+         * acknowledged before it (or up to ?position=), bounded by ?wait_ms=. */
+        uint64_t pos;
+        int64_t wait_ms;
+        if (http_read_position(c, &pos, &wait_ms)) return;
+        if (pos > sl_stage_durable_applied(srv->stage) && wait_ms > 0) {
+            r->waiting = 1;
+            r->waiter.cb = on_applied;
+            r->waiter.arg = r;
+            c->busy = 1;
+            sl_stage_wait(srv->stage, &r->waiter, pos, wait_ms);
             return;
         }
-        c->feed_mode = FEED_POLL;
-        c->feed_deadline_ms = sl_now_ms() + (int64_t)wait * 1000;
-        c->busy = 1;
-        waiter_link(c);
+        poll_or_wait(c);
         return;
     }
     if (strcmp(rest, "/stream") == 0) {

@@ -224,8 +224,8 @@ void handle_profiles(conn_t *c, const char *rest)
     int64_t wait_ms;
     if (http_read_position(c, &pos, &wait_ms)) return;
     r->read = q;
-    if (pos <= sl_stage_applied(srv->stage) || wait_ms == 0) {
-        answer_read(c, pos <= sl_stage_applied(srv->stage));
+    if (pos <= sl_stage_durable_applied(srv->stage) || wait_ms == 0) {
+        answer_read(c, pos <= sl_stage_durable_applied(srv->stage));
         return;
     }
     r->waiting = 1;

@@ -324,11 +324,6 @@ static void publish_main(sl_nats_t *n, const source_t *src, const char *subject,
     int stream_ok = 0;
     uint64_t seen = 0;
     while (p && !atomic_load(&n->stopping)) {
-        uint64_t end = src->events ? sl_store_durable_seq(n->store) : sl_trig_durable_seq(n->trig);
-        if (end <= cursor) {
-            wait_more(n, &seen);
-            continue;
-        }
         if (nc == NULL && (nc = nats_connect(n)) == NULL) {
             sleep_ms(n, RETRY_MS);
             continue;
@@ -345,6 +340,12 @@ static void publish_main(sl_nats_t *n, const source_t *src, const char *subject,
                 sleep_ms(n, RETRY_MS);
                 continue;
             }
+        }
+        /* connected (the edge says so in /metrics): now wait for something to send */
+        uint64_t end = src->events ? sl_store_durable_seq(n->store) : sl_trig_durable_seq(n->trig);
+        if (end <= cursor) {
+            wait_more(n, &seen);
+            continue;
         }
         page_read_t r = {n, p};
         p->after = cursor;

@@ -113,8 +113,9 @@ struct sl_stage_job_s {
 int sl_stage_submit(sl_stage_t *sg, sl_stage_job_t *job);
 
 /* Read-your-writes: cb(arg, reached) runs on the loop thread once the stage
- * has applied (committed) the log up to pos (reached 1), or when timeout_ms
- * passed first (reached 0). w is the caller's until then; sl_stage_cancel()
+ * has applied the log up to pos and that is on disk (reached 1: what was
+ * derived, triggers included, is visible and no crash takes it back), or
+ * when timeout_ms passed first (reached 0). w is the caller's until then; sl_stage_cancel()
  * takes it back without a call. */
 typedef struct sl_stage_waiter_s sl_stage_waiter_t;
 struct sl_stage_waiter_s {
@@ -129,6 +130,8 @@ void sl_stage_cancel(sl_stage_t *sg, sl_stage_waiter_t *w);
 
 /* The last event applied and committed (visible to readers). */
 uint64_t sl_stage_applied(const sl_stage_t *sg);
+/* The last event applied whose commit is on disk. */
+uint64_t sl_stage_durable_applied(const sl_stage_t *sg);
 
 /* Runs cb in a read transaction of the derived environment, with log_txn a
  * read transaction of the log (either may be NULL when the caller does not

@@ -48,6 +48,8 @@ struct sl_stage_s {
     sl_stage_waiter_t *waiters;            /* loop thread */
 
     _Atomic uint64_t applied;
+    _Atomic uint64_t durable_applied;      /* applied, and that commit is on disk */
+    uint64_t prev_commit_cursor;           /* stage thread: the cursor of the commit before the latest */
     struct {
         _Atomic uint64_t events, txns, set_aside, map_resizes;
     } stats;
@@ -95,6 +97,11 @@ static void each_synced(sl_stage_t *sg, int all)
 {
     for (size_t i = 0; i < sg->n_steps; i++)
         if (sg->steps[i].synced) sg->steps[i].synced(sg->steps[i].arg, all);
+    uint64_t d = all ? sg->cursor : sg->prev_commit_cursor;
+    if (d > atomic_load(&sg->durable_applied)) {
+        atomic_store(&sg->durable_applied, d);
+        uv_async_send(&sg->async); /* waiters */
+    }
 }
 
 static int64_t next_due(sl_stage_t *sg)
@@ -187,6 +194,8 @@ int sl_stage_open(sl_stage_t *sg)
     txn = NULL;
     if (rc) goto fail;
     atomic_store(&sg->applied, sg->cursor);
+    atomic_store(&sg->durable_applied, sg->cursor);
+    sg->prev_commit_cursor = sg->cursor;
     if (!ro) {
         uint64_t durable = sl_store_durable_seq(sg->log);
         if (sg->cursor > durable) {
@@ -429,6 +438,7 @@ static void stage_main(void *arg)
         int ticked = 0;
         uint64_t before = sg->cursor;
         int rc = run_txn(sg, &jobs, upto, &ticked);
+        if (rc == 0) sg->prev_commit_cursor = before;
         if (rc) {
             SL_ERROR("the stage could not apply events %llu..%llu: %s; retrying in a second",
                      (unsigned long long)before + 1, (unsigned long long)upto, sl_strerror(rc));
@@ -473,7 +483,7 @@ static void stage_main(void *arg)
 
 static void wake_waiters(sl_stage_t *sg, int64_t now)
 {
-    uint64_t applied = atomic_load(&sg->applied);
+    uint64_t applied = atomic_load(&sg->durable_applied);
     sl_stage_waiter_t *w = sg->waiters;
     while (w) {
         sl_stage_waiter_t *next = w->next;
@@ -521,7 +531,7 @@ static void on_async(uv_async_t *a)
         while (sg->waiters) {
             sl_stage_waiter_t *w = sg->waiters;
             sl_stage_cancel(sg, w);
-            w->cb(w, w->pos <= atomic_load(&sg->applied));
+            w->cb(w, w->pos <= atomic_load(&sg->durable_applied));
         }
         uv_close((uv_handle_t *)&sg->timer, closed);
         uv_close((uv_handle_t *)&sg->async, closed);
@@ -602,9 +612,9 @@ void sl_stage_wait(sl_stage_t *sg, sl_stage_waiter_t *w, uint64_t pos, int64_t t
 {
     w->pos = pos;
     w->deadline_ms = sl_now_ms() + timeout_ms;
-    if (pos <= atomic_load(&sg->applied) || !sg->started) {
+    if (pos <= atomic_load(&sg->durable_applied) || !sg->started) {
         w->prev = w->next = NULL;
-        w->cb(w, pos <= atomic_load(&sg->applied));
+        w->cb(w, pos <= atomic_load(&sg->durable_applied));
         return;
     }
     w->prev = NULL;
@@ -626,6 +636,11 @@ void sl_stage_cancel(sl_stage_t *sg, sl_stage_waiter_t *w)
 uint64_t sl_stage_applied(const sl_stage_t *sg)
 {
     return atomic_load(&sg->applied);
+}
+
+uint64_t sl_stage_durable_applied(const sl_stage_t *sg)
+{
+    return atomic_load(&sg->durable_applied);
 }
 
 /* ---- readers ----------------------------------------------------------------- */

@@ -231,7 +231,7 @@ test('H3: traits per person are bounded (count and bytes); the excess is reporte
   }
   assert.equal(last.json.warnings.length, 1);
   assert.equal(last.json.warnings[0].messageId, 'tb-19');
-  assert.match(last.json.warnings[0].warning, /1500 traits were not kept.*max_traits_per_person \(256\)/);
+  assert.match(last.json.warnings[0].warning, /1500 traits are more than a profile keeps.*max_traits_per_person \(256\)/);
   const p = await profile('user_id', 'traitbomb');
   assert.equal(Object.keys(p.json.traits).length, 256);
   // the round-0 traits are kept; an update of a kept trait still applies
@@ -241,10 +241,10 @@ test('H3: traits per person are bounded (count and bytes); the excess is reporte
   assert.equal((await profile('user_id', 'traitbomb')).json.traits.k0_0, 'changed');
   // bytes: one trait too large for the document is refused the same way
   assert.deepEqual((await post(srv, '/v1/identify', { userId: 'bytes-bomb', traits: { a: 'x'.repeat(20000) } })).json, { success: true });
+  // what a person accumulated over several messages is bounded by the stage,
+  // which counts what it drops (the answer came before it applied the message)
   const big = await post(srv, '/v1/identify', { userId: 'bytes-bomb', traits: { b: 'y'.repeat(20000), small: 1 } });
-  assert.equal(big.json.success, true, big.text);
-  assert.equal(big.json.warnings.length, 1, big.text);
-  assert.match(big.json.warnings[0].warning, /1 traits were not kept/);
+  assert.deepEqual(big.json, { success: true }, big.text);
   const b = await profile('user_id', 'bytes-bomb');
   assert.deepEqual(Object.keys(b.json.traits).sort(), ['a', 'small']);
   const m = await (await fetch(srv.url + '/metrics')).text();

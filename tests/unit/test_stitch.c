@@ -4,6 +4,7 @@
  * in tests/identity/scenarios.json; these pin the rules one by one. */
 #include "test.h"
 #include "sl_config.h"
+#include "sl_stage.h"
 #include "sl_stitch.h"
 #include "sl_store.h"
 #include "sl_webhooks.h"
@@ -13,12 +14,12 @@
 #include <unistd.h>
 
 typedef struct {
-    char dir[32];
+    char dir[32], ddir[48];
     uv_loop_t loop;
     sl_config_t cfg;
     sl_stitch_t *stitch;
     sl_store_t *store;
-    sl_arena_t arena;
+    sl_stage_t *stage;
     int n_sent;
     int untrusted;  /* messages come from a browser key (default: a trusted source) */
 } fix_t;
@@ -26,14 +27,19 @@ typedef struct {
 static void on_done(sl_store_batch_t *b) { *(int *)b->data = 1; }
 static void on_drained(void *arg) { *(int *)arg = 1; }
 
+/* The log, the stitcher and the stage over it (as `sillage serve` wires them). */
 static int fix_open(fix_t *f)
 {
     sl_store_options_t o = {.data_dir = f->dir, .map_size_bytes = 8 << 20, .map_size_max_bytes = 256 << 20,
-                            .nosync = 1, .dedupe_window_ms = 86400000, .max_queue_messages = 100000,
-                            .hooks = sl_stitch_hooks(f->stitch)};
+                            .nosync = 1, .dedupe_window_ms = 86400000, .max_queue_messages = 100000};
     if (sl_store_open(&f->store, &o)) return -1;
-    sl_stitch_attach(f->stitch, f->store);
-    return sl_store_start(f->store, &f->loop);
+    if ((f->stitch = sl_stitch_new(&f->cfg, f->store)) == NULL) return -1;
+    snprintf(f->ddir, sizeof(f->ddir), "%s/derived", f->dir);
+    sl_stage_options_t so = {.dir = f->ddir, .map_size_bytes = 8 << 20, .map_size_max_bytes = 256 << 20, .nosync = 1};
+    if ((f->stage = sl_stage_new(f->store, &so)) == NULL) return -1;
+    if (sl_stage_add_step(f->stage, sl_stitch_step(f->stitch)) || sl_stage_open(f->stage)) return -1;
+    if (sl_store_start(f->store, &f->loop)) return -1;
+    return sl_stage_start(f->stage, &f->loop);
 }
 
 static void fix_close_store(fix_t *f)
@@ -41,8 +47,15 @@ static void fix_close_store(fix_t *f)
     int drained = 0;
     sl_store_drain(f->store, on_drained, &drained);
     while (!drained) uv_run(&f->loop, UV_RUN_ONCE);
+    drained = 0;
+    sl_stage_stop(f->stage, 0, on_drained, &drained);
+    while (!drained) uv_run(&f->loop, UV_RUN_ONCE);
+    sl_stage_free(f->stage);
+    sl_stitch_free(f->stitch);
     sl_store_close(f->store);
     f->store = NULL;
+    f->stage = NULL;
+    f->stitch = NULL;
 }
 
 static int fix_init(fix_t *f)
@@ -50,44 +63,29 @@ static int fix_init(fix_t *f)
     memset(f, 0, sizeof(*f));
     strcpy(f->dir, "/tmp/sl-stitch-test-XXXXXX");
     if (mkdtemp(f->dir) == NULL || uv_loop_init(&f->loop) || sl_config_demo(&f->cfg)) return -1;
-    if ((f->stitch = sl_stitch_new(&f->cfg)) == NULL) return -1;
+    /* a second, trusted (server-side) source beside the demo's browser key */
+    sl_source_t *src = realloc(f->cfg.sources, (f->cfg.n_sources + 1) * sizeof(*src));
+    if (src == NULL) return -1;
+    f->cfg.sources = src;
+    src[f->cfg.n_sources++] = (sl_source_t){strdup("backend"), strdup("wk_backend"), 1};
     return fix_open(f);
 }
 
 static void fix_free(fix_t *f)
 {
     if (f->store) fix_close_store(f);
-    sl_stitch_free(f->stitch);
     sl_config_free(&f->cfg);
-    sl_arena_free(&f->arena);
     uv_loop_close(&f->loop);
     char cmd[64];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
     CHECK_INT(system(cmd), ==, 0);
 }
 
-/* One message in: type, userId, anonymousId, email trait (or previousId for
- * an alias), timestamp. Identifiers go through sl_stitch_clean_id as the
- * collector's do, so junk values become NULL here too. */
-static void msg(fix_t *f, int type, const char *user, const char *anon, const char *email, int64_t ts)
+/* Stores one event (JSON as the collector stores it) and waits until the
+ * stage applied it. */
+static void put(fix_t *f, const char *json, int64_t ts, const char *mid)
 {
-    sl_stitch_msg_t m = {.type = type, .ts_ms = ts, .trusted = !f->untrusted};
-    char mid[32];
-    snprintf(mid, sizeof(mid), "m%d", ++f->n_sent);
-    m.message_id = mid;
-    m.user_id = sl_stitch_clean_id(f->stitch, user, &f->arena, 0);
-    m.anonymous_id = sl_stitch_clean_id(f->stitch, anon, &f->arena, 0);
-    if (type == SL_STITCH_ALIAS) m.previous_id = sl_stitch_clean_id(f->stitch, email, &f->arena, 0);
-    else m.trait_ids[0] = sl_stitch_clean_id(f->stitch, email, &f->arena, 1);
-    /* the stored JSON says what the meta says (sillage verify reads it) */
-    static const char *types[] = {"", "track", "page", "screen", "identify", "alias", "group"};
-    char json[512];
-    int n = snprintf(json, sizeof(json), "{\"type\":\"%s\",\"messageId\":\"%s\"", types[type], mid);
-    if (user) n += snprintf(json + n, sizeof(json) - (size_t)n, ",\"userId\":\"%s\"", user);
-    if (anon) n += snprintf(json + n, sizeof(json) - (size_t)n, ",\"anonymousId\":\"%s\"", anon);
-    if (type == SL_STITCH_ALIAS && email) n += snprintf(json + n, sizeof(json) - (size_t)n, ",\"previousId\":\"%s\"", email);
-    n += snprintf(json + n, sizeof(json) - (size_t)n, "}");
-    sl_store_msg_t sm = {.json = json, .json_len = (size_t)n, .received_ms = ts, .meta = &m,
+    sl_store_msg_t sm = {.json = json, .json_len = strlen(json), .received_ms = ts,
                          .dedupe = sl_store_dedupe_key(f->store, "test", mid)};
     int done = 0;
     sl_store_batch_t b = {.msgs = &sm, .n_msgs = 1, .done = on_done, .data = &done};
@@ -95,6 +93,48 @@ static void msg(fix_t *f, int type, const char *user, const char *anon, const ch
     while (!done) uv_run(&f->loop, UV_RUN_ONCE);
     CHECK_INT(b.rc, ==, 0);
     CHECK_INT(sm.status, ==, SL_STORE_STORED);
+    for (int i = 0; i < 5000 && sl_stage_applied(f->stage) < sm.seq; i++) usleep(1000);
+    CHECK_INT(sl_stage_applied(f->stage), >=, sm.seq);
+}
+
+/* One message in: type, userId, anonymousId, email trait (or previousId for
+ * an alias), timestamp; traits (JSON object text) for an identify, or NULL. */
+static void msg_traits(fix_t *f, int type, const char *user, const char *anon, const char *email, int64_t ts,
+                       const char *traits)
+{
+    static const char *types[] = {"", "track", "page", "screen", "identify", "alias", "group"};
+    char mid[32], iso[32];
+    snprintf(mid, sizeof(mid), "m%d", ++f->n_sent);
+    sl_time_format_iso(ts, iso);
+    sl_buf_t b = {0};
+    sl_buf_printf(&b, "{\"type\":\"%s\",\"messageId\":\"%s\",\"timestamp\":\"%s\"", types[type], mid, iso);
+    if (type == SL_STITCH_TRACK) sl_buf_appends(&b, ",\"event\":\"E\"");
+    if (user) {
+        sl_buf_appends(&b, ",\"userId\":");
+        sl_buf_append_json_str(&b, user, strlen(user));
+    }
+    if (anon) {
+        sl_buf_appends(&b, ",\"anonymousId\":");
+        sl_buf_append_json_str(&b, anon, strlen(anon));
+    }
+    if (type == SL_STITCH_ALIAS && email) {
+        sl_buf_appends(&b, ",\"previousId\":");
+        sl_buf_append_json_str(&b, email, strlen(email));
+    } else if (traits) {
+        sl_buf_printf(&b, ",\"traits\":%s", traits);
+    } else if (email) {
+        sl_buf_appends(&b, ",\"traits\":{\"email\":");
+        sl_buf_append_json_str(&b, email, strlen(email));
+        sl_buf_appends(&b, "}");
+    }
+    sl_buf_printf(&b, ",\"context\":{\"sillage\":{\"source\":\"%s\"}}}", f->untrusted ? "demo" : "backend");
+    put(f, b.data, ts, mid);
+    sl_buf_free(&b);
+}
+
+static void msg(fix_t *f, int type, const char *user, const char *anon, const char *email, int64_t ts)
+{
+    msg_traits(f, type, user, anon, email, ts, NULL);
 }
 
 typedef struct {
@@ -105,11 +145,11 @@ typedef struct {
     sl_buf_t out;
 } read_t;
 
-static int read_cb(MDB_txn *txn, void *arg)
+static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
     read_t *r = arg;
     if (r->which == 0) r->rc = sl_stitch_profile(r->s, txn, r->kind, r->id, &r->out);
-    else if (r->which == 1) r->rc = sl_stitch_timeline(r->s, txn, r->kind, r->id, 1000, NULL, &r->out);
+    else if (r->which == 1) r->rc = sl_stitch_timeline(r->s, txn, log_txn, r->kind, r->id, 1000, NULL, &r->out);
     else r->rc = sl_stitch_merges(r->s, txn, r->kind, r->id, &r->out);
     return 0;
 }
@@ -118,7 +158,7 @@ static int read_cb(MDB_txn *txn, void *arg)
 static cJSON *get(fix_t *f, int which, const char *kind, const char *id)
 {
     read_t r = {.s = f->stitch, .kind = kind, .id = id, .which = which};
-    CHECK_INT(sl_store_read(f->store, read_cb, &r), ==, 0);
+    CHECK_INT(sl_stage_read(f->stage, 1, read_cb, &r), ==, 0);
     cJSON *doc = r.rc == 0 ? cJSON_ParseWithLength(r.out.data, r.out.len) : NULL;
     if (r.rc && r.rc != SL_ENOTFOUND) CHECK_INT(r.rc, ==, 0);
     sl_buf_free(&r.out);
@@ -277,18 +317,8 @@ TEST(stitch_junk_and_traits)
     CHECK(strcmp(a, person_of(&f, "anonymous_id", "j3", b)) != 0);
 
     /* later identify wins per trait, by the time it was set */
-    sl_stitch_msg_t m = {.type = SL_STITCH_IDENTIFY, .user_id = "t1", .message_id = "tr1", .ts_ms = 5000,
-                         .traits_json = "{\"plan\":\"pro\",\"name\":\"T\"}"};
-    sl_stitch_msg_t late = {.type = SL_STITCH_IDENTIFY, .user_id = "t1", .message_id = "tr2", .ts_ms = 4000,
-                            .traits_json = "{\"plan\":\"free\",\"city\":\"Lyon\"}"};
-    sl_store_msg_t sm[2] = {
-        {.json = "{}", .json_len = 2, .received_ms = 1, .meta = &m, .dedupe = sl_store_dedupe_key(f.store, "t", "tr1")},
-        {.json = "{}", .json_len = 2, .received_ms = 1, .meta = &late,
-         .dedupe = sl_store_dedupe_key(f.store, "t", "tr2")}};
-    int done = 0;
-    sl_store_batch_t bt = {.msgs = sm, .n_msgs = 2, .done = on_done, .data = &done};
-    CHECK_INT(sl_store_submit(f.store, &bt), ==, 0);
-    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
+    msg_traits(&f, SL_STITCH_IDENTIFY, "t1", NULL, NULL, 5000, "{\"plan\":\"pro\",\"name\":\"T\"}");
+    msg_traits(&f, SL_STITCH_IDENTIFY, "t1", NULL, NULL, 4000, "{\"plan\":\"free\",\"city\":\"Lyon\"}");
     cJSON *p = get(&f, 0, "user_id", "t1");
     const cJSON *traits = cJSON_GetObjectItemCaseSensitive(p, "traits");
     const cJSON *plan = cJSON_GetObjectItemCaseSensitive(traits, "plan");
@@ -297,6 +327,21 @@ TEST(stitch_junk_and_traits)
     CHECK_STR(cJSON_IsString(city) ? city->valuestring : NULL, "Lyon");
     cJSON_Delete(p);
     fix_free(&f);
+}
+
+static void erase_done(sl_stage_job_t *job)
+{
+    sl_stitch_erase_t *e = job->arg;
+    *(int *)e->ctx = 1;
+}
+
+static int count_event(const char *json, size_t len, uint64_t seq, void *arg)
+{
+    (void)json;
+    (void)len;
+    (void)seq;
+    (*(uint64_t *)arg)++;
+    return 0;
 }
 
 TEST(stitch_erasure_and_restart)
@@ -312,15 +357,21 @@ TEST(stitch_erasure_and_restart)
     char a[32], b[32];
     CHECK_STR(person_of(&f, "anonymous_id", "e1", a), person_of(&f, "user_id", "eve", b));
 
-    sl_stitch_erase_t er = {.stitch = f.stitch, .kind = "anonymous_id", .id = "e1"};
+    sl_stitch_erase_t er;
     int done = 0;
-    sl_store_batch_t bt = {.job = sl_stitch_erase_job, .job_arg = &er, .done = on_done, .data = &done};
-    CHECK_INT(sl_store_submit(f.store, &bt), ==, 0);
+    sl_stitch_erase_init(&er, f.stitch, "anonymous_id", "e1", erase_done);
+    er.ctx = &done;
+    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
     while (!done) uv_run(&f.loop, UV_RUN_ONCE);
-    CHECK_INT(bt.rc, ==, 0);
+    CHECK_INT(er.job.rc, ==, 0);
     CHECK_INT(er.found, ==, 1);
     CHECK_INT(er.events, ==, 2);
     CHECK_INT(er.identities, ==, 2);
+    sl_stitch_erase_free(&er);
+    /* the events went from the log too */
+    uint64_t n_events = 0;
+    CHECK_INT(sl_store_foreach_event(f.store, count_event, &n_events), ==, 0);
+    CHECK_INT(n_events, ==, 1);
     CHECK_STR(person_of(&f, "user_id", "eve", a), "(none)");
     CHECK(strcmp(person_of(&f, "user_id", "frank", a), "(none)") != 0); /* others untouched */
     /* an erased anonymousId starts a new, empty person */
@@ -332,22 +383,22 @@ TEST(stitch_erasure_and_restart)
 }
 
 typedef struct {
-    sl_stitch_t *s;
-    sl_store_t *st;
+    fix_t *f;
     sl_verify_report_t rep;
     FILE *out;
 } verify_req_t;
 
-static int verify_cb(MDB_txn *txn, void *arg)
+static int verify_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
     verify_req_t *q = arg;
-    return sl_stitch_verify(q->s, txn, q->st, q->out, &q->rep);
+    sl_verify_opts_t o = {.log_txn = log_txn, .applied = sl_stage_applied(q->f->stage)};
+    return sl_stitch_verify(q->f->stitch, txn, &o, q->out, &q->rep);
 }
 
 static uint64_t verify_problems(fix_t *f)
 {
-    verify_req_t q = {.s = f->stitch, .st = f->store, .out = fopen("/dev/null", "w")};
-    CHECK_INT(sl_store_read(f->store, verify_cb, &q), ==, 0);
+    verify_req_t q = {.f = f, .out = fopen("/dev/null", "w")};
+    CHECK_INT(sl_stage_read(f->stage, 1, verify_cb, &q), ==, 0);
     fclose(q.out);
     return q.rep.problems;
 }
@@ -363,7 +414,7 @@ static void drop_first(fix_t *f, const char *db)
     CHECK_INT(mdb_env_create(&env), ==, 0);
     mdb_env_set_maxdbs(env, 32);
     mdb_env_set_mapsize(env, 256 << 20);
-    CHECK_INT(mdb_env_open(env, f->dir, 0, 0640), ==, 0);
+    CHECK_INT(mdb_env_open(env, f->ddir, 0, 0640), ==, 0);
     CHECK_INT(mdb_txn_begin(env, NULL, 0, &txn), ==, 0);
     CHECK_INT(mdb_dbi_open(txn, db, 0, &dbi), ==, 0);
     CHECK_INT(mdb_cursor_open(txn, dbi, &cur), ==, 0);
@@ -385,8 +436,8 @@ TEST(stitch_verify_finds_damage)
         msg(&f, SL_STITCH_PAGE, NULL, "v2", NULL, 3000);
         CHECK_INT(verify_problems(&f), ==, 0); /* a sound store */
         if (verify_problems(&f)) {
-            verify_req_t q = {.s = f.stitch, .st = f.store, .out = stderr};
-            sl_store_read(f.store, verify_cb, &q);
+            verify_req_t q = {.f = &f, .out = stderr};
+            sl_stage_read(f.stage, 1, verify_cb, &q);
         }
         fix_close_store(&f);
         drop_first(&f, dbs[i]);
