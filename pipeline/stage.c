@@ -248,9 +248,10 @@ static int apply_one(const char *json, size_t len, uint64_t seq, void *arg)
         if (p->aside[i] == seq) return set_aside(sg, p->txn, seq, p->aside_why[i]);
     sl_arena_reset(&sg->arena);
     sl_arena_t *old = sl_json_arena_swap(&sg->arena);
-    const cJSON *doc = cJSON_ParseWithLength(json, len);
+    cJSON *doc = cJSON_ParseWithLength(json, len);
     sl_json_arena_swap(old);
     if (!cJSON_IsObject(doc)) {
+        cJSON_Delete(doc);
         p->culprit = seq;
         p->culprit_step = "stage (the stored event is not a JSON object)";
         return SL_EINVAL;
@@ -262,11 +263,14 @@ static int apply_one(const char *json, size_t len, uint64_t seq, void *arg)
         if (sg->steps[i].apply == NULL) continue;
         int rc = sg->steps[i].apply(sg->steps[i].arg, p->txn, &ev);
         if (rc) {
+            cJSON_Delete(doc);
             p->culprit = seq;
             p->culprit_step = sg->steps[i].name;
             return rc;
         }
     }
+    /* a no-op for the arena's nodes (sl_json_hooks_install); frees them without it */
+    cJSON_Delete(doc);
     p->n++;
     return 0;
 }

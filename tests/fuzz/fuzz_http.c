@@ -1,7 +1,9 @@
 /* fuzz_http.c - the HTTP request path without a socket: bytes are parsed by
  * llhttp with the server's own callbacks, routed, authenticated, validated,
  * enriched, stored (a real store in a temporary directory, durability "os",
- * with the stitcher and trigger engine) and answered into a buffer.
+ * with the derivation stage running the stitcher and trigger engine on its
+ * own thread; each input's events are derived before the next input) and
+ * answered into a buffer.
  *
  * max_message_bytes is small (2 KB, so the scratch buffer is 6 KB) and the
  * loop below waits for the writer thread's commit: a message that outgrows
@@ -20,6 +22,7 @@
 static uv_loop_t loop;
 static sl_config_t cfg;
 static sl_store_t *store;
+static sl_stage_t *stage;
 static sl_server_t *srv;
 static size_t answered;
 
@@ -49,16 +52,23 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
              dir);
     char err[256];
     if (sl_config_parse(&cfg, json, strlen(json), err, sizeof(err))) abort();
-    sl_stitch_t *stitch = sl_stitch_new(&cfg);
-    sl_trig_t *trig = sl_trig_new(&cfg);
-    sl_stitch_set_triggers(stitch, trig);
     sl_store_options_t so = {.data_dir = dir, .map_size_bytes = 64 << 20, .map_size_max_bytes = 1ULL << 30,
-                             .nosync = 1, .dedupe_window_ms = 86400000, .max_queue_messages = 100000,
-                             .hooks = sl_stitch_hooks(stitch)};
+                             .nosync = 1, .dedupe_window_ms = 86400000, .max_queue_messages = 100000};
     uv_loop_init(&loop);
-    if (sl_store_open(&store, &so) || sl_store_start(store, &loop)) abort();
-    sl_stitch_attach(stitch, store);
-    if (sl_http_server_start(&srv, &loop, &cfg, store, stitch) || sl_http_server_set_triggers(srv, trig)) abort();
+    if (sl_store_open(&store, &so)) abort();
+    /* the derivation stage as `sillage serve` wires it: identity, then triggers */
+    static char ddir[64];
+    snprintf(ddir, sizeof(ddir), "%s/derived", dir);
+    sl_stage_options_t go = {.dir = ddir, .map_size_bytes = 64 << 20, .map_size_max_bytes = 1ULL << 30, .nosync = 1};
+    stage = sl_stage_new(store, &go);
+    sl_stitch_t *stitch = sl_stitch_new(&cfg, store);
+    sl_trig_t *trig = sl_trig_new(&cfg, stitch);
+    if (stage == NULL || stitch == NULL || trig == NULL || sl_stage_add_step(stage, sl_stitch_step(stitch)) ||
+        sl_trig_attach(trig, stage) || sl_stage_open(stage) || sl_store_start(store, &loop))
+        abort();
+    if (sl_http_server_start(&srv, &loop, &cfg, store) || sl_http_server_set_stage(srv, stage, stitch, trig) ||
+        sl_stage_start(stage, &loop))
+        abort();
     return 0;
 }
 
@@ -75,5 +85,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uv_run(&loop, UV_RUN_ONCE);
     if (srv->n_conns == 1 && !c->closing) http_close(c);
     while (srv->n_conns > 0) uv_run(&loop, UV_RUN_NOWAIT);
+    /* what the input stored is derived before the next one: a crash in a
+     * step belongs to this input */
+    for (int i = 0; i < 100000 && sl_stage_applied(stage) < sl_store_durable_seq(store); i++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        usleep(50);
+    }
     return 0;
 }
