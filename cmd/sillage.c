@@ -33,6 +33,7 @@ static void usage(FILE *f)
             "  sillage export [-c FILE] [--data DIR]\n"
             "  sillage backup [-c FILE] [--data DIR] DEST\n"
             "  sillage verify [-c FILE] [--data DIR]   consistency check of the store (events, identity graph, triggers)\n"
+            "  sillage rebuild [-c FILE] [--data DIR]  derive profiles, timelines and trigger state again from the log\n"
             "  sillage version\n"
             "Without -c, sillage runs the local demo: 127.0.0.1:8080, data in ./sillage-data,\n"
             "write key \"demo\", admin token \"demo-admin\".\n");
@@ -154,16 +155,22 @@ typedef struct derived_s {
     char dir[4096];
 } derived_t;
 
-static int derived_new(derived_t *d, const sl_config_t *cfg, sl_store_t *store, int read_only)
+static int derived_new_at(derived_t *d, const sl_config_t *cfg, sl_store_t *store, int read_only, const char *dir)
 {
     memset(d, 0, sizeof(*d));
     sl_stage_options_t o = stage_options(cfg, d->dir, sizeof(d->dir), read_only);
+    if (dir) snprintf(d->dir, sizeof(d->dir), "%s", dir);
     d->stage = sl_stage_new(store, &o);
     d->stitch = sl_stitch_new(cfg, store);
     d->trig = d->stitch ? sl_trig_new(cfg, d->stitch) : NULL;
     if (d->stage == NULL || d->stitch == NULL || d->trig == NULL) return SL_ENOMEM;
     int rc = sl_stage_add_step(d->stage, sl_stitch_step(d->stitch));
     return rc ? rc : sl_trig_attach(d->trig, d->stage);
+}
+
+static int derived_new(derived_t *d, const sl_config_t *cfg, sl_store_t *store, int read_only)
+{
+    return derived_new_at(d, cfg, store, read_only, NULL);
 }
 
 static void derived_free(derived_t *d)
@@ -307,6 +314,15 @@ static int cmd_serve(int argc, char **argv)
         fprintf(stderr, "sillage: cannot open the store in %s: %s\n", cfg.data_dir, sl_strerror(rc));
         sl_config_free(&cfg);
         return 1;
+    }
+    /* A store written before the pipeline holds its derived state beside
+     * the log: `sillage rebuild` moves it (nothing is fired twice). */
+    if (cfg.role != SL_ROLE_EDGE && sl_store_has_db(store, "persons") == 1) {
+        fprintf(stderr, "sillage: %s holds the identity graph beside the log (a store of sillage before the "
+                        "pipeline): stop every sillage on it and run `sillage rebuild%s%s`, then start again\n",
+                cfg.data_dir, a.config ? " -c " : "", a.config ? a.config : "");
+        rc = SL_EINVAL;
+        goto out_early;
     }
     /* An edge collects and forwards: the core derives. */
     if (cfg.role != SL_ROLE_EDGE) {
@@ -568,6 +584,129 @@ static int cmd_verify(int argc, char **argv)
     return rc || q.rep.problems ? 1 : 0;
 }
 
+/* ---- rebuild ------------------------------------------------------------------- */
+
+/* The databases a store kept beside the log before the pipeline. */
+static const char *const legacy_dbs[] = {"ids", "persons", "tl", "journal", "pjournal", "smeta", "feed", "timers",
+                                         "tstate", "pressure", "tmeta", NULL};
+
+typedef struct {
+    derived_t *d;
+    MDB_txn *src;          /* the old feed and cursors */
+    uint64_t total;
+    int64_t t0;
+    int tty;
+} rebuild_t;
+
+static int carry_run(MDB_txn *txn, void *arg)
+{
+    rebuild_t *r = arg;
+    return r->src ? sl_trig_carry_over(r->d->trig, txn, r->src) : 0;
+}
+
+static void rebuild_progress(uint64_t applied, void *arg)
+{
+    rebuild_t *r = arg;
+    if (!r->tty) return;
+    double s = (double)(sl_now_ms() - r->t0) / 1000;
+    fprintf(stderr, "\rrebuild: %llu / %llu events (%.0f%%, %.0f events/s)   ", (unsigned long long)applied,
+            (unsigned long long)r->total, r->total ? 100.0 * (double)applied / (double)r->total : 100.0,
+            s > 0 ? (double)applied / s : 0.0);
+}
+
+typedef struct {
+    rebuild_t *r;
+    uint64_t upto;
+    int rc;
+} rebuild_legacy_t;
+
+/* Old layout: the feed is read from the log's own environment. */
+static int rebuild_in_log_txn(MDB_txn *log_txn, void *arg)
+{
+    rebuild_legacy_t *x = arg;
+    x->r->src = log_txn;
+    sl_stage_job_t job = {.run = carry_run, .arg = x->r};
+    return x->rc = sl_stage_catch_up(x->r->d->stage, &job, x->upto, rebuild_progress, x->r);
+}
+
+/* sillage rebuild: derives everything again from the log into a new derived
+ * store, then puts it in place of the old one. The trigger feed and the
+ * webhook cursors are carried over, and the engine is muted while it
+ * replays: rule states and timers are rebuilt, timers that came due are
+ * consumed, no trigger is appended -- none fires twice. */
+static int cmd_rebuild(int argc, char **argv)
+{
+    args_t a;
+    if (parse_args(argc, argv, &a, 0)) return 2;
+    sl_config_t cfg;
+    if (load_existing(&a, &cfg)) return 1;
+    sl_store_t *st = NULL;
+    sl_store_options_t so = store_options(&cfg, 0);
+    int rc = sl_store_open(&st, &so);
+    if (rc) {
+        fprintf(stderr, "sillage: cannot open the store in %s: %s\n", cfg.data_dir, sl_strerror(rc));
+        sl_config_free(&cfg);
+        return 1;
+    }
+    char cur[4200], tmp[4200], old[4200], path[4300];
+    snprintf(cur, sizeof(cur), "%s/derived", cfg.data_dir);
+    snprintf(tmp, sizeof(tmp), "%s/derived.rebuild", cfg.data_dir);
+    snprintf(old, sizeof(old), "%s/derived.old", cfg.data_dir);
+    char cmdline[9000];
+    snprintf(cmdline, sizeof(cmdline), "rm -rf '%s' '%s'", tmp, old);
+    if (system(cmdline) != 0) {
+        fprintf(stderr, "sillage: cannot clear %s\n", tmp);
+        rc = SL_EINVAL;
+    }
+    int legacy = rc == 0 ? sl_store_has_db(st, "persons") : 0;
+    snprintf(path, sizeof(path), "%s/data.mdb", cur);
+    struct stat sb;
+    int have_derived = stat(path, &sb) == 0;
+    derived_t d = {0};
+    rebuild_t r = {.d = &d, .t0 = sl_now_ms(), .tty = isatty(2)};
+    r.total = sl_store_durable_seq(st);
+    if (rc == 0) rc = derived_new_at(&d, &cfg, st, 0, tmp);
+    if (rc == 0) rc = sl_stage_open(d.stage);
+    if (rc == 0) sl_trig_mute(d.trig, 1);
+    MDB_env *oenv = NULL;
+    MDB_txn *otxn = NULL;
+    if (rc == 0 && have_derived) { /* the feed of the derived store in place */
+        if ((rc = mdb_env_create(&oenv)) == 0 && (rc = mdb_env_set_maxdbs(oenv, 32)) == 0 &&
+            (rc = mdb_env_open(oenv, cur, MDB_RDONLY | MDB_NOTLS, 0640)) == 0)
+            rc = mdb_txn_begin(oenv, NULL, MDB_RDONLY, &otxn);
+        r.src = otxn;
+        sl_stage_job_t job = {.run = carry_run, .arg = &r};
+        if (rc == 0) rc = sl_stage_catch_up(d.stage, &job, r.total, rebuild_progress, &r);
+    } else if (rc == 0 && legacy == 1) {
+        rebuild_legacy_t x = {&r, r.total, 0};
+        rc = sl_store_read(st, rebuild_in_log_txn, &x);
+        if (rc == 0) rc = x.rc;
+    } else if (rc == 0) {
+        sl_stage_job_t job = {.run = carry_run, .arg = &r};
+        rc = sl_stage_catch_up(d.stage, &job, r.total, rebuild_progress, &r);
+    }
+    if (otxn) mdb_txn_abort(otxn);
+    if (oenv) mdb_env_close(oenv);
+    if (r.tty) fputc('\n', stderr);
+    uint64_t applied = d.stage ? sl_stage_applied(d.stage) : 0;
+    derived_free(&d);
+    /* the new one in place of the old one */
+    if (rc == 0 && have_derived && rename(cur, old) != 0) rc = -errno;
+    if (rc == 0 && rename(tmp, cur) != 0) rc = -errno;
+    if (rc == 0 && legacy == 1) rc = sl_store_drop_dbs(st, legacy_dbs);
+    if (rc == 0 && have_derived) {
+        snprintf(cmdline, sizeof(cmdline), "rm -rf '%s'", old);
+        if (system(cmdline) != 0) SL_WARN("could not remove %s", old);
+    }
+    if (rc) fprintf(stderr, "sillage: rebuild failed: %s (the derived store in place is unchanged)\n",
+                    sl_strerror(rc));
+    else printf("rebuilt %s from %llu events in %.1f s%s\n", cur, (unsigned long long)applied,
+                (double)(sl_now_ms() - r.t0) / 1000, legacy == 1 ? " (moved out of the log)" : "");
+    sl_store_close(st);
+    sl_config_free(&cfg);
+    return rc ? 1 : 0;
+}
+
 static int cmd_backup(int argc, char **argv)
 {
     args_t a;
@@ -617,6 +756,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "export") == 0) return cmd_export(argc, argv);
     if (strcmp(cmd, "backup") == 0) return cmd_backup(argc, argv);
     if (strcmp(cmd, "verify") == 0) return cmd_verify(argc, argv);
+    if (strcmp(cmd, "rebuild") == 0) return cmd_rebuild(argc, argv);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("sillage %s (libuv %s, %s, llhttp %d.%d.%d, cJSON %s, libmaxminddb %s, zlib %s)\n", SL_VERSION,
                uv_version_string(), MDB_VERSION_STRING, LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR,

@@ -112,6 +112,14 @@ struct sl_stage_job_s {
 /* Queues job. Returns 0, or SL_ESHUTDOWN. Loop thread. */
 int sl_stage_submit(sl_stage_t *sg, sl_stage_job_t *job);
 
+/* Offline (a command, no thread started): runs job first (may be NULL; a
+ * failing job fails the call), applies the log up to upto in the calling
+ * thread, then whatever timers are due, and flushes; progress(applied, arg)
+ * after each transaction (may be NULL). */
+int sl_stage_catch_up(sl_stage_t *sg, sl_stage_job_t *first, uint64_t upto,
+                      void (*progress)(uint64_t applied, void *arg), void *arg);
+
+
 /* Read-your-writes: cb(arg, reached) runs on the loop thread once the stage
  * has applied the log up to pos and that is on disk (reached 1: what was
  * derived, triggers included, is visible and no crash takes it back), or

@@ -100,7 +100,7 @@ static void each_synced(sl_stage_t *sg, int all)
     uint64_t d = all ? sg->cursor : sg->prev_commit_cursor;
     if (d > atomic_load(&sg->durable_applied)) {
         atomic_store(&sg->durable_applied, d);
-        uv_async_send(&sg->async); /* waiters */
+        if (sg->started) uv_async_send(&sg->async); /* waiters */
     }
 }
 
@@ -357,6 +357,7 @@ static void deliver(sl_stage_t *sg, sl_stage_job_t *list)
     if (list == NULL) return;
     sl_stage_job_t *tail = list;
     while (tail->next) tail = tail->next;
+    if (!sg->started) return; /* offline (sl_stage_catch_up): the caller looks at rc */
     uv_mutex_lock(&sg->mu);
     if (sg->done_tail) sg->done_tail->next = list;
     else sg->done_head = list;
@@ -768,4 +769,32 @@ void sl_stage_metrics(void *arg, sl_buf_t *b)
                   s.set_aside);
     sl_metric_u64(b, "counter", "sillage_stage_map_resizes_total", "Times the derived environment's map grew.",
                   s.map_resizes);
+}
+
+int sl_stage_catch_up(sl_stage_t *sg, sl_stage_job_t *first, uint64_t upto,
+                      void (*progress)(uint64_t applied, void *arg), void *arg)
+{
+    if (sg->started || sg->opts.read_only) return SL_EINVAL;
+    if (first) first->next = NULL;
+    for (;;) {
+        int ticked = 0;
+        sl_stage_job_t *jobs = first, *job = first;
+        int due = next_due(sg) <= sl_now_ms();
+        if (first == NULL && sg->cursor >= upto && !due) break;
+        first = NULL;
+        int rc = run_txn(sg, &jobs, upto, &ticked);
+        if (rc == 0 && job && job->rc) rc = job->rc; /* it failed alone */
+        if (rc == 0 && job && job->after_commit) rc = job->after_commit(job->arg);
+        if (rc) return rc;
+        atomic_store(&sg->applied, sg->cursor);
+        if (progress) progress(sg->cursor, arg);
+        /* timers: until none is due any more (each tick handles a bounded number) */
+        if (sg->cursor >= upto && !ticked) break;
+    }
+    int rc = sg->opts.nosync ? 0 : mdb_env_sync(sg->env, 1);
+    if (rc == 0) {
+        each_synced(sg, 1);
+        atomic_store(&sg->durable_applied, sg->cursor);
+    }
+    return rc;
 }

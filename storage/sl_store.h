@@ -95,6 +95,14 @@ uint64_t sl_store_durable_seq(const sl_store_t *st);
  * given again. Returns 0 or an LMDB error. */
 int sl_store_erase_events(sl_store_t *st, const uint64_t *seqs, size_t n);
 
+/* 1 when the environment holds a non-empty database called name, 0 when
+ * not, or an error. Upgrades: a store written before the pipeline kept the
+ * derived databases (persons, ...) beside the log. */
+int sl_store_has_db(sl_store_t *st, const char *name);
+/* Deletes the named databases (a NULL-terminated list; absent ones are
+ * skipped) in one synced transaction. The writer must not run. */
+int sl_store_drop_dbs(sl_store_t *st, const char *const *names);
+
 /* Opens (creating if needed) the environment in opts->data_dir. For a
  * writable store, also loads the dedupe window. Returns 0 or an error. */
 int sl_store_open(sl_store_t **out, const sl_store_options_t *opts);

@@ -861,3 +861,46 @@ void sl_store_metrics(void *arg, sl_buf_t *b)
     sl_metric_histogram(b, "sillage_commit_duration_seconds", "Time to commit one LMDB transaction, fsync included.",
                         lb, 13, s.latency_hist, (double)s.latency_sum_us / 1e6);
 }
+
+typedef struct {
+    sl_store_t *st;
+    const char *name;
+    int found;
+} has_db_t;
+
+static int has_db_cb(MDB_txn *txn, void *arg)
+{
+    has_db_t *h = arg;
+    MDB_dbi dbi;
+    int rc = mdb_dbi_open(txn, h->name, 0, &dbi);
+    if (rc == 0) {
+        MDB_stat stt;
+        h->found = mdb_stat(txn, dbi, &stt) == 0 && stt.ms_entries > 0;
+    }
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int sl_store_has_db(sl_store_t *st, const char *name)
+{
+    has_db_t h = {st, name, 0};
+    int rc = sl_store_read(st, has_db_cb, &h);
+    return rc ? rc : h.found;
+}
+
+int sl_store_drop_dbs(sl_store_t *st, const char *const *names)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+    if (rc) return rc;
+    for (size_t i = 0; names[i]; i++) {
+        MDB_dbi dbi;
+        rc = mdb_dbi_open(txn, names[i], 0, &dbi);
+        if (rc == MDB_NOTFOUND) continue;
+        if (rc || (rc = mdb_drop(txn, dbi, 1))) {
+            mdb_txn_abort(txn);
+            return rc;
+        }
+    }
+    rc = mdb_txn_commit(txn);
+    return rc == 0 && !st->opts.nosync ? mdb_env_sync(st->env, 1) : rc;
+}

@@ -61,6 +61,14 @@ long sl_trig_read(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit, sl_b
 long sl_trig_foreach(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit,
                      int (*fn)(uint64_t seq, const char *json, size_t len, void *arg), void *arg);
 
+/* Rebuild (sillage rebuild): muted, the engine keeps rule states and
+ * timers but appends no trigger -- what fired before is in the feed it
+ * carried over; sl_trig_carry_over() copies the feed and the delivery
+ * cursors from src (a read transaction of the old derived store) into dst,
+ * in a stage job's transaction. */
+void sl_trig_mute(sl_trig_t *t, int muted);
+int sl_trig_carry_over(sl_trig_t *t, MDB_txn *dst, MDB_txn *src);
+
 /* Webhook delivery cursors (durable): read in any transaction, written in a
  * stage job. */
 int sl_trig_cursor_get(sl_trig_t *t, MDB_txn *txn, const char *url, uint64_t *seq);

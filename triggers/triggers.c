@@ -63,6 +63,7 @@ struct sl_trig_s {
     _Atomic uint64_t fired, suppressed, timers_fired;
     _Atomic uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
     int64_t last_prune_ms;
+    int muted;                           /* rebuild: states and timers, no trigger appended */
     const char *cause;                   /* messageId of the event being handled; NULL for timers */
 };
 
@@ -191,6 +192,7 @@ static int pressure_inc(sl_trig_t *t, MDB_txn *txn, uint32_t day, uint64_t perso
 static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, const char *data,
                 int64_t now)
 {
+    if (t->muted) return 0; /* a rebuild: what fired then is in the feed already */
     int idx = rule_index(t, r);
     uint32_t day = (uint32_t)(now / 86400000);
     MDB_val k;
@@ -1146,4 +1148,36 @@ void sl_trig_metrics(void *arg, sl_buf_t *b)
                   ts.timers_fired);
     sl_metric_u64(b, "gauge", "sillage_trigger_feed_last_seq", "The last trigger readers can see (durable).",
                   sl_trig_durable_seq(t));
+}
+
+void sl_trig_mute(sl_trig_t *t, int muted) { t->muted = muted; }
+
+/* Copies every entry of the database named name from src to dst (the same
+ * name in another environment). */
+static int copy_db(MDB_txn *src, MDB_txn *dst, const char *name, MDB_dbi dst_dbi, unsigned flags)
+{
+    MDB_dbi s;
+    int rc = mdb_dbi_open(src, name, 0, &s);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(src, s, &cur))) return rc;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        if ((rc = mdb_put(dst, dst_dbi, &k, &v, flags))) break;
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int sl_trig_carry_over(sl_trig_t *t, MDB_txn *dst, MDB_txn *src)
+{
+    int rc = copy_db(src, dst, "feed", t->feed, MDB_APPEND);
+    if (rc == 0) rc = copy_db(src, dst, "tmeta", t->tmeta, 0);
+    if (rc) return rc;
+    MDB_val k = {9, "feed_last"}, v;
+    uint64_t last = 0;
+    if (mdb_get(dst, t->tmeta, &k, &v) == 0 && v.mv_size == 8) memcpy(&last, v.mv_data, 8);
+    t->txn_last = t->committed_last = t->prev_committed = last;
+    atomic_store(&t->durable, last);
+    return 0;
 }
