@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync, existsSync, readFileSync, statSync, mkdirSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
-import { BIN, run, startServer, post, track, tempDir, baseConfig } from './helpers.mjs';
+import { BIN, run, startServer, post, track, tempDir, baseConfig, ADMIN } from './helpers.mjs';
 
 const designExample = JSON.parse(readFileSync(new URL('../data/design-example.json', import.meta.url)));
 
@@ -218,4 +218,64 @@ test('a port already in use is a clear error, not a crash', async (t) => {
   assert.equal(r.code, 1, r.stderr);
   assert.match(r.stderr, /cannot listen on 127\.0\.0\.1:\d+: address already in use/);
   assert.equal((await fetch(srv.url + '/healthz')).status, 200);
+});
+
+test('rebuild derives profiles, timelines and trigger state again from the log, firing nothing twice', async () => {
+  const dir = tempDir();
+  const config = { triggers: [{ name: 'cart', type: 'abandoned_cart', delay: '1s' }, { name: 'pv', type: 'page_visit', url: '/pricing*' }] };
+  let srv = await startServer({ dir, config });
+  const bearer = { Authorization: 'Bearer ' + ADMIN };
+  const feed = async (s) => (await (await fetch(s.url + '/v1/triggers?limit=1000', { headers: bearer })).json()).triggers;
+  try {
+    await post(srv, '/v1/page', { anonymousId: 'rb-a', properties: { path: '/pricing' } });
+    await post(srv, '/v1/identify', { anonymousId: 'rb-a', userId: 'rb-u', traits: { email: 'rb@example.com' } });
+    await post(srv, '/v1/track', { userId: 'rb-u', event: 'Product Added', properties: { product_id: 'p1', price: 3 } });
+    await post(srv, '/v1/track', { userId: 'rb-later', event: 'Product Added', properties: { product_id: 'p2', price: 4 } });
+    for (let i = 0; i < 50 && (await feed(srv)).length < 3; i++) await new Promise((r) => setTimeout(r, 100));
+    const before = await feed(srv);
+    assert.deepEqual(before.map((t) => t.rule).sort(), ['cart', 'cart', 'pv']);
+    const profile = async (s) => (await (await fetch(s.url + '/v1/profiles/user_id/rb-u', { headers: bearer })).json());
+    const p1 = await profile(srv);
+    await srv.stop();
+    const r = run(['rebuild', '-c', srv.cfgPath]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /rebuilt .* from 4 events/);
+    const v = run(['verify', '-c', srv.cfgPath]);
+    assert.equal(v.code, 0, v.stdout + v.stderr);
+    assert.match(v.stdout, / 3 triggers: 0 problems/);
+    srv = await startServer({ dir, config });
+    const p2 = await profile(srv);
+    assert.deepEqual({ ...p2, last_seen: 0 }, { ...p1, last_seen: 0 });
+    await new Promise((r) => setTimeout(r, 1500)); // a cart timer would be due by now
+    const after = await feed(srv);
+    assert.deepEqual(after.map((t) => [t.seq, t.id]), before.map((t) => [t.seq, t.id]), 'the same feed, nothing fired again');
+  } finally {
+    await srv.stop();
+    srv.cleanup();
+  }
+});
+
+test('a store written before the pipeline (derived state beside the log) is refused by serve until rebuild moves it', async () => {
+  const dir = tempDir();
+  let srv = await startServer({ dir });
+  try {
+    await post(srv, '/v1/identify', { userId: 'legacy-u', anonymousId: 'legacy-a' });
+    await srv.stop();
+    // what sillage 0.1 kept in data.mdb beside the events: a "persons" database
+    const load = spawnSync('mdb_load', ['-T', '-s', 'persons', srv.dataDir], { input: 'k\nv\n', encoding: 'utf8' });
+    assert.equal(load.status, 0, load.stderr);
+    const refused = spawnSync(BIN, ['serve', '-c', srv.cfgPath], { encoding: 'utf8', timeout: 10000 });
+    assert.equal(refused.status, 1);
+    assert.match(refused.stderr, /holds the identity graph beside the log.*sillage rebuild -c/);
+    const r = run(['rebuild', '-c', srv.cfgPath]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /moved out of the log/);
+    srv = await startServer({ dir });
+    const p = await fetch(srv.url + '/v1/profiles/user_id/legacy-u', { headers: { Authorization: 'Bearer ' + ADMIN } });
+    assert.equal(p.status, 200);
+    assert.equal((await p.json()).user_id, 'legacy-u');
+  } finally {
+    await srv.stop();
+    srv.cleanup();
+  }
 });
