@@ -261,7 +261,7 @@ int http_origin_allowed(const sl_server_t *srv, const req_t *r)
 int http_admin_path(const char *p)
 {
     if (p == NULL) return 0;
-    return strncmp(p, "/v1/profiles/", 13) == 0 ||
+    return strncmp(p, "/v1/profiles/", 13) == 0 || strncmp(p, "/v1/admin/", 10) == 0 ||
            (strncmp(p, "/v1/triggers", 12) == 0 && (p[12] == '\0' || p[12] == '/')) ||
            strncmp(p, "/debug/", 7) == 0 || strcmp(p, "/metrics") == 0;
 }

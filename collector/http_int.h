@@ -239,6 +239,8 @@ void route_request(conn_t *c);
  * known (or there is no Basic header), else why it is refused (401). */
 const char *route_basic_auth_refusal(conn_t *c);
 void handle_profiles(conn_t *c, const char *rest);
+/* GET /v1/admin/set-aside (profiles.c). */
+void handle_set_aside(conn_t *c);
 /* profiles.c: a read's ?position= (default: the log's durable end) and
  * ?wait_ms=; 0, or -1 after answering 400. */
 int http_read_position(conn_t *c, uint64_t *pos, int64_t *wait_ms);

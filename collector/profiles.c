@@ -234,3 +234,41 @@ void handle_profiles(conn_t *c, const char *rest)
     c->busy = 1;
     sl_stage_wait(srv->stage, &r->waiter, pos, wait_ms);
 }
+
+static int list_one(uint64_t seq, const char *reason, void *arg)
+{
+    sl_buf_t *b = arg;
+    if (b->len && b->data[b->len - 1] != '[') sl_buf_appends(b, ",");
+    sl_buf_printf(b, "{\"seq\":%llu,\"reason\":", (unsigned long long)seq);
+    sl_buf_append_json_str(b, reason, strlen(reason));
+    sl_buf_appends(b, "}");
+    return 0;
+}
+
+/* GET /v1/admin/set-aside: the events the stage could not apply, and why
+ * (their JSON is in the log: `sillage export`). */
+void handle_set_aside(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    int ok = http_admin_gate(c);
+    if (ok < 0) return; /* answered 429 */
+    if (!ok) {
+        http_respond_error(c, 401, "admin token required (Authorization: Bearer <admin_token>)");
+        return;
+    }
+    if (srv->stage == NULL) {
+        http_respond_error(c, 404, "this node derives nothing (role edge)");
+        return;
+    }
+    if (c->req->method != HTTP_GET) {
+        http_respond_error(c, 405, "use GET");
+        return;
+    }
+    sl_buf_t b = {0};
+    sl_buf_appends(&b, "{\"set_aside\":[");
+    int rc = sl_stage_set_aside(srv->stage, 1000, list_one, &b);
+    sl_buf_appends(&b, "]}");
+    if (rc || b.data == NULL) http_respond_error(c, 503, sl_strerror(rc ? rc : SL_ENOMEM));
+    else http_respond(c, 200, "application/json", "Cache-Control: no-store\r\n", b.data, b.len);
+    sl_buf_free(&b);
+}

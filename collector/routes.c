@@ -644,6 +644,11 @@ void route_request(conn_t *c)
             handle_triggers(c, rest + 8);
             return;
         }
+        if (strcmp(rest, "admin/set-aside") == 0) {
+            r->route = ROUTE_PROFILES;
+            handle_set_aside(c);
+            return;
+        }
     } else if (strcmp(path, "/healthz") == 0) {
         r->route = ROUTE_HEALTHZ;
         if (m != HTTP_GET) http_respond_error(c, 405, "use GET");

@@ -448,6 +448,37 @@ TEST(stitch_verify_finds_damage)
     }
 }
 
+static int count_aside(uint64_t seq, const char *why, void *arg)
+{
+    (void)seq;
+    CHECK(strstr(why, "not a JSON object") != NULL);
+    (*(int *)arg)++;
+    return 0;
+}
+
+/* An event the stage cannot apply is set aside with its reason; the stage
+ * goes on with the next ones (issue 14). */
+TEST(stage_sets_aside_and_goes_on)
+{
+    fix_t f;
+    if (fix_init(&f)) { CHECK(!"fixture"); return; }
+    msg(&f, SL_STITCH_PAGE, NULL, "sa1", NULL, 1000);
+    put(&f, "[1,2,3]", 1001, "bad-1"); /* not what the collector stores: a step cannot read it */
+    msg(&f, SL_STITCH_PAGE, NULL, "sa1", NULL, 1002);
+    cJSON *p = get(&f, 0, "anonymous_id", "sa1");
+    CHECK_INT(num(p, "counters", "events"), ==, 2);
+    cJSON_Delete(p);
+    int n = 0;
+    CHECK_INT(sl_stage_set_aside(f.stage, 100, count_aside, &n), ==, 0);
+    CHECK_INT(n, ==, 1);
+    sl_stage_stats_t st;
+    sl_stage_get_stats(f.stage, &st);
+    CHECK_INT(st.set_aside, ==, 1);
+    CHECK_INT(st.applied, ==, 3);
+    CHECK_INT(verify_problems(&f), ==, 0); /* an event set aside is not expected in a timeline */
+    fix_free(&f);
+}
+
 /* The webhook signature against a vector computed outside sillage:
  * printf '%s' '1700000000.t-1.0123456789abcdef.{"rule":"cart"}' | openssl dgst -sha256 -hmac hook-secret */
 TEST(webhook_signature_vector)
