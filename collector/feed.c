@@ -364,12 +364,7 @@ void handle_debug_stream(conn_t *c)
     sl_server_t *srv = c->srv;
     /* The token only as a header: a query string lands in proxies' access
      * logs. The /debug page reads the stream with fetch(), not EventSource. */
-    int ok = http_admin_gate(c);
-    if (ok < 0) return; /* answered 429 */
-    if (!ok) {
-        http_respond_error(c, 401, "admin token required (Authorization: Bearer <admin_token>)");
-        return;
-    }
+    if (!http_admin_required(c)) return;
     static const char head[] = "HTTP/1.1 200 OK\r\nServer: sillage\r\nContent-Type: text/event-stream\r\n"
                                "Cache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n"
                                ": sillage debug stream\n\n";

@@ -1159,3 +1159,11 @@ void http_fake_input(conn_t *c, const char *p, size_t n)
     }
     conn_feed(c);
 }
+
+int http_admin_required(conn_t *c)
+{
+    int ok = http_admin_gate(c);
+    if (ok < 0) return 0; /* answered 429 */
+    if (!ok) http_respond_error(c, 401, "admin token required (Authorization: Bearer <admin_token>)");
+    return ok;
+}

@@ -172,6 +172,8 @@ int http_admin_ok(const sl_server_t *srv, const req_t *r);
  * (ADMIN_FAILURES_PER_MIN): 1 when the token is right; 0 when it is not (the
  * caller answers 401); -1 after answering 429 because this address failed too
  * often (the token is not even compared then). */
+/* 1 when the admin token is there; else 0 after answering 401 (or 429). */
+int http_admin_required(conn_t *c);
 int http_admin_gate(conn_t *c);
 /* The client address: the socket's, or X-Forwarded-For from a trusted proxy;
  * worked out once per request. */

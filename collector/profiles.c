@@ -250,12 +250,7 @@ static int list_one(uint64_t seq, const char *reason, void *arg)
 void handle_set_aside(conn_t *c)
 {
     sl_server_t *srv = c->srv;
-    int ok = http_admin_gate(c);
-    if (ok < 0) return; /* answered 429 */
-    if (!ok) {
-        http_respond_error(c, 401, "admin token required (Authorization: Bearer <admin_token>)");
-        return;
-    }
+    if (!http_admin_required(c)) return;
     if (srv->stage == NULL) {
         http_respond_error(c, 404, "this node derives nothing (role edge)");
         return;

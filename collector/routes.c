@@ -161,24 +161,11 @@ static void ingest_done(sl_store_batch_t *b)
     sl_buf_free(&out);
 }
 
-/* The client's address: the socket's, or X-Forwarded-For from a trusted
- * proxy. Worked out once per request (the rate limiter and enrichment). */
-static const sl_ipnet_t *client_ip(conn_t *c)
-{
-    req_t *r = c->req;
-    if (!r->has_client_ip) {
-        sl_client_ip(&c->peer, r->xff, r->xff ? strlen(r->xff) : 0, c->srv->trusted, c->srv->n_trusted,
-                     &r->client_ip);
-        r->has_client_ip = 1;
-    }
-    return &r->client_ip;
-}
-
 /* The address and location every message of this request gets. */
 static void request_context(conn_t *c, sl_ingest_ctx_t *ctx, char ipbuf[46], cJSON **loc)
 {
     sl_server_t *srv = c->srv;
-    sl_ipnet_t ip = *client_ip(c);
+    sl_ipnet_t ip = *http_client_ip(c);
     *loc = ip.family ? sl_geo_lookup(srv->geo, &ip) : NULL; /* full address: better precision */
     if (srv->cfg->ip_anonymize) sl_ip_anonymize(&ip);
     ipbuf[0] = '\0';
@@ -594,7 +581,7 @@ static int rate_limited(conn_t *c)
     sl_server_t *srv = c->srv;
     if (srv->cfg->limits.rate_per_ip == 0) return 0;
     int wait = 1;
-    if (rl_allow(srv, client_ip(c), sl_now_ms(), &wait)) return 0;
+    if (rl_allow(srv, http_client_ip(c), sl_now_ms(), &wait)) return 0;
     srv->rate_limited++;
     char h[64];
     snprintf(h, sizeof(h), "Retry-After: %d\r\n", wait);
