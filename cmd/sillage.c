@@ -321,7 +321,6 @@ static int cmd_serve(int argc, char **argv)
         fprintf(stderr, "sillage: %s holds the identity graph beside the log (a store of sillage before the "
                         "pipeline): stop every sillage on it and run `sillage rebuild%s%s`, then start again\n",
                 cfg.data_dir, a.config ? " -c " : "", a.config ? a.config : "");
-        rc = SL_EINVAL;
         goto out_early;
     }
     /* An edge collects and forwards: the core derives. */

@@ -426,8 +426,8 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if ((rc = get_strv(x, id, "junk_values", "identity", &c->junk_ids, &c->n_junk_ids))) return rc;
         /* a trait name is part of every key it makes (sl_stitch.h: SL_IDENT_MAX_KIND) */
         for (size_t i = 0; i < c->n_identity_traits; i++) {
-            size_t n = strlen(c->identity_traits[i]);
-            if (n == 0 || n > 64 || strchr(c->identity_traits[i], '\x1f')) {
+            size_t n = c->identity_traits[i] ? strlen(c->identity_traits[i]) : 0;
+            if (n == 0 || n > 64 || strchr(c->identity_traits[i], '\x1f') != NULL) {
                 seterr(x->err, x->errlen, "identity.traits[%zu] must be a name of 1 to 64 characters", i);
                 return SL_EINVAL;
             }

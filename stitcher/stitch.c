@@ -1430,7 +1430,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FI
             rep->problems++;
         }
         uint64_t tlno = k.mv_size == 8 ? sl_be64_get(k.mv_data) : 0;
-        if (bsearch(&tlno, tls, n_tls, sizeof(tlno), cmp_u64) == NULL) {
+        if (n_tls == 0 || bsearch(&tlno, tls, n_tls, sizeof(tlno), cmp_u64) == NULL) {
             fprintf(out, "tl: timeline %llu belongs to no identifier\n", (unsigned long long)tlno);
             rep->problems++;
         }

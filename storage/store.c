@@ -340,7 +340,6 @@ static int commit_list_mode(sl_store_t *st, sl_store_batch_t *list, size_t *n_st
         txn = parent;
         b->rc = rc;
         *culprit = NULL;
-        rc = 0;
     }
     if (probe) { /* what could not be applied is known: nothing is kept */
         rc = SL_EAGAIN;
