@@ -46,6 +46,10 @@ void sl_webhooks_get_stats(const sl_webhooks_t *w, sl_webhooks_stats_t *out);
 /* Prometheus text (arg: the webhooks; loop thread). */
 void sl_webhooks_metrics(void *arg, sl_buf_t *out);
 
+/* The wait before the next attempt after `attempts` failed ones: 0.5 s
+ * doubling up to 5 min, with +-25 % jitter drawn from r. */
+int64_t sl_webhook_backoff_ms(int attempts, uint32_t r);
+
 /* The X-Sillage-Signature value for body sent at unix time t (seconds) under
  * delivery id (at most 100 bytes): "t=<t>,v1=<64 hex>", the HMAC-SHA256 with
  * secret of "<t>.<delivery>.<body>", NUL-terminated into out. Returns 0,

@@ -249,14 +249,19 @@ static void start_attempt(delivery_t *d)
     }
 }
 
-static int64_t backoff_ms(int attempts)
+int64_t sl_webhook_backoff_ms(int attempts, uint32_t r)
 {
     int64_t b = BACKOFF_BASE_MS;
     for (int i = 1; i < attempts && b < BACKOFF_MAX_MS; i++) b *= 2;
     if (b > BACKOFF_MAX_MS) b = BACKOFF_MAX_MS;
+    return b * 3 / 4 + (int64_t)(r % (uint32_t)(b / 2 + 1)); /* +-25 % jitter */
+}
+
+static int64_t backoff_ms(int attempts)
+{
     uint32_t r;
     sl_random_bytes(&r, sizeof(r));
-    return b * 3 / 4 + (int64_t)(r % (uint32_t)(b / 2 + 1)); /* +-25 % jitter */
+    return sl_webhook_backoff_ms(attempts, r);
 }
 
 static void finish_attempt(delivery_t *d, CURLcode res)

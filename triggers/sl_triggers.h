@@ -61,6 +61,10 @@ long sl_trig_read(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit, sl_b
 long sl_trig_foreach(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit,
                      int (*fn)(uint64_t seq, const char *json, size_t len, void *arg), void *arg);
 
+/* page_visit's pattern: `*` any run of characters (also none), `?` one
+ * character, anything else itself; the whole subject must match. */
+int sl_trig_glob_match(const char *pattern, const char *subject);
+
 /* Rebuild (sillage rebuild): muted, the engine keeps rule states and
  * timers but appends no trigger -- what fired before is in the feed it
  * carried over; sl_trig_carry_over() copies the feed and the delivery

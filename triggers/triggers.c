@@ -131,7 +131,7 @@ static int timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, c
 }
 
 /* Glob with * and ? (no classes), as page_visit's url. */
-static int glob_match(const char *p, const char *s)
+int sl_trig_glob_match(const char *p, const char *s)
 {
     const char *star = NULL, *ss = NULL;
     while (*s) {
@@ -535,7 +535,7 @@ static int page_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, co
     /* "http://..." and "https://..." patterns match the whole URL, others the path. */
     int full = strncmp(r->url, "http://", 7) == 0 || strncmp(r->url, "https://", 8) == 0;
     const char *subject = full ? m->url : m->path;
-    if (subject == NULL || !glob_match(r->url, subject)) return 0;
+    if (subject == NULL || !sl_trig_glob_match(r->url, subject)) return 0;
     int64_t ts[1000];
     size_t n = 0;
     MDB_val v;

@@ -7,6 +7,7 @@
 #include "sl_stage.h"
 #include "sl_stitch.h"
 #include "sl_store.h"
+#include "sl_triggers.h"
 #include "sl_webhooks.h"
 
 #include <cjson/cJSON.h>
@@ -477,6 +478,36 @@ TEST(stage_sets_aside_and_goes_on)
     CHECK_INT(st.applied, ==, 3);
     CHECK_INT(verify_problems(&f), ==, 0); /* an event set aside is not expected in a timeline */
     fix_free(&f);
+}
+
+/* page_visit patterns (docs/TRIGGERS.md): pattern, subject, match. */
+TEST(trigger_glob_table)
+{
+    static const struct { const char *p, *s; int m; } t[] = {
+        {"/pricing*", "/pricing", 1},        {"/pricing*", "/pricing/teams", 1}, {"/pricing*", "/price", 0},
+        {"/docs/*", "/docs/", 1},            {"/docs/*", "/docs", 0},            {"*", "", 1},
+        {"/a?c", "/abc", 1},                 {"/a?c", "/ac", 0},                 {"/*/x", "/a/b/x", 1},
+        {"/*/x", "/a/b/y", 0},               {"**", "/anything", 1},             {"", "", 1},
+        {"", "/", 0},                        {"https://shop.example/*", "https://shop.example/p?x=1", 1},
+    };
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+        if (sl_trig_glob_match(t[i].p, t[i].s) != t[i].m) {
+            fprintf(stderr, "  glob \"%s\" vs \"%s\": want %d\n", t[i].p, t[i].s, t[i].m);
+            test_failures++;
+        }
+}
+
+/* Webhook retries: 0.5 s doubling to 5 min, jitter within +-25 %. */
+TEST(webhook_backoff)
+{
+    static const struct { int attempts; int64_t base; } t[] = {{1, 500}, {2, 1000}, {3, 2000}, {10, 256000}, {11, 300000},
+                                                                {50, 300000}};
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        CHECK_INT(sl_webhook_backoff_ms(t[i].attempts, 0), ==, t[i].base * 3 / 4);
+        CHECK_INT(sl_webhook_backoff_ms(t[i].attempts, (uint32_t)(t[i].base / 2)), ==, t[i].base * 5 / 4);
+        int64_t x = sl_webhook_backoff_ms(t[i].attempts, 0xFFFFFFFFu);
+        CHECK(x >= t[i].base * 3 / 4 && x <= t[i].base * 5 / 4);
+    }
 }
 
 /* The webhook signature against a vector computed outside sillage:
