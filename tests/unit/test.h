@@ -15,6 +15,15 @@ extern int test_failures;
         test_failures++; \
     } } while (0)
 
+/* A precondition: when it fails, the test stops here (the rest would only
+ * report what follows from it, or crash). */
+#define REQUIRE(cond) do { \
+    if (!(cond)) { \
+        fprintf(stderr, "  %s:%d: REQUIRE(%s) failed: test stopped\n", __FILE__, __LINE__, #cond); \
+        test_failures++; \
+        return; \
+    } } while (0)
+
 #define CHECK_INT(a, op, b) do { \
     long long a_ = (long long)(a), b_ = (long long)(b); \
     if (!(a_ op b_)) { \

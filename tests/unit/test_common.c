@@ -295,7 +295,7 @@ TEST(config_admin_token_checks)
 TEST(config_file_mode_warning)
 {
     char dir[] = "/tmp/sl-cfgmode-XXXXXX", path[64], warn[512];
-    CHECK(mkdtemp(dir) != NULL);
+    REQUIRE(mkdtemp(dir) != NULL);
     snprintf(path, sizeof(path), "%s/c.json", dir);
     static const char j[] = "{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"0123456789abcdef\"}";
     FILE *f = fopen(path, "w");

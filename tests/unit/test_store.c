@@ -153,7 +153,7 @@ static void close_store(sl_store_t *st, uv_loop_t *loop)
 TEST(store_commit_dedupe_restart_grow)
 {
     char dir[] = "/tmp/sl-store-test-XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
+    REQUIRE(mkdtemp(dir) != NULL);
     uv_loop_t loop;
     uv_loop_init(&loop);
     sl_store_t *st = open_store(dir, 0);
@@ -241,7 +241,7 @@ TEST(store_commit_dedupe_restart_grow)
 TEST(store_queue_bound)
 {
     char dir[] = "/tmp/sl-store-test-XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
+    REQUIRE(mkdtemp(dir) != NULL);
     uv_loop_t loop;
     uv_loop_init(&loop);
     sl_store_t *st = open_store(dir, 0); /* max_queue_messages 1000 */
@@ -299,7 +299,7 @@ static int isolate_job(MDB_txn *txn, void *arg)
 TEST(store_failure_isolated_to_its_batch)
 {
     char dir[] = "/tmp/sl-store-iso-XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
+    REQUIRE(mkdtemp(dir) != NULL);
     uv_loop_t loop;
     uv_loop_init(&loop);
     int calls = 0;
