@@ -187,7 +187,7 @@ static void on_feed_timer(uv_timer_t *t)
     }
 }
 
-int feed_start(sl_server_t *srv)
+int http_feed_start(sl_server_t *srv)
 {
     int rc = uv_async_init(srv->loop, &srv->feed_async, on_feed_async);
     if (rc) return rc;
@@ -201,7 +201,7 @@ int feed_start(sl_server_t *srv)
     return sl_trig_subscribe(srv->trig, feed_advanced, srv);
 }
 
-void feed_stop(sl_server_t *srv)
+void http_feed_stop(sl_server_t *srv)
 {
     conn_t *next;
     for (conn_t *c = srv->debug_streams; c; c = next) {
@@ -215,7 +215,7 @@ void feed_stop(sl_server_t *srv)
     }
 }
 
-void feed_conn_closed(conn_t *c)
+void http_feed_conn_closed(conn_t *c)
 {
     if (c->feed_mode == FEED_DEBUG) atomic_fetch_sub(&c->srv->debug_viewers, 1);
     waiter_unlink(c);
@@ -276,7 +276,7 @@ static void on_applied(sl_stage_waiter_t *w, int reached)
     poll_or_wait(c);
 }
 
-void handle_triggers(conn_t *c, const char *rest)
+void http_handle_triggers(conn_t *c, const char *rest)
 {
     sl_server_t *srv = c->srv;
     req_t *r = c->req;
@@ -342,7 +342,7 @@ void handle_triggers(conn_t *c, const char *rest)
             http_respond_error(c, 503, "out of memory");
             return;
         }
-        srv->requests[ROUTE_TRIGGERS][1]++; /* status_codes[1]: 200 */
+        srv->requests[ROUTE_TRIGGERS][1]++; /* http_status_codes[1]: 200 */
         c->keep_alive = 0;
         c->busy = 1;
         c->feed_mode = FEED_STREAM;
@@ -359,7 +359,7 @@ void handle_triggers(conn_t *c, const char *rest)
 
 /* ---- /debug/stream ---- */
 
-void handle_debug_stream(conn_t *c)
+void http_handle_debug_stream(conn_t *c)
 {
     sl_server_t *srv = c->srv;
     /* The token only as a header: a query string lands in proxies' access
@@ -439,7 +439,7 @@ static void on_debug_async(uv_async_t *a)
     }
 }
 
-int feed_debug_start(sl_server_t *srv)
+int http_feed_debug_start(sl_server_t *srv)
 {
     uv_mutex_init(&srv->debug_mu);
     srv->debug_tail = &srv->debug_head;
@@ -453,7 +453,7 @@ int feed_debug_start(sl_server_t *srv)
 }
 
 /* At stop (loop thread): nothing more is queued, what was is dropped. */
-void feed_debug_stop(sl_server_t *srv)
+void http_feed_debug_stop(sl_server_t *srv)
 {
     if (!srv->debug_async_open) return;
     uv_mutex_lock(&srv->debug_mu);

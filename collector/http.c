@@ -55,10 +55,10 @@ typedef struct ip_conns_s {
 /* malloc_trim once the bytes held in bodies fell this far below their peak. */
 #define TRIM_AFTER_DROP (8u << 20)
 
-const char *const route_names[N_ROUTES] = {"track", "page", "screen", "identify", "alias", "group",
+const char *const http_route_names[N_ROUTES] = {"track", "page", "screen", "identify", "alias", "group",
                                            "batch", "pixel", "preflight", "healthz", "metrics", "profiles",
                                            "triggers", "static", "debug", "other"};
-const int status_codes[N_STATUS] = {100, 200, 204, 301, 304, 400, 401, 403, 404, 405,
+const int http_status_codes[N_STATUS] = {100, 200, 204, 301, 304, 400, 401, 403, 404, 405,
                                     408, 413, 414, 415, 429, 431, 500, 503, 0};
 
 static void conn_feed(conn_t *c);
@@ -95,7 +95,7 @@ const char *http_status_text(int status)
 static int status_index(int status)
 {
     for (int i = 0; i < N_STATUS - 1; i++)
-        if (status_codes[i] == status) return i;
+        if (http_status_codes[i] == status) return i;
     return N_STATUS - 1;
 }
 
@@ -146,7 +146,7 @@ static void body_release(req_t *r)
     sl_buf_free(&r->body);
 }
 
-void req_free(req_t *r)
+void http_req_free(req_t *r)
 {
     if (r == NULL) return;
     free(r->batch.msgs);
@@ -315,7 +315,7 @@ int http_admin_gate(conn_t *c)
     int wait = 1;
     const sl_ipnet_t *ip = http_client_ip(c);
     /* Over the limit, even the right token is refused: else guessing would go on. */
-    if (!rl_bucket(&srv->auth_rl, AUTH_RL_SLOTS, ip, rate, burst, now, 0, &wait)) {
+    if (!http_rl_bucket(&srv->auth_rl, AUTH_RL_SLOTS, ip, rate, burst, now, 0, &wait)) {
         srv->auth_limited++;
         char h[64];
         snprintf(h, sizeof(h), "Retry-After: %d\r\n", wait);
@@ -326,7 +326,7 @@ int http_admin_gate(conn_t *c)
         return -1;
     }
     if (http_admin_ok(srv, c->req)) return 1;
-    rl_bucket(&srv->auth_rl, AUTH_RL_SLOTS, ip, rate, burst, now, 1, &wait);
+    http_rl_bucket(&srv->auth_rl, AUTH_RL_SLOTS, ip, rate, burst, now, 1, &wait);
     http_log_refused(srv, "checking the admin token: missing or wrong");
     return 0;
 }
@@ -403,7 +403,7 @@ void http_respond(conn_t *c, int status, const char *content_type, const char *e
     if (body_len && status != 204 && status != 304 && !(r && r->method == HTTP_HEAD))
         sl_buf_append(&out, body, body_len);
 
-    req_free(r);
+    http_req_free(r);
     c->req = NULL;
     c->busy = 0;
     c->last_active_ms = sl_now_ms();
@@ -446,7 +446,7 @@ static int on_message_begin(llhttp_t *p)
     c->header_bytes = 0;
     c->n_headers = 0;
     c->url.len = c->hname.len = c->hval.len = 0;
-    req_free(c->req);
+    http_req_free(c->req);
     c->req = req_new(c);
     if (c->req == NULL) return refuse(c, 503, "out of memory");
     return 0;
@@ -549,7 +549,7 @@ static int on_headers_complete(llhttp_t *p)
         int type = strcmp(rest, "batch") == 0 ? -1 : sl_msg_type_from_name(rest, strlen(rest));
         if (type != -1 || strcmp(rest, "batch") == 0) {
             r->route = type == -1 ? ROUTE_BATCH : type;
-            const char *why = route_basic_auth_refusal(c);
+            const char *why = http_route_basic_auth_refusal(c);
             if (why) return refuse(c, 401, why);
         }
     }
@@ -661,7 +661,7 @@ static void conn_feed(conn_t *c)
         } else if (e == HPE_PAUSED) {
             c->pending_off += (size_t)(llhttp_get_error_pos(&c->parser) - p);
             llhttp_resume(&c->parser);
-            route_request(c); /* may answer now, or set busy */
+            http_route_request(c); /* may answer now, or set busy */
             if (c->req) body_release(c->req);
         } else {
             parse_error(c, e);
@@ -748,7 +748,7 @@ static ip_conns_t *ip_conns_hold(sl_server_t *srv, const sl_ipnet_t *ip)
     if (srv->ipc == NULL && (srv->ipc = calloc(IPC_BUCKETS, sizeof(*srv->ipc))) == NULL) return NULL;
     unsigned char a[8] = {0};
     memcpy(a, ip->addr, ip->family == AF_INET ? 4 : 8);
-    ip_conns_t **head = &srv->ipc[rl_key(ip) % IPC_BUCKETS];
+    ip_conns_t **head = &srv->ipc[http_rl_key(ip) % IPC_BUCKETS];
     for (ip_conns_t *e = *head; e; e = e->next)
         if (e->family == ip->family && memcmp(e->addr, a, 8) == 0) {
             e->n++;
@@ -771,7 +771,7 @@ static void ip_conns_release(sl_server_t *srv, conn_t *c)
     if (e == NULL || --e->n > 0) return;
     sl_ipnet_t ip = {.family = e->family};
     memcpy(ip.addr, e->addr, 8);
-    for (ip_conns_t **pp = &srv->ipc[rl_key(&ip) % IPC_BUCKETS]; *pp; pp = &(*pp)->next)
+    for (ip_conns_t **pp = &srv->ipc[http_rl_key(&ip) % IPC_BUCKETS]; *pp; pp = &(*pp)->next)
         if (*pp == e) {
             *pp = e->next;
             free(e);
@@ -798,7 +798,7 @@ static void on_conn_closed(uv_handle_t *h)
     else srv->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     srv->n_conns--;
-    if (c->feed_mode) feed_conn_closed(c); /* a long poll or a stream: no commit holds its request */
+    if (c->feed_mode) http_feed_conn_closed(c); /* a long poll or a stream: no commit holds its request */
     if (c->req && c->req->waiting) { /* a read waiting for the stage: nothing else holds it */
         sl_stage_cancel(srv->stage, &c->req->waiter);
         c->req->waiting = 0;
@@ -806,7 +806,7 @@ static void on_conn_closed(uv_handle_t *h)
     }
     if (c->req) {
         if (c->busy) c->req->conn = NULL; /* the commit callback frees it */
-        else req_free(c->req);
+        else http_req_free(c->req);
     }
     ip_conns_release(srv, c); /* after the request gave its body back to the address */
     if (!c->pending_borrowed) free(c->pending);
@@ -937,7 +937,7 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
         else SL_WARN("trusted_proxies: \"%s\" is not an address or CIDR block; ignored", s);
     }
     if (cfg->geoip_db && (rc = sl_geo_open(&srv->geo, cfg->geoip_db))) goto fail;
-    if ((rc = static_init(srv))) goto fail;
+    if ((rc = http_static_init(srv))) goto fail;
 
     llhttp_settings_init(&srv->settings);
     srv->settings.on_message_begin = on_message_begin;
@@ -996,9 +996,9 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
     return 0;
 fail:
     sl_geo_close(srv->geo);
-    static_free(srv);
-    rl_table_free(&srv->rl);
-    rl_table_free(&srv->auth_rl);
+    http_static_free(srv);
+    http_rl_table_free(&srv->rl);
+    http_rl_table_free(&srv->auth_rl);
     ip_conns_free(srv);
     free(srv->scratch);
     sl_arena_free(&srv->json_arena);
@@ -1013,8 +1013,8 @@ int sl_http_server_set_stage(sl_server_t *srv, sl_stage_t *stage, struct sl_stit
     srv->stage = stage;
     srv->stitch = stitch;
     srv->trig = trig;
-    int rc = trig ? feed_start(srv) : 0;
-    if (rc == 0 && stitch && srv->cfg->debug_page) rc = feed_debug_start(srv);
+    int rc = trig ? http_feed_start(srv) : 0;
+    if (rc == 0 && stitch && srv->cfg->debug_page) rc = http_feed_debug_start(srv);
     return rc;
 }
 
@@ -1049,7 +1049,7 @@ static void close_handles(void *arg)
         uv_close((uv_handle_t *)&srv->feed_timer, on_handle_closed);
     }
     if (srv->debug_async_open) {
-        feed_debug_stop(srv);
+        http_feed_debug_stop(srv);
         uv_close((uv_handle_t *)&srv->debug_async, on_handle_closed);
     }
     uv_close((uv_handle_t *)&srv->sweep, on_handle_closed);
@@ -1102,7 +1102,7 @@ void sl_http_server_stop(sl_server_t *srv, int64_t grace_ms, void (*cb)(void *),
     srv->stop_cb = cb;
     srv->stop_arg = arg;
     uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
-    feed_stop(srv);
+    http_feed_stop(srv);
     conn_t *next;
     for (conn_t *c = srv->conns; c; c = next) {
         next = c->next;
@@ -1117,9 +1117,9 @@ void sl_http_server_free(sl_server_t *srv)
 {
     if (srv == NULL) return;
     sl_geo_close(srv->geo);
-    static_free(srv);
-    rl_table_free(&srv->rl);
-    rl_table_free(&srv->auth_rl);
+    http_static_free(srv);
+    http_rl_table_free(&srv->rl);
+    http_rl_table_free(&srv->auth_rl);
     ip_conns_free(srv);
     free(srv->scratch);
     sl_arena_free(&srv->json_arena);

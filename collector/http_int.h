@@ -13,10 +13,10 @@ enum route_id {
     ROUTE_BATCH, ROUTE_PIXEL, ROUTE_PREFLIGHT, ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_PROFILES, ROUTE_TRIGGERS, ROUTE_STATIC, ROUTE_DEBUG, ROUTE_OTHER,
     N_ROUTES
 };
-extern const char *const route_names[N_ROUTES];
+extern const char *const http_route_names[N_ROUTES];
 
 #define N_STATUS 19
-extern const int status_codes[N_STATUS]; /* last slot: any other code */
+extern const int http_status_codes[N_STATUS]; /* last slot: any other code */
 
 typedef struct conn_s conn_t;
 
@@ -165,7 +165,7 @@ const char *http_status_text(int status);
 int http_cors_headers(const sl_server_t *srv, const req_t *r, sl_buf_t *out);
 /* 1 when the request has no Origin or cors_origins allows it. */
 int http_origin_allowed(const sl_server_t *srv, const req_t *r);
-void req_free(req_t *r);
+void http_req_free(req_t *r);
 /* 1 when the request carries "Authorization: Bearer <admin_token>" (constant-time compare). */
 int http_admin_ok(const sl_server_t *srv, const req_t *r);
 /* The admin check with failed attempts limited per client address
@@ -203,46 +203,46 @@ void http_fake_input(conn_t *c, const char *p, size_t n);
 
 /* feed.c */
 enum { FEED_NONE, FEED_POLL, FEED_STREAM, FEED_DEBUG };
-void handle_triggers(conn_t *c, const char *rest);
-int feed_start(sl_server_t *srv);     /* with srv->trig set */
-void feed_stop(sl_server_t *srv);     /* answers polls, ends streams, closes its handles */
-void feed_conn_closed(conn_t *c);
+void http_handle_triggers(conn_t *c, const char *rest);
+int http_feed_start(sl_server_t *srv);     /* with srv->trig set */
+void http_feed_stop(sl_server_t *srv);     /* answers polls, ends streams, closes its handles */
+void http_feed_conn_closed(conn_t *c);
 /* GET /debug/stream: stored events as SSE ("event" events). */
-void handle_debug_stream(conn_t *c);
+void http_handle_debug_stream(conn_t *c);
 /* The debug view hears of each event once the stage stitched it: a listener
  * of the stitcher (stage thread) queues it for the loop, bounded; a slow or
  * absent viewer costs nothing. */
-int feed_debug_start(sl_server_t *srv);   /* with srv->stitch set, before the stage starts */
-void feed_debug_stop(sl_server_t *srv);
+int http_feed_debug_start(sl_server_t *srv);   /* with srv->stitch set, before the stage starts */
+void http_feed_debug_stop(sl_server_t *srv);
 
 /* ratelimit.c */
 /* The bucket of ip in t (rate tokens/s, up to burst): 1 when it holds a
  * token, and then takes cost (0 or 1) of it; else 0 and the seconds until it
  * holds one. Allocates t on first use (n_slots, a power of two); 1 when it
  * cannot (errs on the side of serving). */
-int rl_bucket(rl_table_t *t, size_t n_slots, const sl_ipnet_t *ip, double rate, double burst, int64_t now_ms,
+int http_rl_bucket(rl_table_t *t, size_t n_slots, const sl_ipnet_t *ip, double rate, double burst, int64_t now_ms,
               int cost, int *retry_after_s);
-void rl_table_free(rl_table_t *t);
+void http_rl_table_free(rl_table_t *t);
 /* The key of ip: IPv4 as is, IPv6 by its /64 (one subscriber's prefix). */
-uint64_t rl_key(const sl_ipnet_t *ip);
+uint64_t http_rl_key(const sl_ipnet_t *ip);
 /* 1 when ip may send a request now (limits.rate_per_ip); else 0 and the seconds to wait. */
-int rl_allow(sl_server_t *srv, const sl_ipnet_t *ip, int64_t now_ms, int *retry_after_s);
+int http_rl_allow(sl_server_t *srv, const sl_ipnet_t *ip, int64_t now_ms, int *retry_after_s);
 
 /* static.c */
-int static_init(sl_server_t *srv);
-void static_free(sl_server_t *srv);
+int http_static_init(sl_server_t *srv);
+void http_static_free(sl_server_t *srv);
 /* Serves path when it is a built-in file that is enabled; 0 when it did, -1 when not found. */
-int handle_static(conn_t *c, const char *path);
+int http_handle_static(conn_t *c, const char *path);
 
 /* routes.c */
-void route_request(conn_t *c);
+void http_route_request(conn_t *c);
 /* For a request to an ingestion route that carries "Authorization: Basic",
  * checked from its headers before the body is read: NULL when the key is
  * known (or there is no Basic header), else why it is refused (401). */
-const char *route_basic_auth_refusal(conn_t *c);
-void handle_profiles(conn_t *c, const char *rest);
+const char *http_route_basic_auth_refusal(conn_t *c);
+void http_handle_profiles(conn_t *c, const char *rest);
 /* GET /v1/admin/set-aside (profiles.c). */
-void handle_set_aside(conn_t *c);
+void http_handle_set_aside(conn_t *c);
 /* profiles.c: a read's ?position= (default: the log's durable end) and
  * ?wait_ms=; 0, or -1 after answering 400. */
 int http_read_position(conn_t *c, uint64_t *pos, int64_t *wait_ms);

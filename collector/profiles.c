@@ -41,7 +41,7 @@ static void erase_done(sl_stage_job_t *job)
     if (c == NULL) { /* the client left; the erasure happened all the same */
         sl_stitch_erase_free(e);
         free(e);
-        req_free(r);
+        http_req_free(r);
         return;
     }
     if (job->rc) {
@@ -123,7 +123,7 @@ int http_read_position(conn_t *c, uint64_t *pos, int64_t *wait_ms)
     return 0;
 }
 
-void handle_profiles(conn_t *c, const char *rest)
+void http_handle_profiles(conn_t *c, const char *rest)
 {
     sl_server_t *srv = c->srv;
     req_t *r = c->req;
@@ -247,7 +247,7 @@ static int list_one(uint64_t seq, const char *reason, void *arg)
 
 /* GET /v1/admin/set-aside: the events the stage could not apply, and why
  * (their JSON is in the log: `sillage export`). */
-void handle_set_aside(conn_t *c)
+void http_handle_set_aside(conn_t *c)
 {
     sl_server_t *srv = c->srv;
     if (!http_admin_required(c)) return;

@@ -24,7 +24,7 @@ typedef struct rl_slot_s {
     int64_t last_ms;
 } rl_slot_t;
 
-uint64_t rl_key(const sl_ipnet_t *ip)
+uint64_t http_rl_key(const sl_ipnet_t *ip)
 {
     unsigned char a[16] = {0};
     size_t n = ip->family == AF_INET ? 4 : 8; /* IPv6: the /64 */
@@ -32,7 +32,7 @@ uint64_t rl_key(const sl_ipnet_t *ip)
     return sl_hash128(a, n, (uint64_t)ip->family).lo | 1;
 }
 
-int rl_bucket(rl_table_t *t, size_t n_slots, const sl_ipnet_t *ip, double rate, double burst, int64_t now_ms,
+int http_rl_bucket(rl_table_t *t, size_t n_slots, const sl_ipnet_t *ip, double rate, double burst, int64_t now_ms,
               int cost, int *retry_after_s)
 {
     if (rate <= 0) return 1;
@@ -40,7 +40,7 @@ int rl_bucket(rl_table_t *t, size_t n_slots, const sl_ipnet_t *ip, double rate, 
         if ((t->slots = calloc(n_slots, sizeof(rl_slot_t))) == NULL) return 1;
         t->n = n_slots;
     }
-    uint64_t key = rl_key(ip);
+    uint64_t key = http_rl_key(ip);
     rl_slot_t *set = &t->slots[(key >> 1) & (t->n - RL_WAYS)], *s = NULL, *oldest = &set[0];
     for (int i = 0; i < RL_WAYS; i++) {
         if (set[i].key == key) s = &set[i];
@@ -64,16 +64,16 @@ int rl_bucket(rl_table_t *t, size_t n_slots, const sl_ipnet_t *ip, double rate, 
     return 0;
 }
 
-void rl_table_free(rl_table_t *t)
+void http_rl_table_free(rl_table_t *t)
 {
     free(t->slots);
     t->slots = NULL;
     t->n = 0;
 }
 
-int rl_allow(sl_server_t *srv, const sl_ipnet_t *ip, int64_t now_ms, int *retry_after_s)
+int http_rl_allow(sl_server_t *srv, const sl_ipnet_t *ip, int64_t now_ms, int *retry_after_s)
 {
     const sl_config_t *cfg = srv->cfg;
-    return rl_bucket(&srv->rl, RL_SLOTS, ip, (double)cfg->limits.rate_per_ip, (double)cfg->limits.rate_burst, now_ms,
+    return http_rl_bucket(&srv->rl, RL_SLOTS, ip, (double)cfg->limits.rate_per_ip, (double)cfg->limits.rate_burst, now_ms,
                      1, retry_after_s);
 }

@@ -62,7 +62,7 @@ static int has_basic(const req_t *r)
     return r->authorization && strncasecmp(r->authorization, "Basic ", 6) == 0;
 }
 
-const char *route_basic_auth_refusal(conn_t *c)
+const char *http_route_basic_auth_refusal(conn_t *c)
 {
     const char *why = NULL;
     if (!has_basic(c->req) || basic_source(c, &why)) return NULL;
@@ -110,7 +110,7 @@ static void ingest_done(sl_store_batch_t *b)
     req_t *r = b->data;
     conn_t *c = r->conn;
     if (c == NULL) { /* the client left; the messages are stored all the same */
-        req_free(r);
+        http_req_free(r);
         return;
     }
     if (b->rc) {
@@ -554,8 +554,8 @@ static void handle_metrics(conn_t *c)
         for (int st = 0; st < N_STATUS; st++)
             if (srv->requests[r][st]) {
                 char labels[96];
-                if (st == N_STATUS - 1) snprintf(labels, sizeof(labels), "route=\"%s\",status=\"other\"", route_names[r]);
-                else snprintf(labels, sizeof(labels), "route=\"%s\",status=\"%d\"", route_names[r], status_codes[st]);
+                if (st == N_STATUS - 1) snprintf(labels, sizeof(labels), "route=\"%s\",status=\"other\"", http_route_names[r]);
+                else snprintf(labels, sizeof(labels), "route=\"%s\",status=\"%d\"", http_route_names[r], http_status_codes[st]);
                 sl_metric_sample(&b, "sillage_http_requests_total", labels, srv->requests[r][st]);
             }
     srv->requests[ROUTE_METRICS][1]--;
@@ -581,7 +581,7 @@ static int rate_limited(conn_t *c)
     sl_server_t *srv = c->srv;
     if (srv->cfg->limits.rate_per_ip == 0) return 0;
     int wait = 1;
-    if (rl_allow(srv, http_client_ip(c), sl_now_ms(), &wait)) return 0;
+    if (http_rl_allow(srv, http_client_ip(c), sl_now_ms(), &wait)) return 0;
     srv->rate_limited++;
     char h[64];
     snprintf(h, sizeof(h), "Retry-After: %d\r\n", wait);
@@ -590,7 +590,7 @@ static int rate_limited(conn_t *c)
     return 1;
 }
 
-void route_request(conn_t *c)
+void http_route_request(conn_t *c)
 {
     req_t *r = c->req;
     const char *path = r->path;
@@ -623,17 +623,17 @@ void route_request(conn_t *c)
         }
         if (strncmp(rest, "profiles/", 9) == 0) {
             r->route = ROUTE_PROFILES;
-            handle_profiles(c, rest + 9);
+            http_handle_profiles(c, rest + 9);
             return;
         }
         if (strncmp(rest, "triggers", 8) == 0 && (rest[8] == '\0' || rest[8] == '/')) {
             r->route = ROUTE_TRIGGERS;
-            handle_triggers(c, rest + 8);
+            http_handle_triggers(c, rest + 8);
             return;
         }
         if (strcmp(rest, "admin/set-aside") == 0) {
             r->route = ROUTE_PROFILES;
-            handle_set_aside(c);
+            http_handle_set_aside(c);
             return;
         }
     } else if (strcmp(path, "/healthz") == 0) {
@@ -654,9 +654,9 @@ void route_request(conn_t *c)
     } else if (strcmp(path, "/debug/stream") == 0 && c->srv->cfg->debug_page) {
         r->route = ROUTE_DEBUG;
         if (m != HTTP_GET) http_respond_error(c, 405, "use GET");
-        else handle_debug_stream(c);
+        else http_handle_debug_stream(c);
         return;
-    } else if (handle_static(c, path) == 0) {
+    } else if (http_handle_static(c, path) == 0) {
         return;
     }
     http_respond_error(c, 404, "no such route");

@@ -40,7 +40,7 @@ static int gzip_buf(const unsigned char *in, size_t n, unsigned char **out, size
     return rc == Z_STREAM_END ? 0 : SL_ENOMEM;
 }
 
-int static_init(sl_server_t *srv)
+int http_static_init(sl_server_t *srv)
 {
     srv->files = calloc(sl_n_assets ? sl_n_assets : 1, sizeof(static_file_t));
     if (srv->files == NULL) return SL_ENOMEM;
@@ -55,7 +55,7 @@ int static_init(sl_server_t *srv)
     return 0;
 }
 
-void static_free(sl_server_t *srv)
+void http_static_free(sl_server_t *srv)
 {
     for (size_t i = 0; srv->files && i < srv->n_files; i++) free(srv->files[i].gz);
     free(srv->files);
@@ -88,7 +88,7 @@ static void demo_config(conn_t *c)
     sl_buf_free(&b);
 }
 
-int handle_static(conn_t *c, const char *path)
+int http_handle_static(conn_t *c, const char *path)
 {
     sl_server_t *srv = c->srv;
     const sl_config_t *cfg = srv->cfg;

@@ -269,7 +269,7 @@ TEST(ratelimit_ipv6_by_64)
         sl_ipnet_t a, b;
         CHECK_INT(sl_ipnet_parse(keys[i].a, strlen(keys[i].a), &a), ==, 0);
         CHECK_INT(sl_ipnet_parse(keys[i].b, strlen(keys[i].b), &b), ==, 0);
-        CHECK_INT(rl_key(&a) == rl_key(&b), ==, keys[i].same);
+        CHECK_INT(http_rl_key(&a) == http_rl_key(&b), ==, keys[i].same);
     }
     /* 2 requests/s, burst 2: the third from anywhere in the /64 waits */
     rl_table_t t = {0};
@@ -280,7 +280,7 @@ TEST(ratelimit_ipv6_by_64)
     for (int i = 0; i < 3; i++) {
         sl_ipnet_t ip;
         sl_ipnet_parse(same64[i], strlen(same64[i]), &ip);
-        allowed[i] = rl_bucket(&t, 1024, &ip, 2, 2, now, 1, &wait);
+        allowed[i] = http_rl_bucket(&t, 1024, &ip, 2, 2, now, 1, &wait);
     }
     CHECK_INT(allowed[0], ==, 1);
     CHECK_INT(allowed[1], ==, 1);
@@ -288,16 +288,16 @@ TEST(ratelimit_ipv6_by_64)
     CHECK_INT(wait, ==, 1);
     sl_ipnet_t other;
     sl_ipnet_parse("2001:db8:0:1::1", 15, &other);
-    CHECK_INT(rl_bucket(&t, 1024, &other, 2, 2, now, 1, &wait), ==, 1); /* the next /64 has its own */
+    CHECK_INT(http_rl_bucket(&t, 1024, &other, 2, 2, now, 1, &wait), ==, 1); /* the next /64 has its own */
     /* cost 0 only looks: an empty bucket stays empty, a full one full */
     sl_ipnet_t ip;
     sl_ipnet_parse("2001:db8::9", 11, &ip);
-    CHECK_INT(rl_bucket(&t, 1024, &ip, 2, 2, now, 0, &wait), ==, 0);
-    CHECK_INT(rl_bucket(&t, 1024, &other, 2, 2, now, 0, &wait), ==, 1);
-    CHECK_INT(rl_bucket(&t, 1024, &other, 2, 2, now, 1, &wait), ==, 1);
-    CHECK_INT(rl_bucket(&t, 1024, &other, 2, 2, now, 1, &wait), ==, 0);
-    CHECK_INT(rl_bucket(&t, 1024, &ip, 2, 2, now + 500, 1, &wait), ==, 1); /* refilled */
-    rl_table_free(&t);
+    CHECK_INT(http_rl_bucket(&t, 1024, &ip, 2, 2, now, 0, &wait), ==, 0);
+    CHECK_INT(http_rl_bucket(&t, 1024, &other, 2, 2, now, 0, &wait), ==, 1);
+    CHECK_INT(http_rl_bucket(&t, 1024, &other, 2, 2, now, 1, &wait), ==, 1);
+    CHECK_INT(http_rl_bucket(&t, 1024, &other, 2, 2, now, 1, &wait), ==, 0);
+    CHECK_INT(http_rl_bucket(&t, 1024, &ip, 2, 2, now + 500, 1, &wait), ==, 1); /* refilled */
+    http_rl_table_free(&t);
 }
 
 static cJSON *geo(sl_geo_t *g, const char *addr)
