@@ -1,7 +1,9 @@
 /* sl_store.h - the LMDB store and its single writer thread.
  *
  * Layout (named databases in one environment under data_dir):
- *   events  u64 seq -> stored message (compact JSON), appended with MDB_APPEND
+ *   events  u64 seq -> stored message (compact JSON), appended with MDB_APPEND;
+ *           once the store holds 2,000 events, compressed with zstd and a
+ *           dictionary trained on them (meta "zdict"); readers get the JSON
  *   msgids  u64 seq -> {i64 received_ms, u128 hash(source, messageId)}: the
  *           dedupe log, appended in the same transaction as the event
  *   meta    text key -> value (schema version, hash seed)
@@ -129,7 +131,8 @@ void sl_store_close(sl_store_t *st);
 /* The dedupe key of a message: keyed hash of source name and messageId. */
 sl_hash128_t sl_store_dedupe_key(const sl_store_t *st, const char *source, const char *message_id);
 
-/* Calls cb(json, len, seq, arg) for every stored event in order; stops early
+/* Calls cb(json, len, seq, arg) for every stored event in order (the JSON,
+ * decompressed when stored compressed: valid during the call); stops early
  * when cb returns non-zero (that value is returned). Safe while a server
  * writes the same data directory. */
 int sl_store_foreach_event(sl_store_t *st, int (*cb)(const char *, size_t, uint64_t, void *), void *arg);
@@ -155,7 +158,8 @@ int sl_store_foreach_event_from(sl_store_t *st, MDB_txn *txn, uint64_t from,
 int sl_store_foreach_event_txn(sl_store_t *st, MDB_txn *txn, int (*cb)(const char *, size_t, uint64_t, void *),
                                void *arg);
 
-/* The stored event seq, valid while txn lives. MDB_NOTFOUND when absent. */
+/* The stored event seq (its JSON): valid until the calling thread's next
+ * event read, and while txn lives. MDB_NOTFOUND when absent. */
 int sl_store_event_get(sl_store_t *st, MDB_txn *txn, uint64_t seq, MDB_val *json);
 
 

@@ -2,6 +2,9 @@
 #define _GNU_SOURCE
 #include "sl_store.h"
 
+#include <zdict.h>
+#include <zstd.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
@@ -13,6 +16,14 @@
 #include <unistd.h>
 
 #define SCHEMA_VERSION 1
+/* Events are stored compressed with zstd and a dictionary trained on the
+ * store's own first events: an event value is either the JSON as is (it
+ * starts with '{': every event written before the dictionary) or ZFRAME
+ * followed by a zstd frame. */
+#define ZFRAME 0x01
+#define ZDICT_TRAIN_AT 2000        /* events the dictionary is trained on */
+#define ZDICT_BYTES (16 * 1024)
+#define ZLEVEL 3
 /* Old msgids entries deleted per commit: bounded work at the left edge. */
 #define RETENTION_PER_COMMIT 512
 
@@ -57,6 +68,13 @@ struct sl_store_s {
     size_t n_durable_cbs;
     _Atomic uint64_t durable_seq;
 
+    /* the dictionary: the writer compresses, every thread decompresses */
+    ZSTD_CDict *cdict;            /* writer thread */
+    ZSTD_CCtx *cctx;              /* writer thread */
+    sl_buf_t zbuf;                /* writer thread: one compressed event */
+    ZSTD_DDict *_Atomic ddict;    /* set once (open or training), then read-only */
+    int trained_tried;            /* writer thread */
+
     /* In-process readers hold it shared; the writer takes it to resize. */
     uv_rwlock_t resize_lock;
 
@@ -69,6 +87,7 @@ struct sl_store_s {
 };
 
 static void note_dedupe(sl_store_t *st);
+static int load_dict(sl_store_t *st, MDB_txn *txn);
 
 static int load_meta(sl_store_t *st, MDB_txn *txn)
 {
@@ -186,6 +205,7 @@ int sl_store_open(sl_store_t **out, const sl_store_options_t *opts)
     if ((rc = mdb_dbi_open(txn, "msgids", dbf | MDB_INTEGERKEY, &st->msgids))) goto fail;
     if ((rc = mdb_dbi_open(txn, "meta", dbf, &st->meta))) goto fail;
     if ((rc = load_meta(st, txn))) goto fail;
+    if ((rc = load_dict(st, txn))) goto fail;
     if ((rc = load_tail(st, txn))) goto fail;
     if (!opts->read_only) note_dedupe(st);
     /* Commit even a read-only txn: handles opened in an aborted one close. */
@@ -271,6 +291,127 @@ static int trim_msgids(sl_store_t *st, MDB_txn *txn, int64_t horizon)
  * environment's, not one batch's). */
 static int batch_error(int err);
 
+/* ---- the event codec ------------------------------------------------------------ */
+
+/* v <- ZFRAME + the zstd frame of json, in st->zbuf (writer thread). */
+static int compress_event(sl_store_t *st, const char *json, size_t len, MDB_val *v)
+{
+    size_t cap = ZSTD_compressBound(len) + 1;
+    st->zbuf.len = 0;
+    if (sl_buf_reserve(&st->zbuf, cap)) return SL_ENOMEM;
+    st->zbuf.data[0] = ZFRAME;
+    size_t n = ZSTD_compress_usingCDict(st->cctx, st->zbuf.data + 1, cap - 1, json, len, st->cdict);
+    if (ZSTD_isError(n)) return SL_ENOMEM;
+    v->mv_data = st->zbuf.data;
+    v->mv_size = n + 1;
+    return 0;
+}
+
+/* One decompression context and buffer per thread that reads events. */
+static _Thread_local struct {
+    ZSTD_DCtx *dctx;
+    char *buf;
+    size_t cap;
+} tl_dec;
+
+/* The JSON of a stored event value: itself, or decompressed into this
+ * thread's buffer (valid until its next decode). 0 or SL_ESTORE. */
+static int decode_event(sl_store_t *st, const MDB_val *in, const char **json, size_t *len)
+{
+    const unsigned char *p = in->mv_data;
+    if (in->mv_size == 0 || p[0] != ZFRAME) {
+        *json = in->mv_data;
+        *len = in->mv_size;
+        return 0;
+    }
+    ZSTD_DDict *dd = atomic_load(&st->ddict);
+    if (dd == NULL) return SL_ESTORE; /* compressed, and no dictionary: not ours */
+    if (tl_dec.dctx == NULL && (tl_dec.dctx = ZSTD_createDCtx()) == NULL) return SL_ENOMEM;
+    unsigned long long size = ZSTD_getFrameContentSize(p + 1, in->mv_size - 1);
+    if (size == ZSTD_CONTENTSIZE_ERROR || size == ZSTD_CONTENTSIZE_UNKNOWN || size > (64u << 20)) return SL_ESTORE;
+    if (size + 1 > tl_dec.cap) {
+        char *b = realloc(tl_dec.buf, (size_t)size + 1);
+        if (b == NULL) return SL_ENOMEM;
+        tl_dec.buf = b;
+        tl_dec.cap = (size_t)size + 1;
+    }
+    size_t n = ZSTD_decompress_usingDDict(tl_dec.dctx, tl_dec.buf, tl_dec.cap, p + 1, in->mv_size - 1, dd);
+    if (ZSTD_isError(n)) return SL_ESTORE;
+    *json = tl_dec.buf;
+    *len = n;
+    return 0;
+}
+
+/* The dictionary in meta (read at open), for the writer and the readers. */
+static int load_dict(sl_store_t *st, MDB_txn *txn)
+{
+    MDB_val k = {5, "zdict"}, v;
+    int rc = mdb_get(txn, st->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    ZSTD_DDict *dd = ZSTD_createDDict(v.mv_data, v.mv_size);
+    if (dd == NULL) return SL_ENOMEM;
+    atomic_store(&st->ddict, dd);
+    if (!st->opts.read_only) {
+        st->cdict = ZSTD_createCDict(v.mv_data, v.mv_size, ZLEVEL);
+        st->cctx = ZSTD_createCCtx();
+        if (st->cdict == NULL || st->cctx == NULL) return SL_ENOMEM;
+    }
+    return 0;
+}
+
+typedef struct {
+    sl_buf_t samples;
+    size_t *sizes;
+    unsigned n;
+} train_t;
+
+static int take_sample(const char *json, size_t len, uint64_t seq, void *arg)
+{
+    (void)seq;
+    train_t *t = arg;
+    if (t->n == ZDICT_TRAIN_AT) return 1;
+    if (sl_buf_append(&t->samples, json, len)) return SL_ENOMEM;
+    t->sizes[t->n++] = len;
+    return 0;
+}
+
+/* Writer thread, once the store holds ZDICT_TRAIN_AT events: a dictionary
+ * trained on them, stored in meta; from the next commit on, events are
+ * compressed with it. A failure only leaves events uncompressed. */
+static void train_dict(sl_store_t *st)
+{
+    st->trained_tried = 1;
+    train_t t = {{0}, calloc(ZDICT_TRAIN_AT, sizeof(size_t)), 0};
+    void *dict = malloc(ZDICT_BYTES);
+    MDB_txn *txn = NULL;
+    int rc = t.sizes && dict ? mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn) : SL_ENOMEM;
+    if (rc == 0) rc = sl_store_foreach_event_from(st, txn, 0, take_sample, &t);
+    if (txn) mdb_txn_abort(txn);
+    txn = NULL;
+    size_t n = 0;
+    if ((rc == 0 || rc == 1) && t.n >= 100) {
+        n = ZDICT_trainFromBuffer(dict, ZDICT_BYTES, t.samples.data, t.sizes, t.n);
+        if (ZDICT_isError(n)) {
+            SL_WARN("zstd dictionary: %s; events stay uncompressed", ZDICT_getErrorName(n));
+            n = 0;
+        }
+    }
+    if (n && (rc = mdb_txn_begin(st->env, NULL, 0, &txn)) == 0) {
+        MDB_val k = {5, "zdict"}, v = {n, dict};
+        if ((rc = mdb_put(txn, st->meta, &k, &v, MDB_NOOVERWRITE)) == 0) rc = mdb_txn_commit(txn);
+        else mdb_txn_abort(txn);
+        if (rc == 0 && (rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn)) == 0) {
+            rc = load_dict(st, txn);
+            mdb_txn_abort(txn);
+        }
+        if (rc == 0) SL_INFO("zstd dictionary of %zu bytes trained on %u events: events are stored compressed", n, t.n);
+    }
+    free(dict);
+    free(t.sizes);
+    sl_buf_free(&t.samples);
+}
+
 /* probe: find every batch that cannot be applied, in one pass: each batch in
  * a nested transaction, a failing one aborted alone and marked (b->rc); the
  * whole transaction is then aborted (nothing is stored by a probe). */
@@ -314,6 +455,7 @@ static int commit_list_mode(sl_store_t *st, sl_store_batch_t *list, size_t *n_st
             }
             uint64_t seq = st->next_seq++;
             MDB_val k = {8, &seq}, v = {m->json_len, (void *)m->json};
+            if (st->cdict && (rc = compress_event(st, m->json, m->json_len, &v))) goto fail;
             if ((rc = mdb_put(txn, st->events, &k, &v, MDB_APPEND))) goto fail;
             msgid_rec_t r = {m->received_ms, m->dedupe.lo, m->dedupe.hi};
             MDB_val rv = {sizeof(r), &r};
@@ -557,6 +699,7 @@ static void writer_main(void *arg)
         hist_add(st->stats.latency_hist, sl_store_latency_bounds_us, 13, us);
         atomic_store(&st->stats.last_seq, st->next_seq - 1);
         atomic_store(&st->stats.dedupe_entries, sl_dedupe_size(st->dd));
+        if (st->cdict == NULL && !st->trained_tried && st->next_seq > ZDICT_TRAIN_AT) train_dict(st);
         note_dedupe(st);
         if (st->opts.nosync) {
             set_durable(st, st->next_seq - 1);
@@ -666,6 +809,10 @@ void sl_store_close(sl_store_t *st)
 {
     if (st == NULL) return;
     mdb_env_close(st->env);
+    ZSTD_freeCDict(st->cdict);
+    ZSTD_freeCCtx(st->cctx);
+    ZSTD_freeDDict(atomic_load(&st->ddict));
+    sl_buf_free(&st->zbuf);
     sl_dedupe_free(st->dd);
     uv_mutex_destroy(&st->mu);
     uv_cond_destroy(&st->cv);
@@ -720,7 +867,10 @@ int sl_store_foreach_event_from(sl_store_t *st, MDB_txn *txn, uint64_t from,
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         uint64_t seq;
         memcpy(&seq, k.mv_data, 8);
-        int r = cb(v.mv_data, v.mv_size, seq, arg);
+        const char *json;
+        size_t len;
+        int r = decode_event(st, &v, &json, &len);
+        if (r == 0) r = cb(json, len, seq, arg);
         if (r) {
             rc = r;
             break;
@@ -742,8 +892,15 @@ int sl_store_read(sl_store_t *st, int (*cb)(MDB_txn *txn, void *arg), void *arg)
 
 int sl_store_event_get(sl_store_t *st, MDB_txn *txn, uint64_t seq, MDB_val *json)
 {
-    MDB_val k = {8, &seq};
-    return mdb_get(txn, st->events, &k, json);
+    MDB_val k = {8, &seq}, v;
+    int rc = mdb_get(txn, st->events, &k, &v);
+    if (rc) return rc;
+    const char *p;
+    size_t n;
+    if ((rc = decode_event(st, &v, &p, &n))) return rc;
+    json->mv_data = (void *)p;
+    json->mv_size = n;
+    return 0;
 }
 
 
