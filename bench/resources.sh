@@ -15,13 +15,17 @@ $GEN "$BENCH" -k bench -c 64 -b 20 -n $((EVENTS / 20)) -d 600 "$SL_URL" > "$WORK
 grep -E "events|status" "$WORK/out"
 stored=$(metric sillage_events_stored_total)
 stop_sillage
-file=$(stat -c %s "$WORK/data/data.mdb")
+# the log (data.mdb) and the derived store (derived/data.mdb), all in
+file=$(( $(stat -c %s "$WORK/data/data.mdb") + $(stat -c %s "$WORK/data/derived/data.mdb") ))
 psize=$(mdb_stat -e "$WORK/data" | awk '/Page size/ {print $3}')
-used=$(mdb_stat -e "$WORK/data" | awk '/Number of pages used/ {print $5}')
-printf "stored %d events: data.mdb %d bytes, %d pages of %d in use\n" "$stored" "$file" "$used" "$psize"
+used=$(( $(mdb_stat -e "$WORK/data" | awk '/Number of pages used/ {print $5}') + \
+         $(mdb_stat -e "$WORK/data/derived" | awk '/Number of pages used/ {print $5}') ))
+printf "stored %d events: data.mdb + derived/data.mdb %d bytes, %d pages of %d in use\n" "$stored" "$file" "$used" "$psize"
 printf "bytes per event on disk: %.0f (pages in use), %.0f (file size)\n" \
   "$(echo "$used * $psize / $stored" | bc -l)" "$(echo "$file / $stored" | bc -l)"
-mdb_stat -a "$WORK/data" | awk '/^Status of/ {db=$3} /Leaf pages/ {print "  " db ": " $3 " leaf pages"} /Overflow pages/ {print "  " db ": " $3 " overflow pages"}'
+for env in "$WORK/data" "$WORK/data/derived"; do
+  mdb_stat -a "$env" | awk '/^Status of/ {db=$3} /Leaf pages/ {print "  " db ": " $3 " leaf pages"} /Overflow pages/ {print "  " db ": " $3 " overflow pages"}'
+done
 
 start_sillage sync
 before=$(rss_kb)
