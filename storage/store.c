@@ -6,6 +6,7 @@
 #include <zstd.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <lmdb.h>
 #include <stdatomic.h>
@@ -307,12 +308,39 @@ static int compress_event(sl_store_t *st, const char *json, size_t len, MDB_val 
     return 0;
 }
 
-/* One decompression context and buffer per thread that reads events. */
-static _Thread_local struct {
+/* One decompression context and buffer per thread that reads events,
+ * freed when the thread ends (a pthread key's destructor). */
+typedef struct {
     ZSTD_DCtx *dctx;
     char *buf;
     size_t cap;
-} tl_dec;
+} decoder_t;
+
+static pthread_key_t dec_key;
+static pthread_once_t dec_once = PTHREAD_ONCE_INIT;
+
+static void decoder_free(void *p)
+{
+    decoder_t *d = p;
+    ZSTD_freeDCtx(d->dctx);
+    free(d->buf);
+    free(d);
+}
+
+static void dec_key_init(void) { pthread_key_create(&dec_key, decoder_free); }
+
+static decoder_t *thread_decoder(void)
+{
+    pthread_once(&dec_once, dec_key_init);
+    decoder_t *d = pthread_getspecific(dec_key);
+    if (d) return d;
+    if ((d = calloc(1, sizeof(*d))) == NULL) return NULL;
+    if ((d->dctx = ZSTD_createDCtx()) == NULL || pthread_setspecific(dec_key, d)) {
+        decoder_free(d);
+        return NULL;
+    }
+    return d;
+}
 
 /* The JSON of a stored event value: itself, or decompressed into this
  * thread's buffer (valid until its next decode). 0 or SL_ESTORE. */
@@ -326,18 +354,19 @@ static int decode_event(sl_store_t *st, const MDB_val *in, const char **json, si
     }
     ZSTD_DDict *dd = atomic_load(&st->ddict);
     if (dd == NULL) return SL_ESTORE; /* compressed, and no dictionary: not ours */
-    if (tl_dec.dctx == NULL && (tl_dec.dctx = ZSTD_createDCtx()) == NULL) return SL_ENOMEM;
+    decoder_t *d = thread_decoder();
+    if (d == NULL) return SL_ENOMEM;
     unsigned long long size = ZSTD_getFrameContentSize(p + 1, in->mv_size - 1);
     if (size == ZSTD_CONTENTSIZE_ERROR || size == ZSTD_CONTENTSIZE_UNKNOWN || size > (64u << 20)) return SL_ESTORE;
-    if (size + 1 > tl_dec.cap) {
-        char *b = realloc(tl_dec.buf, (size_t)size + 1);
+    if (size + 1 > d->cap) {
+        char *b = realloc(d->buf, (size_t)size + 1);
         if (b == NULL) return SL_ENOMEM;
-        tl_dec.buf = b;
-        tl_dec.cap = (size_t)size + 1;
+        d->buf = b;
+        d->cap = (size_t)size + 1;
     }
-    size_t n = ZSTD_decompress_usingDDict(tl_dec.dctx, tl_dec.buf, tl_dec.cap, p + 1, in->mv_size - 1, dd);
+    size_t n = ZSTD_decompress_usingDDict(d->dctx, d->buf, d->cap, p + 1, in->mv_size - 1, dd);
     if (ZSTD_isError(n)) return SL_ESTORE;
-    *json = tl_dec.buf;
+    *json = d->buf;
     *len = n;
     return 0;
 }
