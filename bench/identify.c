@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "client.h"
 #include "sl_common.h"
@@ -54,6 +55,21 @@ static int metrics(ident_t *x, double *sum, double *count, double *merges)
     *count = bclient_metric(resp, "sillage_identify_stitch_seconds_count");
     *merges = bclient_metric(resp, "sillage_identity_merges_total");
     return *sum < 0 || *count < 0 || *merges < 0 ? -1 : 0;
+}
+
+/* The stage derives behind the log (the pipeline): wait until it has applied
+ * everything acknowledged, so that its metrics count what was sent. A
+ * server without a stage (no such gauge) needs no wait. */
+static int wait_applied(ident_t *x)
+{
+    for (int i = 0; i < 10000; i++) {
+        const sl_buf_t *resp;
+        if (bclient_request(x->c, "GET", "/metrics", NULL, NULL, 0, &resp) != 200) return -1;
+        double lag = bclient_metric(resp, "sillage_stage_lag_events");
+        if (lag <= 0) return 0;
+        usleep(1000);
+    }
+    return -1;
 }
 
 static void identify_body(sl_buf_t *b, const char *run, long size, int sample, const char *device)
@@ -172,11 +188,11 @@ int identify_mode(int argc, char **argv)
             int i = (j + s) % n_sizes;
             double sum0, cnt0, mg0, sum1, cnt1, mg1;
             identify_body(&x.body, run, sizes[i], s, "web");
-            if (metrics(&x, &sum0, &cnt0, &mg0)) goto fail_metrics;
+            if (wait_applied(&x) || metrics(&x, &sum0, &cnt0, &mg0)) goto fail_metrics;
             uint64_t t0 = sl_mono_ns();
             if (post(&x, "/v1/identify", &x.body)) goto fail;
             http_us[i][s] = (double)(sl_mono_ns() - t0) / 1e3;
-            if (metrics(&x, &sum1, &cnt1, &mg1)) goto fail_metrics;
+            if (wait_applied(&x) || metrics(&x, &sum1, &cnt1, &mg1)) goto fail_metrics;
             if (cnt1 - cnt0 != 1 || mg1 - mg0 != 1) {
                 fprintf(stderr, "sillage-bench identify: expected one identify and one merge, saw %.0f and %.0f "
                                 "(is another client writing?)\n", cnt1 - cnt0, mg1 - mg0);
