@@ -2,7 +2,7 @@
  *
  * Layout (named databases in one environment under data_dir):
  *   events  u64 seq -> stored message (compact JSON), appended with MDB_APPEND;
- *           once the store holds 2,000 events, compressed with zstd and a
+ *           once the store holds 4,000 events, compressed with zstd and a
  *           dictionary trained on them (meta "zdict"); readers get the JSON
  *   msgids  u64 seq -> {i64 received_ms, u128 hash(source, messageId)}: the
  *           dedupe log, appended in the same transaction as the event

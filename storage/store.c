@@ -22,8 +22,8 @@
  * starts with '{': every event written before the dictionary) or ZFRAME
  * followed by a zstd frame. */
 #define ZFRAME 0x01
-#define ZDICT_TRAIN_AT 2000        /* events the dictionary is trained on */
-#define ZDICT_BYTES (16 * 1024)
+#define ZDICT_TRAIN_AT 4000        /* events the dictionary is trained on */
+#define ZDICT_BYTES (64 * 1024)
 #define ZLEVEL 3
 /* Old msgids entries deleted per commit: bounded work at the left edge. */
 #define RETENTION_PER_COMMIT 512

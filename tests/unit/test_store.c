@@ -251,7 +251,7 @@ static int compare_cb(const char *json, size_t len, uint64_t seq, void *arg)
     return 0;
 }
 
-/* Past 2,000 events the store trains a zstd dictionary and stores events
+/* Past 4,000 events the store trains a zstd dictionary and stores events
  * compressed; every reader gets the JSON back byte for byte, also after a
  * restart and in a read-only open. */
 TEST(store_compressed_roundtrip)
@@ -263,7 +263,7 @@ TEST(store_compressed_roundtrip)
     sl_store_t *st = open_store(dir, 0);
     REQUIRE(st != NULL);
     CHECK_INT(sl_store_start(st, &loop), ==, 0);
-    enum { N = 6000 };
+    enum { N = 12000 };
     static char want[N][160];
     static sl_store_msg_t m[N];
     static char ids[N][16];
@@ -288,7 +288,7 @@ TEST(store_compressed_roundtrip)
     CHECK_INT(r.same, ==, N);
     sl_store_close(st);
     /* compressed: the events' pages hold well under the ~150 bytes each has
-     * as JSON (the first 2,000 stay as they came: the dictionary learns on them) */
+     * as JSON (the first 4,000 stay as they came: the dictionary learns on them) */
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "mdb_stat -s events '%s' > '%s/stat.txt'", dir, dir);
     CHECK_INT(system(cmd), ==, 0);
