@@ -377,10 +377,10 @@ test('webhooks: signed, retried with the same delivery id, resent after a restar
     s2 = await startServer({ dir, config });
     const end2 = Date.now() + 10000;
     while (Date.now() < end2 && rx.seen.get(lateId).length <= n0) await sleep(100);
-    await sleep(300);
     const list = rx.seen.get(lateId);
     assert.ok(list.length > n0, 'resent after the restart under the same delivery id');
-    assert.equal(list.at(-1).attempt, 1, 'attempts count from 1 again in the new process');
+    // the first attempt of the new process (a retry may follow it 375 ms later)
+    assert.equal(list[n0].attempt, 1, 'attempts count from 1 again in the new process');
     assert.equal(list.filter((a) => a.body === list[0].body).length, list.length);
     // nothing already acknowledged came back with a new id
     assert.equal(rx.seen.size, 4);
