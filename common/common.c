@@ -677,3 +677,9 @@ void sl_metric_histogram(sl_buf_t *b, const char *name, const char *help, const 
     }
     sl_buf_printf(b, "%s_sum %.9g\n%s_count %llu\n", name, sum, name, (unsigned long long)cum);
 }
+
+const char *sl_json_str(const cJSON *o, const char *name)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsString(x) ? x->valuestring : NULL;
+}

@@ -54,6 +54,10 @@ void sl_arena_reset(sl_arena_t *a);
  * Without an arena set, allocations go to the heap as usual. Memory cJSON
  * hands out (cJSON_Print...) must then be released with cJSON_free(). */
 void sl_json_hooks_install(void);
+
+/* The string member name of o, or NULL (absent, not a string, o not an object). */
+struct cJSON;
+const char *sl_json_str(const struct cJSON *o, const char *name);
 /* Sets the calling thread's cJSON arena (NULL: the heap); returns the old one.
  * A no-op returning NULL when the hooks are not installed. */
 sl_arena_t *sl_json_arena_swap(sl_arena_t *a);

@@ -482,12 +482,6 @@ static void swap_persons(person_t *a, person_t *b)
 
 static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq);
 
-static const char *str_member(const cJSON *o, const char *name)
-{
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsString(x) ? x->valuestring : NULL;
-}
-
 /* What the stitcher reads of a stored message (the collector normalised it:
  * ids are strings, timestamp is corrected and clamped, context.sillage.source
  * names the source). Cleaned identifiers go to s->in_arena. */
@@ -495,34 +489,34 @@ static void read_msg(sl_stitch_t *s, const cJSON *doc, sl_stitch_msg_t *m)
 {
     memset(m, 0, sizeof(*m));
     sl_arena_reset(&s->in_arena);
-    const char *type = str_member(doc, "type");
+    const char *type = sl_json_str(doc, "type");
     static const char *const names[] = {"track", "page", "screen", "identify", "alias", "group"};
     m->type = SL_STITCH_TRACK;
     for (int i = 0; type && i < 6; i++)
         if (strcmp(type, names[i]) == 0) m->type = SL_STITCH_TRACK + i;
-    m->message_id = str_member(doc, "messageId");
-    m->user_id = sl_stitch_clean_id(s, str_member(doc, "userId"), &s->in_arena, 0);
-    m->anonymous_id = sl_stitch_clean_id(s, str_member(doc, "anonymousId"), &s->in_arena, 0);
-    m->previous_id = sl_stitch_clean_id(s, str_member(doc, "previousId"), &s->in_arena, 0);
+    m->message_id = sl_json_str(doc, "messageId");
+    m->user_id = sl_stitch_clean_id(s, sl_json_str(doc, "userId"), &s->in_arena, 0);
+    m->anonymous_id = sl_stitch_clean_id(s, sl_json_str(doc, "anonymousId"), &s->in_arena, 0);
+    m->previous_id = sl_stitch_clean_id(s, sl_json_str(doc, "previousId"), &s->in_arena, 0);
     const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "sillage");
-    const sl_source_t *src = sl_config_source(s->cfg, str_member(sil, "source"));
+    const sl_source_t *src = sl_config_source(s->cfg, sl_json_str(sil, "source"));
     m->trusted = src && src->trusted;
-    const char *ts = str_member(doc, "timestamp");
+    const char *ts = sl_json_str(doc, "timestamp");
     if (ts == NULL || sl_time_parse_iso(ts, strlen(ts), &m->ts_ms)) m->ts_ms = sl_now_ms();
     const cJSON *traits = cJSON_GetObjectItemCaseSensitive(doc, "traits");
     if (m->type == SL_STITCH_IDENTIFY && cJSON_IsObject(traits)) {
         for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
-            m->trait_ids[i] = sl_stitch_clean_id(s, str_member(traits, s->cfg->identity_traits[i]), &s->in_arena, 1);
+            m->trait_ids[i] = sl_stitch_clean_id(s, sl_json_str(traits, s->cfg->identity_traits[i]), &s->in_arena, 1);
         m->traits = traits;
     }
-    const char *event = str_member(doc, "event");
+    const char *event = sl_json_str(doc, "event");
     if (m->type == SL_STITCH_TRACK && event && strcmp(event, "Order Completed") == 0) {
         const cJSON *props = cJSON_GetObjectItemCaseSensitive(doc, "properties");
         const cJSON *rev = cJSON_GetObjectItemCaseSensitive(props, "revenue");
         if (!cJSON_IsNumber(rev)) rev = cJSON_GetObjectItemCaseSensitive(props, "total");
         m->is_order = 1;
         m->revenue = cJSON_IsNumber(rev) ? rev->valuedouble : 0;
-        const char *cur = str_member(props, "currency");
+        const char *cur = sl_json_str(props, "currency");
         if (cur) snprintf(m->currency, sizeof(m->currency), "%s", cur);
     }
 }

@@ -657,27 +657,21 @@ static int inact_timer(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, u
 
 /* ---- public: events, merges, traits ---- */
 
-static const char *str_member(const cJSON *o, const char *name)
-{
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsString(x) ? x->valuestring : NULL;
-}
-
 /* What the rules need of a stored event: decided here, by the rules. */
 static int read_msg(sl_trig_t *t, const cJSON *doc, int64_t ts_ms, rule_msg_t *m)
 {
     memset(m, 0, sizeof(*m));
-    const char *type = str_member(doc, "type");
+    const char *type = sl_json_str(doc, "type");
     m->track = type && strcmp(type, "track") == 0;
     m->page = type && strcmp(type, "page") == 0;
-    m->event = m->track ? str_member(doc, "event") : NULL;
+    m->event = m->track ? sl_json_str(doc, "event") : NULL;
     m->props = cJSON_GetObjectItemCaseSensitive(doc, "properties");
     m->ts_ms = ts_ms;
     if (!m->page) return 0;
     const cJSON *page = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "page");
-    const char *url = str_member(m->props, "url"), *path = str_member(m->props, "path");
-    if (url == NULL) url = str_member(page, "url");
-    if (path == NULL) path = str_member(page, "path");
+    const char *url = sl_json_str(m->props, "url"), *path = sl_json_str(m->props, "path");
+    if (url == NULL) url = sl_json_str(page, "url");
+    if (path == NULL) path = sl_json_str(page, "path");
     if (path == NULL && url) { /* the path of an absolute URL */
         const char *p = strstr(url, "://");
         p = p ? strchr(p + 3, '/') : NULL;
