@@ -367,8 +367,9 @@ static void deliver(sl_stage_t *sg, sl_stage_job_t *list)
 }
 
 /* Applies what is durable up to upto, with jobs; redoes the transaction
- * without an event or job that cannot be applied. Returns 0 or the
- * environment's error (nothing applied then). */
+ * without an event or job that cannot be applied. *ticked (may be NULL):
+ * whether timers ran. Returns 0 or the environment's error (nothing
+ * applied then). */
 static int run_txn(sl_stage_t *sg, sl_stage_job_t **jobs, uint64_t upto, int *ticked)
 {
     uint64_t aside[MAX_ASIDE_PER_TXN];
@@ -385,7 +386,7 @@ static int run_txn(sl_stage_t *sg, sl_stage_job_t **jobs, uint64_t upto, int *ti
             atomic_fetch_add(&sg->stats.txns, 1);
             atomic_fetch_add(&sg->stats.set_aside, n_aside);
             sg->cursor = p.last;
-            *ticked = x.ticked;
+            if (ticked) *ticked = x.ticked;
             return 0;
         }
         each_after_txn(sg, 0);
@@ -440,9 +441,8 @@ static void stage_main(void *arg)
             if (stopping) break;
             continue;
         }
-        int ticked = 0;
         uint64_t before = sg->cursor;
-        int rc = run_txn(sg, &jobs, upto, &ticked);
+        int rc = run_txn(sg, &jobs, upto, NULL);
         if (rc == 0) sg->prev_commit_cursor = before;
         if (rc) {
             SL_ERROR("the stage could not apply events %llu..%llu: %s; retrying in a second",
@@ -473,10 +473,8 @@ static void stage_main(void *arg)
             j->rc = 0;
             if (j->after_commit) j->rc = need_sync && !sg->opts.nosync ? EIO : j->after_commit(j->arg);
         }
-        atomic_store(&sg->applied, sg->cursor);
+        atomic_store(&sg->applied, sg->cursor); /* readers' waiters follow the flush: each_synced() */
         deliver(sg, jobs);
-        if (sg->cursor != before) uv_async_send(&sg->async); /* waiters */
-        (void)ticked;
     }
     uv_mutex_lock(&sg->mu);
     sg->exited = 1;
