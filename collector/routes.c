@@ -179,7 +179,7 @@ static void request_context(conn_t *c, sl_ingest_ctx_t *ctx, char ipbuf[46], cJS
  * message is stored whole, the answer says so. What a person accumulated
  * over many messages is bounded by the stage, which counts what it drops
  * (sillage_traits_dropped_total). */
-static void note_traits(req_t *r, sl_server_t *srv, const cJSON *msg)
+static void note_traits(req_t *r, sl_server_t *srv, const cJSON *msg, size_t printed_len)
 {
     const sl_config_t *cfg = srv->cfg;
     const cJSON *traits = cJSON_GetObjectItemCaseSensitive(msg, "traits");
@@ -187,7 +187,10 @@ static void note_traits(req_t *r, sl_server_t *srv, const cJSON *msg)
     if (!cJSON_IsObject(traits) || !cJSON_IsString(type) || strcmp(type->valuestring, "identify") != 0) return;
     size_t n = (size_t)cJSON_GetArraySize(traits);
     if (n <= cfg->limits.max_traits_per_person) {
-        /* the scratch buffer is free again: the message was copied out of it */
+        /* the traits are part of the message: one that fits is no news, and
+         * most do -- only then are they printed alone (the scratch buffer is
+         * free again: the message was copied out of it) */
+        if (printed_len <= cfg->limits.max_traits_bytes) return;
         if (!cJSON_PrintPreallocated((cJSON *)traits, srv->scratch, (int)srv->scratch_len, 0)) return;
         if (strlen(srv->scratch) <= cfg->limits.max_traits_bytes) return;
     }
@@ -252,7 +255,7 @@ static const char *accept_message(conn_t *c, cJSON *msg, int type, const sl_inge
     m->json_len = len;
     m->received_ms = ctx->received_ms;
     m->dedupe = sl_store_dedupe_key(c->srv->store, src->name, mid->valuestring);
-    note_traits(r, srv, msg);
+    note_traits(r, srv, msg, len);
     return NULL;
 }
 
