@@ -6,7 +6,6 @@
  * (feed_async, one of its "feed advanced" subscribers) when more triggers
  * became durable; waiting polls and open streams are then served.
  * Also /debug/stream: each event once the stage stitched it. */
-#include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,36 +222,6 @@ void http_feed_conn_closed(conn_t *c)
     c->busy = 0; /* nothing else holds its request: the connection frees it */
 }
 
-/* s as a whole number within [min, max]: 0, or -1 (not one, or out of
- * range, including past UINT64_MAX, which strtoull would clamp). */
-static int parse_num(const char *s, unsigned long long min, unsigned long long max, unsigned long long *out)
-{
-    if (s[0] < '0' || s[0] > '9') return -1;
-    char *end = NULL;
-    errno = 0;
-    unsigned long long x = strtoull(s, &end, 10);
-    if (errno == ERANGE || *end || x < min || x > max) return -1;
-    *out = x;
-    return 0;
-}
-
-/* A whole number from the query string into *out; 1 when absent, 0 when set,
- * -1 after answering 400. */
-static int query_num(conn_t *c, const char *name, unsigned long long min, unsigned long long max,
-                     unsigned long long *out)
-{
-    char *v = NULL;
-    long n = http_query_param(c->req, name, &v);
-    if (n == SL_ENOTFOUND) return 1;
-    if (n <= 0 || parse_num(v, min, max, out)) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "%s must be a whole number from %llu to %llu", name, min, max);
-        http_respond_error(c, 400, msg);
-        return -1;
-    }
-    return 0;
-}
-
 /* Answers a poll now, or waits for more (long poll). */
 static void poll_or_wait(conn_t *c)
 {
@@ -266,13 +235,9 @@ static void poll_or_wait(conn_t *c)
     waiter_link(c);
 }
 
-static void on_applied(sl_stage_waiter_t *w, int reached)
+static void after_stage(conn_t *c, int reached)
 {
     (void)reached; /* a stale answer is still an answer: the client asked for at most wait_ms */
-    req_t *r = w->arg;
-    conn_t *c = r->conn;
-    r->waiting = 0;
-    c->busy = 0;
     poll_or_wait(c);
 }
 
@@ -298,34 +263,23 @@ void http_handle_triggers(conn_t *c, const char *rest)
         return;
     }
     unsigned long long after = 0, limit = 100, wait = 0;
-    int has_after = query_num(c, "after", 0, UINT64_MAX, &after);
+    int has_after = http_query_num(c, "after", 0, UINT64_MAX, &after);
     if (has_after < 0) return;
     if (strcmp(rest, "") == 0) {
-        if (query_num(c, "limit", 1, 1000, &limit) < 0 || query_num(c, "wait", 0, MAX_WAIT_S, &wait) < 0) return;
+        if (http_query_num(c, "limit", 1, 1000, &limit) < 0 || http_query_num(c, "wait", 0, MAX_WAIT_S, &wait) < 0) return;
         c->feed_after = after;
         c->feed_limit = (size_t)limit;
         c->feed_deadline_ms = sl_now_ms() + (int64_t)wait * 1000;
         /* First what the stage owes this read: the triggers of every event
          * acknowledged before it (or up to ?position=), bounded by ?wait_ms=. */
-        uint64_t pos;
-        int64_t wait_ms;
-        if (http_read_position(c, &pos, &wait_ms)) return;
-        if (pos > sl_stage_durable_applied(srv->stage) && wait_ms > 0) {
-            r->waiting = 1;
-            r->waiter.cb = on_applied;
-            r->waiter.arg = r;
-            c->busy = 1;
-            sl_stage_wait(srv->stage, &r->waiter, pos, wait_ms);
-            return;
-        }
-        poll_or_wait(c);
+        http_after_stage(c, after_stage);
         return;
     }
     if (strcmp(rest, "/stream") == 0) {
         /* Resume after ?after=, else Last-Event-ID, else from now on. */
         if (has_after == 1) {
             if (r->last_event_id) {
-                if (parse_num(r->last_event_id, 0, UINT64_MAX, &after)) {
+                if (http_parse_num(r->last_event_id, 0, UINT64_MAX, &after)) {
                     http_respond_error(c, 400, "Last-Event-ID must be a trigger sequence number");
                     return;
                 }

@@ -10,6 +10,7 @@
 #include "http_int.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1166,4 +1167,58 @@ int http_admin_required(conn_t *c)
     if (ok < 0) return 0; /* answered 429 */
     if (!ok) http_respond_error(c, 401, "admin token required (Authorization: Bearer <admin_token>)");
     return ok;
+}
+
+int http_parse_num(const char *s, unsigned long long min, unsigned long long max, unsigned long long *out)
+{
+    if (s[0] < '0' || s[0] > '9') return -1;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (errno == ERANGE || *end || x < min || x > max) return -1;
+    *out = x;
+    return 0;
+}
+
+int http_query_num(conn_t *c, const char *name, unsigned long long min, unsigned long long max,
+                   unsigned long long *out)
+{
+    char *v = NULL;
+    long n = http_query_param(c->req, name, &v);
+    if (n == SL_ENOTFOUND) return 1;
+    if (n <= 0 || http_parse_num(v, min, max, out)) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "%s must be a whole number from %llu to %llu", name, min, max);
+        http_respond_error(c, 400, msg);
+        return -1;
+    }
+    return 0;
+}
+
+static void stage_reached(sl_stage_waiter_t *w, int reached)
+{
+    req_t *r = w->arg;
+    conn_t *c = r->conn;
+    r->waiting = 0;
+    c->busy = 0;
+    r->after_stage(c, reached);
+}
+
+void http_after_stage(conn_t *c, void (*then)(conn_t *c, int reached))
+{
+    req_t *r = c->req;
+    sl_stage_t *stage = c->srv->stage;
+    unsigned long long pos = sl_store_durable_seq(c->srv->store), wait_ms = 2000;
+    if (http_query_num(c, "position", 0, UINT64_MAX, &pos) < 0 || http_query_num(c, "wait_ms", 0, 10000, &wait_ms) < 0)
+        return;
+    if (pos <= sl_stage_durable_applied(stage) || wait_ms == 0) {
+        then(c, pos <= sl_stage_durable_applied(stage));
+        return;
+    }
+    r->after_stage = then;
+    r->waiter.cb = stage_reached;
+    r->waiter.arg = r;
+    r->waiting = 1;
+    c->busy = 1;
+    sl_stage_wait(stage, &r->waiter, pos, (int64_t)wait_ms);
 }

@@ -50,9 +50,10 @@ typedef struct req_s {
     int is_pixel;
     sl_ipnet_t client_ip;         /* routes.c client_ip() */
     int has_client_ip;
-    /* a read waiting for the stage (profiles.c) */
-    void *read;
+    /* a read waiting for the stage (http_after_stage) */
+    void *read;                   /* profiles.c: what to read */
     sl_stage_waiter_t waiter;
+    void (*after_stage)(conn_t *c, int reached);
     int waiting;
 } req_t;
 
@@ -243,8 +244,16 @@ const char *http_route_basic_auth_refusal(conn_t *c);
 void http_handle_profiles(conn_t *c, const char *rest);
 /* GET /v1/admin/set-aside (profiles.c). */
 void http_handle_set_aside(conn_t *c);
-/* profiles.c: a read's ?position= (default: the log's durable end) and
- * ?wait_ms=; 0, or -1 after answering 400. */
-int http_read_position(conn_t *c, uint64_t *pos, int64_t *wait_ms);
+/* Read-your-writes: then(c, reached) once the stage has applied (and
+ * flushed) the log up to ?position= (default: the log's durable end now),
+ * or after ?wait_ms= (default 2000, 0..10000) with reached 0; at once when
+ * it already has. Answers 400 itself for a bad parameter. */
+void http_after_stage(conn_t *c, void (*then)(conn_t *c, int reached));
+/* s, or the query parameter name, as a whole number within [min, max]:
+ * http_parse_num 0 or -1; http_query_num 1 when absent, 0 when set, -1
+ * after answering 400 ("<name> must be a whole number from <min> to <max>"). */
+int http_parse_num(const char *s, unsigned long long min, unsigned long long max, unsigned long long *out);
+int http_query_num(conn_t *c, const char *name, unsigned long long min, unsigned long long max,
+                   unsigned long long *out);
 
 #endif

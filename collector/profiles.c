@@ -5,7 +5,6 @@
  * waits (bounded) until the derivation stage has applied the log up to
  * `position` -- by default the log's durable end when the request arrived,
  * which holds every event acknowledged before it. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,45 +81,6 @@ static void answer_read(conn_t *c, int reached)
     else if (rc || out.data == NULL) http_respond_error(c, 503, sl_strerror(rc ? rc : SL_ENOMEM));
     else http_respond(c, 200, "application/json", h, out.data, out.len);
     sl_buf_free(&out);
-}
-
-static void on_applied(sl_stage_waiter_t *w, int reached)
-{
-    req_t *r = w->arg;
-    conn_t *c = r->conn;
-    r->waiting = 0;
-    c->busy = 0;
-    answer_read(c, reached);
-}
-
-/* ?position=N (default: the log's durable end now) and ?wait_ms=T (default
- * 2000, at most 10000; 0: answer at once). 0, or -1 after answering 400. */
-int http_read_position(conn_t *c, uint64_t *pos, int64_t *wait_ms)
-{
-    req_t *r = c->req;
-    char *v = NULL;
-    *pos = sl_store_durable_seq(c->srv->store);
-    *wait_ms = 2000;
-    if (http_query_param(r, "position", &v) >= 0) {
-        char *end;
-        errno = 0;
-        unsigned long long x = strtoull(v, &end, 10);
-        if (*v == '\0' || *end || errno || *v == '-') {
-            http_respond_error(c, 400, "position must be a log position (X-Sillage-Position of an ingest answer)");
-            return -1;
-        }
-        *pos = x;
-    }
-    if (http_query_param(r, "wait_ms", &v) >= 0) {
-        char *end;
-        long x = strtol(v, &end, 10);
-        if (*v == '\0' || *end || x < 0 || x > 10000) {
-            http_respond_error(c, 400, "wait_ms must be 0..10000");
-            return -1;
-        }
-        *wait_ms = x;
-    }
-    return 0;
 }
 
 void http_handle_profiles(conn_t *c, const char *rest)
@@ -200,39 +160,21 @@ void http_handle_profiles(conn_t *c, const char *rest)
         http_respond_error(c, 405, what == 0 ? "use GET or DELETE" : "use GET");
         return;
     }
-    read_req_t *qp = sl_arena_alloc(&r->arena, sizeof(*qp));
-    if (qp == NULL) {
+    read_req_t *q = sl_arena_alloc(&r->arena, sizeof(*q));
+    if (q == NULL) {
         http_respond_error(c, 503, "out of memory");
         return;
     }
-    *qp = (read_req_t){srv->stitch, kind, id, NULL, what, 50, NULL};
-    read_req_t *q = qp;
+    *q = (read_req_t){srv->stitch, kind, id, NULL, what, 50, NULL};
     if (what == 1) {
-        char *lim = NULL, *before = NULL;
-        if (http_query_param(r, "limit", &lim) >= 0) {
-            char *end;
-            long l = strtol(lim, &end, 10);
-            if (*end || l < 1 || l > 1000) {
-                http_respond_error(c, 400, "limit must be 1..1000");
-                return;
-            }
-            q->limit = (size_t)l;
-        }
+        unsigned long long limit = q->limit;
+        char *before = NULL;
+        if (http_query_num(c, "limit", 1, 1000, &limit) < 0) return;
+        q->limit = (size_t)limit;
         if (http_query_param(r, "before", &before) >= 0) q->before = before;
     }
-    uint64_t pos;
-    int64_t wait_ms;
-    if (http_read_position(c, &pos, &wait_ms)) return;
     r->read = q;
-    if (pos <= sl_stage_durable_applied(srv->stage) || wait_ms == 0) {
-        answer_read(c, pos <= sl_stage_durable_applied(srv->stage));
-        return;
-    }
-    r->waiting = 1;
-    r->waiter.cb = on_applied;
-    r->waiter.arg = r;
-    c->busy = 1;
-    sl_stage_wait(srv->stage, &r->waiter, pos, wait_ms);
+    http_after_stage(c, answer_read);
 }
 
 static int list_one(uint64_t seq, const char *reason, void *arg)
