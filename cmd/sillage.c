@@ -674,9 +674,8 @@ static int cmd_rebuild(int argc, char **argv)
             (rc = mdb_env_open(oenv, cur, MDB_RDONLY | MDB_NOTLS, 0640)) == 0)
             rc = mdb_txn_begin(oenv, NULL, MDB_RDONLY, &otxn);
         r.src = otxn;
-        sl_stage_job_t job = {.run = carry_run, .arg = &r};
-        if (rc == 0) rc = sl_stage_catch_up(d.stage, &job, r.total, rebuild_progress, &r);
-    } else if (rc == 0 && legacy == 1) {
+    }
+    if (rc == 0 && !have_derived && legacy == 1) { /* the feed still in the log */
         rebuild_legacy_t x = {&r, r.total, 0};
         rc = sl_store_read(st, rebuild_in_log_txn, &x);
         if (rc == 0) rc = x.rc;
