@@ -45,7 +45,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     char json[1024];
     snprintf(json, sizeof(json),
              "{\"listen\":\"127.0.0.1:0\",\"data_dir\":\"%s\",\"durability\":\"os\",\"map_size\":\"64MB\","
-             "\"sources\":[{\"name\":\"s\",\"write_key\":\"wk\"}],\"admin_token\":\"tok\",\"demo\":true,\"debug\":true,"
+             "\"sources\":[{\"name\":\"s\",\"write_key\":\"wk\"},{\"name\":\"b\",\"write_key\":\"bk\",\"trusted\":true}],\"admin_token\":\"tok\",\"demo\":true,\"debug\":true,"
              "\"limits\":{\"max_request_bytes\":65536,\"max_message_bytes\":2048},"
              "\"triggers\":[{\"name\":\"c\",\"type\":\"abandoned_cart\",\"delay\":\"1s\"},"
              "{\"name\":\"p\",\"type\":\"page_visit\",\"url\":\"/*\"},{\"name\":\"t\",\"type\":\"trait_change\",\"trait\":\"plan\"}]}",
