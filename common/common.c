@@ -683,3 +683,17 @@ const char *sl_json_str(const cJSON *o, const char *name)
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, name);
     return cJSON_IsString(x) ? x->valuestring : NULL;
 }
+
+int sl_lmdb_grow(MDB_env *env, uv_rwlock_t *lock, uint64_t *size, uint64_t max, const char *what)
+{
+    if (*size >= max) return MDB_MAP_FULL;
+    uint64_t want = *size * 2 < max ? *size * 2 : max;
+    uv_rwlock_wrlock(lock);
+    int rc = mdb_env_set_mapsize(env, want);
+    uv_rwlock_wrunlock(lock);
+    if (rc) return rc;
+    SL_WARN("%s map full at %llu bytes: grown to %llu (at most %llu)", what, (unsigned long long)*size,
+            (unsigned long long)want, (unsigned long long)max);
+    *size = want;
+    return 0;
+}

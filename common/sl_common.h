@@ -168,6 +168,11 @@ int sl_mkdir_p(const char *path);
  * caller's map-resize lock). 0, -errno or an LMDB error. */
 typedef struct MDB_env MDB_env;
 int sl_lmdb_backup(MDB_env *env, const char *dest, uv_rwlock_t *lock);
+/* Doubles env's map (at most to max) under lock held exclusively (the
+ * caller's map-resize lock; its own writer must have no transaction open),
+ * updates *size and says so in the log, naming what. 0, MDB_MAP_FULL when
+ * *size is already max, or an LMDB error. */
+int sl_lmdb_grow(MDB_env *env, uv_rwlock_t *lock, uint64_t *size, uint64_t max, const char *what);
 #define SL_INFO(...) sl_log(SL_LOG_INFO, __VA_ARGS__)
 #define SL_WARN(...) sl_log(SL_LOG_WARN, __VA_ARGS__)
 #define SL_ERROR(...) sl_log(SL_LOG_ERROR, __VA_ARGS__)

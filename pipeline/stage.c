@@ -328,18 +328,9 @@ fail:
 
 static int grow_map(sl_stage_t *sg)
 {
-    if (sg->map_size >= sg->opts.map_size_max_bytes) return MDB_MAP_FULL;
-    uint64_t want = sg->map_size * 2;
-    if (want > sg->opts.map_size_max_bytes) want = sg->opts.map_size_max_bytes;
-    uv_rwlock_wrlock(&sg->resize_lock);
-    int rc = mdb_env_set_mapsize(sg->env, want);
-    uv_rwlock_wrunlock(&sg->resize_lock);
-    if (rc) return rc;
-    SL_WARN("derived store map full at %llu bytes: grown to %llu", (unsigned long long)sg->map_size,
-            (unsigned long long)want);
-    sg->map_size = want;
-    atomic_fetch_add(&sg->stats.map_resizes, 1);
-    return 0;
+    int rc = sl_lmdb_grow(sg->env, &sg->resize_lock, &sg->map_size, sg->opts.map_size_max_bytes, "derived store");
+    if (rc == 0) atomic_fetch_add(&sg->stats.map_resizes, 1);
+    return rc;
 }
 
 static sl_stage_job_t *unlink_job(sl_stage_job_t *list, sl_stage_job_t *j)

@@ -583,18 +583,9 @@ static int commit_list(sl_store_t *st, sl_store_batch_t *list, size_t *n_stored,
 
 static int grow_map(sl_store_t *st)
 {
-    if (st->map_size >= st->opts.map_size_max_bytes) return MDB_MAP_FULL;
-    uint64_t want = st->map_size * 2;
-    if (want > st->opts.map_size_max_bytes) want = st->opts.map_size_max_bytes;
-    uv_rwlock_wrlock(&st->resize_lock);
-    int rc = mdb_env_set_mapsize(st->env, want);
-    uv_rwlock_wrunlock(&st->resize_lock);
+    int rc = sl_lmdb_grow(st->env, &st->resize_lock, &st->map_size, st->opts.map_size_max_bytes, "LMDB");
     if (rc) return rc;
-    SL_WARN("LMDB map full at %llu bytes: grown to %llu (map_size_max %llu)",
-            (unsigned long long)st->map_size, (unsigned long long)want,
-            (unsigned long long)st->opts.map_size_max_bytes);
-    st->map_size = want;
-    atomic_store(&st->stats.map_size_bytes, want);
+    atomic_store(&st->stats.map_size_bytes, st->map_size);
     atomic_fetch_add(&st->stats.map_resizes, 1);
     return 0;
 }

@@ -1,12 +1,15 @@
-/* test_common.c - time, units, hashing, config, junk identifiers. */
+/* test_common.c - time, units, hashing, config, junk identifiers, map growth. */
 #include "test.h"
 #include "sl_common.h"
 #include "sl_config.h"
 #include "sl_stitch.h"
 
+#include <lmdb.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <uv.h>
 
 TEST(time_parse_table)
 {
@@ -352,4 +355,45 @@ TEST(junk_identifiers)
     }
     sl_arena_free(&a);
     sl_config_free(&c);
+}
+
+/* An environment's map grows by doubling up to its bound, then says full. */
+TEST(lmdb_grow)
+{
+    char dir[] = "/tmp/sl-grow-XXXXXX";
+    REQUIRE(mkdtemp(dir) != NULL);
+    MDB_env *env = NULL;
+    uint64_t size = 1 << 20, max = 3 << 20;
+    REQUIRE(mdb_env_create(&env) == 0);
+    REQUIRE(mdb_env_set_mapsize(env, size) == 0 && mdb_env_open(env, dir, MDB_NOSYNC, 0640) == 0);
+    uv_rwlock_t lock;
+    uv_rwlock_init(&lock);
+    char val[4096];
+    memset(val, 'x', sizeof(val));
+    int grown = 0, rc = 0;
+    for (uint32_t k = 0; rc == 0 && k < 10000; k++) { /* 40 MB wanted, 3 MB allowed */
+        MDB_txn *txn;
+        MDB_dbi dbi;
+        REQUIRE(mdb_txn_begin(env, NULL, 0, &txn) == 0);
+        MDB_val key = {sizeof(k), &k}, v = {sizeof(val), val};
+        rc = mdb_dbi_open(txn, NULL, 0, &dbi);
+        if (rc == 0) rc = mdb_put(txn, dbi, &key, &v, 0);
+        if (rc == 0) rc = mdb_txn_commit(txn);
+        else mdb_txn_abort(txn);
+        if (rc == MDB_MAP_FULL) {
+            rc = sl_lmdb_grow(env, &lock, &size, max, "test");
+            if (rc == 0) grown++;
+        }
+    }
+    CHECK_INT(rc, ==, MDB_MAP_FULL);
+    CHECK_INT(grown, ==, 2); /* 1 -> 2 -> 3 MB, capped */
+    CHECK_INT(size, ==, max);
+    MDB_envinfo info;
+    mdb_env_info(env, &info);
+    CHECK_INT(info.me_mapsize, ==, max);
+    uv_rwlock_destroy(&lock);
+    mdb_env_close(env);
+    char cmd[64];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    CHECK_INT(system(cmd), ==, 0);
 }
