@@ -11,6 +11,8 @@
 #include "sl_store.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
 #include <llhttp.h>
 #include <lmdb.h>
 #include <maxminddb.h>
@@ -628,6 +630,27 @@ static int rebuild_in_log_txn(MDB_txn *log_txn, void *arg)
     return x->rc = sl_stage_catch_up(x->r->d->stage, &job, x->upto, rebuild_progress, x->r);
 }
 
+/* Removes an LMDB environment's directory (its files, no subdirectory); a
+ * missing one is already removed. 0, or -1 with errno set. */
+static int remove_env_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL) return errno == ENOENT ? 0 : -1;
+    int rc = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char path[4400];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        if (unlink(path) != 0 && errno != ENOENT) rc = -1;
+    }
+    int saved = errno;
+    closedir(d);
+    errno = saved;
+    if (rc == 0 && rmdir(dir) != 0 && errno != ENOENT) rc = -1;
+    return rc;
+}
+
 /* sillage rebuild: derives everything again from the log into a new derived
  * store, then puts it in place of the old one. The trigger feed and the
  * webhook cursors are carried over, and the engine is muted while it
@@ -651,10 +674,9 @@ static int cmd_rebuild(int argc, char **argv)
     snprintf(cur, sizeof(cur), "%s/derived", cfg.data_dir);
     snprintf(tmp, sizeof(tmp), "%s/derived.rebuild", cfg.data_dir);
     snprintf(old, sizeof(old), "%s/derived.old", cfg.data_dir);
-    char cmdline[9000];
-    snprintf(cmdline, sizeof(cmdline), "rm -rf '%s' '%s'", tmp, old);
-    if (system(cmdline) != 0) {
-        fprintf(stderr, "sillage: cannot clear %s\n", tmp);
+    const char *left = remove_env_dir(tmp) ? tmp : remove_env_dir(old) ? old : NULL;
+    if (left) {
+        fprintf(stderr, "sillage: cannot clear %s: %s\n", left, strerror(errno));
         rc = SL_EINVAL;
     }
     int legacy = rc == 0 ? sl_store_has_db(st, "persons") : 0;
@@ -693,8 +715,7 @@ static int cmd_rebuild(int argc, char **argv)
     if (rc == 0 && rename(tmp, cur) != 0) rc = -errno;
     if (rc == 0 && legacy == 1) rc = sl_store_drop_dbs(st, legacy_dbs);
     if (rc == 0 && have_derived) {
-        snprintf(cmdline, sizeof(cmdline), "rm -rf '%s'", old);
-        if (system(cmdline) != 0) SL_WARN("could not remove %s", old);
+        if (remove_env_dir(old)) SL_WARN("could not remove %s: %s", old, strerror(errno));
     }
     if (rc) fprintf(stderr, "sillage: rebuild failed: %s (the derived store in place is unchanged)\n",
                     sl_strerror(rc));
