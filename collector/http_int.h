@@ -243,7 +243,7 @@ void http_route_request(conn_t *c);
 const char *http_route_basic_auth_refusal(conn_t *c);
 void http_handle_profiles(conn_t *c, const char *rest);
 /* GET /v1/admin/set-aside (profiles.c). */
-void http_handle_set_aside(conn_t *c);
+void http_handle_set_aside(conn_t *c, int replay_route);
 /* Read-your-writes: then(c, reached) once the stage has applied (and
  * flushed) the log up to ?position= (default: the log's durable end now),
  * or after ?wait_ms= (default 2000, 0..10000) with reached 0; at once when

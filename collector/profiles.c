@@ -187,14 +187,70 @@ static int list_one(uint64_t seq, const char *reason, void *arg)
     return 0;
 }
 
+static void replay_done(sl_stage_replay_t *q)
+{
+    req_t *r = q->arg;
+    conn_t *c = r->conn;
+    c = c && c->req == r ? c : NULL;
+    if (c) c->busy = 0;
+    if (c == NULL) { /* the client left; the replay happened all the same */
+        free(q);
+        http_req_free(r);
+        return;
+    }
+    if (q->job.rc) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "storage unavailable, nothing was replayed: %s", sl_strerror(q->job.rc));
+        http_respond_error(c, 503, msg);
+    } else {
+        char out[200];
+        int n = snprintf(out, sizeof(out), "{\"success\":true,\"replayed\":%zu,\"failed\":%zu,\"gone\":%zu,\"more\":%s}",
+                         q->replayed, q->failed, q->gone, q->more ? "true" : "false");
+        http_respond(c, 200, "application/json", "Cache-Control: no-store\r\n", out, (size_t)n);
+    }
+    free(q);
+}
+
+/* POST /v1/admin/set-aside/replay[?from=&to=&limit=] */
+static void replay(conn_t *c)
+{
+    unsigned long long from = 0, to = 0, limit = 1000;
+    if (http_query_num(c, "from", 0, UINT64_MAX, &from) < 0 || http_query_num(c, "to", 0, UINT64_MAX, &to) < 0 ||
+        http_query_num(c, "limit", 1, 10000, &limit) < 0)
+        return;
+    sl_stage_replay_t *q = calloc(1, sizeof(*q));
+    if (q == NULL) {
+        http_respond_error(c, 503, "out of memory");
+        return;
+    }
+    q->from = from;
+    q->to = to;
+    q->limit = (size_t)limit;
+    q->done = replay_done;
+    q->arg = c->req;
+    int rc = sl_stage_replay(c->srv->stage, q);
+    if (rc) {
+        free(q);
+        http_respond_error(c, 503, sl_strerror(rc));
+        return;
+    }
+    c->busy = 1;
+}
+
 /* GET /v1/admin/set-aside: the events the stage could not apply, and why
- * (their JSON is in the log: `sillage export`). */
-void http_handle_set_aside(conn_t *c)
+ * (their JSON is in the log: `sillage export`); POST .../replay applies them
+ * again once what failed is fixed. */
+void http_handle_set_aside(conn_t *c, int replay_route)
 {
     sl_server_t *srv = c->srv;
     if (!http_admin_required(c)) return;
     if (srv->stage == NULL) {
         http_respond_error(c, 404, "this node derives nothing (role edge)");
+        return;
+    }
+    if (replay_route) {
+        if (c->req->method != HTTP_POST) http_respond_error(c, 405, "use POST");
+        else replay(c);
         return;
     }
     if (c->req->method != HTTP_GET) {

@@ -510,7 +510,7 @@ static void handle_preflight(conn_t *c)
 {
     req_t *r = c->req;
     if (http_admin_path(r->path)) {
-        http_respond(c, 204, NULL, r->origin ? NULL : "Allow: GET, DELETE, OPTIONS\r\n", NULL, 0);
+        http_respond(c, 204, NULL, r->origin ? NULL : "Allow: GET, POST, DELETE, OPTIONS\r\n", NULL, 0);
         return;
     }
     if (!http_origin_allowed(c->srv, r)) {
@@ -634,9 +634,9 @@ void http_route_request(conn_t *c)
             http_handle_triggers(c, rest + 8);
             return;
         }
-        if (strcmp(rest, "admin/set-aside") == 0) {
+        if (strcmp(rest, "admin/set-aside") == 0 || strcmp(rest, "admin/set-aside/replay") == 0) {
             r->route = ROUTE_PROFILES;
-            http_handle_set_aside(c);
+            http_handle_set_aside(c, rest[15] == '/');
             return;
         }
     } else if (strcmp(path, "/healthz") == 0) {

@@ -154,13 +154,32 @@ int sl_stage_backup(sl_stage_t *sg, const char *dir);
 int sl_stage_set_aside(sl_stage_t *sg, size_t limit, int (*cb)(uint64_t seq, const char *reason, void *arg),
                        void *arg);
 
+/* Replays events set aside, from..to (to 0: no end), at most limit (0:
+ * 1,000), in order, through every step, as if each had just arrived (its
+ * triggers fire if their rules still match): one applied leaves the list,
+ * one that fails again stays with its new reason. r is the caller's until
+ * done(r) runs on the loop thread with r->job.rc and the counts. Loop
+ * thread; returns 0 or SL_ESHUTDOWN. */
+typedef struct sl_stage_replay_s sl_stage_replay_t;
+struct sl_stage_replay_s {
+    sl_stage_job_t job;          /* private (first: done() finds r from it) */
+    uint64_t from, to;
+    size_t limit;
+    void (*done)(sl_stage_replay_t *r);
+    void *arg;
+    size_t replayed, failed, gone; /* out: applied; failed again; erased from the log since */
+    int more;                    /* out: more events set aside in from..to wait for another call */
+    sl_stage_t *sg;              /* private */
+};
+int sl_stage_replay(sl_stage_t *sg, sl_stage_replay_t *r);
+
 typedef struct sl_stage_stats_s {
     uint64_t applied;            /* last event applied */
     uint64_t log_durable;        /* the log's durable end */
     uint64_t lag_events;         /* log_durable - applied */
     int64_t lag_ms;              /* how long the oldest unapplied durable event has waited */
     uint64_t events_applied, txns, set_aside;
-    uint64_t map_resizes;
+    uint64_t map_resizes, replayed;
 } sl_stage_stats_t;
 void sl_stage_get_stats(sl_stage_t *sg, sl_stage_stats_t *out);
 /* The same as Prometheus text (arg: the stage). */

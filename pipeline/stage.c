@@ -29,6 +29,7 @@ struct sl_stage_s {
     uv_rwlock_t resize_lock;    /* readers shared, the stage thread to grow the map */
     uint64_t cursor;            /* stage thread: the last event applied */
     sl_arena_t arena;           /* stage thread: one event's parse tree */
+    void *pass;                 /* stage thread: the pass of the transaction under way (replays) */
 
     uv_loop_t *loop;
     uv_thread_t thread;
@@ -51,7 +52,7 @@ struct sl_stage_s {
     _Atomic uint64_t durable_applied;      /* applied, and that commit is on disk */
     uint64_t prev_commit_cursor;           /* stage thread: the cursor of the commit before the latest */
     struct {
-        _Atomic uint64_t events, txns, set_aside, map_resizes;
+        _Atomic uint64_t events, txns, set_aside, map_resizes, replayed;
     } stats;
 };
 
@@ -230,6 +231,7 @@ typedef struct {
     const uint64_t *aside;      /* events to set aside in this transaction */
     const char *const *aside_why;
     size_t n_aside;
+    MDB_txn *log_txn;           /* the log's read transaction (replays read events from it) */
 } pass_t;
 
 static int set_aside(sl_stage_t *sg, MDB_txn *txn, uint64_t seq, const char *why)
@@ -238,14 +240,11 @@ static int set_aside(sl_stage_t *sg, MDB_txn *txn, uint64_t seq, const char *why
     return mdb_put(txn, sg->aside, &k, &v, 0);
 }
 
-static int apply_one(const char *json, size_t len, uint64_t seq, void *arg)
+/* Hands one event to every step. On a step's failure the culprit is noted
+ * (the transaction is redone with the event set aside). */
+static int apply_steps(pass_t *p, const char *json, size_t len, uint64_t seq)
 {
-    pass_t *p = arg;
     sl_stage_t *sg = p->sg;
-    if (seq > p->upto || p->n >= sg->opts.max_events_per_txn) return 1; /* stop: not an error */
-    p->last = seq;
-    for (size_t i = 0; i < p->n_aside; i++)
-        if (p->aside[i] == seq) return set_aside(sg, p->txn, seq, p->aside_why[i]);
     sl_arena_reset(&sg->arena);
     sl_arena_t *old = sl_json_arena_swap(&sg->arena);
     cJSON *doc = cJSON_ParseWithLength(json, len);
@@ -271,8 +270,28 @@ static int apply_one(const char *json, size_t len, uint64_t seq, void *arg)
     }
     /* a no-op for the arena's nodes (sl_json_hooks_install); frees them without it */
     cJSON_Delete(doc);
-    p->n++;
     return 0;
+}
+
+/* The reason seq is set aside in this pass, or NULL. */
+static const char *aside_in_pass(const pass_t *p, uint64_t seq)
+{
+    for (size_t i = 0; i < p->n_aside; i++)
+        if (p->aside[i] == seq) return p->aside_why[i];
+    return NULL;
+}
+
+static int apply_one(const char *json, size_t len, uint64_t seq, void *arg)
+{
+    pass_t *p = arg;
+    sl_stage_t *sg = p->sg;
+    if (seq > p->upto || p->n >= sg->opts.max_events_per_txn) return 1; /* stop: not an error */
+    p->last = seq;
+    const char *why = aside_in_pass(p, seq);
+    if (why) return set_aside(sg, p->txn, seq, why);
+    int rc = apply_steps(p, json, len, seq);
+    if (rc == 0) p->n++;
+    return rc;
 }
 
 typedef struct {
@@ -294,6 +313,8 @@ static int one_txn(MDB_txn *log_txn, void *arg)
     int rc = mdb_txn_begin(sg->env, NULL, 0, &txn);
     if (rc) return rc;
     p->txn = txn;
+    p->log_txn = log_txn;
+    sg->pass = p;
     for (sl_stage_job_t *j = x->jobs; j; j = j->next) {
         if (j->run && (rc = j->run(txn, j->arg))) {
             x->culprit_job = j;
@@ -382,17 +403,18 @@ static int run_txn(sl_stage_t *sg, sl_stage_job_t **jobs, uint64_t upto, int *ti
         }
         each_after_txn(sg, 0);
         if (rc == MDB_MAP_FULL && grow_map(sg) == 0) continue;
-        if (x.culprit_job && own_error(rc)) {
-            x.culprit_job->rc = rc;
-            *jobs = unlink_job(*jobs, x.culprit_job);
-            deliver(sg, x.culprit_job);
-            continue;
-        }
+        /* an event's failure first: a replay job fails through its event */
         if (p.culprit && own_error(rc) && n_aside < MAX_ASIDE_PER_TXN) {
             snprintf(whys[n_aside], sizeof(whys[0]), "%s: %s", p.culprit_step, sl_strerror(rc));
             SL_WARN("event %llu set aside (%s); the stage goes on", (unsigned long long)p.culprit, whys[n_aside]);
             why_p[n_aside] = whys[n_aside];
             aside[n_aside++] = p.culprit;
+            continue;
+        }
+        if (x.culprit_job && own_error(rc)) {
+            x.culprit_job->rc = rc;
+            *jobs = unlink_job(*jobs, x.culprit_job);
+            deliver(sg, x.culprit_job);
             continue;
         }
         return rc;
@@ -722,6 +744,84 @@ int sl_stage_set_aside(sl_stage_t *sg, size_t limit, int (*cb)(uint64_t seq, con
     return sl_stage_read(sg, 0, list_aside, &a);
 }
 
+/* ---- replaying events set aside -------------------------------------------------- */
+
+/* A job of the stage's transaction: each event set aside from r->from on
+ * goes through the steps again. The job may be redone (after one of them
+ * failed again): it starts afresh, and the events that failed in an earlier
+ * pass are in the pass's list, kept aside with their new reason. */
+static int replay_run(MDB_txn *txn, void *arg)
+{
+    sl_stage_replay_t *r = arg;
+    sl_stage_t *sg = r->sg;
+    pass_t *p = sg->pass;
+    r->replayed = r->failed = r->gone = 0;
+    r->more = 0;
+    size_t cap = r->limit ? r->limit : 1000, n = 0;
+    uint64_t *seqs = malloc(cap * sizeof(*seqs));
+    if (seqs == NULL) return SL_ENOMEM;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    uint64_t from = r->from;
+    k = (MDB_val){8, &from};
+    int rc = mdb_cursor_open(txn, sg->aside, &cur);
+    if (rc) goto out;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        uint64_t seq;
+        memcpy(&seq, k.mv_data, 8);
+        if (r->to && seq > r->to) break;
+        if (n == cap) {
+            r->more = 1;
+            break;
+        }
+        seqs[n++] = seq;
+    }
+    mdb_cursor_close(cur);
+    if (rc != 0 && rc != MDB_NOTFOUND) goto out;
+    rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const char *why = aside_in_pass(p, seqs[i]);
+        if (why) { /* failed again: it stays, with the new reason */
+            rc = set_aside(sg, txn, seqs[i], why);
+            r->failed++;
+            continue;
+        }
+        /* the transaction can hold only so many failures: the rest waits */
+        if (p->n_aside >= MAX_ASIDE_PER_TXN / 2) {
+            r->more = 1;
+            break;
+        }
+        MDB_val ev, key = {8, &seqs[i]};
+        rc = sl_store_event_get(sg->log, p->log_txn, seqs[i], &ev);
+        if (rc == MDB_NOTFOUND) { /* erased from the log since */
+            r->gone++;
+            rc = mdb_del(txn, sg->aside, &key, NULL);
+            continue;
+        }
+        if (rc) break;
+        if ((rc = apply_steps(p, ev.mv_data, ev.mv_size, seqs[i]))) break; /* redone without it */
+        r->replayed++;
+        rc = mdb_del(txn, sg->aside, &key, NULL);
+    }
+out:
+    free(seqs);
+    return rc;
+}
+
+static void replay_counted(sl_stage_job_t *job)
+{
+    sl_stage_replay_t *r = (sl_stage_replay_t *)job;
+    if (job->rc == 0) atomic_fetch_add(&r->sg->stats.replayed, r->replayed);
+    r->done(r);
+}
+
+int sl_stage_replay(sl_stage_t *sg, sl_stage_replay_t *r)
+{
+    r->sg = sg;
+    r->job = (sl_stage_job_t){.run = replay_run, .done = replay_counted, .arg = r};
+    return sl_stage_submit(sg, &r->job);
+}
+
 void sl_stage_get_stats(sl_stage_t *sg, sl_stage_stats_t *o)
 {
     memset(o, 0, sizeof(*o));
@@ -741,6 +841,7 @@ void sl_stage_get_stats(sl_stage_t *sg, sl_stage_stats_t *o)
     o->txns = atomic_load(&sg->stats.txns);
     o->set_aside = atomic_load(&sg->stats.set_aside);
     o->map_resizes = atomic_load(&sg->stats.map_resizes);
+    o->replayed = atomic_load(&sg->stats.replayed);
 }
 
 void sl_stage_metrics(void *arg, sl_buf_t *b)
@@ -756,6 +857,8 @@ void sl_stage_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_stage_set_aside_total",
                   "Events the stage could not apply, set aside with the reason (GET /v1/admin/set-aside).",
                   s.set_aside);
+    sl_metric_u64(b, "counter", "sillage_stage_replayed_total",
+                  "Events set aside, then applied by a replay (POST /v1/admin/set-aside/replay).", s.replayed);
     sl_metric_u64(b, "counter", "sillage_stage_map_resizes_total", "Times the derived environment's map grew.",
                   s.map_resizes);
 }

@@ -26,6 +26,7 @@ typedef struct {
 } fix_t;
 
 static void on_done(sl_store_batch_t *b) { *(int *)b->data = 1; }
+static const sl_stage_step_t *fix_extra_step; /* a step after the stitcher's (tests of the stage) */
 static void on_drained(void *arg) { *(int *)arg = 1; }
 
 /* The log, the stitcher and the stage over it (as `sillage serve` wires them). */
@@ -38,7 +39,9 @@ static int fix_open(fix_t *f)
     snprintf(f->ddir, sizeof(f->ddir), "%s/derived", f->dir);
     sl_stage_options_t so = {.dir = f->ddir, .map_size_bytes = 8 << 20, .map_size_max_bytes = 256 << 20, .nosync = 1};
     if ((f->stage = sl_stage_new(f->store, &so)) == NULL) return -1;
-    if (sl_stage_add_step(f->stage, sl_stitch_step(f->stitch)) || sl_stage_open(f->stage)) return -1;
+    if (sl_stage_add_step(f->stage, sl_stitch_step(f->stitch))) return -1;
+    if (fix_extra_step && sl_stage_add_step(f->stage, fix_extra_step)) return -1;
+    if (sl_stage_open(f->stage)) return -1;
     if (sl_store_start(f->store, &f->loop)) return -1;
     return sl_stage_start(f->stage, &f->loop);
 }
@@ -458,6 +461,14 @@ TEST(stitch_verify_finds_damage)
     }
 }
 
+static int count_any(uint64_t seq, const char *why, void *arg)
+{
+    (void)seq;
+    (void)why;
+    (*(int *)arg)++;
+    return 0;
+}
+
 static int count_aside(uint64_t seq, const char *why, void *arg)
 {
     (void)seq;
@@ -486,6 +497,100 @@ TEST(stage_sets_aside_and_goes_on)
     CHECK_INT(st.set_aside, ==, 1);
     CHECK_INT(st.applied, ==, 3);
     CHECK_INT(verify_problems(&f), ==, 0); /* an event set aside is not expected in a timeline */
+    fix_free(&f);
+}
+
+/* A step that refuses the events whose messageId starts with "bad" while
+ * refuse is set: a bug that a later release fixes. */
+typedef struct {
+    int refuse;
+    int applied_bad;
+} picky_t;
+
+static int picky_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
+{
+    (void)txn;
+    picky_t *p = arg;
+    if (strncmp(ev->message_id, "bad", 3) != 0) return 0;
+    if (p->refuse) return SL_EINVAL;
+    p->applied_bad++;
+    return 0;
+}
+
+static int last_reason(uint64_t seq, const char *why, void *arg)
+{
+    (void)seq;
+    snprintf(arg, 128, "%s", why);
+    return 0;
+}
+
+static void replay_done(sl_stage_replay_t *r) { *(int *)r->arg = 1; }
+
+static sl_stage_replay_t replay_all(fix_t *f)
+{
+    int done = 0;
+    sl_stage_replay_t r = {.done = replay_done, .arg = &done};
+    CHECK_INT(sl_stage_replay(f->stage, &r), ==, 0);
+    while (!done) uv_run(&f->loop, UV_RUN_ONCE);
+    CHECK_INT(r.job.rc, ==, 0);
+    return r;
+}
+
+/* Set aside, then replayed once fixed: a replay that fails again keeps the
+ * event aside; once the step is fixed the event reaches the profile as if
+ * it had just arrived, and leaves the list (issue 14). */
+TEST(stage_replays_set_aside)
+{
+    picky_t pk = {.refuse = 1};
+    sl_stage_step_t step = {.name = "picky", .arg = &pk, .apply = picky_apply};
+    fix_extra_step = &step;
+    fix_t f;
+    int bad = fix_init(&f);
+    fix_extra_step = NULL;
+    REQUIRE(bad == 0);
+    msg(&f, SL_STITCH_PAGE, NULL, "rp1", NULL, 1000);
+    put(&f, "{\"type\":\"page\",\"messageId\":\"bad-1\",\"timestamp\":\"2026-01-01T00:00:01.500Z\","
+            "\"anonymousId\":\"rp1\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
+        1500, "bad-1");
+    msg(&f, SL_STITCH_PAGE, NULL, "rp1", NULL, 2000);
+    cJSON *p = get(&f, 0, "anonymous_id", "rp1");
+    CHECK_INT(num(p, "counters", "events"), ==, 2);
+    cJSON_Delete(p);
+    char why[128] = "";
+    int n = 0;
+    CHECK_INT(sl_stage_set_aside(f.stage, 100, count_any, &n), ==, 0);
+    CHECK_INT(n, ==, 1);
+
+    /* not fixed yet: it stays aside */
+    sl_stage_replay_t r = replay_all(&f);
+    CHECK_INT(r.replayed, ==, 0);
+    CHECK_INT(r.failed, ==, 1);
+    n = 0;
+    CHECK_INT(sl_stage_set_aside(f.stage, 100, count_any, &n), ==, 0);
+    CHECK_INT(n, ==, 1);
+    CHECK_INT(sl_stage_set_aside(f.stage, 100, last_reason, why), ==, 0);
+    CHECK(strstr(why, "picky") != NULL);
+
+    /* fixed: replayed into the profile, and gone from the list */
+    pk.refuse = 0;
+    r = replay_all(&f);
+    CHECK_INT(r.replayed, ==, 1);
+    CHECK_INT(r.failed, ==, 0);
+    CHECK_INT(r.more, ==, 0);
+    CHECK_INT(pk.applied_bad, ==, 1);
+    n = 0;
+    CHECK_INT(sl_stage_set_aside(f.stage, 100, count_any, &n), ==, 0);
+    CHECK_INT(n, ==, 0);
+    p = get(&f, 0, "anonymous_id", "rp1");
+    CHECK_INT(num(p, "counters", "events"), ==, 3);
+    cJSON_Delete(p);
+    sl_stage_stats_t st;
+    sl_stage_get_stats(f.stage, &st);
+    CHECK_INT(st.replayed, ==, 1);
+    CHECK_INT(verify_problems(&f), ==, 0); /* the replayed event is in its timeline */
+    /* nothing left: a replay is a no-op */
+    r = replay_all(&f);
+    CHECK_INT(r.replayed + r.failed + r.gone, ==, 0);
     fix_free(&f);
 }
 
