@@ -144,6 +144,7 @@ static sl_stage_options_t stage_options(const sl_config_t *cfg, char *dir, size_
         .map_size_max_bytes = cfg->map_size_max_bytes,
         .nosync = cfg->durability == SL_DURABLE_OS,
         .read_only = read_only,
+        .nice = 10,
     };
     return o;
 }

@@ -191,8 +191,9 @@ static void note_traits(req_t *r, sl_server_t *srv, const cJSON *msg, size_t pri
          * most do -- only then are they printed alone (the scratch buffer is
          * free again: the message was copied out of it) */
         if (printed_len <= cfg->limits.max_traits_bytes) return;
-        if (!cJSON_PrintPreallocated((cJSON *)traits, srv->scratch, (int)srv->scratch_len, 0)) return;
-        if (strlen(srv->scratch) <= cfg->limits.max_traits_bytes) return;
+        size_t tl;
+        if (sl_json_print(traits, srv->scratch, srv->scratch_len, &tl)) return;
+        if (tl <= cfg->limits.max_traits_bytes) return;
     }
     const cJSON *mid = cJSON_GetObjectItemCaseSensitive(msg, "messageId");
     if (r->warnings.len) sl_buf_append(&r->warnings, ",", 1);
@@ -232,12 +233,12 @@ static const char *accept_message(conn_t *c, cJSON *msg, int type, const sl_inge
     const char *why = sl_msg_normalize(msg, type, ctx);
     if (why) return why;
     sl_server_t *srv = c->srv;
-    if (!cJSON_PrintPreallocated(msg, srv->scratch, (int)srv->scratch_len, 0)) {
+    size_t len;
+    if (sl_json_print(msg, srv->scratch, srv->scratch_len, &len)) {
         *status = 413;
         return "message exceeds limits.max_message_bytes once normalised (the batch's context and the "
                "server's fields included)";
     }
-    size_t len = strlen(srv->scratch);
     if (r->stored_bytes + len > STORED_BYTES_PER_REQUEST(srv->cfg, r->n_in_request)) {
         *status = 413;
         r->over_stored = 1;
@@ -409,8 +410,9 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
     long i = 0;
     for (cJSON *m = batch->child; m; m = m->next, i++) {
         /* A body within max_message_bytes cannot hold a message over it. */
+        size_t ml;
         if (len > cfg->limits.max_message_bytes &&
-            !cJSON_PrintPreallocated(m, srv->scratch, (int)cfg->limits.max_message_bytes + 1, 0)) {
+            sl_json_print(m, srv->scratch, cfg->limits.max_message_bytes + 1, &ml)) {
             char msg[128];
             snprintf(msg, sizeof(msg), "message exceeds limits.max_message_bytes (%llu bytes)",
                      (unsigned long long)cfg->limits.max_message_bytes);

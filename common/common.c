@@ -5,6 +5,8 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
+#include <math.h>
 #include <lmdb.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -676,6 +678,103 @@ void sl_metric_histogram(sl_buf_t *b, const char *name, const char *help, const 
         else sl_buf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
     }
     sl_buf_printf(b, "%s_sum %.9g\n%s_count %llu\n", name, sum, name, (unsigned long long)cum);
+}
+
+/* ---- printing JSON (the form cJSON prints) --------------------------------- */
+
+typedef struct {
+    char *p, *end; /* end: the last byte, kept for the NUL */
+} jout_t;
+
+static int jput(jout_t *o, const char *s, size_t n)
+{
+    if ((size_t)(o->end - o->p) < n) return -1;
+    memcpy(o->p, s, n);
+    o->p += n;
+    return 0;
+}
+
+static int jput_str(jout_t *o, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (s == NULL) return jput(o, "\"\"", 2);
+    if (jput(o, "\"", 1)) return -1;
+    for (;;) {
+        const unsigned char *q = (const unsigned char *)s;
+        while (*q >= 32 && *q != '"' && *q != '\\') q++;
+        if (jput(o, s, (size_t)((const char *)q - s))) return -1;
+        if (*q == '\0') break;
+        char e[6] = {'\\', 0, '0', '0', 0, 0};
+        size_t n = 2;
+        switch (*q) {
+        case '"': e[1] = '"'; break;
+        case '\\': e[1] = '\\'; break;
+        case '\b': e[1] = 'b'; break;
+        case '\f': e[1] = 'f'; break;
+        case '\n': e[1] = 'n'; break;
+        case '\r': e[1] = 'r'; break;
+        case '\t': e[1] = 't'; break;
+        default:
+            e[1] = 'u';
+            e[4] = hex[*q >> 4];
+            e[5] = hex[*q & 15];
+            n = 6;
+        }
+        if (jput(o, e, n)) return -1;
+        s = (const char *)q + 1;
+    }
+    return jput(o, "\"", 1);
+}
+
+static int jput_num(jout_t *o, const cJSON *x)
+{
+    double d = x->valuedouble;
+    char b[32];
+    int n;
+    if (isnan(d) || isinf(d)) return jput(o, "null", 4);
+    if (d == floor(d) && fabs(d) < 1e15) { /* what "%1.15g" prints for it: its digits ("-0" for -0.0) */
+        unsigned long long u = (unsigned long long)fabs(d);
+        char *e = b + sizeof(b), *p = e;
+        do *--p = (char)('0' + u % 10); while ((u /= 10) != 0);
+        if (signbit(d)) *--p = '-';
+        return jput(o, p, (size_t)(e - p));
+    }
+    /* 15 significant digits when they give the number back, else 17 */
+    n = snprintf(b, sizeof(b), "%1.15g", d);
+    double t = strtod(b, NULL);
+    double m = fabs(t) > fabs(d) ? fabs(t) : fabs(d);
+    if (!(fabs(t - d) <= m * DBL_EPSILON)) n = snprintf(b, sizeof(b), "%1.17g", d);
+    if (n < 0 || n >= (int)sizeof(b)) return -1;
+    return jput(o, b, (size_t)n);
+}
+
+static int jput_value(jout_t *o, const cJSON *x)
+{
+    if (cJSON_IsNull(x)) return jput(o, "null", 4);
+    if (cJSON_IsFalse(x)) return jput(o, "false", 5);
+    if (cJSON_IsTrue(x)) return jput(o, "true", 4);
+    if (cJSON_IsNumber(x)) return jput_num(o, x);
+    if (cJSON_IsString(x)) return jput_str(o, x->valuestring);
+    if (cJSON_IsRaw(x)) return x->valuestring ? jput(o, x->valuestring, strlen(x->valuestring)) : -1;
+    int obj = cJSON_IsObject(x);
+    if (!obj && !cJSON_IsArray(x)) return -1;
+    if (jput(o, obj ? "{" : "[", 1)) return -1;
+    for (const cJSON *c = x->child; c; c = c->next) {
+        if (c != x->child && jput(o, ",", 1)) return -1;
+        if (obj && (jput_str(o, c->string) || jput(o, ":", 1))) return -1;
+        if (jput_value(o, c)) return -1;
+    }
+    return jput(o, obj ? "}" : "]", 1);
+}
+
+int sl_json_print(const cJSON *x, char *buf, size_t cap, size_t *len)
+{
+    if (cap == 0) return SL_ETOOBIG;
+    jout_t o = {buf, buf + cap - 1};
+    int rc = jput_value(&o, x);
+    *o.p = '\0';
+    *len = (size_t)(o.p - buf);
+    return rc ? SL_ETOOBIG : 0;
 }
 
 const char *sl_json_str(const cJSON *o, const char *name)

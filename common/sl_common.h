@@ -58,6 +58,13 @@ void sl_json_hooks_install(void);
 /* The string member name of o, or NULL (absent, not a string, o not an object). */
 struct cJSON;
 const char *sl_json_str(const struct cJSON *o, const char *name);
+/* Prints x as cJSON_PrintUnformatted() would, byte for byte, into buf
+ * (cap bytes, NUL included): *len gets the length. Returns 0, or SL_ETOOBIG
+ * when it does not fit (buf then holds a cut-off prefix). Without cJSON's
+ * sprintf and sscanf per whole number, it is what
+ * the ack path prints every message with. Depth: the caller's bound
+ * (sl_json_prescan). */
+int sl_json_print(const struct cJSON *x, char *buf, size_t cap, size_t *len);
 /* Sets the calling thread's cJSON arena (NULL: the heap); returns the old one.
  * A no-op returning NULL when the hooks are not installed. */
 sl_arena_t *sl_json_arena_swap(sl_arena_t *a);

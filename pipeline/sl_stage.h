@@ -78,6 +78,9 @@ typedef struct sl_stage_options_s {
     int nosync;                  /* durability "os" */
     int read_only;               /* commands: no thread */
     size_t max_events_per_txn;   /* 0: 8192 */
+    int nice;                    /* the stage thread's nice value above the process's: on a busy
+                                  * core the acknowledgement goes first, the stage takes what is
+                                  * left and its lag says how far behind it is (0: the same) */
 } sl_stage_options_t;
 
 /* Creates the stage; add its steps, then open it. */

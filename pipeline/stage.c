@@ -8,6 +8,9 @@
 #include "sl_stage.h"
 
 #include <errno.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -425,6 +428,14 @@ static void stage_main(void *arg)
 {
     sl_stage_t *sg = arg;
     int need_sync = 0; /* a commit's meta page is not flushed yet */
+    if (sg->opts.nice > 0) {
+        /* this thread only (Linux: a thread's nice value is its own) */
+        id_t tid = (id_t)syscall(SYS_gettid);
+        errno = 0;
+        int cur = getpriority(PRIO_PROCESS, tid);
+        if ((cur != -1 || errno == 0) && setpriority(PRIO_PROCESS, tid, cur + sg->opts.nice) != 0)
+            SL_WARN("the stage could not lower its priority: %s", strerror(errno));
+    }
     for (;;) {
         uv_mutex_lock(&sg->mu);
         for (;;) {

@@ -327,8 +327,9 @@ static long printed_len(sl_stitch_t *s, const cJSON *x)
 {
     size_t cap = s->cfg->limits.max_traits_bytes + 1;
     if (s->tscratch == NULL && (s->tscratch = malloc(cap + 8)) == NULL) return -1;
-    if (!cJSON_PrintPreallocated((cJSON *)x, s->tscratch, (int)cap, 0)) return -1;
-    return (long)strlen(s->tscratch);
+    size_t n;
+    if (sl_json_print(x, s->tscratch, cap, &n)) return -1;
+    return (long)n;
 }
 
 /* Merges the traits object `in` (set at ts_ms) into p's traits: a trait takes

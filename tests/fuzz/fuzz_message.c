@@ -2,7 +2,9 @@
  * prescan (UTF-8, depth, NUL), the JSON parse, batch splitting, and each
  * message's validation and normalisation; the normalised message must print
  * back to JSON that parses, and a message without repeated members must
- * still have none once normalised (what is stored is read one way only). */
+ * still have none once normalised (what is stored is read one way only).
+ * The ack path's printer (sl_json_print) must print what cJSON prints, byte
+ * for byte, and report a buffer one byte too small. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +21,12 @@ static void one(cJSON *m, int type)
     if (sl_msg_normalize(m, type, &ctx) == NULL) {
         char *txt = cJSON_PrintUnformatted(m);
         if (txt == NULL) abort();
+        size_t n = strlen(txt), got;
+        char *mine = malloc(n + 1);
+        if (mine == NULL) abort();
+        if (sl_json_print(m, mine, n + 1, &got) || got != n || memcmp(mine, txt, n + 1) != 0) abort();
+        if (sl_json_print(m, mine, n, &got) != SL_ETOOBIG) abort();
+        free(mine);
         cJSON *back = cJSON_Parse(txt);
         if (back == NULL) abort(); /* what is stored must be valid JSON */
         if (sl_json_dup_member(back, NULL)) abort();

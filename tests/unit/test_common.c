@@ -1,5 +1,7 @@
 /* test_common.c - time, units, hashing, config, junk identifiers, map growth. */
 #include "test.h"
+#include <cjson/cJSON.h>
+#include <math.h>
 #include "sl_common.h"
 #include "sl_config.h"
 #include "sl_stitch.h"
@@ -115,6 +117,43 @@ TEST(arena_and_buf)
     sl_buf_append_json_str(&b, "a\"b\\c\n\x01", 7);
     CHECK_STR(b.data, "\"a\\\"b\\\\c\\n\\u0001\"");
     sl_buf_free(&b);
+}
+
+/* sl_json_print prints what cJSON_PrintUnformatted prints (the stored form
+ * did not change when the ack path stopped using cJSON's printer). */
+TEST(json_print_as_cjson)
+{
+    static const char *const docs[] = {
+        "{}", "[]", "null", "true", "false", "0", "-0", "1", "-1", "2147483647", "-2147483648", "2147483648",
+        "-2147483649", "9007199254740993", "9e15", "1e300", "-1e-300", "0.1", "19.99", "1.5e-7", "3.141592653589793",
+        "0.30000000000000004", "999999999999999", "1000000000000000", "-999999999999999.5", "123456789012345678901234567890", "\"\"", "\"a\\\"b\\\\c\\/d\"",
+        "\"\\b\\f\\n\\r\\t\\u0001\\u001f\\u007f\"", "\"\\u00e9t\\u00e9 \\ud83d\\ude00\"", "\"caf\xc3\xa9\"",
+        "{\"a\":[1,2,{\"b\":null}],\"c\":{\"\":\"\"},\"d\\n\":-12.5}", "[[[[[]]]],{},\"x\"]",
+        "{\"type\":\"track\",\"event\":\"Order Completed\",\"properties\":{\"revenue\":129.9,\"n\":3,"
+        "\"products\":[{\"sku\":\"A-1\",\"price\":9.99,\"quantity\":2}]}}",
+    };
+    char buf[512];
+    for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++) {
+        cJSON *d = cJSON_Parse(docs[i]);
+        REQUIRE(d != NULL);
+        char *want = cJSON_PrintUnformatted(d);
+        REQUIRE(want != NULL);
+        size_t n = 0;
+        CHECK_INT(sl_json_print(d, buf, sizeof(buf), &n), ==, 0);
+        CHECK_STR(buf, want);
+        CHECK_INT(n, ==, strlen(want));
+        /* exactly its length plus the NUL fits; one byte less does not */
+        CHECK_INT(sl_json_print(d, buf, n + 1, &n), ==, 0);
+        CHECK_INT(sl_json_print(d, buf, n, &n), ==, SL_ETOOBIG);
+        cJSON_free(want);
+        cJSON_Delete(d);
+    }
+    /* numbers made by the server (skew-corrected times are strings; counts are not) */
+    cJSON *x = cJSON_CreateNumber(NAN);
+    size_t n;
+    CHECK_INT(sl_json_print(x, buf, sizeof(buf), &n), ==, 0);
+    CHECK_STR(buf, "null");
+    cJSON_Delete(x);
 }
 
 TEST(url_redact_table)
