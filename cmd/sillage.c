@@ -158,11 +158,15 @@ typedef struct derived_s {
     char dir[4096];
 } derived_t;
 
+/* dir: a scratch directory that a rebuild fills (flushed once, at the end) */
 static int derived_new_at(derived_t *d, const sl_config_t *cfg, sl_store_t *store, int read_only, const char *dir)
 {
     memset(d, 0, sizeof(*d));
     sl_stage_options_t o = stage_options(cfg, d->dir, sizeof(d->dir), read_only);
-    if (dir) snprintf(d->dir, sizeof(d->dir), "%s", dir);
+    if (dir) {
+        snprintf(d->dir, sizeof(d->dir), "%s", dir);
+        o.bulk = 1;
+    }
     d->stage = sl_stage_new(store, &o);
     d->stitch = sl_stitch_new(cfg, store);
     d->trig = d->stitch ? sl_trig_new(cfg, d->stitch) : NULL;

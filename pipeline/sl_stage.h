@@ -77,6 +77,9 @@ typedef struct sl_stage_options_s {
     uint64_t map_size_max_bytes;
     int nosync;                  /* durability "os" */
     int read_only;               /* commands: no thread */
+    int bulk;                    /* a command deriving a whole store into a scratch directory
+                                  * (rebuild): no flush per transaction, one at the end of
+                                  * sl_stage_catch_up(); a crash leaves only the scratch copy */
     size_t max_events_per_txn;   /* 0: 8192 */
     int nice;                    /* the stage thread's nice value above the process's: on a busy
                                   * core the acknowledgement goes first, the stage takes what is

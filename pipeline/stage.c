@@ -127,7 +127,7 @@ sl_stage_t *sl_stage_new(sl_store_t *log, const sl_stage_options_t *opts)
     if (sg == NULL) return NULL;
     sg->log = log;
     sg->opts = *opts;
-    if (sg->opts.max_events_per_txn == 0) sg->opts.max_events_per_txn = 8192;
+    if (sg->opts.max_events_per_txn == 0) sg->opts.max_events_per_txn = sg->opts.bulk ? 65536 : 8192;
     if ((sg->dir = strdup(opts->dir)) == NULL) {
         free(sg);
         return NULL;
@@ -181,7 +181,7 @@ int sl_stage_open(sl_stage_t *sg)
     if (!ro && (rc = mdb_env_set_mapsize(sg->env, sg->opts.map_size_bytes))) goto fail;
     unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
     if (ro) flags |= MDB_RDONLY;
-    else if (sg->opts.nosync) flags |= MDB_NOSYNC;
+    else if (sg->opts.nosync || sg->opts.bulk) flags |= MDB_NOSYNC;
     else flags |= MDB_NOMETASYNC; /* the stage flushes meta pages itself, as the log's writer does */
     if ((rc = mdb_env_open(sg->env, sg->dir, flags, 0640))) goto fail;
     MDB_envinfo info;
@@ -251,9 +251,11 @@ static int apply_steps(pass_t *p, const char *json, size_t len, uint64_t seq)
     sl_arena_reset(&sg->arena);
     sl_arena_t *old = sl_json_arena_swap(&sg->arena);
     cJSON *doc = cJSON_ParseWithLength(json, len);
-    sl_json_arena_swap(old);
+    /* in the arena (sl_json_hooks_install): the next reset frees the tree,
+     * walking it to free nothing is wasted; on the heap it is freed here */
+    cJSON *heap = sl_json_arena_swap(old) == &sg->arena ? NULL : doc;
     if (!cJSON_IsObject(doc)) {
-        cJSON_Delete(doc);
+        cJSON_Delete(heap);
         p->culprit = seq;
         p->culprit_step = "stage (the stored event is not a JSON object)";
         return SL_EINVAL;
@@ -265,14 +267,13 @@ static int apply_steps(pass_t *p, const char *json, size_t len, uint64_t seq)
         if (sg->steps[i].apply == NULL) continue;
         int rc = sg->steps[i].apply(sg->steps[i].arg, p->txn, &ev);
         if (rc) {
-            cJSON_Delete(doc);
+            cJSON_Delete(heap);
             p->culprit = seq;
             p->culprit_step = sg->steps[i].name;
             return rc;
         }
     }
-    /* a no-op for the arena's nodes (sl_json_hooks_install); frees them without it */
-    cJSON_Delete(doc);
+    cJSON_Delete(heap);
     return 0;
 }
 
@@ -894,7 +895,7 @@ int sl_stage_catch_up(sl_stage_t *sg, sl_stage_job_t *first, uint64_t upto,
         /* timers: until none is due any more (each tick handles a bounded number) */
         if (sg->cursor >= upto && !ticked) break;
     }
-    int rc = sg->opts.nosync ? 0 : mdb_env_sync(sg->env, 1);
+    int rc = sg->opts.nosync && !sg->opts.bulk ? 0 : mdb_env_sync(sg->env, 1);
     if (rc == 0) {
         each_synced(sg, 1);
         atomic_store(&sg->durable_applied, sg->cursor);

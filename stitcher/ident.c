@@ -43,6 +43,7 @@ static int invisible(uint32_t c)
 /* Length of the invisible code point at p, 0 when p starts anything else. */
 static size_t invisible_len(const unsigned char *p, size_t n)
 {
+    if (n && *p < 0x80) return (*p >= 0x09 && *p <= 0x0D) || *p == 0x20; /* most ids are ASCII */
     uint32_t c;
     size_t l = utf8_decode(p, n, &c);
     return invisible(c) ? l : 0;
