@@ -40,8 +40,8 @@
 typedef struct sl_stage_s sl_stage_t;
 
 /* One event of the log, as the steps see it. doc is parsed once by the
- * stage; steps read it and never keep pointers into it. log_txn is a read
- * transaction on the log (for steps that read other events). */
+ * stage; steps read it and never keep pointers into it (json lives only as
+ * long as the stage's read of the log: a slice of SLICE_EVENTS events). */
 typedef struct sl_stage_event_s {
     uint64_t seq;
     const char *json;

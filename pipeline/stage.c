@@ -18,6 +18,7 @@
 
 #define MAX_STEPS 8
 #define MAX_ASIDE_PER_TXN 64
+#define SLICE_EVENTS 512 /* events per read transaction of the log */
 #define LAG_SAMPLES 256
 
 struct sl_stage_s {
@@ -234,7 +235,10 @@ typedef struct {
     const uint64_t *aside;      /* events to set aside in this transaction */
     const char *const *aside_why;
     size_t n_aside;
-    MDB_txn *log_txn;           /* the log's read transaction (replays read events from it) */
+    MDB_txn *log_txn;           /* the log's read transaction of the slice (or job) under way */
+    uint64_t from;              /* the next event to visit */
+    size_t slice_end;           /* this slice of the log stops when n reaches it */
+    int done;                   /* upto or max_events_per_txn reached */
 } pass_t;
 
 static int set_aside(sl_stage_t *sg, MDB_txn *txn, uint64_t seq, const char *why)
@@ -289,8 +293,13 @@ static int apply_one(const char *json, size_t len, uint64_t seq, void *arg)
 {
     pass_t *p = arg;
     sl_stage_t *sg = p->sg;
-    if (seq > p->upto || p->n >= sg->opts.max_events_per_txn) return 1; /* stop: not an error */
+    if (seq > p->upto || p->n >= sg->opts.max_events_per_txn) { /* stop: not an error */
+        p->done = 1;
+        return 1;
+    }
+    if (p->n >= p->slice_end) return 1; /* the next slice goes on from here */
     p->last = seq;
+    p->from = seq + 1;
     const char *why = aside_in_pass(p, seq);
     if (why) return set_aside(sg, p->txn, seq, why);
     int rc = apply_steps(p, json, len, seq);
@@ -306,29 +315,48 @@ typedef struct {
     int ticked;
 } txn_ctx_t;
 
-/* One transaction: jobs, events, timers, the cursor. Runs inside a read
- * transaction of the log. */
-static int one_txn(MDB_txn *log_txn, void *arg)
+/* The jobs, inside a read transaction of the log (a replay reads events). */
+static int jobs_in_log(MDB_txn *log_txn, void *arg)
 {
     txn_ctx_t *x = arg;
+    x->p->log_txn = log_txn;
+    int rc = 0;
+    for (sl_stage_job_t *j = x->jobs; j && rc == 0; j = j->next)
+        if (j->run && (rc = j->run(x->p->txn, j->arg))) x->culprit_job = j;
+    x->p->log_txn = NULL;
+    return rc;
+}
+
+/* One slice of the log's events, inside its own read transaction of the
+ * log: a derived transaction of thousands of events never holds the log's
+ * map (and the writer that would grow it) for long. */
+static int slice(MDB_txn *log_txn, void *arg)
+{
+    pass_t *p = arg;
+    p->log_txn = log_txn;
+    int rc = sl_store_foreach_event_from(p->sg->log, log_txn, p->from, apply_one, p);
+    p->log_txn = NULL;
+    return rc;
+}
+
+/* One transaction: jobs, events (read from the log a slice at a time),
+ * timers, the cursor. */
+static int one_txn(txn_ctx_t *x)
+{
     pass_t *p = x->p;
     sl_stage_t *sg = p->sg;
     MDB_txn *txn = NULL;
     int rc = mdb_txn_begin(sg->env, NULL, 0, &txn);
     if (rc) return rc;
     p->txn = txn;
-    p->log_txn = log_txn;
     sg->pass = p;
-    for (sl_stage_job_t *j = x->jobs; j; j = j->next) {
-        if (j->run && (rc = j->run(txn, j->arg))) {
-            x->culprit_job = j;
-            goto fail;
-        }
-    }
-    if (p->upto > sg->cursor) {
-        rc = sl_store_foreach_event_from(sg->log, log_txn, sg->cursor + 1, apply_one, p);
-        if (rc == 1) rc = 0;
-        if (rc) goto fail;
+    if (x->jobs && (rc = sl_store_read(sg->log, jobs_in_log, x))) goto fail;
+    p->from = sg->cursor + 1;
+    while (p->upto > sg->cursor && !p->done) {
+        p->slice_end = p->n + SLICE_EVENTS;
+        rc = sl_store_read(sg->log, slice, p);
+        if (rc == 0) break; /* the log holds nothing further */
+        if (rc != 1) goto fail;
     }
     /* events erased from the log leave gaps: the cursor still moves past them */
     uint64_t cursor = p->n >= sg->opts.max_events_per_txn ? p->last : p->upto;
@@ -395,7 +423,7 @@ static int run_txn(sl_stage_t *sg, sl_stage_job_t **jobs, uint64_t upto, int *ti
     for (;;) {
         pass_t p = {.sg = sg, .upto = upto, .aside = aside, .aside_why = why_p, .n_aside = n_aside};
         txn_ctx_t x = {.p = &p, .jobs = *jobs, .now = sl_now_ms()};
-        int rc = sl_store_read(sg->log, one_txn, &x);
+        int rc = one_txn(&x);
         if (rc == 0) {
             each_after_txn(sg, 1);
             atomic_fetch_add(&sg->stats.events, p.n);
