@@ -303,6 +303,38 @@ TEST(store_compressed_roundtrip)
     if (f) fclose(f);
     CHECK_INT(pages, >, 0);
     CHECK_INT(pages * 4096 / N, <, 110);
+
+    /* the last event, as a store of 2026-11-30 wrote it: type 0x01 and the
+     * whole frame, magic number included; still read back as it was */
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    REQUIRE(mdb_env_create(&env) == 0);
+    mdb_env_set_maxdbs(env, 16);
+    REQUIRE(mdb_env_open(env, dir, 0, 0600) == 0);
+    REQUIRE(mdb_txn_begin(env, NULL, 0, &txn) == 0);
+    REQUIRE(mdb_dbi_open(txn, "events", MDB_INTEGERKEY, &dbi) == 0);
+    REQUIRE(mdb_cursor_open(txn, dbi, &cur) == 0);
+    REQUIRE(mdb_cursor_get(cur, &k, &v, MDB_LAST) == 0);
+    unsigned char old_form[512];
+    REQUIRE(v.mv_size > 2 && v.mv_size + 4 <= sizeof(old_form));
+    CHECK_INT(((const unsigned char *)v.mv_data)[0], ==, 0x02); /* lean: no magic number */
+    old_form[0] = 0x01;
+    memcpy(old_form + 1, "\x28\xb5\x2f\xfd", 4);
+    memcpy(old_form + 5, (const char *)v.mv_data + 1, v.mv_size - 1);
+    MDB_val nv = {v.mv_size + 4, old_form};
+    CHECK_INT(mdb_cursor_put(cur, &k, &nv, MDB_CURRENT), ==, 0);
+    mdb_cursor_close(cur);
+    CHECK_INT(mdb_txn_commit(txn), ==, 0);
+    mdb_env_close(env);
+    st = open_store(dir, 1);
+    REQUIRE(st != NULL);
+    r.same = 0;
+    CHECK_INT(sl_store_foreach_event(st, compare_cb, &r), ==, 0);
+    CHECK_INT(r.same, ==, N);
+    sl_store_close(st);
     uv_loop_close(&loop);
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     CHECK_INT(system(cmd), ==, 0);
