@@ -5,12 +5,13 @@
 #
 # usage: bench/baseline.sh [SECONDS] [CONNECTIONS] [ROUNDS] [BATCH]
 #   BENCH_ARGS="--active 5000" bench/baseline.sh ...   extra sillage-bench options
+#   DURABILITY=os bench/baseline.sh ...                  sillage with durability "os"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${1:-10}"; CONNS="${2:-64}"; ROUNDS="${3:-3}"; BATCH="${4:-1}"
 . bench/lib.sh
 start_nginx
-start_sillage sync
+start_sillage "${DURABILITY:-sync}"
 echo "sillage-bench -c $CONNS -d $DUR -b $BATCH, closed loop; servers on CPU $SRV_CPU, load on CPU $GEN_CPU"
 printf "%-6s %14s %14s %16s %8s\n" round "nginx req/s" "sillage req/s" "sillage events/s" ratio
 for r in $(seq "$ROUNDS"); do

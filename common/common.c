@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <time.h>
 #include <uv.h>
@@ -795,4 +796,9 @@ int sl_lmdb_grow(MDB_env *env, uv_rwlock_t *lock, uint64_t *size, uint64_t max, 
             (unsigned long long)want, (unsigned long long)max);
     *size = want;
     return 0;
+}
+
+void sl_thread_name(const char *name)
+{
+    prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
 }

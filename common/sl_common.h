@@ -92,6 +92,8 @@ void sl_buf_free(sl_buf_t *b);
 int64_t sl_now_ms(void);
 /* Monotonic clock in nanoseconds, for latencies. */
 uint64_t sl_mono_ns(void);
+/* Names the calling thread (at most 15 characters: `top -H`, perf, /proc). */
+void sl_thread_name(const char *name);
 /* Writes "YYYY-MM-DDTHH:MM:SS.mmmZ" (24 chars + NUL) into out[32]. */
 void sl_time_format_iso(int64_t ms, char out[32]);
 /* Parses ISO 8601 / RFC 3339: date, 'T' or ' ', time with optional fraction,

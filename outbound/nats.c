@@ -379,6 +379,7 @@ static void publish_main(sl_nats_t *n, const source_t *src, const char *subject,
 static void forward_main(void *arg)
 {
     sl_nats_t *n = arg;
+    sl_thread_name("sl-nats-fwd");
     static const source_t events = {"events", 1};
     publish_main(n, &events, n->cfg->nats.events_subject, n->stored_cursor, &n->want_cursor, &n->published);
 }
@@ -387,6 +388,7 @@ static void forward_main(void *arg)
 static void triggers_main(void *arg)
 {
     sl_nats_t *n = arg;
+    sl_thread_name("sl-nats-trig");
     static const source_t triggers = {"triggers", 0};
     publish_main(n, &triggers, n->cfg->nats.triggers_subject, n->stored_trig_cursor, &n->want_trig_cursor,
                  &n->triggers_published);
@@ -397,6 +399,7 @@ static void triggers_main(void *arg)
 static void consume_main(void *arg)
 {
     sl_nats_t *n = arg;
+    sl_thread_name("sl-nats-core");
     natsConnection *nc = NULL;
     jsCtx *js = NULL;
     natsSubscription *sub = NULL;

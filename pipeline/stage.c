@@ -456,6 +456,7 @@ static int run_txn(sl_stage_t *sg, sl_stage_job_t **jobs, uint64_t upto, int *ti
 static void stage_main(void *arg)
 {
     sl_stage_t *sg = arg;
+    sl_thread_name("sl-stage");
     int need_sync = 0; /* a commit's meta page is not flushed yet */
     if (sg->opts.nice > 0) {
         /* this thread only (Linux: a thread's nice value is its own) */

@@ -659,6 +659,7 @@ static void set_durable(sl_store_t *st, uint64_t seq)
 static void writer_main(void *arg)
 {
     sl_store_t *st = arg;
+    sl_thread_name("sl-writer");
     sl_store_batch_t *unsynced = NULL; /* committed, meta page not yet flushed */
     int need_sync = 0;                 /* a commit wrote pages whose meta page is not flushed */
     uint64_t last_commit_seq = st->next_seq - 1; /* the last event of the latest commit that wrote pages */
