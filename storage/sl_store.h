@@ -180,6 +180,7 @@ typedef struct sl_store_stats_s {
     uint64_t map_size_bytes;
     uint64_t last_seq;
     uint64_t batches_failed_alone; /* batches a job or hook refused, answered alone */
+    int compressed;              /* the dictionary is trained: new events are stored compressed */
 } sl_store_stats_t;
 
 extern const uint64_t sl_store_batch_bounds[11];      /* last bucket is +Inf */

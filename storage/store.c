@@ -80,6 +80,12 @@ struct sl_store_s {
     sl_buf_t zbuf;                /* writer thread: one compressed event */
     ZSTD_DDict *_Atomic ddict;    /* set once (open or training), then read-only */
     int trained_tried;            /* writer thread */
+    uv_thread_t trainer;          /* trains the dictionary beside the writer */
+    int trainer_started;          /* writer thread; sl_store_close() joins it */
+    _Atomic int dict_trained;     /* the trainer is done: dict/dict_len hold one (or 0 bytes) */
+    void *dict;                   /* the trainer's, then the writer's */
+    size_t dict_len;
+    int dict_in_txn;              /* writer thread: the commit under way stores it */
 
     /* In-process readers hold it shared; the writer takes it to resize. */
     uv_rwlock_t resize_lock;
@@ -396,18 +402,14 @@ static int decode_event(sl_store_t *st, const MDB_val *in, const char **json, si
     return 0;
 }
 
-/* The dictionary in meta (read at open), for the writer and the readers. */
-static int load_dict(sl_store_t *st, MDB_txn *txn)
+/* The coders of a dictionary: the readers' (every store), the writer's. */
+static int make_coders(sl_store_t *st, const void *dict, size_t len)
 {
-    MDB_val k = {5, "zdict"}, v;
-    int rc = mdb_get(txn, st->meta, &k, &v);
-    if (rc == MDB_NOTFOUND) return 0;
-    if (rc) return rc;
-    ZSTD_DDict *dd = ZSTD_createDDict(v.mv_data, v.mv_size);
+    ZSTD_DDict *dd = ZSTD_createDDict(dict, len);
     if (dd == NULL) return SL_ENOMEM;
     atomic_store(&st->ddict, dd);
     if (!st->opts.read_only) {
-        st->cdict = ZSTD_createCDict(v.mv_data, v.mv_size, ZLEVEL);
+        st->cdict = ZSTD_createCDict(dict, len, ZLEVEL);
         st->cctx = ZSTD_createCCtx();
         if (st->cdict == NULL || st->cctx == NULL) return SL_ENOMEM;
         /* one dictionary per store: its id in every frame says nothing */
@@ -418,11 +420,30 @@ static int load_dict(sl_store_t *st, MDB_txn *txn)
     return 0;
 }
 
+/* The dictionary in meta (read at open), for the writer and the readers. */
+static int load_dict(sl_store_t *st, MDB_txn *txn)
+{
+    MDB_val k = {5, "zdict"}, v;
+    int rc = mdb_get(txn, st->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    return make_coders(st, v.mv_data, v.mv_size);
+}
+
 typedef struct {
     sl_buf_t samples;
     size_t *sizes;
     unsigned n;
+    sl_store_t *st;
 } train_t;
+
+static int take_sample(const char *json, size_t len, uint64_t seq, void *arg);
+
+static int train_samples(MDB_txn *txn, void *arg)
+{
+    train_t *t = arg;
+    return sl_store_foreach_event_from(t->st, txn, 0, take_sample, t);
+}
 
 static int take_sample(const char *json, size_t len, uint64_t seq, void *arg)
 {
@@ -434,19 +455,19 @@ static int take_sample(const char *json, size_t len, uint64_t seq, void *arg)
     return 0;
 }
 
-/* Writer thread, once the store holds ZDICT_TRAIN_AT events: a dictionary
- * trained on them, stored in meta; from the next commit on, events are
- * compressed with it. A failure only leaves events uncompressed. */
-static void train_dict(sl_store_t *st)
+/* The dictionary's own thread, started by the writer once the store holds
+ * ZDICT_TRAIN_AT events: reads them (one read transaction), trains (~0.1 s
+ * of CPU, which must not stall the acknowledgements) and leaves the result
+ * in st->dict. The writer stores it in meta in its next commit and
+ * compresses with it from the commit after (install_dict()). A failure
+ * only leaves events uncompressed. */
+static void train_main(void *arg)
 {
-    st->trained_tried = 1;
-    train_t t = {{0}, calloc(ZDICT_TRAIN_AT, sizeof(size_t)), 0};
+    sl_store_t *st = arg;
+    sl_thread_name("sl-zdict");
+    train_t t = {{0}, calloc(ZDICT_TRAIN_AT, sizeof(size_t)), 0, st};
     void *dict = malloc(ZDICT_BYTES);
-    MDB_txn *txn = NULL;
-    int rc = t.sizes && dict ? mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn) : SL_ENOMEM;
-    if (rc == 0) rc = sl_store_foreach_event_from(st, txn, 0, take_sample, &t);
-    if (txn) mdb_txn_abort(txn);
-    txn = NULL;
+    int rc = t.sizes && dict ? sl_store_read(st, train_samples, &t) : SL_ENOMEM;
     size_t n = 0;
     if ((rc == 0 || rc == 1) && t.n >= 100) {
         n = ZDICT_trainFromBuffer(dict, ZDICT_BYTES, t.samples.data, t.sizes, t.n);
@@ -455,19 +476,26 @@ static void train_dict(sl_store_t *st)
             n = 0;
         }
     }
-    if (n && (rc = mdb_txn_begin(st->env, NULL, 0, &txn)) == 0) {
-        MDB_val k = {5, "zdict"}, v = {n, dict};
-        if ((rc = mdb_put(txn, st->meta, &k, &v, MDB_NOOVERWRITE)) == 0) rc = mdb_txn_commit(txn);
-        else mdb_txn_abort(txn);
-        if (rc == 0 && (rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn)) == 0) {
-            rc = load_dict(st, txn);
-            mdb_txn_abort(txn);
-        }
-        if (rc == 0) SL_INFO("zstd dictionary of %zu bytes trained on %u events: events are stored compressed", n, t.n);
-    }
-    free(dict);
     free(t.sizes);
     sl_buf_free(&t.samples);
+    if (n == 0) {
+        free(dict);
+        dict = NULL;
+    }
+    st->dict = dict;
+    st->dict_len = n;
+    atomic_store(&st->dict_trained, 1);
+    SL_INFO("zstd dictionary of %zu bytes trained on %u events", n, t.n);
+}
+
+/* Writer thread, after the commit that stored st->dict in meta. */
+static void install_dict(sl_store_t *st)
+{
+    if (make_coders(st, st->dict, st->dict_len) == 0) SL_INFO("events are stored compressed from now on");
+    else SL_WARN("zstd dictionary: out of memory; events stay uncompressed");
+    free(st->dict);
+    st->dict = NULL;
+    st->dict_len = 0;
 }
 
 /* probe: find every batch that cannot be applied, in one pass: each batch in
@@ -486,6 +514,13 @@ static int commit_list_mode(sl_store_t *st, sl_store_batch_t *list, size_t *n_st
     MDB_txn *parent = NULL;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) goto fail;
+    st->dict_in_txn = 0;
+    if (!probe && st->cdict == NULL && atomic_load(&st->dict_trained) == 1 && st->dict_len) {
+        /* trained: stored with this commit's events, used from the next commit on */
+        MDB_val k = {5, "zdict"}, v = {st->dict_len, st->dict};
+        if ((rc = mdb_put(txn, st->meta, &k, &v, MDB_NOOVERWRITE))) goto fail;
+        st->dict_in_txn = 1;
+    }
     for (sl_store_batch_t *b = list; b; b = b->next) {
         b->rc = 0;
         if (probe) {
@@ -749,7 +784,15 @@ static void writer_main(void *arg)
         hist_add(st->stats.latency_hist, sl_store_latency_bounds_us, 13, us);
         atomic_store(&st->stats.last_seq, st->next_seq - 1);
         atomic_store(&st->stats.dedupe_entries, sl_dedupe_size(st->dd));
-        if (st->cdict == NULL && !st->trained_tried && st->next_seq > ZDICT_TRAIN_AT) train_dict(st);
+        if (st->dict_in_txn) install_dict(st);
+        if (st->cdict == NULL && !st->trained_tried && st->next_seq > ZDICT_TRAIN_AT) {
+            st->trained_tried = 1;
+            st->trainer_started = uv_thread_create(&st->trainer, train_main, st) == 0;
+        }
+        if (st->trainer_started && atomic_load(&st->dict_trained) == 1 && st->dict == NULL) {
+            uv_thread_join(&st->trainer); /* done, and what it made is installed (or there was none) */
+            st->trainer_started = 0;
+        }
         note_dedupe(st);
         if (st->opts.nosync) {
             set_durable(st, st->next_seq - 1);
@@ -858,6 +901,8 @@ void sl_store_drain(sl_store_t *st, void (*cb)(void *), void *arg)
 void sl_store_close(sl_store_t *st)
 {
     if (st == NULL) return;
+    if (st->trainer_started) uv_thread_join(&st->trainer);
+    free(st->dict);
     mdb_env_close(st->env);
     ZSTD_freeCDict(st->cdict);
     ZSTD_freeCCtx(st->cctx);
@@ -976,6 +1021,7 @@ void sl_store_get_stats(sl_store_t *st, sl_store_stats_t *o)
     o->map_size_bytes = atomic_load(&st->stats.map_size_bytes);
     o->last_seq = atomic_load(&st->stats.last_seq);
     o->batches_failed_alone = atomic_load(&st->stats.batches_failed_alone);
+    o->compressed = atomic_load(&st->ddict) != NULL;
 }
 
 int sl_store_meta_get(sl_store_t *st, MDB_txn *txn, const char *key, uint64_t *out)
@@ -1041,6 +1087,9 @@ void sl_store_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_events_duplicate_total",
                   "Messages acknowledged but not stored again (messageId seen).", s.duplicates);
     sl_metric_u64(b, "counter", "sillage_commits_total", "LMDB write transactions committed (the log).", s.commits);
+    sl_metric_u64(b, "gauge", "sillage_store_compressed",
+                  "1 once the zstd dictionary is trained (on the first 4,000 events) and events are stored compressed.",
+                  (uint64_t)s.compressed);
     sl_metric_u64(b, "counter", "sillage_commit_failures_total", "Write transactions that failed (answered 503).",
                   s.commit_failures);
     sl_metric_u64(b, "counter", "sillage_requests_failed_alone_total",

@@ -276,7 +276,17 @@ TEST(store_compressed_roundtrip)
         m[i] = (sl_store_msg_t){.json = want[i], .json_len = strlen(want[i]), .received_ms = now,
                                 .dedupe = sl_store_dedupe_key(st, "src", ids[i])};
     }
-    for (int i = 0; i < N; i += 500) CHECK_INT(run_batch(st, &loop, m + i, 500), ==, 0);
+    /* the dictionary is trained on its own thread once 4,000 events are in:
+     * events go on being stored meanwhile (uncompressed), then compressed */
+    int i = 0;
+    for (; i < 5000; i += 500) CHECK_INT(run_batch(st, &loop, m + i, 500), ==, 0);
+    sl_store_stats_t ss;
+    for (sl_store_get_stats(st, &ss); !ss.compressed && i < 7000; sl_store_get_stats(st, &ss), i++) {
+        CHECK_INT(run_batch(st, &loop, m + i, 1), ==, 0);
+        usleep(1000);
+    }
+    CHECK(ss.compressed);
+    for (; i < N; i += 500) CHECK_INT(run_batch(st, &loop, m + i, i + 500 <= N ? 500 : N - i), ==, 0);
     roundtrip_t r = {want, N, 0};
     CHECK_INT(sl_store_foreach_event(st, compare_cb, &r), ==, 0);
     CHECK_INT(r.same, ==, N);
