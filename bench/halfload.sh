@@ -12,6 +12,8 @@
 # on CPU 1.
 #
 # usage: bench/halfload.sh [SECONDS] [BATCH] [CONNECTIONS]
+#   RATE=8000 bench/halfload.sh ...   the open loop at RATE requests/s instead
+#                                      (the closed loop still runs first: warm-up)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${1:-10}"; BATCH="${2:-1}"; CONNS="${3:-64}"
@@ -27,7 +29,7 @@ wait_caught_up() {
 $GEN "$BENCH" -k bench -c "$CONNS" -d "$DUR" -b "$BATCH" --seed 1 "$SL_URL" > "$WORK/out"
 max=$(field reqs)
 wait_caught_up
-rate=$(echo "$max / 2" | bc -l)
+rate=${RATE:-$(echo "$max / 2" | bc -l)}
 $GEN "$BENCH" -k bench -c "$CONNS" -d "$DUR" -b "$BATCH" -r "$rate" --seed 2 "$SL_URL" > "$WORK/open" &
 LOAD=$!
 : > "$WORK/lag"
@@ -39,8 +41,11 @@ wait "$LOAD"
 end=$(tail -1 "$WORK/lag")
 printf "closed loop, batches of %s, %s connections: %.0f req/s (%.0f events/s) acknowledged (durable)\n" \
   "$BATCH" "$CONNS" "$max" "$(echo "$max * $BATCH" | bc -l)"
-printf "open loop at half of it, %.0f req/s for %s s:\n" "$rate" "$DUR"
+if [ -n "${RATE:-}" ]; then what="a fixed rate"; else what="half of it"; fi
+printf "open loop at %s, %.0f req/s for %s s:\n" "$what" "$rate" "$DUR"
 grep -E "requests|status|latency" "$WORK/open" | sed 's/^ */  /'
 awk 'NF == 2 { if ($1 > me) me = $1; if ($2 > mm) mm = $2; n++ }
      END { printf "  stage lag over %d samples: at most %d events, %d ms\n", n, me, mm }' "$WORK/lag"
 echo "  stage lag at the last sample: ${end% *} events, ${end#* } ms"
+curl -s "$SL_URL/metrics" | grep -E '^sillage_commit_duration_seconds_bucket' | tail -6 | sed 's/^/  /'
+curl -s "$SL_URL/metrics" | grep -E '^sillage_(commit_duration_seconds_count|stage_commits_total)' | sed 's/^/  /'
