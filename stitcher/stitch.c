@@ -359,7 +359,7 @@ static int merge_traits(sl_stitch_t *s, person_t *p, const cJSON *in_t, const cJ
         if (x->string == NULL) continue;
         double when = (double)ts_ms;
         const cJSON *xa = in_at ? cJSON_GetObjectItemCaseSensitive(in_at, x->string) : NULL;
-        if (cJSON_IsNumber(xa)) when = xa->valuedouble;
+        if (xa && cJSON_IsNumber(xa)) when = xa->valuedouble;
         if (when > now) when = now;
         const cJSON *cur_at = cJSON_GetObjectItemCaseSensitive(at, x->string);
         if (cJSON_IsNumber(cur_at) && cur_at->valuedouble > when) continue; /* ours is newer */

@@ -334,7 +334,7 @@ static void cart_add(cJSON *products, cJSON *p)
         if (same_product(q, p)) {
             cJSON *qa = cJSON_GetObjectItemCaseSensitive(q, "quantity");
             const cJSON *pa = cJSON_GetObjectItemCaseSensitive(p, "quantity");
-            if (cJSON_IsNumber(qa) && cJSON_IsNumber(pa)) cJSON_SetNumberValue(qa, qa->valuedouble + pa->valuedouble);
+            if (qa && pa && cJSON_IsNumber(qa) && cJSON_IsNumber(pa)) cJSON_SetNumberValue(qa, qa->valuedouble + pa->valuedouble);
             cJSON_Delete(p);
             return;
         }
