@@ -58,7 +58,7 @@ typedef struct ip_conns_s {
 
 const char *const http_route_names[N_ROUTES] = {"track", "page", "screen", "identify", "alias", "group",
                                            "batch", "pixel", "preflight", "healthz", "metrics", "profiles",
-                                           "triggers", "static", "debug", "other"};
+                                           "triggers", "static", "debug", "library_metrics", "other"};
 const int http_status_codes[N_STATUS] = {100, 200, 204, 301, 304, 400, 401, 403, 404, 405,
                                     408, 413, 414, 415, 429, 431, 500, 503, 0};
 

@@ -506,6 +506,21 @@ static void handle_pixel(conn_t *c, const char *what)
     ingest_json(c, (const char *)json, (size_t)jl, type);
 }
 
+/* analytics.js 2.0 posts each message to /v1/<first letter of its type>
+ * (and batches to /v1/b): the same routes under their short names. */
+static int short_type(char c)
+{
+    switch (c) {
+    case 't': return SL_MSG_TRACK;
+    case 'p': return SL_MSG_PAGE;
+    case 's': return SL_MSG_SCREEN;
+    case 'i': return SL_MSG_IDENTIFY;
+    case 'a': return SL_MSG_ALIAS;
+    case 'g': return SL_MSG_GROUP;
+    default: return -1;
+    }
+}
+
 /* Admin routes allow no cross-origin use: their preflight grants nothing.
  * Elsewhere only the headers the tag and SDKs send are allowed. */
 static void handle_preflight(conn_t *c)
@@ -520,7 +535,7 @@ static void handle_preflight(conn_t *c)
         return;
     }
     static const char allow[] = "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
-                                "Access-Control-Allow-Headers: Content-Type, Authorization, Content-Encoding\r\n"
+                                "Access-Control-Allow-Headers: Content-Type, Authorization, Content-Encoding, X-Retry-Count\r\n"
                                 "Access-Control-Max-Age: 86400\r\n";
     http_respond(c, 204, NULL, r->origin ? allow : "Allow: GET, POST, OPTIONS\r\n", NULL, 0);
 }
@@ -617,8 +632,17 @@ void http_route_request(conn_t *c)
             else handle_pixel(c, rest + 6);
             return;
         }
-        int type = strcmp(rest, "batch") == 0 ? -1 : sl_msg_type_from_name(rest, strlen(rest));
-        if (type != -1 || strcmp(rest, "batch") == 0) {
+        if (strcmp(rest, "m") == 0) { /* analytics.js 2.0's metrics about itself: not ours to keep */
+            r->route = ROUTE_LIBRARY_METRICS;
+            if (m != HTTP_POST) http_respond_error(c, 405, "use POST");
+            else if (!http_origin_allowed(c->srv, r)) http_respond_error(c, 403, "origin not allowed by cors_origins");
+            else http_respond(c, 200, "application/json", NULL, "{\"success\":true}", 16);
+            return;
+        }
+        int batch = strcmp(rest, "batch") == 0 || strcmp(rest, "b") == 0;
+        int type = batch ? -1 : sl_msg_type_from_name(rest, strlen(rest));
+        if (type == -1 && !batch && rest[0] != '\0' && rest[1] == '\0') type = short_type(rest[0]);
+        if (type != -1 || batch) {
             r->route = type == -1 ? ROUTE_BATCH : type; /* ROUTE_TRACK.. match SL_MSG_* */
             if (m != HTTP_POST) http_respond_error(c, 405, "use POST to send messages");
             else if (rate_limited(c)) return;

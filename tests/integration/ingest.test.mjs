@@ -48,6 +48,38 @@ test('each single-message endpoint stores its type', async () => {
   }
 });
 
+test('analytics.js 2.0 routes: /v1/<first letter of the type>, /v1/b, and /v1/m answered cheaply', async () => {
+  const letters = { t: 'track', p: 'page', s: 'screen', i: 'identify', a: 'alias', g: 'group' };
+  for (const [l, type] of Object.entries(letters)) {
+    const msg = { type, userId: 'ajs-u', anonymousId: 'ajs-a', previousId: 'ajs-old', groupId: 'ajs-g', event: 'E',
+      messageId: `short-${l}`, writeKey: WRITE_KEY };
+    const r = await post(srv, `/v1/${l}`, JSON.stringify(msg), { 'Content-Type': 'text/plain', Authorization: '' });
+    assert.equal(r.status, 200, `/v1/${l}: ${r.text}`);
+    assert.deepEqual(r.json, { success: true });
+    const ev = byMessageId(`short-${l}`);
+    assert.equal(ev.length, 1, l);
+    assert.equal(ev[0].type, type, `/v1/${l} stores a ${type}`);
+  }
+  const b = await post(srv, '/v1/b', { batch: [{ type: 'track', userId: 'ajs-u', event: 'B', messageId: 'short-b1' }],
+    sentAt: new Date().toISOString() });
+  assert.equal(b.status, 200, b.text);
+  assert.equal(byMessageId('short-b1').length, 1);
+  // the library's metrics about itself: a success, nothing stored, no key needed
+  const before = stored().length;
+  const m = await fetch(srv.url + '/v1/m', { method: 'POST', headers: { 'Content-Type': 'text/plain' },
+    body: JSON.stringify({ series: [{ type: 'Counter', metric: 'analytics_js.invoke', value: 1, tags: {} }] }) });
+  assert.equal(m.status, 200);
+  assert.deepEqual(await m.json(), { success: true });
+  assert.equal(stored().length, before);
+  assert.equal((await fetch(srv.url + '/v1/m')).status, 405);
+  assert.equal((await post(srv, '/v1/x', { type: 'track' })).status, 404, 'other letters are no route');
+  // its retries carry X-Retry-Count: the preflight allows it
+  const pf = await fetch(srv.url + '/v1/t', { method: 'OPTIONS', headers: { Origin: 'http://shop.example',
+    'Access-Control-Request-Method': 'POST', 'Access-Control-Request-Headers': 'authorization,content-type,x-retry-count' } });
+  assert.equal(pf.status, 204);
+  assert.match(pf.headers.get('access-control-allow-headers'), /X-Retry-Count/);
+});
+
 test('batch with one bad message keeps the good ones and reports the bad one', async () => {
   const r = await post(srv, '/v1/batch', {
     batch: [
