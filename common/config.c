@@ -607,11 +607,14 @@ int sl_config_demo(sl_config_t *cfg)
         "\"sources\":[{\"name\":\"demo\",\"write_key\":\"demo\"}],"
         "\"admin_token\":\"demo-admin\","
         "\"triggers\":["
-        "{\"name\":\"cart\",\"type\":\"abandoned_cart\",\"delay\":\"1h\"},"
-        "{\"name\":\"pricing\",\"type\":\"page_visit\",\"url\":\"/pricing*\",\"min_count\":2,\"within\":\"7d\"},"
-        "{\"name\":\"dormant\",\"type\":\"inactivity\",\"after\":\"30d\"},"
-        "{\"name\":\"plan\",\"type\":\"trait_change\",\"trait\":\"plan\"}],"
-        "\"pressure\":{\"max_per_profile_per_day\":3}}";
+        /* rules a newcomer sees fire within a minute of clicking around the
+         * demo shop (README, "Try it"); production values are in TRIGGERS.md */
+        "{\"name\":\"cart\",\"type\":\"abandoned_cart\",\"delay\":\"30s\"},"
+        "{\"name\":\"viewed-twice\",\"type\":\"page_visit\",\"url\":\"/demo/product.html\",\"min_count\":2,"
+        "\"within\":\"1h\"},"
+        "{\"name\":\"plan\",\"type\":\"trait_change\",\"trait\":\"plan\",\"on_first_set\":true},"
+        "{\"name\":\"dormant\",\"type\":\"inactivity\",\"after\":\"30d\"}],"
+        "\"pressure\":{\"max_per_profile_per_day\":20}}";
     char err[256];
     int rc = sl_config_parse(cfg, demo, sizeof(demo) - 1, err, sizeof(err));
     if (rc) return rc;

@@ -31,7 +31,8 @@ function header() {
   var n = cart().reduce(function (s, l) { return s + l.qty; }, 0), u = user();
   h.innerHTML = '<a class="brand" href="/demo/">sillage <small>demo shop</small></a><nav>' +
     '<a href="/demo/cart.html" id="cart-link">Cart (' + n + ')</a>' +
-    (u ? '<span id="who"></span> <a href="#" id="logout">Log out</a>' : '<a href="/demo/login.html" id="login-link">Log in</a>') +
+    (u ? '<a href="/demo/account.html" id="account-link">Account</a> <span id="who"></span> <a href="#" id="logout">Log out</a>'
+       : '<a href="/demo/login.html" id="login-link">Log in</a>') +
     '<a href="/debug" target="_blank">Live events ↗</a></nav>';
   // the stored user is text, whatever it holds: never markup
   if (u) document.getElementById('who').textContent = u;
