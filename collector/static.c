@@ -1,9 +1,10 @@
 /* static.c - the built-in files (sl_assets.h): GET/HEAD /sillage.js, the demo
- * shop under /demo/ and the /debug page. Each is compressed once at start;
+ * shop under /demo/, the /debug page and the operator's /console. Each is compressed once at start;
  * answers carry an ETag, honour If-None-Match, and are gzipped when the
  * client accepts it. Only exact paths from the table are served, so there is
  * no file system path to traverse. /demo/ and /debug are off unless the
- * config enables them (they are on in the embedded demo). */
+ * config enables them (they are on in the embedded demo); /console is always
+ * there, and shows nothing without the admin token. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,6 +105,8 @@ int http_handle_static(conn_t *c, const char *path)
     }
     if (strcmp(path, "/demo/") == 0) path = "/demo/index.html";
     if (strcmp(path, "/debug/") == 0) path = "/debug";
+    int is_console = strcmp(path, "/console") == 0 || strcmp(path, "/console/") == 0;
+    if (is_console) path = "/console"; /* always served: every call it makes needs the admin token */
     if (strcmp(path, "/demo/config.js") == 0) {
         r->route = ROUTE_STATIC;
         if (r->method != HTTP_GET && r->method != HTTP_HEAD) http_respond_error(c, 405, "use GET");
@@ -122,7 +125,7 @@ int http_handle_static(conn_t *c, const char *path)
     int is_tag = strcmp(path, "/sillage.js") == 0;
     char h[300];
     snprintf(h, sizeof(h), "ETag: %s\r\nCache-Control: %s\r\nVary: Accept-Encoding\r\n%s", f->etag,
-             is_tag ? "public, max-age=3600" : "no-cache", is_debug ? "X-Frame-Options: DENY\r\n" : "");
+             is_tag ? "public, max-age=3600" : "no-cache", is_debug || is_console ? "X-Frame-Options: DENY\r\n" : "");
     if (r->if_none_match && strstr(r->if_none_match, f->etag)) {
         http_respond(c, 304, NULL, h, "", 0);
         return 0;

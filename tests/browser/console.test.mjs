@@ -1,0 +1,107 @@
+// console.test.mjs - the operator's /console in Debian's chromium against
+// the real server: find a person by e-mail, read identities, traits with
+// when each was set, counters, the timeline a page at a time, the merge
+// journal and the triggers the person caused; watch the live trigger feed
+// and each rule's counters; erase the person after confirming. A
+// screenshot is kept as a test artifact.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { startServer, post, ADMIN } from '../integration/helpers.mjs';
+
+const ARTIFACTS = process.env.SL_TEST_ARTIFACTS || join(process.cwd(), 'test-artifacts');
+let srv, browser;
+
+before(async () => {
+  srv = await startServer({ config: { triggers: [{ name: 'pricing', type: 'page_visit', url: '/pricing*' }] } });
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] });
+});
+after(async () => { await browser?.close(); await srv.stop(); srv.cleanup(); });
+
+async function send(path, body) {
+  const r = await post(srv, path, body);
+  assert.equal(r.status, 200, r.text);
+}
+
+test('/console: find, read, page through, journal, triggers, live feed, erase', async () => {
+  const t0 = Date.parse('2026-11-30T09:00:00Z');
+  const at = (i) => new Date(t0 + i * 1000).toISOString();
+  await send('/v1/page', { anonymousId: 'c-anon', properties: { path: '/pricing' }, timestamp: at(0) });
+  await send('/v1/batch', { batch: Array.from({ length: 25 }, (_, i) =>
+    ({ type: 'track', anonymousId: 'c-anon', event: 'Step ' + i, timestamp: at(1 + i) })) });
+  await send('/v1/identify', { userId: 'c-user', anonymousId: 'c-anon', timestamp: at(30),
+    traits: { email: 'Console.User@Example.com', plan: 'pro' } });
+  await send('/v1/page', { anonymousId: 'c-anon2', name: 'Phone', timestamp: at(40) });
+  await send('/v1/identify', { userId: 'c-user', anonymousId: 'c-anon2', timestamp: at(41) }); // a second device: merged
+
+  const page = await browser.newPage({ viewport: { width: 1300, height: 1000 } });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(srv.url + '/console');
+  assert.equal(new URL(page.url()).search, '', 'nothing in the URL');
+  await page.fill('#token', ADMIN);
+  await page.locator('#token').dispatchEvent('change');
+  await page.waitForSelector('#feed-empty');
+  await page.fill('#ident', 'console.user@example.com');
+  await page.click('#find button');
+  await page.waitForSelector('#identities .chip');
+
+  const chips = await page.$$eval('#identities .chip', (els) => els.map((e) => e.textContent));
+  for (const want of ['user_id c-user', 'anonymous_id c-anon', 'anonymous_id c-anon2', 'email console.user@example.com'])
+    assert.ok(chips.includes(want), `${want} in ${chips}`);
+  const traits = await page.$$eval('#traits tr', (rows) => rows.map((r) => [...r.children].map((c) => c.textContent)));
+  const plan = traits.find((t) => t[0] === 'plan');
+  assert.equal(plan[1], '"pro"');
+  assert.match(plan[2], /^2026-11-30T09:00:30/, 'when the trait was set');
+  assert.equal(await page.textContent('#c-events'), '29');
+
+  await page.waitForFunction(() => document.querySelectorAll('#events tr').length === 20);
+  await page.click('#older');
+  await page.waitForFunction(() => document.querySelectorAll('#events tr').length === 29);
+  assert.ok(await page.isHidden('#older'), 'no page after the last');
+  const first = await page.textContent('#events tr:first-child td:nth-child(3) summary');
+  assert.equal(first, 'traits', 'newest first: the second identify');
+
+  await page.waitForSelector('#merges div');
+  assert.match(await page.textContent('#merges'), /merge/);
+  await page.waitForSelector('#ptrig .trig');
+  assert.match(await page.textContent('#ptrig'), /pricing/);
+
+  // live: another visitor reaches /pricing
+  await send('/v1/page', { anonymousId: 'c-other', properties: { path: '/pricing/teams' } });
+  await page.waitForSelector('#feed .trig');
+  assert.match(await page.textContent('#feed .trig'), /pricing/);
+  await page.waitForFunction(() => [...document.querySelectorAll('#rules tr')].some((r) =>
+    r.children[0].textContent === 'pricing' && r.children[1].textContent === '1' && r.children[2].textContent === '2'));
+
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: join(ARTIFACTS, 'console.png') });
+
+  // erase, after the confirmation
+  let asked = '';
+  page.once('dialog', (d) => { asked = d.message(); d.accept(); });
+  await page.click('#erase');
+  await page.waitForSelector('#erased');
+  assert.match(asked, /cannot be undone/);
+  assert.match(await page.textContent('#erased'), /29 events, 4 identities, 1 journal entries, 1 triggers/);
+  const gone = await fetch(srv.url + '/v1/profiles/user_id/c-user', { headers: { Authorization: 'Bearer ' + ADMIN } });
+  assert.equal(gone.status, 404);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('/console without the token shows nothing and says why', async () => {
+  const page = await browser.newPage();
+  await page.goto(srv.url + '/console');
+  await page.fill('#token', 'not-the-token-000');
+  await page.fill('#ident', 'anyone@example.com');
+  await page.click('#find button');
+  await page.waitForFunction(() => /wrong admin token/.test(document.getElementById('status').textContent));
+  assert.equal(await page.$$eval('#identities', (e) => e.length), 0);
+  const res = await fetch(srv.url + '/console');
+  assert.equal(res.headers.get('x-frame-options'), 'DENY');
+  await page.close();
+});
