@@ -15,7 +15,7 @@
 typedef struct {
     sl_stitch_t *stitch;
     const char *kind, *id, *before;
-    int what; /* 0 profile, 1 events, 2 merges */
+    int what; /* 0 profile, 1 events, 2 merges, 3 the most recently active */
     size_t limit;
     sl_buf_t *out;
 } read_req_t;
@@ -26,6 +26,7 @@ static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     switch (q->what) {
     case 0: return sl_stitch_profile(q->stitch, txn, q->kind, q->id, q->out);
     case 1: return sl_stitch_timeline(q->stitch, txn, log_txn, q->kind, q->id, q->limit, q->before, q->out);
+    case 3: return sl_stitch_recent(q->stitch, txn, q->limit, q->before, q->out);
     default: return sl_stitch_merges(q->stitch, txn, q->kind, q->id, q->out);
     }
 }
@@ -98,6 +99,25 @@ void http_handle_profiles(conn_t *c, const char *rest)
     }
     if (srv->stitch == NULL || srv->stage == NULL) { /* an edge: the core keeps the profiles */
         http_respond_error(c, 404, "this node keeps no profiles (role edge: ask the core)");
+        return;
+    }
+    if (rest[0] == '\0') { /* GET /v1/profiles: the most recently active, a page at a time */
+        if (m != HTTP_GET) {
+            http_respond_error(c, 405, "use GET");
+            return;
+        }
+        read_req_t *q = sl_arena_alloc(&r->arena, sizeof(*q));
+        unsigned long long limit = 50;
+        char *before = NULL;
+        if (q == NULL) {
+            http_respond_error(c, 503, "out of memory");
+            return;
+        }
+        if (http_query_num(c, "limit", 1, 100, &limit) < 0) return;
+        if (http_query_param(r, "before", &before) < 0) before = NULL;
+        *q = (read_req_t){srv->stitch, NULL, NULL, before, 3, (size_t)limit, NULL};
+        r->read = q;
+        http_after_stage(c, answer_read);
         return;
     }
     /* {kind}/{id}[/events|/merges]; id percent-encoded (e-mail addresses). */

@@ -650,9 +650,9 @@ void http_route_request(conn_t *c)
             else handle_ingest(c, type);
             return;
         }
-        if (strncmp(rest, "profiles/", 9) == 0) {
+        if (strncmp(rest, "profiles/", 9) == 0 || strcmp(rest, "profiles") == 0) {
             r->route = ROUTE_PROFILES;
-            http_handle_profiles(c, rest + 9);
+            http_handle_profiles(c, rest[8] ? rest + 9 : "");
             return;
         }
         if (strncmp(rest, "triggers", 8) == 0 && (rest[8] == '\0' || rest[8] == '/')) {

@@ -101,7 +101,10 @@ void sl_stage_stop(sl_stage_t *sg, int hurry, void (*cb)(void *), void *arg);
 void sl_stage_free(sl_stage_t *sg);
 
 /* Work in a stage transaction (erasure, cursors, rule reloads): run(txn,
- * arg) before the events of that transaction; it may run more than once
+ * arg) after every event that was durable in the log when the job was
+ * submitted (an erasure sees all that was acknowledged about the person;
+ * while the stage is more than a transaction behind, jobs wait; in
+ * sl_stage_catch_up() the job runs first); it may run more than once
  * (the transaction is redone after an event is set aside), so it starts
  * afresh each time. An error fails the job alone. after_commit (optional)
  * runs on the stage thread once the transaction committed (erasure deletes

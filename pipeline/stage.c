@@ -313,6 +313,7 @@ typedef struct {
     sl_stage_job_t *culprit_job;
     int64_t now;
     int ticked;
+    int jobs_first;             /* catch-up: its job before the events; online: after them */
 } txn_ctx_t;
 
 /* The jobs, inside a read transaction of the log (a replay reads events). */
@@ -350,7 +351,7 @@ static int one_txn(txn_ctx_t *x)
     if (rc) return rc;
     p->txn = txn;
     sg->pass = p;
-    if (x->jobs && (rc = sl_store_read(sg->log, jobs_in_log, x))) goto fail;
+    if (x->jobs_first && x->jobs && (rc = sl_store_read(sg->log, jobs_in_log, x))) goto fail;
     p->from = sg->cursor + 1;
     while (p->upto > sg->cursor && !p->done) {
         p->slice_end = p->n + SLICE_EVENTS;
@@ -358,6 +359,10 @@ static int one_txn(txn_ctx_t *x)
         if (rc == 0) break; /* the log holds nothing further */
         if (rc != 1) goto fail;
     }
+    /* Online, a job (an erasure, a replay, a rule reload) follows every event
+     * that was durable when it was submitted: stage_main() hands jobs over
+     * only with a backlog this transaction applies whole. */
+    if (!x->jobs_first && x->jobs && (rc = sl_store_read(sg->log, jobs_in_log, x))) goto fail;
     /* events erased from the log leave gaps: the cursor still moves past them */
     uint64_t cursor = p->n >= sg->opts.max_events_per_txn ? p->last : p->upto;
     if (cursor < sg->cursor) cursor = sg->cursor;
@@ -414,7 +419,7 @@ static void deliver(sl_stage_t *sg, sl_stage_job_t *list)
  * without an event or job that cannot be applied. *ticked (may be NULL):
  * whether timers ran. Returns 0 or the environment's error (nothing
  * applied then). */
-static int run_txn(sl_stage_t *sg, sl_stage_job_t **jobs, uint64_t upto, int *ticked)
+static int run_txn(sl_stage_t *sg, sl_stage_job_t **jobs, uint64_t upto, int *ticked, int jobs_first)
 {
     uint64_t aside[MAX_ASIDE_PER_TXN];
     char whys[MAX_ASIDE_PER_TXN][160];
@@ -422,7 +427,7 @@ static int run_txn(sl_stage_t *sg, sl_stage_job_t **jobs, uint64_t upto, int *ti
     size_t n_aside = 0;
     for (;;) {
         pass_t p = {.sg = sg, .upto = upto, .aside = aside, .aside_why = why_p, .n_aside = n_aside};
-        txn_ctx_t x = {.p = &p, .jobs = *jobs, .now = sl_now_ms()};
+        txn_ctx_t x = {.p = &p, .jobs = *jobs, .now = sl_now_ms(), .jobs_first = jobs_first};
         int rc = one_txn(&x);
         if (rc == 0) {
             each_after_txn(sg, 1);
@@ -476,9 +481,14 @@ static void stage_main(void *arg)
             uint64_t ns = due - now >= 1000 ? 1000000000ULL : (uint64_t)(due - now) * 1000000ULL;
             uv_cond_timedwait(&sg->cv, &sg->mu, ns);
         }
-        sl_stage_job_t *jobs = sg->in_head;
-        sg->in_head = sg->in_tail = NULL;
         uint64_t upto = sg->log_durable;
+        /* jobs go with the transaction that applies the whole backlog (they
+         * follow what was durable when they came); far behind, they wait */
+        sl_stage_job_t *jobs = NULL;
+        if (upto - sg->cursor <= sg->opts.max_events_per_txn || (sg->stopping && sg->hurry)) {
+            jobs = sg->in_head;
+            sg->in_head = sg->in_tail = NULL;
+        }
         int stopping = sg->stopping, hurry = sg->hurry;
         uv_mutex_unlock(&sg->mu);
 
@@ -496,7 +506,7 @@ static void stage_main(void *arg)
             continue;
         }
         uint64_t before = sg->cursor;
-        int rc = run_txn(sg, &jobs, upto, NULL);
+        int rc = run_txn(sg, &jobs, upto, NULL, 0);
         if (rc == 0) sg->prev_commit_cursor = before;
         if (rc) {
             SL_ERROR("the stage could not apply events %llu..%llu: %s; retrying in a second",
@@ -915,7 +925,7 @@ int sl_stage_catch_up(sl_stage_t *sg, sl_stage_job_t *first, uint64_t upto,
         int due = next_due(sg) <= sl_now_ms();
         if (first == NULL && sg->cursor >= upto && !due) break;
         first = NULL;
-        int rc = run_txn(sg, &jobs, upto, &ticked);
+        int rc = run_txn(sg, &jobs, upto, &ticked, 1);
         if (rc == 0 && job && job->rc) rc = job->rc; /* it failed alone */
         if (rc == 0 && job && job->after_commit) rc = job->after_commit(job->arg);
         if (rc) return rc;

@@ -113,6 +113,10 @@ int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char
 int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, MDB_txn *log_txn, const char *kind, const char *id,
                        size_t limit, const char *before, sl_buf_t *out);
 int sl_stitch_merges(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out);
+/* The most recently active persons, newest first, at most limit:
+ * {"profiles":[<profile>...],"next":"<cursor>"|null}. Activity is each
+ * person's newest event time, kept to the minute. SL_EINVAL: a bad cursor. */
+int sl_stitch_recent(sl_stitch_t *s, MDB_txn *txn, size_t limit, const char *before, sl_buf_t *out);
 
 /* Erasure, as a stage job: sl_stitch_erase_init(), then
  * sl_stage_submit(stage, &e->job); in done (loop thread) read the counts,

@@ -11,6 +11,9 @@
  *             read from here, so an ordinary event writes no person record.
  *   journal   journal seq -> JSON entry (merge or refusal)
  *   pjournal  person id -> dup journal seqs that explain the person
+ *   active    be64 last activity ms, be64 person id -> nothing: persons by recent
+ *             activity (moved at most once a minute per person)
+ *   actof     person id -> i64 its key's time in active
  *   smeta     counters: "next_person", "next_journal"
  *             and "refused\x1f<owner>\x1f<person>\x1f<identifier>": refusals journaled
  * An identifier key is "<kind>\x1f<value>", kind "user_id", "anonymous_id" or
@@ -71,7 +74,7 @@ typedef struct sl_stitch_msg_s {
 struct sl_stitch_s {
     const sl_config_t *cfg;
     sl_store_t *store;
-    MDB_dbi ids, persons, tl, journal, pjournal, smeta, erasing;
+    MDB_dbi ids, persons, tl, journal, pjournal, smeta, erasing, active, actof;
     sl_stage_step_t step;
     person_t p1, p2, p3;      /* stage thread scratch (p3: listeners' payloads) */
     sl_ident_listener_t listeners[MAX_LISTENERS];
@@ -420,6 +423,53 @@ static int copy_journal_ref(MDB_txn *txn, const MDB_val *v, void *arg)
 /* Moves every identifier of x to survivor, sums the counters, merges traits
  * and journal, deletes x. Cost: x's identifiers and journal entries, never
  * its events. */
+/* ---- persons by recent activity ---- */
+
+#define ACTIVE_STEP_MS 60000 /* a person's place in active moves at most once a minute */
+
+static void active_key(unsigned char k[16], int64_t ms, uint64_t person)
+{
+    sl_be64_put(k, (uint64_t)(ms < 0 ? 0 : ms));
+    sl_be64_put(k + 8, person);
+}
+
+/* The person's time in active (0: none), its entry removed when drop. */
+static int active_get(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int64_t *ms, int drop)
+{
+    MDB_val k = {8, &person}, v;
+    int rc = mdb_get(txn, s->actof, &k, &v);
+    *ms = 0;
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if (v.mv_size != 8) return MDB_CORRUPTED;
+    memcpy(ms, v.mv_data, 8);
+    if (!drop) return 0;
+    unsigned char ak[16];
+    active_key(ak, *ms, person);
+    MDB_val av = {16, ak};
+    if ((rc = mdb_del(txn, s->active, &av, NULL)) && rc != MDB_NOTFOUND) return rc;
+    return mdb_del(txn, s->actof, &k, NULL);
+}
+
+/* The person was active at ms: moves it to the front when that is a
+ * minute or more past its place. */
+static int active_touch(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int64_t ms)
+{
+    int64_t old;
+    int rc = active_get(s, txn, person, &old, 0);
+    if (rc) return rc;
+    if (old && ms < old + ACTIVE_STEP_MS) return 0;
+    unsigned char ak[16];
+    MDB_val av = {16, ak}, nothing = {0, NULL}, k = {8, &person}, v = {8, &ms};
+    if (old) {
+        active_key(ak, old, person);
+        if ((rc = mdb_del(txn, s->active, &av, NULL)) && rc != MDB_NOTFOUND) return rc;
+    }
+    active_key(ak, ms, person);
+    if ((rc = mdb_put(txn, s->active, &av, &nothing, 0))) return rc;
+    return mdb_put(txn, s->actof, &k, &v, 0);
+}
+
 static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const sl_stitch_msg_t *m,
                  const char *reason)
 {
@@ -467,6 +517,9 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     /* MDB_NOTFOUND: x was created by this very message and never saved (an
      * identify whose new anonymousId carries another person's email). */
     if ((rc = mdb_del(txn, s->persons, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
+    int64_t x_active;
+    if ((rc = active_get(s, txn, x->id, &x_active, 1)) || (x_active && (rc = active_touch(s, txn, sv->id, x_active))))
+        return rc;
     atomic_fetch_add(&s->merges, 1);
     uint64_t who = sv->id;
     return journal_add(s, txn, &s->tmp, &who, 1);
@@ -666,6 +719,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
     sl_be64_put(tk, tlno);
     MDB_val k = {8, tk}, v = {16, tv};
     if ((rc = mdb_put(txn, s->tl, &k, &v, 0)) && rc != MDB_KEYEXIST) return rc;
+    if ((rc = active_touch(s, txn, t->id, m->ts_ms))) return rc;
 
     if (m->is_order) {
         t->dirty = 1;
@@ -719,6 +773,12 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
         return rc;
     if ((rc = mdb_dbi_open(txn, "smeta", c, &s->smeta))) return rc;
     if ((rc = mdb_dbi_open(txn, "erasing", c | MDB_INTEGERKEY, &s->erasing))) return rc;
+    /* added after layout 3 was fixed: a store from before lists the persons
+     * active since (`sillage rebuild` lists them all) */
+    if ((rc = mdb_dbi_open(txn, "active", c, &s->active)) == MDB_NOTFOUND && read_only) s->active = 0;
+    else if (rc) return rc;
+    if ((rc = mdb_dbi_open(txn, "actof", c | MDB_INTEGERKEY, &s->actof)) == MDB_NOTFOUND && read_only) s->actof = 0;
+    else if (rc) return rc;
     /* The layout of ids/tl/persons: a store of another layout is refused, not misread. */
     MDB_val k = {6, "layout"}, v;
     uint32_t layout = STITCH_LAYOUT;
@@ -983,6 +1043,56 @@ int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char
     return rc;
 }
 
+/* Persons by recent activity, newest first. */
+int sl_stitch_recent(sl_stitch_t *s, MDB_txn *txn, size_t limit, const char *before, sl_buf_t *out)
+{
+    unsigned char from[16];
+    int have_from = 0;
+    if (before) {
+        unsigned long long ms, pid;
+        char extra;
+        if (sscanf(before, "%llu.%llu%c", &ms, &pid, &extra) != 2) return SL_EINVAL;
+        active_key(from, (int64_t)ms, pid);
+        have_from = 1;
+    }
+    sl_buf_appends(out, "{\"profiles\":[");
+    if (s->active == 0) { /* a store read before the index existed */
+        sl_buf_appends(out, "],\"next\":null}");
+        return out->data ? 0 : SL_ENOMEM;
+    }
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->active, &cur);
+    if (rc) return rc;
+    MDB_val k = {16, from}, v;
+    if (have_from) { /* the first key below the cursor */
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        rc = rc == 0 ? mdb_cursor_get(cur, &k, &v, MDB_PREV) : rc == MDB_NOTFOUND ? mdb_cursor_get(cur, &k, &v, MDB_LAST) : rc;
+    } else {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    }
+    size_t n = 0;
+    uint64_t last_ms = 0, last_pid = 0;
+    person_t p = {0};
+    for (; rc == 0 && n < limit; rc = mdb_cursor_get(cur, &k, &v, MDB_PREV)) {
+        if (k.mv_size != 16) continue;
+        last_ms = sl_be64_get(k.mv_data);
+        last_pid = sl_be64_get((const unsigned char *)k.mv_data + 8);
+        uint64_t events, pages;
+        int64_t first, last;
+        if ((rc = person_load(s, txn, last_pid, &p)) == MDB_NOTFOUND) continue; /* not ours to fail on */
+        if (rc || (rc = person_stats(s, txn, &p, &events, &pages, &first, &last))) break;
+        if (n++) sl_buf_appends(out, ",");
+        append_profile(out, &p, events, pages, first, last);
+    }
+    person_free(&p);
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    if (n == limit && rc == 0) sl_buf_printf(out, "],\"next\":\"%llu.%llu\"}", (unsigned long long)last_ms,
+                                              (unsigned long long)last_pid);
+    else sl_buf_appends(out, "],\"next\":null}");
+    return out->data ? 0 : SL_ENOMEM;
+}
+
 /* The newest-first merge of every identifier's event index. */
 int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, MDB_txn *log_txn, const char *kind, const char *id,
                        size_t limit, const char *before, sl_buf_t *out)
@@ -1183,6 +1293,8 @@ static int erase_run(MDB_txn *txn, void *arg)
     MDB_val k = {8, &p.id};
     if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
     if ((rc = mdb_del(txn, s->persons, &k, NULL))) goto out;
+    int64_t was;
+    if ((rc = active_get(s, txn, p.id, &was, 1))) goto out;
     for (size_t i = 0; i < s->n_listeners && rc == 0; i++) {
         uint64_t n = 0;
         if (s->listeners[i].forgotten) rc = s->listeners[i].forgotten(s->listeners[i].arg, txn, p.id, &n);

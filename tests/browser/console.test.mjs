@@ -44,9 +44,15 @@ test('/console: find, read, page through, journal, triggers, live feed, erase', 
   await page.fill('#token', ADMIN);
   await page.locator('#token').dispatchEvent('change');
   await page.waitForSelector('#feed-empty');
-  await page.fill('#ident', 'console.user@example.com');
-  await page.click('#find button');
+  // the rule's total so far, from /metrics
+  await page.waitForFunction(() => [...document.querySelectorAll('#rules tr')].some((r) =>
+    r.children[0].textContent === 'pricing' && r.children[2] && r.children[2].textContent === '1'));
+  // the most recently active first: the person is found from the list
+  await page.waitForSelector('#recent .recent-item');
+  assert.match(await page.textContent('#recent .recent-item'), /^console\.user@example\.com · 2026-11-30T09:00:41/);
+  await page.click('#recent .recent-item');
   await page.waitForSelector('#identities .chip');
+  assert.equal(await page.inputValue('#ident'), 'c-user');
 
   const chips = await page.$$eval('#identities .chip', (els) => els.map((e) => e.textContent));
   for (const want of ['user_id c-user', 'anonymous_id c-anon', 'anonymous_id c-anon2', 'email console.user@example.com'])
@@ -89,6 +95,7 @@ test('/console: find, read, page through, journal, triggers, live feed, erase', 
   assert.match(await page.textContent('#erased'), /29 events, 4 identities, 1 journal entries, 1 triggers/);
   const gone = await fetch(srv.url + '/v1/profiles/user_id/c-user', { headers: { Authorization: 'Bearer ' + ADMIN } });
   assert.equal(gone.status, 404);
+  await page.waitForFunction(() => !/console\.user/.test(document.getElementById('recent').textContent));
   assert.deepEqual(errors, []);
   await page.close();
 });

@@ -78,3 +78,37 @@ test('set-aside routes: admin only, a listing and a replay with their counts', a
   assert.equal(zero.status, 400);
   assert.match((await zero.json()).error, /limit must be a whole number from 1 to 10000/);
 });
+
+test('GET /v1/profiles: the most recently active first, a page at a time; merged persons once', async (t) => {
+  const srv = await startServer();
+  t.after(() => { srv.stop(); srv.cleanup(); });
+  const t0 = Date.parse('2026-11-29T08:00:00Z');
+  const at = (min) => new Date(t0 + min * 60000).toISOString();
+  for (const [i, u] of ['r1', 'r2', 'r3', 'r4', 'r5'].entries())
+    await post(srv, '/v1/track', { userId: u, event: 'Seen', timestamp: at(i * 10) });
+  await post(srv, '/v1/track', { userId: 'r2', event: 'Back', timestamp: at(100) });
+  // an anonymous visitor, later identified as r1: one person, active at the identify
+  await post(srv, '/v1/page', { anonymousId: 'r-anon', timestamp: at(110) });
+  await post(srv, '/v1/identify', { userId: 'r1', anonymousId: 'r-anon', traits: { email: 'r1@example.com' }, timestamp: at(120) });
+
+  const page = async (q) => {
+    const r = await fetch(`${srv.url}/v1/profiles${q}`, { headers: auth });
+    return { status: r.status, json: await r.json() };
+  };
+  const p1 = await page('?limit=2');
+  assert.equal(p1.status, 200, JSON.stringify(p1.json));
+  assert.deepEqual(p1.json.profiles.map((p) => p.user_id), ['r1', 'r2']);
+  assert.equal(p1.json.profiles[0].counters.events, 3, 'r1 with its anonymous page');
+  assert.ok(p1.json.profiles[0].identities.some((i) => i.kind === 'email' && i.id === 'r1@example.com'));
+  const p2 = await page('?limit=2&before=' + encodeURIComponent(p1.json.next));
+  assert.deepEqual(p2.json.profiles.map((p) => p.user_id), ['r5', 'r4']);
+  const p3 = await page('?limit=2&before=' + encodeURIComponent(p2.json.next));
+  assert.deepEqual(p3.json.profiles.map((p) => p.user_id), ['r3']);
+  assert.equal(p3.json.next, null);
+  const all = await page('');
+  assert.equal(all.json.profiles.length, 5, 'merged persons appear once');
+
+  assert.equal((await page('?before=nonsense')).status, 400);
+  assert.equal((await page('?limit=101')).status, 400);
+  assert.equal((await fetch(`${srv.url}/v1/profiles`)).status, 401);
+});

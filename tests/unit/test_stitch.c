@@ -594,6 +594,61 @@ TEST(stage_replays_set_aside)
     fix_free(&f);
 }
 
+/* A step that takes its time over events whose messageId starts with
+ * "slow": the stage is busy while the test queues more behind it. */
+static int slow_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
+{
+    (void)arg;
+    (void)txn;
+    if (strncmp(ev->message_id, "slow", 4) == 0) usleep(100000);
+    return 0;
+}
+
+/* Stores one event, waiting only for the log (not for the stage). */
+static void put_durable(fix_t *f, const char *json, const char *mid)
+{
+    sl_store_msg_t sm = {.json = json, .json_len = strlen(json), .received_ms = sl_now_ms(),
+                         .dedupe = sl_store_dedupe_key(f->store, "test", mid)};
+    int done = 0;
+    sl_store_batch_t b = {.msgs = &sm, .n_msgs = 1, .done = on_done, .data = &done};
+    CHECK_INT(sl_store_submit(f->store, &b), ==, 0);
+    while (!done) uv_run(&f->loop, UV_RUN_ONCE);
+    CHECK_INT(sm.status, ==, SL_STORE_STORED);
+}
+
+/* A job follows every event that was durable when it was submitted: an
+ * erasure asked right after an acknowledged identify erases that person,
+ * even when the stage was still busy and had not applied the identify (the
+ * job used to run before the events of its transaction: 404). */
+TEST(stage_job_follows_acknowledged_events)
+{
+    sl_stage_step_t step = {.name = "slow", .apply = slow_apply};
+    fix_extra_step = &step;
+    fix_t f;
+    int bad = fix_init(&f);
+    fix_extra_step = NULL;
+    REQUIRE(bad == 0);
+    put_durable(&f, "{\"type\":\"page\",\"messageId\":\"slow-1\",\"timestamp\":\"2026-01-01T00:00:01.000Z\","
+                    "\"anonymousId\":\"jf-other\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}", "slow-1");
+    put_durable(&f, "{\"type\":\"identify\",\"messageId\":\"jf-2\",\"timestamp\":\"2026-01-01T00:00:02.000Z\","
+                    "\"userId\":\"jf-user\",\"anonymousId\":\"jf-a\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
+                "jf-2");
+    CHECK_INT(sl_stage_applied(f.stage), <, 2); /* the stage is still on the slow event */
+    sl_stitch_erase_t er;
+    int done = 0;
+    sl_stitch_erase_init(&er, f.stitch, "user_id", "jf-user", erase_done);
+    er.ctx = &done;
+    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
+    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK_INT(er.job.rc, ==, 0);
+    CHECK_INT(er.found, ==, 1);
+    CHECK_INT(er.identities, ==, 2);
+    sl_stitch_erase_free(&er);
+    char a[32];
+    CHECK_STR(person_of(&f, "anonymous_id", "jf-a", a), "(none)");
+    fix_free(&f);
+}
+
 /* page_visit patterns (docs/TRIGGERS.md): pattern, subject, match. */
 TEST(trigger_glob_table)
 {
