@@ -522,7 +522,10 @@ static int short_type(char c)
 }
 
 /* Admin routes allow no cross-origin use: their preflight grants nothing.
- * Elsewhere only the headers the tag and SDKs send are allowed. */
+ * Elsewhere only the headers the tag and SDKs send are allowed: analytics.js
+ * 2.0 adds X-Retry-Count to its retries, RudderStack's browser SDK sends
+ * AnonymousId, SentAt and its Rsa-* retry headers (sillage reads none of
+ * them: the body carries the same). */
 static void handle_preflight(conn_t *c)
 {
     req_t *r = c->req;
@@ -535,7 +538,9 @@ static void handle_preflight(conn_t *c)
         return;
     }
     static const char allow[] = "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
-                                "Access-Control-Allow-Headers: Content-Type, Authorization, Content-Encoding, X-Retry-Count\r\n"
+                                "Access-Control-Allow-Headers: Content-Type, Authorization, Content-Encoding, X-Retry-Count, "
+                                "AnonymousId, SentAt, Rsa-Retry-Attempt, Rsa-Retry-Reason, Rsa-Since-First-Attempt, "
+                                "Rsa-Since-Last-Attempt, Rsa-Recovered\r\n"
                                 "Access-Control-Max-Age: 86400\r\n";
     http_respond(c, 204, NULL, r->origin ? allow : "Allow: GET, POST, OPTIONS\r\n", NULL, 0);
 }

@@ -558,6 +558,9 @@ static void read_msg(sl_stitch_t *s, const cJSON *doc, sl_stitch_msg_t *m)
     const char *ts = sl_json_str(doc, "timestamp");
     if (ts == NULL || sl_time_parse_iso(ts, strlen(ts), &m->ts_ms)) m->ts_ms = sl_now_ms();
     const cJSON *traits = cJSON_GetObjectItemCaseSensitive(doc, "traits");
+    /* RudderStack's SDKs send an identify's traits as context.traits */
+    if (m->type == SL_STITCH_IDENTIFY && !cJSON_IsObject(traits))
+        traits = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "traits");
     if (m->type == SL_STITCH_IDENTIFY && cJSON_IsObject(traits)) {
         for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
             m->trait_ids[i] = sl_stitch_clean_id(s, sl_json_str(traits, s->cfg->identity_traits[i]), &s->in_arena, 1);

@@ -198,7 +198,7 @@ test('CORS: admin routes send none and their preflight grants nothing; ingestion
   });
   assert.equal(pre.status, 204);
   assert.equal(pre.headers.get('access-control-allow-origin'), 'https://shop.example');
-  assert.equal(pre.headers.get('access-control-allow-headers'), 'Content-Type, Authorization, Content-Encoding, X-Retry-Count');
+  assert.equal(pre.headers.get('access-control-allow-headers'), 'Content-Type, Authorization, Content-Encoding, X-Retry-Count, AnonymousId, SentAt, Rsa-Retry-Attempt, Rsa-Retry-Reason, Rsa-Since-First-Attempt, Rsa-Since-Last-Attempt, Rsa-Recovered');
   const ok = await post(srv, '/v1/track', track(), { Origin: 'https://shop.example' });
   assert.equal(ok.status, 200);
   assert.equal(ok.headers.get('access-control-allow-origin'), 'https://shop.example');

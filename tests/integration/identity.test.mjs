@@ -114,6 +114,18 @@ test('timeline pages newest first with a cursor, across merged identities', asyn
   assert.equal(bad.status, 400);
 });
 
+test("an identify's traits in context.traits (RudderStack's SDKs) count like top-level traits", async () => {
+  await post(srv, '/v1/identify', { userId: 'ctx-u', anonymousId: 'ctx-a',
+    context: { traits: { email: 'Ctx.User@Example.com', plan: 'team' } } });
+  const p = await get('/v1/profiles/email/' + enc('ctx.user@example.com'));
+  assert.equal(p.status, 200);
+  assert.equal(p.json.user_id, 'ctx-u');
+  assert.equal(p.json.traits.plan, 'team');
+  // top-level traits win when both are there
+  await post(srv, '/v1/identify', { userId: 'ctx-u', traits: { plan: 'pro' }, context: { traits: { plan: 'free' } } });
+  assert.equal((await get('/v1/profiles/user_id/ctx-u')).json.traits.plan, 'pro');
+});
+
 test('profile routes need the admin token', async () => {
   await post(srv, '/v1/page', { anonymousId: 'auth-a', name: 'Home' });
   for (const headers of [{}, { Authorization: 'Bearer wrong' }, { Authorization: 'Basic ' + Buffer.from(ADMIN + ':').toString('base64') }]) {
