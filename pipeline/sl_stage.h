@@ -103,7 +103,8 @@ void sl_stage_free(sl_stage_t *sg);
 /* Work in a stage transaction (erasure, cursors, rule reloads): run(txn,
  * arg) after every event that was durable in the log when the job was
  * submitted (an erasure sees all that was acknowledged about the person;
- * while the stage is more than a transaction behind, jobs wait; in
+ * far behind, a job waits for the transaction that reaches that point; one
+ * still waiting when a hurried stop ends the stage gets SL_ESHUTDOWN; in
  * sl_stage_catch_up() the job runs first); it may run more than once
  * (the transaction is redone after an event is set aside), so it starts
  * afresh each time. An error fails the job alone. after_commit (optional)
@@ -117,6 +118,7 @@ struct sl_stage_job_s {
     void *arg;
     int rc;                      /* out */
     sl_stage_job_t *next;        /* private */
+    uint64_t after_seq;          /* private: the log's durable end when it was submitted */
 };
 /* Queues job. Returns 0, or SL_ESHUTDOWN. Loop thread. */
 int sl_stage_submit(sl_stage_t *sg, sl_stage_job_t *job);

@@ -482,13 +482,17 @@ static void stage_main(void *arg)
             uv_cond_timedwait(&sg->cv, &sg->mu, ns);
         }
         uint64_t upto = sg->log_durable;
-        /* jobs go with the transaction that applies the whole backlog (they
-         * follow what was durable when they came); far behind, they wait */
-        sl_stage_job_t *jobs = NULL;
-        if (upto - sg->cursor <= sg->opts.max_events_per_txn || (sg->stopping && sg->hurry)) {
-            jobs = sg->in_head;
-            sg->in_head = sg->in_tail = NULL;
+        /* a job goes with the transaction that reaches what was durable when
+         * it came (a transaction applies at least max_events_per_txn events
+         * past the cursor, or all there is); later ones wait their turn */
+        sl_stage_job_t *jobs = NULL, **tail = &jobs;
+        while (sg->in_head && sg->in_head->after_seq <= sg->cursor + sg->opts.max_events_per_txn) {
+            *tail = sg->in_head;
+            sg->in_head = sg->in_head->next;
+            tail = &(*tail)->next;
+            *tail = NULL;
         }
+        if (sg->in_head == NULL) sg->in_tail = NULL;
         int stopping = sg->stopping, hurry = sg->hurry;
         uv_mutex_unlock(&sg->mu);
 
@@ -540,6 +544,14 @@ static void stage_main(void *arg)
         atomic_store(&sg->applied, sg->cursor); /* readers' waiters follow the flush: each_synced() */
         deliver(sg, jobs);
     }
+    uv_mutex_lock(&sg->mu);
+    /* jobs a hurried stop left behind: not run (an erasure that would miss
+     * events acknowledged before it must not say it is done) */
+    sl_stage_job_t *left = sg->in_head;
+    sg->in_head = sg->in_tail = NULL;
+    uv_mutex_unlock(&sg->mu);
+    for (sl_stage_job_t *j = left; j; j = j->next) j->rc = SL_ESHUTDOWN;
+    deliver(sg, left);
     uv_mutex_lock(&sg->mu);
     sg->exited = 1;
     uv_mutex_unlock(&sg->mu);
@@ -667,6 +679,7 @@ int sl_stage_submit(sl_stage_t *sg, sl_stage_job_t *job)
         uv_mutex_unlock(&sg->mu);
         return SL_ESHUTDOWN;
     }
+    job->after_seq = sg->log_durable;
     if (sg->in_tail) sg->in_tail->next = job;
     else sg->in_head = job;
     sg->in_tail = job;

@@ -433,16 +433,19 @@ static void active_key(unsigned char k[16], int64_t ms, uint64_t person)
     sl_be64_put(k + 8, person);
 }
 
-/* The person's time in active (0: none), its entry removed when drop. */
-static int active_get(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int64_t *ms, int drop)
+/* The person's time in active (*found 0: none), its entry removed when
+ * drop. A time of 0 is a time like another (an event may claim 1970). */
+static int active_get(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int64_t *ms, int *found, int drop)
 {
     MDB_val k = {8, &person}, v;
     int rc = mdb_get(txn, s->actof, &k, &v);
     *ms = 0;
+    *found = 0;
     if (rc == MDB_NOTFOUND) return 0;
     if (rc) return rc;
     if (v.mv_size != 8) return MDB_CORRUPTED;
     memcpy(ms, v.mv_data, 8);
+    *found = 1;
     if (!drop) return 0;
     unsigned char ak[16];
     active_key(ak, *ms, person);
@@ -456,12 +459,14 @@ static int active_get(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int64_t *ms
 static int active_touch(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int64_t ms)
 {
     int64_t old;
-    int rc = active_get(s, txn, person, &old, 0);
+    int found;
+    int rc = active_get(s, txn, person, &old, &found, 0);
     if (rc) return rc;
-    if (old && ms < old + ACTIVE_STEP_MS) return 0;
+    if (ms < 0) ms = 0; /* the key's time is unsigned */
+    if (found && ms < old + ACTIVE_STEP_MS) return 0;
     unsigned char ak[16];
     MDB_val av = {16, ak}, nothing = {0, NULL}, k = {8, &person}, v = {8, &ms};
-    if (old) {
+    if (found) {
         active_key(ak, old, person);
         if ((rc = mdb_del(txn, s->active, &av, NULL)) && rc != MDB_NOTFOUND) return rc;
     }
@@ -518,7 +523,9 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
      * identify whose new anonymousId carries another person's email). */
     if ((rc = mdb_del(txn, s->persons, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
     int64_t x_active;
-    if ((rc = active_get(s, txn, x->id, &x_active, 1)) || (x_active && (rc = active_touch(s, txn, sv->id, x_active))))
+    int x_found;
+    if ((rc = active_get(s, txn, x->id, &x_active, &x_found, 1)) ||
+        (x_found && (rc = active_touch(s, txn, sv->id, x_active))))
         return rc;
     atomic_fetch_add(&s->merges, 1);
     uint64_t who = sv->id;
@@ -1297,7 +1304,8 @@ static int erase_run(MDB_txn *txn, void *arg)
     if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
     if ((rc = mdb_del(txn, s->persons, &k, NULL))) goto out;
     int64_t was;
-    if ((rc = active_get(s, txn, p.id, &was, 1))) goto out;
+    int had;
+    if ((rc = active_get(s, txn, p.id, &was, &had, 1))) goto out;
     for (size_t i = 0; i < s->n_listeners && rc == 0; i++) {
         uint64_t n = 0;
         if (s->listeners[i].forgotten) rc = s->listeners[i].forgotten(s->listeners[i].arg, txn, p.id, &n);

@@ -402,21 +402,33 @@ static int decode_event(sl_store_t *st, const MDB_val *in, const char **json, si
     return 0;
 }
 
-/* The coders of a dictionary: the readers' (every store), the writer's. */
+/* The coders of a dictionary: the readers' (every store), the writer's.
+ * Published only whole: a half-made writer's coder would compress with no
+ * dictionary, or crash. */
 static int make_coders(sl_store_t *st, const void *dict, size_t len)
 {
-    ZSTD_DDict *dd = ZSTD_createDDict(dict, len);
-    if (dd == NULL) return SL_ENOMEM;
-    atomic_store(&st->ddict, dd);
+    ZSTD_CDict *cd = NULL;
+    ZSTD_CCtx *cc = NULL;
     if (!st->opts.read_only) {
-        st->cdict = ZSTD_createCDict(dict, len, ZLEVEL);
-        st->cctx = ZSTD_createCCtx();
-        if (st->cdict == NULL || st->cctx == NULL) return SL_ENOMEM;
+        cd = ZSTD_createCDict(dict, len, ZLEVEL);
+        cc = ZSTD_createCCtx();
         /* one dictionary per store: its id in every frame says nothing */
-        if (ZSTD_isError(ZSTD_CCtx_setParameter(st->cctx, ZSTD_c_dictIDFlag, 0)) ||
-            ZSTD_isError(ZSTD_CCtx_refCDict(st->cctx, st->cdict)))
+        if (cd == NULL || cc == NULL || ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_dictIDFlag, 0)) ||
+            ZSTD_isError(ZSTD_CCtx_refCDict(cc, cd))) {
+            ZSTD_freeCCtx(cc);
+            ZSTD_freeCDict(cd);
             return SL_ENOMEM;
+        }
     }
+    ZSTD_DDict *dd = ZSTD_createDDict(dict, len);
+    if (dd == NULL) {
+        ZSTD_freeCCtx(cc);
+        ZSTD_freeCDict(cd);
+        return SL_ENOMEM;
+    }
+    atomic_store(&st->ddict, dd);
+    st->cdict = cd;
+    st->cctx = cc;
     return 0;
 }
 

@@ -108,6 +108,13 @@ test('GET /v1/profiles: the most recently active first, a page at a time; merged
   const all = await page('');
   assert.equal(all.json.profiles.length, 5, 'merged persons appear once');
 
+  // an event may claim 1970: time 0 is a place like another, never a second entry
+  await post(srv, '/v1/track', { userId: 'r0', event: 'Old', timestamp: '1970-01-01T00:00:00Z' });
+  await post(srv, '/v1/track', { userId: 'r0', event: 'Older still', timestamp: '1970-01-01T00:05:00Z' });
+  const listed = (await page('?limit=100')).json.profiles.map((p) => p.user_id);
+  assert.equal(listed.filter((u) => u === 'r0').length, 1, JSON.stringify(listed));
+  assert.equal(listed.at(-1), 'r0', 'the least recently active last');
+
   assert.equal((await page('?before=nonsense')).status, 400);
   assert.equal((await page('?limit=101')).status, 400);
   assert.equal((await fetch(`${srv.url}/v1/profiles`)).status, 401);

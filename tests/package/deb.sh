@@ -4,14 +4,17 @@
 # user and permissions checked, the unit verified (systemd-analyze), the
 # installed binary started as the sillage user with the installed config,
 # an event sent and read back, then purged: nothing left unless
-# SILLAGE_KEEP_DATA=1. Needs root; leaves an already installed sillage
-# package alone (skips). /usr/share/sillage/geo.mmdb, which scripts/setup
+# SILLAGE_KEEP_DATA=1. Needs root; skips, touching nothing, where a sillage
+# package, its directories or its user exist already. /usr/share/sillage/geo.mmdb, which scripts/setup
 # installs for the tests, is put back afterwards.
 set -euo pipefail
 B="$(cd "$1" && pwd)"
 if [ "$(id -u)" != 0 ]; then echo "SKIP: needs root"; exit 77; fi
 if dpkg-query -W -f='${Status}' sillage 2>/dev/null | grep -q "ok installed"; then
   echo "SKIP: a sillage package is installed here already; not touching it"; exit 77
+fi
+if [ -e /etc/sillage ] || [ -e /var/lib/sillage ] || getent passwd sillage > /dev/null; then
+  echo "SKIP: /etc/sillage, /var/lib/sillage or a sillage user exist here already; not touching them"; exit 77
 fi
 fail() { echo "FAIL: $*"; exit 1; }
 check() { local what="$1" got="$2" want="$3"; [ "$got" = "$want" ] || fail "$what: got '$got', want '$want'"; echo "ok: $what = $want"; }
@@ -26,7 +29,10 @@ PID=""
 cleanup() {
   [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
   dpkg --purge sillage > /dev/null 2>&1 || true
-  rm -rf /var/lib/sillage.kept-by-test
+  # what a failed run may leave (a purge that kept the data): none of it was here before
+  rm -rf /etc/sillage /var/lib/sillage
+  getent passwd sillage > /dev/null && deluser --system sillage > /dev/null 2>&1
+  getent group sillage > /dev/null && delgroup --system sillage > /dev/null 2>&1
   [ -f "$WORK/geo.mmdb" ] && install -D -m 0644 "$WORK/geo.mmdb" "$GEO"
   rm -rf "$WORK"
 }
@@ -41,8 +47,10 @@ check "/etc/sillage" "$(stat -c '%U:%G %a' /etc/sillage)" "root:sillage 750"
 check "the configuration" "$(stat -c '%U:%G %a' /etc/sillage/sillage.json)" "root:sillage 640"
 check "/var/lib/sillage" "$(stat -c '%U:%G %a' /var/lib/sillage)" "sillage:sillage 750"
 check "the sillage user (home, shell)" "$(getent passwd sillage | cut -d: -f6,7)" "/var/lib/sillage:/usr/sbin/nologin"
-dpkg-query -W -f='${Conffiles}\n' sillage | grep -q '^ /etc/sillage/sillage.json ' || fail "sillage.json is not a conffile"
-echo "ok: /etc/sillage/sillage.json is a conffile"
+# generated secrets: not a dpkg conffile (Debian Policy 10.7.3), made by postinst from the template
+dpkg-query -W -f='${Conffiles}\n' sillage | grep -q 'sillage.json' && fail "sillage.json must not be a conffile"
+[ -f /usr/share/sillage/sillage.json.example ] || fail "no template"
+echo "ok: /etc/sillage/sillage.json made from /usr/share/sillage/sillage.json.example"
 grep -q '@WRITE_KEY@\|@ADMIN_TOKEN@' /etc/sillage/sillage.json && fail "the secrets were not generated"
 CONF="$(cat /etc/sillage/sillage.json)"
 WK=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sources"][0]["write_key"])' /etc/sillage/sillage.json)
@@ -89,10 +97,12 @@ echo "ok: stored in /var/lib/sillage ($(du -sh /var/lib/sillage | cut -f1))"
 # purge keeping the data when asked, then without
 SILLAGE_KEEP_DATA=1 dpkg --purge sillage > "$WORK/purge1.log" 2>&1 || { cat "$WORK/purge1.log"; fail "purge (keep)"; }
 [ -e /usr/bin/sillage ] && fail "purge left the binary"
-[ -e /etc/sillage ] && fail "purge left /etc/sillage"
 [ -f /var/lib/sillage/data.mdb ] || fail "SILLAGE_KEEP_DATA=1 did not keep the data"
-echo "ok: purge with SILLAGE_KEEP_DATA=1 keeps /var/lib/sillage"
+[ "$(cat /etc/sillage/sillage.json)" = "$CONF" ] || fail "SILLAGE_KEEP_DATA=1 did not keep the configuration"
+echo "ok: purge with SILLAGE_KEEP_DATA=1 keeps /var/lib/sillage and the configuration that matches it"
 dpkg -i "$DEB" > "$WORK/dpkg3.log" 2>&1 || { cat "$WORK/dpkg3.log"; fail "dpkg -i after a kept purge"; }
+[ "$(cat /etc/sillage/sillage.json)" = "$CONF" ] || fail "reinstalling after a kept purge changed the secrets"
+echo "ok: reinstalling finds its data and keys again"
 dpkg --purge sillage > "$WORK/purge2.log" 2>&1 || { cat "$WORK/purge2.log"; fail "purge"; }
 for p in /usr/bin/sillage /etc/sillage /var/lib/sillage /usr/lib/systemd/system/sillage.service; do
   [ -e "$p" ] && fail "purge left $p"
