@@ -394,13 +394,14 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if (c->sources == NULL) return SL_ENOMEM;
         size_t i = 0;
         for (const cJSON *s = srcs->child; s; s = s->next, i++) {
-            static const char *sk[] = {"name", "write_key", "trusted", NULL};
+            static const char *sk[] = {"name", "write_key", "trusted", "historical", NULL};
             char path[32];
             snprintf(path, sizeof(path), "sources[%zu]", i);
             if ((rc = check_keys(x, s, path, sk))) return rc;
             if ((rc = get_str(x, s, "name", path, &c->sources[i].name, 1))) return rc;
             if ((rc = get_str(x, s, "write_key", path, &c->sources[i].write_key, 1))) return rc;
             if ((rc = get_bool(x, s, "trusted", &c->sources[i].trusted))) return rc;
+            if ((rc = get_bool(x, s, "historical", &c->sources[i].historical))) return rc;
             for (size_t j = 0; j < i; j++)
                 if (strcmp(c->sources[j].name, c->sources[i].name) == 0) {
                     seterr(x->err, x->errlen, "%s.name repeats the name of sources[%zu]", path, j);

@@ -13,6 +13,7 @@ typedef struct sl_source_s {
     char *write_key;
     int trusted;           /* a server-side key: may merge two identified persons (default 0:
                             * a browser key, which anyone can read from the page) */
+    int historical;        /* an import of past data: stored and stitched, no trigger fired */
 } sl_source_t;
 
 enum sl_durability { SL_DURABLE_SYNC = 0, SL_DURABLE_OS = 1 };

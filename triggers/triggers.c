@@ -64,6 +64,8 @@ struct sl_trig_s {
     _Atomic uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
     int64_t last_prune_ms;
     int muted;                           /* rebuild: states and timers, no trigger appended */
+    int quiet;                           /* a historical event's merge: states, no trigger */
+    _Atomic uint64_t historical;         /* events from imports the rules did not see */
     const char *cause;                   /* messageId of the event being handled; NULL for timers */
 };
 
@@ -193,6 +195,7 @@ static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t
                 int64_t now)
 {
     if (t->muted) return 0; /* a rebuild: what fired then is in the feed already */
+    if (t->quiet) return 0; /* an import's merge joins states, fires nothing */
     int idx = rule_index(t, r);
     uint32_t day = (uint32_t)(now / 86400000);
     MDB_val k;
@@ -773,10 +776,25 @@ static int trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *n
 
 /* ---- what the stitcher tells ---- */
 
+/* 1 when ev comes from the past: a source marked "historical", or a message
+ * with context.sillage.import true (docs/TRIGGERS.md, "Historical imports"). */
+static int historical(const sl_trig_t *t, const sl_stage_event_t *ev)
+{
+    if (ev == NULL) return 0;
+    const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ev->doc, "context"), "sillage");
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sil, "import"))) return 1;
+    const sl_source_t *src = sl_config_source(t->cfg, sl_json_str(sil, "source"));
+    return src && src->historical;
+}
+
 static int on_stitched(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, const sl_ident_event_t *ie)
 {
     sl_trig_t *t = arg;
     if (t->cfg->n_triggers == 0) return 0;
+    if (historical(t, ev)) { /* no rule sees it: no cart, no visit count, no timer from the past */
+        atomic_fetch_add(&t->historical, 1);
+        return 0;
+    }
     rule_msg_t m;
     int rc = read_msg(t, ev->doc, ie->ts_ms, &m);
     if (rc) return rc;
@@ -788,13 +806,17 @@ static int on_merged(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64
 {
     sl_trig_t *t = arg;
     t->cause = ev ? ev->message_id : NULL;
-    return trig_merge(t, txn, survivor, absorbed);
+    t->quiet = historical(t, ev);
+    int rc = trig_merge(t, txn, survivor, absorbed);
+    t->quiet = 0;
+    return rc;
 }
 
 static int on_trait(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t person, const char *name,
                     const cJSON *old_v, const cJSON *new_v)
 {
     sl_trig_t *t = arg;
+    if (historical(t, ev)) return 0;
     t->cause = ev ? ev->message_id : NULL;
     return trig_trait(t, txn, person, name, old_v, new_v, sl_now_ms());
 }
@@ -1138,6 +1160,9 @@ void sl_trig_metrics(void *arg, sl_buf_t *b)
     by_rule(b, "sillage_triggers_fired_total", "Triggers appended to the feed, by rule.", cfg, ts.fired_by_rule);
     by_rule(b, "sillage_triggers_suppressed_total", "Triggers held back by the pressure cap, by rule.", cfg,
             ts.suppressed_by_rule);
+    sl_metric_u64(b, "counter", "sillage_trigger_historical_events_total",
+                  "Events of historical imports (a historical source, context.sillage.import) no rule saw.",
+                  atomic_load(&t->historical));
     sl_metric_u64(b, "counter", "sillage_trigger_timers_fired_total", "Durable timers that came due.",
                   ts.timers_fired);
     sl_metric_u64(b, "gauge", "sillage_trigger_feed_last_seq", "The last trigger readers can see (durable).",

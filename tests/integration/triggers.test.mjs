@@ -413,3 +413,42 @@ test('webhooks over HTTPS with the receiver\'s CA', async () => {
     assert.deepEqual(rx.bad, []);
   } finally { await s2.stop(); s2.cleanup(); await rx.close(); }
 });
+
+test('historical imports fire nothing: a "historical" source, or context.sillage.import on a message', async (t) => {
+  const srv = await startServer({ config: {
+    sources: [{ name: 'live', write_key: 'wk_live' }, { name: 'crm-import', write_key: 'wk_import', trusted: true, historical: true }],
+    triggers: [
+      { name: 'pricing', type: 'page_visit', url: '/pricing*' },
+      { name: 'cart', type: 'abandoned_cart', delay: '1s' },
+      { name: 'plan', type: 'trait_change', trait: 'plan', on_first_set: true },
+    ] } });
+  t.after(() => { srv.stop(); srv.cleanup(); });
+  const send = async (key, path, body) => {
+    const r = await post(srv, path, body, { Authorization: 'Basic ' + Buffer.from(key + ':').toString('base64') });
+    assert.equal(r.status, 200, r.text);
+  };
+  const old = (d) => new Date(Date.parse('2024-06-01T10:00:00Z') + d * 1000).toISOString();
+  // two years of a customer's history, from the import source: a page on /pricing, a cart, a plan
+  await send('wk_import', '/v1/batch', { batch: [
+    { type: 'page', userId: 'h-u1', properties: { path: '/pricing' }, timestamp: old(0) },
+    { type: 'track', userId: 'h-u1', event: 'Product Added', properties: { product_id: 'p1', price: 5 }, timestamp: old(1) },
+    { type: 'identify', userId: 'h-u1', traits: { email: 'h1@example.com', plan: 'pro' }, timestamp: old(2) },
+  ] });
+  // the same from the live key, but marked as an import message by message
+  await send('wk_live', '/v1/page', { userId: 'h-u2', properties: { path: '/pricing' }, context: { sillage: { import: true } } });
+  await send('wk_live', '/v1/identify', { userId: 'h-u2', traits: { plan: 'team' }, context: { sillage: { import: true } } });
+  await sleep(2500); // past the cart's delay: its timer would have come due
+  const feed = await (await fetch(`${srv.url}/v1/triggers?after=0&limit=100`, { headers: bearer })).json();
+  assert.deepEqual(feed.triggers, [], 'nothing fired for the imports');
+  // stored and stitched all the same
+  const p1 = await (await fetch(`${srv.url}/v1/profiles/email/h1%40example.com`, { headers: bearer })).json();
+  assert.equal(p1.user_id, 'h-u1');
+  assert.equal(p1.traits.plan, 'pro');
+  assert.equal(p1.counters.events, 3);
+  const m = await (await fetch(srv.url + '/metrics')).text();
+  assert.match(m, /^sillage_trigger_historical_events_total 5$/m);
+  // a live event fires as usual
+  await send('wk_live', '/v1/page', { userId: 'h-u3', properties: { path: '/pricing' } });
+  const live = await (await fetch(`${srv.url}/v1/triggers?after=0&limit=100`, { headers: bearer })).json();
+  assert.deepEqual(live.triggers.map((x) => [x.rule, x.profile.user_id]), [['pricing', 'h-u3']]);
+});
