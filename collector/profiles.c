@@ -31,17 +31,27 @@ static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     }
 }
 
+/* A stage job of request r is done: the connection still waiting for its
+ * answer (no longer busy), or NULL when the client left -- r is freed then,
+ * and the job's work stands all the same. */
+static conn_t *job_conn(req_t *r)
+{
+    conn_t *c = r->conn;
+    if (c && c->req == r) {
+        c->busy = 0;
+        return c;
+    }
+    http_req_free(r);
+    return NULL;
+}
+
 static void erase_done(sl_stage_job_t *job)
 {
     sl_stitch_erase_t *e = job->arg;
-    req_t *r = e->ctx;
-    conn_t *c = r->conn;
-    c = c && c->req == r ? c : NULL;
-    if (c) c->busy = 0;
-    if (c == NULL) { /* the client left; the erasure happened all the same */
+    conn_t *c = job_conn(e->ctx);
+    if (c == NULL) {
         sl_stitch_erase_free(e);
         free(e);
-        http_req_free(r);
         return;
     }
     if (job->rc) {
@@ -209,13 +219,9 @@ static int list_one(uint64_t seq, const char *reason, void *arg)
 
 static void replay_done(sl_stage_replay_t *q)
 {
-    req_t *r = q->arg;
-    conn_t *c = r->conn;
-    c = c && c->req == r ? c : NULL;
-    if (c) c->busy = 0;
-    if (c == NULL) { /* the client left; the replay happened all the same */
+    conn_t *c = job_conn(q->arg);
+    if (c == NULL) {
         free(q);
-        http_req_free(r);
         return;
     }
     if (q->job.rc) {

@@ -208,30 +208,40 @@ int sl_buf_printf(sl_buf_t *b, const char *fmt, ...)
     return 0;
 }
 
-int sl_buf_append_json_str(sl_buf_t *b, const char *s, size_t n)
+/* The escape of byte c inside a JSON string, as cJSON writes it (\n, \b,
+ * \u001f...); 0 when c goes as it is. One rule for every JSON sillage
+ * writes: sl_buf_append_json_str() and sl_json_print(). */
+static size_t json_escape(unsigned char c, char out[6])
 {
     static const char hex[] = "0123456789abcdef";
+    if (c >= 0x20 && c != '"' && c != '\\') return 0;
+    out[0] = '\\';
+    switch (c) {
+    case '"': out[1] = '"'; return 2;
+    case '\\': out[1] = '\\'; return 2;
+    case '\b': out[1] = 'b'; return 2;
+    case '\f': out[1] = 'f'; return 2;
+    case '\n': out[1] = 'n'; return 2;
+    case '\r': out[1] = 'r'; return 2;
+    case '\t': out[1] = 't'; return 2;
+    default:
+        out[1] = 'u';
+        out[2] = out[3] = '0';
+        out[4] = hex[c >> 4];
+        out[5] = hex[c & 15];
+        return 6;
+    }
+}
+
+int sl_buf_append_json_str(sl_buf_t *b, const char *s, size_t n)
+{
     if (sl_buf_reserve(b, n * 6 + 3)) return SL_ENOMEM;
     char *o = b->data + b->len;
     *o++ = '"';
     for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            *o++ = '\\';
-            *o++ = (char)c;
-        } else if (c < 0x20) {
-            *o++ = '\\';
-            switch (c) {
-            case '\n': *o++ = 'n'; break;
-            case '\r': *o++ = 'r'; break;
-            case '\t': *o++ = 't'; break;
-            default:
-                *o++ = 'u'; *o++ = '0'; *o++ = '0';
-                *o++ = hex[c >> 4]; *o++ = hex[c & 15];
-            }
-        } else {
-            *o++ = (char)c;
-        }
+        size_t e = json_escape((unsigned char)s[i], o);
+        if (e) o += e;
+        else *o++ = s[i];
     }
     *o++ = '"';
     *o = '\0';
@@ -697,30 +707,15 @@ static int jput(jout_t *o, const char *s, size_t n)
 
 static int jput_str(jout_t *o, const char *s)
 {
-    static const char hex[] = "0123456789abcdef";
     if (s == NULL) return jput(o, "\"\"", 2);
     if (jput(o, "\"", 1)) return -1;
     for (;;) {
         const unsigned char *q = (const unsigned char *)s;
-        while (*q >= 32 && *q != '"' && *q != '\\') q++;
+        char e[6];
+        size_t n = 0;
+        while (*q && (n = json_escape(*q, e)) == 0) q++;
         if (jput(o, s, (size_t)((const char *)q - s))) return -1;
         if (*q == '\0') break;
-        char e[6] = {'\\', 0, '0', '0', 0, 0};
-        size_t n = 2;
-        switch (*q) {
-        case '"': e[1] = '"'; break;
-        case '\\': e[1] = '\\'; break;
-        case '\b': e[1] = 'b'; break;
-        case '\f': e[1] = 'f'; break;
-        case '\n': e[1] = 'n'; break;
-        case '\r': e[1] = 'r'; break;
-        case '\t': e[1] = 't'; break;
-        default:
-            e[1] = 'u';
-            e[4] = hex[*q >> 4];
-            e[5] = hex[*q & 15];
-            n = 6;
-        }
         if (jput(o, e, n)) return -1;
         s = (const char *)q + 1;
     }

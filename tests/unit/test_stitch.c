@@ -85,9 +85,9 @@ static void fix_free(fix_t *f)
     CHECK_INT(system(cmd), ==, 0);
 }
 
-/* Stores one event (JSON as the collector stores it) and waits until the
- * stage applied it. */
-static void put(fix_t *f, const char *json, int64_t ts, const char *mid)
+/* Stores one event (JSON as the collector stores it), waiting for the log
+ * only (not for the stage); its sequence. */
+static uint64_t put_durable(fix_t *f, const char *json, int64_t ts, const char *mid)
 {
     sl_store_msg_t sm = {.json = json, .json_len = strlen(json), .received_ms = ts,
                          .dedupe = sl_store_dedupe_key(f->store, "test", mid)};
@@ -97,8 +97,15 @@ static void put(fix_t *f, const char *json, int64_t ts, const char *mid)
     while (!done) uv_run(&f->loop, UV_RUN_ONCE);
     CHECK_INT(b.rc, ==, 0);
     CHECK_INT(sm.status, ==, SL_STORE_STORED);
-    for (int i = 0; i < 5000 && sl_stage_applied(f->stage) < sm.seq; i++) usleep(1000);
-    CHECK_INT(sl_stage_applied(f->stage), >=, sm.seq);
+    return sm.seq;
+}
+
+/* The same, then waits until the stage applied it. */
+static void put(fix_t *f, const char *json, int64_t ts, const char *mid)
+{
+    uint64_t seq = put_durable(f, json, ts, mid);
+    for (int i = 0; i < 5000 && sl_stage_applied(f->stage) < seq; i++) usleep(1000);
+    CHECK_INT(sl_stage_applied(f->stage), >=, seq);
 }
 
 /* One message in: type, userId, anonymousId, email trait (or previousId for
@@ -604,18 +611,6 @@ static int slow_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     return 0;
 }
 
-/* Stores one event, waiting only for the log (not for the stage). */
-static void put_durable(fix_t *f, const char *json, const char *mid)
-{
-    sl_store_msg_t sm = {.json = json, .json_len = strlen(json), .received_ms = sl_now_ms(),
-                         .dedupe = sl_store_dedupe_key(f->store, "test", mid)};
-    int done = 0;
-    sl_store_batch_t b = {.msgs = &sm, .n_msgs = 1, .done = on_done, .data = &done};
-    CHECK_INT(sl_store_submit(f->store, &b), ==, 0);
-    while (!done) uv_run(&f->loop, UV_RUN_ONCE);
-    CHECK_INT(sm.status, ==, SL_STORE_STORED);
-}
-
 /* A job follows every event that was durable when it was submitted: an
  * erasure asked right after an acknowledged identify erases that person,
  * even when the stage was still busy and had not applied the identify (the
@@ -629,10 +624,11 @@ TEST(stage_job_follows_acknowledged_events)
     fix_extra_step = NULL;
     REQUIRE(bad == 0);
     put_durable(&f, "{\"type\":\"page\",\"messageId\":\"slow-1\",\"timestamp\":\"2026-01-01T00:00:01.000Z\","
-                    "\"anonymousId\":\"jf-other\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}", "slow-1");
+                    "\"anonymousId\":\"jf-other\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
+                sl_now_ms(), "slow-1");
     put_durable(&f, "{\"type\":\"identify\",\"messageId\":\"jf-2\",\"timestamp\":\"2026-01-01T00:00:02.000Z\","
                     "\"userId\":\"jf-user\",\"anonymousId\":\"jf-a\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
-                "jf-2");
+                sl_now_ms(), "jf-2");
     CHECK_INT(sl_stage_applied(f.stage), <, 2); /* the stage is still on the slow event */
     sl_stitch_erase_t er;
     int done = 0;
