@@ -14,12 +14,12 @@ import { readFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join, basename } from 'node:path';
 import { createRequire } from 'node:module';
-import { chromium } from 'playwright-core';
-import { startServer, ADMIN, WRITE_KEY } from '../integration/helpers.mjs';
+import { startServer, WRITE_KEY } from '../integration/helpers.mjs';
+import { launchChromium, adminApi, until as untilEvery } from './helpers.mjs';
 
 const require = createRequire(import.meta.url);
 const UMD = join(require.resolve('@segment/analytics-next/package.json'), '..', 'dist', 'umd');
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const until = (fn, ms = 15000) => untilEvery(fn, ms, 150);
 let srv, browser, site, siteUrl;
 const pages = new Map(); // name -> HTML
 let settings = null;     // the settings document the "CDN" serves
@@ -52,23 +52,11 @@ before(async () => {
   site = createServer(serveSite);
   await new Promise((r) => site.listen(0, '127.0.0.1', r));
   siteUrl = `http://localhost:${site.address().port}`;
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] });
+  browser = await launchChromium();
 });
 after(async () => { await browser?.close(); site?.close(); await srv.stop(); srv.cleanup(); });
 
-async function api(path) {
-  const res = await fetch(srv.url + path, { headers: { Authorization: 'Bearer ' + ADMIN } });
-  return { status: res.status, json: res.status === 200 ? await res.json() : null };
-}
-async function until(fn, ms = 15000) {
-  const end = Date.now() + ms;
-  let v;
-  while (Date.now() < end) {
-    if ((v = await fn())) return v;
-    await sleep(150);
-  }
-  return v;
-}
+const api = (path) => adminApi(srv, path);
 
 // A page of the site (http://localhost:<site port>) with the Segment
 // snippet; the collector is at 127.0.0.1:<its port>. segmentio: the "Segment.io" settings the site changed (apiHost, protocol,

@@ -8,15 +8,15 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import { startServer, post, ADMIN } from '../integration/helpers.mjs';
+import { launchChromium } from './helpers.mjs';
 
 const ARTIFACTS = process.env.SL_TEST_ARTIFACTS || join(process.cwd(), 'test-artifacts');
 let srv, browser;
 
 before(async () => {
   srv = await startServer({ config: { triggers: [{ name: 'pricing', type: 'page_visit', url: '/pricing*' }] } });
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] });
+  browser = await launchChromium();
 });
 after(async () => { await browser?.close(); await srv.stop(); srv.cleanup(); });
 

@@ -9,8 +9,8 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import { BIN, tempDir } from '../integration/helpers.mjs';
+import { launchChromium } from './helpers.mjs';
 
 const ARTIFACTS = process.env.SL_TEST_ARTIFACTS || join(process.cwd(), 'test-artifacts');
 let child, url, dir, browser;
@@ -28,7 +28,7 @@ before(async () => {
     });
   });
   assert.match(log, /no config file: running the local demo/);
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] });
+  browser = await launchChromium();
 });
 after(async () => {
   await browser?.close();

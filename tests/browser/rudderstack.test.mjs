@@ -12,8 +12,8 @@ import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join, dirname } from 'node:path';
 import { createRequire } from 'node:module';
-import { chromium } from 'playwright-core';
-import { startServer, ADMIN, WRITE_KEY } from '../integration/helpers.mjs';
+import { startServer, WRITE_KEY } from '../integration/helpers.mjs';
+import { launchChromium, adminApi, until } from './helpers.mjs';
 
 const require = createRequire(import.meta.url);
 // its main entry is dist/npm/modern/cjs/index.cjs; the bundled UMD build is beside it
@@ -36,14 +36,11 @@ before(async () => {
   });
   await new Promise((r) => site.listen(0, '127.0.0.1', r));
   siteUrl = `http://localhost:${site.address().port}`;
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] });
+  browser = await launchChromium();
 });
 after(async () => { await browser?.close(); site?.close(); await srv.stop(); srv.cleanup(); });
 
-async function api(path) {
-  const res = await fetch(srv.url + path, { headers: { Authorization: 'Bearer ' + ADMIN } });
-  return { status: res.status, json: res.status === 200 ? await res.json() : null };
-}
+const api = (path) => adminApi(srv, path);
 
 test('RudderStack analytics-js v3 with sillage as its data plane: page, track, identify, group, alias', async () => {
   const sourceConfig = {
@@ -67,14 +64,10 @@ test('RudderStack analytics-js v3 with sillage as its data plane: page, track, i
   await page.goto(siteUrl + '/site.html');
   await page.waitForFunction(() => window.ra && typeof window.ra.getAnonymousId === 'function' && window.ra.getAnonymousId());
   const aid = await page.evaluate(() => window.ra.getAnonymousId());
-  const waitEvents = async (path, n) => {
-    for (let i = 0; i < 100; i++) {
-      const r = await api(path);
-      if (r.status === 200 && r.json.events.length >= n) return r.json.events;
-      await new Promise((res) => setTimeout(res, 150));
-    }
-    return null;
-  };
+  const waitEvents = (path, n) => until(async () => {
+    const r = await api(path);
+    return r.status === 200 && r.json.events.length >= n ? r.json.events : null;
+  }, 15000, 150);
   assert.ok(await waitEvents(`/v1/profiles/anonymous_id/${aid}/events?limit=50`, 2), 'page and track stored under the anonymousId');
   await page.evaluate(() => {
     window.ra.identify('rs-user-1', { email: 'RS.User@Example.com', plan: 'team' });

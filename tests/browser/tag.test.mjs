@@ -8,8 +8,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import { startServer, ADMIN, WRITE_KEY } from '../integration/helpers.mjs';
+import { launchChromium, adminApi, until } from './helpers.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const ARTIFACTS = process.env.SL_TEST_ARTIFACTS || join(process.cwd(), 'test-artifacts');
@@ -17,28 +17,15 @@ let srv, browser;
 
 before(async () => {
   srv = await startServer({ config: { demo: true, debug: true } });
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] });
+  browser = await launchChromium();
 });
 after(async () => { await browser?.close(); await srv.stop(); srv.cleanup(); });
 
-async function api(path, opts = {}) {
-  const res = await fetch(srv.url + path, { ...opts, headers: { Authorization: 'Bearer ' + ADMIN, ...(opts.headers || {}) } });
-  return { status: res.status, json: res.status === 200 ? await res.json() : null };
-}
+const api = (path, opts) => adminApi(srv, path, opts);
 // The stitched timeline of a profile (up to 1000 events), or null.
 async function timeline(kind, id) {
   const r = await api(`/v1/profiles/${kind}/${encodeURIComponent(id)}/events?limit=1000`);
   return r.status === 200 ? r.json.events : null;
-}
-async function until(fn, ms = 10000) {
-  const end = Date.now() + ms;
-  let v;
-  while (Date.now() < end) {
-    v = await fn();
-    if (v) return v;
-    await sleep(100);
-  }
-  return v;
 }
 // A page on the collector's origin with the tag loaded and init() called.
 async function tagPage(context, name, init, script = '') {
