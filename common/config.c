@@ -75,6 +75,8 @@ static void set_defaults(sl_config_t *c)
     c->limits.request_timeout_ms = 30000;
     c->dedupe_window_ms = 86400000;
     c->trigger_retention_ms = 30LL * 86400000;
+    c->unsubscribe_event = strdup("Unsubscribed");
+    c->subscribe_event = strdup("Subscribed");
     c->nats.url = strdup("nats://127.0.0.1:4222");
     c->nats.stream = strdup("SILLAGE");
     c->nats.events_subject = strdup("sillage.events");
@@ -148,6 +150,17 @@ static int get_duration(ctx_t *x, const cJSON *obj, const char *key, const char 
         return SL_EINVAL;
     }
     return 0;
+}
+
+/* A retention: a duration of at least one minute (the pruner's grain). */
+static int get_retention(ctx_t *x, const cJSON *obj, const char *key, const char *path, int64_t *out)
+{
+    int rc = get_duration(x, obj, key, path, out);
+    if (rc == 0 && cJSON_GetObjectItemCaseSensitive(obj, key) && *out < 60000) {
+        seterr(x->err, x->errlen, "%s%s%s must be at least 1m (e.g. \"760d\")", path, path[0] ? "." : "", key);
+        return SL_EINVAL;
+    }
+    return rc;
 }
 
 static int get_size(ctx_t *x, const cJSON *obj, const char *key, const char *path, uint64_t *out)
@@ -233,7 +246,7 @@ static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t
 {
     static const char *known[] = {"name", "type", "url", "min_count", "within", "delay", "start_events",
                                   "cancel_event", "remove_event", "after", "trait", "on_first_set", "max_per_profile_per_day",
-                                  NULL};
+                                  "requires_consent", NULL};
     char path[48];
     snprintf(path, sizeof(path), "triggers[%zu]", idx);
     if (check_keys(x, t, path, known)) return SL_EINVAL;
@@ -286,6 +299,12 @@ static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t
         rc = SL_EINVAL;
     }
     if (rc == 0) rc = get_int(x, t, "max_per_profile_per_day", path, 0, 1000000, " (0 = no cap)", &r->max_per_day);
+    if (rc == 0) rc = get_str(x, t, "requires_consent", path, &r->requires_consent, 0);
+    if (rc == 0 && r->requires_consent && (!r->requires_consent[0] || strlen(r->requires_consent) > SL_CONSENT_MAX_NAME)) {
+        seterr(x->err, x->errlen, "%s.requires_consent must name a consent category of 1 to %d bytes", path,
+               SL_CONSENT_MAX_NAME);
+        rc = SL_EINVAL;
+    }
 out:
     free(type);
     return rc;
@@ -299,6 +318,7 @@ static void free_trigger(sl_trigger_rule_t *r)
     free(r->cancel_event);
     free(r->remove_event);
     free(r->trait);
+    free(r->requires_consent);
 }
 
 static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
@@ -307,7 +327,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         "listen", "data_dir", "map_size", "map_size_max", "durability", "geoip_db", "ip_anonymize",
         "trusted_proxies", "cors_origins", "sources", "admin_token", "identity", "limits",
         "dedupe_window", "triggers", "pressure", "webhooks", "log_level", "trigger_retention", "demo", "debug", "metrics_auth", "role", "nats",
-        NULL};
+        "anonymous_retention", "unsubscribe_event", "subscribe_event", NULL};
     int rc;
     if ((rc = check_keys(x, root, "", known))) return rc;
     if ((rc = get_str(x, root, "listen", "", &c->listen, 0))) return rc;
@@ -394,7 +414,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if (c->sources == NULL) return SL_ENOMEM;
         size_t i = 0;
         for (const cJSON *s = srcs->child; s; s = s->next, i++) {
-            static const char *sk[] = {"name", "write_key", "trusted", "historical", NULL};
+            static const char *sk[] = {"name", "write_key", "trusted", "historical", "retention", NULL};
             char path[32];
             snprintf(path, sizeof(path), "sources[%zu]", i);
             if ((rc = check_keys(x, s, path, sk))) return rc;
@@ -402,6 +422,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
             if ((rc = get_str(x, s, "write_key", path, &c->sources[i].write_key, 1))) return rc;
             if ((rc = get_bool(x, s, "trusted", &c->sources[i].trusted))) return rc;
             if ((rc = get_bool(x, s, "historical", &c->sources[i].historical))) return rc;
+            if ((rc = get_retention(x, s, "retention", path, &c->sources[i].retention_ms))) return rc;
             for (size_t j = 0; j < i; j++)
                 if (strcmp(c->sources[j].name, c->sources[i].name) == 0) {
                     seterr(x->err, x->errlen, "%s.name repeats the name of sources[%zu]", path, j);
@@ -495,6 +516,14 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         }
     }
     if ((rc = get_duration(x, root, "trigger_retention", "", &c->trigger_retention_ms))) return rc;
+    if ((rc = get_retention(x, root, "anonymous_retention", "", &c->anonymous_retention_ms))) return rc;
+    if ((rc = get_str(x, root, "unsubscribe_event", "", &c->unsubscribe_event, 0)) ||
+        (rc = get_str(x, root, "subscribe_event", "", &c->subscribe_event, 0)))
+        return rc;
+    if (strcmp(c->unsubscribe_event, c->subscribe_event) == 0) {
+        seterr(x->err, x->errlen, "unsubscribe_event and subscribe_event must differ");
+        return SL_EINVAL;
+    }
     const cJSON *pr = cJSON_GetObjectItemCaseSensitive(root, "pressure");
     if (pr) {
         static const char *pk[] = {"max_per_profile_per_day", NULL};
@@ -727,6 +756,8 @@ void sl_config_free(sl_config_t *c)
     }
     free(c->sources);
     free(c->admin_token);
+    free(c->unsubscribe_event);
+    free(c->subscribe_event);
     strv_free(c->identity_traits, c->n_identity_traits);
     strv_free(c->junk_ids, c->n_junk_ids);
     for (size_t i = 0; i < c->n_triggers; i++) free_trigger(&c->triggers[i]);

@@ -14,6 +14,7 @@ typedef struct sl_source_s {
     int trusted;           /* a server-side key: may merge two identified persons (default 0:
                             * a browser key, which anyone can read from the page) */
     int historical;        /* an import of past data: stored and stitched, no trigger fired */
+    int64_t retention_ms;  /* events older than this (by their timestamp) are pruned; 0 = kept */
 } sl_source_t;
 
 enum sl_durability { SL_DURABLE_SYNC = 0, SL_DURABLE_OS = 1 };
@@ -22,6 +23,8 @@ enum sl_role { SL_ROLE_ALL = 0, SL_ROLE_EDGE, SL_ROLE_CORE };
 enum sl_trigger_type {
     SL_TRIG_PAGE_VISIT, SL_TRIG_ABANDONED_CART, SL_TRIG_INACTIVITY, SL_TRIG_TRAIT_CHANGE
 };
+
+#define SL_CONSENT_MAX_NAME 64 /* a consent category's name, in bytes */
 
 typedef struct sl_trigger_rule_s {
     char *name;
@@ -38,6 +41,8 @@ typedef struct sl_trigger_rule_s {
     char *trait;           /* trait_change */
     int on_first_set;      /* trait_change: also fire when the trait had no value (false) */
     int max_per_day;       /* this rule's triggers per profile per UTC day; 0 = no cap */
+    char *requires_consent; /* a consent category the person must have granted (and not be
+                             * unsubscribed); NULL = none */
 } sl_trigger_rule_t;
 
 typedef struct sl_webhook_s {
@@ -106,6 +111,9 @@ typedef struct sl_config_s {
     size_t n_triggers;
     int pressure_max_per_profile_per_day; /* 0 = no cap */
     int64_t trigger_retention_ms; /* feed entries older than this are pruned; 30d */
+    int64_t anonymous_retention_ms; /* events of persons never identified older than this are pruned; 0 = kept */
+    char *unsubscribe_event;     /* a track of this name sets the person's suppression flag: "Unsubscribed" */
+    char *subscribe_event;       /* ... and this one clears it: "Subscribed" */
     sl_webhook_t *webhooks;
     size_t n_webhooks;
 } sl_config_t;

@@ -90,6 +90,18 @@ int sl_stitch_listen(sl_stitch_t *s, const sl_ident_listener_t *l);
 int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
                              int64_t *last_ms);
 
+/* Consent (docs/PRIVACY.md): each person's latest consent categories, from
+ * context.consent.categoryPreferences (Segment) or context.consentManagement
+ * (RudderStack), and a suppression flag set by the unsubscribe event and
+ * cleared by the subscribe event (config unsubscribe_event / subscribe_event),
+ * each part going by the time of its last change; merges keep the later of
+ * each part; the profile shows it as "consent". For the trigger engine: *ok
+ * 1 when person is not unsubscribed and granted category (NULL: only the
+ * flag is asked about), else 0 with *why "consent" or "unsubscribed".
+ * Returns 0 or an LMDB error. */
+int sl_stitch_consent_check(sl_stitch_t *s, MDB_txn *txn, uint64_t person, const char *category, int *ok,
+                            const char **why);
+
 /* Identifier values are at most this long (bytes), identity trait names at
  * most SL_IDENT_MAX_KIND: a key "<kind>\x1f<value>" always fits LMDB's 511. */
 #define SL_IDENT_MAX_BYTES 256

@@ -14,11 +14,14 @@
  *   active    be64 last activity ms, be64 person id -> nothing: persons by recent
  *             activity (moved at most once a minute per person)
  *   actof     person id -> i64 its key's time in active
+ *   consent   person id -> the person's consent and suppression flag (consent.h)
  *   smeta     counters: "next_person", "next_journal"
  *             and "refused\x1f<owner>\x1f<person>\x1f<identifier>": refusals journaled
  * An identifier key is "<kind>\x1f<value>", kind "user_id", "anonymous_id" or
  * a configured trait name. */
 #include "sl_stitch.h"
+
+#include "consent.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -67,6 +70,7 @@ typedef struct sl_stitch_msg_s {
     int is_order;                    /* track "Order Completed" */
     double revenue;                  /* properties.revenue or .total of an order */
     char currency[8];
+    consent_in_t consent;            /* what it says of consent (an unsubscribe...) */
 } sl_stitch_msg_t;
 
 #define MAX_LISTENERS 8
@@ -74,7 +78,7 @@ typedef struct sl_stitch_msg_s {
 struct sl_stitch_s {
     const sl_config_t *cfg;
     sl_store_t *store;
-    MDB_dbi ids, persons, tl, journal, pjournal, smeta, erasing, active, actof;
+    MDB_dbi ids, persons, tl, journal, pjournal, smeta, erasing, active, actof, consent;
     sl_stage_step_t step;
     person_t p1, p2, p3;      /* stage thread scratch (p3: listeners' payloads) */
     sl_ident_listener_t listeners[MAX_LISTENERS];
@@ -511,6 +515,7 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
         if (rc) return rc;
     }
 
+    if ((rc = consent_merge(txn, s->consent, sv->id, x->id))) return rc;
     for (size_t i = 0; i < s->n_listeners; i++)
         if (s->listeners[i].merged && (rc = s->listeners[i].merged(s->listeners[i].arg, txn, s->ev, sv->id, x->id)))
             return rc;
@@ -546,7 +551,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
 /* What the stitcher reads of a stored message (the collector normalised it:
  * ids are strings, timestamp is corrected and clamped, context.sillage.source
  * names the source). Cleaned identifiers go to s->in_arena. */
-static void read_msg(sl_stitch_t *s, const cJSON *doc, sl_stitch_msg_t *m)
+static int read_msg(sl_stitch_t *s, const cJSON *doc, sl_stitch_msg_t *m)
 {
     memset(m, 0, sizeof(*m));
     sl_arena_reset(&s->in_arena);
@@ -583,6 +588,7 @@ static void read_msg(sl_stitch_t *s, const cJSON *doc, sl_stitch_msg_t *m)
         const char *cur = sl_json_str(props, "currency");
         if (cur) snprintf(m->currency, sizeof(m->currency), "%s", cur);
     }
+    return consent_read_msg(doc, s->cfg, m->ts_ms, &m->consent);
 }
 
 /* The stage step: one stored event. */
@@ -590,13 +596,17 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
 {
     sl_stitch_t *s = arg;
     sl_stitch_msg_t m;
-    read_msg(s, ev->doc, &m);
+    int rc = read_msg(s, ev->doc, &m);
     s->ev = ev;
-    if (m.type != SL_STITCH_IDENTIFY && m.type != SL_STITCH_ALIAS) return stitch_event(s, txn, &m, ev->seq);
-    uint64_t t0 = sl_mono_ns();
-    int rc = stitch_event(s, txn, &m, ev->seq);
-    atomic_fetch_add(&s->identify_ns, sl_mono_ns() - t0);
-    atomic_fetch_add(&s->identifies, 1);
+    if (rc == 0 && m.type != SL_STITCH_IDENTIFY && m.type != SL_STITCH_ALIAS) {
+        rc = stitch_event(s, txn, &m, ev->seq);
+    } else if (rc == 0) {
+        uint64_t t0 = sl_mono_ns();
+        rc = stitch_event(s, txn, &m, ev->seq);
+        atomic_fetch_add(&s->identify_ns, sl_mono_ns() - t0);
+        atomic_fetch_add(&s->identifies, 1);
+    }
+    consent_in_free(&m.consent);
     return rc;
 }
 
@@ -743,6 +753,8 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
         if (rc) return rc;
     }
     if (t->dirty && (rc = person_save(s, txn, t))) return rc; /* most events change no record */
+    /* before the listeners: a rule that needs consent sees what this event said */
+    if ((rc = consent_apply(txn, s->consent, t->id, &m->consent))) return rc;
     if (s->msg_dropped) atomic_fetch_add(&s->traits_dropped, s->msg_dropped);
     /* what happened, to whoever listens (the trigger engine) */
     const cJSON *ch;
@@ -788,6 +800,8 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     if ((rc = mdb_dbi_open(txn, "active", c, &s->active)) == MDB_NOTFOUND && read_only) s->active = 0;
     else if (rc) return rc;
     if ((rc = mdb_dbi_open(txn, "actof", c | MDB_INTEGERKEY, &s->actof)) == MDB_NOTFOUND && read_only) s->actof = 0;
+    else if (rc) return rc;
+    if ((rc = mdb_dbi_open(txn, "consent", c | MDB_INTEGERKEY, &s->consent)) == MDB_NOTFOUND && read_only) s->consent = 0;
     else if (rc) return rc;
     /* The layout of ids/tl/persons: a store of another layout is refused, not misread. */
     MDB_val k = {6, "layout"}, v;
@@ -908,6 +922,17 @@ void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
     out->traits_dropped = atomic_load(&s->traits_dropped);
 }
 
+int sl_stitch_consent_check(sl_stitch_t *s, MDB_txn *txn, uint64_t person, const char *category, int *ok,
+                            const char **why)
+{
+    if (s->consent == 0) { /* a store read before consent existed */
+        *ok = 0;
+        *why = "consent";
+        return 0;
+    }
+    return consent_allows(txn, s->consent, person, category, ok, why);
+}
+
 const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *arena, int is_trait)
 {
     if (v == NULL) return NULL;
@@ -1003,8 +1028,8 @@ static int person_stats(sl_stitch_t *s, MDB_txn *txn, const person_t *p, uint64_
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-static void append_profile(sl_buf_t *out, const person_t *p, uint64_t events, uint64_t pages, int64_t first,
-                           int64_t last)
+static int append_profile(sl_stitch_t *s, MDB_txn *txn, sl_buf_t *out, const person_t *p, uint64_t events,
+                          uint64_t pages, int64_t first, int64_t last)
 {
     append_person_head(out, p);
     sl_buf_appends(out, ",\"identities\":[");
@@ -1038,7 +1063,10 @@ static void append_profile(sl_buf_t *out, const person_t *p, uint64_t events, ui
     sl_buf_appends(out, ",\"currency\":");
     if (p->h.currency[0]) sl_buf_append_json_str(out, p->h.currency, strnlen(p->h.currency, sizeof(p->h.currency)));
     else sl_buf_appends(out, "null");
+    sl_buf_appends(out, ",\"consent\":");
+    int rc = s->consent ? consent_append_json(out, txn, s->consent, p->id) : sl_buf_appends(out, "null");
     sl_buf_appends(out, "}");
+    return rc ? rc : out->data ? 0 : SL_ENOMEM;
 }
 
 int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out)
@@ -1048,7 +1076,7 @@ int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char
     int64_t first, last;
     int rc = find_person(s, txn, kind, id, &p);
     if (rc == 0 && (rc = person_stats(s, txn, &p, &events, &pages, &first, &last)) == 0)
-        append_profile(out, &p, events, pages, first, last);
+        rc = append_profile(s, txn, out, &p, events, pages, first, last);
     person_free(&p);
     return rc;
 }
@@ -1092,7 +1120,7 @@ int sl_stitch_recent(sl_stitch_t *s, MDB_txn *txn, size_t limit, const char *bef
         if ((rc = person_load(s, txn, last_pid, &p)) == MDB_NOTFOUND) continue; /* not ours to fail on */
         if (rc || (rc = person_stats(s, txn, &p, &events, &pages, &first, &last))) break;
         if (n++) sl_buf_appends(out, ",");
-        append_profile(out, &p, events, pages, first, last);
+        if ((rc = append_profile(s, txn, out, &p, events, pages, first, last))) break;
     }
     person_free(&p);
     mdb_cursor_close(cur);
@@ -1305,7 +1333,7 @@ static int erase_run(MDB_txn *txn, void *arg)
     if ((rc = mdb_del(txn, s->persons, &k, NULL))) goto out;
     int64_t was;
     int had;
-    if ((rc = active_get(s, txn, p.id, &was, &had, 1))) goto out;
+    if ((rc = active_get(s, txn, p.id, &was, &had, 1)) || (rc = consent_forget(txn, s->consent, p.id))) goto out;
     for (size_t i = 0; i < s->n_listeners && rc == 0; i++) {
         uint64_t n = 0;
         if (s->listeners[i].forgotten) rc = s->listeners[i].forgotten(s->listeners[i].arg, txn, p.id, &n);
@@ -1610,6 +1638,20 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FI
         fprintf(out, "persons: counters say %llu events, the timelines hold %llu\n", (unsigned long long)counted,
                 (unsigned long long)rep->indexed);
         rep->problems++;
+    }
+    /* consent records belong to persons */
+    if (s->consent) {
+        if ((rc = mdb_cursor_open(txn, s->consent, &cur))) goto out_p;
+        for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
+            MDB_val pv;
+            if (k.mv_size == 8 && mdb_get(txn, s->persons, &k, &pv) == 0) continue;
+            uint64_t pid = 0;
+            memcpy(&pid, k.mv_data, k.mv_size < 8 ? k.mv_size : 8);
+            fprintf(out, "consent: a record of p_%llu, no such person\n", (unsigned long long)pid);
+            rep->problems++;
+        }
+        mdb_cursor_close(cur);
+        if (rc != MDB_NOTFOUND) goto out_p;
     }
     rc = o->also ? o->also(o->also_arg, txn, has_message, &v, out, &rep->triggers, &rep->problems) : 0;
 out_p:

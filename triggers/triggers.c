@@ -62,6 +62,7 @@ struct sl_trig_s {
     sl_buf_t k, k2, v, pay, path;
     _Atomic uint64_t fired, suppressed, timers_fired;
     _Atomic uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
+    _Atomic uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES];
     int64_t last_prune_ms;
     int muted;                           /* rebuild: states and timers, no trigger appended */
     int quiet;                           /* a historical event's merge: states, no trigger */
@@ -190,7 +191,7 @@ static int pressure_inc(sl_trig_t *t, MDB_txn *txn, uint32_t day, uint64_t perso
 }
 
 /* Appends a trigger for person under rule r with data (a JSON object text),
- * unless the pressure cap suppresses it. */
+ * unless the person's consent or the pressure cap suppresses it. */
 static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, const char *data,
                 int64_t now)
 {
@@ -199,14 +200,26 @@ static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t
     int idx = rule_index(t, r);
     uint32_t day = (uint32_t)(now / 86400000);
     MDB_val k;
-    int cap = t->cfg->pressure_max_per_profile_per_day;
+    int cap = t->cfg->pressure_max_per_profile_per_day, rc;
+    /* consent: a rule that needs it, and the pressure cap (an unsubscribed
+     * person's cap is 0) */
+    if (r->requires_consent || cap) {
+        int ok;
+        const char *why = "consent";
+        if ((rc = sl_stitch_consent_check(t->stitch, txn, person, r->requires_consent, &ok, &why))) return rc;
+        if (!ok && (r->requires_consent || strcmp(why, "unsubscribed") == 0)) {
+            if (idx < MAX_RULES)
+                atomic_fetch_add(why[0] == 'u' ? &t->unsubscribed_by_rule[idx] : &t->no_consent_by_rule[idx], 1);
+            atomic_fetch_add(&t->suppressed, 1);
+            return 0;
+        }
+    }
     if ((cap && pressure_get(t, txn, day, person, "", &k) >= (uint32_t)cap) ||
         (r->max_per_day && pressure_get(t, txn, day, person, r->name, &k) >= (uint32_t)r->max_per_day)) {
         atomic_fetch_add(&t->suppressed, 1);
         if (idx < MAX_RULES) atomic_fetch_add(&t->suppressed_by_rule[idx], 1);
         return 0;
     }
-    int rc;
     if ((rc = pressure_inc(t, txn, day, person, "")) || (rc = pressure_inc(t, txn, day, person, r->name))) return rc;
 
     uint64_t seq = 1;
@@ -1096,6 +1109,8 @@ void sl_trig_get_stats(const sl_trig_t *t, sl_trig_stats_t *out)
     for (int i = 0; i < MAX_RULES; i++) {
         out->fired_by_rule[i] = atomic_load(&t->fired_by_rule[i]);
         out->suppressed_by_rule[i] = atomic_load(&t->suppressed_by_rule[i]);
+        out->no_consent_by_rule[i] = atomic_load(&t->no_consent_by_rule[i]);
+        out->unsubscribed_by_rule[i] = atomic_load(&t->unsubscribed_by_rule[i]);
     }
 }
 
@@ -1140,13 +1155,16 @@ int sl_trig_verify(sl_trig_t *t, MDB_txn *txn, int (*has_message)(const char *id
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
+/* One sample per rule (reason: a second label, or NULL); head: the family's
+ * HELP/TYPE lines first. */
 static void by_rule(sl_buf_t *b, const char *name, const char *help, const sl_config_t *cfg,
-                    const uint64_t *values)
+                    const uint64_t *values, const char *reason)
 {
-    sl_metric_head(b, "counter", name, help);
+    if (help) sl_metric_head(b, "counter", name, help);
     for (size_t i = 0; i < cfg->n_triggers && i < MAX_RULES; i++) {
-        char labels[300];
-        snprintf(labels, sizeof(labels), "rule=\"%s\"", cfg->triggers[i].name);
+        char labels[320];
+        snprintf(labels, sizeof(labels), "rule=\"%s\"%s%s%s", cfg->triggers[i].name, reason ? ",reason=\"" : "",
+                 reason ? reason : "", reason ? "\"" : "");
         sl_metric_sample(b, name, labels, values[i]);
     }
 }
@@ -1157,9 +1175,14 @@ void sl_trig_metrics(void *arg, sl_buf_t *b)
     sl_trig_stats_t ts;
     sl_trig_get_stats(t, &ts);
     const sl_config_t *cfg = t->cfg; /* the rules the stage runs (reloaded on SIGHUP) */
-    by_rule(b, "sillage_triggers_fired_total", "Triggers appended to the feed, by rule.", cfg, ts.fired_by_rule);
-    by_rule(b, "sillage_triggers_suppressed_total", "Triggers held back by the pressure cap, by rule.", cfg,
-            ts.suppressed_by_rule);
+    by_rule(b, "sillage_triggers_fired_total", "Triggers appended to the feed, by rule.", cfg, ts.fired_by_rule,
+            NULL);
+    by_rule(b, "sillage_triggers_suppressed_total",
+            "Triggers not appended, by rule and reason: pressure (a cap), consent (the rule's requires_consent "
+            "not granted), unsubscribed (the person's suppression flag).",
+            cfg, ts.suppressed_by_rule, "pressure");
+    by_rule(b, "sillage_triggers_suppressed_total", NULL, cfg, ts.no_consent_by_rule, "consent");
+    by_rule(b, "sillage_triggers_suppressed_total", NULL, cfg, ts.unsubscribed_by_rule, "unsubscribed");
     sl_metric_u64(b, "counter", "sillage_trigger_historical_events_total",
                   "Events of historical imports (a historical source, context.sillage.import) no rule saw.",
                   atomic_load(&t->historical));

@@ -243,8 +243,8 @@ test('the pressure cap suppresses the N+1th trigger and counts it', async () => 
     const u2 = triggers.filter((t) => t.profile.user_id === 'cap-u2').map((t) => t.rule).sort();
     assert.deepEqual(u2, ['any', 'any', 'two']);
     const m = await (await fetch(s2.url + '/metrics')).text();
-    assert.match(m, /sillage_triggers_suppressed_total\{rule="any"\} 1\n/);
-    assert.match(m, /sillage_triggers_suppressed_total\{rule="two"\} 1\n/);
+    assert.match(m, /sillage_triggers_suppressed_total\{rule="any",reason="pressure"\} 1\n/);
+    assert.match(m, /sillage_triggers_suppressed_total\{rule="two",reason="pressure"\} 1\n/);
   } finally { await s2.stop(); s2.cleanup(); }
 });
 

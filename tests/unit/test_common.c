@@ -230,6 +230,10 @@ TEST(config_design_example)
     CHECK_INT(c.limits.max_request_bytes, ==, 512000);
     CHECK_INT(c.limits.max_connections_per_ip, ==, 4096);
     CHECK_INT(c.limits.max_buffered_bytes, ==, 64 << 20);
+    CHECK_STR(c.unsubscribe_event, "Unsubscribed");
+    CHECK_STR(c.subscribe_event, "Subscribed");
+    CHECK_INT(c.anonymous_retention_ms, ==, 0);
+    CHECK_INT(c.sources[0].retention_ms, ==, 0);
     CHECK_INT(sl_config_check_exposure(&c, err, sizeof(err)), ==, 0);
     CHECK_INT(sl_config_check_secrets(&c, err, sizeof(err)), ==, 0);
     sl_config_free(&c);
@@ -261,6 +265,10 @@ TEST(config_errors_table)
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_dedupe_ids\":10}}", "limits.max_dedupe_ids"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_buffered_bytes\":1000}}", "limits.max_request_bytes must not exceed limits.max_buffered_bytes"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_connections_per_ip\":0}}", "limits.max_connections_per_ip must be between 1"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\",\"retention\":\"30s\"}],\"admin_token\":\"t\"}", "sources[0].retention must be at least 1m"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"anonymous_retention\":\"13 months\"}", "anonymous_retention must be a duration"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"subscribe_event\":\"Unsubscribed\"}", "unsubscribe_event and subscribe_event must differ"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"triggers\":[{\"name\":\"c\",\"type\":\"inactivity\",\"after\":\"1d\",\"requires_consent\":\"\"}]}", "triggers[0].requires_consent must be a non-empty string"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
         sl_config_t c;

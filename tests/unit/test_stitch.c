@@ -71,7 +71,7 @@ static int fix_init(fix_t *f)
     sl_source_t *src = realloc(f->cfg.sources, (f->cfg.n_sources + 1) * sizeof(*src));
     if (src == NULL) return -1;
     f->cfg.sources = src;
-    src[f->cfg.n_sources++] = (sl_source_t){strdup("backend"), strdup("wk_backend"), 1, 0};
+    src[f->cfg.n_sources++] = (sl_source_t){.name = strdup("backend"), .write_key = strdup("wk_backend"), .trusted = 1};
     return fix_open(f);
 }
 

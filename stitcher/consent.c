@@ -1,0 +1,212 @@
+/* consent.c - each person's consent categories and suppression flag. See
+ * consent.h and docs/PRIVACY.md. */
+#include "consent.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int64_t at_ms;       /* the categories' last change (event time); 0: never told */
+    int64_t unsub_at_ms; /* the flag's last change; 0: never */
+    int32_t unsub;
+    uint32_t len;        /* then the categories JSON */
+} consent_hdr_t;
+
+/* Adds name: value to prefs unless it breaks a bound (silently: one odd
+ * category must not lose the others). */
+static int add_pref(cJSON *prefs, const char *name, int value)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > SL_CONSENT_MAX_NAME || cJSON_GetArraySize(prefs) >= CONSENT_MAX_CATEGORIES) return 0;
+    cJSON_DeleteItemFromObjectCaseSensitive(prefs, name); /* the last word wins */
+    return cJSON_AddBoolToObject(prefs, name, value) ? 0 : SL_ENOMEM;
+}
+
+static int add_ids(cJSON *prefs, const cJSON *ids, int value)
+{
+    const cJSON *id;
+    if (!cJSON_IsArray(ids)) return 0;
+    cJSON_ArrayForEach(id, ids) {
+        char num[32];
+        const char *name = NULL;
+        if (cJSON_IsString(id)) {
+            name = id->valuestring;
+        } else if (cJSON_IsNumber(id) && id->valuedouble == (double)(long long)id->valuedouble) {
+            snprintf(num, sizeof(num), "%lld", (long long)id->valuedouble);
+            name = num;
+        }
+        int rc = name ? add_pref(prefs, name, value) : 0;
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int64_t ts_ms, consent_in_t *in)
+{
+    memset(in, 0, sizeof(*in));
+    in->ts_ms = ts_ms;
+    const char *type = sl_json_str(doc, "type"), *event = sl_json_str(doc, "event");
+    if (type && event && strcmp(type, "track") == 0) {
+        if (strcmp(event, cfg->unsubscribe_event) == 0) in->unsub = 1;
+        else if (strcmp(event, cfg->subscribe_event) == 0) in->unsub = -1;
+    }
+    const cJSON *ctx = cJSON_GetObjectItemCaseSensitive(doc, "context");
+    const cJSON *seg = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ctx, "consent"),
+                                                        "categoryPreferences");
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(ctx, "consentManagement");
+    if (!cJSON_IsObject(seg) && !cJSON_IsObject(rs)) return 0;
+    if ((in->prefs = cJSON_CreateObject()) == NULL) return SL_ENOMEM;
+    int rc = 0;
+    if (cJSON_IsObject(seg)) {
+        const cJSON *c;
+        cJSON_ArrayForEach(c, seg) if (cJSON_IsBool(c) && (rc = add_pref(in->prefs, c->string, cJSON_IsTrue(c)))) break;
+    } else {
+        rc = add_ids(in->prefs, cJSON_GetObjectItemCaseSensitive(rs, "deniedConsentIds"), 0);
+        if (rc == 0) rc = add_ids(in->prefs, cJSON_GetObjectItemCaseSensitive(rs, "allowedConsentIds"), 1);
+    }
+    return rc;
+}
+
+void consent_in_free(consent_in_t *in)
+{
+    cJSON_Delete(in->prefs);
+    in->prefs = NULL;
+}
+
+/* The person's record: *h (zeroed when there is none) and *prefs (owned,
+ * NULL when never told). */
+static int load(MDB_txn *txn, MDB_dbi dbi, uint64_t person, consent_hdr_t *h, cJSON **prefs)
+{
+    MDB_val k = {8, &person}, v;
+    memset(h, 0, sizeof(*h));
+    if (prefs) *prefs = NULL;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if (v.mv_size < sizeof(*h)) return MDB_CORRUPTED;
+    memcpy(h, v.mv_data, sizeof(*h));
+    if (sizeof(*h) + h->len != v.mv_size) return MDB_CORRUPTED;
+    if (prefs && h->len) {
+        *prefs = cJSON_ParseWithLength((const char *)v.mv_data + sizeof(*h), h->len);
+        if (*prefs == NULL) return MDB_CORRUPTED;
+    }
+    return 0;
+}
+
+static int save(MDB_txn *txn, MDB_dbi dbi, uint64_t person, consent_hdr_t *h, const cJSON *prefs)
+{
+    char *txt = prefs ? cJSON_PrintUnformatted(prefs) : NULL;
+    if (prefs && txt == NULL) return SL_ENOMEM;
+    h->len = txt ? (uint32_t)strlen(txt) : 0;
+    MDB_val k = {8, &person}, v = {sizeof(*h) + h->len, NULL};
+    int rc = mdb_put(txn, dbi, &k, &v, MDB_RESERVE);
+    if (rc == 0) {
+        memcpy(v.mv_data, h, sizeof(*h));
+        if (h->len) memcpy((char *)v.mv_data + sizeof(*h), txt, h->len);
+    }
+    cJSON_free(txt);
+    return rc;
+}
+
+int consent_apply(MDB_txn *txn, MDB_dbi dbi, uint64_t person, const consent_in_t *in)
+{
+    if (in->prefs == NULL && in->unsub == 0) return 0; /* most events */
+    consent_hdr_t h;
+    cJSON *old;
+    int rc = load(txn, dbi, person, &h, &old), dirty = 0;
+    if (rc) return rc;
+    const cJSON *keep = old;
+    /* a part changes at the first event that says otherwise, unless an
+     * event with a later time already set it */
+    if (in->prefs && in->ts_ms >= h.at_ms && !(old && cJSON_Compare(old, in->prefs, 1))) {
+        keep = in->prefs;
+        h.at_ms = in->ts_ms ? in->ts_ms : 1;
+        dirty = 1;
+    }
+    int unsub = in->unsub > 0;
+    if (in->unsub && in->ts_ms >= h.unsub_at_ms && (h.unsub_at_ms == 0 || unsub != h.unsub)) {
+        h.unsub = unsub;
+        h.unsub_at_ms = in->ts_ms ? in->ts_ms : 1;
+        dirty = 1;
+    }
+    if (dirty) rc = save(txn, dbi, person, &h, keep);
+    cJSON_Delete(old);
+    return rc;
+}
+
+int consent_merge(MDB_txn *txn, MDB_dbi dbi, uint64_t survivor, uint64_t absorbed)
+{
+    consent_hdr_t hs, hx;
+    cJSON *ps = NULL, *px = NULL;
+    int rc = load(txn, dbi, absorbed, &hx, &px);
+    if (rc || (hx.at_ms == 0 && hx.unsub_at_ms == 0)) goto out; /* nothing to carry */
+    if ((rc = load(txn, dbi, survivor, &hs, &ps))) goto out;
+    const cJSON *keep = ps;
+    if (hx.at_ms > hs.at_ms) {
+        keep = px;
+        hs.at_ms = hx.at_ms;
+    }
+    if (hx.unsub_at_ms > hs.unsub_at_ms) {
+        hs.unsub = hx.unsub;
+        hs.unsub_at_ms = hx.unsub_at_ms;
+    }
+    if ((rc = save(txn, dbi, survivor, &hs, keep))) goto out;
+    rc = consent_forget(txn, dbi, absorbed);
+out:
+    cJSON_Delete(ps);
+    cJSON_Delete(px);
+    return rc;
+}
+
+int consent_forget(MDB_txn *txn, MDB_dbi dbi, uint64_t person)
+{
+    MDB_val k = {8, &person};
+    int rc = mdb_del(txn, dbi, &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static void append_time(sl_buf_t *out, int64_t ms)
+{
+    char t[32];
+    if (ms == 0) {
+        sl_buf_appends(out, "null");
+        return;
+    }
+    sl_time_format_iso(ms, t);
+    sl_buf_printf(out, "\"%s\"", t);
+}
+
+int consent_append_json(sl_buf_t *out, MDB_txn *txn, MDB_dbi dbi, uint64_t person)
+{
+    consent_hdr_t h;
+    MDB_val k = {8, &person}, v;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    if (rc == MDB_NOTFOUND) return sl_buf_appends(out, "null");
+    if (rc) return rc;
+    if (v.mv_size < sizeof(h)) return MDB_CORRUPTED;
+    memcpy(&h, v.mv_data, sizeof(h));
+    if (sizeof(h) + h.len != v.mv_size) return MDB_CORRUPTED;
+    sl_buf_appends(out, "{\"categories\":");
+    if (h.len) sl_buf_append(out, (const char *)v.mv_data + sizeof(h), h.len);
+    else sl_buf_appends(out, "null");
+    sl_buf_appends(out, ",\"updated_at\":");
+    append_time(out, h.at_ms);
+    sl_buf_appends(out, h.unsub ? ",\"unsubscribed\":true,\"unsubscribed_at\":" : ",\"unsubscribed\":false,\"unsubscribed_at\":");
+    append_time(out, h.unsub_at_ms);
+    return sl_buf_appends(out, "}");
+}
+
+int consent_allows(MDB_txn *txn, MDB_dbi dbi, uint64_t person, const char *category, int *ok, const char **why)
+{
+    consent_hdr_t h;
+    cJSON *prefs = NULL;
+    *ok = 0;
+    int rc = load(txn, dbi, person, &h, category ? &prefs : NULL);
+    if (rc) return rc;
+    if (h.unsub) *why = "unsubscribed";
+    else if (category && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(prefs, category))) *why = "consent";
+    else *ok = 1;
+    cJSON_Delete(prefs);
+    return 0;
+}

@@ -1,0 +1,52 @@
+/* consent.h - private to stitcher/: each person's consent and suppression
+ * flag (docs/PRIVACY.md), kept beside the person record and following it
+ * through merges and erasure. The public face is sl_stitch_consent_check()
+ * and the profile's "consent" member (sl_stitch.h).
+ *
+ * LMDB database "consent" (derived environment):
+ *   person id (u64) -> consent_hdr_t, then the categories as a JSON object
+ *   ({"analytics":true,"marketing":false}; length 0: never told)
+ */
+#ifndef SL_STITCH_CONSENT_H
+#define SL_STITCH_CONSENT_H
+
+#include <cjson/cJSON.h>
+#include <lmdb.h>
+#include <stdint.h>
+
+#include "sl_common.h"
+#include "sl_config.h"
+
+#define CONSENT_MAX_CATEGORIES 32
+
+/* What one stored message says: prefs (owned; NULL: it says nothing about
+ * consent), unsub 1 (the unsubscribe event), -1 (the subscribe event) or 0. */
+typedef struct consent_in_s {
+    cJSON *prefs;
+    int unsub;
+    int64_t ts_ms;
+} consent_in_t;
+
+/* Reads context.consent.categoryPreferences (Segment), else
+ * context.consentManagement's allowedConsentIds/deniedConsentIds
+ * (RudderStack): boolean categories only, names of 1 to SL_CONSENT_MAX_NAME
+ * bytes, at most CONSENT_MAX_CATEGORIES. Returns SL_ENOMEM or 0. */
+int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int64_t ts_ms, consent_in_t *in);
+void consent_in_free(consent_in_t *in);
+
+/* The person's state moves to what in says, unless it says something older
+ * than what the state holds (each part, categories and flag, goes by the
+ * timestamp of its last change). */
+int consent_apply(MDB_txn *txn, MDB_dbi dbi, uint64_t person, const consent_in_t *in);
+/* survivor keeps, of each part, the one changed last; absorbed's goes. */
+int consent_merge(MDB_txn *txn, MDB_dbi dbi, uint64_t survivor, uint64_t absorbed);
+int consent_forget(MDB_txn *txn, MDB_dbi dbi, uint64_t person);
+/* Appends {"categories":{...}|null,"updated_at":…,"unsubscribed":…,"unsubscribed_at":…}
+ * or null (nothing known). */
+int consent_append_json(sl_buf_t *out, MDB_txn *txn, MDB_dbi dbi, uint64_t person);
+/* *ok 1 when the person is not unsubscribed and granted category (NULL:
+ * only the flag is asked about); else 0 with *why "consent" (not granted,
+ * or never told) or "unsubscribed". Returns 0 or an LMDB error. */
+int consent_allows(MDB_txn *txn, MDB_dbi dbi, uint64_t person, const char *category, int *ok, const char **why);
+
+#endif

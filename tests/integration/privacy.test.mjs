@@ -1,0 +1,132 @@
+// privacy.test.mjs - consent on the profile and in the rules, unsubscribes,
+// erasure told to the consumers, retention (docs/PRIVACY.md), black-box
+// against the real server.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, post, ADMIN } from './helpers.mjs';
+
+const bearer = { Authorization: 'Bearer ' + ADMIN };
+const RULES = [
+  { name: 'offer', type: 'page_visit', url: '/offer*', requires_consent: 'marketing' },
+  { name: 'seen', type: 'page_visit', url: '/offer*' },
+];
+
+async function feed(srv, after = 0) {
+  const res = await fetch(`${srv.url}/v1/triggers?after=${after}&limit=1000`, { headers: bearer });
+  assert.equal(res.status, 200);
+  return (await res.json()).triggers;
+}
+const ok = async (srv, type, msg) => {
+  const r = await post(srv, '/v1/' + type, msg);
+  assert.equal(r.status, 200, r.text);
+};
+const metric = async (srv, re) => {
+  const m = re.exec(await (await fetch(srv.url + '/metrics')).text());
+  return m ? Number(m[1]) : null;
+};
+const suppressed = (srv, rule, reason) =>
+  metric(srv, new RegExp(`sillage_triggers_suppressed_total\\{rule="${rule}",reason="${reason}"\\} (\\d+)\\n`));
+const profile = async (srv, userId) => {
+  const r = await fetch(`${srv.url}/v1/profiles/user_id/${userId}`, { headers: bearer });
+  assert.equal(r.status, 200);
+  return r.json();
+};
+const offer = (userId, extra = {}) => ({ userId, properties: { path: '/offer/' + Math.random() }, ...extra });
+const rulesFor = async (srv, userId, after) =>
+  (await feed(srv, after)).filter((t) => t.profile.user_id === userId).map((t) => t.rule).sort();
+const last = async (srv) => { const f = await feed(srv); return f.length ? f[f.length - 1].seq : 0; };
+
+let srv;
+before(async () => { srv = await startServer({ config: { triggers: RULES, pressure: { max_per_profile_per_day: 50 } } }); });
+after(async () => { await srv.stop(); srv.cleanup(); });
+
+test('requires_consent: suppressed and counted before consent, fires after, suppressed again once revoked', async () => {
+  let at = await last(srv);
+  await ok(srv, 'page', offer('c-1'));
+  assert.deepEqual(await rulesFor(srv, 'c-1', at), ['seen'], 'only the rule that needs no consent');
+  assert.equal(await suppressed(srv, 'offer', 'consent'), 1);
+  assert.equal(await suppressed(srv, 'seen', 'consent'), 0);
+  assert.equal((await profile(srv, 'c-1')).consent, null, 'nothing known of this person\'s consent');
+
+  const ts = '2026-11-30T10:00:00.000Z';
+  at = await last(srv);
+  await ok(srv, 'page', offer('c-1', { timestamp: ts, context: { consent: { categoryPreferences: { marketing: true, analytics: true } } } }));
+  assert.deepEqual(await rulesFor(srv, 'c-1', at), ['offer', 'seen']);
+  const p = await profile(srv, 'c-1');
+  assert.deepEqual(p.consent, { categories: { marketing: true, analytics: true }, updated_at: ts,
+    unsubscribed: false, unsubscribed_at: null });
+
+  // an event with the same preferences does not move updated_at; one with no consent leaves it as it is
+  await ok(srv, 'page', { userId: 'c-1', timestamp: '2026-11-30T10:05:00.000Z', properties: { path: '/x' },
+    context: { consent: { categoryPreferences: { analytics: true, marketing: true } } } });
+  await ok(srv, 'track', { userId: 'c-1', event: 'Anything' });
+  assert.equal((await profile(srv, 'c-1')).consent.updated_at, ts);
+
+  // revoked: suppressed again; an older event saying otherwise, arriving late, changes nothing
+  await ok(srv, 'track', { userId: 'c-1', event: 'Consent Preference Updated', timestamp: '2026-11-30T11:00:00.000Z',
+    context: { consent: { categoryPreferences: { marketing: false, analytics: true } } } });
+  await ok(srv, 'track', { userId: 'c-1', event: 'Late', timestamp: '2026-11-30T10:30:00.000Z',
+    context: { consent: { categoryPreferences: { marketing: true } } } });
+  at = await last(srv);
+  await ok(srv, 'page', offer('c-1'));
+  assert.deepEqual(await rulesFor(srv, 'c-1', at), ['seen']);
+  assert.equal(await suppressed(srv, 'offer', 'consent'), 2);
+  const c = (await profile(srv, 'c-1')).consent;
+  assert.deepEqual(c.categories, { marketing: false, analytics: true });
+  assert.equal(c.updated_at, '2026-11-30T11:00:00.000Z');
+});
+
+test('RudderStack\'s context.consentManagement grants and denies categories too', async () => {
+  let at = await last(srv);
+  await ok(srv, 'page', offer('c-rs', { context: { consentManagement: { provider: 'custom',
+    allowedConsentIds: ['marketing', 7], deniedConsentIds: ['ads'] } } }));
+  assert.deepEqual(await rulesFor(srv, 'c-rs', at), ['offer', 'seen']);
+  assert.deepEqual((await profile(srv, 'c-rs')).consent.categories, { ads: false, marketing: true, 7: true });
+  at = await last(srv);
+  await ok(srv, 'page', offer('c-rs', { context: { consentManagement: { deniedConsentIds: ['marketing'] } } }));
+  assert.deepEqual(await rulesFor(srv, 'c-rs', at), ['seen']);
+});
+
+test('consent given while anonymous follows the visitor into the identified profile', async () => {
+  await ok(srv, 'page', { anonymousId: 'anon-c2', properties: { path: '/home' },
+    context: { consent: { categoryPreferences: { marketing: true } } } });
+  const at = await last(srv);
+  await ok(srv, 'identify', { userId: 'c-2', anonymousId: 'anon-c2', traits: { email: 'c2@example.com' } });
+  await ok(srv, 'page', offer('c-2'));
+  assert.deepEqual(await rulesFor(srv, 'c-2', at), ['offer', 'seen']);
+  assert.deepEqual((await profile(srv, 'c-2')).consent.categories, { marketing: true });
+});
+
+test('an unsubscribed person gets no requires_consent trigger, nor any under the pressure cap, until Subscribed', async () => {
+  const granted = { context: { consent: { categoryPreferences: { marketing: true } } } };
+  await ok(srv, 'track', { userId: 'c-3', event: 'Unsubscribed', timestamp: '2026-11-30T09:00:00.000Z', ...granted });
+  let at = await last(srv);
+  await ok(srv, 'page', offer('c-3', granted));
+  assert.deepEqual(await rulesFor(srv, 'c-3', at), [], 'consent given, but unsubscribed: nothing under the cap');
+  assert.equal(await suppressed(srv, 'offer', 'unsubscribed'), 1);
+  assert.equal(await suppressed(srv, 'seen', 'unsubscribed'), 1);
+  const c = (await profile(srv, 'c-3')).consent;
+  assert.equal(c.unsubscribed, true);
+  assert.equal(c.unsubscribed_at, '2026-11-30T09:00:00.000Z');
+
+  await ok(srv, 'track', { userId: 'c-3', event: 'Subscribed' });
+  at = await last(srv);
+  await ok(srv, 'page', offer('c-3', granted));
+  assert.deepEqual(await rulesFor(srv, 'c-3', at), ['offer', 'seen']);
+  assert.equal((await profile(srv, 'c-3')).consent.unsubscribed, false);
+});
+
+test('without a pressure cap, an unsubscribed person still gets the rules that need no consent; the events are configurable', async () => {
+  const s2 = await startServer({ config: { triggers: RULES, unsubscribe_event: 'Email Unsubscribed',
+    subscribe_event: 'Email Subscribed' } });
+  try {
+    await ok(s2, 'track', { userId: 'u', event: 'Unsubscribed' }); // not the configured name: nothing
+    await ok(s2, 'page', offer('u', { context: { consent: { categoryPreferences: { marketing: true } } } }));
+    assert.deepEqual(await rulesFor(s2, 'u', 0), ['offer', 'seen']);
+    await ok(s2, 'track', { userId: 'u', event: 'Email Unsubscribed' });
+    const at = await last(s2);
+    await ok(s2, 'page', offer('u'));
+    assert.deepEqual(await rulesFor(s2, 'u', at), ['seen']);
+    assert.equal(await suppressed(s2, 'offer', 'unsubscribed'), 1);
+  } finally { await s2.stop(); s2.cleanup(); }
+});
