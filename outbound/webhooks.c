@@ -333,7 +333,9 @@ static int take_one(uint64_t seq, const char *json, size_t len, void *arg)
     memset(d, 0, sizeof(*d));
     d->t = t;
     d->seq = seq;
-    if (!cJSON_IsString(rule) || !rule_wanted(t->cfg, rule->valuestring)) {
+    /* an entry of no rule (profile_erased) goes to every webhook: whoever
+     * received a person's triggers must hear of its erasure */
+    if (!cJSON_IsNull(rule) && !(cJSON_IsString(rule) && rule_wanted(t->cfg, rule->valuestring))) {
         d->state = D_DONE; /* not for this webhook: only moves the cursor */
     } else {
         d->body = malloc(len);

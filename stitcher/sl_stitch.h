@@ -68,8 +68,12 @@ typedef struct sl_ident_listener_s {
     int (*trait_changed)(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t person, const char *name,
                          const cJSON *old_v, const cJSON *new_v);
     int (*watches_trait)(void *arg, const char *name);
-    /* Erasure: forget person; *n_removed gets how many of its records went. */
-    int (*forgotten)(void *arg, MDB_txn *txn, uint64_t person, uint64_t *n_removed);
+    /* Erasure: forget person; *n_removed gets how many of its records went.
+     * erased: what downstream tools may be told, a JSON object with no clear
+     * identifier: {"id":"p_N","user_id_sha256":[hex...],"<trait>_sha256":[...]}
+     * (SHA-256 of each userId and identity-trait value as the stitcher keys it:
+     * trait values trimmed and lower-cased; anonymous ids are not listed). */
+    int (*forgotten)(void *arg, MDB_txn *txn, uint64_t person, const char *erased, uint64_t *n_removed);
 } sl_ident_listener_t;
 
 

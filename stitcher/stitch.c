@@ -25,6 +25,7 @@
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
+#include <openssl/sha.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1294,6 +1295,40 @@ static int erase_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
+/* What an erasure tells downstream tools of p (sl_ident_listener_t.forgotten):
+ * its id and the SHA-256 of each userId and identity-trait value, by kind. */
+static int erased_json(const sl_stitch_t *s, const person_t *p, sl_buf_t *out)
+{
+    char pid[32];
+    person_id_str(p->id, pid);
+    out->len = 0;
+    sl_buf_printf(out, "{\"id\":\"%s\"", pid);
+    for (size_t k = 0; k <= s->cfg->n_identity_traits; k++) {
+        const char *kind = k == 0 ? "user_id" : s->cfg->identity_traits[k - 1];
+        size_t kl = strlen(kind), n = 0;
+        for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1) {
+            const char *key = p->ids.data + off;
+            if (strncmp(key, kind, kl) != 0 || key[kl] != KEY_SEP) continue;
+            unsigned char md[SHA256_DIGEST_LENGTH];
+            SHA256((const unsigned char *)key + kl + 1, strlen(key + kl + 1), md);
+            char hex[2 * SHA256_DIGEST_LENGTH + 1];
+            for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+            if (n++ == 0) {
+                sl_buf_appends(out, ",");
+                sl_buf_append_json_str(out, kind, kl); /* "email" -> "email_sha256" */
+                out->len--;
+                sl_buf_appends(out, "_sha256\":[");
+            } else {
+                sl_buf_appends(out, ",");
+            }
+            sl_buf_printf(out, "\"%s\"", hex);
+        }
+        if (n) sl_buf_appends(out, "]");
+    }
+    sl_buf_appends(out, "}");
+    return out->data ? 0 : SL_ENOMEM;
+}
+
 /* In the stage's transaction: the person's derived state goes, and the
  * numbers of its events are kept in `erasing` until the log lets them go. */
 static int erase_run(MDB_txn *txn, void *arg)
@@ -1333,10 +1368,12 @@ static int erase_run(MDB_txn *txn, void *arg)
     if ((rc = mdb_del(txn, s->persons, &k, NULL))) goto out;
     int64_t was;
     int had;
-    if ((rc = active_get(s, txn, p.id, &was, &had, 1)) || (rc = consent_forget(txn, s->consent, p.id))) goto out;
+    if ((rc = active_get(s, txn, p.id, &was, &had, 1)) || (rc = consent_forget(txn, s->consent, p.id)) ||
+        (rc = erased_json(s, &p, &s->tmp)))
+        goto out;
     for (size_t i = 0; i < s->n_listeners && rc == 0; i++) {
         uint64_t n = 0;
-        if (s->listeners[i].forgotten) rc = s->listeners[i].forgotten(s->listeners[i].arg, txn, p.id, &n);
+        if (s->listeners[i].forgotten) rc = s->listeners[i].forgotten(s->listeners[i].arg, txn, p.id, s->tmp.data, &n);
         e->triggers += n;
     }
     if (rc || e->n_seqs == 0) goto out;

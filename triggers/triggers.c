@@ -67,6 +67,7 @@ struct sl_trig_s {
     int muted;                           /* rebuild: states and timers, no trigger appended */
     int quiet;                           /* a historical event's merge: states, no trigger */
     _Atomic uint64_t historical;         /* events from imports the rules did not see */
+    _Atomic uint64_t erasures;           /* profile_erased entries appended */
     const char *cause;                   /* messageId of the event being handled; NULL for timers */
 };
 
@@ -190,6 +191,9 @@ static int pressure_inc(sl_trig_t *t, MDB_txn *txn, uint32_t day, uint64_t perso
     return mdb_put(txn, t->pressure, &k, &v, 0);
 }
 
+static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const char *rule, const char *type, uint64_t person,
+                       const char *profile, const char *data);
+
 /* Appends a trigger for person under rule r with data (a JSON object text),
  * unless the person's consent or the pressure cap suppresses it. */
 static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, const char *data,
@@ -221,7 +225,20 @@ static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t
         return 0;
     }
     if ((rc = pressure_inc(t, txn, day, person, "")) || (rc = pressure_inc(t, txn, day, person, r->name))) return rc;
+    static const char *types[] = {"page_visit", "abandoned_cart", "inactivity", "trait_change"};
+    if ((rc = feed_append(t, txn, now, r->name, types[r->type], person, NULL, data))) return rc;
+    atomic_fetch_add(&t->fired, 1);
+    if (idx < MAX_RULES) atomic_fetch_add(&t->fired_by_rule[idx], 1);
+    return 0;
+}
 
+/* Appends an entry to the feed: rule (NULL: none), type, the person's
+ * profile (profile: that JSON instead of the stitcher's), the cause (the
+ * event being applied, if any) and data. */
+static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const char *rule, const char *type, uint64_t person,
+                       const char *profile, const char *data)
+{
+    int rc;
     uint64_t seq = 1;
     MDB_val mk = {9, "feed_last"}, mv;
     if ((rc = mdb_get(txn, t->tmeta, &mk, &mv)) == 0 && mv.mv_size == 8) {
@@ -234,7 +251,6 @@ static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t
     mv.mv_data = &seq;
     if ((rc = mdb_put(txn, t->tmeta, &mk, &mv, 0))) return rc;
 
-    static const char *types[] = {"page_visit", "abandoned_cart", "inactivity", "trait_change"};
     char at[32], id[37];
     sl_time_format_iso(now, at);
     sl_uuid4(id);
@@ -243,9 +259,10 @@ static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t
     int64_t at_ms = now;
     sl_buf_append(b, &at_ms, 8);
     sl_buf_printf(b, "{\"seq\":%llu,\"id\":\"%s\",\"rule\":", (unsigned long long)seq, id);
-    sl_buf_append_json_str(b, r->name, strlen(r->name));
-    sl_buf_printf(b, ",\"type\":\"%s\",\"at\":\"%s\",\"profile\":", types[r->type], at);
-    rc = sl_stitch_person_payload(t->stitch, txn, person, b, NULL, NULL);
+    if (rule) sl_buf_append_json_str(b, rule, strlen(rule));
+    else sl_buf_appends(b, "null");
+    sl_buf_printf(b, ",\"type\":\"%s\",\"at\":\"%s\",\"profile\":", type, at);
+    rc = profile ? sl_buf_appends(b, profile) : sl_stitch_person_payload(t->stitch, txn, person, b, NULL, NULL);
     if (rc == SL_ENOTFOUND) {
         char pid[32];
         snprintf(pid, sizeof(pid), "{\"id\":\"p_%llu\"}", (unsigned long long)person);
@@ -268,8 +285,6 @@ static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t
     MDB_val fk = {8, &seq}, fv = {b->len, b->data};
     if ((rc = mdb_put(txn, t->feed, &fk, &fv, MDB_APPEND))) return rc;
     t->txn_last = seq;
-    atomic_fetch_add(&t->fired, 1);
-    if (idx < MAX_RULES) atomic_fetch_add(&t->fired_by_rule[idx], 1);
     return 0;
 }
 
@@ -736,7 +751,10 @@ static int trig_merge(sl_trig_t *t, MDB_txn *txn, uint64_t survivor, uint64_t ab
     return 0;
 }
 
-static int trig_forget(sl_trig_t *t, MDB_txn *txn, uint64_t person, uint64_t *n_feed)
+/* Erasure: the person's rule states and feed entries go, then one
+ * profile_erased entry tells the consumers (erased: its "profile", hashed
+ * identifiers only). */
+static int trig_forget(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *erased, uint64_t *n_feed)
 {
     int rc;
     *n_feed = 0;
@@ -754,7 +772,13 @@ static int trig_forget(sl_trig_t *t, MDB_txn *txn, uint64_t person, uint64_t *n_
         (*n_feed)++;
     }
     mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    if (rc != MDB_NOTFOUND) return rc;
+    const char *saved = t->cause;
+    t->cause = NULL; /* an erasure is no stored event's doing */
+    rc = feed_append(t, txn, sl_now_ms(), NULL, "profile_erased", person, erased, "{}");
+    t->cause = saved;
+    if (rc == 0) atomic_fetch_add(&t->erasures, 1);
+    return rc;
 }
 
 static int trig_watches(const sl_trig_t *t, const char *name)
@@ -836,9 +860,9 @@ static int on_trait(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_
 
 static int on_watches(void *arg, const char *name) { return trig_watches(arg, name); }
 
-static int on_forgotten(void *arg, MDB_txn *txn, uint64_t person, uint64_t *n)
+static int on_forgotten(void *arg, MDB_txn *txn, uint64_t person, const char *erased, uint64_t *n)
 {
-    return trig_forget(arg, txn, person, n);
+    return trig_forget(arg, txn, person, erased, n);
 }
 
 /* ---- timers, retention ---- */
@@ -1186,6 +1210,8 @@ void sl_trig_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_trigger_historical_events_total",
                   "Events of historical imports (a historical source, context.sillage.import) no rule saw.",
                   atomic_load(&t->historical));
+    sl_metric_u64(b, "counter", "sillage_feed_profile_erased_total",
+                  "profile_erased entries appended to the feed (one per erasure).", atomic_load(&t->erasures));
     sl_metric_u64(b, "counter", "sillage_trigger_timers_fired_total", "Durable timers that came due.",
                   ts.timers_fired);
     sl_metric_u64(b, "gauge", "sillage_trigger_feed_last_seq", "The last trigger readers can see (durable).",

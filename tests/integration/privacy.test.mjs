@@ -3,6 +3,8 @@
 // against the real server.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import { createHash } from 'node:crypto';
 import { startServer, post, ADMIN } from './helpers.mjs';
 
 const bearer = { Authorization: 'Bearer ' + ADMIN };
@@ -129,4 +131,78 @@ test('without a pressure cap, an unsubscribed person still gets the rules that n
     assert.deepEqual(await rulesFor(s2, 'u', at), ['seen']);
     assert.equal(await suppressed(s2, 'offer', 'unsubscribed'), 1);
   } finally { await s2.stop(); s2.cleanup(); }
+});
+
+// A webhook receiver that answers 200 and keeps the bodies.
+async function receiver() {
+  const bodies = [];
+  const server = http.createServer((req, res) => {
+    let b = '';
+    req.on('data', (d) => { b += d; });
+    req.on('end', () => { bodies.push(JSON.parse(b)); res.end('ok'); });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { bodies, port: server.address().port, close: () => new Promise((r) => server.close(r)) };
+}
+const sha256 = (s) => createHash('sha256').update(s).digest('hex');
+
+test('erasure appends one profile_erased entry, hashed identifiers only, to the feed, the SSE stream and every webhook', async () => {
+  const rx = await receiver();
+  const s2 = await startServer({ config: { triggers: RULES,
+    webhooks: [{ url: `http://127.0.0.1:${rx.port}/hook`, secret: 'hook-secret', rules: ['offer'] }] } });
+  try {
+    const granted = { context: { consent: { categoryPreferences: { marketing: true } } } };
+    await ok(s2, 'identify', { userId: 'er-1', anonymousId: 'anon-er-1', traits: { email: ' Er1@Example.COM ' } });
+    await ok(s2, 'page', offer('er-1', granted));
+    await ok(s2, 'page', offer('keep-1', granted)); // someone else, who stays
+    const before = await feed(s2);
+    assert.deepEqual(before.map((t) => t.rule).sort(), ['offer', 'offer', 'seen', 'seen']);
+    const from = before[before.length - 1].seq;
+
+    const ctrl = new AbortController();
+    const stream = await fetch(s2.url + '/v1/triggers/stream', { headers: { ...bearer, 'Last-Event-ID': String(from) },
+      signal: ctrl.signal });
+    assert.equal(stream.status, 200);
+
+    const del = await fetch(s2.url + '/v1/profiles/user_id/er-1', { method: 'DELETE', headers: bearer });
+    assert.equal(del.status, 200);
+    assert.equal((await del.json()).erased.triggers, 2);
+
+    const after = await feed(s2);
+    assert.equal(after.length, 3, 'the person\'s two triggers went, one profile_erased came');
+    const e = after[after.length - 1];
+    assert.equal(e.seq, from + 1);
+    assert.equal(e.type, 'profile_erased');
+    assert.equal(e.rule, null);
+    assert.equal(e.cause, null);
+    assert.deepEqual(e.profile, { id: before.find((t) => t.profile.user_id === 'er-1').profile.id,
+      user_id_sha256: [sha256('er-1')], email_sha256: [sha256('er1@example.com')] });
+    const text = JSON.stringify(e);
+    for (const clear of ['er-1', 'anon-er-1', 'xample']) assert.ok(!text.includes(clear), `no ${clear} in ${text}`);
+
+    // the stream
+    const reader = stream.body.getReader();
+    let sse = '';
+    const deadline = Date.now() + 5000;
+    while (!sse.includes('\n\n') && Date.now() < deadline) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      sse += Buffer.from(value).toString();
+    }
+    ctrl.abort();
+    const m = /id: (\d+)\nevent: trigger\ndata: (.*)\n/.exec(sse);
+    assert.ok(m, sse);
+    assert.equal(Number(m[1]), e.seq);
+    assert.deepEqual(JSON.parse(m[2]), e);
+
+    // the webhook, although it asked for rule "offer" only
+    const end = Date.now() + 10000;
+    while (!rx.bodies.some((b) => b.type === 'profile_erased') && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+    const got = rx.bodies.filter((b) => b.type === 'profile_erased');
+    assert.equal(got.length, 1);
+    assert.deepEqual(got[0], e);
+    assert.ok(rx.bodies.every((b) => b.rule === 'offer' || b.type === 'profile_erased'), 'the rule filter still holds');
+    const m2 = await (await fetch(s2.url + '/metrics')).text();
+    assert.match(m2, /sillage_feed_profile_erased_total 1\n/);
+  } finally { await s2.stop(); s2.cleanup(); await rx.close(); }
 });
