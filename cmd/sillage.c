@@ -17,6 +17,7 @@
 #include <lmdb.h>
 #include <maxminddb.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,8 +204,36 @@ typedef struct app_s {
     sl_trig_reload_t reload;
     sl_stage_job_t reload_job;
     uv_signal_t sigterm, sigint, sighup;
-    int stopped;
+    sl_stitch_prune_t prune;    /* retention: one run at a time */
+    uv_timer_t prune_timer;
+    int64_t prune_every_ms;     /* 0: no retention configured */
+    int stopping, stopped;
 } app_t;
+
+/* ---- retention: a pruning run now and then (sl_stitch.h) ---- */
+
+static void prune_submit(uv_timer_t *t)
+{
+    app_t *app = t->data;
+    if (app->stopping) return;
+    sl_stitch_prune_t *p = &app->prune;
+    p->upto = sl_stage_applied(app->stage);
+    if (sl_stage_submit(app->stage, &p->job)) uv_timer_start(&app->prune_timer, prune_submit, 1000, 0);
+}
+
+static void prune_done(sl_stage_job_t *job)
+{
+    sl_stitch_prune_t *p = job->arg; /* the prune request, a member of the app */
+    app_t *a = (app_t *)(void *)((char *)p - offsetof(app_t, prune));
+    if (job->rc && job->rc != SL_ESHUTDOWN) SL_ERROR("retention: a pruning run failed (%s); retrying", sl_strerror(job->rc));
+    if (p->pruned) SL_INFO("retention: %llu events pruned", (unsigned long long)p->pruned);
+    if (a->stopping) return;
+    /* more to read: go on at once (each run is one short stage transaction);
+     * else look again for new events (and, once the pass is due, start the
+     * next) after the interval, at most 5 s */
+    int64_t wait = job->rc ? 1000 : p->more ? 0 : a->prune_every_ms < 5000 ? a->prune_every_ms : 5000;
+    uv_timer_start(&a->prune_timer, prune_submit, (uint64_t)wait, 0);
+}
 
 static int reload_run(MDB_txn *txn, void *arg)
 {
@@ -272,6 +301,7 @@ static void on_stopped(void *arg)
 {
     app_t *app = arg;
     app->stopped = 1;
+    if (app->prune_every_ms) uv_close((uv_handle_t *)&app->prune_timer, NULL);
     uv_close((uv_handle_t *)&app->sigterm, NULL);
     uv_close((uv_handle_t *)&app->sigint, NULL);
     uv_close((uv_handle_t *)&app->sighup, NULL);
@@ -281,6 +311,8 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     app_t *app = s->data;
     SL_INFO("received %s: finishing in-flight commits, then exiting", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    app->stopping = 1;
+    if (app->prune_every_ms) uv_timer_stop(&app->prune_timer);
     sl_webhooks_stop(app->webhooks, NULL, NULL); /* its last cursor job goes in before the store drains */
     sl_nats_stop(app->nats);                     /* so do the NATS cursors and a batch being handed over */
     sl_http_server_stop(app->srv, 10000, on_stopped, app);
@@ -388,6 +420,14 @@ static int cmd_serve(int argc, char **argv)
     uv_signal_start(&app.sigterm, on_signal, SIGTERM);
     uv_signal_start(&app.sigint, on_signal, SIGINT);
     uv_signal_start(&app.sighup, on_sighup, SIGHUP);
+    if (d.stage && (app.prune_every_ms = sl_stitch_prune_interval_ms(d.stitch)) > 0) {
+        sl_stitch_prune_init(&app.prune, d.stitch, prune_done);
+        uv_timer_init(app.loop, &app.prune_timer);
+        app.prune_timer.data = &app;
+        uv_timer_start(&app.prune_timer, prune_submit, 1000, 0);
+        SL_INFO("retention: pruning what is past its age, each event looked at again every %lld s",
+                (long long)(app.prune_every_ms / 1000));
+    }
     char host[256];
     int port;
     sl_config_split_listen(cfg.listen, host, sizeof(host), &port);
@@ -402,6 +442,7 @@ out:
     uv_loop_close(app.loop);
 out_early:
     derived_free(&d);
+    sl_stitch_prune_free(&app.prune);
     sl_store_close(store);
     sl_webhooks_free(app.webhooks);
     sl_nats_free(app.nats);

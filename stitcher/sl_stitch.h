@@ -155,6 +155,34 @@ void sl_stitch_erase_init(sl_stitch_erase_t *e, sl_stitch_t *s, const char *kind
                           void (*done)(sl_stage_job_t *job));
 void sl_stitch_erase_free(sl_stitch_erase_t *e);
 
+/* Retention (docs/PRIVACY.md): events older (by their timestamp) than
+ * their source's `retention`, or than `anonymous_retention` when their
+ * person was never identified, leave the log with their timeline entry.
+ * Person records stay: orders, revenue, traits, consent and identifiers
+ * survive; event counts and first/last seen follow the timelines. A stage
+ * job, like erasure, examining at most `limit` events of the log per run
+ * from a durable cursor: it follows the log's end, and starts again from
+ * the beginning once a pass is over and sl_stitch_prune_interval_ms() has
+ * passed since that pass began (events age while stored). Set upto to
+ * sl_stage_applied() when submitting: later events are left for another
+ * run. The events go from the log once the run is on disk (a crash in
+ * between is finished at the next start). */
+typedef struct sl_stitch_prune_s {
+    sl_stage_job_t job;
+    sl_stitch_t *stitch;
+    uint64_t upto;             /* in: the last event the stage applied */
+    size_t limit;              /* in: events examined per run (0: 2,000) */
+    uint64_t examined, pruned; /* out: this run */
+    int more;                  /* out: events up to upto are left to examine */
+    uint64_t *seqs;            /* private */
+    size_t n_seqs, cap_seqs;
+    uint64_t erasing_key, cleared_key; /* private: this run's record of its seqs; the last one done */
+} sl_stitch_prune_t;
+/* 0 when no retention is configured (nothing to prune, never submit). */
+int64_t sl_stitch_prune_interval_ms(const sl_stitch_t *s);
+void sl_stitch_prune_init(sl_stitch_prune_t *p, sl_stitch_t *s, void (*done)(sl_stage_job_t *job));
+void sl_stitch_prune_free(sl_stitch_prune_t *p);
+
 /* Consistency check of a store (`sillage verify`), in one read transaction:
  * every timeline entry is a stored event indexed once under an identifier
  * that resolves; every event with an identifier is indexed; identifiers and
@@ -180,6 +208,7 @@ typedef struct sl_stitch_stats_s {
     uint64_t merges, refusals, persons_created;
     uint64_t identifies, identify_ns; /* identify and alias messages stitched, time spent on them */
     uint64_t traits_dropped;          /* traits not kept on a profile (limits.max_traits_*) */
+    uint64_t pruned, examined, prune_passes; /* retention */
 } sl_stitch_stats_t;
 void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out);
 /* The same as Prometheus text (arg: the stitcher). */

@@ -91,6 +91,7 @@ struct sl_stitch_s {
     char *tscratch;           /* printing one trait value: limits.max_traits_bytes + 1 */
     uint64_t msg_dropped;     /* traits of the current message not kept (limits) */
     _Atomic uint64_t merges, refusals, created, traits_dropped;
+    _Atomic uint64_t pruned, examined, prune_passes;
     _Atomic uint64_t identifies, identify_ns; /* identify and alias: count, time in on_event */
 };
 
@@ -921,6 +922,9 @@ void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
     out->identifies = atomic_load(&s->identifies);
     out->identify_ns = atomic_load(&s->identify_ns);
     out->traits_dropped = atomic_load(&s->traits_dropped);
+    out->pruned = atomic_load(&s->pruned);
+    out->examined = atomic_load(&s->examined);
+    out->prune_passes = atomic_load(&s->prune_passes);
 }
 
 int sl_stitch_consent_check(sl_stitch_t *s, MDB_txn *txn, uint64_t person, const char *category, int *ok,
@@ -1409,6 +1413,176 @@ void sl_stitch_erase_free(sl_stitch_erase_t *e)
     e->seqs = NULL;
 }
 
+/* ---- retention ---- */
+
+int64_t sl_stitch_prune_interval_ms(const sl_stitch_t *s)
+{
+    int64_t r = s->cfg->anonymous_retention_ms;
+    for (size_t i = 0; i < s->cfg->n_sources; i++)
+        if (s->cfg->sources[i].retention_ms && (r == 0 || s->cfg->sources[i].retention_ms < r))
+            r = s->cfg->sources[i].retention_ms;
+    if (r == 0) return 0;
+    /* an event outlives its retention by at most a 60th of it, and an hour */
+    r /= 60;
+    return r < 1000 ? 1000 : r > 3600000 ? 3600000 : r;
+}
+
+typedef struct {
+    sl_stitch_prune_t *p;
+    MDB_txn *txn;
+    int64_t now;
+    uint64_t next;    /* the cursor: the next event to examine */
+    int rc;
+} prune_ctx_t;
+
+/* 1 when the event's person has an identifier other than an anonymous id. */
+static int event_identified(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, int *identified)
+{
+    *identified = m->user_id != NULL;
+    if (*identified || m->anonymous_id == NULL) return 0;
+    uint64_t pid, tl;
+    int rc = make_key(&s->k2, "anonymous_id", m->anonymous_id);
+    if (rc || (rc = lookup(s, txn, &s->k2, &pid, &tl)) || pid == 0) return rc;
+    if ((rc = person_load(s, txn, pid, &s->p1))) return rc == MDB_NOTFOUND ? 0 : rc;
+    *identified = person_identified(&s->p1);
+    return 0;
+}
+
+/* Removes the timeline entry of the event (seq, m), where stitch_event put it. */
+static int unindex_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq)
+{
+    const char *kind = m->user_id ? "user_id" : "anonymous_id", *id = m->user_id ? m->user_id : m->anonymous_id;
+    if (m->type == SL_STITCH_ALIAS && (m->user_id == NULL || m->previous_id == NULL)) return 0; /* never indexed */
+    if (id == NULL) return 0;
+    uint64_t pid, tlno;
+    int rc = make_key(&s->k1, kind, id);
+    if (rc || (rc = lookup(s, txn, &s->k1, &pid, &tlno)) || pid == 0) return rc;
+    unsigned char tk[8], tv[16];
+    sl_be64_put(tk, tlno);
+    tl_value(tv, m->ts_ms, seq, m->type == SL_STITCH_PAGE || m->type == SL_STITCH_SCREEN);
+    MDB_val k = {8, tk}, v = {16, tv};
+    rc = mdb_del(txn, s->tl, &k, &v);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int prune_event(const char *json, size_t len, uint64_t seq, void *arg)
+{
+    prune_ctx_t *c = arg;
+    sl_stitch_prune_t *p = c->p;
+    sl_stitch_t *s = p->stitch;
+    if (seq > p->upto) return 1; /* not applied yet when the run was asked for */
+    if (p->examined == (p->limit ? p->limit : 2000)) {
+        p->more = 1;
+        return 1;
+    }
+    p->examined++;
+    c->next = seq + 1;
+    cJSON *doc = cJSON_ParseWithLength(json, len);
+    if (doc == NULL) return 0; /* not ours to judge: verify reports it */
+    sl_stitch_msg_t m;
+    int rc = read_msg(s, doc, &m), prune = 0;
+    const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "sillage");
+    const sl_source_t *src = sl_config_source(s->cfg, sl_json_str(sil, "source"));
+    int64_t age = c->now - m.ts_ms;
+    if (rc == 0 && src && src->retention_ms && age > src->retention_ms) {
+        prune = 1;
+    } else if (rc == 0 && s->cfg->anonymous_retention_ms && age > s->cfg->anonymous_retention_ms) {
+        int identified;
+        if ((rc = event_identified(s, c->txn, &m, &identified)) == 0) prune = !identified;
+    }
+    if (rc == 0 && prune && (rc = unindex_event(s, c->txn, &m, seq)) == 0) {
+        if (p->n_seqs == p->cap_seqs) {
+            size_t cap = p->cap_seqs ? p->cap_seqs * 2 : 256;
+            uint64_t *n = realloc(p->seqs, cap * sizeof(*n));
+            if (n == NULL) rc = SL_ENOMEM;
+            else p->seqs = n, p->cap_seqs = cap;
+        }
+        if (rc == 0) p->seqs[p->n_seqs++] = seq;
+    }
+    consent_in_free(&m.consent);
+    cJSON_Delete(doc);
+    c->rc = rc;
+    return rc ? 1 : 0;
+}
+
+static int prune_read(MDB_txn *log_txn, void *arg)
+{
+    prune_ctx_t *c = arg;
+    int rc = sl_store_foreach_event_from(c->p->stitch->store, log_txn, c->next, prune_event, c);
+    return rc < 0 || rc > 1 ? rc : 0;
+}
+
+static int meta_u64(sl_stitch_t *s, MDB_txn *txn, const char *key, uint64_t *v, int put)
+{
+    MDB_val k = {strlen(key), (void *)key}, d = {8, v};
+    if (put) return mdb_put(txn, s->smeta, &k, &d, 0);
+    int rc = mdb_get(txn, s->smeta, &k, &d);
+    if (rc == 0 && d.mv_size == 8) memcpy(v, d.mv_data, 8);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int prune_run(MDB_txn *txn, void *arg)
+{
+    sl_stitch_prune_t *p = arg;
+    sl_stitch_t *s = p->stitch;
+    p->examined = p->pruned = 0;
+    p->n_seqs = 0;
+    p->more = 0;
+    p->erasing_key = 0;
+    int rc;
+    if (p->cleared_key) { /* the previous run's events left the log: its record goes */
+        MDB_val k = {8, &p->cleared_key};
+        if ((rc = mdb_del(txn, s->erasing, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
+    }
+    prune_ctx_t c = {.p = p, .txn = txn, .now = sl_now_ms(), .next = 1};
+    uint64_t pass_ms = 0, at_end = 0;
+    if ((rc = meta_u64(s, txn, "prune_next", &c.next, 0)) || (rc = meta_u64(s, txn, "prune_pass", &pass_ms, 0)) ||
+        (rc = meta_u64(s, txn, "prune_at_end", &at_end, 0)))
+        return rc;
+    if (pass_ms == 0 || (at_end && c.now - (int64_t)pass_ms >= sl_stitch_prune_interval_ms(s))) {
+        c.next = 1; /* a new pass: events stored since the last one began have aged */
+        pass_ms = (uint64_t)c.now;
+        atomic_fetch_add(&s->prune_passes, 1);
+    }
+    if ((rc = sl_store_read(s->store, prune_read, &c)) || (rc = c.rc)) return rc;
+    at_end = !p->more;
+    if ((rc = meta_u64(s, txn, "prune_next", &c.next, 1)) || (rc = meta_u64(s, txn, "prune_pass", &pass_ms, 1)) ||
+        (rc = meta_u64(s, txn, "prune_at_end", &at_end, 1)))
+        return rc;
+    p->pruned = p->n_seqs;
+    if (p->n_seqs == 0) return 0;
+    if ((rc = counter_next(s, txn, "next_erasure", &p->erasing_key))) return rc;
+    MDB_val ek = {8, &p->erasing_key}, ev = {p->n_seqs * 8, p->seqs};
+    return mdb_put(txn, s->erasing, &ek, &ev, 0);
+}
+
+/* Once the run is on disk: its events go from the log. */
+static int prune_after(void *arg)
+{
+    sl_stitch_prune_t *p = arg;
+    atomic_fetch_add(&p->stitch->examined, p->examined);
+    if (p->n_seqs == 0) return 0;
+    int rc = sl_store_erase_events(p->stitch->store, p->seqs, p->n_seqs);
+    if (rc == 0) {
+        p->cleared_key = p->erasing_key;
+        atomic_fetch_add(&p->stitch->pruned, p->n_seqs);
+    }
+    return rc;
+}
+
+void sl_stitch_prune_init(sl_stitch_prune_t *p, sl_stitch_t *s, void (*done)(sl_stage_job_t *job))
+{
+    memset(p, 0, sizeof(*p));
+    p->stitch = s;
+    p->job = (sl_stage_job_t){.run = prune_run, .after_commit = prune_after, .done = done, .arg = p};
+}
+
+void sl_stitch_prune_free(sl_stitch_prune_t *p)
+{
+    free(p->seqs);
+    p->seqs = NULL;
+}
+
 /* At open: erasures whose log deletion a crash may have cut short are done
  * again (deleting is idempotent), then forgotten. */
 static int finish_erasures(sl_stitch_t *s, MDB_txn *txn)
@@ -1712,6 +1886,12 @@ void sl_stitch_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_traits_dropped_total", "Traits not kept on a profile (limits.max_traits_*).",
                   ss.traits_dropped);
     sl_metric_u64(b, "counter", "sillage_persons_created_total", "Persons created.", ss.persons_created);
+    sl_metric_u64(b, "counter", "sillage_retention_pruned_events_total",
+                  "Events removed from the log (and their timeline entries) past their retention.", ss.pruned);
+    sl_metric_u64(b, "counter", "sillage_retention_examined_events_total",
+                  "Events the retention pruner looked at (each pass reads the whole log once).", ss.examined);
+    sl_metric_u64(b, "counter", "sillage_retention_passes_total", "Passes of the pruner over the log begun.",
+                  ss.prune_passes);
     sl_metric_head(b, "summary", "sillage_identify_stitch_seconds",
                    "Time the stage spent stitching identify and alias messages (merges included).");
     sl_buf_printf(b, "sillage_identify_stitch_seconds_sum %.9f\nsillage_identify_stitch_seconds_count %llu\n",

@@ -1149,6 +1149,10 @@ int sl_trig_verify(sl_trig_t *t, MDB_txn *txn, int (*has_message)(const char *id
     MDB_val k, v;
     uint64_t prev = 0, last = 0;
     MDB_val mk = {9, "feed_last"}, mv;
+    /* with a retention, a cause may have been pruned since it fired: the
+     * feed outlives it (trigger_retention) */
+    int retention = t->cfg->anonymous_retention_ms != 0;
+    for (size_t i = 0; i < t->cfg->n_sources; i++) retention |= t->cfg->sources[i].retention_ms != 0;
     if (mdb_get(txn, t->tmeta, &mk, &mv) == 0 && mv.mv_size == 8) memcpy(&last, mv.mv_data, 8);
     int rc = mdb_cursor_open(txn, t->feed, &cur);
     if (rc) return rc;
@@ -1168,7 +1172,7 @@ int sl_trig_verify(sl_trig_t *t, MDB_txn *txn, int (*has_message)(const char *id
         if (doc == NULL || cause == NULL) {
             fprintf(out, "feed: trigger %llu is not valid JSON with a cause\n", (unsigned long long)seq);
             (*problems)++;
-        } else if (cJSON_IsString(mid) && !has_message(mid->valuestring, arg)) {
+        } else if (cJSON_IsString(mid) && !has_message(mid->valuestring, arg) && !retention) {
             fprintf(out, "feed: trigger %llu's cause %s is not a stored event\n", (unsigned long long)seq,
                     mid->valuestring);
             (*problems)++;

@@ -42,13 +42,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     sl_json_hooks_install();
     static char dir[] = "/tmp/sl-fuzz-http-XXXXXX";
     if (mkdtemp(dir) == NULL) abort();
-    char json[1024];
+    char json[1536];
     snprintf(json, sizeof(json),
              "{\"listen\":\"127.0.0.1:0\",\"data_dir\":\"%s\",\"durability\":\"os\",\"map_size\":\"64MB\","
              "\"sources\":[{\"name\":\"s\",\"write_key\":\"wk\"},{\"name\":\"b\",\"write_key\":\"bk\",\"trusted\":true}],\"admin_token\":\"tok\",\"demo\":true,\"debug\":true,"
              "\"limits\":{\"max_request_bytes\":65536,\"max_message_bytes\":2048},"
              "\"triggers\":[{\"name\":\"c\",\"type\":\"abandoned_cart\",\"delay\":\"1s\"},"
-             "{\"name\":\"p\",\"type\":\"page_visit\",\"url\":\"/*\"},{\"name\":\"t\",\"type\":\"trait_change\",\"trait\":\"plan\"}]}",
+             "{\"name\":\"p\",\"type\":\"page_visit\",\"url\":\"/*\",\"requires_consent\":\"marketing\"},{\"name\":\"t\",\"type\":\"trait_change\",\"trait\":\"plan\"}],\"pressure\":{\"max_per_profile_per_day\":5}}",
              dir);
     char err[256];
     if (sl_config_parse(&cfg, json, strlen(json), err, sizeof(err))) abort();

@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { createHash } from 'node:crypto';
-import { startServer, post, ADMIN } from './helpers.mjs';
+import { startServer, post, run, ADMIN } from './helpers.mjs';
 
 const bearer = { Authorization: 'Bearer ' + ADMIN };
 const RULES = [
@@ -87,6 +87,14 @@ test('RudderStack\'s context.consentManagement grants and denies categories too'
   at = await last(srv);
   await ok(srv, 'page', offer('c-rs', { context: { consentManagement: { deniedConsentIds: ['marketing'] } } }));
   assert.deepEqual(await rulesFor(srv, 'c-rs', at), ['seen']);
+  // bounded: at most 32 categories of 1 to 64 bytes, booleans only; the event itself is stored whole
+  const many = Object.fromEntries(Array.from({ length: 40 }, (_, i) => ['cat' + i, true]));
+  await ok(srv, 'page', offer('c-big', { context: { consent: { categoryPreferences: {
+    ['x'.repeat(65)]: true, odd: 'yes', marketing: true, ...many } } } }));
+  const cats = (await profile(srv, 'c-big')).consent.categories;
+  assert.equal(Object.keys(cats).length, 32);
+  assert.equal(cats.marketing, true, 'the first ones are kept');
+  assert.ok(!('odd' in cats) && !('x'.repeat(65) in cats) && !('cat39' in cats));
 });
 
 test('consent given while anonymous follows the visitor into the identified profile', async () => {
@@ -205,4 +213,65 @@ test('erasure appends one profile_erased entry, hashed identifiers only, to the 
     const m2 = await (await fetch(s2.url + '/metrics')).text();
     assert.match(m2, /sillage_feed_profile_erased_total 1\n/);
   } finally { await s2.stop(); s2.cleanup(); await rx.close(); }
+});
+
+test('retention prunes exactly what is past its age, with its timeline entries; counters that must survive do; verify stays clean', async () => {
+  const day = 86400000;
+  const ago = (ms) => new Date(Date.now() - ms).toISOString();
+  const s2 = await startServer({ config: {
+    sources: [{ name: 'test', write_key: 'wk_test', retention: '760d' }, { name: 'other', write_key: 'wk_other' },
+      { name: 'short', write_key: 'wk_short', retention: '1m' }],
+    anonymous_retention: '395d' } });
+  const as = (key) => ({ Authorization: 'Basic ' + Buffer.from(key + ':').toString('base64') });
+  const send = async (type, msg, key = 'wk_test') => {
+    const r = await post(s2, '/v1/' + type, msg, as(key));
+    assert.equal(r.status, 200, r.text);
+  };
+  const events = async (kind, id) => {
+    const r = await fetch(`${s2.url}/v1/profiles/${kind}/${id}/events?limit=1000`, { headers: bearer });
+    return r.status === 200 ? (await r.json()).events.map((e) => e.event || e.type) : r.status;
+  };
+  const pruned = () => metric(s2, /sillage_retention_pruned_events_total (\d+)\n/);
+  try {
+    // identified, source retention 760 days
+    await send('track', { userId: 'r-old', event: 'Old', timestamp: ago(800 * day) });
+    await send('track', { userId: 'r-old', event: 'Order Completed', timestamp: ago(801 * day),
+      properties: { revenue: 40, currency: 'EUR' } });
+    await send('track', { userId: 'r-old', event: 'Kept', timestamp: ago(700 * day) });
+    // never identified: 395 days
+    await send('track', { anonymousId: 'anon-r1', event: 'AnonOld', timestamp: ago(400 * day) });
+    await send('track', { anonymousId: 'anon-r1', event: 'AnonKept', timestamp: ago(300 * day) });
+    // identified since: the anonymous trail is the customer's, kept for the source's 760 days
+    await send('identify', { userId: 'r-2', anonymousId: 'anon-r2' });
+    await send('track', { anonymousId: 'anon-r2', event: 'BeforeLogin', timestamp: ago(400 * day) });
+    // a source with no retention keeps an identified person's events
+    await send('track', { userId: 'r-3', event: 'Ancient', timestamp: ago(3000 * day) }, 'wk_other');
+    // a one-minute source: kept while younger, pruned once it ages past it
+    await send('track', { userId: 'r-4', event: 'Young', timestamp: ago(50 * 1000) }, 'wk_short');
+
+    const end = Date.now() + 10000;
+    while ((await pruned()) < 3 && Date.now() < end) await new Promise((r) => setTimeout(r, 200));
+    assert.equal(await pruned(), 3);
+    assert.deepEqual(await events('user_id', 'r-old'), ['Kept']);
+    const p = await (await fetch(`${s2.url}/v1/profiles/user_id/r-old`, { headers: bearer })).json();
+    assert.equal(p.counters.events, 1, 'event counts follow the timelines');
+    assert.equal(p.counters.orders, 1, 'the order counter survives pruning');
+    assert.equal(p.counters.revenue, 40);
+    assert.deepEqual(await events('anonymous_id', 'anon-r1'), ['AnonKept']);
+    assert.deepEqual((await events('user_id', 'r-2')).sort(), ['BeforeLogin', 'identify']);
+    assert.deepEqual(await events('user_id', 'r-3'), ['Ancient']);
+    assert.deepEqual(await events('user_id', 'r-4'), ['Young'], 'not a minute old yet');
+
+    const end2 = Date.now() + 30000;
+    while ((await pruned()) < 4 && Date.now() < end2) await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await pruned(), 4, 'pruned once it aged past its minute');
+    assert.deepEqual(await events('user_id', 'r-4'), []);
+    assert.ok(await metric(s2, /sillage_retention_passes_total (\d+)\n/) >= 2, 'the log is read again as it ages');
+    const exported = s2.exportEvents().map((e) => e.event || e.type).sort();
+    assert.deepEqual(exported, ['Ancient', 'AnonKept', 'BeforeLogin', 'Kept', 'identify']);
+  } finally { await s2.stop(); }
+  const v = run(['verify', '-c', s2.cfgPath]);
+  assert.equal(v.code, 0, v.stdout + v.stderr);
+  assert.match(v.stdout, /0 problems/);
+  s2.cleanup();
 });
