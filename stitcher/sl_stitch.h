@@ -72,7 +72,8 @@ typedef struct sl_ident_listener_s {
      * erased: what downstream tools may be told, a JSON object with no clear
      * identifier: {"id":"p_N","user_id_sha256":[hex...],"<trait>_sha256":[...]}
      * (SHA-256 of each userId and identity-trait value as the stitcher keys it:
-     * trait values trimmed and lower-cased; anonymous ids are not listed). */
+     * trait values trimmed and lower-cased; anonymous ids are not listed), or
+     * NULL when nobody is to be told (retention emptied an anonymous person). */
     int (*forgotten)(void *arg, MDB_txn *txn, uint64_t person, const char *erased, uint64_t *n_removed);
 } sl_ident_listener_t;
 
@@ -159,7 +160,9 @@ void sl_stitch_erase_free(sl_stitch_erase_t *e);
  * their source's `retention`, or than `anonymous_retention` when their
  * person was never identified, leave the log with their timeline entry.
  * Person records stay: orders, revenue, traits, consent and identifiers
- * survive; event counts and first/last seen follow the timelines. A stage
+ * survive; event counts and first/last seen follow the timelines. A person
+ * never identified whose every event is pruned goes whole (identifiers,
+ * record, consent, rule states, feed entries), with no profile_erased. A stage
  * job, like erasure, examining at most `limit` events of the log per run
  * from a durable cursor: it follows the log's end, and starts again from
  * the beginning once a pass is over and sl_stitch_prune_interval_ms() has
@@ -173,10 +176,13 @@ typedef struct sl_stitch_prune_s {
     uint64_t upto;             /* in: the last event the stage applied */
     size_t limit;              /* in: events examined per run (0: 2,000) */
     uint64_t examined, pruned; /* out: this run */
+    uint64_t persons_gone;     /* out: persons never identified left with no event, removed */
     int more;                  /* out: events up to upto are left to examine */
     uint64_t *seqs;            /* private */
     size_t n_seqs, cap_seqs;
     uint64_t erasing_key, cleared_key; /* private: this run's record of its seqs; the last one done */
+    uint64_t *persons;         /* private: anonymous persons whose events were pruned */
+    size_t n_persons, cap_persons;
 } sl_stitch_prune_t;
 /* 0 when no retention is configured (nothing to prune, never submit). */
 int64_t sl_stitch_prune_interval_ms(const sl_stitch_t *s);
@@ -208,7 +214,7 @@ typedef struct sl_stitch_stats_s {
     uint64_t merges, refusals, persons_created;
     uint64_t identifies, identify_ns; /* identify and alias messages stitched, time spent on them */
     uint64_t traits_dropped;          /* traits not kept on a profile (limits.max_traits_*) */
-    uint64_t pruned, examined, prune_passes; /* retention */
+    uint64_t pruned, examined, prune_passes, persons_expired; /* retention */
 } sl_stitch_stats_t;
 void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out);
 /* The same as Prometheus text (arg: the stitcher). */

@@ -91,7 +91,7 @@ struct sl_stitch_s {
     char *tscratch;           /* printing one trait value: limits.max_traits_bytes + 1 */
     uint64_t msg_dropped;     /* traits of the current message not kept (limits) */
     _Atomic uint64_t merges, refusals, created, traits_dropped;
-    _Atomic uint64_t pruned, examined, prune_passes;
+    _Atomic uint64_t pruned, examined, prune_passes, persons_expired;
     _Atomic uint64_t identifies, identify_ns; /* identify and alias: count, time in on_event */
 };
 
@@ -925,6 +925,7 @@ void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
     out->pruned = atomic_load(&s->pruned);
     out->examined = atomic_load(&s->examined);
     out->prune_passes = atomic_load(&s->prune_passes);
+    out->persons_expired = atomic_load(&s->persons_expired);
 }
 
 int sl_stitch_consent_check(sl_stitch_t *s, MDB_txn *txn, uint64_t person, const char *category, int *ok,
@@ -1335,6 +1336,46 @@ static int erased_json(const sl_stitch_t *s, const person_t *p, sl_buf_t *out)
 
 /* In the stage's transaction: the person's derived state goes, and the
  * numbers of its events are kept in `erasing` until the log lets them go. */
+/* Everything derived about p goes: identifiers, timelines (their events'
+ * numbers into e->seqs), journal, record, recent activity, consent, and
+ * what the listeners hold; announce: they are told what downstream tools
+ * may hear (an erasure), else nothing (an anonymous person retention
+ * emptied). */
+static int forget_person(sl_stitch_t *s, MDB_txn *txn, person_t *p, sl_stitch_erase_t *e, int announce)
+{
+    int rc;
+    for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1) {
+        const char *key = p->ids.data + off;
+        MDB_val k = {strlen(key), (void *)key};
+        uint64_t owner, tlno;
+        unsigned char tk[8];
+        if ((rc = lookup_id(s, txn, key, k.mv_size, &owner, &tlno))) return rc;
+        sl_be64_put(tk, tlno);
+        MDB_val tkv = {8, tk};
+        if ((rc = foreach_dup(txn, s->tl, tk, 8, erase_event, e))) return rc;
+        if ((rc = mdb_del(txn, s->tl, &tkv, NULL)) && rc != MDB_NOTFOUND) return rc;
+        if ((rc = mdb_del(txn, s->ids, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
+        e->identities++;
+    }
+    /* The journal entries name the person's identifiers: they go too. */
+    if ((rc = foreach_dup(txn, s->pjournal, &p->id, 8, erase_journal_entry, e))) return rc;
+    MDB_val k = {8, &p->id};
+    if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
+    if ((rc = mdb_del(txn, s->persons, &k, NULL))) return rc;
+    int64_t was;
+    int had;
+    if ((rc = active_get(s, txn, p->id, &was, &had, 1)) || (rc = consent_forget(txn, s->consent, p->id)) ||
+        (announce && (rc = erased_json(s, p, &s->tmp))))
+        return rc;
+    for (size_t i = 0; i < s->n_listeners && rc == 0; i++) {
+        uint64_t n = 0;
+        if (s->listeners[i].forgotten)
+            rc = s->listeners[i].forgotten(s->listeners[i].arg, txn, p->id, announce ? s->tmp.data : NULL, &n);
+        e->triggers += n;
+    }
+    return rc;
+}
+
 static int erase_run(MDB_txn *txn, void *arg)
 {
     sl_stitch_erase_t *e = arg;
@@ -1351,35 +1392,8 @@ static int erase_run(MDB_txn *txn, void *arg)
     if (rc) goto out;
     e->found = 1;
     person_id_str(p.id, e->person);
-    for (size_t off = 0; off < p.ids.len; off += strlen(p.ids.data + off) + 1) {
-        const char *key = p.ids.data + off;
-        MDB_val k = {strlen(key), (void *)key};
-        uint64_t owner, tlno;
-        unsigned char tk[8];
-        if ((rc = lookup_id(s, txn, key, k.mv_size, &owner, &tlno))) goto out;
-        sl_be64_put(tk, tlno);
-        MDB_val tkv = {8, tk};
-        if ((rc = foreach_dup(txn, s->tl, tk, 8, erase_event, e))) goto out;
-        if ((rc = mdb_del(txn, s->tl, &tkv, NULL)) && rc != MDB_NOTFOUND) goto out;
-        if ((rc = mdb_del(txn, s->ids, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
-        e->identities++;
-    }
+    rc = forget_person(s, txn, &p, e, 1);
     e->events = e->n_seqs;
-    /* The journal entries name the person's identifiers: they go too. */
-    if ((rc = foreach_dup(txn, s->pjournal, &p.id, 8, erase_journal_entry, e))) goto out;
-    MDB_val k = {8, &p.id};
-    if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) goto out;
-    if ((rc = mdb_del(txn, s->persons, &k, NULL))) goto out;
-    int64_t was;
-    int had;
-    if ((rc = active_get(s, txn, p.id, &was, &had, 1)) || (rc = consent_forget(txn, s->consent, p.id)) ||
-        (rc = erased_json(s, &p, &s->tmp)))
-        goto out;
-    for (size_t i = 0; i < s->n_listeners && rc == 0; i++) {
-        uint64_t n = 0;
-        if (s->listeners[i].forgotten) rc = s->listeners[i].forgotten(s->listeners[i].arg, txn, p.id, s->tmp.data, &n);
-        e->triggers += n;
-    }
     if (rc || e->n_seqs == 0) goto out;
     uint64_t key;
     if ((rc = counter_next(s, txn, "next_erasure", &key))) goto out;
@@ -1448,21 +1462,59 @@ static int event_identified(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t 
     return 0;
 }
 
-/* Removes the timeline entry of the event (seq, m), where stitch_event put it. */
-static int unindex_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq)
+/* Removes the timeline entry of the event (seq, m), where stitch_event put
+ * it; *pid gets the identifier's person (0: none). */
+static int unindex_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq, uint64_t *pid)
 {
+    *pid = 0;
     const char *kind = m->user_id ? "user_id" : "anonymous_id", *id = m->user_id ? m->user_id : m->anonymous_id;
     if (m->type == SL_STITCH_ALIAS && (m->user_id == NULL || m->previous_id == NULL)) return 0; /* never indexed */
     if (id == NULL) return 0;
-    uint64_t pid, tlno;
+    uint64_t tlno;
     int rc = make_key(&s->k1, kind, id);
-    if (rc || (rc = lookup(s, txn, &s->k1, &pid, &tlno)) || pid == 0) return rc;
+    if (rc || (rc = lookup(s, txn, &s->k1, pid, &tlno)) || *pid == 0) return rc;
     unsigned char tk[8], tv[16];
     sl_be64_put(tk, tlno);
     tl_value(tv, m->ts_ms, seq, m->type == SL_STITCH_PAGE || m->type == SL_STITCH_SCREEN);
     MDB_val k = {8, tk}, v = {16, tv};
     rc = mdb_del(txn, s->tl, &k, &v);
     return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int u64_push(uint64_t **v, size_t *n, size_t *cap, uint64_t x)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 256;
+        uint64_t *nv = realloc(*v, c * sizeof(*nv));
+        if (nv == NULL) return SL_ENOMEM;
+        *v = nv;
+        *cap = c;
+    }
+    (*v)[(*n)++] = x;
+    return 0;
+}
+
+/* Persons never identified whose every event the run pruned go whole, as an
+ * erasure would take them, telling no consumer: nothing is left to keep. */
+static int prune_persons(sl_stitch_t *s, MDB_txn *txn, sl_stitch_prune_t *p)
+{
+    person_t q = {0};
+    sl_stitch_erase_t e = {.stitch = s};
+    int rc = 0;
+    for (size_t i = 0; i < p->n_persons && rc == 0; i++) {
+        uint64_t events, pages;
+        int64_t first, last;
+        if ((rc = person_load(s, txn, p->persons[i], &q)) == MDB_NOTFOUND) { /* gone already (a repeat) */
+            rc = 0;
+            continue;
+        }
+        if (rc || person_identified(&q) || (rc = person_stats(s, txn, &q, &events, &pages, &first, &last)) || events)
+            continue;
+        if ((rc = forget_person(s, txn, &q, &e, 0)) == 0) p->persons_gone++;
+    }
+    person_free(&q);
+    free(e.seqs);
+    return rc;
 }
 
 static int prune_event(const char *json, size_t len, uint64_t seq, void *arg)
@@ -1490,14 +1542,12 @@ static int prune_event(const char *json, size_t len, uint64_t seq, void *arg)
         int identified;
         if ((rc = event_identified(s, c->txn, &m, &identified)) == 0) prune = !identified;
     }
-    if (rc == 0 && prune && (rc = unindex_event(s, c->txn, &m, seq)) == 0) {
-        if (p->n_seqs == p->cap_seqs) {
-            size_t cap = p->cap_seqs ? p->cap_seqs * 2 : 256;
-            uint64_t *n = realloc(p->seqs, cap * sizeof(*n));
-            if (n == NULL) rc = SL_ENOMEM;
-            else p->seqs = n, p->cap_seqs = cap;
-        }
-        if (rc == 0) p->seqs[p->n_seqs++] = seq;
+    uint64_t pid;
+    if (rc == 0 && prune && (rc = unindex_event(s, c->txn, &m, seq, &pid)) == 0) {
+        rc = u64_push(&p->seqs, &p->n_seqs, &p->cap_seqs, seq);
+        /* an anonymous person may be left with nothing: looked at after the run */
+        if (rc == 0 && pid && m.user_id == NULL && (p->n_persons == 0 || p->persons[p->n_persons - 1] != pid))
+            rc = u64_push(&p->persons, &p->n_persons, &p->cap_persons, pid);
     }
     consent_in_free(&m.consent);
     cJSON_Delete(doc);
@@ -1525,8 +1575,8 @@ static int prune_run(MDB_txn *txn, void *arg)
 {
     sl_stitch_prune_t *p = arg;
     sl_stitch_t *s = p->stitch;
-    p->examined = p->pruned = 0;
-    p->n_seqs = 0;
+    p->examined = p->pruned = p->persons_gone = 0;
+    p->n_seqs = p->n_persons = 0;
     p->more = 0;
     p->erasing_key = 0;
     int rc;
@@ -1550,6 +1600,7 @@ static int prune_run(MDB_txn *txn, void *arg)
         (rc = meta_u64(s, txn, "prune_at_end", &at_end, 1)))
         return rc;
     p->pruned = p->n_seqs;
+    if ((rc = prune_persons(s, txn, p))) return rc;
     if (p->n_seqs == 0) return 0;
     if ((rc = counter_next(s, txn, "next_erasure", &p->erasing_key))) return rc;
     MDB_val ek = {8, &p->erasing_key}, ev = {p->n_seqs * 8, p->seqs};
@@ -1566,6 +1617,7 @@ static int prune_after(void *arg)
     if (rc == 0) {
         p->cleared_key = p->erasing_key;
         atomic_fetch_add(&p->stitch->pruned, p->n_seqs);
+        atomic_fetch_add(&p->stitch->persons_expired, p->persons_gone);
     }
     return rc;
 }
@@ -1580,7 +1632,8 @@ void sl_stitch_prune_init(sl_stitch_prune_t *p, sl_stitch_t *s, void (*done)(sl_
 void sl_stitch_prune_free(sl_stitch_prune_t *p)
 {
     free(p->seqs);
-    p->seqs = NULL;
+    free(p->persons);
+    p->seqs = p->persons = NULL;
 }
 
 /* At open: erasures whose log deletion a crash may have cut short are done
@@ -1892,6 +1945,8 @@ void sl_stitch_metrics(void *arg, sl_buf_t *b)
                   "Events the retention pruner looked at (each pass reads the whole log once).", ss.examined);
     sl_metric_u64(b, "counter", "sillage_retention_passes_total", "Passes of the pruner over the log begun.",
                   ss.prune_passes);
+    sl_metric_u64(b, "counter", "sillage_retention_persons_removed_total",
+                  "Persons never identified whose every event retention pruned, removed whole.", ss.persons_expired);
     sl_metric_head(b, "summary", "sillage_identify_stitch_seconds",
                    "Time the stage spent stitching identify and alias messages (merges included).");
     sl_buf_printf(b, "sillage_identify_stitch_seconds_sum %.9f\nsillage_identify_stitch_seconds_count %llu\n",

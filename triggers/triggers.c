@@ -773,6 +773,7 @@ static int trig_forget(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *
     }
     mdb_cursor_close(cur);
     if (rc != MDB_NOTFOUND) return rc;
+    if (erased == NULL) return 0; /* retention: nobody to tell */
     const char *saved = t->cause;
     t->cause = NULL; /* an erasure is no stored event's doing */
     rc = feed_append(t, txn, sl_now_ms(), NULL, "profile_erased", person, erased, "{}");

@@ -241,6 +241,9 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
     // never identified: 395 days
     await send('track', { anonymousId: 'anon-r1', event: 'AnonOld', timestamp: ago(400 * day) });
     await send('track', { anonymousId: 'anon-r1', event: 'AnonKept', timestamp: ago(300 * day) });
+    // never identified, every event past its age: the person goes whole
+    await send('page', { anonymousId: 'anon-r5', properties: { path: '/gone' }, timestamp: ago(500 * day),
+      context: { consent: { categoryPreferences: { analytics: true } } } });
     // identified since: the anonymous trail is the customer's, kept for the source's 760 days
     await send('identify', { userId: 'r-2', anonymousId: 'anon-r2' });
     await send('track', { anonymousId: 'anon-r2', event: 'BeforeLogin', timestamp: ago(400 * day) });
@@ -250,8 +253,10 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
     await send('track', { userId: 'r-4', event: 'Young', timestamp: ago(50 * 1000) }, 'wk_short');
 
     const end = Date.now() + 10000;
-    while ((await pruned()) < 3 && Date.now() < end) await new Promise((r) => setTimeout(r, 200));
-    assert.equal(await pruned(), 3);
+    while ((await pruned()) < 4 && Date.now() < end) await new Promise((r) => setTimeout(r, 200));
+    assert.equal(await pruned(), 4);
+    assert.equal(await events('anonymous_id', 'anon-r5'), 404, 'nothing left of a visitor whose trail expired');
+    assert.equal(await metric(s2, /sillage_retention_persons_removed_total (\d+)\n/), 1);
     assert.deepEqual(await events('user_id', 'r-old'), ['Kept']);
     const p = await (await fetch(`${s2.url}/v1/profiles/user_id/r-old`, { headers: bearer })).json();
     assert.equal(p.counters.events, 1, 'event counts follow the timelines');
@@ -263,8 +268,10 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
     assert.deepEqual(await events('user_id', 'r-4'), ['Young'], 'not a minute old yet');
 
     const end2 = Date.now() + 30000;
-    while ((await pruned()) < 4 && Date.now() < end2) await new Promise((r) => setTimeout(r, 500));
-    assert.equal(await pruned(), 4, 'pruned once it aged past its minute');
+    while ((await pruned()) < 5 && Date.now() < end2) await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await pruned(), 5, 'pruned once it aged past its minute');
+    assert.equal((await (await fetch(`${s2.url}/v1/profiles/user_id/r-4`, { headers: bearer })).json()).counters.events, 0,
+      'an identified person stays, with no events');
     assert.deepEqual(await events('user_id', 'r-4'), []);
     assert.ok(await metric(s2, /sillage_retention_passes_total (\d+)\n/) >= 2, 'the log is read again as it ages');
     const exported = s2.exportEvents().map((e) => e.event || e.type).sort();
