@@ -445,6 +445,175 @@ static void drop_first(fix_t *f, const char *db)
     mdb_env_close(env);
 }
 
+typedef struct {
+    sl_stitch_t *s;
+    const char *kind, *id, *category;
+    int ok, rc;
+    const char *why;
+} consent_q_t;
+
+static int consent_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
+{
+    (void)log_txn;
+    consent_q_t *q = arg;
+    cJSON *p = NULL;
+    sl_buf_t b = {0};
+    if ((q->rc = sl_stitch_profile(q->s, txn, q->kind, q->id, &b)) == 0) p = cJSON_ParseWithLength(b.data, b.len);
+    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(p, "id");
+    q->why = "";
+    if (cJSON_IsString(pid))
+        q->rc = sl_stitch_consent_check(q->s, txn, strtoull(pid->valuestring + 2, NULL, 10), q->category, &q->ok, &q->why);
+    cJSON_Delete(p);
+    sl_buf_free(&b);
+    return 0;
+}
+
+/* 1 when the person of kind/id may get a trigger that needs category; why
+ * gets the reason when not. */
+static int consent_ok(fix_t *f, const char *kind, const char *id, const char *category, const char **why)
+{
+    consent_q_t q = {.s = f->stitch, .kind = kind, .id = id, .category = category};
+    CHECK_INT(sl_stage_read(f->stage, 0, consent_cb, &q), ==, 0);
+    CHECK_INT(q.rc, ==, 0);
+    *why = q.why;
+    return q.ok;
+}
+
+/* A track of user/anon at ts with an extra "context" member text (or NULL). */
+static void track_ctx(fix_t *f, const char *user, const char *anon, const char *event, int64_t ts, const char *consent)
+{
+    char mid[32], iso[32];
+    snprintf(mid, sizeof(mid), "m%d", ++f->n_sent);
+    sl_time_format_iso(ts, iso);
+    sl_buf_t b = {0};
+    sl_buf_printf(&b, "{\"type\":\"track\",\"messageId\":\"%s\",\"timestamp\":\"%s\",\"event\":\"%s\"", mid, iso, event);
+    if (user) sl_buf_printf(&b, ",\"userId\":\"%s\"", user);
+    if (anon) sl_buf_printf(&b, ",\"anonymousId\":\"%s\"", anon);
+    sl_buf_printf(&b, ",\"context\":{%s%s\"sillage\":{\"source\":\"backend\"}}}", consent ? consent : "",
+                  consent ? "," : "");
+    put(f, b.data, ts, mid);
+    sl_buf_free(&b);
+}
+
+TEST(stitch_consent_merges_and_erases)
+{
+    fix_t f;
+    if (fix_init(&f)) { CHECK(!"fixture"); return; }
+    const char *why;
+    const char *granted = "\"consent\":{\"categoryPreferences\":{\"marketing\":true,\"ads\":false}}";
+    track_ctx(&f, NULL, "c1", "Viewed", 1000, granted);
+    CHECK_INT(consent_ok(&f, "anonymous_id", "c1", "marketing", &why), ==, 1);
+    CHECK_INT(consent_ok(&f, "anonymous_id", "c1", "ads", &why), ==, 0);
+    CHECK_STR(why, "consent");
+    CHECK_INT(consent_ok(&f, "anonymous_id", "c1", NULL, &why), ==, 1); /* only the flag */
+    track_ctx(&f, "cu", NULL, "Unsubscribed", 2000, NULL);
+    CHECK_INT(consent_ok(&f, "user_id", "cu", "marketing", &why), ==, 0);
+    CHECK_STR(why, "unsubscribed");
+    /* the merge keeps, of each part, the later: c1's categories, cu's flag */
+    msg(&f, SL_STITCH_IDENTIFY, "cu", "c1", NULL, 3000);
+    CHECK_INT(consent_ok(&f, "user_id", "cu", "marketing", &why), ==, 0);
+    CHECK_STR(why, "unsubscribed");
+    track_ctx(&f, "cu", NULL, "Subscribed", 4000, NULL);
+    CHECK_INT(consent_ok(&f, "user_id", "cu", "marketing", &why), ==, 1);
+    /* older than what the person holds: changes nothing */
+    track_ctx(&f, "cu", NULL, "Late", 500, "\"consent\":{\"categoryPreferences\":{\"marketing\":false}}");
+    track_ctx(&f, "cu", NULL, "Unsubscribed", 3500, NULL);
+    CHECK_INT(consent_ok(&f, "user_id", "cu", "marketing", &why), ==, 1);
+    /* RudderStack's shape */
+    track_ctx(&f, "cu", NULL, "Now", 5000, "\"consentManagement\":{\"deniedConsentIds\":[\"marketing\"]}");
+    CHECK_INT(consent_ok(&f, "user_id", "cu", "marketing", &why), ==, 0);
+    CHECK_STR(why, "consent");
+    CHECK_INT(verify_problems(&f), ==, 0);
+    /* erasure takes the record: a new person with the same id starts knowing nothing */
+    sl_stitch_erase_t er;
+    int done = 0;
+    sl_stitch_erase_init(&er, f.stitch, "user_id", "cu", erase_done);
+    er.ctx = &done;
+    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
+    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK_INT(er.job.rc, ==, 0);
+    sl_stitch_erase_free(&er);
+    track_ctx(&f, "cu", NULL, "Again", 6000, NULL);
+    CHECK_INT(consent_ok(&f, "user_id", "cu", "marketing", &why), ==, 0);
+    CHECK_STR(why, "consent");
+    CHECK_INT(verify_problems(&f), ==, 0);
+    fix_free(&f);
+}
+
+static int pruned_flag;
+static void prune_done(sl_stage_job_t *job)
+{
+    (void)job;
+    pruned_flag = 1;
+}
+
+/* Runs pruning until it has read everything the stage applied. */
+static void prune_all(fix_t *f, sl_stitch_prune_t *p, uint64_t *pruned, uint64_t *gone)
+{
+    *pruned = *gone = 0;
+    for (int i = 0; i < 100; i++) {
+        pruned_flag = 0;
+        p->upto = sl_stage_applied(f->stage);
+        p->limit = 2; /* small runs: the cursor must carry over */
+        CHECK_INT(sl_stage_submit(f->stage, &p->job), ==, 0);
+        while (!pruned_flag) uv_run(&f->loop, UV_RUN_ONCE);
+        CHECK_INT(p->job.rc, ==, 0);
+        *pruned += p->pruned;
+        *gone += p->persons_gone;
+        if (!p->more) return;
+    }
+    CHECK(!"pruning never reached the end");
+}
+
+TEST(stitch_retention_prunes_and_restarts)
+{
+    fix_t f;
+    if (fix_init(&f)) { CHECK(!"fixture"); return; }
+    int64_t day = 86400000, now = sl_now_ms();
+    f.cfg.anonymous_retention_ms = 395 * day;
+    f.cfg.sources[f.cfg.n_sources - 1].retention_ms = 760 * day; /* backend, the source of msg() */
+    CHECK_INT(sl_stitch_prune_interval_ms(f.stitch), ==, 3600000);
+    msg(&f, SL_STITCH_TRACK, "old", NULL, NULL, now - 800 * day);   /* past the source's retention */
+    msg(&f, SL_STITCH_PAGE, "old", NULL, NULL, now - 700 * day);    /* kept */
+    msg(&f, SL_STITCH_PAGE, NULL, "gone", NULL, now - 400 * day);   /* anonymous, past 395 d: the person goes */
+    msg(&f, SL_STITCH_PAGE, NULL, "half", NULL, now - 400 * day);   /* anonymous, pruned ... */
+    msg(&f, SL_STITCH_PAGE, NULL, "half", NULL, now - 10 * day);    /* ... but this one stays, and the person */
+    msg(&f, SL_STITCH_PAGE, NULL, "later", NULL, now - 400 * day);  /* identified since: kept */
+    msg(&f, SL_STITCH_IDENTIFY, "u-later", "later", NULL, now);
+    sl_stitch_prune_t p;
+    sl_stitch_prune_init(&p, f.stitch, prune_done);
+    uint64_t pruned, gone;
+    prune_all(&f, &p, &pruned, &gone);
+    CHECK_INT(pruned, ==, 3);
+    CHECK_INT(gone, ==, 1);
+    uint64_t n_events = 0;
+    CHECK_INT(sl_store_foreach_event(f.store, count_event, &n_events), ==, 0);
+    CHECK_INT(n_events, ==, 4);
+    char a[32];
+    CHECK_STR(person_of(&f, "anonymous_id", "gone", a), "(none)");
+    cJSON *pr = get(&f, 0, "user_id", "old");
+    CHECK_INT(num(pr, "counters", "events"), ==, 1);
+    cJSON_Delete(pr);
+    pr = get(&f, 0, "anonymous_id", "half");
+    CHECK_INT(num(pr, "counters", "events"), ==, 1);
+    cJSON_Delete(pr);
+    pr = get(&f, 0, "user_id", "u-later");
+    CHECK_INT(num(pr, "counters", "events"), ==, 2);
+    cJSON_Delete(pr);
+    CHECK_INT(verify_problems(&f), ==, 0);
+    /* a second pass finds nothing more; a restart finishes the last run's record */
+    prune_all(&f, &p, &pruned, &gone);
+    CHECK_INT(pruned, ==, 0);
+    sl_stitch_prune_free(&p);
+    fix_close_store(&f);
+    CHECK_INT(fix_open(&f), ==, 0);
+    CHECK_INT(verify_problems(&f), ==, 0);
+    n_events = 0;
+    CHECK_INT(sl_store_foreach_event(f.store, count_event, &n_events), ==, 0);
+    CHECK_INT(n_events, ==, 4);
+    fix_free(&f);
+}
+
 TEST(stitch_verify_finds_damage)
 {
     const char *dbs[] = {"tl", "ids", "persons"};
