@@ -31,7 +31,7 @@ async function timeline(kind, id) {
 async function tagPage(context, name, init, script = '') {
   const url = `${srv.url}/t/${name}.html`;
   await context.route(url, (route) => route.fulfill({ contentType: 'text/html', body: `<!doctype html><title>${name}</title>
-<script>!function(w,d,s){var a=w.sillage=w.sillage||[];if(a.v)return;["init","page","track","identify","alias","reset","flush","optOut","optIn"].forEach(function(m){a[m]=function(){a.push([m].concat([].slice.call(arguments)))}});var e=d.createElement("script");e.async=1;e.src=s;d.head.appendChild(e)}(window,document,"/sillage.js");
+<script>!function(w,d,s){var a=w.sillage=w.sillage||[];if(a.v)return;["init","page","track","identify","alias","reset","flush","optOut","optIn","consent"].forEach(function(m){a[m]=function(){a.push([m].concat([].slice.call(arguments)))}});var e=d.createElement("script");e.async=1;e.src=s;d.head.appendChild(e)}(window,document,"/sillage.js");
 sillage.init(${JSON.stringify({ writeKey: WRITE_KEY, host: srv.url, ...init })});${script}</script><body>${name}</body>` }));
   const page = await context.newPage();
   await page.goto(url);
@@ -78,8 +78,10 @@ test('first-party cookie and localStorage hold the anonymousId', async () => {
   const c = (await context.cookies()).find((x) => x.name === 'sillage_aid');
   assert.equal(decodeURIComponent(c.value), aid);
   assert.equal(c.sameSite, 'Lax');
-  assert.ok(c.expires * 1000 - Date.now() > 360 * 86400e3, 'a year');
-  assert.equal(await page.evaluate(() => localStorage.getItem('sillage_aid')), aid);
+  assert.ok(Math.abs(c.expires * 1000 - Date.now() - 395 * 86400e3) < 60e3, '395 days');
+  const copy = JSON.parse(await page.evaluate(() => localStorage.getItem('sillage_aid')));
+  assert.equal(copy.id, aid, 'the localStorage copy, with its creation time');
+  assert.ok(Math.abs(copy.t - Date.now()) < 60e3);
   // a second page keeps it; identify with another user rotates it
   const page2 = await tagPage(context, 'cookie2', {});
   assert.equal(await page2.evaluate(() => sillage.anonymousId()), aid);
@@ -128,21 +130,26 @@ test('offline: events wait in the outbox and arrive once, none twice', async () 
   await context.close();
 });
 
-test('opt-out and Global Privacy Control send nothing', async () => {
+test('opt-out and Global Privacy Control send nothing and leave nothing on the device', async () => {
   const context = await browser.newContext();
   const page = await tagPage(context, 'optout', { flushAt: 1 });
   const aid = await page.evaluate(() => { sillage.optOut(); sillage.track('Nope'); sillage.page(); return sillage.anonymousId(); });
-  const page2 = await tagPage(context, 'optout2', { flushAt: 1 }, 'sillage.track("Still nope");'); // persisted
+  assert.equal(aid, undefined);
+  // the tag does not remember an objection: the site says it again on each page, before any other call
+  const page2 = await tagPage(context, 'optout2', { flushAt: 1 }, 'sillage.optOut(); sillage.track("Still nope");');
   const gpc = await browser.newContext();
   await gpc.addInitScript(() => Object.defineProperty(navigator, 'globalPrivacyControl', { get: () => true }));
-  const page3 = await tagPage(gpc, 'gpc', { flushAt: 1 }, 'sillage.track("GPC");');
-  const gaid = await page3.evaluate(() => sillage.anonymousId());
+  const page3 = await tagPage(gpc, 'gpc', { flushAt: 1 }, 'sillage.track("GPC"); sillage.identify("gpc-user");');
+  assert.equal(await page3.evaluate(() => sillage.anonymousId()), undefined);
   await sleep(1500);
-  assert.equal(await timeline('anonymous_id', aid), null);
-  assert.equal(await timeline('anonymous_id', gaid), null);
-  // optIn: sending resumes
-  await page2.evaluate(() => { sillage.optIn(); sillage.track('Back'); });
-  const ev = await until(() => timeline('anonymous_id', aid));
+  assert.deepEqual(await context.cookies(), []);
+  assert.deepEqual(await gpc.cookies(), []);
+  assert.deepEqual(await page2.evaluate(() => Object.keys(localStorage)), []);
+  assert.deepEqual(await page3.evaluate(() => Object.keys(localStorage)), []);
+  assert.equal(await timeline('user_id', 'gpc-user'), null);
+  // optIn: sending resumes, under a new anonymousId
+  const back = await page2.evaluate(() => { sillage.optIn(); sillage.track('Back'); return sillage.anonymousId(); });
+  const ev = await until(() => timeline('anonymous_id', back));
   assert.deepEqual(ev.map((e) => e.event), ['Back']);
   await context.close();
   await gpc.close();
