@@ -310,6 +310,14 @@ void sl_time_format_iso(int64_t ms, char out[32])
              (unsigned)(rem / 1000 % 60), (unsigned)(rem % 1000));
 }
 
+int sl_buf_append_iso(sl_buf_t *b, int64_t ms)
+{
+    char t[32];
+    if (ms == 0) return sl_buf_appends(b, "null");
+    sl_time_format_iso(ms, t);
+    return sl_buf_printf(b, "\"%s\"", t);
+}
+
 static int digits(const char *s, size_t n, size_t *i, int count, int *out)
 {
     int v = 0;

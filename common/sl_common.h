@@ -96,6 +96,8 @@ uint64_t sl_mono_ns(void);
 void sl_thread_name(const char *name);
 /* Writes "YYYY-MM-DDTHH:MM:SS.mmmZ" (24 chars + NUL) into out[32]. */
 void sl_time_format_iso(int64_t ms, char out[32]);
+/* Appends ms as a JSON string in that format, or null when ms is 0 (never set). */
+int sl_buf_append_iso(sl_buf_t *b, int64_t ms);
 /* Parses ISO 8601 / RFC 3339: date, 'T' or ' ', time with optional fraction,
  * then 'Z', '+HH:MM', '+HHMM' or nothing (UTC). A bare date is midnight UTC.
  * Returns 0 and *ms, or SL_EINVAL. */

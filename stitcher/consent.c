@@ -166,17 +166,6 @@ int consent_forget(MDB_txn *txn, MDB_dbi dbi, uint64_t person)
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-static void append_time(sl_buf_t *out, int64_t ms)
-{
-    char t[32];
-    if (ms == 0) {
-        sl_buf_appends(out, "null");
-        return;
-    }
-    sl_time_format_iso(ms, t);
-    sl_buf_printf(out, "\"%s\"", t);
-}
-
 int consent_append_json(sl_buf_t *out, MDB_txn *txn, MDB_dbi dbi, uint64_t person)
 {
     consent_hdr_t h;
@@ -191,9 +180,9 @@ int consent_append_json(sl_buf_t *out, MDB_txn *txn, MDB_dbi dbi, uint64_t perso
     if (h.len) sl_buf_append(out, (const char *)v.mv_data + sizeof(h), h.len);
     else sl_buf_appends(out, "null");
     sl_buf_appends(out, ",\"updated_at\":");
-    append_time(out, h.at_ms);
+    sl_buf_append_iso(out, h.at_ms);
     sl_buf_appends(out, h.unsub ? ",\"unsubscribed\":true,\"unsubscribed_at\":" : ",\"unsubscribed\":false,\"unsubscribed_at\":");
-    append_time(out, h.unsub_at_ms);
+    sl_buf_append_iso(out, h.unsub_at_ms);
     return sl_buf_appends(out, "}");
 }
 

@@ -988,17 +988,6 @@ static void person_free(person_t *p)
     sl_buf_free(&p->traits);
 }
 
-static void append_iso(sl_buf_t *out, int64_t ms)
-{
-    char t[32];
-    if (ms == 0) {
-        sl_buf_appends(out, "null");
-        return;
-    }
-    sl_time_format_iso(ms, t);
-    sl_buf_printf(out, "\"%s\"", t);
-}
-
 /* What the timelines of p's identifiers say: event count (and page views
  * when pages is not NULL, which reads every entry), first and last seen. */
 static int person_stats(sl_stitch_t *s, MDB_txn *txn, const person_t *p, uint64_t *events, uint64_t *pages,
@@ -1056,13 +1045,13 @@ static int append_profile(sl_stitch_t *s, MDB_txn *txn, sl_buf_t *out, const per
         lead = 0;
         sl_buf_append_json_str(out, x->string, strlen(x->string));
         sl_buf_appends(out, ":");
-        append_iso(out, (int64_t)x->valuedouble);
+        sl_buf_append_iso(out, (int64_t)x->valuedouble);
     }
     cJSON_Delete(doc);
     sl_buf_appends(out, "},\"first_seen\":");
-    append_iso(out, first);
+    sl_buf_append_iso(out, first);
     sl_buf_appends(out, ",\"last_seen\":");
-    append_iso(out, last);
+    sl_buf_append_iso(out, last);
     sl_buf_printf(out, ",\"counters\":{\"events\":%llu,\"page_views\":%llu,\"orders\":%llu,\"revenue\":%.2f}",
                   (unsigned long long)events, (unsigned long long)pages,
                   (unsigned long long)p->h.orders, p->h.revenue);
