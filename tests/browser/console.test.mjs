@@ -34,7 +34,8 @@ test('/console: find, read, page through, journal, triggers, live feed, erase', 
   await send('/v1/identify', { userId: 'c-user', anonymousId: 'c-anon', timestamp: at(30),
     traits: { email: 'Console.User@Example.com', plan: 'pro' } });
   await send('/v1/page', { anonymousId: 'c-anon2', name: 'Phone', timestamp: at(40) });
-  await send('/v1/identify', { userId: 'c-user', anonymousId: 'c-anon2', timestamp: at(41) }); // a second device: merged
+  await send('/v1/identify', { userId: 'c-user', anonymousId: 'c-anon2', timestamp: at(41), // a second device: merged
+    context: { consent: { categoryPreferences: { marketing: true, ads: false } } } });
 
   const page = await browser.newPage({ viewport: { width: 1300, height: 1000 } });
   const errors = [];
@@ -62,6 +63,7 @@ test('/console: find, read, page through, journal, triggers, live feed, erase', 
   assert.equal(plan[1], '"pro"');
   assert.match(plan[2], /^2026-11-30T09:00:30/, 'when the trait was set');
   assert.equal(await page.textContent('#c-events'), '29');
+  assert.equal(await page.textContent('#consent'), 'marketing grantedads refused 2026-11-30T09:00:41.000Z');
 
   await page.waitForFunction(() => document.querySelectorAll('#events tr').length === 20);
   await page.click('#older');
