@@ -41,10 +41,11 @@
   // CNIL's 13 months); the localStorage copy carries its creation time so it
   // cannot outlive the cookie.
   function setAid(v, t) {
+    var n = +new Date();
     aid = v;
-    t = t || +new Date();
+    t = t || n;
     put('aid', JSON.stringify({ id: v, t: t }));
-    cookie(v, (t + Math.min(cfg.cookieDays, 395) * 864e5 - new Date()) / 1000 | 0);
+    cookie(v, (t + Math.min(cfg.cookieDays, 395) * 864e5 - n) / 1000 | 0);
   }
   function reset() { put('uid', uid = null); put('traits'); traits = {}; put('session'); setAid(uuid()); }
   // Whether the tag may run now: 1 (the first time, it reads the device), 0

@@ -13,6 +13,10 @@ import vm from 'node:vm';
 
 const SRC = readFileSync(new URL('../../js-tag/sillage.js', import.meta.url), 'utf8');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// cond() or 3 s, whichever first (timers are late on a loaded machine); then check.
+async function until(cond, ms = 3000) {
+  for (const end = Date.now() + ms; !cond() && Date.now() < end;) await sleep(5);
+}
 
 function browser({ storage = {}, jar = {}, respond = () => ({ ok: true, status: 200 }), gpc, search = '', stub, script } = {}) {
   const cookieWrites = [];
@@ -70,7 +74,7 @@ test('calls queued by the snippet are replayed in order', async () => {
   const stub = [['init', { writeKey: 'wk1', host: 'https://c.example', flushAt: 10, flushIntervalMs: 10 }],
     ['track', 'A', { n: 1 }], ['identify', 'u1', { plan: 'pro' }], ['track', 'B']];
   const b = browser({ stub });
-  await sleep(60);
+  await until(() => b.sent.length >= 1);
   assert.equal(b.sent.length, 1);
   const { batch, writeKey, sentAt } = b.sent[0].body;
   assert.equal(writeKey, 'wk1');
@@ -98,7 +102,7 @@ test('batches at flushAt, or after flushIntervalMs', async () => {
   init(b2, { flushAt: 50, flushIntervalMs: 20 });
   b2.sillage.track('lonely');
   assert.equal(b2.sent.length, 0);
-  await sleep(60);
+  await until(() => b2.sent.length >= 1);
   assert.equal(b2.sent.length, 1);
 });
 
@@ -106,7 +110,7 @@ test('every message carries ids, time and the page context with UTM fields', asy
   const b = browser({ search: '?utm_campaign=winter+sale&utm_source=news&utm_medium=email&x=1' });
   init(b, { flushAt: 1 });
   b.sillage.page('Home', { section: 'top' });
-  await sleep(10);
+  await until(() => b.sent.length >= 1);
   const m = b.sent[0].body.batch[0];
   assert.equal(m.type, 'page');
   assert.equal(m.name, 'Home');
@@ -223,7 +227,7 @@ test('failures keep the outbox and retry with backoff; a 4xx drops the batch', a
   const b = browser({ respond: (n) => (n <= 1 ? new Error('offline') : n === 2 ? { ok: false, status: 503 } : { ok: true, status: 200 }) });
   init(b, { flushAt: 1 });
   b.sillage.track('kept');
-  await sleep(20);
+  await until(() => b.sent.length >= 1);
   assert.equal(b.sent.length, 1);
   assert.equal(b.outbox().length, 1, 'still there after a network error');
   await sleep(1400); // first backoff ~1 s
@@ -303,7 +307,7 @@ test('optOut is not remembered by the tag: queued in the snippet on each page, i
   assert.equal(b.sent.length + b.beacons.length, 0);
   // without the call, the next page runs as before (the site's consent platform decides)
   const next = browser({ stub: stub.filter((c) => c[0] !== 'optOut') });
-  await sleep(40);
+  await until(() => messages(next).length >= 2);
   assert.deepEqual(messages(next).map((m) => m.type), ['page', 'track']);
 });
 
@@ -321,7 +325,7 @@ test('Global Privacy Control: nothing read, written or sent, unless respectGpc i
   const ignored = browser({ gpc: true });
   init(ignored, { flushAt: 1, respectGpc: false });
   ignored.sillage.track('sent');
-  await sleep(30);
+  await until(() => messages(ignored).length >= 1);
   assert.deepEqual(messages(ignored).map((m) => m.event), ['sent']);
 });
 
@@ -359,7 +363,7 @@ test('consent granted: the held calls go out in order, with their own time and p
   assert.ok(aid, 'created at consent');
   assert.equal(JSON.parse(b.storage.sillage_aid).id, aid);
   b.sillage.track('After');
-  await sleep(40);
+  await until(() => messages(b).length >= 5);
   const ms = messages(b);
   assert.deepEqual(ms.map((m) => [m.type, m.event || m.name || null]),
     [['page', 'Landing'], ['track', 'Clicked'], ['identify', null], ['alias', null], ['track', 'After']]);
@@ -390,7 +394,7 @@ test('consent granted on a later page: the identifier from the earlier consent i
   b.sillage.page();
   assert.deepEqual(b.log, []);
   b.sillage.consent({ analytics: true });
-  await sleep(30);
+  await until(() => messages(b).length >= 1);
   assert.equal(b.sillage.anonymousId(), aid);
   assert.deepEqual(b.cookieWrites, []);
   assert.deepEqual(messages(b).map((m) => [m.type, m.anonymousId]), [['page', aid]], 'the same preferences: no update');
@@ -401,7 +405,7 @@ test('consent required: at most 100 calls are held, the first ones', async () =>
   init(b, { consent: 'required', flushAt: 1000, flushIntervalMs: 10 });
   for (let i = 0; i < 130; i++) b.sillage.track('e' + i);
   b.sillage.consent({ analytics: true });
-  await sleep(40);
+  await until(() => messages(b).length >= 100);
   const ev = messages(b).map((m) => m.event);
   assert.equal(ev.length, 100);
   assert.equal(ev[0], 'e0');
@@ -425,7 +429,7 @@ test('consent refused: the held calls are dropped, nothing stored or sent, later
   // a later grant on the same page starts afresh: only what comes after it
   b.sillage.consent({ analytics: true });
   b.sillage.track('granted');
-  await sleep(30);
+  await until(() => messages(b).length >= 1);
   assert.deepEqual(messages(b).map((m) => m.event), ['granted']);
   assert.notEqual(messages(b)[0].anonymousId, 'earlier');
 });
@@ -437,7 +441,7 @@ test('data-consent="required" on the script tag holds the automatic page view un
   assert.equal(b.sent.length, 0);
   b.sillage.consent({ marketing: true });
   b.sillage.flush();
-  await sleep(30);
+  await until(() => b.sent.length >= 1);
   assert.equal(b.sent[0].url, 'https://collect.example/v1/batch');
   assert.equal(b.sent[0].body.writeKey, 'wk-tag');
   assert.deepEqual(messages(b).map((m) => [m.type, m.context.consent.categoryPreferences.marketing]), [['page', true]]);
