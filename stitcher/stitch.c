@@ -931,8 +931,8 @@ void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
 int sl_stitch_consent_check(sl_stitch_t *s, MDB_txn *txn, uint64_t person, const char *category, int *ok,
                             const char **why)
 {
-    if (s->consent == 0) { /* a store read before consent existed */
-        *ok = 0;
+    if (s->consent == 0) { /* a store read before consent existed: nobody told anything */
+        *ok = category == NULL;
         *why = "consent";
         return 0;
     }
