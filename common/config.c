@@ -453,6 +453,17 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
                 seterr(x->err, x->errlen, "identity.traits[%zu] must be a name of 1 to 64 characters", i);
                 return SL_EINVAL;
             }
+            /* the identifier kinds a trait would be confused with */
+            if (strcmp(c->identity_traits[i], "user_id") == 0 || strcmp(c->identity_traits[i], "anonymous_id") == 0) {
+                seterr(x->err, x->errlen, "identity.traits[%zu] \"%s\" is the name of an identifier kind", i,
+                       c->identity_traits[i]);
+                return SL_EINVAL;
+            }
+            for (size_t j = 0; j < i; j++)
+                if (strcmp(c->identity_traits[j], c->identity_traits[i]) == 0) {
+                    seterr(x->err, x->errlen, "identity.traits[%zu] repeats identity.traits[%zu]", i, j);
+                    return SL_EINVAL;
+                }
         }
         if (c->n_identity_traits > 8) {
             seterr(x->err, x->errlen, "identity.traits holds at most 8 trait names");
@@ -543,12 +554,14 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if (c->webhooks == NULL) return SL_ENOMEM;
         size_t i = 0;
         for (const cJSON *w = wh->child; w; w = w->next, i++) {
-            static const char *wk[] = {"url", "secret", "rules", "expire", "ca_file", NULL};
+            static const char *wk[] = {"url", "secret", "rules", "expire", "ca_file", "profile_erased", NULL};
             char path[32];
             snprintf(path, sizeof(path), "webhooks[%zu]", i);
             sl_webhook_t *h = &c->webhooks[i];
             h->expire_ms = 86400000;
+            h->profile_erased = 1;
             if ((rc = check_keys(x, w, path, wk))) return rc;
+            if ((rc = get_bool(x, w, "profile_erased", &h->profile_erased))) return rc;
             if ((rc = get_str(x, w, "url", path, &h->url, 1))) return rc;
             if (strncmp(h->url, "http://", 7) != 0 && strncmp(h->url, "https://", 8) != 0) {
                 seterr(x->err, x->errlen, "%s.url must start with http:// or https://", path);

@@ -52,6 +52,7 @@ typedef struct sl_webhook_s {
     size_t n_rules;
     int64_t expire_ms;     /* give up after this long; default 24h */
     char *ca_file;         /* PEM bundle to verify an https URL with; NULL = the system's */
+    int profile_erased;    /* erasures (feed entries of no rule) are sent too (default 1) */
 } sl_webhook_t;
 
 typedef struct sl_config_s {

@@ -335,7 +335,7 @@ static int take_one(uint64_t seq, const char *json, size_t len, void *arg)
     d->seq = seq;
     /* an entry of no rule (profile_erased) goes to every webhook: whoever
      * received a person's triggers must hear of its erasure */
-    if (!cJSON_IsNull(rule) && !(cJSON_IsString(rule) && rule_wanted(t->cfg, rule->valuestring))) {
+    if (cJSON_IsNull(rule) ? !t->cfg->profile_erased : !(cJSON_IsString(rule) && rule_wanted(t->cfg, rule->valuestring))) {
         d->state = D_DONE; /* not for this webhook: only moves the cursor */
     } else {
         d->body = malloc(len);

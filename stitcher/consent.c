@@ -2,13 +2,20 @@
  * consent.h and docs/PRIVACY.md. */
 #include "consent.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* Each part (the categories, the flag) goes by the latest event time that
+ * stated it (seen): an older statement arriving late changes nothing, even
+ * when the newer one only repeated what was already held. */
 typedef struct {
     int64_t at_ms;       /* the categories' last change (event time); 0: never told */
+    int64_t seen_ms;     /* the latest event time that stated categories */
     int64_t unsub_at_ms; /* the flag's last change; 0: never */
+    int64_t unsub_seen_ms;
+    uint64_t at_seq, unsub_seq; /* the events that set each part (retention keeps them: proof) */
     int32_t unsub;
     uint32_t len;        /* then the categories JSON */
 } consent_hdr_t;
@@ -18,8 +25,9 @@ typedef struct {
 static int add_pref(cJSON *prefs, const char *name, int value)
 {
     size_t n = strlen(name);
-    if (n == 0 || n > SL_CONSENT_MAX_NAME || cJSON_GetArraySize(prefs) >= CONSENT_MAX_CATEGORIES) return 0;
+    if (n == 0 || n > SL_CONSENT_MAX_NAME) return 0;
     cJSON_DeleteItemFromObjectCaseSensitive(prefs, name); /* the last word wins */
+    if (cJSON_GetArraySize(prefs) >= CONSENT_MAX_CATEGORIES) return 0;
     return cJSON_AddBoolToObject(prefs, name, value) ? 0 : SL_ENOMEM;
 }
 
@@ -32,7 +40,7 @@ static int add_ids(cJSON *prefs, const cJSON *ids, int value)
         const char *name = NULL;
         if (cJSON_IsString(id)) {
             name = id->valuestring;
-        } else if (cJSON_IsNumber(id) && id->valuedouble == (double)(long long)id->valuedouble) {
+        } else if (cJSON_IsNumber(id) && fabs(id->valuedouble) < 9e15 && id->valuedouble == floor(id->valuedouble)) {
             snprintf(num, sizeof(num), "%lld", (long long)id->valuedouble);
             name = num;
         }
@@ -42,14 +50,18 @@ static int add_ids(cJSON *prefs, const cJSON *ids, int value)
     return 0;
 }
 
-int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int64_t ts_ms, consent_in_t *in)
+int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int trusted, int64_t ts_ms, uint64_t seq,
+                     consent_in_t *in)
 {
     memset(in, 0, sizeof(*in));
     in->ts_ms = ts_ms;
+    in->seq = seq;
     const char *type = sl_json_str(doc, "type"), *event = sl_json_str(doc, "event");
     if (type && event && strcmp(type, "track") == 0) {
         if (strcmp(event, cfg->unsubscribe_event) == 0) in->unsub = 1;
-        else if (strcmp(event, cfg->subscribe_event) == 0) in->unsub = -1;
+        /* anyone may unsubscribe a person; only a server-side source may
+         * subscribe one again (a browser key is public) */
+        else if (strcmp(event, cfg->subscribe_event) == 0 && trusted) in->unsub = -1;
     }
     const cJSON *ctx = cJSON_GetObjectItemCaseSensitive(doc, "context");
     const cJSON *seg = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ctx, "consent"),
@@ -61,10 +73,11 @@ int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int64_t ts_ms, co
     if (cJSON_IsObject(seg)) {
         const cJSON *c;
         cJSON_ArrayForEach(c, seg) if (cJSON_IsBool(c) && (rc = add_pref(in->prefs, c->string, cJSON_IsTrue(c)))) break;
-    } else {
-        rc = add_ids(in->prefs, cJSON_GetObjectItemCaseSensitive(rs, "deniedConsentIds"), 0);
-        if (rc == 0) rc = add_ids(in->prefs, cJSON_GetObjectItemCaseSensitive(rs, "allowedConsentIds"), 1);
+    } else { /* grants first: past the bound, they matter most; a refusal of the same id wins */
+        rc = add_ids(in->prefs, cJSON_GetObjectItemCaseSensitive(rs, "allowedConsentIds"), 1);
+        if (rc == 0) rc = add_ids(in->prefs, cJSON_GetObjectItemCaseSensitive(rs, "deniedConsentIds"), 0);
     }
+    if (rc == 0 && in->prefs->child == NULL) consent_in_free(in); /* nothing recognised: says nothing */
     return rc;
 }
 
@@ -117,17 +130,26 @@ int consent_apply(MDB_txn *txn, MDB_dbi dbi, uint64_t person, const consent_in_t
     int rc = load(txn, dbi, person, &h, &old), dirty = 0;
     if (rc) return rc;
     const cJSON *keep = old;
+    int64_t ts = in->ts_ms > 0 ? in->ts_ms : 1;
     /* a part changes at the first event that says otherwise, unless an
-     * event with a later time already set it */
-    if (in->prefs && in->ts_ms >= h.at_ms && !(old && cJSON_Compare(old, in->prefs, 1))) {
-        keep = in->prefs;
-        h.at_ms = in->ts_ms ? in->ts_ms : 1;
+     * event with a later time already stated it */
+    if (in->prefs && ts >= h.seen_ms) {
+        if (!(old && cJSON_Compare(old, in->prefs, 1))) {
+            keep = in->prefs;
+            h.at_ms = ts;
+            h.at_seq = in->seq;
+        }
+        h.seen_ms = ts;
         dirty = 1;
     }
     int unsub = in->unsub > 0;
-    if (in->unsub && in->ts_ms >= h.unsub_at_ms && (h.unsub_at_ms == 0 || unsub != h.unsub)) {
-        h.unsub = unsub;
-        h.unsub_at_ms = in->ts_ms ? in->ts_ms : 1;
+    if (in->unsub && ts >= h.unsub_seen_ms) {
+        if (h.unsub_at_ms == 0 || unsub != h.unsub) {
+            h.unsub = unsub;
+            h.unsub_at_ms = ts;
+            h.unsub_seq = in->seq;
+        }
+        h.unsub_seen_ms = ts;
         dirty = 1;
     }
     if (dirty) rc = save(txn, dbi, person, &h, keep);
@@ -140,16 +162,20 @@ int consent_merge(MDB_txn *txn, MDB_dbi dbi, uint64_t survivor, uint64_t absorbe
     consent_hdr_t hs, hx;
     cJSON *ps = NULL, *px = NULL;
     int rc = load(txn, dbi, absorbed, &hx, &px);
-    if (rc || (hx.at_ms == 0 && hx.unsub_at_ms == 0)) goto out; /* nothing to carry */
+    if (rc || (hx.seen_ms == 0 && hx.unsub_seen_ms == 0)) goto out; /* nothing to carry */
     if ((rc = load(txn, dbi, survivor, &hs, &ps))) goto out;
     const cJSON *keep = ps;
-    if (hx.at_ms > hs.at_ms) {
+    if (hx.seen_ms > hs.seen_ms) {
         keep = px;
         hs.at_ms = hx.at_ms;
+        hs.seen_ms = hx.seen_ms;
+        hs.at_seq = hx.at_seq;
     }
-    if (hx.unsub_at_ms > hs.unsub_at_ms) {
+    if (hx.unsub_seen_ms > hs.unsub_seen_ms) {
         hs.unsub = hx.unsub;
         hs.unsub_at_ms = hx.unsub_at_ms;
+        hs.unsub_seen_ms = hx.unsub_seen_ms;
+        hs.unsub_seq = hx.unsub_seq;
     }
     if ((rc = save(txn, dbi, survivor, &hs, keep))) goto out;
     rc = consent_forget(txn, dbi, absorbed);
@@ -198,4 +224,26 @@ int consent_allows(MDB_txn *txn, MDB_dbi dbi, uint64_t person, const char *categ
     else *ok = 1;
     cJSON_Delete(prefs);
     return 0;
+}
+
+int consent_keeps(MDB_txn *txn, MDB_dbi dbi, uint64_t person, uint64_t seq, int *keep)
+{
+    consent_hdr_t h;
+    *keep = 0;
+    int rc = load(txn, dbi, person, &h, NULL);
+    if (rc == 0) *keep = (h.at_seq == seq && h.len) || (h.unsub_seq == seq && h.unsub_at_ms);
+    return rc;
+}
+
+int consent_check_record(const void *data, size_t len)
+{
+    consent_hdr_t h;
+    if (len < sizeof(h)) return 0;
+    memcpy(&h, data, sizeof(h));
+    if (sizeof(h) + h.len != len) return 0;
+    if (h.len == 0) return 1;
+    cJSON *p = cJSON_ParseWithLength((const char *)data + sizeof(h), h.len);
+    int ok = cJSON_IsObject(p);
+    cJSON_Delete(p);
+    return ok;
 }

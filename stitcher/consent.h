@@ -20,25 +20,29 @@
 #define CONSENT_MAX_CATEGORIES 32
 
 /* What one stored message says: prefs (owned; NULL: it says nothing about
- * consent), unsub 1 (the unsubscribe event), -1 (the subscribe event) or 0. */
+ * consent), unsub 1 (the unsubscribe event), -1 (the subscribe event, from
+ * a trusted source) or 0; its time and log sequence. */
 typedef struct consent_in_s {
     cJSON *prefs;
     int unsub;
     int64_t ts_ms;
+    uint64_t seq;
 } consent_in_t;
 
 /* Reads context.consent.categoryPreferences (Segment), else
  * context.consentManagement's allowedConsentIds/deniedConsentIds
  * (RudderStack): boolean categories only, names of 1 to SL_CONSENT_MAX_NAME
- * bytes, at most CONSENT_MAX_CATEGORIES. Returns SL_ENOMEM or 0. */
-int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int64_t ts_ms, consent_in_t *in);
+ * bytes, at most CONSENT_MAX_CATEGORIES (a statement with none of those
+ * says nothing). The subscribe event counts only from a trusted source.
+ * Returns SL_ENOMEM or 0. */
+int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int trusted, int64_t ts_ms, uint64_t seq,
+                     consent_in_t *in);
 void consent_in_free(consent_in_t *in);
 
-/* The person's state moves to what in says, unless it says something older
- * than what the state holds (each part, categories and flag, goes by the
- * timestamp of its last change). */
+/* The person's state moves to what in says, unless an event with a later
+ * time already stated that part (categories, flag). */
 int consent_apply(MDB_txn *txn, MDB_dbi dbi, uint64_t person, const consent_in_t *in);
-/* survivor keeps, of each part, the one changed last; absorbed's goes. */
+/* survivor keeps, of each part, the one stated last; absorbed's goes. */
 int consent_merge(MDB_txn *txn, MDB_dbi dbi, uint64_t survivor, uint64_t absorbed);
 int consent_forget(MDB_txn *txn, MDB_dbi dbi, uint64_t person);
 /* Appends {"categories":{...}|null,"updated_at":…,"unsubscribed":…,"unsubscribed_at":…}
@@ -48,5 +52,11 @@ int consent_append_json(sl_buf_t *out, MDB_txn *txn, MDB_dbi dbi, uint64_t perso
  * only the flag is asked about); else 0 with *why "consent" (not granted,
  * or never told) or "unsubscribed". Returns 0 or an LMDB error. */
 int consent_allows(MDB_txn *txn, MDB_dbi dbi, uint64_t person, const char *category, int *ok, const char **why);
+
+/* *keep 1 when event seq set one of the person's current parts: retention
+ * keeps it, the proof of that consent or refusal. */
+int consent_keeps(MDB_txn *txn, MDB_dbi dbi, uint64_t person, uint64_t seq, int *keep);
+/* 1 when data[0..len) is a well-formed record (sillage verify). */
+int consent_check_record(const void *data, size_t len);
 
 #endif

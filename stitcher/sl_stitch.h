@@ -68,13 +68,16 @@ typedef struct sl_ident_listener_s {
     int (*trait_changed)(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t person, const char *name,
                          const cJSON *old_v, const cJSON *new_v);
     int (*watches_trait)(void *arg, const char *name);
-    /* Erasure: forget person; *n_removed gets how many of its records went.
-     * erased: what downstream tools may be told, a JSON object with no clear
-     * identifier: {"id":"p_N","user_id_sha256":[hex...],"<trait>_sha256":[...]}
+    /* Erasure: forget persons[0..n) (sorted: the person and those merged
+     * into it over time, or the persons retention emptied); *n_removed gets
+     * how many of their records went. erased: what downstream tools may be
+     * told, a JSON object with no clear identifier: {"id":"p_N",
+     * "merged_ids":["p_M"...],"user_id_sha256":[hex...],"<trait>_sha256":[...]}
      * (SHA-256 of each userId and identity-trait value as the stitcher keys it:
      * trait values trimmed and lower-cased; anonymous ids are not listed), or
      * NULL when nobody is to be told (retention emptied an anonymous person). */
-    int (*forgotten)(void *arg, MDB_txn *txn, uint64_t person, const char *erased, uint64_t *n_removed);
+    int (*forgotten)(void *arg, MDB_txn *txn, const uint64_t *persons, size_t n, const char *erased,
+                     uint64_t *n_removed);
 } sl_ident_listener_t;
 
 
@@ -151,6 +154,8 @@ typedef struct sl_stitch_erase_s {
     void *ctx;                 /* the caller's */
     uint64_t *seqs;            /* private: the person's events */
     size_t n_seqs, cap_seqs;
+    uint64_t *merged;          /* private: the persons merged into it */
+    size_t n_merged, cap_merged;
 } sl_stitch_erase_t;
 void sl_stitch_erase_init(sl_stitch_erase_t *e, sl_stitch_t *s, const char *kind, const char *id,
                           void (*done)(sl_stage_job_t *job));

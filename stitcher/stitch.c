@@ -19,6 +19,7 @@
  *             and "refused\x1f<owner>\x1f<person>\x1f<identifier>": refusals journaled
  * An identifier key is "<kind>\x1f<value>", kind "user_id", "anonymous_id" or
  * a configured trait name. */
+#define _GNU_SOURCE /* memmem */
 #include "sl_stitch.h"
 
 #include "consent.h"
@@ -553,7 +554,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
 /* What the stitcher reads of a stored message (the collector normalised it:
  * ids are strings, timestamp is corrected and clamped, context.sillage.source
  * names the source). Cleaned identifiers go to s->in_arena. */
-static int read_msg(sl_stitch_t *s, const cJSON *doc, sl_stitch_msg_t *m)
+static int read_msg(sl_stitch_t *s, const cJSON *doc, uint64_t seq, sl_stitch_msg_t *m)
 {
     memset(m, 0, sizeof(*m));
     sl_arena_reset(&s->in_arena);
@@ -590,7 +591,7 @@ static int read_msg(sl_stitch_t *s, const cJSON *doc, sl_stitch_msg_t *m)
         const char *cur = sl_json_str(props, "currency");
         if (cur) snprintf(m->currency, sizeof(m->currency), "%s", cur);
     }
-    return consent_read_msg(doc, s->cfg, m->ts_ms, &m->consent);
+    return consent_read_msg(doc, s->cfg, m->trusted, m->ts_ms, seq, &m->consent);
 }
 
 /* The stage step: one stored event. */
@@ -598,7 +599,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
 {
     sl_stitch_t *s = arg;
     sl_stitch_msg_t m;
-    int rc = read_msg(s, ev->doc, &m);
+    int rc = read_msg(s, ev->doc, ev->seq, &m);
     s->ev = ev;
     if (rc == 0 && m.type != SL_STITCH_IDENTIFY && m.type != SL_STITCH_ALIAS) {
         rc = stitch_event(s, txn, &m, ev->seq);
@@ -1280,23 +1281,42 @@ static int erase_event(MDB_txn *txn, const MDB_val *v, void *arg)
     return 0;
 }
 
+static int u64_push(uint64_t **v, size_t *n, size_t *cap, uint64_t x);
+
 static int erase_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
 {
     sl_stitch_erase_t *e = arg;
-    MDB_val jk = {8, v->mv_data};
-    int rc = mdb_del(txn, e->stitch->journal, &jk, NULL);
+    MDB_val jk = {8, v->mv_data}, jv;
+    /* a merge into the person: the absorbed id is named to consumers (the
+     * triggers they got before the merge carry it) and its feed entries go */
+    int rc = mdb_get(txn, e->stitch->journal, &jk, &jv);
+    if (rc == 0 && memmem(jv.mv_data, jv.mv_size, "\"type\":\"merge\"", 14)) {
+        cJSON *doc = cJSON_ParseWithLength(jv.mv_data, jv.mv_size);
+        const char *ab = sl_json_str(doc, "absorbed");
+        if (ab && strncmp(ab, "p_", 2) == 0) rc = u64_push(&e->merged, &e->n_merged, &e->cap_merged, strtoull(ab + 2, NULL, 10));
+        cJSON_Delete(doc);
+        if (rc) return rc;
+    }
+    rc = mdb_del(txn, e->stitch->journal, &jk, NULL);
     if (rc == 0) e->journal++;
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 /* What an erasure tells downstream tools of p (sl_ident_listener_t.forgotten):
- * its id and the SHA-256 of each userId and identity-trait value, by kind. */
-static int erased_json(const sl_stitch_t *s, const person_t *p, sl_buf_t *out)
+ * its id, the ids of the persons merged into it, and the SHA-256 of each
+ * userId and identity-trait value, by kind. */
+static int erased_json(const sl_stitch_t *s, const person_t *p, const uint64_t *merged, size_t n_merged,
+                       sl_buf_t *out)
 {
     char pid[32];
     person_id_str(p->id, pid);
     out->len = 0;
     sl_buf_printf(out, "{\"id\":\"%s\"", pid);
+    if (n_merged) {
+        sl_buf_appends(out, ",\"merged_ids\":[");
+        for (size_t i = 0; i < n_merged; i++) sl_buf_printf(out, "%s\"p_%llu\"", i ? "," : "", (unsigned long long)merged[i]);
+        sl_buf_appends(out, "]");
+    }
     for (size_t k = 0; k <= s->cfg->n_identity_traits; k++) {
         const char *kind = k == 0 ? "user_id" : s->cfg->identity_traits[k - 1];
         size_t kl = strlen(kind), n = 0;
@@ -1325,12 +1345,11 @@ static int erased_json(const sl_stitch_t *s, const person_t *p, sl_buf_t *out)
 
 /* In the stage's transaction: the person's derived state goes, and the
  * numbers of its events are kept in `erasing` until the log lets them go. */
-/* Everything derived about p goes: identifiers, timelines (their events'
- * numbers into e->seqs), journal, record, recent activity, consent, and
- * what the listeners hold; announce: they are told what downstream tools
- * may hear (an erasure), else nothing (an anonymous person retention
- * emptied). */
-static int forget_person(sl_stitch_t *s, MDB_txn *txn, person_t *p, sl_stitch_erase_t *e, int announce)
+/* Everything the stitcher derived about p goes: identifiers, timelines
+ * (their events' numbers into e->seqs), journal (the persons merged into p
+ * into e->merged), record, recent activity, consent. The listeners are told
+ * after (tell_forgotten). */
+static int forget_person(sl_stitch_t *s, MDB_txn *txn, person_t *p, sl_stitch_erase_t *e)
 {
     int rc;
     for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1) {
@@ -1353,16 +1372,39 @@ static int forget_person(sl_stitch_t *s, MDB_txn *txn, person_t *p, sl_stitch_er
     if ((rc = mdb_del(txn, s->persons, &k, NULL))) return rc;
     int64_t was;
     int had;
-    if ((rc = active_get(s, txn, p->id, &was, &had, 1)) || (rc = consent_forget(txn, s->consent, p->id)) ||
-        (announce && (rc = erased_json(s, p, &s->tmp))))
-        return rc;
+    if ((rc = active_get(s, txn, p->id, &was, &had, 1))) return rc;
+    return consent_forget(txn, s->consent, p->id);
+}
+
+/* Tells the listeners that persons[0..n) (sorted) are forgotten: erased is
+ * what consumers may hear (an erasure), or NULL (retention). */
+static int tell_forgotten(sl_stitch_t *s, MDB_txn *txn, const uint64_t *persons, size_t n, const char *erased,
+                          uint64_t *n_removed)
+{
+    int rc = 0;
     for (size_t i = 0; i < s->n_listeners && rc == 0; i++) {
-        uint64_t n = 0;
-        if (s->listeners[i].forgotten)
-            rc = s->listeners[i].forgotten(s->listeners[i].arg, txn, p->id, announce ? s->tmp.data : NULL, &n);
-        e->triggers += n;
+        uint64_t k = 0;
+        if (s->listeners[i].forgotten) rc = s->listeners[i].forgotten(s->listeners[i].arg, txn, persons, n, erased, &k);
+        *n_removed += k;
     }
     return rc;
+}
+
+static int cmp_u64_asc(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Sorts v[0..*n) and drops repeats. */
+static void sort_unique(uint64_t *v, size_t *n)
+{
+    if (*n == 0) return;
+    qsort(v, *n, sizeof(*v), cmp_u64_asc);
+    size_t w = 1;
+    for (size_t i = 1; i < *n; i++)
+        if (v[i] != v[w - 1]) v[w++] = v[i];
+    *n = w;
 }
 
 static int erase_run(MDB_txn *txn, void *arg)
@@ -1381,9 +1423,16 @@ static int erase_run(MDB_txn *txn, void *arg)
     if (rc) goto out;
     e->found = 1;
     person_id_str(p.id, e->person);
-    rc = forget_person(s, txn, &p, e, 1);
+    e->n_merged = 0;
+    if ((rc = forget_person(s, txn, &p, e))) goto out;
     e->events = e->n_seqs;
-    if (rc || e->n_seqs == 0) goto out;
+    sort_unique(e->merged, &e->n_merged);
+    if ((rc = erased_json(s, &p, e->merged, e->n_merged, &s->tmp)) ||
+        (rc = u64_push(&e->merged, &e->n_merged, &e->cap_merged, p.id)))
+        goto out;
+    sort_unique(e->merged, &e->n_merged); /* the person and those merged into it */
+    if ((rc = tell_forgotten(s, txn, e->merged, e->n_merged, s->tmp.data, &e->triggers))) goto out;
+    if (e->n_seqs == 0) goto out;
     uint64_t key;
     if ((rc = counter_next(s, txn, "next_erasure", &key))) goto out;
     MDB_val ek = {8, &key}, ev = {e->n_seqs * 8, e->seqs};
@@ -1413,6 +1462,8 @@ void sl_stitch_erase_init(sl_stitch_erase_t *e, sl_stitch_t *s, const char *kind
 void sl_stitch_erase_free(sl_stitch_erase_t *e)
 {
     free(e->seqs);
+    free(e->merged);
+    e->merged = NULL;
     e->seqs = NULL;
 }
 
@@ -1451,17 +1502,25 @@ static int event_identified(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t 
     return 0;
 }
 
-/* Removes the timeline entry of the event (seq, m), where stitch_event put
- * it; *pid gets the identifier's person (0: none). */
-static int unindex_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq, uint64_t *pid)
+/* The person and timeline number of the identifier stitch_event indexed
+ * the event (m) under (*pid 0: none, the event was never indexed). */
+static int event_index(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t *pid, uint64_t *tlno)
 {
     *pid = 0;
     const char *kind = m->user_id ? "user_id" : "anonymous_id", *id = m->user_id ? m->user_id : m->anonymous_id;
     if (m->type == SL_STITCH_ALIAS && (m->user_id == NULL || m->previous_id == NULL)) return 0; /* never indexed */
     if (id == NULL) return 0;
-    uint64_t tlno;
     int rc = make_key(&s->k1, kind, id);
-    if (rc || (rc = lookup(s, txn, &s->k1, pid, &tlno)) || *pid == 0) return rc;
+    return rc ? rc : lookup(s, txn, &s->k1, pid, tlno);
+}
+
+/* Removes the timeline entry of the event (seq, m), where stitch_event put
+ * it (pid, tlno: event_index()'s). */
+static int unindex_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq, uint64_t pid,
+                         uint64_t tlno)
+{
+    if (pid == 0) return 0;
+    int rc;
     unsigned char tk[8], tv[16];
     sl_be64_put(tk, tlno);
     tl_value(tv, m->ts_ms, seq, m->type == SL_STITCH_PAGE || m->type == SL_STITCH_SCREEN);
@@ -1490,19 +1549,26 @@ static int prune_persons(sl_stitch_t *s, MDB_txn *txn, sl_stitch_prune_t *p)
     person_t q = {0};
     sl_stitch_erase_t e = {.stitch = s};
     int rc = 0;
+    size_t gone = 0; /* p->persons[0..gone): the ones removed */
+    sort_unique(p->persons, &p->n_persons);
     for (size_t i = 0; i < p->n_persons && rc == 0; i++) {
-        uint64_t events, pages;
+        uint64_t events;
         int64_t first, last;
-        if ((rc = person_load(s, txn, p->persons[i], &q)) == MDB_NOTFOUND) { /* gone already (a repeat) */
+        if ((rc = person_load(s, txn, p->persons[i], &q)) == MDB_NOTFOUND) {
             rc = 0;
             continue;
         }
-        if (rc || person_identified(&q) || (rc = person_stats(s, txn, &q, &events, &pages, &first, &last)) || events)
+        if (rc || person_identified(&q) || (rc = person_stats(s, txn, &q, &events, NULL, &first, &last)) || events)
             continue;
-        if ((rc = forget_person(s, txn, &q, &e, 0)) == 0) p->persons_gone++;
+        if ((rc = forget_person(s, txn, &q, &e)) == 0) p->persons[gone++] = q.id;
     }
+    /* the listeners hear of them all at once: one pass over the feed */
+    uint64_t n_removed = 0;
+    if (rc == 0 && gone) rc = tell_forgotten(s, txn, p->persons, gone, NULL, &n_removed);
+    p->persons_gone = gone;
     person_free(&q);
     free(e.seqs);
+    free(e.merged);
     return rc;
 }
 
@@ -1521,18 +1587,24 @@ static int prune_event(const char *json, size_t len, uint64_t seq, void *arg)
     cJSON *doc = cJSON_ParseWithLength(json, len);
     if (doc == NULL) return 0; /* not ours to judge: verify reports it */
     sl_stitch_msg_t m;
-    int rc = read_msg(s, doc, &m), prune = 0;
+    int rc = read_msg(s, doc, seq, &m), prune = 0;
     const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "sillage");
     const sl_source_t *src = sl_config_source(s->cfg, sl_json_str(sil, "source"));
     int64_t age = c->now - m.ts_ms;
-    if (rc == 0 && src && src->retention_ms && age > src->retention_ms) {
-        prune = 1;
-    } else if (rc == 0 && s->cfg->anonymous_retention_ms && age > s->cfg->anonymous_retention_ms) {
-        int identified;
-        if ((rc = event_identified(s, c->txn, &m, &identified)) == 0) prune = !identified;
+    int src_due = src && src->retention_ms && age > src->retention_ms;
+    int anon_due = s->cfg->anonymous_retention_ms && age > s->cfg->anonymous_retention_ms;
+    int states = m.consent.prefs || m.consent.unsub, identified = 0;
+    if (rc == 0 && (anon_due || (src_due && states))) rc = event_identified(s, c->txn, &m, &identified);
+    prune = src_due || (anon_due && !identified);
+    uint64_t pid = 0, tlno = 0;
+    if (rc == 0 && prune) rc = event_index(s, c->txn, &m, &pid, &tlno);
+    if (rc == 0 && prune && pid && identified && states) {
+        /* an identified person's current consent or refusal keeps its proof:
+         * the event that set it */
+        int keep;
+        if ((rc = consent_keeps(c->txn, s->consent, pid, seq, &keep)) == 0 && keep) prune = 0;
     }
-    uint64_t pid;
-    if (rc == 0 && prune && (rc = unindex_event(s, c->txn, &m, seq, &pid)) == 0) {
+    if (rc == 0 && prune && (rc = unindex_event(s, c->txn, &m, seq, pid, tlno)) == 0) {
         rc = u64_push(&p->seqs, &p->n_seqs, &p->cap_seqs, seq);
         /* an anonymous person may be left with nothing: looked at after the run */
         if (rc == 0 && pid && m.user_id == NULL && (p->n_persons == 0 || p->persons[p->n_persons - 1] != pid))
@@ -1663,13 +1735,51 @@ typedef struct {
     uint8_t *seen;       /* per event seq: indexed in tl */
     uint64_t max_seq;
     sl_arena_t arena;
+    uint64_t *pending;   /* events an erasure or retention took, waiting to leave the log (sorted) */
+    size_t n_pending;
 } verify_t;
+
+static int cmp_seq(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The event numbers held in `erasing` (a commit on disk, the log deletion
+ * not yet done: verify runs between the two, or after a crash there). */
+static int load_pending(verify_t *v)
+{
+    MDB_cursor *cur;
+    MDB_val k, d;
+    int rc = mdb_cursor_open(v->txn, v->s->erasing, &cur);
+    if (rc) return rc;
+    size_t cap = 0;
+    for (rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT)) {
+        size_t n = d.mv_size / 8;
+        if (v->n_pending + n > cap) {
+            size_t c = (v->n_pending + n) * 2;
+            uint64_t *nv = realloc(v->pending, c * sizeof(*nv));
+            if (nv == NULL) {
+                rc = SL_ENOMEM;
+                break;
+            }
+            v->pending = nv;
+            cap = c;
+        }
+        memcpy(v->pending + v->n_pending, d.mv_data, n * 8);
+        v->n_pending += n;
+    }
+    mdb_cursor_close(cur);
+    if (v->n_pending) qsort(v->pending, v->n_pending, 8, cmp_seq);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
 
 static uint64_t mid_hash(const char *id) { return sl_hash128(id, strlen(id), 99).lo; }
 
 static int verify_event(const char *json, size_t len, uint64_t seq, void *arg)
 {
     verify_t *v = arg;
+    if (v->n_pending && bsearch(&seq, v->pending, v->n_pending, 8, cmp_seq)) return 0; /* leaving */
     v->rep->events++;
     cJSON *doc = cJSON_ParseWithLength(json, len);
     if (doc == NULL) {
@@ -1755,7 +1865,8 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FI
     memset(rep, 0, sizeof(*rep));
     sl_store_t *st = s->store;
     MDB_txn *log_txn = o->log_txn;
-    int rc = sl_store_foreach_event_txn(st, log_txn, verify_event, &v);
+    int rc = load_pending(&v);
+    if (rc == 0) rc = sl_store_foreach_event_txn(st, log_txn, verify_event, &v);
     if (rc) goto out;
     qsort(v.ids, v.n_ids, sizeof(*v.ids), cmp_u64);
     /* A repeat within a minute should have been deduplicated; a later one
@@ -1897,9 +2008,13 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FI
         if ((rc = mdb_cursor_open(txn, s->consent, &cur))) goto out_p;
         for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
             MDB_val pv;
-            if (k.mv_size == 8 && mdb_get(txn, s->persons, &k, &pv) == 0) continue;
             uint64_t pid = 0;
             memcpy(&pid, k.mv_data, k.mv_size < 8 ? k.mv_size : 8);
+            if (!consent_check_record(val.mv_data, val.mv_size)) {
+                fprintf(out, "consent: the record of p_%llu is unreadable\n", (unsigned long long)pid);
+                rep->problems++;
+            }
+            if (k.mv_size == 8 && mdb_get(txn, s->persons, &k, &pv) == 0) continue;
             fprintf(out, "consent: a record of p_%llu, no such person\n", (unsigned long long)pid);
             rep->problems++;
         }
@@ -1913,6 +2028,7 @@ out_p:
 out:
     free(v.ids);
     free(v.keys);
+    free(v.pending);
     free(v.seen);
     sl_arena_free(&v.arena);
     return rc;

@@ -73,6 +73,12 @@ struct sl_trig_s {
 
 /* ---- helpers ---- */
 
+static int cmp_person(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 static int rule_index(const sl_trig_t *t, const sl_trigger_rule_t *r) { return (int)(r - t->cfg->triggers); }
 
 static const sl_trigger_rule_t *rule_by_name(const sl_trig_t *t, const char *name, size_t len)
@@ -751,23 +757,31 @@ static int trig_merge(sl_trig_t *t, MDB_txn *txn, uint64_t survivor, uint64_t ab
     return 0;
 }
 
-/* Erasure: the person's rule states and feed entries go, then one
- * profile_erased entry tells the consumers (erased: its "profile", hashed
- * identifiers only). */
-static int trig_forget(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *erased, uint64_t *n_feed)
+/* Erasure (or retention): the persons' rule states and feed entries go --
+ * one pass over the feed for them all (persons sorted) -- then, for an
+ * erasure, one profile_erased entry tells the consumers (erased: its
+ * "profile", hashed identifiers only). */
+static int trig_forget(sl_trig_t *t, MDB_txn *txn, const uint64_t *persons, size_t n, const char *erased,
+                       uint64_t *n_feed)
 {
     int rc;
     *n_feed = 0;
-    for (size_t i = 0; i < t->cfg->n_triggers; i++)
-        if ((rc = state_del(t, txn, t->cfg->triggers[i].name, person))) return rc;
+    for (size_t p = 0; p < n; p++)
+        for (size_t i = 0; i < t->cfg->n_triggers; i++)
+            if ((rc = state_del(t, txn, t->cfg->triggers[i].name, persons[p]))) return rc;
     /* The feed is bounded by its retention: a scan is the price of erasure. */
-    char needle[48];
-    int nl = snprintf(needle, sizeof(needle), "\"profile\":{\"id\":\"p_%llu\"", (unsigned long long)person);
+    static const char needle[] = "\"profile\":{\"id\":\"p_";
     MDB_cursor *cur;
     MDB_val k, v;
     if ((rc = mdb_cursor_open(txn, t->feed, &cur))) return rc;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (memmem(v.mv_data, v.mv_size, needle, (size_t)nl) == NULL) continue;
+        const char *at = memmem(v.mv_data, v.mv_size, needle, sizeof(needle) - 1);
+        if (at == NULL) continue;
+        uint64_t id = 0;
+        const char *end = (const char *)v.mv_data + v.mv_size;
+        for (at += sizeof(needle) - 1; at < end && *at >= '0' && *at <= '9' && id < UINT64_MAX / 10; at++)
+            id = id * 10 + (uint64_t)(*at - '0');
+        if (!bsearch(&id, persons, n, sizeof(*persons), cmp_person)) continue;
         if ((rc = mdb_cursor_del(cur, 0))) break;
         (*n_feed)++;
     }
@@ -776,7 +790,7 @@ static int trig_forget(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *
     if (erased == NULL) return 0; /* retention: nobody to tell */
     const char *saved = t->cause;
     t->cause = NULL; /* an erasure is no stored event's doing */
-    rc = feed_append(t, txn, sl_now_ms(), NULL, "profile_erased", person, erased, "{}");
+    rc = feed_append(t, txn, sl_now_ms(), NULL, "profile_erased", persons[0], erased, "{}");
     t->cause = saved;
     if (rc == 0) atomic_fetch_add(&t->erasures, 1);
     return rc;
@@ -861,9 +875,10 @@ static int on_trait(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_
 
 static int on_watches(void *arg, const char *name) { return trig_watches(arg, name); }
 
-static int on_forgotten(void *arg, MDB_txn *txn, uint64_t person, const char *erased, uint64_t *n)
+static int on_forgotten(void *arg, MDB_txn *txn, const uint64_t *persons, size_t n, const char *erased,
+                        uint64_t *removed)
 {
-    return trig_forget(arg, txn, person, erased, n);
+    return trig_forget(arg, txn, persons, n, erased, removed);
 }
 
 /* ---- timers, retention ---- */

@@ -39,7 +39,11 @@ const rulesFor = async (srv, userId, after) =>
 const last = async (srv) => { const f = await feed(srv); return f.length ? f[f.length - 1].seq : 0; };
 
 let srv;
-before(async () => { srv = await startServer({ config: { triggers: RULES, pressure: { max_per_profile_per_day: 50 } } }); });
+const SOURCES = [{ name: 'test', write_key: 'wk_test' }, { name: 'backend', write_key: 'wk_backend', trusted: true }];
+const backend = { Authorization: 'Basic ' + Buffer.from('wk_backend:').toString('base64') };
+before(async () => {
+  srv = await startServer({ config: { sources: SOURCES, triggers: RULES, pressure: { max_per_profile_per_day: 50 } } });
+});
 after(async () => { await srv.stop(); srv.cleanup(); });
 
 test('requires_consent: suppressed and counted before consent, fires after, suppressed again once revoked', async () => {
@@ -76,6 +80,17 @@ test('requires_consent: suppressed and counted before consent, fires after, supp
   const c = (await profile(srv, 'c-1')).consent;
   assert.deepEqual(c.categories, { marketing: false, analytics: true });
   assert.equal(c.updated_at, '2026-11-30T11:00:00.000Z');
+
+  // a later statement of the same preferences still outranks an older one arriving late
+  await ok(srv, 'track', { userId: 'c-1', event: 'Again', timestamp: '2026-11-30T13:00:00.000Z',
+    context: { consent: { categoryPreferences: { marketing: false, analytics: true } } } });
+  await ok(srv, 'track', { userId: 'c-1', event: 'Late2', timestamp: '2026-11-30T12:00:00.000Z',
+    context: { consent: { categoryPreferences: { marketing: true } } } });
+  assert.deepEqual((await profile(srv, 'c-1')).consent.categories, { marketing: false, analytics: true });
+  // a statement with no category it can keep says nothing
+  await ok(srv, 'track', { userId: 'c-1', event: 'Odd', timestamp: '2026-11-30T14:00:00.000Z',
+    context: { consentManagement: { allowedConsentIds: 'marketing' } } });
+  assert.deepEqual((await profile(srv, 'c-1')).consent.categories, { marketing: false, analytics: true });
 });
 
 test('RudderStack\'s context.consentManagement grants and denies categories too', async () => {
@@ -119,7 +134,13 @@ test('an unsubscribed person gets no requires_consent trigger, nor any under the
   assert.equal(c.unsubscribed, true);
   assert.equal(c.unsubscribed_at, '2026-11-30T09:00:00.000Z');
 
+  // from the browser's public key, Subscribed lifts nothing: anyone could send it for anyone
   await ok(srv, 'track', { userId: 'c-3', event: 'Subscribed' });
+  at = await last(srv);
+  await ok(srv, 'page', offer('c-3', granted));
+  assert.deepEqual(await rulesFor(srv, 'c-3', at), []);
+  const r = await post(srv, '/v1/track', { userId: 'c-3', event: 'Subscribed' }, backend); // the ESP's, server-side
+  assert.equal(r.status, 200);
   at = await last(srv);
   await ok(srv, 'page', offer('c-3', granted));
   assert.deepEqual(await rulesFor(srv, 'c-3', at), ['offer', 'seen']);
@@ -127,7 +148,7 @@ test('an unsubscribed person gets no requires_consent trigger, nor any under the
 });
 
 test('without a pressure cap, an unsubscribed person still gets the rules that need no consent; the events are configurable', async () => {
-  const s2 = await startServer({ config: { triggers: RULES, unsubscribe_event: 'Email Unsubscribed',
+  const s2 = await startServer({ config: { sources: SOURCES, triggers: RULES, unsubscribe_event: 'Email Unsubscribed',
     subscribe_event: 'Email Subscribed' } });
   try {
     await ok(s2, 'track', { userId: 'u', event: 'Unsubscribed' }); // not the configured name: nothing
@@ -156,15 +177,21 @@ const sha256 = (s) => createHash('sha256').update(s).digest('hex');
 
 test('erasure appends one profile_erased entry, hashed identifiers only, to the feed, the SSE stream and every webhook', async () => {
   const rx = await receiver();
+  const rx2 = await receiver(); // a third party that must not get even hashes of people it never received
   const s2 = await startServer({ config: { triggers: RULES,
-    webhooks: [{ url: `http://127.0.0.1:${rx.port}/hook`, secret: 'hook-secret', rules: ['offer'] }] } });
+    webhooks: [{ url: `http://127.0.0.1:${rx.port}/hook`, secret: 'hook-secret', rules: ['offer'] },
+      { url: `http://127.0.0.1:${rx2.port}/hook`, secret: 'hook-secret', profile_erased: false }] } });
   try {
     const granted = { context: { consent: { categoryPreferences: { marketing: true } } } };
+    // a visitor browsing anonymously fires a trigger under its own person id, then logs in (merged)
+    await ok(s2, 'page', { anonymousId: 'anon-m', properties: { path: '/offer/anon' } });
+    const anonPid = (await feed(s2))[0].profile.id;
     await ok(s2, 'identify', { userId: 'er-1', anonymousId: 'anon-er-1', traits: { email: ' Er1@Example.COM ' } });
+    await ok(s2, 'identify', { userId: 'er-1', anonymousId: 'anon-m' });
     await ok(s2, 'page', offer('er-1', granted));
     await ok(s2, 'page', offer('keep-1', granted)); // someone else, who stays
     const before = await feed(s2);
-    assert.deepEqual(before.map((t) => t.rule).sort(), ['offer', 'offer', 'seen', 'seen']);
+    assert.deepEqual(before.map((t) => t.rule).sort(), ['offer', 'offer', 'seen', 'seen', 'seen']);
     const from = before[before.length - 1].seq;
 
     const ctrl = new AbortController();
@@ -174,17 +201,18 @@ test('erasure appends one profile_erased entry, hashed identifiers only, to the 
 
     const del = await fetch(s2.url + '/v1/profiles/user_id/er-1', { method: 'DELETE', headers: bearer });
     assert.equal(del.status, 200);
-    assert.equal((await del.json()).erased.triggers, 2);
+    assert.equal((await del.json()).erased.triggers, 3);
 
     const after = await feed(s2);
-    assert.equal(after.length, 3, 'the person\'s two triggers went, one profile_erased came');
+    assert.equal(after.length, 3, 'the person\'s three triggers went (one from before the merge), one profile_erased came');
+    assert.ok(!after.some((t) => t.profile.id === anonPid && t.type !== 'profile_erased'));
     const e = after[after.length - 1];
     assert.equal(e.seq, from + 1);
     assert.equal(e.type, 'profile_erased');
     assert.equal(e.rule, null);
     assert.equal(e.cause, null);
     assert.deepEqual(e.profile, { id: before.find((t) => t.profile.user_id === 'er-1').profile.id,
-      user_id_sha256: [sha256('er-1')], email_sha256: [sha256('er1@example.com')] });
+      merged_ids: [anonPid], user_id_sha256: [sha256('er-1')], email_sha256: [sha256('er1@example.com')] });
     const text = JSON.stringify(e);
     for (const clear of ['er-1', 'anon-er-1', 'xample']) assert.ok(!text.includes(clear), `no ${clear} in ${text}`);
 
@@ -212,7 +240,12 @@ test('erasure appends one profile_erased entry, hashed identifiers only, to the 
     assert.ok(rx.bodies.every((b) => b.rule === 'offer' || b.type === 'profile_erased'), 'the rule filter still holds');
     const m2 = await (await fetch(s2.url + '/metrics')).text();
     assert.match(m2, /sillage_feed_profile_erased_total 1\n/);
-  } finally { await s2.stop(); s2.cleanup(); await rx.close(); }
+    const end2 = Date.now() + 10000; // the second webhook got every trigger, and no erasure
+    while (rx2.bodies.length < before.length && Date.now() < end2) await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(rx2.bodies.length, before.length);
+    assert.ok(rx2.bodies.every((b) => b.type !== 'profile_erased'));
+  } finally { await s2.stop(); s2.cleanup(); await rx.close(); await rx2.close(); }
 });
 
 test('retention prunes exactly what is past its age, with its timeline entries; counters that must survive do; verify stays clean', async () => {
@@ -238,6 +271,8 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
     await send('track', { userId: 'r-old', event: 'Order Completed', timestamp: ago(801 * day),
       properties: { revenue: 40, currency: 'EUR' } });
     await send('track', { userId: 'r-old', event: 'Kept', timestamp: ago(700 * day) });
+    // past its age too, but the proof of the person's current refusal: kept
+    await send('track', { userId: 'r-old', event: 'Unsubscribed', timestamp: ago(790 * day) });
     // never identified: 395 days
     await send('track', { anonymousId: 'anon-r1', event: 'AnonOld', timestamp: ago(400 * day) });
     await send('track', { anonymousId: 'anon-r1', event: 'AnonKept', timestamp: ago(300 * day) });
@@ -257,9 +292,10 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
     assert.equal(await pruned(), 4);
     assert.equal(await events('anonymous_id', 'anon-r5'), 404, 'nothing left of a visitor whose trail expired');
     assert.equal(await metric(s2, /sillage_retention_persons_removed_total (\d+)\n/), 1);
-    assert.deepEqual(await events('user_id', 'r-old'), ['Kept']);
+    assert.deepEqual(await events('user_id', 'r-old'), ['Kept', 'Unsubscribed']);
     const p = await (await fetch(`${s2.url}/v1/profiles/user_id/r-old`, { headers: bearer })).json();
-    assert.equal(p.counters.events, 1, 'event counts follow the timelines');
+    assert.equal(p.counters.events, 2, 'event counts follow the timelines');
+    assert.equal(p.consent.unsubscribed, true);
     assert.equal(p.counters.orders, 1, 'the order counter survives pruning');
     assert.equal(p.counters.revenue, 40);
     assert.deepEqual(await events('anonymous_id', 'anon-r1'), ['AnonKept']);
@@ -275,7 +311,7 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
     assert.deepEqual(await events('user_id', 'r-4'), []);
     assert.ok(await metric(s2, /sillage_retention_passes_total (\d+)\n/) >= 2, 'the log is read again as it ages');
     const exported = s2.exportEvents().map((e) => e.event || e.type).sort();
-    assert.deepEqual(exported, ['Ancient', 'AnonKept', 'BeforeLogin', 'Kept', 'identify']);
+    assert.deepEqual(exported, ['Ancient', 'AnonKept', 'BeforeLogin', 'Kept', 'Unsubscribed', 'identify']);
   } finally { await s2.stop(); }
   const v = run(['verify', '-c', s2.cfgPath]);
   assert.equal(v.code, 0, v.stdout + v.stderr);
