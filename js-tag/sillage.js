@@ -210,7 +210,8 @@
     // A change of granted preferences is sent, a revocation too (then the
     // tag stops as with optOut); nothing is sent if nothing was granted.
     consent: function (c) {
-      var old = on() && ps, m = { event: 'Consent Preference Updated', properties: {} };
+      // granted before on this page (asking on() would touch the device first)
+      var old = dev && !out && ps, m = { event: 'Consent Preference Updated', properties: {} };
       ps = JSON.stringify(c);
       if (on()) {
         old = old || get('consent'); // what an earlier page was granted
@@ -242,12 +243,11 @@
   var me = d.currentScript, wk = me && me.getAttribute('data-write-key');
   if (me && me.src) cfg.host = me.src.replace(/\/sillage\.js(\?.*)?$/, '');
   w.sillage = api;
-  if (wk) {
-    api.init({ writeKey: wk, consent: me.getAttribute('data-consent') });
-    if (me.getAttribute('data-auto-page') != 'false') api.page();
-  }
+  if (wk) api.init({ writeKey: wk, consent: me.getAttribute('data-consent') });
+  // what the page queued (an optOut, a consent) goes before the automatic page view
   for (var i = 0; i < queued.length; i++) {
     var c = queued[i];
     if (api[c[0]]) api[c[0]].apply(api, c.slice(1));
   }
+  if (wk && me.getAttribute('data-auto-page') != 'false') api.page();
 })(window, document);

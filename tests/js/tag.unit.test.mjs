@@ -448,6 +448,11 @@ test('data-consent="required" on the script tag holds the automatic page view un
   // without the attribute: the default mode, the page view goes at once
   const plain = browser({ script: { 'data-write-key': 'wk-tag' } });
   assert.equal(plain.outbox().length, 1);
+  // an objection the page queued before the tag loaded comes before the automatic page view
+  const objected = browser({ script: { 'data-write-key': 'wk-tag' }, stub: [['optOut']] });
+  await sleep(30);
+  assert.deepEqual(objected.touched(), []);
+  assert.equal(objected.sent.length + objected.beacons.length, 0);
 });
 
 test('default mode: consent() adds the categories to later messages, remembered for later pages', async () => {
@@ -517,6 +522,7 @@ test('a refusal when nothing was ever granted sends nothing, in either mode', as
   const d = browser();
   init(d, { flushAt: 1 });
   d.sillage.consent({ analytics: false });
+  assert.deepEqual(d.touched(), [], 'default mode too: a refusal reads and writes nothing (it only deletes)');
   d.sillage.track('x');
   d.fire('pagehide');
   await sleep(30);
