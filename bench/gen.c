@@ -168,6 +168,9 @@ static void put_context(out_t *o, const sl_gen_t *g, uint32_t vi, const char *pa
     if (campaigns[v->campaign].src)
         put(o, ",\"campaign\":{\"source\":\"%s\",\"medium\":\"%s\",\"name\":\"%s\"}", campaigns[v->campaign].src,
             campaigns[v->campaign].med, campaigns[v->campaign].name);
+    if (g->o.consent)
+        put(o, ",\"consent\":{\"categoryPreferences\":{\"analytics\":true,\"marketing\":%s}}",
+            visitor_hash(g, vi) % 10 < 7 ? "true" : "false");
     put(o, ",\"userAgent\":\"%s\",\"locale\":\"%s\",\"timezone\":\"%s\",\"screen\":{\"width\":%s,\"height\":%s}}",
         user_agents[v->ua], screens[s].locale, screens[s].tz, screens[s].w, screens[s].h);
 }

@@ -28,6 +28,9 @@ typedef struct {
     double login_share;    /* share of visitors who log in at some point */
     double order_share;    /* share of visitors who complete an order */
     const char *run_id;    /* messageId prefix */
+    int consent;           /* every message carries context.consent.categoryPreferences, as
+                            * sillage.js sends them once a banner was answered (analytics
+                            * granted; marketing granted by 7 visitors in 10) */
 } sl_gen_options_t;
 
 /* Creates a generator. Returns NULL on allocation failure. */

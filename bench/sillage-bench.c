@@ -79,6 +79,7 @@ typedef struct {
     int batch;           /* 1: one message per request; N: /v1/batch of N */
     uint32_t visitors;
     uint32_t active;
+    int consent;
     uint64_t seed;
     double login_share, order_share;
     const char *record;  /* file of acknowledged messageIds */
@@ -660,6 +661,7 @@ static void usage(FILE *f)
             "      --visitors N      visitor population (100000)\n"
             "      --active N        only the N most recent arrivals browse, a new one every 10\n"
             "                        messages (0: every visitor equally likely at any moment)\n"
+            "      --consent         messages carry context.consent.categoryPreferences\n"
             "      --login-share F   share of visitors who log in (0.15)\n"
             "      --order-share F   share of visitors who order (0.04)\n"
             "      --seed N          stream seed (1)\n"
@@ -687,7 +689,7 @@ int main(int argc, char **argv)
     o->seed = 1;
     o->login_share = 0.15;
     o->order_share = 0.04;
-    enum { O_VISITORS = 256, O_LOGIN, O_ORDER, O_SEED, O_RUN, O_RECORD, O_CSV, O_LABEL, O_IDLE, O_ACTIVE };
+    enum { O_VISITORS = 256, O_LOGIN, O_ORDER, O_SEED, O_RUN, O_RECORD, O_CSV, O_LABEL, O_IDLE, O_ACTIVE, O_CONSENT };
     static const struct option longs[] = {
         {"connections", 1, 0, 'c'}, {"duration", 1, 0, 'd'},   {"rate", 1, 0, 'r'},
         {"batch", 1, 0, 'b'},       {"requests", 1, 0, 'n'},   {"key", 1, 0, 'k'},
@@ -695,6 +697,7 @@ int main(int argc, char **argv)
         {"seed", 1, 0, O_SEED},     {"run-id", 1, 0, O_RUN},   {"record", 1, 0, O_RECORD},
         {"csv", 1, 0, O_CSV},       {"label", 1, 0, O_LABEL},  {"idle", 1, 0, O_IDLE},
         {"active", 1, 0, O_ACTIVE},
+        {"consent", 0, 0, O_CONSENT},
         {"help", 0, 0, 'h'},        {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "c:d:r:b:n:k:h", longs, NULL)) != -1) {
@@ -715,6 +718,7 @@ int main(int argc, char **argv)
         case O_LABEL: o->label = optarg; break;
         case O_IDLE: o->idle = atoi(optarg); break;
         case O_ACTIVE: o->active = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case O_CONSENT: o->consent = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -748,7 +752,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "sillage-bench: %s: %s\n", o->record, strerror(errno));
         return 2;
     }
-    sl_gen_options_t go = {o->visitors, o->active, o->seed, o->login_share, o->order_share, o->run_id};
+    sl_gen_options_t go = {o->visitors, o->active, o->seed, o->login_share, o->order_share, o->run_id, o->consent};
     b->gen = sl_gen_new(&go);
     b->c = calloc((size_t)o->conns, sizeof(conn_t));
     if (b->gen == NULL || b->c == NULL) {

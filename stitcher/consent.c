@@ -9,23 +9,41 @@
 
 /* Each part (the categories, the flag) goes by the latest event time that
  * stated it (seen): an older statement arriving late changes nothing, even
- * when the newer one only repeated what was already held. */
+ * when the newer one only repeated what was already held. A repeat moves
+ * seen only when it is SEEN_GRAIN_MS later than the last mark (the tag
+ * repeats the categories on every message: one write a minute per person,
+ * not one per event), so a contrary statement less than a minute older than
+ * the latest repeat can still win. */
+#define SEEN_GRAIN_MS 60000
 typedef struct {
     int64_t at_ms;       /* the categories' last change (event time); 0: never told */
     int64_t seen_ms;     /* the latest event time that stated categories */
     int64_t unsub_at_ms; /* the flag's last change; 0: never */
     int64_t unsub_seen_ms;
     uint64_t at_seq, unsub_seq; /* the events that set each part (retention keeps them: proof) */
+    uint64_t hash;       /* of the categories (pref_hash): a repeat is known without parsing */
     int32_t unsub;
     uint32_t len;        /* then the categories JSON */
 } consent_hdr_t;
+
+/* One category's share of a set's hash: the sum over the set does not
+ * depend on the order the categories came in. */
+static uint64_t pref_hash(const char *name, int value)
+{
+    return sl_hash128(name, strlen(name), value ? 0x5eed1 : 0x5eed0).lo;
+}
+
+static int name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    return n > 0 && n <= SL_CONSENT_MAX_NAME;
+}
 
 /* Adds name: value to prefs unless it breaks a bound (silently: one odd
  * category must not lose the others). */
 static int add_pref(cJSON *prefs, const char *name, int value)
 {
-    size_t n = strlen(name);
-    if (n == 0 || n > SL_CONSENT_MAX_NAME) return 0;
+    if (!name_ok(name)) return 0;
     cJSON_DeleteItemFromObjectCaseSensitive(prefs, name); /* the last word wins */
     if (cJSON_GetArraySize(prefs) >= CONSENT_MAX_CATEGORIES) return 0;
     return cJSON_AddBoolToObject(prefs, name, value) ? 0 : SL_ENOMEM;
@@ -50,6 +68,18 @@ static int add_ids(cJSON *prefs, const cJSON *ids, int value)
     return 0;
 }
 
+/* Segment's categoryPreferences as kept: the booleans of acceptable names,
+ * the first CONSENT_MAX_CATEGORIES (its members are unique: the collector
+ * refuses a repeated member). */
+static int build_seg(consent_in_t *in)
+{
+    if ((in->prefs = cJSON_CreateObject()) == NULL) return SL_ENOMEM;
+    const cJSON *c;
+    int rc = 0;
+    cJSON_ArrayForEach(c, in->seg) if (cJSON_IsBool(c) && (rc = add_pref(in->prefs, c->string, cJSON_IsTrue(c)))) break;
+    return rc;
+}
+
 int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int trusted, int64_t ts_ms, uint64_t seq,
                      consent_in_t *in)
 {
@@ -67,18 +97,33 @@ int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int trusted, int6
     const cJSON *seg = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ctx, "consent"),
                                                         "categoryPreferences");
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(ctx, "consentManagement");
-    if (!cJSON_IsObject(seg) && !cJSON_IsObject(rs)) return 0;
-    if ((in->prefs = cJSON_CreateObject()) == NULL) return SL_ENOMEM;
-    int rc = 0;
     if (cJSON_IsObject(seg)) {
+        /* the tag repeats the same categories on every message: only their
+         * hash now, the object when they differ from the person's */
         const cJSON *c;
-        cJSON_ArrayForEach(c, seg) if (cJSON_IsBool(c) && (rc = add_pref(in->prefs, c->string, cJSON_IsTrue(c)))) break;
-    } else { /* grants first: past the bound, they matter most; a refusal of the same id wins */
-        rc = add_ids(in->prefs, cJSON_GetObjectItemCaseSensitive(rs, "allowedConsentIds"), 1);
-        if (rc == 0) rc = add_ids(in->prefs, cJSON_GetObjectItemCaseSensitive(rs, "deniedConsentIds"), 0);
+        int n = 0;
+        cJSON_ArrayForEach(c, seg) {
+            if (n == CONSENT_MAX_CATEGORIES) break;
+            if (!cJSON_IsBool(c) || !name_ok(c->string)) continue;
+            in->hash += pref_hash(c->string, cJSON_IsTrue(c));
+            n++;
+        }
+        if (n) in->seg = seg, in->states = 1;
+        return 0;
     }
-    if (rc == 0 && in->prefs->child == NULL) consent_in_free(in); /* nothing recognised: says nothing */
-    return rc;
+    if (!cJSON_IsObject(rs)) return 0;
+    if ((in->prefs = cJSON_CreateObject()) == NULL) return SL_ENOMEM;
+    /* grants first: past the bound, they matter most; a refusal of the same id wins */
+    int rc = add_ids(in->prefs, cJSON_GetObjectItemCaseSensitive(rs, "allowedConsentIds"), 1);
+    if (rc == 0) rc = add_ids(in->prefs, cJSON_GetObjectItemCaseSensitive(rs, "deniedConsentIds"), 0);
+    if (rc || in->prefs->child == NULL) { /* nothing recognised: says nothing */
+        consent_in_free(in);
+        return rc;
+    }
+    const cJSON *c;
+    cJSON_ArrayForEach(c, in->prefs) in->hash += pref_hash(c->string, cJSON_IsTrue(c));
+    in->states = 1;
+    return 0;
 }
 
 void consent_in_free(consent_in_t *in)
@@ -107,58 +152,112 @@ static int load(MDB_txn *txn, MDB_dbi dbi, uint64_t person, consent_hdr_t *h, cJ
     return 0;
 }
 
-static int save(MDB_txn *txn, MDB_dbi dbi, uint64_t person, consent_hdr_t *h, const cJSON *prefs)
+/* Writes the record: h, then the categories text (len bytes; not inside
+ * the record being replaced). */
+static int save_text(MDB_txn *txn, MDB_dbi dbi, uint64_t person, consent_hdr_t *h, const char *txt, size_t len)
 {
-    char *txt = prefs ? cJSON_PrintUnformatted(prefs) : NULL;
-    if (prefs && txt == NULL) return SL_ENOMEM;
-    h->len = txt ? (uint32_t)strlen(txt) : 0;
+    h->len = (uint32_t)len;
     MDB_val k = {8, &person}, v = {sizeof(*h) + h->len, NULL};
     int rc = mdb_put(txn, dbi, &k, &v, MDB_RESERVE);
     if (rc == 0) {
         memcpy(v.mv_data, h, sizeof(*h));
         if (h->len) memcpy((char *)v.mv_data + sizeof(*h), txt, h->len);
     }
+    return rc;
+}
+
+static int save(MDB_txn *txn, MDB_dbi dbi, uint64_t person, consent_hdr_t *h, const cJSON *prefs)
+{
+    char *txt = prefs ? cJSON_PrintUnformatted(prefs) : NULL;
+    if (prefs && txt == NULL) return SL_ENOMEM;
+    int rc = save_text(txn, dbi, person, h, txt, txt ? strlen(txt) : 0);
     cJSON_free(txt);
     return rc;
 }
 
-int consent_apply(MDB_txn *txn, MDB_dbi dbi, uint64_t person, const consent_in_t *in)
+void consent_cache_clear(consent_cache_t *c)
 {
-    if (in->prefs == NULL && in->unsub == 0) return 0; /* most events */
-    consent_hdr_t h;
-    cJSON *old;
-    int rc = load(txn, dbi, person, &h, &old), dirty = 0;
-    if (rc) return rc;
-    const cJSON *keep = old;
+    if (c) memset(c, 0, sizeof(*c));
+}
+
+static void cache_forget(consent_cache_t *c, uint64_t person)
+{
+    if (c && c->e[person % CONSENT_CACHE_SLOTS].person == person) c->e[person % CONSENT_CACHE_SLOTS].person = 0;
+}
+
+int consent_apply(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t person, consent_in_t *in)
+{
+    if (!in->states && in->unsub == 0) return 0; /* most events */
     int64_t ts = in->ts_ms > 0 ? in->ts_ms : 1;
+    if (cache && in->unsub == 0) { /* the same categories again, within the grain: nothing would change */
+        const __typeof__(cache->e[0]) *c = &cache->e[person % CONSENT_CACHE_SLOTS];
+        if (c->person == person && c->hash == in->hash && ts >= c->seen_ms && ts - c->seen_ms < SEEN_GRAIN_MS)
+            return 0;
+    }
+    consent_hdr_t h;
+    memset(&h, 0, sizeof(h));
+    MDB_val k = {8, &person}, v = {0, NULL};
+    int rc = mdb_get(txn, dbi, &k, &v);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    if (rc == 0) {
+        if (v.mv_size < sizeof(h)) return MDB_CORRUPTED;
+        memcpy(&h, v.mv_data, sizeof(h));
+        if (sizeof(h) + h.len != v.mv_size) return MDB_CORRUPTED;
+    }
+    const char *old = rc == 0 && h.len ? (const char *)v.mv_data + sizeof(h) : NULL;
+    char *txt = NULL;   /* the categories as they will be stored */
+    size_t len = h.len; /* (NULL: the old ones stay) */
+    int dirty = 0;
     /* a part changes at the first event that says otherwise, unless an
      * event with a later time already stated it */
-    if (in->prefs && ts >= h.seen_ms) {
-        if (!(old && cJSON_Compare(old, in->prefs, 1))) {
-            keep = in->prefs;
-            h.at_ms = ts;
+    if (in->states && ts >= h.seen_ms) {
+        if (!old || h.hash != in->hash) { /* other categories (the same ones, in any order, hash alike) */
+            if ((in->seg && in->prefs == NULL && (rc = build_seg(in))) ||
+                (txt = cJSON_PrintUnformatted(in->prefs)) == NULL)
+                return rc ? rc : SL_ENOMEM;
+            len = strlen(txt);
+            h.hash = in->hash;
+            h.at_ms = h.seen_ms = ts;
             h.at_seq = in->seq;
+            dirty = 1;
+        } else if (ts - h.seen_ms >= SEEN_GRAIN_MS) { /* the usual repeat */
+            h.seen_ms = ts;
+            dirty = 1;
         }
-        h.seen_ms = ts;
-        dirty = 1;
     }
     int unsub = in->unsub > 0;
     if (in->unsub && ts >= h.unsub_seen_ms) {
         if (h.unsub_at_ms == 0 || unsub != h.unsub) {
             h.unsub = unsub;
-            h.unsub_at_ms = ts;
+            h.unsub_at_ms = h.unsub_seen_ms = ts;
             h.unsub_seq = in->seq;
+            dirty = 1;
+        } else if (ts - h.unsub_seen_ms >= SEEN_GRAIN_MS) {
+            h.unsub_seen_ms = ts;
+            dirty = 1;
         }
-        h.unsub_seen_ms = ts;
-        dirty = 1;
     }
-    if (dirty) rc = save(txn, dbi, person, &h, keep);
-    cJSON_Delete(old);
+    char *copy = NULL; /* the old text, copied out of the record it rewrites */
+    if (dirty && txt == NULL && old) {
+        if ((copy = malloc(len ? len : 1)) == NULL) return SL_ENOMEM;
+        memcpy(copy, old, len);
+    }
+    int has_categories = txt != NULL || old != NULL;
+    rc = dirty ? save_text(txn, dbi, person, &h, txt ? txt : copy, txt || copy ? len : 0) : 0;
+    cJSON_free(txt);
+    free(copy);
+    if (cache && rc == 0) { /* what the record now says */
+        __typeof__(cache->e[0]) *c = &cache->e[person % CONSENT_CACHE_SLOTS];
+        if (has_categories) c->person = person, c->hash = h.hash, c->seen_ms = h.seen_ms;
+        else if (c->person == person) c->person = 0;
+    }
     return rc;
 }
 
-int consent_merge(MDB_txn *txn, MDB_dbi dbi, uint64_t survivor, uint64_t absorbed)
+int consent_merge(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t survivor, uint64_t absorbed)
 {
+    cache_forget(cache, survivor);
+    cache_forget(cache, absorbed);
     consent_hdr_t hs, hx;
     cJSON *ps = NULL, *px = NULL;
     int rc = load(txn, dbi, absorbed, &hx, &px);
@@ -167,6 +266,7 @@ int consent_merge(MDB_txn *txn, MDB_dbi dbi, uint64_t survivor, uint64_t absorbe
     const cJSON *keep = ps;
     if (hx.seen_ms > hs.seen_ms) {
         keep = px;
+        hs.hash = hx.hash;
         hs.at_ms = hx.at_ms;
         hs.seen_ms = hx.seen_ms;
         hs.at_seq = hx.at_seq;
@@ -178,15 +278,16 @@ int consent_merge(MDB_txn *txn, MDB_dbi dbi, uint64_t survivor, uint64_t absorbe
         hs.unsub_seq = hx.unsub_seq;
     }
     if ((rc = save(txn, dbi, survivor, &hs, keep))) goto out;
-    rc = consent_forget(txn, dbi, absorbed);
+    rc = consent_forget(txn, dbi, cache, absorbed);
 out:
     cJSON_Delete(ps);
     cJSON_Delete(px);
     return rc;
 }
 
-int consent_forget(MDB_txn *txn, MDB_dbi dbi, uint64_t person)
+int consent_forget(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t person)
 {
+    cache_forget(cache, person);
     MDB_val k = {8, &person};
     int rc = mdb_del(txn, dbi, &k, NULL);
     return rc == MDB_NOTFOUND ? 0 : rc;

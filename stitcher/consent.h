@@ -19,11 +19,13 @@
 
 #define CONSENT_MAX_CATEGORIES 32
 
-/* What one stored message says: prefs (owned; NULL: it says nothing about
- * consent), unsub 1 (the unsubscribe event), -1 (the subscribe event, from
+/* What one stored message says: categories (states), unsub 1 (the unsubscribe event), -1 (the subscribe event, from
  * a trusted source) or 0; its time and log sequence. */
 typedef struct consent_in_s {
-    cJSON *prefs;
+    int states;           /* it states categories: ... */
+    uint64_t hash;        /* ... these (their hash) */
+    const cJSON *seg;     /* Segment's categoryPreferences (prefs built from it when needed) */
+    cJSON *prefs;         /* owned: the categories as kept (RudderStack's at once) */
     int unsub;
     int64_t ts_ms;
     uint64_t seq;
@@ -39,12 +41,22 @@ int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int trusted, int6
                      consent_in_t *in);
 void consent_in_free(consent_in_t *in);
 
+/* What the records of recently seen persons say of their categories, so the
+ * tag's repeat of the same categories on every message costs no lookup: a
+ * direct-mapped table, written by the stage thread as it applies, emptied
+ * when a transaction is aborted (consent_cache_clear: what it saw is undone). */
+#define CONSENT_CACHE_SLOTS 65536
+typedef struct consent_cache_s {
+    struct { uint64_t person, hash; int64_t seen_ms; } e[CONSENT_CACHE_SLOTS];
+} consent_cache_t;
+void consent_cache_clear(consent_cache_t *c);
+
 /* The person's state moves to what in says, unless an event with a later
- * time already stated that part (categories, flag). */
-int consent_apply(MDB_txn *txn, MDB_dbi dbi, uint64_t person, const consent_in_t *in);
+ * time already stated that part (categories, flag). cache may be NULL. */
+int consent_apply(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t person, consent_in_t *in);
 /* survivor keeps, of each part, the one stated last; absorbed's goes. */
-int consent_merge(MDB_txn *txn, MDB_dbi dbi, uint64_t survivor, uint64_t absorbed);
-int consent_forget(MDB_txn *txn, MDB_dbi dbi, uint64_t person);
+int consent_merge(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t survivor, uint64_t absorbed);
+int consent_forget(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t person);
 /* Appends {"categories":{...}|null,"updated_at":…,"unsubscribed":…,"unsubscribed_at":…}
  * or null (nothing known). */
 int consent_append_json(sl_buf_t *out, MDB_txn *txn, MDB_dbi dbi, uint64_t person);

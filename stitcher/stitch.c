@@ -81,6 +81,7 @@ struct sl_stitch_s {
     const sl_config_t *cfg;
     sl_store_t *store;
     MDB_dbi ids, persons, tl, journal, pjournal, smeta, erasing, active, actof, consent;
+    consent_cache_t *ccache;  /* stage thread: recent persons' categories (consent.h) */
     sl_stage_step_t step;
     person_t p1, p2, p3;      /* stage thread scratch (p3: listeners' payloads) */
     sl_ident_listener_t listeners[MAX_LISTENERS];
@@ -518,7 +519,7 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
         if (rc) return rc;
     }
 
-    if ((rc = consent_merge(txn, s->consent, sv->id, x->id))) return rc;
+    if ((rc = consent_merge(txn, s->consent, s->ccache, sv->id, x->id))) return rc;
     for (size_t i = 0; i < s->n_listeners; i++)
         if (s->listeners[i].merged && (rc = s->listeners[i].merged(s->listeners[i].arg, txn, s->ev, sv->id, x->id)))
             return rc;
@@ -549,7 +550,7 @@ static void swap_persons(person_t *a, person_t *b)
 
 /* ---- per event, in the writer's transaction ---- */
 
-static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq);
+static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64_t seq);
 
 /* What the stitcher reads of a stored message (the collector normalised it:
  * ids are strings, timestamp is corrected and clamped, context.sillage.source
@@ -613,7 +614,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     return rc;
 }
 
-static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq)
+static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64_t seq)
 {
     /* a message that failed half-way (its batch then failed alone) leaves nothing behind */
     while (s->trait_changes && s->trait_changes->child) cJSON_DeleteItemFromArray(s->trait_changes, 0);
@@ -757,7 +758,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, 
     }
     if (t->dirty && (rc = person_save(s, txn, t))) return rc; /* most events change no record */
     /* before the listeners: a rule that needs consent sees what this event said */
-    if ((rc = consent_apply(txn, s->consent, t->id, &m->consent))) return rc;
+    if ((rc = consent_apply(txn, s->consent, s->ccache, t->id, &m->consent))) return rc;
     if (s->msg_dropped) atomic_fetch_add(&s->traits_dropped, s->msg_dropped);
     /* what happened, to whoever listens (the trigger engine) */
     const cJSON *ch;
@@ -831,16 +832,29 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     return read_only ? 0 : finish_erasures(s, txn);
 }
 
+/* After each stage transaction: an aborted one (it will be redone) takes
+ * back what the consent cache saw. */
+static void on_after_txn(void *arg, int ok)
+{
+    sl_stitch_t *s = arg;
+    if (!ok) consent_cache_clear(s->ccache);
+}
+
 /* ---- public ---- */
 
 sl_stitch_t *sl_stitch_new(const sl_config_t *cfg, sl_store_t *log)
 {
     sl_stitch_t *s = calloc(1, sizeof(*s));
     if (s == NULL) return NULL;
+    if ((s->ccache = calloc(1, sizeof(*s->ccache))) == NULL) {
+        free(s);
+        return NULL;
+    }
     s->cfg = cfg;
     s->store = log;
     sl_arena_init(&s->in_arena);
-    s->step = (sl_stage_step_t){.name = "identity", .arg = s, .open = on_open, .apply = on_apply};
+    s->step = (sl_stage_step_t){.name = "identity", .arg = s, .open = on_open, .apply = on_apply,
+                                .after_txn = on_after_txn};
     return s;
 }
 
@@ -859,6 +873,7 @@ void sl_stitch_free(sl_stitch_t *s)
     person_t *ps[3] = {&s->p1, &s->p2, &s->p3};
     cJSON_Delete(s->trait_changes);
     free(s->tscratch);
+    free(s->ccache);
     for (int i = 0; i < 3; i++) {
         sl_buf_free(&ps[i]->ids);
         sl_buf_free(&ps[i]->traits);
@@ -1373,7 +1388,7 @@ static int forget_person(sl_stitch_t *s, MDB_txn *txn, person_t *p, sl_stitch_er
     int64_t was;
     int had;
     if ((rc = active_get(s, txn, p->id, &was, &had, 1))) return rc;
-    return consent_forget(txn, s->consent, p->id);
+    return consent_forget(txn, s->consent, s->ccache, p->id);
 }
 
 /* Tells the listeners that persons[0..n) (sorted) are forgotten: erased is
@@ -1593,7 +1608,7 @@ static int prune_event(const char *json, size_t len, uint64_t seq, void *arg)
     int64_t age = c->now - m.ts_ms;
     int src_due = src && src->retention_ms && age > src->retention_ms;
     int anon_due = s->cfg->anonymous_retention_ms && age > s->cfg->anonymous_retention_ms;
-    int states = m.consent.prefs || m.consent.unsub, identified = 0;
+    int states = m.consent.states || m.consent.unsub, identified = 0;
     if (rc == 0 && (anon_due || (src_due && states))) rc = event_identified(s, c->txn, &m, &identified);
     prune = src_due || (anon_due && !identified);
     uint64_t pid = 0, tlno = 0;

@@ -702,6 +702,44 @@ static int last_reason(uint64_t seq, const char *why, void *arg)
 
 static void replay_done(sl_stage_replay_t *r) { *(int *)r->arg = 1; }
 
+/* A transaction redone without an event set aside: what the consent cache
+ * saw in the aborted one must not pass for stored (the repeat would be
+ * skipped and the person's consent lost). */
+TEST(stitch_consent_survives_a_redone_transaction)
+{
+    picky_t pk = {.refuse = 1};
+    sl_stage_step_t step = {.name = "picky", .arg = &pk, .apply = picky_apply};
+    fix_extra_step = &step;
+    fix_t f;
+    int bad = fix_init(&f);
+    fix_extra_step = NULL;
+    REQUIRE(bad == 0);
+    const char *ok = "{\"type\":\"track\",\"event\":\"E\",\"messageId\":\"ok-1\",\"timestamp\":\"2026-01-01T00:00:01.000Z\","
+                     "\"userId\":\"cc\",\"context\":{\"consent\":{\"categoryPreferences\":{\"marketing\":true}},"
+                     "\"sillage\":{\"source\":\"backend\"}}}";
+    const char *no = "{\"type\":\"track\",\"event\":\"E\",\"messageId\":\"bad-1\",\"timestamp\":\"2026-01-01T00:00:02.000Z\","
+                     "\"userId\":\"cc\",\"context\":{\"consent\":{\"categoryPreferences\":{\"marketing\":true}},"
+                     "\"sillage\":{\"source\":\"backend\"}}}";
+    /* one log commit: the stage applies both in one transaction, which the
+     * refused second one aborts */
+    sl_store_msg_t sm[2] = {{.json = ok, .json_len = strlen(ok), .received_ms = 1000,
+                             .dedupe = sl_store_dedupe_key(f.store, "test", "ok-1")},
+                            {.json = no, .json_len = strlen(no), .received_ms = 2000,
+                             .dedupe = sl_store_dedupe_key(f.store, "test", "bad-1")}};
+    int done = 0;
+    sl_store_batch_t b = {.msgs = sm, .n_msgs = 2, .done = on_done, .data = &done};
+    CHECK_INT(sl_store_submit(f.store, &b), ==, 0);
+    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK_INT(b.rc, ==, 0);
+    for (int i = 0; i < 5000 && sl_stage_applied(f.stage) < sm[1].seq; i++) usleep(1000);
+    sl_stage_stats_t st;
+    sl_stage_get_stats(f.stage, &st);
+    CHECK_INT(st.set_aside, ==, 1);
+    const char *why;
+    CHECK_INT(consent_ok(&f, "user_id", "cc", "marketing", &why), ==, 1);
+    fix_free(&f);
+}
+
 static sl_stage_replay_t replay_all(fix_t *f)
 {
     int done = 0;
