@@ -76,7 +76,8 @@ static int build_seg(consent_in_t *in)
     if ((in->prefs = cJSON_CreateObject()) == NULL) return SL_ENOMEM;
     const cJSON *c;
     int rc = 0;
-    cJSON_ArrayForEach(c, in->seg) if (cJSON_IsBool(c) && (rc = add_pref(in->prefs, c->string, cJSON_IsTrue(c)))) break;
+    for (c = in->seg->child; c && rc == 0; c = c->next)
+        if (cJSON_IsBool(c)) rc = add_pref(in->prefs, c->string, cJSON_IsTrue(c));
     return rc;
 }
 
@@ -121,7 +122,7 @@ int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int trusted, int6
         return rc;
     }
     const cJSON *c;
-    cJSON_ArrayForEach(c, in->prefs) in->hash += pref_hash(c->string, cJSON_IsTrue(c));
+    for (c = in->prefs->child; c; c = c->next) in->hash += pref_hash(c->string, cJSON_IsTrue(c));
     in->states = 1;
     return 0;
 }
