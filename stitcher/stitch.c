@@ -1771,6 +1771,7 @@ static int load_pending(verify_t *v)
     size_t cap = 0;
     for (rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT)) {
         size_t n = d.mv_size / 8;
+        if (n == 0) continue;
         if (v->n_pending + n > cap) {
             size_t c = (v->n_pending + n) * 2;
             uint64_t *nv = realloc(v->pending, c * sizeof(*nv));
