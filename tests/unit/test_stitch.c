@@ -75,6 +75,16 @@ static int fix_init(fix_t *f)
     return fix_open(f);
 }
 
+/* The fixture with step after the stitcher's (a test of the stage; step
+ * must live as long as the fixture). */
+static int fix_init_with(fix_t *f, const sl_stage_step_t *step)
+{
+    fix_extra_step = step;
+    int rc = fix_init(f);
+    fix_extra_step = NULL;
+    return rc;
+}
+
 static void fix_free(fix_t *f)
 {
     if (f->store) fix_close_store(f);
@@ -709,11 +719,8 @@ TEST(stitch_consent_survives_a_redone_transaction)
 {
     picky_t pk = {.refuse = 1};
     sl_stage_step_t step = {.name = "picky", .arg = &pk, .apply = picky_apply};
-    fix_extra_step = &step;
     fix_t f;
-    int bad = fix_init(&f);
-    fix_extra_step = NULL;
-    REQUIRE(bad == 0);
+    REQUIRE(fix_init_with(&f, &step) == 0);
     const char *ok = "{\"type\":\"track\",\"event\":\"E\",\"messageId\":\"ok-1\",\"timestamp\":\"2026-01-01T00:00:01.000Z\","
                      "\"userId\":\"cc\",\"context\":{\"consent\":{\"categoryPreferences\":{\"marketing\":true}},"
                      "\"sillage\":{\"source\":\"backend\"}}}";
@@ -757,11 +764,8 @@ TEST(stage_replays_set_aside)
 {
     picky_t pk = {.refuse = 1};
     sl_stage_step_t step = {.name = "picky", .arg = &pk, .apply = picky_apply};
-    fix_extra_step = &step;
     fix_t f;
-    int bad = fix_init(&f);
-    fix_extra_step = NULL;
-    REQUIRE(bad == 0);
+    REQUIRE(fix_init_with(&f, &step) == 0);
     msg(&f, SL_STITCH_PAGE, NULL, "rp1", NULL, 1000);
     put(&f, "{\"type\":\"page\",\"messageId\":\"bad-1\",\"timestamp\":\"2026-01-01T00:00:01.500Z\","
             "\"anonymousId\":\"rp1\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
@@ -825,11 +829,8 @@ static int slow_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
 TEST(stage_job_follows_acknowledged_events)
 {
     sl_stage_step_t step = {.name = "slow", .apply = slow_apply};
-    fix_extra_step = &step;
     fix_t f;
-    int bad = fix_init(&f);
-    fix_extra_step = NULL;
-    REQUIRE(bad == 0);
+    REQUIRE(fix_init_with(&f, &step) == 0);
     put_durable(&f, "{\"type\":\"page\",\"messageId\":\"slow-1\",\"timestamp\":\"2026-01-01T00:00:01.000Z\","
                     "\"anonymousId\":\"jf-other\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
                 sl_now_ms(), "slow-1");
