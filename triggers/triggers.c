@@ -68,6 +68,13 @@ struct sl_trig_s {
     int quiet;                           /* a historical event's merge: states, no trigger */
     _Atomic uint64_t historical;         /* events from imports the rules did not see */
     _Atomic uint64_t erasures;           /* profile_erased entries appended */
+    /* what the current transaction counted: added to the counters above when
+     * it commits, dropped when it is aborted (it will be redone) */
+    struct {
+        uint64_t fired, suppressed, timers_fired, historical, erasures;
+        uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
+        uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES];
+    } pend;
     const char *cause;                   /* messageId of the event being handled; NULL for timers */
 };
 
@@ -219,22 +226,22 @@ static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t
         if ((rc = sl_stitch_consent_check(t->stitch, txn, person, r->requires_consent, &ok, &why))) return rc;
         if (!ok && (r->requires_consent || strcmp(why, "unsubscribed") == 0)) {
             if (idx < MAX_RULES)
-                atomic_fetch_add(why[0] == 'u' ? &t->unsubscribed_by_rule[idx] : &t->no_consent_by_rule[idx], 1);
-            atomic_fetch_add(&t->suppressed, 1);
+                (why[0] == 'u' ? t->pend.unsubscribed_by_rule : t->pend.no_consent_by_rule)[idx]++;
+            t->pend.suppressed++;
             return 0;
         }
     }
     if ((cap && pressure_get(t, txn, day, person, "", &k) >= (uint32_t)cap) ||
         (r->max_per_day && pressure_get(t, txn, day, person, r->name, &k) >= (uint32_t)r->max_per_day)) {
-        atomic_fetch_add(&t->suppressed, 1);
-        if (idx < MAX_RULES) atomic_fetch_add(&t->suppressed_by_rule[idx], 1);
+        t->pend.suppressed++;
+        if (idx < MAX_RULES) t->pend.suppressed_by_rule[idx]++;
         return 0;
     }
     if ((rc = pressure_inc(t, txn, day, person, "")) || (rc = pressure_inc(t, txn, day, person, r->name))) return rc;
     static const char *types[] = {"page_visit", "abandoned_cart", "inactivity", "trait_change"};
     if ((rc = feed_append(t, txn, now, r->name, types[r->type], person, NULL, data))) return rc;
-    atomic_fetch_add(&t->fired, 1);
-    if (idx < MAX_RULES) atomic_fetch_add(&t->fired_by_rule[idx], 1);
+    t->pend.fired++;
+    if (idx < MAX_RULES) t->pend.fired_by_rule[idx]++;
     return 0;
 }
 
@@ -792,7 +799,7 @@ static int trig_forget(sl_trig_t *t, MDB_txn *txn, const uint64_t *persons, size
     t->cause = NULL; /* an erasure is no stored event's doing */
     rc = feed_append(t, txn, sl_now_ms(), NULL, "profile_erased", persons[0], erased, "{}");
     t->cause = saved;
-    if (rc == 0) atomic_fetch_add(&t->erasures, 1);
+    if (rc == 0) t->pend.erasures++;
     return rc;
 }
 
@@ -844,7 +851,7 @@ static int on_stitched(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, cons
     sl_trig_t *t = arg;
     if (t->cfg->n_triggers == 0) return 0;
     if (historical(t, ev)) { /* no rule sees it: no cart, no visit count, no timer from the past */
-        atomic_fetch_add(&t->historical, 1);
+        t->pend.historical++;
         return 0;
     }
     rule_msg_t m;
@@ -954,7 +961,7 @@ static int on_tick(void *arg, MDB_txn *txn, int64_t now)
         if (rc == MDB_NOTFOUND) break;
         if (rc) return rc;
         wrote = 1;
-        atomic_fetch_add(&t->timers_fired, 1);
+        t->pend.timers_fired++;
         uint64_t person = sl_be64_get(key + 8);
         const sl_trigger_rule_t *r = rule_by_name(t, (const char *)key + 16, klen - 16);
         if (r == NULL) continue; /* the rule was removed by a reload */
@@ -977,10 +984,23 @@ static void on_after_txn(void *arg, int ok)
     if (ok) {
         t->prev_committed = t->committed_last;
         t->committed_last = t->txn_last;
+        atomic_fetch_add(&t->fired, t->pend.fired);
+        atomic_fetch_add(&t->suppressed, t->pend.suppressed);
+        atomic_fetch_add(&t->timers_fired, t->pend.timers_fired);
+        atomic_fetch_add(&t->historical, t->pend.historical);
+        atomic_fetch_add(&t->erasures, t->pend.erasures);
+        for (int i = 0; i < MAX_RULES; i++) {
+            if (t->pend.fired_by_rule[i]) atomic_fetch_add(&t->fired_by_rule[i], t->pend.fired_by_rule[i]);
+            if (t->pend.suppressed_by_rule[i]) atomic_fetch_add(&t->suppressed_by_rule[i], t->pend.suppressed_by_rule[i]);
+            if (t->pend.no_consent_by_rule[i]) atomic_fetch_add(&t->no_consent_by_rule[i], t->pend.no_consent_by_rule[i]);
+            if (t->pend.unsubscribed_by_rule[i])
+                atomic_fetch_add(&t->unsubscribed_by_rule[i], t->pend.unsubscribed_by_rule[i]);
+        }
     } else {
         t->txn_last = t->committed_last;
         atomic_store(&t->next_due, sl_now_ms()); /* look again: the aborted txn's timers are gone */
     }
+    memset(&t->pend, 0, sizeof(t->pend)); /* what an aborted one counted is counted again when redone */
 }
 
 static void on_synced(void *arg, int all)

@@ -23,10 +23,13 @@ typedef struct {
     sl_stage_t *stage;
     int n_sent;
     int untrusted;  /* messages come from a browser key (default: a trusted source) */
+    int with_triggers; /* the trigger engine too (the demo rules) */
+    sl_trig_t *trig;
 } fix_t;
 
 static void on_done(sl_store_batch_t *b) { *(int *)b->data = 1; }
 static const sl_stage_step_t *fix_extra_step; /* a step after the stitcher's (tests of the stage) */
+static int fix_with_triggers;                  /* fix_init: the trigger engine too */
 static void on_drained(void *arg) { *(int *)arg = 1; }
 
 /* The log, the stitcher and the stage over it (as `sillage serve` wires them). */
@@ -41,6 +44,8 @@ static int fix_open(fix_t *f)
     if ((f->stage = sl_stage_new(f->store, &so)) == NULL) return -1;
     if (sl_stage_add_step(f->stage, sl_stitch_step(f->stitch))) return -1;
     if (fix_extra_step && sl_stage_add_step(f->stage, fix_extra_step)) return -1;
+    if (f->with_triggers && ((f->trig = sl_trig_new(&f->cfg, f->stitch)) == NULL || sl_trig_attach(f->trig, f->stage)))
+        return -1;
     if (sl_stage_open(f->stage)) return -1;
     if (sl_store_start(f->store, &f->loop)) return -1;
     return sl_stage_start(f->stage, &f->loop);
@@ -55,6 +60,8 @@ static void fix_close_store(fix_t *f)
     sl_stage_stop(f->stage, 0, on_drained, &drained);
     while (!drained) uv_run(&f->loop, UV_RUN_ONCE);
     sl_stage_free(f->stage);
+    sl_trig_free(f->trig);
+    f->trig = NULL;
     sl_stitch_free(f->stitch);
     sl_store_close(f->store);
     f->store = NULL;
@@ -65,6 +72,7 @@ static void fix_close_store(fix_t *f)
 static int fix_init(fix_t *f)
 {
     memset(f, 0, sizeof(*f));
+    f->with_triggers = fix_with_triggers;
     strcpy(f->dir, "/tmp/sl-stitch-test-XXXXXX");
     if (mkdtemp(f->dir) == NULL || uv_loop_init(&f->loop) || sl_config_demo(&f->cfg)) return -1;
     /* a second, trusted (server-side) source beside the demo's browser key */
@@ -76,12 +84,15 @@ static int fix_init(fix_t *f)
 }
 
 /* The fixture with step after the stitcher's (a test of the stage; step
- * must live as long as the fixture). */
-static int fix_init_with(fix_t *f, const sl_stage_step_t *step)
+ * must live as long as the fixture), and the trigger engine when
+ * with_triggers. */
+static int fix_init_with(fix_t *f, const sl_stage_step_t *step, int with_triggers)
 {
     fix_extra_step = step;
+    fix_with_triggers = with_triggers;
     int rc = fix_init(f);
     fix_extra_step = NULL;
+    fix_with_triggers = 0;
     return rc;
 }
 
@@ -720,7 +731,7 @@ TEST(stitch_consent_survives_a_redone_transaction)
     picky_t pk = {.refuse = 1};
     sl_stage_step_t step = {.name = "picky", .arg = &pk, .apply = picky_apply};
     fix_t f;
-    REQUIRE(fix_init_with(&f, &step) == 0);
+    REQUIRE(fix_init_with(&f, &step, 0) == 0);
     const char *ok = "{\"type\":\"track\",\"event\":\"E\",\"messageId\":\"ok-1\",\"timestamp\":\"2026-01-01T00:00:01.000Z\","
                      "\"userId\":\"cc\",\"context\":{\"consent\":{\"categoryPreferences\":{\"marketing\":true}},"
                      "\"sillage\":{\"source\":\"backend\"}}}";
@@ -747,6 +758,38 @@ TEST(stitch_consent_survives_a_redone_transaction)
     fix_free(&f);
 }
 
+/* The same redone transaction: a trigger its first try fired is counted
+ * once, when the transaction that holds it commits. */
+TEST(trigger_counted_once_when_a_transaction_is_redone)
+{
+    picky_t pk = {.refuse = 1};
+    sl_stage_step_t step = {.name = "picky", .arg = &pk, .apply = picky_apply};
+    fix_t f;
+    REQUIRE(fix_init_with(&f, &step, 1) == 0);
+    /* the demo's "plan" rule fires on the trait's first value */
+    const char *ok = "{\"type\":\"identify\",\"messageId\":\"ok-2\",\"timestamp\":\"2026-01-01T00:00:01.000Z\","
+                     "\"userId\":\"tc\",\"traits\":{\"plan\":\"pro\"},\"context\":{\"sillage\":{\"source\":\"backend\"}}}";
+    const char *no = "{\"type\":\"track\",\"event\":\"E\",\"messageId\":\"bad-2\",\"timestamp\":\"2026-01-01T00:00:02.000Z\","
+                     "\"userId\":\"tc\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}";
+    sl_store_msg_t sm[2] = {{.json = ok, .json_len = strlen(ok), .received_ms = 1000,
+                             .dedupe = sl_store_dedupe_key(f.store, "test", "ok-2")},
+                            {.json = no, .json_len = strlen(no), .received_ms = 2000,
+                             .dedupe = sl_store_dedupe_key(f.store, "test", "bad-2")}};
+    int done = 0;
+    sl_store_batch_t b = {.msgs = sm, .n_msgs = 2, .done = on_done, .data = &done};
+    CHECK_INT(sl_store_submit(f.store, &b), ==, 0);
+    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
+    for (int i = 0; i < 5000 && sl_stage_applied(f.stage) < sm[1].seq; i++) usleep(1000);
+    sl_stage_stats_t st;
+    sl_stage_get_stats(f.stage, &st);
+    CHECK_INT(st.set_aside, ==, 1);
+    sl_trig_stats_t ts;
+    sl_trig_get_stats(f.trig, &ts);
+    CHECK_INT(ts.fired, ==, 1);
+    CHECK_INT(sl_trig_durable_seq(f.trig), ==, 1);
+    fix_free(&f);
+}
+
 static sl_stage_replay_t replay_all(fix_t *f)
 {
     int done = 0;
@@ -765,7 +808,7 @@ TEST(stage_replays_set_aside)
     picky_t pk = {.refuse = 1};
     sl_stage_step_t step = {.name = "picky", .arg = &pk, .apply = picky_apply};
     fix_t f;
-    REQUIRE(fix_init_with(&f, &step) == 0);
+    REQUIRE(fix_init_with(&f, &step, 0) == 0);
     msg(&f, SL_STITCH_PAGE, NULL, "rp1", NULL, 1000);
     put(&f, "{\"type\":\"page\",\"messageId\":\"bad-1\",\"timestamp\":\"2026-01-01T00:00:01.500Z\","
             "\"anonymousId\":\"rp1\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
@@ -830,7 +873,7 @@ TEST(stage_job_follows_acknowledged_events)
 {
     sl_stage_step_t step = {.name = "slow", .apply = slow_apply};
     fix_t f;
-    REQUIRE(fix_init_with(&f, &step) == 0);
+    REQUIRE(fix_init_with(&f, &step, 0) == 0);
     put_durable(&f, "{\"type\":\"page\",\"messageId\":\"slow-1\",\"timestamp\":\"2026-01-01T00:00:01.000Z\","
                     "\"anonymousId\":\"jf-other\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
                 sl_now_ms(), "slow-1");
