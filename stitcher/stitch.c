@@ -94,6 +94,9 @@ struct sl_stitch_s {
     uint64_t msg_dropped;     /* traits of the current message not kept (limits) */
     _Atomic uint64_t merges, refusals, created, traits_dropped;
     _Atomic uint64_t pruned, examined, prune_passes, persons_expired;
+    struct { /* the current transaction's, added when it commits (an aborted one is redone) */
+        uint64_t created, refusals, merges, traits_dropped, prune_passes;
+    } pend;
     _Atomic uint64_t identifies, identify_ns; /* identify and alias: count, time in on_event */
 };
 
@@ -251,7 +254,7 @@ static int person_create(sl_stitch_t *s, MDB_txn *txn, person_t *p)
     int rc = counter_next(s, txn, "next_person", &id);
     if (rc) return rc;
     person_init(p, id);
-    atomic_fetch_add(&s->created, 1);
+    s->pend.created++;
     return 0;
 }
 
@@ -315,7 +318,7 @@ static int refuse(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, const 
     append_identifier_json(&s->tmp, key->data);
     sl_buf_printf(&s->tmp, ",\"owner\":\"%s\",\"event_person\":\"%s\"}", a, b);
     if (s->tmp.data == NULL) return SL_ENOMEM;
-    atomic_fetch_add(&s->refusals, 1);
+    s->pend.refusals++;
     uint64_t both[2] = {owner, target};
     return journal_add(s, txn, &s->tmp, both, 2);
 }
@@ -536,7 +539,7 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     if ((rc = active_get(s, txn, x->id, &x_active, &x_found, 1)) ||
         (x_found && (rc = active_touch(s, txn, sv->id, x_active))))
         return rc;
-    atomic_fetch_add(&s->merges, 1);
+    s->pend.merges++;
     uint64_t who = sv->id;
     return journal_add(s, txn, &s->tmp, &who, 1);
 }
@@ -759,7 +762,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
     if (t->dirty && (rc = person_save(s, txn, t))) return rc; /* most events change no record */
     /* before the listeners: a rule that needs consent sees what this event said */
     if ((rc = consent_apply(txn, s->consent, s->ccache, t->id, &m->consent))) return rc;
-    if (s->msg_dropped) atomic_fetch_add(&s->traits_dropped, s->msg_dropped);
+    s->pend.traits_dropped += s->msg_dropped;
     /* what happened, to whoever listens (the trigger engine) */
     const cJSON *ch;
     cJSON_ArrayForEach(ch, s->trait_changes) {
@@ -832,12 +835,22 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     return read_only ? 0 : finish_erasures(s, txn);
 }
 
-/* After each stage transaction: an aborted one (it will be redone) takes
- * back what the consent cache saw. */
+/* After each stage transaction: a committed one's counts are added; an
+ * aborted one (it will be redone) takes back its counts and what the
+ * consent cache saw. */
 static void on_after_txn(void *arg, int ok)
 {
     sl_stitch_t *s = arg;
-    if (!ok) consent_cache_clear(s->ccache);
+    if (ok) {
+        atomic_fetch_add(&s->created, s->pend.created);
+        atomic_fetch_add(&s->refusals, s->pend.refusals);
+        atomic_fetch_add(&s->merges, s->pend.merges);
+        atomic_fetch_add(&s->traits_dropped, s->pend.traits_dropped);
+        atomic_fetch_add(&s->prune_passes, s->pend.prune_passes);
+    } else {
+        consent_cache_clear(s->ccache);
+    }
+    memset(&s->pend, 0, sizeof(s->pend));
 }
 
 /* ---- public ---- */
@@ -1668,7 +1681,7 @@ static int prune_run(MDB_txn *txn, void *arg)
     if (pass_ms == 0 || (at_end && c.now - (int64_t)pass_ms >= sl_stitch_prune_interval_ms(s))) {
         c.next = 1; /* a new pass: events stored since the last one began have aged */
         pass_ms = (uint64_t)c.now;
-        atomic_fetch_add(&s->prune_passes, 1);
+        s->pend.prune_passes++;
     }
     if ((rc = sl_store_read(s->store, prune_read, &c)) || (rc = c.rc)) return rc;
     at_end = !p->more;
