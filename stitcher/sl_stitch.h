@@ -78,6 +78,10 @@ typedef struct sl_ident_listener_s {
      * NULL when nobody is to be told (retention emptied an anonymous person). */
     int (*forgotten)(void *arg, MDB_txn *txn, const uint64_t *persons, size_t n, const char *erased,
                      uint64_t *n_removed);
+    /* Retention: *held 1 when the listener still refers to the stored event
+     * message_id (a trigger in the feed names it as its cause): it is kept
+     * until that reference goes. */
+    int (*holds)(void *arg, MDB_txn *txn, const char *message_id, int *held);
 } sl_ident_listener_t;
 
 
@@ -182,6 +186,7 @@ typedef struct sl_stitch_prune_s {
     size_t limit;              /* in: events examined per run (0: 2,000) */
     uint64_t examined, pruned; /* out: this run */
     uint64_t persons_gone;     /* out: persons never identified left with no event, removed */
+    uint64_t held;             /* out: past their age, kept while a trigger in the feed names them */
     int more;                  /* out: events up to upto are left to examine */
     uint64_t *seqs;            /* private */
     size_t n_seqs, cap_seqs;

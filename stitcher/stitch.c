@@ -1626,6 +1626,13 @@ static int prune_event(const char *json, size_t len, uint64_t seq, void *arg)
     prune = src_due || (anon_due && !identified);
     uint64_t pid = 0, tlno = 0;
     if (rc == 0 && prune) rc = event_index(s, c->txn, &m, &pid, &tlno);
+    for (size_t i = 0; rc == 0 && prune && m.message_id && i < s->n_listeners; i++) {
+        /* a trigger still in the feed names it: kept until the trigger leaves */
+        int held = 0;
+        if (s->listeners[i].holds && (rc = s->listeners[i].holds(s->listeners[i].arg, c->txn, m.message_id, &held)) == 0 &&
+            held)
+            prune = 0, p->held++;
+    }
     if (rc == 0 && prune && pid && identified && states) {
         /* an identified person's current consent or refusal keeps its proof:
          * the event that set it */
@@ -1664,7 +1671,7 @@ static int prune_run(MDB_txn *txn, void *arg)
 {
     sl_stitch_prune_t *p = arg;
     sl_stitch_t *s = p->stitch;
-    p->examined = p->pruned = p->persons_gone = 0;
+    p->examined = p->pruned = p->persons_gone = p->held = 0;
     p->n_seqs = p->n_persons = 0;
     p->more = 0;
     p->erasing_key = 0;

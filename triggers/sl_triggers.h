@@ -16,6 +16,8 @@
  *   tstate    rule name \x1f be64 person -> the rule's state for that person
  *   pressure  be32 UTC day, be64 person, rule name ("" = all rules) -> u32 count
  *   tmeta     "feed_last" -> u64; "wh\x1f<url>" -> u64 webhook delivery cursor
+ *   fcause    be64 hash of a cause's messageId, be64 seq -> (empty): the stored
+ *             events the feed names (retention keeps them while it does)
  */
 #ifndef SL_TRIGGERS_H
 #define SL_TRIGGERS_H

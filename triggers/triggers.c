@@ -55,7 +55,7 @@ struct sl_trig_s {
         void *arg;
     } subs[MAX_SUBSCRIBERS];             /* told when the durable feed advanced */
     size_t n_subs;
-    MDB_dbi feed, timers, tstate, pressure, tmeta;
+    MDB_dbi feed, timers, tstate, pressure, tmeta, fcause;
     _Atomic int64_t next_due;
     uint64_t txn_last, committed_last, prev_committed; /* writer thread */
     _Atomic uint64_t durable;
@@ -174,6 +174,84 @@ static int is_start_event(const sl_trigger_rule_t *r, const char *ev)
     for (size_t i = 0; i < r->n_start_events; i++)
         if (strcmp(r->start_events[i], ev) == 0) return 1;
     return 0;
+}
+
+/* ---- the feed's causes: which stored events a trigger in the feed names
+ * (retention keeps those events while the trigger is there) ---- */
+
+static void cause_key(unsigned char key[16], const char *message_id, size_t len, uint64_t seq)
+{
+    sl_be64_put(key, sl_hash128(message_id, len, 0xca05e).lo);
+    sl_be64_put(key + 8, seq);
+}
+
+/* The cause's messageId of a feed entry (v: at_ms, then the JSON), into
+ * out (NUL-terminated); 0 when it has none. */
+static size_t entry_cause(const MDB_val *v, char *out, size_t cap)
+{
+    if (v->mv_size <= 8) return 0;
+    cJSON *doc = cJSON_ParseWithLength((const char *)v->mv_data + 8, v->mv_size - 8);
+    const char *mid = sl_json_str(cJSON_GetObjectItemCaseSensitive(doc, "cause"), "messageId");
+    size_t n = mid ? strlen(mid) : 0;
+    if (n >= cap) n = 0;
+    if (n) memcpy(out, mid, n + 1);
+    cJSON_Delete(doc);
+    return n;
+}
+
+/* A feed entry (seq, v) leaves the feed: its cause entry goes. */
+static int cause_del(sl_trig_t *t, MDB_txn *txn, uint64_t seq, const MDB_val *v)
+{
+    char mid[1024];
+    size_t n = entry_cause(v, mid, sizeof(mid));
+    if (n == 0) return 0;
+    unsigned char key[16];
+    cause_key(key, mid, n, seq);
+    MDB_val k = {16, key};
+    int rc = mdb_del(txn, t->fcause, &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Every entry of the feed into fcause (a store from before the index, or a
+ * feed carried over by a rebuild). */
+static int cause_index_all(sl_trig_t *t, MDB_txn *txn)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(txn, t->feed, &cur);
+    if (rc) return rc;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        char mid[1024];
+        size_t n = entry_cause(&v, mid, sizeof(mid));
+        if (n == 0) continue;
+        uint64_t seq;
+        memcpy(&seq, k.mv_data, 8);
+        unsigned char key[16];
+        cause_key(key, mid, n, seq);
+        MDB_val ck = {16, key}, nothing = {0, NULL};
+        if ((rc = mdb_put(txn, t->fcause, &ck, &nothing, 0))) break;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Listener: *held 1 when a trigger in the feed names the stored event
+ * message_id as its cause. */
+static int on_holds(void *arg, MDB_txn *txn, const char *message_id, int *held)
+{
+    sl_trig_t *t = arg;
+    *held = 0;
+    if (t->fcause == 0) return 0; /* read only, a store from before: no pruning there */
+    unsigned char key[16];
+    cause_key(key, message_id, strlen(message_id), 0);
+    MDB_cursor *cur;
+    MDB_val k = {16, key}, v;
+    int rc = mdb_cursor_open(txn, t->fcause, &cur);
+    if (rc) return rc;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    if (rc == 0 && k.mv_size == 16 && memcmp(k.mv_data, key, 8) == 0) *held = 1;
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 /* ---- firing ---- */
@@ -297,6 +375,12 @@ static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const char *rule
     if (b->data == NULL) return SL_ENOMEM;
     MDB_val fk = {8, &seq}, fv = {b->len, b->data};
     if ((rc = mdb_put(txn, t->feed, &fk, &fv, MDB_APPEND))) return rc;
+    if (t->cause) {
+        unsigned char key[16];
+        cause_key(key, t->cause, strlen(t->cause), seq);
+        MDB_val ck = {16, key}, nothing = {0, NULL};
+        if ((rc = mdb_put(txn, t->fcause, &ck, &nothing, 0))) return rc;
+    }
     t->txn_last = seq;
     return 0;
 }
@@ -789,7 +873,9 @@ static int trig_forget(sl_trig_t *t, MDB_txn *txn, const uint64_t *persons, size
         for (at += sizeof(needle) - 1; at < end && *at >= '0' && *at <= '9' && id < UINT64_MAX / 10; at++)
             id = id * 10 + (uint64_t)(*at - '0');
         if (!bsearch(&id, persons, n, sizeof(*persons), cmp_person)) continue;
-        if ((rc = mdb_cursor_del(cur, 0))) break;
+        uint64_t seq;
+        memcpy(&seq, k.mv_data, 8);
+        if ((rc = cause_del(t, txn, seq, &v)) || (rc = mdb_cursor_del(cur, 0))) break;
         (*n_feed)++;
     }
     mdb_cursor_close(cur);
@@ -906,7 +992,9 @@ static int prune(sl_trig_t *t, MDB_txn *txn, int64_t now)
         int64_t at = 0;
         if (v.mv_size >= 8) memcpy(&at, v.mv_data, 8);
         if (at > now - t->cfg->trigger_retention_ms) break;
-        if ((rc = mdb_cursor_del(cur, 0))) break;
+        uint64_t seq;
+        memcpy(&seq, k.mv_data, 8);
+        if ((rc = cause_del(t, txn, seq, &v)) || (rc = mdb_cursor_del(cur, 0))) break;
     }
     mdb_cursor_close(cur);
     if (rc && rc != MDB_NOTFOUND) return rc;
@@ -1119,6 +1207,15 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     if ((rc = mdb_dbi_open(txn, "tstate", c, &t->tstate))) return rc;
     if ((rc = mdb_dbi_open(txn, "pressure", c, &t->pressure))) return rc;
     if ((rc = mdb_dbi_open(txn, "tmeta", c, &t->tmeta))) return rc;
+    /* added with retention (issue 16): built from the feed on a store from before */
+    rc = mdb_dbi_open(txn, "fcause", 0, &t->fcause);
+    if (rc == MDB_NOTFOUND && !read_only) {
+        if ((rc = mdb_dbi_open(txn, "fcause", MDB_CREATE, &t->fcause)) || (rc = cause_index_all(t, txn))) return rc;
+    } else if (rc == MDB_NOTFOUND) {
+        t->fcause = 0;
+    } else if (rc) {
+        return rc;
+    }
     MDB_val k = {9, "feed_last"}, v;
     uint64_t last = 0;
     if (mdb_get(txn, t->tmeta, &k, &v) == 0 && v.mv_size == 8) memcpy(&last, v.mv_data, 8);
@@ -1139,7 +1236,7 @@ sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch)
                                 .after_txn = on_after_txn, .synced = on_synced};
     t->listener = (sl_ident_listener_t){.arg = t, .stitched = on_stitched, .merged = on_merged,
                                         .trait_changed = on_trait, .watches_trait = on_watches,
-                                        .forgotten = on_forgotten};
+                                        .forgotten = on_forgotten, .holds = on_holds};
     return t;
 }
 
@@ -1185,10 +1282,7 @@ int sl_trig_verify(sl_trig_t *t, MDB_txn *txn, int (*has_message)(const char *id
     MDB_val k, v;
     uint64_t prev = 0, last = 0;
     MDB_val mk = {9, "feed_last"}, mv;
-    /* with a retention, a cause may have been pruned since it fired: the
-     * feed outlives it (trigger_retention) */
-    int retention = t->cfg->anonymous_retention_ms != 0;
-    for (size_t i = 0; i < t->cfg->n_sources; i++) retention |= t->cfg->sources[i].retention_ms != 0;
+
     if (mdb_get(txn, t->tmeta, &mk, &mv) == 0 && mv.mv_size == 8) memcpy(&last, mv.mv_data, 8);
     int rc = mdb_cursor_open(txn, t->feed, &cur);
     if (rc) return rc;
@@ -1208,7 +1302,7 @@ int sl_trig_verify(sl_trig_t *t, MDB_txn *txn, int (*has_message)(const char *id
         if (doc == NULL || cause == NULL) {
             fprintf(out, "feed: trigger %llu is not valid JSON with a cause\n", (unsigned long long)seq);
             (*problems)++;
-        } else if (cJSON_IsString(mid) && !has_message(mid->valuestring, arg) && !retention) {
+        } else if (cJSON_IsString(mid) && !has_message(mid->valuestring, arg)) {
             fprintf(out, "feed: trigger %llu's cause %s is not a stored event\n", (unsigned long long)seq,
                     mid->valuestring);
             (*problems)++;
@@ -1281,6 +1375,7 @@ int sl_trig_carry_over(sl_trig_t *t, MDB_txn *dst, MDB_txn *src)
 {
     int rc = copy_db(src, dst, "feed", t->feed, MDB_APPEND);
     if (rc == 0) rc = copy_db(src, dst, "tmeta", t->tmeta, 0);
+    if (rc == 0) rc = cause_index_all(t, dst);
     if (rc) return rc;
     MDB_val k = {9, "feed_last"}, v;
     uint64_t last = 0;

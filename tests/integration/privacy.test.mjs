@@ -254,7 +254,7 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
   const s2 = await startServer({ config: {
     sources: [{ name: 'test', write_key: 'wk_test', retention: '760d' }, { name: 'other', write_key: 'wk_other' },
       { name: 'short', write_key: 'wk_short', retention: '1m' }],
-    anonymous_retention: '395d' } });
+    anonymous_retention: '395d', triggers: [{ name: 'held', type: 'page_visit', url: '/held*' }] } });
   const as = (key) => ({ Authorization: 'Basic ' + Buffer.from(key + ':').toString('base64') });
   const send = async (type, msg, key = 'wk_test') => {
     const r = await post(s2, '/v1/' + type, msg, as(key));
@@ -273,6 +273,8 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
     await send('track', { userId: 'r-old', event: 'Kept', timestamp: ago(700 * day) });
     // past its age too, but the proof of the person's current refusal: kept
     await send('track', { userId: 'r-old', event: 'Unsubscribed', timestamp: ago(790 * day) });
+    // past its age, but the cause of a trigger still in the feed: kept until the trigger leaves it
+    await send('page', { userId: 'r-held', properties: { path: '/held' }, timestamp: ago(800 * day) });
     // never identified: 395 days
     await send('track', { anonymousId: 'anon-r1', event: 'AnonOld', timestamp: ago(400 * day) });
     await send('track', { anonymousId: 'anon-r1', event: 'AnonKept', timestamp: ago(300 * day) });
@@ -301,6 +303,9 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
     assert.deepEqual(await events('anonymous_id', 'anon-r1'), ['AnonKept']);
     assert.deepEqual((await events('user_id', 'r-2')).sort(), ['BeforeLogin', 'identify']);
     assert.deepEqual(await events('user_id', 'r-3'), ['Ancient']);
+    assert.deepEqual(await events('user_id', 'r-held'), ['page']);
+    const fired = await (await fetch(`${s2.url}/v1/triggers`, { headers: bearer })).json();
+    assert.equal(fired.triggers.filter((t) => t.rule === 'held').length, 1);
     assert.deepEqual(await events('user_id', 'r-4'), ['Young'], 'not a minute old yet');
 
     const end2 = Date.now() + 30000;
@@ -311,7 +316,7 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
     assert.deepEqual(await events('user_id', 'r-4'), []);
     assert.ok(await metric(s2, /sillage_retention_passes_total (\d+)\n/) >= 2, 'the log is read again as it ages');
     const exported = s2.exportEvents().map((e) => e.event || e.type).sort();
-    assert.deepEqual(exported, ['Ancient', 'AnonKept', 'BeforeLogin', 'Kept', 'Unsubscribed', 'identify']);
+    assert.deepEqual(exported, ['Ancient', 'AnonKept', 'BeforeLogin', 'Kept', 'Unsubscribed', 'identify', 'page']);
   } finally { await s2.stop(); }
   const v = run(['verify', '-c', s2.cfgPath]);
   assert.equal(v.code, 0, v.stdout + v.stderr);
