@@ -310,6 +310,12 @@ void sl_time_format_iso(int64_t ms, char out[32])
              (unsigned)(rem / 1000 % 60), (unsigned)(rem % 1000));
 }
 
+int sl_u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 int sl_buf_append_iso(sl_buf_t *b, int64_t ms)
 {
     char t[32];

@@ -126,6 +126,8 @@ typedef struct sl_hash128_s {
  * so outsiders cannot aim collisions at other visitors' message ids. Never
  * returns the all-zero value (it is the empty-slot marker of hash tables). */
 sl_hash128_t sl_hash128(const void *p, size_t n, uint64_t seed);
+/* qsort/bsearch order of uint64_t values. */
+int sl_u64_cmp(const void *a, const void *b);
 
 /* Fills buf with n random bytes from the kernel. Returns 0 or -errno. */
 int sl_random_bytes(void *buf, size_t n);

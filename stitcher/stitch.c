@@ -102,6 +102,22 @@ struct sl_stitch_s {
 
 /* ---- small helpers ---- */
 
+/* Appends x[0..k) to the growable list *v (*n used, *cap allocated). */
+static int u64_append(uint64_t **v, size_t *n, size_t *cap, const uint64_t *x, size_t k)
+{
+    if (*n + k > *cap) {
+        size_t c = *cap ? *cap : 256;
+        while (c < *n + k) c *= 2;
+        uint64_t *nv = realloc(*v, c * sizeof(*nv));
+        if (nv == NULL) return SL_ENOMEM;
+        *v = nv;
+        *cap = c;
+    }
+    if (k) memcpy(*v + *n, x, k * sizeof(*x));
+    *n += k;
+    return 0;
+}
+
 static void tl_value(unsigned char out[16], int64_t ts_ms, uint64_t seq, int page)
 {
     sl_be64_put(out, (uint64_t)ts_ms ^ (1ULL << 63)); /* signed order as bytes */
@@ -1298,18 +1314,9 @@ static int erase_event(MDB_txn *txn, const MDB_val *v, void *arg)
 {
     (void)txn;
     sl_stitch_erase_t *e = arg;
-    if (e->n_seqs == e->cap_seqs) {
-        size_t cap = e->cap_seqs ? e->cap_seqs * 2 : 256;
-        uint64_t *n = realloc(e->seqs, cap * sizeof(*n));
-        if (n == NULL) return SL_ENOMEM;
-        e->seqs = n;
-        e->cap_seqs = cap;
-    }
-    e->seqs[e->n_seqs++] = tl_seq(v->mv_data);
-    return 0;
+    uint64_t seq = tl_seq(v->mv_data);
+    return u64_append(&e->seqs, &e->n_seqs, &e->cap_seqs, &seq, 1);
 }
-
-static int u64_push(uint64_t **v, size_t *n, size_t *cap, uint64_t x);
 
 static int erase_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
 {
@@ -1321,7 +1328,8 @@ static int erase_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
     if (rc == 0 && memmem(jv.mv_data, jv.mv_size, "\"type\":\"merge\"", 14)) {
         cJSON *doc = cJSON_ParseWithLength(jv.mv_data, jv.mv_size);
         const char *ab = sl_json_str(doc, "absorbed");
-        if (ab && strncmp(ab, "p_", 2) == 0) rc = u64_push(&e->merged, &e->n_merged, &e->cap_merged, strtoull(ab + 2, NULL, 10));
+        uint64_t id = ab && strncmp(ab, "p_", 2) == 0 ? strtoull(ab + 2, NULL, 10) : 0;
+        if (id) rc = u64_append(&e->merged, &e->n_merged, &e->cap_merged, &id, 1);
         cJSON_Delete(doc);
         if (rc) return rc;
     }
@@ -1418,17 +1426,11 @@ static int tell_forgotten(sl_stitch_t *s, MDB_txn *txn, const uint64_t *persons,
     return rc;
 }
 
-static int cmp_u64_asc(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Sorts v[0..*n) and drops repeats. */
 static void sort_unique(uint64_t *v, size_t *n)
 {
     if (*n == 0) return;
-    qsort(v, *n, sizeof(*v), cmp_u64_asc);
+    qsort(v, *n, sizeof(*v), sl_u64_cmp);
     size_t w = 1;
     for (size_t i = 1; i < *n; i++)
         if (v[i] != v[w - 1]) v[w++] = v[i];
@@ -1456,7 +1458,7 @@ static int erase_run(MDB_txn *txn, void *arg)
     e->events = e->n_seqs;
     sort_unique(e->merged, &e->n_merged);
     if ((rc = erased_json(s, &p, e->merged, e->n_merged, &s->tmp)) ||
-        (rc = u64_push(&e->merged, &e->n_merged, &e->cap_merged, p.id)))
+        (rc = u64_append(&e->merged, &e->n_merged, &e->cap_merged, &p.id, 1)))
         goto out;
     sort_unique(e->merged, &e->n_merged); /* the person and those merged into it */
     if ((rc = tell_forgotten(s, txn, e->merged, e->n_merged, s->tmp.data, &e->triggers))) goto out;
@@ -1557,19 +1559,6 @@ static int unindex_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m,
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-static int u64_push(uint64_t **v, size_t *n, size_t *cap, uint64_t x)
-{
-    if (*n == *cap) {
-        size_t c = *cap ? *cap * 2 : 256;
-        uint64_t *nv = realloc(*v, c * sizeof(*nv));
-        if (nv == NULL) return SL_ENOMEM;
-        *v = nv;
-        *cap = c;
-    }
-    (*v)[(*n)++] = x;
-    return 0;
-}
-
 /* Persons never identified whose every event the run pruned go whole, as an
  * erasure would take them, telling no consumer: nothing is left to keep. */
 static int prune_persons(sl_stitch_t *s, MDB_txn *txn, sl_stitch_prune_t *p)
@@ -1640,10 +1629,10 @@ static int prune_event(const char *json, size_t len, uint64_t seq, void *arg)
         if ((rc = consent_keeps(c->txn, s->consent, pid, seq, &keep)) == 0 && keep) prune = 0;
     }
     if (rc == 0 && prune && (rc = unindex_event(s, c->txn, &m, seq, pid, tlno)) == 0) {
-        rc = u64_push(&p->seqs, &p->n_seqs, &p->cap_seqs, seq);
+        rc = u64_append(&p->seqs, &p->n_seqs, &p->cap_seqs, &seq, 1);
         /* an anonymous person may be left with nothing: looked at after the run */
         if (rc == 0 && pid && m.user_id == NULL && (p->n_persons == 0 || p->persons[p->n_persons - 1] != pid))
-            rc = u64_push(&p->persons, &p->n_persons, &p->cap_persons, pid);
+            rc = u64_append(&p->persons, &p->n_persons, &p->cap_persons, &pid, 1);
     }
     consent_in_free(&m.consent);
     cJSON_Delete(doc);
@@ -1774,12 +1763,6 @@ typedef struct {
     size_t n_pending;
 } verify_t;
 
-static int cmp_seq(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* The event numbers held in `erasing` (a commit on disk, the log deletion
  * not yet done: verify runs between the two, or after a crash there). */
 static int load_pending(verify_t *v)
@@ -1789,24 +1772,10 @@ static int load_pending(verify_t *v)
     int rc = mdb_cursor_open(v->txn, v->s->erasing, &cur);
     if (rc) return rc;
     size_t cap = 0;
-    for (rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT)) {
-        size_t n = d.mv_size / 8;
-        if (n == 0) continue;
-        if (v->n_pending + n > cap) {
-            size_t c = (v->n_pending + n) * 2;
-            uint64_t *nv = realloc(v->pending, c * sizeof(*nv));
-            if (nv == NULL) {
-                rc = SL_ENOMEM;
-                break;
-            }
-            v->pending = nv;
-            cap = c;
-        }
-        memcpy(v->pending + v->n_pending, d.mv_data, n * 8);
-        v->n_pending += n;
-    }
+    for (rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT))
+        if (d.mv_size >= 8 && (rc = u64_append(&v->pending, &v->n_pending, &cap, d.mv_data, d.mv_size / 8))) break;
     mdb_cursor_close(cur);
-    if (v->n_pending) qsort(v->pending, v->n_pending, 8, cmp_seq);
+    if (v->n_pending) qsort(v->pending, v->n_pending, 8, sl_u64_cmp);
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
@@ -1815,7 +1784,7 @@ static uint64_t mid_hash(const char *id) { return sl_hash128(id, strlen(id), 99)
 static int verify_event(const char *json, size_t len, uint64_t seq, void *arg)
 {
     verify_t *v = arg;
-    if (v->n_pending && bsearch(&seq, v->pending, v->n_pending, 8, cmp_seq)) return 0; /* leaving */
+    if (v->n_pending && bsearch(&seq, v->pending, v->n_pending, 8, sl_u64_cmp)) return 0; /* leaving */
     v->rep->events++;
     cJSON *doc = cJSON_ParseWithLength(json, len);
     if (doc == NULL) {
@@ -1869,12 +1838,6 @@ static int verify_event(const char *json, size_t len, uint64_t seq, void *arg)
     return 0;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 static int cmp_dup(const void *a, const void *b)
 {
     const struct dup_s *x = a, *y = b;
@@ -1886,7 +1849,7 @@ static int has_message(const char *id, void *arg)
 {
     verify_t *v = arg;
     uint64_t h = mid_hash(id);
-    return bsearch(&h, v->ids, v->n_ids, sizeof(h), cmp_u64) != NULL;
+    return bsearch(&h, v->ids, v->n_ids, sizeof(h), sl_u64_cmp) != NULL;
 }
 
 static void problem(verify_t *v, const char *what, const void *key, size_t klen)
@@ -1904,7 +1867,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FI
     int rc = load_pending(&v);
     if (rc == 0) rc = sl_store_foreach_event_txn(st, log_txn, verify_event, &v);
     if (rc) goto out;
-    qsort(v.ids, v.n_ids, sizeof(*v.ids), cmp_u64);
+    qsort(v.ids, v.n_ids, sizeof(*v.ids), sl_u64_cmp);
     /* A repeat within a minute should have been deduplicated; a later one
      * may be past the dedupe window (or past limits.max_dedupe_ids) and is
      * stored again by design. */
@@ -1952,7 +1915,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FI
         free(tls);
         goto out;
     }
-    if (n_tls) qsort(tls, n_tls, sizeof(*tls), cmp_u64); /* tls may be NULL when empty */
+    if (n_tls) qsort(tls, n_tls, sizeof(*tls), sl_u64_cmp); /* tls may be NULL when empty */
 
     /* tl: every entry is an existing event, indexed once, under a timeline an identifier owns */
     if ((rc = mdb_cursor_open(txn, s->tl, &cur))) {
@@ -1976,7 +1939,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FI
             rep->problems++;
         }
         uint64_t tlno = k.mv_size == 8 ? sl_be64_get(k.mv_data) : 0;
-        if (n_tls == 0 || bsearch(&tlno, tls, n_tls, sizeof(tlno), cmp_u64) == NULL) {
+        if (n_tls == 0 || bsearch(&tlno, tls, n_tls, sizeof(tlno), sl_u64_cmp) == NULL) {
             fprintf(out, "tl: timeline %llu belongs to no identifier\n", (unsigned long long)tlno);
             rep->problems++;
         }

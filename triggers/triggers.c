@@ -80,11 +80,6 @@ struct sl_trig_s {
 
 /* ---- helpers ---- */
 
-static int cmp_person(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
 
 static int rule_index(const sl_trig_t *t, const sl_trigger_rule_t *r) { return (int)(r - t->cfg->triggers); }
 
@@ -872,7 +867,7 @@ static int trig_forget(sl_trig_t *t, MDB_txn *txn, const uint64_t *persons, size
         const char *end = (const char *)v.mv_data + v.mv_size;
         for (at += sizeof(needle) - 1; at < end && *at >= '0' && *at <= '9' && id < UINT64_MAX / 10; at++)
             id = id * 10 + (uint64_t)(*at - '0');
-        if (!bsearch(&id, persons, n, sizeof(*persons), cmp_person)) continue;
+        if (!bsearch(&id, persons, n, sizeof(*persons), sl_u64_cmp)) continue;
         uint64_t seq;
         memcpy(&seq, k.mv_data, 8);
         if ((rc = cause_del(t, txn, seq, &v)) || (rc = mdb_cursor_del(cur, 0))) break;

@@ -723,6 +723,23 @@ static int last_reason(uint64_t seq, const char *why, void *arg)
 
 static void replay_done(sl_stage_replay_t *r) { *(int *)r->arg = 1; }
 
+/* Stores two events in one log commit (so the stage applies them in one
+ * transaction) and waits until the stage applied both. */
+static void put_together(fix_t *f, const char *a, const char *a_id, const char *b, const char *b_id)
+{
+    sl_store_msg_t sm[2] = {{.json = a, .json_len = strlen(a), .received_ms = 1000,
+                             .dedupe = sl_store_dedupe_key(f->store, "test", a_id)},
+                            {.json = b, .json_len = strlen(b), .received_ms = 2000,
+                             .dedupe = sl_store_dedupe_key(f->store, "test", b_id)}};
+    int done = 0;
+    sl_store_batch_t batch = {.msgs = sm, .n_msgs = 2, .done = on_done, .data = &done};
+    CHECK_INT(sl_store_submit(f->store, &batch), ==, 0);
+    while (!done) uv_run(&f->loop, UV_RUN_ONCE);
+    CHECK_INT(batch.rc, ==, 0);
+    for (int i = 0; i < 5000 && sl_stage_applied(f->stage) < sm[1].seq; i++) usleep(1000);
+    CHECK_INT(sl_stage_applied(f->stage), >=, sm[1].seq);
+}
+
 /* A transaction redone without an event set aside: what the consent cache
  * saw in the aborted one must not pass for stored (the repeat would be
  * skipped and the person's consent lost). */
@@ -740,16 +757,7 @@ TEST(stitch_consent_survives_a_redone_transaction)
                      "\"sillage\":{\"source\":\"backend\"}}}";
     /* one log commit: the stage applies both in one transaction, which the
      * refused second one aborts */
-    sl_store_msg_t sm[2] = {{.json = ok, .json_len = strlen(ok), .received_ms = 1000,
-                             .dedupe = sl_store_dedupe_key(f.store, "test", "ok-1")},
-                            {.json = no, .json_len = strlen(no), .received_ms = 2000,
-                             .dedupe = sl_store_dedupe_key(f.store, "test", "bad-1")}};
-    int done = 0;
-    sl_store_batch_t b = {.msgs = sm, .n_msgs = 2, .done = on_done, .data = &done};
-    CHECK_INT(sl_store_submit(f.store, &b), ==, 0);
-    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
-    CHECK_INT(b.rc, ==, 0);
-    for (int i = 0; i < 5000 && sl_stage_applied(f.stage) < sm[1].seq; i++) usleep(1000);
+    put_together(&f, ok, "ok-1", no, "bad-1");
     sl_stage_stats_t st;
     sl_stage_get_stats(f.stage, &st);
     CHECK_INT(st.set_aside, ==, 1);
@@ -771,15 +779,7 @@ TEST(trigger_counted_once_when_a_transaction_is_redone)
                      "\"userId\":\"tc\",\"traits\":{\"plan\":\"pro\"},\"context\":{\"sillage\":{\"source\":\"backend\"}}}";
     const char *no = "{\"type\":\"track\",\"event\":\"E\",\"messageId\":\"bad-2\",\"timestamp\":\"2026-01-01T00:00:02.000Z\","
                      "\"userId\":\"tc\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}";
-    sl_store_msg_t sm[2] = {{.json = ok, .json_len = strlen(ok), .received_ms = 1000,
-                             .dedupe = sl_store_dedupe_key(f.store, "test", "ok-2")},
-                            {.json = no, .json_len = strlen(no), .received_ms = 2000,
-                             .dedupe = sl_store_dedupe_key(f.store, "test", "bad-2")}};
-    int done = 0;
-    sl_store_batch_t b = {.msgs = sm, .n_msgs = 2, .done = on_done, .data = &done};
-    CHECK_INT(sl_store_submit(f.store, &b), ==, 0);
-    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
-    for (int i = 0; i < 5000 && sl_stage_applied(f.stage) < sm[1].seq; i++) usleep(1000);
+    put_together(&f, ok, "ok-2", no, "bad-2");
     sl_stage_stats_t st;
     sl_stage_get_stats(f.stage, &st);
     CHECK_INT(st.set_aside, ==, 1);
