@@ -110,6 +110,10 @@ test('RudderStack\'s context.consentManagement grants and denies categories too'
   assert.equal(Object.keys(cats).length, 32);
   assert.equal(cats.marketing, true, 'the first ones are kept');
   assert.ok(!('odd' in cats) && !('x'.repeat(65) in cats) && !('cat39' in cats));
+  // ids out of any integer's range, fractions, objects: not kept, and the rest still is
+  await ok(srv, 'page', offer('c-odd', { context: { consentManagement: {
+    allowedConsentIds: [1e300, -1e300, 1e16, 1.5, { a: 1 }, null, 'marketing', 42], deniedConsentIds: [-7] } } }));
+  assert.deepEqual((await profile(srv, 'c-odd')).consent.categories, { marketing: true, 42: true, '-7': false });
 });
 
 test('consent given while anonymous follows the visitor into the identified profile', async () => {
