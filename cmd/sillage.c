@@ -226,7 +226,9 @@ static void prune_done(sl_stage_job_t *job)
     sl_stitch_prune_t *p = job->arg; /* the prune request, a member of the app */
     app_t *a = (app_t *)(void *)((char *)p - offsetof(app_t, prune));
     if (job->rc && job->rc != SL_ESHUTDOWN) SL_ERROR("retention: a pruning run failed (%s); retrying", sl_strerror(job->rc));
-    if (p->pruned) SL_INFO("retention: %llu events pruned", (unsigned long long)p->pruned);
+    if (p->pruned || p->held)
+        SL_INFO("retention: %llu events pruned, %llu past their age kept while a trigger in the feed names them",
+                (unsigned long long)p->pruned, (unsigned long long)p->held);
     if (a->stopping) return;
     /* more to read: go on at once (each run is one short stage transaction);
      * else look again for new events (and, once the pass is due, start the
