@@ -1,5 +1,6 @@
-/* static.c - the built-in files (sl_assets.h): GET/HEAD /sillage.js, the demo
- * shop under /demo/, the /debug page and the operator's /console. Each is compressed once at start;
+/* static.c - the built-in files (sl_assets.h): GET/HEAD /sillage.js and its
+ * IAB TCF adapter /sillage-tcf.js, the demo shop under /demo/, the /debug
+ * page and the operator's /console. Each is compressed once at start;
  * answers carry an ETag, honour If-None-Match, and are gzipped when the
  * client accepts it. Only exact paths from the table are served, so there is
  * no file system path to traverse. /demo/ and /debug are off unless the
@@ -122,7 +123,7 @@ int http_handle_static(conn_t *c, const char *path)
         http_respond_error(c, 405, "use GET");
         return 0;
     }
-    int is_tag = strcmp(path, "/sillage.js") == 0;
+    int is_tag = strcmp(path, "/sillage.js") == 0 || strcmp(path, "/sillage-tcf.js") == 0;
     char h[300];
     snprintf(h, sizeof(h), "ETag: %s\r\nCache-Control: %s\r\nVary: Accept-Encoding\r\n%s", f->etag,
              is_tag ? "public, max-age=3600" : "no-cache", is_debug || is_console ? "X-Frame-Options: DENY\r\n" : "");

@@ -1,8 +1,9 @@
-// build.mjs SRC OUT - minifies the tag with terser (npm) into OUT and prints
+// build.mjs SRC OUT - minifies the tag (or its TCF adapter) with terser (npm) into OUT and prints
 // its size, minified and gzipped. Without terser (no `npm install`) it copies
 // SRC and says so: the server still works, the size check will not pass.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
+import { basename } from 'node:path';
 import { createRequire } from 'node:module';
 
 const [src, out] = process.argv.slice(2);
@@ -17,4 +18,4 @@ try {
   console.warn(`build.mjs: terser unavailable (${e.message.split('\n')[0]}); serving the tag unminified`);
 }
 writeFileSync(out, min);
-console.log(`sillage.js: ${min.length} bytes minified, ${gzipSync(min, { level: 9 }).length} bytes gzipped`);
+console.log(`${basename(src)}: ${min.length} bytes minified, ${gzipSync(min, { level: 9 }).length} bytes gzipped`);
