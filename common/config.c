@@ -128,16 +128,23 @@ static int get_str(ctx_t *x, const cJSON *obj, const char *key, const char *path
     return *out ? 0 : SL_ENOMEM;
 }
 
-static int get_bool(ctx_t *x, const cJSON *obj, const char *key, int *out)
+/* obj.key, a boolean, into *out (left alone when absent); path names obj in
+ * the error ("" at the top). */
+static int get_bool_at(ctx_t *x, const cJSON *obj, const char *key, const char *path, int *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (v == NULL) return 0;
     if (!cJSON_IsBool(v)) {
-        seterr(x->err, x->errlen, "%s must be true or false", key);
+        seterr(x->err, x->errlen, "%s%s%s must be true or false", path, path[0] ? "." : "", key);
         return SL_EINVAL;
     }
     *out = cJSON_IsTrue(v);
     return 0;
+}
+
+static int get_bool(ctx_t *x, const cJSON *obj, const char *key, int *out)
+{
+    return get_bool_at(x, obj, key, "", out);
 }
 
 static int get_duration(ctx_t *x, const cJSON *obj, const char *key, const char *path, int64_t *out)
@@ -246,7 +253,7 @@ static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t
 {
     static const char *known[] = {"name", "type", "url", "min_count", "within", "delay", "start_events",
                                   "cancel_event", "remove_event", "after", "trait", "on_first_set", "max_per_profile_per_day",
-                                  "requires_consent", NULL};
+                                  "requires_consent", "pressure", NULL};
     char path[48];
     snprintf(path, sizeof(path), "triggers[%zu]", idx);
     if (check_keys(x, t, path, known)) return SL_EINVAL;
@@ -283,15 +290,7 @@ static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t
     } else if (strcmp(type, "trait_change") == 0) {
         r->type = SL_TRIG_TRAIT_CHANGE;
         rc = get_str(x, t, "trait", path, &r->trait, 1);
-        const cJSON *fs = cJSON_GetObjectItemCaseSensitive(t, "on_first_set");
-        if (rc == 0 && fs) {
-            if (!cJSON_IsBool(fs)) {
-                seterr(x->err, x->errlen, "%s.on_first_set must be true or false", path);
-                rc = SL_EINVAL;
-            } else {
-                r->on_first_set = cJSON_IsTrue(fs);
-            }
-        }
+        if (rc == 0) rc = get_bool_at(x, t, "on_first_set", path, &r->on_first_set);
     } else {
         seterr(x->err, x->errlen,
                "%s.type \"%s\" is not one of page_visit, abandoned_cart, inactivity, trait_change",
@@ -299,6 +298,8 @@ static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t
         rc = SL_EINVAL;
     }
     if (rc == 0) rc = get_int(x, t, "max_per_profile_per_day", path, 0, 1000000, " (0 = no cap)", &r->max_per_day);
+    r->pressure = 1;
+    if (rc == 0) rc = get_bool_at(x, t, "pressure", path, &r->pressure);
     if (rc == 0) rc = get_str(x, t, "requires_consent", path, &r->requires_consent, 0);
     if (rc == 0 && r->requires_consent && (!r->requires_consent[0] || strlen(r->requires_consent) > SL_CONSENT_MAX_NAME)) {
         seterr(x->err, x->errlen, "%s.requires_consent must name a consent category of 1 to %d bytes", path,
@@ -420,8 +421,8 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
             if ((rc = check_keys(x, s, path, sk))) return rc;
             if ((rc = get_str(x, s, "name", path, &c->sources[i].name, 1))) return rc;
             if ((rc = get_str(x, s, "write_key", path, &c->sources[i].write_key, 1))) return rc;
-            if ((rc = get_bool(x, s, "trusted", &c->sources[i].trusted))) return rc;
-            if ((rc = get_bool(x, s, "historical", &c->sources[i].historical))) return rc;
+            if ((rc = get_bool_at(x, s, "trusted", path, &c->sources[i].trusted))) return rc;
+            if ((rc = get_bool_at(x, s, "historical", path, &c->sources[i].historical))) return rc;
             if ((rc = get_retention(x, s, "retention", path, &c->sources[i].retention_ms))) return rc;
             for (size_t j = 0; j < i; j++)
                 if (strcmp(c->sources[j].name, c->sources[i].name) == 0) {
@@ -561,7 +562,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
             h->expire_ms = 86400000;
             h->profile_erased = 1;
             if ((rc = check_keys(x, w, path, wk))) return rc;
-            if ((rc = get_bool(x, w, "profile_erased", &h->profile_erased))) return rc;
+            if ((rc = get_bool_at(x, w, "profile_erased", path, &h->profile_erased))) return rc;
             if ((rc = get_str(x, w, "url", path, &h->url, 1))) return rc;
             if (strncmp(h->url, "http://", 7) != 0 && strncmp(h->url, "https://", 8) != 0) {
                 seterr(x->err, x->errlen, "%s.url must start with http:// or https://", path);

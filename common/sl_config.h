@@ -43,6 +43,8 @@ typedef struct sl_trigger_rule_s {
     int max_per_day;       /* this rule's triggers per profile per UTC day; 0 = no cap */
     char *requires_consent; /* a consent category the person must have granted (and not be
                              * unsubscribed); NULL = none */
+    int pressure;          /* counts toward, and is held by, pressure.max_per_profile_per_day
+                            * and an unsubscribed person's cap of 0 (default true) */
 } sl_trigger_rule_t;
 
 typedef struct sl_webhook_s {

@@ -290,7 +290,9 @@ static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t
     int idx = rule_index(t, r);
     uint32_t day = (uint32_t)(now / 86400000);
     MDB_val k;
-    int cap = t->cfg->pressure_max_per_profile_per_day, rc;
+    /* a rule outside the pressure (a CRM sync) neither counts toward the
+     * profile's cap nor is held by it */
+    int cap = r->pressure ? t->cfg->pressure_max_per_profile_per_day : 0, rc;
     /* consent: a rule that needs it, and the pressure cap (an unsubscribed
      * person's cap is 0) */
     if (r->requires_consent || cap) {
@@ -310,7 +312,8 @@ static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t
         if (idx < MAX_RULES) t->pend.suppressed_by_rule[idx]++;
         return 0;
     }
-    if ((rc = pressure_inc(t, txn, day, person, "")) || (rc = pressure_inc(t, txn, day, person, r->name))) return rc;
+    if ((r->pressure && (rc = pressure_inc(t, txn, day, person, ""))) || (rc = pressure_inc(t, txn, day, person, r->name)))
+        return rc;
     static const char *types[] = {"page_visit", "abandoned_cart", "inactivity", "trait_change"};
     if ((rc = feed_append(t, txn, now, r->name, types[r->type], person, NULL, data))) return rc;
     t->pend.fired++;

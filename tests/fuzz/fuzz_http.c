@@ -48,7 +48,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
              "\"sources\":[{\"name\":\"s\",\"write_key\":\"wk\"},{\"name\":\"b\",\"write_key\":\"bk\",\"trusted\":true}],\"admin_token\":\"tok\",\"demo\":true,\"debug\":true,"
              "\"limits\":{\"max_request_bytes\":65536,\"max_message_bytes\":2048},"
              "\"triggers\":[{\"name\":\"c\",\"type\":\"abandoned_cart\",\"delay\":\"1s\"},"
-             "{\"name\":\"p\",\"type\":\"page_visit\",\"url\":\"/*\",\"requires_consent\":\"marketing\"},{\"name\":\"t\",\"type\":\"trait_change\",\"trait\":\"plan\"}],\"pressure\":{\"max_per_profile_per_day\":5}}",
+             "{\"name\":\"p\",\"type\":\"page_visit\",\"url\":\"/*\",\"requires_consent\":\"marketing\"},{\"name\":\"t\",\"type\":\"trait_change\",\"trait\":\"plan\",\"pressure\":false}],\"pressure\":{\"max_per_profile_per_day\":5}}",
              dir);
     char err[256];
     if (sl_config_parse(&cfg, json, strlen(json), err, sizeof(err))) abort();

@@ -166,6 +166,27 @@ test('without a pressure cap, an unsubscribed person still gets the rules that n
   } finally { await s2.stop(); s2.cleanup(); }
 });
 
+test('a rule with "pressure": false stays outside the cap: it neither counts nor is held, and reaches an unsubscribed person', async () => {
+  const s2 = await startServer({ config: { sources: SOURCES, pressure: { max_per_profile_per_day: 2 },
+    triggers: [...RULES, { name: 'sync', type: 'page_visit', url: '/offer*', pressure: false }] } });
+  try {
+    const granted = { context: { consent: { categoryPreferences: { marketing: true } } } };
+    for (let i = 0; i < 3; i++) await ok(s2, 'page', offer('p-1', granted));
+    // the first page's offer and seen fill the cap of 2; sync fires on every page and took no room
+    assert.deepEqual(await rulesFor(s2, 'p-1', 0), ['offer', 'seen', 'sync', 'sync', 'sync']);
+    assert.equal(await suppressed(s2, 'offer', 'pressure'), 2);
+    assert.equal(await suppressed(s2, 'seen', 'pressure'), 2);
+    assert.equal(await suppressed(s2, 'sync', 'pressure'), 0);
+
+    await ok(s2, 'track', { userId: 'p-2', event: 'Unsubscribed' });
+    await ok(s2, 'page', offer('p-2', granted));
+    assert.deepEqual(await rulesFor(s2, 'p-2', 0), ['sync'], 'unsubscribed: only the rule outside the cap');
+    assert.equal(await suppressed(s2, 'offer', 'unsubscribed'), 1);
+    assert.equal(await suppressed(s2, 'seen', 'unsubscribed'), 1);
+    assert.equal(await suppressed(s2, 'sync', 'unsubscribed'), 0);
+  } finally { await s2.stop(); s2.cleanup(); }
+});
+
 // A webhook receiver that answers 200 and keeps the bodies.
 async function receiver() {
   const bodies = [];

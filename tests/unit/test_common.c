@@ -259,7 +259,7 @@ TEST(config_errors_table)
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"role\":\"core\",\"nats\":{\"url\":\"http://x\"}}", "nats.url must start"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"nats\":{\"replicas\":9}}", "nats.replicas"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"rate_per_ip\":-1}}", "limits.rate_per_ip"},
-        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\",\"trusted\":\"yes\"}],\"admin_token\":\"t\"}", "trusted must be true or false"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\",\"trusted\":\"yes\"}],\"admin_token\":\"t\"}", "sources[0].trusted must be true or false"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"},{\"name\":\"a\",\"write_key\":\"k2\"}],\"admin_token\":\"t\"}", "sources[1].name repeats"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_traits_per_person\":0}}", "limits.max_traits_per_person"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_dedupe_ids\":10}}", "limits.max_dedupe_ids"},
@@ -268,10 +268,12 @@ TEST(config_errors_table)
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\",\"retention\":\"30s\"}],\"admin_token\":\"t\"}", "sources[0].retention must be at least 1m"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"identity\":{\"traits\":[\"email\",\"email\"]}}", "identity.traits[1] repeats identity.traits[0]"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"identity\":{\"traits\":[\"user_id\"]}}", "is the name of an identifier kind"},
-        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"webhooks\":[{\"url\":\"https://x\",\"secret\":\"s\",\"profile_erased\":1}]}", "profile_erased must be true or false"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"webhooks\":[{\"url\":\"https://x\",\"secret\":\"s\",\"profile_erased\":1}]}", "webhooks[0].profile_erased must be true or false"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"anonymous_retention\":\"13 months\"}", "anonymous_retention must be a duration"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"subscribe_event\":\"Unsubscribed\"}", "unsubscribe_event and subscribe_event must differ"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"triggers\":[{\"name\":\"c\",\"type\":\"inactivity\",\"after\":\"1d\",\"requires_consent\":\"\"}]}", "triggers[0].requires_consent must be a non-empty string"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"triggers\":[{\"name\":\"c\",\"type\":\"inactivity\",\"after\":\"1d\",\"pressure\":0}]}", "triggers[0].pressure must be true or false"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"triggers\":[{\"name\":\"c\",\"type\":\"trait_change\",\"trait\":\"plan\",\"on_first_set\":\"no\"}]}", "triggers[0].on_first_set must be true or false"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
         sl_config_t c;
