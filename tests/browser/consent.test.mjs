@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, WRITE_KEY } from '../integration/helpers.mjs';
-import { launchChromium, until } from './helpers.mjs';
+import { launchChromium, until, SNIPPET } from './helpers.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 let srv, browser;
@@ -17,7 +17,6 @@ before(async () => {
 });
 after(async () => { await browser?.close(); await srv.stop(); srv.cleanup(); });
 
-const SNIPPET = '!function(w,d,s){var a=w.sillage=w.sillage||[];if(a.v)return;["init","page","track","identify","alias","reset","flush","optOut","optIn","consent"].forEach(function(m){a[m]=function(){a.push([m].concat([].slice.call(arguments)))}});var e=d.createElement("script");e.async=1;e.src=s;d.head.appendChild(e)}(window,document,"/sillage.js");';
 
 // A new browser context that records every request to the collector's API.
 async function newContext() {
@@ -119,6 +118,8 @@ test('a revocation after consent: one last event carries it, then the device is 
   const aid = await page.evaluate(() => sillage.anonymousId());
   await until(() => stored('revoke').length >= 1, 10000, 250);
   await page.evaluate(() => sillage.consent({ analytics: true, marketing: false })); // a change
+  // stored before the revocation: a refusal drops what is still unsent, as optOut() does
+  await until(() => stored('revoke').length >= 2, 10000, 250);
   await page.evaluate(() => sillage.consent({ analytics: false, marketing: false })); // a revocation
   const ev = await until(() => { const e = stored('revoke'); return e.length >= 3 ? e : null; }, 10000, 250);
   assert.deepEqual(ev.map((e) => [e.event, e.anonymousId, e.context.consent.categoryPreferences]), [

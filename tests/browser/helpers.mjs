@@ -23,3 +23,6 @@ export async function until(fn, ms = 10000, every = 100) {
   }
   return v;
 }
+
+// The tag's loader snippet (docs/TAG.md) loading /sillage.js from the page's own origin.
+export const SNIPPET = '!function(w,d,s){var a=w.sillage=w.sillage||[];if(a.v)return;["init","page","track","identify","alias","reset","flush","optOut","optIn","consent"].forEach(function(m){a[m]=function(){a.push([m].concat([].slice.call(arguments)))}});var e=d.createElement("script");e.async=1;e.src=s;d.head.appendChild(e)}(window,document,"/sillage.js");';

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { startServer, WRITE_KEY } from '../integration/helpers.mjs';
-import { launchChromium, until } from './helpers.mjs';
+import { launchChromium, until, SNIPPET } from './helpers.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const require = createRequire(new URL('../../package.json', import.meta.url));
@@ -26,7 +26,6 @@ before(async () => {
 });
 after(async () => { await browser?.close(); await srv.stop(); srv.cleanup(); });
 
-const SNIPPET = '!function(w,d,s){var a=w.sillage=w.sillage||[];if(a.v)return;["init","page","track","identify","alias","reset","flush","optOut","optIn","consent"].forEach(function(m){a[m]=function(){a.push([m].concat([].slice.call(arguments)))}});var e=d.createElement("script");e.async=1;e.src=s;d.head.appendChild(e)}(window,document,"/sillage.js");';
 
 // The consent platform: CmpApi on window.__tcfapi, and window.tcString(purposes,
 // vendors) encoding a visitor's choice against a small vendor list (vendor 7).
