@@ -3,7 +3,7 @@
  * sillage.consent(), on every page, when the platform has loaded the stored
  * choice ("tcloaded") and each time the visitor makes one
  * ("useractioncomplete"). Load it after the sillage snippet (docs/TAG.md,
- * "IAB TCF").
+ * "IAB TCF"); loaded before, its calls wait in the snippet's queue.
  *
  * window.sillageTcf, read once at load, may set:
  *   categories  {name: [TCF purpose ids]}: a category is granted when every
@@ -15,12 +15,12 @@
  * is granted. */
 (function (w) {
   var o = w.sillageTcf || {};
-  var cats = o.categories || { analytics: [1, 8], marketing: [1, 3, 4] };
+  var cats = o.categories || { analytics: [1, 8], marketing: [1, 3, 4] }, pub = o.publisher, ven = o.vendor;
 
   function has(tc, purposes) {
     if (tc.gdprApplies === false) return true;
-    var given = ((o.publisher ? tc.publisher : tc.purpose) || {}).consents || {};
-    if (o.vendor && ((tc.vendor || {}).consents || {})[o.vendor] !== true) return false;
+    var given = ((pub ? tc.publisher : tc.purpose) || {}).consents || {};
+    if (ven && ((tc.vendor || {}).consents || {})[ven] !== true) return false;
     for (var i = 0; i < purposes.length; i++) if (given[purposes[i]] !== true) return false;
     return purposes.length > 0;
   }

@@ -18,6 +18,7 @@ const MJS = {
   core: join(dirname(require.resolve('@iabtcf/core')), '../mjs'), // (from lib/cjs/index.js)
   cmpapi: join(dirname(require.resolve('@iabtcf/cmpapi')), '../mjs'),
 };
+const STUB = require.resolve('@iabtcf/stub'); // the IAB's stub: __tcfapi queueing calls until the platform loads
 let srv, browser;
 
 before(async () => {
@@ -51,23 +52,29 @@ window.cmp = new CmpApi(10, 1, false);
 async function newContext() {
   const context = await browser.newContext();
   await context.route(`${srv.url}/iabtcf/**`, (route) => {
-    const [, pkg, file] = /\/iabtcf\/(core|cmpapi)\/(.+)$/.exec(new URL(route.request().url()).pathname);
+    const path = new URL(route.request().url()).pathname;
+    if (path === '/iabtcf/stub.js') return route.fulfill({ contentType: 'application/javascript', body: readFileSync(STUB) });
+    const [, pkg, file] = /\/iabtcf\/(core|cmpapi)\/(.+)$/.exec(path);
     route.fulfill({ contentType: 'application/javascript', body: readFileSync(join(MJS[pkg], file)) });
   });
   return context;
 }
 // A page with the platform, the snippet in consent mode with a held page view,
-// and the adapter (options: window.sillageTcf).
-async function tcfPage(context, name, options) {
+// and the adapter (options: window.sillageTcf). stub: the platform's stub
+// comes first, as a platform's install puts it (else __tcfapi appears only
+// when the platform's module has loaded, after the adapter).
+async function tcfPage(context, name, options, { stub = false } = {}) {
   const url = `${srv.url}/t/${name}.html`;
   await context.route(url, (route) => route.fulfill({ contentType: 'text/html', body: `<!doctype html><title>${name}</title>
-<script type="importmap">{"imports": {"@iabtcf/core": "/iabtcf/core/index.js", "@iabtcf/cmpapi": "/iabtcf/cmpapi/index.js"}}</script>
+${stub ? '<script src="/iabtcf/stub.js"></script>' : ''}<script type="importmap">{"imports": {"@iabtcf/core": "/iabtcf/core/index.js", "@iabtcf/cmpapi": "/iabtcf/cmpapi/index.js"}}</script>
 <script type="module">${PLATFORM}</script>
 <script>${SNIPPET}
 sillage.init(${JSON.stringify({ writeKey: WRITE_KEY, host: srv.url, consent: 'required', flushAt: 1, flushIntervalMs: 100 })});
 ${options ? `window.sillageTcf = ${JSON.stringify(options)};` : ''}
 sillage.page("${name}");</script>
-<script src="/sillage-tcf.js"></script><body>${name}</body>` }));
+<script src="/sillage-tcf.js"></script>
+<script>window.queued = typeof __tcfapi == 'function' && __tcfapi() ? __tcfapi().map((c) => c[0]) : null;</script>
+<body>${name}</body>` }));
   const page = await context.newPage();
   page.requests = [];
   page.on('request', (r) => { if (new URL(r.url()).pathname.startsWith('/v1/')) page.requests.push(r.url()); });
@@ -107,6 +114,16 @@ test('TCF: nothing while the banner is up; the visitor\'s choice starts the tag 
   const upd = await until(() => stored('tcf-banner').find((e) => e.event === 'Consent Preference Updated'));
   assert.ok(upd, 'the change was sent');
   assert.deepEqual(upd.context.consent, { categoryPreferences: { analytics: true, marketing: true } });
+  await context.close();
+});
+
+test('TCF: with the platform\'s stub in the page first (the usual install), the adapter listens at once', async () => {
+  const context = await newContext();
+  const page = await tcfPage(context, 'tcf-stub', undefined, { stub: true });
+  assert.deepEqual(await page.evaluate(() => window.queued), ['addEventListener'], 'queued in the stub before the platform loaded');
+  await page.evaluate(() => window.cmp.update(window.tcString([1, 3, 4, 8]), false)); // the stored choice
+  const ev = await until(() => { const e = stored('tcf-stub'); return e.length ? e : null; });
+  assert.deepEqual(ev[0].context.consent, { categoryPreferences: { analytics: true, marketing: true } });
   await context.close();
 });
 

@@ -15,9 +15,17 @@ async function metric(srv, name) {
   const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(await (await fetch(srv.url + '/metrics')).text());
   return m ? Number(m[1]) : NaN;
 }
+// The metric once ok(value) holds, or its value at the deadline.
+async function metricUntil(srv, name, ok, ms = 5000) {
+  let v;
+  for (const end = Date.now() + ms; !ok(v = await metric(srv, name)) && Date.now() < end;) await sleep(50);
+  return v;
+}
 
 test('rate limit per client IP: 429 with Retry-After, other addresses unaffected, refills', async () => {
-  const srv = await startServer({ config: { limits: { rate_per_ip: 20, rate_burst: 20 }, trusted_proxies: ['127.0.0.1'] } });
+  // a burst of 20, then one a second: 40 requests in a row find the bucket empty
+  // after the 20th however slow the machine (up to 20 s for the 40)
+  const srv = await startServer({ config: { limits: { rate_per_ip: 1, rate_burst: 20 }, trusted_proxies: ['127.0.0.1'] } });
   try {
     const send = (ip, i) => post(srv, '/v1/track', { userId: 'rl', event: 'e', messageId: `rl-${ip}-${i}-${Date.now()}` },
       { 'X-Forwarded-For': ip });
@@ -36,7 +44,7 @@ test('rate limit per client IP: 429 with Retry-After, other addresses unaffected
 });
 
 test('slow clients are cut off by the request timeout; memory stays bounded; others are served', async () => {
-  const srv = await startServer({ config: { limits: { request_timeout: '2s', idle_timeout: '2s' } } });
+  const srv = await startServer({ config: { limits: { request_timeout: '4s', idle_timeout: '4s' } } });
   const socks = [];
   try {
     const rss0 = rssKiB(srv.child.pid);
@@ -48,8 +56,7 @@ test('slow clients are cut off by the request timeout; memory stays bounded; oth
       socks.push(s);
     }
     const trickle = setInterval(() => { for (const s of socks) if (!s.destroyed) s.write('a'); }, 300);
-    await sleep(500);
-    assert.ok(await metric(srv, 'sillage_connections') >= 1100, 'the slow connections are open');
+    assert.ok(await metricUntil(srv, 'sillage_connections', (n) => n >= 1100, 3000) >= 1100, 'the slow connections are open');
     // a flood of normal requests from a few clients meanwhile
     let served = 0;
     await Promise.all(Array.from({ length: 8 }, async (_, k) => {
@@ -61,9 +68,9 @@ test('slow clients are cut off by the request timeout; memory stays bounded; oth
     const rssPeak = rssKiB(srv.child.pid);
     assert.equal(served, 480, 'normal clients are served during the attack');
     assert.ok(rssPeak - rss0 < 64 * 1024, `RSS grew ${(rssPeak - rss0) >> 10} MB with 1200 slow connections (bound 64 MB)`);
-    await sleep(3000); // past request_timeout, still trickling
+    // past request_timeout, still trickling: cut off
+    const open = await metricUntil(srv, 'sillage_connections', (n) => n < 20, 10000);
     clearInterval(trickle);
-    const open = await metric(srv, 'sillage_connections');
     assert.ok(open < 20, `${open} connections left open after the request timeout`);
   } finally {
     for (const s of socks) s.destroy();
@@ -75,12 +82,15 @@ test('the connection cap refuses the extra connections, and frees up', async () 
   const srv = await startServer({ config: { limits: { max_connections: 300 } } });
   const socks = [];
   try {
+    let closed = 0; // by the server: refused (/metrics cannot be asked while the cap is full)
     for (let i = 0; i < 400; i++) {
       const s = net.connect(srv.port, '127.0.0.1');
       s.on('error', () => {});
+      s.on('close', () => { closed++; });
       socks.push(s);
     }
-    await sleep(500);
+    for (const end = Date.now() + 5000; closed < 100 && Date.now() < end;) await sleep(50);
+    assert.ok(closed >= 100, `${closed} refused`);
     for (const s of socks) s.destroy();
     await sleep(300);
     assert.ok(await metric(srv, 'sillage_connections_refused_total') >= 100);

@@ -121,10 +121,12 @@ test('erasing a profile removes its triggers from the feed and its rule state', 
   await ok(srv, 'page', { userId: 'er-t1', properties: { path: '/pricing' } });
   await ok(srv, 'page', { userId: 'er-t1', properties: { path: '/pricing' } });
   await ok(srv, 'track', { userId: 'er-t1', ...added('sku-e', 1) });
-  assert.equal((await triggersFor(srv, 'er-t1')).length, 1);
+  assert.equal((await triggersFor(srv, 'er-t1')).filter((t) => t.rule === 'pricing').length, 1);
   const res = await fetch(srv.url + '/v1/profiles/user_id/er-t1', { method: 'DELETE', headers: bearer });
   assert.equal(res.status, 200);
-  assert.equal((await res.json()).erased.triggers, 1);
+  // pricing's; also the cart's (1 s) and dormant's (2 s) when the machine was slow enough for them to fire first
+  const erased = (await res.json()).erased.triggers;
+  assert.ok(erased >= 1 && erased <= 3, String(erased));
   assert.equal((await triggersFor(srv, 'er-t1')).length, 0);
   await sleep(1500); // the cart's timer comes due and finds nobody
   assert.equal((await feed(srv)).triggers.filter((t) => JSON.stringify(t).includes('sku-e')).length, 0);
@@ -266,7 +268,9 @@ test('a timer pending at shutdown fires after the restart; SIGHUP reloads rules'
     cfg.triggers.push({ name: 'docs', type: 'page_visit', url: '/docs/*' });
     writeFileSync(s2.cfgPath, JSON.stringify(cfg));
     s2.child.kill('SIGHUP');
-    await sleep(300);
+    // the new rules apply from the stage's next transaction once switched (logged)
+    for (const end = Date.now() + 5000; !/reload: \d+ trigger rules/.test(s2.log()) && Date.now() < end;) await sleep(50);
+    assert.match(s2.log(), /reload: 2 trigger rules/);
     await ok(s2, 'page', { userId: 'rs-u3', properties: { path: '/docs/api' } });
     const after2 = await waitFor(s2, (ts) => ts.some((t) => t.profile.user_id === 'rs-u2'), 6000);
     assert.equal(after2.filter((t) => t.rule === 'docs' && t.profile.user_id === 'rs-u3').length, 1);
