@@ -1184,10 +1184,37 @@ int sl_trig_cursor_put(sl_trig_t *t, MDB_txn *txn, const char *url, uint64_t seq
     return rc;
 }
 
+/* The per-rule counters (committed and pending) are kept by position in the
+ * rules: each follows its rule's name to its place in to; a new rule starts
+ * at 0, a removed one's counts go (its series leaves /metrics). */
+static void remap_rule_counters(sl_trig_t *t, const sl_config_t *from, const sl_config_t *to)
+{
+    int at[MAX_RULES]; /* to's rule i was from's rule at[i], or -1 */
+    for (size_t i = 0; i < MAX_RULES; i++) {
+        at[i] = -1;
+        for (size_t j = 0; i < to->n_triggers && j < from->n_triggers && j < MAX_RULES && at[i] < 0; j++)
+            if (strcmp(to->triggers[i].name, from->triggers[j].name) == 0) at[i] = (int)j;
+    }
+    _Atomic uint64_t *shared[] = {t->fired_by_rule, t->suppressed_by_rule, t->no_consent_by_rule,
+                                  t->unsubscribed_by_rule};
+    uint64_t *pend[] = {t->pend.fired_by_rule, t->pend.suppressed_by_rule, t->pend.no_consent_by_rule,
+                        t->pend.unsubscribed_by_rule};
+    for (size_t k = 0; k < sizeof(pend) / sizeof(pend[0]); k++) {
+        uint64_t a[MAX_RULES], b[MAX_RULES];
+        for (size_t i = 0; i < MAX_RULES; i++) a[i] = atomic_load(&shared[k][i]), b[i] = pend[k][i];
+        for (size_t i = 0; i < MAX_RULES; i++) {
+            atomic_store(&shared[k][i], at[i] < 0 ? 0 : a[at[i]]);
+            pend[k][i] = at[i] < 0 ? 0 : b[at[i]];
+        }
+    }
+}
+
 int sl_trig_reload_job(MDB_txn *txn, void *arg)
 {
     (void)txn;
     sl_trig_reload_t *r = arg;
+    /* (run again when its transaction is redone: then from is to, nothing moves) */
+    remap_rule_counters(r->trig, r->trig->cfg, r->cfg);
     r->trig->cfg = r->cfg;
     atomic_store(&r->trig->next_due, sl_now_ms()); /* timers of new rule names may be due */
     return 0;

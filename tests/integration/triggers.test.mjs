@@ -265,7 +265,7 @@ test('a timer pending at shutdown fires after the restart; SIGHUP reloads rules'
     // reload: a new rule, the cart rule kept with its pending timer
     await ok(s2, 'track', { userId: 'rs-u2', ...added('sku-s', 4) });
     const cfg = JSON.parse(readFileSync(s2.cfgPath, 'utf8'));
-    cfg.triggers.push({ name: 'docs', type: 'page_visit', url: '/docs/*' });
+    cfg.triggers.unshift({ name: 'docs', type: 'page_visit', url: '/docs/*' }); // first: the cart rule moves
     writeFileSync(s2.cfgPath, JSON.stringify(cfg));
     s2.child.kill('SIGHUP');
     // the new rules apply from the stage's next transaction once switched (logged)
@@ -277,6 +277,7 @@ test('a timer pending at shutdown fires after the restart; SIGHUP reloads rules'
     assert.equal(after2.filter((t) => t.rule === 'cart' && t.profile.user_id === 'rs-u2').length, 1);
     const m = await (await fetch(s2.url + '/metrics')).text();
     assert.match(m, /sillage_triggers_fired_total\{rule="docs"\} 1\n/, 'metrics name the reloaded rules');
+    assert.match(m, /sillage_triggers_fired_total\{rule="cart"\} 2\n/, 'a rule\'s counts follow it to its new place');
   } finally { await s2.stop(); s2.cleanup(); }
 });
 
