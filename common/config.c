@@ -792,3 +792,14 @@ const sl_source_t *sl_config_source(const sl_config_t *cfg, const char *name)
         if (strcmp(cfg->sources[i].name, name) == 0) return &cfg->sources[i];
     return NULL;
 }
+
+int64_t sl_config_retention_pass_ms(const sl_config_t *cfg)
+{
+    int64_t r = cfg->anonymous_retention_ms;
+    for (size_t i = 0; i < cfg->n_sources; i++)
+        if (cfg->sources[i].retention_ms && (r == 0 || cfg->sources[i].retention_ms < r))
+            r = cfg->sources[i].retention_ms;
+    if (r == 0) return 0;
+    r /= 60;
+    return r < 1000 ? 1000 : r > 3600000 ? 3600000 : r;
+}

@@ -158,4 +158,9 @@ void sl_config_free(sl_config_t *cfg);
 /* The source named name in cfg, or NULL. */
 const sl_source_t *sl_config_source(const sl_config_t *cfg, const char *name);
 
+/* Retention (docs/PRIVACY.md): how often a pass over the log begins — a
+ * 60th of the shortest retention configured, within 1 s and 1 h, so an
+ * event outlives its retention by at most that; 0 when none is configured. */
+int64_t sl_config_retention_pass_ms(const sl_config_t *cfg);
+
 #endif

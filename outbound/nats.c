@@ -14,7 +14,14 @@
  *   A second thread publishes the trigger feed to triggers_subject from the
  *   durable cursor "nats_triggers_cursor", Nats-Msg-Id = the trigger's id.
  * Threads never touch the store's submit queue: they hand work to the loop
- * thread through a uv_async. */
+ * thread through a uv_async.
+ * edge retention: with retention configured, a store job on a timer deletes
+ *   events already forwarded (at or below "nats_cursor") whose timestamp is
+ *   past the shortest retention that could apply to them: the source's, or
+ *   anonymous_retention (an edge knows no identities; the core keeps the
+ *   copy that counts). At most PRUNE_RUN events are examined per run, from
+ *   the cursor "edge_prune_next"; a new pass over the log begins every
+ *   sl_config_retention_pass_ms(). */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +35,7 @@
 #define PAGE 256
 #define RETRY_MS 500
 #define CONNECT_TIMEOUT_MS 2000   /* per server and attempt: bounds how long a stop waits */
+#define PRUNE_RUN 2000            /* edge retention: events examined per store job */
 
 typedef struct nbatch_s {
     natsMsgList list;
@@ -67,6 +75,19 @@ struct sl_nats_s {
     _Atomic int64_t connect_warned_ms; /* last "cannot connect" line; 0 = connected since */
     char shown_url[512];          /* nats.url for the log: no user:password@ (sl_url_redact) */
     int async_open;               /* under mu: threads may wake the loop */
+    /* edge retention (loop thread, and the store's writer during a job) */
+    int64_t prune_every_ms;       /* 0: no retention configured */
+    uv_timer_t prune_timer;
+    sl_store_batch_t prune_job;
+    int prune_busy;
+    struct {
+        uint64_t *seqs;
+        size_t n, cap;
+        uint64_t examined, upto, last;
+        int more, new_pass;
+        int64_t now;
+    } run;
+    _Atomic uint64_t pruned, examined, prune_passes;
 };
 
 /* Wakes the loop thread, unless sl_nats_stop() closed the handle. */
@@ -574,6 +595,107 @@ static void submit_batch(sl_nats_t *n, nbatch_t *b)
     }
 }
 
+/* ---- edge retention ---- */
+
+/* 1 when the forwarded event (json) is past the shortest retention that
+ * could apply to it; an event without a readable timestamp is kept. */
+static int edge_due(const sl_config_t *cfg, const char *json, size_t len, int64_t now)
+{
+    cJSON *doc = cJSON_ParseWithLength(json, len);
+    if (doc == NULL) return 0;
+    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(doc, "timestamp");
+    const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "sillage");
+    const sl_source_t *src = sl_config_source(cfg, sl_json_str(sil, "source"));
+    int64_t r = cfg->anonymous_retention_ms, at;
+    if (src && src->retention_ms && (r == 0 || src->retention_ms < r)) r = src->retention_ms;
+    int due = r && cJSON_IsString(ts) && sl_time_parse_iso(ts->valuestring, strlen(ts->valuestring), &at) == 0 &&
+              now - at > r;
+    cJSON_Delete(doc);
+    return due;
+}
+
+static int prune_take(const char *json, size_t len, uint64_t seq, void *arg)
+{
+    sl_nats_t *n = arg;
+    if (seq > n->run.upto) return 1; /* not forwarded yet */
+    if (n->run.examined == PRUNE_RUN) {
+        n->run.more = 1;
+        return 1;
+    }
+    n->run.examined++;
+    n->run.last = seq;
+    if (!edge_due(n->cfg, json, len, n->run.now)) return 0;
+    if (n->run.n == n->run.cap) {
+        size_t cap = n->run.cap ? 2 * n->run.cap : 256;
+        uint64_t *s = realloc(n->run.seqs, cap * sizeof(*s));
+        if (s == NULL) return SL_ENOMEM;
+        n->run.seqs = s, n->run.cap = cap;
+    }
+    n->run.seqs[n->run.n++] = seq;
+    return 0;
+}
+
+/* The store's writer thread, in its transaction (may run again: starts afresh). */
+static int prune_job(MDB_txn *txn, void *arg)
+{
+    sl_nats_t *n = arg;
+    uint64_t next = 1, pass = 0, at_end = 0;
+    n->run.n = 0, n->run.examined = 0, n->run.more = 0, n->run.new_pass = 0, n->run.last = 0;
+    n->run.now = sl_now_ms();
+    int rc;
+    if ((rc = sl_store_meta_get(n->store, txn, "nats_cursor", &n->run.upto)) ||
+        (rc = sl_store_meta_get(n->store, txn, "edge_prune_next", &next)) ||
+        (rc = sl_store_meta_get(n->store, txn, "edge_prune_pass", &pass)) ||
+        (rc = sl_store_meta_get(n->store, txn, "edge_prune_at_end", &at_end)))
+        return rc;
+    if (pass == 0 || (at_end && n->run.now - (int64_t)pass >= n->prune_every_ms)) {
+        next = 1; /* a new pass: what was young at the last one has aged */
+        pass = (uint64_t)n->run.now;
+        n->run.new_pass = 1;
+    }
+    rc = sl_store_foreach_event_from(n->store, txn, next, prune_take, n);
+    if (rc < 0 || rc > 1) return rc;
+    if (n->run.last) next = n->run.last + 1;
+    at_end = !n->run.more;
+    if ((rc = sl_store_erase_events_txn(n->store, txn, n->run.seqs, n->run.n)) ||
+        (rc = sl_store_meta_put(n->store, txn, "edge_prune_next", next)) ||
+        (rc = sl_store_meta_put(n->store, txn, "edge_prune_pass", pass)))
+        return rc;
+    return sl_store_meta_put(n->store, txn, "edge_prune_at_end", at_end);
+}
+
+static void prune_tick(uv_timer_t *t);
+
+/* Loop thread: the run is committed (or failed); the next one is timed. */
+static void prune_done(sl_store_batch_t *b)
+{
+    sl_nats_t *n = b->data;
+    n->prune_busy = 0;
+    if (b->rc) {
+        SL_ERROR("edge retention: a run failed (%s); trying again in a second", sl_strerror(b->rc));
+    } else {
+        atomic_fetch_add(&n->pruned, n->run.n);
+        atomic_fetch_add(&n->examined, n->run.examined);
+        if (n->run.new_pass) atomic_fetch_add(&n->prune_passes, 1);
+        if (n->run.n) SL_INFO("edge retention: %zu forwarded events pruned", n->run.n);
+    }
+    if (atomic_load(&n->stopping)) return;
+    int64_t wait = b->rc ? 1000 : n->run.more ? 0 : n->prune_every_ms < 5000 ? n->prune_every_ms : 5000;
+    uv_timer_start(&n->prune_timer, prune_tick, (uint64_t)wait, 0);
+}
+
+static void prune_tick(uv_timer_t *t)
+{
+    sl_nats_t *n = t->data;
+    if (n->prune_busy || atomic_load(&n->stopping)) return;
+    n->prune_job = (sl_store_batch_t){.job = prune_job, .job_arg = n, .done = prune_done, .data = n};
+    n->prune_busy = 1;
+    if (sl_store_submit(n->store, &n->prune_job)) { /* the store is busy: a second later */
+        n->prune_busy = 0;
+        uv_timer_start(&n->prune_timer, prune_tick, 1000, 0);
+    }
+}
+
 /* ---- loop thread ---- */
 
 static int cursor_job(MDB_txn *txn, void *arg)
@@ -659,6 +781,13 @@ int sl_nats_start(sl_nats_t *n, uv_loop_t *loop)
     if (cfg->role == SL_ROLE_EDGE) {
         rc = uv_thread_create(&n->thread, forward_main, n);
         n->have_thread = rc == 0;
+        if (rc == 0 && (n->prune_every_ms = sl_config_retention_pass_ms(cfg)) > 0) {
+            uv_timer_init(loop, &n->prune_timer);
+            n->prune_timer.data = n;
+            uv_timer_start(&n->prune_timer, prune_tick, 1000, 0);
+            SL_INFO("edge retention: forwarded events past their retention are pruned, a pass every %lld s",
+                    (long long)(n->prune_every_ms / 1000));
+        }
     } else {
         rc = uv_thread_create(&n->thread, consume_main, n);
         n->have_thread = rc == 0;
@@ -685,6 +814,7 @@ void sl_nats_stop(sl_nats_t *n)
     if (!open) return; /* never started */
     on_async(&n->async); /* a batch waiting to be taken, the last cursors */
     uv_close((uv_handle_t *)&n->async, NULL);
+    if (n->prune_every_ms) uv_close((uv_handle_t *)&n->prune_timer, NULL); /* a run under way still ends */
 }
 
 void sl_nats_free(sl_nats_t *n)
@@ -694,6 +824,7 @@ void sl_nats_free(sl_nats_t *n)
     if (n->have_trig_thread) uv_thread_join(&n->trig_thread);
     uv_mutex_destroy(&n->mu);
     uv_cond_destroy(&n->cv);
+    free(n->run.seqs);
     free(n);
 }
 
@@ -712,6 +843,9 @@ void sl_nats_get_stats(const sl_nats_t *n, sl_nats_stats_t *out)
     out->triggers_published = atomic_load(&n->triggers_published);
     uint64_t c = atomic_load(&n->want_cursor);
     out->lag = n->cfg->role == SL_ROLE_EDGE && st.last_seq > c ? st.last_seq - c : 0;
+    out->pruned = atomic_load(&n->pruned);
+    out->examined = atomic_load(&n->examined);
+    out->prune_passes = atomic_load(&n->prune_passes);
 }
 
 void sl_nats_metrics(void *arg, sl_buf_t *b)
@@ -730,4 +864,11 @@ void sl_nats_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "gauge", "sillage_nats_position", "The last stream sequence stored (core).", ns.position);
     sl_metric_u64(b, "counter", "sillage_nats_triggers_published_total",
                   "Triggers published to the triggers subject (core).", ns.triggers_published);
+    if (ns.role != SL_ROLE_EDGE) return; /* a core's retention counters are the stitcher's */
+    sl_metric_u64(b, "counter", "sillage_retention_pruned_events_total",
+                  "Forwarded events removed from the edge's log past their retention.", ns.pruned);
+    sl_metric_u64(b, "counter", "sillage_retention_examined_events_total",
+                  "Forwarded events the edge's retention looked at (each pass reads them all).", ns.examined);
+    sl_metric_u64(b, "counter", "sillage_retention_passes_total", "Passes of the edge's retention begun.",
+                  ns.prune_passes);
 }

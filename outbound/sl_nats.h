@@ -32,6 +32,7 @@ typedef struct sl_nats_stats_s {
     int role, connected;
     uint64_t published, publish_errors, lag;   /* edge */
     uint64_t consumed, position, triggers_published; /* core */
+    uint64_t pruned, examined, prune_passes;   /* edge retention */
 } sl_nats_stats_t;
 void sl_nats_get_stats(const sl_nats_t *n, sl_nats_stats_t *out);
 /* Prometheus text (arg: the NATS side; loop thread). */

@@ -1501,14 +1501,7 @@ void sl_stitch_erase_free(sl_stitch_erase_t *e)
 
 int64_t sl_stitch_prune_interval_ms(const sl_stitch_t *s)
 {
-    int64_t r = s->cfg->anonymous_retention_ms;
-    for (size_t i = 0; i < s->cfg->n_sources; i++)
-        if (s->cfg->sources[i].retention_ms && (r == 0 || s->cfg->sources[i].retention_ms < r))
-            r = s->cfg->sources[i].retention_ms;
-    if (r == 0) return 0;
-    /* an event outlives its retention by at most a 60th of it, and an hour */
-    r /= 60;
-    return r < 1000 ? 1000 : r > 3600000 ? 3600000 : r;
+    return sl_config_retention_pass_ms(s->cfg);
 }
 
 typedef struct {

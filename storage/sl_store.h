@@ -96,6 +96,8 @@ uint64_t sl_store_durable_seq(const sl_store_t *st);
  * transaction of its own, synced, from any thread. Their numbers are never
  * given again. Returns 0 or an LMDB error. */
 int sl_store_erase_events(sl_store_t *st, const uint64_t *seqs, size_t n);
+/* The same inside txn, a write transaction on the log (a job's). */
+int sl_store_erase_events_txn(sl_store_t *st, MDB_txn *txn, const uint64_t *seqs, size_t n);
 
 /* 1 when the environment holds a non-empty database called name, 0 when
  * not, or an error. Upgrades: a store written before the pipeline kept the

@@ -1064,6 +1064,22 @@ uint64_t sl_store_durable_seq(const sl_store_t *st)
     return atomic_load(&st->durable_seq);
 }
 
+int sl_store_erase_events_txn(sl_store_t *st, MDB_txn *txn, const uint64_t *seqs, size_t n)
+{
+    uint64_t floor = 0, top = 0;
+    int rc;
+    if (n == 0) return 0;
+    if ((rc = sl_store_meta_get(st, txn, "seq_floor", &floor))) return rc;
+    for (size_t i = 0; i < n; i++) {
+        MDB_val k = {8, (void *)&seqs[i]};
+        rc = mdb_del(txn, st->events, &k, NULL);
+        if (rc && rc != MDB_NOTFOUND) return rc;
+        if (seqs[i] > top) top = seqs[i];
+    }
+    /* numbers are never given again, even the last one's */
+    return top > floor ? sl_store_meta_put(st, txn, "seq_floor", top) : 0;
+}
+
 int sl_store_erase_events(sl_store_t *st, const uint64_t *seqs, size_t n)
 {
     if (n == 0) return 0;
@@ -1071,15 +1087,7 @@ int sl_store_erase_events(sl_store_t *st, const uint64_t *seqs, size_t n)
     uv_rwlock_rdlock(&st->resize_lock);
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) goto out;
-    uint64_t floor = 0, top = 0;
-    if ((rc = sl_store_meta_get(st, txn, "seq_floor", &floor))) goto fail;
-    for (size_t i = 0; i < n; i++) {
-        MDB_val k = {8, (void *)&seqs[i]};
-        rc = mdb_del(txn, st->events, &k, NULL);
-        if (rc && rc != MDB_NOTFOUND) goto fail;
-        if (seqs[i] > top) top = seqs[i];
-    }
-    if (top > floor && (rc = sl_store_meta_put(st, txn, "seq_floor", top))) goto fail;
+    if ((rc = sl_store_erase_events_txn(st, txn, seqs, n))) goto fail;
     rc = mdb_txn_commit(txn); /* synced: the env's flags make it flush its data pages */
     if (rc == 0 && !st->opts.nosync) rc = mdb_env_sync(st->env, 1);
     goto out;

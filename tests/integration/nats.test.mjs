@@ -105,6 +105,45 @@ test('an edge whose NATS server is unreachable stores events and exits on SIGTER
   } finally { await edge.stop('SIGKILL'); edge.cleanup(); }
 });
 
+test('edge retention: forwarded events past the shortest retention that could apply leave the edge; the core keeps its own rules; unforwarded ones stay', async () => {
+  const day = 86400000;
+  const ago = (ms) => new Date(Date.now() - ms).toISOString();
+  const retention = { sources: [{ name: 'test', write_key: 'wk_test', retention: '760d' },
+    { name: 'short', write_key: 'wk_short', retention: '1m' }], anonymous_retention: '395d' }; // passes every second
+  const bearer = { Authorization: 'Bearer ' + ADMIN };
+  const dir = tempDir();
+  const nats = await startNats(join(dir, 'js'));
+  const core = await startServer({ config: nodeConfig('core', nats.url, { config: retention }) });
+  const edge = await startServer({ config: nodeConfig('edge', nats.url, { config: retention }) });
+  const closed = await freePort(); // an edge that cannot forward
+  const alone = await startServer({ config: nodeConfig('edge', `nats://127.0.0.1:${closed}`, { config: retention }) });
+  try {
+    const send = async (srv, event, age) =>
+      assert.equal((await post(srv, '/v1/track', { userId: 'ret-u', event, timestamp: ago(age) })).status, 200);
+    await send(edge, 'Old', 800 * day); // past every retention
+    await send(edge, 'Mid', 400 * day); // past the anonymous one: the edge cannot tell ret-u is identified
+    await send(edge, 'New', 10 * day);
+    await send(alone, 'Old', 800 * day);
+    assert.ok(await until(async () => await metric(edge, 'sillage_retention_pruned_events_total') === 2),
+      'the edge pruned what it forwarded: ' + await metric(edge, 'sillage_retention_pruned_events_total'));
+    assert.deepEqual(exportEvents(edge.dataDir).map((e) => e.event), ['New']);
+    // the core applies its own rules: an identified person's events live the source's 760 days
+    const events = async () => {
+      const r = await fetch(core.url + '/v1/profiles/user_id/ret-u/events', { headers: bearer });
+      return r.status === 200 ? (await r.json()).events.map((e) => e.event).sort() : [];
+    };
+    assert.ok(await until(async () => JSON.stringify(await events()) === '["Mid","New"]'), JSON.stringify(await events()));
+    // nothing leaves an edge before JetStream has it
+    assert.ok(await until(async () => await metric(alone, 'sillage_retention_passes_total') >= 2));
+    assert.equal(await metric(alone, 'sillage_retention_pruned_events_total'), 0);
+    assert.deepEqual(exportEvents(alone.dataDir).map((e) => e.event), ['Old']);
+  } finally {
+    for (const s of [alone, edge, core]) { await s.stop(); s.cleanup(); }
+    await nats.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('two edges and a core: one visitor stitched across edges, one cart trigger, also on the NATS subject', async () => {
   const dir = tempDir();
   const nats = await startNats(join(dir, 'js'));
