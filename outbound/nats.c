@@ -15,12 +15,14 @@
  *   durable cursor "nats_triggers_cursor", Nats-Msg-Id = the trigger's id.
  * Threads never touch the store's submit queue: they hand work to the loop
  * thread through a uv_async.
- * edge retention: with retention configured, a store job on a timer deletes
+ * edge retention: with retention configured, runs on a timer delete
  *   events already forwarded (at or below "nats_cursor") whose timestamp is
  *   past the shortest retention that could apply to them: the source's, or
  *   anonymous_retention (an edge knows no identities; the core keeps the
  *   copy that counts). At most PRUNE_RUN events are examined per run, from
- *   the cursor "edge_prune_next"; a new pass over the log begins every
+ *   the cursor "edge_prune_next", in a read transaction on libuv's
+ *   threadpool (the ingestion writer is not held); a short store job then
+ *   deletes them and moves the cursor. A new pass over the log begins every
  *   sl_config_retention_pass_ms(). */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -35,7 +37,7 @@
 #define PAGE 256
 #define RETRY_MS 500
 #define CONNECT_TIMEOUT_MS 2000   /* per server and attempt: bounds how long a stop waits */
-#define PRUNE_RUN 2000            /* edge retention: events examined per store job */
+#define PRUNE_RUN 2000            /* edge retention: events examined per run */
 
 typedef struct nbatch_s {
     natsMsgList list;
@@ -78,13 +80,15 @@ struct sl_nats_s {
     /* edge retention (loop thread, and the store's writer during a job) */
     int64_t prune_every_ms;       /* 0: no retention configured */
     uv_timer_t prune_timer;
-    sl_store_batch_t prune_job;
+    uv_work_t prune_work;         /* a run's read, on libuv's threadpool */
+    sl_store_batch_t prune_job;   /* then its deletions, a store job */
     int prune_busy;
-    struct {
-        uint64_t *seqs;
+    struct {                      /* one run: filled by the read, used by the job */
+        uint64_t *seqs;           /* due: to delete */
         size_t n, cap;
-        uint64_t examined, upto, last;
-        int more, new_pass;
+        uint64_t examined, upto, last; /* upto: the forwarded cursor; last: the last event examined */
+        uint64_t next, pass;      /* the cursor and pass start to store */
+        int more, new_pass, rc;
         int64_t now;
     } run;
     _Atomic uint64_t pruned, examined, prune_passes;
@@ -635,42 +639,64 @@ static int prune_take(const char *json, size_t len, uint64_t seq, void *arg)
     return 0;
 }
 
-/* The store's writer thread, in its transaction (may run again: starts afresh). */
+/* A threadpool thread, in a read transaction: which forwarded events are due,
+ * from the durable cursor; the ingestion writer is not held meanwhile. */
+static int prune_read(MDB_txn *txn, void *arg)
+{
+    sl_nats_t *n = arg;
+    uint64_t at_end = 0;
+    int rc;
+    if ((rc = sl_store_meta_get(n->store, txn, "nats_cursor", &n->run.upto)) ||
+        (rc = sl_store_meta_get(n->store, txn, "edge_prune_next", &n->run.next)) ||
+        (rc = sl_store_meta_get(n->store, txn, "edge_prune_pass", &n->run.pass)) ||
+        (rc = sl_store_meta_get(n->store, txn, "edge_prune_at_end", &at_end)))
+        return rc;
+    if (n->run.pass == 0 || (at_end && n->run.now - (int64_t)n->run.pass >= n->prune_every_ms)) {
+        n->run.next = 1; /* a new pass: what was young at the last one has aged */
+        n->run.pass = (uint64_t)n->run.now;
+        n->run.new_pass = 1;
+    }
+    rc = sl_store_foreach_event_from(n->store, txn, n->run.next, prune_take, n);
+    if (rc < 0 || rc > 1) return rc;
+    if (n->run.last) n->run.next = n->run.last + 1;
+    return 0;
+}
+
+static void prune_work(uv_work_t *w)
+{
+    sl_nats_t *n = w->data;
+    n->run.n = 0, n->run.examined = 0, n->run.more = 0, n->run.new_pass = 0, n->run.last = 0;
+    n->run.now = sl_now_ms();
+    n->run.rc = sl_store_read(n->store, prune_read, n);
+}
+
+/* The store's writer thread, in its transaction: the run's deletions and
+ * cursor, in one short commit (may run again: it only repeats the same). */
 static int prune_job(MDB_txn *txn, void *arg)
 {
     sl_nats_t *n = arg;
-    uint64_t next = 1, pass = 0, at_end = 0;
-    n->run.n = 0, n->run.examined = 0, n->run.more = 0, n->run.new_pass = 0, n->run.last = 0;
-    n->run.now = sl_now_ms();
     int rc;
-    if ((rc = sl_store_meta_get(n->store, txn, "nats_cursor", &n->run.upto)) ||
-        (rc = sl_store_meta_get(n->store, txn, "edge_prune_next", &next)) ||
-        (rc = sl_store_meta_get(n->store, txn, "edge_prune_pass", &pass)) ||
-        (rc = sl_store_meta_get(n->store, txn, "edge_prune_at_end", &at_end)))
-        return rc;
-    if (pass == 0 || (at_end && n->run.now - (int64_t)pass >= n->prune_every_ms)) {
-        next = 1; /* a new pass: what was young at the last one has aged */
-        pass = (uint64_t)n->run.now;
-        n->run.new_pass = 1;
-    }
-    rc = sl_store_foreach_event_from(n->store, txn, next, prune_take, n);
-    if (rc < 0 || rc > 1) return rc;
-    if (n->run.last) next = n->run.last + 1;
-    at_end = !n->run.more;
     if ((rc = sl_store_erase_events_txn(n->store, txn, n->run.seqs, n->run.n)) ||
-        (rc = sl_store_meta_put(n->store, txn, "edge_prune_next", next)) ||
-        (rc = sl_store_meta_put(n->store, txn, "edge_prune_pass", pass)))
+        (rc = sl_store_meta_put(n->store, txn, "edge_prune_next", n->run.next)) ||
+        (rc = sl_store_meta_put(n->store, txn, "edge_prune_pass", n->run.pass)))
         return rc;
-    return sl_store_meta_put(n->store, txn, "edge_prune_at_end", at_end);
+    return sl_store_meta_put(n->store, txn, "edge_prune_at_end", !n->run.more);
 }
 
 static void prune_tick(uv_timer_t *t);
+
+static void prune_again(sl_nats_t *n, int failed)
+{
+    n->prune_busy = 0;
+    if (atomic_load(&n->stopping)) return; /* the timer is closed */
+    int64_t wait = failed ? 1000 : n->run.more ? 0 : n->prune_every_ms < 5000 ? n->prune_every_ms : 5000;
+    uv_timer_start(&n->prune_timer, prune_tick, (uint64_t)wait, 0);
+}
 
 /* Loop thread: the run is committed (or failed); the next one is timed. */
 static void prune_done(sl_store_batch_t *b)
 {
     sl_nats_t *n = b->data;
-    n->prune_busy = 0;
     if (b->rc) {
         SL_ERROR("edge retention: a run failed (%s); trying again in a second", sl_strerror(b->rc));
     } else {
@@ -679,21 +705,30 @@ static void prune_done(sl_store_batch_t *b)
         if (n->run.new_pass) atomic_fetch_add(&n->prune_passes, 1);
         if (n->run.n) SL_INFO("edge retention: %zu forwarded events pruned", n->run.n);
     }
-    if (atomic_load(&n->stopping)) return;
-    int64_t wait = b->rc ? 1000 : n->run.more ? 0 : n->prune_every_ms < 5000 ? n->prune_every_ms : 5000;
-    uv_timer_start(&n->prune_timer, prune_tick, (uint64_t)wait, 0);
+    prune_again(n, b->rc != 0);
+}
+
+/* Loop thread: the read is done; its deletions go to the writer. */
+static void prune_read_done(uv_work_t *w, int status)
+{
+    sl_nats_t *n = w->data;
+    if (status == 0 && n->run.rc)
+        SL_ERROR("edge retention: reading the log failed (%s); trying again in a second", sl_strerror(n->run.rc));
+    if (status || n->run.rc || atomic_load(&n->stopping)) {
+        prune_again(n, 1);
+        return;
+    }
+    n->prune_job = (sl_store_batch_t){.job = prune_job, .job_arg = n, .done = prune_done, .data = n};
+    if (sl_store_submit(n->store, &n->prune_job)) prune_again(n, 1); /* the store is busy: a second later */
 }
 
 static void prune_tick(uv_timer_t *t)
 {
     sl_nats_t *n = t->data;
     if (n->prune_busy || atomic_load(&n->stopping)) return;
-    n->prune_job = (sl_store_batch_t){.job = prune_job, .job_arg = n, .done = prune_done, .data = n};
     n->prune_busy = 1;
-    if (sl_store_submit(n->store, &n->prune_job)) { /* the store is busy: a second later */
-        n->prune_busy = 0;
-        uv_timer_start(&n->prune_timer, prune_tick, 1000, 0);
-    }
+    n->prune_work.data = n;
+    if (uv_queue_work(n->loop, &n->prune_work, prune_work, prune_read_done)) prune_again(n, 1);
 }
 
 /* ---- loop thread ---- */

@@ -137,6 +137,7 @@ test('edge retention: forwarded events past the shortest retention that could ap
     assert.ok(await until(async () => await metric(alone, 'sillage_retention_passes_total') >= 2));
     assert.equal(await metric(alone, 'sillage_retention_pruned_events_total'), 0);
     assert.deepEqual(exportEvents(alone.dataDir).map((e) => e.event), ['Old']);
+    for (const s of [alone, edge]) assert.deepEqual(await s.stop(), { code: 0, sig: null }, 'a clean stop, runs and all');
   } finally {
     for (const s of [alone, edge, core]) { await s.stop(); s.cleanup(); }
     await nats.stop();
