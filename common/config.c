@@ -84,6 +84,7 @@ static void set_defaults(sl_config_t *c)
     c->nats.consumer = strdup("sillage-core");
     c->nats.replicas = 1;
     c->nats.duplicate_window_ms = 3600000;
+    c->nats.edge_keep_ms = 3600000;
 }
 
 /* ---- typed readers: each names the key path in its error --------------------- */
@@ -377,7 +378,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     const cJSON *nats = cJSON_GetObjectItemCaseSensitive(root, "nats");
     if (nats) {
         static const char *nk[] = {"url", "stream", "events_subject", "triggers_subject", "credentials", "consumer",
-                                   "replicas", "duplicate_window", NULL};
+                                   "replicas", "duplicate_window", "edge_keep", NULL};
         if ((rc = check_keys(x, nats, "nats", nk))) return rc;
         struct { const char *key; char **slot; } strs[] = {
             {"url", &c->nats.url}, {"stream", &c->nats.stream}, {"events_subject", &c->nats.events_subject},
@@ -391,6 +392,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         }
         if ((rc = get_int(x, nats, "replicas", "nats", 1, 5, "", &c->nats.replicas))) return rc;
         if ((rc = get_duration(x, nats, "duplicate_window", "nats", &c->nats.duplicate_window_ms))) return rc;
+        if ((rc = get_duration(x, nats, "edge_keep", "nats", &c->nats.edge_keep_ms))) return rc;
         if (strncmp(c->nats.url, "nats://", 7) != 0 && strncmp(c->nats.url, "tls://", 6) != 0) {
             seterr(x->err, x->errlen, "nats.url must start with nats:// or tls://");
             return SL_EINVAL;

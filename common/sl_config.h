@@ -79,6 +79,8 @@ typedef struct sl_config_s {
         char *consumer;          /* durable consumer of the core: "sillage-core" */
         int replicas;            /* stream replicas when sillage creates it: 1 */
         int64_t duplicate_window_ms; /* the stream's Nats-Msg-Id window: 1h */
+        int64_t edge_keep_ms;    /* an edge keeps a forwarded event at least this long after
+                                  * receiving it, whatever its retention: 1h */
     } nats;
     char **trusted_proxies;
     size_t n_trusted_proxies;

@@ -88,6 +88,7 @@ struct sl_nats_s {
         size_t n, cap;
         uint64_t examined, upto, last; /* upto: the forwarded cursor; last: the last event examined */
         uint64_t next, pass;      /* the cursor and pass start to store */
+        uint64_t was_next, was_pass, was_at_end; /* as stored: a run that changes nothing writes nothing */
         int more, new_pass, rc;
         int64_t now;
     } run;
@@ -601,19 +602,27 @@ static void submit_batch(sl_nats_t *n, nbatch_t *b)
 
 /* ---- edge retention ---- */
 
+/* The time in doc's member name (ISO 8601), or -1. */
+static int64_t doc_time(const cJSON *doc, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, name);
+    int64_t ms;
+    return cJSON_IsString(v) && sl_time_parse_iso(v->valuestring, strlen(v->valuestring), &ms) == 0 ? ms : -1;
+}
+
 /* 1 when the forwarded event (json) is past the shortest retention that
- * could apply to it; an event without a readable timestamp is kept. */
+ * could apply to it, and was received nats.edge_keep ago at least (JetStream
+ * may acknowledge what is not on its disk yet); an event without readable
+ * times is kept. */
 static int edge_due(const sl_config_t *cfg, const char *json, size_t len, int64_t now)
 {
     cJSON *doc = cJSON_ParseWithLength(json, len);
     if (doc == NULL) return 0;
-    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(doc, "timestamp");
     const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "sillage");
     const sl_source_t *src = sl_config_source(cfg, sl_json_str(sil, "source"));
-    int64_t r = cfg->anonymous_retention_ms, at;
+    int64_t r = cfg->anonymous_retention_ms, at = doc_time(doc, "timestamp"), got = doc_time(doc, "receivedAt");
     if (src && src->retention_ms && (r == 0 || src->retention_ms < r)) r = src->retention_ms;
-    int due = r && cJSON_IsString(ts) && sl_time_parse_iso(ts->valuestring, strlen(ts->valuestring), &at) == 0 &&
-              now - at > r;
+    int due = r && at >= 0 && now - at > r && got >= 0 && now - got >= cfg->nats.edge_keep_ms;
     cJSON_Delete(doc);
     return due;
 }
@@ -651,6 +660,7 @@ static int prune_read(MDB_txn *txn, void *arg)
         (rc = sl_store_meta_get(n->store, txn, "edge_prune_pass", &n->run.pass)) ||
         (rc = sl_store_meta_get(n->store, txn, "edge_prune_at_end", &at_end)))
         return rc;
+    n->run.was_next = n->run.next, n->run.was_pass = n->run.pass, n->run.was_at_end = at_end;
     if (n->run.pass == 0 || (at_end && n->run.now - (int64_t)n->run.pass >= n->prune_every_ms)) {
         n->run.next = 1; /* a new pass: what was young at the last one has aged */
         n->run.pass = (uint64_t)n->run.now;
@@ -716,6 +726,12 @@ static void prune_read_done(uv_work_t *w, int status)
         SL_ERROR("edge retention: reading the log failed (%s); trying again in a second", sl_strerror(n->run.rc));
     if (status || n->run.rc || atomic_load(&n->stopping)) {
         prune_again(n, 1);
+        return;
+    }
+    if (n->run.n == 0 && n->run.next == n->run.was_next && n->run.pass == n->run.was_pass &&
+        (uint64_t)!n->run.more == n->run.was_at_end) { /* an idle edge: no commit, no fsync */
+        if (n->run.examined) atomic_fetch_add(&n->examined, n->run.examined);
+        prune_again(n, 0);
         return;
     }
     n->prune_job = (sl_store_batch_t){.job = prune_job, .job_arg = n, .done = prune_done, .data = n};

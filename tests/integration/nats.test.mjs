@@ -10,7 +10,7 @@ import { mkdirSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import { connect } from 'nats';
-import { startServer, post, tempDir, exportEvents, BIN, ADMIN } from './helpers.mjs';
+import { startServer, post, tempDir, exportEvents, basic, BIN, ADMIN } from './helpers.mjs';
 
 const BENCH = BIN.replace(/sillage$/, 'sillage-bench');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -105,28 +105,36 @@ test('an edge whose NATS server is unreachable stores events and exits on SIGTER
   } finally { await edge.stop('SIGKILL'); edge.cleanup(); }
 });
 
-test('edge retention: forwarded events past the shortest retention that could apply leave the edge; the core keeps its own rules; unforwarded ones stay', async () => {
+test('edge retention: forwarded events past the shortest retention that could apply leave the edge after nats.edge_keep; the core keeps its own rules; unforwarded ones stay', async () => {
   const day = 86400000;
   const ago = (ms) => new Date(Date.now() - ms).toISOString();
   const retention = { sources: [{ name: 'test', write_key: 'wk_test', retention: '760d' },
     { name: 'short', write_key: 'wk_short', retention: '1m' }], anonymous_retention: '395d' }; // passes every second
+  const edgeOpts = { config: retention, nats: { edge_keep: '5s' } };
   const bearer = { Authorization: 'Bearer ' + ADMIN };
   const dir = tempDir();
   const nats = await startNats(join(dir, 'js'));
   const core = await startServer({ config: nodeConfig('core', nats.url, { config: retention }) });
-  const edge = await startServer({ config: nodeConfig('edge', nats.url, { config: retention }) });
+  const edge = await startServer({ config: nodeConfig('edge', nats.url, edgeOpts) });
   const closed = await freePort(); // an edge that cannot forward
-  const alone = await startServer({ config: nodeConfig('edge', `nats://127.0.0.1:${closed}`, { config: retention }) });
+  const alone = await startServer({ config: nodeConfig('edge', `nats://127.0.0.1:${closed}`, edgeOpts) });
+  const pruned = (srv) => metric(srv, 'sillage_retention_pruned_events_total');
+  const stored = (srv) => exportEvents(srv.dataDir).map((e) => e.event);
   try {
-    const send = async (srv, event, age) =>
-      assert.equal((await post(srv, '/v1/track', { userId: 'ret-u', event, timestamp: ago(age) })).status, 200);
+    const send = async (srv, event, age, key = 'wk_test') => assert.equal((await post(srv, '/v1/track',
+      { userId: 'ret-u', event, timestamp: ago(age) }, { Authorization: basic(key) })).status, 200);
     await send(edge, 'Old', 800 * day); // past every retention
     await send(edge, 'Mid', 400 * day); // past the anonymous one: the edge cannot tell ret-u is identified
     await send(edge, 'New', 10 * day);
+    await send(edge, 'Young', 40 * 1000, 'wk_short'); // one minute: due 20 s from now, in a later pass
     await send(alone, 'Old', 800 * day);
-    assert.ok(await until(async () => await metric(edge, 'sillage_retention_pruned_events_total') === 2),
-      'the edge pruned what it forwarded: ' + await metric(edge, 'sillage_retention_pruned_events_total'));
-    assert.deepEqual(exportEvents(edge.dataDir).map((e) => e.event), ['New']);
+    assert.ok(await until(async () => await metric(edge, 'sillage_nats_lag_events') === 0), 'forwarded');
+    assert.deepEqual(stored(edge), ['Old', 'Mid', 'New', 'Young'], 'kept nats.edge_keep (5 s) after receipt');
+    assert.ok(await until(async () => await pruned(edge) >= 2), String(await pruned(edge)));
+    assert.deepEqual(stored(edge), ['New', 'Young']);
+    assert.ok(await until(async () => await pruned(edge) >= 3, 30000), 'pruned once it aged past its minute');
+    assert.deepEqual(stored(edge), ['New']);
+    assert.equal(await pruned(edge), 3);
     // the core applies its own rules: an identified person's events live the source's 760 days
     const events = async () => {
       const r = await fetch(core.url + '/v1/profiles/user_id/ret-u/events', { headers: bearer });
@@ -134,10 +142,10 @@ test('edge retention: forwarded events past the shortest retention that could ap
     };
     assert.ok(await until(async () => JSON.stringify(await events()) === '["Mid","New"]'), JSON.stringify(await events()));
     // nothing leaves an edge before JetStream has it
-    assert.ok(await until(async () => await metric(alone, 'sillage_retention_passes_total') >= 2));
-    assert.equal(await metric(alone, 'sillage_retention_pruned_events_total'), 0);
-    assert.deepEqual(exportEvents(alone.dataDir).map((e) => e.event), ['Old']);
-    for (const s of [alone, edge]) assert.deepEqual(await s.stop(), { code: 0, sig: null }, 'a clean stop, runs and all');
+    assert.ok(await metric(alone, 'sillage_retention_passes_total') >= 2);
+    assert.equal(await pruned(alone), 0);
+    assert.deepEqual(stored(alone), ['Old']);
+    for (const s of [alone, edge]) assert.deepEqual(await s.stop(), { code: 0, sig: null }, 'a clean stop');
   } finally {
     for (const s of [alone, edge, core]) { await s.stop(); s.cleanup(); }
     await nats.stop();

@@ -273,6 +273,7 @@ TEST(config_errors_table)
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"subscribe_event\":\"Unsubscribed\"}", "unsubscribe_event and subscribe_event must differ"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"triggers\":[{\"name\":\"c\",\"type\":\"inactivity\",\"after\":\"1d\",\"requires_consent\":\"\"}]}", "triggers[0].requires_consent must be a non-empty string"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"triggers\":[{\"name\":\"c\",\"type\":\"inactivity\",\"after\":\"1d\",\"pressure\":0}]}", "triggers[0].pressure must be true or false"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"nats\":{\"edge_keep\":\"soon\"}}", "nats.edge_keep must be a duration"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"triggers\":[{\"name\":\"c\",\"type\":\"trait_change\",\"trait\":\"plan\",\"on_first_set\":\"no\"}]}", "triggers[0].on_first_set must be true or false"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
