@@ -204,6 +204,7 @@ typedef struct app_s {
     sl_trig_reload_t reload;
     sl_stage_job_t reload_job;
     uv_signal_t sigterm, sigint, sighup;
+    const sl_config_t *cfg;     /* as read at start (retention is not reloaded) */
     sl_stitch_prune_t prune;    /* retention: one run at a time */
     uv_timer_t prune_timer;
     int64_t prune_every_ms;     /* 0: no retention configured */
@@ -230,11 +231,7 @@ static void prune_done(sl_stage_job_t *job)
         SL_INFO("retention: %llu events pruned, %llu past their age kept while a trigger in the feed names them",
                 (unsigned long long)p->pruned, (unsigned long long)p->held);
     if (a->stopping) return;
-    /* more to read: go on at once (each run is one short stage transaction);
-     * else look again for new events (and, once the pass is due, start the
-     * next) after the interval, at most 5 s */
-    int64_t wait = job->rc ? 1000 : p->more ? 0 : a->prune_every_ms < 5000 ? a->prune_every_ms : 5000;
-    uv_timer_start(&a->prune_timer, prune_submit, (uint64_t)wait, 0);
+    uv_timer_start(&a->prune_timer, prune_submit, (uint64_t)sl_config_retention_wait_ms(a->cfg, job->rc != 0, p->more), 0);
 }
 
 static int reload_run(MDB_txn *txn, void *arg)
@@ -371,6 +368,7 @@ static int cmd_serve(int argc, char **argv)
             goto out_early;
         }
     }
+    app.cfg = &cfg;
     app.store = store;
     app.stage = d.stage;
     app.trig = d.trig;

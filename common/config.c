@@ -805,3 +805,9 @@ int64_t sl_config_retention_pass_ms(const sl_config_t *cfg)
     r /= 60;
     return r < 1000 ? 1000 : r > 3600000 ? 3600000 : r;
 }
+
+int64_t sl_config_retention_wait_ms(const sl_config_t *cfg, int failed, int more)
+{
+    int64_t every = sl_config_retention_pass_ms(cfg);
+    return failed ? 1000 : more ? 0 : every < 5000 ? every : 5000;
+}

@@ -164,5 +164,9 @@ const sl_source_t *sl_config_source(const sl_config_t *cfg, const char *name);
  * 60th of the shortest retention configured, within 1 s and 1 h, so an
  * event outlives its retention by at most that; 0 when none is configured. */
 int64_t sl_config_retention_pass_ms(const sl_config_t *cfg);
+/* When the next pruning run goes, after one that failed, left more to read
+ * (at once: each run is short), or reached what there is (look again for new
+ * events, and a due pass, after the pass interval, at most 5 s). */
+int64_t sl_config_retention_wait_ms(const sl_config_t *cfg, int failed, int more);
 
 #endif

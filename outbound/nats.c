@@ -82,7 +82,6 @@ struct sl_nats_s {
     uv_timer_t prune_timer;
     uv_work_t prune_work;         /* a run's read, on libuv's threadpool */
     sl_store_batch_t prune_job;   /* then its deletions, a store job */
-    int prune_busy;
     struct {                      /* one run: filled by the read, used by the job */
         uint64_t *seqs;           /* due: to delete */
         size_t n, cap;
@@ -697,10 +696,9 @@ static void prune_tick(uv_timer_t *t);
 
 static void prune_again(sl_nats_t *n, int failed)
 {
-    n->prune_busy = 0;
     if (atomic_load(&n->stopping)) return; /* the timer is closed */
-    int64_t wait = failed ? 1000 : n->run.more ? 0 : n->prune_every_ms < 5000 ? n->prune_every_ms : 5000;
-    uv_timer_start(&n->prune_timer, prune_tick, (uint64_t)wait, 0);
+    /* (the timer fires once: one run at a time) */
+    uv_timer_start(&n->prune_timer, prune_tick, (uint64_t)sl_config_retention_wait_ms(n->cfg, failed, n->run.more), 0);
 }
 
 /* Loop thread: the run is committed (or failed); the next one is timed. */
@@ -741,8 +739,7 @@ static void prune_read_done(uv_work_t *w, int status)
 static void prune_tick(uv_timer_t *t)
 {
     sl_nats_t *n = t->data;
-    if (n->prune_busy || atomic_load(&n->stopping)) return;
-    n->prune_busy = 1;
+    if (atomic_load(&n->stopping)) return;
     n->prune_work.data = n;
     if (uv_queue_work(n->loop, &n->prune_work, prune_work, prune_read_done)) prune_again(n, 1);
 }
