@@ -316,6 +316,22 @@ int sl_u64_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+int sl_amount_ok(double x) { return isfinite(x) && fabs(x) <= SL_AMOUNT_MAX; }
+
+int sl_amount_add(double *sum, double x)
+{
+    double r = *sum + x;
+    if (!isfinite(r)) return SL_ETOOBIG;
+    *sum = r;
+    return 0;
+}
+
+int sl_buf_append_amount(sl_buf_t *b, double x)
+{
+    if (!isfinite(x)) return sl_buf_appends(b, "null");
+    return sl_buf_printf(b, "%.2f", x);
+}
+
 int sl_buf_append_iso(sl_buf_t *b, int64_t ms)
 {
     char t[32];

@@ -85,7 +85,22 @@ int sl_buf_printf(sl_buf_t *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Appends s as a JSON string literal, quotes included. */
 int sl_buf_append_json_str(sl_buf_t *b, const char *s, size_t n);
+/* Appends a derived number (a sum, a cart's value) as JSON with two decimals.
+ * Never prints inf or nan, which are not JSON: a non-finite x is null. Every
+ * number sillage computes goes out through it. */
+int sl_buf_append_amount(sl_buf_t *b, double x);
 void sl_buf_free(sl_buf_t *b);
+
+/* ---- amounts ---------------------------------------------------------------
+ * A revenue, total, price or quantity read from an event is used only when it
+ * is finite and within +-SL_AMOUNT_MAX (a thousand billion, beyond any real
+ * order): otherwise it is ignored (and counted by its reader). Bounded inputs
+ * keep every sum of them finite; sums are checked all the same. */
+#define SL_AMOUNT_MAX 1e15
+int sl_amount_ok(double x);
+/* *sum += x unless the result would not be finite (then *sum is unchanged and
+ * SL_ETOOBIG is returned). */
+int sl_amount_add(double *sum, double x);
 
 /* ---- time -----------------------------------------------------------------*/
 /* Wall clock, milliseconds since the Unix epoch (UTC). */

@@ -41,6 +41,7 @@ void sl_webhooks_free(sl_webhooks_t *w);
 
 typedef struct sl_webhooks_stats_s {
     uint64_t delivered, failed_attempts, expired, in_flight;
+    uint64_t unreadable; /* feed entries that are not JSON: failed deliveries, never skipped quietly */
 } sl_webhooks_stats_t;
 void sl_webhooks_get_stats(const sl_webhooks_t *w, sl_webhooks_stats_t *out);
 /* Prometheus text (arg: the webhooks; loop thread). */

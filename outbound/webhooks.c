@@ -81,7 +81,7 @@ struct sl_webhooks_s {
     void *stop_arg;
     sl_stage_job_t job_s;
     cursor_job_t *job;           /* in flight, or NULL */
-    uint64_t delivered, failed_attempts, expired, in_flight;
+    uint64_t delivered, failed_attempts, expired, in_flight, unreadable;
 };
 
 int sl_webhook_sign(const char *secret, int64_t t, const char *delivery, const void *body, size_t len,
@@ -335,7 +335,16 @@ static int take_one(uint64_t seq, const char *json, size_t len, void *arg)
     d->seq = seq;
     /* an entry of no rule (profile_erased) goes to every webhook: whoever
      * received a person's triggers must hear of its erasure */
-    if (cJSON_IsNull(rule) ? !t->cfg->profile_erased : !(cJSON_IsString(rule) && rule_wanted(t->cfg, rule->valuestring))) {
+    if (doc == NULL) {
+        /* Not JSON (a store written before non-finite numbers were kept out,
+         * or damaged): nobody can tell whose it is, so it is a failed
+         * delivery, loudly, not a quiet "not for this webhook". */
+        SL_ERROR("webhook %s: feed entry %llu is not valid JSON; not delivered (sillage verify names it)", t->shown,
+                 (unsigned long long)seq);
+        t->w->unreadable++;
+        t->w->expired++;
+        d->state = D_DONE;
+    } else if (cJSON_IsNull(rule) ? !t->cfg->profile_erased : !(cJSON_IsString(rule) && rule_wanted(t->cfg, rule->valuestring))) {
         d->state = D_DONE; /* not for this webhook: only moves the cursor */
     } else {
         d->body = malloc(len);
@@ -604,6 +613,7 @@ void sl_webhooks_get_stats(const sl_webhooks_t *w, sl_webhooks_stats_t *out)
     out->failed_attempts = w->failed_attempts;
     out->expired = w->expired;
     out->in_flight = w->in_flight;
+    out->unreadable = w->unreadable;
 }
 
 void sl_webhooks_metrics(void *arg, sl_buf_t *b)
@@ -617,4 +627,7 @@ void sl_webhooks_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_webhook_expired_total", "Triggers given up after the webhook's expire.",
                   ws.expired);
     sl_metric_u64(b, "gauge", "sillage_webhook_in_flight", "Requests on the wire.", ws.in_flight);
+    sl_metric_u64(b, "counter", "sillage_webhook_unreadable_total",
+                  "Feed entries a webhook could not parse, given up at once (also in sillage_webhook_expired_total).",
+                  ws.unreadable);
 }

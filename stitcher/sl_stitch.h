@@ -225,6 +225,7 @@ typedef struct sl_stitch_stats_s {
     uint64_t identifies, identify_ns; /* identify and alias messages stitched, time spent on them */
     uint64_t traits_dropped;          /* traits not kept on a profile (limits.max_traits_*) */
     uint64_t pruned, examined, prune_passes, persons_expired; /* retention */
+    uint64_t amounts_ignored;         /* order amounts not finite or beyond SL_AMOUNT_MAX */
 } sl_stitch_stats_t;
 void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out);
 /* The same as Prometheus text (arg: the stitcher). */

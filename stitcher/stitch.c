@@ -71,6 +71,7 @@ typedef struct sl_stitch_msg_s {
     int trusted;                     /* from a trusted (server-side) source */
     int is_order;                    /* track "Order Completed" */
     double revenue;                  /* properties.revenue or .total of an order */
+    int amount_ignored;              /* that amount was not finite or past SL_AMOUNT_MAX */
     char currency[8];
     consent_in_t consent;            /* what it says of consent (an unsubscribe...) */
 } sl_stitch_msg_t;
@@ -93,9 +94,10 @@ struct sl_stitch_s {
     char *tscratch;           /* printing one trait value: limits.max_traits_bytes + 1 */
     uint64_t msg_dropped;     /* traits of the current message not kept (limits) */
     _Atomic uint64_t merges, refusals, created, traits_dropped;
+    _Atomic uint64_t amounts_ignored; /* order amounts not finite or past SL_AMOUNT_MAX */
     _Atomic uint64_t pruned, examined, prune_passes, persons_expired;
     struct { /* the current transaction's, added when it commits (an aborted one is redone) */
-        uint64_t created, refusals, merges, traits_dropped, prune_passes;
+        uint64_t created, refusals, merges, traits_dropped, prune_passes, amounts_ignored;
     } pend;
     _Atomic uint64_t identifies, identify_ns; /* identify and alias: count, time in on_event */
 };
@@ -528,7 +530,7 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
 
     sv->dirty = 1; /* event counts and first/last seen follow from the identifiers' timelines */
     sv->h.orders += x->h.orders;
-    sv->h.revenue += x->h.revenue;
+    sl_amount_add(&sv->h.revenue, x->h.revenue); /* finite, or left as it was */
     if (!sv->h.currency[0]) memcpy(sv->h.currency, x->h.currency, sizeof(sv->h.currency));
     if (x->traits.len) {
         cJSON *doc = cJSON_ParseWithLength(x->traits.data, x->traits.len);
@@ -608,6 +610,10 @@ static int read_msg(sl_stitch_t *s, const cJSON *doc, uint64_t seq, sl_stitch_ms
         if (!cJSON_IsNumber(rev)) rev = cJSON_GetObjectItemCaseSensitive(props, "total");
         m->is_order = 1;
         m->revenue = cJSON_IsNumber(rev) ? rev->valuedouble : 0;
+        if (!sl_amount_ok(m->revenue)) { /* 1e308 twice would sum to inf: the order counts, not its amount */
+            m->revenue = 0;
+            m->amount_ignored = 1;
+        }
         const char *cur = sl_json_str(props, "currency");
         if (cur) snprintf(m->currency, sizeof(m->currency), "%s", cur);
     }
@@ -767,7 +773,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
     if (m->is_order) {
         t->dirty = 1;
         t->h.orders++;
-        t->h.revenue += m->revenue;
+        if (sl_amount_add(&t->h.revenue, m->revenue) || m->amount_ignored) s->pend.amounts_ignored++;
         if (m->currency[0]) memcpy(t->h.currency, m->currency, sizeof(t->h.currency));
     }
     if (m->type == SL_STITCH_IDENTIFY && m->traits) {
@@ -863,6 +869,7 @@ static void on_after_txn(void *arg, int ok)
         atomic_fetch_add(&s->merges, s->pend.merges);
         atomic_fetch_add(&s->traits_dropped, s->pend.traits_dropped);
         atomic_fetch_add(&s->prune_passes, s->pend.prune_passes);
+        atomic_fetch_add(&s->amounts_ignored, s->pend.amounts_ignored);
     } else {
         consent_cache_clear(s->ccache);
     }
@@ -971,6 +978,7 @@ void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
     out->examined = atomic_load(&s->examined);
     out->prune_passes = atomic_load(&s->prune_passes);
     out->persons_expired = atomic_load(&s->persons_expired);
+    out->amounts_ignored = atomic_load(&s->amounts_ignored);
 }
 
 int sl_stitch_consent_check(sl_stitch_t *s, MDB_txn *txn, uint64_t person, const char *category, int *ok,
@@ -1097,9 +1105,10 @@ static int append_profile(sl_stitch_t *s, MDB_txn *txn, sl_buf_t *out, const per
     sl_buf_append_iso(out, first);
     sl_buf_appends(out, ",\"last_seen\":");
     sl_buf_append_iso(out, last);
-    sl_buf_printf(out, ",\"counters\":{\"events\":%llu,\"page_views\":%llu,\"orders\":%llu,\"revenue\":%.2f}",
-                  (unsigned long long)events, (unsigned long long)pages,
-                  (unsigned long long)p->h.orders, p->h.revenue);
+    sl_buf_printf(out, ",\"counters\":{\"events\":%llu,\"page_views\":%llu,\"orders\":%llu,\"revenue\":",
+                  (unsigned long long)events, (unsigned long long)pages, (unsigned long long)p->h.orders);
+    sl_buf_append_amount(out, p->h.revenue);
+    sl_buf_appends(out, "}");
     sl_buf_appends(out, ",\"currency\":");
     if (p->h.currency[0]) sl_buf_append_json_str(out, p->h.currency, strnlen(p->h.currency, sizeof(p->h.currency)));
     else sl_buf_appends(out, "null");
@@ -2036,6 +2045,9 @@ void sl_stitch_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_traits_dropped_total", "Traits not kept on a profile (limits.max_traits_*).",
                   ss.traits_dropped);
     sl_metric_u64(b, "counter", "sillage_persons_created_total", "Persons created.", ss.persons_created);
+    sl_metric_u64(b, "counter", "sillage_order_amounts_ignored_total",
+                  "Order revenue or total not counted: not finite or beyond 1e15 in absolute value.",
+                  ss.amounts_ignored);
     sl_metric_u64(b, "counter", "sillage_retention_pruned_events_total",
                   "Events removed from the log (and their timeline entries) past their retention.", ss.pruned);
     sl_metric_u64(b, "counter", "sillage_retention_examined_events_total",

@@ -68,10 +68,11 @@ struct sl_trig_s {
     int quiet;                           /* a historical event's merge: states, no trigger */
     _Atomic uint64_t historical;         /* events from imports the rules did not see */
     _Atomic uint64_t erasures;           /* profile_erased entries appended */
+    _Atomic uint64_t amounts_ignored;    /* cart prices and quantities not finite or past SL_AMOUNT_MAX */
     /* what the current transaction counted: added to the counters above when
      * it commits, dropped when it is aborted (it will be redone) */
     struct {
-        uint64_t fired, suppressed, timers_fired, historical, erasures;
+        uint64_t fired, suppressed, timers_fired, historical, erasures, amounts_ignored;
         uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
         uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES];
     } pend;
@@ -407,7 +408,8 @@ static int cart_save(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t pers
     cJSON_ArrayForEach(p, products) {
         const cJSON *price = cJSON_GetObjectItemCaseSensitive(p, "price");
         const cJSON *qty = cJSON_GetObjectItemCaseSensitive(p, "quantity");
-        if (cJSON_IsNumber(price)) value += price->valuedouble * (cJSON_IsNumber(qty) ? qty->valuedouble : 1);
+        /* each figure was bounded when it entered (product_of): the sum is checked all the same */
+        if (cJSON_IsNumber(price)) sl_amount_add(&value, price->valuedouble * (cJSON_IsNumber(qty) ? qty->valuedouble : 1));
         c->n_products++;
     }
     c->value = value;
@@ -422,8 +424,10 @@ static int cart_save(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t pers
 }
 
 /* The product a cart event's properties describe, normalised to
- * {product_id, name, price, quantity}; NULL when it names none. */
-static cJSON *product_of(const cJSON *props)
+ * {product_id, name, price, quantity}; NULL when it names none. A price or
+ * quantity that is not finite or past SL_AMOUNT_MAX is left out (counted in
+ * *ignored): 1e300 x 1e300 would make the cart's value inf. */
+static cJSON *product_of(const cJSON *props, uint64_t *ignored)
 {
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(props, "product_id");
     if (id == NULL) id = cJSON_GetObjectItemCaseSensitive(props, "id");
@@ -440,9 +444,12 @@ static cJSON *product_of(const cJSON *props)
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(props, "name");
     if (cJSON_IsString(name)) cJSON_AddStringToObject(p, "name", name->valuestring);
     const cJSON *price = cJSON_GetObjectItemCaseSensitive(props, "price");
-    if (cJSON_IsNumber(price)) cJSON_AddNumberToObject(p, "price", price->valuedouble);
+    if (cJSON_IsNumber(price) && sl_amount_ok(price->valuedouble)) cJSON_AddNumberToObject(p, "price", price->valuedouble);
+    else if (cJSON_IsNumber(price)) (*ignored)++;
     const cJSON *qty = cJSON_GetObjectItemCaseSensitive(props, "quantity");
-    cJSON_AddNumberToObject(p, "quantity", cJSON_IsNumber(qty) && qty->valuedouble > 0 ? qty->valuedouble : 1);
+    int qty_ok = cJSON_IsNumber(qty) && sl_amount_ok(qty->valuedouble);
+    if (cJSON_IsNumber(qty) && !qty_ok) (*ignored)++;
+    cJSON_AddNumberToObject(p, "quantity", qty_ok && qty->valuedouble > 0 ? qty->valuedouble : 1);
     return p;
 }
 
@@ -460,7 +467,10 @@ static void cart_add(cJSON *products, cJSON *p)
         if (same_product(q, p)) {
             cJSON *qa = cJSON_GetObjectItemCaseSensitive(q, "quantity");
             const cJSON *pa = cJSON_GetObjectItemCaseSensitive(p, "quantity");
-            if (qa && pa && cJSON_IsNumber(qa) && cJSON_IsNumber(pa)) cJSON_SetNumberValue(qa, qa->valuedouble + pa->valuedouble);
+            if (qa && pa && cJSON_IsNumber(qa) && cJSON_IsNumber(pa)) {
+                double sum = qa->valuedouble; /* both bounded (product_of, or a merge of two carts) */
+                if (sl_amount_add(&sum, pa->valuedouble) == 0 && sl_amount_ok(sum)) cJSON_SetNumberValue(qa, sum);
+            }
             cJSON_Delete(p);
             return;
         }
@@ -479,8 +489,10 @@ static int cart_fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uin
     char *ptxt = cJSON_PrintUnformatted(products);
     if (ptxt == NULL) return SL_ENOMEM;
     sl_buf_t d = {0};
-    sl_buf_printf(&d, "{\"products\":%s,\"value\":%.2f,\"currency\":", ptxt, c->value);
+    sl_buf_printf(&d, "{\"products\":%s,\"value\":", ptxt);
     cJSON_free(ptxt);
+    sl_buf_append_amount(&d, c->value);
+    sl_buf_appends(&d, ",\"currency\":");
     if (c->currency[0]) sl_buf_append_json_str(&d, c->currency, strnlen(c->currency, sizeof(c->currency)));
     else sl_buf_appends(&d, "null");
     sl_buf_printf(&d, ",\"started_at\":\"%s\",\"last_activity_at\":\"%s\",\"abandoned_at\":\"%s\"}", started, last,
@@ -535,11 +547,11 @@ static int cart_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, co
             products = cJSON_CreateArray();
             const cJSON *x;
             cJSON_ArrayForEach(x, list) {
-                cJSON *p = product_of(x);
+                cJSON *p = product_of(x, &t->pend.amounts_ignored);
                 if (p && products) cart_add(products, p);
             }
         } else {
-            cJSON *p = product_of(props);
+            cJSON *p = product_of(props, &t->pend.amounts_ignored);
             if (p) cart_add(products, p);
         }
         const char *cur = NULL;
@@ -547,7 +559,7 @@ static int cart_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, co
         if (cJSON_IsString(cu)) cur = cu->valuestring;
         if (cur) snprintf(c.currency, sizeof(c.currency), "%s", cur);
     } else {
-        cJSON *p = product_of(props);
+        cJSON *p = product_of(props, &t->pend.amounts_ignored);
         for (int i = 0; p && i < cJSON_GetArraySize(products); i++)
             if (same_product(cJSON_GetArrayItem(products, i), p)) {
                 cJSON_DeleteItemFromArray(products, i);
@@ -1075,6 +1087,7 @@ static void on_after_txn(void *arg, int ok)
         atomic_fetch_add(&t->timers_fired, t->pend.timers_fired);
         atomic_fetch_add(&t->historical, t->pend.historical);
         atomic_fetch_add(&t->erasures, t->pend.erasures);
+        atomic_fetch_add(&t->amounts_ignored, t->pend.amounts_ignored);
         for (int i = 0; i < MAX_RULES; i++) {
             if (t->pend.fired_by_rule[i]) atomic_fetch_add(&t->fired_by_rule[i], t->pend.fired_by_rule[i]);
             if (t->pend.suppressed_by_rule[i]) atomic_fetch_add(&t->suppressed_by_rule[i], t->pend.suppressed_by_rule[i]);
@@ -1371,6 +1384,9 @@ void sl_trig_metrics(void *arg, sl_buf_t *b)
                   atomic_load(&t->historical));
     sl_metric_u64(b, "counter", "sillage_feed_profile_erased_total",
                   "profile_erased entries appended to the feed (one per erasure).", atomic_load(&t->erasures));
+    sl_metric_u64(b, "counter", "sillage_cart_amounts_ignored_total",
+                  "Cart prices and quantities left out: not finite or beyond 1e15 in absolute value.",
+                  atomic_load(&t->amounts_ignored));
     sl_metric_u64(b, "counter", "sillage_trigger_timers_fired_total", "Durable timers that came due.",
                   ts.timers_fired);
     sl_metric_u64(b, "gauge", "sillage_trigger_feed_last_seq", "The last trigger readers can see (durable).",

@@ -28,7 +28,10 @@ function sillageStream(path, token, signal, opened, onEvent) {
               else if (l.indexOf('data:') === 0) data.push(l.slice(5).replace(/^ /, ''));
             });
             buf = buf.slice(i + 2);
-            if (data.length) onEvent(type, data.join('\n'));
+            // one entry the page cannot read (not JSON) must not end the live view
+            if (data.length) {
+              try { onEvent(type, data.join('\n')); } catch (e) { console.warn('sillage: event skipped:', e); }
+            }
           }
           return pump();
         });

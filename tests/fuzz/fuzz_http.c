@@ -9,11 +9,21 @@
  * loop below waits for the writer thread's commit: a message that outgrows
  * the scratch buffer once normalised (a batch's context merged into it) is
  * within the fuzzer's reach, with the writer copying what the loop thread
- * handed it (issue 13, C1). */
+ * handed it (issue 13, C1).
+ *
+ * Every answer that says it is JSON must parse as JSON, and every
+ * Server-Sent Event's data too; after each input the harness reads the feed
+ * entries it has not read yet and the most recently active profiles, as an
+ * automation engine and the console would (issue 21, H1: a sum that
+ * overflowed printed as inf, which is not JSON). */
+#define _GNU_SOURCE /* memmem */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
+
+#include <cjson/cJSON.h>
 
 #include "http_int.h"
 #include "sl_stitch.h"
@@ -25,13 +35,108 @@ static sl_store_t *store;
 static sl_stage_t *stage;
 static sl_server_t *srv;
 static size_t answered;
+static uint64_t feed_read; /* the feed entries read back so far */
+
+static void must_parse(const char *p, size_t n, const char *what)
+{
+    cJSON *doc = cJSON_ParseWithLength(p, n);
+    if (doc == NULL) {
+        fprintf(stderr, "fuzz_http: %s is not JSON: %.*s\n", what, (int)(n > 2000 ? 2000 : n), p);
+        abort();
+    }
+    cJSON_Delete(doc);
+}
+
+/* The value of header name in head[0..n), or NULL; *len its length. */
+static const char *header(const char *head, size_t n, const char *name, size_t *len)
+{
+    size_t k = strlen(name);
+    for (const char *l = head; l && l < head + n;) {
+        const char *e = memmem(l, (size_t)(head + n - l), "\r\n", 2);
+        if (e == NULL) break;
+        if ((size_t)(e - l) > k + 1 && strncasecmp(l, name, k) == 0 && l[k] == ':') {
+            const char *v = l + k + 1;
+            while (v < e && *v == ' ') v++;
+            *len = (size_t)(e - v);
+            return v;
+        }
+        l = e + 2;
+    }
+    return NULL;
+}
+
+/* Each SSE event's data lines in p[0..n) parse as JSON (comments and
+ * other fields are not data). */
+static void check_sse(const char *p, size_t n)
+{
+    for (const char *l = p; l < p + n;) {
+        const char *e = memchr(l, '\n', (size_t)(p + n - l));
+        if (e == NULL) break; /* a cut-off line: its rest never comes */
+        if (e - l > 5 && memcmp(l, "data:", 5) == 0) {
+            const char *v = l + 5 + (l[5] == ' ');
+            must_parse(v, (size_t)(e - v), "an SSE event's data");
+        }
+        l = e + 1;
+    }
+}
 
 static void hook(conn_t *c, const char *p, size_t n, void *arg)
 {
     (void)c;
-    (void)arg;
+    sl_buf_t *keep = arg;
     if (n < 12 || memcmp(p, "HTTP/1.1 ", 9) != 0) abort(); /* every answer is a status line */
     answered += n;
+    const char *end = memmem(p, n, "\r\n\r\n", 4);
+    if (end == NULL) abort();
+    size_t hn = (size_t)(end - p) + 2, tl = 0, ll = 0;
+    const char *body = end + 4;
+    size_t have = (size_t)(p + n - body);
+    const char *type = header(p, hn, "Content-Type", &tl);
+    const char *len = header(p, hn, "Content-Length", &ll);
+    if (type && tl >= 17 && memcmp(type, "text/event-stream", 17) == 0) {
+        check_sse(body, have);
+    } else if (type && tl >= 16 && memcmp(type, "application/json", 16) == 0 && len) {
+        size_t want = (size_t)strtoull(len, NULL, 10);
+        if (want > have) abort(); /* an answer is written whole */
+        must_parse(body, want, "an answer said to be JSON");
+        if (keep) {
+            keep->len = 0;
+            sl_buf_append(keep, body, want);
+        }
+    }
+}
+
+/* Sends one admin GET from an address of its own (the fuzzed requests may
+ * have spent 203.0.113.9's admin attempts) and runs the loop until it is
+ * answered; the JSON body, if any, in out. */
+static void admin_get(const char *path, sl_buf_t *out)
+{
+    out->len = 0;
+    conn_t *c = http_fake_conn(srv, hook, out);
+    if (c == NULL) return;
+    sl_ipnet_parse("127.0.0.1", 9, &c->peer);
+    char req[256];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n\r\n", path);
+    http_fake_input(c, req, (size_t)n);
+    for (int i = 0; i < 10000 && srv->n_conns == 1 && !c->closing && c->busy; i++) uv_run(&loop, UV_RUN_ONCE);
+    if (srv->n_conns == 1 && !c->closing) http_close(c);
+    while (srv->n_conns > 0) uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+/* Reads back what consumers read: the feed entries not read yet (the page
+ * is parsed by the hook) and the profiles of the persons active last. */
+static void read_back(void)
+{
+    sl_buf_t out = {0};
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/triggers?after=%llu&limit=200", (unsigned long long)feed_read);
+    admin_get(path, &out);
+    cJSON *doc = out.len ? cJSON_ParseWithLength(out.data, out.len) : NULL;
+    const cJSON *next = cJSON_GetObjectItemCaseSensitive(doc, "next");
+    if (cJSON_IsNumber(next) && next->valuedouble > (double)feed_read) feed_read = (uint64_t)next->valuedouble;
+    cJSON_Delete(doc);
+    admin_get("/v1/profiles?limit=5", &out);
+    sl_buf_free(&out);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -91,5 +196,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uv_run(&loop, UV_RUN_NOWAIT);
         usleep(50);
     }
+    read_back();
     return 0;
 }

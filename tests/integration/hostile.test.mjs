@@ -4,7 +4,9 @@
 // before the corpus must be stored exactly once with nothing else beside
 // them.
 //
-// A .req file: "expect: 400" (or "400|413"), then the request on one line
+// A .req file: "expect: 400" (or "400|413"), optionally "stores: <messageId>"
+// for a request the server must accept and store (hostile values inside a
+// valid message: they must not poison what is derived), then the request on one line
 // with escapes \r \n \\ \xHH, and these expansions:
 //   @repeat(TEXT,N)   TEXT N times          @repeatj(TEXT,N)  N times, comma-separated
 //   @chunks(SIZE,N)   N chunks of SIZE bytes in chunked encoding
@@ -14,7 +16,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
 import net from 'node:net';
-import { startServer, post } from './helpers.mjs';
+import { startServer, post, ADMIN } from './helpers.mjs';
 
 const DIR = new URL('../hostile/', import.meta.url);
 let srv;
@@ -81,13 +83,22 @@ test('hostile requests get their 4xx, and nothing else is disturbed', async () =
   }
   const wrong = [];
   for (const f of files) {
-    const [head, ...rest] = readFileSync(new URL(f, DIR), 'latin1').split('\n');
+    let [head, ...rest] = readFileSync(new URL(f, DIR), 'latin1').split('\n');
     const expect = head.replace(/^expect:\s*/, '').split('|').map(Number);
+    if (rest[0].startsWith('stores:')) controlIds.push(rest.shift().replace(/^stores:\s*/, ''));
     const status = await exchange(buildRequest(rest.join('\n').replace(/\n$/, '')));
     if (!expect.includes(status)) wrong.push(`${f}: got ${status}, expected ${expect.join(' or ')}`);
     assert.ok(status < 500 || expect.includes(status), `${f}: ${status}`);
   }
   assert.deepEqual(wrong, []);
+  // what was derived from the stored hostile values reads back as JSON
+  for (const path of ['/v1/profiles/user_id/h1-rich', '/v1/profiles/user_id/h1-victim', '/v1/profiles?limit=50',
+                      '/v1/triggers?after=0&limit=1000']) {
+    const a = await fetch(srv.url + path, { headers: { authorization: 'Bearer ' + ADMIN } });
+    const text = await a.text();
+    assert.equal(a.status, 200, `${path}: ${text}`);
+    assert.doesNotThrow(() => JSON.parse(text), `${path} is not JSON: ${text.slice(0, 300)}`);
+  }
   const h = await fetch(srv.url + '/healthz');
   assert.equal(h.status, 200, 'still serving');
   const r = await post(srv, '/v1/track', { userId: 'control', event: 'After', messageId: 'control-after' });
