@@ -13,6 +13,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <llhttp.h>
 #include <lmdb.h>
 #include <maxminddb.h>
@@ -21,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -188,6 +190,81 @@ static void derived_free(derived_t *d)
     sl_stitch_free(d->stitch);
 }
 
+/* ---- the data directory: its lock, and the derived store's state ---------------- */
+
+/* serve and rebuild hold an exclusive flock() on data_dir/sillage.lock for
+ * their whole run (the kernel drops it when the process ends, however it
+ * ends). A rebuild beside a live server swapped derived/ under it, and an
+ * erasure made meanwhile came back at the next start (issue 21, M1).
+ * export, verify and backup take no lock: they read from read transactions,
+ * beside a server or a rebuild alike. Returns the descriptor (kept open), or
+ * -1 after saying why; `doing` names what the caller is about to do. */
+static int lock_data_dir(const char *data_dir, const char *doing)
+{
+    char path[4200], holder[64] = "";
+    int rc = sl_mkdir_p(data_dir);
+    if (rc) {
+        fprintf(stderr, "sillage: cannot create %s: %s\n", data_dir, sl_strerror(rc));
+        return -1;
+    }
+    snprintf(path, sizeof(path), "%s/sillage.lock", data_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+    if (fd < 0) {
+        fprintf(stderr, "sillage: cannot open %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        ssize_t n = e == EWOULDBLOCK ? pread(fd, holder, sizeof(holder) - 1, 0) : -1;
+        holder[n > 0 ? n : 0] = '\0';
+        holder[strcspn(holder, "\n")] = '\0';
+        if (e == EWOULDBLOCK)
+            fprintf(stderr, "sillage: another sillage (a server or a rebuild%s%s) is using %s: it holds %s. "
+                            "Stop it before you %s\n",
+                    holder[0] ? ", process " : "", holder, data_dir, path, doing);
+        else fprintf(stderr, "sillage: cannot lock %s: %s\n", path, strerror(e));
+        close(fd);
+        return -1;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n) { /* only the message above needs it */ }
+    return fd;
+}
+
+/* serve refuses a derived store that is missing beside a non-empty log, or
+ * the leftovers of an interrupted rebuild: deriving the whole log again with
+ * the rules live fired every past trigger a second time, and the next
+ * rebuild deleted the real feed left in derived.old/ (issue 21, M2).
+ * 0 when serving is safe; else 1 after saying which command to run. */
+static int derived_ready(const sl_config_t *cfg, sl_store_t *store, const args_t *a)
+{
+    static const char *const leftovers[] = {"derived.old", "derived.rebuild"};
+    char path[4300];
+    struct stat sb;
+    const char *cflag = a->config ? " -c " : "", *cpath = a->config ? a->config : "";
+    for (size_t i = 0; i < sizeof(leftovers) / sizeof(*leftovers); i++) {
+        snprintf(path, sizeof(path), "%s/%s", cfg->data_dir, leftovers[i]);
+        if (lstat(path, &sb) == 0) {
+            fprintf(stderr, "sillage: %s is left by an interrupted `sillage rebuild`: run `sillage rebuild%s%s` "
+                            "(it takes up the store in place and its trigger feed), then start again\n",
+                    path, cflag, cpath);
+            return 1;
+        }
+    }
+    snprintf(path, sizeof(path), "%s/derived/data.mdb", cfg->data_dir);
+    uint64_t events = sl_store_durable_seq(store);
+    if (events > 0 && stat(path, &sb) != 0) {
+        fprintf(stderr, "sillage: the log in %s holds events (up to %llu) but there is no derived store (%s): "
+                        "serving would derive the whole log again with the trigger rules live and fire every "
+                        "past trigger a second time. Run `sillage rebuild%s%s` (it derives with the rules "
+                        "muted), then start again\n",
+                cfg->data_dir, (unsigned long long)events, path, cflag, cpath);
+        return 1;
+    }
+    return 0;
+}
+
 /* ---- serve ------------------------------------------------------------------- */
 
 typedef struct app_s {
@@ -347,10 +424,16 @@ static int cmd_serve(int argc, char **argv)
     sl_store_t *store = NULL;
     app_t app = {0};
     derived_t d = {0};
+    int lock = lock_data_dir(cfg.data_dir, "start a server on it");
+    if (lock < 0) {
+        sl_config_free(&cfg);
+        return 1;
+    }
     sl_store_options_t so = store_options(&cfg, 0);
     if ((rc = sl_store_open(&store, &so))) {
         fprintf(stderr, "sillage: cannot open the store in %s: %s\n", cfg.data_dir, sl_strerror(rc));
         sl_config_free(&cfg);
+        close(lock);
         return 1;
     }
     /* A store written before the pipeline holds its derived state beside
@@ -363,6 +446,7 @@ static int cmd_serve(int argc, char **argv)
     }
     /* An edge collects and forwards: the core derives. */
     if (cfg.role != SL_ROLE_EDGE) {
+        if (derived_ready(&cfg, store, &a)) goto out_early;
         if ((rc = derived_new(&d, &cfg, store, 0)) || (rc = sl_stage_open(d.stage))) {
             fprintf(stderr, "sillage: cannot open the derived store in %s: %s\n", d.dir, sl_strerror(rc));
             goto out_early;
@@ -451,6 +535,7 @@ out_early:
         free(app.rules);
     }
     sl_config_free(&cfg);
+    close(lock);
     return ret;
 }
 
@@ -697,34 +782,79 @@ static int remove_env_dir(const char *dir)
     return rc;
 }
 
+/* fsync of a directory: a rename in it is on disk once this returns. */
+static int sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    int rc = fsync(fd) ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+/* What an interrupted rebuild left, made whole before a new one starts.
+ * derived.old/ is from a build before issue 21, which put the new store in
+ * place with two renames: without derived/ it is the store in place (the
+ * crash fell between the renames) and goes back; beside derived/ it is the
+ * replaced store that could not be removed. derived.rebuild/ is scratch, or
+ * the replaced store after an exchange. 0, or -1 after saying why. */
+static int rebuild_tidy(const char *cur, const char *tmp, const char *old)
+{
+    char path[4300];
+    struct stat sb;
+    snprintf(path, sizeof(path), "%s/data.mdb", old);
+    int old_store = stat(path, &sb) == 0;
+    snprintf(path, sizeof(path), "%s/data.mdb", cur);
+    if (old_store && stat(path, &sb) != 0) {
+        if (remove_env_dir(cur) != 0 || rename(old, cur) != 0) {
+            fprintf(stderr, "sillage: cannot put %s back in place of %s: %s\n", old, cur, strerror(errno));
+            return -1;
+        }
+        fprintf(stderr, "sillage: %s was the store in place (a rebuild stopped between its renames): put back\n",
+                old);
+    }
+    const char *left = remove_env_dir(tmp) ? tmp : remove_env_dir(old) ? old : NULL;
+    if (left) {
+        fprintf(stderr, "sillage: cannot clear %s: %s\n", left, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 /* sillage rebuild: derives everything again from the log into a new derived
  * store, then puts it in place of the old one. The trigger feed and the
  * webhook cursors are carried over, and the engine is muted while it
  * replays: rule states and timers are rebuilt, timers that came due are
- * consumed, no trigger is appended -- none fires twice. */
+ * consumed, no trigger is appended -- none fires twice. It refuses to run
+ * beside a server (the data directory's lock): a server would go on writing
+ * to the store it replaces. The swap is one renameat2(RENAME_EXCHANGE): at
+ * every instant derived/ is a whole store, the old or the new. */
 static int cmd_rebuild(int argc, char **argv)
 {
     args_t a;
     if (parse_args(argc, argv, &a, 0)) return 2;
     sl_config_t cfg;
     if (load_existing(&a, &cfg)) return 1;
+    int lock = lock_data_dir(cfg.data_dir, "run sillage rebuild (beside a server it would swap the derived "
+                                           "store under it, and undo what the server derives meanwhile)");
+    if (lock < 0) {
+        sl_config_free(&cfg);
+        return 1;
+    }
     sl_store_t *st = NULL;
     sl_store_options_t so = store_options(&cfg, 0);
     int rc = sl_store_open(&st, &so);
     if (rc) {
         fprintf(stderr, "sillage: cannot open the store in %s: %s\n", cfg.data_dir, sl_strerror(rc));
         sl_config_free(&cfg);
+        close(lock);
         return 1;
     }
     char cur[4200], tmp[4200], old[4200], path[4300];
     snprintf(cur, sizeof(cur), "%s/derived", cfg.data_dir);
     snprintf(tmp, sizeof(tmp), "%s/derived.rebuild", cfg.data_dir);
     snprintf(old, sizeof(old), "%s/derived.old", cfg.data_dir);
-    const char *left = remove_env_dir(tmp) ? tmp : remove_env_dir(old) ? old : NULL;
-    if (left) {
-        fprintf(stderr, "sillage: cannot clear %s: %s\n", left, strerror(errno));
-        rc = SL_EINVAL;
-    }
+    if (rebuild_tidy(cur, tmp, old)) rc = SL_EINVAL;
     int legacy = rc == 0 ? sl_store_has_db(st, "persons") : 0;
     snprintf(path, sizeof(path), "%s/data.mdb", cur);
     struct stat sb;
@@ -756,19 +886,31 @@ static int cmd_rebuild(int argc, char **argv)
     if (r.tty) fputc('\n', stderr);
     uint64_t applied = d.stage ? sl_stage_applied(d.stage) : 0;
     derived_free(&d);
-    /* the new one in place of the old one */
-    if (rc == 0 && have_derived && rename(cur, old) != 0) rc = -errno;
-    if (rc == 0 && rename(tmp, cur) != 0) rc = -errno;
-    if (rc == 0 && legacy == 1) rc = sl_store_drop_dbs(st, legacy_dbs);
+    /* the new one in place of the old one, in one step; the old one is then
+     * in derived.rebuild/ (or, where the filesystem cannot exchange, moved to
+     * derived.old/ first: a crash between the two renames is finished by the
+     * next rebuild, and serve refuses to start until then) */
+    const char *replaced = NULL;
     if (rc == 0 && have_derived) {
-        if (remove_env_dir(old)) SL_WARN("could not remove %s: %s", old, strerror(errno));
+        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, cur, RENAME_EXCHANGE) == 0) replaced = tmp;
+        else if (errno != EINVAL && errno != ENOSYS) rc = -errno;
+        else if (rename(cur, old) != 0 || rename(tmp, cur) != 0) rc = -errno;
+        else replaced = old;
+    } else if (rc == 0 && rename(tmp, cur) != 0) {
+        rc = -errno;
     }
+    if (rc == 0) rc = sync_dir(cfg.data_dir);
+    if (rc == 0 && legacy == 1) rc = sl_store_drop_dbs(st, legacy_dbs);
+    if (rc == 0 && replaced && remove_env_dir(replaced))
+        SL_WARN("could not remove the replaced store %s: %s (serve refuses to start beside it: remove it)", replaced,
+                strerror(errno));
     if (rc) fprintf(stderr, "sillage: rebuild failed: %s (the derived store in place is unchanged)\n",
                     sl_strerror(rc));
     else printf("rebuilt %s from %llu events in %.1f s%s\n", cur, (unsigned long long)applied,
                 (double)(sl_now_ms() - r.t0) / 1000, legacy == 1 ? " (moved out of the log)" : "");
     sl_store_close(st);
     sl_config_free(&cfg);
+    close(lock);
     return rc ? 1 : 0;
 }
 
@@ -784,22 +926,46 @@ static int cmd_backup(int argc, char **argv)
     sl_config_t cfg;
     sl_store_t *st;
     if (open_existing(&a, &cfg, &st)) return 1;
-    /* The derived store first: a copy of it never holds an event the copy of
-     * the log lacks (the stage catches up on the rest after a restore). */
+    /* DEST is opened once, without following a link, and checked before
+     * anything is written: a planted DEST/derived link sent the copy
+     * elsewhere, and a DEST holding a data.mdb got half a backup (issue 21,
+     * L3). The derived store first: a copy of it never holds an event the
+     * copy of the log lacks (the stage catches up on the rest after a restore). */
     derived_t d = {0};
-    char ddir[4200], path[4200];
+    char path[4200];
     snprintf(path, sizeof(path), "%s/derived/data.mdb", cfg.data_dir);
     struct stat sb;
-    int rc = 0, with_derived = stat(path, &sb) == 0;
-    if (with_derived) {
+    int rc = 0, with_derived = stat(path, &sb) == 0, ddfd = -1, made_derived = 0;
+    const char *why = NULL;
+    int dfd = sl_dir_open_nofollow(a.dest);
+    if (dfd < 0) {
+        rc = dfd;
+        why = rc == -ELOOP || rc == -ENOTDIR ? "it is a symbolic link or not a directory" : NULL;
+    } else if (fstatat(dfd, "data.mdb", &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+        rc = -EEXIST;
+        why = "it already holds a data.mdb";
+    } else if (with_derived && fstatat(dfd, "derived", &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+        rc = -EEXIST;
+        why = "it already holds a derived/";
+    }
+    if (rc == 0 && with_derived) {
         rc = derived_new(&d, &cfg, st, 1);
         if (rc == 0) rc = sl_stage_open(d.stage);
-        snprintf(ddir, sizeof(ddir), "%s/derived", a.dest);
-        if (rc == 0 && (rc = sl_mkdir_p(a.dest)) == 0) rc = sl_stage_backup(d.stage, ddir);
+        if (rc == 0 && mkdirat(dfd, "derived", 0750) != 0) rc = -errno;
+        made_derived = rc == 0;
+        if (rc == 0 && (ddfd = openat(dfd, "derived", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) rc = -errno;
+        if (rc == 0 && fchmod(ddfd, 0750) != 0) rc = -errno;
+        if (rc == 0) rc = sl_stage_backup(d.stage, ddfd);
     }
-    if (rc == 0) rc = sl_store_backup(st, a.dest);
+    if (rc == 0) rc = sl_store_backup(st, dfd);
+    if (rc && made_derived) { /* no half backup left behind */
+        if (ddfd >= 0) unlinkat(ddfd, "data.mdb", 0);
+        unlinkat(dfd, "derived", AT_REMOVEDIR);
+    }
+    if (ddfd >= 0) close(ddfd);
+    if (dfd >= 0) close(dfd);
     if (rc) fprintf(stderr, "sillage: backup to %s failed: %s\n", a.dest,
-                    rc == -EEXIST ? "it already holds a data.mdb" : sl_strerror(rc));
+                    why ? why : rc == -EEXIST ? "it already holds a data.mdb" : sl_strerror(rc));
     else printf("backup of %s written to %s/data.mdb%s\n", cfg.data_dir, a.dest,
                 with_derived ? " and derived/data.mdb" : "");
     derived_free(&d);

@@ -647,21 +647,38 @@ int sl_mkdir_p(const char *path)
     return 0;
 }
 
-int sl_lmdb_backup(MDB_env *env, const char *dest, uv_rwlock_t *lock)
+int sl_dir_open_nofollow(const char *path)
 {
     /* The copy holds what the store holds: no more readable than the store
-     * (0750/0640), whatever the umask. An existing DEST keeps its mode (the
-     * operator chose it); the file is protected on its own. */
-    struct stat sb;
-    int created = stat(dest, &sb) != 0;
-    int fd = -1, rc = sl_mkdir_p(dest);
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/data.mdb", dest);
-    if (rc) return rc;
-    if (created && chmod(dest, 0750)) return -errno;
+     * (0750/0640), whatever the umask. */
+    char parent[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof(parent)) return -EINVAL;
+    memcpy(parent, path, n + 1);
+    while (n > 1 && parent[n - 1] == '/') parent[--n] = '\0';
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) {
+        *slash = '\0';
+        int rc = sl_mkdir_p(parent);
+        if (rc) return rc;
+    }
+    int created = mkdir(path, 0750) == 0;
+    if (!created && errno != EEXIST) return -errno;
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    if (created && fchmod(fd, 0750)) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
+int sl_lmdb_backup(MDB_env *env, int dirfd, uv_rwlock_t *lock)
+{
     /* Created here with its final mode, so no other user can open it before
-     * fchmod; O_EXCL never overwrites an earlier backup. */
-    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+     * fchmod; O_EXCL never overwrites an earlier backup, nor follows a link. */
+    int rc, fd = openat(dirfd, "data.mdb", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
     if (fd < 0) return -errno;
     if (fchmod(fd, 0640)) {
         rc = -errno;
@@ -681,7 +698,7 @@ int sl_lmdb_backup(MDB_env *env, const char *dest, uv_rwlock_t *lock)
     return 0;
 fail:
     if (fd >= 0) close(fd);
-    unlink(path); /* a partial copy is no backup, and would refuse the next try */
+    unlinkat(dirfd, "data.mdb", 0); /* a partial copy is no backup, and would refuse the next try */
     return rc;
 }
 

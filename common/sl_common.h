@@ -189,13 +189,20 @@ void sl_metric_histogram(sl_buf_t *b, const char *name, const char *help, const 
 /* mkdir -p with mode 0750 for what it creates. 0 or -errno. */
 int sl_mkdir_p(const char *path);
 
-/* Consistent compacting copy of env into directory dest (created 0750 if
- * missing; an existing one keeps its mode) as dest/data.mdb, created 0640
- * whatever the umask, never over an existing file, fsynced; a failed copy
- * is removed. lock (may be NULL) is held shared during the copy (the
- * caller's map-resize lock). 0, -errno or an LMDB error. */
+/* Opens directory path for a backup, creating it (and its parents) when
+ * missing, without following a symbolic link at its last component (a
+ * planted DEST link would send the copy elsewhere); a directory created here
+ * is 0750 whatever the umask, an existing one keeps its mode (the operator
+ * chose it). Returns the descriptor, or a negative errno (-ELOOP or -ENOTDIR:
+ * a symbolic link or not a directory). */
+int sl_dir_open_nofollow(const char *path);
+/* Consistent compacting copy of env as data.mdb in the directory dirfd,
+ * created 0640 whatever the umask, never over an existing file nor through a
+ * symbolic link, fsynced; a failed copy is removed. lock (may be NULL) is held
+ * shared during the copy (the caller's map-resize lock). 0, -EEXIST when the
+ * directory holds a data.mdb, -errno or an LMDB error. */
 typedef struct MDB_env MDB_env;
-int sl_lmdb_backup(MDB_env *env, const char *dest, uv_rwlock_t *lock);
+int sl_lmdb_backup(MDB_env *env, int dirfd, uv_rwlock_t *lock);
 /* Doubles env's map (at most to max) under lock held exclusively (the
  * caller's map-resize lock; its own writer must have no transaction open),
  * updates *size and says so in the log, naming what. 0, MDB_MAP_FULL when

@@ -157,9 +157,9 @@ uint64_t sl_stage_durable_applied(const sl_stage_t *sg);
  * need it: pass want_log 0). Any thread. Returns cb's result. */
 int sl_stage_read(sl_stage_t *sg, int want_log, int (*cb)(MDB_txn *txn, MDB_txn *log_txn, void *arg), void *arg);
 
-/* Consistent copy of the derived environment into dir (created; must not
- * hold a data.mdb), 0640. */
-int sl_stage_backup(sl_stage_t *sg, const char *dir);
+/* Consistent copy of the derived environment as data.mdb in the directory
+ * dirfd (sl_dir_open_nofollow; it must not hold a data.mdb), 0640. */
+int sl_stage_backup(sl_stage_t *sg, int dirfd);
 
 /* Events set aside: cb(seq, reason, arg) for each, in order, at most limit. */
 int sl_stage_set_aside(sl_stage_t *sg, size_t limit, int (*cb)(uint64_t seq, const char *reason, void *arg),

@@ -762,9 +762,9 @@ int sl_stage_read(sl_stage_t *sg, int want_log, int (*cb)(MDB_txn *txn, MDB_txn 
     return rc;
 }
 
-int sl_stage_backup(sl_stage_t *sg, const char *dir)
+int sl_stage_backup(sl_stage_t *sg, int dirfd)
 {
-    return sl_lmdb_backup(sg->env, dir, &sg->resize_lock);
+    return sl_lmdb_backup(sg->env, dirfd, &sg->resize_lock);
 }
 
 typedef struct {

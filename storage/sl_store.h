@@ -139,12 +139,13 @@ sl_hash128_t sl_store_dedupe_key(const sl_store_t *st, const char *source, const
  * writes the same data directory. */
 int sl_store_foreach_event(sl_store_t *st, int (*cb)(const char *, size_t, uint64_t, void *), void *arg);
 
-/* Consistent compacting copy of the environment into directory dest
- * (created 0750 if missing, must not hold a data.mdb). dest/data.mdb is
- * 0640 whatever the umask, like the store; a failed copy leaves no file.
- * Safe while serving. Returns 0, -EEXIST when dest holds a data.mdb, or a
+/* Consistent compacting copy of the environment as data.mdb in the
+ * directory dirfd (opened with sl_dir_open_nofollow; it must not hold a
+ * data.mdb). The file is 0640 whatever the umask, like the store, never
+ * written through a symbolic link; a failed copy leaves no file. Safe while
+ * serving. Returns 0, -EEXIST when the directory holds a data.mdb, or a
  * negative errno / LMDB code. */
-int sl_store_backup(sl_store_t *st, const char *dest);
+int sl_store_backup(sl_store_t *st, int dirfd);
 
 /* Runs cb in a read transaction (any thread; safe against map growth).
  * Returns cb's result, or the error that kept the transaction from starting. */

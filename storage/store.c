@@ -1011,9 +1011,9 @@ int sl_store_event_get(sl_store_t *st, MDB_txn *txn, uint64_t seq, MDB_val *json
 }
 
 
-int sl_store_backup(sl_store_t *st, const char *dest)
+int sl_store_backup(sl_store_t *st, int dirfd)
 {
-    return sl_lmdb_backup(st->env, dest, &st->resize_lock);
+    return sl_lmdb_backup(st->env, dirfd, &st->resize_lock);
 }
 
 void sl_store_get_stats(sl_store_t *st, sl_store_stats_t *o)

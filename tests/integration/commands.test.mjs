@@ -1,7 +1,7 @@
 // commands.test.mjs - check-config, export, backup, version, and the demo default.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, existsSync, readFileSync, statSync, mkdirSync, chmodSync } from 'node:fs';
+import { writeFileSync, existsSync, readFileSync, statSync, mkdirSync, chmodSync, renameSync, rmSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { BIN, run, startServer, post, track, tempDir, baseConfig, ADMIN } from './helpers.mjs';
@@ -274,6 +274,137 @@ test('a store written before the pipeline (derived state beside the log) is refu
     const p = await fetch(srv.url + '/v1/profiles/user_id/legacy-u', { headers: { Authorization: 'Bearer ' + ADMIN } });
     assert.equal(p.status, 200);
     assert.equal((await p.json()).user_id, 'legacy-u');
+  } finally {
+    await srv.stop();
+    srv.cleanup();
+  }
+});
+
+// issue 21, M1: a rebuild beside a live server swapped derived/ under it, and
+// an erasure made meanwhile came back after the next restart.
+test('rebuild and a second serve refuse while a server holds the data directory; an erasure stays erased', async () => {
+  const dir = tempDir();
+  const bearer = { Authorization: 'Bearer ' + ADMIN };
+  let srv = await startServer({ dir });
+  try {
+    assert.equal((await post(srv, '/v1/identify', { userId: 'lk-u', traits: { email: 'lk@example.com' } })).status, 200);
+    let r = run(['rebuild', '-c', srv.cfgPath]);
+    assert.equal(r.code, 1, r.stdout);
+    assert.match(r.stderr, /another sillage \(a server or a rebuild, process \d+\) is using .*: it holds .*sillage\.lock\. Stop it before you run sillage rebuild/);
+    assert.ok(!existsSync(join(srv.dataDir, 'derived.rebuild')), 'nothing was built');
+    const second = spawnSync(BIN, ['serve', '-c', srv.cfgPath], { encoding: 'utf8', timeout: 10000 });
+    assert.equal(second.status, 1);
+    assert.match(second.stderr, /another sillage .* is using .*: it holds .*sillage\.lock/);
+    // export, verify and backup read beside it
+    assert.equal(run(['export', '-c', srv.cfgPath]).code, 0);
+    const v = run(['verify', '-c', srv.cfgPath]);
+    assert.equal(v.code, 0, v.stdout + v.stderr);
+    const del = await fetch(srv.url + '/v1/profiles/user_id/lk-u', { method: 'DELETE', headers: bearer });
+    assert.equal(del.status, 200);
+    await srv.stop();
+    r = run(['rebuild', '-c', srv.cfgPath]);
+    assert.equal(r.code, 0, r.stderr);
+    srv = await startServer({ dir });
+    const p = await fetch(srv.url + '/v1/profiles/email/lk%40example.com', { headers: bearer });
+    assert.equal(p.status, 404, 'still erased after a rebuild and a restart');
+  } finally {
+    await srv.stop();
+    srv.cleanup();
+  }
+});
+
+// issue 21, M2: serve with a non-empty log and no derived store derived the
+// whole log again with the rules live, firing every past trigger again.
+test('serve refuses a missing derived store and a rebuild\'s leftovers, naming the command; rebuild takes them up', async () => {
+  const dir = tempDir();
+  const bearer = { Authorization: 'Bearer ' + ADMIN };
+  const config = { triggers: [{ name: 'pv', type: 'page_visit', url: '/pricing*' }] };
+  const feed = async (s) => (await (await fetch(s.url + '/v1/triggers?limit=1000', { headers: bearer })).json()).triggers;
+  const refused = (cfgPath) => spawnSync(BIN, ['serve', '-c', cfgPath], { encoding: 'utf8', timeout: 10000 });
+  let srv = await startServer({ dir, config });
+  try {
+    for (const u of ['m2-a', 'm2-b'])
+      assert.equal((await post(srv, '/v1/page', { userId: u, properties: { path: '/pricing' } })).status, 200);
+    for (let i = 0; i < 50 && (await feed(srv)).length < 2; i++) await new Promise((r) => setTimeout(r, 100));
+    const before = await feed(srv);
+    assert.equal(before.length, 2);
+    await srv.stop();
+    const derived = join(srv.dataDir, 'derived'), old = join(srv.dataDir, 'derived.old');
+
+    // a crash between an older rebuild's two renames
+    renameSync(derived, old);
+    let r = refused(srv.cfgPath);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /derived\.old is left by an interrupted `sillage rebuild`: run `sillage rebuild -c /);
+    r = run(['rebuild', '-c', srv.cfgPath]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /derived\.old was the store in place .*put back/);
+    assert.ok(!existsSync(old));
+    srv = await startServer({ dir, config });
+    assert.deepEqual((await feed(srv)).map((t) => [t.seq, t.id]), before.map((t) => [t.seq, t.id]),
+                     'the feed of the store in place, nothing fired again');
+    await srv.stop();
+
+    // scratch left by a killed rebuild
+    mkdirSync(join(srv.dataDir, 'derived.rebuild'));
+    r = refused(srv.cfgPath);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /derived\.rebuild is left by an interrupted `sillage rebuild`/);
+    assert.equal(run(['rebuild', '-c', srv.cfgPath]).code, 0);
+    assert.ok(!existsSync(join(srv.dataDir, 'derived.rebuild')));
+
+    // an operator deleting the derived store as "derived"
+    rmSync(derived, { recursive: true });
+    r = refused(srv.cfgPath);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /the log in .* holds events \(up to 2\) but there is no derived store .*fire every past trigger a second time\. Run `sillage rebuild -c /);
+    assert.equal(run(['rebuild', '-c', srv.cfgPath]).code, 0);
+    srv = await startServer({ dir, config });
+    await new Promise((res) => setTimeout(res, 300));
+    assert.deepEqual(await feed(srv), [], 'the feed was lost with the store, and nothing fired again');
+    const m = await (await fetch(srv.url + '/metrics')).text();
+    assert.match(m, /sillage_triggers_fired_total\{rule="pv"\} 0/);
+  } finally {
+    await srv.stop();
+    srv.cleanup();
+  }
+});
+
+// issue 21, L3: backup followed a planted DEST/derived link, and left half a
+// backup when DEST held a data.mdb.
+test('backup never writes through a symbolic link and checks DEST before writing anything', async () => {
+  const srv = await startServer();
+  try {
+    assert.equal((await post(srv, '/v1/track', track({ messageId: 'bk-l3' }))).status, 200);
+    const elsewhere = join(srv.dir, 'elsewhere');
+    mkdirSync(elsewhere);
+    const dest = join(srv.dir, 'b3');
+    mkdirSync(dest);
+    symlinkSync(elsewhere, join(dest, 'derived'));
+    let r = run(['backup', '--data', srv.dataDir, dest]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /already holds a derived\//);
+    assert.ok(!existsSync(join(elsewhere, 'data.mdb')), 'nothing written through the link');
+    assert.ok(!existsSync(join(dest, 'data.mdb')), 'nothing written at all');
+
+    const full = join(srv.dir, 'b4');
+    mkdirSync(full);
+    writeFileSync(join(full, 'data.mdb'), 'an earlier backup');
+    r = run(['backup', '--data', srv.dataDir, full]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /already holds a data\.mdb/);
+    assert.ok(!existsSync(join(full, 'derived')), 'no half backup');
+
+    const link = join(srv.dir, 'b5');
+    symlinkSync(elsewhere, link);
+    r = run(['backup', '--data', srv.dataDir, link]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /symbolic link or not a directory/);
+    assert.ok(!existsSync(join(elsewhere, 'data.mdb')));
+
+    r = run(['backup', '--data', srv.dataDir, join(srv.dir, 'b6', 'nested')]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(existsSync(join(srv.dir, 'b6', 'nested', 'derived', 'data.mdb')));
   } finally {
     await srv.stop();
     srv.cleanup();

@@ -3,6 +3,7 @@
 #include "test.h"
 #include "sl_store.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -222,8 +223,17 @@ TEST(store_commit_dedupe_restart_grow)
     CHECK_INT(count, ==, 4 + n_big);
     char dest[300];
     snprintf(dest, sizeof(dest), "%s/backup", dir);
-    CHECK_INT(sl_store_backup(st, dest), ==, 0);
-    CHECK(sl_store_backup(st, dest) != 0); /* refuses to overwrite */
+    int dfd = sl_dir_open_nofollow(dest);
+    CHECK(dfd >= 0);
+    CHECK_INT(sl_store_backup(st, dfd), ==, 0);
+    CHECK_INT(sl_store_backup(st, dfd), ==, -EEXIST); /* refuses to overwrite */
+    close(dfd);
+    /* a symbolic link as the destination is refused, not followed */
+    char link[320];
+    snprintf(link, sizeof(link), "%s/backup-link", dir);
+    CHECK_INT(symlink(dest, link), ==, 0);
+    int lfd = sl_dir_open_nofollow(link);
+    CHECK(lfd == -ENOTDIR || lfd == -ELOOP);
     sl_store_close(st);
     st = open_store(dest, 1);
     if (st) {
