@@ -558,6 +558,16 @@ static int cmd_check_config(int argc, char **argv)
         sl_config_free(&cfg);
         return 1;
     }
+    /* serve would refuse to start without it: say so now (a package built
+     * without the CC0 database once carried a config naming it) */
+    sl_geo_t *geo = NULL;
+    if (cfg.geoip_db && sl_geo_open(&geo, cfg.geoip_db)) {
+        fprintf(stderr, "sillage: config error: geoip_db %s cannot be opened as a MaxMind database (see the line "
+                        "above); serve would refuse to start\n", cfg.geoip_db);
+        sl_config_free(&cfg);
+        return 1;
+    }
+    sl_geo_close(geo);
     printf("%s: OK\n  listen %s, data_dir %s, durability %s, %zu source(s), %zu trigger rule(s), %zu webhook(s)%s%s\n",
            a.config ? a.config : "demo default", cfg.listen, cfg.data_dir,
            cfg.durability == SL_DURABLE_SYNC ? "sync" : "os", cfg.n_sources, cfg.n_triggers, cfg.n_webhooks,

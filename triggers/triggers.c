@@ -932,14 +932,17 @@ static int trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *n
 /* ---- what the stitcher tells ---- */
 
 /* 1 when ev comes from the past: a source marked "historical", or a message
- * with context.sillage.import true (docs/TRIGGERS.md, "Historical imports"). */
+ * of a trusted source with context.sillage.import true (docs/TRIGGERS.md,
+ * "Historical imports"). A browser key is public: from it, the mark would let
+ * a page hide an order from the cart rule or a trait change from a CRM sync,
+ * so it is ignored there (as Subscribed is). */
 static int historical(const sl_trig_t *t, const sl_stage_event_t *ev)
 {
     if (ev == NULL) return 0;
     const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ev->doc, "context"), "sillage");
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sil, "import"))) return 1;
     const sl_source_t *src = sl_config_source(t->cfg, sl_json_str(sil, "source"));
-    return src && src->historical;
+    if (src == NULL) return 0;
+    return src->historical || (src->trusted && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sil, "import")));
 }
 
 static int on_stitched(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, const sl_ident_event_t *ie)

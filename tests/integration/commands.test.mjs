@@ -410,3 +410,16 @@ test('backup never writes through a symbolic link and checks DEST before writing
     srv.cleanup();
   }
 });
+
+// issue 21, I1: a package built without node_modules carried a config naming
+// a missing geo.mmdb, which check-config called OK and serve refused.
+test('check-config refuses a geoip_db it cannot open, as serve would', () => {
+  const dir = tempDir();
+  const cfgPath = join(dir, 'sillage.json');
+  writeFileSync(cfgPath, JSON.stringify(baseConfig(join(dir, 'data'), { geoip_db: join(dir, 'missing.mmdb') })), { mode: 0o600 });
+  const r = run(['check-config', '-c', cfgPath]);
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /geoip_db .*missing\.mmdb cannot be opened as a MaxMind database .*serve would refuse to start/);
+  const s = spawnSync(BIN, ['serve', '-c', cfgPath], { encoding: 'utf8', timeout: 10000 });
+  assert.equal(s.status, 1);
+});
