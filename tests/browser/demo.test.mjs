@@ -40,7 +40,10 @@ test('the demo: view two products, add one, log in, pick a plan — /debug shows
   const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
   // /debug first, as the README says: one tab for the live view
   const debug = await context.newPage();
-  await debug.goto(url + '/debug');
+  const page0 = await debug.goto(url + '/debug');
+  // issue 21, I1: no inline script, and a policy that would not run one
+  assert.match(page0.headers()['content-security-policy'], /default-src 'none'; script-src 'self';/);
+  assert.equal(await debug.$$eval('script:not([src])', (e) => e.length), 0);
   await debug.fill('#token', 'demo-admin');
   await debug.press('#token', 'Enter');
   await debug.locator('#token').dispatchEvent('change');
