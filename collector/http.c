@@ -25,28 +25,50 @@
 /* Unparsed bytes a connection may hold while its request is in flight; the
  * socket is read on (no epoll changes per request) until this is reached. */
 #define PENDING_HIGH_WATER (64 * 1024)
-/* Connections beyond limits.max_connections kept for addresses that hold
- * fewer than RESERVE_MAX_HELD: a load balancer's /healthz or a /metrics
- * scrape still gets in while one address holds the whole server. */
+/* Connections beyond limits.max_connections kept for a load balancer's
+ * /healthz or a /metrics scrape while others hold the whole server: only
+ * for an address holding at most RESERVE_MAX_HELD connections, and one
+ * reserved slot per address, so taking the reserve needs RESERVE_CONNS
+ * addresses rather than four. */
 #define RESERVE_CONNS 16
 #define RESERVE_MAX_HELD 4
+#define RESERVE_PER_ADDRESS 1
 #define IPC_BUCKETS 4096
-/* One address may hold at most a quarter of limits.max_buffered_bytes in
- * request bodies (never less than one full-size body): a client trickling
- * bodies cannot take the whole budget. */
+/* Request bodies one client address may hold: 1/64 of
+ * limits.max_buffered_bytes, never less than two full-size bodies. A client
+ * trickling bodies needs 64 addresses to take the budget, not a handful. */
 #define ADDRESS_SHARE(srv)                                                                                         \
-    ((srv)->cfg->limits.max_buffered_bytes / 4 > (srv)->cfg->limits.max_request_bytes                              \
-         ? (srv)->cfg->limits.max_buffered_bytes / 4                                                               \
+    ((srv)->cfg->limits.max_buffered_bytes / 64 > 2 * (srv)->cfg->limits.max_request_bytes                         \
+         ? (srv)->cfg->limits.max_buffered_bytes / 64                                                              \
+         : 2 * (srv)->cfg->limits.max_request_bytes)
+/* Bodies of requests whose write key was not checked from the headers (it is
+ * in the body, or missing) may hold half of limits.max_buffered_bytes, never
+ * less than one full-size body: the other half is kept for requests whose
+ * Basic key was found, which anyone without a key cannot take. */
+#define UNCHECKED_SHARE(srv)                                                                                       \
+    ((srv)->cfg->limits.max_buffered_bytes / 2 > (srv)->cfg->limits.max_request_bytes                              \
+         ? (srv)->cfg->limits.max_buffered_bytes / 2                                                               \
          : (srv)->cfg->limits.max_request_bytes)
-#define ADDRESS_SHARE_MSG "server busy: request bodies in memory from this address reached a quarter of " \
-                          "limits.max_buffered_bytes, retry later"
+#define BUFFERED_FULL_MSG "server busy: request bodies in memory reached limits.max_buffered_bytes, retry later"
+#define ADDRESS_SHARE_MSG "server busy: request bodies in memory from this address reached its share of " \
+                          "limits.max_buffered_bytes (1/64, at least 2 x limits.max_request_bytes), retry later"
+#define UNCHECKED_SHARE_MSG "server busy: request bodies without a write key in an Authorization header reached " \
+                            "half of limits.max_buffered_bytes (send the key as the Basic auth username), retry later"
+/* limits.min_body_rate is not asked of a body's first seconds (a client's
+ * slow start, a mobile radio waking up). */
+#define BODY_RATE_GRACE_MS 5000
 
+/* One entry per address that holds a connection (by its peer address) or a
+ * request body (by its client address, which trusted_proxies may take from
+ * X-Forwarded-For); it lives while it holds either. */
 typedef struct ip_conns_s {
     struct ip_conns_s *next;
     int family;
     unsigned char addr[8];
-    uint32_t n;
-    uint64_t body_bytes;          /* request bodies this address has in memory */
+    uint32_t n;                   /* connections from this peer address */
+    uint32_t n_reserve;           /* of them, in the reserve (RESERVE_PER_ADDRESS) */
+    uint32_t n_bodies;            /* requests whose body counts in body_bytes */
+    uint64_t body_bytes;          /* request bodies this client address has in memory */
 } ip_conns_t;
 /* Failed admin-token attempts per address and minute; then 429. */
 #define ADMIN_FAILURES_PER_MIN 10
@@ -65,6 +87,8 @@ const int http_status_codes[N_STATUS] = {100, 200, 204, 301, 304, 400, 401, 403,
 static void conn_feed(conn_t *c);
 static void conn_close(conn_t *c);
 static void maybe_finish_stop(sl_server_t *srv);
+static ip_conns_t *ip_entry_get(sl_server_t *srv, const sl_ipnet_t *ip);
+static void ip_entry_put(sl_server_t *srv, ip_conns_t *e);
 
 void http_close(conn_t *c) { conn_close(c); }
 
@@ -141,8 +165,16 @@ long http_query_param(req_t *r, const char *name, char **out)
  * (printed messages, errors) is copied. */
 static void body_release(req_t *r)
 {
-    if (r->srv) r->srv->buffered_body_bytes -= r->body.len;
-    if (r->body_ipc) r->body_ipc->body_bytes -= r->body.len;
+    sl_server_t *srv = r->srv;
+    if (srv) {
+        srv->buffered_body_bytes -= r->body.len;
+        if (r->keeps_body && !r->key_checked) srv->unchecked_body_bytes -= r->body.len;
+    }
+    if (r->body_ipc) {
+        r->body_ipc->body_bytes -= r->body.len;
+        r->body_ipc->n_bodies--;
+        ip_entry_put(srv, r->body_ipc);
+    }
     r->body_ipc = NULL;
     sl_buf_free(&r->body);
 }
@@ -438,10 +470,27 @@ static int refuse(conn_t *c, int status, const char *msg)
     return HPE_USER;
 }
 
+/* NULL when len more bytes of c's request body fit in the buffer budget:
+ * the whole of limits.max_buffered_bytes, the part open to bodies whose key
+ * was not checked (UNCHECKED_SHARE), and the client address's share
+ * (ADDRESS_SHARE); else the 503's text. */
+static const char *body_budget_refusal(conn_t *c, uint64_t len)
+{
+    sl_server_t *srv = c->srv;
+    const req_t *r = c->req;
+    const char *why = NULL;
+    if (srv->buffered_body_bytes + len > srv->cfg->limits.max_buffered_bytes) why = BUFFERED_FULL_MSG;
+    else if (!r->key_checked && srv->unchecked_body_bytes + len > UNCHECKED_SHARE(srv)) why = UNCHECKED_SHARE_MSG;
+    else if (r->body_ipc->body_bytes + len > ADDRESS_SHARE(srv)) why = ADDRESS_SHARE_MSG;
+    if (why) srv->body_refused++;
+    return why;
+}
+
 static int on_message_begin(llhttp_t *p)
 {
     conn_t *c = p->data;
     c->in_message = 1;
+    c->headers_done = 0;
     c->err_status = 0;
     c->msg_start_ms = sl_now_ms();
     c->header_bytes = 0;
@@ -543,25 +592,30 @@ static int on_headers_complete(llhttp_t *p)
     r->path = sl_arena_strndup(&r->arena, u, pl);
     r->query = q ? sl_arena_strndup(&r->arena, q + 1, ul - pl - 1) : NULL;
     if (r->path == NULL || (q && r->query == NULL)) return refuse(c, 503, "out of memory");
-    /* An ingestion request with a Basic key is checked before its body is
-     * read: a wrong key costs the server no body buffer. */
-    if (r->method == HTTP_POST && strncmp(r->path, "/v1/", 4) == 0) {
-        const char *rest = r->path + 4;
-        int type = strcmp(rest, "batch") == 0 ? -1 : sl_msg_type_from_name(rest, strlen(rest));
-        if (type != -1 || strcmp(rest, "batch") == 0) {
-            r->route = type == -1 ? ROUTE_BATCH : type;
-            const char *why = http_route_basic_auth_refusal(c);
-            if (why) return refuse(c, 401, why);
+    c->headers_done = 1;
+    c->had_request = 1;
+    c->body_start_ms = sl_now_ms();
+    r->route = http_route_of(c->srv, r->method, r->path);
+    /* Only an ingestion POST reads its body; any other body is drained
+     * unkept (it costs no memory, and the connection stays usable). */
+    r->keeps_body = r->method == HTTP_POST && HTTP_ROUTE_INGESTS(r->route);
+    if (r->keeps_body) {
+        /* A Basic key is checked before the body is read: a wrong key costs
+         * the server no body buffer, and gets no 100 Continue. */
+        const char *why = NULL;
+        int auth = http_route_basic_auth(c, &why);
+        if (auth < 0) return refuse(c, 401, why);
+        r->key_checked = auth > 0;
+        /* The body counts in the share of the client address (what
+         * trusted_proxies yields), not the peer's: behind a proxy, each
+         * client has its own. */
+        r->body_ipc = ip_entry_get(c->srv, http_client_ip(c));
+        if (r->body_ipc == NULL) return refuse(c, 503, "out of memory");
+        r->body_ipc->n_bodies++;
+        if (p->flags & F_CONTENT_LENGTH) {
+            const char *full = body_budget_refusal(c, p->content_length);
+            if (full) return refuse(c, 503, full);
         }
-    }
-    if ((p->flags & F_CONTENT_LENGTH) &&
-        c->srv->buffered_body_bytes + p->content_length > c->srv->cfg->limits.max_buffered_bytes) {
-        c->srv->body_refused++;
-        return refuse(c, 503, "server busy: request bodies in memory reached limits.max_buffered_bytes, retry later");
-    }
-    if ((p->flags & F_CONTENT_LENGTH) && c->ipc && c->ipc->body_bytes + p->content_length > ADDRESS_SHARE(c->srv)) {
-        c->srv->body_refused++;
-        return refuse(c, 503, ADDRESS_SHARE_MSG);
     }
     if (r->expect && strcasecmp(r->expect, "100-continue") == 0) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -579,22 +633,16 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     conn_t *c = p->data;
     req_t *r = c->req;
     sl_server_t *srv = c->srv;
-    if (r->body.len + len > srv->cfg->limits.max_request_bytes)
+    r->body_seen += len;
+    if (r->body_seen > srv->cfg->limits.max_request_bytes)
         return refuse(c, 413, "request body exceeds limits.max_request_bytes");
-    if (srv->buffered_body_bytes + len > srv->cfg->limits.max_buffered_bytes) {
-        srv->body_refused++;
-        return refuse(c, 503, "server busy: request bodies in memory reached limits.max_buffered_bytes, retry later");
-    }
-    if (c->ipc && c->ipc->body_bytes + len > ADDRESS_SHARE(srv)) {
-        srv->body_refused++;
-        return refuse(c, 503, ADDRESS_SHARE_MSG);
-    }
+    if (!r->keeps_body) return 0;
+    const char *full = body_budget_refusal(c, len);
+    if (full) return refuse(c, 503, full);
     if (sl_buf_append(&r->body, at, len)) return refuse(c, 503, "out of memory");
     srv->buffered_body_bytes += len;
-    if (c->ipc) {
-        c->ipc->body_bytes += len;
-        r->body_ipc = c->ipc;
-    }
+    if (!r->key_checked) srv->unchecked_body_bytes += len;
+    r->body_ipc->body_bytes += len;
     if (srv->buffered_body_bytes > srv->buffered_peak) srv->buffered_peak = srv->buffered_body_bytes;
     return 0;
 }
@@ -740,36 +788,33 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- connections ------------------------------------------------------------ */
 
-/* Connections per peer address (IPv6: per /64), for
- * limits.max_connections_per_ip. A chain entry lives while its address holds
- * a connection, so the table holds at most one entry per open connection. */
+/* Per address (IPv6: per /64): the connections of a peer address, for
+ * limits.max_connections_per_ip and the reserve, and the request bodies of a
+ * client address, for ADDRESS_SHARE. An entry lives while it holds either, so
+ * the table holds at most two entries per open connection. */
 
-static ip_conns_t *ip_conns_hold(sl_server_t *srv, const sl_ipnet_t *ip)
+/* The entry of ip, made when there is none (NULL when out of memory). */
+static ip_conns_t *ip_entry_get(sl_server_t *srv, const sl_ipnet_t *ip)
 {
     if (srv->ipc == NULL && (srv->ipc = calloc(IPC_BUCKETS, sizeof(*srv->ipc))) == NULL) return NULL;
     unsigned char a[8] = {0};
     memcpy(a, ip->addr, ip->family == AF_INET ? 4 : 8);
     ip_conns_t **head = &srv->ipc[http_rl_key(ip) % IPC_BUCKETS];
     for (ip_conns_t *e = *head; e; e = e->next)
-        if (e->family == ip->family && memcmp(e->addr, a, 8) == 0) {
-            e->n++;
-            return e;
-        }
+        if (e->family == ip->family && memcmp(e->addr, a, 8) == 0) return e;
     ip_conns_t *e = calloc(1, sizeof(*e));
     if (e == NULL) return NULL;
     e->family = ip->family;
     memcpy(e->addr, a, 8);
-    e->n = 1;
     e->next = *head;
     *head = e;
     return e;
 }
 
-static void ip_conns_release(sl_server_t *srv, conn_t *c)
+/* Frees e once it holds neither a connection nor a body. */
+static void ip_entry_put(sl_server_t *srv, ip_conns_t *e)
 {
-    ip_conns_t *e = c->ipc;
-    c->ipc = NULL;
-    if (e == NULL || --e->n > 0) return;
+    if (e->n > 0 || e->n_bodies > 0) return;
     sl_ipnet_t ip = {.family = e->family};
     memcpy(ip.addr, e->addr, 8);
     for (ip_conns_t **pp = &srv->ipc[http_rl_key(&ip) % IPC_BUCKETS]; *pp; pp = &(*pp)->next)
@@ -778,6 +823,24 @@ static void ip_conns_release(sl_server_t *srv, conn_t *c)
             free(e);
             return;
         }
+}
+
+static void ip_conns_release(sl_server_t *srv, conn_t *c)
+{
+    ip_conns_t *e = c->ipc;
+    c->ipc = NULL;
+    if (e == NULL) return;
+    e->n--;
+    if (c->in_reserve) e->n_reserve--;
+    ip_entry_put(srv, e);
+}
+
+/* 1 when the peer is one of trusted_proxies. */
+static int peer_trusted(const sl_server_t *srv, const sl_ipnet_t *peer)
+{
+    for (size_t i = 0; i < srv->n_trusted; i++)
+        if (sl_ipnet_contains(&srv->trusted[i], peer)) return 1;
+    return 0;
 }
 
 static void ip_conns_free(sl_server_t *srv)
@@ -853,17 +916,27 @@ static void on_connection(uv_stream_t *server, int status)
         else if (ss.ss_family == AF_INET6) inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host, sizeof(host));
     }
     if (sl_ipnet_parse(host, strlen(host), &c->peer) != 0) memset(&c->peer, 0, sizeof(c->peer));
-    c->ipc = ip_conns_hold(srv, &c->peer);
+    c->ipc = ip_entry_get(srv, &c->peer);
+    if (c->ipc) c->ipc->n++;
     const uint64_t max = srv->cfg->limits.max_connections;
     uint64_t held = c->ipc ? c->ipc->n : 1;
     int refuse_it = srv->stopping || c->ipc == NULL;
-    if (!refuse_it && held > srv->cfg->limits.max_connections_per_ip) {
+    /* A trusted proxy carries many clients: only max_connections bounds it. */
+    if (!refuse_it && held > srv->cfg->limits.max_connections_per_ip && !peer_trusted(srv, &c->peer)) {
         srv->refused_per_ip++;
         refuse_it = 1;
     }
-    /* Past the global cap, only the reserve, and only for an address with few connections. */
-    if (!refuse_it && srv->n_conns > max && (srv->n_conns > max + RESERVE_CONNS || held > RESERVE_MAX_HELD))
-        refuse_it = 1;
+    /* Past the global cap, only the reserve: for an address with few
+     * connections and no reserved slot yet. */
+    if (!refuse_it && srv->n_conns > max) {
+        if (srv->n_conns > max + RESERVE_CONNS || held > RESERVE_MAX_HELD ||
+            c->ipc->n_reserve >= RESERVE_PER_ADDRESS)
+            refuse_it = 1;
+        else {
+            c->in_reserve = 1;
+            c->ipc->n_reserve++;
+        }
+    }
     if (refuse_it) {
         srv->refused_connections++;
         conn_close(c);
@@ -874,15 +947,30 @@ static void on_connection(uv_stream_t *server, int status)
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;
     c->keep_alive = 1;
-    c->last_active_ms = sl_now_ms();
+    c->last_active_ms = c->msg_start_ms = sl_now_ms();
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = 1;
     else conn_close(c);
 }
 
-/* Idle keep-alive connections and slow requests are closed once a second. */
+/* 1 when c's request body, past its first BODY_RATE_GRACE_MS, arrived
+ * slower than limits.min_body_rate on average. Not while the server itself
+ * holds the body back: bytes read but not parsed yet, or reading stopped
+ * because the client does not take its answers (request_timeout bounds that). */
+static int body_too_slow(const conn_t *c, int64_t now)
+{
+    uint64_t rate = c->srv->cfg->limits.min_body_rate;
+    int64_t t = now - c->body_start_ms - BODY_RATE_GRACE_MS;
+    if (rate == 0 || !c->headers_done || c->req == NULL || t <= 0) return 0;
+    if (!c->reading || c->pending_off < c->pending_len) return 0;
+    return c->req->body_seen < rate * (uint64_t)t / 1000;
+}
+
+/* Idle keep-alive connections, connections that never sent a request, and
+ * slow requests are closed once a second. */
 static void on_sweep(uv_timer_t *t)
 {
     sl_server_t *srv = t->data;
+    const sl_config_t *cfg = srv->cfg;
     int64_t now = sl_now_ms();
     if (now / 1000 != srv->refusal_log.sec) flush_refusal_log(srv);
     /* Large bodies come from the heap's top or mmap'd chunks; once they are
@@ -895,15 +983,27 @@ static void on_sweep(uv_timer_t *t)
     for (conn_t *c = srv->conns; c; c = next) {
         next = c->next;
         if (c->closing || c->busy) continue;
-        if (c->in_message && now - c->msg_start_ms > srv->cfg->limits.request_timeout_ms) {
+        const char *late = NULL; /* why a started request is cut off */
+        int64_t age = now - c->msg_start_ms;
+        if (c->in_message && !c->headers_done && age > cfg->limits.header_timeout_ms)
+            late = "request headers not completed within limits.header_timeout";
+        else if (c->in_message && age > cfg->limits.request_timeout_ms)
+            late = "request not completed within limits.request_timeout";
+        else if (c->in_message && body_too_slow(c, now))
+            late = "request body arrived slower than limits.min_body_rate";
+        if (late) {
             c->in_message = 0;
             c->err_status = 408;
             c->keep_alive = 0;
             if (c->req == NULL) c->req = req_new(c);
-            http_log_refused(srv, "closing a connection whose request did not finish within limits.request_timeout");
-            if (c->req) http_respond_error(c, 408, "request not completed within limits.request_timeout");
+            http_log_refused(srv, "closing a connection: %s", late);
+            if (c->req) http_respond_error(c, 408, late);
             else conn_close(c);
-        } else if (!c->in_message && now - c->last_active_ms > srv->cfg->limits.idle_timeout_ms &&
+        } else if (!c->in_message && !c->had_request && age > cfg->limits.header_timeout_ms &&
+                   c->tcp.write_queue_size == 0) {
+            /* connected and sent nothing: no request to answer */
+            conn_close(c);
+        } else if (!c->in_message && now - c->last_active_ms > cfg->limits.idle_timeout_ms &&
                    c->tcp.write_queue_size == 0) {
             conn_close(c);
         }
@@ -1147,7 +1247,7 @@ conn_t *http_fake_conn(sl_server_t *srv, void (*hook)(conn_t *, const char *, si
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;
     c->keep_alive = 1;
-    c->last_active_ms = sl_now_ms();
+    c->last_active_ms = c->msg_start_ms = sl_now_ms();
     return c;
 }
 

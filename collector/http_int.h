@@ -14,6 +14,8 @@ enum route_id {
     N_ROUTES
 };
 extern const char *const http_route_names[N_ROUTES];
+/* The routes whose body is read (POST): the ingestion routes, ROUTE_TRACK..ROUTE_BATCH. */
+#define HTTP_ROUTE_INGESTS(route) ((route) >= ROUTE_TRACK && (route) <= ROUTE_BATCH)
 
 #define N_STATUS 19
 extern const int http_status_codes[N_STATUS]; /* last slot: any other code */
@@ -37,10 +39,13 @@ typedef struct req_s {
     const char *content_type, *content_encoding, *authorization, *xff, *origin,
                *acr_headers, *expect, *last_event_id, *accept_encoding, *if_none_match;
     sl_buf_t body;
-    int route;
+    uint64_t body_seen;           /* body bytes received, kept or not (max_request_bytes, min_body_rate) */
+    int route;                    /* http_route_of(), from the headers */
+    int keeps_body;               /* an ingestion POST: its body is buffered; any other is drained unkept */
+    int key_checked;              /* its Basic write key was found at headers-complete */
     /* ingestion in flight */
     sl_store_batch_t batch;
-    struct ip_conns_s *body_ipc;  /* the address whose share the body counts in (http.c) */
+    struct ip_conns_s *body_ipc;  /* the client address whose share the body counts in (http.c) */
     size_t stored_bytes;          /* printed messages so far (STORED_BYTES_PER_REQUEST) */
     size_t n_in_request;          /* messages the request holds */
     int over_stored;
@@ -73,9 +78,14 @@ struct conn_s {
     const char *err_msg;
     sl_ipnet_t peer;
     struct ip_conns_s *ipc;       /* connections held by this peer address (limits.max_connections_per_ip) */
-    int64_t last_active_ms, msg_start_ms;
+    int64_t last_active_ms;
+    int64_t msg_start_ms;         /* the request's first byte; before any, the accept */
+    int64_t body_start_ms;        /* its headers were complete (limits.min_body_rate) */
     unsigned busy : 1;            /* waiting for a commit */
     unsigned in_message : 1;      /* the parser is inside a request */
+    unsigned headers_done : 1;    /* ... and past its headers */
+    unsigned had_request : 1;     /* some request's headers were complete (limits.header_timeout) */
+    unsigned in_reserve : 1;      /* accepted past limits.max_connections (RESERVE_CONNS) */
     unsigned closing : 1;
     unsigned close_after_write : 1;
     unsigned keep_alive : 1;
@@ -122,6 +132,7 @@ struct sl_server_s {
     uint64_t rate_limited, auth_limited;
     struct ip_conns_s **ipc;      /* connections per peer address: IPC_BUCKETS chains */
     uint64_t buffered_body_bytes; /* request bodies held, all connections (limits.max_buffered_bytes) */
+    uint64_t unchecked_body_bytes; /* ... of them, of requests whose key was not checked from the headers */
     uint64_t buffered_peak;       /* highest since the last malloc_trim */
     uint64_t body_refused;        /* requests answered 503 for limits.max_buffered_bytes */
     struct {                      /* refused-request log lines (http_log_refused) */
@@ -236,11 +247,18 @@ void http_static_free(sl_server_t *srv);
 int http_handle_static(conn_t *c, const char *path);
 
 /* routes.c */
+/* The route of a request from its method and path: the one classification,
+ * made once its headers are in (http.c: whether its body is kept, the early
+ * key check) and then followed by http_route_request(). ROUTE_OTHER for a
+ * path no route names here (a built-in file, or 404). */
+int http_route_of(const sl_server_t *srv, int method, const char *path);
+/* Answers c's request, routed by c->req->route. */
 void http_route_request(conn_t *c);
-/* For a request to an ingestion route that carries "Authorization: Basic",
- * checked from its headers before the body is read: NULL when the key is
- * known (or there is no Basic header), else why it is refused (401). */
-const char *http_route_basic_auth_refusal(conn_t *c);
+/* For a request to an ingestion route: whether its "Authorization: Basic"
+ * key is known, checked from its headers before the body is read. 1 when it
+ * is; 0 when there is no Basic header (the key may be in the body); -1 when
+ * it is not, with *why set (the 401's text). */
+int http_route_basic_auth(conn_t *c, const char **why);
 void http_handle_profiles(conn_t *c, const char *rest);
 /* GET /v1/admin/set-aside (profiles.c). */
 void http_handle_set_aside(conn_t *c, int replay_route);

@@ -62,11 +62,10 @@ static int has_basic(const req_t *r)
     return r->authorization && strncasecmp(r->authorization, "Basic ", 6) == 0;
 }
 
-const char *http_route_basic_auth_refusal(conn_t *c)
+int http_route_basic_auth(conn_t *c, const char **why)
 {
-    const char *why = NULL;
-    if (!has_basic(c->req) || basic_source(c, &why)) return NULL;
-    return why;
+    if (!has_basic(c->req)) return 0;
+    return basic_source(c, why) ? 1 : -1;
 }
 
 /* The write key from "Authorization: Basic base64(key:)", else from the
@@ -615,68 +614,66 @@ static int rate_limited(conn_t *c)
     return 1;
 }
 
+/* One table of paths for both callers of http_route_of(): an ingestion path
+ * recognised here is the one whose key is checked early and whose body is
+ * kept, so the two can never disagree (the short routes once did). */
+int http_route_of(const sl_server_t *srv, int method, const char *path)
+{
+    if (method == HTTP_OPTIONS) return ROUTE_PREFLIGHT;
+    if (strncmp(path, "/v1/", 4) == 0) {
+        const char *rest = path + 4;
+        if (strncmp(rest, "pixel/", 6) == 0) return ROUTE_PIXEL;
+        if (strcmp(rest, "m") == 0) return ROUTE_LIBRARY_METRICS;
+        if (strcmp(rest, "batch") == 0 || strcmp(rest, "b") == 0) return ROUTE_BATCH;
+        int type = sl_msg_type_from_name(rest, strlen(rest));
+        if (type == -1 && rest[0] != '\0' && rest[1] == '\0') type = short_type(rest[0]);
+        if (type != -1) return type; /* ROUTE_TRACK.. match SL_MSG_* */
+        if (strncmp(rest, "profiles/", 9) == 0 || strcmp(rest, "profiles") == 0 ||
+            strcmp(rest, "admin/set-aside") == 0 || strcmp(rest, "admin/set-aside/replay") == 0)
+            return ROUTE_PROFILES;
+        if (strncmp(rest, "triggers", 8) == 0 && (rest[8] == '\0' || rest[8] == '/')) return ROUTE_TRIGGERS;
+        return ROUTE_OTHER;
+    }
+    if (strcmp(path, "/healthz") == 0) return ROUTE_HEALTHZ;
+    if (strcmp(path, "/metrics") == 0) return ROUTE_METRICS;
+    if (strcmp(path, "/debug/stream") == 0 && srv->cfg->debug_page) return ROUTE_DEBUG;
+    return ROUTE_OTHER;
+}
+
 void http_route_request(conn_t *c)
 {
     req_t *r = c->req;
     const char *path = r->path;
     int m = r->method;
 
-    if (m == HTTP_OPTIONS) {
-        r->route = ROUTE_PREFLIGHT;
+    switch (r->route) {
+    case ROUTE_PREFLIGHT:
         handle_preflight(c);
         return;
-    }
-    if (strncmp(path, "/v1/", 4) == 0) {
-        const char *rest = path + 4;
-        if (strncmp(rest, "pixel/", 6) == 0) {
-            r->route = ROUTE_PIXEL;
-            if (m != HTTP_GET) http_respond_error(c, 405, "use GET for the pixel");
-            else if (rate_limited(c)) return;
-            else if (!http_origin_allowed(c->srv, r))
-                http_respond_error(c, 403, "origin not allowed by cors_origins");
-            else handle_pixel(c, rest + 6);
-            return;
-        }
-        if (strcmp(rest, "m") == 0) { /* analytics.js 2.0's metrics about itself: not ours to keep */
-            r->route = ROUTE_LIBRARY_METRICS;
-            if (m != HTTP_POST) http_respond_error(c, 405, "use POST");
-            else if (!http_origin_allowed(c->srv, r)) http_respond_error(c, 403, "origin not allowed by cors_origins");
-            else http_respond(c, 200, "application/json", NULL, "{\"success\":true}", 16);
-            return;
-        }
-        int batch = strcmp(rest, "batch") == 0 || strcmp(rest, "b") == 0;
-        int type = batch ? -1 : sl_msg_type_from_name(rest, strlen(rest));
-        if (type == -1 && !batch && rest[0] != '\0' && rest[1] == '\0') type = short_type(rest[0]);
-        if (type != -1 || batch) {
-            r->route = type == -1 ? ROUTE_BATCH : type; /* ROUTE_TRACK.. match SL_MSG_* */
-            if (m != HTTP_POST) http_respond_error(c, 405, "use POST to send messages");
-            else if (rate_limited(c)) return;
-            else if (!http_origin_allowed(c->srv, r)) http_respond_error(c, 403, "origin not allowed by cors_origins");
-            else handle_ingest(c, type);
-            return;
-        }
-        if (strncmp(rest, "profiles/", 9) == 0 || strcmp(rest, "profiles") == 0) {
-            r->route = ROUTE_PROFILES;
-            http_handle_profiles(c, rest[8] ? rest + 9 : "");
-            return;
-        }
-        if (strncmp(rest, "triggers", 8) == 0 && (rest[8] == '\0' || rest[8] == '/')) {
-            r->route = ROUTE_TRIGGERS;
-            http_handle_triggers(c, rest + 8);
-            return;
-        }
-        if (strcmp(rest, "admin/set-aside") == 0 || strcmp(rest, "admin/set-aside/replay") == 0) {
-            r->route = ROUTE_PROFILES;
-            http_handle_set_aside(c, rest[15] == '/');
-            return;
-        }
-    } else if (strcmp(path, "/healthz") == 0) {
-        r->route = ROUTE_HEALTHZ;
+    case ROUTE_PIXEL:
+        if (m != HTTP_GET) http_respond_error(c, 405, "use GET for the pixel");
+        else if (rate_limited(c)) return;
+        else if (!http_origin_allowed(c->srv, r)) http_respond_error(c, 403, "origin not allowed by cors_origins");
+        else handle_pixel(c, path + 10);
+        return;
+    case ROUTE_LIBRARY_METRICS: /* analytics.js 2.0's metrics about itself: not ours to keep, nor to read */
+        if (m != HTTP_POST) http_respond_error(c, 405, "use POST");
+        else if (rate_limited(c)) return;
+        else if (!http_origin_allowed(c->srv, r)) http_respond_error(c, 403, "origin not allowed by cors_origins");
+        else http_respond(c, 200, "application/json", NULL, "{\"success\":true}", 16);
+        return;
+    case ROUTE_PROFILES:
+        if (strncmp(path, "/v1/admin/", 10) == 0) http_handle_set_aside(c, path[19] == '/');
+        else http_handle_profiles(c, path[12] ? path + 13 : "");
+        return;
+    case ROUTE_TRIGGERS:
+        http_handle_triggers(c, path + 12);
+        return;
+    case ROUTE_HEALTHZ:
         if (m != HTTP_GET) http_respond_error(c, 405, "use GET");
         else handle_healthz(c);
         return;
-    } else if (strcmp(path, "/metrics") == 0) {
-        r->route = ROUTE_METRICS;
+    case ROUTE_METRICS:
         if (m != HTTP_GET) http_respond_error(c, 405, "use GET");
         else if (!c->srv->cfg->metrics_auth) handle_metrics(c);
         else {
@@ -685,13 +682,18 @@ void http_route_request(conn_t *c)
             else if (ok == 0) http_respond_error(c, 401, "admin token required (metrics_auth)");
         }
         return;
-    } else if (strcmp(path, "/debug/stream") == 0 && c->srv->cfg->debug_page) {
-        r->route = ROUTE_DEBUG;
+    case ROUTE_DEBUG:
         if (m != HTTP_GET) http_respond_error(c, 405, "use GET");
         else http_handle_debug_stream(c);
         return;
-    } else if (http_handle_static(c, path) == 0) {
+    }
+    if (HTTP_ROUTE_INGESTS(r->route)) {
+        if (m != HTTP_POST) http_respond_error(c, 405, "use POST to send messages");
+        else if (rate_limited(c)) return;
+        else if (!http_origin_allowed(c->srv, r)) http_respond_error(c, 403, "origin not allowed by cors_origins");
+        else handle_ingest(c, r->route == ROUTE_BATCH ? -1 : r->route);
         return;
     }
+    if (strncmp(path, "/v1/", 4) != 0 && http_handle_static(c, path) == 0) return;
     http_respond_error(c, 404, "no such route");
 }

@@ -64,7 +64,7 @@ static void set_defaults(sl_config_t *c)
     c->limits.max_batch_messages = 2500;
     c->limits.max_header_bytes = 16384;
     c->limits.max_connections = 16384;
-    c->limits.max_connections_per_ip = 4096;
+    c->limits.max_connections_per_ip = 1280;
     c->limits.max_buffered_bytes = 64u << 20;
     c->limits.max_queue_messages = 65536;
     c->limits.max_json_depth = 32;
@@ -73,6 +73,8 @@ static void set_defaults(sl_config_t *c)
     c->limits.max_dedupe_ids = 4000000;
     c->limits.idle_timeout_ms = 60000;
     c->limits.request_timeout_ms = 30000;
+    c->limits.header_timeout_ms = 10000;
+    c->limits.min_body_rate = 4096;
     c->dedupe_window_ms = 86400000;
     c->trigger_retention_ms = 30LL * 86400000;
     c->unsubscribe_event = strdup("Unsubscribed");
@@ -480,7 +482,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
                                    "max_header_bytes", "max_connections", "max_queue_messages",
                                    "max_json_depth", "idle_timeout", "request_timeout", "rate_per_ip",
                                    "rate_burst", "max_connections_per_ip", "max_buffered_bytes", "max_traits_per_person",
-                                   "max_traits_bytes", "max_dedupe_ids", NULL};
+                                   "max_traits_bytes", "max_dedupe_ids", "header_timeout", "min_body_rate", NULL};
         if ((rc = check_keys(x, lim, "limits", lk))) return rc;
         if ((rc = get_limit(x, lim, "max_message_bytes", 256, 16u << 20, &c->limits.max_message_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_request_bytes", 256, 64u << 20, &c->limits.max_request_bytes))) return rc;
@@ -499,6 +501,12 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if ((rc = get_limit(x, lim, "rate_burst", 1, 100000000, &c->limits.rate_burst))) return rc;
         if ((rc = get_duration(x, lim, "idle_timeout", "limits", &c->limits.idle_timeout_ms))) return rc;
         if ((rc = get_duration(x, lim, "request_timeout", "limits", &c->limits.request_timeout_ms))) return rc;
+        if ((rc = get_duration(x, lim, "header_timeout", "limits", &c->limits.header_timeout_ms))) return rc;
+        if (c->limits.header_timeout_ms < 1000 || c->limits.header_timeout_ms > 3600000) {
+            seterr(x->err, x->errlen, "limits.header_timeout must be between 1s and 1h");
+            return SL_EINVAL;
+        }
+        if ((rc = get_limit(x, lim, "min_body_rate", 0, 1000000000, &c->limits.min_body_rate))) return rc;
         if (c->limits.max_message_bytes > c->limits.max_request_bytes) {
             seterr(x->err, x->errlen, "limits.max_message_bytes must not exceed limits.max_request_bytes");
             return SL_EINVAL;

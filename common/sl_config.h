@@ -99,7 +99,7 @@ typedef struct sl_config_s {
         uint64_t max_batch_messages;  /* 2500 */
         uint64_t max_header_bytes;    /* 16384 */
         uint64_t max_connections;     /* 16384 */
-        uint64_t max_connections_per_ip; /* 4096 per peer address (IPv6: per /64) */
+        uint64_t max_connections_per_ip; /* 1280 per peer address (IPv6: per /64); not for trusted_proxies */
         uint64_t max_buffered_bytes;  /* 64 MB of request bodies held, all connections together */
         uint64_t max_queue_messages;  /* 65536 pending in the commit queue */
         uint64_t max_json_depth;      /* 32 */
@@ -110,6 +110,10 @@ typedef struct sl_config_s {
         uint64_t rate_burst;          /* bucket size; default 2 x rate_per_ip */
         int64_t idle_timeout_ms;      /* keep-alive idle: 60s */
         int64_t request_timeout_ms;   /* a started request must finish: 30s */
+        int64_t header_timeout_ms;    /* a connection's first request, or a started one, must have
+                                       * its headers in: 10s (1s..1h) */
+        uint64_t min_body_rate;       /* bytes/s a body must average after its first 5 s: 4096;
+                                       * 0 = no minimum (0..1e9) */
     } limits;
     int64_t dedupe_window_ms;    /* 24h */
     sl_trigger_rule_t *triggers;

@@ -1,7 +1,8 @@
 // limits.test.mjs - slow and many clients: per-IP rate limiting (429 with
 // Retry-After), slowloris connections closed by the request timeout, the
 // connection cap, and the server's memory staying under a stated bound while
-// normal clients are still served.
+// normal clients are still served; the budgets shared by many addresses
+// (bodies, connections, the reserve) and the header and body-rate timeouts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -370,4 +371,235 @@ test('refused requests log at most a few INFO lines a second, then one line coun
     assert.ok(counts.length >= 1, 'a line says how many were left out');
     assert.equal(refused + counts.reduce((s, m) => s + Number(m[1]), 0), 120, 'every refusal is accounted for');
   } finally { await srv.stop(); srv.cleanup(); }
+});
+
+// ---- shared budgets (issue 21, M3 and L1 of the 2026-12-07 review): bodies a
+// route does not use are not held, the short routes check a Basic key from the
+// headers, /v1/m is rate-limited, one address holds a small share of the body
+// budget and one reserved connection, and silent or trickling clients are cut off.
+
+// The gauge once it held still for a second (every poll the same): the
+// server has read what the clients sent.
+async function settledMetric(srv, name) {
+  let last = NaN, same = 0;
+  for (const end = Date.now() + 20000; same < 10 && Date.now() < end;) {
+    const v = await metric(srv, name);
+    same = v === last ? same + 1 : 0;
+    last = v;
+    await sleep(100);
+  }
+  return last;
+}
+const written = (c) => new Promise((r) => c.sock.write('', r));
+
+test('bodies held without a key from several addresses cannot make a keyed batch get 503', async () => {
+  // each address may hold 2 x 100,000 bytes; bodies whose key was not checked, half of 1,600,000
+  const srv = await startServer({ config: { limits: { max_request_bytes: 100000, max_buffered_bytes: 1600000 } } });
+  const conns = [];
+  try {
+    const head = (path, auth) => `POST ${path} HTTP/1.1\r\nHost: x\r\n${auth ? `Authorization: ${auth}\r\n` : ''}` +
+      'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n';
+    const part = Buffer.alloc(95000, ' ');
+    const kinds = [['/v1/m', null], ['/v1/nonexistent', null], ['/v1/t', badBasic], ['/v1/track', null]];
+    const byKind = new Map(kinds.map(([p]) => [p, []]));
+    for (let a = 2; a <= 9; a++)
+      for (const [path, auth] of kinds)
+        for (let k = 0; k < 2; k++) {
+          const c = rawConn(srv.port, head(path, auth), part, { localAddress: `127.0.0.${a}`, timeoutMs: 30000 });
+          conns.push(c);
+          byKind.get(path).push(c);
+        }
+    await Promise.all(conns.map(written));
+    const held = await settledMetric(srv, 'sillage_buffered_body_bytes');
+    // a legitimate batch with its key in the header is served meanwhile
+    const batch = { batch: Array.from({ length: 300 }, (_, i) => ({ type: 'track', userId: 'legit', event: 'Legit', messageId: `legit-${i}`, properties: { pad: 'x'.repeat(200) } })) };
+    const size = JSON.stringify(batch).length;
+    assert.ok(size > 80000 && size < 99000, `${size} bytes`);
+    for (let i = 0; i < 5; i++) {
+      const r = await post(srv, '/v1/batch', { ...batch, batch: batch.batch.map((m) => ({ ...m, messageId: `${m.messageId}-${i}` })) });
+      assert.equal(r.status, 200, r.text);
+      assert.deepEqual(r.json, { success: true });
+    }
+    // only the no-key bodies of an ingestion route are held, within half the budget
+    assert.ok(held > 0 && held <= 800000, `${held} bytes held`);
+    // a wrong key on a short route: 401 from the headers
+    for (const c of byKind.get('/v1/t')) {
+      const r = parse1((await c.done).data);
+      assert.equal(r.status, 401, c.data.slice(0, 200));
+      assert.deepEqual(r.json, { success: false, error: 'unknown write key' });
+    }
+    // the no-key bodies past their part of the budget got 503 and say why
+    const refused = byKind.get('/v1/track').filter((c) => c.data).map((c) => parse1(c.data));
+    assert.ok(refused.length >= 1, 'some no-key bodies were refused');
+    for (const r of refused) {
+      assert.equal(r.status, 503);
+      assert.match(r.json.error, /without a write key in an Authorization header reached half of limits\.max_buffered_bytes|from this address reached its share/);
+    }
+    // the drained routes answer once their body is in, and kept none of it
+    const m = byKind.get('/v1/m')[0], nf = byKind.get('/v1/nonexistent')[0];
+    m.sock.write(Buffer.alloc(5000, ' '));
+    nf.sock.write(Buffer.alloc(5000, ' '));
+    assert.ok(await until(async () => parse1(m.data).json && parse1(nf.data).json, 5000));
+    assert.deepEqual(parse1(m.data).json, { success: true });
+    assert.equal(parse1(nf.data).status, 404);
+    assert.deepEqual(parse1(nf.data).json, { success: false, error: 'no such route' });
+    assert.equal(await metric(srv, 'sillage_buffered_body_bytes'), held, 'the drained bodies were never counted');
+  } finally {
+    for (const c of conns) c.sock.destroy();
+    await srv.stop(); srv.cleanup();
+  }
+});
+
+test('a wrong Basic key on a short route gets 401 from the headers: no 100 Continue, no body read', async () => {
+  const srv = await startServer();
+  const conns = [];
+  try {
+    for (const r of ['t', 'p', 's', 'i', 'a', 'g', 'b']) {
+      const c = rawConn(srv.port, `POST /v1/${r} HTTP/1.1\r\nHost: x\r\nAuthorization: ${badBasic}\r\n` +
+        'Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 400000\r\n\r\n');
+      conns.push(c);
+      const a = await c.done;
+      assert.ok(!/100 Continue/.test(a.data), `/v1/${r}: ${a.data.slice(0, 120)}`);
+      const res = parse1(a.data);
+      assert.equal(res.status, 401, `/v1/${r}: ${a.data.slice(0, 200)}`);
+      assert.deepEqual(res.json, { success: false, error: 'unknown write key' });
+      assert.ok(a.closed, `/v1/${r}: closed, the body is never read`);
+    }
+    // the right key on a short route is invited to send its body
+    const body = JSON.stringify({ userId: 'short', event: 'Short', messageId: 'short-1' });
+    const ok = rawConn(srv.port, `POST /v1/t HTTP/1.1\r\nHost: x\r\nAuthorization: ${goodBasic}\r\n` +
+      `Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: ${body.length}\r\n\r\n`);
+    conns.push(ok);
+    assert.ok(await until(async () => /^HTTP\/1\.1 100 Continue\r\n\r\n/.test(ok.data)), ok.data);
+    ok.sock.write(body);
+    assert.ok(await until(async () => /\r\n\r\n\{.*\}$/.test(ok.data)), ok.data);
+    assert.deepEqual(parse1(ok.data.slice(ok.data.indexOf('\r\n\r\n') + 4)).json, { success: true });
+  } finally {
+    for (const c of conns) c.sock.destroy();
+    await srv.stop(); srv.cleanup();
+  }
+});
+
+test('/v1/m is rate-limited like ingestion: 429 with Retry-After', async () => {
+  const srv = await startServer({ config: { limits: { rate_per_ip: 1, rate_burst: 3 } } });
+  try {
+    const answers = [];
+    for (let i = 0; i < 8; i++) {
+      const res = await fetch(srv.url + '/v1/m', { method: 'POST', headers: { 'Content-Type': 'text/plain' },
+        body: JSON.stringify({ series: [{ type: 'Counter', metric: 'analytics_js.invoke', value: 1 }] }) });
+      answers.push({ status: res.status, retry: res.headers.get('retry-after'), json: await res.json() });
+    }
+    assert.deepEqual(answers[0].json, { success: true });
+    const limited = answers.filter((a) => a.status === 429);
+    assert.ok(limited.length >= 4, JSON.stringify(answers));
+    assert.ok(Number(limited[0].retry) >= 1);
+    assert.deepEqual(limited[0].json, { success: false, error: 'too many requests from this address (limits.rate_per_ip)' });
+  } finally { await srv.stop(); srv.cleanup(); }
+});
+
+test('limits.header_timeout: a connection that sends nothing is closed, unfinished headers get 408; keep-alive is not cut', async () => {
+  const srv = await startServer({ config: { limits: { header_timeout: '2s' } } });
+  const conns = [];
+  try {
+    const silent = rawConn(srv.port, '', '', { timeoutMs: 20000 });
+    const partial = rawConn(srv.port, 'POST /v1/track HTTP/1.1\r\nHost: x\r\n', '', { timeoutMs: 20000 });
+    const kept = rawConn(srv.port, 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n', '', { timeoutMs: 20000 });
+    conns.push(silent, partial, kept);
+    const s = await silent.done;
+    assert.ok(s.closed, 'the silent connection is closed');
+    assert.equal(s.data, '', 'nothing to answer');
+    assert.ok(s.ms >= 1500, `closed after ${s.ms} ms, not before the timeout`);
+    const p = await partial.done;
+    assert.ok(p.closed);
+    const r = parse1(p.data);
+    assert.equal(r.status, 408, p.data);
+    assert.deepEqual(r.json, { success: false, error: 'request headers not completed within limits.header_timeout' });
+    // the keep-alive connection had its request: idle_timeout (60 s) applies to it
+    assert.ok(await until(async () => parse1(kept.data).status === 200), kept.data);
+    kept.data = '';
+    kept.sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    assert.ok(await until(async () => /\r\n\r\n\{.*\}$/.test(kept.data)), `still open: ${kept.data}`);
+    assert.equal(parse1(kept.data).json.status, 'ok');
+  } finally {
+    for (const c of conns) c.sock.destroy();
+    await srv.stop(); srv.cleanup();
+  }
+});
+
+test('limits.min_body_rate: a trickled body is cut off with 408, on a kept route and on a drained one', async () => {
+  const srv = await startServer({ config: { limits: { min_body_rate: 10000 } } });
+  const conns = [];
+  let trickle;
+  try {
+    const kept = rawConn(srv.port, `POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: ${goodBasic}\r\n` +
+      'Content-Type: application/json\r\nContent-Length: 2000\r\n\r\n{', '', { timeoutMs: 25000 });
+    const drained = rawConn(srv.port, 'POST /v1/m HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n' +
+      'Content-Length: 2000\r\n\r\n{', '', { timeoutMs: 25000 });
+    conns.push(kept, drained);
+    trickle = setInterval(() => { for (const c of conns) if (!c.sock.destroyed) c.sock.write(' '); }, 200);
+    for (const c of conns) {
+      const a = await c.done;
+      assert.ok(a.closed, 'closed before limits.request_timeout (30 s)');
+      const r = parse1(a.data);
+      assert.equal(r.status, 408, a.data);
+      assert.deepEqual(r.json, { success: false, error: 'request body arrived slower than limits.min_body_rate' });
+    }
+    assert.equal(await metric(srv, 'sillage_buffered_body_bytes'), 0);
+  } finally {
+    clearInterval(trickle);
+    for (const c of conns) c.sock.destroy();
+    await srv.stop(); srv.cleanup();
+  }
+});
+
+test('connection reserve: addresses that fill their share and the reserve leave room for /healthz from another', async () => {
+  const srv = await startServer({ config: { limits: { max_connections: 20, max_connections_per_ip: 10 } } });
+  let socks = [];
+  try {
+    socks = socks.concat(await hold(srv, 10, '127.0.0.2'), await hold(srv, 10, '127.0.0.3'));
+    assert.equal(socks.filter((s) => s.closedByServer).length, 0, 'two addresses hold max_connections');
+    // six more addresses try four connections each: one reserved slot each
+    const late = [];
+    for (let a = 4; a <= 9; a++) late.push(await hold(srv, 4, `127.0.0.${a}`));
+    socks = socks.concat(late.flat());
+    for (const group of late)
+      assert.ok(await until(async () => group.filter((s) => s.closedByServer).length === 3),
+        `${group.filter((s) => !s.closedByServer).length} kept of 4`);
+    const h = await getFrom(srv, '/healthz', '127.0.0.10');
+    assert.equal(h.status, 200, h.text);
+    assert.equal(JSON.parse(h.text).status, 'ok');
+    const m = await getFrom(srv, '/metrics', '127.0.0.11');
+    assert.match(m.text, /^sillage_connections 2[78]$/m, '20 + 6 reserved + this one (+ /healthz\'s if not closed yet)');
+  } finally { for (const s of socks) s.destroy(); await srv.stop(); srv.cleanup(); }
+});
+
+test('behind a trusted proxy, body shares are keyed on the client address X-Forwarded-For yields', async () => {
+  // each client address may hold 2 x 100,000 bytes of 6,400,000
+  const srv = await startServer({ config: { trusted_proxies: ['127.0.0.1'],
+    limits: { max_request_bytes: 100000, max_buffered_bytes: 6400000 } } });
+  const conns = [];
+  try {
+    const open = (xff) => {
+      const c = rawConn(srv.port, `POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: ${goodBasic}\r\n` +
+        `X-Forwarded-For: ${xff}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n`,
+        Buffer.alloc(95000, ' '), { timeoutMs: 10000 });
+      conns.push(c);
+      return c;
+    };
+    open('198.51.100.7'); open('198.51.100.7');
+    assert.equal(await until(async () => (await metric(srv, 'sillage_buffered_body_bytes')) === 190000), true);
+    // the same client through the same proxy: past its share
+    const third = open('198.51.100.7');
+    const r = parse1((await third.done).data);
+    assert.equal(r.status, 503, third.data);
+    assert.equal(r.json.error, 'server busy: request bodies in memory from this address reached its share of ' +
+      'limits.max_buffered_bytes (1/64, at least 2 x limits.max_request_bytes), retry later');
+    // another client through the same proxy has its own share
+    const other = open('203.0.113.9');
+    assert.equal(await until(async () => (await metric(srv, 'sillage_buffered_body_bytes')) === 285000), true);
+    assert.equal(other.data, '', 'still being received');
+  } finally {
+    for (const c of conns) c.sock.destroy();
+    await srv.stop(); srv.cleanup();
+  }
 });

@@ -228,7 +228,9 @@ TEST(config_design_example)
     CHECK_INT(c.pressure_max_per_profile_per_day, ==, 3);
     CHECK_INT(c.n_webhooks, ==, 1);
     CHECK_INT(c.limits.max_request_bytes, ==, 512000);
-    CHECK_INT(c.limits.max_connections_per_ip, ==, 4096);
+    CHECK_INT(c.limits.max_connections_per_ip, ==, 1280);
+    CHECK_INT(c.limits.header_timeout_ms, ==, 10000);
+    CHECK_INT(c.limits.min_body_rate, ==, 4096);
     CHECK_INT(c.limits.max_buffered_bytes, ==, 64 << 20);
     CHECK_STR(c.unsubscribe_event, "Unsubscribed");
     CHECK_STR(c.subscribe_event, "Subscribed");
@@ -265,6 +267,11 @@ TEST(config_errors_table)
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_dedupe_ids\":10}}", "limits.max_dedupe_ids"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_buffered_bytes\":1000}}", "limits.max_request_bytes must not exceed limits.max_buffered_bytes"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"max_connections_per_ip\":0}}", "limits.max_connections_per_ip must be between 1"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"header_timeout\":\"500ms\"}}", "limits.header_timeout must be between 1s and 1h"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"header_timeout\":\"2h\"}}", "limits.header_timeout must be between 1s and 1h"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"header_timeout\":10}}", "limits.header_timeout must be a duration"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"min_body_rate\":2000000000}}", "limits.min_body_rate must be between 0 and 1000000000"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"min_body_rate\":-1}}", "limits.min_body_rate must be"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\",\"retention\":\"30s\"}],\"admin_token\":\"t\"}", "sources[0].retention must be at least 1m"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"identity\":{\"traits\":[\"email\",\"email\"]}}", "identity.traits[1] repeats identity.traits[0]"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"identity\":{\"traits\":[\"user_id\"]}}", "is the name of an identifier kind"},
@@ -286,6 +293,28 @@ TEST(config_errors_table)
         }
         sl_config_free(&c);
     }
+}
+
+/* The bounds of the connection timeouts and the body rate: the limits' edges are accepted. */
+TEST(config_header_timeout_and_body_rate)
+{
+    static const char json[] = "{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\","
+                               "\"limits\":{\"header_timeout\":\"1s\",\"min_body_rate\":0}}";
+    sl_config_t c;
+    char err[256] = "";
+    int rc = sl_config_parse(&c, json, sizeof(json) - 1, err, sizeof(err));
+    CHECK_INT(rc, ==, 0);
+    if (rc) fprintf(stderr, "  error: %s\n", err);
+    CHECK_INT(c.limits.header_timeout_ms, ==, 1000);
+    CHECK_INT(c.limits.min_body_rate, ==, 0);
+    sl_config_free(&c);
+    static const char json2[] = "{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\","
+                                "\"limits\":{\"header_timeout\":\"1h\",\"min_body_rate\":\"8KB\"}}";
+    rc = sl_config_parse(&c, json2, sizeof(json2) - 1, err, sizeof(err));
+    CHECK_INT(rc, ==, 0);
+    CHECK_INT(c.limits.header_timeout_ms, ==, 3600000);
+    CHECK_INT(c.limits.min_body_rate, ==, 8192);
+    sl_config_free(&c);
 }
 
 TEST(config_demo_and_exposure)
