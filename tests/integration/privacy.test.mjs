@@ -365,3 +365,25 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
   assert.match(v.stdout, /0 problems/);
   s2.cleanup();
 });
+
+// Issue 21, L4: the log loses a large timeline in slices; the answer comes
+// when all of it is gone, and others are served meanwhile.
+test('erasing a person with 20,000 events removes them all; a bystander is served during it', async () => {
+  for (let b = 0; b < 20; b++) {
+    const batch = Array.from({ length: 1000 }, (_, i) => ({ type: 'track', userId: 'big-er', event: `E${b}-${i}` }));
+    const res = await post(srv, '/v1/batch', { batch });
+    assert.equal(res.status, 200, res.text);
+  }
+  const erasing = fetch(`${srv.url}/v1/profiles/user_id/big-er`, { method: 'DELETE', headers: bearer });
+  const bystander = await post(srv, '/v1/track', { userId: 'big-bystander', event: 'Still Here' });
+  assert.equal(bystander.status, 200, bystander.text);
+  const del = await erasing;
+  assert.equal(del.status, 200);
+  assert.equal((await del.json()).erased.events, 20000);
+  assert.equal((await profile(srv, 'big-bystander')).counters.events, 1);
+  const all = srv.exportEvents();
+  assert.equal(all.filter((e) => e.userId === 'big-er').length, 0, 'every event left the log');
+  assert.equal(all.filter((e) => e.userId === 'big-bystander').length, 1);
+  const gone = await fetch(`${srv.url}/v1/profiles/user_id/big-er`, { headers: bearer });
+  assert.equal(gone.status, 404);
+});

@@ -941,3 +941,40 @@ TEST(webhook_signature_vector)
     CHECK_INT(sl_webhook_sign("hook-secret", 1700000000, "t-2.0123456789abcdef", body, sizeof(body) - 1, other), ==, 0);
     CHECK(strcmp(sig, other) != 0);
 }
+
+/* Issue 21, L4: a person with more events than one slice of the log's
+ * erasure still loses them all, and the erasure is reported done once they
+ * are gone. */
+TEST(stitch_erasure_in_slices)
+{
+    fix_t f;
+    if (fix_init(&f)) { CHECK(!"fixture"); return; }
+    const int n = SL_STORE_ERASE_SLICE * 2 + 7;
+    sl_buf_t b = {0};
+    for (int i = 0; i < n; i++) {
+        char mid[32];
+        snprintf(mid, sizeof(mid), "big-%d", i);
+        b.len = 0;
+        sl_buf_printf(&b, "{\"type\":\"track\",\"event\":\"E\",\"messageId\":\"%s\",\"userId\":\"big\","
+                          "\"timestamp\":\"2026-01-01T00:00:00.000Z\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
+                      mid);
+        if (i < n - 1) put_durable(&f, b.data, 1000, mid);
+        else put(&f, b.data, 1000, mid);
+    }
+    sl_buf_free(&b);
+    msg(&f, SL_STITCH_PAGE, NULL, "small", NULL, 1000);
+    sl_stitch_erase_t er;
+    int done = 0;
+    sl_stitch_erase_init(&er, f.stitch, "user_id", "big", erase_done);
+    er.ctx = &done;
+    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
+    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK_INT(er.job.rc, ==, 0);
+    CHECK_INT(er.events, ==, n);
+    sl_stitch_erase_free(&er);
+    uint64_t n_events = 0;
+    CHECK_INT(sl_store_foreach_event(f.store, count_event, &n_events), ==, 0);
+    CHECK_INT(n_events, ==, 1);
+    CHECK_INT(verify_problems(&f), ==, 0);
+    fix_free(&f);
+}
