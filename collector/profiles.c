@@ -27,7 +27,7 @@ static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     case 0: return sl_stitch_profile(q->stitch, txn, q->kind, q->id, q->out);
     case 1: return sl_stitch_timeline(q->stitch, txn, log_txn, q->kind, q->id, q->limit, q->before, q->out);
     case 3: return sl_stitch_recent(q->stitch, txn, q->limit, q->before, q->out);
-    default: return sl_stitch_merges(q->stitch, txn, q->kind, q->id, q->out);
+    default: return sl_stitch_merges(q->stitch, txn, q->kind, q->id, q->limit, q->before, q->out);
     }
 }
 
@@ -195,13 +195,18 @@ void http_handle_profiles(conn_t *c, const char *rest)
         http_respond_error(c, 503, "out of memory");
         return;
     }
-    *q = (read_req_t){srv->stitch, kind, id, NULL, what, 50, NULL};
-    if (what == 1) {
+    *q = (read_req_t){srv->stitch, kind, id, NULL, what, what == 2 ? 100 : 50, NULL};
+    if (what) { /* events and merges come a page at a time */
         unsigned long long limit = q->limit;
         char *before = NULL;
         if (http_query_num(c, "limit", 1, 1000, &limit) < 0) return;
         q->limit = (size_t)limit;
-        if (http_query_param(r, "before", &before) >= 0) q->before = before;
+        long blen = http_query_param(r, "before", &before);
+        if (blen == SL_EINVAL || blen == 0) {
+            http_respond_error(c, 400, "before must be a cursor from a previous page");
+            return;
+        }
+        if (blen > 0) q->before = before;
     }
     r->read = q;
     http_after_stage(c, answer_read);

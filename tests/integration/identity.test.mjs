@@ -174,3 +174,71 @@ test('profiles survive a restart', async () => {
   assert.equal((await get('/v1/profiles/user_id/rs-u')).json.counters.events, 3);
   assert.ok(old);
 });
+
+// Issue 21, M4: anyone with the public key can claim a user's identifiers
+// thousands of times; the user's journal keeps one counted entry, and
+// /merges answers a page.
+test('5,000 refused aliases against one user: one coalesced entry, a bounded page, cursors that work', async () => {
+  // the victim: five devices merged, so that its journal holds several entries
+  for (let i = 0; i < 5; i++) {
+    assert.equal((await post(srv, '/v1/page', { anonymousId: `jv-dev-${i}`, name: 'Home' })).status, 200);
+    assert.equal((await post(srv, '/v1/identify', { anonymousId: `jv-dev-${i}`, userId: 'jvictim' })).status, 200);
+  }
+  for (let r = 0; r < 5; r++) {
+    const batch = Array.from({ length: 1000 }, (_, i) =>
+      ({ type: 'alias', previousId: 'jvictim', userId: `jatt-${r}-${i}` }));
+    const res = await post(srv, '/v1/batch', { batch });
+    assert.equal(res.status, 200, res.text);
+  }
+  const res = await fetch(srv.url + '/v1/profiles/user_id/jvictim/merges', { headers: bearer });
+  assert.equal(res.status, 200);
+  const text = await res.text();
+  assert.ok(text.length < 100000, `a page, not the whole history: ${text.length} bytes`);
+  const j = JSON.parse(text);
+  assert.equal(j.refused.length, 1, JSON.stringify(j.refused));
+  const e = j.refused[0];
+  assert.ok(e.count >= 5000, `count ${e.count}`);
+  assert.deepEqual(e.identifier, { kind: 'user_id', id: 'jvictim' });
+  assert.match(e.reason, /alias/);
+  assert.ok(e.first_at <= e.last_at && e.at === e.last_at, JSON.stringify(e));
+  assert.ok(e.messageId && e.event_person && e.owner === j.person, JSON.stringify(e));
+  assert.equal(j.merges.length, 4, 'the first device became the user, four were merged');
+  assert.equal(j.next, null);
+  // a claimant sees its claim refused
+  const att = await get('/v1/profiles/user_id/jatt-3-7/merges');
+  assert.equal(att.status, 200);
+  assert.equal(att.json.refused.length, 1);
+  // a page at a time, newest first: the refusal came last
+  const seen = [];
+  let next = null, pages = 0;
+  do {
+    const p = await get(`/v1/profiles/user_id/jvictim/merges?limit=2${next ? '&before=' + enc(next) : ''}`);
+    assert.equal(p.status, 200, JSON.stringify(p.json));
+    const entries = [...p.json.refused, ...p.json.merges];
+    assert.ok(entries.length <= 2);
+    if (pages === 0) assert.equal(p.json.refused.length, 1, 'the newest entry first');
+    seen.push(...entries.map((x) => x.type + ':' + (x.absorbed || x.identifier.id)));
+    next = p.json.next;
+    pages++;
+  } while (next && pages < 10);
+  assert.equal(pages, 3);
+  assert.equal(new Set(seen).size, 5, seen.join(' '));
+});
+
+test('/merges: limit and before are checked', async () => {
+  await post(srv, '/v1/identify', { anonymousId: 'mlim-a', userId: 'mlim-u' });
+  for (const q of ['limit=0', 'limit=1001', 'limit=abc', 'limit=-1']) {
+    const r = await get('/v1/profiles/user_id/mlim-u/merges?' + q);
+    assert.equal(r.status, 400, q);
+    assert.match(r.json.error, /limit must be a whole number from 1 to 1000/, q);
+  }
+  for (const q of ['before=abc', 'before=-1', 'before=0', 'before=%zz', 'before=1e3', 'before=99999999999999999999999']) {
+    const r = await get('/v1/profiles/user_id/mlim-u/merges?' + q);
+    assert.equal(r.status, 400, q);
+    assert.match(r.json.error, /before must be a cursor from a previous page/, q);
+  }
+  const ok = await get('/v1/profiles/user_id/mlim-u/merges?limit=1000&before=5');
+  assert.equal(ok.status, 200);
+  assert.deepEqual(ok.json.merges, []);
+  assert.equal(ok.json.next, null);
+});
