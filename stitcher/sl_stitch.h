@@ -129,9 +129,10 @@ const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *
 int sl_stitch_kind_ok(const sl_stitch_t *s, const char *kind);
 
 /* Profile reads, in a read transaction of the derived environment
- * (sl_stage_read()); the timeline also reads events from log_txn. Each
- * appends JSON to out and returns 0, SL_ENOTFOUND when no person has that
- * identifier, or an LMDB error. before: the "next" cursor of a previous
+ * (sl_stage_read()), from any thread (the collector runs them on libuv's
+ * threadpool); the timeline also reads events from log_txn. Each appends
+ * JSON to out (the caller's) and returns 0, SL_ENOTFOUND when no person has
+ * that identifier, or an LMDB error. before: the "next" cursor of a previous
  * page, or NULL. */
 int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out);
 int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, MDB_txn *log_txn, const char *kind, const char *id,

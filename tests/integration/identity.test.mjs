@@ -4,7 +4,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { startServer, post, basic, ADMIN, WRITE_KEY } from './helpers.mjs';
+import net from 'node:net';
+import { startServer, post, basic, rawExchange, parseResponses, ADMIN, WRITE_KEY } from './helpers.mjs';
 
 const { scenarios } = JSON.parse(readFileSync(new URL('../identity/scenarios.json', import.meta.url)));
 const JUNK = new Set(['', 'null', 'undefined', 'anonymous', '0', 'guest']);
@@ -223,6 +224,23 @@ test('5,000 refused aliases against one user: one coalesced entry, a bounded pag
   } while (next && pages < 10);
   assert.equal(pages, 3);
   assert.equal(new Set(seen).size, 5, seen.join(' '));
+});
+
+test('reads built off the loop: clients that leave before the answer cost nothing, others are served', async () => {
+  const req = (path) => `GET ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${ADMIN}\r\n\r\n`;
+  await Promise.all(Array.from({ length: 20 }, (_, i) => new Promise((resolve) => {
+    const sock = net.connect(srv.port, '127.0.0.1', () => {
+      sock.write(req(i % 2 ? '/v1/profiles/user_id/jvictim/merges?limit=1000' : '/v1/profiles/user_id/jvictim'));
+      sock.destroy(); // gone before the answer
+      resolve();
+    });
+    sock.on('error', resolve);
+  })));
+  const answers = parseResponses(await rawExchange(srv.port,
+    req('/v1/profiles/user_id/jvictim') + req('/v1/profiles/user_id/jvictim/merges?limit=1'), { untilResponses: 2 }));
+  assert.deepEqual(answers.map((a) => a.status), [200, 200]);
+  assert.equal(JSON.parse(answers[0].body).user_id, 'jvictim');
+  assert.equal(JSON.parse(answers[1].body).refused.length, 1, 'answers in order on one connection');
 });
 
 test('/merges: limit and before are checked', async () => {
