@@ -133,7 +133,8 @@ int sl_stitch_kind_ok(const sl_stitch_t *s, const char *kind);
  * threadpool); the timeline also reads events from log_txn. Each appends
  * JSON to out (the caller's) and returns 0, SL_ENOTFOUND when no person has
  * that identifier, or an LMDB error. before: the "next" cursor of a previous
- * page, or NULL. */
+ * page, or NULL. An identify whose userId and anonymousId are junk or
+ * unkeyable but which carries an identity trait is found by that trait. */
 int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out);
 int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, MDB_txn *log_txn, const char *kind, const char *id,
                        size_t limit, const char *before, sl_buf_t *out);

@@ -729,6 +729,25 @@ static void swap_persons(person_t *a, person_t *b)
 
 static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64_t seq);
 
+/* An identify's traits: its `traits`, or, when it has none, `context.traits`
+ * (where RudderStack's SDKs put them); NULL for other messages. */
+static const cJSON *identify_traits(const cJSON *doc)
+{
+    const cJSON *traits = cJSON_GetObjectItemCaseSensitive(doc, "traits");
+    if (!cJSON_IsObject(traits))
+        traits = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "traits");
+    return cJSON_IsObject(traits) ? traits : NULL;
+}
+
+/* The first identity trait m carries (an identify's), or -1: what the event
+ * is indexed under when it has no userId or anonymousId. */
+static int first_trait(const sl_stitch_t *s, const sl_stitch_msg_t *m)
+{
+    for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
+        if (m->trait_ids[i]) return (int)i;
+    return -1;
+}
+
 /* What the stitcher reads of a stored message (the collector normalised it:
  * ids are strings, timestamp is corrected and clamped, context.sillage.source
  * names the source). Cleaned identifiers go to s->in_arena. */
@@ -750,11 +769,8 @@ static int read_msg(sl_stitch_t *s, const cJSON *doc, uint64_t seq, sl_stitch_ms
     m->trusted = src && src->trusted;
     const char *ts = sl_json_str(doc, "timestamp");
     if (ts == NULL || sl_time_parse_iso(ts, strlen(ts), &m->ts_ms)) m->ts_ms = sl_now_ms();
-    const cJSON *traits = cJSON_GetObjectItemCaseSensitive(doc, "traits");
-    /* RudderStack's SDKs send an identify's traits as context.traits */
-    if (m->type == SL_STITCH_IDENTIFY && !cJSON_IsObject(traits))
-        traits = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "traits");
-    if (m->type == SL_STITCH_IDENTIFY && cJSON_IsObject(traits)) {
+    const cJSON *traits = m->type == SL_STITCH_IDENTIFY ? identify_traits(doc) : NULL;
+    if (traits) {
         for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
             m->trait_ids[i] = sl_stitch_clean_id(s, sl_json_str(traits, s->cfg->identity_traits[i]), &s->in_arena, 1);
         m->traits = traits;
@@ -881,7 +897,21 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
             }
             index_user = 0;
         } else {
-            return 0; /* nothing to stitch on (all identifiers were junk) */
+            /* No userId or anonymousId to stitch on (junk, or unkeyable): an
+             * identity trait (an e-mail) still names someone, and erasure by
+             * it must reach the event, so the event goes to the trait's
+             * owner, or to a person of its own, indexed under the trait. */
+            int i = first_trait(s, m);
+            if (i < 0) return 0; /* nothing to stitch on (all identifiers were junk) */
+            if ((rc = make_key(kA, s->cfg->identity_traits[i], m->trait_ids[i])) ||
+                (rc = lookup(s, txn, kA, &pA, &tlA)))
+                return rc;
+            if (pA) {
+                if ((rc = person_load(s, txn, pA, t))) return rc;
+            } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kA, &tlA))) {
+                return rc;
+            }
+            index_user = 0;
         }
 
         /* Trait identifiers (email): the person who owns one absorbs an
@@ -1752,7 +1782,7 @@ typedef struct {
 /* 1 when the event's person has an identifier other than an anonymous id. */
 static int event_identified(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, int *identified)
 {
-    *identified = m->user_id != NULL;
+    *identified = m->user_id != NULL || (m->anonymous_id == NULL && first_trait(s, m) >= 0);
     if (*identified || m->anonymous_id == NULL) return 0;
     uint64_t pid, tl;
     int rc = make_key(&s->k2, "anonymous_id", m->anonymous_id);
@@ -1769,6 +1799,11 @@ static int event_index(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, u
     *pid = 0;
     const char *kind = m->user_id ? "user_id" : "anonymous_id", *id = m->user_id ? m->user_id : m->anonymous_id;
     if (m->type == SL_STITCH_ALIAS && (m->user_id == NULL || m->previous_id == NULL)) return 0; /* never indexed */
+    int ft = id ? -1 : first_trait(s, m);
+    if (ft >= 0) { /* only an identity trait named someone */
+        kind = s->cfg->identity_traits[ft];
+        id = m->trait_ids[ft];
+    }
     if (id == NULL) return 0;
     int rc = make_key(&s->k1, kind, id);
     return rc ? rc : lookup(s, txn, &s->k1, pid, tlno);
@@ -2059,9 +2094,14 @@ static int verify_event(const char *json, size_t len, uint64_t seq, void *arg)
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(doc, "previousId");
     sl_arena_reset(&v->arena);
 #define CLEAN(x) (cJSON_IsString(x) ? sl_stitch_clean_id(v->s, (x)->valuestring, &v->arena, 0) : NULL)
-    int indexed = cJSON_IsString(type) && strcmp(type->valuestring, "alias") == 0 ? CLEAN(u) && CLEAN(p)
-                                                                                  : CLEAN(u) || CLEAN(a);
+    int is_alias = cJSON_IsString(type) && strcmp(type->valuestring, "alias") == 0;
+    int indexed = is_alias ? CLEAN(u) && CLEAN(p) : CLEAN(u) || CLEAN(a);
 #undef CLEAN
+    /* an identify with no id but an identity trait is indexed under the trait */
+    const cJSON *traits = !indexed && cJSON_IsString(type) && strcmp(type->valuestring, "identify") == 0
+                              ? identify_traits(doc) : NULL;
+    for (size_t i = 0; traits && !indexed && i < v->s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
+        indexed = sl_stitch_clean_id(v->s, sl_json_str(traits, v->s->cfg->identity_traits[i]), &v->arena, 1) != NULL;
     cJSON_Delete(doc);
     if (indexed) v->rep->expected_indexed++;
     if (seq > v->max_seq) v->max_seq = seq;

@@ -366,6 +366,26 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
   s2.cleanup();
 });
 
+// Issue 21, L2: junk or unkeyable ids beside an e-mail: the e-mail still
+// names someone, so that erasure finds what was sent about it.
+test('an identify with only junk or unkeyable ids but an e-mail can be found and erased by that e-mail', async () => {
+  await ok(srv, 'identify', { userId: 'undefined', traits: { email: 'junk@x.com', plan: 'free' } });
+  const raw = '{"anonymousId":"a\\u001fc","traits":{"email":"Unkeyed@X.com"}}';
+  const r = await post(srv, '/v1/identify', raw);
+  assert.equal(r.status, 200, r.text);
+  for (const email of ['junk@x.com', 'unkeyed@x.com']) {
+    const p = await fetch(`${srv.url}/v1/profiles/email/${encodeURIComponent(email)}`, { headers: bearer });
+    assert.equal(p.status, 200, email);
+    const body = await p.json();
+    assert.equal(body.counters.events, 1, email);
+    const del = await fetch(`${srv.url}/v1/profiles/email/${encodeURIComponent(email)}`, { method: 'DELETE', headers: bearer });
+    assert.equal(del.status, 200, email);
+    assert.equal((await del.json()).erased.events, 1, email);
+  }
+  const left = srv.exportEvents().filter((e) => /junk@x\.com|unkeyed@x\.com/i.test(JSON.stringify(e)));
+  assert.deepEqual(left, [], 'export no longer has them');
+});
+
 // Issue 21, L4: the log loses a large timeline in slices; the answer comes
 // when all of it is gone, and others are served meanwhile.
 test('erasing a person with 20,000 events removes them all; a bystander is served during it', async () => {

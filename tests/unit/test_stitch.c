@@ -1074,6 +1074,51 @@ TEST(stitch_refusals_bounded_and_paged)
     fix_free(&f);
 }
 
+/* Issue 21, L2: an identify whose userId and anonymousId are junk or
+ * unkeyable still names someone by its e-mail: a person of its own, found
+ * and erased by that e-mail, and joined by its owner later. */
+TEST(stitch_junk_ids_with_email_are_erasable)
+{
+    fix_t f;
+    if (fix_init(&f)) { CHECK(!"fixture"); return; }
+    msg(&f, SL_STITCH_PAGE, NULL, "bystander", NULL, 500);
+    msg(&f, SL_STITCH_IDENTIFY, "undefined", NULL, "junk@x.com", 1000);
+    msg(&f, SL_STITCH_IDENTIFY, "0", "a\x1f" "c", " JUNK@x.com", 1001); /* unkeyable anonymousId */
+    msg(&f, SL_STITCH_IDENTIFY, "null", "null", "other@x.com", 1002);
+    char a[32], b[32];
+    CHECK(strcmp(person_of(&f, "email", "junk@x.com", a), "(none)") != 0);
+    CHECK(strcmp(a, person_of(&f, "email", "other@x.com", b)) != 0);
+    cJSON *p = get(&f, 0, "email", "junk@x.com");
+    CHECK_INT(num(p, "counters", "events"), ==, 2);
+    CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(p, "user_id")));
+    cJSON_Delete(p);
+    CHECK_INT(verify_problems(&f), ==, 0);
+
+    sl_stitch_erase_t er;
+    int done = 0;
+    sl_stitch_erase_init(&er, f.stitch, "email", "junk@x.com", erase_done);
+    er.ctx = &done;
+    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
+    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK_INT(er.job.rc, ==, 0);
+    CHECK_INT(er.found, ==, 1);
+    CHECK_INT(er.events, ==, 2);
+    sl_stitch_erase_free(&er);
+    uint64_t n_events = 0;
+    CHECK_INT(sl_store_foreach_event(f.store, count_event, &n_events), ==, 0);
+    CHECK_INT(n_events, ==, 2); /* the bystander's page and other@x.com's identify */
+    CHECK_STR(person_of(&f, "email", "junk@x.com", a), "(none)");
+
+    /* the e-mail's owner identifies later: the person made for it joins the user */
+    msg(&f, SL_STITCH_IDENTIFY, "owner", "o1", "other@x.com", 2000);
+    CHECK_SAME(person_of(&f, "email", "other@x.com", a), person_of(&f, "user_id", "owner", b));
+    p = get(&f, 0, "user_id", "owner");
+    CHECK_INT(num(p, "counters", "events"), ==, 2);
+    cJSON_Delete(p);
+    CHECK_INT(verify_problems(&f), ==, 0);
+    fix_free(&f);
+}
+
 /* Issue 21, L4: a person with more events than one slice of the log's
  * erasure still loses them all, and the erasure is reported done once they
  * are gone. */
