@@ -12,28 +12,38 @@
 #include "http_int.h"
 #include "sl_stitch.h"
 
+/* One read of the profile routes. It is built on libuv's threadpool in its
+ * own read transactions -- a page of a large journal or timeline, or a
+ * profile whose timelines are long, would otherwise hold the loop and every
+ * other client -- and answered from the loop. It lives in the request's
+ * arena: the request is kept (the connection busy) until the answer. */
 typedef struct {
+    uv_work_t work;
+    req_t *r;
+    sl_stage_t *stage;
     sl_stitch_t *stitch;
     const char *kind, *id, *before;
     int what; /* 0 profile, 1 events, 2 merges, 3 the most recently active */
     size_t limit;
-    sl_buf_t *out;
+    int reached; /* the stage had applied what the request waited for */
+    int rc;
+    sl_buf_t out; /* heap: freed by read_done */
 } read_req_t;
 
 static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
     read_req_t *q = arg;
     switch (q->what) {
-    case 0: return sl_stitch_profile(q->stitch, txn, q->kind, q->id, q->out);
-    case 1: return sl_stitch_timeline(q->stitch, txn, log_txn, q->kind, q->id, q->limit, q->before, q->out);
-    case 3: return sl_stitch_recent(q->stitch, txn, q->limit, q->before, q->out);
-    default: return sl_stitch_merges(q->stitch, txn, q->kind, q->id, q->out);
+    case 0: return sl_stitch_profile(q->stitch, txn, q->kind, q->id, &q->out);
+    case 1: return sl_stitch_timeline(q->stitch, txn, log_txn, q->kind, q->id, q->limit, q->before, &q->out);
+    case 3: return sl_stitch_recent(q->stitch, txn, q->limit, q->before, &q->out);
+    default: return sl_stitch_merges(q->stitch, txn, q->kind, q->id, q->limit, q->before, &q->out);
     }
 }
 
-/* A stage job of request r is done: the connection still waiting for its
- * answer (no longer busy), or NULL when the client left -- r is freed then,
- * and the job's work stands all the same. */
+/* A stage job or a threadpool read of request r is done: the connection
+ * still waiting for its answer (no longer busy), or NULL when the client
+ * left -- r is freed then, and the job's work stands all the same. */
 static conn_t *job_conn(req_t *r)
 {
     conn_t *c = r->conn;
@@ -73,18 +83,27 @@ static void erase_done(sl_stage_job_t *job)
     free(e);
 }
 
-/* The read, once the stage has applied what the request waited for. */
-static void answer_read(conn_t *c, int reached)
+/* Threadpool. */
+static void read_work(uv_work_t *w)
 {
-    req_t *r = c->req;
-    sl_server_t *srv = c->srv;
-    read_req_t *q = r->read;
-    sl_buf_t out = {0};
-    q->out = &out;
-    int rc = sl_stage_read(srv->stage, q->what == 1, read_cb, q);
+    read_req_t *q = w->data;
+    q->rc = sl_stage_read(q->stage, q->what == 1, read_cb, q);
+}
+
+/* Loop thread, once read_work is over (or was cancelled). */
+static void read_done(uv_work_t *w, int status)
+{
+    read_req_t *q = w->data;
+    sl_buf_t out = q->out; /* q lives in the request's arena, which job_conn may free */
+    int rc = status ? SL_ESHUTDOWN : q->rc, reached = q->reached;
+    conn_t *c = job_conn(q->r);
+    if (c == NULL) { /* the client left meanwhile */
+        sl_buf_free(&out);
+        return;
+    }
     /* how far the answer is from what was asked: 0 when it was reached */
     char h[128];
-    uint64_t applied = sl_stage_applied(srv->stage);
+    uint64_t applied = sl_stage_applied(c->srv->stage);
     snprintf(h, sizeof(h), "Cache-Control: no-store\r\nX-Sillage-Applied: %llu\r\n%s",
              (unsigned long long)applied, reached ? "" : "X-Sillage-Stale: 1\r\n");
     if (rc == SL_ENOTFOUND) http_respond_error(c, 404, "no profile has that identifier");
@@ -92,6 +111,22 @@ static void answer_read(conn_t *c, int reached)
     else if (rc || out.data == NULL) http_respond_error(c, 503, sl_strerror(rc ? rc : SL_ENOMEM));
     else http_respond(c, 200, "application/json", h, out.data, out.len);
     sl_buf_free(&out);
+}
+
+/* The read, once the stage has applied what the request waited for. */
+static void answer_read(conn_t *c, int reached)
+{
+    req_t *r = c->req;
+    read_req_t *q = r->read;
+    q->r = r;
+    q->reached = reached;
+    q->work.data = q;
+    c->busy = 1; /* the connection keeps r until read_done (http.c: on_conn_closed) */
+    int rc = uv_queue_work(c->srv->loop, &q->work, read_work, read_done);
+    if (rc) {
+        c->busy = 0;
+        http_respond_error(c, 503, sl_strerror(rc));
+    }
 }
 
 void http_handle_profiles(conn_t *c, const char *rest)
@@ -125,7 +160,8 @@ void http_handle_profiles(conn_t *c, const char *rest)
         }
         if (http_query_num(c, "limit", 1, 100, &limit) < 0) return;
         if (http_query_param(r, "before", &before) < 0) before = NULL;
-        *q = (read_req_t){srv->stitch, NULL, NULL, before, 3, (size_t)limit, NULL};
+        *q = (read_req_t){.stage = srv->stage, .stitch = srv->stitch, .before = before, .what = 3,
+                          .limit = (size_t)limit};
         r->read = q;
         http_after_stage(c, answer_read);
         return;
@@ -195,13 +231,19 @@ void http_handle_profiles(conn_t *c, const char *rest)
         http_respond_error(c, 503, "out of memory");
         return;
     }
-    *q = (read_req_t){srv->stitch, kind, id, NULL, what, 50, NULL};
-    if (what == 1) {
+    *q = (read_req_t){.stage = srv->stage, .stitch = srv->stitch, .kind = kind, .id = id, .what = what,
+                      .limit = what == 2 ? 100 : 50};
+    if (what) { /* events and merges come a page at a time */
         unsigned long long limit = q->limit;
         char *before = NULL;
         if (http_query_num(c, "limit", 1, 1000, &limit) < 0) return;
         q->limit = (size_t)limit;
-        if (http_query_param(r, "before", &before) >= 0) q->before = before;
+        long blen = http_query_param(r, "before", &before);
+        if (blen == SL_EINVAL || blen == 0) {
+            http_respond_error(c, 400, "before must be a cursor from a previous page");
+            return;
+        }
+        if (blen > 0) q->before = before;
     }
     r->read = q;
     http_after_stage(c, answer_read);

@@ -129,14 +129,25 @@ const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *
 int sl_stitch_kind_ok(const sl_stitch_t *s, const char *kind);
 
 /* Profile reads, in a read transaction of the derived environment
- * (sl_stage_read()); the timeline also reads events from log_txn. Each
- * appends JSON to out and returns 0, SL_ENOTFOUND when no person has that
- * identifier, or an LMDB error. before: the "next" cursor of a previous
- * page, or NULL. */
+ * (sl_stage_read()), from any thread (the collector runs them on libuv's
+ * threadpool); the timeline also reads events from log_txn. Each appends
+ * JSON to out (the caller's) and returns 0, SL_ENOTFOUND when no person has
+ * that identifier, or an LMDB error. before: the "next" cursor of a previous
+ * page, or NULL. An identify whose userId and anonymousId are junk or
+ * unkeyable but which carries an identity trait is found by that trait. */
 int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out);
 int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, MDB_txn *log_txn, const char *kind, const char *id,
                        size_t limit, const char *before, sl_buf_t *out);
-int sl_stitch_merges(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out);
+/* The person's journal, newest entry first, at most limit entries:
+ * {"person","merges":[...],"refused":[...],"next":"<cursor>"|null}.
+ * A merge entry per person absorbed (so merges are bounded by the
+ * identifiers the person holds); refusals coalesced per (owner, reason),
+ * each entry counting them ("count", "first_at", "last_at") and naming the
+ * latest, at most SL_STITCH_MAX_REFUSALS per person (the oldest go).
+ * SL_EINVAL: before is not a cursor of a previous page. */
+int sl_stitch_merges(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, size_t limit,
+                     const char *before, sl_buf_t *out);
+#define SL_STITCH_MAX_REFUSALS 100
 /* The most recently active persons, newest first, at most limit:
  * {"profiles":[<profile>...],"next":"<cursor>"|null}. Activity is each
  * person's newest event time, kept to the minute. SL_EINVAL: a bad cursor. */
@@ -222,6 +233,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FI
 
 typedef struct sl_stitch_stats_s {
     uint64_t merges, refusals, persons_created;
+    uint64_t refusals_dropped;        /* refusal entries dropped past SL_STITCH_MAX_REFUSALS */
     uint64_t identifies, identify_ns; /* identify and alias messages stitched, time spent on them */
     uint64_t traits_dropped;          /* traits not kept on a profile (limits.max_traits_*) */
     uint64_t pruned, examined, prune_passes, persons_expired; /* retention */

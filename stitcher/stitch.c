@@ -15,8 +15,9 @@
  *             activity (moved at most once a minute per person)
  *   actof     person id -> i64 its key's time in active
  *   consent   person id -> the person's consent and suppression flag (consent.h)
- *   smeta     counters: "next_person", "next_journal"
- *             and "refused\x1f<owner>\x1f<person>\x1f<identifier>": refusals journaled
+ *   smeta     counters: "next_person", "next_journal";
+ *             "refused\x1f<owner>\x1f<person>\x1f<identifier>": refusals counted (once each);
+ *             "refusal\x1f<owner>\x1f<reason>" -> journal seq: the owner's coalesced entry
  * An identifier key is "<kind>\x1f<value>", kind "user_id", "anonymous_id" or
  * a configured trait name. */
 #define _GNU_SOURCE /* memmem */
@@ -26,6 +27,7 @@
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
+#include <errno.h>
 #include <openssl/sha.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -91,13 +93,14 @@ struct sl_stitch_s {
     sl_arena_t in_arena;      /* the current message's cleaned identifiers */
     cJSON *trait_changes;     /* identify: [name, old, new] of watched traits, fired after the save */
     sl_buf_t k1, k2, k3, tmp; /* identifier keys; tmp: journal entries and index keys */
+    sl_buf_t k4;              /* smeta keys of coalesced refusals */
     char *tscratch;           /* printing one trait value: limits.max_traits_bytes + 1 */
     uint64_t msg_dropped;     /* traits of the current message not kept (limits) */
-    _Atomic uint64_t merges, refusals, created, traits_dropped;
+    _Atomic uint64_t merges, refusals, created, traits_dropped, refusals_dropped;
     _Atomic uint64_t amounts_ignored; /* order amounts not finite or past SL_AMOUNT_MAX */
     _Atomic uint64_t pruned, examined, prune_passes, persons_expired;
     struct { /* the current transaction's, added when it commits (an aborted one is redone) */
-        uint64_t created, refusals, merges, traits_dropped, prune_passes, amounts_ignored;
+        uint64_t created, refusals, merges, traits_dropped, prune_passes, refusals_dropped, amounts_ignored;
     } pend;
     _Atomic uint64_t identifies, identify_ns; /* identify and alias: count, time in on_event */
 };
@@ -289,11 +292,15 @@ static void append_identifier_json(sl_buf_t *b, const char *key)
     sl_buf_appends(b, "}");
 }
 
-static int journal_add(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *entry, const uint64_t *persons, int n)
+/* Appends entry to the journal, in the journal of persons[0..n); its number
+ * in *out (may be NULL). */
+static int journal_add(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *entry, const uint64_t *persons, int n,
+                       uint64_t *out)
 {
     uint64_t seq;
     int rc = counter_next(s, txn, "next_journal", &seq);
     if (rc) return rc;
+    if (out) *out = seq;
     MDB_val k = {8, &seq}, v = {entry->len, entry->data};
     if ((rc = mdb_put(txn, s->journal, &k, &v, MDB_APPEND))) return rc;
     for (int i = 0; i < n; i++) {
@@ -315,30 +322,177 @@ static void journal_head(sl_buf_t *b, const char *type, const sl_stitch_msg_t *m
     else sl_buf_appends(b, "null");
 }
 
+/* The smeta key of owner's coalesced refusal entry for reason. */
+static int refusal_key(sl_buf_t *b, uint64_t owner, const char *reason)
+{
+    b->len = 0;
+    sl_buf_printf(b, "refusal%cp_%llu%c%s", KEY_SEP, (unsigned long long)owner, KEY_SEP, reason);
+    return b->data ? 0 : SL_ENOMEM;
+}
+
+/* Deletes every smeta key that starts with prefix[0..n). */
+static int meta_del_prefix(sl_stitch_t *s, MDB_txn *txn, const char *prefix, size_t n)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->smeta, &cur);
+    if (rc) return rc;
+    MDB_val k = {n, (void *)prefix}, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < n || memcmp(k.mv_data, prefix, n) != 0) break;
+        if ((rc = mdb_cursor_del(cur, 0))) break;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int entry_is_refusal(const MDB_val *v)
+{
+    static const char head[] = "{\"type\":\"refused\"";
+    return v->mv_size > sizeof(head) && memcmp(v->mv_data, head, sizeof(head) - 1) == 0;
+}
+
+/* The person id an entry's member name ("owner", "event_person") holds, or 0. */
+static uint64_t entry_person(const cJSON *doc, const char *name)
+{
+    const char *v = sl_json_str(doc, name);
+    return v && strncmp(v, "p_", 2) == 0 ? strtoull(v + 2, NULL, 10) : 0;
+}
+
+/* Keeps at most SL_STITCH_MAX_REFUSALS refusal entries in person's journal:
+ * the oldest references go (counted in sillage_identity_refusals_dropped_total),
+ * and an entry the person owns goes with its reference, so that its next
+ * refusal of that kind starts a new one. References to entries erased with
+ * another person go too. Called when the person gains a refusal reference;
+ * costs the length of its journal, which merges bound by its identifiers. */
+static int bound_refusals(sl_stitch_t *s, MDB_txn *txn, uint64_t person)
+{
+    uint64_t *refs = NULL, *gone = NULL; /* refusal entries, oldest first; entries erased */
+    size_t n = 0, cap = 0, n_gone = 0, cap_gone = 0;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->pjournal, &cur);
+    if (rc) return rc;
+    MDB_val k = {8, &person}, v;
+    /* pjournal's duplicates are journal numbers in order: oldest first */
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
+        uint64_t seq;
+        memcpy(&seq, v.mv_data, 8);
+        MDB_val jk = {8, &seq}, jv;
+        int g = mdb_get(txn, s->journal, &jk, &jv);
+        if (g == MDB_NOTFOUND) g = u64_append(&gone, &n_gone, &cap_gone, &seq, 1);
+        else if (g == 0 && entry_is_refusal(&jv)) g = u64_append(&refs, &n, &cap, &seq, 1);
+        if (g) {
+            rc = g;
+            break;
+        }
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) goto out;
+    rc = 0;
+    for (size_t i = 0; i < n_gone && rc == 0; i++) {
+        MDB_val pv = {8, &gone[i]};
+        rc = mdb_del(txn, s->pjournal, &k, &pv);
+    }
+    for (size_t i = 0; n > SL_STITCH_MAX_REFUSALS && i < n - SL_STITCH_MAX_REFUSALS && rc == 0; i++) {
+        MDB_val jk = {8, &refs[i]}, jv, pv = {8, &refs[i]};
+        if ((rc = mdb_get(txn, s->journal, &jk, &jv))) break;
+        cJSON *doc = cJSON_ParseWithLength(jv.mv_data, jv.mv_size);
+        const char *reason = sl_json_str(doc, "reason");
+        if (entry_person(doc, "owner") == person) {
+            /* its own entry goes: the references others hold to it dangle,
+             * which readers skip, and its next refusal of this kind starts
+             * a new one */
+            if ((rc = mdb_del(txn, s->journal, &jk, NULL)) == 0 && reason &&
+                (rc = refusal_key(&s->k4, person, reason)) == 0) {
+                MDB_val ck = {s->k4.len, s->k4.data};
+                if ((rc = mdb_del(txn, s->smeta, &ck, NULL)) == MDB_NOTFOUND) rc = 0;
+            }
+        }
+        cJSON_Delete(doc);
+        if (rc == 0) rc = mdb_del(txn, s->pjournal, &k, &pv);
+        s->pend.refusals_dropped++;
+    }
+out:
+    free(refs);
+    free(gone);
+    return rc;
+}
+
+/* A merge the rules forbid: owner has key, the message's person (target)
+ * wanted it. Refusals are coalesced per (owner, reason): one entry counts
+ * them (count, first_at, last_at) and names the latest (at, messageId,
+ * identifier, event_person), so that any number of persons claiming a
+ * user's identifiers costs that user one entry. The entry is in the
+ * journal of both persons. */
 static int refuse(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, const char *reason, const sl_buf_t *key,
                   uint64_t owner, uint64_t target)
 {
-    char a[32], b[32];
+    char a[32], b[32], at[32], first_at[32];
     person_id_str(owner, a);
     person_id_str(target, b);
-    /* Journaled once per (identifier, owner, person): every later event of
+    /* Counted once per (identifier, owner, person): every later event of
      * the same shared device would only repeat it. */
     sl_buf_t once = {0};
     sl_buf_printf(&once, "refused%c%s%c%s%c", KEY_SEP, a, KEY_SEP, b, KEY_SEP);
     sl_buf_append(&once, key->data, key->len < 400 ? key->len : 400);
     if (once.data == NULL) return SL_ENOMEM;
     MDB_val ok = {once.len, once.data}, ov = {0, ""};
-    int rc = mdb_put(txn, s->smeta, &ok, &ov, MDB_NOOVERWRITE); /* MDB_KEYEXIST: journaled before */
+    int rc = mdb_put(txn, s->smeta, &ok, &ov, MDB_NOOVERWRITE); /* MDB_KEYEXIST: counted before */
     sl_buf_free(&once);
     if (rc) return rc == MDB_KEYEXIST ? 0 : rc;
-    journal_head(&s->tmp, "refused", m, reason);
-    sl_buf_appends(&s->tmp, ",\"identifier\":");
-    append_identifier_json(&s->tmp, key->data);
-    sl_buf_printf(&s->tmp, ",\"owner\":\"%s\",\"event_person\":\"%s\"}", a, b);
-    if (s->tmp.data == NULL) return SL_ENOMEM;
     s->pend.refusals++;
-    uint64_t both[2] = {owner, target};
-    return journal_add(s, txn, &s->tmp, both, 2);
+
+    /* owner's entry for this reason, when it has one still */
+    uint64_t seq = 0, count = 0;
+    if ((rc = refusal_key(&s->k4, owner, reason))) return rc;
+    MDB_val ck = {s->k4.len, s->k4.data}, cv, jv;
+    if ((rc = mdb_get(txn, s->smeta, &ck, &cv)) == 0 && cv.mv_size == 8) {
+        memcpy(&seq, cv.mv_data, 8);
+        MDB_val jk = {8, &seq};
+        if ((rc = mdb_get(txn, s->journal, &jk, &jv)) == 0) {
+            cJSON *doc = cJSON_ParseWithLength(jv.mv_data, jv.mv_size);
+            const cJSON *c = cJSON_GetObjectItemCaseSensitive(doc, "count");
+            const char *f = sl_json_str(doc, "first_at");
+            if (f == NULL) f = sl_json_str(doc, "at");
+            count = cJSON_IsNumber(c) && c->valuedouble >= 1 ? (uint64_t)c->valuedouble : 1;
+            snprintf(first_at, sizeof(first_at), "%s", f ? f : "");
+            cJSON_Delete(doc);
+        } else if (rc != MDB_NOTFOUND) {
+            return rc;
+        } else {
+            seq = 0; /* erased with the other person */
+        }
+    } else if (rc && rc != MDB_NOTFOUND) {
+        return rc;
+    }
+    sl_time_format_iso(sl_now_ms(), at);
+    if (seq == 0) snprintf(first_at, sizeof(first_at), "%s", at);
+    sl_buf_t *e = &s->tmp;
+    e->len = 0;
+    sl_buf_printf(e, "{\"type\":\"refused\",\"at\":\"%s\",\"reason\":", at);
+    sl_buf_append_json_str(e, reason, strlen(reason));
+    sl_buf_appends(e, ",\"messageId\":");
+    if (m->message_id) sl_buf_append_json_str(e, m->message_id, strlen(m->message_id));
+    else sl_buf_appends(e, "null");
+    sl_buf_appends(e, ",\"identifier\":");
+    append_identifier_json(e, key->data);
+    sl_buf_printf(e, ",\"owner\":\"%s\",\"event_person\":\"%s\",\"count\":%llu,\"first_at\":", a, b,
+                  (unsigned long long)count + 1);
+    sl_buf_append_json_str(e, first_at, strlen(first_at));
+    sl_buf_printf(e, ",\"last_at\":\"%s\"}", at);
+    if (e->data == NULL) return SL_ENOMEM;
+    if (seq == 0) {
+        uint64_t both[2] = {owner, target};
+        if ((rc = journal_add(s, txn, e, both, 2, &seq))) return rc;
+        cv = (MDB_val){8, &seq};
+        if ((rc = mdb_put(txn, s->smeta, &ck, &cv, 0))) return rc;
+        if ((rc = bound_refusals(s, txn, owner))) return rc;
+    } else {
+        MDB_val jk = {8, &seq}, nv = {e->len, e->data}, pk = {8, &target}, pv = {8, &seq};
+        if ((rc = mdb_put(txn, s->journal, &jk, &nv, 0))) return rc;
+        if ((rc = mdb_put(txn, s->pjournal, &pk, &pv, MDB_NODUPDATA)) == MDB_KEYEXIST) return 0;
+        if (rc) return rc;
+    }
+    return bound_refusals(s, txn, target);
 }
 
 /* ---- traits ---- */
@@ -439,14 +593,17 @@ out:
 typedef struct {
     sl_stitch_t *s;
     uint64_t to;
+    int refusals; /* a refusal entry was among them */
 } journal_copy_t;
 
 static int copy_journal_ref(MDB_txn *txn, const MDB_val *v, void *arg)
 {
     journal_copy_t *jc = arg;
-    MDB_val pk = {8, &jc->to}, pv = *v;
+    MDB_val pk = {8, &jc->to}, pv = *v, jk = {8, v->mv_data}, jv;
     int rc = mdb_put(txn, jc->s->pjournal, &pk, &pv, MDB_NODUPDATA);
-    return rc == MDB_KEYEXIST ? 0 : rc;
+    if (rc) return rc == MDB_KEYEXIST ? 0 : rc;
+    if ((rc = mdb_get(txn, jc->s->journal, &jk, &jv)) == 0 && entry_is_refusal(&jv)) jc->refusals = 1;
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 /* Moves every identifier of x to survivor, sums the counters, merges traits
@@ -545,8 +702,9 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
         if (s->listeners[i].merged && (rc = s->listeners[i].merged(s->listeners[i].arg, txn, s->ev, sv->id, x->id)))
             return rc;
     /* The absorbed person's journal now explains the survivor too. */
-    journal_copy_t jc = {s, sv->id};
+    journal_copy_t jc = {s, sv->id, 0};
     if ((rc = foreach_dup(txn, s->pjournal, &x->id, 8, copy_journal_ref, &jc))) return rc;
+    if (jc.refusals && (rc = bound_refusals(s, txn, sv->id))) return rc; /* two users joined (trusted alias) */
     MDB_val k = {8, &x->id};
     if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
     /* MDB_NOTFOUND: x was created by this very message and never saved (an
@@ -559,7 +717,7 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
         return rc;
     s->pend.merges++;
     uint64_t who = sv->id;
-    return journal_add(s, txn, &s->tmp, &who, 1);
+    return journal_add(s, txn, &s->tmp, &who, 1, NULL);
 }
 
 static void swap_persons(person_t *a, person_t *b)
@@ -572,6 +730,25 @@ static void swap_persons(person_t *a, person_t *b)
 /* ---- per event, in the writer's transaction ---- */
 
 static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64_t seq);
+
+/* An identify's traits: its `traits`, or, when it has none, `context.traits`
+ * (where RudderStack's SDKs put them); NULL for other messages. */
+static const cJSON *identify_traits(const cJSON *doc)
+{
+    const cJSON *traits = cJSON_GetObjectItemCaseSensitive(doc, "traits");
+    if (!cJSON_IsObject(traits))
+        traits = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "traits");
+    return cJSON_IsObject(traits) ? traits : NULL;
+}
+
+/* The first identity trait m carries (an identify's), or -1: what the event
+ * is indexed under when it has no userId or anonymousId. */
+static int first_trait(const sl_stitch_t *s, const sl_stitch_msg_t *m)
+{
+    for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
+        if (m->trait_ids[i]) return (int)i;
+    return -1;
+}
 
 /* What the stitcher reads of a stored message (the collector normalised it:
  * ids are strings, timestamp is corrected and clamped, context.sillage.source
@@ -594,11 +771,8 @@ static int read_msg(sl_stitch_t *s, const cJSON *doc, uint64_t seq, sl_stitch_ms
     m->trusted = src && src->trusted;
     const char *ts = sl_json_str(doc, "timestamp");
     if (ts == NULL || sl_time_parse_iso(ts, strlen(ts), &m->ts_ms)) m->ts_ms = sl_now_ms();
-    const cJSON *traits = cJSON_GetObjectItemCaseSensitive(doc, "traits");
-    /* RudderStack's SDKs send an identify's traits as context.traits */
-    if (m->type == SL_STITCH_IDENTIFY && !cJSON_IsObject(traits))
-        traits = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "traits");
-    if (m->type == SL_STITCH_IDENTIFY && cJSON_IsObject(traits)) {
+    const cJSON *traits = m->type == SL_STITCH_IDENTIFY ? identify_traits(doc) : NULL;
+    if (traits) {
         for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
             m->trait_ids[i] = sl_stitch_clean_id(s, sl_json_str(traits, s->cfg->identity_traits[i]), &s->in_arena, 1);
         m->traits = traits;
@@ -729,7 +903,21 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
             }
             index_user = 0;
         } else {
-            return 0; /* nothing to stitch on (all identifiers were junk) */
+            /* No userId or anonymousId to stitch on (junk, or unkeyable): an
+             * identity trait (an e-mail) still names someone, and erasure by
+             * it must reach the event, so the event goes to the trait's
+             * owner, or to a person of its own, indexed under the trait. */
+            int i = first_trait(s, m);
+            if (i < 0) return 0; /* nothing to stitch on (all identifiers were junk) */
+            if ((rc = make_key(kA, s->cfg->identity_traits[i], m->trait_ids[i])) ||
+                (rc = lookup(s, txn, kA, &pA, &tlA)))
+                return rc;
+            if (pA) {
+                if ((rc = person_load(s, txn, pA, t))) return rc;
+            } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kA, &tlA))) {
+                return rc;
+            }
+            index_user = 0;
         }
 
         /* Trait identifiers (email): the person who owns one absorbs an
@@ -866,6 +1054,7 @@ static void on_after_txn(void *arg, int ok)
     if (ok) {
         atomic_fetch_add(&s->created, s->pend.created);
         atomic_fetch_add(&s->refusals, s->pend.refusals);
+        atomic_fetch_add(&s->refusals_dropped, s->pend.refusals_dropped);
         atomic_fetch_add(&s->merges, s->pend.merges);
         atomic_fetch_add(&s->traits_dropped, s->pend.traits_dropped);
         atomic_fetch_add(&s->prune_passes, s->pend.prune_passes);
@@ -917,6 +1106,7 @@ void sl_stitch_free(sl_stitch_t *s)
     sl_buf_free(&s->k1);
     sl_buf_free(&s->k2);
     sl_buf_free(&s->k3);
+    sl_buf_free(&s->k4);
     sl_buf_free(&s->tmp);
     sl_arena_free(&s->in_arena);
     free(s);
@@ -970,6 +1160,7 @@ void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
 {
     out->merges = atomic_load(&s->merges);
     out->refusals = atomic_load(&s->refusals);
+    out->refusals_dropped = atomic_load(&s->refusals_dropped);
     out->persons_created = atomic_load(&s->created);
     out->identifies = atomic_load(&s->identifies);
     out->identify_ns = atomic_load(&s->identify_ns);
@@ -1281,40 +1472,69 @@ out_person:
     return rc;
 }
 
-typedef struct {
-    sl_stitch_t *s;
-    sl_buf_t merges, refused;
-} journal_list_t;
-
-static int list_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
+/* The person's journal a page at a time, newest entry first: the cursor
+ * is the number of the last entry listed. A refusal entry stands where the
+ * first refusal it counts was journaled. */
+int sl_stitch_merges(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, size_t limit,
+                     const char *before, sl_buf_t *out)
 {
-    journal_list_t *jl = arg;
-    MDB_val jk = {8, v->mv_data}, jv;
-    if (mdb_get(txn, jl->s->journal, &jk, &jv)) return 0; /* erased with another person */
-    int is_merge = jv.mv_size > 16 && memcmp(jv.mv_data, "{\"type\":\"merge\"", 15) == 0;
-    sl_buf_t *b = is_merge ? &jl->merges : &jl->refused;
-    if (b->len) sl_buf_appends(b, ",");
-    sl_buf_append(b, jv.mv_data, jv.mv_size);
-    return 0;
-}
-
-int sl_stitch_merges(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out)
-{
-    person_t p = {0};
-    journal_list_t jl = {s, {0}, {0}};
-    int rc = find_person(s, txn, kind, id, &p);
-    if (rc == 0) rc = foreach_dup(txn, s->pjournal, &p.id, 8, list_journal_entry, &jl);
-    if (rc == 0) {
-        char pid[32];
-        person_id_str(p.id, pid);
-        sl_buf_printf(out, "{\"person\":\"%s\",\"merges\":[", pid);
-        if (jl.merges.len) sl_buf_append(out, jl.merges.data, jl.merges.len);
-        sl_buf_appends(out, "],\"refused\":[");
-        if (jl.refused.len) sl_buf_append(out, jl.refused.data, jl.refused.len);
-        sl_buf_appends(out, "]}");
+    uint64_t from = 0, last = 0;
+    if (before) {
+        char *end;
+        if (before[0] < '0' || before[0] > '9') return SL_EINVAL;
+        errno = 0;
+        unsigned long long v = strtoull(before, &end, 10);
+        if (*end || errno || v == 0) return SL_EINVAL;
+        from = v;
     }
-    sl_buf_free(&jl.merges);
-    sl_buf_free(&jl.refused);
+    person_t p = {0};
+    sl_buf_t merges = {0}, refused = {0};
+    MDB_cursor *cur = NULL;
+    size_t n = 0;
+    int more = 0, oom = 0;
+    int rc = find_person(s, txn, kind, id, &p);
+    if (rc || (rc = mdb_cursor_open(txn, s->pjournal, &cur))) goto out;
+    MDB_val k = {8, &p.id}, v = {8, &from};
+    if (before) { /* the last entry below the cursor */
+        rc = mdb_cursor_get(cur, &k, &v, MDB_GET_BOTH_RANGE);
+        if (rc == 0) rc = mdb_cursor_get(cur, &k, &v, MDB_PREV_DUP);
+        else if (rc == MDB_NOTFOUND && (rc = mdb_cursor_get(cur, &k, &v, MDB_SET)) == 0)
+            rc = mdb_cursor_get(cur, &k, &v, MDB_LAST_DUP);
+    } else if ((rc = mdb_cursor_get(cur, &k, &v, MDB_SET)) == 0) {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_LAST_DUP);
+    }
+    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_PREV_DUP)) {
+        MDB_val jk = {8, v.mv_data}, jv;
+        int g = mdb_get(txn, s->journal, &jk, &jv);
+        if (g == MDB_NOTFOUND) continue; /* erased with another person */
+        if (g) {
+            rc = g;
+            break;
+        }
+        if (n == limit) {
+            more = 1;
+            break;
+        }
+        sl_buf_t *b = entry_is_refusal(&jv) ? &refused : &merges;
+        if (b->len) oom |= sl_buf_appends(b, ",");
+        oom |= sl_buf_append(b, jv.mv_data, jv.mv_size);
+        memcpy(&last, v.mv_data, 8);
+        n++;
+    }
+    if (rc && rc != MDB_NOTFOUND) goto out;
+    char pid[32];
+    person_id_str(p.id, pid);
+    sl_buf_printf(out, "{\"person\":\"%s\",\"merges\":[", pid);
+    if (merges.len) sl_buf_append(out, merges.data, merges.len);
+    sl_buf_appends(out, "],\"refused\":[");
+    if (refused.len) sl_buf_append(out, refused.data, refused.len);
+    if (more) sl_buf_printf(out, "],\"next\":\"%llu\"}", (unsigned long long)last);
+    else sl_buf_appends(out, "],\"next\":null}");
+    rc = oom || out->data == NULL ? SL_ENOMEM : 0;
+out:
+    if (cur) mdb_cursor_close(cur);
+    sl_buf_free(&merges);
+    sl_buf_free(&refused);
     person_free(&p);
     return rc;
 }
@@ -1327,13 +1547,42 @@ static int erase_event(MDB_txn *txn, const MDB_val *v, void *arg)
     return u64_append(&e->seqs, &e->n_seqs, &e->cap_seqs, &seq, 1);
 }
 
+/* A refusal entry of another, living person (the one whose identifier was
+ * claimed) stays in that person's journal: it holds none of the erased
+ * person's identifiers, and the erased person is no longer named in it as
+ * the latest claimant. 1 when it stays. */
+static int keep_others_refusal(MDB_txn *txn, sl_stitch_erase_t *e, const MDB_val *jk, const MDB_val *jv, int *kept)
+{
+    sl_stitch_t *s = e->stitch;
+    *kept = 0;
+    if (!entry_is_refusal(jv)) return 0;
+    cJSON *doc = cJSON_ParseWithLength(jv->mv_data, jv->mv_size);
+    uint64_t owner = entry_person(doc, "owner"), me = e->person[0] ? strtoull(e->person + 2, NULL, 10) : 0;
+    MDB_val ok = {8, &owner}, ov;
+    int rc = 0;
+    if (doc && owner && owner != me && (rc = mdb_get(txn, s->persons, &ok, &ov)) == 0) {
+        *kept = 1;
+        if (entry_person(doc, "event_person") == me) {
+            cJSON_ReplaceItemInObjectCaseSensitive(doc, "event_person", cJSON_CreateNull());
+            cJSON_ReplaceItemInObjectCaseSensitive(doc, "messageId", cJSON_CreateNull());
+            char *txt = cJSON_PrintUnformatted(doc);
+            MDB_val nv = {txt ? strlen(txt) : 0, txt};
+            rc = txt ? mdb_put(txn, s->journal, (MDB_val *)jk, &nv, 0) : SL_ENOMEM;
+            cJSON_free(txt);
+        }
+    }
+    cJSON_Delete(doc);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 static int erase_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
 {
     sl_stitch_erase_t *e = arg;
     MDB_val jk = {8, v->mv_data}, jv;
     /* a merge into the person: the absorbed id is named to consumers (the
      * triggers they got before the merge carry it) and its feed entries go */
-    int rc = mdb_get(txn, e->stitch->journal, &jk, &jv);
+    int rc = mdb_get(txn, e->stitch->journal, &jk, &jv), kept;
+    if (rc == 0 && (rc = keep_others_refusal(txn, e, &jk, &jv, &kept)) == 0 && kept) return 0;
     if (rc == 0 && memmem(jv.mv_data, jv.mv_size, "\"type\":\"merge\"", 14)) {
         cJSON *doc = cJSON_ParseWithLength(jv.mv_data, jv.mv_size);
         const char *ab = sl_json_str(doc, "absorbed");
@@ -1446,6 +1695,23 @@ static void sort_unique(uint64_t *v, size_t *n)
     *n = w;
 }
 
+/* The refusal keys of persons[0..n) (smeta: "refused\x1fp_N\x1f..." name
+ * their identifiers, "refusal\x1fp_N\x1f..." their coalesced entries) go
+ * with them. */
+static int forget_refusal_keys(sl_stitch_t *s, MDB_txn *txn, const uint64_t *persons, size_t n)
+{
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        for (int j = 0; j < 2 && rc == 0; j++) {
+            char prefix[64];
+            int len = snprintf(prefix, sizeof(prefix), "%s%cp_%llu%c", j ? "refusal" : "refused", KEY_SEP,
+                               (unsigned long long)persons[i], KEY_SEP);
+            rc = meta_del_prefix(s, txn, prefix, (size_t)len);
+        }
+    }
+    return rc;
+}
+
 static int erase_run(MDB_txn *txn, void *arg)
 {
     sl_stitch_erase_t *e = arg;
@@ -1470,6 +1736,7 @@ static int erase_run(MDB_txn *txn, void *arg)
         (rc = u64_append(&e->merged, &e->n_merged, &e->cap_merged, &p.id, 1)))
         goto out;
     sort_unique(e->merged, &e->n_merged); /* the person and those merged into it */
+    if ((rc = forget_refusal_keys(s, txn, e->merged, e->n_merged))) goto out;
     if ((rc = tell_forgotten(s, txn, e->merged, e->n_merged, s->tmp.data, &e->triggers))) goto out;
     if (e->n_seqs == 0) goto out;
     uint64_t key;
@@ -1524,7 +1791,7 @@ typedef struct {
 /* 1 when the event's person has an identifier other than an anonymous id. */
 static int event_identified(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, int *identified)
 {
-    *identified = m->user_id != NULL;
+    *identified = m->user_id != NULL || (m->anonymous_id == NULL && first_trait(s, m) >= 0);
     if (*identified || m->anonymous_id == NULL) return 0;
     uint64_t pid, tl;
     int rc = make_key(&s->k2, "anonymous_id", m->anonymous_id);
@@ -1541,6 +1808,11 @@ static int event_index(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, u
     *pid = 0;
     const char *kind = m->user_id ? "user_id" : "anonymous_id", *id = m->user_id ? m->user_id : m->anonymous_id;
     if (m->type == SL_STITCH_ALIAS && (m->user_id == NULL || m->previous_id == NULL)) return 0; /* never indexed */
+    int ft = id ? -1 : first_trait(s, m);
+    if (ft >= 0) { /* only an identity trait named someone */
+        kind = s->cfg->identity_traits[ft];
+        id = m->trait_ids[ft];
+    }
     if (id == NULL) return 0;
     int rc = make_key(&s->k1, kind, id);
     return rc ? rc : lookup(s, txn, &s->k1, pid, tlno);
@@ -1831,9 +2103,14 @@ static int verify_event(const char *json, size_t len, uint64_t seq, void *arg)
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(doc, "previousId");
     sl_arena_reset(&v->arena);
 #define CLEAN(x) (cJSON_IsString(x) ? sl_stitch_clean_id(v->s, (x)->valuestring, &v->arena, 0) : NULL)
-    int indexed = cJSON_IsString(type) && strcmp(type->valuestring, "alias") == 0 ? CLEAN(u) && CLEAN(p)
-                                                                                  : CLEAN(u) || CLEAN(a);
+    int is_alias = cJSON_IsString(type) && strcmp(type->valuestring, "alias") == 0;
+    int indexed = is_alias ? CLEAN(u) && CLEAN(p) : CLEAN(u) || CLEAN(a);
 #undef CLEAN
+    /* an identify with no id but an identity trait is indexed under the trait */
+    const cJSON *traits = !indexed && cJSON_IsString(type) && strcmp(type->valuestring, "identify") == 0
+                              ? identify_traits(doc) : NULL;
+    for (size_t i = 0; traits && !indexed && i < v->s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
+        indexed = sl_stitch_clean_id(v->s, sl_json_str(traits, v->s->cfg->identity_traits[i]), &v->arena, 1) != NULL;
     cJSON_Delete(doc);
     if (indexed) v->rep->expected_indexed++;
     if (seq > v->max_seq) v->max_seq = seq;
@@ -2042,6 +2319,9 @@ void sl_stitch_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_identity_merges_total", "Persons merged into another.", ss.merges);
     sl_metric_u64(b, "counter", "sillage_identity_refusals_total",
                   "Merges refused (two different users), journaled.", ss.refusals);
+    sl_metric_u64(b, "counter", "sillage_identity_refusals_dropped_total",
+                  "Refusal entries dropped from a person's journal past its bound (the oldest go).",
+                  ss.refusals_dropped);
     sl_metric_u64(b, "counter", "sillage_traits_dropped_total", "Traits not kept on a profile (limits.max_traits_*).",
                   ss.traits_dropped);
     sl_metric_u64(b, "counter", "sillage_persons_created_total", "Persons created.", ss.persons_created);

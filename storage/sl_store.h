@@ -92,9 +92,14 @@ typedef struct sl_store_options_s {
 void sl_store_on_durable(sl_store_t *st, void (*cb)(void *arg, uint64_t seq), void *arg);
 uint64_t sl_store_durable_seq(const sl_store_t *st);
 
-/* Erasure: deletes events seqs[0..n) (absent ones are skipped) in a write
- * transaction of its own, synced, from any thread. Their numbers are never
- * given again. Returns 0 or an LMDB error. */
+/* Erasure: deletes events seqs[0..n) (absent ones are skipped) in write
+ * transactions of their own, SL_STORE_ERASE_SLICE events each, so that the
+ * writer is never held for long whatever n is, and flushes; from any thread
+ * but the writer's, returning once all are gone. Their numbers are never
+ * given again. Returns 0 or an LMDB error (the slices before it stay
+ * deleted: callers record what to erase before, and erase again after a
+ * crash or a failure -- deleting is idempotent). */
+#define SL_STORE_ERASE_SLICE 4096
 int sl_store_erase_events(sl_store_t *st, const uint64_t *seqs, size_t n);
 /* The same inside txn, a write transaction on the log (a job's). */
 int sl_store_erase_events_txn(sl_store_t *st, MDB_txn *txn, const uint64_t *seqs, size_t n);

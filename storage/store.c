@@ -1080,20 +1080,33 @@ int sl_store_erase_events_txn(sl_store_t *st, MDB_txn *txn, const uint64_t *seqs
     return top > floor ? sl_store_meta_put(st, txn, "seq_floor", top) : 0;
 }
 
-int sl_store_erase_events(sl_store_t *st, const uint64_t *seqs, size_t n)
+/* One slice of an erasure, in a write transaction of its own. */
+static int erase_slice(sl_store_t *st, const uint64_t *seqs, size_t n)
 {
-    if (n == 0) return 0;
     MDB_txn *txn;
     uv_rwlock_rdlock(&st->resize_lock);
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) goto out;
     if ((rc = sl_store_erase_events_txn(st, txn, seqs, n))) goto fail;
-    rc = mdb_txn_commit(txn); /* synced: the env's flags make it flush its data pages */
-    if (rc == 0 && !st->opts.nosync) rc = mdb_env_sync(st->env, 1);
+    rc = mdb_txn_commit(txn); /* its data pages flushed (the env's flags) */
     goto out;
 fail:
     mdb_txn_abort(txn);
 out:
+    uv_rwlock_rdunlock(&st->resize_lock);
+    return rc;
+}
+
+int sl_store_erase_events(sl_store_t *st, const uint64_t *seqs, size_t n)
+{
+    int rc = 0;
+    /* LMDB has one writer: each slice holds the log's writer (and every
+     * acknowledgement) for a few milliseconds at most, and between slices
+     * the writer commits what queued up, however many events go */
+    for (size_t i = 0; i < n && rc == 0; i += SL_STORE_ERASE_SLICE)
+        rc = erase_slice(st, seqs + i, n - i < SL_STORE_ERASE_SLICE ? n - i : SL_STORE_ERASE_SLICE);
+    uv_rwlock_rdlock(&st->resize_lock);
+    if (rc == 0 && n && !st->opts.nosync) rc = mdb_env_sync(st->env, 1); /* the last meta page too */
     uv_rwlock_rdunlock(&st->resize_lock);
     return rc;
 }

@@ -102,6 +102,36 @@ test('/console: find, read, page through, journal, triggers, live feed, erase', 
   await page.close();
 });
 
+// Issue 21: the journal comes a page at a time; a refusal names the
+// identifier claimed (it printed [object Object]) and how often.
+test('/console: the journal a page at a time, refusals counted and named', async () => {
+  const devices = Array.from({ length: 55 }, (_, i) => 'j-dev-' + i);
+  await send('/v1/batch', { batch: devices.map((a) => ({ type: 'page', anonymousId: a, name: 'Home' })) });
+  for (const a of devices) await send('/v1/identify', { userId: 'j-user', anonymousId: a }); // 54 merges
+  for (const u of ['j-in-1', 'j-in-2', 'j-in-3']) await send('/v1/alias', { previousId: 'j-user', userId: u }); // refused
+  const page = await browser.newPage({ viewport: { width: 1300, height: 1000 } });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(srv.url + '/console');
+  await page.fill('#token', ADMIN);
+  await page.locator('#token').dispatchEvent('change');
+  await page.selectOption('#kind', 'user_id');
+  await page.fill('#ident', 'j-user');
+  await page.click('#find button');
+  await page.waitForFunction(() => document.querySelectorAll('#merges div').length === 50);
+  const top = await page.textContent('#merges div:first-child');
+  assert.match(top, /^refused .* alias would join two users.* user_id j-user ×3, first /, top);
+  assert.ok(await page.isVisible('#older-journal'));
+  await page.click('#older-journal');
+  await page.waitForFunction(() => document.querySelectorAll('#merges div').length === 55);
+  assert.ok(await page.isHidden('#older-journal'), 'no page after the last');
+  const text = await page.textContent('#merges');
+  assert.doesNotMatch(text, /object Object/);
+  assert.match(text, /merge .* anonymous_id j-dev-54/);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
 test('/console without the token shows nothing and says why', async () => {
   const page = await browser.newPage();
   await page.goto(srv.url + '/console');

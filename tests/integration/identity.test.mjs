@@ -4,7 +4,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { startServer, post, basic, ADMIN, WRITE_KEY } from './helpers.mjs';
+import net from 'node:net';
+import { startServer, post, basic, rawExchange, parseResponses, ADMIN, WRITE_KEY } from './helpers.mjs';
 
 const { scenarios } = JSON.parse(readFileSync(new URL('../identity/scenarios.json', import.meta.url)));
 const JUNK = new Set(['', 'null', 'undefined', 'anonymous', '0', 'guest']);
@@ -173,4 +174,89 @@ test('profiles survive a restart', async () => {
   await post(srv, '/v1/track', { anonymousId: 'rs-a', event: 'After Restart' });
   assert.equal((await get('/v1/profiles/user_id/rs-u')).json.counters.events, 3);
   assert.ok(old);
+});
+
+// Issue 21, M4: anyone with the public key can claim a user's identifiers
+// thousands of times; the user's journal keeps one counted entry, and
+// /merges answers a page.
+test('5,000 refused aliases against one user: one coalesced entry, a bounded page, cursors that work', async () => {
+  // the victim: five devices merged, so that its journal holds several entries
+  for (let i = 0; i < 5; i++) {
+    assert.equal((await post(srv, '/v1/page', { anonymousId: `jv-dev-${i}`, name: 'Home' })).status, 200);
+    assert.equal((await post(srv, '/v1/identify', { anonymousId: `jv-dev-${i}`, userId: 'jvictim' })).status, 200);
+  }
+  for (let r = 0; r < 5; r++) {
+    const batch = Array.from({ length: 1000 }, (_, i) =>
+      ({ type: 'alias', previousId: 'jvictim', userId: `jatt-${r}-${i}` }));
+    const res = await post(srv, '/v1/batch', { batch });
+    assert.equal(res.status, 200, res.text);
+  }
+  const res = await fetch(srv.url + '/v1/profiles/user_id/jvictim/merges', { headers: bearer });
+  assert.equal(res.status, 200);
+  const text = await res.text();
+  assert.ok(text.length < 100000, `a page, not the whole history: ${text.length} bytes`);
+  const j = JSON.parse(text);
+  assert.equal(j.refused.length, 1, JSON.stringify(j.refused));
+  const e = j.refused[0];
+  assert.ok(e.count >= 5000, `count ${e.count}`);
+  assert.deepEqual(e.identifier, { kind: 'user_id', id: 'jvictim' });
+  assert.match(e.reason, /alias/);
+  assert.ok(e.first_at <= e.last_at && e.at === e.last_at, JSON.stringify(e));
+  assert.ok(e.messageId && e.event_person && e.owner === j.person, JSON.stringify(e));
+  assert.equal(j.merges.length, 4, 'the first device became the user, four were merged');
+  assert.equal(j.next, null);
+  // a claimant sees its claim refused
+  const att = await get('/v1/profiles/user_id/jatt-3-7/merges');
+  assert.equal(att.status, 200);
+  assert.equal(att.json.refused.length, 1);
+  // a page at a time, newest first: the refusal came last
+  const seen = [];
+  let next = null, pages = 0;
+  do {
+    const p = await get(`/v1/profiles/user_id/jvictim/merges?limit=2${next ? '&before=' + enc(next) : ''}`);
+    assert.equal(p.status, 200, JSON.stringify(p.json));
+    const entries = [...p.json.refused, ...p.json.merges];
+    assert.ok(entries.length <= 2);
+    if (pages === 0) assert.equal(p.json.refused.length, 1, 'the newest entry first');
+    seen.push(...entries.map((x) => x.type + ':' + (x.absorbed || x.identifier.id)));
+    next = p.json.next;
+    pages++;
+  } while (next && pages < 10);
+  assert.equal(pages, 3);
+  assert.equal(new Set(seen).size, 5, seen.join(' '));
+});
+
+test('reads built off the loop: clients that leave before the answer cost nothing, others are served', async () => {
+  const req = (path) => `GET ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${ADMIN}\r\n\r\n`;
+  await Promise.all(Array.from({ length: 20 }, (_, i) => new Promise((resolve) => {
+    const sock = net.connect(srv.port, '127.0.0.1', () => {
+      sock.write(req(i % 2 ? '/v1/profiles/user_id/jvictim/merges?limit=1000' : '/v1/profiles/user_id/jvictim'));
+      sock.destroy(); // gone before the answer
+      resolve();
+    });
+    sock.on('error', resolve);
+  })));
+  const answers = parseResponses(await rawExchange(srv.port,
+    req('/v1/profiles/user_id/jvictim') + req('/v1/profiles/user_id/jvictim/merges?limit=1'), { untilResponses: 2 }));
+  assert.deepEqual(answers.map((a) => a.status), [200, 200]);
+  assert.equal(JSON.parse(answers[0].body).user_id, 'jvictim');
+  assert.equal(JSON.parse(answers[1].body).refused.length, 1, 'answers in order on one connection');
+});
+
+test('/merges: limit and before are checked', async () => {
+  await post(srv, '/v1/identify', { anonymousId: 'mlim-a', userId: 'mlim-u' });
+  for (const q of ['limit=0', 'limit=1001', 'limit=abc', 'limit=-1']) {
+    const r = await get('/v1/profiles/user_id/mlim-u/merges?' + q);
+    assert.equal(r.status, 400, q);
+    assert.match(r.json.error, /limit must be a whole number from 1 to 1000/, q);
+  }
+  for (const q of ['before=abc', 'before=-1', 'before=0', 'before=%zz', 'before=1e3', 'before=99999999999999999999999']) {
+    const r = await get('/v1/profiles/user_id/mlim-u/merges?' + q);
+    assert.equal(r.status, 400, q);
+    assert.match(r.json.error, /before must be a cursor from a previous page/, q);
+  }
+  const ok = await get('/v1/profiles/user_id/mlim-u/merges?limit=1000&before=5');
+  assert.equal(ok.status, 200);
+  assert.deepEqual(ok.json.merges, []);
+  assert.equal(ok.json.next, null);
 });

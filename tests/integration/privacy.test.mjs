@@ -365,3 +365,45 @@ test('retention prunes exactly what is past its age, with its timeline entries; 
   assert.match(v.stdout, /0 problems/);
   s2.cleanup();
 });
+
+// Issue 21, L2: junk or unkeyable ids beside an e-mail: the e-mail still
+// names someone, so that erasure finds what was sent about it.
+test('an identify with only junk or unkeyable ids but an e-mail can be found and erased by that e-mail', async () => {
+  await ok(srv, 'identify', { userId: 'undefined', traits: { email: 'junk@x.com', plan: 'free' } });
+  const raw = '{"anonymousId":"a\\u001fc","traits":{"email":"Unkeyed@X.com"}}';
+  const r = await post(srv, '/v1/identify', raw);
+  assert.equal(r.status, 200, r.text);
+  for (const email of ['junk@x.com', 'unkeyed@x.com']) {
+    const p = await fetch(`${srv.url}/v1/profiles/email/${encodeURIComponent(email)}`, { headers: bearer });
+    assert.equal(p.status, 200, email);
+    const body = await p.json();
+    assert.equal(body.counters.events, 1, email);
+    const del = await fetch(`${srv.url}/v1/profiles/email/${encodeURIComponent(email)}`, { method: 'DELETE', headers: bearer });
+    assert.equal(del.status, 200, email);
+    assert.equal((await del.json()).erased.events, 1, email);
+  }
+  const left = srv.exportEvents().filter((e) => /junk@x\.com|unkeyed@x\.com/i.test(JSON.stringify(e)));
+  assert.deepEqual(left, [], 'export no longer has them');
+});
+
+// Issue 21, L4: the log loses a large timeline in slices; the answer comes
+// when all of it is gone, and others are served meanwhile.
+test('erasing a person with 20,000 events removes them all; a bystander is served during it', async () => {
+  for (let b = 0; b < 20; b++) {
+    const batch = Array.from({ length: 1000 }, (_, i) => ({ type: 'track', userId: 'big-er', event: `E${b}-${i}` }));
+    const res = await post(srv, '/v1/batch', { batch });
+    assert.equal(res.status, 200, res.text);
+  }
+  const erasing = fetch(`${srv.url}/v1/profiles/user_id/big-er`, { method: 'DELETE', headers: bearer });
+  const bystander = await post(srv, '/v1/track', { userId: 'big-bystander', event: 'Still Here' });
+  assert.equal(bystander.status, 200, bystander.text);
+  const del = await erasing;
+  assert.equal(del.status, 200);
+  assert.equal((await del.json()).erased.events, 20000);
+  assert.equal((await profile(srv, 'big-bystander')).counters.events, 1);
+  const all = srv.exportEvents();
+  assert.equal(all.filter((e) => e.userId === 'big-er').length, 0, 'every event left the log');
+  assert.equal(all.filter((e) => e.userId === 'big-bystander').length, 1);
+  const gone = await fetch(`${srv.url}/v1/profiles/user_id/big-er`, { headers: bearer });
+  assert.equal(gone.status, 404);
+});

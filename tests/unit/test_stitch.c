@@ -173,6 +173,8 @@ typedef struct {
     sl_stitch_t *s;
     const char *kind, *id;
     int which; /* 0 profile, 1 timeline, 2 merges */
+    size_t limit;       /* merges: a page (0: 1,000) */
+    const char *before; /* merges: the cursor of the previous page */
     int rc;
     sl_buf_t out;
 } read_t;
@@ -182,7 +184,7 @@ static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     read_t *r = arg;
     if (r->which == 0) r->rc = sl_stitch_profile(r->s, txn, r->kind, r->id, &r->out);
     else if (r->which == 1) r->rc = sl_stitch_timeline(r->s, txn, log_txn, r->kind, r->id, 1000, NULL, &r->out);
-    else r->rc = sl_stitch_merges(r->s, txn, r->kind, r->id, &r->out);
+    else r->rc = sl_stitch_merges(r->s, txn, r->kind, r->id, r->limit ? r->limit : 1000, r->before, &r->out);
     return 0;
 }
 
@@ -940,4 +942,216 @@ TEST(webhook_signature_vector)
     CHECK(strcmp(sig + 17, other + 17) != 0);
     CHECK_INT(sl_webhook_sign("hook-secret", 1700000000, "t-2.0123456789abcdef", body, sizeof(body) - 1, other), ==, 0);
     CHECK(strcmp(sig, other) != 0);
+}
+
+/* A page of the journal of kind/id: limit entries before the cursor. */
+static cJSON *get_merges(fix_t *f, const char *kind, const char *id, size_t limit, const char *before, int *rc)
+{
+    read_t r = {.s = f->stitch, .kind = kind, .id = id, .which = 2, .limit = limit, .before = before};
+    CHECK_INT(sl_stage_read(f->stage, 1, read_cb, &r), ==, 0);
+    *rc = r.rc;
+    cJSON *doc = r.rc == 0 ? cJSON_ParseWithLength(r.out.data, r.out.len) : NULL;
+    sl_buf_free(&r.out);
+    return doc;
+}
+
+static const cJSON *first_refusal(const cJSON *j)
+{
+    return cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "refused"), 0);
+}
+
+/* Issue 21, M4: refusals against one person coalesce into one entry per
+ * reason, counted, whoever claims its identifiers. */
+TEST(stitch_refusals_coalesce)
+{
+    fix_t f;
+    if (fix_init(&f)) { CHECK(!"fixture"); return; }
+    f.untrusted = 1;
+    msg(&f, SL_STITCH_IDENTIFY, "victim", "va", "victim@example.com", 1000);
+    char user[32];
+    for (int i = 0; i < 150; i++) {
+        snprintf(user, sizeof(user), "att-%d", i);
+        msg(&f, SL_STITCH_ALIAS, user, NULL, "victim", 2000 + i);
+    }
+    /* the same claim again counts no more (a shared device's every event) */
+    msg(&f, SL_STITCH_ALIAS, "att-0", NULL, "victim", 3000);
+    /* another reason: the victim's e-mail claimed by another user */
+    msg(&f, SL_STITCH_IDENTIFY, "att-1", NULL, "victim@example.com", 3001);
+    int rc;
+    cJSON *j = get_merges(&f, "user_id", "victim", 0, NULL, &rc);
+    REQUIRE(rc == 0 && j);
+    const cJSON *refused = cJSON_GetObjectItemCaseSensitive(j, "refused");
+    CHECK_INT(cJSON_GetArraySize(refused), ==, 2);
+    const cJSON *e;
+    int alias = 0, trait = 0;
+    cJSON_ArrayForEach(e, refused) {
+        const char *reason = cJSON_GetObjectItemCaseSensitive(e, "reason")->valuestring;
+        if (strncmp(reason, "alias", 5) == 0) {
+            alias = 1;
+            CHECK_INT(num(e, "count", NULL), ==, 150);
+            CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "messageId")), "m151"); /* the latest */
+            CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
+                          cJSON_GetObjectItemCaseSensitive(e, "identifier"), "id")), "victim");
+            const char *first = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "first_at"));
+            const char *last = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "last_at"));
+            CHECK(first && last && strcmp(first, last) <= 0);
+            CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "at")), last);
+        } else {
+            trait = 1;
+            CHECK_INT(num(e, "count", NULL), ==, 1);
+        }
+    }
+    CHECK(alias && trait);
+    cJSON_Delete(j);
+    /* each claimant sees the refusal of its claim */
+    CHECK_INT(count_journal(&f, "user_id", "att-7", "refused"), ==, 1);
+    sl_stitch_stats_t st;
+    sl_stitch_get_stats(f.stitch, &st);
+    CHECK_INT(st.refusals, ==, 151);
+    CHECK_INT(st.refusals_dropped, ==, 0);
+    CHECK_INT(verify_problems(&f), ==, 0);
+    fix_free(&f);
+}
+
+/* Issue 21, M4: at most SL_STITCH_MAX_REFUSALS refusal entries per person,
+ * the oldest dropped and counted; the journal comes a page at a time. */
+TEST(stitch_refusals_bounded_and_paged)
+{
+    fix_t f;
+    if (fix_init(&f)) { CHECK(!"fixture"); return; }
+    f.untrusted = 1;
+    char user[32];
+    for (int i = 0; i < SL_STITCH_MAX_REFUSALS + 20; i++) {
+        snprintf(user, sizeof(user), "owner-%d", i);
+        msg(&f, SL_STITCH_IDENTIFY, user, NULL, NULL, 1000 + i);
+    }
+    /* one user claims the ids of 120 others: its journal is the one that grows */
+    for (int i = 0; i < SL_STITCH_MAX_REFUSALS + 20; i++) {
+        snprintf(user, sizeof(user), "owner-%d", i);
+        msg(&f, SL_STITCH_ALIAS, "claimer", NULL, user, 2000 + i);
+    }
+    sl_stitch_stats_t st;
+    sl_stitch_get_stats(f.stitch, &st);
+    CHECK_INT(st.refusals, ==, SL_STITCH_MAX_REFUSALS + 20);
+    CHECK_INT(st.refusals_dropped, ==, 20);
+    /* the owners keep their own entries */
+    CHECK_INT(count_journal(&f, "user_id", "owner-0", "refused"), ==, 1);
+    /* pages of 30, newest first, until next is null */
+    int rc, pages = 0, total = 0;
+    char cursor[32] = "";
+    const char *want_first = "owner-119";
+    for (;;) {
+        cJSON *j = get_merges(&f, "user_id", "claimer", 30, cursor[0] ? cursor : NULL, &rc);
+        REQUIRE(rc == 0 && j);
+        const cJSON *refused = cJSON_GetObjectItemCaseSensitive(j, "refused");
+        CHECK_INT(cJSON_GetArraySize(refused), <=, 30);
+        if (pages == 0)
+            CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
+                          cJSON_GetObjectItemCaseSensitive(first_refusal(j), "identifier"), "id")), want_first);
+        total += cJSON_GetArraySize(refused);
+        pages++;
+        const cJSON *next = cJSON_GetObjectItemCaseSensitive(j, "next");
+        if (!cJSON_IsString(next)) {
+            const cJSON *oldest = cJSON_GetArrayItem(refused, cJSON_GetArraySize(refused) - 1);
+            /* the 20 oldest claims went */
+            CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
+                          cJSON_GetObjectItemCaseSensitive(oldest, "identifier"), "id")), "owner-20");
+            cJSON_Delete(j);
+            break;
+        }
+        snprintf(cursor, sizeof(cursor), "%s", next->valuestring);
+        cJSON_Delete(j);
+        REQUIRE(pages < 10);
+    }
+    CHECK_INT(total, ==, SL_STITCH_MAX_REFUSALS);
+    CHECK_INT(pages, ==, 4);
+    /* a cursor that is not one */
+    static const char *const bad[] = {"x", "-1", "0", "12a", "+5", "99999999999999999999999"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cJSON_Delete(get_merges(&f, "user_id", "claimer", 30, bad[i], &rc));
+        CHECK_INT(rc, ==, SL_EINVAL);
+    }
+    fix_free(&f);
+}
+
+/* Issue 21, L2: an identify whose userId and anonymousId are junk or
+ * unkeyable still names someone by its e-mail: a person of its own, found
+ * and erased by that e-mail, and joined by its owner later. */
+TEST(stitch_junk_ids_with_email_are_erasable)
+{
+    fix_t f;
+    if (fix_init(&f)) { CHECK(!"fixture"); return; }
+    msg(&f, SL_STITCH_PAGE, NULL, "bystander", NULL, 500);
+    msg(&f, SL_STITCH_IDENTIFY, "undefined", NULL, "junk@x.com", 1000);
+    msg(&f, SL_STITCH_IDENTIFY, "0", "a\x1f" "c", " JUNK@x.com", 1001); /* unkeyable anonymousId */
+    msg(&f, SL_STITCH_IDENTIFY, "null", "null", "other@x.com", 1002);
+    char a[32], b[32];
+    CHECK(strcmp(person_of(&f, "email", "junk@x.com", a), "(none)") != 0);
+    CHECK(strcmp(a, person_of(&f, "email", "other@x.com", b)) != 0);
+    cJSON *p = get(&f, 0, "email", "junk@x.com");
+    CHECK_INT(num(p, "counters", "events"), ==, 2);
+    CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(p, "user_id")));
+    cJSON_Delete(p);
+    CHECK_INT(verify_problems(&f), ==, 0);
+
+    sl_stitch_erase_t er;
+    int done = 0;
+    sl_stitch_erase_init(&er, f.stitch, "email", "junk@x.com", erase_done);
+    er.ctx = &done;
+    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
+    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK_INT(er.job.rc, ==, 0);
+    CHECK_INT(er.found, ==, 1);
+    CHECK_INT(er.events, ==, 2);
+    sl_stitch_erase_free(&er);
+    uint64_t n_events = 0;
+    CHECK_INT(sl_store_foreach_event(f.store, count_event, &n_events), ==, 0);
+    CHECK_INT(n_events, ==, 2); /* the bystander's page and other@x.com's identify */
+    CHECK_STR(person_of(&f, "email", "junk@x.com", a), "(none)");
+
+    /* the e-mail's owner identifies later: the person made for it joins the user */
+    msg(&f, SL_STITCH_IDENTIFY, "owner", "o1", "other@x.com", 2000);
+    CHECK_SAME(person_of(&f, "email", "other@x.com", a), person_of(&f, "user_id", "owner", b));
+    p = get(&f, 0, "user_id", "owner");
+    CHECK_INT(num(p, "counters", "events"), ==, 2);
+    cJSON_Delete(p);
+    CHECK_INT(verify_problems(&f), ==, 0);
+    fix_free(&f);
+}
+
+/* Issue 21, L4: a person with more events than one slice of the log's
+ * erasure still loses them all, and the erasure is reported done once they
+ * are gone. */
+TEST(stitch_erasure_in_slices)
+{
+    fix_t f;
+    if (fix_init(&f)) { CHECK(!"fixture"); return; }
+    const int n = SL_STORE_ERASE_SLICE * 2 + 7;
+    sl_buf_t b = {0};
+    for (int i = 0; i < n; i++) {
+        char mid[32];
+        snprintf(mid, sizeof(mid), "big-%d", i);
+        b.len = 0;
+        sl_buf_printf(&b, "{\"type\":\"track\",\"event\":\"E\",\"messageId\":\"%s\",\"userId\":\"big\","
+                          "\"timestamp\":\"2026-01-01T00:00:00.000Z\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
+                      mid);
+        if (i < n - 1) put_durable(&f, b.data, 1000, mid);
+        else put(&f, b.data, 1000, mid);
+    }
+    sl_buf_free(&b);
+    msg(&f, SL_STITCH_PAGE, NULL, "small", NULL, 1000);
+    sl_stitch_erase_t er;
+    int done = 0;
+    sl_stitch_erase_init(&er, f.stitch, "user_id", "big", erase_done);
+    er.ctx = &done;
+    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
+    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK_INT(er.job.rc, ==, 0);
+    CHECK_INT(er.events, ==, n);
+    sl_stitch_erase_free(&er);
+    uint64_t n_events = 0;
+    CHECK_INT(sl_store_foreach_event(f.store, count_event, &n_events), ==, 0);
+    CHECK_INT(n_events, ==, 1);
+    CHECK_INT(verify_problems(&f), ==, 0);
+    fix_free(&f);
 }
