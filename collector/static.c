@@ -134,7 +134,7 @@ int http_handle_static(conn_t *c, const char *path)
     char h[600];
     snprintf(h, sizeof(h), "ETag: %s\r\nCache-Control: %s\r\nVary: Accept-Encoding\r\n%s", f->etag,
              is_tag ? "public, max-age=3600" : "no-cache",
-             is_debug ? admin_headers : is_console ? "X-Frame-Options: DENY\r\n" : "");
+             is_debug || is_console ? admin_headers : "");
     if (r->if_none_match && strstr(r->if_none_match, f->etag)) {
         http_respond(c, 304, NULL, h, "", 0);
         return 0;

@@ -142,5 +142,8 @@ test('/console without the token shows nothing and says why', async () => {
   assert.equal(await page.$$eval('#identities', (e) => e.length), 0);
   const res = await fetch(srv.url + '/console');
   assert.equal(res.headers.get('x-frame-options'), 'DENY');
+  // issue 21, I1: no inline script, and a policy that would not run one
+  assert.match(res.headers.get('content-security-policy'), /default-src 'none'; script-src 'self';/);
+  assert.doesNotMatch(await res.text(), /<script>/);
   await page.close();
 });
