@@ -188,6 +188,7 @@ typedef struct sl_store_stats_s {
     uint64_t map_size_bytes;
     uint64_t last_seq;
     uint64_t batches_failed_alone; /* batches a job or hook refused, answered alone */
+    uint64_t erase_txns;         /* transactions that deleted erased or expired events (a slice each) */
     int compressed;              /* the dictionary is trained: new events are stored compressed */
 } sl_store_stats_t;
 

@@ -92,6 +92,7 @@ struct sl_store_s {
 
     struct {
         _Atomic uint64_t events_stored, duplicates, commits, commit_failures, map_resizes;
+        _Atomic uint64_t erase_txns; /* transactions that deleted erased or expired events */
         _Atomic uint64_t batch_hist[12], latency_hist[14], latency_sum_us, batch_sum;
         _Atomic uint64_t dedupe_entries, map_size_bytes, last_seq, batches_failed_alone, dedupe_evicted;
         _Atomic int64_t dedupe_window_ms;
@@ -1021,6 +1022,7 @@ void sl_store_get_stats(sl_store_t *st, sl_store_stats_t *o)
     o->events_stored = atomic_load(&st->stats.events_stored);
     o->duplicates = atomic_load(&st->stats.duplicates);
     o->commits = atomic_load(&st->stats.commits);
+    o->erase_txns = atomic_load(&st->stats.erase_txns);
     o->commit_failures = atomic_load(&st->stats.commit_failures);
     o->map_resizes = atomic_load(&st->stats.map_resizes);
     for (int i = 0; i < 12; i++) o->batch_hist[i] = atomic_load(&st->stats.batch_hist[i]);
@@ -1089,6 +1091,7 @@ static int erase_slice(sl_store_t *st, const uint64_t *seqs, size_t n)
     if (rc) goto out;
     if ((rc = sl_store_erase_events_txn(st, txn, seqs, n))) goto fail;
     rc = mdb_txn_commit(txn); /* its data pages flushed (the env's flags) */
+    if (rc == 0) atomic_fetch_add(&st->stats.erase_txns, 1);
     goto out;
 fail:
     mdb_txn_abort(txn);
@@ -1120,6 +1123,10 @@ void sl_store_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_events_duplicate_total",
                   "Messages acknowledged but not stored again (messageId seen).", s.duplicates);
     sl_metric_u64(b, "counter", "sillage_commits_total", "LMDB write transactions committed (the log).", s.commits);
+    sl_metric_u64(b, "counter", "sillage_log_erase_transactions_total",
+                  "Write transactions that deleted erased or expired events from the log (SL_STORE_ERASE_SLICE, "
+                  "4,096 events at most, each).",
+                  s.erase_txns);
     sl_metric_u64(b, "gauge", "sillage_store_compressed",
                   "1 once the zstd dictionary is trained (on the first 4,000 events) and events are stored compressed.",
                   (uint64_t)s.compressed);

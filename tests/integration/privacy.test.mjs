@@ -394,12 +394,16 @@ test('erasing a person with 20,000 events removes them all; a bystander is serve
     const res = await post(srv, '/v1/batch', { batch });
     assert.equal(res.status, 200, res.text);
   }
+  const slices = async () => Number(/^sillage_log_erase_transactions_total (\d+)$/m.exec(await (await fetch(srv.url + '/metrics')).text())?.[1]);
+  const slicesBefore = await slices();
   const erasing = fetch(`${srv.url}/v1/profiles/user_id/big-er`, { method: 'DELETE', headers: bearer });
   const bystander = await post(srv, '/v1/track', { userId: 'big-bystander', event: 'Still Here' });
   assert.equal(bystander.status, 200, bystander.text);
   const del = await erasing;
   assert.equal(del.status, 200);
   assert.equal((await del.json()).erased.events, 20000);
+  // one log transaction held the writer for all 20,000 before: now 5 slices
+  assert.ok(await slices() - slicesBefore >= 5, 'deleted in slices of 4,096 (a retention run may add its own)');
   assert.equal((await profile(srv, 'big-bystander')).counters.events, 1);
   const all = srv.exportEvents();
   assert.equal(all.filter((e) => e.userId === 'big-er').length, 0, 'every event left the log');
