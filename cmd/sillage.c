@@ -332,7 +332,7 @@ static void on_reloaded(sl_stage_job_t *b)
             free(app->rules);
         }
         app->rules = app->pending;
-        SL_INFO("reload: %zu trigger rules, %zu webhooks from %s", app->rules->n_triggers, app->rules->n_webhooks,
+        SL_INFO("reload: %zu trigger rules, %zu webhooks from %s", sl_trig_rule_count(app->rules), app->rules->n_webhooks,
                 app->config_path);
     }
     app->pending = NULL;
@@ -570,7 +570,7 @@ static int cmd_check_config(int argc, char **argv)
     sl_geo_close(geo);
     printf("%s: OK\n  listen %s, data_dir %s, durability %s, %zu source(s), %zu trigger rule(s), %zu webhook(s)%s%s\n",
            a.config ? a.config : "demo default", cfg.listen, cfg.data_dir,
-           cfg.durability == SL_DURABLE_SYNC ? "sync" : "os", cfg.n_sources, cfg.n_triggers, cfg.n_webhooks,
+           cfg.durability == SL_DURABLE_SYNC ? "sync" : "os", cfg.n_sources, sl_trig_rule_count(&cfg), cfg.n_webhooks,
            cfg.geoip_db ? ", geoip_db " : "", cfg.geoip_db ? cfg.geoip_db : "");
     sl_config_free(&cfg);
     return 0;
@@ -992,6 +992,8 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[1];
     sl_json_hooks_install();
+    /* the components that parse their own sections of the config */
+    if (sl_trig_config_register()) return 1;
     if (strcmp(cmd, "serve") == 0) return cmd_serve(argc, argv);
     if (strcmp(cmd, "check-config") == 0) return cmd_check_config(argc, argv);
     if (strcmp(cmd, "export") == 0) return cmd_export(argc, argv);

@@ -332,6 +332,15 @@ int sl_buf_append_amount(sl_buf_t *b, double x)
     return sl_buf_printf(b, "%.2f", x);
 }
 
+int sl_buf_append_duration(sl_buf_t *b, int64_t ms)
+{
+    static const struct { int64_t ms; const char *unit; } units[] = {
+        {86400000, "d"}, {3600000, "h"}, {60000, "m"}, {1000, "s"}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(*units); i++)
+        if (ms != 0 && ms % units[i].ms == 0) return sl_buf_printf(b, "\"%lld%s\"", (long long)(ms / units[i].ms), units[i].unit);
+    return sl_buf_printf(b, "\"%lldms\"", (long long)ms);
+}
+
 int sl_buf_append_iso(sl_buf_t *b, int64_t ms)
 {
     char t[32];

@@ -32,14 +32,14 @@ static void seterr(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-static char **strv_dup(const char *const *v, size_t n)
+char **sl_cfg_strv_dup(const char *const *v, size_t n)
 {
     char **out = calloc(n ? n : 1, sizeof(char *));
     for (size_t i = 0; out && i < n; i++) out[i] = strdup(v[i]);
     return out;
 }
 
-static void strv_free(char **v, size_t n)
+void sl_cfg_strv_free(char **v, size_t n)
 {
     for (size_t i = 0; v && i < n; i++) free(v[i]);
     free(v);
@@ -55,9 +55,9 @@ static void set_defaults(sl_config_t *c)
     c->durability = SL_DURABLE_SYNC;
     c->ip_anonymize = 1;
     static const char *email[] = {"email"};
-    c->identity_traits = strv_dup(email, 1);
+    c->identity_traits = sl_cfg_strv_dup(email, 1);
     c->n_identity_traits = 1;
-    c->junk_ids = strv_dup(default_junk, sizeof(default_junk) / sizeof(*default_junk));
+    c->junk_ids = sl_cfg_strv_dup(default_junk, sizeof(default_junk) / sizeof(*default_junk));
     c->n_junk_ids = sizeof(default_junk) / sizeof(*default_junk);
     c->limits.max_message_bytes = 32768;
     c->limits.max_request_bytes = 512000;
@@ -91,12 +91,18 @@ static void set_defaults(sl_config_t *c)
 
 /* ---- typed readers: each names the key path in its error --------------------- */
 
-typedef struct ctx_s {
-    char *err;
-    size_t errlen;
-} ctx_t;
+typedef sl_cfg_ctx_t ctx_t;
 
-static int check_keys(ctx_t *x, const cJSON *obj, const char *path, const char *const *known)
+int sl_cfg_error(sl_cfg_ctx_t *x, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(x->err, x->errlen, fmt, ap);
+    va_end(ap);
+    return SL_EINVAL;
+}
+
+int sl_cfg_check_keys(ctx_t *x, const cJSON *obj, const char *path, const char *const *known)
 {
     if (!cJSON_IsObject(obj)) {
         seterr(x->err, x->errlen, "%s must be an object", path[0] ? path : "the top level");
@@ -114,7 +120,7 @@ static int check_keys(ctx_t *x, const cJSON *obj, const char *path, const char *
     return 0;
 }
 
-static int get_str(ctx_t *x, const cJSON *obj, const char *key, const char *path, char **out, int required)
+int sl_cfg_str(ctx_t *x, const cJSON *obj, const char *key, const char *path, char **out, int required)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (v == NULL) {
@@ -133,7 +139,7 @@ static int get_str(ctx_t *x, const cJSON *obj, const char *key, const char *path
 
 /* obj.key, a boolean, into *out (left alone when absent); path names obj in
  * the error ("" at the top). */
-static int get_bool_at(ctx_t *x, const cJSON *obj, const char *key, const char *path, int *out)
+int sl_cfg_bool(ctx_t *x, const cJSON *obj, const char *key, const char *path, int *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (v == NULL) return 0;
@@ -147,10 +153,10 @@ static int get_bool_at(ctx_t *x, const cJSON *obj, const char *key, const char *
 
 static int get_bool(ctx_t *x, const cJSON *obj, const char *key, int *out)
 {
-    return get_bool_at(x, obj, key, "", out);
+    return sl_cfg_bool(x, obj, key, "", out);
 }
 
-static int get_duration(ctx_t *x, const cJSON *obj, const char *key, const char *path, int64_t *out)
+int sl_cfg_duration(ctx_t *x, const cJSON *obj, const char *key, const char *path, int64_t *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (v == NULL) return 0;
@@ -165,7 +171,7 @@ static int get_duration(ctx_t *x, const cJSON *obj, const char *key, const char 
 /* A retention: a duration of at least one minute (the pruner's grain). */
 static int get_retention(ctx_t *x, const cJSON *obj, const char *key, const char *path, int64_t *out)
 {
-    int rc = get_duration(x, obj, key, path, out);
+    int rc = sl_cfg_duration(x, obj, key, path, out);
     if (rc == 0 && cJSON_GetObjectItemCaseSensitive(obj, key) && *out < 60000) {
         seterr(x->err, x->errlen, "%s%s%s must be at least 1m (e.g. \"760d\")", path, path[0] ? "." : "", key);
         return SL_EINVAL;
@@ -188,7 +194,7 @@ static int get_size(ctx_t *x, const cJSON *obj, const char *key, const char *pat
     return SL_EINVAL;
 }
 
-static int get_strv(ctx_t *x, const cJSON *obj, const char *key, const char *path, char ***out, size_t *n)
+int sl_cfg_strv(ctx_t *x, const cJSON *obj, const char *key, const char *path, char ***out, size_t *n)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (v == NULL) return 0;
@@ -199,12 +205,12 @@ static int get_strv(ctx_t *x, const cJSON *obj, const char *key, const char *pat
     size_t i = 0;
     for (const cJSON *it = v->child; it; it = it->next, i++) {
         if (!cJSON_IsString(it)) {
-            strv_free(arr, i);
+            sl_cfg_strv_free(arr, i);
             goto bad;
         }
         arr[i] = strdup(it->valuestring);
     }
-    strv_free(*out, *n);
+    sl_cfg_strv_free(*out, *n);
     *out = arr;
     *n = cnt;
     return 0;
@@ -215,7 +221,7 @@ bad:
 
 /* obj.key as a whole number from lo to hi into *out (unchanged when absent);
  * note ends the error message, e.g. " (0 = no cap)". */
-static int get_int(ctx_t *x, const cJSON *obj, const char *key, const char *path, int lo, int hi, const char *note,
+int sl_cfg_int(ctx_t *x, const cJSON *obj, const char *key, const char *path, int lo, int hi, const char *note,
                    int *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
@@ -252,96 +258,50 @@ static int get_limit(ctx_t *x, const cJSON *obj, const char *key, uint64_t lo, u
 
 /* ---- sections -------------------------------------------------------------- */
 
-static int parse_trigger(ctx_t *x, const cJSON *t, size_t idx, sl_trigger_rule_t *r)
+/* ---- sections of their own ---------------------------------------------------- */
+
+static const sl_config_section_t *sections[SL_CONFIG_MAX_SECTIONS];
+static int n_sections;
+
+int sl_config_register(const sl_config_section_t *s)
 {
-    static const char *known[] = {"name", "type", "url", "min_count", "within", "delay", "start_events",
-                                  "cancel_event", "remove_event", "after", "trait", "on_first_set", "max_per_profile_per_day",
-                                  "requires_consent", "pressure", NULL};
-    char path[48];
-    snprintf(path, sizeof(path), "triggers[%zu]", idx);
-    if (check_keys(x, t, path, known)) return SL_EINVAL;
-    char *type = NULL;
-    int rc = get_str(x, t, "name", path, &r->name, 1);
-    if (rc == 0) rc = get_str(x, t, "type", path, &type, 1);
-    if (rc) goto out;
-    r->min_count = 1;
-    r->delay_ms = 3600000;
-    if (strcmp(type, "page_visit") == 0) {
-        r->type = SL_TRIG_PAGE_VISIT;
-        rc = get_str(x, t, "url", path, &r->url, 1);
-        if (rc == 0) rc = get_int(x, t, "min_count", path, 1, 1000, "", &r->min_count);
-        if (rc == 0) rc = get_duration(x, t, "within", path, &r->within_ms);
-    } else if (strcmp(type, "abandoned_cart") == 0) {
-        r->type = SL_TRIG_ABANDONED_CART;
-        static const char *starts[] = {"Product Added", "Cart Viewed", "Checkout Started"};
-        r->start_events = strv_dup(starts, 3);
-        r->n_start_events = 3;
-        r->cancel_event = strdup("Order Completed");
-        r->remove_event = strdup("Product Removed");
-        rc = get_duration(x, t, "delay", path, &r->delay_ms);
-        if (rc == 0) rc = get_strv(x, t, "start_events", path, &r->start_events, &r->n_start_events);
-        if (rc == 0) rc = get_str(x, t, "cancel_event", path, &r->cancel_event, 0);
-        if (rc == 0) rc = get_str(x, t, "remove_event", path, &r->remove_event, 0);
-    } else if (strcmp(type, "inactivity") == 0) {
-        r->type = SL_TRIG_INACTIVITY;
-        if (!cJSON_GetObjectItemCaseSensitive(t, "after")) {
-            seterr(x->err, x->errlen, "%s.after is required for an inactivity rule", path);
-            rc = SL_EINVAL;
-        } else {
-            rc = get_duration(x, t, "after", path, &r->after_ms);
-        }
-    } else if (strcmp(type, "trait_change") == 0) {
-        r->type = SL_TRIG_TRAIT_CHANGE;
-        rc = get_str(x, t, "trait", path, &r->trait, 1);
-        if (rc == 0) rc = get_bool_at(x, t, "on_first_set", path, &r->on_first_set);
-    } else {
-        seterr(x->err, x->errlen,
-               "%s.type \"%s\" is not one of page_visit, abandoned_cart, inactivity, trait_change",
-               path, type);
-        rc = SL_EINVAL;
-    }
-    if (rc == 0) rc = get_int(x, t, "max_per_profile_per_day", path, 0, 1000000, " (0 = no cap)", &r->max_per_day);
-    r->pressure = 1;
-    if (rc == 0) rc = get_bool_at(x, t, "pressure", path, &r->pressure);
-    if (rc == 0) rc = get_str(x, t, "requires_consent", path, &r->requires_consent, 0);
-    if (rc == 0 && r->requires_consent && (!r->requires_consent[0] || strlen(r->requires_consent) > SL_CONSENT_MAX_NAME)) {
-        seterr(x->err, x->errlen, "%s.requires_consent must name a consent category of 1 to %d bytes", path,
-               SL_CONSENT_MAX_NAME);
-        rc = SL_EINVAL;
-    }
-out:
-    free(type);
-    return rc;
+    for (int i = 0; i < n_sections; i++)
+        if (sections[i] == s) return i;
+    if (n_sections == SL_CONFIG_MAX_SECTIONS) return SL_EINVAL;
+    sections[n_sections] = s;
+    return n_sections++;
 }
 
-static void free_trigger(sl_trigger_rule_t *r)
+/* 1 when a registered section of c defines name. */
+static int section_defines(const sl_config_t *c, const char *name)
 {
-    free(r->name);
-    free(r->url);
-    strv_free(r->start_events, r->n_start_events);
-    free(r->cancel_event);
-    free(r->remove_event);
-    free(r->trait);
-    free(r->requires_consent);
+    for (int i = 0; i < n_sections; i++)
+        if (sections[i]->defines && c->sections[i] && sections[i]->defines(c->sections[i], name)) return 1;
+    return 0;
 }
 
 static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
 {
-    static const char *known[] = {
+    static const char *core[] = {
         "listen", "data_dir", "map_size", "map_size_max", "durability", "geoip_db", "ip_anonymize",
         "trusted_proxies", "cors_origins", "sources", "admin_token", "identity", "limits",
-        "dedupe_window", "triggers", "pressure", "webhooks", "log_level", "trigger_retention", "demo", "debug", "metrics_auth", "role", "nats",
+        "dedupe_window", "pressure", "webhooks", "log_level", "trigger_retention", "demo", "debug", "metrics_auth", "role", "nats",
         "anonymous_retention", "unsubscribe_event", "subscribe_event", NULL};
+    const char *known[sizeof(core) / sizeof(*core) + SL_CONFIG_MAX_SECTIONS];
+    size_t n_known = 0;
+    for (; core[n_known]; n_known++) known[n_known] = core[n_known];
+    for (int i = 0; i < n_sections; i++) known[n_known++] = sections[i]->key;
+    known[n_known] = NULL;
     int rc;
-    if ((rc = check_keys(x, root, "", known))) return rc;
-    if ((rc = get_str(x, root, "listen", "", &c->listen, 0))) return rc;
+    if ((rc = sl_cfg_check_keys(x, root, "", known))) return rc;
+    if ((rc = sl_cfg_str(x, root, "listen", "", &c->listen, 0))) return rc;
     char host[256];
     int port;
     if (sl_config_split_listen(c->listen, host, sizeof(host), &port)) {
         seterr(x->err, x->errlen, "listen \"%s\" must be HOST:PORT with a port from 0 (any free port) to 65535", c->listen);
         return SL_EINVAL;
     }
-    if ((rc = get_str(x, root, "data_dir", "", &c->data_dir, 0))) return rc;
+    if ((rc = sl_cfg_str(x, root, "data_dir", "", &c->data_dir, 0))) return rc;
     if ((rc = get_size(x, root, "map_size", "", &c->map_size_bytes))) return rc;
     if (c->map_size_max_bytes < c->map_size_bytes) c->map_size_max_bytes = c->map_size_bytes;
     if ((rc = get_size(x, root, "map_size_max", "", &c->map_size_max_bytes))) return rc;
@@ -362,7 +322,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
             return SL_EINVAL;
         }
     }
-    if ((rc = get_str(x, root, "geoip_db", "", &c->geoip_db, 0))) return rc;
+    if ((rc = sl_cfg_str(x, root, "geoip_db", "", &c->geoip_db, 0))) return rc;
     if ((rc = get_bool(x, root, "ip_anonymize", &c->ip_anonymize))) return rc;
     if ((rc = get_bool(x, root, "demo", &c->demo_shop))) return rc;
     if ((rc = get_bool(x, root, "debug", &c->debug_page))) return rc;
@@ -381,7 +341,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     if (nats) {
         static const char *nk[] = {"url", "stream", "events_subject", "triggers_subject", "credentials", "consumer",
                                    "replicas", "duplicate_window", "edge_keep", NULL};
-        if ((rc = check_keys(x, nats, "nats", nk))) return rc;
+        if ((rc = sl_cfg_check_keys(x, nats, "nats", nk))) return rc;
         struct { const char *key; char **slot; } strs[] = {
             {"url", &c->nats.url}, {"stream", &c->nats.stream}, {"events_subject", &c->nats.events_subject},
             {"triggers_subject", &c->nats.triggers_subject}, {"credentials", &c->nats.credentials},
@@ -390,11 +350,11 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
             if (!cJSON_GetObjectItemCaseSensitive(nats, strs[i].key)) continue;
             free(*strs[i].slot);
             *strs[i].slot = NULL;
-            if ((rc = get_str(x, nats, strs[i].key, "nats", strs[i].slot, 1))) return rc;
+            if ((rc = sl_cfg_str(x, nats, strs[i].key, "nats", strs[i].slot, 1))) return rc;
         }
-        if ((rc = get_int(x, nats, "replicas", "nats", 1, 5, "", &c->nats.replicas))) return rc;
-        if ((rc = get_duration(x, nats, "duplicate_window", "nats", &c->nats.duplicate_window_ms))) return rc;
-        if ((rc = get_duration(x, nats, "edge_keep", "nats", &c->nats.edge_keep_ms))) return rc;
+        if ((rc = sl_cfg_int(x, nats, "replicas", "nats", 1, 5, "", &c->nats.replicas))) return rc;
+        if ((rc = sl_cfg_duration(x, nats, "duplicate_window", "nats", &c->nats.duplicate_window_ms))) return rc;
+        if ((rc = sl_cfg_duration(x, nats, "edge_keep", "nats", &c->nats.edge_keep_ms))) return rc;
         if (strncmp(c->nats.url, "nats://", 7) != 0 && strncmp(c->nats.url, "tls://", 6) != 0) {
             seterr(x->err, x->errlen, "nats.url must start with nats:// or tls://");
             return SL_EINVAL;
@@ -405,8 +365,8 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
                c->role == SL_ROLE_EDGE ? "edge" : "core");
         return SL_EINVAL;
     }
-    if ((rc = get_strv(x, root, "trusted_proxies", "", &c->trusted_proxies, &c->n_trusted_proxies))) return rc;
-    if ((rc = get_strv(x, root, "cors_origins", "", &c->cors_origins, &c->n_cors_origins))) return rc;
+    if ((rc = sl_cfg_strv(x, root, "trusted_proxies", "", &c->trusted_proxies, &c->n_trusted_proxies))) return rc;
+    if ((rc = sl_cfg_strv(x, root, "cors_origins", "", &c->cors_origins, &c->n_cors_origins))) return rc;
 
     const cJSON *srcs = cJSON_GetObjectItemCaseSensitive(root, "sources");
     if (srcs) {
@@ -422,11 +382,11 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
             static const char *sk[] = {"name", "write_key", "trusted", "historical", "retention", NULL};
             char path[32];
             snprintf(path, sizeof(path), "sources[%zu]", i);
-            if ((rc = check_keys(x, s, path, sk))) return rc;
-            if ((rc = get_str(x, s, "name", path, &c->sources[i].name, 1))) return rc;
-            if ((rc = get_str(x, s, "write_key", path, &c->sources[i].write_key, 1))) return rc;
-            if ((rc = get_bool_at(x, s, "trusted", path, &c->sources[i].trusted))) return rc;
-            if ((rc = get_bool_at(x, s, "historical", path, &c->sources[i].historical))) return rc;
+            if ((rc = sl_cfg_check_keys(x, s, path, sk))) return rc;
+            if ((rc = sl_cfg_str(x, s, "name", path, &c->sources[i].name, 1))) return rc;
+            if ((rc = sl_cfg_str(x, s, "write_key", path, &c->sources[i].write_key, 1))) return rc;
+            if ((rc = sl_cfg_bool(x, s, "trusted", path, &c->sources[i].trusted))) return rc;
+            if ((rc = sl_cfg_bool(x, s, "historical", path, &c->sources[i].historical))) return rc;
             if ((rc = get_retention(x, s, "retention", path, &c->sources[i].retention_ms))) return rc;
             for (size_t j = 0; j < i; j++)
                 if (strcmp(c->sources[j].name, c->sources[i].name) == 0) {
@@ -443,14 +403,14 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         seterr(x->err, x->errlen, "sources is required: at least one {\"name\", \"write_key\"}");
         return SL_EINVAL;
     }
-    if ((rc = get_str(x, root, "admin_token", "", &c->admin_token, 1))) return rc;
+    if ((rc = sl_cfg_str(x, root, "admin_token", "", &c->admin_token, 1))) return rc;
 
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "identity");
     if (id) {
         static const char *ik[] = {"traits", "junk_values", NULL};
-        if ((rc = check_keys(x, id, "identity", ik))) return rc;
-        if ((rc = get_strv(x, id, "traits", "identity", &c->identity_traits, &c->n_identity_traits))) return rc;
-        if ((rc = get_strv(x, id, "junk_values", "identity", &c->junk_ids, &c->n_junk_ids))) return rc;
+        if ((rc = sl_cfg_check_keys(x, id, "identity", ik))) return rc;
+        if ((rc = sl_cfg_strv(x, id, "traits", "identity", &c->identity_traits, &c->n_identity_traits))) return rc;
+        if ((rc = sl_cfg_strv(x, id, "junk_values", "identity", &c->junk_ids, &c->n_junk_ids))) return rc;
         /* a trait name is part of every key it makes (sl_stitch.h: SL_IDENT_MAX_KIND) */
         for (size_t i = 0; i < c->n_identity_traits; i++) {
             size_t n = c->identity_traits[i] ? strlen(c->identity_traits[i]) : 0;
@@ -483,7 +443,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
                                    "max_json_depth", "idle_timeout", "request_timeout", "rate_per_ip",
                                    "rate_burst", "max_connections_per_ip", "max_buffered_bytes", "max_traits_per_person",
                                    "max_traits_bytes", "max_dedupe_ids", "header_timeout", "min_body_rate", NULL};
-        if ((rc = check_keys(x, lim, "limits", lk))) return rc;
+        if ((rc = sl_cfg_check_keys(x, lim, "limits", lk))) return rc;
         if ((rc = get_limit(x, lim, "max_message_bytes", 256, 16u << 20, &c->limits.max_message_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_request_bytes", 256, 64u << 20, &c->limits.max_request_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_batch_messages", 1, 1000000, &c->limits.max_batch_messages))) return rc;
@@ -499,9 +459,9 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if ((rc = get_limit(x, lim, "rate_per_ip", 0, 10000000, &c->limits.rate_per_ip))) return rc;
         c->limits.rate_burst = 2 * c->limits.rate_per_ip;
         if ((rc = get_limit(x, lim, "rate_burst", 1, 100000000, &c->limits.rate_burst))) return rc;
-        if ((rc = get_duration(x, lim, "idle_timeout", "limits", &c->limits.idle_timeout_ms))) return rc;
-        if ((rc = get_duration(x, lim, "request_timeout", "limits", &c->limits.request_timeout_ms))) return rc;
-        if ((rc = get_duration(x, lim, "header_timeout", "limits", &c->limits.header_timeout_ms))) return rc;
+        if ((rc = sl_cfg_duration(x, lim, "idle_timeout", "limits", &c->limits.idle_timeout_ms))) return rc;
+        if ((rc = sl_cfg_duration(x, lim, "request_timeout", "limits", &c->limits.request_timeout_ms))) return rc;
+        if ((rc = sl_cfg_duration(x, lim, "header_timeout", "limits", &c->limits.header_timeout_ms))) return rc;
         if (c->limits.header_timeout_ms < 1000 || c->limits.header_timeout_ms > 3600000) {
             seterr(x->err, x->errlen, "limits.header_timeout must be between 1s and 1h");
             return SL_EINVAL;
@@ -516,31 +476,12 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
             return SL_EINVAL;
         }
     }
-    if ((rc = get_duration(x, root, "dedupe_window", "", &c->dedupe_window_ms))) return rc;
+    if ((rc = sl_cfg_duration(x, root, "dedupe_window", "", &c->dedupe_window_ms))) return rc;
 
-    const cJSON *trig = cJSON_GetObjectItemCaseSensitive(root, "triggers");
-    if (trig) {
-        if (!cJSON_IsArray(trig)) {
-            seterr(x->err, x->errlen, "triggers must be an array of rules");
-            return SL_EINVAL;
-        }
-        c->n_triggers = (size_t)cJSON_GetArraySize(trig);
-        c->triggers = calloc(c->n_triggers ? c->n_triggers : 1, sizeof(sl_trigger_rule_t));
-        if (c->triggers == NULL) return SL_ENOMEM;
-        size_t i = 0;
-        for (const cJSON *t = trig->child; t; t = t->next, i++) {
-            if ((rc = parse_trigger(x, t, i, &c->triggers[i]))) return rc;
-            for (size_t j = 0; j < i; j++)
-                if (strcmp(c->triggers[j].name, c->triggers[i].name) == 0) {
-                    seterr(x->err, x->errlen, "triggers[%zu].name \"%s\" is used twice", i, c->triggers[i].name);
-                    return SL_EINVAL;
-                }
-        }
-    }
-    if ((rc = get_duration(x, root, "trigger_retention", "", &c->trigger_retention_ms))) return rc;
+    if ((rc = sl_cfg_duration(x, root, "trigger_retention", "", &c->trigger_retention_ms))) return rc;
     if ((rc = get_retention(x, root, "anonymous_retention", "", &c->anonymous_retention_ms))) return rc;
-    if ((rc = get_str(x, root, "unsubscribe_event", "", &c->unsubscribe_event, 0)) ||
-        (rc = get_str(x, root, "subscribe_event", "", &c->subscribe_event, 0)))
+    if ((rc = sl_cfg_str(x, root, "unsubscribe_event", "", &c->unsubscribe_event, 0)) ||
+        (rc = sl_cfg_str(x, root, "subscribe_event", "", &c->subscribe_event, 0)))
         return rc;
     if (strcmp(c->unsubscribe_event, c->subscribe_event) == 0) {
         seterr(x->err, x->errlen, "unsubscribe_event and subscribe_event must differ");
@@ -549,8 +490,8 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     const cJSON *pr = cJSON_GetObjectItemCaseSensitive(root, "pressure");
     if (pr) {
         static const char *pk[] = {"max_per_profile_per_day", NULL};
-        if ((rc = check_keys(x, pr, "pressure", pk))) return rc;
-        if ((rc = get_int(x, pr, "max_per_profile_per_day", "pressure", 0, 1000000, " (0 = no cap)",
+        if ((rc = sl_cfg_check_keys(x, pr, "pressure", pk))) return rc;
+        if ((rc = sl_cfg_int(x, pr, "max_per_profile_per_day", "pressure", 0, 1000000, " (0 = no cap)",
                           &c->pressure_max_per_profile_per_day)))
             return rc;
     }
@@ -571,28 +512,29 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
             sl_webhook_t *h = &c->webhooks[i];
             h->expire_ms = 86400000;
             h->profile_erased = 1;
-            if ((rc = check_keys(x, w, path, wk))) return rc;
-            if ((rc = get_bool_at(x, w, "profile_erased", path, &h->profile_erased))) return rc;
-            if ((rc = get_str(x, w, "url", path, &h->url, 1))) return rc;
+            if ((rc = sl_cfg_check_keys(x, w, path, wk))) return rc;
+            if ((rc = sl_cfg_bool(x, w, "profile_erased", path, &h->profile_erased))) return rc;
+            if ((rc = sl_cfg_str(x, w, "url", path, &h->url, 1))) return rc;
             if (strncmp(h->url, "http://", 7) != 0 && strncmp(h->url, "https://", 8) != 0) {
                 seterr(x->err, x->errlen, "%s.url must start with http:// or https://", path);
                 return SL_EINVAL;
             }
-            if ((rc = get_str(x, w, "secret", path, &h->secret, 1))) return rc;
-            if ((rc = get_strv(x, w, "rules", path, &h->rules, &h->n_rules))) return rc;
-            if ((rc = get_duration(x, w, "expire", path, &h->expire_ms))) return rc;
-            if ((rc = get_str(x, w, "ca_file", path, &h->ca_file, 0))) return rc;
-            for (size_t k = 0; k < h->n_rules; k++) {
-                int found = 0;
-                for (size_t j = 0; j < c->n_triggers; j++)
-                    if (strcmp(c->triggers[j].name, h->rules[k]) == 0) found = 1;
-                if (!found) {
-                    seterr(x->err, x->errlen, "%s.rules names \"%s\", which is not a trigger rule", path, h->rules[k]);
-                    return SL_EINVAL;
-                }
-            }
+            if ((rc = sl_cfg_str(x, w, "secret", path, &h->secret, 1))) return rc;
+            if ((rc = sl_cfg_strv(x, w, "rules", path, &h->rules, &h->n_rules))) return rc;
+            if ((rc = sl_cfg_duration(x, w, "expire", path, &h->expire_ms))) return rc;
+            if ((rc = sl_cfg_str(x, w, "ca_file", path, &h->ca_file, 0))) return rc;
         }
     }
+    /* the components' own sections, once every core key is in */
+    for (int i = 0; i < n_sections; i++)
+        if ((rc = sections[i]->parse(cJSON_GetObjectItemCaseSensitive(root, sections[i]->key), c, &c->sections[i],
+                                     x->err, x->errlen)))
+            return rc;
+    for (size_t i = 0; i < c->n_webhooks; i++)
+        for (size_t k = 0; k < c->webhooks[i].n_rules; k++)
+            if (!section_defines(c, c->webhooks[i].rules[k]))
+                return sl_cfg_error(x, "webhooks[%zu].rules names \"%s\", which is not a trigger rule", i,
+                                    c->webhooks[i].rules[k]);
     const cJSON *ll = cJSON_GetObjectItemCaseSensitive(root, "log_level");
     if (ll) {
         static const char *lv[] = {"debug", "info", "warn", "error"};
@@ -772,8 +714,8 @@ void sl_config_free(sl_config_t *c)
     free(c->listen);
     free(c->data_dir);
     free(c->geoip_db);
-    strv_free(c->trusted_proxies, c->n_trusted_proxies);
-    strv_free(c->cors_origins, c->n_cors_origins);
+    sl_cfg_strv_free(c->trusted_proxies, c->n_trusted_proxies);
+    sl_cfg_strv_free(c->cors_origins, c->n_cors_origins);
     for (size_t i = 0; i < c->n_sources; i++) {
         free(c->sources[i].name);
         free(c->sources[i].write_key);
@@ -782,15 +724,15 @@ void sl_config_free(sl_config_t *c)
     free(c->admin_token);
     free(c->unsubscribe_event);
     free(c->subscribe_event);
-    strv_free(c->identity_traits, c->n_identity_traits);
-    strv_free(c->junk_ids, c->n_junk_ids);
-    for (size_t i = 0; i < c->n_triggers; i++) free_trigger(&c->triggers[i]);
-    free(c->triggers);
+    sl_cfg_strv_free(c->identity_traits, c->n_identity_traits);
+    sl_cfg_strv_free(c->junk_ids, c->n_junk_ids);
+    for (int i = 0; i < n_sections; i++)
+        if (c->sections[i]) sections[i]->free(c->sections[i]);
     for (size_t i = 0; i < c->n_webhooks; i++) {
         free(c->webhooks[i].url);
         free(c->webhooks[i].secret);
         free(c->webhooks[i].ca_file);
-        strv_free(c->webhooks[i].rules, c->n_webhooks ? c->webhooks[i].n_rules : 0);
+        sl_cfg_strv_free(c->webhooks[i].rules, c->n_webhooks ? c->webhooks[i].n_rules : 0);
     }
     free(c->webhooks);
     memset(c, 0, sizeof(*c));

@@ -111,6 +111,9 @@ uint64_t sl_mono_ns(void);
 void sl_thread_name(const char *name);
 /* Writes "YYYY-MM-DDTHH:MM:SS.mmmZ" (24 chars + NUL) into out[32]. */
 void sl_time_format_iso(int64_t ms, char out[32]);
+/* Appends a duration as the JSON string the config takes back ("1h", "90s",
+ * "7d", "250ms": the largest unit that divides it). */
+int sl_buf_append_duration(sl_buf_t *b, int64_t ms);
 /* Appends ms as a JSON string in that format, or null when ms is 0 (never set). */
 int sl_buf_append_iso(sl_buf_t *b, int64_t ms);
 /* Parses ISO 8601 / RFC 3339: date, 'T' or ' ', time with optional fraction,

@@ -20,32 +20,10 @@ typedef struct sl_source_s {
 enum sl_durability { SL_DURABLE_SYNC = 0, SL_DURABLE_OS = 1 };
 enum sl_role { SL_ROLE_ALL = 0, SL_ROLE_EDGE, SL_ROLE_CORE };
 
-enum sl_trigger_type {
-    SL_TRIG_PAGE_VISIT, SL_TRIG_ABANDONED_CART, SL_TRIG_INACTIVITY, SL_TRIG_TRAIT_CHANGE
-};
-
 #define SL_CONSENT_MAX_NAME 64 /* a consent category's name, in bytes */
 
-typedef struct sl_trigger_rule_s {
-    char *name;
-    int type;              /* enum sl_trigger_type */
-    char *url;             /* page_visit: glob */
-    int min_count;         /* page_visit: default 1 */
-    int64_t within_ms;     /* page_visit: 0 = unbounded */
-    int64_t delay_ms;      /* abandoned_cart: default 1h */
-    char **start_events;   /* abandoned_cart */
-    size_t n_start_events;
-    char *cancel_event;    /* abandoned_cart: "Order Completed" */
-    char *remove_event;    /* abandoned_cart: "Product Removed" takes a product out of the cart */
-    int64_t after_ms;      /* inactivity */
-    char *trait;           /* trait_change */
-    int on_first_set;      /* trait_change: also fire when the trait had no value (false) */
-    int max_per_day;       /* this rule's triggers per profile per UTC day; 0 = no cap */
-    char *requires_consent; /* a consent category the person must have granted (and not be
-                             * unsubscribed); NULL = none */
-    int pressure;          /* counts toward, and is held by, pressure.max_per_profile_per_day
-                            * and an unsubscribed person's cap of 0 (default true) */
-} sl_trigger_rule_t;
+/* Sections a component parses itself (sl_config_register): at most this many. */
+#define SL_CONFIG_MAX_SECTIONS 8
 
 typedef struct sl_webhook_s {
     char *url;
@@ -116,8 +94,7 @@ typedef struct sl_config_s {
                                        * 0 = no minimum (0..1e9) */
     } limits;
     int64_t dedupe_window_ms;    /* 24h */
-    sl_trigger_rule_t *triggers;
-    size_t n_triggers;
+    void *sections[SL_CONFIG_MAX_SECTIONS]; /* the registered sections' parsed forms (sl_config_section) */
     int pressure_max_per_profile_per_day; /* 0 = no cap */
     int64_t trigger_retention_ms; /* feed entries older than this are pruned; 30d */
     int64_t anonymous_retention_ms; /* events of persons never identified older than this are pruned; 0 = kept */
@@ -126,6 +103,64 @@ typedef struct sl_config_s {
     sl_webhook_t *webhooks;
     size_t n_webhooks;
 } sl_config_t;
+
+/* ---- sections of their own ----------------------------------------------------
+ * A component parses its own section of the file (nginx's modules declare
+ * their directives): it registers the section once, before the first
+ * sl_config_parse() -- the command line at start, tests and fuzzers in their
+ * set-up -- and reads its parsed form back with sl_config_section(). A
+ * top-level key that neither the core nor a registered section knows is an
+ * unknown key. Registration is not thread-safe: do it before any thread runs. */
+typedef struct cJSON sl_cfg_json_t;
+typedef struct sl_config_section_s {
+    const char *key; /* the top-level key, e.g. "triggers" */
+    /* Parses json (the section's value; NULL when the file has none) into
+     * *out (may stay NULL for an absent section). c is the config being
+     * built: every core key is parsed, earlier sections too. An error names
+     * the key path in err[errlen] ("triggers[3].where: ..."). Returns 0,
+     * SL_EINVAL or SL_ENOMEM; on error *out is freed by the parser. */
+    int (*parse)(const sl_cfg_json_t *json, const struct sl_config_s *c, void **out, char *err, size_t errlen);
+    void (*free)(void *parsed);
+    /* 1 when the parsed section defines something called name (a trigger
+     * rule; later an audience): webhooks[].rules names them, and names are
+     * unique across sections. May be NULL. */
+    int (*defines)(const void *parsed, const char *name);
+} sl_config_section_t;
+
+/* Registers s (which must outlive every config). Returns its index, the same
+ * one when s is registered again, or SL_EINVAL when SL_CONFIG_MAX_SECTIONS
+ * are taken. */
+int sl_config_register(const sl_config_section_t *s);
+/* The parsed form of section index (sl_config_register's answer), or NULL. */
+static inline void *sl_config_section(const struct sl_config_s *c, int index)
+{
+    return index >= 0 && index < SL_CONFIG_MAX_SECTIONS ? c->sections[index] : NULL;
+}
+
+/* ---- the readers sections use ---------------------------------------------------
+ * Each reads obj.key (left alone when absent unless required), checks its
+ * type and bound, and on error writes a sentence naming "path.key" into the
+ * context and returns SL_EINVAL (SL_ENOMEM when out of memory). path is
+ * where obj sits ("triggers[2]"; "" at the top). */
+typedef struct sl_cfg_ctx_s {
+    char *err;
+    size_t errlen;
+} sl_cfg_ctx_t;
+int sl_cfg_error(sl_cfg_ctx_t *x, const char *fmt, ...) __attribute__((format(printf, 2, 3))); /* SL_EINVAL */
+/* obj is an object whose keys are all in the NULL-terminated known list. */
+int sl_cfg_check_keys(sl_cfg_ctx_t *x, const sl_cfg_json_t *obj, const char *path, const char *const *known);
+/* A non-empty string, strdup'ed into *out (the old value freed). */
+int sl_cfg_str(sl_cfg_ctx_t *x, const sl_cfg_json_t *obj, const char *key, const char *path, char **out, int required);
+int sl_cfg_bool(sl_cfg_ctx_t *x, const sl_cfg_json_t *obj, const char *key, const char *path, int *out);
+/* A duration string ("30s", "15m", "1h", "7d"). */
+int sl_cfg_duration(sl_cfg_ctx_t *x, const sl_cfg_json_t *obj, const char *key, const char *path, int64_t *out);
+/* An array of strings (the old array freed). */
+int sl_cfg_strv(sl_cfg_ctx_t *x, const sl_cfg_json_t *obj, const char *key, const char *path, char ***out, size_t *n);
+/* A whole number from lo to hi; note ends the error (" (0 = no cap)"). */
+int sl_cfg_int(sl_cfg_ctx_t *x, const sl_cfg_json_t *obj, const char *key, const char *path, int lo, int hi,
+               const char *note, int *out);
+char **sl_cfg_strv_dup(const char *const *v, size_t n);
+void sl_cfg_strv_free(char **v, size_t n);
 
 /* Fills *cfg with the demo default: 127.0.0.1:8080, ./sillage-data, write key
  * "demo", admin token "demo-admin", the demo trigger rules. */

@@ -36,6 +36,16 @@
 
 typedef struct sl_trig_s sl_trig_t;
 
+/* Registers the "triggers" section of the configuration with
+ * sl_config_register() (the engine parses its own rules: rules.c). Call it
+ * once before the first config is parsed. 0 or SL_EINVAL. */
+int sl_trig_config_register(void);
+/* How many trigger rules cfg holds. */
+size_t sl_trig_rule_count(const sl_config_t *cfg);
+/* Appends cfg's rules as a JSON array: each rule's name, type and settings
+ * as compiled, defaults included (durations as "1h"). 0 or SL_ENOMEM. */
+int sl_trig_rules_print(const sl_config_t *cfg, sl_buf_t *out);
+
 /* rules: the trigger rules, pressure cap and retention of cfg. cfg must stay
  * alive until replaced with sl_trig_reload_job(). Payloads read persons
  * from stitch. */

@@ -1,96 +1,21 @@
-/* triggers.c - trigger rules, durable timers, marketing pressure and the
- * trigger feed. See sl_triggers.h for the storage layout and docs/TRIGGERS.md
- * for the semantics of each rule.
- *
- * Timers are lazy: a state records when its rule should next look at it
- * (due_ms) and whether a timer is pending (timer_ms). New activity only moves
- * due_ms forward; the pending timer, when it fires, sees the later due_ms and
- * re-arms itself. So an event costs a state write, never a timer delete. */
+/* triggers.c - the trigger engine: runs the configured rules (rules.c, one
+ * file per rule type behind trig_type_t) over what the stage and the
+ * stitcher tell it, keeps their states and durable timers, fires through
+ * consent and the marketing pressure, and keeps the trigger feed. See
+ * sl_triggers.h for the storage layout and docs/TRIGGERS.md for the
+ * semantics of each rule. */
 #define _GNU_SOURCE /* memmem */
-#include "sl_triggers.h"
+#include "internal.h"
 
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define SEP '\x1f'
-#define MAX_PRODUCTS 50
 #define MAX_TICK_TIMERS 1000
-#define WAITING_CART_TTL_MS (30LL * 86400000) /* an anonymous abandoned cart waits this long for an identity */
-#define MAX_RULES 64
-
-typedef struct {
-    int64_t started_ms, last_ms, due_ms, timer_ms;
-    uint32_t waiting, n_products;
-    double value;
-    char currency[8];
-    uint32_t products_len; /* then the products JSON array */
-    uint32_t pad;
-} cart_t;
-
-typedef struct {
-    int64_t timer_ms, fired_for_ms;
-} inact_t;
-
-/* What the rules read of one stored event (docs/TRIGGERS.md says which
- * members each rule looks at). */
-typedef struct {
-    int track, page;          /* its type */
-    const char *event;        /* track: the event name */
-    const cJSON *props;       /* properties */
-    const char *url, *path;   /* page: properties.url / .path, else context.page's; the path without ?# */
-    int64_t ts_ms;            /* the event's corrected timestamp */
-} rule_msg_t;
-
-#define MAX_SUBSCRIBERS 8
-
-struct sl_trig_s {
-    const sl_config_t *_Atomic cfg;      /* written by the stage thread (reload), read by /metrics */
-    sl_stitch_t *stitch;
-    sl_stage_step_t step;
-    sl_ident_listener_t listener;
-    struct {
-        void (*cb)(void *);
-        void *arg;
-    } subs[MAX_SUBSCRIBERS];             /* told when the durable feed advanced */
-    size_t n_subs;
-    MDB_dbi feed, timers, tstate, pressure, tmeta, fcause;
-    _Atomic int64_t next_due;
-    uint64_t txn_last, committed_last, prev_committed; /* writer thread */
-    _Atomic uint64_t durable;
-    sl_buf_t k, k2, v, pay, path;
-    _Atomic uint64_t fired, suppressed, timers_fired;
-    _Atomic uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
-    _Atomic uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES];
-    int64_t last_prune_ms;
-    int muted;                           /* rebuild: states and timers, no trigger appended */
-    int quiet;                           /* a historical event's merge: states, no trigger */
-    _Atomic uint64_t historical;         /* events from imports the rules did not see */
-    _Atomic uint64_t erasures;           /* profile_erased entries appended */
-    _Atomic uint64_t amounts_ignored;    /* cart prices and quantities not finite or past SL_AMOUNT_MAX */
-    /* what the current transaction counted: added to the counters above when
-     * it commits, dropped when it is aborted (it will be redone) */
-    struct {
-        uint64_t fired, suppressed, timers_fired, historical, erasures, amounts_ignored;
-        uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
-        uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES];
-    } pend;
-    const char *cause;                   /* messageId of the event being handled; NULL for timers */
-};
 
 /* ---- helpers ---- */
 
-
-static int rule_index(const sl_trig_t *t, const sl_trigger_rule_t *r) { return (int)(r - t->cfg->triggers); }
-
-static const sl_trigger_rule_t *rule_by_name(const sl_trig_t *t, const char *name, size_t len)
-{
-    for (size_t i = 0; i < t->cfg->n_triggers; i++)
-        if (strlen(t->cfg->triggers[i].name) == len && memcmp(t->cfg->triggers[i].name, name, len) == 0)
-            return &t->cfg->triggers[i];
-    return NULL;
-}
+static int rule_index(const sl_trig_t *t, const trig_rule_t *r) { return (int)(r - trig_rules(t->cfg)->v); }
 
 static int state_key(sl_buf_t *b, const char *rule, uint64_t person)
 {
@@ -101,7 +26,7 @@ static int state_key(sl_buf_t *b, const char *rule, uint64_t person)
     return 0;
 }
 
-static int state_get(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, MDB_val *v)
+int trig_state_get(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, MDB_val *v)
 {
     int rc = state_key(&t->k, rule, person);
     if (rc) return rc;
@@ -109,7 +34,7 @@ static int state_get(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t pers
     return mdb_get(txn, t->tstate, &k, v);
 }
 
-static int state_put(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, const void *d, size_t n)
+int trig_state_put(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, const void *d, size_t n)
 {
     int rc = state_key(&t->k, rule, person);
     if (rc) return rc;
@@ -117,7 +42,7 @@ static int state_put(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t pers
     return mdb_put(txn, t->tstate, &k, &v, 0);
 }
 
-static int state_del(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person)
+int trig_state_del(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person)
 {
     int rc = state_key(&t->k, rule, person);
     if (rc) return rc;
@@ -126,7 +51,7 @@ static int state_del(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t pers
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-static int timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, const char *rule)
+int trig_timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, const char *rule)
 {
     unsigned char key[16 + 256];
     size_t n = strlen(rule);
@@ -163,13 +88,6 @@ int sl_trig_glob_match(const char *p, const char *s)
     }
     while (*p == '*') p++;
     return *p == '\0';
-}
-
-static int is_start_event(const sl_trigger_rule_t *r, const char *ev)
-{
-    for (size_t i = 0; i < r->n_start_events; i++)
-        if (strcmp(r->start_events[i], ev) == 0) return 1;
-    return 0;
 }
 
 /* ---- the feed's causes: which stored events a trigger in the feed names
@@ -281,10 +199,7 @@ static int pressure_inc(sl_trig_t *t, MDB_txn *txn, uint32_t day, uint64_t perso
 static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const char *rule, const char *type, uint64_t person,
                        const char *profile, const char *data);
 
-/* Appends a trigger for person under rule r with data (a JSON object text),
- * unless the person's consent or the pressure cap suppresses it. */
-static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, const char *data,
-                int64_t now)
+int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *data, int64_t now)
 {
     if (t->muted) return 0; /* a rebuild: what fired then is in the feed already */
     if (t->quiet) return 0; /* an import's merge joins states, fires nothing */
@@ -315,8 +230,7 @@ static int fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t
     }
     if ((r->pressure && (rc = pressure_inc(t, txn, day, person, ""))) || (rc = pressure_inc(t, txn, day, person, r->name)))
         return rc;
-    static const char *types[] = {"page_visit", "abandoned_cart", "inactivity", "trait_change"};
-    if ((rc = feed_append(t, txn, now, r->name, types[r->type], person, NULL, data))) return rc;
+    if ((rc = feed_append(t, txn, now, r->name, r->type->name, person, NULL, data))) return rc;
     t->pend.fired++;
     if (idx < MAX_RULES) t->pend.fired_by_rule[idx]++;
     return 0;
@@ -384,415 +298,6 @@ static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const char *rule
     return 0;
 }
 
-/* ---- abandoned cart ---- */
-
-static int cart_load(const MDB_val *v, cart_t *c, cJSON **products)
-{
-    *products = NULL;
-    if (v->mv_size < sizeof(*c)) return MDB_CORRUPTED;
-    memcpy(c, v->mv_data, sizeof(*c));
-    if (sizeof(*c) + c->products_len != v->mv_size) return MDB_CORRUPTED;
-    *products = cJSON_ParseWithLength((const char *)v->mv_data + sizeof(*c), c->products_len);
-    if (!cJSON_IsArray(*products)) {
-        cJSON_Delete(*products);
-        *products = cJSON_CreateArray();
-    }
-    return *products ? 0 : SL_ENOMEM;
-}
-
-static int cart_save(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, cart_t *c, cJSON *products)
-{
-    double value = 0;
-    const cJSON *p;
-    c->n_products = 0;
-    cJSON_ArrayForEach(p, products) {
-        const cJSON *price = cJSON_GetObjectItemCaseSensitive(p, "price");
-        const cJSON *qty = cJSON_GetObjectItemCaseSensitive(p, "quantity");
-        /* each figure was bounded when it entered (product_of): the sum is checked all the same */
-        if (cJSON_IsNumber(price)) sl_amount_add(&value, price->valuedouble * (cJSON_IsNumber(qty) ? qty->valuedouble : 1));
-        c->n_products++;
-    }
-    c->value = value;
-    char *txt = cJSON_PrintUnformatted(products);
-    if (txt == NULL) return SL_ENOMEM;
-    c->products_len = (uint32_t)strlen(txt);
-    t->v.len = 0;
-    int rc = sl_buf_append(&t->v, c, sizeof(*c)) || sl_buf_append(&t->v, txt, c->products_len) ? SL_ENOMEM : 0;
-    cJSON_free(txt);
-    if (rc) return rc;
-    return state_put(t, txn, rule, person, t->v.data, t->v.len);
-}
-
-/* The product a cart event's properties describe, normalised to
- * {product_id, name, price, quantity}; NULL when it names none. A price or
- * quantity that is not finite or past SL_AMOUNT_MAX is left out (counted in
- * *ignored): 1e300 x 1e300 would make the cart's value inf. */
-static cJSON *product_of(const cJSON *props, uint64_t *ignored)
-{
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(props, "product_id");
-    if (id == NULL) id = cJSON_GetObjectItemCaseSensitive(props, "id");
-    if (id == NULL) id = cJSON_GetObjectItemCaseSensitive(props, "sku");
-    if (!cJSON_IsString(id) && !cJSON_IsNumber(id)) return NULL;
-    cJSON *p = cJSON_CreateObject();
-    if (p == NULL) return NULL;
-    if (cJSON_IsString(id)) cJSON_AddStringToObject(p, "product_id", id->valuestring);
-    else {
-        char n[32];
-        snprintf(n, sizeof(n), "%.0f", id->valuedouble);
-        cJSON_AddStringToObject(p, "product_id", n);
-    }
-    const cJSON *name = cJSON_GetObjectItemCaseSensitive(props, "name");
-    if (cJSON_IsString(name)) cJSON_AddStringToObject(p, "name", name->valuestring);
-    const cJSON *price = cJSON_GetObjectItemCaseSensitive(props, "price");
-    if (cJSON_IsNumber(price) && sl_amount_ok(price->valuedouble)) cJSON_AddNumberToObject(p, "price", price->valuedouble);
-    else if (cJSON_IsNumber(price)) (*ignored)++;
-    const cJSON *qty = cJSON_GetObjectItemCaseSensitive(props, "quantity");
-    int qty_ok = cJSON_IsNumber(qty) && sl_amount_ok(qty->valuedouble);
-    if (cJSON_IsNumber(qty) && !qty_ok) (*ignored)++;
-    cJSON_AddNumberToObject(p, "quantity", qty_ok && qty->valuedouble > 0 ? qty->valuedouble : 1);
-    return p;
-}
-
-static int same_product(const cJSON *a, const cJSON *b)
-{
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(a, "product_id"), *y = cJSON_GetObjectItemCaseSensitive(b, "product_id");
-    return cJSON_IsString(x) && cJSON_IsString(y) && strcmp(x->valuestring, y->valuestring) == 0;
-}
-
-/* Adds p to products (same product_id: quantities add), bounded. Takes p. */
-static void cart_add(cJSON *products, cJSON *p)
-{
-    cJSON *q;
-    cJSON_ArrayForEach(q, products) {
-        if (same_product(q, p)) {
-            cJSON *qa = cJSON_GetObjectItemCaseSensitive(q, "quantity");
-            const cJSON *pa = cJSON_GetObjectItemCaseSensitive(p, "quantity");
-            if (qa && pa && cJSON_IsNumber(qa) && cJSON_IsNumber(pa)) {
-                double sum = qa->valuedouble; /* both bounded (product_of, or a merge of two carts) */
-                if (sl_amount_add(&sum, pa->valuedouble) == 0 && sl_amount_ok(sum)) cJSON_SetNumberValue(qa, sum);
-            }
-            cJSON_Delete(p);
-            return;
-        }
-    }
-    if (cJSON_GetArraySize(products) < MAX_PRODUCTS) cJSON_AddItemToArray(products, p);
-    else cJSON_Delete(p);
-}
-
-static int cart_fire(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, const cart_t *c,
-                     const cJSON *products, int64_t now)
-{
-    char started[32], last[32], abandoned[32];
-    sl_time_format_iso(c->started_ms, started);
-    sl_time_format_iso(c->last_ms, last);
-    sl_time_format_iso(c->last_ms + r->delay_ms, abandoned);
-    char *ptxt = cJSON_PrintUnformatted(products);
-    if (ptxt == NULL) return SL_ENOMEM;
-    sl_buf_t d = {0};
-    sl_buf_printf(&d, "{\"products\":%s,\"value\":", ptxt);
-    cJSON_free(ptxt);
-    sl_buf_append_amount(&d, c->value);
-    sl_buf_appends(&d, ",\"currency\":");
-    if (c->currency[0]) sl_buf_append_json_str(&d, c->currency, strnlen(c->currency, sizeof(c->currency)));
-    else sl_buf_appends(&d, "null");
-    sl_buf_printf(&d, ",\"started_at\":\"%s\",\"last_activity_at\":\"%s\",\"abandoned_at\":\"%s\"}", started, last,
-                  abandoned);
-    int rc = d.data ? fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
-    sl_buf_free(&d);
-    return rc;
-}
-
-static int cart_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, const rule_msg_t *m,
-                      uint64_t person, int identified, int64_t now)
-{
-    const char *ev = m->event;
-    int rc;
-    if (m->track && ev && r->cancel_event && strcmp(ev, r->cancel_event) == 0)
-        return state_del(t, txn, r->name, person); /* bought: the pending timer will find nothing */
-    int start = m->track && ev && is_start_event(r, ev);
-    int removed = m->track && ev && r->remove_event && strcmp(ev, r->remove_event) == 0;
-    MDB_val v;
-    rc = state_get(t, txn, r->name, person, &v);
-    if (rc && rc != MDB_NOTFOUND) return rc;
-    int have = rc == 0;
-    if (!start && !removed) {
-        if (!have || !identified) return 0;
-        /* An identified person with an abandoned anonymous cart: fire now. */
-        cart_t c;
-        cJSON *products;
-        if ((rc = cart_load(&v, &c, &products))) return rc;
-        if (c.waiting) {
-            rc = cart_fire(t, txn, r, person, &c, products, now);
-            if (rc == 0) rc = state_del(t, txn, r->name, person);
-        }
-        cJSON_Delete(products);
-        return rc;
-    }
-    if (removed && !have) return 0;
-    cart_t c;
-    cJSON *products = NULL;
-    if (have) {
-        if ((rc = cart_load(&v, &c, &products))) return rc;
-    } else {
-        memset(&c, 0, sizeof(c));
-        c.started_ms = m->ts_ms;
-        if ((products = cJSON_CreateArray()) == NULL) return SL_ENOMEM;
-    }
-    const cJSON *props = m->props;
-    if (start) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(props, "products");
-        if (cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0) {
-            /* Cart Viewed / Checkout Started carry the whole cart: it replaces ours. */
-            cJSON_Delete(products);
-            products = cJSON_CreateArray();
-            const cJSON *x;
-            cJSON_ArrayForEach(x, list) {
-                cJSON *p = product_of(x, &t->pend.amounts_ignored);
-                if (p && products) cart_add(products, p);
-            }
-        } else {
-            cJSON *p = product_of(props, &t->pend.amounts_ignored);
-            if (p) cart_add(products, p);
-        }
-        const char *cur = NULL;
-        const cJSON *cu = cJSON_GetObjectItemCaseSensitive(props, "currency");
-        if (cJSON_IsString(cu)) cur = cu->valuestring;
-        if (cur) snprintf(c.currency, sizeof(c.currency), "%s", cur);
-    } else {
-        cJSON *p = product_of(props, &t->pend.amounts_ignored);
-        for (int i = 0; p && i < cJSON_GetArraySize(products); i++)
-            if (same_product(cJSON_GetArrayItem(products, i), p)) {
-                cJSON_DeleteItemFromArray(products, i);
-                break;
-            }
-        cJSON_Delete(p);
-    }
-    if (products == NULL) return SL_ENOMEM;
-    if (cJSON_GetArraySize(products) == 0) {
-        cJSON_Delete(products);
-        return state_del(t, txn, r->name, person); /* emptied: no cart */
-    }
-    int64_t act = m->ts_ms > c.last_ms ? m->ts_ms : c.last_ms;
-    if (act > now) act = now;
-    c.last_ms = act;
-    c.due_ms = act + r->delay_ms;
-    c.waiting = 0;
-    if (c.timer_ms == 0 || c.timer_ms > c.due_ms) { /* none pending, or only a later one (waiting expiry) */
-        int64_t due = c.due_ms > now ? c.due_ms : now;
-        if ((rc = timer_add(t, txn, due, person, r->name))) goto out;
-        c.timer_ms = due;
-    }
-    rc = cart_save(t, txn, r->name, person, &c, products);
-out:
-    cJSON_Delete(products);
-    return rc;
-}
-
-static int cart_timer(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, int64_t now)
-{
-    MDB_val v;
-    int rc = state_get(t, txn, r->name, person, &v);
-    if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
-    cart_t c;
-    cJSON *products;
-    if ((rc = cart_load(&v, &c, &products))) return rc;
-    if (c.waiting) { /* the waiting period ran out without an identity */
-        if (c.due_ms + WAITING_CART_TTL_MS <= now) rc = state_del(t, txn, r->name, person);
-        goto out;
-    }
-    if (c.due_ms > now) { /* activity since: look again later */
-        c.timer_ms = c.due_ms;
-        if ((rc = timer_add(t, txn, c.due_ms, person, r->name)) == 0)
-            rc = cart_save(t, txn, r->name, person, &c, products);
-        goto out;
-    }
-    int identified = 0;
-    rc = sl_stitch_person_payload(t->stitch, txn, person, NULL, &identified, NULL);
-    if (rc == SL_ENOTFOUND) {
-        rc = state_del(t, txn, r->name, person);
-    } else if (rc == 0 && identified) {
-        if ((rc = cart_fire(t, txn, r, person, &c, products, now)) == 0) rc = state_del(t, txn, r->name, person);
-    } else if (rc == 0) {
-        /* Abandoned while anonymous: it fires when the visitor is identified. */
-        c.waiting = 1;
-        c.timer_ms = c.due_ms + WAITING_CART_TTL_MS;
-        if ((rc = timer_add(t, txn, c.timer_ms, person, r->name)) == 0)
-            rc = cart_save(t, txn, r->name, person, &c, products);
-    }
-out:
-    cJSON_Delete(products);
-    return rc;
-}
-
-/* absorbed's cart joins survivor's: products added, earliest start, latest activity. */
-static int cart_merge(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t sv, uint64_t ab, int64_t now)
-{
-    MDB_val v;
-    int rc = state_get(t, txn, r->name, ab, &v);
-    if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
-    cart_t a, s;
-    cJSON *pa, *ps = NULL;
-    if ((rc = cart_load(&v, &a, &pa))) return rc;
-    if ((rc = state_del(t, txn, r->name, ab))) goto out;
-    rc = state_get(t, txn, r->name, sv, &v);
-    if (rc == MDB_NOTFOUND) {
-        s = a;
-        ps = pa;
-        pa = NULL;
-        rc = 0;
-    } else if (rc == 0 && (rc = cart_load(&v, &s, &ps)) == 0) {
-        cJSON *x;
-        while (pa && (x = cJSON_DetachItemFromArray(pa, 0)) != NULL) cart_add(ps, x);
-        if (a.started_ms && a.started_ms < s.started_ms) s.started_ms = a.started_ms;
-        if (a.last_ms > s.last_ms) {
-            s.last_ms = a.last_ms;
-            s.due_ms = a.due_ms;
-        }
-        s.waiting = s.waiting && a.waiting;
-        if (!s.currency[0]) memcpy(s.currency, a.currency, sizeof(s.currency));
-    }
-    if (rc) goto out;
-    /* The absorbed state's timer is keyed by the absorbed person: arm one for the survivor. */
-    int64_t due = s.waiting ? s.due_ms + WAITING_CART_TTL_MS : s.due_ms;
-    if (due < now) due = now;
-    if ((rc = timer_add(t, txn, due, sv, r->name))) goto out;
-    s.timer_ms = due;
-    rc = cart_save(t, txn, r->name, sv, &s, ps);
-out:
-    cJSON_Delete(pa);
-    cJSON_Delete(ps);
-    return rc;
-}
-
-/* ---- page visit ---- */
-
-static int page_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, const rule_msg_t *m,
-                      uint64_t person, int64_t now)
-{
-    if (!m->page) return 0;
-    /* "http://..." and "https://..." patterns match the whole URL, others the path. */
-    int full = strncmp(r->url, "http://", 7) == 0 || strncmp(r->url, "https://", 8) == 0;
-    const char *subject = full ? m->url : m->path;
-    if (subject == NULL || !sl_trig_glob_match(r->url, subject)) return 0;
-    int64_t ts[1000];
-    size_t n = 0;
-    MDB_val v;
-    int rc = state_get(t, txn, r->name, person, &v);
-    if (rc && rc != MDB_NOTFOUND) return rc;
-    if (rc == 0) {
-        size_t have = v.mv_size / 8;
-        for (size_t i = 0; i < have; i++) {
-            int64_t x;
-            memcpy(&x, (const char *)v.mv_data + 8 * i, 8);
-            if (r->within_ms == 0 || x > now - r->within_ms) ts[n++] = x;
-        }
-    }
-    /* Keep the newest min_count - 1 and this one. */
-    size_t keep = (size_t)r->min_count - 1;
-    size_t drop = n > keep ? n - keep : 0;
-    memmove(ts, ts + drop, (n - drop) * 8);
-    n -= drop;
-    ts[n++] = now;
-    if ((int)n >= r->min_count) {
-        sl_buf_t d = {0};
-        sl_buf_appends(&d, "{\"url\":");
-        if (m->url) sl_buf_append_json_str(&d, m->url, strlen(m->url));
-        else sl_buf_appends(&d, "null");
-        sl_buf_appends(&d, ",\"path\":");
-        if (m->path) sl_buf_append_json_str(&d, m->path, strlen(m->path));
-        else sl_buf_appends(&d, "null");
-        sl_buf_printf(&d, ",\"count\":%zu,\"pattern\":", n);
-        sl_buf_append_json_str(&d, r->url, strlen(r->url));
-        sl_buf_appends(&d, "}");
-        rc = d.data ? fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
-        sl_buf_free(&d);
-        if (rc) return rc;
-        return state_del(t, txn, r->name, person); /* the next trigger needs min_count new visits */
-    }
-    return state_put(t, txn, r->name, person, ts, n * 8);
-}
-
-static int page_merge(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t sv, uint64_t ab)
-{
-    MDB_val v;
-    int64_t ts[2000];
-    size_t n = 0;
-    uint64_t who[2] = {sv, ab};
-    for (int i = 0; i < 2; i++) {
-        int rc = state_get(t, txn, r->name, who[i], &v);
-        if (rc == MDB_NOTFOUND) continue;
-        if (rc) return rc;
-        size_t have = v.mv_size / 8;
-        if (have > 1000) have = 1000;
-        memcpy(ts + n, v.mv_data, have * 8);
-        n += have;
-    }
-    if (n == 0) return 0;
-    int rc = state_del(t, txn, r->name, ab);
-    if (rc) return rc;
-    /* sort, keep the newest min_count - 1 */
-    for (size_t i = 1; i < n; i++)
-        for (size_t j = i; j > 0 && ts[j - 1] > ts[j]; j--) {
-            int64_t x = ts[j];
-            ts[j] = ts[j - 1];
-            ts[j - 1] = x;
-        }
-    size_t keep = (size_t)r->min_count - 1;
-    size_t from = n > keep ? n - keep : 0;
-    if (n - from == 0) return state_del(t, txn, r->name, sv);
-    return state_put(t, txn, r->name, sv, ts + from, (n - from) * 8);
-}
-
-/* ---- inactivity ---- */
-
-static int inact_event(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, int identified,
-                       int64_t now)
-{
-    if (!identified) return 0; /* anonymous visitors who never return are not "inactive customers" */
-    MDB_val v;
-    inact_t s = {0, 0};
-    int rc = state_get(t, txn, r->name, person, &v);
-    if (rc && rc != MDB_NOTFOUND) return rc;
-    if (rc == 0 && v.mv_size == sizeof(s)) memcpy(&s, v.mv_data, sizeof(s));
-    if (s.timer_ms) return 0; /* a timer is pending; it looks at last_seen when it fires */
-    s.timer_ms = now + r->after_ms;
-    if ((rc = timer_add(t, txn, s.timer_ms, person, r->name))) return rc;
-    return state_put(t, txn, r->name, person, &s, sizeof(s));
-}
-
-static int inact_timer(sl_trig_t *t, MDB_txn *txn, const sl_trigger_rule_t *r, uint64_t person, int64_t now)
-{
-    MDB_val v;
-    inact_t s = {0, 0};
-    int rc = state_get(t, txn, r->name, person, &v);
-    if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
-    if (v.mv_size == sizeof(s)) memcpy(&s, v.mv_data, sizeof(s));
-    int identified = 0;
-    int64_t last = 0;
-    rc = sl_stitch_person_payload(t->stitch, txn, person, NULL, &identified, &last);
-    if (rc == SL_ENOTFOUND) return state_del(t, txn, r->name, person);
-    if (rc) return rc;
-    if (last + r->after_ms > now) {
-        s.timer_ms = last + r->after_ms;
-        if ((rc = timer_add(t, txn, s.timer_ms, person, r->name))) return rc;
-        return state_put(t, txn, r->name, person, &s, sizeof(s));
-    }
-    s.timer_ms = 0;
-    if (s.fired_for_ms != last) {
-        char ls[32], dur[32];
-        sl_time_format_iso(last, ls);
-        snprintf(dur, sizeof(dur), "%lld", (long long)(r->after_ms / 1000));
-        sl_buf_t d = {0};
-        sl_buf_printf(&d, "{\"last_seen\":\"%s\",\"inactive_seconds\":%lld,\"after_seconds\":%s}", ls,
-                      (long long)((now - last) / 1000), dur);
-        rc = d.data ? fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
-        sl_buf_free(&d);
-        if (rc) return rc;
-        s.fired_for_ms = last;
-    }
-    return state_put(t, txn, r->name, person, &s, sizeof(s));
-}
-
 /* ---- public: events, merges, traits ---- */
 
 /* What the rules need of a stored event: decided here, by the rules. */
@@ -827,15 +332,10 @@ static int read_msg(sl_trig_t *t, const cJSON *doc, int64_t ts_ms, rule_msg_t *m
 static int trig_event(sl_trig_t *t, MDB_txn *txn, const rule_msg_t *m, uint64_t person, int identified,
                       int64_t now)
 {
-    for (size_t i = 0; i < t->cfg->n_triggers; i++) {
-        const sl_trigger_rule_t *r = &t->cfg->triggers[i];
-        int rc = 0;
-        switch (r->type) {
-        case SL_TRIG_ABANDONED_CART: rc = cart_event(t, txn, r, m, person, identified, now); break;
-        case SL_TRIG_PAGE_VISIT: rc = page_event(t, txn, r, m, person, now); break;
-        case SL_TRIG_INACTIVITY: rc = inact_event(t, txn, r, person, identified, now); break;
-        default: break;
-        }
+    const trig_rules_t *rs = trig_rules(t->cfg);
+    for (size_t i = 0; i < rs->n; i++) {
+        const trig_rule_t *r = &rs->v[i];
+        int rc = r->type->event ? r->type->event(t, txn, r, m, person, identified, now) : 0;
         if (rc) return rc;
     }
     return 0;
@@ -844,15 +344,10 @@ static int trig_event(sl_trig_t *t, MDB_txn *txn, const rule_msg_t *m, uint64_t 
 static int trig_merge(sl_trig_t *t, MDB_txn *txn, uint64_t survivor, uint64_t absorbed)
 {
     int64_t now = sl_now_ms();
-    for (size_t i = 0; i < t->cfg->n_triggers; i++) {
-        const sl_trigger_rule_t *r = &t->cfg->triggers[i];
-        int rc = 0;
-        switch (r->type) {
-        case SL_TRIG_ABANDONED_CART: rc = cart_merge(t, txn, r, survivor, absorbed, now); break;
-        case SL_TRIG_PAGE_VISIT: rc = page_merge(t, txn, r, survivor, absorbed); break;
-        case SL_TRIG_INACTIVITY: rc = state_del(t, txn, r->name, absorbed); break;
-        default: break;
-        }
+    const trig_rules_t *rs = trig_rules(t->cfg);
+    for (size_t i = 0; i < rs->n; i++) {
+        const trig_rule_t *r = &rs->v[i];
+        int rc = r->type->merge ? r->type->merge(t, txn, r, survivor, absorbed, now) : 0;
         if (rc) return rc;
     }
     return 0;
@@ -867,9 +362,10 @@ static int trig_forget(sl_trig_t *t, MDB_txn *txn, const uint64_t *persons, size
 {
     int rc;
     *n_feed = 0;
+    const trig_rules_t *rs = trig_rules(t->cfg);
     for (size_t p = 0; p < n; p++)
-        for (size_t i = 0; i < t->cfg->n_triggers; i++)
-            if ((rc = state_del(t, txn, t->cfg->triggers[i].name, persons[p]))) return rc;
+        for (size_t i = 0; i < rs->n; i++)
+            if ((rc = trig_state_del(t, txn, rs->v[i].name, persons[p]))) return rc;
     /* The feed is bounded by its retention: a scan is the price of erasure. */
     static const char needle[] = "\"profile\":{\"id\":\"p_";
     MDB_cursor *cur;
@@ -901,29 +397,19 @@ static int trig_forget(sl_trig_t *t, MDB_txn *txn, const uint64_t *persons, size
 
 static int trig_watches(const sl_trig_t *t, const char *name)
 {
-    for (size_t i = 0; i < t->cfg->n_triggers; i++)
-        if (t->cfg->triggers[i].type == SL_TRIG_TRAIT_CHANGE && strcmp(t->cfg->triggers[i].trait, name) == 0)
-            return 1;
+    const trig_rules_t *rs = trig_rules(t->cfg);
+    for (size_t i = 0; i < rs->n; i++)
+        if (rs->v[i].type->watches && rs->v[i].type->watches(&rs->v[i], name)) return 1;
     return 0;
 }
 
 static int trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *name, const cJSON *old_v,
                       const cJSON *new_v, int64_t now)
 {
-    for (size_t i = 0; i < t->cfg->n_triggers; i++) {
-        const sl_trigger_rule_t *r = &t->cfg->triggers[i];
-        if (r->type != SL_TRIG_TRAIT_CHANGE || strcmp(r->trait, name) != 0) continue;
-        if (old_v == NULL && !r->on_first_set) continue;
-        char *o = old_v ? cJSON_PrintUnformatted(old_v) : NULL;
-        char *n = cJSON_PrintUnformatted(new_v);
-        sl_buf_t d = {0};
-        sl_buf_appends(&d, "{\"trait\":");
-        sl_buf_append_json_str(&d, name, strlen(name));
-        sl_buf_printf(&d, ",\"old\":%s,\"new\":%s}", o ? o : "null", n ? n : "null");
-        cJSON_free(o);
-        cJSON_free(n);
-        int rc = d.data ? fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
-        sl_buf_free(&d);
+    const trig_rules_t *rs = trig_rules(t->cfg);
+    for (size_t i = 0; i < rs->n; i++) {
+        const trig_rule_t *r = &rs->v[i];
+        int rc = r->type->trait ? r->type->trait(t, txn, r, person, name, old_v, new_v, now) : 0;
         if (rc) return rc;
     }
     return 0;
@@ -948,7 +434,7 @@ static int historical(const sl_trig_t *t, const sl_stage_event_t *ev)
 static int on_stitched(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, const sl_ident_event_t *ie)
 {
     sl_trig_t *t = arg;
-    if (t->cfg->n_triggers == 0) return 0;
+    if (trig_rules(t->cfg)->n == 0) return 0;
     if (historical(t, ev)) { /* no rule sees it: no cart, no visit count, no timer from the past */
         t->pend.historical++;
         return 0;
@@ -1064,11 +550,9 @@ static int on_tick(void *arg, MDB_txn *txn, int64_t now)
         wrote = 1;
         t->pend.timers_fired++;
         uint64_t person = sl_be64_get(key + 8);
-        const sl_trigger_rule_t *r = rule_by_name(t, (const char *)key + 16, klen - 16);
-        if (r == NULL) continue; /* the rule was removed by a reload */
-        if (r->type == SL_TRIG_ABANDONED_CART) rc = cart_timer(t, txn, r, person, now);
-        else if (r->type == SL_TRIG_INACTIVITY) rc = inact_timer(t, txn, r, person, now);
-        if (rc) return rc;
+        const trig_rule_t *r = trig_rule_by_name(t->cfg, (const char *)key + 16, klen - 16);
+        if (r == NULL || r->type->timer == NULL) continue; /* the rule was removed (or retyped) by a reload */
+        if ((rc = r->type->timer(t, txn, r, person, now))) return rc;
     }
     int64_t due;
     if ((rc = first_due(t, txn, &due))) return rc;
@@ -1206,10 +690,11 @@ int sl_trig_cursor_put(sl_trig_t *t, MDB_txn *txn, const char *url, uint64_t seq
 static void remap_rule_counters(sl_trig_t *t, const sl_config_t *from, const sl_config_t *to)
 {
     int at[MAX_RULES]; /* to's rule i was from's rule at[i], or -1 */
+    const trig_rules_t *f = trig_rules(from), *n = trig_rules(to);
     for (size_t i = 0; i < MAX_RULES; i++) {
         at[i] = -1;
-        for (size_t j = 0; i < to->n_triggers && j < from->n_triggers && j < MAX_RULES && at[i] < 0; j++)
-            if (strcmp(to->triggers[i].name, from->triggers[j].name) == 0) at[i] = (int)j;
+        for (size_t j = 0; i < n->n && j < f->n && j < MAX_RULES && at[i] < 0; j++)
+            if (strcmp(n->v[i].name, f->v[j].name) == 0) at[i] = (int)j;
     }
     _Atomic uint64_t *shared[] = {t->fired_by_rule, t->suppressed_by_rule, t->no_consent_by_rule,
                                   t->unsubscribed_by_rule};
@@ -1360,9 +845,10 @@ static void by_rule(sl_buf_t *b, const char *name, const char *help, const sl_co
                     const uint64_t *values, const char *reason)
 {
     if (help) sl_metric_head(b, "counter", name, help);
-    for (size_t i = 0; i < cfg->n_triggers && i < MAX_RULES; i++) {
+    const trig_rules_t *rs = trig_rules(cfg);
+    for (size_t i = 0; i < rs->n && i < MAX_RULES; i++) {
         char labels[320];
-        snprintf(labels, sizeof(labels), "rule=\"%s\"%s%s%s", cfg->triggers[i].name, reason ? ",reason=\"" : "",
+        snprintf(labels, sizeof(labels), "rule=\"%s\"%s%s%s", rs->v[i].name, reason ? ",reason=\"" : "",
                  reason ? reason : "", reason ? "\"" : "");
         sl_metric_sample(b, name, labels, values[i]);
     }

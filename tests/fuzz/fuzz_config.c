@@ -4,6 +4,14 @@
 #include <string.h>
 
 #include "sl_config.h"
+#include "sl_triggers.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    return sl_trig_config_register() ? 1 : 0; /* the "triggers" section, as the command line does */
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -145,6 +145,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     sl_log_level = SL_LOG_ERROR;
     sl_json_hooks_install();
+    if (sl_trig_config_register()) abort();
     static char dir[] = "/tmp/sl-fuzz-http-XXXXXX";
     if (mkdtemp(dir) == NULL) abort();
     char json[1536];

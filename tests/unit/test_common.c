@@ -5,6 +5,7 @@
 #include "sl_common.h"
 #include "sl_config.h"
 #include "sl_stitch.h"
+#include "sl_triggers.h"
 
 #include <lmdb.h>
 #include <stdlib.h>
@@ -220,11 +221,20 @@ TEST(config_design_example)
     CHECK_INT(c.limits.max_traits_per_person, ==, 256);
     CHECK_INT(c.limits.max_traits_bytes, ==, 32768);
     CHECK_INT(c.limits.max_dedupe_ids, ==, 4000000);
-    CHECK_INT(c.n_triggers, ==, 4);
-    CHECK_INT(c.triggers[0].delay_ms, ==, 3600000);
-    CHECK_INT(c.triggers[1].min_count, ==, 2);
-    CHECK_INT(c.triggers[1].within_ms, ==, 7LL * 86400000);
-    CHECK_INT(c.triggers[2].after_ms, ==, 30LL * 86400000);
+    CHECK_INT(sl_trig_rule_count(&c), ==, 4);
+    sl_buf_t rules = {0};
+    CHECK_INT(sl_trig_rules_print(&c, &rules), ==, 0);
+    CHECK_STR(rules.data,
+              "[{\"name\":\"cart\",\"type\":\"abandoned_cart\",\"delay\":\"1h\",\"start_events\":[\"Product Added\","
+              "\"Cart Viewed\",\"Checkout Started\"],\"cancel_event\":\"Order Completed\",\"remove_event\":"
+              "\"Product Removed\",\"max_per_profile_per_day\":0,\"pressure\":true,\"requires_consent\":null},"
+              "{\"name\":\"pricing\",\"type\":\"page_visit\",\"url\":\"/pricing*\",\"min_count\":2,\"within\":\"7d\","
+              "\"max_per_profile_per_day\":0,\"pressure\":true,\"requires_consent\":null},"
+              "{\"name\":\"dormant\",\"type\":\"inactivity\",\"after\":\"30d\",\"max_per_profile_per_day\":0,"
+              "\"pressure\":true,\"requires_consent\":null},"
+              "{\"name\":\"plan\",\"type\":\"trait_change\",\"trait\":\"plan\",\"on_first_set\":false,"
+              "\"max_per_profile_per_day\":0,\"pressure\":true,\"requires_consent\":null}]");
+    sl_buf_free(&rules);
     CHECK_INT(c.pressure_max_per_profile_per_day, ==, 3);
     CHECK_INT(c.n_webhooks, ==, 1);
     CHECK_INT(c.limits.max_request_bytes, ==, 512000);
@@ -327,7 +337,7 @@ TEST(config_demo_and_exposure)
     CHECK_STR(c.data_dir, "./sillage-data");
     CHECK_STR(c.sources[0].write_key, "demo");
     CHECK_STR(c.admin_token, "demo-admin");
-    CHECK_INT(c.n_triggers, ==, 4);
+    CHECK_INT(sl_trig_rule_count(&c), ==, 4);
     CHECK_INT(sl_config_check_exposure(&c, err, sizeof(err)), ==, 0);
     free(c.listen);
     c.listen = strdup("0.0.0.0:8080");

@@ -1,0 +1,128 @@
+/* internal.h - what the trigger engine's files share (not a contract for
+ * anyone else: sl_triggers.h is). The engine (triggers.c) runs the rules of
+ * the config's "triggers" section (rules.c parses it); each rule type is a
+ * file of its own (rule_*.c) behind trig_type_t, listed in one table
+ * (rules.c). Cross-file names are trig_; the rest of each file is static. */
+#ifndef SL_TRIGGERS_INTERNAL_H
+#define SL_TRIGGERS_INTERNAL_H
+
+#include "sl_triggers.h"
+
+#include <stdatomic.h>
+
+#define SEP '\x1f'
+#define MAX_RULES 64
+#define MAX_SUBSCRIBERS 8
+
+/* What the rules read of one stored event (docs/TRIGGERS.md says which
+ * members each rule looks at). */
+typedef struct {
+    int track, page;          /* its type */
+    const char *event;        /* track: the event name */
+    const cJSON *props;       /* properties */
+    const char *url, *path;   /* page: properties.url / .path, else context.page's; the path without ?# */
+    int64_t ts_ms;            /* the event's corrected timestamp */
+} rule_msg_t;
+
+typedef struct trig_rule_s trig_rule_t;
+
+/* A rule type: its name in the config, its own keys and how they parse, and
+ * what it does with what the stage tells the engine. Each callback runs on
+ * the stage thread inside the stage transaction txn; NULL when the type
+ * has nothing to do then. A callback returns 0 or an LMDB / SL_ error, which
+ * aborts (and redoes) the transaction. */
+typedef struct trig_type_s {
+    const char *name;          /* "abandoned_cart" */
+    const char *const *keys;   /* the type's own keys (NULL-terminated) */
+    /* Parses those keys of json (the rule object; path "triggers[3]") into
+     * *conf (the type's settings, freed with free_conf). */
+    int (*parse)(sl_cfg_ctx_t *x, const cJSON *json, const char *path, void **conf);
+    void (*free_conf)(void *conf);
+    /* an event of person (identified: it has a user id or an identity trait) */
+    int (*event)(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule_msg_t *m, uint64_t person,
+                 int identified, int64_t now);
+    /* absorbed was merged into survivor: join or drop absorbed's state */
+    int (*merge)(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t survivor, uint64_t absorbed,
+                 int64_t now);
+    /* a durable timer the type set for person came due */
+    int (*timer)(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, int64_t now);
+    /* a trait of person changed (old_v NULL: it had none) */
+    int (*trait)(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *name,
+                 const cJSON *old_v, const cJSON *new_v, int64_t now);
+    /* 1 when the rule wants to hear of changes to trait name */
+    int (*watches)(const trig_rule_t *r, const char *name);
+    /* Appends the type's settings as JSON members, each with a leading comma
+     * (GET /v1/rules and the tests read them back). */
+    void (*print)(const trig_rule_t *r, sl_buf_t *out);
+} trig_type_t;
+
+/* One configured rule: the keys every type has, then the type's own. */
+struct trig_rule_s {
+    char *name;
+    const trig_type_t *type;
+    int max_per_day;          /* this rule's triggers per profile per UTC day; 0 = no cap */
+    char *requires_consent;   /* a consent category the person must have granted (and not be
+                               * unsubscribed); NULL = none */
+    int pressure;             /* counts toward, and is held by, pressure.max_per_profile_per_day and
+                               * an unsubscribed person's cap of 0 (default true) */
+    void *conf;               /* the type's settings (trig_type_t.parse) */
+};
+
+/* The parsed "triggers" section. */
+typedef struct trig_rules_s {
+    trig_rule_t *v;
+    size_t n;
+} trig_rules_t;
+
+/* The rules of cfg (none when it has no "triggers"). */
+const trig_rules_t *trig_rules(const sl_config_t *cfg);
+const trig_rule_t *trig_rule_by_name(const sl_config_t *cfg, const char *name, size_t len);
+
+extern const trig_type_t trig_type_abandoned_cart, trig_type_page_visit, trig_type_inactivity,
+    trig_type_trait_change;
+
+struct sl_trig_s {
+    const sl_config_t *_Atomic cfg;      /* written by the stage thread (reload), read by /metrics */
+    sl_stitch_t *stitch;
+    sl_stage_step_t step;
+    sl_ident_listener_t listener;
+    struct {
+        void (*cb)(void *);
+        void *arg;
+    } subs[MAX_SUBSCRIBERS];             /* told when the durable feed advanced */
+    size_t n_subs;
+    MDB_dbi feed, timers, tstate, pressure, tmeta, fcause;
+    _Atomic int64_t next_due;
+    uint64_t txn_last, committed_last, prev_committed; /* writer thread */
+    _Atomic uint64_t durable;
+    sl_buf_t k, k2, v, pay, path;
+    _Atomic uint64_t fired, suppressed, timers_fired;
+    _Atomic uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
+    _Atomic uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES];
+    int64_t last_prune_ms;
+    int muted;                           /* rebuild: states and timers, no trigger appended */
+    int quiet;                           /* a historical event's merge: states, no trigger */
+    _Atomic uint64_t historical;         /* events from imports the rules did not see */
+    _Atomic uint64_t erasures;           /* profile_erased entries appended */
+    _Atomic uint64_t amounts_ignored;    /* cart prices and quantities not finite or past SL_AMOUNT_MAX */
+    /* what the current transaction counted: added to the counters above when
+     * it commits, dropped when it is aborted (it will be redone) */
+    struct {
+        uint64_t fired, suppressed, timers_fired, historical, erasures, amounts_ignored;
+        uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
+        uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES];
+    } pend;
+    const char *cause;                   /* messageId of the event being handled; NULL for timers */
+};
+
+/* Rule state: one record per (rule, person), in tstate. */
+int trig_state_get(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, MDB_val *v);
+int trig_state_put(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, const void *d, size_t n);
+int trig_state_del(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person);
+/* A durable timer: rule's timer callback runs for person once due (ms) passed. */
+int trig_timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, const char *rule);
+/* Appends a trigger of rule r for person with data (a JSON object's text),
+ * unless consent or the pressure caps suppress it (then counted). */
+int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *data, int64_t now);
+
+#endif
