@@ -149,6 +149,9 @@ void sl_stage_cancel(sl_stage_t *sg, sl_stage_waiter_t *w);
 
 /* The last event applied and committed (visible to readers). */
 uint64_t sl_stage_applied(const sl_stage_t *sg);
+/* The log the stage reads (a step reads a stored event again by its seq,
+ * in a read transaction of its own: sl_store_read, sl_store_event_get). */
+sl_store_t *sl_stage_log(const sl_stage_t *sg);
 /* The last event applied whose commit is on disk. */
 uint64_t sl_stage_durable_applied(const sl_stage_t *sg);
 

@@ -718,6 +718,8 @@ uint64_t sl_stage_applied(const sl_stage_t *sg)
     return atomic_load(&sg->applied);
 }
 
+sl_store_t *sl_stage_log(const sl_stage_t *sg) { return sg->log; }
+
 uint64_t sl_stage_durable_applied(const sl_stage_t *sg)
 {
     return atomic_load(&sg->durable_applied);

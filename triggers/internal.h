@@ -22,6 +22,10 @@ typedef struct {
     const cJSON *props;       /* properties */
     const char *url, *path;   /* page: properties.url / .path, else context.page's; the path without ?# */
     int64_t ts_ms;            /* the event's corrected timestamp */
+    const char *type;         /* "track", "page", "identify"... */
+    const cJSON *doc;         /* the whole stored message */
+    const char *message_id;   /* its messageId */
+    uint64_t seq;             /* its place in the log */
 } rule_msg_t;
 
 typedef struct trig_rule_s trig_rule_t;
@@ -51,6 +55,13 @@ typedef struct trig_type_s {
                  const cJSON *old_v, const cJSON *new_v, int64_t now);
     /* 1 when the rule wants to hear of changes to trait name */
     int (*watches)(const trig_rule_t *r, const char *name);
+    /* The person's state of rule r is about to be deleted (erasure,
+     * retention, the rule removed by a reload): drop what it indexes
+     * elsewhere (holds). */
+    int (*forget)(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person);
+    /* Appends the person's pending triggers of rule r as JSON objects, comma-
+     * separated (*n counts those appended so far, all rules together). */
+    int (*pending)(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, sl_buf_t *out, int *n);
     /* Appends the type's settings as JSON members, each with a leading comma
      * (GET /v1/rules and the tests read them back). */
     void (*print)(const trig_rule_t *r, sl_buf_t *out);
@@ -79,11 +90,12 @@ const trig_rules_t *trig_rules(const sl_config_t *cfg);
 const trig_rule_t *trig_rule_by_name(const sl_config_t *cfg, const char *name, size_t len);
 
 extern const trig_type_t trig_type_abandoned_cart, trig_type_page_visit, trig_type_inactivity,
-    trig_type_trait_change;
+    trig_type_trait_change, trig_type_event;
 
 struct sl_trig_s {
     const sl_config_t *_Atomic cfg;      /* written by the stage thread (reload), read by /metrics */
     sl_stitch_t *stitch;
+    sl_stage_t *stage;                   /* set by sl_trig_attach: the log, for events read back */
     sl_stage_step_t step;
     sl_ident_listener_t listener;
     struct {
@@ -91,7 +103,7 @@ struct sl_trig_s {
         void *arg;
     } subs[MAX_SUBSCRIBERS];             /* told when the durable feed advanced */
     size_t n_subs;
-    MDB_dbi feed, timers, tstate, pressure, tmeta, fcause;
+    MDB_dbi feed, timers, tstate, pressure, tmeta, fcause, holds;
     _Atomic int64_t next_due;
     uint64_t txn_last, committed_last, prev_committed; /* writer thread */
     _Atomic uint64_t durable;
@@ -105,10 +117,13 @@ struct sl_trig_s {
     _Atomic uint64_t historical;         /* events from imports the rules did not see */
     _Atomic uint64_t erasures;           /* profile_erased entries appended */
     _Atomic uint64_t amounts_ignored;    /* cart prices and quantities not finite or past SL_AMOUNT_MAX */
+    _Atomic uint64_t pending_dropped;    /* pending triggers dropped past a rule's max_pending */
+    _Atomic uint64_t waiting_expired;    /* pending triggers of anonymous persons past max_wait */
     /* what the current transaction counted: added to the counters above when
      * it commits, dropped when it is aborted (it will be redone) */
     struct {
         uint64_t fired, suppressed, timers_fired, historical, erasures, amounts_ignored;
+        uint64_t pending_dropped, waiting_expired;
         uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
         uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES];
     } pend;
@@ -121,6 +136,12 @@ int trig_state_put(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person
 int trig_state_del(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person);
 /* A durable timer: rule's timer callback runs for person once due (ms) passed. */
 int trig_timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, const char *rule);
+/* Holds: stored events a rule's state still needs (an event rule's pending
+ * trigger names its starting event), which retention keeps while they are
+ * held. Keyed by trig_mid_hash(messageId) and the event's seq; on: 1 adds,
+ * 0 removes (removing an absent hold is no error). */
+uint64_t trig_mid_hash(const char *message_id);
+int trig_hold(sl_trig_t *t, MDB_txn *txn, uint64_t mid_hash, uint64_t seq, int on);
 /* Appends a trigger of rule r for person with data (a JSON object's text),
  * unless consent or the pressure caps suppress it (then counted). */
 int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *data, int64_t now);

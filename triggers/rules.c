@@ -8,7 +8,7 @@
 #include <string.h>
 
 static const trig_type_t *const types[] = {&trig_type_page_visit, &trig_type_abandoned_cart, &trig_type_inactivity,
-                                           &trig_type_trait_change};
+                                           &trig_type_trait_change, &trig_type_event};
 #define N_TYPES (sizeof(types) / sizeof(*types))
 
 /* the keys every rule has */

@@ -77,6 +77,12 @@ long sl_trig_foreach(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit,
  * character, anything else itself; the whole subject must match. */
 int sl_trig_glob_match(const char *pattern, const char *subject);
 
+/* Appends person's pending triggers (event rules with a delay) as a JSON
+ * array: [{"rule", "due", "waiting_for_login", "started_by" (the starting
+ * event's seq), "cancelled_by" (the unless event or null)}], in any read or
+ * stage transaction. 0, SL_ENOMEM or an LMDB error. */
+int sl_trig_pending(sl_trig_t *t, MDB_txn *txn, uint64_t person, sl_buf_t *out);
+
 /* Rebuild (sillage rebuild): muted, the engine keeps rule states and
  * timers but appends no trigger -- what fired before is in the feed it
  * carried over; sl_trig_carry_over() copies the feed and the delivery

@@ -93,6 +93,7 @@ int sl_trig_glob_match(const char *p, const char *s)
 /* ---- the feed's causes: which stored events a trigger in the feed names
  * (retention keeps those events while the trigger is there) ---- */
 
+/* (the holds index shares this key: trig_mid_hash) */
 static void cause_key(unsigned char key[16], const char *message_id, size_t len, uint64_t seq)
 {
     sl_be64_put(key, sl_hash128(message_id, len, 0xca05e).lo);
@@ -151,6 +152,19 @@ static int cause_index_all(sl_trig_t *t, MDB_txn *txn)
 
 /* Listener: *held 1 when a trigger in the feed names the stored event
  * message_id as its cause. */
+/* 1 in *found when db holds a key that starts with the 8 bytes of key. */
+static int has_prefix(MDB_txn *txn, MDB_dbi db, const unsigned char key[16], int *found)
+{
+    MDB_cursor *cur;
+    MDB_val k = {16, (void *)key}, v;
+    int rc = mdb_cursor_open(txn, db, &cur);
+    if (rc) return rc;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    *found = rc == 0 && k.mv_size == 16 && memcmp(k.mv_data, key, 8) == 0;
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 static int on_holds(void *arg, MDB_txn *txn, const char *message_id, int *held)
 {
     sl_trig_t *t = arg;
@@ -158,13 +172,23 @@ static int on_holds(void *arg, MDB_txn *txn, const char *message_id, int *held)
     if (t->fcause == 0) return 0; /* read only, a store from before: no pruning there */
     unsigned char key[16];
     cause_key(key, message_id, strlen(message_id), 0);
-    MDB_cursor *cur;
-    MDB_val k = {16, key}, v;
-    int rc = mdb_cursor_open(txn, t->fcause, &cur);
-    if (rc) return rc;
-    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    if (rc == 0 && k.mv_size == 16 && memcmp(k.mv_data, key, 8) == 0) *held = 1;
-    mdb_cursor_close(cur);
+    int rc = has_prefix(txn, t->fcause, key, held);
+    if (rc == 0 && !*held && t->holds) rc = has_prefix(txn, t->holds, key, held);
+    return rc;
+}
+
+uint64_t trig_mid_hash(const char *message_id)
+{
+    return message_id ? sl_hash128(message_id, strlen(message_id), 0xca05e).lo : 0;
+}
+
+int trig_hold(sl_trig_t *t, MDB_txn *txn, uint64_t mid_hash, uint64_t seq, int on)
+{
+    unsigned char key[16];
+    sl_be64_put(key, mid_hash);
+    sl_be64_put(key + 8, seq);
+    MDB_val k = {16, key}, nothing = {0, NULL};
+    int rc = on ? mdb_put(txn, t->holds, &k, &nothing, 0) : mdb_del(txn, t->holds, &k, NULL);
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
@@ -305,6 +329,8 @@ static int read_msg(sl_trig_t *t, const cJSON *doc, int64_t ts_ms, rule_msg_t *m
 {
     memset(m, 0, sizeof(*m));
     const char *type = sl_json_str(doc, "type");
+    m->type = type;
+    m->doc = doc;
     m->track = type && strcmp(type, "track") == 0;
     m->page = type && strcmp(type, "page") == 0;
     m->event = m->track ? sl_json_str(doc, "event") : NULL;
@@ -364,8 +390,11 @@ static int trig_forget(sl_trig_t *t, MDB_txn *txn, const uint64_t *persons, size
     *n_feed = 0;
     const trig_rules_t *rs = trig_rules(t->cfg);
     for (size_t p = 0; p < n; p++)
-        for (size_t i = 0; i < rs->n; i++)
-            if ((rc = trig_state_del(t, txn, rs->v[i].name, persons[p]))) return rc;
+        for (size_t i = 0; i < rs->n; i++) {
+            const trig_rule_t *r = &rs->v[i];
+            if (r->type->forget && (rc = r->type->forget(t, txn, r, persons[p]))) return rc;
+            if ((rc = trig_state_del(t, txn, r->name, persons[p]))) return rc;
+        }
     /* The feed is bounded by its retention: a scan is the price of erasure. */
     static const char needle[] = "\"profile\":{\"id\":\"p_";
     MDB_cursor *cur;
@@ -442,6 +471,8 @@ static int on_stitched(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, cons
     rule_msg_t m;
     int rc = read_msg(t, ev->doc, ie->ts_ms, &m);
     if (rc) return rc;
+    m.message_id = ev->message_id;
+    m.seq = ev->seq;
     t->cause = ev->message_id;
     return trig_event(t, txn, &m, ie->person, ie->identified, sl_now_ms());
 }
@@ -575,6 +606,8 @@ static void on_after_txn(void *arg, int ok)
         atomic_fetch_add(&t->historical, t->pend.historical);
         atomic_fetch_add(&t->erasures, t->pend.erasures);
         atomic_fetch_add(&t->amounts_ignored, t->pend.amounts_ignored);
+        atomic_fetch_add(&t->pending_dropped, t->pend.pending_dropped);
+        atomic_fetch_add(&t->waiting_expired, t->pend.waiting_expired);
         for (int i = 0; i < MAX_RULES; i++) {
             if (t->pend.fired_by_rule[i]) atomic_fetch_add(&t->fired_by_rule[i], t->pend.fired_by_rule[i]);
             if (t->pend.suppressed_by_rule[i]) atomic_fetch_add(&t->suppressed_by_rule[i], t->pend.suppressed_by_rule[i]);
@@ -710,10 +743,35 @@ static void remap_rule_counters(sl_trig_t *t, const sl_config_t *from, const sl_
     }
 }
 
+/* Every person's state of rule r goes (with what it holds): the rule left
+ * the config, or changed type. Its timers, when they come due, find no rule. */
+static int drop_rule(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r)
+{
+    size_t n = strlen(r->name);
+    MDB_cursor *cur;
+    int rc = state_key(&t->k2, r->name, 0);
+    if (rc || (rc = mdb_cursor_open(txn, t->tstate, &cur))) return rc;
+    MDB_val k = {n + 1, t->k2.data}, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != n + 9 || memcmp(k.mv_data, r->name, n) != 0 || ((const char *)k.mv_data)[n] != SEP) break;
+        uint64_t person = sl_be64_get((const unsigned char *)k.mv_data + n + 1);
+        if (r->type->forget && (rc = r->type->forget(t, txn, r, person))) break;
+        if ((rc = mdb_cursor_del(cur, 0))) break;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 int sl_trig_reload_job(MDB_txn *txn, void *arg)
 {
-    (void)txn;
     sl_trig_reload_t *r = arg;
+    const trig_rules_t *old = trig_rules(r->trig->cfg);
+    /* a removed rule's pending triggers go with it (a changed delay applies to new starts) */
+    for (size_t i = 0; i < old->n && r->trig->cfg != r->cfg; i++) {
+        const trig_rule_t *now = trig_rule_by_name(r->cfg, old->v[i].name, strlen(old->v[i].name));
+        int rc = now && now->type == old->v[i].type ? 0 : drop_rule(r->trig, txn, &old->v[i]);
+        if (rc) return rc;
+    }
     /* (run again when its transaction is redone: then from is to, nothing moves) */
     remap_rule_counters(r->trig, r->trig->cfg, r->cfg);
     r->trig->cfg = r->cfg;
@@ -742,6 +800,10 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     } else if (rc) {
         return rc;
     }
+    /* added with the event rule (issue 22): empty on a store from before, where no rule held anything */
+    rc = mdb_dbi_open(txn, "holds", c, &t->holds);
+    if (rc == MDB_NOTFOUND) t->holds = 0;
+    else if (rc) return rc;
     MDB_val k = {9, "feed_last"}, v;
     uint64_t last = 0;
     if (mdb_get(txn, t->tmeta, &k, &v) == 0 && v.mv_size == 8) memcpy(&last, v.mv_data, 8);
@@ -768,6 +830,7 @@ sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch)
 
 int sl_trig_attach(sl_trig_t *t, sl_stage_t *stage)
 {
+    t->stage = stage;
     int rc = sl_stage_add_step(stage, &t->step);
     return rc ? rc : sl_stitch_listen(t->stitch, &t->listener);
 }
@@ -876,6 +939,12 @@ void sl_trig_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_cart_amounts_ignored_total",
                   "Cart prices and quantities left out: not finite or beyond 1e15 in absolute value.",
                   atomic_load(&t->amounts_ignored));
+    sl_metric_u64(b, "counter", "sillage_trigger_pending_dropped_total",
+                  "Pending triggers of event rules dropped: a person had max_pending waiting already.",
+                  atomic_load(&t->pending_dropped));
+    sl_metric_u64(b, "counter", "sillage_trigger_waiting_expired_total",
+                  "Pending triggers that came due for an anonymous person and saw no login within max_wait.",
+                  atomic_load(&t->waiting_expired));
     sl_metric_u64(b, "counter", "sillage_trigger_timers_fired_total", "Durable timers that came due.",
                   ts.timers_fired);
     sl_metric_u64(b, "gauge", "sillage_trigger_feed_last_seq", "The last trigger readers can see (durable).",
@@ -883,6 +952,17 @@ void sl_trig_metrics(void *arg, sl_buf_t *b)
 }
 
 void sl_trig_mute(sl_trig_t *t, int muted) { t->muted = muted; }
+
+int sl_trig_pending(sl_trig_t *t, MDB_txn *txn, uint64_t person, sl_buf_t *out)
+{
+    const trig_rules_t *rs = trig_rules(t->cfg);
+    int n = 0, rc = 0;
+    sl_buf_appends(out, "[");
+    for (size_t i = 0; i < rs->n && rc == 0; i++)
+        if (rs->v[i].type->pending) rc = rs->v[i].type->pending(t, txn, &rs->v[i], person, out, &n);
+    sl_buf_appends(out, "]");
+    return rc ? rc : out->data ? 0 : SL_ENOMEM;
+}
 
 /* Copies every entry of the database named name from src to dst (the same
  * name in another environment). */

@@ -1,0 +1,159 @@
+// events.test.mjs - the generic `event` rule (issue 22): an event fires at
+// once or after a delay, unless another event of the same person (paired by
+// `match`) comes first; pending triggers follow the person through a login.
+// Black-box against the real server, with delays of a second or two.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, post, ADMIN, run } from './helpers.mjs';
+import { writeFileSync } from 'node:fs';
+
+const bearer = { Authorization: 'Bearer ' + ADMIN };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const RULES = [
+  { name: 'sms-fallback', type: 'event', event: 'Email Sent', delay: '2s',
+    unless: { event: 'Email Opened', match: 'properties.email_id' } },
+  { name: 'welcome', type: 'event', event: 'Signed Up', delay: '2s', unless: { event: 'Order Completed' } },
+  { name: 'big-order', type: 'event', event: 'Order Completed' },
+  { name: 'joined', type: 'event', event: 'identify' },
+];
+
+let srv;
+before(async () => { srv = await startServer({ config: { triggers: RULES } }); });
+after(async () => { await srv.stop(); srv.cleanup(); });
+
+const ok = async (type, msg) => {
+  const r = await post(srv, '/v1/' + type, msg);
+  assert.equal(r.status, 200, r.text);
+};
+async function feed(s = srv) {
+  const res = await fetch(`${s.url}/v1/triggers?after=0&limit=1000`, { headers: bearer });
+  assert.equal(res.status, 200);
+  return (await res.json()).triggers;
+}
+// The triggers of rule for userId once `ms` passed (the delays are 2 s: a
+// trigger that should not fire has had its chance by then).
+async function after2(pred, ms = 3500) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const all = await feed();
+    if (Date.now() > end) return all.filter(pred);
+    await sleep(100);
+  }
+}
+const mine = (rule, user) => (t) => t.rule === rule && t.profile.user_id === user;
+
+test('an e-mail not opened within the delay fires once, with the e-mail\'s id in data', async () => {
+  await ok('track', { userId: 'sms-1', event: 'Email Sent', messageId: 'sent-1', properties: { email_id: 'e-1', subject: 'Hi' } });
+  const got = await after2(mine('sms-fallback', 'sms-1'));
+  assert.equal(got.length, 1);
+  const t = got[0];
+  assert.equal(t.type, 'event');
+  assert.equal(t.data.delay_seconds, 2);
+  assert.deepEqual({ ...t.data.event, timestamp: 0 },
+                   { name: 'Email Sent', messageId: 'sent-1', timestamp: 0, properties: { email_id: 'e-1', subject: 'Hi' } });
+  assert.ok(!Number.isNaN(Date.parse(t.data.event.timestamp)));
+  assert.equal(t.cause?.messageId ?? null, null, 'a timer fired it: no causing event');
+});
+
+test('the open of the same e-mail cancels; the open of another does not', async () => {
+  await ok('track', { userId: 'sms-2', event: 'Email Sent', properties: { email_id: 'e-2' } });
+  await ok('track', { userId: 'sms-2', event: 'Email Opened', properties: { email_id: 'e-2' } });
+  await ok('track', { userId: 'sms-3', event: 'Email Sent', properties: { email_id: 'e-3' } });
+  await ok('track', { userId: 'sms-3', event: 'Email Opened', properties: { email_id: 'another' } });
+  const all = await after2((t) => t.rule === 'sms-fallback');
+  assert.deepEqual(all.filter((t) => t.profile.user_id === 'sms-2'), [], 'opened: cancelled');
+  const three = all.filter((t) => t.profile.user_id === 'sms-3');
+  assert.equal(three.length, 1, 'another e-mail\'s open cancels nothing');
+  assert.equal(three[0].data.event.properties.email_id, 'e-3');
+});
+
+test('several pending triggers of one rule wait at once; an open cancels only its own', async () => {
+  await ok('track', { userId: 'sms-4', event: 'Email Sent', properties: { email_id: 'a' } });
+  await ok('track', { userId: 'sms-4', event: 'Email Sent', properties: { email_id: 'b' } });
+  const p = await (await fetch(`${srv.url}/v1/profiles/user_id/sms-4`, { headers: bearer })).json();
+  await ok('track', { userId: 'sms-4', event: 'Email Opened', properties: { email_id: 'a' } });
+  const got = await after2(mine('sms-fallback', 'sms-4'));
+  assert.deepEqual(got.map((t) => t.data.event.properties.email_id), ['b']);
+  assert.ok(p.id.startsWith('p_'));
+});
+
+test('welcome: cancelled by an order, fired without one', async () => {
+  await ok('track', { userId: 'w-buyer', event: 'Signed Up' });
+  await ok('track', { userId: 'w-buyer', event: 'Order Completed', properties: { revenue: 10 } });
+  await ok('track', { userId: 'w-idle', event: 'Signed Up' });
+  const all = await after2((t) => t.rule === 'welcome');
+  assert.deepEqual(all.filter((t) => t.profile.user_id === 'w-buyer'), []);
+  assert.equal(all.filter((t) => t.profile.user_id === 'w-idle').length, 1);
+});
+
+test('an anonymous sign-up, a login, then an order under the user id cancels the pending welcome', async () => {
+  await ok('track', { anonymousId: 'anon-w', event: 'Signed Up' });
+  await ok('identify', { anonymousId: 'anon-w', userId: 'w-login' });
+  await ok('track', { userId: 'w-login', event: 'Order Completed', properties: { revenue: 5 } });
+  const all = await after2((t) => t.rule === 'welcome' && (t.profile.user_id === 'w-login'));
+  assert.deepEqual(all, []);
+});
+
+test('an anonymous sign-up that comes due waits for the login, then fires for the customer', async () => {
+  await ok('track', { anonymousId: 'anon-late', event: 'Signed Up', messageId: 'anon-late-su' });
+  await sleep(2500); // due while anonymous: it waits
+  const early = (await feed()).filter((t) => t.rule === 'welcome' && t.data.event.messageId === 'anon-late-su');
+  assert.deepEqual(early, [], 'nothing for an anonymous visitor');
+  await ok('identify', { anonymousId: 'anon-late', userId: 'w-late' });
+  const got = await after2(mine('welcome', 'w-late'), 1500);
+  assert.equal(got.length, 1);
+  assert.equal(got[0].data.event.messageId, 'anon-late-su');
+});
+
+test('without a delay it fires in the transaction that applies the event; "identify" names the call', async () => {
+  await ok('track', { userId: 'bo-1', event: 'Order Completed', messageId: 'bo-order', properties: { revenue: 150 } });
+  await ok('identify', { userId: 'bo-1', traits: { plan: 'pro' } });
+  // read-your-writes: a feed read waits for what was acknowledged before it
+  const all = (await feed()).filter((t) => t.profile.user_id === 'bo-1');
+  assert.deepEqual(all.map((t) => t.rule).sort(), ['big-order', 'joined']);
+  const bo = all.find((t) => t.rule === 'big-order');
+  assert.equal(bo.data.delay_seconds, 0);
+  assert.equal(bo.data.event.messageId, 'bo-order');
+  assert.equal(bo.data.event.properties.revenue, 150);
+});
+
+test('check-config names what is wrong with an event rule', () => {
+  const bad = [
+    [{ name: 'x', type: 'event' }, /triggers\[0\]\.event is required/],
+    [{ name: 'x', type: 'event', event: 'A', unless: { event: 'B' } }, /triggers\[0\]\.unless needs triggers\[0\]\.delay/],
+    [{ name: 'x', type: 'event', event: 'A', delay: '1h', unless: { event: 'B', match: 'a..b' } }, /triggers\[0\]\.unless\.match "a\.\.b" must be a path/],
+    [{ name: 'x', type: 'event', event: 'A', delay: '1h', unless: { event: 'B', when: 1 } }, /unknown key "triggers\[0\]\.unless\.when"/],
+    [{ name: 'x', type: 'event', event: 'A', url: '/x' }, /unknown key "triggers\[0\]\.url"/],
+  ];
+  for (const [rule, re] of bad) {
+    const path = srv.dir + '/bad.json';
+    writeFileSync(path, JSON.stringify({ ...srv.config, listen: '127.0.0.1:0', triggers: [rule] }), { mode: 0o600 });
+    const r = run(['check-config', '-c', path]);
+    assert.equal(r.code, 1, JSON.stringify(rule));
+    assert.match(r.stderr, re);
+  }
+});
+
+test('SIGHUP: a removed rule\'s pending triggers go; a changed delay applies to new starts', async () => {
+  const s = await startServer({ config: { triggers: [
+    { name: 'gone', type: 'event', event: 'Ping', delay: '2s' },
+    { name: 'slow', type: 'event', event: 'Pong', delay: '2s' }] } });
+  try {
+    const send = async (u, ev) => assert.equal((await post(s, '/v1/track', { userId: u, event: ev })).status, 200);
+    await send('hup-1', 'Ping');
+    await send('hup-1', 'Pong');
+    const cfg = { ...s.config, triggers: [{ name: 'slow', type: 'event', event: 'Pong', delay: '1h' }] };
+    writeFileSync(s.cfgPath, JSON.stringify(cfg), { mode: 0o600 });
+    s.child.kill('SIGHUP');
+    for (let i = 0; i < 50 && !/reload: 1 trigger rules/.test(s.log()); i++) await sleep(100);
+    assert.match(s.log(), /reload: 1 trigger rules/);
+    await send('hup-2', 'Pong'); // due in an hour now
+    await sleep(3000);
+    const all = await feed(s);
+    assert.deepEqual(all.map((t) => [t.rule, t.profile.user_id]), [['slow', 'hup-1']],
+      'the kept rule\'s earlier start fires at its old due time; the removed rule\'s never; the new start waits an hour');
+  } finally {
+    await s.stop();
+    s.cleanup();
+  }
+});

@@ -1,0 +1,482 @@
+/* rule_event.c - the generic `event` rule (docs/TRIGGERS.md, "event"): an
+ * event of a given name fires, at once or after a delay, unless another
+ * event of the same person comes first (optionally about the same thing:
+ * `match` pairs the two by the value at a path, so the open of another
+ * e-mail cancels nothing).
+ *
+ * State, per (rule, person): a versioned header, then the pending triggers
+ * in the order they started, each with the stored starting event's seq
+ * (its data is read back from the log when it fires, so a pending trigger
+ * costs 48 bytes whatever the event held; retention keeps that event while
+ * it waits: the engine's holds index). One lazy timer per state, at its
+ * earliest due time. A trigger that comes due while its person is still
+ * anonymous waits for the login that identifies them, up to max_wait. */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EV_VERSION 1
+#define MAX_PATH_SEGS 16
+
+typedef struct {
+    char *event;           /* a track name, or "page" / "screen" / "identify" / "group" for those calls */
+    int64_t delay_ms;      /* 0: fires in the transaction that applies the event */
+    char *unless_event;    /* NULL: nothing cancels */
+    char *match;           /* a dotted path into both events ("properties.email_id"), or NULL */
+    int64_t max_wait_ms;   /* a trigger due for an anonymous person waits this long for a login: 7d */
+    int max_pending;       /* pending triggers per person: 100, the oldest dropped beyond */
+} event_conf_t;
+#define E(r) ((const event_conf_t *)(r)->conf)
+
+typedef struct {
+    uint8_t version;
+    uint8_t pad[3];
+    uint32_t n;            /* pending triggers that follow */
+    int64_t timer_ms;      /* a timer is set for then (0: none) */
+} ev_hdr_t;
+
+typedef struct {
+    int64_t start_ms;      /* the starting event's timestamp */
+    int64_t due_ms;        /* start + delay: an unless event up to then cancels */
+    uint64_t seq;          /* the starting event in the log */
+    uint64_t mid;          /* trig_mid_hash of its messageId (the holds index) */
+    uint64_t match;        /* hash of the value at `match` in it; 0 = none */
+    uint32_t waiting;      /* came due while the person was anonymous */
+    uint32_t pad;
+} ev_pend_t;
+
+typedef struct {
+    ev_hdr_t h;
+    ev_pend_t *p;          /* h.n of them (owned) */
+} ev_state_t;
+
+/* ---- the state record ---- */
+
+static int ev_load(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, ev_state_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    s->h.version = EV_VERSION;
+    MDB_val v;
+    int rc = trig_state_get(t, txn, r->name, person, &v);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if (v.mv_size < sizeof(ev_hdr_t)) return MDB_CORRUPTED;
+    memcpy(&s->h, v.mv_data, sizeof(ev_hdr_t));
+    if (s->h.version != EV_VERSION || v.mv_size != sizeof(ev_hdr_t) + (size_t)s->h.n * sizeof(ev_pend_t))
+        return MDB_CORRUPTED;
+    if (s->h.n == 0) return 0;
+    if ((s->p = malloc((size_t)s->h.n * sizeof(ev_pend_t))) == NULL) return SL_ENOMEM;
+    memcpy(s->p, (const char *)v.mv_data + sizeof(ev_hdr_t), (size_t)s->h.n * sizeof(ev_pend_t));
+    return 0;
+}
+
+static int ev_save(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, ev_state_t *s)
+{
+    if (s->h.n == 0) return trig_state_del(t, txn, r->name, person);
+    t->v.len = 0;
+    if (sl_buf_append(&t->v, &s->h, sizeof(s->h)) || sl_buf_append(&t->v, s->p, (size_t)s->h.n * sizeof(ev_pend_t)))
+        return SL_ENOMEM;
+    return trig_state_put(t, txn, r->name, person, t->v.data, t->v.len);
+}
+
+/* Removes pending trigger i (its hold goes too). */
+static int ev_remove(sl_trig_t *t, MDB_txn *txn, ev_state_t *s, uint32_t i)
+{
+    int rc = trig_hold(t, txn, s->p[i].mid, s->p[i].seq, 0);
+    memmove(s->p + i, s->p + i + 1, (size_t)(s->h.n - i - 1) * sizeof(ev_pend_t));
+    s->h.n--;
+    return rc;
+}
+
+/* The earliest instant the state needs looking at: a due trigger, or a
+ * waiting one's end. INT64_MAX when none. */
+static int64_t ev_next(const trig_rule_t *r, const ev_state_t *s)
+{
+    int64_t next = INT64_MAX;
+    for (uint32_t i = 0; i < s->h.n; i++) {
+        int64_t at = s->p[i].waiting ? s->p[i].due_ms + E(r)->max_wait_ms : s->p[i].due_ms;
+        if (at < next) next = at;
+    }
+    return next;
+}
+
+/* Sets the state's timer for its next instant unless one is set for then
+ * or before (a timer set too early finds nothing due and sets the next). */
+static int ev_arm(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, ev_state_t *s, int64_t now)
+{
+    int64_t next = ev_next(r, s);
+    if (next == INT64_MAX) return 0;
+    if (next < now) next = now;
+    if (s->h.timer_ms && s->h.timer_ms <= next && s->h.timer_ms >= now) return 0;
+    s->h.timer_ms = next;
+    return trig_timer_add(t, txn, next, person, r->name);
+}
+
+/* ---- matching ---- */
+
+/* The value at a dotted path of doc, or NULL. */
+static const cJSON *at_path(const cJSON *doc, const char *path)
+{
+    const cJSON *x = doc;
+    char seg[256];
+    for (const char *p = path; x && *p;) {
+        size_t n = strcspn(p, ".");
+        if (n == 0 || n >= sizeof(seg)) return NULL;
+        memcpy(seg, p, n);
+        seg[n] = '\0';
+        x = cJSON_IsObject(x) ? cJSON_GetObjectItemCaseSensitive(x, seg) : NULL;
+        p += n + (p[n] == '.');
+    }
+    return x;
+}
+
+/* The hash of the value at the rule's match path in doc (0: no such value,
+ * which pairs with nothing). Values compare as printed JSON. */
+static uint64_t match_hash(const trig_rule_t *r, const cJSON *doc)
+{
+    const cJSON *x = E(r)->match ? at_path(doc, E(r)->match) : NULL;
+    if (x == NULL || cJSON_IsNull(x)) return 0;
+    char *txt = cJSON_PrintUnformatted(x);
+    if (txt == NULL) return 0;
+    uint64_t h = sl_hash128(txt, strlen(txt), 0x3a7c4).lo;
+    cJSON_free(txt);
+    return h ? h : 1;
+}
+
+/* 1 when m is an event of the kind name: a track of that name, or a call of
+ * that type ("page", "screen", "identify", "group"). */
+static int is_kind(const rule_msg_t *m, const char *name)
+{
+    if (m->track) return m->event && strcmp(m->event, name) == 0;
+    return m->type && strcmp(m->type, name) == 0;
+}
+
+/* ---- firing ---- */
+
+typedef struct {
+    uint64_t seq;
+    sl_buf_t *out;
+    int found;
+} log_read_t;
+
+/* Appends the starting event's {"name","messageId","timestamp","properties"}
+ * as stored. */
+static void event_json(sl_buf_t *d, const trig_rule_t *r, const cJSON *doc)
+{
+    const char *mid = sl_json_str(doc, "messageId"), *ts = sl_json_str(doc, "timestamp");
+    const cJSON *props = cJSON_GetObjectItemCaseSensitive(doc, "properties");
+    sl_buf_appends(d, "{\"name\":");
+    sl_buf_append_json_str(d, E(r)->event, strlen(E(r)->event));
+    sl_buf_appends(d, ",\"messageId\":");
+    if (mid) sl_buf_append_json_str(d, mid, strlen(mid));
+    else sl_buf_appends(d, "null");
+    sl_buf_appends(d, ",\"timestamp\":");
+    if (ts) sl_buf_append_json_str(d, ts, strlen(ts));
+    else sl_buf_appends(d, "null");
+    sl_buf_appends(d, ",\"properties\":");
+    char *p = cJSON_IsObject(props) ? cJSON_PrintUnformatted(props) : NULL;
+    sl_buf_appends(d, p ? p : "{}");
+    cJSON_free(p);
+    sl_buf_appends(d, "}");
+}
+
+static int fire_with(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const cJSON *doc,
+                     int64_t now)
+{
+    sl_buf_t d = {0};
+    sl_buf_appends(&d, "{\"event\":");
+    event_json(&d, r, doc);
+    sl_buf_printf(&d, ",\"delay_seconds\":%lld}", (long long)(E(r)->delay_ms / 1000));
+    int rc = d.data ? trig_fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
+    sl_buf_free(&d);
+    return rc;
+}
+
+typedef struct {
+    sl_trig_t *t;
+    MDB_txn *txn;
+    const trig_rule_t *r;
+    uint64_t person, seq;
+    int64_t now;
+    int rc;
+} fire_ctx_t;
+
+static int fire_from_log(MDB_txn *log_txn, void *arg)
+{
+    fire_ctx_t *f = arg;
+    MDB_val json;
+    int rc = sl_store_event_get(sl_stage_log(f->t->stage), log_txn, f->seq, &json);
+    cJSON *doc = rc == 0 ? cJSON_ParseWithLength(json.mv_data, json.mv_size) : NULL;
+    /* the event gone (it cannot be, while held): the trigger still fires, with what the rule knows */
+    f->rc = fire_with(f->t, f->txn, f->r, f->person, doc, f->now);
+    cJSON_Delete(doc);
+    return 0;
+}
+
+/* Fires pending trigger p (its starting event read back from the log). */
+static int ev_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const ev_pend_t *p, int64_t now)
+{
+    if (t->muted) return 0; /* a rebuild: it fired before, the feed holds it */
+    fire_ctx_t f = {t, txn, r, person, p->seq, now, 0};
+    int rc = sl_store_read(sl_stage_log(t->stage), fire_from_log, &f);
+    return rc ? rc : f.rc;
+}
+
+/* ---- what the engine tells ---- */
+
+static int ev_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule_msg_t *m, uint64_t person,
+                    int identified, int64_t now)
+{
+    int starts = is_kind(m, E(r)->event);
+    int cancels = E(r)->unless_event && is_kind(m, E(r)->unless_event);
+    if (!starts && !cancels && !identified) return 0;
+    /* without a delay it fires at once (and nothing can cancel it: ev_parse) */
+    if (starts && E(r)->delay_ms == 0) return fire_with(t, txn, r, person, m->doc, now);
+    ev_state_t s;
+    int rc = ev_load(t, txn, r, person, &s);
+    if (rc) return rc;
+    if (s.h.n == 0 && !(starts && E(r)->delay_ms)) goto out;
+    int changed = 0;
+    if (cancels) {
+        uint64_t h = E(r)->match ? match_hash(r, m->doc) : 0;
+        for (uint32_t i = 0; i < s.h.n && rc == 0;) {
+            ev_pend_t *p = &s.p[i];
+            int in_time = m->ts_ms > p->start_ms && m->ts_ms <= p->due_ms;
+            int paired = E(r)->match == NULL || (h != 0 && h == p->match);
+            if (in_time && paired && p->seq != m->seq) {
+                rc = ev_remove(t, txn, &s, i);
+                changed = 1;
+            } else {
+                i++;
+            }
+        }
+    }
+    /* an identified person's triggers that waited for the login fire now */
+    for (uint32_t i = 0; identified && i < s.h.n && rc == 0;) {
+        if (!s.p[i].waiting) {
+            i++;
+            continue;
+        }
+        ev_pend_t p = s.p[i];
+        if ((rc = ev_remove(t, txn, &s, i)) == 0) rc = ev_fire(t, txn, r, person, &p, now);
+        changed = 1;
+    }
+    if (rc == 0 && starts && E(r)->delay_ms) {
+        if (s.h.n >= (uint32_t)E(r)->max_pending) { /* the oldest goes */
+            if ((rc = ev_remove(t, txn, &s, 0))) goto out;
+            t->pend.pending_dropped++;
+        }
+        ev_pend_t *np = realloc(s.p, (size_t)(s.h.n + 1) * sizeof(ev_pend_t));
+        if (np == NULL) {
+            rc = SL_ENOMEM;
+            goto out;
+        }
+        s.p = np;
+        ev_pend_t *p = &s.p[s.h.n++];
+        memset(p, 0, sizeof(*p));
+        p->start_ms = m->ts_ms;
+        p->due_ms = m->ts_ms + E(r)->delay_ms;
+        p->seq = m->seq;
+        p->mid = trig_mid_hash(m->message_id);
+        p->match = match_hash(r, m->doc);
+        if ((rc = trig_hold(t, txn, p->mid, p->seq, 1))) goto out;
+        changed = 1;
+    }
+    if (rc == 0 && changed && (rc = ev_arm(t, txn, r, person, &s, now)) == 0) rc = ev_save(t, txn, r, person, &s);
+out:
+    free(s.p);
+    return rc;
+}
+
+static int ev_timer(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, int64_t now)
+{
+    ev_state_t s;
+    int rc = ev_load(t, txn, r, person, &s);
+    if (rc || s.h.n == 0) goto out;
+    s.h.timer_ms = 0; /* this one came due */
+    int identified = -1; /* asked once, when a trigger is due */
+    for (uint32_t i = 0; i < s.h.n && rc == 0;) {
+        ev_pend_t *p = &s.p[i];
+        if (p->waiting && p->due_ms + E(r)->max_wait_ms <= now) { /* no login came */
+            rc = ev_remove(t, txn, &s, i);
+            t->pend.waiting_expired++;
+            continue;
+        }
+        if (p->waiting || p->due_ms > now) {
+            i++;
+            continue;
+        }
+        if (identified < 0) {
+            rc = sl_stitch_person_payload(t->stitch, txn, person, NULL, &identified, NULL);
+            if (rc == SL_ENOTFOUND) { /* the person is gone: so are its triggers */
+                rc = 0;
+                while (s.h.n && rc == 0) rc = ev_remove(t, txn, &s, 0);
+                break;
+            }
+            if (rc) break;
+        }
+        if (!identified) {
+            p->waiting = 1;
+            i++;
+            continue;
+        }
+        ev_pend_t due = *p;
+        if ((rc = ev_remove(t, txn, &s, i)) == 0) rc = ev_fire(t, txn, r, person, &due, now);
+    }
+    if (rc == 0 && (rc = ev_arm(t, txn, r, person, &s, now)) == 0) rc = ev_save(t, txn, r, person, &s);
+out:
+    free(s.p);
+    return rc;
+}
+
+static int by_start(const void *a, const void *b)
+{
+    const ev_pend_t *x = a, *y = b;
+    return x->start_ms < y->start_ms ? -1 : x->start_ms > y->start_ms;
+}
+
+/* absorbed's pending triggers follow it into survivor (an anonymous
+ * sign-up's welcome joins the customer at login). */
+static int ev_merge(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t sv, uint64_t ab, int64_t now)
+{
+    ev_state_t a, s;
+    int rc = ev_load(t, txn, r, ab, &a);
+    if (rc || a.h.n == 0) {
+        free(a.p);
+        return rc;
+    }
+    if ((rc = ev_load(t, txn, r, sv, &s)) == 0 && (rc = trig_state_del(t, txn, r->name, ab)) == 0) {
+        ev_pend_t *np = realloc(s.p, (size_t)(s.h.n + a.h.n) * sizeof(ev_pend_t));
+        if (np == NULL) {
+            rc = SL_ENOMEM;
+        } else {
+            s.p = np;
+            memcpy(s.p + s.h.n, a.p, (size_t)a.h.n * sizeof(ev_pend_t));
+            s.h.n += a.h.n;
+            qsort(s.p, s.h.n, sizeof(ev_pend_t), by_start);
+            while (rc == 0 && s.h.n > (uint32_t)E(r)->max_pending) {
+                rc = ev_remove(t, txn, &s, 0);
+                t->pend.pending_dropped++;
+            }
+            /* waiting ones: the timer looks at the survivor's identity now */
+            for (uint32_t i = 0; i < s.h.n; i++)
+                if (s.p[i].waiting) s.p[i].waiting = 0;
+            s.h.timer_ms = 0;
+            if (rc == 0 && (rc = ev_arm(t, txn, r, sv, &s, now)) == 0) rc = ev_save(t, txn, r, sv, &s);
+        }
+    }
+    free(a.p);
+    free(s.p);
+    return rc;
+}
+
+/* The person's state is about to go (erasure, retention, a removed rule):
+ * its holds go first. */
+static int ev_forget(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person)
+{
+    ev_state_t s;
+    int rc = ev_load(t, txn, r, person, &s);
+    for (uint32_t i = 0; rc == 0 && i < s.h.n; i++) rc = trig_hold(t, txn, s.p[i].mid, s.p[i].seq, 0);
+    free(s.p);
+    return rc == MDB_CORRUPTED ? 0 : rc;
+}
+
+static int ev_pending(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, sl_buf_t *out, int *n)
+{
+    ev_state_t s;
+    int rc = ev_load(t, txn, r, person, &s);
+    for (uint32_t i = 0; rc == 0 && i < s.h.n; i++) {
+        sl_buf_appends(out, (*n)++ ? ",{\"rule\":" : "{\"rule\":");
+        sl_buf_append_json_str(out, r->name, strlen(r->name));
+        sl_buf_appends(out, ",\"due\":");
+        sl_buf_append_iso(out, s.p[i].due_ms);
+        sl_buf_printf(out, ",\"waiting_for_login\":%s,\"started_by\":%llu,\"cancelled_by\":",
+                      s.p[i].waiting ? "true" : "false", (unsigned long long)s.p[i].seq);
+        if (E(r)->unless_event) sl_buf_append_json_str(out, E(r)->unless_event, strlen(E(r)->unless_event));
+        else sl_buf_appends(out, "null");
+        sl_buf_appends(out, "}");
+    }
+    free(s.p);
+    return rc;
+}
+
+/* ---- configuration ---- */
+
+static void ev_free_conf(void *conf)
+{
+    event_conf_t *c = conf;
+    if (c == NULL) return;
+    free(c->event);
+    free(c->unless_event);
+    free(c->match);
+    free(c);
+}
+
+/* A dotted path: 1 to 16 non-empty member names, 256 bytes at most. */
+static int path_ok(const char *p)
+{
+    size_t segs = 1;
+    if (strlen(p) > 256 || p[0] == '.' || p[strlen(p) - 1] == '.' || strstr(p, "..")) return 0;
+    for (const char *c = p; *c; c++) segs += *c == '.';
+    return segs <= MAX_PATH_SEGS && strpbrk(p, "[]") == NULL;
+}
+
+static int ev_parse(sl_cfg_ctx_t *x, const cJSON *json, const char *path, void **out)
+{
+    event_conf_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) return SL_ENOMEM;
+    *out = c;
+    c->max_wait_ms = 7LL * 86400000;
+    c->max_pending = 100;
+    int rc = sl_cfg_str(x, json, "event", path, &c->event, 1);
+    if (rc == 0) rc = sl_cfg_duration(x, json, "delay", path, &c->delay_ms);
+    if (rc == 0) rc = sl_cfg_duration(x, json, "max_wait", path, &c->max_wait_ms);
+    if (rc == 0) rc = sl_cfg_int(x, json, "max_pending", path, 1, 10000, "", &c->max_pending);
+    if (rc) return rc;
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(json, "unless");
+    if (u == NULL) return 0;
+    char upath[96];
+    snprintf(upath, sizeof(upath), "%s.unless", path);
+    static const char *const ukeys[] = {"event", "match", NULL};
+    if ((rc = sl_cfg_check_keys(x, u, upath, ukeys))) return rc;
+    if ((rc = sl_cfg_str(x, u, "event", upath, &c->unless_event, 1))) return rc;
+    if ((rc = sl_cfg_str(x, u, "match", upath, &c->match, 0))) return rc;
+    if (c->match && !path_ok(c->match))
+        return sl_cfg_error(x, "%s.match \"%s\" must be a path such as \"properties.email_id\"", upath, c->match);
+    if (c->delay_ms == 0)
+        return sl_cfg_error(x, "%s needs %s.delay: without a wait nothing can come before the trigger", upath, path);
+    return 0;
+}
+
+static void ev_print(const trig_rule_t *r, sl_buf_t *out)
+{
+    sl_buf_appends(out, ",\"event\":");
+    sl_buf_append_json_str(out, E(r)->event, strlen(E(r)->event));
+    sl_buf_appends(out, ",\"delay\":");
+    if (E(r)->delay_ms) sl_buf_append_duration(out, E(r)->delay_ms);
+    else sl_buf_appends(out, "null");
+    sl_buf_appends(out, ",\"unless\":");
+    if (E(r)->unless_event) {
+        sl_buf_appends(out, "{\"event\":");
+        sl_buf_append_json_str(out, E(r)->unless_event, strlen(E(r)->unless_event));
+        sl_buf_appends(out, ",\"match\":");
+        if (E(r)->match) sl_buf_append_json_str(out, E(r)->match, strlen(E(r)->match));
+        else sl_buf_appends(out, "null");
+        sl_buf_appends(out, "}");
+    } else {
+        sl_buf_appends(out, "null");
+    }
+    sl_buf_appends(out, ",\"max_wait\":");
+    sl_buf_append_duration(out, E(r)->max_wait_ms);
+    sl_buf_printf(out, ",\"max_pending\":%d", E(r)->max_pending);
+}
+
+static const char *const ev_keys[] = {"event", "delay", "unless", "max_wait", "max_pending", NULL};
+
+const trig_type_t trig_type_event = {
+    .name = "event", .keys = ev_keys, .parse = ev_parse, .free_conf = ev_free_conf,
+    .event = ev_event, .merge = ev_merge, .timer = ev_timer, .forget = ev_forget, .pending = ev_pending,
+    .print = ev_print,
+};
