@@ -8,6 +8,7 @@
  * re-arms itself. So an event costs a state write, never a timer delete. */
 #define _GNU_SOURCE /* memmem */
 #include "sl_triggers.h"
+#include "sl_rules.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -143,26 +144,10 @@ static int timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, c
     return 0;
 }
 
-/* Glob with * and ? (no classes), as page_visit's url. */
+/* page_visit's url: the condition language's glob (rules/), one matcher. */
 int sl_trig_glob_match(const char *p, const char *s)
 {
-    const char *star = NULL, *ss = NULL;
-    while (*s) {
-        if (*p == '*') {
-            star = p++;
-            ss = s;
-        } else if (*p == '?' || *p == *s) {
-            p++;
-            s++;
-        } else if (star) {
-            p = star + 1;
-            s = ++ss;
-        } else {
-            return 0;
-        }
-    }
-    while (*p == '*') p++;
-    return *p == '\0';
+    return sl_rules_glob_match(p, s);
 }
 
 static int is_start_event(const sl_trigger_rule_t *r, const char *ev)
