@@ -1,8 +1,8 @@
 /* internal.h - what the trigger engine's files share (not a contract for
  * anyone else: sl_triggers.h is). The engine (triggers.c) runs the rules of
- * the config's "triggers" section (rules.c parses it); each rule type is a
+ * the config's "triggers" section (rule_table.c parses it); each rule type is a
  * file of its own (rule_*.c) behind trig_type_t, listed in one table
- * (rules.c). Cross-file names are trig_; the rest of each file is static. */
+ * (rule_table.c). Cross-file names are trig_; the rest of each file is static. */
 #ifndef SL_TRIGGERS_INTERNAL_H
 #define SL_TRIGGERS_INTERNAL_H
 

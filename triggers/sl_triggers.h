@@ -37,7 +37,7 @@
 typedef struct sl_trig_s sl_trig_t;
 
 /* Registers the "triggers" section of the configuration with
- * sl_config_register() (the engine parses its own rules: rules.c). Call it
+ * sl_config_register() (the engine parses its own rules: rule_table.c). Call it
  * once before the first config is parsed. 0 or SL_EINVAL. */
 int sl_trig_config_register(void);
 /* How many trigger rules cfg holds. */

@@ -1,4 +1,4 @@
-/* triggers.c - the trigger engine: runs the configured rules (rules.c, one
+/* triggers.c - the trigger engine: runs the configured rules (rule_table.c, one
  * file per rule type behind trig_type_t) over what the stage and the
  * stitcher tell it, keeps their states and durable timers, fires through
  * consent and the marketing pressure, and keeps the trigger feed. See
@@ -6,6 +6,7 @@
  * semantics of each rule. */
 #define _GNU_SOURCE /* memmem */
 #include "internal.h"
+#include "sl_rules.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,26 +69,10 @@ int trig_timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, con
     return 0;
 }
 
-/* Glob with * and ? (no classes), as page_visit's url. */
+/* page_visit's url: the condition language's glob (rules/), one matcher. */
 int sl_trig_glob_match(const char *p, const char *s)
 {
-    const char *star = NULL, *ss = NULL;
-    while (*s) {
-        if (*p == '*') {
-            star = p++;
-            ss = s;
-        } else if (*p == '?' || *p == *s) {
-            p++;
-            s++;
-        } else if (star) {
-            p = star + 1;
-            s = ++ss;
-        } else {
-            return 0;
-        }
-    }
-    while (*p == '*') p++;
-    return *p == '\0';
+    return sl_rules_glob_match(p, s);
 }
 
 /* ---- the feed's causes: which stored events a trigger in the feed names

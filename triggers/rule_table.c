@@ -1,4 +1,4 @@
-/* rules.c - the "triggers" section of the configuration, parsed by the
+/* rule_table.c - the "triggers" section of the configuration, parsed by the
  * engine itself (sl_config_register), and the table of rule types: adding a
  * type is one file (rule_*.c) and one line in `types`. */
 #include "internal.h"
