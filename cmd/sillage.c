@@ -192,13 +192,15 @@ static void derived_free(derived_t *d)
 
 /* ---- the data directory: its lock, and the derived store's state ---------------- */
 
-/* serve and rebuild hold an exclusive flock() on data_dir/sillage.lock for
- * their whole run (the kernel drops it when the process ends, however it
- * ends). A rebuild beside a live server swapped derived/ under it, and an
+/* serve and rebuild hold an exclusive flock() on the data directory itself
+ * for their whole run (the kernel drops it when the process ends, however it
+ * ends; a directory cannot be unlinked from under it the way a lock file
+ * could). A rebuild beside a live server swapped derived/ under it, and an
  * erasure made meanwhile came back at the next start (issue 21, M1).
  * export, verify and backup take no lock: they read from read transactions,
- * beside a server or a rebuild alike. Returns the descriptor (kept open), or
- * -1 after saying why; `doing` names what the caller is about to do. */
+ * beside a server or a rebuild alike. data_dir/sillage.pid names the holder
+ * (for the message only). Returns the descriptor (kept open), or -1 after
+ * saying why; `doing` names what the caller is about to do. */
 static int lock_data_dir(const char *data_dir, const char *doing)
 {
     char path[4200], holder[64] = "";
@@ -207,28 +209,34 @@ static int lock_data_dir(const char *data_dir, const char *doing)
         fprintf(stderr, "sillage: cannot create %s: %s\n", data_dir, sl_strerror(rc));
         return -1;
     }
-    snprintf(path, sizeof(path), "%s/sillage.lock", data_dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+    int fd = open(data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
-        fprintf(stderr, "sillage: cannot open %s: %s\n", path, strerror(errno));
+        fprintf(stderr, "sillage: cannot open %s: %s\n", data_dir, strerror(errno));
         return -1;
     }
+    snprintf(path, sizeof(path), "%s/sillage.pid", data_dir);
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         int e = errno;
-        ssize_t n = e == EWOULDBLOCK ? pread(fd, holder, sizeof(holder) - 1, 0) : -1;
+        int pfd = e == EWOULDBLOCK ? open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) : -1;
+        ssize_t n = pfd >= 0 ? read(pfd, holder, sizeof(holder) - 1) : -1;
+        if (pfd >= 0) close(pfd);
         holder[n > 0 ? n : 0] = '\0';
         holder[strcspn(holder, "\n")] = '\0';
         if (e == EWOULDBLOCK)
-            fprintf(stderr, "sillage: another sillage (a server or a rebuild%s%s) is using %s: it holds %s. "
-                            "Stop it before you %s\n",
-                    holder[0] ? ", process " : "", holder, data_dir, path, doing);
-        else fprintf(stderr, "sillage: cannot lock %s: %s\n", path, strerror(e));
+            fprintf(stderr, "sillage: another sillage (a server or a rebuild%s%s) is using %s: it holds a lock on "
+                            "the directory, which is never stale (it goes with its process). Stop it before you %s\n",
+                    holder[0] ? ", process " : "", holder, data_dir, doing);
+        else fprintf(stderr, "sillage: cannot lock %s: %s\n", data_dir, strerror(e));
         close(fd);
         return -1;
     }
-    char pid[32];
-    int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
-    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n) { /* only the message above needs it */ }
+    int pfd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0640);
+    if (pfd >= 0) {
+        char pid[32];
+        int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+        if (write(pfd, pid, (size_t)n) != n) { /* only the message above reads it */ }
+        close(pfd);
+    }
     return fd;
 }
 
@@ -864,7 +872,15 @@ static int cmd_rebuild(int argc, char **argv)
     snprintf(cur, sizeof(cur), "%s/derived", cfg.data_dir);
     snprintf(tmp, sizeof(tmp), "%s/derived.rebuild", cfg.data_dir);
     snprintf(old, sizeof(old), "%s/derived.old", cfg.data_dir);
-    if (rebuild_tidy(cur, tmp, old)) rc = SL_EINVAL;
+    struct stat lsb;
+    if (lstat(cur, &lsb) == 0 && S_ISLNK(lsb.st_mode)) {
+        /* the exchange would move the link, and the store behind it would be emptied as "the old one" */
+        fprintf(stderr, "sillage: %s is a symbolic link: rebuild swaps directories inside %s and cannot keep the "
+                        "derived store elsewhere; move it back into the data directory (nothing was changed)\n",
+                cur, cfg.data_dir);
+        rc = SL_EINVAL;
+    }
+    if (rc == 0 && rebuild_tidy(cur, tmp, old)) rc = SL_EINVAL;
     int legacy = rc == 0 ? sl_store_has_db(st, "persons") : 0;
     snprintf(path, sizeof(path), "%s/data.mdb", cur);
     struct stat sb;

@@ -660,20 +660,22 @@ int sl_dir_open_nofollow(const char *path)
 {
     /* The copy holds what the store holds: no more readable than the store
      * (0750/0640), whatever the umask. */
-    char parent[4096];
+    char dir[4096], parent[4096];
     size_t n = strlen(path);
-    if (n == 0 || n >= sizeof(parent)) return -EINVAL;
-    memcpy(parent, path, n + 1);
-    while (n > 1 && parent[n - 1] == '/') parent[--n] = '\0';
+    if (n == 0 || n >= sizeof(dir)) return -EINVAL;
+    memcpy(dir, path, n + 1);
+    /* "link/" would resolve the link whatever O_NOFOLLOW says: no trailing slash */
+    while (n > 1 && dir[n - 1] == '/') dir[--n] = '\0';
+    memcpy(parent, dir, n + 1);
     char *slash = strrchr(parent, '/');
     if (slash && slash != parent) {
         *slash = '\0';
         int rc = sl_mkdir_p(parent);
         if (rc) return rc;
     }
-    int created = mkdir(path, 0750) == 0;
+    int created = mkdir(dir, 0750) == 0;
     if (!created && errno != EEXIST) return -errno;
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return -errno;
     if (created && fchmod(fd, 0750)) {
         int e = -errno;

@@ -290,11 +290,14 @@ test('rebuild and a second serve refuse while a server holds the data directory;
     assert.equal((await post(srv, '/v1/identify', { userId: 'lk-u', traits: { email: 'lk@example.com' } })).status, 200);
     let r = run(['rebuild', '-c', srv.cfgPath]);
     assert.equal(r.code, 1, r.stdout);
-    assert.match(r.stderr, /another sillage \(a server or a rebuild, process \d+\) is using .*: it holds .*sillage\.lock\. Stop it before you run sillage rebuild/);
+    assert.match(r.stderr, /another sillage \(a server or a rebuild, process \d+\) is using .*: it holds a lock on the directory, which is never stale .*Stop it before you run sillage rebuild/);
     assert.ok(!existsSync(join(srv.dataDir, 'derived.rebuild')), 'nothing was built');
     const second = spawnSync(BIN, ['serve', '-c', srv.cfgPath], { encoding: 'utf8', timeout: 10000 });
     assert.equal(second.status, 1);
-    assert.match(second.stderr, /another sillage .* is using .*: it holds .*sillage\.lock/);
+    assert.match(second.stderr, /another sillage .* is using .*: it holds a lock on the directory/);
+    // the lock is the directory's: no file to delete to defeat it (review N2)
+    rmSync(join(srv.dataDir, 'sillage.pid'));
+    assert.equal(run(['rebuild', '-c', srv.cfgPath]).code, 1, 'still refused without the pid file');
     // export, verify and backup read beside it
     assert.equal(run(['export', '-c', srv.cfgPath]).code, 0);
     const v = run(['verify', '-c', srv.cfgPath]);
@@ -400,6 +403,9 @@ test('backup never writes through a symbolic link and checks DEST before writing
     r = run(['backup', '--data', srv.dataDir, link]);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /symbolic link or not a directory/);
+    r = run(['backup', '--data', srv.dataDir, link + '/']); // a trailing slash resolves the link (review N3)
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /symbolic link or not a directory/);
     assert.ok(!existsSync(join(elsewhere, 'data.mdb')));
 
     r = run(['backup', '--data', srv.dataDir, join(srv.dir, 'b6', 'nested')]);
@@ -422,4 +428,30 @@ test('check-config refuses a geoip_db it cannot open, as serve would', () => {
   assert.match(r.stderr, /geoip_db .*missing\.mmdb cannot be opened as a MaxMind database .*serve would refuse to start/);
   const s = spawnSync(BIN, ['serve', '-c', cfgPath], { encoding: 'utf8', timeout: 10000 });
   assert.equal(s.status, 1);
+});
+
+// review of issue 21, N6: a derived/ that is a symbolic link was moved by the
+// exchange and the store behind it emptied as "the old one".
+test('rebuild refuses a derived store reached through a symbolic link, and changes nothing', async () => {
+  const dir = tempDir();
+  let srv = await startServer({ dir });
+  try {
+    assert.equal((await post(srv, '/v1/track', track({ userId: 'n6-user', messageId: 'n6' }))).status, 200);
+    await srv.stop();
+    const derived = join(srv.dataDir, 'derived'), moved = join(dir, 'vol2-derived');
+    renameSync(derived, moved);
+    symlinkSync(moved, derived);
+    const r = run(['rebuild', '-c', srv.cfgPath]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /derived is a symbolic link: rebuild swaps directories .*nothing was changed/);
+    assert.ok(existsSync(join(moved, 'data.mdb')), 'the store behind the link is whole');
+    assert.ok(!existsSync(join(srv.dataDir, 'derived.rebuild')));
+    srv = await startServer({ dir }); // serving through the link still works
+    const p = await fetch(srv.url + '/v1/profiles/user_id/n6-user', { headers: { Authorization: 'Bearer ' + ADMIN } });
+    assert.equal(p.status, 200);
+    assert.equal((await p.json()).user_id, 'n6-user');
+  } finally {
+    await srv.stop();
+    srv.cleanup();
+  }
 });

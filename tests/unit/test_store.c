@@ -234,6 +234,10 @@ TEST(store_commit_dedupe_restart_grow)
     CHECK_INT(symlink(dest, link), ==, 0);
     int lfd = sl_dir_open_nofollow(link);
     CHECK(lfd == -ENOTDIR || lfd == -ELOOP);
+    /* nor through a trailing slash, which resolves the link (review N3) */
+    strcat(link, "//");
+    lfd = sl_dir_open_nofollow(link);
+    CHECK(lfd == -ENOTDIR || lfd == -ELOOP);
     sl_store_close(st);
     st = open_store(dest, 1);
     if (st) {
