@@ -314,6 +314,22 @@ int consent_append_json(sl_buf_t *out, MDB_txn *txn, MDB_dbi dbi, uint64_t perso
     return sl_buf_appends(out, "}");
 }
 
+int consent_view_json(sl_buf_t *out, MDB_txn *txn, MDB_dbi dbi, uint64_t person)
+{
+    consent_hdr_t h;
+    MDB_val k = {8, &person}, v;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    if (rc == MDB_NOTFOUND) return sl_buf_appends(out, ",\"consent\":{},\"unsubscribed\":false");
+    if (rc) return rc;
+    if (v.mv_size < sizeof(h)) return MDB_CORRUPTED;
+    memcpy(&h, v.mv_data, sizeof(h));
+    if (sizeof(h) + h.len != v.mv_size) return MDB_CORRUPTED;
+    sl_buf_appends(out, ",\"consent\":");
+    if (h.len) sl_buf_append(out, (const char *)v.mv_data + sizeof(h), h.len);
+    else sl_buf_appends(out, "{}");
+    return sl_buf_appends(out, h.unsub ? ",\"unsubscribed\":true" : ",\"unsubscribed\":false");
+}
+
 int consent_allows(MDB_txn *txn, MDB_dbi dbi, uint64_t person, const char *category, int *ok, const char **why)
 {
     consent_hdr_t h;

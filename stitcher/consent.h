@@ -60,6 +60,9 @@ int consent_forget(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t p
 /* Appends {"categories":{...}|null,"updated_at":…,"unsubscribed":…,"unsubscribed_at":…}
  * or null (nothing known). */
 int consent_append_json(sl_buf_t *out, MDB_txn *txn, MDB_dbi dbi, uint64_t person);
+/* Appends ,"consent":{category: bool...},"unsubscribed":bool (the person
+ * view conditions read; {} and false when nothing is known). */
+int consent_view_json(sl_buf_t *out, MDB_txn *txn, MDB_dbi dbi, uint64_t person);
 /* *ok 1 when the person is not unsubscribed and granted category (NULL:
  * only the flag is asked about); else 0 with *why "consent" (not granted,
  * or never told) or "unsubscribed". Returns 0 or an LMDB error. */

@@ -99,6 +99,11 @@ int sl_stitch_listen(sl_stitch_t *s, const sl_ident_listener_t *l);
  * {"id","user_id","email","traits"}. identified (may be NULL) gets 1 when the
  * person has a userId or an identity trait; last_ms (may be NULL) its last
  * event time. SL_ENOTFOUND when there is no such person. */
+/* What conditions read of person id (rules/sl_rules.h, the "profile." paths),
+ * appended to out: {"traits":{...}, "identified":bool, "first_seen":ISO,
+ * "last_seen":ISO, "consent":{category:bool}, "unsubscribed":bool}.
+ * SL_ENOTFOUND when there is no such person. Stage thread or a reader. */
+int sl_stitch_person_view(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out);
 int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
                              int64_t *last_ms);
 

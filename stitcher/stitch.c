@@ -1156,6 +1156,30 @@ int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t
 }
 
 
+int sl_stitch_person_view(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out)
+{
+    person_t *p = &s->p3;
+    int rc = person_load(s, txn, id, p);
+    if (rc) return rc == MDB_NOTFOUND ? SL_ENOTFOUND : rc;
+    uint64_t n;
+    int64_t first, last;
+    if ((rc = person_stats(s, txn, p, &n, NULL, &first, &last))) return rc;
+    sl_buf_appends(out, "{\"traits\":");
+    cJSON *doc = p->traits.len ? cJSON_ParseWithLength(p->traits.data, p->traits.len) : NULL;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "t");
+    char *txt = cJSON_IsObject(t) ? cJSON_PrintUnformatted(t) : NULL;
+    sl_buf_appends(out, txt ? txt : "{}");
+    cJSON_free(txt);
+    cJSON_Delete(doc);
+    sl_buf_printf(out, ",\"identified\":%s,\"first_seen\":", person_identified(p) ? "true" : "false");
+    sl_buf_append_iso(out, first);
+    sl_buf_appends(out, ",\"last_seen\":");
+    sl_buf_append_iso(out, last);
+    rc = s->consent ? consent_view_json(out, txn, s->consent, id) : sl_buf_appends(out, ",\"consent\":{},\"unsubscribed\":false");
+    sl_buf_appends(out, "}");
+    return rc ? rc : out->data ? 0 : SL_ENOMEM;
+}
+
 void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
 {
     out->merges = atomic_load(&s->merges);

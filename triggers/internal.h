@@ -6,6 +6,7 @@
 #ifndef SL_TRIGGERS_INTERNAL_H
 #define SL_TRIGGERS_INTERNAL_H
 
+#include "sl_rules.h"
 #include "sl_triggers.h"
 
 #include <stdatomic.h>
@@ -65,6 +66,9 @@ typedef struct trig_type_s {
     /* Appends the type's settings as JSON members, each with a leading comma
      * (GET /v1/rules and the tests read them back). */
     void (*print)(const trig_rule_t *r, sl_buf_t *out);
+    /* 1: the type applies the rule's `where` itself (to the events it
+     * starts from), instead of the engine hiding non-matching events */
+    int own_where;
 } trig_type_t;
 
 /* One configured rule: the keys every type has, then the type's own. */
@@ -76,6 +80,8 @@ struct trig_rule_s {
                                * unsubscribed); NULL = none */
     int pressure;             /* counts toward, and is held by, pressure.max_per_profile_per_day and
                                * an unsubscribed person's cap of 0 (default true) */
+    sl_cond_t *where;         /* on the causing event: the rule sees only the events that match; NULL = all */
+    sl_cond_t *if_;           /* on the person, when the trigger would be appended; NULL = always */
     void *conf;               /* the type's settings (trig_type_t.parse) */
 };
 
@@ -107,10 +113,10 @@ struct sl_trig_s {
     _Atomic int64_t next_due;
     uint64_t txn_last, committed_last, prev_committed; /* writer thread */
     _Atomic uint64_t durable;
-    sl_buf_t k, k2, v, pay, path;
+    sl_buf_t k, k2, v, pay, path, view;
     _Atomic uint64_t fired, suppressed, timers_fired;
     _Atomic uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
-    _Atomic uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES];
+    _Atomic uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES], if_by_rule[MAX_RULES];
     int64_t last_prune_ms;
     int muted;                           /* rebuild: states and timers, no trigger appended */
     int quiet;                           /* a historical event's merge: states, no trigger */
@@ -125,7 +131,7 @@ struct sl_trig_s {
         uint64_t fired, suppressed, timers_fired, historical, erasures, amounts_ignored;
         uint64_t pending_dropped, waiting_expired;
         uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
-        uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES];
+        uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES], if_by_rule[MAX_RULES];
     } pend;
     const char *cause;                   /* messageId of the event being handled; NULL for timers */
 };
@@ -142,6 +148,11 @@ int trig_timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, con
  * 0 removes (removing an absent hold is no error). */
 uint64_t trig_mid_hash(const char *message_id);
 int trig_hold(sl_trig_t *t, MDB_txn *txn, uint64_t mid_hash, uint64_t seq, int on);
+/* 1 when m is an event of the kind name: a track of that name, or a call of
+ * that type ("page", "screen", "identify", "group"). */
+int trig_is_kind(const rule_msg_t *m, const char *name);
+/* 1 when cond (NULL: none) holds for the event doc (NULL: a timer's) now. */
+int trig_where(const sl_cond_t *cond, const cJSON *doc, int64_t now);
 /* Appends a trigger of rule r for person with data (a JSON object's text),
  * unless consent or the pressure caps suppress it (then counted). */
 int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *data, int64_t now);

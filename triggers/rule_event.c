@@ -25,6 +25,7 @@ typedef struct {
     int64_t delay_ms;      /* 0: fires in the transaction that applies the event */
     char *unless_event;    /* NULL: nothing cancels */
     char *match;           /* a dotted path into both events ("properties.email_id"), or NULL */
+    sl_cond_t *unless_where; /* on the cancelling event; NULL = any of that name */
     int64_t max_wait_ms;   /* a trigger due for an anonymous person waits this long for a login: 7d */
     int max_pending;       /* pending triggers per person: 100, the oldest dropped beyond */
 } event_conf_t;
@@ -145,13 +146,6 @@ static uint64_t match_hash(const trig_rule_t *r, const cJSON *doc)
     return h ? h : 1;
 }
 
-/* 1 when m is an event of the kind name: a track of that name, or a call of
- * that type ("page", "screen", "identify", "group"). */
-static int is_kind(const rule_msg_t *m, const char *name)
-{
-    if (m->track) return m->event && strcmp(m->event, name) == 0;
-    return m->type && strcmp(m->type, name) == 0;
-}
 
 /* ---- firing ---- */
 
@@ -229,8 +223,9 @@ static int ev_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t pe
 static int ev_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule_msg_t *m, uint64_t person,
                     int identified, int64_t now)
 {
-    int starts = is_kind(m, E(r)->event);
-    int cancels = E(r)->unless_event && is_kind(m, E(r)->unless_event);
+    /* the rule's where picks its starting events, unless.where its cancelling ones */
+    int starts = trig_is_kind(m, E(r)->event) && trig_where(r->where, m->doc, now);
+    int cancels = E(r)->unless_event && trig_is_kind(m, E(r)->unless_event) && trig_where(E(r)->unless_where, m->doc, now);
     if (!starts && !cancels && !identified) return 0;
     /* without a delay it fires at once (and nothing can cancel it: ev_parse) */
     if (starts && E(r)->delay_ms == 0) return fire_with(t, txn, r, person, m->doc, now);
@@ -411,6 +406,7 @@ static void ev_free_conf(void *conf)
     free(c->event);
     free(c->unless_event);
     free(c->match);
+    sl_rules_free(c->unless_where);
     free(c);
 }
 
@@ -439,9 +435,14 @@ static int ev_parse(sl_cfg_ctx_t *x, const cJSON *json, const char *path, void *
     if (u == NULL) return 0;
     char upath[96];
     snprintf(upath, sizeof(upath), "%s.unless", path);
-    static const char *const ukeys[] = {"event", "match", NULL};
+    static const char *const ukeys[] = {"event", "where", "match", NULL};
     if ((rc = sl_cfg_check_keys(x, u, upath, ukeys))) return rc;
     if ((rc = sl_cfg_str(x, u, "event", upath, &c->unless_event, 1))) return rc;
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(u, "where");
+    char wpath[112];
+    snprintf(wpath, sizeof(wpath), "%s.where", upath);
+    if (w && (rc = sl_rules_compile(w, SL_RULES_EVENT, wpath, &c->unless_where, x->err, x->errlen)))
+        return rc == SL_ETOOBIG ? SL_EINVAL : rc;
     if ((rc = sl_cfg_str(x, u, "match", upath, &c->match, 0))) return rc;
     if (c->match && !path_ok(c->match))
         return sl_cfg_error(x, "%s.match \"%s\" must be a path such as \"properties.email_id\"", upath, c->match);
@@ -464,6 +465,9 @@ static void ev_print(const trig_rule_t *r, sl_buf_t *out)
         sl_buf_appends(out, ",\"match\":");
         if (E(r)->match) sl_buf_append_json_str(out, E(r)->match, strlen(E(r)->match));
         else sl_buf_appends(out, "null");
+        sl_buf_appends(out, ",\"where\":");
+        if (E(r)->unless_where) sl_rules_print(E(r)->unless_where, out);
+        else sl_buf_appends(out, "null");
         sl_buf_appends(out, "}");
     } else {
         sl_buf_appends(out, "null");
@@ -478,5 +482,5 @@ static const char *const ev_keys[] = {"event", "delay", "unless", "max_wait", "m
 const trig_type_t trig_type_event = {
     .name = "event", .keys = ev_keys, .parse = ev_parse, .free_conf = ev_free_conf,
     .event = ev_event, .merge = ev_merge, .timer = ev_timer, .forget = ev_forget, .pending = ev_pending,
-    .print = ev_print,
+    .print = ev_print, .own_where = 1,
 };

@@ -1,6 +1,9 @@
 /* rule_inactivity.c - the inactivity rule (docs/TRIGGERS.md): an identified
  * person seen by no event for `after` gets one trigger per quiet spell. A
- * lazy timer looks at the person's last_seen when it comes due. */
+ * lazy timer looks at the person's last_seen when it comes due -- or, with
+ * `event` or `where`, at the last matching event's time the state keeps
+ * ("re-engage customers whose last order is six months old": page views do
+ * not count). */
 #include "internal.h"
 
 #include <stdio.h>
@@ -9,42 +12,61 @@
 
 typedef struct {
     int64_t after_ms;
+    char *event;           /* quiet since the last event of this kind (a track name, "page"...); NULL: any */
 } inact_conf_t;
 #define I(r) ((const inact_conf_t *)(r)->conf)
+/* the rule measures from its own events, not from the person's last_seen */
+#define OWN_CLOCK(r) (I(r)->event || (r)->where)
 
+#define INACT_V1_BYTES 16 /* the record before `event`/`where`: no last_ms */
 typedef struct {
     int64_t timer_ms, fired_for_ms;
+    int64_t last_ms;       /* OWN_CLOCK: the last matching event's time (0: none yet) */
 } inact_t;
 
+static int inact_load(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, inact_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    MDB_val v;
+    int rc = trig_state_get(t, txn, r->name, person, &v);
+    if (rc) return rc;
+    if (v.mv_size == sizeof(*s) || v.mv_size == INACT_V1_BYTES) memcpy(s, v.mv_data, v.mv_size);
+    return 0;
+}
 
 static int inact_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule_msg_t *m, uint64_t person,
                        int identified, int64_t now)
 {
-    (void)m;
     if (!identified) return 0; /* anonymous visitors who never return are not "inactive customers" */
-    MDB_val v;
-    inact_t s = {0, 0};
-    int rc = trig_state_get(t, txn, r->name, person, &v);
+    if (I(r)->event && !trig_is_kind(m, I(r)->event)) return 0; /* page views do not count for "last order" */
+    if (!trig_where(r->where, m->doc, now)) return 0;
+    inact_t s;
+    int rc = inact_load(t, txn, r, person, &s);
     if (rc && rc != MDB_NOTFOUND) return rc;
-    if (rc == 0 && v.mv_size == sizeof(s)) memcpy(&s, v.mv_data, sizeof(s));
-    if (s.timer_ms) return 0; /* a timer is pending; it looks at last_seen when it fires */
-    s.timer_ms = now + I(r)->after_ms;
-    if ((rc = trig_timer_add(t, txn, s.timer_ms, person, r->name))) return rc;
+    if (OWN_CLOCK(r)) {
+        if (m->ts_ms <= s.last_ms) return 0; /* a late older event moves nothing */
+        s.last_ms = m->ts_ms > now ? now : m->ts_ms;
+    } else if (s.timer_ms) {
+        return 0; /* a timer is pending; it looks at last_seen when it fires */
+    }
+    if (s.timer_ms == 0) {
+        s.timer_ms = (OWN_CLOCK(r) ? s.last_ms : now) + I(r)->after_ms;
+        if ((rc = trig_timer_add(t, txn, s.timer_ms, person, r->name))) return rc;
+    }
     return trig_state_put(t, txn, r->name, person, &s, sizeof(s));
 }
 
 static int inact_timer(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, int64_t now)
 {
-    MDB_val v;
-    inact_t s = {0, 0};
-    int rc = trig_state_get(t, txn, r->name, person, &v);
+    inact_t s;
+    int rc = inact_load(t, txn, r, person, &s);
     if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
-    if (v.mv_size == sizeof(s)) memcpy(&s, v.mv_data, sizeof(s));
     int identified = 0;
     int64_t last = 0;
-    rc = sl_stitch_person_payload(t->stitch, txn, person, NULL, &identified, &last);
+    rc = sl_stitch_person_payload(t->stitch, txn, person, NULL, &identified, OWN_CLOCK(r) ? NULL : &last);
     if (rc == SL_ENOTFOUND) return trig_state_del(t, txn, r->name, person);
     if (rc) return rc;
+    if (OWN_CLOCK(r)) last = s.last_ms;
     if (last + I(r)->after_ms > now) {
         s.timer_ms = last + I(r)->after_ms;
         if ((rc = trig_timer_add(t, txn, s.timer_ms, person, r->name))) return rc;
@@ -52,12 +74,14 @@ static int inact_timer(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_
     }
     s.timer_ms = 0;
     if (s.fired_for_ms != last) {
-        char ls[32], dur[32];
+        char ls[32];
         sl_time_format_iso(last, ls);
-        snprintf(dur, sizeof(dur), "%lld", (long long)(I(r)->after_ms / 1000));
         sl_buf_t d = {0};
-        sl_buf_printf(&d, "{\"last_seen\":\"%s\",\"inactive_seconds\":%lld,\"after_seconds\":%s}", ls,
-                      (long long)((now - last) / 1000), dur);
+        sl_buf_printf(&d, "{\"last_seen\":\"%s\",\"inactive_seconds\":%lld,\"after_seconds\":%lld,\"event\":", ls,
+                      (long long)((now - last) / 1000), (long long)(I(r)->after_ms / 1000));
+        if (I(r)->event) sl_buf_append_json_str(&d, I(r)->event, strlen(I(r)->event));
+        else sl_buf_appends(&d, "null");
+        sl_buf_appends(&d, "}");
         rc = d.data ? trig_fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
         sl_buf_free(&d);
         if (rc) return rc;
@@ -66,16 +90,35 @@ static int inact_timer(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_
     return trig_state_put(t, txn, r->name, person, &s, sizeof(s));
 }
 
-/* absorbed's quiet spell goes: the survivor's own timer looks at the merged last_seen */
+/* With the person's last_seen, absorbed's quiet spell goes: the survivor's
+ * own timer looks at the merged last_seen. With its own clock, absorbed's
+ * last matching event joins the survivor's (a guest order, then a login). */
 static int inact_merge(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t survivor, uint64_t absorbed,
                        int64_t now)
 {
-    (void)survivor;
-    (void)now;
-    return trig_state_del(t, txn, r->name, absorbed);
+    inact_t a, s;
+    int rc = OWN_CLOCK(r) ? inact_load(t, txn, r, absorbed, &a) : MDB_NOTFOUND;
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    int had = rc == 0 && a.last_ms;
+    if ((rc = trig_state_del(t, txn, r->name, absorbed)) || !had) return rc;
+    rc = inact_load(t, txn, r, survivor, &s);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    if (a.last_ms <= s.last_ms) return 0;
+    s.last_ms = a.last_ms;
+    if (s.timer_ms == 0) {
+        s.timer_ms = s.last_ms + I(r)->after_ms > now ? s.last_ms + I(r)->after_ms : now;
+        if ((rc = trig_timer_add(t, txn, s.timer_ms, survivor, r->name))) return rc;
+    }
+    return trig_state_put(t, txn, r->name, survivor, &s, sizeof(s));
 }
 
-static void inact_free_conf(void *conf) { free(conf); }
+static void inact_free_conf(void *conf)
+{
+    inact_conf_t *c = conf;
+    if (c == NULL) return;
+    free(c->event);
+    free(c);
+}
 
 static int inact_parse(sl_cfg_ctx_t *x, const cJSON *json, const char *path, void **out)
 {
@@ -84,18 +127,22 @@ static int inact_parse(sl_cfg_ctx_t *x, const cJSON *json, const char *path, voi
     *out = c;
     if (!cJSON_GetObjectItemCaseSensitive(json, "after"))
         return sl_cfg_error(x, "%s.after is required for an inactivity rule", path);
-    return sl_cfg_duration(x, json, "after", path, &c->after_ms);
+    int rc = sl_cfg_duration(x, json, "after", path, &c->after_ms);
+    return rc ? rc : sl_cfg_str(x, json, "event", path, &c->event, 0);
 }
 
 static void inact_print(const trig_rule_t *r, sl_buf_t *out)
 {
     sl_buf_appends(out, ",\"after\":");
     sl_buf_append_duration(out, I(r)->after_ms);
+    sl_buf_appends(out, ",\"event\":");
+    if (I(r)->event) sl_buf_append_json_str(out, I(r)->event, strlen(I(r)->event));
+    else sl_buf_appends(out, "null");
 }
 
-static const char *const inact_keys[] = {"after", NULL};
+static const char *const inact_keys[] = {"after", "event", NULL};
 
 const trig_type_t trig_type_inactivity = {
     .name = "inactivity", .keys = inact_keys, .parse = inact_parse, .free_conf = inact_free_conf,
-    .event = inact_event, .merge = inact_merge, .timer = inact_timer, .print = inact_print,
+    .event = inact_event, .merge = inact_merge, .timer = inact_timer, .print = inact_print, .own_where = 1,
 };

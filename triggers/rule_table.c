@@ -13,7 +13,7 @@ static const trig_type_t *const types[] = {&trig_type_page_visit, &trig_type_aba
 
 /* the keys every rule has */
 static const char *const common_keys[] = {"name", "type", "max_per_profile_per_day", "requires_consent", "pressure",
-                                          NULL};
+                                          "where", "if", NULL};
 
 static void rules_free(void *parsed)
 {
@@ -23,6 +23,8 @@ static void rules_free(void *parsed)
         trig_rule_t *r = &rs->v[i];
         free(r->name);
         free(r->requires_consent);
+        sl_rules_free(r->where);
+        sl_rules_free(r->if_);
         if (r->type && r->conf) r->type->free_conf(r->conf);
     }
     free(rs->v);
@@ -72,10 +74,20 @@ static int parse_rule(sl_cfg_ctx_t *x, const cJSON *json, size_t idx, trig_rule_
     r->pressure = 1;
     if ((rc = sl_cfg_bool(x, json, "pressure", path, &r->pressure))) goto out;
     if ((rc = sl_cfg_str(x, json, "requires_consent", path, &r->requires_consent, 0))) goto out;
-    if (r->requires_consent && strlen(r->requires_consent) > SL_CONSENT_MAX_NAME)
+    if (r->requires_consent && strlen(r->requires_consent) > SL_CONSENT_MAX_NAME) {
         rc = sl_cfg_error(x, "%s.requires_consent must name a consent category of 1 to %d bytes", path,
                           SL_CONSENT_MAX_NAME);
+        goto out;
+    }
+    /* a rule's where reads the causing event, its if the person (DESIGN.md) */
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(json, "where"), *f = cJSON_GetObjectItemCaseSensitive(json, "if");
+    char cpath[64];
+    snprintf(cpath, sizeof(cpath), "%s.where", path);
+    if (w && (rc = sl_rules_compile(w, SL_RULES_EVENT, cpath, &r->where, x->err, x->errlen))) goto out;
+    snprintf(cpath, sizeof(cpath), "%s.if", path);
+    if (f && (rc = sl_rules_compile(f, SL_RULES_PROFILE, cpath, &r->if_, x->err, x->errlen))) goto out;
 out:
+    if (rc == SL_ETOOBIG) rc = SL_EINVAL; /* a condition past its bounds: a config error like any other */
     free(type);
     return rc;
 }
@@ -149,6 +161,12 @@ int sl_trig_rules_print(const sl_config_t *cfg, sl_buf_t *out)
         sl_buf_append_json_str(out, r->name, strlen(r->name));
         sl_buf_printf(out, ",\"type\":\"%s\"", r->type->name);
         if (r->type->print) r->type->print(r, out);
+        sl_buf_appends(out, ",\"where\":");
+        if (r->where) sl_rules_print(r->where, out);
+        else sl_buf_appends(out, "null");
+        sl_buf_appends(out, ",\"if\":");
+        if (r->if_) sl_rules_print(r->if_, out);
+        else sl_buf_appends(out, "null");
         sl_buf_printf(out, ",\"max_per_profile_per_day\":%d,\"pressure\":%s,\"requires_consent\":", r->max_per_day,
                       r->pressure ? "true" : "false");
         if (r->requires_consent) sl_buf_append_json_str(out, r->requires_consent, strlen(r->requires_consent));

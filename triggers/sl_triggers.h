@@ -114,6 +114,7 @@ typedef struct sl_trig_stats_s {
     uint64_t fired, suppressed, timers_fired;
     uint64_t fired_by_rule[64], suppressed_by_rule[64]; /* by rule index in the current config */
     uint64_t no_consent_by_rule[64], unsubscribed_by_rule[64]; /* suppressed for want of consent */
+    uint64_t if_by_rule[64];                                   /* suppressed by the rule's `if` */
 } sl_trig_stats_t;
 void sl_trig_get_stats(const sl_trig_t *t, sl_trig_stats_t *out);
 const sl_config_t *sl_trig_config(const sl_trig_t *t);

@@ -208,11 +208,55 @@ static int pressure_inc(sl_trig_t *t, MDB_txn *txn, uint32_t day, uint64_t perso
 static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const char *rule, const char *type, uint64_t person,
                        const char *profile, const char *data);
 
+int trig_is_kind(const rule_msg_t *m, const char *name)
+{
+    if (m->track) return m->event && strcmp(m->event, name) == 0;
+    return m->type && strcmp(m->type, name) == 0;
+}
+
+int trig_where(const sl_cond_t *cond, const cJSON *doc, int64_t now)
+{
+    if (cond == NULL) return 1;
+    sl_rules_ctx_t ctx = {.event = doc, .now_ms = now};
+    return sl_rules_eval(cond, &ctx);
+}
+
+typedef struct {
+    sl_trig_t *t;
+    MDB_txn *txn;
+    uint64_t person;
+    cJSON *view;
+    int rc;
+} view_ctx_t;
+
+/* The person view of an `if`, built when a profile path is first read. */
+static const cJSON *person_view(void *arg)
+{
+    view_ctx_t *v = arg;
+    v->t->view.len = 0;
+    v->rc = sl_stitch_person_view(v->t->stitch, v->txn, v->person, &v->t->view);
+    if (v->rc == 0) v->view = cJSON_ParseWithLength(v->t->view.data, v->t->view.len);
+    if (v->rc == SL_ENOTFOUND) v->rc = 0; /* no person: every profile path is missing */
+    return v->view;
+}
+
 int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *data, int64_t now)
 {
     if (t->muted) return 0; /* a rebuild: what fired then is in the feed already */
     if (t->quiet) return 0; /* an import's merge joins states, fires nothing */
     int idx = rule_index(t, r);
+    if (r->if_) { /* the person, as they are when the trigger would go */
+        view_ctx_t v = {t, txn, person, NULL, 0};
+        sl_rules_ctx_t ctx = {.now_ms = now, .profile = person_view, .profile_arg = &v};
+        int pass = sl_rules_eval(r->if_, &ctx);
+        cJSON_Delete(v.view);
+        if (v.rc) return v.rc;
+        if (!pass) {
+            t->pend.suppressed++;
+            if (idx < MAX_RULES) t->pend.if_by_rule[idx]++;
+            return 0;
+        }
+    }
     uint32_t day = (uint32_t)(now / 86400000);
     MDB_val k;
     /* a rule outside the pressure (a CRM sync) neither counts toward the
@@ -346,7 +390,9 @@ static int trig_event(sl_trig_t *t, MDB_txn *txn, const rule_msg_t *m, uint64_t 
     const trig_rules_t *rs = trig_rules(t->cfg);
     for (size_t i = 0; i < rs->n; i++) {
         const trig_rule_t *r = &rs->v[i];
-        int rc = r->type->event ? r->type->event(t, txn, r, m, person, identified, now) : 0;
+        if (r->type->event == NULL) continue;
+        if (!r->type->own_where && !trig_where(r->where, m->doc, now)) continue; /* the rule sees only what matches */
+        int rc = r->type->event(t, txn, r, m, person, identified, now);
         if (rc) return rc;
     }
     return 0;
@@ -418,12 +464,13 @@ static int trig_watches(const sl_trig_t *t, const char *name)
 }
 
 static int trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *name, const cJSON *old_v,
-                      const cJSON *new_v, int64_t now)
+                      const cJSON *new_v, const cJSON *doc, int64_t now)
 {
     const trig_rules_t *rs = trig_rules(t->cfg);
     for (size_t i = 0; i < rs->n; i++) {
         const trig_rule_t *r = &rs->v[i];
-        int rc = r->type->trait ? r->type->trait(t, txn, r, person, name, old_v, new_v, now) : 0;
+        if (r->type->trait == NULL || !trig_where(r->where, doc, now)) continue; /* where: on the identify */
+        int rc = r->type->trait(t, txn, r, person, name, old_v, new_v, now);
         if (rc) return rc;
     }
     return 0;
@@ -478,7 +525,7 @@ static int on_trait(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_
     sl_trig_t *t = arg;
     if (historical(t, ev)) return 0;
     t->cause = ev ? ev->message_id : NULL;
-    return trig_trait(t, txn, person, name, old_v, new_v, sl_now_ms());
+    return trig_trait(t, txn, person, name, old_v, new_v, ev ? ev->doc : NULL, sl_now_ms());
 }
 
 static int on_watches(void *arg, const char *name) { return trig_watches(arg, name); }
@@ -599,6 +646,7 @@ static void on_after_txn(void *arg, int ok)
             if (t->pend.no_consent_by_rule[i]) atomic_fetch_add(&t->no_consent_by_rule[i], t->pend.no_consent_by_rule[i]);
             if (t->pend.unsubscribed_by_rule[i])
                 atomic_fetch_add(&t->unsubscribed_by_rule[i], t->pend.unsubscribed_by_rule[i]);
+            if (t->pend.if_by_rule[i]) atomic_fetch_add(&t->if_by_rule[i], t->pend.if_by_rule[i]);
         }
     } else {
         t->txn_last = t->committed_last;
@@ -715,9 +763,9 @@ static void remap_rule_counters(sl_trig_t *t, const sl_config_t *from, const sl_
             if (strcmp(n->v[i].name, f->v[j].name) == 0) at[i] = (int)j;
     }
     _Atomic uint64_t *shared[] = {t->fired_by_rule, t->suppressed_by_rule, t->no_consent_by_rule,
-                                  t->unsubscribed_by_rule};
+                                  t->unsubscribed_by_rule, t->if_by_rule};
     uint64_t *pend[] = {t->pend.fired_by_rule, t->pend.suppressed_by_rule, t->pend.no_consent_by_rule,
-                        t->pend.unsubscribed_by_rule};
+                        t->pend.unsubscribed_by_rule, t->pend.if_by_rule};
     for (size_t k = 0; k < sizeof(pend) / sizeof(pend[0]); k++) {
         uint64_t a[MAX_RULES], b[MAX_RULES];
         for (size_t i = 0; i < MAX_RULES; i++) a[i] = atomic_load(&shared[k][i]), b[i] = pend[k][i];
@@ -828,6 +876,7 @@ void sl_trig_free(sl_trig_t *t)
     sl_buf_free(&t->v);
     sl_buf_free(&t->pay);
     sl_buf_free(&t->path);
+    sl_buf_free(&t->view);
     free(t);
 }
 
@@ -842,6 +891,7 @@ void sl_trig_get_stats(const sl_trig_t *t, sl_trig_stats_t *out)
         out->suppressed_by_rule[i] = atomic_load(&t->suppressed_by_rule[i]);
         out->no_consent_by_rule[i] = atomic_load(&t->no_consent_by_rule[i]);
         out->unsubscribed_by_rule[i] = atomic_load(&t->unsubscribed_by_rule[i]);
+        out->if_by_rule[i] = atomic_load(&t->if_by_rule[i]);
     }
 }
 
@@ -912,10 +962,11 @@ void sl_trig_metrics(void *arg, sl_buf_t *b)
             NULL);
     by_rule(b, "sillage_triggers_suppressed_total",
             "Triggers not appended, by rule and reason: pressure (a cap), consent (the rule's requires_consent "
-            "not granted), unsubscribed (the person's suppression flag).",
+            "not granted), unsubscribed (the person's suppression flag), if (the rule's condition on the person).",
             cfg, ts.suppressed_by_rule, "pressure");
     by_rule(b, "sillage_triggers_suppressed_total", NULL, cfg, ts.no_consent_by_rule, "consent");
     by_rule(b, "sillage_triggers_suppressed_total", NULL, cfg, ts.unsubscribed_by_rule, "unsubscribed");
+    by_rule(b, "sillage_triggers_suppressed_total", NULL, cfg, ts.if_by_rule, "if");
     sl_metric_u64(b, "counter", "sillage_trigger_historical_events_total",
                   "Events of historical imports (a historical source, context.sillage.import) no rule saw.",
                   atomic_load(&t->historical));

@@ -157,3 +157,76 @@ test('SIGHUP: a removed rule\'s pending triggers go; a changed delay applies to 
     s.cleanup();
   }
 });
+
+// Conditions (docs/CONDITIONS.md): a rule's `where` on the causing event, its
+// `if` on the person when the trigger would be appended.
+test('where (gte, [] paths, starts_with) and if (at the deadline, suppressed and counted)', async () => {
+  const s = await startServer({ config: { triggers: [
+    { name: 'big', type: 'event', event: 'Order Completed', where: { field: 'properties.total', gte: 100 } },
+    { name: 'shoes', type: 'event', event: 'Order Completed',
+      where: { field: 'properties.products[].category', eq: 'shoes' } },
+    { name: 'promo-page', type: 'event', event: 'page', where: { field: 'properties.path', starts_with: '/promo/' } },
+    { name: 'sms', type: 'event', event: 'Email Sent', delay: '2s', unless: { event: 'Email Opened' },
+      if: { field: 'profile.traits.phone', exists: true } },
+  ] } });
+  try {
+    const send = async (type, m) => assert.equal((await post(s, '/v1/' + type, m)).status, 200);
+    await send('track', { userId: 'c-1', event: 'Order Completed', properties: { total: 99.99, products: [{ category: 'hats' }] } });
+    await send('track', { userId: 'c-2', event: 'Order Completed', properties: { total: 100, products: [{ category: 'hats' }, { category: 'shoes' }] } });
+    await send('track', { userId: 'c-3', event: 'Order Completed', properties: { total: '250', products: { category: 'shoes' } } });
+    await send('page', { userId: 'c-4', properties: { path: '/promo/winter' } });
+    await send('page', { userId: 'c-5', properties: { path: '/promotions' } });
+    await send('identify', { userId: 'c-phone', traits: { phone: '+33600000000' } });
+    await send('track', { userId: 'c-phone', event: 'Email Sent' });
+    await send('track', { userId: 'c-nophone', event: 'Email Sent' });
+    await sleep(3200);
+    const all = await feed(s);
+    const got = (rule) => all.filter((t) => t.rule === rule).map((t) => t.profile.user_id).sort();
+    assert.deepEqual(got('big'), ['c-2'], '99.99 < 100; "250" is a string, not a number');
+    assert.deepEqual(got('shoes'), ['c-2'], 'any element of the array; an object is not an array');
+    assert.deepEqual(got('promo-page'), ['c-4']);
+    assert.deepEqual(got('sms'), ['c-phone'], 'no phone at the deadline: suppressed');
+    const m = await (await fetch(s.url + '/metrics')).text();
+    assert.match(m, /^sillage_triggers_suppressed_total\{rule="sms",reason="if"\} 1$/m);
+  } finally {
+    await s.stop();
+    s.cleanup();
+  }
+});
+
+test('inactivity with event: quiet since the last order, page views do not count, nobody without an order', async () => {
+  const s = await startServer({ config: { triggers: [
+    { name: 'lapsed', type: 'inactivity', after: '2s', event: 'Order Completed' }] } });
+  try {
+    const send = async (type, m) => assert.equal((await post(s, '/v1/' + type, m)).status, 200);
+    await send('track', { userId: 'l-buyer', event: 'Order Completed', properties: { revenue: 1 } });
+    await send('page', { userId: 'l-buyer', properties: { path: '/a' } });
+    await send('page', { userId: 'l-browser', properties: { path: '/a' } });
+    await sleep(1000);
+    await send('page', { userId: 'l-buyer', properties: { path: '/b' } }); // would reset an any-event rule
+    await sleep(2500);
+    const all = (await feed(s)).filter((t) => t.rule === 'lapsed');
+    assert.deepEqual(all.map((t) => t.profile.user_id), ['l-buyer'], 'fired 2 s after the order, page views or not');
+    assert.equal(all[0].data.event, 'Order Completed');
+    assert.ok(all[0].data.inactive_seconds >= 2);
+  } finally {
+    await s.stop();
+    s.cleanup();
+  }
+});
+
+test('check-config names the rule and the offending key of a condition', () => {
+  const bad = [
+    [{ name: 'x', type: 'event', event: 'A', where: { field: 'properties.total', greater: 100 } }, /triggers\[0\]\.where: unknown operator "greater"/],
+    [{ name: 'x', type: 'event', event: 'A', where: { field: 'profile.traits.x', exists: true } }, /triggers\[0\]\.where/],
+    [{ name: 'x', type: 'event', event: 'A', if: { field: 'properties.total', gt: 1 } }, /triggers\[0\]\.if/],
+    [{ name: 'x', type: 'page_visit', url: '/x', where: { any: [{ field: 'a', eq: 1 }, { field: 'b', lt: 'x', gt: 1 }] } }, /triggers\[0\]\.where/],
+  ];
+  for (const [rule, re] of bad) {
+    const path = srv.dir + '/bad-cond.json';
+    writeFileSync(path, JSON.stringify({ ...srv.config, listen: '127.0.0.1:0', triggers: [rule] }), { mode: 0o600 });
+    const r = run(['check-config', '-c', path]);
+    assert.equal(r.code, 1, JSON.stringify(rule));
+    assert.match(r.stderr, re);
+  }
+});

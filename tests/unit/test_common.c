@@ -227,13 +227,13 @@ TEST(config_design_example)
     CHECK_STR(rules.data,
               "[{\"name\":\"cart\",\"type\":\"abandoned_cart\",\"delay\":\"1h\",\"start_events\":[\"Product Added\","
               "\"Cart Viewed\",\"Checkout Started\"],\"cancel_event\":\"Order Completed\",\"remove_event\":"
-              "\"Product Removed\",\"max_per_profile_per_day\":0,\"pressure\":true,\"requires_consent\":null},"
+              "\"Product Removed\",\"where\":null,\"if\":null,\"max_per_profile_per_day\":0,\"pressure\":true,\"requires_consent\":null},"
               "{\"name\":\"pricing\",\"type\":\"page_visit\",\"url\":\"/pricing*\",\"min_count\":2,\"within\":\"7d\","
+              "\"where\":null,\"if\":null,\"max_per_profile_per_day\":0,\"pressure\":true,\"requires_consent\":null},"
+              "{\"name\":\"dormant\",\"type\":\"inactivity\",\"after\":\"30d\",\"event\":null,\"where\":null,\"if\":null,"
               "\"max_per_profile_per_day\":0,\"pressure\":true,\"requires_consent\":null},"
-              "{\"name\":\"dormant\",\"type\":\"inactivity\",\"after\":\"30d\",\"max_per_profile_per_day\":0,"
-              "\"pressure\":true,\"requires_consent\":null},"
               "{\"name\":\"plan\",\"type\":\"trait_change\",\"trait\":\"plan\",\"on_first_set\":false,"
-              "\"max_per_profile_per_day\":0,\"pressure\":true,\"requires_consent\":null}]");
+              "\"where\":null,\"if\":null,\"max_per_profile_per_day\":0,\"pressure\":true,\"requires_consent\":null}]");
     sl_buf_free(&rules);
     CHECK_INT(c.pressure_max_per_profile_per_day, ==, 3);
     CHECK_INT(c.n_webhooks, ==, 1);
