@@ -683,7 +683,11 @@ static int verify_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     verify_req_t *q = arg;
     sl_verify_opts_t o = {.log_txn = log_txn, .applied = sl_stage_applied(q->d->stage), .skip = is_aside,
                           .skip_arg = q, .also = verify_feed, .also_arg = q->d->trig};
-    return sl_stitch_verify(q->d->stitch, txn, &o, stdout, &q->rep);
+    int rc = sl_stitch_verify(q->d->stitch, txn, &o, stdout, &q->rep);
+    uint64_t pending = 0;
+    if (rc == 0) rc = sl_trig_verify_states(q->d->trig, txn, log_txn, stdout, &pending, &q->rep.problems);
+    if (rc == 0 && pending) printf("%llu pending triggers checked\n", (unsigned long long)pending);
+    return rc;
 }
 
 /* The log and the derived store of cfg, read-only; 1 after saying why. */

@@ -63,6 +63,11 @@ typedef struct trig_type_s {
     /* Appends the person's pending triggers of rule r as JSON objects, comma-
      * separated (*n counts those appended so far, all rules together). */
     int (*pending)(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, sl_buf_t *out, int *n);
+    /* sillage verify: checks person's state of rule r (log_txn: a read
+     * transaction of the log), printing each problem to out and counting it;
+     * *n counts what it checked (pending triggers). */
+    int (*verify)(sl_trig_t *t, MDB_txn *txn, MDB_txn *log_txn, const trig_rule_t *r, uint64_t person, FILE *out,
+                  uint64_t *n, uint64_t *problems);
     /* Appends the type's settings as JSON members, each with a leading comma
      * (GET /v1/rules and the tests read them back). */
     void (*print)(const trig_rule_t *r, sl_buf_t *out);
@@ -148,6 +153,7 @@ int trig_timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, con
  * 0 removes (removing an absent hold is no error). */
 uint64_t trig_mid_hash(const char *message_id);
 int trig_hold(sl_trig_t *t, MDB_txn *txn, uint64_t mid_hash, uint64_t seq, int on);
+int trig_holds_entry(sl_trig_t *t, MDB_txn *txn, uint64_t mid_hash, uint64_t seq); /* 1 when held */
 /* 1 when m is an event of the kind name: a track of that name, or a call of
  * that type ("page", "screen", "identify", "group"). */
 int trig_is_kind(const rule_msg_t *m, const char *name);

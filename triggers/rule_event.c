@@ -397,6 +397,46 @@ static int ev_pending(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t
     return rc;
 }
 
+/* Each pending trigger names a stored starting event (its messageId's hash
+ * as recorded) and holds it, and its person is alive. */
+static int ev_verify(sl_trig_t *t, MDB_txn *txn, MDB_txn *log_txn, const trig_rule_t *r, uint64_t person, FILE *out,
+                     uint64_t *n, uint64_t *problems)
+{
+    ev_state_t s;
+    int rc = ev_load(t, txn, r, person, &s);
+    if (rc == MDB_CORRUPTED) {
+        fprintf(out, "rule %s: the state of p_%llu is not a pending-trigger record\n", r->name,
+                (unsigned long long)person);
+        (*problems)++;
+        return 0;
+    }
+    if (rc) return rc;
+    if (s.h.n && sl_stitch_person_payload(t->stitch, txn, person, NULL, NULL, NULL) == SL_ENOTFOUND) {
+        fprintf(out, "rule %s: %u pending triggers of p_%llu, which is no person\n", r->name, s.h.n,
+                (unsigned long long)person);
+        (*problems)++;
+    }
+    for (uint32_t i = 0; i < s.h.n && rc == 0; i++) {
+        (*n)++;
+        MDB_val json;
+        int got = sl_store_event_get(sl_stage_log(t->stage), log_txn, s.p[i].seq, &json);
+        cJSON *doc = got == 0 ? cJSON_ParseWithLength(json.mv_data, json.mv_size) : NULL;
+        if (doc == NULL || trig_mid_hash(sl_json_str(doc, "messageId")) != s.p[i].mid) {
+            fprintf(out, "rule %s: a pending trigger of p_%llu names event %llu, which is not stored\n", r->name,
+                    (unsigned long long)person, (unsigned long long)s.p[i].seq);
+            (*problems)++;
+        }
+        cJSON_Delete(doc);
+        if (!trig_holds_entry(t, txn, s.p[i].mid, s.p[i].seq)) {
+            fprintf(out, "rule %s: p_%llu's pending trigger does not hold event %llu against retention\n", r->name,
+                    (unsigned long long)person, (unsigned long long)s.p[i].seq);
+            (*problems)++;
+        }
+    }
+    free(s.p);
+    return rc;
+}
+
 /* ---- configuration ---- */
 
 static void ev_free_conf(void *conf)
@@ -482,5 +522,5 @@ static const char *const ev_keys[] = {"event", "delay", "unless", "max_wait", "m
 const trig_type_t trig_type_event = {
     .name = "event", .keys = ev_keys, .parse = ev_parse, .free_conf = ev_free_conf,
     .event = ev_event, .merge = ev_merge, .timer = ev_timer, .forget = ev_forget, .pending = ev_pending,
-    .print = ev_print, .own_where = 1,
+    .print = ev_print, .own_where = 1, .verify = ev_verify,
 };

@@ -110,6 +110,13 @@ int sl_trig_reload_job(MDB_txn *txn, void *arg);
 int sl_trig_verify(sl_trig_t *t, MDB_txn *txn, int (*has_message)(const char *id, void *arg), void *arg,
                    FILE *out, uint64_t *n_feed, uint64_t *problems);
 
+/* Checks the rule states: each pending trigger names a stored starting event
+ * (log_txn: a read transaction of the log), holds it, and has a live person;
+ * every hold belongs to a pending trigger. Problems are printed to out and
+ * counted; *n_pending counts the pending triggers. */
+int sl_trig_verify_states(sl_trig_t *t, MDB_txn *txn, MDB_txn *log_txn, FILE *out, uint64_t *n_pending,
+                          uint64_t *problems);
+
 typedef struct sl_trig_stats_s {
     uint64_t fired, suppressed, timers_fired;
     uint64_t fired_by_rule[64], suppressed_by_rule[64]; /* by rule index in the current config */

@@ -167,6 +167,15 @@ uint64_t trig_mid_hash(const char *message_id)
     return message_id ? sl_hash128(message_id, strlen(message_id), 0xca05e).lo : 0;
 }
 
+int trig_holds_entry(sl_trig_t *t, MDB_txn *txn, uint64_t mid_hash, uint64_t seq)
+{
+    unsigned char key[16];
+    sl_be64_put(key, mid_hash);
+    sl_be64_put(key + 8, seq);
+    MDB_val k = {16, key}, v;
+    return t->holds && mdb_get(txn, t->holds, &k, &v) == 0;
+}
+
 int trig_hold(sl_trig_t *t, MDB_txn *txn, uint64_t mid_hash, uint64_t seq, int on)
 {
     unsigned char key[16];
@@ -935,6 +944,43 @@ int sl_trig_verify(sl_trig_t *t, MDB_txn *txn, int (*has_message)(const char *id
     }
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int sl_trig_verify_states(sl_trig_t *t, MDB_txn *txn, MDB_txn *log_txn, FILE *out, uint64_t *n_pending,
+                          uint64_t *problems)
+{
+    const trig_rules_t *rs = trig_rules(t->cfg);
+    int rc = 0;
+    for (size_t i = 0; i < rs->n && rc == 0; i++) {
+        const trig_rule_t *r = &rs->v[i];
+        if (r->type->verify == NULL) continue;
+        size_t n = strlen(r->name);
+        MDB_cursor *cur;
+        if ((rc = state_key(&t->k2, r->name, 0)) || (rc = mdb_cursor_open(txn, t->tstate, &cur))) break;
+        MDB_val k = {n + 1, t->k2.data}, v;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            if (k.mv_size != n + 9 || memcmp(k.mv_data, r->name, n) != 0 || ((const char *)k.mv_data)[n] != SEP) break;
+            uint64_t person = sl_be64_get((const unsigned char *)k.mv_data + n + 1);
+            if ((rc = r->type->verify(t, txn, log_txn, r, person, out, n_pending, problems))) break;
+        }
+        mdb_cursor_close(cur);
+        if (rc == MDB_NOTFOUND) rc = 0;
+    }
+    /* and every hold is some pending trigger's */
+    uint64_t holds = 0;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    if (rc == 0 && t->holds && (rc = mdb_cursor_open(txn, t->holds, &cur)) == 0) {
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) holds++;
+        mdb_cursor_close(cur);
+        rc = rc == MDB_NOTFOUND ? 0 : rc;
+    }
+    if (rc == 0 && holds != *n_pending) {
+        fprintf(out, "holds: %llu events held against retention for %llu pending triggers\n",
+                (unsigned long long)holds, (unsigned long long)*n_pending);
+        (*problems)++;
+    }
+    return rc;
 }
 
 /* One sample per rule (reason: a second label, or NULL); head: the family's
