@@ -148,13 +148,18 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (sl_trig_config_register()) abort();
     static char dir[] = "/tmp/sl-fuzz-http-XXXXXX";
     if (mkdtemp(dir) == NULL) abort();
-    char json[1536];
+    char json[4096];
     snprintf(json, sizeof(json),
              "{\"listen\":\"127.0.0.1:0\",\"data_dir\":\"%s\",\"durability\":\"os\",\"map_size\":\"64MB\","
              "\"sources\":[{\"name\":\"s\",\"write_key\":\"wk\"},{\"name\":\"b\",\"write_key\":\"bk\",\"trusted\":true}],\"admin_token\":\"tok\",\"demo\":true,\"debug\":true,"
              "\"limits\":{\"max_request_bytes\":65536,\"max_message_bytes\":2048},"
              "\"triggers\":[{\"name\":\"c\",\"type\":\"abandoned_cart\",\"delay\":\"1s\"},"
-             "{\"name\":\"p\",\"type\":\"page_visit\",\"url\":\"/*\",\"requires_consent\":\"marketing\"},{\"name\":\"t\",\"type\":\"trait_change\",\"trait\":\"plan\",\"pressure\":false}],\"pressure\":{\"max_per_profile_per_day\":5}}",
+             "{\"name\":\"p\",\"type\":\"page_visit\",\"url\":\"/*\",\"requires_consent\":\"marketing\"},{\"name\":\"t\",\"type\":\"trait_change\",\"trait\":\"plan\",\"pressure\":false},"
+             "{\"name\":\"e\",\"type\":\"event\",\"event\":\"Email Sent\",\"delay\":\"1s\",\"max_pending\":3,"
+             "\"where\":{\"field\":\"properties.items[].n\",\"gte\":1},\"unless\":{\"event\":\"Email Opened\","
+             "\"match\":\"properties.id\",\"where\":{\"not\":{\"field\":\"properties.bot\",\"eq\":true}}},"
+             "\"if\":{\"any\":[{\"field\":\"profile.traits.phone\",\"exists\":true},{\"field\":\"profile.identified\",\"eq\":true}]}},"
+             "{\"name\":\"i\",\"type\":\"inactivity\",\"after\":\"2s\",\"event\":\"Order Completed\"}],\"pressure\":{\"max_per_profile_per_day\":5}}",
              dir);
     char err[256];
     if (sl_config_parse(&cfg, json, strlen(json), err, sizeof(err))) abort();
