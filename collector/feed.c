@@ -241,6 +241,34 @@ static void after_stage(conn_t *c, int reached)
     poll_or_wait(c);
 }
 
+static int rules_read(MDB_txn *txn, MDB_txn *log_txn, void *arg)
+{
+    (void)log_txn;
+    void **a = arg;
+    return sl_trig_rules_json(a[0], txn, a[1]);
+}
+
+void http_handle_rules(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    if (!http_admin_required(c)) return;
+    if (c->req->method != HTTP_GET) {
+        http_respond_error(c, 405, "use GET");
+        return;
+    }
+    if (srv->trig == NULL) {
+        http_respond_error(c, 404, "no trigger rules on this node");
+        return;
+    }
+    sl_buf_t out = {0};
+    void *a[2] = {srv->trig, &out};
+    /* small: one line per rule (64 at most) and a count each */
+    int rc = sl_stage_read(srv->stage, 0, rules_read, a);
+    if (rc) http_respond_error(c, 503, "storage unavailable");
+    else http_respond(c, 200, "application/json", "Cache-Control: no-store\r\n", out.data, out.len);
+    sl_buf_free(&out);
+}
+
 void http_handle_triggers(conn_t *c, const char *rest)
 {
     sl_server_t *srv = c->srv;

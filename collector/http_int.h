@@ -216,6 +216,9 @@ void http_fake_input(conn_t *c, const char *p, size_t n);
 /* feed.c */
 enum { FEED_NONE, FEED_POLL, FEED_STREAM, FEED_DEBUG };
 void http_handle_triggers(conn_t *c, const char *rest);
+/* GET /v1/rules (admin): the trigger rules as compiled, their counters and
+ * pending triggers (sl_trig_rules_json). */
+void http_handle_rules(conn_t *c);
 int http_feed_start(sl_server_t *srv);     /* with srv->trig set */
 void http_feed_stop(sl_server_t *srv);     /* answers polls, ends streams, closes its handles */
 void http_feed_conn_closed(conn_t *c);

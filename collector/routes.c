@@ -632,6 +632,7 @@ int http_route_of(const sl_server_t *srv, int method, const char *path)
             strcmp(rest, "admin/set-aside") == 0 || strcmp(rest, "admin/set-aside/replay") == 0)
             return ROUTE_PROFILES;
         if (strncmp(rest, "triggers", 8) == 0 && (rest[8] == '\0' || rest[8] == '/')) return ROUTE_TRIGGERS;
+        if (strcmp(rest, "rules") == 0) return ROUTE_TRIGGERS;
         return ROUTE_OTHER;
     }
     if (strcmp(path, "/healthz") == 0) return ROUTE_HEALTHZ;
@@ -667,7 +668,8 @@ void http_route_request(conn_t *c)
         else http_handle_profiles(c, path[12] ? path + 13 : "");
         return;
     case ROUTE_TRIGGERS:
-        http_handle_triggers(c, path + 12);
+        if (strcmp(path, "/v1/rules") == 0) http_handle_rules(c);
+        else http_handle_triggers(c, path + 12);
         return;
     case ROUTE_HEALTHZ:
         if (m != HTTP_GET) http_respond_error(c, 405, "use GET");

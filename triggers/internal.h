@@ -99,6 +99,10 @@ typedef struct trig_rules_s {
 /* The rules of cfg (none when it has no "triggers"). */
 const trig_rules_t *trig_rules(const sl_config_t *cfg);
 const trig_rule_t *trig_rule_by_name(const sl_config_t *cfg, const char *name, size_t len);
+/* Appends r as compiled, defaults included: {"name","type",<its settings>,
+ * "where","if","max_per_profile_per_day","pressure","requires_consent" --
+ * without the closing brace (callers add members). */
+void trig_rule_print(const trig_rule_t *r, sl_buf_t *out);
 
 extern const trig_type_t trig_type_abandoned_cart, trig_type_page_visit, trig_type_inactivity,
     trig_type_trait_change, trig_type_event;
@@ -114,7 +118,8 @@ struct sl_trig_s {
         void *arg;
     } subs[MAX_SUBSCRIBERS];             /* told when the durable feed advanced */
     size_t n_subs;
-    MDB_dbi feed, timers, tstate, pressure, tmeta, fcause, holds;
+    MDB_dbi feed, timers, tstate, pressure, tmeta, fcause, holds, pcount;
+    uint64_t verify_seen[MAX_RULES];     /* sillage verify: pending triggers found, by rule */
     _Atomic int64_t next_due;
     uint64_t txn_last, committed_last, prev_committed; /* writer thread */
     _Atomic uint64_t durable;
@@ -154,6 +159,11 @@ int trig_timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, con
 uint64_t trig_mid_hash(const char *message_id);
 int trig_hold(sl_trig_t *t, MDB_txn *txn, uint64_t mid_hash, uint64_t seq, int on);
 int trig_holds_entry(sl_trig_t *t, MDB_txn *txn, uint64_t mid_hash, uint64_t seq); /* 1 when held */
+/* The pending triggers of each rule, counted as states change (pcount):
+ * GET /v1/rules reads the counts; verify compares them with the states
+ * (trig_pending_seen counts what it found). */
+int trig_pending_count(sl_trig_t *t, MDB_txn *txn, const char *rule, int64_t delta);
+void trig_pending_seen(sl_trig_t *t, const trig_rule_t *r, uint64_t n);
 /* 1 when m is an event of the kind name: a track of that name, or a call of
  * that type ("page", "screen", "identify", "group"). */
 int trig_is_kind(const rule_msg_t *m, const char *name);

@@ -51,6 +51,7 @@ typedef struct {
 typedef struct {
     ev_hdr_t h;
     ev_pend_t *p;          /* h.n of them (owned) */
+    uint32_t loaded;       /* h.n as read: ev_save counts the difference (trig_pending_count) */
 } ev_state_t;
 
 /* ---- the state record ---- */
@@ -70,11 +71,15 @@ static int ev_load(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t pe
     if (s->h.n == 0) return 0;
     if ((s->p = malloc((size_t)s->h.n * sizeof(ev_pend_t))) == NULL) return SL_ENOMEM;
     memcpy(s->p, (const char *)v.mv_data + sizeof(ev_hdr_t), (size_t)s->h.n * sizeof(ev_pend_t));
+    s->loaded = s->h.n;
     return 0;
 }
 
 static int ev_save(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, ev_state_t *s)
 {
+    int rc = trig_pending_count(t, txn, r->name, (int64_t)s->h.n - (int64_t)s->loaded);
+    if (rc) return rc;
+    s->loaded = s->h.n;
     if (s->h.n == 0) return trig_state_del(t, txn, r->name, person);
     t->v.len = 0;
     if (sl_buf_append(&t->v, &s->h, sizeof(s->h)) || sl_buf_append(&t->v, s->p, (size_t)s->h.n * sizeof(ev_pend_t)))
@@ -342,7 +347,8 @@ static int ev_merge(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t s
         free(a.p);
         return rc;
     }
-    if ((rc = ev_load(t, txn, r, sv, &s)) == 0 && (rc = trig_state_del(t, txn, r->name, ab)) == 0) {
+    if ((rc = ev_load(t, txn, r, sv, &s)) == 0 && (rc = trig_state_del(t, txn, r->name, ab)) == 0 &&
+        (rc = trig_pending_count(t, txn, r->name, -(int64_t)a.h.n)) == 0) { /* counted again in sv's save */
         ev_pend_t *np = realloc(s.p, (size_t)(s.h.n + a.h.n) * sizeof(ev_pend_t));
         if (np == NULL) {
             rc = SL_ENOMEM;
@@ -374,6 +380,7 @@ static int ev_forget(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t 
     ev_state_t s;
     int rc = ev_load(t, txn, r, person, &s);
     for (uint32_t i = 0; rc == 0 && i < s.h.n; i++) rc = trig_hold(t, txn, s.p[i].mid, s.p[i].seq, 0);
+    if (rc == 0) rc = trig_pending_count(t, txn, r->name, -(int64_t)s.h.n);
     free(s.p);
     return rc == MDB_CORRUPTED ? 0 : rc;
 }
@@ -416,6 +423,7 @@ static int ev_verify(sl_trig_t *t, MDB_txn *txn, MDB_txn *log_txn, const trig_ru
                 (unsigned long long)person);
         (*problems)++;
     }
+    trig_pending_seen(t, r, s.h.n);
     for (uint32_t i = 0; i < s.h.n && rc == 0; i++) {
         (*n)++;
         MDB_val json;

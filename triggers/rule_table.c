@@ -151,13 +151,9 @@ const trig_rule_t *trig_rule_by_name(const sl_config_t *cfg, const char *name, s
 
 size_t sl_trig_rule_count(const sl_config_t *cfg) { return trig_rules(cfg)->n; }
 
-int sl_trig_rules_print(const sl_config_t *cfg, sl_buf_t *out)
+void trig_rule_print(const trig_rule_t *r, sl_buf_t *out)
 {
-    const trig_rules_t *rs = trig_rules(cfg);
-    sl_buf_appends(out, "[");
-    for (size_t i = 0; i < rs->n; i++) {
-        const trig_rule_t *r = &rs->v[i];
-        sl_buf_appends(out, i ? ",{\"name\":" : "{\"name\":");
+        sl_buf_appends(out, "{\"name\":");
         sl_buf_append_json_str(out, r->name, strlen(r->name));
         sl_buf_printf(out, ",\"type\":\"%s\"", r->type->name);
         if (r->type->print) r->type->print(r, out);
@@ -171,6 +167,15 @@ int sl_trig_rules_print(const sl_config_t *cfg, sl_buf_t *out)
                       r->pressure ? "true" : "false");
         if (r->requires_consent) sl_buf_append_json_str(out, r->requires_consent, strlen(r->requires_consent));
         else sl_buf_appends(out, "null");
+}
+
+int sl_trig_rules_print(const sl_config_t *cfg, sl_buf_t *out)
+{
+    const trig_rules_t *rs = trig_rules(cfg);
+    sl_buf_appends(out, "[");
+    for (size_t i = 0; i < rs->n; i++) {
+        if (i) sl_buf_appends(out, ",");
+        trig_rule_print(&rs->v[i], out);
         sl_buf_appends(out, "}");
     }
     sl_buf_appends(out, "]");

@@ -77,6 +77,13 @@ long sl_trig_foreach(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit,
  * character, anything else itself; the whole subject must match. */
 int sl_trig_glob_match(const char *pattern, const char *subject);
 
+/* GET /v1/rules: {"rules": [each rule as compiled (sl_trig_rules_print's
+ * members), "fired", "suppressed": {"pressure","consent","unsubscribed","if"}
+ * (since the process started), "pending" (pending triggers now)]}. On the
+ * loop thread (the rules there are the ones /metrics reads), in a read
+ * transaction of the derived store. 0 or SL_ENOMEM. */
+int sl_trig_rules_json(sl_trig_t *t, MDB_txn *txn, sl_buf_t *out);
+
 /* Appends person's pending triggers (event rules with a delay) as a JSON
  * array: [{"rule", "due", "waiting_for_login", "started_by" (the starting
  * event's seq), "cancelled_by" (the unless event or null)}], in any read or

@@ -167,6 +167,30 @@ uint64_t trig_mid_hash(const char *message_id)
     return message_id ? sl_hash128(message_id, strlen(message_id), 0xca05e).lo : 0;
 }
 
+static uint64_t pending_get(sl_trig_t *t, MDB_txn *txn, const char *rule)
+{
+    MDB_val k = {strlen(rule), (void *)rule}, v;
+    uint64_t n = 0;
+    if (t->pcount && mdb_get(txn, t->pcount, &k, &v) == 0 && v.mv_size == 8) memcpy(&n, v.mv_data, 8);
+    return n;
+}
+
+int trig_pending_count(sl_trig_t *t, MDB_txn *txn, const char *rule, int64_t delta)
+{
+    if (delta == 0) return 0;
+    uint64_t n = pending_get(t, txn, rule);
+    n = delta < 0 && (uint64_t)-delta > n ? 0 : n + (uint64_t)delta;
+    MDB_val k = {strlen(rule), (void *)rule}, v = {8, &n};
+    int rc = n ? mdb_put(txn, t->pcount, &k, &v, 0) : mdb_del(txn, t->pcount, &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+void trig_pending_seen(sl_trig_t *t, const trig_rule_t *r, uint64_t n)
+{
+    int i = rule_index(t, r);
+    if (i >= 0 && i < MAX_RULES) t->verify_seen[i] += n;
+}
+
 int trig_holds_entry(sl_trig_t *t, MDB_txn *txn, uint64_t mid_hash, uint64_t seq)
 {
     unsigned char key[16];
@@ -801,6 +825,9 @@ static int drop_rule(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r)
         if ((rc = mdb_cursor_del(cur, 0))) break;
     }
     mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) return rc;
+    MDB_val pk = {n, (void *)r->name};
+    rc = t->pcount ? mdb_del(txn, t->pcount, &pk, NULL) : 0;
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
@@ -845,6 +872,9 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     /* added with the event rule (issue 22): empty on a store from before, where no rule held anything */
     rc = mdb_dbi_open(txn, "holds", c, &t->holds);
     if (rc == MDB_NOTFOUND) t->holds = 0;
+    else if (rc) return rc;
+    rc = mdb_dbi_open(txn, "pcount", c, &t->pcount);
+    if (rc == MDB_NOTFOUND) t->pcount = 0;
     else if (rc) return rc;
     MDB_val k = {9, "feed_last"}, v;
     uint64_t last = 0;
@@ -951,6 +981,7 @@ int sl_trig_verify_states(sl_trig_t *t, MDB_txn *txn, MDB_txn *log_txn, FILE *ou
 {
     const trig_rules_t *rs = trig_rules(t->cfg);
     int rc = 0;
+    memset(t->verify_seen, 0, sizeof(t->verify_seen));
     for (size_t i = 0; i < rs->n && rc == 0; i++) {
         const trig_rule_t *r = &rs->v[i];
         if (r->type->verify == NULL) continue;
@@ -965,6 +996,15 @@ int sl_trig_verify_states(sl_trig_t *t, MDB_txn *txn, MDB_txn *log_txn, FILE *ou
         }
         mdb_cursor_close(cur);
         if (rc == MDB_NOTFOUND) rc = 0;
+    }
+    /* the counts GET /v1/rules shows */
+    for (size_t i = 0; i < rs->n && i < MAX_RULES && rc == 0; i++) {
+        uint64_t counted = pending_get(t, txn, rs->v[i].name);
+        if (rs->v[i].type->verify && counted != t->verify_seen[i]) {
+            fprintf(out, "rule %s: %llu pending triggers counted, %llu found\n", rs->v[i].name,
+                    (unsigned long long)counted, (unsigned long long)t->verify_seen[i]);
+            (*problems)++;
+        }
     }
     /* and every hold is some pending trigger's */
     uint64_t holds = 0;
@@ -1034,6 +1074,30 @@ void sl_trig_metrics(void *arg, sl_buf_t *b)
 }
 
 void sl_trig_mute(sl_trig_t *t, int muted) { t->muted = muted; }
+
+int sl_trig_rules_json(sl_trig_t *t, MDB_txn *txn, sl_buf_t *out)
+{
+    const trig_rules_t *rs = trig_rules(t->cfg);
+    sl_trig_stats_t ts;
+    sl_trig_get_stats(t, &ts);
+    sl_buf_appends(out, "{\"rules\":[");
+    for (size_t i = 0; i < rs->n; i++) {
+        if (i) sl_buf_appends(out, ",");
+        trig_rule_print(&rs->v[i], out);
+        uint64_t f = 0, p = 0, c = 0, u = 0, w = 0;
+        if (i < MAX_RULES) {
+            f = ts.fired_by_rule[i], p = ts.suppressed_by_rule[i], c = ts.no_consent_by_rule[i];
+            u = ts.unsubscribed_by_rule[i], w = ts.if_by_rule[i];
+        }
+        sl_buf_printf(out,
+                      ",\"fired\":%llu,\"suppressed\":{\"pressure\":%llu,\"consent\":%llu,\"unsubscribed\":%llu,"
+                      "\"if\":%llu},\"pending\":%llu}",
+                      (unsigned long long)f, (unsigned long long)p, (unsigned long long)c, (unsigned long long)u,
+                      (unsigned long long)w, (unsigned long long)pending_get(t, txn, rs->v[i].name));
+    }
+    sl_buf_appends(out, "]}");
+    return out->data ? 0 : SL_ENOMEM;
+}
 
 int sl_trig_pending(sl_trig_t *t, MDB_txn *txn, uint64_t person, sl_buf_t *out)
 {

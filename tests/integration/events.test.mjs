@@ -275,3 +275,26 @@ test('a pending trigger holds its starting event against retention; verify, rebu
     s.cleanup();
   }
 });
+
+test('GET /v1/rules: each rule as compiled, its counters and its pending triggers', async () => {
+  assert.equal((await fetch(srv.url + '/v1/rules')).status, 401);
+  const rules = async () => {
+    const res = await fetch(srv.url + '/v1/rules', { headers: bearer });
+    assert.equal(res.status, 200);
+    return (await res.json()).rules;
+  };
+  const sms = async () => (await rules()).find((r) => r.name === 'sms-fallback');
+  const before = await sms();
+  assert.deepEqual({ ...before, fired: 0, pending: 0, suppressed: 0 }, {
+    name: 'sms-fallback', type: 'event', event: 'Email Sent', delay: '2s',
+    unless: { event: 'Email Opened', match: 'properties.email_id', where: null }, max_wait: '7d', max_pending: 100,
+    where: null, if: null, max_per_profile_per_day: 0, pressure: true, requires_consent: null,
+    fired: 0, pending: 0, suppressed: 0 });
+  assert.ok(before.fired >= 1, 'the earlier tests fired it');
+  assert.deepEqual(Object.keys(before.suppressed), ['pressure', 'consent', 'unsubscribed', 'if']);
+  await ok('track', { userId: 'rules-u', event: 'Email Sent', properties: { email_id: 'r-1' } });
+  assert.equal((await sms()).pending, before.pending + 1);
+  await ok('track', { userId: 'rules-u', event: 'Email Opened', properties: { email_id: 'r-1' } });
+  assert.equal((await sms()).pending, before.pending);
+  assert.deepEqual((await rules()).map((r) => r.type), ['event', 'event', 'event', 'event']);
+});
