@@ -19,7 +19,9 @@ cat > "$W/sillage.json" <<JS
  "admin_token": "crash-admin-token-0123",
  "triggers": [{"name": "pages", "type": "page_visit", "url": "/c/*", "min_count": 2},
               {"name": "cart", "type": "abandoned_cart", "delay": "1s"},
-              {"name": "email", "type": "trait_change", "trait": "email", "on_first_set": true}]}
+              {"name": "email", "type": "trait_change", "trait": "email", "on_first_set": true},
+              {"name": "later", "type": "event", "event": "Product Added", "delay": "1s",
+               "unless": {"event": "Order Completed"}, "max_wait": "1h"}]}
 JS
 
 start() {
@@ -49,6 +51,23 @@ done
 # A last clean run: pending timers fire, then a graceful stop.
 start
 sleep 1.5
+# no pending trigger of the event rule fired twice across the kills: each
+# starting event appears at most once in the feed
+node -e '
+  const base = process.argv[1], auth = { Authorization: "Bearer crash-admin-token-0123" };
+  (async () => {
+    const seen = new Map(); let after = 0, n = 0;
+    for (;;) {
+      const page = await (await fetch(`${base}/v1/triggers?after=${after}&limit=1000`, { headers: auth })).json();
+      for (const t of page.triggers) if (t.rule === "later") { n++; const id = t.data.event.messageId; seen.set(id, (seen.get(id) || 0) + 1); }
+      if (page.triggers.length === 0) break;
+      after = page.next;
+    }
+    const twice = [...seen].filter(([, c]) => c > 1);
+    console.log(`event rule: ${n} triggers, ${twice.length} fired twice`);
+    if (twice.length || n === 0) process.exit(1);
+  })().catch((e) => { console.error(e); process.exit(1); });
+' "http://127.0.0.1:$PORT" || fail "a pending trigger fired twice (or none fired)"
 kill -TERM "$PID"; wait "$PID"; PID=""
 
 "$SL" export -c "$W/sillage.json" > "$W/export"
