@@ -186,6 +186,33 @@ void http_read_cancel(req_t *r)
     if (q && q->queued) uv_cancel((uv_req_t *)&q->work);
 }
 
+/* The `before` of a page: *out NULL when there is none; -1 after answering
+ * 400 for one that is not a cursor as a whole: empty, a bad %-escape, or
+ * one holding a NUL byte (`before=1%00` would read as 1). */
+static int read_before(conn_t *c, char **out)
+{
+    req_t *r = c->req;
+    *out = NULL;
+    for (const char *p = r->query; p && *p;) { /* http_query_param skips empty values */
+        if (strncmp(p, "before=", 7) == 0 && (p[7] == '&' || p[7] == '\0')) goto bad;
+        p = strchr(p, '&');
+        if (p) p++;
+    }
+    long n = http_query_param(r, "before", out);
+    if (n == SL_ENOTFOUND) {
+        *out = NULL;
+        return 0;
+    }
+    if (n == SL_ENOMEM) {
+        http_respond_error(c, 503, "out of memory");
+        return -1;
+    }
+    if (n > 0 && memchr(*out, '\0', (size_t)n) == NULL) return 0;
+bad:
+    http_respond_error(c, 400, "before must be a cursor from a previous page");
+    return -1;
+}
+
 void http_handle_profiles(conn_t *c, const char *rest)
 {
     sl_server_t *srv = c->srv;
@@ -215,8 +242,7 @@ void http_handle_profiles(conn_t *c, const char *rest)
             http_respond_error(c, 503, "out of memory");
             return;
         }
-        if (http_query_num(c, "limit", 1, 100, &limit) < 0) return;
-        if (http_query_param(r, "before", &before) < 0) before = NULL;
+        if (http_query_num(c, "limit", 1, 100, &limit) < 0 || read_before(c, &before) < 0) return;
         *q = (read_req_t){.stage = srv->stage, .stitch = srv->stitch, .before = before, .what = 3,
                           .limit = (size_t)limit};
         r->read = q;
@@ -293,14 +319,9 @@ void http_handle_profiles(conn_t *c, const char *rest)
     if (what) { /* events and merges come a page at a time */
         unsigned long long limit = q->limit;
         char *before = NULL;
-        if (http_query_num(c, "limit", 1, 1000, &limit) < 0) return;
+        if (http_query_num(c, "limit", 1, 1000, &limit) < 0 || read_before(c, &before) < 0) return;
         q->limit = (size_t)limit;
-        long blen = http_query_param(r, "before", &before);
-        if (blen == SL_EINVAL || blen == 0) {
-            http_respond_error(c, 400, "before must be a cursor from a previous page");
-            return;
-        }
-        if (blen > 0) q->before = before;
+        q->before = before;
     }
     r->read = q;
     http_after_stage(c, answer_read);

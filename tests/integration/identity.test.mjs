@@ -258,10 +258,18 @@ test('/merges: limit and before are checked', async () => {
     assert.equal(r.status, 400, q);
     assert.match(r.json.error, /limit must be a whole number from 1 to 1000/, q);
   }
-  for (const q of ['before=abc', 'before=-1', 'before=0', 'before=%zz', 'before=1e3', 'before=99999999999999999999999']) {
+  for (const q of ['before=abc', 'before=-1', 'before=0', 'before=%zz', 'before=1e3', 'before=99999999999999999999999',
+    'before=', 'before=1%00', 'before=5%00x', 'before=5&before=', 'limit=5&before=&x=1']) {
     const r = await get('/v1/profiles/user_id/mlim-u/merges?' + q);
     assert.equal(r.status, 400, q);
     assert.match(r.json.error, /before must be a cursor from a previous page/, q);
+  }
+  // the same for the other pages
+  for (const path of ['/v1/profiles/user_id/mlim-u/events?before=', '/v1/profiles/user_id/mlim-u/events?before=1%00',
+    '/v1/profiles?before=', '/v1/profiles?before=%zz', '/v1/profiles?before=1%00']) {
+    const r = await get(path);
+    assert.equal(r.status, 400, path);
+    assert.match(r.json.error, /before must be a cursor from a previous page/, path);
   }
   const ok = await get('/v1/profiles/user_id/mlim-u/merges?limit=1000&before=5');
   assert.equal(ok.status, 200);
