@@ -869,6 +869,7 @@ static void on_conn_closed(uv_handle_t *h)
         c->busy = 0;
     }
     if (c->req) {
+        if (c->busy && c->req->read) http_read_cancel(c->req); /* a profile read nobody will get */
         if (c->busy) c->req->conn = NULL; /* the commit callback frees it */
         else http_req_free(c->req);
     }

@@ -135,6 +135,7 @@ struct sl_server_s {
     uint64_t unchecked_body_bytes; /* ... of them, of requests whose key was not checked from the headers */
     uint64_t buffered_peak;       /* highest since the last malloc_trim */
     uint64_t body_refused;        /* requests answered 503 for limits.max_buffered_bytes */
+    size_t admin_reads;           /* profile reads queued or running on the threadpool (profiles.c) */
     struct {                      /* refused-request log lines (http_log_refused) */
         int64_t sec;
         unsigned lines;
@@ -263,6 +264,10 @@ void http_route_request(conn_t *c);
  * it is not, with *why set (the 401's text). */
 int http_route_basic_auth(conn_t *c, const char **why);
 void http_handle_profiles(conn_t *c, const char *rest);
+/* profiles.c: r's connection closed while r was busy (loop thread, before
+ * r->conn is cleared): a profile read still queued on the threadpool is
+ * cancelled. Its completion frees r either way. */
+void http_read_cancel(req_t *r);
 /* GET /v1/admin/set-aside (profiles.c). */
 void http_handle_set_aside(conn_t *c, int replay_route);
 /* Read-your-writes: then(c, reached) once the stage has applied (and

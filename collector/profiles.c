@@ -12,6 +12,33 @@
 #include "http_int.h"
 #include "sl_stitch.h"
 
+#define READ_BUSY_MSG "server busy: too many profile reads in progress (twice libuv's threadpool size), retry later"
+
+/* Read once, at the first read (loop thread): the most reads queued or
+ * running on the threadpool server-wide (twice its size: libuv's
+ * UV_THREADPOOL_SIZE, 4 by default), and a test seam. */
+static unsigned read_cap;
+/* Test seam: SILLAGE_TEST_READ_DELAY_MS makes every read sleep that long
+ * on its worker thread, so that a test can hold reads in flight and see
+ * that the loop, and other clients, do not wait for them. Unset (0) in
+ * production. */
+static unsigned read_delay_ms;
+
+static void read_setup(void)
+{
+    if (read_cap) return;
+    const char *v = getenv("UV_THREADPOOL_SIZE");
+    long pool = v ? atol(v) : 4; /* as libuv reads it */
+    if (pool < 1) pool = 1;
+    if (pool > 1024) pool = 1024;
+    read_cap = 2 * (unsigned)pool;
+    if ((v = getenv("SILLAGE_TEST_READ_DELAY_MS")) != NULL) {
+        long ms = atol(v);
+        read_delay_ms = ms > 0 && ms < 60000 ? (unsigned)ms : 0;
+        if (read_delay_ms) SL_WARN("SILLAGE_TEST_READ_DELAY_MS=%u: every profile read sleeps (a test seam)", read_delay_ms);
+    }
+}
+
 /* One read of the profile routes. It is built on libuv's threadpool in its
  * own read transactions -- a page of a large journal or timeline, or a
  * profile whose timelines are long, would otherwise hold the loop and every
@@ -20,6 +47,8 @@
 typedef struct {
     uv_work_t work;
     req_t *r;
+    sl_server_t *srv;
+    int queued;   /* on the threadpool: http_read_cancel may cancel it */
     sl_stage_t *stage;
     sl_stitch_t *stitch;
     const char *kind, *id, *before;
@@ -33,6 +62,7 @@ typedef struct {
 static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
     read_req_t *q = arg;
+    if (read_delay_ms) uv_sleep(read_delay_ms); /* the test seam: where the answer is built */
     switch (q->what) {
     case 0: return sl_stitch_profile(q->stitch, txn, q->kind, q->id, &q->out);
     case 1: return sl_stitch_timeline(q->stitch, txn, log_txn, q->kind, q->id, q->limit, q->before, &q->out);
@@ -90,12 +120,16 @@ static void read_work(uv_work_t *w)
     q->rc = sl_stage_read(q->stage, q->what == 1, read_cb, q);
 }
 
-/* Loop thread, once read_work is over (or was cancelled). */
+/* Loop thread, once read_work is over, or was cancelled (status
+ * UV_ECANCELED: the client left, http_read_cancel; r is freed here all the
+ * same, by job_conn). */
 static void read_done(uv_work_t *w, int status)
 {
     read_req_t *q = w->data;
     sl_buf_t out = q->out; /* q lives in the request's arena, which job_conn may free */
     int rc = status ? SL_ESHUTDOWN : q->rc, reached = q->reached;
+    q->queued = 0;
+    q->srv->admin_reads--;
     conn_t *c = job_conn(q->r);
     if (c == NULL) { /* the client left meanwhile */
         sl_buf_free(&out);
@@ -113,20 +147,70 @@ static void read_done(uv_work_t *w, int status)
     sl_buf_free(&out);
 }
 
-/* The read, once the stage has applied what the request waited for. */
+/* The read, once the stage has applied what the request waited for. At
+ * most read_cap reads are on the threadpool at once, server-wide: past it,
+ * 503 (clients that pipeline large reads and leave would otherwise queue
+ * work that every later read waits behind). */
 static void answer_read(conn_t *c, int reached)
 {
     req_t *r = c->req;
     read_req_t *q = r->read;
+    sl_server_t *srv = c->srv;
+    read_setup();
+    if (srv->admin_reads >= read_cap) {
+        http_log_refused(srv, "refusing a profile read: %zu reads already in progress (at most %u)",
+                         srv->admin_reads, read_cap);
+        http_respond_error(c, 503, READ_BUSY_MSG);
+        return;
+    }
     q->r = r;
+    q->srv = srv;
     q->reached = reached;
     q->work.data = q;
     c->busy = 1; /* the connection keeps r until read_done (http.c: on_conn_closed) */
-    int rc = uv_queue_work(c->srv->loop, &q->work, read_work, read_done);
+    int rc = uv_queue_work(srv->loop, &q->work, read_work, read_done);
     if (rc) {
         c->busy = 0;
         http_respond_error(c, 503, sl_strerror(rc));
+        return;
     }
+    q->queued = 1;
+    srv->admin_reads++;
+}
+
+void http_read_cancel(req_t *r)
+{
+    read_req_t *q = r->read;
+    /* 0: read_done comes with UV_ECANCELED; UV_EBUSY: it runs, and its
+     * answer is dropped */
+    if (q && q->queued) uv_cancel((uv_req_t *)&q->work);
+}
+
+/* The `before` of a page: *out NULL when there is none; -1 after answering
+ * 400 for one that is not a cursor as a whole: empty, a bad %-escape, or
+ * one holding a NUL byte (`before=1%00` would read as 1). */
+static int read_before(conn_t *c, char **out)
+{
+    req_t *r = c->req;
+    *out = NULL;
+    for (const char *p = r->query; p && *p;) { /* http_query_param skips empty values */
+        if (strncmp(p, "before=", 7) == 0 && (p[7] == '&' || p[7] == '\0')) goto bad;
+        p = strchr(p, '&');
+        if (p) p++;
+    }
+    long n = http_query_param(r, "before", out);
+    if (n == SL_ENOTFOUND) {
+        *out = NULL;
+        return 0;
+    }
+    if (n == SL_ENOMEM) {
+        http_respond_error(c, 503, "out of memory");
+        return -1;
+    }
+    if (n > 0 && memchr(*out, '\0', (size_t)n) == NULL) return 0;
+bad:
+    http_respond_error(c, 400, "before must be a cursor from a previous page");
+    return -1;
 }
 
 void http_handle_profiles(conn_t *c, const char *rest)
@@ -158,8 +242,7 @@ void http_handle_profiles(conn_t *c, const char *rest)
             http_respond_error(c, 503, "out of memory");
             return;
         }
-        if (http_query_num(c, "limit", 1, 100, &limit) < 0) return;
-        if (http_query_param(r, "before", &before) < 0) before = NULL;
+        if (http_query_num(c, "limit", 1, 100, &limit) < 0 || read_before(c, &before) < 0) return;
         *q = (read_req_t){.stage = srv->stage, .stitch = srv->stitch, .before = before, .what = 3,
                           .limit = (size_t)limit};
         r->read = q;
@@ -236,14 +319,9 @@ void http_handle_profiles(conn_t *c, const char *rest)
     if (what) { /* events and merges come a page at a time */
         unsigned long long limit = q->limit;
         char *before = NULL;
-        if (http_query_num(c, "limit", 1, 1000, &limit) < 0) return;
+        if (http_query_num(c, "limit", 1, 1000, &limit) < 0 || read_before(c, &before) < 0) return;
         q->limit = (size_t)limit;
-        long blen = http_query_param(r, "before", &before);
-        if (blen == SL_EINVAL || blen == 0) {
-            http_respond_error(c, 400, "before must be a cursor from a previous page");
-            return;
-        }
-        if (blen > 0) q->before = before;
+        q->before = before;
     }
     r->read = q;
     http_after_stage(c, answer_read);

@@ -145,8 +145,9 @@ int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, MDB_txn *log_txn, const cha
                        size_t limit, const char *before, sl_buf_t *out);
 /* The person's journal, newest entry first, at most limit entries:
  * {"person","merges":[...],"refused":[...],"next":"<cursor>"|null}.
- * A merge entry per person absorbed (so merges are bounded by the
- * identifiers the person holds); refusals coalesced per (owner, reason),
+ * A merge entry per person absorbed (so merges are bounded only by the
+ * identifiers the person gains, which the write key can grow: a page costs
+ * limit entries, never the journal); refusals coalesced per (owner, reason),
  * each entry counting them ("count", "first_at", "last_at") and naming the
  * latest, at most SL_STITCH_MAX_REFUSALS per person (the oldest go).
  * SL_EINVAL: before is not a cursor of a previous page. */
@@ -239,6 +240,7 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FI
 typedef struct sl_stitch_stats_s {
     uint64_t merges, refusals, persons_created;
     uint64_t refusals_dropped;        /* refusal entries dropped past SL_STITCH_MAX_REFUSALS */
+    uint64_t refusal_refs_read;       /* journal references read to keep that bound (its cost: tests) */
     uint64_t identifies, identify_ns; /* identify and alias messages stitched, time spent on them */
     uint64_t traits_dropped;          /* traits not kept on a profile (limits.max_traits_*) */
     uint64_t pruned, examined, prune_passes, persons_expired; /* retention */

@@ -11,6 +11,11 @@
  *             read from here, so an ordinary event writes no person record.
  *   journal   journal seq -> JSON entry (merge or refusal)
  *   pjournal  person id -> dup journal seqs that explain the person
+ *   prefusals person id -> dup journal seqs of the refusal entries among them
+ *             (at most SL_STITCH_MAX_REFUSALS once bounded), so that keeping
+ *             the bound never reads the merges, which the person's
+ *             identifiers bound and the public key can grow. Added after
+ *             layout 3: a store without it gets it from pjournal at open.
  *   active    be64 last activity ms, be64 person id -> nothing: persons by recent
  *             activity (moved at most once a minute per person)
  *   actof     person id -> i64 its key's time in active
@@ -83,7 +88,7 @@ typedef struct sl_stitch_msg_s {
 struct sl_stitch_s {
     const sl_config_t *cfg;
     sl_store_t *store;
-    MDB_dbi ids, persons, tl, journal, pjournal, smeta, erasing, active, actof, consent;
+    MDB_dbi ids, persons, tl, journal, pjournal, prefusals, smeta, erasing, active, actof, consent;
     consent_cache_t *ccache;  /* stage thread: recent persons' categories (consent.h) */
     sl_stage_step_t step;
     person_t p1, p2, p3;      /* stage thread scratch (p3: listeners' payloads) */
@@ -98,6 +103,7 @@ struct sl_stitch_s {
     uint64_t msg_dropped;     /* traits of the current message not kept (limits) */
     _Atomic uint64_t merges, refusals, created, traits_dropped, refusals_dropped;
     _Atomic uint64_t amounts_ignored; /* order amounts not finite or past SL_AMOUNT_MAX */
+    _Atomic uint64_t refusal_refs_read; /* references bound_refusals read: its cost */
     _Atomic uint64_t pruned, examined, prune_passes, persons_expired;
     struct { /* the current transaction's, added when it commits (an aborted one is redone) */
         uint64_t created, refusals, merges, traits_dropped, prune_passes, refusals_dropped, amounts_ignored;
@@ -292,10 +298,30 @@ static void append_identifier_json(sl_buf_t *b, const char *key)
     sl_buf_appends(b, "}");
 }
 
-/* Appends entry to the journal, in the journal of persons[0..n); its number
- * in *out (may be NULL). */
+/* Puts journal entry seq in person's journal, and in its refusals when
+ * refusal. MDB_KEYEXIST: it was there. */
+static int journal_ref(sl_stitch_t *s, MDB_txn *txn, uint64_t person, uint64_t seq, int refusal)
+{
+    MDB_val pk = {8, &person}, pv = {8, &seq};
+    int rc = mdb_put(txn, s->pjournal, &pk, &pv, MDB_NODUPDATA);
+    if (rc || !refusal) return rc;
+    return mdb_put(txn, s->prefusals, &pk, &pv, MDB_NODUPDATA);
+}
+
+/* Takes journal entry seq out of person's journal and refusals. */
+static int journal_unref(sl_stitch_t *s, MDB_txn *txn, uint64_t person, uint64_t seq)
+{
+    MDB_val pk = {8, &person}, pv = {8, &seq};
+    int rc = mdb_del(txn, s->pjournal, &pk, &pv);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    rc = mdb_del(txn, s->prefusals, &pk, &pv);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Appends entry (a refusal when refusal) to the journal, in the journal of
+ * persons[0..n); its number in *out (may be NULL). */
 static int journal_add(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *entry, const uint64_t *persons, int n,
-                       uint64_t *out)
+                       int refusal, uint64_t *out)
 {
     uint64_t seq;
     int rc = counter_next(s, txn, "next_journal", &seq);
@@ -303,10 +329,8 @@ static int journal_add(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *entry, cons
     if (out) *out = seq;
     MDB_val k = {8, &seq}, v = {entry->len, entry->data};
     if ((rc = mdb_put(txn, s->journal, &k, &v, MDB_APPEND))) return rc;
-    for (int i = 0; i < n; i++) {
-        MDB_val pk = {8, (void *)&persons[i]}, pv = {8, &seq};
-        if ((rc = mdb_put(txn, s->pjournal, &pk, &pv, 0)) && rc != MDB_KEYEXIST) return rc;
-    }
+    for (int i = 0; i < n; i++)
+        if ((rc = journal_ref(s, txn, persons[i], seq, refusal)) && rc != MDB_KEYEXIST) return rc;
     return 0;
 }
 
@@ -363,37 +387,38 @@ static uint64_t entry_person(const cJSON *doc, const char *name)
  * and an entry the person owns goes with its reference, so that its next
  * refusal of that kind starts a new one. References to entries erased with
  * another person go too. Called when the person gains a refusal reference;
- * costs the length of its journal, which merges bound by its identifiers. */
+ * reads its refusal references only (prefusals), never its merges: at most
+ * the bound and the one just added, or twice the bound after two persons
+ * holding refusals were merged. */
 static int bound_refusals(sl_stitch_t *s, MDB_txn *txn, uint64_t person)
 {
     uint64_t *refs = NULL, *gone = NULL; /* refusal entries, oldest first; entries erased */
-    size_t n = 0, cap = 0, n_gone = 0, cap_gone = 0;
+    size_t n = 0, cap = 0, n_gone = 0, cap_gone = 0, n_read = 0;
     MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, s->pjournal, &cur);
+    int rc = mdb_cursor_open(txn, s->prefusals, &cur);
     if (rc) return rc;
     MDB_val k = {8, &person}, v;
-    /* pjournal's duplicates are journal numbers in order: oldest first */
+    /* the duplicates are journal numbers in order: oldest first */
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
         uint64_t seq;
         memcpy(&seq, v.mv_data, 8);
         MDB_val jk = {8, &seq}, jv;
+        n_read++;
         int g = mdb_get(txn, s->journal, &jk, &jv);
         if (g == MDB_NOTFOUND) g = u64_append(&gone, &n_gone, &cap_gone, &seq, 1);
-        else if (g == 0 && entry_is_refusal(&jv)) g = u64_append(&refs, &n, &cap, &seq, 1);
+        else if (g == 0) g = u64_append(&refs, &n, &cap, &seq, 1);
         if (g) {
             rc = g;
             break;
         }
     }
     mdb_cursor_close(cur);
+    atomic_fetch_add(&s->refusal_refs_read, n_read);
     if (rc != MDB_NOTFOUND) goto out;
     rc = 0;
-    for (size_t i = 0; i < n_gone && rc == 0; i++) {
-        MDB_val pv = {8, &gone[i]};
-        rc = mdb_del(txn, s->pjournal, &k, &pv);
-    }
+    for (size_t i = 0; i < n_gone && rc == 0; i++) rc = journal_unref(s, txn, person, gone[i]);
     for (size_t i = 0; n > SL_STITCH_MAX_REFUSALS && i < n - SL_STITCH_MAX_REFUSALS && rc == 0; i++) {
-        MDB_val jk = {8, &refs[i]}, jv, pv = {8, &refs[i]};
+        MDB_val jk = {8, &refs[i]}, jv;
         if ((rc = mdb_get(txn, s->journal, &jk, &jv))) break;
         cJSON *doc = cJSON_ParseWithLength(jv.mv_data, jv.mv_size);
         const char *reason = sl_json_str(doc, "reason");
@@ -408,7 +433,7 @@ static int bound_refusals(sl_stitch_t *s, MDB_txn *txn, uint64_t person)
             }
         }
         cJSON_Delete(doc);
-        if (rc == 0) rc = mdb_del(txn, s->pjournal, &k, &pv);
+        if (rc == 0) rc = journal_unref(s, txn, person, refs[i]);
         s->pend.refusals_dropped++;
     }
 out:
@@ -482,14 +507,14 @@ static int refuse(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, const 
     if (e->data == NULL) return SL_ENOMEM;
     if (seq == 0) {
         uint64_t both[2] = {owner, target};
-        if ((rc = journal_add(s, txn, e, both, 2, &seq))) return rc;
+        if ((rc = journal_add(s, txn, e, both, 2, 1, &seq))) return rc;
         cv = (MDB_val){8, &seq};
         if ((rc = mdb_put(txn, s->smeta, &ck, &cv, 0))) return rc;
         if ((rc = bound_refusals(s, txn, owner))) return rc;
     } else {
-        MDB_val jk = {8, &seq}, nv = {e->len, e->data}, pk = {8, &target}, pv = {8, &seq};
+        MDB_val jk = {8, &seq}, nv = {e->len, e->data};
         if ((rc = mdb_put(txn, s->journal, &jk, &nv, 0))) return rc;
-        if ((rc = mdb_put(txn, s->pjournal, &pk, &pv, MDB_NODUPDATA)) == MDB_KEYEXIST) return 0;
+        if ((rc = journal_ref(s, txn, target, seq, 1)) == MDB_KEYEXIST) return 0;
         if (rc) return rc;
     }
     return bound_refusals(s, txn, target);
@@ -593,17 +618,17 @@ out:
 typedef struct {
     sl_stitch_t *s;
     uint64_t to;
-    int refusals; /* a refusal entry was among them */
+    MDB_dbi dbi;  /* pjournal, or prefusals */
+    int copied;   /* a reference was new to `to` */
 } journal_copy_t;
 
 static int copy_journal_ref(MDB_txn *txn, const MDB_val *v, void *arg)
 {
     journal_copy_t *jc = arg;
-    MDB_val pk = {8, &jc->to}, pv = *v, jk = {8, v->mv_data}, jv;
-    int rc = mdb_put(txn, jc->s->pjournal, &pk, &pv, MDB_NODUPDATA);
-    if (rc) return rc == MDB_KEYEXIST ? 0 : rc;
-    if ((rc = mdb_get(txn, jc->s->journal, &jk, &jv)) == 0 && entry_is_refusal(&jv)) jc->refusals = 1;
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    MDB_val pk = {8, &jc->to}, pv = *v;
+    int rc = mdb_put(txn, jc->dbi, &pk, &pv, MDB_NODUPDATA);
+    if (rc == 0) jc->copied = 1;
+    return rc == MDB_KEYEXIST ? 0 : rc;
 }
 
 /* Moves every identifier of x to survivor, sums the counters, merges traits
@@ -702,11 +727,13 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
         if (s->listeners[i].merged && (rc = s->listeners[i].merged(s->listeners[i].arg, txn, s->ev, sv->id, x->id)))
             return rc;
     /* The absorbed person's journal now explains the survivor too. */
-    journal_copy_t jc = {s, sv->id, 0};
+    journal_copy_t jc = {s, sv->id, s->pjournal, 0}, jr = {s, sv->id, s->prefusals, 0};
     if ((rc = foreach_dup(txn, s->pjournal, &x->id, 8, copy_journal_ref, &jc))) return rc;
-    if (jc.refusals && (rc = bound_refusals(s, txn, sv->id))) return rc; /* two users joined (trusted alias) */
+    if ((rc = foreach_dup(txn, s->prefusals, &x->id, 8, copy_journal_ref, &jr))) return rc;
+    if (jr.copied && (rc = bound_refusals(s, txn, sv->id))) return rc; /* two users joined (trusted alias) */
     MDB_val k = {8, &x->id};
     if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
+    if ((rc = mdb_del(txn, s->prefusals, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
     /* MDB_NOTFOUND: x was created by this very message and never saved (an
      * identify whose new anonymousId carries another person's email). */
     if ((rc = mdb_del(txn, s->persons, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
@@ -717,7 +744,7 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
         return rc;
     s->pend.merges++;
     uint64_t who = sv->id;
-    return journal_add(s, txn, &s->tmp, &who, 1, NULL);
+    return journal_add(s, txn, &s->tmp, &who, 1, 0, NULL);
 }
 
 static void swap_persons(person_t *a, person_t *b)
@@ -998,6 +1025,36 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
 
 static int finish_erasures(sl_stitch_t *s, MDB_txn *txn);
 
+/* A store written before prefusals existed: every refusal reference in
+ * pjournal (and every reference to an entry no longer there, which only a
+ * refusal shared with an erased person leaves) is copied to it, once, in
+ * the opening transaction. Costs one pass over the journal. */
+static int build_prefusals(sl_stitch_t *s, MDB_txn *txn)
+{
+    MDB_cursor *cur;
+    uint64_t n = 0;
+    int rc = mdb_cursor_open(txn, s->pjournal, &cur);
+    if (rc) return rc;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        MDB_val jk = {8, v.mv_data}, jv, pv = v;
+        int g = mdb_get(txn, s->journal, &jk, &jv);
+        if (g == MDB_NOTFOUND || (g == 0 && entry_is_refusal(&jv))) {
+            if ((g = mdb_put(txn, s->prefusals, &k, &pv, MDB_NODUPDATA)) == MDB_KEYEXIST) g = 0;
+            n++;
+        }
+        if (g) {
+            rc = g;
+            break;
+        }
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) return rc;
+    if (n) SL_INFO("identity journal: %llu refusal references indexed apart from merges (prefusals)",
+                   (unsigned long long)n);
+    return 0;
+}
+
 static int on_open(void *arg, MDB_txn *txn, int read_only)
 {
     sl_stitch_t *s = arg;
@@ -1010,6 +1067,17 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     if ((rc = mdb_dbi_open(txn, "pjournal", c | MDB_INTEGERKEY | MDB_DUPSORT | MDB_DUPFIXED | MDB_INTEGERDUP,
                            &s->pjournal)))
         return rc;
+    /* added after layout 3 (a store from before gets it from pjournal);
+     * only the stage's writes use it */
+    const unsigned pr = MDB_INTEGERKEY | MDB_DUPSORT | MDB_DUPFIXED | MDB_INTEGERDUP;
+    if ((rc = mdb_dbi_open(txn, "prefusals", pr, &s->prefusals)) == MDB_NOTFOUND) {
+        s->prefusals = 0;
+        if (!read_only && ((rc = mdb_dbi_open(txn, "prefusals", pr | MDB_CREATE, &s->prefusals)) ||
+                           (rc = build_prefusals(s, txn))))
+            return rc;
+    } else if (rc) {
+        return rc;
+    }
     if ((rc = mdb_dbi_open(txn, "smeta", c, &s->smeta))) return rc;
     if ((rc = mdb_dbi_open(txn, "erasing", c | MDB_INTEGERKEY, &s->erasing))) return rc;
     /* added after layout 3 was fixed: a store from before lists the persons
@@ -1185,6 +1253,7 @@ void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
     out->merges = atomic_load(&s->merges);
     out->refusals = atomic_load(&s->refusals);
     out->refusals_dropped = atomic_load(&s->refusals_dropped);
+    out->refusal_refs_read = atomic_load(&s->refusal_refs_read);
     out->persons_created = atomic_load(&s->created);
     out->identifies = atomic_load(&s->identifies);
     out->identify_ns = atomic_load(&s->identify_ns);
@@ -1687,6 +1756,7 @@ static int forget_person(sl_stitch_t *s, MDB_txn *txn, person_t *p, sl_stitch_er
     if ((rc = foreach_dup(txn, s->pjournal, &p->id, 8, erase_journal_entry, e))) return rc;
     MDB_val k = {8, &p->id};
     if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
+    if ((rc = mdb_del(txn, s->prefusals, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
     if ((rc = mdb_del(txn, s->persons, &k, NULL))) return rc;
     int64_t was;
     int had;

@@ -1,11 +1,11 @@
 // identity.test.mjs - identity stitching through the HTTP API: the scenarios
 // of tests/identity/scenarios.json (table-driven), then erasure, pagination,
 // admin auth and a restart.
-import { test, before, after } from 'node:test';
+import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
-import { startServer, post, basic, rawExchange, parseResponses, ADMIN, WRITE_KEY } from './helpers.mjs';
+import { startServer, post, basic, rawExchange, parseResponses, track, ADMIN, WRITE_KEY } from './helpers.mjs';
 
 const { scenarios } = JSON.parse(readFileSync(new URL('../identity/scenarios.json', import.meta.url)));
 const JUNK = new Set(['', 'null', 'undefined', 'anonymous', '0', 'guest']);
@@ -236,8 +236,16 @@ test('reads built off the loop: clients that leave before the answer cost nothin
     });
     sock.on('error', resolve);
   })));
-  const answers = parseResponses(await rawExchange(srv.port,
-    req('/v1/profiles/user_id/jvictim') + req('/v1/profiles/user_id/jvictim/merges?limit=1'), { untilResponses: 2 }));
+  // Their reads still queued are cancelled as they leave, the running ones
+  // end in milliseconds; until then more than the cap of reads may be in
+  // progress, which a client is told with 503 + Retry-After (shortened here).
+  let answers;
+  for (let tries = 0; ; tries++) {
+    answers = parseResponses(await rawExchange(srv.port,
+      req('/v1/profiles/user_id/jvictim') + req('/v1/profiles/user_id/jvictim/merges?limit=1'), { untilResponses: 2 }));
+    if (!answers.some((a) => a.status === 503) || tries === 20) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
   assert.deepEqual(answers.map((a) => a.status), [200, 200]);
   assert.equal(JSON.parse(answers[0].body).user_id, 'jvictim');
   assert.equal(JSON.parse(answers[1].body).refused.length, 1, 'answers in order on one connection');
@@ -250,13 +258,120 @@ test('/merges: limit and before are checked', async () => {
     assert.equal(r.status, 400, q);
     assert.match(r.json.error, /limit must be a whole number from 1 to 1000/, q);
   }
-  for (const q of ['before=abc', 'before=-1', 'before=0', 'before=%zz', 'before=1e3', 'before=99999999999999999999999']) {
+  for (const q of ['before=abc', 'before=-1', 'before=0', 'before=%zz', 'before=1e3', 'before=99999999999999999999999',
+    'before=', 'before=1%00', 'before=5%00x', 'before=5&before=', 'limit=5&before=&x=1']) {
     const r = await get('/v1/profiles/user_id/mlim-u/merges?' + q);
     assert.equal(r.status, 400, q);
     assert.match(r.json.error, /before must be a cursor from a previous page/, q);
+  }
+  // the same for the other pages
+  for (const path of ['/v1/profiles/user_id/mlim-u/events?before=', '/v1/profiles/user_id/mlim-u/events?before=1%00',
+    '/v1/profiles?before=', '/v1/profiles?before=%zz', '/v1/profiles?before=1%00']) {
+    const r = await get(path);
+    assert.equal(r.status, 400, path);
+    assert.match(r.json.error, /before must be a cursor from a previous page/, path);
   }
   const ok = await get('/v1/profiles/user_id/mlim-u/merges?limit=1000&before=5');
   assert.equal(ok.status, 200);
   assert.deepEqual(ok.json.merges, []);
   assert.equal(ok.json.next, null);
+});
+
+// The test seam SILLAGE_TEST_READ_DELAY_MS makes every profile read sleep on
+// its worker thread: reads can be held in flight. With UV_THREADPOOL_SIZE=2
+// two run at once and at most four (twice the pool) are taken.
+describe('profile reads on the threadpool, each held DELAY ms by the test seam', () => {
+  const DELAY = 2000, POOL = 2, CAP = 2 * POOL;
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  let slow;
+  before(async () => {
+    const saved = { delay: process.env.SILLAGE_TEST_READ_DELAY_MS, pool: process.env.UV_THREADPOOL_SIZE };
+    process.env.SILLAGE_TEST_READ_DELAY_MS = String(DELAY);
+    process.env.UV_THREADPOOL_SIZE = String(POOL);
+    const started = startServer(); // spawns at once, with this environment
+    for (const [k, v] of [['SILLAGE_TEST_READ_DELAY_MS', saved.delay], ['UV_THREADPOOL_SIZE', saved.pool]]) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+    slow = await started;
+    assert.equal((await post(slow, '/v1/identify', { userId: 'slow-u', anonymousId: 'slow-a' })).status, 200);
+  });
+  after(async () => { await slow.stop(); slow.cleanup(); });
+
+  // A profile GET on a connection of its own: the socket, and its answer
+  // (null when the connection closed without one).
+  function openRead(path = '/v1/profiles/user_id/slow-u') {
+    const sock = net.connect(slow.port, '127.0.0.1');
+    let data = '';
+    const answer = new Promise((resolve) => {
+      sock.on('data', (d) => {
+        data += d.toString('latin1');
+        const got = parseResponses(data);
+        if (got.length) { resolve(got[0]); sock.destroy(); }
+      });
+      sock.on('close', () => resolve(parseResponses(data)[0] || null));
+      sock.on('error', () => {});
+    });
+    sock.write(`GET ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${ADMIN}\r\n\r\n`);
+    return { sock, answer };
+  }
+  async function timed(p) {
+    const t = performance.now();
+    const r = await p;
+    return { r, ms: performance.now() - t };
+  }
+
+  test('a read in flight never holds the loop: ingestion and /healthz answer meanwhile', async () => {
+    const t0 = performance.now();
+    const read = openRead();
+    let answeredAt = null;
+    read.answer.then(() => { answeredAt = performance.now(); });
+    await sleep(200); // the read is on a worker thread, sleeping
+    // built on the loop, these would wait for the read: DELAY ms
+    const tr = await timed(post(slow, '/v1/track', track()));
+    assert.equal(tr.r.status, 200, tr.r.text);
+    assert.ok(tr.ms < 1000, `POST /v1/track took ${Math.round(tr.ms)} ms while a read was in flight`);
+    const hz = await timed(fetch(slow.url + '/healthz'));
+    assert.equal(hz.r.status, 200);
+    assert.ok(hz.ms < 1000, `GET /healthz took ${Math.round(hz.ms)} ms while a read was in flight`);
+    assert.equal(answeredAt, null, 'the read was still in flight meanwhile');
+    const a = await read.answer;
+    assert.equal(a.status, 200);
+    assert.equal(JSON.parse(a.body).user_id, 'slow-u');
+    assert.ok(performance.now() - t0 >= DELAY - 100, 'the seam held the read');
+  });
+
+  test('past twice the pool of reads at once: 503, Retry-After and a JSON error that says why', async () => {
+    const reads = Array.from({ length: CAP }, () => openRead());
+    await sleep(300); // all taken: POOL running, the rest queued
+    const res = await fetch(slow.url + '/v1/profiles/user_id/slow-u', { headers: bearer });
+    assert.equal(res.status, 503);
+    assert.equal(res.headers.get('retry-after'), '1');
+    const j = await res.json();
+    assert.equal(j.success, false);
+    assert.match(j.error, /too many profile reads in progress/);
+    const answers = await Promise.all(reads.map((r) => r.answer));
+    assert.deepEqual(answers.map((a) => a && a.status), Array(CAP).fill(200));
+  });
+
+  test('reads whose clients left are cancelled: their slots free at once, the next read waits for the running ones only', async () => {
+    const t0 = performance.now();
+    const reads = Array.from({ length: CAP }, () => openRead());
+    await sleep(300);
+    for (const r of reads) r.sock.destroy(); // POOL of them run on; the queued ones are cancelled
+    let res;
+    for (;;) {
+      res = await fetch(slow.url + '/v1/profiles/user_id/slow-u', { headers: bearer });
+      if (res.status !== 503) break;
+      await res.arrayBuffer();
+      // kept to their end, the slots would free at t0 + DELAY
+      assert.ok(performance.now() - t0 < 1300, 'a slot is free within a second of the clients leaving');
+      await sleep(50);
+    }
+    assert.equal(res.status, 200);
+    assert.equal((await res.json()).user_id, 'slow-u');
+    // behind the POOL running reads: t0 + 2 DELAY; behind the cancelled ones too, t0 + 3 DELAY
+    const ms = performance.now() - t0;
+    assert.ok(ms < 2.5 * DELAY, `answered ${Math.round(ms)} ms after the first reads were sent`);
+  });
 });

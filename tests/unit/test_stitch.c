@@ -23,6 +23,7 @@ typedef struct {
     sl_stage_t *stage;
     int n_sent;
     int untrusted;  /* messages come from a browser key (default: a trusted source) */
+    int no_wait;    /* msg() waits for the log only, not for the stage */
     int with_triggers; /* the trigger engine too (the demo rules) */
     sl_trig_t *trig;
 } fix_t;
@@ -160,7 +161,8 @@ static void msg_traits(fix_t *f, int type, const char *user, const char *anon, c
         sl_buf_appends(&b, "}");
     }
     sl_buf_printf(&b, ",\"context\":{\"sillage\":{\"source\":\"%s\"}}}", f->untrusted ? "demo" : "backend");
-    put(f, b.data, ts, mid);
+    if (f->no_wait) put_durable(f, b.data, ts, mid);
+    else put(f, b.data, ts, mid);
     sl_buf_free(&b);
 }
 
@@ -1071,6 +1073,120 @@ TEST(stitch_refusals_bounded_and_paged)
         cJSON_Delete(get_merges(&f, "user_id", "claimer", 30, bad[i], &rc));
         CHECK_INT(rc, ==, SL_EINVAL);
     }
+    fix_free(&f);
+}
+
+/* A user with many merges: what the public key can build (one merge per
+ * anonymousId it identifies with), and owners of e-mails it then claims. */
+static void many_merges_then_owners(fix_t *f, int merges, int owners)
+{
+    char anon[32], user[32], email[48];
+    f->no_wait = 1;
+    for (int i = 0; i < merges; i++) {
+        snprintf(anon, sizeof(anon), "mm-a%d", i);
+        msg(f, SL_STITCH_PAGE, NULL, anon, NULL, 1000 + i);
+        msg(f, SL_STITCH_IDENTIFY, "mm-u", anon, NULL, 1000 + i);
+    }
+    for (int i = 0; i < owners; i++) {
+        snprintf(user, sizeof(user), "mm-v%d", i);
+        snprintf(email, sizeof(email), "mm-e%d@x.com", i);
+        msg(f, SL_STITCH_IDENTIFY, user, NULL, email, 5000 + i);
+    }
+    f->no_wait = 0;
+    msg(f, SL_STITCH_PAGE, NULL, "mm-sync", NULL, 6000); /* waits for the stage */
+}
+
+/* mm-u claims the e-mails of owners [from, to): one refusal each. */
+static void claim_emails(fix_t *f, int from, int to)
+{
+    char email[48];
+    f->no_wait = 1;
+    for (int i = from; i < to; i++) {
+        snprintf(email, sizeof(email), "mm-e%d@x.com", i);
+        msg(f, SL_STITCH_IDENTIFY, "mm-u", NULL, email, 7000 + i);
+    }
+    f->no_wait = 0;
+    msg(f, SL_STITCH_PAGE, NULL, "mm-sync", NULL, 8000);
+}
+
+/* Review N1: keeping a person's refusal bound reads its refusal references,
+ * not its merges. A claimant with 400 merges (its journal is 400 entries
+ * long) refused 150 times: each refusal reads at most the bound's worth of
+ * references for the claimant and one for the owner; reading the whole
+ * journal each time was 400+ per refusal. */
+TEST(stitch_refusal_bound_reads_refusals_only)
+{
+    fix_t f;
+    if (fix_init(&f)) { CHECK(!"fixture"); return; }
+    f.untrusted = 1;
+    const int merges = 400, claims = SL_STITCH_MAX_REFUSALS + 50;
+    many_merges_then_owners(&f, merges, claims);
+    CHECK_INT(count_journal(&f, "user_id", "mm-u", "merge"), ==, merges - 1);
+    sl_stitch_stats_t st0, st;
+    sl_stitch_get_stats(f.stitch, &st0);
+    claim_emails(&f, 0, claims);
+    sl_stitch_get_stats(f.stitch, &st);
+    CHECK_INT(st.refusals - st0.refusals, ==, claims);
+    CHECK_INT(st.refusals_dropped - st0.refusals_dropped, ==, claims - SL_STITCH_MAX_REFUSALS);
+    uint64_t read = st.refusal_refs_read - st0.refusal_refs_read;
+    CHECK_INT(read, >=, claims); /* the counter counts */
+    CHECK_INT(read, <=, (uint64_t)claims * (SL_STITCH_MAX_REFUSALS + 2));
+    /* the journal still holds every merge and the newest refusals */
+    CHECK_INT(count_journal(&f, "user_id", "mm-u", "merge"), ==, merges - 1);
+    CHECK_INT(count_journal(&f, "user_id", "mm-u", "refused"), ==, SL_STITCH_MAX_REFUSALS);
+    CHECK_INT(count_journal(&f, "user_id", "mm-v0", "refused"), ==, 1); /* the owners keep theirs */
+    CHECK_INT(verify_problems(&f), ==, 0);
+    fix_free(&f);
+}
+
+/* Deletes the named database of the derived store (the store closed), as a
+ * store written before it existed. */
+static void drop_db(fix_t *f, const char *db)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    CHECK_INT(mdb_env_create(&env), ==, 0);
+    mdb_env_set_maxdbs(env, 32);
+    mdb_env_set_mapsize(env, 256 << 20);
+    CHECK_INT(mdb_env_open(env, f->ddir, 0, 0640), ==, 0);
+    CHECK_INT(mdb_txn_begin(env, NULL, 0, &txn), ==, 0);
+    CHECK_INT(mdb_dbi_open(txn, db, 0, &dbi), ==, 0);
+    CHECK_INT(mdb_drop(txn, dbi, 1), ==, 0);
+    CHECK_INT(mdb_txn_commit(txn), ==, 0);
+    mdb_env_close(env);
+}
+
+/* Review N1: a store written before refusal references were kept apart
+ * (no "prefusals") gets them from the journal at open: the bound still
+ * counts the refusals made before the upgrade. */
+TEST(stitch_refusal_refs_migrated_at_open)
+{
+    fix_t f;
+    if (fix_init(&f)) { CHECK(!"fixture"); return; }
+    f.untrusted = 1;
+    many_merges_then_owners(&f, 20, SL_STITCH_MAX_REFUSALS + 10);
+    claim_emails(&f, 0, SL_STITCH_MAX_REFUSALS);
+    fix_close_store(&f);
+    drop_db(&f, "prefusals");
+    REQUIRE(fix_open(&f) == 0);
+    claim_emails(&f, SL_STITCH_MAX_REFUSALS, SL_STITCH_MAX_REFUSALS + 10);
+    sl_stitch_stats_t st;
+    sl_stitch_get_stats(f.stitch, &st);
+    CHECK_INT(st.refusals_dropped, ==, 10); /* the 10 oldest, made before the reopening */
+    CHECK_INT(count_journal(&f, "user_id", "mm-u", "refused"), ==, SL_STITCH_MAX_REFUSALS);
+    CHECK_INT(count_journal(&f, "user_id", "mm-u", "merge"), ==, 19);
+    /* an erased owner's entry goes from the claimant's journal too */
+    sl_stitch_erase_t er;
+    int done = 0;
+    sl_stitch_erase_init(&er, f.stitch, "user_id", "mm-v50", erase_done);
+    er.ctx = &done;
+    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
+    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK_INT(er.job.rc, ==, 0);
+    sl_stitch_erase_free(&er);
+    CHECK_INT(count_journal(&f, "user_id", "mm-u", "refused"), ==, SL_STITCH_MAX_REFUSALS - 1);
+    CHECK_INT(verify_problems(&f), ==, 0);
     fix_free(&f);
 }
 
