@@ -299,8 +299,15 @@ int sl_feed_forget(sl_feed_t *f, MDB_txn *txn, uint8_t kind, const uint64_t *ids
             uint64_t seq = sl_be64_get((const unsigned char *)k.mv_data + 9);
             MDB_val sk = {8, &seq}, sv;
             if ((rc = mdb_cursor_get(fc, &sk, &sv, MDB_SET_KEY)) == 0) {
-                if ((rc = remove_at(f, txn, fc, seq, &sv))) break;
-                (*removed)++;
+                /* only an entry that is theirs (a key left by damage names another's) */
+                sl_feed_item_t it;
+                cJSON *doc;
+                int mine = item_read(seq, &sv, &it, &doc) == 0 && it.entity.kind == kind && it.entity.id == ids[i];
+                cJSON_Delete(doc);
+                if (mine) {
+                    if ((rc = remove_at(f, txn, fc, seq, &sv))) break;
+                    (*removed)++;
+                }
             } else if (rc != MDB_NOTFOUND) {
                 break;
             }
