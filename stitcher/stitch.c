@@ -2157,7 +2157,7 @@ static int has_message(const char *id, void *arg)
 {
     verify_t *v = arg;
     uint64_t h = mid_hash(id);
-    return bsearch(&h, v->ids, v->n_ids, sizeof(h), sl_u64_cmp) != NULL;
+    return v->n_ids && bsearch(&h, v->ids, v->n_ids, sizeof(h), sl_u64_cmp) != NULL;
 }
 
 static void problem(verify_t *v, const char *what, const void *key, size_t klen)
@@ -2175,11 +2175,11 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FI
     int rc = load_pending(&v);
     if (rc == 0) rc = sl_store_foreach_event_txn(st, log_txn, verify_event, &v);
     if (rc) goto out;
-    qsort(v.ids, v.n_ids, sizeof(*v.ids), sl_u64_cmp);
+    if (v.n_ids) qsort(v.ids, v.n_ids, sizeof(*v.ids), sl_u64_cmp); /* NULL when the log is empty */
     /* A repeat within a minute should have been deduplicated; a later one
      * may be past the dedupe window (or past limits.max_dedupe_ids) and is
      * stored again by design. */
-    qsort(v.keys, v.n_ids, sizeof(*v.keys), cmp_dup);
+    if (v.n_ids) qsort(v.keys, v.n_ids, sizeof(*v.keys), cmp_dup);
     uint64_t later = 0;
     for (size_t i = 1; i < v.n_ids; i++)
         if (v.keys[i].key == v.keys[i - 1].key) {
