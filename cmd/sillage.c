@@ -3,6 +3,7 @@
 #include "sl_collector.h"
 #include "sl_common.h"
 #include "sl_config.h"
+#include "sl_feed.h"
 #include "sl_stage.h"
 #include "sl_stitch.h"
 #include "sl_triggers.h"
@@ -153,10 +154,13 @@ static sl_stage_options_t stage_options(const sl_config_t *cfg, char *dir, size_
 }
 
 /* What derives from the log: the stage, the stitcher its first step, the
- * trigger engine its second (and a listener of the stitcher). */
+ * feed its second, the trigger engine its third (and a listener of the
+ * stitcher, appending to the feed). Delivery (webhooks) adds its own step
+ * before the stage opens. */
 typedef struct derived_s {
     sl_stage_t *stage;
     sl_stitch_t *stitch;
+    sl_feed_t *feed;
     sl_trig_t *trig;
     char dir[4096];
 } derived_t;
@@ -172,9 +176,11 @@ static int derived_new_at(derived_t *d, const sl_config_t *cfg, sl_store_t *stor
     }
     d->stage = sl_stage_new(store, &o);
     d->stitch = sl_stitch_new(cfg, store);
-    d->trig = d->stitch ? sl_trig_new(cfg, d->stitch) : NULL;
-    if (d->stage == NULL || d->stitch == NULL || d->trig == NULL) return SL_ENOMEM;
+    d->feed = sl_feed_new(cfg->trigger_retention_ms);
+    d->trig = d->stitch && d->feed ? sl_trig_new(cfg, d->stitch, d->feed) : NULL;
+    if (d->stage == NULL || d->stitch == NULL || d->feed == NULL || d->trig == NULL) return SL_ENOMEM;
     int rc = sl_stage_add_step(d->stage, sl_stitch_step(d->stitch));
+    if (rc == 0) rc = sl_feed_attach(d->feed, d->stage);
     return rc ? rc : sl_trig_attach(d->trig, d->stage);
 }
 
@@ -187,6 +193,7 @@ static void derived_free(derived_t *d)
 {
     sl_stage_free(d->stage);
     sl_trig_free(d->trig);
+    sl_feed_free(d->feed);
     sl_stitch_free(d->stitch);
 }
 
@@ -280,6 +287,7 @@ typedef struct app_s {
     sl_server_t *srv;
     sl_store_t *store;
     sl_stage_t *stage;
+    sl_feed_t *feed;
     sl_trig_t *trig;
     sl_webhooks_t *webhooks;
     sl_nats_t *nats;
@@ -322,7 +330,9 @@ static void prune_done(sl_stage_job_t *job)
 static int reload_run(MDB_txn *txn, void *arg)
 {
     app_t *app = arg;
-    return sl_trig_reload_job(txn, &app->reload);
+    int rc = sl_trig_reload_job(txn, &app->reload);
+    if (rc == 0) sl_feed_set_retention(app->feed, app->reload.cfg->trigger_retention_ms);
+    return rc;
 }
 
 static void on_reloaded(sl_stage_job_t *b)
@@ -455,7 +465,7 @@ static int cmd_serve(int argc, char **argv)
     /* An edge collects and forwards: the core derives. */
     if (cfg.role != SL_ROLE_EDGE) {
         if (derived_ready(&cfg, store, &a)) goto out_early;
-        if ((rc = derived_new(&d, &cfg, store, 0)) || (rc = sl_stage_open(d.stage))) {
+        if ((rc = derived_new(&d, &cfg, store, 0))) {
             fprintf(stderr, "sillage: cannot open the derived store in %s: %s\n", d.dir, sl_strerror(rc));
             goto out_early;
         }
@@ -463,13 +473,19 @@ static int cmd_serve(int argc, char **argv)
     app.cfg = &cfg;
     app.store = store;
     app.stage = d.stage;
+    app.feed = d.feed;
     app.trig = d.trig;
     app.config_path = cfg.is_demo ? NULL : a.config;
     app.loop = uv_default_loop();
-    /* Who listens to whom is wired before anything starts. */
-    if ((rc = sl_webhooks_new(&app.webhooks, &cfg, d.stage, d.trig)) ||
-        (rc = sl_nats_new(&app.nats, &cfg, store, d.stage, d.trig))) {
+    /* Who listens to whom is wired before anything starts (webhooks add a
+     * step for their cursors: before the stage opens). */
+    if ((rc = sl_webhooks_new(&app.webhooks, &cfg, d.stage, d.feed)) ||
+        (rc = sl_nats_new(&app.nats, &cfg, store, d.stage, d.feed))) {
         fprintf(stderr, "sillage: cannot set up delivery: %s\n", sl_strerror(rc));
+        goto out_early;
+    }
+    if (d.stage && (rc = sl_stage_open(d.stage))) {
+        fprintf(stderr, "sillage: cannot open the derived store in %s: %s\n", d.dir, sl_strerror(rc));
         goto out_early;
     }
     if ((rc = sl_store_start(store, app.loop))) {
@@ -489,7 +505,7 @@ static int cmd_serve(int argc, char **argv)
     }
     if (app.webhooks) sl_http_server_add_metrics(app.srv, sl_webhooks_metrics, app.webhooks);
     if (app.nats) sl_http_server_add_metrics(app.srv, sl_nats_metrics, app.nats);
-    if (d.stage && ((rc = sl_http_server_set_stage(app.srv, d.stage, d.stitch, d.trig)) ||
+    if (d.stage && ((rc = sl_http_server_set_stage(app.srv, d.stage, d.stitch, d.trig, d.feed)) ||
                     (rc = sl_stage_start(d.stage, app.loop)))) {
         fprintf(stderr, "sillage: cannot start the derivation stage: %s\n", sl_strerror(rc));
         sl_http_server_stop(app.srv, 0, NULL, NULL);
@@ -675,14 +691,14 @@ static int is_aside(uint64_t seq, void *arg)
 static int verify_feed(void *arg, MDB_txn *txn, int (*has_message)(const char *, void *), void *hm_arg, FILE *out,
                        uint64_t *n, uint64_t *problems)
 {
-    return sl_trig_verify(arg, txn, has_message, hm_arg, out, n, problems);
+    return sl_feed_verify(arg, txn, has_message, hm_arg, out, n, problems);
 }
 
 static int verify_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
     verify_req_t *q = arg;
     sl_verify_opts_t o = {.log_txn = log_txn, .applied = sl_stage_applied(q->d->stage), .skip = is_aside,
-                          .skip_arg = q, .also = verify_feed, .also_arg = q->d->trig};
+                          .skip_arg = q, .also = verify_feed, .also_arg = q->d->feed};
     int rc = sl_stitch_verify(q->d->stitch, txn, &o, stdout, &q->rep);
     uint64_t pending = 0;
     if (rc == 0) rc = sl_trig_verify_states(q->d->trig, txn, log_txn, stdout, &pending, &q->rep.problems);
@@ -755,7 +771,9 @@ typedef struct {
 static int carry_run(MDB_txn *txn, void *arg)
 {
     rebuild_t *r = arg;
-    return r->src ? sl_trig_carry_over(r->d->trig, txn, r->src) : 0;
+    if (r->src == NULL) return 0;
+    int rc = sl_feed_carry_over(r->d->feed, txn, r->src);
+    return rc ? rc : sl_webhooks_carry_over(txn, r->src);
 }
 
 static void rebuild_progress(uint64_t applied, void *arg)

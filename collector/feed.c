@@ -1,10 +1,12 @@
 /* feed.c - the trigger feed over HTTP (DESIGN.md "Triggers", docs/TRIGGERS.md):
- *   GET /v1/triggers?after=SEQ&limit=N&wait=SECONDS   JSON page, long poll
- *   GET /v1/triggers/stream                           Server-Sent Events
+ *   GET /v1/triggers?after=SEQ&limit=N&wait=SECONDS&rule=A,B&type=T   JSON page, long poll
+ *   GET /v1/triggers/stream?rule=A,B&type=T                           Server-Sent Events
  * Reads run in LMDB read transactions of the derived environment on the loop
- * thread and never wait for the stage. The trigger engine tells the loop
- * (feed_async, one of its "feed advanced" subscribers) when more triggers
- * became durable; waiting polls and open streams are then served.
+ * thread and never wait for the stage. The feed tells the loop (feed_async,
+ * one of its "feed advanced" subscribers) when more entries became durable;
+ * waiting polls and open streams are then served. A filter (rule, type) is
+ * applied by the feed on its entries' headers: each read looks at no more
+ * than MAX_SCAN entries, and `next` is the last one looked at.
  * Also /debug/stream: each event once the stage stitched it. */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -12,6 +14,7 @@
 #include <string.h>
 
 #include "http_int.h"
+#include "sl_feed.h"
 #include "sl_stitch.h"
 #include "sl_triggers.h"
 
@@ -20,13 +23,16 @@
 #define MAX_WAIT_S 60
 #define STREAM_PING_MS 15000
 #define STREAM_BATCH 500
+#define MAX_SCAN 10000               /* entries one read looks at (issue 22) */
+#define STREAM_READS_PER_PUSH 8      /* then the 100 ms timer goes on */
 
 static const char ping[] = ": ping\n\n";
 
 typedef struct {
-    sl_trig_t *trig;
+    sl_feed_t *feed;
     uint64_t after;
     size_t limit;
+    const sl_feed_filter_t *flt;
     sl_buf_t *out;
     uint64_t last;
     long n;
@@ -36,7 +42,7 @@ static int read_page(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
     (void)log_txn;
     feed_read_t *q = arg;
-    q->n = sl_trig_read(q->trig, txn, q->after, q->limit, q->out, &q->last);
+    q->n = sl_feed_read(q->feed, txn, q->after, q->limit, q->flt, q->out, &q->last);
     return q->n < 0 ? SL_ESTORE : 0;
 }
 
@@ -64,43 +70,57 @@ static void waiter_link(conn_t *c)
     *head = c;
 }
 
+static void poll_wait(conn_t *c)
+{
+    if (c->feed_mode == FEED_POLL) return;
+    c->feed_mode = FEED_POLL;
+    c->busy = 1;
+    waiter_link(c);
+}
+
 /* Answers a poll with what is there now (possibly nothing). */
 static void poll_answer(conn_t *c)
 {
     sl_server_t *srv = c->srv;
     sl_buf_t out = {0};
     sl_buf_appends(&out, "{\"triggers\":[");
-    feed_read_t q = {srv->trig, c->feed_after, c->feed_limit, &out, c->feed_after, 0};
+    feed_read_t q = {srv->feed, c->feed_after, c->feed_limit, c->feed_filter, &out, c->feed_after, 0};
     int rc = sl_stage_read(srv->stage, 0, read_page, &q);
+    /* A filtered poll that looked at everything durable and found nothing
+     * waits on from there, while it has time left. */
+    if (rc == 0 && q.n == 0 && c->feed_filter && !srv->stopping && sl_now_ms() < c->feed_deadline_ms &&
+        q.last >= sl_feed_durable_seq(srv->feed)) {
+        c->feed_after = q.last;
+        sl_buf_free(&out);
+        poll_wait(c);
+        return;
+    }
     sl_buf_printf(&out, "],\"next\":%llu}", (unsigned long long)q.last);
     if (c->feed_mode) {
         waiter_unlink(c);
         c->feed_mode = FEED_NONE;
     }
+    c->feed_filter = NULL; /* it lives in the request's arena */
     if (rc || out.data == NULL) http_respond_error(c, 503, sl_strerror(rc ? rc : SL_ENOMEM));
     else http_respond(c, 200, "application/json", "Cache-Control: no-store\r\n", out.data, out.len);
     sl_buf_free(&out);
 }
 
-typedef struct {
-    sl_buf_t *out;
-    uint64_t last;
-} sse_ctx_t;
-
-static int sse_one(uint64_t seq, const char *json, size_t len, void *arg)
+static int sse_one(const sl_feed_item_t *it, void *arg)
 {
-    sse_ctx_t *s = arg;
-    sl_buf_printf(s->out, "id: %llu\nevent: trigger\ndata: ", (unsigned long long)seq);
-    sl_buf_append(s->out, json, len); /* one line: the JSON has no raw newlines */
-    sl_buf_appends(s->out, "\n\n");
-    s->last = seq;
+    sl_buf_t *out = arg;
+    sl_buf_printf(out, "id: %llu\nevent: trigger\ndata: ", (unsigned long long)it->seq);
+    sl_buf_append(out, it->json, it->len); /* one line: the JSON has no raw newlines */
+    sl_buf_appends(out, "\n\n");
     return 0;
 }
 
 typedef struct {
-    sl_trig_t *trig;
+    sl_feed_t *feed;
     uint64_t after;
-    sse_ctx_t *ctx;
+    const sl_feed_filter_t *flt;
+    sl_buf_t *out;
+    uint64_t last;
     long n;
 } sse_read_t;
 
@@ -108,19 +128,19 @@ static int sse_read(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
     (void)log_txn;
     sse_read_t *q = arg;
-    q->n = sl_trig_foreach(q->trig, txn, q->after, STREAM_BATCH, sse_one, q->ctx);
+    q->n = sl_feed_foreach(q->feed, txn, q->after, STREAM_BATCH, q->flt, sse_one, q->out, &q->last);
     return q->n < 0 ? SL_ESTORE : 0;
 }
 
-/* Sends a stream everything durable past its cursor. */
+/* Sends a stream everything durable past its cursor (a filtered one: what
+ * passes its filter; its cursor moves past what does not). */
 static void stream_push(conn_t *c)
 {
     sl_server_t *srv = c->srv;
-    for (;;) {
+    for (int reads = 0; reads < STREAM_READS_PER_PUSH; reads++) {
         if (c->closing || c->tcp.write_queue_size > (1u << 20)) return; /* slow reader: wait for the next wake-up */
         sl_buf_t out = {0};
-        sse_ctx_t ctx = {&out, c->feed_after};
-        sse_read_t q = {srv->trig, c->feed_after, &ctx, 0};
+        sse_read_t q = {srv->feed, c->feed_after, c->feed_filter, &out, c->feed_after, 0};
         int rc = sl_stage_read(srv->stage, 0, sse_read, &q);
         if (rc) {
             sl_buf_free(&out);
@@ -129,17 +149,17 @@ static void stream_push(conn_t *c)
         }
         if (out.len) {
             http_send(c, out.data, out.len);
-            c->feed_after = ctx.last;
             c->feed_last_write_ms = sl_now_ms();
         }
+        c->feed_after = q.last;
         sl_buf_free(&out);
-        if (q.n < STREAM_BATCH) return;
+        if (q.n < STREAM_BATCH && q.last >= sl_feed_durable_seq(srv->feed)) return;
     }
 }
 
 static void wake(sl_server_t *srv)
 {
-    uint64_t durable = sl_trig_durable_seq(srv->trig);
+    uint64_t durable = sl_feed_durable_seq(srv->feed);
     conn_t *next;
     for (conn_t *c = srv->feed_waiters; c; c = next) {
         next = c->feed_next;
@@ -155,7 +175,7 @@ static void on_feed_async(uv_async_t *a)
     wake(srv);
 }
 
-/* The trigger engine's "feed advanced": runs on the stage thread. */
+/* The feed's "advanced": runs on the stage thread. */
 static void feed_advanced(void *arg)
 {
     sl_server_t *srv = arg;
@@ -197,7 +217,7 @@ int http_feed_start(sl_server_t *srv)
     srv->handles_open++;
     uv_timer_start(&srv->feed_timer, on_feed_timer, 100, 100);
     srv->feed_started = 1;
-    return sl_trig_subscribe(srv->trig, feed_advanced, srv);
+    return sl_feed_subscribe(srv->feed, feed_advanced, srv);
 }
 
 void http_feed_stop(sl_server_t *srv)
@@ -219,6 +239,7 @@ void http_feed_conn_closed(conn_t *c)
     if (c->feed_mode == FEED_DEBUG) atomic_fetch_sub(&c->srv->debug_viewers, 1);
     waiter_unlink(c);
     c->feed_mode = FEED_NONE;
+    c->feed_filter = NULL;
     c->busy = 0; /* nothing else holds its request: the connection frees it */
 }
 
@@ -226,13 +247,11 @@ void http_feed_conn_closed(conn_t *c)
 static void poll_or_wait(conn_t *c)
 {
     sl_server_t *srv = c->srv;
-    if (c->feed_deadline_ms <= sl_now_ms() || sl_trig_durable_seq(srv->trig) > c->feed_after || srv->stopping) {
+    if (c->feed_deadline_ms <= sl_now_ms() || sl_feed_durable_seq(srv->feed) > c->feed_after || srv->stopping) {
         poll_answer(c);
         return;
     }
-    c->feed_mode = FEED_POLL;
-    c->busy = 1;
-    waiter_link(c);
+    poll_wait(c);
 }
 
 static void after_stage(conn_t *c, int reached)
@@ -269,6 +288,55 @@ void http_handle_rules(conn_t *c)
     sl_buf_free(&out);
 }
 
+static int filter_refused(conn_t *c, const char *msg)
+{
+    http_log_refused(c->srv, "reading the trigger feed: %s", msg);
+    http_respond_error(c, 400, msg);
+    return -1;
+}
+
+/* ?rule=A,B (at most SL_FEED_MAX_FILTER_RULES names of 1 to
+ * SL_FEED_MAX_FILTER_NAME bytes) and ?type=T into c->feed_filter, in the
+ * request's arena. 0, or -1 after answering 400 (or 503). */
+static int filter_parse(conn_t *c)
+{
+    req_t *r = c->req;
+    char *rules = NULL, *type = NULL;
+    long rl = http_query_param(r, "rule", &rules), tl = http_query_param(r, "type", &type);
+    c->feed_filter = NULL;
+    if (rl == SL_EINVAL) return filter_refused(c, "rule has a bad %-escape");
+    if (tl == SL_EINVAL) return filter_refused(c, "type has a bad %-escape");
+    if (rl == SL_ENOMEM || tl == SL_ENOMEM) {
+        http_respond_error(c, 503, "out of memory");
+        return -1;
+    }
+    if (rl < 0 && tl < 0) return 0;
+    if (tl >= 0 && (tl == 0 || tl > SL_FEED_MAX_FILTER_NAME))
+        return filter_refused(c, "type must be a name of 1 to 128 bytes");
+    sl_feed_filter_t *f = sl_arena_alloc(&r->arena, sizeof(*f));
+    const char **names = rl >= 0 ? sl_arena_alloc(&r->arena, SL_FEED_MAX_FILTER_RULES * sizeof(*names)) : NULL;
+    if (f == NULL || (rl >= 0 && names == NULL)) {
+        http_respond_error(c, 503, "out of memory");
+        return -1;
+    }
+    memset(f, 0, sizeof(*f));
+    f->type = tl >= 0 ? type : NULL;
+    f->max_scan = MAX_SCAN;
+    for (char *p = rl >= 0 ? rules : NULL; p;) {
+        char *comma = strchr(p, ',');
+        if (comma) *comma = '\0';
+        size_t n = strlen(p);
+        if (n == 0) return filter_refused(c, "rule must list names separated by commas, none empty");
+        if (n > SL_FEED_MAX_FILTER_NAME) return filter_refused(c, "rule: each name is at most 128 bytes");
+        if (f->n_rules == SL_FEED_MAX_FILTER_RULES) return filter_refused(c, "rule lists at most 64 names");
+        names[f->n_rules++] = p;
+        p = comma ? comma + 1 : NULL;
+    }
+    f->rules = names;
+    c->feed_filter = f;
+    return 0;
+}
+
 void http_handle_triggers(conn_t *c, const char *rest)
 {
     sl_server_t *srv = c->srv;
@@ -282,7 +350,7 @@ void http_handle_triggers(conn_t *c, const char *rest)
                      sizeof(body) - 1);
         return;
     }
-    if (srv->trig == NULL) {
+    if (srv->feed == NULL) {
         http_respond_error(c, 404, "no trigger feed on this node");
         return;
     }
@@ -294,7 +362,9 @@ void http_handle_triggers(conn_t *c, const char *rest)
     int has_after = http_query_num(c, "after", 0, UINT64_MAX, &after);
     if (has_after < 0) return;
     if (strcmp(rest, "") == 0) {
-        if (http_query_num(c, "limit", 1, 1000, &limit) < 0 || http_query_num(c, "wait", 0, MAX_WAIT_S, &wait) < 0) return;
+        if (http_query_num(c, "limit", 1, 1000, &limit) < 0 || http_query_num(c, "wait", 0, MAX_WAIT_S, &wait) < 0 ||
+            filter_parse(c) < 0)
+            return;
         c->feed_after = after;
         c->feed_limit = (size_t)limit;
         c->feed_deadline_ms = sl_now_ms() + (int64_t)wait * 1000;
@@ -304,15 +374,17 @@ void http_handle_triggers(conn_t *c, const char *rest)
         return;
     }
     if (strcmp(rest, "/stream") == 0) {
+        if (filter_parse(c) < 0) return;
         /* Resume after ?after=, else Last-Event-ID, else from now on. */
         if (has_after == 1) {
             if (r->last_event_id) {
                 if (http_parse_num(r->last_event_id, 0, UINT64_MAX, &after)) {
+                    c->feed_filter = NULL;
                     http_respond_error(c, 400, "Last-Event-ID must be a trigger sequence number");
                     return;
                 }
             } else {
-                after = sl_trig_durable_seq(srv->trig);
+                after = sl_feed_durable_seq(srv->feed);
             }
         }
         sl_buf_t h = {0};
@@ -321,6 +393,7 @@ void http_handle_triggers(conn_t *c, const char *rest)
                           "Cache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n"
                           "\r\n: sillage trigger stream\n\n");
         if (h.data == NULL) {
+            c->feed_filter = NULL;
             http_respond_error(c, 503, "out of memory");
             return;
         }
@@ -375,7 +448,9 @@ static int debug_stitched(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, c
     sl_server_t *srv = arg;
     if (atomic_load(&srv->debug_viewers) == 0) return 0;
     sl_buf_t b = {0};
-    sl_buf_printf(&b, "event: event\ndata: {\"person\":\"p_%llu\",\"message\":", (unsigned long long)ie->person);
+    char pid[SL_ENTITY_STR_BYTES];
+    sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, ie->person}, pid);
+    sl_buf_printf(&b, "event: event\ndata: {\"person\":\"%s\",\"message\":", pid);
     sl_buf_append(&b, ev->json, ev->len);
     sl_buf_appends(&b, "}\n\n");
     debug_item_t *it = b.data ? malloc(sizeof(*it) + b.len) : NULL;

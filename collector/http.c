@@ -1110,12 +1110,13 @@ fail:
 }
 
 int sl_http_server_set_stage(sl_server_t *srv, sl_stage_t *stage, struct sl_stitch_s *stitch,
-                             struct sl_trig_s *trig)
+                             struct sl_trig_s *trig, struct sl_feed_s *feed)
 {
     srv->stage = stage;
     srv->stitch = stitch;
     srv->trig = trig;
-    int rc = trig ? http_feed_start(srv) : 0;
+    srv->feed = feed;
+    int rc = feed ? http_feed_start(srv) : 0;
     if (rc == 0 && stitch && srv->cfg->debug_page) rc = http_feed_debug_start(srv);
     return rc;
 }

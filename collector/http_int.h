@@ -95,6 +95,7 @@ struct conn_s {
     conn_t *feed_prev, *feed_next;
     uint64_t feed_after;          /* the last trigger sequence the client has */
     size_t feed_limit;
+    struct sl_feed_filter_s *feed_filter; /* ?rule=, ?type= (in the request's arena); NULL: none */
     int64_t feed_deadline_ms, feed_last_write_ms;
     /* fuzzing (http_fake_conn): answers go here instead of a socket */
     void (*write_hook)(conn_t *c, const char *p, size_t n, void *arg);
@@ -110,7 +111,8 @@ struct sl_server_s {
     sl_store_t *store;
     sl_stage_t *stage;            /* NULL: an edge, no derived state */
     struct sl_stitch_s *stitch;   /* NULL: no profiles */
-    struct sl_trig_s *trig;       /* NULL: no trigger feed */
+    struct sl_trig_s *trig;       /* NULL: no trigger rules (GET /v1/rules) */
+    struct sl_feed_s *feed;       /* NULL: no trigger feed */
     struct {
         void (*render)(void *arg, sl_buf_t *out);
         void *arg;
@@ -220,7 +222,7 @@ void http_handle_triggers(conn_t *c, const char *rest);
 /* GET /v1/rules (admin): the trigger rules as compiled, their counters and
  * pending triggers (sl_trig_rules_json). */
 void http_handle_rules(conn_t *c);
-int http_feed_start(sl_server_t *srv);     /* with srv->trig set */
+int http_feed_start(sl_server_t *srv);     /* with srv->feed set */
 void http_feed_stop(sl_server_t *srv);     /* answers polls, ends streams, closes its handles */
 void http_feed_conn_closed(conn_t *c);
 /* GET /debug/stream: stored events as SSE ("event" events). */

@@ -33,13 +33,14 @@ typedef struct sl_server_s sl_server_t;
 int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store);
 
 /* Role all/core: profiles are read from stage's derived environment with
- * stitch, the trigger feed (GET /v1/triggers...) is trig's (may be NULL),
- * and /debug/stream hears from stitch. Subscribes to trig and stitch: call
- * before the stage starts. */
+ * stitch, the trigger feed (GET /v1/triggers...) is feed (may be NULL), the
+ * rules (GET /v1/rules) are trig's (may be NULL), and /debug/stream hears
+ * from stitch. Subscribes to feed and stitch: call before the stage starts. */
 struct sl_stitch_s;
 struct sl_trig_s;
+struct sl_feed_s;
 int sl_http_server_set_stage(sl_server_t *srv, sl_stage_t *stage, struct sl_stitch_s *stitch,
-                             struct sl_trig_s *trig);
+                             struct sl_trig_s *trig, struct sl_feed_s *feed);
 
 /* Graceful stop: no new connections, in-flight requests are answered after
  * their commit, idle connections close, the store is drained, the stage

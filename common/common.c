@@ -483,6 +483,31 @@ static uint64_t next_rand(void)
     return uuid_state[1] + s0;
 }
 
+size_t sl_entity_format(sl_entity_t e, char out[SL_ENTITY_STR_BYTES])
+{
+    if (e.kind != SL_ENTITY_PERSON) {
+        out[0] = 0;
+        return 0;
+    }
+    return (size_t)snprintf(out, SL_ENTITY_STR_BYTES, "p_%llu", (unsigned long long)e.id);
+}
+
+int sl_entity_parse(const char *s, size_t n, sl_entity_t *out)
+{
+    if (s == NULL || n < 3 || s[0] != 'p' || s[1] != '_') return SL_EINVAL;
+    if (s[2] == '0' && n > 3) return SL_EINVAL;
+    uint64_t id = 0;
+    for (size_t i = 2; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return SL_EINVAL;
+        unsigned d = (unsigned)(s[i] - '0');
+        if (id > (UINT64_MAX - d) / 10) return SL_EINVAL;
+        id = id * 10 + d;
+    }
+    out->kind = SL_ENTITY_PERSON;
+    out->id = id;
+    return 0;
+}
+
 void sl_uuid4(char out[37])
 {
     static const char hex[] = "0123456789abcdef";

@@ -135,6 +135,22 @@ static inline uint64_t sl_be64_get(const unsigned char *p)
     return v;
 }
 
+/* ---- entities ---------------------------------------------------------------
+ * What derived state is about: a kind and a number. Persons ("p_<n>") today,
+ * accounts next. One formatter and one parser for the text form. */
+enum { SL_ENTITY_PERSON = 1 };
+typedef struct sl_entity_s {
+    uint8_t kind;  /* SL_ENTITY_PERSON */
+    uint64_t id;
+} sl_entity_t;
+#define SL_ENTITY_STR_BYTES 32
+/* Writes e's text form ("p_42") NUL-terminated into out; returns its length,
+ * 0 (and "") for an unknown kind. */
+size_t sl_entity_format(sl_entity_t e, char out[SL_ENTITY_STR_BYTES]);
+/* Parses exactly s[0..n): a known prefix, then a decimal u64 without sign or
+ * leading zero. 0 and *out, or SL_EINVAL. */
+int sl_entity_parse(const char *s, size_t n, sl_entity_t *out);
+
 /* ---- hashing --------------------------------------------------------------*/
 typedef struct sl_hash128_s {
     uint64_t lo, hi;

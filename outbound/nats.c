@@ -55,7 +55,7 @@ struct sl_nats_s {
     const sl_config_t *cfg;
     sl_store_t *store;
     sl_stage_t *stage;            /* core: the trigger feed is read through it */
-    sl_trig_t *trig;
+    sl_feed_t *feed;              /* core: the trigger feed */
     uint64_t wakes;               /* under mu: bumped when the log or the feed advanced */
     uv_async_t async;
     uv_thread_t thread, trig_thread;
@@ -261,9 +261,9 @@ static int read_events(MDB_txn *txn, void *arg)
     return rc == 1 ? 0 : rc; /* 1: the page is full */
 }
 
-static int take_trigger(uint64_t seq, const char *json, size_t len, void *arg)
+static int take_trigger(const sl_feed_item_t *it, void *arg)
 {
-    return page_add(((page_read_t *)arg)->p, seq, json, len, "id") ? 1 : 0;
+    return page_add(((page_read_t *)arg)->p, it->seq, it->json, it->len, "id") ? 1 : 0;
 }
 
 /* The durable triggers after p->after. */
@@ -271,7 +271,7 @@ static int read_triggers(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
     (void)log_txn;
     page_read_t *r = arg;
-    return sl_trig_foreach(r->n->trig, txn, r->p->after, PAGE, take_trigger, r) < 0 ? SL_ESTORE : 0;
+    return sl_feed_foreach(r->n->feed, txn, r->p->after, PAGE, NULL, take_trigger, r, NULL) < 0 ? SL_ESTORE : 0;
 }
 
 /* Acknowledgements of one page of asynchronous publishes. Each page has its
@@ -367,7 +367,7 @@ static void publish_main(sl_nats_t *n, const source_t *src, const char *subject,
             }
         }
         /* connected (the edge says so in /metrics): now wait for something to send */
-        uint64_t end = src->events ? sl_store_durable_seq(n->store) : sl_trig_durable_seq(n->trig);
+        uint64_t end = src->events ? sl_store_durable_seq(n->store) : sl_feed_durable_seq(n->feed);
         if (end <= cursor) {
             wait_more(n, &seen);
             continue;
@@ -791,7 +791,7 @@ static int load_cursors(MDB_txn *txn, void *arg)
     return rc;
 }
 
-int sl_nats_new(sl_nats_t **out, const sl_config_t *cfg, sl_store_t *store, sl_stage_t *stage, sl_trig_t *trig)
+int sl_nats_new(sl_nats_t **out, const sl_config_t *cfg, sl_store_t *store, sl_stage_t *stage, sl_feed_t *feed)
 {
     *out = NULL;
     if (cfg->role == SL_ROLE_ALL) return 0;
@@ -800,12 +800,12 @@ int sl_nats_new(sl_nats_t **out, const sl_config_t *cfg, sl_store_t *store, sl_s
     n->cfg = cfg;
     n->store = store;
     n->stage = stage;
-    n->trig = trig;
+    n->feed = feed;
     sl_url_redact(cfg->nats.url, n->shown_url, sizeof(n->shown_url));
     uv_mutex_init(&n->mu);
     uv_cond_init(&n->cv);
     if (cfg->role == SL_ROLE_EDGE) sl_store_on_durable(store, advanced_log, n);
-    else if (trig && sl_trig_subscribe(trig, advanced, n)) {
+    else if (feed && sl_feed_subscribe(feed, advanced, n)) {
         sl_nats_free(n);
         return SL_EINVAL;
     }
@@ -839,7 +839,7 @@ int sl_nats_start(sl_nats_t *n, uv_loop_t *loop)
     } else {
         rc = uv_thread_create(&n->thread, consume_main, n);
         n->have_thread = rc == 0;
-        if (rc == 0 && n->trig) n->have_trig_thread = uv_thread_create(&n->trig_thread, triggers_main, n) == 0;
+        if (rc == 0 && n->feed) n->have_trig_thread = uv_thread_create(&n->trig_thread, triggers_main, n) == 0;
     }
     SL_INFO("nats: %s node on %s, stream %s", cfg->role == SL_ROLE_EDGE ? "edge" : "core", n->shown_url,
             cfg->nats.stream);

@@ -9,16 +9,16 @@
 #include "sl_config.h"
 #include "sl_stage.h"
 #include "sl_store.h"
-#include "sl_triggers.h"
+#include "sl_feed.h"
 
 typedef struct sl_nats_s sl_nats_t;
 
 /* role edge: forward the log's durable events; role core: consume them into
  * the log (the stage derives from them as from any others) and publish
- * trig's feed, read through stage; role all: nothing (*out NULL). Registers
- * with the store (edge) or the trigger engine (core) to hear that there is
+ * the feed, read through stage; role all: nothing (*out NULL). Registers
+ * with the store (edge) or the feed (core) to hear that there is
  * more: call before the store and the stage start. */
-int sl_nats_new(sl_nats_t **out, const sl_config_t *cfg, sl_store_t *store, sl_stage_t *stage, sl_trig_t *trig);
+int sl_nats_new(sl_nats_t **out, const sl_config_t *cfg, sl_store_t *store, sl_stage_t *stage, sl_feed_t *feed);
 /* Starts the threads; completions on loop. */
 int sl_nats_start(sl_nats_t *n, uv_loop_t *loop);
 /* Loop thread: tells the threads to end (they check between steps). */

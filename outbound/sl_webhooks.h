@@ -5,8 +5,9 @@
  * the durable feed in order from its own cursor, keeps a window of deliveries
  * in flight, retries a failed one (transport error or non-2xx) with
  * exponential backoff and jitter until it is acknowledged or older than the
- * webhook's `expire`, and stores its cursor in LMDB (a stage job; the highest sequence
- * below which every trigger is acknowledged or expired). After a restart it
+ * webhook's `expire`, and stores its cursor in its own database of the
+ * derived environment (whcursor: url -> u64, written by a stage job; the
+ * highest sequence below which every trigger is acknowledged or expired). After a restart it
  * resends what was not acknowledged: at least once, with the same delivery id.
  *
  * Each POST carries the trigger JSON as its body and
@@ -24,20 +25,24 @@
 
 #include "sl_config.h"
 #include "sl_stage.h"
-#include "sl_triggers.h"
+#include "sl_feed.h"
 
 typedef struct sl_webhooks_s sl_webhooks_t;
 
 /* Creates delivery to cfg->webhooks (none: returns 0 and *out NULL), reading
- * the feed of trig through stage; subscribes to trig's "feed advanced", so
- * call it before the stage starts. */
-int sl_webhooks_new(sl_webhooks_t **out, const sl_config_t *cfg, sl_stage_t *stage, sl_trig_t *trig);
+ * feed through stage; registers a step with stage (its cursors' database)
+ * and subscribes to the feed, so call it before sl_stage_open(). */
+int sl_webhooks_new(sl_webhooks_t **out, const sl_config_t *cfg, sl_stage_t *stage, sl_feed_t *feed);
 /* Starts delivering on loop, from the stored cursors (after the stage started). */
 int sl_webhooks_start(sl_webhooks_t *w, uv_loop_t *loop);
 /* Stops: transfers are abandoned (they are resent after a restart), the
  * cursors already stored stay; cb(arg) once every handle is closed. */
 void sl_webhooks_stop(sl_webhooks_t *w, void (*cb)(void *), void *arg);
 void sl_webhooks_free(sl_webhooks_t *w);
+/* Rebuild: copies the cursors from src (a read transaction of the old
+ * derived store) into dst (a stage job's transaction), so nothing is
+ * delivered twice. Needs no webhooks object. 0 or an LMDB error. */
+int sl_webhooks_carry_over(MDB_txn *dst, MDB_txn *src);
 
 typedef struct sl_webhooks_stats_s {
     uint64_t delivered, failed_attempts, expired, in_flight;

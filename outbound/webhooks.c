@@ -1,7 +1,7 @@
 /* webhooks.c - see sl_webhooks.h. libcurl's multi interface driven by the
  * libuv loop: curl tells us which sockets to watch (socket callback) and when
  * to call it back (timer callback); uv_poll and a uv_timer do the watching.
- * Nothing polls: the trigger engine's "feed advanced" wakes the pump through
+ * Nothing polls: the feed's "advanced" wakes the pump through
  * a uv_async, a finished attempt pumps, and a one-shot timer waits for the
  * next retry. */
 #include "sl_webhooks.h"
@@ -68,7 +68,9 @@ struct sl_webhooks_s {
     uv_loop_t *loop;
     const sl_config_t *cfg;
     sl_stage_t *stage;
-    sl_trig_t *trig;
+    sl_feed_t *feed;
+    sl_stage_step_t step;        /* opens the cursors' database */
+    MDB_dbi cursors;             /* whcursor: url -> u64 */
     CURLM *multi;
     uv_timer_t curl_timer, retry;
     uv_async_t wake;             /* the feed advanced (from the stage thread) */
@@ -312,47 +314,51 @@ typedef struct {
     int room;
 } fill_ctx_t;
 
-static int rule_wanted(const sl_webhook_t *h, const char *rule)
+static int rule_wanted(const sl_webhook_t *h, const char *rule, size_t len)
 {
     if (h->n_rules == 0) return 1;
     for (size_t i = 0; i < h->n_rules; i++)
-        if (strcmp(h->rules[i], rule) == 0) return 1;
+        if (strlen(h->rules[i]) == len && memcmp(h->rules[i], rule, len) == 0) return 1;
     return 0;
 }
 
-static int take_one(uint64_t seq, const char *json, size_t len, void *arg)
+static int take_one(const sl_feed_item_t *it, void *arg)
 {
     fill_ctx_t *f = arg;
     target_t *t = f->t;
-    t->read_upto = seq;
-    cJSON *doc = cJSON_ParseWithLength(json, len);
-    const cJSON *rule = cJSON_GetObjectItemCaseSensitive(doc, "rule");
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
-    const cJSON *at = cJSON_GetObjectItemCaseSensitive(doc, "at");
+    t->read_upto = it->seq;
     delivery_t *d = &t->win[t->n++];
     memset(d, 0, sizeof(*d));
     d->t = t;
-    d->seq = seq;
-    /* an entry of no rule (profile_erased) goes to every webhook: whoever
-     * received a person's triggers must hear of its erasure */
+    d->seq = it->seq;
+    /* Whose it is, from the entry's header. An entry of no rule
+     * (profile_erased) goes to every webhook: whoever received a person's
+     * triggers must hear of its erasure. An old entry that is not JSON has
+     * no type: nobody can tell whose it is, so it is judged below. */
+    int wanted = it->type == NULL         ? 1
+                 : it->rule == NULL       ? t->cfg->profile_erased
+                                          : rule_wanted(t->cfg, it->rule, it->rule_len);
+    if (!wanted) {
+        d->state = D_DONE; /* not for this webhook: only moves the cursor */
+        return --f->room > 0 ? 0 : 1;
+    }
+    /* What is sent must be JSON; its id names the delivery. */
+    cJSON *doc = cJSON_ParseWithLength(it->json, it->len);
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
     if (doc == NULL) {
         /* Not JSON (a store written before non-finite numbers were kept out,
-         * or damaged): nobody can tell whose it is, so it is a failed
-         * delivery, loudly, not a quiet "not for this webhook". */
+         * or damaged): a failed delivery, loudly, not a quiet skip. */
         SL_ERROR("webhook %s: feed entry %llu is not valid JSON; not delivered (sillage verify names it)", t->shown,
-                 (unsigned long long)seq);
+                 (unsigned long long)it->seq);
         t->w->unreadable++;
         t->w->expired++;
         d->state = D_DONE;
-    } else if (cJSON_IsNull(rule) ? !t->cfg->profile_erased : !(cJSON_IsString(rule) && rule_wanted(t->cfg, rule->valuestring))) {
-        d->state = D_DONE; /* not for this webhook: only moves the cursor */
     } else {
-        d->body = malloc(len);
-        if (d->body) memcpy(d->body, json, len);
-        d->body_len = len;
+        d->body = malloc(it->len);
+        if (d->body) memcpy(d->body, it->json, it->len);
+        d->body_len = it->len;
         snprintf(d->delivery, sizeof(d->delivery), "%s.%s", cJSON_IsString(id) ? id->valuestring : "?", t->tag);
-        d->at_ms = sl_now_ms();
-        if (cJSON_IsString(at)) sl_time_parse_iso(at->valuestring, strlen(at->valuestring), &d->at_ms);
+        d->at_ms = it->at_ms;
         d->state = d->body ? D_WAIT : D_DONE;
         d->next_ms = 0;
     }
@@ -364,7 +370,9 @@ static int fill_read(MDB_txn *txn, MDB_txn *log_txn, void *arg)
 {
     (void)log_txn;
     fill_ctx_t *f = arg;
-    return sl_trig_foreach(f->t->w->trig, txn, f->t->read_upto, (size_t)f->room, take_one, f) < 0 ? SL_ESTORE : 0;
+    return sl_feed_foreach(f->t->w->feed, txn, f->t->read_upto, (size_t)f->room, NULL, take_one, f, NULL) < 0
+               ? SL_ESTORE
+               : 0;
 }
 
 static void cursor_done(sl_stage_job_t *b)
@@ -377,14 +385,76 @@ static void cursor_done(sl_stage_job_t *b)
     w->job = NULL;
 }
 
+/* ---- the cursors: whcursor (url -> u64), in the derived environment ---- */
+
+static int cursor_get(MDB_txn *txn, MDB_dbi db, const char *url, uint64_t *seq)
+{
+    MDB_val k = {strlen(url), (void *)url}, v;
+    *seq = 0;
+    int rc = mdb_get(txn, db, &k, &v);
+    if (rc == 0 && v.mv_size == 8) memcpy(seq, v.mv_data, 8);
+    return rc;
+}
+
 static int cursor_job(MDB_txn *txn, void *arg)
 {
     cursor_job_t *j = arg;
     for (size_t i = 0; i < j->n; i++) {
-        int rc = sl_trig_cursor_put(j->w->trig, txn, j->c[i].url, j->c[i].seq);
+        MDB_val k = {strlen(j->c[i].url), (void *)j->c[i].url}, v = {8, &j->c[i].seq};
+        int rc = mdb_put(txn, j->w->cursors, &k, &v, 0);
         if (rc) return rc;
     }
     return 0;
+}
+
+/* Cursors written before the webhooks kept their own (until 2026-12): in
+ * the trigger engine's tmeta as "wh\x1f<url>". Read once, at the first open
+ * without our own: a restart after the upgrade does not deliver again. */
+static int migrate_cursor(MDB_txn *txn, MDB_dbi cursors, MDB_dbi tmeta, const char *url)
+{
+    uint64_t seq;
+    int rc = cursor_get(txn, cursors, url, &seq);
+    if (rc != MDB_NOTFOUND) return rc;
+    sl_buf_t b = {0};
+    if (sl_buf_appends(&b, "wh\x1f") || sl_buf_appends(&b, url)) {
+        sl_buf_free(&b);
+        return SL_ENOMEM;
+    }
+    MDB_val k = {b.len, b.data}, v;
+    rc = mdb_get(txn, tmeta, &k, &v);
+    sl_buf_free(&b);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc || v.mv_size != 8) return rc;
+    MDB_val uk = {strlen(url), (void *)url};
+    return mdb_put(txn, cursors, &uk, &v, 0);
+}
+
+/* The step's open (stage thread, first transaction). */
+static int on_open(void *arg, MDB_txn *txn, int read_only)
+{
+    sl_webhooks_t *w = arg;
+    int rc = mdb_dbi_open(txn, "whcursor", read_only ? 0 : MDB_CREATE, &w->cursors);
+    if (rc || read_only) return rc;
+    MDB_dbi tmeta;
+    rc = mdb_dbi_open(txn, "tmeta", 0, &tmeta);
+    if (rc == MDB_NOTFOUND) return 0;
+    for (size_t i = 0; i < w->n_t && rc == 0; i++) rc = migrate_cursor(txn, w->cursors, tmeta, w->t[i].cfg->url);
+    return rc;
+}
+
+int sl_webhooks_carry_over(MDB_txn *dst, MDB_txn *src)
+{
+    MDB_dbi s, d;
+    int rc = mdb_dbi_open(src, "whcursor", 0, &s);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc || (rc = mdb_dbi_open(dst, "whcursor", MDB_CREATE, &d))) return rc;
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(src, s, &cur))) return rc;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        if ((rc = mdb_put(dst, d, &k, &v, 0))) break;
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 /* Stores the cursors that moved, one job at a time. */
@@ -429,7 +499,7 @@ static void pump_target(target_t *t, int64_t now)
     }
     if (t->n == 0) t->cursor = t->read_upto > t->cursor ? t->read_upto : t->cursor;
     /* take more from the feed */
-    if (t->n < WINDOW && sl_trig_durable_seq(w->trig) > t->read_upto) {
+    if (t->n < WINDOW && sl_feed_durable_seq(w->feed) > t->read_upto) {
         fill_ctx_t f = {t, WINDOW - t->n};
         sl_stage_read(w->stage, 0, fill_read, &f);
     }
@@ -467,7 +537,7 @@ static void pump(sl_webhooks_t *w)
 static void on_retry(uv_timer_t *t) { pump(t->data); }
 static void on_wake(uv_async_t *a) { pump(a->data); }
 
-/* The trigger engine's subscription: runs on the stage thread, which may
+/* The feed's subscription: runs on the stage thread, which may
  * outlive the handle (the stage stops after webhooks). */
 static void feed_advanced(void *arg)
 {
@@ -488,7 +558,9 @@ static int load_cursors(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     load_ctx_t *l = arg;
     for (size_t i = 0; i < l->w->n_t; i++) {
         target_t *t = &l->w->t[i];
-        if ((l->rc = sl_trig_cursor_get(l->w->trig, txn, t->cfg->url, &t->cursor))) return l->rc;
+        l->rc = cursor_get(txn, l->w->cursors, t->cfg->url, &t->cursor);
+        if (l->rc && l->rc != MDB_NOTFOUND) return l->rc;
+        l->rc = 0;
         t->stored_cursor = t->read_upto = t->cursor;
     }
     return 0;
@@ -500,7 +572,7 @@ static void on_handle_closed(uv_handle_t *h)
     if (--w->handles == 0 && w->stopping && w->stop_cb) w->stop_cb(w->stop_arg);
 }
 
-int sl_webhooks_new(sl_webhooks_t **out, const sl_config_t *cfg, sl_stage_t *stage, sl_trig_t *trig)
+int sl_webhooks_new(sl_webhooks_t **out, const sl_config_t *cfg, sl_stage_t *stage, sl_feed_t *feed)
 {
     *out = NULL;
     if (cfg->n_webhooks == 0) return 0;
@@ -513,7 +585,8 @@ int sl_webhooks_new(sl_webhooks_t **out, const sl_config_t *cfg, sl_stage_t *sta
     if (w == NULL) return SL_ENOMEM;
     w->cfg = cfg;
     w->stage = stage;
-    w->trig = trig;
+    w->feed = feed;
+    w->step = (sl_stage_step_t){.name = "webhooks", .arg = w, .open = on_open};
     uv_mutex_init(&w->mu);
     w->n_t = cfg->n_webhooks;
     w->t = calloc(w->n_t, sizeof(target_t));
@@ -530,7 +603,8 @@ int sl_webhooks_new(sl_webhooks_t **out, const sl_config_t *cfg, sl_stage_t *sta
         snprintf(t->tag, sizeof(t->tag), "%016llx", (unsigned long long)h.lo);
         sl_url_redact(t->cfg->url, t->shown, sizeof(t->shown));
     }
-    int rc = sl_trig_subscribe(trig, feed_advanced, w);
+    int rc = sl_stage_add_step(stage, &w->step);
+    if (rc == 0) rc = sl_feed_subscribe(feed, feed_advanced, w);
     if (rc) {
         sl_webhooks_free(w);
         return rc;

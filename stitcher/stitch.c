@@ -148,7 +148,7 @@ static int make_key(sl_buf_t *b, const char *kind, const char *value)
     return rc ? SL_ENOMEM : 0;
 }
 
-static void person_id_str(uint64_t id, char out[32]) { snprintf(out, 32, "p_%llu", (unsigned long long)id); }
+static void person_id_str(uint64_t id, char out[32]) { sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, id}, out); }
 
 static int counter_next(sl_stitch_t *s, MDB_txn *txn, const char *name, uint64_t *out)
 {
@@ -379,7 +379,8 @@ static int entry_is_refusal(const MDB_val *v)
 static uint64_t entry_person(const cJSON *doc, const char *name)
 {
     const char *v = sl_json_str(doc, name);
-    return v && strncmp(v, "p_", 2) == 0 ? strtoull(v + 2, NULL, 10) : 0;
+    sl_entity_t e;
+    return v && sl_entity_parse(v, strlen(v), &e) == 0 ? e.id : 0;
 }
 
 /* Keeps at most SL_STITCH_MAX_REFUSALS refusal entries in person's journal:
@@ -1679,7 +1680,8 @@ static int erase_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
     if (rc == 0 && memmem(jv.mv_data, jv.mv_size, "\"type\":\"merge\"", 14)) {
         cJSON *doc = cJSON_ParseWithLength(jv.mv_data, jv.mv_size);
         const char *ab = sl_json_str(doc, "absorbed");
-        uint64_t id = ab && strncmp(ab, "p_", 2) == 0 ? strtoull(ab + 2, NULL, 10) : 0;
+        sl_entity_t who = {0, 0};
+        uint64_t id = ab && sl_entity_parse(ab, strlen(ab), &who) == 0 ? who.id : 0;
         if (id) rc = u64_append(&e->merged, &e->n_merged, &e->cap_merged, &id, 1);
         cJSON_Delete(doc);
         if (rc) return rc;
@@ -1701,7 +1703,10 @@ static int erased_json(const sl_stitch_t *s, const person_t *p, const uint64_t *
     sl_buf_printf(out, "{\"id\":\"%s\"", pid);
     if (n_merged) {
         sl_buf_appends(out, ",\"merged_ids\":[");
-        for (size_t i = 0; i < n_merged; i++) sl_buf_printf(out, "%s\"p_%llu\"", i ? "," : "", (unsigned long long)merged[i]);
+        for (size_t i = 0; i < n_merged; i++) {
+            person_id_str(merged[i], pid);
+            sl_buf_printf(out, "%s\"%s\"", i ? "," : "", pid);
+        }
         sl_buf_appends(out, "]");
     }
     for (size_t k = 0; k <= s->cfg->n_identity_traits; k++) {

@@ -13,7 +13,6 @@
 
 #define SEP '\x1f'
 #define MAX_RULES 64
-#define MAX_SUBSCRIBERS 8
 
 /* What the rules read of one stored event (docs/TRIGGERS.md says which
  * members each rule looks at). */
@@ -111,18 +110,12 @@ struct sl_trig_s {
     const sl_config_t *_Atomic cfg;      /* written by the stage thread (reload), read by /metrics */
     sl_stitch_t *stitch;
     sl_stage_t *stage;                   /* set by sl_trig_attach: the log, for events read back */
+    sl_feed_t *feed;                     /* where triggers are appended */
     sl_stage_step_t step;
     sl_ident_listener_t listener;
-    struct {
-        void (*cb)(void *);
-        void *arg;
-    } subs[MAX_SUBSCRIBERS];             /* told when the durable feed advanced */
-    size_t n_subs;
-    MDB_dbi feed, timers, tstate, pressure, tmeta, fcause, holds, pcount;
+    MDB_dbi timers, tstate, pressure, holds, pcount;
     uint64_t verify_seen[MAX_RULES];     /* sillage verify: pending triggers found, by rule */
     _Atomic int64_t next_due;
-    uint64_t txn_last, committed_last, prev_committed; /* writer thread */
-    _Atomic uint64_t durable;
     sl_buf_t k, k2, v, pay, path, view;
     _Atomic uint64_t fired, suppressed, timers_fired;
     _Atomic uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];

@@ -1,23 +1,19 @@
-/* sl_triggers.h - trigger rules, durable timers and the trigger feed
+/* sl_triggers.h - trigger rules, durable timers and marketing pressure
  * (DESIGN.md, "Trigger rules"; docs/TRIGGERS.md).
  *
  * The engine is a step of the derivation stage (sl_stage.h) for its timers
  * and a listener of the stitcher (sl_stitch.h) for what happens to persons:
  * each stitched event, merge, trait change and erasure. It reads what its
  * rules need from the stored event itself. A trigger is appended to the
- * feed in the same stage transaction as its cause. Readers see a trigger
- * only once the transaction that holds it is on disk (sl_trig_durable_seq),
- * so a reader never sees a trigger a crash could take back; subscribers
- * (sl_trig_subscribe) hear each time that position moves.
+ * feed (sl_feed.h) in the same stage transaction as its cause; the feed
+ * tells its readers and subscribers.
  *
  * LMDB databases (in the derived environment):
- *   feed      seq (u64) -> int64 at_ms, then the trigger JSON
  *   timers    be64 due_ms, be64 person, rule name -> (empty)
  *   tstate    rule name \x1f be64 person -> the rule's state for that person
  *   pressure  be32 UTC day, be64 person, rule name ("" = all rules) -> u32 count
- *   tmeta     "feed_last" -> u64; "wh\x1f<url>" -> u64 webhook delivery cursor
- *   fcause    be64 hash of a cause's messageId, be64 seq -> (empty): the stored
- *             events the feed names (retention keeps them while it does)
+ *   holds     be64 hash of a starting event's messageId, be64 seq -> (empty)
+ *   pcount    rule name -> u64 pending triggers
  */
 #ifndef SL_TRIGGERS_H
 #define SL_TRIGGERS_H
@@ -30,6 +26,7 @@
 
 #include "sl_common.h"
 #include "sl_config.h"
+#include "sl_feed.h"
 #include "sl_stage.h"
 #include "sl_stitch.h"
 #include "sl_store.h"
@@ -46,32 +43,15 @@ size_t sl_trig_rule_count(const sl_config_t *cfg);
  * as compiled, defaults included (durations as "1h"). 0 or SL_ENOMEM. */
 int sl_trig_rules_print(const sl_config_t *cfg, sl_buf_t *out);
 
-/* rules: the trigger rules, pressure cap and retention of cfg. cfg must stay
- * alive until replaced with sl_trig_reload_job(). Payloads read persons
- * from stitch. */
-sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch);
+/* rules: the trigger rules and pressure cap of cfg. cfg must stay alive
+ * until replaced with sl_trig_reload_job(). Payloads read persons from
+ * stitch; triggers are appended to feed (attached to the same stage). */
+sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_feed_t *feed);
 void sl_trig_free(sl_trig_t *t);
 
 /* Registers the engine with the stage (a step: its databases, timers and
  * commits) and with the stitcher (a listener); before sl_stage_open(). */
 int sl_trig_attach(sl_trig_t *t, sl_stage_t *stage);
-
-/* cb(arg) runs on the stage thread each time the durable feed position
- * advanced (long polls, streams, webhooks, the NATS publisher: at most 8);
- * it must only wake its own thread or loop. Before the stage starts. */
-int sl_trig_subscribe(sl_trig_t *t, void (*cb)(void *arg), void *arg);
-
-/* The last trigger sequence readers may see. */
-uint64_t sl_trig_durable_seq(const sl_trig_t *t);
-
-/* Appends to out the triggers after `after` (at most limit, none past the
- * durable position) as JSON objects separated by commas; *last gets the
- * sequence of the last one appended (or after). Returns how many, or < 0 on
- * an LMDB error. */
-long sl_trig_read(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit, sl_buf_t *out, uint64_t *last);
-/* The same, one trigger at a time: fn(seq, json, len, arg); stops on nonzero. */
-long sl_trig_foreach(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit,
-                     int (*fn)(uint64_t seq, const char *json, size_t len, void *arg), void *arg);
 
 /* page_visit's pattern: `*` any run of characters (also none), `?` one
  * character, anything else itself; the whole subject must match. */
@@ -91,17 +71,9 @@ int sl_trig_rules_json(sl_trig_t *t, MDB_txn *txn, sl_buf_t *out);
 int sl_trig_pending(sl_trig_t *t, MDB_txn *txn, uint64_t person, sl_buf_t *out);
 
 /* Rebuild (sillage rebuild): muted, the engine keeps rule states and
- * timers but appends no trigger -- what fired before is in the feed it
- * carried over; sl_trig_carry_over() copies the feed and the delivery
- * cursors from src (a read transaction of the old derived store) into dst,
- * in a stage job's transaction. */
+ * timers but appends no trigger -- what fired before is in the feed the
+ * rebuild carried over (sl_feed_carry_over). */
 void sl_trig_mute(sl_trig_t *t, int muted);
-int sl_trig_carry_over(sl_trig_t *t, MDB_txn *dst, MDB_txn *src);
-
-/* Webhook delivery cursors (durable): read in any transaction, written in a
- * stage job. */
-int sl_trig_cursor_get(sl_trig_t *t, MDB_txn *txn, const char *url, uint64_t *seq);
-int sl_trig_cursor_put(sl_trig_t *t, MDB_txn *txn, const char *url, uint64_t seq);
 
 /* Replaces the rules with those of cfg, as a stage job's run (arg: the
  * reload request); timers and states of rules that keep their name go on. */
@@ -110,12 +82,6 @@ typedef struct sl_trig_reload_s {
     const sl_config_t *cfg;
 } sl_trig_reload_t;
 int sl_trig_reload_job(MDB_txn *txn, void *arg);
-
-/* Checks the feed: ordered sequences, valid JSON, and every trigger caused
- * by an event names one that has_message() knows. Problems are printed to
- * out and counted. */
-int sl_trig_verify(sl_trig_t *t, MDB_txn *txn, int (*has_message)(const char *id, void *arg), void *arg,
-                   FILE *out, uint64_t *n_feed, uint64_t *problems);
 
 /* Checks the rule states: each pending trigger names a stored starting event
  * (log_txn: a read transaction of the log), holds it, and has a live person;

@@ -4,7 +4,6 @@
  * consent and the marketing pressure, and keeps the trigger feed. See
  * sl_triggers.h for the storage layout and docs/TRIGGERS.md for the
  * semantics of each rule. */
-#define _GNU_SOURCE /* memmem */
 #include "internal.h"
 #include "sl_rules.h"
 
@@ -75,68 +74,9 @@ int sl_trig_glob_match(const char *p, const char *s)
     return sl_rules_glob_match(p, s);
 }
 
-/* ---- the feed's causes: which stored events a trigger in the feed names
- * (retention keeps those events while the trigger is there) ---- */
+/* ---- what retention must keep: the causes of triggers in the feed (the
+ * feed's index), the starting events of pending triggers (holds) ---- */
 
-/* (the holds index shares this key: trig_mid_hash) */
-static void cause_key(unsigned char key[16], const char *message_id, size_t len, uint64_t seq)
-{
-    sl_be64_put(key, sl_hash128(message_id, len, 0xca05e).lo);
-    sl_be64_put(key + 8, seq);
-}
-
-/* The cause's messageId of a feed entry (v: at_ms, then the JSON), into
- * out (NUL-terminated); 0 when it has none. */
-static size_t entry_cause(const MDB_val *v, char *out, size_t cap)
-{
-    if (v->mv_size <= 8) return 0;
-    cJSON *doc = cJSON_ParseWithLength((const char *)v->mv_data + 8, v->mv_size - 8);
-    const char *mid = sl_json_str(cJSON_GetObjectItemCaseSensitive(doc, "cause"), "messageId");
-    size_t n = mid ? strlen(mid) : 0;
-    if (n >= cap) n = 0;
-    if (n) memcpy(out, mid, n + 1);
-    cJSON_Delete(doc);
-    return n;
-}
-
-/* A feed entry (seq, v) leaves the feed: its cause entry goes. */
-static int cause_del(sl_trig_t *t, MDB_txn *txn, uint64_t seq, const MDB_val *v)
-{
-    char mid[1024];
-    size_t n = entry_cause(v, mid, sizeof(mid));
-    if (n == 0) return 0;
-    unsigned char key[16];
-    cause_key(key, mid, n, seq);
-    MDB_val k = {16, key};
-    int rc = mdb_del(txn, t->fcause, &k, NULL);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-/* Every entry of the feed into fcause (a store from before the index, or a
- * feed carried over by a rebuild). */
-static int cause_index_all(sl_trig_t *t, MDB_txn *txn)
-{
-    MDB_cursor *cur;
-    MDB_val k, v;
-    int rc = mdb_cursor_open(txn, t->feed, &cur);
-    if (rc) return rc;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        char mid[1024];
-        size_t n = entry_cause(&v, mid, sizeof(mid));
-        if (n == 0) continue;
-        uint64_t seq;
-        memcpy(&seq, k.mv_data, 8);
-        unsigned char key[16];
-        cause_key(key, mid, n, seq);
-        MDB_val ck = {16, key}, nothing = {0, NULL};
-        if ((rc = mdb_put(txn, t->fcause, &ck, &nothing, 0))) break;
-    }
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-/* Listener: *held 1 when a trigger in the feed names the stored event
- * message_id as its cause. */
 /* 1 in *found when db holds a key that starts with the 8 bytes of key. */
 static int has_prefix(MDB_txn *txn, MDB_dbi db, const unsigned char key[16], int *found)
 {
@@ -153,18 +93,17 @@ static int has_prefix(MDB_txn *txn, MDB_dbi db, const unsigned char key[16], int
 static int on_holds(void *arg, MDB_txn *txn, const char *message_id, int *held)
 {
     sl_trig_t *t = arg;
-    *held = 0;
-    if (t->fcause == 0) return 0; /* read only, a store from before: no pruning there */
+    int rc = sl_feed_holds(t->feed, txn, message_id, held);
+    if (rc || *held || t->holds == 0) return rc;
     unsigned char key[16];
-    cause_key(key, message_id, strlen(message_id), 0);
-    int rc = has_prefix(txn, t->fcause, key, held);
-    if (rc == 0 && !*held && t->holds) rc = has_prefix(txn, t->holds, key, held);
-    return rc;
+    sl_be64_put(key, trig_mid_hash(message_id));
+    sl_be64_put(key + 8, 0);
+    return has_prefix(txn, t->holds, key, held);
 }
 
 uint64_t trig_mid_hash(const char *message_id)
 {
-    return message_id ? sl_hash128(message_id, strlen(message_id), 0xca05e).lo : 0;
+    return message_id ? sl_feed_mid_hash(message_id, strlen(message_id)) : 0;
 }
 
 static uint64_t pending_get(sl_trig_t *t, MDB_txn *txn, const char *rule)
@@ -328,60 +267,22 @@ int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person,
 static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const char *rule, const char *type, uint64_t person,
                        const char *profile, const char *data)
 {
-    int rc;
-    uint64_t seq = 1;
-    MDB_val mk = {9, "feed_last"}, mv;
-    if ((rc = mdb_get(txn, t->tmeta, &mk, &mv)) == 0 && mv.mv_size == 8) {
-        memcpy(&seq, mv.mv_data, 8);
-        seq++;
-    } else if (rc && rc != MDB_NOTFOUND) {
-        return rc;
-    }
-    mv.mv_size = 8;
-    mv.mv_data = &seq;
-    if ((rc = mdb_put(txn, t->tmeta, &mk, &mv, 0))) return rc;
-
-    char at[32], id[37];
-    sl_time_format_iso(now, at);
-    sl_uuid4(id);
+    sl_entity_t who = {SL_ENTITY_PERSON, person};
     sl_buf_t *b = &t->pay;
     b->len = 0;
-    int64_t at_ms = now;
-    sl_buf_append(b, &at_ms, 8);
-    sl_buf_printf(b, "{\"seq\":%llu,\"id\":\"%s\",\"rule\":", (unsigned long long)seq, id);
-    if (rule) sl_buf_append_json_str(b, rule, strlen(rule));
-    else sl_buf_appends(b, "null");
-    sl_buf_printf(b, ",\"type\":\"%s\",\"at\":\"%s\",\"profile\":", type, at);
-    rc = profile ? sl_buf_appends(b, profile) : sl_stitch_person_payload(t->stitch, txn, person, b, NULL, NULL);
+    int rc = profile ? sl_buf_appends(b, profile) : sl_stitch_person_payload(t->stitch, txn, person, b, NULL, NULL);
     if (rc == SL_ENOTFOUND) {
-        char pid[32];
-        snprintf(pid, sizeof(pid), "{\"id\":\"p_%llu\"}", (unsigned long long)person);
-        sl_buf_appends(b, pid);
+        char pid[SL_ENTITY_STR_BYTES];
+        sl_entity_format(who, pid);
+        b->len = 0;
+        sl_buf_printf(b, "{\"id\":\"%s\"}", pid);
     } else if (rc) {
         return rc;
     }
-    sl_buf_appends(b, ",\"cause\":");
-    if (t->cause) {
-        sl_buf_appends(b, "{\"messageId\":");
-        sl_buf_append_json_str(b, t->cause, strlen(t->cause));
-        sl_buf_appends(b, "}");
-    } else {
-        sl_buf_appends(b, "null");
-    }
-    sl_buf_appends(b, ",\"data\":");
-    sl_buf_appends(b, data);
-    sl_buf_appends(b, "}");
-    if (b->data == NULL) return SL_ENOMEM;
-    MDB_val fk = {8, &seq}, fv = {b->len, b->data};
-    if ((rc = mdb_put(txn, t->feed, &fk, &fv, MDB_APPEND))) return rc;
-    if (t->cause) {
-        unsigned char key[16];
-        cause_key(key, t->cause, strlen(t->cause), seq);
-        MDB_val ck = {16, key}, nothing = {0, NULL};
-        if ((rc = mdb_put(txn, t->fcause, &ck, &nothing, 0))) return rc;
-    }
-    t->txn_last = seq;
-    return 0;
+    if (sl_buf_append(b, "", 1)) return SL_ENOMEM; /* NUL-terminated for the feed */
+    sl_feed_entry_t e = {.at_ms = now, .entity = who, .rule = rule, .type = type, .cause = t->cause,
+                         .profile = b->data, .data = data};
+    return sl_feed_append(t->feed, txn, &e, NULL);
 }
 
 /* ---- public: events, merges, traits ---- */
@@ -443,8 +344,8 @@ static int trig_merge(sl_trig_t *t, MDB_txn *txn, uint64_t survivor, uint64_t ab
     return 0;
 }
 
-/* Erasure (or retention): the persons' rule states and feed entries go --
- * one pass over the feed for them all (persons sorted) -- then, for an
+/* Erasure (or retention): the persons' rule states and feed entries go
+ * (through the feed's entity index) -- then, for an
  * erasure, one profile_erased entry tells the consumers (erased: its
  * "profile", hashed identifiers only). */
 static int trig_forget(sl_trig_t *t, MDB_txn *txn, const uint64_t *persons, size_t n, const char *erased,
@@ -459,26 +360,8 @@ static int trig_forget(sl_trig_t *t, MDB_txn *txn, const uint64_t *persons, size
             if (r->type->forget && (rc = r->type->forget(t, txn, r, persons[p]))) return rc;
             if ((rc = trig_state_del(t, txn, r->name, persons[p]))) return rc;
         }
-    /* The feed is bounded by its retention: a scan is the price of erasure. */
-    static const char needle[] = "\"profile\":{\"id\":\"p_";
-    MDB_cursor *cur;
-    MDB_val k, v;
-    if ((rc = mdb_cursor_open(txn, t->feed, &cur))) return rc;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        const char *at = memmem(v.mv_data, v.mv_size, needle, sizeof(needle) - 1);
-        if (at == NULL) continue;
-        uint64_t id = 0;
-        const char *end = (const char *)v.mv_data + v.mv_size;
-        for (at += sizeof(needle) - 1; at < end && *at >= '0' && *at <= '9' && id < UINT64_MAX / 10; at++)
-            id = id * 10 + (uint64_t)(*at - '0');
-        if (!bsearch(&id, persons, n, sizeof(*persons), sl_u64_cmp)) continue;
-        uint64_t seq;
-        memcpy(&seq, k.mv_data, 8);
-        if ((rc = cause_del(t, txn, seq, &v)) || (rc = mdb_cursor_del(cur, 0))) break;
-        (*n_feed)++;
-    }
-    mdb_cursor_close(cur);
-    if (rc != MDB_NOTFOUND) return rc;
+    /* the feed's entity index: the persons' entries, not a scan */
+    if ((rc = sl_feed_forget(t->feed, txn, SL_ENTITY_PERSON, persons, n, n_feed))) return rc;
     if (erased == NULL) return 0; /* retention: nobody to tell */
     const char *saved = t->cause;
     t->cause = NULL; /* an erasure is no stored event's doing */
@@ -577,23 +460,12 @@ static int64_t on_due(void *arg)
     return atomic_load(&t->next_due);
 }
 
+/* Pressure counts of days before yesterday (the feed prunes itself). */
 static int prune(sl_trig_t *t, MDB_txn *txn, int64_t now)
 {
     MDB_cursor *cur;
     MDB_val k, v;
-    int rc = mdb_cursor_open(txn, t->feed, &cur);
-    if (rc) return rc;
-    for (int n = 0; n < 1000 && (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0; n++) {
-        int64_t at = 0;
-        if (v.mv_size >= 8) memcpy(&at, v.mv_data, 8);
-        if (at > now - t->cfg->trigger_retention_ms) break;
-        uint64_t seq;
-        memcpy(&seq, k.mv_data, 8);
-        if ((rc = cause_del(t, txn, seq, &v)) || (rc = mdb_cursor_del(cur, 0))) break;
-    }
-    mdb_cursor_close(cur);
-    if (rc && rc != MDB_NOTFOUND) return rc;
-    /* pressure counts of days before yesterday */
+    int rc;
     uint32_t day = (uint32_t)(now / 86400000) - 1;
     if ((rc = mdb_cursor_open(txn, t->pressure, &cur))) return rc;
     for (int n = 0; n < 1000 && (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0; n++) {
@@ -652,7 +524,7 @@ static int on_tick(void *arg, MDB_txn *txn, int64_t now)
     }
     int64_t due;
     if ((rc = first_due(t, txn, &due))) return rc;
-    if (due > now + 60000) due = now + 60000; /* retention runs at least once a minute */
+    if (due > now + 60000) due = now + 60000; /* pressure counts are pruned at least once a minute */
     atomic_store(&t->next_due, due);
     return wrote;
 }
@@ -663,8 +535,6 @@ static void on_after_txn(void *arg, int ok)
 {
     sl_trig_t *t = arg;
     if (ok) {
-        t->prev_committed = t->committed_last;
-        t->committed_last = t->txn_last;
         atomic_fetch_add(&t->fired, t->pend.fired);
         atomic_fetch_add(&t->suppressed, t->pend.suppressed);
         atomic_fetch_add(&t->timers_fired, t->pend.timers_fired);
@@ -682,105 +552,9 @@ static void on_after_txn(void *arg, int ok)
             if (t->pend.if_by_rule[i]) atomic_fetch_add(&t->if_by_rule[i], t->pend.if_by_rule[i]);
         }
     } else {
-        t->txn_last = t->committed_last;
         atomic_store(&t->next_due, sl_now_ms()); /* look again: the aborted txn's timers are gone */
     }
     memset(&t->pend, 0, sizeof(t->pend)); /* what an aborted one counted is counted again when redone */
-}
-
-static void on_synced(void *arg, int all)
-{
-    sl_trig_t *t = arg;
-    uint64_t d = all ? t->committed_last : t->prev_committed;
-    if (d > atomic_load(&t->durable)) {
-        atomic_store(&t->durable, d);
-        for (size_t i = 0; i < t->n_subs; i++) t->subs[i].cb(t->subs[i].arg);
-    }
-}
-
-int sl_trig_subscribe(sl_trig_t *t, void (*cb)(void *arg), void *arg)
-{
-    if (t->n_subs == MAX_SUBSCRIBERS) return SL_EINVAL;
-    t->subs[t->n_subs].cb = cb;
-    t->subs[t->n_subs].arg = arg;
-    t->n_subs++;
-    return 0;
-}
-
-uint64_t sl_trig_durable_seq(const sl_trig_t *t) { return atomic_load(&t->durable); }
-
-long sl_trig_foreach(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit,
-                     int (*fn)(uint64_t seq, const char *json, size_t len, void *arg), void *arg)
-{
-    uint64_t upto = atomic_load(&t->durable);
-    if (after == UINT64_MAX) return 0; /* nothing can follow; after + 1 would wrap to the start */
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, t->feed, &cur);
-    if (rc) return -1;
-    uint64_t from = after + 1;
-    MDB_val k = {8, &from}, v;
-    long n = 0;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && (size_t)n < limit;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        uint64_t seq;
-        memcpy(&seq, k.mv_data, 8);
-        if (seq > upto || v.mv_size < 8) break;
-        n++;
-        if (fn(seq, (const char *)v.mv_data + 8, v.mv_size - 8, arg)) break;
-    }
-    mdb_cursor_close(cur);
-    return rc == 0 || rc == MDB_NOTFOUND ? n : -1;
-}
-
-typedef struct {
-    sl_buf_t *out;
-    uint64_t *last;
-    int first;
-} read_ctx_t;
-
-static int append_one(uint64_t seq, const char *json, size_t len, void *arg)
-{
-    read_ctx_t *r = arg;
-    if (!r->first) sl_buf_append(r->out, ",", 1);
-    r->first = 0;
-    sl_buf_append(r->out, json, len);
-    *r->last = seq;
-    return 0;
-}
-
-long sl_trig_read(sl_trig_t *t, MDB_txn *txn, uint64_t after, size_t limit, sl_buf_t *out, uint64_t *last)
-{
-    *last = after;
-    read_ctx_t r = {out, last, 1};
-    return sl_trig_foreach(t, txn, after, limit, append_one, &r);
-}
-
-static int cursor_key(sl_buf_t *b, const char *url)
-{
-    b->len = 0;
-    return sl_buf_appends(b, "wh\x1f") || sl_buf_appends(b, url) ? SL_ENOMEM : 0;
-}
-
-int sl_trig_cursor_get(sl_trig_t *t, MDB_txn *txn, const char *url, uint64_t *seq)
-{
-    sl_buf_t b = {0};
-    *seq = 0;
-    if (cursor_key(&b, url)) return SL_ENOMEM;
-    MDB_val k = {b.len, b.data}, v;
-    int rc = mdb_get(txn, t->tmeta, &k, &v);
-    sl_buf_free(&b);
-    if (rc == 0 && v.mv_size == 8) memcpy(seq, v.mv_data, 8);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-int sl_trig_cursor_put(sl_trig_t *t, MDB_txn *txn, const char *url, uint64_t seq)
-{
-    sl_buf_t b = {0};
-    if (cursor_key(&b, url)) return SL_ENOMEM;
-    MDB_val k = {b.len, b.data}, v = {8, &seq};
-    int rc = mdb_put(txn, t->tmeta, &k, &v, 0);
-    sl_buf_free(&b);
-    return rc;
 }
 
 /* The per-rule counters (committed and pending) are kept by position in the
@@ -855,20 +629,9 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     sl_trig_t *t = arg;
     unsigned c = read_only ? 0 : MDB_CREATE;
     int rc;
-    if ((rc = mdb_dbi_open(txn, "feed", c | MDB_INTEGERKEY, &t->feed))) return rc;
     if ((rc = mdb_dbi_open(txn, "timers", c, &t->timers))) return rc;
     if ((rc = mdb_dbi_open(txn, "tstate", c, &t->tstate))) return rc;
     if ((rc = mdb_dbi_open(txn, "pressure", c, &t->pressure))) return rc;
-    if ((rc = mdb_dbi_open(txn, "tmeta", c, &t->tmeta))) return rc;
-    /* added with retention (issue 16): built from the feed on a store from before */
-    rc = mdb_dbi_open(txn, "fcause", 0, &t->fcause);
-    if (rc == MDB_NOTFOUND && !read_only) {
-        if ((rc = mdb_dbi_open(txn, "fcause", MDB_CREATE, &t->fcause)) || (rc = cause_index_all(t, txn))) return rc;
-    } else if (rc == MDB_NOTFOUND) {
-        t->fcause = 0;
-    } else if (rc) {
-        return rc;
-    }
     /* added with the event rule (issue 22): empty on a store from before, where no rule held anything */
     rc = mdb_dbi_open(txn, "holds", c, &t->holds);
     if (rc == MDB_NOTFOUND) t->holds = 0;
@@ -876,24 +639,20 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     rc = mdb_dbi_open(txn, "pcount", c, &t->pcount);
     if (rc == MDB_NOTFOUND) t->pcount = 0;
     else if (rc) return rc;
-    MDB_val k = {9, "feed_last"}, v;
-    uint64_t last = 0;
-    if (mdb_get(txn, t->tmeta, &k, &v) == 0 && v.mv_size == 8) memcpy(&last, v.mv_data, 8);
-    t->txn_last = t->committed_last = t->prev_committed = last;
-    atomic_store(&t->durable, last);
     atomic_store(&t->next_due, sl_now_ms()); /* whatever fell due while the server was down fires now */
     return 0;
 }
 
-sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch)
+sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_feed_t *feed)
 {
     sl_trig_t *t = calloc(1, sizeof(*t));
     if (t == NULL) return NULL;
     t->cfg = cfg;
     t->stitch = stitch;
+    t->feed = feed;
     atomic_store(&t->next_due, INT64_MAX);
     t->step = (sl_stage_step_t){.name = "triggers", .arg = t, .open = on_open, .due = on_due, .tick = on_tick,
-                                .after_txn = on_after_txn, .synced = on_synced};
+                                .after_txn = on_after_txn};
     t->listener = (sl_ident_listener_t){.arg = t, .stitched = on_stitched, .merged = on_merged,
                                         .trait_changed = on_trait, .watches_trait = on_watches,
                                         .forgotten = on_forgotten, .holds = on_holds};
@@ -937,44 +696,6 @@ void sl_trig_get_stats(const sl_trig_t *t, sl_trig_stats_t *out)
 const sl_config_t *sl_trig_config(const sl_trig_t *t) { return t->cfg; }
 
 /* ---- verification (sillage verify) ---- */
-
-int sl_trig_verify(sl_trig_t *t, MDB_txn *txn, int (*has_message)(const char *id, void *arg), void *arg,
-                   FILE *out, uint64_t *n_feed, uint64_t *problems)
-{
-    MDB_cursor *cur;
-    MDB_val k, v;
-    uint64_t prev = 0, last = 0;
-    MDB_val mk = {9, "feed_last"}, mv;
-
-    if (mdb_get(txn, t->tmeta, &mk, &mv) == 0 && mv.mv_size == 8) memcpy(&last, mv.mv_data, 8);
-    int rc = mdb_cursor_open(txn, t->feed, &cur);
-    if (rc) return rc;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        uint64_t seq;
-        memcpy(&seq, k.mv_data, 8);
-        (*n_feed)++;
-        if (seq <= prev || seq > last) {
-            fprintf(out, "feed: trigger %llu out of order (previous %llu, last %llu)\n", (unsigned long long)seq,
-                    (unsigned long long)prev, (unsigned long long)last);
-            (*problems)++;
-        }
-        prev = seq;
-        cJSON *doc = v.mv_size > 8 ? cJSON_ParseWithLength((const char *)v.mv_data + 8, v.mv_size - 8) : NULL;
-        const cJSON *cause = cJSON_GetObjectItemCaseSensitive(doc, "cause");
-        const cJSON *mid = cJSON_GetObjectItemCaseSensitive(cause, "messageId");
-        if (doc == NULL || cause == NULL) {
-            fprintf(out, "feed: trigger %llu is not valid JSON with a cause\n", (unsigned long long)seq);
-            (*problems)++;
-        } else if (cJSON_IsString(mid) && !has_message(mid->valuestring, arg)) {
-            fprintf(out, "feed: trigger %llu's cause %s is not a stored event\n", (unsigned long long)seq,
-                    mid->valuestring);
-            (*problems)++;
-        }
-        cJSON_Delete(doc);
-    }
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
 
 int sl_trig_verify_states(sl_trig_t *t, MDB_txn *txn, MDB_txn *log_txn, FILE *out, uint64_t *n_pending,
                           uint64_t *problems)
@@ -1070,7 +791,7 @@ void sl_trig_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_trigger_timers_fired_total", "Durable timers that came due.",
                   ts.timers_fired);
     sl_metric_u64(b, "gauge", "sillage_trigger_feed_last_seq", "The last trigger readers can see (durable).",
-                  sl_trig_durable_seq(t));
+                  sl_feed_durable_seq(t->feed));
 }
 
 void sl_trig_mute(sl_trig_t *t, int muted) { t->muted = muted; }
@@ -1108,35 +829,4 @@ int sl_trig_pending(sl_trig_t *t, MDB_txn *txn, uint64_t person, sl_buf_t *out)
         if (rs->v[i].type->pending) rc = rs->v[i].type->pending(t, txn, &rs->v[i], person, out, &n);
     sl_buf_appends(out, "]");
     return rc ? rc : out->data ? 0 : SL_ENOMEM;
-}
-
-/* Copies every entry of the database named name from src to dst (the same
- * name in another environment). */
-static int copy_db(MDB_txn *src, MDB_txn *dst, const char *name, MDB_dbi dst_dbi, unsigned flags)
-{
-    MDB_dbi s;
-    int rc = mdb_dbi_open(src, name, 0, &s);
-    if (rc == MDB_NOTFOUND) return 0;
-    if (rc) return rc;
-    MDB_cursor *cur;
-    if ((rc = mdb_cursor_open(src, s, &cur))) return rc;
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-        if ((rc = mdb_put(dst, dst_dbi, &k, &v, flags))) break;
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-int sl_trig_carry_over(sl_trig_t *t, MDB_txn *dst, MDB_txn *src)
-{
-    int rc = copy_db(src, dst, "feed", t->feed, MDB_APPEND);
-    if (rc == 0) rc = copy_db(src, dst, "tmeta", t->tmeta, 0);
-    if (rc == 0) rc = cause_index_all(t, dst);
-    if (rc) return rc;
-    MDB_val k = {9, "feed_last"}, v;
-    uint64_t last = 0;
-    if (mdb_get(dst, t->tmeta, &k, &v) == 0 && v.mv_size == 8) memcpy(&last, v.mv_data, 8);
-    t->txn_last = t->committed_last = t->prev_committed = last;
-    atomic_store(&t->durable, last);
-    return 0;
 }

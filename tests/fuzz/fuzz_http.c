@@ -167,17 +167,19 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                              .nosync = 1, .dedupe_window_ms = 86400000, .max_queue_messages = 100000};
     uv_loop_init(&loop);
     if (sl_store_open(&store, &so)) abort();
-    /* the derivation stage as `sillage serve` wires it: identity, then triggers */
+    /* the derivation stage as `sillage serve` wires it: identity, the feed, then triggers */
     static char ddir[64];
     snprintf(ddir, sizeof(ddir), "%s/derived", dir);
     sl_stage_options_t go = {.dir = ddir, .map_size_bytes = 64 << 20, .map_size_max_bytes = 1ULL << 30, .nosync = 1};
     stage = sl_stage_new(store, &go);
     sl_stitch_t *stitch = sl_stitch_new(&cfg, store);
-    sl_trig_t *trig = sl_trig_new(&cfg, stitch);
+    sl_feed_t *feed = sl_feed_new(cfg.trigger_retention_ms);
+    sl_trig_t *trig = feed && stitch ? sl_trig_new(&cfg, stitch, feed) : NULL;
     if (stage == NULL || stitch == NULL || trig == NULL || sl_stage_add_step(stage, sl_stitch_step(stitch)) ||
-        sl_trig_attach(trig, stage) || sl_stage_open(stage) || sl_store_start(store, &loop))
+        sl_feed_attach(feed, stage) || sl_trig_attach(trig, stage) || sl_stage_open(stage) ||
+        sl_store_start(store, &loop))
         abort();
-    if (sl_http_server_start(&srv, &loop, &cfg, store) || sl_http_server_set_stage(srv, stage, stitch, trig) ||
+    if (sl_http_server_start(&srv, &loop, &cfg, store) || sl_http_server_set_stage(srv, stage, stitch, trig, feed) ||
         sl_stage_start(stage, &loop))
         abort();
     return 0;
