@@ -267,6 +267,20 @@ static int rules_read(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     return sl_trig_rules_json(a[0], txn, a[1]);
 }
 
+static void rules_answer(conn_t *c, int reached)
+{
+    sl_buf_t out = {0};
+    void *a[2] = {c->srv->trig, &out};
+    /* small: one line per rule (64 at most) and a count each */
+    int rc = sl_stage_read(c->srv->stage, 0, rules_read, a);
+    if (rc) http_respond_error(c, 503, "storage unavailable");
+    else
+        http_respond(c, 200, "application/json",
+                     reached ? "Cache-Control: no-store\r\n" : "Cache-Control: no-store\r\nX-Sillage-Stale: 1\r\n",
+                     out.data, out.len);
+    sl_buf_free(&out);
+}
+
 void http_handle_rules(conn_t *c)
 {
     sl_server_t *srv = c->srv;
@@ -279,13 +293,8 @@ void http_handle_rules(conn_t *c)
         http_respond_error(c, 404, "no trigger rules on this node");
         return;
     }
-    sl_buf_t out = {0};
-    void *a[2] = {srv->trig, &out};
-    /* small: one line per rule (64 at most) and a count each */
-    int rc = sl_stage_read(srv->stage, 0, rules_read, a);
-    if (rc) http_respond_error(c, 503, "storage unavailable");
-    else http_respond(c, 200, "application/json", "Cache-Control: no-store\r\n", out.data, out.len);
-    sl_buf_free(&out);
+    /* the pending counts of every event acknowledged before this read */
+    http_after_stage(c, rules_answer);
 }
 
 static int filter_refused(conn_t *c, const char *msg)
