@@ -150,7 +150,7 @@ static int fail(compiler_t *cc, int rc, const char *fmt, ...)
 static const char *show(const char *s, char out[72])
 {
     size_t i = 0;
-    for (; s[i] && i < 64; i++) {
+    for (; i < 64 && s[i]; i++) {
         unsigned char ch = (unsigned char)s[i];
         out[i] = ch < 0x20 || ch == 0x7f || ch == '"' ? '?' : (char)ch;
     }
