@@ -293,6 +293,9 @@ typedef struct app_s {
     sl_nats_t *nats;
     const char *config_path;    /* NULL: the demo default, nothing to reload */
     sl_config_t *rules;         /* the rules of the last reload (heap), or NULL */
+    sl_config_t **retired;      /* rules a reload replaced: kept until exit (a profile read on the
+                                 * threadpool may still be walking them), one per SIGHUP */
+    size_t n_retired;
     sl_config_t *pending;       /* a reload in flight */
     sl_trig_reload_t reload;
     sl_stage_job_t reload_job;
@@ -343,11 +346,15 @@ static void on_reloaded(sl_stage_job_t *b)
         sl_config_free(app->pending);
         free(app->pending);
     } else {
-        /* The stage runs the new rules now; the previous heap copy is unused
-         * (/metrics reads the engine's current one on this thread). */
-        if (app->rules) {
-            sl_config_free(app->rules);
-            free(app->rules);
+        /* The stage runs the new rules now; the previous copy is kept: a
+         * profile read on libuv's threadpool may still be walking it (a few
+         * KB per SIGHUP, freed at exit). */
+        sl_config_t **r = app->rules ? realloc(app->retired, (app->n_retired + 1) * sizeof(*r)) : NULL;
+        if (r) {
+            app->retired = r;
+            app->retired[app->n_retired++] = app->rules;
+        } else if (app->rules) {
+            SL_WARN("reload: out of memory keeping the previous rules: they leak");
         }
         app->rules = app->pending;
         SL_INFO("reload: %zu trigger rules, %zu webhooks from %s", sl_trig_rule_count(app->rules), app->rules->n_webhooks,
@@ -558,6 +565,11 @@ out_early:
         sl_config_free(app.rules);
         free(app.rules);
     }
+    for (size_t i = 0; i < app.n_retired; i++) {
+        sl_config_free(app.retired[i]);
+        free(app.retired[i]);
+    }
+    free(app.retired);
     sl_config_free(&cfg);
     close(lock);
     return ret;

@@ -82,6 +82,12 @@ typedef struct sl_ident_listener_s {
      * message_id (a trigger in the feed names it as its cause): it is kept
      * until that reference goes. */
     int (*holds)(void *arg, MDB_txn *txn, const char *message_id, int *held);
+    /* A profile answer (GET /v1/profiles/...) is written for person: append
+     * the listener's own members, each with a leading comma (the trigger
+     * engine: ",\"pending_triggers\":[...]"). Called on the thread that
+     * reads (libuv's threadpool), in its read transaction: it must touch no
+     * stage-thread scratch. */
+    int (*profile_extra)(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *out);
 } sl_ident_listener_t;
 
 

@@ -1399,6 +1399,8 @@ static int append_profile(sl_stitch_t *s, MDB_txn *txn, sl_buf_t *out, const per
     else sl_buf_appends(out, "null");
     sl_buf_appends(out, ",\"consent\":");
     int rc = s->consent ? consent_append_json(out, txn, s->consent, p->id) : sl_buf_appends(out, "null");
+    for (size_t i = 0; rc == 0 && i < s->n_listeners; i++)
+        if (s->listeners[i].profile_extra) rc = s->listeners[i].profile_extra(s->listeners[i].arg, txn, p->id, out);
     sl_buf_appends(out, "}");
     return rc ? rc : out->data ? 0 : SL_ENOMEM;
 }

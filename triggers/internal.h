@@ -143,6 +143,8 @@ struct sl_trig_s {
 int trig_state_get(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, MDB_val *v);
 int trig_state_put(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, const void *d, size_t n);
 int trig_state_del(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person);
+/* The same read from any thread (a key of its own, not the engine's scratch). */
+int trig_state_read(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, MDB_val *v);
 /* A durable timer: rule's timer callback runs for person once due (ms) passed. */
 int trig_timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, const char *rule);
 /* Holds: stored events a rule's state still needs (an event rule's pending

@@ -385,23 +385,32 @@ static int ev_forget(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t 
     return rc == MDB_CORRUPTED ? 0 : rc;
 }
 
+/* Any thread (a profile read): the record is read in place, with a key of
+ * its own, none of the stage thread's scratch. */
 static int ev_pending(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, sl_buf_t *out, int *n)
 {
-    ev_state_t s;
-    int rc = ev_load(t, txn, r, person, &s);
-    for (uint32_t i = 0; rc == 0 && i < s.h.n; i++) {
+    MDB_val v;
+    int rc = trig_state_read(t, txn, r->name, person, &v);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    ev_hdr_t h;
+    if (v.mv_size < sizeof(h)) return 0;
+    memcpy(&h, v.mv_data, sizeof(h));
+    if (h.version != EV_VERSION || v.mv_size != sizeof(h) + (size_t)h.n * sizeof(ev_pend_t)) return 0;
+    for (uint32_t i = 0; i < h.n; i++) {
+        ev_pend_t p;
+        memcpy(&p, (const char *)v.mv_data + sizeof(h) + (size_t)i * sizeof(p), sizeof(p));
         sl_buf_appends(out, (*n)++ ? ",{\"rule\":" : "{\"rule\":");
         sl_buf_append_json_str(out, r->name, strlen(r->name));
         sl_buf_appends(out, ",\"due\":");
-        sl_buf_append_iso(out, s.p[i].due_ms);
+        sl_buf_append_iso(out, p.due_ms);
         sl_buf_printf(out, ",\"waiting_for_login\":%s,\"started_by\":%llu,\"cancelled_by\":",
-                      s.p[i].waiting ? "true" : "false", (unsigned long long)s.p[i].seq);
+                      p.waiting ? "true" : "false", (unsigned long long)p.seq);
         if (E(r)->unless_event) sl_buf_append_json_str(out, E(r)->unless_event, strlen(E(r)->unless_event));
         else sl_buf_appends(out, "null");
         sl_buf_appends(out, "}");
     }
-    free(s.p);
-    return rc;
+    return out->data ? 0 : SL_ENOMEM;
 }
 
 /* Each pending trigger names a stored starting event (its messageId's hash

@@ -34,6 +34,16 @@ int trig_state_get(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person
     return mdb_get(txn, t->tstate, &k, v);
 }
 
+int trig_state_read(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, MDB_val *v)
+{
+    sl_buf_t key = {0};
+    int rc = state_key(&key, rule, person);
+    MDB_val k = {key.len, key.data};
+    if (rc == 0) rc = mdb_get(txn, t->tstate, &k, v);
+    sl_buf_free(&key);
+    return rc;
+}
+
 int trig_state_put(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, const void *d, size_t n)
 {
     int rc = state_key(&t->k, rule, person);
@@ -446,6 +456,12 @@ static int on_trait(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_
 
 static int on_watches(void *arg, const char *name) { return trig_watches(arg, name); }
 
+static int on_profile_extra(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *out)
+{
+    sl_buf_appends(out, ",\"pending_triggers\":");
+    return sl_trig_pending(arg, txn, person, out);
+}
+
 static int on_forgotten(void *arg, MDB_txn *txn, const uint64_t *persons, size_t n, const char *erased,
                         uint64_t *removed)
 {
@@ -655,7 +671,8 @@ sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_feed_t *f
                                 .after_txn = on_after_txn};
     t->listener = (sl_ident_listener_t){.arg = t, .stitched = on_stitched, .merged = on_merged,
                                         .trait_changed = on_trait, .watches_trait = on_watches,
-                                        .forgotten = on_forgotten, .holds = on_holds};
+                                        .forgotten = on_forgotten, .holds = on_holds,
+                                        .profile_extra = on_profile_extra};
     return t;
 }
 
@@ -822,7 +839,9 @@ int sl_trig_rules_json(sl_trig_t *t, MDB_txn *txn, sl_buf_t *out)
 
 int sl_trig_pending(sl_trig_t *t, MDB_txn *txn, uint64_t person, sl_buf_t *out)
 {
-    const trig_rules_t *rs = trig_rules(t->cfg);
+    /* the rules the stage runs; a reload's previous ones stay alive until the
+     * process ends (cmd keeps them), so a read running across a SIGHUP is safe */
+    const trig_rules_t *rs = trig_rules(atomic_load(&t->cfg));
     int n = 0, rc = 0;
     sl_buf_appends(out, "[");
     for (size_t i = 0; i < rs->n && rc == 0; i++)

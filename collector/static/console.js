@@ -37,8 +37,17 @@ function showProfile(p) {
     '<tr><th>events</th><td id="c-events">' + esc(c.events) + '</td><th>page views</th><td>' + esc(c.page_views) + '</td></tr>' +
     '<tr><th>orders</th><td>' + esc(c.orders) + '</td><th>revenue</th><td>' + esc(c.revenue) + ' ' + esc(p.currency || '') + '</td></tr>' +
     '<tr><th>consent</th><td colspan="3" id="consent">' + consent + '</td></tr></tbody></table>' +
-    '<h2 style="margin-top:.8rem">Traits <small>value, and when it was set</small></h2><table><tbody id="traits">' + (traits || '<tr><td class="muted">none</td></tr>') + '</tbody></table>';
+    '<h2 style="margin-top:.8rem">Traits <small>value, and when it was set</small></h2><table><tbody id="traits">' + (traits || '<tr><td class="muted">none</td></tr>') + '</tbody></table>' +
+    '<h2 style="margin-top:.8rem">Pending triggers <small>due, and what would cancel them</small></h2><table><tbody id="pending">' + pending(p.pending_triggers) + '</tbody></table>';
   $('erase').onclick = erase;
+}
+// An event rule's triggers waiting for their delay (or for a login).
+function pending(list) {
+  if (!list || !list.length) return '<tr><td class="muted">none</td></tr>';
+  return list.map(function (x) {
+    return '<tr><td><b>' + esc(x.rule) + '</b></td><td>' + esc(x.due) + (x.waiting_for_login ? ' <span class="chip">waiting for a login</span>' : '') +
+      '</td><td>' + (x.cancelled_by ? 'unless <b>' + esc(x.cancelled_by) + '</b>' : '<span class="muted">nothing cancels it</span>') + '</td></tr>';
+  }).join('');
 }
 function showEvents(page, append) {
   if (!append) $('events').innerHTML = '';

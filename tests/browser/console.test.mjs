@@ -63,6 +63,7 @@ test('/console: find, read, page through, journal, triggers, live feed, erase', 
   assert.equal(plan[1], '"pro"');
   assert.match(plan[2], /^2026-11-30T09:00:30/, 'when the trait was set');
   assert.equal(await page.textContent('#c-events'), '29');
+  assert.equal(await page.textContent('#pending'), 'none', 'no event rule here: no pending trigger');
   assert.equal(await page.textContent('#consent'), 'marketing grantedads refused 2026-11-30T09:00:41.000Z');
 
   await page.waitForFunction(() => document.querySelectorAll('#events tr').length === 20);

@@ -71,10 +71,15 @@ test('several pending triggers of one rule wait at once; an open cancels only it
   await ok('track', { userId: 'sms-4', event: 'Email Sent', properties: { email_id: 'a' } });
   await ok('track', { userId: 'sms-4', event: 'Email Sent', properties: { email_id: 'b' } });
   const p = await (await fetch(`${srv.url}/v1/profiles/user_id/sms-4`, { headers: bearer })).json();
+  // the profile lists them, with what would cancel them
+  assert.deepEqual(p.pending_triggers.map((x) => [x.rule, x.waiting_for_login, x.cancelled_by]),
+                   [['sms-fallback', false, 'Email Opened'], ['sms-fallback', false, 'Email Opened']]);
+  assert.ok(Date.parse(p.pending_triggers[0].due) > Date.now() - 1000);
   await ok('track', { userId: 'sms-4', event: 'Email Opened', properties: { email_id: 'a' } });
   const got = await after2(mine('sms-fallback', 'sms-4'));
   assert.deepEqual(got.map((t) => t.data.event.properties.email_id), ['b']);
-  assert.ok(p.id.startsWith('p_'));
+  const later = await (await fetch(`${srv.url}/v1/profiles/user_id/sms-4`, { headers: bearer })).json();
+  assert.deepEqual(later.pending_triggers, [], 'one cancelled, one fired: none left');
 });
 
 test('welcome: cancelled by an order, fired without one', async () => {
