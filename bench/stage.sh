@@ -10,11 +10,12 @@
 #
 # usage: bench/stage.sh [SECONDS] [BATCH] [CONNECTIONS]
 #   BENCH_ARGS="--active 5000" bench/stage.sh ...   extra sillage-bench options
+#   SL_EXTRA='"triggers": [...],' bench/stage.sh ...  extra config keys (each followed by a comma)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${1:-10}"; BATCH="${2:-20}"; CONNS="${3:-64}"
 . bench/lib.sh
-start_sillage sync
+start_sillage sync "${SL_EXTRA:-}"
 $GEN "$BENCH" -k bench -c "$CONNS" -d "$DUR" -b "$BATCH" --seed 1 ${BENCH_ARGS:-} "$SL_URL" > "$WORK/out"
 acked=$(field events)
 h=$(curl -s "$SL_URL/healthz")

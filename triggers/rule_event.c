@@ -184,6 +184,9 @@ static void event_json(sl_buf_t *d, const trig_rule_t *r, const cJSON *doc)
 static int fire_with(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const cJSON *doc,
                      int64_t now)
 {
+    /* muted (a rebuild) or quiet (an import's merge): nothing is appended, so
+     * nothing to print (printing the properties was most of a rebuild's cost) */
+    if (t->muted || t->quiet) return 0;
     sl_buf_t d = {0};
     sl_buf_appends(&d, "{\"event\":");
     event_json(&d, r, doc);
@@ -232,8 +235,8 @@ static int ev_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule
     int starts = trig_is_kind(m, E(r)->event) && trig_where(r->where, m->doc, now);
     int cancels = E(r)->unless_event && trig_is_kind(m, E(r)->unless_event) && trig_where(E(r)->unless_where, m->doc, now);
     if (!starts && !cancels && !identified) return 0;
-    /* without a delay it fires at once (and nothing can cancel it: ev_parse) */
-    if (starts && E(r)->delay_ms == 0) return fire_with(t, txn, r, person, m->doc, now);
+    /* without a delay it fires at once, and keeps no state (nothing can cancel it: ev_parse) */
+    if (E(r)->delay_ms == 0) return starts ? fire_with(t, txn, r, person, m->doc, now) : 0;
     ev_state_t s;
     int rc = ev_load(t, txn, r, person, &s);
     if (rc) return rc;
