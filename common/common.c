@@ -862,6 +862,18 @@ const char *sl_json_str(const cJSON *o, const char *name)
     return cJSON_IsString(x) ? x->valuestring : NULL;
 }
 
+int sl_lmdb_has_prefix8(MDB_txn *txn, unsigned int dbi, const unsigned char key[16], int *found)
+{
+    MDB_cursor *cur;
+    MDB_val k = {16, (void *)key}, v;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc) return rc;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    *found = rc == 0 && k.mv_size == 16 && memcmp(k.mv_data, key, 8) == 0;
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 int sl_lmdb_grow(MDB_env *env, uv_rwlock_t *lock, uint64_t *size, uint64_t max, const char *what)
 {
     if (*size >= max) return MDB_MAP_FULL;

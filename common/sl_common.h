@@ -227,6 +227,11 @@ int sl_lmdb_backup(MDB_env *env, int dirfd, uv_rwlock_t *lock);
  * updates *size and says so in the log, naming what. 0, MDB_MAP_FULL when
  * *size is already max, or an LMDB error. */
 int sl_lmdb_grow(MDB_env *env, uv_rwlock_t *lock, uint64_t *size, uint64_t max, const char *what);
+/* *found 1 when database dbi holds a 16-byte key whose first 8 bytes are
+ * key's (indexes keyed by a hash, then a seq: the feed's causes, the
+ * engine's holds). 0 or an LMDB error. */
+typedef struct MDB_txn MDB_txn;
+int sl_lmdb_has_prefix8(MDB_txn *txn, unsigned int dbi, const unsigned char key[16], int *found);
 #define SL_INFO(...) sl_log(SL_LOG_INFO, __VA_ARGS__)
 #define SL_WARN(...) sl_log(SL_LOG_WARN, __VA_ARGS__)
 #define SL_ERROR(...) sl_log(SL_LOG_ERROR, __VA_ARGS__)

@@ -191,26 +191,13 @@ static int index_all(sl_feed_t *f, MDB_txn *txn)
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-/* 1 in *found when db holds a 16-byte key starting with key's first 8 bytes. */
-static int has_prefix(MDB_txn *txn, MDB_dbi db, const unsigned char key[16], int *found)
-{
-    MDB_cursor *cur;
-    MDB_val k = {16, (void *)key}, v;
-    int rc = mdb_cursor_open(txn, db, &cur);
-    if (rc) return rc;
-    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    *found = rc == 0 && k.mv_size == 16 && memcmp(k.mv_data, key, 8) == 0;
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
 int sl_feed_holds(sl_feed_t *f, MDB_txn *txn, const char *message_id, int *held)
 {
     *held = 0;
     if (f->fcause == 0) return 0; /* read only, a store from before: no pruning there */
     unsigned char key[16];
     cause_key(key, sl_feed_mid_hash(message_id, strlen(message_id)), 0);
-    return has_prefix(txn, f->fcause, key, held);
+    return sl_lmdb_has_prefix8(txn, f->fcause, key, held);
 }
 
 /* ---- appending ---- */

@@ -1192,6 +1192,17 @@ static void append_person_head(sl_buf_t *out, const person_t *p)
     else sl_buf_appends(out, "null");
 }
 
+/* Appends the person's traits as a JSON object ({} when none). */
+static void append_traits(sl_buf_t *out, const person_t *p)
+{
+    cJSON *doc = p->traits.len ? cJSON_ParseWithLength(p->traits.data, p->traits.len) : NULL;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "t");
+    char *txt = cJSON_IsObject(t) ? cJSON_PrintUnformatted(t) : NULL;
+    sl_buf_appends(out, txt ? txt : "{}");
+    cJSON_free(txt);
+    cJSON_Delete(doc);
+}
+
 int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
                              int64_t *last_ms)
 {
@@ -1214,12 +1225,7 @@ int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t
     if (email) sl_buf_append_json_str(out, email, strlen(email));
     else sl_buf_appends(out, "null");
     sl_buf_appends(out, ",\"traits\":");
-    cJSON *doc = p->traits.len ? cJSON_ParseWithLength(p->traits.data, p->traits.len) : NULL;
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "t");
-    char *txt = cJSON_IsObject(t) ? cJSON_PrintUnformatted(t) : NULL;
-    sl_buf_appends(out, txt ? txt : "{}");
-    cJSON_free(txt);
-    cJSON_Delete(doc);
+    append_traits(out, p);
     sl_buf_appends(out, "}");
     return out->data ? 0 : SL_ENOMEM;
 }
@@ -1234,12 +1240,7 @@ int sl_stitch_person_view(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *o
     int64_t first, last;
     if ((rc = person_stats(s, txn, p, &n, NULL, &first, &last))) return rc;
     sl_buf_appends(out, "{\"traits\":");
-    cJSON *doc = p->traits.len ? cJSON_ParseWithLength(p->traits.data, p->traits.len) : NULL;
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "t");
-    char *txt = cJSON_IsObject(t) ? cJSON_PrintUnformatted(t) : NULL;
-    sl_buf_appends(out, txt ? txt : "{}");
-    cJSON_free(txt);
-    cJSON_Delete(doc);
+    append_traits(out, p);
     sl_buf_printf(out, ",\"identified\":%s,\"first_seen\":", person_identified(p) ? "true" : "false");
     sl_buf_append_iso(out, first);
     sl_buf_appends(out, ",\"last_seen\":");

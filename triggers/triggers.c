@@ -87,19 +87,6 @@ int sl_trig_glob_match(const char *p, const char *s)
 /* ---- what retention must keep: the causes of triggers in the feed (the
  * feed's index), the starting events of pending triggers (holds) ---- */
 
-/* 1 in *found when db holds a key that starts with the 8 bytes of key. */
-static int has_prefix(MDB_txn *txn, MDB_dbi db, const unsigned char key[16], int *found)
-{
-    MDB_cursor *cur;
-    MDB_val k = {16, (void *)key}, v;
-    int rc = mdb_cursor_open(txn, db, &cur);
-    if (rc) return rc;
-    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    *found = rc == 0 && k.mv_size == 16 && memcmp(k.mv_data, key, 8) == 0;
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
 static int on_holds(void *arg, MDB_txn *txn, const char *message_id, int *held)
 {
     sl_trig_t *t = arg;
@@ -108,7 +95,7 @@ static int on_holds(void *arg, MDB_txn *txn, const char *message_id, int *held)
     unsigned char key[16];
     sl_be64_put(key, trig_mid_hash(message_id));
     sl_be64_put(key + 8, 0);
-    return has_prefix(txn, t->holds, key, held);
+    return sl_lmdb_has_prefix8(txn, t->holds, key, held);
 }
 
 uint64_t trig_mid_hash(const char *message_id)
