@@ -180,7 +180,8 @@ test('a webhook\'s cursor survives a restart and a rebuild; a cursor kept in tme
     await sleep(500);
     assert.equal(rx.got.length, 5, 'nothing delivered again after the rebuild');
     assert.equal(new Set(rx.got.map((g) => g.delivery)).size, 5);
-    assert.deepEqual(rx.got.map((g) => g.doc.seq), [1, 2, 3, 4, 5]);
+    // each once; up to 16 deliveries are in flight at once, so they may arrive in any order (TRIGGERS.md)
+    assert.deepEqual(rx.got.map((g) => g.doc.seq).sort((x, y) => x - y), [1, 2, 3, 4, 5]);
     await srv.stop();
 
     // An older build kept cursors in tmeta as "wh\x1f<url>": a webhook whose
