@@ -17,12 +17,21 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const procs = [];
 after(() => { for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL'); });
 
-function freePort() {
-  return new Promise((resolve) => {
+// Distinct free ports: every probe socket stays open until all are chosen, so
+// two calls can never hand out the same port (a cluster needs six).
+async function freePorts(n) {
+  const socks = [];
+  const ports = [];
+  for (let i = 0; i < n; i++) {
     const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
-  });
+    await new Promise((resolve) => s.listen(0, '127.0.0.1', resolve));
+    socks.push(s);
+    ports.push(s.address().port);
+  }
+  await Promise.all(socks.map((s) => new Promise((r) => s.close(r))));
+  return ports;
 }
+const freePort = async () => (await freePorts(1))[0];
 
 // One nats-server with JetStream; cluster: {name, routes: [ports], port}.
 async function startNats(dir, { port, cluster } = {}) {
@@ -34,8 +43,10 @@ async function startNats(dir, { port, cluster } = {}) {
   procs.push(child);
   let log = '';
   child.stderr.on('data', (d) => { log += d; });
-  for (let i = 0; i < 100; i++) {
-    if (/Server is ready/.test(log)) break;
+  // Up to 20 s: under a sanitizer build's load a clustered node is slow to
+  // start; a node that exits (a port taken meanwhile) fails at once with its log.
+  for (let i = 0; i < 400; i++) {
+    if (/Server is ready/.test(log) || child.exitCode !== null) break;
     await sleep(50);
   }
   assert.match(log, /Server is ready/, log);
@@ -225,8 +236,9 @@ test('an edge killed mid-stream, then a NATS outage: every acknowledged event re
 
 test('a three-node JetStream cluster (R3) loses nothing when a NATS node dies', async () => {
   const dir = tempDir();
-  const ports = [await freePort(), await freePort(), await freePort()];
-  const cports = [await freePort(), await freePort(), await freePort()];
+  const all = await freePorts(6);
+  const ports = all.slice(0, 3);
+  const cports = all.slice(3);
   const nodes = [];
   for (let i = 0; i < 3; i++)
     nodes.push(startNats(join(dir, 'js' + i), { port: ports[i], cluster: { name: 'n' + i, port: cports[i], routes: cports.filter((_, j) => j !== i) } }));
