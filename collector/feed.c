@@ -449,16 +449,15 @@ typedef struct debug_item_s {
     char data[];
 } debug_item_t;
 
-/* The stitcher's listener (stage thread): an event and the person it was
- * stitched into, queued for the loop when someone is watching. */
-static int debug_stitched(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, const sl_ident_event_t *ie)
+/* A stage observer (stage thread): an event and the person it was stitched
+ * into, queued for the loop when someone is watching. */
+static void debug_observe(void *arg, const sl_stage_event_t *ev)
 {
-    (void)txn;
     sl_server_t *srv = arg;
-    if (atomic_load(&srv->debug_viewers) == 0) return 0;
+    if (atomic_load(&srv->debug_viewers) == 0 || ev->ctx->entity.kind == 0) return;
     sl_buf_t b = {0};
     char pid[SL_ENTITY_STR_BYTES];
-    sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, ie->person}, pid);
+    sl_entity_format(ev->ctx->entity, pid);
     sl_buf_printf(&b, "event: event\ndata: {\"person\":\"%s\",\"message\":", pid);
     sl_buf_append(&b, ev->json, ev->len);
     sl_buf_appends(&b, "}\n\n");
@@ -469,7 +468,7 @@ static int debug_stitched(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, c
         memcpy(it->data, b.data, b.len);
     }
     sl_buf_free(&b);
-    if (it == NULL) return 0; /* the view is lossy, never the stage's problem */
+    if (it == NULL) return; /* the view is lossy, never the stage's problem */
     uv_mutex_lock(&srv->debug_mu);
     if (srv->debug_queued + it->len > DEBUG_QUEUE_BYTES || !srv->debug_async_open) {
         free(it); /* the loop is behind: viewers miss this one */
@@ -480,7 +479,6 @@ static int debug_stitched(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, c
         uv_async_send(&srv->debug_async);
     }
     uv_mutex_unlock(&srv->debug_mu);
-    return 0;
 }
 
 static void on_debug_async(uv_async_t *a)
@@ -514,8 +512,7 @@ int http_feed_debug_start(sl_server_t *srv)
     srv->debug_async.data = srv;
     srv->handles_open++;
     srv->debug_async_open = 1;
-    sl_ident_listener_t l = {.arg = srv, .stitched = debug_stitched};
-    return sl_stitch_listen(srv->stitch, &l);
+    return sl_stage_observe(srv->stage, debug_observe, srv);
 }
 
 /* At stop (loop thread): nothing more is queued, what was is dropped. */

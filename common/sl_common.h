@@ -150,6 +150,19 @@ size_t sl_entity_format(sl_entity_t e, char out[SL_ENTITY_STR_BYTES]);
 /* Parses exactly s[0..n): a known prefix, then a decimal u64 without sign or
  * leading zero. 0 and *out, or SL_EINVAL. */
 int sl_entity_parse(const char *s, size_t n, sl_entity_t *out);
+/* The binary form in keys (derived state, timers, pressure, the feed's
+ * index): the kind, then the id big-endian, so one entity's keys are
+ * adjacent and persons and accounts never share one. */
+#define SL_ENTITY_KEY_BYTES 9
+static inline void sl_entity_key_put(unsigned char *p, sl_entity_t e)
+{
+    p[0] = e.kind;
+    sl_be64_put(p + 1, e.id);
+}
+static inline sl_entity_t sl_entity_key_get(const unsigned char *p)
+{
+    return (sl_entity_t){p[0], sl_be64_get(p + 1)};
+}
 
 /* ---- hashing --------------------------------------------------------------*/
 typedef struct sl_hash128_s {

@@ -142,9 +142,8 @@ static void cause_key(unsigned char key[16], uint64_t hash, uint64_t seq)
 
 static void entity_key(unsigned char key[ENTITY_KEY_BYTES], sl_entity_t e, uint64_t seq)
 {
-    key[0] = e.kind;
-    sl_be64_put(key + 1, e.id);
-    sl_be64_put(key + 9, seq);
+    sl_entity_key_put(key, e);
+    sl_be64_put(key + SL_ENTITY_KEY_BYTES, seq);
 }
 
 /* on: 1 adds the entry's index keys, 0 removes them (absent ones are no error). */
@@ -486,10 +485,11 @@ static int64_t on_due(void *arg)
     return atomic_load(&f->retention_ms) > 0 ? f->last_prune_ms + PRUNE_EVERY_MS : INT64_MAX;
 }
 
-static int on_tick(void *arg, MDB_txn *txn, int64_t now)
+static int on_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
 {
     sl_feed_t *f = arg;
     f->last_prune_ms = now;
+    *wrote = 1;
     return prune(f, txn, now);
 }
 
@@ -519,7 +519,7 @@ sl_feed_t *sl_feed_new(int64_t retention_ms)
     sl_feed_t *f = calloc(1, sizeof(*f));
     if (f == NULL) return NULL;
     atomic_store(&f->retention_ms, retention_ms);
-    f->step = (sl_stage_step_t){.name = "feed", .arg = f, .open = on_open, .due = on_due, .tick = on_tick,
+    f->step = (sl_stage_step_t){.name = "feed", .phase = SL_PHASE_FEED, .arg = f, .open = on_open, .due = on_due, .tick = on_tick,
                                 .after_txn = on_after_txn, .synced = on_synced};
     return f;
 }

@@ -586,7 +586,7 @@ int sl_webhooks_new(sl_webhooks_t **out, const sl_config_t *cfg, sl_stage_t *sta
     w->cfg = cfg;
     w->stage = stage;
     w->feed = feed;
-    w->step = (sl_stage_step_t){.name = "webhooks", .arg = w, .open = on_open};
+    w->step = (sl_stage_step_t){.name = "webhooks", .phase = SL_PHASE_DELIVERY, .arg = w, .open = on_open};
     uv_mutex_init(&w->mu);
     w->n_t = cfg->n_webhooks;
     w->t = calloc(w->n_t, sizeof(target_t));

@@ -39,6 +39,26 @@
 
 typedef struct sl_stage_s sl_stage_t;
 
+/* What the steps of one event tell the later ones (the phases below run in
+ * order: identity fills it, computed fields, audiences and rules read it).
+ * The stage clears it before each event; what a pointer member points to
+ * belongs to the step that filled it and lives until the next event. */
+typedef struct sl_stage_ctx_s {
+    sl_entity_t entity;        /* whom the event was applied to (kind 0: nobody, as an alias
+                                * without its ids) */
+    int identified;            /* entity has a userId or an identity trait */
+    int64_t ts_ms;             /* the event's corrected, clamped timestamp */
+    uint64_t dropped_traits;   /* traits of this event not kept (limits.max_traits_*) */
+    /* merges the event caused, in order: absorbed[i] was merged into survivor[i] */
+    const uint64_t *merge_survivor, *merge_absorbed;
+    size_t n_merges;
+    /* traits of entity the event changed: a cJSON array of [name, old (null:
+     * none), new] (NULL or empty: none) */
+    const cJSON *trait_changes;
+    int historical;            /* the event comes from the past (an import): rules see nothing
+                                * of it (set by the identity step, from its source) */
+} sl_stage_ctx_t;
+
 /* One event of the log, as the steps see it. doc is parsed once by the
  * stage; steps read it and never keep pointers into it (json lives only as
  * long as the stage's read of the log: a slice of SLICE_EVENTS events). */
@@ -48,11 +68,34 @@ typedef struct sl_stage_event_s {
     size_t len;
     const cJSON *doc;
     const char *message_id;  /* doc's messageId (every stored event has one) */
+    sl_stage_ctx_t *ctx;     /* filled by the steps, phase after phase */
 } sl_stage_event_t;
+
+/* The phases, in the order the steps of an event run (steps of one phase run
+ * in the order they were added). */
+enum {
+    SL_PHASE_IDENTITY = 10,  /* stitcher/: who the event is about, merges, traits */
+    SL_PHASE_FIELDS = 20,    /* computed profile fields (next) */
+    SL_PHASE_AUDIENCES = 30, /* audiences (next) */
+    SL_PHASE_RULES = 40,     /* triggers/: rule states, firing */
+    SL_PHASE_FEED = 50,      /* feed/: pruning; appended to by the phases before */
+    SL_PHASE_DELIVERY = 60   /* outbound/: consumers' cursors */
+};
+
+/* Durable timers, owned by the stage for every step: (due, step, entity,
+ * name) in the derived environment. A step sets one inside a stage
+ * transaction; once due has passed, the stage deletes it and runs the step's
+ * timer callback in a transaction (at most 1,000 a transaction; the rest in
+ * the next). Timers are lazy: setting one again for the same due time is one
+ * timer, a step never deletes one, and its callback decides from its own
+ * state whether the timer still matters (re-arming a later one if not yet).
+ * A timer of a step no longer registered is dropped and counted. */
+#define SL_STAGE_TIMER_NAME_MAX 255
 
 /* A step: every member but name is optional. Errors are LMDB or SL_ codes. */
 typedef struct sl_stage_step_s {
-    const char *name;
+    const char *name;            /* also the owner of its timers: stable across versions */
+    int phase;                   /* SL_PHASE_* (0: SL_PHASE_RULES) */
     void *arg;
     /* In the first transaction (read_only: a command reading a store): open
      * the step's databases in the derived environment. */
@@ -60,10 +103,14 @@ typedef struct sl_stage_step_s {
     /* One event, in order. An error other than the environment's (disk,
      * memory, map size) sets the event aside. */
     int (*apply)(void *arg, MDB_txn *txn, const sl_stage_event_t *ev);
-    /* Timed work: when (sl_now_ms() time; INT64_MAX: nothing), and the work,
-     * run inside a stage transaction. */
+    /* One of the step's durable timers came due (now: sl_now_ms()). */
+    int (*timer)(void *arg, MDB_txn *txn, sl_entity_t entity, const char *name, size_t name_len, int64_t due,
+                 int64_t now);
+    /* Periodic work of its own: when (sl_now_ms() time; INT64_MAX: nothing),
+     * and the work, run inside a stage transaction; *wrote set to 1 when it
+     * changed something. */
     int64_t (*due)(void *arg);
-    int (*tick)(void *arg, MDB_txn *txn, int64_t now_ms);
+    int (*tick)(void *arg, MDB_txn *txn, int64_t now_ms, int *wrote);
     /* After each transaction: committed (ok 1) or aborted (ok 0; it will be
      * redone). Then synced(all): the derived environment's commits are on
      * disk -- all = 1 every commit so far, 0 every one but the latest. */
@@ -88,8 +135,18 @@ typedef struct sl_stage_options_s {
 
 /* Creates the stage; add its steps, then open it. */
 sl_stage_t *sl_stage_new(sl_store_t *log, const sl_stage_options_t *opts);
-/* Appends step (copied) to the chain; before sl_stage_open(). At most 8. */
+/* Adds step (copied) to the chain, after the steps of its phase and before
+ * those of later phases; before sl_stage_open(). At most 8. */
 int sl_stage_add_step(sl_stage_t *sg, const sl_stage_step_t *step);
+/* Sets a durable timer of the step named step (registered) for entity: due
+ * (sl_now_ms() time), name (at most SL_STAGE_TIMER_NAME_MAX bytes; a rule's
+ * name, say). Stage thread, inside the stage transaction txn. */
+int sl_stage_timer_set(sl_stage_t *sg, MDB_txn *txn, const char *step, int64_t due, sl_entity_t entity,
+                       const char *name, size_t name_len);
+/* An observer sees each event once every step applied it (ctx filled), on
+ * the stage thread inside the transaction; it cannot fail the event and must
+ * not write. The debug view is one. Before sl_stage_start(); at most 4. */
+int sl_stage_observe(sl_stage_t *sg, void (*fn)(void *arg, const sl_stage_event_t *ev), void *arg);
 /* Opens (creating) the derived environment and each step's databases. */
 int sl_stage_open(sl_stage_t *sg);
 /* Starts the stage's thread; completions and waiters run on loop. */
@@ -194,6 +251,7 @@ typedef struct sl_stage_stats_s {
     int64_t lag_ms;              /* how long the oldest unapplied durable event has waited */
     uint64_t events_applied, txns, set_aside;
     uint64_t map_resizes, replayed;
+    uint64_t timers_fired, timers_orphaned; /* timers run; timers of no registered step, dropped */
 } sl_stage_stats_t;
 void sl_stage_get_stats(sl_stage_t *sg, sl_stage_stats_t *out);
 /* The same as Prometheus text (arg: the stage). */

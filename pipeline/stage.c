@@ -20,15 +20,22 @@
 #define MAX_ASIDE_PER_TXN 64
 #define SLICE_EVENTS 512 /* events per read transaction of the log */
 #define LAG_SAMPLES 256
+#define MAX_OBSERVERS 4
+#define MAX_TIMERS_PER_TXN 1000
 
 struct sl_stage_s {
     sl_store_t *log;
     sl_stage_options_t opts;
     char *dir;
     MDB_env *env;
-    MDB_dbi meta, aside;
+    MDB_dbi meta, aside, timers;
     sl_stage_step_t steps[MAX_STEPS];
     size_t n_steps;
+    struct { void (*fn)(void *, const sl_stage_event_t *); void *arg; } observers[MAX_OBSERVERS];
+    size_t n_observers;
+    sl_stage_ctx_t ctx;         /* stage thread: the event under way's */
+    _Atomic int64_t next_timer; /* the earliest timer's due time (or earlier: then a look finds none) */
+    uint64_t pend_timers_fired, pend_timers_orphaned; /* stage thread: this transaction's */
     uint64_t map_size;          /* stage thread */
     uv_rwlock_t resize_lock;    /* readers shared, the stage thread to grow the map */
     uint64_t cursor;            /* stage thread: the last event applied */
@@ -57,6 +64,7 @@ struct sl_stage_s {
     uint64_t prev_commit_cursor;           /* stage thread: the cursor of the commit before the latest */
     struct {
         _Atomic uint64_t events, txns, set_aside, map_resizes, replayed;
+        _Atomic uint64_t timers_fired, timers_orphaned;
     } stats;
 };
 
@@ -111,7 +119,7 @@ static void each_synced(sl_stage_t *sg, int all)
 
 static int64_t next_due(sl_stage_t *sg)
 {
-    int64_t due = INT64_MAX;
+    int64_t due = atomic_load(&sg->next_timer);
     for (size_t i = 0; i < sg->n_steps; i++) {
         if (sg->steps[i].due == NULL) continue;
         int64_t d = sg->steps[i].due(sg->steps[i].arg);
@@ -143,9 +151,104 @@ sl_stage_t *sl_stage_new(sl_store_t *log, const sl_stage_options_t *opts)
 
 int sl_stage_add_step(sl_stage_t *sg, const sl_stage_step_t *step)
 {
-    if (sg->n_steps == MAX_STEPS || sg->env) return SL_EINVAL;
-    sg->steps[sg->n_steps++] = *step;
+    if (sg->n_steps == MAX_STEPS || sg->env || step->name == NULL || strlen(step->name) > 64) return SL_EINVAL;
+    sl_stage_step_t st = *step;
+    if (st.phase == 0) st.phase = SL_PHASE_RULES;
+    size_t at = sg->n_steps;
+    while (at > 0 && sg->steps[at - 1].phase > st.phase) {
+        sg->steps[at] = sg->steps[at - 1];
+        at--;
+    }
+    sg->steps[at] = st;
+    sg->n_steps++;
     return 0;
+}
+
+int sl_stage_observe(sl_stage_t *sg, void (*fn)(void *arg, const sl_stage_event_t *ev), void *arg)
+{
+    if (sg->n_observers == MAX_OBSERVERS || sg->started) return SL_EINVAL;
+    sg->observers[sg->n_observers].fn = fn;
+    sg->observers[sg->n_observers++].arg = arg;
+    return 0;
+}
+
+/* ---- durable timers ------------------------------------------------------------
+ * Key: due (8, big-endian: the earliest first), the step's name (a length
+ * byte, then its bytes), the entity (kind, 8-byte big-endian id), the name.
+ * Value: empty. */
+
+#define TIMER_KEY_MAX (8 + 1 + 64 + 9 + SL_STAGE_TIMER_NAME_MAX)
+
+int sl_stage_timer_set(sl_stage_t *sg, MDB_txn *txn, const char *step, int64_t due, sl_entity_t entity,
+                       const char *name, size_t name_len)
+{
+    unsigned char key[TIMER_KEY_MAX];
+    size_t sn = strlen(step);
+    if (sn > 64 || name_len > SL_STAGE_TIMER_NAME_MAX) return SL_EINVAL;
+    sl_be64_put(key, (uint64_t)due);
+    key[8] = (unsigned char)sn;
+    memcpy(key + 9, step, sn);
+    unsigned char *e = key + 9 + sn;
+    e[0] = entity.kind;
+    sl_be64_put(e + 1, entity.id);
+    memcpy(e + 9, name, name_len);
+    MDB_val k = {9 + sn + 9 + name_len, key}, v = {0, ""};
+    int rc = mdb_put(txn, sg->timers, &k, &v, 0);
+    if (rc) return rc;
+    int64_t cur = atomic_load(&sg->next_timer);
+    while (due < cur && !atomic_compare_exchange_weak(&sg->next_timer, &cur, due)) {
+    }
+    return 0;
+}
+
+static const sl_stage_step_t *step_named(const sl_stage_t *sg, const unsigned char *name, size_t n)
+{
+    for (size_t i = 0; i < sg->n_steps; i++)
+        if (strlen(sg->steps[i].name) == n && memcmp(sg->steps[i].name, name, n) == 0) return &sg->steps[i];
+    return NULL;
+}
+
+/* Runs the timers due by now (at most MAX_TIMERS_PER_TXN), then notes when
+ * the next one is. Returns 0 or an LMDB / SL_ code; *ran gets 1 when it ran
+ * or dropped any. */
+static int run_timers(sl_stage_t *sg, MDB_txn *txn, int64_t now, int *ran)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = 0;
+    for (int n = 0; n < MAX_TIMERS_PER_TXN; n++) {
+        if ((rc = mdb_cursor_open(txn, sg->timers, &cur))) return rc;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+        if (rc == 0 && (k.mv_size < 8 || (int64_t)sl_be64_get(k.mv_data) > now)) rc = MDB_NOTFOUND;
+        unsigned char key[TIMER_KEY_MAX];
+        size_t klen = k.mv_size < sizeof(key) ? k.mv_size : sizeof(key);
+        if (rc == 0) {
+            memcpy(key, k.mv_data, klen);
+            rc = mdb_cursor_del(cur, 0);
+        }
+        mdb_cursor_close(cur);
+        if (rc == MDB_NOTFOUND) break;
+        if (rc) return rc;
+        *ran = 1;
+        /* a key too short to hold what it says is dropped, as an orphan */
+        size_t sn = klen > 8 ? key[8] : 0;
+        const sl_stage_step_t *st = klen >= 9 + sn + 9 ? step_named(sg, key + 9, sn) : NULL;
+        if (st == NULL || st->timer == NULL) {
+            sg->pend_timers_orphaned++;
+            continue;
+        }
+        const unsigned char *e = key + 9 + sn;
+        sl_entity_t ent = {e[0], sl_be64_get(e + 1)};
+        sg->pend_timers_fired++;
+        if ((rc = st->timer(st->arg, txn, ent, (const char *)e + 9, klen - (9 + sn + 9),
+                            (int64_t)sl_be64_get(key), now)))
+            return rc;
+    }
+    if ((rc = mdb_cursor_open(txn, sg->timers, &cur))) return rc;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    atomic_store(&sg->next_timer, rc == 0 && k.mv_size >= 8 ? (int64_t)sl_be64_get(k.mv_data) : INT64_MAX);
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 /* The log's durable end moved (writer thread). */
@@ -192,6 +295,9 @@ int sl_stage_open(sl_stage_t *sg)
     unsigned c = ro ? 0 : MDB_CREATE;
     if ((rc = mdb_dbi_open(txn, "stage", c, &sg->meta))) goto fail;
     if ((rc = mdb_dbi_open(txn, "aside", c | MDB_INTEGERKEY, &sg->aside))) goto fail;
+    /* a read-only open of a store from before the stage kept timers: none */
+    if ((rc = mdb_dbi_open(txn, "ptimers", c, &sg->timers)) == MDB_NOTFOUND && ro) rc = 0;
+    if (rc) goto fail;
     for (size_t i = 0; i < sg->n_steps; i++)
         if (sg->steps[i].open && (rc = sg->steps[i].open(sg->steps[i].arg, txn, ro))) goto fail;
     if ((rc = meta_get(sg, txn, "applied", &sg->cursor))) goto fail;
@@ -200,6 +306,7 @@ int sl_stage_open(sl_stage_t *sg)
     if (rc) goto fail;
     atomic_store(&sg->applied, sg->cursor);
     atomic_store(&sg->durable_applied, sg->cursor);
+    atomic_store(&sg->next_timer, sl_now_ms()); /* whatever fell due while the server was down runs now */
     sg->prev_commit_cursor = sg->cursor;
     if (!ro) {
         uint64_t durable = sl_store_durable_seq(sg->log);
@@ -265,8 +372,9 @@ static int apply_steps(pass_t *p, const char *json, size_t len, uint64_t seq)
         return SL_EINVAL;
     }
     const cJSON *mid = cJSON_GetObjectItemCaseSensitive(doc, "messageId");
+    memset(&sg->ctx, 0, sizeof(sg->ctx));
     sl_stage_event_t ev = {.seq = seq, .json = json, .len = len, .doc = doc,
-                           .message_id = cJSON_IsString(mid) ? mid->valuestring : ""};
+                           .message_id = cJSON_IsString(mid) ? mid->valuestring : "", .ctx = &sg->ctx};
     for (size_t i = 0; i < sg->n_steps; i++) {
         if (sg->steps[i].apply == NULL) continue;
         int rc = sg->steps[i].apply(sg->steps[i].arg, p->txn, &ev);
@@ -277,6 +385,7 @@ static int apply_steps(pass_t *p, const char *json, size_t len, uint64_t seq)
             return rc;
         }
     }
+    for (size_t i = 0; i < sg->n_observers; i++) sg->observers[i].fn(sg->observers[i].arg, &ev);
     cJSON_Delete(heap);
     return 0;
 }
@@ -367,10 +476,10 @@ static int one_txn(txn_ctx_t *x)
     uint64_t cursor = p->n >= sg->opts.max_events_per_txn ? p->last : p->upto;
     if (cursor < sg->cursor) cursor = sg->cursor;
     x->ticked = 0;
+    if (atomic_load(&sg->next_timer) <= x->now && (rc = run_timers(sg, txn, x->now, &x->ticked))) goto fail;
     for (size_t i = 0; i < sg->n_steps; i++) {
         if (sg->steps[i].tick == NULL || sg->steps[i].due(sg->steps[i].arg) > x->now) continue;
-        if ((rc = sg->steps[i].tick(sg->steps[i].arg, txn, x->now)) < 0) goto fail;
-        x->ticked = 1;
+        if ((rc = sg->steps[i].tick(sg->steps[i].arg, txn, x->now, &x->ticked))) goto fail;
     }
     if (cursor != sg->cursor && (rc = meta_put(sg, txn, "applied", cursor))) goto fail;
     if ((rc = mdb_txn_commit(txn))) {
@@ -431,6 +540,9 @@ static int run_txn(sl_stage_t *sg, sl_stage_job_t **jobs, uint64_t upto, int *ti
         int rc = one_txn(&x);
         if (rc == 0) {
             each_after_txn(sg, 1);
+            atomic_fetch_add(&sg->stats.timers_fired, sg->pend_timers_fired);
+            atomic_fetch_add(&sg->stats.timers_orphaned, sg->pend_timers_orphaned);
+            sg->pend_timers_fired = sg->pend_timers_orphaned = 0;
             atomic_fetch_add(&sg->stats.events, p.n);
             atomic_fetch_add(&sg->stats.txns, 1);
             atomic_fetch_add(&sg->stats.set_aside, n_aside);
@@ -439,6 +551,8 @@ static int run_txn(sl_stage_t *sg, sl_stage_job_t **jobs, uint64_t upto, int *ti
             return 0;
         }
         each_after_txn(sg, 0);
+        sg->pend_timers_fired = sg->pend_timers_orphaned = 0;
+        atomic_store(&sg->next_timer, sl_now_ms()); /* look again: the aborted transaction's timers are gone */
         if (rc == MDB_MAP_FULL && grow_map(sg) == 0) continue;
         /* an event's failure first: a replay job fails through its event */
         if (p.culprit && own_error(rc) && n_aside < MAX_ASIDE_PER_TXN) {
@@ -908,6 +1022,8 @@ void sl_stage_get_stats(sl_stage_t *sg, sl_stage_stats_t *o)
     o->set_aside = atomic_load(&sg->stats.set_aside);
     o->map_resizes = atomic_load(&sg->stats.map_resizes);
     o->replayed = atomic_load(&sg->stats.replayed);
+    o->timers_fired = atomic_load(&sg->stats.timers_fired);
+    o->timers_orphaned = atomic_load(&sg->stats.timers_orphaned);
 }
 
 void sl_stage_metrics(void *arg, sl_buf_t *b)
@@ -927,6 +1043,10 @@ void sl_stage_metrics(void *arg, sl_buf_t *b)
                   "Events set aside, then applied by a replay (POST /v1/admin/set-aside/replay).", s.replayed);
     sl_metric_u64(b, "counter", "sillage_stage_map_resizes_total", "Times the derived environment's map grew.",
                   s.map_resizes);
+    sl_metric_u64(b, "counter", "sillage_stage_timers_fired_total",
+                  "Durable timers that came due and ran (every step's: trigger rules today).", s.timers_fired);
+    sl_metric_u64(b, "counter", "sillage_stage_timers_orphaned_total",
+                  "Durable timers of a step no longer registered, dropped when due.", s.timers_orphaned);
 }
 
 int sl_stage_catch_up(sl_stage_t *sg, sl_stage_job_t *first, uint64_t upto,

@@ -10,9 +10,12 @@
  * never touches its events, so its cost depends on the number of
  * identifiers, not on the length of the history.
  *
- * What happened -- an event stitched to a person, a merge, a trait change, a
- * person forgotten -- is told to listeners (the trigger engine, later
- * computed fields), in the same transaction; the stitcher knows none of them.
+ * What an event did -- the person it was stitched to, the merges, the trait
+ * changes -- goes into the stage context for the later phases (computed
+ * fields, audiences, rules: sl_stage.h); what no event does -- persons
+ * forgotten, retention asking who still holds an event, a profile answer's
+ * extra members -- is told to listeners, in the same transaction. The
+ * stitcher knows none of them.
  *
  * Reads (profiles, timelines, journal) run in read transactions from any
  * thread; erasure runs as a stage job.
@@ -47,27 +50,13 @@ enum { SL_STITCH_TRACK = 1, SL_STITCH_PAGE, SL_STITCH_SCREEN, SL_STITCH_IDENTIFY
 
 typedef struct sl_stitch_s sl_stitch_t;
 
-/* What a listener is told of an event once it is stitched (the person's
- * record is saved). */
-typedef struct sl_ident_event_s {
-    uint64_t person;
-    int identified;          /* the person has a userId or an identity trait */
-    int64_t ts_ms;           /* the event's (corrected, clamped) timestamp */
-    uint64_t dropped_traits; /* traits of this event not kept (limits.max_traits_*) */
-} sl_ident_event_t;
-
-/* Listeners run on the stage thread inside its transaction; an error fails
- * the event (it is set aside). Every member but arg is optional. ev is the
- * event being applied (NULL for forgotten). */
+/* What the stitcher tells the later phases of each event is in the stage
+ * context (sl_stage.h, sl_stage_ctx_t: the person, identified, merges,
+ * changed traits, historical). Listeners hear of what is no event's doing:
+ * they run on the stage thread inside its transaction (profile_extra: on a
+ * reader's); an error fails the job. Every member but arg is optional. */
 typedef struct sl_ident_listener_s {
     void *arg;
-    int (*stitched)(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, const sl_ident_event_t *ie);
-    int (*merged)(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t survivor, uint64_t absorbed);
-    /* old_v NULL: the person had no value. Only for names watches_trait()
-     * accepts (all when it is NULL). */
-    int (*trait_changed)(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t person, const char *name,
-                         const cJSON *old_v, const cJSON *new_v);
-    int (*watches_trait)(void *arg, const char *name);
     /* Erasure: forget persons[0..n) (sorted: the person and those merged
      * into it over time, or the persons retention emptied); *n_removed gets
      * how many of their records went. erased: what downstream tools may be

@@ -76,6 +76,7 @@ typedef struct sl_stitch_msg_s {
     const cJSON *traits;             /* identify: the traits object; else NULL */
     int64_t ts_ms;                   /* the corrected timestamp */
     int trusted;                     /* from a trusted (server-side) source */
+    int historical;                  /* from the past (docs/TRIGGERS.md, "Historical imports") */
     int is_order;                    /* track "Order Completed" */
     double revenue;                  /* properties.revenue or .total of an order */
     int amount_ignored;              /* that amount was not finite or past SL_AMOUNT_MAX */
@@ -94,9 +95,10 @@ struct sl_stitch_s {
     person_t p1, p2, p3;      /* stage thread scratch (p3: listeners' payloads) */
     sl_ident_listener_t listeners[MAX_LISTENERS];
     size_t n_listeners;
-    const sl_stage_event_t *ev; /* the event being stitched (what listeners are told) */
     sl_arena_t in_arena;      /* the current message's cleaned identifiers */
-    cJSON *trait_changes;     /* identify: [name, old, new] of watched traits, fired after the save */
+    cJSON *trait_changes;     /* identify: [name, old, new] of each trait it changed (the stage context's) */
+    uint64_t *mg_survivor, *mg_absorbed; /* the merges of the current event (the stage context's) */
+    size_t n_mg, cap_mg;
     sl_buf_t k1, k2, k3, tmp; /* identifier keys; tmp: journal entries and index keys */
     sl_buf_t k4;              /* smeta keys of coalesced refusals */
     char *tscratch;           /* printing one trait value: limits.max_traits_bytes + 1 */
@@ -523,16 +525,6 @@ static int refuse(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, const 
 
 /* ---- traits ---- */
 
-/* 1 when a listener wants to hear of changes to trait name. */
-static int watched(const sl_stitch_t *s, const char *name)
-{
-    for (size_t i = 0; i < s->n_listeners; i++)
-        if (s->listeners[i].trait_changed && (s->listeners[i].watches_trait == NULL ||
-                                              s->listeners[i].watches_trait(s->listeners[i].arg, name)))
-            return 1;
-    return 0;
-}
-
 /* Printed length of x in s->tscratch, or -1 when longer than the traits
  * document may be. */
 static long printed_len(sl_stitch_t *s, const cJSON *x)
@@ -549,8 +541,8 @@ static long printed_len(sl_stitch_t *s, const cJSON *x)
  * most limits.max_traits_per_person traits in at most limits.max_traits_bytes
  * (the stored document); a trait that would pass either is not kept and is
  * counted in s->msg_dropped. So the work of one merge is bounded by those
- * limits, whatever was sent before. watch: collect changes of the traits the
- * trigger rules watch. */
+ * limits, whatever was sent before. watch: collect the changes in
+ * s->trait_changes (what the later phases of the event read). */
 static int merge_traits(sl_stitch_t *s, person_t *p, const cJSON *in_t, const cJSON *in_at, int64_t ts_ms, int watch)
 {
     const uint64_t max_n = s->cfg->limits.max_traits_per_person, max_bytes = s->cfg->limits.max_traits_bytes;
@@ -587,8 +579,7 @@ static int merge_traits(sl_stitch_t *s, person_t *p, const cJSON *in_t, const cJ
         }
         size += grow;
         n += old == NULL;
-        if (watch && watched(s, x->string) &&
-            (old == NULL || !cJSON_Compare(old, x, 1))) {
+        if (watch && (old == NULL || !cJSON_Compare(old, x, 1))) {
             cJSON *ch = cJSON_CreateArray();
             if (ch == NULL) goto out;
             cJSON_AddItemToArray(s->trait_changes, ch);
@@ -724,9 +715,18 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     }
 
     if ((rc = consent_merge(txn, s->consent, s->ccache, sv->id, x->id))) return rc;
-    for (size_t i = 0; i < s->n_listeners; i++)
-        if (s->listeners[i].merged && (rc = s->listeners[i].merged(s->listeners[i].arg, txn, s->ev, sv->id, x->id)))
-            return rc;
+    /* for the later phases of the event (the stage context) */
+    if (s->n_mg == s->cap_mg) {
+        size_t cap = s->cap_mg ? 2 * s->cap_mg : 4;
+        uint64_t *grown = realloc(s->mg_survivor, cap * sizeof(*grown));
+        if (grown == NULL) return SL_ENOMEM;
+        s->mg_survivor = grown;
+        if ((grown = realloc(s->mg_absorbed, cap * sizeof(*grown))) == NULL) return SL_ENOMEM;
+        s->mg_absorbed = grown;
+        s->cap_mg = cap;
+    }
+    s->mg_survivor[s->n_mg] = sv->id;
+    s->mg_absorbed[s->n_mg++] = x->id;
     /* The absorbed person's journal now explains the survivor too. */
     journal_copy_t jc = {s, sv->id, s->pjournal, 0}, jr = {s, sv->id, s->prefusals, 0};
     if ((rc = foreach_dup(txn, s->pjournal, &x->id, 8, copy_journal_ref, &jc))) return rc;
@@ -757,7 +757,7 @@ static void swap_persons(person_t *a, person_t *b)
 
 /* ---- per event, in the writer's transaction ---- */
 
-static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64_t seq);
+static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64_t seq, sl_stage_ctx_t *ctx);
 
 /* An identify's traits: its `traits`, or, when it has none, `context.traits`
  * (where RudderStack's SDKs put them); NULL for other messages. */
@@ -797,6 +797,11 @@ static int read_msg(sl_stitch_t *s, const cJSON *doc, uint64_t seq, sl_stitch_ms
     const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "sillage");
     const sl_source_t *src = sl_config_source(s->cfg, sl_json_str(sil, "source"));
     m->trusted = src && src->trusted;
+    /* A source marked "historical", or a message of a trusted source with
+     * context.sillage.import true. A browser key is public: from it, the mark
+     * would let a page hide an order from the cart rule or a trait change from
+     * a CRM sync, so it is ignored there (as Subscribed is). */
+    m->historical = src && (src->historical || (src->trusted && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sil, "import"))));
     const char *ts = sl_json_str(doc, "timestamp");
     if (ts == NULL || sl_time_parse_iso(ts, strlen(ts), &m->ts_ms)) m->ts_ms = sl_now_ms();
     const cJSON *traits = m->type == SL_STITCH_IDENTIFY ? identify_traits(doc) : NULL;
@@ -828,20 +833,24 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     sl_stitch_t *s = arg;
     sl_stitch_msg_t m;
     int rc = read_msg(s, ev->doc, ev->seq, &m);
-    s->ev = ev;
+    s->n_mg = 0;
+    ev->ctx->historical = m.historical;
     if (rc == 0 && m.type != SL_STITCH_IDENTIFY && m.type != SL_STITCH_ALIAS) {
-        rc = stitch_event(s, txn, &m, ev->seq);
+        rc = stitch_event(s, txn, &m, ev->seq, ev->ctx);
     } else if (rc == 0) {
         uint64_t t0 = sl_mono_ns();
-        rc = stitch_event(s, txn, &m, ev->seq);
+        rc = stitch_event(s, txn, &m, ev->seq, ev->ctx);
         atomic_fetch_add(&s->identify_ns, sl_mono_ns() - t0);
         atomic_fetch_add(&s->identifies, 1);
     }
     consent_in_free(&m.consent);
+    ev->ctx->merge_survivor = s->mg_survivor; /* even when the event was then stitched to nobody */
+    ev->ctx->merge_absorbed = s->mg_absorbed;
+    ev->ctx->n_merges = s->n_mg;
     return rc;
 }
 
-static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64_t seq)
+static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64_t seq, sl_stage_ctx_t *ctx)
 {
     /* a message that failed half-way (its batch then failed alone) leaves nothing behind */
     while (s->trait_changes && s->trait_changes->child) cJSON_DeleteItemFromArray(s->trait_changes, 0);
@@ -993,7 +1002,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
         if (m->currency[0]) memcpy(t->h.currency, m->currency, sizeof(t->h.currency));
     }
     if (m->type == SL_STITCH_IDENTIFY && m->traits) {
-        if (s->n_listeners && s->trait_changes == NULL && (s->trait_changes = cJSON_CreateArray()) == NULL) rc = SL_ENOMEM;
+        if (s->trait_changes == NULL && (s->trait_changes = cJSON_CreateArray()) == NULL) rc = SL_ENOMEM;
         else rc = merge_traits(s, t, m->traits, NULL, m->ts_ms, 1);
         if (rc) return rc;
     }
@@ -1001,26 +1010,12 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
     /* before the listeners: a rule that needs consent sees what this event said */
     if ((rc = consent_apply(txn, s->consent, s->ccache, t->id, &m->consent))) return rc;
     s->pend.traits_dropped += s->msg_dropped;
-    /* what happened, to whoever listens (the trigger engine) */
-    const cJSON *ch;
-    cJSON_ArrayForEach(ch, s->trait_changes) {
-        const cJSON *old = cJSON_GetArrayItem(ch, 1);
-        const char *name = cJSON_GetArrayItem(ch, 0)->valuestring;
-        for (size_t i = 0; i < s->n_listeners && rc == 0; i++) {
-            const sl_ident_listener_t *l = &s->listeners[i];
-            if (l->trait_changed && (l->watches_trait == NULL || l->watches_trait(l->arg, name)))
-                rc = l->trait_changed(l->arg, txn, s->ev, t->id, name, cJSON_IsNull(old) ? NULL : old,
-                                      cJSON_GetArrayItem(ch, 2));
-        }
-        if (rc) break;
-    }
-    while (s->trait_changes && s->trait_changes->child) cJSON_DeleteItemFromArray(s->trait_changes, 0);
-    if (rc) return rc;
-    sl_ident_event_t ie = {.person = t->id, .identified = person_identified(t), .ts_ms = m->ts_ms,
-                           .dropped_traits = s->msg_dropped};
-    for (size_t i = 0; i < s->n_listeners; i++)
-        if (s->listeners[i].stitched && (rc = s->listeners[i].stitched(s->listeners[i].arg, txn, s->ev, &ie)))
-            return rc;
+    /* what the later phases of the event read */
+    ctx->entity = (sl_entity_t){SL_ENTITY_PERSON, t->id};
+    ctx->identified = person_identified(t);
+    ctx->ts_ms = m->ts_ms;
+    ctx->dropped_traits = s->msg_dropped;
+    ctx->trait_changes = s->trait_changes;
     return 0;
 }
 
@@ -1147,7 +1142,7 @@ sl_stitch_t *sl_stitch_new(const sl_config_t *cfg, sl_store_t *log)
     s->cfg = cfg;
     s->store = log;
     sl_arena_init(&s->in_arena);
-    s->step = (sl_stage_step_t){.name = "identity", .arg = s, .open = on_open, .apply = on_apply,
+    s->step = (sl_stage_step_t){.name = "identity", .phase = SL_PHASE_IDENTITY, .arg = s, .open = on_open, .apply = on_apply,
                                 .after_txn = on_after_txn};
     return s;
 }
@@ -1166,6 +1161,8 @@ void sl_stitch_free(sl_stitch_t *s)
     if (s == NULL) return;
     person_t *ps[3] = {&s->p1, &s->p2, &s->p3};
     cJSON_Delete(s->trait_changes);
+    free(s->mg_survivor);
+    free(s->mg_absorbed);
     free(s->tscratch);
     free(s->ccache);
     for (int i = 0; i < 3; i++) {

@@ -113,9 +113,8 @@ struct sl_trig_s {
     sl_feed_t *feed;                     /* where triggers are appended */
     sl_stage_step_t step;
     sl_ident_listener_t listener;
-    MDB_dbi timers, tstate, pressure, holds, pcount;
+    MDB_dbi tstate, pressure, holds, pcount; /* rstate, rpressure, holds, pcount (sl_triggers.h) */
     uint64_t verify_seen[MAX_RULES];     /* sillage verify: pending triggers found, by rule */
-    _Atomic int64_t next_due;
     sl_buf_t k, k2, v, pay, path, view;
     _Atomic uint64_t fired, suppressed, timers_fired;
     _Atomic uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];

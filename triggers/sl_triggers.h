@@ -1,19 +1,22 @@
-/* sl_triggers.h - trigger rules, durable timers and marketing pressure
+/* sl_triggers.h - trigger rules, their states and marketing pressure
  * (DESIGN.md, "Trigger rules"; docs/TRIGGERS.md).
  *
- * The engine is a step of the derivation stage (sl_stage.h) for its timers
- * and a listener of the stitcher (sl_stitch.h) for what happens to persons:
- * each stitched event, merge, trait change and erasure. It reads what its
- * rules need from the stored event itself. A trigger is appended to the
- * feed (sl_feed.h) in the same stage transaction as its cause; the feed
- * tells its readers and subscribers.
+ * The engine is a step of the derivation stage's rules phase (sl_stage.h):
+ * from each event's context it takes what the identity phase did (merges,
+ * trait changes, the person the event landed on) and reads what its rules
+ * need from the stored event itself; its delays are the stage's durable
+ * timers. It is a listener of the stitcher (sl_stitch.h) for what is no
+ * event's doing: erasures, retention's holds, profile answers. A trigger is
+ * appended to the feed (sl_feed.h) in the same stage transaction as its
+ * cause; the feed tells its readers and subscribers.
  *
- * LMDB databases (in the derived environment):
- *   timers    be64 due_ms, be64 person, rule name -> (empty)
- *   tstate    rule name \x1f be64 person -> the rule's state for that person
- *   pressure  be32 UTC day, be64 person, rule name ("" = all rules) -> u32 count
- *   holds     be64 hash of a starting event's messageId, be64 seq -> (empty)
- *   pcount    rule name -> u64 pending triggers
+ * LMDB databases (in the derived environment; E = entity kind u8, be64 id):
+ *   rstate     rule name \x1f E -> the rule's state for that entity
+ *   rpressure  be32 UTC day, E, rule name ("" = all rules) -> u32 count
+ *   holds      be64 hash of a starting event's messageId, be64 seq -> (empty)
+ *   pcount     rule name -> u64 pending triggers
+ * (Layout 1, before 2026-12: tstate, pressure and the engine's own timers,
+ * keyed by the bare person number; converted when serve opens the store.)
  */
 #ifndef SL_TRIGGERS_H
 #define SL_TRIGGERS_H

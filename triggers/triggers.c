@@ -17,13 +17,25 @@
 
 static int rule_index(const sl_trig_t *t, const trig_rule_t *r) { return (int)(r - trig_rules(t->cfg)->v); }
 
+/* rstate's key: the rule's name, SEP, the entity (kind, be64 id). */
 static int state_key(sl_buf_t *b, const char *rule, uint64_t person)
 {
     b->len = 0;
-    unsigned char p[8];
-    sl_be64_put(p, person);
-    if (sl_buf_appends(b, rule) || sl_buf_append(b, (char[]){SEP}, 1) || sl_buf_append(b, p, 8)) return SL_ENOMEM;
+    unsigned char p[SL_ENTITY_KEY_BYTES];
+    sl_entity_key_put(p, (sl_entity_t){SL_ENTITY_PERSON, person});
+    if (sl_buf_appends(b, rule) || sl_buf_append(b, (char[]){SEP}, 1) || sl_buf_append(b, p, sizeof(p)))
+        return SL_ENOMEM;
     return 0;
+}
+
+/* The person of an rstate key of rule (n bytes), or 0 when the key is
+ * another rule's or another kind's. */
+static uint64_t state_key_person(const MDB_val *k, const char *rule, size_t n)
+{
+    const unsigned char *p = k->mv_data;
+    if (k->mv_size != n + 1 + SL_ENTITY_KEY_BYTES || memcmp(p, rule, n) != 0 || p[n] != SEP) return 0;
+    sl_entity_t e = sl_entity_key_get(p + n + 1);
+    return e.kind == SL_ENTITY_PERSON ? e.id : 0;
 }
 
 int trig_state_get(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, MDB_val *v)
@@ -63,19 +75,9 @@ int trig_state_del(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person
 
 int trig_timer_add(sl_trig_t *t, MDB_txn *txn, int64_t due, uint64_t person, const char *rule)
 {
-    unsigned char key[16 + 256];
     size_t n = strlen(rule);
-    if (n > 255) n = 255;
-    sl_be64_put(key, (uint64_t)due);
-    sl_be64_put(key + 8, person);
-    memcpy(key + 16, rule, n);
-    MDB_val k = {16 + n, key}, v = {0, ""};
-    int rc = mdb_put(txn, t->timers, &k, &v, 0);
-    if (rc) return rc;
-    int64_t cur = atomic_load(&t->next_due);
-    while (due < cur && !atomic_compare_exchange_weak(&t->next_due, &cur, due)) {
-    }
-    return 0;
+    if (n > SL_STAGE_TIMER_NAME_MAX) n = SL_STAGE_TIMER_NAME_MAX;
+    return sl_stage_timer_set(t->stage, txn, t->step.name, due, (sl_entity_t){SL_ENTITY_PERSON, person}, rule, n);
 }
 
 /* page_visit's url: the condition language's glob (rules/), one matcher. */
@@ -148,14 +150,15 @@ int trig_hold(sl_trig_t *t, MDB_txn *txn, uint64_t mid_hash, uint64_t seq, int o
 
 /* ---- firing ---- */
 
+/* rpressure's key: the UTC day (be32), the entity (kind, be64 id), the rule's name. */
 static uint32_t pressure_get(sl_trig_t *t, MDB_txn *txn, uint32_t day, uint64_t person, const char *rule, MDB_val *k)
 {
     t->k2.len = 0;
-    unsigned char h[12];
+    unsigned char h[4 + SL_ENTITY_KEY_BYTES];
     h[0] = (unsigned char)(day >> 24), h[1] = (unsigned char)(day >> 16), h[2] = (unsigned char)(day >> 8);
     h[3] = (unsigned char)day;
-    sl_be64_put(h + 4, person);
-    sl_buf_append(&t->k2, h, 12);
+    sl_entity_key_put(h + 4, (sl_entity_t){SL_ENTITY_PERSON, person});
+    sl_buf_append(&t->k2, h, sizeof(h));
     sl_buf_appends(&t->k2, rule);
     k->mv_size = t->k2.len;
     k->mv_data = t->k2.data;
@@ -389,59 +392,45 @@ static int trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *n
     return 0;
 }
 
-/* ---- what the stitcher tells ---- */
+/* ---- the rules phase of each event ---- */
 
-/* 1 when ev comes from the past: a source marked "historical", or a message
- * of a trusted source with context.sillage.import true (docs/TRIGGERS.md,
- * "Historical imports"). A browser key is public: from it, the mark would let
- * a page hide an order from the cart rule or a trait change from a CRM sync,
- * so it is ignored there (as Subscribed is). */
-static int historical(const sl_trig_t *t, const sl_stage_event_t *ev)
-{
-    if (ev == NULL) return 0;
-    const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ev->doc, "context"), "sillage");
-    const sl_source_t *src = sl_config_source(t->cfg, sl_json_str(sil, "source"));
-    if (src == NULL) return 0;
-    return src->historical || (src->trusted && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sil, "import")));
-}
-
-static int on_stitched(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, const sl_ident_event_t *ie)
+/* What the identity phase told of the event (ev->ctx): its merges, then the
+ * trait changes, then the event itself -- in the order they happened. An
+ * event from the past (ctx->historical: an import) moves states through its
+ * merges quietly and is not seen by any rule: no cart, no visit count, no
+ * timer from the past. */
+static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
 {
     sl_trig_t *t = arg;
+    const sl_stage_ctx_t *x = ev->ctx;
     if (trig_rules(t->cfg)->n == 0) return 0;
-    if (historical(t, ev)) { /* no rule sees it: no cart, no visit count, no timer from the past */
+    int rc = 0;
+    int64_t now = sl_now_ms();
+    t->cause = ev->message_id;
+    t->quiet = x->historical;
+    for (size_t i = 0; i < x->n_merges && rc == 0; i++)
+        rc = trig_merge(t, txn, x->merge_survivor[i], x->merge_absorbed[i]);
+    t->quiet = 0;
+    if (rc || x->entity.kind != SL_ENTITY_PERSON) return rc;
+    if (x->historical) {
         t->pend.historical++;
         return 0;
     }
+    const cJSON *ch;
+    cJSON_ArrayForEach(ch, x->trait_changes) {
+        const cJSON *old = cJSON_GetArrayItem(ch, 1);
+        const char *name = cJSON_GetArrayItem(ch, 0)->valuestring;
+        if (!trig_watches(t, name)) continue;
+        if ((rc = trig_trait(t, txn, x->entity.id, name, cJSON_IsNull(old) ? NULL : old, cJSON_GetArrayItem(ch, 2),
+                             ev->doc, now)))
+            return rc;
+    }
     rule_msg_t m;
-    int rc = read_msg(t, ev->doc, ie->ts_ms, &m);
-    if (rc) return rc;
+    if ((rc = read_msg(t, ev->doc, x->ts_ms, &m))) return rc;
     m.message_id = ev->message_id;
     m.seq = ev->seq;
-    t->cause = ev->message_id;
-    return trig_event(t, txn, &m, ie->person, ie->identified, sl_now_ms());
+    return trig_event(t, txn, &m, x->entity.id, x->identified, now);
 }
-
-static int on_merged(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t survivor, uint64_t absorbed)
-{
-    sl_trig_t *t = arg;
-    t->cause = ev ? ev->message_id : NULL;
-    t->quiet = historical(t, ev);
-    int rc = trig_merge(t, txn, survivor, absorbed);
-    t->quiet = 0;
-    return rc;
-}
-
-static int on_trait(void *arg, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t person, const char *name,
-                    const cJSON *old_v, const cJSON *new_v)
-{
-    sl_trig_t *t = arg;
-    if (historical(t, ev)) return 0;
-    t->cause = ev ? ev->message_id : NULL;
-    return trig_trait(t, txn, person, name, old_v, new_v, ev ? ev->doc : NULL, sl_now_ms());
-}
-
-static int on_watches(void *arg, const char *name) { return trig_watches(arg, name); }
 
 static int on_profile_extra(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *out)
 {
@@ -457,18 +446,21 @@ static int on_forgotten(void *arg, MDB_txn *txn, const uint64_t *persons, size_t
 
 /* ---- timers, retention ---- */
 
+/* Pressure counts are pruned at least once a minute. */
 static int64_t on_due(void *arg)
 {
     sl_trig_t *t = arg;
-    return atomic_load(&t->next_due);
+    return t->last_prune_ms + 60000;
 }
 
 /* Pressure counts of days before yesterday (the feed prunes itself). */
-static int prune(sl_trig_t *t, MDB_txn *txn, int64_t now)
+static int on_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
 {
+    sl_trig_t *t = arg;
     MDB_cursor *cur;
     MDB_val k, v;
     int rc;
+    t->last_prune_ms = now;
     uint32_t day = (uint32_t)(now / 86400000) - 1;
     if ((rc = mdb_cursor_open(txn, t->pressure, &cur))) return rc;
     for (int n = 0; n < 1000 && (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0; n++) {
@@ -476,60 +468,25 @@ static int prune(sl_trig_t *t, MDB_txn *txn, int64_t now)
         uint32_t d = k.mv_size >= 4 ? (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3] : 0;
         if (d >= day) break;
         if ((rc = mdb_cursor_del(cur, 0))) break;
+        *wrote = 1;
     }
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-static int first_due(sl_trig_t *t, MDB_txn *txn, int64_t *due)
+/* A durable timer of rule (name) came due for a person (the stage owns the
+ * timers: sl_stage_timer_set). A timer of a rule a reload removed or retyped
+ * finds no rule and does nothing. */
+static int on_timer(void *arg, MDB_txn *txn, sl_entity_t e, const char *name, size_t name_len, int64_t due,
+                    int64_t now)
 {
-    MDB_cursor *cur;
-    MDB_val k, v;
-    int rc = mdb_cursor_open(txn, t->timers, &cur);
-    if (rc) return rc;
-    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-    *due = rc == 0 && k.mv_size >= 16 ? (int64_t)sl_be64_get(k.mv_data) : INT64_MAX;
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-static int on_tick(void *arg, MDB_txn *txn, int64_t now)
-{
+    (void)due;
     sl_trig_t *t = arg;
-    int wrote = 0, rc = 0;
     t->cause = NULL;
-    MDB_cursor *cur;
-    MDB_val k, v;
-    if (now - t->last_prune_ms >= 60000) {
-        t->last_prune_ms = now;
-        if ((rc = prune(t, txn, now))) return rc;
-        wrote = 1;
-    }
-    for (int n = 0; n < MAX_TICK_TIMERS; n++) {
-        if ((rc = mdb_cursor_open(txn, t->timers, &cur))) return rc;
-        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-        if (rc == 0 && (k.mv_size < 16 || (int64_t)sl_be64_get(k.mv_data) > now)) rc = MDB_NOTFOUND;
-        unsigned char key[16 + 256];
-        size_t klen = k.mv_size < sizeof(key) ? k.mv_size : sizeof(key);
-        if (rc == 0) {
-            memcpy(key, k.mv_data, klen);
-            rc = mdb_cursor_del(cur, 0);
-        }
-        mdb_cursor_close(cur);
-        if (rc == MDB_NOTFOUND) break;
-        if (rc) return rc;
-        wrote = 1;
-        t->pend.timers_fired++;
-        uint64_t person = sl_be64_get(key + 8);
-        const trig_rule_t *r = trig_rule_by_name(t->cfg, (const char *)key + 16, klen - 16);
-        if (r == NULL || r->type->timer == NULL) continue; /* the rule was removed (or retyped) by a reload */
-        if ((rc = r->type->timer(t, txn, r, person, now))) return rc;
-    }
-    int64_t due;
-    if ((rc = first_due(t, txn, &due))) return rc;
-    if (due > now + 60000) due = now + 60000; /* pressure counts are pruned at least once a minute */
-    atomic_store(&t->next_due, due);
-    return wrote;
+    t->pend.timers_fired++;
+    const trig_rule_t *r = trig_rule_by_name(t->cfg, name, name_len);
+    if (e.kind != SL_ENTITY_PERSON || r == NULL || r->type->timer == NULL) return 0;
+    return r->type->timer(t, txn, r, e.id, now);
 }
 
 /* ---- commits and readers ---- */
@@ -554,8 +511,6 @@ static void on_after_txn(void *arg, int ok)
                 atomic_fetch_add(&t->unsubscribed_by_rule[i], t->pend.unsubscribed_by_rule[i]);
             if (t->pend.if_by_rule[i]) atomic_fetch_add(&t->if_by_rule[i], t->pend.if_by_rule[i]);
         }
-    } else {
-        atomic_store(&t->next_due, sl_now_ms()); /* look again: the aborted txn's timers are gone */
     }
     memset(&t->pend, 0, sizeof(t->pend)); /* what an aborted one counted is counted again when redone */
 }
@@ -596,8 +551,8 @@ static int drop_rule(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r)
     if (rc || (rc = mdb_cursor_open(txn, t->tstate, &cur))) return rc;
     MDB_val k = {n + 1, t->k2.data}, v;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != n + 9 || memcmp(k.mv_data, r->name, n) != 0 || ((const char *)k.mv_data)[n] != SEP) break;
-        uint64_t person = sl_be64_get((const unsigned char *)k.mv_data + n + 1);
+        uint64_t person = state_key_person(&k, r->name, n);
+        if (person == 0) break;
         if (r->type->forget && (rc = r->type->forget(t, txn, r, person))) break;
         if ((rc = mdb_cursor_del(cur, 0))) break;
     }
@@ -621,20 +576,76 @@ int sl_trig_reload_job(MDB_txn *txn, void *arg)
     /* (run again when its transaction is redone: then from is to, nothing moves) */
     remap_rule_counters(r->trig, r->trig->cfg, r->cfg);
     r->trig->cfg = r->cfg;
-    atomic_store(&r->trig->next_due, sl_now_ms()); /* timers of new rule names may be due */
     return 0;
 }
 
 /* ---- life cycle ---- */
+
+/* Moves every record of the old database `name` into `to` (to NULL: the
+ * stage's timers), rewriting the key that names a person with its entity
+ * kind (layout 1 -> 2): at = where in the old key the be64 person is, from
+ * its start (at >= 0) or counted back from its end (at < 0). Then drops it. */
+static int migrate_db(sl_trig_t *t, MDB_txn *txn, const char *name, MDB_dbi to, long at, uint64_t *moved)
+{
+    MDB_dbi from;
+    int rc = mdb_dbi_open(txn, name, 0, &from);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    if ((rc = mdb_cursor_open(txn, from, &cur))) return rc;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        const unsigned char *p = k.mv_data;
+        size_t off = at >= 0 ? (size_t)at : k.mv_size - (size_t)-at;
+        if (k.mv_size < 8 || (at >= 0 && k.mv_size < (size_t)at + 8) || (at < 0 && k.mv_size < (size_t)-at)) continue;
+        sl_entity_t e = {SL_ENTITY_PERSON, sl_be64_get(p + off)};
+        if (to == 0) { /* timers: due, person, rule */
+            size_t rn = k.mv_size - 16 > SL_STAGE_TIMER_NAME_MAX ? SL_STAGE_TIMER_NAME_MAX : k.mv_size - 16;
+            if ((rc = sl_stage_timer_set(t->stage, txn, t->step.name, (int64_t)sl_be64_get(p), e,
+                                         (const char *)p + 16, rn)))
+                break;
+        } else {
+            t->k.len = 0;
+            unsigned char ek[SL_ENTITY_KEY_BYTES];
+            sl_entity_key_put(ek, e);
+            if (sl_buf_append(&t->k, p, off) || sl_buf_append(&t->k, ek, sizeof(ek)) ||
+                sl_buf_append(&t->k, p + off + 8, k.mv_size - off - 8)) {
+                rc = SL_ENOMEM;
+                break;
+            }
+            MDB_val nk = {t->k.len, t->k.data};
+            if ((rc = mdb_put(txn, to, &nk, &v, 0))) break;
+        }
+        (*moved)++;
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) return rc;
+    return mdb_drop(txn, from, 1);
+}
 
 static int on_open(void *arg, MDB_txn *txn, int read_only)
 {
     sl_trig_t *t = arg;
     unsigned c = read_only ? 0 : MDB_CREATE;
     int rc;
-    if ((rc = mdb_dbi_open(txn, "timers", c, &t->timers))) return rc;
-    if ((rc = mdb_dbi_open(txn, "tstate", c, &t->tstate))) return rc;
-    if ((rc = mdb_dbi_open(txn, "pressure", c, &t->pressure))) return rc;
+    MDB_dbi old;
+    if (read_only && mdb_dbi_open(txn, "tstate", 0, &old) == 0) {
+        SL_ERROR("the trigger states in this derived store have the layout of an older sillage: "
+                 "start `sillage serve` once (it converts them), or run `sillage rebuild`");
+        return SL_EINVAL;
+    }
+    /* layout 2 (2026-12): every key that names a person carries the entity kind */
+    if ((rc = mdb_dbi_open(txn, "rstate", c, &t->tstate))) return rc;
+    if ((rc = mdb_dbi_open(txn, "rpressure", c, &t->pressure))) return rc;
+    if (!read_only) { /* a store of layout 1: converted in this first transaction */
+        uint64_t moved = 0;
+        if ((rc = migrate_db(t, txn, "tstate", t->tstate, -8, &moved)) ||
+            (rc = migrate_db(t, txn, "pressure", t->pressure, 4, &moved)) ||
+            (rc = migrate_db(t, txn, "timers", 0, 8, &moved)))
+            return rc;
+        if (moved) SL_INFO("trigger states, pressure counts and timers: %llu records converted to layout 2",
+                           (unsigned long long)moved);
+    }
     /* added with the event rule (issue 22): empty on a store from before, where no rule held anything */
     rc = mdb_dbi_open(txn, "holds", c, &t->holds);
     if (rc == MDB_NOTFOUND) t->holds = 0;
@@ -642,7 +653,6 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     rc = mdb_dbi_open(txn, "pcount", c, &t->pcount);
     if (rc == MDB_NOTFOUND) t->pcount = 0;
     else if (rc) return rc;
-    atomic_store(&t->next_due, sl_now_ms()); /* whatever fell due while the server was down fires now */
     return 0;
 }
 
@@ -653,12 +663,10 @@ sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_feed_t *f
     t->cfg = cfg;
     t->stitch = stitch;
     t->feed = feed;
-    atomic_store(&t->next_due, INT64_MAX);
-    t->step = (sl_stage_step_t){.name = "triggers", .arg = t, .open = on_open, .due = on_due, .tick = on_tick,
+    t->step = (sl_stage_step_t){.name = "triggers", .phase = SL_PHASE_RULES, .arg = t, .open = on_open,
+                                .apply = on_apply, .timer = on_timer, .due = on_due, .tick = on_tick,
                                 .after_txn = on_after_txn};
-    t->listener = (sl_ident_listener_t){.arg = t, .stitched = on_stitched, .merged = on_merged,
-                                        .trait_changed = on_trait, .watches_trait = on_watches,
-                                        .forgotten = on_forgotten, .holds = on_holds,
+    t->listener = (sl_ident_listener_t){.arg = t, .forgotten = on_forgotten, .holds = on_holds,
                                         .profile_extra = on_profile_extra};
     return t;
 }
@@ -715,8 +723,8 @@ int sl_trig_verify_states(sl_trig_t *t, MDB_txn *txn, MDB_txn *log_txn, FILE *ou
         if ((rc = state_key(&t->k2, r->name, 0)) || (rc = mdb_cursor_open(txn, t->tstate, &cur))) break;
         MDB_val k = {n + 1, t->k2.data}, v;
         for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-            if (k.mv_size != n + 9 || memcmp(k.mv_data, r->name, n) != 0 || ((const char *)k.mv_data)[n] != SEP) break;
-            uint64_t person = sl_be64_get((const unsigned char *)k.mv_data + n + 1);
+            uint64_t person = state_key_person(&k, r->name, n);
+            if (person == 0) break;
             if ((rc = r->type->verify(t, txn, log_txn, r, person, out, n_pending, problems))) break;
         }
         mdb_cursor_close(cur);

@@ -31,6 +31,7 @@ typedef struct {
 
 static void on_done(sl_store_batch_t *b) { *(int *)b->data = 1; }
 static const sl_stage_step_t *fix_extra_step; /* a step after the stitcher's (tests of the stage) */
+static int fix_extra_first;                    /* add it before the stitcher's (its phase orders them) */
 static int fix_with_triggers;                  /* fix_init: the trigger engine too */
 static void on_drained(void *arg) { *(int *)arg = 1; }
 
@@ -44,8 +45,9 @@ static int fix_open(fix_t *f)
     snprintf(f->ddir, sizeof(f->ddir), "%s/derived", f->dir);
     sl_stage_options_t so = {.dir = f->ddir, .map_size_bytes = 8 << 20, .map_size_max_bytes = 256 << 20, .nosync = 1};
     if ((f->stage = sl_stage_new(f->store, &so)) == NULL) return -1;
+    if (fix_extra_step && fix_extra_first && sl_stage_add_step(f->stage, fix_extra_step)) return -1;
     if (sl_stage_add_step(f->stage, sl_stitch_step(f->stitch))) return -1;
-    if (fix_extra_step && sl_stage_add_step(f->stage, fix_extra_step)) return -1;
+    if (fix_extra_step && !fix_extra_first && sl_stage_add_step(f->stage, fix_extra_step)) return -1;
     if (f->with_triggers &&
         ((f->feed = sl_feed_new(f->cfg.trigger_retention_ms)) == NULL || sl_feed_attach(f->feed, f->stage) ||
          (f->trig = sl_trig_new(&f->cfg, f->stitch, f->feed)) == NULL || sl_trig_attach(f->trig, f->stage)))
@@ -1274,5 +1276,252 @@ TEST(stitch_erasure_in_slices)
     CHECK_INT(sl_store_foreach_event(f.store, count_event, &n_events), ==, 0);
     CHECK_INT(n_events, ==, 1);
     CHECK_INT(verify_problems(&f), ==, 0);
+    fix_free(&f);
+}
+
+/* ---- the stage's seams (issue 22, item 6) ---------------------------------- */
+
+/* A step of a later phase that writes down what the identity phase told it
+ * (the stage context), and sets durable timers when an event asks for one. */
+typedef struct {
+    sl_stage_t *sg;
+    char log[4096];
+    size_t len;
+    int fired;                 /* timers that reached this step */
+    char fired_log[512];
+} seam_t;
+
+static int seam_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
+{
+    seam_t *s = arg;
+    const sl_stage_ctx_t *x = ev->ctx;
+    char e[SL_ENTITY_STR_BYTES];
+    sl_entity_format(x->entity, e);
+    int n = snprintf(s->log + s->len, sizeof(s->log) - s->len, "%s:%s:i%d:h%d", ev->message_id, e[0] ? e : "-",
+                     x->identified, x->historical);
+    s->len += n > 0 ? (size_t)n : 0;
+    for (size_t i = 0; i < x->n_merges; i++) {
+        n = snprintf(s->log + s->len, sizeof(s->log) - s->len, ":m%llu<%llu", (unsigned long long)x->merge_survivor[i],
+                     (unsigned long long)x->merge_absorbed[i]);
+        s->len += n > 0 ? (size_t)n : 0;
+    }
+    const cJSON *ch;
+    cJSON_ArrayForEach(ch, x->trait_changes) {
+        const cJSON *old = cJSON_GetArrayItem(ch, 1), *nw = cJSON_GetArrayItem(ch, 2);
+        n = snprintf(s->log + s->len, sizeof(s->log) - s->len, ":t%s=%s>%s", cJSON_GetArrayItem(ch, 0)->valuestring,
+                     cJSON_IsString(old) ? old->valuestring : "null", cJSON_IsString(nw) ? nw->valuestring : "?");
+        s->len += n > 0 ? (size_t)n : 0;
+    }
+    n = snprintf(s->log + s->len, sizeof(s->log) - s->len, ";");
+    s->len += n > 0 ? (size_t)n : 0;
+    int rc = 0;
+    if (strncmp(ev->message_id, "timer-", 6) == 0) { /* timer-<ms from now> */
+        int64_t due = sl_now_ms() + atoll(ev->message_id + 6);
+        rc = sl_stage_timer_set(s->sg, txn, "seam", due, x->entity, "hello", 5);
+        /* and one of a step that is not registered: dropped when due */
+        if (rc == 0) rc = sl_stage_timer_set(s->sg, txn, "ghost", 0, x->entity, "boo", 3);
+    }
+    return rc;
+}
+
+static int seam_timer(void *arg, MDB_txn *txn, sl_entity_t e, const char *name, size_t name_len, int64_t due,
+                      int64_t now)
+{
+    (void)txn;
+    seam_t *s = arg;
+    CHECK(now >= due);
+    char es[SL_ENTITY_STR_BYTES];
+    sl_entity_format(e, es);
+    size_t l = strlen(s->fired_log);
+    snprintf(s->fired_log + l, sizeof(s->fired_log) - l, "%s:%.*s;", es, (int)name_len, name);
+    s->fired++;
+    return 0;
+}
+
+static void seam_put(fix_t *f, const char *type, const char *mid, const char *rest)
+{
+    char json[512];
+    snprintf(json, sizeof(json),
+             "{\"type\":\"%s\",\"messageId\":\"%s\",\"timestamp\":\"2026-01-01T00:00:00.000Z\"%s}", type, mid, rest);
+    put(f, json, 1000, mid);
+}
+
+/* Steps run by phase, whatever the order they were added in; a later phase
+ * reads from the context whom the event was stitched to, whether that person
+ * is identified, the merges and the trait changes the event made, and
+ * whether it is historical. */
+TEST(stage_context_by_phase)
+{
+    seam_t sm = {0};
+    sl_stage_step_t step = {.name = "seam", .phase = SL_PHASE_FIELDS, .arg = &sm, .apply = seam_apply};
+    fix_t f;
+    fix_extra_first = 1;
+    int rc = fix_init_with(&f, &step, 0);
+    fix_extra_first = 0;
+    REQUIRE(rc == 0);
+    sm.sg = f.stage;
+    const char *src = ",\"context\":{\"sillage\":{\"source\":\"backend\"}}";
+    char rest[256];
+    snprintf(rest, sizeof(rest), ",\"anonymousId\":\"c1\"%s", src);
+    seam_put(&f, "page", "a1", rest);
+    snprintf(rest, sizeof(rest), ",\"anonymousId\":\"c1\",\"userId\":\"u1\",\"traits\":{\"plan\":\"pro\"}%s", src);
+    seam_put(&f, "identify", "a2", rest);
+    snprintf(rest, sizeof(rest), ",\"anonymousId\":\"c1\",\"userId\":\"u1\",\"traits\":{\"plan\":\"pro\"}%s", src);
+    seam_put(&f, "identify", "a3", rest); /* the same value: no change */
+    snprintf(rest, sizeof(rest), ",\"anonymousId\":\"c2\"%s", src);
+    seam_put(&f, "page", "a4", rest);
+    snprintf(rest, sizeof(rest), ",\"anonymousId\":\"c2\",\"userId\":\"u1\",\"traits\":{\"plan\":\"max\"}%s", src);
+    seam_put(&f, "identify", "a5", rest);
+    seam_put(&f, "track", "a6",
+             ",\"event\":\"Old\",\"userId\":\"u1\",\"context\":{\"sillage\":{\"source\":\"backend\",\"import\":true}}");
+    seam_put(&f, "alias", "a7", src); /* no ids: stitched to nobody */
+    CHECK_STR(sm.log, "a1:p_1:i0:h0;a2:p_1:i1:h0:tplan=null>pro;a3:p_1:i1:h0;a4:p_2:i0:h0;"
+                      "a5:p_1:i1:h0:m1<2:tplan=pro>max;a6:p_1:i1:h1;a7:-:i0:h0;");
+    fix_free(&f);
+}
+
+/* Durable timers belong to the stage: a step sets one in its transaction,
+ * the stage runs it once due -- also after a restart -- and drops (and
+ * counts) a timer of a step that is not registered. */
+TEST(stage_timers_durable)
+{
+    seam_t sm = {0};
+    sl_stage_step_t step = {.name = "seam", .phase = SL_PHASE_FIELDS, .arg = &sm, .apply = seam_apply,
+                            .timer = seam_timer};
+    fix_t f;
+    REQUIRE(fix_init_with(&f, &step, 0) == 0);
+    sm.sg = f.stage;
+    seam_put(&f, "page", "timer-50", ",\"anonymousId\":\"t1\",\"context\":{\"sillage\":{\"source\":\"backend\"}}");
+    for (int i = 0; i < 3000 && sm.fired < 1; i++) usleep(1000);
+    CHECK_INT(sm.fired, ==, 1);
+    CHECK_STR(sm.fired_log, "p_1:hello;");
+    sl_stage_stats_t st;
+    for (int i = 0; i < 1000; i++) {
+        sl_stage_get_stats(f.stage, &st);
+        if (st.timers_orphaned == 1) break;
+        usleep(1000);
+    }
+    CHECK_INT(st.timers_orphaned, ==, 1);
+    /* one due after a restart: it waits in the store, then runs */
+    seam_put(&f, "page", "timer-1500", ",\"anonymousId\":\"t2\",\"context\":{\"sillage\":{\"source\":\"backend\"}}");
+    fix_close_store(&f);
+    CHECK_INT(sm.fired, ==, 1);
+    fix_extra_step = &step;
+    REQUIRE(fix_open(&f) == 0);
+    fix_extra_step = NULL;
+    sm.sg = f.stage;
+    for (int i = 0; i < 5000 && sm.fired < 2; i++) usleep(1000);
+    CHECK_INT(sm.fired, ==, 2);
+    CHECK_STR(sm.fired_log, "p_1:hello;p_2:hello;");
+    fix_free(&f);
+}
+
+/* Rewrites the derived store's trigger records to layout 1 (keys without
+ * the entity kind; the engine's own timers database), as a store written
+ * before 2026-12 has them. Returns the records rewritten. */
+static int to_layout1(fix_t *f)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi from, to;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int n = 0;
+    CHECK_INT(mdb_env_create(&env), ==, 0);
+    mdb_env_set_maxdbs(env, 32);
+    mdb_env_set_mapsize(env, 256 << 20);
+    CHECK_INT(mdb_env_open(env, f->ddir, 0, 0640), ==, 0);
+    CHECK_INT(mdb_txn_begin(env, NULL, 0, &txn), ==, 0);
+    const char *names[][2] = {{"rstate", "tstate"}, {"rpressure", "pressure"}, {"ptimers", "timers"}};
+    for (int d = 0; d < 3; d++) {
+        CHECK_INT(mdb_dbi_open(txn, names[d][0], 0, &from), ==, 0);
+        CHECK_INT(mdb_dbi_open(txn, names[d][1], MDB_CREATE, &to), ==, 0);
+        CHECK_INT(mdb_cursor_open(txn, from, &cur), ==, 0);
+        for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            unsigned char o[512];
+            const unsigned char *p = k.mv_data;
+            size_t len = 0;
+            if (d == 0) { /* rule SEP kind id -> rule SEP id */
+                memcpy(o, p, k.mv_size - 9);
+                memcpy(o + k.mv_size - 9, p + k.mv_size - 8, 8);
+                len = k.mv_size - 1;
+            } else if (d == 1) { /* day kind id rule -> day id rule */
+                memcpy(o, p, 4);
+                memcpy(o + 4, p + 5, k.mv_size - 5);
+                len = k.mv_size - 1;
+            } else { /* due len step kind id name -> due id name */
+                size_t sn = p[8];
+                memcpy(o, p, 8);
+                memcpy(o + 8, p + 9 + sn + 1, k.mv_size - (9 + sn + 1));
+                len = k.mv_size - (1 + sn + 1);
+            }
+            MDB_val ok = {len, o};
+            CHECK_INT(mdb_put(txn, to, &ok, &v, 0), ==, 0);
+            n++;
+        }
+        mdb_cursor_close(cur);
+        CHECK_INT(mdb_drop(txn, from, 1), ==, 0);
+    }
+    CHECK_INT(mdb_txn_commit(txn), ==, 0);
+    mdb_env_close(env);
+    return n;
+}
+
+static int count_db(MDB_txn *txn, MDB_txn *log_txn, void *arg)
+{
+    (void)log_txn;
+    const char *name = ((const char **)arg)[0];
+    MDB_dbi dbi;
+    MDB_stat st;
+    int rc = mdb_dbi_open(txn, name, 0, &dbi);
+    if (rc) return rc == MDB_NOTFOUND ? -1 : rc;
+    if ((rc = mdb_stat(txn, dbi, &st))) return rc;
+    return (int)st.ms_entries;
+}
+
+static int db_entries(fix_t *f, const char *name) { return sl_stage_read(f->stage, 0, count_db, (const char *[]){name}); }
+
+typedef struct {
+    sl_trig_t *t;
+    uint64_t pending, problems;
+    char out[1024];
+} trig_verify_t;
+
+static int trig_verify_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
+{
+    trig_verify_t *v = arg;
+    FILE *out = fmemopen(v->out, sizeof(v->out) - 1, "w");
+    int rc = sl_trig_verify_states(v->t, txn, log_txn, out, &v->pending, &v->problems);
+    fclose(out);
+    return rc;
+}
+
+/* A derived store of layout 1 (trigger states, pressure counts and timers
+ * keyed by the bare person number) is converted when the server opens it:
+ * the records keep their values under keys with the entity kind, the old
+ * databases go, and every record is still there (verify finds nothing). */
+TEST(trigger_layout1_converted_at_open)
+{
+    fix_t f;
+    REQUIRE(fix_init_with(&f, NULL, 1) == 0);
+    const char *src = ",\"userId\":\"lay\",\"context\":{\"sillage\":{\"source\":\"backend\"}}";
+    char rest[256];
+    snprintf(rest, sizeof(rest), ",\"event\":\"Product Added\",\"properties\":{\"product_id\":\"x\"}%s", src);
+    seam_put(&f, "track", "l1", rest);
+    int states = db_entries(&f, "rstate"), timers = db_entries(&f, "ptimers"), counts = db_entries(&f, "rpressure");
+    CHECK_INT(states, >=, 1);
+    CHECK_INT(timers, >=, 1);
+    fix_close_store(&f);
+    CHECK_INT(to_layout1(&f), ==, states + timers + counts);
+    REQUIRE(fix_open(&f) == 0);
+    CHECK_INT(db_entries(&f, "tstate"), ==, -1);
+    CHECK_INT(db_entries(&f, "timers"), ==, -1);
+    CHECK_INT(db_entries(&f, "pressure"), ==, -1);
+    CHECK_INT(db_entries(&f, "rstate"), ==, states);
+    CHECK_INT(db_entries(&f, "ptimers"), ==, timers);
+    CHECK_INT(db_entries(&f, "rpressure"), ==, counts);
+    trig_verify_t v = {.t = f.trig};
+    CHECK_INT(sl_stage_read(f.stage, 1, trig_verify_cb, &v), ==, 0);
+    CHECK_INT(v.problems, ==, 0);
     fix_free(&f);
 }
