@@ -6,11 +6,12 @@
 # and the stage (sl-stage). Durable sillage on CPU 0, load on CPU 1.
 #
 # usage: bench/threads.sh [SECONDS] [BATCH]
+#   SL_EXTRA='"triggers": [...],' bench/threads.sh ...  extra config keys (each followed by a comma)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${1:-6}"; BATCH="${2:-1}"
 . bench/lib.sh
-start_sillage sync
+start_sillage sync "${SL_EXTRA:-}"
 $GEN "$BENCH" -k bench -c 64 -d "$DUR" -b "$BATCH" "$SL_URL" > "$WORK/out"
 for _ in $(seq 600); do
   [ "$(curl -s "$SL_URL/healthz" | sed -n 's/.*"lag_events":\([0-9]*\).*/\1/p')" = "0" ] && break

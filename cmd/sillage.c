@@ -387,7 +387,7 @@ static void on_sighup(uv_signal_t *s, int signum)
         return;
     }
     app->pending = c;
-    app->reload = (sl_trig_reload_t){app->trig, c};
+    app->reload = (sl_trig_reload_t){.trig = app->trig, .cfg = c};
     app->reload_job = (sl_stage_job_t){.run = reload_run, .done = on_reloaded, .arg = app};
     int rc = sl_stage_submit(app->stage, &app->reload_job);
     if (rc) {

@@ -12,6 +12,8 @@ static const trig_type_t *const types[] = {&trig_type_page_visit, &trig_type_aba
 #define N_TYPES (sizeof(types) / sizeof(*types))
 
 /* the keys every rule has */
+#define RULE_NAME_MAX 128
+
 static const char *const common_keys[] = {"name", "type", "max_per_profile_per_day", "requires_consent", "pressure",
                                           "where", "if", NULL};
 
@@ -54,6 +56,15 @@ static int parse_rule(sl_cfg_ctx_t *x, const cJSON *json, size_t idx, trig_rule_
     int rc = sl_cfg_str(x, json, "name", path, &r->name, 1);
     if (rc == 0) rc = sl_cfg_str(x, json, "type", path, &type, 1);
     if (rc) goto out;
+    /* a name is a key (states, timers, ?rule=a,b): bounded, no separator */
+    size_t nl = strlen(r->name);
+    int bad = nl == 0 || nl > RULE_NAME_MAX;
+    for (size_t i = 0; i < nl && !bad; i++) bad = (unsigned char)r->name[i] < 0x20 || r->name[i] == ',';
+    if (bad) {
+        rc = sl_cfg_error(x, "%s.name must be 1 to %d bytes without a comma or a control character", path,
+                          RULE_NAME_MAX);
+        goto out;
+    }
     if ((r->type = type_named(type)) == NULL) {
         char list[256] = "";
         for (size_t i = 0; i < N_TYPES; i++)

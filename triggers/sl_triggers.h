@@ -83,6 +83,8 @@ void sl_trig_mute(sl_trig_t *t, int muted);
 typedef struct sl_trig_reload_s {
     sl_trig_t *trig;
     const sl_config_t *cfg;
+    const sl_config_t *from;   /* private (zero it): the rules it replaces, noted at its first run so
+                                * that a redone transaction drops the removed rules' states again */
 } sl_trig_reload_t;
 int sl_trig_reload_job(MDB_txn *txn, void *arg);
 

@@ -566,15 +566,17 @@ static int drop_rule(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r)
 int sl_trig_reload_job(MDB_txn *txn, void *arg)
 {
     sl_trig_reload_t *r = arg;
-    const trig_rules_t *old = trig_rules(r->trig->cfg);
-    /* a removed rule's pending triggers go with it (a changed delay applies to new starts) */
-    for (size_t i = 0; i < old->n && r->trig->cfg != r->cfg; i++) {
+    if (r->from == NULL) r->from = r->trig->cfg;
+    const trig_rules_t *old = trig_rules(r->from);
+    /* a removed rule's pending triggers go with it (a changed delay applies to
+     * new starts); again when the transaction is redone, its drops undone */
+    for (size_t i = 0; i < old->n && r->from != r->cfg; i++) {
         const trig_rule_t *now = trig_rule_by_name(r->cfg, old->v[i].name, strlen(old->v[i].name));
         int rc = now && now->type == old->v[i].type ? 0 : drop_rule(r->trig, txn, &old->v[i]);
         if (rc) return rc;
     }
-    /* (run again when its transaction is redone: then from is to, nothing moves) */
-    remap_rule_counters(r->trig, r->trig->cfg, r->cfg);
+    /* (once: the shared counters it moves are not rolled back with the transaction) */
+    if (r->trig->cfg != r->cfg) remap_rule_counters(r->trig, r->trig->cfg, r->cfg);
     r->trig->cfg = r->cfg;
     return 0;
 }

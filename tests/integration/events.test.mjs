@@ -129,6 +129,10 @@ test('check-config names what is wrong with an event rule', () => {
     [{ name: 'x', type: 'event', event: 'A', delay: '1h', unless: { event: 'B', match: 'a..b' } }, /triggers\[0\]\.unless\.match "a\.\.b" must be a path/],
     [{ name: 'x', type: 'event', event: 'A', delay: '1h', unless: { event: 'B', when: 1 } }, /unknown key "triggers\[0\]\.unless\.when"/],
     [{ name: 'x', type: 'event', event: 'A', url: '/x' }, /unknown key "triggers\[0\]\.url"/],
+    // a name is a key and a ?rule= list item: no comma, no control character (\x1f separates keys), bounded
+    [{ name: 'a,b', type: 'event', event: 'A' }, /triggers\[0\]\.name must be 1 to 128 bytes without a comma/],
+    [{ name: 'a\x1fb', type: 'event', event: 'A' }, /triggers\[0\]\.name must be 1 to 128 bytes/],
+    [{ name: 'n'.repeat(129), type: 'event', event: 'A' }, /triggers\[0\]\.name must be 1 to 128 bytes/],
   ];
   for (const [rule, re] of bad) {
     const path = srv.dir + '/bad.json';
