@@ -548,8 +548,21 @@ uint64_t sl_feed_durable_seq(const sl_feed_t *f) { return atomic_load(&f->durabl
 
 /* ---- rebuild ---- */
 
-/* Copies every entry of the database named name from src to dst. */
-static int copy_db(MDB_txn *src, MDB_txn *dst, const char *name, MDB_dbi dst_dbi, unsigned flags)
+/* What a copied feed's indexes must hold: how many keys and the sum of their
+ * hashes (entries with an entity, with a cause); old: an entry from before
+ * the header (its entity is in its JSON). */
+typedef struct {
+    uint64_t n[2], sum[2]; /* [0] fentity, [1] fcause */
+    int old;
+} feed_count_t;
+
+static uint64_t key_hash(const void *key, size_t n) { return sl_hash128(key, n, CAUSE_SEED).hi; }
+
+/* Copies every entry of the database named name from src to dst. count
+ * (may be NULL): for the feed, what its indexes must hold (which = -1); for
+ * an index (which 0 fentity, 1 fcause), what it holds. */
+static int copy_db(MDB_txn *src, MDB_txn *dst, const char *name, MDB_dbi dst_dbi, unsigned flags,
+                   feed_count_t *count, int which)
 {
     MDB_dbi s;
     int rc = mdb_dbi_open(src, name, 0, &s);
@@ -558,17 +571,66 @@ static int copy_db(MDB_txn *src, MDB_txn *dst, const char *name, MDB_dbi dst_dbi
     MDB_cursor *cur;
     if ((rc = mdb_cursor_open(src, s, &cur))) return rc;
     MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (count && which >= 0) {
+            count->n[which]++;
+            count->sum[which] += key_hash(k.mv_data, k.mv_size);
+        } else if (count) {
+            sl_feed_item_t it = {0};
+            if (k.mv_size == 8) memcpy(&it.seq, k.mv_data, 8);
+            int r = sl_feed_decode(v.mv_data, v.mv_size, &it);
+            if (r == 1) count->old = 1;
+            unsigned char ek[ENTITY_KEY_BYTES], ck[16];
+            if (r == 0 && it.entity.kind) {
+                entity_key(ek, it.entity, it.seq);
+                count->n[0]++;
+                count->sum[0] += key_hash(ek, sizeof(ek));
+            }
+            if (r == 0 && it.cause_hash) {
+                cause_key(ck, it.cause_hash, it.seq);
+                count->n[1]++;
+                count->sum[1] += key_hash(ck, sizeof(ck));
+            }
+        }
         if ((rc = mdb_put(dst, dst_dbi, &k, &v, flags))) break;
+    }
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
+/* The old store's index `name` (which: 0 fentity, 1 fcause), copied in key
+ * order; SL_EAGAIN when it does not hold exactly the keys the copied feed
+ * needs (as many, and the same sum of their hashes). */
+static int copy_index(MDB_txn *src, MDB_txn *dst, const char *name, MDB_dbi dst_dbi, const feed_count_t *want,
+                      int which)
+{
+    MDB_dbi s;
+    MDB_stat st;
+    int rc = mdb_dbi_open(src, name, 0, &s);
+    if (rc == MDB_NOTFOUND) return SL_EAGAIN;
+    if (rc || (rc = mdb_stat(src, s, &st))) return rc;
+    if (st.ms_entries != want->n[which]) return SL_EAGAIN;
+    feed_count_t got = {0};
+    if ((rc = copy_db(src, dst, name, dst_dbi, MDB_APPEND, &got, which))) return rc;
+    return got.n[which] == want->n[which] && got.sum[which] == want->sum[which] ? 0 : SL_EAGAIN;
+}
+
 int sl_feed_carry_over(sl_feed_t *f, MDB_txn *dst, MDB_txn *src)
 {
-    int rc = copy_db(src, dst, "feed", f->feed, MDB_APPEND);
-    if (rc == 0) rc = copy_db(src, dst, "tmeta", f->tmeta, 0); /* feed_last, and what else was there */
-    if (rc == 0) rc = index_all(f, dst);
+    feed_count_t count = {0};
+    int rc = copy_db(src, dst, "feed", f->feed, MDB_APPEND, &count, -1);
+    if (rc == 0) rc = copy_db(src, dst, "tmeta", f->tmeta, 0, NULL, -1); /* feed_last, and what else was there */
+    /* The indexes: the old store's in key order when they count what the feed
+     * holds (a rebuild of a large feed spends most of its carry-over on
+     * random inserts otherwise); else built from the entries. */
+    if (rc == 0) {
+        rc = count.old ? SL_EAGAIN : copy_index(src, dst, "fentity", f->fentity, &count, 0);
+        if (rc == 0) rc = copy_index(src, dst, "fcause", f->fcause, &count, 1);
+        if (rc == SL_EAGAIN) {
+            if ((rc = mdb_drop(dst, f->fentity, 0)) == 0 && (rc = mdb_drop(dst, f->fcause, 0)) == 0)
+                rc = index_all(f, dst);
+        }
+    }
     uint64_t last = 0;
     if (rc == 0) rc = last_get(f, dst, &last);
     if (rc) return rc;
