@@ -168,4 +168,51 @@ int trig_where(const sl_cond_t *cond, const cJSON *doc, int64_t now);
  * unless consent or the pressure caps suppress it (then counted). */
 int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *data, int64_t now);
 
+/* ---- rule state records (state.c) ----
+ * A rule's state in tstate is a record: this 8-byte header, then what its
+ * kind keeps (host byte order, as everything in the derived store). A
+ * record of another kind or version is refused (MDB_CORRUPTED), never
+ * misread. Records written before the header (the cart's struct and JSON,
+ * the page rule's bare times, the event rule's version 1) have a time's or
+ * a count's top byte where the header has its magic: 0, or 0xFF for a time
+ * before 1970. */
+#define TRIG_STATE_MAGIC 0xA7
+enum { TRIG_STATE_CART = 1, TRIG_STATE_PAGE = 2, TRIG_STATE_EVENT = 3 };
+
+typedef struct {
+    uint8_t kind;          /* TRIG_STATE_* */
+    uint8_t version;       /* of the kind's layout */
+    uint16_t n;            /* items after the kind's fixed part */
+    uint8_t pad[3];
+    uint8_t magic;         /* TRIG_STATE_MAGIC, in the 8th byte */
+} trig_state_hdr_t;
+
+/* What remains to be read of a record: every read checks its length first. */
+typedef struct {
+    const unsigned char *p;
+    size_t left;
+} trig_rd_t;
+
+/* 1 when v starts with a state header; 0 for a record from before it. */
+int trig_state_is_rec(const MDB_val *v);
+/* v as a record of kind and version: 0, *n (its items) and *rd over what
+ * follows the header; MDB_CORRUPTED when it is not one. */
+int trig_state_open(const MDB_val *v, uint8_t kind, uint8_t version, uint32_t *n, trig_rd_t *rd);
+/* Empties b and writes a header of kind and version for n items. 0,
+ * SL_ETOOBIG (n past 65535) or SL_ENOMEM. */
+int trig_state_begin(sl_buf_t *b, uint8_t kind, uint8_t version, size_t n);
+/* Copies the next len bytes of rd to out: 0, or MDB_CORRUPTED when fewer
+ * remain. */
+int trig_rd_copy(trig_rd_t *rd, void *out, size_t len);
+/* The next len bytes of rd, in place; NULL when fewer remain. */
+const char *trig_rd_take(trig_rd_t *rd, size_t len);
+/* A type's verify for a record that has nothing else to check: check
+ * (0, MDB_CORRUPTED, or another error, returned) decodes person's state
+ * of r; a record it refuses is printed to out as not a `what` record and
+ * counted in *problems. */
+int trig_state_verify(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, FILE *out,
+                      uint64_t *problems, int (*check)(const MDB_val *v), const char *what);
+/* Prints that person's state of r is not a `what` record; counts it. */
+void trig_state_report(FILE *out, const trig_rule_t *r, uint64_t person, const char *what, uint64_t *problems);
+
 #endif
