@@ -215,4 +215,15 @@ int trig_state_verify(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t
 /* Prints that person's state of r is not a `what` record; counts it. */
 void trig_state_report(FILE *out, const trig_rule_t *r, uint64_t person, const char *what, uint64_t *problems);
 
+/* ---- the page_visit rule's record (rule_page.c; cross-file for its unit
+ * tests): TRIG_STATE_PAGE version 1, n visit times (i64 ms), oldest first.
+ * Written before the header: the bare times, still read. A state keeps
+ * fewer than min_count times, and min_count is at most TRIG_PAGE_MAX_COUNT. */
+#define TRIG_PAGE_MAX_COUNT 1000
+/* Empties b and writes ts[0..n) as a record: 0, SL_ETOOBIG or SL_ENOMEM. */
+int trig_page_encode(sl_buf_t *b, const int64_t *ts, size_t n);
+/* The times of v (either layout) into ts (room for TRIG_PAGE_MAX_COUNT):
+ * 0 and *n, or MDB_CORRUPTED. */
+int trig_page_decode(const MDB_val *v, int64_t *ts, size_t *n);
+
 #endif

@@ -16,7 +16,8 @@
     X(webhook_signature_vector) X(entity_text_table) X(feed_header_codec) X(feed_old_layout_read) \
     X(feed_index_filters_erasure) X(feed_old_store_indexed_at_open) \
     X(rules_eval_table) X(rules_profile_callback) X(rules_compile_errors_table) X(rules_bounds) X(rules_print_roundtrip) \
-    X(rules_eval_allocates_nothing) X(rules_glob_table)
+    X(rules_eval_allocates_nothing) X(rules_glob_table) \
+    X(trigger_page_record)
 
 #define SL_DECLARE(n) TEST(n);
 SL_TESTS(SL_DECLARE)
