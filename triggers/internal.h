@@ -226,4 +226,70 @@ int trig_page_encode(sl_buf_t *b, const int64_t *ts, size_t n);
  * 0 and *n, or MDB_CORRUPTED. */
 int trig_page_decode(const MDB_val *v, int64_t *ts, size_t *n);
 
+/* ---- the abandoned_cart rule's record (rule_cart.c; cross-file for its
+ * unit tests): TRIG_STATE_CART version 1, n products: trig_cart_fix_t, then
+ * per product a trig_cart_prod_t followed by its product_id's bytes and its
+ * name's. Written before the header: a 64-byte struct then the products as
+ * JSON text, still read (and written in the new layout at the next save). */
+#define TRIG_CART_MAX_PRODUCTS 50
+#define TRIG_CART_ID_MAX 256    /* bytes of a product_id: a longer one names no product */
+#define TRIG_CART_NAME_MAX 1024 /* bytes of a name: cut (between two characters) past it */
+
+typedef struct {
+    int64_t started_ms, last_ms, due_ms, timer_ms;
+    double value;          /* sum of price x quantity, as of the last save */
+    uint32_t waiting;      /* abandoned while anonymous: fires at the login */
+    char currency[8];      /* the events' currency, NUL-padded (7 bytes at most) */
+    uint32_t pad;
+} trig_cart_fix_t;
+
+#define TRIG_CART_PRICE 1u /* the product has a price */
+#define TRIG_CART_NAME 2u  /* ... a name */
+typedef struct {
+    double price, quantity;
+    uint16_t id_len, name_len;
+    uint8_t flags;         /* TRIG_CART_PRICE | TRIG_CART_NAME */
+    uint8_t pad[3];
+} trig_cart_prod_t;
+
+/* The record written before the header: this, then products_len bytes of
+ * JSON (the products as cJSON printed them). */
+typedef struct {
+    int64_t started_ms, last_ms, due_ms, timer_ms;
+    uint32_t waiting, n_products;
+    double value;
+    char currency[8];
+    uint32_t products_len;
+    uint32_t pad;
+} trig_cart_v0_t;
+
+/* A cart in memory: its products' strings are at offsets in strs, which it
+ * owns (trig_cart_free). */
+typedef struct {
+    trig_cart_fix_t f;
+    uint32_t n;
+    struct {
+        trig_cart_prod_t p;
+        uint32_t id_off, name_off;
+    } items[TRIG_CART_MAX_PRODUCTS];
+    sl_buf_t strs;
+} trig_cart_t;
+
+/* An empty cart. */
+void trig_cart_init(trig_cart_t *c);
+void trig_cart_free(trig_cart_t *c);
+/* v (either layout) into c (initialised here; free it whatever the
+ * result): 0, MDB_CORRUPTED or SL_ENOMEM. */
+int trig_cart_decode(const MDB_val *v, trig_cart_t *c);
+/* Empties b and writes c as a record: 0 or SL_ENOMEM. */
+int trig_cart_encode(const trig_cart_t *c, sl_buf_t *b);
+/* What a cart event's properties do to c: a start event adds the product
+ * they describe, or replaces the products with their `products` array, and
+ * sets the currency; otherwise (the remove event) the product goes. Prices
+ * and quantities it leaves out are counted in *ignored. 0 or SL_ENOMEM. */
+int trig_cart_update(trig_cart_t *c, const cJSON *props, int start, uint64_t *ignored);
+/* Appends c's products as the JSON array of the trigger's data, as
+ * cJSON_PrintUnformatted printed them. 0 or SL_ENOMEM. */
+int trig_cart_products_json(const trig_cart_t *c, sl_buf_t *out);
+
 #endif
