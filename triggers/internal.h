@@ -167,4 +167,128 @@ int trig_where(const sl_cond_t *cond, const cJSON *doc, int64_t now);
  * unless consent or the pressure caps suppress it (then counted). */
 int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *data, int64_t now);
 
+/* ---- rule state records (state.c) ----
+ * A rule's state in tstate is a record: this 8-byte header, then what its
+ * kind keeps (host byte order, as everything in the derived store). A
+ * record of another kind or version is refused (MDB_CORRUPTED), never
+ * misread. Records written before the header (the cart's struct and JSON,
+ * the page rule's bare times, the event rule's version 1) have a time's or
+ * a count's top byte where the header has its magic: 0, or 0xFF for a time
+ * before 1970. */
+#define TRIG_STATE_MAGIC 0xA7
+enum { TRIG_STATE_CART = 1, TRIG_STATE_PAGE = 2, TRIG_STATE_EVENT = 3 };
+
+typedef struct {
+    uint8_t kind;          /* TRIG_STATE_* */
+    uint8_t version;       /* of the kind's layout */
+    uint16_t n;            /* items after the kind's fixed part */
+    uint8_t pad[3];
+    uint8_t magic;         /* TRIG_STATE_MAGIC, in the 8th byte */
+} trig_state_hdr_t;
+
+/* What remains to be read of a record: every read checks its length first. */
+typedef struct {
+    const unsigned char *p;
+    size_t left;
+} trig_rd_t;
+
+/* 1 when v starts with a state header; 0 for a record from before it. */
+int trig_state_is_rec(const MDB_val *v);
+/* v as a record of kind and version: 0, *n (its items) and *rd over what
+ * follows the header; MDB_CORRUPTED when it is not one. */
+int trig_state_open(const MDB_val *v, uint8_t kind, uint8_t version, uint32_t *n, trig_rd_t *rd);
+/* Empties b and writes a header of kind and version for n items. 0,
+ * SL_ETOOBIG (n past 65535) or SL_ENOMEM. */
+int trig_state_begin(sl_buf_t *b, uint8_t kind, uint8_t version, size_t n);
+/* Copies the next len bytes of rd to out: 0, or MDB_CORRUPTED when fewer
+ * remain. */
+int trig_rd_copy(trig_rd_t *rd, void *out, size_t len);
+/* The next len bytes of rd, in place; NULL when fewer remain. */
+const char *trig_rd_take(trig_rd_t *rd, size_t len);
+/* A type's verify for a record that has nothing else to check: check
+ * (0, MDB_CORRUPTED, or another error, returned) decodes person's state
+ * of r; a record it refuses is printed to out as not a `what` record and
+ * counted in *problems. */
+int trig_state_verify(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, FILE *out,
+                      uint64_t *problems, int (*check)(const MDB_val *v), const char *what);
+/* Prints that person's state of r is not a `what` record; counts it. */
+void trig_state_report(FILE *out, const trig_rule_t *r, uint64_t person, const char *what, uint64_t *problems);
+
+/* ---- the page_visit rule's record (rule_page.c; cross-file for its unit
+ * tests): TRIG_STATE_PAGE version 1, n visit times (i64 ms), oldest first.
+ * Written before the header: the bare times, still read. A state keeps
+ * fewer than min_count times, and min_count is at most TRIG_PAGE_MAX_COUNT. */
+#define TRIG_PAGE_MAX_COUNT 1000
+/* Empties b and writes ts[0..n) as a record: 0, SL_ETOOBIG or SL_ENOMEM. */
+int trig_page_encode(sl_buf_t *b, const int64_t *ts, size_t n);
+/* The times of v (either layout) into ts (room for TRIG_PAGE_MAX_COUNT):
+ * 0 and *n, or MDB_CORRUPTED. */
+int trig_page_decode(const MDB_val *v, int64_t *ts, size_t *n);
+
+/* ---- the abandoned_cart rule's record (rule_cart.c; cross-file for its
+ * unit tests): TRIG_STATE_CART version 1, n products: trig_cart_fix_t, then
+ * per product a trig_cart_prod_t followed by its product_id's bytes and its
+ * name's. Written before the header: a 64-byte struct then the products as
+ * JSON text, still read (and written in the new layout at the next save). */
+#define TRIG_CART_MAX_PRODUCTS 50
+#define TRIG_CART_ID_MAX 256    /* bytes of a product_id: a longer one names no product */
+#define TRIG_CART_NAME_MAX 1024 /* bytes of a name: cut (between two characters) past it */
+
+typedef struct {
+    int64_t started_ms, last_ms, due_ms, timer_ms;
+    double value;          /* sum of price x quantity, as of the last save */
+    uint32_t waiting;      /* abandoned while anonymous: fires at the login */
+    char currency[8];      /* the events' currency, NUL-padded (7 bytes at most) */
+    uint32_t pad;
+} trig_cart_fix_t;
+
+#define TRIG_CART_PRICE 1u /* the product has a price */
+#define TRIG_CART_NAME 2u  /* ... a name */
+typedef struct {
+    double price, quantity;
+    uint16_t id_len, name_len;
+    uint8_t flags;         /* TRIG_CART_PRICE | TRIG_CART_NAME */
+    uint8_t pad[3];
+} trig_cart_prod_t;
+
+/* The record written before the header: this, then products_len bytes of
+ * JSON (the products as cJSON printed them). */
+typedef struct {
+    int64_t started_ms, last_ms, due_ms, timer_ms;
+    uint32_t waiting, n_products;
+    double value;
+    char currency[8];
+    uint32_t products_len;
+    uint32_t pad;
+} trig_cart_v0_t;
+
+/* A cart in memory: its products' strings are at offsets in strs, which it
+ * owns (trig_cart_free). */
+typedef struct {
+    trig_cart_fix_t f;
+    uint32_t n;
+    struct {
+        trig_cart_prod_t p;
+        uint32_t id_off, name_off;
+    } items[TRIG_CART_MAX_PRODUCTS];
+    sl_buf_t strs;
+} trig_cart_t;
+
+/* An empty cart. */
+void trig_cart_init(trig_cart_t *c);
+void trig_cart_free(trig_cart_t *c);
+/* v (either layout) into c (initialised here; free it whatever the
+ * result): 0, MDB_CORRUPTED or SL_ENOMEM. */
+int trig_cart_decode(const MDB_val *v, trig_cart_t *c);
+/* Empties b and writes c as a record: 0 or SL_ENOMEM. */
+int trig_cart_encode(const trig_cart_t *c, sl_buf_t *b);
+/* What a cart event's properties do to c: a start event adds the product
+ * they describe, or replaces the products with their `products` array, and
+ * sets the currency; otherwise (the remove event) the product goes. Prices
+ * and quantities it leaves out are counted in *ignored. 0 or SL_ENOMEM. */
+int trig_cart_update(trig_cart_t *c, const cJSON *props, int start, uint64_t *ignored);
+/* Appends c's products as the JSON array of the trigger's data, as
+ * cJSON_PrintUnformatted printed them. 0 or SL_ENOMEM. */
+int trig_cart_products_json(const trig_cart_t *c, sl_buf_t *out);
+
 #endif

@@ -6,14 +6,17 @@
  * Timers are lazy: the state records when the rule should next look at it
  * (due_ms) and whether a timer is pending (timer_ms). New activity only moves
  * due_ms forward; the pending timer, when it fires, sees the later due_ms and
- * re-arms itself. So an event costs a state write, never a timer delete. */
+ * re-arms itself. So an event costs a state write, never a timer delete.
+ *
+ * The state is a record (internal.h): the cart's times, value and currency,
+ * then each product's figures and strings, read and rewritten with no JSON
+ * parse; JSON is printed only for the trigger. */
 #include "internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_PRODUCTS 50
 #define WAITING_CART_TTL_MS (30LL * 86400000) /* an anonymous abandoned cart waits this long for an identity */
 
 typedef struct {
@@ -25,14 +28,19 @@ typedef struct {
 } cart_conf_t;
 #define C(r) ((const cart_conf_t *)(r)->conf)
 
+#define CART_VERSION 1
+_Static_assert(sizeof(trig_cart_v0_t) == 64, "the layout written before the header");
+_Static_assert(sizeof(trig_cart_fix_t) == 56 && sizeof(trig_cart_prod_t) == 24, "version 1's layout");
+
+/* A product as an event's properties (or the cart it comes from) describe
+ * it; its strings live as long as they do. */
 typedef struct {
-    int64_t started_ms, last_ms, due_ms, timer_ms;
-    uint32_t waiting, n_products;
-    double value;
-    char currency[8];
-    uint32_t products_len; /* then the products JSON array */
-    uint32_t pad;
-} cart_t;
+    const char *id, *name;
+    size_t id_len, name_len;
+    unsigned flags;        /* TRIG_CART_PRICE | TRIG_CART_NAME */
+    double price, quantity;
+    char num[32];          /* a numeric id, printed */
+} cart_prod_t;
 
 static int is_start_event(const trig_rule_t *r, const char *ev)
 {
@@ -41,119 +49,290 @@ static int is_start_event(const trig_rule_t *r, const char *ev)
     return 0;
 }
 
+/* ---- the record ---- */
 
-static int cart_load(const MDB_val *v, cart_t *c, cJSON **products)
+void trig_cart_init(trig_cart_t *c)
 {
-    *products = NULL;
-    if (v->mv_size < sizeof(*c)) return MDB_CORRUPTED;
-    memcpy(c, v->mv_data, sizeof(*c));
-    if (sizeof(*c) + c->products_len != v->mv_size) return MDB_CORRUPTED;
-    *products = cJSON_ParseWithLength((const char *)v->mv_data + sizeof(*c), c->products_len);
-    if (!cJSON_IsArray(*products)) {
-        cJSON_Delete(*products);
-        *products = cJSON_CreateArray();
-    }
-    return *products ? 0 : SL_ENOMEM;
+    memset(c, 0, sizeof(*c));
 }
 
-static int cart_save(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, cart_t *c, cJSON *products)
+void trig_cart_free(trig_cart_t *c)
 {
-    double value = 0;
-    const cJSON *p;
-    c->n_products = 0;
-    cJSON_ArrayForEach(p, products) {
-        const cJSON *price = cJSON_GetObjectItemCaseSensitive(p, "price");
-        const cJSON *qty = cJSON_GetObjectItemCaseSensitive(p, "quantity");
-        /* each figure was bounded when it entered (product_of): the sum is checked all the same */
-        if (cJSON_IsNumber(price)) sl_amount_add(&value, price->valuedouble * (cJSON_IsNumber(qty) ? qty->valuedouble : 1));
-        c->n_products++;
+    sl_buf_free(&c->strs);
+}
+
+static const char *item_id(const trig_cart_t *c, uint32_t i) { return c->strs.data + c->items[i].id_off; }
+
+/* The index of p's product_id in c, or c->n. */
+static uint32_t cart_find(const trig_cart_t *c, const cart_prod_t *p)
+{
+    uint32_t i = 0;
+    while (i < c->n && (c->items[i].p.id_len != p->id_len || memcmp(item_id(c, i), p->id, p->id_len) != 0)) i++;
+    return i;
+}
+
+/* Adds p to c (the same product_id: quantities add), at most
+ * TRIG_CART_MAX_PRODUCTS. 0 or SL_ENOMEM. */
+static int cart_add(trig_cart_t *c, const cart_prod_t *p)
+{
+    uint32_t i = cart_find(c, p);
+    if (i < c->n) {
+        double sum = c->items[i].p.quantity; /* both bounded (product_of, or a merge of two carts) */
+        if (sl_amount_add(&sum, p->quantity) == 0 && sl_amount_ok(sum)) c->items[i].p.quantity = sum;
+        return 0;
     }
-    c->value = value;
-    char *txt = cJSON_PrintUnformatted(products);
-    if (txt == NULL) return SL_ENOMEM;
-    c->products_len = (uint32_t)strlen(txt);
-    t->v.len = 0;
-    int rc = sl_buf_append(&t->v, c, sizeof(*c)) || sl_buf_append(&t->v, txt, c->products_len) ? SL_ENOMEM : 0;
-    cJSON_free(txt);
-    if (rc) return rc;
-    return trig_state_put(t, txn, rule, person, t->v.data, t->v.len);
+    if (c->n >= TRIG_CART_MAX_PRODUCTS) return 0;
+    uint32_t at = (uint32_t)c->strs.len;
+    if (sl_buf_append(&c->strs, p->id, p->id_len) || sl_buf_append(&c->strs, p->name, p->name_len)) return SL_ENOMEM;
+    c->items[c->n].id_off = at;
+    c->items[c->n].name_off = at + (uint32_t)p->id_len;
+    c->items[c->n].p = (trig_cart_prod_t){.price = p->price, .quantity = p->quantity, .id_len = (uint16_t)p->id_len,
+                                          .name_len = (uint16_t)p->name_len, .flags = (uint8_t)p->flags};
+    c->n++;
+    return 0;
+}
+
+/* Product i of c as cart_add takes it. */
+static void item_prod(const trig_cart_t *c, uint32_t i, cart_prod_t *p)
+{
+    const trig_cart_prod_t *q = &c->items[i].p;
+    *p = (cart_prod_t){.id = item_id(c, i), .name = c->strs.data + c->items[i].name_off, .id_len = q->id_len,
+                       .name_len = q->name_len, .flags = q->flags, .price = q->price, .quantity = q->quantity};
 }
 
 /* The product a cart event's properties describe, normalised to
- * {product_id, name, price, quantity}; NULL when it names none. A price or
- * quantity that is not finite or past SL_AMOUNT_MAX is left out (counted in
- * *ignored): 1e300 x 1e300 would make the cart's value inf. */
-static cJSON *product_of(const cJSON *props, uint64_t *ignored)
+ * {product_id, name, price, quantity}: 1, or 0 when they name none (or a
+ * product_id past TRIG_CART_ID_MAX). A name past TRIG_CART_NAME_MAX is cut
+ * between two characters. A price or quantity that is not finite or past
+ * SL_AMOUNT_MAX is left out (counted in *ignored): 1e300 x 1e300 would make
+ * the cart's value inf. */
+static int product_of(const cJSON *props, cart_prod_t *p, uint64_t *ignored)
 {
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(props, "product_id");
     if (id == NULL) id = cJSON_GetObjectItemCaseSensitive(props, "id");
     if (id == NULL) id = cJSON_GetObjectItemCaseSensitive(props, "sku");
-    if (!cJSON_IsString(id) && !cJSON_IsNumber(id)) return NULL;
-    cJSON *p = cJSON_CreateObject();
-    if (p == NULL) return NULL;
-    if (cJSON_IsString(id)) cJSON_AddStringToObject(p, "product_id", id->valuestring);
-    else {
-        char n[32];
-        snprintf(n, sizeof(n), "%.0f", id->valuedouble);
-        cJSON_AddStringToObject(p, "product_id", n);
+    memset(p, 0, sizeof(*p));
+    p->name = "";
+    if (cJSON_IsString(id)) {
+        p->id = id->valuestring;
+    } else if (cJSON_IsNumber(id)) {
+        snprintf(p->num, sizeof(p->num), "%.0f", id->valuedouble);
+        p->id = p->num;
+    } else {
+        return 0;
     }
+    if ((p->id_len = strlen(p->id)) > TRIG_CART_ID_MAX) return 0;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(props, "name");
-    if (cJSON_IsString(name)) cJSON_AddStringToObject(p, "name", name->valuestring);
+    if (cJSON_IsString(name)) {
+        p->flags |= TRIG_CART_NAME;
+        p->name = name->valuestring;
+        p->name_len = strlen(p->name);
+        if (p->name_len > TRIG_CART_NAME_MAX) { /* not inside a UTF-8 sequence */
+            p->name_len = TRIG_CART_NAME_MAX;
+            while (p->name_len && ((unsigned char)p->name[p->name_len] & 0xC0) == 0x80) p->name_len--;
+        }
+    }
     const cJSON *price = cJSON_GetObjectItemCaseSensitive(props, "price");
-    if (cJSON_IsNumber(price) && sl_amount_ok(price->valuedouble)) cJSON_AddNumberToObject(p, "price", price->valuedouble);
-    else if (cJSON_IsNumber(price)) (*ignored)++;
+    if (cJSON_IsNumber(price) && sl_amount_ok(price->valuedouble)) {
+        p->flags |= TRIG_CART_PRICE;
+        p->price = price->valuedouble;
+    } else if (cJSON_IsNumber(price)) {
+        (*ignored)++;
+    }
     const cJSON *qty = cJSON_GetObjectItemCaseSensitive(props, "quantity");
     int qty_ok = cJSON_IsNumber(qty) && sl_amount_ok(qty->valuedouble);
     if (cJSON_IsNumber(qty) && !qty_ok) (*ignored)++;
-    cJSON_AddNumberToObject(p, "quantity", qty_ok && qty->valuedouble > 0 ? qty->valuedouble : 1);
-    return p;
+    p->quantity = qty_ok && qty->valuedouble > 0 ? qty->valuedouble : 1;
+    return 1;
 }
 
-static int same_product(const cJSON *a, const cJSON *b)
+/* The record from before the header: its products are JSON, read as
+ * events' products are (they were normalised when they came in). */
+static int cart_decode_v0(const MDB_val *v, trig_cart_t *c)
 {
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(a, "product_id"), *y = cJSON_GetObjectItemCaseSensitive(b, "product_id");
-    return cJSON_IsString(x) && cJSON_IsString(y) && strcmp(x->valuestring, y->valuestring) == 0;
-}
-
-/* Adds p to products (same product_id: quantities add), bounded. Takes p. */
-static void cart_add(cJSON *products, cJSON *p)
-{
-    cJSON *q;
-    cJSON_ArrayForEach(q, products) {
-        if (same_product(q, p)) {
-            cJSON *qa = cJSON_GetObjectItemCaseSensitive(q, "quantity");
-            const cJSON *pa = cJSON_GetObjectItemCaseSensitive(p, "quantity");
-            if (qa && pa && cJSON_IsNumber(qa) && cJSON_IsNumber(pa)) {
-                double sum = qa->valuedouble; /* both bounded (product_of, or a merge of two carts) */
-                if (sl_amount_add(&sum, pa->valuedouble) == 0 && sl_amount_ok(sum)) cJSON_SetNumberValue(qa, sum);
-            }
-            cJSON_Delete(p);
-            return;
-        }
+    trig_cart_v0_t o;
+    if (v->mv_size < sizeof(o)) return MDB_CORRUPTED;
+    memcpy(&o, v->mv_data, sizeof(o));
+    if (sizeof(o) + (size_t)o.products_len != v->mv_size) return MDB_CORRUPTED;
+    c->f = (trig_cart_fix_t){.started_ms = o.started_ms, .last_ms = o.last_ms, .due_ms = o.due_ms,
+                             .timer_ms = o.timer_ms, .value = o.value, .waiting = o.waiting != 0};
+    memcpy(c->f.currency, o.currency, sizeof(c->f.currency) - 1);
+    cJSON *list = cJSON_ParseWithLength((const char *)v->mv_data + sizeof(o), o.products_len);
+    int rc = cJSON_IsArray(list) ? 0 : MDB_CORRUPTED;
+    uint64_t ignored = 0;
+    for (const cJSON *x = rc ? NULL : list->child; x && rc == 0; x = x->next) {
+        cart_prod_t p;
+        rc = product_of(x, &p, &ignored) ? cart_add(c, &p) : MDB_CORRUPTED;
     }
-    if (cJSON_GetArraySize(products) < MAX_PRODUCTS) cJSON_AddItemToArray(products, p);
-    else cJSON_Delete(p);
+    cJSON_Delete(list);
+    return rc;
 }
 
-static int cart_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const cart_t *c,
-                     const cJSON *products, int64_t now)
+int trig_cart_decode(const MDB_val *v, trig_cart_t *c)
+{
+    trig_cart_init(c);
+    if (!trig_state_is_rec(v)) return cart_decode_v0(v, c);
+    uint32_t n;
+    trig_rd_t rd;
+    int rc = trig_state_open(v, TRIG_STATE_CART, CART_VERSION, &n, &rd);
+    if (rc || (rc = trig_rd_copy(&rd, &c->f, sizeof(c->f)))) return rc;
+    if (n > TRIG_CART_MAX_PRODUCTS || c->f.waiting > 1 || c->f.currency[sizeof(c->f.currency) - 1])
+        return MDB_CORRUPTED;
+    if (sl_buf_reserve(&c->strs, rd.left)) return SL_ENOMEM;
+    for (uint32_t i = 0; i < n; i++) {
+        trig_cart_prod_t q;
+        const char *id, *name;
+        if (trig_rd_copy(&rd, &q, sizeof(q)) || (id = trig_rd_take(&rd, q.id_len)) == NULL ||
+            (name = trig_rd_take(&rd, q.name_len)) == NULL)
+            return MDB_CORRUPTED;
+        if ((q.flags & ~(TRIG_CART_PRICE | TRIG_CART_NAME)) || (q.name_len && !(q.flags & TRIG_CART_NAME)) ||
+            q.id_len > TRIG_CART_ID_MAX || q.name_len > TRIG_CART_NAME_MAX || !sl_amount_ok(q.price) ||
+            !sl_amount_ok(q.quantity))
+            return MDB_CORRUPTED;
+        c->items[i].p = q;
+        c->items[i].id_off = (uint32_t)c->strs.len;
+        c->items[i].name_off = (uint32_t)c->strs.len + q.id_len;
+        sl_buf_append(&c->strs, id, q.id_len); /* reserved above */
+        sl_buf_append(&c->strs, name, q.name_len);
+        c->n = i + 1;
+    }
+    return rd.left ? MDB_CORRUPTED : 0;
+}
+
+int trig_cart_encode(const trig_cart_t *c, sl_buf_t *b)
+{
+    int rc = trig_state_begin(b, TRIG_STATE_CART, CART_VERSION, c->n);
+    if (rc || sl_buf_append(b, &c->f, sizeof(c->f))) return rc ? rc : SL_ENOMEM;
+    for (uint32_t i = 0; i < c->n; i++)
+        if (sl_buf_append(b, &c->items[i].p, sizeof(c->items[i].p)) ||
+            sl_buf_append(b, item_id(c, i), c->items[i].p.id_len) ||
+            sl_buf_append(b, c->strs.data + c->items[i].name_off, c->items[i].p.name_len))
+            return SL_ENOMEM;
+    return 0;
+}
+
+/* Whether the cart of v waits for its owner's login, from its fixed part
+ * alone (asked at every event of an identified person who has a cart). */
+static int cart_waiting(const MDB_val *v, int *waiting)
+{
+    uint32_t n;
+    trig_rd_t rd;
+    if (!trig_state_is_rec(v)) {
+        trig_cart_v0_t o;
+        if (v->mv_size < sizeof(o)) return MDB_CORRUPTED;
+        memcpy(&o, v->mv_data, sizeof(o));
+        *waiting = o.waiting != 0;
+        return 0;
+    }
+    trig_cart_fix_t f;
+    int rc = trig_state_open(v, TRIG_STATE_CART, CART_VERSION, &n, &rd);
+    if (rc || (rc = trig_rd_copy(&rd, &f, sizeof(f)))) return rc;
+    *waiting = f.waiting != 0;
+    return 0;
+}
+
+static int cart_check(const MDB_val *v)
+{
+    trig_cart_t c;
+    int rc = trig_cart_decode(v, &c);
+    trig_cart_free(&c);
+    return rc;
+}
+
+static int cart_verify(sl_trig_t *t, MDB_txn *txn, MDB_txn *log_txn, const trig_rule_t *r, uint64_t person,
+                       FILE *out, uint64_t *n, uint64_t *problems)
+{
+    return trig_state_verify(t, txn, r, person, out, problems, cart_check, "cart");
+}
+
+static int cart_save(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t person, trig_cart_t *c)
+{
+    /* each figure was bounded when it entered (product_of): the sum is checked all the same */
+    double value = 0;
+    for (uint32_t i = 0; i < c->n; i++)
+        if (c->items[i].p.flags & TRIG_CART_PRICE) sl_amount_add(&value, c->items[i].p.price * c->items[i].p.quantity);
+    c->f.value = value;
+    int rc = trig_cart_encode(c, &t->v);
+    return rc ? rc : trig_state_put(t, txn, rule, person, t->v.data, t->v.len);
+}
+
+int trig_cart_update(trig_cart_t *c, const cJSON *props, int start, uint64_t *ignored)
+{
+    cart_prod_t p;
+    int rc = 0;
+    if (!start) { /* the remove event */
+        uint32_t i = product_of(props, &p, ignored) ? cart_find(c, &p) : c->n;
+        if (i < c->n) {
+            memmove(c->items + i, c->items + i + 1, (c->n - i - 1) * sizeof(c->items[0]));
+            c->n--;
+        }
+        return 0;
+    }
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(props, "products");
+    if (cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0) {
+        /* Cart Viewed / Checkout Started carry the whole cart: it replaces ours. */
+        c->n = 0;
+        const cJSON *x;
+        cJSON_ArrayForEach(x, list) {
+            if (product_of(x, &p, ignored) && (rc = cart_add(c, &p))) return rc;
+        }
+    } else if (product_of(props, &p, ignored) && (rc = cart_add(c, &p))) {
+        return rc;
+    }
+    const cJSON *cu = cJSON_GetObjectItemCaseSensitive(props, "currency");
+    if (cJSON_IsString(cu)) snprintf(c->f.currency, sizeof(c->f.currency), "%s", cu->valuestring);
+    return 0;
+}
+
+/* x as cJSON prints a number (sl_json_print's rule). */
+static int append_number(sl_buf_t *b, double x)
+{
+    cJSON num;
+    memset(&num, 0, sizeof(num));
+    num.type = cJSON_Number;
+    num.valuedouble = x;
+    char s[64];
+    size_t n;
+    return sl_json_print(&num, s, sizeof(s), &n) || sl_buf_append(b, s, n) ? SL_ENOMEM : 0;
+}
+
+int trig_cart_products_json(const trig_cart_t *c, sl_buf_t *out)
+{
+    int rc = sl_buf_appends(out, "[");
+    for (uint32_t i = 0; i < c->n && rc == 0; i++) {
+        const trig_cart_prod_t *q = &c->items[i].p;
+        rc = sl_buf_appends(out, i ? ",{\"product_id\":" : "{\"product_id\":") ||
+             sl_buf_append_json_str(out, item_id(c, i), q->id_len);
+        if (rc == 0 && (q->flags & TRIG_CART_NAME))
+            rc = sl_buf_appends(out, ",\"name\":") ||
+                 sl_buf_append_json_str(out, c->strs.data + c->items[i].name_off, q->name_len);
+        if (rc == 0 && (q->flags & TRIG_CART_PRICE))
+            rc = sl_buf_appends(out, ",\"price\":") || append_number(out, q->price);
+        if (rc == 0)
+            rc = sl_buf_appends(out, ",\"quantity\":") || append_number(out, q->quantity) || sl_buf_appends(out, "}");
+    }
+    return rc || sl_buf_appends(out, "]") ? SL_ENOMEM : 0;
+}
+
+/* ---- the rule ---- */
+
+static int cart_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const trig_cart_t *c,
+                     int64_t now)
 {
     char started[32], last[32], abandoned[32];
-    sl_time_format_iso(c->started_ms, started);
-    sl_time_format_iso(c->last_ms, last);
-    sl_time_format_iso(c->last_ms + C(r)->delay_ms, abandoned);
-    char *ptxt = cJSON_PrintUnformatted(products);
-    if (ptxt == NULL) return SL_ENOMEM;
+    sl_time_format_iso(c->f.started_ms, started);
+    sl_time_format_iso(c->f.last_ms, last);
+    sl_time_format_iso(c->f.last_ms + C(r)->delay_ms, abandoned);
     sl_buf_t d = {0};
-    sl_buf_printf(&d, "{\"products\":%s,\"value\":", ptxt);
-    cJSON_free(ptxt);
-    sl_buf_append_amount(&d, c->value);
+    int rc = sl_buf_appends(&d, "{\"products\":") || trig_cart_products_json(c, &d) ? SL_ENOMEM : 0;
+    sl_buf_appends(&d, ",\"value\":");
+    sl_buf_append_amount(&d, c->f.value);
     sl_buf_appends(&d, ",\"currency\":");
-    if (c->currency[0]) sl_buf_append_json_str(&d, c->currency, strnlen(c->currency, sizeof(c->currency)));
+    if (c->f.currency[0]) sl_buf_append_json_str(&d, c->f.currency, strnlen(c->f.currency, sizeof(c->f.currency)));
     else sl_buf_appends(&d, "null");
     sl_buf_printf(&d, ",\"started_at\":\"%s\",\"last_activity_at\":\"%s\",\"abandoned_at\":\"%s\"}", started, last,
                   abandoned);
-    int rc = d.data ? trig_fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
+    if (rc == 0) rc = d.data ? trig_fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
     sl_buf_free(&d);
     return rc;
 }
@@ -170,77 +349,41 @@ static int cart_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const ru
     MDB_val v;
     rc = trig_state_get(t, txn, r->name, person, &v);
     if (rc && rc != MDB_NOTFOUND) return rc;
-    int have = rc == 0;
+    int have = rc == 0, waiting = 0;
+    trig_cart_t c;
     if (!start && !removed) {
         if (!have || !identified) return 0;
         /* An identified person with an abandoned anonymous cart: fire now. */
-        cart_t c;
-        cJSON *products;
-        if ((rc = cart_load(&v, &c, &products))) return rc;
-        if (c.waiting) {
-            rc = cart_fire(t, txn, r, person, &c, products, now);
-            if (rc == 0) rc = trig_state_del(t, txn, r->name, person);
-        }
-        cJSON_Delete(products);
-        return rc;
+        if ((rc = cart_waiting(&v, &waiting)) || !waiting) return rc;
+        if ((rc = trig_cart_decode(&v, &c)) == 0 && (rc = cart_fire(t, txn, r, person, &c, now)) == 0)
+            rc = trig_state_del(t, txn, r->name, person);
+        goto out;
     }
     if (removed && !have) return 0;
-    cart_t c;
-    cJSON *products = NULL;
     if (have) {
-        if ((rc = cart_load(&v, &c, &products))) return rc;
+        if ((rc = trig_cart_decode(&v, &c))) goto out;
     } else {
-        memset(&c, 0, sizeof(c));
-        c.started_ms = m->ts_ms;
-        if ((products = cJSON_CreateArray()) == NULL) return SL_ENOMEM;
+        trig_cart_init(&c);
+        c.f.started_ms = m->ts_ms;
     }
-    const cJSON *props = m->props;
-    if (start) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(props, "products");
-        if (cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0) {
-            /* Cart Viewed / Checkout Started carry the whole cart: it replaces ours. */
-            cJSON_Delete(products);
-            products = cJSON_CreateArray();
-            const cJSON *x;
-            cJSON_ArrayForEach(x, list) {
-                cJSON *p = product_of(x, &t->pend.amounts_ignored);
-                if (p && products) cart_add(products, p);
-            }
-        } else {
-            cJSON *p = product_of(props, &t->pend.amounts_ignored);
-            if (p) cart_add(products, p);
-        }
-        const char *cur = NULL;
-        const cJSON *cu = cJSON_GetObjectItemCaseSensitive(props, "currency");
-        if (cJSON_IsString(cu)) cur = cu->valuestring;
-        if (cur) snprintf(c.currency, sizeof(c.currency), "%s", cur);
-    } else {
-        cJSON *p = product_of(props, &t->pend.amounts_ignored);
-        for (int i = 0; p && i < cJSON_GetArraySize(products); i++)
-            if (same_product(cJSON_GetArrayItem(products, i), p)) {
-                cJSON_DeleteItemFromArray(products, i);
-                break;
-            }
-        cJSON_Delete(p);
+    if ((rc = trig_cart_update(&c, m->props, start, &t->pend.amounts_ignored))) goto out;
+    if (c.n == 0) {
+        rc = trig_state_del(t, txn, r->name, person); /* emptied: no cart */
+        goto out;
     }
-    if (products == NULL) return SL_ENOMEM;
-    if (cJSON_GetArraySize(products) == 0) {
-        cJSON_Delete(products);
-        return trig_state_del(t, txn, r->name, person); /* emptied: no cart */
-    }
-    int64_t act = m->ts_ms > c.last_ms ? m->ts_ms : c.last_ms;
+    int64_t act = m->ts_ms > c.f.last_ms ? m->ts_ms : c.f.last_ms;
     if (act > now) act = now;
-    c.last_ms = act;
-    c.due_ms = act + C(r)->delay_ms;
-    c.waiting = 0;
-    if (c.timer_ms == 0 || c.timer_ms > c.due_ms) { /* none pending, or only a later one (waiting expiry) */
-        int64_t due = c.due_ms > now ? c.due_ms : now;
+    c.f.last_ms = act;
+    c.f.due_ms = act + C(r)->delay_ms;
+    c.f.waiting = 0;
+    if (c.f.timer_ms == 0 || c.f.timer_ms > c.f.due_ms) { /* none pending, or only a later one (waiting expiry) */
+        int64_t due = c.f.due_ms > now ? c.f.due_ms : now;
         if ((rc = trig_timer_add(t, txn, due, person, r->name))) goto out;
-        c.timer_ms = due;
+        c.f.timer_ms = due;
     }
-    rc = cart_save(t, txn, r->name, person, &c, products);
+    rc = cart_save(t, txn, r->name, person, &c);
 out:
-    cJSON_Delete(products);
+    trig_cart_free(&c);
     return rc;
 }
 
@@ -249,17 +392,16 @@ static int cart_timer(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t
     MDB_val v;
     int rc = trig_state_get(t, txn, r->name, person, &v);
     if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
-    cart_t c;
-    cJSON *products;
-    if ((rc = cart_load(&v, &c, &products))) return rc;
-    if (c.waiting) { /* the waiting period ran out without an identity */
-        if (c.due_ms + WAITING_CART_TTL_MS <= now) rc = trig_state_del(t, txn, r->name, person);
+    trig_cart_t c;
+    if ((rc = trig_cart_decode(&v, &c))) goto out;
+    if (c.f.waiting) { /* the waiting period ran out without an identity */
+        if (c.f.due_ms + WAITING_CART_TTL_MS <= now) rc = trig_state_del(t, txn, r->name, person);
         goto out;
     }
-    if (c.due_ms > now) { /* activity since: look again later */
-        c.timer_ms = c.due_ms;
-        if ((rc = trig_timer_add(t, txn, c.due_ms, person, r->name)) == 0)
-            rc = cart_save(t, txn, r->name, person, &c, products);
+    if (c.f.due_ms > now) { /* activity since: look again later */
+        c.f.timer_ms = c.f.due_ms;
+        if ((rc = trig_timer_add(t, txn, c.f.due_ms, person, r->name)) == 0)
+            rc = cart_save(t, txn, r->name, person, &c);
         goto out;
     }
     int identified = 0;
@@ -267,16 +409,16 @@ static int cart_timer(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t
     if (rc == SL_ENOTFOUND) {
         rc = trig_state_del(t, txn, r->name, person);
     } else if (rc == 0 && identified) {
-        if ((rc = cart_fire(t, txn, r, person, &c, products, now)) == 0) rc = trig_state_del(t, txn, r->name, person);
+        if ((rc = cart_fire(t, txn, r, person, &c, now)) == 0) rc = trig_state_del(t, txn, r->name, person);
     } else if (rc == 0) {
         /* Abandoned while anonymous: it fires when the visitor is identified. */
-        c.waiting = 1;
-        c.timer_ms = c.due_ms + WAITING_CART_TTL_MS;
-        if ((rc = trig_timer_add(t, txn, c.timer_ms, person, r->name)) == 0)
-            rc = cart_save(t, txn, r->name, person, &c, products);
+        c.f.waiting = 1;
+        c.f.timer_ms = c.f.due_ms + WAITING_CART_TTL_MS;
+        if ((rc = trig_timer_add(t, txn, c.f.timer_ms, person, r->name)) == 0)
+            rc = cart_save(t, txn, r->name, person, &c);
     }
 out:
-    cJSON_Delete(products);
+    trig_cart_free(&c);
     return rc;
 }
 
@@ -286,37 +428,38 @@ static int cart_merge(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t
     MDB_val v;
     int rc = trig_state_get(t, txn, r->name, ab, &v);
     if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
-    cart_t a, s;
-    cJSON *pa, *ps = NULL;
-    if ((rc = cart_load(&v, &a, &pa))) return rc;
-    if ((rc = trig_state_del(t, txn, r->name, ab))) goto out;
+    trig_cart_t a, s;
+    trig_cart_init(&s);
+    if ((rc = trig_cart_decode(&v, &a)) || (rc = trig_state_del(t, txn, r->name, ab))) goto out;
     rc = trig_state_get(t, txn, r->name, sv, &v);
+    trig_cart_t *to = &s;
     if (rc == MDB_NOTFOUND) {
-        s = a;
-        ps = pa;
-        pa = NULL;
+        to = &a;
         rc = 0;
-    } else if (rc == 0 && (rc = cart_load(&v, &s, &ps)) == 0) {
-        cJSON *x;
-        while (pa && (x = cJSON_DetachItemFromArray(pa, 0)) != NULL) cart_add(ps, x);
-        if (a.started_ms && a.started_ms < s.started_ms) s.started_ms = a.started_ms;
-        if (a.last_ms > s.last_ms) {
-            s.last_ms = a.last_ms;
-            s.due_ms = a.due_ms;
+    } else if (rc == 0 && (rc = trig_cart_decode(&v, &s)) == 0) {
+        for (uint32_t i = 0; i < a.n && rc == 0; i++) {
+            cart_prod_t p;
+            item_prod(&a, i, &p);
+            rc = cart_add(&s, &p);
         }
-        s.waiting = s.waiting && a.waiting;
-        if (!s.currency[0]) memcpy(s.currency, a.currency, sizeof(s.currency));
+        if (a.f.started_ms && a.f.started_ms < s.f.started_ms) s.f.started_ms = a.f.started_ms;
+        if (a.f.last_ms > s.f.last_ms) {
+            s.f.last_ms = a.f.last_ms;
+            s.f.due_ms = a.f.due_ms;
+        }
+        s.f.waiting = s.f.waiting && a.f.waiting;
+        if (!s.f.currency[0]) memcpy(s.f.currency, a.f.currency, sizeof(s.f.currency));
     }
     if (rc) goto out;
     /* The absorbed state's timer is keyed by the absorbed person: arm one for the survivor. */
-    int64_t due = s.waiting ? s.due_ms + WAITING_CART_TTL_MS : s.due_ms;
+    int64_t due = to->f.waiting ? to->f.due_ms + WAITING_CART_TTL_MS : to->f.due_ms;
     if (due < now) due = now;
     if ((rc = trig_timer_add(t, txn, due, sv, r->name))) goto out;
-    s.timer_ms = due;
-    rc = cart_save(t, txn, r->name, sv, &s, ps);
+    to->f.timer_ms = due;
+    rc = cart_save(t, txn, r->name, sv, to);
 out:
-    cJSON_Delete(pa);
-    cJSON_Delete(ps);
+    trig_cart_free(&a);
+    trig_cart_free(&s);
     return rc;
 }
 
@@ -368,5 +511,5 @@ static const char *const cart_keys[] = {"delay", "start_events", "cancel_event",
 
 const trig_type_t trig_type_abandoned_cart = {
     .name = "abandoned_cart", .keys = cart_keys, .parse = cart_parse, .free_conf = cart_free_conf,
-    .event = cart_event, .merge = cart_merge, .timer = cart_timer, .print = cart_print,
+    .event = cart_event, .merge = cart_merge, .timer = cart_timer, .print = cart_print, .verify = cart_verify,
 };

@@ -4,8 +4,8 @@
  * `match` pairs the two by the value at a path, so the open of another
  * e-mail cancels nothing).
  *
- * State, per (rule, person): a versioned header, then the pending triggers
- * in the order they started, each with the stored starting event's seq
+ * State, per (rule, person): a record (internal.h: the state header, then
+ * the timer's time), then the pending triggers in the order they started, each with the stored starting event's seq
  * (its data is read back from the log when it fires, so a pending trigger
  * costs 48 bytes whatever the event held; retention keeps that event while
  * it waits: the engine's holds index). One lazy timer per state, at its
@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define EV_VERSION 1
+#define EV_VERSION 2 /* 1: before the common header, still read (ev_v1_hdr_t) */
 #define MAX_PATH_SEGS 16
 
 typedef struct {
@@ -32,11 +32,17 @@ typedef struct {
 #define E(r) ((const event_conf_t *)(r)->conf)
 
 typedef struct {
-    uint8_t version;
-    uint8_t pad[3];
-    uint32_t n;            /* pending triggers that follow */
-    int64_t timer_ms;      /* a timer is set for then (0: none) */
+    uint32_t n;            /* pending triggers (the record header's n) */
+    uint32_t pad;
+    int64_t timer_ms;      /* a timer is set for then (0: none): the record's fixed part */
 } ev_hdr_t;
+
+typedef struct {           /* version 1's header, before the common one */
+    uint8_t version;       /* 1 */
+    uint8_t pad[3];
+    uint32_t n;
+    int64_t timer_ms;
+} ev_v1_hdr_t;
 
 typedef struct {
     int64_t start_ms;      /* the starting event's timestamp */
@@ -56,21 +62,37 @@ typedef struct {
 
 /* ---- the state record ---- */
 
+/* v's header, and rd over its h->n pending triggers: 0 or MDB_CORRUPTED. */
+static int ev_open(const MDB_val *v, ev_hdr_t *h, trig_rd_t *rd)
+{
+    memset(h, 0, sizeof(*h));
+    if (trig_state_is_rec(v)) {
+        int rc = trig_state_open(v, TRIG_STATE_EVENT, EV_VERSION, &h->n, rd);
+        if (rc || (rc = trig_rd_copy(rd, &h->timer_ms, sizeof(h->timer_ms)))) return rc;
+    } else {
+        ev_v1_hdr_t o;
+        if (v->mv_size < sizeof(o)) return MDB_CORRUPTED;
+        memcpy(&o, v->mv_data, sizeof(o));
+        if (o.version != 1) return MDB_CORRUPTED;
+        h->n = o.n;
+        h->timer_ms = o.timer_ms;
+        rd->p = (const unsigned char *)v->mv_data + sizeof(o);
+        rd->left = v->mv_size - sizeof(o);
+    }
+    return rd->left == (size_t)h->n * sizeof(ev_pend_t) ? 0 : MDB_CORRUPTED;
+}
+
 static int ev_load(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, ev_state_t *s)
 {
     memset(s, 0, sizeof(*s));
-    s->h.version = EV_VERSION;
     MDB_val v;
+    trig_rd_t rd;
     int rc = trig_state_get(t, txn, r->name, person, &v);
     if (rc == MDB_NOTFOUND) return 0;
-    if (rc) return rc;
-    if (v.mv_size < sizeof(ev_hdr_t)) return MDB_CORRUPTED;
-    memcpy(&s->h, v.mv_data, sizeof(ev_hdr_t));
-    if (s->h.version != EV_VERSION || v.mv_size != sizeof(ev_hdr_t) + (size_t)s->h.n * sizeof(ev_pend_t))
-        return MDB_CORRUPTED;
+    if (rc || (rc = ev_open(&v, &s->h, &rd))) return rc;
     if (s->h.n == 0) return 0;
     if ((s->p = malloc((size_t)s->h.n * sizeof(ev_pend_t))) == NULL) return SL_ENOMEM;
-    memcpy(s->p, (const char *)v.mv_data + sizeof(ev_hdr_t), (size_t)s->h.n * sizeof(ev_pend_t));
+    memcpy(s->p, rd.p, (size_t)s->h.n * sizeof(ev_pend_t));
     s->loaded = s->h.n;
     return 0;
 }
@@ -81,8 +103,9 @@ static int ev_save(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t pe
     if (rc) return rc;
     s->loaded = s->h.n;
     if (s->h.n == 0) return trig_state_del(t, txn, r->name, person);
-    t->v.len = 0;
-    if (sl_buf_append(&t->v, &s->h, sizeof(s->h)) || sl_buf_append(&t->v, s->p, (size_t)s->h.n * sizeof(ev_pend_t)))
+    if ((rc = trig_state_begin(&t->v, TRIG_STATE_EVENT, EV_VERSION, s->h.n))) return rc;
+    if (sl_buf_append(&t->v, &s->h.timer_ms, sizeof(s->h.timer_ms)) ||
+        sl_buf_append(&t->v, s->p, (size_t)s->h.n * sizeof(ev_pend_t)))
         return SL_ENOMEM;
     return trig_state_put(t, txn, r->name, person, t->v.data, t->v.len);
 }
@@ -397,12 +420,11 @@ static int ev_pending(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t
     if (rc == MDB_NOTFOUND) return 0;
     if (rc) return rc;
     ev_hdr_t h;
-    if (v.mv_size < sizeof(h)) return 0;
-    memcpy(&h, v.mv_data, sizeof(h));
-    if (h.version != EV_VERSION || v.mv_size != sizeof(h) + (size_t)h.n * sizeof(ev_pend_t)) return 0;
+    trig_rd_t rd;
+    if (ev_open(&v, &h, &rd)) return 0;
     for (uint32_t i = 0; i < h.n; i++) {
         ev_pend_t p;
-        memcpy(&p, (const char *)v.mv_data + sizeof(h) + (size_t)i * sizeof(p), sizeof(p));
+        memcpy(&p, rd.p + (size_t)i * sizeof(p), sizeof(p));
         sl_buf_appends(out, (*n)++ ? ",{\"rule\":" : "{\"rule\":");
         sl_buf_append_json_str(out, r->name, strlen(r->name));
         sl_buf_appends(out, ",\"due\":");
@@ -424,9 +446,7 @@ static int ev_verify(sl_trig_t *t, MDB_txn *txn, MDB_txn *log_txn, const trig_ru
     ev_state_t s;
     int rc = ev_load(t, txn, r, person, &s);
     if (rc == MDB_CORRUPTED) {
-        fprintf(out, "rule %s: the state of p_%llu is not a pending-trigger record\n", r->name,
-                (unsigned long long)person);
-        (*problems)++;
+        trig_state_report(out, r, person, "pending-trigger", problems);
         return 0;
     }
     if (rc) return rc;

@@ -9,6 +9,7 @@
 #include "sl_store.h"
 #include "sl_triggers.h"
 #include "sl_webhooks.h"
+#include "internal.h" /* the engine's rule states, written as an older version did */
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -33,6 +34,7 @@ static void on_done(sl_store_batch_t *b) { *(int *)b->data = 1; }
 static const sl_stage_step_t *fix_extra_step; /* a step after the stitcher's (tests of the stage) */
 static int fix_extra_first;                    /* add it before the stitcher's (its phase orders them) */
 static int fix_with_triggers;                  /* fix_init: the trigger engine too */
+static const char *fix_config;                 /* fix_init: this config instead of the demo's */
 static void on_drained(void *arg) { *(int *)arg = 1; }
 
 /* The log, the stitcher and the stage over it (as `sillage serve` wires them). */
@@ -82,7 +84,11 @@ static int fix_init(fix_t *f)
     memset(f, 0, sizeof(*f));
     f->with_triggers = fix_with_triggers;
     strcpy(f->dir, "/tmp/sl-stitch-test-XXXXXX");
-    if (mkdtemp(f->dir) == NULL || uv_loop_init(&f->loop) || sl_config_demo(&f->cfg)) return -1;
+    char err[256];
+    if (mkdtemp(f->dir) == NULL || uv_loop_init(&f->loop) ||
+        (fix_config ? sl_config_parse(&f->cfg, fix_config, strlen(fix_config), err, sizeof(err))
+                    : sl_config_demo(&f->cfg)))
+        return -1;
     /* a second, trusted (server-side) source beside the demo's browser key */
     sl_source_t *src = realloc(f->cfg.sources, (f->cfg.n_sources + 1) * sizeof(*src));
     if (src == NULL) return -1;
@@ -908,6 +914,176 @@ TEST(stage_job_follows_acknowledged_events)
 }
 
 /* page_visit patterns (docs/TRIGGERS.md): pattern, subject, match. */
+/* ---- rule states written before the record header ---- */
+
+typedef struct {
+    sl_trig_t *trig;
+    uint64_t person, seq;      /* seq: a stored event, the pending trigger's start */
+    const char *mid;           /* its messageId */
+    int garbage;               /* write records no layout reads instead */
+    sl_stage_job_t job;
+    int done;
+} old_states_t;
+
+static int put_old_states(MDB_txn *txn, void *arg)
+{
+    old_states_t *o = arg;
+    sl_trig_t *t = o->trig;
+    int rc;
+    if (o->garbage) {
+        static const char junk[] = "not a record, of any kind";
+        if ((rc = trig_state_put(t, txn, "cart", o->person, junk, 10)) ||
+            (rc = trig_state_put(t, txn, "viewed-twice", o->person, junk, 12)))
+            return rc;
+        return trig_state_put(t, txn, "nudge", o->person, junk, 20);
+    }
+    /* the cart: a struct, then the products as the rule printed them with cJSON */
+    static const char json[] = "[{\"product_id\":\"sku-1\",\"name\":\"Shirt\",\"price\":20,\"quantity\":2},"
+                               "{\"product_id\":\"sku-2\",\"name\":\"Socks\",\"price\":5,\"quantity\":1}]";
+    struct {
+        trig_cart_v0_t c;
+        char products[sizeof(json)];
+    } cart = {{1764000000000, 1764000060000, 1764000090000, 1764000090000 + 30LL * 86400000, 1, 2, 45, "EUR",
+               sizeof(json) - 1, 0},
+              {0}};
+    memcpy(cart.products, json, sizeof(json) - 1);
+    if ((rc = trig_state_put(t, txn, "cart", o->person, &cart, sizeof(cart.c) + sizeof(json) - 1))) return rc;
+    /* the page rule: one bare visit time, within the hour */
+    int64_t visit = sl_now_ms() - 60000;
+    if ((rc = trig_state_put(t, txn, "viewed-twice", o->person, &visit, sizeof(visit)))) return rc;
+    /* the event rule, version 1: its own header, then one pending trigger (and its hold) */
+    struct {
+        uint8_t version, pad[3];
+        uint32_t n;
+        int64_t timer_ms;
+        int64_t start_ms, due_ms;
+        uint64_t seq, mid, match;
+        uint32_t waiting, pad2;
+    } ev = {1, {0}, 1, sl_now_ms() + 86400000, sl_now_ms(), sl_now_ms() + 86400000, o->seq, trig_mid_hash(o->mid), 0, 0, 0};
+    if ((rc = trig_state_put(t, txn, "nudge", o->person, &ev, sizeof(ev))) ||
+        (rc = trig_hold(t, txn, ev.mid, ev.seq, 1)))
+        return rc;
+    return trig_pending_count(t, txn, "nudge", 1);
+}
+
+static void old_states_done(sl_stage_job_t *job) { ((old_states_t *)job->arg)->done = 1; }
+
+static void write_states(fix_t *f, old_states_t *o)
+{
+    o->trig = f->trig;
+    o->job = (sl_stage_job_t){.run = put_old_states, .done = old_states_done, .arg = o};
+    CHECK_INT(sl_stage_submit(f->stage, &o->job), ==, 0);
+    while (!o->done) uv_run(&f->loop, UV_RUN_ONCE);
+    CHECK_INT(o->job.rc, ==, 0);
+}
+
+typedef struct {
+    sl_trig_t *trig;
+    sl_feed_t *feed;
+    uint64_t person, n_pending, problems;
+    sl_buf_t out;
+    char *report;
+    size_t report_len;
+} trig_read_t;
+
+static int trig_read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
+{
+    trig_read_t *q = arg;
+    FILE *out = open_memstream(&q->report, &q->report_len);
+    if (out == NULL) return SL_ENOMEM;
+    int rc = sl_trig_verify_states(q->trig, txn, log_txn, out, &q->n_pending, &q->problems);
+    fclose(out);
+    if (rc == 0) rc = sl_trig_pending(q->trig, txn, q->person, &q->out);
+    if (rc == 0 && sl_feed_read(q->feed, txn, 0, 100, NULL, &q->out, NULL) < 0) rc = SL_ESTORE;
+    return rc;
+}
+
+/* verify's report and problems, person's pending triggers, then the feed's entries (in q->out) */
+static void trig_read(fix_t *f, trig_read_t *q, uint64_t person)
+{
+    free(q->report);
+    sl_buf_free(&q->out);
+    *q = (trig_read_t){.trig = f->trig, .feed = f->feed, .person = person};
+    CHECK_INT(sl_stage_read(f->stage, 1, trig_read_cb, q), ==, 0);
+}
+
+static uint64_t person_num(fix_t *f, const char *anon)
+{
+    char p[32];
+    person_of(f, "anonymous_id", anon, p);
+    return strtoull(p + 2, NULL, 10);
+}
+
+/* A data dir from before the record header: a cart (its struct and JSON),
+ * bare page visit times and an event rule's version-1 pending trigger are
+ * read, verified and fire as before -- the cart's products byte for byte --
+ * and a record no layout reads is a verify problem naming its rule. */
+TEST(trigger_states_from_before_the_header)
+{
+    fix_config = "{\"listen\":\"127.0.0.1:8080\",\"data_dir\":\"./unused\","
+                 "\"sources\":[{\"name\":\"demo\",\"write_key\":\"demo\"}],"
+                 "\"admin_token\":\"0123456789abcdef0123456789abcdef\",\"triggers\":["
+                 "{\"name\":\"cart\",\"type\":\"abandoned_cart\",\"delay\":\"30s\"},"
+                 "{\"name\":\"viewed-twice\",\"type\":\"page_visit\",\"url\":\"/p\",\"min_count\":2,\"within\":\"1h\"},"
+                 "{\"name\":\"nudge\",\"type\":\"event\",\"event\":\"Signed Up\",\"delay\":\"1d\"}]}";
+    fix_t f;
+    int rc = fix_init_with(&f, NULL, 1);
+    fix_config = NULL;
+    REQUIRE(rc == 0);
+    uint64_t seq = put_durable(&f, "{\"type\":\"page\",\"messageId\":\"old-1\",\"timestamp\":\"2026-01-01T00:00:01.000Z\","
+                                   "\"anonymousId\":\"old-a\",\"properties\":{\"path\":\"/home\"},"
+                                   "\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
+                               1000, "old-1");
+    for (int i = 0; i < 5000 && sl_stage_applied(f.stage) < seq; i++) usleep(1000);
+    old_states_t o = {.person = person_num(&f, "old-a"), .seq = seq, .mid = "old-1"};
+    REQUIRE(o.person != 0);
+    write_states(&f, &o);
+    trig_read_t q = {0};
+    trig_read(&f, &q, o.person);
+    CHECK_INT(q.problems, ==, 0);
+    CHECK_INT(q.n_pending, ==, 1);
+    if (q.problems) fprintf(stderr, "%s", q.report);
+    CHECK(strstr(q.out.data, "{\"rule\":\"nudge\",\"due\":") != NULL); /* version 1, listed */
+    /* the login: the waiting cart fires, as the old layout printed it */
+    put(&f, "{\"type\":\"identify\",\"messageId\":\"old-2\",\"timestamp\":\"2026-01-01T00:00:02.000Z\","
+            "\"anonymousId\":\"old-a\",\"userId\":\"old-u\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
+        2000, "old-2");
+    /* and a second visit of /p: the old time and this one make two */
+    put(&f, "{\"type\":\"page\",\"messageId\":\"old-3\",\"timestamp\":\"2026-01-01T00:00:03.000Z\","
+            "\"anonymousId\":\"old-a\",\"properties\":{\"path\":\"/p\"},\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
+        3000, "old-3");
+    for (int i = 0; i < 5000 && sl_feed_durable_seq(f.feed) < 2; i++) usleep(1000);
+    uint64_t now_person = person_num(&f, "old-a");
+    trig_read(&f, &q, now_person);
+    CHECK_INT(q.problems, ==, 0);
+    CHECK_INT(q.n_pending, ==, 1);
+    REQUIRE(q.out.data != NULL);
+    CHECK(strstr(q.out.data, "\"rule\":\"nudge\"") != NULL); /* still pending, wherever the person went */
+    CHECK(strstr(q.out.data, "\"data\":{\"products\":[{\"product_id\":\"sku-1\",\"name\":\"Shirt\",\"price\":20,"
+                             "\"quantity\":2},{\"product_id\":\"sku-2\",\"name\":\"Socks\",\"price\":5,\"quantity\":1}],"
+                             "\"value\":45.00,\"currency\":\"EUR\",\"started_at\":\"2025-11-24T16:00:00.000Z\"") != NULL);
+    CHECK(strstr(q.out.data, "\"data\":{\"url\":null,\"path\":\"/p\",\"count\":2,\"pattern\":\"/p\"}") != NULL);
+    if (!strstr(q.out.data, "\"count\":2")) fprintf(stderr, "  feed: %s\n", q.out.data);
+    /* records no layout reads: each a problem naming its rule */
+    put(&f, "{\"type\":\"page\",\"messageId\":\"old-4\",\"timestamp\":\"2026-01-01T00:00:04.000Z\","
+            "\"anonymousId\":\"old-b\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
+        4000, "old-4");
+    old_states_t g = {.person = person_num(&f, "old-b"), .garbage = 1};
+    write_states(&f, &g);
+    trig_read(&f, &q, g.person);
+    CHECK_INT(q.problems, ==, 3);
+    char want[3][96];
+    snprintf(want[0], sizeof(want[0]), "rule cart: the state of p_%llu is not a cart record", (unsigned long long)g.person);
+    snprintf(want[1], sizeof(want[1]), "rule viewed-twice: the state of p_%llu is not a visit-times record",
+             (unsigned long long)g.person);
+    snprintf(want[2], sizeof(want[2]), "rule nudge: the state of p_%llu is not a pending-trigger record",
+             (unsigned long long)g.person);
+    for (int i = 0; i < 3; i++) CHECK(q.report && strstr(q.report, want[i]) != NULL);
+    free(q.report);
+    sl_buf_free(&q.out);
+    fix_free(&f);
+}
+
 TEST(trigger_glob_table)
 {
     static const struct { const char *p, *s; int m; } t[] = {
