@@ -346,13 +346,16 @@ static int cart_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const ru
         return trig_state_del(t, txn, r->name, person); /* bought: the pending timer will find nothing */
     int start = m->track && ev && is_start_event(r, ev);
     int removed = m->track && ev && C(r)->remove_event && strcmp(ev, C(r)->remove_event) == 0;
+    /* any other event reads the cart only to fire an identified person's
+     * waiting one: an anonymous visitor's (most events) is not read at all */
+    if (!start && !removed && !identified) return 0;
     MDB_val v;
     rc = trig_state_get(t, txn, r->name, person, &v);
     if (rc && rc != MDB_NOTFOUND) return rc;
     int have = rc == 0, waiting = 0;
     trig_cart_t c;
     if (!start && !removed) {
-        if (!have || !identified) return 0;
+        if (!have) return 0;
         /* An identified person with an abandoned anonymous cart: fire now. */
         if ((rc = cart_waiting(&v, &waiting)) || !waiting) return rc;
         if ((rc = trig_cart_decode(&v, &c)) == 0 && (rc = cart_fire(t, txn, r, person, &c, now)) == 0)
