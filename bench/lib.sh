@@ -43,13 +43,18 @@ NG
 }
 
 # start_sillage [durability] [extra config keys, JSON, each followed by a comma]
-start_sillage() {
-  cat > "$WORK/sillage.json" <<JS
-{"listen": "127.0.0.1:$SL_PORT", "data_dir": "$WORK/data", "durability": "${1:-sync}",
- "map_size": "4GB", "sources": [{"name": "bench", "write_key": "bench"}], ${2:-}
+# sillage_config FILE [durability] [extra config keys]: the bench's config.
+sillage_config() {
+  cat > "$1" <<JS
+{"listen": "127.0.0.1:$SL_PORT", "data_dir": "$WORK/data", "durability": "${2:-sync}",
+ "map_size": "4GB", "sources": [{"name": "bench", "write_key": "bench"}], ${3:-}
  "admin_token": "bench-admin-token", "log_level": "warn",
  "geoip_db": "${GEOIP:-/usr/share/sillage/geo.mmdb}"}
 JS
+}
+
+start_sillage() {
+  sillage_config "$WORK/sillage.json" "${1:-sync}" "${2:-}"
   rm -rf "$WORK/data"
   taskset -c $SRV_CPU "$BIN" serve -c "$WORK/sillage.json" 2> "$WORK/sillage.log" &
   SL_PID=$!
