@@ -8,6 +8,9 @@
 # the same for every rule set). A/B in one sitting, alternating.
 #
 # usage: bench/stage-rules.sh SECONDS BATCH ROUNDS FILE...
+#   NO_FEED=1 bench/stage-rules.sh ...   each rebuild without the old derived store (no feed to carry over)
+#   BINS="build/sillage /old/build/sillage" bench/stage-rules.sh ...   rebuild with each binary too (A/B;
+#     with NO_FEED when their derived layouts differ)
 #   bench/stage-rules.sh 8 20 3 bench/stage-rules/events5.txt bench/stage-rules/demo.txt
 # (each FILE holds extra config keys, each followed by a comma, as bench/stage.sh's SL_EXTRA)
 set -euo pipefail
@@ -28,12 +31,15 @@ feed=$(mdb_stat -s feed "$WORK/data/derived" | awk '/Entries:/ {print $2}')
 printf "one log of %s events (rules of %s live), a feed of %s entries carried over by each rebuild\n" \
   "$stored" "$(basename "$1")" "$feed"
 for r in $(seq "$ROUNDS"); do
+  for b in ${BINS:-$BIN}; do
   for f in "$@"; do
     rm -rf "$WORK/data"; cp -a "$WORK/data.orig" "$WORK/data"
+    [ -n "${NO_FEED:-}" ] && rm -rf "$WORK/data/derived"
     sillage_config "$WORK/rules.json" sync "$(cat "$f")"
     t0=$(date +%s.%N)
-    taskset -c $SRV_CPU "$BIN" rebuild -c "$WORK/rules.json" > "$WORK/rebuild.out" 2>&1 || { cat "$WORK/rebuild.out"; exit 1; }
+    taskset -c $SRV_CPU "$b" rebuild -c "$WORK/rules.json" > "$WORK/rebuild.out" 2>&1 || { cat "$WORK/rebuild.out"; exit 1; }
     secs=$(echo "$(date +%s.%N) - $t0" | bc -l)
-    printf "round %s  %-16s %.2f s  %.0f events/s\n" "$r" "$(basename "$f")" "$secs" "$(echo "$stored / $secs" | bc -l)"
+    printf "round %s  %-24s %-16s %.2f s  %.0f events/s\n" "$r" "$b" "$(basename "$f")" "$secs" "$(echo "$stored / $secs" | bc -l)"
+  done
   done
 done
