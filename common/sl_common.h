@@ -69,6 +69,44 @@ int sl_json_print(const struct cJSON *x, char *buf, size_t cap, size_t *len);
  * A no-op returning NULL when the hooks are not installed. */
 sl_arena_t *sl_json_arena_swap(sl_arena_t *a);
 
+/* ---- JSON without a tree ---------------------------------------------------
+ * Reads members out of the text of a JSON value without parsing it whole:
+ * what the derivation stage's steps read of each stored event (its type, ids,
+ * timestamp, a few nested members), at the cost of scanning to them. A value
+ * is a span of the text; every call stays inside its span, and text that is
+ * not well-formed where it is scanned reads as absent (SL_JNONE). Members
+ * are found by their decoded name, the first of a name (stored events have
+ * no repeated member: the collector refuses them). */
+typedef struct sl_jval_s {
+    const char *p;  /* the value's first byte (after any blank) */
+    size_t n;       /* its length; 0: absent */
+} sl_jval_t;
+enum { SL_JNONE = 0, SL_JNULL, SL_JFALSE, SL_JTRUE, SL_JNUM, SL_JSTR, SL_JARR, SL_JOBJ };
+/* The value spanning text[0..n) with blanks around it, or an absent one when
+ * the text is not exactly one well-formed value (structure, strings and
+ * literals are checked; numbers are checked when read). */
+sl_jval_t sl_jroot(const char *text, size_t n);
+int sl_jtype(sl_jval_t v);
+/* Member key of object obj (absent when obj is no object or has none). */
+sl_jval_t sl_jget(sl_jval_t obj, const char *key);
+/* The string v decoded (escapes, \u pairs to UTF-8), NUL-terminated, in a
+ * (its bytes may hold a NUL from \u0000: *len, when not NULL, says how many
+ * there are); NULL when v is not a well-formed string or out of memory. */
+const char *sl_jstr(sl_jval_t v, sl_arena_t *a, size_t *len);
+/* 1 and *out when v is a number as JSON writes them (strtod's value), else 0. */
+int sl_jnum(sl_jval_t v, double *out);
+/* 1 when v is a string whose decoded bytes are exactly s[0..n) (no copy). */
+int sl_jstr_eq(sl_jval_t v, const char *s, size_t n);
+/* Members of an object, elements of an array, in order: sl_jnext() gives the
+ * next (key: the member's name as a string value; absent for an array) and
+ * returns 1, or 0 at the end or at text that is not well-formed. */
+typedef struct sl_jiter_s {
+    const char *p, *end;
+    int obj;
+} sl_jiter_t;
+void sl_jiter(sl_jval_t v, sl_jiter_t *it);
+int sl_jnext(sl_jiter_t *it, sl_jval_t *key, sl_jval_t *val);
+
 /* ---- growable buffer ------------------------------------------------------
  * Heap-backed; sl_buf_free() releases it. Append functions return 0 or
  * SL_ENOMEM; on failure the buffer keeps its previous contents. */

@@ -489,3 +489,65 @@ TEST(lmdb_grow)
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     CHECK_INT(system(cmd), ==, 0);
 }
+
+/* The tree-less reader (sl_jroot, sl_jget...): members found by decoded name,
+ * the first of a name; strings decoded; numbers by JSON's grammar; text that
+ * is not well-formed is absent, never read past. */
+TEST(jread_table)
+{
+    sl_arena_t a;
+    sl_arena_init(&a);
+    const char *doc = " {\"type\":\"track\",\"n\":-1.5e2,\"t\":true,\"z\":null,\"o\":{\"a\":[1,{\"b\":\"c\"}],\"\\u0041\":\"A\"},"
+                      "\"s\":\"x\\\"y\\u00e9\\ud83d\\ude00\",\"type\":\"dup\",\"e\":{},\"arr\":[]} ";
+    sl_jval_t r = sl_jroot(doc, strlen(doc));
+    CHECK_INT(sl_jtype(r), ==, SL_JOBJ);
+    CHECK(r.p == strchr(doc, '{') && r.p[r.n - 1] == '}');
+    size_t n;
+    CHECK_STR(sl_jstr(sl_jget(r, "type"), &a, &n), "track"); /* the first of a name */
+    CHECK(sl_jstr_eq(sl_jget(r, "type"), "track", 5));
+    CHECK(!sl_jstr_eq(sl_jget(r, "type"), "trac", 4));
+    double d = 0;
+    CHECK_INT(sl_jnum(sl_jget(r, "n"), &d), ==, 1);
+    CHECK(d == -150);
+    CHECK_INT(sl_jtype(sl_jget(r, "t")), ==, SL_JTRUE);
+    CHECK_INT(sl_jtype(sl_jget(r, "z")), ==, SL_JNULL);
+    CHECK_INT(sl_jtype(sl_jget(r, "missing")), ==, SL_JNONE);
+    sl_jval_t o = sl_jget(r, "o");
+    CHECK_STR(sl_jstr(sl_jget(o, "A"), &a, NULL), "A"); /* an escaped name */
+    sl_jiter_t it;
+    sl_jval_t k, v;
+    sl_jiter(sl_jget(o, "a"), &it);
+    CHECK_INT(sl_jnext(&it, &k, &v), ==, 1);
+    CHECK(sl_jnum(v, &d) && d == 1);
+    CHECK_INT(sl_jnext(&it, &k, &v), ==, 1);
+    CHECK_STR(sl_jstr(sl_jget(v, "b"), &a, NULL), "c");
+    CHECK_INT(sl_jnext(&it, &k, &v), ==, 0);
+    CHECK_STR(sl_jstr(sl_jget(r, "s"), &a, &n), "x\"y\xc3\xa9\xf0\x9f\x98\x80");
+    CHECK_INT(n, ==, 9);
+    sl_jiter(sl_jget(r, "e"), &it);
+    CHECK_INT(sl_jnext(&it, &k, &v), ==, 0);
+    sl_jiter(sl_jget(r, "arr"), &it);
+    CHECK_INT(sl_jnext(&it, &k, &v), ==, 0);
+    /* numbers: JSON's grammar only */
+    static const char *const bad_nums[] = {"01", "1.", ".5", "+1", "1e", "-", "0x10", "1e+", "--1"};
+    for (size_t i = 0; i < sizeof(bad_nums) / sizeof(bad_nums[0]); i++)
+        CHECK_INT(sl_jnum((sl_jval_t){bad_nums[i], strlen(bad_nums[i])}, &d), ==, 0);
+    CHECK(sl_jnum((sl_jval_t){"0.5e-3", 6}, &d) && d == 0.5e-3);
+    /* not well-formed: absent as a whole, or from where it goes wrong */
+    static const char *const bad[] = {"{", "{\"a\":}", "{\"a\" 1}", "{\"a\":1,}", "[1,]", "\"\\x\"", "\"\\ud800\"",
+                                      "\"\\udc00x\"", "{\"a\":1}}", "tru", "{\"a\":\"\x01\"}", "[1 2]", "", "  "};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) CHECK_INT(sl_jroot(bad[i], strlen(bad[i])).n, ==, 0);
+    /* a lone surrogate is refused when decoded, also inside a span taken as is */
+    CHECK(sl_jstr((sl_jval_t){"\"\\ud800\"", 8}, &a, NULL) == NULL);
+    /* a span cut short finds nothing past its end */
+    const char *cut = "{\"a\":1,\"b\":2}";
+    CHECK_INT(sl_jtype(sl_jget((sl_jval_t){cut, 8}, "b")), ==, SL_JNONE);
+    CHECK_INT(sl_jtype(sl_jget((sl_jval_t){cut, 8}, "a")), ==, SL_JNUM);
+    /* depth: 512 levels read, 513 do not */
+    char deep[1100];
+    memset(deep, '[', 513);
+    memset(deep + 513, ']', 513);
+    CHECK_INT(sl_jroot(deep, 1026).n, ==, 0);
+    CHECK_INT(sl_jroot(deep + 1, 1024).n, ==, 1024);
+    sl_arena_free(&a);
+}

@@ -1,0 +1,313 @@
+/* jread.c - reading members out of JSON text without building a tree
+ * (sl_common.h, "JSON without a tree").
+ *
+ * One scanner checks and skips a value: strings (escapes, no raw control
+ * character), the literals, numbers by their characters, and objects and
+ * arrays with an explicit stack (no recursion; SL_JDEPTH levels), so a lookup
+ * costs one pass over what lies before the member, allocates nothing, and
+ * never reads outside its span. */
+#include "sl_common.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define SL_JDEPTH 512
+
+static const char *ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static long hex4(const char *p)
+{
+    long v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hexval(p[i]);
+        if (h < 0) return -1;
+        v = v << 4 | h;
+    }
+    return v;
+}
+
+/* Decodes the string character at *pp (inside the quotes; end: the closing
+ * quote) into out (1 to 4 bytes), advancing *pp. Returns the byte count, or
+ * -1 when it is not well-formed (a bad escape, a lone surrogate). */
+static int decode_char(const char **pp, const char *end, unsigned char out[4])
+{
+    const char *p = *pp;
+    if (*p != '\\') {
+        out[0] = (unsigned char)*p;
+        *pp = p + 1;
+        return 1;
+    }
+    if (end - p < 2) return -1;
+    char e = p[1];
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    const char *k = e ? strchr(from, e) : NULL;
+    if (k) {
+        out[0] = (unsigned char)to[k - from];
+        *pp = p + 2;
+        return 1;
+    }
+    if (e != 'u' || end - p < 6) return -1;
+    long c = hex4(p + 2);
+    p += 6;
+    if (c < 0 || (c >= 0xDC00 && c <= 0xDFFF)) return -1;
+    if (c >= 0xD800 && c <= 0xDBFF) { /* a pair: the low half must follow */
+        if (end - p < 6 || p[0] != '\\' || p[1] != 'u') return -1;
+        long lo = hex4(p + 2);
+        if (lo < 0xDC00 || lo > 0xDFFF) return -1;
+        c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00);
+        p += 6;
+    }
+    *pp = p;
+    if (c < 0x80) {
+        out[0] = (unsigned char)c;
+        return 1;
+    }
+    if (c < 0x800) {
+        out[0] = (unsigned char)(0xC0 | c >> 6);
+        out[1] = (unsigned char)(0x80 | (c & 0x3F));
+        return 2;
+    }
+    if (c < 0x10000) {
+        out[0] = (unsigned char)(0xE0 | c >> 12);
+        out[1] = (unsigned char)(0x80 | (c >> 6 & 0x3F));
+        out[2] = (unsigned char)(0x80 | (c & 0x3F));
+        return 3;
+    }
+    out[0] = (unsigned char)(0xF0 | c >> 18);
+    out[1] = (unsigned char)(0x80 | (c >> 12 & 0x3F));
+    out[2] = (unsigned char)(0x80 | (c >> 6 & 0x3F));
+    out[3] = (unsigned char)(0x80 | (c & 0x3F));
+    return 4;
+}
+
+/* p at a quote: past the closing quote, or NULL. */
+static const char *skip_string(const char *p, const char *end)
+{
+    for (p++; p < end; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') return p + 1;
+        if (c < 0x20) return NULL;
+        if (c != '\\') continue;
+        if (++p >= end) return NULL;
+        if (*p == 'u') { /* with its pair when it is a surrogate, as decode_char wants it */
+            long cp = end - p < 5 ? -1 : hex4(p + 1);
+            if (cp < 0 || (cp >= 0xDC00 && cp <= 0xDFFF)) return NULL;
+            p += 4;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                long lo = end - p < 7 || p[1] != '\\' || p[2] != 'u' ? -1 : hex4(p + 3);
+                if (lo < 0xDC00 || lo > 0xDFFF) return NULL;
+                p += 6;
+            }
+        } else if (!strchr("\"\\/bfnrt", *p) || *p == 0) {
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* A number's characters, or a literal: past it, or NULL. */
+static const char *skip_scalar(const char *p, const char *end)
+{
+    static const char *const lits[] = {"true", "false", "null"};
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(lits[i]);
+        if (*p == lits[i][0]) return (size_t)(end - p) >= n && memcmp(p, lits[i], n) == 0 ? p + n : NULL;
+    }
+    const char *s = p;
+    while (p < end && (strchr("0123456789+-.eE", *p) && *p)) p++;
+    return p > s ? p : NULL;
+}
+
+/* p at ws then '"name"' ws ':': past the colon, or NULL; *key the name's span. */
+static const char *member_key(const char *p, const char *end, sl_jval_t *key)
+{
+    p = ws(p, end);
+    if (p >= end || *p != '"') return NULL;
+    const char *e = skip_string(p, end);
+    if (e == NULL) return NULL;
+    if (key) *key = (sl_jval_t){p, (size_t)(e - p)};
+    p = ws(e, end);
+    return p < end && *p == ':' ? p + 1 : NULL;
+}
+
+/* p at a value (after any blank): past it, or NULL when it is not well-formed. */
+static const char *skip_value(const char *p, const char *end)
+{
+    char stack[SL_JDEPTH];
+    int depth = 0;
+    for (;;) {
+        /* a value starts here */
+        p = ws(p, end);
+        if (p >= end) return NULL;
+        if (*p == '{' || *p == '[') {
+            if (depth == SL_JDEPTH) return NULL;
+            stack[depth++] = *p == '{' ? '}' : ']';
+            p = ws(p + 1, end);
+            if (p >= end) return NULL;
+            if (*p == stack[depth - 1]) {
+                p++;
+                depth--;
+            } else {
+                if (stack[depth - 1] == '}' && (p = member_key(p, end, NULL)) == NULL) return NULL;
+                continue;
+            }
+        } else if (*p == '"') {
+            if ((p = skip_string(p, end)) == NULL) return NULL;
+        } else if ((p = skip_scalar(p, end)) == NULL) {
+            return NULL;
+        }
+        /* after a value: close containers, or go on to the next element */
+        for (;;) {
+            if (depth == 0) return p;
+            p = ws(p, end);
+            if (p >= end) return NULL;
+            if (*p == stack[depth - 1]) {
+                p++;
+                depth--;
+                continue;
+            }
+            if (*p != ',') return NULL;
+            p++;
+            if (stack[depth - 1] == '}' && (p = member_key(p, end, NULL)) == NULL) return NULL;
+            break;
+        }
+    }
+}
+
+sl_jval_t sl_jroot(const char *text, size_t n)
+{
+    sl_jval_t none = {NULL, 0};
+    if (text == NULL) return none;
+    const char *end = text + n, *p = ws(text, end);
+    const char *e = p < end ? skip_value(p, end) : NULL;
+    if (e == NULL || ws(e, end) != end) return none;
+    return (sl_jval_t){p, (size_t)(e - p)};
+}
+
+int sl_jtype(sl_jval_t v)
+{
+    if (v.n == 0) return SL_JNONE;
+    switch (v.p[0]) {
+    case '{': return SL_JOBJ;
+    case '[': return SL_JARR;
+    case '"': return SL_JSTR;
+    case 't': return SL_JTRUE;
+    case 'f': return SL_JFALSE;
+    case 'n': return SL_JNULL;
+    default: return SL_JNUM;
+    }
+}
+
+void sl_jiter(sl_jval_t v, sl_jiter_t *it)
+{
+    int t = sl_jtype(v);
+    it->obj = t == SL_JOBJ;
+    it->p = t == SL_JOBJ || t == SL_JARR ? v.p + 1 : NULL;
+    it->end = it->p ? v.p + v.n : NULL;
+}
+
+int sl_jnext(sl_jiter_t *it, sl_jval_t *key, sl_jval_t *val)
+{
+    if (it->p == NULL) return 0;
+    const char *p = ws(it->p, it->end);
+    if (p >= it->end || *p == '}' || *p == ']') goto done;
+    if (*p == ',') p++;
+    sl_jval_t k = {NULL, 0};
+    if (it->obj && (p = member_key(p, it->end, &k)) == NULL) goto done;
+    p = ws(p, it->end);
+    const char *e = p < it->end ? skip_value(p, it->end) : NULL;
+    if (e == NULL) goto done;
+    if (key) *key = k;
+    *val = (sl_jval_t){p, (size_t)(e - p)};
+    it->p = e;
+    return 1;
+done:
+    it->p = NULL;
+    return 0;
+}
+
+int sl_jstr_eq(sl_jval_t v, const char *s, size_t n)
+{
+    if (sl_jtype(v) != SL_JSTR || v.n < 2) return 0;
+    const char *p = v.p + 1, *end = v.p + v.n - 1;
+    /* the common case: no escape, the bytes themselves */
+    if ((size_t)(end - p) == n && memchr(p, '\\', n) == NULL) return memcmp(p, s, n) == 0;
+    size_t at = 0;
+    while (p < end) {
+        unsigned char b[4];
+        int k = decode_char(&p, end, b);
+        if (k < 0 || at + (size_t)k > n || memcmp(s + at, b, (size_t)k) != 0) return 0;
+        at += (size_t)k;
+    }
+    return at == n;
+}
+
+sl_jval_t sl_jget(sl_jval_t obj, const char *key)
+{
+    sl_jiter_t it;
+    sl_jval_t k, v, none = {NULL, 0};
+    if (sl_jtype(obj) != SL_JOBJ) return none;
+    size_t n = strlen(key);
+    sl_jiter(obj, &it);
+    while (sl_jnext(&it, &k, &v))
+        if (sl_jstr_eq(k, key, n)) return v;
+    return none;
+}
+
+const char *sl_jstr(sl_jval_t v, sl_arena_t *a, size_t *len)
+{
+    if (sl_jtype(v) != SL_JSTR || v.n < 2) return NULL;
+    const char *p = v.p + 1, *end = v.p + v.n - 1;
+    char *out = sl_arena_alloc(a, v.n); /* decoded, it is never longer */
+    if (out == NULL) return NULL;
+    size_t at = 0;
+    while (p < end) {
+        int k = decode_char(&p, end, (unsigned char *)out + at);
+        if (k < 0) return NULL;
+        at += (size_t)k;
+    }
+    out[at] = 0;
+    if (len) *len = at;
+    return out;
+}
+
+int sl_jnum(sl_jval_t v, double *out)
+{
+    if (v.n == 0 || v.n > 400) return 0;
+    const char *p = v.p, *end = v.p + v.n;
+    /* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+    if (p < end && *p == '-') p++;
+    if (p < end && *p == '0') p++;
+    else if (p < end && *p >= '1' && *p <= '9') while (p < end && *p >= '0' && *p <= '9') p++;
+    else return 0;
+    if (p < end && *p == '.') {
+        const char *d = ++p;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        if (p == d) return 0;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        const char *d = p;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        if (p == d) return 0;
+    }
+    if (p != end) return 0;
+    char buf[401];
+    memcpy(buf, v.p, v.n);
+    buf[v.n] = 0;
+    *out = strtod(buf, NULL);
+    return 1;
+}
