@@ -130,12 +130,15 @@ static const char *skip_scalar(const char *p, const char *end)
     return p > s ? p : NULL;
 }
 
-/* p at ws then '"name"' ws ':': past the colon, or NULL; *key the name's span. */
-static const char *member_key(const char *p, const char *end, sl_jval_t *key)
+static const char *skip_fast(const char *p, const char *end);
+
+/* p at ws then '"name"' ws ':': past the colon, or NULL; *key the name's span
+ * (checked: skip_string; fast: the text was checked already). */
+static const char *member_key(const char *p, const char *end, sl_jval_t *key, int fast)
 {
     p = ws(p, end);
     if (p >= end || *p != '"') return NULL;
-    const char *e = skip_string(p, end);
+    const char *e = fast ? skip_fast(p, end) : skip_string(p, end);
     if (e == NULL) return NULL;
     if (key) *key = (sl_jval_t){p, (size_t)(e - p)};
     p = ws(e, end);
@@ -160,7 +163,7 @@ static const char *skip_value(const char *p, const char *end)
                 p++;
                 depth--;
             } else {
-                if (stack[depth - 1] == '}' && (p = member_key(p, end, NULL)) == NULL) return NULL;
+                if (stack[depth - 1] == '}' && (p = member_key(p, end, NULL, 0)) == NULL) return NULL;
                 continue;
             }
         } else if (*p == '"') {
@@ -180,10 +183,43 @@ static const char *skip_value(const char *p, const char *end)
             }
             if (*p != ',') return NULL;
             p++;
-            if (stack[depth - 1] == '}' && (p = member_key(p, end, NULL)) == NULL) return NULL;
+            if (stack[depth - 1] == '}' && (p = member_key(p, end, NULL, 0)) == NULL) return NULL;
             break;
         }
     }
+}
+
+/* p at a value that sl_jroot checked: past it, without checking again (a
+ * lookup skips the members before the one it wants this way). On text that
+ * was not checked it still never passes end. */
+static const char *skip_fast(const char *p, const char *end)
+{
+    int depth = 0;
+    while (p < end) {
+        char c = *p;
+        if (c == '"') {
+            for (p++;;) { /* to the closing quote: one not escaped by an odd run of backslashes */
+                const char *q = memchr(p, '"', (size_t)(end - p));
+                if (q == NULL) return end;
+                const char *b = q;
+                while (b > p && b[-1] == '\\') b--;
+                p = q + 1;
+                if (((q - b) & 1) == 0) break;
+            }
+            if (depth == 0) return p;
+            continue;
+        }
+        if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (depth == 0) return p; /* the end of the container a scalar is in */
+            if (--depth == 0) return p + 1;
+        } else if (depth == 0 && (c == ',' || c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == ':')) {
+            return p; /* the end of a number or a literal */
+        }
+        p++;
+    }
+    return end;
 }
 
 sl_jval_t sl_jroot(const char *text, size_t n)
@@ -225,10 +261,10 @@ int sl_jnext(sl_jiter_t *it, sl_jval_t *key, sl_jval_t *val)
     if (p >= it->end || *p == '}' || *p == ']') goto done;
     if (*p == ',') p++;
     sl_jval_t k = {NULL, 0};
-    if (it->obj && (p = member_key(p, it->end, &k)) == NULL) goto done;
+    if (it->obj && (p = member_key(p, it->end, &k, 1)) == NULL) goto done;
     p = ws(p, it->end);
-    const char *e = p < it->end ? skip_value(p, it->end) : NULL;
-    if (e == NULL) goto done;
+    const char *e = p < it->end ? skip_fast(p, it->end) : NULL;
+    if (e == NULL || e == p) goto done;
     if (key) *key = k;
     *val = (sl_jval_t){p, (size_t)(e - p)};
     it->p = e;
@@ -242,8 +278,13 @@ int sl_jstr_eq(sl_jval_t v, const char *s, size_t n)
 {
     if (sl_jtype(v) != SL_JSTR || v.n < 2) return 0;
     const char *p = v.p + 1, *end = v.p + v.n - 1;
-    /* the common case: no escape, the bytes themselves */
-    if ((size_t)(end - p) == n && memchr(p, '\\', n) == NULL) return memcmp(p, s, n) == 0;
+    size_t raw = (size_t)(end - p);
+    /* the common case: no escape, the bytes themselves (decoded, a string is
+     * never longer than its text) */
+    if (raw < n) return 0;
+    size_t i = 0;
+    while (i < raw && p[i] != '\\') i++;
+    if (i == raw) return raw == n && memcmp(p, s, n) == 0;
     size_t at = 0;
     while (p < end) {
         unsigned char b[4];
@@ -272,7 +313,10 @@ const char *sl_jstr(sl_jval_t v, sl_arena_t *a, size_t *len)
     const char *p = v.p + 1, *end = v.p + v.n - 1;
     char *out = sl_arena_alloc(a, v.n); /* decoded, it is never longer */
     if (out == NULL) return NULL;
-    size_t at = 0;
+    const char *bs = memchr(p, '\\', (size_t)(end - p));
+    size_t at = (size_t)((bs ? bs : end) - p); /* up to the first escape: the bytes themselves */
+    memcpy(out, p, at);
+    p += at;
     while (p < end) {
         int k = decode_char(&p, end, (unsigned char *)out + at);
         if (k < 0) return NULL;
@@ -310,4 +354,22 @@ int sl_jnum(sl_jval_t v, double *out)
     buf[v.n] = 0;
     *out = strtod(buf, NULL);
     return 1;
+}
+
+void sl_jindex(sl_jval_t obj, sl_jindex_t *ix)
+{
+    sl_jiter_t it;
+    ix->obj = obj;
+    ix->n = 0;
+    if (sl_jtype(obj) != SL_JOBJ) return;
+    sl_jiter(obj, &it);
+    while (ix->n < SL_JINDEX_MAX && sl_jnext(&it, &ix->key[ix->n], &ix->val[ix->n])) ix->n++;
+}
+
+sl_jval_t sl_jindex_get(const sl_jindex_t *ix, const char *key)
+{
+    size_t n = strlen(key);
+    for (size_t i = 0; i < ix->n; i++)
+        if (sl_jstr_eq(ix->key[i], key, n)) return ix->val[i];
+    return ix->n == SL_JINDEX_MAX ? sl_jget(ix->obj, key) : (sl_jval_t){NULL, 0};
 }

@@ -106,6 +106,17 @@ typedef struct sl_jiter_s {
 } sl_jiter_t;
 void sl_jiter(sl_jval_t v, sl_jiter_t *it);
 int sl_jnext(sl_jiter_t *it, sl_jval_t *key, sl_jval_t *val);
+/* An object's members found once, for many lookups (a lookup with sl_jget
+ * scans from the start each time): the first SL_JINDEX_MAX, by name; a name
+ * past them is looked up in the object itself. */
+#define SL_JINDEX_MAX 32
+typedef struct sl_jindex_s {
+    sl_jval_t obj;
+    size_t n;
+    sl_jval_t key[SL_JINDEX_MAX], val[SL_JINDEX_MAX];
+} sl_jindex_t;
+void sl_jindex(sl_jval_t obj, sl_jindex_t *ix);
+sl_jval_t sl_jindex_get(const sl_jindex_t *ix, const char *key);
 
 /* ---- growable buffer ------------------------------------------------------
  * Heap-backed; sl_buf_free() releases it. Append functions return 0 or

@@ -24,8 +24,7 @@
 typedef struct consent_in_s {
     int states;           /* it states categories: ... */
     uint64_t hash;        /* ... these (their hash) */
-    sl_jval_t seg;        /* Segment's categoryPreferences (prefs built from it when needed) */
-    sl_arena_t *arena;    /* where its names are decoded (the reader's, alive for the event) */
+    const cJSON *seg;     /* Segment's categoryPreferences (prefs built from it when needed) */
     cJSON *prefs;         /* owned: the categories as kept (RudderStack's at once) */
     int unsub;
     int64_t ts_ms;
@@ -37,9 +36,9 @@ typedef struct consent_in_s {
  * (RudderStack): boolean categories only, names of 1 to SL_CONSENT_MAX_NAME
  * bytes, at most CONSENT_MAX_CATEGORIES (a statement with none of those
  * says nothing). The subscribe event counts only from a trusted source.
- * Names are decoded into arena, which must outlive in. Returns SL_ENOMEM or 0. */
-int consent_read_msg(sl_jval_t root, const sl_config_t *cfg, int trusted, int64_t ts_ms, uint64_t seq,
-                     consent_in_t *in, sl_arena_t *arena);
+ * Returns SL_ENOMEM or 0. */
+int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int trusted, int64_t ts_ms, uint64_t seq,
+                     consent_in_t *in);
 void consent_in_free(consent_in_t *in);
 
 /* What the records of recently seen persons say of their categories, so the

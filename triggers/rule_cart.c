@@ -369,7 +369,7 @@ static int cart_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const ru
         trig_cart_init(&c);
         c.f.started_ms = m->ts_ms;
     }
-    if ((rc = trig_cart_update(&c, trig_msg_props(m), start, &t->pend.amounts_ignored))) goto out;
+    if ((rc = trig_cart_update(&c, m->props, start, &t->pend.amounts_ignored))) goto out;
     if (c.n == 0) {
         rc = trig_state_del(t, txn, r->name, person); /* emptied: no cart */
         goto out;

@@ -255,18 +255,18 @@ static int ev_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule
                     int identified, int64_t now)
 {
     /* the rule's where picks its starting events, unless.where its cancelling ones */
-    int starts = trig_is_kind(m, E(r)->event) && trig_where(r->where, m, now);
-    int cancels = E(r)->unless_event && trig_is_kind(m, E(r)->unless_event) && trig_where(E(r)->unless_where, m, now);
+    int starts = trig_is_kind(m, E(r)->event) && trig_where(r->where, m->doc, now);
+    int cancels = E(r)->unless_event && trig_is_kind(m, E(r)->unless_event) && trig_where(E(r)->unless_where, m->doc, now);
     if (!starts && !cancels && !identified) return 0;
     /* without a delay it fires at once, and keeps no state (nothing can cancel it: ev_parse) */
-    if (E(r)->delay_ms == 0) return starts ? fire_with(t, txn, r, person, trig_msg_doc(m), now) : 0;
+    if (E(r)->delay_ms == 0) return starts ? fire_with(t, txn, r, person, m->doc, now) : 0;
     ev_state_t s;
     int rc = ev_load(t, txn, r, person, &s);
     if (rc) return rc;
     if (s.h.n == 0 && !(starts && E(r)->delay_ms)) goto out;
     int changed = 0;
     if (cancels) {
-        uint64_t h = E(r)->match ? match_hash(r, trig_msg_doc(m)) : 0;
+        uint64_t h = E(r)->match ? match_hash(r, m->doc) : 0;
         for (uint32_t i = 0; i < s.h.n && rc == 0;) {
             ev_pend_t *p = &s.p[i];
             int in_time = m->ts_ms > p->start_ms && m->ts_ms <= p->due_ms;
@@ -306,7 +306,7 @@ static int ev_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule
         p->due_ms = m->ts_ms + E(r)->delay_ms;
         p->seq = m->seq;
         p->mid = trig_mid_hash(m->message_id);
-        p->match = E(r)->match ? match_hash(r, trig_msg_doc(m)) : 0;
+        p->match = match_hash(r, m->doc);
         if ((rc = trig_hold(t, txn, p->mid, p->seq, 1))) goto out;
         changed = 1;
     }

@@ -186,17 +186,10 @@ int trig_is_kind(const rule_msg_t *m, const char *name)
     return m->type && strcmp(m->type, name) == 0;
 }
 
-const cJSON *trig_msg_doc(const rule_msg_t *m) { return m && m->ev ? sl_stage_event_doc(m->ev) : NULL; }
-
-const cJSON *trig_msg_props(const rule_msg_t *m)
-{
-    return cJSON_GetObjectItemCaseSensitive(trig_msg_doc(m), "properties");
-}
-
-int trig_where(const sl_cond_t *cond, const rule_msg_t *m, int64_t now)
+int trig_where(const sl_cond_t *cond, const cJSON *doc, int64_t now)
 {
     if (cond == NULL) return 1;
-    sl_rules_ctx_t ctx = {.event = trig_msg_doc(m), .now_ms = now};
+    sl_rules_ctx_t ctx = {.event = doc, .now_ms = now};
     return sl_rules_eval(cond, &ctx);
 }
 
@@ -294,27 +287,23 @@ static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const char *rule
 
 /* ---- public: events, merges, traits ---- */
 
-/* What the rules need of a stored event, read without a tree (strings in
- * t->msg_arena, alive for the event): decided here, by the rules. */
-static int read_msg(sl_trig_t *t, const sl_stage_event_t *ev, int64_t ts_ms, rule_msg_t *m)
+/* What the rules need of a stored event: decided here, by the rules. */
+static int read_msg(sl_trig_t *t, const cJSON *doc, int64_t ts_ms, rule_msg_t *m)
 {
     memset(m, 0, sizeof(*m));
-    sl_arena_t *a = &t->msg_arena;
-    sl_arena_reset(a);
-    m->ev = ev;
-    m->type = sl_jstr(sl_jget(ev->root, "type"), a, NULL);
-    m->track = m->type && strcmp(m->type, "track") == 0;
-    m->page = m->type && strcmp(m->type, "page") == 0;
-    m->event = m->track ? sl_jstr(sl_jget(ev->root, "event"), a, NULL) : NULL;
+    const char *type = sl_json_str(doc, "type");
+    m->type = type;
+    m->doc = doc;
+    m->track = type && strcmp(type, "track") == 0;
+    m->page = type && strcmp(type, "page") == 0;
+    m->event = m->track ? sl_json_str(doc, "event") : NULL;
+    m->props = cJSON_GetObjectItemCaseSensitive(doc, "properties");
     m->ts_ms = ts_ms;
-    m->message_id = ev->message_id;
-    m->seq = ev->seq;
     if (!m->page) return 0;
-    sl_jval_t props = sl_jget(ev->root, "properties");
-    sl_jval_t page = sl_jget(sl_jget(ev->root, "context"), "page");
-    const char *url = sl_jstr(sl_jget(props, "url"), a, NULL), *path = sl_jstr(sl_jget(props, "path"), a, NULL);
-    if (url == NULL) url = sl_jstr(sl_jget(page, "url"), a, NULL);
-    if (path == NULL) path = sl_jstr(sl_jget(page, "path"), a, NULL);
+    const cJSON *page = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "page");
+    const char *url = sl_json_str(m->props, "url"), *path = sl_json_str(m->props, "path");
+    if (url == NULL) url = sl_json_str(page, "url");
+    if (path == NULL) path = sl_json_str(page, "path");
     if (path == NULL && url) { /* the path of an absolute URL */
         const char *p = strstr(url, "://");
         p = p ? strchr(p + 3, '/') : NULL;
@@ -336,7 +325,7 @@ static int trig_event(sl_trig_t *t, MDB_txn *txn, const rule_msg_t *m, uint64_t 
     for (size_t i = 0; i < rs->n; i++) {
         const trig_rule_t *r = &rs->v[i];
         if (r->type->event == NULL) continue;
-        if (!r->type->own_where && !trig_where(r->where, m, now)) continue; /* the rule sees only what matches */
+        if (!r->type->own_where && !trig_where(r->where, m->doc, now)) continue; /* the rule sees only what matches */
         int rc = r->type->event(t, txn, r, m, person, identified, now);
         if (rc) return rc;
     }
@@ -391,12 +380,12 @@ static int trig_watches(const sl_trig_t *t, const char *name)
 }
 
 static int trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *name, const cJSON *old_v,
-                      const cJSON *new_v, const rule_msg_t *m, int64_t now)
+                      const cJSON *new_v, const cJSON *doc, int64_t now)
 {
     const trig_rules_t *rs = trig_rules(t->cfg);
     for (size_t i = 0; i < rs->n; i++) {
         const trig_rule_t *r = &rs->v[i];
-        if (r->type->trait == NULL || !trig_where(r->where, m, now)) continue; /* where: on the identify */
+        if (r->type->trait == NULL || !trig_where(r->where, doc, now)) continue; /* where: on the identify */
         int rc = r->type->trait(t, txn, r, person, name, old_v, new_v, now);
         if (rc) return rc;
     }
@@ -427,17 +416,19 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
         t->pend.historical++;
         return 0;
     }
-    rule_msg_t m;
-    if ((rc = read_msg(t, ev, x->ts_ms, &m))) return rc;
     const cJSON *ch;
     cJSON_ArrayForEach(ch, x->trait_changes) {
         const cJSON *old = cJSON_GetArrayItem(ch, 1);
         const char *name = cJSON_GetArrayItem(ch, 0)->valuestring;
         if (!trig_watches(t, name)) continue;
         if ((rc = trig_trait(t, txn, x->entity.id, name, cJSON_IsNull(old) ? NULL : old, cJSON_GetArrayItem(ch, 2),
-                             &m, now)))
+                             ev->doc, now)))
             return rc;
     }
+    rule_msg_t m;
+    if ((rc = read_msg(t, ev->doc, x->ts_ms, &m))) return rc;
+    m.message_id = ev->message_id;
+    m.seq = ev->seq;
     return trig_event(t, txn, &m, x->entity.id, x->identified, now);
 }
 
@@ -674,7 +665,6 @@ sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_feed_t *f
     t->cfg = cfg;
     t->stitch = stitch;
     t->feed = feed;
-    sl_arena_init(&t->msg_arena);
     t->step = (sl_stage_step_t){.name = "triggers", .phase = SL_PHASE_RULES, .arg = t, .open = on_open,
                                 .apply = on_apply, .timer = on_timer, .due = on_due, .tick = on_tick,
                                 .after_txn = on_after_txn};
@@ -693,7 +683,6 @@ int sl_trig_attach(sl_trig_t *t, sl_stage_t *stage)
 void sl_trig_free(sl_trig_t *t)
 {
     if (t == NULL) return;
-    sl_arena_free(&t->msg_arena);
     sl_buf_free(&t->k);
     sl_buf_free(&t->k2);
     sl_buf_free(&t->v);
