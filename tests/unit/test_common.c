@@ -549,5 +549,21 @@ TEST(jread_table)
     memset(deep + 513, ']', 513);
     CHECK_INT(sl_jroot(deep, 1026).n, ==, 0);
     CHECK_INT(sl_jroot(deep + 1, 1024).n, ==, 1024);
+    /* an index: the first SL_JINDEX_MAX members by name, the rest looked up in the text */
+    sl_buf_t big = {0};
+    sl_buf_appends(&big, "{");
+    for (int i = 0; i < 40; i++) sl_buf_printf(&big, "%s\"k%d\":%d", i ? "," : "", i, i);
+    sl_buf_appends(&big, ",\"k1\":-1}");
+    sl_jindex_t ix;
+    sl_jindex(sl_jroot(big.data, big.len), &ix);
+    CHECK_INT(ix.n, ==, SL_JINDEX_MAX);
+    CHECK(sl_jnum(sl_jindex_get(&ix, "k1"), &d) && d == 1); /* the first of a name */
+    CHECK(sl_jnum(sl_jindex_get(&ix, "k31"), &d) && d == 31);
+    CHECK(sl_jnum(sl_jindex_get(&ix, "k39"), &d) && d == 39); /* past the index */
+    CHECK_INT(sl_jtype(sl_jindex_get(&ix, "k40")), ==, SL_JNONE);
+    sl_jindex(sl_jroot("[1]", 3), &ix);
+    CHECK_INT(ix.n, ==, 0);
+    CHECK_INT(sl_jtype(sl_jindex_get(&ix, "k1")), ==, SL_JNONE);
+    sl_buf_free(&big);
     sl_arena_free(&a);
 }
