@@ -304,7 +304,6 @@ int sl_feed_forget(sl_feed_t *f, MDB_txn *txn, uint8_t kind, const uint64_t *ids
             if (rc && rc != MDB_NOTFOUND) break;
             entity_key(key, (sl_entity_t){kind, ids[i]}, 0);
             k = (MDB_val){ENTITY_KEY_BYTES, key};
-            rc = 0;
         }
         if (rc == MDB_NOTFOUND) rc = 0;
     }

@@ -466,7 +466,7 @@ typedef struct ev_s {
 
 static const cJSON *member(const cJSON *o, const char *name)
 {
-    if (!cJSON_IsObject(o)) return NULL;
+    if (o == NULL || !cJSON_IsObject(o)) return NULL;
     for (const cJSON *m = o->child; m; m = m->next)
         if (m->string && strcmp(m->string, name) == 0) return m;
     return NULL;
@@ -518,9 +518,9 @@ static int leaf_test(const node_t *n, const cJSON *f, const ev_t *e)
     case OP_NE: return !scalar_eq(f, &n->v);
     case OP_IN: return in_list(f, n);
     case OP_NIN: return !in_list(f, n);
-    case OP_GT: return (o = order(f, &n->v)) == 1;
+    case OP_GT: return order(f, &n->v) == 1;
     case OP_GTE: return (o = order(f, &n->v)) == 1 || o == 0;
-    case OP_LT: return (o = order(f, &n->v)) == -1;
+    case OP_LT: return order(f, &n->v) == -1;
     case OP_LTE: return (o = order(f, &n->v)) == -1 || o == 0;
     case OP_EXISTS: return 1; /* exists: false is the negation of the walk (leaf_eval) */
     case OP_CONTAINS:

@@ -294,7 +294,7 @@ static int ev_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule
             if ((rc = ev_remove(t, txn, &s, 0))) goto out;
             t->pend.pending_dropped++;
         }
-        ev_pend_t *np = realloc(s.p, (size_t)(s.h.n + 1) * sizeof(ev_pend_t));
+        ev_pend_t *np = realloc(s.p, ((size_t)s.h.n + 1) * sizeof(ev_pend_t));
         if (np == NULL) {
             rc = SL_ENOMEM;
             goto out;
