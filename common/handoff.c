@@ -1,6 +1,8 @@
 /* handoff.c - the hand-off between threads: see sl_common.h. */
 #include "sl_common.h"
 
+#include <sched.h>
+#include <stdatomic.h>
 #include <string.h>
 
 /* The item's next pointer is the caller's typed field: read and written as
@@ -53,17 +55,25 @@ int sl_handoff_init(sl_handoff_t *h, size_t next_offset, uv_loop_t *loop, void (
     return 0;
 }
 
-/* Under mu: the queue just went from empty to non-empty, or a wake. */
-static void wake_locked(sl_handoff_t *h)
+/* Under mu, when the queue just went from empty to non-empty or on a wake:
+ * 1 when the consumer must be woken (after unlocking: see wake()). */
+static int must_wake_locked(sl_handoff_t *h)
+{
+    if (!h->async_mode && !h->waiting) return 0; /* it looks at the queue before it waits */
+    if (h->async_mode) atomic_fetch_add(&h->sending, 1); /* close waits for this send */
+    h->wakeups++;
+    return 1;
+}
+
+/* The wake itself, once mu is released: a consumer woken on the same core
+ * would otherwise run at once and block on the lock its waker still holds. */
+static void wake(sl_handoff_t *h)
 {
     if (h->async_mode) {
-        /* under the lock, as libuv's threadpool does: close cannot slip in
-         * between the look at `closed` and the send */
         uv_async_send(&h->async);
-        h->wakeups++;
-    } else if (h->waiting) {
+        atomic_fetch_sub(&h->sending, 1);
+    } else {
         uv_cond_signal(&h->cv);
-        h->wakeups++;
     }
 }
 
@@ -81,8 +91,9 @@ int sl_handoff_push_list(sl_handoff_t *h, void *first)
     if (was_empty) h->head = first;
     else set_next(h, h->tail, first);
     h->tail = last;
-    if (was_empty) wake_locked(h);
+    int w = was_empty && must_wake_locked(h);
     uv_mutex_unlock(&h->mu);
+    if (w) wake(h);
     return 0;
 }
 
@@ -104,11 +115,13 @@ void *sl_handoff_take_all(sl_handoff_t *h)
 void sl_handoff_wake(sl_handoff_t *h)
 {
     uv_mutex_lock(&h->mu);
+    int w = 0;
     if (!h->closed) {
         h->woken = 1;
-        wake_locked(h);
+        w = must_wake_locked(h);
     }
     uv_mutex_unlock(&h->mu);
+    if (w) wake(h);
 }
 
 int sl_handoff_wait(sl_handoff_t *h, uint64_t timeout_ns)
@@ -139,9 +152,15 @@ void sl_handoff_close(sl_handoff_t *h, void (*closed_cb)(sl_handoff_t *h))
     uv_mutex_lock(&h->mu);
     int was = h->closed;
     h->closed = 1;
-    if (!was && !h->async_mode) uv_cond_signal(&h->cv);
     uv_mutex_unlock(&h->mu);
-    if (was || !h->async_mode) return;
+    if (was) return;
+    if (!h->async_mode) {
+        uv_cond_signal(&h->cv);
+        return;
+    }
+    /* no send starts from now on; one a producer decided on before may be
+     * under way, between its unlock and uv_async_send(): a few instructions */
+    while (atomic_load(&h->sending) > 0) sched_yield();
     h->closed_cb = closed_cb;
     uv_close((uv_handle_t *)&h->async, on_closed);
 }

@@ -219,7 +219,9 @@ int sl_parse_size_bytes(const char *s, uint64_t *bytes);
  *     sl_handoff_wait(), with or without a timeout (for work handed to it).
  * A push wakes the consumer only when the queue goes from empty to
  * non-empty: a burst of pushes before the consumer takes costs one wake-up,
- * and one take_all() then carries the whole burst.
+ * and one take_all() then carries the whole burst. The wake-up is sent after
+ * the lock is released: a consumer woken on the producer's core does not run
+ * only to block on that lock.
  *
  * Order: take_all() returns items in the order their pushes took the queue's
  * lock (FIFO); one producer's items keep that producer's order; a
@@ -250,6 +252,7 @@ struct sl_handoff_s {
     size_t next_offset;
     uint64_t wakeups;          /* under mu */
     int waiting, woken, closed; /* under mu */
+    _Atomic int sending;       /* async: wake-ups decided under mu, not sent yet */
     int async_mode, inited;
     void *data;                /* the owner's: sl_handoff_init() leaves it alone */
 };
@@ -284,8 +287,10 @@ void sl_handoff_wake(sl_handoff_t *h);
  * (closed: what was queued before is still there for take_all). */
 int sl_handoff_wait(sl_handoff_t *h, uint64_t timeout_ns);
 /* Refuses pushes and wakes from now on and wakes the consumer. Async mode
- * (loop thread): closes the handle; closed_cb (may be NULL) runs on the loop
- * once it is closed. Condition mode: closed_cb is not used. Again: no-op. */
+ * (loop thread): waits for a uv_async_send() a producer began before (wakes
+ * are sent after the lock is released), then closes the handle; closed_cb
+ * (may be NULL) runs on the loop once it is closed. Condition mode: closed_cb
+ * is not used. Again: no-op. */
 void sl_handoff_close(sl_handoff_t *h, void (*closed_cb)(sl_handoff_t *h));
 /* Frees the lock and condition; a no-op on a zeroed h that was never
  * initialised. Items still queued stay the caller's (take them first). */

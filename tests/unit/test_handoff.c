@@ -3,6 +3,7 @@
 #include "test.h"
 #include "sl_common.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 
@@ -275,4 +276,68 @@ TEST(handoff_many_producers)
     sl_handoff_destroy(&a);
     CHECK_INT(uv_loop_close(&loop), ==, 0);
     for (int i = 0; i < PRODUCERS; i++) free(p[i].items);
+}
+
+typedef struct {
+    sl_handoff_t *h;
+    _Atomic int *accepted;
+} closer_producer_t;
+
+/* Pushes (and wakes) until the hand-off refuses; a refused item stays
+ * ours, an accepted one the consumer's (it frees them). */
+static void push_until_closed(void *arg)
+{
+    closer_producer_t *p = arg;
+    for (;;) {
+        sl_handoff_wake(p->h);
+        item_t *it = calloc(1, sizeof(*it));
+        if (it == NULL) return;
+        if (sl_handoff_push(p->h, it)) {
+            free(it);
+            return;
+        }
+        atomic_fetch_add(p->accepted, 1);
+    }
+}
+
+static void on_wake_count(sl_handoff_t *h)
+{
+    int *taken = h->data;
+    for (item_t *it = sl_handoff_take_all(h), *next; it; it = next) {
+        next = it->next;
+        free(it);
+        (*taken)++;
+    }
+}
+
+/* The loop closes while threads push and wake: every push it accepted is
+ * taken (before the close or after it), every later one is refused. */
+TEST(handoff_close_while_pushing)
+{
+    enum { THREADS = 3 };
+    uv_loop_t loop;
+    REQUIRE(uv_loop_init(&loop) == 0);
+    sl_handoff_t h = {0};
+    int taken = 0;
+    _Atomic int accepted = 0;
+    h.data = &taken;
+    REQUIRE(sl_handoff_init(&h, offsetof(item_t, next), &loop, on_wake_count) == 0);
+    closer_producer_t p[THREADS];
+    uv_thread_t t[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        p[i] = (closer_producer_t){.h = &h, .accepted = &accepted};
+        REQUIRE(uv_thread_create(&t[i], push_until_closed, &p[i]) == 0);
+    }
+    while (atomic_load(&accepted) < 1000) uv_run(&loop, UV_RUN_ONCE); /* under way */
+    closed_calls = 0;
+    sl_handoff_close(&h, count_closed);
+    on_wake_count(&h); /* what came before the close */
+    for (int i = 0; i < THREADS; i++) uv_thread_join(&t[i]);
+    CHECK_NULL(sl_handoff_take_all(&h)); /* nothing got in after it */
+    CHECK_INT(taken, ==, atomic_load(&accepted));
+    CHECK_INT(sl_handoff_wakeups(&h), >=, 1);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(closed_calls, ==, 1);
+    sl_handoff_destroy(&h);
+    CHECK_INT(uv_loop_close(&loop), ==, 0);
 }
