@@ -9,6 +9,7 @@
  * than MAX_SCAN entries, and `next` is the last one looked at.
  * Also /debug/stream: each event once the stage stitched it. */
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -469,27 +470,32 @@ static void debug_observe(void *arg, const sl_stage_event_t *ev)
     }
     sl_buf_free(&b);
     if (it == NULL) return; /* the view is lossy, never the stage's problem */
-    uv_mutex_lock(&srv->debug_mu);
-    if (srv->debug_queued + it->len > DEBUG_QUEUE_BYTES || !srv->debug_async_open) {
+    /* one producer (this thread): the look and the add need no lock */
+    if (atomic_load(&srv->debug_queued) + it->len > DEBUG_QUEUE_BYTES) {
         free(it); /* the loop is behind: viewers miss this one */
-    } else {
-        *srv->debug_tail = it;
-        srv->debug_tail = &it->next;
-        srv->debug_queued += it->len;
-        uv_async_send(&srv->debug_async);
+        return;
     }
-    uv_mutex_unlock(&srv->debug_mu);
+    atomic_fetch_add(&srv->debug_queued, it->len);
+    if (sl_handoff_push(&srv->debug_ready, it)) { /* stopped */
+        atomic_fetch_sub(&srv->debug_queued, it->len);
+        free(it);
+    }
 }
 
-static void on_debug_async(uv_async_t *a)
+/* Takes every queued event off the queue and its bound. */
+static debug_item_t *debug_take(sl_server_t *srv)
 {
-    sl_server_t *srv = a->data;
-    uv_mutex_lock(&srv->debug_mu);
-    debug_item_t *list = srv->debug_head;
-    srv->debug_head = NULL;
-    srv->debug_tail = &srv->debug_head;
-    srv->debug_queued = 0;
-    uv_mutex_unlock(&srv->debug_mu);
+    debug_item_t *list = sl_handoff_take_all(&srv->debug_ready);
+    size_t bytes = 0;
+    for (debug_item_t *it = list; it; it = it->next) bytes += it->len;
+    atomic_fetch_sub(&srv->debug_queued, bytes);
+    return list;
+}
+
+static void on_debug_ready(sl_handoff_t *h)
+{
+    sl_server_t *srv = h->data;
+    debug_item_t *list = debug_take(srv);
     int64_t now = sl_now_ms();
     while (list) {
         debug_item_t *next = list->next;
@@ -505,26 +511,26 @@ static void on_debug_async(uv_async_t *a)
 
 int http_feed_debug_start(sl_server_t *srv)
 {
-    uv_mutex_init(&srv->debug_mu);
-    srv->debug_tail = &srv->debug_head;
-    int rc = uv_async_init(srv->loop, &srv->debug_async, on_debug_async);
+    srv->debug_ready.data = srv;
+    int rc = sl_handoff_init(&srv->debug_ready, offsetof(debug_item_t, next), srv->loop, on_debug_ready);
     if (rc) return rc;
-    srv->debug_async.data = srv;
     srv->handles_open++;
-    srv->debug_async_open = 1;
+    srv->debug_open = 1;
     return sl_stage_observe(srv->stage, debug_observe, srv);
+}
+
+static void debug_closed(sl_handoff_t *h)
+{
+    http_handle_closed(h->data);
 }
 
 /* At stop (loop thread): nothing more is queued, what was is dropped. */
 void http_feed_debug_stop(sl_server_t *srv)
 {
-    if (!srv->debug_async_open) return;
-    uv_mutex_lock(&srv->debug_mu);
-    srv->debug_async_open = 0;
-    debug_item_t *list = srv->debug_head;
-    srv->debug_head = NULL;
-    srv->debug_tail = &srv->debug_head;
-    uv_mutex_unlock(&srv->debug_mu);
+    if (!srv->debug_open) return;
+    srv->debug_open = 0;
+    sl_handoff_close(&srv->debug_ready, debug_closed);
+    debug_item_t *list = debug_take(srv);
     while (list) {
         debug_item_t *next = list->next;
         free(list);

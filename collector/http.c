@@ -1135,10 +1135,14 @@ int sl_http_server_port(const sl_server_t *srv)
     return srv->port;
 }
 
+void http_handle_closed(sl_server_t *srv)
+{
+    if (--srv->handles_open == 0 && srv->stop_cb) srv->stop_cb(srv->stop_arg);
+}
+
 static void on_handle_closed(uv_handle_t *h)
 {
-    sl_server_t *srv = h->data;
-    if (--srv->handles_open == 0 && srv->stop_cb) srv->stop_cb(srv->stop_arg);
+    http_handle_closed(h->data);
 }
 
 /* Last step of a stop: nothing signals the asyncs any more. */
@@ -1151,10 +1155,7 @@ static void close_handles(void *arg)
         uv_close((uv_handle_t *)&srv->feed_async, on_handle_closed);
         uv_close((uv_handle_t *)&srv->feed_timer, on_handle_closed);
     }
-    if (srv->debug_async_open) {
-        http_feed_debug_stop(srv);
-        uv_close((uv_handle_t *)&srv->debug_async, on_handle_closed);
-    }
+    if (srv->debug_open) http_feed_debug_stop(srv);
     uv_close((uv_handle_t *)&srv->sweep, on_handle_closed);
     uv_close((uv_handle_t *)&srv->grace, on_handle_closed);
 }
@@ -1227,6 +1228,7 @@ void sl_http_server_free(sl_server_t *srv)
     free(srv->scratch);
     sl_arena_free(&srv->json_arena);
     free(srv->trusted);
+    sl_handoff_destroy(&srv->debug_ready);
     free(srv);
 }
 

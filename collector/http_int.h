@@ -118,12 +118,10 @@ struct sl_server_s {
         void *arg;
     } metrics[8];                 /* other components' /metrics lines */
     size_t n_metrics;
-    uv_async_t debug_async;       /* the stage stitched events a debug viewer wants */
-    uv_mutex_t debug_mu;
-    struct debug_item_s *debug_head, **debug_tail; /* under debug_mu */
-    size_t debug_queued;          /* under debug_mu: bytes */
+    sl_handoff_t debug_ready;     /* stage -> loop: stitched events a debug viewer wants */
+    _Atomic size_t debug_queued;  /* bytes in debug_ready: the stage adds, the loop takes off */
     _Atomic int debug_viewers;    /* read by the stage thread */
-    int debug_async_open;
+    int debug_open;               /* loop thread: debug_ready is open */
     uv_async_t feed_async;        /* the writer made more triggers durable */
     uv_timer_t feed_timer;        /* long-poll deadlines, stream keep-alives */
     conn_t *feed_waiters;         /* long polls and streams */
@@ -222,6 +220,8 @@ void http_handle_triggers(conn_t *c, const char *rest);
 /* GET /v1/rules (admin): the trigger rules as compiled, their counters and
  * pending triggers (sl_trig_rules_json). */
 void http_handle_rules(conn_t *c);
+/* One of the server's handles closed (loop thread): the last one ends the stop. */
+void http_handle_closed(sl_server_t *srv);
 int http_feed_start(sl_server_t *srv);     /* with srv->feed set */
 void http_feed_stop(sl_server_t *srv);     /* answers polls, ends streams, closes its handles */
 void http_feed_conn_closed(conn_t *c);
@@ -231,7 +231,7 @@ void http_handle_debug_stream(conn_t *c);
  * of the stitcher (stage thread) queues it for the loop, bounded; a slow or
  * absent viewer costs nothing. */
 int http_feed_debug_start(sl_server_t *srv);   /* with srv->stitch set, before the stage starts */
-void http_feed_debug_stop(sl_server_t *srv);
+void http_feed_debug_stop(sl_server_t *srv);     /* drops what is queued, closes its handle */
 
 /* ratelimit.c */
 /* The bucket of ip in t (rate tokens/s, up to burst): 1 when it holds a

@@ -249,6 +249,105 @@ int sl_parse_duration_ms(const char *s, int64_t *ms);
 /* "512000", "64KB", "500MB", "8GB" (powers of 1024; "B" optional) -> bytes. */
 int sl_parse_size_bytes(const char *s, uint64_t *bytes);
 
+/* ---- hand-off between threads ------------------------------------------------
+ * The one way work crosses between the loop thread and a worker thread (the
+ * log's writer, the stage, the NATS threads), in either direction: an
+ * intrusive queue of items, many producers, one consumer, as libuv's
+ * threadpool hands completed work back (uv__work_done: lock, move the whole
+ * list out, unlock, run each item).
+ *
+ * Items are the caller's structs; each embeds a pointer to the next item
+ * (`struct job *next`), whose offset sl_handoff_init() is given. The queue
+ * owns that pointer from sl_handoff_push() until sl_handoff_take_all() hands
+ * the item back, NULL-terminated, linked through the same pointer.
+ *
+ * The consumer is woken one of two ways, chosen at sl_handoff_init():
+ *   - loop given: a uv_async on that loop runs on_wake(h) on the loop thread
+ *     (for work handed to the loop);
+ *   - loop NULL: a condition variable that the worker thread waits on with
+ *     sl_handoff_wait(), with or without a timeout (for work handed to it).
+ * A push wakes the consumer only when the queue goes from empty to
+ * non-empty: a burst of pushes before the consumer takes costs one wake-up,
+ * and one take_all() then carries the whole burst. The wake-up is sent after
+ * the lock is released: a consumer woken on the producer's core does not run
+ * only to block on that lock.
+ *
+ * Order: take_all() returns items in the order their pushes took the queue's
+ * lock (FIFO); one producer's items keep that producer's order; a
+ * push_list() stays contiguous.
+ *
+ * Threads:
+ *   init            async: the loop thread; condition: any, before use
+ *   push, push_list any thread, until close
+ *   wake            any thread; a no-op after close
+ *   take_all        the consumer only (async: the loop thread; condition: the
+ *                   thread that waits), also after close
+ *   wait            the consumer, condition mode only
+ *   close           async: the loop thread; condition: any thread
+ *   destroy         once no thread can touch h (async: after close's callback)
+ *
+ * Close: pushes are refused from then on (the item stays the caller's) and
+ * wakes do nothing; what was queued before stays for take_all(). A waiting
+ * consumer wakes up; async, the handle closes and closed_cb(h) runs on the
+ * loop. */
+typedef struct sl_handoff_s sl_handoff_t;
+struct sl_handoff_s {
+    uv_mutex_t mu;
+    uv_cond_t cv;              /* condition mode */
+    uv_async_t async;          /* async mode */
+    void (*on_wake)(sl_handoff_t *h);
+    void (*closed_cb)(sl_handoff_t *h);
+    void *head, *tail;         /* under mu */
+    size_t next_offset;
+    uint64_t wakeups;          /* under mu */
+    int waiting, woken, closed; /* under mu */
+    _Atomic int sending;       /* async: wake-ups decided under mu, not sent yet */
+    int async_mode, inited;
+    void *data;                /* the owner's: sl_handoff_init() leaves it alone */
+};
+#define SL_HANDOFF_FOREVER UINT64_MAX
+
+/* Initialises h for items whose next pointer is at next_offset (offsetof).
+ * loop non-NULL: async mode, on the loop thread; on_wake(h) then runs on the
+ * loop thread after pushes or wakes (not once per push), and must call
+ * sl_handoff_take_all(): a queue left non-empty wakes no one until emptied.
+ * loop NULL: condition mode (on_wake unused). 0, or libuv's error (nothing to
+ * destroy then). */
+int sl_handoff_init(sl_handoff_t *h, size_t next_offset, uv_loop_t *loop, void (*on_wake)(sl_handoff_t *h));
+/* Appends item; wakes the consumer when the queue was empty (condition mode:
+ * when it is waiting). 0, or SL_ESHUTDOWN after close (item not queued). */
+int sl_handoff_push(sl_handoff_t *h, void *item);
+/* Appends a NULL-terminated chain of items in its order, under one lock and
+ * with one wake-up at most. 0 (also for an empty chain), or SL_ESHUTDOWN after
+ * close (nothing queued). */
+int sl_handoff_push_list(sl_handoff_t *h, void *first);
+/* Consumer: moves every queued item out, oldest first, NULL-terminated
+ * through their next pointers; NULL when there are none. */
+void *sl_handoff_take_all(sl_handoff_t *h);
+/* Wakes the consumer without an item, for state it reads under its own
+ * lock (the log's durable end, a stop). Condition mode: the wake is kept
+ * until the next sl_handoff_wait() returns, so a wake between the consumer's
+ * look at its state and its wait is not lost. */
+void sl_handoff_wake(sl_handoff_t *h);
+/* Condition mode, the consumer: returns at once when items are queued, a
+ * wake is pending or h is closed, else waits for one of them, at most
+ * timeout_ns (SL_HANDOFF_FOREVER: no bound). Clears the pending wake.
+ * 0 (look at the queue and your state), UV_ETIMEDOUT, or SL_ESHUTDOWN
+ * (closed: what was queued before is still there for take_all). */
+int sl_handoff_wait(sl_handoff_t *h, uint64_t timeout_ns);
+/* Refuses pushes and wakes from now on and wakes the consumer. Async mode
+ * (loop thread): waits for a uv_async_send() a producer began before (wakes
+ * are sent after the lock is released), then closes the handle; closed_cb
+ * (may be NULL) runs on the loop once it is closed. Condition mode: closed_cb
+ * is not used. Again: no-op. */
+void sl_handoff_close(sl_handoff_t *h, void (*closed_cb)(sl_handoff_t *h));
+/* Frees the lock and condition; a no-op on a zeroed h that was never
+ * initialised. Items still queued stay the caller's (take them first). */
+void sl_handoff_destroy(sl_handoff_t *h);
+/* How many times the consumer was woken (async sends, condition signals):
+ * for tests and metrics. Any thread. */
+uint64_t sl_handoff_wakeups(sl_handoff_t *h);
+
 /* ---- logging --------------------------------------------------------------*/
 enum { SL_LOG_DEBUG, SL_LOG_INFO, SL_LOG_WARN, SL_LOG_ERROR };
 extern int sl_log_level;

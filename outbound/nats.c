@@ -14,7 +14,7 @@
  *   A second thread publishes the trigger feed to triggers_subject from the
  *   durable cursor "nats_triggers_cursor", Nats-Msg-Id = the trigger's id.
  * Threads never touch the store's submit queue: they hand work to the loop
- * thread through a uv_async.
+ * thread through an sl_handoff_t (`ready`).
  * edge retention: with retention configured, runs on a timer delete
  *   events already forwarded (at or below "nats_cursor") whose timestamp is
  *   past the shortest retention that could apply to them: the source's, or
@@ -25,6 +25,7 @@
  *   deletes them and moves the cursor. A new pass over the log begins every
  *   sl_config_retention_pass_ms(). */
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,13 +58,15 @@ struct sl_nats_s {
     sl_stage_t *stage;            /* core: the trigger feed is read through it */
     sl_feed_t *feed;              /* core: the trigger feed */
     uint64_t wakes;               /* under mu: bumped when the log or the feed advanced */
-    uv_async_t async;
+    /* threads -> loop: fetched batches (core: one at a time, its thread waits
+     * for batch_done), and wake-ups for the cursors to store */
+    sl_handoff_t ready;
+    int ready_open;               /* loop thread: started, not stopped */
     uv_thread_t thread, trig_thread;
     int have_thread, have_trig_thread;
     _Atomic int stopping;
     uv_mutex_t mu;
     uv_cond_t cv;
-    nbatch_t *ready;              /* core: fetched, for the loop thread (under mu) */
     int batch_done, batch_rc;     /* core: the loop thread finished the last batch (under mu) */
     /* cursors the threads want stored, and what is stored */
     _Atomic uint64_t want_cursor, want_trig_cursor;
@@ -76,7 +79,6 @@ struct sl_nats_s {
     _Atomic int connected;
     _Atomic int64_t connect_warned_ms; /* last "cannot connect" line; 0 = connected since */
     char shown_url[512];          /* nats.url for the log: no user:password@ (sl_url_redact) */
-    int async_open;               /* under mu: threads may wake the loop */
     /* edge retention (loop thread, and the store's writer during a job) */
     int64_t prune_every_ms;       /* 0: no retention configured */
     uv_timer_t prune_timer;
@@ -94,12 +96,10 @@ struct sl_nats_s {
     _Atomic uint64_t pruned, examined, prune_passes;
 };
 
-/* Wakes the loop thread, unless sl_nats_stop() closed the handle. */
+/* Wakes the loop thread, unless sl_nats_stop() closed the hand-off. */
 static void notify(sl_nats_t *n)
 {
-    uv_mutex_lock(&n->mu);
-    if (n->async_open) uv_async_send(&n->async);
-    uv_mutex_unlock(&n->mu);
+    sl_handoff_wake(&n->ready);
 }
 
 /* ---- connection ---- */
@@ -514,19 +514,13 @@ static void consume_main(void *arg)
         b->n_owner = n;
         uv_mutex_lock(&n->mu);
         n->batch_done = 0;
-        n->ready = b;
-        if (n->async_open) uv_async_send(&n->async);
+        uv_mutex_unlock(&n->mu);
         /* One batch at a time: wait for the loop thread's commit. A batch
-         * the loop never took (it is stopping) is dropped unacknowledged. */
-        int abandoned = 0;
-        while (!n->batch_done) {
-            if (atomic_load(&n->stopping) && n->ready == b) {
-                n->ready = NULL;
-                abandoned = 1;
-                break;
-            }
-            uv_cond_timedwait(&n->cv, &n->mu, 100000000ULL);
-        }
+         * the loop can no longer take (it stopped) is dropped unacknowledged;
+         * one it took is submitted, and the store's drain answers it. */
+        int abandoned = sl_handoff_push(&n->ready, b) != 0;
+        uv_mutex_lock(&n->mu);
+        while (!abandoned && !n->batch_done) uv_cond_timedwait(&n->cv, &n->mu, 100000000ULL);
         int rc = abandoned ? -1 : n->batch_rc;
         uv_mutex_unlock(&n->mu);
         if (rc == 0) position = b->position;
@@ -765,14 +759,14 @@ static void cursor_done(sl_store_batch_t *b)
     notify(n); /* more may have moved meanwhile */
 }
 
-static void on_async(uv_async_t *a)
+/* Loop thread: a fetched batch to store, cursors to store. */
+static void on_ready(sl_handoff_t *h)
 {
-    sl_nats_t *n = a->data;
-    uv_mutex_lock(&n->mu);
-    nbatch_t *b = n->ready;
-    n->ready = NULL;
-    uv_mutex_unlock(&n->mu);
-    if (b) submit_batch(n, b);
+    sl_nats_t *n = h->data;
+    for (nbatch_t *b = sl_handoff_take_all(h), *next; b; b = next) {
+        next = b->next;
+        submit_batch(n, b);
+    }
     uint64_t c = atomic_load(&n->want_cursor), t = atomic_load(&n->want_trig_cursor);
     if (n->job_busy || (c <= n->stored_cursor && t <= n->stored_trig_cursor)) return;
     n->job_values[0] = c > n->stored_cursor ? c : n->stored_cursor;
@@ -819,10 +813,10 @@ int sl_nats_start(sl_nats_t *n, uv_loop_t *loop)
     const sl_config_t *cfg = n->cfg;
     n->loop = loop;
     int rc = sl_store_read(n->store, load_cursors, n);
-    if (rc == 0) rc = uv_async_init(loop, &n->async, on_async);
+    n->ready.data = n;
+    if (rc == 0) rc = sl_handoff_init(&n->ready, offsetof(nbatch_t, next), loop, on_ready);
     if (rc) return rc;
-    n->async.data = n;
-    n->async_open = 1;
+    n->ready_open = 1;
     atomic_store(&n->want_cursor, n->stored_cursor);
     atomic_store(&n->want_trig_cursor, n->stored_trig_cursor);
     atomic_store(&n->applied_position, n->stored_cursor);
@@ -855,13 +849,12 @@ void sl_nats_stop(sl_nats_t *n)
     if (n == NULL || atomic_load(&n->stopping)) return;
     atomic_store(&n->stopping, 1);
     uv_mutex_lock(&n->mu);
-    int open = n->async_open;
-    n->async_open = 0;
     uv_cond_broadcast(&n->cv);
     uv_mutex_unlock(&n->mu);
-    if (!open) return; /* never started */
-    on_async(&n->async); /* a batch waiting to be taken, the last cursors */
-    uv_close((uv_handle_t *)&n->async, NULL);
+    if (!n->ready_open) return; /* never started */
+    n->ready_open = 0;
+    sl_handoff_close(&n->ready, NULL); /* the threads' batches and wake-ups are refused from now on */
+    on_ready(&n->ready);               /* a batch handed over before, the last cursors */
     if (n->prune_every_ms) uv_close((uv_handle_t *)&n->prune_timer, NULL); /* a run under way still ends */
 }
 
@@ -870,6 +863,7 @@ void sl_nats_free(sl_nats_t *n)
     if (n == NULL) return;
     if (n->have_thread) uv_thread_join(&n->thread);
     if (n->have_trig_thread) uv_thread_join(&n->trig_thread);
+    sl_handoff_destroy(&n->ready);
     uv_mutex_destroy(&n->mu);
     uv_cond_destroy(&n->cv);
     free(n->run.seqs);

@@ -12,6 +12,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,16 +45,19 @@ struct sl_stage_s {
 
     uv_loop_t *loop;
     uv_thread_t thread;
-    uv_async_t async;
     uv_timer_t timer;           /* waiters' deadlines */
+    /* loop -> stage: jobs (pushed under mu), and the stage's wake-ups for what
+     * mu guards (the log's durable end, a stop); closed when the thread ends */
+    sl_handoff_t in;
+    /* stage -> loop: jobs done, and wake-ups for read-your-writes waiters */
+    sl_handoff_t done;
+    sl_stage_job_t *jobs_waiting;          /* stage thread: taken from `in`, waiting for their backlog */
     uv_mutex_t mu;
-    uv_cond_t cv;
-    sl_stage_job_t *in_head, *in_tail;     /* under mu */
-    sl_stage_job_t *done_head, *done_tail; /* under mu */
     uint64_t log_durable;                  /* under mu */
     struct { uint64_t seq; int64_t ms; } samples[LAG_SAMPLES]; /* under mu: when the log reached seq */
     size_t n_samples;
-    int stopping, hurry, exited;           /* under mu */
+    int stopping, hurry;                   /* under mu */
+    _Atomic int exited;                    /* the thread is done: its last jobs are in `done` */
     int started;
     void (*stop_cb)(void *);
     void *stop_arg;
@@ -113,7 +117,7 @@ static void each_synced(sl_stage_t *sg, int all)
     uint64_t d = all ? sg->cursor : sg->prev_commit_cursor;
     if (d > atomic_load(&sg->durable_applied)) {
         atomic_store(&sg->durable_applied, d);
-        if (sg->started) uv_async_send(&sg->async); /* waiters */
+        if (sg->started) sl_handoff_wake(&sg->done); /* waiters */
     }
 }
 
@@ -143,8 +147,12 @@ sl_stage_t *sl_stage_new(sl_store_t *log, const sl_stage_options_t *opts)
     }
     sg->opts.dir = sg->dir;
     sl_arena_init(&sg->arena);
+    if (sl_handoff_init(&sg->in, offsetof(sl_stage_job_t, next), NULL, NULL)) {
+        free(sg->dir);
+        free(sg);
+        return NULL;
+    }
     uv_mutex_init(&sg->mu);
-    uv_cond_init(&sg->cv);
     uv_rwlock_init(&sg->resize_lock);
     return sg;
 }
@@ -269,7 +277,7 @@ static void on_log_durable(void *arg, uint64_t seq)
         sg->samples[k].ms = now;
         sg->n_samples++;
     }
-    uv_cond_signal(&sg->cv);
+    sl_handoff_wake(&sg->in);
     uv_mutex_unlock(&sg->mu);
 }
 
@@ -509,19 +517,17 @@ static sl_stage_job_t *unlink_job(sl_stage_job_t *list, sl_stage_job_t *j)
     return list;
 }
 
-/* Hands jobs back to the loop thread. */
+/* Hands jobs back to the loop thread, the whole list at once. */
 static void deliver(sl_stage_t *sg, sl_stage_job_t *list)
 {
-    if (list == NULL) return;
-    sl_stage_job_t *tail = list;
-    while (tail->next) tail = tail->next;
     if (!sg->started) return; /* offline (sl_stage_catch_up): the caller looks at rc */
-    uv_mutex_lock(&sg->mu);
-    if (sg->done_tail) sg->done_tail->next = list;
-    else sg->done_head = list;
-    sg->done_tail = tail;
-    uv_mutex_unlock(&sg->mu);
-    uv_async_send(&sg->async);
+    sl_handoff_push_list(&sg->done, list); /* open until the thread has exited */
+}
+
+static void append_jobs(sl_stage_job_t **list, sl_stage_job_t *more)
+{
+    while (*list) list = &(*list)->next;
+    *list = more;
 }
 
 /* Applies what is durable up to upto, with jobs; redoes the transaction
@@ -586,29 +592,36 @@ static void stage_main(void *arg)
             SL_WARN("the stage could not lower its priority: %s", strerror(errno));
     }
     for (;;) {
-        uv_mutex_lock(&sg->mu);
+        uint64_t upto;
+        int stopping, hurry;
         for (;;) {
-            if (sg->in_head || sg->log_durable > sg->cursor || (sg->stopping && (sg->hurry || !need_sync))) break;
-            int64_t due = next_due(sg), now = sl_now_ms();
-            if (due <= now) break;
-            if (need_sync) break; /* nothing to do: flush the last commit first */
-            uint64_t ns = due - now >= 1000 ? 1000000000ULL : (uint64_t)(due - now) * 1000000ULL;
-            uv_cond_timedwait(&sg->cv, &sg->mu, ns);
+            uv_mutex_lock(&sg->mu);
+            /* taken under mu, which each push was made under: every job
+             * taken was submitted when the log's durable end was at most upto */
+            append_jobs(&sg->jobs_waiting, sl_handoff_take_all(&sg->in));
+            upto = sg->log_durable;
+            stopping = sg->stopping, hurry = sg->hurry;
+            int go = sg->jobs_waiting || upto > sg->cursor || (stopping && (hurry || !need_sync));
+            uint64_t ns = 0;
+            if (!go) {
+                int64_t due = next_due(sg), now = sl_now_ms();
+                go = due <= now || need_sync; /* need_sync: nothing to do, flush the last commit first */
+                if (!go) ns = due - now >= 1000 ? 1000000000ULL : (uint64_t)(due - now) * 1000000ULL;
+            }
+            uv_mutex_unlock(&sg->mu);
+            if (go) break;
+            sl_handoff_wait(&sg->in, ns); /* a job, the log's durable end, a stop: each wakes it */
         }
-        uint64_t upto = sg->log_durable;
         /* a job goes with the transaction that reaches what was durable when
          * it came (a transaction applies at least max_events_per_txn events
          * past the cursor, or all there is); later ones wait their turn */
         sl_stage_job_t *jobs = NULL, **tail = &jobs;
-        while (sg->in_head && sg->in_head->after_seq <= sg->cursor + sg->opts.max_events_per_txn) {
-            *tail = sg->in_head;
-            sg->in_head = sg->in_head->next;
+        while (sg->jobs_waiting && sg->jobs_waiting->after_seq <= sg->cursor + sg->opts.max_events_per_txn) {
+            *tail = sg->jobs_waiting;
+            sg->jobs_waiting = sg->jobs_waiting->next;
             tail = &(*tail)->next;
             *tail = NULL;
         }
-        if (sg->in_head == NULL) sg->in_tail = NULL;
-        int stopping = sg->stopping, hurry = sg->hurry;
-        uv_mutex_unlock(&sg->mu);
 
         int work = jobs || upto > sg->cursor || next_due(sg) <= sl_now_ms();
         if (stopping && (hurry || upto <= sg->cursor) && jobs == NULL) work = 0;
@@ -632,8 +645,9 @@ static void stage_main(void *arg)
             for (sl_stage_job_t *j = jobs; j; j = j->next) j->rc = rc;
             deliver(sg, jobs);
             uv_mutex_lock(&sg->mu);
-            if (!sg->stopping) uv_cond_timedwait(&sg->cv, &sg->mu, 1000000000ULL);
+            int stop = sg->stopping;
             uv_mutex_unlock(&sg->mu);
+            if (!stop) sl_handoff_wait(&sg->in, 1000000000ULL); /* a stop (or a job) cuts it short */
             continue;
         }
         int after = 0;
@@ -658,18 +672,17 @@ static void stage_main(void *arg)
         atomic_store(&sg->applied, sg->cursor); /* readers' waiters follow the flush: each_synced() */
         deliver(sg, jobs);
     }
-    uv_mutex_lock(&sg->mu);
     /* jobs a hurried stop left behind: not run (an erasure that would miss
-     * events acknowledged before it must not say it is done) */
-    sl_stage_job_t *left = sg->in_head;
-    sg->in_head = sg->in_tail = NULL;
-    uv_mutex_unlock(&sg->mu);
+     * events acknowledged before it must not say it is done); from now on a
+     * submit is refused */
+    sl_handoff_close(&sg->in, NULL);
+    append_jobs(&sg->jobs_waiting, sl_handoff_take_all(&sg->in));
+    sl_stage_job_t *left = sg->jobs_waiting;
+    sg->jobs_waiting = NULL;
     for (sl_stage_job_t *j = left; j; j = j->next) j->rc = SL_ESHUTDOWN;
     deliver(sg, left);
-    uv_mutex_lock(&sg->mu);
-    sg->exited = 1;
-    uv_mutex_unlock(&sg->mu);
-    uv_async_send(&sg->async);
+    atomic_store(&sg->exited, 1);
+    sl_handoff_wake(&sg->done);
 }
 
 /* ---- the loop thread ------------------------------------------------------------ */
@@ -696,20 +709,19 @@ static void on_timer(uv_timer_t *t)
     wake_waiters(sg, sl_now_ms());
 }
 
-static void closed(uv_handle_t *h)
+/* The last handle closed (the timer's close came first). */
+static void done_closed(sl_handoff_t *h)
 {
     sl_stage_t *sg = h->data;
-    if (h == (uv_handle_t *)&sg->async && sg->stop_cb) sg->stop_cb(sg->stop_arg);
+    if (sg->stop_cb) sg->stop_cb(sg->stop_arg);
 }
 
-static void on_async(uv_async_t *a)
+/* Loop thread: jobs done, in the stage's order; waiters. */
+static void on_done(sl_handoff_t *h)
 {
-    sl_stage_t *sg = a->data;
-    uv_mutex_lock(&sg->mu);
-    sl_stage_job_t *list = sg->done_head;
-    sg->done_head = sg->done_tail = NULL;
-    int exited = sg->exited;
-    uv_mutex_unlock(&sg->mu);
+    sl_stage_t *sg = h->data;
+    int exited = atomic_load(&sg->exited); /* before the take: it then holds the thread's last jobs */
+    sl_stage_job_t *list = sl_handoff_take_all(h);
     while (list) {
         sl_stage_job_t *next = list->next;
         list->next = NULL;
@@ -726,8 +738,8 @@ static void on_async(uv_async_t *a)
             sl_stage_cancel(sg, w);
             w->cb(w, w->pos <= atomic_load(&sg->durable_applied));
         }
-        uv_close((uv_handle_t *)&sg->timer, closed);
-        uv_close((uv_handle_t *)&sg->async, closed);
+        uv_close((uv_handle_t *)&sg->timer, NULL);
+        sl_handoff_close(&sg->done, done_closed);
     }
 }
 
@@ -735,13 +747,13 @@ int sl_stage_start(sl_stage_t *sg, uv_loop_t *loop)
 {
     if (sg->opts.read_only || sg->env == NULL) return SL_EINVAL;
     sg->loop = loop;
-    int rc = uv_async_init(loop, &sg->async, on_async);
+    sg->done.data = sg;
+    int rc = sl_handoff_init(&sg->done, offsetof(sl_stage_job_t, next), loop, on_done);
     if (rc) return rc;
-    sg->async.data = sg;
     uv_timer_init(loop, &sg->timer);
     sg->timer.data = sg;
     if ((rc = uv_thread_create(&sg->thread, stage_main, sg))) {
-        uv_close((uv_handle_t *)&sg->async, NULL);
+        sl_handoff_close(&sg->done, NULL);
         uv_close((uv_handle_t *)&sg->timer, NULL);
         return rc;
     }
@@ -754,7 +766,7 @@ void sl_stage_stop(sl_stage_t *sg, int hurry, void (*cb)(void *), void *arg)
     if (sg->stop_cb && sg->started) { /* again: only hurry it */
         uv_mutex_lock(&sg->mu);
         sg->hurry |= hurry;
-        uv_cond_signal(&sg->cv);
+        sl_handoff_wake(&sg->in);
         uv_mutex_unlock(&sg->mu);
         return;
     }
@@ -767,7 +779,7 @@ void sl_stage_stop(sl_stage_t *sg, int hurry, void (*cb)(void *), void *arg)
     uv_mutex_lock(&sg->mu);
     sg->stopping = 1;
     sg->hurry = hurry;
-    uv_cond_signal(&sg->cv);
+    sl_handoff_wake(&sg->in);
     uv_mutex_unlock(&sg->mu);
 }
 
@@ -776,8 +788,9 @@ void sl_stage_free(sl_stage_t *sg)
     if (sg == NULL) return;
     if (sg->env) mdb_env_close(sg->env);
     sl_arena_free(&sg->arena);
+    sl_handoff_destroy(&sg->in);
+    sl_handoff_destroy(&sg->done);
     uv_mutex_destroy(&sg->mu);
-    uv_cond_destroy(&sg->cv);
     uv_rwlock_destroy(&sg->resize_lock);
     free(sg->dir);
     free(sg);
@@ -786,20 +799,15 @@ void sl_stage_free(sl_stage_t *sg)
 int sl_stage_submit(sl_stage_t *sg, sl_stage_job_t *job)
 {
     if (!sg->started) return SL_ESHUTDOWN;
-    job->next = NULL;
     job->rc = 0;
     uv_mutex_lock(&sg->mu);
-    if (sg->stopping && sg->hurry) {
-        uv_mutex_unlock(&sg->mu);
-        return SL_ESHUTDOWN;
+    int rc = SL_ESHUTDOWN;
+    if (!(sg->stopping && sg->hurry)) {
+        job->after_seq = sg->log_durable;
+        rc = sl_handoff_push(&sg->in, job); /* under mu: see stage_main(); SL_ESHUTDOWN once the thread ended */
     }
-    job->after_seq = sg->log_durable;
-    if (sg->in_tail) sg->in_tail->next = job;
-    else sg->in_head = job;
-    sg->in_tail = job;
-    uv_cond_signal(&sg->cv);
     uv_mutex_unlock(&sg->mu);
-    return 0;
+    return rc;
 }
 
 void sl_stage_wait(sl_stage_t *sg, sl_stage_waiter_t *w, uint64_t pos, int64_t timeout_ms)

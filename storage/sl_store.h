@@ -15,9 +15,12 @@
  *
  * Threads: sl_store_submit() is called from the event loop thread; the writer
  * thread takes every pending batch, commits them in one transaction (group
- * commit), then hands them back to the loop thread through a uv_async_t, where
- * each batch's done callback runs. Nothing here calls a loop function from
- * the writer thread except uv_async_send().
+ * commit), then hands them back to the loop thread, where each batch's done
+ * callback runs, in the order the writer finished them. Both ways go through
+ * an sl_handoff_t (sl_common.h): the writer sleeps on its condition variable
+ * only when nothing is queued, and one uv_async wake-up carries every batch
+ * finished before the loop took the last ones. Nothing here calls a loop
+ * function from the writer thread except uv_async_send().
  */
 #ifndef SL_STORE_H
 #define SL_STORE_H

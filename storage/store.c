@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,13 +55,9 @@ struct sl_store_s {
 
     uv_loop_t *loop;
     uv_thread_t thread;
-    uv_async_t async;
-    uv_mutex_t mu;
-    uv_cond_t cv;
-    sl_store_batch_t *in_head, *in_tail;     /* under mu */
-    sl_store_batch_t *done_head, *done_tail; /* under mu */
-    int stopping;                            /* under mu */
-    int exited;                              /* under mu */
+    sl_handoff_t in;          /* loop -> writer: batches to commit; closed by sl_store_drain() */
+    sl_handoff_t done;        /* writer -> loop: batches committed or failed */
+    _Atomic int exited;       /* the writer is done: its last batches are in `done` */
     int started;
     size_t queued;                           /* loop thread */
     void (*drain_cb)(void *);
@@ -230,8 +227,7 @@ int sl_store_open(sl_store_t **out, const sl_store_options_t *opts)
     atomic_store(&st->stats.last_seq, st->next_seq - 1);
     atomic_store(&st->durable_seq, st->next_seq - 1); /* what a start finds on disk is durable */
     if (st->dd) atomic_store(&st->stats.dedupe_entries, sl_dedupe_size(st->dd));
-    uv_mutex_init(&st->mu);
-    uv_cond_init(&st->cv);
+    if (!opts->read_only && (rc = sl_handoff_init(&st->in, offsetof(sl_store_batch_t, next), NULL, NULL))) goto fail;
     uv_rwlock_init(&st->resize_lock);
     *out = st;
     return 0;
@@ -667,21 +663,13 @@ static int grow_map(sl_store_t *st)
     return 0;
 }
 
-/* Hands batches back to the loop thread with their result. */
+/* Hands batches back to the loop thread with their result: the whole list
+ * at once, and whatever the loop has not taken yet goes with it on the same
+ * wake-up. */
 static void deliver(sl_store_t *st, sl_store_batch_t *list, int rc)
 {
-    if (list == NULL) return;
-    sl_store_batch_t *tail = list;
-    for (sl_store_batch_t *b = list; b; b = b->next) {
-        b->rc = rc;
-        tail = b;
-    }
-    uv_mutex_lock(&st->mu);
-    if (st->done_tail) st->done_tail->next = list;
-    else st->done_head = list;
-    st->done_tail = tail;
-    uv_mutex_unlock(&st->mu);
-    uv_async_send(&st->async);
+    for (sl_store_batch_t *b = list; b; b = b->next) b->rc = rc;
+    sl_handoff_push_list(&st->done, list); /* open until the writer has exited */
 }
 
 static void append_list(sl_store_batch_t **head, sl_store_batch_t *list)
@@ -712,11 +700,10 @@ static void writer_main(void *arg)
     int need_sync = 0;                 /* a commit wrote pages whose meta page is not flushed */
     uint64_t last_commit_seq = st->next_seq - 1; /* the last event of the latest commit that wrote pages */
     for (;;) {
-        uv_mutex_lock(&st->mu);
-        while (st->in_head == NULL && !st->stopping && !need_sync) uv_cond_wait(&st->cv, &st->mu);
-        sl_store_batch_t *list = st->in_head;
-        st->in_head = st->in_tail = NULL;
-        uv_mutex_unlock(&st->mu);
+        sl_store_batch_t *list;
+        int wrc = 0;
+        while ((list = sl_handoff_take_all(&st->in)) == NULL && !need_sync && wrc != SL_ESHUTDOWN)
+            wrc = sl_handoff_wait(&st->in, SL_HANDOFF_FOREVER);
         if (list == NULL) {
             if (!need_sync) break; /* stopping and nothing left */
             int src = mdb_env_sync(st->env, 1);
@@ -822,26 +809,22 @@ static void writer_main(void *arg)
             need_sync = need_sync || unsynced != NULL;
         }
     }
-    uv_mutex_lock(&st->mu);
-    st->exited = 1;
-    uv_mutex_unlock(&st->mu);
-    uv_async_send(&st->async);
+    atomic_store(&st->exited, 1);
+    sl_handoff_wake(&st->done);
 }
 
-static void async_closed(uv_handle_t *h)
+static void done_closed(sl_handoff_t *h)
 {
     sl_store_t *st = h->data;
     if (st->drain_cb) st->drain_cb(st->drain_arg);
 }
 
-static void on_async(uv_async_t *a)
+/* Loop thread: the batches the writer handed back, in its order. */
+static void on_done(sl_handoff_t *h)
 {
-    sl_store_t *st = a->data;
-    uv_mutex_lock(&st->mu);
-    sl_store_batch_t *list = st->done_head;
-    st->done_head = st->done_tail = NULL;
-    int exited = st->exited;
-    uv_mutex_unlock(&st->mu);
+    sl_store_t *st = h->data;
+    int exited = atomic_load(&st->exited); /* before the take: it then holds the writer's last batches */
+    sl_store_batch_t *list = sl_handoff_take_all(h);
     while (list) {
         sl_store_batch_t *next = list->next;
         st->queued -= list->n_msgs;
@@ -852,7 +835,7 @@ static void on_async(uv_async_t *a)
     if (exited && st->started) {
         st->started = 0;
         uv_thread_join(&st->thread);
-        uv_close((uv_handle_t *)&st->async, async_closed);
+        sl_handoff_close(&st->done, done_closed);
     }
 }
 
@@ -860,11 +843,11 @@ int sl_store_start(sl_store_t *st, uv_loop_t *loop)
 {
     if (st->opts.read_only) return SL_EINVAL;
     st->loop = loop;
-    int rc = uv_async_init(loop, &st->async, on_async);
+    st->done.data = st;
+    int rc = sl_handoff_init(&st->done, offsetof(sl_store_batch_t, next), loop, on_done);
     if (rc) return rc;
-    st->async.data = st;
     if ((rc = uv_thread_create(&st->thread, writer_main, st))) {
-        uv_close((uv_handle_t *)&st->async, NULL);
+        sl_handoff_close(&st->done, NULL);
         return rc;
     }
     st->started = 1;
@@ -875,21 +858,11 @@ int sl_store_submit(sl_store_t *st, sl_store_batch_t *batch)
 {
     if (!st->started) return SL_ESHUTDOWN;
     if (st->queued > 0 && st->queued + batch->n_msgs > st->opts.max_queue_messages) return SL_EBUSY;
-    batch->next = NULL;
     batch->rc = 0;
     batch->failed_alone = 0;
-    uv_mutex_lock(&st->mu);
-    if (st->stopping) {
-        uv_mutex_unlock(&st->mu);
-        return SL_ESHUTDOWN;
-    }
-    if (st->in_tail) st->in_tail->next = batch;
-    else st->in_head = batch;
-    st->in_tail = batch;
-    uv_cond_signal(&st->cv);
-    uv_mutex_unlock(&st->mu);
-    st->queued += batch->n_msgs;
-    return 0;
+    int rc = sl_handoff_push(&st->in, batch); /* SL_ESHUTDOWN once draining */
+    if (rc == 0) st->queued += batch->n_msgs;
+    return rc;
 }
 
 size_t sl_store_queued(const sl_store_t *st)
@@ -905,10 +878,7 @@ void sl_store_drain(sl_store_t *st, void (*cb)(void *), void *arg)
         if (cb) cb(arg);
         return;
     }
-    uv_mutex_lock(&st->mu);
-    st->stopping = 1;
-    uv_cond_signal(&st->cv);
-    uv_mutex_unlock(&st->mu);
+    sl_handoff_close(&st->in, NULL); /* the writer commits what is queued, then exits */
 }
 
 void sl_store_close(sl_store_t *st)
@@ -922,8 +892,8 @@ void sl_store_close(sl_store_t *st)
     ZSTD_freeDDict(atomic_load(&st->ddict));
     sl_buf_free(&st->zbuf);
     sl_dedupe_free(st->dd);
-    uv_mutex_destroy(&st->mu);
-    uv_cond_destroy(&st->cv);
+    sl_handoff_destroy(&st->in);
+    sl_handoff_destroy(&st->done);
     uv_rwlock_destroy(&st->resize_lock);
     free(st->data_dir);
     free(st);

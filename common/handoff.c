@@ -1,0 +1,182 @@
+/* handoff.c - the hand-off between threads: see sl_common.h. */
+#include "sl_common.h"
+
+#include <sched.h>
+#include <stdatomic.h>
+#include <string.h>
+
+/* The item's next pointer is the caller's typed field: read and written as
+ * bytes, so that no lvalue of another pointer type touches it. */
+static void *next_of(const sl_handoff_t *h, void *item)
+{
+    void *next;
+    memcpy(&next, (char *)item + h->next_offset, sizeof(next));
+    return next;
+}
+
+static void set_next(const sl_handoff_t *h, void *item, void *next)
+{
+    memcpy((char *)item + h->next_offset, &next, sizeof(next));
+}
+
+static void on_async(uv_async_t *a)
+{
+    sl_handoff_t *h = a->data;
+    h->on_wake(h);
+}
+
+static void on_closed(uv_handle_t *handle)
+{
+    sl_handoff_t *h = handle->data;
+    if (h->closed_cb) h->closed_cb(h);
+}
+
+int sl_handoff_init(sl_handoff_t *h, size_t next_offset, uv_loop_t *loop, void (*on_wake)(sl_handoff_t *h))
+{
+    void *data = h->data;
+    memset(h, 0, sizeof(*h));
+    h->data = data;
+    h->next_offset = next_offset;
+    h->on_wake = on_wake;
+    int rc = uv_mutex_init(&h->mu);
+    if (rc) return rc;
+    if (loop) {
+        if ((rc = uv_async_init(loop, &h->async, on_async))) {
+            uv_mutex_destroy(&h->mu);
+            return rc;
+        }
+        h->async.data = h;
+        h->async_mode = 1;
+    } else if ((rc = uv_cond_init(&h->cv))) {
+        uv_mutex_destroy(&h->mu);
+        return rc;
+    }
+    h->inited = 1;
+    return 0;
+}
+
+/* Under mu, when the queue just went from empty to non-empty or on a wake:
+ * 1 when the consumer must be woken (after unlocking: see wake()). */
+static int must_wake_locked(sl_handoff_t *h)
+{
+    if (!h->async_mode && !h->waiting) return 0; /* it looks at the queue before it waits */
+    if (h->async_mode) atomic_fetch_add(&h->sending, 1); /* close waits for this send */
+    h->wakeups++;
+    return 1;
+}
+
+/* The wake itself, once mu is released: a consumer woken on the same core
+ * would otherwise run at once and block on the lock its waker still holds. */
+static void wake(sl_handoff_t *h)
+{
+    if (h->async_mode) {
+        uv_async_send(&h->async);
+        atomic_fetch_sub(&h->sending, 1);
+    } else {
+        uv_cond_signal(&h->cv);
+    }
+}
+
+int sl_handoff_push_list(sl_handoff_t *h, void *first)
+{
+    if (first == NULL) return 0;
+    void *last = first;
+    for (void *n; (n = next_of(h, last)) != NULL;) last = n;
+    uv_mutex_lock(&h->mu);
+    if (h->closed) {
+        uv_mutex_unlock(&h->mu);
+        return SL_ESHUTDOWN;
+    }
+    int was_empty = h->head == NULL;
+    if (was_empty) h->head = first;
+    else set_next(h, h->tail, first);
+    h->tail = last;
+    int w = was_empty && must_wake_locked(h);
+    uv_mutex_unlock(&h->mu);
+    if (w) wake(h);
+    return 0;
+}
+
+int sl_handoff_push(sl_handoff_t *h, void *item)
+{
+    set_next(h, item, NULL);
+    return sl_handoff_push_list(h, item);
+}
+
+void *sl_handoff_take_all(sl_handoff_t *h)
+{
+    uv_mutex_lock(&h->mu);
+    void *list = h->head;
+    h->head = h->tail = NULL;
+    uv_mutex_unlock(&h->mu);
+    return list;
+}
+
+void sl_handoff_wake(sl_handoff_t *h)
+{
+    uv_mutex_lock(&h->mu);
+    int w = 0;
+    if (!h->closed) {
+        h->woken = 1;
+        w = must_wake_locked(h);
+    }
+    uv_mutex_unlock(&h->mu);
+    if (w) wake(h);
+}
+
+int sl_handoff_wait(sl_handoff_t *h, uint64_t timeout_ns)
+{
+    int rc = 0;
+    uint64_t deadline = timeout_ns == SL_HANDOFF_FOREVER ? 0 : uv_hrtime() + timeout_ns;
+    uv_mutex_lock(&h->mu);
+    while (h->head == NULL && !h->woken && !h->closed) {
+        h->waiting = 1;
+        if (timeout_ns == SL_HANDOFF_FOREVER) {
+            uv_cond_wait(&h->cv, &h->mu);
+        } else {
+            uint64_t now = uv_hrtime();
+            if (now >= deadline || uv_cond_timedwait(&h->cv, &h->mu, deadline - now) == UV_ETIMEDOUT) rc = UV_ETIMEDOUT;
+        }
+        h->waiting = 0;
+        if (rc) break;
+    }
+    if (h->head || h->woken) rc = 0; /* came in with the timeout */
+    if (h->closed) rc = SL_ESHUTDOWN;
+    h->woken = 0;
+    uv_mutex_unlock(&h->mu);
+    return rc;
+}
+
+void sl_handoff_close(sl_handoff_t *h, void (*closed_cb)(sl_handoff_t *h))
+{
+    uv_mutex_lock(&h->mu);
+    int was = h->closed;
+    h->closed = 1;
+    uv_mutex_unlock(&h->mu);
+    if (was) return;
+    if (!h->async_mode) {
+        uv_cond_signal(&h->cv);
+        return;
+    }
+    /* no send starts from now on; one a producer decided on before may be
+     * under way, between its unlock and uv_async_send(): a few instructions */
+    while (atomic_load(&h->sending) > 0) sched_yield();
+    h->closed_cb = closed_cb;
+    uv_close((uv_handle_t *)&h->async, on_closed);
+}
+
+void sl_handoff_destroy(sl_handoff_t *h)
+{
+    if (!h->inited) return;
+    h->inited = 0;
+    uv_mutex_destroy(&h->mu);
+    if (!h->async_mode) uv_cond_destroy(&h->cv);
+}
+
+uint64_t sl_handoff_wakeups(sl_handoff_t *h)
+{
+    uv_mutex_lock(&h->mu);
+    uint64_t n = h->wakeups;
+    uv_mutex_unlock(&h->mu);
+    return n;
+}
