@@ -2,7 +2,6 @@
 #include "sl_common.h"
 
 #include <sched.h>
-#include <stdatomic.h>
 #include <string.h>
 
 /* The item's next pointer is the caller's typed field: read and written as
@@ -60,7 +59,7 @@ int sl_handoff_init(sl_handoff_t *h, size_t next_offset, uv_loop_t *loop, void (
 static int must_wake_locked(sl_handoff_t *h)
 {
     if (!h->async_mode && !h->waiting) return 0; /* it looks at the queue before it waits */
-    if (h->async_mode) atomic_fetch_add(&h->sending, 1); /* close waits for this send */
+    if (h->async_mode) h->sending++; /* close waits for this send */
     h->wakeups++;
     return 1;
 }
@@ -71,7 +70,9 @@ static void wake(sl_handoff_t *h)
 {
     if (h->async_mode) {
         uv_async_send(&h->async);
-        atomic_fetch_sub(&h->sending, 1);
+        uv_mutex_lock(&h->mu);
+        h->sending--;
+        uv_mutex_unlock(&h->mu);
     } else {
         uv_cond_signal(&h->cv);
     }
@@ -206,15 +207,19 @@ void sl_handoff_close(sl_handoff_t *h, void (*closed_cb)(sl_handoff_t *h))
     uv_mutex_lock(&h->mu);
     int was = h->closed;
     h->closed = 1;
+    /* no send starts from now on; one a producer decided on before may be
+     * under way, between its unlock and uv_async_send(): a few instructions */
+    while (h->async_mode && h->sending > 0) {
+        uv_mutex_unlock(&h->mu);
+        sched_yield();
+        uv_mutex_lock(&h->mu);
+    }
     uv_mutex_unlock(&h->mu);
     if (was) return;
     if (!h->async_mode) {
         uv_cond_signal(&h->cv);
         return;
     }
-    /* no send starts from now on; one a producer decided on before may be
-     * under way, between its unlock and uv_async_send(): a few instructions */
-    while (atomic_load(&h->sending) > 0) sched_yield();
     h->closed_cb = closed_cb;
     uv_close((uv_handle_t *)&h->async, on_closed);
 }

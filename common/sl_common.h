@@ -264,7 +264,7 @@ struct sl_handoff_s {
     size_t next_offset;
     uint64_t wakeups;          /* under mu */
     int waiting, woken, closed; /* under mu */
-    _Atomic int sending;       /* async: wake-ups decided under mu, not sent yet */
+    int sending;               /* under mu, async: wake-ups decided, not sent yet */
     int async_mode, inited;
     void *data;                /* the owner's: sl_handoff_init() leaves it alone */
     /* batched pushes (loop thread) */

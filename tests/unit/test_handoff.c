@@ -279,24 +279,21 @@ TEST(handoff_many_producers)
     for (int i = 0; i < PRODUCERS; i++) free(p[i].items);
 }
 
+enum { CLOSER_ITEMS = 100000 };
+
 typedef struct {
     sl_handoff_t *h;
+    item_t *items; /* CLOSER_ITEMS, allocated by the main thread */
     _Atomic int *accepted;
 } closer_producer_t;
 
-/* Pushes (and wakes) until the hand-off refuses; a refused item stays
- * ours, an accepted one the consumer's (it frees them). */
+/* Pushes (and wakes) until the hand-off refuses. */
 static void push_until_closed(void *arg)
 {
     closer_producer_t *p = arg;
-    for (;;) {
+    for (int i = 0; i < CLOSER_ITEMS; i++) {
         sl_handoff_wake(p->h);
-        item_t *it = calloc(1, sizeof(*it));
-        if (it == NULL) return;
-        if (sl_handoff_push(p->h, it)) {
-            free(it);
-            return;
-        }
+        if (sl_handoff_push(p->h, &p->items[i])) return;
         atomic_fetch_add(p->accepted, 1);
     }
 }
@@ -304,11 +301,7 @@ static void push_until_closed(void *arg)
 static void on_wake_count(sl_handoff_t *h)
 {
     int *taken = h->data;
-    for (item_t *it = sl_handoff_take_all(h), *next; it; it = next) {
-        next = it->next;
-        free(it);
-        (*taken)++;
-    }
+    for (item_t *it = sl_handoff_take_all(h); it; it = it->next) (*taken)++;
 }
 
 /* The loop closes while threads push and wake: every push it accepted is
@@ -326,8 +319,8 @@ TEST(handoff_close_while_pushing)
     closer_producer_t p[THREADS];
     uv_thread_t t[THREADS];
     for (int i = 0; i < THREADS; i++) {
-        p[i] = (closer_producer_t){.h = &h, .accepted = &accepted};
-        REQUIRE(uv_thread_create(&t[i], push_until_closed, &p[i]) == 0);
+        p[i] = (closer_producer_t){.h = &h, .items = calloc(CLOSER_ITEMS, sizeof(item_t)), .accepted = &accepted};
+        REQUIRE(p[i].items && uv_thread_create(&t[i], push_until_closed, &p[i]) == 0);
     }
     while (atomic_load(&accepted) < 1000) uv_run(&loop, UV_RUN_ONCE); /* under way */
     closed_calls = 0;
@@ -341,6 +334,7 @@ TEST(handoff_close_while_pushing)
     CHECK_INT(closed_calls, ==, 1);
     sl_handoff_destroy(&h);
     CHECK_INT(uv_loop_close(&loop), ==, 0);
+    for (int i = 0; i < THREADS; i++) free(p[i].items);
 }
 
 /* A loop's pushes of one iteration reach the worker as one list with one
