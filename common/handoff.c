@@ -2,7 +2,6 @@
 #include "sl_common.h"
 
 #include <sched.h>
-#include <stdatomic.h>
 #include <string.h>
 
 /* The item's next pointer is the caller's typed field: read and written as
@@ -60,7 +59,7 @@ int sl_handoff_init(sl_handoff_t *h, size_t next_offset, uv_loop_t *loop, void (
 static int must_wake_locked(sl_handoff_t *h)
 {
     if (!h->async_mode && !h->waiting) return 0; /* it looks at the queue before it waits */
-    if (h->async_mode) atomic_fetch_add(&h->sending, 1); /* close waits for this send */
+    if (h->async_mode) h->sending++; /* close waits for this send */
     h->wakeups++;
     return 1;
 }
@@ -71,7 +70,9 @@ static void wake(sl_handoff_t *h)
 {
     if (h->async_mode) {
         uv_async_send(&h->async);
-        atomic_fetch_sub(&h->sending, 1);
+        uv_mutex_lock(&h->mu);
+        h->sending--;
+        uv_mutex_unlock(&h->mu);
     } else {
         uv_cond_signal(&h->cv);
     }
@@ -101,6 +102,54 @@ int sl_handoff_push(sl_handoff_t *h, void *item)
 {
     set_next(h, item, NULL);
     return sl_handoff_push_list(h, item);
+}
+
+/* The loop thread: this iteration's pushes go over. */
+static void batch_flush(sl_handoff_t *h)
+{
+    void *list = h->batch_head;
+    if (list == NULL) return;
+    h->batch_head = h->batch_tail = NULL;
+    sl_handoff_push_list(h, list); /* not closed: close flushes first */
+}
+
+static void on_batch_prepare(uv_prepare_t *p)
+{
+    batch_flush(p->data);
+}
+
+static void on_batch_check(uv_check_t *c)
+{
+    batch_flush(c->data);
+}
+
+int sl_handoff_batch_start(sl_handoff_t *h, uv_loop_t *loop)
+{
+    if (h->async_mode || h->batching) return UV_EINVAL;
+    int rc = uv_prepare_init(loop, &h->batch_prepare);
+    if (rc) return rc;
+    if ((rc = uv_check_init(loop, &h->batch_check))) {
+        uv_close((uv_handle_t *)&h->batch_prepare, NULL);
+        return rc;
+    }
+    h->batch_prepare.data = h->batch_check.data = h;
+    uv_prepare_start(&h->batch_prepare, on_batch_prepare);
+    uv_check_start(&h->batch_check, on_batch_check);
+    uv_unref((uv_handle_t *)&h->batch_prepare);
+    uv_unref((uv_handle_t *)&h->batch_check);
+    h->batching = 1;
+    return 0;
+}
+
+int sl_handoff_push_batched(sl_handoff_t *h, void *item)
+{
+    if (!h->batching) return sl_handoff_push(h, item);
+    if (h->batch_closed) return SL_ESHUTDOWN;
+    set_next(h, item, NULL);
+    if (h->batch_tail) set_next(h, h->batch_tail, item);
+    else h->batch_head = item;
+    h->batch_tail = item;
+    return 0;
 }
 
 void *sl_handoff_take_all(sl_handoff_t *h)
@@ -149,18 +198,28 @@ int sl_handoff_wait(sl_handoff_t *h, uint64_t timeout_ns)
 
 void sl_handoff_close(sl_handoff_t *h, void (*closed_cb)(sl_handoff_t *h))
 {
+    if (h->batching && !h->batch_closed) {
+        batch_flush(h);
+        h->batch_closed = 1;
+        uv_close((uv_handle_t *)&h->batch_prepare, NULL);
+        uv_close((uv_handle_t *)&h->batch_check, NULL);
+    }
     uv_mutex_lock(&h->mu);
     int was = h->closed;
     h->closed = 1;
+    /* no send starts from now on; one a producer decided on before may be
+     * under way, between its unlock and uv_async_send(): a few instructions */
+    while (h->async_mode && h->sending > 0) {
+        uv_mutex_unlock(&h->mu);
+        sched_yield();
+        uv_mutex_lock(&h->mu);
+    }
     uv_mutex_unlock(&h->mu);
     if (was) return;
     if (!h->async_mode) {
         uv_cond_signal(&h->cv);
         return;
     }
-    /* no send starts from now on; one a producer decided on before may be
-     * under way, between its unlock and uv_async_send(): a few instructions */
-    while (atomic_load(&h->sending) > 0) sched_yield();
     h->closed_cb = closed_cb;
     uv_close((uv_handle_t *)&h->async, on_closed);
 }

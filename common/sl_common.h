@@ -272,19 +272,31 @@ int sl_parse_size_bytes(const char *s, uint64_t *bytes);
  * the lock is released: a consumer woken on the producer's core does not run
  * only to block on that lock.
  *
+ * Batches, not events: a loop thread that hands work to a worker can push
+ * with sl_handoff_push_batched() (after sl_handoff_batch_start()): what it
+ * pushes during one iteration of its loop goes over as one list, with one
+ * wake-up, once that iteration's callbacks have run (a uv_check) or before
+ * the loop would block (a uv_prepare), never later. (Those two handles keep
+ * no loop alive: something else must, as the consumer's done queue does.) The worker then takes
+ * every request one pass of the loop parsed instead of waking for the first
+ * and leaving the rest for its next round.
+ *
  * Order: take_all() returns items in the order their pushes took the queue's
  * lock (FIFO); one producer's items keep that producer's order; a
  * push_list() stays contiguous.
  *
  * Threads:
  *   init            async: the loop thread; condition: any, before use
+ *   batch_start     condition mode, the loop thread that pushes batched
  *   push, push_list any thread, until close
+ *   push_batched    that loop thread, until close
  *   wake            any thread; a no-op after close
  *   take_all        the consumer only (async: the loop thread; condition: the
  *                   thread that waits), also after close
  *   wait            the consumer, condition mode only
- *   close           async: the loop thread; condition: any thread
- *   destroy         once no thread can touch h (async: after close's callback)
+ *   close           async or batched: the loop thread; condition: any thread
+ *   destroy         once no thread can touch h (async or batched: after the
+ *                   loop has run once past close)
  *
  * Close: pushes are refused from then on (the item stays the caller's) and
  * wakes do nothing; what was queued before stays for take_all(). A waiting
@@ -301,9 +313,14 @@ struct sl_handoff_s {
     size_t next_offset;
     uint64_t wakeups;          /* under mu */
     int waiting, woken, closed; /* under mu */
-    _Atomic int sending;       /* async: wake-ups decided under mu, not sent yet */
+    int sending;               /* under mu, async: wake-ups decided, not sent yet */
     int async_mode, inited;
     void *data;                /* the owner's: sl_handoff_init() leaves it alone */
+    /* batched pushes (loop thread) */
+    uv_prepare_t batch_prepare;
+    uv_check_t batch_check;
+    void *batch_head, *batch_tail;
+    int batching, batch_closed;
 };
 #define SL_HANDOFF_FOREVER UINT64_MAX
 
@@ -321,6 +338,13 @@ int sl_handoff_push(sl_handoff_t *h, void *item);
  * with one wake-up at most. 0 (also for an empty chain), or SL_ESHUTDOWN after
  * close (nothing queued). */
 int sl_handoff_push_list(sl_handoff_t *h, void *first);
+/* Condition mode, on the loop thread that will push batched: sets up the
+ * two handles (unreferenced: they keep no loop alive) that hand each
+ * iteration's pushes over. 0 or libuv's error. */
+int sl_handoff_batch_start(sl_handoff_t *h, uv_loop_t *loop);
+/* That loop thread: appends item to this iteration's batch (see above); in
+ * queue order with the thread's other pushes. 0, or SL_ESHUTDOWN after close. */
+int sl_handoff_push_batched(sl_handoff_t *h, void *item);
 /* Consumer: moves every queued item out, oldest first, NULL-terminated
  * through their next pointers; NULL when there are none. */
 void *sl_handoff_take_all(sl_handoff_t *h);
@@ -339,7 +363,8 @@ int sl_handoff_wait(sl_handoff_t *h, uint64_t timeout_ns);
  * (loop thread): waits for a uv_async_send() a producer began before (wakes
  * are sent after the lock is released), then closes the handle; closed_cb
  * (may be NULL) runs on the loop once it is closed. Condition mode: closed_cb
- * is not used. Again: no-op. */
+ * is not used; batched (loop thread), the batch under way is handed over
+ * first, then the handles close. Again: no-op. */
 void sl_handoff_close(sl_handoff_t *h, void (*closed_cb)(sl_handoff_t *h));
 /* Frees the lock and condition; a no-op on a zeroed h that was never
  * initialised. Items still queued stay the caller's (take them first). */

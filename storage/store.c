@@ -55,7 +55,7 @@ struct sl_store_s {
 
     uv_loop_t *loop;
     uv_thread_t thread;
-    sl_handoff_t in;          /* loop -> writer: batches to commit; closed by sl_store_drain() */
+    sl_handoff_t in;          /* loop -> writer: batches to commit, a loop iteration's at a time; closed by sl_store_drain() */
     sl_handoff_t done;        /* writer -> loop: batches committed or failed */
     _Atomic int exited;       /* the writer is done: its last batches are in `done` */
     int started;
@@ -846,8 +846,9 @@ int sl_store_start(sl_store_t *st, uv_loop_t *loop)
     st->done.data = st;
     int rc = sl_handoff_init(&st->done, offsetof(sl_store_batch_t, next), loop, on_done);
     if (rc) return rc;
-    if ((rc = uv_thread_create(&st->thread, writer_main, st))) {
+    if ((rc = sl_handoff_batch_start(&st->in, loop)) || (rc = uv_thread_create(&st->thread, writer_main, st))) {
         sl_handoff_close(&st->done, NULL);
+        sl_handoff_close(&st->in, NULL);
         return rc;
     }
     st->started = 1;
@@ -860,7 +861,9 @@ int sl_store_submit(sl_store_t *st, sl_store_batch_t *batch)
     if (st->queued > 0 && st->queued + batch->n_msgs > st->opts.max_queue_messages) return SL_EBUSY;
     batch->rc = 0;
     batch->failed_alone = 0;
-    int rc = sl_handoff_push(&st->in, batch); /* SL_ESHUTDOWN once draining */
+    /* with the rest of this loop iteration's requests: one wake-up of the
+     * writer for all of them, not one commit for the first */
+    int rc = sl_handoff_push_batched(&st->in, batch); /* SL_ESHUTDOWN once draining */
     if (rc == 0) st->queued += batch->n_msgs;
     return rc;
 }
@@ -878,7 +881,7 @@ void sl_store_drain(sl_store_t *st, void (*cb)(void *), void *arg)
         if (cb) cb(arg);
         return;
     }
-    sl_handoff_close(&st->in, NULL); /* the writer commits what is queued, then exits */
+    sl_handoff_close(&st->in, NULL); /* hands over this iteration's; the writer commits what is queued, then exits */
 }
 
 void sl_store_close(sl_store_t *st)

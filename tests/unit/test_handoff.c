@@ -136,8 +136,9 @@ typedef struct {
 static void consume_main(void *arg)
 {
     consumer_t *c = arg;
-    while (c->s.taken < c->want) {
-        int rc = sl_handoff_wait(c->h, SL_HANDOFF_FOREVER);
+    uint64_t deadline = uv_hrtime() + 30ULL * 1000000000ULL; /* a failure, not a hang */
+    while (c->s.taken < c->want && uv_hrtime() < deadline) {
+        int rc = sl_handoff_wait(c->h, 100 * 1000000ULL);
         sink_list(&c->s, sl_handoff_take_all(c->h));
         if (rc == SL_ESHUTDOWN) break;
     }
@@ -278,24 +279,21 @@ TEST(handoff_many_producers)
     for (int i = 0; i < PRODUCERS; i++) free(p[i].items);
 }
 
+enum { CLOSER_ITEMS = 100000 };
+
 typedef struct {
     sl_handoff_t *h;
+    item_t *items; /* CLOSER_ITEMS, allocated by the main thread */
     _Atomic int *accepted;
 } closer_producer_t;
 
-/* Pushes (and wakes) until the hand-off refuses; a refused item stays
- * ours, an accepted one the consumer's (it frees them). */
+/* Pushes (and wakes) until the hand-off refuses. */
 static void push_until_closed(void *arg)
 {
     closer_producer_t *p = arg;
-    for (;;) {
+    for (int i = 0; i < CLOSER_ITEMS; i++) {
         sl_handoff_wake(p->h);
-        item_t *it = calloc(1, sizeof(*it));
-        if (it == NULL) return;
-        if (sl_handoff_push(p->h, it)) {
-            free(it);
-            return;
-        }
+        if (sl_handoff_push(p->h, &p->items[i])) return;
         atomic_fetch_add(p->accepted, 1);
     }
 }
@@ -303,11 +301,7 @@ static void push_until_closed(void *arg)
 static void on_wake_count(sl_handoff_t *h)
 {
     int *taken = h->data;
-    for (item_t *it = sl_handoff_take_all(h), *next; it; it = next) {
-        next = it->next;
-        free(it);
-        (*taken)++;
-    }
+    for (item_t *it = sl_handoff_take_all(h); it; it = it->next) (*taken)++;
 }
 
 /* The loop closes while threads push and wake: every push it accepted is
@@ -325,8 +319,8 @@ TEST(handoff_close_while_pushing)
     closer_producer_t p[THREADS];
     uv_thread_t t[THREADS];
     for (int i = 0; i < THREADS; i++) {
-        p[i] = (closer_producer_t){.h = &h, .accepted = &accepted};
-        REQUIRE(uv_thread_create(&t[i], push_until_closed, &p[i]) == 0);
+        p[i] = (closer_producer_t){.h = &h, .items = calloc(CLOSER_ITEMS, sizeof(item_t)), .accepted = &accepted};
+        REQUIRE(p[i].items && uv_thread_create(&t[i], push_until_closed, &p[i]) == 0);
     }
     while (atomic_load(&accepted) < 1000) uv_run(&loop, UV_RUN_ONCE); /* under way */
     closed_calls = 0;
@@ -338,6 +332,56 @@ TEST(handoff_close_while_pushing)
     CHECK_INT(sl_handoff_wakeups(&h), >=, 1);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT(closed_calls, ==, 1);
+    sl_handoff_destroy(&h);
+    CHECK_INT(uv_loop_close(&loop), ==, 0);
+    for (int i = 0; i < THREADS; i++) free(p[i].items);
+}
+
+/* A loop's pushes of one iteration reach the worker as one list with one
+ * wake-up, and not before the iteration ends; close hands the rest over. */
+TEST(handoff_batched_per_iteration)
+{
+    uv_loop_t loop;
+    REQUIRE(uv_loop_init(&loop) == 0);
+    sl_handoff_t h = {0};
+    REQUIRE(sl_handoff_init(&h, offsetof(item_t, next), NULL, NULL) == 0);
+    REQUIRE(sl_handoff_batch_start(&h, &loop) == 0);
+    CHECK(!uv_loop_alive(&loop)); /* its handles keep no loop running */
+    uv_async_t alive; /* as the server's handles do: an iteration runs */
+    REQUIRE(uv_async_init(&loop, &alive, NULL) == 0);
+    item_t it[120];
+    for (int i = 0; i < 120; i++) it[i] = (item_t){.seq = i + 1};
+    for (int i = 0; i < 5; i++) CHECK_INT(sl_handoff_push_batched(&h, &it[i]), ==, 0);
+    CHECK_NULL(sl_handoff_take_all(&h)); /* the iteration is not over */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    item_t *list = sl_handoff_take_all(&h);
+    int n = 0, ordered = 1;
+    for (item_t *p = list; p; p = p->next, n++) ordered &= p->seq == n + 1;
+    CHECK_INT(n, ==, 5);
+    CHECK(ordered);
+    /* a waiting worker: a hundred pushes, one wake-up, one take */
+    consumer_t c = {.h = &h, .s = {.in_order = 1, .last_seq = 5}, .want = 100};
+    uv_thread_t t;
+    REQUIRE(uv_thread_create(&t, consume_main, &c) == 0);
+    uv_sleep(50);
+    for (int i = 5; i < 105; i++) CHECK_INT(sl_handoff_push_batched(&h, &it[i]), ==, 0);
+    CHECK_INT(sl_handoff_wakeups(&h), ==, 0); /* nothing handed over yet */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    uv_thread_join(&t);
+    CHECK_INT(c.s.taken, ==, 100);
+    CHECK(c.s.in_order);
+    CHECK_INT(c.s.nonempty, ==, 1);
+    CHECK_INT(sl_handoff_wakeups(&h), <=, 1);
+    /* close hands over what this iteration pushed, then refuses */
+    for (int i = 105; i < 108; i++) CHECK_INT(sl_handoff_push_batched(&h, &it[i]), ==, 0);
+    sl_handoff_close(&h, NULL);
+    CHECK_INT(sl_handoff_push_batched(&h, &it[110]), ==, SL_ESHUTDOWN);
+    CHECK_INT(sl_handoff_push(&h, &it[111]), ==, SL_ESHUTDOWN);
+    n = 0;
+    for (item_t *p = sl_handoff_take_all(&h); p; p = p->next) n += p->seq >= 106 && p->seq <= 108;
+    CHECK_INT(n, ==, 3);
+    uv_close((uv_handle_t *)&alive, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT); /* the handles close */
     sl_handoff_destroy(&h);
     CHECK_INT(uv_loop_close(&loop), ==, 0);
 }
