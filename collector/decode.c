@@ -88,21 +88,13 @@ long sl_base64_decode(const char *in, size_t n, unsigned char *out)
     return o;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 long sl_percent_decode(char *s, size_t n)
 {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         if (s[i] == '%') {
             if (i + 2 >= n) return -1;
-            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
+            int h = sl_hex_digit(s[i + 1]), l = sl_hex_digit(s[i + 2]);
             if (h < 0 || l < 0) return -1;
             s[o++] = (char)(h * 16 + l);
             i += 2;

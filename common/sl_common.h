@@ -177,6 +177,15 @@ static inline void sl_be64_put(unsigned char *p, uint64_t v)
     for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (unsigned char)v;
 }
 
+/* The value of hexadecimal digit c (either case), or -1. */
+static inline int sl_hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 static inline uint64_t sl_be64_get(const unsigned char *p)
 {
     uint64_t v = 0;

@@ -394,6 +394,18 @@ static void erase_done(sl_stage_job_t *job)
     *(int *)e->ctx = 1;
 }
 
+/* Erases kind/id as the server does (a stage job), waits for it, checks it
+ * succeeded; er stays the caller's to read and free. */
+static void erase_run(fix_t *f, sl_stitch_erase_t *er, const char *kind, const char *id)
+{
+    int done = 0;
+    sl_stitch_erase_init(er, f->stitch, kind, id, erase_done);
+    er->ctx = &done;
+    CHECK_INT(sl_stage_submit(f->stage, &er->job), ==, 0);
+    while (!done) uv_run(&f->loop, UV_RUN_ONCE);
+    CHECK_INT(er->job.rc, ==, 0);
+}
+
 static int count_event(const char *json, size_t len, uint64_t seq, void *arg)
 {
     (void)json;
@@ -417,12 +429,7 @@ TEST(stitch_erasure_and_restart)
     CHECK_SAME(person_of(&f, "anonymous_id", "e1", a), person_of(&f, "user_id", "eve", b));
 
     sl_stitch_erase_t er;
-    int done = 0;
-    sl_stitch_erase_init(&er, f.stitch, "anonymous_id", "e1", erase_done);
-    er.ctx = &done;
-    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
-    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
-    CHECK_INT(er.job.rc, ==, 0);
+    erase_run(&f, &er, "anonymous_id", "e1");
     CHECK_INT(er.found, ==, 1);
     CHECK_INT(er.events, ==, 2);
     CHECK_INT(er.identities, ==, 2);
@@ -565,12 +572,7 @@ TEST(stitch_consent_merges_and_erases)
     CHECK_INT(verify_problems(&f), ==, 0);
     /* erasure takes the record: a new person with the same id starts knowing nothing */
     sl_stitch_erase_t er;
-    int done = 0;
-    sl_stitch_erase_init(&er, f.stitch, "user_id", "cu", erase_done);
-    er.ctx = &done;
-    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
-    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
-    CHECK_INT(er.job.rc, ==, 0);
+    erase_run(&f, &er, "user_id", "cu");
     sl_stitch_erase_free(&er);
     track_ctx(&f, "cu", NULL, "Again", 6000, NULL);
     CHECK_INT(consent_ok(&f, "user_id", "cu", "marketing", &why), ==, 0);
@@ -900,12 +902,7 @@ TEST(stage_job_follows_acknowledged_events)
                 sl_now_ms(), "jf-2");
     CHECK_INT(sl_stage_applied(f.stage), <, 2); /* the stage is still on the slow event */
     sl_stitch_erase_t er;
-    int done = 0;
-    sl_stitch_erase_init(&er, f.stitch, "user_id", "jf-user", erase_done);
-    er.ctx = &done;
-    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
-    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
-    CHECK_INT(er.job.rc, ==, 0);
+    erase_run(&f, &er, "user_id", "jf-user");
     CHECK_INT(er.found, ==, 1);
     CHECK_INT(er.identities, ==, 2);
     sl_stitch_erase_free(&er);
@@ -1362,12 +1359,7 @@ TEST(stitch_refusal_refs_migrated_at_open)
     CHECK_INT(count_journal(&f, "user_id", "mm-u", "merge"), ==, 19);
     /* an erased owner's entry goes from the claimant's journal too */
     sl_stitch_erase_t er;
-    int done = 0;
-    sl_stitch_erase_init(&er, f.stitch, "user_id", "mm-v50", erase_done);
-    er.ctx = &done;
-    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
-    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
-    CHECK_INT(er.job.rc, ==, 0);
+    erase_run(&f, &er, "user_id", "mm-v50");
     sl_stitch_erase_free(&er);
     CHECK_INT(count_journal(&f, "user_id", "mm-u", "refused"), ==, SL_STITCH_MAX_REFUSALS - 1);
     CHECK_INT(verify_problems(&f), ==, 0);
@@ -1395,12 +1387,7 @@ TEST(stitch_junk_ids_with_email_are_erasable)
     CHECK_INT(verify_problems(&f), ==, 0);
 
     sl_stitch_erase_t er;
-    int done = 0;
-    sl_stitch_erase_init(&er, f.stitch, "email", "junk@x.com", erase_done);
-    er.ctx = &done;
-    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
-    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
-    CHECK_INT(er.job.rc, ==, 0);
+    erase_run(&f, &er, "email", "junk@x.com");
     CHECK_INT(er.found, ==, 1);
     CHECK_INT(er.events, ==, 2);
     sl_stitch_erase_free(&er);
@@ -1441,12 +1428,7 @@ TEST(stitch_erasure_in_slices)
     sl_buf_free(&b);
     msg(&f, SL_STITCH_PAGE, NULL, "small", NULL, 1000);
     sl_stitch_erase_t er;
-    int done = 0;
-    sl_stitch_erase_init(&er, f.stitch, "user_id", "big", erase_done);
-    er.ctx = &done;
-    CHECK_INT(sl_stage_submit(f.stage, &er.job), ==, 0);
-    while (!done) uv_run(&f.loop, UV_RUN_ONCE);
-    CHECK_INT(er.job.rc, ==, 0);
+    erase_run(&f, &er, "user_id", "big");
     CHECK_INT(er.events, ==, n);
     sl_stitch_erase_free(&er);
     uint64_t n_events = 0;
