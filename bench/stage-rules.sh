@@ -11,6 +11,7 @@
 #   NO_FEED=1 bench/stage-rules.sh ...   each rebuild without the old derived store (no feed to carry over)
 #   BINS="build/sillage /old/build/sillage" bench/stage-rules.sh ...   rebuild with each binary too (A/B;
 #     with NO_FEED when their derived layouts differ)
+#   KEEP_DATA=/tmp/stage-data bench/stage-rules.sh ...   keep a copy of the log (to profile a rebuild of it)
 #   bench/stage-rules.sh 8 20 3 bench/stage-rules/events5.txt bench/stage-rules/demo.txt
 # (each FILE holds extra config keys, each followed by a comma, as bench/stage.sh's SL_EXTRA)
 set -euo pipefail
@@ -27,6 +28,7 @@ done
 stored=$(curl -s "$SL_URL/healthz" | sed -n 's/.*"last_seq":\([0-9]*\).*/\1/p')
 kill "$SL_PID"; wait "$SL_PID" 2>/dev/null || true; SL_PID=""
 cp -a "$WORK/data" "$WORK/data.orig"
+[ -n "${KEEP_DATA:-}" ] && { rm -rf "$KEEP_DATA"; cp -a "$WORK/data" "$KEEP_DATA"; }
 feed=$(mdb_stat -s feed "$WORK/data/derived" | awk '/Entries:/ {print $2}')
 printf "one log of %s events (rules of %s live), a feed of %s entries carried over by each rebuild\n" \
   "$stored" "$(basename "$1")" "$feed"

@@ -8,7 +8,8 @@
  *   tl        be64 timeline number -> dup values (be64 timestamp, be64 seq << 1 | is a
  *             page view), the events sent with that identifier, sorted by time.
  *             A person's event and page-view counts and first/last seen are
- *             read from here, so an ordinary event writes no person record.
+ *             read from here, so an ordinary event writes no person record
+ *             (but for its place in active, at most once a minute).
  *   journal   journal seq -> JSON entry (merge or refusal)
  *   pjournal  person id -> dup journal seqs that explain the person
  *   prefusals person id -> dup journal seqs of the refusal entries among them
@@ -17,8 +18,11 @@
  *             identifiers bound and the public key can grow. Added after
  *             layout 3: a store without it gets it from pjournal at open.
  *   active    be64 last activity ms, be64 person id -> nothing: persons by recent
- *             activity (moved at most once a minute per person)
- *   actof     person id -> i64 its key's time in active
+ *             activity (moved at most once a minute per person); the person's
+ *             record says where its entry is (active_ms), so that an event
+ *             reads no other record to know whether it moves
+ *   actof     person id -> i64 its key's time in active, for records written
+ *             before they said it (PF_ACTIVE_HERE): emptied as they are touched
  *   consent   person id -> the person's consent and suppression flag (consent.h)
  *   smeta     counters: "next_person", "next_journal";
  *             "refused\x1f<owner>\x1f<person>\x1f<identifier>": refusals counted (once each);
@@ -43,10 +47,15 @@
 #define PERSON_VERSION 1
 #define STITCH_LAYOUT 3 /* 2: tl values carry seq << 1 | page, counters derived; 3: tl keyed by number */
 
+/* flags of a person record */
+#define PF_ACTIVE_HERE 1 /* active_ms and PF_ACTIVE say where the person is in active (else actof does) */
+#define PF_ACTIVE 2      /* the person has an entry in active, at active_ms */
+
 typedef struct {
     uint32_t version;
     uint32_t n_ids;
-    int64_t first_ms, last_ms;
+    int64_t active_ms;    /* its key's time in active, with PF_ACTIVE (records before had zero here) */
+    uint64_t flags;       /* PF_* */
     uint64_t events, page_views, orders;
     double revenue;
     char currency[8];
@@ -240,6 +249,7 @@ static void person_init(person_t *p, uint64_t id)
 {
     p->id = id;
     memset(&p->h, 0, sizeof(p->h));
+    p->h.flags = PF_ACTIVE_HERE; /* not in active yet */
     p->ids.len = p->traits.len = 0;
     p->dirty = 1;
 }
@@ -636,46 +646,64 @@ static void active_key(unsigned char k[16], int64_t ms, uint64_t person)
     sl_be64_put(k + 8, person);
 }
 
-/* The person's time in active (*found 0: none), its entry removed when
- * drop. A time of 0 is a time like another (an event may claim 1970). */
-static int active_get(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int64_t *ms, int *found, int drop)
+/* Where p's entry in active is: a record written before it said so reads
+ * actof once, and says it from then on (p is then dirty). */
+static int active_here(sl_stitch_t *s, MDB_txn *txn, person_t *p)
 {
-    MDB_val k = {8, &person}, v;
+    if (p->h.flags & PF_ACTIVE_HERE) return 0;
+    MDB_val k = {8, &p->id}, v;
     int rc = mdb_get(txn, s->actof, &k, &v);
-    *ms = 0;
-    *found = 0;
+    p->h.flags |= PF_ACTIVE_HERE;
+    p->h.active_ms = 0;
+    p->dirty = 1;
     if (rc == MDB_NOTFOUND) return 0;
     if (rc) return rc;
     if (v.mv_size != 8) return MDB_CORRUPTED;
-    memcpy(ms, v.mv_data, 8);
-    *found = 1;
-    if (!drop) return 0;
-    unsigned char ak[16];
-    active_key(ak, *ms, person);
-    MDB_val av = {16, ak};
-    if ((rc = mdb_del(txn, s->active, &av, NULL)) && rc != MDB_NOTFOUND) return rc;
+    memcpy(&p->h.active_ms, v.mv_data, 8);
+    p->h.flags |= PF_ACTIVE;
     return mdb_del(txn, s->actof, &k, NULL);
 }
 
-/* The person was active at ms: moves it to the front when that is a
- * minute or more past its place. */
-static int active_touch(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int64_t ms)
+/* p's time in active (*found 0: none), its entry removed when drop. A time
+ * of 0 is a time like another (an event may claim 1970). */
+static int active_get(sl_stitch_t *s, MDB_txn *txn, person_t *p, int64_t *ms, int *found, int drop)
+{
+    int rc = active_here(s, txn, p);
+    if (rc) return rc;
+    *found = (p->h.flags & PF_ACTIVE) != 0;
+    *ms = *found ? p->h.active_ms : 0;
+    if (!drop || !*found) return 0;
+    unsigned char ak[16];
+    active_key(ak, *ms, p->id);
+    MDB_val av = {16, ak};
+    if ((rc = mdb_del(txn, s->active, &av, NULL)) && rc != MDB_NOTFOUND) return rc;
+    p->h.flags &= ~(uint64_t)PF_ACTIVE;
+    p->dirty = 1;
+    return 0;
+}
+
+/* p was active at ms: moves it to the front when that is a minute or more
+ * past its place (p is then dirty: its record says where). */
+static int active_touch(sl_stitch_t *s, MDB_txn *txn, person_t *p, int64_t ms)
 {
     int64_t old;
     int found;
-    int rc = active_get(s, txn, person, &old, &found, 0);
+    int rc = active_get(s, txn, p, &old, &found, 0);
     if (rc) return rc;
     if (ms < 0) ms = 0; /* the key's time is unsigned */
     if (found && ms < old + ACTIVE_STEP_MS) return 0;
     unsigned char ak[16];
-    MDB_val av = {16, ak}, nothing = {0, NULL}, k = {8, &person}, v = {8, &ms};
+    MDB_val av = {16, ak}, nothing = {0, NULL};
     if (found) {
-        active_key(ak, old, person);
+        active_key(ak, old, p->id);
         if ((rc = mdb_del(txn, s->active, &av, NULL)) && rc != MDB_NOTFOUND) return rc;
     }
-    active_key(ak, ms, person);
+    active_key(ak, ms, p->id);
     if ((rc = mdb_put(txn, s->active, &av, &nothing, 0))) return rc;
-    return mdb_put(txn, s->actof, &k, &v, 0);
+    p->h.active_ms = ms;
+    p->h.flags |= PF_ACTIVE;
+    p->dirty = 1;
+    return 0;
 }
 
 static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const sl_stitch_msg_t *m,
@@ -740,8 +768,8 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     if ((rc = mdb_del(txn, s->persons, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
     int64_t x_active;
     int x_found;
-    if ((rc = active_get(s, txn, x->id, &x_active, &x_found, 1)) ||
-        (x_found && (rc = active_touch(s, txn, sv->id, x_active))))
+    if ((rc = active_get(s, txn, x, &x_active, &x_found, 1)) ||
+        (x_found && (rc = active_touch(s, txn, sv, x_active))))
         return rc;
     s->pend.merges++;
     uint64_t who = sv->id;
@@ -993,7 +1021,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
     sl_be64_put(tk, tlno);
     MDB_val k = {8, tk}, v = {16, tv};
     if ((rc = mdb_put(txn, s->tl, &k, &v, 0)) && rc != MDB_KEYEXIST) return rc;
-    if ((rc = active_touch(s, txn, t->id, m->ts_ms))) return rc;
+    if ((rc = active_touch(s, txn, t, m->ts_ms))) return rc;
 
     if (m->is_order) {
         t->dirty = 1;
@@ -1765,7 +1793,7 @@ static int forget_person(sl_stitch_t *s, MDB_txn *txn, person_t *p, sl_stitch_er
     if ((rc = mdb_del(txn, s->persons, &k, NULL))) return rc;
     int64_t was;
     int had;
-    if ((rc = active_get(s, txn, p->id, &was, &had, 1))) return rc;
+    if ((rc = active_get(s, txn, p, &was, &had, 1))) return rc;
     return consent_forget(txn, s->consent, s->ccache, p->id);
 }
 
@@ -2372,6 +2400,16 @@ int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FI
             sl_buf_t key = {p.ids.data + off, strlen(p.ids.data + off), 0};
             uint64_t owner;
             if (lookup(s, txn, &key, &owner, NULL) || owner != pid) problem(&v, "persons: an identifier points elsewhere", key.data, key.len);
+        }
+        /* where the record says its entry in active is, it is */
+        if ((p.h.flags & (PF_ACTIVE_HERE | PF_ACTIVE)) == (PF_ACTIVE_HERE | PF_ACTIVE) && s->active) {
+            unsigned char ak[16];
+            active_key(ak, p.h.active_ms, pid);
+            MDB_val av = {16, ak}, nothing;
+            if (mdb_get(txn, s->active, &av, &nothing) != 0) {
+                fprintf(out, "persons: p_%llu is missing from the recent-activity index\n", (unsigned long long)pid);
+                rep->problems++;
+            }
         }
     }
     mdb_cursor_close(cur);

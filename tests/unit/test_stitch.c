@@ -188,7 +188,7 @@ static void msg(fix_t *f, int type, const char *user, const char *anon, const ch
 typedef struct {
     sl_stitch_t *s;
     const char *kind, *id;
-    int which; /* 0 profile, 1 timeline, 2 merges */
+    int which; /* 0 profile, 1 timeline, 2 merges, 3 recent */
     size_t limit;       /* merges: a page (0: 1,000) */
     const char *before; /* merges: the cursor of the previous page */
     int rc;
@@ -200,7 +200,8 @@ static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     read_t *r = arg;
     if (r->which == 0) r->rc = sl_stitch_profile(r->s, txn, r->kind, r->id, &r->out);
     else if (r->which == 1) r->rc = sl_stitch_timeline(r->s, txn, log_txn, r->kind, r->id, 1000, NULL, &r->out);
-    else r->rc = sl_stitch_merges(r->s, txn, r->kind, r->id, r->limit ? r->limit : 1000, r->before, &r->out);
+    else if (r->which == 2) r->rc = sl_stitch_merges(r->s, txn, r->kind, r->id, r->limit ? r->limit : 1000, r->before, &r->out);
+    else r->rc = sl_stitch_recent(r->s, txn, 1000, NULL, &r->out);
     return 0;
 }
 
@@ -657,8 +658,8 @@ TEST(stitch_retention_prunes_and_restarts)
 
 TEST(stitch_verify_finds_damage)
 {
-    const char *dbs[] = {"tl", "ids", "persons"};
-    for (int i = 0; i < 3; i++) {
+    const char *dbs[] = {"tl", "ids", "persons", "active"};
+    for (int i = 0; i < 4; i++) {
         fix_t f;
         if (fix_init(&f)) { CHECK(!"fixture"); return; }
         msg(&f, SL_STITCH_PAGE, NULL, "v1", NULL, 1000);
@@ -1336,6 +1337,115 @@ static void drop_db(fix_t *f, const char *db)
     CHECK_INT(mdb_drop(txn, dbi, 1), ==, 0);
     CHECK_INT(mdb_txn_commit(txn), ==, 0);
     mdb_env_close(env);
+}
+
+/* Rewrites every person record of the derived store (closed) as records
+ * were before they said where their entry in active is: that goes to actof,
+ * the record's two words are zero. The number of records rewritten. */
+static int records_before_active_here(fix_t *f)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi persons, actof;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int n = 0;
+    CHECK_INT(mdb_env_create(&env), ==, 0);
+    mdb_env_set_maxdbs(env, 32);
+    mdb_env_set_mapsize(env, 256 << 20);
+    CHECK_INT(mdb_env_open(env, f->ddir, 0, 0640), ==, 0);
+    CHECK_INT(mdb_txn_begin(env, NULL, 0, &txn), ==, 0);
+    CHECK_INT(mdb_dbi_open(txn, "persons", MDB_INTEGERKEY, &persons), ==, 0);
+    CHECK_INT(mdb_dbi_open(txn, "actof", MDB_INTEGERKEY, &actof), ==, 0);
+    CHECK_INT(mdb_cursor_open(txn, persons, &cur), ==, 0);
+    for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        unsigned char rec[4096];
+        if (v.mv_size < 24 || v.mv_size > sizeof(rec)) {
+            CHECK(!"a person record of an unexpected size");
+            break;
+        }
+        memcpy(rec, v.mv_data, v.mv_size);
+        uint64_t flags;
+        memcpy(&flags, rec + 16, 8); /* version, n_ids, active_ms, flags */
+        CHECK_INT(flags, ==, 3);     /* written by this version: here, and active */
+        MDB_val av = {8, rec + 8}, nv = {v.mv_size, rec};
+        CHECK_INT(mdb_put(txn, actof, &k, &av, 0), ==, 0);
+        memset(rec + 8, 0, 16);
+        CHECK_INT(mdb_cursor_put(cur, &k, &nv, MDB_CURRENT), ==, 0);
+        n++;
+    }
+    mdb_cursor_close(cur);
+    CHECK_INT(mdb_txn_commit(txn), ==, 0);
+    mdb_env_close(env);
+    return n;
+}
+
+static int db_entries(fix_t *f, const char *name); /* entries of a derived database (the store open) */
+
+/* The ids of the recent-activity listing, newest first, as "p_1,p_2". */
+static void recent_ids(fix_t *f, char *out, size_t cap)
+{
+    read_t r = {.s = f->stitch, .which = 3};
+    CHECK_INT(sl_stage_read(f->stage, 1, read_cb, &r), ==, 0);
+    CHECK_INT(r.rc, ==, 0);
+    cJSON *doc = cJSON_ParseWithLength(r.out.data, r.out.len), *p;
+    out[0] = 0;
+    cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(doc, "profiles")) {
+        size_t len = strlen(out);
+        snprintf(out + len, cap - len, "%s%s", len ? "," : "", cJSON_GetObjectItemCaseSensitive(p, "id")->valuestring);
+    }
+    cJSON_Delete(doc);
+    sl_buf_free(&r.out);
+}
+
+/* A person's place in the recent-activity index is read from its record
+ * (an event reads no other record to know whether it moves); records
+ * written before kept it in actof: each says it once touched, and the
+ * listing, merges and erasure keep working across the upgrade. */
+TEST(stitch_active_from_records_before)
+{
+    fix_t f;
+    if (fix_init(&f)) { CHECK(!"fixture"); return; }
+    int64_t t = 1700000000000;
+    msg(&f, SL_STITCH_PAGE, NULL, "ra", NULL, t);
+    msg(&f, SL_STITCH_PAGE, NULL, "rb", NULL, t + 1000);
+    msg(&f, SL_STITCH_PAGE, NULL, "rc", NULL, t + 2000);
+    char a[32], b[32], c[32], want[128], got[128];
+    person_of(&f, "anonymous_id", "ra", a);
+    person_of(&f, "anonymous_id", "rb", b);
+    person_of(&f, "anonymous_id", "rc", c);
+    snprintf(want, sizeof(want), "%s,%s,%s", c, b, a);
+    recent_ids(&f, got, sizeof(got));
+    CHECK_STR(got, want);
+    CHECK_INT(db_entries(&f, "actof"), ==, 0); /* nothing kept there any more */
+    fix_close_store(&f);
+    CHECK_INT(records_before_active_here(&f), ==, 3);
+    REQUIRE(fix_open(&f) == 0);
+    CHECK_INT(db_entries(&f, "actof"), ==, 3);
+    recent_ids(&f, got, sizeof(got));
+    CHECK_STR(got, want);
+    CHECK_INT(verify_problems(&f), ==, 0);
+    /* ra, a minute later: moves to the front, its place now in its record */
+    msg(&f, SL_STITCH_PAGE, NULL, "ra", NULL, t + 120000);
+    snprintf(want, sizeof(want), "%s,%s,%s", a, c, b);
+    recent_ids(&f, got, sizeof(got));
+    CHECK_STR(got, want);
+    /* rb logs in as rc's user: rb's person is merged into rc's, which keeps the later place */
+    msg(&f, SL_STITCH_IDENTIFY, "ru", "rc", NULL, t + 3000);
+    msg(&f, SL_STITCH_IDENTIFY, "ru", "rb", NULL, t + 4000);
+    CHECK_SAME(person_of(&f, "anonymous_id", "rb", got), c);
+    snprintf(want, sizeof(want), "%s,%s", a, c);
+    recent_ids(&f, got, sizeof(got));
+    CHECK_STR(got, want);
+    /* ra's erasure takes its entry */
+    sl_stitch_erase_t er;
+    erase_run(&f, &er, "anonymous_id", "ra");
+    sl_stitch_erase_free(&er);
+    recent_ids(&f, got, sizeof(got));
+    CHECK_STR(got, c);
+    CHECK_INT(verify_problems(&f), ==, 0);
+    CHECK_INT(db_entries(&f, "actof"), ==, 0); /* every record touched says it now */
+    fix_free(&f);
 }
 
 /* Review N1: a store written before refusal references were kept apart
