@@ -137,15 +137,63 @@ static const char *member_key(const char *p, const char *end, sl_jval_t *key, in
     return p < end && *p == ':' ? p + 1 : NULL;
 }
 
-/* p at a value (after any blank): past it, or NULL when it is not well-formed. */
-static const char *skip_value(const char *p, const char *end)
+/* What a checking pass notes on its way (NULL: nothing): the members of
+ * the value it checks, when that is an object, and those of one of them
+ * named sub, when that is an object too (the first SL_JINDEX_MAX of each). */
+typedef struct {
+    sl_jindex_t *top, *sub;
+    const char *sub_name;
+    size_t sub_len;
+    int in_sub;              /* the member of top under way is sub */
+    int sub_seen;            /* a member named sub was met (the first counts) */
+    const char *start[3];    /* where the value under way at depth 1, 2 began */
+    sl_jval_t key[3];        /* its name */
+} notes_t;
+
+static void note_key(notes_t *nt, int depth, sl_jval_t key, const char *stack)
+{
+    if (depth == 1 && stack[0] == '}') {
+        nt->key[1] = key;
+        nt->in_sub = nt->sub && !nt->sub_seen && sl_jstr_eq(key, nt->sub_name, nt->sub_len);
+        nt->sub_seen |= nt->in_sub;
+    } else if (depth == 2 && nt->in_sub && stack[1] == '}') {
+        nt->key[2] = key;
+    }
+}
+
+static void note_start(notes_t *nt, int depth, const char *p)
+{
+    if (depth == 1 || depth == 2) nt->start[depth] = p;
+}
+
+static void note_end(notes_t *nt, int depth, const char *p, const char *stack)
+{
+    sl_jindex_t *ix = depth == 1 && stack[0] == '}' ? nt->top : depth == 2 && nt->in_sub && stack[1] == '}' ? nt->sub : NULL;
+    if (ix == NULL) return;
+    sl_jval_t v = {nt->start[depth], (size_t)(p - nt->start[depth])};
+    if (ix->n < SL_JINDEX_MAX) {
+        ix->key[ix->n] = nt->key[depth];
+        ix->val[ix->n++] = v;
+    }
+    if (depth == 1 && nt->in_sub) {
+        if (v.p[0] == '{') nt->sub->obj = v;
+        else nt->sub->n = 0; /* sub is no object: nothing under that name */
+        nt->in_sub = 0;
+    }
+}
+
+/* p at a value (after any blank): past it, or NULL when it is not
+ * well-formed; on the way, what nt asks for (nt NULL: nothing). */
+static const char *skip_value_noting(const char *p, const char *end, notes_t *nt)
 {
     char stack[SL_JDEPTH];
     int depth = 0;
+    sl_jval_t key;
     for (;;) {
         /* a value starts here */
         p = ws(p, end);
         if (p >= end) return NULL;
+        if (nt) note_start(nt, depth, p);
         if (*p == '{' || *p == '[') {
             if (depth == SL_JDEPTH) return NULL;
             stack[depth++] = *p == '{' ? '}' : ']';
@@ -155,7 +203,10 @@ static const char *skip_value(const char *p, const char *end)
                 p++;
                 depth--;
             } else {
-                if (stack[depth - 1] == '}' && (p = member_key(p, end, NULL, 0)) == NULL) return NULL;
+                if (stack[depth - 1] == '}') {
+                    if ((p = member_key(p, end, &key, 0)) == NULL) return NULL;
+                    if (nt) note_key(nt, depth, key, stack);
+                }
                 continue;
             }
         } else if (*p == '"') {
@@ -165,6 +216,7 @@ static const char *skip_value(const char *p, const char *end)
         }
         /* after a value: close containers, or go on to the next element */
         for (;;) {
+            if (nt) note_end(nt, depth, p, stack);
             if (depth == 0) return p;
             p = ws(p, end);
             if (p >= end) return NULL;
@@ -175,7 +227,10 @@ static const char *skip_value(const char *p, const char *end)
             }
             if (*p != ',') return NULL;
             p++;
-            if (stack[depth - 1] == '}' && (p = member_key(p, end, NULL, 0)) == NULL) return NULL;
+            if (stack[depth - 1] == '}') {
+                if ((p = member_key(p, end, &key, 0)) == NULL) return NULL;
+                if (nt) note_key(nt, depth, key, stack);
+            }
             break;
         }
     }
@@ -189,15 +244,16 @@ static const char *skip_fast(const char *p, const char *end)
     int depth = 0;
     while (p < end) {
         char c = *p;
-        if (c == '"') {
-            for (p++;;) { /* to the closing quote: one not escaped by an odd run of backslashes */
-                const char *q = memchr(p, '"', (size_t)(end - p));
-                if (q == NULL) return end;
-                const char *b = q;
-                while (b > p && b[-1] == '\\') b--;
-                p = q + 1;
-                if (((q - b) & 1) == 0) break;
+        if (c == '"') { /* to the closing quote (strings are short: a byte loop beats memchr's call) */
+            for (p++; p < end; p++) {
+                char b = *p;
+                if (b == '"') break;
+                /* the escaped byte is no quote; a branch, not p += (b == '\\'), which would
+                 * make each step wait for the load before it */
+                if (__builtin_expect(b == '\\', 0) && ++p >= end) break;
             }
+            if (p >= end) return end;
+            p++;
             if (depth == 0) return p;
             continue;
         }
@@ -214,14 +270,26 @@ static const char *skip_fast(const char *p, const char *end)
     return end;
 }
 
-sl_jval_t sl_jroot(const char *text, size_t n)
+sl_jval_t sl_jroot(const char *text, size_t n) { return sl_jroot_index(text, n, NULL, NULL, NULL); }
+
+sl_jval_t sl_jroot_index(const char *text, size_t n, sl_jindex_t *top, const char *sub, sl_jindex_t *sub_ix)
 {
     sl_jval_t none = {NULL, 0};
+    notes_t nt = {top, sub ? sub_ix : NULL, sub, sub ? strlen(sub) : 0, 0, 0, {NULL}, {{NULL, 0}}};
+    if (top) top->obj = none, top->n = 0;
+    if (nt.sub) nt.sub->obj = none, nt.sub->n = 0;
     if (text == NULL) return none;
     const char *end = text + n, *p = ws(text, end);
-    const char *e = p < end ? skip_value(p, end) : NULL;
-    if (e == NULL || ws(e, end) != end) return none;
-    return (sl_jval_t){p, (size_t)(e - p)};
+    const char *e = p < end ? skip_value_noting(p, end, top ? &nt : NULL) : NULL;
+    if (e == NULL || ws(e, end) != end) {
+        if (top) top->n = 0;
+        if (nt.sub) nt.sub->obj = none, nt.sub->n = 0;
+        return none;
+    }
+    sl_jval_t root = {p, (size_t)(e - p)};
+    if (top && sl_jtype(root) == SL_JOBJ) top->obj = root;
+    else if (top) top->n = 0;
+    return root;
 }
 
 int sl_jtype(sl_jval_t v)

@@ -117,6 +117,11 @@ typedef struct sl_jindex_s {
 } sl_jindex_t;
 void sl_jindex(sl_jval_t obj, sl_jindex_t *ix);
 sl_jval_t sl_jindex_get(const sl_jindex_t *ix, const char *key);
+/* sl_jroot(), and in the same pass the index of the root's members (top)
+ * and of its member named sub when that is an object (sub_ix; sub NULL:
+ * none), as sl_jindex() of them would be: what a reader of many members
+ * pays once. Both are empty when the text is not well-formed. */
+sl_jval_t sl_jroot_index(const char *text, size_t n, sl_jindex_t *top, const char *sub, sl_jindex_t *sub_ix);
 
 /* ---- growable buffer ------------------------------------------------------
  * Heap-backed; sl_buf_free() releases it. Append functions return 0 or

@@ -59,17 +59,29 @@ typedef struct sl_stage_ctx_s {
                                 * of it (set by the identity step, from its source) */
 } sl_stage_ctx_t;
 
-/* One event of the log, as the steps see it. doc is parsed once by the
- * stage; steps read it and never keep pointers into it (json lives only as
- * long as the stage's read of the log: a slice of SLICE_EVENTS events). */
+/* One event of the log, as the steps see it. The stage checks that its text
+ * is one well-formed JSON object (else the event is set aside) and builds no
+ * tree: in that same pass it notes where root's members and its context's
+ * are (top, context), steps read the members they use from there
+ * (sl_jindex_get, then sl_jget... below), and ask for a tree only when they
+ * need one (sl_stage_event_doc). Steps never keep
+ * pointers into either past the event (json lives only as long as the
+ * stage's read of the log: a slice of SLICE_EVENTS events). */
 typedef struct sl_stage_event_s {
     uint64_t seq;
     const char *json;
     size_t len;
-    const cJSON *doc;
-    const char *message_id;  /* doc's messageId (every stored event has one) */
+    sl_jval_t root;          /* the stored message: an object */
+    const sl_jindex_t *top;  /* root's members, found once for every step (sl_jindex_get) */
+    const sl_jindex_t *context; /* the members of its context object (none when it has none) */
+    const char *message_id;  /* its messageId ("" when it has none) */
     sl_stage_ctx_t *ctx;     /* filled by the steps, phase after phase */
+    struct sl_stage_s *sg;   /* private */
 } sl_stage_event_t;
+/* The stored message as a cJSON tree, parsed at the first call for the event
+ * (later calls return the same tree), freed after its last step; NULL when
+ * cJSON cannot parse it (deeper than cJSON goes...) or out of memory. */
+const cJSON *sl_stage_event_doc(const sl_stage_event_t *ev);
 
 /* The phases, in the order the steps of an event run (steps of one phase run
  * in the order they were added). */

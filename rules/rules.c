@@ -1,6 +1,8 @@
 /* rules.c - the condition language (sl_rules.h): compile a JSON condition
- * into a tree of nodes, evaluate it against an event and a person view
- * without allocating, print it back as canonical JSON. */
+ * into a tree of nodes, evaluate it against the text of an event and of a
+ * person view without building a tree of them, print it back as canonical
+ * JSON. */
+#define _GNU_SOURCE /* memmem */
 #include "sl_rules.h"
 
 #include <cjson/cJSON.h>
@@ -435,16 +437,17 @@ int sl_rules_compile(const cJSON *json, unsigned sides, const char *where, sl_co
     return 0;
 }
 
-/* ---- evaluating: no allocation, no failure ---- */
+/* ---- evaluating: on the text, no failure ---- */
 
-int sl_rules_glob_match(const char *p, const char *s)
+/* pattern against subject[0..n) */
+static int glob_n(const char *p, const char *s, size_t n)
 {
-    const char *star = NULL, *ss = NULL;
-    while (*s) {
+    const char *star = NULL, *ss = NULL, *end = s + n;
+    while (s < end) {
         if (*p == '*') {
             star = p++;
             ss = s;
-        } else if (*p == '?' || *p == *s) {
+        } else if (*p != '\0' && (*p == '?' || *p == *s)) {
             p++;
             s++;
         } else if (star) {
@@ -458,44 +461,58 @@ int sl_rules_glob_match(const char *p, const char *s)
     return *p == '\0';
 }
 
+int sl_rules_glob_match(const char *p, const char *s) { return glob_n(p, s, strlen(s)); }
+
 typedef struct ev_s {
     const sl_rules_ctx_t *ctx;
-    const cJSON *view;
-    int fetched; /* the profile callback was called */
+    sl_jval_t view;
+    int fetched;        /* the profile callback was called */
+    sl_arena_t scratch; /* strings with escapes, decoded (most have none: read in place) */
 } ev_t;
 
-static const cJSON *member(const cJSON *o, const char *name)
+/* The bytes of string f: in the text itself when it has no escape, else
+ * decoded into the evaluation's scratch. 0 when f is no string. */
+static int text_of(sl_jval_t f, ev_t *e, const char **s, size_t *n)
 {
-    if (o == NULL || !cJSON_IsObject(o)) return NULL;
-    for (const cJSON *m = o->child; m; m = m->next)
-        if (m->string && strcmp(m->string, name) == 0) return m;
-    return NULL;
+    if (sl_jtype(f) != SL_JSTR) return 0;
+    if (memchr(f.p + 1, '\\', f.n - 2) == NULL) {
+        *s = f.p + 1;
+        *n = f.n - 2;
+        return 1;
+    }
+    return (*s = sl_jstr(f, &e->scratch, n)) != NULL;
 }
 
-static int scalar_eq(const cJSON *f, const val_t *v)
+static int scalar_eq(sl_jval_t f, const val_t *v)
 {
+    double d;
     switch (v->type) {
-    case cJSON_Number: return cJSON_IsNumber(f) && f->valuedouble == v->num;
-    case cJSON_String: return cJSON_IsString(f) && f->valuestring && strcmp(f->valuestring, v->str) == 0;
-    case cJSON_True: return cJSON_IsTrue(f);
-    case cJSON_False: return cJSON_IsFalse(f);
-    default: return cJSON_IsNull(f);
+    case cJSON_Number: return sl_jtype(f) == SL_JNUM && sl_jnum(f, &d) && d == v->num;
+    case cJSON_String: return sl_jstr_eq(f, v->str, strlen(v->str));
+    case cJSON_True: return sl_jtype(f) == SL_JTRUE;
+    case cJSON_False: return sl_jtype(f) == SL_JFALSE;
+    default: return sl_jtype(f) == SL_JNULL;
     }
 }
 
 /* <0, 0, >0 for f against v, or 2 when they do not compare (types differ) */
-static int order(const cJSON *f, const val_t *v)
+static int order(sl_jval_t f, const val_t *v, ev_t *e)
 {
-    if (v->type == cJSON_Number && cJSON_IsNumber(f))
-        return f->valuedouble < v->num ? -1 : f->valuedouble > v->num ? 1 : f->valuedouble == v->num ? 0 : 2;
-    if (v->type == cJSON_String && cJSON_IsString(f) && f->valuestring) {
-        int r = strcmp(f->valuestring, v->str); /* as unsigned bytes */
+    double d;
+    if (v->type == cJSON_Number && sl_jtype(f) == SL_JNUM && sl_jnum(f, &d))
+        return d < v->num ? -1 : d > v->num ? 1 : d == v->num ? 0 : 2;
+    const char *s;
+    size_t n;
+    if (v->type == cJSON_String && text_of(f, e, &s, &n)) {
+        size_t vn = strlen(v->str);
+        int r = memcmp(s, v->str, n < vn ? n : vn); /* as unsigned bytes */
+        if (r == 0) r = n < vn ? -1 : n > vn;
         return r < 0 ? -1 : r > 0;
     }
     return 2;
 }
 
-static int in_list(const cJSON *f, const node_t *n)
+static int in_list(sl_jval_t f, const node_t *n)
 {
     for (size_t i = 0; i < n->n; i++)
         if (scalar_eq(f, &n->list[i])) return 1;
@@ -510,35 +527,41 @@ static int64_t time_bound(const node_t *n, int64_t now_ms)
 }
 
 /* The leaf's operator on a value its path reached. */
-static int leaf_test(const node_t *n, const cJSON *f, const ev_t *e)
+static int leaf_test(const node_t *n, sl_jval_t f, ev_t *e)
 {
     int o;
+    const char *s;
+    size_t len;
     switch ((enum op)n->op) {
     case OP_EQ: return scalar_eq(f, &n->v);
     case OP_NE: return !scalar_eq(f, &n->v);
     case OP_IN: return in_list(f, n);
     case OP_NIN: return !in_list(f, n);
-    case OP_GT: return order(f, &n->v) == 1;
-    case OP_GTE: return (o = order(f, &n->v)) == 1 || o == 0;
-    case OP_LT: return order(f, &n->v) == -1;
-    case OP_LTE: return (o = order(f, &n->v)) == -1 || o == 0;
+    case OP_GT: return order(f, &n->v, e) == 1;
+    case OP_GTE: return (o = order(f, &n->v, e)) == 1 || o == 0;
+    case OP_LT: return order(f, &n->v, e) == -1;
+    case OP_LTE: return (o = order(f, &n->v, e)) == -1 || o == 0;
     case OP_EXISTS: return 1; /* exists: false is the negation of the walk (leaf_eval) */
     case OP_CONTAINS:
-        if (cJSON_IsArray(f)) {
-            for (const cJSON *x = f->child; x; x = x->next)
+        if (sl_jtype(f) == SL_JARR) {
+            sl_jiter_t it;
+            sl_jval_t k, x;
+            sl_jiter(f, &it);
+            while (sl_jnext(&it, &k, &x))
                 if (scalar_eq(x, &n->v)) return 1;
             return 0;
         }
-        return n->v.type == cJSON_String && cJSON_IsString(f) && f->valuestring && strstr(f->valuestring, n->v.str);
-    case OP_STARTS_WITH:
-        return cJSON_IsString(f) && f->valuestring && strncmp(f->valuestring, n->v.str, strlen(n->v.str)) == 0;
-    case OP_GLOB: return cJSON_IsString(f) && f->valuestring && sl_rules_glob_match(n->v.str, f->valuestring);
+        return n->v.type == cJSON_String && text_of(f, e, &s, &len) &&
+               memmem(s, len, n->v.str, strlen(n->v.str)) != NULL;
+    case OP_STARTS_WITH: {
+        size_t vn = strlen(n->v.str);
+        return text_of(f, e, &s, &len) && len >= vn && memcmp(s, n->v.str, vn) == 0;
+    }
+    case OP_GLOB: return text_of(f, e, &s, &len) && glob_n(n->v.str, s, len);
     case OP_BEFORE:
     case OP_AFTER: {
         int64_t ms;
-        if (!cJSON_IsString(f) || f->valuestring == NULL ||
-            sl_time_parse_iso(f->valuestring, strlen(f->valuestring), &ms))
-            return 0;
+        if (!text_of(f, e, &s, &len) || sl_time_parse_iso(s, len, &ms)) return 0;
         int64_t bound = time_bound(n, e->ctx->now_ms);
         return n->op == OP_AFTER ? ms > bound : ms < bound;
     }
@@ -547,26 +570,30 @@ static int leaf_test(const node_t *n, const cJSON *f, const ev_t *e)
 }
 
 /* 1 when some value reached from x by segments i.. satisfies the leaf. */
-static int walk(const node_t *n, const cJSON *x, unsigned i, const ev_t *e)
+static int walk(const node_t *n, sl_jval_t x, unsigned i, ev_t *e)
 {
-    const cJSON *m = member(x, n->segs[i].name);
-    if (m == NULL) return 0;
+    sl_jval_t m = i == 0 && n->side == SIDE_EVENT && e->ctx->event_top ? sl_jindex_get(e->ctx->event_top, n->segs[0].name)
+                                                                      : sl_jget(x, n->segs[i].name);
+    if (sl_jtype(m) == SL_JNONE) return 0;
     int last = i + 1 == n->n_segs;
     if (!n->segs[i].any) return last ? leaf_test(n, m, e) : walk(n, m, i + 1, e);
-    if (!cJSON_IsArray(m)) return 0;
-    for (const cJSON *el = m->child; el; el = el->next)
+    if (sl_jtype(m) != SL_JARR) return 0;
+    sl_jiter_t it;
+    sl_jval_t k, el;
+    sl_jiter(m, &it);
+    while (sl_jnext(&it, &k, &el))
         if (last ? leaf_test(n, el, e) : walk(n, el, i + 1, e)) return 1;
     return 0;
 }
 
 static int leaf_eval(const node_t *n, ev_t *e)
 {
-    const cJSON *root;
+    sl_jval_t root;
     unsigned first;
     if (n->side == SIDE_PROFILE) {
         if (!e->fetched) {
             e->fetched = 1;
-            e->view = e->ctx->profile ? e->ctx->profile(e->ctx->profile_arg) : NULL;
+            if (e->ctx->profile) e->view = e->ctx->profile(e->ctx->profile_arg);
         }
         root = e->view;
         first = 1; /* past "profile" */
@@ -599,7 +626,10 @@ static int node_eval(const node_t *n, ev_t *e)
 int sl_rules_eval(const sl_cond_t *c, const sl_rules_ctx_t *ctx)
 {
     ev_t e = {.ctx = ctx};
-    return node_eval(c->root, &e);
+    sl_arena_init(&e.scratch);
+    int r = node_eval(c->root, &e);
+    sl_arena_free(&e.scratch);
+    return r;
 }
 
 int sl_rules_reads_event(const sl_cond_t *c) { return (c->reads & SL_RULES_EVENT) != 0; }

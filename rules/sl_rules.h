@@ -87,25 +87,26 @@ enum {
 /* A compiled condition (opaque). */
 typedef struct sl_cond_s sl_cond_t;
 
-/* The person view: returns an object shaped
+/* The person view: returns the text of an object shaped
  *   {"traits": {...}, "identified": bool, "first_seen": "ISO",
  *    "last_seen": "ISO", "consent": {"<category>": bool}, "unsubscribed": bool}
- * (members may be absent: the paths into them are then missing), or NULL when
+ * as a value of the tree-less reader (sl_jroot() of it; members may be
+ * absent: the paths into them are then missing), or an absent value when
  * there is no person (every profile path is then missing). Called by
  * sl_rules_eval() on its own thread, at most once per evaluation and only
  * when a profile leaf is reached, so callers build the view lazily. The
- * caller keeps ownership: the object must stay valid until sl_rules_eval()
- * returns, and is the caller's to free after it. */
-typedef const struct cJSON *(*sl_rules_profile_fn)(void *arg);
-
-/* What one evaluation reads. */
+ * caller keeps ownership: the text must stay valid until sl_rules_eval()
+ * returns. */
+typedef sl_jval_t (*sl_rules_profile_fn)(void *arg);
+/* What one evaluation reads. Both sides are read as text, without a tree:
+ * a member is found by its decoded name, the first of a name. */
 typedef struct sl_rules_ctx_s {
-    const struct cJSON *event; /* the stored message; NULL: every event path is missing */
+    sl_jval_t event;           /* the stored message (sl_jroot()); absent: every event path is missing */
+    const sl_jindex_t *event_top; /* NULL, or event's members found once (sl_jindex): read by first segments */
     int64_t now_ms;            /* the clock durations count back from (ms since the epoch) */
     sl_rules_profile_fn profile; /* NULL: every profile path is missing */
     void *profile_arg;         /* passed to profile */
 } sl_rules_ctx_t;
-
 /* Compiles json (not kept: the condition owns copies of what it needs) into
  * *out. sides: SL_RULES_EVENT and/or SL_RULES_PROFILE, the paths it may read.
  * where: the config path of the condition for messages (e.g.
@@ -128,8 +129,10 @@ typedef struct sl_rules_ctx_s {
 int sl_rules_compile(const struct cJSON *json, unsigned sides, const char *where, sl_cond_t **out,
                      char *err, size_t errlen);
 
-/* 1 when c holds for ctx, else 0. Never fails, allocates nothing itself (the
- * profile callback is the caller's), reads ctx->event and the view only. */
+/* 1 when c holds for ctx, else 0. Never fails, reads ctx->event and the
+ * view only, in place: it allocates only to decode a string with escapes
+ * that a string operator (gt..lte, contains, starts_with, glob, before,
+ * after) reads, freed before it returns (eq/in compare without decoding). */
 int sl_rules_eval(const sl_cond_t *c, const sl_rules_ctx_t *ctx);
 
 /* 1 when some leaf of c reads that side (known at compile time: a caller can

@@ -49,17 +49,18 @@ static int add_pref(cJSON *prefs, const char *name, int value)
     return cJSON_AddBoolToObject(prefs, name, value) ? 0 : SL_ENOMEM;
 }
 
-static int add_ids(cJSON *prefs, const cJSON *ids, int value)
+static int add_ids(cJSON *prefs, sl_jval_t ids, int value, sl_arena_t *a)
 {
-    const cJSON *id;
-    if (!cJSON_IsArray(ids)) return 0;
-    cJSON_ArrayForEach(id, ids) {
+    sl_jiter_t it;
+    sl_jval_t id;
+    double d;
+    if (sl_jtype(ids) != SL_JARR) return 0;
+    sl_jiter(ids, &it);
+    while (sl_jnext(&it, NULL, &id)) {
         char num[32];
-        const char *name = NULL;
-        if (cJSON_IsString(id)) {
-            name = id->valuestring;
-        } else if (cJSON_IsNumber(id) && fabs(id->valuedouble) < 9e15 && id->valuedouble == floor(id->valuedouble)) {
-            snprintf(num, sizeof(num), "%lld", (long long)id->valuedouble);
+        const char *name = sl_jstr(id, a, NULL);
+        if (name == NULL && sl_jnum(id, &d) && fabs(d) < 9e15 && d == floor(d)) {
+            snprintf(num, sizeof(num), "%lld", (long long)d);
             name = num;
         }
         int rc = name ? add_pref(prefs, name, value) : 0;
@@ -74,49 +75,56 @@ static int add_ids(cJSON *prefs, const cJSON *ids, int value)
 static int build_seg(consent_in_t *in)
 {
     if ((in->prefs = cJSON_CreateObject()) == NULL) return SL_ENOMEM;
-    const cJSON *c;
+    sl_jiter_t it;
+    sl_jval_t k, v;
     int rc = 0;
-    for (c = in->seg->child; c && rc == 0; c = c->next)
-        if (cJSON_IsBool(c)) rc = add_pref(in->prefs, c->string, cJSON_IsTrue(c));
+    sl_jiter(in->seg, &it);
+    while (rc == 0 && sl_jnext(&it, &k, &v)) {
+        int t = sl_jtype(v);
+        const char *name = t == SL_JTRUE || t == SL_JFALSE ? sl_jstr(k, in->arena, NULL) : NULL;
+        if (name) rc = add_pref(in->prefs, name, t == SL_JTRUE);
+    }
     return rc;
 }
 
-int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int trusted, int64_t ts_ms, uint64_t seq,
-                     consent_in_t *in)
+int consent_read_msg(const sl_jindex_t *top, const sl_jindex_t *context, const sl_config_t *cfg, int trusted, int64_t ts_ms, uint64_t seq,
+                     consent_in_t *in, sl_arena_t *arena)
 {
     memset(in, 0, sizeof(*in));
     in->ts_ms = ts_ms;
     in->seq = seq;
-    const char *type = sl_json_str(doc, "type"), *event = sl_json_str(doc, "event");
-    if (type && event && strcmp(type, "track") == 0) {
-        if (strcmp(event, cfg->unsubscribe_event) == 0) in->unsub = 1;
+    in->arena = arena;
+    sl_jval_t event = sl_jindex_get(top, "event");
+    if (sl_jstr_eq(sl_jindex_get(top, "type"), "track", 5) && sl_jtype(event) == SL_JSTR) {
+        if (sl_jstr_eq(event, cfg->unsubscribe_event, strlen(cfg->unsubscribe_event))) in->unsub = 1;
         /* anyone may unsubscribe a person; only a server-side source may
          * subscribe one again (a browser key is public) */
-        else if (strcmp(event, cfg->subscribe_event) == 0 && trusted) in->unsub = -1;
+        else if (sl_jstr_eq(event, cfg->subscribe_event, strlen(cfg->subscribe_event)) && trusted) in->unsub = -1;
     }
-    const cJSON *ctx = cJSON_GetObjectItemCaseSensitive(doc, "context");
-    const cJSON *seg = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ctx, "consent"),
-                                                        "categoryPreferences");
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(ctx, "consentManagement");
-    if (cJSON_IsObject(seg)) {
+    sl_jval_t seg = sl_jget(sl_jindex_get(context, "consent"), "categoryPreferences");
+    sl_jval_t rs = sl_jindex_get(context, "consentManagement");
+    if (sl_jtype(seg) == SL_JOBJ) {
         /* the tag repeats the same categories on every message: only their
          * hash now, the object when they differ from the person's */
-        const cJSON *c;
+        sl_jiter_t it;
+        sl_jval_t k, v;
         int n = 0;
-        cJSON_ArrayForEach(c, seg) {
-            if (n == CONSENT_MAX_CATEGORIES) break;
-            if (!cJSON_IsBool(c) || !name_ok(c->string)) continue;
-            in->hash += pref_hash(c->string, cJSON_IsTrue(c));
+        sl_jiter(seg, &it);
+        while (n < CONSENT_MAX_CATEGORIES && sl_jnext(&it, &k, &v)) {
+            int t = sl_jtype(v);
+            const char *name = t == SL_JTRUE || t == SL_JFALSE ? sl_jstr(k, arena, NULL) : NULL;
+            if (name == NULL || !name_ok(name)) continue;
+            in->hash += pref_hash(name, t == SL_JTRUE);
             n++;
         }
         if (n) in->seg = seg, in->states = 1;
         return 0;
     }
-    if (!cJSON_IsObject(rs)) return 0;
+    if (sl_jtype(rs) != SL_JOBJ) return 0;
     if ((in->prefs = cJSON_CreateObject()) == NULL) return SL_ENOMEM;
     /* grants first: past the bound, they matter most; a refusal of the same id wins */
-    int rc = add_ids(in->prefs, cJSON_GetObjectItemCaseSensitive(rs, "allowedConsentIds"), 1);
-    if (rc == 0) rc = add_ids(in->prefs, cJSON_GetObjectItemCaseSensitive(rs, "deniedConsentIds"), 0);
+    int rc = add_ids(in->prefs, sl_jget(rs, "allowedConsentIds"), 1, arena);
+    if (rc == 0) rc = add_ids(in->prefs, sl_jget(rs, "deniedConsentIds"), 0, arena);
     if (rc || in->prefs->child == NULL) { /* nothing recognised: says nothing */
         consent_in_free(in);
         return rc;
@@ -213,7 +221,7 @@ int consent_apply(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t pe
      * event with a later time already stated it */
     if (in->states && ts >= h.seen_ms) {
         if (!old || h.hash != in->hash) { /* other categories (the same ones, in any order, hash alike) */
-            if ((in->seg && in->prefs == NULL && (rc = build_seg(in))) ||
+            if ((in->seg.n && in->prefs == NULL && (rc = build_seg(in))) ||
                 (txt = cJSON_PrintUnformatted(in->prefs)) == NULL)
                 return rc ? rc : SL_ENOMEM;
             len = strlen(txt);

@@ -24,21 +24,23 @@
 typedef struct consent_in_s {
     int states;           /* it states categories: ... */
     uint64_t hash;        /* ... these (their hash) */
-    const cJSON *seg;     /* Segment's categoryPreferences (prefs built from it when needed) */
+    sl_jval_t seg;        /* Segment's categoryPreferences (prefs built from it when needed) */
+    sl_arena_t *arena;    /* where its names are decoded (the reader's, alive for the event) */
     cJSON *prefs;         /* owned: the categories as kept (RudderStack's at once) */
     int unsub;
     int64_t ts_ms;
     uint64_t seq;
 } consent_in_t;
 
-/* Reads context.consent.categoryPreferences (Segment), else
+/* Reads, of a message whose members are top and those of its context
+ * context, context.consent.categoryPreferences (Segment), else
  * context.consentManagement's allowedConsentIds/deniedConsentIds
  * (RudderStack): boolean categories only, names of 1 to SL_CONSENT_MAX_NAME
  * bytes, at most CONSENT_MAX_CATEGORIES (a statement with none of those
  * says nothing). The subscribe event counts only from a trusted source.
- * Returns SL_ENOMEM or 0. */
-int consent_read_msg(const cJSON *doc, const sl_config_t *cfg, int trusted, int64_t ts_ms, uint64_t seq,
-                     consent_in_t *in);
+ * Names are decoded into arena, which must outlive in. Returns SL_ENOMEM or 0. */
+int consent_read_msg(const sl_jindex_t *top, const sl_jindex_t *context, const sl_config_t *cfg, int trusted, int64_t ts_ms, uint64_t seq,
+                     consent_in_t *in, sl_arena_t *arena);
 void consent_in_free(consent_in_t *in);
 
 /* What the records of recently seen persons say of their categories, so the

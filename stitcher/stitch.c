@@ -82,7 +82,7 @@ typedef struct sl_stitch_msg_s {
     const char *anonymous_id;
     const char *previous_id;         /* alias */
     const char *trait_ids[SL_STITCH_MAX_TRAITS]; /* values of the configured identity traits */
-    const cJSON *traits;             /* identify: the traits object; else NULL */
+    cJSON *traits;                   /* identify: the traits object (owned: msg_free); else NULL */
     int64_t ts_ms;                   /* the corrected timestamp */
     int trusted;                     /* from a trusted (server-side) source */
     int historical;                  /* from the past (docs/TRIGGERS.md, "Historical imports") */
@@ -788,13 +788,19 @@ static void swap_persons(person_t *a, person_t *b)
 static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64_t seq, sl_stage_ctx_t *ctx);
 
 /* An identify's traits: its `traits`, or, when it has none, `context.traits`
- * (where RudderStack's SDKs put them); NULL for other messages. */
-static const cJSON *identify_traits(const cJSON *doc)
+ * (where RudderStack's SDKs put them); absent when neither is an object. */
+static sl_jval_t identify_traits(const sl_jindex_t *top, const sl_jindex_t *context)
 {
-    const cJSON *traits = cJSON_GetObjectItemCaseSensitive(doc, "traits");
-    if (!cJSON_IsObject(traits))
-        traits = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "traits");
-    return cJSON_IsObject(traits) ? traits : NULL;
+    sl_jval_t traits = sl_jindex_get(top, "traits");
+    if (sl_jtype(traits) != SL_JOBJ) traits = sl_jindex_get(context, "traits");
+    return sl_jtype(traits) == SL_JOBJ ? traits : (sl_jval_t){NULL, 0};
+}
+
+/* The string member name of o, decoded into a (NULL: absent, not a string). */
+static const char *jstr(sl_jval_t o, const char *name, sl_arena_t *a) { return sl_jstr(sl_jget(o, name), a, NULL); }
+static const char *jstr_ix(const sl_jindex_t *ix, const char *name, sl_arena_t *a)
+{
+    return sl_jstr(sl_jindex_get(ix, name), a, NULL);
 }
 
 /* The first identity trait m carries (an identify's), or -1: what the event
@@ -808,51 +814,60 @@ static int first_trait(const sl_stitch_t *s, const sl_stitch_msg_t *m)
 
 /* What the stitcher reads of a stored message (the collector normalised it:
  * ids are strings, timestamp is corrected and clamped, context.sillage.source
- * names the source). Cleaned identifiers go to s->in_arena. */
-static int read_msg(sl_stitch_t *s, const cJSON *doc, uint64_t seq, sl_stitch_msg_t *m)
+ * names the source), without a tree but for an identify's traits. Strings
+ * (cleaned identifiers too) go to s->in_arena. Release with msg_free(). */
+static int read_msg(sl_stitch_t *s, const sl_jindex_t *top, const sl_jindex_t *context, uint64_t seq,
+                    sl_stitch_msg_t *m)
 {
     memset(m, 0, sizeof(*m));
-    sl_arena_reset(&s->in_arena);
-    const char *type = sl_json_str(doc, "type");
+    sl_arena_t *a = &s->in_arena;
+    sl_arena_reset(a);
+    sl_jval_t type = sl_jindex_get(top, "type");
     static const char *const names[] = {"track", "page", "screen", "identify", "alias", "group"};
     m->type = SL_STITCH_TRACK;
-    for (int i = 0; type && i < 6; i++)
-        if (strcmp(type, names[i]) == 0) m->type = SL_STITCH_TRACK + i;
-    m->message_id = sl_json_str(doc, "messageId");
-    m->user_id = sl_stitch_clean_id(s, sl_json_str(doc, "userId"), &s->in_arena, 0);
-    m->anonymous_id = sl_stitch_clean_id(s, sl_json_str(doc, "anonymousId"), &s->in_arena, 0);
-    m->previous_id = sl_stitch_clean_id(s, sl_json_str(doc, "previousId"), &s->in_arena, 0);
-    const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "sillage");
-    const sl_source_t *src = sl_config_source(s->cfg, sl_json_str(sil, "source"));
+    for (int i = 0; i < 6; i++)
+        if (sl_jstr_eq(type, names[i], strlen(names[i]))) m->type = SL_STITCH_TRACK + i;
+    m->message_id = jstr_ix(top, "messageId", a);
+    m->user_id = sl_stitch_clean_id(s, jstr_ix(top, "userId", a), a, 0);
+    m->anonymous_id = sl_stitch_clean_id(s, jstr_ix(top, "anonymousId", a), a, 0);
+    m->previous_id = sl_stitch_clean_id(s, jstr_ix(top, "previousId", a), a, 0);
+    sl_jval_t sil = sl_jindex_get(context, "sillage");
+    const sl_source_t *src = sl_config_source(s->cfg, jstr(sil, "source", a));
     m->trusted = src && src->trusted;
     /* A source marked "historical", or a message of a trusted source with
      * context.sillage.import true. A browser key is public: from it, the mark
      * would let a page hide an order from the cart rule or a trait change from
      * a CRM sync, so it is ignored there (as Subscribed is). */
-    m->historical = src && (src->historical || (src->trusted && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sil, "import"))));
-    const char *ts = sl_json_str(doc, "timestamp");
+    m->historical = src && (src->historical || (src->trusted && sl_jtype(sl_jget(sil, "import")) == SL_JTRUE));
+    const char *ts = jstr_ix(top, "timestamp", a);
     if (ts == NULL || sl_time_parse_iso(ts, strlen(ts), &m->ts_ms)) m->ts_ms = sl_now_ms();
-    const cJSON *traits = m->type == SL_STITCH_IDENTIFY ? identify_traits(doc) : NULL;
-    if (traits) {
+    sl_jval_t traits = m->type == SL_STITCH_IDENTIFY ? identify_traits(top, context) : (sl_jval_t){NULL, 0};
+    if (traits.n) {
         for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
-            m->trait_ids[i] = sl_stitch_clean_id(s, sl_json_str(traits, s->cfg->identity_traits[i]), &s->in_arena, 1);
-        m->traits = traits;
+            m->trait_ids[i] = sl_stitch_clean_id(s, jstr(traits, s->cfg->identity_traits[i], a), a, 1);
+        /* merged into the person's traits document: a tree */
+        if ((m->traits = cJSON_ParseWithLength(traits.p, traits.n)) == NULL) return SL_EINVAL;
     }
-    const char *event = sl_json_str(doc, "event");
-    if (m->type == SL_STITCH_TRACK && event && strcmp(event, "Order Completed") == 0) {
-        const cJSON *props = cJSON_GetObjectItemCaseSensitive(doc, "properties");
-        const cJSON *rev = cJSON_GetObjectItemCaseSensitive(props, "revenue");
-        if (!cJSON_IsNumber(rev)) rev = cJSON_GetObjectItemCaseSensitive(props, "total");
+    if (m->type == SL_STITCH_TRACK && sl_jstr_eq(sl_jindex_get(top, "event"), "Order Completed", 15)) {
+        sl_jval_t props = sl_jindex_get(top, "properties");
         m->is_order = 1;
-        m->revenue = cJSON_IsNumber(rev) ? rev->valuedouble : 0;
+        if (!sl_jnum(sl_jget(props, "revenue"), &m->revenue) && !sl_jnum(sl_jget(props, "total"), &m->revenue))
+            m->revenue = 0;
         if (!sl_amount_ok(m->revenue)) { /* 1e308 twice would sum to inf: the order counts, not its amount */
             m->revenue = 0;
             m->amount_ignored = 1;
         }
-        const char *cur = sl_json_str(props, "currency");
+        const char *cur = jstr(props, "currency", a);
         if (cur) snprintf(m->currency, sizeof(m->currency), "%s", cur);
     }
-    return consent_read_msg(doc, s->cfg, m->trusted, m->ts_ms, seq, &m->consent);
+    return consent_read_msg(top, context, s->cfg, m->trusted, m->ts_ms, seq, &m->consent, a);
+}
+
+static void msg_free(sl_stitch_msg_t *m)
+{
+    consent_in_free(&m->consent);
+    cJSON_Delete(m->traits);
+    m->traits = NULL;
 }
 
 /* The stage step: one stored event. */
@@ -860,7 +875,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
 {
     sl_stitch_t *s = arg;
     sl_stitch_msg_t m;
-    int rc = read_msg(s, ev->doc, ev->seq, &m);
+    int rc = read_msg(s, ev->top, ev->context, ev->seq, &m);
     s->n_mg = 0;
     ev->ctx->historical = m.historical;
     if (rc == 0 && m.type != SL_STITCH_IDENTIFY && m.type != SL_STITCH_ALIAS) {
@@ -871,7 +886,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
         atomic_fetch_add(&s->identify_ns, sl_mono_ns() - t0);
         atomic_fetch_add(&s->identifies, 1);
     }
-    consent_in_free(&m.consent);
+    msg_free(&m);
     ev->ctx->merge_survivor = s->mg_survivor; /* even when the event was then stitched to nobody */
     ev->ctx->merge_absorbed = s->mg_absorbed;
     ev->ctx->n_merges = s->n_mg;
@@ -2002,12 +2017,15 @@ static int prune_event(const char *json, size_t len, uint64_t seq, void *arg)
     }
     p->examined++;
     c->next = seq + 1;
-    cJSON *doc = cJSON_ParseWithLength(json, len);
-    if (doc == NULL) return 0; /* not ours to judge: verify reports it */
+    sl_jval_t root = sl_jroot(json, len);
+    if (sl_jtype(root) != SL_JOBJ) return 0; /* not ours to judge: verify reports it */
+    sl_jindex_t top, context;
+    sl_jindex(root, &top);
+    sl_jindex(sl_jindex_get(&top, "context"), &context);
     sl_stitch_msg_t m;
-    int rc = read_msg(s, doc, seq, &m), prune = 0;
-    const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "sillage");
-    const sl_source_t *src = sl_config_source(s->cfg, sl_json_str(sil, "source"));
+    int rc = read_msg(s, &top, &context, seq, &m), prune = 0;
+    sl_jval_t sil = sl_jindex_get(&context, "sillage");
+    const sl_source_t *src = sl_config_source(s->cfg, jstr(sil, "source", &s->in_arena));
     int64_t age = c->now - m.ts_ms;
     int src_due = src && src->retention_ms && age > src->retention_ms;
     int anon_due = s->cfg->anonymous_retention_ms && age > s->cfg->anonymous_retention_ms;
@@ -2035,8 +2053,7 @@ static int prune_event(const char *json, size_t len, uint64_t seq, void *arg)
         if (rc == 0 && pid && m.user_id == NULL && (p->n_persons == 0 || p->persons[p->n_persons - 1] != pid))
             rc = u64_append(&p->persons, &p->n_persons, &p->cap_persons, &pid, 1);
     }
-    consent_in_free(&m.consent);
-    cJSON_Delete(doc);
+    msg_free(&m);
     c->rc = rc;
     return rc ? 1 : 0;
 }
@@ -2234,10 +2251,15 @@ static int verify_event(const char *json, size_t len, uint64_t seq, void *arg)
     int indexed = is_alias ? CLEAN(u) && CLEAN(p) : CLEAN(u) || CLEAN(a);
 #undef CLEAN
     /* an identify with no id but an identity trait is indexed under the trait */
-    const cJSON *traits = !indexed && cJSON_IsString(type) && strcmp(type->valuestring, "identify") == 0
-                              ? identify_traits(doc) : NULL;
-    for (size_t i = 0; traits && !indexed && i < v->s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
-        indexed = sl_stitch_clean_id(v->s, sl_json_str(traits, v->s->cfg->identity_traits[i]), &v->arena, 1) != NULL;
+    sl_jval_t traits = {NULL, 0};
+    if (!indexed && cJSON_IsString(type) && strcmp(type->valuestring, "identify") == 0) {
+        sl_jindex_t top, context;
+        sl_jindex(sl_jroot(json, len), &top);
+        sl_jindex(sl_jindex_get(&top, "context"), &context);
+        traits = identify_traits(&top, &context);
+    }
+    for (size_t i = 0; traits.n && !indexed && i < v->s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
+        indexed = sl_stitch_clean_id(v->s, jstr(traits, v->s->cfg->identity_traits[i], &v->arena), &v->arena, 1) != NULL;
     cJSON_Delete(doc);
     if (indexed) v->rep->expected_indexed++;
     if (seq > v->max_seq) v->max_seq = seq;

@@ -19,14 +19,17 @@
 typedef struct {
     int track, page;          /* its type */
     const char *event;        /* track: the event name */
-    const cJSON *props;       /* properties */
     const char *url, *path;   /* page: properties.url / .path, else context.page's; the path without ?# */
     int64_t ts_ms;            /* the event's corrected timestamp */
     const char *type;         /* "track", "page", "identify"... */
-    const cJSON *doc;         /* the whole stored message */
     const char *message_id;   /* its messageId */
     uint64_t seq;             /* its place in the log */
+    const sl_stage_event_t *ev; /* the event itself: its text and members, its tree on demand (trig_msg_doc) */
 } rule_msg_t;
+/* The stored message as a tree, parsed when a rule first needs one (an
+ * event rule's `match`: the rest read the text, m->ev->top); NULL for m NULL
+ * (a timer's), or when it cannot be parsed. */
+const cJSON *trig_msg_doc(const rule_msg_t *m);
 
 typedef struct trig_rule_s trig_rule_t;
 
@@ -116,6 +119,7 @@ struct sl_trig_s {
     MDB_dbi tstate, pressure, holds, pcount; /* rstate, rpressure, holds, pcount (sl_triggers.h) */
     uint64_t verify_seen[MAX_RULES];     /* sillage verify: pending triggers found, by rule */
     sl_buf_t k, k2, v, pay, path, view;
+    sl_arena_t msg_arena;                /* stage thread: what read_msg decoded of the event under way */
     _Atomic uint64_t fired, suppressed, timers_fired;
     _Atomic uint64_t fired_by_rule[MAX_RULES], suppressed_by_rule[MAX_RULES];
     _Atomic uint64_t no_consent_by_rule[MAX_RULES], unsubscribed_by_rule[MAX_RULES], if_by_rule[MAX_RULES];
@@ -161,8 +165,9 @@ void trig_pending_seen(sl_trig_t *t, const trig_rule_t *r, uint64_t n);
 /* 1 when m is an event of the kind name: a track of that name, or a call of
  * that type ("page", "screen", "identify", "group"). */
 int trig_is_kind(const rule_msg_t *m, const char *name);
-/* 1 when cond (NULL: none) holds for the event doc (NULL: a timer's) now. */
-int trig_where(const sl_cond_t *cond, const cJSON *doc, int64_t now);
+/* 1 when cond (NULL: none) holds for the event of m (NULL: a timer's) now;
+ * the event's tree is built only when there is a condition. */
+int trig_where(const sl_cond_t *cond, const rule_msg_t *m, int64_t now);
 /* Appends a trigger of rule r for person with data (a JSON object's text),
  * unless consent or the pressure caps suppress it (then counted). */
 int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *data, int64_t now);
@@ -285,8 +290,10 @@ int trig_cart_encode(const trig_cart_t *c, sl_buf_t *b);
 /* What a cart event's properties do to c: a start event adds the product
  * they describe, or replaces the products with their `products` array, and
  * sets the currency; otherwise (the remove event) the product goes. Prices
- * and quantities it leaves out are counted in *ignored. 0 or SL_ENOMEM. */
-int trig_cart_update(trig_cart_t *c, const cJSON *props, int start, uint64_t *ignored);
+ * and quantities it leaves out are counted in *ignored. props is read as
+ * text (sl_jread); its strings are decoded into a, which c does not keep.
+ * 0 or SL_ENOMEM. */
+int trig_cart_update(trig_cart_t *c, sl_jval_t props, int start, uint64_t *ignored, sl_arena_t *a);
 /* Appends c's products as the JSON array of the trigger's data, as
  * cJSON_PrintUnformatted printed them. 0 or SL_ENOMEM. */
 int trig_cart_products_json(const trig_cart_t *c, sl_buf_t *out);

@@ -106,43 +106,45 @@ static void item_prod(const trig_cart_t *c, uint32_t i, cart_prod_t *p)
  * between two characters. A price or quantity that is not finite or past
  * SL_AMOUNT_MAX is left out (counted in *ignored): 1e300 x 1e300 would make
  * the cart's value inf. */
-static int product_of(const cJSON *props, cart_prod_t *p, uint64_t *ignored)
+static int product_of(sl_jval_t props, cart_prod_t *p, uint64_t *ignored, sl_arena_t *a)
 {
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(props, "product_id");
-    if (id == NULL) id = cJSON_GetObjectItemCaseSensitive(props, "id");
-    if (id == NULL) id = cJSON_GetObjectItemCaseSensitive(props, "sku");
+    sl_jval_t id = sl_jget(props, "product_id");
+    if (sl_jtype(id) == SL_JNONE) id = sl_jget(props, "id");
+    if (sl_jtype(id) == SL_JNONE) id = sl_jget(props, "sku");
     memset(p, 0, sizeof(*p));
     p->name = "";
-    if (cJSON_IsString(id)) {
-        p->id = id->valuestring;
-    } else if (cJSON_IsNumber(id)) {
-        snprintf(p->num, sizeof(p->num), "%.0f", id->valuedouble);
+    double x;
+    /* strings as cJSON read them: up to a \u0000 */
+    if (sl_jtype(id) == SL_JSTR) {
+        if ((p->id = sl_jstr(id, a, NULL)) == NULL) return 0;
+    } else if (sl_jtype(id) == SL_JNUM && sl_jnum(id, &x)) {
+        snprintf(p->num, sizeof(p->num), "%.0f", x);
         p->id = p->num;
     } else {
         return 0;
     }
     if ((p->id_len = strlen(p->id)) > TRIG_CART_ID_MAX) return 0;
-    const cJSON *name = cJSON_GetObjectItemCaseSensitive(props, "name");
-    if (cJSON_IsString(name)) {
+    const char *name = sl_jtype(sl_jget(props, "name")) == SL_JSTR ? sl_jstr(sl_jget(props, "name"), a, NULL) : NULL;
+    if (name) {
         p->flags |= TRIG_CART_NAME;
-        p->name = name->valuestring;
+        p->name = name;
         p->name_len = strlen(p->name);
         if (p->name_len > TRIG_CART_NAME_MAX) { /* not inside a UTF-8 sequence */
             p->name_len = TRIG_CART_NAME_MAX;
             while (p->name_len && ((unsigned char)p->name[p->name_len] & 0xC0) == 0x80) p->name_len--;
         }
     }
-    const cJSON *price = cJSON_GetObjectItemCaseSensitive(props, "price");
-    if (cJSON_IsNumber(price) && sl_amount_ok(price->valuedouble)) {
+    double price, qty;
+    int has_price = sl_jnum(sl_jget(props, "price"), &price), has_qty = sl_jnum(sl_jget(props, "quantity"), &qty);
+    if (has_price && sl_amount_ok(price)) {
         p->flags |= TRIG_CART_PRICE;
-        p->price = price->valuedouble;
-    } else if (cJSON_IsNumber(price)) {
+        p->price = price;
+    } else if (has_price) {
         (*ignored)++;
     }
-    const cJSON *qty = cJSON_GetObjectItemCaseSensitive(props, "quantity");
-    int qty_ok = cJSON_IsNumber(qty) && sl_amount_ok(qty->valuedouble);
-    if (cJSON_IsNumber(qty) && !qty_ok) (*ignored)++;
-    p->quantity = qty_ok && qty->valuedouble > 0 ? qty->valuedouble : 1;
+    int qty_ok = has_qty && sl_amount_ok(qty);
+    if (has_qty && !qty_ok) (*ignored)++;
+    p->quantity = qty_ok && qty > 0 ? qty : 1;
     return 1;
 }
 
@@ -157,14 +159,18 @@ static int cart_decode_v0(const MDB_val *v, trig_cart_t *c)
     c->f = (trig_cart_fix_t){.started_ms = o.started_ms, .last_ms = o.last_ms, .due_ms = o.due_ms,
                              .timer_ms = o.timer_ms, .value = o.value, .waiting = o.waiting != 0};
     memcpy(c->f.currency, o.currency, sizeof(c->f.currency) - 1);
-    cJSON *list = cJSON_ParseWithLength((const char *)v->mv_data + sizeof(o), o.products_len);
-    int rc = cJSON_IsArray(list) ? 0 : MDB_CORRUPTED;
+    sl_jval_t list = sl_jroot((const char *)v->mv_data + sizeof(o), o.products_len), k, x;
+    int rc = sl_jtype(list) == SL_JARR ? 0 : MDB_CORRUPTED;
     uint64_t ignored = 0;
-    for (const cJSON *x = rc ? NULL : list->child; x && rc == 0; x = x->next) {
+    sl_arena_t a;
+    sl_arena_init(&a);
+    sl_jiter_t it;
+    sl_jiter(list, &it);
+    while (rc == 0 && sl_jnext(&it, &k, &x)) {
         cart_prod_t p;
-        rc = product_of(x, &p, &ignored) ? cart_add(c, &p) : MDB_CORRUPTED;
+        rc = product_of(x, &p, &ignored, &a) ? cart_add(c, &p) : MDB_CORRUPTED;
     }
-    cJSON_Delete(list);
+    sl_arena_free(&a);
     return rc;
 }
 
@@ -256,31 +262,33 @@ static int cart_save(sl_trig_t *t, MDB_txn *txn, const char *rule, uint64_t pers
     return rc ? rc : trig_state_put(t, txn, rule, person, t->v.data, t->v.len);
 }
 
-int trig_cart_update(trig_cart_t *c, const cJSON *props, int start, uint64_t *ignored)
+int trig_cart_update(trig_cart_t *c, sl_jval_t props, int start, uint64_t *ignored, sl_arena_t *a)
 {
     cart_prod_t p;
     int rc = 0;
+    if (sl_jtype(props) != SL_JOBJ) props = (sl_jval_t){NULL, 0}; /* as {} */
     if (!start) { /* the remove event */
-        uint32_t i = product_of(props, &p, ignored) ? cart_find(c, &p) : c->n;
+        uint32_t i = product_of(props, &p, ignored, a) ? cart_find(c, &p) : c->n;
         if (i < c->n) {
             memmove(c->items + i, c->items + i + 1, (c->n - i - 1) * sizeof(c->items[0]));
             c->n--;
         }
         return 0;
     }
-    const cJSON *list = cJSON_GetObjectItemCaseSensitive(props, "products");
-    if (cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0) {
+    sl_jval_t list = sl_jget(props, "products"), k, x;
+    sl_jiter_t it;
+    sl_jiter(list, &it);
+    if (sl_jtype(list) == SL_JARR && sl_jnext(&it, &k, &x)) {
         /* Cart Viewed / Checkout Started carry the whole cart: it replaces ours. */
         c->n = 0;
-        const cJSON *x;
-        cJSON_ArrayForEach(x, list) {
-            if (product_of(x, &p, ignored) && (rc = cart_add(c, &p))) return rc;
-        }
-    } else if (product_of(props, &p, ignored) && (rc = cart_add(c, &p))) {
+        do {
+            if (product_of(x, &p, ignored, a) && (rc = cart_add(c, &p))) return rc;
+        } while (sl_jnext(&it, &k, &x));
+    } else if (product_of(props, &p, ignored, a) && (rc = cart_add(c, &p))) {
         return rc;
     }
-    const cJSON *cu = cJSON_GetObjectItemCaseSensitive(props, "currency");
-    if (cJSON_IsString(cu)) snprintf(c->f.currency, sizeof(c->f.currency), "%s", cu->valuestring);
+    const char *cu = sl_jtype(sl_jget(props, "currency")) == SL_JSTR ? sl_jstr(sl_jget(props, "currency"), a, NULL) : NULL;
+    if (cu) snprintf(c->f.currency, sizeof(c->f.currency), "%s", cu);
     return 0;
 }
 
@@ -369,7 +377,9 @@ static int cart_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const ru
         trig_cart_init(&c);
         c.f.started_ms = m->ts_ms;
     }
-    if ((rc = trig_cart_update(&c, m->props, start, &t->pend.amounts_ignored))) goto out;
+    if ((rc = trig_cart_update(&c, sl_jindex_get(m->ev->top, "properties"), start, &t->pend.amounts_ignored,
+                               &t->msg_arena)))
+        goto out;
     if (c.n == 0) {
         rc = trig_state_del(t, txn, r->name, person); /* emptied: no cart */
         goto out;

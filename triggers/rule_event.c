@@ -183,28 +183,32 @@ typedef struct {
     int found;
 } log_read_t;
 
-/* Appends the starting event's {"name","messageId","timestamp","properties"}
- * as stored. */
-static void event_json(sl_buf_t *d, const trig_rule_t *r, const cJSON *doc)
+/* Appends member name of the event whose members are top (NULL: the event
+ * is gone) as stored, when it is of type want, else dflt. The stored text is
+ * what cJSON prints (sl_json_print), so its spans are too. */
+static void append_member(sl_buf_t *d, const sl_jindex_t *top, const char *name, int want, const char *dflt)
 {
-    const char *mid = sl_json_str(doc, "messageId"), *ts = sl_json_str(doc, "timestamp");
-    const cJSON *props = cJSON_GetObjectItemCaseSensitive(doc, "properties");
+    sl_jval_t v = top ? sl_jindex_get(top, name) : (sl_jval_t){NULL, 0};
+    if (sl_jtype(v) == want) sl_buf_append(d, v.p, v.n);
+    else sl_buf_appends(d, dflt);
+}
+
+/* Appends the starting event's {"name","messageId","timestamp","properties"}
+ * as stored, copied out of its text. */
+static void event_json(sl_buf_t *d, const trig_rule_t *r, const sl_jindex_t *top)
+{
     sl_buf_appends(d, "{\"name\":");
     sl_buf_append_json_str(d, E(r)->event, strlen(E(r)->event));
     sl_buf_appends(d, ",\"messageId\":");
-    if (mid) sl_buf_append_json_str(d, mid, strlen(mid));
-    else sl_buf_appends(d, "null");
+    append_member(d, top, "messageId", SL_JSTR, "null");
     sl_buf_appends(d, ",\"timestamp\":");
-    if (ts) sl_buf_append_json_str(d, ts, strlen(ts));
-    else sl_buf_appends(d, "null");
+    append_member(d, top, "timestamp", SL_JSTR, "null");
     sl_buf_appends(d, ",\"properties\":");
-    char *p = cJSON_IsObject(props) ? cJSON_PrintUnformatted(props) : NULL;
-    sl_buf_appends(d, p ? p : "{}");
-    cJSON_free(p);
+    append_member(d, top, "properties", SL_JOBJ, "{}");
     sl_buf_appends(d, "}");
 }
 
-static int fire_with(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const cJSON *doc,
+static int fire_with(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const sl_jindex_t *top,
                      int64_t now)
 {
     /* muted (a rebuild) or quiet (an import's merge): nothing is appended, so
@@ -212,7 +216,7 @@ static int fire_with(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t 
     if (t->muted || t->quiet) return 0;
     sl_buf_t d = {0};
     sl_buf_appends(&d, "{\"event\":");
-    event_json(&d, r, doc);
+    event_json(&d, r, top);
     sl_buf_printf(&d, ",\"delay_seconds\":%lld}", (long long)(E(r)->delay_ms / 1000));
     int rc = d.data ? trig_fire(t, txn, r, person, d.data, now) : SL_ENOMEM;
     sl_buf_free(&d);
@@ -233,10 +237,10 @@ static int fire_from_log(MDB_txn *log_txn, void *arg)
     fire_ctx_t *f = arg;
     MDB_val json;
     int rc = sl_store_event_get(sl_stage_log(f->t->stage), log_txn, f->seq, &json);
-    cJSON *doc = rc == 0 ? cJSON_ParseWithLength(json.mv_data, json.mv_size) : NULL;
+    sl_jindex_t top;
+    if (rc == 0 && sl_jtype(sl_jroot_index(json.mv_data, json.mv_size, &top, NULL, NULL)) != SL_JOBJ) rc = SL_EINVAL;
     /* the event gone (it cannot be, while held): the trigger still fires, with what the rule knows */
-    f->rc = fire_with(f->t, f->txn, f->r, f->person, doc, f->now);
-    cJSON_Delete(doc);
+    f->rc = fire_with(f->t, f->txn, f->r, f->person, rc == 0 ? &top : NULL, f->now);
     return 0;
 }
 
@@ -255,18 +259,18 @@ static int ev_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule
                     int identified, int64_t now)
 {
     /* the rule's where picks its starting events, unless.where its cancelling ones */
-    int starts = trig_is_kind(m, E(r)->event) && trig_where(r->where, m->doc, now);
-    int cancels = E(r)->unless_event && trig_is_kind(m, E(r)->unless_event) && trig_where(E(r)->unless_where, m->doc, now);
+    int starts = trig_is_kind(m, E(r)->event) && trig_where(r->where, m, now);
+    int cancels = E(r)->unless_event && trig_is_kind(m, E(r)->unless_event) && trig_where(E(r)->unless_where, m, now);
     if (!starts && !cancels && !identified) return 0;
     /* without a delay it fires at once, and keeps no state (nothing can cancel it: ev_parse) */
-    if (E(r)->delay_ms == 0) return starts ? fire_with(t, txn, r, person, m->doc, now) : 0;
+    if (E(r)->delay_ms == 0) return starts ? fire_with(t, txn, r, person, m->ev->top, now) : 0;
     ev_state_t s;
     int rc = ev_load(t, txn, r, person, &s);
     if (rc) return rc;
     if (s.h.n == 0 && !(starts && E(r)->delay_ms)) goto out;
     int changed = 0;
     if (cancels) {
-        uint64_t h = E(r)->match ? match_hash(r, m->doc) : 0;
+        uint64_t h = E(r)->match ? match_hash(r, trig_msg_doc(m)) : 0;
         for (uint32_t i = 0; i < s.h.n && rc == 0;) {
             ev_pend_t *p = &s.p[i];
             int in_time = m->ts_ms > p->start_ms && m->ts_ms <= p->due_ms;
@@ -306,7 +310,7 @@ static int ev_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule
         p->due_ms = m->ts_ms + E(r)->delay_ms;
         p->seq = m->seq;
         p->mid = trig_mid_hash(m->message_id);
-        p->match = match_hash(r, m->doc);
+        p->match = E(r)->match ? match_hash(r, trig_msg_doc(m)) : 0;
         if ((rc = trig_hold(t, txn, p->mid, p->seq, 1))) goto out;
         changed = 1;
     }

@@ -39,7 +39,7 @@ static int inact_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const r
 {
     if (!identified) return 0; /* anonymous visitors who never return are not "inactive customers" */
     if (I(r)->event && !trig_is_kind(m, I(r)->event)) return 0; /* page views do not count for "last order" */
-    if (!trig_where(r->where, m->doc, now)) return 0;
+    if (!trig_where(r->where, m, now)) return 0;
     inact_t s;
     int rc = inact_load(t, txn, r, person, &s);
     if (rc && rc != MDB_NOTFOUND) return rc;

@@ -186,10 +186,13 @@ int trig_is_kind(const rule_msg_t *m, const char *name)
     return m->type && strcmp(m->type, name) == 0;
 }
 
-int trig_where(const sl_cond_t *cond, const cJSON *doc, int64_t now)
+const cJSON *trig_msg_doc(const rule_msg_t *m) { return m && m->ev ? sl_stage_event_doc(m->ev) : NULL; }
+
+int trig_where(const sl_cond_t *cond, const rule_msg_t *m, int64_t now)
 {
     if (cond == NULL) return 1;
-    sl_rules_ctx_t ctx = {.event = doc, .now_ms = now};
+    sl_rules_ctx_t ctx = {.event = m && m->ev ? m->ev->root : (sl_jval_t){0}, .event_top = m && m->ev ? m->ev->top : NULL,
+                          .now_ms = now};
     return sl_rules_eval(cond, &ctx);
 }
 
@@ -197,19 +200,18 @@ typedef struct {
     sl_trig_t *t;
     MDB_txn *txn;
     uint64_t person;
-    cJSON *view;
     int rc;
 } view_ctx_t;
 
-/* The person view of an `if`, built when a profile path is first read. */
-static const cJSON *person_view(void *arg)
+/* The person view of an `if`, built when a profile path is first read: its
+ * text, read as it is. */
+static sl_jval_t person_view(void *arg)
 {
     view_ctx_t *v = arg;
     v->t->view.len = 0;
     v->rc = sl_stitch_person_view(v->t->stitch, v->txn, v->person, &v->t->view);
-    if (v->rc == 0) v->view = cJSON_ParseWithLength(v->t->view.data, v->t->view.len);
     if (v->rc == SL_ENOTFOUND) v->rc = 0; /* no person: every profile path is missing */
-    return v->view;
+    return v->rc == 0 && v->t->view.data ? sl_jroot(v->t->view.data, v->t->view.len) : (sl_jval_t){0};
 }
 
 int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *data, int64_t now)
@@ -218,10 +220,9 @@ int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person,
     if (t->quiet) return 0; /* an import's merge joins states, fires nothing */
     int idx = rule_index(t, r);
     if (r->if_) { /* the person, as they are when the trigger would go */
-        view_ctx_t v = {t, txn, person, NULL, 0};
+        view_ctx_t v = {t, txn, person, 0};
         sl_rules_ctx_t ctx = {.now_ms = now, .profile = person_view, .profile_arg = &v};
         int pass = sl_rules_eval(r->if_, &ctx);
-        cJSON_Delete(v.view);
         if (v.rc) return v.rc;
         if (!pass) {
             t->pend.suppressed++;
@@ -287,23 +288,27 @@ static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const char *rule
 
 /* ---- public: events, merges, traits ---- */
 
-/* What the rules need of a stored event: decided here, by the rules. */
-static int read_msg(sl_trig_t *t, const cJSON *doc, int64_t ts_ms, rule_msg_t *m)
+/* What the rules need of a stored event, read without a tree (strings in
+ * t->msg_arena, alive for the event): decided here, by the rules. */
+static int read_msg(sl_trig_t *t, const sl_stage_event_t *ev, int64_t ts_ms, rule_msg_t *m)
 {
     memset(m, 0, sizeof(*m));
-    const char *type = sl_json_str(doc, "type");
-    m->type = type;
-    m->doc = doc;
-    m->track = type && strcmp(type, "track") == 0;
-    m->page = type && strcmp(type, "page") == 0;
-    m->event = m->track ? sl_json_str(doc, "event") : NULL;
-    m->props = cJSON_GetObjectItemCaseSensitive(doc, "properties");
+    sl_arena_t *a = &t->msg_arena;
+    sl_arena_reset(a);
+    m->ev = ev;
+    m->type = sl_jstr(sl_jindex_get(ev->top, "type"), a, NULL);
+    m->track = m->type && strcmp(m->type, "track") == 0;
+    m->page = m->type && strcmp(m->type, "page") == 0;
+    m->event = m->track ? sl_jstr(sl_jindex_get(ev->top, "event"), a, NULL) : NULL;
     m->ts_ms = ts_ms;
+    m->message_id = ev->message_id;
+    m->seq = ev->seq;
     if (!m->page) return 0;
-    const cJSON *page = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "page");
-    const char *url = sl_json_str(m->props, "url"), *path = sl_json_str(m->props, "path");
-    if (url == NULL) url = sl_json_str(page, "url");
-    if (path == NULL) path = sl_json_str(page, "path");
+    sl_jval_t props = sl_jindex_get(ev->top, "properties");
+    sl_jval_t page = sl_jindex_get(ev->context, "page");
+    const char *url = sl_jstr(sl_jget(props, "url"), a, NULL), *path = sl_jstr(sl_jget(props, "path"), a, NULL);
+    if (url == NULL) url = sl_jstr(sl_jget(page, "url"), a, NULL);
+    if (path == NULL) path = sl_jstr(sl_jget(page, "path"), a, NULL);
     if (path == NULL && url) { /* the path of an absolute URL */
         const char *p = strstr(url, "://");
         p = p ? strchr(p + 3, '/') : NULL;
@@ -325,7 +330,7 @@ static int trig_event(sl_trig_t *t, MDB_txn *txn, const rule_msg_t *m, uint64_t 
     for (size_t i = 0; i < rs->n; i++) {
         const trig_rule_t *r = &rs->v[i];
         if (r->type->event == NULL) continue;
-        if (!r->type->own_where && !trig_where(r->where, m->doc, now)) continue; /* the rule sees only what matches */
+        if (!r->type->own_where && !trig_where(r->where, m, now)) continue; /* the rule sees only what matches */
         int rc = r->type->event(t, txn, r, m, person, identified, now);
         if (rc) return rc;
     }
@@ -380,12 +385,12 @@ static int trig_watches(const sl_trig_t *t, const char *name)
 }
 
 static int trig_trait(sl_trig_t *t, MDB_txn *txn, uint64_t person, const char *name, const cJSON *old_v,
-                      const cJSON *new_v, const cJSON *doc, int64_t now)
+                      const cJSON *new_v, const rule_msg_t *m, int64_t now)
 {
     const trig_rules_t *rs = trig_rules(t->cfg);
     for (size_t i = 0; i < rs->n; i++) {
         const trig_rule_t *r = &rs->v[i];
-        if (r->type->trait == NULL || !trig_where(r->where, doc, now)) continue; /* where: on the identify */
+        if (r->type->trait == NULL || !trig_where(r->where, m, now)) continue; /* where: on the identify */
         int rc = r->type->trait(t, txn, r, person, name, old_v, new_v, now);
         if (rc) return rc;
     }
@@ -416,19 +421,17 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
         t->pend.historical++;
         return 0;
     }
+    rule_msg_t m;
+    if ((rc = read_msg(t, ev, x->ts_ms, &m))) return rc;
     const cJSON *ch;
     cJSON_ArrayForEach(ch, x->trait_changes) {
         const cJSON *old = cJSON_GetArrayItem(ch, 1);
         const char *name = cJSON_GetArrayItem(ch, 0)->valuestring;
         if (!trig_watches(t, name)) continue;
         if ((rc = trig_trait(t, txn, x->entity.id, name, cJSON_IsNull(old) ? NULL : old, cJSON_GetArrayItem(ch, 2),
-                             ev->doc, now)))
+                             &m, now)))
             return rc;
     }
-    rule_msg_t m;
-    if ((rc = read_msg(t, ev->doc, x->ts_ms, &m))) return rc;
-    m.message_id = ev->message_id;
-    m.seq = ev->seq;
     return trig_event(t, txn, &m, x->entity.id, x->identified, now);
 }
 
@@ -665,6 +668,7 @@ sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_feed_t *f
     t->cfg = cfg;
     t->stitch = stitch;
     t->feed = feed;
+    sl_arena_init(&t->msg_arena);
     t->step = (sl_stage_step_t){.name = "triggers", .phase = SL_PHASE_RULES, .arg = t, .open = on_open,
                                 .apply = on_apply, .timer = on_timer, .due = on_due, .tick = on_tick,
                                 .after_txn = on_after_txn};
@@ -683,6 +687,7 @@ int sl_trig_attach(sl_trig_t *t, sl_stage_t *stage)
 void sl_trig_free(sl_trig_t *t)
 {
     if (t == NULL) return;
+    sl_arena_free(&t->msg_arena);
     sl_buf_free(&t->k);
     sl_buf_free(&t->k2);
     sl_buf_free(&t->v);

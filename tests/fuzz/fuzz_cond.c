@@ -1,11 +1,14 @@
 /* fuzz_cond.c - the condition language (rules/sl_rules.h): compile and
  * evaluate. The input is two JSON texts one after the other, a condition
- * then an event (`{"field":"event","eq":"x"} {"event":"x"}`); the person is
- * a fixed view. Any input is a compiled condition or one clear error; an
+ * then an event (`{"field":"event","eq":"x"} {"event":"x"}`, the event's
+ * bytes read as they are: they may be no JSON at all); the person is a
+ * fixed view. Any input is a compiled condition or one clear error; an
  * evaluation answers 0 or 1, asks for the view at most once and only when
  * the condition reads the person; the canonical print compiles back to the
  * same text; a condition compiles for the event side alone exactly when it
- * reads no profile path. */
+ * reads no profile path. Differential: an event as the collector stores it
+ * (cJSON's print) answers as the same event written otherwise (blanks and
+ * newlines between tokens, '/' escaped). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,17 +22,16 @@ static const char VIEW[] =
     "\"last_seen\":\"2026-11-29T08:00:00Z\",\"consent\":{\"email\":true,\"sms\":false},\"unsubscribed\":false}";
 #define NOW_MS 1796083200000LL /* 2026-12-01T00:00:00Z */
 
-static cJSON *view;
 static int calls;
 
-static const cJSON *get_view(void *arg)
+static sl_jval_t get_view(void *arg)
 {
     (void)arg;
     calls++;
-    return view;
+    return sl_jroot(VIEW, sizeof(VIEW) - 1);
 }
 
-static int eval(const sl_cond_t *c, const cJSON *event, int with_view)
+static int eval(const sl_cond_t *c, sl_jval_t event, int with_view)
 {
     sl_rules_ctx_t ctx = {.event = event, .now_ms = NOW_MS, .profile = with_view ? get_view : NULL};
     calls = 0;
@@ -57,14 +59,32 @@ static void check_print(const sl_cond_t *c)
     sl_buf_free(&b2);
 }
 
+/* text with every '/' written "\/" (a '/' is only ever inside a string) */
+static char *escape_slashes(const char *text)
+{
+    size_t n = strlen(text), k = 0;
+    char *out = malloc(2 * n + 1);
+    if (out == NULL) abort();
+    for (size_t i = 0; i < n; i++) {
+        if (text[i] == '/') out[k++] = '\\';
+        out[k++] = text[i];
+    }
+    out[k] = '\0';
+    return out;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (view == NULL && (view = cJSON_Parse(VIEW)) == NULL) abort();
     const char *text = (const char *)data, *end = NULL;
     cJSON *cond = cJSON_ParseWithLengthOpts(text, size, &end, 0);
     if (cond == NULL) return 0;
     size_t used = (size_t)(end - text);
-    cJSON *event = used < size ? cJSON_ParseWithLength(end, size - used) : NULL;
+    sl_jval_t event = sl_jroot(end, size - used);
+    /* the event as the collector stores it (cJSON's print), and the same
+     * written otherwise: blanks and newlines between tokens, "\/" for '/' */
+    cJSON *tree = cJSON_ParseWithLength(end, size - used);
+    char *stored = tree ? cJSON_PrintUnformatted(tree) : NULL, *pretty = tree ? cJSON_Print(tree) : NULL;
+    char *other = pretty ? escape_slashes(pretty) : NULL;
 
     sl_cond_t *c = NULL, *ce = NULL, *cp = NULL;
     char err[512];
@@ -86,7 +106,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (eval(c, event, 1) != r) abort(); /* nothing carried over between evaluations */
     if (ce && eval(ce, event, 1) != r) abort();
     if (cp && eval(cp, event, 1) != r) abort();
-    eval(c, NULL, 0);
+    if (stored && other &&
+        eval(c, sl_jroot(stored, strlen(stored)), 1) != eval(c, sl_jroot(other, strlen(other)), 1))
+        abort();
+    eval(c, (sl_jval_t){0}, 0);
     eval(c, event, 0);
     check_print(c);
 done:
@@ -94,6 +117,9 @@ done:
     sl_rules_free(ce);
     sl_rules_free(cp);
     cJSON_Delete(cond);
-    cJSON_Delete(event);
+    cJSON_Delete(tree);
+    free(stored);
+    free(pretty);
+    free(other);
     return 0;
 }

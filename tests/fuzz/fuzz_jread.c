@@ -66,6 +66,21 @@ static void same(const cJSON *x, sl_jval_t v, int depth)
     }
 }
 
+static void same_span(sl_jval_t a, sl_jval_t b)
+{
+    if (a.n != b.n || (a.n && a.p != b.p)) abort();
+}
+
+static void same_index(const sl_jindex_t *a, const sl_jindex_t *b)
+{
+    same_span(a->obj, b->obj);
+    if (a->n != b->n) abort();
+    for (size_t i = 0; i < a->n; i++) {
+        same_span(a->key[i], b->key[i]);
+        same_span(a->val[i], b->val[i]);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int init;
@@ -87,6 +102,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int n = 0;
     sl_jiter(root, &it);
     while (sl_jnext(&it, &k, &v) && n++ < 10000) (void)sl_jtype(v);
+    /* the index noted in the checking pass is the one a later pass finds */
+    sl_jindex_t top, sub, top2, sub2;
+    sl_jval_t root2 = sl_jroot_index(text, size, &top, "c", &sub);
+    if (root2.p != root.p || root2.n != root.n) abort();
+    sl_jindex(root, &top2);
+    sl_jindex(sl_jindex_get(&top2, "c"), &sub2);
+    if (sl_jtype(root) != SL_JOBJ) top2.n = 0, top2.obj = (sl_jval_t){NULL, 0};
+    if (sl_jtype(sub2.obj) != SL_JOBJ) sub2.n = 0, sub2.obj = (sl_jval_t){NULL, 0}; /* c no object: no index */
+    same_index(&top, &top2);
+    same_index(&sub, &sub2);
 
     cJSON *doc = cJSON_ParseWithLength(text, size);
     if (doc == NULL) return 0;

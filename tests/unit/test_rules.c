@@ -56,13 +56,23 @@ static const char *base_view =
 typedef struct view_s {
     const cJSON *view;
     int calls;
+    char *text; /* the view as the callback answers it: printed at its first call (or beforehand) */
 } view_t;
 
-static const cJSON *get_view(void *arg)
+static sl_jval_t get_view(void *arg)
 {
     view_t *v = arg;
     v->calls++;
-    return v->view;
+    if (v->view == NULL) return (sl_jval_t){0};
+    if (v->text == NULL) v->text = cJSON_PrintUnformatted(v->view);
+    return sl_jroot(v->text, strlen(v->text));
+}
+
+/* The text of ev (NULL: an absent value) as evaluation reads it; *hold to free. */
+static sl_jval_t ev_text(const cJSON *ev, char **hold)
+{
+    *hold = ev ? cJSON_PrintUnformatted(ev) : NULL;
+    return *hold ? sl_jroot(*hold, strlen(*hold)) : (sl_jval_t){0};
 }
 
 /* Compiles cond (both sides) and evaluates it: 1/0, or -1 when it does not compile. */
@@ -77,9 +87,13 @@ static int eval_q(const char *cond, const cJSON *event, view_t *view)
         fprintf(stderr, "  compile %s: %s\n", cond, err);
         return -1;
     }
-    sl_rules_ctx_t ctx = {.event = event, .now_ms = NOW_MS, .profile = get_view, .profile_arg = view};
+    char *text;
+    sl_rules_ctx_t ctx = {.event = ev_text(event, &text), .now_ms = NOW_MS, .profile = get_view, .profile_arg = view};
     int r = sl_rules_eval(c, &ctx);
     sl_rules_free(c);
+    free(text);
+    free(view->text);
+    view->text = NULL;
     return r;
 }
 
@@ -336,7 +350,8 @@ TEST(rules_profile_callback)
         CHECK_INT(sl_rules_reads_event(c), ==, t[i].reads_event);
         CHECK_INT(sl_rules_reads_profile(c), ==, t[i].reads_profile);
         view_t view = {.view = vw};
-        sl_rules_ctx_t ctx = {.event = ev, .now_ms = NOW_MS, .profile = get_view, .profile_arg = &view};
+        char *text;
+        sl_rules_ctx_t ctx = {.event = ev_text(ev, &text), .now_ms = NOW_MS, .profile = get_view, .profile_arg = &view};
         CHECK_INT(sl_rules_eval(c, &ctx), ==, t[i].want);
         CHECK_INT(view.calls, ==, t[i].calls);
         /* twice: the cache is per evaluation, not per condition */
@@ -346,6 +361,8 @@ TEST(rules_profile_callback)
         ctx.profile = NULL;
         if (t[i].reads_profile && !t[i].reads_event) CHECK_INT(sl_rules_eval(c, &ctx), ==, 0);
         sl_rules_free(c);
+        free(text);
+        free(view.text);
     }
     cJSON_Delete(ev);
     cJSON_Delete(vw);
@@ -586,9 +603,11 @@ TEST(rules_bounds)
     sl_cond_t *c = NULL;
     char err[256];
     REQUIRE(sl_rules_compile(j, SL_RULES_EVENT, "w", &c, err, sizeof(err)) == 0);
-    sl_rules_ctx_t ctx = {.event = ev, .now_ms = NOW_MS};
+    char *text;
+    sl_rules_ctx_t ctx = {.event = ev_text(ev, &text), .now_ms = NOW_MS};
     CHECK_INT(sl_rules_eval(c, &ctx), ==, 0); /* a == 0 and a == 1 ... */
     sl_rules_free(c);
+    free(text);
     cJSON_Delete(j);
     cJSON_Delete(ev);
     free(s);
@@ -678,23 +697,28 @@ TEST(rules_eval_allocates_nothing)
     size_t n = sizeof(eval_cases) / sizeof(eval_cases[0]);
     sl_cond_t **cs = calloc(n, sizeof(*cs));
     cJSON **evs = calloc(n, sizeof(*evs)), **vws = calloc(n, sizeof(*vws));
+    char **evt = calloc(n, sizeof(*evt)), **vwt = calloc(n, sizeof(*vwt)), *ev0t, *view0t;
     cJSON *ev0 = q(base_event), *view0 = q(base_view);
-    REQUIRE(cs && evs && vws && ev0 && view0);
+    REQUIRE(cs && evs && vws && evt && vwt && ev0 && view0);
+    sl_jval_t ev0v = ev_text(ev0, &ev0t);
+    view0t = cJSON_PrintUnformatted(view0);
     for (size_t i = 0; i < n; i++) {
         cJSON *j = q(eval_cases[i].cond);
         char err[256];
         CHECK_INT(sl_rules_compile(j, SL_RULES_EVENT | SL_RULES_PROFILE, "t", &cs[i], err, sizeof(err)), ==, 0);
         cJSON_Delete(j);
         if (eval_cases[i].ev && strcmp(eval_cases[i].ev, "-")) evs[i] = q(eval_cases[i].ev);
+        if (evs[i]) ev_text(evs[i], &evt[i]);
         if (eval_cases[i].view && strcmp(eval_cases[i].view, "-")) vws[i] = q(eval_cases[i].view);
+        if (vws[i]) vwt[i] = cJSON_PrintUnformatted(vws[i]);
     }
     int agree = 1;
     before = allocs;
     for (size_t i = 0; i < n; i++) {
         if (cs[i] == NULL) continue;
-        view_t view = {.view = eval_cases[i].view ? vws[i] : view0};
-        sl_rules_ctx_t ctx = {.event = eval_cases[i].ev ? evs[i] : ev0, .now_ms = NOW_MS, .profile = get_view,
-                              .profile_arg = &view};
+        view_t view = {.view = eval_cases[i].view ? vws[i] : view0, .text = eval_cases[i].view ? vwt[i] : view0t};
+        sl_rules_ctx_t ctx = {.event = eval_cases[i].ev ? (evs[i] ? sl_jroot(evt[i], strlen(evt[i])) : (sl_jval_t){0}) : ev0v,
+                              .now_ms = NOW_MS, .profile = get_view, .profile_arg = &view};
         if (sl_rules_eval(cs[i], &ctx) != eval_cases[i].want) agree = 0;
     }
     CHECK_INT(allocs - before, ==, 0);
@@ -703,10 +727,16 @@ TEST(rules_eval_allocates_nothing)
         sl_rules_free(cs[i]);
         cJSON_Delete(evs[i]);
         cJSON_Delete(vws[i]);
+        free(evt[i]);
+        free(vwt[i]);
     }
     free(cs);
     free(evs);
     free(vws);
+    free(evt);
+    free(vwt);
+    free(ev0t);
+    free(view0t);
     cJSON_Delete(ev0);
     cJSON_Delete(view0);
 }
@@ -730,4 +760,58 @@ TEST(rules_glob_table)
             fprintf(stderr, "  glob \"%s\" vs \"%s\": want %d\n", t[i].p, t[i].s, t[i].m);
             test_failures++;
         }
+}
+
+/* Evaluation reads the text as stored or as sent: blanks, escapes (a string
+ * operator decodes them, eq compares without decoding), numbers as numbers,
+ * the first of a repeated name, and text that is no JSON reads as no event. */
+TEST(rules_eval_on_text)
+{
+    static const char ev[] =
+        " { \"event\" : \"Caf\\u00e9 \\\"x\\\"\", \"type\":\"track\", \"properties\" : {\"path\" : \"\\/c\\/shoes\", "
+        "\"n\": 1e2, \"tags\": [\"a\", \"b\\u0000c\"], \"when\": \"2026-11-30T00:00:00\\u005a\", \"n\": 5}}\n";
+    static const struct {
+        const char *cond;
+        int want;
+    } t[] = {
+        {"{'field':'event','eq':'Caf\xc3\xa9 \\\"x\\\"'}", 1},
+        {"{'field':'event','starts_with':'Caf\xc3\xa9'}", 1},
+        {"{'field':'event','contains':'\xc3\xa9 \\\"'}", 1},
+        {"{'field':'event','gt':'Caf'}", 1},
+        {"{'field':'event','lt':'Caf\xc3\xa9 \\\"y'}", 1},
+        {"{'field':'properties.path','starts_with':'/c/'}", 1},
+        {"{'field':'properties.path','glob':'/c/*'}", 1},
+        {"{'field':'properties.path','glob':'/c/?'}", 0},
+        {"{'field':'properties.n','eq':100}", 1},   /* the first n */
+        {"{'field':'properties.n','gt':99.5}", 1},
+        {"{'field':'properties.n','eq':'100'}", 0}, /* a number is no string */
+        {"{'field':'properties.tags[]','eq':'b'}", 0},
+        {"{'field':'properties.tags','contains':'a'}", 1},
+        {"{'field':'properties.when','before':'2026-12-01T00:00:00Z'}", 1},
+        {"{'field':'properties.when','after':'2026-12-01T00:00:00Z'}", 0},
+        {"{'field':'properties.missing','exists':false}", 1},
+    };
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        cJSON *j = q(t[i].cond);
+        sl_cond_t *c = NULL;
+        char err[256];
+        CHECK_INT(sl_rules_compile(j, SL_RULES_EVENT, "t", &c, err, sizeof(err)), ==, 0);
+        cJSON_Delete(j);
+        if (c == NULL) continue;
+        sl_rules_ctx_t ctx = {.event = sl_jroot(ev, sizeof(ev) - 1), .now_ms = NOW_MS};
+        if (sl_rules_eval(c, &ctx) != t[i].want) {
+            fprintf(stderr, "  case %zu: %s: want %d\n", i, t[i].cond, t[i].want);
+            test_failures++;
+        }
+        /* the same through an index of the event's members (as the stage gives it) */
+        sl_jindex_t top;
+        ctx.event = sl_jroot_index(ev, sizeof(ev) - 1, &top, NULL, NULL);
+        ctx.event_top = &top;
+        CHECK_INT(sl_rules_eval(c, &ctx), ==, t[i].want);
+        /* text that is not JSON: no event */
+        ctx.event = sl_jroot(ev, sizeof(ev) - 3);
+        ctx.event_top = NULL;
+        CHECK_INT(sl_rules_eval(c, &ctx), ==, strstr(t[i].cond, "'exists':false") != NULL);
+        sl_rules_free(c);
+    }
 }

@@ -26,10 +26,12 @@ static int decode_n(const void *p, size_t n, trig_cart_t *c)
 
 static void update(trig_cart_t *c, const char *props, int start, uint64_t *ignored)
 {
-    cJSON *x = cJSON_Parse(props);
-    CHECK(x != NULL);
-    CHECK_INT(trig_cart_update(c, x, start, ignored), ==, 0);
-    cJSON_Delete(x);
+    sl_jval_t x = sl_jroot(props, strlen(props));
+    CHECK(sl_jtype(x) == SL_JOBJ);
+    sl_arena_t a;
+    sl_arena_init(&a);
+    CHECK_INT(trig_cart_update(c, x, start, ignored, &a), ==, 0);
+    sl_arena_free(&a);
 }
 
 /* c's products as the trigger prints them; the caller frees. */

@@ -17,7 +17,7 @@
     X(stitch_junk_and_traits) X(stitch_refusals_coalesce) X(stitch_refusals_bounded_and_paged) X(stitch_refusal_bound_reads_refusals_only) X(stitch_refusal_refs_migrated_at_open) X(stitch_active_from_records_before) X(stitch_junk_ids_with_email_are_erasable) X(stitch_erasure_in_slices) X(stage_context_by_phase) X(stage_timers_durable) X(trigger_layout1_converted_at_open) X(stitch_erasure_and_restart) X(stitch_consent_merges_and_erases) X(stitch_retention_prunes_and_restarts) X(stitch_verify_finds_damage) X(stage_sets_aside_and_goes_on) X(stage_replays_set_aside) X(stitch_consent_survives_a_redone_transaction) X(trigger_counted_once_when_a_transaction_is_redone) X(trigger_states_from_before_the_header) X(stage_job_follows_acknowledged_events) X(trigger_glob_table) X(webhook_backoff) \
     X(webhook_signature_vector) X(entity_text_table) X(jread_table) X(feed_header_codec) X(feed_old_layout_read) \
     X(feed_index_filters_erasure) X(feed_old_store_indexed_at_open) \
-    X(rules_eval_table) X(rules_profile_callback) X(rules_compile_errors_table) X(rules_bounds) X(rules_print_roundtrip) \
+    X(rules_eval_table) X(rules_eval_on_text) X(rules_profile_callback) X(rules_compile_errors_table) X(rules_bounds) X(rules_print_roundtrip) \
     X(rules_eval_allocates_nothing) X(rules_glob_table) \
     X(trigger_cart_record_roundtrip) X(trigger_cart_record_bounds) X(trigger_cart_old_layout_loads) \
     X(trigger_cart_record_corrupt) X(trigger_page_record)
