@@ -342,9 +342,10 @@ int sl_jstr_eq(sl_jval_t v, const char *s, size_t n)
     /* the common case: no escape, the bytes themselves (decoded, a string is
      * never longer than its text) */
     if (raw < n) return 0;
-    size_t i = 0;
-    while (i < raw && p[i] != '\\') i++;
-    if (i == raw) return raw == n && memcmp(p, s, n) == 0;
+    /* as long: equal only without an escape (one would make it shorter), so
+     * the bytes are s and s has no backslash */
+    if (raw == n) return memcmp(p, s, n) == 0 && memchr(s, '\\', n) == NULL;
+    if (memchr(p, '\\', raw) == NULL) return 0; /* longer, and no escape to make it shorter */
     size_t at = 0;
     while (p < end) {
         unsigned char b[4];

@@ -47,6 +47,9 @@ typedef struct sl_stage_ctx_s {
     sl_entity_t entity;        /* whom the event was applied to (kind 0: nobody, as an alias
                                 * without its ids) */
     int identified;            /* entity has a userId or an identity trait */
+    int identity_changed;      /* in this event entity gained an identifier other than an
+                                * anonymousId, or absorbed another person: the moment a
+                                * person becomes identified is one of these */
     int64_t ts_ms;             /* the event's corrected, clamped timestamp */
     uint64_t dropped_traits;   /* traits of this event not kept (limits.max_traits_*) */
     /* merges the event caused, in order: absorbed[i] was merged into survivor[i] */

@@ -108,6 +108,7 @@ struct sl_stitch_s {
     cJSON *trait_changes;     /* identify: [name, old, new] of each trait it changed (the stage context's) */
     uint64_t *mg_survivor, *mg_absorbed; /* the merges of the current event (the stage context's) */
     size_t n_mg, cap_mg;
+    int gained_identity;      /* stage thread: the event under way gave its person a non-anonymous identifier */
     sl_buf_t k1, k2, k3, tmp; /* identifier keys; tmp: journal entries and index keys */
     sl_buf_t k4;              /* smeta keys of coalesced refusals */
     char *tscratch;           /* printing one trait value: limits.max_traits_bytes + 1 */
@@ -284,6 +285,8 @@ static int add_identity(sl_stitch_t *s, MDB_txn *txn, person_t *p, const sl_buf_
     if (sl_buf_append(&p->ids, key->data, key->len) || sl_buf_append(&p->ids, "", 1)) return SL_ENOMEM;
     p->h.n_ids++;
     p->dirty = 1;
+    static const char anon[] = "anonymous_id\x1f";
+    if (key->len < sizeof(anon) - 1 || memcmp(key->data, anon, sizeof(anon) - 1) != 0) s->gained_identity = 1;
     return 0;
 }
 
@@ -898,6 +901,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
     /* a message that failed half-way (its batch then failed alone) leaves nothing behind */
     while (s->trait_changes && s->trait_changes->child) cJSON_DeleteItemFromArray(s->trait_changes, 0);
     s->msg_dropped = 0;
+    s->gained_identity = 0;
     person_t *t = &s->p1, *o = &s->p2; /* the target person, and another */
     sl_buf_t *kU = &s->k1, *kA = &s->k2;
     uint64_t pU = 0, pA = 0, tlU = 0, tlA = 0; /* persons and timeline numbers of kU, kA */
@@ -1056,6 +1060,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
     /* what the later phases of the event read */
     ctx->entity = (sl_entity_t){SL_ENTITY_PERSON, t->id};
     ctx->identified = person_identified(t);
+    ctx->identity_changed = s->gained_identity || s->n_mg > 0;
     ctx->ts_ms = m->ts_ms;
     ctx->dropped_traits = s->msg_dropped;
     ctx->trait_changes = s->trait_changes;

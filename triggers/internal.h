@@ -24,6 +24,7 @@ typedef struct {
     const char *type;         /* "track", "page", "identify"... */
     const char *message_id;   /* its messageId */
     uint64_t seq;             /* its place in the log */
+    int identity_changed;     /* its person became identified with it, or may have (sl_stage_ctx_t) */
     const sl_stage_event_t *ev; /* the event itself: its text and members, its tree on demand (trig_msg_doc) */
 } rule_msg_t;
 /* The stored message as a tree, parsed when a rule first needs one (an

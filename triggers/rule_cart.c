@@ -354,15 +354,17 @@ static int cart_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const ru
         return trig_state_del(t, txn, r->name, person); /* bought: the pending timer will find nothing */
     int start = m->track && ev && is_start_event(r, ev);
     int removed = m->track && ev && C(r)->remove_event && strcmp(ev, C(r)->remove_event) == 0;
-    /* any other event reads the cart only to fire an identified person's
-     * waiting one: an anonymous visitor's (most events) is not read at all */
-    if (!start && !removed && !identified) return 0;
+    /* any other event reads the cart only to fire a waiting one, which waits
+     * for its person to be identified: read when that may have just happened
+     * (an anonymous visitor's events, and most of an identified person's, do
+     * not read it at all) */
+    if (!start && !removed && !(identified && m->identity_changed)) return 0;
     MDB_val v;
     rc = trig_state_get(t, txn, r->name, person, &v);
     if (rc && rc != MDB_NOTFOUND) return rc;
     int have = rc == 0, waiting = 0;
     trig_cart_t c;
-    if (!start && !removed) {
+    if (!start && !removed) { /* just identified */
         if (!have) return 0;
         /* An identified person with an abandoned anonymous cart: fire now. */
         if ((rc = cart_waiting(&v, &waiting)) || !waiting) return rc;

@@ -261,7 +261,10 @@ static int ev_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule
     /* the rule's where picks its starting events, unless.where its cancelling ones */
     int starts = trig_is_kind(m, E(r)->event) && trig_where(r->where, m, now);
     int cancels = E(r)->unless_event && trig_is_kind(m, E(r)->unless_event) && trig_where(E(r)->unless_where, m, now);
-    if (!starts && !cancels && !identified) return 0;
+    /* triggers that wait for their person's login are looked at when that
+     * may have just happened (not at every event of an identified person) */
+    int released = identified && m->identity_changed;
+    if (!starts && !cancels && !released) return 0;
     /* without a delay it fires at once, and keeps no state (nothing can cancel it: ev_parse) */
     if (E(r)->delay_ms == 0) return starts ? fire_with(t, txn, r, person, m->ev->top, now) : 0;
     ev_state_t s;
@@ -284,7 +287,7 @@ static int ev_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule
         }
     }
     /* an identified person's triggers that waited for the login fire now */
-    for (uint32_t i = 0; identified && i < s.h.n && rc == 0;) {
+    for (uint32_t i = 0; released && i < s.h.n && rc == 0;) {
         if (!s.p[i].waiting) {
             i++;
             continue;

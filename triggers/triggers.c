@@ -296,6 +296,7 @@ static int read_msg(sl_trig_t *t, const sl_stage_event_t *ev, int64_t ts_ms, rul
     sl_arena_t *a = &t->msg_arena;
     sl_arena_reset(a);
     m->ev = ev;
+    m->identity_changed = ev->ctx->identity_changed;
     m->type = sl_jstr(sl_jindex_get(ev->top, "type"), a, NULL);
     m->track = m->type && strcmp(m->type, "track") == 0;
     m->page = m->type && strcmp(m->type, "page") == 0;
