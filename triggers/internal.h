@@ -182,7 +182,7 @@ int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person,
  * a count's top byte where the header has its magic: 0, or 0xFF for a time
  * before 1970. */
 #define TRIG_STATE_MAGIC 0xA7
-enum { TRIG_STATE_CART = 1, TRIG_STATE_PAGE = 2, TRIG_STATE_EVENT = 3 };
+enum { TRIG_STATE_CART = 1, TRIG_STATE_PAGE = 2, TRIG_STATE_EVENT = 3, TRIG_STATE_INACT = 4 };
 
 typedef struct {
     uint8_t kind;          /* TRIG_STATE_* */
@@ -230,6 +230,19 @@ int trig_page_encode(sl_buf_t *b, const int64_t *ts, size_t n);
 /* The times of v (either layout) into ts (room for TRIG_PAGE_MAX_COUNT):
  * 0 and *n, or MDB_CORRUPTED. */
 int trig_page_decode(const MDB_val *v, int64_t *ts, size_t *n);
+
+/* ---- the inactivity rule's record (rule_inactivity.c; cross-file for its
+ * unit test): its pending timer, the quiet spell it last fired for, and the
+ * last matching event's time (0: none yet, or the rule reads last_seen). */
+typedef struct {
+    int64_t timer_ms, fired_for_ms;
+    int64_t last_ms;
+} trig_inact_t;
+/* Empties b and writes s as a record: 0 or SL_ENOMEM. */
+int trig_inact_encode(sl_buf_t *b, const trig_inact_t *s);
+/* s from v (either layout: the bare struct before the header, 16 bytes
+ * before `last_ms`): 0, or MDB_CORRUPTED. */
+int trig_inact_decode(const MDB_val *v, trig_inact_t *s);
 
 /* ---- the abandoned_cart rule's record (rule_cart.c; cross-file for its
  * unit tests): TRIG_STATE_CART version 1, n products: trig_cart_fix_t, then

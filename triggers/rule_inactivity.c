@@ -19,19 +19,57 @@ typedef struct {
 #define OWN_CLOCK(r) (I(r)->event || (r)->where)
 
 #define INACT_V1_BYTES 16 /* the record before `event`/`where`: no last_ms */
-typedef struct {
-    int64_t timer_ms, fired_for_ms;
-    int64_t last_ms;       /* OWN_CLOCK: the last matching event's time (0: none yet) */
-} inact_t;
+#define INACT_VERSION 1
+typedef trig_inact_t inact_t;
 
+int trig_inact_encode(sl_buf_t *b, const trig_inact_t *s)
+{
+    int rc = trig_state_begin(b, TRIG_STATE_INACT, INACT_VERSION, 0);
+    return rc ? rc : sl_buf_append(b, s, sizeof(*s)) ? SL_ENOMEM : 0;
+}
+
+int trig_inact_decode(const MDB_val *v, trig_inact_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    if (!trig_state_is_rec(v)) { /* from before the header: the struct itself */
+        if (v->mv_size != sizeof(*s) && v->mv_size != INACT_V1_BYTES) return MDB_CORRUPTED;
+        memcpy(s, v->mv_data, v->mv_size);
+        return 0;
+    }
+    uint32_t n;
+    trig_rd_t rd;
+    int rc = trig_state_open(v, TRIG_STATE_INACT, INACT_VERSION, &n, &rd);
+    if (rc == 0 && (n != 0 || trig_rd_copy(&rd, s, sizeof(*s)) || rd.left)) rc = MDB_CORRUPTED;
+    return rc;
+}
+
+/* MDB_NOTFOUND (s zero) when person has none. */
 static int inact_load(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, inact_t *s)
 {
     memset(s, 0, sizeof(*s));
     MDB_val v;
     int rc = trig_state_get(t, txn, r->name, person, &v);
-    if (rc) return rc;
-    if (v.mv_size == sizeof(*s) || v.mv_size == INACT_V1_BYTES) memcpy(s, v.mv_data, v.mv_size);
-    return 0;
+    return rc ? rc : trig_inact_decode(&v, s);
+}
+
+static int inact_save(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const inact_t *s)
+{
+    int rc = trig_inact_encode(&t->v, s);
+    return rc ? rc : trig_state_put(t, txn, r->name, person, t->v.data, t->v.len);
+}
+
+static int inact_check(const MDB_val *v)
+{
+    inact_t s;
+    return trig_inact_decode(v, &s);
+}
+
+static int inact_verify(sl_trig_t *t, MDB_txn *txn, MDB_txn *log_txn, const trig_rule_t *r, uint64_t person,
+                        FILE *out, uint64_t *n, uint64_t *problems)
+{
+    (void)log_txn;
+    (void)n;
+    return trig_state_verify(t, txn, r, person, out, problems, inact_check, "inactivity");
 }
 
 static int inact_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule_msg_t *m, uint64_t person,
@@ -53,7 +91,7 @@ static int inact_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const r
         s.timer_ms = (OWN_CLOCK(r) ? s.last_ms : now) + I(r)->after_ms;
         if ((rc = trig_timer_add(t, txn, s.timer_ms, person, r->name))) return rc;
     }
-    return trig_state_put(t, txn, r->name, person, &s, sizeof(s));
+    return inact_save(t, txn, r, person, &s);
 }
 
 static int inact_timer(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, int64_t now)
@@ -70,7 +108,7 @@ static int inact_timer(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_
     if (last + I(r)->after_ms > now) {
         s.timer_ms = last + I(r)->after_ms;
         if ((rc = trig_timer_add(t, txn, s.timer_ms, person, r->name))) return rc;
-        return trig_state_put(t, txn, r->name, person, &s, sizeof(s));
+        return inact_save(t, txn, r, person, &s);
     }
     s.timer_ms = 0;
     if (s.fired_for_ms != last) {
@@ -87,7 +125,7 @@ static int inact_timer(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_
         if (rc) return rc;
         s.fired_for_ms = last;
     }
-    return trig_state_put(t, txn, r->name, person, &s, sizeof(s));
+    return inact_save(t, txn, r, person, &s);
 }
 
 /* With the person's last_seen, absorbed's quiet spell goes: the survivor's
@@ -109,7 +147,7 @@ static int inact_merge(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_
         s.timer_ms = s.last_ms + I(r)->after_ms > now ? s.last_ms + I(r)->after_ms : now;
         if ((rc = trig_timer_add(t, txn, s.timer_ms, survivor, r->name))) return rc;
     }
-    return trig_state_put(t, txn, r->name, survivor, &s, sizeof(s));
+    return inact_save(t, txn, r, survivor, &s);
 }
 
 static void inact_free_conf(void *conf)
@@ -145,4 +183,5 @@ static const char *const inact_keys[] = {"after", "event", NULL};
 const trig_type_t trig_type_inactivity = {
     .name = "inactivity", .keys = inact_keys, .parse = inact_parse, .free_conf = inact_free_conf,
     .event = inact_event, .merge = inact_merge, .timer = inact_timer, .print = inact_print, .own_where = 1,
+    .verify = inact_verify,
 };
