@@ -23,6 +23,7 @@ used=$(( $(mdb_stat -e "$WORK/data" | awk '/Number of pages used/ {print $5}') +
 printf "stored %d events: data.mdb + derived/data.mdb %d bytes, %d pages of %d in use\n" "$stored" "$file" "$used" "$psize"
 printf "bytes per event on disk: %.0f (pages in use), %.0f (file size)\n" \
   "$(echo "$used * $psize / $stored" | bc -l)" "$(echo "$file / $stored" | bc -l)"
+printf "log %d pages, derived %d pages\n" "$(mdb_stat -e "$WORK/data" | awk '/Number of pages used/ {print $5}')" "$(mdb_stat -e "$WORK/data/derived" | awk '/Number of pages used/ {print $5}')"
 for env in "$WORK/data" "$WORK/data/derived"; do
   mdb_stat -a "$env" | awk '/^Status of/ {db=$3} /Leaf pages/ {print "  " db ": " $3 " leaf pages"} /Overflow pages/ {print "  " db ": " $3 " overflow pages"}'
 done
