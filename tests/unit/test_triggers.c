@@ -1,8 +1,10 @@
 /* test_triggers.c - the rule states' records (triggers/internal.h): the
- * cart's and the page rule's round trips, the layouts written before the
- * header, and records cut short or lying about their lengths. */
+ * cart's, the page rule's and the inactivity rule's round trips, the layouts
+ * written before the header, and records cut short or lying about their
+ * lengths; the page rule's globs; the webhooks' backoff and signature. */
 #include "test.h"
 #include "internal.h"
+#include "sl_webhooks.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -404,4 +406,49 @@ TEST(trigger_inactivity_record)
     CHECK_INT(got.last_ms, ==, 0);
     free(v.mv_data);
     sl_buf_free(&b);
+}
+
+TEST(trigger_glob_table)
+{
+    static const struct { const char *p, *s; int m; } t[] = {
+        {"/pricing*", "/pricing", 1},        {"/pricing*", "/pricing/teams", 1}, {"/pricing*", "/price", 0},
+        {"/docs/*", "/docs/", 1},            {"/docs/*", "/docs", 0},            {"*", "", 1},
+        {"/a?c", "/abc", 1},                 {"/a?c", "/ac", 0},                 {"/*/x", "/a/b/x", 1},
+        {"/*/x", "/a/b/y", 0},               {"**", "/anything", 1},             {"", "", 1},
+        {"", "/", 0},                        {"https://shop.example/*", "https://shop.example/p?x=1", 1},
+    };
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+        if (sl_trig_glob_match(t[i].p, t[i].s) != t[i].m) {
+            fprintf(stderr, "  glob \"%s\" vs \"%s\": want %d\n", t[i].p, t[i].s, t[i].m);
+            test_failures++;
+        }
+}
+
+/* Webhook retries: 0.5 s doubling to 5 min, jitter within +-25 %. */
+TEST(webhook_backoff)
+{
+    static const struct { int attempts; int64_t base; } t[] = {{1, 500}, {2, 1000}, {3, 2000}, {10, 256000}, {11, 300000},
+                                                                {50, 300000}};
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        CHECK_INT(sl_webhook_backoff_ms(t[i].attempts, 0), ==, t[i].base * 3 / 4);
+        CHECK_INT(sl_webhook_backoff_ms(t[i].attempts, (uint32_t)(t[i].base / 2)), ==, t[i].base * 5 / 4);
+        int64_t x = sl_webhook_backoff_ms(t[i].attempts, 0xFFFFFFFFu);
+        CHECK(x >= t[i].base * 3 / 4 && x <= t[i].base * 5 / 4);
+    }
+}
+
+/* The webhook signature against a vector computed outside sillage:
+ * printf '%s' '1700000000.t-1.0123456789abcdef.{"rule":"cart"}' | openssl dgst -sha256 -hmac hook-secret */
+TEST(webhook_signature_vector)
+{
+    static const char body[] = "{\"rule\":\"cart\"}";
+    char sig[SL_WEBHOOK_SIGNATURE_BYTES];
+    CHECK_INT(sl_webhook_sign("hook-secret", 1700000000, "t-1.0123456789abcdef", body, sizeof(body) - 1, sig), ==, 0);
+    CHECK_STR(sig, "t=1700000000,v1=07dbee2a0094efcdf136b225e704b9a242ba516a99fdb7b00807149ef7f4a19e");
+    /* the time and the delivery id are signed: changing either changes it */
+    char other[SL_WEBHOOK_SIGNATURE_BYTES];
+    CHECK_INT(sl_webhook_sign("hook-secret", 1700000001, "t-1.0123456789abcdef", body, sizeof(body) - 1, other), ==, 0);
+    CHECK(strcmp(sig + 17, other + 17) != 0);
+    CHECK_INT(sl_webhook_sign("hook-secret", 1700000000, "t-2.0123456789abcdef", body, sizeof(body) - 1, other), ==, 0);
+    CHECK(strcmp(sig, other) != 0);
 }
