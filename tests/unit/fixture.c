@@ -246,6 +246,19 @@ uint64_t verify_problems(fix_t *f)
     return q.rep.problems;
 }
 
+/* A write transaction on the derived store opened on its own (the store
+ * closed, or behind its back): commit it, then mdb_env_close(*env). */
+MDB_txn *fix_raw_begin(fix_t *f, MDB_env **env)
+{
+    MDB_txn *txn = NULL;
+    CHECK_INT(mdb_env_create(env), ==, 0);
+    mdb_env_set_maxdbs(*env, 32);
+    mdb_env_set_mapsize(*env, 256 << 20);
+    CHECK_INT(mdb_env_open(*env, f->ddir, 0, 0640), ==, 0);
+    CHECK_INT(mdb_txn_begin(*env, NULL, 0, &txn), ==, 0);
+    return txn;
+}
+
 /* Removes the first entry of the named database behind the store's back. */
 void drop_first(fix_t *f, const char *db)
 {
@@ -254,11 +267,7 @@ void drop_first(fix_t *f, const char *db)
     MDB_dbi dbi;
     MDB_cursor *cur;
     MDB_val k, v;
-    CHECK_INT(mdb_env_create(&env), ==, 0);
-    mdb_env_set_maxdbs(env, 32);
-    mdb_env_set_mapsize(env, 256 << 20);
-    CHECK_INT(mdb_env_open(env, f->ddir, 0, 0640), ==, 0);
-    CHECK_INT(mdb_txn_begin(env, NULL, 0, &txn), ==, 0);
+    txn = fix_raw_begin(f, &env);
     CHECK_INT(mdb_dbi_open(txn, db, 0, &dbi), ==, 0);
     CHECK_INT(mdb_cursor_open(txn, dbi, &cur), ==, 0);
     CHECK_INT(mdb_cursor_get(cur, &k, &v, MDB_FIRST), ==, 0);
@@ -275,11 +284,7 @@ void drop_db(fix_t *f, const char *db)
     MDB_env *env;
     MDB_txn *txn;
     MDB_dbi dbi;
-    CHECK_INT(mdb_env_create(&env), ==, 0);
-    mdb_env_set_maxdbs(env, 32);
-    mdb_env_set_mapsize(env, 256 << 20);
-    CHECK_INT(mdb_env_open(env, f->ddir, 0, 0640), ==, 0);
-    CHECK_INT(mdb_txn_begin(env, NULL, 0, &txn), ==, 0);
+    txn = fix_raw_begin(f, &env);
     CHECK_INT(mdb_dbi_open(txn, db, 0, &dbi), ==, 0);
     CHECK_INT(mdb_drop(txn, dbi, 1), ==, 0);
     CHECK_INT(mdb_txn_commit(txn), ==, 0);

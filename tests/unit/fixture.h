@@ -86,6 +86,7 @@ int count_journal(fix_t *f, const char *kind, const char *id, const char *type);
 void erase_run(fix_t *f, sl_stitch_erase_t *er, const char *kind, const char *id);
 int verify_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg);
 uint64_t verify_problems(fix_t *f);
+MDB_txn *fix_raw_begin(fix_t *f, MDB_env **env);
 void drop_first(fix_t *f, const char *db);
 void drop_db(fix_t *f, const char *db);
 int db_entries(fix_t *f, const char *name);

@@ -557,11 +557,7 @@ static void to_layout1(fix_t *f, int n[3])
     MDB_dbi from, to;
     MDB_cursor *cur;
     MDB_val k, v;
-    CHECK_INT(mdb_env_create(&env), ==, 0);
-    mdb_env_set_maxdbs(env, 32);
-    mdb_env_set_mapsize(env, 256 << 20);
-    CHECK_INT(mdb_env_open(env, f->ddir, 0, 0640), ==, 0);
-    CHECK_INT(mdb_txn_begin(env, NULL, 0, &txn), ==, 0);
+    txn = fix_raw_begin(f, &env);
     const char *names[][2] = {{"rstate", "tstate"}, {"rpressure", "pressure"}, {"ptimers", "timers"}};
     for (int d = 0; d < 3; d++) {
         n[d] = 0;

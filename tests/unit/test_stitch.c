@@ -542,11 +542,7 @@ static int records_before_active_here(fix_t *f)
     MDB_cursor *cur;
     MDB_val k, v;
     int n = 0;
-    CHECK_INT(mdb_env_create(&env), ==, 0);
-    mdb_env_set_maxdbs(env, 32);
-    mdb_env_set_mapsize(env, 256 << 20);
-    CHECK_INT(mdb_env_open(env, f->ddir, 0, 0640), ==, 0);
-    CHECK_INT(mdb_txn_begin(env, NULL, 0, &txn), ==, 0);
+    txn = fix_raw_begin(f, &env);
     CHECK_INT(mdb_dbi_open(txn, "persons", MDB_INTEGERKEY, &persons), ==, 0);
     CHECK_INT(mdb_dbi_open(txn, "actof", MDB_INTEGERKEY, &actof), ==, 0);
     CHECK_INT(mdb_cursor_open(txn, persons, &cur), ==, 0);
