@@ -452,7 +452,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         if ((rc = get_limit(x, lim, "max_connections_per_ip", 1, 1000000, &c->limits.max_connections_per_ip))) return rc;
         if ((rc = get_limit(x, lim, "max_buffered_bytes", 256, 1ull << 40, &c->limits.max_buffered_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_queue_messages", 1, 10000000, &c->limits.max_queue_messages))) return rc;
-        if ((rc = get_limit(x, lim, "max_json_depth", 2, 1000, &c->limits.max_json_depth))) return rc;
+        if ((rc = get_limit(x, lim, "max_json_depth", 2, SL_JSON_MAX_DEPTH, &c->limits.max_json_depth))) return rc;
         if ((rc = get_limit(x, lim, "max_traits_per_person", 1, 100000, &c->limits.max_traits_per_person))) return rc;
         if ((rc = get_limit(x, lim, "max_traits_bytes", 256, 16u << 20, &c->limits.max_traits_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_dedupe_ids", 1000, 1000000000, &c->limits.max_dedupe_ids))) return rc;

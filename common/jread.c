@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SL_JDEPTH 512
+#define SL_JDEPTH SL_JSON_MAX_DEPTH /* every event the collector may store */
 
 static const char *ws(const char *p, const char *end)
 {

@@ -77,6 +77,10 @@ sl_arena_t *sl_json_arena_swap(sl_arena_t *a);
  * not well-formed where it is scanned reads as absent (SL_JNONE). Members
  * are found by their decoded name, the first of a name (stored events have
  * no repeated member: the collector refuses them). */
+/* The deepest JSON any part of sillage reads: the bound of
+ * limits.max_json_depth (what the collector stores) and the depth the
+ * tree-less reader checks to (cJSON's own limit is 1000 too). */
+#define SL_JSON_MAX_DEPTH 1000
 typedef struct sl_jval_s {
     const char *p;  /* the value's first byte (after any blank) */
     size_t n;       /* its length; 0: absent */

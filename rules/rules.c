@@ -474,7 +474,7 @@ typedef struct ev_s {
  * decoded into the evaluation's scratch. 0 when f is no string. */
 static int text_of(sl_jval_t f, ev_t *e, const char **s, size_t *n)
 {
-    if (sl_jtype(f) != SL_JSTR) return 0;
+    if (sl_jtype(f) != SL_JSTR || f.n < 2) return 0;
     if (memchr(f.p + 1, '\\', f.n - 2) == NULL) {
         *s = f.p + 1;
         *n = f.n - 2;

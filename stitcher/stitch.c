@@ -848,8 +848,10 @@ static int read_msg(sl_stitch_t *s, const sl_jindex_t *top, const sl_jindex_t *c
     if (traits.n) {
         for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
             m->trait_ids[i] = sl_stitch_clean_id(s, jstr(traits, s->cfg->identity_traits[i], a), a, 1);
-        /* merged into the person's traits document: a tree */
-        if ((m->traits = cJSON_ParseWithLength(traits.p, traits.n)) == NULL) return SL_EINVAL;
+        /* merged into the person's traits document: a tree. The text was
+         * checked, and is what cJSON printed: only memory can fail here (the
+         * stage retries the transaction, it does not set the event aside) */
+        if ((m->traits = cJSON_ParseWithLength(traits.p, traits.n)) == NULL) return SL_ENOMEM;
     }
     if (m->type == SL_STITCH_TRACK && sl_jstr_eq(sl_jindex_get(top, "event"), "Order Completed", 15)) {
         sl_jval_t props = sl_jindex_get(top, "properties");

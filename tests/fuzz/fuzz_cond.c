@@ -103,6 +103,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if ((rcp == 0) == sl_rules_reads_event(c) || (rcp && !strstr(err, "event paths are not allowed"))) abort();
 
     int r = eval(c, event, 1);
+    { /* the same through the index of its members, as the stage gives it */
+        sl_jindex_t top;
+        sl_jval_t ev2 = sl_jroot_index(end, size - used, &top, NULL, NULL);
+        sl_rules_ctx_t ix = {.event = ev2, .event_top = &top, .now_ms = NOW_MS, .profile = get_view};
+        if (sl_rules_eval(c, &ix) != r) abort();
+    }
     if (eval(c, event, 1) != r) abort(); /* nothing carried over between evaluations */
     if (ce && eval(ce, event, 1) != r) abort();
     if (cp && eval(cp, event, 1) != r) abort();
