@@ -149,6 +149,7 @@ static sl_stage_options_t stage_options(const sl_config_t *cfg, char *dir, size_
         .nosync = cfg->durability == SL_DURABLE_OS,
         .read_only = read_only,
         .nice = 10,
+        .max_lag_events = cfg->limits.max_stage_lag,
     };
     return o;
 }

@@ -92,6 +92,8 @@ typedef struct sl_config_s {
                                        * its headers in: 10s (1s..1h) */
         uint64_t min_body_rate;       /* bytes/s a body must average after its first 5 s: 4096;
                                        * 0 = no minimum (0..1e9) */
+        uint64_t max_stage_lag;       /* events the stage may lag before the loop thread leaves it a
+                                       * quarter of the core: 100,000; 0 = never (0..1e9) */
     } limits;
     int64_t dedupe_window_ms;    /* 24h */
     void *sections[SL_CONFIG_MAX_SECTIONS]; /* the registered sections' parsed forms (sl_config_section) */

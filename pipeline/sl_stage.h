@@ -146,6 +146,10 @@ typedef struct sl_stage_options_s {
     int nice;                    /* the stage thread's nice value above the process's: on a busy
                                   * core the acknowledgement goes first, the stage takes what is
                                   * left and its lag says how far behind it is (0: the same) */
+    uint64_t max_lag_events;     /* past this lag, the loop thread yields the core to the stage
+                                  * for a quarter of its time (sl_stage_start: a check handle that
+                                  * sleeps a third of the loop's CPU time since its last sleep);
+                                  * 0: never, the acknowledgement always first */
 } sl_stage_options_t;
 
 /* Creates the stage; add its steps, then open it. */
@@ -267,6 +271,7 @@ typedef struct sl_stage_stats_s {
     uint64_t events_applied, txns, set_aside;
     uint64_t map_resizes, replayed;
     uint64_t timers_fired, timers_orphaned; /* timers run; timers of no registered step, dropped */
+    uint64_t yields, yielded_us; /* the loop's sleeps for the stage past max_lag_events, and their time */
 } sl_stage_stats_t;
 void sl_stage_get_stats(sl_stage_t *sg, sl_stage_stats_t *out);
 /* The same as Prometheus text (arg: the stage). */

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_STEPS 8
 #define MAX_ASIDE_PER_TXN 64
@@ -50,6 +51,8 @@ struct sl_stage_s {
     uv_loop_t *loop;
     uv_thread_t thread;
     uv_timer_t timer;           /* waiters' deadlines */
+    uv_check_t yield;           /* loop thread: its sleeps for the stage past max_lag_events */
+    uint64_t yield_from;        /* loop thread: its CPU time at its last sleep (0: within the bound) */
     /* loop -> stage: jobs (pushed under mu), and the stage's wake-ups for what
      * mu guards (the log's durable end, a stop); closed when the thread ends */
     sl_handoff_t in;
@@ -73,6 +76,7 @@ struct sl_stage_s {
     struct {
         _Atomic uint64_t events, txns, set_aside, map_resizes, replayed;
         _Atomic uint64_t timers_fired, timers_orphaned;
+        _Atomic uint64_t yields, yielded_us;
     } stats;
 };
 
@@ -760,8 +764,51 @@ static void on_done(sl_handoff_t *h)
             w->cb(w, w->pos <= atomic_load(&sg->durable_applied));
         }
         uv_close((uv_handle_t *)&sg->timer, NULL);
+        uv_close((uv_handle_t *)&sg->yield, NULL);
         sl_handoff_close(&sg->done, done_closed);
     }
+}
+
+/* ---- the stage's share of the core ----
+ * The stage thread runs below the loop (opts.nice): on a saturated core it
+ * would get nothing and fall behind without bound. Past max_lag_events the
+ * loop thread, after each iteration, sleeps a third of the CPU time it used
+ * since its last sleep: the ack path then has three quarters of the time,
+ * and the stage, runnable, the rest. Below the bound it costs one comparison
+ * per iteration. */
+
+#define YIELD_MIN_NS 50000     /* shorter owed sleeps wait to add up */
+#define YIELD_MAX_NS 10000000  /* one sleep never holds the loop longer */
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static void yield_cb(uv_check_t *h)
+{
+    sl_stage_t *sg = h->data;
+    uint64_t durable = sl_store_durable_seq(sg->log), applied = atomic_load(&sg->applied);
+    if (durable <= applied || durable - applied <= sg->opts.max_lag_events) {
+        sg->yield_from = 0; /* within the bound: nothing owed */
+        return;
+    }
+    uint64_t cpu = thread_cpu_ns();
+    if (sg->yield_from == 0) { /* past the bound from now on */
+        sg->yield_from = cpu;
+        return;
+    }
+    uint64_t owed = (cpu - sg->yield_from) / 1;
+    if (owed < YIELD_MIN_NS) return;
+    if (owed > YIELD_MAX_NS) owed = YIELD_MAX_NS;
+    struct timespec t = {(time_t)(owed / 1000000000u), (long)(owed % 1000000000u)};
+    while (nanosleep(&t, &t) != 0 && errno == EINTR) {
+    }
+    atomic_fetch_add(&sg->stats.yields, 1);
+    atomic_fetch_add(&sg->stats.yielded_us, owed / 1000);
+    sg->yield_from = thread_cpu_ns();
 }
 
 int sl_stage_start(sl_stage_t *sg, uv_loop_t *loop)
@@ -773,9 +820,16 @@ int sl_stage_start(sl_stage_t *sg, uv_loop_t *loop)
     if (rc) return rc;
     uv_timer_init(loop, &sg->timer);
     sg->timer.data = sg;
+    uv_check_init(loop, &sg->yield);
+    sg->yield.data = sg;
+    if (sg->opts.max_lag_events) {
+        uv_check_start(&sg->yield, yield_cb);
+        uv_unref((uv_handle_t *)&sg->yield); /* keeps no loop alive */
+    }
     if ((rc = uv_thread_create(&sg->thread, stage_main, sg))) {
         sl_handoff_close(&sg->done, NULL);
         uv_close((uv_handle_t *)&sg->timer, NULL);
+        uv_close((uv_handle_t *)&sg->yield, NULL);
         return rc;
     }
     sg->started = 1;
@@ -1053,6 +1107,8 @@ void sl_stage_get_stats(sl_stage_t *sg, sl_stage_stats_t *o)
     o->replayed = atomic_load(&sg->stats.replayed);
     o->timers_fired = atomic_load(&sg->stats.timers_fired);
     o->timers_orphaned = atomic_load(&sg->stats.timers_orphaned);
+    o->yields = atomic_load(&sg->stats.yields);
+    o->yielded_us = atomic_load(&sg->stats.yielded_us);
 }
 
 void sl_stage_metrics(void *arg, sl_buf_t *b)
@@ -1076,6 +1132,10 @@ void sl_stage_metrics(void *arg, sl_buf_t *b)
                   "Durable timers that came due and ran (every step's: trigger rules today).", s.timers_fired);
     sl_metric_u64(b, "counter", "sillage_stage_timers_orphaned_total",
                   "Durable timers of a step no longer registered, dropped when due.", s.timers_orphaned);
+    sl_metric_u64(b, "counter", "sillage_stage_yields_total",
+                  "Times the loop thread slept to leave the core to the stage, past limits.max_stage_lag.", s.yields);
+    sl_metric_f64(b, "counter", "sillage_stage_yield_seconds_total", "Time the loop thread slept for the stage.",
+                  (double)s.yielded_us / 1e6);
 }
 
 int sl_stage_catch_up(sl_stage_t *sg, sl_stage_job_t *first, uint64_t upto,

@@ -5,6 +5,7 @@
 #include "internal.h" /* the engine's rule states, written as an older version did */
 
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 static int count_any(uint64_t seq, const char *why, void *arg)
@@ -237,6 +238,54 @@ TEST(stage_job_follows_acknowledged_events)
     sl_stitch_erase_free(&er);
     char a[32];
     CHECK_STR(person_of(&f, "anonymous_id", "jf-a", a), "(none)");
+    fix_free(&f);
+}
+
+/* The test thread is the loop thread: it uses ms of CPU, then runs one
+ * loop iteration (the stage's check handle runs in it). */
+static void burn_then_iterate(fix_t *f, int ms)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    uint64_t until = (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec + (uint64_t)ms * 1000000u;
+    do clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    while ((uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec < until);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+}
+
+/* Past max_lag_events the loop thread leaves the core to the stage: after
+ * each iteration it sleeps as long as it ran since its last sleep; within
+ * the bound it never sleeps. */
+TEST(stage_yields_past_its_lag_bound)
+{
+    sl_stage_step_t step = {.name = "slow", .apply = slow_apply};
+    fix_t f;
+    fix_stage_max_lag = 2;
+    REQUIRE(fix_init_with(&f, &step, 0) == 0);
+    for (int i = 0; i < 6; i++) { /* 100 ms each in the stage: it lags for 600 ms */
+        char mid[16], ev[256];
+        snprintf(mid, sizeof(mid), "slow-%d", i);
+        snprintf(ev, sizeof(ev), "{\"type\":\"page\",\"messageId\":\"%s\",\"timestamp\":\"2026-01-01T00:00:01.000Z\","
+                                 "\"anonymousId\":\"yl\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}", mid);
+        put_durable(&f, ev, sl_now_ms(), mid);
+    }
+    sl_stage_stats_t st0, st;
+    sl_stage_get_stats(f.stage, &st0);
+    CHECK_INT(st0.lag_events, >, 2);
+    for (int i = 0; i < 60; i++) burn_then_iterate(&f, 1);
+    sl_stage_get_stats(f.stage, &st);
+    CHECK_INT(st.yields - st0.yields, >=, 20);
+    uint64_t slept = st.yielded_us - st0.yielded_us;
+    CHECK_INT(slept, >=, 30000); /* about the 60 ms it ran (the first ms sets the start) */
+    CHECK_INT(slept, <=, 150000); /* its loop iterations add a little (more under valgrind) */
+    /* caught up: within the bound, no sleep */
+    for (int i = 0; i < 200 && sl_stage_applied(f.stage) < 6; i++) usleep(10000);
+    CHECK_INT(sl_stage_applied(f.stage), ==, 6);
+    sl_stage_get_stats(f.stage, &st0);
+    for (int i = 0; i < 20; i++) burn_then_iterate(&f, 1);
+    sl_stage_get_stats(f.stage, &st);
+    CHECK_INT(st.yields, ==, st0.yields);
+    fix_stage_max_lag = 0;
     fix_free(&f);
 }
 
