@@ -110,7 +110,8 @@ const char *sl_json_dup_member(const cJSON *x, const cJSON *skip)
         if (n <= 16) {
             for (const cJSON *a = x->child; a && !dup; a = a->next)
                 for (const cJSON *b = a->next; b && !dup; b = b->next)
-                    if (a->string && b->string && strcmp(a->string, b->string) == 0) dup = a->string;
+                    if (a->string && b->string && a->string[0] == b->string[0] && strcmp(a->string, b->string) == 0)
+                        dup = a->string;
         } else {
             const char **names = malloc(n * sizeof(*names));
             if (names == NULL) return "(out of memory)";

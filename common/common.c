@@ -3,6 +3,7 @@
 #include "sl_common.h"
 
 #include <cjson/cJSON.h>
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <float.h>
@@ -233,15 +234,35 @@ static size_t json_escape(unsigned char c, char out[6])
     }
 }
 
+size_t sl_json_plain_len(const char *s, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    size_t i = 0;
+    /* 8 bytes at a time: a word with none of them goes whole. A borrow may
+     * mark bytes after the first one found, never before it. */
+    for (; n - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        w = htole64(w);
+        uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+        uint64_t m = (((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w)) & highs;
+        if (m) return i + (size_t)__builtin_ctzll(m) / 8;
+    }
+    while (i < n && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') i++;
+    return i;
+}
+
 int sl_buf_append_json_str(sl_buf_t *b, const char *s, size_t n)
 {
     if (sl_buf_reserve(b, n * 6 + 3)) return SL_ENOMEM;
     char *o = b->data + b->len;
     *o++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        size_t e = json_escape((unsigned char)s[i], o);
-        if (e) o += e;
-        else *o++ = s[i];
+    for (size_t i = 0; i < n;) {
+        size_t k = sl_json_plain_len(s + i, n - i);
+        memcpy(o, s + i, k);
+        o += k;
+        i += k;
+        if (i < n) o += json_escape((unsigned char)s[i++], o);
     }
     *o++ = '"';
     *o = '\0';
@@ -792,15 +813,14 @@ static int jput_str(jout_t *o, const char *s)
 {
     if (s == NULL) return jput(o, "\"\"", 2);
     if (jput(o, "\"", 1)) return -1;
-    for (;;) {
-        const unsigned char *q = (const unsigned char *)s;
+    for (size_t n = strlen(s);;) {
+        size_t k = sl_json_plain_len(s, n);
+        if (jput(o, s, k)) return -1;
+        if (k == n) break;
         char e[6];
-        size_t n = 0;
-        while (*q && (n = json_escape(*q, e)) == 0) q++;
-        if (jput(o, s, (size_t)((const char *)q - s))) return -1;
-        if (*q == '\0') break;
-        if (jput(o, e, n)) return -1;
-        s = (const char *)q + 1;
+        if (jput(o, e, json_escape((unsigned char)s[k], e))) return -1;
+        s += k + 1;
+        n -= k + 1;
     }
     return jput(o, "\"", 1);
 }

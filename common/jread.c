@@ -8,8 +8,6 @@
  * never reads outside its span. */
 #include "sl_common.h"
 
-#include <endian.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,39 +85,13 @@ static int decode_char(const char **pp, const char *end, unsigned char out[4])
 }
 
 /* p at a quote: past the closing quote, or NULL. */
-/* 8 bytes at a time: the offset of the first byte of w (little-endian
- * order) that is a quote, a backslash or, when ctl, a control character, or
- * 8 when none is. A borrow may mark bytes after the first one found, never
- * before it. */
-#define ONES 0x0101010101010101ULL
-#define HIGHS 0x8080808080808080ULL
-static unsigned first_special(uint64_t w, int ctl)
-{
-    uint64_t q = w ^ (ONES * '"'), b = w ^ (ONES * '\\');
-    uint64_t m = ((q - ONES) & ~q) | ((b - ONES) & ~b);
-    if (ctl) m |= (w - ONES * 0x20) & ~w;
-    m &= HIGHS;
-    return m ? (unsigned)__builtin_ctzll(m) / 8 : 8;
-}
-
-/* p inside a string: past the bytes that need no look (none of the above) */
-static const char *plain_run(const char *p, const char *end, int ctl)
-{
-    while (end - p >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        w = htole64(w);
-        unsigned k = first_special(w, ctl);
-        p += k;
-        if (k < 8) break;
-    }
-    return p;
-}
+/* p inside a string: past the bytes that need no look (sl_json_plain_len) */
+static const char *plain_run(const char *p, const char *end) { return p + sl_json_plain_len(p, (size_t)(end - p)); }
 
 static const char *skip_string(const char *p, const char *end)
 {
     for (p++; p < end; p++) {
-        p = plain_run(p, end, 1);
+        p = plain_run(p, end);
         if (p >= end) break;
         unsigned char c = (unsigned char)*p;
         if (c == '"') return p + 1;
@@ -279,7 +251,7 @@ static const char *skip_fast(const char *p, const char *end)
         char c = *p;
         if (c == '"') { /* to the closing quote (strings are short: a byte loop beats memchr's call) */
             for (p++; p < end; p++) {
-                p = plain_run(p, end, 0);
+                p = plain_run(p, end);
                 if (p >= end) break;
                 char b = *p;
                 if (b == '"') break;

@@ -69,6 +69,12 @@ int sl_json_print(const struct cJSON *x, char *buf, size_t cap, size_t *len);
  * A no-op returning NULL when the hooks are not installed. */
 sl_arena_t *sl_json_arena_swap(sl_arena_t *a);
 
+/* How many bytes of s[0..n) go into a JSON string as they are: the length
+ * before the first that JSON escapes (a control character, '"' or '\\'),
+ * n when none does. Eight bytes at a time: what printing a string, and
+ * reading one, spend most of their time on. */
+size_t sl_json_plain_len(const char *s, size_t n);
+
 /* ---- JSON without a tree ---------------------------------------------------
  * Reads members out of the text of a JSON value without parsing it whole:
  * what the derivation stage's steps read of each stored event (its type, ids,

@@ -130,8 +130,8 @@ TEST(json_print_as_cjson)
         "0.30000000000000004", "999999999999999", "1000000000000000", "-999999999999999.5", "123456789012345678901234567890", "\"\"", "\"a\\\"b\\\\c\\/d\"",
         "\"\\b\\f\\n\\r\\t\\u0001\\u001f\\u007f\"", "\"\\u00e9t\\u00e9 \\ud83d\\ude00\"", "\"caf\xc3\xa9\"",
         "{\"a\":[1,2,{\"b\":null}],\"c\":{\"\":\"\"},\"d\\n\":-12.5}", "[[[[[]]]],{},\"x\"]",
-        "{\"type\":\"track\",\"event\":\"Order Completed\",\"properties\":{\"revenue\":129.9,\"n\":3,"
-        "\"products\":[{\"sku\":\"A-1\",\"price\":9.99,\"quantity\":2}]}}",
+        ("{\"type\":\"track\",\"event\":\"Order Completed\",\"properties\":{\"revenue\":129.9,\"n\":3,"
+         "\"products\":[{\"sku\":\"A-1\",\"price\":9.99,\"quantity\":2}]}}"),
     };
     char buf[512];
     for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++) {
@@ -543,12 +543,12 @@ TEST(jread_table)
     const char *cut = "{\"a\":1,\"b\":2}";
     CHECK_INT(sl_jtype(sl_jget((sl_jval_t){cut, 8}, "b")), ==, SL_JNONE);
     CHECK_INT(sl_jtype(sl_jget((sl_jval_t){cut, 8}, "a")), ==, SL_JNUM);
-    /* depth: 512 levels read, 513 do not */
-    char deep[1100];
-    memset(deep, '[', 513);
-    memset(deep + 513, ']', 513);
-    CHECK_INT(sl_jroot(deep, 1026).n, ==, 0);
-    CHECK_INT(sl_jroot(deep + 1, 1024).n, ==, 1024);
+    /* depth: SL_JSON_MAX_DEPTH levels read, one more does not */
+    char deep[2 * SL_JSON_MAX_DEPTH + 2];
+    memset(deep, '[', SL_JSON_MAX_DEPTH + 1);
+    memset(deep + SL_JSON_MAX_DEPTH + 1, ']', SL_JSON_MAX_DEPTH + 1);
+    CHECK_INT(sl_jroot(deep, sizeof(deep)).n, ==, 0);
+    CHECK_INT(sl_jroot(deep + 1, sizeof(deep) - 2).n, ==, sizeof(deep) - 2);
     /* an index: the first SL_JINDEX_MAX members by name, the rest looked up in the text */
     sl_buf_t big = {0};
     sl_buf_appends(&big, "{");
