@@ -29,30 +29,6 @@ int64_t sl_skew_correct(int64_t received_ms, int64_t sent_at_ms, int64_t timesta
     return received_ms - (sent_at_ms - timestamp_ms);
 }
 
-/* An id may arrive as a string or a number; it is stored as a string. Returns
- * 1 when present and usable, 0 when absent/null/empty, -1 when of a wrong type
- * or too long. */
-static int normalize_id(cJSON *msg, const char *key)
-{
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(msg, key);
-    if (v == NULL || cJSON_IsNull(v)) return 0;
-    if (cJSON_IsString(v)) {
-        size_t n = strlen(v->valuestring);
-        if (n == 0) return 0;
-        return n <= MAX_ID_CHARS ? 1 : -1;
-    }
-    if (cJSON_IsNumber(v)) {
-        double d = v->valuedouble;
-        if (!isfinite(d)) return -1;
-        char buf[64];
-        if (d == floor(d) && fabs(d) < 9007199254740992.0) snprintf(buf, sizeof(buf), "%.0f", d);
-        else snprintf(buf, sizeof(buf), "%.17g", d);
-        cJSON_ReplaceItemInObjectCaseSensitive(msg, key, cJSON_CreateString(buf));
-        return 1;
-    }
-    return -1;
-}
-
 static const char *id_error(const char *key)
 {
     if (strcmp(key, "userId") == 0) return "userId must be a string or a number of at most 256 characters";
@@ -60,12 +36,6 @@ static const char *id_error(const char *key)
     if (strcmp(key, "previousId") == 0) return "previousId must be a string or a number of at most 256 characters";
     if (strcmp(key, "groupId") == 0) return "groupId must be a string or a number of at most 256 characters";
     return "messageId must be a string or a number of at most 256 characters";
-}
-
-static int object_or_absent(const cJSON *msg, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(msg, key);
-    return v == NULL || cJSON_IsNull(v) || cJSON_IsObject(v);
 }
 
 /* Reads an ISO 8601 member. 1 = present and parsed, 0 = absent, -1 = bad. */
@@ -129,71 +99,144 @@ const char *sl_json_dup_member(const cJSON *x, const cJSON *skip)
     return dup;
 }
 
+/* The top-level members sl_msg_normalize() reads or changes, found in one
+ * pass (each cJSON_GetObjectItem is a pass of string compares: a dozen of
+ * them were a fifth of the ack path's CPU in batches). */
+enum {
+    K_TYPE, K_USER, K_ANON, K_PREVIOUS, K_GROUP, K_EVENT, K_PROPERTIES, K_TRAITS, K_CONTEXT, K_INTEGRATIONS,
+    K_MESSAGE, K_TIMESTAMP, K_ORIGINAL, K_SENT, K_RECEIVED, K_WRITEKEY, K_N
+};
+static const char *const member_names[K_N] = {
+    "type", "userId", "anonymousId", "previousId", "groupId", "event", "properties", "traits", "context",
+    "integrations", "messageId", "timestamp", "originalTimestamp", "sentAt", "receivedAt", "writeKey"};
+
+static void index_members(cJSON *msg, cJSON *ix[K_N])
+{
+    memset(ix, 0, K_N * sizeof(*ix));
+    for (cJSON *c = msg->child; c; c = c->next) {
+        if (c->string == NULL) continue;
+        for (int k = 0; k < K_N; k++)
+            if (member_names[k][0] == c->string[0] && strcmp(member_names[k], c->string) == 0) {
+                if (ix[k] == NULL) ix[k] = c; /* the first, as cJSON_GetObjectItem finds it */
+                break;
+            }
+    }
+}
+
+/* Sets member k of msg to the string val: in its place when it is there (of
+ * whatever type), else at the end; ix follows. 0, or -1 out of memory. */
+static int put_string(cJSON *msg, cJSON *ix[K_N], int k, const char *val)
+{
+    cJSON *s = cJSON_CreateString(val);
+    if (s == NULL) return -1;
+    cJSON *old = ix[k];
+    if (old) {
+        s->string = old->string; /* the name moves to the new item */
+        s->type |= old->type & cJSON_StringIsConst;
+        old->string = NULL;
+        old->type &= ~cJSON_StringIsConst;
+        cJSON_ReplaceItemViaPointer(msg, old, s);
+    } else {
+        cJSON_AddItemToObject(msg, member_names[k], s);
+    }
+    ix[k] = s;
+    return 0;
+}
+
+/* Member k, an id: it may arrive as a string or a number; it is stored as a string. Returns
+ * 1 when present and usable, 0 when absent/null/empty, -1 when of a wrong type
+ * or too long. */
+static int id_at(cJSON *msg, cJSON *ix[K_N], int k)
+{
+    cJSON *v = ix[k];
+    if (v == NULL || cJSON_IsNull(v)) return 0;
+    if (cJSON_IsString(v)) {
+        size_t n = strlen(v->valuestring);
+        if (n == 0) return 0;
+        return n <= MAX_ID_CHARS ? 1 : -1;
+    }
+    if (cJSON_IsNumber(v)) {
+        double d = v->valuedouble;
+        if (!isfinite(d)) return -1;
+        char buf[64];
+        if (d == floor(d) && fabs(d) < 9007199254740992.0) snprintf(buf, sizeof(buf), "%.0f", d);
+        else snprintf(buf, sizeof(buf), "%.17g", d);
+        return put_string(msg, ix, k, buf) ? -1 : 1;
+    }
+    return -1;
+}
+
+static int object_or_absent_at(cJSON *const ix[K_N], int k)
+{
+    return ix[k] == NULL || cJSON_IsNull(ix[k]) || cJSON_IsObject(ix[k]);
+}
+
 const char *sl_msg_normalize(cJSON *msg, int type, const sl_ingest_ctx_t *ctx)
 {
     if (!cJSON_IsObject(msg)) return "message must be a JSON object";
     if (has_nonfinite(msg)) return "a number is out of range";
+    cJSON *ix[K_N];
+    index_members(msg, ix);
 
     /* type */
-    cJSON *t = cJSON_GetObjectItemCaseSensitive(msg, "type");
+    cJSON *t = ix[K_TYPE];
     if (type < 0) {
         if (!cJSON_IsString(t)) return "message needs a type: track, page, screen, identify, alias or group";
         type = sl_msg_type_from_name(t->valuestring, strlen(t->valuestring));
         if (type < 0) return "type must be one of track, page, screen, identify, alias, group";
-    } else {
-        set_string(msg, "type", type_names[type]);
+    } else if (put_string(msg, ix, K_TYPE, type_names[type])) {
+        return "out of memory";
     }
 
     /* identities */
-    int uid = normalize_id(msg, "userId");
+    int uid = id_at(msg, ix, K_USER);
     if (uid < 0) return id_error("userId");
-    int aid = normalize_id(msg, "anonymousId");
+    int aid = id_at(msg, ix, K_ANON);
     if (aid < 0) return id_error("anonymousId");
     if (type == SL_MSG_ALIAS) {
-        int pid = normalize_id(msg, "previousId");
+        int pid = id_at(msg, ix, K_PREVIOUS);
         if (pid < 0) return id_error("previousId");
         if (pid == 0 || uid == 0) return "alias needs previousId and userId";
     } else if (uid == 0 && aid == 0) {
         return "message needs userId or anonymousId";
     }
     if (type == SL_MSG_TRACK) {
-        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(msg, "event");
+        const cJSON *ev = ix[K_EVENT];
         if (!cJSON_IsString(ev) || ev->valuestring[0] == '\0') return "track needs an event name (\"event\")";
         if (strlen(ev->valuestring) > 1024) return "event name is longer than 1024 characters";
     }
     if (type == SL_MSG_GROUP) {
-        int gid = normalize_id(msg, "groupId");
+        int gid = id_at(msg, ix, K_GROUP);
         if (gid < 0) return id_error("groupId");
         if (gid == 0) return "group needs groupId";
     }
-    if (!object_or_absent(msg, "properties")) return "properties must be an object";
-    if (!object_or_absent(msg, "traits")) return "traits must be an object";
-    if (!object_or_absent(msg, "context")) return "context must be an object";
-    if (!object_or_absent(msg, "integrations")) return "integrations must be an object";
+    if (!object_or_absent_at(ix, K_PROPERTIES)) return "properties must be an object";
+    if (!object_or_absent_at(ix, K_TRAITS)) return "traits must be an object";
+    if (!object_or_absent_at(ix, K_CONTEXT)) return "context must be an object";
+    if (!object_or_absent_at(ix, K_INTEGRATIONS)) return "integrations must be an object";
 
     /* messageId: the dedupe key; assigned when missing */
-    int mid = normalize_id(msg, "messageId");
+    int mid = id_at(msg, ix, K_MESSAGE);
     if (mid < 0) return id_error("messageId");
     if (mid == 0) {
         char uuid[37];
         sl_uuid4(uuid);
-        set_string(msg, "messageId", uuid);
+        if (put_string(msg, ix, K_MESSAGE, uuid)) return "out of memory";
     }
 
     /* times: timestamp corrected for the client's clock skew */
     int64_t ts = 0, sent = 0, orig = 0;
-    int has_ts = read_time(cJSON_GetObjectItemCaseSensitive(msg, "timestamp"), &ts);
+    int has_ts = read_time(ix[K_TIMESTAMP], &ts);
     if (has_ts < 0) return "timestamp must be an ISO 8601 date-time string";
-    int has_orig = read_time(cJSON_GetObjectItemCaseSensitive(msg, "originalTimestamp"), &orig);
+    int has_orig = read_time(ix[K_ORIGINAL], &orig);
     if (has_orig < 0) return "originalTimestamp must be an ISO 8601 date-time string";
-    cJSON *sent_item = cJSON_GetObjectItemCaseSensitive(msg, "sentAt");
-    int has_sent = read_time(sent_item, &sent);
+    int has_sent = read_time(ix[K_SENT], &sent);
     if (has_sent < 0) return "sentAt must be an ISO 8601 date-time string";
     if (has_sent == 0 && ctx->batch_sent_at) {
         if (sl_time_parse_iso(ctx->batch_sent_at, strlen(ctx->batch_sent_at), &sent))
             return "the batch's sentAt must be an ISO 8601 date-time string";
         has_sent = 1;
-        set_string(msg, "sentAt", ctx->batch_sent_at);
+        if (put_string(msg, ix, K_SENT, ctx->batch_sent_at)) return "out of memory";
     }
     /* A client that already moved its clock reading into originalTimestamp
      * (analytics.js does) keeps it there. */
@@ -215,21 +258,23 @@ const char *sl_msg_normalize(cJSON *msg, int type, const sl_ingest_ctx_t *ctx)
     }
     char iso[32];
     if (has_ts && !has_orig) {
-        cJSON *raw = cJSON_GetObjectItemCaseSensitive(msg, "timestamp");
-        cJSON_AddItemToObject(msg, "originalTimestamp", cJSON_Duplicate(raw, 0));
+        cJSON *copy = cJSON_Duplicate(ix[K_TIMESTAMP], 0);
+        if (copy == NULL) return "out of memory";
+        cJSON_AddItemToObject(msg, "originalTimestamp", copy);
+        ix[K_ORIGINAL] = copy;
     }
     sl_time_format_iso(corrected, iso);
-    set_string(msg, "timestamp", iso);
+    if (put_string(msg, ix, K_TIMESTAMP, iso)) return "out of memory";
     sl_time_format_iso(ctx->received_ms, iso);
-    set_string(msg, "receivedAt", iso);
+    if (put_string(msg, ix, K_RECEIVED, iso)) return "out of memory";
 
     /* never store the write key with the event */
-    cJSON_DeleteItemFromObjectCaseSensitive(msg, "writeKey");
+    if (ix[K_WRITEKEY]) cJSON_Delete(cJSON_DetachItemViaPointer(msg, ix[K_WRITEKEY]));
 
     /* context: the batch's shared context under the message's own */
-    cJSON *c = cJSON_GetObjectItemCaseSensitive(msg, "context");
+    cJSON *c = ix[K_CONTEXT];
     if (c == NULL || cJSON_IsNull(c)) {
-        cJSON_DeleteItemFromObjectCaseSensitive(msg, "context");
+        if (c) cJSON_Delete(cJSON_DetachItemViaPointer(msg, c));
         c = cJSON_AddObjectToObject(msg, "context");
         if (c == NULL) return "out of memory";
     }
