@@ -326,9 +326,19 @@ void sl_time_format_iso(int64_t ms, char out[32])
     unsigned m, d;
     civil_from_days(days, &y, &m, &d);
     if (y < 0 || y > 9999) y = y < 0 ? 0 : 9999; /* clamp: ISO needs 4 digits */
-    snprintf(out, 32, "%04u-%02u-%02uT%02u:%02u:%02u.%03uZ", (unsigned)y % 10000u, m % 13u, d % 32u,
-             (unsigned)(rem / 3600000) % 24u, (unsigned)(rem / 60000 % 60),
-             (unsigned)(rem / 1000 % 60), (unsigned)(rem % 1000));
+    /* "%04u-%02u-%02uT%02u:%02u:%02u.%03uZ" without printf (twice per stored message) */
+    const unsigned v[7] = {(unsigned)y % 10000u, m % 13u, d % 32u, (unsigned)(rem / 3600000) % 24u,
+                           (unsigned)(rem / 60000 % 60), (unsigned)(rem / 1000 % 60), (unsigned)(rem % 1000)};
+    static const unsigned char width[7] = {4, 2, 2, 2, 2, 2, 3};
+    static const char after[7] = {'-', '-', 'T', ':', ':', '.', 'Z'};
+    char *o = out;
+    for (int i = 0; i < 7; i++) {
+        unsigned x = v[i];
+        for (int k = width[i] - 1; k >= 0; k--, x /= 10) o[k] = (char)('0' + x % 10);
+        o += width[i];
+        *o++ = after[i];
+    }
+    *o = '\0';
 }
 
 int sl_u64_cmp(const void *a, const void *b)
