@@ -181,7 +181,7 @@ const char *sl_msg_normalize(cJSON *msg, int type, const sl_ingest_ctx_t *ctx)
     /* type */
     cJSON *t = ix[K_TYPE];
     if (type < 0) {
-        if (!cJSON_IsString(t)) return "message needs a type: track, page, screen, identify, alias or group";
+        if (t == NULL || !cJSON_IsString(t)) return "message needs a type: track, page, screen, identify, alias or group";
         type = sl_msg_type_from_name(t->valuestring, strlen(t->valuestring));
         if (type < 0) return "type must be one of track, page, screen, identify, alias, group";
     } else if (put_string(msg, ix, K_TYPE, type_names[type])) {
@@ -202,7 +202,8 @@ const char *sl_msg_normalize(cJSON *msg, int type, const sl_ingest_ctx_t *ctx)
     }
     if (type == SL_MSG_TRACK) {
         const cJSON *ev = ix[K_EVENT];
-        if (!cJSON_IsString(ev) || ev->valuestring[0] == '\0') return "track needs an event name (\"event\")";
+        if (ev == NULL || !cJSON_IsString(ev) || ev->valuestring[0] == '\0')
+            return "track needs an event name (\"event\")";
         if (strlen(ev->valuestring) > 1024) return "event name is longer than 1024 characters";
     }
     if (type == SL_MSG_GROUP) {

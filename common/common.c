@@ -828,7 +828,8 @@ static int jput_str(jout_t *o, const char *s)
         if (jput(o, s, k)) return -1;
         if (k == n) break;
         char e[6];
-        if (jput(o, e, json_escape((unsigned char)s[k], e))) return -1;
+        size_t en = json_escape((unsigned char)s[k], e);
+        if (jput(o, e, en)) return -1;
         s += k + 1;
         n -= k + 1;
     }

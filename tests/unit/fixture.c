@@ -226,7 +226,7 @@ void erase_run(fix_t *f, sl_stitch_erase_t *er, const char *kind, const char *id
 {
     int done = 0;
     sl_stitch_erase_init(er, f->stitch, kind, id, erase_done);
-    er->ctx = &done;
+    er->ctx = &done; /* cppcheck-suppress autoVariables ; read by the job's callback, which runs before this returns */
     CHECK_INT(sl_stage_submit(f->stage, &er->job), ==, 0);
     while (!done) uv_run(&f->loop, UV_RUN_ONCE);
     CHECK_INT(er->job.rc, ==, 0);
