@@ -84,32 +84,21 @@ static int decode_char(const char **pp, const char *end, unsigned char out[4])
     return 4;
 }
 
-/* p at a quote: past the closing quote, or NULL. */
 /* p inside a string: past the bytes that need no look (sl_json_plain_len) */
 static const char *plain_run(const char *p, const char *end) { return p + sl_json_plain_len(p, (size_t)(end - p)); }
 
+/* p at a quote: past the closing quote, or NULL. An escape is checked as
+ * decode_char() will read it (a \u surrogate with its pair). */
 static const char *skip_string(const char *p, const char *end)
 {
-    for (p++; p < end; p++) {
+    for (p++; p < end;) {
         p = plain_run(p, end);
         if (p >= end) break;
         unsigned char c = (unsigned char)*p;
         if (c == '"') return p + 1;
         if (c < 0x20) return NULL;
-        if (c != '\\') continue;
-        if (++p >= end) return NULL;
-        if (*p == 'u') { /* with its pair when it is a surrogate, as decode_char wants it */
-            long cp = end - p < 5 ? -1 : hex4(p + 1);
-            if (cp < 0 || (cp >= 0xDC00 && cp <= 0xDFFF)) return NULL;
-            p += 4;
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                long lo = end - p < 7 || p[1] != '\\' || p[2] != 'u' ? -1 : hex4(p + 3);
-                if (lo < 0xDC00 || lo > 0xDFFF) return NULL;
-                p += 6;
-            }
-        } else if (!strchr("\"\\/bfnrt", *p) || *p == 0) {
-            return NULL;
-        }
+        unsigned char b[4];
+        if (decode_char(&p, end, b) < 0) return NULL; /* c is a backslash: past its escape */
     }
     return NULL;
 }
@@ -181,8 +170,7 @@ static void note_end(notes_t *nt, int depth, const char *p, const char *stack)
         ix->val[ix->n++] = v;
     }
     if (depth == 1 && nt->in_sub) {
-        if (v.p[0] == '{') nt->sub->obj = v;
-        else nt->sub->n = 0; /* sub is no object: nothing under that name */
+        if (v.p[0] == '{') nt->sub->obj = v; /* else no index: nothing was noted under it */
         nt->in_sub = 0;
     }
 }
@@ -422,16 +410,6 @@ int sl_jnum(sl_jval_t v, double *out)
     buf[v.n] = 0;
     *out = strtod(buf, NULL);
     return 1;
-}
-
-void sl_jindex(sl_jval_t obj, sl_jindex_t *ix)
-{
-    sl_jiter_t it;
-    ix->obj = obj;
-    ix->n = 0;
-    if (sl_jtype(obj) != SL_JOBJ) return;
-    sl_jiter(obj, &it);
-    while (ix->n < SL_JINDEX_MAX && sl_jnext(&it, &ix->key[ix->n], &ix->val[ix->n])) ix->n++;
 }
 
 sl_jval_t sl_jindex_get(const sl_jindex_t *ix, const char *key)

@@ -118,19 +118,18 @@ void sl_jiter(sl_jval_t v, sl_jiter_t *it);
 int sl_jnext(sl_jiter_t *it, sl_jval_t *key, sl_jval_t *val);
 /* An object's members found once, for many lookups (a lookup with sl_jget
  * scans from the start each time): the first SL_JINDEX_MAX, by name; a name
- * past them is looked up in the object itself. */
+ * past them is looked up in the object itself. Made by sl_jroot_index(). */
 #define SL_JINDEX_MAX 32
 typedef struct sl_jindex_s {
     sl_jval_t obj;
     size_t n;
     sl_jval_t key[SL_JINDEX_MAX], val[SL_JINDEX_MAX];
 } sl_jindex_t;
-void sl_jindex(sl_jval_t obj, sl_jindex_t *ix);
 sl_jval_t sl_jindex_get(const sl_jindex_t *ix, const char *key);
-/* sl_jroot(), and in the same pass the index of the root's members (top)
- * and of its member named sub when that is an object (sub_ix; sub NULL:
- * none), as sl_jindex() of them would be: what a reader of many members
- * pays once. Both are empty when the text is not well-formed. */
+/* sl_jroot(), and in the same pass the index of the root's members (top,
+ * when the root is an object) and of its member named sub when that is an
+ * object (sub_ix; sub NULL: none), in their order: what a reader of many
+ * members pays once. Both are empty when the text is not well-formed. */
 sl_jval_t sl_jroot_index(const char *text, size_t n, sl_jindex_t *top, const char *sub, sl_jindex_t *sub_ix);
 
 /* ---- growable buffer ------------------------------------------------------

@@ -65,11 +65,11 @@ typedef struct sl_stage_ctx_s {
 /* One event of the log, as the steps see it. The stage checks that its text
  * is one well-formed JSON object (else the event is set aside) and builds no
  * tree: in that same pass it notes where root's members and its context's
- * are (top, context), steps read the members they use from there
- * (sl_jindex_get, then sl_jget... below), and ask for a tree only when they
- * need one (sl_stage_event_doc). Steps never keep
- * pointers into either past the event (json lives only as long as the
- * stage's read of the log: a slice of SLICE_EVENTS events). */
+ * are (top, context), and steps read the members they use from there
+ * (sl_jindex_get, then sl_jget... below); a step that keeps a part as a tree
+ * parses that part. Steps never keep pointers into the text past the event
+ * (json lives only as long as the stage's read of the log: a slice of
+ * SLICE_EVENTS events). */
 typedef struct sl_stage_event_s {
     uint64_t seq;
     const char *json;
@@ -79,12 +79,7 @@ typedef struct sl_stage_event_s {
     const sl_jindex_t *context; /* the members of its context object (none when it has none) */
     const char *message_id;  /* its messageId ("" when it has none) */
     sl_stage_ctx_t *ctx;     /* filled by the steps, phase after phase */
-    struct sl_stage_s *sg;   /* private */
 } sl_stage_event_t;
-/* The stored message as a cJSON tree, parsed at the first call for the event
- * (later calls return the same tree), freed after its last step; NULL when
- * cJSON cannot parse it (deeper than cJSON goes...) or out of memory. */
-const cJSON *sl_stage_event_doc(const sl_stage_event_t *ev);
 
 /* The phases, in the order the steps of an event run (steps of one phase run
  * in the order they were added). */
@@ -146,9 +141,9 @@ typedef struct sl_stage_options_s {
     int nice;                    /* the stage thread's nice value above the process's: on a busy
                                   * core the acknowledgement goes first, the stage takes what is
                                   * left and its lag says how far behind it is (0: the same) */
-    uint64_t max_lag_events;     /* past this lag, the loop thread yields the core to the stage
-                                  * for a quarter of its time (sl_stage_start: a check handle that
-                                  * sleeps a third of the loop's CPU time since its last sleep);
+    uint64_t max_lag_events;     /* past this lag, the loop thread leaves the stage a share of the
+                                  * core (sl_stage_start: a check handle that, after each loop
+                                  * iteration, sleeps as long as the loop ran since its last sleep);
                                   * 0: never, the acknowledgement always first */
 } sl_stage_options_t;
 

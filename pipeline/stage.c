@@ -41,11 +41,8 @@ struct sl_stage_s {
     uint64_t map_size;          /* stage thread */
     uv_rwlock_t resize_lock;    /* readers shared, the stage thread to grow the map */
     uint64_t cursor;            /* stage thread: the last event applied */
-    sl_arena_t arena;           /* stage thread: one event's messageId and, when a step asks, its tree */
-    cJSON *ev_doc;              /* stage thread: the tree of the event under way (NULL: none asked yet) */
-    int ev_doc_heap;            /* ev_doc is on the heap (cJSON's hooks not installed): freed after it */
+    sl_arena_t arena;           /* stage thread: one event's messageId */
     sl_jindex_t ev_top, ev_context; /* stage thread: the members of the event under way and of its context */
-    int ev_doc_failed;          /* asked, and cJSON could not parse it */
     void *pass;                 /* stage thread: the pass of the transaction under way (replays) */
 
     uv_loop_t *loop;
@@ -370,28 +367,6 @@ static int set_aside(sl_stage_t *sg, MDB_txn *txn, uint64_t seq, const char *why
     return mdb_put(txn, sg->aside, &k, &v, 0);
 }
 
-const cJSON *sl_stage_event_doc(const sl_stage_event_t *ev)
-{
-    sl_stage_t *sg = ev->sg;
-    if (sg->ev_doc || sg->ev_doc_failed) return sg->ev_doc;
-    sl_arena_t *old = sl_json_arena_swap(&sg->arena);
-    cJSON *doc = cJSON_ParseWithLength(ev->root.p, ev->root.n);
-    /* in the arena (sl_json_hooks_install): the next reset frees the tree,
-     * walking it to free nothing is wasted; on the heap it is freed after
-     * the event */
-    sg->ev_doc_heap = sl_json_arena_swap(old) != &sg->arena;
-    if (doc == NULL) sg->ev_doc_failed = 1;
-    sg->ev_doc = doc;
-    return doc;
-}
-
-static void event_done(sl_stage_t *sg)
-{
-    if (sg->ev_doc_heap) cJSON_Delete(sg->ev_doc);
-    sg->ev_doc = NULL;
-    sg->ev_doc_heap = sg->ev_doc_failed = 0;
-}
-
 /* Hands one event to every step. On a step's failure the culprit is noted
  * (the transaction is redone with the event set aside). */
 static int apply_steps(pass_t *p, const char *json, size_t len, uint64_t seq)
@@ -407,19 +382,17 @@ static int apply_steps(pass_t *p, const char *json, size_t len, uint64_t seq)
     const char *mid = sl_jstr(sl_jindex_get(&sg->ev_top, "messageId"), &sg->arena, NULL);
     memset(&sg->ctx, 0, sizeof(sg->ctx));
     sl_stage_event_t ev = {.seq = seq, .json = json, .len = len, .root = root, .top = &sg->ev_top,
-                           .context = &sg->ev_context, .message_id = mid ? mid : "", .ctx = &sg->ctx, .sg = sg};
+                           .context = &sg->ev_context, .message_id = mid ? mid : "", .ctx = &sg->ctx};
     for (size_t i = 0; i < sg->n_steps; i++) {
         if (sg->steps[i].apply == NULL) continue;
         int rc = sg->steps[i].apply(sg->steps[i].arg, p->txn, &ev);
         if (rc) {
-            event_done(sg);
             p->culprit = seq;
             p->culprit_step = sg->steps[i].name;
             return rc;
         }
     }
     for (size_t i = 0; i < sg->n_observers; i++) sg->observers[i].fn(sg->observers[i].arg, &ev);
-    event_done(sg);
     return 0;
 }
 
@@ -772,10 +745,10 @@ static void on_done(sl_handoff_t *h)
 /* ---- the stage's share of the core ----
  * The stage thread runs below the loop (opts.nice): on a saturated core it
  * would get nothing and fall behind without bound. Past max_lag_events the
- * loop thread, after each iteration, sleeps a third of the CPU time it used
- * since its last sleep: the ack path then has three quarters of the time,
- * and the stage, runnable, the rest. Below the bound it costs one comparison
- * per iteration. */
+ * loop thread, after each iteration, sleeps as long as it ran since its last
+ * sleep: the stage, runnable, then gets about a quarter of the core beside
+ * the loop and the log's writer (bench/RESULTS.md measured a third and a
+ * half too). Below the bound it costs one comparison per iteration. */
 
 #define YIELD_MIN_NS 50000     /* shorter owed sleeps wait to add up */
 #define YIELD_MAX_NS 10000000  /* one sleep never holds the loop longer */
@@ -800,7 +773,7 @@ static void yield_cb(uv_check_t *h)
         sg->yield_from = cpu;
         return;
     }
-    uint64_t owed = (cpu - sg->yield_from) / 1;
+    uint64_t owed = cpu - sg->yield_from;
     if (owed < YIELD_MIN_NS) return;
     if (owed > YIELD_MAX_NS) owed = YIELD_MAX_NS;
     struct timespec t = {(time_t)(owed / 1000000000u), (long)(owed % 1000000000u)};

@@ -84,6 +84,7 @@ typedef struct sl_stitch_msg_s {
     const char *trait_ids[SL_STITCH_MAX_TRAITS]; /* values of the configured identity traits */
     cJSON *traits;                   /* identify: the traits object (owned: msg_free); else NULL */
     int64_t ts_ms;                   /* the corrected timestamp */
+    const sl_source_t *source;       /* the configured source it came from (NULL: none now) */
     int trusted;                     /* from a trusted (server-side) source */
     int historical;                  /* from the past (docs/TRIGGERS.md, "Historical imports") */
     int is_order;                    /* track "Order Completed" */
@@ -264,12 +265,19 @@ static const char *person_user_id(const person_t *p)
     return NULL;
 }
 
+/* 1 when the identifier key (NUL-terminated) names someone: a kind other
+ * than anonymous_id. */
+static int key_identifies(const char *key)
+{
+    static const char anon[] = "anonymous_id\x1f";
+    return strncmp(key, anon, sizeof(anon) - 1) != 0;
+}
+
 /* 1 when p has an identifier other than an anonymous_id. */
 static int person_identified(const person_t *p)
 {
-    static const char anon[] = "anonymous_id\x1f";
     for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1)
-        if (strncmp(p->ids.data + off, anon, sizeof(anon) - 1) != 0) return 1;
+        if (key_identifies(p->ids.data + off)) return 1;
     return 0;
 }
 
@@ -285,8 +293,7 @@ static int add_identity(sl_stitch_t *s, MDB_txn *txn, person_t *p, const sl_buf_
     if (sl_buf_append(&p->ids, key->data, key->len) || sl_buf_append(&p->ids, "", 1)) return SL_ENOMEM;
     p->h.n_ids++;
     p->dirty = 1;
-    static const char anon[] = "anonymous_id\x1f";
-    if (key->len < sizeof(anon) - 1 || memcmp(key->data, anon, sizeof(anon) - 1) != 0) s->gained_identity = 1;
+    if (key_identifies(p->ids.data + p->ids.len - key->len - 1)) s->gained_identity = 1;
     return 0;
 }
 
@@ -835,7 +842,7 @@ static int read_msg(sl_stitch_t *s, const sl_jindex_t *top, const sl_jindex_t *c
     m->anonymous_id = sl_stitch_clean_id(s, jstr_ix(top, "anonymousId", a), a, 0);
     m->previous_id = sl_stitch_clean_id(s, jstr_ix(top, "previousId", a), a, 0);
     sl_jval_t sil = sl_jindex_get(context, "sillage");
-    const sl_source_t *src = sl_config_source(s->cfg, jstr(sil, "source", a));
+    const sl_source_t *src = m->source = sl_config_source(s->cfg, jstr(sil, "source", a));
     m->trusted = src && src->trusted;
     /* A source marked "historical", or a message of a trusted source with
      * context.sillage.import true. A browser key is public: from it, the mark
@@ -2024,15 +2031,12 @@ static int prune_event(const char *json, size_t len, uint64_t seq, void *arg)
     }
     p->examined++;
     c->next = seq + 1;
-    sl_jval_t root = sl_jroot(json, len);
-    if (sl_jtype(root) != SL_JOBJ) return 0; /* not ours to judge: verify reports it */
     sl_jindex_t top, context;
-    sl_jindex(root, &top);
-    sl_jindex(sl_jindex_get(&top, "context"), &context);
+    if (sl_jtype(sl_jroot_index(json, len, &top, "context", &context)) != SL_JOBJ)
+        return 0; /* not ours to judge: verify reports it */
     sl_stitch_msg_t m;
     int rc = read_msg(s, &top, &context, seq, &m), prune = 0;
-    sl_jval_t sil = sl_jindex_get(&context, "sillage");
-    const sl_source_t *src = sl_config_source(s->cfg, jstr(sil, "source", &s->in_arena));
+    const sl_source_t *src = m.source;
     int64_t age = c->now - m.ts_ms;
     int src_due = src && src->retention_ms && age > src->retention_ms;
     int anon_due = s->cfg->anonymous_retention_ms && age > s->cfg->anonymous_retention_ms;
@@ -2261,8 +2265,7 @@ static int verify_event(const char *json, size_t len, uint64_t seq, void *arg)
     sl_jval_t traits = {NULL, 0};
     if (!indexed && cJSON_IsString(type) && strcmp(type->valuestring, "identify") == 0) {
         sl_jindex_t top, context;
-        sl_jindex(sl_jroot(json, len), &top);
-        sl_jindex(sl_jindex_get(&top, "context"), &context);
+        sl_jroot_index(json, len, &top, "context", &context);
         traits = identify_traits(&top, &context);
     }
     for (size_t i = 0; traits.n && !indexed && i < v->s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)

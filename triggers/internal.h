@@ -25,12 +25,8 @@ typedef struct {
     const char *message_id;   /* its messageId */
     uint64_t seq;             /* its place in the log */
     int identity_changed;     /* its person became identified with it, or may have (sl_stage_ctx_t) */
-    const sl_stage_event_t *ev; /* the event itself: its text and members, its tree on demand (trig_msg_doc) */
+    const sl_stage_event_t *ev; /* the event itself: its text and members */
 } rule_msg_t;
-/* The stored message as a tree, parsed when a rule first needs one (an
- * event rule's `match`: the rest read the text, m->ev->top); NULL for m NULL
- * (a timer's), or when it cannot be parsed. */
-const cJSON *trig_msg_doc(const rule_msg_t *m);
 
 typedef struct trig_rule_s trig_rule_t;
 

@@ -124,7 +124,7 @@ static int product_of(sl_jval_t props, cart_prod_t *p, uint64_t *ignored, sl_are
         return 0;
     }
     if ((p->id_len = strlen(p->id)) > TRIG_CART_ID_MAX) return 0;
-    const char *name = sl_jtype(sl_jget(props, "name")) == SL_JSTR ? sl_jstr(sl_jget(props, "name"), a, NULL) : NULL;
+    const char *name = sl_jstr(sl_jget(props, "name"), a, NULL); /* NULL: no string */
     if (name) {
         p->flags |= TRIG_CART_NAME;
         p->name = name;
@@ -287,7 +287,7 @@ int trig_cart_update(trig_cart_t *c, sl_jval_t props, int start, uint64_t *ignor
     } else if (product_of(props, &p, ignored, a) && (rc = cart_add(c, &p))) {
         return rc;
     }
-    const char *cu = sl_jtype(sl_jget(props, "currency")) == SL_JSTR ? sl_jstr(sl_jget(props, "currency"), a, NULL) : NULL;
+    const char *cu = sl_jstr(sl_jget(props, "currency"), a, NULL);
     if (cu) snprintf(c->f.currency, sizeof(c->f.currency), "%s", cu);
     return 0;
 }

@@ -145,32 +145,32 @@ static int ev_arm(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t per
 
 /* ---- matching ---- */
 
-/* The value at a dotted path of doc, or NULL. */
-static const cJSON *at_path(const cJSON *doc, const char *path)
+/* The value at a dotted path of the event of m (its first member from the
+ * stage's index), or an absent one. */
+static sl_jval_t at_path(const rule_msg_t *m, const char *path)
 {
-    const cJSON *x = doc;
+    sl_jval_t x = m->ev->root;
     char seg[256];
-    for (const char *p = path; x && *p;) {
+    for (const char *p = path; sl_jtype(x) != SL_JNONE && *p;) {
         size_t n = strcspn(p, ".");
-        if (n == 0 || n >= sizeof(seg)) return NULL;
+        if (n == 0 || n >= sizeof(seg)) return (sl_jval_t){NULL, 0};
         memcpy(seg, p, n);
         seg[n] = '\0';
-        x = cJSON_IsObject(x) ? cJSON_GetObjectItemCaseSensitive(x, seg) : NULL;
+        x = p == path ? sl_jindex_get(m->ev->top, seg) : sl_jget(x, seg);
         p += n + (p[n] == '.');
     }
     return x;
 }
 
-/* The hash of the value at the rule's match path in doc (0: no such value,
- * which pairs with nothing). Values compare as printed JSON. */
-static uint64_t match_hash(const trig_rule_t *r, const cJSON *doc)
+/* The hash of the value at the rule's match path in m's event (0: no such
+ * value, which pairs with nothing). Values compare as printed JSON: the
+ * stored text is cJSON's print, so a value's span is its print, as states
+ * written when this read a tree hashed it. */
+static uint64_t match_hash(const trig_rule_t *r, const rule_msg_t *m)
 {
-    const cJSON *x = E(r)->match ? at_path(doc, E(r)->match) : NULL;
-    if (x == NULL || cJSON_IsNull(x)) return 0;
-    char *txt = cJSON_PrintUnformatted(x);
-    if (txt == NULL) return 0;
-    uint64_t h = sl_hash128(txt, strlen(txt), 0x3a7c4).lo;
-    cJSON_free(txt);
+    sl_jval_t x = at_path(m, E(r)->match);
+    if (sl_jtype(x) == SL_JNONE || sl_jtype(x) == SL_JNULL) return 0;
+    uint64_t h = sl_hash128(x.p, x.n, 0x3a7c4).lo;
     return h ? h : 1;
 }
 
@@ -273,7 +273,7 @@ static int ev_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule
     if (s.h.n == 0 && !(starts && E(r)->delay_ms)) goto out;
     int changed = 0;
     if (cancels) {
-        uint64_t h = E(r)->match ? match_hash(r, trig_msg_doc(m)) : 0;
+        uint64_t h = E(r)->match ? match_hash(r, m) : 0;
         for (uint32_t i = 0; i < s.h.n && rc == 0;) {
             ev_pend_t *p = &s.p[i];
             int in_time = m->ts_ms > p->start_ms && m->ts_ms <= p->due_ms;
@@ -313,7 +313,7 @@ static int ev_event(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, const rule
         p->due_ms = m->ts_ms + E(r)->delay_ms;
         p->seq = m->seq;
         p->mid = trig_mid_hash(m->message_id);
-        p->match = E(r)->match ? match_hash(r, trig_msg_doc(m)) : 0;
+        p->match = E(r)->match ? match_hash(r, m) : 0;
         if ((rc = trig_hold(t, txn, p->mid, p->seq, 1))) goto out;
         changed = 1;
     }

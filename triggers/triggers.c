@@ -186,8 +186,6 @@ int trig_is_kind(const rule_msg_t *m, const char *name)
     return m->type && strcmp(m->type, name) == 0;
 }
 
-const cJSON *trig_msg_doc(const rule_msg_t *m) { return m && m->ev ? sl_stage_event_doc(m->ev) : NULL; }
-
 int trig_where(const sl_cond_t *cond, const rule_msg_t *m, int64_t now)
 {
     if (cond == NULL) return 1;

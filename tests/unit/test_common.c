@@ -555,13 +555,13 @@ TEST(jread_table)
     for (int i = 0; i < 40; i++) sl_buf_printf(&big, "%s\"k%d\":%d", i ? "," : "", i, i);
     sl_buf_appends(&big, ",\"k1\":-1}");
     sl_jindex_t ix;
-    sl_jindex(sl_jroot(big.data, big.len), &ix);
+    sl_jroot_index(big.data, big.len, &ix, NULL, NULL);
     CHECK_INT(ix.n, ==, SL_JINDEX_MAX);
     CHECK(sl_jnum(sl_jindex_get(&ix, "k1"), &d) && d == 1); /* the first of a name */
     CHECK(sl_jnum(sl_jindex_get(&ix, "k31"), &d) && d == 31);
     CHECK(sl_jnum(sl_jindex_get(&ix, "k39"), &d) && d == 39); /* past the index */
     CHECK_INT(sl_jtype(sl_jindex_get(&ix, "k40")), ==, SL_JNONE);
-    sl_jindex(sl_jroot("[1]", 3), &ix);
+    sl_jroot_index("[1]", 3, &ix, NULL, NULL);
     CHECK_INT(ix.n, ==, 0);
     CHECK_INT(sl_jtype(sl_jindex_get(&ix, "k1")), ==, SL_JNONE);
     sl_buf_free(&big);
