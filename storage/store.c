@@ -33,7 +33,6 @@
 #ifndef SL_ZSTD_LEVEL
 #define SL_ZSTD_LEVEL 3 /* bench/RESULTS.md: levels 1-3 against bytes per event and the writer's CPU */
 #endif
-#define ZLEVEL SL_ZSTD_LEVEL
 /* Old msgids entries deleted per commit: bounded work at the left edge. */
 #define RETENTION_PER_COMMIT 512
 
@@ -410,7 +409,7 @@ static int make_coders(sl_store_t *st, const void *dict, size_t len)
     ZSTD_CDict *cd = NULL;
     ZSTD_CCtx *cc = NULL;
     if (!st->opts.read_only) {
-        cd = ZSTD_createCDict(dict, len, ZLEVEL);
+        cd = ZSTD_createCDict(dict, len, SL_ZSTD_LEVEL);
         cc = ZSTD_createCCtx();
         /* one dictionary per store: its id in every frame says nothing */
         if (cd == NULL || cc == NULL || ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_dictIDFlag, 0)) ||
