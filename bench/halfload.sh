@@ -14,11 +14,12 @@
 # usage: bench/halfload.sh [SECONDS] [BATCH] [CONNECTIONS]
 #   RATE=8000 bench/halfload.sh ...   the open loop at RATE requests/s instead
 #                                      (the closed loop still runs first: warm-up)
+#   SL_EXTRA='"limits": {...},' bench/halfload.sh ...  extra config keys (each followed by a comma)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${1:-10}"; BATCH="${2:-1}"; CONNS="${3:-64}"
 . bench/lib.sh
-start_sillage sync
+start_sillage sync "${SL_EXTRA:-}"
 
 lag_of() { curl -s "$SL_URL/healthz" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
 wait_caught_up() {
@@ -30,6 +31,9 @@ $GEN "$BENCH" -k bench -c "$CONNS" -d "$DUR" -b "$BATCH" --seed 1 "$SL_URL" > "$
 max=$(field reqs)
 wait_caught_up
 rate=${RATE:-$(echo "$max / 2" | bc -l)}
+# bytes each thread wrote (write and pwrite calls: pages LMDB writes, answers on sockets) during the open loop
+io_by_thread() { for t in /proc/"$SL_PID"/task/*; do echo "$(cat "$t/comm") $(sed -n "s/^wchar: //p" "$t/io")"; done | sort; }
+io_by_thread > "$WORK/io0"
 $GEN "$BENCH" -k bench -c "$CONNS" -d "$DUR" -b "$BATCH" -r "$rate" --seed 2 "$SL_URL" > "$WORK/open" &
 LOAD=$!
 : > "$WORK/lag"
@@ -38,6 +42,7 @@ while kill -0 "$LOAD" 2>/dev/null; do
   sleep 0.2
 done
 wait "$LOAD"
+io_by_thread > "$WORK/io1"
 end=$(tail -1 "$WORK/lag")
 printf "closed loop, batches of %s, %s connections: %.0f req/s (%.0f events/s) acknowledged (durable)\n" \
   "$BATCH" "$CONNS" "$max" "$(echo "$max * $BATCH" | bc -l)"
@@ -47,5 +52,5 @@ grep -E "requests|status|latency" "$WORK/open" | sed 's/^ */  /'
 awk 'NF == 2 { if ($1 > me) me = $1; if ($2 > mm) mm = $2; n++ }
      END { printf "  stage lag over %d samples: at most %d events, %d ms\n", n, me, mm }' "$WORK/lag"
 echo "  stage lag at the last sample: ${end% *} events, ${end#* } ms"
-curl -s "$SL_URL/metrics" | grep -E '^sillage_commit_duration_seconds_bucket' | tail -6 | sed 's/^/  /'
+join "$WORK/io0" "$WORK/io1" | awk -v d="$DUR" '$3 > $2 { printf "  %s wrote %.1f MB/s (write calls) during the open loop\n", $1, ($3 - $2) / d / 1e6 }'
 curl -s "$SL_URL/metrics" | grep -E '^sillage_(commit_duration_seconds_count|stage_commits_total)' | sed 's/^/  /'

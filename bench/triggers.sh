@@ -6,13 +6,14 @@
 # The server runs the demo rules plus a page_visit rule on /bench-trigger/*.
 #   EXTRA_RULES="$(cat bench/stage-rules/event-rules5.txt)" bench/triggers.sh ...
 #     more rule objects (comma-separated) in the same array: issue 22's five event rules
+#   SL_EXTRA='"limits": {...},' bench/triggers.sh ...  other config keys (each followed by a comma)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-2000}"; RATE="${2:-5000}"
 . bench/lib.sh
 start_sillage sync '"triggers": [{"name": "cart", "type": "abandoned_cart", "delay": "1h"},
   {"name": "pricing", "type": "page_visit", "url": "/pricing*", "min_count": 2, "within": "7d"},
-  {"name": "bench", "type": "page_visit", "url": "/bench-trigger/*"}'"${EXTRA_RULES:+,$EXTRA_RULES}"'],'
+  {"name": "bench", "type": "page_visit", "url": "/bench-trigger/*"}'"${EXTRA_RULES:+,$EXTRA_RULES}"'],'" ${SL_EXTRA:-}"
 ADMIN=(--admin bench-admin-token -k bench)
 $GEN "$BENCH" triggers "${ADMIN[@]}" -n "$N" --label idle "$SL_URL"
 # Loaded: the visitor model for long enough to cover the samples.

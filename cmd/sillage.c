@@ -150,6 +150,7 @@ static sl_stage_options_t stage_options(const sl_config_t *cfg, char *dir, size_
         .read_only = read_only,
         .nice = 10,
         .max_lag_events = cfg->limits.max_stage_lag,
+        .commit_interval_ms = (uint32_t)cfg->limits.stage_commit_interval_ms,
     };
     return o;
 }

@@ -76,6 +76,7 @@ static void set_defaults(sl_config_t *c)
     c->limits.header_timeout_ms = 10000;
     c->limits.min_body_rate = 4096;
     c->limits.max_stage_lag = 100000;
+    c->limits.stage_commit_interval_ms = 50;
     c->dedupe_window_ms = 86400000;
     c->trigger_retention_ms = 30LL * 86400000;
     c->unsubscribe_event = strdup("Unsubscribed");
@@ -444,7 +445,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
                                    "max_json_depth", "idle_timeout", "request_timeout", "rate_per_ip",
                                    "rate_burst", "max_connections_per_ip", "max_buffered_bytes", "max_traits_per_person",
                                    "max_traits_bytes", "max_dedupe_ids", "header_timeout", "min_body_rate", "max_stage_lag",
-                                   NULL};
+                                   "stage_commit_interval", NULL};
         if ((rc = sl_cfg_check_keys(x, lim, "limits", lk))) return rc;
         if ((rc = get_limit(x, lim, "max_message_bytes", 256, 16u << 20, &c->limits.max_message_bytes))) return rc;
         if ((rc = get_limit(x, lim, "max_request_bytes", 256, 64u << 20, &c->limits.max_request_bytes))) return rc;
@@ -470,6 +471,12 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         }
         if ((rc = get_limit(x, lim, "min_body_rate", 0, 1000000000, &c->limits.min_body_rate))) return rc;
         if ((rc = get_limit(x, lim, "max_stage_lag", 0, 1000000000, &c->limits.max_stage_lag))) return rc;
+        if ((rc = sl_cfg_duration(x, lim, "stage_commit_interval", "limits", &c->limits.stage_commit_interval_ms)))
+            return rc;
+        if (c->limits.stage_commit_interval_ms > 10000) {
+            seterr(x->err, x->errlen, "limits.stage_commit_interval must be at most 10s (\"0ms\": commit at once)");
+            return SL_EINVAL;
+        }
         if (c->limits.max_message_bytes > c->limits.max_request_bytes) {
             seterr(x->err, x->errlen, "limits.max_message_bytes must not exceed limits.max_request_bytes");
             return SL_EINVAL;

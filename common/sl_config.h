@@ -94,6 +94,8 @@ typedef struct sl_config_s {
                                        * 0 = no minimum (0..1e9) */
         uint64_t max_stage_lag;       /* events the stage may lag before the loop thread leaves it a
                                        * quarter of the core: 100,000; 0 = never (0..1e9) */
+        int64_t stage_commit_interval_ms; /* while no one waits for them, derived commits are at least
+                                           * this far apart: 50 ms; 0 = each as soon as applied (0..10 s) */
     } limits;
     int64_t dedupe_window_ms;    /* 24h */
     void *sections[SL_CONFIG_MAX_SECTIONS]; /* the registered sections' parsed forms (sl_config_section) */

@@ -9,6 +9,7 @@
 
 #define MAX_SUBSCRIBERS 8
 #define PRUNE_EVERY_MS 60000
+#define FEED_AWAITED_MS 1000      /* entries this recent: the consumers are waiting (on_awaited) */
 #define PRUNE_MAX 1000            /* entries per pruning run */
 #define ENTITY_KEY_BYTES 17       /* u8 kind, be64 id, be64 seq */
 #define CAUSE_SEED 0xca05e        /* the fcause (and the engine's holds) key */
@@ -26,6 +27,7 @@ struct sl_feed_s {
     _Atomic int64_t retention_ms;
     int64_t last_prune_ms;                /* stage thread */
     uint64_t txn_last, committed_last, prev_committed; /* stage thread */
+    int64_t last_entry_ms;                /* stage thread: when a commit last added entries */
     _Atomic uint64_t durable;
     sl_buf_t v;                           /* the entry being appended */
 };
@@ -496,11 +498,20 @@ static void on_after_txn(void *arg, int ok)
 {
     sl_feed_t *f = arg;
     if (ok) {
+        if (f->txn_last != f->committed_last) f->last_entry_ms = sl_now_ms();
         f->prev_committed = f->committed_last;
         f->committed_last = f->txn_last;
     } else {
         f->txn_last = f->committed_last;
     }
+}
+
+/* While entries come, the feed's consumers (webhooks, streams) wait for
+ * each next one: the stage commits without waiting for its interval. */
+static int on_awaited(void *arg)
+{
+    const sl_feed_t *f = arg;
+    return f->last_entry_ms && sl_now_ms() - f->last_entry_ms < FEED_AWAITED_MS;
 }
 
 static void on_synced(void *arg, int all)
@@ -519,7 +530,7 @@ sl_feed_t *sl_feed_new(int64_t retention_ms)
     if (f == NULL) return NULL;
     atomic_store(&f->retention_ms, retention_ms);
     f->step = (sl_stage_step_t){.name = "feed", .phase = SL_PHASE_FEED, .arg = f, .open = on_open, .due = on_due, .tick = on_tick,
-                                .after_txn = on_after_txn, .synced = on_synced};
+                                .after_txn = on_after_txn, .synced = on_synced, .awaited = on_awaited};
     return f;
 }
 

@@ -126,6 +126,11 @@ typedef struct sl_stage_step_s {
      * disk -- all = 1 every commit so far, 0 every one but the latest. */
     void (*after_txn)(void *arg, int ok);
     void (*synced)(void *arg, int all);
+    /* 1 when this step's readers wait for what the next events make (the
+     * feed's consumers, while entries come): the stage then commits as soon
+     * as it applied them instead of waiting for commit_interval_ms. Stage
+     * thread; may be NULL. */
+    int (*awaited)(void *arg);
 } sl_stage_step_t;
 
 typedef struct sl_stage_options_s {
@@ -138,6 +143,10 @@ typedef struct sl_stage_options_s {
                                   * (rebuild): no flush per transaction, one at the end of
                                   * sl_stage_catch_up(); a crash leaves only the scratch copy */
     size_t max_events_per_txn;   /* 0: 8192 */
+    uint32_t commit_interval_ms; /* while no one awaits the next commit (a reader waiting for a
+                                  * position, a step's awaited()), events wait until the last
+                                  * commit is this old: fewer, larger commits write fewer pages
+                                  * and sync less beside the log (0: commit as soon as applied) */
     int nice;                    /* the stage thread's nice value above the process's: on a busy
                                   * core the acknowledgement goes first, the stage takes what is
                                   * left and its lag says how far behind it is (0: the same) */

@@ -66,6 +66,7 @@ struct sl_stage_s {
     void (*stop_cb)(void *);
     void *stop_arg;
     sl_stage_waiter_t *waiters;            /* loop thread */
+    _Atomic int n_waiting;                 /* waiters is not empty: the stage commits at once */
 
     _Atomic uint64_t applied;
     _Atomic uint64_t durable_applied;      /* applied, and that commit is on disk */
@@ -124,6 +125,16 @@ static void each_synced(sl_stage_t *sg, int all)
         atomic_store(&sg->durable_applied, d);
         if (sg->started) sl_handoff_wake(&sg->done); /* waiters */
     }
+}
+
+/* 1 when someone waits for the stage's next commit: a reader for a
+ * position (loop thread), or a step's readers (the feed's consumers). */
+static int awaited(sl_stage_t *sg)
+{
+    if (atomic_load(&sg->n_waiting)) return 1;
+    for (size_t i = 0; i < sg->n_steps; i++)
+        if (sg->steps[i].awaited && sg->steps[i].awaited(sg->steps[i].arg)) return 1;
+    return 0;
 }
 
 static int64_t next_due(sl_stage_t *sg)
@@ -581,6 +592,8 @@ static void stage_main(void *arg)
     sl_stage_t *sg = arg;
     sl_thread_name("sl-stage");
     int need_sync = 0; /* a commit's meta page is not flushed yet */
+    uint64_t last_commit_ns = 0; /* sl_mono_ns() */
+    uint64_t interval_ns = (uint64_t)sg->opts.commit_interval_ms * 1000000u;
     if (sg->opts.nice > 0) {
         /* this thread only (Linux: a thread's nice value is its own) */
         id_t tid = (id_t)syscall(SYS_gettid);
@@ -600,11 +613,19 @@ static void stage_main(void *arg)
             upto = sg->log_durable;
             stopping = sg->stopping, hurry = sg->hurry;
             int go = sg->jobs_waiting || upto > sg->cursor || (stopping && (hurry || !need_sync));
-            uint64_t ns = 0;
+            uint64_t ns = 0, held = 0; /* held: events wait that long for the commit interval */
+            if (go && interval_ns && !sg->jobs_waiting && !stopping && upto - sg->cursor < sg->opts.max_events_per_txn &&
+                !awaited(sg)) {
+                uint64_t t = sl_mono_ns();
+                if (t < last_commit_ns + interval_ns) held = last_commit_ns + interval_ns - t, go = 0;
+            }
             if (!go) {
                 int64_t due = next_due(sg), now = sl_now_ms();
-                go = due <= now || need_sync; /* need_sync: nothing to do, flush the last commit first */
+                /* need_sync: nothing to do, flush the last commit first
+                 * (events held: their commit flushes it) */
+                go = due <= now || (need_sync && !held);
                 if (!go) ns = due - now >= 1000 ? 1000000000ULL : (uint64_t)(due - now) * 1000000ULL;
+                if (!go && held && held < ns) ns = held;
             }
             uv_mutex_unlock(&sg->mu);
             if (go) break;
@@ -636,7 +657,10 @@ static void stage_main(void *arg)
         }
         uint64_t before = sg->cursor;
         int rc = run_txn(sg, &jobs, upto, NULL, 0);
-        if (rc == 0) sg->prev_commit_cursor = before;
+        if (rc == 0) {
+            sg->prev_commit_cursor = before;
+            if (sg->cursor > before) last_commit_ns = sl_mono_ns(); /* the interval spaces commits of events */
+        }
         if (rc) {
             SL_ERROR("the stage could not apply events %llu..%llu: %s; retrying in a second",
                      (unsigned long long)before + 1, (unsigned long long)upto, sl_strerror(rc));
@@ -871,6 +895,7 @@ void sl_stage_wait(sl_stage_t *sg, sl_stage_waiter_t *w, uint64_t pos, int64_t t
     w->next = sg->waiters;
     if (sg->waiters) sg->waiters->prev = w;
     sg->waiters = w;
+    if (!atomic_exchange(&sg->n_waiting, 1)) sl_handoff_wake(&sg->in); /* events held for the commit interval go now */
     if (!uv_is_active((uv_handle_t *)&sg->timer)) uv_timer_start(&sg->timer, on_timer, 10, 10);
 }
 
@@ -881,6 +906,7 @@ void sl_stage_cancel(sl_stage_t *sg, sl_stage_waiter_t *w)
     else return; /* not waiting */
     if (w->next) w->next->prev = w->prev;
     w->prev = w->next = NULL;
+    if (sg->waiters == NULL) atomic_store(&sg->n_waiting, 0);
 }
 
 uint64_t sl_stage_applied(const sl_stage_t *sg)

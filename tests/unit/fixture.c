@@ -7,7 +7,8 @@
 void fix_batch_done(sl_store_batch_t *b) { *(int *)b->data = 1; }
 const sl_stage_step_t *fix_extra_step; /* a step after the stitcher's (tests of the stage) */
 int fix_extra_first;
-uint64_t fix_stage_max_lag;                    /* add it before the stitcher's (its phase orders them) */
+uint64_t fix_stage_max_lag;
+uint32_t fix_stage_commit_interval_ms;                    /* add it before the stitcher's (its phase orders them) */
 int fix_no_stage_start;                 /* fix_open: the stage opened, its thread not started */
 int fix_with_triggers;                  /* fix_init: the trigger engine too */
 const char *fix_config;                 /* fix_init: this config instead of the demo's */
@@ -22,7 +23,8 @@ int fix_open(fix_t *f)
     if ((f->stitch = sl_stitch_new(&f->cfg, f->store)) == NULL) return -1;
     snprintf(f->ddir, sizeof(f->ddir), "%s/derived", f->dir);
     sl_stage_options_t so = {.dir = f->ddir, .map_size_bytes = 8 << 20, .map_size_max_bytes = 256 << 20, .nosync = 1,
-                             .max_lag_events = fix_stage_max_lag};
+                             .max_lag_events = fix_stage_max_lag,
+                             .commit_interval_ms = fix_stage_commit_interval_ms};
     if ((f->stage = sl_stage_new(f->store, &so)) == NULL) return -1;
     if (fix_extra_step && fix_extra_first && sl_stage_add_step(f->stage, fix_extra_step)) return -1;
     if (sl_stage_add_step(f->stage, sl_stitch_step(f->stitch))) return -1;

@@ -36,6 +36,7 @@ extern int fix_no_stage_start;                 /* fix_open: the stage opened, it
 extern int fix_with_triggers;                  /* fix_init: the trigger engine too */
 extern const char *fix_config;                 /* fix_init: this config instead of the demo's */
 extern uint64_t fix_stage_max_lag;             /* fix_open: the stage's max_lag_events (0: none) */
+extern uint32_t fix_stage_commit_interval_ms;  /* fix_open: the stage's commit_interval_ms (0: none) */
 
 typedef struct {
     sl_stitch_t *s;

@@ -240,6 +240,7 @@ TEST(config_design_example)
     CHECK_INT(c.limits.max_request_bytes, ==, 512000);
     CHECK_INT(c.limits.max_connections_per_ip, ==, 1280);
     CHECK_INT(c.limits.header_timeout_ms, ==, 10000);
+    CHECK_INT(c.limits.stage_commit_interval_ms, ==, 50);
     CHECK_INT(c.limits.min_body_rate, ==, 4096);
     CHECK_INT(c.limits.max_buffered_bytes, ==, 64 << 20);
     CHECK_STR(c.unsubscribe_event, "Unsubscribed");
@@ -280,6 +281,8 @@ TEST(config_errors_table)
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"header_timeout\":\"500ms\"}}", "limits.header_timeout must be between 1s and 1h"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"header_timeout\":\"2h\"}}", "limits.header_timeout must be between 1s and 1h"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"header_timeout\":10}}", "limits.header_timeout must be a duration"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"stage_commit_interval\":\"11s\"}}", "limits.stage_commit_interval must be at most 10s"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"stage_commit_interval\":50}}", "limits.stage_commit_interval must be a duration"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"min_body_rate\":2000000000}}", "limits.min_body_rate must be between 0 and 1000000000"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"min_body_rate\":-1}}", "limits.min_body_rate must be"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\",\"retention\":\"30s\"}],\"admin_token\":\"t\"}", "sources[0].retention must be at least 1m"},

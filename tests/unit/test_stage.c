@@ -289,6 +289,77 @@ TEST(stage_yields_past_its_lag_bound)
     fix_free(&f);
 }
 
+/* ---- the commit interval ---- */
+
+static int step_awaited_flag;
+static int step_awaited(void *arg)
+{
+    (void)arg;
+    return step_awaited_flag;
+}
+
+static void interval_waiter_cb(sl_stage_waiter_t *w, int reached)
+{
+    *(int *)w->arg = reached ? 1 : -1;
+}
+
+static uint64_t interval_event(fix_t *f, int i)
+{
+    char mid[16], ev[256];
+    snprintf(mid, sizeof(mid), "iv-%d", i);
+    snprintf(ev, sizeof(ev), "{\"type\":\"page\",\"messageId\":\"%s\",\"timestamp\":\"2026-01-01T00:00:01.000Z\","
+                             "\"anonymousId\":\"iv\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}", mid);
+    return put_durable(f, ev, sl_now_ms(), mid);
+}
+
+static int64_t until_applied(fix_t *f, uint64_t seq, int64_t max_ms)
+{
+    int64_t t0 = sl_now_ms();
+    while (sl_stage_applied(f->stage) < seq && sl_now_ms() - t0 < max_ms) usleep(1000);
+    return sl_now_ms() - t0;
+}
+
+/* Events wait for the commit interval unless someone awaits the next
+ * commit: a reader waiting for a position, or a step's readers. */
+TEST(stage_commits_spaced_unless_awaited)
+{
+    sl_stage_step_t step = {.name = "awaits", .awaited = step_awaited};
+    fix_t f;
+    fix_stage_commit_interval_ms = 4000;
+    step_awaited_flag = 0;
+    REQUIRE(fix_init_with(&f, &step, 0) == 0);
+    /* the first commit has no predecessor to wait for */
+    uint64_t s1 = interval_event(&f, 1);
+    until_applied(&f, s1, 3000);
+    CHECK_INT(sl_stage_applied(f.stage), ==, s1);
+    /* the next waits: 4 s after the last commit */
+    uint64_t s2 = interval_event(&f, 2);
+    usleep(300000);
+    CHECK_INT(sl_stage_applied(f.stage), <, s2);
+    /* a reader waiting for it: committed at once */
+    int got = 0;
+    sl_stage_waiter_t w = {.cb = interval_waiter_cb, .arg = &got};
+    int64_t t0 = sl_now_ms();
+    sl_stage_wait(f.stage, &w, s2, 10000);
+    while (got == 0 && sl_now_ms() - t0 < 3000) uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK_INT(got, ==, 1);
+    CHECK_INT(sl_stage_applied(f.stage), >=, s2);
+    /* a step whose readers wait: at once as well */
+    step_awaited_flag = 1;
+    uint64_t s3 = interval_event(&f, 3);
+    CHECK_INT(until_applied(&f, s3, 3000), <, 3000);
+    CHECK_INT(sl_stage_applied(f.stage), ==, s3);
+    /* no one waits: held, then committed once the interval passed */
+    step_awaited_flag = 0;
+    uint64_t s4 = interval_event(&f, 4);
+    usleep(300000);
+    CHECK_INT(sl_stage_applied(f.stage), <, s4);
+    until_applied(&f, s4, 8000);
+    CHECK_INT(sl_stage_applied(f.stage), ==, s4);
+    fix_stage_commit_interval_ms = 0;
+    fix_free(&f);
+}
+
 /* page_visit patterns (docs/TRIGGERS.md): pattern, subject, match. */
 /* ---- rule states written before the record header ---- */
 
