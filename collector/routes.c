@@ -1,12 +1,13 @@
 /* routes.c - what each request gets: ingestion (single messages, batches,
  * the pixel), CORS preflight, /healthz and /metrics.
  *
- * Ingestion: decode the body (gzip, bounded), prescan (depth, UTF-8), parse,
- * authenticate the write key, normalise and enrich every message, print it,
+ * Ingestion: decode the body (gzip, bounded), read it (ack.h: check it,
+ * authenticate the write key, normalise and enrich every message, print it),
  * and queue the printed messages for the writer. The answer is written by
  * ingest_done() once the writer reports the commit.
  */
 #define _GNU_SOURCE
+#include "ack.h"
 #include "http_int.h"
 
 #include <stdio.h>
@@ -20,18 +21,6 @@ static const unsigned char pixel_gif[] = {
     0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b};
 
 /* ---- authentication ------------------------------------------------------------ */
-
-/* Every source is compared, each in constant time: the answer's timing says
- * nothing about which bytes of which key matched. */
-static const sl_source_t *find_source(const sl_config_t *cfg, const char *key, size_t len)
-{
-    const sl_source_t *found = NULL;
-    for (size_t i = 0; i < cfg->n_sources; i++) {
-        const char *wk = cfg->sources[i].write_key;
-        if (sl_secret_equal(key, len, wk, strlen(wk)) && found == NULL) found = &cfg->sources[i];
-    }
-    return found;
-}
 
 /* The source of "Authorization: Basic base64(key:)", or NULL with *why set. */
 static const sl_source_t *basic_source(conn_t *c, const char **why)
@@ -52,7 +41,7 @@ static const sl_source_t *basic_source(conn_t *c, const char **why)
     }
     const unsigned char *colon = memchr(dec, ':', (size_t)dl);
     size_t kl = colon ? (size_t)(colon - dec) : (size_t)dl;
-    const sl_source_t *s = find_source(c->srv->cfg, (const char *)dec, kl);
+    const sl_source_t *s = ack_find_source(c->srv->cfg, (const char *)dec, kl);
     if (s == NULL) *why = "unknown write key";
     return s;
 }
@@ -68,41 +57,7 @@ int http_route_basic_auth(conn_t *c, const char **why)
     return basic_source(c, why) ? 1 : -1;
 }
 
-/* The write key from "Authorization: Basic base64(key:)", else from the
- * body's writeKey. Returns the source, or NULL with *why set. */
-static const sl_source_t *authenticate(conn_t *c, const cJSON *body, const char **why)
-{
-    const sl_config_t *cfg = c->srv->cfg;
-    if (has_basic(c->req)) return basic_source(c, why);
-    const cJSON *wk = cJSON_GetObjectItemCaseSensitive(body, "writeKey");
-    if (cJSON_IsString(wk)) {
-        const sl_source_t *s = find_source(cfg, wk->valuestring, strlen(wk->valuestring));
-        if (s) return s;
-        *why = "unknown write key";
-        return NULL;
-    }
-    *why = "missing write key: send it as the Basic auth username or as writeKey in the body";
-    return NULL;
-}
-
 /* ---- ingestion ------------------------------------------------------------------- */
-
-/* What one request of n messages may store once normalised: a batch's
- * context is copied into each of its messages, so a small request could
- * otherwise store a thousand times its size. The 1 KB per message leaves
- * room for the server's fields (receivedAt, timestamp, messageId, context.ip
- * and a GeoIP city location). */
-#define STORED_BYTES_PER_REQUEST(cfg, n) (4 * (cfg)->limits.max_request_bytes + 1024 * (uint64_t)(n))
-
-static void add_rejection(req_t *r, long index, const char *msg)
-{
-    if (r->n_rejected) sl_buf_append(&r->errors, ",", 1);
-    if (index >= 0) sl_buf_printf(&r->errors, "{\"index\":%ld,\"error\":", index);
-    else sl_buf_appends(&r->errors, "{\"error\":");
-    sl_buf_append_json_str(&r->errors, msg, strlen(msg));
-    sl_buf_append(&r->errors, "}", 1);
-    r->n_rejected++;
-}
 
 static void ingest_done(sl_store_batch_t *b)
 {
@@ -161,7 +116,7 @@ static void ingest_done(sl_store_batch_t *b)
 }
 
 /* The address and location every message of this request gets. */
-static void request_context(conn_t *c, sl_ingest_ctx_t *ctx, char ipbuf[46], cJSON **loc)
+static void request_context(conn_t *c, ack_in_t *ctx, char ipbuf[46], cJSON **loc)
 {
     sl_server_t *srv = c->srv;
     sl_ipnet_t ip = *http_client_ip(c);
@@ -171,92 +126,6 @@ static void request_context(conn_t *c, sl_ingest_ctx_t *ctx, char ipbuf[46], cJS
     if (ip.family) sl_ip_format(&ip, ipbuf);
     ctx->ip = ipbuf[0] ? ipbuf : NULL;
     ctx->location = *loc;
-}
-
-/* An identify whose traits a profile cannot keep all of (a person keeps at
- * most limits.max_traits_per_person traits in limits.max_traits_bytes): the
- * message is stored whole, the answer says so. What a person accumulated
- * over many messages is bounded by the stage, which counts what it drops
- * (sillage_traits_dropped_total). */
-static void note_traits(req_t *r, sl_server_t *srv, const cJSON *msg, size_t printed_len)
-{
-    const sl_config_t *cfg = srv->cfg;
-    const cJSON *traits = cJSON_GetObjectItemCaseSensitive(msg, "traits");
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(msg, "type");
-    if (!cJSON_IsObject(traits) || !cJSON_IsString(type) || strcmp(type->valuestring, "identify") != 0) return;
-    size_t n = (size_t)cJSON_GetArraySize(traits);
-    if (n <= cfg->limits.max_traits_per_person) {
-        /* the traits are part of the message: one that fits is no news, and
-         * most do -- only then are they printed alone (the scratch buffer is
-         * free again: the message was copied out of it) */
-        if (printed_len <= cfg->limits.max_traits_bytes) return;
-        size_t tl;
-        if (sl_json_print(traits, srv->scratch, srv->scratch_len, &tl)) return;
-        if (tl <= cfg->limits.max_traits_bytes) return;
-    }
-    const cJSON *mid = cJSON_GetObjectItemCaseSensitive(msg, "messageId");
-    if (r->warnings.len) sl_buf_append(&r->warnings, ",", 1);
-    sl_buf_appends(&r->warnings, "{\"messageId\":");
-    sl_buf_append_json_str(&r->warnings, mid->valuestring, strlen(mid->valuestring));
-    sl_buf_printf(&r->warnings, ",\"warning\":\"stored, but its %zu traits are more than a profile keeps: a person "
-                                "keeps at most limits.max_traits_per_person (%llu) traits in limits.max_traits_bytes "
-                                "(%llu); the rest is not kept\"}",
-                  n, (unsigned long long)cfg->limits.max_traits_per_person,
-                  (unsigned long long)cfg->limits.max_traits_bytes);
-}
-
-/* 1 (with the error in msg) when an object of x, outside skip, repeats a member. */
-static int duplicate_member(const cJSON *x, const cJSON *skip, char *msg, size_t msg_len)
-{
-    const char *d = sl_json_dup_member(x, skip);
-    if (d == NULL) return 0;
-    snprintf(msg, msg_len, "an object repeats the member \"%.64s\": each name may appear once", d);
-    return 1;
-}
-
-/* Normalises one message and appends its printed form to the batch.
- * Returns NULL or why it was refused (*status: the HTTP status a single
- * message gets for it).
- *
- * The message is printed into the scratch buffer (max_message_bytes plus
- * 4 KB for the fields the server adds) and copied into the request's arena,
- * which lives until the commit is answered. A message that does not fit once
- * normalised -- cJSON prints 9e15 as 9e+15, a batch's context is merged in --
- * is refused: the stored form is bounded, and nothing printed into the JSON
- * arena (emptied when ingest_json returns) ever reaches the writer. */
-static const char *accept_message(conn_t *c, cJSON *msg, int type, const sl_ingest_ctx_t *ctx,
-                                  const sl_source_t *src, int *status)
-{
-    req_t *r = c->req;
-    *status = 400;
-    const char *why = sl_msg_normalize(msg, type, ctx);
-    if (why) return why;
-    sl_server_t *srv = c->srv;
-    size_t len;
-    if (sl_json_print(msg, srv->scratch, srv->scratch_len, &len)) {
-        *status = 413;
-        return "message exceeds limits.max_message_bytes once normalised (the batch's context and the "
-               "server's fields included)";
-    }
-    if (r->stored_bytes + len > STORED_BYTES_PER_REQUEST(srv->cfg, r->n_in_request)) {
-        *status = 413;
-        r->over_stored = 1;
-        return "request would store more than 4 x limits.max_request_bytes + 1 KB per message once normalised "
-               "(a batch's context is "
-               "copied into every message)";
-    }
-    char *json = sl_arena_strndup(&r->arena, srv->scratch, len);
-    if (json == NULL) return "out of memory";
-    r->stored_bytes += len;
-    const cJSON *mid = cJSON_GetObjectItemCaseSensitive(msg, "messageId");
-    sl_store_msg_t *m = &r->batch.msgs[r->batch.n_msgs++];
-    memset(m, 0, sizeof(*m));
-    m->json = json;
-    m->json_len = len;
-    m->received_ms = ctx->received_ms;
-    m->dedupe = sl_store_dedupe_key(c->srv->store, src->name, mid->valuestring);
-    note_traits(r, srv, msg, len);
-    return NULL;
 }
 
 static int content_type_ok(const char *ct)
@@ -308,136 +177,49 @@ static void ingest_json(conn_t *c, const char *body, size_t len, int type)
 {
     req_t *r = c->req;
     sl_server_t *srv = c->srv;
-    const sl_config_t *cfg = srv->cfg;
-    const char *why = sl_json_prescan(body, len, cfg->limits.max_json_depth);
-    if (why) {
-        http_log_refused(srv, "reading client request body: %s", why);
-        http_respond_error(c, 400, why);
-        return;
+    ack_in_t in = {0};
+    in.cfg = srv->cfg;
+    in.type = type;
+    if (has_basic(r)) {
+        in.basic = 1;
+        in.basic_src = basic_source(c, &in.basic_why);
     }
-    /* The parse tree lives in the server's JSON arena, emptied at the end:
-     * the request's arena may be gone by then (answering frees the request). */
+    in.received_ms = sl_now_ms();
+    in.scratch = srv->scratch;
+    in.scratch_len = srv->scratch_len;
+    in.arena = &r->arena;
+    /* Trees (the GeoIP location's, the reference reader's) live in the
+     * server's JSON arena, emptied at the end: the request's arena may be
+     * gone by then (answering frees the request). */
     sl_arena_t *old_arena = sl_json_arena_swap(&srv->json_arena);
-    const char *parse_end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &parse_end, 0);
-    cJSON *loc = NULL;
-    if (root == NULL) {
-        http_respond_error(c, 400, "body is not valid JSON");
-        goto out;
-    }
-    while (parse_end && parse_end < body + len && strchr(" \t\r\n", *parse_end) && *parse_end) parse_end++;
-    if (parse_end != body + len) {
-        http_respond_error(c, 400, "body has bytes after its JSON value");
-        goto out;
-    }
-    if (!cJSON_IsObject(root)) {
-        http_respond_error(c, 400, "body must be a JSON object");
-        goto out;
-    }
-    /* A repeated member (two writeKeys, two userIds) would be read one way
-     * here and another way by whoever reads the stored event. In a batch,
-     * each message is checked on its own below. */
-    const cJSON *batch = type == -1 ? cJSON_GetObjectItemCaseSensitive(root, "batch") : NULL;
-    char dupmsg[160];
-    if (duplicate_member(root, batch, dupmsg, sizeof(dupmsg))) {
-        http_respond_error(c, 400, dupmsg);
-        goto out;
-    }
-    const sl_source_t *src = authenticate(c, root, &why);
-    if (src == NULL) {
-        http_log_refused(srv, "authenticating client request: %s", why);
-        http_respond_error(c, 401, why);
-        goto out;
-    }
-    sl_ingest_ctx_t ctx = {0};
+    in.tree_in_arena = sl_json_arena_swap(&srv->json_arena) == &srv->json_arena; /* the hooks are on */
     char ipbuf[46];
-    ctx.received_ms = sl_now_ms();
-    ctx.source = src->name;
-    if (type != -1) {
-        if (len > cfg->limits.max_message_bytes) {
-            char msg[128];
-            snprintf(msg, sizeof(msg), "message exceeds limits.max_message_bytes (%llu bytes)",
-                     (unsigned long long)cfg->limits.max_message_bytes);
-            http_respond_error(c, 413, msg);
-            goto out;
-        }
-        r->batch.msgs = calloc(1, sizeof(sl_store_msg_t));
-        r->n_in_request = 1;
-        if (r->batch.msgs == NULL) {
-            http_respond_error(c, 503, "out of memory");
-            goto out;
-        }
-        request_context(c, &ctx, ipbuf, &loc);
-        int status;
-        why = accept_message(c, root, type, &ctx, src, &status);
-        if (why && status != 400) {
-            http_respond_error(c, status, why);
-            goto out;
-        }
-        if (why) add_rejection(r, -1, why);
-        submit(c);
-        goto out;
+    cJSON *loc = NULL;
+    request_context(c, &in, ipbuf, &loc);
+    ack_out_t out;
+    ack_scan(&in, body, len, &out);
+    if (out.status) {
+        if (out.log == ACK_LOG_BODY) http_log_refused(srv, "reading client request body: %s", out.error);
+        if (out.log == ACK_LOG_AUTH) http_log_refused(srv, "authenticating client request: %s", out.error);
+        http_respond_error(c, out.status, out.error);
+        ack_out_free(&out);
+        goto done;
     }
-
-    if (!cJSON_IsArray(batch)) {
-        http_respond_error(c, 400, "batch must be an array of messages");
-        goto out;
-    }
-    size_t n = (size_t)cJSON_GetArraySize(batch);
-    if (n == 0) {
-        http_respond_error(c, 400, "batch is empty");
-        goto out;
-    }
-    if (n > cfg->limits.max_batch_messages) {
-        char msg[128];
-        snprintf(msg, sizeof(msg), "batch holds %zu messages; limits.max_batch_messages is %llu", n,
-                 (unsigned long long)cfg->limits.max_batch_messages);
-        http_respond_error(c, 413, msg);
-        goto out;
-    }
-    const cJSON *bctx = cJSON_GetObjectItemCaseSensitive(root, "context");
-    const cJSON *bsent = cJSON_GetObjectItemCaseSensitive(root, "sentAt");
-    ctx.batch_context = cJSON_IsObject(bctx) ? bctx : NULL;
-    ctx.batch_sent_at = cJSON_IsString(bsent) ? bsent->valuestring : NULL;
-    r->batch.msgs = calloc(n, sizeof(sl_store_msg_t));
-    r->n_in_request = n;
-    if (r->batch.msgs == NULL) {
-        http_respond_error(c, 503, "out of memory");
-        goto out;
-    }
-    request_context(c, &ctx, ipbuf, &loc);
-    long i = 0;
-    for (cJSON *m = batch->child; m; m = m->next, i++) {
-        /* A body within max_message_bytes cannot hold a message over it. */
-        size_t ml;
-        if (len > cfg->limits.max_message_bytes &&
-            sl_json_print(m, srv->scratch, cfg->limits.max_message_bytes + 1, &ml)) {
-            char msg[128];
-            snprintf(msg, sizeof(msg), "message exceeds limits.max_message_bytes (%llu bytes)",
-                     (unsigned long long)cfg->limits.max_message_bytes);
-            add_rejection(r, i, msg);
-            continue;
-        }
-        if (duplicate_member(m, NULL, dupmsg, sizeof(dupmsg))) {
-            add_rejection(r, i, dupmsg);
-            continue;
-        }
-        int status;
-        why = accept_message(c, m, -1, &ctx, src, &status);
-        if (r->over_stored) {
-            http_respond_error(c, 413, why);
-            goto out;
-        }
-        if (why) add_rejection(r, i, why);
-    }
+    for (size_t i = 0; i < out.n_msgs; i++)
+        out.msgs[i].dedupe = sl_store_dedupe_key(srv->store, out.src->name, out.mids[i]);
+    r->batch.msgs = out.msgs;
+    r->batch.n_msgs = out.n_msgs;
+    r->n_in_request = out.n_in_request;
+    r->stored_bytes = out.stored_bytes;
+    r->errors = out.errors;
+    r->warnings = out.warnings;
+    r->n_rejected = out.n_rejected;
     submit(c);
-out:
+done:
     /* in the arena (the hooks on: the swap gives it back), the reset frees the
      * trees at once; walking them to free nothing was 3 % of a batch's cost */
-    if (sl_json_arena_swap(old_arena) != &srv->json_arena) {
-        cJSON_Delete(loc);
-        cJSON_Delete(root);
-    }
+    if (!in.tree_in_arena) cJSON_Delete(loc);
+    sl_json_arena_swap(old_arena);
     sl_arena_reset(&srv->json_arena);
 }
 
