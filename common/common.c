@@ -836,26 +836,35 @@ static int jput_str(jout_t *o, const char *s)
     return jput(o, "\"", 1);
 }
 
-static int jput_num(jout_t *o, const cJSON *x)
+size_t sl_json_num(double d, char out[32])
 {
-    double d = x->valuedouble;
-    char b[32];
+    char *b = out;
     int n;
-    if (isnan(d) || isinf(d)) return jput(o, "null", 4);
+    if (isnan(d) || isinf(d)) {
+        memcpy(b, "null", 4);
+        return 4;
+    }
     if (d == floor(d) && fabs(d) < 1e15) { /* what "%1.15g" prints for it: its digits ("-0" for -0.0) */
+        char t[24], *e = t + sizeof(t), *p = e;
         unsigned long long u = (unsigned long long)fabs(d);
-        char *e = b + sizeof(b), *p = e;
         do *--p = (char)('0' + u % 10); while ((u /= 10) != 0);
         if (signbit(d)) *--p = '-';
-        return jput(o, p, (size_t)(e - p));
+        memcpy(b, p, (size_t)(e - p));
+        return (size_t)(e - p);
     }
     /* 15 significant digits when they give the number back, else 17 */
-    n = snprintf(b, sizeof(b), "%1.15g", d);
+    n = snprintf(b, 32, "%1.15g", d);
     double t = strtod(b, NULL);
     double m = fabs(t) > fabs(d) ? fabs(t) : fabs(d);
-    if (!(fabs(t - d) <= m * DBL_EPSILON)) n = snprintf(b, sizeof(b), "%1.17g", d);
-    if (n < 0 || n >= (int)sizeof(b)) return -1;
-    return jput(o, b, (size_t)n);
+    if (!(fabs(t - d) <= m * DBL_EPSILON)) n = snprintf(b, 32, "%1.17g", d);
+    return n < 0 || n >= 32 ? 0 : (size_t)n;
+}
+
+static int jput_num(jout_t *o, const cJSON *x)
+{
+    char b[32];
+    size_t n = sl_json_num(x->valuedouble, b);
+    return n ? jput(o, b, n) : -1;
 }
 
 static int jput_value(jout_t *o, const cJSON *x)

@@ -65,6 +65,9 @@ const char *sl_json_str(const struct cJSON *o, const char *name);
  * the ack path prints every message with. Depth: the caller's bound
  * (sl_json_prescan). */
 int sl_json_print(const struct cJSON *x, char *buf, size_t cap, size_t *len);
+/* A number as sl_json_print() writes it (cJSON's form: "null" for inf and
+ * nan), into out; returns its length. */
+size_t sl_json_num(double d, char out[32]);
 /* Sets the calling thread's cJSON arena (NULL: the heap); returns the old one.
  * A no-op returning NULL when the hooks are not installed. */
 sl_arena_t *sl_json_arena_swap(sl_arena_t *a);

@@ -11,10 +11,10 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$B/fuzz-artifacts"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-for t in http message pixel config gunzip cond jread; do
+for t in http message ack pixel config gunzip cond jread; do
   work=$(mktemp -d /tmp/sl-fuzz-corpus-XXXXXX)
   dict=()
-  case $t in http) dict=(-dict="$HERE/http.dict") ;; message|config|jread) dict=(-dict="$HERE/json.dict") ;;
+  case $t in http) dict=(-dict="$HERE/http.dict") ;; message|ack|config|jread) dict=(-dict="$HERE/json.dict") ;;
     cond) dict=(-dict="$HERE/cond.dict") ;; esac
   echo "== fuzz_$t for ${S}s"
   if ! "$B/fuzz_$t" -max_total_time="$S" -timeout=10 -rss_limit_mb=2048 -max_len=65536 "${dict[@]}" \
