@@ -1450,6 +1450,7 @@ static int scan_batch(scan_t *s, const char *p, size_t len, ack_out_t *out)
         if (e == NULL) return -1;
         p = ws(e, end);
         if (p < end && *p == ',') p = ws(p + 1, end);
+        else if (p >= end || *p != '}') return -1; /* skimmed as a value, it was not one */
     }
     s->n_names = 0;
     int refused = 1;

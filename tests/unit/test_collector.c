@@ -2,6 +2,7 @@
 #include "test.h"
 #include "sl_collector.h"
 #include "http_int.h" /* the rate limiter's tables */
+#include "ack.h"
 
 #include <arpa/inet.h>
 #include <stdlib.h>
@@ -391,4 +392,122 @@ TEST(json_duplicate_members)
     cJSON_Delete(x);
     cJSON_Delete(y);
     sl_buf_free(&b);
+}
+
+/* ---- the ack path's two readers (collector/ack.h) ------------------------------ */
+
+/* Both readers on one body: the same answer, byte for byte (no UUID is made
+ * in these cases); *scan_out keeps the tree-less reader's. */
+static void ack_both(const sl_config_t *cfg, int type, const char *body, ack_out_t *scan_out, sl_arena_t *a,
+                     char *scratch, size_t scratch_len)
+{
+    ack_in_t in = {0};
+    in.cfg = cfg;
+    in.type = type;
+    in.received_ms = RECEIVED;
+    in.ip = "203.0.113.0";
+    in.scratch = scratch;
+    in.scratch_len = scratch_len;
+    in.arena = a;
+    ack_out_t t;
+    ack_tree(&in, body, strlen(body), &t);
+    ack_scan(&in, body, strlen(body), scan_out);
+    const ack_out_t *s = scan_out;
+    CHECK_INT(s->status, ==, t.status);
+    if (t.status) CHECK_STR(s->error, t.error);
+    CHECK_INT(s->n_msgs, ==, t.n_msgs);
+    CHECK_INT(s->n_rejected, ==, t.n_rejected);
+    for (size_t i = 0; i < t.n_msgs && i < s->n_msgs; i++) {
+        CHECK_INT(s->msgs[i].json_len, ==, t.msgs[i].json_len);
+        if (s->msgs[i].json_len == t.msgs[i].json_len && memcmp(s->msgs[i].json, t.msgs[i].json, t.msgs[i].json_len))
+            fprintf(stderr, "  stored differ:\n  tree %.*s\n  scan %.*s\n", (int)t.msgs[i].json_len, t.msgs[i].json,
+                    (int)s->msgs[i].json_len, s->msgs[i].json), test_failures++;
+        CHECK_STR(s->mids[i], t.mids[i]);
+    }
+    CHECK_STR(s->errors.data ? s->errors.data : "", t.errors.data ? t.errors.data : "");
+    CHECK_STR(s->warnings.data ? s->warnings.data : "", t.warnings.data ? t.warnings.data : "");
+    ack_out_free(&t);
+}
+
+TEST(ack_scan_table)
+{
+    static const char conf[] = "{\"listen\":\"127.0.0.1:0\",\"data_dir\":\"/tmp/x\",\"admin_token\":\"adm-0123456789abcdef\","
+                               "\"sources\":[{\"name\":\"web\",\"write_key\":\"wk1\"}],"
+                               "\"limits\":{\"max_json_depth\":8,\"max_traits_per_person\":2}}";
+    static const struct {
+        int type;
+        const char *body;
+        int delegated; /* the tree reader answers it (ack.c's list) */
+        const char *stored; /* a part of the first stored message, or of the refusal, or NULL */
+    } cases[] = {
+        /* numbers print as cJSON's double prints back: short ones as written */
+        {SL_MSG_TRACK, "{\"writeKey\":\"wk1\",\"messageId\":\"m\",\"userId\":\"u\",\"event\":\"e\",\"properties\":"
+                       "{\"a\":1.50,\"b\":0.00012,\"c\":1e5,\"d\":-0.0,\"e\":123456789012345678,\"f\":0.1E1,\"g\":0.000012,"
+                       "\"h\":19.99,\"i\":100000000000000000000}}",
+         0, "\"properties\":{\"a\":1.5,\"b\":0.00012,\"c\":100000,\"d\":-0,\"e\":1.2345678901234568e+17,\"f\":1,"
+            "\"g\":1.2e-05,\"h\":19.99,\"i\":1e+20}"},
+        /* escapes decoded, then escaped the printer's way; a raw tab taken and escaped */
+        {SL_MSG_TRACK, "{ \"writeKey\" : \"wk1\" ,\"messageId\":\"m\",\"userId\":\"\\u0041\\/b\\u00e9\\ud83d\\ude00\\u001f\","
+                       "\"event\":\"x\\ty\\\"\",\"properties\":{\"s\":\"raw\ttab\"}\n}",
+         0, "\"userId\":\"A/b\xc3\xa9\xf0\x9f\x98\x80\\u001f\",\"event\":\"x\\ty\\\"\",\"properties\":{\"s\":\"raw\\ttab\"}"},
+        /* ids as strings, server fields in normalisation's order, writeKey gone */
+        {SL_MSG_ALIAS, "{\"previousId\":7,\"userId\":9007199254740993,\"messageId\":12,\"writeKey\":\"wk1\","
+                       "\"timestamp\":\"2023-11-14T22:00:00Z\",\"sentAt\":\"2023-11-14T22:00:10Z\",\"type\":5}",
+         0, "{\"previousId\":\"7\",\"userId\":\"9007199254740992\",\"messageId\":\"12\",\"timestamp\":"
+            "\"2023-11-14T22:13:10.000Z\",\"sentAt\":\"2023-11-14T22:00:10Z\",\"type\":\"alias\",\"originalTimestamp\":"
+            "\"2023-11-14T22:00:00Z\",\"receivedAt\":\"2023-11-14T22:13:20.000Z\",\"context\":{\"sillage\":{\"source\":"
+            "\"web\"},\"ip\":\"203.0.113.0\"}}"},
+        /* a batch: context and sentAt after the batch, merged; sillage and ip replaced; a future time clamped */
+        {-1, "{\"batch\":[{\"type\":\"page\",\"messageId\":\"a\",\"userId\":\"u\",\"timestamp\":\"2030-01-01T00:00:00Z\","
+             "\"context\":{\"ip\":\"1.1.1.1\",\"sillage\":{\"clampedTimestamp\":1,\"x\":[1,{}],\"source\":\"me\"},"
+             "\"page\":{}}},{\"type\":\"identify\",\"messageId\":\"b\",\"userId\":\"u\",\"traits\":{\"a\":1,\"b\":2,"
+             "\"c\":3},\"context\":null,\"sentAt\":null},{\"type\":\"group\",\"groupId\":2.5,\"anonymousId\":\"x\","
+             "\"messageId\":\"c\"},\"no\",{\"type\":\"track\",\"userId\":\"u\"}],\"writeKey\":\"wk1\",\"context\":"
+             "{\"library\":{\"name\":\"l\"},\"ip\":\"2.2.2.2\",\"sillage\":{\"source\":\"x\",\"clampedTimestamp\":2,"
+             "\"k\":true},\"page\":1},\"sentAt\":\"2023-11-14T22:13:00Z\"}",
+         0, "\"context\":{\"sillage\":{\"x\":[1,{}],\"source\":\"web\",\"clampedTimestamp\":\"2030-01-01T00:00:20.000Z\"},"
+            "\"page\":{},\"library\":{\"name\":\"l\"},\"ip\":\"203.0.113.0\"}"},
+        {-1, "{\"batch\":[],\"writeKey\":\"wk1\"}", 0, "batch is empty"},
+        {-1, "{\"batch\":{},\"writeKey\":\"wk1\"}", 0, "batch must be an array"},
+        {SL_MSG_PAGE, "{\"writeKey\":\"nope\",\"anonymousId\":\"a\"}", 0, "unknown write key"},
+        {SL_MSG_PAGE, "{\"writeKey\":5,\"anonymousId\":\"a\"}", 0, "missing write key"},
+        /* left to the tree reader */
+        {SL_MSG_PAGE, "{\"writeKey\":\"wk1\",\"anonymousId\":\"a\",\"properties\":{\"a\":1,\"a\":2}}", 1,
+         "repeats the member \"a\""},
+        {SL_MSG_PAGE, "{\"writeKey\":\"wk1\",\"anonymousId\":\"a\",\"prop\\u0065rties\":5}", 1, "properties must be"},
+        {SL_MSG_PAGE, "{\"writeKey\":\"wk1\",\"anonymousId\":\"a\",\"n\":1e400}", 1, "out of range"},
+        {SL_MSG_PAGE, "{\"writeKey\":\"wk1\",\"messageId\":\"m\",\"anonymousId\":\"a\",\"n\":01}", 1, "\"n\":1,"},
+        {SL_MSG_PAGE, "{\"writeKey\":\"wk1\",\"anonymousId\":\"a\"} x", 1, "bytes after"},
+        {SL_MSG_PAGE, "{\"writeKey\":\"wk1\",\"anonymousId\":\"a\",}", 1, "not valid JSON"},
+        /* cJSON reads a bad \\u escape as a NUL, which ends the string */
+        {SL_MSG_PAGE, "{\"writeKey\":\"wk1\",\"messageId\":\"m\",\"anonymousId\":\"a\\u00zzb\"}", 1, "{\"messageId\":\"m\",\"anonymousId\":\"a\","},
+        {SL_MSG_PAGE, "[1]", 1, "must be a JSON object"},
+        {SL_MSG_PAGE, "{\"writeKey\":\"wk1\",\"anonymousId\":\"a\",\"p\":[[[[[[[[1]]]]]]]]}", 1, "max_json_depth"},
+        {-1, "{\"writeKey\":\"wk1\",\"batch\":[{\"previousId\":1,\"userId\":\"u\",\"type\":\"alias\",\"messageId\":\"m\"}]}", 1,
+         "{\"previousId\":\"1\""},
+    };
+    sl_config_t cfg;
+    char err[256];
+    REQUIRE(sl_config_parse(&cfg, conf, strlen(conf), err, sizeof(err)) == 0);
+    size_t scratch_len = cfg.limits.max_message_bytes + 4096;
+    char *scratch = malloc(scratch_len);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        sl_arena_t a;
+        sl_arena_init(&a);
+        ack_out_t s;
+        ack_both(&cfg, cases[i].type, cases[i].body, &s, &a, scratch, scratch_len);
+        if (s.delegated != cases[i].delegated) fprintf(stderr, "  case %zu: delegated %d\n", i, s.delegated);
+        CHECK_INT(s.delegated, ==, cases[i].delegated);
+        if (cases[i].stored) {
+            const char *where = s.status ? s.error : s.n_msgs ? s.msgs[0].json : s.errors.data;
+            if (where == NULL || strstr(where, cases[i].stored) == NULL) {
+                fprintf(stderr, "  case %zu: %s\n  not in %s\n", i, cases[i].stored, where ? where : "(nothing)");
+                test_failures++;
+            }
+        }
+        ack_out_free(&s);
+        sl_arena_free(&a);
+    }
+    free(scratch);
+    sl_config_free(&cfg);
 }
