@@ -85,6 +85,7 @@ typedef struct scan_s {
     size_t src_kv_len, ip_kv_len, loc_kv_len, sent_txt_len;
     int has_sent, sent_ok;     /* a batch's sentAt (a string), and whether it parses */
     int64_t sent_ms;
+    int needs_sent;            /* a message read the batch's sentAt (while none was known) */
     bmember_t *bctx;           /* a batch's context members */
     size_t n_bctx;
     char received[32];
@@ -1132,6 +1133,7 @@ static const char *finish(scan_t *s, msg_t *m, out_t *o, size_t depth, int *type
     int has_sent = read_time(m->v[K_SENT], &sent);
     if (has_sent < 0) return "sentAt must be an ISO 8601 date-time string";
     int sent_from_batch = 0;
+    if (has_sent == 0) s->needs_sent = 1;
     if (has_sent == 0 && s->has_sent) {
         if (!s->sent_ok) return "the batch's sentAt must be an ISO 8601 date-time string";
         sent = s->sent_ms;
@@ -1255,7 +1257,7 @@ static void note_traits(scan_t *s, ack_out_t *out, const msg_t *m, int type, siz
 /* One message printed: checks, the stored-bytes bound, into the arena.
  * NULL, or why it is refused (*status: the single message's answer; *over:
  * the request's). */
-static const char *store(scan_t *s, ack_out_t *out, msg_t *m, out_t *o, size_t depth, int *status, int *over)
+static const char *store(scan_t *s, ack_out_t *out, msg_t *m, out_t *o, size_t depth, int *status)
 {
     const ack_in_t *in = s->in;
     int type;
@@ -1266,10 +1268,17 @@ static const char *store(scan_t *s, ack_out_t *out, msg_t *m, out_t *o, size_t d
         *status = 413;
         return ACK_TOO_BIG_NORMALISED;
     }
-    if (out->stored_bytes + o->len > ACK_STORED_BYTES(in->cfg, out->n_in_request)) {
-        *status = 413;
-        *over = 1;
-        return ACK_TOO_BIG_REQUEST;
+    if (out->n_msgs == out->n_in_request) { /* room for more: a batch is counted as it is read */
+        size_t cap = out->n_in_request ? 2 * out->n_in_request : 16;
+        sl_store_msg_t *msgs = realloc(out->msgs, cap * sizeof(*msgs));
+        if (msgs == NULL) return "out of memory";
+        out->msgs = msgs;
+        const char **mids = sl_arena_alloc(in->arena, cap * sizeof(*mids));
+        if (mids == NULL) return "out of memory";
+        memset(msgs + out->n_msgs, 0, (cap - out->n_msgs) * sizeof(*msgs));
+        if (out->n_msgs) memcpy(mids, out->mids, out->n_msgs * sizeof(*mids));
+        out->mids = mids;
+        out->n_in_request = cap;
     }
     char *json = sl_arena_strndup(in->arena, o->buf, o->len);
     const char *mid = message_id(s, m);
@@ -1288,35 +1297,47 @@ typedef struct {
     span_t name, val;
 } member_t;
 
-/* The root object at p: its members (the first of each name) located, the
- * batch's elements counted; the rest of the body must be blanks. 0, or -1
- * (s->bail). */
-static int locate(scan_t *s, const char *p, member_t *batch, member_t *ctx, member_t *sent, member_t *wk,
-                  size_t *count)
+/* The root object's members from p (after its '{', or after a value when
+ * resuming), the first of each name located, a batch's elements counted
+ * (count: NULL, not counted). With stop, it stops at the batch's value when
+ * the write key is known by then (*stopped: that value). The rest of the
+ * body must be blanks. 0, or -1 (s->bail). */
+static int locate(scan_t *s, const char *p, int resume, member_t *batch, member_t *ctx, member_t *sent,
+                  member_t *wk, size_t *count, int stop, const char **stopped)
 {
     const char *end = s->end;
-    names_open(s, 1);
-    p = ws(p + 1, end);
-    if (p < end && *p == '}') {
-        p++;
+    if (!resume) {
+        names_open(s, 1);
+        p = ws(p + 1, end);
+        if (p < end && *p == '}') goto close;
     } else {
-        for (;;) {
-            span_t k;
-            if ((p = key(s, p, &k)) == NULL) return -1;
-            member_t *m = IS(k, "batch") && batch ? batch : IS(k, "context") && ctx ? ctx
-                        : IS(k, "sentAt") && sent ? sent : IS(k, "writeKey") ? wk : NULL;
-            const char *e = skim(p, end, m == batch ? count : NULL);
-            if (e == NULL) return -1;
-            if (m && m->name.p == NULL) *m = (member_t){k, {p, (size_t)(e - p)}};
-            p = ws(e, end);
-            if (p < end && *p == ',') {
-                p = ws(p + 1, end);
-                continue;
-            }
-            if (p >= end || *p != '}') return -1;
-            p++;
-            break;
+        goto next;
+    }
+    for (;;) {
+        span_t k;
+        if ((p = key(s, p, &k)) == NULL) return -1;
+        member_t *m = IS(k, "batch") ? batch : IS(k, "context") ? ctx : IS(k, "sentAt") ? sent
+                    : IS(k, "writeKey") ? wk : NULL;
+        if (m == batch && batch->name.p == NULL && stop && p < end && *p == '[' && (s->in->basic || wk->name.p)) {
+            batch->name = k;
+            batch->val.p = p;
+            *stopped = p;
+            return 0;
         }
+        const char *e = skim(p, end, m == batch ? count : NULL);
+        if (e == NULL) return -1;
+        if (m && m->name.p == NULL) *m = (member_t){k, {p, (size_t)(e - p)}};
+        p = e;
+    next:
+        p = ws(p, end);
+        if (p < end && *p == ',') {
+            p = ws(p + 1, end);
+            continue;
+        }
+        if (p >= end || *p != '}') return -1;
+    close:
+        p++;
+        break;
     }
     if (names_close(s, 1, p) == NULL) return -1;
     return ws(p, end) == end ? 0 : -1;
@@ -1405,7 +1426,8 @@ static int scan_single(scan_t *s, const char *p, size_t len, ack_out_t *out)
     member_t wk = {{0}, {0}};
     const sl_source_t *src;
     const char *why;
-    if (!in->basic && locate(s, p, NULL, NULL, NULL, &wk, NULL)) return -1;
+    member_t none = {{0}, {0}};
+    if (!in->basic && locate(s, p, 0, &none, &none, &none, &wk, NULL, 0, NULL)) return -1;
     if (authenticate(s, &wk, &src, &why)) return -1;
     if (src == NULL || len > in->cfg->limits.max_message_bytes) {
         const char *e = walk(s, p, 0, NULL);
@@ -1421,82 +1443,54 @@ static int scan_single(scan_t *s, const char *p, size_t len, ack_out_t *out)
     const char *e = message(s, p, 1, &o, &m);
     if (e == NULL || ws(e, s->end) != s->end) return -1;
     if (!in->basic && (m.v[K_WRITEKEY].p != wk.val.p || m.v[K_WRITEKEY].n != wk.val.n)) return -1;
-    int status, over = 0;
-    why = store(s, out, &m, &o, 1, &status, &over);
+    int status;
+    why = store(s, out, &m, &o, 1, &status);
     if (s->bail) return -1;
     if (why && status != 400) refuse(out, status, why, ACK_LOG_NONE);
     else if (why) ack_reject(out, -1, why);
+    else if (out->stored_bytes > ACK_STORED_BYTES(in->cfg, 1)) refuse(out, 413, ACK_TOO_BIG_REQUEST, ACK_LOG_NONE);
     return 0;
 }
 
-/* The batch route: 0, or -1 (s->bail). */
-static int scan_batch(scan_t *s, const char *p, size_t len, ack_out_t *out)
+/* A batch's elements from p (its '['): each checked, then normalised and
+ * stored or refused, into out (emptied first). Past its ']', or NULL
+ * (s->bail); *n: how many. Past limits.max_batch_messages they are only
+ * checked: the request is refused. */
+static const char *elements(scan_t *s, const char *p, size_t len, ack_out_t *out, size_t *n)
 {
     const ack_in_t *in = s->in;
     const sl_config_t *cfg = in->cfg;
-    member_t batch = {{0}, {0}}, ctx = {{0}, {0}}, sent = {{0}, {0}}, wk = {{0}, {0}};
-    size_t n = 0;
-    const sl_source_t *src;
-    const char *why;
-    if (locate(s, p, &batch, &ctx, &sent, &wk, &n)) return -1;
-    if (authenticate(s, &wk, &src, &why)) return -1;
-    /* the root's other members are checked here, the batch below */
     const char *end = s->end;
+    ack_out_free(out);
+    s->needs_sent = 0;
     p = ws(p + 1, end);
-    while (p < end && *p != '}') {
-        span_t k;
-        if ((p = key(s, p, &k)) == NULL) return -1;
-        const char *e = p == batch.val.p ? p + batch.val.n : walk(s, p, 1, NULL);
-        if (e == NULL) return -1;
-        p = ws(e, end);
-        if (p < end && *p == ',') p = ws(p + 1, end);
-        else if (p >= end || *p != '}') return -1; /* skimmed as a value, it was not one */
+    if (p < end && *p == ']') {
+        *n = 0;
+        return p + 1;
     }
-    s->n_names = 0;
-    int refused = 1;
-    if (src == NULL) refuse(out, 401, why, ACK_LOG_AUTH);
-    else if (batch.val.p == NULL || batch.val.p[0] != '[') refuse(out, 400, "batch must be an array of messages", 0);
-    else if (n == 0) refuse(out, 400, "batch is empty", 0);
-    else if (n > cfg->limits.max_batch_messages) {
-        snprintf(out->errbuf, sizeof(out->errbuf), "batch holds %zu messages; limits.max_batch_messages is %llu", n,
-                 (unsigned long long)cfg->limits.max_batch_messages);
-        refuse(out, 413, out->errbuf, 0);
-    } else refused = 0;
-    if (refused) /* the batch is checked all the same: a body that is not JSON is answered so */
-        return batch.val.p && check(s, batch.val, 1, NULL) ? -1 : 0;
-    if (prepare(s, src, &ctx, &sent)) return -1;
-    if (ack_alloc_msgs(in, out, n)) return 0;
-    out->src = src;
-    int over = 0;
-    size_t i = 0;
-    p = ws(batch.val.p + 1, end);
-    for (;; i++) {
-        if (p >= end) return -1;
+    for (size_t i = 0;; i++) {
+        if (p >= end) return bail(s);
         const char *start = p;
         msg_t m;
         out_t o = {in->scratch, in->scratch_len - 1, 0};
-        if (over) {
-            p = walk(s, p, 2, NULL);
-        } else if (*p == '{') {
-            p = message(s, p, 3, &o, &m);
-        } else {
-            p = walk(s, p, 2, NULL);
-        }
-        if (p == NULL || i >= n) return -1;
-        if (!over) {
+        int checked_only = i >= cfg->limits.max_batch_messages;
+        if (!checked_only && *p == '{') p = message(s, p, 3, &o, &m);
+        else p = walk(s, p, 2, NULL);
+        if (p == NULL) return NULL;
+        if (!checked_only) {
             /* A body within max_message_bytes cannot hold a message over it. */
             out_t count = {NULL, 0, 0};
-            if (len > cfg->limits.max_message_bytes && (walk(s, start, 2, &count), count.len) > cfg->limits.max_message_bytes) {
+            if (len > cfg->limits.max_message_bytes &&
+                (walk(s, start, 2, &count), count.len) > cfg->limits.max_message_bytes) {
                 char msg[128];
                 ack_reject(out, (long)i, too_big(msg, sizeof(msg), cfg));
             } else if (*start != '{') {
                 ack_reject(out, (long)i, "message must be a JSON object");
             } else {
                 int status;
-                why = store(s, out, &m, &o, 3, &status, &over);
-                if (s->bail) return -1;
-                if (over) refuse(out, 413, why, 0);
-                else if (why) ack_reject(out, (long)i, why);
+                const char *why = store(s, out, &m, &o, 3, &status);
+                if (s->bail) return NULL;
+                if (why) ack_reject(out, (long)i, why);
             }
         }
         p = ws(p, end);
@@ -1504,9 +1498,81 @@ static int scan_batch(scan_t *s, const char *p, size_t len, ack_out_t *out)
             p = ws(p + 1, end);
             continue;
         }
-        if (p >= end || *p != ']' || p + 1 != batch.val.p + batch.val.n || i + 1 != n) return -1;
-        return 0;
+        if (p >= end || *p != ']') return bail(s);
+        *n = i + 1;
+        return p + 1;
     }
+}
+
+/* The batch route: 0, or -1 (s->bail). Analytics libraries put the batch
+ * first and its sentAt after it: the elements are read as soon as the write
+ * key is known, and read again only when what follows them changes them (a
+ * context to merge, a sentAt one of them lacks). */
+static int scan_batch(scan_t *s, const char *root, size_t len, ack_out_t *out)
+{
+    const ack_in_t *in = s->in;
+    const sl_config_t *cfg = in->cfg;
+    member_t batch = {{0}, {0}}, ctx = {{0}, {0}}, sent = {{0}, {0}}, wk = {{0}, {0}};
+    size_t n = 0, skimmed = 0;
+    const sl_source_t *src;
+    const char *why, *end = s->end, *stopped = NULL, *p;
+    if (locate(s, root, 0, &batch, &ctx, &sent, &wk, &skimmed, 1, &stopped)) return -1;
+    if (authenticate(s, &wk, &src, &why)) return -1;
+    int early = stopped && src; /* the elements before what follows them */
+    if (early) {
+        size_t open = s->n_names; /* the root's names so far: the elements' are above them */
+        if (prepare(s, src, &ctx, &sent)) return -1;
+        s->n_names = open;
+        if ((p = elements(s, stopped, len, out, &n)) == NULL) return -1;
+        batch.val.n = (size_t)(p - stopped);
+        if (locate(s, p, 1, &batch, &ctx, &sent, &wk, NULL, 0, NULL)) return -1;
+        int redo = (ctx.val.p > stopped && ctx.val.p[0] == '{') || (sent.val.p > stopped && s->needs_sent);
+        if (redo) {
+            s->n_bctx = 0;
+            s->has_sent = s->sent_ok = 0;
+            if (prepare(s, src, &ctx, &sent) || elements(s, stopped, len, out, &n) == NULL) return -1;
+        }
+    } else if (stopped) { /* refused: its elements matter no more */
+        const char *e = skim(stopped, end, &skimmed);
+        if (e == NULL) return -1;
+        batch.val.n = (size_t)(e - stopped);
+        if (locate(s, e, 1, &batch, &ctx, &sent, &wk, NULL, 0, NULL)) return -1;
+    }
+    /* the root's other members are checked here */
+    p = ws(root + 1, end);
+    while (p < end && *p != '}') {
+        span_t k;
+        if ((p = key(s, p, &k)) == NULL) return -1;
+        const char *e = p == batch.val.p && batch.val.n ? p + batch.val.n : walk(s, p, 1, NULL);
+        if (e == NULL) return -1;
+        p = ws(e, end);
+        if (p < end && *p == ',') p = ws(p + 1, end);
+        else if (p >= end || *p != '}') return -1; /* skimmed as a value, it was not one */
+    }
+    s->n_names = 0;
+    if (!early) {
+        int refused = 1;
+        if (src == NULL) refuse(out, 401, why, ACK_LOG_AUTH);
+        else if (batch.val.p == NULL || batch.val.p[0] != '[') refuse(out, 400, "batch must be an array of messages", 0);
+        else refused = 0;
+        if (refused) /* the batch is checked all the same: a body that is not JSON is answered so */
+            return batch.val.p && check(s, batch.val, 1, NULL) ? -1 : 0;
+        if (prepare(s, src, &ctx, &sent) || (p = elements(s, batch.val.p, len, out, &n)) == NULL) return -1;
+        if (p != batch.val.p + batch.val.n || n != skimmed) return -1;
+    }
+    out->src = src;
+    if (n == 0) {
+        refuse(out, 400, "batch is empty", 0);
+    } else if (n > cfg->limits.max_batch_messages) {
+        snprintf(out->errbuf, sizeof(out->errbuf), "batch holds %zu messages; limits.max_batch_messages is %llu", n,
+                 (unsigned long long)cfg->limits.max_batch_messages);
+        refuse(out, 413, out->errbuf, 0);
+    } else if (out->stored_bytes > ACK_STORED_BYTES(cfg, n)) {
+        /* the bound each message was held to, as the sum only grows: passed by all once passed at the end */
+        refuse(out, 413, ACK_TOO_BIG_REQUEST, 0);
+    }
+    out->n_in_request = n;
+    return 0;
 }
 
 void ack_scan(const ack_in_t *in, const char *body, size_t len, ack_out_t *out)
