@@ -474,7 +474,8 @@ static const char *key(scan_t *s, const char *p, span_t *k)
     if (names_add(s, *k)) return bail(s);
     p = ws(e, end);
     if (p >= end || *p != ':') return bail(s);
-    return ws(p + 1, end);
+    p = ws(p + 1, end);
+    return p < end ? p : bail(s); /* callers look at the value's first byte */
 }
 
 /* A name as printed, with its ':' (it was checked by key()). */
