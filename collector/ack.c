@@ -1,8 +1,9 @@
 /* ack.c - the ingestion body read without a tree (ack.h).
  *
  * The body is read in three steps, none of which allocates per message:
- *   1. the root object's members are located (the batch's elements counted,
- *      its values skimmed, not checked);
+ *   1. the root object's members are located, up to a batch when the write
+ *      key is known by then (Basic auth, a writeKey before it); otherwise a
+ *      skim of the batch finds the members after it (scan_batch());
  *   2. the few members the request needs (writeKey, a batch's context and
  *      sentAt) are checked and read;
  *   3. each message is checked, normalised and printed in one pass over its
@@ -13,7 +14,9 @@
  *      place (a timestamp whose correction depends on a later member gets a
  *      24-character placeholder, filled at the end), the server's fields are
  *      appended in sl_msg_normalize()'s order. The rest of the body is checked
- *      too (what a message is not is part of the answer).
+ *      too (what a message is not is part of the answer). A batch read before
+ *      what follows it is read again when that changes its messages (a
+ *      context to merge, a sentAt one of them lacks).
  *
  * Reading as cJSON would is exact only for the text this reader accepts. Any
  * other body is handed whole to ack_tree(), which answers as before:
