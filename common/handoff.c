@@ -104,13 +104,16 @@ int sl_handoff_push(sl_handoff_t *h, void *item)
     return sl_handoff_push_list(h, item);
 }
 
-/* The loop thread: this iteration's pushes go over. */
-static void batch_flush(sl_handoff_t *h)
+/* The loop thread: this iteration's pushes go over. Refused (the queue is
+ * closed: a misuse), they stay in b for sl_handoff_batch_close() to give
+ * back. */
+static int batch_flush(sl_handoff_batch_t *b)
 {
-    void *list = h->batch_head;
-    if (list == NULL) return;
-    h->batch_head = h->batch_tail = NULL;
-    sl_handoff_push_list(h, list); /* not closed: close flushes first */
+    void *list = b->head;
+    if (list == NULL) return 0;
+    int rc = sl_handoff_push_list(b->to, list);
+    if (rc == 0) b->head = b->tail = NULL;
+    return rc;
 }
 
 static void on_batch_prepare(uv_prepare_t *p)
@@ -123,33 +126,58 @@ static void on_batch_check(uv_check_t *c)
     batch_flush(c->data);
 }
 
-int sl_handoff_batch_start(sl_handoff_t *h, uv_loop_t *loop)
+static void batch_handle_closed(uv_handle_t *handle)
 {
-    if (h->async_mode || h->batching) return UV_EINVAL;
-    int rc = uv_prepare_init(loop, &h->batch_prepare);
+    sl_handoff_batch_t *b = handle->data;
+    if (--b->open_handles == 0 && b->closed_cb) b->closed_cb(b);
+}
+
+int sl_handoff_batch_start(sl_handoff_batch_t *b, sl_handoff_t *to, uv_loop_t *loop)
+{
+    if (to->async_mode || b->started) return UV_EINVAL;
+    void *data = b->data;
+    memset(b, 0, sizeof(*b));
+    b->data = data;
+    b->to = to;
+    int rc = uv_prepare_init(loop, &b->prepare);
     if (rc) return rc;
-    if ((rc = uv_check_init(loop, &h->batch_check))) {
-        uv_close((uv_handle_t *)&h->batch_prepare, NULL);
+    if ((rc = uv_check_init(loop, &b->check))) {
+        uv_close((uv_handle_t *)&b->prepare, NULL);
         return rc;
     }
-    h->batch_prepare.data = h->batch_check.data = h;
-    uv_prepare_start(&h->batch_prepare, on_batch_prepare);
-    uv_check_start(&h->batch_check, on_batch_check);
-    uv_unref((uv_handle_t *)&h->batch_prepare);
-    uv_unref((uv_handle_t *)&h->batch_check);
-    h->batching = 1;
+    b->prepare.data = b->check.data = b;
+    uv_prepare_start(&b->prepare, on_batch_prepare);
+    uv_check_start(&b->check, on_batch_check);
+    uv_unref((uv_handle_t *)&b->prepare);
+    uv_unref((uv_handle_t *)&b->check);
+    b->started = 1;
+    b->open_handles = 2;
     return 0;
 }
 
-int sl_handoff_push_batched(sl_handoff_t *h, void *item)
+int sl_handoff_push_batched(sl_handoff_batch_t *b, void *item)
 {
-    if (!h->batching) return sl_handoff_push(h, item);
-    if (h->batch_closed) return SL_ESHUTDOWN;
+    if (b->closed) return SL_ESHUTDOWN;
+    sl_handoff_t *h = b->to;
     set_next(h, item, NULL);
-    if (h->batch_tail) set_next(h, h->batch_tail, item);
-    else h->batch_head = item;
-    h->batch_tail = item;
+    if (b->tail) set_next(h, b->tail, item);
+    else b->head = item;
+    b->tail = item;
     return 0;
+}
+
+int sl_handoff_batch_close(sl_handoff_batch_t *b, void **left, void (*closed_cb)(sl_handoff_batch_t *b))
+{
+    if (left) *left = NULL;
+    if (!b->started || b->closed) return 0;
+    b->closed_cb = closed_cb;
+    int rc = batch_flush(b);
+    if (rc && left) *left = b->head;
+    b->head = b->tail = NULL;
+    b->closed = 1;
+    uv_close((uv_handle_t *)&b->prepare, batch_handle_closed);
+    uv_close((uv_handle_t *)&b->check, batch_handle_closed);
+    return rc;
 }
 
 void *sl_handoff_take_all(sl_handoff_t *h)
@@ -198,12 +226,6 @@ int sl_handoff_wait(sl_handoff_t *h, uint64_t timeout_ns)
 
 void sl_handoff_close(sl_handoff_t *h, void (*closed_cb)(sl_handoff_t *h))
 {
-    if (h->batching && !h->batch_closed) {
-        batch_flush(h);
-        h->batch_closed = 1;
-        uv_close((uv_handle_t *)&h->batch_prepare, NULL);
-        uv_close((uv_handle_t *)&h->batch_check, NULL);
-    }
     uv_mutex_lock(&h->mu);
     int was = h->closed;
     h->closed = 1;

@@ -299,13 +299,15 @@ int sl_parse_size_bytes(const char *s, uint64_t *bytes);
  * only to block on that lock.
  *
  * Batches, not events: a loop thread that hands work to a worker can push
- * with sl_handoff_push_batched() (after sl_handoff_batch_start()): what it
- * pushes during one iteration of its loop goes over as one list, with one
- * wake-up, once that iteration's callbacks have run (a uv_check) or before
- * the loop would block (a uv_prepare), never later. (Those two handles keep
- * no loop alive: something else must, as the consumer's done queue does.) The worker then takes
- * every request one pass of the loop parsed instead of waking for the first
- * and leaving the rest for its next round.
+ * through a batch of its own (sl_handoff_batch_t, on its loop, in front of
+ * the worker's queue): what it pushes during one iteration of its loop goes
+ * over as one list, with one wake-up, once that iteration's callbacks have
+ * run (a uv_check) or before the loop would block (a uv_prepare), never
+ * later. (Those two handles keep no loop alive: something else must, as the
+ * consumer's done queue does.) The worker then takes every request one pass
+ * of the loop parsed instead of waking for the first and leaving the rest
+ * for its next round. Several loops may each have a batch in front of the
+ * same queue.
  *
  * Order: take_all() returns items in the order their pushes took the queue's
  * lock (FIFO); one producer's items keep that producer's order; a
@@ -313,16 +315,17 @@ int sl_parse_size_bytes(const char *s, uint64_t *bytes);
  *
  * Threads:
  *   init            async: the loop thread; condition: any, before use
- *   batch_start     condition mode, the loop thread that pushes batched
  *   push, push_list any thread, until close
- *   push_batched    that loop thread, until close
+ *   batch_*         the batch's loop thread
  *   wake            any thread; a no-op after close
  *   take_all        the consumer only (async: the loop thread; condition: the
  *                   thread that waits), also after close
  *   wait            the consumer, condition mode only
- *   close           async or batched: the loop thread; condition: any thread
- *   destroy         once no thread can touch h (async or batched: after the
- *                   loop has run once past close)
+ *   close           async: the loop thread; condition: any thread (close the
+ *                   batches in front of it first: a batch's flush after it
+ *                   is refused)
+ *   destroy         once no thread can touch h (async: after the loop has
+ *                   run once past close)
  *
  * Close: pushes are refused from then on (the item stays the caller's) and
  * wakes do nothing; what was queued before stays for take_all(). A waiting
@@ -342,12 +345,17 @@ struct sl_handoff_s {
     int sending;               /* under mu, async: wake-ups decided, not sent yet */
     int async_mode, inited;
     void *data;                /* the owner's: sl_handoff_init() leaves it alone */
-    /* batched pushes (loop thread) */
-    uv_prepare_t batch_prepare;
-    uv_check_t batch_check;
-    void *batch_head, *batch_tail;
-    int batching, batch_closed;
 };
+/* One loop's pushes to a condition-mode handoff, an iteration at a time. */
+typedef struct sl_handoff_batch_s {
+    sl_handoff_t *to;
+    uv_prepare_t prepare;
+    uv_check_t check;
+    void *head, *tail;         /* this iteration's, not handed over yet */
+    int started, closed, open_handles;
+    void (*closed_cb)(struct sl_handoff_batch_s *b);
+    void *data;                /* the owner's */
+} sl_handoff_batch_t;
 #define SL_HANDOFF_FOREVER UINT64_MAX
 
 /* Initialises h for items whose next pointer is at next_offset (offsetof).
@@ -364,13 +372,20 @@ int sl_handoff_push(sl_handoff_t *h, void *item);
  * with one wake-up at most. 0 (also for an empty chain), or SL_ESHUTDOWN after
  * close (nothing queued). */
 int sl_handoff_push_list(sl_handoff_t *h, void *first);
-/* Condition mode, on the loop thread that will push batched: sets up the
- * two handles (unreferenced: they keep no loop alive) that hand each
- * iteration's pushes over. 0 or libuv's error. */
-int sl_handoff_batch_start(sl_handoff_t *h, uv_loop_t *loop);
+/* On the loop thread that will push through b: b hands each iteration's
+ * pushes over to to (condition mode), with two handles on loop
+ * (unreferenced: they keep no loop alive). 0 or libuv's error. */
+int sl_handoff_batch_start(sl_handoff_batch_t *b, sl_handoff_t *to, uv_loop_t *loop);
 /* That loop thread: appends item to this iteration's batch (see above); in
- * queue order with the thread's other pushes. 0, or SL_ESHUTDOWN after close. */
-int sl_handoff_push_batched(sl_handoff_t *h, void *item);
+ * queue order with the thread's other pushes through b. 0, or SL_ESHUTDOWN
+ * once b (or its queue) is closed. */
+int sl_handoff_push_batched(sl_handoff_batch_t *b, void *item);
+/* That loop thread: hands the batch under way over and closes the handles;
+ * closed_cb(b) (may be NULL) runs on the loop once they are closed (b's
+ * memory may go then). Pushes are refused from then on. 0, or SL_ESHUTDOWN
+ * when the queue was closed before (the batch's items, still linked, are
+ * the caller's again: *left). Again: a no-op. */
+int sl_handoff_batch_close(sl_handoff_batch_t *b, void **left, void (*closed_cb)(sl_handoff_batch_t *b));
 /* Consumer: moves every queued item out, oldest first, NULL-terminated
  * through their next pointers; NULL when there are none. */
 void *sl_handoff_take_all(sl_handoff_t *h);
@@ -389,8 +404,7 @@ int sl_handoff_wait(sl_handoff_t *h, uint64_t timeout_ns);
  * (loop thread): waits for a uv_async_send() a producer began before (wakes
  * are sent after the lock is released), then closes the handle; closed_cb
  * (may be NULL) runs on the loop once it is closed. Condition mode: closed_cb
- * is not used; batched (loop thread), the batch under way is handed over
- * first, then the handles close. Again: no-op. */
+ * is not used. Again: no-op. */
 void sl_handoff_close(sl_handoff_t *h, void (*closed_cb)(sl_handoff_t *h));
 /* Frees the lock and condition; a no-op on a zeroed h that was never
  * initialised. Items still queued stay the caller's (take them first). */

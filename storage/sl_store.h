@@ -74,6 +74,7 @@ struct sl_store_batch_s {
     int (*job)(MDB_txn *txn, void *arg);
     void *job_arg;
     sl_store_batch_t *next; /* private to the store */
+    struct sl_store_port_s *port; /* private: where its done callback runs */
 };
 
 typedef struct sl_store_options_s {
@@ -127,8 +128,28 @@ int sl_store_start(sl_store_t *st, uv_loop_t *loop);
  * must stay valid until its done callback runs. Loop thread only. */
 int sl_store_submit(sl_store_t *st, sl_store_batch_t *batch);
 
-/* Messages queued or being committed right now (loop thread). */
+/* Messages queued or being committed right now, from every loop (any
+ * thread). */
 size_t sl_store_queued(const sl_store_t *st);
+
+/* ---- more loops ----
+ * A port is another loop's way to the writer, beside the loop given to
+ * sl_store_start() (whose port sl_store_submit() uses): what that loop
+ * submits during one of its iterations goes to the writer as one list, and
+ * its batches' done callbacks run on that loop. The queue bound
+ * (max_queue_messages) is shared. At most SL_STORE_MAX_PORTS. */
+#define SL_STORE_MAX_PORTS 64
+typedef struct sl_store_port_s sl_store_port_t;
+/* On loop's thread, after sl_store_start(). 0, SL_ETOOBIG (too many),
+ * SL_ESHUTDOWN, SL_ENOMEM or libuv's error. */
+int sl_store_port_open(sl_store_t *st, uv_loop_t *loop, sl_store_port_t **out);
+/* sl_store_submit() through p, on p's loop thread. */
+int sl_store_port_submit(sl_store_port_t *p, sl_store_batch_t *batch);
+/* On p's loop thread: refuses further batches, hands this iteration's over,
+ * and once every batch of p came back (done called), closes p and runs
+ * cb(arg) on its loop; p is freed then. Before sl_store_drain(): a port
+ * still open then would have its last batches refused. */
+void sl_store_port_close(sl_store_port_t *p, void (*cb)(void *), void *arg);
 
 /* Stops accepting batches, lets the writer commit what is queued, delivers
  * the last completions, then joins the thread. Call from the loop thread;

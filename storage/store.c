@@ -45,6 +45,19 @@ typedef struct msgid_rec_s {
     uint64_t lo, hi;
 } msgid_rec_t;
 
+/* A loop's way to the writer (sl_store.h). */
+struct sl_store_port_s {
+    sl_store_t *st;
+    sl_handoff_batch_t batch;  /* this loop -> st->in, an iteration at a time */
+    sl_handoff_t done;         /* writer -> this loop: batches committed or failed */
+    size_t queued;             /* this loop: batches submitted, not answered yet */
+    int closing;               /* this loop: sl_store_port_close() was called */
+    int batch_closed, gone;    /* this loop: its batch's handles are closed; done is closing */
+    void (*closed_cb)(void *);
+    void *closed_arg;
+    sl_store_batch_t *out_head, *out_tail; /* writer thread: one delivery's batches for this port */
+};
+
 struct sl_store_s {
     MDB_env *env;
     MDB_dbi events, msgids, meta;
@@ -57,11 +70,13 @@ struct sl_store_s {
 
     uv_loop_t *loop;
     uv_thread_t thread;
-    sl_handoff_t in;          /* loop -> writer: batches to commit, a loop iteration's at a time; closed by sl_store_drain() */
-    sl_handoff_t done;        /* writer -> loop: batches committed or failed */
-    _Atomic int exited;       /* the writer is done: its last batches are in `done` */
+    sl_handoff_t in;          /* loops -> writer: batches to commit, a loop iteration's at a time
+                               * (each port's batch); closed by sl_store_drain() */
+    sl_store_port_t own;      /* the loop of sl_store_start(); its done queue also says the writer exited */
+    _Atomic int exited;       /* the writer is done: its last batches are in own.done */
     int started;
-    size_t queued;                           /* loop thread */
+    _Atomic int n_ports;      /* ports opened (own included) */
+    _Atomic size_t queued;    /* messages submitted, not answered yet: every port's */
     void (*drain_cb)(void *);
     void *drain_arg;
 
@@ -670,8 +685,29 @@ static int grow_map(sl_store_t *st)
  * wake-up. */
 static void deliver(sl_store_t *st, sl_store_batch_t *list, int rc)
 {
-    for (sl_store_batch_t *b = list; b; b = b->next) b->rc = rc;
-    sl_handoff_push_list(&st->done, list); /* open until the writer has exited */
+    /* each port's batches, in the writer's order, one push per port */
+    sl_store_port_t *ports[SL_STORE_MAX_PORTS];
+    size_t n = 0;
+    (void)st;
+    while (list) {
+        sl_store_batch_t *b = list;
+        list = b->next;
+        b->next = NULL;
+        b->rc = rc;
+        sl_store_port_t *p = b->port;
+        if (p->out_head == NULL) {
+            p->out_head = b;
+            ports[n++] = p; /* at most one per port: n <= SL_STORE_MAX_PORTS */
+        } else {
+            p->out_tail->next = b;
+        }
+        p->out_tail = b;
+    }
+    for (size_t i = 0; i < n; i++) {
+        sl_store_batch_t *l = ports[i]->out_head;
+        ports[i]->out_head = ports[i]->out_tail = NULL;
+        sl_handoff_push_list(&ports[i]->done, l); /* open while it has batches in flight */
+    }
 }
 
 static void append_list(sl_store_batch_t **head, sl_store_batch_t *list)
@@ -812,67 +848,179 @@ static void writer_main(void *arg)
         }
     }
     atomic_store(&st->exited, 1);
-    sl_handoff_wake(&st->done);
+    sl_handoff_wake(&st->own.done);
 }
 
-static void done_closed(sl_handoff_t *h)
+/* ---- ports ---- */
+
+/* A port's loop: the batches the writer handed back, in its order. */
+static void port_take(sl_store_port_t *p)
+{
+    sl_store_batch_t *list = sl_handoff_take_all(&p->done);
+    while (list) {
+        sl_store_batch_t *next = list->next;
+        atomic_fetch_sub(&p->st->queued, list->n_msgs);
+        p->queued--;
+        list->next = NULL;
+        list->done(list);
+        list = next;
+    }
+}
+
+static void own_closed(sl_handoff_t *h)
 {
     sl_store_t *st = h->data;
     if (st->drain_cb) st->drain_cb(st->drain_arg);
 }
 
-/* Loop thread: the batches the writer handed back, in its order. */
-static void on_done(sl_handoff_t *h)
+/* The store's own loop: its batches, and the writer's exit. */
+static void on_own_done(sl_handoff_t *h)
 {
     sl_store_t *st = h->data;
     int exited = atomic_load(&st->exited); /* before the take: it then holds the writer's last batches */
-    sl_store_batch_t *list = sl_handoff_take_all(h);
-    while (list) {
-        sl_store_batch_t *next = list->next;
-        st->queued -= list->n_msgs;
-        list->next = NULL;
-        list->done(list);
-        list = next;
-    }
+    port_take(&st->own);
     if (exited && st->started) {
         st->started = 0;
         uv_thread_join(&st->thread);
-        sl_handoff_close(&st->done, done_closed);
+        sl_handoff_close(&st->own.done, own_closed);
     }
+}
+
+static void port_closed(sl_handoff_t *h)
+{
+    sl_store_port_t *p = h->data;
+    if (p->closed_cb) p->closed_cb(p->closed_arg);
+    sl_handoff_destroy(&p->done);
+    free(p);
+}
+
+/* A closing port goes once its batch's handles are closed and its last
+ * batch came back. */
+static void port_maybe_gone(sl_store_port_t *p)
+{
+    if (p->closing && p->batch_closed && p->queued == 0 && !p->gone) {
+        p->gone = 1;
+        sl_handoff_close(&p->done, port_closed);
+    }
+}
+
+static void on_port_done(sl_handoff_t *h)
+{
+    sl_store_port_t *p = h->data;
+    port_take(p);
+    port_maybe_gone(p);
+}
+
+static void port_batch_closed(sl_handoff_batch_t *b)
+{
+    sl_store_port_t *p = b->data;
+    p->batch_closed = 1;
+    port_maybe_gone(p);
+}
+
+/* 0, or libuv's error: p->done is then closing (closed_cb runs on loop). */
+static int port_init(sl_store_port_t *p, sl_store_t *st, uv_loop_t *loop, void (*on_done)(sl_handoff_t *h),
+                     void *data, void (*closed_cb)(sl_handoff_t *h))
+{
+    p->st = st;
+    p->done.data = data;
+    p->batch.data = p;
+    int rc = sl_handoff_init(&p->done, offsetof(sl_store_batch_t, next), loop, on_done);
+    if (rc) {
+        if (closed_cb) closed_cb(&p->done);
+        return rc;
+    }
+    if ((rc = sl_handoff_batch_start(&p->batch, &st->in, loop))) sl_handoff_close(&p->done, closed_cb);
+    return rc;
+}
+
+int sl_store_port_open(sl_store_t *st, uv_loop_t *loop, sl_store_port_t **out)
+{
+    *out = NULL;
+    if (!st->started) return SL_ESHUTDOWN;
+    if (atomic_fetch_add(&st->n_ports, 1) >= SL_STORE_MAX_PORTS) {
+        atomic_fetch_sub(&st->n_ports, 1);
+        return SL_ETOOBIG;
+    }
+    sl_store_port_t *p = calloc(1, sizeof(*p));
+    int rc = p ? port_init(p, st, loop, on_port_done, p, port_closed) : SL_ENOMEM; /* failed: p freed */
+    if (rc) {
+        atomic_fetch_sub(&st->n_ports, 1);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+int sl_store_port_submit(sl_store_port_t *p, sl_store_batch_t *batch)
+{
+    sl_store_t *st = p->st;
+    if (!st->started || p->closing) return SL_ESHUTDOWN;
+    size_t q = atomic_load(&st->queued);
+    if (q > 0 && q + batch->n_msgs > st->opts.max_queue_messages) return SL_EBUSY;
+    batch->rc = 0;
+    batch->failed_alone = 0;
+    batch->port = p;
+    /* with the rest of this loop iteration's requests: one wake-up of the
+     * writer for all of them, not one commit for the first */
+    int rc = sl_handoff_push_batched(&p->batch, batch); /* SL_ESHUTDOWN once draining */
+    if (rc == 0) {
+        atomic_fetch_add(&st->queued, batch->n_msgs);
+        p->queued++;
+    }
+    return rc;
+}
+
+/* Batches a closed queue refused: failed, on this loop. */
+static void refuse_left(sl_store_port_t *p, sl_store_batch_t *left)
+{
+    while (left) {
+        sl_store_batch_t *next = left->next;
+        atomic_fetch_sub(&p->st->queued, left->n_msgs);
+        p->queued--;
+        left->next = NULL;
+        left->rc = SL_ESHUTDOWN;
+        left->done(left);
+        left = next;
+    }
+}
+
+void sl_store_port_close(sl_store_port_t *p, void (*cb)(void *), void *arg)
+{
+    if (p->closing) return;
+    p->closing = 1;
+    p->closed_cb = cb;
+    p->closed_arg = arg;
+    void *left = NULL;
+    sl_handoff_batch_close(&p->batch, &left, port_batch_closed);
+    refuse_left(p, left);
 }
 
 int sl_store_start(sl_store_t *st, uv_loop_t *loop)
 {
     if (st->opts.read_only) return SL_EINVAL;
     st->loop = loop;
-    st->done.data = st;
-    int rc = sl_handoff_init(&st->done, offsetof(sl_store_batch_t, next), loop, on_done);
+    int rc = port_init(&st->own, st, loop, on_own_done, st, NULL);
     if (rc) return rc;
-    if ((rc = sl_handoff_batch_start(&st->in, loop)) || (rc = uv_thread_create(&st->thread, writer_main, st))) {
-        sl_handoff_close(&st->done, NULL);
+    if ((rc = uv_thread_create(&st->thread, writer_main, st))) {
+        sl_handoff_batch_close(&st->own.batch, NULL, NULL);
+        sl_handoff_close(&st->own.done, NULL);
         sl_handoff_close(&st->in, NULL);
         return rc;
     }
+    atomic_store(&st->n_ports, 1);
     st->started = 1;
     return 0;
 }
 
 int sl_store_submit(sl_store_t *st, sl_store_batch_t *batch)
 {
-    if (!st->started) return SL_ESHUTDOWN;
-    if (st->queued > 0 && st->queued + batch->n_msgs > st->opts.max_queue_messages) return SL_EBUSY;
-    batch->rc = 0;
-    batch->failed_alone = 0;
-    /* with the rest of this loop iteration's requests: one wake-up of the
-     * writer for all of them, not one commit for the first */
-    int rc = sl_handoff_push_batched(&st->in, batch); /* SL_ESHUTDOWN once draining */
-    if (rc == 0) st->queued += batch->n_msgs;
-    return rc;
+    return sl_store_port_submit(&st->own, batch);
 }
 
 size_t sl_store_queued(const sl_store_t *st)
 {
-    return st->queued;
+    return atomic_load(&st->queued);
 }
 
 void sl_store_drain(sl_store_t *st, void (*cb)(void *), void *arg)
@@ -883,7 +1031,10 @@ void sl_store_drain(sl_store_t *st, void (*cb)(void *), void *arg)
         if (cb) cb(arg);
         return;
     }
-    sl_handoff_close(&st->in, NULL); /* hands over this iteration's; the writer commits what is queued, then exits */
+    void *left = NULL;
+    sl_handoff_batch_close(&st->own.batch, &left, NULL); /* this iteration's go over */
+    refuse_left(&st->own, left);
+    sl_handoff_close(&st->in, NULL); /* the writer commits what is queued, then exits */
 }
 
 void sl_store_close(sl_store_t *st)
@@ -898,7 +1049,7 @@ void sl_store_close(sl_store_t *st)
     sl_buf_free(&st->zbuf);
     sl_dedupe_free(st->dd);
     sl_handoff_destroy(&st->in);
-    sl_handoff_destroy(&st->done);
+    sl_handoff_destroy(&st->own.done);
     uv_rwlock_destroy(&st->resize_lock);
     free(st->data_dir);
     free(st);
@@ -1113,7 +1264,7 @@ void sl_store_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_lmdb_map_resizes_total", "Times the log's LMDB map grew.", s.map_resizes);
     sl_metric_u64(b, "gauge", "sillage_lmdb_map_size_bytes", "Current LMDB map size of the log.", s.map_size_bytes);
     sl_metric_u64(b, "gauge", "sillage_commit_queue_messages", "Messages waiting for or inside a commit.",
-                  st->queued);
+                  atomic_load(&st->queued));
     sl_metric_u64(b, "gauge", "sillage_log_last_seq", "The last event appended to the log.", s.last_seq);
     sl_metric_u64(b, "gauge", "sillage_log_durable_seq", "The last event of the log on disk.",
                   atomic_load(&st->durable_seq));

@@ -345,13 +345,14 @@ TEST(handoff_batched_per_iteration)
     REQUIRE(uv_loop_init(&loop) == 0);
     sl_handoff_t h = {0};
     REQUIRE(sl_handoff_init(&h, offsetof(item_t, next), NULL, NULL) == 0);
-    REQUIRE(sl_handoff_batch_start(&h, &loop) == 0);
+    sl_handoff_batch_t b = {0};
+    REQUIRE(sl_handoff_batch_start(&b, &h, &loop) == 0);
     CHECK(!uv_loop_alive(&loop)); /* its handles keep no loop running */
     uv_async_t alive; /* as the server's handles do: an iteration runs */
     REQUIRE(uv_async_init(&loop, &alive, NULL) == 0);
     item_t it[120];
     for (int i = 0; i < 120; i++) it[i] = (item_t){.seq = i + 1};
-    for (int i = 0; i < 5; i++) CHECK_INT(sl_handoff_push_batched(&h, &it[i]), ==, 0);
+    for (int i = 0; i < 5; i++) CHECK_INT(sl_handoff_push_batched(&b, &it[i]), ==, 0);
     CHECK_NULL(sl_handoff_take_all(&h)); /* the iteration is not over */
     uv_run(&loop, UV_RUN_NOWAIT);
     item_t *list = sl_handoff_take_all(&h);
@@ -364,7 +365,7 @@ TEST(handoff_batched_per_iteration)
     uv_thread_t t;
     REQUIRE(uv_thread_create(&t, consume_main, &c) == 0);
     uv_sleep(50);
-    for (int i = 5; i < 105; i++) CHECK_INT(sl_handoff_push_batched(&h, &it[i]), ==, 0);
+    for (int i = 5; i < 105; i++) CHECK_INT(sl_handoff_push_batched(&b, &it[i]), ==, 0);
     CHECK_INT(sl_handoff_wakeups(&h), ==, 0); /* nothing handed over yet */
     uv_run(&loop, UV_RUN_NOWAIT);
     uv_thread_join(&t);
@@ -372,14 +373,39 @@ TEST(handoff_batched_per_iteration)
     CHECK(c.s.in_order);
     CHECK_INT(c.s.nonempty, ==, 1);
     CHECK_INT(sl_handoff_wakeups(&h), <=, 1);
+    /* a second loop's batch in front of the same queue */
+    uv_loop_t loop2;
+    REQUIRE(uv_loop_init(&loop2) == 0);
+    uv_async_t alive2;
+    REQUIRE(uv_async_init(&loop2, &alive2, NULL) == 0);
+    sl_handoff_batch_t b2 = {0};
+    REQUIRE(sl_handoff_batch_start(&b2, &h, &loop2) == 0);
+    CHECK_INT(sl_handoff_push_batched(&b2, &it[108]), ==, 0);
+    CHECK_INT(sl_handoff_push_batched(&b2, &it[109]), ==, 0);
+    uv_run(&loop2, UV_RUN_NOWAIT);
+    n = 0;
+    for (item_t *p = sl_handoff_take_all(&h); p; p = p->next) n += p->seq == 109 || p->seq == 110;
+    CHECK_INT(n, ==, 2);
     /* close hands over what this iteration pushed, then refuses */
-    for (int i = 105; i < 108; i++) CHECK_INT(sl_handoff_push_batched(&h, &it[i]), ==, 0);
-    sl_handoff_close(&h, NULL);
-    CHECK_INT(sl_handoff_push_batched(&h, &it[110]), ==, SL_ESHUTDOWN);
-    CHECK_INT(sl_handoff_push(&h, &it[111]), ==, SL_ESHUTDOWN);
+    for (int i = 105; i < 108; i++) CHECK_INT(sl_handoff_push_batched(&b, &it[i]), ==, 0);
+    void *left = &it[0];
+    CHECK_INT(sl_handoff_batch_close(&b, &left, NULL), ==, 0);
+    CHECK_NULL(left);
+    CHECK_INT(sl_handoff_push_batched(&b, &it[110]), ==, SL_ESHUTDOWN);
     n = 0;
     for (item_t *p = sl_handoff_take_all(&h); p; p = p->next) n += p->seq >= 106 && p->seq <= 108;
     CHECK_INT(n, ==, 3);
+    /* the queue closed first: a batch's items come back from its close */
+    CHECK_INT(sl_handoff_push_batched(&b2, &it[111]), ==, 0);
+    sl_handoff_close(&h, NULL);
+    CHECK_INT(sl_handoff_push(&h, &it[112]), ==, SL_ESHUTDOWN);
+    uv_run(&loop2, UV_RUN_NOWAIT); /* its flush is refused: kept */
+    CHECK_INT(sl_handoff_batch_close(&b2, &left, NULL), ==, SL_ESHUTDOWN);
+    CHECK(left == &it[111]);
+    CHECK_NULL(sl_handoff_take_all(&h));
+    uv_close((uv_handle_t *)&alive2, NULL);
+    uv_run(&loop2, UV_RUN_DEFAULT);
+    CHECK_INT(uv_loop_close(&loop2), ==, 0);
     uv_close((uv_handle_t *)&alive, NULL);
     uv_run(&loop, UV_RUN_DEFAULT); /* the handles close */
     sl_handoff_destroy(&h);

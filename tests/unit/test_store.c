@@ -398,6 +398,118 @@ TEST(store_queue_bound)
     CHECK_INT(system(cmd), ==, 0);
 }
 
+/* ---- ports: other loops submitting to the same writer ---- */
+
+#define PORT_BATCHES 200
+typedef struct {
+    sl_store_t *st;
+    int id;
+    sl_store_msg_t msgs[PORT_BATCHES];
+    char ids[PORT_BATCHES][24];
+    result_t res[PORT_BATCHES];
+    sl_store_batch_t b[PORT_BATCHES];
+    int done_elsewhere;  /* a done callback ran on another thread */
+    int closed, open_rc;
+    uv_thread_t self;
+} port_run_t;
+
+static void port_done(sl_store_batch_t *b)
+{
+    port_run_t *r = b->data;
+    size_t i = (size_t)(b - r->b);
+    r->res[i].done = 1;
+    r->res[i].rc = b->rc;
+    uv_thread_t me = uv_thread_self();
+    if (!uv_thread_equal(&me, &r->self)) r->done_elsewhere = 1;
+}
+
+static void port_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static void port_closed_cb(void *arg)
+{
+    *(int *)arg = 1;
+}
+
+/* A loop of its own: submits its batches in a few iterations, waits for
+ * every answer, closes its port. */
+static void port_main(void *arg)
+{
+    port_run_t *r = arg;
+    r->self = uv_thread_self();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sl_store_port_t *p = NULL;
+    r->open_rc = sl_store_port_open(r->st, &loop, &p);
+    if (r->open_rc) {
+        uv_loop_close(&loop);
+        return;
+    }
+    uv_timer_t tick; /* keeps iterations coming while answers are awaited */
+    uv_timer_init(&loop, &tick);
+    uv_timer_start(&tick, port_tick, 1, 1);
+    for (int i = 0; i < PORT_BATCHES; i++) {
+        snprintf(r->ids[i], sizeof(r->ids[i]), "p%d-%d", r->id, i);
+        r->msgs[i] = (sl_store_msg_t){.json = "{}", .json_len = 2, .received_ms = sl_now_ms(),
+                                      .dedupe = sl_store_dedupe_key(r->st, "s", r->ids[i])};
+        r->b[i] = (sl_store_batch_t){.msgs = &r->msgs[i], .n_msgs = 1, .done = port_done, .data = r};
+        while (sl_store_port_submit(p, &r->b[i]) == SL_EBUSY) uv_run(&loop, UV_RUN_ONCE);
+        if (i % 50 == 49) uv_run(&loop, UV_RUN_NOWAIT); /* an iteration hands these over */
+    }
+    for (int i = 0; i < PORT_BATCHES; i++)
+        while (!r->res[i].done) uv_run(&loop, UV_RUN_ONCE);
+    sl_store_port_close(p, port_closed_cb, &r->closed);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+}
+
+TEST(store_ports_on_other_loops)
+{
+    char dir[] = "/tmp/sl-store-test-XXXXXX";
+    REQUIRE(mkdtemp(dir) != NULL);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sl_store_t *st = open_store(dir, 0);
+    if (st == NULL) return;
+    CHECK_INT(sl_store_start(st, &loop), ==, 0);
+    static port_run_t r[2];
+    uv_thread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        memset(&r[i], 0, sizeof(r[i]));
+        r[i].st = st;
+        r[i].id = i;
+        REQUIRE(uv_thread_create(&t[i], port_main, &r[i]) == 0);
+    }
+    /* the store's own loop submits too, meanwhile */
+    static sl_store_msg_t m[100];
+    static char ids[100][16];
+    for (int i = 0; i < 100; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "own%d", i);
+        m[i] = (sl_store_msg_t){.json = "{}", .json_len = 2, .received_ms = sl_now_ms(),
+                                .dedupe = sl_store_dedupe_key(st, "s", ids[i])};
+        CHECK_INT(run_batch(st, &loop, &m[i], 1), ==, 0);
+    }
+    for (int i = 0; i < 2; i++) uv_thread_join(&t[i]);
+    for (int i = 0; i < 2; i++) {
+        CHECK_INT(r[i].open_rc, ==, 0);
+        int ok = 0;
+        for (int j = 0; j < PORT_BATCHES; j++) ok += r[i].res[j].done && r[i].res[j].rc == 0 && r[i].msgs[j].status == SL_STORE_STORED;
+        CHECK_INT(ok, ==, PORT_BATCHES);
+        CHECK(!r[i].done_elsewhere); /* answers on the port's own loop */
+        CHECK_INT(r[i].closed, ==, 1);
+    }
+    CHECK_INT(sl_store_queued(st), ==, 0);
+    CHECK_INT(sl_store_durable_seq(st), ==, 100 + 2 * PORT_BATCHES);
+    close_store(st, &loop);
+    uv_loop_close(&loop);
+    char cmd[400];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK_INT(system(cmd), ==, 0);
+}
+
 static int count_any(const char *json, size_t len, uint64_t seq, void *arg)
 {
     (void)json;
