@@ -303,6 +303,7 @@ typedef struct app_s {
     sl_stage_job_t reload_job;
     uv_signal_t sigterm, sigint, sighup;
     const sl_config_t *cfg;     /* as read at start (retention is not reloaded) */
+    sl_http_loops_t *loops;     /* ingest_loops > 1: the other loops */
     sl_stitch_prune_t prune;    /* retention: one run at a time */
     uv_timer_t prune_timer;
     int64_t prune_every_ms;     /* 0: no retention configured */
@@ -410,6 +411,14 @@ static void on_stopped(void *arg)
     uv_close((uv_handle_t *)&app->sighup, NULL);
 }
 
+/* The other loops stopped (or there are none): the main server stops and
+ * drains the store. */
+static void stop_main_server(void *arg)
+{
+    app_t *app = arg;
+    sl_http_server_stop(app->srv, 10000, on_stopped, app);
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     app_t *app = s->data;
@@ -418,7 +427,8 @@ static void on_signal(uv_signal_t *s, int signum)
     if (app->prune_every_ms) uv_timer_stop(&app->prune_timer);
     sl_webhooks_stop(app->webhooks, NULL, NULL); /* its last cursor job goes in before the store drains */
     sl_nats_stop(app->nats);                     /* so do the NATS cursors and a batch being handed over */
-    sl_http_server_stop(app->srv, 10000, on_stopped, app);
+    if (app->loops) sl_http_loops_stop(app->loops, 10000, stop_main_server, app); /* theirs first */
+    else stop_main_server(app);
 }
 
 static int cmd_serve(int argc, char **argv)
@@ -530,6 +540,15 @@ static int cmd_serve(int argc, char **argv)
         uv_run(app.loop, UV_RUN_DEFAULT);
         goto out;
     }
+    if (cfg.ingest_loops > 1 && (rc = sl_http_loops_start(&app.loops, app.srv, cfg.ingest_loops - 1))) {
+        fprintf(stderr, "sillage: cannot start %d more loops on %s: %s\n", cfg.ingest_loops - 1, cfg.listen,
+                sl_strerror(rc));
+        sl_webhooks_stop(app.webhooks, NULL, NULL);
+        sl_nats_stop(app.nats);
+        sl_http_loops_stop(app.loops, 0, stop_main_server, &app);
+        uv_run(app.loop, UV_RUN_DEFAULT);
+        goto out;
+    }
     uv_signal_init(app.loop, &app.sigterm);
     uv_signal_init(app.loop, &app.sigint);
     uv_signal_init(app.loop, &app.sighup);
@@ -555,6 +574,7 @@ static int cmd_serve(int argc, char **argv)
     ret = app.stopped ? 0 : 1;
     SL_INFO("stopped");
 out:
+    sl_http_loops_free(app.loops);
     sl_http_server_free(app.srv);
     uv_loop_close(app.loop);
 out_early:

@@ -11,6 +11,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -86,6 +88,7 @@ const int http_status_codes[N_STATUS] = {100, 200, 204, 301, 304, 400, 401, 403,
 
 static void conn_feed(conn_t *c);
 static void conn_close(conn_t *c);
+static void close_handles(void *arg);
 static void maybe_finish_stop(sl_server_t *srv);
 static ip_conns_t *ip_entry_get(sl_server_t *srv, const sl_ipnet_t *ip);
 static void ip_entry_put(sl_server_t *srv, ip_conns_t *e);
@@ -696,12 +699,82 @@ static void parse_error(conn_t *c, enum llhttp_errno e)
     http_respond_error(c, 400, msg);
 }
 
+/* ---- another loop's connections ----
+ * A server on another loop (loops.c) answers what needs no derived state;
+ * before each request it reads the request line, and a request for a route
+ * the main loop serves (profiles, the feed, /healthz, /metrics, /debug)
+ * takes the connection there, with every byte not parsed yet. */
+
+int http_served_here(int route)
+{
+    return HTTP_ROUTE_INGESTS(route) || route == ROUTE_PIXEL || route == ROUTE_PREFLIGHT ||
+           route == ROUTE_LIBRARY_METRICS || route == ROUTE_OTHER;
+}
+
+/* 1: the next request is served here; 0: by the main loop; -1: its request
+ * line is not all in yet. */
+static int route_here(const conn_t *c)
+{
+    const char *p = c->pending + c->pending_off, *end = c->pending + c->pending_len;
+    while (p < end && (*p == '\r' || *p == '\n')) p++; /* blank lines between requests */
+    const char *sp = memchr(p, ' ', (size_t)(end - p));
+    if (sp == NULL) return end - p > 32 ? 1 : -1; /* no method is that long: the parser refuses it here */
+    const char *u = sp + 1, *q = u;
+    while (q < end && *q != ' ' && *q != '?' && *q != '\r' && *q != '\n') q++;
+    if (q == end) return (size_t)(end - u) > MAX_URL_BYTES ? 1 : -1;
+    if ((size_t)(q - u) > MAX_URL_BYTES) return 1; /* refused here (414) */
+    char path[MAX_URL_BYTES + 1];
+    memcpy(path, u, (size_t)(q - u));
+    path[q - u] = '\0';
+    int method = sp - p == 7 && memcmp(p, "OPTIONS", 7) == 0 ? HTTP_OPTIONS : HTTP_GET;
+    return http_served_here(http_route_of(c->srv, method, path));
+}
+
+/* Hands c, with its unparsed bytes, to the main loop; c is closed here. */
+static void hand_over(conn_t *c)
+{
+    sl_server_t *srv = c->srv;
+    uv_os_fd_t fd;
+    size_t n = c->pending_len - c->pending_off;
+    http_moved_t *m = malloc(sizeof(*m) + n);
+    int nfd = -1;
+    if (m && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (nfd < 0) {
+        SL_WARN("handing a connection to the main loop: %s", m ? strerror(errno) : "out of memory");
+        free(m);
+        conn_close(c);
+        return;
+    }
+    m->fd = nfd;
+    m->len = n;
+    memcpy(m->bytes, c->pending + c->pending_off, n);
+    c->pending_off = c->pending_len;
+    conn_close(c); /* this loop lets go of the socket first (its epoll forgets it) */
+    if (sl_handoff_push(&srv->main->moved, m) != 0) { /* the main loop is stopping */
+        close(nfd);
+        free(m);
+        return;
+    }
+    srv->handed_over++;
+}
+
 static void conn_feed(conn_t *c)
 {
     if (c->in_feed || c->closing) return;
     c->in_feed = 1;
     while (!c->closing && !c->busy && !c->close_after_write &&
            c->tcp.write_queue_size < WRITE_HIGH_WATER && c->pending_off < c->pending_len) {
+        if (c->srv->main && !c->in_message) { /* another loop's: is the next request for it? */
+            int here = route_here(c);
+            if (here < 0) {
+                c->await_line = 1; /* on_read feeds again with more */
+                break;
+            }
+            if (here == 0) {
+                hand_over(c);
+                break;
+            }
+        }
         const char *p = c->pending + c->pending_off;
         size_t n = c->pending_len - c->pending_off;
         enum llhttp_errno e = llhttp_execute(&c->parser, p, n);
@@ -766,8 +839,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     c->last_active_ms = sl_now_ms();
     if (c->busy || c->pending_off < c->pending_len) {
         /* A request is in flight (or bytes wait already): queue behind it. */
-        if (keep_pending(c, buf->base, (size_t)nread)) conn_close(c);
-        else update_reading(c);
+        if (keep_pending(c, buf->base, (size_t)nread)) {
+            conn_close(c);
+            return;
+        }
+        update_reading(c);
+        if (c->await_line && !c->busy) { /* the request line waited for these */
+            c->await_line = 0;
+            conn_feed(c);
+        }
         return;
     }
     /* Parse straight from the shared read buffer; what is left when a request
@@ -889,22 +969,10 @@ static void conn_close(conn_t *c)
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
 }
 
-static void on_connection(uv_stream_t *server, int status)
+/* A connection accepted (or handed over by another loop): counted against
+ * the limits, then read. 0, or -1 when refused (c is closing). */
+static int conn_admit(sl_server_t *srv, conn_t *c)
 {
-    sl_server_t *srv = server->data;
-    if (status < 0) {
-        SL_WARN("accept: %s", uv_strerror(status));
-        return;
-    }
-    conn_t *c = calloc(1, sizeof(*c));
-    if (c == NULL) return;
-    c->srv = srv;
-    uv_tcp_init(srv->loop, &c->tcp);
-    c->tcp.data = c;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
-        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
-        return;
-    }
     c->next = srv->conns;
     if (srv->conns) srv->conns->prev = c;
     srv->conns = c;
@@ -941,7 +1009,7 @@ static void on_connection(uv_stream_t *server, int status)
     if (refuse_it) {
         srv->refused_connections++;
         conn_close(c);
-        return;
+        return -1;
     }
     srv->accepted_connections++;
     uv_tcp_nodelay(&c->tcp, 1);
@@ -949,8 +1017,61 @@ static void on_connection(uv_stream_t *server, int status)
     c->parser.data = c;
     c->keep_alive = 1;
     c->last_active_ms = c->msg_start_ms = sl_now_ms();
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = 1;
-    else conn_close(c);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) {
+        c->reading = 1;
+        return 0;
+    }
+    conn_close(c);
+    return -1;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    sl_server_t *srv = server->data;
+    if (status < 0) {
+        SL_WARN("accept: %s", uv_strerror(status));
+        return;
+    }
+    conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) return;
+    c->srv = srv;
+    uv_tcp_init(srv->loop, &c->tcp);
+    c->tcp.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return;
+    }
+    conn_admit(srv, c);
+}
+
+/* The main loop: connections other loops handed over, each with the bytes
+ * they read and did not parse. */
+static void on_moved(sl_handoff_t *h)
+{
+    sl_server_t *srv = h->data;
+    http_moved_t *m = sl_handoff_take_all(h);
+    while (m) {
+        http_moved_t *next = m->next;
+        conn_t *c = srv->stopping ? NULL : calloc(1, sizeof(*c));
+        if (c == NULL) {
+            close(m->fd);
+            free(m);
+            m = next;
+            continue;
+        }
+        c->srv = srv;
+        uv_tcp_init(srv->loop, &c->tcp);
+        c->tcp.data = c;
+        if (uv_tcp_open(&c->tcp, m->fd) != 0) {
+            close(m->fd);
+            uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        } else if (conn_admit(srv, c) == 0) {
+            if (m->len && keep_pending(c, m->bytes, m->len)) conn_close(c);
+            else conn_feed(c);
+        }
+        free(m);
+        m = next;
+    }
 }
 
 /* 1 when c's request body, past its first BODY_RATE_GRACE_MS, arrived
@@ -1018,13 +1139,32 @@ static void free_after_close(uv_handle_t *h)
     sl_http_server_free(h->data);
 }
 
-int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store)
+/* The listening socket, shared with the other loops' (SO_REUSEPORT: the
+ * kernel spreads new connections across them). libuv 1.44 has no flag for
+ * it: the socket is made here and given to the handle. */
+static int bind_shared(uv_tcp_t *h, const struct sockaddr *addr)
+{
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return uv_translate_sys_error(errno);
+    int one = 1, rc = 0;
+    socklen_t len = addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 || bind(fd, addr, len) != 0)
+        rc = uv_translate_sys_error(errno);
+    if (rc == 0) rc = uv_tcp_open(h, fd);
+    if (rc) close(fd);
+    return rc;
+}
+
+static int server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store,
+                        sl_server_t *main, int port_beside)
 {
     sl_server_t *srv = calloc(1, sizeof(*srv));
     if (srv == NULL) return SL_ENOMEM;
     srv->loop = loop;
     srv->cfg = cfg;
     srv->store = store;
+    srv->main = main;
     int rc;
     srv->scratch_len = cfg->limits.max_message_bytes + 4096;
     srv->scratch = malloc(srv->scratch_len);
@@ -1064,6 +1204,7 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
         rc = SL_EINVAL;
         goto fail;
     }
+    if (main) port = port_beside;
     struct sockaddr_storage addr;
     if (strcmp(host, "localhost") == 0) strcpy(host, "127.0.0.1");
     if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) != 0 &&
@@ -1075,7 +1216,8 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
     uv_tcp_init(loop, &srv->listener);
     srv->listener.data = srv;
     srv->handles_open++;
-    if ((rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0)) ||
+    if ((rc = cfg->ingest_loops > 1 ? bind_shared(&srv->listener, (struct sockaddr *)&addr)
+                                     : uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0)) ||
         (rc = uv_listen((uv_stream_t *)&srv->listener, 4096, on_connection))) {
         SL_ERROR("cannot listen on %s: %s", cfg->listen, uv_strerror(rc));
         /* The handle is the loop's until its close callback: free there. */
@@ -1087,6 +1229,18 @@ int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *
     uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &blen);
     srv->port = ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
                                                  : ((struct sockaddr_in6 *)&bound)->sin6_port);
+    srv->moved.data = srv;
+    int more_loops = main == NULL && cfg->ingest_loops > 1;
+    if ((main && (rc = sl_store_port_open(store, loop, &srv->sport))) ||
+        (more_loops && (rc = sl_handoff_init(&srv->moved, offsetof(http_moved_t, next), loop, on_moved)))) {
+        SL_ERROR("cannot start a loop's server: %s", sl_strerror(rc));
+        uv_close((uv_handle_t *)&srv->listener, free_after_close); /* as above: nothing else is open */
+        return rc;
+    }
+    if (more_loops) {
+        srv->moved_open = 1;
+        srv->handles_open++;
+    }
     uv_timer_init(loop, &srv->sweep);
     srv->sweep.data = srv;
     srv->handles_open++;
@@ -1107,6 +1261,16 @@ fail:
     free(srv->trusted);
     free(srv);
     return rc;
+}
+
+int sl_http_server_start(sl_server_t **out, uv_loop_t *loop, const sl_config_t *cfg, sl_store_t *store)
+{
+    return server_start(out, loop, cfg, store, NULL, 0);
+}
+
+int http_server_start_beside(sl_server_t **out, uv_loop_t *loop, sl_server_t *main, int port)
+{
+    return server_start(out, loop, main->cfg, main->store, main, port);
 }
 
 int sl_http_server_set_stage(sl_server_t *srv, sl_stage_t *stage, struct sl_stitch_s *stitch,
@@ -1145,6 +1309,23 @@ static void on_handle_closed(uv_handle_t *h)
     http_handle_closed(h->data);
 }
 
+static void moved_closed(sl_handoff_t *h)
+{
+    sl_server_t *srv = h->data;
+    for (http_moved_t *m = sl_handoff_take_all(h), *next; m; m = next) { /* handed over too late */
+        next = m->next;
+        close(m->fd);
+        free(m);
+    }
+    http_handle_closed(srv);
+}
+
+/* Another loop's server: its last batch came back, its port is closed. */
+static void port_closed(void *arg)
+{
+    close_handles(arg);
+}
+
 /* Last step of a stop: nothing signals the asyncs any more. */
 static void close_handles(void *arg)
 {
@@ -1156,6 +1337,10 @@ static void close_handles(void *arg)
         uv_close((uv_handle_t *)&srv->feed_timer, on_handle_closed);
     }
     if (srv->debug_open) http_feed_debug_stop(srv);
+    if (srv->moved_open) {
+        srv->moved_open = 0;
+        sl_handoff_close(&srv->moved, moved_closed);
+    }
     uv_close((uv_handle_t *)&srv->sweep, on_handle_closed);
     uv_close((uv_handle_t *)&srv->grace, on_handle_closed);
 }
@@ -1187,6 +1372,12 @@ static void on_store_drained(void *arg)
 static void maybe_finish_stop(sl_server_t *srv)
 {
     if (!srv->stopping || srv->n_conns > 0 || srv->store_draining) return;
+    if (srv->main) { /* another loop's: the store goes on; its port closes */
+        if (srv->port_closing) return;
+        srv->port_closing = 1;
+        sl_store_port_close(srv->sport, port_closed, srv);
+        return;
+    }
     srv->store_draining = 1;
     sl_store_drain(srv->store, on_store_drained, srv);
 }
@@ -1220,6 +1411,7 @@ void sl_http_server_stop(sl_server_t *srv, int64_t grace_ms, void (*cb)(void *),
 void sl_http_server_free(sl_server_t *srv)
 {
     if (srv == NULL) return;
+    sl_handoff_destroy(&srv->moved);
     sl_geo_close(srv->geo);
     http_static_free(srv);
     http_rl_table_free(&srv->rl);

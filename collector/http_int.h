@@ -92,6 +92,7 @@ struct conn_s {
     unsigned in_feed : 1;
     unsigned reading : 1;
     unsigned feed_mode : 2;       /* FEED_POLL or FEED_STREAM (feed.c) */
+    unsigned await_line : 1;      /* another loop's: its next request line is not all in yet */
     conn_t *feed_prev, *feed_next;
     uint64_t feed_after;          /* the last trigger sequence the client has */
     size_t feed_limit;
@@ -163,8 +164,31 @@ struct sl_server_s {
     uint64_t requests[N_ROUTES][N_STATUS];
     uint64_t rejected_messages;
     uint64_t accepted_connections, refused_connections, refused_per_ip;
+    /* more loops (ingest_loops > 1, loops.c) */
+    sl_server_t *main;            /* another loop's server: the main one, which takes the routes this
+                                   * one does not serve (http_served_here()) */
+    struct sl_store_port_s *sport; /* that loop's way to the log's writer */
+    sl_handoff_t moved;           /* the main server: connections other loops hand over */
+    int moved_open;
+    int port_closing;
+    uint64_t handed_over;         /* another loop's: connections handed to the main loop */
     char readbuf[65536];
 };
+
+/* A connection another loop hands to the main one, with the bytes it read
+ * and did not parse. */
+typedef struct http_moved_s {
+    struct http_moved_s *next;
+    uv_os_sock_t fd;
+    size_t len;
+    char bytes[];
+} http_moved_t;
+
+/* http.c: a server on another loop than the main one's (loops.c), listening
+ * on port beside it. */
+int http_server_start_beside(sl_server_t **out, uv_loop_t *loop, sl_server_t *main, int port);
+/* 1 when a server on another loop answers route itself. */
+int http_served_here(int route);
 
 /* http.c */
 /* Sends the answer to c's current request and finishes it. extra_headers is

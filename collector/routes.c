@@ -159,7 +159,7 @@ static void submit(conn_t *c)
     }
     r->batch.done = ingest_done;
     r->batch.data = r;
-    int rc = sl_store_submit(srv->store, &r->batch);
+    int rc = srv->sport ? sl_store_port_submit(srv->sport, &r->batch) : sl_store_submit(srv->store, &r->batch);
     if (rc == SL_EBUSY) {
         SL_INFO("commit queue full (%zu messages): answering 503", sl_store_queued(srv->store));
         http_respond_error(c, 503, "server busy: the commit queue is full, retry later");

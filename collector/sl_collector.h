@@ -57,6 +57,24 @@ int sl_http_server_add_metrics(sl_server_t *srv, void (*render)(void *arg, sl_bu
 /* The bound port (useful with port 0). */
 int sl_http_server_port(const sl_server_t *srv);
 
+/* More loops beside srv's (ingest_loops > 1, docs/SCALING.md): n threads,
+ * each with a server of its own listening on srv's address (SO_REUSEPORT)
+ * and a port to the log's writer. They answer ingestion, the pixel,
+ * preflights and static files; a connection whose next request needs the
+ * derived state (profiles, the feed, /healthz, /metrics, /debug) goes to
+ * srv's loop with the bytes it has not parsed. srv must be started with
+ * cfg->ingest_loops > 1 (its listener then shares the address). On srv's
+ * loop thread. Returns 0 or the first error; *out is set either way (stop
+ * and free it). */
+typedef struct sl_http_loops_s sl_http_loops_t;
+int sl_http_loops_start(sl_http_loops_t **out, sl_server_t *srv, int n);
+/* Stops them -- each answers its requests in flight (at most grace_ms),
+ * waits for its last commit and closes its port -- then cb(arg) on srv's
+ * loop: stop srv after that (it drains the store). */
+void sl_http_loops_stop(sl_http_loops_t *loops, int64_t grace_ms, void (*cb)(void *), void *arg);
+/* Joins the threads (after the stop's cb). */
+void sl_http_loops_free(sl_http_loops_t *loops);
+
 /* ---- message validation and normalisation ---------------------------------- */
 
 enum sl_msg_type {
@@ -75,7 +93,13 @@ typedef struct sl_ingest_ctx_s {
     const cJSON *batch_context;  /* a batch's top-level context, or NULL */
     const char *batch_sent_at;   /* a batch's top-level sentAt, or NULL */
     const char *source;          /* the source's name, stored as context.sillage.source; NULL = none */
+    size_t max_print;            /* what a message may print to (0: no bound): one the batch's context
+                                    cannot fit into is refused with SL_MSG_TOO_BIG before the merge */
 } sl_ingest_ctx_t;
+
+#define SL_MSG_TOO_BIG                                                                                           \
+    "message exceeds limits.max_message_bytes once normalised (the batch's context and the server's fields " \
+    "included)"
 
 /* Validates msg in place and turns it into the stored form: type (forced to
  * type when type >= 0, else read from the message), ids as strings, messageId

@@ -77,6 +77,7 @@ static void set_defaults(sl_config_t *c)
     c->limits.min_body_rate = 4096;
     c->limits.max_stage_lag = 100000;
     c->limits.stage_commit_interval_ms = 50;
+    c->ingest_loops = 1;
     c->dedupe_window_ms = 86400000;
     c->trigger_retention_ms = 30LL * 86400000;
     c->unsubscribe_event = strdup("Unsubscribed");
@@ -288,7 +289,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         "listen", "data_dir", "map_size", "map_size_max", "durability", "geoip_db", "ip_anonymize",
         "trusted_proxies", "cors_origins", "sources", "admin_token", "identity", "limits",
         "dedupe_window", "pressure", "webhooks", "log_level", "trigger_retention", "demo", "debug", "metrics_auth", "role", "nats",
-        "anonymous_retention", "unsubscribe_event", "subscribe_event", NULL};
+        "anonymous_retention", "unsubscribe_event", "subscribe_event", "ingest_loops", NULL};
     const char *known[sizeof(core) / sizeof(*core) + SL_CONFIG_MAX_SECTIONS];
     size_t n_known = 0;
     for (; core[n_known]; n_known++) known[n_known] = core[n_known];
@@ -326,6 +327,15 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     }
     if ((rc = sl_cfg_str(x, root, "geoip_db", "", &c->geoip_db, 0))) return rc;
     if ((rc = get_bool(x, root, "ip_anonymize", &c->ip_anonymize))) return rc;
+    const cJSON *loops = cJSON_GetObjectItemCaseSensitive(root, "ingest_loops");
+    if (loops) {
+        if (!cJSON_IsNumber(loops) || loops->valuedouble != (double)(int)loops->valuedouble ||
+            loops->valueint < 1 || loops->valueint > SL_MAX_INGEST_LOOPS) {
+            seterr(x->err, x->errlen, "ingest_loops must be a whole number from 1 to %d", SL_MAX_INGEST_LOOPS);
+            return SL_EINVAL;
+        }
+        c->ingest_loops = loops->valueint;
+    }
     if ((rc = get_bool(x, root, "demo", &c->demo_shop))) return rc;
     if ((rc = get_bool(x, root, "debug", &c->debug_page))) return rc;
     if ((rc = get_bool(x, root, "metrics_auth", &c->metrics_auth))) return rc;

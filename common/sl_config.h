@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define SL_MAX_INGEST_LOOPS 16
+
 typedef struct sl_source_s {
     char *name;
     char *write_key;
@@ -44,6 +46,7 @@ typedef struct sl_config_s {
     int durability;              /* enum sl_durability */
     char *geoip_db;              /* NULL = no GeoIP */
     int ip_anonymize;
+    int ingest_loops;            /* loops (threads) accepting connections on listen, SO_REUSEPORT: 1 */
     int demo_shop;               /* serve /demo/ (default: only in the demo) */
     int debug_page;              /* serve /debug (default: only in the demo) */
     int metrics_auth;            /* /metrics needs the admin token (default false) */
