@@ -418,8 +418,32 @@ static int names_add(scan_t *s, span_t k)
 
 static int same(span_t a, span_t b) { return a.n == b.n && (a.n == 0 || (a.p[0] == b.p[0] && memcmp(a.p, b.p, a.n) == 0)); }
 
+static int cmp_span(const void *x, const void *y)
+{
+    const span_t *a = x, *b = y;
+    if (a->n != b->n) return a->n < b->n ? -1 : 1;
+    return a->n ? memcmp(a->p, b->p, a->n) : 0;
+}
+
+/* repeats() by sorting a copy: n log n whatever the names are */
+static int repeats_sorted(const span_t *v, size_t n)
+{
+    span_t *c = malloc(n * sizeof(*c));
+    if (c == NULL) return 1;
+    memcpy(c, v, n * sizeof(*c));
+    qsort(c, n, sizeof(*c), cmp_span);
+    int dup = 0;
+    for (size_t i = 1; i < n && !dup; i++) dup = same(c[i - 1], c[i]);
+    free(c);
+    return dup;
+}
+
 /* 1 when two of v[0..n) are the same name (as written: no name here holds
- * an escape). Which one, and in which object first, is the tree's to say. */
+ * an escape). Which one, and in which object first, is the tree's to say.
+ * The hash is not keyed: names chosen to land in a few slots (found
+ * offline in a second) made each insertion probe the whole run, and one
+ * 500 KB body held the loop thread for seconds. Past a budget of probes
+ * the names are sorted instead. */
 static int repeats(const span_t *v, size_t n)
 {
     if (n <= 16) {
@@ -434,10 +458,11 @@ static int repeats(const span_t *v, size_t n)
     if (t == NULL) return 1;
     if (t == small) memset(t, 0, cap * sizeof(*t));
     int dup = 0;
-    for (size_t i = 0; i < n && !dup; i++) {
+    size_t probes = 0, budget = 8 * n;
+    for (size_t i = 0; i < n && !dup && probes <= budget; i++) {
         uint32_t h = 2166136261u;
         for (size_t k = 0; k < v[i].n; k++) h = (h ^ (unsigned char)v[i].p[k]) * 16777619u;
-        for (size_t at = h & (cap - 1);; at = (at + 1) & (cap - 1)) {
+        for (size_t at = h & (cap - 1);; at = (at + 1) & (cap - 1), probes++) {
             if (t[at] == 0) {
                 t[at] = (uint32_t)i + 1;
                 break;
@@ -449,7 +474,7 @@ static int repeats(const span_t *v, size_t n)
         }
     }
     if (t != small) free(t);
-    return dup;
+    return dup || probes <= budget ? dup : repeats_sorted(v, n);
 }
 
 /* The object open at depth closes: NULL (s->bail) when it repeats a name, else p. */
@@ -783,11 +808,25 @@ static const char *copy_member(scan_t *s, const char *p, size_t depth, out_t *o,
  * location, as sl_msg_normalize() adds them. own: the names it has. */
 static void context_tail(scan_t *s, out_t *o, msg_t *m, size_t *n, const span_t *own, size_t n_own, int sillage)
 {
-    for (size_t i = 0; i < s->n_bctx; i++) {
+    /* Many names on both sides: the message's are sorted and each of the
+     * batch's looked up (searching them in turn was n x m: 20,000 against
+     * 7 x 2,300 held the loop thread half a second). */
+    span_t *sorted = NULL;
+    if (n_own > 16 && s->n_bctx > 16 && (sorted = malloc(n_own * sizeof(*sorted))) != NULL) {
+        memcpy(sorted, own, n_own * sizeof(*sorted));
+        qsort(sorted, n_own, sizeof(*sorted), cmp_span);
+    }
+    for (size_t i = 0; i < s->n_bctx && o->len <= o->cap; i++) { /* past cap, the message is refused */
         const bmember_t *b = &s->bctx[i];
-        size_t j = 0;
-        while (j < n_own && !same(own[j], b->name)) j++;
-        if (j < n_own || b->kind == BM_DROP || b->kind == BM_SILLAGE_OTHER) continue;
+        int own_has;
+        if (sorted) {
+            own_has = bsearch(&b->name, sorted, n_own, sizeof(*sorted), cmp_span) != NULL;
+        } else {
+            size_t j = 0;
+            while (j < n_own && !same(own[j], b->name)) j++;
+            own_has = j < n_own;
+        }
+        if (own_has || b->kind == BM_DROP || b->kind == BM_SILLAGE_OTHER) continue;
         if ((*n)++) put1(o, ',');
         put(o, b->txt, b->len);
         if (b->kind == BM_SILLAGE) {
@@ -796,6 +835,7 @@ static void context_tail(scan_t *s, out_t *o, msg_t *m, size_t *n, const span_t 
             sillage = 1;
         }
     }
+    free(sorted);
     if (!sillage) {
         if ((*n)++) put1(o, ',');
         PUTS(o, "\"sillage\":{");
@@ -1271,6 +1311,14 @@ static const char *store(scan_t *s, ack_out_t *out, msg_t *m, out_t *o, size_t d
     if (o->len > o->cap) {
         *status = 413;
         return ACK_TOO_BIG_NORMALISED;
+    }
+    /* Past what a batch of any size may store, the request is refused at the
+     * end (scan_batch()) as the tree refuses it at this message: the rest is
+     * counted, no longer kept (2,500 messages with a 30 KB context put 75 MB
+     * in the arena of a 115 KB request). */
+    if (out->stored_bytes + o->len > ACK_STORED_BYTES(in->cfg, in->cfg->limits.max_batch_messages)) {
+        out->stored_bytes += o->len;
+        return NULL;
     }
     if (out->n_msgs == out->n_in_request) { /* room for more: a batch is counted as it is read */
         size_t cap = out->n_in_request ? 2 * out->n_in_request : 16;

@@ -68,9 +68,7 @@ const sl_source_t *ack_find_source(const sl_config_t *cfg, const char *key, size
 #define ACK_STORED_BYTES(cfg, n) (4 * (cfg)->limits.max_request_bytes + 1024 * (uint64_t)(n))
 
 /* Shared by the two readers (ack_tree.c). */
-#define ACK_TOO_BIG_NORMALISED                                                                                   \
-    "message exceeds limits.max_message_bytes once normalised (the batch's context and the server's fields " \
-    "included)"
+#define ACK_TOO_BIG_NORMALISED SL_MSG_TOO_BIG
 #define ACK_TOO_BIG_REQUEST                                                                                      \
     "request would store more than 4 x limits.max_request_bytes + 1 KB per message once normalised (a batch's " \
     "context is copied into every message)"

@@ -213,6 +213,7 @@ void ack_tree(const ack_in_t *in, const char *body, size_t len, ack_out_t *out)
     ctx.source = src->name;
     ctx.ip = in->ip;
     ctx.location = in->location;
+    ctx.max_print = in->scratch_len;
     if (type != -1) {
         if (len > cfg->limits.max_message_bytes) {
             snprintf(out->errbuf, sizeof(out->errbuf), "message exceeds limits.max_message_bytes (%llu bytes)",

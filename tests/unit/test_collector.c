@@ -5,7 +5,9 @@
 #include "ack.h"
 
 #include <arpa/inet.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 #include <zlib.h>
 
 static const int64_t RECEIVED = 1700000000000LL; /* 2023-11-14T22:13:20.000Z */
@@ -519,6 +521,144 @@ TEST(ack_scan_table)
         ack_out_free(&s);
         sl_arena_free(&a);
     }
+    free(scratch);
+    sl_config_free(&cfg);
+}
+
+/* Bodies built to be costly for the readers, each answered in linear time
+ * and memory (a reviewer's finding each):
+ *   - member names chosen to share a few slots of the repeated-member check's
+ *     (unkeyed) hash: each insertion probed the whole run, 1.1 s of the loop
+ *     thread for 494 KB, 3 s when the object is the batch's context;
+ *   - a batch's context of many members against messages whose contexts have
+ *     many: each batch member was searched among the message's in turn;
+ *   - the tree reader merged the batch's context by looking each member up in
+ *     the message's context as it grew (half a second per message) and by deep
+ *     copies living until the request's end (2.4 GB for 210 KB);
+ *   - ack_scan kept every message of a batch over the stored-bytes bound until
+ *     its end (75 MB for 115 KB), where the tree stops at the first. */
+static double elapsed_since(struct timespec t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+}
+
+TEST(ack_hostile_bodies_cost_linear)
+{
+    static const char conf[] = "{\"listen\":\"127.0.0.1:0\",\"data_dir\":\"/tmp/x\",\"admin_token\":\"adm-0123456789abcdef\","
+                               "\"sources\":[{\"name\":\"web\",\"write_key\":\"wk1\"}]}";
+    sl_config_t cfg;
+    char err[256];
+    REQUIRE(sl_config_parse(&cfg, conf, strlen(conf), err, sizeof(err)) == 0);
+    size_t scratch_len = cfg.limits.max_message_bytes + 4096;
+    char *scratch = malloc(scratch_len);
+    sl_buf_t b = {0};
+    struct timespec t0;
+
+    /* 1. 30,000 names whose FNV-1a lands in the first 256 of 65,536 slots,
+     * as the batch's context (read three times) and the last one repeated */
+    static const char al[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    sl_buf_appends(&b, "{\"batch\":[{\"type\":\"page\",\"anonymousId\":\"a\"}],\"writeKey\":\"wk1\",\"context\":{");
+    char name[9] = "k";
+    for (unsigned long c = 0, got = 0; got < 30000; c++) {
+        unsigned long x = c;
+        for (int i = 1; i < 8; i++, x /= 36) name[i] = al[x % 36];
+        uint32_t h = 2166136261u;
+        for (int i = 0; i < 8; i++) h = (h ^ (unsigned char)name[i]) * 16777619u;
+        if ((h & 65535) >= 256) continue;
+        sl_buf_printf(&b, "%s\"%s\":0", got++ ? "," : "", name);
+    }
+    size_t open_len = b.len;
+    sl_buf_appends(&b, "}}");
+    sl_arena_t a;
+    sl_arena_init(&a);
+    ack_out_t s;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ack_both(&cfg, -1, 0, b.data, &s, &a, scratch, scratch_len);
+    double took = elapsed_since(t0);
+    CHECK(took < 2.0); /* tens of milliseconds; 20 s under ASan before */
+    CHECK_INT(s.delegated, ==, 0);
+    CHECK_INT(s.n_rejected, ==, 1); /* the context makes the message too big */
+    ack_out_free(&s);
+    sl_arena_free(&a);
+    b.len = open_len;
+    sl_buf_printf(&b, ",\"%s\":1}}", name);
+    sl_arena_init(&a);
+    ack_both(&cfg, -1, 0, b.data, &s, &a, scratch, scratch_len);
+    CHECK_INT(s.delegated, ==, 1);
+    CHECK(s.error && strstr(s.error, "repeats the member"));
+    ack_out_free(&s);
+    sl_arena_free(&a);
+
+    /* 2. 20,000 members in the batch's context, 7 messages of 2,300 in theirs;
+     * the same with a number cJSON alone reads (01): the tree reader's merge */
+    for (int odd = 0; odd < 2; odd++) {
+        b.len = 0;
+        sl_buf_appends(&b, "{\"writeKey\":\"wk1\",\"context\":{");
+        for (int i = 0; i < 20000; i++) sl_buf_printf(&b, "%s\"c%07d\":0", i ? "," : "", i);
+        sl_buf_appends(&b, "},\"batch\":[");
+        for (int m = 0; m < 7; m++) {
+            sl_buf_printf(&b, "%s{\"type\":\"page\",\"anonymousId\":\"a\",\"context\":{", m ? "," : "");
+            for (int j = 0; j < 2300; j++) sl_buf_printf(&b, "%s\"c%07d\":0", j ? "," : "", 9000000 + j * 10 + m);
+            sl_buf_appends(&b, "}}");
+        }
+        sl_buf_appends(&b, odd ? "],\"n\":01}" : "]}");
+        sl_arena_init(&a);
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        ack_both(&cfg, -1, 0, b.data, &s, &a, scratch, scratch_len);
+        took = elapsed_since(t0);
+        CHECK(took < 2.0); /* 0.5 s (scan) and 3.7 s (tree) in a release build before */
+        CHECK_INT(s.delegated, ==, odd);
+        ack_out_free(&s);
+        sl_arena_free(&a);
+    }
+
+    /* 3. the tree reader's merge: references (sillage copied: it is changed),
+     * and nothing merged into a message the context cannot fit into */
+    cJSON *bctx = cJSON_Parse("{\"big\":[1,2,3],\"sillage\":{\"clampedTimestamp\":1},\"ip\":\"1.1.1.1\"}");
+    cJSON *msg = cJSON_Parse("{\"type\":\"page\",\"anonymousId\":\"a\",\"context\":{\"own\":1}}");
+    sl_ingest_ctx_t ctx = {.received_ms = RECEIVED, .batch_context = bctx, .source = "web", .max_print = scratch_len};
+    CHECK(sl_msg_normalize(msg, -1, &ctx) == NULL);
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(msg, "context");
+    const cJSON *big = cJSON_GetObjectItemCaseSensitive(c, "big");
+    CHECK(big && (big->type & cJSON_IsReference) && big->child == bctx->child->child);
+    const cJSON *sil = cJSON_GetObjectItemCaseSensitive(c, "sillage");
+    CHECK(sil && !(sil->type & cJSON_IsReference));
+    CHECK(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(bctx, "sillage"), "clampedTimestamp"));
+    cJSON_Delete(msg);
+    cJSON_Delete(bctx);
+    b.len = 0;
+    sl_buf_appends(&b, "{");
+    for (int i = 0; i < 8000; i++) sl_buf_printf(&b, "%s\"c%d\":0", i ? "," : "", i);
+    sl_buf_appends(&b, "}");
+    bctx = cJSON_Parse(b.data);
+    msg = cJSON_Parse("{\"type\":\"page\",\"anonymousId\":\"a\"}");
+    ctx.batch_context = bctx;
+    const char *why = sl_msg_normalize(msg, -1, &ctx);
+    CHECK(why && strcmp(why, ACK_TOO_BIG_NORMALISED) == 0);
+    CHECK(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(msg, "context"), "c0") == NULL);
+    cJSON_Delete(msg);
+    cJSON_Delete(bctx);
+
+    /* 4. 2,500 messages of 30 KB once merged: refused, and ack_scan keeps no
+     * more of them than the bound lets through */
+    b.len = 0;
+    sl_buf_appends(&b, "{\"writeKey\":\"wk1\",\"context\":{\"pad\":\"");
+    for (int i = 0; i < 30000; i++) sl_buf_append(&b, "P", 1);
+    sl_buf_appends(&b, "\"},\"batch\":[");
+    for (int m = 0; m < 2500; m++)
+        sl_buf_printf(&b, "%s{\"type\":\"page\",\"anonymousId\":\"a\",\"messageId\":\"m%d\"}", m ? "," : "", m);
+    sl_buf_appends(&b, "]}");
+    sl_arena_init(&a);
+    ack_both(&cfg, -1, 0, b.data, &s, &a, scratch, scratch_len);
+    CHECK_INT(s.status, ==, 413);
+    CHECK_STR(s.error, ACK_TOO_BIG_REQUEST);
+    CHECK(s.n_msgs * 30000 <= ACK_STORED_BYTES(&cfg, cfg.limits.max_batch_messages));
+    ack_out_free(&s);
+    sl_arena_free(&a);
+
+    sl_buf_free(&b);
     free(scratch);
     sl_config_free(&cfg);
 }

@@ -9,7 +9,7 @@
     X(config_file_mode_warning) X(junk_identifiers) X(lmdb_grow) \
     X(handoff_order_and_take_all) X(handoff_cond_wait_and_close) X(handoff_wakes_once_per_burst) X(handoff_many_producers) \
     X(handoff_close_while_pushing) X(handoff_batched_per_iteration) \
-    X(skew_correction) X(normalize_table) X(normalize_fields) X(prescan) X(json_duplicate_members) X(ack_scan_table) X(json_print_as_cjson) X(base64_and_percent) \
+    X(skew_correction) X(normalize_table) X(normalize_fields) X(prescan) X(json_duplicate_members) X(ack_scan_table) X(ack_hostile_bodies_cost_linear) X(json_print_as_cjson) X(base64_and_percent) \
     X(gunzip_bounded) X(ip_anonymize_and_parse) X(client_ip_from_xff) X(ratelimit_ipv6_by_64) X(geoip_country_schema) \
     X(geoip_city_schema) X(dedupe_window) X(dedupe_rollback) X(dedupe_growth_and_expiry) X(dedupe_bounded) \
     X(store_commit_dedupe_restart_grow) X(store_queue_bound) X(store_ports_on_other_loops) X(store_compressed_roundtrip) X(store_failure_isolated_to_its_batch) X(stitch_identify_absorbs_anonymous_trail) \
