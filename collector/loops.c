@@ -21,6 +21,8 @@ typedef struct loop_s {
     uv_loop_t loop;
     uv_async_t stop;
     sl_server_t *srv;
+    sl_stage_share_t share;  /* the stage's share of the core, as the main loop leaves it */
+    int sharing;
     int64_t grace_ms;
     int rc;                  /* its start */
     uv_sem_t started;
@@ -42,6 +44,7 @@ static void on_server_stopped(void *arg)
 {
     loop_t *l = arg;
     uv_close((uv_handle_t *)&l->stop, NULL);
+    if (l->sharing) sl_stage_share_stop(&l->share);
     atomic_fetch_add(&l->all->n_stopped, 1);
     uv_async_send(&l->all->stopped);
 }
@@ -68,6 +71,10 @@ static void loop_main(void *arg)
         l->stop.data = l;
         rc = http_server_start_beside(&l->srv, &l->loop, l->all->main, sl_http_server_port(l->all->main));
         if (rc) uv_close((uv_handle_t *)&l->stop, NULL);
+    }
+    if (rc == 0 && l->all->main->stage) {
+        sl_stage_share_start(l->all->main->stage, &l->loop, &l->share);
+        l->sharing = 1;
     }
     l->rc = rc;
     uv_sem_post(&l->started);

@@ -156,6 +156,20 @@ typedef struct sl_stage_options_s {
                                   * 0: never, the acknowledgement always first */
 } sl_stage_options_t;
 
+/* The stage's share of a core: past max_lag_events, a loop thread that
+ * acknowledges beside the stage sleeps, after each iteration, as long as
+ * it ran since its last sleep (the stage's own loop does from
+ * sl_stage_start(); another loop -- ingest_loops -- starts one of its own).
+ * On that loop's thread; the handle keeps no loop alive; stop it before the
+ * loop ends. */
+typedef struct sl_stage_share_s {
+    uv_check_t check;
+    struct sl_stage_s *sg;
+    uint64_t from;          /* the thread's CPU time at its last sleep (0: within the bound) */
+} sl_stage_share_t;
+void sl_stage_share_start(struct sl_stage_s *sg, uv_loop_t *loop, sl_stage_share_t *sh);
+void sl_stage_share_stop(sl_stage_share_t *sh);
+
 /* Creates the stage; add its steps, then open it. */
 sl_stage_t *sl_stage_new(sl_store_t *log, const sl_stage_options_t *opts);
 /* Adds step (copied) to the chain, after the steps of its phase and before

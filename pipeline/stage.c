@@ -48,8 +48,7 @@ struct sl_stage_s {
     uv_loop_t *loop;
     uv_thread_t thread;
     uv_timer_t timer;           /* waiters' deadlines */
-    uv_check_t yield;           /* loop thread: its sleeps for the stage past max_lag_events */
-    uint64_t yield_from;        /* loop thread: its CPU time at its last sleep (0: within the bound) */
+    sl_stage_share_t share;     /* loop thread: its sleeps for the stage past max_lag_events */
     /* loop -> stage: jobs (pushed under mu), and the stage's wake-ups for what
      * mu guards (the log's durable end, a stop); closed when the thread ends */
     sl_handoff_t in;
@@ -761,7 +760,7 @@ static void on_done(sl_handoff_t *h)
             w->cb(w, w->pos <= atomic_load(&sg->durable_applied));
         }
         uv_close((uv_handle_t *)&sg->timer, NULL);
-        uv_close((uv_handle_t *)&sg->yield, NULL);
+        sl_stage_share_stop(&sg->share);
         sl_handoff_close(&sg->done, done_closed);
     }
 }
@@ -786,18 +785,19 @@ static uint64_t thread_cpu_ns(void)
 
 static void yield_cb(uv_check_t *h)
 {
-    sl_stage_t *sg = h->data;
+    sl_stage_share_t *sh = h->data;
+    sl_stage_t *sg = sh->sg;
     uint64_t durable = sl_store_durable_seq(sg->log), applied = atomic_load(&sg->applied);
     if (durable <= applied || durable - applied <= sg->opts.max_lag_events) {
-        sg->yield_from = 0; /* within the bound: nothing owed */
+        sh->from = 0; /* within the bound: nothing owed */
         return;
     }
     uint64_t cpu = thread_cpu_ns();
-    if (sg->yield_from == 0) { /* past the bound from now on */
-        sg->yield_from = cpu;
+    if (sh->from == 0) { /* past the bound from now on */
+        sh->from = cpu;
         return;
     }
-    uint64_t owed = cpu - sg->yield_from;
+    uint64_t owed = cpu - sh->from;
     if (owed < YIELD_MIN_NS) return;
     if (owed > YIELD_MAX_NS) owed = YIELD_MAX_NS;
     struct timespec t = {(time_t)(owed / 1000000000u), (long)(owed % 1000000000u)};
@@ -805,7 +805,24 @@ static void yield_cb(uv_check_t *h)
     }
     atomic_fetch_add(&sg->stats.yields, 1);
     atomic_fetch_add(&sg->stats.yielded_us, owed / 1000);
-    sg->yield_from = thread_cpu_ns();
+    sh->from = thread_cpu_ns();
+}
+
+void sl_stage_share_start(sl_stage_t *sg, uv_loop_t *loop, sl_stage_share_t *sh)
+{
+    sh->sg = sg;
+    sh->from = 0;
+    uv_check_init(loop, &sh->check);
+    sh->check.data = sh;
+    if (sg->opts.max_lag_events) {
+        uv_check_start(&sh->check, yield_cb);
+        uv_unref((uv_handle_t *)&sh->check); /* keeps no loop alive */
+    }
+}
+
+void sl_stage_share_stop(sl_stage_share_t *sh)
+{
+    uv_close((uv_handle_t *)&sh->check, NULL);
 }
 
 int sl_stage_start(sl_stage_t *sg, uv_loop_t *loop)
@@ -817,16 +834,11 @@ int sl_stage_start(sl_stage_t *sg, uv_loop_t *loop)
     if (rc) return rc;
     uv_timer_init(loop, &sg->timer);
     sg->timer.data = sg;
-    uv_check_init(loop, &sg->yield);
-    sg->yield.data = sg;
-    if (sg->opts.max_lag_events) {
-        uv_check_start(&sg->yield, yield_cb);
-        uv_unref((uv_handle_t *)&sg->yield); /* keeps no loop alive */
-    }
+    sl_stage_share_start(sg, loop, &sg->share);
     if ((rc = uv_thread_create(&sg->thread, stage_main, sg))) {
         sl_handoff_close(&sg->done, NULL);
         uv_close((uv_handle_t *)&sg->timer, NULL);
-        uv_close((uv_handle_t *)&sg->yield, NULL);
+        sl_stage_share_stop(&sg->share);
         return rc;
     }
     sg->started = 1;
