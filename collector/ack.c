@@ -115,24 +115,6 @@ static inline const char *ws(const char *p, const char *end)
 
 /* ---- strings --------------------------------------------------------------------- */
 
-/* How many bytes of s go as they are and need no check: printable ASCII but
- * '"' and '\\'. Eight at a time, as sl_json_plain_len() (which lets UTF-8 by:
- * here it is checked). */
-static size_t plain7(const char *s, size_t n)
-{
-    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-    size_t i = 0;
-    for (; n - i >= 8; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        w = htole64(w);
-        uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
-        uint64_t m = (((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w) | w) & highs;
-        if (m) return i + (size_t)__builtin_ctzll(m) / 8;
-    }
-    while (i < n && (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x80 && s[i] != '"' && s[i] != '\\') i++;
-    return i;
-}
 
 /* A UTF-8 sequence of 2 to 4 bytes at s: its length, or 0 when it is not
  * one sl_json_prescan() lets by. */
@@ -155,45 +137,13 @@ static size_t utf8_seq(const unsigned char *s, const unsigned char *end)
     return len;
 }
 
-/* The escape the printer writes for byte c (a control character, '"', '\\'). */
-static size_t esc_byte(unsigned char c, char e[6])
-{
-    static const char hex[] = "0123456789abcdef";
-    e[0] = '\\';
-    switch (c) {
-    case '"': e[1] = '"'; return 2;
-    case '\\': e[1] = '\\'; return 2;
-    case '\b': e[1] = 'b'; return 2;
-    case '\f': e[1] = 'f'; return 2;
-    case '\n': e[1] = 'n'; return 2;
-    case '\r': e[1] = 'r'; return 2;
-    case '\t': e[1] = 't'; return 2;
-    default:
-        e[1] = 'u';
-        e[2] = e[3] = '0';
-        e[4] = hex[c >> 4];
-        e[5] = hex[c & 15];
-        return 6;
-    }
-}
-
-static long hex4(const char *p)
-{
-    long v = 0;
-    for (int i = 0; i < 4; i++) {
-        int h = sl_hex_digit(p[i]);
-        if (h < 0) return -1;
-        v = v << 4 | h;
-    }
-    return v;
-}
 
 /* Code point cp of a \u escape as the printer writes it once decoded. */
 static void put_cp(out_t *o, long cp)
 {
     char b[6];
     if (cp < 0x80) {
-        if (cp < 0x20 || cp == '"' || cp == '\\') put(o, b, esc_byte((unsigned char)cp, b));
+        if (cp < 0x20 || cp == '"' || cp == '\\') put(o, b, sl_json_escape_byte((unsigned char)cp, b));
         else put1(o, (char)cp);
         return;
     }
@@ -226,7 +176,7 @@ static const char *str(scan_t *s, const char *p, out_t *o, int *esc)
     int e = 0;
     put1(o, '"');
     for (;;) {
-        size_t k = plain7(q, (size_t)(end - q));
+        size_t k = sl_json_plain_ascii_len(q, (size_t)(end - q));
         put(o, q, k);
         q += k;
         if (q >= end) return bail(s);
@@ -238,12 +188,12 @@ static const char *str(scan_t *s, const char *p, out_t *o, int *esc)
             char x = q[1];
             if (x == 'u') {
                 /* what cJSON reads otherwise (a NUL, for a bad digit) is left to it */
-                long cp = end - q >= 6 ? hex4(q + 2) : -1;
+                long cp = end - q >= 6 ? sl_hex4(q + 2) : -1;
                 if (cp <= 0 || (cp >= 0xDC00 && cp <= 0xDFFF)) return bail(s);
                 q += 6;
                 if (cp >= 0xD800 && cp <= 0xDBFF) {
                     if (end - q < 6 || q[0] != '\\' || q[1] != 'u') return bail(s);
-                    long lo = hex4(q + 2);
+                    long lo = sl_hex4(q + 2);
                     if (lo < 0xDC00 || lo > 0xDFFF) return bail(s);
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                     q += 6;
@@ -264,7 +214,7 @@ static const char *str(scan_t *s, const char *p, out_t *o, int *esc)
         if (c < 0x20) { /* cJSON takes a raw control byte; the printer escapes it */
             if (c == 0) return bail(s);
             char b[6];
-            put(o, b, esc_byte(c, b));
+            put(o, b, sl_json_escape_byte(c, b));
             q++;
             continue;
         }
@@ -299,10 +249,10 @@ static size_t sdecode(span_t v, char *out)
             p += 2;
             continue;
         }
-        long cp = hex4(p + 2);
+        long cp = sl_hex4(p + 2);
         p += 6;
         if (cp >= 0xD800 && cp <= 0xDBFF) {
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (hex4(p + 2) - 0xDC00);
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (sl_hex4(p + 2) - 0xDC00);
             p += 6;
         }
         char tmp[8];
@@ -509,7 +459,7 @@ static const char *key(scan_t *s, const char *p, span_t *k)
 /* A name as printed, with its ':' (it was checked by key()). */
 static void put_key(scan_t *s, out_t *o, span_t k)
 {
-    if (plain7(k.p, k.n) == k.n) {
+    if (sl_json_plain_ascii_len(k.p, k.n) == k.n) {
         put1(o, '"');
         put(o, k.p, k.n);
         PUTS(o, "\":");
@@ -648,7 +598,7 @@ static const char *arena_str(scan_t *s, const char *prefix, const char *v, size_
         i += k;
         if (i < vl) {
             char e[6];
-            put(&o, e, esc_byte((unsigned char)v[i++], e));
+            put(&o, e, sl_json_escape_byte((unsigned char)v[i++], e));
         }
     }
     put1(&o, '"');

@@ -209,10 +209,7 @@ int sl_buf_printf(sl_buf_t *b, const char *fmt, ...)
     return 0;
 }
 
-/* The escape of byte c inside a JSON string, as cJSON writes it (\n, \b,
- * \u001f...); 0 when c goes as it is. One rule for every JSON sillage
- * writes: sl_buf_append_json_str() and sl_json_print(). */
-static size_t json_escape(unsigned char c, char out[6])
+size_t sl_json_escape_byte(unsigned char c, char out[6])
 {
     static const char hex[] = "0123456789abcdef";
     if (c >= 0x20 && c != '"' && c != '\\') return 0;
@@ -234,7 +231,8 @@ static size_t json_escape(unsigned char c, char out[6])
     }
 }
 
-size_t sl_json_plain_len(const char *s, size_t n)
+/* The run of bytes that need no escape (and, ascii_only, are below 0x80). */
+static inline size_t plain_run(const char *s, size_t n, int ascii_only)
 {
     const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
     size_t i = 0;
@@ -245,11 +243,23 @@ size_t sl_json_plain_len(const char *s, size_t n)
         memcpy(&w, s + i, 8);
         w = htole64(w);
         uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
-        uint64_t m = (((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w)) & highs;
+        uint64_t m = (((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w) | (ascii_only ? w : 0)) & highs;
         if (m) return i + (size_t)__builtin_ctzll(m) / 8;
     }
-    while (i < n && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') i++;
+    while (i < n && (unsigned char)s[i] >= 0x20 && !(ascii_only && (unsigned char)s[i] >= 0x80) && s[i] != '"' &&
+           s[i] != '\\')
+        i++;
     return i;
+}
+
+size_t sl_json_plain_len(const char *s, size_t n)
+{
+    return plain_run(s, n, 0);
+}
+
+size_t sl_json_plain_ascii_len(const char *s, size_t n)
+{
+    return plain_run(s, n, 1);
 }
 
 int sl_buf_append_json_str(sl_buf_t *b, const char *s, size_t n)
@@ -262,7 +272,7 @@ int sl_buf_append_json_str(sl_buf_t *b, const char *s, size_t n)
         memcpy(o, s + i, k);
         o += k;
         i += k;
-        if (i < n) o += json_escape((unsigned char)s[i++], o);
+        if (i < n) o += sl_json_escape_byte((unsigned char)s[i++], o);
     }
     *o++ = '"';
     *o = '\0';
@@ -828,7 +838,7 @@ static int jput_str(jout_t *o, const char *s)
         if (jput(o, s, k)) return -1;
         if (k == n) break;
         char e[6];
-        size_t en = json_escape((unsigned char)s[k], e);
+        size_t en = sl_json_escape_byte((unsigned char)s[k], e);
         if (jput(o, e, en)) return -1;
         s += k + 1;
         n -= k + 1;

@@ -19,16 +19,6 @@ static const char *ws(const char *p, const char *end)
     return p;
 }
 
-static long hex4(const char *p)
-{
-    long v = 0;
-    for (int i = 0; i < 4; i++) {
-        int h = sl_hex_digit(p[i]);
-        if (h < 0) return -1;
-        v = v << 4 | h;
-    }
-    return v;
-}
 
 /* Decodes the string character at *pp (inside the quotes; end: the closing
  * quote) into out (1 to 4 bytes), advancing *pp. Returns the byte count, or
@@ -51,12 +41,12 @@ static int decode_char(const char **pp, const char *end, unsigned char out[4])
         return 1;
     }
     if (e != 'u' || end - p < 6) return -1;
-    long c = hex4(p + 2);
+    long c = sl_hex4(p + 2);
     p += 6;
     if (c < 0 || (c >= 0xDC00 && c <= 0xDFFF)) return -1;
     if (c >= 0xD800 && c <= 0xDBFF) { /* a pair: the low half must follow */
         if (end - p < 6 || p[0] != '\\' || p[1] != 'u') return -1;
-        long lo = hex4(p + 2);
+        long lo = sl_hex4(p + 2);
         if (lo < 0xDC00 || lo > 0xDFFF) return -1;
         c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00);
         p += 6;

@@ -77,6 +77,9 @@ sl_arena_t *sl_json_arena_swap(sl_arena_t *a);
  * n when none does. Eight bytes at a time: what printing a string, and
  * reading one, spend most of their time on. */
 size_t sl_json_plain_len(const char *s, size_t n);
+/* The same run, stopping at bytes of 0x80 and above too (UTF-8 the caller
+ * checks itself). */
+size_t sl_json_plain_ascii_len(const char *s, size_t n);
 
 /* ---- JSON without a tree ---------------------------------------------------
  * Reads members out of the text of a JSON value without parsing it whole:
@@ -202,6 +205,24 @@ static inline int sl_hex_digit(char c)
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
+
+/* The value of the four hexadecimal digits at p (a \u escape's), or -1. */
+static inline long sl_hex4(const char *p)
+{
+    long v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = sl_hex_digit(p[i]);
+        if (h < 0) return -1;
+        v = v << 4 | h;
+    }
+    return v;
+}
+
+/* The escape of byte c inside a JSON string, as cJSON writes it (\n, \b,
+ * \u001f...) into out; 0 when c goes as it is. One rule for every JSON
+ * sillage writes (sl_buf_append_json_str(), sl_json_print(), the ack
+ * path's printer). */
+size_t sl_json_escape_byte(unsigned char c, char out[6]);
 
 static inline uint64_t sl_be64_get(const unsigned char *p)
 {
