@@ -1367,10 +1367,10 @@ static int authenticate(scan_t *s, const member_t *wk, const sl_source_t **src, 
         return wk->val.p && check(s, wk->val, 1, NULL) ? -1 : 0;
     }
     if (check(s, wk->val, 1, NULL)) return -1;
-    char *key = sl_arena_alloc(in->arena, wk->val.n);
-    if (key == NULL) return -1;
-    size_t n = sdecode(wk->val, key);
-    *src = ack_find_source(in->cfg, key, n);
+    char *wkey = sl_arena_alloc(in->arena, wk->val.n);
+    if (wkey == NULL) return -1;
+    size_t n = sdecode(wk->val, wkey);
+    *src = ack_find_source(in->cfg, wkey, n);
     if (*src == NULL) *why = "unknown write key";
     return 0;
 }
