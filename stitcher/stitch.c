@@ -43,91 +43,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KEY_SEP '\x1f'
-#define PERSON_VERSION 1
-#define STITCH_LAYOUT 3 /* 2: tl values carry seq << 1 | page, counters derived; 3: tl keyed by number */
-
-/* flags of a person record */
-#define PF_ACTIVE_HERE 1 /* active_ms and PF_ACTIVE say where the person is in active (else actof does) */
-#define PF_ACTIVE 2      /* the person has an entry in active, at active_ms */
-
-typedef struct {
-    uint32_t version;
-    uint32_t n_ids;
-    int64_t active_ms;    /* its key's time in active, with PF_ACTIVE (records before had zero here) */
-    uint64_t flags;       /* PF_* */
-    uint64_t events, page_views, orders;
-    double revenue;
-    char currency[8];
-    uint32_t ids_len;     /* identifier keys, each NUL-terminated */
-    uint32_t traits_len;  /* {"t":{name:value},"at":{name:ms}} */
-} person_hdr_t;
-
-typedef struct {
-    uint64_t id;
-    person_hdr_t h;
-    sl_buf_t ids;
-    sl_buf_t traits;
-    int dirty;            /* the record must be written back */
-} person_t;
-
-static int person_stats(struct sl_stitch_s *s, MDB_txn *txn, const person_t *p, uint64_t *events, uint64_t *pages,
-                        int64_t *first, int64_t *last);
-
-/* What the stitcher reads of one stored message. */
-typedef struct sl_stitch_msg_s {
-    int type;                        /* SL_STITCH_* */
-    const char *message_id;
-    const char *user_id;
-    const char *anonymous_id;
-    const char *previous_id;         /* alias */
-    const char *trait_ids[SL_STITCH_MAX_TRAITS]; /* values of the configured identity traits */
-    cJSON *traits;                   /* identify: the traits object (owned: msg_free); else NULL */
-    int64_t ts_ms;                   /* the corrected timestamp */
-    const sl_source_t *source;       /* the configured source it came from (NULL: none now) */
-    int trusted;                     /* from a trusted (server-side) source */
-    int historical;                  /* from the past (docs/TRIGGERS.md, "Historical imports") */
-    int is_order;                    /* track "Order Completed" */
-    double revenue;                  /* properties.revenue or .total of an order */
-    int amount_ignored;              /* that amount was not finite or past SL_AMOUNT_MAX */
-    char currency[8];
-    consent_in_t consent;            /* what it says of consent (an unsubscribe...) */
-} sl_stitch_msg_t;
-
-#define MAX_LISTENERS 8
-
-struct sl_stitch_s {
-    const sl_config_t *cfg;
-    sl_store_t *store;
-    MDB_dbi ids, persons, tl, journal, pjournal, prefusals, smeta, erasing, active, actof, consent;
-    consent_cache_t *ccache;  /* stage thread: recent persons' categories (consent.h) */
-    sl_stage_step_t step;
-    person_t p1, p2, p3;      /* stage thread scratch (p3: listeners' payloads) */
-    sl_ident_listener_t listeners[MAX_LISTENERS];
-    size_t n_listeners;
-    sl_arena_t in_arena;      /* the current message's cleaned identifiers */
-    cJSON *trait_changes;     /* identify: [name, old, new] of each trait it changed (the stage context's) */
-    uint64_t *mg_survivor, *mg_absorbed; /* the merges of the current event (the stage context's) */
-    size_t n_mg, cap_mg;
-    int gained_identity;      /* stage thread: the event under way gave its person a non-anonymous identifier */
-    sl_buf_t k1, k2, k3, tmp; /* identifier keys; tmp: journal entries and index keys */
-    sl_buf_t k4;              /* smeta keys of coalesced refusals */
-    char *tscratch;           /* printing one trait value: limits.max_traits_bytes + 1 */
-    uint64_t msg_dropped;     /* traits of the current message not kept (limits) */
-    _Atomic uint64_t merges, refusals, created, traits_dropped, refusals_dropped;
-    _Atomic uint64_t amounts_ignored; /* order amounts not finite or past SL_AMOUNT_MAX */
-    _Atomic uint64_t refusal_refs_read; /* references bound_refusals read: its cost */
-    _Atomic uint64_t pruned, examined, prune_passes, persons_expired;
-    struct { /* the current transaction's, added when it commits (an aborted one is redone) */
-        uint64_t created, refusals, merges, traits_dropped, prune_passes, refusals_dropped, amounts_ignored;
-    } pend;
-    _Atomic uint64_t identifies, identify_ns; /* identify and alias: count, time in on_event */
-};
+#include "stitch_int.h"
 
 /* ---- small helpers ---- */
 
 /* Appends x[0..k) to the growable list *v (*n used, *cap allocated). */
-static int u64_append(uint64_t **v, size_t *n, size_t *cap, const uint64_t *x, size_t k)
+int stitch_u64_append(uint64_t **v, size_t *n, size_t *cap, const uint64_t *x, size_t k)
 {
     if (*n + k > *cap) {
         size_t c = *cap ? *cap : 256;
@@ -142,15 +63,14 @@ static int u64_append(uint64_t **v, size_t *n, size_t *cap, const uint64_t *x, s
     return 0;
 }
 
-static void tl_value(unsigned char out[16], int64_t ts_ms, uint64_t seq, int page)
+void stitch_tl_value(unsigned char out[16], int64_t ts_ms, uint64_t seq, int page)
 {
     sl_be64_put(out, (uint64_t)ts_ms ^ (1ULL << 63)); /* signed order as bytes */
     sl_be64_put(out + 8, seq << 1 | (page ? 1 : 0));
 }
 
-static uint64_t tl_seq(const void *v) { return sl_be64_get((const unsigned char *)v + 8) >> 1; }
 
-static int make_key(sl_buf_t *b, const char *kind, const char *value)
+int stitch_make_key(sl_buf_t *b, const char *kind, const char *value)
 {
     b->len = 0;
     int rc = sl_buf_appends(b, kind);
@@ -163,7 +83,7 @@ static int make_key(sl_buf_t *b, const char *kind, const char *value)
 
 static void person_id_str(uint64_t id, char out[32]) { sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, id}, out); }
 
-static int counter_next(sl_stitch_t *s, MDB_txn *txn, const char *name, uint64_t *out)
+int stitch_counter_next(sl_stitch_t *s, MDB_txn *txn, const char *name, uint64_t *out)
 {
     MDB_val k = {strlen(name), (void *)name}, v;
     uint64_t n = 1;
@@ -192,7 +112,7 @@ static int lookup_id(sl_stitch_t *s, MDB_txn *txn, const void *key, size_t len, 
     return 0;
 }
 
-static int lookup(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *key, uint64_t *pid, uint64_t *tl)
+int stitch_lookup(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *key, uint64_t *pid, uint64_t *tl)
 {
     return lookup_id(s, txn, key->data, key->len, pid, tl);
 }
@@ -215,7 +135,7 @@ static int foreach_dup(MDB_txn *txn, MDB_dbi dbi, const void *key, size_t key_le
 /* ---- person records ---- */
 
 
-static int person_load(sl_stitch_t *s, MDB_txn *txn, uint64_t id, person_t *p)
+int stitch_person_load(sl_stitch_t *s, MDB_txn *txn, uint64_t id, person_t *p)
 {
     MDB_val k = {8, &id}, v;
     int rc = mdb_get(txn, s->persons, &k, &v);
@@ -274,7 +194,7 @@ static int key_identifies(const char *key)
 }
 
 /* 1 when p has an identifier other than an anonymous_id. */
-static int person_identified(const person_t *p)
+int stitch_person_identified(const person_t *p)
 {
     for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1)
         if (key_identifies(p->ids.data + off)) return 1;
@@ -285,7 +205,7 @@ static int person_identified(const person_t *p)
 static int add_identity(sl_stitch_t *s, MDB_txn *txn, person_t *p, const sl_buf_t *key, uint64_t *tl)
 {
     uint64_t val[2] = {p->id, 0};
-    int rc = counter_next(s, txn, "next_tl", &val[1]);
+    int rc = stitch_counter_next(s, txn, "next_tl", &val[1]);
     if (rc) return rc;
     if (tl) *tl = val[1];
     MDB_val k = {key->len, key->data}, v = {16, val};
@@ -300,7 +220,7 @@ static int add_identity(sl_stitch_t *s, MDB_txn *txn, person_t *p, const sl_buf_
 static int person_create(sl_stitch_t *s, MDB_txn *txn, person_t *p)
 {
     uint64_t id;
-    int rc = counter_next(s, txn, "next_person", &id);
+    int rc = stitch_counter_next(s, txn, "next_person", &id);
     if (rc) return rc;
     person_init(p, id);
     s->pend.created++;
@@ -346,7 +266,7 @@ static int journal_add(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *entry, cons
                        int refusal, uint64_t *out)
 {
     uint64_t seq;
-    int rc = counter_next(s, txn, "next_journal", &seq);
+    int rc = stitch_counter_next(s, txn, "next_journal", &seq);
     if (rc) return rc;
     if (out) *out = seq;
     MDB_val k = {8, &seq}, v = {entry->len, entry->data};
@@ -428,8 +348,8 @@ static int bound_refusals(sl_stitch_t *s, MDB_txn *txn, uint64_t person)
         MDB_val jk = {8, &seq}, jv;
         n_read++;
         int g = mdb_get(txn, s->journal, &jk, &jv);
-        if (g == MDB_NOTFOUND) g = u64_append(&gone, &n_gone, &cap_gone, &seq, 1);
-        else if (g == 0) g = u64_append(&refs, &n, &cap, &seq, 1);
+        if (g == MDB_NOTFOUND) g = stitch_u64_append(&gone, &n_gone, &cap_gone, &seq, 1);
+        else if (g == 0) g = stitch_u64_append(&refs, &n, &cap, &seq, 1);
         if (g) {
             rc = g;
             break;
@@ -650,7 +570,7 @@ static int copy_journal_ref(MDB_txn *txn, const MDB_val *v, void *arg)
 
 #define ACTIVE_STEP_MS 60000 /* a person's place in active moves at most once a minute */
 
-static void active_key(unsigned char k[16], int64_t ms, uint64_t person)
+void stitch_active_key(unsigned char k[16], int64_t ms, uint64_t person)
 {
     sl_be64_put(k, (uint64_t)(ms < 0 ? 0 : ms));
     sl_be64_put(k + 8, person);
@@ -684,7 +604,7 @@ static int active_get(sl_stitch_t *s, MDB_txn *txn, person_t *p, int64_t *ms, in
     *ms = *found ? p->h.active_ms : 0;
     if (!drop || !*found) return 0;
     unsigned char ak[16];
-    active_key(ak, *ms, p->id);
+    stitch_active_key(ak, *ms, p->id);
     MDB_val av = {16, ak};
     if ((rc = mdb_del(txn, s->active, &av, NULL)) && rc != MDB_NOTFOUND) return rc;
     p->h.flags &= ~(uint64_t)PF_ACTIVE;
@@ -705,10 +625,10 @@ static int active_touch(sl_stitch_t *s, MDB_txn *txn, person_t *p, int64_t ms)
     unsigned char ak[16];
     MDB_val av = {16, ak}, nothing = {0, NULL};
     if (found) {
-        active_key(ak, old, p->id);
+        stitch_active_key(ak, old, p->id);
         if ((rc = mdb_del(txn, s->active, &av, NULL)) && rc != MDB_NOTFOUND) return rc;
     }
-    active_key(ak, ms, p->id);
+    stitch_active_key(ak, ms, p->id);
     if ((rc = mdb_put(txn, s->active, &av, &nothing, 0))) return rc;
     p->h.active_ms = ms;
     p->h.flags |= PF_ACTIVE;
@@ -799,7 +719,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
 
 /* An identify's traits: its `traits`, or, when it has none, `context.traits`
  * (where RudderStack's SDKs put them); absent when neither is an object. */
-static sl_jval_t identify_traits(const sl_jindex_t *top, const sl_jindex_t *context)
+sl_jval_t stitch_identify_traits(const sl_jindex_t *top, const sl_jindex_t *context)
 {
     sl_jval_t traits = sl_jindex_get(top, "traits");
     if (sl_jtype(traits) != SL_JOBJ) traits = sl_jindex_get(context, "traits");
@@ -807,7 +727,6 @@ static sl_jval_t identify_traits(const sl_jindex_t *top, const sl_jindex_t *cont
 }
 
 /* The string member name of o, decoded into a (NULL: absent, not a string). */
-static const char *jstr(sl_jval_t o, const char *name, sl_arena_t *a) { return sl_jstr(sl_jget(o, name), a, NULL); }
 static const char *jstr_ix(const sl_jindex_t *ix, const char *name, sl_arena_t *a)
 {
     return sl_jstr(sl_jindex_get(ix, name), a, NULL);
@@ -815,7 +734,7 @@ static const char *jstr_ix(const sl_jindex_t *ix, const char *name, sl_arena_t *
 
 /* The first identity trait m carries (an identify's), or -1: what the event
  * is indexed under when it has no userId or anonymousId. */
-static int first_trait(const sl_stitch_t *s, const sl_stitch_msg_t *m)
+int stitch_first_trait(const sl_stitch_t *s, const sl_stitch_msg_t *m)
 {
     for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
         if (m->trait_ids[i]) return (int)i;
@@ -825,8 +744,8 @@ static int first_trait(const sl_stitch_t *s, const sl_stitch_msg_t *m)
 /* What the stitcher reads of a stored message (the collector normalised it:
  * ids are strings, timestamp is corrected and clamped, context.sillage.source
  * names the source), without a tree but for an identify's traits. Strings
- * (cleaned identifiers too) go to s->in_arena. Release with msg_free(). */
-static int read_msg(sl_stitch_t *s, const sl_jindex_t *top, const sl_jindex_t *context, uint64_t seq,
+ * (cleaned identifiers too) go to s->in_arena. Release with stitch_msg_free(). */
+int stitch_read_msg(sl_stitch_t *s, const sl_jindex_t *top, const sl_jindex_t *context, uint64_t seq,
                     sl_stitch_msg_t *m)
 {
     memset(m, 0, sizeof(*m));
@@ -842,7 +761,7 @@ static int read_msg(sl_stitch_t *s, const sl_jindex_t *top, const sl_jindex_t *c
     m->anonymous_id = sl_stitch_clean_id(s, jstr_ix(top, "anonymousId", a), a, 0);
     m->previous_id = sl_stitch_clean_id(s, jstr_ix(top, "previousId", a), a, 0);
     sl_jval_t sil = sl_jindex_get(context, "sillage");
-    const sl_source_t *src = m->source = sl_config_source(s->cfg, jstr(sil, "source", a));
+    const sl_source_t *src = m->source = sl_config_source(s->cfg, stitch_jstr(sil, "source", a));
     m->trusted = src && src->trusted;
     /* A source marked "historical", or a message of a trusted source with
      * context.sillage.import true. A browser key is public: from it, the mark
@@ -851,10 +770,10 @@ static int read_msg(sl_stitch_t *s, const sl_jindex_t *top, const sl_jindex_t *c
     m->historical = src && (src->historical || (src->trusted && sl_jtype(sl_jget(sil, "import")) == SL_JTRUE));
     const char *ts = jstr_ix(top, "timestamp", a);
     if (ts == NULL || sl_time_parse_iso(ts, strlen(ts), &m->ts_ms)) m->ts_ms = sl_now_ms();
-    sl_jval_t traits = m->type == SL_STITCH_IDENTIFY ? identify_traits(top, context) : (sl_jval_t){NULL, 0};
+    sl_jval_t traits = m->type == SL_STITCH_IDENTIFY ? stitch_identify_traits(top, context) : (sl_jval_t){NULL, 0};
     if (traits.n) {
         for (size_t i = 0; i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
-            m->trait_ids[i] = sl_stitch_clean_id(s, jstr(traits, s->cfg->identity_traits[i], a), a, 1);
+            m->trait_ids[i] = sl_stitch_clean_id(s, stitch_jstr(traits, s->cfg->identity_traits[i], a), a, 1);
         /* merged into the person's traits document: a tree. The text was
          * checked, and is what cJSON printed: only memory can fail here (the
          * stage retries the transaction, it does not set the event aside) */
@@ -869,13 +788,13 @@ static int read_msg(sl_stitch_t *s, const sl_jindex_t *top, const sl_jindex_t *c
             m->revenue = 0;
             m->amount_ignored = 1;
         }
-        const char *cur = jstr(props, "currency", a);
+        const char *cur = stitch_jstr(props, "currency", a);
         if (cur) snprintf(m->currency, sizeof(m->currency), "%s", cur);
     }
     return consent_read_msg(top, context, s->cfg, m->trusted, m->ts_ms, seq, &m->consent, a);
 }
 
-static void msg_free(sl_stitch_msg_t *m)
+void stitch_msg_free(sl_stitch_msg_t *m)
 {
     consent_in_free(&m->consent);
     cJSON_Delete(m->traits);
@@ -887,7 +806,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
 {
     sl_stitch_t *s = arg;
     sl_stitch_msg_t m;
-    int rc = read_msg(s, ev->top, ev->context, ev->seq, &m);
+    int rc = stitch_read_msg(s, ev->top, ev->context, ev->seq, &m);
     s->n_mg = 0;
     ev->ctx->historical = m.historical;
     if (rc == 0 && m.type != SL_STITCH_IDENTIFY && m.type != SL_STITCH_ALIAS) {
@@ -898,7 +817,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
         atomic_fetch_add(&s->identify_ns, sl_mono_ns() - t0);
         atomic_fetch_add(&s->identifies, 1);
     }
-    msg_free(&m);
+    stitch_msg_free(&m);
     ev->ctx->merge_survivor = s->mg_survivor; /* even when the event was then stitched to nobody */
     ev->ctx->merge_absorbed = s->mg_absorbed;
     ev->ctx->n_merges = s->n_mg;
@@ -919,10 +838,10 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
 
     if (m->type == SL_STITCH_ALIAS) {
         if (m->user_id == NULL || m->previous_id == NULL) return 0;
-        if ((rc = make_key(kU, "user_id", m->user_id)) || (rc = lookup(s, txn, kU, &pU, &tlU))) return rc;
+        if ((rc = stitch_make_key(kU, "user_id", m->user_id)) || (rc = stitch_lookup(s, txn, kU, &pU, &tlU))) return rc;
         /* previousId: a former user_id, else an anonymous_id. */
-        if ((rc = make_key(kA, "user_id", m->previous_id)) || (rc = lookup(s, txn, kA, &pA, &tlA))) return rc;
-        if (pA == 0 && ((rc = make_key(kA, "anonymous_id", m->previous_id)) || (rc = lookup(s, txn, kA, &pA, &tlA))))
+        if ((rc = stitch_make_key(kA, "user_id", m->previous_id)) || (rc = stitch_lookup(s, txn, kA, &pA, &tlA))) return rc;
+        if (pA == 0 && ((rc = stitch_make_key(kA, "anonymous_id", m->previous_id)) || (rc = stitch_lookup(s, txn, kA, &pA, &tlA))))
             return rc;
         /* From a source anyone can read the key of (a browser), alias never
          * joins two users: previousId's person already has a userId other
@@ -930,15 +849,15 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
          * userId's person. */
         int join_users = 0;
         if (pA && pA != pU) {
-            if ((rc = person_load(s, txn, pA, o))) return rc;
+            if ((rc = stitch_person_load(s, txn, pA, o))) return rc;
             const char *uo = person_user_id(o);
             join_users = uo && strcmp(uo, m->user_id) != 0;
         }
         int refused = join_users && !m->trusted;
         if (pU) {
-            if ((rc = person_load(s, txn, pU, t))) return rc;
+            if ((rc = stitch_person_load(s, txn, pU, t))) return rc;
         } else if (pA && !refused) {
-            if ((rc = person_load(s, txn, pA, t))) return rc;
+            if ((rc = stitch_person_load(s, txn, pA, t))) return rc;
             if ((rc = add_identity(s, txn, t, kU, &tlU))) return rc;
         } else {
             if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kU, &tlU))) return rc;
@@ -950,21 +869,21 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
                 if ((rc = refuse(s, txn, m, "alias would join two users: only a trusted source may", kA, pA, t->id)))
                     return rc;
             } else {
-                if ((rc = person_load(s, txn, pA, o))) return rc;
+                if ((rc = stitch_person_load(s, txn, pA, o))) return rc;
                 if ((rc = merge(s, txn, t, o, m, "alias: previousId merged into userId"))) return rc;
             }
         }
         index_user = 1;
     } else {
-        if (m->user_id && ((rc = make_key(kU, "user_id", m->user_id)) || (rc = lookup(s, txn, kU, &pU, &tlU)))) return rc;
+        if (m->user_id && ((rc = stitch_make_key(kU, "user_id", m->user_id)) || (rc = stitch_lookup(s, txn, kU, &pU, &tlU)))) return rc;
         if (m->anonymous_id &&
-            ((rc = make_key(kA, "anonymous_id", m->anonymous_id)) || (rc = lookup(s, txn, kA, &pA, &tlA))))
+            ((rc = stitch_make_key(kA, "anonymous_id", m->anonymous_id)) || (rc = stitch_lookup(s, txn, kA, &pA, &tlA))))
             return rc;
         if (m->user_id) {
             if (pU) {
-                if ((rc = person_load(s, txn, pU, t))) return rc;
+                if ((rc = stitch_person_load(s, txn, pU, t))) return rc;
             } else if (pA) {
-                if ((rc = person_load(s, txn, pA, t))) return rc;
+                if ((rc = stitch_person_load(s, txn, pA, t))) return rc;
                 if (person_user_id(t) == NULL) { /* the anonymous person becomes the user's */
                     if ((rc = add_identity(s, txn, t, kU, &tlU))) return rc;
                 } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kU, &tlU))) {
@@ -977,7 +896,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
                 if (pA == 0) {
                     if ((rc = add_identity(s, txn, t, kA, &tlA))) return rc;
                 } else if (pA != t->id) {
-                    if ((rc = person_load(s, txn, pA, o))) return rc;
+                    if ((rc = stitch_person_load(s, txn, pA, o))) return rc;
                     if (person_user_id(o)) {
                         if ((rc = refuse(s, txn, m, "anonymous_id already belongs to another user (shared device)",
                                          kA, pA, t->id)))
@@ -990,7 +909,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
             index_user = 1;
         } else if (m->anonymous_id) {
             if (pA) {
-                if ((rc = person_load(s, txn, pA, t))) return rc;
+                if ((rc = stitch_person_load(s, txn, pA, t))) return rc;
             } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kA, &tlA))) {
                 return rc;
             }
@@ -1000,13 +919,13 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
              * identity trait (an e-mail) still names someone, and erasure by
              * it must reach the event, so the event goes to the trait's
              * owner, or to a person of its own, indexed under the trait. */
-            int i = first_trait(s, m);
+            int i = stitch_first_trait(s, m);
             if (i < 0) return 0; /* nothing to stitch on (all identifiers were junk) */
-            if ((rc = make_key(kA, s->cfg->identity_traits[i], m->trait_ids[i])) ||
-                (rc = lookup(s, txn, kA, &pA, &tlA)))
+            if ((rc = stitch_make_key(kA, s->cfg->identity_traits[i], m->trait_ids[i])) ||
+                (rc = stitch_lookup(s, txn, kA, &pA, &tlA)))
                 return rc;
             if (pA) {
-                if ((rc = person_load(s, txn, pA, t))) return rc;
+                if ((rc = stitch_person_load(s, txn, pA, t))) return rc;
             } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kA, &tlA))) {
                 return rc;
             }
@@ -1019,14 +938,14 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
             if (m->trait_ids[i] == NULL) continue;
             sl_buf_t *kT = &s->k3;
             uint64_t pT;
-            if ((rc = make_key(kT, s->cfg->identity_traits[i], m->trait_ids[i])) || (rc = lookup(s, txn, kT, &pT, NULL)))
+            if ((rc = stitch_make_key(kT, s->cfg->identity_traits[i], m->trait_ids[i])) || (rc = stitch_lookup(s, txn, kT, &pT, NULL)))
                 return rc;
             if (pT == 0) {
                 if ((rc = add_identity(s, txn, t, kT, NULL))) return rc;
                 continue;
             }
             if (pT == t->id) continue;
-            if ((rc = person_load(s, txn, pT, o))) return rc;
+            if ((rc = stitch_person_load(s, txn, pT, o))) return rc;
             const char *uo = person_user_id(o), *ut = person_user_id(t);
             if (uo && ut && strcmp(uo, ut) != 0) {
                 rc = refuse(s, txn, m, "trait identifier already belongs to another user", kT, pT, t->id);
@@ -1042,7 +961,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
     }
     /* Index the event under the identifier it was sent with. */
     unsigned char tv[16];
-    tl_value(tv, m->ts_ms, seq, m->type == SL_STITCH_PAGE || m->type == SL_STITCH_SCREEN);
+    stitch_tl_value(tv, m->ts_ms, seq, m->type == SL_STITCH_PAGE || m->type == SL_STITCH_SCREEN);
     /* kU or kA was looked up or given above: its timeline number is known */
     uint64_t tlno = index_user ? tlU : tlA;
     unsigned char tk[8];
@@ -1068,7 +987,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
     s->pend.traits_dropped += s->msg_dropped;
     /* what the later phases of the event read */
     ctx->entity = (sl_entity_t){SL_ENTITY_PERSON, t->id};
-    ctx->identified = person_identified(t);
+    ctx->identified = stitch_person_identified(t);
     ctx->identity_changed = s->gained_identity || s->n_mg > 0;
     ctx->ts_ms = m->ts_ms;
     ctx->dropped_traits = s->msg_dropped;
@@ -1076,7 +995,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
     return 0;
 }
 
-static int finish_erasures(sl_stitch_t *s, MDB_txn *txn);
+int stitch_finish_erasures(sl_stitch_t *s, MDB_txn *txn);
 
 /* A store written before prefusals existed: every refusal reference in
  * pjournal (and every reference to an entry no longer there, which only a
@@ -1163,7 +1082,7 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
                  "(export the events and ingest them again)", layout, STITCH_LAYOUT);
         return SL_EINVAL;
     }
-    return read_only ? 0 : finish_erasures(s, txn);
+    return read_only ? 0 : stitch_finish_erasures(s, txn);
 }
 
 /* After each stage transaction: a committed one's counts are added; an
@@ -1261,13 +1180,13 @@ int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t
                              int64_t *last_ms)
 {
     person_t *p = &s->p3;
-    int rc = person_load(s, txn, id, p);
+    int rc = stitch_person_load(s, txn, id, p);
     if (rc) return rc == MDB_NOTFOUND ? SL_ENOTFOUND : rc;
-    if (identified) *identified = person_identified(p);
+    if (identified) *identified = stitch_person_identified(p);
     if (last_ms) {
         uint64_t n;
         int64_t first;
-        if ((rc = person_stats(s, txn, p, &n, NULL, &first, last_ms))) return rc;
+        if ((rc = stitch_person_stats(s, txn, p, &n, NULL, &first, last_ms))) return rc;
     }
     if (out == NULL) return 0;
     append_person_head(out, p);
@@ -1288,14 +1207,14 @@ int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t
 int sl_stitch_person_view(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out)
 {
     person_t *p = &s->p3;
-    int rc = person_load(s, txn, id, p);
+    int rc = stitch_person_load(s, txn, id, p);
     if (rc) return rc == MDB_NOTFOUND ? SL_ENOTFOUND : rc;
     uint64_t n;
     int64_t first, last;
-    if ((rc = person_stats(s, txn, p, &n, NULL, &first, &last))) return rc;
+    if ((rc = stitch_person_stats(s, txn, p, &n, NULL, &first, &last))) return rc;
     sl_buf_appends(out, "{\"traits\":");
     append_traits(out, p);
-    sl_buf_printf(out, ",\"identified\":%s,\"first_seen\":", person_identified(p) ? "true" : "false");
+    sl_buf_printf(out, ",\"identified\":%s,\"first_seen\":", stitch_person_identified(p) ? "true" : "false");
     sl_buf_append_iso(out, first);
     sl_buf_appends(out, ",\"last_seen\":");
     sl_buf_append_iso(out, last);
@@ -1365,17 +1284,17 @@ static int find_person(sl_stitch_t *s, MDB_txn *txn, const char *kind, const cha
     int is_trait = strcmp(kind, "user_id") != 0 && strcmp(kind, "anonymous_id") != 0;
     const char *v = is_trait ? sl_stitch_clean_id(s, id, &a, 1) : id;
     uint64_t pid = 0;
-    int rc = v ? make_key(&key, kind, v) : SL_ENOTFOUND;
-    if (rc == 0) rc = lookup(s, txn, &key, &pid, NULL);
+    int rc = v ? stitch_make_key(&key, kind, v) : SL_ENOTFOUND;
+    if (rc == 0) rc = stitch_lookup(s, txn, &key, &pid, NULL);
     if (rc == 0 && pid == 0) rc = SL_ENOTFOUND;
-    if (rc == 0) rc = person_load(s, txn, pid, p);
+    if (rc == 0) rc = stitch_person_load(s, txn, pid, p);
     if (rc == MDB_NOTFOUND) rc = SL_ENOTFOUND;
     sl_buf_free(&key);
     sl_arena_free(&a);
     return rc;
 }
 
-static void person_free(person_t *p)
+void stitch_person_free(person_t *p)
 {
     sl_buf_free(&p->ids);
     sl_buf_free(&p->traits);
@@ -1383,7 +1302,7 @@ static void person_free(person_t *p)
 
 /* What the timelines of p's identifiers say: event count (and page views
  * when pages is not NULL, which reads every entry), first and last seen. */
-static int person_stats(sl_stitch_t *s, MDB_txn *txn, const person_t *p, uint64_t *events, uint64_t *pages,
+int stitch_person_stats(sl_stitch_t *s, MDB_txn *txn, const person_t *p, uint64_t *events, uint64_t *pages,
                         int64_t *first, int64_t *last)
 {
     MDB_cursor *cur;
@@ -1466,9 +1385,9 @@ int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char
     uint64_t events, pages;
     int64_t first, last;
     int rc = find_person(s, txn, kind, id, &p);
-    if (rc == 0 && (rc = person_stats(s, txn, &p, &events, &pages, &first, &last)) == 0)
+    if (rc == 0 && (rc = stitch_person_stats(s, txn, &p, &events, &pages, &first, &last)) == 0)
         rc = append_profile(s, txn, out, &p, events, pages, first, last);
-    person_free(&p);
+    stitch_person_free(&p);
     return rc;
 }
 
@@ -1481,7 +1400,7 @@ int sl_stitch_recent(sl_stitch_t *s, MDB_txn *txn, size_t limit, const char *bef
         unsigned long long ms, pid;
         char extra;
         if (sscanf(before, "%llu.%llu%c", &ms, &pid, &extra) != 2) return SL_EINVAL;
-        active_key(from, (int64_t)ms, pid);
+        stitch_active_key(from, (int64_t)ms, pid);
         have_from = 1;
     }
     sl_buf_appends(out, "{\"profiles\":[");
@@ -1508,12 +1427,12 @@ int sl_stitch_recent(sl_stitch_t *s, MDB_txn *txn, size_t limit, const char *bef
         last_pid = sl_be64_get((const unsigned char *)k.mv_data + 8);
         uint64_t events, pages;
         int64_t first, last;
-        if ((rc = person_load(s, txn, last_pid, &p)) == MDB_NOTFOUND) continue; /* not ours to fail on */
-        if (rc || (rc = person_stats(s, txn, &p, &events, &pages, &first, &last))) break;
+        if ((rc = stitch_person_load(s, txn, last_pid, &p)) == MDB_NOTFOUND) continue; /* not ours to fail on */
+        if (rc || (rc = stitch_person_stats(s, txn, &p, &events, &pages, &first, &last))) break;
         if (n++) sl_buf_appends(out, ",");
         if ((rc = append_profile(s, txn, out, &p, events, pages, first, last))) break;
     }
-    person_free(&p);
+    stitch_person_free(&p);
     mdb_cursor_close(cur);
     if (rc && rc != MDB_NOTFOUND) return rc;
     if (n == limit && rc == 0) sl_buf_printf(out, "],\"next\":\"%llu.%llu\"}", (unsigned long long)last_ms,
@@ -1538,7 +1457,7 @@ int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, MDB_txn *log_txn, const cha
             rc = SL_EINVAL;
             goto out_person;
         }
-        tl_value(bv, ts, seq, 0); /* the lowest value with that (ts, seq) */
+        stitch_tl_value(bv, ts, seq, 0); /* the lowest value with that (ts, seq) */
     }
     size_t n = p.h.n_ids;
     MDB_cursor **cur = calloc(n ? n : 1, sizeof(*cur));
@@ -1593,7 +1512,7 @@ int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, MDB_txn *log_txn, const cha
         }
         memcpy(last, head[best], 16);
         MDB_val ev;
-        if (sl_store_event_get(s->store, log_txn, tl_seq(last), &ev) == 0) {
+        if (sl_store_event_get(s->store, log_txn, stitch_tl_seq(last), &ev) == 0) {
             if (emitted) sl_buf_appends(out, ",");
             sl_buf_append(out, ev.mv_data, ev.mv_size);
             emitted++;
@@ -1609,7 +1528,7 @@ int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, MDB_txn *log_txn, const cha
     }
     sl_buf_appends(out, "],\"next\":");
     if (more) sl_buf_printf(out, "\"%lld.%llu\"", (long long)(sl_be64_get(last) ^ (1ULL << 63)),
-                            (unsigned long long)tl_seq(last));
+                            (unsigned long long)stitch_tl_seq(last));
     else sl_buf_appends(out, "null");
     sl_buf_appends(out, "}");
 out:
@@ -1619,7 +1538,7 @@ out:
     free(head);
     free(live);
 out_person:
-    person_free(&p);
+    stitch_person_free(&p);
     return rc;
 }
 
@@ -1686,7 +1605,7 @@ out:
     if (cur) mdb_cursor_close(cur);
     sl_buf_free(&merges);
     sl_buf_free(&refused);
-    person_free(&p);
+    stitch_person_free(&p);
     return rc;
 }
 
@@ -1694,8 +1613,8 @@ static int erase_event(MDB_txn *txn, const MDB_val *v, void *arg)
 {
     (void)txn;
     sl_stitch_erase_t *e = arg;
-    uint64_t seq = tl_seq(v->mv_data);
-    return u64_append(&e->seqs, &e->n_seqs, &e->cap_seqs, &seq, 1);
+    uint64_t seq = stitch_tl_seq(v->mv_data);
+    return stitch_u64_append(&e->seqs, &e->n_seqs, &e->cap_seqs, &seq, 1);
 }
 
 /* A refusal entry of another, living person (the one whose identifier was
@@ -1739,7 +1658,7 @@ static int erase_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
         const char *ab = sl_json_str(doc, "absorbed");
         sl_entity_t who = {0, 0};
         uint64_t id = ab && sl_entity_parse(ab, strlen(ab), &who) == 0 ? who.id : 0;
-        if (id) rc = u64_append(&e->merged, &e->n_merged, &e->cap_merged, &id, 1);
+        if (id) rc = stitch_u64_append(&e->merged, &e->n_merged, &e->cap_merged, &id, 1);
         cJSON_Delete(doc);
         if (rc) return rc;
     }
@@ -1798,7 +1717,7 @@ static int erased_json(const sl_stitch_t *s, const person_t *p, const uint64_t *
  * (their events' numbers into e->seqs), journal (the persons merged into p
  * into e->merged), record, recent activity, consent. The listeners are told
  * after (tell_forgotten). */
-static int forget_person(sl_stitch_t *s, MDB_txn *txn, person_t *p, sl_stitch_erase_t *e)
+int stitch_forget_person(sl_stitch_t *s, MDB_txn *txn, person_t *p, sl_stitch_erase_t *e)
 {
     int rc;
     for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1) {
@@ -1828,7 +1747,7 @@ static int forget_person(sl_stitch_t *s, MDB_txn *txn, person_t *p, sl_stitch_er
 
 /* Tells the listeners that persons[0..n) (sorted) are forgotten: erased is
  * what consumers may hear (an erasure), or NULL (retention). */
-static int tell_forgotten(sl_stitch_t *s, MDB_txn *txn, const uint64_t *persons, size_t n, const char *erased,
+int stitch_tell_forgotten(sl_stitch_t *s, MDB_txn *txn, const uint64_t *persons, size_t n, const char *erased,
                           uint64_t *n_removed)
 {
     int rc = 0;
@@ -1841,7 +1760,7 @@ static int tell_forgotten(sl_stitch_t *s, MDB_txn *txn, const uint64_t *persons,
 }
 
 /* Sorts v[0..*n) and drops repeats. */
-static void sort_unique(uint64_t *v, size_t *n)
+void stitch_sort_unique(uint64_t *v, size_t *n)
 {
     if (*n == 0) return;
     qsort(v, *n, sizeof(*v), sl_u64_cmp);
@@ -1885,22 +1804,22 @@ static int erase_run(MDB_txn *txn, void *arg)
     e->found = 1;
     person_id_str(p.id, e->person);
     e->n_merged = 0;
-    if ((rc = forget_person(s, txn, &p, e))) goto out;
+    if ((rc = stitch_forget_person(s, txn, &p, e))) goto out;
     e->events = e->n_seqs;
-    sort_unique(e->merged, &e->n_merged);
+    stitch_sort_unique(e->merged, &e->n_merged);
     if ((rc = erased_json(s, &p, e->merged, e->n_merged, &s->tmp)) ||
-        (rc = u64_append(&e->merged, &e->n_merged, &e->cap_merged, &p.id, 1)))
+        (rc = stitch_u64_append(&e->merged, &e->n_merged, &e->cap_merged, &p.id, 1)))
         goto out;
-    sort_unique(e->merged, &e->n_merged); /* the person and those merged into it */
+    stitch_sort_unique(e->merged, &e->n_merged); /* the person and those merged into it */
     if ((rc = forget_refusal_keys(s, txn, e->merged, e->n_merged))) goto out;
-    if ((rc = tell_forgotten(s, txn, e->merged, e->n_merged, s->tmp.data, &e->triggers))) goto out;
+    if ((rc = stitch_tell_forgotten(s, txn, e->merged, e->n_merged, s->tmp.data, &e->triggers))) goto out;
     if (e->n_seqs == 0) goto out;
     uint64_t key;
-    if ((rc = counter_next(s, txn, "next_erasure", &key))) goto out;
+    if ((rc = stitch_counter_next(s, txn, "next_erasure", &key))) goto out;
     MDB_val ek = {8, &key}, ev = {e->n_seqs * 8, e->seqs};
     rc = mdb_put(txn, s->erasing, &ek, &ev, 0);
 out:
-    person_free(&p);
+    stitch_person_free(&p);
     return rc;
 }
 
@@ -1929,230 +1848,9 @@ void sl_stitch_erase_free(sl_stitch_erase_t *e)
     e->seqs = NULL;
 }
 
-/* ---- retention ---- */
-
-int64_t sl_stitch_prune_interval_ms(const sl_stitch_t *s)
-{
-    return sl_config_retention_pass_ms(s->cfg);
-}
-
-typedef struct {
-    sl_stitch_prune_t *p;
-    MDB_txn *txn;
-    int64_t now;
-    uint64_t next;    /* the cursor: the next event to examine */
-    int rc;
-} prune_ctx_t;
-
-/* 1 when the event's person has an identifier other than an anonymous id. */
-static int event_identified(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, int *identified)
-{
-    *identified = m->user_id != NULL || (m->anonymous_id == NULL && first_trait(s, m) >= 0);
-    if (*identified || m->anonymous_id == NULL) return 0;
-    uint64_t pid, tl;
-    int rc = make_key(&s->k2, "anonymous_id", m->anonymous_id);
-    if (rc || (rc = lookup(s, txn, &s->k2, &pid, &tl)) || pid == 0) return rc;
-    if ((rc = person_load(s, txn, pid, &s->p1))) return rc == MDB_NOTFOUND ? 0 : rc;
-    *identified = person_identified(&s->p1);
-    return 0;
-}
-
-/* The person and timeline number of the identifier stitch_event indexed
- * the event (m) under (*pid 0: none, the event was never indexed). */
-static int event_index(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t *pid, uint64_t *tlno)
-{
-    *pid = 0;
-    const char *kind = m->user_id ? "user_id" : "anonymous_id", *id = m->user_id ? m->user_id : m->anonymous_id;
-    if (m->type == SL_STITCH_ALIAS && (m->user_id == NULL || m->previous_id == NULL)) return 0; /* never indexed */
-    int ft = id ? -1 : first_trait(s, m);
-    if (ft >= 0) { /* only an identity trait named someone */
-        kind = s->cfg->identity_traits[ft];
-        id = m->trait_ids[ft];
-    }
-    if (id == NULL) return 0;
-    int rc = make_key(&s->k1, kind, id);
-    return rc ? rc : lookup(s, txn, &s->k1, pid, tlno);
-}
-
-/* Removes the timeline entry of the event (seq, m), where stitch_event put
- * it (pid, tlno: event_index()'s). */
-static int unindex_event(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, uint64_t seq, uint64_t pid,
-                         uint64_t tlno)
-{
-    if (pid == 0) return 0;
-    int rc;
-    unsigned char tk[8], tv[16];
-    sl_be64_put(tk, tlno);
-    tl_value(tv, m->ts_ms, seq, m->type == SL_STITCH_PAGE || m->type == SL_STITCH_SCREEN);
-    MDB_val k = {8, tk}, v = {16, tv};
-    rc = mdb_del(txn, s->tl, &k, &v);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-/* Persons never identified whose every event the run pruned go whole, as an
- * erasure would take them, telling no consumer: nothing is left to keep. */
-static int prune_persons(sl_stitch_t *s, MDB_txn *txn, sl_stitch_prune_t *p)
-{
-    person_t q = {0};
-    sl_stitch_erase_t e = {.stitch = s};
-    int rc = 0;
-    size_t gone = 0; /* p->persons[0..gone): the ones removed */
-    sort_unique(p->persons, &p->n_persons);
-    for (size_t i = 0; i < p->n_persons && rc == 0; i++) {
-        uint64_t events;
-        int64_t first, last;
-        if ((rc = person_load(s, txn, p->persons[i], &q)) == MDB_NOTFOUND) {
-            rc = 0;
-            continue;
-        }
-        if (rc || person_identified(&q) || (rc = person_stats(s, txn, &q, &events, NULL, &first, &last)) || events)
-            continue;
-        if ((rc = forget_person(s, txn, &q, &e)) == 0) p->persons[gone++] = q.id;
-    }
-    /* the listeners hear of them all at once: one pass over the feed */
-    uint64_t n_removed = 0;
-    if (rc == 0 && gone) rc = tell_forgotten(s, txn, p->persons, gone, NULL, &n_removed);
-    p->persons_gone = gone;
-    person_free(&q);
-    free(e.seqs);
-    free(e.merged);
-    return rc;
-}
-
-static int prune_event(const char *json, size_t len, uint64_t seq, void *arg)
-{
-    prune_ctx_t *c = arg;
-    sl_stitch_prune_t *p = c->p;
-    sl_stitch_t *s = p->stitch;
-    if (seq > p->upto) return 1; /* not applied yet when the run was asked for */
-    if (p->examined == (p->limit ? p->limit : 2000)) {
-        p->more = 1;
-        return 1;
-    }
-    p->examined++;
-    c->next = seq + 1;
-    sl_jindex_t top, context;
-    if (sl_jtype(sl_jroot_index(json, len, &top, "context", &context)) != SL_JOBJ)
-        return 0; /* not ours to judge: verify reports it */
-    sl_stitch_msg_t m;
-    int rc = read_msg(s, &top, &context, seq, &m), prune = 0;
-    const sl_source_t *src = m.source;
-    int64_t age = c->now - m.ts_ms;
-    int src_due = src && src->retention_ms && age > src->retention_ms;
-    int anon_due = s->cfg->anonymous_retention_ms && age > s->cfg->anonymous_retention_ms;
-    int states = m.consent.states || m.consent.unsub, identified = 0;
-    if (rc == 0 && (anon_due || (src_due && states))) rc = event_identified(s, c->txn, &m, &identified);
-    prune = src_due || (anon_due && !identified);
-    uint64_t pid = 0, tlno = 0;
-    if (rc == 0 && prune) rc = event_index(s, c->txn, &m, &pid, &tlno);
-    for (size_t i = 0; rc == 0 && prune && m.message_id && i < s->n_listeners; i++) {
-        /* a trigger still in the feed names it: kept until the trigger leaves */
-        int held = 0;
-        if (s->listeners[i].holds && (rc = s->listeners[i].holds(s->listeners[i].arg, c->txn, m.message_id, &held)) == 0 &&
-            held)
-            prune = 0, p->held++;
-    }
-    if (rc == 0 && prune && pid && identified && states) {
-        /* an identified person's current consent or refusal keeps its proof:
-         * the event that set it */
-        int keep;
-        if ((rc = consent_keeps(c->txn, s->consent, pid, seq, &keep)) == 0 && keep) prune = 0;
-    }
-    if (rc == 0 && prune && (rc = unindex_event(s, c->txn, &m, seq, pid, tlno)) == 0) {
-        rc = u64_append(&p->seqs, &p->n_seqs, &p->cap_seqs, &seq, 1);
-        /* an anonymous person may be left with nothing: looked at after the run */
-        if (rc == 0 && pid && m.user_id == NULL && (p->n_persons == 0 || p->persons[p->n_persons - 1] != pid))
-            rc = u64_append(&p->persons, &p->n_persons, &p->cap_persons, &pid, 1);
-    }
-    msg_free(&m);
-    c->rc = rc;
-    return rc ? 1 : 0;
-}
-
-static int prune_read(MDB_txn *log_txn, void *arg)
-{
-    prune_ctx_t *c = arg;
-    int rc = sl_store_foreach_event_from(c->p->stitch->store, log_txn, c->next, prune_event, c);
-    return rc < 0 || rc > 1 ? rc : 0;
-}
-
-static int meta_u64(sl_stitch_t *s, MDB_txn *txn, const char *key, uint64_t *v, int put)
-{
-    MDB_val k = {strlen(key), (void *)key}, d = {8, v};
-    if (put) return mdb_put(txn, s->smeta, &k, &d, 0);
-    int rc = mdb_get(txn, s->smeta, &k, &d);
-    if (rc == 0 && d.mv_size == 8) memcpy(v, d.mv_data, 8);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-static int prune_run(MDB_txn *txn, void *arg)
-{
-    sl_stitch_prune_t *p = arg;
-    sl_stitch_t *s = p->stitch;
-    p->examined = p->pruned = p->persons_gone = p->held = 0;
-    p->n_seqs = p->n_persons = 0;
-    p->more = 0;
-    p->erasing_key = 0;
-    int rc;
-    if (p->cleared_key) { /* the previous run's events left the log: its record goes */
-        MDB_val k = {8, &p->cleared_key};
-        if ((rc = mdb_del(txn, s->erasing, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
-    }
-    prune_ctx_t c = {.p = p, .txn = txn, .now = sl_now_ms(), .next = 1};
-    uint64_t pass_ms = 0, at_end = 0;
-    if ((rc = meta_u64(s, txn, "prune_next", &c.next, 0)) || (rc = meta_u64(s, txn, "prune_pass", &pass_ms, 0)) ||
-        (rc = meta_u64(s, txn, "prune_at_end", &at_end, 0)))
-        return rc;
-    if (pass_ms == 0 || (at_end && c.now - (int64_t)pass_ms >= sl_stitch_prune_interval_ms(s))) {
-        c.next = 1; /* a new pass: events stored since the last one began have aged */
-        pass_ms = (uint64_t)c.now;
-        s->pend.prune_passes++;
-    }
-    if ((rc = sl_store_read(s->store, prune_read, &c)) || (rc = c.rc)) return rc;
-    at_end = !p->more;
-    if ((rc = meta_u64(s, txn, "prune_next", &c.next, 1)) || (rc = meta_u64(s, txn, "prune_pass", &pass_ms, 1)) ||
-        (rc = meta_u64(s, txn, "prune_at_end", &at_end, 1)))
-        return rc;
-    p->pruned = p->n_seqs;
-    if ((rc = prune_persons(s, txn, p))) return rc;
-    if (p->n_seqs == 0) return 0;
-    if ((rc = counter_next(s, txn, "next_erasure", &p->erasing_key))) return rc;
-    MDB_val ek = {8, &p->erasing_key}, ev = {p->n_seqs * 8, p->seqs};
-    return mdb_put(txn, s->erasing, &ek, &ev, 0);
-}
-
-/* Once the run is on disk: its events go from the log. */
-static int prune_after(void *arg)
-{
-    sl_stitch_prune_t *p = arg;
-    atomic_fetch_add(&p->stitch->examined, p->examined);
-    if (p->n_seqs == 0) return 0;
-    int rc = sl_store_erase_events(p->stitch->store, p->seqs, p->n_seqs);
-    if (rc == 0) {
-        p->cleared_key = p->erasing_key;
-        atomic_fetch_add(&p->stitch->pruned, p->n_seqs);
-        atomic_fetch_add(&p->stitch->persons_expired, p->persons_gone);
-    }
-    return rc;
-}
-
-void sl_stitch_prune_init(sl_stitch_prune_t *p, sl_stitch_t *s, void (*done)(sl_stage_job_t *job))
-{
-    memset(p, 0, sizeof(*p));
-    p->stitch = s;
-    p->job = (sl_stage_job_t){.run = prune_run, .after_commit = prune_after, .done = done, .arg = p};
-}
-
-void sl_stitch_prune_free(sl_stitch_prune_t *p)
-{
-    free(p->seqs);
-    free(p->persons);
-    p->seqs = p->persons = NULL;
-}
-
 /* At open: erasures whose log deletion a crash may have cut short are done
  * again (deleting is idempotent), then forgotten. */
-static int finish_erasures(sl_stitch_t *s, MDB_txn *txn)
+int stitch_finish_erasures(sl_stitch_t *s, MDB_txn *txn)
 {
     MDB_cursor *cur;
     MDB_val k, v;
@@ -2172,314 +1870,6 @@ static int finish_erasures(sl_stitch_t *s, MDB_txn *txn)
     }
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-/* ---- verification (sillage verify) ---- */
-
-typedef struct {
-    sl_stitch_t *s;
-    const sl_verify_opts_t *o;
-    MDB_txn *txn;
-    FILE *out;
-    sl_verify_report_t *rep;
-    uint64_t *ids;       /* messageId hashes, sorted after the events pass */
-    size_t n_ids, cap_ids;
-    struct dup_s { uint64_t key; int64_t ms; } *keys; /* (source, messageId) and receivedAt, per event */
-    uint8_t *seen;       /* per event seq: indexed in tl */
-    uint64_t max_seq;
-    sl_arena_t arena;
-    uint64_t *pending;   /* events an erasure or retention took, waiting to leave the log (sorted) */
-    size_t n_pending;
-} verify_t;
-
-/* The event numbers held in `erasing` (a commit on disk, the log deletion
- * not yet done: verify runs between the two, or after a crash there). */
-static int load_pending(verify_t *v)
-{
-    MDB_cursor *cur;
-    MDB_val k, d;
-    int rc = mdb_cursor_open(v->txn, v->s->erasing, &cur);
-    if (rc) return rc;
-    size_t cap = 0;
-    for (rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT))
-        if (d.mv_size >= 8 && (rc = u64_append(&v->pending, &v->n_pending, &cap, d.mv_data, d.mv_size / 8))) break;
-    mdb_cursor_close(cur);
-    if (v->n_pending) qsort(v->pending, v->n_pending, 8, sl_u64_cmp);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-static uint64_t mid_hash(const char *id) { return sl_hash128(id, strlen(id), 99).lo; }
-
-static int verify_event(const char *json, size_t len, uint64_t seq, void *arg)
-{
-    verify_t *v = arg;
-    if (v->n_pending && bsearch(&seq, v->pending, v->n_pending, 8, sl_u64_cmp)) return 0; /* leaving */
-    v->rep->events++;
-    cJSON *doc = cJSON_ParseWithLength(json, len);
-    if (doc == NULL) {
-        fprintf(v->out, "events: %llu is not valid JSON\n", (unsigned long long)seq);
-        v->rep->problems++;
-        return 0;
-    }
-    const cJSON *mid = cJSON_GetObjectItemCaseSensitive(doc, "messageId");
-    if (cJSON_IsString(mid)) {
-        if (v->n_ids == v->cap_ids) {
-            size_t cap = v->cap_ids ? v->cap_ids * 2 : 4096;
-            uint64_t *n = realloc(v->ids, cap * sizeof(*n));
-            if (n) v->ids = n;
-            struct dup_s *nk = n ? realloc(v->keys, cap * sizeof(*nk)) : NULL;
-            if (nk) v->keys = nk;
-            if (n == NULL || nk == NULL) {
-                cJSON_Delete(doc);
-                return SL_ENOMEM;
-            }
-            v->cap_ids = cap;
-        }
-        /* the dedupe key is the source's and the messageId together */
-        const cJSON *sil = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "context"), "sillage");
-        const cJSON *src = cJSON_GetObjectItemCaseSensitive(sil, "source");
-        const cJSON *rcv = cJSON_GetObjectItemCaseSensitive(doc, "receivedAt");
-        int64_t ms = 0;
-        if (cJSON_IsString(rcv)) sl_time_parse_iso(rcv->valuestring, strlen(rcv->valuestring), &ms);
-        sl_hash128_t kh = sl_hash128(mid->valuestring, strlen(mid->valuestring), 99);
-        if (cJSON_IsString(src)) kh.lo ^= sl_hash128(src->valuestring, strlen(src->valuestring), 7).lo;
-        v->keys[v->n_ids] = (struct dup_s){kh.lo, ms};
-        v->ids[v->n_ids++] = mid_hash(mid->valuestring);
-    }
-    /* only what the stage applied is indexed; an event set aside is not */
-    if (seq > v->o->applied || (v->o->skip && v->o->skip(seq, v->o->skip_arg))) {
-        cJSON_Delete(doc);
-        if (seq > v->max_seq) v->max_seq = seq;
-        return 0;
-    }
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(doc, "type");
-    const cJSON *u = cJSON_GetObjectItemCaseSensitive(doc, "userId");
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(doc, "anonymousId");
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(doc, "previousId");
-    sl_arena_reset(&v->arena);
-#define CLEAN(x) (cJSON_IsString(x) ? sl_stitch_clean_id(v->s, (x)->valuestring, &v->arena, 0) : NULL)
-    int is_alias = cJSON_IsString(type) && strcmp(type->valuestring, "alias") == 0;
-    int indexed = is_alias ? CLEAN(u) && CLEAN(p) : CLEAN(u) || CLEAN(a);
-#undef CLEAN
-    /* an identify with no id but an identity trait is indexed under the trait */
-    sl_jval_t traits = {NULL, 0};
-    if (!indexed && cJSON_IsString(type) && strcmp(type->valuestring, "identify") == 0) {
-        sl_jindex_t top, context;
-        sl_jroot_index(json, len, &top, "context", &context);
-        traits = identify_traits(&top, &context);
-    }
-    for (size_t i = 0; traits.n && !indexed && i < v->s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++)
-        indexed = sl_stitch_clean_id(v->s, jstr(traits, v->s->cfg->identity_traits[i], &v->arena), &v->arena, 1) != NULL;
-    cJSON_Delete(doc);
-    if (indexed) v->rep->expected_indexed++;
-    if (seq > v->max_seq) v->max_seq = seq;
-    return 0;
-}
-
-static int cmp_dup(const void *a, const void *b)
-{
-    const struct dup_s *x = a, *y = b;
-    if (x->key != y->key) return x->key < y->key ? -1 : 1;
-    return x->ms < y->ms ? -1 : x->ms > y->ms;
-}
-
-static int has_message(const char *id, void *arg)
-{
-    verify_t *v = arg;
-    uint64_t h = mid_hash(id);
-    return v->n_ids && bsearch(&h, v->ids, v->n_ids, sizeof(h), sl_u64_cmp) != NULL;
-}
-
-static void problem(verify_t *v, const char *what, const void *key, size_t klen)
-{
-    fprintf(v->out, "%s: %.*s\n", what, (int)(klen > 200 ? 200 : klen), (const char *)key);
-    v->rep->problems++;
-}
-
-int sl_stitch_verify(sl_stitch_t *s, MDB_txn *txn, const sl_verify_opts_t *o, FILE *out, sl_verify_report_t *rep)
-{
-    verify_t v = {.s = s, .o = o, .txn = txn, .out = out, .rep = rep};
-    memset(rep, 0, sizeof(*rep));
-    sl_store_t *st = s->store;
-    MDB_txn *log_txn = o->log_txn;
-    int rc = load_pending(&v);
-    if (rc == 0) rc = sl_store_foreach_event_txn(st, log_txn, verify_event, &v);
-    if (rc) goto out;
-    /* a log with no event left (all erased): nothing to sort, and qsort(NULL, 0) is undefined */
-    if (v.n_ids) qsort(v.ids, v.n_ids, sizeof(*v.ids), sl_u64_cmp);
-    /* A repeat within a minute should have been deduplicated; a later one
-     * may be past the dedupe window (or past limits.max_dedupe_ids) and is
-     * stored again by design. */
-    if (v.n_ids) qsort(v.keys, v.n_ids, sizeof(*v.keys), cmp_dup);
-    uint64_t later = 0;
-    for (size_t i = 1; i < v.n_ids; i++)
-        if (v.keys[i].key == v.keys[i - 1].key) {
-            if (v.keys[i].ms - v.keys[i - 1].ms < 60000) {
-                fprintf(out, "events: a messageId of one source is stored twice within a minute\n");
-                rep->problems++;
-            } else {
-                later++;
-            }
-        }
-    if (later)
-        fprintf(out, "events: %llu messageIds repeated after more than a minute (past the dedupe window): "
-                     "not a problem\n", (unsigned long long)later);
-    v.seen = calloc(v.max_seq + 1, 1);
-    if (v.seen == NULL) {
-        rc = SL_ENOMEM;
-        goto out;
-    }
-
-    /* the timeline numbers the identifiers own */
-    MDB_cursor *cur;
-    MDB_val k, val;
-    uint64_t *tls = NULL;
-    size_t n_tls = 0, cap_tls = 0;
-    if ((rc = mdb_cursor_open(txn, s->ids, &cur))) goto out;
-    for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
-        if (val.mv_size != 16) continue; /* reported below */
-        if (n_tls == cap_tls) {
-            cap_tls = cap_tls ? cap_tls * 2 : 4096;
-            uint64_t *nt = realloc(tls, cap_tls * sizeof(*nt));
-            if (nt == NULL) {
-                rc = SL_ENOMEM;
-                break;
-            }
-            tls = nt;
-        }
-        memcpy(&tls[n_tls++], (const char *)val.mv_data + 8, 8);
-    }
-    mdb_cursor_close(cur);
-    if (rc != MDB_NOTFOUND) {
-        free(tls);
-        goto out;
-    }
-    if (n_tls) qsort(tls, n_tls, sizeof(*tls), sl_u64_cmp); /* tls may be NULL when empty */
-
-    /* tl: every entry is an existing event, indexed once, under a timeline an identifier owns */
-    if ((rc = mdb_cursor_open(txn, s->tl, &cur))) {
-        free(tls);
-        goto out;
-    }
-    for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
-        if (val.mv_size != 16) {
-            fprintf(out, "tl: a bad entry\n");
-            rep->problems++;
-            continue;
-        }
-        uint64_t seq = tl_seq(val.mv_data);
-        MDB_val ev;
-        rep->indexed++;
-        if (seq > v.max_seq || sl_store_event_get(st, log_txn, seq, &ev) != 0) {
-            fprintf(out, "tl: event %llu is not stored\n", (unsigned long long)seq);
-            rep->problems++;
-        } else if (v.seen[seq]++) {
-            fprintf(out, "tl: event %llu is indexed twice\n", (unsigned long long)seq);
-            rep->problems++;
-        }
-        uint64_t tlno = k.mv_size == 8 ? sl_be64_get(k.mv_data) : 0;
-        if (n_tls == 0 || bsearch(&tlno, tls, n_tls, sizeof(tlno), sl_u64_cmp) == NULL) {
-            fprintf(out, "tl: timeline %llu belongs to no identifier\n", (unsigned long long)tlno);
-            rep->problems++;
-        }
-    }
-    mdb_cursor_close(cur);
-    free(tls);
-    if (rc != MDB_NOTFOUND) goto out;
-    if (rep->indexed != rep->expected_indexed) {
-        fprintf(out, "tl: %llu events indexed, %llu stored events have an identifier\n",
-                (unsigned long long)rep->indexed, (unsigned long long)rep->expected_indexed);
-        rep->problems++;
-    }
-
-    /* ids -> persons, and persons -> ids */
-    if ((rc = mdb_cursor_open(txn, s->ids, &cur))) goto out;
-    person_t p = {0};
-    for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
-        rep->identifiers++;
-        uint64_t pid;
-        if (val.mv_size != 16) {
-            problem(&v, "ids: bad value for", k.mv_data, k.mv_size);
-            continue;
-        }
-        memcpy(&pid, val.mv_data, 8);
-        if (person_load(s, txn, pid, &p) != 0) {
-            problem(&v, "ids: identifier of a missing person", k.mv_data, k.mv_size);
-            continue;
-        }
-        int listed = 0;
-        for (size_t off = 0; off < p.ids.len && !listed; off += strlen(p.ids.data + off) + 1)
-            listed = strlen(p.ids.data + off) == k.mv_size && memcmp(p.ids.data + off, k.mv_data, k.mv_size) == 0;
-        if (!listed) problem(&v, "ids: the person does not list", k.mv_data, k.mv_size);
-    }
-    mdb_cursor_close(cur);
-    if (rc != MDB_NOTFOUND) goto out_p;
-    uint64_t counted = 0;
-    if ((rc = mdb_cursor_open(txn, s->persons, &cur))) goto out_p;
-    for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
-        uint64_t pid;
-        memcpy(&pid, k.mv_data, 8);
-        rep->persons++;
-        if (person_load(s, txn, pid, &p) != 0) {
-            fprintf(out, "persons: p_%llu is unreadable\n", (unsigned long long)pid);
-            rep->problems++;
-            continue;
-        }
-        uint64_t n;
-        int64_t first, last;
-        if (person_stats(s, txn, &p, &n, NULL, &first, &last) == 0) counted += n;
-        for (size_t off = 0; off < p.ids.len; off += strlen(p.ids.data + off) + 1) {
-            sl_buf_t key = {p.ids.data + off, strlen(p.ids.data + off), 0};
-            uint64_t owner;
-            if (lookup(s, txn, &key, &owner, NULL) || owner != pid) problem(&v, "persons: an identifier points elsewhere", key.data, key.len);
-        }
-        /* where the record says its entry in active is, it is */
-        if ((p.h.flags & (PF_ACTIVE_HERE | PF_ACTIVE)) == (PF_ACTIVE_HERE | PF_ACTIVE) && s->active) {
-            unsigned char ak[16];
-            active_key(ak, p.h.active_ms, pid);
-            MDB_val av = {16, ak}, nothing;
-            if (mdb_get(txn, s->active, &av, &nothing) != 0) {
-                fprintf(out, "persons: p_%llu is missing from the recent-activity index\n", (unsigned long long)pid);
-                rep->problems++;
-            }
-        }
-    }
-    mdb_cursor_close(cur);
-    if (rc != MDB_NOTFOUND) goto out_p;
-    if (counted != rep->indexed) {
-        fprintf(out, "persons: counters say %llu events, the timelines hold %llu\n", (unsigned long long)counted,
-                (unsigned long long)rep->indexed);
-        rep->problems++;
-    }
-    /* consent records belong to persons */
-    if (s->consent) {
-        if ((rc = mdb_cursor_open(txn, s->consent, &cur))) goto out_p;
-        for (rc = mdb_cursor_get(cur, &k, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
-            MDB_val pv;
-            uint64_t pid = 0;
-            memcpy(&pid, k.mv_data, k.mv_size < 8 ? k.mv_size : 8);
-            if (!consent_check_record(val.mv_data, val.mv_size)) {
-                fprintf(out, "consent: the record of p_%llu is unreadable\n", (unsigned long long)pid);
-                rep->problems++;
-            }
-            if (k.mv_size == 8 && mdb_get(txn, s->persons, &k, &pv) == 0) continue;
-            fprintf(out, "consent: a record of p_%llu, no such person\n", (unsigned long long)pid);
-            rep->problems++;
-        }
-        mdb_cursor_close(cur);
-        if (rc != MDB_NOTFOUND) goto out_p;
-    }
-    rc = o->also ? o->also(o->also_arg, txn, has_message, &v, out, &rep->triggers, &rep->problems) : 0;
-out_p:
-    person_free(&p);
-    if (rc == MDB_NOTFOUND) rc = 0;
-out:
-    free(v.ids);
-    free(v.keys);
-    free(v.pending);
-    free(v.seen);
-    sl_arena_free(&v.arena);
-    return rc;
 }
 
 void sl_stitch_metrics(void *arg, sl_buf_t *b)
