@@ -1,5 +1,8 @@
-/* stitch.c - the identity graph, merges and their journal, profiles, the
- * stitched timeline and erasure. See sl_stitch.h and docs/IDENTITY.md.
+/* stitch.c - the identity graph: person records, stitching each event,
+ * merges and their journal, persons by recent activity, the stage step.
+ * Beside it, behind stitch_int.h: read.c (profiles, timelines, merges for
+ * the API), erase.c (erasure), retention.c, verify.c, consent.c. See
+ * sl_stitch.h and docs/IDENTITY.md.
  *
  * LMDB databases (all in the store's environment):
  *   ids       identifier key -> person id (u64), timeline number (u64, given at first
@@ -81,7 +84,7 @@ int stitch_make_key(sl_buf_t *b, const char *kind, const char *value)
     return rc ? SL_ENOMEM : 0;
 }
 
-static void person_id_str(uint64_t id, char out[32]) { sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, id}, out); }
+void stitch_person_id_str(uint64_t id, char out[32]) { sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, id}, out); }
 
 int stitch_counter_next(sl_stitch_t *s, MDB_txn *txn, const char *name, uint64_t *out)
 {
@@ -98,7 +101,7 @@ int stitch_counter_next(sl_stitch_t *s, MDB_txn *txn, const char *name, uint64_t
 }
 
 /* The person (0: none) and timeline number of an identifier key. */
-static int lookup_id(sl_stitch_t *s, MDB_txn *txn, const void *key, size_t len, uint64_t *pid, uint64_t *tl)
+int stitch_lookup_id(sl_stitch_t *s, MDB_txn *txn, const void *key, size_t len, uint64_t *pid, uint64_t *tl)
 {
     MDB_val k = {len, (void *)key}, v;
     int rc = mdb_get(txn, s->ids, &k, &v);
@@ -114,12 +117,12 @@ static int lookup_id(sl_stitch_t *s, MDB_txn *txn, const void *key, size_t len, 
 
 int stitch_lookup(sl_stitch_t *s, MDB_txn *txn, const sl_buf_t *key, uint64_t *pid, uint64_t *tl)
 {
-    return lookup_id(s, txn, key->data, key->len, pid, tl);
+    return stitch_lookup_id(s, txn, key->data, key->len, pid, tl);
 }
 
 /* Calls fn(txn, value, arg) for each duplicate under key in dbi, stopping at
  * the first nonzero return, which it returns (0 when all went through). */
-static int foreach_dup(MDB_txn *txn, MDB_dbi dbi, const void *key, size_t key_len,
+int stitch_foreach_dup(MDB_txn *txn, MDB_dbi dbi, const void *key, size_t key_len,
                        int (*fn)(MDB_txn *txn, const MDB_val *v, void *arg), void *arg)
 {
     MDB_cursor *cur;
@@ -177,7 +180,7 @@ static void person_init(person_t *p, uint64_t id)
 }
 
 /* The first user_id identifier of p, or NULL. */
-static const char *person_user_id(const person_t *p)
+const char *stitch_person_user_id(const person_t *p)
 {
     static const char prefix[] = "user_id\x1f";
     for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1)
@@ -229,7 +232,7 @@ static int person_create(sl_stitch_t *s, MDB_txn *txn, person_t *p)
 
 /* ---- journal ---- */
 
-static void append_identifier_json(sl_buf_t *b, const char *key)
+void stitch_append_identifier_json(sl_buf_t *b, const char *key)
 {
     const char *sep = strchr(key, KEY_SEP);
     if (sep == NULL) return;
@@ -297,7 +300,7 @@ static int refusal_key(sl_buf_t *b, uint64_t owner, const char *reason)
 }
 
 /* Deletes every smeta key that starts with prefix[0..n). */
-static int meta_del_prefix(sl_stitch_t *s, MDB_txn *txn, const char *prefix, size_t n)
+int stitch_meta_del_prefix(sl_stitch_t *s, MDB_txn *txn, const char *prefix, size_t n)
 {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, s->smeta, &cur);
@@ -311,14 +314,14 @@ static int meta_del_prefix(sl_stitch_t *s, MDB_txn *txn, const char *prefix, siz
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-static int entry_is_refusal(const MDB_val *v)
+int stitch_entry_is_refusal(const MDB_val *v)
 {
     static const char head[] = "{\"type\":\"refused\"";
     return v->mv_size > sizeof(head) && memcmp(v->mv_data, head, sizeof(head) - 1) == 0;
 }
 
 /* The person id an entry's member name ("owner", "event_person") holds, or 0. */
-static uint64_t entry_person(const cJSON *doc, const char *name)
+uint64_t stitch_entry_person(const cJSON *doc, const char *name)
 {
     const char *v = sl_json_str(doc, name);
     sl_entity_t e;
@@ -365,7 +368,7 @@ static int bound_refusals(sl_stitch_t *s, MDB_txn *txn, uint64_t person)
         if ((rc = mdb_get(txn, s->journal, &jk, &jv))) break;
         cJSON *doc = cJSON_ParseWithLength(jv.mv_data, jv.mv_size);
         const char *reason = sl_json_str(doc, "reason");
-        if (entry_person(doc, "owner") == person) {
+        if (stitch_entry_person(doc, "owner") == person) {
             /* its own entry goes: the references others hold to it dangle,
              * which readers skip, and its next refusal of this kind starts
              * a new one */
@@ -395,8 +398,8 @@ static int refuse(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, const 
                   uint64_t owner, uint64_t target)
 {
     char a[32], b[32], at[32], first_at[32];
-    person_id_str(owner, a);
-    person_id_str(target, b);
+    stitch_person_id_str(owner, a);
+    stitch_person_id_str(target, b);
     /* Counted once per (identifier, owner, person): every later event of
      * the same shared device would only repeat it. */
     sl_buf_t once = {0};
@@ -442,7 +445,7 @@ static int refuse(sl_stitch_t *s, MDB_txn *txn, const sl_stitch_msg_t *m, const 
     if (m->message_id) sl_buf_append_json_str(e, m->message_id, strlen(m->message_id));
     else sl_buf_appends(e, "null");
     sl_buf_appends(e, ",\"identifier\":");
-    append_identifier_json(e, key->data);
+    stitch_append_identifier_json(e, key->data);
     sl_buf_printf(e, ",\"owner\":\"%s\",\"event_person\":\"%s\",\"count\":%llu,\"first_at\":", a, b,
                   (unsigned long long)count + 1);
     sl_buf_append_json_str(e, first_at, strlen(first_at));
@@ -596,7 +599,7 @@ static int active_here(sl_stitch_t *s, MDB_txn *txn, person_t *p)
 
 /* p's time in active (*found 0: none), its entry removed when drop. A time
  * of 0 is a time like another (an event may claim 1970). */
-static int active_get(sl_stitch_t *s, MDB_txn *txn, person_t *p, int64_t *ms, int *found, int drop)
+int stitch_active_get(sl_stitch_t *s, MDB_txn *txn, person_t *p, int64_t *ms, int *found, int drop)
 {
     int rc = active_here(s, txn, p);
     if (rc) return rc;
@@ -618,7 +621,7 @@ static int active_touch(sl_stitch_t *s, MDB_txn *txn, person_t *p, int64_t ms)
 {
     int64_t old;
     int found;
-    int rc = active_get(s, txn, p, &old, &found, 0);
+    int rc = stitch_active_get(s, txn, p, &old, &found, 0);
     if (rc) return rc;
     if (ms < 0) ms = 0; /* the key's time is unsigned */
     if (found && ms < old + ACTIVE_STEP_MS) return 0;
@@ -641,16 +644,16 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
 {
     int rc;
     char a[32], b[32];
-    person_id_str(sv->id, a);
-    person_id_str(x->id, b);
+    stitch_person_id_str(sv->id, a);
+    stitch_person_id_str(x->id, b);
     journal_head(&s->tmp, "merge", m, reason);
     sl_buf_printf(&s->tmp, ",\"survivor\":\"%s\",\"absorbed\":\"%s\",\"identifiers\":[", a, b);
     for (size_t off = 0, i = 0; off < x->ids.len; off += strlen(x->ids.data + off) + 1, i++) {
         const char *key = x->ids.data + off;
         if (i) sl_buf_appends(&s->tmp, ",");
-        append_identifier_json(&s->tmp, key);
+        stitch_append_identifier_json(&s->tmp, key);
         uint64_t val[2], owner;
-        if ((rc = lookup_id(s, txn, key, strlen(key), &owner, &val[1]))) return rc;
+        if ((rc = stitch_lookup_id(s, txn, key, strlen(key), &owner, &val[1]))) return rc;
         val[0] = sv->id; /* the timeline number stays: its events move with it */
         MDB_val k = {strlen(key), (void *)key}, v = {16, val};
         if ((rc = mdb_put(txn, s->ids, &k, &v, 0))) return rc;
@@ -687,8 +690,8 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     s->mg_absorbed[s->n_mg++] = x->id;
     /* The absorbed person's journal now explains the survivor too. */
     journal_copy_t jc = {s, sv->id, s->pjournal, 0}, jr = {s, sv->id, s->prefusals, 0};
-    if ((rc = foreach_dup(txn, s->pjournal, &x->id, 8, copy_journal_ref, &jc))) return rc;
-    if ((rc = foreach_dup(txn, s->prefusals, &x->id, 8, copy_journal_ref, &jr))) return rc;
+    if ((rc = stitch_foreach_dup(txn, s->pjournal, &x->id, 8, copy_journal_ref, &jc))) return rc;
+    if ((rc = stitch_foreach_dup(txn, s->prefusals, &x->id, 8, copy_journal_ref, &jr))) return rc;
     if (jr.copied && (rc = bound_refusals(s, txn, sv->id))) return rc; /* two users joined (trusted alias) */
     MDB_val k = {8, &x->id};
     if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
@@ -698,7 +701,7 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     if ((rc = mdb_del(txn, s->persons, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
     int64_t x_active;
     int x_found;
-    if ((rc = active_get(s, txn, x, &x_active, &x_found, 1)) ||
+    if ((rc = stitch_active_get(s, txn, x, &x_active, &x_found, 1)) ||
         (x_found && (rc = active_touch(s, txn, sv, x_active))))
         return rc;
     s->pend.merges++;
@@ -850,7 +853,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
         int join_users = 0;
         if (pA && pA != pU) {
             if ((rc = stitch_person_load(s, txn, pA, o))) return rc;
-            const char *uo = person_user_id(o);
+            const char *uo = stitch_person_user_id(o);
             join_users = uo && strcmp(uo, m->user_id) != 0;
         }
         int refused = join_users && !m->trusted;
@@ -884,7 +887,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
                 if ((rc = stitch_person_load(s, txn, pU, t))) return rc;
             } else if (pA) {
                 if ((rc = stitch_person_load(s, txn, pA, t))) return rc;
-                if (person_user_id(t) == NULL) { /* the anonymous person becomes the user's */
+                if (stitch_person_user_id(t) == NULL) { /* the anonymous person becomes the user's */
                     if ((rc = add_identity(s, txn, t, kU, &tlU))) return rc;
                 } else if ((rc = person_create(s, txn, t)) || (rc = add_identity(s, txn, t, kU, &tlU))) {
                     return rc;
@@ -897,7 +900,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
                     if ((rc = add_identity(s, txn, t, kA, &tlA))) return rc;
                 } else if (pA != t->id) {
                     if ((rc = stitch_person_load(s, txn, pA, o))) return rc;
-                    if (person_user_id(o)) {
+                    if (stitch_person_user_id(o)) {
                         if ((rc = refuse(s, txn, m, "anonymous_id already belongs to another user (shared device)",
                                          kA, pA, t->id)))
                             return rc;
@@ -946,7 +949,7 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
             }
             if (pT == t->id) continue;
             if ((rc = stitch_person_load(s, txn, pT, o))) return rc;
-            const char *uo = person_user_id(o), *ut = person_user_id(t);
+            const char *uo = stitch_person_user_id(o), *ut = stitch_person_user_id(t);
             if (uo && ut && strcmp(uo, ut) != 0) {
                 rc = refuse(s, txn, m, "trait identifier already belongs to another user", kT, pT, t->id);
             } else if (ut) {
@@ -1011,7 +1014,7 @@ static int build_prefusals(sl_stitch_t *s, MDB_txn *txn)
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         MDB_val jk = {8, v.mv_data}, jv, pv = v;
         int g = mdb_get(txn, s->journal, &jk, &jv);
-        if (g == MDB_NOTFOUND || (g == 0 && entry_is_refusal(&jv))) {
+        if (g == MDB_NOTFOUND || (g == 0 && stitch_entry_is_refusal(&jv))) {
             if ((g = mdb_put(txn, s->prefusals, &k, &pv, MDB_NODUPDATA)) == MDB_KEYEXIST) g = 0;
             n++;
         }
@@ -1153,725 +1156,6 @@ void sl_stitch_free(sl_stitch_t *s)
     sl_arena_free(&s->in_arena);
     free(s);
 }
-
-/* {"id":"p_N","user_id":... : the start of a profile and of a trigger's "profile". */
-static void append_person_head(sl_buf_t *out, const person_t *p)
-{
-    char pid[32];
-    person_id_str(p->id, pid);
-    sl_buf_printf(out, "{\"id\":\"%s\",\"user_id\":", pid);
-    const char *u = person_user_id(p);
-    if (u) sl_buf_append_json_str(out, u, strlen(u));
-    else sl_buf_appends(out, "null");
-}
-
-/* Appends the person's traits as a JSON object ({} when none). */
-static void append_traits(sl_buf_t *out, const person_t *p)
-{
-    cJSON *doc = p->traits.len ? cJSON_ParseWithLength(p->traits.data, p->traits.len) : NULL;
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "t");
-    char *txt = cJSON_IsObject(t) ? cJSON_PrintUnformatted(t) : NULL;
-    sl_buf_appends(out, txt ? txt : "{}");
-    cJSON_free(txt);
-    cJSON_Delete(doc);
-}
-
-int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
-                             int64_t *last_ms)
-{
-    person_t *p = &s->p3;
-    int rc = stitch_person_load(s, txn, id, p);
-    if (rc) return rc == MDB_NOTFOUND ? SL_ENOTFOUND : rc;
-    if (identified) *identified = stitch_person_identified(p);
-    if (last_ms) {
-        uint64_t n;
-        int64_t first;
-        if ((rc = stitch_person_stats(s, txn, p, &n, NULL, &first, last_ms))) return rc;
-    }
-    if (out == NULL) return 0;
-    append_person_head(out, p);
-    static const char em[] = "email\x1f";
-    const char *email = NULL;
-    for (size_t off = 0; off < p->ids.len && !email; off += strlen(p->ids.data + off) + 1)
-        if (strncmp(p->ids.data + off, em, sizeof(em) - 1) == 0) email = p->ids.data + off + sizeof(em) - 1;
-    sl_buf_appends(out, ",\"email\":");
-    if (email) sl_buf_append_json_str(out, email, strlen(email));
-    else sl_buf_appends(out, "null");
-    sl_buf_appends(out, ",\"traits\":");
-    append_traits(out, p);
-    sl_buf_appends(out, "}");
-    return out->data ? 0 : SL_ENOMEM;
-}
-
-
-int sl_stitch_person_view(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out)
-{
-    person_t *p = &s->p3;
-    int rc = stitch_person_load(s, txn, id, p);
-    if (rc) return rc == MDB_NOTFOUND ? SL_ENOTFOUND : rc;
-    uint64_t n;
-    int64_t first, last;
-    if ((rc = stitch_person_stats(s, txn, p, &n, NULL, &first, &last))) return rc;
-    sl_buf_appends(out, "{\"traits\":");
-    append_traits(out, p);
-    sl_buf_printf(out, ",\"identified\":%s,\"first_seen\":", stitch_person_identified(p) ? "true" : "false");
-    sl_buf_append_iso(out, first);
-    sl_buf_appends(out, ",\"last_seen\":");
-    sl_buf_append_iso(out, last);
-    rc = s->consent ? consent_view_json(out, txn, s->consent, id) : sl_buf_appends(out, ",\"consent\":{},\"unsubscribed\":false");
-    sl_buf_appends(out, "}");
-    return rc ? rc : out->data ? 0 : SL_ENOMEM;
-}
-
-void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
-{
-    out->merges = atomic_load(&s->merges);
-    out->refusals = atomic_load(&s->refusals);
-    out->refusals_dropped = atomic_load(&s->refusals_dropped);
-    out->refusal_refs_read = atomic_load(&s->refusal_refs_read);
-    out->persons_created = atomic_load(&s->created);
-    out->identifies = atomic_load(&s->identifies);
-    out->identify_ns = atomic_load(&s->identify_ns);
-    out->traits_dropped = atomic_load(&s->traits_dropped);
-    out->pruned = atomic_load(&s->pruned);
-    out->examined = atomic_load(&s->examined);
-    out->prune_passes = atomic_load(&s->prune_passes);
-    out->persons_expired = atomic_load(&s->persons_expired);
-    out->amounts_ignored = atomic_load(&s->amounts_ignored);
-}
-
-int sl_stitch_consent_check(sl_stitch_t *s, MDB_txn *txn, uint64_t person, const char *category, int *ok,
-                            const char **why)
-{
-    if (s->consent == 0) { /* a store read before consent existed: nobody told anything */
-        *ok = category == NULL;
-        *why = "consent";
-        return 0;
-    }
-    return consent_allows(txn, s->consent, person, category, ok, why);
-}
-
-const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *arena, int is_trait)
-{
-    if (v == NULL) return NULL;
-    size_t n = strlen(v);
-    if (sl_ident_is_junk(v, n, s->cfg->junk_ids, s->cfg->n_junk_ids)) return NULL;
-    if (memchr(v, KEY_SEP, n)) return NULL; /* cannot be keyed */
-    /* an identifier is keyed as "<kind>\x1f<value>", which LMDB bounds (511
-     * bytes): a longer value is no identifier (the message is stored all the
-     * same; a trait keeps its value, it just identifies no one) */
-    if (n > SL_IDENT_MAX_BYTES) return NULL;
-    if (!is_trait) return sl_arena_strndup(arena, v, n);
-    n = sl_ident_trim(&v, n);
-    const char *low = sl_ident_lower(v, n, arena); /* Élodie@ and élodie@ are one address */
-    return low && strlen(low) <= SL_IDENT_MAX_BYTES ? low : NULL;
-}
-
-int sl_stitch_kind_ok(const sl_stitch_t *s, const char *kind)
-{
-    if (strcmp(kind, "user_id") == 0 || strcmp(kind, "anonymous_id") == 0) return 1;
-    for (size_t i = 0; i < s->cfg->n_identity_traits; i++)
-        if (strcmp(kind, s->cfg->identity_traits[i]) == 0) return 1;
-    return 0;
-}
-
-/* Finds and loads the person that owns kind:id (trait values normalised). */
-static int find_person(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, person_t *p)
-{
-    sl_buf_t key = {0};
-    sl_arena_t a;
-    sl_arena_init(&a);
-    int is_trait = strcmp(kind, "user_id") != 0 && strcmp(kind, "anonymous_id") != 0;
-    const char *v = is_trait ? sl_stitch_clean_id(s, id, &a, 1) : id;
-    uint64_t pid = 0;
-    int rc = v ? stitch_make_key(&key, kind, v) : SL_ENOTFOUND;
-    if (rc == 0) rc = stitch_lookup(s, txn, &key, &pid, NULL);
-    if (rc == 0 && pid == 0) rc = SL_ENOTFOUND;
-    if (rc == 0) rc = stitch_person_load(s, txn, pid, p);
-    if (rc == MDB_NOTFOUND) rc = SL_ENOTFOUND;
-    sl_buf_free(&key);
-    sl_arena_free(&a);
-    return rc;
-}
-
-void stitch_person_free(person_t *p)
-{
-    sl_buf_free(&p->ids);
-    sl_buf_free(&p->traits);
-}
-
-/* What the timelines of p's identifiers say: event count (and page views
- * when pages is not NULL, which reads every entry), first and last seen. */
-int stitch_person_stats(sl_stitch_t *s, MDB_txn *txn, const person_t *p, uint64_t *events, uint64_t *pages,
-                        int64_t *first, int64_t *last)
-{
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, s->tl, &cur);
-    if (rc) return rc;
-    *events = 0;
-    if (pages) *pages = 0;
-    *first = *last = 0;
-    for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1) {
-        const char *key = p->ids.data + off;
-        uint64_t owner, tlno;
-        unsigned char tk[8];
-        if ((rc = lookup_id(s, txn, key, strlen(key), &owner, &tlno))) break;
-        sl_be64_put(tk, tlno);
-        MDB_val k = {8, tk}, v;
-        if ((rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY)) == MDB_NOTFOUND) continue;
-        size_t n = 0;
-        if (rc || (rc = mdb_cursor_count(cur, &n)) || (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST_DUP))) break;
-        *events += n;
-        int64_t f = (int64_t)(sl_be64_get(v.mv_data) ^ (1ULL << 63));
-        if (*first == 0 || f < *first) *first = f;
-        for (; pages && rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP))
-            *pages += ((const unsigned char *)v.mv_data)[15] & 1;
-        if (rc == MDB_NOTFOUND) rc = 0;
-        if (rc || (rc = mdb_cursor_get(cur, &k, &v, MDB_LAST_DUP))) break;
-        int64_t l = (int64_t)(sl_be64_get(v.mv_data) ^ (1ULL << 63));
-        if (l > *last) *last = l;
-    }
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-static int append_profile(sl_stitch_t *s, MDB_txn *txn, sl_buf_t *out, const person_t *p, uint64_t events,
-                          uint64_t pages, int64_t first, int64_t last)
-{
-    append_person_head(out, p);
-    sl_buf_appends(out, ",\"identities\":[");
-    for (size_t off = 0, i = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1, i++) {
-        if (i) sl_buf_appends(out, ",");
-        append_identifier_json(out, p->ids.data + off);
-    }
-    sl_buf_appends(out, "],\"traits\":");
-    cJSON *doc = p->traits.len ? cJSON_ParseWithLength(p->traits.data, p->traits.len) : NULL;
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "t"), *at = cJSON_GetObjectItemCaseSensitive(doc, "at");
-    char *txt = cJSON_IsObject(t) ? cJSON_PrintUnformatted(t) : NULL;
-    sl_buf_appends(out, txt ? txt : "{}");
-    cJSON_free(txt);
-    sl_buf_appends(out, ",\"traits_updated_at\":{");
-    int lead = 1;
-    for (const cJSON *x = cJSON_IsObject(at) ? at->child : NULL; x; x = x->next) {
-        if (!lead) sl_buf_appends(out, ",");
-        lead = 0;
-        sl_buf_append_json_str(out, x->string, strlen(x->string));
-        sl_buf_appends(out, ":");
-        sl_buf_append_iso(out, (int64_t)x->valuedouble);
-    }
-    cJSON_Delete(doc);
-    sl_buf_appends(out, "},\"first_seen\":");
-    sl_buf_append_iso(out, first);
-    sl_buf_appends(out, ",\"last_seen\":");
-    sl_buf_append_iso(out, last);
-    sl_buf_printf(out, ",\"counters\":{\"events\":%llu,\"page_views\":%llu,\"orders\":%llu,\"revenue\":",
-                  (unsigned long long)events, (unsigned long long)pages, (unsigned long long)p->h.orders);
-    sl_buf_append_amount(out, p->h.revenue);
-    sl_buf_appends(out, "}");
-    sl_buf_appends(out, ",\"currency\":");
-    if (p->h.currency[0]) sl_buf_append_json_str(out, p->h.currency, strnlen(p->h.currency, sizeof(p->h.currency)));
-    else sl_buf_appends(out, "null");
-    sl_buf_appends(out, ",\"consent\":");
-    int rc = s->consent ? consent_append_json(out, txn, s->consent, p->id) : sl_buf_appends(out, "null");
-    for (size_t i = 0; rc == 0 && i < s->n_listeners; i++)
-        if (s->listeners[i].profile_extra) rc = s->listeners[i].profile_extra(s->listeners[i].arg, txn, p->id, out);
-    sl_buf_appends(out, "}");
-    return rc ? rc : out->data ? 0 : SL_ENOMEM;
-}
-
-int sl_stitch_profile(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, sl_buf_t *out)
-{
-    person_t p = {0};
-    uint64_t events, pages;
-    int64_t first, last;
-    int rc = find_person(s, txn, kind, id, &p);
-    if (rc == 0 && (rc = stitch_person_stats(s, txn, &p, &events, &pages, &first, &last)) == 0)
-        rc = append_profile(s, txn, out, &p, events, pages, first, last);
-    stitch_person_free(&p);
-    return rc;
-}
-
-/* Persons by recent activity, newest first. */
-int sl_stitch_recent(sl_stitch_t *s, MDB_txn *txn, size_t limit, const char *before, sl_buf_t *out)
-{
-    unsigned char from[16];
-    int have_from = 0;
-    if (before) {
-        unsigned long long ms, pid;
-        char extra;
-        if (sscanf(before, "%llu.%llu%c", &ms, &pid, &extra) != 2) return SL_EINVAL;
-        stitch_active_key(from, (int64_t)ms, pid);
-        have_from = 1;
-    }
-    sl_buf_appends(out, "{\"profiles\":[");
-    if (s->active == 0) { /* a store read before the index existed */
-        sl_buf_appends(out, "],\"next\":null}");
-        return out->data ? 0 : SL_ENOMEM;
-    }
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, s->active, &cur);
-    if (rc) return rc;
-    MDB_val k = {16, from}, v;
-    if (have_from) { /* the first key below the cursor */
-        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        rc = rc == 0 ? mdb_cursor_get(cur, &k, &v, MDB_PREV) : rc == MDB_NOTFOUND ? mdb_cursor_get(cur, &k, &v, MDB_LAST) : rc;
-    } else {
-        rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
-    }
-    size_t n = 0;
-    uint64_t last_ms = 0, last_pid = 0;
-    person_t p = {0};
-    for (; rc == 0 && n < limit; rc = mdb_cursor_get(cur, &k, &v, MDB_PREV)) {
-        if (k.mv_size != 16) continue;
-        last_ms = sl_be64_get(k.mv_data);
-        last_pid = sl_be64_get((const unsigned char *)k.mv_data + 8);
-        uint64_t events, pages;
-        int64_t first, last;
-        if ((rc = stitch_person_load(s, txn, last_pid, &p)) == MDB_NOTFOUND) continue; /* not ours to fail on */
-        if (rc || (rc = stitch_person_stats(s, txn, &p, &events, &pages, &first, &last))) break;
-        if (n++) sl_buf_appends(out, ",");
-        if ((rc = append_profile(s, txn, out, &p, events, pages, first, last))) break;
-    }
-    stitch_person_free(&p);
-    mdb_cursor_close(cur);
-    if (rc && rc != MDB_NOTFOUND) return rc;
-    if (n == limit && rc == 0) sl_buf_printf(out, "],\"next\":\"%llu.%llu\"}", (unsigned long long)last_ms,
-                                              (unsigned long long)last_pid);
-    else sl_buf_appends(out, "],\"next\":null}");
-    return out->data ? 0 : SL_ENOMEM;
-}
-
-/* The newest-first merge of every identifier's event index. */
-int sl_stitch_timeline(sl_stitch_t *s, MDB_txn *txn, MDB_txn *log_txn, const char *kind, const char *id,
-                       size_t limit, const char *before, sl_buf_t *out)
-{
-    person_t p = {0};
-    int rc = find_person(s, txn, kind, id, &p);
-    if (rc) goto out_person;
-    unsigned char bv[16];
-    if (before) {
-        long long ts;
-        unsigned long long seq;
-        char extra;
-        if (sscanf(before, "%lld.%llu%c", &ts, &seq, &extra) != 2) {
-            rc = SL_EINVAL;
-            goto out_person;
-        }
-        stitch_tl_value(bv, ts, seq, 0); /* the lowest value with that (ts, seq) */
-    }
-    size_t n = p.h.n_ids;
-    MDB_cursor **cur = calloc(n ? n : 1, sizeof(*cur));
-    unsigned char(*head)[16] = calloc(n ? n : 1, 16);
-    int *live = calloc(n ? n : 1, sizeof(int));
-    if (!cur || !head || !live) {
-        rc = SL_ENOMEM;
-        goto out;
-    }
-    size_t i = 0;
-    for (size_t off = 0; off < p.ids.len && i < n; off += strlen(p.ids.data + off) + 1, i++) {
-        const char *key = p.ids.data + off;
-        if ((rc = mdb_cursor_open(txn, s->tl, &cur[i]))) goto out;
-        uint64_t owner, tlno;
-        unsigned char tk[8];
-        if ((rc = lookup_id(s, txn, key, strlen(key), &owner, &tlno))) goto out;
-        sl_be64_put(tk, tlno);
-        MDB_val k = {8, tk}, v;
-        int r;
-        if (before) {
-            v.mv_size = 16;
-            v.mv_data = bv;
-            r = mdb_cursor_get(cur[i], &k, &v, MDB_GET_BOTH_RANGE);
-            if (r == 0) r = mdb_cursor_get(cur[i], &k, &v, MDB_PREV_DUP);
-            else if (r == MDB_NOTFOUND && (r = mdb_cursor_get(cur[i], &k, &v, MDB_SET)) == 0)
-                r = mdb_cursor_get(cur[i], &k, &v, MDB_LAST_DUP);
-        } else {
-            r = mdb_cursor_get(cur[i], &k, &v, MDB_SET);
-            if (r == 0) r = mdb_cursor_get(cur[i], &k, &v, MDB_LAST_DUP);
-        }
-        if (r && r != MDB_NOTFOUND) {
-            rc = r;
-            goto out;
-        }
-        if (r == 0 && v.mv_size == 16) {
-            memcpy(head[i], v.mv_data, 16);
-            live[i] = 1;
-        }
-    }
-    sl_buf_appends(out, "{\"events\":[");
-    size_t emitted = 0;
-    unsigned char last[16];
-    int more = 0;
-    for (;;) {
-        int best = -1;
-        for (size_t j = 0; j < i; j++)
-            if (live[j] && (best < 0 || memcmp(head[j], head[best], 16) > 0)) best = (int)j;
-        if (best < 0) break;
-        if (emitted == limit) {
-            more = 1;
-            break;
-        }
-        memcpy(last, head[best], 16);
-        MDB_val ev;
-        if (sl_store_event_get(s->store, log_txn, stitch_tl_seq(last), &ev) == 0) {
-            if (emitted) sl_buf_appends(out, ",");
-            sl_buf_append(out, ev.mv_data, ev.mv_size);
-            emitted++;
-        }
-        MDB_val k, v;
-        int r = mdb_cursor_get(cur[best], &k, &v, MDB_PREV_DUP);
-        if (r == 0 && v.mv_size == 16) memcpy(head[best], v.mv_data, 16);
-        else if (r == MDB_NOTFOUND) live[best] = 0;
-        else {
-            rc = r;
-            goto out;
-        }
-    }
-    sl_buf_appends(out, "],\"next\":");
-    if (more) sl_buf_printf(out, "\"%lld.%llu\"", (long long)(sl_be64_get(last) ^ (1ULL << 63)),
-                            (unsigned long long)stitch_tl_seq(last));
-    else sl_buf_appends(out, "null");
-    sl_buf_appends(out, "}");
-out:
-    for (size_t j = 0; cur && j < n; j++)
-        if (cur[j]) mdb_cursor_close(cur[j]);
-    free(cur);
-    free(head);
-    free(live);
-out_person:
-    stitch_person_free(&p);
-    return rc;
-}
-
-/* The person's journal a page at a time, newest entry first: the cursor
- * is the number of the last entry listed. A refusal entry stands where the
- * first refusal it counts was journaled. */
-int sl_stitch_merges(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, size_t limit,
-                     const char *before, sl_buf_t *out)
-{
-    uint64_t from = 0, last = 0;
-    if (before) {
-        char *end;
-        if (before[0] < '0' || before[0] > '9') return SL_EINVAL;
-        errno = 0;
-        unsigned long long v = strtoull(before, &end, 10);
-        if (*end || errno || v == 0) return SL_EINVAL;
-        from = v;
-    }
-    person_t p = {0};
-    sl_buf_t merges = {0}, refused = {0};
-    MDB_cursor *cur = NULL;
-    size_t n = 0;
-    int more = 0, oom = 0;
-    int rc = find_person(s, txn, kind, id, &p);
-    if (rc || (rc = mdb_cursor_open(txn, s->pjournal, &cur))) goto out;
-    MDB_val k = {8, &p.id}, v = {8, &from};
-    if (before) { /* the last entry below the cursor */
-        rc = mdb_cursor_get(cur, &k, &v, MDB_GET_BOTH_RANGE);
-        if (rc == 0) rc = mdb_cursor_get(cur, &k, &v, MDB_PREV_DUP);
-        else if (rc == MDB_NOTFOUND && (rc = mdb_cursor_get(cur, &k, &v, MDB_SET)) == 0)
-            rc = mdb_cursor_get(cur, &k, &v, MDB_LAST_DUP);
-    } else if ((rc = mdb_cursor_get(cur, &k, &v, MDB_SET)) == 0) {
-        rc = mdb_cursor_get(cur, &k, &v, MDB_LAST_DUP);
-    }
-    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_PREV_DUP)) {
-        MDB_val jk = {8, v.mv_data}, jv;
-        int g = mdb_get(txn, s->journal, &jk, &jv);
-        if (g == MDB_NOTFOUND) continue; /* erased with another person */
-        if (g) {
-            rc = g;
-            break;
-        }
-        if (n == limit) {
-            more = 1;
-            break;
-        }
-        sl_buf_t *b = entry_is_refusal(&jv) ? &refused : &merges;
-        if (b->len) oom |= sl_buf_appends(b, ",");
-        oom |= sl_buf_append(b, jv.mv_data, jv.mv_size);
-        memcpy(&last, v.mv_data, 8);
-        n++;
-    }
-    if (rc && rc != MDB_NOTFOUND) goto out;
-    char pid[32];
-    person_id_str(p.id, pid);
-    sl_buf_printf(out, "{\"person\":\"%s\",\"merges\":[", pid);
-    if (merges.len) sl_buf_append(out, merges.data, merges.len);
-    sl_buf_appends(out, "],\"refused\":[");
-    if (refused.len) sl_buf_append(out, refused.data, refused.len);
-    if (more) sl_buf_printf(out, "],\"next\":\"%llu\"}", (unsigned long long)last);
-    else sl_buf_appends(out, "],\"next\":null}");
-    rc = oom || out->data == NULL ? SL_ENOMEM : 0;
-out:
-    if (cur) mdb_cursor_close(cur);
-    sl_buf_free(&merges);
-    sl_buf_free(&refused);
-    stitch_person_free(&p);
-    return rc;
-}
-
-static int erase_event(MDB_txn *txn, const MDB_val *v, void *arg)
-{
-    (void)txn;
-    sl_stitch_erase_t *e = arg;
-    uint64_t seq = stitch_tl_seq(v->mv_data);
-    return stitch_u64_append(&e->seqs, &e->n_seqs, &e->cap_seqs, &seq, 1);
-}
-
-/* A refusal entry of another, living person (the one whose identifier was
- * claimed) stays in that person's journal: it holds none of the erased
- * person's identifiers, and the erased person is no longer named in it as
- * the latest claimant. 1 when it stays. */
-static int keep_others_refusal(MDB_txn *txn, sl_stitch_erase_t *e, const MDB_val *jk, const MDB_val *jv, int *kept)
-{
-    sl_stitch_t *s = e->stitch;
-    *kept = 0;
-    if (!entry_is_refusal(jv)) return 0;
-    cJSON *doc = cJSON_ParseWithLength(jv->mv_data, jv->mv_size);
-    uint64_t owner = entry_person(doc, "owner"), me = e->person[0] ? strtoull(e->person + 2, NULL, 10) : 0;
-    MDB_val ok = {8, &owner}, ov;
-    int rc = 0;
-    if (doc && owner && owner != me && (rc = mdb_get(txn, s->persons, &ok, &ov)) == 0) {
-        *kept = 1;
-        if (entry_person(doc, "event_person") == me) {
-            cJSON_ReplaceItemInObjectCaseSensitive(doc, "event_person", cJSON_CreateNull());
-            cJSON_ReplaceItemInObjectCaseSensitive(doc, "messageId", cJSON_CreateNull());
-            char *txt = cJSON_PrintUnformatted(doc);
-            MDB_val nv = {txt ? strlen(txt) : 0, txt};
-            rc = txt ? mdb_put(txn, s->journal, (MDB_val *)jk, &nv, 0) : SL_ENOMEM;
-            cJSON_free(txt);
-        }
-    }
-    cJSON_Delete(doc);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-static int erase_journal_entry(MDB_txn *txn, const MDB_val *v, void *arg)
-{
-    sl_stitch_erase_t *e = arg;
-    MDB_val jk = {8, v->mv_data}, jv;
-    /* a merge into the person: the absorbed id is named to consumers (the
-     * triggers they got before the merge carry it) and its feed entries go */
-    int rc = mdb_get(txn, e->stitch->journal, &jk, &jv), kept;
-    if (rc == 0 && (rc = keep_others_refusal(txn, e, &jk, &jv, &kept)) == 0 && kept) return 0;
-    if (rc == 0 && memmem(jv.mv_data, jv.mv_size, "\"type\":\"merge\"", 14)) {
-        cJSON *doc = cJSON_ParseWithLength(jv.mv_data, jv.mv_size);
-        const char *ab = sl_json_str(doc, "absorbed");
-        sl_entity_t who = {0, 0};
-        uint64_t id = ab && sl_entity_parse(ab, strlen(ab), &who) == 0 ? who.id : 0;
-        if (id) rc = stitch_u64_append(&e->merged, &e->n_merged, &e->cap_merged, &id, 1);
-        cJSON_Delete(doc);
-        if (rc) return rc;
-    }
-    rc = mdb_del(txn, e->stitch->journal, &jk, NULL);
-    if (rc == 0) e->journal++;
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-/* What an erasure tells downstream tools of p (sl_ident_listener_t.forgotten):
- * its id, the ids of the persons merged into it, and the SHA-256 of each
- * userId and identity-trait value, by kind. */
-static int erased_json(const sl_stitch_t *s, const person_t *p, const uint64_t *merged, size_t n_merged,
-                       sl_buf_t *out)
-{
-    char pid[32];
-    person_id_str(p->id, pid);
-    out->len = 0;
-    sl_buf_printf(out, "{\"id\":\"%s\"", pid);
-    if (n_merged) {
-        sl_buf_appends(out, ",\"merged_ids\":[");
-        for (size_t i = 0; i < n_merged; i++) {
-            person_id_str(merged[i], pid);
-            sl_buf_printf(out, "%s\"%s\"", i ? "," : "", pid);
-        }
-        sl_buf_appends(out, "]");
-    }
-    for (size_t k = 0; k <= s->cfg->n_identity_traits; k++) {
-        const char *kind = k == 0 ? "user_id" : s->cfg->identity_traits[k - 1];
-        size_t kl = strlen(kind), n = 0;
-        for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1) {
-            const char *key = p->ids.data + off;
-            if (strncmp(key, kind, kl) != 0 || key[kl] != KEY_SEP) continue;
-            unsigned char md[SHA256_DIGEST_LENGTH];
-            SHA256((const unsigned char *)key + kl + 1, strlen(key + kl + 1), md);
-            char hex[2 * SHA256_DIGEST_LENGTH + 1];
-            for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
-            if (n++ == 0) {
-                sl_buf_appends(out, ",");
-                sl_buf_append_json_str(out, kind, kl); /* "email" -> "email_sha256" */
-                out->len--;
-                sl_buf_appends(out, "_sha256\":[");
-            } else {
-                sl_buf_appends(out, ",");
-            }
-            sl_buf_printf(out, "\"%s\"", hex);
-        }
-        if (n) sl_buf_appends(out, "]");
-    }
-    sl_buf_appends(out, "}");
-    return out->data ? 0 : SL_ENOMEM;
-}
-
-/* In the stage's transaction: the person's derived state goes, and the
- * numbers of its events are kept in `erasing` until the log lets them go. */
-/* Everything the stitcher derived about p goes: identifiers, timelines
- * (their events' numbers into e->seqs), journal (the persons merged into p
- * into e->merged), record, recent activity, consent. The listeners are told
- * after (tell_forgotten). */
-int stitch_forget_person(sl_stitch_t *s, MDB_txn *txn, person_t *p, sl_stitch_erase_t *e)
-{
-    int rc;
-    for (size_t off = 0; off < p->ids.len; off += strlen(p->ids.data + off) + 1) {
-        const char *key = p->ids.data + off;
-        MDB_val k = {strlen(key), (void *)key};
-        uint64_t owner, tlno;
-        unsigned char tk[8];
-        if ((rc = lookup_id(s, txn, key, k.mv_size, &owner, &tlno))) return rc;
-        sl_be64_put(tk, tlno);
-        MDB_val tkv = {8, tk};
-        if ((rc = foreach_dup(txn, s->tl, tk, 8, erase_event, e))) return rc;
-        if ((rc = mdb_del(txn, s->tl, &tkv, NULL)) && rc != MDB_NOTFOUND) return rc;
-        if ((rc = mdb_del(txn, s->ids, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
-        e->identities++;
-    }
-    /* The journal entries name the person's identifiers: they go too. */
-    if ((rc = foreach_dup(txn, s->pjournal, &p->id, 8, erase_journal_entry, e))) return rc;
-    MDB_val k = {8, &p->id};
-    if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
-    if ((rc = mdb_del(txn, s->prefusals, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
-    if ((rc = mdb_del(txn, s->persons, &k, NULL))) return rc;
-    int64_t was;
-    int had;
-    if ((rc = active_get(s, txn, p, &was, &had, 1))) return rc;
-    return consent_forget(txn, s->consent, s->ccache, p->id);
-}
-
-/* Tells the listeners that persons[0..n) (sorted) are forgotten: erased is
- * what consumers may hear (an erasure), or NULL (retention). */
-int stitch_tell_forgotten(sl_stitch_t *s, MDB_txn *txn, const uint64_t *persons, size_t n, const char *erased,
-                          uint64_t *n_removed)
-{
-    int rc = 0;
-    for (size_t i = 0; i < s->n_listeners && rc == 0; i++) {
-        uint64_t k = 0;
-        if (s->listeners[i].forgotten) rc = s->listeners[i].forgotten(s->listeners[i].arg, txn, persons, n, erased, &k);
-        *n_removed += k;
-    }
-    return rc;
-}
-
-/* Sorts v[0..*n) and drops repeats. */
-void stitch_sort_unique(uint64_t *v, size_t *n)
-{
-    if (*n == 0) return;
-    qsort(v, *n, sizeof(*v), sl_u64_cmp);
-    size_t w = 1;
-    for (size_t i = 1; i < *n; i++)
-        if (v[i] != v[w - 1]) v[w++] = v[i];
-    *n = w;
-}
-
-/* The refusal keys of persons[0..n) (smeta: "refused\x1fp_N\x1f..." name
- * their identifiers, "refusal\x1fp_N\x1f..." their coalesced entries) go
- * with them. */
-static int forget_refusal_keys(sl_stitch_t *s, MDB_txn *txn, const uint64_t *persons, size_t n)
-{
-    int rc = 0;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        for (int j = 0; j < 2 && rc == 0; j++) {
-            char prefix[64];
-            int len = snprintf(prefix, sizeof(prefix), "%s%cp_%llu%c", j ? "refusal" : "refused", KEY_SEP,
-                               (unsigned long long)persons[i], KEY_SEP);
-            rc = meta_del_prefix(s, txn, prefix, (size_t)len);
-        }
-    }
-    return rc;
-}
-
-static int erase_run(MDB_txn *txn, void *arg)
-{
-    sl_stitch_erase_t *e = arg;
-    sl_stitch_t *s = e->stitch;
-    e->found = 0;
-    e->n_seqs = 0;
-    e->events = e->identities = e->journal = e->triggers = 0;
-    person_t p = {0};
-    int rc = find_person(s, txn, e->kind, e->id, &p);
-    if (rc == SL_ENOTFOUND) {
-        rc = 0;
-        goto out;
-    }
-    if (rc) goto out;
-    e->found = 1;
-    person_id_str(p.id, e->person);
-    e->n_merged = 0;
-    if ((rc = stitch_forget_person(s, txn, &p, e))) goto out;
-    e->events = e->n_seqs;
-    stitch_sort_unique(e->merged, &e->n_merged);
-    if ((rc = erased_json(s, &p, e->merged, e->n_merged, &s->tmp)) ||
-        (rc = stitch_u64_append(&e->merged, &e->n_merged, &e->cap_merged, &p.id, 1)))
-        goto out;
-    stitch_sort_unique(e->merged, &e->n_merged); /* the person and those merged into it */
-    if ((rc = forget_refusal_keys(s, txn, e->merged, e->n_merged))) goto out;
-    if ((rc = stitch_tell_forgotten(s, txn, e->merged, e->n_merged, s->tmp.data, &e->triggers))) goto out;
-    if (e->n_seqs == 0) goto out;
-    uint64_t key;
-    if ((rc = stitch_counter_next(s, txn, "next_erasure", &key))) goto out;
-    MDB_val ek = {8, &key}, ev = {e->n_seqs * 8, e->seqs};
-    rc = mdb_put(txn, s->erasing, &ek, &ev, 0);
-out:
-    stitch_person_free(&p);
-    return rc;
-}
-
-/* On the stage's thread, once the erasure is on disk: the events go from the log. */
-static int erase_after(void *arg)
-{
-    sl_stitch_erase_t *e = arg;
-    return sl_store_erase_events(e->stitch->store, e->seqs, e->n_seqs);
-}
-
-void sl_stitch_erase_init(sl_stitch_erase_t *e, sl_stitch_t *s, const char *kind, const char *id,
-                          void (*done)(sl_stage_job_t *job))
-{
-    memset(e, 0, sizeof(*e));
-    e->stitch = s;
-    e->kind = kind;
-    e->id = id;
-    e->job = (sl_stage_job_t){.run = erase_run, .after_commit = erase_after, .done = done, .arg = e};
-}
-
-void sl_stitch_erase_free(sl_stitch_erase_t *e)
-{
-    free(e->seqs);
-    free(e->merged);
-    e->merged = NULL;
-    e->seqs = NULL;
-}
-
-/* At open: erasures whose log deletion a crash may have cut short are done
- * again (deleting is idempotent), then forgotten. */
-int stitch_finish_erasures(sl_stitch_t *s, MDB_txn *txn)
-{
-    MDB_cursor *cur;
-    MDB_val k, v;
-    int rc = mdb_cursor_open(txn, s->erasing, &cur);
-    if (rc) return rc;
-    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
-        size_t n = v.mv_size / 8;
-        uint64_t *seqs = malloc(n ? n * 8 : 8);
-        if (seqs == NULL) {
-            rc = SL_ENOMEM;
-            break;
-        }
-        memcpy(seqs, v.mv_data, n * 8);
-        rc = sl_store_erase_events(s->store, seqs, n);
-        free(seqs);
-        if (rc || (rc = mdb_cursor_del(cur, 0))) break;
-    }
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
 void sl_stitch_metrics(void *arg, sl_buf_t *b)
 {
     sl_stitch_stats_t ss;

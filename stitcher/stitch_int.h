@@ -1,6 +1,6 @@
 /* stitch_int.h - private to stitcher/: the stitcher's state and record
  * layouts, shared by the files that do its jobs (stitch.c: records,
- * stitching, merges, reads, erasure; retention.c; verify.c). Names used
+ * stitching, merges; read.c; erase.c; retention.c; verify.c). Names used
  * across them carry the stitch_ prefix; sl_stitch.h is the contract. */
 #ifndef SL_STITCH_INT_H
 #define SL_STITCH_INT_H
@@ -111,6 +111,16 @@ void stitch_active_key(unsigned char k[16], int64_t ms, uint64_t person);
 int stitch_u64_append(uint64_t **v, size_t *n, size_t *cap, const uint64_t *x, size_t k);
 void stitch_sort_unique(uint64_t *v, size_t *n);
 int stitch_finish_erasures(sl_stitch_t *s, MDB_txn *txn);
+int stitch_lookup_id(sl_stitch_t *s, MDB_txn *txn, const void *key, size_t len, uint64_t *pid, uint64_t *tl);
+int stitch_foreach_dup(MDB_txn *txn, MDB_dbi dbi, const void *key, size_t key_len, int (*fn)(MDB_txn *txn, const MDB_val *v, void *arg), void *arg);
+int stitch_active_get(sl_stitch_t *s, MDB_txn *txn, person_t *p, int64_t *ms, int *found, int drop);
+int stitch_meta_del_prefix(sl_stitch_t *s, MDB_txn *txn, const char *prefix, size_t n);
+int stitch_find_person(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, person_t *p);
+int stitch_entry_is_refusal(const MDB_val *v);
+uint64_t stitch_entry_person(const cJSON *doc, const char *name);
+void stitch_person_id_str(uint64_t id, char out[32]);
+const char *stitch_person_user_id(const person_t *p);
+void stitch_append_identifier_json(sl_buf_t *b, const char *key);
 
 /* The timeline value's log sequence (stitch_tl_value()). */
 static inline uint64_t stitch_tl_seq(const void *v)
