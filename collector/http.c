@@ -771,7 +771,9 @@ static void conn_feed(conn_t *c)
                 break;
             }
             if (here == 0) {
-                hand_over(c);
+                /* an answer still queued here goes first: after_write()
+                 * feeds again once it is in the kernel */
+                if (c->tcp.write_queue_size == 0) hand_over(c);
                 break;
             }
         }
