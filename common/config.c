@@ -329,12 +329,13 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     if ((rc = get_bool(x, root, "ip_anonymize", &c->ip_anonymize))) return rc;
     const cJSON *loops = cJSON_GetObjectItemCaseSensitive(root, "ingest_loops");
     if (loops) {
-        if (!cJSON_IsNumber(loops) || loops->valuedouble != (double)(int)loops->valuedouble ||
-            loops->valueint < 1 || loops->valueint > SL_MAX_INGEST_LOOPS) {
+        /* the range first: a double outside int's cannot be converted to one */
+        if (!cJSON_IsNumber(loops) || !(loops->valuedouble >= 1 && loops->valuedouble <= SL_MAX_INGEST_LOOPS) ||
+            loops->valuedouble != (double)(int)loops->valuedouble) {
             seterr(x->err, x->errlen, "ingest_loops must be a whole number from 1 to %d", SL_MAX_INGEST_LOOPS);
             return SL_EINVAL;
         }
-        c->ingest_loops = loops->valueint;
+        c->ingest_loops = (int)loops->valuedouble;
     }
     if ((rc = get_bool(x, root, "demo", &c->demo_shop))) return rc;
     if ((rc = get_bool(x, root, "debug", &c->debug_page))) return rc;

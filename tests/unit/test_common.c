@@ -283,6 +283,8 @@ TEST(config_errors_table)
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"header_timeout\":10}}", "limits.header_timeout must be a duration"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"stage_commit_interval\":\"11s\"}}", "limits.stage_commit_interval must be at most 10s"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"stage_commit_interval\":50}}", "limits.stage_commit_interval must be a duration"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"ingest_loops\":1e30}", "ingest_loops must be a whole number from 1 to 16"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"ingest_loops\":-1e30}", "ingest_loops must be a whole number from 1 to 16"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"min_body_rate\":2000000000}}", "limits.min_body_rate must be between 0 and 1000000000"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"limits\":{\"min_body_rate\":-1}}", "limits.min_body_rate must be"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\",\"retention\":\"30s\"}],\"admin_token\":\"t\"}", "sources[0].retention must be at least 1m"},
