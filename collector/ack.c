@@ -176,7 +176,7 @@ static const char *str(scan_t *s, const char *p, out_t *o, int *esc)
     int e = 0;
     put1(o, '"');
     for (;;) {
-        size_t k = sl_json_plain_ascii_len(q, (size_t)(end - q));
+        size_t k = sl_json_plain_run(q, (size_t)(end - q), 1);
         put(o, q, k);
         q += k;
         if (q >= end) return bail(s);
@@ -459,7 +459,7 @@ static const char *key(scan_t *s, const char *p, span_t *k)
 /* A name as printed, with its ':' (it was checked by key()). */
 static void put_key(scan_t *s, out_t *o, span_t k)
 {
-    if (sl_json_plain_ascii_len(k.p, k.n) == k.n) {
+    if (sl_json_plain_run(k.p, k.n, 1) == k.n) {
         put1(o, '"');
         put(o, k.p, k.n);
         PUTS(o, "\":");

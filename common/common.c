@@ -231,35 +231,9 @@ size_t sl_json_escape_byte(unsigned char c, char out[6])
     }
 }
 
-/* The run of bytes that need no escape (and, ascii_only, are below 0x80). */
-static inline size_t plain_run(const char *s, size_t n, int ascii_only)
-{
-    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-    size_t i = 0;
-    /* 8 bytes at a time: a word with none of them goes whole. A borrow may
-     * mark bytes after the first one found, never before it. */
-    for (; n - i >= 8; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        w = htole64(w);
-        uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
-        uint64_t m = (((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w) | (ascii_only ? w : 0)) & highs;
-        if (m) return i + (size_t)__builtin_ctzll(m) / 8;
-    }
-    while (i < n && (unsigned char)s[i] >= 0x20 && !(ascii_only && (unsigned char)s[i] >= 0x80) && s[i] != '"' &&
-           s[i] != '\\')
-        i++;
-    return i;
-}
-
 size_t sl_json_plain_len(const char *s, size_t n)
 {
-    return plain_run(s, n, 0);
-}
-
-size_t sl_json_plain_ascii_len(const char *s, size_t n)
-{
-    return plain_run(s, n, 1);
+    return sl_json_plain_run(s, n, 0);
 }
 
 int sl_buf_append_json_str(sl_buf_t *b, const char *s, size_t n)

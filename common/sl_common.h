@@ -11,7 +11,9 @@
 #define SL_COMMON_H
 
 #include <stddef.h>
+#include <endian.h>
 #include <stdint.h>
+#include <string.h>
 #include <uv.h>
 
 enum {
@@ -77,9 +79,29 @@ sl_arena_t *sl_json_arena_swap(sl_arena_t *a);
  * n when none does. Eight bytes at a time: what printing a string, and
  * reading one, spend most of their time on. */
 size_t sl_json_plain_len(const char *s, size_t n);
-/* The same run, stopping at bytes of 0x80 and above too (UTF-8 the caller
- * checks itself). */
-size_t sl_json_plain_ascii_len(const char *s, size_t n);
+/* The run of bytes at s that need no escape in a JSON string (and, with
+ * ascii_only, are below 0x80: UTF-8 the caller checks itself), eight at a
+ * time. Inline: the ack path's scanner calls it for every string. */
+static inline size_t sl_json_plain_run(const char *s, size_t n, int ascii_only)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    size_t i = 0;
+    /* 8 bytes at a time: a word with none of them goes whole. A borrow may
+     * mark bytes after the first one found, never before it. */
+    for (; n - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        w = htole64(w);
+        uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+        uint64_t m = (((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w) | (ascii_only ? w : 0)) & highs;
+        if (m) return i + (size_t)__builtin_ctzll(m) / 8;
+    }
+    while (i < n && (unsigned char)s[i] >= 0x20 && !(ascii_only && (unsigned char)s[i] >= 0x80) && s[i] != '"' &&
+           s[i] != '\\')
+        i++;
+    return i;
+}
+
 
 /* ---- JSON without a tree ---------------------------------------------------
  * Reads members out of the text of a JSON value without parsing it whole:
