@@ -162,6 +162,7 @@ static sl_stage_options_t stage_options(const sl_config_t *cfg, char *dir, size_
 typedef struct derived_s {
     sl_stage_t *stage;
     sl_stitch_t *stitch;
+    sl_fields_t *fields;
     sl_feed_t *feed;
     sl_trig_t *trig;
     char dir[4096];
@@ -178,10 +179,13 @@ static int derived_new_at(derived_t *d, const sl_config_t *cfg, sl_store_t *stor
     }
     d->stage = sl_stage_new(store, &o);
     d->stitch = sl_stitch_new(cfg, store);
+    d->fields = d->stitch ? sl_fields_new(cfg, d->stitch) : NULL;
     d->feed = sl_feed_new(cfg->trigger_retention_ms);
-    d->trig = d->stitch && d->feed ? sl_trig_new(cfg, d->stitch, d->feed) : NULL;
-    if (d->stage == NULL || d->stitch == NULL || d->feed == NULL || d->trig == NULL) return SL_ENOMEM;
+    d->trig = d->fields && d->feed ? sl_trig_new(cfg, d->stitch, d->fields, d->feed) : NULL;
+    if (d->stage == NULL || d->stitch == NULL || d->fields == NULL || d->feed == NULL || d->trig == NULL)
+        return SL_ENOMEM;
     int rc = sl_stage_add_step(d->stage, sl_stitch_step(d->stitch));
+    if (rc == 0) rc = sl_fields_attach(d->fields, d->stage);
     if (rc == 0) rc = sl_feed_attach(d->feed, d->stage);
     return rc ? rc : sl_trig_attach(d->trig, d->stage);
 }
@@ -196,6 +200,7 @@ static void derived_free(derived_t *d)
     sl_stage_free(d->stage);
     sl_trig_free(d->trig);
     sl_feed_free(d->feed);
+    sl_fields_free(d->fields);
     sl_stitch_free(d->stitch);
 }
 
@@ -520,10 +525,12 @@ static int cmd_serve(int argc, char **argv)
     if (d.stage) {
         sl_http_server_add_metrics(app.srv, sl_stage_metrics, d.stage);
         sl_http_server_add_metrics(app.srv, sl_stitch_metrics, d.stitch);
+        sl_http_server_add_metrics(app.srv, sl_fields_metrics, d.fields);
         sl_http_server_add_metrics(app.srv, sl_trig_metrics, d.trig);
     }
     if (app.webhooks) sl_http_server_add_metrics(app.srv, sl_webhooks_metrics, app.webhooks);
     if (app.nats) sl_http_server_add_metrics(app.srv, sl_nats_metrics, app.nats);
+    if (d.stage) sl_http_server_set_fields(app.srv, d.fields);
     if (d.stage && ((rc = sl_http_server_set_stage(app.srv, d.stage, d.stitch, d.trig, d.feed)) ||
                     (rc = sl_stage_start(d.stage, app.loop)))) {
         fprintf(stderr, "sillage: cannot start the derivation stage: %s\n", sl_strerror(rc));
@@ -737,6 +744,9 @@ static int verify_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     uint64_t pending = 0;
     if (rc == 0) rc = sl_trig_verify_states(q->d->trig, txn, log_txn, stdout, &pending, &q->rep.problems);
     if (rc == 0 && pending) printf("%llu pending triggers checked\n", (unsigned long long)pending);
+    uint64_t orders = 0;
+    if (rc == 0) rc = sl_fields_verify(q->d->fields, txn, stdout, &orders, &q->rep.problems);
+    if (rc == 0) printf("%llu orders checked against their persons' computed fields\n", (unsigned long long)orders);
     return rc;
 }
 
@@ -1065,7 +1075,7 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     sl_json_hooks_install();
     /* the components that parse their own sections of the config */
-    if (sl_trig_config_register()) return 1;
+    if (sl_fields_config_register() || sl_trig_config_register()) return 1; /* computed first: rules name its fields */
     if (strcmp(cmd, "serve") == 0) return cmd_serve(argc, argv);
     if (strcmp(cmd, "check-config") == 0) return cmd_check_config(argc, argv);
     if (strcmp(cmd, "export") == 0) return cmd_export(argc, argv);

@@ -1287,6 +1287,8 @@ int sl_http_server_set_stage(sl_server_t *srv, sl_stage_t *stage, struct sl_stit
     return rc;
 }
 
+void sl_http_server_set_fields(sl_server_t *srv, struct sl_fields_s *fields) { srv->fields = fields; }
+
 int sl_http_server_add_metrics(sl_server_t *srv, void (*render)(void *arg, sl_buf_t *out), void *arg)
 {
     if (srv->n_metrics == sizeof(srv->metrics) / sizeof(srv->metrics[0])) return SL_EINVAL;

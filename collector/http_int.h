@@ -112,12 +112,13 @@ struct sl_server_s {
     sl_store_t *store;
     sl_stage_t *stage;            /* NULL: an edge, no derived state */
     struct sl_stitch_s *stitch;   /* NULL: no profiles */
+    struct sl_fields_s *fields;   /* NULL: no order ledger route */
     struct sl_trig_s *trig;       /* NULL: no trigger rules (GET /v1/rules) */
     struct sl_feed_s *feed;       /* NULL: no trigger feed */
     struct {
         void (*render)(void *arg, sl_buf_t *out);
         void *arg;
-    } metrics[8];                 /* other components' /metrics lines */
+    } metrics[12];                /* other components' /metrics lines */
     size_t n_metrics;
     sl_handoff_t debug_ready;     /* stage -> loop: stitched events a debug viewer wants */
     _Atomic size_t debug_queued;  /* bytes in debug_ready: the stage adds, the loop takes off */

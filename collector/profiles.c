@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "http_int.h"
+#include "sl_fields.h"
 #include "sl_stitch.h"
 
 #define READ_BUSY_MSG "server busy: too many profile reads in progress (twice libuv's threadpool size), retry later"
@@ -52,7 +53,8 @@ typedef struct {
     sl_stage_t *stage;
     sl_stitch_t *stitch;
     const char *kind, *id, *before;
-    int what; /* 0 profile, 1 events, 2 merges, 3 the most recently active */
+    int what; /* 0 profile, 1 events, 2 merges, 3 the most recently active, 4 orders */
+    sl_fields_t *fields;
     size_t limit;
     int reached; /* the stage had applied what the request waited for */
     int rc;
@@ -67,6 +69,11 @@ static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     case 0: return sl_stitch_profile(q->stitch, txn, q->kind, q->id, &q->out);
     case 1: return sl_stitch_timeline(q->stitch, txn, log_txn, q->kind, q->id, q->limit, q->before, &q->out);
     case 3: return sl_stitch_recent(q->stitch, txn, q->limit, q->before, &q->out);
+    case 4: {
+        uint64_t person;
+        int rc = sl_stitch_find(q->stitch, txn, q->kind, q->id, &person);
+        return rc ? rc : sl_fields_orders(q->fields, txn, person, q->limit, q->before, &q->out);
+    }
     default: return sl_stitch_merges(q->stitch, txn, q->kind, q->id, q->limit, q->before, &q->out);
     }
 }
@@ -267,8 +274,9 @@ void http_handle_profiles(conn_t *c, const char *rest)
         *tail++ = '\0';
         if (strcmp(tail, "events") == 0) what = 1;
         else if (strcmp(tail, "merges") == 0) what = 2;
+        else if (strcmp(tail, "orders") == 0 && srv->fields) what = 4;
         else {
-            http_respond_error(c, 404, "no such route: use .../events or .../merges");
+            http_respond_error(c, 404, "no such route: use .../events, .../merges or .../orders");
             return;
         }
     }
@@ -315,8 +323,8 @@ void http_handle_profiles(conn_t *c, const char *rest)
         return;
     }
     *q = (read_req_t){.stage = srv->stage, .stitch = srv->stitch, .kind = kind, .id = id, .what = what,
-                      .limit = what == 2 ? 100 : 50};
-    if (what) { /* events and merges come a page at a time */
+                      .limit = what == 2 || what == 4 ? 100 : 50, .fields = srv->fields};
+    if (what) { /* events, merges and orders come a page at a time */
         unsigned long long limit = q->limit;
         char *before = NULL;
         if (http_query_num(c, "limit", 1, 1000, &limit) < 0 || read_before(c, &before) < 0) return;

@@ -41,6 +41,10 @@ struct sl_trig_s;
 struct sl_feed_s;
 int sl_http_server_set_stage(sl_server_t *srv, sl_stage_t *stage, struct sl_stitch_s *stitch,
                              struct sl_trig_s *trig, struct sl_feed_s *feed);
+/* The order ledger (GET /v1/profiles/{kind}/{id}/orders) is fields's
+ * (NULL: the route answers 404); before the stage starts. */
+struct sl_fields_s;
+void sl_http_server_set_fields(sl_server_t *srv, struct sl_fields_s *fields);
 
 /* Graceful stop: no new connections, in-flight requests are answered after
  * their commit, idle connections close, the store is drained, the stage

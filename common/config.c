@@ -631,7 +631,9 @@ int sl_config_demo(sl_config_t *cfg)
         "\"within\":\"1h\"},"
         "{\"name\":\"plan\",\"type\":\"trait_change\",\"trait\":\"plan\",\"on_first_set\":true},"
         "{\"name\":\"dormant\",\"type\":\"inactivity\",\"after\":\"30d\"}],"
-        "\"pressure\":{\"max_per_profile_per_day\":20}}";
+        "\"pressure\":{\"max_per_profile_per_day\":20},"
+        /* the commerce pack (docs/COMPUTED.md): its default RFM table */
+        "\"computed\":{\"commerce\":{\"currency\":\"EUR\",\"windows\":[\"90d\",\"365d\"]}}}";
     char err[256];
     int rc = sl_config_parse(cfg, demo, sizeof(demo) - 1, err, sizeof(err));
     if (rc) return rc;

@@ -60,6 +60,11 @@ typedef struct sl_stage_ctx_s {
     const cJSON *trait_changes;
     int historical;            /* the event comes from the past (an import): rules see nothing
                                 * of it (set by the identity step, from its source) */
+    /* computed fields of entity the event changed (the fields phase): a cJSON
+     * array of [field, old, new, reason] -- reason "merge" for what a merge
+     * of the event did, "event" for the event itself -- in that order (NULL
+     * or empty: none) */
+    const cJSON *computed_changes;
 } sl_stage_ctx_t;
 
 /* One event of the log, as the steps see it. The stage checks that its text
@@ -85,7 +90,7 @@ typedef struct sl_stage_event_s {
  * in the order they were added). */
 enum {
     SL_PHASE_IDENTITY = 10,  /* stitcher/: who the event is about, merges, traits */
-    SL_PHASE_FIELDS = 20,    /* computed profile fields (next) */
+    SL_PHASE_FIELDS = 20,    /* fields/: the order ledger, computed profile fields */
     SL_PHASE_AUDIENCES = 30, /* audiences (next) */
     SL_PHASE_RULES = 40,     /* triggers/: rule states, firing */
     SL_PHASE_FEED = 50,      /* feed/: pruning; appended to by the phases before */

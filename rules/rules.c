@@ -47,9 +47,8 @@ static const char *const takes_text[] = {
     [T_TIME] = "an ISO-8601 time or a duration (\"30d\")",
 };
 
-/* ---- the person's fields: what may follow `profile.`. Adding computed
- * fields or audiences is one row: {"computed", 1, 1, "profile.computed.<name>"},
- * {"audiences", 0, 0, "profile.audiences"}. ---- */
+/* ---- the person's fields: what may follow `profile.`. Adding audiences
+ * is one row: {"audiences", 0, 0, "profile.audiences"}. ---- */
 
 static const struct profile_root {
     const char *name;
@@ -62,6 +61,7 @@ static const struct profile_root {
     {"last_seen", 0, 0, "profile.last_seen"},
     {"consent", 1, 1, "profile.consent.<category>"},
     {"unsubscribed", 0, 0, "profile.unsubscribed"},
+    {"computed", 1, 2, "profile.computed.<name>"}, /* rfm.segment: two */
 };
 #define N_PROFILE_ROOTS (sizeof(profile_roots) / sizeof(profile_roots[0]))
 

@@ -73,6 +73,8 @@ int sl_stitch_person_view(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *o
     sl_buf_appends(out, ",\"last_seen\":");
     sl_buf_append_iso(out, last);
     rc = s->consent ? consent_view_json(out, txn, s->consent, id) : sl_buf_appends(out, ",\"consent\":{},\"unsubscribed\":false");
+    for (size_t i = 0; rc == 0 && i < s->n_listeners; i++)
+        if (s->listeners[i].view_extra) rc = s->listeners[i].view_extra(s->listeners[i].arg, txn, id, out);
     sl_buf_appends(out, "}");
     return rc ? rc : out->data ? 0 : SL_ENOMEM;
 }
@@ -91,7 +93,6 @@ void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out)
     out->examined = atomic_load(&s->examined);
     out->prune_passes = atomic_load(&s->prune_passes);
     out->persons_expired = atomic_load(&s->persons_expired);
-    out->amounts_ignored = atomic_load(&s->amounts_ignored);
 }
 
 int sl_stitch_consent_check(sl_stitch_t *s, MDB_txn *txn, uint64_t person, const char *category, int *ok,
@@ -145,6 +146,15 @@ int stitch_find_person(sl_stitch_t *s, MDB_txn *txn, const char *kind, const cha
     if (rc == MDB_NOTFOUND) rc = SL_ENOTFOUND;
     sl_buf_free(&key);
     sl_arena_free(&a);
+    return rc;
+}
+
+int sl_stitch_find(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, uint64_t *person)
+{
+    person_t p = {0};
+    int rc = stitch_find_person(s, txn, kind, id, &p);
+    *person = rc ? 0 : p.id;
+    stitch_person_free(&p);
     return rc;
 }
 
@@ -218,15 +228,14 @@ static int append_profile(sl_stitch_t *s, MDB_txn *txn, sl_buf_t *out, const per
     sl_buf_append_iso(out, first);
     sl_buf_appends(out, ",\"last_seen\":");
     sl_buf_append_iso(out, last);
-    sl_buf_printf(out, ",\"counters\":{\"events\":%llu,\"page_views\":%llu,\"orders\":%llu,\"revenue\":",
-                  (unsigned long long)events, (unsigned long long)pages, (unsigned long long)p->h.orders);
-    sl_buf_append_amount(out, p->h.revenue);
-    sl_buf_appends(out, "}");
-    sl_buf_appends(out, ",\"currency\":");
-    if (p->h.currency[0]) sl_buf_append_json_str(out, p->h.currency, strnlen(p->h.currency, sizeof(p->h.currency)));
-    else sl_buf_appends(out, "null");
-    sl_buf_appends(out, ",\"consent\":");
-    int rc = s->consent ? consent_append_json(out, txn, s->consent, p->id) : sl_buf_appends(out, "null");
+    sl_buf_printf(out, ",\"counters\":{\"events\":%llu,\"page_views\":%llu", (unsigned long long)events,
+                  (unsigned long long)pages);
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < s->n_listeners; i++)
+        if (s->listeners[i].profile_counters)
+            rc = s->listeners[i].profile_counters(s->listeners[i].arg, txn, p->id, out);
+    sl_buf_appends(out, "},\"consent\":");
+    if (rc == 0) rc = s->consent ? consent_append_json(out, txn, s->consent, p->id) : sl_buf_appends(out, "null");
     for (size_t i = 0; rc == 0 && i < s->n_listeners; i++)
         if (s->listeners[i].profile_extra) rc = s->listeners[i].profile_extra(s->listeners[i].arg, txn, p->id, out);
     sl_buf_appends(out, "}");

@@ -77,6 +77,14 @@ typedef struct sl_ident_listener_s {
      * reads (libuv's threadpool), in its read transaction: it must touch no
      * stage-thread scratch. */
     int (*profile_extra)(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *out);
+    /* The same answer's "counters" object: append the listener's counters,
+     * each with a leading comma (the ledger: ",\"orders\":3,\"revenue\":..."). */
+    int (*profile_counters)(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *out);
+    /* The person view conditions read (sl_stitch_person_view) is written for
+     * person: append the listener's members, each with a leading comma
+     * (computed fields: ",\"computed\":{...}"). Stage thread or a reader;
+     * no stage-thread scratch. */
+    int (*view_extra)(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *out);
 } sl_ident_listener_t;
 
 
@@ -96,7 +104,8 @@ int sl_stitch_listen(sl_stitch_t *s, const sl_ident_listener_t *l);
  * event time. SL_ENOTFOUND when there is no such person. */
 /* What conditions read of person id (rules/sl_rules.h, the "profile." paths),
  * appended to out: {"traits":{...}, "identified":bool, "first_seen":ISO,
- * "last_seen":ISO, "consent":{category:bool}, "unsubscribed":bool}.
+ * "last_seen":ISO, "consent":{category:bool}, "unsubscribed":bool, and the
+ * listeners' members (view_extra: "computed")}.
  * SL_ENOTFOUND when there is no such person. Stage thread or a reader. */
 int sl_stitch_person_view(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out);
 int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
@@ -123,6 +132,11 @@ int sl_stitch_consent_check(sl_stitch_t *s, MDB_txn *txn, uint64_t person, const
  * junk, a value over SL_IDENT_MAX_BYTES (or no value); trait values trimmed
  * and lower-cased. */
 const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *arena, int is_trait);
+
+/* The person the identifier (kind, id) resolves to, as the profile routes
+ * find it: 0 and *person, SL_ENOTFOUND, or an LMDB error. Any thread, in a
+ * read transaction. */
+int sl_stitch_find(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, uint64_t *person);
 
 /* 1 when kind names an identifier kind: "user_id", "anonymous_id" or a
  * configured identity trait. */
@@ -180,8 +194,8 @@ void sl_stitch_erase_free(sl_stitch_erase_t *e);
 /* Retention (docs/PRIVACY.md): events older (by their timestamp) than
  * their source's `retention`, or than `anonymous_retention` when their
  * person was never identified, leave the log with their timeline entry.
- * Person records stay: orders, revenue, traits, consent and identifiers
- * survive; event counts and first/last seen follow the timelines. A person
+ * Person records stay: traits, consent and identifiers survive (and the
+ * listeners' own state: the order ledger); event counts and first/last seen follow the timelines. A person
  * never identified whose every event is pruned goes whole (identifiers,
  * record, consent, rule states, feed entries), with no profile_erased. A stage
  * job, like erasure, examining at most `limit` events of the log per run
@@ -239,7 +253,6 @@ typedef struct sl_stitch_stats_s {
     uint64_t identifies, identify_ns; /* identify and alias messages stitched, time spent on them */
     uint64_t traits_dropped;          /* traits not kept on a profile (limits.max_traits_*) */
     uint64_t pruned, examined, prune_passes, persons_expired; /* retention */
-    uint64_t amounts_ignored;         /* order amounts not finite or beyond SL_AMOUNT_MAX */
 } sl_stitch_stats_t;
 void sl_stitch_get_stats(const sl_stitch_t *s, sl_stitch_stats_t *out);
 /* The same as Prometheus text (arg: the stitcher). */

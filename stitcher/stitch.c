@@ -664,9 +664,6 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     if (s->tmp.data == NULL) return SL_ENOMEM;
 
     sv->dirty = 1; /* event counts and first/last seen follow from the identifiers' timelines */
-    sv->h.orders += x->h.orders;
-    sl_amount_add(&sv->h.revenue, x->h.revenue); /* finite, or left as it was */
-    if (!sv->h.currency[0]) memcpy(sv->h.currency, x->h.currency, sizeof(sv->h.currency));
     if (x->traits.len) {
         cJSON *doc = cJSON_ParseWithLength(x->traits.data, x->traits.len);
         rc = merge_traits(s, sv, cJSON_GetObjectItemCaseSensitive(doc, "t"), cJSON_GetObjectItemCaseSensitive(doc, "at"),
@@ -781,18 +778,6 @@ int stitch_read_msg(sl_stitch_t *s, const sl_jindex_t *top, const sl_jindex_t *c
          * checked, and is what cJSON printed: only memory can fail here (the
          * stage retries the transaction, it does not set the event aside) */
         if ((m->traits = cJSON_ParseWithLength(traits.p, traits.n)) == NULL) return SL_ENOMEM;
-    }
-    if (m->type == SL_STITCH_TRACK && sl_jstr_eq(sl_jindex_get(top, "event"), "Order Completed", 15)) {
-        sl_jval_t props = sl_jindex_get(top, "properties");
-        m->is_order = 1;
-        if (!sl_jnum(sl_jget(props, "revenue"), &m->revenue) && !sl_jnum(sl_jget(props, "total"), &m->revenue))
-            m->revenue = 0;
-        if (!sl_amount_ok(m->revenue)) { /* 1e308 twice would sum to inf: the order counts, not its amount */
-            m->revenue = 0;
-            m->amount_ignored = 1;
-        }
-        const char *cur = stitch_jstr(props, "currency", a);
-        if (cur) snprintf(m->currency, sizeof(m->currency), "%s", cur);
     }
     return consent_read_msg(top, context, s->cfg, m->trusted, m->ts_ms, seq, &m->consent, a);
 }
@@ -973,12 +958,6 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
     if ((rc = mdb_put(txn, s->tl, &k, &v, 0)) && rc != MDB_KEYEXIST) return rc;
     if ((rc = active_touch(s, txn, t, m->ts_ms))) return rc;
 
-    if (m->is_order) {
-        t->dirty = 1;
-        t->h.orders++;
-        if (sl_amount_add(&t->h.revenue, m->revenue) || m->amount_ignored) s->pend.amounts_ignored++;
-        if (m->currency[0]) memcpy(t->h.currency, m->currency, sizeof(t->h.currency));
-    }
     if (m->type == SL_STITCH_IDENTIFY && m->traits) {
         if (s->trait_changes == NULL && (s->trait_changes = cJSON_CreateArray()) == NULL) rc = SL_ENOMEM;
         else rc = merge_traits(s, t, m->traits, NULL, m->ts_ms, 1);
@@ -1101,7 +1080,6 @@ static void on_after_txn(void *arg, int ok)
         atomic_fetch_add(&s->merges, s->pend.merges);
         atomic_fetch_add(&s->traits_dropped, s->pend.traits_dropped);
         atomic_fetch_add(&s->prune_passes, s->pend.prune_passes);
-        atomic_fetch_add(&s->amounts_ignored, s->pend.amounts_ignored);
     } else {
         consent_cache_clear(s->ccache);
     }
@@ -1169,9 +1147,6 @@ void sl_stitch_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_traits_dropped_total", "Traits not kept on a profile (limits.max_traits_*).",
                   ss.traits_dropped);
     sl_metric_u64(b, "counter", "sillage_persons_created_total", "Persons created.", ss.persons_created);
-    sl_metric_u64(b, "counter", "sillage_order_amounts_ignored_total",
-                  "Order revenue or total not counted: not finite or beyond 1e15 in absolute value.",
-                  ss.amounts_ignored);
     sl_metric_u64(b, "counter", "sillage_retention_pruned_events_total",
                   "Events removed from the log (and their timeline entries) past their retention.", ss.pruned);
     sl_metric_u64(b, "counter", "sillage_retention_examined_events_total",

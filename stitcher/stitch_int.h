@@ -25,7 +25,8 @@ typedef struct {
     uint32_t n_ids;
     int64_t active_ms;    /* its key's time in active, with PF_ACTIVE (records before had zero here) */
     uint64_t flags;       /* PF_* */
-    uint64_t events, page_views, orders;
+    uint64_t events, page_views, orders; /* orders, revenue, currency: no longer kept (the ledger,
+                                          * fields/, keeps them); written 0, the layout unchanged */
     double revenue;
     char currency[8];
     uint32_t ids_len;     /* identifier keys, each NUL-terminated */
@@ -54,10 +55,6 @@ typedef struct sl_stitch_msg_s {
     const sl_source_t *source;       /* the configured source it came from (NULL: none now) */
     int trusted;                     /* from a trusted (server-side) source */
     int historical;                  /* from the past (docs/TRIGGERS.md, "Historical imports") */
-    int is_order;                    /* track "Order Completed" */
-    double revenue;                  /* properties.revenue or .total of an order */
-    int amount_ignored;              /* that amount was not finite or past SL_AMOUNT_MAX */
-    char currency[8];
     consent_in_t consent;            /* what it says of consent (an unsubscribe...) */
 } sl_stitch_msg_t;
 
@@ -82,11 +79,10 @@ struct sl_stitch_s {
     char *tscratch;           /* printing one trait value: limits.max_traits_bytes + 1 */
     uint64_t msg_dropped;     /* traits of the current message not kept (limits) */
     _Atomic uint64_t merges, refusals, created, traits_dropped, refusals_dropped;
-    _Atomic uint64_t amounts_ignored; /* order amounts not finite or past SL_AMOUNT_MAX */
     _Atomic uint64_t refusal_refs_read; /* references bound_refusals read: its cost */
     _Atomic uint64_t pruned, examined, prune_passes, persons_expired;
     struct { /* the current transaction's, added when it commits (an aborted one is redone) */
-        uint64_t created, refusals, merges, traits_dropped, prune_passes, refusals_dropped, amounts_ignored;
+        uint64_t created, refusals, merges, traits_dropped, prune_passes, refusals_dropped;
     } pend;
     _Atomic uint64_t identifies, identify_ns; /* identify and alias: count, time in on_event */
 };

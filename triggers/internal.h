@@ -6,6 +6,7 @@
 #ifndef SL_TRIGGERS_INTERNAL_H
 #define SL_TRIGGERS_INTERNAL_H
 
+#include "sl_fields.h"
 #include "sl_rules.h"
 #include "sl_triggers.h"
 
@@ -53,6 +54,13 @@ typedef struct trig_type_s {
     /* a trait of person changed (old_v NULL: it had none) */
     int (*trait)(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *name,
                  const cJSON *old_v, const cJSON *new_v, int64_t now);
+    /* a computed field of person changed (the fields phase, a merge or a
+     * timer: reason "event", "merge", "timer"; old_v and new_v JSON values) */
+    int (*computed)(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *field,
+                    const cJSON *old_v, const cJSON *new_v, const char *reason, int64_t now);
+    /* Checks the parsed rule against the rest of cfg (sections parsed before
+     * the triggers: the computed fields it names). May be NULL. */
+    int (*check)(sl_cfg_ctx_t *x, const trig_rule_t *r, const char *path, const sl_config_t *cfg);
     /* 1 when the rule wants to hear of changes to trait name */
     int (*watches)(const trig_rule_t *r, const char *name);
     /* The person's state of rule r is about to be deleted (erasure,
@@ -86,6 +94,8 @@ struct trig_rule_s {
                                * an unsubscribed person's cap of 0 (default true) */
     sl_cond_t *where;         /* on the causing event: the rule sees only the events that match; NULL = all */
     sl_cond_t *if_;           /* on the person, when the trigger would be appended; NULL = always */
+    char **in_payload;        /* computed fields put in the payload's profile.computed */
+    size_t n_in_payload;
     void *conf;               /* the type's settings (trig_type_t.parse) */
 };
 
@@ -104,11 +114,13 @@ const trig_rule_t *trig_rule_by_name(const sl_config_t *cfg, const char *name, s
 void trig_rule_print(const trig_rule_t *r, sl_buf_t *out);
 
 extern const trig_type_t trig_type_abandoned_cart, trig_type_page_visit, trig_type_inactivity,
-    trig_type_trait_change, trig_type_event;
+    trig_type_trait_change, trig_type_event, trig_type_computed_change;
 
 struct sl_trig_s {
     const sl_config_t *_Atomic cfg;      /* written by the stage thread (reload), read by /metrics */
     sl_stitch_t *stitch;
+    sl_fields_t *fields;                 /* computed fields (NULL: none wired): in_payload, changes */
+    sl_fields_listener_t flistener;
     sl_stage_t *stage;                   /* set by sl_trig_attach: the log, for events read back */
     sl_feed_t *feed;                     /* where triggers are appended */
     sl_stage_step_t step;

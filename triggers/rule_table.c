@@ -8,14 +8,16 @@
 #include <string.h>
 
 static const trig_type_t *const types[] = {&trig_type_page_visit, &trig_type_abandoned_cart, &trig_type_inactivity,
-                                           &trig_type_trait_change, &trig_type_event};
+                                           &trig_type_trait_change, &trig_type_event,
+                                           &trig_type_computed_change};
 #define N_TYPES (sizeof(types) / sizeof(*types))
 
 /* the keys every rule has */
 #define RULE_NAME_MAX 128
 
 static const char *const common_keys[] = {"name", "type", "max_per_profile_per_day", "requires_consent", "pressure",
-                                          "where", "if", NULL};
+                                          "where", "if", "in_payload", NULL};
+#define MAX_IN_PAYLOAD 16
 
 static void rules_free(void *parsed)
 {
@@ -27,6 +29,7 @@ static void rules_free(void *parsed)
         free(r->requires_consent);
         sl_rules_free(r->where);
         sl_rules_free(r->if_);
+        sl_cfg_strv_free(r->in_payload, r->n_in_payload);
         if (r->type && r->conf) r->type->free_conf(r->conf);
     }
     free(rs->v);
@@ -48,7 +51,7 @@ static const trig_type_t *type_named(const char *name)
     return NULL;
 }
 
-static int parse_rule(sl_cfg_ctx_t *x, const cJSON *json, size_t idx, trig_rule_t *r)
+static int parse_rule(sl_cfg_ctx_t *x, const cJSON *json, size_t idx, trig_rule_t *r, const sl_config_t *cfg)
 {
     char path[48], *type = NULL;
     snprintf(path, sizeof(path), "triggers[%zu]", idx);
@@ -97,6 +100,18 @@ static int parse_rule(sl_cfg_ctx_t *x, const cJSON *json, size_t idx, trig_rule_
     if (w && (rc = sl_rules_compile(w, SL_RULES_EVENT, cpath, &r->where, x->err, x->errlen))) goto out;
     snprintf(cpath, sizeof(cpath), "%s.if", path);
     if (f && (rc = sl_rules_compile(f, SL_RULES_PROFILE, cpath, &r->if_, x->err, x->errlen))) goto out;
+    if ((rc = sl_cfg_strv(x, json, "in_payload", path, &r->in_payload, &r->n_in_payload))) goto out;
+    if (r->n_in_payload > MAX_IN_PAYLOAD) {
+        rc = sl_cfg_error(x, "%s.in_payload names at most %d computed fields", path, MAX_IN_PAYLOAD);
+        goto out;
+    }
+    for (size_t i = 0; i < r->n_in_payload; i++)
+        if (!sl_fields_known(cfg, r->in_payload[i])) {
+            rc = sl_cfg_error(x, "%s.in_payload: \"%s\" is not a computed field%s", path, r->in_payload[i],
+                              sl_fields_commerce_on(cfg) ? "" : " (computed.commerce is off)");
+            goto out;
+        }
+    if (r->type->check) rc = r->type->check(x, r, path, cfg);
 out:
     if (rc == SL_ETOOBIG) rc = SL_EINVAL; /* a condition past its bounds: a config error like any other */
     free(type);
@@ -105,7 +120,6 @@ out:
 
 static int rules_parse(const cJSON *json, const sl_config_t *c, void **out, char *err, size_t errlen)
 {
-    (void)c;
     sl_cfg_ctx_t x = {err, errlen};
     *out = NULL;
     if (json == NULL) return 0;
@@ -119,7 +133,7 @@ static int rules_parse(const cJSON *json, const sl_config_t *c, void **out, char
     int rc = 0;
     for (const cJSON *j = json->child; j && rc == 0; j = j->next) {
         size_t i = rs->n++;
-        if ((rc = parse_rule(&x, j, i, &rs->v[i]))) break;
+        if ((rc = parse_rule(&x, j, i, &rs->v[i], c))) break;
         for (size_t k = 0; k < i && rc == 0; k++)
             if (strcmp(rs->v[k].name, rs->v[i].name) == 0)
                 rc = sl_cfg_error(&x, "triggers[%zu].name \"%s\" is used twice", i, rs->v[i].name);
@@ -174,6 +188,14 @@ void trig_rule_print(const trig_rule_t *r, sl_buf_t *out)
         sl_buf_appends(out, ",\"if\":");
         if (r->if_) sl_rules_print(r->if_, out);
         else sl_buf_appends(out, "null");
+        if (r->n_in_payload) {
+            sl_buf_appends(out, ",\"in_payload\":[");
+            for (size_t i = 0; i < r->n_in_payload; i++) {
+                if (i) sl_buf_appends(out, ",");
+                sl_buf_append_json_str(out, r->in_payload[i], strlen(r->in_payload[i]));
+            }
+            sl_buf_appends(out, "]");
+        }
         sl_buf_printf(out, ",\"max_per_profile_per_day\":%d,\"pressure\":%s,\"requires_consent\":", r->max_per_day,
                       r->pressure ? "true" : "false");
         if (r->requires_consent) sl_buf_append_json_str(out, r->requires_consent, strlen(r->requires_consent));

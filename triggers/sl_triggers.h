@@ -31,6 +31,7 @@
 #include "sl_config.h"
 #include "sl_feed.h"
 #include "sl_stage.h"
+#include "sl_fields.h"
 #include "sl_stitch.h"
 #include "sl_store.h"
 
@@ -48,8 +49,10 @@ int sl_trig_rules_print(const sl_config_t *cfg, sl_buf_t *out);
 
 /* rules: the trigger rules and pressure cap of cfg. cfg must stay alive
  * until replaced with sl_trig_reload_job(). Payloads read persons from
- * stitch; triggers are appended to feed (attached to the same stage). */
-sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_feed_t *feed);
+ * stitch and computed values from fields (NULL: none; computed_change rules
+ * then never fire); triggers are appended to feed (attached to the same
+ * stage). */
+sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_fields_t *fields, sl_feed_t *feed);
 void sl_trig_free(sl_trig_t *t);
 
 /* Registers the engine with the stage (a step: its databases, timers and

@@ -177,8 +177,8 @@ static int pressure_inc(sl_trig_t *t, MDB_txn *txn, uint32_t day, uint64_t perso
     return mdb_put(txn, t->pressure, &k, &v, 0);
 }
 
-static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const char *rule, const char *type, uint64_t person,
-                       const char *profile, const char *data);
+static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const trig_rule_t *r, const char *type,
+                       uint64_t person, const char *profile, const char *data);
 
 int trig_is_kind(const rule_msg_t *m, const char *name)
 {
@@ -254,18 +254,39 @@ int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person,
     }
     if ((r->pressure && (rc = pressure_inc(t, txn, day, person, ""))) || (rc = pressure_inc(t, txn, day, person, r->name)))
         return rc;
-    if ((rc = feed_append(t, txn, now, r->name, r->type->name, person, NULL, data))) return rc;
+    if ((rc = feed_append(t, txn, now, r, r->type->name, person, NULL, data))) return rc;
     t->pend.fired++;
     if (idx < MAX_RULES) t->pend.fired_by_rule[idx]++;
     return 0;
 }
 
-/* Appends an entry to the feed: rule (NULL: none), type, the person's
+/* The computed fields rule r puts in its payload: "computed":{name: value}
+ * added to the profile object in b. */
+static int payload_computed(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, int64_t now,
+                            sl_buf_t *b)
+{
+    if (r == NULL || r->n_in_payload == 0 || t->fields == NULL || b->len == 0 || b->data[b->len - 1] != '}')
+        return 0;
+    b->len--;
+    sl_buf_appends(b, ",\"computed\":{");
+    int rc = 0;
+    for (size_t i = 0; i < r->n_in_payload && rc == 0; i++) {
+        if (i) sl_buf_appends(b, ",");
+        sl_buf_append_json_str(b, r->in_payload[i], strlen(r->in_payload[i]));
+        sl_buf_appends(b, ":");
+        rc = sl_fields_value(t->fields, txn, person, r->in_payload[i], now, b);
+    }
+    sl_buf_appends(b, "}}");
+    return rc ? rc : b->data ? 0 : SL_ENOMEM;
+}
+
+/* Appends an entry to the feed: rule r's (NULL: none), type, the person's
  * profile (profile: that JSON instead of the stitcher's), the cause (the
  * event being applied, if any) and data. */
-static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const char *rule, const char *type, uint64_t person,
-                       const char *profile, const char *data)
+static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const trig_rule_t *r, const char *type,
+                       uint64_t person, const char *profile, const char *data)
 {
+    const char *rule = r ? r->name : NULL;
     sl_entity_t who = {SL_ENTITY_PERSON, person};
     sl_buf_t *b = &t->pay;
     b->len = 0;
@@ -278,6 +299,7 @@ static int feed_append(sl_trig_t *t, MDB_txn *txn, int64_t now, const char *rule
     } else if (rc) {
         return rc;
     }
+    if ((rc = payload_computed(t, txn, r, person, now, b))) return rc;
     if (sl_buf_append(b, "", 1)) return SL_ENOMEM; /* NUL-terminated for the feed */
     sl_feed_entry_t e = {.at_ms = now, .entity = who, .rule = rule, .type = type, .cause = t->cause,
                          .profile = b->data, .data = data};
@@ -375,6 +397,40 @@ static int trig_forget(sl_trig_t *t, MDB_txn *txn, const uint64_t *persons, size
     return rc;
 }
 
+/* The computed changes of person (a JSON array of [field, old, new,
+ * reason]) to the rules that hear of them; m: the causing event (NULL for
+ * a timer: where then reads no event). */
+static int trig_computed(sl_trig_t *t, MDB_txn *txn, uint64_t person, const cJSON *changes, const rule_msg_t *m,
+                         int64_t now)
+{
+    const trig_rules_t *rs = trig_rules(t->cfg);
+    const cJSON *ch;
+    cJSON_ArrayForEach(ch, changes) {
+        const cJSON *field = cJSON_GetArrayItem(ch, 0), *old = cJSON_GetArrayItem(ch, 1),
+                    *new_v = cJSON_GetArrayItem(ch, 2), *reason = cJSON_GetArrayItem(ch, 3);
+        if (!cJSON_IsString(field) || !old || !new_v || !cJSON_IsString(reason)) continue;
+        for (size_t i = 0; i < rs->n; i++) {
+            const trig_rule_t *r = &rs->v[i];
+            if (r->type->computed == NULL || !trig_where(r->where, m, now)) continue;
+            int rc = r->type->computed(t, txn, r, person, field->valuestring, old, new_v, reason->valuestring, now);
+            if (rc) return rc;
+        }
+    }
+    return 0;
+}
+
+/* What no event moved (a computed field's timer): the fields component tells. */
+static int on_computed_changed(void *arg, MDB_txn *txn, uint64_t person, const cJSON *changes, int64_t now)
+{
+    sl_trig_t *t = arg;
+    if (trig_rules(t->cfg)->n == 0) return 0;
+    const char *saved = t->cause;
+    t->cause = NULL; /* no stored event's doing */
+    int rc = trig_computed(t, txn, person, changes, NULL, now);
+    t->cause = saved;
+    return rc;
+}
+
 static int trig_watches(const sl_trig_t *t, const char *name)
 {
     const trig_rules_t *rs = trig_rules(t->cfg);
@@ -431,6 +487,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
                              &m, now)))
             return rc;
     }
+    if (x->computed_changes && (rc = trig_computed(t, txn, x->entity.id, x->computed_changes, &m, now))) return rc;
     return trig_event(t, txn, &m, x->entity.id, x->identified, now);
 }
 
@@ -660,12 +717,14 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     return 0;
 }
 
-sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_feed_t *feed)
+sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_fields_t *fields, sl_feed_t *feed)
 {
     sl_trig_t *t = calloc(1, sizeof(*t));
     if (t == NULL) return NULL;
     t->cfg = cfg;
     t->stitch = stitch;
+    t->fields = fields;
+    t->flistener = (sl_fields_listener_t){.arg = t, .changed = on_computed_changed};
     t->feed = feed;
     sl_arena_init(&t->msg_arena);
     t->step = (sl_stage_step_t){.name = "triggers", .phase = SL_PHASE_RULES, .arg = t, .open = on_open,
@@ -680,6 +739,7 @@ int sl_trig_attach(sl_trig_t *t, sl_stage_t *stage)
 {
     t->stage = stage;
     int rc = sl_stage_add_step(stage, &t->step);
+    if (rc == 0 && t->fields) rc = sl_fields_listen(t->fields, &t->flistener);
     return rc ? rc : sl_stitch_listen(t->stitch, &t->listener);
 }
 

@@ -10,7 +10,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    return sl_trig_config_register() ? 1 : 0; /* the "triggers" section, as the command line does */
+    return sl_fields_config_register() || sl_trig_config_register() ? 1 : 0; /* the "triggers" section, as the command line does */
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -145,7 +145,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     sl_log_level = SL_LOG_ERROR;
     sl_json_hooks_install();
-    if (sl_trig_config_register()) abort();
+    if (sl_fields_config_register() || sl_trig_config_register()) abort();
     static char dir[] = "/tmp/sl-fuzz-http-XXXXXX";
     if (mkdtemp(dir) == NULL) abort();
     char json[4096];
@@ -174,9 +174,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     stage = sl_stage_new(store, &go);
     sl_stitch_t *stitch = sl_stitch_new(&cfg, store);
     sl_feed_t *feed = sl_feed_new(cfg.trigger_retention_ms);
-    sl_trig_t *trig = feed && stitch ? sl_trig_new(&cfg, stitch, feed) : NULL;
+    sl_fields_t *fields = stitch ? sl_fields_new(&cfg, stitch) : NULL;
+    sl_trig_t *trig = feed && fields ? sl_trig_new(&cfg, stitch, fields, feed) : NULL;
     if (stage == NULL || stitch == NULL || trig == NULL || sl_stage_add_step(stage, sl_stitch_step(stitch)) ||
-        sl_feed_attach(feed, stage) || sl_trig_attach(trig, stage) || sl_stage_open(stage) ||
+        sl_fields_attach(fields, stage) || sl_feed_attach(feed, stage) || sl_trig_attach(trig, stage) || sl_stage_open(stage) ||
         sl_store_start(store, &loop))
         abort();
     if (sl_http_server_start(&srv, &loop, &cfg, store) || sl_http_server_set_stage(srv, stage, stitch, trig, feed) ||

@@ -29,9 +29,12 @@ int fix_open(fix_t *f)
     if (fix_extra_step && fix_extra_first && sl_stage_add_step(f->stage, fix_extra_step)) return -1;
     if (sl_stage_add_step(f->stage, sl_stitch_step(f->stitch))) return -1;
     if (fix_extra_step && !fix_extra_first && sl_stage_add_step(f->stage, fix_extra_step)) return -1;
+    if ((f->with_fields || f->with_triggers) &&
+        ((f->fields = sl_fields_new(&f->cfg, f->stitch)) == NULL || sl_fields_attach(f->fields, f->stage)))
+        return -1;
     if (f->with_triggers &&
         ((f->feed = sl_feed_new(f->cfg.trigger_retention_ms)) == NULL || sl_feed_attach(f->feed, f->stage) ||
-         (f->trig = sl_trig_new(&f->cfg, f->stitch, f->feed)) == NULL || sl_trig_attach(f->trig, f->stage)))
+         (f->trig = sl_trig_new(&f->cfg, f->stitch, f->fields, f->feed)) == NULL || sl_trig_attach(f->trig, f->stage)))
         return -1;
     if (sl_stage_open(f->stage)) return -1;
     if (sl_store_start(f->store, &f->loop)) return -1;
@@ -51,6 +54,8 @@ void fix_close_store(fix_t *f)
     f->trig = NULL;
     sl_feed_free(f->feed);
     f->feed = NULL;
+    sl_fields_free(f->fields);
+    f->fields = NULL;
     sl_stitch_free(f->stitch);
     sl_store_close(f->store);
     f->store = NULL;

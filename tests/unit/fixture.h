@@ -7,6 +7,7 @@
 #include "test.h"
 #include "sl_config.h"
 #include "sl_stage.h"
+#include "sl_fields.h"
 #include "sl_stitch.h"
 #include "sl_store.h"
 #include "sl_triggers.h"
@@ -27,6 +28,8 @@ typedef struct {
     int with_triggers; /* the trigger engine too (the demo rules) */
     sl_trig_t *trig;
     sl_feed_t *feed;
+    int with_fields;   /* the computed fields step (also with_triggers) */
+    sl_fields_t *fields;
 } fix_t;
 
 /* set before fix_init/fix_open: */

@@ -1,0 +1,846 @@
+/* fields.c - the fields step of the stage: the order ledger kept from each
+ * event (orders, duplicates, refunds), each person's summary, merges,
+ * erasure, the RFM timer, and the changes told to later phases. */
+#include "fields_int.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const fld_conf_t *conf(const sl_fields_t *f) { return fld_conf(f->cfg); }
+
+/* ---- keys ---- */
+
+static void porder_key(unsigned char *k, uint64_t person, int64_t ts)
+{
+    sl_be64_put(k, person);
+    sl_be64_put(k + 8, (uint64_t)ts ^ (1ULL << 63));
+}
+
+static int porder_put(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_order_t *o, const MDB_val *okey)
+{
+    f->k2.len = 0;
+    unsigned char pre[FLD_PORDER_PREFIX];
+    porder_key(pre, person, o->f.ts_ms);
+    if (sl_buf_append(&f->k2, pre, sizeof(pre)) || sl_buf_append(&f->k2, okey->mv_data, okey->mv_size))
+        return SL_ENOMEM;
+    fld_porder_t po = {fld_order_net(o), o->f.flags, {0}};
+    MDB_val k = {f->k2.len, f->k2.data}, v = {sizeof(po), &po};
+    return mdb_put(txn, f->porders, &k, &v, 0);
+}
+
+/* ---- summaries ---- */
+
+int fld_sum_load(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *s, int *found)
+{
+    MDB_val k = {8, &person}, v;
+    int rc = mdb_get(txn, f->fstate, &k, &v);
+    *found = rc == 0;
+    if (rc == MDB_NOTFOUND) {
+        fld_sum_init(s);
+        return 0;
+    }
+    return rc ? rc : fld_sum_decode(&v, s);
+}
+
+static int sum_save(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_sum_t *s)
+{
+    int rc = fld_sum_encode(s, &f->v);
+    MDB_val k = {8, &person}, v = {f->v.len, f->v.data};
+    return rc ? rc : mdb_put(txn, f->fstate, &k, &v, 0);
+}
+
+int fld_each_order(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_order_t *o,
+                      int (*fn)(void *arg, const MDB_val *pkey, const fld_porder_t *po, const fld_order_t *o), void *arg)
+{
+    MDB_cursor *cur;
+    unsigned char pre[8];
+    sl_be64_put(pre, person);
+    int rc = mdb_cursor_open(txn, f->porders, &cur);
+    if (rc) return rc;
+    MDB_val k = {8, pre}, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < FLD_PORDER_PREFIX || memcmp(k.mv_data, pre, 8) != 0) break;
+        fld_porder_t po;
+        if (v.mv_size != sizeof(po)) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        memcpy(&po, v.mv_data, sizeof(po));
+        if (o) {
+            MDB_val ok = {k.mv_size - FLD_PORDER_PREFIX, (char *)k.mv_data + FLD_PORDER_PREFIX}, ov;
+            if ((rc = mdb_get(txn, f->ledger, &ok, &ov)) || (rc = fld_order_decode(&ov, o))) break;
+        }
+        if ((rc = fn(arg, &k, &po, o))) break;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+typedef struct {
+    fld_sum_t *s;
+    int max_categories;
+} recompute_t;
+
+static int recompute_one(void *arg, const MDB_val *pkey, const fld_porder_t *po, const fld_order_t *o)
+{
+    (void)pkey, (void)po;
+    recompute_t *r = arg;
+    fld_sum_order(r->s, o, 1, r->max_categories);
+    return 0;
+}
+
+/* s from person's orders in the ledger (what was not recomputed -- the
+ * RFM segment, since when, the timer -- is kept) */
+static int sum_recompute(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *s, fld_order_t *scratch)
+{
+    fld_sum_fix_t keep = s->f;
+    fld_sum_init(s);
+    s->f.seg = keep.seg, s->f.prev_seg = keep.prev_seg, s->f.seg_since_ms = keep.seg_since_ms;
+    s->f.timer_ms = keep.timer_ms, s->f.r = keep.r, s->f.f = keep.f, s->f.m = keep.m;
+    recompute_t r = {s, conf(f)->max_categories};
+    return fld_each_order(f, txn, person, scratch, recompute_one, &r);
+}
+
+typedef struct {
+    const fld_conf_t *c;
+    int64_t now;
+    fld_windows_t *w;
+} windows_t;
+
+static int window_one(void *arg, const MDB_val *pkey, const fld_porder_t *po, const fld_order_t *o)
+{
+    (void)o;
+    windows_t *x = arg;
+    if (!(po->flags & FO_PLACED) || (po->flags & FO_REFUNDED)) return 0;
+    int64_t ts = (int64_t)(sl_be64_get((const unsigned char *)pkey->mv_data + 8) ^ (1ULL << 63));
+    for (size_t i = 0; i < x->c->n_windows; i++)
+        if (ts > x->now - x->c->windows[i] && ts <= x->now) {
+            x->w->orders[i]++;
+            if (po->flags & FO_REV_KNOWN) {
+                x->w->rev_orders[i]++;
+                x->w->revenue[i] += po->net;
+            }
+        }
+    return 0;
+}
+
+int fld_windows(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_windows_t *w)
+{
+    memset(w, 0, sizeof(*w));
+    windows_t x = {conf(f), now, w};
+    return x.c->n_windows ? fld_each_order(f, txn, person, NULL, window_one, &x) : 0;
+}
+
+/* ---- changes ---- */
+
+static int change_add(cJSON **list, const char *field, const char *old, size_t old_len, const char *new_v,
+                      size_t new_len, const char *reason)
+{
+    if (*list == NULL && (*list = cJSON_CreateArray()) == NULL) return SL_ENOMEM;
+    cJSON *e = cJSON_CreateArray();
+    if (e == NULL) return SL_ENOMEM;
+    cJSON_AddItemToArray(*list, e);
+    cJSON *a = cJSON_CreateString(field), *b = cJSON_ParseWithLength(old, old_len),
+          *c = cJSON_ParseWithLength(new_v, new_len), *d = cJSON_CreateString(reason);
+    if (a) cJSON_AddItemToArray(e, a);
+    if (b) cJSON_AddItemToArray(e, b);
+    if (c) cJSON_AddItemToArray(e, c);
+    if (d) cJSON_AddItemToArray(e, d);
+    return a && b && c && d ? 0 : SL_ENOMEM;
+}
+
+/* The tracked fields that differ between the two flat lists (of one
+ * configuration: the same names in the same order). */
+static int diff(sl_fields_t *f, cJSON **list, const char *reason)
+{
+    const fld_flat_t *a = &f->fl_old, *b = &f->fl_new;
+    for (size_t i = 0; i < a->n && i < b->n; i++) {
+        if (!fld_flat_tracked(a->name[i])) continue;
+        if (a->len[i] == b->len[i] && memcmp(a->text.data + a->off[i], b->text.data + b->off[i], a->len[i]) == 0)
+            continue;
+        int rc = change_add(list, a->name[i], a->text.data + a->off[i], a->len[i], b->text.data + b->off[i],
+                            b->len[i], reason);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int flatten(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_sum_t *s, int64_t now, fld_flat_t *out)
+{
+    fld_windows_t w;
+    int rc = fld_windows(f, txn, person, now, &w);
+    return rc ? rc : fld_flatten(conf(f), s, &w, now, out);
+}
+
+/* Puts s in the RFM segment it is in at now, and sets the timer for when
+ * its recency score next moves. */
+static int rfm_settle(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *s, int64_t now)
+{
+    const fld_conf_t *c = conf(f);
+    if (!c->commerce) return 0;
+    fld_rfm_t r = fld_rfm(c, s, now);
+    if (r.seg != s->f.seg) {
+        s->f.prev_seg = s->f.seg;
+        s->f.seg = r.seg;
+        s->f.seg_since_ms = now;
+    }
+    s->f.r = (uint8_t)r.r, s->f.f = (uint8_t)r.f, s->f.m = (uint8_t)r.m;
+    int64_t next = fld_rfm_next(c, s, now);
+    if (next == INT64_MAX || next == s->f.timer_ms) return 0;
+    s->f.timer_ms = next;
+    sl_entity_t who = {SL_ENTITY_PERSON, person};
+    return sl_stage_timer_set(f->stage, txn, f->step.name, next, who, "rfm", 3);
+}
+
+/* What time alone moved since the summary was saved (a recency score
+ * crossed a threshold the timer has not reached yet, or just reached):
+ * told as reason "timer" changes, the summary settled. *moved 1 if so. */
+static int catch_up(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *s, int64_t now, cJSON **list,
+                    int *moved)
+{
+    const fld_conf_t *c = conf(f);
+    *moved = 0;
+    if (!c->commerce || s->f.orders == 0) return 0;
+    fld_rfm_t r = fld_rfm(c, s, now);
+    if (r.seg == s->f.seg && r.r == s->f.r && r.f == s->f.f && r.m == s->f.m) return 0;
+    char o[32], n[32];
+    int rc = 0;
+    const int olds[3] = {s->f.r, s->f.f, s->f.m}, news[3] = {r.r, r.f, r.m};
+    static const char *const names[3] = {"rfm.r", "rfm.f", "rfm.m"};
+    for (int i = 0; i < 3 && rc == 0; i++) {
+        if (olds[i] == news[i]) continue;
+        int ol = olds[i] ? snprintf(o, sizeof(o), "%d", olds[i]) : snprintf(o, sizeof(o), "null");
+        int nl = snprintf(n, sizeof(n), "%d", news[i]);
+        rc = change_add(list, names[i], o, (size_t)ol, n, (size_t)nl, "timer");
+    }
+    if (rc == 0 && r.seg != s->f.seg) {
+        sl_buf_t a = {0}, b = {0};
+        const char *on = fld_segment_name(c, s->f.seg), *nn = fld_segment_name(c, r.seg);
+        if (on) sl_buf_append_json_str(&a, on, strlen(on));
+        else sl_buf_appends(&a, "null");
+        if (nn) sl_buf_append_json_str(&b, nn, strlen(nn));
+        else sl_buf_appends(&b, "null");
+        rc = a.data && b.data ? change_add(list, "rfm.segment", a.data, a.len, b.data, b.len, "timer") : SL_ENOMEM;
+        sl_buf_free(&a);
+        sl_buf_free(&b);
+    }
+    if (rc) return rc;
+    *moved = 1;
+    return rfm_settle(f, txn, person, s, now);
+}
+
+/* Runs listeners on what is in f->tchanges (then emptied). */
+static int tell(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now)
+{
+    int rc = 0;
+    if (f->tchanges && cJSON_GetArraySize(f->tchanges) > 0)
+        for (size_t i = 0; i < f->n_listeners && rc == 0; i++)
+            rc = f->listeners[i].changed(f->listeners[i].arg, txn, person, f->tchanges, now);
+    cJSON_Delete(f->tchanges);
+    f->tchanges = NULL;
+    return rc;
+}
+
+/* Begins a change of person's summary (loaded into *s): time's moves are
+ * told first, then the flat values before the change are kept. */
+static int change_begin(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *s, int64_t now, cJSON **list,
+                        int *found)
+{
+    int moved, rc = fld_sum_load(f, txn, person, s, found);
+    if (rc == 0 && *found) rc = catch_up(f, txn, person, s, now, list, &moved);
+    if (rc == 0 && conf(f)->commerce) rc = flatten(f, txn, person, s, now, &f->fl_old);
+    return rc;
+}
+
+/* Ends it: settles RFM, saves, and adds what changed to list. */
+static int change_end(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *s, int64_t now, cJSON **list,
+                      const char *reason)
+{
+    int rc = rfm_settle(f, txn, person, s, now);
+    if (rc == 0) rc = sum_save(f, txn, person, s);
+    if (rc == 0 && conf(f)->commerce && (rc = flatten(f, txn, person, s, now, &f->fl_new)) == 0)
+        rc = diff(f, list, reason);
+    return rc;
+}
+
+/* ---- reading an order event ---- */
+
+static double rate_of(const fld_conf_t *c, const char *cur, int *known)
+{
+    *known = 1;
+    if (c->currency == NULL || cur == NULL || strcmp(cur, c->currency) == 0) return 1;
+    for (size_t i = 0; i < c->n_fx; i++)
+        if (strcmp(c->fx[i].code, cur) == 0) return c->fx[i].rate;
+    *known = 0;
+    return 0;
+}
+
+/* an amount member: 1 and *out when it is a usable number, 0 when absent;
+ * an unusable one is counted and reads as absent with *bad set */
+static int amount(sl_fields_t *f, sl_jval_t props, const char *name, double *out, int *bad)
+{
+    double d;
+    if (!sl_jnum(sl_jget(props, name), &d)) return 0;
+    if (!sl_amount_ok(d)) {
+        *bad = 1;
+        return 0;
+    }
+    *out = d;
+    (void)f;
+    return 1;
+}
+
+/* the order's key: 'o' + properties.order_id (a string or a number as
+ * written), else 'm' + the messageId; cut at SL_FIELDS_ORDER_KEY_MAX */
+static int order_key(sl_fields_t *f, const sl_stage_event_t *ev, sl_jval_t props, int by_msgid_ok, int *by_msgid)
+{
+    f->k.len = 0;
+    sl_jval_t id = sl_jget(props, "order_id");
+    const char *s = NULL;
+    size_t n = 0;
+    if (sl_jtype(id) == SL_JSTR) s = sl_jstr(id, &f->arena, &n);
+    else if (sl_jtype(id) == SL_JNUM) s = id.p, n = id.n;
+    *by_msgid = 0;
+    if (s == NULL || n == 0) {
+        if (!by_msgid_ok || ev->message_id[0] == '\0') return SL_ENOTFOUND;
+        s = ev->message_id, n = strlen(s);
+        *by_msgid = 1;
+    }
+    if (n > SL_FIELDS_ORDER_KEY_MAX) n = SL_FIELDS_ORDER_KEY_MAX;
+    char tag = *by_msgid ? 'm' : 'o';
+    return sl_buf_append(&f->k, &tag, 1) || sl_buf_append(&f->k, s, n) ? SL_ENOMEM : 0;
+}
+
+/* categories: the order's `category` and each product's, trimmed and
+ * lower-cased, distinct, at most SL_FIELDS_ORDER_CATS */
+static void add_cat(sl_fields_t *f, fld_order_t *o, sl_jval_t v)
+{
+    size_t n;
+    const char *s = sl_jstr(v, &f->arena, &n);
+    if (s == NULL || o->f.n_cats >= SL_FIELDS_ORDER_CATS || strlen(s) != n) return;
+    n = sl_ident_trim(&s, n);
+    if (n == 0) return;
+    const char *low = sl_ident_lower(s, n, &f->arena);
+    if (low == NULL) return;
+    size_t l = strlen(low);
+    if (l > SL_FIELDS_CAT_BYTES) { /* cut between two characters */
+        l = SL_FIELDS_CAT_BYTES;
+        while (l > 0 && ((unsigned char)low[l] & 0xC0) == 0x80) l--;
+    }
+    for (size_t i = 0; i < o->f.n_cats; i++)
+        if (strlen(o->cats[i]) == l && memcmp(o->cats[i], low, l) == 0) return;
+    memcpy(o->cats[o->f.n_cats], low, l);
+    o->cats[o->f.n_cats++][l] = '\0';
+}
+
+static void read_order(sl_fields_t *f, const sl_stage_event_t *ev, sl_jval_t props, uint64_t person, fld_order_t *o)
+{
+    const fld_conf_t *c = conf(f);
+    o->f.flags |= FO_PLACED;
+    o->f.person = o->f.origin = person;
+    o->f.seq = ev->seq;
+    o->f.ts_ms = ev->ctx->ts_ms;
+    const char *cur = sl_jstr(sl_jget(props, "currency"), &f->arena, NULL);
+    memset(o->f.currency, 0, sizeof(o->f.currency));
+    if (cur && strlen(cur) < sizeof(o->f.currency)) memcpy(o->f.currency, cur, strlen(cur));
+    else cur = NULL;
+    int bad = 0, known;
+    double rev = 0, total = 0, tax = 0, ship = 0;
+    int have_rev = amount(f, props, "revenue", &rev, &bad);
+    int have_total = amount(f, props, "total", &total, &bad);
+    amount(f, props, "tax", &tax, &bad);
+    amount(f, props, "shipping", &ship, &bad);
+    if (!have_rev && have_total) rev = total - tax - ship;
+    if (!have_total) total = rev;
+    double rate = rate_of(c, cur, &known);
+    if (bad) f->pend.amounts_ignored++;
+    if (!known) f->pend.unknown_currency++;
+    if (known && !bad && sl_amount_ok(rev * rate) && sl_amount_ok(total * rate)) {
+        o->f.flags |= FO_REV_KNOWN;
+        o->f.revenue = rev * rate;
+        o->f.total = total * rate;
+    }
+    double disc = 0;
+    size_t cl = 0;
+    const char *coupon = sl_jstr(sl_jget(props, "coupon"), &f->arena, &cl);
+    if ((coupon && cl > 0) || (amount(f, props, "discount", &disc, &bad) && disc > 0)) o->f.flags |= FO_PROMO;
+    o->f.n_cats = 0;
+    add_cat(f, o, sl_jget(props, "category"));
+    sl_jiter_t it;
+    sl_jval_t key, prod;
+    sl_jiter(sl_jget(props, "products"), &it);
+    while (sl_jnext(&it, &key, &prod)) add_cat(f, o, sl_jget(prod, "category"));
+}
+
+/* the refunds so far: a whole-order one, or their sum past the total, make it refunded */
+static void settle_refunds(fld_order_t *o)
+{
+    if (!(o->f.flags & FO_PLACED)) return;
+    int full = 0;
+    for (size_t i = 0; i < o->f.n_refunds; i++) full |= isnan(o->refunds[i].amount);
+    if (full || (o->f.total > 0 && o->f.refunded >= o->f.total - 0.005)) o->f.flags |= FO_REFUNDED;
+}
+
+static int ledger_get(sl_fields_t *f, MDB_txn *txn, fld_order_t *o, int *found)
+{
+    MDB_val k = {f->k.len, f->k.data}, v;
+    int rc = mdb_get(txn, f->ledger, &k, &v);
+    *found = rc == 0;
+    if (rc == MDB_NOTFOUND) {
+        memset(&o->f, 0, sizeof(o->f));
+        return 0;
+    }
+    return rc ? rc : fld_order_decode(&v, o);
+}
+
+static int ledger_put(sl_fields_t *f, MDB_txn *txn, const fld_order_t *o)
+{
+    int rc = fld_order_encode(o, &f->v);
+    MDB_val k = {f->k.len, f->k.data}, v = {f->v.len, f->v.data};
+    return rc ? rc : mdb_put(txn, f->ledger, &k, &v, 0);
+}
+
+/* the list a change of person goes to: the event's (person is its entity)
+ * or the listeners' */
+static cJSON **list_for(sl_fields_t *f, const sl_stage_event_t *ev, uint64_t person)
+{
+    return ev && ev->ctx->entity.kind == SL_ENTITY_PERSON && ev->ctx->entity.id == person ? &f->changes : &f->tchanges;
+}
+
+static int on_order(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, sl_jval_t props, uint64_t person,
+                    int64_t now)
+{
+    int by_msgid, found, rc = order_key(f, ev, props, 1, &by_msgid);
+    if (rc) return rc == SL_ENOTFOUND ? 0 : rc;
+    fld_order_t *o = &f->ord;
+    if ((rc = ledger_get(f, txn, o, &found))) return rc;
+    if (found && (o->f.flags & FO_PLACED)) { /* a copy: the first one wins */
+        o->f.duplicates++;
+        f->pend.duplicates++;
+        return ledger_put(f, txn, o);
+    }
+    read_order(f, ev, props, person, o);
+    if (by_msgid) o->f.flags |= FO_BY_MSGID;
+    settle_refunds(o); /* refunds that came first */
+    f->pend.orders++;
+    MDB_val okey = {f->k.len, f->k.data};
+    cJSON **list = list_for(f, ev, person);
+    fld_sum_t *s = f->sum;
+    if ((rc = ledger_put(f, txn, o)) || (rc = change_begin(f, txn, person, s, now, list, &found))) return rc;
+    if ((rc = porder_put(f, txn, person, o, &okey))) return rc;
+    fld_sum_order(s, o, 1, conf(f)->max_categories);
+    if ((rc = change_end(f, txn, person, s, now, list, "event"))) return rc;
+    return list == &f->tchanges ? tell(f, txn, person, now) : 0;
+}
+
+static int on_refund(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, sl_jval_t props, int64_t now)
+{
+    int by_msgid, found, rc = order_key(f, ev, props, 0, &by_msgid);
+    if (rc) { /* no order_id: nothing to refund */
+        if (rc == SL_ENOTFOUND) f->pend.refunds_unmatched++;
+        return rc == SL_ENOTFOUND ? 0 : rc;
+    }
+    fld_order_t *o = &f->ord;
+    if ((rc = ledger_get(f, txn, o, &found))) return rc;
+    f->pend.refunds++;
+    int bad = 0, known;
+    double amt = NAN, a;
+    if (amount(f, props, "total", &a, &bad) || amount(f, props, "revenue", &a, &bad)) {
+        const char *cur = sl_jstr(sl_jget(props, "currency"), &f->arena, NULL);
+        if (cur == NULL && o->f.currency[0]) cur = o->f.currency;
+        double rate = rate_of(conf(f), cur, &known);
+        if (known && sl_amount_ok(a * rate)) amt = a * rate;
+        else if (!known) f->pend.unknown_currency++; /* refunded as a whole order */
+    }
+    if (bad) f->pend.amounts_ignored++;
+    if (!isnan(amt) && amt <= 0) return 0; /* refunds nothing */
+    double old_net = fld_order_net(o);
+    uint8_t old_flags = o->f.flags;
+    if (o->f.n_refunds < SL_FIELDS_ORDER_REFUNDS)
+        o->refunds[o->f.n_refunds++] = (fld_refund_t){ev->ctx->ts_ms, amt, ev->seq};
+    if (!isnan(amt) && sl_amount_ok(o->f.refunded + amt)) o->f.refunded += amt;
+    settle_refunds(o);
+    if (!(o->f.flags & FO_PLACED)) { /* before its order: kept for it */
+        f->pend.refunds_unmatched++;
+        return ledger_put(f, txn, o);
+    }
+    if ((rc = ledger_put(f, txn, o))) return rc;
+    if (old_flags & FO_REFUNDED) return 0; /* refunded already: no figure moves */
+    uint64_t person = o->f.person;
+    MDB_val okey = {f->k.len, f->k.data};
+    if ((rc = porder_put(f, txn, person, o, &okey))) return rc;
+    cJSON **list = list_for(f, ev, person);
+    fld_sum_t *s = f->sum;
+    fld_order_t saved_refunded = {0};
+    (void)saved_refunded;
+    if ((rc = change_begin(f, txn, person, s, now, list, &found))) return rc;
+    if (o->f.flags & FO_REFUNDED) {
+        /* out of every figure: dates and categories are recomputed */
+        if ((rc = sum_recompute(f, txn, person, s, &f->ord))) return rc;
+    } else {
+        s->f.revenue += fld_order_net(o) - old_net;
+        if (s->f.revenue < 0) s->f.revenue = 0;
+    }
+    if ((rc = change_end(f, txn, person, s, now, list, "event"))) return rc;
+    return list == &f->tchanges ? tell(f, txn, person, now) : 0;
+}
+
+/* ---- merges ---- */
+
+typedef struct {
+    sl_fields_t *f;
+    MDB_txn *txn;
+    uint64_t survivor;
+    sl_buf_t keys;     /* the absorbed person's porders keys, each as u32 length then bytes */
+} move_t;
+
+static int collect_key(void *arg, const MDB_val *pkey, const fld_porder_t *po, const fld_order_t *o)
+{
+    (void)po, (void)o;
+    move_t *m = arg;
+    uint32_t n = (uint32_t)pkey->mv_size;
+    return sl_buf_append(&m->keys, &n, 4) || sl_buf_append(&m->keys, pkey->mv_data, n) ? SL_ENOMEM : 0;
+}
+
+static int merge(sl_fields_t *f, MDB_txn *txn, uint64_t survivor, uint64_t absorbed, cJSON **list, int64_t now)
+{
+    fld_sum_t *sx = f->sum2, *s = f->sum;
+    int found, rc = fld_sum_load(f, txn, absorbed, sx, &found);
+    if (rc || !found) return rc; /* no order, no summary: nothing to join */
+    move_t m = {f, txn, survivor, {0}};
+    if ((rc = fld_each_order(f, txn, absorbed, NULL, collect_key, &m))) goto out;
+    /* the orders become the survivor's (who placed them stays in origin) */
+    for (size_t off = 0; off + 4 <= m.keys.len && rc == 0;) {
+        uint32_t n;
+        memcpy(&n, m.keys.data + off, 4);
+        const char *pk = m.keys.data + off + 4;
+        off += 4 + n;
+        MDB_val okey = {n - FLD_PORDER_PREFIX, (char *)pk + FLD_PORDER_PREFIX}, ov, pkv = {n, (char *)pk};
+        f->k.len = 0;
+        if (sl_buf_append(&f->k, okey.mv_data, okey.mv_size)) rc = SL_ENOMEM;
+        if (rc == 0) rc = mdb_get(txn, f->ledger, &okey, &ov);
+        if (rc == 0) rc = fld_order_decode(&ov, &f->ord);
+        if (rc) break;
+        f->ord.f.person = survivor;
+        MDB_val ok2 = {f->k.len, f->k.data};
+        if ((rc = ledger_put(f, txn, &f->ord)) || (rc = mdb_del(txn, f->porders, &pkv, NULL)) ||
+            (rc = porder_put(f, txn, survivor, &f->ord, &ok2)))
+            break;
+    }
+    if (rc) goto out;
+    MDB_val k = {8, &absorbed};
+    if ((rc = mdb_del(txn, f->fstate, &k, NULL))) goto out;
+    if ((rc = change_begin(f, txn, survivor, s, now, list, &found))) goto out;
+    fld_sum_merge(s, sx, conf(f)->max_categories);
+    rc = change_end(f, txn, survivor, s, now, list, "merge");
+out:
+    sl_buf_free(&m.keys);
+    return rc;
+}
+
+/* ---- the step ---- */
+
+static int on_open(void *arg, MDB_txn *txn, int read_only)
+{
+    sl_fields_t *f = arg;
+    unsigned c = read_only ? 0 : MDB_CREATE;
+    int rc = mdb_dbi_open(txn, "ledger", c, &f->ledger);
+    if (rc == MDB_NOTFOUND && read_only) return 0; /* a store from before the ledger: nothing to read */
+    if (rc || (rc = mdb_dbi_open(txn, "porders", c, &f->porders)) || (rc = mdb_dbi_open(txn, "fstate", c | MDB_INTEGERKEY, &f->fstate)))
+        return rc;
+    f->have_dbs = 1;
+    return 0;
+}
+
+static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
+{
+    sl_fields_t *f = arg;
+    sl_stage_ctx_t *x = ev->ctx;
+    cJSON_Delete(f->changes);
+    f->changes = NULL;
+    x->computed_changes = NULL;
+    sl_arena_reset(&f->arena);
+    int64_t now = sl_now_ms();
+    int rc = 0;
+    for (size_t i = 0; i < x->n_merges && rc == 0; i++) {
+        uint64_t sv = x->merge_survivor[i];
+        rc = merge(f, txn, sv, x->merge_absorbed[i], list_for(f, ev, sv), now);
+        if (rc == 0 && f->tchanges) rc = tell(f, txn, sv, now);
+    }
+    if (rc == 0 && x->entity.kind == SL_ENTITY_PERSON && sl_jstr_eq(sl_jindex_get(ev->top, "type"), "track", 5)) {
+        size_t n;
+        const char *name = sl_jstr(sl_jindex_get(ev->top, "event"), &f->arena, &n);
+        const fld_conf_t *c = conf(f);
+        if (name && fld_name_in(c->order_events, c->n_order_events, name, n))
+            rc = on_order(f, txn, ev, sl_jindex_get(ev->top, "properties"), x->entity.id, now);
+        else if (name && fld_name_in(c->refund_events, c->n_refund_events, name, n))
+            rc = on_refund(f, txn, ev, sl_jindex_get(ev->top, "properties"), now);
+    }
+    x->computed_changes = f->changes;
+    return rc;
+}
+
+static int on_timer(void *arg, MDB_txn *txn, sl_entity_t entity, const char *name, size_t name_len, int64_t due,
+                    int64_t now)
+{
+    sl_fields_t *f = arg;
+    (void)name, (void)name_len;
+    if (entity.kind != SL_ENTITY_PERSON) return 0;
+    f->pend.timers++;
+    if (now > due && (uint64_t)(now - due) > f->pend.timer_late_ms_max) f->pend.timer_late_ms_max = (uint64_t)(now - due);
+    fld_sum_t *s = f->sum;
+    int found, moved;
+    int rc = fld_sum_load(f, txn, entity.id, s, &found);
+    if (rc || !found) return rc;
+    if (s->f.timer_ms == due) s->f.timer_ms = 0; /* this one ran: the next is set anew */
+    if ((rc = catch_up(f, txn, entity.id, s, now, &f->tchanges, &moved))) return rc;
+    if (!moved && (rc = rfm_settle(f, txn, entity.id, s, now))) return rc;
+    if ((rc = sum_save(f, txn, entity.id, s))) return rc;
+    if (moved) f->pend.timer_changes++;
+    return tell(f, txn, entity.id, now);
+}
+
+static void on_after_txn(void *arg, int ok)
+{
+    sl_fields_t *f = arg;
+    if (ok) {
+        atomic_fetch_add(&f->orders, f->pend.orders);
+        atomic_fetch_add(&f->duplicates, f->pend.duplicates);
+        atomic_fetch_add(&f->refunds, f->pend.refunds);
+        atomic_fetch_add(&f->refunds_unmatched, f->pend.refunds_unmatched);
+        atomic_fetch_add(&f->unknown_currency, f->pend.unknown_currency);
+        atomic_fetch_add(&f->amounts_ignored, f->pend.amounts_ignored);
+        atomic_fetch_add(&f->timers, f->pend.timers);
+        atomic_fetch_add(&f->timer_changes, f->pend.timer_changes);
+        if (f->pend.timer_late_ms_max > atomic_load(&f->timer_late_ms_max))
+            atomic_store(&f->timer_late_ms_max, f->pend.timer_late_ms_max);
+    }
+    memset(&f->pend, 0, sizeof(f->pend));
+}
+
+/* ---- the stitcher's listener: erasure, profiles, views ---- */
+
+static int forget_one(void *arg, const MDB_val *pkey, const fld_porder_t *po, const fld_order_t *o)
+{
+    (void)po, (void)o;
+    move_t *m = arg;
+    return collect_key(m, pkey, NULL, NULL);
+}
+
+static int on_forgotten(void *arg, MDB_txn *txn, const uint64_t *persons, size_t n, const char *erased,
+                        uint64_t *removed)
+{
+    sl_fields_t *f = arg;
+    (void)erased;
+    *removed = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        move_t m = {f, txn, 0, {0}};
+        rc = fld_each_order(f, txn, persons[i], NULL, forget_one, &m);
+        for (size_t off = 0; off + 4 <= m.keys.len && rc == 0;) {
+            uint32_t l;
+            memcpy(&l, m.keys.data + off, 4);
+            MDB_val pk = {l, m.keys.data + off + 4}, ok = {l - FLD_PORDER_PREFIX, m.keys.data + off + 4 + FLD_PORDER_PREFIX};
+            off += 4 + l;
+            if ((rc = mdb_del(txn, f->porders, &pk, NULL)) == 0 && (rc = mdb_del(txn, f->ledger, &ok, NULL)) == MDB_NOTFOUND)
+                rc = 0;
+        }
+        sl_buf_free(&m.keys);
+        MDB_val k = {8, (void *)&persons[i]};
+        if (rc == 0 && (rc = mdb_del(txn, f->fstate, &k, NULL)) == MDB_NOTFOUND) rc = 0;
+    }
+    return rc;
+}
+
+/* a reader's summary: heap (it is large), freed by the caller */
+static int read_sum(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t **out)
+{
+    *out = NULL;
+    fld_sum_t *s = malloc(sizeof(*s));
+    if (s == NULL) return SL_ENOMEM;
+    int found, rc = f->have_dbs ? fld_sum_load(f, txn, person, s, &found) : (fld_sum_init(s), 0);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+static int on_profile_counters(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *out)
+{
+    sl_fields_t *f = arg;
+    fld_sum_t *s;
+    int rc = read_sum(f, txn, person, &s);
+    if (rc) return rc;
+    sl_buf_printf(out, ",\"orders\":%u,\"revenue\":", s->f.orders);
+    sl_buf_append_amount(out, s->f.revenue);
+    free(s);
+    return out->data ? 0 : SL_ENOMEM;
+}
+
+static int on_profile_extra(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *out)
+{
+    sl_fields_t *f = arg;
+    fld_sum_t *s;
+    int rc = read_sum(f, txn, person, &s);
+    if (rc) return rc;
+    const char *cur = conf(f)->currency ? conf(f)->currency : s->f.currency[0] ? s->f.currency : NULL;
+    sl_buf_appends(out, ",\"currency\":");
+    if (cur) sl_buf_append_json_str(out, cur, strnlen(cur, sizeof(s->f.currency)));
+    else sl_buf_appends(out, "null");
+    free(s);
+    sl_buf_appends(out, ",\"computed\":");
+    return sl_fields_computed(f, txn, person, sl_now_ms(), out);
+}
+
+static int on_view_extra(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *out)
+{
+    sl_buf_appends(out, ",\"computed\":");
+    return sl_fields_computed(arg, txn, person, sl_now_ms(), out);
+}
+
+/* ---- public ---- */
+
+sl_fields_t *sl_fields_new(const sl_config_t *cfg, sl_stitch_t *stitch)
+{
+    sl_fields_t *f = calloc(1, sizeof(*f));
+    if (f == NULL) return NULL;
+    f->sum = malloc(sizeof(*f->sum));
+    f->sum2 = malloc(sizeof(*f->sum2));
+    if (f->sum == NULL || f->sum2 == NULL) {
+        sl_fields_free(f);
+        return NULL;
+    }
+    f->cfg = cfg;
+    f->stitch = stitch;
+    sl_arena_init(&f->arena);
+    (void)fld_conf(cfg); /* the defaults, made before any thread */
+    f->step = (sl_stage_step_t){.name = "fields", .phase = SL_PHASE_FIELDS, .arg = f, .open = on_open,
+                                .apply = on_apply, .timer = on_timer, .after_txn = on_after_txn};
+    f->ilis = (sl_ident_listener_t){.arg = f, .forgotten = on_forgotten, .profile_counters = on_profile_counters,
+                                    .profile_extra = on_profile_extra, .view_extra = on_view_extra};
+    return f;
+}
+
+void sl_fields_free(sl_fields_t *f)
+{
+    if (f == NULL) return;
+    free(f->sum);
+    free(f->sum2);
+    sl_buf_free(&f->k);
+    sl_buf_free(&f->k2);
+    sl_buf_free(&f->v);
+    sl_buf_free(&f->fl_old.text);
+    sl_buf_free(&f->fl_new.text);
+    cJSON_Delete(f->changes);
+    cJSON_Delete(f->tchanges);
+    sl_arena_free(&f->arena);
+    free(f);
+}
+
+int sl_fields_attach(sl_fields_t *f, sl_stage_t *stage)
+{
+    f->stage = stage;
+    int rc = sl_stage_add_step(stage, &f->step);
+    return rc ? rc : sl_stitch_listen(f->stitch, &f->ilis);
+}
+
+int sl_fields_listen(sl_fields_t *f, const sl_fields_listener_t *l)
+{
+    if (f->n_listeners == FLD_MAX_LISTENERS || l->changed == NULL) return SL_EINVAL;
+    f->listeners[f->n_listeners++] = *l;
+    return 0;
+}
+
+int sl_fields_computed(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, sl_buf_t *out)
+{
+    const fld_conf_t *c = conf(f);
+    if (!c->commerce) return sl_buf_appends(out, "{}");
+    fld_sum_t *s;
+    fld_windows_t w;
+    fld_flat_t fl;
+    memset(&fl, 0, sizeof(fl));
+    int rc = read_sum(f, txn, person, &s);
+    if (rc) return rc;
+    if ((rc = f->have_dbs ? fld_windows(f, txn, person, now, &w) : (memset(&w, 0, sizeof(w)), 0)) == 0 &&
+        (rc = fld_flatten(c, s, &w, now, &fl)) == 0)
+        rc = fld_flat_object(&fl, out);
+    free(s);
+    sl_buf_free(&fl.text);
+    return rc;
+}
+
+int sl_fields_value(sl_fields_t *f, MDB_txn *txn, uint64_t person, const char *name, int64_t now, sl_buf_t *out)
+{
+    const fld_conf_t *c = conf(f);
+    if (!c->commerce) return sl_buf_appends(out, "null");
+    fld_sum_t *s;
+    fld_windows_t w;
+    fld_flat_t fl;
+    memset(&fl, 0, sizeof(fl));
+    int rc = read_sum(f, txn, person, &s);
+    if (rc) return rc;
+    if ((rc = f->have_dbs ? fld_windows(f, txn, person, now, &w) : (memset(&w, 0, sizeof(w)), 0)) == 0 &&
+        (rc = fld_flatten(c, s, &w, now, &fl)) == 0) {
+        size_t i = 0;
+        while (i < fl.n && strcmp(fl.name[i], name) != 0) i++;
+        rc = i < fl.n ? sl_buf_append(out, fl.text.data + fl.off[i], fl.len[i]) : sl_buf_appends(out, "null");
+    }
+    free(s);
+    sl_buf_free(&fl.text);
+    return rc;
+}
+
+int sl_fields_known(const sl_config_t *cfg, const char *name)
+{
+    const fld_conf_t *c = fld_conf(cfg);
+    if (!c->commerce) return 0;
+    fld_sum_t *s = malloc(sizeof(*s));
+    fld_flat_t fl;
+    memset(&fl, 0, sizeof(fl));
+    int hit = 0;
+    if (s) {
+        fld_sum_init(s);
+        if (fld_flatten(c, s, NULL, 0, &fl) == 0)
+            for (size_t i = 0; i < fl.n && !hit; i++) hit = strcmp(fl.name[i], name) == 0;
+    }
+    free(s);
+    sl_buf_free(&fl.text);
+    return hit;
+}
+
+void sl_fields_get_stats(const sl_fields_t *f, sl_fields_stats_t *out)
+{
+    out->orders = atomic_load(&f->orders);
+    out->duplicates = atomic_load(&f->duplicates);
+    out->refunds = atomic_load(&f->refunds);
+    out->refunds_unmatched = atomic_load(&f->refunds_unmatched);
+    out->unknown_currency = atomic_load(&f->unknown_currency);
+    out->amounts_ignored = atomic_load(&f->amounts_ignored);
+    out->timers = atomic_load(&f->timers);
+    out->timer_changes = atomic_load(&f->timer_changes);
+    out->timer_late_ms_max = atomic_load(&f->timer_late_ms_max);
+}
+
+void sl_fields_metrics(void *arg, sl_buf_t *b)
+{
+    sl_fields_stats_t s;
+    sl_fields_get_stats(arg, &s);
+    sl_metric_u64(b, "counter", "sillage_orders_total", "Orders entered in the ledger (first copies).", s.orders);
+    sl_metric_u64(b, "counter", "sillage_orders_duplicate_total",
+                  "Copies of an order already in the ledger (counted on it, their properties ignored).", s.duplicates);
+    sl_metric_u64(b, "counter", "sillage_order_refunds_total", "Refund and cancellation events read.", s.refunds);
+    sl_metric_u64(b, "counter", "sillage_order_refunds_unmatched_total",
+                  "Refunds without an order_id, or before their order (kept for it).", s.refunds_unmatched);
+    sl_metric_u64(b, "counter", "sillage_orders_unknown_currency_total",
+                  "Orders (and refunds) in a currency with no fx rate: counted, their amount not.", s.unknown_currency);
+    sl_metric_u64(b, "counter", "sillage_order_amounts_ignored_total",
+                  "Order revenue or total not counted: not finite or beyond 1e15 in absolute value.", s.amounts_ignored);
+    sl_metric_u64(b, "counter", "sillage_computed_timers_total", "Computed-field timers run.", s.timers);
+    sl_metric_u64(b, "counter", "sillage_computed_timer_changes_total", "Timers that moved a computed value.",
+                  s.timer_changes);
+    sl_metric_u64(b, "gauge", "sillage_computed_timer_late_ms_max",
+                  "The latest a computed-field timer ran after it was due (ms).", s.timer_late_ms_max);
+}

@@ -1,0 +1,211 @@
+/* fields_int.h - private to fields/: the parsed "computed" section
+ * (config.c), the record layouts and the commerce pack's arithmetic
+ * (commerce.c), shared with the step (fields.c) and the reads (read.c).
+ * Cross-file names carry the fld_ prefix; sl_fields.h is the contract. */
+#ifndef SL_FIELDS_INT_H
+#define SL_FIELDS_INT_H
+
+#include "sl_fields.h"
+
+#include <stdatomic.h>
+
+/* ---- configuration (config.c) ---- */
+
+#define FLD_MAX_WINDOWS 8
+#define FLD_MAX_SEGMENTS 32
+#define FLD_MAX_FX 64
+#define FLD_MAX_EVENT_NAMES 8
+#define FLD_SEGMENT_PROSPECT 0xFF /* a person without orders */
+#define FLD_SEGMENT_NONE 0xFE     /* never in a segment yet */
+
+typedef struct {
+    char *name;
+    uint8_t lo[3], hi[3];   /* r, f, m: inclusive, 1 to 5 */
+} fld_segment_t;
+
+typedef struct fld_conf_s {
+    int commerce;                  /* the pack's fields are computed and shown */
+    char *currency;                /* amounts converted into it; NULL: summed as sent */
+    struct {
+        char code[8];
+        double rate;               /* 1 code = rate currency */
+    } fx[FLD_MAX_FX];
+    size_t n_fx;
+    char *order_events[FLD_MAX_EVENT_NAMES], *refund_events[FLD_MAX_EVENT_NAMES];
+    size_t n_order_events, n_refund_events;
+    int64_t windows[FLD_MAX_WINDOWS];
+    char window_names[FLD_MAX_WINDOWS][16]; /* "90d" */
+    size_t n_windows;
+    int promo_min_orders;
+    double promo_min_share;
+    int max_categories;
+    int64_t recency[4];            /* r 5 within recency[0], 4 within [1]... 1 past [3] */
+    double frequency[4], monetary[4]; /* f/m 2 from [0], 3 from [1]... 5 from [3] */
+    fld_segment_t segments[FLD_MAX_SEGMENTS];
+    size_t n_segments;
+} fld_conf_t;
+
+/* The parsed section of cfg (defaults when the file has none). */
+const fld_conf_t *fld_conf(const sl_config_t *cfg);
+/* 1 when name is one of names[0..n). */
+int fld_name_in(char *const *names, size_t n, const char *name, size_t len);
+
+/* ---- records (commerce.c) ----
+ * Host byte order, as everything in the derived store; each begins with a
+ * version byte: a record of another version is refused (MDB_CORRUPTED). */
+#define FLD_ORDER_VERSION 1
+#define FLD_SUM_VERSION 1
+
+/* an order's marks */
+#define FO_PLACED 1u        /* the order itself arrived (else only refunds so far) */
+#define FO_PROMO 2u         /* a coupon, or a discount > 0 */
+#define FO_REV_KNOWN 4u     /* its revenue was converted (a known currency, a finite amount) */
+#define FO_REFUNDED 8u      /* fully refunded: out of every figure */
+#define FO_BY_MSGID 16u     /* keyed by its messageId (no order_id) */
+
+typedef struct {
+    uint8_t version, flags;
+    uint16_t n_cats, n_refunds;
+    uint16_t pad;
+    uint32_t duplicates;
+    uint32_t pad2;
+    uint64_t person, origin;       /* whose it is now; who placed it */
+    uint64_t seq;                  /* the order event in the log */
+    int64_t ts_ms;                 /* its timestamp */
+    double revenue, total;         /* converted (revenue: 0 unless FO_REV_KNOWN); total: what a
+                                    * refund compares with, in the same currency */
+    double refunded;               /* refunds so far, converted */
+    char currency[8];              /* as sent */
+} fld_order_fix_t;
+
+typedef struct {
+    int64_t ts_ms;
+    double amount;                 /* converted; NAN: the whole order */
+    uint64_t seq;
+} fld_refund_t;
+
+typedef struct {
+    fld_order_fix_t f;
+    char cats[SL_FIELDS_ORDER_CATS][SL_FIELDS_CAT_BYTES + 1];
+    fld_refund_t refunds[SL_FIELDS_ORDER_REFUNDS];
+} fld_order_t;
+
+int fld_order_encode(const fld_order_t *o, sl_buf_t *b);
+int fld_order_decode(const MDB_val *v, fld_order_t *o);
+/* the order's revenue net of its refunds, never below 0 (0 once refunded) */
+double fld_order_net(const fld_order_t *o);
+
+/* porders values: what a window needs of an order */
+typedef struct {
+    double net;                    /* fld_order_net() */
+    uint8_t flags;                 /* FO_* */
+    uint8_t pad[7];
+} fld_porder_t;
+
+/* A person's summary (fstate): figures over its orders that are placed
+ * and not refunded, and the RFM segment it was last put in. */
+#define FS_CAT_OVERFLOW 1u
+typedef struct {
+    uint8_t version, flags;
+    uint8_t seg, prev_seg;         /* FLD_SEGMENT_*, or an index in the segment table */
+    uint8_t r, f, m, pad;          /* the RFM scores seg was put from (0: none) */
+    uint32_t n_cats;
+    uint32_t orders, rev_orders, promo_orders;
+    int64_t first_ms, second_ms, last_ms;
+    double revenue;
+    int64_t seg_since_ms;          /* when it entered seg (0: never) */
+    int64_t timer_ms;              /* the RFM timer set (0: none) */
+    char currency[8];              /* with no configured currency: the last order's */
+} fld_sum_fix_t;
+
+#define FLD_MAX_CATEGORIES 256     /* the bound of commerce.max_categories */
+typedef struct {
+    fld_sum_fix_t f;
+    struct {
+        uint32_t count;
+        char name[SL_FIELDS_CAT_BYTES + 1];
+    } cats[FLD_MAX_CATEGORIES];
+} fld_sum_t;
+
+int fld_sum_encode(const fld_sum_t *s, sl_buf_t *b);
+int fld_sum_decode(const MDB_val *v, fld_sum_t *s);
+void fld_sum_init(fld_sum_t *s);
+/* Adds (sign 1) or removes (-1) order o's share of the figures. */
+void fld_sum_order(fld_sum_t *s, const fld_order_t *o, int sign, int max_categories);
+/* Folds absorbed into s (a merge): exact, as if every order had been s's. */
+void fld_sum_merge(fld_sum_t *s, const fld_sum_t *absorbed, int max_categories);
+
+/* RFM scores of s at now (0 when it has no orders) and its segment. */
+typedef struct {
+    int r, f, m;
+    uint8_t seg;
+} fld_rfm_t;
+fld_rfm_t fld_rfm(const fld_conf_t *c, const fld_sum_t *s, int64_t now);
+/* When s's recency score next changes after now (INT64_MAX: never). */
+int64_t fld_rfm_next(const fld_conf_t *c, const fld_sum_t *s, int64_t now);
+const char *fld_segment_name(const fld_conf_t *c, uint8_t seg);
+
+/* The window sums of a person, read from porders. */
+typedef struct {
+    uint32_t orders[FLD_MAX_WINDOWS], rev_orders[FLD_MAX_WINDOWS];
+    double revenue[FLD_MAX_WINDOWS];
+} fld_windows_t;
+
+/* Every computed field of s as flat (name, JSON value) pairs, in one order
+ * for a configuration (changes compare two lists by index); names are
+ * static or in the conf (window names), values in the pairs' buffer. */
+#define FLD_MAX_FLAT 64
+typedef struct {
+    size_t n;
+    const char *name[FLD_MAX_FLAT];
+    char wname[FLD_MAX_WINDOWS][3][24];
+    size_t off[FLD_MAX_FLAT], len[FLD_MAX_FLAT];
+    sl_buf_t text;
+} fld_flat_t;
+int fld_flatten(const fld_conf_t *c, const fld_sum_t *s, const fld_windows_t *w, int64_t now, fld_flat_t *out);
+/* The flat pairs as the nested object the profile shows ("rfm.r" under "rfm"). */
+int fld_flat_object(const fld_flat_t *fl, sl_buf_t *out);
+/* The fields whose changes are told (not rfm.since / rfm.previous). */
+int fld_flat_tracked(const char *name);
+
+/* ---- the component (fields.c; read.c reads through it) ---- */
+#define FLD_MAX_LISTENERS 4
+#define FLD_PORDER_PREFIX 16 /* person (8), time (8) */
+
+struct sl_fields_s {
+    const sl_config_t *cfg;
+    sl_stitch_t *stitch;
+    sl_stage_t *stage;
+    sl_stage_step_t step;
+    sl_ident_listener_t ilis;
+    sl_fields_listener_t listeners[FLD_MAX_LISTENERS];
+    size_t n_listeners;
+    MDB_dbi ledger, porders, fstate;
+    int have_dbs;                /* 0: a read-only open of a store from before the ledger */
+    /* stage thread scratch */
+    sl_buf_t k, v, k2;
+    fld_order_t ord;
+    fld_sum_t *sum, *sum2;
+    fld_flat_t fl_old, fl_new;
+    cJSON *changes;              /* the event's (ctx->computed_changes) */
+    cJSON *tchanges;             /* a timer's, or a change of another person than the event's */
+    sl_arena_t arena;
+    _Atomic uint64_t orders, duplicates, refunds, refunds_unmatched, unknown_currency, amounts_ignored;
+    _Atomic uint64_t timers, timer_changes, timer_late_ms_max;
+    struct {
+        uint64_t orders, duplicates, refunds, refunds_unmatched, unknown_currency, amounts_ignored;
+        uint64_t timers, timer_changes, timer_late_ms_max;
+    } pend;
+};
+
+/* person's summary into s (an empty one, *found 0, when it has none) */
+int fld_sum_load(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *s, int *found);
+/* Calls fn for each of person's orders, oldest first, with its porders key
+ * and value and (o not NULL) its ledger record in *o; fn may not write
+ * porders. */
+int fld_each_order(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_order_t *o,
+                   int (*fn)(void *arg, const MDB_val *pkey, const fld_porder_t *po, const fld_order_t *o), void *arg);
+/* person's window sums at now */
+int fld_windows(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_windows_t *w);
+
+#endif

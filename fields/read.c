@@ -1,0 +1,206 @@
+/* read.c - the reads of the ledger from any thread: a person's orders for
+ * GET /v1/profiles/{kind}/{id}/orders, and `sillage verify`'s check that
+ * every summary is what its orders make. */
+#include "fields_int.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *status_of(const fld_order_t *o)
+{
+    if (o->f.flags & FO_REFUNDED) return "refunded";
+    return o->f.refunded > 0 ? "partially_refunded" : "completed";
+}
+
+static void append_order(sl_buf_t *out, const fld_order_t *o, const MDB_val *okey, uint64_t person)
+{
+    const char *id = (const char *)okey->mv_data + 1;
+    size_t n = okey->mv_size - 1;
+    sl_buf_appends(out, (o->f.flags & FO_BY_MSGID) ? "{\"order_id\":null,\"message_id\":" : "{\"order_id\":");
+    sl_buf_append_json_str(out, id, n);
+    sl_buf_appends(out, ",\"at\":");
+    sl_buf_append_iso(out, o->f.ts_ms);
+    sl_buf_appends(out, ",\"revenue\":");
+    if (o->f.flags & FO_REV_KNOWN) sl_buf_append_amount(out, o->f.revenue);
+    else sl_buf_appends(out, "null");
+    sl_buf_appends(out, ",\"total\":");
+    if (o->f.flags & FO_REV_KNOWN) sl_buf_append_amount(out, o->f.total);
+    else sl_buf_appends(out, "null");
+    sl_buf_appends(out, ",\"currency\":");
+    if (o->f.currency[0]) sl_buf_append_json_str(out, o->f.currency, strnlen(o->f.currency, sizeof(o->f.currency)));
+    else sl_buf_appends(out, "null");
+    sl_buf_appends(out, ",\"categories\":[");
+    for (size_t i = 0; i < o->f.n_cats; i++) {
+        if (i) sl_buf_appends(out, ",");
+        sl_buf_append_json_str(out, o->cats[i], strlen(o->cats[i]));
+    }
+    sl_buf_printf(out, "],\"promo\":%s,\"status\":\"%s\",\"refunded\":", (o->f.flags & FO_PROMO) ? "true" : "false",
+                  status_of(o));
+    sl_buf_append_amount(out, o->f.refunded);
+    sl_buf_appends(out, ",\"refunds\":[");
+    for (size_t i = 0; i < o->f.n_refunds; i++) {
+        if (i) sl_buf_appends(out, ",");
+        sl_buf_appends(out, "{\"at\":");
+        sl_buf_append_iso(out, o->refunds[i].ts_ms);
+        sl_buf_appends(out, ",\"amount\":");
+        if (isnan(o->refunds[i].amount)) sl_buf_appends(out, "null");
+        else sl_buf_append_amount(out, o->refunds[i].amount);
+        sl_buf_appends(out, "}");
+    }
+    sl_buf_printf(out, "],\"duplicates\":%u,\"from\":", o->f.duplicates);
+    if (o->f.origin != person) {
+        char pid[SL_ENTITY_STR_BYTES];
+        sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, o->f.origin}, pid);
+        sl_buf_printf(out, "\"%s\"", pid);
+    } else {
+        sl_buf_appends(out, "null");
+    }
+    sl_buf_appends(out, "}");
+}
+
+/* a cursor: the porders key past the person, in hex */
+static int cursor_parse(const char *before, unsigned char *out, size_t cap, size_t *n)
+{
+    size_t l = strlen(before);
+    if (l % 2 || l / 2 > cap || l / 2 < 8) return SL_EINVAL;
+    for (size_t i = 0; i < l / 2; i++) {
+        int h = sl_hex_digit(before[2 * i]), lo = sl_hex_digit(before[2 * i + 1]);
+        if (h < 0 || lo < 0) return SL_EINVAL;
+        out[i] = (unsigned char)(h << 4 | lo);
+    }
+    *n = l / 2;
+    return 0;
+}
+
+int sl_fields_orders(sl_fields_t *f, MDB_txn *txn, uint64_t person, size_t limit, const char *before, sl_buf_t *out)
+{
+    unsigned char key[8 + 8 + 1 + SL_FIELDS_ORDER_KEY_MAX];
+    size_t kn = 8;
+    sl_be64_put(key, person);
+    if (before) {
+        size_t cn;
+        if (cursor_parse(before, key + 8, sizeof(key) - 8, &cn)) return SL_EINVAL;
+        kn = 8 + cn;
+    }
+    char pid[SL_ENTITY_STR_BYTES];
+    sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, person}, pid);
+    const fld_conf_t *c = fld_conf(f->cfg);
+    sl_buf_printf(out, "{\"person\":\"%s\",\"currency\":", pid);
+    if (c->currency) sl_buf_append_json_str(out, c->currency, strlen(c->currency));
+    else sl_buf_appends(out, "null");
+    sl_buf_appends(out, ",\"orders\":[");
+    if (!f->have_dbs) return sl_buf_appends(out, "],\"next\":null}");
+    fld_order_t *o = malloc(sizeof(*o));
+    MDB_cursor *cur;
+    int rc = o ? mdb_cursor_open(txn, f->porders, &cur) : SL_ENOMEM;
+    if (rc) {
+        free(o);
+        return rc;
+    }
+    /* newest first: from the last key of the person (or before the cursor) backwards */
+    MDB_val k = {kn, key}, v;
+    if (before) {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        rc = rc == 0 ? mdb_cursor_get(cur, &k, &v, MDB_PREV) : rc == MDB_NOTFOUND ? mdb_cursor_get(cur, &k, &v, MDB_LAST) : rc;
+    } else {
+        unsigned char next[8];
+        sl_be64_put(next, person + 1);
+        MDB_val nk = {8, next};
+        k = nk;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        rc = rc == 0 ? mdb_cursor_get(cur, &k, &v, MDB_PREV) : rc == MDB_NOTFOUND ? mdb_cursor_get(cur, &k, &v, MDB_LAST) : rc;
+    }
+    size_t n = 0;
+    int more = 0;
+    MDB_val last = {0, NULL};
+    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_PREV)) {
+        if (k.mv_size < FLD_PORDER_PREFIX || sl_be64_get(k.mv_data) != person) break;
+        if (n == limit) {
+            more = 1;
+            break;
+        }
+        MDB_val okey = {k.mv_size - FLD_PORDER_PREFIX, (char *)k.mv_data + FLD_PORDER_PREFIX}, ov;
+        if ((rc = mdb_get(txn, f->ledger, &okey, &ov)) || (rc = fld_order_decode(&ov, o))) break;
+        if (n++) sl_buf_appends(out, ",");
+        append_order(out, o, &okey, person);
+        last = k;
+    }
+    if (rc == MDB_NOTFOUND) rc = 0;
+    if (rc == 0) {
+        sl_buf_appends(out, "],\"next\":");
+        if (more && last.mv_data) {
+            sl_buf_appends(out, "\"");
+            for (size_t i = 8; i < last.mv_size; i++) sl_buf_printf(out, "%02x", ((const unsigned char *)last.mv_data)[i]);
+            sl_buf_appends(out, "\"");
+        } else {
+            sl_buf_appends(out, "null");
+        }
+        sl_buf_appends(out, "}");
+    }
+    mdb_cursor_close(cur);
+    free(o);
+    return rc ? rc : out->data ? 0 : SL_ENOMEM;
+}
+
+/* ---- verify ---- */
+
+typedef struct {
+    fld_sum_t *s;
+    int max_categories;
+    uint64_t person, n, problems;
+    FILE *out;
+} check_t;
+
+static int check_one(void *arg, const MDB_val *pkey, const fld_porder_t *po, const fld_order_t *o)
+{
+    check_t *c = arg;
+    c->n++;
+    if (o->f.person != c->person || !(o->f.flags & FO_PLACED) || po->flags != o->f.flags ||
+        fabs(po->net - fld_order_net(o)) > 1e-6) {
+        fprintf(c->out, "order %.*s of p_%llu: its ledger entry disagrees with the person's list\n",
+                (int)(pkey->mv_size - FLD_PORDER_PREFIX - 1), (const char *)pkey->mv_data + FLD_PORDER_PREFIX + 1,
+                (unsigned long long)c->person);
+        c->problems++;
+    }
+    fld_sum_order(c->s, o, 1, c->max_categories);
+    return 0;
+}
+
+int sl_fields_verify(sl_fields_t *f, MDB_txn *txn, FILE *out, uint64_t *orders, uint64_t *problems)
+{
+    if (!f->have_dbs) return 0;
+    fld_sum_t *want = malloc(sizeof(*want)), *have = malloc(sizeof(*have));
+    fld_order_t *o = malloc(sizeof(*o));
+    MDB_cursor *cur = NULL;
+    int rc = want && have && o ? mdb_cursor_open(txn, f->fstate, &cur) : SL_ENOMEM;
+    MDB_val k, v;
+    for (rc = rc ? rc : mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        uint64_t person;
+        memcpy(&person, k.mv_data, 8);
+        if ((rc = fld_sum_decode(&v, have))) {
+            fprintf(out, "computed fields of p_%llu: not a summary record\n", (unsigned long long)person);
+            ++*problems;
+            rc = 0;
+            continue;
+        }
+        fld_sum_init(want);
+        check_t c = {want, fld_conf(f->cfg)->max_categories, person, 0, 0, out};
+        if ((rc = fld_each_order(f, txn, person, o, check_one, &c))) break;
+        *orders += c.n;
+        *problems += c.problems;
+        const fld_sum_fix_t *a = &want->f, *b = &have->f;
+        if (a->orders != b->orders || a->rev_orders != b->rev_orders || a->promo_orders != b->promo_orders ||
+            a->first_ms != b->first_ms || a->second_ms != b->second_ms || a->last_ms != b->last_ms ||
+            fabs(a->revenue - b->revenue) > 1e-6 * (1 + fabs(a->revenue)) || a->n_cats != b->n_cats) {
+            fprintf(out, "computed fields of p_%llu: orders %u revenue %.2f kept, its ledger makes %u and %.2f\n",
+                    (unsigned long long)person, b->orders, b->revenue, a->orders, a->revenue);
+            ++*problems;
+        }
+    }
+    if (cur) mdb_cursor_close(cur);
+    free(want);
+    free(have);
+    free(o);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}

@@ -1,0 +1,237 @@
+// computed.test.mjs - computed profile fields (issue 24): the order ledger
+// and the commerce pack, black-box against the real server: duplicates,
+// refunds sent under another identity, currencies, categories, promo
+// affinity, windows, a guest order counting at login, RFM moved by a timer,
+// computed_change rules with in_payload, and `sillage verify` after it all.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, post, ADMIN, run } from './helpers.mjs';
+
+const bearer = { Authorization: 'Bearer ' + ADMIN };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const DAY = 86400000;
+const ago = (ms) => new Date(Date.now() - ms).toISOString();
+
+const COMMERCE = {
+  currency: 'EUR',
+  fx: { USD: 0.5 },
+  windows: ['90d'],
+  promophile: { min_orders: 2, min_share: 0.5 },
+  rfm: {
+    // seconds, so that the test sees time move the segment
+    recency: ['3s', '5s', '7s', '3600s'],
+    frequency: [2, 3, 10, 20],
+    monetary: [100, 1000, 10000, 100000],
+    segments: [
+      { name: 'at risk', r: [1, 3], f: [3, 5] },
+      { name: 'loyal', r: [4, 5], f: [3, 5] },
+      { name: 'new', r: [4, 5], f: 1 },
+      { name: 'promising', r: [4, 5], f: 2 },
+      { name: 'others' },
+    ],
+  },
+};
+const RULES = [
+  { name: 'mix', type: 'computed_change', field: 'categories_count', crosses: 3, in_payload: ['categories', 'revenue'] },
+  { name: 'to-risk', type: 'computed_change', field: 'rfm.segment', to: ['at risk'], in_payload: ['rfm.segment', 'orders'] },
+  { name: 'second', type: 'event', event: 'Order Completed',
+    if: { field: 'profile.computed.orders', gte: 2 } },
+];
+
+let srv;
+before(async () => { srv = await startServer({ config: { computed: { commerce: COMMERCE }, triggers: RULES } }); });
+after(async () => { await srv.stop(); srv.cleanup(); });
+
+const ok = async (type, msg) => {
+  const r = await post(srv, '/v1/' + type, msg);
+  assert.equal(r.status, 200, r.text);
+};
+const order = (userId, props, extra = {}) =>
+  ok('track', { userId, event: 'Order Completed', properties: props, ...extra });
+async function profile(kind, id) {
+  const r = await fetch(`${srv.url}/v1/profiles/${kind}/${encodeURIComponent(id)}`, { headers: bearer });
+  assert.equal(r.status, 200, await r.clone().text());
+  return r.json();
+}
+async function orders(kind, id) {
+  const r = await fetch(`${srv.url}/v1/profiles/${kind}/${encodeURIComponent(id)}/orders`, { headers: bearer });
+  assert.equal(r.status, 200);
+  return r.json();
+}
+async function feed() {
+  const r = await fetch(`${srv.url}/v1/triggers?after=0&limit=1000`, { headers: bearer });
+  return (await r.json()).triggers;
+}
+async function metric(name) {
+  const text = await (await fetch(srv.url + '/metrics', { headers: bearer })).text();
+  const m = new RegExp(`^${name} (\\d+)`, 'm').exec(text);
+  return m ? Number(m[1]) : null;
+}
+
+test('the ledger: first copy wins, revenue rules, currencies, categories, promo, windows', async () => {
+  await order('led', { order_id: 'L1', revenue: 100, currency: 'EUR', coupon: 'WELCOME',
+    products: [{ category: ' Shoes ' }, { category: 'shoes' }, { category: 'BAGS' }] }, { timestamp: ago(100 * DAY) });
+  await order('led', { order_id: 'L1', revenue: 999 }); // a copy: ignored, counted
+  await order('led', { order_id: 'L2', total: 130, tax: 20, shipping: 10, currency: 'USD', category: 'Hats' },
+    { timestamp: ago(10 * DAY) });
+  await order('led', { order_id: 'L3', revenue: 40, currency: 'GBP', discount: 5 }, { timestamp: ago(5 * DAY) });
+  const p = await profile('user_id', 'led');
+  assert.equal(p.counters.orders, 3);
+  assert.equal(p.counters.revenue, 150); // 100 + (130-20-10)*0.5; GBP unknown: counted, not its revenue
+  assert.equal(p.currency, 'EUR');
+  const c = p.computed;
+  assert.equal(c.orders, 3);
+  assert.equal(c.revenue, 150);
+  assert.equal(c.aov, 75); // over the 2 orders with a known revenue
+  assert.deepEqual(c.categories, ['shoes', 'bags', 'hats']);
+  assert.equal(c.categories_count, 3);
+  assert.equal(c.top_category, 'bags'); // 1 order each: by name
+  assert.equal(c.promo_orders, 2);
+  assert.equal(c.promo_share, 0.67);
+  assert.equal(c.promophile, true);
+  assert.equal(c.orders_90d, 2);
+  assert.equal(c.revenue_90d, 50);
+  assert.equal(c.aov_90d, 50);
+  assert.equal(Date.parse(c.first_order_at) < Date.parse(c.second_order_at), true);
+  assert.equal(c.avg_days_between_orders, 47.5);
+  assert.equal(c.rfm.segment, 'at risk', JSON.stringify(c.rfm)); // 3 orders, the last 5 days ago: r 1
+  const l = await orders('user_id', 'led');
+  assert.equal(l.orders.length, 3);
+  assert.deepEqual(l.orders.map((o) => o.order_id), ['L3', 'L2', 'L1']);
+  const l1 = l.orders[2];
+  assert.equal(l1.duplicates, 1);
+  assert.equal(l1.revenue, 100);
+  assert.deepEqual(l1.categories, ['shoes', 'bags']);
+  assert.equal(l.orders[0].revenue, null);
+  assert.equal(l.orders[1].revenue, 50);
+  assert.equal(l.orders[1].currency, 'USD');
+  assert.ok((await metric('sillage_orders_unknown_currency_total')) >= 1);
+  assert.ok((await metric('sillage_orders_duplicate_total')) >= 1);
+});
+
+test('refunds under another identity: partial reduces revenue, full leaves every figure; promophile follows', async () => {
+  await order('ref', { order_id: 'R1', revenue: 80, coupon: 'X', category: 'a' });
+  await order('ref', { order_id: 'R2', revenue: 20, coupon: 'Y', category: 'b' });
+  await order('ref', { order_id: 'R3', revenue: 50, category: 'c' });
+  let c = (await profile('user_id', 'ref')).computed;
+  assert.equal(c.promophile, true);
+  assert.equal(c.revenue, 150);
+  // the back office, as an anonymous caller
+  await ok('track', { anonymousId: 'backoffice', event: 'Order Refunded', properties: { order_id: 'R1', total: 30 } });
+  c = (await profile('user_id', 'ref')).computed;
+  assert.equal(c.orders, 3);
+  assert.equal(c.revenue, 120);
+  await ok('track', { anonymousId: 'backoffice', event: 'Order Cancelled', properties: { order_id: 'R2' } });
+  c = (await profile('user_id', 'ref')).computed;
+  assert.equal(c.orders, 2);
+  assert.equal(c.revenue, 100);
+  assert.equal(c.promo_orders, 1);
+  assert.equal(c.promophile, false, 'one promo order of two: under min_orders 2');
+  assert.deepEqual(c.categories, ['a', 'c']);
+  const l = await orders('user_id', 'ref');
+  const byId = Object.fromEntries(l.orders.map((o) => [o.order_id, o]));
+  assert.equal(byId.R1.status, 'partially_refunded');
+  assert.equal(byId.R1.refunded, 30);
+  assert.equal(byId.R2.status, 'refunded');
+  assert.equal(byId.R2.refunds.length, 1);
+  assert.equal(byId.R2.refunds[0].amount, null);
+  // a refund that comes before its order waits for it
+  await ok('track', { userId: 'ref', event: 'Order Refunded', properties: { order_id: 'R4' } });
+  await order('ref', { order_id: 'R4', revenue: 500 });
+  c = (await profile('user_id', 'ref')).computed;
+  assert.equal(c.orders, 2);
+  assert.equal(c.revenue, 100);
+});
+
+test('a guest order counts at login; one order_id sent for two persons counts once after they merge', async () => {
+  await order('buyer', { order_id: 'G1', revenue: 10 });
+  await ok('track', { anonymousId: 'guest-1', event: 'Order Completed', properties: { order_id: 'G2', revenue: 25 } });
+  await ok('track', { anonymousId: 'guest-1', event: 'Order Completed', properties: { order_id: 'G1', revenue: 10 } });
+  assert.equal((await profile('anonymous_id', 'guest-1')).computed.orders, 1);
+  await ok('identify', { userId: 'buyer', anonymousId: 'guest-1' });
+  const p = await profile('user_id', 'buyer');
+  assert.equal(p.counters.orders, 2);
+  assert.equal(p.counters.revenue, 35);
+  const l = await orders('user_id', 'buyer');
+  assert.equal(l.orders.length, 2);
+  const g1 = l.orders.find((o) => o.order_id === 'G1'), g2 = l.orders.find((o) => o.order_id === 'G2');
+  assert.equal(g1.duplicates, 1);
+  assert.ok(g2.from === null || /^p_\d+$/.test(g2.from));
+  assert.notEqual(g1.from, g2.from, 'the guest order names the person that placed it');
+});
+
+test('product mix: a rule fires with a third category, not with two; in_payload carries computed values', async () => {
+  await order('mixer', { order_id: 'M1', revenue: 10, category: 'tea' });
+  await order('mixer', { order_id: 'M2', revenue: 10, category: 'coffee' });
+  await order('two-only', { order_id: 'M3', revenue: 10, products: [{ category: 'x' }, { category: 'y' }] });
+  await sleep(300);
+  const mixes = async () => (await feed()).filter((t) => t.rule === 'mix' && ['mixer', 'two-only'].includes(t.profile.user_id));
+  let mix = await mixes();
+  assert.equal(mix.length, 0);
+  await order('mixer', { order_id: 'M4', revenue: 10, category: 'cocoa' });
+  const end = Date.now() + 3000;
+  while ((mix = await mixes()).length === 0 && Date.now() < end) await sleep(100);
+  assert.equal(mix.length, 1);
+  assert.equal(mix[0].profile.user_id, 'mixer');
+  assert.deepEqual(mix[0].data, { field: 'categories_count', old: 2, new: 3, reason: 'event' });
+  assert.deepEqual(mix[0].profile.computed, { categories: ['tea', 'coffee', 'cocoa'], revenue: 30 });
+  // the `if` on profile.computed.orders: from the second order on
+  const second = (await feed()).filter((t) => t.rule === 'second' && t.profile.user_id === 'mixer');
+  assert.equal(second.length, 2);
+});
+
+test('RFM: new -> promising -> loyal by events, then at risk by the timer alone', async () => {
+  await order('rfm', { order_id: 'F1', revenue: 5 });
+  let r = (await profile('user_id', 'rfm')).computed.rfm;
+  assert.equal(r.segment, 'new');
+  assert.equal(r.previous, null);
+  await order('rfm', { order_id: 'F2', revenue: 5 });
+  assert.equal((await profile('user_id', 'rfm')).computed.rfm.segment, 'promising');
+  await order('rfm', { order_id: 'F3', revenue: 5 });
+  r = (await profile('user_id', 'rfm')).computed.rfm;
+  assert.equal(r.segment, 'loyal');
+  assert.equal(r.previous, 'promising');
+  assert.equal(r.r, 5);
+  assert.equal(r.f, 3);
+  // no event from here: past 5 s the recency score is 3 -> at risk, by the timer
+  let hit = [];
+  const end = Date.now() + 12000;
+  while (Date.now() < end) {
+    hit = (await feed()).filter((t) => t.rule === 'to-risk' && t.profile.user_id === 'rfm');
+    if (hit.length) break;
+    await sleep(200);
+  }
+  assert.equal(hit.length, 1, 'the timer moved the segment and the rule fired');
+  assert.equal(hit[0].data.field, 'rfm.segment');
+  assert.equal(hit[0].data.old, 'loyal');
+  assert.equal(hit[0].data.new, 'at risk');
+  assert.equal(hit[0].data.reason, 'timer');
+  assert.equal(hit[0].cause, null, 'no event caused it');
+  assert.deepEqual(hit[0].profile.computed, { 'rfm.segment': 'at risk', orders: 3 });
+  r = (await profile('user_id', 'rfm')).computed.rfm;
+  assert.equal(r.segment, 'at risk');
+  assert.equal(r.previous, 'loyal');
+  assert.ok((await metric('sillage_computed_timer_changes_total')) >= 1);
+});
+
+test('erasure takes the ledger entries; verify finds the ledger and every summary right', async () => {
+  await order('gone', { order_id: 'E1', revenue: 10 });
+  const del = await fetch(`${srv.url}/v1/profiles/user_id/gone`, { method: 'DELETE', headers: bearer });
+  assert.equal(del.status, 200);
+  const r = await fetch(`${srv.url}/v1/profiles/user_id/gone/orders`, { headers: bearer });
+  assert.equal(r.status, 404);
+  // the order id is free again: another person's order with it is a first copy
+  await order('other', { order_id: 'E1', revenue: 7 });
+  assert.equal((await profile('user_id', 'other')).computed.revenue, 7);
+  const people = ['led', 'ref', 'buyer', 'mixer', 'two-only', 'rfm', 'other'];
+  let n = 0;
+  for (const u of people) n += (await orders('user_id', u)).orders.length;
+  assert.equal(n, 17);
+  await srv.stop();
+  const v = run(['verify', '-c', srv.cfgPath]);
+  assert.equal(v.code, 0, v.stdout + v.stderr);
+  assert.match(v.stdout, /0 problems/);
+  assert.match(v.stdout, /^17 orders checked/m, 'every order of the ledger was checked');
+  srv = await startServer({ dir: srv.dir, config: { computed: { commerce: COMMERCE }, triggers: RULES } });
+  assert.equal((await profile('user_id', 'led')).computed.orders, 3, 'the ledger survives a restart');
+});
