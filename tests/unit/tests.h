@@ -20,7 +20,8 @@
     X(rules_eval_table) X(rules_eval_on_text) X(rules_profile_callback) X(rules_compile_errors_table) X(rules_bounds) X(rules_print_roundtrip) \
     X(rules_eval_allocates_nothing) X(rules_glob_table) \
     X(trigger_cart_record_roundtrip) X(trigger_cart_record_bounds) X(trigger_cart_old_layout_loads) \
-    X(trigger_cart_record_corrupt) X(trigger_page_record) X(trigger_inactivity_record)
+    X(trigger_cart_record_corrupt) X(trigger_page_record) X(trigger_inactivity_record) \
+    X(fields_sum_property) X(fields_rfm_scores_and_segments) X(fields_config_errors)
 
 #define SL_DECLARE(n) TEST(n);
 SL_TESTS(SL_DECLARE)

@@ -1,0 +1,215 @@
+/* test_fields.c - the commerce pack's arithmetic (fields/commerce.c) and
+ * the "computed" section: a property test over random order streams with
+ * merges and refunds, RFM scores and segments, config errors. The ledger's
+ * databases run in tests/integration/computed.test.mjs. */
+#include "test.h"
+#include "tests.h"
+
+#include "fields_int.h"
+#include "sl_config.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#define P 6   /* persons */
+#define O 14  /* orders */
+
+typedef struct {
+    int placed, person, promo, full, ncat;
+    int64_t ts;
+    double rev, refunded;
+    int known;
+    int cats[3];
+} m_order_t;
+
+static const char *const cat_names[5] = {"a", "b", "c", "d", "e"};
+
+static void to_order(const m_order_t *m, fld_order_t *o)
+{
+    memset(&o->f, 0, sizeof(o->f));
+    o->f.flags = FO_PLACED | (m->promo ? FO_PROMO : 0) | (m->known ? FO_REV_KNOWN : 0) | (m->full ? FO_REFUNDED : 0);
+    o->f.ts_ms = m->ts;
+    o->f.revenue = m->rev;
+    o->f.total = m->rev;
+    o->f.refunded = m->refunded;
+    o->f.n_cats = (uint16_t)m->ncat;
+    for (int i = 0; i < m->ncat; i++) snprintf(o->cats[i], sizeof(o->cats[i]), "%s", cat_names[m->cats[i]]);
+}
+
+static void recompute(const m_order_t *ord, int person, fld_sum_t *s, fld_order_t *tmp)
+{
+    fld_sum_init(s);
+    for (int i = 0; i < O; i++)
+        if (ord[i].placed && ord[i].person == person) {
+            to_order(&ord[i], tmp);
+            fld_sum_order(s, tmp, 1, 50);
+        }
+}
+
+static int cat_count(const fld_sum_t *s, const char *name)
+{
+    for (size_t i = 0; i < s->f.n_cats; i++)
+        if (strcmp(s->cats[i].name, name) == 0) return (int)s->cats[i].count;
+    return 0;
+}
+
+/* Random streams: orders placed (and copies of them ignored), partial and
+ * full refunds, merges. The summaries kept step by step as fields.c keeps
+ * them equal, for every person, the summary recomputed from the orders. */
+TEST(fields_sum_property)
+{
+    static fld_sum_t inc[P], want;
+    static fld_order_t o;
+    srand(24);
+    int diffs = 0;
+    for (int round = 0; round < 10000; round++) {
+        m_order_t ord[O];
+        memset(ord, 0, sizeof(ord));
+        int alive[P];
+        for (int p = 0; p < P; p++) fld_sum_init(&inc[p]), alive[p] = 1;
+        for (int step = 0; step < 40; step++) {
+            int op = rand() % 10, i = rand() % O;
+            if (op < 5) { /* an order (a copy when placed already: ignored) */
+                int p = rand() % P;
+                if (ord[i].placed || !alive[p]) continue;
+                m_order_t *m = &ord[i];
+                m->placed = 1, m->person = p, m->promo = rand() % 2, m->known = rand() % 4 != 0;
+                m->ts = 1000000 + (int64_t)(rand() % 50) * 1000; /* ties too */
+                m->rev = (rand() % 10000) / 100.0;
+                m->ncat = rand() % 4;
+                for (int k = 0; k < m->ncat; k++) m->cats[k] = (rand() % 5 + k) % 5; /* distinct within an order */
+                if (m->ncat == 3 && m->cats[2] == m->cats[0]) m->ncat = 2;
+                to_order(m, &o);
+                fld_sum_order(&inc[p], &o, 1, 50);
+            } else if (op < 7) { /* a partial refund: revenue only */
+                m_order_t *m = &ord[i];
+                if (!m->placed || m->full) continue;
+                to_order(m, &o);
+                double old = fld_order_net(&o);
+                m->refunded += (rand() % 3000) / 100.0;
+                to_order(m, &o);
+                inc[m->person].f.revenue += fld_order_net(&o) - old;
+            } else if (op < 8) { /* a full refund: out of every figure, recomputed */
+                m_order_t *m = &ord[i];
+                if (!m->placed || m->full) continue;
+                m->full = 1;
+                fld_sum_fix_t keep = inc[m->person].f;
+                recompute(ord, m->person, &inc[m->person], &o);
+                inc[m->person].f.seg = keep.seg;
+            } else { /* a merge: b into a */
+                int a = rand() % P, b = rand() % P;
+                if (a == b || !alive[a] || !alive[b]) continue;
+                fld_sum_merge(&inc[a], &inc[b], 50);
+                fld_sum_init(&inc[b]);
+                alive[b] = 0;
+                for (int k = 0; k < O; k++)
+                    if (ord[k].placed && ord[k].person == b) ord[k].person = a;
+            }
+        }
+        for (int p = 0; p < P; p++) {
+            recompute(ord, p, &want, &o);
+            const fld_sum_fix_t *x = &inc[p].f, *y = &want.f;
+            int bad = x->orders != y->orders || x->rev_orders != y->rev_orders || x->promo_orders != y->promo_orders ||
+                      x->first_ms != y->first_ms || x->second_ms != y->second_ms || x->last_ms != y->last_ms ||
+                      fabs(x->revenue - y->revenue) > 1e-6 || x->n_cats != y->n_cats;
+            for (int c = 0; c < 5 && !bad; c++) bad = cat_count(&inc[p], cat_names[c]) != cat_count(&want, cat_names[c]);
+            if (bad && diffs++ < 3)
+                fprintf(stderr, "  round %d person %d: orders %u/%u revenue %.2f/%.2f first %lld/%lld second %lld/%lld\n",
+                        round, p, x->orders, y->orders, x->revenue, y->revenue, (long long)x->first_ms,
+                        (long long)y->first_ms, (long long)x->second_ms, (long long)y->second_ms);
+        }
+    }
+    CHECK_INT(diffs, ==, 0);
+}
+
+static const fld_conf_t *demo_conf(sl_config_t *cfg)
+{
+    if (sl_config_demo(cfg)) return NULL;
+    return fld_conf(cfg);
+}
+
+TEST(fields_rfm_scores_and_segments)
+{
+    sl_config_t cfg;
+    const fld_conf_t *c = demo_conf(&cfg);
+    REQUIRE(c != NULL);
+    CHECK(c->commerce);
+    static fld_sum_t s;
+    fld_sum_init(&s);
+    const int64_t day = 86400000, now = 1000 * day;
+    fld_rfm_t r = fld_rfm(c, &s, now);
+    CHECK_STR(fld_segment_name(c, r.seg), "prospect");
+    CHECK(fld_rfm_next(c, &s, now) == INT64_MAX);
+    /* one order yesterday: r 5, f 1 -> new; r moves at 30 days */
+    s.f.orders = 1, s.f.revenue = 40, s.f.last_ms = now - day;
+    r = fld_rfm(c, &s, now);
+    CHECK_INT(r.r, ==, 5);
+    CHECK_INT(r.f, ==, 1);
+    CHECK_INT(r.m, ==, 1);
+    CHECK_STR(fld_segment_name(c, r.seg), "new");
+    CHECK_INT(fld_rfm_next(c, &s, now), ==, now - day + 30 * day + 1);
+    /* six orders, 2,000 spent, 100 days ago: r 3 f 5 m 5 -> loyal */
+    s.f.orders = 6, s.f.revenue = 2000, s.f.last_ms = now - 100 * day;
+    r = fld_rfm(c, &s, now);
+    CHECK_INT(r.r, ==, 3);
+    CHECK_INT(r.f, ==, 5);
+    CHECK_INT(r.m, ==, 5);
+    CHECK_STR(fld_segment_name(c, r.seg), "loyal");
+    /* the same a year and more later: can't lose */
+    r = fld_rfm(c, &s, now + 300 * day);
+    CHECK_INT(r.r, ==, 1);
+    CHECK_STR(fld_segment_name(c, r.seg), "can't lose");
+    CHECK(fld_rfm_next(c, &s, now + 300 * day) == INT64_MAX);
+    /* every combination has a segment in the default table */
+    for (int o = 1; o <= 8; o++)
+        for (int d = 0; d < 500; d += 7) {
+            s.f.orders = (uint32_t)o, s.f.revenue = o * 130.0, s.f.last_ms = now - d * day;
+            CHECK(fld_rfm(c, &s, now).seg < c->n_segments);
+        }
+    sl_config_free(&cfg);
+}
+
+TEST(fields_config_errors)
+{
+    static const struct { const char *computed, *want; } cases[] = {
+        {"{\"commerce\":{\"fx\":{\"USD\":0.9}}}", "computed.commerce.fx needs computed.commerce.currency"},
+        {"{\"commerce\":{\"currency\":\"EUR\",\"fx\":{\"USD\":-1}}}", "computed.commerce.fx.USD must be a number"},
+        {"{\"commerce\":{\"windows\":[\"90 days\"]}}", "computed.commerce.windows[0] must be a duration"},
+        {"{\"commerce\":{\"rfm\":{\"recency\":[\"1d\",\"1d\",\"2d\",\"3d\"]}}}", "recency[1] must be longer"},
+        {"{\"commerce\":{\"rfm\":{\"segments\":[{\"name\":\"x\",\"r\":[4,5]}]}}}", "leaves r=1 f=1 m=1 without a segment"},
+        {"{\"commerce\":{\"rfm\":{\"segments\":[{\"name\":\"prospect\"}]}}}", "not \"prospect\""},
+        {"{\"commerce\":{\"colour\":1}}", "unknown key \"computed.commerce.colour\""},
+        {"{\"commerce\":1}", "computed.commerce must be true, false or an object"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char json[1024], err[512] = "";
+        snprintf(json, sizeof(json),
+                 "{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"computed\":%s}",
+                 cases[i].computed);
+        sl_config_t cfg;
+        int rc = sl_config_parse(&cfg, json, strlen(json), err, sizeof(err));
+        CHECK_INT(rc, ==, SL_EINVAL);
+        if (strstr(err, cases[i].want) == NULL) {
+            fprintf(stderr, "  case %zu: got \"%s\", want \"%s\"\n", i, err, cases[i].want);
+            test_failures++;
+        }
+        if (rc == 0) sl_config_free(&cfg);
+    }
+    /* a rule naming a field the pack does not compute, or with the pack off */
+    static const char *const rules[][2] = {
+        {"{\"commerce\":true}", "\"field\":\"nope\""},
+        {"{\"commerce\":false}", "\"field\":\"orders\""},
+    };
+    for (size_t i = 0; i < 2; i++) {
+        char json[1024], err[512] = "";
+        snprintf(json, sizeof(json),
+                 "{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"computed\":%s,"
+                 "\"triggers\":[{\"name\":\"r\",\"type\":\"computed_change\",%s}]}",
+                 rules[i][0], rules[i][1]);
+        sl_config_t cfg;
+        int rc = sl_config_parse(&cfg, json, strlen(json), err, sizeof(err));
+        CHECK_INT(rc, ==, SL_EINVAL);
+        CHECK(strstr(err, "is not a computed field") != NULL);
+        if (rc == 0) sl_config_free(&cfg);
+    }
+}
