@@ -295,6 +295,7 @@ typedef struct app_s {
     sl_store_t *store;
     sl_stage_t *stage;
     sl_feed_t *feed;
+    sl_fields_t *fields;
     sl_trig_t *trig;
     sl_webhooks_t *webhooks;
     sl_nats_t *nats;
@@ -343,6 +344,7 @@ static int reload_run(MDB_txn *txn, void *arg)
     app_t *app = arg;
     int rc = sl_trig_reload_job(txn, &app->reload);
     if (rc == 0) sl_feed_set_retention(app->feed, app->reload.cfg->trigger_retention_ms);
+    if (rc == 0) sl_fields_reload(app->fields, app->reload.cfg);
     return rc;
 }
 
@@ -371,9 +373,9 @@ static void on_reloaded(sl_stage_job_t *b)
     app->pending = NULL;
 }
 
-/* SIGHUP: the trigger rules, pressure cap and retention are read again from
- * the config file; timers and rule states go on under their rule names. The
- * other settings need a restart. */
+/* SIGHUP: the trigger rules, pressure cap, retention and computed section
+ * are read again from the config file; timers and rule states go on under
+ * their rule names. The other settings need a restart. */
 static void on_sighup(uv_signal_t *s, int signum)
 {
     (void)signum;
@@ -498,6 +500,7 @@ static int cmd_serve(int argc, char **argv)
     app.store = store;
     app.stage = d.stage;
     app.feed = d.feed;
+    app.fields = d.fields;
     app.trig = d.trig;
     app.config_path = cfg.is_demo ? NULL : a.config;
     app.loop = uv_default_loop();

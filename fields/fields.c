@@ -747,6 +747,12 @@ int sl_fields_attach(sl_fields_t *f, sl_stage_t *stage)
     return rc ? rc : sl_stitch_listen(f->stitch, &f->ilis);
 }
 
+void sl_fields_reload(sl_fields_t *f, const sl_config_t *cfg)
+{
+    (void)fld_conf(cfg);
+    atomic_store(&f->cfg, cfg);
+}
+
 int sl_fields_listen(sl_fields_t *f, const sl_fields_listener_t *l)
 {
     if (f->n_listeners == FLD_MAX_LISTENERS || l->changed == NULL) return SL_EINVAL;

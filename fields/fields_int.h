@@ -173,7 +173,7 @@ int fld_flat_tracked(const char *name);
 #define FLD_PORDER_PREFIX 16 /* person (8), time (8) */
 
 struct sl_fields_s {
-    const sl_config_t *cfg;
+    const sl_config_t *_Atomic cfg; /* swapped by sl_fields_reload (stage thread); readers load it */
     sl_stitch_t *stitch;
     sl_stage_t *stage;
     sl_stage_step_t step;

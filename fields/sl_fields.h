@@ -54,6 +54,12 @@ void sl_fields_free(sl_fields_t *f);
  * sl_stage_open(). */
 int sl_fields_attach(sl_fields_t *f, sl_stage_t *stage);
 
+/* The computed section of cfg from now on (SIGHUP), inside a stage job:
+ * the figures are kept from the ledger, so new windows, thresholds and RFM
+ * tables read right at once; the RFM segments move at their next event or
+ * timer. The previous cfg must stay alive (readers may still use it). */
+void sl_fields_reload(sl_fields_t *f, const sl_config_t *cfg);
+
 /* Listeners hear of changes no event made (an RFM segment moved by time):
  * changes is a JSON array of [field, old, new, reason] (reason "timer"), as
  * ctx->computed_changes. Stage thread, inside its transaction; an error
