@@ -90,6 +90,7 @@ static int load_config(const args_t *a, sl_config_t *cfg)
         fprintf(stderr, "sillage: the demo config does not load\n");
         return -1;
     }
+    sl_timezone_apply(cfg->timezone); /* before any thread: computed windows' calendar days */
     if (a->listen) {
         char host[256];
         int port;

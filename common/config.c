@@ -5,6 +5,7 @@
 #include "sl_common.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -289,7 +290,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
         "listen", "data_dir", "map_size", "map_size_max", "durability", "geoip_db", "ip_anonymize",
         "trusted_proxies", "cors_origins", "sources", "admin_token", "identity", "limits",
         "dedupe_window", "pressure", "webhooks", "log_level", "trigger_retention", "demo", "debug", "metrics_auth", "role", "nats",
-        "anonymous_retention", "unsubscribe_event", "subscribe_event", "ingest_loops", NULL};
+        "anonymous_retention", "unsubscribe_event", "subscribe_event", "ingest_loops", "timezone", NULL};
     const char *known[sizeof(core) / sizeof(*core) + SL_CONFIG_MAX_SECTIONS];
     size_t n_known = 0;
     for (; core[n_known]; n_known++) known[n_known] = core[n_known];
@@ -501,6 +502,12 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
 
     if ((rc = sl_cfg_duration(x, root, "trigger_retention", "", &c->trigger_retention_ms))) return rc;
     if ((rc = get_retention(x, root, "anonymous_retention", "", &c->anonymous_retention_ms))) return rc;
+    if ((rc = sl_cfg_str(x, root, "timezone", "", &c->timezone, 0))) return rc;
+    if (c->timezone && !sl_timezone_ok(c->timezone)) {
+        seterr(x->err, x->errlen, "timezone \"%.64s\" is not a time zone of /usr/share/zoneinfo (\"UTC\", \"Europe/Paris\")",
+               c->timezone);
+        return SL_EINVAL;
+    }
     if ((rc = sl_cfg_str(x, root, "unsubscribe_event", "", &c->unsubscribe_event, 0)) ||
         (rc = sl_cfg_str(x, root, "subscribe_event", "", &c->subscribe_event, 0)))
         return rc;
@@ -615,6 +622,25 @@ int sl_config_load(sl_config_t *cfg, const char *path, char *err, size_t errlen)
     free(buf);
     if (rc) seterr(err, errlen, "%s: %s", path, inner);
     return rc;
+}
+
+int sl_timezone_ok(const char *tz)
+{
+    size_t n = strlen(tz);
+    if (n == 0 || n > 64 || tz[0] == '/' || strstr(tz, "..")) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)tz[i]) && !strchr("/_+-", tz[i])) return 0;
+    if (strcmp(tz, "UTC") == 0) return 1;
+    char path[128];
+    snprintf(path, sizeof(path), "/usr/share/zoneinfo/%s", tz);
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+void sl_timezone_apply(const char *tz)
+{
+    setenv("TZ", tz ? tz : "UTC", 1);
+    tzset();
 }
 
 int sl_config_demo(sl_config_t *cfg)
@@ -746,6 +772,7 @@ void sl_config_free(sl_config_t *c)
     free(c->sources);
     free(c->admin_token);
     free(c->unsubscribe_event);
+    free(c->timezone);
     free(c->subscribe_event);
     sl_cfg_strv_free(c->identity_traits, c->n_identity_traits);
     sl_cfg_strv_free(c->junk_ids, c->n_junk_ids);

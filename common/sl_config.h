@@ -104,6 +104,7 @@ typedef struct sl_config_s {
     void *sections[SL_CONFIG_MAX_SECTIONS]; /* the registered sections' parsed forms (sl_config_section) */
     int pressure_max_per_profile_per_day; /* 0 = no cap */
     int64_t trigger_retention_ms; /* feed entries older than this are pruned; 30d */
+    char *timezone;                 /* "Europe/Paris": calendar days of computed windows (NULL: UTC); read at start */
     int64_t anonymous_retention_ms; /* events of persons never identified older than this are pruned; 0 = kept */
     char *unsubscribe_event;     /* a track of this name sets the person's suppression flag: "Unsubscribed" */
     char *subscribe_event;       /* ... and this one clears it: "Subscribed" */
@@ -168,6 +169,13 @@ int sl_cfg_int(sl_cfg_ctx_t *x, const sl_cfg_json_t *obj, const char *key, const
                const char *note, int *out);
 char **sl_cfg_strv_dup(const char *const *v, size_t n);
 void sl_cfg_strv_free(char **v, size_t n);
+
+/* 1 when tz names a time zone this machine knows ("UTC", or a file under
+ * /usr/share/zoneinfo: "Europe/Paris"). */
+int sl_timezone_ok(const char *tz);
+/* Makes tz (NULL: UTC) the process's local time (TZ, tzset): calendar days
+ * of computed windows. Once, before any thread. */
+void sl_timezone_apply(const char *tz);
 
 /* Fills *cfg with the demo default: 127.0.0.1:8080, ./sillage-data, write key
  * "demo", admin token "demo-admin", the demo trigger rules. */

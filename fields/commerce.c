@@ -273,10 +273,8 @@ static int cat_cmp(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-int fld_flatten(const fld_conf_t *c, const fld_sum_t *s, const fld_windows_t *w, int64_t now, fld_flat_t *fl)
+static int commerce_flatten(const fld_conf_t *c, const fld_sum_t *s, const fld_windows_t *w, int64_t now, fld_flat_t *fl)
 {
-    fl->n = 0;
-    fl->text.len = 0;
     const fld_sum_fix_t *f = &s->f;
     int rc = flat_u64(fl, "orders", f->orders);
     if (rc == 0) rc = flat_amount(fl, "revenue", f->revenue, 1);
@@ -324,6 +322,13 @@ int fld_flatten(const fld_conf_t *c, const fld_sum_t *s, const fld_windows_t *w,
             rc = flat_amount(fl, x->wname[i][2], w && w->rev_orders[i] ? w->revenue[i] / w->rev_orders[i] : 0,
                              w && w->rev_orders[i]);
     }
+    return rc;
+}
+
+static int rfm_flatten(const fld_conf_t *c, const fld_sum_t *s, int64_t now, fld_flat_t *fl)
+{
+    const fld_sum_fix_t *f = &s->f;
+    int rc = 0;
     /* RFM against now; the segment it was last put in says since when and
      * what came before (a move the timer has not made yet is shown as made) */
     fld_rfm_t r = fld_rfm(c, s, now);
@@ -343,23 +348,87 @@ int fld_flatten(const fld_conf_t *c, const fld_sum_t *s, const fld_windows_t *w,
     return rc;
 }
 
+
+typedef struct {
+    const char *text;
+    size_t n;
+} view_t;
+
+static sl_jval_t label_view(void *arg)
+{
+    const view_t *v = arg;
+    return sl_jroot(v->text, v->n);
+}
+
+int fld_flatten(const fld_conf_t *c, const fld_sum_t *s, const fld_windows_t *w, const sl_buf_t *gvals, int64_t now,
+                fld_flat_t *fl)
+{
+    fl->n = 0;
+    fl->text.len = 0;
+    int rc = c->commerce ? commerce_flatten(c, s, w, now, fl) : 0;
+    /* generic fields, in config order (labels after the others: they read them) */
+    for (size_t i = 0; rc == 0 && i < c->n_gfields; i++) {
+        const fld_gfield_t *g = &c->gfields[i];
+        if (g->type == FG_LABEL) continue;
+        if ((rc = flat_begin(fl, g->name))) break;
+        if (gvals && gvals[i].len) sl_buf_append(&fl->text, gvals[i].data, gvals[i].len);
+        else {
+            fld_gstate_t *e = malloc(sizeof(*e));
+            if (e == NULL) return SL_ENOMEM;
+            fld_gstate_init(e, g);
+            rc = fld_gstate_value(g, e, now, &fl->text);
+            free(e);
+        }
+        if (rc == 0) rc = flat_end(fl);
+    }
+    if (rc == 0 && c->commerce) rc = rfm_flatten(c, s, now, fl);
+    int labels = 0;
+    for (size_t i = 0; i < c->n_gfields; i++) labels |= c->gfields[i].type == FG_LABEL;
+    if (rc || !labels) return rc;
+    /* the view labels read: {"computed": {every other field}} */
+    sl_buf_t *v = &fl->scratch;
+    v->len = 0;
+    sl_buf_appends(v, "{\"computed\":");
+    if ((rc = fld_flat_object(fl, v)) || (rc = sl_buf_appends(v, "}"))) return rc;
+    view_t vv = {v->data, v->len};
+    sl_rules_ctx_t ctx = {.now_ms = now, .profile = label_view, .profile_arg = &vv};
+    for (size_t i = 0; rc == 0 && i < c->n_gfields; i++) {
+        const fld_gfield_t *g = &c->gfields[i];
+        if (g->type != FG_LABEL) continue;
+        const char *val = g->else_value;
+        for (size_t k = 0; k < g->n_labels; k++)
+            if (sl_rules_eval(g->labels[k].cond, &ctx)) {
+                val = g->labels[k].value;
+                break;
+            }
+        rc = flat_raw(fl, g->name, val);
+    }
+    return rc;
+}
+
 int fld_flat_tracked(const char *name) { return strcmp(name, "rfm.since") != 0 && strcmp(name, "rfm.previous") != 0; }
 
 int fld_flat_object(const fld_flat_t *fl, sl_buf_t *out)
 {
-    /* the rfm.* pairs come last, together: one nested object */
-    size_t i = 0;
+    /* the rfm.* pairs as one nested object, after the others */
+    int lead = 0, rfm = 0;
     sl_buf_appends(out, "{");
-    for (; i < fl->n && strncmp(fl->name[i], "rfm.", 4) != 0; i++) {
-        if (i) sl_buf_appends(out, ",");
+    for (size_t i = 0; i < fl->n; i++) {
+        if (strncmp(fl->name[i], "rfm.", 4) == 0) {
+            rfm = 1;
+            continue;
+        }
+        if (lead++) sl_buf_appends(out, ",");
         sl_buf_append_json_str(out, fl->name[i], strlen(fl->name[i]));
         sl_buf_appends(out, ":");
         sl_buf_append(out, fl->text.data + fl->off[i], fl->len[i]);
     }
-    if (i < fl->n) {
-        sl_buf_appends(out, i ? ",\"rfm\":{" : "\"rfm\":{");
-        for (size_t k = i; k < fl->n; k++) {
-            if (k > i) sl_buf_appends(out, ",");
+    if (rfm) {
+        sl_buf_appends(out, lead ? ",\"rfm\":{" : "\"rfm\":{");
+        int in = 0;
+        for (size_t k = 0; k < fl->n; k++) {
+            if (strncmp(fl->name[k], "rfm.", 4) != 0) continue;
+            if (in++) sl_buf_appends(out, ",");
             sl_buf_append_json_str(out, fl->name[k] + 4, strlen(fl->name[k] + 4));
             sl_buf_appends(out, ":");
             sl_buf_append(out, fl->text.data + fl->off[k], fl->len[k]);

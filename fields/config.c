@@ -29,6 +29,7 @@ static void conf_free(void *parsed)
     for (size_t i = 0; i < c->n_order_events; i++) free(c->order_events[i]);
     for (size_t i = 0; i < c->n_refund_events; i++) free(c->refund_events[i]);
     for (size_t i = 0; i < c->n_segments; i++) free(c->segments[i].name);
+    fld_gfields_free(c);
     free(c);
 }
 
@@ -261,13 +262,36 @@ static int conf_parse(const cJSON *json, const sl_config_t *cfg, void **out, cha
     int rc = set_defaults(c);
     *out = c; /* freed by the parser on error */
     if (rc) return rc;
-    static const char *const keys[] = {"commerce", NULL};
+    static const char *const keys[] = {"commerce", "fields", NULL};
     if ((rc = sl_cfg_check_keys(&x, json, "computed", keys))) return rc;
     const cJSON *cm = cJSON_GetObjectItemCaseSensitive(json, "commerce");
-    if (cm == NULL || cJSON_IsFalse(cm)) return 0;
-    if (!cJSON_IsTrue(cm) && !cJSON_IsObject(cm))
-        return sl_cfg_error(&x, "computed.commerce must be true, false or an object of settings");
-    return parse_commerce(&x, cm, c);
+    if (cm && !cJSON_IsFalse(cm)) {
+        if (!cJSON_IsTrue(cm) && !cJSON_IsObject(cm))
+            return sl_cfg_error(&x, "computed.commerce must be true, false or an object of settings");
+        if ((rc = parse_commerce(&x, cm, c))) return rc;
+    }
+    if ((rc = fld_gfields_parse(&x, cJSON_GetObjectItemCaseSensitive(json, "fields"), c))) return rc;
+    /* a generic field's name is not one of the pack's */
+    if (c->commerce && c->n_gfields) {
+        fld_flat_t fl;
+        fld_sum_t *s = malloc(sizeof(*s));
+        memset(&fl, 0, sizeof(fl));
+        size_t n = c->n_gfields;
+        c->n_gfields = 0;
+        if (s == NULL) rc = SL_ENOMEM;
+        else fld_sum_init(s);
+        if (rc == 0) rc = fld_flatten(c, s, NULL, NULL, 0, &fl);
+        c->n_gfields = n;
+        for (size_t i = 0; rc == 0 && i < n; i++)
+            for (size_t k = 0; k < fl.n && rc == 0; k++)
+                if (strcmp(fl.name[k], c->gfields[i].name) == 0 || strcmp(c->gfields[i].name, "rfm") == 0)
+                    rc = sl_cfg_error(&x, "computed.fields[%zu].name \"%s\" is a field of the commerce pack", i,
+                                      c->gfields[i].name);
+        free(s);
+        sl_buf_free(&fl.text);
+        sl_buf_free(&fl.scratch);
+    }
+    return rc;
 }
 
 static const sl_config_section_t section = {.key = "computed", .parse = conf_parse, .free = conf_free};

@@ -8,6 +8,8 @@
 #include <string.h>
 
 static const fld_conf_t *conf(const sl_fields_t *f) { return fld_conf(f->cfg); }
+/* 1 when the configuration computes fields (flat lists are worth making) */
+static int computing(const fld_conf_t *c) { return c->commerce || c->n_gfields; }
 
 /* ---- keys ---- */
 
@@ -166,11 +168,65 @@ static int diff(sl_fields_t *f, cJSON **list, const char *reason)
     return 0;
 }
 
+/* ---- generic fields' states (gstate: person, then the field's name) ---- */
+
+static int gkey(sl_buf_t *k, uint64_t person, const char *name)
+{
+    unsigned char p[8];
+    sl_be64_put(p, person);
+    k->len = 0;
+    return sl_buf_append(k, p, 8) || sl_buf_append(k, name, strlen(name)) ? SL_ENOMEM : 0;
+}
+
+static int gstate_load(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, fld_gstate_t *s,
+                       sl_buf_t *k, int *found)
+{
+    int rc = gkey(k, person, g->name);
+    MDB_val kv = {k->len, k->data}, v;
+    *found = 0;
+    if (rc == 0 && (rc = mdb_get(txn, f->gstate, &kv, &v)) == 0) {
+        *found = 1;
+        rc = fld_gstate_decode(&v, s);
+        if (rc == 0 && s->f.type != g->type) rc = MDB_NOTFOUND; /* the field changed type: starts afresh */
+    }
+    if (rc == MDB_NOTFOUND) {
+        fld_gstate_init(s, g);
+        *found = 0;
+        rc = 0;
+    }
+    return rc;
+}
+
+static int gstate_save(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, const fld_gstate_t *s)
+{
+    int rc = gkey(&f->k2, person, g->name);
+    if (rc == 0) rc = fld_gstate_encode(s, &f->v);
+    MDB_val kv = {f->k2.len, f->k2.data}, v = {f->v.len, f->v.data};
+    return rc ? rc : mdb_put(txn, f->gstate, &kv, &v, 0);
+}
+
+int fld_gvalues(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_gstate_t *scratch, sl_buf_t *gv)
+{
+    const fld_conf_t *c = conf(f);
+    sl_buf_t k = {0};
+    int rc = 0, found;
+    for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
+        gv[i].len = 0;
+        if (c->gfields[i].type == FG_LABEL) continue;
+        if (f->have_dbs && f->gstate) rc = gstate_load(f, txn, person, &c->gfields[i], scratch, &k, &found);
+        else fld_gstate_init(scratch, &c->gfields[i]);
+        if (rc == 0) rc = fld_gstate_value(&c->gfields[i], scratch, now, &gv[i]);
+    }
+    sl_buf_free(&k);
+    return rc;
+}
+
 static int flatten(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_sum_t *s, int64_t now, fld_flat_t *out)
 {
     fld_windows_t w;
     int rc = fld_windows(f, txn, person, now, &w);
-    return rc ? rc : fld_flatten(conf(f), s, &w, now, out);
+    if (rc == 0 && conf(f)->n_gfields) rc = fld_gvalues(f, txn, person, now, f->gs, f->gvals);
+    return rc ? rc : fld_flatten(conf(f), s, &w, f->gvals, now, out);
 }
 
 /* Puts s in the RFM segment it is in at now, and sets the timer for when
@@ -249,7 +305,7 @@ static int change_begin(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t
 {
     int moved, rc = fld_sum_load(f, txn, person, s, found);
     if (rc == 0 && *found) rc = catch_up(f, txn, person, s, now, list, &moved);
-    if (rc == 0 && conf(f)->commerce) rc = flatten(f, txn, person, s, now, &f->fl_old);
+    if (rc == 0 && computing(conf(f))) rc = flatten(f, txn, person, s, now, &f->fl_old);
     return rc;
 }
 
@@ -259,7 +315,7 @@ static int change_end(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *
 {
     int rc = rfm_settle(f, txn, person, s, now);
     if (rc == 0) rc = sum_save(f, txn, person, s);
-    if (rc == 0 && conf(f)->commerce && (rc = flatten(f, txn, person, s, now, &f->fl_new)) == 0)
+    if (rc == 0 && computing(conf(f)) && (rc = flatten(f, txn, person, s, now, &f->fl_new)) == 0)
         rc = diff(f, list, reason);
     return rc;
 }
@@ -503,13 +559,69 @@ static int collect_key(void *arg, const MDB_val *pkey, const fld_porder_t *po, c
     return sl_buf_append(&m->keys, &n, 4) || sl_buf_append(&m->keys, pkey->mv_data, n) ? SL_ENOMEM : 0;
 }
 
+static const fld_gfield_t *gfield_named(const fld_conf_t *c, const char *name, size_t n)
+{
+    for (size_t i = 0; i < c->n_gfields; i++)
+        if (strlen(c->gfields[i].name) == n && memcmp(c->gfields[i].name, name, n) == 0) return &c->gfields[i];
+    return NULL;
+}
+
+/* person's gstate keys, each as u32 length then bytes */
+static int gstate_keys(sl_fields_t *f, MDB_txn *txn, uint64_t person, sl_buf_t *keys)
+{
+    MDB_cursor *cur;
+    unsigned char pre[8];
+    sl_be64_put(pre, person);
+    int rc = mdb_cursor_open(txn, f->gstate, &cur);
+    if (rc) return rc;
+    MDB_val k = {8, pre}, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < 8 || memcmp(k.mv_data, pre, 8) != 0) break;
+        uint32_t n = (uint32_t)k.mv_size;
+        if (sl_buf_append(keys, &n, 4) || sl_buf_append(keys, k.mv_data, n)) {
+            rc = SL_ENOMEM;
+            break;
+        }
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* After s changed at now: windows pruned, the value told kept, the window's
+ * timer set for when time alone next moves it; saved. */
+static int gstate_settle(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, fld_gstate_t *s,
+                         int64_t now)
+{
+    fld_gstate_prune(g, s, now);
+    if (g->window_ms) {
+        f->v.len = 0;
+        int rc = fld_gstate_value(g, s, now, &f->v);
+        if (rc) return rc;
+        s->f.told_len = f->v.len < sizeof(s->f.told) ? (uint32_t)f->v.len : 0;
+        memcpy(s->f.told, f->v.data, s->f.told_len);
+        int64_t next = fld_gstate_next(g, s, now);
+        if (next != INT64_MAX && next != s->f.timer_ms) {
+            char name[FLD_NAME_MAX + 3];
+            int n = snprintf(name, sizeof(name), "g:%s", g->name);
+            s->f.timer_ms = next;
+            if ((rc = sl_stage_timer_set(f->stage, txn, f->step.name, next, (sl_entity_t){SL_ENTITY_PERSON, person},
+                                         name, (size_t)n)))
+                return rc;
+        }
+    }
+    return gstate_save(f, txn, person, g, s);
+}
+
 static int merge(sl_fields_t *f, MDB_txn *txn, uint64_t survivor, uint64_t absorbed, cJSON **list, int64_t now)
 {
     fld_sum_t *sx = f->sum2, *s = f->sum;
-    int found, rc = fld_sum_load(f, txn, absorbed, sx, &found);
-    if (rc || !found) return rc; /* no order, no summary: nothing to join */
+    sl_buf_t gk = {0};
     move_t m = {f, txn, survivor, {0}};
-    if ((rc = fld_each_order(f, txn, absorbed, NULL, collect_key, &m))) goto out;
+    int found, sfound, rc = fld_sum_load(f, txn, absorbed, sx, &found);
+    if (rc == 0) rc = gstate_keys(f, txn, absorbed, &gk);
+    if (rc || (!found && gk.len == 0)) goto out; /* nothing computed of it: nothing to join */
+    if ((rc = change_begin(f, txn, survivor, s, now, list, &sfound))) goto out;
+    if (found && (rc = fld_each_order(f, txn, absorbed, NULL, collect_key, &m))) goto out;
     /* the orders become the survivor's (who placed them stays in origin) */
     for (size_t off = 0; off + 4 <= m.keys.len && rc == 0;) {
         uint32_t n;
@@ -529,14 +641,58 @@ static int merge(sl_fields_t *f, MDB_txn *txn, uint64_t survivor, uint64_t absor
             break;
     }
     if (rc) goto out;
-    MDB_val k = {8, &absorbed};
-    if ((rc = mdb_del(txn, f->fstate, &k, NULL))) goto out;
-    if ((rc = change_begin(f, txn, survivor, s, now, list, &found))) goto out;
-    fld_sum_merge(s, sx, conf(f)->max_categories);
-    rc = change_end(f, txn, survivor, s, now, list, "merge");
+    if (found) {
+        MDB_val k = {8, &absorbed};
+        if ((rc = mdb_del(txn, f->fstate, &k, NULL))) goto out;
+        fld_sum_merge(s, sx, conf(f)->max_categories);
+    }
+    /* the generic fields' states join the survivor's, field by field */
+    for (size_t off = 0; off + 4 <= gk.len && rc == 0;) {
+        uint32_t n;
+        memcpy(&n, gk.data + off, 4);
+        MDB_val kv = {n, gk.data + off + 4}, v;
+        off += 4 + n;
+        const fld_gfield_t *g = gfield_named(conf(f), (const char *)kv.mv_data + 8, n - 8);
+        if (g && (rc = mdb_get(txn, f->gstate, &kv, &v)) == 0 && (rc = fld_gstate_decode(&v, f->gs2)) == 0 &&
+            f->gs2->f.type == g->type && (rc = gstate_load(f, txn, survivor, g, f->gs, &f->k, &sfound)) == 0) {
+            fld_gstate_merge(g, f->gs, f->gs2);
+            rc = gstate_settle(f, txn, survivor, g, f->gs, now);
+        }
+        if (rc == MDB_CORRUPTED) rc = 0; /* a state it cannot read is dropped with its person */
+        if (rc == 0 && (rc = mdb_del(txn, f->gstate, &kv, NULL)) == MDB_NOTFOUND) rc = 0;
+    }
+    if (rc == 0) rc = change_end(f, txn, survivor, s, now, list, "merge");
 out:
     sl_buf_free(&m.keys);
+    sl_buf_free(&gk);
     return rc;
+}
+
+/* The event for the generic fields of person: each field it matches takes
+ * it; the changes go to list. */
+static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t person, int64_t now)
+{
+    const fld_conf_t *c = conf(f);
+    size_t kn;
+    const char *kind = sl_jstr_eq(sl_jindex_get(ev->top, "type"), "track", 5)
+                           ? sl_jstr(sl_jindex_get(ev->top, "event"), &f->arena, &kn)
+                           : sl_jstr(sl_jindex_get(ev->top, "type"), &f->arena, &kn);
+    if (kind == NULL) return 0;
+    uint64_t hit = 0;
+    double pts[FLD_MAX_GFIELDS];
+    for (size_t i = 0; i < c->n_gfields; i++)
+        if (c->gfields[i].type != FG_LABEL && fld_gfield_matches(&c->gfields[i], kind, kn, ev, now, &pts[i]))
+            hit |= 1ULL << i;
+    if (!hit) return 0;
+    cJSON **list = list_for(f, ev, person);
+    int found, rc = change_begin(f, txn, person, f->sum, now, list, &found);
+    for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
+        if (!(hit >> i & 1)) continue;
+        const fld_gfield_t *g = &c->gfields[i];
+        if ((rc = gstate_load(f, txn, person, g, f->gs, &f->k, &found))) break;
+        if (fld_gstate_apply(g, f->gs, ev, pts[i], now)) rc = gstate_settle(f, txn, person, g, f->gs, now);
+    }
+    return rc ? rc : change_end(f, txn, person, f->sum, now, list, "event");
 }
 
 /* ---- the step ---- */
@@ -547,8 +703,11 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     unsigned c = read_only ? 0 : MDB_CREATE;
     int rc = mdb_dbi_open(txn, "ledger", c, &f->ledger);
     if (rc == MDB_NOTFOUND && read_only) return 0; /* a store from before the ledger: nothing to read */
-    if (rc || (rc = mdb_dbi_open(txn, "porders", c, &f->porders)) || (rc = mdb_dbi_open(txn, "fstate", c | MDB_INTEGERKEY, &f->fstate)))
+    if (rc || (rc = mdb_dbi_open(txn, "porders", c, &f->porders)) ||
+        (rc = mdb_dbi_open(txn, "fstate", c | MDB_INTEGERKEY, &f->fstate)))
         return rc;
+    if ((rc = mdb_dbi_open(txn, "gstate", c, &f->gstate)) == MDB_NOTFOUND && read_only) f->gstate = 0;
+    else if (rc) return rc;
     f->have_dbs = 1;
     return 0;
 }
@@ -577,18 +736,41 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
         else if (name && fld_name_in(c->refund_events, c->n_refund_events, name, n))
             rc = on_refund(f, txn, ev, sl_jindex_get(ev->top, "properties"), now);
     }
+    if (rc == 0 && x->entity.kind == SL_ENTITY_PERSON && conf(f)->n_gfields)
+        rc = on_generic(f, txn, ev, x->entity.id, now);
     x->computed_changes = f->changes;
     return rc;
+}
+
+/* A window's oldest bucket left it: the value told before and the one
+ * now, a change of reason "timer" when they differ. */
+static int on_window_timer(sl_fields_t *f, MDB_txn *txn, uint64_t person, const char *name, size_t n, int64_t due,
+                           int64_t now)
+{
+    const fld_gfield_t *g = gfield_named(conf(f), name, n);
+    int found;
+    if (g == NULL || !g->window_ms) return 0; /* a field no longer configured */
+    int rc = gstate_load(f, txn, person, g, f->gs, &f->k, &found);
+    if (rc || !found) return rc;
+    if (f->gs->f.timer_ms == due) f->gs->f.timer_ms = 0;
+    char old[sizeof(f->gs->f.told)];
+    size_t ol = f->gs->f.told_len;
+    memcpy(old, f->gs->f.told, ol);
+    if ((rc = gstate_settle(f, txn, person, g, f->gs, now))) return rc;
+    if (ol == 0 || (f->gs->f.told_len == ol && memcmp(old, f->gs->f.told, ol) == 0)) return 0;
+    f->pend.timer_changes++;
+    if ((rc = change_add(&f->tchanges, g->name, old, ol, f->gs->f.told, f->gs->f.told_len, "timer"))) return rc;
+    return tell(f, txn, person, now);
 }
 
 static int on_timer(void *arg, MDB_txn *txn, sl_entity_t entity, const char *name, size_t name_len, int64_t due,
                     int64_t now)
 {
     sl_fields_t *f = arg;
-    (void)name, (void)name_len;
     if (entity.kind != SL_ENTITY_PERSON) return 0;
     f->pend.timers++;
     if (now > due && (uint64_t)(now - due) > f->pend.timer_late_ms_max) f->pend.timer_late_ms_max = (uint64_t)(now - due);
+    if (name_len > 2 && memcmp(name, "g:", 2) == 0) return on_window_timer(f, txn, entity.id, name + 2, name_len - 2, due, now);
     fld_sum_t *s = f->sum;
     int found, moved;
     int rc = fld_sum_load(f, txn, entity.id, s, &found);
@@ -649,6 +831,16 @@ static int on_forgotten(void *arg, MDB_txn *txn, const uint64_t *persons, size_t
         sl_buf_free(&m.keys);
         MDB_val k = {8, (void *)&persons[i]};
         if (rc == 0 && (rc = mdb_del(txn, f->fstate, &k, NULL)) == MDB_NOTFOUND) rc = 0;
+        sl_buf_t gk = {0};
+        if (rc == 0) rc = gstate_keys(f, txn, persons[i], &gk);
+        for (size_t off = 0; off + 4 <= gk.len && rc == 0;) {
+            uint32_t l;
+            memcpy(&l, gk.data + off, 4);
+            MDB_val kv = {l, gk.data + off + 4};
+            off += 4 + l;
+            if ((rc = mdb_del(txn, f->gstate, &kv, NULL)) == MDB_NOTFOUND) rc = 0;
+        }
+        sl_buf_free(&gk);
     }
     return rc;
 }
@@ -709,7 +901,9 @@ sl_fields_t *sl_fields_new(const sl_config_t *cfg, sl_stitch_t *stitch)
     if (f == NULL) return NULL;
     f->sum = malloc(sizeof(*f->sum));
     f->sum2 = malloc(sizeof(*f->sum2));
-    if (f->sum == NULL || f->sum2 == NULL) {
+    f->gs = malloc(sizeof(*f->gs));
+    f->gs2 = malloc(sizeof(*f->gs2));
+    if (f->sum == NULL || f->sum2 == NULL || f->gs == NULL || f->gs2 == NULL) {
         sl_fields_free(f);
         return NULL;
     }
@@ -729,6 +923,11 @@ void sl_fields_free(sl_fields_t *f)
     if (f == NULL) return;
     free(f->sum);
     free(f->sum2);
+    free(f->gs);
+    free(f->gs2);
+    for (size_t i = 0; i < FLD_MAX_GFIELDS; i++) sl_buf_free(&f->gvals[i]);
+    sl_buf_free(&f->fl_old.scratch);
+    sl_buf_free(&f->fl_new.scratch);
     sl_buf_free(&f->k);
     sl_buf_free(&f->k2);
     sl_buf_free(&f->v);
@@ -760,60 +959,74 @@ int sl_fields_listen(sl_fields_t *f, const sl_fields_listener_t *l)
     return 0;
 }
 
-int sl_fields_computed(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, sl_buf_t *out)
+/* A reader's flat list of person at now (its own scratch: any thread). */
+static int read_flat(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_flat_t *fl)
 {
     const fld_conf_t *c = conf(f);
-    if (!c->commerce) return sl_buf_appends(out, "{}");
     fld_sum_t *s;
     fld_windows_t w;
+    sl_buf_t gv[FLD_MAX_GFIELDS];
+    memset(gv, 0, sizeof(gv));
+    memset(&w, 0, sizeof(w));
+    fld_gstate_t *gs = c->n_gfields ? malloc(sizeof(*gs)) : NULL;
+    int rc = c->n_gfields && gs == NULL ? SL_ENOMEM : read_sum(f, txn, person, &s);
+    if (rc) {
+        free(gs);
+        return rc;
+    }
+    if (f->have_dbs) rc = fld_windows(f, txn, person, now, &w);
+    if (rc == 0 && c->n_gfields) rc = fld_gvalues(f, txn, person, now, gs, gv);
+    if (rc == 0) rc = fld_flatten(c, s, &w, gv, now, fl);
+    for (size_t i = 0; i < FLD_MAX_GFIELDS; i++) sl_buf_free(&gv[i]);
+    free(gs);
+    free(s);
+    return rc;
+}
+
+int sl_fields_computed(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, sl_buf_t *out)
+{
+    if (!computing(conf(f))) return sl_buf_appends(out, "{}");
     fld_flat_t fl;
     memset(&fl, 0, sizeof(fl));
-    int rc = read_sum(f, txn, person, &s);
-    if (rc) return rc;
-    if ((rc = f->have_dbs ? fld_windows(f, txn, person, now, &w) : (memset(&w, 0, sizeof(w)), 0)) == 0 &&
-        (rc = fld_flatten(c, s, &w, now, &fl)) == 0)
-        rc = fld_flat_object(&fl, out);
-    free(s);
+    int rc = read_flat(f, txn, person, now, &fl);
+    if (rc == 0) rc = fld_flat_object(&fl, out);
     sl_buf_free(&fl.text);
+    sl_buf_free(&fl.scratch);
     return rc;
 }
 
 int sl_fields_value(sl_fields_t *f, MDB_txn *txn, uint64_t person, const char *name, int64_t now, sl_buf_t *out)
 {
-    const fld_conf_t *c = conf(f);
-    if (!c->commerce) return sl_buf_appends(out, "null");
-    fld_sum_t *s;
-    fld_windows_t w;
+    if (!computing(conf(f))) return sl_buf_appends(out, "null");
     fld_flat_t fl;
     memset(&fl, 0, sizeof(fl));
-    int rc = read_sum(f, txn, person, &s);
-    if (rc) return rc;
-    if ((rc = f->have_dbs ? fld_windows(f, txn, person, now, &w) : (memset(&w, 0, sizeof(w)), 0)) == 0 &&
-        (rc = fld_flatten(c, s, &w, now, &fl)) == 0) {
+    int rc = read_flat(f, txn, person, now, &fl);
+    if (rc == 0) {
         size_t i = 0;
         while (i < fl.n && strcmp(fl.name[i], name) != 0) i++;
         rc = i < fl.n ? sl_buf_append(out, fl.text.data + fl.off[i], fl.len[i]) : sl_buf_appends(out, "null");
     }
-    free(s);
     sl_buf_free(&fl.text);
+    sl_buf_free(&fl.scratch);
     return rc;
 }
 
 int sl_fields_known(const sl_config_t *cfg, const char *name)
 {
     const fld_conf_t *c = fld_conf(cfg);
-    if (!c->commerce) return 0;
+    if (!computing(c)) return 0;
     fld_sum_t *s = malloc(sizeof(*s));
     fld_flat_t fl;
     memset(&fl, 0, sizeof(fl));
     int hit = 0;
     if (s) {
         fld_sum_init(s);
-        if (fld_flatten(c, s, NULL, 0, &fl) == 0)
+        if (fld_flatten(c, s, NULL, NULL, 0, &fl) == 0)
             for (size_t i = 0; i < fl.n && !hit; i++) hit = strcmp(fl.name[i], name) == 0;
     }
     free(s);
     sl_buf_free(&fl.text);
+    sl_buf_free(&fl.scratch);
     return hit;
 }
 

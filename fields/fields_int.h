@@ -6,6 +6,7 @@
 #define SL_FIELDS_INT_H
 
 #include "sl_fields.h"
+#include "sl_rules.h"
 
 #include <stdatomic.h>
 
@@ -22,6 +23,92 @@ typedef struct {
     char *name;
     uint8_t lo[3], hi[3];   /* r, f, m: inclusive, 1 to 5 */
 } fld_segment_t;
+
+/* ---- generic fields (generic.c) ---- */
+enum {
+    FG_COUNT = 1, FG_SUM, FG_AVG, FG_MIN, FG_MAX, FG_FIRST, FG_LAST, FG_DISTINCT_COUNT, FG_DISTINCT_LIST,
+    FG_MOST_FREQUENT, FG_SCORE, FG_LABEL
+};
+#define FLD_MAX_GFIELDS 32
+#define FLD_NAME_MAX 64
+#define FLD_VALUE_MAX 128        /* bytes of a value's JSON text (first, last, distinct...): longer ones do not count */
+#define FLD_MAX_VALUES 200       /* the bound of max_values */
+#define FLD_MAX_BUCKETS 800      /* a window's buckets: 730 days at most */
+
+typedef struct {
+    char *event;                 /* the kind: a track's name, or "page", "identify"... */
+    sl_cond_t *where;
+    double points;
+} fld_pts_t;
+
+typedef struct {
+    sl_cond_t *cond;             /* on profile.computed */
+    char *value;                 /* JSON text */
+} fld_label_t;
+
+typedef struct {
+    char name[FLD_NAME_MAX + 1];
+    int type;                    /* FG_* */
+    char *event;                 /* the events it reads (not score, label) */
+    sl_cond_t *where;
+    char **path;                 /* property, split on dots */
+    size_t n_path;
+    int64_t window_ms;           /* 0: lifetime */
+    int64_t bucket_ms;           /* with a window: 0 a calendar day in `timezone`, else its width */
+    int max_values;              /* distinct_*, most_frequent */
+    fld_pts_t *points;           /* score */
+    size_t n_points;
+    fld_label_t *labels;         /* label */
+    size_t n_labels;
+    char *else_value;
+} fld_gfield_t;
+
+#define FLD_GSTATE_VERSION 1
+#define FG_OVERFLOW 1u           /* distinct values past max_values were seen */
+typedef struct {
+    int64_t id;                  /* bucket number: a local day, or time / bucket_ms */
+    uint64_t count;
+    double sum, min, max;
+} fld_bucket_t;
+typedef struct {
+    uint32_t count;
+    char text[FLD_VALUE_MAX + 1];
+} fld_gvalue_t;
+typedef struct {
+    uint8_t version, type, flags, pad;
+    uint32_t n_buckets, n_values, first_len, last_len, pad2;
+    uint64_t count;              /* lifetime aggregates (a window's are its buckets') */
+    double sum, min, max;
+    int64_t first_ts, last_ts;
+    int64_t timer_ms;            /* the window timer set (0: none) */
+    uint32_t told_len;           /* the value last told (a window's timer compares with it) */
+    char told[FLD_VALUE_MAX + 4];
+} fld_gfix_t;
+typedef struct {
+    fld_gfix_t f;
+    fld_bucket_t buckets[FLD_MAX_BUCKETS];
+    char first[FLD_VALUE_MAX + 1], last[FLD_VALUE_MAX + 1];
+    fld_gvalue_t values[FLD_MAX_VALUES];
+} fld_gstate_t;
+
+int64_t fld_local_day(int64_t ms);
+/* the first instant (ms) of local day `day` (DST days are 23 or 25 hours) */
+int64_t fld_local_day_start(int64_t day);
+void fld_gstate_init(fld_gstate_t *s, const fld_gfield_t *g);
+int fld_gstate_encode(const fld_gstate_t *s, sl_buf_t *b);
+int fld_gstate_decode(const MDB_val *v, fld_gstate_t *s);
+/* 1 when the event (its kind: a track's name or the call's type) is one g
+ * reads; *points: a score's points for it */
+int fld_gfield_matches(const fld_gfield_t *g, const char *kind, size_t kind_len, const sl_stage_event_t *ev,
+                       int64_t now, double *points);
+/* adds the event to s (1), or leaves s (0: no usable value, or out of the window) */
+int fld_gstate_apply(const fld_gfield_t *g, fld_gstate_t *s, const sl_stage_event_t *ev, double points, int64_t now);
+void fld_gstate_merge(const fld_gfield_t *g, fld_gstate_t *s, const fld_gstate_t *absorbed);
+void fld_gstate_prune(const fld_gfield_t *g, fld_gstate_t *s, int64_t now);
+/* when the window's value next changes by time alone (INT64_MAX: never) */
+int64_t fld_gstate_next(const fld_gfield_t *g, const fld_gstate_t *s, int64_t now);
+/* the value at now, as JSON */
+int fld_gstate_value(const fld_gfield_t *g, const fld_gstate_t *s, int64_t now, sl_buf_t *out);
 
 typedef struct fld_conf_s {
     int commerce;                  /* the pack's fields are computed and shown */
@@ -43,7 +130,12 @@ typedef struct fld_conf_s {
     double frequency[4], monetary[4]; /* f/m 2 from [0], 3 from [1]... 5 from [3] */
     fld_segment_t segments[FLD_MAX_SEGMENTS];
     size_t n_segments;
+    fld_gfield_t *gfields;         /* generic fields, in config order */
+    size_t n_gfields;
 } fld_conf_t;
+
+int fld_gfields_parse(sl_cfg_ctx_t *x, const cJSON *json, fld_conf_t *c);
+void fld_gfields_free(fld_conf_t *c);
 
 /* The parsed section of cfg (defaults when the file has none). */
 const fld_conf_t *fld_conf(const sl_config_t *cfg);
@@ -154,15 +246,20 @@ typedef struct {
 /* Every computed field of s as flat (name, JSON value) pairs, in one order
  * for a configuration (changes compare two lists by index); names are
  * static or in the conf (window names), values in the pairs' buffer. */
-#define FLD_MAX_FLAT 64
+#define FLD_MAX_FLAT 128
 typedef struct {
     size_t n;
     const char *name[FLD_MAX_FLAT];
     char wname[FLD_MAX_WINDOWS][3][24];
+    sl_buf_t scratch;              /* labels: the object they read */
     size_t off[FLD_MAX_FLAT], len[FLD_MAX_FLAT];
     sl_buf_t text;
 } fld_flat_t;
-int fld_flatten(const fld_conf_t *c, const fld_sum_t *s, const fld_windows_t *w, int64_t now, fld_flat_t *out);
+/* gvals: the generic fields' values (JSON texts, config order; labels'
+ * ignored: they are evaluated here, over the other values); NULL: each
+ * field's empty value */
+int fld_flatten(const fld_conf_t *c, const fld_sum_t *s, const fld_windows_t *w, const sl_buf_t *gvals, int64_t now,
+                fld_flat_t *out);
 /* The flat pairs as the nested object the profile shows ("rfm.r" under "rfm"). */
 int fld_flat_object(const fld_flat_t *fl, sl_buf_t *out);
 /* The fields whose changes are told (not rfm.since / rfm.previous). */
@@ -180,12 +277,14 @@ struct sl_fields_s {
     sl_ident_listener_t ilis;
     sl_fields_listener_t listeners[FLD_MAX_LISTENERS];
     size_t n_listeners;
-    MDB_dbi ledger, porders, fstate;
+    MDB_dbi ledger, porders, fstate, gstate;
     int have_dbs;                /* 0: a read-only open of a store from before the ledger */
     /* stage thread scratch */
     sl_buf_t k, v, k2;
     fld_order_t ord;
     fld_sum_t *sum, *sum2;
+    fld_gstate_t *gs, *gs2;      /* generic fields' states */
+    sl_buf_t gvals[FLD_MAX_GFIELDS]; /* their values, for a flat list */
     fld_flat_t fl_old, fl_new;
     cJSON *changes;              /* the event's (ctx->computed_changes) */
     cJSON *tchanges;             /* a timer's, or a change of another person than the event's */
@@ -205,6 +304,9 @@ int fld_sum_load(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *s, in
  * porders. */
 int fld_each_order(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_order_t *o,
                    int (*fn)(void *arg, const MDB_val *pkey, const fld_porder_t *po, const fld_order_t *o), void *arg);
+/* the generic fields' values of person at now into gv[0..n_gfields)
+ * (scratch: a state buffer of the caller's) */
+int fld_gvalues(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_gstate_t *scratch, sl_buf_t *gv);
 /* person's window sums at now */
 int fld_windows(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_windows_t *w);
 

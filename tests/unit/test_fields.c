@@ -213,3 +213,97 @@ TEST(fields_config_errors)
         if (rc == 0) sl_config_free(&cfg);
     }
 }
+
+static int64_t iso(const char *s)
+{
+    int64_t ms = 0;
+    sl_time_parse_iso(s, strlen(s), &ms);
+    return ms;
+}
+
+/* Calendar days in Europe/Paris across the spring DST change (2026-03-29:
+ * 23 hours) and the autumn one (2026-10-25: 25 hours). */
+TEST(fields_local_days_across_dst)
+{
+    sl_timezone_apply("Europe/Paris");
+    int64_t d29 = fld_local_day(iso("2026-03-28T23:30:00Z")); /* 00:30 on the 29th, CET */
+    CHECK_INT(fld_local_day(iso("2026-03-28T22:59:59Z")), ==, d29 - 1);
+    CHECK_INT(fld_local_day(iso("2026-03-29T21:59:59Z")), ==, d29); /* 23:59:59 CEST */
+    CHECK_INT(fld_local_day(iso("2026-03-29T22:00:00Z")), ==, d29 + 1);
+    CHECK_INT(fld_local_day_start(d29), ==, iso("2026-03-28T23:00:00Z"));
+    CHECK_INT(fld_local_day_start(d29 + 1) - fld_local_day_start(d29), ==, 23 * 3600000LL);
+    int64_t d25 = fld_local_day(iso("2026-10-25T12:00:00Z"));
+    CHECK_INT(fld_local_day_start(d25 + 1) - fld_local_day_start(d25), ==, 25 * 3600000LL);
+    CHECK_INT(fld_local_day(iso("2026-10-25T22:59:59Z")), ==, d25); /* 23:59:59 CET */
+    sl_timezone_apply(NULL);
+    CHECK_INT(fld_local_day(iso("2026-03-28T23:30:00Z")), ==, d29 - 1); /* UTC: still the 28th */
+}
+
+/* A day-bucketed window: events land in the day of their own timestamp
+ * (a late one too), leave it whole days later, and the timer is set for
+ * the instant the oldest leaves. Two states merged read as one state fed
+ * every event, for each aggregate. */
+TEST(fields_generic_windows_and_merges)
+{
+    static fld_gstate_t a, b, all;
+    static sl_stage_ctx_t ctx;
+    fld_gfield_t g = {.type = FG_COUNT, .window_ms = 2 * 86400000LL, .bucket_ms = 0};
+    sl_timezone_apply(NULL);
+    const int64_t day = 86400000LL, now = iso("2026-06-10T12:00:00Z");
+    char json[64] = "{\"type\":\"track\"}";
+    sl_jindex_t top, sub;
+    sl_stage_event_t ev = {.json = json, .len = strlen(json), .ctx = &ctx};
+    ev.root = sl_jroot_index(json, ev.len, &top, NULL, &sub);
+    ev.top = &top;
+    fld_gstate_init(&a, &g);
+    ctx.ts_ms = now - day; /* yesterday */
+    CHECK(fld_gstate_apply(&g, &a, &ev, 0, now));
+    ctx.ts_ms = now;
+    CHECK(fld_gstate_apply(&g, &a, &ev, 0, now));
+    ctx.ts_ms = now - 3 * day; /* too late for the window: not kept */
+    CHECK(!fld_gstate_apply(&g, &a, &ev, 0, now));
+    sl_buf_t v = {0};
+    fld_gstate_value(&g, &a, now, &v);
+    CHECK_INT(v.len, ==, 1);
+    CHECK(v.data[0] == '2');
+    v.len = 0;
+    fld_gstate_value(&g, &a, now + day, &v); /* yesterday's left */
+    CHECK(v.len == 1 && v.data[0] == '1');
+    v.len = 0;
+    fld_gstate_value(&g, &a, now + 2 * day, &v);
+    CHECK(v.len == 1 && v.data[0] == '0');
+    CHECK_INT(fld_gstate_next(&g, &a, now), ==, iso("2026-06-11T00:00:00Z"));
+
+    /* merges, for each mergeable aggregate, over random values */
+    static const int types[] = {FG_COUNT, FG_SUM, FG_AVG, FG_MIN, FG_MAX, FG_FIRST, FG_LAST, FG_DISTINCT_COUNT,
+                                FG_MOST_FREQUENT};
+    char *path[1] = {"v"};
+    int diffs = 0;
+    srand(7);
+    for (int round = 0; round < 2000; round++) {
+        fld_gfield_t h = {.type = types[round % 9], .path = path, .n_path = 1, .max_values = 50};
+        if (round % 2 && h.type <= FG_MAX) h.window_ms = 30 * day;
+        fld_gstate_init(&a, &h);
+        fld_gstate_init(&b, &h);
+        fld_gstate_init(&all, &h);
+        for (int i = 0; i < 12; i++) {
+            snprintf(json, sizeof(json), "{\"v\":%d}", rand() % 7);
+            ev.len = strlen(json);
+            ev.root = sl_jroot_index(json, ev.len, &top, NULL, &sub);
+            ctx.ts_ms = now - (rand() % 40) * day + i; /* distinct times: first/last are one event */
+            fld_gstate_apply(&h, rand() % 2 ? &a : &b, &ev, 0, now);
+            fld_gstate_apply(&h, &all, &ev, 0, now);
+        }
+        fld_gstate_merge(&h, &a, &b);
+        sl_buf_t x = {0}, y = {0};
+        fld_gstate_value(&h, &a, now, &x);
+        fld_gstate_value(&h, &all, now, &y);
+        if (x.len != y.len || memcmp(x.data, y.data, x.len) != 0) {
+            if (diffs++ < 3) fprintf(stderr, "  round %d type %d: %.*s vs %.*s\n", round, h.type, (int)x.len, x.data, (int)y.len, y.data);
+        }
+        sl_buf_free(&x);
+        sl_buf_free(&y);
+    }
+    CHECK_INT(diffs, ==, 0);
+    sl_buf_free(&v);
+}
