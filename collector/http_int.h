@@ -291,6 +291,8 @@ void http_route_request(conn_t *c);
  * it is not, with *why set (the 401's text). */
 int http_route_basic_auth(conn_t *c, const char **why);
 void http_handle_profiles(conn_t *c, const char *rest);
+/* /v1/computed[/{field}/distribution] (profiles.c); rest: what follows /v1/computed */
+void http_handle_computed(conn_t *c, const char *rest);
 /* profiles.c: r's connection closed while r was busy (loop thread, before
  * r->conn is cleared): a profile read still queued on the threadpool is
  * cancelled. Its completion frees r either way. */

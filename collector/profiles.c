@@ -53,8 +53,10 @@ typedef struct {
     sl_stage_t *stage;
     sl_stitch_t *stitch;
     const char *kind, *id, *before;
-    int what; /* 0 profile, 1 events, 2 merges, 3 the most recently active, 4 orders */
+    int what; /* 0 profile, 1 events, 2 merges, 3 the most recently active, 4 orders, 5 computed,
+               * 6 the computed fields, 7 a field's distribution */
     sl_fields_t *fields;
+    const char *field; /* 5: ?explain=; 7: the field */
     size_t limit;
     int reached; /* the stage had applied what the request waited for */
     int rc;
@@ -69,11 +71,21 @@ static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     case 0: return sl_stitch_profile(q->stitch, txn, q->kind, q->id, &q->out);
     case 1: return sl_stitch_timeline(q->stitch, txn, log_txn, q->kind, q->id, q->limit, q->before, &q->out);
     case 3: return sl_stitch_recent(q->stitch, txn, q->limit, q->before, &q->out);
-    case 4: {
+    case 4:
+    case 5: {
         uint64_t person;
         int rc = sl_stitch_find(q->stitch, txn, q->kind, q->id, &person);
-        return rc ? rc : sl_fields_orders(q->fields, txn, person, q->limit, q->before, &q->out);
+        if (rc) return rc;
+        if (q->what == 4) return sl_fields_orders(q->fields, txn, person, q->limit, q->before, &q->out);
+        if (q->field) return sl_fields_explain(q->fields, txn, person, q->field, sl_now_ms(), &q->out);
+        char pid[SL_ENTITY_STR_BYTES];
+        sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, person}, pid);
+        sl_buf_printf(&q->out, "{\"person\":\"%s\",\"computed\":", pid);
+        if ((rc = sl_fields_computed(q->fields, txn, person, sl_now_ms(), &q->out))) return rc;
+        return sl_buf_appends(&q->out, "}");
     }
+    case 6: return sl_fields_list(q->fields, &q->out);
+    case 7: return sl_fields_distribution(q->fields, txn, q->field, sl_now_ms(), q->limit, &q->out);
     default: return sl_stitch_merges(q->stitch, txn, q->kind, q->id, q->limit, q->before, &q->out);
     }
 }
@@ -275,8 +287,9 @@ void http_handle_profiles(conn_t *c, const char *rest)
         if (strcmp(tail, "events") == 0) what = 1;
         else if (strcmp(tail, "merges") == 0) what = 2;
         else if (strcmp(tail, "orders") == 0 && srv->fields) what = 4;
+        else if (strcmp(tail, "computed") == 0 && srv->fields) what = 5;
         else {
-            http_respond_error(c, 404, "no such route: use .../events, .../merges or .../orders");
+            http_respond_error(c, 404, "no such route: use .../events, .../merges, .../orders or .../computed");
             return;
         }
     }
@@ -324,12 +337,74 @@ void http_handle_profiles(conn_t *c, const char *rest)
     }
     *q = (read_req_t){.stage = srv->stage, .stitch = srv->stitch, .kind = kind, .id = id, .what = what,
                       .limit = what == 2 || what == 4 ? 100 : 50, .fields = srv->fields};
-    if (what) { /* events, merges and orders come a page at a time */
+    if (what == 5) { /* ?explain=FIELD */
+        char *field = NULL;
+        long fn = http_query_param(r, "explain", &field);
+        if (fn == SL_ENOMEM) {
+            http_respond_error(c, 503, "out of memory");
+            return;
+        }
+        if (fn >= 0 && (field == NULL || memchr(field, '\0', (size_t)fn) || !sl_fields_has(srv->fields, field))) {
+            http_respond_error(c, 404, "explain: no such computed field (GET /v1/computed lists them)");
+            return;
+        }
+        q->field = fn >= 0 ? field : NULL;
+    } else if (what) { /* events, merges and orders come a page at a time */
         unsigned long long limit = q->limit;
         char *before = NULL;
         if (http_query_num(c, "limit", 1, 1000, &limit) < 0 || read_before(c, &before) < 0) return;
         q->limit = (size_t)limit;
         q->before = before;
+    }
+    r->read = q;
+    http_after_stage(c, answer_read);
+}
+
+/* GET /v1/computed, GET /v1/computed/{field}/distribution: the fields the
+ * configuration computes, and one's distribution over every person (a
+ * scan, on the threadpool like every admin read). */
+void http_handle_computed(conn_t *c, const char *rest)
+{
+    sl_server_t *srv = c->srv;
+    req_t *r = c->req;
+    int ok = http_admin_gate(c);
+    if (ok < 0) return;
+    if (!ok) {
+        static const char body[] =
+            "{\"success\":false,\"error\":\"computed routes need Authorization: Bearer <admin_token>\"}";
+        http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);
+        return;
+    }
+    if (srv->fields == NULL || srv->stage == NULL) {
+        http_respond_error(c, 404, "this node computes no fields (role edge: ask the core)");
+        return;
+    }
+    if (r->method != HTTP_GET) {
+        http_respond_error(c, 405, "use GET");
+        return;
+    }
+    read_req_t *q = sl_arena_alloc(&r->arena, sizeof(*q));
+    if (q == NULL) {
+        http_respond_error(c, 503, "out of memory");
+        return;
+    }
+    *q = (read_req_t){.stage = srv->stage, .stitch = srv->stitch, .fields = srv->fields, .what = 6};
+    if (rest[0] == '/') {
+        size_t n = strlen(rest + 1);
+        const char *tail = n > 13 ? rest + 1 + n - 13 : NULL;
+        char *field = tail && strcmp(tail, "/distribution") == 0 ? sl_arena_strndup(&r->arena, rest + 1, n - 13) : NULL;
+        if (field == NULL || !sl_fields_has(srv->fields, field)) {
+            http_respond_error(c, 404, "use /v1/computed/{field}/distribution with a computed field (GET /v1/computed lists them)");
+            return;
+        }
+        unsigned long long limit = 1000000;
+        if (http_query_num(c, "limit", 1, 100000000, &limit) < 0) return;
+        q->what = 7;
+        q->field = field;
+        q->limit = (size_t)limit;
+    } else if (rest[0] != '\0') {
+        http_respond_error(c, 404, "no such route");
+        return;
     }
     r->read = q;
     http_after_stage(c, answer_read);

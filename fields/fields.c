@@ -960,7 +960,7 @@ int sl_fields_listen(sl_fields_t *f, const sl_fields_listener_t *l)
 }
 
 /* A reader's flat list of person at now (its own scratch: any thread). */
-static int read_flat(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_flat_t *fl)
+int fld_read_flat(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_flat_t *fl)
 {
     const fld_conf_t *c = conf(f);
     fld_sum_t *s;
@@ -988,7 +988,7 @@ int sl_fields_computed(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t no
     if (!computing(conf(f))) return sl_buf_appends(out, "{}");
     fld_flat_t fl;
     memset(&fl, 0, sizeof(fl));
-    int rc = read_flat(f, txn, person, now, &fl);
+    int rc = fld_read_flat(f, txn, person, now, &fl);
     if (rc == 0) rc = fld_flat_object(&fl, out);
     sl_buf_free(&fl.text);
     sl_buf_free(&fl.scratch);
@@ -1000,7 +1000,7 @@ int sl_fields_value(sl_fields_t *f, MDB_txn *txn, uint64_t person, const char *n
     if (!computing(conf(f))) return sl_buf_appends(out, "null");
     fld_flat_t fl;
     memset(&fl, 0, sizeof(fl));
-    int rc = read_flat(f, txn, person, now, &fl);
+    int rc = fld_read_flat(f, txn, person, now, &fl);
     if (rc == 0) {
         size_t i = 0;
         while (i < fl.n && strcmp(fl.name[i], name) != 0) i++;

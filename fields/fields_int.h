@@ -307,6 +307,8 @@ int fld_each_order(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_order_t *o
 /* the generic fields' values of person at now into gv[0..n_gfields)
  * (scratch: a state buffer of the caller's) */
 int fld_gvalues(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_gstate_t *scratch, sl_buf_t *gv);
+/* A reader's flat list of person at now (its own scratch: any thread). */
+int fld_read_flat(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_flat_t *fl);
 /* person's window sums at now */
 int fld_windows(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_windows_t *w);
 

@@ -94,6 +94,26 @@ int sl_fields_value(sl_fields_t *f, MDB_txn *txn, uint64_t person, const char *n
 int sl_fields_orders(sl_fields_t *f, MDB_txn *txn, uint64_t person, size_t limit, const char *before,
                      sl_buf_t *out);
 
+/* GET /v1/computed: {"commerce", "timezone", "fields": [{"name", "source"
+ * ("commerce" | "generic"), "type", "window", "status", "backfilling"}]}. */
+int sl_fields_list(sl_fields_t *f, sl_buf_t *out);
+/* 1 when f computes field name now (its configuration, reloads included;
+ * "rfm" too, with the pack on). */
+int sl_fields_has(sl_fields_t *f, const char *name);
+/* ?explain=FIELD: {"person", "field", "value", "at", "explain": the inputs
+ * behind it -- the orders counted (in its window), the RFM scores with the
+ * thresholds crossed and the next timer, a generic field's buckets, values
+ * or matching label}. SL_ENOTFOUND: no such field. */
+int sl_fields_explain(sl_fields_t *f, MDB_txn *txn, uint64_t person, const char *field, int64_t now, sl_buf_t *out);
+/* GET /v1/computed/{field}/distribution: over the persons with computed
+ * state (at most max_persons of them; "complete" says whether all were
+ * read): numbers' count, min, max, mean and quintiles, or the count of each
+ * value (256 at most); for "rfm" / "rfm.segment", the count per segment and
+ * thresholds suggested from today's customers (quintiles). A scan: run it
+ * off the stage thread. SL_ENOTFOUND: no such field. */
+int sl_fields_distribution(sl_fields_t *f, MDB_txn *txn, const char *field, int64_t now, size_t max_persons,
+                           sl_buf_t *out);
+
 /* Bounds (docs/COMPUTED.md). */
 #define SL_FIELDS_ORDER_KEY_MAX 256  /* bytes of an order_id (or messageId): longer ones are cut */
 #define SL_FIELDS_ORDER_CATS 16      /* categories kept per order */

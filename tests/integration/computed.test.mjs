@@ -214,6 +214,45 @@ test('RFM: new -> promising -> loyal by events, then at risk by the timer alone'
   assert.ok((await metric('sillage_computed_timer_changes_total')) >= 1);
 });
 
+test('explain, the list of fields and a distribution with suggested RFM thresholds', async () => {
+  const get = async (path) => {
+    const r = await fetch(srv.url + path, { headers: bearer });
+    return { status: r.status, body: await r.json() };
+  };
+  let r = await get('/v1/profiles/user_id/led/computed?explain=revenue_90d');
+  assert.equal(r.status, 200);
+  assert.equal(r.body.value, 50);
+  assert.deepEqual(r.body.explain.orders.map((o) => o.order), ['L2', 'L3'], 'the orders inside the window');
+  assert.equal(r.body.explain.orders[1].net_revenue, null, 'the GBP order counts, not its revenue');
+  r = await get('/v1/profiles/user_id/rfm/computed?explain=rfm.segment');
+  assert.equal(r.status, 200);
+  assert.equal(r.body.explain.frequency.orders, 3);
+  assert.equal(r.body.explain.frequency.score, 3);
+  assert.deepEqual(r.body.explain.recency.thresholds, ['3s', '5s', '7s', '1h']);
+  assert.equal(r.body.explain.segment, r.body.value);
+  r = await get('/v1/profiles/user_id/led/computed');
+  assert.equal(r.body.computed.orders, 3);
+  assert.equal((await get('/v1/profiles/user_id/led/computed?explain=nope')).status, 404);
+  const list = await get('/v1/computed');
+  assert.equal(list.status, 200);
+  const names = list.body.fields.map((f) => f.name);
+  for (const n of ['orders', 'revenue_90d', 'promophile', 'rfm.segment']) assert.ok(names.includes(n), n);
+  assert.equal(list.body.fields.find((f) => f.name === 'revenue_90d').window, '90d');
+  assert.equal(list.body.fields.every((f) => f.backfilling === false), true);
+  const d = await get('/v1/computed/rfm/distribution');
+  assert.equal(d.status, 200);
+  assert.ok(d.body.persons >= 6);
+  assert.ok(d.body.values['at risk'] >= 2, JSON.stringify(d.body.values));
+  assert.equal(d.body.suggested.frequency.length, 4);
+  assert.equal(d.body.suggested.recency.length, 4);
+  const o = await get('/v1/computed/orders/distribution');
+  assert.equal(o.status, 200);
+  assert.equal(o.body.numbers.max, 3);
+  assert.equal(o.body.numbers.quintiles.length, 4);
+  assert.equal((await get('/v1/computed/nope/distribution')).status, 404);
+  assert.equal((await fetch(srv.url + '/v1/computed')).status, 401);
+});
+
 test('erasure takes the ledger entries; verify finds the ledger and every summary right', async () => {
   await order('gone', { order_id: 'E1', revenue: 10 });
   const del = await fetch(`${srv.url}/v1/profiles/user_id/gone`, { method: 'DELETE', headers: bearer });
