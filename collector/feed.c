@@ -452,14 +452,22 @@ typedef struct debug_item_s {
 
 /* A stage observer (stage thread): an event and the person it was stitched
  * into, queued for the loop when someone is watching. */
-static void debug_observe(void *arg, const sl_stage_event_t *ev)
+static void debug_observe(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
 {
     sl_server_t *srv = arg;
     if (atomic_load(&srv->debug_viewers) == 0 || ev->ctx->entity.kind == 0) return;
     sl_buf_t b = {0};
     char pid[SL_ENTITY_STR_BYTES];
     sl_entity_format(ev->ctx->entity, pid);
-    sl_buf_printf(&b, "event: event\ndata: {\"person\":\"%s\",\"message\":", pid);
+    sl_buf_printf(&b, "event: event\ndata: {\"person\":\"%s\",\"rfm_segment\":", pid);
+    /* the person's RFM segment after this event (null: the commerce pack is off) */
+    size_t at = b.len;
+    if (srv->fields == NULL ||
+        sl_fields_value(srv->fields, txn, ev->ctx->entity.id, "rfm.segment", sl_now_ms(), &b) != 0) {
+        b.len = at;
+        sl_buf_appends(&b, "null");
+    }
+    sl_buf_appends(&b, ",\"message\":");
     sl_buf_append(&b, ev->json, ev->len);
     sl_buf_appends(&b, "}\n\n");
     debug_item_t *it = b.data ? malloc(sizeof(*it) + b.len) : NULL;

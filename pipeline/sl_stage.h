@@ -186,9 +186,10 @@ int sl_stage_add_step(sl_stage_t *sg, const sl_stage_step_t *step);
 int sl_stage_timer_set(sl_stage_t *sg, MDB_txn *txn, const char *step, int64_t due, sl_entity_t entity,
                        const char *name, size_t name_len);
 /* An observer sees each event once every step applied it (ctx filled), on
- * the stage thread inside the transaction; it cannot fail the event and must
- * not write. The debug view is one. Before sl_stage_start(); at most 4. */
-int sl_stage_observe(sl_stage_t *sg, void (*fn)(void *arg, const sl_stage_event_t *ev), void *arg);
+ * the stage thread inside the transaction txn, which it may read (a
+ * step's reader: the debug view shows the person's RFM segment); it cannot
+ * fail the event and must not write. Before sl_stage_start(); at most 4. */
+int sl_stage_observe(sl_stage_t *sg, void (*fn)(void *arg, MDB_txn *txn, const sl_stage_event_t *ev), void *arg);
 /* Opens (creating) the derived environment and each step's databases. */
 int sl_stage_open(sl_stage_t *sg);
 /* Starts the stage's thread; completions and waiters run on loop. */

@@ -33,7 +33,7 @@ struct sl_stage_s {
     MDB_dbi meta, aside, timers;
     sl_stage_step_t steps[MAX_STEPS];
     size_t n_steps;
-    struct { void (*fn)(void *, const sl_stage_event_t *); void *arg; } observers[MAX_OBSERVERS];
+    struct { void (*fn)(void *, MDB_txn *, const sl_stage_event_t *); void *arg; } observers[MAX_OBSERVERS];
     size_t n_observers;
     sl_stage_ctx_t ctx;         /* stage thread: the event under way's */
     _Atomic int64_t next_timer; /* the earliest timer's due time (or earlier: then a look finds none) */
@@ -187,7 +187,7 @@ int sl_stage_add_step(sl_stage_t *sg, const sl_stage_step_t *step)
     return 0;
 }
 
-int sl_stage_observe(sl_stage_t *sg, void (*fn)(void *arg, const sl_stage_event_t *ev), void *arg)
+int sl_stage_observe(sl_stage_t *sg, void (*fn)(void *arg, MDB_txn *txn, const sl_stage_event_t *ev), void *arg)
 {
     if (sg->n_observers == MAX_OBSERVERS || sg->started) return SL_EINVAL;
     sg->observers[sg->n_observers].fn = fn;
@@ -402,7 +402,7 @@ static int apply_steps(pass_t *p, const char *json, size_t len, uint64_t seq)
             return rc;
         }
     }
-    for (size_t i = 0; i < sg->n_observers; i++) sg->observers[i].fn(sg->observers[i].arg, &ev);
+    for (size_t i = 0; i < sg->n_observers; i++) sg->observers[i].fn(sg->observers[i].arg, p->txn, &ev);
     return 0;
 }
 

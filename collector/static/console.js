@@ -38,8 +38,30 @@ function showProfile(p) {
     '<tr><th>orders</th><td>' + esc(c.orders) + '</td><th>revenue</th><td>' + esc(c.revenue) + ' ' + esc(p.currency || '') + '</td></tr>' +
     '<tr><th>consent</th><td colspan="3" id="consent">' + consent + '</td></tr></tbody></table>' +
     '<h2 style="margin-top:.8rem">Traits <small>value, and when it was set</small></h2><table><tbody id="traits">' + (traits || '<tr><td class="muted">none</td></tr>') + '</tbody></table>' +
-    '<h2 style="margin-top:.8rem">Pending triggers <small>due, and what would cancel them</small></h2><table><tbody id="pending">' + pending(p.pending_triggers) + '</tbody></table>';
+    '<h2 style="margin-top:.8rem">Pending triggers <small>due, and what would cancel them</small></h2><table><tbody id="pending">' + pending(p.pending_triggers) + '</tbody></table>' +
+    '<h2 style="margin-top:.8rem">Computed <small>as of this read (docs/COMPUTED.md)</small></h2><table><tbody id="computed">' + computed(p.computed) + '</tbody></table>';
   $('erase').onclick = erase;
+}
+// The person's computed fields, RFM first (a flat list: rfm.segment...).
+function computed(c) {
+  var rows = [];
+  if (c && c.rfm) kv(c.rfm).forEach(function (x) { rows.push(['rfm.' + x[0], x[1]]); });
+  kv(c).forEach(function (x) { if (x[0] !== 'rfm') rows.push(x); });
+  if (!rows.length) return '<tr><td class="muted">none configured</td></tr>';
+  return rows.map(function (x) {
+    return '<tr><td>' + esc(x[0]) + '</td><td class="mono">' + esc(JSON.stringify(x[1])) + '</td></tr>';
+  }).join('');
+}
+// Customers per RFM segment, over every person with computed state.
+function loadRfm() {
+  api('/v1/computed/rfm/distribution').then(function (r) {
+    if (r.status !== 200) { $('rfm-section').hidden = true; return; }
+    $('rfm-section').hidden = false;
+    var v = r.json.values || {};
+    $('rfm').innerHTML = Object.keys(v).sort(function (a, b) { return v[b] - v[a]; }).map(function (s) {
+      return '<tr><td>' + esc(s) + '</td><td>' + esc(v[s]) + '</td></tr>';
+    }).join('') || '<tr><td class="muted">nobody yet</td></tr>';
+  }).catch(function () { $('rfm-section').hidden = true; });
 }
 // An event rule's triggers waiting for their delay (or for a login).
 function pending(list) {
@@ -199,6 +221,7 @@ $('token').onchange = function () {
   tokenUsed = $('token').value;
   connect();
   loadRecent(false);
+  loadRfm();
 };
 $('more').onclick = function () { loadRecent(true); };
 showRules();

@@ -15,7 +15,8 @@ function show(d) {
   div.className = 'ev ' + m.type;
   div.innerHTML = '<div class="top"><span class="type">' + esc(m.type) + '</span><span class="what">' + esc(what) + '</span>' +
     '<span class="who">' + (m.userId ? 'user <b>' + esc(m.userId) + '</b> · ' : '') + 'anon ' + esc(m.anonymousId) + '</span>' +
-    '<span>→ profile <span class="person">' + esc(d.person || 'none') + '</span></span></div>' +
+    '<span>→ profile <span class="person">' + esc(d.person || 'none') + '</span>' +
+    (d.rfm_segment ? ' · RFM <span class="segment">' + esc(d.rfm_segment) + '</span>' : '') + '</span></div>' +
     '<div class="enr">received ' + esc(m.receivedAt) + ' · timestamp ' + esc(m.timestamp) +
     (c.ip ? ' · ip ' + esc(c.ip) : '') + (loc.country ? ' · ' + esc([loc.city, loc.country].filter(Boolean).join(', ')) : '') +
     (c.page && c.page.path ? ' · ' + esc(c.page.path) : '') + '</div>' +

@@ -1,10 +1,10 @@
 // shop.js - the demo shop's own code: a catalogue, a cart in localStorage,
 // the header, and the sillage calls a real shop would make.
 var PRODUCTS = [
-  { id: 'tee-ink', name: 'Ink T-shirt', price: 24, img: '👕', text: 'Organic cotton, printed with a wake.' },
-  { id: 'mug-wake', name: 'Wake mug', price: 14, img: '☕', text: 'Stoneware, 35 cl.' },
-  { id: 'cap-sail', name: 'Sail cap', price: 19, img: '🧢', text: 'One size, adjustable.' },
-  { id: 'bag-tote', name: 'Tote bag', price: 12, img: '👜', text: 'Canvas, holds a week of groceries.' }
+  { id: 'tee-ink', name: 'Ink T-shirt', price: 24, img: '👕', text: 'Organic cotton, printed with a wake.', category: 'Clothing' },
+  { id: 'mug-wake', name: 'Wake mug', price: 14, img: '☕', text: 'Stoneware, 35 cl.', category: 'Kitchen' },
+  { id: 'cap-sail', name: 'Sail cap', price: 19, img: '🧢', text: 'One size, adjustable.', category: 'Accessories' },
+  { id: 'bag-tote', name: 'Tote bag', price: 12, img: '👜', text: 'Canvas, holds a week of groceries.', category: 'Accessories' }
 ];
 function product(id) { return PRODUCTS.filter(function (p) { return p.id === id; })[0]; }
 function cart() { try { return JSON.parse(localStorage.getItem('demo_cart')) || []; } catch (e) { return []; } }
@@ -15,7 +15,7 @@ function cartProducts() {
   // localStorage is input like any other: unknown products dropped, quantities numbers
   return cart().filter(function (l) { return l && product(l.id); }).map(function (l) {
     var p = product(l.id);
-    return { product_id: p.id, name: p.name, price: p.price, quantity: Math.max(1, parseInt(l.qty, 10) || 1) };
+    return { product_id: p.id, name: p.name, price: p.price, quantity: Math.max(1, parseInt(l.qty, 10) || 1), category: p.category };
   });
 }
 function addToCart(id) {

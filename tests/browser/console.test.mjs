@@ -15,7 +15,8 @@ const ARTIFACTS = process.env.SL_TEST_ARTIFACTS || join(process.cwd(), 'test-art
 let srv, browser;
 
 before(async () => {
-  srv = await startServer({ config: { triggers: [{ name: 'pricing', type: 'page_visit', url: '/pricing*' }] } });
+  srv = await startServer({ config: { triggers: [{ name: 'pricing', type: 'page_visit', url: '/pricing*' }],
+    computed: { commerce: { currency: 'EUR' } } } });
   browser = await launchChromium();
 });
 after(async () => { await browser?.close(); await srv.stop(); srv.cleanup(); });
@@ -34,6 +35,8 @@ test('/console: find, read, page through, journal, triggers, live feed, erase', 
   await send('/v1/identify', { userId: 'c-user', anonymousId: 'c-anon', timestamp: at(30),
     traits: { email: 'Console.User@Example.com', plan: 'pro' } });
   await send('/v1/page', { anonymousId: 'c-anon2', name: 'Phone', timestamp: at(40) });
+  await send('/v1/track', { userId: 'c-user', event: 'Order Completed', timestamp: at(31),
+    properties: { order_id: 'c-1', revenue: 42, currency: 'EUR', products: [{ category: 'Books' }] } });
   await send('/v1/identify', { userId: 'c-user', anonymousId: 'c-anon2', timestamp: at(41), // a second device: merged
     context: { consent: { categoryPreferences: { marketing: true, ads: false } } } });
 
@@ -62,13 +65,21 @@ test('/console: find, read, page through, journal, triggers, live feed, erase', 
   const plan = traits.find((t) => t[0] === 'plan');
   assert.equal(plan[1], '"pro"');
   assert.match(plan[2], /^2026-11-30T09:00:30/, 'when the trait was set');
-  assert.equal(await page.textContent('#c-events'), '29');
+  assert.equal(await page.textContent('#c-events'), '30');
+  // computed fields: the ledger's figures and the RFM segment, and the customers per segment
+  const comp = Object.fromEntries(await page.$$eval('#computed tr', (rows) => rows.map((r) => [r.children[0].textContent, r.children[1].textContent])));
+  assert.equal(comp.orders, '1');
+  assert.equal(comp.top_category, '"books"');
+  assert.match(comp['rfm.segment'], /^"(new|lost|hibernating|need attention|promising)"$/);
+  await page.waitForSelector('#rfm tr');
+  assert.ok(await page.isVisible('#rfm-section'));
+  assert.match(await page.textContent('#rfm'), new RegExp(JSON.parse(comp['rfm.segment']) + '1'));
   assert.equal(await page.textContent('#pending'), 'none', 'no event rule here: no pending trigger');
   assert.equal(await page.textContent('#consent'), 'marketing grantedads refused 2026-11-30T09:00:41.000Z');
 
   await page.waitForFunction(() => document.querySelectorAll('#events tr').length === 20);
   await page.click('#older');
-  await page.waitForFunction(() => document.querySelectorAll('#events tr').length === 29);
+  await page.waitForFunction(() => document.querySelectorAll('#events tr').length === 30);
   assert.ok(await page.isHidden('#older'), 'no page after the last');
   const first = await page.textContent('#events tr:first-child td:nth-child(3) summary');
   assert.equal(first, 'traits', 'newest first: the second identify');
@@ -95,7 +106,7 @@ test('/console: find, read, page through, journal, triggers, live feed, erase', 
   await page.click('#erase');
   await page.waitForSelector('#erased');
   assert.match(asked, /cannot be undone/);
-  assert.match(await page.textContent('#erased'), /29 events, 4 identities, 1 journal entries, 1 triggers/);
+  assert.match(await page.textContent('#erased'), /30 events, 4 identities, 1 journal entries, 1 triggers/);
   const gone = await fetch(srv.url + '/v1/profiles/user_id/c-user', { headers: { Authorization: 'Bearer ' + ADMIN } });
   assert.equal(gone.status, 404);
   await page.waitForFunction(() => !/console\.user/.test(document.getElementById('recent').textContent));

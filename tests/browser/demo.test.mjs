@@ -88,3 +88,43 @@ test('the demo: view two products, add one, log in, pick a plan — /debug shows
   await debug.screenshot({ path: join(ARTIFACTS, 'debug-triggers.png'), fullPage: false });
   await context.close();
 });
+
+test('the demo checkout sends categories and a coupon: the profile computes them, /debug shows the RFM segment', async () => {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+  const debug = await context.newPage();
+  await debug.goto(url + '/debug');
+  await debug.fill('#token', 'demo-admin');
+  await debug.locator('#token').dispatchEvent('change');
+  await debug.waitForSelector('#state.live');
+  const shop = await context.newPage();
+  await shop.goto(url + '/demo/');
+  await shop.click('#p-tee-ink');
+  await shop.waitForSelector('#add');
+  await shop.click('#add');
+  await shop.click('#login-link');
+  await shop.fill('#email', 'Coupon.Buyer@Example.com');
+  await Promise.all([shop.waitForURL('**/demo/cart.html'), shop.click('button[type=submit]')]);
+  await shop.goto(url + '/demo/checkout.html');
+  assert.equal(await shop.inputValue('#coupon'), 'WELCOME10');
+  await shop.click('#pay');
+  await shop.waitForSelector('#thanks');
+  let p;
+  const end = Date.now() + 10000;
+  while (Date.now() < end) {
+    const r = await fetch(url + '/v1/profiles/email/coupon.buyer%40example.com', { headers: { Authorization: 'Bearer demo-admin' } });
+    p = r.status === 200 ? await r.json() : null;
+    if (p && p.computed.orders === 1) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  assert.equal(p.computed.orders, 1);
+  assert.deepEqual(p.computed.categories, ['clothing']);
+  assert.equal(p.computed.promo_orders, 1);
+  assert.equal(p.computed.revenue, 21.6); // 24 less the 10% coupon
+  assert.equal(p.computed.rfm.segment, 'new');
+  assert.equal(p.currency, 'EUR');
+  await debug.waitForFunction(() => [...document.querySelectorAll('.ev .what')].some((e) => e.textContent === 'Order Completed'));
+  const seg = await debug.$$eval('.ev', (els) => els.filter((e) => e.querySelector('.what').textContent === 'Order Completed')
+    .map((e) => e.querySelector('.segment')?.textContent)[0]);
+  assert.equal(seg, 'new');
+  await context.close();
+});

@@ -39,7 +39,7 @@ const RULES = [
 ];
 
 let srv;
-before(async () => { srv = await startServer({ config: { computed: { commerce: COMMERCE }, triggers: RULES } }); });
+before(async () => { srv = await startServer({ config: { computed: { commerce: COMMERCE }, triggers: RULES, debug: true } }); });
 after(async () => { await srv.stop(); srv.cleanup(); });
 
 const ok = async (type, msg) => {
@@ -214,6 +214,23 @@ test('RFM: new -> promising -> loyal by events, then at risk by the timer alone'
   assert.ok((await metric('sillage_computed_timer_changes_total')) >= 1);
 });
 
+test('/debug shows the RFM segment with each event', async () => {
+  const ctl = new AbortController();
+  const res = await fetch(srv.url + '/debug/stream', { headers: bearer, signal: ctl.signal });
+  assert.equal(res.status, 200);
+  const reader = res.body.getReader();
+  await order('dbg', { order_id: 'D1', revenue: 5 });
+  let text = '';
+  const end = Date.now() + 5000;
+  while (!/"rfm_segment":"new"/.test(text) && Date.now() < end) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += new TextDecoder().decode(value);
+  }
+  ctl.abort();
+  assert.match(text, /"rfm_segment":"new","message":\{[^\n]*"order_id":"D1"/);
+});
+
 test('explain, the list of fields and a distribution with suggested RFM thresholds', async () => {
   const get = async (path) => {
     const r = await fetch(srv.url + path, { headers: bearer });
@@ -262,15 +279,15 @@ test('erasure takes the ledger entries; verify finds the ledger and every summar
   // the order id is free again: another person's order with it is a first copy
   await order('other', { order_id: 'E1', revenue: 7 });
   assert.equal((await profile('user_id', 'other')).computed.revenue, 7);
-  const people = ['led', 'ref', 'buyer', 'mixer', 'two-only', 'rfm', 'other'];
+  const people = ['led', 'ref', 'buyer', 'mixer', 'two-only', 'rfm', 'other', 'dbg'];
   let n = 0;
   for (const u of people) n += (await orders('user_id', u)).orders.length;
-  assert.equal(n, 17);
+  assert.equal(n, 18);
   await srv.stop();
   const v = run(['verify', '-c', srv.cfgPath]);
   assert.equal(v.code, 0, v.stdout + v.stderr);
   assert.match(v.stdout, /0 problems/);
-  assert.match(v.stdout, /^17 orders checked/m, 'every order of the ledger was checked');
+  assert.match(v.stdout, /^18 orders checked/m, 'every order of the ledger was checked');
   srv = await startServer({ dir: srv.dir, config: { computed: { commerce: COMMERCE }, triggers: RULES } });
   assert.equal((await profile('user_id', 'led')).computed.orders, 3, 'the ledger survives a restart');
 });
