@@ -33,8 +33,11 @@ int fld_order_decode(const MDB_val *v, fld_order_t *o)
     if (v->mv_size < sizeof(o->f)) return MDB_CORRUPTED;
     memcpy(&o->f, p, sizeof(o->f));
     p += sizeof(o->f);
+    /* what readers rely on: counts within the arrays, the currency a C
+     * string (rate_of() compares it), amounts finite (they go into sums) */
     if (o->f.version != FLD_ORDER_VERSION || o->f.n_cats > SL_FIELDS_ORDER_CATS ||
-        o->f.n_refunds > SL_FIELDS_ORDER_REFUNDS)
+        o->f.n_refunds > SL_FIELDS_ORDER_REFUNDS || memchr(o->f.currency, 0, sizeof(o->f.currency)) == NULL ||
+        !isfinite(o->f.revenue) || !isfinite(o->f.total) || !isfinite(o->f.refunded))
         return MDB_CORRUPTED;
     for (size_t i = 0; i < o->f.n_cats; i++) {
         if (p >= end || *p > SL_FIELDS_CAT_BYTES || (size_t)(end - p - 1) < *p) return MDB_CORRUPTED;
@@ -44,6 +47,8 @@ int fld_order_decode(const MDB_val *v, fld_order_t *o)
     }
     if ((size_t)(end - p) != o->f.n_refunds * sizeof(fld_refund_t)) return MDB_CORRUPTED;
     memcpy(o->refunds, p, o->f.n_refunds * sizeof(fld_refund_t));
+    for (size_t i = 0; i < o->f.n_refunds; i++) /* NAN: the whole order; never infinite */
+        if (isinf(o->refunds[i].amount)) return MDB_CORRUPTED;
     return 0;
 }
 
@@ -81,7 +86,9 @@ int fld_sum_decode(const MDB_val *v, fld_sum_t *s)
     if (v->mv_size < sizeof(s->f)) return MDB_CORRUPTED;
     memcpy(&s->f, p, sizeof(s->f));
     p += sizeof(s->f);
-    if (s->f.version != FLD_SUM_VERSION || s->f.n_cats > FLD_MAX_CATEGORIES) return MDB_CORRUPTED;
+    if (s->f.version != FLD_SUM_VERSION || s->f.n_cats > FLD_MAX_CATEGORIES || !isfinite(s->f.revenue) ||
+        memchr(s->f.currency, 0, sizeof(s->f.currency)) == NULL)
+        return MDB_CORRUPTED;
     for (size_t i = 0; i < s->f.n_cats; i++) {
         if (end - p < 5) return MDB_CORRUPTED;
         memcpy(&s->cats[i].count, p, 4);
@@ -336,7 +343,8 @@ static int rfm_flatten(const fld_conf_t *c, const fld_sum_t *s, int64_t now, fld
     int64_t since = f->seg_since_ms;
     if (r.seg != f->seg && f->seg != FLD_SEGMENT_NONE) {
         prev = f->seg;
-        int64_t crossed = r.r < 5 ? f->last_ms + c->recency[4 - r.r] : 0;
+        /* r.r 0: no orders left (a prospect), no threshold crossed */
+        int64_t crossed = r.r >= 1 && r.r < 5 ? f->last_ms + c->recency[4 - r.r] : 0;
         since = crossed > since ? crossed : since;
     }
     if (rc == 0) rc = r.r ? flat_u64(fl, "rfm.r", (uint64_t)r.r) : flat_raw(fl, "rfm.r", "null");

@@ -122,8 +122,8 @@ static int parse_scale(sl_cfg_ctx_t *x, const cJSON *rfm, const char *key, const
         snprintf(what, sizeof(what), "%s.rfm.%s[%d]", path, key, i);
         if (key[0] == 'r') {
             int64_t ms;
-            if (!cJSON_IsString(e) || sl_parse_duration_ms(e->valuestring, &ms) || ms <= 0)
-                return sl_cfg_error(x, "%s must be a duration (\"30d\", \"90s\")", what);
+            if (!cJSON_IsString(e) || sl_parse_duration_ms(e->valuestring, &ms) || ms <= 0 || ms > FLD_MAX_DURATION_MS)
+                return sl_cfg_error(x, "%s must be a duration (\"30d\", \"90s\") of at most 36500d", what);
             c->recency[i] = ms;
             if (i && ms <= c->recency[i - 1]) return sl_cfg_error(x, "%s must be longer than the one before", what);
         } else {
@@ -221,8 +221,8 @@ static int parse_commerce(sl_cfg_ctx_t *x, const cJSON *o, fld_conf_t *c)
     for (const cJSON *e = w ? w->child : NULL; e; e = e->next) {
         int64_t ms;
         if (!cJSON_IsString(e) || strlen(e->valuestring) >= sizeof(c->window_names[0]) ||
-            sl_parse_duration_ms(e->valuestring, &ms) || ms <= 0)
-            return sl_cfg_error(x, "%s.windows[%zu] must be a duration (\"90d\")", path, c->n_windows);
+            sl_parse_duration_ms(e->valuestring, &ms) || ms <= 0 || ms > FLD_MAX_DURATION_MS)
+            return sl_cfg_error(x, "%s.windows[%zu] must be a duration (\"90d\") of at most 36500d", path, c->n_windows);
         for (size_t i = 0; i < c->n_windows; i++)
             if (strcmp(c->window_names[i], e->valuestring) == 0)
                 return sl_cfg_error(x, "%s.windows: \"%s\" is listed twice", path, e->valuestring);

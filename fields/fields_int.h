@@ -18,6 +18,10 @@
 #define FLD_MAX_EVENT_NAMES 8
 #define FLD_SEGMENT_PROSPECT 0xFF /* a person without orders */
 #define FLD_SEGMENT_NONE 0xFE     /* never in a segment yet */
+/* the longest window or recency threshold: 100 years. A time plus one stays
+ * far inside int64 (a duration may be written up to INT64_MAX ms, and
+ * fld_rfm_next() adds it to an order's time). */
+#define FLD_MAX_DURATION_MS (36500LL * 86400000LL)
 
 typedef struct {
     char *name;

@@ -9,6 +9,7 @@
 #include "sl_config.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 
 #define P 6   /* persons */
@@ -180,6 +181,9 @@ TEST(fields_config_errors)
         {"{\"commerce\":{\"rfm\":{\"segments\":[{\"name\":\"prospect\"}]}}}", "not \"prospect\""},
         {"{\"commerce\":{\"colour\":1}}", "unknown key \"computed.commerce.colour\""},
         {"{\"commerce\":1}", "computed.commerce must be true, false or an object"},
+        /* durations past 100 years: a time plus one would overflow int64 */
+        {"{\"commerce\":{\"windows\":[\"106751991167d\"]}}", "windows[0] must be a duration (\"90d\") of at most"},
+        {"{\"commerce\":{\"rfm\":{\"recency\":[\"1d\",\"2d\",\"3d\",\"36501d\"]}}}", "recency[3] must be a duration"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char json[1024], err[512] = "";
@@ -212,6 +216,160 @@ TEST(fields_config_errors)
         CHECK(strstr(err, "is not a computed field") != NULL);
         if (rc == 0) sl_config_free(&cfg);
     }
+}
+
+/* Stored records read back from a store that may be damaged: every cut,
+ * every byte changed, an unterminated currency, a non-finite amount. The
+ * decoders refuse (MDB_CORRUPTED) or give a record the readers can use:
+ * counts within the arrays, currencies C strings, amounts finite (ASan
+ * checks the reads). */
+static int order_usable(const fld_order_t *o)
+{
+    if (o->f.n_cats > SL_FIELDS_ORDER_CATS || o->f.n_refunds > SL_FIELDS_ORDER_REFUNDS) return 0;
+    if (memchr(o->f.currency, 0, sizeof(o->f.currency)) == NULL) return 0;
+    if (!isfinite(o->f.revenue) || !isfinite(o->f.total) || !isfinite(o->f.refunded)) return 0;
+    for (size_t i = 0; i < o->f.n_cats; i++)
+        if (memchr(o->cats[i], 0, sizeof(o->cats[i])) == NULL) return 0;
+    for (size_t i = 0; i < o->f.n_refunds; i++)
+        if (isinf(o->refunds[i].amount)) return 0;
+    return 1;
+}
+
+TEST(fields_records_corrupted)
+{
+    static fld_order_t o, back;
+    memset(&o, 0, sizeof(o));
+    o.f.flags = FO_PLACED | FO_REV_KNOWN;
+    o.f.person = o.f.origin = 7;
+    o.f.ts_ms = 1000;
+    o.f.revenue = o.f.total = 50;
+    o.f.refunded = 10;
+    memcpy(o.f.currency, "EUR", 4);
+    o.f.n_cats = 3;
+    snprintf(o.cats[0], sizeof(o.cats[0]), "shoes");
+    snprintf(o.cats[1], sizeof(o.cats[1]), "%s", "bags and a category of sixty-four bytes exactly, to the end.....");
+    snprintf(o.cats[2], sizeof(o.cats[2]), "h");
+    o.f.n_refunds = 2;
+    o.refunds[0] = (fld_refund_t){2000, 10, 3};
+    o.refunds[1] = (fld_refund_t){3000, NAN, 4};
+    sl_buf_t b = {0};
+    REQUIRE(fld_order_encode(&o, &b) == 0);
+    MDB_val v = {b.len, b.data};
+    REQUIRE(fld_order_decode(&v, &back) == 0);
+    CHECK_STR(back.cats[1], o.cats[1]);
+    CHECK(isnan(back.refunds[1].amount));
+    /* every cut, and one byte more */
+    for (size_t n = 0; n < b.len; n++) {
+        MDB_val cut = {n, b.data};
+        CHECK_INT(fld_order_decode(&cut, &back), ==, MDB_CORRUPTED);
+    }
+    REQUIRE(sl_buf_append(&b, "", 1) == 0);
+    MDB_val longer = {b.len, b.data};
+    CHECK_INT(fld_order_decode(&longer, &back), ==, MDB_CORRUPTED);
+    b.len--;
+    /* every byte changed: refused, or usable */
+    for (size_t i = 0; i < b.len; i++)
+        for (int x = 0; x < 3; x++) {
+            static const unsigned char vals[3] = {0x00, 0x7F, 0xFF};
+            unsigned char *copy = malloc(b.len);
+            REQUIRE(copy != NULL);
+            memcpy(copy, b.data, b.len);
+            copy[i] = vals[x];
+            MDB_val c = {b.len, copy};
+            if (fld_order_decode(&c, &back) == 0 && !order_usable(&back)) {
+                fprintf(stderr, "  byte %zu = 0x%02x: decoded to a record readers cannot use\n", i, vals[x]);
+                test_failures++;
+            }
+            free(copy);
+        }
+    /* the named cases */
+    fld_order_fix_t *fx = (fld_order_fix_t *)b.data;
+    memcpy(fx->currency, "EURUSDGB", 8); /* no NUL */
+    CHECK_INT(fld_order_decode(&v, &back), ==, MDB_CORRUPTED);
+    memcpy(fx->currency, "EUR\0\0\0\0", 8);
+    fx->revenue = INFINITY;
+    CHECK_INT(fld_order_decode(&v, &back), ==, MDB_CORRUPTED);
+    fx->revenue = 50;
+    fx->refunded = NAN;
+    CHECK_INT(fld_order_decode(&v, &back), ==, MDB_CORRUPTED);
+    fx->refunded = 10;
+    /* the last refund's amount (not aligned in the record: copied) */
+    char *amt = b.data + b.len - sizeof(fld_refund_t) + offsetof(fld_refund_t, amount);
+    double d = -INFINITY;
+    memcpy(amt, &d, sizeof(d));
+    CHECK_INT(fld_order_decode(&v, &back), ==, MDB_CORRUPTED);
+    d = NAN;
+    memcpy(amt, &d, sizeof(d));
+    CHECK_INT(fld_order_decode(&v, &back), ==, 0);
+    sl_buf_free(&b);
+
+    /* a summary */
+    static fld_sum_t s, sb;
+    fld_sum_init(&s);
+    s.f.orders = 2, s.f.revenue = 70, s.f.n_cats = 2;
+    memcpy(s.f.currency, "EUR", 4);
+    s.cats[0].count = 2, snprintf(s.cats[0].name, sizeof(s.cats[0].name), "a");
+    s.cats[1].count = 1, snprintf(s.cats[1].name, sizeof(s.cats[1].name), "bb");
+    REQUIRE(fld_sum_encode(&s, &b) == 0);
+    MDB_val sv = {b.len, b.data};
+    REQUIRE(fld_sum_decode(&sv, &sb) == 0);
+    CHECK_STR(sb.cats[1].name, "bb");
+    for (size_t n = 0; n < b.len; n++) {
+        MDB_val cut = {n, b.data};
+        CHECK_INT(fld_sum_decode(&cut, &sb), ==, MDB_CORRUPTED);
+    }
+    for (size_t i = 0; i < b.len; i++) {
+        unsigned char *copy = malloc(b.len);
+        REQUIRE(copy != NULL);
+        memcpy(copy, b.data, b.len);
+        copy[i] ^= 0xFF;
+        MDB_val c = {b.len, copy};
+        if (fld_sum_decode(&c, &sb) == 0 &&
+            (!isfinite(sb.f.revenue) || memchr(sb.f.currency, 0, sizeof(sb.f.currency)) == NULL ||
+             sb.f.n_cats > FLD_MAX_CATEGORIES)) {
+            fprintf(stderr, "  summary byte %zu flipped: decoded to a record readers cannot use\n", i);
+            test_failures++;
+        }
+        free(copy);
+    }
+    fld_sum_fix_t *sf = (fld_sum_fix_t *)b.data;
+    sf->revenue = INFINITY;
+    CHECK_INT(fld_sum_decode(&sv, &sb), ==, MDB_CORRUPTED);
+    sf->revenue = 70;
+    memcpy(sf->currency, "ABCDEFGH", 8);
+    CHECK_INT(fld_sum_decode(&sv, &sb), ==, MDB_CORRUPTED);
+    sl_buf_free(&b);
+}
+
+/* A summary with no order left but a segment kept (its last orders were
+ * refunded while the pack was off, or an older record): the read shows a
+ * prospect since the stored time, without reading a fifth recency
+ * threshold (there are four: recency[4] was past the array). */
+TEST(fields_flatten_prospect_after_segment)
+{
+    sl_config_t cfg;
+    const fld_conf_t *c = demo_conf(&cfg);
+    REQUIRE(c != NULL);
+    static fld_sum_t s;
+    fld_sum_init(&s);
+    const int64_t day = 86400000, now = 20000 * day;
+    s.f.seg = 0; /* "can't lose" */
+    s.f.seg_since_ms = now - 5 * day;
+    s.f.last_ms = now - 400 * day;
+    fld_flat_t fl;
+    memset(&fl, 0, sizeof(fl));
+    REQUIRE(fld_flatten(c, &s, NULL, NULL, now, &fl) == 0);
+    char want[32], since[64] = "";
+    sl_time_format_iso(now - 5 * day, want);
+    for (size_t i = 0; i < fl.n; i++)
+        if (strcmp(fl.name[i], "rfm.since") == 0)
+            snprintf(since, sizeof(since), "%.*s", (int)fl.len[i], fl.text.data + fl.off[i]);
+    char quoted[40];
+    snprintf(quoted, sizeof(quoted), "\"%s\"", want);
+    CHECK_STR(since, quoted);
+    sl_buf_free(&fl.text);
+    sl_buf_free(&fl.scratch);
+    sl_config_free(&cfg);
 }
 
 static int64_t iso(const char *s)
