@@ -348,7 +348,10 @@ static int amount(sl_fields_t *f, sl_jval_t props, const char *name, double *out
 }
 
 /* the order's key: 'o' + properties.order_id (a string or a number as
- * written), else 'm' + the messageId; cut at SL_FIELDS_ORDER_KEY_MAX */
+ * written), else 'm' + the messageId; cut at SL_FIELDS_ORDER_KEY_MAX bytes,
+ * before a character the cut would split (the id is valid UTF-8: the
+ * collector checks it; half a character would make the orders route's
+ * answer invalid) */
 static int order_key(sl_fields_t *f, const sl_stage_event_t *ev, sl_jval_t props, int by_msgid_ok, int *by_msgid)
 {
     f->k.len = 0;
@@ -363,7 +366,10 @@ static int order_key(sl_fields_t *f, const sl_stage_event_t *ev, sl_jval_t props
         s = ev->message_id, n = strlen(s);
         *by_msgid = 1;
     }
-    if (n > SL_FIELDS_ORDER_KEY_MAX) n = SL_FIELDS_ORDER_KEY_MAX;
+    if (n > SL_FIELDS_ORDER_KEY_MAX) { /* cut between two characters: the orders route prints the key */
+        n = SL_FIELDS_ORDER_KEY_MAX;
+        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;
+    }
     char tag = *by_msgid ? 'm' : 'o';
     return sl_buf_append(&f->k, &tag, 1) || sl_buf_append(&f->k, s, n) ? SL_ENOMEM : 0;
 }
@@ -396,7 +402,11 @@ static void read_order(sl_fields_t *f, const sl_stage_event_t *ev, sl_jval_t pro
     o->f.flags |= FO_PLACED;
     o->f.person = o->f.origin = person;
     o->f.seq = ev->seq;
-    o->f.ts_ms = ev->ctx->ts_ms;
+    /* the summary's dates take 0 for none: an order dated 1970-01-01T00:00Z
+     * or before (a timestamp the collector accepts, years 0000 to 1969)
+     * would be no first order, and never the last; it is taken as at the
+     * epoch's first millisecond */
+    o->f.ts_ms = ev->ctx->ts_ms > 0 ? ev->ctx->ts_ms : 1;
     const char *cur = sl_jstr(sl_jget(props, "currency"), &f->arena, NULL);
     memset(o->f.currency, 0, sizeof(o->f.currency));
     if (cur && strlen(cur) < sizeof(o->f.currency)) memcpy(o->f.currency, cur, strlen(cur));
@@ -409,6 +419,9 @@ static void read_order(sl_fields_t *f, const sl_stage_event_t *ev, sl_jval_t pro
     amount(f, props, "shipping", &ship, &bad);
     if (!have_rev && have_total) rev = total - tax - ship;
     if (!have_total) total = rev;
+    /* an order is paid, it does not pay: a negative revenue or total (sent,
+     * or tax and shipping beyond the total) is no amount either */
+    if (rev < 0 || total < 0) bad = 1;
     double rate = rate_of(c, cur, &known);
     if (bad) f->pend.amounts_ignored++;
     if (!known) f->pend.unknown_currency++;
@@ -515,7 +528,10 @@ static int on_refund(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, s
     uint8_t old_flags = o->f.flags;
     if (o->f.n_refunds < SL_FIELDS_ORDER_REFUNDS)
         o->refunds[o->f.n_refunds++] = (fld_refund_t){ev->ctx->ts_ms, amt, ev->seq};
-    if (!isnan(amt) && sl_amount_ok(o->f.refunded + amt)) o->f.refunded += amt;
+    /* at most SL_AMOUNT_MAX, as every total is: refunds summing past it
+     * refund any order (skipping the one that crosses it would leave the
+     * order short of its total for good) */
+    if (!isnan(amt)) o->f.refunded = fmin(o->f.refunded + amt, SL_AMOUNT_MAX);
     settle_refunds(o);
     if (!(o->f.flags & FO_PLACED)) { /* before its order: kept for it */
         f->pend.refunds_unmatched++;
@@ -528,8 +544,6 @@ static int on_refund(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, s
     if ((rc = porder_put(f, txn, person, o, &okey))) return rc;
     cJSON **list = list_for(f, ev, person);
     fld_sum_t *s = f->sum;
-    fld_order_t saved_refunded = {0};
-    (void)saved_refunded;
     if ((rc = change_begin(f, txn, person, s, now, list, &found))) return rc;
     if (o->f.flags & FO_REFUNDED) {
         /* out of every figure: dates and categories are recomputed */
@@ -1056,7 +1070,7 @@ void sl_fields_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_orders_unknown_currency_total",
                   "Orders (and refunds) in a currency with no fx rate: counted, their amount not.", s.unknown_currency);
     sl_metric_u64(b, "counter", "sillage_order_amounts_ignored_total",
-                  "Order revenue or total not counted: not finite or beyond 1e15 in absolute value.", s.amounts_ignored);
+                  "Order revenue or total not counted: negative, not finite or beyond 1e15 in absolute value.", s.amounts_ignored);
     sl_metric_u64(b, "counter", "sillage_computed_timers_total", "Computed-field timers run.", s.timers);
     sl_metric_u64(b, "counter", "sillage_computed_timer_changes_total", "Timers that moved a computed value.",
                   s.timer_changes);

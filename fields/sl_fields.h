@@ -115,7 +115,7 @@ int sl_fields_distribution(sl_fields_t *f, MDB_txn *txn, const char *field, int6
                            sl_buf_t *out);
 
 /* Bounds (docs/COMPUTED.md). */
-#define SL_FIELDS_ORDER_KEY_MAX 256  /* bytes of an order_id (or messageId): longer ones are cut */
+#define SL_FIELDS_ORDER_KEY_MAX 256  /* bytes of an order_id (or messageId): longer ones are cut between characters */
 #define SL_FIELDS_ORDER_CATS 16      /* categories kept per order */
 #define SL_FIELDS_CAT_BYTES 64       /* bytes of a category (longer ones are cut between characters) */
 #define SL_FIELDS_ORDER_REFUNDS 32   /* refunds listed per order (more still count in `refunded`) */

@@ -36,6 +36,7 @@ const RULES = [
   { name: 'to-risk', type: 'computed_change', field: 'rfm.segment', to: ['at risk'], in_payload: ['rfm.segment', 'orders'] },
   { name: 'second', type: 'event', event: 'Order Completed',
     if: { field: 'profile.computed.orders', gte: 2 } },
+  { name: 'window-2', type: 'computed_change', field: 'orders_90d', crosses: 2 },
 ];
 
 let srv;
@@ -290,4 +291,71 @@ test('erasure takes the ledger entries; verify finds the ledger and every summar
   assert.match(v.stdout, /^18 orders checked/m, 'every order of the ledger was checked');
   srv = await startServer({ dir: srv.dir, config: { computed: { commerce: COMMERCE }, triggers: RULES } });
   assert.equal((await profile('user_id', 'led')).computed.orders, 3, 'the ledger survives a restart');
+});
+
+// Hostile values from the public key (each case was a bug): an order_id
+// cut in the middle of a character, negative amounts, timestamps at or
+// before 1970, refunds summing past 1e15; and a merge's window change.
+test('hostile orders: a long id cut between characters, negative amounts, old timestamps, huge refunds', async () => {
+  const long = 'x' + 'é'.repeat(200); // 401 bytes: cut at 256 would split an é
+  await order('hx', { order_id: long, revenue: 10 });
+  await ok('track', { anonymousId: 'bo', event: 'Order Refunded', properties: { order_id: long, total: 4 } });
+  const r = await fetch(`${srv.url}/v1/profiles/user_id/hx/orders`, { headers: bearer });
+  const text = new TextDecoder('utf-8', { fatal: true }).decode(await r.arrayBuffer()); // throws on half a character
+  const l = JSON.parse(text);
+  assert.equal(l.orders.length, 1);
+  assert.equal(l.orders[0].order_id, 'x' + 'é'.repeat(127));
+  assert.equal(l.orders[0].refunded, 4, 'the refund with the same long id found the order');
+
+  const ignored = await metric('sillage_order_amounts_ignored_total');
+  await order('hn', { order_id: 'N1', revenue: -50 });
+  await order('hn', { order_id: 'N2', total: 5, shipping: 20 }); // revenue -15
+  await order('hn', { order_id: 'N3', revenue: 30 });
+  let c = (await profile('user_id', 'hn')).computed;
+  assert.equal(c.orders, 3);
+  assert.equal(c.revenue, 30);
+  assert.equal(c.aov, 30, 'orders with a negative amount have no known revenue');
+  assert.equal(await metric('sillage_order_amounts_ignored_total'), ignored + 2);
+  const byId = Object.fromEntries((await orders('user_id', 'hn')).orders.map((o) => [o.order_id, o]));
+  assert.equal(byId.N1.revenue, null);
+  assert.equal(byId.N2.total, null);
+
+  await order('ht', { order_id: 'T1', revenue: 10 }, { timestamp: '1970-01-01T00:00:00Z' });
+  await order('ht', { order_id: 'T2', revenue: 10 }, { timestamp: '0000-01-01T00:00:00Z' });
+  c = (await profile('user_id', 'ht')).computed;
+  assert.equal(c.orders, 2);
+  assert.equal(c.first_order_at, '1970-01-01T00:00:00.001Z');
+  assert.equal(c.second_order_at, '1970-01-01T00:00:00.001Z');
+  assert.equal(c.last_order_at, '1970-01-01T00:00:00.001Z', 'an order has a last order date');
+  assert.equal(c.avg_days_between_orders, 0);
+
+  await order('hr', { order_id: 'B1', revenue: 1e15 });
+  await order('hr', { order_id: 'B2', revenue: 1 });
+  for (let i = 0; i < 2; i++)
+    await ok('track', { anonymousId: 'bo', event: 'Order Refunded', properties: { order_id: 'B1', total: 6e14 } });
+  c = (await profile('user_id', 'hr')).computed;
+  assert.equal(c.orders, 1, 'refunds past the total refund the order, also past 1e15 in all');
+  assert.equal(c.revenue, 1);
+  const b1 = (await orders('user_id', 'hr')).orders.find((o) => o.order_id === 'B1');
+  assert.equal(b1.status, 'refunded');
+  assert.equal(b1.refunded, 1e15);
+});
+
+test('a merge tells the window fields it moves (reason merge)', async () => {
+  await order('mw', { order_id: 'W1', revenue: 1 });
+  await ok('track', { anonymousId: 'mw-guest', event: 'Order Completed', properties: { order_id: 'W2', revenue: 1 } });
+  await ok('identify', { userId: 'mw', anonymousId: 'mw-guest' });
+  let hit = [];
+  const end = Date.now() + 3000;
+  while (Date.now() < end) {
+    hit = (await feed()).filter((t) => t.rule === 'window-2' && t.profile.user_id === 'mw');
+    if (hit.length) break;
+    await sleep(100);
+  }
+  assert.equal(hit.length, 1, JSON.stringify(hit));
+  assert.deepEqual(hit[0].data, { field: 'orders_90d', old: 1, new: 2, reason: 'merge' });
+  await srv.stop();
+  const v = run(['verify', '-c', srv.cfgPath]);
+  assert.equal(v.code, 0, v.stdout + v.stderr);
+  assert.match(v.stdout, / 0 problems/);
 });
