@@ -121,7 +121,10 @@ int sl_fields_orders(sl_fields_t *f, MDB_txn *txn, uint64_t person, size_t limit
             break;
         }
         MDB_val okey = {k.mv_size - FLD_PORDER_PREFIX, (char *)k.mv_data + FLD_PORDER_PREFIX}, ov;
-        if ((rc = mdb_get(txn, f->ledger, &okey, &ov)) || (rc = fld_order_decode(&ov, o))) break;
+        if ((rc = mdb_get(txn, f->ledger, &okey, &ov)) || (rc = fld_order_decode(&ov, o))) {
+            if (rc == MDB_NOTFOUND) rc = MDB_CORRUPTED; /* not the end of the list: a page cut short */
+            break;
+        }
         if (n++) sl_buf_appends(out, ",");
         append_order(out, o, &okey, person);
         last = k;
@@ -186,7 +189,14 @@ int sl_fields_verify(sl_fields_t *f, MDB_txn *txn, FILE *out, uint64_t *orders, 
         }
         fld_sum_init(want);
         check_t c = {want, fld_conf(f->cfg)->max_categories, person, 0, 0, out};
-        if ((rc = fld_each_order(f, txn, person, o, check_one, &c))) break;
+        if ((rc = fld_each_order(f, txn, person, o, check_one, &c)) == MDB_CORRUPTED) {
+            fprintf(out, "orders of p_%llu: an entry without its ledger record, or a damaged record\n",
+                    (unsigned long long)person);
+            ++*problems;
+            rc = 0;
+            continue;
+        }
+        if (rc) break;
         *orders += c.n;
         *problems += c.problems;
         const fld_sum_fix_t *a = &want->f, *b = &have->f;
@@ -199,8 +209,48 @@ int sl_fields_verify(sl_fields_t *f, MDB_txn *txn, FILE *out, uint64_t *orders, 
         }
     }
     if (cur) mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND) rc = 0;
+    /* the other way round: every placed order of the ledger is in its
+     * person's list; refunds still waiting for their order are counted */
+    uint64_t waiting = 0;
+    cur = NULL;
+    if (rc == 0) rc = mdb_cursor_open(txn, f->ledger, &cur);
+    for (rc = rc ? rc : mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (fld_order_decode(&v, o)) {
+            fprintf(out, "ledger entry %.*s: not an order record\n", (int)(k.mv_size > 1 ? k.mv_size - 1 : 0),
+                    (const char *)k.mv_data + 1);
+            ++*problems;
+            continue;
+        }
+        if (!(o->f.flags & FO_PLACED)) {
+            waiting++;
+            continue;
+        }
+        unsigned char pk[FLD_PORDER_PREFIX + 1 + SL_FIELDS_ORDER_KEY_MAX];
+        if (k.mv_size > sizeof(pk) - FLD_PORDER_PREFIX) {
+            fprintf(out, "ledger entry of p_%llu: a key of %zu bytes\n", (unsigned long long)o->f.person, k.mv_size);
+            ++*problems;
+            continue;
+        }
+        sl_be64_put(pk, o->f.person);
+        sl_be64_put(pk + 8, (uint64_t)o->f.ts_ms ^ (1ULL << 63));
+        memcpy(pk + FLD_PORDER_PREFIX, k.mv_data, k.mv_size);
+        MDB_val pkv = {FLD_PORDER_PREFIX + k.mv_size, pk}, pv;
+        int g = mdb_get(txn, f->porders, &pkv, &pv);
+        if (g == MDB_NOTFOUND) {
+            fprintf(out, "order %.*s of p_%llu: in the ledger, not in the person's list\n",
+                    (int)(k.mv_size - 1), (const char *)k.mv_data + 1, (unsigned long long)o->f.person);
+            ++*problems;
+        } else if (g) {
+            rc = g;
+            break;
+        }
+    }
+    if (cur) mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND) rc = 0;
+    if (rc == 0 && waiting) fprintf(out, "%llu refunds wait for their order\n", (unsigned long long)waiting);
     free(want);
     free(have);
     free(o);
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    return rc;
 }

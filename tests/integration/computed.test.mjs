@@ -354,8 +354,11 @@ test('a merge tells the window fields it moves (reason merge)', async () => {
   }
   assert.equal(hit.length, 1, JSON.stringify(hit));
   assert.deepEqual(hit[0].data, { field: 'orders_90d', old: 1, new: 2, reason: 'merge' });
+  // a refund of no known order waits in the ledger: verify counts it
+  await ok('track', { anonymousId: 'bo', event: 'Order Refunded', properties: { order_id: 'no-such-order' } });
   await srv.stop();
   const v = run(['verify', '-c', srv.cfgPath]);
   assert.equal(v.code, 0, v.stdout + v.stderr);
   assert.match(v.stdout, / 0 problems/);
+  assert.match(v.stdout, /^1 refunds wait for their order$/m);
 });
