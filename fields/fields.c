@@ -322,7 +322,7 @@ static int catch_up(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *s,
 static int tell(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now)
 {
     int rc = 0;
-    if (f->tchanges && cJSON_GetArraySize(f->tchanges) > 0)
+    if (f->tchanges && cJSON_GetArraySize(f->tchanges) > 0 && !f->quiet) /* an import's changes fire nothing */
         for (size_t i = 0; i < f->n_listeners && rc == 0; i++)
             rc = f->listeners[i].changed(f->listeners[i].arg, txn, person, f->tchanges, now);
     cJSON_Delete(f->tchanges);
@@ -765,6 +765,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     cJSON_Delete(f->changes);
     f->changes = NULL;
     x->computed_changes = NULL;
+    f->quiet = x->historical;
     sl_arena_reset(&f->arena);
     int64_t now = sl_now_ms();
     int rc = 0;
@@ -779,12 +780,18 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
         const fld_conf_t *c = conf(f);
         if (name && fld_name_in(c->order_events, c->n_order_events, name, n))
             rc = on_order(f, txn, ev, sl_jindex_get(ev->top, "properties"), x->entity.id, now);
-        else if (name && fld_name_in(c->refund_events, c->n_refund_events, name, n))
-            rc = on_refund(f, txn, ev, sl_jindex_get(ev->top, "properties"), now);
+        else if (name && fld_name_in(c->refund_events, c->n_refund_events, name, n)) {
+            /* a browser key is public: from it, a refund would let anyone take anyone's order
+             * out of their figures by its order_id, and fill the ledger with refunds waiting
+             * for orders that never come. Only a trusted (server-side) source refunds. */
+            if (x->trusted) rc = on_refund(f, txn, ev, sl_jindex_get(ev->top, "properties"), now);
+            else f->pend.refunds_untrusted++;
+        }
     }
     if (rc == 0 && x->entity.kind == SL_ENTITY_PERSON && conf(f)->n_gfields)
         rc = on_generic(f, txn, ev, x->entity.id, now);
     x->computed_changes = f->changes;
+    f->quiet = 0;
     return rc;
 }
 
@@ -839,6 +846,7 @@ static void on_after_txn(void *arg, int ok)
         atomic_fetch_add(&f->refunds_unmatched, f->pend.refunds_unmatched);
         atomic_fetch_add(&f->unknown_currency, f->pend.unknown_currency);
         atomic_fetch_add(&f->amounts_ignored, f->pend.amounts_ignored);
+        atomic_fetch_add(&f->refunds_untrusted, f->pend.refunds_untrusted);
         atomic_fetch_add(&f->timers, f->pend.timers);
         atomic_fetch_add(&f->timer_changes, f->pend.timer_changes);
         if (f->pend.timer_late_ms_max > atomic_load(&f->timer_late_ms_max))
@@ -1057,6 +1065,25 @@ int sl_fields_value(sl_fields_t *f, MDB_txn *txn, uint64_t person, const char *n
     return rc;
 }
 
+int sl_fields_values(sl_fields_t *f, MDB_txn *txn, uint64_t person, char *const *names, size_t n, int64_t now,
+                     sl_buf_t *out)
+{
+    fld_flat_t fl;
+    memset(&fl, 0, sizeof(fl));
+    int rc = computing(conf(f)) ? fld_read_flat(f, txn, person, now, &fl) : 0;
+    for (size_t k = 0; rc == 0 && k < n; k++) {
+        if (k) sl_buf_appends(out, ",");
+        sl_buf_append_json_str(out, names[k], strlen(names[k]));
+        sl_buf_appends(out, ":");
+        size_t i = 0;
+        while (i < fl.n && strcmp(fl.name[i], names[k]) != 0) i++;
+        rc = i < fl.n ? sl_buf_append(out, fl.text.data + fl.off[i], fl.len[i]) : sl_buf_appends(out, "null");
+    }
+    sl_buf_free(&fl.text);
+    sl_buf_free(&fl.scratch);
+    return rc;
+}
+
 int sl_fields_known(const sl_config_t *cfg, const char *name)
 {
     const fld_conf_t *c = fld_conf(cfg);
@@ -1084,6 +1111,7 @@ void sl_fields_get_stats(const sl_fields_t *f, sl_fields_stats_t *out)
     out->refunds_unmatched = atomic_load(&f->refunds_unmatched);
     out->unknown_currency = atomic_load(&f->unknown_currency);
     out->amounts_ignored = atomic_load(&f->amounts_ignored);
+    out->refunds_untrusted = atomic_load(&f->refunds_untrusted);
     out->timers = atomic_load(&f->timers);
     out->timer_changes = atomic_load(&f->timer_changes);
     out->timer_late_ms_max = atomic_load(&f->timer_late_ms_max);
@@ -1099,6 +1127,8 @@ void sl_fields_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_order_refunds_total", "Refund and cancellation events read.", s.refunds);
     sl_metric_u64(b, "counter", "sillage_order_refunds_unmatched_total",
                   "Refunds without an order_id, or before their order (kept for it).", s.refunds_unmatched);
+    sl_metric_u64(b, "counter", "sillage_order_refunds_untrusted_total",
+                  "Refunds and cancellations sent with a browser (untrusted) write key: ignored.", s.refunds_untrusted);
     sl_metric_u64(b, "counter", "sillage_orders_unknown_currency_total",
                   "Orders (and refunds) in a currency with no fx rate: counted, their amount not.", s.unknown_currency);
     sl_metric_u64(b, "counter", "sillage_order_amounts_ignored_total",

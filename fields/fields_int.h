@@ -292,11 +292,12 @@ struct sl_fields_s {
     fld_flat_t fl_old, fl_new;
     cJSON *changes;              /* the event's (ctx->computed_changes) */
     cJSON *tchanges;             /* a timer's, or a change of another person than the event's */
+    int quiet;                   /* the event under way is historical (an import): listeners hear nothing */
     sl_arena_t arena;
-    _Atomic uint64_t orders, duplicates, refunds, refunds_unmatched, unknown_currency, amounts_ignored;
+    _Atomic uint64_t orders, duplicates, refunds, refunds_unmatched, unknown_currency, amounts_ignored, refunds_untrusted;
     _Atomic uint64_t timers, timer_changes, timer_late_ms_max;
     struct {
-        uint64_t orders, duplicates, refunds, refunds_unmatched, unknown_currency, amounts_ignored;
+        uint64_t orders, duplicates, refunds, refunds_unmatched, unknown_currency, amounts_ignored, refunds_untrusted;
         uint64_t timers, timer_changes, timer_late_ms_max;
     } pend;
 };

@@ -84,6 +84,11 @@ int sl_fields_computed(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t no
 /* One field's value (name as sl_fields_known), appended to out as JSON;
  * null for an unknown name. */
 int sl_fields_value(sl_fields_t *f, MDB_txn *txn, uint64_t person, const char *name, int64_t now, sl_buf_t *out);
+/* The values of names[0..n) (as sl_fields_value, null for an unknown one)
+ * as JSON members "name":value, comma-separated, appended to out: one read
+ * of the person for all of them (a trigger's in_payload). */
+int sl_fields_values(sl_fields_t *f, MDB_txn *txn, uint64_t person, char *const *names, size_t n, int64_t now,
+                     sl_buf_t *out);
 /* The person's ledger, newest first, at most limit orders after the cursor
  * before (NULL: from the newest): {"person","currency","orders":[...],
  * "next"}. Each order: order_id (or message_id when it had none), at,
@@ -127,6 +132,7 @@ int sl_fields_verify(sl_fields_t *f, MDB_txn *txn, FILE *out, uint64_t *orders, 
 
 typedef struct sl_fields_stats_s {
     uint64_t orders, duplicates, refunds, refunds_unmatched; /* ledger entries made; copies; refunds */
+    uint64_t refunds_untrusted;  /* refunds from a browser (untrusted) key: ignored */
     uint64_t unknown_currency;   /* orders counted without their revenue: a currency with no fx rate */
     uint64_t amounts_ignored;    /* amounts not finite or beyond SL_AMOUNT_MAX */
     uint64_t timers, timer_changes; /* timers run; of them, those that moved a value */

@@ -60,6 +60,8 @@ typedef struct sl_stage_ctx_s {
     const cJSON *trait_changes;
     int historical;            /* the event comes from the past (an import): rules see nothing
                                 * of it (set by the identity step, from its source) */
+    int trusted;               /* its source is a server-side one (sources[].trusted): what a
+                                * browser key may not do (refund an order) is allowed */
     /* computed fields of entity the event changed (the fields phase): a cJSON
      * array of [field, old, new, reason] -- reason "merge" for what a merge
      * of the event did, "event" for the event itself -- in that order (NULL

@@ -797,6 +797,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     int rc = stitch_read_msg(s, ev->top, ev->context, ev->seq, &m);
     s->n_mg = 0;
     ev->ctx->historical = m.historical;
+    ev->ctx->trusted = m.trusted;
     if (rc == 0 && m.type != SL_STITCH_IDENTIFY && m.type != SL_STITCH_ALIAS) {
         rc = stitch_event(s, txn, &m, ev->seq, ev->ctx);
     } else if (rc == 0) {

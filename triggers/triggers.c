@@ -269,13 +269,7 @@ static int payload_computed(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, ui
         return 0;
     b->len--;
     sl_buf_appends(b, ",\"computed\":{");
-    int rc = 0;
-    for (size_t i = 0; i < r->n_in_payload && rc == 0; i++) {
-        if (i) sl_buf_appends(b, ",");
-        sl_buf_append_json_str(b, r->in_payload[i], strlen(r->in_payload[i]));
-        sl_buf_appends(b, ":");
-        rc = sl_fields_value(t->fields, txn, person, r->in_payload[i], now, b);
-    }
+    int rc = sl_fields_values(t->fields, txn, person, r->in_payload, r->n_in_payload, now, b);
     sl_buf_appends(b, "}}");
     return rc ? rc : b->data ? 0 : SL_ENOMEM;
 }

@@ -5,7 +5,7 @@
 // computed_change rules with in_payload, and `sillage verify` after it all.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, post, ADMIN, run } from './helpers.mjs';
+import { startServer, post, basic, ADMIN, WRITE_KEY, run } from './helpers.mjs';
 
 const bearer = { Authorization: 'Bearer ' + ADMIN };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -40,11 +40,18 @@ const RULES = [
 ];
 
 let srv;
-before(async () => { srv = await startServer({ config: { computed: { commerce: COMMERCE }, triggers: RULES, debug: true } }); });
+const SOURCES = [{ name: 'test', write_key: WRITE_KEY }, { name: 'backoffice', write_key: 'wk_backoffice', trusted: true }];
+const CONFIG = { sources: SOURCES, computed: { commerce: COMMERCE }, triggers: RULES, debug: true };
+before(async () => { srv = await startServer({ config: CONFIG }); });
 after(async () => { await srv.stop(); srv.cleanup(); });
 
 const ok = async (type, msg) => {
   const r = await post(srv, '/v1/' + type, msg);
+  assert.equal(r.status, 200, r.text);
+};
+// the back office: a trusted (server-side) key, the only one whose refunds count
+const bo = async (type, msg) => {
+  const r = await post(srv, '/v1/' + type, msg, { Authorization: basic('wk_backoffice') });
   assert.equal(r.status, 200, r.text);
 };
 const order = (userId, props, extra = {}) =>
@@ -117,12 +124,16 @@ test('refunds under another identity: partial reduces revenue, full leaves every
   let c = (await profile('user_id', 'ref')).computed;
   assert.equal(c.promophile, true);
   assert.equal(c.revenue, 150);
+  // a browser key cannot refund anyone's order: ignored, counted
+  await ok('track', { userId: 'ref', event: 'Order Refunded', properties: { order_id: 'R3' } });
+  assert.equal((await profile('user_id', 'ref')).computed.orders, 3);
+  assert.ok((await metric('sillage_order_refunds_untrusted_total')) >= 1);
   // the back office, as an anonymous caller
-  await ok('track', { anonymousId: 'backoffice', event: 'Order Refunded', properties: { order_id: 'R1', total: 30 } });
+  await bo('track', { anonymousId: 'backoffice', event: 'Order Refunded', properties: { order_id: 'R1', total: 30 } });
   c = (await profile('user_id', 'ref')).computed;
   assert.equal(c.orders, 3);
   assert.equal(c.revenue, 120);
-  await ok('track', { anonymousId: 'backoffice', event: 'Order Cancelled', properties: { order_id: 'R2' } });
+  await bo('track', { anonymousId: 'backoffice', event: 'Order Cancelled', properties: { order_id: 'R2' } });
   c = (await profile('user_id', 'ref')).computed;
   assert.equal(c.orders, 2);
   assert.equal(c.revenue, 100);
@@ -137,7 +148,7 @@ test('refunds under another identity: partial reduces revenue, full leaves every
   assert.equal(byId.R2.refunds.length, 1);
   assert.equal(byId.R2.refunds[0].amount, null);
   // a refund that comes before its order waits for it
-  await ok('track', { userId: 'ref', event: 'Order Refunded', properties: { order_id: 'R4' } });
+  await bo('track', { userId: 'ref', event: 'Order Refunded', properties: { order_id: 'R4' } });
   await order('ref', { order_id: 'R4', revenue: 500 });
   c = (await profile('user_id', 'ref')).computed;
   assert.equal(c.orders, 2);
@@ -289,7 +300,7 @@ test('erasure takes the ledger entries; verify finds the ledger and every summar
   assert.equal(v.code, 0, v.stdout + v.stderr);
   assert.match(v.stdout, /0 problems/);
   assert.match(v.stdout, /^18 orders checked/m, 'every order of the ledger was checked');
-  srv = await startServer({ dir: srv.dir, config: { computed: { commerce: COMMERCE }, triggers: RULES } });
+  srv = await startServer({ dir: srv.dir, config: CONFIG });
   assert.equal((await profile('user_id', 'led')).computed.orders, 3, 'the ledger survives a restart');
 });
 
@@ -299,7 +310,7 @@ test('erasure takes the ledger entries; verify finds the ledger and every summar
 test('hostile orders: a long id cut between characters, negative amounts, old timestamps, huge refunds', async () => {
   const long = 'x' + 'é'.repeat(200); // 401 bytes: cut at 256 would split an é
   await order('hx', { order_id: long, revenue: 10 });
-  await ok('track', { anonymousId: 'bo', event: 'Order Refunded', properties: { order_id: long, total: 4 } });
+  await bo('track', { anonymousId: 'bo', event: 'Order Refunded', properties: { order_id: long, total: 4 } });
   const r = await fetch(`${srv.url}/v1/profiles/user_id/hx/orders`, { headers: bearer });
   const text = new TextDecoder('utf-8', { fatal: true }).decode(await r.arrayBuffer()); // throws on half a character
   const l = JSON.parse(text);
@@ -332,7 +343,7 @@ test('hostile orders: a long id cut between characters, negative amounts, old ti
   await order('hr', { order_id: 'B1', revenue: 1e15 });
   await order('hr', { order_id: 'B2', revenue: 1 });
   for (let i = 0; i < 2; i++)
-    await ok('track', { anonymousId: 'bo', event: 'Order Refunded', properties: { order_id: 'B1', total: 6e14 } });
+    await bo('track', { anonymousId: 'bo', event: 'Order Refunded', properties: { order_id: 'B1', total: 6e14 } });
   c = (await profile('user_id', 'hr')).computed;
   assert.equal(c.orders, 1, 'refunds past the total refund the order, also past 1e15 in all');
   assert.equal(c.revenue, 1);
@@ -355,7 +366,7 @@ test('a merge tells the window fields it moves (reason merge)', async () => {
   assert.equal(hit.length, 1, JSON.stringify(hit));
   assert.deepEqual(hit[0].data, { field: 'orders_90d', old: 1, new: 2, reason: 'merge' });
   // a refund of no known order waits in the ledger: verify counts it
-  await ok('track', { anonymousId: 'bo', event: 'Order Refunded', properties: { order_id: 'no-such-order' } });
+  await bo('track', { anonymousId: 'bo', event: 'Order Refunded', properties: { order_id: 'no-such-order' } });
   await srv.stop();
   const v = run(['verify', '-c', srv.cfgPath]);
   assert.equal(v.code, 0, v.stdout + v.stderr);
