@@ -17,6 +17,7 @@ typedef struct {
     uint8_t viewed;        /* a product was viewed this session */
     uint16_t product;      /* last product looked at */
     uint32_t cart_cents;
+    uint64_t refund_of;    /* an order of this visitor to refund with its next message (0: none) */
 } visitor_t;
 
 struct sl_gen_s {
@@ -220,6 +221,16 @@ size_t sl_gen_next(sl_gen_t *g, int64_t now_ms, char *out, size_t cap, const cha
         put(&o, ",\"type\":\"page\",\"name\":\"%s\",\"properties\":{\"path\":\"%s\",\"title\":\"%s\"}",
             r < 50 ? "Home" : "Category", path, r < 50 ? "Home" : categories[c]);
         put_context(&o, g, vi, path, r < 50 ? "Home" : categories[c]);
+    } else if (v->refund_of) {
+        /* The back office refunds one order in ten: half of them whole, half in part. */
+        *type = "track";
+        g->stats.refunds++;
+        put(&o, ",\"type\":\"track\",\"event\":\"Order Refunded\",\"properties\":{\"order_id\":\"ord-%llx\"",
+            (unsigned long long)v->refund_of);
+        if (r & 1) put(&o, ",\"total\":%u.50", 1 + r % 20);
+        put(&o, "}");
+        put_context(&o, g, vi, "/account/orders", "Orders");
+        v->refund_of = 0;
     } else if (!v->logged_in && visitor_will(g, vi, 0, g->o.login_share) && r < 25) {
         /* Login: identify with traits; from now on messages carry userId. */
         v->logged_in = 1;
@@ -237,9 +248,10 @@ size_t sl_gen_next(sl_gen_t *g, int64_t now_ms, char *out, size_t cap, const cha
         product_name(v->product, name, sizeof(name));
         put(&o, ",\"type\":\"track\",\"event\":\"Order Completed\",\"properties\":{\"order_id\":\"ord-%llx\","
                 "\"revenue\":%u.%02u,\"shipping\":4.90,\"tax\":%u.%02u,\"currency\":\"EUR\",\"coupon\":\"%s\","
-                "\"products\":[{\"product_id\":\"p-%u\",\"name\":\"%s\",\"quantity\":%u}]}",
+                "\"products\":[{\"product_id\":\"p-%u\",\"name\":\"%s\",\"quantity\":%u,\"category\":\"%s\"}]}",
             (unsigned long long)g->counter, cents / 100, cents % 100, cents / 600, (cents / 6) % 100,
-            (r & 1) ? "WINTER10" : "", v->product, name, v->cart_items);
+            (r & 1) ? "WINTER10" : "", v->product, name, v->cart_items, categories[(v->product / 10) % 10]);
+        if (r % 10 == 3) v->refund_of = g->counter;
         put_context(&o, g, vi, "/checkout/confirmation", "Thank you");
         v->cart_items = 0;
         v->cart_cents = 0;

@@ -46,7 +46,7 @@ size_t sl_gen_next(sl_gen_t *g, int64_t now_ms, char *out, size_t cap,
 
 /* Counters of what was generated so far, by kind. */
 typedef struct {
-    uint64_t pages, product_views, cart_adds, identifies, orders;
+    uint64_t pages, product_views, cart_adds, identifies, orders, refunds;
 } sl_gen_stats_t;
 void sl_gen_stats(const sl_gen_t *g, sl_gen_stats_t *out);
 

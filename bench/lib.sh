@@ -47,7 +47,7 @@ NG
 sillage_config() {
   cat > "$1" <<JS
 {"listen": "127.0.0.1:$SL_PORT", "data_dir": "$WORK/data", "durability": "${2:-sync}",
- "map_size": "4GB", "sources": [{"name": "bench", "write_key": "bench"}], ${3:-}
+ "map_size": "4GB", "sources": [{"name": "bench", "write_key": "bench", "trusted": true}], ${3:-}
  "admin_token": "bench-admin-token", "log_level": "warn",
  "geoip_db": "${GEOIP:-/usr/share/sillage/geo.mmdb}"}
 JS

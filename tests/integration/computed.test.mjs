@@ -34,6 +34,7 @@ const COMMERCE = {
 const RULES = [
   { name: 'mix', type: 'computed_change', field: 'categories_count', crosses: 3, in_payload: ['categories', 'revenue'] },
   { name: 'to-risk', type: 'computed_change', field: 'rfm.segment', to: ['at risk'], in_payload: ['rfm.segment', 'orders'] },
+  { name: 'lapsed', type: 'inactivity', after: '2s', event: 'Order Completed', in_payload: ['last_order_at', 'orders'] },
   { name: 'second', type: 'event', event: 'Order Completed',
     if: { field: 'profile.computed.orders', gte: 2 } },
   { name: 'window-2', type: 'computed_change', field: 'orders_90d', crosses: 2 },
@@ -226,6 +227,20 @@ test('RFM: new -> promising -> loyal by events, then at risk by the timer alone'
   assert.ok((await metric('sillage_computed_timer_changes_total')) >= 1);
 });
 
+test('re-engagement on the last order: inactivity on orders, its payload carrying computed.last_order_at', async () => {
+  const at = new Date(Date.now() - 1000).toISOString();
+  await order('lapser', { order_id: 'LA1', revenue: 12 }, { timestamp: at });
+  let hit = [];
+  const end = Date.now() + 8000;
+  while (Date.now() < end && !hit.length) {
+    hit = (await feed()).filter((t) => t.rule === 'lapsed' && t.profile.user_id === 'lapser');
+    if (!hit.length) await sleep(200);
+  }
+  assert.equal(hit.length, 1);
+  assert.equal(hit[0].profile.computed.last_order_at, at);
+  assert.equal(hit[0].profile.computed.orders, 1);
+});
+
 test('/debug shows the RFM segment with each event', async () => {
   const ctl = new AbortController();
   const res = await fetch(srv.url + '/debug/stream', { headers: bearer, signal: ctl.signal });
@@ -291,15 +306,15 @@ test('erasure takes the ledger entries; verify finds the ledger and every summar
   // the order id is free again: another person's order with it is a first copy
   await order('other', { order_id: 'E1', revenue: 7 });
   assert.equal((await profile('user_id', 'other')).computed.revenue, 7);
-  const people = ['led', 'ref', 'buyer', 'mixer', 'two-only', 'rfm', 'other', 'dbg'];
+  const people = ['led', 'ref', 'buyer', 'mixer', 'two-only', 'rfm', 'other', 'dbg', 'lapser'];
   let n = 0;
   for (const u of people) n += (await orders('user_id', u)).orders.length;
-  assert.equal(n, 18);
+  assert.equal(n, 19);
   await srv.stop();
   const v = run(['verify', '-c', srv.cfgPath]);
   assert.equal(v.code, 0, v.stdout + v.stderr);
   assert.match(v.stdout, /0 problems/);
-  assert.match(v.stdout, /^18 orders checked/m, 'every order of the ledger was checked');
+  assert.match(v.stdout, /^19 orders checked/m, 'every order of the ledger was checked');
   srv = await startServer({ dir: srv.dir, config: CONFIG });
   assert.equal((await profile('user_id', 'led')).computed.orders, 3, 'the ledger survives a restart');
 });
