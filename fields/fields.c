@@ -11,6 +11,50 @@ static const fld_conf_t *conf(const sl_fields_t *f) { return fld_conf(f->cfg); }
 /* 1 when the configuration computes fields (flat lists are worth making) */
 static int computing(const fld_conf_t *c) { return c->commerce || c->n_gfields; }
 
+/* What the listeners watch, asked once per configuration and rules. */
+static void watch_update(sl_fields_t *f)
+{
+    if (f->watch.valid) return;
+    memset(&f->watch, 0, sizeof(f->watch));
+    f->watch.valid = 1;
+    const fld_conf_t *c = conf(f);
+    fld_flat_t fl;
+    fld_sum_t *s = malloc(sizeof(*s));
+    memset(&fl, 0, sizeof(fl));
+    if (s == NULL) { /* out of memory: watch everything (correct, slower) */
+        f->watch.any = f->watch.rfm = f->watch.labels = 1;
+        f->watch.gmask = ~0ULL;
+        memset(f->watch.flat, 1, sizeof(f->watch.flat));
+        f->watch.valid = 0;
+        return;
+    }
+    fld_sum_init(s);
+    if (fld_flatten(c, s, NULL, NULL, 0, &fl) == 0)
+        for (size_t i = 0; i < fl.n; i++) {
+            int w = 0;
+            for (size_t k = 0; k < f->n_listeners && !w; k++)
+                w = f->listeners[k].watches && f->listeners[k].watches(f->listeners[k].arg, fl.name[i]);
+            if (!w) continue;
+            f->watch.flat[i] = 1;
+            f->watch.any = 1;
+            if (strncmp(fl.name[i], "rfm.", 4) == 0) f->watch.rfm = 1;
+            for (size_t g = 0; g < c->n_gfields; g++)
+                if (strcmp(c->gfields[g].name, fl.name[i]) == 0) {
+                    f->watch.gmask |= 1ULL << g;
+                    if (c->gfields[g].type == FG_LABEL) f->watch.labels = 1;
+                }
+        }
+    free(s);
+    sl_buf_free(&fl.text);
+    sl_buf_free(&fl.scratch);
+}
+
+void sl_fields_rules_changed(sl_fields_t *f) { f->watch.valid = 0; }
+
+/* 1 when generic field g's changes are told: it is watched, or a watched
+ * label may read it */
+static int g_watched(sl_fields_t *f, size_t g) { return f->watch.labels || (f->watch.gmask >> g & 1); }
+
 /* ---- keys ---- */
 
 static void porder_key(unsigned char *k, uint64_t person, int64_t ts)
@@ -190,7 +234,7 @@ static int diff(sl_fields_t *f, cJSON **list, const char *reason)
 {
     const fld_flat_t *a = &f->fl_old, *b = &f->fl_new;
     for (size_t i = 0; i < a->n && i < b->n; i++) {
-        if (!fld_flat_tracked(a->name[i])) continue;
+        if (!f->watch.flat[i] || !fld_flat_tracked(a->name[i])) continue;
         if (a->len[i] == b->len[i] && memcmp(a->text.data + a->off[i], b->text.data + b->off[i], a->len[i]) == 0)
             continue;
         int rc = change_add(list, a->name[i], a->text.data + a->off[i], a->len[i], b->text.data + b->off[i],
@@ -274,6 +318,7 @@ static int rfm_settle(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *
         s->f.seg_since_ms = now;
     }
     s->f.r = (uint8_t)r.r, s->f.f = (uint8_t)r.f, s->f.m = (uint8_t)r.m;
+    if (!f->watch.rfm) return 0; /* nobody hears of its moves: reads compute it against their clock */
     int64_t next = fld_rfm_next(c, s, now);
     if (next == INT64_MAX || next == s->f.timer_ms) return 0;
     s->f.timer_ms = next;
@@ -289,7 +334,7 @@ static int catch_up(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *s,
 {
     const fld_conf_t *c = conf(f);
     *moved = 0;
-    if (!c->commerce || s->f.orders == 0) return 0;
+    if (!c->commerce || s->f.orders == 0 || !f->watch.rfm) return 0;
     fld_rfm_t r = fld_rfm(c, s, now);
     if (r.seg == s->f.seg && r.r == s->f.r && r.f == s->f.f && r.m == s->f.m) return 0;
     char o[32], n[32];
@@ -337,7 +382,7 @@ static int change_begin(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t
 {
     int moved, rc = fld_sum_load(f, txn, person, s, found);
     if (rc == 0 && *found) rc = catch_up(f, txn, person, s, now, list, &moved);
-    if (rc == 0 && computing(conf(f))) rc = flatten(f, txn, person, s, now, &f->fl_old);
+    if (rc == 0 && f->watch.any) rc = flatten(f, txn, person, s, now, &f->fl_old);
     return rc;
 }
 
@@ -347,7 +392,7 @@ static int change_end(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_sum_t *
 {
     int rc = rfm_settle(f, txn, person, s, now);
     if (rc == 0) rc = sum_save(f, txn, person, s);
-    if (rc == 0 && computing(conf(f)) && (rc = flatten(f, txn, person, s, now, &f->fl_new)) == 0)
+    if (rc == 0 && f->watch.any && (rc = flatten(f, txn, person, s, now, &f->fl_new)) == 0)
         rc = diff(f, list, reason);
     return rc;
 }
@@ -639,12 +684,12 @@ static int gstate_settle(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fl
                          int64_t now)
 {
     fld_gstate_prune(g, s, now);
-    if (g->window_ms) {
+    if (g->window_ms && g_watched(f, (size_t)(g - conf(f)->gfields))) {
         f->v.len = 0;
         int rc = fld_gstate_value(g, s, now, &f->v);
         if (rc) return rc;
-        s->f.told_len = f->v.len < sizeof(s->f.told) ? (uint32_t)f->v.len : 0;
-        memcpy(s->f.told, f->v.data, s->f.told_len);
+        s->f.told_len = f->v.len < sizeof(s->told) ? (uint32_t)f->v.len : 0;
+        memcpy(s->told, f->v.data, s->f.told_len);
         int64_t next = fld_gstate_next(g, s, now);
         if (next != INT64_MAX && next != s->f.timer_ms) {
             char name[FLD_NAME_MAX + 3];
@@ -730,15 +775,18 @@ static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, 
         if (c->gfields[i].type != FG_LABEL && fld_gfield_matches(&c->gfields[i], kind, kn, ev, now, &pts[i]))
             hit |= 1ULL << i;
     if (!hit) return 0;
+    /* a change of these fields is told only when a listener watches one
+     * (or a label, which reads them): else each field's update alone */
+    int tracked = f->watch.labels || (hit & f->watch.gmask);
     cJSON **list = list_for(f, ev, person);
-    int found, rc = change_begin(f, txn, person, f->sum, now, list, &found);
+    int found, rc = tracked ? change_begin(f, txn, person, f->sum, now, list, &found) : 0;
     for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
         if (!(hit >> i & 1)) continue;
         const fld_gfield_t *g = &c->gfields[i];
         if ((rc = gstate_load(f, txn, person, g, f->gs, &f->k, &found))) break;
         if (fld_gstate_apply(g, f->gs, ev, pts[i], now)) rc = gstate_settle(f, txn, person, g, f->gs, now);
     }
-    return rc ? rc : change_end(f, txn, person, f->sum, now, list, "event");
+    return rc || !tracked ? rc : change_end(f, txn, person, f->sum, now, list, "event");
 }
 
 /* ---- the step ---- */
@@ -766,6 +814,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     f->changes = NULL;
     x->computed_changes = NULL;
     f->quiet = x->historical;
+    watch_update(f);
     sl_arena_reset(&f->arena);
     int64_t now = sl_now_ms();
     int rc = 0;
@@ -806,13 +855,13 @@ static int on_window_timer(sl_fields_t *f, MDB_txn *txn, uint64_t person, const 
     int rc = gstate_load(f, txn, person, g, f->gs, &f->k, &found);
     if (rc || !found) return rc;
     if (f->gs->f.timer_ms == due) f->gs->f.timer_ms = 0;
-    char old[sizeof(f->gs->f.told)];
+    char old[sizeof(f->gs->told)];
     size_t ol = f->gs->f.told_len;
-    memcpy(old, f->gs->f.told, ol);
+    memcpy(old, f->gs->told, ol);
     if ((rc = gstate_settle(f, txn, person, g, f->gs, now))) return rc;
-    if (ol == 0 || (f->gs->f.told_len == ol && memcmp(old, f->gs->f.told, ol) == 0)) return 0;
+    if (ol == 0 || (f->gs->f.told_len == ol && memcmp(old, f->gs->told, ol) == 0)) return 0;
     f->pend.timer_changes++;
-    if ((rc = change_add(&f->tchanges, g->name, old, ol, f->gs->f.told, f->gs->f.told_len, "timer"))) return rc;
+    if ((rc = change_add(&f->tchanges, g->name, old, ol, f->gs->told, f->gs->f.told_len, "timer"))) return rc;
     return tell(f, txn, person, now);
 }
 
@@ -821,6 +870,7 @@ static int on_timer(void *arg, MDB_txn *txn, sl_entity_t entity, const char *nam
 {
     sl_fields_t *f = arg;
     if (entity.kind != SL_ENTITY_PERSON) return 0;
+    watch_update(f);
     f->pend.timers++;
     if (now > due && (uint64_t)(now - due) > f->pend.timer_late_ms_max) f->pend.timer_late_ms_max = (uint64_t)(now - due);
     if (name_len > 2 && memcmp(name, "g:", 2) == 0) return on_window_timer(f, txn, entity.id, name + 2, name_len - 2, due, now);
@@ -1004,6 +1054,7 @@ void sl_fields_reload(sl_fields_t *f, const sl_config_t *cfg)
 {
     (void)fld_conf(cfg);
     atomic_store(&f->cfg, cfg);
+    f->watch.valid = 0;
 }
 
 int sl_fields_listen(sl_fields_t *f, const sl_fields_listener_t *l)

@@ -67,7 +67,7 @@ typedef struct {
     char *else_value;
 } fld_gfield_t;
 
-#define FLD_GSTATE_VERSION 1
+#define FLD_GSTATE_VERSION 2
 #define FG_OVERFLOW 1u           /* distinct values past max_values were seen */
 typedef struct {
     int64_t id;                  /* bucket number: a local day, or time / bucket_ms */
@@ -85,11 +85,11 @@ typedef struct {
     double sum, min, max;
     int64_t first_ts, last_ts;
     int64_t timer_ms;            /* the window timer set (0: none) */
-    uint32_t told_len;           /* the value last told (a window's timer compares with it) */
-    char told[FLD_VALUE_MAX + 4];
+    uint32_t told_len;           /* the value last told (a watched window's timer compares with it) */
 } fld_gfix_t;
 typedef struct {
     fld_gfix_t f;
+    char told[FLD_VALUE_MAX + 4];
     fld_bucket_t buckets[FLD_MAX_BUCKETS];
     char first[FLD_VALUE_MAX + 1], last[FLD_VALUE_MAX + 1];
     fld_gvalue_t values[FLD_MAX_VALUES];
@@ -293,6 +293,11 @@ struct sl_fields_s {
     cJSON *changes;              /* the event's (ctx->computed_changes) */
     cJSON *tchanges;             /* a timer's, or a change of another person than the event's */
     int quiet;                   /* the event under way is historical (an import): listeners hear nothing */
+    struct {                     /* what listeners watch (stage thread; remade when invalid) */
+        int valid, any, rfm, labels;
+        uint64_t gmask;          /* generic fields watched, by index */
+        uint8_t flat[FLD_MAX_FLAT]; /* by index in the flat list */
+    } watch;
     sl_arena_t arena;
     _Atomic uint64_t orders, duplicates, refunds, refunds_unmatched, unknown_currency, amounts_ignored, refunds_untrusted;
     _Atomic uint64_t timers, timer_changes, timer_late_ms_max;

@@ -305,7 +305,8 @@ int fld_gstate_encode(const fld_gstate_t *s, sl_buf_t *b)
     b->len = 0;
     if (sl_buf_append(b, &s->f, sizeof(s->f)) ||
         sl_buf_append(b, s->buckets, s->f.n_buckets * sizeof(s->buckets[0])) ||
-        sl_buf_append(b, s->first, s->f.first_len) || sl_buf_append(b, s->last, s->f.last_len))
+        sl_buf_append(b, s->first, s->f.first_len) || sl_buf_append(b, s->last, s->f.last_len) ||
+        sl_buf_append(b, s->told, s->f.told_len))
         return SL_ENOMEM;
     for (size_t i = 0; i < s->f.n_values; i++) {
         uint16_t l = (uint16_t)strlen(s->values[i].text);
@@ -323,10 +324,10 @@ int fld_gstate_decode(const MDB_val *v, fld_gstate_t *s)
     memcpy(&s->f, p, sizeof(s->f));
     p += sizeof(s->f);
     if (s->f.version != FLD_GSTATE_VERSION || s->f.n_buckets > FLD_MAX_BUCKETS || s->f.n_values > FLD_MAX_VALUES ||
-        s->f.first_len > FLD_VALUE_MAX || s->f.last_len > FLD_VALUE_MAX)
+        s->f.first_len > FLD_VALUE_MAX || s->f.last_len > FLD_VALUE_MAX || s->f.told_len >= sizeof(s->told))
         return MDB_CORRUPTED;
     size_t nb = s->f.n_buckets * sizeof(s->buckets[0]);
-    if ((size_t)(end - p) < nb + s->f.first_len + s->f.last_len) return MDB_CORRUPTED;
+    if ((size_t)(end - p) < nb + s->f.first_len + s->f.last_len + s->f.told_len) return MDB_CORRUPTED;
     memcpy(s->buckets, p, nb);
     p += nb;
     memcpy(s->first, p, s->f.first_len);
@@ -335,6 +336,8 @@ int fld_gstate_decode(const MDB_val *v, fld_gstate_t *s)
     memcpy(s->last, p, s->f.last_len);
     s->last[s->f.last_len] = '\0';
     p += s->f.last_len;
+    memcpy(s->told, p, s->f.told_len);
+    p += s->f.told_len;
     for (size_t i = 0; i < s->f.n_values; i++) {
         uint16_t l;
         if (end - p < 6) return MDB_CORRUPTED;

@@ -67,8 +67,15 @@ void sl_fields_reload(sl_fields_t *f, const sl_config_t *cfg);
 typedef struct sl_fields_listener_s {
     void *arg;
     int (*changed)(void *arg, MDB_txn *txn, uint64_t person, const cJSON *changes, int64_t now);
+    /* 1 when the listener wants to hear of changes to field (may be NULL:
+     * none). Only watched fields are tracked -- their changes computed, their
+     * timers set: a field nobody watches costs its update alone. Asked again
+     * after sl_fields_rules_changed(). */
+    int (*watches)(void *arg, const char *field);
 } sl_fields_listener_t;
 int sl_fields_listen(sl_fields_t *f, const sl_fields_listener_t *l);
+/* What listeners watch changed (a reload of the rules): stage thread. */
+void sl_fields_rules_changed(sl_fields_t *f);
 
 /* 1 when name is a field the configuration computes ("orders",
  * "rfm.segment", "revenue_90d"...): computed_change rules and in_payload

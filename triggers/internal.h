@@ -58,6 +58,8 @@ typedef struct trig_type_s {
      * timer: reason "event", "merge", "timer"; old_v and new_v JSON values) */
     int (*computed)(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person, const char *field,
                     const cJSON *old_v, const cJSON *new_v, const char *reason, int64_t now);
+    /* 1 when the rule hears of changes to the computed field */
+    int (*computed_watches)(const trig_rule_t *r, const char *field);
     /* Checks the parsed rule against the rest of cfg (sections parsed before
      * the triggers: the computed fields it names). May be NULL. */
     int (*check)(sl_cfg_ctx_t *x, const trig_rule_t *r, const char *path, const sl_config_t *cfg);

@@ -57,6 +57,8 @@ static int comp_changed(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64
     return rc;
 }
 
+static int comp_watches(const trig_rule_t *r, const char *field) { return strcmp(C(r)->field, field) == 0; }
+
 static void comp_free_conf(void *conf)
 {
     comp_conf_t *c = conf;
@@ -137,5 +139,6 @@ const trig_type_t trig_type_computed_change = {
     .free_conf = comp_free_conf,
     .check = comp_check,
     .computed = comp_changed,
+    .computed_watches = comp_watches,
     .print = comp_print,
 };

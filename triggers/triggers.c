@@ -413,6 +413,17 @@ static int trig_computed(sl_trig_t *t, MDB_txn *txn, uint64_t person, const cJSO
     return 0;
 }
 
+/* 1 when a rule hears of changes to the computed field (the fields
+ * component tracks only those: sl_fields_listener_t.watches). */
+static int on_computed_watches(void *arg, const char *field)
+{
+    sl_trig_t *t = arg;
+    const trig_rules_t *rs = trig_rules(t->cfg);
+    for (size_t i = 0; i < rs->n; i++)
+        if (rs->v[i].type->computed_watches && rs->v[i].type->computed_watches(&rs->v[i], field)) return 1;
+    return 0;
+}
+
 /* What no event moved (a computed field's timer): the fields component tells. */
 static int on_computed_changed(void *arg, MDB_txn *txn, uint64_t person, const cJSON *changes, int64_t now)
 {
@@ -631,6 +642,7 @@ int sl_trig_reload_job(MDB_txn *txn, void *arg)
     /* (once: the shared counters it moves are not rolled back with the transaction) */
     if (r->trig->cfg != r->cfg) remap_rule_counters(r->trig, r->trig->cfg, r->cfg);
     r->trig->cfg = r->cfg;
+    if (r->trig->fields) sl_fields_rules_changed(r->trig->fields); /* which computed fields rules watch */
     return 0;
 }
 
@@ -718,7 +730,7 @@ sl_trig_t *sl_trig_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_fields_t 
     t->cfg = cfg;
     t->stitch = stitch;
     t->fields = fields;
-    t->flistener = (sl_fields_listener_t){.arg = t, .changed = on_computed_changed};
+    t->flistener = (sl_fields_listener_t){.arg = t, .changed = on_computed_changed, .watches = on_computed_watches};
     t->feed = feed;
     sl_arena_init(&t->msg_arena);
     t->step = (sl_stage_step_t){.name = "triggers", .phase = SL_PHASE_RULES, .arg = t, .open = on_open,
