@@ -165,18 +165,7 @@ static int explain_generic(sl_fields_t *f, MDB_txn *txn, uint64_t person, const 
     else sl_buf_appends(out, "null");
     fld_gstate_t *s = malloc(sizeof(*s));
     if (s == NULL) return SL_ENOMEM;
-    int found = 0, rc = 0;
-    sl_buf_t k = {0};
-    unsigned char pre[8];
-    sl_be64_put(pre, person);
-    if (sl_buf_append(&k, pre, 8) || sl_buf_append(&k, g->name, strlen(g->name))) rc = SL_ENOMEM;
-    MDB_val kv = {k.len, k.data}, v;
-    if (rc == 0 && f->gstate && (rc = mdb_get(txn, f->gstate, &kv, &v)) == 0) {
-        found = 1;
-        rc = fld_gstate_decode(&v, s);
-    }
-    if (rc == MDB_NOTFOUND) rc = 0;
-    if (!found) fld_gstate_init(s, g);
+    int found = 0, rc = f->have_dbs ? fld_gstate_read(f, txn, person, g, s, &found) : (fld_gstate_init(s, g), 0);
     if (rc == 0 && g->window_ms) {
         sl_buf_appends(out, ",\"buckets\":[");
         int lead = 0;
@@ -208,7 +197,6 @@ static int explain_generic(sl_fields_t *f, MDB_txn *txn, uint64_t person, const 
     }
     if (rc == 0 && !g->window_ms && g->type <= FG_MAX) sl_buf_printf(out, ",\"events\":%llu", (unsigned long long)s->f.count);
     sl_buf_appends(out, "}");
-    sl_buf_free(&k);
     free(s);
     return rc ? rc : out->data ? 0 : SL_ENOMEM;
 }

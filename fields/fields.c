@@ -244,54 +244,144 @@ static int diff(sl_fields_t *f, cJSON **list, const char *reason)
     return 0;
 }
 
-/* ---- generic fields' states (gstate: person, then the field's name) ---- */
+/* ---- generic fields' states: one record per person (gfields), every field's
+ * state in it, each entry its name (u8 length, bytes) then its state (u32
+ * length, fld_gstate_encode): an event touches one record, however many
+ * fields it moves ---- */
 
-static int gkey(sl_buf_t *k, uint64_t person, const char *name)
+#define GREC_VERSION 1
+
+/* The entry named name in rec (a person's record): 1 and *state, or 0. */
+static int grec_find(const MDB_val *rec, const char *name, MDB_val *state)
 {
-    unsigned char p[8];
-    sl_be64_put(p, person);
-    k->len = 0;
-    return sl_buf_append(k, p, 8) || sl_buf_append(k, name, strlen(name)) ? SL_ENOMEM : 0;
+    const unsigned char *p = rec->mv_data, *end = p + rec->mv_size;
+    size_t nl = strlen(name);
+    if (rec->mv_size < 1 || p[0] != GREC_VERSION) return 0;
+    for (p++; end - p >= 5;) {
+        uint8_t l = p[0];
+        uint32_t sl;
+        if ((size_t)(end - p) < 1u + l + 4u) return 0;
+        memcpy(&sl, p + 1 + l, 4);
+        if ((size_t)(end - p) < 1u + l + 4u + sl) return 0;
+        if (l == nl && memcmp(p + 1, name, nl) == 0) {
+            *state = (MDB_val){sl, (void *)(p + 1 + l + 4)};
+            return 1;
+        }
+        p += 1 + l + 4 + sl;
+    }
+    return 0;
+}
+
+static int grec_entry(sl_buf_t *out, const char *name, size_t nl, const void *state, size_t n)
+{
+    uint8_t l = (uint8_t)nl;
+    uint32_t sl = (uint32_t)n;
+    return sl_buf_append(out, &l, 1) || sl_buf_append(out, name, nl) || sl_buf_append(out, &sl, 4) ||
+                   sl_buf_append(out, state, n)
+               ? SL_ENOMEM
+               : 0;
+}
+
+/* person's record, copied into out (empty: none) */
+static int grec_get(sl_fields_t *f, MDB_txn *txn, uint64_t person, sl_buf_t *out)
+{
+    out->len = 0;
+    MDB_val k = {8, &person}, v;
+    int rc = f->gfields_db ? mdb_get(txn, f->gfields_db, &k, &v) : MDB_NOTFOUND;
+    if (rc == MDB_NOTFOUND) return 0;
+    return rc ? rc : sl_buf_append(out, v.mv_data, v.mv_size);
+}
+
+static int gstate_from(const MDB_val *rec, const fld_gfield_t *g, fld_gstate_t *s, int *found)
+{
+    MDB_val st;
+    *found = 0;
+    if (rec->mv_size && grec_find(rec, g->name, &st)) {
+        int rc = fld_gstate_decode(&st, s);
+        if (rc == 0 && s->f.type == g->type) {
+            *found = 1;
+            return 0;
+        }
+        if (rc && rc != MDB_CORRUPTED) return rc;
+    }
+    fld_gstate_init(s, g); /* none, another type (the field changed), or unreadable: afresh */
+    return 0;
 }
 
 static int gstate_load(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, fld_gstate_t *s,
                        sl_buf_t *k, int *found)
 {
-    int rc = gkey(k, person, g->name);
-    MDB_val kv = {k->len, k->data}, v;
-    *found = 0;
-    if (rc == 0 && (rc = mdb_get(txn, f->gstate, &kv, &v)) == 0) {
-        *found = 1;
-        rc = fld_gstate_decode(&v, s);
-        if (rc == 0 && s->f.type != g->type) rc = MDB_NOTFOUND; /* the field changed type: starts afresh */
+    int rc = grec_get(f, txn, person, k);
+    MDB_val rec = {k->len, k->data};
+    return rc ? rc : gstate_from(&rec, g, s, found);
+}
+
+/* Writes person's record: the entries of old (a copy) for fields still
+ * configured, with those in repl[0..n) (names) replaced by states[i]
+ * (encoded), the rest of repl appended. */
+static int grec_put(sl_fields_t *f, MDB_txn *txn, uint64_t person, const sl_buf_t *old, const fld_gfield_t *const *repl,
+                    const sl_buf_t *states, size_t n)
+{
+    const fld_conf_t *c = conf(f);
+    sl_buf_t *out = &f->grec_out;
+    out->len = 0;
+    uint8_t ver = GREC_VERSION;
+    int rc = sl_buf_append(out, &ver, 1);
+    uint64_t done = 0;
+    const unsigned char *p = old->len && (unsigned char)old->data[0] == GREC_VERSION ? (const unsigned char *)old->data + 1 : NULL;
+    const unsigned char *end = (const unsigned char *)old->data + old->len;
+    while (rc == 0 && p && end - p >= 5) {
+        uint8_t l = p[0];
+        uint32_t sl;
+        if ((size_t)(end - p) < 1u + l + 4u) break;
+        memcpy(&sl, p + 1 + l, 4);
+        if ((size_t)(end - p) < 1u + l + 4u + sl) break;
+        const char *name = (const char *)p + 1;
+        size_t i = 0;
+        while (i < n && !(strlen(repl[i]->name) == l && memcmp(repl[i]->name, name, l) == 0)) i++;
+        if (i < n) {
+            rc = grec_entry(out, name, l, states[i].data, states[i].len);
+            done |= 1ULL << i;
+        } else {
+            int kept = 0; /* a field no longer configured is dropped */
+            for (size_t g = 0; g < c->n_gfields && !kept; g++)
+                kept = strlen(c->gfields[g].name) == l && memcmp(c->gfields[g].name, name, l) == 0;
+            if (kept) rc = grec_entry(out, name, l, p + 1 + l + 4, sl);
+        }
+        p += 1 + l + 4 + sl;
     }
-    if (rc == MDB_NOTFOUND) {
-        fld_gstate_init(s, g);
-        *found = 0;
-        rc = 0;
-    }
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (!(done >> i & 1)) rc = grec_entry(out, repl[i]->name, strlen(repl[i]->name), states[i].data, states[i].len);
+    MDB_val k = {8, &person}, v = {out->len, out->data};
+    return rc ? rc : mdb_put(txn, f->gfields_db, &k, &v, 0);
+}
+
+int fld_gstate_read(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, fld_gstate_t *s, int *found)
+{
+    sl_buf_t k = {0};
+    int rc = gstate_load(f, txn, person, g, s, &k, found);
+    sl_buf_free(&k);
     return rc;
 }
 
 static int gstate_save(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, const fld_gstate_t *s)
 {
-    int rc = gkey(&f->k2, person, g->name);
-    if (rc == 0) rc = fld_gstate_encode(s, &f->v);
-    MDB_val kv = {f->k2.len, f->k2.data}, v = {f->v.len, f->v.data};
-    return rc ? rc : mdb_put(txn, f->gstate, &kv, &v, 0);
+    int rc = grec_get(f, txn, person, &f->grec_old);
+    if (rc == 0) rc = fld_gstate_encode(s, &f->gstates[0]);
+    return rc ? rc : grec_put(f, txn, person, &f->grec_old, &g, f->gstates, 1);
 }
 
 int fld_gvalues(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_gstate_t *scratch, sl_buf_t *gv)
 {
     const fld_conf_t *c = conf(f);
     sl_buf_t k = {0};
-    int rc = 0, found;
+    int rc = f->have_dbs ? grec_get(f, txn, person, &k) : 0, found;
+    MDB_val rec = {k.len, k.data};
     for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
         gv[i].len = 0;
         if (c->gfields[i].type == FG_LABEL) continue;
-        if (f->have_dbs && f->gstate) rc = gstate_load(f, txn, person, &c->gfields[i], scratch, &k, &found);
-        else fld_gstate_init(scratch, &c->gfields[i]);
-        if (rc == 0) rc = fld_gstate_value(&c->gfields[i], scratch, now, &gv[i]);
+        if ((rc = gstate_from(&rec, &c->gfields[i], scratch, &found)) == 0)
+            rc = fld_gstate_value(&c->gfields[i], scratch, now, &gv[i]);
     }
     sl_buf_free(&k);
     return rc;
@@ -657,29 +747,9 @@ static const fld_gfield_t *gfield_named(const fld_conf_t *c, const char *name, s
     return NULL;
 }
 
-/* person's gstate keys, each as u32 length then bytes */
-static int gstate_keys(sl_fields_t *f, MDB_txn *txn, uint64_t person, sl_buf_t *keys)
-{
-    MDB_cursor *cur;
-    unsigned char pre[8];
-    sl_be64_put(pre, person);
-    int rc = mdb_cursor_open(txn, f->gstate, &cur);
-    if (rc) return rc;
-    MDB_val k = {8, pre}, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size < 8 || memcmp(k.mv_data, pre, 8) != 0) break;
-        uint32_t n = (uint32_t)k.mv_size;
-        if (sl_buf_append(keys, &n, 4) || sl_buf_append(keys, k.mv_data, n)) {
-            rc = SL_ENOMEM;
-            break;
-        }
-    }
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-/* After s changed at now: windows pruned, the value told kept, the window's
- * timer set for when time alone next moves it; saved. */
+/* After s changed at now: windows pruned, and for a tracked field the value
+ * told kept and the window's timer set for when time alone next moves it
+ * (the caller saves s). */
 static int gstate_settle(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, fld_gstate_t *s,
                          int64_t now)
 {
@@ -700,16 +770,16 @@ static int gstate_settle(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fl
                 return rc;
         }
     }
-    return gstate_save(f, txn, person, g, s);
+    return 0;
 }
 
 static int merge(sl_fields_t *f, MDB_txn *txn, uint64_t survivor, uint64_t absorbed, cJSON **list, int64_t now)
 {
     fld_sum_t *sx = f->sum2, *s = f->sum;
-    sl_buf_t gk = {0};
+    sl_buf_t gk = {0}; /* the absorbed person's generic fields */
     move_t m = {f, txn, survivor, {0}};
     int found, sfound, rc = fld_sum_load(f, txn, absorbed, sx, &found);
-    if (rc == 0) rc = gstate_keys(f, txn, absorbed, &gk);
+    if (rc == 0) rc = grec_get(f, txn, absorbed, &gk);
     if (rc || (!found && gk.len == 0)) goto out; /* nothing computed of it: nothing to join */
     if ((rc = change_begin(f, txn, survivor, s, now, list, &sfound))) goto out;
     if (found && (rc = fld_each_order(f, txn, absorbed, NULL, collect_key, &m))) goto out;
@@ -737,20 +807,27 @@ static int merge(sl_fields_t *f, MDB_txn *txn, uint64_t survivor, uint64_t absor
         if ((rc = mdb_del(txn, f->fstate, &k, NULL))) goto out;
         fld_sum_merge(s, sx, conf(f)->max_categories);
     }
-    /* the generic fields' states join the survivor's, field by field */
-    for (size_t off = 0; off + 4 <= gk.len && rc == 0;) {
-        uint32_t n;
-        memcpy(&n, gk.data + off, 4);
-        MDB_val kv = {n, gk.data + off + 4}, v;
-        off += 4 + n;
-        const fld_gfield_t *g = gfield_named(conf(f), (const char *)kv.mv_data + 8, n - 8);
-        if (g && (rc = mdb_get(txn, f->gstate, &kv, &v)) == 0 && (rc = fld_gstate_decode(&v, f->gs2)) == 0 &&
-            f->gs2->f.type == g->type && (rc = gstate_load(f, txn, survivor, g, f->gs, &f->k, &sfound)) == 0) {
+    /* the generic fields' states join the survivor's, field by field, in one record */
+    if (gk.len) {
+        const fld_conf_t *c = conf(f);
+        const fld_gfield_t *repl[FLD_MAX_GFIELDS];
+        size_t n = 0;
+        MDB_val arec = {gk.len, gk.data}, srec;
+        if ((rc = grec_get(f, txn, survivor, &f->grec_old))) goto out;
+        srec = (MDB_val){f->grec_old.len, f->grec_old.data};
+        for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
+            const fld_gfield_t *g = &c->gfields[i];
+            int afound;
+            if (g->type == FG_LABEL || (rc = gstate_from(&arec, g, f->gs2, &afound)) || !afound) continue;
+            if ((rc = gstate_from(&srec, g, f->gs, &sfound))) break;
             fld_gstate_merge(g, f->gs, f->gs2);
-            rc = gstate_settle(f, txn, survivor, g, f->gs, now);
+            if ((rc = gstate_settle(f, txn, survivor, g, f->gs, now)) == 0 &&
+                (rc = fld_gstate_encode(f->gs, &f->gstates[n])) == 0)
+                repl[n++] = g;
         }
-        if (rc == MDB_CORRUPTED) rc = 0; /* a state it cannot read is dropped with its person */
-        if (rc == 0 && (rc = mdb_del(txn, f->gstate, &kv, NULL)) == MDB_NOTFOUND) rc = 0;
+        if (rc == 0 && n) rc = grec_put(f, txn, survivor, &f->grec_old, repl, f->gstates, n);
+        MDB_val k = {8, &absorbed};
+        if (rc == 0 && (rc = mdb_del(txn, f->gfields_db, &k, NULL)) == MDB_NOTFOUND) rc = 0;
     }
     if (rc == 0) rc = change_end(f, txn, survivor, s, now, list, "merge");
 out:
@@ -780,12 +857,19 @@ static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, 
     int tracked = f->watch.labels || (hit & f->watch.gmask);
     cJSON **list = list_for(f, ev, person);
     int found, rc = tracked ? change_begin(f, txn, person, f->sum, now, list, &found) : 0;
+    if (rc == 0) rc = grec_get(f, txn, person, &f->grec_old);
+    MDB_val rec = {f->grec_old.len, f->grec_old.data};
+    const fld_gfield_t *repl[FLD_MAX_GFIELDS];
+    size_t n = 0;
     for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
         if (!(hit >> i & 1)) continue;
         const fld_gfield_t *g = &c->gfields[i];
-        if ((rc = gstate_load(f, txn, person, g, f->gs, &f->k, &found))) break;
-        if (fld_gstate_apply(g, f->gs, ev, pts[i], now)) rc = gstate_settle(f, txn, person, g, f->gs, now);
+        if ((rc = gstate_from(&rec, g, f->gs, &found))) break;
+        if (!fld_gstate_apply(g, f->gs, ev, pts[i], now)) continue;
+        if ((rc = gstate_settle(f, txn, person, g, f->gs, now)) == 0 && (rc = fld_gstate_encode(f->gs, &f->gstates[n])) == 0)
+            repl[n++] = g;
     }
+    if (rc == 0 && n) rc = grec_put(f, txn, person, &f->grec_old, repl, f->gstates, n);
     return rc || !tracked ? rc : change_end(f, txn, person, f->sum, now, list, "event");
 }
 
@@ -800,7 +884,8 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     if (rc || (rc = mdb_dbi_open(txn, "porders", c, &f->porders)) ||
         (rc = mdb_dbi_open(txn, "fstate", c | MDB_INTEGERKEY, &f->fstate)))
         return rc;
-    if ((rc = mdb_dbi_open(txn, "gstate", c, &f->gstate)) == MDB_NOTFOUND && read_only) f->gstate = 0;
+    if ((rc = mdb_dbi_open(txn, "gfields", c | MDB_INTEGERKEY, &f->gfields_db)) == MDB_NOTFOUND && read_only)
+        f->gfields_db = 0;
     else if (rc) return rc;
     f->have_dbs = 1;
     return 0;
@@ -858,7 +943,7 @@ static int on_window_timer(sl_fields_t *f, MDB_txn *txn, uint64_t person, const 
     char old[sizeof(f->gs->told)];
     size_t ol = f->gs->f.told_len;
     memcpy(old, f->gs->told, ol);
-    if ((rc = gstate_settle(f, txn, person, g, f->gs, now))) return rc;
+    if ((rc = gstate_settle(f, txn, person, g, f->gs, now)) || (rc = gstate_save(f, txn, person, g, f->gs))) return rc;
     if (ol == 0 || (f->gs->f.told_len == ol && memcmp(old, f->gs->told, ol) == 0)) return 0;
     f->pend.timer_changes++;
     if ((rc = change_add(&f->tchanges, g->name, old, ol, f->gs->told, f->gs->f.told_len, "timer"))) return rc;
@@ -935,16 +1020,7 @@ static int on_forgotten(void *arg, MDB_txn *txn, const uint64_t *persons, size_t
         sl_buf_free(&m.keys);
         MDB_val k = {8, (void *)&persons[i]};
         if (rc == 0 && (rc = mdb_del(txn, f->fstate, &k, NULL)) == MDB_NOTFOUND) rc = 0;
-        sl_buf_t gk = {0};
-        if (rc == 0) rc = gstate_keys(f, txn, persons[i], &gk);
-        for (size_t off = 0; off + 4 <= gk.len && rc == 0;) {
-            uint32_t l;
-            memcpy(&l, gk.data + off, 4);
-            MDB_val kv = {l, gk.data + off + 4};
-            off += 4 + l;
-            if ((rc = mdb_del(txn, f->gstate, &kv, NULL)) == MDB_NOTFOUND) rc = 0;
-        }
-        sl_buf_free(&gk);
+        if (rc == 0 && f->gfields_db && (rc = mdb_del(txn, f->gfields_db, &k, NULL)) == MDB_NOTFOUND) rc = 0;
     }
     return rc;
 }
@@ -1029,7 +1105,12 @@ void sl_fields_free(sl_fields_t *f)
     free(f->sum2);
     free(f->gs);
     free(f->gs2);
-    for (size_t i = 0; i < FLD_MAX_GFIELDS; i++) sl_buf_free(&f->gvals[i]);
+    for (size_t i = 0; i < FLD_MAX_GFIELDS; i++) {
+        sl_buf_free(&f->gvals[i]);
+        sl_buf_free(&f->gstates[i]);
+    }
+    sl_buf_free(&f->grec_old);
+    sl_buf_free(&f->grec_out);
     sl_buf_free(&f->fl_old.scratch);
     sl_buf_free(&f->fl_new.scratch);
     sl_buf_free(&f->k);

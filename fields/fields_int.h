@@ -281,7 +281,7 @@ struct sl_fields_s {
     sl_ident_listener_t ilis;
     sl_fields_listener_t listeners[FLD_MAX_LISTENERS];
     size_t n_listeners;
-    MDB_dbi ledger, porders, fstate, gstate;
+    MDB_dbi ledger, porders, fstate, gfields_db;
     int have_dbs;                /* 0: a read-only open of a store from before the ledger */
     /* stage thread scratch */
     sl_buf_t k, v, k2;
@@ -289,6 +289,8 @@ struct sl_fields_s {
     fld_sum_t *sum, *sum2;
     fld_gstate_t *gs, *gs2;      /* generic fields' states */
     sl_buf_t gvals[FLD_MAX_GFIELDS]; /* their values, for a flat list */
+    sl_buf_t gstates[FLD_MAX_GFIELDS]; /* states encoded for a person's record */
+    sl_buf_t grec_old, grec_out; /* a person's record: read (a copy), written */
     fld_flat_t fl_old, fl_new;
     cJSON *changes;              /* the event's (ctx->computed_changes) */
     cJSON *tchanges;             /* a timer's, or a change of another person than the event's */
@@ -317,6 +319,9 @@ int fld_each_order(sl_fields_t *f, MDB_txn *txn, uint64_t person, fld_order_t *o
 /* the generic fields' values of person at now into gv[0..n_gfields)
  * (scratch: a state buffer of the caller's) */
 int fld_gvalues(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_gstate_t *scratch, sl_buf_t *gv);
+/* The state of generic field g of person (an empty one, *found 0, when it
+ * has none): any thread. */
+int fld_gstate_read(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, fld_gstate_t *s, int *found);
 /* A reader's flat list of person at now (its own scratch: any thread). */
 int fld_read_flat(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_flat_t *fl);
 /* person's window sums at now */

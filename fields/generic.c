@@ -300,56 +300,114 @@ void fld_gstate_init(fld_gstate_t *s, const fld_gfield_t *g)
     s->f.max = -INFINITY;
 }
 
+/* The record keeps what the type reads, nothing else (a count over a
+ * window: 12 bytes a bucket). Layout: version, type, flags, then u16
+ * n_buckets, n_values, u8 first_len, last_len, told_len, has_timer; the
+ * lifetime aggregates the type uses; the timer; the values first, last,
+ * told; the buckets; the distinct values. */
+#define USES_SUM(t) ((t) == FG_SUM || (t) == FG_AVG || (t) == FG_SCORE)
+#define PUT(b, x) sl_buf_append((b), &(x), sizeof(x))
+
 int fld_gstate_encode(const fld_gstate_t *s, sl_buf_t *b)
 {
     b->len = 0;
-    if (sl_buf_append(b, &s->f, sizeof(s->f)) ||
-        sl_buf_append(b, s->buckets, s->f.n_buckets * sizeof(s->buckets[0])) ||
-        sl_buf_append(b, s->first, s->f.first_len) || sl_buf_append(b, s->last, s->f.last_len) ||
-        sl_buf_append(b, s->told, s->f.told_len))
-        return SL_ENOMEM;
-    for (size_t i = 0; i < s->f.n_values; i++) {
-        uint16_t l = (uint16_t)strlen(s->values[i].text);
-        if (sl_buf_append(b, &s->values[i].count, 4) || sl_buf_append(b, &l, 2) ||
-            sl_buf_append(b, s->values[i].text, l))
-            return SL_ENOMEM;
+    const fld_gfix_t *f = &s->f;
+    int t = f->type, rc = 0;
+    uint8_t h[4] = {FLD_GSTATE_VERSION, f->type, f->flags, f->timer_ms != 0};
+    uint16_t nb = (uint16_t)f->n_buckets, nv = (uint16_t)f->n_values;
+    uint8_t l[3] = {(uint8_t)f->first_len, (uint8_t)f->last_len, (uint8_t)f->told_len};
+    rc |= sl_buf_append(b, h, 4) | PUT(b, nb) | PUT(b, nv) | sl_buf_append(b, l, 3);
+    rc |= PUT(b, f->count);
+    if (USES_SUM(t)) rc |= PUT(b, f->sum);
+    if (t == FG_MIN) rc |= PUT(b, f->min);
+    if (t == FG_MAX) rc |= PUT(b, f->max);
+    if (t == FG_FIRST) rc |= PUT(b, f->first_ts);
+    if (t == FG_LAST) rc |= PUT(b, f->last_ts);
+    if (f->timer_ms) rc |= PUT(b, f->timer_ms);
+    rc |= sl_buf_append(b, s->first, f->first_len) | sl_buf_append(b, s->last, f->last_len) |
+          sl_buf_append(b, s->told, f->told_len);
+    for (size_t i = 0; i < f->n_buckets; i++) {
+        const fld_bucket_t *k = &s->buckets[i];
+        uint32_t c = k->count > UINT32_MAX ? UINT32_MAX : (uint32_t)k->count;
+        rc |= PUT(b, k->id) | PUT(b, c);
+        if (USES_SUM(t)) rc |= PUT(b, k->sum);
+        if (t == FG_MIN) rc |= PUT(b, k->min);
+        if (t == FG_MAX) rc |= PUT(b, k->max);
     }
-    return 0;
+    for (size_t i = 0; i < f->n_values; i++) {
+        uint8_t vl = (uint8_t)strlen(s->values[i].text);
+        rc |= PUT(b, s->values[i].count) | sl_buf_append(b, &vl, 1) | sl_buf_append(b, s->values[i].text, vl);
+    }
+    return rc ? SL_ENOMEM : 0;
+}
+
+typedef struct {
+    const unsigned char *p, *end;
+    int bad;
+} rd_t;
+
+static void take(rd_t *r, void *out, size_t n)
+{
+    if (r->bad || (size_t)(r->end - r->p) < n) {
+        r->bad = 1;
+        memset(out, 0, n);
+        return;
+    }
+    memcpy(out, r->p, n);
+    r->p += n;
 }
 
 int fld_gstate_decode(const MDB_val *v, fld_gstate_t *s)
 {
-    const unsigned char *p = v->mv_data, *end = p + v->mv_size;
-    if (v->mv_size < sizeof(s->f)) return MDB_CORRUPTED;
-    memcpy(&s->f, p, sizeof(s->f));
-    p += sizeof(s->f);
-    if (s->f.version != FLD_GSTATE_VERSION || s->f.n_buckets > FLD_MAX_BUCKETS || s->f.n_values > FLD_MAX_VALUES ||
-        s->f.first_len > FLD_VALUE_MAX || s->f.last_len > FLD_VALUE_MAX || s->f.told_len >= sizeof(s->told))
+    rd_t r = {v->mv_data, (const unsigned char *)v->mv_data + v->mv_size, 0};
+    fld_gfix_t *f = &s->f;
+    memset(f, 0, sizeof(*f));
+    uint8_t h[4], l[3];
+    uint16_t nb, nv;
+    take(&r, h, 4);
+    take(&r, &nb, 2);
+    take(&r, &nv, 2);
+    take(&r, l, 3);
+    if (r.bad || h[0] != FLD_GSTATE_VERSION || h[1] < FG_COUNT || h[1] > FG_SCORE || nb > FLD_MAX_BUCKETS ||
+        nv > FLD_MAX_VALUES || l[0] > FLD_VALUE_MAX || l[1] > FLD_VALUE_MAX || l[2] >= sizeof(s->told))
         return MDB_CORRUPTED;
-    size_t nb = s->f.n_buckets * sizeof(s->buckets[0]);
-    if ((size_t)(end - p) < nb + s->f.first_len + s->f.last_len + s->f.told_len) return MDB_CORRUPTED;
-    memcpy(s->buckets, p, nb);
-    p += nb;
-    memcpy(s->first, p, s->f.first_len);
-    s->first[s->f.first_len] = '\0';
-    p += s->f.first_len;
-    memcpy(s->last, p, s->f.last_len);
-    s->last[s->f.last_len] = '\0';
-    p += s->f.last_len;
-    memcpy(s->told, p, s->f.told_len);
-    p += s->f.told_len;
-    for (size_t i = 0; i < s->f.n_values; i++) {
-        uint16_t l;
-        if (end - p < 6) return MDB_CORRUPTED;
-        memcpy(&s->values[i].count, p, 4);
-        memcpy(&l, p + 4, 2);
-        p += 6;
-        if (l > FLD_VALUE_MAX || end - p < l) return MDB_CORRUPTED;
-        memcpy(s->values[i].text, p, l);
-        s->values[i].text[l] = '\0';
-        p += l;
+    int t = h[1];
+    f->version = h[0], f->type = h[1], f->flags = h[2];
+    f->n_buckets = nb, f->n_values = nv, f->first_len = l[0], f->last_len = l[1], f->told_len = l[2];
+    f->min = INFINITY, f->max = -INFINITY;
+    take(&r, &f->count, 8);
+    if (USES_SUM(t)) take(&r, &f->sum, 8);
+    if (t == FG_MIN) take(&r, &f->min, 8);
+    if (t == FG_MAX) take(&r, &f->max, 8);
+    if (t == FG_FIRST) take(&r, &f->first_ts, 8);
+    if (t == FG_LAST) take(&r, &f->last_ts, 8);
+    if (h[3]) take(&r, &f->timer_ms, 8);
+    take(&r, s->first, f->first_len);
+    s->first[f->first_len] = '\0';
+    take(&r, s->last, f->last_len);
+    s->last[f->last_len] = '\0';
+    take(&r, s->told, f->told_len);
+    for (size_t i = 0; i < nb && !r.bad; i++) {
+        fld_bucket_t *k = &s->buckets[i];
+        uint32_t c;
+        take(&r, &k->id, 8);
+        take(&r, &c, 4);
+        k->count = c, k->sum = 0, k->min = INFINITY, k->max = -INFINITY;
+        if (USES_SUM(t)) take(&r, &k->sum, 8);
+        if (t == FG_MIN) take(&r, &k->min, 8);
+        if (t == FG_MAX) take(&r, &k->max, 8);
+        if (!isfinite(k->sum) || isnan(k->min) || isnan(k->max)) r.bad = 1;
     }
-    return p == end ? 0 : MDB_CORRUPTED;
+    for (size_t i = 0; i < nv && !r.bad; i++) {
+        uint8_t vl;
+        take(&r, &s->values[i].count, 4);
+        take(&r, &vl, 1);
+        if (vl > FLD_VALUE_MAX) r.bad = 1;
+        take(&r, s->values[i].text, r.bad ? 0 : vl);
+        s->values[i].text[r.bad ? 0 : vl] = '\0';
+    }
+    if (!isfinite(f->sum) || isnan(f->min) || isnan(f->max)) r.bad = 1;
+    return r.bad || r.p != r.end ? MDB_CORRUPTED : 0;
 }
 
 /* ---- what an event does ---- */
