@@ -852,11 +852,12 @@ static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, 
         if (c->gfields[i].type != FG_LABEL && fld_gfield_matches(&c->gfields[i], kind, kn, ev, now, &pts[i]))
             hit |= 1ULL << i;
     if (!hit) return 0;
-    /* a change of these fields is told only when a listener watches one
-     * (or a label, which reads them): else each field's update alone */
-    int tracked = f->watch.labels || (hit & f->watch.gmask);
+    /* A change of these fields is told only when a listener watches one.
+     * A watched label reads every other value: the whole flat list is
+     * compared then; else each watched field's value before and after. */
+    int labels = f->watch.labels;
     cJSON **list = list_for(f, ev, person);
-    int found, rc = tracked ? change_begin(f, txn, person, f->sum, now, list, &found) : 0;
+    int found, rc = labels ? change_begin(f, txn, person, f->sum, now, list, &found) : 0;
     if (rc == 0) rc = grec_get(f, txn, person, &f->grec_old);
     MDB_val rec = {f->grec_old.len, f->grec_old.data};
     const fld_gfield_t *repl[FLD_MAX_GFIELDS];
@@ -864,13 +865,24 @@ static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, 
     for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
         if (!(hit >> i & 1)) continue;
         const fld_gfield_t *g = &c->gfields[i];
+        int watched = !labels && (f->watch.gmask >> i & 1);
         if ((rc = gstate_from(&rec, g, f->gs, &found))) break;
+        f->vold.len = 0; /* (f->v: the settle's) */
+        if (watched && (rc = fld_gstate_value(g, f->gs, now, &f->vold))) break;
         if (!fld_gstate_apply(g, f->gs, ev, pts[i], now)) continue;
-        if ((rc = gstate_settle(f, txn, person, g, f->gs, now)) == 0 && (rc = fld_gstate_encode(f->gs, &f->gstates[n])) == 0)
-            repl[n++] = g;
+        if ((rc = gstate_settle(f, txn, person, g, f->gs, now)) || (rc = fld_gstate_encode(f->gs, &f->gstates[n]))) break;
+        repl[n++] = g;
+        if (watched) {
+            f->k2.len = 0;
+            if ((rc = fld_gstate_value(g, f->gs, now, &f->k2))) break;
+            if ((f->vold.len != f->k2.len || memcmp(f->vold.data, f->k2.data, f->vold.len) != 0) &&
+                (rc = change_add(list, g->name, f->vold.data, f->vold.len, f->k2.data, f->k2.len, "event")))
+                break;
+        }
     }
     if (rc == 0 && n) rc = grec_put(f, txn, person, &f->grec_old, repl, f->gstates, n);
-    return rc || !tracked ? rc : change_end(f, txn, person, f->sum, now, list, "event");
+    if (rc == 0 && list == &f->tchanges) rc = tell(f, txn, person, now);
+    return rc || !labels ? rc : change_end(f, txn, person, f->sum, now, list, "event");
 }
 
 /* ---- the step ---- */
@@ -1110,6 +1122,7 @@ void sl_fields_free(sl_fields_t *f)
         sl_buf_free(&f->gstates[i]);
     }
     sl_buf_free(&f->grec_old);
+    sl_buf_free(&f->vold);
     sl_buf_free(&f->grec_out);
     sl_buf_free(&f->fl_old.scratch);
     sl_buf_free(&f->fl_new.scratch);

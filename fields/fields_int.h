@@ -291,6 +291,7 @@ struct sl_fields_s {
     sl_buf_t gvals[FLD_MAX_GFIELDS]; /* their values, for a flat list */
     sl_buf_t gstates[FLD_MAX_GFIELDS]; /* states encoded for a person's record */
     sl_buf_t grec_old, grec_out; /* a person's record: read (a copy), written */
+    sl_buf_t vold;               /* a watched field's value before an event */
     fld_flat_t fl_old, fl_new;
     cJSON *changes;              /* the event's (ctx->computed_changes) */
     cJSON *tchanges;             /* a timer's, or a change of another person than the event's */

@@ -1140,7 +1140,7 @@ void sl_stage_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_stage_map_resizes_total", "Times the derived environment's map grew.",
                   s.map_resizes);
     sl_metric_u64(b, "counter", "sillage_stage_timers_fired_total",
-                  "Durable timers that came due and ran (every step's: trigger rules today).", s.timers_fired);
+                  "Durable timers that came due and ran (every step's: trigger rules, computed fields).", s.timers_fired);
     sl_metric_u64(b, "counter", "sillage_stage_timers_orphaned_total",
                   "Durable timers of a step no longer registered, dropped when due.", s.timers_orphaned);
     sl_metric_u64(b, "counter", "sillage_stage_yields_total",

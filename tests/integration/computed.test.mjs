@@ -34,6 +34,7 @@ const COMMERCE = {
 const RULES = [
   { name: 'mix', type: 'computed_change', field: 'categories_count', crosses: 3, in_payload: ['categories', 'revenue'] },
   { name: 'to-risk', type: 'computed_change', field: 'rfm.segment', to: ['at risk'], in_payload: ['rfm.segment', 'orders'] },
+  { name: 'browsing', type: 'computed_change', field: 'views_1h', crosses: 2 },
   { name: 'lapsed', type: 'inactivity', after: '2s', event: 'Order Completed', in_payload: ['last_order_at', 'orders'] },
   { name: 'second', type: 'event', event: 'Order Completed',
     if: { field: 'profile.computed.orders', gte: 2 } },
@@ -42,7 +43,8 @@ const RULES = [
 
 let srv;
 const SOURCES = [{ name: 'test', write_key: WRITE_KEY }, { name: 'backoffice', write_key: 'wk_backoffice', trusted: true }];
-const CONFIG = { sources: SOURCES, computed: { commerce: COMMERCE }, triggers: RULES, debug: true };
+const FIELDS = [{ name: 'views_1h', type: 'count', event: 'Product Viewed', window: '1h' }];
+const CONFIG = { sources: SOURCES, computed: { commerce: COMMERCE, fields: FIELDS }, triggers: RULES, debug: true };
 before(async () => { srv = await startServer({ config: CONFIG }); });
 after(async () => { await srv.stop(); srv.cleanup(); });
 
@@ -239,6 +241,14 @@ test('re-engagement on the last order: inactivity on orders, its payload carryin
   assert.equal(hit.length, 1);
   assert.equal(hit[0].profile.computed.last_order_at, at);
   assert.equal(hit[0].profile.computed.orders, 1);
+});
+
+test('a generic field beside the pack: its change fires once, when it crosses', async () => {
+  for (let i = 0; i < 3; i++) await ok('track', { userId: 'browser', event: 'Product Viewed', properties: { i } });
+  assert.equal((await profile('user_id', 'browser')).computed.views_1h, 3);
+  const hits = (await feed()).filter((t) => t.rule === 'browsing' && t.profile.user_id === 'browser');
+  assert.equal(hits.length, 1);
+  assert.deepEqual(hits[0].data, { field: 'views_1h', old: 1, new: 2, reason: 'event' });
 });
 
 test('/debug shows the RFM segment with each event', async () => {
