@@ -82,6 +82,8 @@ static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
         sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, person}, pid);
         sl_buf_printf(&q->out, "{\"person\":\"%s\",\"computed\":", pid);
         if ((rc = sl_fields_computed(q->fields, txn, person, sl_now_ms(), &q->out))) return rc;
+        sl_buf_appends(&q->out, ",\"backfilling\":");
+        if ((rc = sl_fields_backfilling(q->fields, &q->out))) return rc;
         return sl_buf_appends(&q->out, "}");
     }
     case 6: return sl_fields_list(q->fields, &q->out);

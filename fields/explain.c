@@ -12,15 +12,20 @@
 
 /* ---- the list ---- */
 
-static void append_field(sl_buf_t *out, const char *name, const char *source, const char *type, int64_t window)
+static void append_field(sl_buf_t *out, const char *name, const char *source, const char *type, int64_t window,
+                         int bf, uint64_t next, uint64_t upto)
 {
     sl_buf_appends(out, "{\"name\":");
     sl_buf_append_json_str(out, name, strlen(name));
     sl_buf_printf(out, ",\"source\":\"%s\",\"type\":\"%s\",\"window\":", source, type);
     if (window) sl_buf_append_duration(out, window);
     else sl_buf_appends(out, "null");
-    /* a field is live from the start (or the reload that added it): no backfill runs (docs/COMPUTED.md) */
-    sl_buf_appends(out, ",\"status\":\"live\",\"backfilling\":false}");
+    if (!bf) {
+        sl_buf_appends(out, ",\"status\":\"live\",\"backfilling\":false}");
+        return;
+    }
+    sl_buf_printf(out, ",\"status\":\"backfilling\",\"backfilling\":true,\"progress\":{\"next\":%llu,\"upto\":%llu}}",
+                  (unsigned long long)next, (unsigned long long)upto);
 }
 
 int sl_fields_has(sl_fields_t *f, const char *name)
@@ -52,7 +57,10 @@ int sl_fields_list(sl_fields_t *f, sl_buf_t *out)
         int64_t w = 0;
         for (size_t k = 0; !g && k < c->n_windows; k++)
             if (strstr(fl.name[i], "_") && strcmp(strchr(fl.name[i], '_') + 1, c->window_names[k]) == 0) w = c->windows[k];
-        append_field(out, fl.name[i], g ? "generic" : "commerce", g ? gt[g->type] : "commerce", g ? g->window_ms : w);
+        size_t gi = g ? (size_t)(g - c->gfields) : 0;
+        int bf = g && (atomic_load(&f->bf_mask) >> gi & 1);
+        append_field(out, fl.name[i], g ? "generic" : "commerce", g ? gt[g->type] : "commerce", g ? g->window_ms : w, bf,
+                     bf ? atomic_load(&f->bf_next[gi]) : 0, bf ? atomic_load(&f->bf_upto[gi]) : 0);
     }
     sl_buf_appends(out, "]}");
     free(s);

@@ -51,6 +51,16 @@ static void watch_update(sl_fields_t *f)
 
 void sl_fields_rules_changed(sl_fields_t *f) { f->watch.valid = 0; }
 
+/* 1 when field name is a generic field reading the log's past: its
+ * changes are not told meanwhile (stage thread) */
+static int backfilling(const sl_fields_t *f, const char *name)
+{
+    const fld_conf_t *c = conf(f);
+    for (size_t i = 0; i < c->n_gfields; i++)
+        if (f->bf[i].on && strcmp(c->gfields[i].name, name) == 0) return 1;
+    return 0;
+}
+
 /* 1 when generic field g's changes are told: it is watched, or a watched
  * label may read it */
 static int g_watched(sl_fields_t *f, size_t g) { return f->watch.labels || (f->watch.gmask >> g & 1); }
@@ -234,7 +244,7 @@ static int diff(sl_fields_t *f, cJSON **list, const char *reason)
 {
     const fld_flat_t *a = &f->fl_old, *b = &f->fl_new;
     for (size_t i = 0; i < a->n && i < b->n; i++) {
-        if (!f->watch.flat[i] || !fld_flat_tracked(a->name[i])) continue;
+        if (!f->watch.flat[i] || !fld_flat_tracked(a->name[i]) || backfilling(f, a->name[i])) continue;
         if (a->len[i] == b->len[i] && memcmp(a->text.data + a->off[i], b->text.data + b->off[i], a->len[i]) == 0)
             continue;
         int rc = change_add(list, a->name[i], a->text.data + a->off[i], a->len[i], b->text.data + b->off[i],
@@ -245,39 +255,61 @@ static int diff(sl_fields_t *f, cJSON **list, const char *reason)
 }
 
 /* ---- generic fields' states: one record per person (gfields), every field's
- * state in it, each entry its name (u8 length, bytes) then its state (u32
- * length, fld_gstate_encode): an event touches one record, however many
- * fields it moves ---- */
+ * state in it, each entry its name (u8 length, bytes), the hash of the
+ * definition it was kept under (u32: another is a stale state), then its
+ * state (u32 length, fld_gstate_encode): an event touches one record,
+ * however many fields it moves ---- */
 
-#define GREC_VERSION 1
+#define GREC_VERSION 2
+#define GENT_HEAD 9u /* u8 name length, u32 definition, u32 state length */
 
-/* The entry named name in rec (a person's record): 1 and *state, or 0. */
-static int grec_find(const MDB_val *rec, const char *name, MDB_val *state)
+/* The next entry of a record at *p: 1 and its parts, 0 at the end or at a
+ * damaged entry (the rest is not read). */
+typedef struct {
+    const char *name;
+    size_t nl;
+    uint32_t def;
+    MDB_val state;
+} gent_t;
+
+static int gent_next(const unsigned char **p, const unsigned char *end, gent_t *e)
+{
+    const unsigned char *q = *p;
+    if (end - q < (ptrdiff_t)GENT_HEAD) return 0;
+    uint8_t l = q[0];
+    uint32_t sl;
+    if ((size_t)(end - q) < GENT_HEAD + l) return 0;
+    memcpy(&e->def, q + 1 + l, 4);
+    memcpy(&sl, q + 5 + l, 4);
+    if ((size_t)(end - q) < GENT_HEAD + l + sl) return 0;
+    e->name = (const char *)q + 1, e->nl = l;
+    e->state = (MDB_val){sl, (void *)(q + GENT_HEAD + l)};
+    *p = q + GENT_HEAD + l + sl;
+    return 1;
+}
+
+/* The entry of g in rec (a person's record), kept under g's definition: 1
+ * and *state, or 0. */
+static int grec_find(const MDB_val *rec, const fld_gfield_t *g, MDB_val *state)
 {
     const unsigned char *p = rec->mv_data, *end = p + rec->mv_size;
-    size_t nl = strlen(name);
+    size_t nl = strlen(g->name);
+    gent_t e;
     if (rec->mv_size < 1 || p[0] != GREC_VERSION) return 0;
-    for (p++; end - p >= 5;) {
-        uint8_t l = p[0];
-        uint32_t sl;
-        if ((size_t)(end - p) < 1u + l + 4u) return 0;
-        memcpy(&sl, p + 1 + l, 4);
-        if ((size_t)(end - p) < 1u + l + 4u + sl) return 0;
-        if (l == nl && memcmp(p + 1, name, nl) == 0) {
-            *state = (MDB_val){sl, (void *)(p + 1 + l + 4)};
-            return 1;
+    for (p++; gent_next(&p, end, &e);)
+        if (e.nl == nl && memcmp(e.name, g->name, nl) == 0) {
+            *state = e.state;
+            return e.def == g->def;
         }
-        p += 1 + l + 4 + sl;
-    }
     return 0;
 }
 
-static int grec_entry(sl_buf_t *out, const char *name, size_t nl, const void *state, size_t n)
+static int grec_entry(sl_buf_t *out, const char *name, size_t nl, uint32_t def, const void *state, size_t n)
 {
     uint8_t l = (uint8_t)nl;
     uint32_t sl = (uint32_t)n;
-    return sl_buf_append(out, &l, 1) || sl_buf_append(out, name, nl) || sl_buf_append(out, &sl, 4) ||
-                   sl_buf_append(out, state, n)
+    return sl_buf_append(out, &l, 1) || sl_buf_append(out, name, nl) || sl_buf_append(out, &def, 4) ||
+                   sl_buf_append(out, &sl, 4) || sl_buf_append(out, state, n)
                ? SL_ENOMEM
                : 0;
 }
@@ -296,7 +328,7 @@ static int gstate_from(const MDB_val *rec, const fld_gfield_t *g, fld_gstate_t *
 {
     MDB_val st;
     *found = 0;
-    if (rec->mv_size && grec_find(rec, g->name, &st)) {
+    if (rec->mv_size && grec_find(rec, g, &st)) {
         int rc = fld_gstate_decode(&st, s);
         if (rc == 0 && s->f.type == g->type) {
             *found = 1;
@@ -330,28 +362,24 @@ static int grec_put(sl_fields_t *f, MDB_txn *txn, uint64_t person, const sl_buf_
     uint64_t done = 0;
     const unsigned char *p = old->len && (unsigned char)old->data[0] == GREC_VERSION ? (const unsigned char *)old->data + 1 : NULL;
     const unsigned char *end = (const unsigned char *)old->data + old->len;
-    while (rc == 0 && p && end - p >= 5) {
-        uint8_t l = p[0];
-        uint32_t sl;
-        if ((size_t)(end - p) < 1u + l + 4u) break;
-        memcpy(&sl, p + 1 + l, 4);
-        if ((size_t)(end - p) < 1u + l + 4u + sl) break;
-        const char *name = (const char *)p + 1;
+    gent_t e;
+    while (rc == 0 && p && gent_next(&p, end, &e)) {
         size_t i = 0;
-        while (i < n && !(strlen(repl[i]->name) == l && memcmp(repl[i]->name, name, l) == 0)) i++;
+        while (i < n && !(strlen(repl[i]->name) == e.nl && memcmp(repl[i]->name, e.name, e.nl) == 0)) i++;
         if (i < n) {
-            rc = grec_entry(out, name, l, states[i].data, states[i].len);
+            rc = grec_entry(out, e.name, e.nl, repl[i]->def, states[i].data, states[i].len);
             done |= 1ULL << i;
         } else {
-            int kept = 0; /* a field no longer configured is dropped */
+            int kept = 0; /* a field no longer configured, or kept under another definition, is dropped */
             for (size_t g = 0; g < c->n_gfields && !kept; g++)
-                kept = strlen(c->gfields[g].name) == l && memcmp(c->gfields[g].name, name, l) == 0;
-            if (kept) rc = grec_entry(out, name, l, p + 1 + l + 4, sl);
+                kept = strlen(c->gfields[g].name) == e.nl && memcmp(c->gfields[g].name, e.name, e.nl) == 0 &&
+                       c->gfields[g].def == e.def;
+            if (kept) rc = grec_entry(out, e.name, e.nl, e.def, e.state.mv_data, e.state.mv_size);
         }
-        p += 1 + l + 4 + sl;
     }
     for (size_t i = 0; rc == 0 && i < n; i++)
-        if (!(done >> i & 1)) rc = grec_entry(out, repl[i]->name, strlen(repl[i]->name), states[i].data, states[i].len);
+        if (!(done >> i & 1))
+            rc = grec_entry(out, repl[i]->name, strlen(repl[i]->name), repl[i]->def, states[i].data, states[i].len);
     MDB_val k = {8, &person}, v = {out->len, out->data};
     return rc ? rc : mdb_put(txn, f->gfields_db, &k, &v, 0);
 }
@@ -865,7 +893,7 @@ static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, 
     for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
         if (!(hit >> i & 1)) continue;
         const fld_gfield_t *g = &c->gfields[i];
-        int watched = !labels && (f->watch.gmask >> i & 1);
+        int watched = !labels && (f->watch.gmask >> i & 1) && !f->bf[i].on; /* quiet while it backfills */
         if ((rc = gstate_from(&rec, g, f->gs, &found))) break;
         f->vold.len = 0; /* (f->v: the settle's) */
         if (watched && (rc = fld_gstate_value(g, f->gs, now, &f->vold))) break;
@@ -885,6 +913,157 @@ static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, 
     return rc || !labels ? rc : change_end(f, txn, person, f->sum, now, list, "event");
 }
 
+/* ---- backfill: a generic field new to the store (added, or its definition
+ * changed, by a reload or while the server was down) reads the events of
+ * the log that came before it, a chunk per stage tick, from a durable
+ * cursor (fmeta "bf:<name>"); later events it sees live. Meanwhile its
+ * changes are not told. ---- */
+
+#define BF_CHUNK 2000
+
+static int meta_key(sl_buf_t *k, const char *what, const char *name)
+{
+    k->len = 0;
+    return sl_buf_appends(k, what) || sl_buf_appends(k, name) ? SL_ENOMEM : 0;
+}
+
+static int bf_save(sl_fields_t *f, MDB_txn *txn, size_t i)
+{
+    const fld_gfield_t *g = &conf(f)->gfields[i];
+    int rc = meta_key(&f->k2, "bf:", g->name);
+    MDB_val k = {f->k2.len, f->k2.data};
+    if (rc) return rc;
+    atomic_store(&f->bf_next[i], f->bf[i].next);
+    atomic_store(&f->bf_upto[i], f->bf[i].upto);
+    if (!f->bf[i].on) {
+        atomic_fetch_and(&f->bf_mask, ~(1ULL << i));
+        rc = mdb_del(txn, f->fmeta, &k, NULL);
+        return rc == MDB_NOTFOUND ? 0 : rc;
+    }
+    atomic_fetch_or(&f->bf_mask, 1ULL << i);
+    uint64_t v2[2] = {f->bf[i].next, f->bf[i].upto};
+    MDB_val v = {sizeof(v2), v2};
+    return mdb_put(txn, f->fmeta, &k, &v, 0);
+}
+
+/* Which generic fields must read the log's past: each field's definition
+ * against the one the store kept it under. Stage thread, in a transaction
+ * (the step's open, a reload's job). */
+static int backfill_plan(sl_fields_t *f, MDB_txn *txn)
+{
+    const fld_conf_t *c = conf(f);
+    uint64_t pos = sl_stage_position(f->stage);
+    int rc = 0;
+    atomic_store(&f->bf_mask, 0);
+    memset(f->bf, 0, sizeof(f->bf));
+    for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
+        const fld_gfield_t *g = &c->gfields[i];
+        if (g->type == FG_LABEL) continue;
+        MDB_val v;
+        uint32_t kept = 0;
+        if ((rc = meta_key(&f->k2, "def:", g->name))) break;
+        MDB_val k = {f->k2.len, f->k2.data};
+        if ((rc = mdb_get(txn, f->fmeta, &k, &v)) == 0 && v.mv_size == 4) memcpy(&kept, v.mv_data, 4);
+        else if (rc && rc != MDB_NOTFOUND) break;
+        rc = 0;
+        if (kept == g->def) { /* known: a backfill under way goes on from its cursor */
+            if ((rc = meta_key(&f->k2, "bf:", g->name))) break;
+            k = (MDB_val){f->k2.len, f->k2.data};
+            if ((rc = mdb_get(txn, f->fmeta, &k, &v)) == 0 && v.mv_size == 16) {
+                uint64_t v2[2];
+                memcpy(v2, v.mv_data, 16);
+                f->bf[i] = (typeof(f->bf[i])){1, v2[0], v2[1]};
+            }
+            if (rc == MDB_NOTFOUND) rc = 0;
+        } else { /* new: the events up to here were never read for it */
+            uint32_t d = g->def;
+            MDB_val dv = {4, &d};
+            if ((rc = mdb_put(txn, f->fmeta, &k, &dv, 0))) break;
+            f->bf[i] = (typeof(f->bf[i])){pos > 0, 1, pos};
+        }
+        if (rc == 0) rc = bf_save(f, txn, i);
+    }
+    return rc;
+}
+
+typedef struct {
+    sl_fields_t *f;
+    MDB_txn *txn;           /* the derived store's */
+    const fld_gfield_t *g;
+    size_t i;
+    uint64_t to;            /* the last event of this chunk */
+    int64_t now;
+    uint64_t read;
+} bf_run_t;
+
+static int bf_event(const char *json, size_t len, uint64_t seq, void *arg)
+{
+    bf_run_t *b = arg;
+    sl_fields_t *f = b->f;
+    if (seq > b->to) return 1; /* this chunk is done */
+    b->read++;
+    sl_jindex_t top, ctxi;
+    sl_stage_ctx_t ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    sl_stage_event_t ev = {.seq = seq, .json = json, .len = len, .top = &top, .context = &ctxi, .message_id = "",
+                           .ctx = &ctx};
+    ev.root = sl_jroot_index(json, len, &top, "context", &ctxi);
+    if (sl_jtype(ev.root) != SL_JOBJ) return 0;
+    sl_arena_reset(&f->arena);
+    size_t kn, tl;
+    const char *kind = sl_jstr_eq(sl_jindex_get(&top, "type"), "track", 5)
+                           ? sl_jstr(sl_jindex_get(&top, "event"), &f->arena, &kn)
+                           : sl_jstr(sl_jindex_get(&top, "type"), &f->arena, &kn);
+    const char *ts = sl_jstr(sl_jindex_get(&top, "timestamp"), &f->arena, &tl);
+    double pts;
+    if (kind == NULL || ts == NULL || sl_time_parse_iso(ts, tl, &ctx.ts_ms) ||
+        !fld_gfield_matches(b->g, kind, kn, &ev, b->now, &pts))
+        return 0;
+    uint64_t person;
+    int found, rc = sl_stitch_event_person(f->stitch, b->txn, &top, &person);
+    if (rc == SL_ENOTFOUND) return 0; /* erased since, or keyed by a trait alone */
+    if (rc || (rc = grec_get(f, b->txn, person, &f->grec_old))) return rc;
+    MDB_val rec = {f->grec_old.len, f->grec_old.data};
+    if ((rc = gstate_from(&rec, b->g, f->gs, &found)) || !fld_gstate_apply(b->g, f->gs, &ev, pts, b->now)) return rc;
+    if ((rc = gstate_settle(f, b->txn, person, b->g, f->gs, b->now)) ||
+        (rc = fld_gstate_encode(f->gs, &f->gstates[0])))
+        return rc;
+    return grec_put(f, b->txn, person, &f->grec_old, &b->g, f->gstates, 1);
+}
+
+static int bf_log(MDB_txn *log_txn, void *arg)
+{
+    bf_run_t *b = arg;
+    int rc = sl_store_foreach_event_from(sl_stage_log(b->f->stage), log_txn, b->f->bf[b->i].next, bf_event, b);
+    return rc == 1 ? 0 : rc;
+}
+
+static int64_t on_due(void *arg)
+{
+    sl_fields_t *f = arg;
+    return atomic_load(&f->bf_mask) ? sl_now_ms() : INT64_MAX;
+}
+
+/* A chunk of the first backfill under way. */
+static int on_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
+{
+    sl_fields_t *f = arg;
+    const fld_conf_t *c = conf(f);
+    size_t i = 0;
+    while (i < c->n_gfields && !f->bf[i].on) i++;
+    if (i == c->n_gfields) return 0;
+    watch_update(f);
+    bf_run_t b = {f, txn, &c->gfields[i], i, f->bf[i].next + BF_CHUNK - 1, now, 0};
+    if (b.to > f->bf[i].upto) b.to = f->bf[i].upto;
+    int rc = sl_store_read(sl_stage_log(f->stage), bf_log, &b);
+    if (rc) return rc;
+    f->bf[i].next = b.to + 1;
+    if (f->bf[i].next > f->bf[i].upto) f->bf[i].on = 0;
+    f->pend.backfilled += b.read;
+    *wrote = 1;
+    return bf_save(f, txn, i);
+}
+
 /* ---- the step ---- */
 
 static int on_open(void *arg, MDB_txn *txn, int read_only)
@@ -899,6 +1078,10 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     if ((rc = mdb_dbi_open(txn, "gfields", c | MDB_INTEGERKEY, &f->gfields_db)) == MDB_NOTFOUND && read_only)
         f->gfields_db = 0;
     else if (rc) return rc;
+    if ((rc = mdb_dbi_open(txn, "fmeta", c, &f->fmeta)) == MDB_NOTFOUND && read_only) f->fmeta = 0;
+    else if (rc) return rc;
+    if (!read_only && (rc = backfill_plan(f, txn))) return rc;
+    memcpy(f->bf_committed, f->bf, sizeof(f->bf));
     f->have_dbs = 1;
     return 0;
 }
@@ -957,6 +1140,7 @@ static int on_window_timer(sl_fields_t *f, MDB_txn *txn, uint64_t person, const 
     memcpy(old, f->gs->told, ol);
     if ((rc = gstate_settle(f, txn, person, g, f->gs, now)) || (rc = gstate_save(f, txn, person, g, f->gs))) return rc;
     if (ol == 0 || (f->gs->f.told_len == ol && memcmp(old, f->gs->told, ol) == 0)) return 0;
+    if (f->bf[g - conf(f)->gfields].on) return 0; /* quiet while it backfills */
     f->pend.timer_changes++;
     if ((rc = change_add(&f->tchanges, g->name, old, ol, f->gs->told, f->gs->f.told_len, "timer"))) return rc;
     return tell(f, txn, person, now);
@@ -998,6 +1182,16 @@ static void on_after_txn(void *arg, int ok)
         atomic_fetch_add(&f->timer_changes, f->pend.timer_changes);
         if (f->pend.timer_late_ms_max > atomic_load(&f->timer_late_ms_max))
             atomic_store(&f->timer_late_ms_max, f->pend.timer_late_ms_max);
+        atomic_fetch_add(&f->backfilled, f->pend.backfilled);
+        memcpy(f->bf_committed, f->bf, sizeof(f->bf));
+    } else { /* redone: the backfills go back to what is on disk */
+        memcpy(f->bf, f->bf_committed, sizeof(f->bf));
+        uint64_t mask = 0;
+        for (size_t i = 0; i < FLD_MAX_GFIELDS; i++) {
+            if (f->bf[i].on) mask |= 1ULL << i;
+            atomic_store(&f->bf_next[i], f->bf[i].next);
+        }
+        atomic_store(&f->bf_mask, mask);
     }
     memset(&f->pend, 0, sizeof(f->pend));
 }
@@ -1104,7 +1298,8 @@ sl_fields_t *sl_fields_new(const sl_config_t *cfg, sl_stitch_t *stitch)
     sl_arena_init(&f->arena);
     (void)fld_conf(cfg); /* the defaults, made before any thread */
     f->step = (sl_stage_step_t){.name = "fields", .phase = SL_PHASE_FIELDS, .arg = f, .open = on_open,
-                                .apply = on_apply, .timer = on_timer, .after_txn = on_after_txn};
+                                .apply = on_apply, .timer = on_timer, .due = on_due, .tick = on_tick,
+                                .after_txn = on_after_txn};
     f->ilis = (sl_ident_listener_t){.arg = f, .forgotten = on_forgotten, .profile_counters = on_profile_counters,
                                     .profile_extra = on_profile_extra, .view_extra = on_view_extra};
     return f;
@@ -1144,11 +1339,26 @@ int sl_fields_attach(sl_fields_t *f, sl_stage_t *stage)
     return rc ? rc : sl_stitch_listen(f->stitch, &f->ilis);
 }
 
-void sl_fields_reload(sl_fields_t *f, const sl_config_t *cfg)
+int sl_fields_reload(sl_fields_t *f, MDB_txn *txn, const sl_config_t *cfg)
 {
     (void)fld_conf(cfg);
     atomic_store(&f->cfg, cfg);
     f->watch.valid = 0;
+    return backfill_plan(f, txn); /* a field added or changed reads the log's past */
+}
+
+int sl_fields_backfilling(sl_fields_t *f, sl_buf_t *out)
+{
+    const fld_conf_t *c = conf(f);
+    uint64_t mask = atomic_load(&f->bf_mask);
+    int lead = 0;
+    sl_buf_appends(out, "[");
+    for (size_t i = 0; i < c->n_gfields; i++)
+        if (mask >> i & 1) {
+            if (lead++) sl_buf_appends(out, ",");
+            sl_buf_append_json_str(out, c->gfields[i].name, strlen(c->gfields[i].name));
+        }
+    return sl_buf_appends(out, "]");
 }
 
 int sl_fields_listen(sl_fields_t *f, const sl_fields_listener_t *l)
@@ -1260,6 +1470,7 @@ void sl_fields_get_stats(const sl_fields_t *f, sl_fields_stats_t *out)
     out->timers = atomic_load(&f->timers);
     out->timer_changes = atomic_load(&f->timer_changes);
     out->timer_late_ms_max = atomic_load(&f->timer_late_ms_max);
+    out->backfilled = atomic_load(&f->backfilled);
 }
 
 void sl_fields_metrics(void *arg, sl_buf_t *b)
@@ -1279,6 +1490,11 @@ void sl_fields_metrics(void *arg, sl_buf_t *b)
     sl_metric_u64(b, "counter", "sillage_order_amounts_ignored_total",
                   "Order revenue or total not counted: negative, not finite or beyond 1e15 in absolute value.", s.amounts_ignored);
     sl_metric_u64(b, "counter", "sillage_computed_timers_total", "Computed-field timers run.", s.timers);
+    sl_metric_u64(b, "counter", "sillage_computed_backfilled_events_total",
+                  "Events of the log read again for a computed field added or changed (its backfill).", s.backfilled);
+    sl_metric_u64(b, "gauge", "sillage_computed_backfilling",
+                  "Computed fields reading the log's past now (their changes are not told meanwhile).",
+                  (uint64_t)__builtin_popcountll(atomic_load(&((sl_fields_t *)arg)->bf_mask)));
     sl_metric_u64(b, "counter", "sillage_computed_timer_changes_total", "Timers that moved a computed value.",
                   s.timer_changes);
     sl_metric_u64(b, "gauge", "sillage_computed_timer_late_ms_max",

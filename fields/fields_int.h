@@ -65,6 +65,7 @@ typedef struct {
     fld_label_t *labels;         /* label */
     size_t n_labels;
     char *else_value;
+    uint32_t def;                /* a hash of its definition: states kept under another are stale */
 } fld_gfield_t;
 
 #define FLD_GSTATE_VERSION 2
@@ -281,7 +282,16 @@ struct sl_fields_s {
     sl_ident_listener_t ilis;
     sl_fields_listener_t listeners[FLD_MAX_LISTENERS];
     size_t n_listeners;
-    MDB_dbi ledger, porders, fstate, gfields_db;
+    MDB_dbi ledger, porders, fstate, gfields_db, fmeta;
+    /* backfills (stage thread), by generic field: the log's events up to upto,
+     * when the field's definition began, are read from next on; readers see
+     * bf_mask and the progress */
+    struct {
+        int on;
+        uint64_t next, upto;
+    } bf[FLD_MAX_GFIELDS], bf_committed[FLD_MAX_GFIELDS]; /* as of the last commit: an abort goes back to it */
+    _Atomic uint64_t bf_mask, bf_next[FLD_MAX_GFIELDS], bf_upto[FLD_MAX_GFIELDS];
+    _Atomic uint64_t backfilled;         /* events a backfill read */
     int have_dbs;                /* 0: a read-only open of a store from before the ledger */
     /* stage thread scratch */
     sl_buf_t k, v, k2;
@@ -305,6 +315,7 @@ struct sl_fields_s {
     _Atomic uint64_t orders, duplicates, refunds, refunds_unmatched, unknown_currency, amounts_ignored, refunds_untrusted;
     _Atomic uint64_t timers, timer_changes, timer_late_ms_max;
     struct {
+        uint64_t backfilled;
         uint64_t orders, duplicates, refunds, refunds_unmatched, unknown_currency, amounts_ignored, refunds_untrusted;
         uint64_t timers, timer_changes, timer_late_ms_max;
     } pend;

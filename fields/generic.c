@@ -136,6 +136,10 @@ static int parse_kind(sl_cfg_ctx_t *x, const cJSON *j, const char *path, char **
 static int parse_one(sl_cfg_ctx_t *x, const cJSON *j, size_t idx, fld_gfield_t *g)
 {
     char path[48], *s = NULL;
+    char *def = cJSON_PrintUnformatted(j); /* the definition as written: a change starts the field afresh */
+    if (def == NULL) return SL_ENOMEM;
+    g->def = (uint32_t)sl_hash128(def, strlen(def), 0x5e1dULL).lo | 1u; /* never 0: "no definition" */
+    cJSON_free(def);
     snprintf(path, sizeof(path), "computed.fields[%zu]", idx);
     static const char *const keys[] = {"name", "type", "event", "where", "property", "window", "max_values",
                                        "points", "labels", "else", NULL};

@@ -54,11 +54,17 @@ void sl_fields_free(sl_fields_t *f);
  * sl_stage_open(). */
 int sl_fields_attach(sl_fields_t *f, sl_stage_t *stage);
 
-/* The computed section of cfg from now on (SIGHUP), inside a stage job:
- * the figures are kept from the ledger, so new windows, thresholds and RFM
- * tables read right at once; the RFM segments move at their next event or
- * timer. The previous cfg must stay alive (readers may still use it). */
-void sl_fields_reload(sl_fields_t *f, const sl_config_t *cfg);
+/* The computed section of cfg from now on (SIGHUP), inside a stage job
+ * (txn): the commerce figures are kept from the ledger, so new windows,
+ * thresholds and RFM tables read right at once (the RFM segments move at
+ * their next event or timer); a generic field added or changed reads the
+ * log's past in chunks (a backfill with a durable cursor, its changes quiet
+ * meanwhile) and sees the events after this one live. The previous cfg must
+ * stay alive (readers may still use it). */
+int sl_fields_reload(sl_fields_t *f, MDB_txn *txn, const sl_config_t *cfg);
+/* The generic fields reading the log's past now, as a JSON array of their
+ * names ([] when none). Any thread. */
+int sl_fields_backfilling(sl_fields_t *f, sl_buf_t *out);
 
 /* Listeners hear of changes no event made (an RFM segment moved by time):
  * changes is a JSON array of [field, old, new, reason] (reason "timer"), as
@@ -144,6 +150,7 @@ typedef struct sl_fields_stats_s {
     uint64_t amounts_ignored;    /* amounts not finite or beyond SL_AMOUNT_MAX */
     uint64_t timers, timer_changes; /* timers run; of them, those that moved a value */
     uint64_t timer_late_ms_max;  /* the latest a timer ran after it was due */
+    uint64_t backfilled;         /* events read again for a field added or changed */
 } sl_fields_stats_t;
 void sl_fields_get_stats(const sl_fields_t *f, sl_fields_stats_t *out);
 /* Prometheus text (arg: the fields). */

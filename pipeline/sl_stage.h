@@ -249,6 +249,12 @@ struct sl_stage_waiter_s {
 void sl_stage_wait(sl_stage_t *sg, sl_stage_waiter_t *w, uint64_t pos, int64_t timeout_ms);
 void sl_stage_cancel(sl_stage_t *sg, sl_stage_waiter_t *w);
 
+/* Stage thread only: the last event of the log visited before this point --
+ * in a step's open, the cursor the stage resumes from; in a step's apply,
+ * tick or timer or in a job, the last event the transaction under way went
+ * through (what a definition that starts now has not seen live). */
+uint64_t sl_stage_position(const sl_stage_t *sg);
+
 /* The last event applied and committed (visible to readers). */
 uint64_t sl_stage_applied(const sl_stage_t *sg);
 /* The log the stage reads (a step reads a stored event again by its seq,

@@ -41,6 +41,7 @@ struct sl_stage_s {
     uint64_t map_size;          /* stage thread */
     uv_rwlock_t resize_lock;    /* readers shared, the stage thread to grow the map */
     uint64_t cursor;            /* stage thread: the last event applied */
+    uint64_t pos;               /* stage thread: the last event visited in the transaction under way */
     sl_arena_t arena;           /* stage thread: one event's messageId */
     sl_jindex_t ev_top, ev_context; /* stage thread: the members of the event under way and of its context */
     void *pass;                 /* stage thread: the pass of the transaction under way (replays) */
@@ -321,9 +322,11 @@ int sl_stage_open(sl_stage_t *sg)
     /* a read-only open of a store from before the stage kept timers: none */
     if ((rc = mdb_dbi_open(txn, "ptimers", c, &sg->timers)) == MDB_NOTFOUND && ro) rc = 0;
     if (rc) goto fail;
+    /* the cursor first: a step's open may ask where the stage resumes (sl_stage_position) */
+    if ((rc = meta_get(sg, txn, "applied", &sg->cursor))) goto fail;
+    sg->pos = sg->cursor;
     for (size_t i = 0; i < sg->n_steps; i++)
         if (sg->steps[i].open && (rc = sg->steps[i].open(sg->steps[i].arg, txn, ro))) goto fail;
-    if ((rc = meta_get(sg, txn, "applied", &sg->cursor))) goto fail;
     rc = mdb_txn_commit(txn); /* even read-only: handles opened in it stay open */
     txn = NULL;
     if (rc) goto fail;
@@ -425,6 +428,7 @@ static int apply_one(const char *json, size_t len, uint64_t seq, void *arg)
     if (p->n >= p->slice_end) return 1; /* the next slice goes on from here */
     p->last = seq;
     p->from = seq + 1;
+    sg->pos = seq;
     const char *why = aside_in_pass(p, seq);
     if (why) return set_aside(sg, p->txn, seq, why);
     int rc = apply_steps(p, json, len, seq);
@@ -476,6 +480,7 @@ static int one_txn(txn_ctx_t *x)
     if (rc) return rc;
     p->txn = txn;
     sg->pass = p;
+    sg->pos = sg->cursor;
     if (x->jobs_first && x->jobs && (rc = sl_store_read(sg->log, jobs_in_log, x))) goto fail;
     p->from = sg->cursor + 1;
     while (p->upto > sg->cursor && !p->done) {
@@ -920,6 +925,8 @@ void sl_stage_cancel(sl_stage_t *sg, sl_stage_waiter_t *w)
     w->prev = w->next = NULL;
     if (sg->waiters == NULL) atomic_store(&sg->n_waiting, 0);
 }
+
+uint64_t sl_stage_position(const sl_stage_t *sg) { return sg->pos; }
 
 uint64_t sl_stage_applied(const sl_stage_t *sg)
 {

@@ -149,6 +149,28 @@ int stitch_find_person(sl_stitch_t *s, MDB_txn *txn, const char *kind, const cha
     return rc;
 }
 
+int sl_stitch_event_person(sl_stitch_t *s, MDB_txn *txn, const sl_jindex_t *top, uint64_t *person)
+{
+    sl_arena_t a;
+    sl_buf_t key = {0};
+    sl_arena_init(&a);
+    int rc = SL_ENOTFOUND;
+    static const char *const kinds[2][2] = {{"userId", "user_id"}, {"anonymousId", "anonymous_id"}};
+    *person = 0;
+    for (int i = 0; i < 2 && rc == SL_ENOTFOUND; i++) {
+        const char *v = sl_stitch_clean_id(s, sl_jstr(sl_jindex_get(top, kinds[i][0]), &a, NULL), &a, 0);
+        uint64_t pid = 0;
+        if (v == NULL) continue;
+        if ((rc = stitch_make_key(&key, kinds[i][1], v)) == 0) rc = stitch_lookup(s, txn, &key, &pid, NULL);
+        if (rc == 0 && pid == 0) rc = SL_ENOTFOUND;
+        if (rc == MDB_NOTFOUND) rc = SL_ENOTFOUND;
+        if (rc == 0) *person = pid;
+    }
+    sl_buf_free(&key);
+    sl_arena_free(&a);
+    return rc;
+}
+
 int sl_stitch_find(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, uint64_t *person)
 {
     person_t p = {0};

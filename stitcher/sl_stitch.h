@@ -138,6 +138,13 @@ const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *
  * read transaction. */
 int sl_stitch_find(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, uint64_t *person);
 
+/* The person a stored event belongs to now (its userId, else its
+ * anonymousId, as the stitcher keys them; merges since followed): 0 and
+ * *person, SL_ENOTFOUND (no such identifier: erased, or an event keyed by a
+ * trait alone), or an LMDB error. top: the event's members (sl_jindex).
+ * Stage thread or a reader. */
+int sl_stitch_event_person(sl_stitch_t *s, MDB_txn *txn, const sl_jindex_t *top, uint64_t *person);
+
 /* 1 when kind names an identifier kind: "user_id", "anonymous_id" or a
  * configured identity trait. */
 int sl_stitch_kind_ok(const sl_stitch_t *s, const char *kind);

@@ -129,3 +129,64 @@ test('verify and check-config', async () => {
   srv = await startServer({ dir: srv.dir, config });
   assert.equal((await computed('user_id', 'g1')).fav_brand, 'acme', 'states survive a restart');
 });
+
+test('a field added on SIGHUP reads the past (backfill) to the values a fresh store gets, firing nothing meanwhile', async () => {
+  const { baseConfig } = await import('./helpers.mjs');
+  const { writeFileSync } = await import('node:fs');
+  const ADDED = [
+    { name: 'views_all', type: 'count', event: 'Product Viewed' },
+    { name: 'views_30d', type: 'count', event: 'Product Viewed', window: '30d' },
+    { name: 'brand_list', type: 'distinct_list', event: 'Product Viewed', property: 'properties.brand' },
+    { name: 'spent_all', type: 'sum', event: 'Order Completed', property: 'properties.total' },
+  ];
+  const RULE = { name: 'first-view', type: 'computed_change', field: 'views_all', crosses: 1 };
+  const events = [];
+  const t0 = Date.now();
+  for (let i = 0; i < 40; i++) {
+    const who = i % 4 === 0 ? { anonymousId: 'bf-anon-' + (i % 8) } : { userId: 'bf-user-' + (i % 5) };
+    events.push(['track', { ...who, event: 'Product Viewed', properties: { brand: 'b' + (i % 3) },
+      timestamp: new Date(t0 - (i * 86400000) / 2).toISOString(), messageId: 'bf-' + i }]);
+  }
+  events.push(['track', { userId: 'bf-user-1', event: 'Order Completed', properties: { total: 12.5 }, messageId: 'bf-o1' }]);
+  events.push(['identify', { userId: 'bf-user-2', anonymousId: 'bf-anon-0', messageId: 'bf-id' }]);
+  const a = await startServer({ config: {} });
+  const b = await startServer({ config: { computed: { fields: ADDED }, triggers: [RULE] } });
+  const send = async (s, [type, msg]) => {
+    const r = await post(s, '/v1/' + type, msg);
+    assert.equal(r.status, 200, r.text);
+  };
+  const get = async (s, path) => (await fetch(s.url + path, { headers: bearer })).json();
+  try {
+    for (const e of events) { await send(a, e); await send(b, e); }
+    // the fields arrive with a reload: the events above came before them
+    writeFileSync(a.cfgPath, JSON.stringify(baseConfig(a.dataDir, { computed: { fields: ADDED }, triggers: [RULE] })));
+    a.child.kill('SIGHUP');
+    const end = Date.now() + 10000;
+    let list;
+    for (;;) {
+      list = await get(a, '/v1/computed');
+      const names = list.fields.map((f) => f.name);
+      if (ADDED.every((f) => names.includes(f.name)) && list.fields.every((f) => !f.backfilling)) break;
+      assert.ok(Date.now() < end, 'the backfill ends: ' + JSON.stringify(list));
+      await sleep(100);
+    }
+    for (const id of ['bf-user-0', 'bf-user-1', 'bf-user-2', 'bf-user-3', 'bf-user-4']) {
+      const ca = (await get(a, `/v1/profiles/user_id/${id}`)).computed;
+      const cb = (await get(b, `/v1/profiles/user_id/${id}`)).computed;
+      assert.deepEqual({ ...ca, brand_list: [...ca.brand_list].sort() }, { ...cb, brand_list: [...cb.brand_list].sort() }, id);
+      assert.ok(ca.views_all > 0);
+    }
+    assert.equal((await get(a, '/v1/profiles/user_id/bf-user-2')).computed.views_all,
+      (await get(b, '/v1/profiles/user_id/bf-user-2')).computed.views_all, 'the merged anonymous views too');
+    const fired = async (s) => (await get(s, '/v1/triggers?after=0&limit=1000')).triggers.filter((t) => t.rule === 'first-view');
+    assert.equal((await fired(a)).length, 0, 'nothing fired for the past');
+    assert.ok((await fired(b)).length > 0, 'the fresh store fired as the events came');
+    // from now on the field is live: a new person's first view fires
+    await send(a, ['track', { userId: 'bf-new', event: 'Product Viewed', properties: { brand: 'z' } }]);
+    assert.equal((await get(a, '/v1/profiles/user_id/bf-new')).computed.views_all, 1);
+    assert.equal((await fired(a)).length, 1);
+  } finally {
+    await a.stop(); a.cleanup();
+    await b.stop(); b.cleanup();
+  }
+});
