@@ -965,7 +965,6 @@ static int backfill_plan(sl_fields_t *f, MDB_txn *txn)
         MDB_val k = {f->k2.len, f->k2.data};
         if ((rc = mdb_get(txn, f->fmeta, &k, &v)) == 0 && v.mv_size == 4) memcpy(&kept, v.mv_data, 4);
         else if (rc && rc != MDB_NOTFOUND) break;
-        rc = 0;
         if (kept == g->def) { /* known: a backfill under way goes on from its cursor */
             if ((rc = meta_key(&f->k2, "bf:", g->name))) break;
             k = (MDB_val){f->k2.len, f->k2.data};

@@ -515,13 +515,13 @@ int fld_gstate_apply(const fld_gfield_t *g, fld_gstate_t *s, const sl_stage_even
         if (x < s->f.min) s->f.min = x;
         if (x > s->f.max) s->f.max = x;
     }
-    if (g->type == FG_FIRST && (s->f.first_len == 0 || ts < s->f.first_ts)) {
+    if (g->type == FG_FIRST && v.n && (s->f.first_len == 0 || ts < s->f.first_ts)) {
         memcpy(s->first, v.p, v.n);
         s->first[v.n] = '\0';
         s->f.first_len = (uint32_t)v.n;
         s->f.first_ts = ts;
     }
-    if (g->type == FG_LAST && (s->f.last_len == 0 || ts >= s->f.last_ts)) {
+    if (g->type == FG_LAST && v.n && (s->f.last_len == 0 || ts >= s->f.last_ts)) {
         memcpy(s->last, v.p, v.n);
         s->last[v.n] = '\0';
         s->f.last_len = (uint32_t)v.n;

@@ -181,10 +181,9 @@ int sl_fields_verify(sl_fields_t *f, MDB_txn *txn, FILE *out, uint64_t *orders, 
     for (rc = rc ? rc : mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         uint64_t person;
         memcpy(&person, k.mv_data, 8);
-        if ((rc = fld_sum_decode(&v, have))) {
+        if (fld_sum_decode(&v, have) != 0) {
             fprintf(out, "computed fields of p_%llu: not a summary record\n", (unsigned long long)person);
             ++*problems;
-            rc = 0;
             continue;
         }
         fld_sum_init(want);
