@@ -253,3 +253,116 @@ int sl_fields_verify(sl_fields_t *f, MDB_txn *txn, FILE *out, uint64_t *orders, 
     free(o);
     return rc;
 }
+
+/* ---- verify: the generic fields against the stored events ---- */
+
+/* 1 when the JSON arrays a and b hold the same distinct elements */
+static int same_set(const char *a, size_t an, const char *b, size_t bn)
+{
+    sl_jiter_t ia, ib;
+    sl_jval_t k, x, y;
+    size_t na = 0, nb = 0;
+    sl_jiter(sl_jroot(b, bn), &ib);
+    while (sl_jnext(&ib, &k, &y)) nb++;
+    sl_jiter(sl_jroot(a, an), &ia);
+    while (sl_jnext(&ia, &k, &x)) {
+        int hit = 0;
+        na++;
+        sl_jiter(sl_jroot(b, bn), &ib);
+        while (!hit && sl_jnext(&ib, &k, &y)) hit = x.n == y.n && memcmp(x.p, y.p, x.n) == 0;
+        if (!hit) return 0;
+    }
+    return na == nb;
+}
+
+typedef struct {
+    sl_fields_t *f;
+    MDB_txn *log_txn;
+    int (*skip)(uint64_t seq, void *arg);
+    void *skip_arg;
+    int64_t now;
+    fld_gstate_t *st;       /* one recomputed state per generic field */
+    sl_arena_t arena;
+} vg_t;
+
+static int vg_event(uint64_t seq, void *arg)
+{
+    vg_t *x = arg;
+    const fld_conf_t *c = fld_conf(x->f->cfg);
+    MDB_val v;
+    if (x->skip && x->skip(seq, x->skip_arg)) return 0;
+    int rc = sl_store_event_get(sl_stage_log(x->f->stage), x->log_txn, seq, &v);
+    if (rc == MDB_NOTFOUND) return 0; /* erased or pruned since */
+    if (rc) return rc;
+    sl_jindex_t top, ctxi;
+    sl_stage_ctx_t ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    sl_stage_event_t ev = {.seq = seq, .json = v.mv_data, .len = v.mv_size, .top = &top, .context = &ctxi,
+                           .message_id = "", .ctx = &ctx};
+    ev.root = sl_jroot_index(v.mv_data, v.mv_size, &top, "context", &ctxi);
+    if (sl_jtype(ev.root) != SL_JOBJ) return 0;
+    sl_arena_reset(&x->arena);
+    size_t kn, tl;
+    const char *kind = sl_jstr_eq(sl_jindex_get(&top, "type"), "track", 5)
+                           ? sl_jstr(sl_jindex_get(&top, "event"), &x->arena, &kn)
+                           : sl_jstr(sl_jindex_get(&top, "type"), &x->arena, &kn);
+    const char *ts = sl_jstr(sl_jindex_get(&top, "timestamp"), &x->arena, &tl);
+    if (kind == NULL || ts == NULL || sl_time_parse_iso(ts, tl, &ctx.ts_ms)) return 0;
+    for (size_t i = 0; i < c->n_gfields; i++) {
+        double pts;
+        if (c->gfields[i].type != FG_LABEL && fld_gfield_matches(&c->gfields[i], kind, kn, &ev, x->now, &pts))
+            fld_gstate_apply(&c->gfields[i], &x->st[i], &ev, pts, x->now);
+    }
+    return 0;
+}
+
+int sl_fields_verify_generic(sl_fields_t *f, MDB_txn *txn, MDB_txn *log_txn, int (*skip)(uint64_t seq, void *arg),
+                             void *skip_arg, int64_t now, FILE *out, uint64_t *persons, uint64_t *problems)
+{
+    const fld_conf_t *c = fld_conf(f->cfg);
+    if (!f->have_dbs || !f->gfields_db || c->n_gfields == 0) return 0;
+    vg_t x = {f, log_txn, skip, skip_arg, now, calloc(c->n_gfields, sizeof(fld_gstate_t)), {0}};
+    fld_gstate_t *kept = malloc(sizeof(*kept));
+    sl_buf_t a = {0}, b = {0};
+    MDB_cursor *cur = NULL;
+    sl_arena_init(&x.arena);
+    int rc = x.st && kept ? mdb_cursor_open(txn, f->gfields_db, &cur) : SL_ENOMEM;
+    MDB_val k, v;
+    for (rc = rc ? rc : mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        uint64_t person;
+        memcpy(&person, k.mv_data, 8);
+        ++*persons;
+        for (size_t i = 0; i < c->n_gfields; i++) fld_gstate_init(&x.st[i], &c->gfields[i]);
+        int r = sl_stitch_person_events(f->stitch, txn, person, vg_event, &x);
+        if (r == SL_ENOTFOUND) continue; /* no such person any more: erased (its record goes with it) */
+        if (r) {
+            rc = r;
+            break;
+        }
+        for (size_t i = 0; i < c->n_gfields; i++) {
+            const fld_gfield_t *g = &c->gfields[i];
+            int found;
+            if (g->type == FG_LABEL || (atomic_load(&f->bf_mask) >> i & 1)) continue;
+            if ((rc = fld_gstate_read(f, txn, person, g, kept, &found))) break;
+            a.len = b.len = 0;
+            fld_gstate_prune(g, &x.st[i], now);
+            if ((rc = fld_gstate_value(g, kept, now, &a)) || (rc = fld_gstate_value(g, &x.st[i], now, &b))) break;
+            int same = a.len == b.len && memcmp(a.data, b.data, a.len) == 0;
+            if (!same && g->type == FG_DISTINCT_LIST) /* the same values in another order (merges) */
+                same = a.len == b.len && same_set(a.data, a.len, b.data, b.len);
+            if (!same) {
+                fprintf(out, "computed field %s of p_%llu: %.*s kept, its events make %.*s\n", g->name,
+                        (unsigned long long)person, (int)a.len, a.data, (int)b.len, b.data);
+                ++*problems;
+            }
+        }
+        if (rc) break;
+    }
+    if (cur) mdb_cursor_close(cur);
+    sl_arena_free(&x.arena);
+    sl_buf_free(&a);
+    sl_buf_free(&b);
+    free(x.st);
+    free(kept);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}

@@ -143,6 +143,14 @@ int sl_fields_distribution(sl_fields_t *f, MDB_txn *txn, const char *field, int6
  * orders. Problems printed and counted. */
 int sl_fields_verify(sl_fields_t *f, MDB_txn *txn, FILE *out, uint64_t *orders, uint64_t *problems);
 
+/* `sillage verify`, the generic fields: each person's fields recomputed from
+ * the person's stored events (log_txn: a read transaction of the log; skip:
+ * events set aside, may be NULL) and compared with what is kept, at now.
+ * Not meaningful where retention pruned events the fields counted: the
+ * caller skips it then. Fields still backfilling are not compared. */
+int sl_fields_verify_generic(sl_fields_t *f, MDB_txn *txn, MDB_txn *log_txn, int (*skip)(uint64_t seq, void *arg),
+                             void *skip_arg, int64_t now, FILE *out, uint64_t *persons, uint64_t *problems);
+
 typedef struct sl_fields_stats_s {
     uint64_t orders, duplicates, refunds, refunds_unmatched; /* ledger entries made; copies; refunds */
     uint64_t refunds_untrusted;  /* refunds from a browser (untrusted) key: ignored */

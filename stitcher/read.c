@@ -171,6 +171,34 @@ int sl_stitch_event_person(sl_stitch_t *s, MDB_txn *txn, const sl_jindex_t *top,
     return rc;
 }
 
+int sl_stitch_person_events(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int (*cb)(uint64_t seq, void *arg),
+                            void *arg)
+{
+    person_t p = {0};
+    MDB_cursor *cur = NULL;
+    int rc = stitch_person_load(s, txn, person, &p);
+    if (rc == MDB_NOTFOUND) rc = SL_ENOTFOUND;
+    if (rc == 0) rc = mdb_cursor_open(txn, s->tl, &cur);
+    for (size_t off = 0; rc == 0 && off < p.ids.len; off += strlen(p.ids.data + off) + 1) {
+        const char *key = p.ids.data + off;
+        uint64_t owner, tlno;
+        unsigned char tk[8];
+        if ((rc = stitch_lookup_id(s, txn, key, strlen(key), &owner, &tlno)) == MDB_NOTFOUND) {
+            rc = 0;
+            continue;
+        }
+        if (rc) break;
+        sl_be64_put(tk, tlno);
+        MDB_val k = {8, tk}, v;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP))
+            if ((rc = cb(stitch_tl_seq(v.mv_data), arg))) break;
+        if (rc == MDB_NOTFOUND) rc = 0;
+    }
+    if (cur) mdb_cursor_close(cur);
+    stitch_person_free(&p);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 int sl_stitch_find(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, uint64_t *person)
 {
     person_t p = {0};

@@ -145,6 +145,13 @@ int sl_stitch_find(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *i
  * Stage thread or a reader. */
 int sl_stitch_event_person(sl_stitch_t *s, MDB_txn *txn, const sl_jindex_t *top, uint64_t *person);
 
+/* Calls cb(seq, arg) for each stored event of person (every identifier's
+ * timeline: merged persons' events too), in no particular order; cb's
+ * non-zero result stops and is returned. SL_ENOTFOUND: no such person. Any
+ * thread (a read transaction): `sillage verify` replays them. */
+int sl_stitch_person_events(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int (*cb)(uint64_t seq, void *arg),
+                            void *arg);
+
 /* 1 when kind names an identifier kind: "user_id", "anonymous_id" or a
  * configured identity trait. */
 int sl_stitch_kind_ok(const sl_stitch_t *s, const char *kind);

@@ -126,6 +126,7 @@ test('verify and check-config', async () => {
   const v = run(['verify', '-c', srv.cfgPath]);
   assert.equal(v.code, 0, v.stdout + v.stderr);
   assert.match(v.stdout, / 0 problems/);
+  assert.match(v.stdout, /^\d+ persons' generic computed fields recomputed from their events$/m);
   srv = await startServer({ dir: srv.dir, config });
   assert.equal((await computed('user_id', 'g1')).fav_brand, 'acme', 'states survive a restart');
 });
