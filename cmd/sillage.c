@@ -751,6 +751,11 @@ static int verify_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     uint64_t orders = 0, gpersons = 0;
     if (rc == 0) rc = sl_fields_verify(q->d->fields, txn, stdout, &orders, &q->rep.problems);
     if (rc == 0) printf("%llu orders checked against their persons' computed fields\n", (unsigned long long)orders);
+    uint64_t order_events = 0;
+    if (rc == 0)
+        rc = sl_fields_verify_ledger(q->d->fields, txn, log_txn, is_aside, q, sl_stage_applied(q->d->stage), stdout,
+                                     &order_events, &q->rep.problems);
+    if (rc == 0) printf("%llu stored order events found in the ledger\n", (unsigned long long)order_events);
     /* the generic fields replayed from the events: not where retention pruned events they counted */
     if (rc == 0 && sl_stitch_prune_interval_ms(q->d->stitch) == 0) {
         rc = sl_fields_verify_generic(q->d->fields, txn, log_txn, is_aside, q, sl_now_ms(), stdout, &gpersons,

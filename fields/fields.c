@@ -549,16 +549,21 @@ static int amount(sl_fields_t *f, sl_jval_t props, const char *name, double *out
  * answer invalid) */
 static int order_key(sl_fields_t *f, const sl_stage_event_t *ev, sl_jval_t props, int by_msgid_ok, int *by_msgid)
 {
-    f->k.len = 0;
+    return fld_order_key(props, ev->message_id, by_msgid_ok, &f->k, &f->arena, by_msgid);
+}
+
+int fld_order_key(sl_jval_t props, const char *message_id, int by_msgid_ok, sl_buf_t *k, sl_arena_t *a, int *by_msgid)
+{
+    k->len = 0;
     sl_jval_t id = sl_jget(props, "order_id");
     const char *s = NULL;
     size_t n = 0;
-    if (sl_jtype(id) == SL_JSTR) s = sl_jstr(id, &f->arena, &n);
+    if (sl_jtype(id) == SL_JSTR) s = sl_jstr(id, a, &n);
     else if (sl_jtype(id) == SL_JNUM) s = id.p, n = id.n;
     *by_msgid = 0;
     if (s == NULL || n == 0) {
-        if (!by_msgid_ok || ev->message_id[0] == '\0') return SL_ENOTFOUND;
-        s = ev->message_id, n = strlen(s);
+        if (!by_msgid_ok || message_id == NULL || message_id[0] == '\0') return SL_ENOTFOUND;
+        s = message_id, n = strlen(s);
         *by_msgid = 1;
     }
     if (n > SL_FIELDS_ORDER_KEY_MAX) { /* cut between two characters: the orders route prints the key */
@@ -566,7 +571,7 @@ static int order_key(sl_fields_t *f, const sl_stage_event_t *ev, sl_jval_t props
         while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;
     }
     char tag = *by_msgid ? 'm' : 'o';
-    return sl_buf_append(&f->k, &tag, 1) || sl_buf_append(&f->k, s, n) ? SL_ENOMEM : 0;
+    return sl_buf_append(k, &tag, 1) || sl_buf_append(k, s, n) ? SL_ENOMEM : 0;
 }
 
 /* categories: the order's `category` and each product's, trimmed and

@@ -334,6 +334,10 @@ int fld_gvalues(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_
 /* The state of generic field g of person (an empty one, *found 0, when it
  * has none): any thread. */
 int fld_gstate_read(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, fld_gstate_t *s, int *found);
+/* An order's ledger key into k: 'o' + properties.order_id (a string, or a
+ * number as written), else (by_msgid_ok) 'm' + the messageId; cut at
+ * SL_FIELDS_ORDER_KEY_MAX between characters. SL_ENOTFOUND: no key. */
+int fld_order_key(sl_jval_t props, const char *message_id, int by_msgid_ok, sl_buf_t *k, sl_arena_t *a, int *by_msgid);
 /* A reader's flat list of person at now (its own scratch: any thread). */
 int fld_read_flat(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_flat_t *fl);
 /* person's window sums at now */

@@ -151,6 +151,13 @@ int sl_fields_verify(sl_fields_t *f, MDB_txn *txn, FILE *out, uint64_t *orders, 
 int sl_fields_verify_generic(sl_fields_t *f, MDB_txn *txn, MDB_txn *log_txn, int (*skip)(uint64_t seq, void *arg),
                              void *skip_arg, int64_t now, FILE *out, uint64_t *persons, uint64_t *problems);
 
+/* `sillage verify`, the ledger against the log: every stored order event
+ * (not set aside, of a person that still exists) is in the ledger -- as the
+ * order, with the person it belongs to now, or as a later copy counted on it.
+ * (Orders pruned by retention are simply not read: the ledger keeps them.) */
+int sl_fields_verify_ledger(sl_fields_t *f, MDB_txn *txn, MDB_txn *log_txn, int (*skip)(uint64_t seq, void *arg),
+                            void *skip_arg, uint64_t applied, FILE *out, uint64_t *checked, uint64_t *problems);
+
 typedef struct sl_fields_stats_s {
     uint64_t orders, duplicates, refunds, refunds_unmatched; /* ledger entries made; copies; refunds */
     uint64_t refunds_untrusted;  /* refunds from a browser (untrusted) key: ignored */

@@ -325,6 +325,7 @@ test('erasure takes the ledger entries; verify finds the ledger and every summar
   assert.equal(v.code, 0, v.stdout + v.stderr);
   assert.match(v.stdout, /0 problems/);
   assert.match(v.stdout, /^19 orders checked/m, 'every order of the ledger was checked');
+  assert.match(v.stdout, /^[1-9]\d* stored order events found in the ledger$/m, 'the ledger against the log');
   srv = await startServer({ dir: srv.dir, config: CONFIG });
   assert.equal((await profile('user_id', 'led')).computed.orders, 3, 'the ledger survives a restart');
 });
