@@ -255,19 +255,17 @@ static int diff(sl_fields_t *f, cJSON **list, const char *reason)
 }
 
 /* ---- generic fields' states: one record per person (gfields), every field's
- * state in it, each entry its name (u8 length, bytes), the hash of the
- * definition it was kept under (u32: another is a stale state), then its
- * state (u32 length, fld_gstate_encode): an event touches one record,
+ * state in it, each entry the hash of its field's definition (u32: the
+ * definition holds the name; a state kept under another is stale), then its
+ * state (u16 length, fld_gstate_encode): an event touches one record,
  * however many fields it moves ---- */
 
-#define GREC_VERSION 2
-#define GENT_HEAD 9u /* u8 name length, u32 definition, u32 state length */
+#define GREC_VERSION 3
+#define GENT_HEAD 6u /* u32 definition, u16 state length */
 
 /* The next entry of a record at *p: 1 and its parts, 0 at the end or at a
  * damaged entry (the rest is not read). */
 typedef struct {
-    const char *name;
-    size_t nl;
     uint32_t def;
     MDB_val state;
 } gent_t;
@@ -275,16 +273,13 @@ typedef struct {
 static int gent_next(const unsigned char **p, const unsigned char *end, gent_t *e)
 {
     const unsigned char *q = *p;
+    uint16_t sl;
     if (end - q < (ptrdiff_t)GENT_HEAD) return 0;
-    uint8_t l = q[0];
-    uint32_t sl;
-    if ((size_t)(end - q) < GENT_HEAD + l) return 0;
-    memcpy(&e->def, q + 1 + l, 4);
-    memcpy(&sl, q + 5 + l, 4);
-    if ((size_t)(end - q) < GENT_HEAD + l + sl) return 0;
-    e->name = (const char *)q + 1, e->nl = l;
-    e->state = (MDB_val){sl, (void *)(q + GENT_HEAD + l)};
-    *p = q + GENT_HEAD + l + sl;
+    memcpy(&e->def, q, 4);
+    memcpy(&sl, q + 4, 2);
+    if ((size_t)(end - q) < GENT_HEAD + sl) return 0;
+    e->state = (MDB_val){sl, (void *)(q + GENT_HEAD)};
+    *p = q + GENT_HEAD + sl;
     return 1;
 }
 
@@ -293,25 +288,21 @@ static int gent_next(const unsigned char **p, const unsigned char *end, gent_t *
 static int grec_find(const MDB_val *rec, const fld_gfield_t *g, MDB_val *state)
 {
     const unsigned char *p = rec->mv_data, *end = p + rec->mv_size;
-    size_t nl = strlen(g->name);
     gent_t e;
     if (rec->mv_size < 1 || p[0] != GREC_VERSION) return 0;
     for (p++; gent_next(&p, end, &e);)
-        if (e.nl == nl && memcmp(e.name, g->name, nl) == 0) {
+        if (e.def == g->def) {
             *state = e.state;
-            return e.def == g->def;
+            return 1;
         }
     return 0;
 }
 
-static int grec_entry(sl_buf_t *out, const char *name, size_t nl, uint32_t def, const void *state, size_t n)
+static int grec_entry(sl_buf_t *out, uint32_t def, const void *state, size_t n)
 {
-    uint8_t l = (uint8_t)nl;
-    uint32_t sl = (uint32_t)n;
-    return sl_buf_append(out, &l, 1) || sl_buf_append(out, name, nl) || sl_buf_append(out, &def, 4) ||
-                   sl_buf_append(out, &sl, 4) || sl_buf_append(out, state, n)
-               ? SL_ENOMEM
-               : 0;
+    if (n > UINT16_MAX) return SL_ETOOBIG; /* bounded below it: FLD_MAX_BUCKETS, FLD_MAX_VALUES */
+    uint16_t sl = (uint16_t)n;
+    return sl_buf_append(out, &def, 4) || sl_buf_append(out, &sl, 2) || sl_buf_append(out, state, n) ? SL_ENOMEM : 0;
 }
 
 /* person's record, copied into out (empty: none) */
@@ -365,21 +356,18 @@ static int grec_put(sl_fields_t *f, MDB_txn *txn, uint64_t person, const sl_buf_
     gent_t e;
     while (rc == 0 && p && gent_next(&p, end, &e)) {
         size_t i = 0;
-        while (i < n && !(strlen(repl[i]->name) == e.nl && memcmp(repl[i]->name, e.name, e.nl) == 0)) i++;
+        while (i < n && repl[i]->def != e.def) i++;
         if (i < n) {
-            rc = grec_entry(out, e.name, e.nl, repl[i]->def, states[i].data, states[i].len);
+            rc = grec_entry(out, e.def, states[i].data, states[i].len);
             done |= 1ULL << i;
         } else {
-            int kept = 0; /* a field no longer configured, or kept under another definition, is dropped */
-            for (size_t g = 0; g < c->n_gfields && !kept; g++)
-                kept = strlen(c->gfields[g].name) == e.nl && memcmp(c->gfields[g].name, e.name, e.nl) == 0 &&
-                       c->gfields[g].def == e.def;
-            if (kept) rc = grec_entry(out, e.name, e.nl, e.def, e.state.mv_data, e.state.mv_size);
+            int kept = 0; /* a field no longer configured (or its old definition) is dropped */
+            for (size_t g = 0; g < c->n_gfields && !kept; g++) kept = c->gfields[g].def == e.def;
+            if (kept) rc = grec_entry(out, e.def, e.state.mv_data, e.state.mv_size);
         }
     }
     for (size_t i = 0; rc == 0 && i < n; i++)
-        if (!(done >> i & 1))
-            rc = grec_entry(out, repl[i]->name, strlen(repl[i]->name), repl[i]->def, states[i].data, states[i].len);
+        if (!(done >> i & 1)) rc = grec_entry(out, repl[i]->def, states[i].data, states[i].len);
     MDB_val k = {8, &person}, v = {out->len, out->data};
     return rc ? rc : mdb_put(txn, f->gfields_db, &k, &v, 0);
 }
