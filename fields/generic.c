@@ -305,10 +305,14 @@ void fld_gstate_init(fld_gstate_t *s, const fld_gfield_t *g)
 }
 
 /* The record keeps what the type reads, nothing else (a count over a
- * window: 12 bytes a bucket). Layout: version, type, flags, then u16
- * n_buckets, n_values, u8 first_len, last_len, told_len, has_timer; the
- * lifetime aggregates the type uses; the timer; the values first, last,
- * told; the buckets; the distinct values. */
+ * window: 8 bytes a bucket). Layout: version, type, flags, marks (has a
+ * timer, has lifetime aggregates), then u16 n_buckets, n_values, u8
+ * first_len, last_len, told_len; the lifetime aggregates the type uses
+ * (a window keeps none); the timer; the values first, last, told; the
+ * buckets (the first's id, then each one's offset from it, u32); the
+ * distinct values. */
+#define GM_TIMER 1u
+#define GM_LIFETIME 2u
 #define USES_SUM(t) ((t) == FG_SUM || (t) == FG_AVG || (t) == FG_SCORE)
 #define PUT(b, x) sl_buf_append((b), &(x), sizeof(x))
 
@@ -317,23 +321,28 @@ int fld_gstate_encode(const fld_gstate_t *s, sl_buf_t *b)
     b->len = 0;
     const fld_gfix_t *f = &s->f;
     int t = f->type, rc = 0;
-    uint8_t h[4] = {FLD_GSTATE_VERSION, f->type, f->flags, f->timer_ms != 0};
+    int life = f->count != 0;
+    uint8_t h[4] = {FLD_GSTATE_VERSION, f->type, f->flags, (f->timer_ms ? GM_TIMER : 0) | (life ? GM_LIFETIME : 0)};
     uint16_t nb = (uint16_t)f->n_buckets, nv = (uint16_t)f->n_values;
     uint8_t l[3] = {(uint8_t)f->first_len, (uint8_t)f->last_len, (uint8_t)f->told_len};
     rc |= sl_buf_append(b, h, 4) | PUT(b, nb) | PUT(b, nv) | sl_buf_append(b, l, 3);
-    rc |= PUT(b, f->count);
-    if (USES_SUM(t)) rc |= PUT(b, f->sum);
-    if (t == FG_MIN) rc |= PUT(b, f->min);
-    if (t == FG_MAX) rc |= PUT(b, f->max);
+    if (life) {
+        rc |= PUT(b, f->count);
+        if (USES_SUM(t)) rc |= PUT(b, f->sum);
+        if (t == FG_MIN) rc |= PUT(b, f->min);
+        if (t == FG_MAX) rc |= PUT(b, f->max);
+    }
     if (t == FG_FIRST) rc |= PUT(b, f->first_ts);
     if (t == FG_LAST) rc |= PUT(b, f->last_ts);
     if (f->timer_ms) rc |= PUT(b, f->timer_ms);
     rc |= sl_buf_append(b, s->first, f->first_len) | sl_buf_append(b, s->last, f->last_len) |
           sl_buf_append(b, s->told, f->told_len);
+    if (f->n_buckets) rc |= PUT(b, s->buckets[0].id);
     for (size_t i = 0; i < f->n_buckets; i++) {
         const fld_bucket_t *k = &s->buckets[i];
         uint32_t c = k->count > UINT32_MAX ? UINT32_MAX : (uint32_t)k->count;
-        rc |= PUT(b, k->id) | PUT(b, c);
+        uint32_t off = (uint32_t)(k->id - s->buckets[0].id); /* sorted, within FLD_MAX_BUCKETS of a window */
+        rc |= PUT(b, off) | PUT(b, c);
         if (USES_SUM(t)) rc |= PUT(b, k->sum);
         if (t == FG_MIN) rc |= PUT(b, k->min);
         if (t == FG_MAX) rc |= PUT(b, k->max);
@@ -379,23 +388,28 @@ int fld_gstate_decode(const MDB_val *v, fld_gstate_t *s)
     f->version = h[0], f->type = h[1], f->flags = h[2];
     f->n_buckets = nb, f->n_values = nv, f->first_len = l[0], f->last_len = l[1], f->told_len = l[2];
     f->min = INFINITY, f->max = -INFINITY;
-    take(&r, &f->count, 8);
-    if (USES_SUM(t)) take(&r, &f->sum, 8);
-    if (t == FG_MIN) take(&r, &f->min, 8);
-    if (t == FG_MAX) take(&r, &f->max, 8);
+    if (h[3] & GM_LIFETIME) {
+        take(&r, &f->count, 8);
+        if (USES_SUM(t)) take(&r, &f->sum, 8);
+        if (t == FG_MIN) take(&r, &f->min, 8);
+        if (t == FG_MAX) take(&r, &f->max, 8);
+    }
     if (t == FG_FIRST) take(&r, &f->first_ts, 8);
     if (t == FG_LAST) take(&r, &f->last_ts, 8);
-    if (h[3]) take(&r, &f->timer_ms, 8);
+    if (h[3] & GM_TIMER) take(&r, &f->timer_ms, 8);
     take(&r, s->first, f->first_len);
     s->first[f->first_len] = '\0';
     take(&r, s->last, f->last_len);
     s->last[f->last_len] = '\0';
     take(&r, s->told, f->told_len);
+    int64_t first_id = 0;
+    if (nb) take(&r, &first_id, 8);
     for (size_t i = 0; i < nb && !r.bad; i++) {
         fld_bucket_t *k = &s->buckets[i];
-        uint32_t c;
-        take(&r, &k->id, 8);
+        uint32_t c, off;
+        take(&r, &off, 4);
         take(&r, &c, 4);
+        k->id = first_id + off;
         k->count = c, k->sum = 0, k->min = INFINITY, k->max = -INFINITY;
         if (USES_SUM(t)) take(&r, &k->sum, 8);
         if (t == FG_MIN) take(&r, &k->min, 8);
