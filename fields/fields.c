@@ -863,9 +863,7 @@ static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, 
 {
     const fld_conf_t *c = conf(f);
     size_t kn;
-    const char *kind = sl_jstr_eq(sl_jindex_get(ev->top, "type"), "track", 5)
-                           ? sl_jstr(sl_jindex_get(ev->top, "event"), &f->arena, &kn)
-                           : sl_jstr(sl_jindex_get(ev->top, "type"), &f->arena, &kn);
+    const char *kind = fld_event_kind(ev->top, &f->arena, &kn);
     if (kind == NULL) return 0;
     uint64_t hit = 0;
     double pts[FLD_MAX_GFIELDS];
@@ -986,6 +984,7 @@ typedef struct {
     uint64_t to;            /* the last event of this chunk */
     int64_t now;
     uint64_t read;
+    fld_replay_t r;         /* the event under way */
 } bf_run_t;
 
 static int bf_event(const char *json, size_t len, uint64_t seq, void *arg)
@@ -994,29 +993,17 @@ static int bf_event(const char *json, size_t len, uint64_t seq, void *arg)
     sl_fields_t *f = b->f;
     if (seq > b->to) return 1; /* this chunk is done */
     b->read++;
-    sl_jindex_t top, ctxi;
-    sl_stage_ctx_t ctx;
-    memset(&ctx, 0, sizeof(ctx));
-    sl_stage_event_t ev = {.seq = seq, .json = json, .len = len, .top = &top, .context = &ctxi, .message_id = "",
-                           .ctx = &ctx};
-    ev.root = sl_jroot_index(json, len, &top, "context", &ctxi);
-    if (sl_jtype(ev.root) != SL_JOBJ) return 0;
-    sl_arena_reset(&f->arena);
-    size_t kn, tl;
-    const char *kind = sl_jstr_eq(sl_jindex_get(&top, "type"), "track", 5)
-                           ? sl_jstr(sl_jindex_get(&top, "event"), &f->arena, &kn)
-                           : sl_jstr(sl_jindex_get(&top, "type"), &f->arena, &kn);
-    const char *ts = sl_jstr(sl_jindex_get(&top, "timestamp"), &f->arena, &tl);
+    fld_replay_t *r = &b->r;
     double pts;
-    if (kind == NULL || ts == NULL || sl_time_parse_iso(ts, tl, &ctx.ts_ms) ||
-        !fld_gfield_matches(b->g, kind, kn, &ev, b->now, &pts))
+    sl_arena_reset(&f->arena);
+    if (fld_replay_event(r, json, len, seq, &f->arena) || !fld_gfield_matches(b->g, r->kind, r->kind_len, &r->ev, b->now, &pts))
         return 0;
     uint64_t person;
-    int found, rc = sl_stitch_event_person(f->stitch, b->txn, &top, &person);
+    int found, rc = sl_stitch_event_person(f->stitch, b->txn, &r->top, &person);
     if (rc == SL_ENOTFOUND) return 0; /* erased since, or keyed by a trait alone */
     if (rc || (rc = grec_get(f, b->txn, person, &f->grec_old))) return rc;
     MDB_val rec = {f->grec_old.len, f->grec_old.data};
-    if ((rc = gstate_from(&rec, b->g, f->gs, &found)) || !fld_gstate_apply(b->g, f->gs, &ev, pts, b->now)) return rc;
+    if ((rc = gstate_from(&rec, b->g, f->gs, &found)) || !fld_gstate_apply(b->g, f->gs, &r->ev, pts, b->now)) return rc;
     if ((rc = gstate_settle(f, b->txn, person, b->g, f->gs, b->now)) ||
         (rc = fld_gstate_encode(f->gs, &f->gstates[0])))
         return rc;
@@ -1045,7 +1032,7 @@ static int on_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
     while (i < c->n_gfields && !f->bf[i].on) i++;
     if (i == c->n_gfields) return 0;
     watch_update(f);
-    bf_run_t b = {f, txn, &c->gfields[i], i, f->bf[i].next + BF_CHUNK - 1, now, 0};
+    bf_run_t b = {.f = f, .txn = txn, .g = &c->gfields[i], .i = i, .to = f->bf[i].next + BF_CHUNK - 1, .now = now};
     if (b.to > f->bf[i].upto) b.to = f->bf[i].upto;
     int rc = sl_store_read(sl_stage_log(f->stage), bf_log, &b);
     if (rc) return rc;
@@ -1054,6 +1041,25 @@ static int on_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
     f->pend.backfilled += b.read;
     *wrote = 1;
     return bf_save(f, txn, i);
+}
+
+const char *fld_event_kind(const sl_jindex_t *top, sl_arena_t *a, size_t *len)
+{
+    int track = sl_jstr_eq(sl_jindex_get(top, "type"), "track", 5);
+    return sl_jstr(sl_jindex_get(top, track ? "event" : "type"), a, len);
+}
+
+int fld_replay_event(fld_replay_t *r, const char *json, size_t len, uint64_t seq, sl_arena_t *a)
+{
+    size_t tl;
+    memset(&r->ctx, 0, sizeof(r->ctx));
+    r->ev = (sl_stage_event_t){.seq = seq, .json = json, .len = len, .top = &r->top, .context = &r->context,
+                               .message_id = "", .ctx = &r->ctx};
+    r->ev.root = sl_jroot_index(json, len, &r->top, "context", &r->context);
+    if (sl_jtype(r->ev.root) != SL_JOBJ) return SL_EINVAL;
+    r->kind = fld_event_kind(&r->top, a, &r->kind_len);
+    const char *ts = sl_jstr(sl_jindex_get(&r->top, "timestamp"), a, &tl);
+    return r->kind && ts && sl_time_parse_iso(ts, tl, &r->ctx.ts_ms) == 0 ? 0 : SL_EINVAL;
 }
 
 /* ---- the step ---- */

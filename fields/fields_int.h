@@ -338,6 +338,21 @@ int fld_gstate_read(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfi
  * number as written), else (by_msgid_ok) 'm' + the messageId; cut at
  * SL_FIELDS_ORDER_KEY_MAX between characters. SL_ENOTFOUND: no key. */
 int fld_order_key(sl_jval_t props, const char *message_id, int by_msgid_ok, sl_buf_t *k, sl_arena_t *a, int *by_msgid);
+/* A stored event read back as the stage hands it to the steps (backfill,
+ * verify): its members, its corrected timestamp in the context, its kind
+ * (a track's name, else its type; decoded into a). r must not move while
+ * r->ev is used. 0, or SL_EINVAL: not an object with a kind and a
+ * timestamp. */
+typedef struct {
+    sl_jindex_t top, context;
+    sl_stage_ctx_t ctx;
+    sl_stage_event_t ev;
+    const char *kind;
+    size_t kind_len;
+} fld_replay_t;
+int fld_replay_event(fld_replay_t *r, const char *json, size_t len, uint64_t seq, sl_arena_t *a);
+/* The kind of the event whose members are top (NULL: none). */
+const char *fld_event_kind(const sl_jindex_t *top, sl_arena_t *a, size_t *len);
 /* A reader's flat list of person at now (its own scratch: any thread). */
 int fld_read_flat(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_flat_t *fl);
 /* person's window sums at now */

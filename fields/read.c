@@ -283,6 +283,7 @@ typedef struct {
     int64_t now;
     fld_gstate_t *st;       /* one recomputed state per generic field */
     sl_arena_t arena;
+    fld_replay_t r;         /* the event under way */
 } vg_t;
 
 static int vg_event(uint64_t seq, void *arg)
@@ -294,24 +295,14 @@ static int vg_event(uint64_t seq, void *arg)
     int rc = sl_store_event_get(sl_stage_log(x->f->stage), x->log_txn, seq, &v);
     if (rc == MDB_NOTFOUND) return 0; /* erased or pruned since */
     if (rc) return rc;
-    sl_jindex_t top, ctxi;
-    sl_stage_ctx_t ctx;
-    memset(&ctx, 0, sizeof(ctx));
-    sl_stage_event_t ev = {.seq = seq, .json = v.mv_data, .len = v.mv_size, .top = &top, .context = &ctxi,
-                           .message_id = "", .ctx = &ctx};
-    ev.root = sl_jroot_index(v.mv_data, v.mv_size, &top, "context", &ctxi);
-    if (sl_jtype(ev.root) != SL_JOBJ) return 0;
+    fld_replay_t *r = &x->r;
     sl_arena_reset(&x->arena);
-    size_t kn, tl;
-    const char *kind = sl_jstr_eq(sl_jindex_get(&top, "type"), "track", 5)
-                           ? sl_jstr(sl_jindex_get(&top, "event"), &x->arena, &kn)
-                           : sl_jstr(sl_jindex_get(&top, "type"), &x->arena, &kn);
-    const char *ts = sl_jstr(sl_jindex_get(&top, "timestamp"), &x->arena, &tl);
-    if (kind == NULL || ts == NULL || sl_time_parse_iso(ts, tl, &ctx.ts_ms)) return 0;
+    if (fld_replay_event(r, v.mv_data, v.mv_size, seq, &x->arena)) return 0;
     for (size_t i = 0; i < c->n_gfields; i++) {
         double pts;
-        if (c->gfields[i].type != FG_LABEL && fld_gfield_matches(&c->gfields[i], kind, kn, &ev, x->now, &pts))
-            fld_gstate_apply(&c->gfields[i], &x->st[i], &ev, pts, x->now);
+        if (c->gfields[i].type != FG_LABEL &&
+            fld_gfield_matches(&c->gfields[i], r->kind, r->kind_len, &r->ev, x->now, &pts))
+            fld_gstate_apply(&c->gfields[i], &x->st[i], &r->ev, pts, x->now);
     }
     return 0;
 }
@@ -321,7 +312,8 @@ int sl_fields_verify_generic(sl_fields_t *f, MDB_txn *txn, MDB_txn *log_txn, int
 {
     const fld_conf_t *c = fld_conf(f->cfg);
     if (!f->have_dbs || !f->gfields_db || c->n_gfields == 0) return 0;
-    vg_t x = {f, log_txn, skip, skip_arg, now, calloc(c->n_gfields, sizeof(fld_gstate_t)), {0}};
+    vg_t x = {.f = f, .log_txn = log_txn, .skip = skip, .skip_arg = skip_arg, .now = now,
+              .st = calloc(c->n_gfields, sizeof(fld_gstate_t))};
     fld_gstate_t *kept = malloc(sizeof(*kept));
     sl_buf_t a = {0}, b = {0};
     MDB_cursor *cur = NULL;
