@@ -999,8 +999,8 @@ static int bf_event(const char *json, size_t len, uint64_t seq, void *arg)
     if (fld_replay_event(r, json, len, seq, &f->arena) || !fld_gfield_matches(b->g, r->kind, r->kind_len, &r->ev, b->now, &pts))
         return 0;
     uint64_t person;
-    int found, rc = sl_stitch_event_person(f->stitch, b->txn, &r->top, &person);
-    if (rc == SL_ENOTFOUND) return 0; /* erased since, or keyed by a trait alone */
+    int found, rc = sl_stitch_event_person(f->stitch, b->txn, &r->top, &r->context, &person);
+    if (rc == SL_ENOTFOUND) return 0; /* erased since */
     if (rc || (rc = grec_get(f, b->txn, person, &f->grec_old))) return rc;
     MDB_val rec = {f->grec_old.len, f->grec_old.data};
     if ((rc = gstate_from(&rec, b->g, f->gs, &found)) || !fld_gstate_apply(b->g, f->gs, &r->ev, pts, b->now)) return rc;

@@ -391,7 +391,7 @@ static int vl_event(const char *json, size_t len, uint64_t seq, void *arg)
     if (rc == SL_ENOTFOUND) return 0;
     if (rc) return rc;
     uint64_t person;
-    if (sl_stitch_event_person(x->f->stitch, x->txn, &top, &person) != 0) return 0; /* erased, or no id */
+    if (sl_stitch_event_person(x->f->stitch, x->txn, &top, &ctxi, &person) != 0) return 0; /* erased, or no id */
     x->checked++;
     MDB_val k = {x->key.len, x->key.data}, v;
     if ((rc = mdb_get(x->txn, x->f->ledger, &k, &v)) == MDB_NOTFOUND || (rc == 0 && fld_order_decode(&v, &x->o))) {

@@ -149,7 +149,8 @@ int stitch_find_person(sl_stitch_t *s, MDB_txn *txn, const char *kind, const cha
     return rc;
 }
 
-int sl_stitch_event_person(sl_stitch_t *s, MDB_txn *txn, const sl_jindex_t *top, uint64_t *person)
+int sl_stitch_event_person(sl_stitch_t *s, MDB_txn *txn, const sl_jindex_t *top, const sl_jindex_t *context,
+                           uint64_t *person)
 {
     sl_arena_t a;
     sl_buf_t key = {0};
@@ -164,6 +165,17 @@ int sl_stitch_event_person(sl_stitch_t *s, MDB_txn *txn, const sl_jindex_t *top,
         if ((rc = stitch_make_key(&key, kinds[i][1], v)) == 0) rc = stitch_lookup(s, txn, &key, &pid, NULL);
         if (rc == 0 && pid == 0) rc = SL_ENOTFOUND;
         if (rc == MDB_NOTFOUND) rc = SL_ENOTFOUND;
+        if (rc == 0) *person = pid;
+    }
+    /* an identify the stitcher keyed by a trait alone (no usable ids) */
+    sl_jval_t traits = sl_jstr_eq(sl_jindex_get(top, "type"), "identify", 8) ? stitch_identify_traits(top, context)
+                                                                            : (sl_jval_t){NULL, 0};
+    for (size_t i = 0; rc == SL_ENOTFOUND && traits.n && i < s->cfg->n_identity_traits && i < SL_STITCH_MAX_TRAITS; i++) {
+        const char *v = sl_stitch_clean_id(s, stitch_jstr(traits, s->cfg->identity_traits[i], &a), &a, 1);
+        uint64_t pid = 0;
+        if (v == NULL) continue;
+        if ((rc = stitch_make_key(&key, s->cfg->identity_traits[i], v)) == 0) rc = stitch_lookup(s, txn, &key, &pid, NULL);
+        if (rc == MDB_NOTFOUND || (rc == 0 && pid == 0)) rc = SL_ENOTFOUND;
         if (rc == 0) *person = pid;
     }
     sl_buf_free(&key);

@@ -139,11 +139,12 @@ const char *sl_stitch_clean_id(const sl_stitch_t *s, const char *v, sl_arena_t *
 int sl_stitch_find(sl_stitch_t *s, MDB_txn *txn, const char *kind, const char *id, uint64_t *person);
 
 /* The person a stored event belongs to now (its userId, else its
- * anonymousId, as the stitcher keys them; merges since followed): 0 and
- * *person, SL_ENOTFOUND (no such identifier: erased, or an event keyed by a
- * trait alone), or an LMDB error. top: the event's members (sl_jindex).
- * Stage thread or a reader. */
-int sl_stitch_event_person(sl_stitch_t *s, MDB_txn *txn, const sl_jindex_t *top, uint64_t *person);
+ * anonymousId, else -- an identify -- its first identity trait, as the
+ * stitcher keys them; merges since followed): 0 and *person, SL_ENOTFOUND
+ * (no such identifier: erased), or an LMDB error. top, context: the
+ * event's members and its context's (sl_jindex). Stage thread or a reader. */
+int sl_stitch_event_person(sl_stitch_t *s, MDB_txn *txn, const sl_jindex_t *top, const sl_jindex_t *context,
+                           uint64_t *person);
 
 /* Calls cb(seq, arg) for each stored event of person (every identifier's
  * timeline: merged persons' events too), in no particular order; cb's

@@ -139,6 +139,7 @@ test('a field added on SIGHUP reads the past (backfill) to the values a fresh st
     { name: 'views_30d', type: 'count', event: 'Product Viewed', window: '30d' },
     { name: 'brand_list', type: 'distinct_list', event: 'Product Viewed', property: 'properties.brand' },
     { name: 'spent_all', type: 'sum', event: 'Order Completed', property: 'properties.total' },
+    { name: 'idents', type: 'count', event: 'identify' },
   ];
   const RULE = { name: 'first-view', type: 'computed_change', field: 'views_all', crosses: 1 };
   const events = [];
@@ -150,6 +151,9 @@ test('a field added on SIGHUP reads the past (backfill) to the values a fresh st
   }
   events.push(['track', { userId: 'bf-user-1', event: 'Order Completed', properties: { total: 12.5 }, messageId: 'bf-o1' }]);
   events.push(['identify', { userId: 'bf-user-2', anonymousId: 'bf-anon-0', messageId: 'bf-id' }]);
+  // an identify the stitcher keys by its e-mail alone (its ids are junk)
+  events.push(['identify', { userId: 'null', anonymousId: 'undefined', traits: { email: 'BF-Mail@Example.com' },
+    messageId: 'bf-mail' }]);
   const a = await startServer({ config: {} });
   const b = await startServer({ config: { computed: { fields: ADDED }, triggers: [RULE] } });
   const send = async (s, [type, msg]) => {
@@ -177,6 +181,9 @@ test('a field added on SIGHUP reads the past (backfill) to the values a fresh st
       assert.deepEqual({ ...ca, brand_list: [...ca.brand_list].sort() }, { ...cb, brand_list: [...cb.brand_list].sort() }, id);
       assert.ok(ca.views_all > 0);
     }
+    const byMail = async (s) => (await get(s, '/v1/profiles/email/bf-mail%40example.com')).computed.idents;
+    assert.equal(await byMail(a), 1, 'the backfill found the person of an identify keyed by its e-mail');
+    assert.equal(await byMail(b), 1);
     assert.equal((await get(a, '/v1/profiles/user_id/bf-user-2')).computed.views_all,
       (await get(b, '/v1/profiles/user_id/bf-user-2')).computed.views_all, 'the merged anonymous views too');
     const fired = async (s) => (await get(s, '/v1/triggers?after=0&limit=1000')).triggers.filter((t) => t.rule === 'first-view');
