@@ -859,12 +859,10 @@ out:
 
 /* The event for the generic fields of person: each field it matches takes
  * it; the changes go to list. */
-static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, uint64_t person, int64_t now)
+static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, const char *kind, size_t kn,
+                      uint64_t person, int64_t now)
 {
     const fld_conf_t *c = conf(f);
-    size_t kn;
-    const char *kind = fld_event_kind(ev->top, &f->arena, &kn);
-    if (kind == NULL) return 0;
     uint64_t hit = 0;
     double pts[FLD_MAX_GFIELDS];
     for (size_t i = 0; i < c->n_gfields; i++)
@@ -1101,13 +1099,14 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
         rc = merge(f, txn, sv, x->merge_absorbed[i], list_for(f, ev, sv), now);
         if (rc == 0 && f->tchanges) rc = tell(f, txn, sv, now);
     }
-    if (rc == 0 && x->entity.kind == SL_ENTITY_PERSON && sl_jstr_eq(sl_jindex_get(ev->top, "type"), "track", 5)) {
-        size_t n;
-        const char *name = sl_jstr(sl_jindex_get(ev->top, "event"), &f->arena, &n);
+    /* the event's kind, decoded once: a track's name (orders, refunds) or its type */
+    size_t n = 0;
+    const char *name = x->entity.kind == SL_ENTITY_PERSON ? fld_event_kind(ev->top, &f->arena, &n) : NULL;
+    if (rc == 0 && name && sl_jstr_eq(sl_jindex_get(ev->top, "type"), "track", 5)) {
         const fld_conf_t *c = conf(f);
-        if (name && fld_name_in(c->order_events, c->n_order_events, name, n))
+        if (fld_name_in(c->order_events, c->n_order_events, name, n))
             rc = on_order(f, txn, ev, sl_jindex_get(ev->top, "properties"), x->entity.id, now);
-        else if (name && fld_name_in(c->refund_events, c->n_refund_events, name, n)) {
+        else if (fld_name_in(c->refund_events, c->n_refund_events, name, n)) {
             /* a browser key is public: from it, a refund would let anyone take anyone's order
              * out of their figures by its order_id, and fill the ledger with refunds waiting
              * for orders that never come. Only a trusted (server-side) source refunds. */
@@ -1115,8 +1114,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
             else f->pend.refunds_untrusted++;
         }
     }
-    if (rc == 0 && x->entity.kind == SL_ENTITY_PERSON && conf(f)->n_gfields)
-        rc = on_generic(f, txn, ev, x->entity.id, now);
+    if (rc == 0 && name && conf(f)->n_gfields) rc = on_generic(f, txn, ev, name, n, x->entity.id, now);
     x->computed_changes = f->changes;
     f->quiet = 0;
     return rc;
