@@ -287,9 +287,10 @@ static int gent_next(const unsigned char **p, const unsigned char *end, gent_t *
  * and *state, or 0. */
 static int grec_find(const MDB_val *rec, const fld_gfield_t *g, MDB_val *state)
 {
-    const unsigned char *p = rec->mv_data, *end = p + rec->mv_size;
+    const unsigned char *p = rec->mv_data, *end;
     gent_t e;
     if (rec->mv_size < 1 || p[0] != GREC_VERSION) return 0;
+    end = p + rec->mv_size;
     for (p++; gent_next(&p, end, &e);)
         if (e.def == g->def) {
             *state = e.state;
@@ -351,8 +352,9 @@ static int grec_put(sl_fields_t *f, MDB_txn *txn, uint64_t person, const sl_buf_
     uint8_t ver = GREC_VERSION;
     int rc = sl_buf_append(out, &ver, 1);
     uint64_t done = 0;
+    /* (no record yet: old->data may be NULL, no arithmetic on it) */
     const unsigned char *p = old->len && (unsigned char)old->data[0] == GREC_VERSION ? (const unsigned char *)old->data + 1 : NULL;
-    const unsigned char *end = (const unsigned char *)old->data + old->len;
+    const unsigned char *end = p ? (const unsigned char *)old->data + old->len : NULL;
     gent_t e;
     while (rc == 0 && p && gent_next(&p, end, &e)) {
         size_t i = 0;

@@ -148,12 +148,20 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (sl_fields_config_register() || sl_trig_config_register()) abort();
     static char dir[] = "/tmp/sl-fuzz-http-XXXXXX";
     if (mkdtemp(dir) == NULL) abort();
-    char json[4096];
+    char json[6144];
     snprintf(json, sizeof(json),
              "{\"listen\":\"127.0.0.1:0\",\"data_dir\":\"%s\",\"durability\":\"os\",\"map_size\":\"64MB\","
              "\"sources\":[{\"name\":\"s\",\"write_key\":\"wk\"},{\"name\":\"b\",\"write_key\":\"bk\",\"trusted\":true}],\"admin_token\":\"tok\",\"demo\":true,\"debug\":true,"
              "\"limits\":{\"max_request_bytes\":65536,\"max_message_bytes\":2048},"
+             /* the computed fields the public key's events reach: the ledger, refunds (key bk),
+              * generic fields with windows and values, tracked changes */
+             "\"computed\":{\"commerce\":{\"currency\":\"EUR\",\"fx\":{\"USD\":0.5},\"windows\":[\"90d\"]},"
+             "\"fields\":[{\"name\":\"v\",\"type\":\"count\",\"event\":\"Product Viewed\",\"window\":\"2s\"},"
+             "{\"name\":\"dl\",\"type\":\"distinct_list\",\"event\":\"Order Completed\",\"property\":\"properties.coupon\"},"
+             "{\"name\":\"mx\",\"type\":\"max\",\"event\":\"track\",\"property\":\"properties.n\",\"window\":\"3d\"}]},"
              "\"triggers\":[{\"name\":\"c\",\"type\":\"abandoned_cart\",\"delay\":\"1s\"},"
+             "{\"name\":\"cc\",\"type\":\"computed_change\",\"field\":\"v\",\"crosses\":1,\"in_payload\":[\"orders\",\"dl\"]},"
+             "{\"name\":\"rs\",\"type\":\"computed_change\",\"field\":\"rfm.segment\"},"
              "{\"name\":\"p\",\"type\":\"page_visit\",\"url\":\"/*\",\"requires_consent\":\"marketing\"},{\"name\":\"t\",\"type\":\"trait_change\",\"trait\":\"plan\",\"pressure\":false},"
              "{\"name\":\"e\",\"type\":\"event\",\"event\":\"Email Sent\",\"delay\":\"1s\",\"max_pending\":3,"
              "\"where\":{\"field\":\"properties.items[].n\",\"gte\":1},\"unless\":{\"event\":\"Email Opened\","
@@ -180,7 +188,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         sl_fields_attach(fields, stage) || sl_feed_attach(feed, stage) || sl_trig_attach(trig, stage) || sl_stage_open(stage) ||
         sl_store_start(store, &loop))
         abort();
-    if (sl_http_server_start(&srv, &loop, &cfg, store) || sl_http_server_set_stage(srv, stage, stitch, trig, feed) ||
+    if (sl_http_server_start(&srv, &loop, &cfg, store) ||
+        (sl_http_server_set_fields(srv, fields), sl_http_server_set_stage(srv, stage, stitch, trig, feed)) ||
         sl_stage_start(stage, &loop))
         abort();
     return 0;
