@@ -12,7 +12,7 @@ static const fld_conf_t *conf(const sl_fields_t *f) { return fld_conf(f->cfg); }
 static int computing(const fld_conf_t *c) { return c->commerce || c->n_gfields; }
 
 /* What the listeners watch, asked once per configuration and rules. */
-static void watch_update(sl_fields_t *f)
+void fld_watch_update(sl_fields_t *f)
 {
     if (f->watch.valid) return;
     memset(&f->watch, 0, sizeof(f->watch));
@@ -307,7 +307,7 @@ static int grec_entry(sl_buf_t *out, uint32_t def, const void *state, size_t n)
 }
 
 /* person's record, copied into out (empty: none) */
-static int grec_get(sl_fields_t *f, MDB_txn *txn, uint64_t person, sl_buf_t *out)
+int fld_grec_get(sl_fields_t *f, MDB_txn *txn, uint64_t person, sl_buf_t *out)
 {
     out->len = 0;
     MDB_val k = {8, &person}, v;
@@ -316,7 +316,7 @@ static int grec_get(sl_fields_t *f, MDB_txn *txn, uint64_t person, sl_buf_t *out
     return rc ? rc : sl_buf_append(out, v.mv_data, v.mv_size);
 }
 
-static int gstate_from(const MDB_val *rec, const fld_gfield_t *g, fld_gstate_t *s, int *found)
+int fld_gstate_from(const MDB_val *rec, const fld_gfield_t *g, fld_gstate_t *s, int *found)
 {
     MDB_val st;
     *found = 0;
@@ -335,15 +335,15 @@ static int gstate_from(const MDB_val *rec, const fld_gfield_t *g, fld_gstate_t *
 static int gstate_load(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, fld_gstate_t *s,
                        sl_buf_t *k, int *found)
 {
-    int rc = grec_get(f, txn, person, k);
+    int rc = fld_grec_get(f, txn, person, k);
     MDB_val rec = {k->len, k->data};
-    return rc ? rc : gstate_from(&rec, g, s, found);
+    return rc ? rc : fld_gstate_from(&rec, g, s, found);
 }
 
 /* Writes person's record: the entries of old (a copy) for fields still
  * configured, with those in repl[0..n) (names) replaced by states[i]
  * (encoded), the rest of repl appended. */
-static int grec_put(sl_fields_t *f, MDB_txn *txn, uint64_t person, const sl_buf_t *old, const fld_gfield_t *const *repl,
+int fld_grec_put(sl_fields_t *f, MDB_txn *txn, uint64_t person, const sl_buf_t *old, const fld_gfield_t *const *repl,
                     const sl_buf_t *states, size_t n)
 {
     const fld_conf_t *c = conf(f);
@@ -384,21 +384,21 @@ int fld_gstate_read(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfi
 
 static int gstate_save(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, const fld_gstate_t *s)
 {
-    int rc = grec_get(f, txn, person, &f->grec_old);
+    int rc = fld_grec_get(f, txn, person, &f->grec_old);
     if (rc == 0) rc = fld_gstate_encode(s, &f->gstates[0]);
-    return rc ? rc : grec_put(f, txn, person, &f->grec_old, &g, f->gstates, 1);
+    return rc ? rc : fld_grec_put(f, txn, person, &f->grec_old, &g, f->gstates, 1);
 }
 
 int fld_gvalues(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_gstate_t *scratch, sl_buf_t *gv)
 {
     const fld_conf_t *c = conf(f);
     sl_buf_t k = {0};
-    int rc = f->have_dbs ? grec_get(f, txn, person, &k) : 0, found;
+    int rc = f->have_dbs ? fld_grec_get(f, txn, person, &k) : 0, found;
     MDB_val rec = {k.len, k.data};
     for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
         gv[i].len = 0;
         if (c->gfields[i].type == FG_LABEL) continue;
-        if ((rc = gstate_from(&rec, &c->gfields[i], scratch, &found)) == 0)
+        if ((rc = fld_gstate_from(&rec, &c->gfields[i], scratch, &found)) == 0)
             rc = fld_gstate_value(&c->gfields[i], scratch, now, &gv[i]);
     }
     sl_buf_free(&k);
@@ -773,7 +773,7 @@ static const fld_gfield_t *gfield_named(const fld_conf_t *c, const char *name, s
 /* After s changed at now: windows pruned, and for a tracked field the value
  * told kept and the window's timer set for when time alone next moves it
  * (the caller saves s). */
-static int gstate_settle(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, fld_gstate_t *s,
+int fld_gstate_settle(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, fld_gstate_t *s,
                          int64_t now)
 {
     fld_gstate_prune(g, s, now);
@@ -802,7 +802,7 @@ static int merge(sl_fields_t *f, MDB_txn *txn, uint64_t survivor, uint64_t absor
     sl_buf_t gk = {0}; /* the absorbed person's generic fields */
     move_t m = {f, txn, survivor, {0}};
     int found, sfound, rc = fld_sum_load(f, txn, absorbed, sx, &found);
-    if (rc == 0) rc = grec_get(f, txn, absorbed, &gk);
+    if (rc == 0) rc = fld_grec_get(f, txn, absorbed, &gk);
     if (rc || (!found && gk.len == 0)) goto out; /* nothing computed of it: nothing to join */
     if ((rc = change_begin(f, txn, survivor, s, now, list, &sfound))) goto out;
     if (found && (rc = fld_each_order(f, txn, absorbed, NULL, collect_key, &m))) goto out;
@@ -836,19 +836,19 @@ static int merge(sl_fields_t *f, MDB_txn *txn, uint64_t survivor, uint64_t absor
         const fld_gfield_t *repl[FLD_MAX_GFIELDS];
         size_t n = 0;
         MDB_val arec = {gk.len, gk.data}, srec;
-        if ((rc = grec_get(f, txn, survivor, &f->grec_old))) goto out;
+        if ((rc = fld_grec_get(f, txn, survivor, &f->grec_old))) goto out;
         srec = (MDB_val){f->grec_old.len, f->grec_old.data};
         for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
             const fld_gfield_t *g = &c->gfields[i];
             int afound;
-            if (g->type == FG_LABEL || (rc = gstate_from(&arec, g, f->gs2, &afound)) || !afound) continue;
-            if ((rc = gstate_from(&srec, g, f->gs, &sfound))) break;
+            if (g->type == FG_LABEL || (rc = fld_gstate_from(&arec, g, f->gs2, &afound)) || !afound) continue;
+            if ((rc = fld_gstate_from(&srec, g, f->gs, &sfound))) break;
             fld_gstate_merge(g, f->gs, f->gs2);
-            if ((rc = gstate_settle(f, txn, survivor, g, f->gs, now)) == 0 &&
+            if ((rc = fld_gstate_settle(f, txn, survivor, g, f->gs, now)) == 0 &&
                 (rc = fld_gstate_encode(f->gs, &f->gstates[n])) == 0)
                 repl[n++] = g;
         }
-        if (rc == 0 && n) rc = grec_put(f, txn, survivor, &f->grec_old, repl, f->gstates, n);
+        if (rc == 0 && n) rc = fld_grec_put(f, txn, survivor, &f->grec_old, repl, f->gstates, n);
         MDB_val k = {8, &absorbed};
         if (rc == 0 && (rc = mdb_del(txn, f->gfields_db, &k, NULL)) == MDB_NOTFOUND) rc = 0;
     }
@@ -877,7 +877,7 @@ static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, 
     int labels = f->watch.labels;
     cJSON **list = list_for(f, ev, person);
     int found, rc = labels ? change_begin(f, txn, person, f->sum, now, list, &found) : 0;
-    if (rc == 0) rc = grec_get(f, txn, person, &f->grec_old);
+    if (rc == 0) rc = fld_grec_get(f, txn, person, &f->grec_old);
     MDB_val rec = {f->grec_old.len, f->grec_old.data};
     const fld_gfield_t *repl[FLD_MAX_GFIELDS];
     size_t n = 0;
@@ -885,11 +885,11 @@ static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, 
         if (!(hit >> i & 1)) continue;
         const fld_gfield_t *g = &c->gfields[i];
         int watched = !labels && (f->watch.gmask >> i & 1) && !f->bf[i].on; /* quiet while it backfills */
-        if ((rc = gstate_from(&rec, g, f->gs, &found))) break;
+        if ((rc = fld_gstate_from(&rec, g, f->gs, &found))) break;
         f->vold.len = 0; /* (f->v: the settle's) */
         if (watched && (rc = fld_gstate_value(g, f->gs, now, &f->vold))) break;
         if (!fld_gstate_apply(g, f->gs, ev, pts[i], now)) continue;
-        if ((rc = gstate_settle(f, txn, person, g, f->gs, now)) || (rc = fld_gstate_encode(f->gs, &f->gstates[n]))) break;
+        if ((rc = fld_gstate_settle(f, txn, person, g, f->gs, now)) || (rc = fld_gstate_encode(f->gs, &f->gstates[n]))) break;
         repl[n++] = g;
         if (watched) {
             f->k2.len = 0;
@@ -899,148 +899,9 @@ static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, 
                 break;
         }
     }
-    if (rc == 0 && n) rc = grec_put(f, txn, person, &f->grec_old, repl, f->gstates, n);
+    if (rc == 0 && n) rc = fld_grec_put(f, txn, person, &f->grec_old, repl, f->gstates, n);
     if (rc == 0 && list == &f->tchanges) rc = tell(f, txn, person, now);
     return rc || !labels ? rc : change_end(f, txn, person, f->sum, now, list, "event");
-}
-
-/* ---- backfill: a generic field new to the store (added, or its definition
- * changed, by a reload or while the server was down) reads the events of
- * the log that came before it, a chunk per stage tick, from a durable
- * cursor (fmeta "bf:<name>"); later events it sees live. Meanwhile its
- * changes are not told. ---- */
-
-#define BF_CHUNK 2000
-
-static int meta_key(sl_buf_t *k, const char *what, const char *name)
-{
-    k->len = 0;
-    return sl_buf_appends(k, what) || sl_buf_appends(k, name) ? SL_ENOMEM : 0;
-}
-
-static int bf_save(sl_fields_t *f, MDB_txn *txn, size_t i)
-{
-    const fld_gfield_t *g = &conf(f)->gfields[i];
-    int rc = meta_key(&f->k2, "bf:", g->name);
-    MDB_val k = {f->k2.len, f->k2.data};
-    if (rc) return rc;
-    atomic_store(&f->bf_next[i], f->bf[i].next);
-    atomic_store(&f->bf_upto[i], f->bf[i].upto);
-    if (!f->bf[i].on) {
-        atomic_fetch_and(&f->bf_mask, ~(1ULL << i));
-        rc = mdb_del(txn, f->fmeta, &k, NULL);
-        return rc == MDB_NOTFOUND ? 0 : rc;
-    }
-    atomic_fetch_or(&f->bf_mask, 1ULL << i);
-    uint64_t v2[2] = {f->bf[i].next, f->bf[i].upto};
-    MDB_val v = {sizeof(v2), v2};
-    return mdb_put(txn, f->fmeta, &k, &v, 0);
-}
-
-/* Which generic fields must read the log's past: each field's definition
- * against the one the store kept it under. Stage thread, in a transaction
- * (the step's open, a reload's job). */
-static int backfill_plan(sl_fields_t *f, MDB_txn *txn)
-{
-    const fld_conf_t *c = conf(f);
-    uint64_t pos = sl_stage_position(f->stage);
-    int rc = 0;
-    atomic_store(&f->bf_mask, 0);
-    memset(f->bf, 0, sizeof(f->bf));
-    for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
-        const fld_gfield_t *g = &c->gfields[i];
-        if (g->type == FG_LABEL) continue;
-        MDB_val v;
-        uint32_t kept = 0;
-        if ((rc = meta_key(&f->k2, "def:", g->name))) break;
-        MDB_val k = {f->k2.len, f->k2.data};
-        if ((rc = mdb_get(txn, f->fmeta, &k, &v)) == 0 && v.mv_size == 4) memcpy(&kept, v.mv_data, 4);
-        else if (rc && rc != MDB_NOTFOUND) break;
-        if (kept == g->def) { /* known: a backfill under way goes on from its cursor */
-            if ((rc = meta_key(&f->k2, "bf:", g->name))) break;
-            k = (MDB_val){f->k2.len, f->k2.data};
-            if ((rc = mdb_get(txn, f->fmeta, &k, &v)) == 0 && v.mv_size == 16) {
-                uint64_t v2[2];
-                memcpy(v2, v.mv_data, 16);
-                f->bf[i] = (typeof(f->bf[i])){1, v2[0], v2[1]};
-            }
-            if (rc == MDB_NOTFOUND) rc = 0;
-        } else { /* new: the events up to here were never read for it */
-            uint32_t d = g->def;
-            MDB_val dv = {4, &d};
-            if ((rc = mdb_put(txn, f->fmeta, &k, &dv, 0))) break;
-            f->bf[i] = (typeof(f->bf[i])){pos > 0, 1, pos};
-        }
-        if (rc == 0) rc = bf_save(f, txn, i);
-    }
-    return rc;
-}
-
-typedef struct {
-    sl_fields_t *f;
-    MDB_txn *txn;           /* the derived store's */
-    const fld_gfield_t *g;
-    size_t i;
-    uint64_t to;            /* the last event of this chunk */
-    int64_t now;
-    uint64_t read;
-    fld_replay_t r;         /* the event under way */
-} bf_run_t;
-
-static int bf_event(const char *json, size_t len, uint64_t seq, void *arg)
-{
-    bf_run_t *b = arg;
-    sl_fields_t *f = b->f;
-    if (seq > b->to) return 1; /* this chunk is done */
-    b->read++;
-    fld_replay_t *r = &b->r;
-    double pts;
-    sl_arena_reset(&f->arena);
-    if (fld_replay_event(r, json, len, seq, &f->arena) || !fld_gfield_matches(b->g, r->kind, r->kind_len, &r->ev, b->now, &pts))
-        return 0;
-    uint64_t person;
-    int found, rc = sl_stitch_event_person(f->stitch, b->txn, &r->top, &r->context, &person);
-    if (rc == SL_ENOTFOUND) return 0; /* erased since */
-    if (rc || (rc = grec_get(f, b->txn, person, &f->grec_old))) return rc;
-    MDB_val rec = {f->grec_old.len, f->grec_old.data};
-    if ((rc = gstate_from(&rec, b->g, f->gs, &found)) || !fld_gstate_apply(b->g, f->gs, &r->ev, pts, b->now)) return rc;
-    if ((rc = gstate_settle(f, b->txn, person, b->g, f->gs, b->now)) ||
-        (rc = fld_gstate_encode(f->gs, &f->gstates[0])))
-        return rc;
-    return grec_put(f, b->txn, person, &f->grec_old, &b->g, f->gstates, 1);
-}
-
-static int bf_log(MDB_txn *log_txn, void *arg)
-{
-    bf_run_t *b = arg;
-    int rc = sl_store_foreach_event_from(sl_stage_log(b->f->stage), log_txn, b->f->bf[b->i].next, bf_event, b);
-    return rc == 1 ? 0 : rc;
-}
-
-static int64_t on_due(void *arg)
-{
-    sl_fields_t *f = arg;
-    return atomic_load(&f->bf_mask) ? sl_now_ms() : INT64_MAX;
-}
-
-/* A chunk of the first backfill under way. */
-static int on_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
-{
-    sl_fields_t *f = arg;
-    const fld_conf_t *c = conf(f);
-    size_t i = 0;
-    while (i < c->n_gfields && !f->bf[i].on) i++;
-    if (i == c->n_gfields) return 0;
-    watch_update(f);
-    bf_run_t b = {.f = f, .txn = txn, .g = &c->gfields[i], .i = i, .to = f->bf[i].next + BF_CHUNK - 1, .now = now};
-    if (b.to > f->bf[i].upto) b.to = f->bf[i].upto;
-    int rc = sl_store_read(sl_stage_log(f->stage), bf_log, &b);
-    if (rc) return rc;
-    f->bf[i].next = b.to + 1;
-    if (f->bf[i].next > f->bf[i].upto) f->bf[i].on = 0;
-    f->pend.backfilled += b.read;
-    *wrote = 1;
-    return bf_save(f, txn, i);
 }
 
 const char *fld_event_kind(const sl_jindex_t *top, sl_arena_t *a, size_t *len)
@@ -1078,7 +939,7 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     else if (rc) return rc;
     if ((rc = mdb_dbi_open(txn, "fmeta", c, &f->fmeta)) == MDB_NOTFOUND && read_only) f->fmeta = 0;
     else if (rc) return rc;
-    if (!read_only && (rc = backfill_plan(f, txn))) return rc;
+    if (!read_only && (rc = fld_backfill_plan(f, txn))) return rc;
     memcpy(f->bf_committed, f->bf, sizeof(f->bf));
     f->have_dbs = 1;
     return 0;
@@ -1092,7 +953,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     f->changes = NULL;
     x->computed_changes = NULL;
     f->quiet = x->historical;
-    watch_update(f);
+    fld_watch_update(f);
     sl_arena_reset(&f->arena);
     int64_t now = sl_now_ms();
     int rc = 0;
@@ -1136,7 +997,7 @@ static int on_window_timer(sl_fields_t *f, MDB_txn *txn, uint64_t person, const 
     char old[sizeof(f->gs->told)];
     size_t ol = f->gs->f.told_len;
     memcpy(old, f->gs->told, ol);
-    if ((rc = gstate_settle(f, txn, person, g, f->gs, now)) || (rc = gstate_save(f, txn, person, g, f->gs))) return rc;
+    if ((rc = fld_gstate_settle(f, txn, person, g, f->gs, now)) || (rc = gstate_save(f, txn, person, g, f->gs))) return rc;
     if (ol == 0 || (f->gs->f.told_len == ol && memcmp(old, f->gs->told, ol) == 0)) return 0;
     if (f->bf[g - conf(f)->gfields].on) return 0; /* quiet while it backfills */
     f->pend.timer_changes++;
@@ -1149,7 +1010,7 @@ static int on_timer(void *arg, MDB_txn *txn, sl_entity_t entity, const char *nam
 {
     sl_fields_t *f = arg;
     if (entity.kind != SL_ENTITY_PERSON) return 0;
-    watch_update(f);
+    fld_watch_update(f);
     f->pend.timers++;
     if (now > due && (uint64_t)(now - due) > f->pend.timer_late_ms_max) f->pend.timer_late_ms_max = (uint64_t)(now - due);
     if (name_len > 2 && memcmp(name, "g:", 2) == 0) return on_window_timer(f, txn, entity.id, name + 2, name_len - 2, due, now);
@@ -1296,7 +1157,7 @@ sl_fields_t *sl_fields_new(const sl_config_t *cfg, sl_stitch_t *stitch)
     sl_arena_init(&f->arena);
     (void)fld_conf(cfg); /* the defaults, made before any thread */
     f->step = (sl_stage_step_t){.name = "fields", .phase = SL_PHASE_FIELDS, .arg = f, .open = on_open,
-                                .apply = on_apply, .timer = on_timer, .due = on_due, .tick = on_tick,
+                                .apply = on_apply, .timer = on_timer, .due = fld_backfill_due, .tick = fld_backfill_tick,
                                 .after_txn = on_after_txn};
     f->ilis = (sl_ident_listener_t){.arg = f, .forgotten = on_forgotten, .profile_counters = on_profile_counters,
                                     .profile_extra = on_profile_extra, .view_extra = on_view_extra};
@@ -1342,7 +1203,7 @@ int sl_fields_reload(sl_fields_t *f, MDB_txn *txn, const sl_config_t *cfg)
     (void)fld_conf(cfg);
     atomic_store(&f->cfg, cfg);
     f->watch.valid = 0;
-    return backfill_plan(f, txn); /* a field added or changed reads the log's past */
+    return fld_backfill_plan(f, txn); /* a field added or changed reads the log's past */
 }
 
 int sl_fields_backfilling(sl_fields_t *f, sl_buf_t *out)

@@ -353,6 +353,25 @@ typedef struct {
 int fld_replay_event(fld_replay_t *r, const char *json, size_t len, uint64_t seq, sl_arena_t *a);
 /* The kind of the event whose members are top (NULL: none). */
 const char *fld_event_kind(const sl_jindex_t *top, sl_arena_t *a, size_t *len);
+/* The generic fields' records (fields.c), shared with the backfill: a
+ * person's record copied into out (empty: none); the state of g in it (an
+ * empty one, *found 0, when none or stale); after a change at now, windows
+ * pruned and a tracked field's value told and timer set; the record
+ * written with the states of repl[0..n) replaced. Stage thread (grec_get:
+ * any). */
+int fld_grec_get(sl_fields_t *f, MDB_txn *txn, uint64_t person, sl_buf_t *out);
+int fld_gstate_from(const MDB_val *rec, const fld_gfield_t *g, fld_gstate_t *s, int *found);
+int fld_gstate_settle(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, fld_gstate_t *s,
+                      int64_t now);
+int fld_grec_put(sl_fields_t *f, MDB_txn *txn, uint64_t person, const sl_buf_t *old, const fld_gfield_t *const *repl,
+                 const sl_buf_t *states, size_t n);
+/* What the listeners watch, asked again when the rules or the config changed. */
+void fld_watch_update(sl_fields_t *f);
+/* backfill.c: which generic fields must read the log's past (the step's
+ * open, a reload's job), and the stage step's due/tick that read it. */
+int fld_backfill_plan(sl_fields_t *f, MDB_txn *txn);
+int64_t fld_backfill_due(void *arg);
+int fld_backfill_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote);
 /* A reader's flat list of person at now (its own scratch: any thread). */
 int fld_read_flat(sl_fields_t *f, MDB_txn *txn, uint64_t person, int64_t now, fld_flat_t *fl);
 /* person's window sums at now */
