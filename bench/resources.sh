@@ -3,6 +3,7 @@
 # of 20), and sillage's resident memory with CONNS idle keep-alive connections.
 #
 # usage: bench/resources.sh [EVENTS] [CONNS]
+#   SL_EXTRA='"computed": {...},' bench/resources.sh ...   extra config keys for the first part (each followed by a comma)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS="${1:-1000000}"; CONNS="${2:-10000}"
@@ -10,7 +11,7 @@ EVENTS="${1:-1000000}"; CONNS="${2:-10000}"
 metric() { curl -s "$SL_URL/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$SL_PID/status"; }
 
-start_sillage sync
+start_sillage sync "${SL_EXTRA:-}"
 $GEN "$BENCH" -k bench -c 64 -b 20 -n $((EVENTS / 20)) -d 600 "$SL_URL" > "$WORK/out"
 grep -E "events|status" "$WORK/out"
 stored=$(metric sillage_events_stored_total)

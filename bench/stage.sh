@@ -45,3 +45,6 @@ lp=$(used "$WORK/data"); dp=$(used "$WORK/data/derived")
 printf "on disk per event: log %.0f B, derived %.0f B, total %.0f B (pages in use x 4096 / %s events; files %s + %s bytes)\n" \
   "$(echo "$lp * 4096 / $stored" | bc -l)" "$(echo "$dp * 4096 / $stored" | bc -l)" \
   "$(echo "($lp + $dp) * 4096 / $stored" | bc -l)" "$stored" "$log" "$der"
+# where the derived pages go: pages per database (branch + leaf + overflow)
+mdb_stat -a "$WORK/data/derived" | awk '/^Status of/ {db=$3} /Branch pages/ {b=$3} /Leaf pages/ {l=$3}
+  /Overflow pages/ {o=$3; if (db != "") printf "  derived %-10s %8d pages\n", db, b + l + o}'

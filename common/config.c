@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -637,10 +638,13 @@ int sl_timezone_ok(const char *tz)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+_Atomic unsigned sl_timezone_gen;
+
 void sl_timezone_apply(const char *tz)
 {
     setenv("TZ", tz ? tz : "UTC", 1);
     tzset();
+    atomic_fetch_add(&sl_timezone_gen, 1);
 }
 
 int sl_config_demo(sl_config_t *cfg)

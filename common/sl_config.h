@@ -176,6 +176,9 @@ int sl_timezone_ok(const char *tz);
 /* Makes tz (NULL: UTC) the process's local time (TZ, tzset): calendar days
  * of computed windows. Once, before any thread. */
 void sl_timezone_apply(const char *tz);
+/* Counts sl_timezone_apply() calls: what a reader of local days caches
+ * goes with it. */
+extern _Atomic unsigned sl_timezone_gen;
 
 /* Fills *cfg with the demo default: 127.0.0.1:8080, ./sillage-data, write key
  * "demo", admin token "demo-admin", the demo trigger rules. */

@@ -306,14 +306,26 @@ static int grec_entry(sl_buf_t *out, uint32_t def, const void *state, size_t n)
     return sl_buf_append(out, &def, 4) || sl_buf_append(out, &sl, 2) || sl_buf_append(out, state, n) ? SL_ENOMEM : 0;
 }
 
-/* person's record, copied into out (empty: none) */
-int fld_grec_get(sl_fields_t *f, MDB_txn *txn, uint64_t person, sl_buf_t *out)
+/* person's record (the person's attachment, sl_stitch.h), copied into out
+ * (empty: none, or no such person) */
+static int grec_copy(int rc, const MDB_val *v, sl_buf_t *out)
 {
     out->len = 0;
-    MDB_val k = {8, &person}, v;
-    int rc = f->gfields_db ? mdb_get(txn, f->gfields_db, &k, &v) : MDB_NOTFOUND;
-    if (rc == MDB_NOTFOUND) return 0;
-    return rc ? rc : sl_buf_append(out, v.mv_data, v.mv_size);
+    if (rc == SL_ENOTFOUND) return 0;
+    return rc ? rc : sl_buf_append(out, v->mv_data, v->mv_size) ? SL_ENOMEM : 0;
+}
+
+int fld_grec_get(sl_fields_t *f, MDB_txn *txn, uint64_t person, sl_buf_t *out)
+{
+    MDB_val v;
+    return grec_copy(sl_stitch_attach_get(f->stitch, txn, person, SL_ATTACH_FIELDS, &v), &v, out);
+}
+
+/* the same in a merge: a person absorbed earlier in the event is found too */
+static int grec_step_get(sl_fields_t *f, MDB_txn *txn, uint64_t person, sl_buf_t *out)
+{
+    MDB_val v;
+    return grec_copy(sl_stitch_attach_step_get(f->stitch, txn, person, SL_ATTACH_FIELDS, &v), &v, out);
 }
 
 int fld_gstate_from(const MDB_val *rec, const fld_gfield_t *g, fld_gstate_t *s, int *found)
@@ -370,8 +382,8 @@ int fld_grec_put(sl_fields_t *f, MDB_txn *txn, uint64_t person, const sl_buf_t *
     }
     for (size_t i = 0; rc == 0 && i < n; i++)
         if (!(done >> i & 1)) rc = grec_entry(out, repl[i]->def, states[i].data, states[i].len);
-    MDB_val k = {8, &person}, v = {out->len, out->data};
-    return rc ? rc : mdb_put(txn, f->gfields_db, &k, &v, 0);
+    if (rc == 0) rc = sl_stitch_attach_put(f->stitch, txn, person, SL_ATTACH_FIELDS, out->data, out->len);
+    return rc == SL_ENOTFOUND ? 0 : rc; /* no such person (erased): nothing to keep */
 }
 
 int fld_gstate_read(sl_fields_t *f, MDB_txn *txn, uint64_t person, const fld_gfield_t *g, fld_gstate_t *s, int *found)
@@ -802,7 +814,7 @@ static int merge(sl_fields_t *f, MDB_txn *txn, uint64_t survivor, uint64_t absor
     sl_buf_t gk = {0}; /* the absorbed person's generic fields */
     move_t m = {f, txn, survivor, {0}};
     int found, sfound, rc = fld_sum_load(f, txn, absorbed, sx, &found);
-    if (rc == 0) rc = fld_grec_get(f, txn, absorbed, &gk);
+    if (rc == 0) rc = grec_step_get(f, txn, absorbed, &gk); /* its record is gone: the stitcher kept them */
     if (rc || (!found && gk.len == 0)) goto out; /* nothing computed of it: nothing to join */
     if ((rc = change_begin(f, txn, survivor, s, now, list, &sfound))) goto out;
     if (found && (rc = fld_each_order(f, txn, absorbed, NULL, collect_key, &m))) goto out;
@@ -836,7 +848,7 @@ static int merge(sl_fields_t *f, MDB_txn *txn, uint64_t survivor, uint64_t absor
         const fld_gfield_t *repl[FLD_MAX_GFIELDS];
         size_t n = 0;
         MDB_val arec = {gk.len, gk.data}, srec;
-        if ((rc = fld_grec_get(f, txn, survivor, &f->grec_old))) goto out;
+        if ((rc = grec_step_get(f, txn, survivor, &f->grec_old))) goto out;
         srec = (MDB_val){f->grec_old.len, f->grec_old.data};
         for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
             const fld_gfield_t *g = &c->gfields[i];
@@ -849,8 +861,6 @@ static int merge(sl_fields_t *f, MDB_txn *txn, uint64_t survivor, uint64_t absor
                 repl[n++] = g;
         }
         if (rc == 0 && n) rc = fld_grec_put(f, txn, survivor, &f->grec_old, repl, f->gstates, n);
-        MDB_val k = {8, &absorbed};
-        if (rc == 0 && (rc = mdb_del(txn, f->gfields_db, &k, NULL)) == MDB_NOTFOUND) rc = 0;
     }
     if (rc == 0) rc = change_end(f, txn, survivor, s, now, list, "merge");
 out:
@@ -925,6 +935,28 @@ int fld_replay_event(fld_replay_t *r, const char *json, size_t len, uint64_t seq
 
 /* ---- the step ---- */
 
+/* A store written before the generic fields became person attachments
+ * kept them in a database of their own, "gfields": it goes, and every
+ * field is backfilled from the log (its definition is forgotten, so the
+ * plan finds it new). */
+static int drop_old_records(sl_fields_t *f, MDB_txn *txn)
+{
+    MDB_dbi old;
+    int rc = mdb_dbi_open(txn, "gfields", MDB_INTEGERKEY, &old);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc || (rc = mdb_drop(txn, old, 1))) return rc;
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(txn, f->fmeta, &cur))) return rc;
+    for (;;) {
+        MDB_val k = {4, "def:"}, v;
+        if ((rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)) || k.mv_size < 4 || memcmp(k.mv_data, "def:", 4) != 0 ||
+            (rc = mdb_cursor_del(cur, 0)))
+            break;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 static int on_open(void *arg, MDB_txn *txn, int read_only)
 {
     sl_fields_t *f = arg;
@@ -934,12 +966,9 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     if (rc || (rc = mdb_dbi_open(txn, "porders", c, &f->porders)) ||
         (rc = mdb_dbi_open(txn, "fstate", c | MDB_INTEGERKEY, &f->fstate)))
         return rc;
-    if ((rc = mdb_dbi_open(txn, "gfields", c | MDB_INTEGERKEY, &f->gfields_db)) == MDB_NOTFOUND && read_only)
-        f->gfields_db = 0;
-    else if (rc) return rc;
     if ((rc = mdb_dbi_open(txn, "fmeta", c, &f->fmeta)) == MDB_NOTFOUND && read_only) f->fmeta = 0;
     else if (rc) return rc;
-    if (!read_only && (rc = fld_backfill_plan(f, txn))) return rc;
+    if (!read_only && ((rc = drop_old_records(f, txn)) || (rc = fld_backfill_plan(f, txn)))) return rc;
     memcpy(f->bf_committed, f->bf, sizeof(f->bf));
     f->have_dbs = 1;
     return 0;
@@ -1085,7 +1114,7 @@ static int on_forgotten(void *arg, MDB_txn *txn, const uint64_t *persons, size_t
         sl_buf_free(&m.keys);
         MDB_val k = {8, (void *)&persons[i]};
         if (rc == 0 && (rc = mdb_del(txn, f->fstate, &k, NULL)) == MDB_NOTFOUND) rc = 0;
-        if (rc == 0 && f->gfields_db && (rc = mdb_del(txn, f->gfields_db, &k, NULL)) == MDB_NOTFOUND) rc = 0;
+        /* (the generic fields went with the person's record) */
     }
     return rc;
 }

@@ -282,7 +282,7 @@ struct sl_fields_s {
     sl_ident_listener_t ilis;
     sl_fields_listener_t listeners[FLD_MAX_LISTENERS];
     size_t n_listeners;
-    MDB_dbi ledger, porders, fstate, gfields_db, fmeta;
+    MDB_dbi ledger, porders, fstate, fmeta; /* (the generic fields' records are person attachments) */
     /* backfills (stage thread), by generic field: the log's events up to upto,
      * when the field's definition began, are read from next on; readers see
      * bf_mask and the progress */

@@ -31,7 +31,7 @@ static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
     return era * 146097 + (int64_t)doe - 719468;
 }
 
-int64_t fld_local_day(int64_t ms)
+static int64_t local_day(int64_t ms)
 {
     time_t t = (time_t)(ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000));
     struct tm tm;
@@ -46,10 +46,28 @@ int64_t fld_local_day_start(int64_t day)
     int64_t lo = day * 86400000 - 15 * 3600000LL, hi = day * 86400000 + 15 * 3600000LL;
     while (hi - lo > 1000) {
         int64_t mid = lo + (hi - lo) / 2;
-        if (fld_local_day(mid) < day) lo = mid;
+        if (local_day(mid) < day) lo = mid;
         else hi = mid;
     }
     return hi - hi % 1000;
+}
+
+/* Most events of a stage transaction fall on the same local day: each
+ * thread keeps the last day's bounds (localtime_r per event was 1 % of the
+ * stage with windowed fields), until the timezone changes. */
+int64_t fld_local_day(int64_t ms)
+{
+    static _Thread_local struct {
+        unsigned gen;
+        int64_t lo, hi, day; /* [lo, hi) is local day `day` */
+    } c = {.lo = 1, .hi = 0};
+    unsigned gen = atomic_load(&sl_timezone_gen);
+    if (gen == c.gen && ms >= c.lo && ms < c.hi) return c.day;
+    int64_t day = local_day(ms);
+    c.gen = gen, c.day = day;
+    c.lo = fld_local_day_start(day), c.hi = fld_local_day_start(day + 1);
+    if (!(ms >= c.lo && ms < c.hi)) c.lo = 1, c.hi = 0; /* (a clock the search cannot bound: not kept) */
+    return day;
 }
 
 static int64_t bucket_of(const fld_gfield_t *g, int64_t ms)

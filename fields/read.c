@@ -277,10 +277,14 @@ static int same_set(const char *a, size_t an, const char *b, size_t bn)
 
 typedef struct {
     sl_fields_t *f;
-    MDB_txn *log_txn;
+    MDB_txn *txn, *log_txn;
     int (*skip)(uint64_t seq, void *arg);
     void *skip_arg;
     int64_t now;
+    FILE *out;
+    uint64_t *persons, *problems;
+    sl_buf_t a, b;          /* a field's value: kept, recomputed */
+    fld_gstate_t *kept;     /* the kept state of one field */
     fld_gstate_t *st;       /* one recomputed state per generic field */
     sl_arena_t arena;
     fld_replay_t r;         /* the event under way */
@@ -307,56 +311,55 @@ static int vg_event(uint64_t seq, void *arg)
     return 0;
 }
 
+/* one person: each generic field's kept state against its events' */
+static int vg_person(uint64_t person, const MDB_val *rec, void *arg)
+{
+    vg_t *x = arg;
+    sl_fields_t *f = x->f;
+    const fld_conf_t *c = fld_conf(f->cfg);
+    ++*x->persons;
+    for (size_t i = 0; i < c->n_gfields; i++) fld_gstate_init(&x->st[i], &c->gfields[i]);
+    int rc = sl_stitch_person_events(f->stitch, x->txn, person, vg_event, x);
+    if (rc == SL_ENOTFOUND) return 0;
+    for (size_t i = 0; i < c->n_gfields && rc == 0; i++) {
+        const fld_gfield_t *g = &c->gfields[i];
+        int found;
+        if (g->type == FG_LABEL || (atomic_load(&f->bf_mask) >> i & 1)) continue;
+        if ((rc = fld_gstate_from(rec, g, x->kept, &found))) break;
+        x->a.len = x->b.len = 0;
+        fld_gstate_prune(g, &x->st[i], x->now);
+        if ((rc = fld_gstate_value(g, x->kept, x->now, &x->a)) || (rc = fld_gstate_value(g, &x->st[i], x->now, &x->b)))
+            break;
+        const sl_buf_t *a = &x->a, *b = &x->b;
+        int same = a->len == b->len && memcmp(a->data, b->data, a->len) == 0;
+        if (!same && g->type == FG_DISTINCT_LIST) /* the same values in another order (merges) */
+            same = a->len == b->len && same_set(a->data, a->len, b->data, b->len);
+        if (!same) {
+            fprintf(x->out, "computed field %s of p_%llu: %.*s kept, its events make %.*s\n", g->name,
+                    (unsigned long long)person, (int)a->len, a->data, (int)b->len, b->data);
+            ++*x->problems;
+        }
+    }
+    return rc;
+}
+
 int sl_fields_verify_generic(sl_fields_t *f, MDB_txn *txn, MDB_txn *log_txn, int (*skip)(uint64_t seq, void *arg),
                              void *skip_arg, int64_t now, FILE *out, uint64_t *persons, uint64_t *problems)
 {
     const fld_conf_t *c = fld_conf(f->cfg);
-    if (!f->have_dbs || !f->gfields_db || c->n_gfields == 0) return 0;
-    vg_t x = {.f = f, .log_txn = log_txn, .skip = skip, .skip_arg = skip_arg, .now = now,
-              .st = calloc(c->n_gfields, sizeof(fld_gstate_t))};
-    fld_gstate_t *kept = malloc(sizeof(*kept));
-    sl_buf_t a = {0}, b = {0};
-    MDB_cursor *cur = NULL;
+    if (!f->have_dbs || c->n_gfields == 0) return 0;
+    /* every person: one with events for a field but no state is a difference too */
+    vg_t x = {.f = f, .txn = txn, .log_txn = log_txn, .skip = skip, .skip_arg = skip_arg, .now = now, .out = out,
+              .persons = persons, .problems = problems, .st = calloc(c->n_gfields, sizeof(fld_gstate_t)),
+              .kept = malloc(sizeof(fld_gstate_t))};
     sl_arena_init(&x.arena);
-    int rc = x.st && kept ? mdb_cursor_open(txn, f->gfields_db, &cur) : SL_ENOMEM;
-    MDB_val k, v;
-    for (rc = rc ? rc : mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        uint64_t person;
-        memcpy(&person, k.mv_data, 8);
-        ++*persons;
-        for (size_t i = 0; i < c->n_gfields; i++) fld_gstate_init(&x.st[i], &c->gfields[i]);
-        int r = sl_stitch_person_events(f->stitch, txn, person, vg_event, &x);
-        if (r == SL_ENOTFOUND) continue; /* no such person any more: erased (its record goes with it) */
-        if (r) {
-            rc = r;
-            break;
-        }
-        for (size_t i = 0; i < c->n_gfields; i++) {
-            const fld_gfield_t *g = &c->gfields[i];
-            int found;
-            if (g->type == FG_LABEL || (atomic_load(&f->bf_mask) >> i & 1)) continue;
-            if ((rc = fld_gstate_read(f, txn, person, g, kept, &found))) break;
-            a.len = b.len = 0;
-            fld_gstate_prune(g, &x.st[i], now);
-            if ((rc = fld_gstate_value(g, kept, now, &a)) || (rc = fld_gstate_value(g, &x.st[i], now, &b))) break;
-            int same = a.len == b.len && memcmp(a.data, b.data, a.len) == 0;
-            if (!same && g->type == FG_DISTINCT_LIST) /* the same values in another order (merges) */
-                same = a.len == b.len && same_set(a.data, a.len, b.data, b.len);
-            if (!same) {
-                fprintf(out, "computed field %s of p_%llu: %.*s kept, its events make %.*s\n", g->name,
-                        (unsigned long long)person, (int)a.len, a.data, (int)b.len, b.data);
-                ++*problems;
-            }
-        }
-        if (rc) break;
-    }
-    if (cur) mdb_cursor_close(cur);
+    int rc = x.st && x.kept ? sl_stitch_attach_each(f->stitch, txn, SL_ATTACH_FIELDS, vg_person, &x) : SL_ENOMEM;
     sl_arena_free(&x.arena);
-    sl_buf_free(&a);
-    sl_buf_free(&b);
+    sl_buf_free(&x.a);
+    sl_buf_free(&x.b);
     free(x.st);
-    free(kept);
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    free(x.kept);
+    return rc;
 }
 
 /* ---- verify: the ledger against the stored order events ---- */

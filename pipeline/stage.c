@@ -399,6 +399,10 @@ static int apply_steps(pass_t *p, const char *json, size_t len, uint64_t seq)
     for (size_t i = 0; i < sg->n_steps; i++) {
         if (sg->steps[i].apply == NULL) continue;
         int rc = sg->steps[i].apply(sg->steps[i].arg, p->txn, &ev);
+        /* A record the step expected and did not find: the event's failure.
+         * (Passed on as MDB_NOTFOUND, the log's reader took it for the log's
+         * end and the pass ended there, every later event counted applied.) */
+        if (rc == MDB_NOTFOUND) rc = SL_ENOTFOUND;
         if (rc) {
             p->culprit = seq;
             p->culprit_step = sg->steps[i].name;

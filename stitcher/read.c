@@ -224,6 +224,7 @@ void stitch_person_free(person_t *p)
 {
     sl_buf_free(&p->ids);
     sl_buf_free(&p->traits);
+    sl_buf_free(&p->ext);
 }
 
 /* What the timelines of p's identifiers say: event count (and page views

@@ -153,6 +153,33 @@ int sl_stitch_event_person(sl_stitch_t *s, MDB_txn *txn, const sl_jindex_t *top,
 int sl_stitch_person_events(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int (*cb)(uint64_t seq, void *arg),
                             void *arg);
 
+/* Person attachments: a component's own bytes about a person, kept at the
+ * end of the person's record. The stitcher reads that record for every
+ * event, so an owner reading and writing its bytes in a later phase of the
+ * event finds the page in memory, where a database of its own would cost
+ * one more B-tree descent per event (docs/ARCHITECTURE.md). Each owner has
+ * a tag (below); the stitcher never reads the bytes. They go with the
+ * record: erasure, and retention removing a person never identified. A
+ * merge leaves them to their owner: the absorbed person's are kept for the
+ * rest of the event (sl_stitch_attach_step_get and _put still find them
+ * under its id), so the owner's step joins them into the survivor's. */
+enum { SL_ATTACH_FIELDS = 1, SL_ATTACH_AUDIENCES = 2 };
+/* person's bytes under tag in *out (empty: none), valid until the next
+ * write in txn: 0, SL_ENOTFOUND (no such person) or an LMDB error. Any
+ * thread. */
+int sl_stitch_attach_get(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int tag, MDB_val *out);
+/* The same on the stage thread, during an event's steps: a person absorbed
+ * earlier in the event is found too. */
+int sl_stitch_attach_step_get(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int tag, MDB_val *out);
+/* Replaces person's bytes under tag with data[0..len) (len 0: removes
+ * them). Stage thread, in the stage transaction. SL_ENOTFOUND: no such
+ * person (nothing written). */
+int sl_stitch_attach_put(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int tag, const void *data, size_t len);
+/* cb(person, bytes under tag (empty: none), arg) for every person, in id
+ * order; cb's non-zero result stops and is returned. Any thread. */
+int sl_stitch_attach_each(sl_stitch_t *s, MDB_txn *txn, int tag,
+                          int (*cb)(uint64_t person, const MDB_val *v, void *arg), void *arg);
+
 /* 1 when kind names an identifier kind: "user_id", "anonymous_id" or a
  * configured identity trait. */
 int sl_stitch_kind_ok(const sl_stitch_t *s, const char *kind);

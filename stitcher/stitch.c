@@ -145,12 +145,13 @@ int stitch_person_load(sl_stitch_t *s, MDB_txn *txn, uint64_t id, person_t *p)
     if (rc) return rc;
     if (v.mv_size < sizeof(person_hdr_t)) return MDB_CORRUPTED;
     memcpy(&p->h, v.mv_data, sizeof(p->h));
-    if (sizeof(p->h) + (size_t)p->h.ids_len + p->h.traits_len != v.mv_size) return MDB_CORRUPTED;
+    if (sizeof(p->h) + (size_t)p->h.ids_len + p->h.traits_len + p->h.ext_len != v.mv_size) return MDB_CORRUPTED;
     p->id = id;
     p->dirty = 0;
-    p->ids.len = p->traits.len = 0;
+    p->ids.len = p->traits.len = p->ext.len = 0;
     const char *d = (const char *)v.mv_data + sizeof(p->h);
-    if (sl_buf_append(&p->ids, d, p->h.ids_len) || sl_buf_append(&p->traits, d + p->h.ids_len, p->h.traits_len))
+    if (sl_buf_append(&p->ids, d, p->h.ids_len) || sl_buf_append(&p->traits, d + p->h.ids_len, p->h.traits_len) ||
+        sl_buf_append(&p->ext, d + p->h.ids_len + p->h.traits_len, p->h.ext_len))
         return SL_ENOMEM;
     return 0;
 }
@@ -160,13 +161,15 @@ static int person_save(sl_stitch_t *s, MDB_txn *txn, person_t *p)
     p->h.version = PERSON_VERSION;
     p->h.ids_len = (uint32_t)p->ids.len;
     p->h.traits_len = (uint32_t)p->traits.len;
-    MDB_val k = {8, &p->id}, v = {sizeof(p->h) + p->ids.len + p->traits.len, NULL};
+    p->h.ext_len = (uint32_t)p->ext.len;
+    MDB_val k = {8, &p->id}, v = {sizeof(p->h) + p->ids.len + p->traits.len + p->ext.len, NULL};
     int rc = mdb_put(txn, s->persons, &k, &v, MDB_RESERVE);
     if (rc) return rc;
     char *d = v.mv_data;
     memcpy(d, &p->h, sizeof(p->h));
     if (p->ids.len) memcpy(d + sizeof(p->h), p->ids.data, p->ids.len);
     if (p->traits.len) memcpy(d + sizeof(p->h) + p->ids.len, p->traits.data, p->traits.len);
+    if (p->ext.len) memcpy(d + sizeof(p->h) + p->ids.len + p->traits.len, p->ext.data, p->ext.len);
     return 0;
 }
 
@@ -175,7 +178,7 @@ static void person_init(person_t *p, uint64_t id)
     p->id = id;
     memset(&p->h, 0, sizeof(p->h));
     p->h.flags = PF_ACTIVE_HERE; /* not in active yet */
-    p->ids.len = p->traits.len = 0;
+    p->ids.len = p->traits.len = p->ext.len = 0;
     p->dirty = 1;
 }
 
@@ -696,6 +699,7 @@ static int merge(sl_stitch_t *s, MDB_txn *txn, person_t *sv, person_t *x, const 
     /* MDB_NOTFOUND: x was created by this very message and never saved (an
      * identify whose new anonymousId carries another person's email). */
     if ((rc = mdb_del(txn, s->persons, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
+    if ((rc = stitch_attach_keep(s, x))) return rc; /* for their owners' merge, later in the event */
     int64_t x_active;
     int x_found;
     if ((rc = stitch_active_get(s, txn, x, &x_active, &x_found, 1)) ||
@@ -796,6 +800,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     sl_stitch_msg_t m;
     int rc = stitch_read_msg(s, ev->top, ev->context, ev->seq, &m);
     s->n_mg = 0;
+    stitch_attach_clear(s);
     ev->ctx->historical = m.historical;
     ev->ctx->trusted = m.trusted;
     if (rc == 0 && m.type != SL_STITCH_IDENTIFY && m.type != SL_STITCH_ALIAS) {
@@ -1126,7 +1131,9 @@ void sl_stitch_free(sl_stitch_t *s)
     for (int i = 0; i < 3; i++) {
         sl_buf_free(&ps[i]->ids);
         sl_buf_free(&ps[i]->traits);
+        sl_buf_free(&ps[i]->ext);
     }
+    stitch_attach_free(s);
     sl_buf_free(&s->k1);
     sl_buf_free(&s->k2);
     sl_buf_free(&s->k3);

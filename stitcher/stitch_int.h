@@ -25,9 +25,10 @@ typedef struct {
     uint32_t n_ids;
     int64_t active_ms;    /* its key's time in active, with PF_ACTIVE (records before had zero here) */
     uint64_t flags;       /* PF_* */
-    uint64_t events, page_views, orders; /* orders, revenue, currency: no longer kept (the ledger,
-                                          * fields/, keeps them); written 0, the layout unchanged */
-    double revenue;
+    uint64_t events, page_views;
+    uint32_t ext_len;     /* the attachments' bytes, after the traits (records before had 0 here) */
+    uint32_t ext_pad;
+    double revenue;       /* revenue, currency: no longer kept (the ledger, fields/, keeps them); written 0 */
     char currency[8];
     uint32_t ids_len;     /* identifier keys, each NUL-terminated */
     uint32_t traits_len;  /* {"t":{name:value},"at":{name:ms}} */
@@ -38,6 +39,7 @@ typedef struct {
     person_hdr_t h;
     sl_buf_t ids;
     sl_buf_t traits;
+    sl_buf_t ext;         /* attachments (attach.c): [tag u8][len u32][bytes]... */
     int dirty;            /* the record must be written back */
 } person_t;
 
@@ -73,6 +75,12 @@ struct sl_stitch_s {
     cJSON *trait_changes;     /* identify: [name, old, new] of each trait it changed (the stage context's) */
     uint64_t *mg_survivor, *mg_absorbed; /* the merges of the current event (the stage context's) */
     size_t n_mg, cap_mg;
+    struct stitch_kept_s { /* the current event's absorbed persons' attachments (attach.c) */
+        uint64_t id;
+        sl_buf_t ext;
+    } *kept;
+    size_t n_kept, cap_kept;
+    sl_buf_t attach_tmp;      /* attach.c: a record rewritten */
     int gained_identity;      /* stage thread: the event under way gave its person a non-anonymous identifier */
     sl_buf_t k1, k2, k3, tmp; /* identifier keys; tmp: journal entries and index keys */
     sl_buf_t k4;              /* smeta keys of coalesced refusals */
@@ -117,6 +125,11 @@ uint64_t stitch_entry_person(const cJSON *doc, const char *name);
 void stitch_person_id_str(uint64_t id, char out[32]);
 const char *stitch_person_user_id(const person_t *p);
 void stitch_append_identifier_json(sl_buf_t *b, const char *key);
+/* attach.c: keeps absorbed's attachments for the rest of the event (a merge
+ * deletes its record); forgets them (the next event) */
+int stitch_attach_keep(sl_stitch_t *s, const person_t *absorbed);
+void stitch_attach_clear(sl_stitch_t *s);
+void stitch_attach_free(sl_stitch_t *s);
 
 /* The timeline value's log sequence (stitch_tl_value()). */
 static inline uint64_t stitch_tl_seq(const void *v)

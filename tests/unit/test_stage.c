@@ -3,6 +3,7 @@
  * context, durable timers, and the trigger engine's states across layouts. */
 #include "fixture.h"
 #include "internal.h" /* the engine's rule states, written as an older version did */
+#include "stitch_int.h" /* person records, written as an older version did */
 
 #include <stdlib.h>
 #include <time.h>
@@ -62,6 +63,45 @@ static int picky_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     if (p->refuse) return SL_EINVAL;
     p->applied_bad++;
     return 0;
+}
+
+/* A step that loses a record (LMDB's MDB_NOTFOUND) on the events whose
+ * messageId starts with "lost": that event is set aside and the ones after
+ * it are applied. It once ended the pass, the rest of the log counted as
+ * applied without being read (a rebuild said it had rebuilt everything). */
+static int lost_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
+{
+    (void)txn;
+    (void)arg;
+    return strncmp(ev->message_id, "lost", 4) == 0 ? MDB_NOTFOUND : 0;
+}
+
+static int why_not_found(uint64_t seq, const char *why, void *arg)
+{
+    (void)seq;
+    CHECK(strstr(why, "lost") != NULL);
+    (*(int *)arg)++;
+    return 0;
+}
+
+TEST(stage_step_not_found_is_not_the_end)
+{
+    sl_stage_step_t step = {.name = "lost", .apply = lost_apply};
+    fix_t f;
+    REQUIRE(fix_init_with(&f, &step, 0) == 0);
+    msg(&f, SL_STITCH_PAGE, NULL, "nf1", NULL, 1000);
+    put(&f, "{\"type\":\"page\",\"messageId\":\"lost-1\",\"timestamp\":\"2026-01-01T00:00:01.500Z\","
+            "\"anonymousId\":\"nf1\",\"context\":{\"sillage\":{\"source\":\"backend\"}}}",
+        1500, "lost-1");
+    msg(&f, SL_STITCH_PAGE, NULL, "nf1", NULL, 2000);
+    msg(&f, SL_STITCH_PAGE, NULL, "nf1", NULL, 3000);
+    cJSON *p = get(&f, 0, "anonymous_id", "nf1");
+    CHECK_INT(num(p, "counters", "events"), ==, 3); /* the two after it too */
+    cJSON_Delete(p);
+    int n = 0;
+    CHECK_INT(sl_stage_set_aside(f.stage, 100, why_not_found, &n), ==, 0);
+    CHECK_INT(n, ==, 1);
+    fix_free(&f);
 }
 
 static int last_reason(uint64_t seq, const char *why, void *arg)
@@ -761,5 +801,78 @@ TEST(trigger_layout1_converted_at_open)
     CHECK_INT(sl_stage_read(f.stage, 1, trig_verify_cb, &v), ==, 0);
     CHECK_INT(v.problems, ==, 0);
     REQUIRE(sl_stage_start(f.stage, &f.loop) == 0);
+    fix_free(&f);
+}
+
+/* A person's computed "pages" (profile.computed), or -1 while absent. */
+static double pages_of(fix_t *f, const char *anon)
+{
+    cJSON *p = get(f, 0, "anonymous_id", anon);
+    const cJSON *v = cJSON_GetObjectItem(cJSON_GetObjectItem(p, "computed"), "pages");
+    double n = cJSON_IsNumber(v) ? v->valuedouble : -1;
+    cJSON_Delete(p);
+    return n;
+}
+
+/* A derived store from before the generic fields became person
+ * attachments: their records in a database of their own ("gfields"), none
+ * in the person records, the field's definition known. At open that
+ * database goes and the field is backfilled from the log: the same value
+ * as before, counted once. */
+TEST(fields_records_moved_into_person_records)
+{
+    fix_config = "{\"listen\":\"127.0.0.1:8080\",\"data_dir\":\"./unused\","
+                 "\"sources\":[{\"name\":\"demo\",\"write_key\":\"demo\"}],"
+                 "\"admin_token\":\"0123456789abcdef0123456789abcdef\","
+                 "\"computed\":{\"fields\":[{\"name\":\"pages\",\"type\":\"count\",\"event\":\"page\"}]}}";
+    fix_t f;
+    int rc = fix_init_with(&f, NULL, 1);
+    fix_config = NULL;
+    REQUIRE(rc == 0);
+    for (int i = 0; i < 3; i++) msg(&f, SL_STITCH_PAGE, NULL, "mv-a", NULL, 1000 + i);
+    CHECK(pages_of(&f, "mv-a") == 3);
+    fix_close_store(&f);
+    /* as the build before left it: the person records without attachments,
+     * and a gfields database */
+    MDB_env *env;
+    MDB_txn *txn = fix_raw_begin(&f, &env);
+    MDB_dbi persons, old;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    REQUIRE(mdb_dbi_open(txn, "persons", MDB_INTEGERKEY, &persons) == 0);
+    REQUIRE(mdb_cursor_open(txn, persons, &cur) == 0);
+    int stripped = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        person_hdr_t h;
+        REQUIRE(v.mv_size >= sizeof(h));
+        memcpy(&h, v.mv_data, sizeof(h));
+        if (h.ext_len == 0) continue;
+        char buf[4096];
+        size_t n = v.mv_size - h.ext_len;
+        REQUIRE(n <= sizeof(buf));
+        memcpy(buf, v.mv_data, n);
+        h.ext_len = 0;
+        memcpy(buf, &h, sizeof(h));
+        MDB_val nv = {n, buf};
+        CHECK_INT(mdb_cursor_put(cur, &k, &nv, MDB_CURRENT), ==, 0);
+        stripped++;
+    }
+    mdb_cursor_close(cur);
+    CHECK_INT(stripped, ==, 1);
+    REQUIRE(mdb_dbi_open(txn, "gfields", MDB_CREATE | MDB_INTEGERKEY, &old) == 0);
+    uint64_t id = 1;
+    k = (MDB_val){8, &id}, v = (MDB_val){5, "stale"};
+    CHECK_INT(mdb_put(txn, old, &k, &v, 0), ==, 0);
+    CHECK_INT(mdb_txn_commit(txn), ==, 0);
+    mdb_env_close(env);
+
+    f.with_triggers = 1;
+    CHECK_INT(fix_open(&f), ==, 0);
+    double n = -1;
+    for (int i = 0; i < 5000 && (n = pages_of(&f, "mv-a")) != 3; i++) usleep(1000);
+    CHECK(n == 3);
+    CHECK_INT(db_entries(&f, "gfields"), ==, -1); /* gone */
+    msg(&f, SL_STITCH_PAGE, NULL, "mv-a", NULL, 2000);
+    CHECK(pages_of(&f, "mv-a") == 4);
     fix_free(&f);
 }

@@ -735,3 +735,121 @@ TEST(stitch_erasure_in_slices)
 }
 
 /* ---- the stage's seams (issue 22, item 6) ---------------------------------- */
+
+/* ---- person attachments (sl_stitch.h) ---- */
+
+/* A step of a later phase that counts each person's events in its
+ * attachment, and joins an absorbed person's count into the survivor's
+ * within the event, as fields/ does with its states. */
+typedef struct {
+    sl_stitch_t *s;
+    int errors;
+} tally_t;
+
+static uint32_t tally_read(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int step, int *rc)
+{
+    MDB_val v;
+    *rc = step ? sl_stitch_attach_step_get(s, txn, person, SL_ATTACH_AUDIENCES, &v)
+               : sl_stitch_attach_get(s, txn, person, SL_ATTACH_AUDIENCES, &v);
+    uint32_t n = 0;
+    if (*rc == 0 && v.mv_size == 4) memcpy(&n, v.mv_data, 4);
+    else if (*rc == 0 && v.mv_size != 0) *rc = MDB_CORRUPTED;
+    return n;
+}
+
+static int tally_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
+{
+    tally_t *t = arg;
+    const sl_stage_ctx_t *x = ev->ctx;
+    int rc = 0;
+    for (size_t i = 0; i < x->n_merges && rc == 0; i++) {
+        uint32_t a = tally_read(t->s, txn, x->merge_absorbed[i], 1, &rc);
+        uint32_t sv = rc ? 0 : tally_read(t->s, txn, x->merge_survivor[i], 1, &rc);
+        uint32_t sum = a + sv;
+        if (rc == 0) rc = sl_stitch_attach_put(t->s, txn, x->merge_survivor[i], SL_ATTACH_AUDIENCES, &sum, 4);
+    }
+    if (rc == 0 && x->entity.kind == SL_ENTITY_PERSON) {
+        uint32_t n = tally_read(t->s, txn, x->entity.id, 1, &rc) + 1;
+        if (rc == 0) rc = sl_stitch_attach_put(t->s, txn, x->entity.id, SL_ATTACH_AUDIENCES, &n, 4);
+    }
+    if (rc) t->errors++;
+    return rc;
+}
+
+typedef struct {
+    sl_stitch_t *s;
+    uint64_t person;
+    uint32_t n;
+    int rc;
+    uint64_t persons, total;
+} tally_q_t;
+
+static int tally_one(uint64_t person, const MDB_val *v, void *arg)
+{
+    tally_q_t *q = arg;
+    uint32_t n = 0;
+    if (v->mv_size == 4) memcpy(&n, v->mv_data, 4);
+    q->persons++;
+    q->total += n;
+    (void)person;
+    return v->mv_size == 0 || v->mv_size == 4 ? 0 : MDB_CORRUPTED;
+}
+
+static int tally_q(MDB_txn *txn, MDB_txn *log_txn, void *arg)
+{
+    (void)log_txn;
+    tally_q_t *q = arg;
+    int rc = sl_stitch_find(q->s, txn, "user_id", "ann", &q->person);
+    if (rc == 0) q->n = tally_read(q->s, txn, q->person, 0, &q->rc);
+    if (rc == 0) rc = sl_stitch_attach_each(q->s, txn, SL_ATTACH_AUDIENCES, tally_one, q);
+    return rc;
+}
+
+/* A later phase's bytes ride in the person record: they survive the
+ * stitcher's own rewrites of the record (traits), an absorbed person's are
+ * found under its id for the rest of the event, so a merge joins them, and
+ * they go with the record on erasure. */
+TEST(stitch_attachments_follow_merges_and_erasure)
+{
+    tally_t t = {0};
+    sl_stage_step_t step = {.name = "tally", .arg = &t, .apply = tally_apply, .phase = SL_PHASE_FIELDS};
+    fix_t f;
+    REQUIRE(fix_init_with(&f, &step, 0) == 0);
+    t.s = f.stitch;
+    msg(&f, SL_STITCH_PAGE, NULL, "at-a", NULL, 1000);
+    msg(&f, SL_STITCH_PAGE, NULL, "at-a", NULL, 1001);
+    msg(&f, SL_STITCH_PAGE, NULL, "at-b", NULL, 1002);
+    msg(&f, SL_STITCH_IDENTIFY, "ann", "at-c", "ann@example.com", 1003);   /* the user, with a trait */
+    msg(&f, SL_STITCH_IDENTIFY, "ann", "at-a", NULL, 1004);                /* absorbs at-a (2) */
+    msg(&f, SL_STITCH_IDENTIFY, NULL, "at-b", "ann@example.com", 1005);    /* at-b (1) joins by e-mail */
+    msg_traits(&f, SL_STITCH_IDENTIFY, "ann", "at-c", NULL, 1006, "{\"plan\":\"pro\"}");
+    CHECK_INT(t.errors, ==, 0);
+    tally_q_t q = {.s = f.stitch};
+    CHECK_INT(sl_stage_read(f.stage, 0, tally_q, &q), ==, 0);
+    CHECK_INT(q.rc, ==, 0);
+    CHECK_INT(q.n, ==, 7);            /* every event, through both merges */
+    CHECK_INT(q.persons, ==, 1);      /* the absorbed records are gone */
+    CHECK_INT(q.total, ==, 7);
+    cJSON *p = get(&f, 0, "user_id", "ann");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(p, "traits"), "plan")), "pro");
+    cJSON_Delete(p);
+    CHECK_INT(verify_problems(&f), ==, 0);
+    /* a restart reads them back */
+    fix_close_store(&f);
+    fix_extra_step = &step;
+    CHECK_INT(fix_open(&f), ==, 0);
+    fix_extra_step = NULL;
+    t.s = f.stitch;
+    msg(&f, SL_STITCH_TRACK, "ann", NULL, NULL, 1007);
+    q = (tally_q_t){.s = f.stitch};
+    CHECK_INT(sl_stage_read(f.stage, 0, tally_q, &q), ==, 0);
+    CHECK_INT(q.n, ==, 8);
+    sl_stitch_erase_t er;
+    erase_run(&f, &er, "user_id", "ann");
+    CHECK_INT(er.found, ==, 1);
+    sl_stitch_erase_free(&er);
+    q = (tally_q_t){.s = f.stitch};
+    CHECK_INT(sl_stage_read(f.stage, 0, tally_q, &q), ==, SL_ENOTFOUND);
+    CHECK_INT(q.total, ==, 0);
+    fix_free(&f);
+}
