@@ -887,7 +887,7 @@ static int on_generic(sl_fields_t *f, MDB_txn *txn, const sl_stage_event_t *ev, 
     int labels = f->watch.labels;
     cJSON **list = list_for(f, ev, person);
     int found, rc = labels ? change_begin(f, txn, person, f->sum, now, list, &found) : 0;
-    if (rc == 0) rc = fld_grec_get(f, txn, person, &f->grec_old);
+    if (rc == 0) rc = grec_step_get(f, txn, person, &f->grec_old); /* (the event's person: no descent) */
     MDB_val rec = {f->grec_old.len, f->grec_old.data};
     const fld_gfield_t *repl[FLD_MAX_GFIELDS];
     size_t n = 0;

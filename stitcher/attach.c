@@ -85,6 +85,7 @@ int stitch_attach_keep(sl_stitch_t *s, const person_t *absorbed)
 void stitch_attach_clear(sl_stitch_t *s)
 {
     s->n_kept = 0; /* (their buffers are kept for the next events) */
+    s->ev_valid = 0;
 }
 
 void stitch_attach_free(sl_stitch_t *s)
@@ -94,6 +95,7 @@ void stitch_attach_free(sl_stitch_t *s)
     s->kept = NULL;
     s->n_kept = s->cap_kept = 0;
     sl_buf_free(&s->attach_tmp);
+    sl_buf_free(&s->ev_ext);
 }
 
 /* A stored person record's tail (the attachments) in *ext. */
@@ -120,7 +122,9 @@ int sl_stitch_attach_get(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int tag,
 int sl_stitch_attach_step_get(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int tag, MDB_val *out)
 {
     struct stitch_kept_s *k = kept_of(s, person);
-    return k ? entry_find(k->ext.data, k->ext.len, tag, out, NULL) : sl_stitch_attach_get(s, txn, person, tag, out);
+    if (k) return entry_find(k->ext.data, k->ext.len, tag, out, NULL);
+    if (s->ev_valid && person == s->ev_id) return entry_find(s->ev_ext.data, s->ev_ext.len, tag, out, NULL);
+    return sl_stitch_attach_get(s, txn, person, tag, out);
 }
 
 int sl_stitch_attach_put(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int tag, const void *data, size_t len)
@@ -155,6 +159,11 @@ int sl_stitch_attach_put(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int tag,
             memcpy(t->data, &h, sizeof(h));
             MDB_val v = {t->len, t->data};
             rc = mdb_cursor_put(cur, &kk, &v, MDB_CURRENT);
+            if (person == s->ev_id && s->ev_valid) { /* the event's person: its copy follows */
+                s->ev_ext.len = 0;
+                if (rc == 0 && sl_buf_append(&s->ev_ext, t->data + head, t->len - head)) s->ev_valid = 0;
+                if (rc) s->ev_valid = 0;
+            }
         }
     }
     mdb_cursor_close(cur);

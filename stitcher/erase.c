@@ -138,6 +138,7 @@ int stitch_forget_person(sl_stitch_t *s, MDB_txn *txn, person_t *p, sl_stitch_er
     MDB_val k = {8, &p->id};
     if ((rc = mdb_del(txn, s->pjournal, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
     if ((rc = mdb_del(txn, s->prefusals, &k, NULL)) && rc != MDB_NOTFOUND) return rc;
+    if (p->id == s->ev_id) s->ev_valid = 0; /* (attach.c's copy) */
     if ((rc = mdb_del(txn, s->persons, &k, NULL))) return rc;
     int64_t was;
     int had;

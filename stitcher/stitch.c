@@ -158,6 +158,7 @@ int stitch_person_load(sl_stitch_t *s, MDB_txn *txn, uint64_t id, person_t *p)
 
 static int person_save(sl_stitch_t *s, MDB_txn *txn, person_t *p)
 {
+    if (p->id == s->ev_id) s->ev_valid = 0; /* (attach.c's copy) */
     p->h.version = PERSON_VERSION;
     p->h.ids_len = (uint32_t)p->ids.len;
     p->h.traits_len = (uint32_t)p->traits.len;
@@ -800,7 +801,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     sl_stitch_msg_t m;
     int rc = stitch_read_msg(s, ev->top, ev->context, ev->seq, &m);
     s->n_mg = 0;
-    stitch_attach_clear(s);
+    stitch_attach_clear(s); /* (and ev_valid) */
     ev->ctx->historical = m.historical;
     ev->ctx->trusted = m.trusted;
     if (rc == 0 && m.type != SL_STITCH_IDENTIFY && m.type != SL_STITCH_ALIAS) {
@@ -980,6 +981,11 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
     ctx->ts_ms = m->ts_ms;
     ctx->dropped_traits = s->msg_dropped;
     ctx->trait_changes = s->trait_changes;
+    /* its attachments, for the later phases (attach.c) */
+    s->ev_ext.len = 0;
+    if (sl_buf_append(&s->ev_ext, t->ext.data, t->ext.len)) return SL_ENOMEM;
+    s->ev_id = t->id;
+    s->ev_valid = 1;
     return 0;
 }
 

@@ -81,6 +81,12 @@ struct sl_stitch_s {
     } *kept;
     size_t n_kept, cap_kept;
     sl_buf_t attach_tmp;      /* attach.c: a record rewritten */
+    /* the event's person's attachments as its record holds them, from the
+     * identity step to the end of the event (attach.c: read without a
+     * descent); ev_valid 0 when the record may have changed otherwise */
+    uint64_t ev_id;
+    int ev_valid;
+    sl_buf_t ev_ext;
     int gained_identity;      /* stage thread: the event under way gave its person a non-anonymous identifier */
     sl_buf_t k1, k2, k3, tmp; /* identifier keys; tmp: journal entries and index keys */
     sl_buf_t k4;              /* smeta keys of coalesced refusals */
