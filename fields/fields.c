@@ -1158,7 +1158,11 @@ static int on_profile_extra(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *
     else sl_buf_appends(out, "null");
     free(s);
     sl_buf_appends(out, ",\"computed\":");
-    return sl_fields_computed(f, txn, person, sl_now_ms(), out);
+    if ((rc = sl_fields_computed(f, txn, person, sl_now_ms(), out))) return rc;
+    /* while a field reads the log's past, the profile says which (its value is partial) */
+    if (atomic_load(&f->bf_mask) == 0) return 0;
+    sl_buf_appends(out, ",\"backfilling\":");
+    return sl_fields_backfilling(f, out);
 }
 
 static int on_view_extra(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *out)
