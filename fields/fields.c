@@ -254,14 +254,14 @@ static int diff(sl_fields_t *f, cJSON **list, const char *reason)
     return 0;
 }
 
-/* ---- generic fields' states: one record per person (gfields), every field's
- * state in it, each entry the hash of its field's definition (u32: the
- * definition holds the name; a state kept under another is stale), then its
- * state (u16 length, fld_gstate_encode): an event touches one record,
+/* ---- generic fields' states: one record per person (the person's
+ * attachment, sl_stitch.h), every field's state in it, each entry the hash
+ * of its field's definition (u32: the definition holds the name; a state
+ * kept under another is stale), then its state's length (a varint, up to
+ * 3 bytes) and the state (fld_gstate_encode): an event touches one record,
  * however many fields it moves ---- */
 
-#define GREC_VERSION 3
-#define GENT_HEAD 6u /* u32 definition, u16 state length */
+#define GREC_VERSION 4
 
 /* The next entry of a record at *p: 1 and its parts, 0 at the end or at a
  * damaged entry (the rest is not read). */
@@ -273,13 +273,19 @@ typedef struct {
 static int gent_next(const unsigned char **p, const unsigned char *end, gent_t *e)
 {
     const unsigned char *q = *p;
-    uint16_t sl;
-    if (end - q < (ptrdiff_t)GENT_HEAD) return 0;
+    if (end - q < 5) return 0;
     memcpy(&e->def, q, 4);
-    memcpy(&sl, q + 4, 2);
-    if ((size_t)(end - q) < GENT_HEAD + sl) return 0;
-    e->state = (MDB_val){sl, (void *)(q + GENT_HEAD)};
-    *p = q + GENT_HEAD + sl;
+    q += 4;
+    size_t sl = 0;
+    for (int shift = 0;; shift += 7) {
+        if (q == end || shift > 14) return 0;
+        unsigned char c = *q++;
+        sl |= (size_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) break;
+    }
+    if ((size_t)(end - q) < sl) return 0;
+    e->state = (MDB_val){sl, (void *)q};
+    *p = q + sl;
     return 1;
 }
 
@@ -301,9 +307,17 @@ static int grec_find(const MDB_val *rec, const fld_gfield_t *g, MDB_val *state)
 
 static int grec_entry(sl_buf_t *out, uint32_t def, const void *state, size_t n)
 {
-    if (n > UINT16_MAX) return SL_ETOOBIG; /* bounded below it: FLD_MAX_BUCKETS, FLD_MAX_VALUES */
-    uint16_t sl = (uint16_t)n;
-    return sl_buf_append(out, &def, 4) || sl_buf_append(out, &sl, 2) || sl_buf_append(out, state, n) ? SL_ENOMEM : 0;
+    if (n >= 1u << 21) return SL_ETOOBIG; /* bounded far below it: FLD_MAX_BUCKETS, FLD_MAX_VALUES */
+    unsigned char h[7];
+    size_t k = 4, left = n;
+    memcpy(h, &def, 4);
+    do {
+        h[k] = (unsigned char)(left & 0x7f);
+        left >>= 7;
+        if (left) h[k] |= 0x80;
+        k++;
+    } while (left);
+    return sl_buf_append(out, h, k) || sl_buf_append(out, state, n) ? SL_ENOMEM : 0;
 }
 
 /* person's record (the person's attachment, sl_stitch.h), copied into out

@@ -68,7 +68,7 @@ typedef struct {
     uint32_t def;                /* a hash of its definition: states kept under another are stale */
 } fld_gfield_t;
 
-#define FLD_GSTATE_VERSION 3
+#define FLD_GSTATE_VERSION 4
 #define FG_OVERFLOW 1u           /* distinct values past max_values were seen */
 typedef struct {
     int64_t id;                  /* bucket number: a local day, or time / bucket_ms */

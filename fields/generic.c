@@ -322,52 +322,96 @@ void fld_gstate_init(fld_gstate_t *s, const fld_gfield_t *g)
     s->f.max = -INFINITY;
 }
 
-/* The record keeps what the type reads, nothing else (a count over a
- * window: 8 bytes a bucket). Layout: version, type, flags, marks (has a
- * timer, has lifetime aggregates), then u16 n_buckets, n_values, u8
- * first_len, last_len, told_len; the lifetime aggregates the type uses
- * (a window keeps none); the timer; the values first, last, told; the
- * buckets (the first's id, then each one's offset from it, u32); the
- * distinct values. */
+/* The record keeps what the type reads, nothing else, in varints (a count
+ * over a 30-day window that saw one day: 9 bytes). Layout: type, flags,
+ * marks (GM_*: which parts follow); the lifetime aggregates the type uses
+ * (a window keeps none: its buckets say it); first_ts / last_ts (first,
+ * last); the timer; the values first, last, told (a byte of length, then
+ * the text); the buckets (how many, the first's id, then each one's offset
+ * from it, count and the aggregates its type uses); the distinct values
+ * (how many, then each one's count, a byte of length and the text).
+ * Integers are LEB128 varints, signed ones zigzagged; a number is a varint
+ * of its zigzagged integer shifted left once when it is a whole number
+ * within 2^50 (not -0), else the single byte 1 and its 8 bytes. */
 #define GM_TIMER 1u
 #define GM_LIFETIME 2u
+#define GM_BUCKETS 4u
+#define GM_VALUES 8u
+#define GM_FIRST 16u
+#define GM_LAST 32u
+#define GM_TOLD 64u
 #define USES_SUM(t) ((t) == FG_SUM || (t) == FG_AVG || (t) == FG_SCORE)
-#define PUT(b, x) sl_buf_append((b), &(x), sizeof(x))
+
+static int put_uv(sl_buf_t *b, uint64_t v)
+{
+    unsigned char x[10];
+    size_t n = 0;
+    do {
+        x[n] = (unsigned char)(v & 0x7f);
+        v >>= 7;
+        if (v) x[n] |= 0x80;
+        n++;
+    } while (v);
+    return sl_buf_append(b, x, n);
+}
+
+static uint64_t zz(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static int64_t unzz(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
+
+static int put_sv(sl_buf_t *b, int64_t v) { return put_uv(b, zz(v)); }
+
+static int put_num(sl_buf_t *b, double x)
+{
+    const double lim = 1125899906842624.0; /* 2^50 */
+    if (x >= -lim && x <= lim && x == (double)(int64_t)x && !(x == 0 && signbit(x)))
+        return put_uv(b, zz((int64_t)x) << 1);
+    unsigned char raw = 1;
+    return sl_buf_append(b, &raw, 1) || sl_buf_append(b, &x, 8);
+}
+
+static int put_text(sl_buf_t *b, const char *t, size_t n)
+{
+    uint8_t l = (uint8_t)n;
+    return sl_buf_append(b, &l, 1) || sl_buf_append(b, t, n);
+}
 
 int fld_gstate_encode(const fld_gstate_t *s, sl_buf_t *b)
 {
     b->len = 0;
     const fld_gfix_t *f = &s->f;
     int t = f->type, rc = 0;
-    int life = f->count != 0;
-    uint8_t h[4] = {FLD_GSTATE_VERSION, f->type, f->flags, (f->timer_ms ? GM_TIMER : 0) | (life ? GM_LIFETIME : 0)};
-    uint16_t nb = (uint16_t)f->n_buckets, nv = (uint16_t)f->n_values;
-    uint8_t l[3] = {(uint8_t)f->first_len, (uint8_t)f->last_len, (uint8_t)f->told_len};
-    rc |= sl_buf_append(b, h, 4) | PUT(b, nb) | PUT(b, nv) | sl_buf_append(b, l, 3);
-    if (life) {
-        rc |= PUT(b, f->count);
-        if (USES_SUM(t)) rc |= PUT(b, f->sum);
-        if (t == FG_MIN) rc |= PUT(b, f->min);
-        if (t == FG_MAX) rc |= PUT(b, f->max);
+    unsigned marks = (f->timer_ms ? GM_TIMER : 0) | (f->count ? GM_LIFETIME : 0) | (f->n_buckets ? GM_BUCKETS : 0) |
+                     (f->n_values ? GM_VALUES : 0) | (f->first_len ? GM_FIRST : 0) | (f->last_len ? GM_LAST : 0) |
+                     (f->told_len ? GM_TOLD : 0);
+    uint8_t h[3] = {f->type, f->flags, (uint8_t)marks};
+    rc |= sl_buf_append(b, h, 3);
+    if (marks & GM_LIFETIME) {
+        rc |= put_uv(b, f->count);
+        if (USES_SUM(t)) rc |= put_num(b, f->sum);
+        if (t == FG_MIN) rc |= put_num(b, f->min);
+        if (t == FG_MAX) rc |= put_num(b, f->max);
     }
-    if (t == FG_FIRST) rc |= PUT(b, f->first_ts);
-    if (t == FG_LAST) rc |= PUT(b, f->last_ts);
-    if (f->timer_ms) rc |= PUT(b, f->timer_ms);
-    rc |= sl_buf_append(b, s->first, f->first_len) | sl_buf_append(b, s->last, f->last_len) |
-          sl_buf_append(b, s->told, f->told_len);
-    if (f->n_buckets) rc |= PUT(b, s->buckets[0].id);
-    for (size_t i = 0; i < f->n_buckets; i++) {
-        const fld_bucket_t *k = &s->buckets[i];
-        uint32_t c = k->count > UINT32_MAX ? UINT32_MAX : (uint32_t)k->count;
-        uint32_t off = (uint32_t)(k->id - s->buckets[0].id); /* sorted, within FLD_MAX_BUCKETS of a window */
-        rc |= PUT(b, off) | PUT(b, c);
-        if (USES_SUM(t)) rc |= PUT(b, k->sum);
-        if (t == FG_MIN) rc |= PUT(b, k->min);
-        if (t == FG_MAX) rc |= PUT(b, k->max);
+    if (t == FG_FIRST) rc |= put_sv(b, f->first_ts);
+    if (t == FG_LAST) rc |= put_sv(b, f->last_ts);
+    if (marks & GM_TIMER) rc |= put_sv(b, f->timer_ms);
+    if (marks & GM_FIRST) rc |= put_text(b, s->first, f->first_len);
+    if (marks & GM_LAST) rc |= put_text(b, s->last, f->last_len);
+    if (marks & GM_TOLD) rc |= put_text(b, s->told, f->told_len);
+    if (marks & GM_BUCKETS) {
+        rc |= put_uv(b, f->n_buckets) | put_sv(b, s->buckets[0].id);
+        for (size_t i = 0; i < f->n_buckets; i++) {
+            const fld_bucket_t *k = &s->buckets[i];
+            /* sorted: offsets from the first, within FLD_MAX_BUCKETS of a window */
+            rc |= put_uv(b, (uint64_t)(k->id - s->buckets[0].id)) | put_uv(b, k->count);
+            if (USES_SUM(t)) rc |= put_num(b, k->sum);
+            if (t == FG_MIN) rc |= put_num(b, k->min);
+            if (t == FG_MAX) rc |= put_num(b, k->max);
+        }
     }
-    for (size_t i = 0; i < f->n_values; i++) {
-        uint8_t vl = (uint8_t)strlen(s->values[i].text);
-        rc |= PUT(b, s->values[i].count) | sl_buf_append(b, &vl, 1) | sl_buf_append(b, s->values[i].text, vl);
+    if (marks & GM_VALUES) {
+        rc |= put_uv(b, f->n_values);
+        for (size_t i = 0; i < f->n_values; i++)
+            rc |= put_uv(b, s->values[i].count) | put_text(b, s->values[i].text, strlen(s->values[i].text));
     }
     return rc ? SL_ENOMEM : 0;
 }
@@ -388,59 +432,97 @@ static void take(rd_t *r, void *out, size_t n)
     r->p += n;
 }
 
+static uint64_t take_uv(rd_t *r)
+{
+    uint64_t v = 0;
+    for (int shift = 0; !r->bad; shift += 7) {
+        if (r->p == r->end || shift > 63) break;
+        unsigned char c = *r->p++;
+        if (shift == 63 && c > 1) break; /* past 64 bits */
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) return v;
+    }
+    r->bad = 1;
+    return 0;
+}
+
+static int64_t take_sv(rd_t *r) { return unzz(take_uv(r)); }
+
+static double take_num(rd_t *r)
+{
+    uint64_t v = take_uv(r);
+    if (r->bad) return 0;
+    if (!(v & 1)) return (double)unzz(v >> 1);
+    double x = 0;
+    if (v != 1) r->bad = 1;
+    take(r, &x, 8);
+    return x;
+}
+
+/* a length byte and its text, at most max bytes, into out (NUL-terminated) */
+static size_t take_text(rd_t *r, char *out, size_t max)
+{
+    uint8_t l = 0;
+    take(r, &l, 1);
+    if (l > max) r->bad = 1;
+    take(r, out, r->bad ? 0 : l);
+    out[r->bad ? 0 : l] = '\0';
+    return r->bad ? 0 : l;
+}
+
 int fld_gstate_decode(const MDB_val *v, fld_gstate_t *s)
 {
     rd_t r = {v->mv_data, (const unsigned char *)v->mv_data + v->mv_size, 0};
     fld_gfix_t *f = &s->f;
     memset(f, 0, sizeof(*f));
-    uint8_t h[4], l[3];
-    uint16_t nb, nv;
-    take(&r, h, 4);
-    take(&r, &nb, 2);
-    take(&r, &nv, 2);
-    take(&r, l, 3);
-    if (r.bad || h[0] != FLD_GSTATE_VERSION || h[1] < FG_COUNT || h[1] > FG_SCORE || nb > FLD_MAX_BUCKETS ||
-        nv > FLD_MAX_VALUES || l[0] > FLD_VALUE_MAX || l[1] > FLD_VALUE_MAX || l[2] >= sizeof(s->told))
-        return MDB_CORRUPTED;
-    int t = h[1];
-    f->version = h[0], f->type = h[1], f->flags = h[2];
-    f->n_buckets = nb, f->n_values = nv, f->first_len = l[0], f->last_len = l[1], f->told_len = l[2];
+    uint8_t h[3];
+    take(&r, h, 3);
+    if (r.bad || h[0] < FG_COUNT || h[0] > FG_SCORE || h[2] > 127) return MDB_CORRUPTED;
+    int t = h[0];
+    unsigned marks = h[2];
+    f->version = FLD_GSTATE_VERSION, f->type = h[0], f->flags = h[1];
     f->min = INFINITY, f->max = -INFINITY;
-    if (h[3] & GM_LIFETIME) {
-        take(&r, &f->count, 8);
-        if (USES_SUM(t)) take(&r, &f->sum, 8);
-        if (t == FG_MIN) take(&r, &f->min, 8);
-        if (t == FG_MAX) take(&r, &f->max, 8);
+    if (marks & GM_LIFETIME) {
+        f->count = take_uv(&r);
+        if (USES_SUM(t)) f->sum = take_num(&r);
+        if (t == FG_MIN) f->min = take_num(&r);
+        if (t == FG_MAX) f->max = take_num(&r);
     }
-    if (t == FG_FIRST) take(&r, &f->first_ts, 8);
-    if (t == FG_LAST) take(&r, &f->last_ts, 8);
-    if (h[3] & GM_TIMER) take(&r, &f->timer_ms, 8);
-    take(&r, s->first, f->first_len);
-    s->first[f->first_len] = '\0';
-    take(&r, s->last, f->last_len);
-    s->last[f->last_len] = '\0';
-    take(&r, s->told, f->told_len);
-    int64_t first_id = 0;
-    if (nb) take(&r, &first_id, 8);
-    for (size_t i = 0; i < nb && !r.bad; i++) {
-        fld_bucket_t *k = &s->buckets[i];
-        uint32_t c, off;
-        take(&r, &off, 4);
-        take(&r, &c, 4);
-        k->id = first_id + off;
-        k->count = c, k->sum = 0, k->min = INFINITY, k->max = -INFINITY;
-        if (USES_SUM(t)) take(&r, &k->sum, 8);
-        if (t == FG_MIN) take(&r, &k->min, 8);
-        if (t == FG_MAX) take(&r, &k->max, 8);
-        if (!isfinite(k->sum) || isnan(k->min) || isnan(k->max)) r.bad = 1;
+    if (t == FG_FIRST) f->first_ts = take_sv(&r);
+    if (t == FG_LAST) f->last_ts = take_sv(&r);
+    if (marks & GM_TIMER) f->timer_ms = take_sv(&r);
+    s->first[0] = s->last[0] = s->told[0] = '\0';
+    if (marks & GM_FIRST) f->first_len = (uint32_t)take_text(&r, s->first, FLD_VALUE_MAX);
+    if (marks & GM_LAST) f->last_len = (uint32_t)take_text(&r, s->last, FLD_VALUE_MAX);
+    if (marks & GM_TOLD) f->told_len = (uint32_t)take_text(&r, s->told, sizeof(s->told) - 1);
+    if (marks & GM_BUCKETS) {
+        uint64_t nb = take_uv(&r);
+        int64_t first_id = take_sv(&r);
+        if (nb == 0 || nb > FLD_MAX_BUCKETS) r.bad = 1;
+        f->n_buckets = r.bad ? 0 : (uint32_t)nb;
+        for (size_t i = 0; i < f->n_buckets && !r.bad; i++) {
+            fld_bucket_t *k = &s->buckets[i];
+            uint64_t off = take_uv(&r);
+            if (off > (uint64_t)INT64_MAX / 2) r.bad = 1;
+            k->id = first_id + (int64_t)off;
+            k->count = take_uv(&r);
+            k->sum = 0, k->min = INFINITY, k->max = -INFINITY;
+            if (USES_SUM(t)) k->sum = take_num(&r);
+            if (t == FG_MIN) k->min = take_num(&r);
+            if (t == FG_MAX) k->max = take_num(&r);
+            if (!isfinite(k->sum) || isnan(k->min) || isnan(k->max)) r.bad = 1;
+        }
     }
-    for (size_t i = 0; i < nv && !r.bad; i++) {
-        uint8_t vl;
-        take(&r, &s->values[i].count, 4);
-        take(&r, &vl, 1);
-        if (vl > FLD_VALUE_MAX) r.bad = 1;
-        take(&r, s->values[i].text, r.bad ? 0 : vl);
-        s->values[i].text[r.bad ? 0 : vl] = '\0';
+    if (marks & GM_VALUES) {
+        uint64_t nv = take_uv(&r);
+        if (nv == 0 || nv > FLD_MAX_VALUES) r.bad = 1;
+        f->n_values = r.bad ? 0 : (uint32_t)nv;
+        for (size_t i = 0; i < f->n_values && !r.bad; i++) {
+            uint64_t c = take_uv(&r);
+            if (c > UINT32_MAX) r.bad = 1;
+            s->values[i].count = (uint32_t)c;
+            take_text(&r, s->values[i].text, FLD_VALUE_MAX);
+        }
     }
     if (!isfinite(f->sum) || isnan(f->min) || isnan(f->max)) r.bad = 1;
     return r.bad || r.p != r.end ? MDB_CORRUPTED : 0;
