@@ -183,7 +183,7 @@ int sl_buf_reserve(sl_buf_t *b, size_t extra)
 int sl_buf_append(sl_buf_t *b, const void *p, size_t n)
 {
     if (sl_buf_reserve(b, n)) return SL_ENOMEM;
-    memcpy(b->data + b->len, p, n);
+    if (n) memcpy(b->data + b->len, p, n); /* (p may be NULL when n is 0: an empty sl_buf_t's data) */
     b->len += n;
     b->data[b->len] = '\0';
     return 0;

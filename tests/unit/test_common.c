@@ -118,6 +118,13 @@ TEST(arena_and_buf)
     sl_buf_append_json_str(&b, "a\"b\\c\n\x01", 7);
     CHECK_STR(b.data, "\"a\\\"b\\\\c\\n\\u0001\"");
     sl_buf_free(&b);
+    /* an empty buffer's bytes (data NULL) appended: nothing, and no memcpy
+     * from NULL (undefined: the sanitizer build stopped at the first event) */
+    sl_buf_t empty = {0};
+    CHECK_INT(sl_buf_append(&b, empty.data, empty.len), ==, 0);
+    CHECK_INT(b.len, ==, 0);
+    CHECK(b.data != NULL && b.data[0] == '\0');
+    sl_buf_free(&b);
 }
 
 /* sl_json_print prints what cJSON_PrintUnformatted prints (the stored form
