@@ -45,8 +45,12 @@ static int entry_replace(sl_buf_t *out, const char *ext, size_t n, int tag, cons
     size_t at = 0;
     int rc = entry_find(ext, n, tag, &old, &at);
     if (rc) return rc;
-    size_t keep_to = old.mv_data ? at : n, resume = old.mv_data ? at + ENTRY_HDR + old.mv_size : n;
-    if (sl_buf_append(out, ext, keep_to) || sl_buf_append(out, ext + resume, n - resume)) return SL_ENOMEM;
+    if (old.mv_data == NULL) { /* (ext may be NULL then: no arithmetic on it) */
+        if (sl_buf_append(out, ext, n)) return SL_ENOMEM;
+    } else {
+        size_t resume = at + ENTRY_HDR + old.mv_size;
+        if (sl_buf_append(out, ext, at) || sl_buf_append(out, ext + resume, n - resume)) return SL_ENOMEM;
+    }
     if (len == 0) return 0;
     if (len > UINT32_MAX) return SL_ETOOBIG;
     unsigned char h[ENTRY_HDR] = {(unsigned char)tag};
@@ -64,7 +68,9 @@ static struct stitch_kept_s *kept_of(sl_stitch_t *s, uint64_t person)
 
 int stitch_attach_keep(sl_stitch_t *s, const person_t *absorbed)
 {
-    if (absorbed->ext.len == 0) return 0;
+    /* kept even when empty: a person absorbed after it absorbed another in
+     * the same event (a chain) takes the other's joined into it here, and
+     * _put to a record already deleted would lose them */
     struct stitch_kept_s *k = kept_of(s, absorbed->id);
     if (k == NULL) {
         if (s->n_kept == s->cap_kept) {
