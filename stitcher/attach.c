@@ -108,10 +108,12 @@ void stitch_attach_free(sl_stitch_t *s)
 static int record_split(const MDB_val *rec, MDB_val *ext)
 {
     person_hdr_t h;
+    uint32_t n;
     if (rec->mv_size < sizeof(h)) return MDB_CORRUPTED;
     memcpy(&h, rec->mv_data, sizeof(h));
-    if (sizeof(h) + (size_t)h.ids_len + h.traits_len + h.ext_len != rec->mv_size) return MDB_CORRUPTED;
-    ext->mv_size = h.ext_len;
+    int rc = stitch_record_ext(&h, rec->mv_size, &n);
+    if (rc) return rc;
+    ext->mv_size = n;
     ext->mv_data = (char *)rec->mv_data + sizeof(h) + h.ids_len + h.traits_len;
     return 0;
 }
@@ -162,6 +164,7 @@ int sl_stitch_attach_put(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int tag,
             person_hdr_t h;
             memcpy(&h, t->data, sizeof(h));
             h.ext_len = (uint32_t)(t->len - head);
+            h.ext_pad = 0; /* (a record from before the ledger: its order count's high word) */
             memcpy(t->data, &h, sizeof(h));
             MDB_val v = {t->len, t->data};
             rc = mdb_cursor_put(cur, &kk, &v, MDB_CURRENT);

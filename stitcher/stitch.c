@@ -145,7 +145,7 @@ int stitch_person_load(sl_stitch_t *s, MDB_txn *txn, uint64_t id, person_t *p)
     if (rc) return rc;
     if (v.mv_size < sizeof(person_hdr_t)) return MDB_CORRUPTED;
     memcpy(&p->h, v.mv_data, sizeof(p->h));
-    if (sizeof(p->h) + (size_t)p->h.ids_len + p->h.traits_len + p->h.ext_len != v.mv_size) return MDB_CORRUPTED;
+    if ((rc = stitch_record_ext(&p->h, v.mv_size, &p->h.ext_len))) return rc;
     p->id = id;
     p->dirty = 0;
     p->ids.len = p->traits.len = p->ext.len = 0;
@@ -163,6 +163,7 @@ static int person_save(sl_stitch_t *s, MDB_txn *txn, person_t *p)
     p->h.ids_len = (uint32_t)p->ids.len;
     p->h.traits_len = (uint32_t)p->traits.len;
     p->h.ext_len = (uint32_t)p->ext.len;
+    p->h.ext_pad = 0;
     MDB_val k = {8, &p->id}, v = {sizeof(p->h) + p->ids.len + p->traits.len + p->ext.len, NULL};
     int rc = mdb_put(txn, s->persons, &k, &v, MDB_RESERVE);
     if (rc) return rc;

@@ -26,9 +26,9 @@ typedef struct {
     int64_t active_ms;    /* its key's time in active, with PF_ACTIVE (records before had zero here) */
     uint64_t flags;       /* PF_* */
     uint64_t events, page_views;
-    uint32_t ext_len;     /* the attachments' bytes, after the traits (records before had 0 here) */
-    uint32_t ext_pad;
-    double revenue;       /* revenue, currency: no longer kept (the ledger, fields/, keeps them); written 0 */
+    uint32_t ext_len;     /* the attachments' bytes, after the traits (stitch_record_ext()) */
+    uint32_t ext_pad;     /* written 0 */
+    double revenue;       /* revenue, currency: no longer kept (the ledger, fields/, keeps them); never read */
     char currency[8];
     uint32_t ids_len;     /* identifier keys, each NUL-terminated */
     uint32_t traits_len;  /* {"t":{name:value},"at":{name:ms}} */
@@ -136,6 +136,20 @@ void stitch_append_identifier_json(sl_buf_t *b, const char *key);
 int stitch_attach_keep(sl_stitch_t *s, const person_t *absorbed);
 void stitch_attach_clear(sl_stitch_t *s);
 void stitch_attach_free(sl_stitch_t *s);
+
+/* The length of the attachments of a person record of size bytes whose
+ * header is h: 0 and *ext, or MDB_CORRUPTED when the lengths do not add
+ * up. The word was the person's order count (ext_len, ext_pad) before the
+ * ledger, and nothing rewrote it to 0: a record of exactly its header,
+ * identifiers and traits has none. */
+static inline int stitch_record_ext(const person_hdr_t *h, size_t size, uint32_t *ext)
+{
+    size_t base = sizeof(*h) + (size_t)h->ids_len + h->traits_len;
+    if (size >= base && size - base == h->ext_len && h->ext_pad == 0) *ext = h->ext_len;
+    else if (size == base) *ext = 0;
+    else return MDB_CORRUPTED;
+    return 0;
+}
 
 /* The timeline value's log sequence (stitch_tl_value()). */
 static inline uint64_t stitch_tl_seq(const void *v)

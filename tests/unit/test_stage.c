@@ -941,3 +941,63 @@ TEST(fields_merge_chain_through_a_person_without_state)
     CHECK_INT(q.problems, ==, 0); /* the kept state is what the person's events make */
     fix_free(&f);
 }
+
+/* Person records written before the ledger (fields/) counted the person's
+ * orders in the header word that now says the attachments' length (and
+ * its revenue beside it); nothing rewrote them to 0. Such a record holds
+ * no attachments: it is read as having none, not as damaged (every event
+ * of the person was set aside, its profile unreadable), and the next
+ * rewrite says 0. */
+TEST(stitch_records_with_an_order_count_from_before_the_ledger)
+{
+    fix_config = "{\"listen\":\"127.0.0.1:8080\",\"data_dir\":\"./unused\","
+                 "\"sources\":[{\"name\":\"demo\",\"write_key\":\"demo\"}],"
+                 "\"admin_token\":\"0123456789abcdef0123456789abcdef\","
+                 "\"computed\":{\"fields\":[{\"name\":\"pages\",\"type\":\"count\",\"event\":\"page\"}]}}";
+    fix_t f;
+    int rc = fix_init_with(&f, NULL, 1);
+    fix_config = NULL;
+    REQUIRE(rc == 0);
+    msg(&f, SL_STITCH_IDENTIFY, "buyer", "ob-a", NULL, 1000);
+    fix_close_store(&f);
+    /* as a build before the ledger left it: 3 orders, 120.5 of revenue */
+    MDB_env *env;
+    MDB_txn *txn = fix_raw_begin(&f, &env);
+    MDB_dbi persons;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    REQUIRE(mdb_dbi_open(txn, "persons", MDB_INTEGERKEY, &persons) == 0);
+    REQUIRE(mdb_cursor_open(txn, persons, &cur) == 0);
+    int n = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        person_hdr_t h;
+        char buf[4096];
+        REQUIRE(v.mv_size >= sizeof(h) && v.mv_size <= sizeof(buf));
+        memcpy(&h, v.mv_data, sizeof(h));
+        CHECK_INT(h.ext_len, ==, 0);
+        uint64_t orders = 3;
+        memcpy(&h.ext_len, &orders, 8); /* (the word was `uint64_t orders`) */
+        h.revenue = 120.5;
+        memcpy(buf, v.mv_data, v.mv_size);
+        memcpy(buf, &h, sizeof(h));
+        MDB_val nv = {v.mv_size, buf};
+        CHECK_INT(mdb_cursor_put(cur, &k, &nv, MDB_CURRENT), ==, 0);
+        n++;
+    }
+    mdb_cursor_close(cur);
+    CHECK_INT(n, ==, 1);
+    CHECK_INT(mdb_txn_commit(txn), ==, 0);
+    mdb_env_close(env);
+    REQUIRE(fix_open(&f) == 0);
+    cJSON *p = get(&f, 0, "user_id", "buyer");
+    CHECK(p != NULL && cJSON_GetObjectItem(p, "id") != NULL);
+    cJSON_Delete(p);
+    msg(&f, SL_STITCH_PAGE, "buyer", "ob-a", NULL, 2000);
+    msg(&f, SL_STITCH_PAGE, "buyer", "ob-a", NULL, 3000);
+    int aside = 0;
+    CHECK_INT(sl_stage_set_aside(f.stage, 100, count_any, &aside), ==, 0);
+    CHECK_INT(aside, ==, 0);
+    CHECK(pages_of(&f, "ob-a") == 2);
+    CHECK_INT(verify_problems(&f), ==, 0);
+    fix_free(&f);
+}
