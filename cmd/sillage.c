@@ -1,5 +1,6 @@
 /* sillage.c - the command line: serve, check-config, export, backup, version. */
 #define _GNU_SOURCE
+#include "sl_audiences.h"
 #include "sl_collector.h"
 #include "sl_common.h"
 #include "sl_config.h"
@@ -166,6 +167,7 @@ typedef struct derived_s {
     sl_fields_t *fields;
     sl_feed_t *feed;
     sl_trig_t *trig;
+    sl_aud_t *aud;
     char dir[4096];
 } derived_t;
 
@@ -183,12 +185,15 @@ static int derived_new_at(derived_t *d, const sl_config_t *cfg, sl_store_t *stor
     d->fields = d->stitch ? sl_fields_new(cfg, d->stitch) : NULL;
     d->feed = sl_feed_new(cfg->trigger_retention_ms);
     d->trig = d->fields && d->feed ? sl_trig_new(cfg, d->stitch, d->fields, d->feed) : NULL;
-    if (d->stage == NULL || d->stitch == NULL || d->fields == NULL || d->feed == NULL || d->trig == NULL)
+    d->aud = d->fields && d->feed ? sl_aud_new(cfg, d->stitch, d->fields, d->feed) : NULL;
+    if (d->stage == NULL || d->stitch == NULL || d->fields == NULL || d->feed == NULL || d->trig == NULL ||
+        d->aud == NULL)
         return SL_ENOMEM;
     int rc = sl_stage_add_step(d->stage, sl_stitch_step(d->stitch));
     if (rc == 0) rc = sl_fields_attach(d->fields, d->stage);
     if (rc == 0) rc = sl_feed_attach(d->feed, d->stage);
-    return rc ? rc : sl_trig_attach(d->trig, d->stage);
+    if (rc == 0) rc = sl_trig_attach(d->trig, d->stage);
+    return rc ? rc : sl_aud_attach(d->aud, d->stage); /* after the engine: its erasure hook runs after the engine's */
 }
 
 static int derived_new(derived_t *d, const sl_config_t *cfg, sl_store_t *store, int read_only)
@@ -200,6 +205,7 @@ static void derived_free(derived_t *d)
 {
     sl_stage_free(d->stage);
     sl_trig_free(d->trig);
+    sl_aud_free(d->aud);
     sl_feed_free(d->feed);
     sl_fields_free(d->fields);
     sl_stitch_free(d->stitch);
@@ -297,6 +303,7 @@ typedef struct app_s {
     sl_stage_t *stage;
     sl_feed_t *feed;
     sl_fields_t *fields;
+    sl_aud_t *aud;
     sl_trig_t *trig;
     sl_webhooks_t *webhooks;
     sl_nats_t *nats;
@@ -346,6 +353,7 @@ static int reload_run(MDB_txn *txn, void *arg)
     int rc = sl_trig_reload_job(txn, &app->reload);
     if (rc == 0) sl_feed_set_retention(app->feed, app->reload.cfg->trigger_retention_ms);
     if (rc == 0) rc = sl_fields_reload(app->fields, txn, app->reload.cfg);
+    if (rc == 0) sl_aud_reload(app->aud, app->reload.cfg);
     return rc;
 }
 
@@ -502,6 +510,7 @@ static int cmd_serve(int argc, char **argv)
     app.stage = d.stage;
     app.feed = d.feed;
     app.fields = d.fields;
+    app.aud = d.aud;
     app.trig = d.trig;
     app.config_path = cfg.is_demo ? NULL : a.config;
     app.loop = uv_default_loop();
@@ -535,6 +544,7 @@ static int cmd_serve(int argc, char **argv)
     if (app.webhooks) sl_http_server_add_metrics(app.srv, sl_webhooks_metrics, app.webhooks);
     if (app.nats) sl_http_server_add_metrics(app.srv, sl_nats_metrics, app.nats);
     if (d.stage) sl_http_server_set_fields(app.srv, d.fields);
+    if (d.stage) sl_http_server_set_audiences(app.srv, d.aud);
     if (d.stage && ((rc = sl_http_server_set_stage(app.srv, d.stage, d.stitch, d.trig, d.feed)) ||
                     (rc = sl_stage_start(d.stage, app.loop)))) {
         fprintf(stderr, "sillage: cannot start the derivation stage: %s\n", sl_strerror(rc));
@@ -975,6 +985,7 @@ static int cmd_rebuild(int argc, char **argv)
     if (rc == 0) rc = derived_new_at(&d, &cfg, st, 0, tmp);
     if (rc == 0) rc = sl_stage_open(d.stage);
     if (rc == 0) sl_trig_mute(d.trig, 1);
+    if (rc == 0) sl_aud_mute(d.aud, 1);
     MDB_env *oenv = NULL;
     MDB_txn *otxn = NULL;
     if (rc == 0 && have_derived) { /* the feed of the derived store in place */
@@ -1093,7 +1104,8 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     sl_json_hooks_install();
     /* the components that parse their own sections of the config */
-    if (sl_fields_config_register() || sl_trig_config_register()) return 1; /* computed first: rules name its fields */
+    /* computed first: rules name its fields; audiences after the rules: names are unique across both */
+    if (sl_fields_config_register() || sl_trig_config_register() || sl_aud_config_register()) return 1;
     if (strcmp(cmd, "serve") == 0) return cmd_serve(argc, argv);
     if (strcmp(cmd, "check-config") == 0) return cmd_check_config(argc, argv);
     if (strcmp(cmd, "export") == 0) return cmd_export(argc, argv);

@@ -1288,6 +1288,7 @@ int sl_http_server_set_stage(sl_server_t *srv, sl_stage_t *stage, struct sl_stit
 }
 
 void sl_http_server_set_fields(sl_server_t *srv, struct sl_fields_s *fields) { srv->fields = fields; }
+void sl_http_server_set_audiences(sl_server_t *srv, struct sl_aud_s *aud) { srv->aud = aud; }
 
 int sl_http_server_add_metrics(sl_server_t *srv, void (*render)(void *arg, sl_buf_t *out), void *arg)
 {

@@ -113,6 +113,7 @@ struct sl_server_s {
     sl_stage_t *stage;            /* NULL: an edge, no derived state */
     struct sl_stitch_s *stitch;   /* NULL: no profiles */
     struct sl_fields_s *fields;   /* NULL: no order ledger route */
+    struct sl_aud_s *aud;         /* NULL: no audience routes */
     struct sl_trig_s *trig;       /* NULL: no trigger rules (GET /v1/rules) */
     struct sl_feed_s *feed;       /* NULL: no trigger feed */
     struct {
@@ -291,6 +292,8 @@ void http_route_request(conn_t *c);
  * it is not, with *why set (the 401's text). */
 int http_route_basic_auth(conn_t *c, const char **why);
 void http_handle_profiles(conn_t *c, const char *rest);
+/* /v1/audiences (profiles.c); rest: what follows /v1/audiences */
+void http_handle_audiences(conn_t *c, const char *rest);
 /* /v1/computed[/{field}/distribution] (profiles.c); rest: what follows /v1/computed */
 void http_handle_computed(conn_t *c, const char *rest);
 /* profiles.c: r's connection closed while r was busy (loop thread, before

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "http_int.h"
+#include "sl_audiences.h"
 #include "sl_fields.h"
 #include "sl_stitch.h"
 
@@ -54,8 +55,9 @@ typedef struct {
     sl_stitch_t *stitch;
     const char *kind, *id, *before;
     int what; /* 0 profile, 1 events, 2 merges, 3 the most recently active, 4 orders, 5 computed,
-               * 6 the computed fields, 7 a field's distribution */
+               * 6 the computed fields, 7 a field's distribution, 8 the audiences */
     sl_fields_t *fields;
+    sl_aud_t *aud;
     const char *field; /* 5: ?explain=; 7: the field */
     size_t limit;
     int reached; /* the stage had applied what the request waited for */
@@ -88,6 +90,7 @@ static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     }
     case 6: return sl_fields_list(q->fields, &q->out);
     case 7: return sl_fields_distribution(q->fields, txn, q->field, sl_now_ms(), q->limit, &q->out);
+    case 8: return sl_aud_list(q->aud, txn, &q->out);
     default: return sl_stitch_merges(q->stitch, txn, q->kind, q->id, q->limit, q->before, &q->out);
     }
 }
@@ -408,6 +411,42 @@ void http_handle_computed(conn_t *c, const char *rest)
         http_respond_error(c, 404, "no such route");
         return;
     }
+    r->read = q;
+    http_after_stage(c, answer_read);
+}
+
+/* GET /v1/audiences: the configured audiences and their member counts
+ * (docs/AUDIENCES.md), read like the other admin reads. */
+void http_handle_audiences(conn_t *c, const char *rest)
+{
+    sl_server_t *srv = c->srv;
+    req_t *r = c->req;
+    int ok = http_admin_gate(c);
+    if (ok < 0) return;
+    if (!ok) {
+        static const char body[] =
+            "{\"success\":false,\"error\":\"audience routes need Authorization: Bearer <admin_token>\"}";
+        http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);
+        return;
+    }
+    if (srv->aud == NULL || srv->stage == NULL) {
+        http_respond_error(c, 404, "this node keeps no audiences (role edge: ask the core)");
+        return;
+    }
+    if (rest[0] != '\0') {
+        http_respond_error(c, 404, "no such route (GET /v1/audiences lists the audiences)");
+        return;
+    }
+    if (r->method != HTTP_GET) {
+        http_respond_error(c, 405, "use GET");
+        return;
+    }
+    read_req_t *q = sl_arena_alloc(&r->arena, sizeof(*q));
+    if (q == NULL) {
+        http_respond_error(c, 503, "out of memory");
+        return;
+    }
+    *q = (read_req_t){.stage = srv->stage, .stitch = srv->stitch, .aud = srv->aud, .what = 8};
     r->read = q;
     http_after_stage(c, answer_read);
 }

@@ -415,7 +415,8 @@ int http_route_of(const sl_server_t *srv, int method, const char *path)
         if (type != -1) return type; /* ROUTE_TRACK.. match SL_MSG_* */
         if (strncmp(rest, "profiles/", 9) == 0 || strcmp(rest, "profiles") == 0 ||
             strcmp(rest, "admin/set-aside") == 0 || strcmp(rest, "admin/set-aside/replay") == 0 ||
-            strcmp(rest, "computed") == 0 || strncmp(rest, "computed/", 9) == 0)
+            strcmp(rest, "computed") == 0 || strncmp(rest, "computed/", 9) == 0 || strcmp(rest, "audiences") == 0 ||
+            strncmp(rest, "audiences/", 10) == 0)
             return ROUTE_PROFILES;
         if (strncmp(rest, "triggers", 8) == 0 && (rest[8] == '\0' || rest[8] == '/')) return ROUTE_TRIGGERS;
         if (strcmp(rest, "rules") == 0) return ROUTE_TRIGGERS;
@@ -452,6 +453,7 @@ void http_route_request(conn_t *c)
     case ROUTE_PROFILES:
         if (strncmp(path, "/v1/admin/", 10) == 0) http_handle_set_aside(c, path[19] == '/');
         else if (strncmp(path, "/v1/computed", 12) == 0) http_handle_computed(c, path + 12);
+        else if (strncmp(path, "/v1/audiences", 13) == 0) http_handle_audiences(c, path + 13);
         else http_handle_profiles(c, path[12] ? path + 13 : "");
         return;
     case ROUTE_TRIGGERS:

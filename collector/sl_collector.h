@@ -45,6 +45,9 @@ int sl_http_server_set_stage(sl_server_t *srv, sl_stage_t *stage, struct sl_stit
  * (NULL: the route answers 404); before the stage starts. */
 struct sl_fields_s;
 void sl_http_server_set_fields(sl_server_t *srv, struct sl_fields_s *fields);
+/* The audiences GET /v1/audiences lists (audiences/sl_audiences.h); before serving. */
+struct sl_aud_s;
+void sl_http_server_set_audiences(sl_server_t *srv, struct sl_aud_s *aud);
 
 /* Graceful stop: no new connections, in-flight requests are answered after
  * their commit, idle connections close, the store is drained, the stage

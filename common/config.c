@@ -285,6 +285,8 @@ static int section_defines(const sl_config_t *c, const char *name)
     return 0;
 }
 
+int sl_config_defined(const sl_config_t *c, const char *name) { return section_defines(c, name); }
+
 static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
 {
     static const char *core[] = {
@@ -562,7 +564,7 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     for (size_t i = 0; i < c->n_webhooks; i++)
         for (size_t k = 0; k < c->webhooks[i].n_rules; k++)
             if (!section_defines(c, c->webhooks[i].rules[k]))
-                return sl_cfg_error(x, "webhooks[%zu].rules names \"%s\", which is not a trigger rule", i,
+                return sl_cfg_error(x, "webhooks[%zu].rules names \"%s\", which is not a trigger rule or an audience", i,
                                     c->webhooks[i].rules[k]);
     const cJSON *ll = cJSON_GetObjectItemCaseSensitive(root, "log_level");
     if (ll) {

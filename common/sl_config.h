@@ -139,6 +139,9 @@ typedef struct sl_config_section_s {
  * one when s is registered again, or SL_EINVAL when SL_CONFIG_MAX_SECTIONS
  * are taken. */
 int sl_config_register(const sl_config_section_t *s);
+/* 1 when a section of c parsed so far defines name (a section's parse asks
+ * it to keep names unique across sections: those registered before it). */
+int sl_config_defined(const struct sl_config_s *c, const char *name);
 /* The parsed form of section index (sl_config_register's answer), or NULL. */
 static inline void *sl_config_section(const struct sl_config_s *c, int index)
 {

@@ -60,6 +60,8 @@ typedef struct sl_stage_ctx_s {
     const cJSON *trait_changes;
     int historical;            /* the event comes from the past (an import): rules see nothing
                                 * of it (set by the identity step, from its source) */
+    int consent_changed;       /* the event changed entity's consent categories or its
+                                * unsubscribed flag */
     int trusted;               /* its source is a server-side one (sources[].trusted): what a
                                 * browser key may not do (refund an order) is allowed */
     /* computed fields of entity the event changed (the fields phase): a cJSON
@@ -93,7 +95,7 @@ typedef struct sl_stage_event_s {
 enum {
     SL_PHASE_IDENTITY = 10,  /* stitcher/: who the event is about, merges, traits */
     SL_PHASE_FIELDS = 20,    /* fields/: the order ledger, computed profile fields */
-    SL_PHASE_AUDIENCES = 30, /* audiences (next) */
+    SL_PHASE_AUDIENCES = 30, /* audiences/: membership, enter and exit */
     SL_PHASE_RULES = 40,     /* triggers/: rule states, firing */
     SL_PHASE_FEED = 50,      /* feed/: pruning; appended to by the phases before */
     SL_PHASE_DELIVERY = 60   /* outbound/: consumers' cursors */

@@ -47,8 +47,7 @@ static const char *const takes_text[] = {
     [T_TIME] = "an ISO-8601 time or a duration (\"30d\")",
 };
 
-/* ---- the person's fields: what may follow `profile.`. Adding audiences
- * is one row: {"audiences", 0, 0, "profile.audiences"}. ---- */
+/* ---- the person's fields: what may follow `profile.` ---- */
 
 static const struct profile_root {
     const char *name;
@@ -62,6 +61,7 @@ static const struct profile_root {
     {"consent", 1, 1, "profile.consent.<category>"},
     {"unsubscribed", 0, 0, "profile.unsubscribed"},
     {"computed", 1, 2, "profile.computed.<name>"}, /* rfm.segment: two */
+    {"audiences", 0, 0, "profile.audiences"},      /* the names of the person's audiences */
 };
 #define N_PROFILE_ROOTS (sizeof(profile_roots) / sizeof(profile_roots[0]))
 
@@ -634,6 +634,33 @@ int sl_rules_eval(const sl_cond_t *c, const sl_rules_ctx_t *ctx)
 
 int sl_rules_reads_event(const sl_cond_t *c) { return (c->reads & SL_RULES_EVENT) != 0; }
 int sl_rules_reads_profile(const sl_cond_t *c) { return (c->reads & SL_RULES_PROFILE) != 0; }
+
+static int each_leaf(const node_t *n, int (*fn)(const char *path, const char *const *strings, size_t n, void *arg),
+                     void *arg)
+{
+    if (n->kind != N_LEAF) {
+        for (size_t i = 0; i < n->n; i++) {
+            int rc = each_leaf(n->kids[i], fn, arg);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    const char *strs[SL_RULES_MAX_VALUE_BYTES];
+    size_t k = 0;
+    if (n->list) {
+        for (size_t i = 0; i < n->n && k < SL_RULES_MAX_VALUE_BYTES; i++)
+            if (n->list[i].type == cJSON_String) strs[k++] = n->list[i].str;
+    } else if (n->v.type == cJSON_String) {
+        strs[k++] = n->v.str;
+    }
+    return fn(n->path, strs, k, arg);
+}
+
+int sl_rules_each_leaf(const sl_cond_t *c, int (*fn)(const char *path, const char *const *strings, size_t n, void *arg),
+                       void *arg)
+{
+    return c && c->root ? each_leaf(c->root, fn, arg) : 0;
+}
 
 /* ---- printing ---- */
 

@@ -37,8 +37,8 @@
  * stored message: `event`, `properties.x`, `context.x`, `traits.x`, ...);
  * person paths start with `profile.` and name one of `profile.traits.<x...>`,
  * `profile.identified`, `profile.first_seen`, `profile.last_seen`,
- * `profile.consent.<category>`, `profile.unsubscribed` (one table in
- * rules.c). `account` as a first segment is reserved (for accounts, later).
+ * `profile.consent.<category>`, `profile.unsubscribed`,
+ * `profile.computed.<name>`, `profile.audiences` (one table in rules.c). `account` as a first segment is reserved (for accounts, later).
  *
  * Semantics of a leaf:
  *   - A missing path makes the leaf false, whatever its operator, except
@@ -139,6 +139,15 @@ int sl_rules_eval(const sl_cond_t *c, const sl_rules_ctx_t *ctx);
  * skip building a context it would never read). */
 int sl_rules_reads_event(const sl_cond_t *c);
 int sl_rules_reads_profile(const sl_cond_t *c);
+
+/* Calls fn for each leaf of c, in order: its path as written
+ * ("profile.computed.rfm.segment") and the string values it compares with
+ * (eq, ne, contains, starts_with, glob: one; in, nin: each string of the
+ * list; none for other operators); fn's non-zero result stops and is
+ * returned. What an audience reads: which inputs move it, which audiences
+ * it names. */
+int sl_rules_each_leaf(const sl_cond_t *c, int (*fn)(const char *path, const char *const *strings, size_t n, void *arg),
+                       void *arg);
 
 /* Appends c to out as canonical JSON: no whitespace, "field" before its
  * operator, numbers in their shortest exact form, times as

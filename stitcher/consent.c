@@ -194,8 +194,9 @@ static void cache_forget(consent_cache_t *c, uint64_t person)
     if (c && c->e[person % CONSENT_CACHE_SLOTS].person == person) c->e[person % CONSENT_CACHE_SLOTS].person = 0;
 }
 
-int consent_apply(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t person, consent_in_t *in)
+int consent_apply(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t person, consent_in_t *in, int *changed)
 {
+    *changed = 0;
     if (!in->states && in->unsub == 0) return 0; /* most events */
     int64_t ts = in->ts_ms > 0 ? in->ts_ms : 1;
     if (cache && in->unsub == 0) { /* the same categories again, within the grain: nothing would change */
@@ -228,7 +229,7 @@ int consent_apply(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t pe
             h.hash = in->hash;
             h.at_ms = h.seen_ms = ts;
             h.at_seq = in->seq;
-            dirty = 1;
+            dirty = *changed = 1;
         } else if (ts - h.seen_ms >= SEEN_GRAIN_MS) { /* the usual repeat */
             h.seen_ms = ts;
             dirty = 1;
@@ -240,7 +241,7 @@ int consent_apply(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t pe
             h.unsub = unsub;
             h.unsub_at_ms = h.unsub_seen_ms = ts;
             h.unsub_seq = in->seq;
-            dirty = 1;
+            dirty = *changed = 1;
         } else if (ts - h.unsub_seen_ms >= SEEN_GRAIN_MS) {
             h.unsub_seen_ms = ts;
             dirty = 1;

@@ -55,7 +55,7 @@ void consent_cache_clear(consent_cache_t *c);
 
 /* The person's state moves to what in says, unless an event with a later
  * time already stated that part (categories, flag). cache may be NULL. */
-int consent_apply(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t person, consent_in_t *in);
+int consent_apply(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t person, consent_in_t *in, int *changed);
 /* survivor keeps, of each part, the one stated last; absorbed's goes. */
 int consent_merge(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t survivor, uint64_t absorbed);
 int consent_forget(MDB_txn *txn, MDB_dbi dbi, consent_cache_t *cache, uint64_t person);

@@ -30,6 +30,19 @@ static void append_traits(sl_buf_t *out, const person_t *p)
     cJSON_Delete(doc);
 }
 
+/* {"id","user_id","email" (the identifier the stitcher keeps: trimmed, lower-cased) -- unterminated */
+static void append_slim(sl_buf_t *out, const person_t *p)
+{
+    append_person_head(out, p);
+    static const char em[] = "email\x1f";
+    const char *email = NULL;
+    for (size_t off = 0; off < p->ids.len && !email; off += strlen(p->ids.data + off) + 1)
+        if (strncmp(p->ids.data + off, em, sizeof(em) - 1) == 0) email = p->ids.data + off + sizeof(em) - 1;
+    sl_buf_appends(out, ",\"email\":");
+    if (email) sl_buf_append_json_str(out, email, strlen(email));
+    else sl_buf_appends(out, "null");
+}
+
 int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
                              int64_t *last_ms)
 {
@@ -43,16 +56,20 @@ int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t
         if ((rc = stitch_person_stats(s, txn, p, &n, NULL, &first, last_ms))) return rc;
     }
     if (out == NULL) return 0;
-    append_person_head(out, p);
-    static const char em[] = "email\x1f";
-    const char *email = NULL;
-    for (size_t off = 0; off < p->ids.len && !email; off += strlen(p->ids.data + off) + 1)
-        if (strncmp(p->ids.data + off, em, sizeof(em) - 1) == 0) email = p->ids.data + off + sizeof(em) - 1;
-    sl_buf_appends(out, ",\"email\":");
-    if (email) sl_buf_append_json_str(out, email, strlen(email));
-    else sl_buf_appends(out, "null");
+    append_slim(out, p);
     sl_buf_appends(out, ",\"traits\":");
     append_traits(out, p);
+    sl_buf_appends(out, "}");
+    return out->data ? 0 : SL_ENOMEM;
+}
+
+int sl_stitch_person_slim(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified)
+{
+    person_t *p = &s->p3;
+    int rc = stitch_person_load(s, txn, id, p);
+    if (rc) return rc == MDB_NOTFOUND ? SL_ENOTFOUND : rc;
+    if (identified) *identified = stitch_person_identified(p);
+    append_slim(out, p);
     sl_buf_appends(out, "}");
     return out->data ? 0 : SL_ENOMEM;
 }

@@ -110,6 +110,10 @@ int sl_stitch_listen(sl_stitch_t *s, const sl_ident_listener_t *l);
 int sl_stitch_person_view(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out);
 int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
                              int64_t *last_ms);
+/* The slim profile of person id, appended to out: {"id","user_id","email"}
+ * (an audience's entries: no traits). Stage thread. SL_ENOTFOUND: no such
+ * person. */
+int sl_stitch_person_slim(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified);
 
 /* Consent (docs/PRIVACY.md): each person's latest consent categories, from
  * context.consent.categoryPreferences (Segment) or context.consentManagement

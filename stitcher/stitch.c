@@ -973,7 +973,9 @@ static int stitch_event(sl_stitch_t *s, MDB_txn *txn, sl_stitch_msg_t *m, uint64
     }
     if (t->dirty && (rc = person_save(s, txn, t))) return rc; /* most events change no record */
     /* before the listeners: a rule that needs consent sees what this event said */
-    if ((rc = consent_apply(txn, s->consent, s->ccache, t->id, &m->consent))) return rc;
+    int consent_changed;
+    if ((rc = consent_apply(txn, s->consent, s->ccache, t->id, &m->consent, &consent_changed))) return rc;
+    ctx->consent_changed = consent_changed;
     s->pend.traits_dropped += s->msg_dropped;
     /* what the later phases of the event read */
     ctx->entity = (sl_entity_t){SL_ENTITY_PERSON, t->id};

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sl_audiences.h"
 #include "sl_config.h"
 #include "sl_triggers.h"
 
@@ -10,7 +11,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    return sl_fields_config_register() || sl_trig_config_register() ? 1 : 0; /* the "triggers" section, as the command line does */
+    return sl_fields_config_register() || sl_trig_config_register() || sl_aud_config_register() ? 1 : 0; /* the "triggers" section, as the command line does */
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -25,6 +25,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "sl_audiences.h"
 #include "http_int.h"
 #include "sl_stitch.h"
 #include "sl_triggers.h"
@@ -145,7 +146,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     sl_log_level = SL_LOG_ERROR;
     sl_json_hooks_install();
-    if (sl_fields_config_register() || sl_trig_config_register()) abort();
+    if (sl_fields_config_register() || sl_trig_config_register() || sl_aud_config_register()) abort();
     static char dir[] = "/tmp/sl-fuzz-http-XXXXXX";
     if (mkdtemp(dir) == NULL) abort();
     char json[6144];

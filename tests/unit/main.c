@@ -1,4 +1,5 @@
 /* main.c - runs every unit test; prints "N passed, N failed". */
+#include "sl_audiences.h"
 #include "test.h"
 #include "tests.h"
 #include "sl_common.h"
@@ -12,7 +13,7 @@ int main(int argc, char **argv)
 {
     int passed = 0, failed = 0;
     sl_log_level = SL_LOG_ERROR;
-    if (sl_fields_config_register() || sl_trig_config_register()) return 1; /* the "triggers" section, as the command line does */
+    if (sl_fields_config_register() || sl_trig_config_register() || sl_aud_config_register()) return 1; /* the "triggers" section, as the command line does */
     for (size_t i = 0; i < sizeof(all_tests) / sizeof(*all_tests); i++) {
         if (argc > 1 && strstr(all_tests[i].name, argv[1]) == NULL) continue;
         int before = test_failures;

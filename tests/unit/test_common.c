@@ -271,7 +271,7 @@ TEST(config_errors_table)
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}]}", "admin_token is required"},
         {"{\"admin_token\":\"t\"}", "sources is required"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"listen\":\"nohost\"}", "listen \"nohost\""},
-        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"webhooks\":[{\"url\":\"https://x\",\"secret\":\"s\",\"rules\":[\"zz\"]}]}", "not a trigger rule"},
+        {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"webhooks\":[{\"url\":\"https://x\",\"secret\":\"s\",\"rules\":[\"zz\"]}]}", "not a trigger rule or an audience"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"map_size\":\"lots\"}", "map_size must be"},
         {"{\"sources\": [", "not valid JSON"},
         {"{\"sources\":[{\"name\":\"a\",\"write_key\":\"k\"}],\"admin_token\":\"t\",\"role\":\"edge\"}", "needs a \"nats\" section"},

@@ -424,7 +424,7 @@ static char *long_path(int n, int bytes)
 
 static const char *known_profile =
     "(known: profile.traits.<name>, profile.identified, profile.first_seen, profile.last_seen, "
-    "profile.consent.<category>, profile.unsubscribed, profile.computed.<name>)";
+    "profile.consent.<category>, profile.unsubscribed, profile.computed.<name>, profile.audiences)";
 
 TEST(rules_compile_errors_table)
 {

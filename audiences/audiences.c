@@ -1,0 +1,634 @@
+/* audiences.c - the "audiences" section, the audiences phase of each event
+ * and its listeners (sl_audiences.h, docs/AUDIENCES.md). */
+#include "sl_audiences.h"
+
+#include "sl_feed.h"
+#include "sl_fields.h"
+#include "sl_rules.h"
+#include "sl_stage.h"
+#include "sl_stitch.h"
+
+#include <cjson/cJSON.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* what an audience's condition reads (sl_rules_each_leaf) */
+enum { R_TRAITS = 1, R_IDENTIFIED = 2, R_SEEN = 4, R_CONSENT = 8, R_COMPUTED = 16, R_AUDIENCES = 32 };
+
+#define ATT_VERSION 1
+
+typedef struct {
+    char *name;
+    uint32_t id;                 /* FNV-1a of name */
+    sl_cond_t *where;
+    int include_anonymous;
+    char *requires_consent;
+    unsigned reads;              /* R_* */
+    char **computed;             /* the computed fields it reads */
+    size_t n_computed;
+    char **ref_names;            /* the audiences it reads, by name (parse), ... */
+    size_t n_refs;
+    uint64_t refs;               /* ... and as a mask of indexes */
+} aud_def_t;
+
+typedef struct {
+    aud_def_t *v;
+    size_t n;
+    size_t order[SL_AUD_MAX];    /* evaluation order: each after those it reads */
+} aud_conf_t;
+
+struct sl_aud_s {
+    const sl_config_t *_Atomic cfg;
+    sl_stitch_t *stitch;
+    sl_fields_t *fields;
+    sl_feed_t *feed;
+    MDB_dbi members, meta;
+    _Atomic int have_dbs;
+    int muted;
+    sl_stage_step_t step;
+    sl_ident_listener_t ilis;
+    sl_fields_listener_t flis;
+    /* stage thread scratch */
+    sl_buf_t view, prof, data, att;
+    int view_built;
+    uint32_t cur[SL_AUD_MAX];    /* the memberships of the person under evaluation */
+    size_t n_cur;
+};
+
+/* ---- configuration ---- */
+
+static int section_index = -1;
+
+static uint32_t aud_id(const char *name)
+{
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) h = (h ^ *p) * 16777619u;
+    return h;
+}
+
+static void def_free(aud_def_t *d)
+{
+    free(d->name);
+    sl_rules_free(d->where);
+    free(d->requires_consent);
+    sl_cfg_strv_free(d->computed, d->n_computed);
+    sl_cfg_strv_free(d->ref_names, d->n_refs);
+}
+
+static void conf_free(void *parsed)
+{
+    aud_conf_t *c = parsed;
+    if (c == NULL) return;
+    for (size_t i = 0; i < c->n; i++) def_free(&c->v[i]);
+    free(c->v);
+    free(c);
+}
+
+static const aud_conf_t *conf(const sl_aud_t *a)
+{
+    static const aud_conf_t none;
+    const aud_conf_t *c = sl_config_section(atomic_load(&a->cfg), section_index);
+    return c ? c : &none;
+}
+
+static int strv_add(char ***v, size_t *n, const char *s, size_t len)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strlen((*v)[i]) == len && memcmp((*v)[i], s, len) == 0) return 0;
+    char **g = realloc(*v, (*n + 1) * sizeof(*g));
+    if (g == NULL) return SL_ENOMEM;
+    *v = g;
+    if ((g[*n] = strndup(s, len)) == NULL) return SL_ENOMEM;
+    (*n)++;
+    return 0;
+}
+
+/* a leaf of an audience's condition: what it reads */
+static int note_leaf(const char *path, const char *const *strings, size_t n, void *arg)
+{
+    aud_def_t *d = arg;
+    static const char pre[] = "profile.";
+    if (strncmp(path, pre, sizeof(pre) - 1) != 0) return 0;
+    const char *p = path + sizeof(pre) - 1;
+    size_t root = strcspn(p, ".[");
+#define IS(s) (root == sizeof(s) - 1 && strncmp(p, s, root) == 0)
+    if (IS("traits")) d->reads |= R_TRAITS;
+    else if (IS("identified")) d->reads |= R_IDENTIFIED;
+    else if (IS("first_seen") || IS("last_seen")) d->reads |= R_SEEN;
+    else if (IS("consent") || IS("unsubscribed")) d->reads |= R_CONSENT;
+    else if (IS("computed")) {
+        d->reads |= R_COMPUTED;
+        const char *f = p + root + (p[root] == '.');
+        return strv_add(&d->computed, &d->n_computed, f, strcspn(f, "["));
+    } else if (IS("audiences")) {
+        d->reads |= R_AUDIENCES;
+        for (size_t i = 0; i < n; i++) {
+            int rc = strv_add(&d->ref_names, &d->n_refs, strings[i], strlen(strings[i]));
+            if (rc) return rc;
+        }
+    }
+#undef IS
+    return 0;
+}
+
+static int parse_one(sl_cfg_ctx_t *x, const cJSON *j, size_t idx, aud_def_t *d, const sl_config_t *c)
+{
+    static const char *const keys[] = {"name", "where", "include_anonymous", "requires_consent", NULL};
+    char path[48];
+    snprintf(path, sizeof(path), "audiences[%zu]", idx);
+    if (!cJSON_IsObject(j)) return sl_cfg_error(x, "%s must be an object", path);
+    int rc = sl_cfg_check_keys(x, j, path, keys);
+    if (rc == 0) rc = sl_cfg_str(x, j, "name", path, &d->name, 1);
+    if (rc) return rc;
+    size_t nl = strlen(d->name);
+    int bad = nl > SL_AUD_NAME_MAX;
+    for (size_t i = 0; i < nl && !bad; i++) bad = (unsigned char)d->name[i] < 0x20 || d->name[i] == ',';
+    if (bad)
+        return sl_cfg_error(x, "%s.name must be 1 to %d bytes without a comma or a control character", path,
+                            SL_AUD_NAME_MAX);
+    if (sl_config_defined(c, d->name))
+        return sl_cfg_error(x, "%s.name \"%s\" is also the name of a trigger rule (names are unique across both)",
+                            path, d->name);
+    d->id = aud_id(d->name);
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(j, "where");
+    if (!cJSON_IsObject(w)) return sl_cfg_error(x, "%s.where must be a condition (an object, docs/CONDITIONS.md)", path);
+    char wpath[64];
+    snprintf(wpath, sizeof(wpath), "%s.where", path);
+    if ((rc = sl_rules_compile(w, SL_RULES_PROFILE, wpath, &d->where, x->err, x->errlen))) return rc;
+    if ((rc = sl_cfg_bool(x, j, "include_anonymous", path, &d->include_anonymous)) ||
+        (rc = sl_cfg_str(x, j, "requires_consent", path, &d->requires_consent, 0)))
+        return rc;
+    return sl_rules_each_leaf(d->where, note_leaf, d);
+}
+
+/* Depth-first: the order (each after those it reads); a cycle is an error naming it. */
+static int visit(sl_cfg_ctx_t *x, aud_conf_t *c, size_t i, unsigned char *mark, size_t *stack, size_t depth,
+                 size_t *n_order)
+{
+    if (mark[i] == 2) return 0;
+    stack[depth] = i;
+    if (mark[i] == 1) {
+        char msg[512];
+        size_t k = 0, from = 0;
+        while (stack[from] != i) from++;
+        for (size_t s = from; s <= depth && k < sizeof(msg); s++)
+            k += (size_t)snprintf(msg + k, sizeof(msg) - k, "%s%s", s > from ? " -> " : "", c->v[stack[s]].name);
+        return sl_cfg_error(x, "audiences: a cycle of audiences reading each other: %s", msg);
+    }
+    mark[i] = 1;
+    for (size_t r = 0; r < c->n; r++)
+        if (c->v[i].refs >> r & 1) {
+            int rc = visit(x, c, r, mark, stack, depth + 1, n_order);
+            if (rc) return rc;
+        }
+    mark[i] = 2;
+    c->order[(*n_order)++] = i;
+    return 0;
+}
+
+static int conf_parse(const sl_cfg_json_t *json, const sl_config_t *cfg, void **out, char *err, size_t errlen)
+{
+    sl_cfg_ctx_t x = {err, errlen};
+    *out = NULL;
+    if (json == NULL) return 0;
+    if (!cJSON_IsArray(json) || cJSON_GetArraySize(json) > SL_AUD_MAX)
+        return sl_cfg_error(&x, "audiences must be an array of at most %d audiences", SL_AUD_MAX);
+    aud_conf_t *c = calloc(1, sizeof(*c));
+    size_t n = (size_t)cJSON_GetArraySize(json);
+    if (c == NULL || (n && (c->v = calloc(n, sizeof(*c->v))) == NULL)) {
+        conf_free(c);
+        return SL_ENOMEM;
+    }
+    int rc = 0; /* (*out is set at the end: until then sl_config_defined() must not see these names) */
+    for (const cJSON *j = json->child; j && rc == 0; j = j->next) {
+        size_t i = c->n++;
+        rc = parse_one(&x, j, i, &c->v[i], cfg);
+        for (size_t k = 0; k < i && rc == 0; k++) {
+            if (strcmp(c->v[k].name, c->v[i].name) == 0)
+                rc = sl_cfg_error(&x, "audiences[%zu].name \"%s\" is used twice", i, c->v[i].name);
+            else if (c->v[k].id == c->v[i].id)
+                rc = sl_cfg_error(&x, "audiences[%zu].name \"%s\" and \"%s\" share a key (rename one)", i,
+                                  c->v[i].name, c->v[k].name);
+        }
+    }
+    for (size_t i = 0; i < c->n && rc == 0; i++)
+        for (size_t r = 0; r < c->v[i].n_refs && rc == 0; r++) {
+            size_t k = 0;
+            while (k < c->n && strcmp(c->v[k].name, c->v[i].ref_names[r]) != 0) k++;
+            if (k == c->n)
+                rc = sl_cfg_error(&x, "audiences[%zu].where reads the audience \"%s\", which is not defined", i,
+                                  c->v[i].ref_names[r]);
+            else c->v[i].refs |= 1ULL << k;
+        }
+    unsigned char mark[SL_AUD_MAX] = {0};
+    size_t stack[SL_AUD_MAX + 1], n_order = 0;
+    for (size_t i = 0; i < c->n && rc == 0; i++) rc = visit(&x, c, i, mark, stack, 0, &n_order);
+    *out = c; /* (on error too: the parser frees it) */
+    return rc;
+}
+
+static int conf_defines(const void *parsed, const char *name)
+{
+    const aud_conf_t *c = parsed;
+    for (size_t i = 0; c && i < c->n; i++)
+        if (strcmp(c->v[i].name, name) == 0) return 1;
+    return 0;
+}
+
+static const sl_config_section_t section = {.key = "audiences", .parse = conf_parse, .free = conf_free,
+                                            .defines = conf_defines};
+
+int sl_aud_config_register(void)
+{
+    int i = sl_config_register(&section);
+    if (i < 0) return i;
+    section_index = i;
+    return 0;
+}
+
+/* ---- a person's memberships (the attachment) ---- */
+
+static int att_read(const MDB_val *v, uint32_t *ids, size_t *n, int *evaluated)
+{
+    *n = 0;
+    *evaluated = v->mv_size > 0;
+    if (v->mv_size == 0) return 0;
+    const unsigned char *p = v->mv_data;
+    if (p[0] != ATT_VERSION || (v->mv_size - 1) % 4 || (v->mv_size - 1) / 4 > SL_AUD_MAX) return MDB_CORRUPTED;
+    *n = (v->mv_size - 1) / 4;
+    memcpy(ids, p + 1, *n * 4);
+    return 0;
+}
+
+static int att_write(sl_aud_t *a, MDB_txn *txn, uint64_t person)
+{
+    sl_buf_t *b = &a->att;
+    b->len = 0;
+    unsigned char ver = ATT_VERSION;
+    if (sl_buf_append(b, &ver, 1) || sl_buf_append(b, a->cur, a->n_cur * 4)) return SL_ENOMEM;
+    int rc = sl_stitch_attach_put(a->stitch, txn, person, SL_ATTACH_AUDIENCES, b->data, b->len);
+    return rc == SL_ENOTFOUND ? 0 : rc;
+}
+
+static int cur_has(const sl_aud_t *a, uint32_t id)
+{
+    for (size_t i = 0; i < a->n_cur; i++)
+        if (a->cur[i] == id) return 1;
+    return 0;
+}
+
+static void cur_set(sl_aud_t *a, uint32_t id, int in)
+{
+    size_t i = 0;
+    while (i < a->n_cur && a->cur[i] < id) i++;
+    int there = i < a->n_cur && a->cur[i] == id;
+    if (in && !there && a->n_cur < SL_AUD_MAX) {
+        memmove(&a->cur[i + 1], &a->cur[i], (a->n_cur - i) * 4);
+        a->cur[i] = id;
+        a->n_cur++;
+    } else if (!in && there) {
+        memmove(&a->cur[i], &a->cur[i + 1], (a->n_cur - i - 1) * 4);
+        a->n_cur--;
+    }
+}
+
+/* ---- transitions ---- */
+
+static void member_key(unsigned char k[12], uint32_t id, uint64_t person)
+{
+    unsigned char b[8];
+    sl_be64_put(b, person);
+    k[0] = (unsigned char)(id >> 24), k[1] = (unsigned char)(id >> 16), k[2] = (unsigned char)(id >> 8),
+    k[3] = (unsigned char)id;
+    memcpy(k + 4, b, 8);
+}
+
+static int count_add(sl_aud_t *a, MDB_txn *txn, uint32_t id, int delta, uint64_t *now_n)
+{
+    MDB_val k = {4, &id}, v;
+    uint64_t n = 0;
+    int rc = mdb_get(txn, a->meta, &k, &v);
+    if (rc == 0 && v.mv_size == 8) memcpy(&n, v.mv_data, 8);
+    else if (rc == 0) return MDB_CORRUPTED;
+    else if (rc != MDB_NOTFOUND) return rc;
+    n = delta > 0 ? n + 1 : n ? n - 1 : 0;
+    *now_n = n;
+    v = (MDB_val){8, &n};
+    return mdb_put(txn, a->meta, &k, &v, 0);
+}
+
+/* person enters (in 1) or leaves d: its members entry and count, then the
+ * feed's entry (the slim profile; only the id when no_profile or the person
+ * is gone). */
+static int transition(sl_aud_t *a, MDB_txn *txn, const aud_def_t *d, uint64_t person, int in, const char *reason,
+                      const char *cause, int no_profile, int64_t now)
+{
+    unsigned char key[12];
+    member_key(key, d->id, person);
+    MDB_val k = {12, key}, v = {8, &now};
+    int rc = in ? mdb_put(txn, a->members, &k, &v, 0) : mdb_del(txn, a->members, &k, NULL);
+    if (rc == MDB_NOTFOUND) rc = 0;
+    uint64_t members = 0;
+    if (rc || (rc = count_add(a, txn, d->id, in ? 1 : -1, &members))) return rc;
+    if (a->muted) return 0; /* a rebuild: the feed carried over holds the entries */
+    sl_buf_t *p = &a->prof, *b = &a->data;
+    p->len = b->len = 0;
+    rc = no_profile ? SL_ENOTFOUND : sl_stitch_person_slim(a->stitch, txn, person, p, NULL);
+    if (rc == SL_ENOTFOUND) {
+        char pid[SL_ENTITY_STR_BYTES];
+        sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, person}, pid);
+        p->len = 0;
+        rc = sl_buf_printf(p, "{\"id\":\"%s\"}", pid) ? SL_ENOMEM : 0;
+    }
+    if (rc) return rc;
+    sl_buf_appends(b, "{\"audience\":");
+    sl_buf_append_json_str(b, d->name, strlen(d->name));
+    sl_buf_printf(b, ",\"reason\":\"%s\",\"members\":%llu}", reason, (unsigned long long)members);
+    if (sl_buf_append(p, "", 1) || sl_buf_append(b, "", 1)) return SL_ENOMEM;
+    sl_feed_entry_t e = {.at_ms = now, .entity = {SL_ENTITY_PERSON, person}, .rule = d->name,
+                         .type = in ? "audience_entered" : "audience_exited", .cause = cause, .profile = p->data,
+                         .data = b->data};
+    return sl_feed_append(a->feed, txn, &e, NULL);
+}
+
+/* ---- evaluation ---- */
+
+typedef struct {
+    sl_aud_t *a;
+    MDB_txn *txn;
+    uint64_t person;
+    int rc;
+} view_t;
+
+static sl_jval_t person_view(void *arg)
+{
+    view_t *v = arg;
+    sl_aud_t *a = v->a;
+    if (!a->view_built) {
+        a->view.len = 0;
+        v->rc = sl_stitch_person_view(a->stitch, v->txn, v->person, &a->view);
+        if (v->rc == SL_ENOTFOUND) v->rc = 0;
+        a->view_built = v->rc == 0;
+    }
+    return a->view_built && a->view.data ? sl_jroot(a->view.data, a->view.len) : (sl_jval_t){0};
+}
+
+/* 1 when the view says the person is identified */
+static int view_identified(view_t *v)
+{
+    sl_jval_t root = person_view(v);
+    return root.n && sl_jtype(sl_jget(root, "identified")) == SL_JTRUE;
+}
+
+/* Evaluates person's audiences -- every one when all (or when the person
+ * was never evaluated), else those in need (a mask of indexes) and those
+ * reading an audience that moved -- in order, moving the person in and out
+ * with reason. */
+static int evaluate(sl_aud_t *a, MDB_txn *txn, uint64_t person, uint64_t need, int all, const char *reason,
+                    const char *cause, int64_t now)
+{
+    const aud_conf_t *c = conf(a);
+    if (c->n == 0) return 0;
+    MDB_val v;
+    int evaluated, rc = sl_stitch_attach_step_get(a->stitch, txn, person, SL_ATTACH_AUDIENCES, &v);
+    if (rc == SL_ENOTFOUND) return 0; /* no such person (erased) */
+    if (rc || (rc = att_read(&v, a->cur, &a->n_cur, &evaluated))) return rc;
+    if (!evaluated) all = 1;
+    if (!all && need == 0) return 0;
+    view_t vw = {a, txn, person, 0};
+    a->view_built = 0;
+    uint64_t moved = 0;
+    int wrote = 0;
+    for (size_t o = 0; o < c->n && rc == 0; o++) {
+        size_t i = c->order[o];
+        const aud_def_t *d = &c->v[i];
+        if (!all && !(need >> i & 1) && !(d->refs & moved)) continue;
+        sl_rules_ctx_t ctx = {.now_ms = now, .profile = person_view, .profile_arg = &vw};
+        int pass = sl_rules_eval(d->where, &ctx);
+        if (pass && !d->include_anonymous) pass = view_identified(&vw);
+        if (vw.rc) return vw.rc;
+        if (pass == cur_has(a, d->id)) continue;
+        cur_set(a, d->id, pass);
+        moved |= 1ULL << i;
+        /* written at once: an audience reading this one sees it in the view */
+        if ((rc = att_write(a, txn, person)) || (rc = transition(a, txn, d, person, pass, reason, cause, 0, now)))
+            return rc;
+        wrote = 1;
+        a->view_built = 0;
+    }
+    return rc == 0 && !evaluated && !wrote ? att_write(a, txn, person) : rc;
+}
+
+/* which audiences read the computed field (rfm moves rfm.segment, and the other way round) */
+static uint64_t need_field(const aud_conf_t *c, const char *field)
+{
+    uint64_t need = 0;
+    size_t fl = strlen(field);
+    for (size_t i = 0; i < c->n; i++)
+        for (size_t k = 0; k < c->v[i].n_computed; k++) {
+            const char *r = c->v[i].computed[k];
+            size_t rl = strlen(r), m = rl < fl ? rl : fl;
+            if (strncmp(r, field, m) == 0 && (rl == fl || (rl > fl ? r[fl] : field[rl]) == '.')) need |= 1ULL << i;
+        }
+    return need;
+}
+
+/* ... named in changes ([[field, old, new, reason]...]) */
+static uint64_t need_computed(const aud_conf_t *c, const cJSON *changes)
+{
+    uint64_t need = 0;
+    const cJSON *ch;
+    cJSON_ArrayForEach(ch, changes) {
+        const char *field = cJSON_GetStringValue(cJSON_GetArrayItem(ch, 0));
+        if (field) need |= need_field(c, field);
+    }
+    return need;
+}
+
+static uint64_t need_reading(const aud_conf_t *c, unsigned reads)
+{
+    uint64_t need = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        unsigned r = c->v[i].reads | (c->v[i].include_anonymous ? 0 : R_IDENTIFIED);
+        if (r & reads) need |= 1ULL << i;
+    }
+    return need;
+}
+
+/* ---- the step ---- */
+
+static int on_open(void *arg, MDB_txn *txn, int read_only)
+{
+    sl_aud_t *a = arg;
+    unsigned c = read_only ? 0 : MDB_CREATE;
+    int rc = mdb_dbi_open(txn, "amembers", c, &a->members);
+    if (rc == MDB_NOTFOUND && read_only) return 0; /* a store from before audiences: none */
+    if (rc || (rc = mdb_dbi_open(txn, "ameta", c | MDB_INTEGERKEY, &a->meta))) return rc;
+    atomic_store(&a->have_dbs, 1);
+    return 0;
+}
+
+/* an absorbed person leaves its audiences (its record went with the merge) */
+static int absorbed_leave(sl_aud_t *a, MDB_txn *txn, uint64_t absorbed, const char *cause, int64_t now)
+{
+    const aud_conf_t *c = conf(a);
+    MDB_val v;
+    int evaluated, rc = sl_stitch_attach_step_get(a->stitch, txn, absorbed, SL_ATTACH_AUDIENCES, &v);
+    if (rc == SL_ENOTFOUND) return 0;
+    uint32_t ids[SL_AUD_MAX];
+    size_t n;
+    if (rc || (rc = att_read(&v, ids, &n, &evaluated))) return rc;
+    for (size_t k = 0; k < n && rc == 0; k++)
+        for (size_t i = 0; i < c->n && rc == 0; i++)
+            if (c->v[i].id == ids[k]) rc = transition(a, txn, &c->v[i], absorbed, 0, "merge", cause, 1, now);
+    return rc;
+}
+
+static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
+{
+    sl_aud_t *a = arg;
+    const sl_stage_ctx_t *x = ev->ctx;
+    const aud_conf_t *c = conf(a);
+    if (c->n == 0 || x->entity.kind != SL_ENTITY_PERSON) return 0;
+    int64_t now = sl_now_ms();
+    const char *cause = ev->message_id[0] ? ev->message_id : NULL;
+    int rc = 0;
+    for (size_t i = 0; i < x->n_merges && rc == 0; i++) rc = absorbed_leave(a, txn, x->merge_absorbed[i], cause, now);
+    if (rc) return rc;
+    unsigned reads = R_SEEN; /* last_seen moves with every event */
+    if (x->trait_changes && cJSON_GetArraySize(x->trait_changes)) reads |= R_TRAITS;
+    if (x->identity_changed) reads |= R_IDENTIFIED;
+    if (x->consent_changed) reads |= R_CONSENT;
+    uint64_t need = need_reading(c, reads);
+    if (x->computed_changes) need |= need_computed(c, x->computed_changes);
+    const char *reason = x->n_merges ? "merge" : x->historical ? "import" : "event";
+    return evaluate(a, txn, x->entity.id, need, x->n_merges > 0, reason, cause, now);
+}
+
+/* ---- listeners ---- */
+
+/* a computed field moved by a timer */
+static int on_computed_changed(void *arg, MDB_txn *txn, uint64_t person, const cJSON *changes, int64_t now)
+{
+    sl_aud_t *a = arg;
+    uint64_t need = need_computed(conf(a), changes);
+    return need ? evaluate(a, txn, person, need, 0, "timer", NULL, now) : 0;
+}
+
+static int on_computed_watches(void *arg, const char *field) { return need_field(conf(arg), field) != 0; }
+
+/* Erasure and retention: the persons' memberships go; a never-identified
+ * member that retention removed (erased NULL) leaves with reason "expired". */
+static int on_forgotten(void *arg, MDB_txn *txn, const uint64_t *persons, size_t n, const char *erased,
+                        uint64_t *n_removed)
+{
+    sl_aud_t *a = arg;
+    (void)n_removed;
+    const aud_conf_t *c = conf(a);
+    if (!atomic_load(&a->have_dbs)) return 0;
+    int rc = 0;
+    int64_t now = sl_now_ms();
+    for (size_t p = 0; p < n && rc == 0; p++)
+        for (size_t i = 0; i < c->n && rc == 0; i++) {
+            unsigned char key[12];
+            member_key(key, c->v[i].id, persons[p]);
+            MDB_val k = {12, key}, v;
+            if ((rc = mdb_get(txn, a->members, &k, &v)) == MDB_NOTFOUND) {
+                rc = 0;
+                continue;
+            }
+            if (rc) break;
+            if (erased) { /* profile_erased is the exit: no entry of its own */
+                uint64_t left;
+                if ((rc = mdb_del(txn, a->members, &k, NULL)) == 0) rc = count_add(a, txn, c->v[i].id, -1, &left);
+            } else {
+                rc = transition(a, txn, &c->v[i], persons[p], 0, "expired", NULL, 1, now);
+            }
+        }
+    return rc;
+}
+
+/* ",\"audiences\":[names]" of person (the profile and the person view) */
+static int append_names(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *out)
+{
+    sl_aud_t *a = arg;
+    const aud_conf_t *c = conf(a);
+    MDB_val v = {0, NULL};
+    uint32_t ids[SL_AUD_MAX];
+    size_t n = 0;
+    int evaluated, rc = sl_stitch_attach_get(a->stitch, txn, person, SL_ATTACH_AUDIENCES, &v);
+    if (rc == SL_ENOTFOUND) rc = 0, v.mv_size = 0;
+    if (rc || (rc = att_read(&v, ids, &n, &evaluated))) return rc;
+    sl_buf_appends(out, ",\"audiences\":[");
+    int lead = 0;
+    for (size_t i = 0; i < c->n; i++)
+        for (size_t k = 0; k < n; k++)
+            if (ids[k] == c->v[i].id) {
+                if (lead++) sl_buf_appends(out, ",");
+                sl_buf_append_json_str(out, c->v[i].name, strlen(c->v[i].name));
+            }
+    sl_buf_appends(out, "]");
+    return out->data ? 0 : SL_ENOMEM;
+}
+
+/* ---- public ---- */
+
+sl_aud_t *sl_aud_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_fields_t *fields, sl_feed_t *feed)
+{
+    sl_aud_t *a = calloc(1, sizeof(*a));
+    if (a == NULL) return NULL;
+    atomic_store(&a->cfg, cfg);
+    a->stitch = stitch;
+    a->fields = fields;
+    a->feed = feed;
+    a->step = (sl_stage_step_t){.name = "audiences", .phase = SL_PHASE_AUDIENCES, .arg = a, .open = on_open,
+                                .apply = on_apply};
+    a->ilis = (sl_ident_listener_t){.arg = a, .forgotten = on_forgotten, .profile_extra = append_names,
+                                    .view_extra = append_names};
+    a->flis = (sl_fields_listener_t){.arg = a, .changed = on_computed_changed, .watches = on_computed_watches};
+    return a;
+}
+
+void sl_aud_free(sl_aud_t *a)
+{
+    if (a == NULL) return;
+    sl_buf_free(&a->view);
+    sl_buf_free(&a->prof);
+    sl_buf_free(&a->data);
+    sl_buf_free(&a->att);
+    free(a);
+}
+
+int sl_aud_attach(sl_aud_t *a, sl_stage_t *stage)
+{
+    int rc = sl_stage_add_step(stage, &a->step);
+    if (rc == 0) rc = sl_stitch_listen(a->stitch, &a->ilis);
+    if (rc == 0 && a->fields) rc = sl_fields_listen(a->fields, &a->flis);
+    return rc;
+}
+
+void sl_aud_reload(sl_aud_t *a, const sl_config_t *cfg)
+{
+    atomic_store(&a->cfg, cfg);
+    if (a->fields) sl_fields_rules_changed(a->fields); /* what it watches may have changed */
+}
+
+void sl_aud_mute(sl_aud_t *a, int on) { a->muted = on; }
+
+int sl_aud_list(sl_aud_t *a, MDB_txn *txn, sl_buf_t *out)
+{
+    const aud_conf_t *c = conf(a);
+    sl_buf_appends(out, "{\"audiences\":[");
+    for (size_t i = 0; i < c->n; i++) {
+        uint64_t n = 0;
+        MDB_val k = {4, &c->v[i].id}, v;
+        if (atomic_load(&a->have_dbs) && mdb_get(txn, a->meta, &k, &v) == 0 && v.mv_size == 8) memcpy(&n, v.mv_data, 8);
+        sl_buf_appends(out, i ? ",{\"name\":" : "{\"name\":");
+        sl_buf_append_json_str(out, c->v[i].name, strlen(c->v[i].name));
+        sl_buf_printf(out, ",\"status\":\"live\",\"members\":%llu}", (unsigned long long)n);
+    }
+    sl_buf_appends(out, "]}");
+    return out->data ? 0 : SL_ENOMEM;
+}

@@ -1,0 +1,91 @@
+/* sl_audiences.h - audiences: live segments of persons (docs/AUDIENCES.md).
+ *
+ * An audience is a condition on the person (sl_rules.h, profile paths:
+ * traits, computed fields, identity facts, consent, other audiences):
+ *
+ *   "audiences": [{"name": "promo-prone", "where": {...},
+ *                  "include_anonymous": false, "requires_consent": "marketing"}]
+ *
+ * Membership is kept in the stage transaction of its cause, in the stage's
+ * audiences phase (after computed fields, before the rules). A person's
+ * audiences are evaluated again only when an input they read may have
+ * changed: the person is new to the audiences; the event merged persons or
+ * gave its person an identifier; it changed a trait; it changed consent; a
+ * computed field it reads changed (the event's, or a timer's: the fields
+ * component's listener); an audience it reads moved earlier in the event;
+ * profile.first_seen / last_seen are read again at every event of the
+ * person. Audiences that read others are evaluated after them (check-config
+ * refuses a cycle).
+ *
+ * Each transition appends a feed entry in that transaction:
+ *   {"type": "audience_entered" | "audience_exited", "rule": <audience>,
+ *    "profile": {"id", "user_id", "email"},
+ *    "data": {"audience", "reason", "members"}}
+ * reason: "event", "merge" (the event merged persons: an absorbed person
+ * leaves its audiences, the survivor is evaluated again), "timer" (a
+ * computed field moved by time), "import" (an event from the past: rules
+ * fire nothing of it, membership moves), "expired" (retention removed a
+ * never-identified member; the profile is {"id"} alone). An erasure removes
+ * the person's memberships with no entry of their own: the feed's
+ * profile_erased is their exit from every audience. Transitions are never
+ * coalesced and no pressure cap applies to them.
+ *
+ * State (derived environment):
+ *   the person's attachment (sl_stitch.h, SL_ATTACH_AUDIENCES): a version
+ *     byte, then the u32 ids of the audiences the person is in, sorted (an
+ *     audience's id: FNV-1a of its name; check-config refuses two names
+ *     that collide). A person without it was never evaluated.
+ *   amembers  be32 audience id, be64 person -> i64 entered at (ms)
+ *   ameta     u32 audience id -> u64 members
+ *
+ * Threads: the step, the listeners' callbacks and sl_aud_reload on the
+ * stage thread; the reads (sl_aud_list) in any read transaction.
+ */
+#ifndef SL_AUDIENCES_H
+#define SL_AUDIENCES_H
+
+#include <stdint.h>
+
+#include <lmdb.h>
+
+#include "sl_common.h"
+#include "sl_config.h"
+
+struct sl_stage_s;
+struct sl_stitch_s;
+struct sl_fields_s;
+struct sl_feed_s;
+
+#define SL_AUD_MAX 64          /* audiences in one config */
+#define SL_AUD_NAME_MAX 128    /* bytes of a name (as a trigger rule's) */
+
+typedef struct sl_aud_s sl_aud_t;
+
+/* Registers the "audiences" section of the configuration; once, before the
+ * first sl_config_parse(), after the trigger rules' section (names are
+ * unique across both). */
+int sl_aud_config_register(void);
+
+/* The audiences of cfg (which must outlive it, or be replaced by
+ * sl_aud_reload), over the stitcher (persons, their attachments), the
+ * computed fields (what timers move) and the feed (transitions). */
+sl_aud_t *sl_aud_new(const sl_config_t *cfg, struct sl_stitch_s *stitch, struct sl_fields_s *fields,
+                     struct sl_feed_s *feed);
+void sl_aud_free(sl_aud_t *a);
+/* Registers its step with the stage and its listeners with the stitcher and
+ * the fields; after the trigger engine's (its erasure hook runs after the
+ * engine's, which removes the person's feed entries), before
+ * sl_stage_open(). */
+int sl_aud_attach(sl_aud_t *a, struct sl_stage_s *stage);
+/* A reload's new configuration (a stage job, on the stage thread): the
+ * audiences it keeps go on; a new one takes members as their inputs move. */
+void sl_aud_reload(sl_aud_t *a, const sl_config_t *cfg);
+/* Rebuild: transitions are applied, nothing is appended (the feed carried
+ * over holds them). */
+void sl_aud_mute(sl_aud_t *a, int on);
+
+/* GET /v1/audiences: {"audiences":[{"name","status":"live","members"}...]}
+ * appended to out, in a read transaction of the derived environment. */
+int sl_aud_list(sl_aud_t *a, MDB_txn *txn, sl_buf_t *out);
+
+#endif

@@ -1,0 +1,154 @@
+// audiences.test.mjs - audiences (issue 25, items 1 and 2): exact enter /
+// exit sequences in the feed under events, an audience reading two others,
+// a timer-driven exit (a seconds-long computed window), a merge, an import,
+// erasure; the profile's "audiences", GET /v1/audiences, check-config's
+// errors. Black-box against the server.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { startServer, post, ADMIN, run, tempDir, baseConfig, basic, WRITE_KEY } from './helpers.mjs';
+
+const bearer = { Authorization: 'Bearer ' + ADMIN };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const AUDIENCES = [
+  { name: 'pro-customers', where: { all: [{ field: 'profile.audiences', contains: 'customers' },
+    { field: 'profile.audiences', contains: 'pro' }] } },
+  { name: 'customers', where: { field: 'profile.computed.orders', gte: 1 } },
+  { name: 'pro', where: { field: 'profile.traits.plan', eq: 'pro' } },
+  { name: 'browsing', where: { field: 'profile.computed.views_4s', gte: 1 }, include_anonymous: true },
+];
+const config = {
+  computed: { commerce: { currency: 'EUR' }, fields: [{ name: 'views_4s', type: 'count', event: 'Product Viewed', window: '4s' }] },
+  audiences: AUDIENCES,
+  sources: [{ name: 'test', write_key: WRITE_KEY }, { name: 'import', write_key: 'wk_import', historical: true }],
+};
+
+let srv;
+before(async () => { srv = await startServer({ config }); });
+after(async () => { await srv.stop(); srv.cleanup(); });
+
+const ok = async (type, msg) => {
+  const r = await post(srv, '/v1/' + type, msg);
+  assert.equal(r.status, 200, r.text);
+};
+const get = async (path) => {
+  const r = await fetch(srv.url + path, { headers: bearer });
+  assert.equal(r.status, 200, path);
+  return r.json();
+};
+// the audience entries of the feed after position `after`: [type, audience, reason, who, members]
+async function moves(after, who = null) {
+  const names = AUDIENCES.map((a) => a.name).join(',');
+  const { triggers } = await get(`/v1/triggers?after=${after}&limit=1000&rule=${names}`);
+  return triggers.filter((t) => who === null || t.profile.user_id === who || t.profile.id === who)
+    .map((t) => [t.type, t.data.audience, t.data.reason, t.profile.user_id ?? t.profile.id, t.data.members]);
+}
+async function last() { // the feed's position now
+  let after = 0;
+  for (;;) {
+    const page = await get(`/v1/triggers?after=${after}&limit=1000`);
+    if (page.triggers.length === 0) return after;
+    after = page.next;
+  }
+}
+const counts = async () => Object.fromEntries((await get('/v1/audiences')).audiences.map((a) => [a.name, a.members]));
+
+test('events move a person in and out, an audience reading two others after them, in order', async () => {
+  const p0 = await last();
+  await ok('identify', { userId: 'ann', traits: { plan: 'free', email: 'Ann@Example.com' } });
+  assert.deepEqual(await moves(p0), [], 'nothing holds yet');
+  await ok('track', { userId: 'ann', event: 'Order Completed', properties: { order_id: 'o-1', total: 10 } });
+  await ok('identify', { userId: 'ann', traits: { plan: 'pro' } });
+  await ok('identify', { userId: 'ann', traits: { plan: 'free' } });
+  assert.deepEqual(await moves(p0), [
+    ['audience_entered', 'customers', 'event', 'ann', 1],
+    ['audience_entered', 'pro', 'event', 'ann', 1],
+    ['audience_entered', 'pro-customers', 'event', 'ann', 1],
+    ['audience_exited', 'pro', 'event', 'ann', 0],
+    ['audience_exited', 'pro-customers', 'event', 'ann', 0],
+  ]);
+  // a slim profile: no traits; the e-mail as the stitcher keys it
+  const { triggers } = await get(`/v1/triggers?after=${p0}&limit=1&rule=customers`);
+  assert.deepEqual(Object.keys(triggers[0].profile).sort(), ['email', 'id', 'user_id']);
+  assert.equal(triggers[0].profile.email, 'ann@example.com');
+  assert.ok(triggers[0].cause?.messageId, 'the event that moved it');
+  const prof = await get('/v1/profiles/user_id/ann');
+  assert.deepEqual(prof.audiences, ['customers']);
+  assert.deepEqual(await counts(), { 'pro-customers': 0, customers: 1, pro: 0, browsing: 0 });
+});
+
+test('an anonymous visitor enters a seconds-long window and leaves it by the timer', async () => {
+  const p0 = await last();
+  await ok('track', { anonymousId: 'tmr-a', event: 'Product Viewed', properties: { sku: 's1' } });
+  const [entered] = await moves(p0);
+  assert.deepEqual(entered.slice(0, 3), ['audience_entered', 'browsing', 'event']);
+  const end = Date.now() + 15000;
+  let m;
+  for (;;) {
+    m = await moves(p0);
+    if (m.length >= 2) break;
+    assert.ok(Date.now() < end, 'the window timer moves it out: ' + JSON.stringify(m));
+    await sleep(200);
+  }
+  assert.deepEqual(m.map((x) => x.slice(0, 3)), [['audience_entered', 'browsing', 'event'],
+    ['audience_exited', 'browsing', 'timer']]);
+  const { triggers } = await get(`/v1/triggers?after=${p0}&limit=10&rule=browsing`);
+  assert.equal(triggers[1].cause, null, 'no event caused it');
+});
+
+test('a merge: the absorbed visitor leaves, the customer is evaluated again', async () => {
+  const p0 = await last();
+  await ok('track', { anonymousId: 'mg-a', event: 'Product Viewed', properties: { sku: 's2' } });
+  await ok('identify', { userId: 'ann', anonymousId: 'mg-a' });
+  const m = await moves(p0);
+  assert.equal(m.length, 3, JSON.stringify(m));
+  assert.deepEqual(m[0].slice(0, 3), ['audience_entered', 'browsing', 'event']);
+  assert.deepEqual(m[1].slice(0, 3), ['audience_exited', 'browsing', 'merge']); // the absorbed person
+  assert.notEqual(m[1][3], 'ann');
+  assert.deepEqual(m[2].slice(0, 4), ['audience_entered', 'browsing', 'merge', 'ann']); // the window moved with it
+  assert.deepEqual((await get('/v1/profiles/user_id/ann')).audiences.sort(), ['browsing', 'customers']);
+});
+
+test('an import moves membership with reason import', async () => {
+  const p0 = await last();
+  const r = await post(srv, '/v1/track', { userId: 'imp', event: 'Order Completed', properties: { order_id: 'o-imp', total: 5 },
+    timestamp: new Date(Date.now() - 90 * 86400000).toISOString() }, { Authorization: basic('wk_import') });
+  assert.equal(r.status, 200, r.text);
+  const m = await moves(p0, 'imp');
+  assert.deepEqual(m.map((x) => x.slice(0, 3)), [['audience_entered', 'customers', 'import']]);
+});
+
+test('erasure takes the person out of every audience (profile_erased is the exit)', async () => {
+  const before = await counts();
+  assert.ok(before.customers >= 2);
+  const del = await fetch(srv.url + '/v1/profiles/user_id/ann', { method: 'DELETE', headers: bearer });
+  assert.equal(del.status, 200, await del.text());
+  const after = await counts();
+  assert.equal(after.customers, before.customers - 1);
+  const names = AUDIENCES.map((a) => a.name).join(',');
+  const { triggers } = await get(`/v1/triggers?after=0&limit=1000&rule=${names}`);
+  assert.equal(triggers.filter((t) => t.profile.user_id === 'ann').length, 0, 'its entries went');
+});
+
+test('check-config: names unique with trigger rules, known audiences, no cycle', () => {
+  const dir = tempDir();
+  const cases = [
+    [{ triggers: [{ name: 'vip', type: 'trait_change', trait: 'plan' }], audiences: [{ name: 'vip', where: { field: 'profile.identified', eq: true } }] },
+      /audiences\[0\]\.name "vip" is also the name of a trigger rule/],
+    [{ audiences: [{ name: 'a', where: { field: 'profile.audiences', contains: 'nope' } }] },
+      /audiences\[0\]\.where reads the audience "nope", which is not defined/],
+    [{ audiences: [{ name: 'a', where: { field: 'profile.audiences', contains: 'b' } },
+      { name: 'b', where: { field: 'profile.audiences', contains: 'a' } }] }, /a cycle of audiences reading each other: a -> b -> a/],
+    [{ audiences: [{ name: 'a', where: { field: 'event', eq: 'x' } }] }, /audiences\[0\]\.where: event paths are not allowed here/],
+    [{ audiences: [{ name: 'a', where: { field: 'profile.identified', eq: true } }, { name: 'a', where: { field: 'profile.identified', eq: false } }] }, /"a" is used twice/],
+  ];
+  for (const [extra, re] of cases) {
+    const p = join(dir, 'aud.json');
+    writeFileSync(p, JSON.stringify(baseConfig(join(dir, 'data'), extra)));
+    const r = run(['check-config', '-c', p]);
+    assert.equal(r.code, 1, JSON.stringify(extra));
+    assert.match(r.stderr, re);
+  }
+});
