@@ -9,6 +9,7 @@
 #include "sl_stitch.h"
 
 #include <cjson/cJSON.h>
+#include <openssl/sha.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -632,3 +633,180 @@ int sl_aud_list(sl_aud_t *a, MDB_txn *txn, sl_buf_t *out)
     sl_buf_appends(out, "]}");
     return out->data ? 0 : SL_ENOMEM;
 }
+
+/* ---- the export ---- */
+
+int sl_aud_has(sl_aud_t *a, const char *name) { return conf_defines(conf(a), name); }
+
+/* a CSV field per RFC 4180: quoted when it holds a comma, a quote or a line break */
+static void csv_field(sl_buf_t *b, const char *v, size_t n, int first)
+{
+    if (!first) sl_buf_appends(b, ",");
+    if (v == NULL) return;
+    if (strcspn(v, ",\"\r\n") >= n) {
+        sl_buf_append(b, v, n);
+        return;
+    }
+    sl_buf_appends(b, "\"");
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == '"') sl_buf_appends(b, "\"");
+        sl_buf_append(b, v + i, 1);
+    }
+    sl_buf_appends(b, "\"");
+}
+
+static const struct {
+    unsigned bit;
+    const char *name;
+} export_fields[] = {{SL_AUD_F_ID, "id"}, {SL_AUD_F_USER_ID, "user_id"}, {SL_AUD_F_EMAIL, "email"},
+                     {SL_AUD_F_ENTERED_AT, "entered_at"}, {SL_AUD_F_UNSUBSCRIBED, "unsubscribed"}};
+#define N_EXPORT_FIELDS (sizeof(export_fields) / sizeof(export_fields[0]))
+
+/* one member, as x asks */
+static int export_one(sl_aud_t *a, MDB_txn *txn, const sl_aud_export_t *x, uint64_t person, int64_t entered,
+                      int unsub, sl_buf_t *slim, sl_arena_t *arena, sl_buf_t *out)
+{
+    slim->len = 0;
+    int rc = sl_stitch_person_slim(a->stitch, txn, person, slim, NULL);
+    if (rc) return rc;
+    sl_jval_t root = sl_jroot(slim->data, slim->len);
+    char hex[2 * SHA256_DIGEST_LENGTH + 1];
+    int lead = 0;
+    if (x->format != SL_AUD_CSV) sl_buf_appends(out, x->format == SL_AUD_JSON && x->n ? ",{" : "{");
+    for (size_t f = 0; f < N_EXPORT_FIELDS; f++) {
+        if (!(x->fields & export_fields[f].bit)) continue;
+        char tmp[64];
+        const char *v = NULL; /* the value's text (NULL: null) */
+        size_t vn = 0;
+        int quote = 1;        /* a JSON string (else a literal) */
+        sl_jval_t jv = {0};
+        switch (export_fields[f].bit) {
+        case SL_AUD_F_ID:
+            vn = sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, person}, tmp);
+            v = tmp;
+            break;
+        case SL_AUD_F_USER_ID:
+        case SL_AUD_F_EMAIL:
+            jv = sl_jget(root, export_fields[f].name);
+            if (sl_jtype(jv) == SL_JSTR) {
+                size_t len;
+                v = sl_jstr(jv, arena, &len);
+                vn = v ? len : 0;
+            }
+            if (v && export_fields[f].bit == SL_AUD_F_EMAIL && x->hash_email) {
+                unsigned char md[SHA256_DIGEST_LENGTH];
+                SHA256((const unsigned char *)v, vn, md);
+                for (size_t i = 0; i < sizeof(md); i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+                v = hex;
+                vn = 2 * SHA256_DIGEST_LENGTH;
+            }
+            break;
+        case SL_AUD_F_ENTERED_AT: {
+            sl_buf_t t = {0};
+            sl_buf_append_iso(&t, entered); /* "\"...\"" */
+            if (t.data && t.len >= 2 && t.len - 2 < sizeof(tmp)) {
+                memcpy(tmp, t.data + 1, t.len - 2);
+                vn = t.len - 2;
+                v = tmp;
+            }
+            sl_buf_free(&t);
+            break;
+        }
+        default: /* unsubscribed */
+            v = unsub ? "true" : "false";
+            vn = strlen(v);
+            quote = 0;
+        }
+        if (x->format == SL_AUD_CSV) {
+            csv_field(out, v, vn, !lead++);
+            continue;
+        }
+        if (lead++) sl_buf_appends(out, ",");
+        sl_buf_append_json_str(out, export_fields[f].name, strlen(export_fields[f].name));
+        sl_buf_appends(out, ":");
+        if (v == NULL) sl_buf_appends(out, "null");
+        else if (quote) sl_buf_append_json_str(out, v, vn);
+        else sl_buf_append(out, v, vn);
+    }
+    sl_buf_appends(out, x->format == SL_AUD_JSON ? "}" : x->format == SL_AUD_NDJSON ? "}\n" : "\r\n");
+    return out->data ? 0 : SL_ENOMEM;
+}
+
+int sl_aud_members(sl_aud_t *a, MDB_txn *txn, const char *name, sl_aud_export_t *x, sl_buf_t *out)
+{
+    const aud_conf_t *c = conf(a);
+    const aud_def_t *d = NULL;
+    for (size_t i = 0; i < c->n && !d; i++)
+        if (strcmp(c->v[i].name, name) == 0) d = &c->v[i];
+    if (d == NULL) return SL_ENOTFOUND;
+    x->n = 0;
+    x->next = 0;
+    int rc = sl_feed_last(a->feed, txn, &x->position);
+    if (rc) return rc;
+    if (x->format == SL_AUD_JSON) {
+        sl_buf_appends(out, "{\"audience\":");
+        sl_buf_append_json_str(out, d->name, strlen(d->name));
+        sl_buf_printf(out, ",\"position\":%llu,\"members\":[", (unsigned long long)x->position);
+    } else if (x->format == SL_AUD_CSV) {
+        int lead = 0;
+        for (size_t f = 0; f < N_EXPORT_FIELDS; f++)
+            if (x->fields & export_fields[f].bit) {
+                if (lead++) sl_buf_appends(out, ",");
+                sl_buf_appends(out, export_fields[f].name);
+            }
+        sl_buf_appends(out, "\r\n");
+    }
+    MDB_cursor *cur = NULL;
+    sl_buf_t slim = {0};
+    sl_arena_t arena; /* (its own: readers run at once) */
+    sl_arena_init(&arena);
+    uint64_t last = 0;
+    if (atomic_load(&a->have_dbs) && (rc = mdb_cursor_open(txn, a->members, &cur)) == 0) {
+        unsigned char key[12];
+        member_key(key, d->id, x->after + 1 > x->after ? x->after + 1 : x->after);
+        MDB_val k = {12, key}, v;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            if (k.mv_size != 12 || memcmp(k.mv_data, key, 4) != 0) break; /* another audience */
+            if (x->n == x->limit) { /* more follow */
+                x->next = last;
+                break;
+            }
+            uint64_t person = sl_be64_get((const unsigned char *)k.mv_data + 4);
+            int64_t entered = 0;
+            if (v.mv_size == 8) memcpy(&entered, v.mv_data, 8);
+            last = person;
+            int ok = 1, unsub = 0;
+            const char *why = "";
+            if ((rc = sl_stitch_consent_check(a->stitch, txn, person, NULL, &ok, &why))) break;
+            unsub = !ok;
+            if (d->requires_consent) {
+                if ((rc = sl_stitch_consent_check(a->stitch, txn, person, d->requires_consent, &ok, &why))) break;
+                if (!ok && strcmp(why, "unsubscribed") != 0) continue; /* not granted: not listed */
+            }
+            sl_arena_reset(&arena);
+            if ((rc = export_one(a, txn, x, person, entered, unsub, &slim, &arena, out)) == SL_ENOTFOUND) {
+                rc = 0; /* (gone since: not listed) */
+                continue;
+            }
+            if (rc) break;
+            x->n++;
+        }
+        if (rc == MDB_NOTFOUND) rc = 0;
+        mdb_cursor_close(cur);
+    }
+    sl_buf_free(&slim);
+    sl_arena_free(&arena);
+    if (rc) return rc;
+    if (x->format == SL_AUD_JSON) {
+        sl_buf_appends(out, "],\"next\":");
+        if (x->next) {
+            char pid[SL_ENTITY_STR_BYTES];
+            sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, x->next}, pid);
+            sl_buf_printf(out, "\"%s\"}", pid);
+        } else {
+            sl_buf_appends(out, "null}");
+        }
+    }
+    return out->data ? 0 : SL_ENOMEM;
+}
+

@@ -88,4 +88,30 @@ void sl_aud_mute(sl_aud_t *a, int on);
  * appended to out, in a read transaction of the derived environment. */
 int sl_aud_list(sl_aud_t *a, MDB_txn *txn, sl_buf_t *out);
 
+/* GET /v1/audiences/{name}/members: a page of the members, in person order,
+ * read in one read transaction (docs/AUDIENCES.md, "Export"). A consumer
+ * keeps the first page's position and, once it has every page, replays the
+ * feed after it with ?rule=<name>: it then holds exactly the membership. */
+enum { SL_AUD_JSON, SL_AUD_NDJSON, SL_AUD_CSV };
+enum { SL_AUD_F_ID = 1, SL_AUD_F_USER_ID = 2, SL_AUD_F_EMAIL = 4, SL_AUD_F_ENTERED_AT = 8, SL_AUD_F_UNSUBSCRIBED = 16 };
+#define SL_AUD_F_DEFAULT (SL_AUD_F_ID | SL_AUD_F_USER_ID | SL_AUD_F_EMAIL | SL_AUD_F_UNSUBSCRIBED)
+#define SL_AUD_EXPORT_MAX 10000 /* members per page */
+typedef struct sl_aud_export_s {
+    int format;             /* SL_AUD_JSON, _NDJSON, _CSV */
+    unsigned fields;        /* SL_AUD_F_*, written in that order */
+    int hash_email;         /* email: the hex SHA-256 of the address as kept (trimmed, lower-cased) */
+    uint64_t after;         /* members after this person id (0: from the first) */
+    size_t limit;           /* 1..SL_AUD_EXPORT_MAX */
+    uint64_t position;      /* out: the feed's last entry in this snapshot */
+    uint64_t next;          /* out: the last person listed when more may follow (0: the end) */
+    size_t n;               /* out: members listed */
+} sl_aud_export_t;
+/* Appends the page to out (JSON {"audience","position","members":[...],
+ * "next"}; NDJSON one object a line; CSV per RFC 4180 with a header line).
+ * An audience with requires_consent lists only members who granted it.
+ * 0, SL_ENOTFOUND (no such audience) or an LMDB error. Any thread. */
+int sl_aud_members(sl_aud_t *a, MDB_txn *txn, const char *name, sl_aud_export_t *x, sl_buf_t *out);
+/* 1 when cfg's audiences hold name */
+int sl_aud_has(sl_aud_t *a, const char *name);
+
 #endif

@@ -55,9 +55,10 @@ typedef struct {
     sl_stitch_t *stitch;
     const char *kind, *id, *before;
     int what; /* 0 profile, 1 events, 2 merges, 3 the most recently active, 4 orders, 5 computed,
-               * 6 the computed fields, 7 a field's distribution, 8 the audiences */
+               * 6 the computed fields, 7 a field's distribution, 8 the audiences, 9 an audience's members */
     sl_fields_t *fields;
     sl_aud_t *aud;
+    sl_aud_export_t ex;  /* 9: an audience's members (field: the audience) */
     const char *field; /* 5: ?explain=; 7: the field */
     size_t limit;
     int reached; /* the stage had applied what the request waited for */
@@ -91,6 +92,7 @@ static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     case 6: return sl_fields_list(q->fields, &q->out);
     case 7: return sl_fields_distribution(q->fields, txn, q->field, sl_now_ms(), q->limit, &q->out);
     case 8: return sl_aud_list(q->aud, txn, &q->out);
+    case 9: return sl_aud_members(q->aud, txn, q->field, &q->ex, &q->out);
     default: return sl_stitch_merges(q->stitch, txn, q->kind, q->id, q->limit, q->before, &q->out);
     }
 }
@@ -151,7 +153,8 @@ static void read_done(uv_work_t *w, int status)
 {
     read_req_t *q = w->data;
     sl_buf_t out = q->out; /* q lives in the request's arena, which job_conn may free */
-    int rc = status ? SL_ESHUTDOWN : q->rc, reached = q->reached;
+    int rc = status ? SL_ESHUTDOWN : q->rc, reached = q->reached, what = q->what;
+    sl_aud_export_t ex = q->ex;
     q->queued = 0;
     q->srv->admin_reads--;
     conn_t *c = job_conn(q->r);
@@ -160,14 +163,24 @@ static void read_done(uv_work_t *w, int status)
         return;
     }
     /* how far the answer is from what was asked: 0 when it was reached */
-    char h[128];
+    char h[256];
     uint64_t applied = sl_stage_applied(c->srv->stage);
     snprintf(h, sizeof(h), "Cache-Control: no-store\r\nX-Sillage-Applied: %llu\r\n%s",
              (unsigned long long)applied, reached ? "" : "X-Sillage-Stale: 1\r\n");
-    if (rc == SL_ENOTFOUND) http_respond_error(c, 404, "no profile has that identifier");
+    const char *ctype = "application/json";
+    if (what == 9) { /* an audience's page: the feed position it was read at, where the next one starts */
+        char pid[SL_ENTITY_STR_BYTES] = "";
+        if (ex.next) sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, ex.next}, pid);
+        size_t n = strlen(h);
+        snprintf(h + n, sizeof(h) - n, "X-Sillage-Feed-Position: %llu\r\n%s%s%s", (unsigned long long)ex.position,
+                 ex.next ? "X-Sillage-Next: " : "", pid, ex.next ? "\r\n" : "");
+        ctype = ex.format == SL_AUD_CSV ? "text/csv; charset=utf-8; header=present"
+                : ex.format == SL_AUD_NDJSON ? "application/x-ndjson" : "application/json";
+    }
+    if (rc == SL_ENOTFOUND) http_respond_error(c, 404, what == 9 ? "no such audience" : "no profile has that identifier");
     else if (rc == SL_EINVAL) http_respond_error(c, 400, "before must be a cursor from a previous page");
     else if (rc || out.data == NULL) http_respond_error(c, 503, sl_strerror(rc ? rc : SL_ENOMEM));
-    else http_respond(c, 200, "application/json", h, out.data, out.len);
+    else http_respond(c, 200, ctype, h, out.data, out.len);
     sl_buf_free(&out);
 }
 
@@ -415,6 +428,71 @@ void http_handle_computed(conn_t *c, const char *rest)
     http_after_stage(c, answer_read);
 }
 
+/* /{name}/members?format=&fields=&hash=&after=&limit= into q (what 9): 0,
+ * or -1 after answering 400/404 */
+static int audience_members_query(conn_t *c, const char *rest, read_req_t *q)
+{
+    req_t *r = c->req;
+    size_t n = strlen(rest);
+    static const char tail[] = "/members";
+    char *name = rest[0] == '/' && n > sizeof(tail) && strcmp(rest + n - (sizeof(tail) - 1), tail) == 0
+                     ? sl_arena_strndup(&r->arena, rest + 1, n - sizeof(tail))
+                     : NULL;
+    long dn = name ? sl_percent_decode(name, strlen(name)) : -1;
+    if (dn <= 0 || memchr(name, '\0', (size_t)dn) || (name[dn] = '\0', !sl_aud_has(q->aud, name))) {
+        http_respond_error(c, 404, "use /v1/audiences/{name}/members with an audience (GET /v1/audiences lists them)");
+        return -1;
+    }
+    sl_aud_export_t *x = &q->ex;
+    *x = (sl_aud_export_t){.format = SL_AUD_JSON, .fields = SL_AUD_F_DEFAULT, .limit = 1000};
+    char *v = NULL;
+    if (http_query_param(r, "format", &v) > 0) {
+        if (strcmp(v, "ndjson") == 0) x->format = SL_AUD_NDJSON;
+        else if (strcmp(v, "csv") == 0) x->format = SL_AUD_CSV;
+        else if (strcmp(v, "json") != 0) goto bad_format;
+    }
+    if (http_query_param(r, "hash", &v) > 0) {
+        if (strcmp(v, "email:sha256") != 0) {
+            http_respond_error(c, 400, "hash must be email:sha256");
+            return -1;
+        }
+        x->hash_email = 1;
+    }
+    if (http_query_param(r, "fields", &v) > 0) {
+        static const struct { const char *name; unsigned bit; } known[] = {
+            {"id", SL_AUD_F_ID}, {"user_id", SL_AUD_F_USER_ID}, {"email", SL_AUD_F_EMAIL},
+            {"entered_at", SL_AUD_F_ENTERED_AT}, {"unsubscribed", SL_AUD_F_UNSUBSCRIBED}};
+        x->fields = 0;
+        for (char *save = NULL, *f = strtok_r(v, ",", &save); f; f = strtok_r(NULL, ",", &save)) {
+            size_t k = 0;
+            while (k < sizeof(known) / sizeof(known[0]) && strcmp(known[k].name, f) != 0) k++;
+            if (k == sizeof(known) / sizeof(known[0])) {
+                http_respond_error(c, 400, "fields is a comma-separated list of id, user_id, email, entered_at, unsubscribed");
+                return -1;
+            }
+            x->fields |= known[k].bit;
+        }
+        if (x->fields == 0) x->fields = SL_AUD_F_DEFAULT;
+    }
+    if (http_query_param(r, "after", &v) > 0) {
+        unsigned long long id;
+        if (strncmp(v, "p_", 2) != 0 || http_parse_num(v + 2, 1, UINT64_MAX - 1, &id)) {
+            http_respond_error(c, 400, "after must be the X-Sillage-Next (or \"next\") of a previous page: p_<number>");
+            return -1;
+        }
+        x->after = id;
+    }
+    unsigned long long limit = 1000;
+    if (http_query_num(c, "limit", 1, SL_AUD_EXPORT_MAX, &limit) < 0) return -1;
+    x->limit = (size_t)limit;
+    q->field = name;
+    q->what = 9;
+    return 0;
+bad_format:
+    http_respond_error(c, 400, "format must be json, ndjson or csv");
+    return -1;
+}
+
 /* GET /v1/audiences: the configured audiences and their member counts
  * (docs/AUDIENCES.md), read like the other admin reads. */
 void http_handle_audiences(conn_t *c, const char *rest)
@@ -433,10 +511,6 @@ void http_handle_audiences(conn_t *c, const char *rest)
         http_respond_error(c, 404, "this node keeps no audiences (role edge: ask the core)");
         return;
     }
-    if (rest[0] != '\0') {
-        http_respond_error(c, 404, "no such route (GET /v1/audiences lists the audiences)");
-        return;
-    }
     if (r->method != HTTP_GET) {
         http_respond_error(c, 405, "use GET");
         return;
@@ -447,6 +521,7 @@ void http_handle_audiences(conn_t *c, const char *rest)
         return;
     }
     *q = (read_req_t){.stage = srv->stage, .stitch = srv->stitch, .aud = srv->aud, .what = 8};
+    if (rest[0] != '\0' && audience_members_query(c, rest, q) < 0) return;
     r->read = q;
     http_after_stage(c, answer_read);
 }

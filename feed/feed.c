@@ -556,6 +556,12 @@ int sl_feed_subscribe(sl_feed_t *f, void (*cb)(void *arg), void *arg)
 
 uint64_t sl_feed_durable_seq(const sl_feed_t *f) { return atomic_load(&f->durable); }
 
+int sl_feed_last(sl_feed_t *f, MDB_txn *txn, uint64_t *last)
+{
+    *last = 0;
+    return f->tmeta ? last_get(f, txn, last) : 0;
+}
+
 /* ---- rebuild ---- */
 
 /* What a copied feed's indexes must hold: how many keys and the sum of their

@@ -111,6 +111,10 @@ void sl_feed_set_retention(sl_feed_t *f, int64_t retention_ms);
 int sl_feed_subscribe(sl_feed_t *f, void (*cb)(void *arg), void *arg);
 /* The last sequence readers may see. */
 uint64_t sl_feed_durable_seq(const sl_feed_t *f);
+/* The last sequence appended in txn's snapshot (0: none): what a snapshot
+ * of state read in txn is consistent with (an audience's export). Any
+ * thread. 0 or an LMDB error. */
+int sl_feed_last(sl_feed_t *f, MDB_txn *txn, uint64_t *last);
 
 /* Appends e in the stage transaction txn; *seq (may be NULL) gets its
  * sequence. The JSON is {"seq","id" (a random UUID),"rule","type","at",

@@ -65,13 +65,16 @@ int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t
 
 int sl_stitch_person_slim(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified)
 {
-    person_t *p = &s->p3;
-    int rc = stitch_person_load(s, txn, id, p);
-    if (rc) return rc == MDB_NOTFOUND ? SL_ENOTFOUND : rc;
-    if (identified) *identified = stitch_person_identified(p);
-    append_slim(out, p);
-    sl_buf_appends(out, "}");
-    return out->data ? 0 : SL_ENOMEM;
+    person_t p = {0}; /* (its own: readers call it too) */
+    int rc = stitch_person_load(s, txn, id, &p);
+    if (rc == 0) {
+        if (identified) *identified = stitch_person_identified(&p);
+        append_slim(out, &p);
+        sl_buf_appends(out, "}");
+        rc = out->data ? 0 : SL_ENOMEM;
+    }
+    stitch_person_free(&p);
+    return rc == MDB_NOTFOUND ? SL_ENOTFOUND : rc;
 }
 
 

@@ -111,8 +111,8 @@ int sl_stitch_person_view(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *o
 int sl_stitch_person_payload(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified,
                              int64_t *last_ms);
 /* The slim profile of person id, appended to out: {"id","user_id","email"}
- * (an audience's entries: no traits). Stage thread. SL_ENOTFOUND: no such
- * person. */
+ * (an audience's entries and export: no traits). Any thread. SL_ENOTFOUND:
+ * no such person. */
 int sl_stitch_person_slim(sl_stitch_t *s, MDB_txn *txn, uint64_t id, sl_buf_t *out, int *identified);
 
 /* Consent (docs/PRIVACY.md): each person's latest consent categories, from

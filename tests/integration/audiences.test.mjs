@@ -18,6 +18,8 @@ const AUDIENCES = [
   { name: 'customers', where: { field: 'profile.computed.orders', gte: 1 } },
   { name: 'pro', where: { field: 'profile.traits.plan', eq: 'pro' } },
   { name: 'browsing', where: { field: 'profile.computed.views_4s', gte: 1 }, include_anonymous: true },
+  { name: 'exported', where: { field: 'profile.traits.segment', eq: 'x' } },
+  { name: 'consented', where: { field: 'profile.traits.segment', eq: 'x' }, requires_consent: 'marketing' },
 ];
 const config = {
   computed: { commerce: { currency: 'EUR' }, fields: [{ name: 'views_4s', type: 'count', event: 'Product Viewed', window: '4s' }] },
@@ -76,7 +78,7 @@ test('events move a person in and out, an audience reading two others after them
   assert.ok(triggers[0].cause?.messageId, 'the event that moved it');
   const prof = await get('/v1/profiles/user_id/ann');
   assert.deepEqual(prof.audiences, ['customers']);
-  assert.deepEqual(await counts(), { 'pro-customers': 0, customers: 1, pro: 0, browsing: 0 });
+  assert.deepEqual(await counts(), { 'pro-customers': 0, customers: 1, pro: 0, browsing: 0, exported: 0, consented: 0 });
 });
 
 test('an anonymous visitor enters a seconds-long window and leaves it by the timer', async () => {
@@ -130,6 +132,125 @@ test('erasure takes the person out of every audience (profile_erased is the exit
   const names = AUDIENCES.map((a) => a.name).join(',');
   const { triggers } = await get(`/v1/triggers?after=0&limit=1000&rule=${names}`);
   assert.equal(triggers.filter((t) => t.profile.user_id === 'ann').length, 0, 'its entries went');
+});
+
+const sha256 = async (s) => (await import('node:crypto')).createHash('sha256').update(s).digest('hex');
+
+test('the export: JSON, NDJSON, CSV per RFC 4180, chosen fields, hashed e-mails, pages', async () => {
+  const ids = ['ex-1', 'ex-2', 'ex,"3"'];
+  for (const [i, id] of ids.entries())
+    await ok('identify', { userId: id, traits: { segment: 'x', email: i === 0 ? ' Test@Example.com ' : `e${i}@example.com` } });
+  await ok('identify', { userId: 'ex-no', traits: { segment: 'y' } });
+  // JSON, in pages of 2: the position the page was read at, the cursor to the next
+  let r = await fetch(srv.url + '/v1/audiences/exported/members?limit=2', { headers: bearer });
+  assert.equal(r.status, 200, r.status === 200 ? '' : await r.text());
+  const p1 = await r.json();
+  assert.equal(p1.audience, 'exported');
+  assert.equal(p1.members.length, 2);
+  assert.equal(String(p1.position), r.headers.get('x-sillage-feed-position'));
+  assert.equal(p1.next, r.headers.get('x-sillage-next'));
+  assert.deepEqual(Object.keys(p1.members[0]), ['id', 'user_id', 'email', 'unsubscribed']);
+  const p2 = await get(`/v1/audiences/exported/members?limit=2&after=${p1.next}`);
+  assert.equal(p2.members.length, 1);
+  assert.equal(p2.next, null);
+  const all = [...p1.members, ...p2.members];
+  assert.deepEqual(all.map((m) => m.user_id).sort(), [...ids].sort());
+  // the e-mail hashed as ad platforms take it: SHA-256 of the trimmed, lower-cased address
+  const h = await get('/v1/audiences/exported/members?hash=email:sha256&fields=user_id,email');
+  const hashed = Object.fromEntries(h.members.map((m) => [m.user_id, m.email]));
+  assert.equal(hashed['ex-1'], '973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea65dba4e813b'); // test@example.com
+  assert.equal(hashed['ex-2'], await sha256('e1@example.com'));
+  assert.deepEqual(Object.keys(h.members[0]), ['user_id', 'email']);
+  // NDJSON: one object a line
+  r = await fetch(srv.url + '/v1/audiences/exported/members?format=ndjson&fields=user_id', { headers: bearer });
+  assert.equal(r.headers.get('content-type'), 'application/x-ndjson');
+  const lines = (await r.text()).split('\n');
+  assert.equal(lines.pop(), '');
+  assert.deepEqual(lines.map((l) => JSON.parse(l).user_id).sort(), [...ids].sort());
+  // CSV: a header line, CRLF, a field with a comma or a quote quoted and its quotes doubled
+  r = await fetch(srv.url + '/v1/audiences/exported/members?format=csv&fields=user_id,email', { headers: bearer });
+  assert.match(r.headers.get('content-type'), /^text\/csv/);
+  const csv = await r.text();
+  assert.ok(csv.startsWith('user_id,email\r\n'), csv);
+  assert.ok(csv.includes('"ex,""3""",e2@example.com\r\n'), csv);
+  assert.ok(csv.includes('ex-1,test@example.com\r\n'), csv);
+  assert.ok(csv.endsWith('\r\n'));
+  // bad requests
+  for (const [q, code] of [['format=xml', 400], ['hash=email:md5', 400], ['fields=id,phone', 400], ['after=42', 400], ['limit=0', 400]]) {
+    const b = await fetch(srv.url + '/v1/audiences/exported/members?' + q, { headers: bearer });
+    assert.equal(b.status, code, q);
+  }
+  assert.equal((await fetch(srv.url + '/v1/audiences/nope/members', { headers: bearer })).status, 404);
+  assert.equal((await fetch(srv.url + '/v1/audiences/exported/members')).status, 401);
+});
+
+test('an audience with requires_consent lists only members who granted it; unsubscribed ones are flagged', async () => {
+  const consent = (granted) => ({ consent: { categoryPreferences: { marketing: granted } } });
+  await ok('identify', { userId: 'c-yes', traits: { segment: 'x' }, context: consent(true) });
+  await ok('identify', { userId: 'c-no', traits: { segment: 'x' }, context: consent(false) });
+  await ok('identify', { userId: 'c-none', traits: { segment: 'x' } });
+  await ok('identify', { userId: 'c-unsub', traits: { segment: 'x' }, context: consent(true) });
+  await ok('track', { userId: 'c-unsub', event: 'Unsubscribed' });
+  const m = await get('/v1/audiences/consented/members?fields=user_id,unsubscribed');
+  const got = Object.fromEntries(m.members.filter((x) => x.user_id.startsWith('c-')).map((x) => [x.user_id, x.unsubscribed]));
+  assert.deepEqual(got, { 'c-yes': false, 'c-unsub': true });
+  assert.equal((await counts()).consented, (await counts()).exported, 'membership itself does not need consent');
+});
+
+test('under load, a snapshot taken page by page plus the feed replayed from its first position is the membership', async () => {
+  const N = 120;
+  for (let i = 0; i < N; i++) await ok('identify', { userId: 'cv-' + i, traits: { segment: i % 2 ? 'x' : 'y' } });
+  let stop = false;
+  const load = (async () => { // flips persons in and out while the snapshot is read
+    for (let round = 0; !stop; round++) {
+      const batch = [];
+      for (let k = 0; k < 20; k++) {
+        const i = (round * 37 + k * 11) % N;
+        batch.push({ type: 'identify', userId: 'cv-' + i, traits: { segment: (round + k) % 3 ? 'x' : 'y' } });
+      }
+      const r = await post(srv, '/v1/batch', { batch });
+      assert.equal(r.status, 200);
+    }
+  })();
+  const snapshot = new Set();
+  let first = null;
+  let after = '';
+  let pages = 0;
+  for (;;) {
+    const page = await get(`/v1/audiences/exported/members?limit=7&fields=id${after}`);
+    if (first === null) first = page.position;
+    for (const m of page.members) snapshot.add(m.id);
+    pages++;
+    if (!page.next) break;
+    after = '&after=' + page.next;
+    await sleep(5);
+  }
+  stop = true;
+  await load;
+  assert.ok(pages > 5);
+  // the feed after the first page's position, this audience only
+  let pos = first;
+  let replayed = 0;
+  for (;;) {
+    const { triggers, next } = await get(`/v1/triggers?after=${pos}&limit=1000&rule=exported`);
+    if (triggers.length === 0) break;
+    for (const t of triggers) {
+      replayed++;
+      if (t.type === 'audience_entered') snapshot.add(t.profile.id);
+      else if (t.type === 'audience_exited') snapshot.delete(t.profile.id);
+    }
+    pos = next;
+  }
+  assert.ok(replayed > 0, 'membership moved while the snapshot was read');
+  const live = new Set();
+  for (let a = ''; ;) {
+    const page = await get(`/v1/audiences/exported/members?limit=10000&fields=id${a}`);
+    for (const m of page.members) live.add(m.id);
+    if (!page.next) break;
+    a = '&after=' + page.next;
+  }
+  assert.ok(live.size > 10);
+  assert.deepEqual([...snapshot].sort(), [...live].sort());
 });
 
 test('check-config: names unique with trigger rules, known audiences, no cycle', () => {
