@@ -341,6 +341,7 @@ void fld_gstate_init(fld_gstate_t *s, const fld_gfield_t *g)
 #define GM_LAST 32u
 #define GM_TOLD 64u
 #define USES_SUM(t) ((t) == FG_SUM || (t) == FG_AVG || (t) == FG_SCORE)
+#define BUCKET_ID_MAX ((int64_t)1 << 36)
 
 static int put_uv(sl_buf_t *b, uint64_t v)
 {
@@ -498,13 +499,18 @@ int fld_gstate_decode(const MDB_val *v, fld_gstate_t *s)
     if (marks & GM_BUCKETS) {
         uint64_t nb = take_uv(&r);
         int64_t first_id = take_sv(&r);
-        if (nb == 0 || nb > FLD_MAX_BUCKETS) r.bad = 1;
+        /* bucket ids are days, hours, minutes or seconds since 1970: within
+         * 2^36 (a day's start, id * 86400000, stays within int64); sorted,
+         * each once (the encoder writes them so) */
+        if (nb == 0 || nb > FLD_MAX_BUCKETS || first_id > BUCKET_ID_MAX || first_id < -BUCKET_ID_MAX) r.bad = 1;
         f->n_buckets = r.bad ? 0 : (uint32_t)nb;
+        uint64_t prev = 0;
         for (size_t i = 0; i < f->n_buckets && !r.bad; i++) {
             fld_bucket_t *k = &s->buckets[i];
             uint64_t off = take_uv(&r);
-            if (off > (uint64_t)INT64_MAX / 2) r.bad = 1;
-            k->id = first_id + (int64_t)off;
+            if (off > UINT32_MAX || (i == 0 ? off != 0 : off <= prev)) r.bad = 1;
+            prev = off;
+            k->id = first_id + (int64_t)(r.bad ? 0 : off);
             k->count = take_uv(&r);
             k->sum = 0, k->min = INFINITY, k->max = -INFINITY;
             if (USES_SUM(t)) k->sum = take_num(&r);

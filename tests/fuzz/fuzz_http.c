@@ -137,6 +137,8 @@ static void read_back(void)
     if (cJSON_IsNumber(next) && next->valuedouble > (double)feed_read) feed_read = (uint64_t)next->valuedouble;
     cJSON_Delete(doc);
     admin_get("/v1/profiles?limit=5", &out);
+    admin_get("/v1/audiences", &out);
+    admin_get("/v1/audiences/a-pro/members?limit=3", &out);
     sl_buf_free(&out);
 }
 
@@ -168,7 +170,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
              "\"where\":{\"field\":\"properties.items[].n\",\"gte\":1},\"unless\":{\"event\":\"Email Opened\","
              "\"match\":\"properties.id\",\"where\":{\"not\":{\"field\":\"properties.bot\",\"eq\":true}}},"
              "\"if\":{\"any\":[{\"field\":\"profile.traits.phone\",\"exists\":true},{\"field\":\"profile.identified\",\"eq\":true}]}},"
-             "{\"name\":\"i\",\"type\":\"inactivity\",\"after\":\"2s\",\"event\":\"Order Completed\"}],\"pressure\":{\"max_per_profile_per_day\":5}}",
+             "{\"name\":\"i\",\"type\":\"inactivity\",\"after\":\"2s\",\"event\":\"Order Completed\"}],\"pressure\":{\"max_per_profile_per_day\":5},"
+             /* audiences the public key's events move: traits, computed (a timer's too), consent, one reading another */
+             "\"audiences\":[{\"name\":\"a-v\",\"where\":{\"field\":\"profile.computed.v\",\"gte\":1},\"include_anonymous\":true},"
+             "{\"name\":\"a-pro\",\"where\":{\"any\":[{\"field\":\"profile.traits.plan\",\"eq\":\"pro\"},"
+             "{\"field\":\"profile.consent.marketing\",\"eq\":true}]},\"requires_consent\":\"marketing\"},"
+             "{\"name\":\"a-both\",\"where\":{\"all\":[{\"field\":\"profile.audiences\",\"contains\":\"a-v\"},"
+             "{\"field\":\"profile.audiences\",\"contains\":\"a-pro\"},{\"field\":\"profile.last_seen\",\"after\":\"1d\"}]}}]}",
              dir);
     char err[256];
     if (sl_config_parse(&cfg, json, strlen(json), err, sizeof(err))) abort();
@@ -185,12 +193,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     sl_feed_t *feed = sl_feed_new(cfg.trigger_retention_ms);
     sl_fields_t *fields = stitch ? sl_fields_new(&cfg, stitch) : NULL;
     sl_trig_t *trig = feed && fields ? sl_trig_new(&cfg, stitch, fields, feed) : NULL;
-    if (stage == NULL || stitch == NULL || trig == NULL || sl_stage_add_step(stage, sl_stitch_step(stitch)) ||
-        sl_fields_attach(fields, stage) || sl_feed_attach(feed, stage) || sl_trig_attach(trig, stage) || sl_stage_open(stage) ||
-        sl_store_start(store, &loop))
+    sl_aud_t *aud = feed && fields ? sl_aud_new(&cfg, stitch, fields, feed) : NULL;
+    if (stage == NULL || stitch == NULL || trig == NULL || aud == NULL || sl_stage_add_step(stage, sl_stitch_step(stitch)) ||
+        sl_fields_attach(fields, stage) || sl_feed_attach(feed, stage) || sl_trig_attach(trig, stage) ||
+        sl_aud_attach(aud, stage) || sl_stage_open(stage) || sl_store_start(store, &loop))
         abort();
     if (sl_http_server_start(&srv, &loop, &cfg, store) ||
-        (sl_http_server_set_fields(srv, fields), sl_http_server_set_stage(srv, stage, stitch, trig, feed)) ||
+        (sl_http_server_set_fields(srv, fields), sl_http_server_set_audiences(srv, aud),
+         sl_http_server_set_stage(srv, stage, stitch, trig, feed)) ||
         sl_stage_start(stage, &loop))
         abort();
     return 0;

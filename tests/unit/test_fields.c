@@ -581,3 +581,34 @@ TEST(fields_gstate_codec_compact)
     CHECK_INT(b.len, <=, 6);
     sl_buf_free(&b);
 }
+
+/* Damaged bucket lists are refused: unsorted or repeated ids (the encoder
+ * never writes them; accepted, the state re-encoded from them would not
+ * decode), and ids far past any clock (a day's start would overflow). */
+TEST(fields_gstate_buckets_bounded)
+{
+    static fld_gstate_t s, back;
+    fld_gfield_t g = {.type = FG_COUNT, .window_ms = 30 * 86400000LL};
+    fld_gstate_init(&s, &g);
+    s.f.n_buckets = 2;
+    s.buckets[0] = (fld_bucket_t){10, 1, 0, INFINITY, -INFINITY};
+    s.buckets[1] = (fld_bucket_t){12, 1, 0, INFINITY, -INFINITY};
+    sl_buf_t b = {0};
+    REQUIRE(fld_gstate_encode(&s, &b) == 0);
+    REQUIRE(b.len == 9); /* type, flags, marks, 2, id 10, 0, 1, 2, 1 */
+    MDB_val v = {b.len, b.data};
+    CHECK_INT(fld_gstate_decode(&v, &back), ==, 0);
+    CHECK_INT(back.buckets[1].id, ==, 12);
+    b.data[7] = 0; /* the second bucket's offset: the first's again */
+    CHECK_INT(fld_gstate_decode(&v, &back), ==, MDB_CORRUPTED);
+    b.data[7] = 2, b.data[5] = 1; /* the first bucket's offset must be 0 */
+    CHECK_INT(fld_gstate_decode(&v, &back), ==, MDB_CORRUPTED);
+    /* a first id of 2^62: type, flags, marks, 1 bucket, the id's zigzag varint, offset 0, count 1 */
+    unsigned char far[16] = {(unsigned char)FG_COUNT, 0, 4, 1};
+    size_t n = 4;
+    for (uint64_t z = (uint64_t)1 << 63; z; z >>= 7) far[n++] = (unsigned char)((z & 0x7f) | (z >> 7 ? 0x80 : 0));
+    far[n++] = 0, far[n++] = 1;
+    MDB_val fv = {n, far};
+    CHECK_INT(fld_gstate_decode(&fv, &back), ==, MDB_CORRUPTED);
+    sl_buf_free(&b);
+}

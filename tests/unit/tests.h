@@ -23,7 +23,7 @@
     X(trigger_cart_record_corrupt) X(trigger_page_record) X(trigger_inactivity_record) \
     X(fields_sum_property) X(fields_rfm_scores_and_segments) X(fields_config_errors) X(fields_local_days_across_dst) \
     X(fields_generic_windows_and_merges) X(fields_records_corrupted) X(fields_flatten_prospect_after_segment) \
-    X(fields_gstate_records_corrupted) X(fields_gstate_codec_compact)
+    X(fields_gstate_records_corrupted) X(fields_gstate_codec_compact) X(fields_gstate_buckets_bounded)
 
 #define SL_DECLARE(n) TEST(n);
 SL_TESTS(SL_DECLARE)
