@@ -381,32 +381,44 @@ void http_handle_profiles(conn_t *c, const char *rest)
 /* GET /v1/computed, GET /v1/computed/{field}/distribution: the fields the
  * configuration computes, and one's distribution over every person (a
  * scan, on the threadpool like every admin read). */
+/* The start of an admin GET read on the threadpool: the admin token
+ * (401 saying the routes' name), the component that answers (404 saying
+ * absent when it is not there: an edge node), GET only; a zeroed request
+ * (NULL after answering). */
+static read_req_t *admin_read_begin(conn_t *c, const char *routes, int here, const char *absent)
+{
+    req_t *r = c->req;
+    int ok = http_admin_gate(c);
+    if (ok < 0) return NULL;
+    if (!ok) {
+        char body[160];
+        int n = snprintf(body, sizeof(body),
+                         "{\"success\":false,\"error\":\"%s routes need Authorization: Bearer <admin_token>\"}", routes);
+        http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer\r\n", body, (size_t)n);
+        return NULL;
+    }
+    if (!here || c->srv->stage == NULL) {
+        http_respond_error(c, 404, absent);
+        return NULL;
+    }
+    if (r->method != HTTP_GET) {
+        http_respond_error(c, 405, "use GET");
+        return NULL;
+    }
+    read_req_t *q = sl_arena_alloc(&r->arena, sizeof(*q));
+    if (q == NULL) http_respond_error(c, 503, "out of memory");
+    else *q = (read_req_t){.stage = c->srv->stage, .stitch = c->srv->stitch};
+    return q;
+}
+
 void http_handle_computed(conn_t *c, const char *rest)
 {
     sl_server_t *srv = c->srv;
     req_t *r = c->req;
-    int ok = http_admin_gate(c);
-    if (ok < 0) return;
-    if (!ok) {
-        static const char body[] =
-            "{\"success\":false,\"error\":\"computed routes need Authorization: Bearer <admin_token>\"}";
-        http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);
-        return;
-    }
-    if (srv->fields == NULL || srv->stage == NULL) {
-        http_respond_error(c, 404, "this node computes no fields (role edge: ask the core)");
-        return;
-    }
-    if (r->method != HTTP_GET) {
-        http_respond_error(c, 405, "use GET");
-        return;
-    }
-    read_req_t *q = sl_arena_alloc(&r->arena, sizeof(*q));
-    if (q == NULL) {
-        http_respond_error(c, 503, "out of memory");
-        return;
-    }
-    *q = (read_req_t){.stage = srv->stage, .stitch = srv->stitch, .fields = srv->fields, .what = 6};
+    read_req_t *q = admin_read_begin(c, "computed", srv->fields != NULL, "this node computes no fields (role edge: ask the core)");
+    if (q == NULL) return;
+    q->fields = srv->fields;
+    q->what = 6;
     if (rest[0] == '/') {
         size_t n = strlen(rest + 1);
         const char *tail = n > 13 ? rest + 1 + n - 13 : NULL;
@@ -499,28 +511,10 @@ void http_handle_audiences(conn_t *c, const char *rest)
 {
     sl_server_t *srv = c->srv;
     req_t *r = c->req;
-    int ok = http_admin_gate(c);
-    if (ok < 0) return;
-    if (!ok) {
-        static const char body[] =
-            "{\"success\":false,\"error\":\"audience routes need Authorization: Bearer <admin_token>\"}";
-        http_respond(c, 401, "application/json", "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);
-        return;
-    }
-    if (srv->aud == NULL || srv->stage == NULL) {
-        http_respond_error(c, 404, "this node keeps no audiences (role edge: ask the core)");
-        return;
-    }
-    if (r->method != HTTP_GET) {
-        http_respond_error(c, 405, "use GET");
-        return;
-    }
-    read_req_t *q = sl_arena_alloc(&r->arena, sizeof(*q));
-    if (q == NULL) {
-        http_respond_error(c, 503, "out of memory");
-        return;
-    }
-    *q = (read_req_t){.stage = srv->stage, .stitch = srv->stitch, .aud = srv->aud, .what = 8};
+    read_req_t *q = admin_read_begin(c, "audience", srv->aud != NULL, "this node keeps no audiences (role edge: ask the core)");
+    if (q == NULL) return;
+    q->aud = srv->aud;
+    q->what = 8;
     if (rest[0] != '\0' && audience_members_query(c, rest, q) < 0) return;
     r->read = q;
     http_after_stage(c, answer_read);

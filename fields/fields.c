@@ -308,15 +308,9 @@ static int grec_find(const MDB_val *rec, const fld_gfield_t *g, MDB_val *state)
 static int grec_entry(sl_buf_t *out, uint32_t def, const void *state, size_t n)
 {
     if (n >= 1u << 21) return SL_ETOOBIG; /* bounded far below it: FLD_MAX_BUCKETS, FLD_MAX_VALUES */
-    unsigned char h[7];
-    size_t k = 4, left = n;
+    unsigned char h[14];
     memcpy(h, &def, 4);
-    do {
-        h[k] = (unsigned char)(left & 0x7f);
-        left >>= 7;
-        if (left) h[k] |= 0x80;
-        k++;
-    } while (left);
+    size_t k = 4 + fld_varint(h + 4, n);
     return sl_buf_append(out, h, k) || sl_buf_append(out, state, n) ? SL_ENOMEM : 0;
 }
 

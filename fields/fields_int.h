@@ -101,6 +101,8 @@ int64_t fld_local_day(int64_t ms);
 int64_t fld_local_day_start(int64_t day);
 void fld_gstate_init(fld_gstate_t *s, const fld_gfield_t *g);
 int fld_gstate_encode(const fld_gstate_t *s, sl_buf_t *b);
+/* v as a LEB128 varint into out: its length (1 to 10) */
+size_t fld_varint(unsigned char out[10], uint64_t v);
 int fld_gstate_decode(const MDB_val *v, fld_gstate_t *s);
 /* 1 when the event (its kind: a track's name or the call's type) is one g
  * reads; *points: a score's points for it */

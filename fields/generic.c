@@ -343,20 +343,25 @@ void fld_gstate_init(fld_gstate_t *s, const fld_gfield_t *g)
 #define USES_SUM(t) ((t) == FG_SUM || (t) == FG_AVG || (t) == FG_SCORE)
 #define BUCKET_ID_MAX ((int64_t)1 << 36)
 
+size_t fld_varint(unsigned char out[10], uint64_t v)
+{
+    size_t n = 0;
+    do {
+        out[n] = (unsigned char)(v & 0x7f);
+        v >>= 7;
+        if (v) out[n] |= 0x80;
+        n++;
+    } while (v);
+    return n;
+}
+
 static int put_uv(sl_buf_t *b, uint64_t v)
 {
     unsigned char x[10];
-    size_t n = 0;
-    do {
-        x[n] = (unsigned char)(v & 0x7f);
-        v >>= 7;
-        if (v) x[n] |= 0x80;
-        n++;
-    } while (v);
-    return sl_buf_append(b, x, n);
+    return sl_buf_append(b, x, fld_varint(x, v));
 }
 
-static uint64_t zz(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static uint64_t zz(int64_t v) { return ((uint64_t)v << 1) ^ (v < 0 ? UINT64_MAX : 0); }
 static int64_t unzz(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
 
 static int put_sv(sl_buf_t *b, int64_t v) { return put_uv(b, zz(v)); }
