@@ -810,3 +810,119 @@ int sl_aud_members(sl_aud_t *a, MDB_txn *txn, const char *name, sl_aud_export_t 
     return out->data ? 0 : SL_ENOMEM;
 }
 
+
+/* ---- sillage verify ---- */
+
+typedef struct {
+    sl_aud_t *a;
+    MDB_txn *txn;
+    int64_t now;
+    FILE *out;
+    uint64_t *persons, *problems, notes;
+    uint64_t counted[SL_AUD_MAX];
+    int rc;
+} verify_t;
+
+static int verify_person(uint64_t person, const MDB_val *v, void *arg)
+{
+    verify_t *q = arg;
+    sl_aud_t *a = q->a;
+    const aud_conf_t *c = conf(a);
+    uint32_t ids[SL_AUD_MAX];
+    size_t n;
+    int evaluated, rc = att_read(v, ids, &n, &evaluated);
+    ++*q->persons;
+    if (rc) {
+        fprintf(q->out, "audiences: p_%llu's memberships are unreadable\n", (unsigned long long)person);
+        ++*q->problems;
+        return 0;
+    }
+    if (!evaluated) return 0; /* never evaluated since audiences were configured: its next event does it */
+    view_t vw = {a, q->txn, person, 0};
+    a->view_built = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        const aud_def_t *d = &c->v[i];
+        int in = 0;
+        for (size_t k = 0; k < n; k++) in |= ids[k] == d->id;
+        unsigned char key[12];
+        member_key(key, d->id, person);
+        MDB_val k = {12, key}, ev;
+        int listed = (rc = mdb_get(q->txn, a->members, &k, &ev)) == 0;
+        if (rc && rc != MDB_NOTFOUND) return rc;
+        if (in != listed) {
+            fprintf(q->out, "audiences: p_%llu is %s %s by its record but %s in the members index\n",
+                    (unsigned long long)person, in ? "in" : "not in", d->name, listed ? "listed" : "not listed");
+            ++*q->problems;
+        }
+        sl_rules_ctx_t ctx = {.now_ms = q->now, .profile = person_view, .profile_arg = &vw};
+        int pass = sl_rules_eval(d->where, &ctx);
+        if (pass && !d->include_anonymous) pass = view_identified(&vw);
+        if (vw.rc) return vw.rc;
+        if (pass == in) continue;
+        int by_time = (d->reads & (R_SEEN | R_COMPUTED)) != 0;
+        fprintf(q->out, "audiences: p_%llu is %s %s, its condition now says %s%s\n", (unsigned long long)person,
+                in ? "in" : "not in", d->name, pass ? "in" : "out",
+                by_time ? " (it reads times or computed fields: time alone may have moved it, a note)" : "");
+        if (by_time) q->notes++;
+        else ++*q->problems;
+    }
+    return 0;
+}
+
+int sl_aud_verify(sl_aud_t *a, MDB_txn *txn, int64_t now, FILE *out, uint64_t *persons, uint64_t *problems)
+{
+    const aud_conf_t *c = conf(a);
+    if (c->n == 0 || !atomic_load(&a->have_dbs)) return 0;
+    verify_t q = {.a = a, .txn = txn, .now = now, .out = out, .persons = persons, .problems = problems};
+    int rc = sl_stitch_attach_each(a->stitch, txn, SL_ATTACH_AUDIENCES, verify_person, &q);
+    if (rc) return rc;
+    /* the index the other way, and the counts */
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(txn, a->members, &cur))) return rc;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 12) {
+            fprintf(out, "audiences: a members entry of %zu bytes\n", k.mv_size);
+            ++*problems;
+            continue;
+        }
+        const unsigned char *p = k.mv_data;
+        uint32_t id = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+        uint64_t person = sl_be64_get(p + 4);
+        size_t i = 0;
+        while (i < c->n && c->v[i].id != id) i++;
+        if (i == c->n) continue; /* an audience no longer configured (docs/AUDIENCES.md, "Not yet") */
+        q.counted[i]++;
+        MDB_val att;
+        uint32_t ids[SL_AUD_MAX];
+        size_t n = 0;
+        int evaluated, in = 0, r = sl_stitch_attach_get(a->stitch, txn, person, SL_ATTACH_AUDIENCES, &att);
+        if (r == 0 && att_read(&att, ids, &n, &evaluated) == 0)
+            for (size_t j = 0; j < n; j++) in |= ids[j] == id;
+        else if (r && r != SL_ENOTFOUND) {
+            rc = r;
+            break;
+        }
+        if (!in) {
+            fprintf(out, "audiences: p_%llu is listed in %s but %s\n", (unsigned long long)person, c->v[i].name,
+                    r == SL_ENOTFOUND ? "no such person exists" : "its record says it is not in it");
+            ++*problems;
+        }
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) return rc;
+    for (size_t i = 0; i < c->n; i++) {
+        MDB_val ck = {4, (void *)&c->v[i].id}, cv;
+        uint64_t kept = 0;
+        if ((rc = mdb_get(txn, a->meta, &ck, &cv)) == 0 && cv.mv_size == 8) memcpy(&kept, cv.mv_data, 8);
+        else if (rc && rc != MDB_NOTFOUND) return rc;
+        if (kept != q.counted[i]) {
+            fprintf(out, "audiences: %s counts %llu members, its index lists %llu\n", c->v[i].name,
+                    (unsigned long long)kept, (unsigned long long)q.counted[i]);
+            ++*problems;
+        }
+    }
+    if (q.notes) fprintf(out, "audiences: %llu memberships may have moved with time alone (notes above)\n",
+                         (unsigned long long)q.notes);
+    return 0;
+}

@@ -45,6 +45,7 @@
 #define SL_AUDIENCES_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include <lmdb.h>
 
@@ -111,6 +112,14 @@ typedef struct sl_aud_export_s {
  * An audience with requires_consent lists only members who granted it.
  * 0, SL_ENOTFOUND (no such audience) or an LMDB error. Any thread. */
 int sl_aud_members(sl_aud_t *a, MDB_txn *txn, const char *name, sl_aud_export_t *x, sl_buf_t *out);
+/* sillage verify: every person's memberships against the members index
+ * both ways, each audience's count against its entries, and each member's
+ * audiences evaluated again at now. An audience that reads
+ * profile.first_seen / last_seen or a computed field can differ by time
+ * alone (a timer due and not run yet, a condition moving on the next
+ * event): such a difference is printed as a note, not counted. Problems are
+ * printed to out and counted; *persons counts the persons looked at. */
+int sl_aud_verify(sl_aud_t *a, MDB_txn *txn, int64_t now, FILE *out, uint64_t *persons, uint64_t *problems);
 /* 1 when cfg's audiences hold name */
 int sl_aud_has(sl_aud_t *a, const char *name);
 

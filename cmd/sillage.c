@@ -775,6 +775,9 @@ static int verify_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     } else if (rc == 0) {
         printf("generic computed fields not recomputed: retention prunes events they counted\n");
     }
+    uint64_t apersons = 0;
+    if (rc == 0) rc = sl_aud_verify(q->d->aud, txn, sl_now_ms(), stdout, &apersons, &q->rep.problems);
+    if (rc == 0 && apersons) printf("%llu persons' audiences evaluated again\n", (unsigned long long)apersons);
     return rc;
 }
 

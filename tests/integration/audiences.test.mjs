@@ -273,3 +273,33 @@ test('check-config: names unique with trigger rules, known audiences, no cycle',
     assert.match(r.stderr, re);
   }
 });
+
+test('verify checks memberships, the members index and the counts; rebuild recomputes them and appends nothing', async () => {
+  const { execFileSync } = await import('node:child_process');
+  const fnv = (s) => { let h = 2166136261; for (const b of Buffer.from(s)) h = Math.imul(h ^ b, 16777619) >>> 0; return h; };
+  const feedBefore = await last();
+  await srv.stop();
+  let v = run(['verify', '-c', srv.cfgPath]);
+  assert.equal(v.code, 0, v.stdout + v.stderr);
+  assert.match(v.stdout, /^[1-9]\d* persons' audiences evaluated again$/m);
+  assert.doesNotMatch(v.stdout, /audiences: .* is (listed|in|not in)/);
+  // damage: a member no person stands behind, in the index only
+  const derived = join(srv.dataDir, 'derived');
+  const dump = execFileSync('mdb_dump', ['-s', 'amembers', derived], { encoding: 'latin1' });
+  const key = fnv('exported').toString(16).padStart(8, '0') + '000000000001869f'; // person 99999
+  const bogus = ' ' + key + '\n ' + '00'.repeat(8) + '\n';
+  const dir = tempDir();
+  writeFileSync(join(dir, 'amembers.dump'), dump.replace('DATA=END', bogus + 'DATA=END'), 'latin1');
+  execFileSync('mdb_load', ['-s', 'amembers', '-f', join(dir, 'amembers.dump'), derived], { stdio: 'ignore' });
+  v = run(['verify', '-c', srv.cfgPath]);
+  assert.equal(v.code, 1, v.stdout);
+  assert.match(v.stdout, /audiences: p_99999 is listed in exported but no such person exists/);
+  assert.match(v.stdout, /audiences: exported counts \d+ members, its index lists \d+/);
+  const rb = run(['rebuild', '-c', srv.cfgPath]);
+  assert.equal(rb.code, 0, rb.stderr);
+  v = run(['verify', '-c', srv.cfgPath]);
+  assert.equal(v.code, 0, v.stdout + v.stderr);
+  srv = await startServer({ dir: srv.dir, config });
+  assert.equal(await last(), feedBefore, 'the rebuild appended nothing');
+  assert.ok((await counts()).exported > 0, 'membership came back from the log');
+});
