@@ -142,7 +142,7 @@ static int parse_one(sl_cfg_ctx_t *x, const cJSON *j, size_t idx, aud_def_t *d, 
     if (!cJSON_IsObject(j)) return sl_cfg_error(x, "%s must be an object", path);
     int rc = sl_cfg_check_keys(x, j, path, keys);
     if (rc == 0) rc = sl_cfg_str(x, j, "name", path, &d->name, 1);
-    if (rc) return rc;
+    if (rc || d->name == NULL) return rc ? rc : SL_EINVAL; /* (required: set when 0) */
     size_t nl = strlen(d->name);
     int bad = nl > SL_AUD_NAME_MAX;
     for (size_t i = 0; i < nl && !bad; i++) bad = (unsigned char)d->name[i] < 0x20 || d->name[i] == ',';
@@ -203,7 +203,7 @@ static int conf_parse(const sl_cfg_json_t *json, const sl_config_t *cfg, void **
         return SL_ENOMEM;
     }
     int rc = 0; /* (*out is set at the end: until then sl_config_defined() must not see these names) */
-    for (const cJSON *j = json->child; j && rc == 0; j = j->next) {
+    for (const cJSON *j = json->child; j && rc == 0 && c->n < n; j = j->next) {
         size_t i = c->n++;
         rc = parse_one(&x, j, i, &c->v[i], cfg);
         for (size_t k = 0; k < i && rc == 0; k++) {
@@ -784,10 +784,8 @@ int sl_aud_members(sl_aud_t *a, MDB_txn *txn, const char *name, sl_aud_export_t 
                 if (!ok && strcmp(why, "unsubscribed") != 0) continue; /* not granted: not listed */
             }
             sl_arena_reset(&arena);
-            if ((rc = export_one(a, txn, x, person, entered, unsub, &slim, &arena, out)) == SL_ENOTFOUND) {
-                rc = 0; /* (gone since: not listed) */
-                continue;
-            }
+            if ((rc = export_one(a, txn, x, person, entered, unsub, &slim, &arena, out)) == SL_ENOTFOUND)
+                continue; /* gone since: not listed (rc is the cursor's again) */
             if (rc) break;
             x->n++;
         }

@@ -192,8 +192,7 @@ int sl_fields_verify(sl_fields_t *f, MDB_txn *txn, FILE *out, uint64_t *orders, 
             fprintf(out, "orders of p_%llu: an entry without its ledger record, or a damaged record\n",
                     (unsigned long long)person);
             ++*problems;
-            rc = 0;
-            continue;
+            continue; /* (rc is the cursor's again) */
         }
         if (rc) break;
         *orders += c.n;
