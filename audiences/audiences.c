@@ -32,6 +32,7 @@ typedef struct {
     char **ref_names;            /* the audiences it reads, by name (parse), ... */
     size_t n_refs;
     uint64_t refs;               /* ... and as a mask of indexes */
+    uint32_t defhash;            /* FNV-1a of what decides membership (the printed where, include_anonymous) */
 } aud_def_t;
 
 typedef struct {
@@ -45,9 +46,22 @@ struct sl_aud_s {
     sl_stitch_t *stitch;
     sl_fields_t *fields;
     sl_feed_t *feed;
-    MDB_dbi members, meta;
+    MDB_dbi members, meta, defs;
     _Atomic int have_dbs;
     int muted;
+    /* building (stage thread): the audiences new or changed since the store
+     * last saw them (and those reading them), walked over every person from
+     * build_next on; the audiences the store holds and the config does not,
+     * whose members go */
+    uint64_t building, build_next;
+    struct {
+        uint32_t id;
+        char name[SL_AUD_NAME_MAX + 1];
+    } deleted[SL_AUD_MAX];
+    size_t n_deleted;
+    uint64_t c_building, c_build_next; /* as the last commit left them (an aborted transaction goes back) */
+    size_t c_n_deleted;
+    _Atomic uint64_t building_pub, build_next_pub; /* for readers: committed */
     sl_stage_step_t step;
     sl_ident_listener_t ilis;
     sl_fields_listener_t flis;
@@ -161,7 +175,14 @@ static int parse_one(sl_cfg_ctx_t *x, const cJSON *j, size_t idx, aud_def_t *d, 
     if ((rc = sl_cfg_bool(x, j, "include_anonymous", path, &d->include_anonymous)) ||
         (rc = sl_cfg_str(x, j, "requires_consent", path, &d->requires_consent, 0)))
         return rc;
-    return sl_rules_each_leaf(d->where, note_leaf, d);
+    sl_buf_t pr = {0};
+    if ((rc = sl_rules_print(d->where, &pr)) == 0 && sl_buf_appends(&pr, d->include_anonymous ? "+anon" : "")) rc = SL_ENOMEM;
+    if (rc == 0) {
+        sl_buf_append(&pr, "", 1);
+        d->defhash = pr.data ? aud_id(pr.data) : 0;
+    }
+    sl_buf_free(&pr);
+    return rc ? rc : sl_rules_each_leaf(d->where, note_leaf, d);
 }
 
 /* Depth-first: the order (each after those it reads); a cycle is an error naming it. */
@@ -323,9 +344,12 @@ static int count_add(sl_aud_t *a, MDB_txn *txn, uint32_t id, int delta, uint64_t
 /* person enters (in 1) or leaves d: its members entry and count, then the
  * feed's entry (the slim profile; only the id when no_profile or the person
  * is gone). */
+enum { T_NO_PROFILE = 1, T_QUIET = 2 };
+
 static int transition(sl_aud_t *a, MDB_txn *txn, const aud_def_t *d, uint64_t person, int in, const char *reason,
-                      const char *cause, int no_profile, int64_t now)
+                      const char *cause, int flags, int64_t now)
 {
+    int no_profile = flags & T_NO_PROFILE;
     unsigned char key[12];
     member_key(key, d->id, person);
     MDB_val k = {12, key}, v = {8, &now};
@@ -333,7 +357,7 @@ static int transition(sl_aud_t *a, MDB_txn *txn, const aud_def_t *d, uint64_t pe
     if (rc == MDB_NOTFOUND) rc = 0;
     uint64_t members = 0;
     if (rc || (rc = count_add(a, txn, d->id, in ? 1 : -1, &members))) return rc;
-    if (a->muted) return 0; /* a rebuild: the feed carried over holds the entries */
+    if (a->muted || (flags & T_QUIET)) return 0; /* a rebuild (the feed carried over holds the entries); a build */
     sl_buf_t *p = &a->prof, *b = &a->data;
     p->len = b->len = 0;
     rc = no_profile ? SL_ENOTFOUND : sl_stitch_person_slim(a->stitch, txn, person, p, NULL);
@@ -386,9 +410,11 @@ static int view_identified(view_t *v)
 /* Evaluates person's audiences -- every one when all (or when the person
  * was never evaluated), else those in need (a mask of indexes) and those
  * reading an audience that moved -- in order, moving the person in and out
- * with reason. */
+ * with reason. An audience being built is left to the walk for a person it
+ * has not reached, and moves quietly for one it has; walking: the walk's
+ * own visit, the audiences being built only, quietly. */
 static int evaluate(sl_aud_t *a, MDB_txn *txn, uint64_t person, uint64_t need, int all, const char *reason,
-                    const char *cause, int64_t now)
+                    const char *cause, int64_t now, int walking)
 {
     const aud_conf_t *c = conf(a);
     if (c->n == 0) return 0;
@@ -396,8 +422,11 @@ static int evaluate(sl_aud_t *a, MDB_txn *txn, uint64_t person, uint64_t need, i
     int evaluated, rc = sl_stitch_attach_step_get(a->stitch, txn, person, SL_ATTACH_AUDIENCES, &v);
     if (rc == SL_ENOTFOUND) return 0; /* no such person (erased) */
     if (rc || (rc = att_read(&v, a->cur, &a->n_cur, &evaluated))) return rc;
-    if (!evaluated) all = 1;
-    if (!all && need == 0) return 0;
+    uint64_t skip = 0, quiet = a->building;
+    if (walking) all = 0, need = a->building;
+    else if (person >= a->build_next) skip = a->building, quiet = 0;
+    if (!evaluated && !walking) all = 1;
+    if (!all && (need & ~skip) == 0) return evaluated ? 0 : att_write(a, txn, person);
     view_t vw = {a, txn, person, 0};
     a->view_built = 0;
     uint64_t moved = 0;
@@ -405,6 +434,7 @@ static int evaluate(sl_aud_t *a, MDB_txn *txn, uint64_t person, uint64_t need, i
     for (size_t o = 0; o < c->n && rc == 0; o++) {
         size_t i = c->order[o];
         const aud_def_t *d = &c->v[i];
+        if (skip >> i & 1) continue;
         if (!all && !(need >> i & 1) && !(d->refs & moved)) continue;
         sl_rules_ctx_t ctx = {.now_ms = now, .profile = person_view, .profile_arg = &vw};
         int pass = sl_rules_eval(d->where, &ctx);
@@ -414,7 +444,9 @@ static int evaluate(sl_aud_t *a, MDB_txn *txn, uint64_t person, uint64_t need, i
         cur_set(a, d->id, pass);
         moved |= 1ULL << i;
         /* written at once: an audience reading this one sees it in the view */
-        if ((rc = att_write(a, txn, person)) || (rc = transition(a, txn, d, person, pass, reason, cause, 0, now)))
+        if ((rc = att_write(a, txn, person)) ||
+            (rc = transition(a, txn, d, person, pass, walking ? "definition" : reason, cause,
+                             quiet >> i & 1 ? T_QUIET : 0, now)))
             return rc;
         wrote = 1;
         a->view_built = 0;
@@ -460,6 +492,177 @@ static uint64_t need_reading(const aud_conf_t *c, unsigned reads)
 
 /* ---- the step ---- */
 
+/* ---- building: an audience new or changed walks every person ----
+ * adefs: u32 audience id -> u32 definition hash, u32 building, u64 the walk's
+ * next person, then the name (so that a deleted one can be announced). */
+
+#define BUILD_CHUNK 2000
+
+typedef struct {
+    uint32_t defhash, building;
+    uint64_t next;
+} def_rec_t;
+
+static int def_put(sl_aud_t *a, MDB_txn *txn, uint32_t id, const def_rec_t *r, const char *name)
+{
+    sl_buf_t *b = &a->att;
+    b->len = 0;
+    if (sl_buf_append(b, r, sizeof(*r)) || sl_buf_appends(b, name)) return SL_ENOMEM;
+    MDB_val k = {4, &id}, v = {b->len, b->data};
+    return mdb_put(txn, a->defs, &k, &v, 0);
+}
+
+
+/* What the store holds against c: which audiences to build, which to
+ * delete. Stage thread, in a transaction (the step's open, a reload). */
+static int plan(sl_aud_t *a, MDB_txn *txn, const aud_conf_t *c, int read_only)
+{
+    uint64_t building = 0, fresh = 0, next = UINT64_MAX;
+    int rc = 0;
+    for (size_t i = 0; i < c->n && rc == 0; i++) {
+        const aud_def_t *d = &c->v[i];
+        MDB_val k = {4, (void *)&d->id}, v;
+        def_rec_t r = {0};
+        if ((rc = mdb_get(txn, a->defs, &k, &v)) == 0 && v.mv_size >= sizeof(r)) memcpy(&r, v.mv_data, sizeof(r));
+        else if (rc && rc != MDB_NOTFOUND) break;
+        rc = 0;
+        if (v.mv_size < sizeof(r) || r.defhash != d->defhash) fresh |= 1ULL << i; /* new or changed: from the start */
+        else if (r.building) building |= 1ULL << i, next = r.next < next ? r.next : next;
+    }
+    if (rc) return rc;
+    /* an audience reading one being built is built again with it */
+    for (size_t o = 0; o < c->n; o++) {
+        size_t i = c->order[o];
+        if (c->v[i].refs & (building | fresh)) fresh |= 1ULL << i;
+    }
+    if (fresh) next = 1; /* one walk for all of them */
+    a->building = building | fresh;
+    a->build_next = a->building ? next : 0;
+    for (size_t i = 0; i < c->n && rc == 0 && !read_only; i++) {
+        def_rec_t r = {c->v[i].defhash, (uint32_t)(a->building >> i & 1), a->build_next};
+        rc = def_put(a, txn, c->v[i].id, &r, c->v[i].name);
+    }
+    /* held and no longer configured: deleted */
+    a->n_deleted = 0;
+    MDB_cursor *cur;
+    if (rc == 0 && (rc = mdb_cursor_open(txn, a->defs, &cur)) == 0) {
+        MDB_val k, v;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && a->n_deleted < SL_AUD_MAX;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            uint32_t id;
+            if (k.mv_size != 4 || v.mv_size < sizeof(def_rec_t)) continue;
+            memcpy(&id, k.mv_data, 4);
+            size_t i = 0;
+            while (i < c->n && c->v[i].id != id) i++;
+            if (i < c->n) continue;
+            size_t nl = v.mv_size - sizeof(def_rec_t);
+            if (nl > SL_AUD_NAME_MAX) nl = SL_AUD_NAME_MAX;
+            a->deleted[a->n_deleted].id = id;
+            memcpy(a->deleted[a->n_deleted].name, (const char *)v.mv_data + sizeof(def_rec_t), nl);
+            a->deleted[a->n_deleted++].name[nl] = '\0';
+        }
+        mdb_cursor_close(cur);
+        if (rc == MDB_NOTFOUND) rc = 0;
+    }
+    return rc;
+}
+
+/* An announcement of a whole audience: built (reason definition) or deleted. */
+static int announce(sl_aud_t *a, MDB_txn *txn, const char *name, const char *type, uint64_t members, int64_t now)
+{
+    if (a->muted) return 0;
+    sl_buf_t *b = &a->data;
+    b->len = 0;
+    sl_buf_appends(b, "{\"audience\":");
+    sl_buf_append_json_str(b, name, strlen(name));
+    sl_buf_printf(b, ",\"reason\":\"definition\",\"members\":%llu}", (unsigned long long)members);
+    if (sl_buf_append(b, "", 1)) return SL_ENOMEM;
+    sl_feed_entry_t e = {.at_ms = now, .rule = name, .type = type, .profile = "null", .data = b->data};
+    return sl_feed_append(a->feed, txn, &e, NULL);
+}
+
+static uint64_t count_of(sl_aud_t *a, MDB_txn *txn, uint32_t id)
+{
+    MDB_val k = {4, &id}, v;
+    uint64_t n = 0;
+    if (mdb_get(txn, a->meta, &k, &v) == 0 && v.mv_size == 8) memcpy(&n, v.mv_data, 8);
+    return n;
+}
+
+static int64_t build_due(void *arg)
+{
+    sl_aud_t *a = arg;
+    return a->building || a->n_deleted ? sl_now_ms() : INT64_MAX;
+}
+
+/* A chunk: a deleted audience's members go, or the walk visits the next
+ * persons; at its end the audience is announced once. */
+static int build_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
+{
+    sl_aud_t *a = arg;
+    const aud_conf_t *c = conf(a);
+    int rc = 0;
+    *wrote = 1;
+    if (a->n_deleted) {
+        uint32_t id = a->deleted[a->n_deleted - 1].id;
+        unsigned char key[12];
+        member_key(key, id, 0);
+        MDB_cursor *cur;
+        if ((rc = mdb_cursor_open(txn, a->members, &cur))) return rc;
+        MDB_val k = {12, key}, v;
+        size_t n = 0;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && n < BUILD_CHUNK;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT), n++) {
+            if (k.mv_size != 12 || memcmp(k.mv_data, key, 4) != 0) break;
+            if ((rc = mdb_cursor_del(cur, 0))) break;
+        }
+        mdb_cursor_close(cur);
+        if (rc && rc != MDB_NOTFOUND) return rc;
+        if (n == BUILD_CHUNK) return 0; /* more next tick */
+        uint64_t had = count_of(a, txn, id);
+        MDB_val ik = {4, &id};
+        if ((rc = mdb_del(txn, a->meta, &ik, NULL)) && rc != MDB_NOTFOUND) return rc;
+        if ((rc = mdb_del(txn, a->defs, &ik, NULL)) && rc != MDB_NOTFOUND) return rc;
+        a->n_deleted--;
+        (void)had;
+        return announce(a, txn, a->deleted[a->n_deleted].name, "audience_deleted", 0, now);
+    }
+    if (!a->building) return 0;
+    uint64_t ids[BUILD_CHUNK];
+    size_t n;
+    if ((rc = sl_stitch_person_ids(a->stitch, txn, a->build_next, ids, BUILD_CHUNK, &n))) return rc;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        a->build_next = ids[i];
+        rc = evaluate(a, txn, ids[i], 0, 0, "definition", NULL, now, 1);
+    }
+    if (rc) return rc;
+    a->build_next = n ? ids[n - 1] + 1 : a->build_next;
+    int done = n < BUILD_CHUNK;
+    uint64_t built = a->building;
+    if (done) a->building = 0;
+    for (size_t i = 0; i < c->n && rc == 0; i++) {
+        if (!(built >> i & 1)) continue;
+        def_rec_t r = {c->v[i].defhash, !done, a->build_next};
+        if ((rc = def_put(a, txn, c->v[i].id, &r, c->v[i].name)) == 0 && done)
+            rc = announce(a, txn, c->v[i].name, "audience_built", count_of(a, txn, c->v[i].id), now);
+    }
+    return rc;
+}
+
+/* The walk's state follows the transactions: kept when one commits, taken
+ * back when one is aborted (it is redone). */
+static void on_after_txn(void *arg, int ok)
+{
+    sl_aud_t *a = arg;
+    if (ok) {
+        a->c_building = a->building, a->c_build_next = a->build_next, a->c_n_deleted = a->n_deleted;
+        atomic_store(&a->building_pub, a->building);
+        atomic_store(&a->build_next_pub, a->build_next);
+    } else {
+        a->building = a->c_building, a->build_next = a->c_build_next, a->n_deleted = a->c_n_deleted;
+    }
+}
+
 static int on_open(void *arg, MDB_txn *txn, int read_only)
 {
     sl_aud_t *a = arg;
@@ -467,6 +670,11 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     int rc = mdb_dbi_open(txn, "amembers", c, &a->members);
     if (rc == MDB_NOTFOUND && read_only) return 0; /* a store from before audiences: none */
     if (rc || (rc = mdb_dbi_open(txn, "ameta", c | MDB_INTEGERKEY, &a->meta))) return rc;
+    if ((rc = mdb_dbi_open(txn, "adefs", c, &a->defs)) == MDB_NOTFOUND && read_only) a->defs = 0;
+    else if (rc) return rc;
+    /* (read-only: a command such as verify learns what is being built) */
+    if (a->defs && (rc = plan(a, txn, conf(a), read_only))) return rc;
+    on_after_txn(a, 1); /* (the opening transaction commits) */
     atomic_store(&a->have_dbs, 1);
     return 0;
 }
@@ -483,7 +691,7 @@ static int absorbed_leave(sl_aud_t *a, MDB_txn *txn, uint64_t absorbed, const ch
     if (rc || (rc = att_read(&v, ids, &n, &evaluated))) return rc;
     for (size_t k = 0; k < n && rc == 0; k++)
         for (size_t i = 0; i < c->n && rc == 0; i++)
-            if (c->v[i].id == ids[k]) rc = transition(a, txn, &c->v[i], absorbed, 0, "merge", cause, 1, now);
+            if (c->v[i].id == ids[k]) rc = transition(a, txn, &c->v[i], absorbed, 0, "merge", cause, T_NO_PROFILE, now);
     return rc;
 }
 
@@ -505,7 +713,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     uint64_t need = need_reading(c, reads);
     if (x->computed_changes) need |= need_computed(c, x->computed_changes);
     const char *reason = x->n_merges ? "merge" : x->historical ? "import" : "event";
-    return evaluate(a, txn, x->entity.id, need, x->n_merges > 0, reason, cause, now);
+    return evaluate(a, txn, x->entity.id, need, x->n_merges > 0, reason, cause, now, 0);
 }
 
 /* ---- listeners ---- */
@@ -515,7 +723,7 @@ static int on_computed_changed(void *arg, MDB_txn *txn, uint64_t person, const c
 {
     sl_aud_t *a = arg;
     uint64_t need = need_computed(conf(a), changes);
-    return need ? evaluate(a, txn, person, need, 0, "timer", NULL, now) : 0;
+    return need ? evaluate(a, txn, person, need, 0, "timer", NULL, now, 0) : 0;
 }
 
 static int on_computed_watches(void *arg, const char *field) { return need_field(conf(arg), field) != 0; }
@@ -545,7 +753,7 @@ static int on_forgotten(void *arg, MDB_txn *txn, const uint64_t *persons, size_t
                 uint64_t left;
                 if ((rc = mdb_del(txn, a->members, &k, NULL)) == 0) rc = count_add(a, txn, c->v[i].id, -1, &left);
             } else {
-                rc = transition(a, txn, &c->v[i], persons[p], 0, "expired", NULL, 1, now);
+                rc = transition(a, txn, &c->v[i], persons[p], 0, "expired", NULL, T_NO_PROFILE, now);
             }
         }
     return rc;
@@ -585,7 +793,7 @@ sl_aud_t *sl_aud_new(const sl_config_t *cfg, sl_stitch_t *stitch, sl_fields_t *f
     a->fields = fields;
     a->feed = feed;
     a->step = (sl_stage_step_t){.name = "audiences", .phase = SL_PHASE_AUDIENCES, .arg = a, .open = on_open,
-                                .apply = on_apply};
+                                .apply = on_apply, .due = build_due, .tick = build_tick, .after_txn = on_after_txn};
     a->ilis = (sl_ident_listener_t){.arg = a, .forgotten = on_forgotten, .profile_extra = append_names,
                                     .view_extra = append_names};
     a->flis = (sl_fields_listener_t){.arg = a, .changed = on_computed_changed, .watches = on_computed_watches};
@@ -610,10 +818,15 @@ int sl_aud_attach(sl_aud_t *a, sl_stage_t *stage)
     return rc;
 }
 
-void sl_aud_reload(sl_aud_t *a, const sl_config_t *cfg)
+int sl_aud_reload(sl_aud_t *a, MDB_txn *txn, const sl_config_t *cfg)
 {
+    const aud_conf_t *c = sl_config_section(cfg, section_index);
+    static const aud_conf_t none;
+    int rc = atomic_load(&a->have_dbs) ? plan(a, txn, c ? c : &none, 0) : 0;
+    if (rc) return rc; /* the old config stays */
     atomic_store(&a->cfg, cfg);
     if (a->fields) sl_fields_rules_changed(a->fields); /* what it watches may have changed */
+    return 0;
 }
 
 void sl_aud_mute(sl_aud_t *a, int on) { a->muted = on; }
@@ -628,7 +841,11 @@ int sl_aud_list(sl_aud_t *a, MDB_txn *txn, sl_buf_t *out)
         if (atomic_load(&a->have_dbs) && mdb_get(txn, a->meta, &k, &v) == 0 && v.mv_size == 8) memcpy(&n, v.mv_data, 8);
         sl_buf_appends(out, i ? ",{\"name\":" : "{\"name\":");
         sl_buf_append_json_str(out, c->v[i].name, strlen(c->v[i].name));
-        sl_buf_printf(out, ",\"status\":\"live\",\"members\":%llu}", (unsigned long long)n);
+        if (atomic_load(&a->building_pub) >> i & 1) /* (the walk's progress: the next person it visits) */
+            sl_buf_printf(out, ",\"status\":\"building\",\"building\":true,\"progress\":{\"next\":\"p_%llu\"}",
+                          (unsigned long long)atomic_load(&a->build_next_pub));
+        else sl_buf_appends(out, ",\"status\":\"live\",\"building\":false");
+        sl_buf_printf(out, ",\"members\":%llu}", (unsigned long long)n);
     }
     sl_buf_appends(out, "]}");
     return out->data ? 0 : SL_ENOMEM;
@@ -840,6 +1057,7 @@ static int verify_person(uint64_t person, const MDB_val *v, void *arg)
     a->view_built = 0;
     for (size_t i = 0; i < c->n; i++) {
         const aud_def_t *d = &c->v[i];
+        if (atomic_load(&a->building_pub) >> i & 1) continue; /* being built: its members are not all there yet */
         int in = 0;
         for (size_t k = 0; k < n; k++) in |= ids[k] == d->id;
         unsigned char key[12];

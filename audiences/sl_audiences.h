@@ -37,6 +37,8 @@
  *     that collide). A person without it was never evaluated.
  *   amembers  be32 audience id, be64 person -> i64 entered at (ms)
  *   ameta     u32 audience id -> u64 members
+ *   adefs     u32 audience id -> u32 definition hash, u32 building, u64 the
+ *             build's next person, the name (builds and deletions, below)
  *
  * Threads: the step, the listeners' callbacks and sl_aud_reload on the
  * stage thread; the reads (sl_aud_list) in any read transaction.
@@ -78,9 +80,13 @@ void sl_aud_free(sl_aud_t *a);
  * engine's, which removes the person's feed entries), before
  * sl_stage_open(). */
 int sl_aud_attach(sl_aud_t *a, struct sl_stage_s *stage);
-/* A reload's new configuration (a stage job, on the stage thread): the
- * audiences it keeps go on; a new one takes members as their inputs move. */
-void sl_aud_reload(sl_aud_t *a, const sl_config_t *cfg);
+/* A reload's new configuration, in the reload job's transaction (stage
+ * thread): an audience it keeps goes on; a new or changed one (its `where`
+ * or include_anonymous) is built by a walk over every person, in chunks,
+ * with no entry per member, then announced once (audience_built); a
+ * removed one loses its members in chunks and is announced once
+ * (audience_deleted). The same at open, against what the store held. */
+int sl_aud_reload(sl_aud_t *a, MDB_txn *txn, const sl_config_t *cfg);
 /* Rebuild: transitions are applied, nothing is appended (the feed carried
  * over holds them). */
 void sl_aud_mute(sl_aud_t *a, int on);

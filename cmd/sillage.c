@@ -353,7 +353,7 @@ static int reload_run(MDB_txn *txn, void *arg)
     int rc = sl_trig_reload_job(txn, &app->reload);
     if (rc == 0) sl_feed_set_retention(app->feed, app->reload.cfg->trigger_retention_ms);
     if (rc == 0) rc = sl_fields_reload(app->fields, txn, app->reload.cfg);
-    if (rc == 0) sl_aud_reload(app->aud, app->reload.cfg);
+    if (rc == 0) rc = sl_aud_reload(app->aud, txn, app->reload.cfg);
     return rc;
 }
 

@@ -201,3 +201,22 @@ int sl_stitch_attach_each(sl_stitch_t *s, MDB_txn *txn, int tag, int (*cb)(uint6
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
+
+int sl_stitch_person_ids(sl_stitch_t *s, MDB_txn *txn, uint64_t from, uint64_t *ids, size_t cap, size_t *n)
+{
+    *n = 0;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->persons, &cur);
+    if (rc) return rc;
+    MDB_val k = {8, &from}, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && *n < cap;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 8) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        memcpy(&ids[(*n)++], k.mv_data, 8);
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}

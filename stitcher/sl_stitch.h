@@ -184,6 +184,11 @@ int sl_stitch_attach_put(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int tag,
 int sl_stitch_attach_each(sl_stitch_t *s, MDB_txn *txn, int tag,
                           int (*cb)(uint64_t person, const MDB_val *v, void *arg), void *arg);
 
+/* The ids of the persons from `from` on, in order, at most cap of them,
+ * into ids[0..*n) (a walk over every person in chunks: an audience built).
+ * Any thread. */
+int sl_stitch_person_ids(sl_stitch_t *s, MDB_txn *txn, uint64_t from, uint64_t *ids, size_t cap, size_t *n);
+
 /* 1 when kind names an identifier kind: "user_id", "anonymous_id" or a
  * configured identity trait. */
 int sl_stitch_kind_ok(const sl_stitch_t *s, const char *kind);

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startServer, post, ADMIN, run, tempDir, baseConfig, basic, WRITE_KEY } from './helpers.mjs';
+import { writeFileSync as writeCfg } from 'node:fs';
 
 const bearer = { Authorization: 'Bearer ' + ADMIN };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -44,7 +45,8 @@ const get = async (path) => {
 async function moves(after, who = null) {
   const names = AUDIENCES.map((a) => a.name).join(',');
   const { triggers } = await get(`/v1/triggers?after=${after}&limit=1000&rule=${names}`);
-  return triggers.filter((t) => who === null || t.profile.user_id === who || t.profile.id === who)
+  return triggers.filter((t) => t.type === 'audience_entered' || t.type === 'audience_exited')
+    .filter((t) => who === null || t.profile.user_id === who || t.profile.id === who)
     .map((t) => [t.type, t.data.audience, t.data.reason, t.profile.user_id ?? t.profile.id, t.data.members]);
 }
 async function last() { // the feed's position now
@@ -131,7 +133,7 @@ test('erasure takes the person out of every audience (profile_erased is the exit
   assert.equal(after.customers, before.customers - 1);
   const names = AUDIENCES.map((a) => a.name).join(',');
   const { triggers } = await get(`/v1/triggers?after=0&limit=1000&rule=${names}`);
-  assert.equal(triggers.filter((t) => t.profile.user_id === 'ann').length, 0, 'its entries went');
+  assert.equal(triggers.filter((t) => t.profile?.user_id === 'ann').length, 0, 'its entries went');
 });
 
 const sha256 = async (s) => (await import('node:crypto')).createHash('sha256').update(s).digest('hex');
@@ -302,4 +304,62 @@ test('verify checks memberships, the members index and the counts; rebuild recom
   srv = await startServer({ dir: srv.dir, config });
   assert.equal(await last(), feedBefore, 'the rebuild appended nothing');
   assert.ok((await counts()).exported > 0, 'membership came back from the log');
+});
+
+test('a reload builds a new or changed audience over existing persons, announced once; a removed one is announced once', async () => {
+  const A = (where) => ({ field: 'profile.traits.plan', ...where });
+  const cfg1 = { audiences: [{ name: 'keep', where: A({ eq: 'pro' }) }, { name: 'old', where: A({ eq: 'free' }) },
+    { name: 'chg', where: A({ eq: 'pro' }) }] };
+  const s2 = await startServer({ config: cfg1 });
+  const h = { headers: bearer };
+  const feedAll = async () => {
+    const out = [];
+    for (let after = 0; ;) {
+      const page = await (await fetch(`${s2.url}/v1/triggers?after=${after}&limit=1000`, h)).json();
+      if (page.triggers.length === 0) return out;
+      out.push(...page.triggers);
+      after = page.next;
+    }
+  };
+  try {
+    for (const [u, plan] of [['r1', 'pro'], ['r2', 'pro'], ['r3', 'pro'], ['r4', 'free'], ['r5', 'free']]) {
+      const r = await post(s2, '/v1/identify', { userId: u, traits: { plan } });
+      assert.equal(r.status, 200);
+    }
+    const before = (await feedAll()).length;
+    const cfg2 = { audiences: [{ name: 'keep', where: A({ eq: 'pro' }) }, { name: 'chg', where: A({ eq: 'free' }) },
+      { name: 'new', where: A({ exists: true }) }] };
+    writeCfg(s2.cfgPath, JSON.stringify(baseConfig(s2.dataDir, cfg2)));
+    s2.child.kill('SIGHUP');
+    const end = Date.now() + 10000;
+    let list;
+    for (;;) {
+      list = await (await fetch(s2.url + '/v1/audiences', h)).json();
+      const names = list.audiences.map((x) => x.name).sort();
+      if (names.join() === 'chg,keep,new' && list.audiences.every((x) => x.status === 'live')) {
+        const fresh = (await feedAll()).slice(before);
+        if (fresh.some((t) => t.type === 'audience_deleted')) break;
+      }
+      assert.ok(Date.now() < end, 'the builds end: ' + JSON.stringify(list));
+      await sleep(100);
+    }
+    assert.deepEqual(Object.fromEntries(list.audiences.map((x) => [x.name, x.members])), { keep: 3, chg: 2, new: 5 });
+    const fresh = (await feedAll()).slice(before);
+    assert.deepEqual(fresh.map((t) => [t.type, t.rule, t.data.members, t.data.reason]).sort(), [
+      ['audience_built', 'chg', 2, 'definition'],
+      ['audience_built', 'new', 5, 'definition'],
+      ['audience_deleted', 'old', 0, 'definition'],
+    ], 'no entry per member, one announcement each');
+    assert.equal(fresh[0].profile, null);
+    // from now on they are live
+    const r = await post(s2, '/v1/identify', { userId: 'r6', traits: { plan: 'free' } });
+    assert.equal(r.status, 200);
+    const live = (await feedAll()).slice(before + fresh.length).map((t) => [t.type, t.rule, t.data.reason]).sort();
+    assert.deepEqual(live, [['audience_entered', 'chg', 'event'], ['audience_entered', 'new', 'event']]);
+    await s2.stop();
+    const v = run(['verify', '-c', s2.cfgPath]);
+    assert.equal(v.code, 0, v.stdout + v.stderr);
+  } finally {
+    await s2.stop(); s2.cleanup();
+  }
 });
