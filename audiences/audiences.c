@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* what an audience's condition reads (sl_rules_each_leaf) */
 enum { R_TRAITS = 1, R_IDENTIFIED = 2, R_SEEN = 4, R_CONSENT = 8, R_COMPUTED = 16, R_AUDIENCES = 32 };
@@ -46,7 +47,7 @@ struct sl_aud_s {
     sl_stitch_t *stitch;
     sl_fields_t *fields;
     sl_feed_t *feed;
-    MDB_dbi members, meta, defs;
+    MDB_dbi members, meta, defs, hist;
     _Atomic int have_dbs;
     int muted;
     /* building (stage thread): the audiences new or changed since the store
@@ -327,18 +328,189 @@ static void member_key(unsigned char k[12], uint32_t id, uint64_t person)
     memcpy(k + 4, b, 8);
 }
 
-static int count_add(sl_aud_t *a, MDB_txn *txn, uint32_t id, int delta, uint64_t *now_n)
+/* ---- KPIs, kept with each transition ----
+ * A members entry keeps what its person adds to the audience's sums (the
+ * contribution as it was last taken); ameta holds the sums, so a person's
+ * exit takes away exactly what its entry and updates added. */
+typedef struct {
+    int64_t entered;             /* ms */
+    uint32_t flags;              /* M_IDENTIFIED, M_EMAIL */
+    uint32_t orders;
+    double revenue;
+} mval_t;
+enum { M_IDENTIFIED = 1, M_EMAIL = 2 };
+
+typedef struct {
+    uint64_t members, identified, with_email, orders;
+    double revenue;
+} kpi_t;
+
+static void mval_read(const MDB_val *v, mval_t *m)
 {
-    MDB_val k = {4, &id}, v;
-    uint64_t n = 0;
-    int rc = mdb_get(txn, a->meta, &k, &v);
-    if (rc == 0 && v.mv_size == 8) memcpy(&n, v.mv_data, 8);
-    else if (rc == 0) return MDB_CORRUPTED;
-    else if (rc != MDB_NOTFOUND) return rc;
-    n = delta > 0 ? n + 1 : n ? n - 1 : 0;
-    *now_n = n;
-    v = (MDB_val){8, &n};
-    return mdb_put(txn, a->meta, &k, &v, 0);
+    memset(m, 0, sizeof(*m));
+    if (v->mv_size == sizeof(*m)) memcpy(m, v->mv_data, sizeof(*m));
+    else if (v->mv_size == 8) memcpy(&m->entered, v->mv_data, 8); /* (the first layout: the time alone) */
+}
+
+static int kpi_get(sl_aud_t *a, MDB_txn *txn, uint32_t id, kpi_t *k)
+{
+    MDB_val key = {4, &id}, v;
+    memset(k, 0, sizeof(*k));
+    int rc = mdb_get(txn, a->meta, &key, &v);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if (v.mv_size == sizeof(*k)) memcpy(k, v.mv_data, sizeof(*k));
+    else if (v.mv_size == 8) memcpy(&k->members, v.mv_data, 8);
+    else return MDB_CORRUPTED;
+    return 0;
+}
+
+/* the sums of id with m added (sign 1) or taken away (-1), members too when whole */
+static int kpi_add(sl_aud_t *a, MDB_txn *txn, uint32_t id, const mval_t *m, int sign, int whole, kpi_t *out)
+{
+    kpi_t k;
+    int rc = kpi_get(a, txn, id, &k);
+    if (rc) return rc;
+#define ADD(f, x) (k.f = sign > 0 ? k.f + (x) : k.f >= (x) ? k.f - (x) : 0)
+    if (whole) ADD(members, 1u);
+    ADD(identified, (uint64_t)(m->flags & M_IDENTIFIED ? 1 : 0));
+    ADD(with_email, (uint64_t)(m->flags & M_EMAIL ? 1 : 0));
+    ADD(orders, (uint64_t)m->orders);
+#undef ADD
+    k.revenue += sign * m->revenue;
+    if (k.members == 0) k.revenue = 0; /* (no drift left behind) */
+    if (out) *out = k;
+    MDB_val key = {4, &id}, v = {sizeof(k), &k};
+    return mdb_put(txn, a->meta, &key, &v, 0);
+}
+
+static double num_of(const sl_buf_t *b)
+{
+    return b->len ? strtod(b->data, NULL) : 0;
+}
+
+/* what person adds to an audience's sums now */
+static int contribution(sl_aud_t *a, MDB_txn *txn, uint64_t person, int64_t now, mval_t *m)
+{
+    sl_buf_t *b = &a->prof;
+    b->len = 0;
+    int identified = 0, rc = sl_stitch_person_slim(a->stitch, txn, person, b, &identified);
+    m->flags = 0;
+    m->orders = 0;
+    m->revenue = 0;
+    if (rc == SL_ENOTFOUND) return 0;
+    if (rc) return rc;
+    if (identified) m->flags |= M_IDENTIFIED;
+    if (sl_buf_append(b, "", 1)) return SL_ENOMEM;
+    if (!strstr(b->data, "\"email\":null")) m->flags |= M_EMAIL;
+    if (a->fields) {
+        b->len = 0;
+        if ((rc = sl_fields_value(a->fields, txn, person, "orders", now, b)) || sl_buf_append(b, "", 1)) return rc ? rc : SL_ENOMEM;
+        double o = num_of(b);
+        m->orders = o > 0 && o < 4e9 ? (uint32_t)o : 0;
+        b->len = 0;
+        if ((rc = sl_fields_value(a->fields, txn, person, "revenue", now, b)) || sl_buf_append(b, "", 1)) return rc ? rc : SL_ENOMEM;
+        m->revenue = num_of(b);
+        if (!(m->revenue == m->revenue) || m->revenue > 1e15 || m->revenue < -1e15) m->revenue = 0;
+    }
+    return 0;
+}
+
+/* the local day of ms (the configured timezone), as days since 1970-01-01 */
+static int64_t local_day(int64_t ms)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    if (localtime_r(&t, &tm) == NULL) return ms / 86400000;
+    int64_t y = (int64_t)tm.tm_year + 1900, mo = tm.tm_mon + 1, d = tm.tm_mday;
+    y -= mo <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400, yoe = y - era * 400;
+    int64_t doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1, doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/* ahist: be32 id, be32 day -> the members at the day's last move, entered, exited */
+typedef struct {
+    uint64_t members;
+    uint32_t entered, exited;
+} hist_t;
+
+static void hist_key(unsigned char k[8], uint32_t id, int64_t day)
+{
+    uint32_t d = (uint32_t)day;
+    for (int i = 0; i < 4; i++) k[i] = (unsigned char)(id >> (24 - 8 * i)), k[4 + i] = (unsigned char)(d >> (24 - 8 * i));
+}
+
+static int hist_add(sl_aud_t *a, MDB_txn *txn, uint32_t id, int in, uint64_t members, int64_t now)
+{
+    unsigned char key[8];
+    hist_key(key, id, local_day(now));
+    MDB_val k = {8, key}, v;
+    hist_t h = {0};
+    int rc = mdb_get(txn, a->hist, &k, &v);
+    if (rc == 0 && v.mv_size == sizeof(h)) memcpy(&h, v.mv_data, sizeof(h));
+    else if (rc && rc != MDB_NOTFOUND) return rc;
+    h.members = members;
+    if (in) h.entered++;
+    else h.exited++;
+    v = (MDB_val){sizeof(h), &h};
+    return mdb_put(txn, a->hist, &k, &v, 0);
+}
+
+/* The person's audiences' sums follow what it now adds (its orders,
+ * revenue, identification or e-mail changed). */
+static int kpi_refresh(sl_aud_t *a, MDB_txn *txn, uint64_t person, int64_t now)
+{
+    MDB_val v;
+    int evaluated, rc = sl_stitch_attach_step_get(a->stitch, txn, person, SL_ATTACH_AUDIENCES, &v);
+    uint32_t ids[SL_AUD_MAX];
+    size_t n = 0;
+    if (rc == SL_ENOTFOUND) return 0;
+    if (rc || (rc = att_read(&v, ids, &n, &evaluated)) || n == 0) return rc;
+    mval_t m;
+    if ((rc = contribution(a, txn, person, now, &m))) return rc;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        unsigned char key[12];
+        member_key(key, ids[i], person);
+        MDB_val k = {12, key}, mv;
+        mval_t old;
+        if ((rc = mdb_get(txn, a->members, &k, &mv)) == MDB_NOTFOUND) {
+            rc = 0;
+            continue;
+        }
+        if (rc) break;
+        mval_read(&mv, &old);
+        if (old.flags == m.flags && old.orders == m.orders && old.revenue == m.revenue) continue;
+        mval_t upd = m;
+        upd.entered = old.entered;
+        mv = (MDB_val){sizeof(upd), &upd};
+        if ((rc = kpi_add(a, txn, ids[i], &old, -1, 0, NULL)) || (rc = kpi_add(a, txn, ids[i], &upd, 1, 0, NULL)))
+            break;
+        rc = mdb_put(txn, a->members, &k, &mv, 0);
+    }
+    return rc;
+}
+
+/* person leaves id's index: its contribution goes from the sums */
+static int member_remove(sl_aud_t *a, MDB_txn *txn, uint32_t id, uint64_t person, uint64_t *members)
+{
+    unsigned char key[12];
+    member_key(key, id, person);
+    MDB_val k = {12, key}, v;
+    int rc = mdb_get(txn, a->members, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        kpi_t kk;
+        rc = kpi_get(a, txn, id, &kk);
+        *members = kk.members;
+        return rc;
+    }
+    mval_t old;
+    if (rc) return rc;
+    mval_read(&v, &old);
+    kpi_t kk;
+    if ((rc = mdb_del(txn, a->members, &k, NULL)) || (rc = kpi_add(a, txn, id, &old, -1, 1, &kk))) return rc;
+    *members = kk.members;
+    return 0;
 }
 
 /* person enters (in 1) or leaves d: its members entry and count, then the
@@ -349,14 +521,22 @@ enum { T_NO_PROFILE = 1, T_QUIET = 2 };
 static int transition(sl_aud_t *a, MDB_txn *txn, const aud_def_t *d, uint64_t person, int in, const char *reason,
                       const char *cause, int flags, int64_t now)
 {
-    int no_profile = flags & T_NO_PROFILE;
-    unsigned char key[12];
-    member_key(key, d->id, person);
-    MDB_val k = {12, key}, v = {8, &now};
-    int rc = in ? mdb_put(txn, a->members, &k, &v, 0) : mdb_del(txn, a->members, &k, NULL);
-    if (rc == MDB_NOTFOUND) rc = 0;
+    int no_profile = flags & T_NO_PROFILE, rc;
     uint64_t members = 0;
-    if (rc || (rc = count_add(a, txn, d->id, in ? 1 : -1, &members))) return rc;
+    if (in) {
+        unsigned char key[12];
+        member_key(key, d->id, person);
+        mval_t m;
+        if ((rc = contribution(a, txn, person, now, &m))) return rc;
+        m.entered = now;
+        MDB_val k = {12, key}, v = {sizeof(m), &m};
+        kpi_t kk;
+        if ((rc = mdb_put(txn, a->members, &k, &v, 0)) || (rc = kpi_add(a, txn, d->id, &m, 1, 1, &kk))) return rc;
+        members = kk.members;
+    } else if ((rc = member_remove(a, txn, d->id, person, &members))) {
+        return rc;
+    }
+    if ((rc = hist_add(a, txn, d->id, in, members, now))) return rc;
     if (a->muted || (flags & T_QUIET)) return 0; /* a rebuild (the feed carried over holds the entries); a build */
     sl_buf_t *p = &a->prof, *b = &a->data;
     p->len = b->len = 0;
@@ -480,6 +660,17 @@ static uint64_t need_computed(const aud_conf_t *c, const cJSON *changes)
     return need;
 }
 
+/* 1 when changes name orders or revenue (the KPIs' sums) */
+static int kpi_moved(const cJSON *changes)
+{
+    const cJSON *ch;
+    cJSON_ArrayForEach(ch, changes) {
+        const char *field = cJSON_GetStringValue(cJSON_GetArrayItem(ch, 0));
+        if (field && (strcmp(field, "orders") == 0 || strcmp(field, "revenue") == 0)) return 1;
+    }
+    return 0;
+}
+
 static uint64_t need_reading(const aud_conf_t *c, unsigned reads)
 {
     uint64_t need = 0;
@@ -583,10 +774,8 @@ static int announce(sl_aud_t *a, MDB_txn *txn, const char *name, const char *typ
 
 static uint64_t count_of(sl_aud_t *a, MDB_txn *txn, uint32_t id)
 {
-    MDB_val k = {4, &id}, v;
-    uint64_t n = 0;
-    if (mdb_get(txn, a->meta, &k, &v) == 0 && v.mv_size == 8) memcpy(&n, v.mv_data, 8);
-    return n;
+    kpi_t k;
+    return kpi_get(a, txn, id, &k) == 0 ? k.members : 0;
 }
 
 static int64_t build_due(void *arg)
@@ -672,6 +861,8 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     if (rc || (rc = mdb_dbi_open(txn, "ameta", c | MDB_INTEGERKEY, &a->meta))) return rc;
     if ((rc = mdb_dbi_open(txn, "adefs", c, &a->defs)) == MDB_NOTFOUND && read_only) a->defs = 0;
     else if (rc) return rc;
+    if ((rc = mdb_dbi_open(txn, "ahist", c, &a->hist)) == MDB_NOTFOUND && read_only) a->hist = 0;
+    else if (rc) return rc;
     /* (read-only: a command such as verify learns what is being built) */
     if (a->defs && (rc = plan(a, txn, conf(a), read_only))) return rc;
     on_after_txn(a, 1); /* (the opening transaction commits) */
@@ -713,7 +904,11 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     uint64_t need = need_reading(c, reads);
     if (x->computed_changes) need |= need_computed(c, x->computed_changes);
     const char *reason = x->n_merges ? "merge" : x->historical ? "import" : "event";
-    return evaluate(a, txn, x->entity.id, need, x->n_merges > 0, reason, cause, now, 0);
+    if ((rc = evaluate(a, txn, x->entity.id, need, x->n_merges > 0, reason, cause, now, 0))) return rc;
+    /* what the person adds to its audiences' sums changed */
+    if (x->n_merges || x->identity_changed || (x->computed_changes && kpi_moved(x->computed_changes)))
+        rc = kpi_refresh(a, txn, x->entity.id, now);
+    return rc;
 }
 
 /* ---- listeners ---- */
@@ -726,7 +921,12 @@ static int on_computed_changed(void *arg, MDB_txn *txn, uint64_t person, const c
     return need ? evaluate(a, txn, person, need, 0, "timer", NULL, now, 0) : 0;
 }
 
-static int on_computed_watches(void *arg, const char *field) { return need_field(conf(arg), field) != 0; }
+static int on_computed_watches(void *arg, const char *field)
+{
+    const aud_conf_t *c = conf(arg);
+    if (c->n && (strcmp(field, "orders") == 0 || strcmp(field, "revenue") == 0)) return 1; /* the KPIs' sums */
+    return need_field(c, field) != 0;
+}
 
 /* Erasure and retention: the persons' memberships go; a never-identified
  * member that retention removed (erased NULL) leaves with reason "expired". */
@@ -751,7 +951,8 @@ static int on_forgotten(void *arg, MDB_txn *txn, const uint64_t *persons, size_t
             if (rc) break;
             if (erased) { /* profile_erased is the exit: no entry of its own */
                 uint64_t left;
-                if ((rc = mdb_del(txn, a->members, &k, NULL)) == 0) rc = count_add(a, txn, c->v[i].id, -1, &left);
+                if ((rc = member_remove(a, txn, c->v[i].id, persons[p], &left)) == 0)
+                    rc = hist_add(a, txn, c->v[i].id, 0, left, now);
             } else {
                 rc = transition(a, txn, &c->v[i], persons[p], 0, "expired", NULL, T_NO_PROFILE, now);
             }
@@ -831,21 +1032,39 @@ int sl_aud_reload(sl_aud_t *a, MDB_txn *txn, const sl_config_t *cfg)
 
 void sl_aud_mute(sl_aud_t *a, int on) { a->muted = on; }
 
+/* ,"members":...,"revenue_per_member":... of k */
+static void kpi_print(sl_buf_t *out, const kpi_t *k)
+{
+    sl_buf_printf(out, ",\"members\":%llu,\"identified\":%llu,\"with_email\":%llu,\"orders\":%llu,\"revenue\":",
+                  (unsigned long long)k->members, (unsigned long long)k->identified, (unsigned long long)k->with_email,
+                  (unsigned long long)k->orders);
+    sl_buf_append_amount(out, k->revenue);
+    sl_buf_appends(out, ",\"aov\":");
+    if (k->orders) sl_buf_append_amount(out, k->revenue / (double)k->orders);
+    else sl_buf_appends(out, "null");
+    sl_buf_appends(out, ",\"revenue_per_member\":");
+    if (k->members) sl_buf_append_amount(out, k->revenue / (double)k->members);
+    else sl_buf_appends(out, "null");
+}
+
 int sl_aud_list(sl_aud_t *a, MDB_txn *txn, sl_buf_t *out)
 {
     const aud_conf_t *c = conf(a);
     sl_buf_appends(out, "{\"audiences\":[");
     for (size_t i = 0; i < c->n; i++) {
-        uint64_t n = 0;
-        MDB_val k = {4, &c->v[i].id}, v;
-        if (atomic_load(&a->have_dbs) && mdb_get(txn, a->meta, &k, &v) == 0 && v.mv_size == 8) memcpy(&n, v.mv_data, 8);
+        kpi_t k = {0};
+        if (atomic_load(&a->have_dbs)) {
+            int rc = kpi_get(a, txn, c->v[i].id, &k);
+            if (rc) return rc;
+        }
         sl_buf_appends(out, i ? ",{\"name\":" : "{\"name\":");
         sl_buf_append_json_str(out, c->v[i].name, strlen(c->v[i].name));
         if (atomic_load(&a->building_pub) >> i & 1) /* (the walk's progress: the next person it visits) */
             sl_buf_printf(out, ",\"status\":\"building\",\"building\":true,\"progress\":{\"next\":\"p_%llu\"}",
                           (unsigned long long)atomic_load(&a->build_next_pub));
         else sl_buf_appends(out, ",\"status\":\"live\",\"building\":false");
-        sl_buf_printf(out, ",\"members\":%llu}", (unsigned long long)n);
+        kpi_print(out, &k);
+        sl_buf_appends(out, "}");
     }
     sl_buf_appends(out, "]}");
     return out->data ? 0 : SL_ENOMEM;
@@ -1034,7 +1253,7 @@ typedef struct {
     int64_t now;
     FILE *out;
     uint64_t *persons, *problems, notes;
-    uint64_t counted[SL_AUD_MAX];
+    kpi_t sums[SL_AUD_MAX];      /* the members entries added up */
     int rc;
 } verify_t;
 
@@ -1108,7 +1327,23 @@ int sl_aud_verify(sl_aud_t *a, MDB_txn *txn, int64_t now, FILE *out, uint64_t *p
         size_t i = 0;
         while (i < c->n && c->v[i].id != id) i++;
         if (i == c->n) continue; /* an audience no longer configured (docs/AUDIENCES.md, "Not yet") */
-        q.counted[i]++;
+        mval_t m;
+        mval_read(&v, &m);
+        kpi_t *t = &q.sums[i];
+        t->members++;
+        t->identified += (m.flags & M_IDENTIFIED) != 0;
+        t->with_email += (m.flags & M_EMAIL) != 0;
+        t->orders += m.orders;
+        t->revenue += m.revenue;
+        /* what the entry says the person adds, against the person now */
+        mval_t now_m;
+        if ((rc = contribution(a, txn, person, now, &now_m))) break;
+        if (now_m.flags != m.flags || now_m.orders != m.orders || now_m.revenue != m.revenue) {
+            fprintf(out, "audiences: p_%llu's entry in %s adds %u orders and %.2f of revenue (flags %u), the person "
+                         "now %u, %.2f (flags %u)\n", (unsigned long long)person, c->v[i].name, m.orders, m.revenue,
+                    m.flags, now_m.orders, now_m.revenue, now_m.flags);
+            ++*problems;
+        }
         MDB_val att;
         uint32_t ids[SL_AUD_MAX];
         size_t n = 0;
@@ -1128,17 +1363,136 @@ int sl_aud_verify(sl_aud_t *a, MDB_txn *txn, int64_t now, FILE *out, uint64_t *p
     mdb_cursor_close(cur);
     if (rc != MDB_NOTFOUND) return rc;
     for (size_t i = 0; i < c->n; i++) {
-        MDB_val ck = {4, (void *)&c->v[i].id}, cv;
-        uint64_t kept = 0;
-        if ((rc = mdb_get(txn, a->meta, &ck, &cv)) == 0 && cv.mv_size == 8) memcpy(&kept, cv.mv_data, 8);
-        else if (rc && rc != MDB_NOTFOUND) return rc;
-        if (kept != q.counted[i]) {
-            fprintf(out, "audiences: %s counts %llu members, its index lists %llu\n", c->v[i].name,
-                    (unsigned long long)kept, (unsigned long long)q.counted[i]);
+        kpi_t kept;
+        if ((rc = kpi_get(a, txn, c->v[i].id, &kept))) return rc;
+        const kpi_t *t = &q.sums[i];
+        double tol = 1e-6 * (t->revenue < 0 ? -t->revenue : t->revenue) + 0.005;
+        if (kept.members != t->members || kept.identified != t->identified || kept.with_email != t->with_email ||
+            kept.orders != t->orders || kept.revenue - t->revenue > tol || t->revenue - kept.revenue > tol) {
+            fprintf(out, "audiences: %s counts %llu members (%llu identified, %llu with e-mail, %llu orders, %.2f), "
+                         "its index lists %llu (%llu, %llu, %llu, %.2f)\n", c->v[i].name,
+                    (unsigned long long)kept.members, (unsigned long long)kept.identified,
+                    (unsigned long long)kept.with_email, (unsigned long long)kept.orders, kept.revenue,
+                    (unsigned long long)t->members, (unsigned long long)t->identified,
+                    (unsigned long long)t->with_email, (unsigned long long)t->orders, t->revenue);
             ++*problems;
         }
     }
     if (q.notes) fprintf(out, "audiences: %llu memberships may have moved with time alone (notes above)\n",
                          (unsigned long long)q.notes);
     return 0;
+}
+
+/* ---- KPIs read ---- */
+
+static const aud_def_t *def_named(const aud_conf_t *c, const char *name)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (strcmp(c->v[i].name, name) == 0) return &c->v[i];
+    return NULL;
+}
+
+static void day_print(sl_buf_t *out, int64_t day)
+{
+    /* days since 1970-01-01 to a civil date */
+    int64_t z = day + 719468, era = (z >= 0 ? z : z - 146096) / 146097, doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365, y = yoe + era * 400;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+    int64_t d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
+    sl_buf_printf(out, "\"%04lld-%02lld-%02lld\"", (long long)(y + (m <= 2)), (long long)m, (long long)d);
+}
+
+int sl_aud_kpis(sl_aud_t *a, MDB_txn *txn, const char *name, int64_t period_ms, int days, size_t limit, int64_t now,
+                sl_buf_t *out)
+{
+    const aud_def_t *d = def_named(conf(a), name);
+    if (d == NULL) return SL_ENOTFOUND;
+    kpi_t k = {0};
+    int rc = atomic_load(&a->have_dbs) ? kpi_get(a, txn, d->id, &k) : 0;
+    if (rc) return rc;
+    sl_buf_appends(out, "{\"audience\":");
+    sl_buf_append_json_str(out, d->name, strlen(d->name));
+    kpi_print(out, &k);
+    /* the history, oldest day first */
+    sl_buf_appends(out, ",\"history\":[");
+    int64_t today = local_day(now);
+    if (atomic_load(&a->have_dbs) && a->hist) {
+        MDB_cursor *cur;
+        if ((rc = mdb_cursor_open(txn, a->hist, &cur))) return rc;
+        unsigned char key[8];
+        hist_key(key, d->id, today - days + 1);
+        MDB_val kk = {8, key}, v;
+        int lead = 0;
+        for (rc = mdb_cursor_get(cur, &kk, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &kk, &v, MDB_NEXT)) {
+            const unsigned char *p = kk.mv_data;
+            if (kk.mv_size != 8 || memcmp(p, key, 4) != 0) break;
+            int64_t day = (int64_t)(int32_t)((uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7]);
+            if (day > today) break;
+            hist_t h;
+            if (v.mv_size != sizeof(h)) continue;
+            memcpy(&h, v.mv_data, sizeof(h));
+            sl_buf_appends(out, lead++ ? ",{\"day\":" : "{\"day\":");
+            day_print(out, day);
+            sl_buf_printf(out, ",\"members\":%llu,\"entered\":%u,\"exited\":%u}", (unsigned long long)h.members,
+                          h.entered, h.exited);
+        }
+        mdb_cursor_close(cur);
+        if (rc != MDB_NOTFOUND && rc != 0) return rc; /* (0: the next audience's, or a later day) */
+        rc = 0;
+    }
+    sl_buf_appends(out, "]");
+    /* the period, over the members */
+    uint64_t read = 0, active = 0, base = 0, churned = 0, one = 0, two = 0;
+    int complete = 1;
+    if (atomic_load(&a->have_dbs)) {
+        MDB_cursor *cur;
+        if ((rc = mdb_cursor_open(txn, a->members, &cur))) return rc;
+        unsigned char key[12];
+        member_key(key, d->id, 0);
+        MDB_val kk = {12, key}, v;
+        int64_t from = now - period_ms;
+        for (rc = mdb_cursor_get(cur, &kk, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &kk, &v, MDB_NEXT)) {
+            if (kk.mv_size != 12 || memcmp(kk.mv_data, key, 4) != 0) break;
+            if (read == limit) {
+                complete = 0;
+                break;
+            }
+            read++;
+            mval_t m;
+            mval_read(&v, &m);
+            one += m.orders >= 1;
+            two += m.orders >= 2;
+            int64_t first = 0, last = 0;
+            int r = sl_stitch_person_seen(a->stitch, txn, sl_be64_get((const unsigned char *)kk.mv_data + 4), &first, &last);
+            if (r == SL_ENOTFOUND) continue;
+            if (r) {
+                rc = r;
+                break;
+            }
+            active += last >= from;
+            if (first && first < from) {
+                base++;
+                churned += last < from;
+            }
+        }
+        mdb_cursor_close(cur);
+        if (rc != MDB_NOTFOUND && rc != 0) return rc;
+        rc = 0;
+    }
+    sl_buf_appends(out, ",\"period\":{\"from\":");
+    sl_buf_append_iso(out, now - period_ms);
+    sl_buf_appends(out, ",\"to\":");
+    sl_buf_append_iso(out, now);
+    sl_buf_printf(out, ",\"members_read\":%llu,\"complete\":%s,\"active\":%llu,\"active_share\":",
+                  (unsigned long long)read, complete ? "true" : "false", (unsigned long long)active);
+#define SHARE(n, of) ((of) ? sl_buf_printf(out, "%.4f", (double)(n) / (double)(of)) : sl_buf_appends(out, "null"))
+    SHARE(active, read);
+    sl_buf_printf(out, ",\"churned\":%llu,\"churned_share\":", (unsigned long long)churned);
+    SHARE(churned, base);
+    sl_buf_printf(out, ",\"with_orders\":%llu,\"with_two_orders\":%llu,\"second_order_conversion\":",
+                  (unsigned long long)one, (unsigned long long)two);
+    SHARE(two, one);
+#undef SHARE
+    sl_buf_appends(out, "}}");
+    return out->data ? 0 : SL_ENOMEM;
 }

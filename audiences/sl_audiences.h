@@ -35,8 +35,13 @@
  *     byte, then the u32 ids of the audiences the person is in, sorted (an
  *     audience's id: FNV-1a of its name; check-config refuses two names
  *     that collide). A person without it was never evaluated.
- *   amembers  be32 audience id, be64 person -> i64 entered at (ms)
- *   ameta     u32 audience id -> u64 members
+ *   amembers  be32 audience id, be64 person -> i64 entered at (ms), u32 flags
+ *             (identified, e-mail), u32 orders, f64 revenue: what the person
+ *             adds to the audience's KPIs, as last taken
+ *   ameta     u32 audience id -> the KPIs' sums (members, identified, with
+ *             e-mail, orders: u64; revenue: f64)
+ *   ahist     be32 audience id, be32 local day -> members at the day's last
+ *             move, entered, exited
  *   adefs     u32 audience id -> u32 definition hash, u32 building, u64 the
  *             build's next person, the name (builds and deletions, below)
  *
@@ -126,6 +131,16 @@ int sl_aud_members(sl_aud_t *a, MDB_txn *txn, const char *name, sl_aud_export_t 
  * event): such a difference is printed as a note, not counted. Problems are
  * printed to out and counted; *persons counts the persons looked at. */
 int sl_aud_verify(sl_aud_t *a, MDB_txn *txn, int64_t now, FILE *out, uint64_t *persons, uint64_t *problems);
+/* GET /v1/audiences/{name}/kpis: the sums kept with each move (members,
+ * identified, with e-mail, orders, revenue, AOV, revenue per member), the
+ * daily history of the last `days` days (members at the day's last move,
+ * entered, exited; days in the configured timezone) and, over the members
+ * (at most `limit` of them read), the shares over the period before now:
+ * active (an event within it), churned (seen before it, no event within
+ * it), second-order conversion (two orders or more among those with one).
+ * 0, SL_ENOTFOUND (no such audience) or an LMDB error. Any thread. */
+int sl_aud_kpis(sl_aud_t *a, MDB_txn *txn, const char *name, int64_t period_ms, int days, size_t limit, int64_t now,
+                sl_buf_t *out);
 /* 1 when cfg's audiences hold name */
 int sl_aud_has(sl_aud_t *a, const char *name);
 

@@ -55,10 +55,13 @@ typedef struct {
     sl_stitch_t *stitch;
     const char *kind, *id, *before;
     int what; /* 0 profile, 1 events, 2 merges, 3 the most recently active, 4 orders, 5 computed,
-               * 6 the computed fields, 7 a field's distribution, 8 the audiences, 9 an audience's members */
+               * 6 the computed fields, 7 a field's distribution, 8 the audiences, 9 an audience's members,
+               * 10 an audience's KPIs */
     sl_fields_t *fields;
     sl_aud_t *aud;
     sl_aud_export_t ex;  /* 9: an audience's members (field: the audience) */
+    int64_t period_ms;   /* 10: an audience's KPIs (field: the audience) */
+    int days;
     const char *field; /* 5: ?explain=; 7: the field */
     size_t limit;
     int reached; /* the stage had applied what the request waited for */
@@ -93,6 +96,7 @@ static int read_cb(MDB_txn *txn, MDB_txn *log_txn, void *arg)
     case 7: return sl_fields_distribution(q->fields, txn, q->field, sl_now_ms(), q->limit, &q->out);
     case 8: return sl_aud_list(q->aud, txn, &q->out);
     case 9: return sl_aud_members(q->aud, txn, q->field, &q->ex, &q->out);
+    case 10: return sl_aud_kpis(q->aud, txn, q->field, q->period_ms, q->days, q->limit, sl_now_ms(), &q->out);
     default: return sl_stitch_merges(q->stitch, txn, q->kind, q->id, q->limit, q->before, &q->out);
     }
 }
@@ -177,7 +181,7 @@ static void read_done(uv_work_t *w, int status)
         ctype = ex.format == SL_AUD_CSV ? "text/csv; charset=utf-8; header=present"
                 : ex.format == SL_AUD_NDJSON ? "application/x-ndjson" : "application/json";
     }
-    if (rc == SL_ENOTFOUND) http_respond_error(c, 404, what == 9 ? "no such audience" : "no profile has that identifier");
+    if (rc == SL_ENOTFOUND) http_respond_error(c, 404, what >= 9 ? "no such audience" : "no profile has that identifier");
     else if (rc == SL_EINVAL) http_respond_error(c, 400, "before must be a cursor from a previous page");
     else if (rc || out.data == NULL) http_respond_error(c, 503, sl_strerror(rc ? rc : SL_ENOMEM));
     else http_respond(c, 200, ctype, h, out.data, out.len);
@@ -442,17 +446,47 @@ void http_handle_computed(conn_t *c, const char *rest)
 
 /* /{name}/members?format=&fields=&hash=&after=&limit= into q (what 9): 0,
  * or -1 after answering 400/404 */
+/* rest "/{name}<tail>": the audience's name, decoded into the request's
+ * arena, when it names one (else NULL) */
+static char *audience_named(conn_t *c, read_req_t *q, const char *rest, const char *tail)
+{
+    size_t n = strlen(rest), tl = strlen(tail);
+    char *name = rest[0] == '/' && n > tl + 1 && strcmp(rest + n - tl, tail) == 0
+                     ? sl_arena_strndup(&c->req->arena, rest + 1, n - tl - 1)
+                     : NULL;
+    long dn = name ? sl_percent_decode(name, strlen(name)) : -1;
+    if (dn <= 0 || memchr(name, '\0', (size_t)dn)) return NULL;
+    name[dn] = '\0';
+    return sl_aud_has(q->aud, name) ? name : NULL;
+}
+
+/* /{name}/kpis?period=30d&days=30&limit=: into q (what 10); 0, or -1 after answering */
+static int audience_kpis_query(conn_t *c, char *name, read_req_t *q)
+{
+    char *v = NULL;
+    q->period_ms = 30 * 86400000LL;
+    if (http_query_param(c->req, "period", &v) > 0 &&
+        (sl_parse_duration_ms(v, &q->period_ms) || q->period_ms <= 0 || q->period_ms > 3660LL * 86400000)) {
+        http_respond_error(c, 400, "period must be a duration from 1s to 3660d (\"30d\")");
+        return -1;
+    }
+    unsigned long long days = 30, limit = 1000000;
+    if (http_query_num(c, "days", 1, 730, &days) < 0 || http_query_num(c, "limit", 1, 100000000, &limit) < 0) return -1;
+    q->days = (int)days;
+    q->limit = (size_t)limit;
+    q->field = name;
+    q->what = 10;
+    return 0;
+}
+
 static int audience_members_query(conn_t *c, const char *rest, read_req_t *q)
 {
     req_t *r = c->req;
-    size_t n = strlen(rest);
-    static const char tail[] = "/members";
-    char *name = rest[0] == '/' && n > sizeof(tail) && strcmp(rest + n - (sizeof(tail) - 1), tail) == 0
-                     ? sl_arena_strndup(&r->arena, rest + 1, n - sizeof(tail))
-                     : NULL;
-    long dn = name ? sl_percent_decode(name, strlen(name)) : -1;
-    if (dn <= 0 || memchr(name, '\0', (size_t)dn) || (name[dn] = '\0', !sl_aud_has(q->aud, name))) {
-        http_respond_error(c, 404, "use /v1/audiences/{name}/members with an audience (GET /v1/audiences lists them)");
+    char *name = audience_named(c, q, rest, "/kpis");
+    if (name) return audience_kpis_query(c, name, q);
+    if ((name = audience_named(c, q, rest, "/members")) == NULL) {
+        http_respond_error(c, 404, "use /v1/audiences/{name}/members or /v1/audiences/{name}/kpis with an audience "
+                                   "(GET /v1/audiences lists them)");
         return -1;
     }
     sl_aud_export_t *x = &q->ex;

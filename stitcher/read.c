@@ -554,3 +554,13 @@ out:
     stitch_person_free(&p);
     return rc;
 }
+
+int sl_stitch_person_seen(sl_stitch_t *s, MDB_txn *txn, uint64_t id, int64_t *first, int64_t *last)
+{
+    person_t p = {0}; /* (its own: readers call it) */
+    int rc = stitch_person_load(s, txn, id, &p);
+    uint64_t n;
+    if (rc == 0) rc = stitch_person_stats(s, txn, &p, &n, NULL, first, last);
+    stitch_person_free(&p);
+    return rc == MDB_NOTFOUND ? SL_ENOTFOUND : rc;
+}

@@ -184,6 +184,10 @@ int sl_stitch_attach_put(sl_stitch_t *s, MDB_txn *txn, uint64_t person, int tag,
 int sl_stitch_attach_each(sl_stitch_t *s, MDB_txn *txn, int tag,
                           int (*cb)(uint64_t person, const MDB_val *v, void *arg), void *arg);
 
+/* The first and last times (ms) of person id's stored events (0: none
+ * left). Any thread. SL_ENOTFOUND: no such person. */
+int sl_stitch_person_seen(sl_stitch_t *s, MDB_txn *txn, uint64_t id, int64_t *first, int64_t *last);
+
 /* The ids of the persons from `from` on, in order, at most cap of them,
  * into ids[0..*n) (a walk over every person in chunks: an audience built).
  * Any thread. */

@@ -296,7 +296,7 @@ test('verify checks memberships, the members index and the counts; rebuild recom
   v = run(['verify', '-c', srv.cfgPath]);
   assert.equal(v.code, 1, v.stdout);
   assert.match(v.stdout, /audiences: p_99999 is listed in exported but no such person exists/);
-  assert.match(v.stdout, /audiences: exported counts \d+ members, its index lists \d+/);
+  assert.match(v.stdout, /audiences: exported counts \d+ members \(.*\), its index lists \d+ /);
   const rb = run(['rebuild', '-c', srv.cfgPath]);
   assert.equal(rb.code, 0, rb.stderr);
   v = run(['verify', '-c', srv.cfgPath]);
@@ -361,5 +361,48 @@ test('a reload builds a new or changed audience over existing persons, announced
     assert.equal(v.code, 0, v.stdout + v.stderr);
   } finally {
     await s2.stop(); s2.cleanup();
+  }
+});
+
+test('KPIs per audience: sums kept with each move and each order, the day\'s history, the period\'s shares', async () => {
+  const s3 = await startServer({ config: {
+    computed: { commerce: { currency: 'EUR' } },
+    audiences: [{ name: 'buyers', where: { field: 'profile.computed.orders', gte: 1 } },
+      { name: 'known', where: { field: 'profile.identified', eq: true } }],
+  } });
+  const send = async (type, body) => { const r = await post(s3, '/v1/' + type, body); assert.equal(r.status, 200, r.text); };
+  const kpis = async (name, q = '') => (await fetch(`${s3.url}/v1/audiences/${name}/kpis${q}`, { headers: bearer })).json();
+  try {
+    await send('identify', { userId: 'k1', traits: { email: 'k1@example.com' } });
+    await send('identify', { userId: 'k2' });
+    await send('track', { userId: 'k1', event: 'Order Completed', properties: { order_id: 'k1-a', revenue: 10 } });
+    await send('track', { userId: 'k2', event: 'Order Completed', properties: { order_id: 'k2-a', revenue: 30 } });
+    await send('track', { userId: 'k2', event: 'Order Completed', properties: { order_id: 'k2-b', revenue: 20 } });
+    let k = await kpis('buyers');
+    assert.deepEqual([k.members, k.identified, k.with_email, k.orders, k.revenue, k.aov, k.revenue_per_member],
+      [2, 2, 1, 3, 60, 20, 30], JSON.stringify(k));
+    const kn = await kpis('known');
+    assert.deepEqual([kn.members, kn.orders, kn.revenue], [2, 3, 60], 'a member\'s orders move the sums of every audience it is in');
+    // the day's history: two entered today, none left
+    assert.equal(k.history.length, 1);
+    assert.deepEqual([k.history[0].members, k.history[0].entered, k.history[0].exited], [2, 2, 0]);
+    assert.match(k.history[0].day, /^\d{4}-\d\d-\d\d$/);
+    // the period: both active; one of two buyers ordered twice
+    assert.equal(k.period.active_share, 1);
+    assert.equal(k.period.second_order_conversion, 0.5);
+    assert.equal(k.period.churned_share, null, 'nobody was seen before the period');
+    // an e-mail gained moves with_email of every audience the person is in
+    await send('identify', { userId: 'k2', traits: { email: 'k2@example.com' } });
+    assert.equal((await kpis('known')).with_email, 2);
+    // the list carries the sums too
+    const list = await (await fetch(s3.url + '/v1/audiences', { headers: bearer })).json();
+    const b = list.audiences.find((x) => x.name === 'buyers');
+    assert.deepEqual([b.members, b.orders, b.revenue, b.aov], [2, 3, 60, 20]);
+    assert.equal((await fetch(`${s3.url}/v1/audiences/buyers/kpis?period=soon`, { headers: bearer })).status, 400);
+    await s3.stop();
+    const v = run(['verify', '-c', s3.cfgPath]);
+    assert.equal(v.code, 0, v.stdout + v.stderr);
+  } finally {
+    await s3.stop(); s3.cleanup();
   }
 });
