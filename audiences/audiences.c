@@ -211,11 +211,18 @@ static int visit(sl_cfg_ctx_t *x, aud_conf_t *c, size_t i, unsigned char *mark, 
     return 0;
 }
 
+static int conf_defines(const void *parsed, const char *name);
+
 static int conf_parse(const sl_cfg_json_t *json, const sl_config_t *cfg, void **out, char *err, size_t errlen)
 {
     sl_cfg_ctx_t x = {err, errlen};
     *out = NULL;
-    if (json == NULL) return 0;
+    if (json == NULL) {
+        if (cfg->n_pressure_tiers)
+            return sl_cfg_error(&x, "pressure.tiers[0].audience names \"%s\", which is not an audience (none is configured)",
+                                cfg->pressure_tiers[0].audience);
+        return 0;
+    }
     if (!cJSON_IsArray(json) || cJSON_GetArraySize(json) > SL_AUD_MAX)
         return sl_cfg_error(&x, "audiences must be an array of at most %d audiences", SL_AUD_MAX);
     aud_conf_t *c = calloc(1, sizeof(*c));
@@ -248,6 +255,10 @@ static int conf_parse(const sl_cfg_json_t *json, const sl_config_t *cfg, void **
     unsigned char mark[SL_AUD_MAX] = {0};
     size_t stack[SL_AUD_MAX + 1], n_order = 0;
     for (size_t i = 0; i < c->n && rc == 0; i++) rc = visit(&x, c, i, mark, stack, 0, &n_order);
+    for (size_t t = 0; t < cfg->n_pressure_tiers && rc == 0; t++) /* the core's pressure.tiers name audiences */
+        if (!conf_defines(c, cfg->pressure_tiers[t].audience))
+            rc = sl_cfg_error(&x, "pressure.tiers[%zu].audience names \"%s\", which is not an audience", t,
+                              cfg->pressure_tiers[t].audience);
     *out = c; /* (on error too: the parser frees it) */
     return rc;
 }
@@ -416,19 +427,6 @@ static int contribution(sl_aud_t *a, MDB_txn *txn, uint64_t person, int64_t now,
     return 0;
 }
 
-/* the local day of ms (the configured timezone), as days since 1970-01-01 */
-static int64_t local_day(int64_t ms)
-{
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    if (localtime_r(&t, &tm) == NULL) return ms / 86400000;
-    int64_t y = (int64_t)tm.tm_year + 1900, mo = tm.tm_mon + 1, d = tm.tm_mday;
-    y -= mo <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400, yoe = y - era * 400;
-    int64_t doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1, doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
 /* ahist: be32 id, be32 day -> the members at the day's last move, entered, exited */
 typedef struct {
     uint64_t members;
@@ -444,7 +442,7 @@ static void hist_key(unsigned char k[8], uint32_t id, int64_t day)
 static int hist_add(sl_aud_t *a, MDB_txn *txn, uint32_t id, int in, uint64_t members, int64_t now)
 {
     unsigned char key[8];
-    hist_key(key, id, local_day(now));
+    hist_key(key, id, sl_local_day(now));
     MDB_val k = {8, key}, v;
     hist_t h = {0};
     int rc = mdb_get(txn, a->hist, &k, &v);
@@ -1415,7 +1413,7 @@ int sl_aud_kpis(sl_aud_t *a, MDB_txn *txn, const char *name, int64_t period_ms, 
     kpi_print(out, &k);
     /* the history, oldest day first */
     sl_buf_appends(out, ",\"history\":[");
-    int64_t today = local_day(now);
+    int64_t today = sl_local_day(now);
     if (atomic_load(&a->have_dbs) && a->hist) {
         MDB_cursor *cur;
         if ((rc = mdb_cursor_open(txn, a->hist, &cur))) return rc;
@@ -1495,4 +1493,17 @@ int sl_aud_kpis(sl_aud_t *a, MDB_txn *txn, const char *name, int64_t period_ms, 
 #undef SHARE
     sl_buf_appends(out, "}}");
     return out->data ? 0 : SL_ENOMEM;
+}
+
+int sl_aud_is_member(sl_aud_t *a, MDB_txn *txn, uint64_t person, const char *name)
+{
+    MDB_val v;
+    uint32_t ids[SL_AUD_MAX], id = aud_id(name);
+    size_t n = 0;
+    int evaluated;
+    if (sl_stitch_attach_step_get(a->stitch, txn, person, SL_ATTACH_AUDIENCES, &v) != 0 || att_read(&v, ids, &n, &evaluated))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] == id) return 1;
+    return 0;
 }

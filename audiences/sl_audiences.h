@@ -141,6 +141,9 @@ int sl_aud_verify(sl_aud_t *a, MDB_txn *txn, int64_t now, FILE *out, uint64_t *p
  * 0, SL_ENOTFOUND (no such audience) or an LMDB error. Any thread. */
 int sl_aud_kpis(sl_aud_t *a, MDB_txn *txn, const char *name, int64_t period_ms, int days, size_t limit, int64_t now,
                 sl_buf_t *out);
+/* 1 when person is a member of the audience name (pressure tiers). Stage
+ * thread, during an event or a timer. */
+int sl_aud_is_member(sl_aud_t *a, MDB_txn *txn, uint64_t person, const char *name);
 /* 1 when cfg's audiences hold name */
 int sl_aud_has(sl_aud_t *a, const char *name);
 

@@ -193,6 +193,7 @@ static int derived_new_at(derived_t *d, const sl_config_t *cfg, sl_store_t *stor
     if (rc == 0) rc = sl_fields_attach(d->fields, d->stage);
     if (rc == 0) rc = sl_feed_attach(d->feed, d->stage);
     if (rc == 0) rc = sl_trig_attach(d->trig, d->stage);
+    sl_trig_set_audiences(d->trig, d->aud); /* pressure tiers */
     return rc ? rc : sl_aud_attach(d->aud, d->stage); /* after the engine: its erasure hook runs after the engine's */
 }
 

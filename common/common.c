@@ -916,3 +916,16 @@ void sl_thread_name(const char *name)
 {
     prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
 }
+
+int64_t sl_local_day(int64_t ms)
+{
+    time_t t = (time_t)(ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000));
+    struct tm tm;
+    if (localtime_r(&t, &tm) == NULL) return ms / 86400000;
+    /* days from the civil date (Howard Hinnant's algorithm) */
+    int64_t y = (int64_t)tm.tm_year + 1900, mo = tm.tm_mon + 1, d = tm.tm_mday;
+    y -= mo <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400, yoe = y - era * 400;
+    int64_t doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1, doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}

@@ -287,6 +287,42 @@ static int section_defines(const sl_config_t *c, const char *name)
 
 int sl_config_defined(const sl_config_t *c, const char *name) { return section_defines(c, name); }
 
+/* pressure.tiers: [{"audience", "max_per_profile_per_day" | "max_per_profile_per_week"}]
+ * (the audiences section checks that each names one of its audiences) */
+static int parse_pressure_tiers(ctx_t *x, const cJSON *tiers, sl_config_t *c)
+{
+    if (tiers == NULL) return 0;
+    if (!cJSON_IsArray(tiers) || cJSON_GetArraySize(tiers) > SL_PRESSURE_MAX_TIERS) {
+        seterr(x->err, x->errlen, "pressure.tiers must be an array of at most 16 tiers");
+        return SL_EINVAL;
+    }
+    size_t n = (size_t)cJSON_GetArraySize(tiers);
+    if (n == 0) return 0;
+    if ((c->pressure_tiers = calloc(n, sizeof(*c->pressure_tiers))) == NULL) return SL_ENOMEM;
+    static const char *tk[] = {"audience", "max_per_profile_per_day", "max_per_profile_per_week", NULL};
+    int rc = 0;
+    for (const cJSON *t = tiers->child; t && rc == 0 && c->n_pressure_tiers < n; t = t->next) {
+        char path[40];
+        snprintf(path, sizeof(path), "pressure.tiers[%zu]", c->n_pressure_tiers);
+        struct sl_pressure_tier_s *pt = &c->pressure_tiers[c->n_pressure_tiers++];
+        if (!cJSON_IsObject(t)) {
+            seterr(x->err, x->errlen, "%s must be an object", path);
+            return SL_EINVAL;
+        }
+        if ((rc = sl_cfg_check_keys(x, t, path, tk)) || (rc = sl_cfg_str(x, t, "audience", path, &pt->audience, 1)) ||
+            (rc = sl_cfg_int(x, t, "max_per_profile_per_day", path, 0, 1000000, "", &pt->per_day)) ||
+            (rc = sl_cfg_int(x, t, "max_per_profile_per_week", path, 0, 1000000, "", &pt->per_week)))
+            return rc;
+        int day = cJSON_GetObjectItemCaseSensitive(t, "max_per_profile_per_day") != NULL,
+            week = cJSON_GetObjectItemCaseSensitive(t, "max_per_profile_per_week") != NULL;
+        if (day == week) {
+            seterr(x->err, x->errlen, "%s needs one of max_per_profile_per_day and max_per_profile_per_week", path);
+            return SL_EINVAL;
+        }
+    }
+    return rc;
+}
+
 static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
 {
     static const char *core[] = {
@@ -520,11 +556,13 @@ static int parse_config(sl_config_t *c, const cJSON *root, ctx_t *x)
     }
     const cJSON *pr = cJSON_GetObjectItemCaseSensitive(root, "pressure");
     if (pr) {
-        static const char *pk[] = {"max_per_profile_per_day", NULL};
+        static const char *pk[] = {"max_per_profile_per_day", "tiers", "timezone", NULL};
         if ((rc = sl_cfg_check_keys(x, pr, "pressure", pk))) return rc;
         if ((rc = sl_cfg_int(x, pr, "max_per_profile_per_day", "pressure", 0, 1000000, " (0 = no cap)",
-                          &c->pressure_max_per_profile_per_day)))
+                          &c->pressure_max_per_profile_per_day)) ||
+            (rc = sl_cfg_bool(x, pr, "timezone", "pressure", &c->pressure_local_days)))
             return rc;
+        if ((rc = parse_pressure_tiers(x, cJSON_GetObjectItemCaseSensitive(pr, "tiers"), c))) return rc;
     }
     const cJSON *wh = cJSON_GetObjectItemCaseSensitive(root, "webhooks");
     if (wh) {
@@ -791,6 +829,8 @@ void sl_config_free(sl_config_t *c)
         sl_cfg_strv_free(c->webhooks[i].rules, c->n_webhooks ? c->webhooks[i].n_rules : 0);
     }
     free(c->webhooks);
+    for (size_t i = 0; i < c->n_pressure_tiers; i++) free(c->pressure_tiers[i].audience);
+    free(c->pressure_tiers);
     memset(c, 0, sizeof(*c));
 }
 

@@ -207,6 +207,9 @@ void sl_time_format_iso(int64_t ms, char out[32]);
 int sl_buf_append_duration(sl_buf_t *b, int64_t ms);
 /* Appends ms as a JSON string in that format, or null when ms is 0 (never set). */
 int sl_buf_append_iso(sl_buf_t *b, int64_t ms);
+/* The local day of ms in the process's timezone (the top-level `timezone`,
+ * sl_timezone_apply), as days since 1970-01-01. */
+int64_t sl_local_day(int64_t ms);
 /* Parses ISO 8601 / RFC 3339: date, 'T' or ' ', time with optional fraction,
  * then 'Z', '+HH:MM', '+HHMM' or nothing (UTC). A bare date is midnight UTC.
  * Returns 0 and *ms, or SL_EINVAL. */

@@ -37,6 +37,8 @@ typedef struct sl_webhook_s {
     int profile_erased;    /* erasures (feed entries of no rule) are sent too (default 1) */
 } sl_webhook_t;
 
+#define SL_PRESSURE_MAX_TIERS 16
+
 typedef struct sl_config_s {
     int is_demo;                 /* no file: the embedded demo default */
     char *listen;                /* "HOST:PORT" */
@@ -103,6 +105,12 @@ typedef struct sl_config_s {
     int64_t dedupe_window_ms;    /* 24h */
     void *sections[SL_CONFIG_MAX_SECTIONS]; /* the registered sections' parsed forms (sl_config_section) */
     int pressure_max_per_profile_per_day; /* 0 = no cap */
+    struct sl_pressure_tier_s {   /* pressure.tiers: the first whose audience holds the person replaces the cap */
+        char *audience;
+        int per_day, per_week;    /* one of them set (the other 0) */
+    } *pressure_tiers;
+    size_t n_pressure_tiers;      /* at most SL_PRESSURE_MAX_TIERS */
+    int pressure_local_days;      /* pressure.timezone: days in the top-level timezone (else UTC) */
     int64_t trigger_retention_ms; /* feed entries older than this are pruned; 30d */
     char *timezone;                 /* "Europe/Paris": calendar days of computed windows (NULL: UTC); read at start */
     int64_t anonymous_retention_ms; /* events of persons never identified older than this are pruned; 0 = kept */

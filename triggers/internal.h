@@ -122,6 +122,7 @@ struct sl_trig_s {
     const sl_config_t *_Atomic cfg;      /* written by the stage thread (reload), read by /metrics */
     sl_stitch_t *stitch;
     sl_fields_t *fields;                 /* computed fields (NULL: none wired): in_payload, changes */
+    struct sl_aud_s *aud;                /* audiences (NULL: none wired): pressure tiers */
     sl_fields_listener_t flistener;
     sl_stage_t *stage;                   /* set by sl_trig_attach: the log, for events read back */
     sl_feed_t *feed;                     /* where triggers are appended */

@@ -80,6 +80,10 @@ int sl_trig_pending(sl_trig_t *t, MDB_txn *txn, uint64_t person, sl_buf_t *out);
  * timers but appends no trigger -- what fired before is in the feed the
  * rebuild carried over (sl_feed_carry_over). */
 void sl_trig_mute(sl_trig_t *t, int muted);
+/* The audiences pressure.tiers read (audiences/sl_audiences.h); before the
+ * stage starts. Without them, the tiers hold nobody. */
+struct sl_aud_s;
+void sl_trig_set_audiences(sl_trig_t *t, struct sl_aud_s *aud);
 
 /* Replaces the rules with those of cfg, as a stage job's run (arg: the
  * reload request); timers and states of rules that keep their name go on. */

@@ -5,6 +5,7 @@
  * sl_triggers.h for the storage layout and docs/TRIGGERS.md for the
  * semantics of each rule. */
 #include "internal.h"
+#include "sl_audiences.h"
 #include "sl_rules.h"
 
 #include <stdio.h>
@@ -168,6 +169,21 @@ static uint32_t pressure_get(sl_trig_t *t, MDB_txn *txn, uint32_t day, uint64_t 
     return n;
 }
 
+/* The pressure's day: UTC, or the top-level timezone's with pressure.timezone. */
+static uint32_t pressure_day(const sl_config_t *cfg, int64_t now)
+{
+    return (uint32_t)(cfg->pressure_local_days ? sl_local_day(now) : now / 86400000);
+}
+
+/* The person's triggers under the cap: today's, or the last seven days' */
+static uint32_t pressure_count(sl_trig_t *t, MDB_txn *txn, uint32_t day, int weekly, uint64_t person)
+{
+    MDB_val k;
+    uint32_t n = 0;
+    for (uint32_t d = 0; d < (weekly ? 7u : 1u); d++) n += pressure_get(t, txn, day - d, person, "", &k);
+    return n;
+}
+
 static int pressure_inc(sl_trig_t *t, MDB_txn *txn, uint32_t day, uint64_t person, const char *rule)
 {
     MDB_val k;
@@ -228,11 +244,25 @@ int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person,
             return 0;
         }
     }
-    uint32_t day = (uint32_t)(now / 86400000);
+    const sl_config_t *cfg = t->cfg;
+    uint32_t day = pressure_day(cfg, now);
     MDB_val k;
     /* a rule outside the pressure (a CRM sync) neither counts toward the
-     * profile's cap nor is held by it */
-    int cap = r->pressure ? t->cfg->pressure_max_per_profile_per_day : 0, rc;
+     * profile's cap nor is held by it; the first tier whose audience holds
+     * the person replaces the cap (docs/AUDIENCES.md, "Pressure by audience") */
+    int cap = r->pressure ? cfg->pressure_max_per_profile_per_day : 0, weekly = 0, rc;
+    for (size_t i = 0; r->pressure && t->aud && i < cfg->n_pressure_tiers; i++)
+        if (sl_aud_is_member(t->aud, txn, person, cfg->pressure_tiers[i].audience)) {
+            weekly = cfg->pressure_tiers[i].per_week != 0;
+            cap = weekly ? cfg->pressure_tiers[i].per_week : cfg->pressure_tiers[i].per_day;
+            if (cap == 0) cap = -1; /* a tier of 0: nothing goes */
+            break;
+        }
+    if (cap < 0) {
+        t->pend.suppressed++;
+        if (idx < MAX_RULES) t->pend.suppressed_by_rule[idx]++;
+        return 0;
+    }
     /* consent: a rule that needs it, and the pressure cap (an unsubscribed
      * person's cap is 0) */
     if (r->requires_consent || cap) {
@@ -246,7 +276,7 @@ int trig_fire(sl_trig_t *t, MDB_txn *txn, const trig_rule_t *r, uint64_t person,
             return 0;
         }
     }
-    if ((cap && pressure_get(t, txn, day, person, "", &k) >= (uint32_t)cap) ||
+    if ((cap && pressure_count(t, txn, day, weekly, person) >= (uint32_t)cap) ||
         (r->max_per_day && pressure_get(t, txn, day, person, r->name, &k) >= (uint32_t)r->max_per_day)) {
         t->pend.suppressed++;
         if (idx < MAX_RULES) t->pend.suppressed_by_rule[idx]++;
@@ -517,7 +547,8 @@ static int64_t on_due(void *arg)
     return t->last_prune_ms + 60000;
 }
 
-/* Pressure counts of days before yesterday (the feed prunes itself). */
+/* Pressure counts of days before yesterday, or before the last eight days
+ * when a tier caps a week (the feed prunes itself). */
 static int on_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
 {
     sl_trig_t *t = arg;
@@ -525,7 +556,10 @@ static int on_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
     MDB_val k, v;
     int rc;
     t->last_prune_ms = now;
-    uint32_t day = (uint32_t)(now / 86400000) - 1;
+    const sl_config_t *cfg = t->cfg;
+    int weekly = 0;
+    for (size_t i = 0; i < cfg->n_pressure_tiers; i++) weekly |= cfg->pressure_tiers[i].per_week != 0;
+    uint32_t day = pressure_day(cfg, now) - (weekly ? 7 : 1);
     if ((rc = mdb_cursor_open(txn, t->pressure, &cur))) return rc;
     for (int n = 0; n < 1000 && (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0; n++) {
         const unsigned char *p = k.mv_data;
@@ -879,6 +913,7 @@ void sl_trig_metrics(void *arg, sl_buf_t *b)
 }
 
 void sl_trig_mute(sl_trig_t *t, int muted) { t->muted = muted; }
+void sl_trig_set_audiences(sl_trig_t *t, struct sl_aud_s *aud) { t->aud = aud; }
 
 int sl_trig_rules_json(sl_trig_t *t, MDB_txn *txn, sl_buf_t *out)
 {

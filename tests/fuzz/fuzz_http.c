@@ -170,7 +170,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
              "\"where\":{\"field\":\"properties.items[].n\",\"gte\":1},\"unless\":{\"event\":\"Email Opened\","
              "\"match\":\"properties.id\",\"where\":{\"not\":{\"field\":\"properties.bot\",\"eq\":true}}},"
              "\"if\":{\"any\":[{\"field\":\"profile.traits.phone\",\"exists\":true},{\"field\":\"profile.identified\",\"eq\":true}]}},"
-             "{\"name\":\"i\",\"type\":\"inactivity\",\"after\":\"2s\",\"event\":\"Order Completed\"}],\"pressure\":{\"max_per_profile_per_day\":5},"
+             "{\"name\":\"i\",\"type\":\"inactivity\",\"after\":\"2s\",\"event\":\"Order Completed\"}],\"pressure\":{\"max_per_profile_per_day\":5,\"tiers\":[{\"audience\":\"a-pro\",\"max_per_profile_per_week\":2}]},"
              /* audiences the public key's events move: traits, computed (a timer's too), consent, one reading another */
              "\"audiences\":[{\"name\":\"a-v\",\"where\":{\"field\":\"profile.computed.v\",\"gte\":1},\"include_anonymous\":true},"
              "{\"name\":\"a-pro\",\"where\":{\"any\":[{\"field\":\"profile.traits.plan\",\"eq\":\"pro\"},"
@@ -196,7 +196,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     sl_aud_t *aud = feed && fields ? sl_aud_new(&cfg, stitch, fields, feed) : NULL;
     if (stage == NULL || stitch == NULL || trig == NULL || aud == NULL || sl_stage_add_step(stage, sl_stitch_step(stitch)) ||
         sl_fields_attach(fields, stage) || sl_feed_attach(feed, stage) || sl_trig_attach(trig, stage) ||
-        sl_aud_attach(aud, stage) || sl_stage_open(stage) || sl_store_start(store, &loop))
+        (sl_trig_set_audiences(trig, aud), sl_aud_attach(aud, stage)) || sl_stage_open(stage) || sl_store_start(store, &loop))
         abort();
     if (sl_http_server_start(&srv, &loop, &cfg, store) ||
         (sl_http_server_set_fields(srv, fields), sl_http_server_set_audiences(srv, aud),

@@ -406,3 +406,44 @@ test('KPIs per audience: sums kept with each move and each order, the day\'s his
     await s3.stop(); s3.cleanup();
   }
 });
+
+test('pressure by audience: a weekly tier lets 1 of 2 triggers through where the global cap lets 2; moves are never held back', async () => {
+  const s4 = await startServer({ config: {
+    audiences: [{ name: 'vip', where: { field: 'profile.traits.plan', eq: 'vip' } }],
+    triggers: [{ name: 'color', type: 'trait_change', trait: 'color', on_first_set: true }],
+    pressure: { max_per_profile_per_day: 2, tiers: [{ audience: 'vip', max_per_profile_per_week: 1 }] },
+  } });
+  const send = async (body) => { const r = await post(s4, '/v1/identify', body); assert.equal(r.status, 200, r.text); };
+  try {
+    await send({ userId: 'v1', traits: { plan: 'vip' } });
+    for (const color of ['red', 'blue']) {
+      await send({ userId: 'v1', traits: { color } });
+      await send({ userId: 'n1', traits: { color } });
+    }
+    // the vip's cap is spent: its moves still come
+    await send({ userId: 'v1', traits: { plan: 'free' } });
+    await send({ userId: 'v1', traits: { plan: 'vip' } });
+    const { triggers } = await (await fetch(`${s4.url}/v1/triggers?after=0&limit=1000`, { headers: bearer })).json();
+    const fired = (u) => triggers.filter((t) => t.rule === 'color' && t.profile.user_id === u).length;
+    assert.equal(fired('v1'), 1, 'the vip tier: one a week');
+    assert.equal(fired('n1'), 2, 'everyone else: the global cap of two a day');
+    assert.deepEqual(triggers.filter((t) => t.rule === 'vip' && t.type !== 'audience_built').map((t) => t.type),
+      ['audience_entered', 'audience_exited', 'audience_entered']);
+    const m = await (await fetch(`${s4.url}/metrics`, { headers: bearer })).text();
+    assert.match(m, /sillage_triggers_suppressed_total\{rule="color",reason="pressure"\} 1/);
+  } finally {
+    await s4.stop(); s4.cleanup();
+  }
+  // check-config: a tier names an audience
+  const dir = tempDir();
+  const p = join(dir, 'tiers.json');
+  writeFileSync(p, JSON.stringify(baseConfig(join(dir, 'data'), { pressure: { tiers: [{ audience: 'ghost', max_per_profile_per_day: 1 }] } })));
+  let r = run(['check-config', '-c', p]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /pressure\.tiers\[0\]\.audience names "ghost", which is not an audience/);
+  writeFileSync(p, JSON.stringify(baseConfig(join(dir, 'data'), { audiences: [{ name: 'a', where: { field: 'profile.identified', eq: true } }],
+    pressure: { tiers: [{ audience: 'a', max_per_profile_per_day: 1, max_per_profile_per_week: 3 }] } })));
+  r = run(['check-config', '-c', p]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /pressure\.tiers\[0\] needs one of max_per_profile_per_day and max_per_profile_per_week/);
+});
