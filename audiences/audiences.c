@@ -550,9 +550,11 @@ static int transition(sl_aud_t *a, MDB_txn *txn, const aud_def_t *d, uint64_t pe
     sl_buf_append_json_str(b, d->name, strlen(d->name));
     sl_buf_printf(b, ",\"reason\":\"%s\",\"members\":%llu}", reason, (unsigned long long)members);
     if (sl_buf_append(p, "", 1) || sl_buf_append(b, "", 1)) return SL_ENOMEM;
+    /* no cause: an entry naming one holds that event back from retention
+     * (docs/PRIVACY.md), and every member's would then be held */
+    (void)cause;
     sl_feed_entry_t e = {.at_ms = now, .entity = {SL_ENTITY_PERSON, person}, .rule = d->name,
-                         .type = in ? "audience_entered" : "audience_exited", .cause = cause, .profile = p->data,
-                         .data = b->data};
+                         .type = in ? "audience_entered" : "audience_exited", .profile = p->data, .data = b->data};
     return sl_feed_append(a->feed, txn, &e, NULL);
 }
 

@@ -77,7 +77,7 @@ test('events move a person in and out, an audience reading two others after them
   const { triggers } = await get(`/v1/triggers?after=${p0}&limit=1&rule=customers`);
   assert.deepEqual(Object.keys(triggers[0].profile).sort(), ['email', 'id', 'user_id']);
   assert.equal(triggers[0].profile.email, 'ann@example.com');
-  assert.ok(triggers[0].cause?.messageId, 'the event that moved it');
+  assert.equal(triggers[0].cause, null, 'no cause: it would hold the event back from retention');
   const prof = await get('/v1/profiles/user_id/ann');
   assert.deepEqual(prof.audiences, ['customers']);
   assert.deepEqual(await counts(), { 'pro-customers': 0, customers: 1, pro: 0, browsing: 0, exported: 0, consented: 0 });
@@ -446,4 +446,33 @@ test('pressure by audience: a weekly tier lets 1 of 2 triggers through where the
   r = run(['check-config', '-c', p]);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /pressure\.tiers\[0\] needs one of max_per_profile_per_day and max_per_profile_per_week/);
+});
+
+test('retention removing a never-identified member: an exit with reason expired and the id alone', async () => {
+  const s5 = await startServer({ config: {
+    anonymous_retention: '395d',
+    audiences: [{ name: 'visitors', where: { field: 'profile.identified', eq: false }, include_anonymous: true }],
+  } });
+  try {
+    const r = await post(s5, '/v1/page', { anonymousId: 'rt-old', properties: { path: '/x' },
+      timestamp: new Date(Date.now() - 400 * 86400000).toISOString() });
+    assert.equal(r.status, 200);
+    const feed = async () => (await (await fetch(`${s5.url}/v1/triggers?after=0&limit=1000&rule=visitors`, { headers: bearer })).json()).triggers;
+    const end = Date.now() + 30000;
+    let t;
+    for (;;) {
+      t = (await feed()).filter((x) => x.type === 'audience_exited');
+      if (t.length) break;
+      assert.ok(Date.now() < end, 'retention removes the visitor: ' + JSON.stringify(await feed()));
+      await sleep(200);
+    }
+    assert.equal(t.length, 1);
+    assert.equal(t[0].data.reason, 'expired');
+    assert.deepEqual(Object.keys(t[0].profile), ['id']);
+    assert.equal(t[0].data.members, 0);
+    const list = await (await fetch(s5.url + '/v1/audiences', { headers: bearer })).json();
+    assert.equal(list.audiences[0].members, 0);
+  } finally {
+    await s5.stop(); s5.cleanup();
+  }
 });
