@@ -39,7 +39,9 @@ function showProfile(p) {
     '<tr><th>consent</th><td colspan="3" id="consent">' + consent + '</td></tr></tbody></table>' +
     '<h2 style="margin-top:.8rem">Traits <small>value, and when it was set</small></h2><table><tbody id="traits">' + (traits || '<tr><td class="muted">none</td></tr>') + '</tbody></table>' +
     '<h2 style="margin-top:.8rem">Pending triggers <small>due, and what would cancel them</small></h2><table><tbody id="pending">' + pending(p.pending_triggers) + '</tbody></table>' +
-    '<h2 style="margin-top:.8rem">Computed <small>as of this read (docs/COMPUTED.md)</small></h2><table><tbody id="computed">' + computed(p.computed) + '</tbody></table>';
+    '<h2 style="margin-top:.8rem">Computed <small>as of this read (docs/COMPUTED.md)</small></h2><table><tbody id="computed">' + computed(p.computed) + '</tbody></table>' +
+    '<h2 style="margin-top:.8rem">Audiences <small>this person is in (docs/AUDIENCES.md)</small></h2><div id="memberships">' +
+    ((p.audiences || []).map(function (a) { return '<span class="chip">' + esc(a) + '</span>'; }).join('') || '<span class="muted">none</span>') + '</div>';
   $('erase').onclick = erase;
 }
 // The person's computed fields, RFM first (a flat list: rfm.segment...).
@@ -62,6 +64,29 @@ function loadRfm() {
       return '<tr><td>' + esc(s) + '</td><td>' + esc(v[s]) + '</td></tr>';
     }).join('') || '<tr><td class="muted">nobody yet</td></tr>';
   }).catch(function () { $('rfm-section').hidden = true; });
+}
+// The audiences, their KPIs and the last days' history (docs/AUDIENCES.md).
+function loadAudiences() {
+  api('/v1/audiences').then(function (r) {
+    var list = r.status === 200 ? r.json.audiences || [] : [];
+    $('aud-section').hidden = list.length === 0;
+    if (!list.length) return;
+    return Promise.all(list.map(function (a) {
+      return api('/v1/audiences/' + encodeURIComponent(a.name) + '/kpis?days=7&limit=1').then(function (k) {
+        return k.status === 200 ? k.json.history : [];
+      });
+    })).then(function (hist) {
+      $('audiences').innerHTML = list.map(function (a, i) {
+        var h = (hist[i] || []).map(function (d) {
+          return esc(d.day.slice(5)) + ': ' + esc(d.members) + ' (+' + esc(d.entered) + ' −' + esc(d.exited) + ')';
+        }).join(', ');
+        return '<tr data-audience="' + esc(a.name) + '"><td>' + esc(a.name) + (a.building ? ' <small class="muted">building</small>' : '') +
+          '</td><td>' + esc(a.members) + '</td><td>' + esc(a.identified) + '</td><td>' + esc(a.with_email) +
+          '</td><td>' + esc(a.orders) + '</td><td>' + esc(a.revenue) + '</td><td>' + esc(a.aov) + '</td><td>' +
+          esc(a.revenue_per_member) + '</td><td class="muted">' + (h || 'no move') + '</td></tr>';
+      }).join('');
+    });
+  }).catch(function () { $('aud-section').hidden = true; });
 }
 // An event rule's triggers waiting for their delay (or for a login).
 function pending(list) {
@@ -198,7 +223,7 @@ function connect() {
     var t = JSON.parse(data), div = document.createElement('div');
     div.innerHTML = trigLine(t);
     $('feed').insertBefore(div.firstChild, $('feed').firstChild);
-    if (t.rule) { // profile_erased belongs to no rule
+    if (t.rule && t.type.indexOf('audience_') !== 0) { // profile_erased belongs to no rule; audiences' moves are no rule's
       ruleSeen[t.rule] = (ruleSeen[t.rule] || 0) + 1;
       ruleTotal[t.rule] = (ruleTotal[t.rule] || 0) + 1;
       showRules();
@@ -222,6 +247,7 @@ $('token').onchange = function () {
   connect();
   loadRecent(false);
   loadRfm();
+  loadAudiences();
 };
 $('more').onclick = function () { loadRecent(true); };
 showRules();

@@ -16,7 +16,9 @@ let srv, browser;
 
 before(async () => {
   srv = await startServer({ config: { triggers: [{ name: 'pricing', type: 'page_visit', url: '/pricing*' }],
-    computed: { commerce: { currency: 'EUR' } } } });
+    computed: { commerce: { currency: 'EUR' } },
+    audiences: [{ name: 'buyers', where: { field: 'profile.computed.orders', gte: 1 } },
+      { name: 'nobody', where: { field: 'profile.traits.plan', eq: 'none' } }] } });
   browser = await launchChromium();
 });
 after(async () => { await browser?.close(); await srv.stop(); srv.cleanup(); });
@@ -74,6 +76,13 @@ test('/console: find, read, page through, journal, triggers, live feed, erase', 
   await page.waitForSelector('#rfm tr');
   assert.ok(await page.isVisible('#rfm-section'));
   assert.match(await page.textContent('#rfm'), new RegExp(JSON.parse(comp['rfm.segment']) + '1'));
+  // audiences: the person's, and the list with its KPIs and the day's moves
+  assert.deepEqual(await page.$$eval('#memberships .chip', (els) => els.map((e) => e.textContent)), ['buyers']);
+  await page.waitForSelector('#audiences tr[data-audience="buyers"]');
+  const aud = await page.$$eval('#audiences tr[data-audience="buyers"] td', (tds) => tds.map((t) => t.textContent));
+  assert.deepEqual(aud.slice(0, 5), ['buyers', '1', '1', '1', '1'], aud.join('|'));
+  assert.match(aud[8], /: 1 \(\+1 −0\)$/, 'today: one member, one entered');
+  assert.match(await page.textContent('#audiences tr[data-audience="nobody"]'), /no move/);
   assert.equal(await page.textContent('#pending'), 'none', 'no event rule here: no pending trigger');
   assert.equal(await page.textContent('#consent'), 'marketing grantedads refused 2026-11-30T09:00:41.000Z');
 
@@ -106,7 +115,8 @@ test('/console: find, read, page through, journal, triggers, live feed, erase', 
   await page.click('#erase');
   await page.waitForSelector('#erased');
   assert.match(asked, /cannot be undone/);
-  assert.match(await page.textContent('#erased'), /30 events, 4 identities, 1 journal entries, 1 triggers/);
+  // feed entries: its page_visit trigger and its audience_entered (buyers)
+  assert.match(await page.textContent('#erased'), /30 events, 4 identities, 1 journal entries, 2 triggers/);
   const gone = await fetch(srv.url + '/v1/profiles/user_id/c-user', { headers: { Authorization: 'Bearer ' + ADMIN } });
   assert.equal(gone.status, 404);
   await page.waitForFunction(() => !/console\.user/.test(document.getElementById('recent').textContent));
