@@ -60,8 +60,10 @@ struct sl_aud_s {
         char name[SL_AUD_NAME_MAX + 1];
     } deleted[SL_AUD_MAX];
     size_t n_deleted;
+    uint64_t announce;                 /* built with no person to walk: announced at the next tick */
     uint64_t c_building, c_build_next; /* as the last commit left them (an aborted transaction goes back) */
     size_t c_n_deleted;
+    uint64_t c_announce;
     _Atomic uint64_t building_pub, build_next_pub; /* for readers: committed */
     sl_stage_step_t step;
     sl_ident_listener_t ilis;
@@ -594,7 +596,7 @@ static int view_identified(view_t *v)
  * has not reached, and moves quietly for one it has; walking: the walk's
  * own visit, the audiences being built only, quietly. */
 static int evaluate(sl_aud_t *a, MDB_txn *txn, uint64_t person, uint64_t need, int all, const char *reason,
-                    const char *cause, int64_t now, int walking)
+                    const char *cause, int64_t now, int walking, int identified)
 {
     const aud_conf_t *c = conf(a);
     if (c->n == 0) return 0;
@@ -616,10 +618,15 @@ static int evaluate(sl_aud_t *a, MDB_txn *txn, uint64_t person, uint64_t need, i
         const aud_def_t *d = &c->v[i];
         if (skip >> i & 1) continue;
         if (!all && !(need >> i & 1) && !(d->refs & moved)) continue;
-        sl_rules_ctx_t ctx = {.now_ms = now, .profile = person_view, .profile_arg = &vw};
-        int pass = sl_rules_eval(d->where, &ctx);
-        if (pass && !d->include_anonymous) pass = view_identified(&vw);
-        if (vw.rc) return vw.rc;
+        int pass;
+        if (!d->include_anonymous && identified == 0) {
+            pass = 0; /* known not identified (the event's person): no view to build */
+        } else {
+            sl_rules_ctx_t ctx = {.now_ms = now, .profile = person_view, .profile_arg = &vw};
+            pass = sl_rules_eval(d->where, &ctx);
+            if (pass && !d->include_anonymous) pass = identified > 0 || view_identified(&vw);
+            if (vw.rc) return vw.rc;
+        }
         if (pass == cur_has(a, d->id)) continue;
         cur_set(a, d->id, pass);
         moved |= 1ULL << i;
@@ -727,6 +734,12 @@ static int plan(sl_aud_t *a, MDB_txn *txn, const aud_conf_t *c, int read_only)
         if (c->v[i].refs & (building | fresh)) fresh |= 1ULL << i;
     }
     if (fresh) next = 1; /* one walk for all of them */
+    /* a store without persons has nothing to walk: built at once (announced
+     * at the next tick), and every person is evaluated live from its first event */
+    uint64_t none[1];
+    size_t n_persons = 1;
+    if ((building | fresh) && (rc = sl_stitch_person_ids(a->stitch, txn, 1, none, 1, &n_persons))) return rc;
+    if (n_persons == 0) a->announce |= building | fresh, building = fresh = 0;
     a->building = building | fresh;
     a->build_next = a->building ? next : 0;
     for (size_t i = 0; i < c->n && rc == 0 && !read_only; i++) {
@@ -781,7 +794,7 @@ static uint64_t count_of(sl_aud_t *a, MDB_txn *txn, uint32_t id)
 static int64_t build_due(void *arg)
 {
     sl_aud_t *a = arg;
-    return a->building || a->n_deleted ? sl_now_ms() : INT64_MAX;
+    return a->building || a->n_deleted || a->announce ? sl_now_ms() : INT64_MAX;
 }
 
 /* A chunk: a deleted audience's members go, or the walk visits the next
@@ -816,13 +829,20 @@ static int build_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
         (void)had;
         return announce(a, txn, a->deleted[a->n_deleted].name, "audience_deleted", 0, now);
     }
+    if (a->announce) {
+        for (size_t i = 0; i < c->n && rc == 0; i++)
+            if (a->announce >> i & 1)
+                rc = announce(a, txn, c->v[i].name, "audience_built", count_of(a, txn, c->v[i].id), now);
+        if (rc == 0) a->announce = 0;
+        return rc;
+    }
     if (!a->building) return 0;
     uint64_t ids[BUILD_CHUNK];
     size_t n;
     if ((rc = sl_stitch_person_ids(a->stitch, txn, a->build_next, ids, BUILD_CHUNK, &n))) return rc;
     for (size_t i = 0; i < n && rc == 0; i++) {
         a->build_next = ids[i];
-        rc = evaluate(a, txn, ids[i], 0, 0, "definition", NULL, now, 1);
+        rc = evaluate(a, txn, ids[i], 0, 0, "definition", NULL, now, 1, -1);
     }
     if (rc) return rc;
     a->build_next = n ? ids[n - 1] + 1 : a->build_next;
@@ -845,10 +865,14 @@ static void on_after_txn(void *arg, int ok)
     sl_aud_t *a = arg;
     if (ok) {
         a->c_building = a->building, a->c_build_next = a->build_next, a->c_n_deleted = a->n_deleted;
+        a->c_announce = a->announce;
         atomic_store(&a->building_pub, a->building);
         atomic_store(&a->build_next_pub, a->build_next);
     } else {
         a->building = a->c_building, a->build_next = a->c_build_next, a->n_deleted = a->c_n_deleted;
+        a->announce = a->c_announce;
+        atomic_store(&a->building_pub, a->building);
+        atomic_store(&a->build_next_pub, a->build_next);
     }
 }
 
@@ -904,7 +928,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
     uint64_t need = need_reading(c, reads);
     if (x->computed_changes) need |= need_computed(c, x->computed_changes);
     const char *reason = x->n_merges ? "merge" : x->historical ? "import" : "event";
-    if ((rc = evaluate(a, txn, x->entity.id, need, x->n_merges > 0, reason, cause, now, 0))) return rc;
+    if ((rc = evaluate(a, txn, x->entity.id, need, x->n_merges > 0, reason, cause, now, 0, x->identified))) return rc;
     /* what the person adds to its audiences' sums changed */
     if (x->n_merges || x->identity_changed || (x->computed_changes && kpi_moved(x->computed_changes)))
         rc = kpi_refresh(a, txn, x->entity.id, now);
@@ -918,7 +942,7 @@ static int on_computed_changed(void *arg, MDB_txn *txn, uint64_t person, const c
 {
     sl_aud_t *a = arg;
     uint64_t need = need_computed(conf(a), changes);
-    return need ? evaluate(a, txn, person, need, 0, "timer", NULL, now, 0) : 0;
+    return need ? evaluate(a, txn, person, need, 0, "timer", NULL, now, 0, -1) : 0;
 }
 
 static int on_computed_watches(void *arg, const char *field)
@@ -1025,6 +1049,10 @@ int sl_aud_reload(sl_aud_t *a, MDB_txn *txn, const sl_config_t *cfg)
     static const aud_conf_t none;
     int rc = atomic_load(&a->have_dbs) ? plan(a, txn, c ? c : &none, 0) : 0;
     if (rc) return rc; /* the old config stays */
+    /* readers see the new audiences from now on: with what is being built
+     * (an aborted transaction puts the committed state back) */
+    atomic_store(&a->building_pub, a->building);
+    atomic_store(&a->build_next_pub, a->build_next);
     atomic_store(&a->cfg, cfg);
     if (a->fields) sl_fields_rules_changed(a->fields); /* what it watches may have changed */
     return 0;
