@@ -371,6 +371,15 @@ void http_handle_triggers(conn_t *c, const char *rest)
     unsigned long long after = 0, limit = 100, wait = 0;
     int has_after = http_query_num(c, "after", 0, UINT64_MAX, &after);
     if (has_after < 0) return;
+    if (has_after == 0 && after > 0 && after < sl_feed_pruned_upto(srv->feed)) { /* (0: from the oldest kept) */
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "the feed no longer holds every entry after %llu (trigger_retention removed up to %llu): "
+                 "take a new snapshot (docs/AUDIENCES.md, \"Export\")",
+                 after, (unsigned long long)sl_feed_pruned_upto(srv->feed));
+        http_respond_error(c, 410, msg);
+        return;
+    }
     if (strcmp(rest, "") == 0) {
         if (http_query_num(c, "limit", 1, 1000, &limit) < 0 || http_query_num(c, "wait", 0, MAX_WAIT_S, &wait) < 0 ||
             filter_parse(c) < 0)

@@ -84,7 +84,7 @@ const char *const http_route_names[N_ROUTES] = {"track", "page", "screen", "iden
                                            "batch", "pixel", "preflight", "healthz", "metrics", "profiles",
                                            "triggers", "static", "debug", "library_metrics", "other"};
 const int http_status_codes[N_STATUS] = {100, 200, 204, 301, 304, 400, 401, 403, 404, 405,
-                                    408, 413, 414, 415, 429, 431, 500, 503, 0};
+                                    408, 410, 413, 414, 415, 429, 431, 500, 503, 0};
 
 static void conn_feed(conn_t *c);
 static void conn_close(conn_t *c);
@@ -109,6 +109,7 @@ const char *http_status_text(int status)
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
+    case 410: return "Gone";
     case 413: return "Payload Too Large";
     case 414: return "URI Too Long";
     case 415: return "Unsupported Media Type";

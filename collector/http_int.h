@@ -17,7 +17,7 @@ extern const char *const http_route_names[N_ROUTES];
 /* The routes whose body is read (POST): the ingestion routes, ROUTE_TRACK..ROUTE_BATCH. */
 #define HTTP_ROUTE_INGESTS(route) ((route) >= ROUTE_TRACK && (route) <= ROUTE_BATCH)
 
-#define N_STATUS 19
+#define N_STATUS 20
 extern const int http_status_codes[N_STATUS]; /* last slot: any other code */
 
 typedef struct conn_s conn_t;

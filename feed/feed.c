@@ -15,6 +15,7 @@
 #define CAUSE_SEED 0xca05e        /* the fcause (and the engine's holds) key */
 
 #define LAST_KEY ((MDB_val){9, (void *)"feed_last"})
+#define PRUNED_KEY ((MDB_val){11, (void *)"feed_pruned"})
 
 struct sl_feed_s {
     sl_stage_step_t step;
@@ -29,6 +30,8 @@ struct sl_feed_s {
     uint64_t txn_last, committed_last, prev_committed; /* stage thread */
     int64_t last_entry_ms;                /* stage thread: when a commit last added entries */
     _Atomic uint64_t durable;
+    uint64_t txn_pruned, committed_pruned; /* stage thread: the last entry retention removed */
+    _Atomic uint64_t pruned;              /* the same, committed: readers compare a position with it */
     sl_buf_t v;                           /* the entry being appended */
 };
 
@@ -329,9 +332,15 @@ static int prune(sl_feed_t *f, MDB_txn *txn, int64_t now)
         sl_feed_decode(v.mv_data, v.mv_size, &it); /* at_ms; an unreadable value is as old as can be */
         if (it.at_ms > now - keep) break;
         if ((rc = remove_at(f, txn, cur, seq, &v))) break;
+        if (seq > f->txn_pruned) f->txn_pruned = seq;
     }
     mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    if (rc == MDB_NOTFOUND) rc = 0;
+    if (rc == 0 && f->txn_pruned != f->committed_pruned) { /* a reader's position before it misses entries */
+        MDB_val pk = PRUNED_KEY, pv = {8, &f->txn_pruned};
+        rc = mdb_put(txn, f->tmeta, &pk, &pv, 0);
+    }
+    return rc;
 }
 
 /* ---- reading ---- */
@@ -477,6 +486,12 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     if ((rc = last_get(f, txn, &last))) return rc;
     f->txn_last = f->committed_last = f->prev_committed = last;
     atomic_store(&f->durable, last);
+    MDB_val pk = PRUNED_KEY, pv;
+    uint64_t pruned = 0;
+    if ((rc = mdb_get(txn, f->tmeta, &pk, &pv)) == 0 && pv.mv_size == 8) memcpy(&pruned, pv.mv_data, 8);
+    else if (rc && rc != MDB_NOTFOUND) return rc;
+    f->txn_pruned = f->committed_pruned = pruned;
+    atomic_store(&f->pruned, pruned);
     return 0;
 }
 
@@ -501,8 +516,11 @@ static void on_after_txn(void *arg, int ok)
         if (f->txn_last != f->committed_last) f->last_entry_ms = sl_now_ms();
         f->prev_committed = f->committed_last;
         f->committed_last = f->txn_last;
+        f->committed_pruned = f->txn_pruned;
+        atomic_store(&f->pruned, f->txn_pruned);
     } else {
         f->txn_last = f->committed_last;
+        f->txn_pruned = f->committed_pruned;
     }
 }
 
@@ -555,6 +573,7 @@ int sl_feed_subscribe(sl_feed_t *f, void (*cb)(void *arg), void *arg)
 }
 
 uint64_t sl_feed_durable_seq(const sl_feed_t *f) { return atomic_load(&f->durable); }
+uint64_t sl_feed_pruned_upto(const sl_feed_t *f) { return atomic_load(&f->pruned); }
 
 int sl_feed_last(sl_feed_t *f, MDB_txn *txn, uint64_t *last)
 {

@@ -16,7 +16,8 @@
  *
  * LMDB databases (in the derived environment):
  *   feed     seq (u64) -> header, then the entry's JSON (below)
- *   tmeta    "feed_last" -> u64 the last seq appended (other keys: carried as they are)
+ *   tmeta    "feed_last" -> u64 the last seq appended; "feed_pruned" -> u64 the last
+ *            seq retention removed (other keys: carried as they are)
  *   fcause   be64 hash of a cause's messageId, be64 seq -> (empty): the stored
  *            events the feed names (retention keeps them while it does)
  *   fentity  u8 kind, be64 entity id, be64 seq -> (empty)
@@ -111,6 +112,9 @@ void sl_feed_set_retention(sl_feed_t *f, int64_t retention_ms);
 int sl_feed_subscribe(sl_feed_t *f, void (*cb)(void *arg), void *arg);
 /* The last sequence readers may see. */
 uint64_t sl_feed_durable_seq(const sl_feed_t *f);
+/* The last entry retention removed (0: none; tmeta "feed_pruned"): a
+ * reader resuming after an earlier position would miss entries. Any thread. */
+uint64_t sl_feed_pruned_upto(const sl_feed_t *f);
 /* The last sequence appended in txn's snapshot (0: none): what a snapshot
  * of state read in txn is consistent with (an audience's export). Any
  * thread. 0 or an LMDB error. */
