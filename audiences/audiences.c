@@ -1,79 +1,17 @@
-/* audiences.c - the "audiences" section, the audiences phase of each event
- * and its listeners (sl_audiences.h, docs/AUDIENCES.md). */
-#include "sl_audiences.h"
+/* audiences.c - the "audiences" section, the audiences phase of each event,
+ * its listeners, memberships, KPIs as they move, and builds
+ * (sl_audiences.h, docs/AUDIENCES.md; reads: read.c). */
+#include "aud_int.h"
 
 #include "sl_feed.h"
 #include "sl_fields.h"
-#include "sl_rules.h"
 #include "sl_stage.h"
 #include "sl_stitch.h"
 
-#include <cjson/cJSON.h>
-#include <openssl/sha.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-/* what an audience's condition reads (sl_rules_each_leaf) */
-enum { R_TRAITS = 1, R_IDENTIFIED = 2, R_SEEN = 4, R_CONSENT = 8, R_COMPUTED = 16, R_AUDIENCES = 32 };
-
-#define ATT_VERSION 1
-
-typedef struct {
-    char *name;
-    uint32_t id;                 /* FNV-1a of name */
-    sl_cond_t *where;
-    int include_anonymous;
-    char *requires_consent;
-    unsigned reads;              /* R_* */
-    char **computed;             /* the computed fields it reads */
-    size_t n_computed;
-    char **ref_names;            /* the audiences it reads, by name (parse), ... */
-    size_t n_refs;
-    uint64_t refs;               /* ... and as a mask of indexes */
-    uint32_t defhash;            /* FNV-1a of what decides membership (the printed where, include_anonymous) */
-} aud_def_t;
-
-typedef struct {
-    aud_def_t *v;
-    size_t n;
-    size_t order[SL_AUD_MAX];    /* evaluation order: each after those it reads */
-} aud_conf_t;
-
-struct sl_aud_s {
-    const sl_config_t *_Atomic cfg;
-    sl_stitch_t *stitch;
-    sl_fields_t *fields;
-    sl_feed_t *feed;
-    MDB_dbi members, meta, defs, hist;
-    _Atomic int have_dbs;
-    int muted;
-    /* building (stage thread): the audiences new or changed since the store
-     * last saw them (and those reading them), walked over every person from
-     * build_next on; the audiences the store holds and the config does not,
-     * whose members go */
-    uint64_t building, build_next;
-    struct {
-        uint32_t id;
-        char name[SL_AUD_NAME_MAX + 1];
-    } deleted[SL_AUD_MAX];
-    size_t n_deleted;
-    uint64_t announce;                 /* built with no person to walk: announced at the next tick */
-    uint64_t c_building, c_build_next; /* as the last commit left them (an aborted transaction goes back) */
-    size_t c_n_deleted;
-    uint64_t c_announce;
-    _Atomic uint64_t building_pub, build_next_pub; /* for readers: committed */
-    sl_stage_step_t step;
-    sl_ident_listener_t ilis;
-    sl_fields_listener_t flis;
-    /* stage thread scratch */
-    sl_buf_t view, prof, data, att;
-    int view_built;
-    uint32_t cur[SL_AUD_MAX];    /* the memberships of the person under evaluation */
-    size_t n_cur;
-};
 
 /* ---- configuration ---- */
 
@@ -104,7 +42,7 @@ static void conf_free(void *parsed)
     free(c);
 }
 
-static const aud_conf_t *conf(const sl_aud_t *a)
+const aud_conf_t *aud_conf(const sl_aud_t *a)
 {
     static const aud_conf_t none;
     const aud_conf_t *c = sl_config_section(atomic_load(&a->cfg), section_index);
@@ -213,7 +151,7 @@ static int visit(sl_cfg_ctx_t *x, aud_conf_t *c, size_t i, unsigned char *mark, 
     return 0;
 }
 
-static int conf_defines(const void *parsed, const char *name);
+int aud_conf_defines(const void *parsed, const char *name);
 
 static int conf_parse(const sl_cfg_json_t *json, const sl_config_t *cfg, void **out, char *err, size_t errlen)
 {
@@ -258,14 +196,14 @@ static int conf_parse(const sl_cfg_json_t *json, const sl_config_t *cfg, void **
     size_t stack[SL_AUD_MAX + 1], n_order = 0;
     for (size_t i = 0; i < c->n && rc == 0; i++) rc = visit(&x, c, i, mark, stack, 0, &n_order);
     for (size_t t = 0; t < cfg->n_pressure_tiers && rc == 0; t++) /* the core's pressure.tiers name audiences */
-        if (!conf_defines(c, cfg->pressure_tiers[t].audience))
+        if (!aud_conf_defines(c, cfg->pressure_tiers[t].audience))
             rc = sl_cfg_error(&x, "pressure.tiers[%zu].audience names \"%s\", which is not an audience", t,
                               cfg->pressure_tiers[t].audience);
     *out = c; /* (on error too: the parser frees it) */
     return rc;
 }
 
-static int conf_defines(const void *parsed, const char *name)
+int aud_conf_defines(const void *parsed, const char *name)
 {
     const aud_conf_t *c = parsed;
     for (size_t i = 0; c && i < c->n; i++)
@@ -274,7 +212,7 @@ static int conf_defines(const void *parsed, const char *name)
 }
 
 static const sl_config_section_t section = {.key = "audiences", .parse = conf_parse, .free = conf_free,
-                                            .defines = conf_defines};
+                                            .defines = aud_conf_defines};
 
 int sl_aud_config_register(void)
 {
@@ -286,7 +224,7 @@ int sl_aud_config_register(void)
 
 /* ---- a person's memberships (the attachment) ---- */
 
-static int att_read(const MDB_val *v, uint32_t *ids, size_t *n, int *evaluated)
+int aud_att_read(const MDB_val *v, uint32_t *ids, size_t *n, int *evaluated)
 {
     *n = 0;
     *evaluated = v->mv_size > 0;
@@ -332,7 +270,7 @@ static void cur_set(sl_aud_t *a, uint32_t id, int in)
 
 /* ---- transitions ---- */
 
-static void member_key(unsigned char k[12], uint32_t id, uint64_t person)
+void aud_member_key(unsigned char k[12], uint32_t id, uint64_t person)
 {
     unsigned char b[8];
     sl_be64_put(b, person);
@@ -345,27 +283,14 @@ static void member_key(unsigned char k[12], uint32_t id, uint64_t person)
  * A members entry keeps what its person adds to the audience's sums (the
  * contribution as it was last taken); ameta holds the sums, so a person's
  * exit takes away exactly what its entry and updates added. */
-typedef struct {
-    int64_t entered;             /* ms */
-    uint32_t flags;              /* M_IDENTIFIED, M_EMAIL */
-    uint32_t orders;
-    double revenue;
-} mval_t;
-enum { M_IDENTIFIED = 1, M_EMAIL = 2 };
-
-typedef struct {
-    uint64_t members, identified, with_email, orders;
-    double revenue;
-} kpi_t;
-
-static void mval_read(const MDB_val *v, mval_t *m)
+void aud_mval_read(const MDB_val *v, mval_t *m)
 {
     memset(m, 0, sizeof(*m));
     if (v->mv_size == sizeof(*m)) memcpy(m, v->mv_data, sizeof(*m));
     else if (v->mv_size == 8) memcpy(&m->entered, v->mv_data, 8); /* (the first layout: the time alone) */
 }
 
-static int kpi_get(sl_aud_t *a, MDB_txn *txn, uint32_t id, kpi_t *k)
+int aud_kpi_get(sl_aud_t *a, MDB_txn *txn, uint32_t id, kpi_t *k)
 {
     MDB_val key = {4, &id}, v;
     memset(k, 0, sizeof(*k));
@@ -382,7 +307,7 @@ static int kpi_get(sl_aud_t *a, MDB_txn *txn, uint32_t id, kpi_t *k)
 static int kpi_add(sl_aud_t *a, MDB_txn *txn, uint32_t id, const mval_t *m, int sign, int whole, kpi_t *out)
 {
     kpi_t k;
-    int rc = kpi_get(a, txn, id, &k);
+    int rc = aud_kpi_get(a, txn, id, &k);
     if (rc) return rc;
 #define ADD(f, x) (k.f = sign > 0 ? k.f + (x) : k.f >= (x) ? k.f - (x) : 0)
     if (whole) ADD(members, 1u);
@@ -403,7 +328,7 @@ static double num_of(const sl_buf_t *b)
 }
 
 /* what person adds to an audience's sums now */
-static int contribution(sl_aud_t *a, MDB_txn *txn, uint64_t person, int64_t now, mval_t *m)
+int aud_contribution(sl_aud_t *a, MDB_txn *txn, uint64_t person, int64_t now, mval_t *m)
 {
     sl_buf_t *b = &a->prof;
     b->len = 0;
@@ -429,13 +354,7 @@ static int contribution(sl_aud_t *a, MDB_txn *txn, uint64_t person, int64_t now,
     return 0;
 }
 
-/* ahist: be32 id, be32 day -> the members at the day's last move, entered, exited */
-typedef struct {
-    uint64_t members;
-    uint32_t entered, exited;
-} hist_t;
-
-static void hist_key(unsigned char k[8], uint32_t id, int64_t day)
+void aud_hist_key(unsigned char k[8], uint32_t id, int64_t day)
 {
     uint32_t d = (uint32_t)day;
     for (int i = 0; i < 4; i++) k[i] = (unsigned char)(id >> (24 - 8 * i)), k[4 + i] = (unsigned char)(d >> (24 - 8 * i));
@@ -444,7 +363,7 @@ static void hist_key(unsigned char k[8], uint32_t id, int64_t day)
 static int hist_add(sl_aud_t *a, MDB_txn *txn, uint32_t id, int in, uint64_t members, int64_t now)
 {
     unsigned char key[8];
-    hist_key(key, id, sl_local_day(now));
+    aud_hist_key(key, id, sl_local_day(now));
     MDB_val k = {8, key}, v;
     hist_t h = {0};
     int rc = mdb_get(txn, a->hist, &k, &v);
@@ -466,12 +385,12 @@ static int kpi_refresh(sl_aud_t *a, MDB_txn *txn, uint64_t person, int64_t now)
     uint32_t ids[SL_AUD_MAX];
     size_t n = 0;
     if (rc == SL_ENOTFOUND) return 0;
-    if (rc || (rc = att_read(&v, ids, &n, &evaluated)) || n == 0) return rc;
+    if (rc || (rc = aud_att_read(&v, ids, &n, &evaluated)) || n == 0) return rc;
     mval_t m;
-    if ((rc = contribution(a, txn, person, now, &m))) return rc;
+    if ((rc = aud_contribution(a, txn, person, now, &m))) return rc;
     for (size_t i = 0; i < n && rc == 0; i++) {
         unsigned char key[12];
-        member_key(key, ids[i], person);
+        aud_member_key(key, ids[i], person);
         MDB_val k = {12, key}, mv;
         mval_t old;
         if ((rc = mdb_get(txn, a->members, &k, &mv)) == MDB_NOTFOUND) {
@@ -479,7 +398,7 @@ static int kpi_refresh(sl_aud_t *a, MDB_txn *txn, uint64_t person, int64_t now)
             continue;
         }
         if (rc) break;
-        mval_read(&mv, &old);
+        aud_mval_read(&mv, &old);
         if (old.flags == m.flags && old.orders == m.orders && old.revenue == m.revenue) continue;
         mval_t upd = m;
         upd.entered = old.entered;
@@ -495,18 +414,18 @@ static int kpi_refresh(sl_aud_t *a, MDB_txn *txn, uint64_t person, int64_t now)
 static int member_remove(sl_aud_t *a, MDB_txn *txn, uint32_t id, uint64_t person, uint64_t *members)
 {
     unsigned char key[12];
-    member_key(key, id, person);
+    aud_member_key(key, id, person);
     MDB_val k = {12, key}, v;
     int rc = mdb_get(txn, a->members, &k, &v);
     if (rc == MDB_NOTFOUND) {
         kpi_t kk;
-        rc = kpi_get(a, txn, id, &kk);
+        rc = aud_kpi_get(a, txn, id, &kk);
         *members = kk.members;
         return rc;
     }
     mval_t old;
     if (rc) return rc;
-    mval_read(&v, &old);
+    aud_mval_read(&v, &old);
     kpi_t kk;
     if ((rc = mdb_del(txn, a->members, &k, NULL)) || (rc = kpi_add(a, txn, id, &old, -1, 1, &kk))) return rc;
     *members = kk.members;
@@ -525,9 +444,9 @@ static int transition(sl_aud_t *a, MDB_txn *txn, const aud_def_t *d, uint64_t pe
     uint64_t members = 0;
     if (in) {
         unsigned char key[12];
-        member_key(key, d->id, person);
+        aud_member_key(key, d->id, person);
         mval_t m;
-        if ((rc = contribution(a, txn, person, now, &m))) return rc;
+        if ((rc = aud_contribution(a, txn, person, now, &m))) return rc;
         m.entered = now;
         MDB_val k = {12, key}, v = {sizeof(m), &m};
         kpi_t kk;
@@ -562,14 +481,9 @@ static int transition(sl_aud_t *a, MDB_txn *txn, const aud_def_t *d, uint64_t pe
 
 /* ---- evaluation ---- */
 
-typedef struct {
-    sl_aud_t *a;
-    MDB_txn *txn;
-    uint64_t person;
-    int rc;
-} view_t;
 
-static sl_jval_t person_view(void *arg)
+
+sl_jval_t aud_person_view(void *arg)
 {
     view_t *v = arg;
     sl_aud_t *a = v->a;
@@ -583,9 +497,9 @@ static sl_jval_t person_view(void *arg)
 }
 
 /* 1 when the view says the person is identified */
-static int view_identified(view_t *v)
+int aud_view_identified(view_t *v)
 {
-    sl_jval_t root = person_view(v);
+    sl_jval_t root = aud_person_view(v);
     return root.n && sl_jtype(sl_jget(root, "identified")) == SL_JTRUE;
 }
 
@@ -598,12 +512,12 @@ static int view_identified(view_t *v)
 static int evaluate(sl_aud_t *a, MDB_txn *txn, uint64_t person, uint64_t need, int all, const char *reason,
                     const char *cause, int64_t now, int walking, int identified)
 {
-    const aud_conf_t *c = conf(a);
+    const aud_conf_t *c = aud_conf(a);
     if (c->n == 0) return 0;
     MDB_val v;
     int evaluated, rc = sl_stitch_attach_step_get(a->stitch, txn, person, SL_ATTACH_AUDIENCES, &v);
     if (rc == SL_ENOTFOUND) return 0; /* no such person (erased) */
-    if (rc || (rc = att_read(&v, a->cur, &a->n_cur, &evaluated))) return rc;
+    if (rc || (rc = aud_att_read(&v, a->cur, &a->n_cur, &evaluated))) return rc;
     uint64_t skip = 0, quiet = a->building;
     if (walking) all = 0, need = a->building;
     else if (person >= a->build_next) skip = a->building, quiet = 0;
@@ -622,9 +536,9 @@ static int evaluate(sl_aud_t *a, MDB_txn *txn, uint64_t person, uint64_t need, i
         if (!d->include_anonymous && identified == 0) {
             pass = 0; /* known not identified (the event's person): no view to build */
         } else {
-            sl_rules_ctx_t ctx = {.now_ms = now, .profile = person_view, .profile_arg = &vw};
+            sl_rules_ctx_t ctx = {.now_ms = now, .profile = aud_person_view, .profile_arg = &vw};
             pass = sl_rules_eval(d->where, &ctx);
-            if (pass && !d->include_anonymous) pass = identified > 0 || view_identified(&vw);
+            if (pass && !d->include_anonymous) pass = identified > 0 || aud_view_identified(&vw);
             if (vw.rc) return vw.rc;
         }
         if (pass == cur_has(a, d->id)) continue;
@@ -696,10 +610,6 @@ static uint64_t need_reading(const aud_conf_t *c, unsigned reads)
 
 #define BUILD_CHUNK 2000
 
-typedef struct {
-    uint32_t defhash, building;
-    uint64_t next;
-} def_rec_t;
 
 static int def_put(sl_aud_t *a, MDB_txn *txn, uint32_t id, const def_rec_t *r, const char *name)
 {
@@ -788,7 +698,7 @@ static int announce(sl_aud_t *a, MDB_txn *txn, const char *name, const char *typ
 static uint64_t count_of(sl_aud_t *a, MDB_txn *txn, uint32_t id)
 {
     kpi_t k;
-    return kpi_get(a, txn, id, &k) == 0 ? k.members : 0;
+    return aud_kpi_get(a, txn, id, &k) == 0 ? k.members : 0;
 }
 
 static int64_t build_due(void *arg)
@@ -802,13 +712,13 @@ static int64_t build_due(void *arg)
 static int build_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
 {
     sl_aud_t *a = arg;
-    const aud_conf_t *c = conf(a);
+    const aud_conf_t *c = aud_conf(a);
     int rc = 0;
     *wrote = 1;
     if (a->n_deleted) {
         uint32_t id = a->deleted[a->n_deleted - 1].id;
         unsigned char key[12];
-        member_key(key, id, 0);
+        aud_member_key(key, id, 0);
         MDB_cursor *cur;
         if ((rc = mdb_cursor_open(txn, a->members, &cur))) return rc;
         MDB_val k = {12, key}, v;
@@ -866,13 +776,9 @@ static void on_after_txn(void *arg, int ok)
     if (ok) {
         a->c_building = a->building, a->c_build_next = a->build_next, a->c_n_deleted = a->n_deleted;
         a->c_announce = a->announce;
-        atomic_store(&a->building_pub, a->building);
-        atomic_store(&a->build_next_pub, a->build_next);
     } else {
         a->building = a->c_building, a->build_next = a->c_build_next, a->n_deleted = a->c_n_deleted;
         a->announce = a->c_announce;
-        atomic_store(&a->building_pub, a->building);
-        atomic_store(&a->build_next_pub, a->build_next);
     }
 }
 
@@ -888,7 +794,7 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
     if ((rc = mdb_dbi_open(txn, "ahist", c, &a->hist)) == MDB_NOTFOUND && read_only) a->hist = 0;
     else if (rc) return rc;
     /* (read-only: a command such as verify learns what is being built) */
-    if (a->defs && (rc = plan(a, txn, conf(a), read_only))) return rc;
+    if (a->defs && (rc = plan(a, txn, aud_conf(a), read_only))) return rc;
     on_after_txn(a, 1); /* (the opening transaction commits) */
     atomic_store(&a->have_dbs, 1);
     return 0;
@@ -897,13 +803,13 @@ static int on_open(void *arg, MDB_txn *txn, int read_only)
 /* an absorbed person leaves its audiences (its record went with the merge) */
 static int absorbed_leave(sl_aud_t *a, MDB_txn *txn, uint64_t absorbed, const char *cause, int64_t now)
 {
-    const aud_conf_t *c = conf(a);
+    const aud_conf_t *c = aud_conf(a);
     MDB_val v;
     int evaluated, rc = sl_stitch_attach_step_get(a->stitch, txn, absorbed, SL_ATTACH_AUDIENCES, &v);
     if (rc == SL_ENOTFOUND) return 0;
     uint32_t ids[SL_AUD_MAX];
     size_t n;
-    if (rc || (rc = att_read(&v, ids, &n, &evaluated))) return rc;
+    if (rc || (rc = aud_att_read(&v, ids, &n, &evaluated))) return rc;
     for (size_t k = 0; k < n && rc == 0; k++)
         for (size_t i = 0; i < c->n && rc == 0; i++)
             if (c->v[i].id == ids[k]) rc = transition(a, txn, &c->v[i], absorbed, 0, "merge", cause, T_NO_PROFILE, now);
@@ -914,7 +820,7 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
 {
     sl_aud_t *a = arg;
     const sl_stage_ctx_t *x = ev->ctx;
-    const aud_conf_t *c = conf(a);
+    const aud_conf_t *c = aud_conf(a);
     if (c->n == 0 || x->entity.kind != SL_ENTITY_PERSON) return 0;
     int64_t now = sl_now_ms();
     const char *cause = ev->message_id[0] ? ev->message_id : NULL;
@@ -941,13 +847,13 @@ static int on_apply(void *arg, MDB_txn *txn, const sl_stage_event_t *ev)
 static int on_computed_changed(void *arg, MDB_txn *txn, uint64_t person, const cJSON *changes, int64_t now)
 {
     sl_aud_t *a = arg;
-    uint64_t need = need_computed(conf(a), changes);
+    uint64_t need = need_computed(aud_conf(a), changes);
     return need ? evaluate(a, txn, person, need, 0, "timer", NULL, now, 0, -1) : 0;
 }
 
 static int on_computed_watches(void *arg, const char *field)
 {
-    const aud_conf_t *c = conf(arg);
+    const aud_conf_t *c = aud_conf(arg);
     if (c->n && (strcmp(field, "orders") == 0 || strcmp(field, "revenue") == 0)) return 1; /* the KPIs' sums */
     return need_field(c, field) != 0;
 }
@@ -959,14 +865,14 @@ static int on_forgotten(void *arg, MDB_txn *txn, const uint64_t *persons, size_t
 {
     sl_aud_t *a = arg;
     (void)n_removed;
-    const aud_conf_t *c = conf(a);
+    const aud_conf_t *c = aud_conf(a);
     if (!atomic_load(&a->have_dbs)) return 0;
     int rc = 0;
     int64_t now = sl_now_ms();
     for (size_t p = 0; p < n && rc == 0; p++)
         for (size_t i = 0; i < c->n && rc == 0; i++) {
             unsigned char key[12];
-            member_key(key, c->v[i].id, persons[p]);
+            aud_member_key(key, c->v[i].id, persons[p]);
             MDB_val k = {12, key}, v;
             if ((rc = mdb_get(txn, a->members, &k, &v)) == MDB_NOTFOUND) {
                 rc = 0;
@@ -988,13 +894,13 @@ static int on_forgotten(void *arg, MDB_txn *txn, const uint64_t *persons, size_t
 static int append_names(void *arg, MDB_txn *txn, uint64_t person, sl_buf_t *out)
 {
     sl_aud_t *a = arg;
-    const aud_conf_t *c = conf(a);
+    const aud_conf_t *c = aud_conf(a);
     MDB_val v = {0, NULL};
     uint32_t ids[SL_AUD_MAX];
     size_t n = 0;
     int evaluated, rc = sl_stitch_attach_get(a->stitch, txn, person, SL_ATTACH_AUDIENCES, &v);
     if (rc == SL_ENOTFOUND) rc = 0, v.mv_size = 0;
-    if (rc || (rc = att_read(&v, ids, &n, &evaluated))) return rc;
+    if (rc || (rc = aud_att_read(&v, ids, &n, &evaluated))) return rc;
     sl_buf_appends(out, ",\"audiences\":[");
     int lead = 0;
     for (size_t i = 0; i < c->n; i++)
@@ -1049,10 +955,7 @@ int sl_aud_reload(sl_aud_t *a, MDB_txn *txn, const sl_config_t *cfg)
     static const aud_conf_t none;
     int rc = atomic_load(&a->have_dbs) ? plan(a, txn, c ? c : &none, 0) : 0;
     if (rc) return rc; /* the old config stays */
-    /* readers see the new audiences from now on: with what is being built
-     * (an aborted transaction puts the committed state back) */
-    atomic_store(&a->building_pub, a->building);
-    atomic_store(&a->build_next_pub, a->build_next);
+    /* (readers tell what is being built from adefs in their own snapshot) */
     atomic_store(&a->cfg, cfg);
     if (a->fields) sl_fields_rules_changed(a->fields); /* what it watches may have changed */
     return 0;
@@ -1060,478 +963,13 @@ int sl_aud_reload(sl_aud_t *a, MDB_txn *txn, const sl_config_t *cfg)
 
 void sl_aud_mute(sl_aud_t *a, int on) { a->muted = on; }
 
-/* ,"members":...,"revenue_per_member":... of k */
-static void kpi_print(sl_buf_t *out, const kpi_t *k)
-{
-    sl_buf_printf(out, ",\"members\":%llu,\"identified\":%llu,\"with_email\":%llu,\"orders\":%llu,\"revenue\":",
-                  (unsigned long long)k->members, (unsigned long long)k->identified, (unsigned long long)k->with_email,
-                  (unsigned long long)k->orders);
-    sl_buf_append_amount(out, k->revenue);
-    sl_buf_appends(out, ",\"aov\":");
-    if (k->orders) sl_buf_append_amount(out, k->revenue / (double)k->orders);
-    else sl_buf_appends(out, "null");
-    sl_buf_appends(out, ",\"revenue_per_member\":");
-    if (k->members) sl_buf_append_amount(out, k->revenue / (double)k->members);
-    else sl_buf_appends(out, "null");
-}
-
-int sl_aud_list(sl_aud_t *a, MDB_txn *txn, sl_buf_t *out)
-{
-    const aud_conf_t *c = conf(a);
-    sl_buf_appends(out, "{\"audiences\":[");
-    for (size_t i = 0; i < c->n; i++) {
-        kpi_t k = {0};
-        if (atomic_load(&a->have_dbs)) {
-            int rc = kpi_get(a, txn, c->v[i].id, &k);
-            if (rc) return rc;
-        }
-        sl_buf_appends(out, i ? ",{\"name\":" : "{\"name\":");
-        sl_buf_append_json_str(out, c->v[i].name, strlen(c->v[i].name));
-        if (atomic_load(&a->building_pub) >> i & 1) /* (the walk's progress: the next person it visits) */
-            sl_buf_printf(out, ",\"status\":\"building\",\"building\":true,\"progress\":{\"next\":\"p_%llu\"}",
-                          (unsigned long long)atomic_load(&a->build_next_pub));
-        else sl_buf_appends(out, ",\"status\":\"live\",\"building\":false");
-        kpi_print(out, &k);
-        sl_buf_appends(out, "}");
-    }
-    sl_buf_appends(out, "]}");
-    return out->data ? 0 : SL_ENOMEM;
-}
-
-/* ---- the export ---- */
-
-int sl_aud_has(sl_aud_t *a, const char *name) { return conf_defines(conf(a), name); }
-
-/* a CSV field per RFC 4180: quoted when it holds a comma, a quote or a line break */
-static void csv_field(sl_buf_t *b, const char *v, size_t n, int first)
-{
-    if (!first) sl_buf_appends(b, ",");
-    if (v == NULL) return;
-    if (strcspn(v, ",\"\r\n") >= n) {
-        sl_buf_append(b, v, n);
-        return;
-    }
-    sl_buf_appends(b, "\"");
-    for (size_t i = 0; i < n; i++) {
-        if (v[i] == '"') sl_buf_appends(b, "\"");
-        sl_buf_append(b, v + i, 1);
-    }
-    sl_buf_appends(b, "\"");
-}
-
-static const struct {
-    unsigned bit;
-    const char *name;
-} export_fields[] = {{SL_AUD_F_ID, "id"}, {SL_AUD_F_USER_ID, "user_id"}, {SL_AUD_F_EMAIL, "email"},
-                     {SL_AUD_F_ENTERED_AT, "entered_at"}, {SL_AUD_F_UNSUBSCRIBED, "unsubscribed"}};
-#define N_EXPORT_FIELDS (sizeof(export_fields) / sizeof(export_fields[0]))
-
-/* one member, as x asks */
-static int export_one(sl_aud_t *a, MDB_txn *txn, const sl_aud_export_t *x, uint64_t person, int64_t entered,
-                      int unsub, sl_buf_t *slim, sl_arena_t *arena, sl_buf_t *out)
-{
-    slim->len = 0;
-    int rc = sl_stitch_person_slim(a->stitch, txn, person, slim, NULL);
-    if (rc) return rc;
-    sl_jval_t root = sl_jroot(slim->data, slim->len);
-    char hex[2 * SHA256_DIGEST_LENGTH + 1];
-    int lead = 0;
-    if (x->format != SL_AUD_CSV) sl_buf_appends(out, x->format == SL_AUD_JSON && x->n ? ",{" : "{");
-    for (size_t f = 0; f < N_EXPORT_FIELDS; f++) {
-        if (!(x->fields & export_fields[f].bit)) continue;
-        char tmp[64];
-        const char *v = NULL; /* the value's text (NULL: null) */
-        size_t vn = 0;
-        int quote = 1;        /* a JSON string (else a literal) */
-        sl_jval_t jv = {0};
-        switch (export_fields[f].bit) {
-        case SL_AUD_F_ID:
-            vn = sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, person}, tmp);
-            v = tmp;
-            break;
-        case SL_AUD_F_USER_ID:
-        case SL_AUD_F_EMAIL:
-            jv = sl_jget(root, export_fields[f].name);
-            if (sl_jtype(jv) == SL_JSTR) {
-                size_t len;
-                v = sl_jstr(jv, arena, &len);
-                vn = v ? len : 0;
-            }
-            if (v && export_fields[f].bit == SL_AUD_F_EMAIL && x->hash_email) {
-                unsigned char md[SHA256_DIGEST_LENGTH];
-                SHA256((const unsigned char *)v, vn, md);
-                for (size_t i = 0; i < sizeof(md); i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
-                v = hex;
-                vn = 2 * SHA256_DIGEST_LENGTH;
-            }
-            break;
-        case SL_AUD_F_ENTERED_AT: {
-            sl_buf_t t = {0};
-            sl_buf_append_iso(&t, entered); /* "\"...\"" */
-            if (t.data && t.len >= 2 && t.len - 2 < sizeof(tmp)) {
-                memcpy(tmp, t.data + 1, t.len - 2);
-                vn = t.len - 2;
-                v = tmp;
-            }
-            sl_buf_free(&t);
-            break;
-        }
-        default: /* unsubscribed */
-            v = unsub ? "true" : "false";
-            vn = strlen(v);
-            quote = 0;
-        }
-        if (x->format == SL_AUD_CSV) {
-            csv_field(out, v, vn, !lead++);
-            continue;
-        }
-        if (lead++) sl_buf_appends(out, ",");
-        sl_buf_append_json_str(out, export_fields[f].name, strlen(export_fields[f].name));
-        sl_buf_appends(out, ":");
-        if (v == NULL) sl_buf_appends(out, "null");
-        else if (quote) sl_buf_append_json_str(out, v, vn);
-        else sl_buf_append(out, v, vn);
-    }
-    sl_buf_appends(out, x->format == SL_AUD_JSON ? "}" : x->format == SL_AUD_NDJSON ? "}\n" : "\r\n");
-    return out->data ? 0 : SL_ENOMEM;
-}
-
-int sl_aud_members(sl_aud_t *a, MDB_txn *txn, const char *name, sl_aud_export_t *x, sl_buf_t *out)
-{
-    const aud_conf_t *c = conf(a);
-    const aud_def_t *d = NULL;
-    for (size_t i = 0; i < c->n && !d; i++)
-        if (strcmp(c->v[i].name, name) == 0) d = &c->v[i];
-    if (d == NULL) return SL_ENOTFOUND;
-    x->n = 0;
-    x->next = 0;
-    int rc = sl_feed_last(a->feed, txn, &x->position);
-    if (rc) return rc;
-    if (x->format == SL_AUD_JSON) {
-        sl_buf_appends(out, "{\"audience\":");
-        sl_buf_append_json_str(out, d->name, strlen(d->name));
-        sl_buf_printf(out, ",\"position\":%llu,\"members\":[", (unsigned long long)x->position);
-    } else if (x->format == SL_AUD_CSV) {
-        int lead = 0;
-        for (size_t f = 0; f < N_EXPORT_FIELDS; f++)
-            if (x->fields & export_fields[f].bit) {
-                if (lead++) sl_buf_appends(out, ",");
-                sl_buf_appends(out, export_fields[f].name);
-            }
-        sl_buf_appends(out, "\r\n");
-    }
-    MDB_cursor *cur = NULL;
-    sl_buf_t slim = {0};
-    sl_arena_t arena; /* (its own: readers run at once) */
-    sl_arena_init(&arena);
-    uint64_t last = 0;
-    if (atomic_load(&a->have_dbs) && (rc = mdb_cursor_open(txn, a->members, &cur)) == 0) {
-        unsigned char key[12];
-        member_key(key, d->id, x->after + 1 > x->after ? x->after + 1 : x->after);
-        MDB_val k = {12, key}, v;
-        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-            if (k.mv_size != 12 || memcmp(k.mv_data, key, 4) != 0) break; /* another audience */
-            if (x->n == x->limit) { /* more follow */
-                x->next = last;
-                break;
-            }
-            uint64_t person = sl_be64_get((const unsigned char *)k.mv_data + 4);
-            int64_t entered = 0;
-            if (v.mv_size == 8) memcpy(&entered, v.mv_data, 8);
-            last = person;
-            int ok = 1, unsub = 0;
-            const char *why = "";
-            if ((rc = sl_stitch_consent_check(a->stitch, txn, person, NULL, &ok, &why))) break;
-            unsub = !ok;
-            if (d->requires_consent) {
-                if ((rc = sl_stitch_consent_check(a->stitch, txn, person, d->requires_consent, &ok, &why))) break;
-                if (!ok && strcmp(why, "unsubscribed") != 0) continue; /* not granted: not listed */
-            }
-            sl_arena_reset(&arena);
-            if ((rc = export_one(a, txn, x, person, entered, unsub, &slim, &arena, out)) == SL_ENOTFOUND)
-                continue; /* gone since: not listed (rc is the cursor's again) */
-            if (rc) break;
-            x->n++;
-        }
-        if (rc == MDB_NOTFOUND) rc = 0;
-        mdb_cursor_close(cur);
-    }
-    sl_buf_free(&slim);
-    sl_arena_free(&arena);
-    if (rc) return rc;
-    if (x->format == SL_AUD_JSON) {
-        sl_buf_appends(out, "],\"next\":");
-        if (x->next) {
-            char pid[SL_ENTITY_STR_BYTES];
-            sl_entity_format((sl_entity_t){SL_ENTITY_PERSON, x->next}, pid);
-            sl_buf_printf(out, "\"%s\"}", pid);
-        } else {
-            sl_buf_appends(out, "null}");
-        }
-    }
-    return out->data ? 0 : SL_ENOMEM;
-}
-
-
-/* ---- sillage verify ---- */
-
-typedef struct {
-    sl_aud_t *a;
-    MDB_txn *txn;
-    int64_t now;
-    FILE *out;
-    uint64_t *persons, *problems, notes;
-    kpi_t sums[SL_AUD_MAX];      /* the members entries added up */
-    int rc;
-} verify_t;
-
-static int verify_person(uint64_t person, const MDB_val *v, void *arg)
-{
-    verify_t *q = arg;
-    sl_aud_t *a = q->a;
-    const aud_conf_t *c = conf(a);
-    uint32_t ids[SL_AUD_MAX];
-    size_t n;
-    int evaluated, rc = att_read(v, ids, &n, &evaluated);
-    ++*q->persons;
-    if (rc) {
-        fprintf(q->out, "audiences: p_%llu's memberships are unreadable\n", (unsigned long long)person);
-        ++*q->problems;
-        return 0;
-    }
-    if (!evaluated) return 0; /* never evaluated since audiences were configured: its next event does it */
-    view_t vw = {a, q->txn, person, 0};
-    a->view_built = 0;
-    for (size_t i = 0; i < c->n; i++) {
-        const aud_def_t *d = &c->v[i];
-        if (atomic_load(&a->building_pub) >> i & 1) continue; /* being built: its members are not all there yet */
-        int in = 0;
-        for (size_t k = 0; k < n; k++) in |= ids[k] == d->id;
-        unsigned char key[12];
-        member_key(key, d->id, person);
-        MDB_val k = {12, key}, ev;
-        int listed = (rc = mdb_get(q->txn, a->members, &k, &ev)) == 0;
-        if (rc && rc != MDB_NOTFOUND) return rc;
-        if (in != listed) {
-            fprintf(q->out, "audiences: p_%llu is %s %s by its record but %s in the members index\n",
-                    (unsigned long long)person, in ? "in" : "not in", d->name, listed ? "listed" : "not listed");
-            ++*q->problems;
-        }
-        sl_rules_ctx_t ctx = {.now_ms = q->now, .profile = person_view, .profile_arg = &vw};
-        int pass = sl_rules_eval(d->where, &ctx);
-        if (pass && !d->include_anonymous) pass = view_identified(&vw);
-        if (vw.rc) return vw.rc;
-        if (pass == in) continue;
-        int by_time = (d->reads & (R_SEEN | R_COMPUTED)) != 0;
-        fprintf(q->out, "audiences: p_%llu is %s %s, its condition now says %s%s\n", (unsigned long long)person,
-                in ? "in" : "not in", d->name, pass ? "in" : "out",
-                by_time ? " (it reads times or computed fields: time alone may have moved it, a note)" : "");
-        if (by_time) q->notes++;
-        else ++*q->problems;
-    }
-    return 0;
-}
-
-int sl_aud_verify(sl_aud_t *a, MDB_txn *txn, int64_t now, FILE *out, uint64_t *persons, uint64_t *problems)
-{
-    const aud_conf_t *c = conf(a);
-    if (c->n == 0 || !atomic_load(&a->have_dbs)) return 0;
-    verify_t q = {.a = a, .txn = txn, .now = now, .out = out, .persons = persons, .problems = problems};
-    int rc = sl_stitch_attach_each(a->stitch, txn, SL_ATTACH_AUDIENCES, verify_person, &q);
-    if (rc) return rc;
-    /* the index the other way, and the counts */
-    MDB_cursor *cur;
-    if ((rc = mdb_cursor_open(txn, a->members, &cur))) return rc;
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 12) {
-            fprintf(out, "audiences: a members entry of %zu bytes\n", k.mv_size);
-            ++*problems;
-            continue;
-        }
-        const unsigned char *p = k.mv_data;
-        uint32_t id = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-        uint64_t person = sl_be64_get(p + 4);
-        size_t i = 0;
-        while (i < c->n && c->v[i].id != id) i++;
-        if (i == c->n) continue; /* an audience no longer configured (docs/AUDIENCES.md, "Not yet") */
-        mval_t m;
-        mval_read(&v, &m);
-        kpi_t *t = &q.sums[i];
-        t->members++;
-        t->identified += (m.flags & M_IDENTIFIED) != 0;
-        t->with_email += (m.flags & M_EMAIL) != 0;
-        t->orders += m.orders;
-        t->revenue += m.revenue;
-        /* what the entry says the person adds, against the person now */
-        mval_t now_m;
-        if ((rc = contribution(a, txn, person, now, &now_m))) break;
-        if (now_m.flags != m.flags || now_m.orders != m.orders || now_m.revenue != m.revenue) {
-            fprintf(out, "audiences: p_%llu's entry in %s adds %u orders and %.2f of revenue (flags %u), the person "
-                         "now %u, %.2f (flags %u)\n", (unsigned long long)person, c->v[i].name, m.orders, m.revenue,
-                    m.flags, now_m.orders, now_m.revenue, now_m.flags);
-            ++*problems;
-        }
-        MDB_val att;
-        uint32_t ids[SL_AUD_MAX];
-        size_t n = 0;
-        int evaluated, in = 0, r = sl_stitch_attach_get(a->stitch, txn, person, SL_ATTACH_AUDIENCES, &att);
-        if (r == 0 && att_read(&att, ids, &n, &evaluated) == 0)
-            for (size_t j = 0; j < n; j++) in |= ids[j] == id;
-        else if (r && r != SL_ENOTFOUND) {
-            rc = r;
-            break;
-        }
-        if (!in) {
-            fprintf(out, "audiences: p_%llu is listed in %s but %s\n", (unsigned long long)person, c->v[i].name,
-                    r == SL_ENOTFOUND ? "no such person exists" : "its record says it is not in it");
-            ++*problems;
-        }
-    }
-    mdb_cursor_close(cur);
-    if (rc != MDB_NOTFOUND) return rc;
-    for (size_t i = 0; i < c->n; i++) {
-        kpi_t kept;
-        if ((rc = kpi_get(a, txn, c->v[i].id, &kept))) return rc;
-        const kpi_t *t = &q.sums[i];
-        double tol = 1e-6 * (t->revenue < 0 ? -t->revenue : t->revenue) + 0.005;
-        if (kept.members != t->members || kept.identified != t->identified || kept.with_email != t->with_email ||
-            kept.orders != t->orders || kept.revenue - t->revenue > tol || t->revenue - kept.revenue > tol) {
-            fprintf(out, "audiences: %s counts %llu members (%llu identified, %llu with e-mail, %llu orders, %.2f), "
-                         "its index lists %llu (%llu, %llu, %llu, %.2f)\n", c->v[i].name,
-                    (unsigned long long)kept.members, (unsigned long long)kept.identified,
-                    (unsigned long long)kept.with_email, (unsigned long long)kept.orders, kept.revenue,
-                    (unsigned long long)t->members, (unsigned long long)t->identified,
-                    (unsigned long long)t->with_email, (unsigned long long)t->orders, t->revenue);
-            ++*problems;
-        }
-    }
-    if (q.notes) fprintf(out, "audiences: %llu memberships may have moved with time alone (notes above)\n",
-                         (unsigned long long)q.notes);
-    return 0;
-}
-
-/* ---- KPIs read ---- */
-
-static const aud_def_t *def_named(const aud_conf_t *c, const char *name)
-{
-    for (size_t i = 0; i < c->n; i++)
-        if (strcmp(c->v[i].name, name) == 0) return &c->v[i];
-    return NULL;
-}
-
-static void day_print(sl_buf_t *out, int64_t day)
-{
-    /* days since 1970-01-01 to a civil date */
-    int64_t z = day + 719468, era = (z >= 0 ? z : z - 146096) / 146097, doe = z - era * 146097;
-    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365, y = yoe + era * 400;
-    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
-    int64_t d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
-    sl_buf_printf(out, "\"%04lld-%02lld-%02lld\"", (long long)(y + (m <= 2)), (long long)m, (long long)d);
-}
-
-int sl_aud_kpis(sl_aud_t *a, MDB_txn *txn, const char *name, int64_t period_ms, int days, size_t limit, int64_t now,
-                sl_buf_t *out)
-{
-    const aud_def_t *d = def_named(conf(a), name);
-    if (d == NULL) return SL_ENOTFOUND;
-    kpi_t k = {0};
-    int rc = atomic_load(&a->have_dbs) ? kpi_get(a, txn, d->id, &k) : 0;
-    if (rc) return rc;
-    sl_buf_appends(out, "{\"audience\":");
-    sl_buf_append_json_str(out, d->name, strlen(d->name));
-    kpi_print(out, &k);
-    /* the history, oldest day first */
-    sl_buf_appends(out, ",\"history\":[");
-    int64_t today = sl_local_day(now);
-    if (atomic_load(&a->have_dbs) && a->hist) {
-        MDB_cursor *cur;
-        if ((rc = mdb_cursor_open(txn, a->hist, &cur))) return rc;
-        unsigned char key[8];
-        hist_key(key, d->id, today - days + 1);
-        MDB_val kk = {8, key}, v;
-        int lead = 0;
-        for (rc = mdb_cursor_get(cur, &kk, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &kk, &v, MDB_NEXT)) {
-            const unsigned char *p = kk.mv_data;
-            if (kk.mv_size != 8 || memcmp(p, key, 4) != 0) break;
-            int64_t day = (int64_t)(int32_t)((uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7]);
-            if (day > today) break;
-            hist_t h;
-            if (v.mv_size != sizeof(h)) continue;
-            memcpy(&h, v.mv_data, sizeof(h));
-            sl_buf_appends(out, lead++ ? ",{\"day\":" : "{\"day\":");
-            day_print(out, day);
-            sl_buf_printf(out, ",\"members\":%llu,\"entered\":%u,\"exited\":%u}", (unsigned long long)h.members,
-                          h.entered, h.exited);
-        }
-        mdb_cursor_close(cur);
-        if (rc != MDB_NOTFOUND && rc != 0) return rc; /* (0: the next audience's, or a later day) */
-        rc = 0;
-    }
-    sl_buf_appends(out, "]");
-    /* the period, over the members */
-    uint64_t read = 0, active = 0, base = 0, churned = 0, one = 0, two = 0;
-    int complete = 1;
-    if (atomic_load(&a->have_dbs)) {
-        MDB_cursor *cur;
-        if ((rc = mdb_cursor_open(txn, a->members, &cur))) return rc;
-        unsigned char key[12];
-        member_key(key, d->id, 0);
-        MDB_val kk = {12, key}, v;
-        int64_t from = now - period_ms;
-        for (rc = mdb_cursor_get(cur, &kk, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &kk, &v, MDB_NEXT)) {
-            if (kk.mv_size != 12 || memcmp(kk.mv_data, key, 4) != 0) break;
-            if (read == limit) {
-                complete = 0;
-                break;
-            }
-            read++;
-            mval_t m;
-            mval_read(&v, &m);
-            one += m.orders >= 1;
-            two += m.orders >= 2;
-            int64_t first = 0, last = 0;
-            int r = sl_stitch_person_seen(a->stitch, txn, sl_be64_get((const unsigned char *)kk.mv_data + 4), &first, &last);
-            if (r == SL_ENOTFOUND) continue;
-            if (r) {
-                rc = r;
-                break;
-            }
-            active += last >= from;
-            if (first && first < from) {
-                base++;
-                churned += last < from;
-            }
-        }
-        mdb_cursor_close(cur);
-        if (rc != MDB_NOTFOUND && rc != 0) return rc;
-        rc = 0;
-    }
-    sl_buf_appends(out, ",\"period\":{\"from\":");
-    sl_buf_append_iso(out, now - period_ms);
-    sl_buf_appends(out, ",\"to\":");
-    sl_buf_append_iso(out, now);
-    sl_buf_printf(out, ",\"members_read\":%llu,\"complete\":%s,\"active\":%llu,\"active_share\":",
-                  (unsigned long long)read, complete ? "true" : "false", (unsigned long long)active);
-#define SHARE(n, of) ((of) ? sl_buf_printf(out, "%.4f", (double)(n) / (double)(of)) : sl_buf_appends(out, "null"))
-    SHARE(active, read);
-    sl_buf_printf(out, ",\"churned\":%llu,\"churned_share\":", (unsigned long long)churned);
-    SHARE(churned, base);
-    sl_buf_printf(out, ",\"with_orders\":%llu,\"with_two_orders\":%llu,\"second_order_conversion\":",
-                  (unsigned long long)one, (unsigned long long)two);
-    SHARE(two, one);
-#undef SHARE
-    sl_buf_appends(out, "}}");
-    return out->data ? 0 : SL_ENOMEM;
-}
-
 int sl_aud_is_member(sl_aud_t *a, MDB_txn *txn, uint64_t person, const char *name)
 {
     MDB_val v;
     uint32_t ids[SL_AUD_MAX], id = aud_id(name);
     size_t n = 0;
     int evaluated;
-    if (sl_stitch_attach_step_get(a->stitch, txn, person, SL_ATTACH_AUDIENCES, &v) != 0 || att_read(&v, ids, &n, &evaluated))
+    if (sl_stitch_attach_step_get(a->stitch, txn, person, SL_ATTACH_AUDIENCES, &v) != 0 || aud_att_read(&v, ids, &n, &evaluated))
         return 0;
     for (size_t i = 0; i < n; i++)
         if (ids[i] == id) return 1;
