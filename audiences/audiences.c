@@ -175,7 +175,8 @@ static int conf_parse(const sl_cfg_json_t *json, const sl_config_t *cfg, void **
     for (const cJSON *j = json->child; j && rc == 0 && c->n < n; j = j->next) {
         size_t i = c->n++;
         rc = parse_one(&x, j, i, &c->v[i], cfg);
-        for (size_t k = 0; k < i && rc == 0; k++) {
+        if (rc == 0 && c->v[i].name == NULL) rc = SL_EINVAL; /* (parse_one sets it when it returns 0) */
+        for (size_t k = 0; k < i && rc == 0 && c->v[k].name; k++) {
             if (strcmp(c->v[k].name, c->v[i].name) == 0)
                 rc = sl_cfg_error(&x, "audiences[%zu].name \"%s\" is used twice", i, c->v[i].name);
             else if (c->v[k].id == c->v[i].id)
@@ -186,7 +187,7 @@ static int conf_parse(const sl_cfg_json_t *json, const sl_config_t *cfg, void **
     for (size_t i = 0; i < c->n && rc == 0; i++)
         for (size_t r = 0; r < c->v[i].n_refs && rc == 0; r++) {
             size_t k = 0;
-            while (k < c->n && strcmp(c->v[k].name, c->v[i].ref_names[r]) != 0) k++;
+            while (k < c->n && (c->v[k].name == NULL || strcmp(c->v[k].name, c->v[i].ref_names[r]) != 0)) k++;
             if (k == c->n)
                 rc = sl_cfg_error(&x, "audiences[%zu].where reads the audience \"%s\", which is not defined", i,
                                   c->v[i].ref_names[r]);
