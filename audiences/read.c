@@ -73,7 +73,9 @@ static void csv_field(sl_buf_t *b, const char *v, size_t n, int first)
 {
     if (!first) sl_buf_appends(b, ",");
     if (v == NULL) return;
-    if (strcspn(v, ",\"\r\n") >= n) {
+    size_t plain = 0; /* (v is n bytes, not always NUL-terminated: entered_at's) */
+    while (plain < n && v[plain] != ',' && v[plain] != '"' && v[plain] != '\r' && v[plain] != '\n') plain++;
+    if (plain == n) {
         sl_buf_append(b, v, n);
         return;
     }
@@ -202,8 +204,9 @@ int sl_aud_members(sl_aud_t *a, MDB_txn *txn, const char *name, sl_aud_export_t 
                 break;
             }
             uint64_t person = sl_be64_get((const unsigned char *)k.mv_data + 4);
-            int64_t entered = 0;
-            if (v.mv_size == 8) memcpy(&entered, v.mv_data, 8);
+            mval_t m; /* (either layout: the time alone, or with the KPIs' contribution) */
+            aud_mval_read(&v, &m);
+            int64_t entered = m.entered;
             last = person;
             int ok = 1, unsub = 0;
             const char *why = "";
