@@ -519,11 +519,31 @@ static int evaluate(sl_aud_t *a, MDB_txn *txn, uint64_t person, uint64_t need, i
     int evaluated, rc = sl_stitch_attach_step_get(a->stitch, txn, person, SL_ATTACH_AUDIENCES, &v);
     if (rc == SL_ENOTFOUND) return 0; /* no such person (erased) */
     if (rc || (rc = aud_att_read(&v, a->cur, &a->n_cur, &evaluated))) return rc;
+    int fixed = 0; /* the record's memberships changed before any move */
+    for (size_t k = 0; k < a->n_cur;) { /* an audience no longer configured: its members went with it */
+        size_t i = 0;
+        while (i < c->n && c->v[i].id != a->cur[k]) i++;
+        if (i < c->n) k++;
+        else cur_set(a, a->cur[k], 0), fixed = 1;
+    }
+    /* The walk starts from the members index, not the record: an audience
+     * removed and configured again (its members purged, all or part of
+     * them) left its id in records it never rewrote. */
+    for (size_t i = 0; walking && i < c->n; i++) {
+        if (!(a->building >> i & 1)) continue;
+        unsigned char key[12];
+        aud_member_key(key, c->v[i].id, person);
+        MDB_val k = {12, key}, mv;
+        if ((rc = mdb_get(txn, a->members, &k, &mv)) && rc != MDB_NOTFOUND) return rc;
+        int listed = rc == 0;
+        rc = 0;
+        if (listed != cur_has(a, c->v[i].id)) cur_set(a, c->v[i].id, listed), fixed = 1;
+    }
     uint64_t skip = 0, quiet = a->building;
     if (walking) all = 0, need = a->building;
     else if (person >= a->build_next) skip = a->building, quiet = 0;
     if (!evaluated && !walking) all = 1;
-    if (!all && (need & ~skip) == 0) return evaluated ? 0 : att_write(a, txn, person);
+    if (!all && (need & ~skip) == 0) return evaluated && !fixed ? 0 : att_write(a, txn, person);
     view_t vw = {a, txn, person, 0};
     a->view_built = 0;
     uint64_t moved = 0;
@@ -553,7 +573,7 @@ static int evaluate(sl_aud_t *a, MDB_txn *txn, uint64_t person, uint64_t need, i
         wrote = 1;
         a->view_built = 0;
     }
-    return rc == 0 && !evaluated && !wrote ? att_write(a, txn, person) : rc;
+    return rc == 0 && (!evaluated || fixed) && !wrote ? att_write(a, txn, person) : rc;
 }
 
 /* which audiences read the computed field (rfm moves rfm.segment, and the other way round) */
@@ -610,6 +630,7 @@ static uint64_t need_reading(const aud_conf_t *c, unsigned reads)
  * next person, then the name (so that a deleted one can be announced). */
 
 #define BUILD_CHUNK 2000
+#define DEF_DELETING 2 /* def_rec_t.building: no longer configured, its members being purged */
 
 
 static int def_put(sl_aud_t *a, MDB_txn *txn, uint32_t id, const def_rec_t *r, const char *name)
@@ -635,7 +656,8 @@ static int plan(sl_aud_t *a, MDB_txn *txn, const aud_conf_t *c, int read_only)
         if ((rc = mdb_get(txn, a->defs, &k, &v)) == 0 && v.mv_size >= sizeof(r)) memcpy(&r, v.mv_data, sizeof(r));
         else if (rc && rc != MDB_NOTFOUND) break;
         rc = 0;
-        if (v.mv_size < sizeof(r) || r.defhash != d->defhash) fresh |= 1ULL << i; /* new or changed: from the start */
+        if (v.mv_size < sizeof(r) || r.defhash != d->defhash || r.building == DEF_DELETING)
+            fresh |= 1ULL << i; /* new, changed, or removed and configured again: from the start */
         else if (r.building) building |= 1ULL << i, next = r.next < next ? r.next : next;
     }
     if (rc) return rc;
@@ -678,6 +700,18 @@ static int plan(sl_aud_t *a, MDB_txn *txn, const aud_conf_t *c, int read_only)
         }
         mdb_cursor_close(cur);
         if (rc == MDB_NOTFOUND) rc = 0;
+    }
+    /* durably marked: configured again before its purge ends (a reload, a
+     * restart), it is built again rather than taken as live with part of
+     * its members gone */
+    for (size_t i = 0; i < a->n_deleted && rc == 0 && !read_only; i++) {
+        MDB_val k = {4, &a->deleted[i].id}, v;
+        def_rec_t r;
+        if ((rc = mdb_get(txn, a->defs, &k, &v))) break;
+        memcpy(&r, v.mv_data, sizeof(r));
+        if (r.building == DEF_DELETING) continue;
+        r.building = DEF_DELETING;
+        rc = def_put(a, txn, a->deleted[i].id, &r, a->deleted[i].name);
     }
     return rc;
 }
@@ -727,7 +761,9 @@ static int build_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
         for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && n < BUILD_CHUNK;
              rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT), n++) {
             if (k.mv_size != 12 || memcmp(k.mv_data, key, 4) != 0) break;
-            if ((rc = mdb_cursor_del(cur, 0))) break;
+            mval_t m; /* (the sums follow the index: the audience may be configured again mid-purge) */
+            aud_mval_read(&v, &m);
+            if ((rc = mdb_cursor_del(cur, 0)) || (rc = kpi_add(a, txn, id, &m, -1, 1, NULL))) break;
         }
         mdb_cursor_close(cur);
         if (rc && rc != MDB_NOTFOUND) return rc;

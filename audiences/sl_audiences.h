@@ -42,8 +42,9 @@
  *             e-mail, orders: u64; revenue: f64)
  *   ahist     be32 audience id, be32 local day -> members at the day's last
  *             move, entered, exited
- *   adefs     u32 audience id -> u32 definition hash, u32 building, u64 the
- *             build's next person, the name (builds and deletions, below)
+ *   adefs     u32 audience id -> u32 definition hash, u32 building (2: no
+ *             longer configured, its members being purged), u64 the build's
+ *             next person, the name (builds and deletions, below)
  *
  * Threads: the step, the listeners' callbacks and sl_aud_reload on the
  * stage thread; the reads (sl_aud_list) in any read transaction.

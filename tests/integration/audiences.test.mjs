@@ -372,6 +372,54 @@ test('a reload builds a new or changed audience over existing persons, announced
   }
 });
 
+test('an audience removed then configured again is built from its members index, not the ids its members\' records kept', async () => {
+  const pro = { field: 'profile.traits.plan', eq: 'pro' };
+  const withAgain = { audiences: [{ name: 'keep', where: pro }, { name: 'again', where: pro }] };
+  const s4 = await startServer({ config: withAgain });
+  const h = { headers: bearer };
+  const feedAll = async () => {
+    const out = [];
+    for (let after = 0; ;) {
+      const page = await (await fetch(`${s4.url}/v1/triggers?after=${after}&limit=1000`, h)).json();
+      if (page.triggers.length === 0) return out;
+      out.push(...page.triggers);
+      after = page.next;
+    }
+  };
+  const reload = async (cfg, type) => {
+    const had = (await feedAll()).filter((t) => t.type === type && t.rule === 'again').length;
+    writeCfg(s4.cfgPath, JSON.stringify(baseConfig(s4.dataDir, cfg)));
+    s4.child.kill('SIGHUP');
+    for (const end = Date.now() + 10000; ;) {
+      if ((await feedAll()).filter((t) => t.type === type && t.rule === 'again').length > had) return;
+      assert.ok(Date.now() < end, 'no ' + type);
+      await sleep(100);
+    }
+  };
+  try {
+    for (const [u, plan] of [['a1', 'pro'], ['a2', 'pro'], ['a3', 'free']]) {
+      const r = await post(s4, '/v1/identify', { userId: u, traits: { plan } });
+      assert.equal(r.status, 200);
+    }
+    await reload({ audiences: [{ name: 'keep', where: pro }] }, 'audience_deleted');
+    await reload(withAgain, 'audience_built');
+    const list = (await (await fetch(s4.url + '/v1/audiences', h)).json()).audiences;
+    assert.deepEqual(list.map((x) => [x.name, x.status, x.members]), [['keep', 'live', 2], ['again', 'live', 2]]);
+    const m = await (await fetch(s4.url + '/v1/audiences/again/members?fields=user_id', h)).json();
+    assert.deepEqual(m.members.map((x) => x.user_id).sort(), ['a1', 'a2']);
+    // live again: a member leaving takes its entry and its count with it
+    const r = await post(s4, '/v1/identify', { userId: 'a1', traits: { plan: 'free' } });
+    assert.equal(r.status, 200);
+    const left = (await feedAll()).filter((t) => t.type === 'audience_exited' && t.rule === 'again');
+    assert.deepEqual(left.map((t) => [t.profile.user_id, t.data.members]), [['a1', 1]]);
+    await s4.stop();
+    const v = run(['verify', '-c', s4.cfgPath]);
+    assert.equal(v.code, 0, v.stdout + v.stderr);
+  } finally {
+    await s4.stop(); s4.cleanup();
+  }
+});
+
 test('KPIs per audience: sums kept with each move and each order, the day\'s history, the period\'s shares', async () => {
   const s3 = await startServer({ config: {
     computed: { commerce: { currency: 'EUR' } },
