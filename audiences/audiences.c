@@ -885,7 +885,10 @@ static int on_computed_changed(void *arg, MDB_txn *txn, uint64_t person, const c
 {
     sl_aud_t *a = arg;
     uint64_t need = need_computed(aud_conf(a), changes);
-    return need ? evaluate(a, txn, person, need, 0, "timer", NULL, now, 0, -1) : 0;
+    int rc = need ? evaluate(a, txn, person, need, 0, "timer", NULL, now, 0, -1) : 0;
+    /* orders or revenue a window moved: what the person adds to its audiences' sums (as on_apply) */
+    if (rc == 0 && kpi_moved(changes)) rc = kpi_refresh(a, txn, person, now);
+    return rc;
 }
 
 static int on_computed_watches(void *arg, const char *field)

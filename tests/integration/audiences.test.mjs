@@ -463,6 +463,30 @@ test('KPIs per audience: sums kept with each move and each order, the day\'s his
   }
 });
 
+test('a timer that moves orders (a windowed field of that name) moves the sums of the member\'s audiences', async () => {
+  const s5 = await startServer({ config: {
+    computed: { fields: [{ name: 'orders', type: 'count', event: 'Order Completed', window: '2s' }] },
+    audiences: [{ name: 'known', where: { field: 'profile.identified', eq: true } }],
+  } });
+  const kpis = async () => (await fetch(`${s5.url}/v1/audiences/known/kpis`, { headers: bearer })).json();
+  try {
+    for (const [type, body] of [['identify', { userId: 't1' }], ['track', { userId: 't1', event: 'Order Completed' }]]) {
+      const r = await post(s5, '/v1/' + type, body);
+      assert.equal(r.status, 200, r.text);
+    }
+    assert.equal((await kpis()).orders, 1);
+    for (const end = Date.now() + 10000; (await kpis()).orders !== 0;) {
+      assert.ok(Date.now() < end, 'the window\'s timer took the order from the sums: ' + JSON.stringify(await kpis()));
+      await sleep(200);
+    }
+    await s5.stop();
+    const v = run(['verify', '-c', s5.cfgPath]);
+    assert.equal(v.code, 0, v.stdout + v.stderr);
+  } finally {
+    await s5.stop(); s5.cleanup();
+  }
+});
+
 test('pressure by audience: a weekly tier lets 1 of 2 triggers through where the global cap lets 2; moves are never held back', async () => {
   const s4 = await startServer({ config: {
     audiences: [{ name: 'vip', where: { field: 'profile.traits.plan', eq: 'vip' } }],
