@@ -197,12 +197,16 @@ int sl_aud_members(sl_aud_t *a, MDB_txn *txn, const char *name, sl_aud_export_t 
         unsigned char key[12];
         aud_member_key(key, d->id, x->after + 1 > x->after ? x->after + 1 : x->after);
         MDB_val k = {12, key}, v;
+        size_t scanned = 0;
         for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
             if (k.mv_size != 12 || memcmp(k.mv_data, key, 4) != 0) break; /* another audience */
-            if (x->n == x->limit) { /* more follow */
+            /* more follow; a page also stops after reading 4 × limit entries
+             * (members without the audience's consent are read, not listed) */
+            if (x->n == x->limit || (last && scanned >= 4 * x->limit)) {
                 x->next = last;
                 break;
             }
+            scanned++;
             uint64_t person = sl_be64_get((const unsigned char *)k.mv_data + 4);
             mval_t m; /* (either layout: the time alone, or with the KPIs' contribution) */
             aud_mval_read(&v, &m);

@@ -121,7 +121,8 @@ typedef struct sl_aud_export_s {
 } sl_aud_export_t;
 /* Appends the page to out (JSON {"audience","position","members":[...],
  * "next"}; NDJSON one object a line; CSV per RFC 4180 with a header line).
- * An audience with requires_consent lists only members who granted it.
+ * An audience with requires_consent lists only members who granted it; a
+ * page then reads at most 4 × limit entries (fewer members, and a next). 
  * 0, SL_ENOTFOUND (no such audience) or an LMDB error. Any thread. */
 int sl_aud_members(sl_aud_t *a, MDB_txn *txn, const char *name, sl_aud_export_t *x, sl_buf_t *out);
 /* sillage verify: every person's memberships against the members index

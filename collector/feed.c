@@ -347,6 +347,24 @@ static int filter_parse(conn_t *c)
     return 0;
 }
 
+
+/* 1 after answering 410 when the entries after position `after` are no
+ * longer all there (trigger_retention pruned past it; 0 reads from the
+ * oldest entry kept): a consumer keeping state from the feed takes a new
+ * snapshot. */
+static int pruned_past(conn_t *c, unsigned long long after)
+{
+    uint64_t pruned = sl_feed_pruned_upto(c->srv->feed);
+    if (after == 0 || after >= pruned) return 0;
+    char msg[200];
+    snprintf(msg, sizeof(msg),
+             "the feed no longer holds every entry after %llu (trigger_retention removed up to %llu): "
+             "take a new snapshot (docs/AUDIENCES.md, \"Export\")",
+             after, (unsigned long long)pruned);
+    http_respond_error(c, 410, msg);
+    return 1;
+}
+
 void http_handle_triggers(conn_t *c, const char *rest)
 {
     sl_server_t *srv = c->srv;
@@ -371,15 +389,7 @@ void http_handle_triggers(conn_t *c, const char *rest)
     unsigned long long after = 0, limit = 100, wait = 0;
     int has_after = http_query_num(c, "after", 0, UINT64_MAX, &after);
     if (has_after < 0) return;
-    if (has_after == 0 && after > 0 && after < sl_feed_pruned_upto(srv->feed)) { /* (0: from the oldest kept) */
-        char msg[200];
-        snprintf(msg, sizeof(msg),
-                 "the feed no longer holds every entry after %llu (trigger_retention removed up to %llu): "
-                 "take a new snapshot (docs/AUDIENCES.md, \"Export\")",
-                 after, (unsigned long long)sl_feed_pruned_upto(srv->feed));
-        http_respond_error(c, 410, msg);
-        return;
-    }
+    if (has_after == 0 && pruned_past(c, after)) return;
     if (strcmp(rest, "") == 0) {
         if (http_query_num(c, "limit", 1, 1000, &limit) < 0 || http_query_num(c, "wait", 0, MAX_WAIT_S, &wait) < 0 ||
             filter_parse(c) < 0)
@@ -400,6 +410,10 @@ void http_handle_triggers(conn_t *c, const char *rest)
                 if (http_parse_num(r->last_event_id, 0, UINT64_MAX, &after)) {
                     c->feed_filter = NULL;
                     http_respond_error(c, 400, "Last-Event-ID must be a trigger sequence number");
+                    return;
+                }
+                if (pruned_past(c, after)) { /* a stream resuming where retention has been */
+                    c->feed_filter = NULL;
                     return;
                 }
             } else {

@@ -1098,6 +1098,9 @@ static void on_after_txn(void *arg, int ok)
     } else {
         consent_cache_clear(s->ccache);
     }
+    /* the attachments kept in memory (attach.c) belong to one transaction:
+     * after an abort they may hold what was undone */
+    stitch_attach_clear(s);
     memset(&s->pend, 0, sizeof(s->pend));
 }
 
