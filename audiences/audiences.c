@@ -768,12 +768,22 @@ static int build_tick(void *arg, MDB_txn *txn, int64_t now, int *wrote)
         mdb_cursor_close(cur);
         if (rc && rc != MDB_NOTFOUND) return rc;
         if (n == BUILD_CHUNK) return 0; /* more next tick */
-        uint64_t had = count_of(a, txn, id);
+        /* its daily history goes too (a day a key: at most a few hundred) */
+        unsigned char hk[8];
+        aud_hist_key(hk, id, 0);
+        if ((rc = mdb_cursor_open(txn, a->hist, &cur))) return rc;
+        for (;;) {
+            MDB_val k2 = {4, hk}, v2;
+            if ((rc = mdb_cursor_get(cur, &k2, &v2, MDB_SET_RANGE)) || k2.mv_size != 8 || memcmp(k2.mv_data, hk, 4) != 0 ||
+                (rc = mdb_cursor_del(cur, 0)))
+                break;
+        }
+        mdb_cursor_close(cur);
+        if (rc && rc != MDB_NOTFOUND) return rc;
         MDB_val ik = {4, &id};
         if ((rc = mdb_del(txn, a->meta, &ik, NULL)) && rc != MDB_NOTFOUND) return rc;
         if ((rc = mdb_del(txn, a->defs, &ik, NULL)) && rc != MDB_NOTFOUND) return rc;
         a->n_deleted--;
-        (void)had;
         return announce(a, txn, a->deleted[a->n_deleted].name, "audience_deleted", 0, now);
     }
     if (a->announce) {
@@ -849,7 +859,9 @@ static int absorbed_leave(sl_aud_t *a, MDB_txn *txn, uint64_t absorbed, const ch
     if (rc || (rc = aud_att_read(&v, ids, &n, &evaluated))) return rc;
     for (size_t k = 0; k < n && rc == 0; k++)
         for (size_t i = 0; i < c->n && rc == 0; i++)
-            if (c->v[i].id == ids[k]) rc = transition(a, txn, &c->v[i], absorbed, 0, "merge", cause, T_NO_PROFILE, now);
+            if (c->v[i].id == ids[k]) /* (an audience being built moves quietly) */
+                rc = transition(a, txn, &c->v[i], absorbed, 0, "merge", cause,
+                                T_NO_PROFILE | (a->building >> i & 1 ? T_QUIET : 0), now);
     return rc;
 }
 

@@ -407,6 +407,9 @@ test('an audience removed then configured again is built from its members index,
     assert.deepEqual(list.map((x) => [x.name, x.status, x.members]), [['keep', 'live', 2], ['again', 'live', 2]]);
     const m = await (await fetch(s4.url + '/v1/audiences/again/members?fields=user_id', h)).json();
     assert.deepEqual(m.members.map((x) => x.user_id).sort(), ['a1', 'a2']);
+    // the removed audience's history went with it: today counts the build's two entries only
+    const k = await (await fetch(s4.url + '/v1/audiences/again/kpis?days=2', h)).json();
+    assert.deepEqual(k.history.map((d) => [d.members, d.entered, d.exited]), [[2, 2, 0]], JSON.stringify(k.history));
     // live again: a member leaving takes its entry and its count with it
     const r = await post(s4, '/v1/identify', { userId: 'a1', traits: { plan: 'free' } });
     assert.equal(r.status, 200);
