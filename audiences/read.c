@@ -394,15 +394,6 @@ static const aud_def_t *def_named(const aud_conf_t *c, const char *name)
     return NULL;
 }
 
-static void day_print(sl_buf_t *out, int64_t day)
-{
-    /* days since 1970-01-01 to a civil date */
-    int64_t z = day + 719468, era = (z >= 0 ? z : z - 146096) / 146097, doe = z - era * 146097;
-    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365, y = yoe + era * 400;
-    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
-    int64_t d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
-    sl_buf_printf(out, "\"%04lld-%02lld-%02lld\"", (long long)(y + (m <= 2)), (long long)m, (long long)d);
-}
 
 int sl_aud_kpis(sl_aud_t *a, MDB_txn *txn, const char *name, int64_t period_ms, int days, size_t limit, int64_t now,
                 sl_buf_t *out)
@@ -434,7 +425,7 @@ int sl_aud_kpis(sl_aud_t *a, MDB_txn *txn, const char *name, int64_t period_ms, 
             if (v.mv_size != sizeof(h)) continue;
             memcpy(&h, v.mv_data, sizeof(h));
             sl_buf_appends(out, lead++ ? ",{\"day\":" : "{\"day\":");
-            day_print(out, day);
+            sl_buf_append_day(out, day);
             sl_buf_printf(out, ",\"members\":%llu,\"entered\":%u,\"exited\":%u}", (unsigned long long)h.members,
                           h.entered, h.exited);
         }

@@ -302,6 +302,22 @@ static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
     *y = (int64_t)yoe + era * 400 + (*m <= 2);
 }
 
+int64_t sl_local_day(int64_t ms)
+{
+    time_t t = (time_t)(ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000));
+    struct tm tm;
+    if (localtime_r(&t, &tm) == NULL) return ms / 86400000;
+    return days_from_civil((int64_t)tm.tm_year + 1900, (unsigned)tm.tm_mon + 1, (unsigned)tm.tm_mday);
+}
+
+int sl_buf_append_day(sl_buf_t *b, int64_t day)
+{
+    int64_t y;
+    unsigned m, d;
+    civil_from_days(day, &y, &m, &d);
+    return sl_buf_printf(b, "\"%04lld-%02u-%02u\"", (long long)y, m, d);
+}
+
 void sl_time_format_iso(int64_t ms, char out[32])
 {
     int64_t days = ms >= 0 ? ms / 86400000 : -((-ms + 86399999) / 86400000);
@@ -917,15 +933,3 @@ void sl_thread_name(const char *name)
     prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
 }
 
-int64_t sl_local_day(int64_t ms)
-{
-    time_t t = (time_t)(ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000));
-    struct tm tm;
-    if (localtime_r(&t, &tm) == NULL) return ms / 86400000;
-    /* days from the civil date (Howard Hinnant's algorithm) */
-    int64_t y = (int64_t)tm.tm_year + 1900, mo = tm.tm_mon + 1, d = tm.tm_mday;
-    y -= mo <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400, yoe = y - era * 400;
-    int64_t doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1, doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}

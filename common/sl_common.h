@@ -210,6 +210,8 @@ int sl_buf_append_iso(sl_buf_t *b, int64_t ms);
 /* The local day of ms in the process's timezone (the top-level `timezone`,
  * sl_timezone_apply), as days since 1970-01-01. */
 int64_t sl_local_day(int64_t ms);
+/* Appends day (days since 1970-01-01) as the JSON string "YYYY-MM-DD". */
+int sl_buf_append_day(sl_buf_t *b, int64_t day);
 /* Parses ISO 8601 / RFC 3339: date, 'T' or ' ', time with optional fraction,
  * then 'Z', '+HH:MM', '+HHMM' or nothing (UTC). A bare date is midnight UTC.
  * Returns 0 and *ms, or SL_EINVAL. */

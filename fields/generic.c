@@ -20,25 +20,6 @@ static const char *const type_names[] = {NULL,    "count", "sum",  "avg",       
 
 /* ---- calendar days ---- */
 
-/* days since 1970-01-01 of a civil date (Howard Hinnant's algorithm) */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    const int64_t era = (y >= 0 ? y : y - 399) / 400;
-    const unsigned yoe = (unsigned)(y - era * 400);
-    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
-
-static int64_t local_day(int64_t ms)
-{
-    time_t t = (time_t)(ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000));
-    struct tm tm;
-    if (localtime_r(&t, &tm) == NULL) return ms / 86400000;
-    return days_from_civil((int64_t)tm.tm_year + 1900, (unsigned)tm.tm_mon + 1, (unsigned)tm.tm_mday);
-}
-
 /* the instant local day `day` begins (its first second: DST days are 23 or 25 hours) */
 int64_t fld_local_day_start(int64_t day)
 {
@@ -46,7 +27,7 @@ int64_t fld_local_day_start(int64_t day)
     int64_t lo = day * 86400000 - 15 * 3600000LL, hi = day * 86400000 + 15 * 3600000LL;
     while (hi - lo > 1000) {
         int64_t mid = lo + (hi - lo) / 2;
-        if (local_day(mid) < day) lo = mid;
+        if (sl_local_day(mid) < day) lo = mid;
         else hi = mid;
     }
     return hi - hi % 1000;
@@ -63,7 +44,7 @@ int64_t fld_local_day(int64_t ms)
     } c = {.lo = 1, .hi = 0};
     unsigned gen = atomic_load(&sl_timezone_gen);
     if (gen == c.gen && ms >= c.lo && ms < c.hi) return c.day;
-    int64_t day = local_day(ms);
+    int64_t day = sl_local_day(ms);
     c.gen = gen, c.day = day;
     c.lo = fld_local_day_start(day), c.hi = fld_local_day_start(day + 1);
     if (!(ms >= c.lo && ms < c.hi)) c.lo = 1, c.hi = 0; /* (a clock the search cannot bound: not kept) */
