@@ -49,14 +49,17 @@ async function moves(after, who = null) {
     .filter((t) => who === null || t.profile.user_id === who || t.profile.id === who)
     .map((t) => [t.type, t.data.audience, t.data.reason, t.profile.user_id ?? t.profile.id, t.data.members]);
 }
-async function last() { // the feed's position now
-  let after = 0;
-  for (;;) {
-    const page = await get(`/v1/triggers?after=${after}&limit=1000`);
-    if (page.triggers.length === 0) return after;
+// every entry of server s's feed, and the position after the last
+async function feedOf(s) {
+  const entries = [];
+  for (let after = 0; ;) {
+    const page = await (await fetch(`${s.url}/v1/triggers?after=${after}&limit=1000`, { headers: bearer })).json();
+    if (page.triggers.length === 0) return { entries, next: after };
+    entries.push(...page.triggers);
     after = page.next;
   }
 }
+const last = async () => (await feedOf(srv)).next; // the feed's position now
 const counts = async () => Object.fromEntries((await get('/v1/audiences')).audiences.map((a) => [a.name, a.members]));
 
 test('events move a person in and out, an audience reading two others after them, in order', async () => {
@@ -320,15 +323,7 @@ test('a reload builds a new or changed audience over existing persons, announced
     { name: 'chg', where: A({ eq: 'pro' }) }] };
   const s2 = await startServer({ config: cfg1 });
   const h = { headers: bearer };
-  const feedAll = async () => {
-    const out = [];
-    for (let after = 0; ;) {
-      const page = await (await fetch(`${s2.url}/v1/triggers?after=${after}&limit=1000`, h)).json();
-      if (page.triggers.length === 0) return out;
-      out.push(...page.triggers);
-      after = page.next;
-    }
-  };
+  const feedAll = async () => (await feedOf(s2)).entries;
   try {
     for (const [u, plan] of [['r1', 'pro'], ['r2', 'pro'], ['r3', 'pro'], ['r4', 'free'], ['r5', 'free']]) {
       const r = await post(s2, '/v1/identify', { userId: u, traits: { plan } });
@@ -377,15 +372,7 @@ test('an audience removed then configured again is built from its members index,
   const withAgain = { audiences: [{ name: 'keep', where: pro }, { name: 'again', where: pro }] };
   const s4 = await startServer({ config: withAgain });
   const h = { headers: bearer };
-  const feedAll = async () => {
-    const out = [];
-    for (let after = 0; ;) {
-      const page = await (await fetch(`${s4.url}/v1/triggers?after=${after}&limit=1000`, h)).json();
-      if (page.triggers.length === 0) return out;
-      out.push(...page.triggers);
-      after = page.next;
-    }
-  };
+  const feedAll = async () => (await feedOf(s4)).entries;
   const reload = async (cfg, type) => {
     const had = (await feedAll()).filter((t) => t.type === type && t.rule === 'again').length;
     writeCfg(s4.cfgPath, JSON.stringify(baseConfig(s4.dataDir, cfg)));
