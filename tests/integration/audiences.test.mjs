@@ -546,3 +546,41 @@ test('retention removing a never-identified member: an exit with reason expired 
     await s5.stop(); s5.cleanup();
   }
 });
+
+// RFC 4180 records of a CSV text (quoted fields with doubled quotes, CRLF)
+function parseCsv(text) {
+  const rows = [];
+  let row = [], f = '', q = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (q) {
+      if (ch === '"' && text[i + 1] === '"') { f += '"'; i++; } else if (ch === '"') q = false; else f += ch;
+    } else if (ch === '"') q = true;
+    else if (ch === ',') { row.push(f); f = ''; } else if (ch === '\r' && text[i + 1] === '\n') { row.push(f); rows.push(row); row = []; f = ''; i++; } else f += ch;
+  }
+  return rows;
+}
+
+test('hostile identifiers reach the export intact (line breaks, quotes, tabs, long UTF-8; a NUL is refused at the door); bad cursors refused', async () => {
+  // a NUL never gets in: the collector refuses the message
+  const nul = await post(srv, '/v1/identify', { userId: 'hx-nul\u0000,"x"', traits: { segment: 'x' } });
+  assert.equal(nul.status, 400);
+  assert.match(nul.text, /\\u0000/);
+  const ids = ['hx-line\r\nbreak', 'hx-quote,"x"', 'hx-' + 'é'.repeat(100), 'hx-tab\tcomma,'];
+  for (const id of ids) await ok('identify', { userId: id, traits: { segment: 'x', email: `${ids.indexOf(id)}@hx.example.com` } });
+  const json = (await get('/v1/audiences/exported/members?fields=user_id&limit=10000')).members.map((m) => m.user_id);
+  const r = await fetch(srv.url + '/v1/audiences/exported/members?format=csv&fields=user_id,email&limit=10000', { headers: bearer });
+  const rows = parseCsv(await r.text());
+  assert.deepEqual(rows[0], ['user_id', 'email']);
+  assert.ok(rows.slice(1).every((x) => x.length === 2), 'every record has its two fields');
+  const csvIds = rows.slice(1).map((x) => x[0]);
+  for (const id of ids) {
+    assert.ok(json.includes(id), JSON.stringify(id) + ' in the JSON export');
+    assert.ok(csvIds.includes(id), JSON.stringify(id) + ' in the CSV export');
+  }
+  for (const bad of ['after=p_', 'after=p_-1', 'after=p_18446744073709551616', 'limit=99999999999999999999', 'fields=', 'format=']) {
+    const b = await fetch(srv.url + '/v1/audiences/exported/members?' + bad, { headers: bearer });
+    assert.ok(b.status === 400 || b.status === 200, bad + ': ' + b.status);
+    if (bad.startsWith('after') || bad.startsWith('limit')) assert.equal(b.status, 400, bad);
+  }
+});
